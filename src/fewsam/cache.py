@@ -1,0 +1,190 @@
+"""EmbeddingCache: the frozen encoder runs once per distinct slice, ever.
+
+Entries are content-addressed: the key hashes the slice's pixels together with the model name,
+the checkpoint's hash and the preprocessing signature, so a changed image, model or
+preprocessing can never be served a stale embedding. Each entry is a float16 ``.npz`` written
+atomically (tmp file + rename), so a killed fill leaves only complete entries and simply resumes.
+Reads are verified against a checksum stored in the entry; a corrupt entry is discarded and
+recomputed, an entry or folder written by another model is refused loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from fewsam.errors import CacheError
+from fewsam.models.sam import PreprocessInfo, SamModel
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Embedding:
+    """A cached image embedding (256, 64, 64) float16 and the geometry needed to map masks back."""
+
+    array: np.ndarray
+    info: PreprocessInfo
+
+
+def model_signature(model: SamModel) -> dict[str, str]:
+    """What makes two embeddings of the same pixels comparable: model, weights, preprocessing."""
+    return {
+        "model": model.name,
+        "weights_sha256": model.weights_sha256,
+        "preprocess": model.preprocess_signature(),
+    }
+
+
+def pixel_key(image: np.ndarray, signature: dict[str, str]) -> str:
+    """sha256 over pixels (bytes, shape, dtype) and the model signature."""
+    h = hashlib.sha256()
+    h.update(json.dumps(signature, sort_keys=True).encode())
+    arr = np.ascontiguousarray(image)
+    h.update(str(arr.shape).encode() + str(arr.dtype).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """On-disk cache of image embeddings for one model, under ``root/<model>-<weights>``."""
+
+    def __init__(self, root: str | Path, model: SamModel) -> None:
+        self.model = model
+        self.signature = model_signature(model)
+        folder = f"{model.name}-{model.weights_sha256[:12]}"
+        self.dir = Path(root).expanduser() / folder
+        self._check_manifest()
+        self.hits = 0
+        self.misses = 0
+
+    def _check_manifest(self) -> None:
+        manifest = self.dir / MANIFEST
+        if manifest.exists():
+            try:
+                stored = json.loads(manifest.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise CacheError(f"unreadable cache manifest {manifest}: {err}; delete that folder") from err
+            if stored != self.signature:
+                raise CacheError(
+                    f"cache folder {self.dir} was written by model {stored.get('model')} "
+                    f"(weights {str(stored.get('weights_sha256'))[:12]}, preprocessing "
+                    f"{stored.get('preprocess')}); it cannot serve {self.signature['model']}. "
+                    "Use another --cache folder."
+                )
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(manifest, json.dumps(self.signature, indent=2).encode())
+
+    def path_for(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.npz"
+
+    def key(self, image: np.ndarray) -> str:
+        return pixel_key(image, self.signature)
+
+    def get(self, image: np.ndarray) -> Embedding | None:
+        """The cached embedding of ``image``, or None when absent or corrupt (then it is removed)."""
+        key = self.key(image)
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        entry = _read_entry(path)
+        if entry is None:
+            path.unlink(missing_ok=True)
+            return None
+        meta, array = entry
+        if meta.get("signature") != self.signature or meta.get("key") != key:
+            raise CacheError(f"cache entry {path} was written by another model or for other pixels; "
+                             "delete it or use another --cache folder")
+        info = PreprocessInfo(tuple(meta["original_hw"]), tuple(meta["resized_hw"]), int(meta["image_size"]))
+        return Embedding(array, info)
+
+    def put(self, image: np.ndarray, embedding: np.ndarray, info: PreprocessInfo) -> None:
+        key = self.key(image)
+        array = np.asarray(embedding, dtype=np.float16)
+        meta = {
+            "key": key,
+            "signature": self.signature,
+            "original_hw": list(info.original_hw),
+            "resized_hw": list(info.resized_hw),
+            "image_size": info.image_size,
+            "sha256": hashlib.sha256(array.tobytes()).hexdigest(),
+        }
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save_npz(path, embedding=array, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+
+    def embed(
+        self,
+        images: Sequence[np.ndarray],
+        device: str = "cpu",
+        batch_size: int = 1,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Embedding]:
+        """Embeddings of ``images`` in order: cache hits are read, misses encoded once and stored."""
+        results: list[Embedding | None] = [self.get(img) for img in images]
+        missing = [i for i, r in enumerate(results) if r is None]
+        self.hits += len(images) - len(missing)
+        self.misses += len(missing)
+        if on_progress and len(images) > len(missing):
+            on_progress(len(images) - len(missing))
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            for i, emb in zip(chunk, self._encode([images[i] for i in chunk], device)):
+                self.put(images[i], emb.array, emb.info)
+                results[i] = emb
+            if on_progress:
+                on_progress(len(chunk))
+        return [r for r in results if r is not None]
+
+    def _encode(self, images: Iterable[np.ndarray], device: str) -> list[Embedding]:
+        tensors, infos = zip(*(self.model.preprocess(img) for img in images))
+        batch = torch.stack(list(tensors)).to(device)
+        with torch.inference_mode():
+            out = self.model.encode(batch).float().cpu().numpy().astype(np.float16)
+        return [Embedding(out[i], infos[i]) for i in range(len(infos))]
+
+
+def _read_entry(path: Path) -> tuple[dict, np.ndarray] | None:
+    """(meta, embedding) of a verified entry, or None when the file is truncated or corrupt."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(data["meta"].tobytes().decode())
+            array = data["embedding"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if hashlib.sha256(array.tobytes()).hexdigest() != meta.get("sha256"):
+        return None
+    return meta, array
+
+
+def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

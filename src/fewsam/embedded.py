@@ -1,0 +1,109 @@
+"""Slices with their cached embeddings: what every SAM-side method trains and predicts on.
+
+Cases are read once, cut into 2D slices, and the slices' embeddings come from the
+EmbeddingCache (encoded only on a miss). Labels are carried into the padded model frame, with
+the padding marked IGNORE so that no method learns "background" from zero padding.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from fewsam.cache import EmbeddingCache
+from fewsam.data.types import Case, Dataset, SliceRef
+from fewsam.models.sam import PreprocessInfo
+from fewsam.progress import progress_bar
+from fewsam.prompts import to_model_frame
+
+IGNORE = 255
+
+
+@dataclass
+class EmbeddedSlice:
+    """One slice: embedding (256, 64, 64) float16, label in the model frame (S, S) or None."""
+
+    ref: SliceRef
+    embedding: np.ndarray
+    info: PreprocessInfo
+    label_frame: np.ndarray | None
+    label: np.ndarray | None  # original-resolution (H, W) label, for prompts and metrics
+
+    def embedding_tensor(self, device: str = "cpu") -> torch.Tensor:
+        return torch.from_numpy(self.embedding).to(device=device, dtype=torch.float32)
+
+
+def frame_label(label: np.ndarray, info: PreprocessInfo) -> np.ndarray:
+    """Label in the padded model frame, padding set to IGNORE."""
+    framed = to_model_frame(label, info)
+    framed[info.resized_hw[0]:, :] = IGNORE
+    framed[:, info.resized_hw[1]:] = IGNORE
+    return framed
+
+
+def embed_case(case: Case, cache: EmbeddingCache, device: str = "cpu", on_progress=None) -> list[EmbeddedSlice]:
+    """All slices of one case, in z order."""
+    images = [case.slice_image(z) for z in range(case.num_slices)]
+    embeddings = cache.embed(images, device=device, on_progress=on_progress)
+    out = []
+    for z, emb in enumerate(embeddings):
+        label = case.slice_label(z)
+        framed = None if label is None else frame_label(label, emb.info)
+        out.append(EmbeddedSlice(SliceRef(case.case_id, z), emb.array, emb.info, framed, label))
+    return out
+
+
+def embed_refs(
+    dataset: Dataset,
+    refs: Sequence[SliceRef],
+    cache: EmbeddingCache,
+    device: str = "cpu",
+    show_progress: bool = True,
+    description: str = "embed",
+) -> list[EmbeddedSlice]:
+    """The given slices (any order, any cases), each case read from disk once."""
+    by_case: dict[str, list[int]] = defaultdict(list)
+    for ref in refs:
+        by_case[ref.case_id].append(ref.z)
+    found: dict[SliceRef, EmbeddedSlice] = {}
+    with progress_bar(show_progress) as bar:
+        job = bar.add_task(description, total=len(refs))
+        for case_id, zs in by_case.items():
+            case = dataset.load(case_id)
+            sub = _subcase(case, zs)
+            advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
+            for z, item in zip(zs, embed_case(sub, cache, device, advance)):
+                item.ref = SliceRef(case_id, z)
+                found[item.ref] = item
+    return [found[ref] for ref in refs]
+
+
+def embed_cases(
+    dataset: Dataset,
+    case_ids: Iterable[str],
+    cache: EmbeddingCache,
+    device: str = "cpu",
+    show_progress: bool = True,
+    description: str = "embed",
+) -> list[tuple[Case, list[EmbeddedSlice]]]:
+    """Whole cases (volumes) with all their slices embedded, for validation and prediction."""
+    ids = list(case_ids)
+    out = []
+    with progress_bar(show_progress) as bar:
+        job = bar.add_task(description, total=len(ids))
+        for case_id in ids:
+            case = dataset.load(case_id)
+            out.append((case, embed_case(case, cache, device)))
+            bar.update(job, advance=1)
+    return out
+
+
+def _subcase(case: Case, zs: list[int]) -> Case:
+    """A view of the case holding only the requested slices (so only those are encoded)."""
+    label = None if case.label is None else case.label[zs]
+    return Case(case.case_id, case.image[zs], label, case.format, case.rel_path, case.spacing,
+                case.attributes, case.meta)

@@ -1,0 +1,59 @@
+"""From decoder logits in the model frame to label maps in the case's own geometry.
+
+Shared by every SAM-side method: validation during fitting, ``fewsam predict`` and the demo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fewsam.cache import EmbeddingCache
+from fewsam.data.types import ClassMap, Dataset
+from fewsam.embedded import EmbeddedSlice
+from fewsam.models.sam import PreprocessInfo, SamModel, postprocess_logits
+from fewsam.errors import DataError
+
+
+def labels_from_logits(logits: torch.Tensor, info: PreprocessInfo, values: list[int]) -> np.ndarray:
+    """(Q, 256, 256) low-res logits of one slice (query order = ``values``) -> (H, W) uint8 label values."""
+    full = postprocess_logits(logits[None].float(), info)[0]
+    index = full.argmax(dim=0).cpu().numpy()
+    return np.asarray(values, dtype=np.uint8)[index]
+
+
+def stack_volume(slices: list[np.ndarray]) -> np.ndarray:
+    return np.stack(slices).astype(np.uint8)
+
+
+@dataclass
+class FitContext:
+    """What every method's fit shares: data, model, cache, device, class map."""
+
+    dataset: Dataset
+    model: SamModel
+    cache: EmbeddingCache
+    device: str
+    show_progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_map(self) -> ClassMap:
+        return self.dataset.class_map
+
+    @property
+    def values(self) -> list[int]:
+        """Label values in query order: background first."""
+        return [0] + self.class_map.labels
+
+
+def check_labelled(samples: list[EmbeddedSlice]) -> None:
+    if not samples:
+        raise DataError("the labelled set is empty; give --labeled-cases N or --labeled-slices K with N, K >= 1")
+    if any(s.label_frame is None for s in samples):
+        raise DataError("some labelled slices have no label file; the labelled set must be labelled")
+
+

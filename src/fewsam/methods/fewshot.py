@@ -1,0 +1,263 @@
+"""Seed 1: few-shot SAM fine-tuning. Labelled regions become the prompts; only the decoder learns.
+
+The reformulated decoder: instead of point/box tokens, each class (background included) is
+queried by its few-shot prototype token(s) - the masked average of the labelled slices'
+embeddings over that class's region. The tokens go through SAM's two-way transformer next to
+SAM's own output tokens; each prototype token's output state goes through the mask
+hypernetwork, so one decoder pass yields one mask per class (C+1 logits, softmax over classes).
+One pass for all classes costs the same as SAM's single-prompt pass, which keeps CPU training
+cheap.
+
+During training a class's token is the mean of a random subset of the shots, so the decoder
+learns to work with prototypes that were not computed from the very image it segments - which
+is the situation at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewsam.data.types import Case, SliceRef
+from fewsam.embedded import IGNORE, EmbeddedSlice, embed_cases, embed_refs
+from fewsam.errors import DataError
+from fewsam.inference import FitContext, check_labelled, labels_from_logits, stack_volume
+from fewsam.losses import dice_ce_loss
+from fewsam.metrics import dice_per_class
+from fewsam.models.sam import SamModel
+from fewsam.prompts import masked_average_pool, region_weights
+from fewsam.train import BEST, TrainConfig, TrainResult, atomic_torch_save, train
+
+
+@dataclass
+class FewShotConfig:
+    """Few-shot design choices (see README for the measured effect of each)."""
+
+    tokens_per_class: int = 1  # prototype tokens per class; >1 uses k-means over shot prototypes
+    shot_dropout: float = 0.5  # fraction of shots left out of a class token at each training step
+    batch_size: int = 8
+    flip_augment: bool = True  # horizontal/vertical flips of embedding + label (approximate equivariance)
+
+
+class PrototypeDecoder(nn.Module):
+    """SAM's mask decoder queried by prototype tokens: embeddings (B,256,64,64) -> logits (B,Q,256,256)."""
+
+    def __init__(self, sam: SamModel, num_queries: int) -> None:
+        super().__init__()
+        self.mask_decoder = sam.mask_decoder
+        self.register_buffer("image_pe", sam.prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
+        self.register_buffer("no_mask", sam.prompt_encoder.no_mask_embed.weight.detach().clone().reshape(1, -1, 1, 1),
+                             persistent=False)
+        dim = self.no_mask.shape[1]
+        self.query_embed = nn.Parameter(torch.zeros(num_queries, dim))
+        self.token_proj = nn.Linear(dim, dim)
+        nn.init.eye_(self.token_proj.weight)
+        nn.init.zeros_(self.token_proj.bias)
+
+    def forward(self, embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        """prototypes (Q, K, 256), shared by the batch -> class logits (B, Q, 256, 256) (mean over K)."""
+        b = embeddings.shape[0]
+        q, k, dim = prototypes.shape
+        queries = self.token_proj(prototypes) + self.query_embed[:, None, :]
+        dec = self.mask_decoder
+        own = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat([own, queries.reshape(q * k, dim)], dim=0).unsqueeze(0).expand(b, -1, -1)
+        src = embeddings + self.no_mask
+        pos = self.image_pe.expand(b, -1, -1, -1)
+        hs, src = dec.transformer(src, pos, tokens)
+        query_out = hs[:, own.shape[0]:, :]
+        grid = src.transpose(1, 2).reshape(b, dim, embeddings.shape[2], embeddings.shape[3])
+        upscaled = dec.output_upscaling(grid)
+        hyper = dec.output_hypernetworks_mlps[0](query_out)
+        logits = (hyper @ upscaled.flatten(2)).reshape(b, q, k, *upscaled.shape[2:])
+        return logits.mean(dim=2)
+
+
+def shot_prototypes(samples: list[EmbeddedSlice], values: list[int]) -> list[np.ndarray]:
+    """Per label value (background first), the (n_shots, 256) prototypes of the slices showing it."""
+    per_value: list[list[np.ndarray]] = [[] for _ in values]
+    for s in samples:
+        weights = region_weights(s.label_frame, values, grid=s.embedding.shape[-1])
+        protos = masked_average_pool(s.embedding, weights)
+        for i, row in enumerate(protos):
+            if not np.isnan(row).any():
+                per_value[i].append(row)
+    missing = [v for v, shots in zip(values, per_value) if not shots]
+    if missing:
+        raise DataError(f"the labelled slices contain no pixel of class(es) {missing}; "
+                        "label more slices or use more labelled cases")
+    return [np.stack(shots).astype(np.float32) for shots in per_value]
+
+
+def bank_tokens(shots: list[np.ndarray], tokens_per_class: int, seed: int = 0) -> torch.Tensor:
+    """(Q, K, 256) inference tokens: the mean of all shots (K=1), or K k-means centres."""
+    out = []
+    for protos in shots:
+        if tokens_per_class == 1 or len(protos) <= tokens_per_class:
+            centres = np.repeat(protos.mean(axis=0, keepdims=True), tokens_per_class, axis=0)
+        else:
+            centres = _kmeans(protos, tokens_per_class, seed)
+        out.append(centres)
+    return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = x[rng.choice(len(x), k, replace=False)]
+    for _ in range(iters):
+        assign = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        centres = np.stack([x[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(k)])
+    return centres
+
+
+def sampled_tokens(shots: list[np.ndarray], tokens_per_class: int, dropout: float,
+                   rng: np.random.Generator) -> torch.Tensor:
+    """Training tokens: each class token is the mean of a random subset of its shots."""
+    out = []
+    for protos in shots:
+        keep = max(1, int(round(len(protos) * (1 - dropout))))
+        rows = []
+        for _ in range(tokens_per_class):
+            idx = rng.choice(len(protos), keep, replace=False)
+            rows.append(protos[idx].mean(axis=0))
+        out.append(np.stack(rows))
+    return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+def flip_batch(emb: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random joint flips of embeddings and labels; padding moves with the label (it is IGNORE)."""
+    if rng.random() < 0.5:
+        emb, target = emb.flip(-1), target.flip(-1)
+    if rng.random() < 0.5:
+        emb, target = emb.flip(-2), target.flip(-2)
+    return emb, target
+
+
+class FewShotTask:
+    """Training task for the one loop: a batch of labelled slices, Dice + CE on all classes."""
+
+    def __init__(self, decoder: PrototypeDecoder, samples: list[EmbeddedSlice], shots: list[np.ndarray],
+                 cfg: FewShotConfig, validate_fn, device: str = "cpu", loss_fn=None) -> None:
+        self.module = decoder
+        self.samples = samples
+        self.shots = shots
+        self.cfg = cfg
+        self.validate_fn = validate_fn
+        self.device = device
+        self.loss_fn = loss_fn
+
+    def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = rng.choice(len(self.samples), min(self.cfg.batch_size, len(self.samples)), replace=False)
+        batch = [self.samples[i] for i in idx]
+        emb = torch.stack([s.embedding_tensor() for s in batch]).to(self.device)
+        target = torch.stack([torch.from_numpy(s.label_frame.astype(np.int64)) for s in batch]).to(self.device)
+        if self.cfg.flip_augment:
+            emb, target = flip_batch(emb, target, rng)
+        tokens = sampled_tokens(self.shots, self.cfg.tokens_per_class, self.cfg.shot_dropout, rng).to(self.device)
+        logits = self.module(emb, tokens)
+        valid = target != IGNORE
+        target = torch.where(valid, target, torch.zeros_like(target))
+        if self.loss_fn is not None:
+            loss = self.loss_fn(logits, target, batch)
+        else:
+            loss = dice_ce_loss(logits, target)
+        return loss, {}
+
+    def validate(self) -> dict[str, float]:
+        return self.validate_fn()
+
+
+def value_to_index_lut(values: list[int]) -> np.ndarray:
+    """Lookup from label value to query index (labels are not assumed contiguous)."""
+    lut = np.zeros(max(values) + 1, dtype=np.int64)
+    for i, v in enumerate(values):
+        lut[v] = i
+    return lut
+
+
+def remap_label_frames(samples: list[EmbeddedSlice], values: list[int]) -> None:
+    """Map label values to query indices in place (IGNORE stays IGNORE)."""
+    lut = value_to_index_lut(values)
+    for s in samples:
+        framed = s.label_frame
+        mapped = np.where(framed == IGNORE, IGNORE, lut[np.minimum(framed, len(lut) - 1)])
+        s.label_frame = mapped.astype(np.uint8)
+
+
+def logits_batches(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list[EmbeddedSlice],
+                   device: str = "cpu", batch_size: int = 8):
+    """Yield (slices, logits (B,Q,256,256)) for inference, in order."""
+    for start in range(0, len(slices), batch_size):
+        chunk = slices[start:start + batch_size]
+        emb = torch.stack([s.embedding_tensor() for s in chunk]).to(device)
+        yield chunk, decoder(emb, tokens.to(device))
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return F.softmax(logits, dim=1)
+
+
+# --- fitting and predicting -------------------------------------------------------------------
+
+BANK = "prompt_bank.pt"
+
+
+def predict_slices(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list[EmbeddedSlice],
+                   values: list[int], device: str = "cpu") -> list[np.ndarray]:
+    """(H, W) label maps (label values) for the slices, in order."""
+    out = []
+    with torch.no_grad():
+        for chunk, logits in logits_batches(decoder, tokens, slices, device):
+            out.extend(labels_from_logits(lg, s.info, values) for s, lg in zip(chunk, logits))
+    return out
+
+
+def volume_dice_score(decoder: PrototypeDecoder, tokens: torch.Tensor, val_cases, values: list[int],
+                      device: str) -> dict[str, float]:
+    """Mean (over volumes and classes) 3D Dice on the validation cases: the selection score."""
+    scores = []
+    for case, slices in val_cases:
+        pred = stack_volume(predict_slices(decoder, tokens, slices, values, device))
+        scores.append(np.mean(list(dice_per_class(pred, case.label, values[1:]).values())))
+    score = float(np.mean(scores)) if scores else 0.0
+    return {"score": score, "dice": score}
+
+
+def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: Path,
+        train_cfg: TrainConfig, cfg: FewShotConfig, loss_fn=None) -> TrainResult:
+    """Embed the few-shot collection, build the prompt bank, fine-tune the decoder, select on val."""
+    samples = embed_refs(ctx.dataset, labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled")
+    check_labelled(samples)
+    remap_label_frames(samples, ctx.values)
+    shots = shot_prototypes(samples, list(range(len(ctx.values))))
+    tokens = bank_tokens(shots, cfg.tokens_per_class, train_cfg.seed)
+    atomic_torch_save({"shots": [torch.from_numpy(s) for s in shots], "tokens": tokens,
+                       "values": ctx.values}, run_dir / BANK)
+    val_cases = embed_cases(ctx.dataset, val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
+    torch.manual_seed(train_cfg.seed)
+    decoder = PrototypeDecoder(ctx.model, len(ctx.values)).to(ctx.device)
+    validate = lambda: volume_dice_score(decoder, tokens, val_cases, ctx.values, ctx.device)  # noqa: E731
+    task = FewShotTask(decoder, samples, shots, cfg, validate, ctx.device, loss_fn)
+    return train(task, train_cfg, run_dir, ctx.show_progress)
+
+
+class FewShotPredictor:
+    """Predicts with a fitted run: the best-validated decoder and the stored prompt bank."""
+
+    def __init__(self, run_dir: Path, model: SamModel, device: str = "cpu") -> None:
+        bank = torch.load(run_dir / BANK, map_location="cpu", weights_only=True)
+        self.tokens = bank["tokens"]
+        self.values = list(bank["values"])
+        self.decoder = PrototypeDecoder(model, len(self.values)).to(device)
+        best = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
+        self.decoder.load_state_dict(best["module"])
+        self.decoder.eval()
+        self.device = device
+
+    def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
+        return stack_volume(predict_slices(self.decoder, self.tokens, slices, self.values, self.device))

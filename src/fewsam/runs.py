@@ -1,0 +1,66 @@
+"""Run directories: everything needed to predict again, and nothing silently overwritten.
+
+RUN/config.json records the method, model, checkpoint, class map, labelled set and every
+hyper-parameter. Fitting into a folder that already holds a run resumes it when the
+configuration is identical and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fewsam import __version__
+from fewsam.errors import RunError
+
+CONFIG = "config.json"
+
+
+def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> tuple[Path, bool]:
+    """Create RUN (or accept it for resuming). Returns (path, resuming)."""
+    path = Path(run_dir)
+    config = {**config, "fewsam_version": __version__}
+    existing = path / CONFIG
+    if existing.exists():
+        stored = read_config(path)
+        if _comparable(stored) != _comparable(json.loads(json.dumps(config))):
+            raise RunError(f"{path} already holds a run with a different configuration; "
+                           "choose another --out (nothing was overwritten)")
+        return path, True
+    if path.exists() and any(path.iterdir()):
+        raise RunError(f"{path} exists and is not a fewsam run folder; choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(existing, config)
+    return path, False
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """Fields that may differ between a run and its resumption (display-only settings)."""
+    return {k: v for k, v in config.items() if k not in {"device", "cache", "progress"}}
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        raise RunError(f"{run_dir} is not a fewsam run folder (no {CONFIG}); run `fewsam fit ...` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path} is corrupt ({err}); refit the run") from err
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (tmp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

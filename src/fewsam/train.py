@@ -1,0 +1,191 @@
+"""The one training loop of fewsam. Methods say what a batch contributes; the loop does the rest.
+
+A method hands over a ``TrainTask`` (its trainable module, how to sample a batch and compute its
+loss, how to score the validation list). The loop owns the optimiser, the learning-rate
+schedule, seeding, validation-based model selection, checkpoints and resume, the progress bar
+and the fit log. A run killed at any point resumes from its last checkpoint to the same result,
+because the checkpoint carries the random generators' states along with the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from fewsam.progress import progress_bar
+
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+LOG = "fit_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every method (method-specific ones live in the method)."""
+
+    steps: int = 300
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # "adamw" | "sgd"
+    momentum: float = 0.9
+    schedule: str = "cosine"  # "cosine" | "poly" | "constant"
+    warmup_steps: int = 10
+    val_every: int = 50
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+class TrainTask(Protocol):
+    """What a method gives the loop."""
+
+    module: nn.Module
+
+    def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sample a batch with ``rng`` and return (loss, scalars to log)."""
+        ...
+
+    def validate(self) -> dict[str, float]:
+        """Metrics on the validation list; must include "score" (higher is better)."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    best_score: float
+    best_step: int
+    steps_run: int
+    seconds: float
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed torch and return the numpy generator the loop passes to the task (no global numpy RNG)."""
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine / poly(0.9) decay / constant, as a multiple of cfg.lr."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "poly":
+        return (1 - progress) ** 0.9
+    return 1.0
+
+
+def train(
+    task: TrainTask,
+    cfg: TrainConfig,
+    run_dir: Path,
+    show_progress: bool = True,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) training; leaves RUN/checkpoint_best.pt with the best-validated weights."""
+    rng = seed_everything(cfg.seed)
+    params = [p for p in task.module.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg)
+    state = _resume(run_dir, task, optimizer, rng)
+    start = time.perf_counter()
+    with progress_bar(show_progress) as bar:
+        job = bar.add_task("fit", total=cfg.steps, completed=state["step"])
+        for step in range(state["step"], cfg.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, cfg)
+            task.module.train()
+            loss, scalars = task.training_loss(rng, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            _log(run_dir, {"step": step + 1, "loss": float(loss.detach()), **scalars})
+            bar.update(job, advance=1, description=f"fit loss {float(loss):.3f}")
+            if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
+                state = _validate_and_checkpoint(task, optimizer, rng, run_dir, state, step + 1)
+                if on_checkpoint:
+                    on_checkpoint(step + 1)
+    return TrainResult(state["best_score"], state["best_step"], cfg.steps, time.perf_counter() - start)
+
+
+def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, step: int) -> dict:
+    task.module.eval()
+    with torch.no_grad():
+        metrics = task.validate()
+    _log(run_dir, {"step": step, "validation": metrics})
+    state = dict(state, step=step)
+    if metrics["score"] > state["best_score"]:
+        state.update(best_score=metrics["score"], best_step=step)
+        atomic_torch_save({"module": task.module.state_dict(), "step": step, "metrics": metrics}, run_dir / BEST)
+    checkpoint = {
+        "module": task.module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "state": state,
+    }
+    atomic_torch_save(checkpoint, run_dir / LAST)
+    return state
+
+
+def _resume(run_dir: Path, task: TrainTask, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> dict:
+    """Restore the last checkpoint if there is one; the log is truncated to that step."""
+    path = run_dir / LAST
+    if not path.exists():
+        (run_dir / LOG).unlink(missing_ok=True)
+        return {"step": 0, "best_score": -math.inf, "best_step": 0}
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    task.module.load_state_dict(ckpt["module"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    rng.bit_generator.state = ckpt["rng"]
+    torch.set_rng_state(ckpt["torch_rng"])
+    _truncate_log(run_dir / LOG, ckpt["state"]["step"])
+    return ckpt["state"]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _log(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / LOG, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save via a temporary file and rename: a kill never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
