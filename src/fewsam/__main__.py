@@ -1,0 +1,3 @@
+from fewsam.cli import main
+
+main()

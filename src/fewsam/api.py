@@ -1,0 +1,127 @@
+"""Pure-Python entry points behind the CLI (nnU-Net's *_api idea): usable from notebooks and tests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fewsam.cache import EmbeddingCache
+from fewsam.data import open_dataset, select_labelled
+from fewsam.data.types import SliceRef
+from fewsam.embedded import embed_cases
+from fewsam.errors import DataError
+from fewsam.inference import FitContext
+from fewsam.models.registry import load_model
+from fewsam.runs import prepare_run_dir
+from fewsam.train import TrainConfig, TrainResult
+
+
+@dataclass
+class FitOptions:
+    """Data, model and run options every method's fit takes."""
+
+    data: Path
+    run: Path
+    labeled_cases: int | None = None
+    labeled_slices: int | None = None
+    model: str = "litemedsam"
+    checkpoint: Path | None = None
+    cache: str = "~/.cache/fewsam"
+    device: str = "cpu"
+    seed: int = 0
+    val_split: str = "val"
+    show_progress: bool = True
+    fair_attribute: str | None = None
+    fair_gamma: float = 1.0
+
+
+def embed_dataset(data: str | Path, split: str | None, model_name: str, checkpoint: str | Path | None,
+                  cache_root: str, device: str = "cpu", show_progress: bool = True) -> dict[str, Any]:
+    """Fill the cache for every case of ``split`` (all splits when None). Returns hit/miss counts."""
+    dataset = open_dataset(data)
+    model = load_model(model_name, checkpoint, device=device)
+    cache = EmbeddingCache(cache_root, model)
+    ids = dataset.split(split) if split else _all_case_ids(dataset)
+    embed_cases(dataset, ids, cache, device, show_progress)
+    return {"cases": len(ids), "encoded": cache.misses, "cache_hits": cache.hits, "cache": str(cache.dir)}
+
+
+def _all_case_ids(dataset) -> list[str]:
+    seen: dict[str, None] = {}
+    for name in ("train", "val", "test"):
+        try:
+            seen.update(dict.fromkeys(dataset.split(name)))
+        except DataError:
+            continue
+    return list(seen)
+
+
+def fit_context(opts: FitOptions) -> tuple[FitContext, list[SliceRef], list[str]]:
+    """Open data, load the model and cache, pick the labelled slices and the validation cases."""
+    if opts.labeled_cases is None and opts.labeled_slices is None:
+        raise DataError("say how many labels to use: --labeled-cases N or --labeled-slices K")
+    dataset = open_dataset(opts.data)
+    labelled = select_labelled(dataset, n_cases=opts.labeled_cases, n_slices=opts.labeled_slices)
+    if not labelled:
+        raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
+    val_ids = dataset.split(opts.val_split)
+    model = load_model(opts.model, opts.checkpoint, device=opts.device)
+    ctx = FitContext(dataset, model, EmbeddingCache(opts.cache, model), opts.device, opts.show_progress)
+    return ctx, labelled, val_ids
+
+
+def run_config(method: str, opts: FitOptions, ctx: FitContext, labelled: list[SliceRef],
+               **method_cfg: Any) -> dict[str, Any]:
+    """What config.json records: enough to predict again and to refuse a mismatched resume."""
+    return {
+        "method": method,
+        "model": opts.model,
+        "checkpoint": str(opts.checkpoint) if opts.checkpoint else None,
+        "weights_sha256": ctx.model.weights_sha256,
+        "preprocess": ctx.model.preprocess_signature(),
+        "data": str(Path(opts.data).resolve()),
+        "class_map": ctx.class_map.to_json(),
+        "values": ctx.values,
+        "labelled": {"cases": opts.labeled_cases, "slices": opts.labeled_slices,
+                     "refs": [f"{r.case_id}:{r.z}" for r in labelled]},
+        "val_split": opts.val_split,
+        "fair": {"attribute": opts.fair_attribute, "gamma": opts.fair_gamma} if opts.fair_attribute else None,
+        "device": opts.device,
+        "cache": opts.cache,
+        **method_cfg,
+    }
+
+
+def fit_fewshot_run(opts: FitOptions, steps: int = 600, lr: float = 1e-4, batch_size: int = 8,
+                    val_every: int = 50, tokens_per_class: int = 1, shot_dropout: float = 0.5) -> TrainResult:
+    """``fewsam fit fewshot``."""
+    from fewsam.methods import fewshot
+
+    ctx, labelled, val_ids = fit_context(opts)
+    train_cfg = TrainConfig(steps=steps, lr=lr, val_every=val_every, seed=opts.seed)
+    fs_cfg = fewshot.FewShotConfig(tokens_per_class=tokens_per_class, shot_dropout=shot_dropout,
+                                   batch_size=batch_size)
+    config = run_config("fewshot", opts, ctx, labelled, train=asdict(train_cfg), fewshot=asdict(fs_cfg))
+    run_dir, _ = prepare_run_dir(opts.run, config)
+    return fewshot.fit(ctx, labelled, val_ids, run_dir, train_cfg, fs_cfg)
+
+
+def fit_prompted_run(run: Path, prompt: str, box_margin: float, model_name: str,
+                     checkpoint: Path | None) -> Path:
+    """``fewsam fit prompted``: records a zero-shot run (nothing to train)."""
+    from fewsam.methods.prompted import PROMPTS
+
+    if prompt not in PROMPTS:
+        raise DataError(f"--prompt must be one of {', '.join(PROMPTS)}, not {prompt!r}")
+    model = load_model(model_name, checkpoint)
+    config = {
+        "method": "prompted",
+        "model": model_name,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "weights_sha256": model.weights_sha256,
+        "preprocess": model.preprocess_signature(),
+        "prompted": {"prompt": prompt, "box_margin": box_margin},
+    }
+    run_dir, _ = prepare_run_dir(run, config)
+    return run_dir

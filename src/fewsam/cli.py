@@ -1,0 +1,223 @@
+"""The ``fewsam`` command line: thin wrappers over the API; user mistakes end in one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from fewsam.errors import FewsamError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Label-efficient and fair Segment Anything for medical images.")
+fit_app = typer.Typer(no_args_is_help=True, help="Fit a method; writes a run folder.")
+app.add_typer(fit_app, name="fit")
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_CACHE = "~/.cache/fewsam"
+
+ModelOpt = typer.Option("litemedsam", "--model", help="litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam")
+CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights file (required for SAM/MedSAM).")
+CacheOpt = typer.Option(DEFAULT_CACHE, "--cache", help="Embedding cache folder.")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N")
+QuietOpt = typer.Option(False, "--quiet", help="No progress bars.")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("fewsam_demo"), "--out", help="Folder for data, run, predictions, overlays."),
+    device: str = DeviceOpt,
+    cache: str = CacheOpt,
+    steps: int = typer.Option(80, help="Decoder fine-tuning steps."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Few-shot SAM on a generated cardiac-like phantom: fit from 2 labelled slices, predict, score."""
+    from fewsam.demo import run_demo
+
+    result = run_demo(out_dir, device=device, cache_root=cache, steps=steps, show_progress=not quiet)
+    out.print(f"[bold]few-shot LiteMedSAM on the phantom[/] ({result['n_val']} validation volumes)")
+    for name, metrics in result["per_class"].items():
+        out.print(f"  {name:>6}: Dice {metrics['dice']:.3f}")
+    out.print(f"  mean  : Dice {result['mean']['dice']:.3f}")
+    out.print(f"overlays: {result['overlays']}")
+
+
+@app.command()
+def embed(
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    split: Optional[str] = typer.Option(None, "--split", help="train | val | test | a list file; default all."),
+    model: str = ModelOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+    cache: str = CacheOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Fill the embedding cache for a dataset (resumable: finished slices are never re-encoded)."""
+    from fewsam.api import embed_dataset
+
+    stats = embed_dataset(data, split, model, checkpoint, cache, device, show_progress=not quiet)
+    out.print(json.dumps(stats))
+
+
+@fit_app.command("fewshot")
+def fit_fewshot(
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    run: Path = typer.Option(..., "--out", help="Run folder to write (resumed if it holds the same run)."),
+    labeled_cases: Optional[int] = typer.Option(None, "--labeled-cases", help="First N subjects of the budget order."),
+    labeled_slices: Optional[int] = typer.Option(None, "--labeled-slices", help="First K slices of the budget order."),
+    steps: int = typer.Option(600, help="Training steps (batches)."),
+    lr: float = typer.Option(1e-4, help="AdamW learning rate."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    tokens_per_class: int = typer.Option(1, "--tokens-per-class", help="Prototype tokens per class."),
+    shot_dropout: float = typer.Option(0.5, "--shot-dropout", help="Fraction of shots left out per step."),
+    val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
+    val_every: int = typer.Option(50, "--val-every"),
+    fair_attribute: Optional[str] = typer.Option(None, "--fair-attribute", help="Group column for fair scaling."),
+    fair_gamma: float = typer.Option(1.0, "--fair-gamma"),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = ModelOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+    cache: str = CacheOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Few-shot SAM: prototype prompts from the labelled slices; only the mask decoder is trained."""
+    from fewsam.api import FitOptions, fit_fewshot_run
+
+    opts = FitOptions(data=data, run=run, labeled_cases=labeled_cases, labeled_slices=labeled_slices,
+                      model=model, checkpoint=checkpoint, cache=cache, device=device, seed=seed,
+                      val_split=val_split, show_progress=not quiet,
+                      fair_attribute=fair_attribute, fair_gamma=fair_gamma)
+    result = fit_fewshot_run(opts, steps=steps, lr=lr, batch_size=batch_size, val_every=val_every,
+                             tokens_per_class=tokens_per_class, shot_dropout=shot_dropout)
+    out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
+
+
+@fit_app.command("prompted")
+def fit_prompted(
+    run: Path = typer.Option(..., "--out", help="Run folder to write."),
+    prompt: str = typer.Option("box", "--prompt", help="points | box (taken from the labels at predict time)."),
+    box_margin: float = typer.Option(0.0, "--box-margin", help="Pixels added around the tight box."),
+    model: str = ModelOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+) -> None:
+    """Zero-shot SAM with oracle point or box prompts (the papers' comparison baselines)."""
+    from fewsam.api import fit_prompted_run
+
+    fit_prompted_run(run, prompt, box_margin, model, checkpoint)
+    out.print(f"recorded zero-shot SAM ({prompt} prompts) in {run}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run folder written by `fewsam fit`."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    split: Optional[str] = typer.Option(None, "--split", help="List file relative to DATA, or train|val|test."),
+    pred: Path = typer.Option(..., "--out", help="Prediction folder to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty folder."),
+    cache: str = CacheOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Write one prediction per case, in the case's own format, mirroring its relative path."""
+    from fewsam.predict import predict as run_predict
+
+    written = run_predict(run, data, pred, split, cache, device, overwrite, not quiet)
+    out.print(f"wrote {len(written)} predictions to {pred}")
+
+
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Prediction folder."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    split: Optional[str] = typer.Option(None, "--split"),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="Attribute column for group metrics."),
+    alpha: float = typer.Option(1.0, "--alpha", help="Equity-scaling alpha."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON here."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Dice, IoU, HD95, ASD per class and case (and ES-Dice / ES-IoU per group)."""
+    from fewsam.evaluate import evaluate as run_evaluate
+    from fewsam.runs import write_json
+
+    result = run_evaluate(pred, data, split, group_by, alpha, not quiet)
+    if json_out:
+        write_json(json_out, result)
+    _print_summary(result)
+
+
+@app.command()
+def bench(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (e.g. ../shared/data/acdc)."),
+    n: int = typer.Option(8, "-n", help="Slices to encode."),
+    cache: Path = typer.Option(Path("bench_cache"), "--cache", help="A scratch cache folder (emptied)."),
+    device: str = DeviceOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """Measure encoder s/slice, cache-hit s/slice and decoder step/inference times on this machine."""
+    from fewsam.bench import run_bench
+    from fewsam.runs import write_json
+
+    result = run_bench(data, n, cache, device)
+    if json_out:
+        write_json(json_out, result)
+    out.print(json.dumps(result, indent=2))
+
+
+def _print_summary(result: dict) -> None:
+    mean = result["mean"]
+    out.print(f"{result['n_cases']} cases  mean Dice {mean['dice']:.4f}  IoU {mean['iou']:.4f}  "
+              f"HD95 {_fmt(mean.get('hd95'))}  ASD {_fmt(mean.get('asd'))} ({result['distance_unit']})")
+    for name, m in result["per_class"].items():
+        out.print(f"  {name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {_fmt(m.get('hd95'))}")
+    if "es_dice" in result:
+        out.print(f"ES-Dice {result['es_dice']:.4f}  ES-IoU {result['es_iou']:.4f}  "
+                  f"worst-group gap {result['worst_group_gap']:.4f}")
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+ALLOCATOR_TUNING = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+
+
+def _tune_allocator() -> None:
+    """Re-exec once with glibc's allocator tuned: 2-3x faster on SAM's large activations (PLATFORM.md).
+
+    It must be set before the process starts, hence the re-exec; FEWSAM_NO_REEXEC=1 opts out.
+    """
+    if os.environ.get("GLIBC_TUNABLES") or os.environ.get("FEWSAM_NO_REEXEC") or os.name != "posix":
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=ALLOCATOR_TUNING)
+    os.execve(sys.executable, [sys.executable, "-m", "fewsam", *sys.argv[1:]], env)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    _tune_allocator()
+    try:
+        app(standalone_mode=False)
+    except FewsamError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; run the same command again to resume")
+        raise SystemExit(130)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            raise SystemExit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1)
+        raise

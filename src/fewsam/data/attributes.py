@@ -1,0 +1,149 @@
+"""Group attributes for fairness evaluation: CSV tables joined to cases, and bins for
+continuous attributes (``parse_bins("bmi:25,30")`` -> "<25", "25-30", ">=30").
+
+A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``... or the first
+column); a case takes the row whose key equals its case id, its subject (patient) id, its
+relative path, or the file name of that path, in this order. Cells are parsed as int, then
+float, else kept as text; empty cells and NA/NaN/None are missing (``None``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fewsam.errors import DataError, FewsamError
+
+KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_id", "pid", "id")
+MISSING = {"", "na", "n/a", "nan", "none", "null"}
+
+
+def parse_cell(text: str) -> Any:
+    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' -> None."""
+    text = text.strip()
+    if text.lower() in MISSING:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass
+class AttributeTable:
+    """Rows of attributes by key (a case, patient or file id), from one CSV file."""
+
+    rows: dict[str, dict[str, Any]]
+    key: str
+    source: str = ""
+
+    def row_for(self, case_id: str, subject: str, rel_path: str = "") -> dict[str, Any]:
+        for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem):
+            if key and key in self.rows:
+                return self.rows[key]
+        return {}
+
+
+def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeTable:
+    """Read a CSV of group attributes; ``key`` names the id column (auto-detected if None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"attribute table {path} not found; give an existing CSV file")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read attribute table {path}: {err}") from None
+    key = key or _key_column(columns, path)
+    if key not in columns:
+        raise DataError(f"attribute table {path} has no column {key!r}; columns: {columns}")
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        name = (rec.get(key) or "").strip()
+        if not name:
+            continue
+        if name in rows:
+            raise DataError(f"attribute table {path} has two rows for {key}={name!r}; "
+                            "keep one row per id")
+        rows[name] = {c: parse_cell(v or "") for c, v in rec.items() if c and c != key}
+    return AttributeTable(rows=rows, key=key, source=str(path))
+
+
+def _key_column(columns: list[str], path: Path) -> str:
+    if not columns:
+        raise DataError(f"attribute table {path} is empty; it needs a header row and an id column")
+    lowered = {c.lower(): c for c in columns}
+    for name in KEY_COLUMNS:
+        if name in lowered:
+            return lowered[name]
+    return columns[0]
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Left-closed bins of one continuous attribute: edges (25, 30) -> "<25", "25-30", ">=30"."""
+
+    column: str
+    edges: tuple[float, ...]
+
+    @property
+    def labels(self) -> list[str]:
+        e = [_fmt(x) for x in self.edges]
+        middle = [f"{a}-{b}" for a, b in zip(e, e[1:])]
+        return [f"<{e[0]}", *middle, f">={e[-1]}"]
+
+    def label(self, value: Any) -> str | None:
+        """The bin of a value; None for a missing or non-numeric value."""
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            return None
+        if math.isnan(x):
+            return None
+        return self.labels[sum(x >= edge for edge in self.edges)]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def parse_bins(spec: str) -> Bins:
+    """'bmi:25,30' -> Bins('bmi', (25.0, 30.0)); 'age:60' -> "<60", ">=60"."""
+    column, sep, edges_text = spec.partition(":")
+    try:
+        edges = tuple(float(x) for x in edges_text.split(",") if x.strip())
+    except ValueError:
+        edges = ()
+    if not sep or not column.strip() or not edges or list(edges) != sorted(set(edges)):
+        raise FewsamError(f"bad bin spec {spec!r}: write COLUMN:EDGE[,EDGE...] with increasing "
+                          "edges, e.g. 'bmi:25,30' or 'age:60'")
+    return Bins(column.strip(), edges)
+
+
+DEFAULT_BINS = {"age": Bins("age", (60.0,)), "bmi": Bins("bmi", (25.0, 30.0))}
+
+
+def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) -> str | None:
+    """The group a case falls in for ``column``: its bin if binned, else the value as text.
+
+    Continuous ``age`` and ``bmi`` use ``DEFAULT_BINS`` (age at 60 years; BMI 25/30) unless
+    ``bins`` is given. Missing values give None (the case is left out of group metrics).
+    """
+    value = attributes.get(column)
+    if value is None:
+        return None
+    bins = bins or DEFAULT_BINS.get(column)
+    if bins is not None and not isinstance(value, str):
+        return bins.label(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,104 @@
+"""ACDC in the SSL4MIS layout: ``data/*.h5`` plus list files in root.
+
+    root/data/patient099_frame01_slice_15.h5   2D slice: image (H,W) float32, label (H,W) uint8
+    root/data/patient028_frame01.h5            volume: image (D,H,W), label (D,H,W)
+    root/train_slices.list  train.list  val.list  [test.list]  [patient_info.csv]
+
+Splits: "train" = train_slices.list (2D slice cases, D=1), "val" = val.list (volumes),
+"train_volumes" = train.list, "test" = test.list when present, or any "<name>.list" in root.
+The labelled-budget order is train_slices.list in file order (SSL4MIS, UniMatch, SAM-Match:
+"3 labelled cases" = its first 68 lines). Spacing is None: the h5 files carry none, so metrics
+are in pixels. ``patient_info.csv`` in root is joined by patient id (group, bmi, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from fewsam.data.attributes import read_attribute_table
+from fewsam.data.readers.common import Entry, IndexedDataset, Read, to_label_array
+from fewsam.data.types import ClassMap, SliceRef
+from fewsam.errors import DataError
+
+CLASS_MAP = ClassMap({1: "RV", 2: "Myo", 3: "LV"})
+LIST_SPLITS = {"train": "train_slices.list", "val": "val.list",
+               "train_volumes": "train.list", "test": "test.list"}
+_SUBJECT = re.compile(r"^(.+?)_frame\d+")
+
+
+def detect(root: Path) -> bool:
+    return (root / "data").is_dir() and any((root / f).is_file() for f in LIST_SPLITS.values())
+
+
+def subject_of(case_id: str) -> str:
+    """'patient099_frame01_slice_15' -> 'patient099'."""
+    m = _SUBJECT.match(case_id)
+    return m.group(1) if m else re.sub(r"_slice_\d+$", "", case_id)
+
+
+class AcdcH5Dataset(IndexedDataset):
+    layout = "acdc-h5"
+    format = "h5"
+
+    def __init__(self, root: Path) -> None:
+        entries = [Entry(case_id=p.stem, image=p, label=p, rel_path=p.name, subject=subject_of(p.stem))
+                   for p in sorted((root / "data").glob("*.h5"))]
+        super().__init__(root, CLASS_MAP, entries)
+        for split, list_name in LIST_SPLITS.items():
+            if (root / list_name).is_file():
+                self.splits[split] = self._read_list_file(list_name)
+        if (root / "patient_info.csv").is_file():
+            self.add_attributes(read_attribute_table(root / "patient_info.csv"))
+
+    def labelled_budget_order(self) -> list[SliceRef]:
+        """train_slices.list in file order; without it, every slice of train.list's volumes."""
+        if "train" in self.splits:
+            return [SliceRef(cid, 0) for cid in self.split("train")]
+        return [SliceRef(cid, z) for cid in self.split("train_volumes")
+                for z in range(self.num_slices(cid))]
+
+    def num_slices(self, case_id: str) -> int:
+        path = self._entry(case_id).image
+        with _open(path) as f:
+            shape = _dataset(f, "image", path).shape
+        return 1 if len(shape) == 2 else int(shape[0])
+
+    def _read(self, entry: Entry) -> Read:
+        path = entry.image
+        try:
+            with _open(path) as f:
+                image = np.asarray(_dataset(f, "image", path)[()], dtype=np.float32)
+                label = np.asarray(f["label"][()]) if "label" in f else None
+        except OSError as err:
+            raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
+        ndim = image.ndim
+        if ndim not in (2, 3):
+            raise DataError(f"{path}: 'image' must be (H,W) or (D,H,W), got {image.shape}")
+        if ndim == 2:
+            image = image[None]
+            label = None if label is None else label[None]
+        if label is not None:
+            label = to_label_array(label, path)
+        return Read(image=image, label=label, meta={"ndim": ndim})
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"cannot open {path} (truncated or not HDF5?): {err}") from None
+
+
+def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
+    if key not in f:
+        raise DataError(f"{path} has no {key!r} dataset (keys: {list(f.keys())}); "
+                        "SSL4MIS h5 files need 'image' and 'label'")
+    return f[key]
+
+
+def open_acdc_h5(root: Path) -> AcdcH5Dataset:
+    return AcdcH5Dataset(root)

@@ -1,0 +1,254 @@
+"""Segmentation metrics per case, class and group; equity scaling; bootstrap CIs; Wilcoxon tests.
+
+Conventions (the JSON that `fewsam evaluate` writes relies on them):
+
+- Metrics are computed per class on a whole case: a (D, H, W) volume or an (H, W) image.
+  Dice and IoU are fractions in [0, 1].
+- Both prediction and label empty: dice = iou = 1, hd95 = asd = 0. Exactly one of them empty:
+  dice = iou = 0 and hd95 = asd = None -- a missing value, never 0 (as the papers report).
+- The surface of a mask is the set of its voxels removed by one binary erosion with face
+  connectivity, the outside of the array counting as background (medpy and MONAI do the same).
+- Distances are in the units of `spacing` (mm, one value per array axis, (z, y, x)) when it is
+  given, else in voxels/pixels.
+- HD95 follows MONAI's `compute_hausdorff_distance(percentile=95)`: the larger of the two
+  directed 95th percentiles (linear interpolation). medpy's `hd95` instead takes the 95th
+  percentile of both directions pooled; the two agree on symmetric shapes and differ slightly
+  otherwise.
+- ASD is the mean distance from the predicted surface to the label surface (directed), as
+  medpy's `asd` (used by SSL4MIS, SAM-Match and FairSeg) and MONAI's
+  `compute_average_surface_distance` with its default `symmetric=False`.
+- Summaries ignore missing values (None or NaN) and count them per class; the overall mean is
+  the mean over classes of the per-class means (SSL4MIS style).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from scipy.stats import wilcoxon
+
+from fewsam.errors import DataError
+
+METRICS = ("dice", "iou", "hd95", "asd")
+CI_METRICS = ("dice", "iou")
+
+
+def case_metrics(
+    pred: np.ndarray,
+    label: np.ndarray,
+    class_labels: list[int],
+    spacing: tuple[float, ...] | None = None,
+) -> dict[int, dict[str, float | None]]:
+    """Dice, IoU, HD95 and ASD of each class in `class_labels` for one case.
+
+    `pred` and `label` are integer label maps of the same shape ((D, H, W) or (H, W)).
+    """
+    pred, label = np.asarray(pred), np.asarray(label)
+    if pred.shape != label.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
+    if spacing is not None and len(spacing) != pred.ndim:
+        raise DataError(f"spacing {tuple(spacing)} needs one value per axis of a {pred.ndim}D case")
+    return {int(c): binary_metrics(pred == c, label == c, spacing) for c in class_labels}
+
+
+def binary_metrics(
+    pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None = None
+) -> dict[str, float | None]:
+    """Dice, IoU, HD95 and ASD of two boolean masks, with the empty-mask conventions above."""
+    n_pred, n_label = int(np.count_nonzero(pred)), int(np.count_nonzero(label))
+    if n_pred == 0 and n_label == 0:
+        return {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "asd": 0.0}
+    if n_pred == 0 or n_label == 0:
+        return {"dice": 0.0, "iou": 0.0, "hd95": None, "asd": None}
+    overlap = int(np.count_nonzero(pred & label))
+    pred_to_label, label_to_pred = surface_distances(pred, label, spacing)
+    hd95 = max(np.percentile(pred_to_label, 95), np.percentile(label_to_pred, 95))
+    return {
+        "dice": 2 * overlap / (n_pred + n_label),
+        "iou": overlap / (n_pred + n_label - overlap),
+        "hd95": float(hd95),
+        "asd": float(pred_to_label.mean()),
+    }
+
+
+def surface_distances(
+    pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances from each surface voxel of `pred` to the surface of `label`, and back.
+
+    Both masks must be non-empty. They are cropped to their joint bounding box plus one voxel
+    first, which changes no distance (every surface voxel lies inside) but saves time.
+    """
+    box = _joint_box(pred, label)
+    pred_surface, label_surface = _surface(pred[box]), _surface(label[box])
+    to_label = ndimage.distance_transform_edt(~label_surface, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
+    return to_label[pred_surface], to_pred[label_surface]
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    # border_value=0: a mask touching the array edge has its surface there.
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _joint_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
+    coords = np.nonzero(a | b)
+    return tuple(slice(max(int(c.min()) - 1, 0), int(c.max()) + 2) for c in coords)
+
+
+def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluate JSON from per-case records.
+
+    A record is `{"case": id, "per_class": {name: {"dice", "iou", "hd95", "asd"}}, "group": g}`.
+    Returns `{"mean": {metric: value}, "per_class": {name: {metric: mean, "<metric>_missing": k}},
+    "cases": cases, "n_cases": N}`; a mean with no value to average is None.
+    """
+    names = _class_names(cases)
+    per_class = {name: _class_summary([c["per_class"].get(name, {}) for c in cases]) for name in names}
+    mean = {m: _mean([per_class[name][m] for name in names]) for m in METRICS}
+    return {"mean": mean, "per_class": per_class, "cases": cases, "n_cases": len(cases)}
+
+
+def _class_names(cases: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(name for case in cases for name in case["per_class"]))
+
+
+def _class_summary(records: list[dict[str, float | None]]) -> dict[str, float | int | None]:
+    summary: dict[str, float | int | None] = {}
+    for m in METRICS:
+        values = [r.get(m) for r in records]
+        summary[m] = _mean(values)
+        summary[f"{m}_missing"] = sum(_is_missing(v) for v in values)
+    return summary
+
+
+def _is_missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if not _is_missing(v)]
+    return float(np.mean(present)) if present else None
+
+
+def equity_scaled(overall: float, group_scores: list[float], alpha: float = 1.0, mode: str = "sum") -> float:
+    """FairSeg's equity-scaled metric: `overall / (1 + alpha * spread)`.
+
+    spread is `sum_g |M_g - overall|` for mode "sum" (the paper's default), or the sample standard
+    deviation (ddof=1, as FairSeg's `statistics.stdev`) of the group scores for mode "std"; with
+    fewer than two groups the standard deviation counts as 0.
+    """
+    if mode == "sum":
+        spread = sum(abs(score - overall) for score in group_scores)
+    elif mode == "std":
+        spread = statistics.stdev(group_scores) if len(group_scores) > 1 else 0.0
+    else:
+        raise ValueError(f"mode must be 'sum' or 'std', got {mode!r}")
+    return float(overall / (1.0 + alpha * spread))
+
+
+def group_summary(
+    cases: list[dict[str, Any]],
+    alpha: float = 1.0,
+    es_mode: str = "sum",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`summarise` plus per-group metrics, ES-Dice/ES-IoU, the worst-group gap and bootstrap CIs.
+
+    Cases whose "group" is None count in the overall scores but in no group ("missing_group").
+    Groups are keyed by `str(group)` in sorted order. With no group at all, es_dice, es_iou and
+    worst_group_gap are None. CIs are 95% percentile bootstraps over cases of the same mean as
+    the point estimate, drawn from one seeded generator in a fixed order (deterministic).
+    """
+    summary = summarise(cases)
+    rng = np.random.default_rng(seed)
+    summary["overall_ci95"] = bootstrap_ci(cases, rng, n_boot)
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for case in cases:
+        if case.get("group") is not None:
+            by_group.setdefault(str(case["group"]), []).append(case)
+    groups = {}
+    for g in sorted(by_group):
+        part = summarise(by_group[g])
+        ci = bootstrap_ci(by_group[g], rng, n_boot)
+        groups[g] = {"n": part["n_cases"], "mean": part["mean"], "per_class": part["per_class"], "ci95": ci}
+    summary["groups"] = groups
+    summary["missing_group"] = sum(case.get("group") is None for case in cases)
+    for m in CI_METRICS:
+        scores = [g["mean"][m] for g in groups.values()]
+        overall = summary["mean"][m]
+        usable = bool(groups) and overall is not None and None not in scores
+        summary[f"es_{m}"] = equity_scaled(overall, scores, alpha, es_mode) if usable else None
+    dice = [g["mean"]["dice"] for g in groups.values() if g["mean"]["dice"] is not None]
+    summary["worst_group_gap"] = max(dice) - min(dice) if dice else None
+    return summary
+
+
+def bootstrap_ci(
+    cases: list[dict[str, Any]], rng: np.random.Generator, n_boot: int = 1000
+) -> dict[str, list[float] | None]:
+    """95% percentile-bootstrap interval of the summary mean Dice and IoU, resampling cases.
+
+    Each replicate draws len(cases) cases with replacement (as multinomial counts) and recomputes
+    the mean over classes of the per-class means, missing values ignored as in `summarise`.
+    """
+    if not cases:
+        return {m: None for m in CI_METRICS}
+    names = _class_names(cases)
+    counts = rng.multinomial(len(cases), np.full(len(cases), 1 / len(cases)), size=n_boot).astype(float)
+    intervals: dict[str, list[float] | None] = {}
+    for m in CI_METRICS:
+        table = np.array([[_as_float(c["per_class"].get(n, {}).get(m)) for n in names] for c in cases])
+        present = ~np.isnan(table)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            class_means = (counts @ np.where(present, table, 0.0)) / (counts @ present)
+        replicates = _nanmean_rows(class_means)
+        replicates = replicates[~np.isnan(replicates)]
+        lo_hi = np.percentile(replicates, [2.5, 97.5]) if replicates.size else None
+        intervals[m] = None if lo_hi is None else [float(lo_hi[0]), float(lo_hi[1])]
+    return intervals
+
+
+def _as_float(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    present = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present, values, 0.0).sum(axis=1) / present.sum(axis=1)
+
+
+def wilcoxon_compare(a: dict[str, float], b: dict[str, float], n_comparisons: int = 1) -> dict[str, float | int]:
+    """Paired Wilcoxon signed-rank test of per-case Dice `a` vs `b` (dicts case id -> Dice).
+
+    Uses the cases both runs have. Returns n, median_diff (of a - b), statistic, p and
+    p_bonferroni = min(1, p * n_comparisons). Identical scores give statistic 0 and p = 1.
+    """
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        raise DataError(
+            f"the two runs share {len(common)} case(s); a paired test needs at least 2 — "
+            "evaluate both runs on the same split"
+        )
+    if n_comparisons < 1:
+        raise ValueError(f"n_comparisons must be >= 1, got {n_comparisons}")
+    x = np.array([a[k] for k in common], dtype=float)
+    y = np.array([b[k] for k in common], dtype=float)
+    if np.all(x == y):
+        statistic, p = 0.0, 1.0
+    else:
+        result = wilcoxon(x, y)
+        statistic, p = float(result.statistic), float(result.pvalue)
+    return {
+        "n": len(common),
+        "median_diff": float(np.median(x - y)),
+        "statistic": statistic,
+        "p": p,
+        "p_bonferroni": min(1.0, p * n_comparisons),
+    }
