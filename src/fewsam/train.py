@@ -101,6 +101,7 @@ def train(
     on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Run (or resume) training; leaves RUN/checkpoint_best.pt with the best-validated weights."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     rng = seed_everything(cfg.seed)
     params = [p for p in task.module.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)

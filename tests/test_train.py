@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fewsam.train import BEST, LAST, LOG, TrainConfig, lr_factor, train
+
+
+class ToyTask:
+    """Linear regression with a known solution: enough to test the loop's bookkeeping."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(123)
+        self.module = nn.Linear(3, 1)
+        gen = torch.Generator().manual_seed(7)
+        self.x = torch.randn(64, 3, generator=gen)
+        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+
+    def training_loss(self, rng, step):
+        idx = torch.from_numpy(rng.choice(64, 8, replace=False))
+        noise = torch.randn(8, 1) * 0.01  # uses torch's RNG, which must also resume exactly
+        return ((self.module(self.x[idx]) - self.y[idx] - noise) ** 2).mean(), {}
+
+    def validate(self):
+        with torch.no_grad():
+            return {"score": -float(((self.module(self.x) - self.y) ** 2).mean())}
+
+
+CFG = TrainConfig(steps=40, lr=0.1, optimizer="sgd", grad_clip=0, val_every=10, warmup_steps=2, seed=3)
+
+
+def test_loop_learns_and_keeps_best(tmp_path):
+    task = ToyTask()
+    before = task.validate()["score"]
+    result = train(task, CFG, tmp_path, show_progress=False)
+    assert result.best_score > before and result.best_score > -0.05
+    assert (tmp_path / BEST).exists() and (tmp_path / LAST).exists()
+    lines = [json.loads(l) for l in (tmp_path / LOG).read_text().splitlines()]
+    assert sum("validation" in l for l in lines) == 4
+
+
+def test_resume_after_kill_reaches_same_weights(tmp_path):
+    straight = ToyTask()
+    train(straight, CFG, tmp_path / "a", show_progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_20(step):
+        if step == 20:
+            raise Killed
+
+    interrupted = ToyTask()
+    with pytest.raises(Killed):
+        train(interrupted, CFG, tmp_path / "b", show_progress=False, on_checkpoint=kill_at_20)
+    resumed = ToyTask()  # a fresh process: weights re-initialised, then restored from the checkpoint
+    train(resumed, CFG, tmp_path / "b", show_progress=False)
+    for p, q in zip(straight.module.parameters(), resumed.module.parameters()):
+        assert torch.equal(p, q)
+    assert (tmp_path / "a" / LOG).read_text() == (tmp_path / "b" / LOG).read_text()
+
+
+def test_same_seed_same_result(tmp_path):
+    a, b = ToyTask(), ToyTask()
+    train(a, CFG, tmp_path / "a", show_progress=False)
+    train(b, CFG, tmp_path / "b", show_progress=False)
+    assert torch.equal(a.module.weight, b.module.weight)
+
+
+@pytest.mark.parametrize("schedule,step,expected", [
+    ("cosine", 0, 0.5), ("cosine", 2, 1.0), ("cosine", 40, 0.0), ("poly", 21, 0.5 ** 0.9), ("constant", 30, 1.0),
+])
+def test_lr_schedule(schedule, step, expected):
+    cfg = TrainConfig(steps=40, warmup_steps=2, schedule=schedule)
+    assert lr_factor(step, cfg) == pytest.approx(expected)
