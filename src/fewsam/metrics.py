@@ -55,6 +55,19 @@ def case_metrics(
     return {int(c): binary_metrics(pred == c, label == c, spacing) for c in class_labels}
 
 
+def dice_per_class(pred: np.ndarray, label: np.ndarray, class_labels: list[int]) -> dict[int, float]:
+    """Dice alone per class (same empty-mask conventions): the cheap score for model selection."""
+    pred, label = np.asarray(pred), np.asarray(label)
+    if pred.shape != label.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
+    return {int(c): _dice(pred == c, label == c) for c in class_labels}
+
+
+def _dice(pred: np.ndarray, label: np.ndarray) -> float:
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(label))
+    return 1.0 if total == 0 else 2 * int(np.count_nonzero(pred & label)) / total
+
+
 def binary_metrics(
     pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None = None
 ) -> dict[str, float | None]:
