@@ -48,15 +48,13 @@ class AcdcH5Dataset(IndexedDataset):
         entries = [Entry(case_id=p.stem, image=p, label=p, rel_path=p.name, subject=subject_of(p.stem))
                    for p in sorted((root / "data").glob("*.h5"))]
         super().__init__(root, CLASS_MAP, entries)
-        for split, list_name in LIST_SPLITS.items():
-            if (root / list_name).is_file():
-                self.splits[split] = self._read_list_file(list_name)
+        self.split_files = {s: f for s, f in LIST_SPLITS.items() if (root / f).is_file()}
         if (root / "patient_info.csv").is_file():
             self.add_attributes(read_attribute_table(root / "patient_info.csv"))
 
     def labelled_budget_order(self) -> list[SliceRef]:
         """train_slices.list in file order; without it, every slice of train.list's volumes."""
-        if "train" in self.splits:
+        if "train" in self.split_files:
             return [SliceRef(cid, 0) for cid in self.split("train")]
         return [SliceRef(cid, z) for cid in self.split("train_volumes")
                 for z in range(self.num_slices(cid))]

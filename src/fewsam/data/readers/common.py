@@ -46,8 +46,9 @@ class Read:
 class IndexedDataset:
     """Base of all readers: implements the ``Dataset`` protocol over an index of ``Entry``.
 
-    Splits: the reader's named splits (``self.splits``), ``"all"`` (every indexed case, in index
-    order), or the name of a list file in root (one case id or file name per line).
+    Splits: the reader's named splits (``self.splits``, or ``self.split_files``: names of list
+    files read when asked for), ``"all"`` (every indexed case, in index order), or the name of
+    a list file in root (one case id, file name or relative path per line).
     """
 
     layout = "?"
@@ -58,6 +59,7 @@ class IndexedDataset:
         self.class_map = class_map
         self.entries = {e.case_id: e for e in entries}
         self.splits: dict[str, list[str]] = {}
+        self.split_files: dict[str, str] = {}
         self.tables: list[AttributeTable] = []
         self.check_label_values = True
         self._aliases: dict[str, str] | None = None
@@ -77,16 +79,22 @@ class IndexedDataset:
             ids = list(self.entries)
         elif name in self.splits:
             ids = self.splits[name]
+        elif name in self.split_files:
+            ids = self._read_list_file(self.split_files[name])
         elif name.endswith(LIST_SUFFIXES) or (self.root / name).is_file():
             ids = self._read_list_file(name)
         else:
-            known = ", ".join([*self.splits, "all"]) or "all"
+            known = ", ".join(self.split_names())
             raise DataError(f"unknown split {name!r} for {self.root}: use one of {known} "
                             "or a list file in that folder")
         if not ids:
             raise DataError(f"split {name!r} of {self.root} is empty; "
-                            f"use one of: {', '.join(s for s in self.splits if self.splits[s])}")
+                            f"use one of: {', '.join(self.split_names())}")
         return list(ids)
+
+    def split_names(self) -> list[str]:
+        """Named splits of this dataset (list files in root can be used as well)."""
+        return [*(s for s in self.splits if self.splits[s]), *self.split_files, "all"]
 
     def load(self, case_id: str) -> Case:
         entry = self._entry(case_id)
@@ -109,6 +117,10 @@ class IndexedDataset:
 
     def subject_of(self, case_id: str) -> str:
         return self._entry(case_id).subject
+
+    def has_label(self, case_id: str) -> bool:
+        """Whether the index knows a label file for the case (read without loading it)."""
+        return self._entry(case_id).label is not None
 
     def num_slices(self, case_id: str) -> int:
         """Slices of a case without reading its pixels (2D layouts: always 1)."""

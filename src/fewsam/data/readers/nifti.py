@@ -82,7 +82,8 @@ class NiftiDataset(IndexedDataset):
         img = _load(entry.image)
         image, dropped = _image_array(img, entry.image)
         label = None if entry.label is None else _label_array(entry.label)
-        zooms = [float(z) for z in img.header.get_zooms()[:3]] + [1.0] * 3
+        # Headers store float32: 1.4 reads as 1.39999998; 7 significant digits give 1.4 back.
+        zooms = [float(f"{z:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped}
         return Read(image=image, label=label, spacing=(zooms[2], zooms[1], zooms[0]), meta=meta)
 
@@ -184,7 +185,7 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
     return ClassMap(names)
 
 
-def _entry(root: Path, image: Path, label: Path | None, case: str) -> Entry:
+def _entry(image: Path, label: Path | None, case: str) -> Entry:
     return Entry(case_id=case, image=image, label=label if label and label.is_file() else None,
                  rel_path=f"{case}.nii.gz", subject=case)
 
@@ -195,38 +196,35 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not NIfTI; "
                         "convert the images to .nii.gz")
     if spec.get("training"):
-        entries = [_entry(root, root / t["image"], root / t["label"] if t.get("label") else None,
+        entries = [_entry(root / t["image"], root / t["label"] if t.get("label") else None,
                           case_name(t["image"])) for t in spec["training"]]
         tests = [root / t if isinstance(t, str) else root / t["image"] for t in spec.get("test", [])]
         test_cases = [(p, case_name(p)) for p in tests]
     else:
-        entries = [_entry(root, p, root / "labelsTr" / f"{c}{ending}", c)
+        entries = [_entry(p, root / "labelsTr" / f"{c}{ending}", c)
                    for p, c in _channel0(root / "imagesTr", ending)]
         test_cases = _channel0(root / "imagesTs", ending)
     known = {e.case_id for e in entries}
     test_ids = []
     for path, case in test_cases:
         case_id = case if case not in known else f"imagesTs/{case}"
-        entries.append(_entry(root, path, None, case_id))
+        entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
     return entries, test_ids
 
 
-def _channel0(folder: Path, ending: str) -> list[tuple[Path, str]]:
-    """(path, case) of each case's first channel: '<case>_0000<ending>', else '<case><ending>'."""
+def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
+    """(path, case) of each case's first channel: '<case>_0000.nii.gz', else '<case>.nii.gz'."""
     files = [p for p in _nifti_files(folder) if p.name.endswith(ending)]
-    v2 = [(p, p.name[: -len(ending) - 5]) for p in files if p.name.endswith("_0000" + ending)]
+    v2 = [(p, case_name(p)[:-5]) for p in files if case_name(p).endswith("_0000")]
     return v2 or [(p, case_name(p)) for p in files]
 
 
 def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
     entries, test_ids = [], []
-    for path in _nifti_files(root / "images"):
-        case = case_name(path).removesuffix("_0000")
-        if case_name(path) != case and not case_name(path).endswith("_0000"):
-            continue
+    for path, case in _channel0(root / "images"):
         labels = [root / "labels" / f"{case}{e}" for e in NIFTI_ENDINGS]
-        entry = _entry(root, path, next((p for p in labels if p.is_file()), None), case)
+        entry = _entry(path, next((p for p in labels if p.is_file()), None), case)
         entries.append(entry)
         if entry.label is None:
             test_ids.append(case)

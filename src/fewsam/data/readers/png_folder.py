@@ -2,7 +2,9 @@
 
 Where the cases come from (first match wins):
 1. ``root/index.csv`` with an ``image`` column and a ``mask`` or ``masks`` column (several
-   masks separated by ';' are merged with OR; an empty cell means unlabelled). Every other
+   masks separated by ';' are merged with OR; an empty cell means unlabelled). An extra mask
+   whose size differs from the first is left out and listed in ``case.meta["skipped_masks"]``
+   (BUSI's ``benign (4)_mask_1.png`` is 555x465 for a 416x416 image). Every other
    column (site, pathology, split, task, ...) becomes a case attribute. An index holding
    several ``task`` values (the multisite root) is refused: open a task folder instead.
 2. ``root/../index.csv`` rows whose image path starts with ``root``'s name: so
@@ -91,15 +93,17 @@ class PngFolderDataset(IndexedDataset):
 
     def _read(self, entry: Entry) -> Read:
         image = _read_image(entry.image, self.style.rgb)
-        masks = self.masks[entry.case_id]
-        label = None
-        for path in masks:
+        label, skipped = None, []
+        for path in self.masks[entry.case_id]:
             decoded = _read_mask(path, self.style)
-            if label is not None and decoded.shape != label.shape:
-                raise DataError(f"masks of {entry.image} differ in size ({path}); "
-                                "re-export them on the image grid")
-            label = decoded if label is None else np.maximum(label, decoded)
-        meta = {"png_to_pixel": dict(self.style.to_pixel), "png_to_class": dict(self.style.to_class)}
+            if label is None:
+                label = decoded
+            elif decoded.shape == label.shape:
+                label = np.maximum(label, decoded)
+            else:
+                skipped.append(str(path))
+        meta = {"png_to_pixel": dict(self.style.to_pixel), "png_to_class": dict(self.style.to_class),
+                "skipped_masks": skipped}
         return Read(image=image[None], label=None if label is None else label[None], meta=meta)
 
 
@@ -113,18 +117,16 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
     """
     if (root / "classes.json").is_file():
         return _style_from_json(root / "classes.json")
-    hint = f"{task} {root.name}".lower()
-    if "fundus" in task.lower():
-        return FUNDUS
-    if "prostate" in task.lower():
-        return PROSTATE
-    if "busi" in hint or any("pathology" in r for r in rows) or (root / "benign").is_dir():
-        return BUSI
-    if "fundus" in hint:
-        return FUNDUS
-    if "prostate" in hint:
-        return PROSTATE
+    task, name = task.lower(), root.name.lower()
+    for hint in (task, "busi" if _looks_like_busi(root, rows) else "", name):
+        for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
+            if word in hint:
+                return style
     return binary_style("generic", "foreground", rgb=bool(entries) and _has_colour(entries[0].image))
+
+
+def _looks_like_busi(root: Path, rows: list[dict[str, str]]) -> bool:
+    return any("pathology" in r for r in rows) or (root / "benign").is_dir()
 
 
 def _style_from_json(path: Path) -> PngStyle:
@@ -199,7 +201,8 @@ def _scan(root: Path) -> list[dict[str, str]]:
 
 def _masks_beside(image: Path) -> list[Path]:
     first = image.with_name(f"{image.stem}_mask.png")
-    extra = sorted(image.parent.glob(f"{_glob_escape(image.stem)}_mask_*.png"), key=lambda p: _natural(p.name))
+    pattern = f"{_glob_escape(image.stem)}_mask_*.png"
+    extra = sorted(image.parent.glob(pattern), key=lambda p: _natural(p.name))
     return ([first] if first.is_file() else []) + extra
 
 
@@ -225,8 +228,9 @@ def _entry(root: Path, row: dict[str, str]) -> Entry:
     case_id = rel[:-4] if rel.lower().endswith(".png") else rel
     subject = next((str(attributes[c]) for c in SUBJECT_COLUMNS if attributes.get(c) is not None),
                    case_id)
-    return Entry(case_id=case_id, image=root / rel, label=None, rel_path=rel, subject=subject,
-                 attributes=attributes)
+    masks = _mask_paths(root, row)
+    return Entry(case_id=case_id, image=root / rel, label=masks[0] if masks else None, rel_path=rel,
+                 subject=subject, attributes=attributes)
 
 
 def _mask_paths(root: Path, row: dict[str, str]) -> list[Path]:

@@ -1,0 +1,43 @@
+"""Labelled-budget selection: which training slices are labelled, and the unlabelled rest.
+
+"N labelled cases" takes every slice of the first N subjects (patients) in the dataset's
+labelled-budget order; for ACDC that is a prefix of train_slices.list (3 cases = its first 68
+lines). "K labelled slices" takes the first K slices of that order. Cases the dataset knows to
+have no label file (``has_label``, e.g. a PNG image without mask) are never chosen. The
+unlabelled pool is the rest of the order, in order (SSL4MIS, UniMatch, SAM-Match convention).
+"""
+
+from __future__ import annotations
+
+from fewsam.data.types import Dataset, SliceRef
+from fewsam.errors import DataError, FewsamError
+
+
+def select_labelled(ds: Dataset, n_cases: int | None = None, n_slices: int | None = None
+                    ) -> list[SliceRef]:
+    """The labelled slices for a budget of ``n_cases`` subjects or ``n_slices`` slices (one of)."""
+    if (n_cases is None) == (n_slices is None):
+        raise FewsamError("give exactly one labelled budget: a number of cases "
+                          "(--labeled-cases) or of slices (--labeled-slices)")
+    has_label = getattr(ds, "has_label", None)
+    order = [r for r in ds.labelled_budget_order() if has_label is None or has_label(r.case_id)]
+    if n_slices is not None:
+        _check_budget(n_slices, len(order), "slices", ds)
+        return order[:n_slices]
+    subject = {cid: ds.subject_of(cid) for cid in dict.fromkeys(r.case_id for r in order)}
+    subjects = list(dict.fromkeys(subject.values()))
+    _check_budget(n_cases, len(subjects), "cases", ds)
+    chosen = set(subjects[:n_cases])
+    return [r for r in order if subject[r.case_id] in chosen]
+
+
+def unlabelled_pool(ds: Dataset, labelled: list[SliceRef]) -> list[SliceRef]:
+    """Training slices not in ``labelled``, in labelled-budget order."""
+    taken = set(labelled)
+    return [r for r in ds.labelled_budget_order() if r not in taken]
+
+
+def _check_budget(n: int, available: int, unit: str, ds: Dataset) -> None:
+    if not 0 <= n <= available:
+        raise DataError(f"a budget of {n} labelled {unit} is not possible: the training split of "
+                        f"{ds.root} has {available} {unit}; choose 0 to {available}")

@@ -1,0 +1,57 @@
+"""``open_dataset``: look at a folder, recognise its layout, return a lazily loading Dataset.
+
+Only the index (file names, list files, CSVs, dataset.json) is read when a dataset is opened;
+images and labels are read by ``Dataset.load``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from fewsam.data.attributes import read_attribute_table
+from fewsam.data.readers import acdc_h5, fairseg_npz, nifti, png_folder
+from fewsam.data.readers.common import IndexedDataset
+from fewsam.errors import DataError
+
+# name -> (detect, open, what the folder looks like); tried in this order.
+LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset], str]] = {
+    "acdc-h5": (acdc_h5.detect, acdc_h5.open_acdc_h5,
+                "data/*.h5 + train_slices.list/val.list (SSL4MIS ACDC)"),
+    "nifti": (nifti.detect, nifti.open_nifti,
+              "imagesTr/ + labelsTr/ + dataset.json (nnU-Net v2 / MSD), or images/ + labels/ with .nii.gz"),
+    "fairseg-npz": (fairseg_npz.detect, fairseg_npz.open_fairseg,
+                    "*.npz per subject (Harvard-FairSeg), flat or in Training/ and Test/"),
+    "png": (png_folder.detect, png_folder.open_png_folder,
+            "index.csv with image,mask columns, image/ + mask/ folders, or X.png + X_mask.png"),
+}
+
+
+def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> IndexedDataset:
+    """Open a data folder in any known layout; ``attributes_csv`` adds group attributes.
+
+    The CSV is keyed by case id, patient/subject id or image file name (see
+    ``fewsam.data.attributes``); its columns override attributes found with the data.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data folder {root} {what}; give the dataset's root folder")
+    for detect, open_layout, _ in LAYOUTS.values():
+        if detect(root):
+            dataset = open_layout(root)
+            break
+    else:
+        known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
+        raise DataError(f"no known data layout in {root}; expected one of — {known}")
+    if attributes_csv is not None:
+        _join(dataset, attributes_csv)
+    return dataset
+
+
+def _join(dataset: IndexedDataset, attributes_csv: str | Path) -> None:
+    table = read_attribute_table(attributes_csv)
+    if not any(table.row_for(e.case_id, e.subject, e.rel_path) for e in dataset.entries.values()):
+        raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}; its "
+                        f"{table.key!r} column must hold case ids, patient ids or image file names")
+    dataset.add_attributes(table)

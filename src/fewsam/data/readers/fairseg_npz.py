@@ -1,0 +1,185 @@
+"""Harvard-FairSeg: one ``data_XXXXX.npz`` per subject (SLO fundus, disc/cup mask, demographics).
+
+Key names changed across releases; all are accepted:
+- image: ``slo_fundus`` (current) or ``fundus_slo`` (older); greyscale 0-255, read as (1, H, W).
+- mask: ``disc_cup_mask`` (current), ``disc_cup`` or ``disc_cup_borders``: 0 background,
+  -1 disc rim, -2 optic cup -> classes 0/1/2, {1: "rim", 2: "cup"} (disc = rim + cup).
+  Already converted masks (1/2) and uint8 files that wrapped -1/-2 to 255/254 are accepted
+  too. No mask key -> unlabelled.
+- attributes (decoded to text; -1 = unknown -> None):
+  gender 0/1 -> "female"/"male"; race 0/1/2 -> "Asian"/"Black"/"White", older files 2/3/7;
+  ethnicity (or hispanic) 0/1 -> "non-Hispanic"/"Hispanic"; language 0/1/2 -> "English"/
+  "Spanish"/"other"; maritalstatus (or marriagestatus) 0..4 -> "married or partnered",
+  "single", "divorced", "widowed", "legally separated"; age in years (older files store days:
+  values > 200 are divided by 365); pid as stored.
+  A file is "older" (race coded 2/3/7) when it uses the ``fundus_slo`` key, its race is 3 or 7,
+  or its age is in days.
+
+Splits: ``train``/``val``/``test`` list files (``.list`` or ``.txt``, one file name per line) in
+root; else folders ``Training/``, ``Validation/``, ``Test/``; else every npz in root is "train".
+case_id = file path relative to root without ``.npz``; rel_path = that path with ``.npz``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewsam.data.readers.common import Entry, IndexedDataset, Read, read_lines
+from fewsam.data.types import ClassMap
+from fewsam.errors import DataError
+
+CLASS_MAP = ClassMap({1: "rim", 2: "cup"})
+IMAGE_KEYS = ("slo_fundus", "fundus_slo")
+MASK_KEYS = ("disc_cup_mask", "disc_cup", "disc_cup_borders")
+MASK_CODING = {0: 0, -1: 1, -2: 2, 1: 1, 2: 2}
+UINT8_WRAPPED = {255: 1, 254: 2}
+FOLDERS = {"Training": "train", "Train": "train", "train": "train", "Validation": "val",
+           "Val": "val", "val": "val", "Test": "test", "test": "test"}
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
+
+GENDER = {0: "female", 1: "male"}
+RACE = {0: "Asian", 1: "Black", 2: "White"}
+RACE_OLD = {2: "Asian", 3: "Black", 7: "White"}
+ETHNICITY = {0: "non-Hispanic", 1: "Hispanic"}
+LANGUAGE = {0: "English", 1: "Spanish", 2: "other"}
+MARITAL = {0: "married or partnered", 1: "single", 2: "divorced", 3: "widowed",
+           4: "legally separated"}
+
+
+def detect(root: Path) -> bool:
+    return any(root.glob("*.npz")) or any(
+        (root / d).is_dir() and any((root / d).glob("*.npz")) for d in FOLDERS)
+
+
+class FairSegDataset(IndexedDataset):
+    layout = "fairseg-npz"
+    format = "npz"
+
+    def __init__(self, root: Path) -> None:
+        files = sorted(root.glob("*.npz")) + sorted(
+            p for d in FOLDERS if (root / d).is_dir() for p in (root / d).glob("*.npz"))
+        entries = [_entry(root, p) for p in files]
+        if not entries:
+            raise DataError(f"no .npz files in {root} or its Training/ and Test/ folders")
+        super().__init__(root, CLASS_MAP, entries)
+        self.splits = self._find_splits()
+
+    def _find_splits(self) -> dict[str, list[str]]:
+        splits = {}
+        for split in ("train", "val", "test"):
+            for name in (f"{split}.list", f"{split}.txt"):
+                if (self.root / name).is_file():
+                    splits[split] = [self._id_for_line(ln) for ln in read_lines(self.root / name)]
+                    self.check_known(splits[split], str(self.root / name))
+                    break
+        if splits:
+            return splits
+        for cid in self.entries:
+            top = cid.split("/")[0] if "/" in cid else ""
+            splits.setdefault(FOLDERS.get(top, "train"), []).append(cid)
+        return splits
+
+    def _read(self, entry: Entry) -> Read:
+        try:
+            with np.load(entry.image, allow_pickle=False) as data:
+                keys = set(data.files)
+                image_key = _first(keys, IMAGE_KEYS, entry.image, "image")
+                image = _greyscale(np.asarray(data[image_key], dtype=np.float32), entry.image)
+                mask_key = next((k for k in MASK_KEYS if k in keys), None)
+                mask = None if mask_key is None else np.asarray(data[mask_key])
+                raw = {k: _scalar(data[k]) for k in keys - {image_key, *MASK_KEYS} if data[k].size == 1}
+        except NPZ_ERRORS as err:
+            raise DataError(f"cannot read {entry.image} (truncated or not an npz?): {err}") from None
+        label = None if mask is None else _decode_mask(mask, entry.image)[None]
+        return Read(image=image[None], label=label, attributes=decode_attributes(raw, image_key))
+
+
+def _entry(root: Path, path: Path) -> Entry:
+    rel = path.relative_to(root).as_posix()
+    cid = rel[:-4]
+    return Entry(case_id=cid, image=path, label=path, rel_path=rel, subject=cid)
+
+
+def _first(keys: set[str], wanted: tuple[str, ...], path: Path, what: str) -> str:
+    key = next((k for k in wanted if k in keys), None)
+    if key is None:
+        raise DataError(f"{path} has no {what} key ({' or '.join(wanted)}); keys: {sorted(keys)}")
+    return key
+
+
+def _greyscale(image: np.ndarray, path: Path) -> np.ndarray:
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = image[..., :3].mean(axis=-1)
+    if image.ndim != 2:
+        raise DataError(f"{path}: the fundus image must be (H, W), got {image.shape}")
+    return image
+
+
+def _decode_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    coding = dict(MASK_CODING)
+    if mask.dtype == np.uint8:
+        coding.update(UINT8_WRAPPED)
+    bad = sorted(v for v in np.unique(mask).tolist() if v not in coding)
+    if bad:
+        raise DataError(f"mask values {bad} in {path} are not FairSeg codes (0 background, "
+                        "-1 rim, -2 cup); fix the file")
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    for code, cls in coding.items():
+        if cls:
+            out[mask == code] = cls
+    return out
+
+
+def _scalar(value: np.ndarray) -> Any:
+    item = value.reshape(-1)[0].item()
+    return item.decode() if isinstance(item, bytes) else item
+
+
+def _code(raw: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        if name in raw and raw[name] is not None:
+            try:
+                code = int(float(raw[name]))
+            except (TypeError, ValueError):
+                return None
+            return None if code == -1 else code
+    return None
+
+
+def _named(code: int | None, names: dict[int, str]) -> str | None:
+    return None if code is None else names.get(code, str(code))
+
+
+def decode_attributes(raw: dict[str, Any], image_key: str = "slo_fundus") -> dict[str, Any]:
+    """FairSeg codes -> group names (see module docstring); unknown (-1) -> None."""
+    age = raw.get("age")
+    age = float(age) if isinstance(age, (int, float)) and age >= 0 else None
+    days = age is not None and age > 200
+    race = _code(raw, "race")
+    old = image_key == "fundus_slo" or race in (3, 7) or days
+    out: dict[str, Any] = {
+        "gender": _named(_code(raw, "gender", "male"), GENDER),
+        "race": _named(race, RACE_OLD if old else RACE),
+        "ethnicity": _named(_code(raw, "ethnicity", "hispanic"), ETHNICITY),
+        "language": _named(_code(raw, "language"), LANGUAGE),
+        "maritalstatus": _named(_code(raw, "maritalstatus", "marriagestatus"), MARITAL),
+        "age": None if age is None else (age / 365.0 if days else age),
+    }
+    if "pid" in raw:
+        out["pid"] = raw["pid"]
+    return {k: v for k, v in out.items() if k == "pid" or k in _present(raw)}
+
+
+def _present(raw: dict[str, Any]) -> set[str]:
+    aliases = {"gender": ("gender", "male"), "race": ("race",), "ethnicity": ("ethnicity", "hispanic"),
+               "language": ("language",), "maritalstatus": ("maritalstatus", "marriagestatus"),
+               "age": ("age",)}
+    return {k for k, names in aliases.items() if any(n in raw for n in names)}
+
+
+def open_fairseg(root: Path) -> FairSegDataset:
+    return FairSegDataset(root)

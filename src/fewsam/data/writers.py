@@ -1,0 +1,190 @@
+"""Predictions on disk, in the case's own format family, at ``PRED/<case.rel_path>``.
+
+- h5 (ACDC): an HDF5 file with key ``pred`` (uint8 class indices); (H, W) for a 2D slice file,
+  (D, H, W) for a volume, mirroring the input's ``label``.
+- nifti: ``<case>.nii.gz``, uint8 class indices, with the input image's affine and header
+  (same voxel grid and orientation, so it overlays in ITK-SNAP / 3D Slicer).
+- png: an 8-bit greyscale PNG at the image's relative path, class indices mapped back to the
+  dataset's own mask coding (BUSI and prostate 0/255; fundus cup 0, rim 128, background 255).
+- npz (FairSeg): an npz with key ``pred``, (H, W) uint8 class indices 0/1/2 (not the -1/-2
+  coding of the input masks).
+
+Writes are atomic (a temporary file in the same folder, then ``os.replace``). ``read_prediction``
+is the inverse for any folder laid out this way, whoever wrote it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+from fewsam.data.readers.common import check_label_values, to_label_array
+from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
+from fewsam.data.readers.nifti import NIFTI_ERRORS, to_zyx
+from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
+from fewsam.data.types import Case, ClassMap
+from fewsam.errors import DataError
+
+
+def prediction_path(case: Case, root: Path) -> Path:
+    return Path(root) / case.rel_path
+
+
+def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
+    """Write ``pred`` (D, H, W) class indices for ``case`` under ``out_root``; returns the path."""
+    pred = np.asarray(pred)
+    if pred.shape != tuple(case.image.shape[:3]):
+        raise DataError(f"prediction for {case.case_id} has shape {pred.shape}, "
+                        f"expected {tuple(case.image.shape[:3])} (D, H, W)")
+    pred = to_label_array(pred, Path(case.rel_path))
+    path = prediction_path(case, out_root)
+    _atomic_write(path, ENCODERS[case.format](case, pred))
+    return path
+
+
+def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = None) -> np.ndarray:
+    """Read the prediction for ``case`` from ``pred_root`` as (D, H, W) uint8 class indices.
+
+    With ``class_map``, values outside it are a DataError naming them and the file.
+    """
+    path = prediction_path(case, pred_root)
+    if not path.is_file():
+        raise DataError(f"prediction {path} for case {case.case_id} not found; "
+                        "predict this split into that folder first")
+    pred = DECODERS[case.format](case, path)
+    expected = tuple(case.image.shape[:3])
+    if pred.shape != expected:
+        raise DataError(f"prediction {path} has shape {pred.shape}, the case has {expected} (D, H, W); "
+                        "was it written for another dataset or resized?")
+    if class_map is not None:
+        check_label_values(pred, class_map, path)
+    return pred
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
+    """2D inputs (slice h5, PNG, npz) get (H, W) back; volumes keep (D, H, W)."""
+    two_d = case.format in ("png", "npz") or case.meta.get("ndim") == 2
+    return pred[0] if two_d and pred.shape[0] == 1 else pred
+
+
+def _encode_h5(case: Case, pred: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("pred", data=_as_stored(case, pred), compression="gzip")
+    return buf.getvalue()
+
+
+def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
+    affine = case.meta.get("affine")
+    header = case.meta.get("header")
+    if affine is None:
+        z, y, x = case.spacing or (1.0, 1.0, 1.0)
+        affine = np.diag([x, y, z, 1.0])
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = image_class(pred.transpose(2, 1, 0), affine, header.copy() if header is not None else None)
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"], img.header["cal_max"] = 0, 0
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+def _to_pixel(case: Case) -> dict[int, int]:
+    coding = case.meta.get("png_to_pixel") or {0: 0, 1: 255}
+    return {int(k): int(v) for k, v in coding.items()}
+
+
+def _to_class(case: Case) -> dict[int, int]:
+    coding = case.meta.get("png_to_class") or {0: 0, 1: 1, 255: 1}
+    return {int(k): int(v) for k, v in coding.items()}
+
+
+def _encode_png(case: Case, pred: np.ndarray) -> bytes:
+    to_pixel = _to_pixel(case)
+    bad = sorted(int(v) for v in np.unique(pred) if int(v) not in to_pixel)
+    if bad:
+        raise DataError(f"prediction for {case.case_id} holds classes {bad} that this dataset's "
+                        f"PNG coding {to_pixel} (class -> pixel) cannot store")
+    lut = np.zeros(256, dtype=np.uint8)
+    for cls, pixel in to_pixel.items():
+        lut[cls] = pixel
+    buf = io.BytesIO()
+    Image.fromarray(lut[_as_stored(case, pred)], mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _encode_npz(case: Case, pred: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, pred=_as_stored(case, pred))
+    return buf.getvalue()
+
+
+def _with_depth(array: np.ndarray) -> np.ndarray:
+    return array[None] if array.ndim == 2 else array
+
+
+def _decode_h5(case: Case, path: Path) -> np.ndarray:
+    try:
+        with h5py.File(path, "r") as f:
+            if "pred" not in f:
+                raise DataError(f"{path} has no 'pred' dataset (keys: {list(f.keys())})")
+            data = np.asarray(f["pred"][()])
+    except OSError as err:
+        raise DataError(f"cannot read prediction {path} (truncated or not HDF5?): {err}") from None
+    return _with_depth(to_label_array(data, path))
+
+
+def _decode_nifti(case: Case, path: Path) -> np.ndarray:
+    try:
+        data = np.asarray(nib.load(str(path)).dataobj)
+    except NIFTI_ERRORS as err:
+        raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {err}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise DataError(f"prediction {path} must be 2D or 3D, got shape {data.shape}")
+    return to_zyx(to_label_array(data, path))
+
+
+def _decode_png(case: Case, path: Path) -> np.ndarray:
+    return mask_to_classes(read_mask_pixels(path), _to_class(case), path)[None]
+
+
+def _decode_npz(case: Case, path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "pred" in data.files:
+                return _with_depth(to_label_array(np.asarray(data["pred"]), path))
+            key = next((k for k in MASK_KEYS if k in data.files), None)
+            if key is None:
+                raise DataError(f"{path} has no 'pred' key (keys: {data.files})")
+            return _with_depth(_decode_mask(np.asarray(data[key]), path))
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read prediction {path} (truncated or not an npz?): {err}") from None
+
+
+ENCODERS: dict[str, Any] = {"h5": _encode_h5, "nifti": _encode_nifti, "png": _encode_png,
+                            "npz": _encode_npz}
+DECODERS: dict[str, Any] = {"h5": _decode_h5, "nifti": _decode_nifti, "png": _decode_png,
+                            "npz": _decode_npz}

@@ -1,0 +1,94 @@
+"""Group attributes: CSV joins, bins with written-out labels, FairSeg code tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import shared_data
+from fewsam.data import group_of, open_dataset, parse_bins, read_attribute_table
+from fewsam.data.readers.fairseg_npz import decode_attributes
+from fewsam.errors import DataError, FewsamError
+
+
+@pytest.mark.parametrize("value, expected", [
+    (18.5, "<25"), (25, "25-30"), (29.99, "25-30"), (30, ">=30"), (41.0, ">=30"),
+    (None, None), ("n/a", None), (float("nan"), None),
+])
+def test_bmi_bins(value, expected):
+    bins = parse_bins("bmi:25,30")
+    assert bins.labels == ["<25", "25-30", ">=30"]
+    assert bins.label(value) == expected
+
+
+def test_age_bins_and_defaults():
+    assert parse_bins("age:60").labels == ["<60", ">=60"]
+    assert parse_bins(" age : 12.5, 60 ").labels == ["<12.5", "12.5-60", ">=60"]
+    assert group_of({"age": 59.9}, "age") == "<60"
+    assert group_of({"age": 60}, "age") == ">=60"
+    assert group_of({"bmi": 27.3}, "bmi") == "25-30"
+    assert group_of({"bmi": 27.3}, "bmi", parse_bins("bmi:27")) == ">=27"
+    assert group_of({"group": "DCM"}, "group") == "DCM"
+    assert group_of({"site": 3.0}, "site") == "3"
+    assert group_of({"race": None}, "race") is None
+    assert group_of({}, "race") is None
+
+
+@pytest.mark.parametrize("spec", ["bmi", "bmi:", ":25", "bmi:30,25", "bmi:a,b", "bmi:25,25"])
+def test_bad_bin_specs(spec):
+    with pytest.raises(FewsamError, match="bad bin spec"):
+        parse_bins(spec)
+
+
+def test_table_key_detection_parsing_and_errors(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("site,patient,score,note\nA,p1,3,\nB,p2,4.5,NA\n")
+    table = read_attribute_table(path)
+    assert table.key == "patient"
+    assert table.rows["p1"] == {"site": "A", "score": 3, "note": None}
+    assert table.row_for("p2_frame01", "p2") == {"site": "B", "score": 4.5, "note": None}
+    (tmp_path / "dup.csv").write_text("id,x\n1,a\n1,b\n")
+    with pytest.raises(DataError, match="two rows"):
+        read_attribute_table(tmp_path / "dup.csv")
+    with pytest.raises(DataError, match="not found"):
+        read_attribute_table(tmp_path / "none.csv")
+    with pytest.raises(DataError, match="no column 'pid'"):
+        read_attribute_table(path, key="pid")
+
+
+def test_acdc_patient_info_and_extra_csv(tmp_path):
+    extra = tmp_path / "extra.csv"
+    extra.write_text("patient,scanner,group\npatient002,1.5T,OVERRIDE\n")
+    ds = open_dataset(shared_data("acdc"), attributes_csv=extra)
+    attrs = ds.load("patient002_frame01").attributes
+    assert attrs["scanner"] == "1.5T" and attrs["group"] == "OVERRIDE" and attrs["bmi"] == 27.34
+    assert "scanner" not in ds.load("patient028_frame01").attributes
+    assert group_of(attrs, "bmi") == "25-30"
+
+
+def test_png_attributes_by_file_name(tmp_path):
+    extra = tmp_path / "extra.csv"
+    extra.write_text("image,age\nbenign (1).png,48\n")
+    ds = open_dataset(shared_data("busi"), attributes_csv=extra)
+    assert ds.load("benign/benign (1)").attributes == {"pathology": "benign", "n_masks": 1, "age": 48}
+
+
+def test_csv_matching_no_case_is_an_error(tmp_path):
+    extra = tmp_path / "extra.csv"
+    extra.write_text("patient,x\nsomeone,1\n")
+    with pytest.raises(DataError, match="matches a case"):
+        open_dataset(shared_data("acdc"), attributes_csv=extra)
+
+
+@pytest.mark.parametrize("raw, image_key, expected", [
+    ({"race": 0, "gender": 0, "age": 65.0}, "slo_fundus", {"race": "Asian", "gender": "female", "age": 65.0}),
+    ({"race": 2, "age": 65.0}, "slo_fundus", {"race": "White", "age": 65.0}),
+    ({"race": 2, "age": 65.0}, "fundus_slo", {"race": "Asian", "age": 65.0}),
+    ({"race": 3, "age": 23725}, "slo_fundus", {"race": "Black", "age": 65.0}),
+    ({"race": 2, "age": 21900}, "slo_fundus", {"race": "Asian", "age": 60.0}),
+    ({"hispanic": 1, "marriagestatus": 4}, "slo_fundus", {"ethnicity": "Hispanic", "maritalstatus": "legally separated"}),
+    ({"language": 2, "maritalstatus": -1, "ethnicity": -1}, "slo_fundus",
+     {"language": "other", "maritalstatus": None, "ethnicity": None}),
+    ({"pid": "X9", "gender": -1}, "slo_fundus", {"pid": "X9", "gender": None}),
+])
+def test_fairseg_codes(raw, image_key, expected):
+    assert decode_attributes(raw, image_key) == pytest.approx(expected)
