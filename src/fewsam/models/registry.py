@@ -54,10 +54,14 @@ MODEL_BUILDERS: dict[str, Callable[[], SamModel]] = {
 }
 
 
-def build_model(name: str) -> SamModel:
-    """A randomly initialised model by registry name."""
+def _check_name(name: str) -> None:
     if name not in MODEL_BUILDERS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_BUILDERS)}")
+
+
+def build_model(name: str) -> SamModel:
+    """A randomly initialised model by registry name."""
+    _check_name(name)
     return MODEL_BUILDERS[name]()
 
 
@@ -129,6 +133,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str = "c
     are plain state dicts or {"model": state_dict} (some MedSAM files), read with
     ``weights_only=True``. ``model.weights_sha256`` is the sha256 of the file bytes.
     """
+    _check_name(name)
     if checkpoint is None:
         if name != "litemedsam":
             raise ModelError(f"model {name!r} needs a checkpoint file (pass its path)")

@@ -142,8 +142,9 @@ class SamModel(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) preprocessed images -> (B, 256, 64, 64) embeddings, without gradients."""
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
-            raise ValueError(f"{self.name} expects (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}")
+        size = self.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"{self.name} expects (B, 3, {size}, {size}), got {tuple(images.shape)}")
         with torch.no_grad():
             return self.image_encoder(images.to(self.device, torch.float32))
 
