@@ -160,13 +160,9 @@ class FewShotTask:
             emb, target = flip_batch(emb, target, rng)
         tokens = sampled_tokens(self.shots, self.cfg.tokens_per_class, self.cfg.shot_dropout, rng).to(self.device)
         logits = self.module(emb, tokens)
-        valid = target != IGNORE
-        target = torch.where(valid, target, torch.zeros_like(target))
         if self.loss_fn is not None:
-            loss = self.loss_fn(logits, target, batch)
-        else:
-            loss = dice_ce_loss(logits, target)
-        return loss, {}
+            return self.loss_fn(logits, target, batch), {}
+        return dice_ce_loss(logits, target, ignore_index=IGNORE), {}
 
     def validate(self) -> dict[str, float]:
         return self.validate_fn()
