@@ -11,6 +11,7 @@ from fewsam.data import open_dataset, select_labelled
 from fewsam.data.types import SliceRef
 from fewsam.embedded import embed_cases
 from fewsam.errors import DataError
+from fewsam.fairness import fair_loss_for
 from fewsam.inference import FitContext
 from fewsam.models.registry import load_model
 from fewsam.runs import prepare_run_dir
@@ -34,6 +35,7 @@ class FitOptions:
     show_progress: bool = True
     fair_attribute: str | None = None
     fair_gamma: float = 1.0
+    fair_bins: str | None = None
 
 
 def embed_dataset(data: str | Path, split: str | None, model_name: str, checkpoint: str | Path | None,
@@ -86,7 +88,8 @@ def run_config(method: str, opts: FitOptions, ctx: FitContext, labelled: list[Sl
         "labelled": {"cases": opts.labeled_cases, "slices": opts.labeled_slices,
                      "refs": [f"{r.case_id}:{r.z}" for r in labelled]},
         "val_split": opts.val_split,
-        "fair": {"attribute": opts.fair_attribute, "gamma": opts.fair_gamma} if opts.fair_attribute else None,
+        "fair": ({"attribute": opts.fair_attribute, "gamma": opts.fair_gamma, "bins": opts.fair_bins}
+                 if opts.fair_attribute else None),
         "device": opts.device,
         "cache": opts.cache,
         **method_cfg,
@@ -103,8 +106,11 @@ def fit_fewshot_run(opts: FitOptions, steps: int = 600, lr: float = 1e-4, batch_
     fs_cfg = fewshot.FewShotConfig(tokens_per_class=tokens_per_class, shot_dropout=shot_dropout,
                                    batch_size=batch_size)
     config = run_config("fewshot", opts, ctx, labelled, train=asdict(train_cfg), fewshot=asdict(fs_cfg))
+    loss_fn = fair_loss_for(opts, ctx.dataset, labelled)
     run_dir, _ = prepare_run_dir(opts.run, config)
-    return fewshot.fit(ctx, labelled, val_ids, run_dir, train_cfg, fs_cfg)
+    if loss_fn is not None:
+        loss_fn.save(run_dir)
+    return fewshot.fit(ctx, labelled, val_ids, run_dir, train_cfg, fs_cfg, loss_fn=loss_fn)
 
 
 def fit_prompted_run(run: Path, prompt: str, box_margin: float, model_name: str,

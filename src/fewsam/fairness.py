@@ -1,0 +1,154 @@
+"""Group attributes for fit and evaluate, and FairSeg's error-bound scaling wired into any trainer.
+
+One place turns a case into its group: the case's attributes (index CSV columns, a joined
+attribute CSV such as ACDC's ``patient_info.csv``, or the attributes stored in FairSeg npz
+files), binned with ``fewsam.data.group_of`` (``--bins bmi:25,30``; age at 60 by default).
+A case without a value is in no group: it counts in overall scores, and in training it gets
+the scaling weight 1 (group id -1).
+
+Any method's trainer gets fair scaling from ``fair_loss_for(opts, dataset, labelled)``: ``None``
+without ``--fair-attribute``, else a ``FairLoss`` callable ``loss_fn(logits, target, batch)``
+that looks up each batch item's case, maps it to a group id and applies
+``losses.FairScaledLoss``; ``loss.save(run_dir)`` records the groups. gamma = 0 is exactly the
+unscaled Dice + CE loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from fewsam.data import Bins, group_of, parse_bins
+from fewsam.embedded import IGNORE
+from fewsam.errors import FewsamError
+from fewsam.losses import FairScaledLoss
+from fewsam.metrics import CI_METRICS, equity_scaled
+
+GROUPS_FILE = "fair_groups.json"
+
+
+def resolve_bins(column: str, bins: str | Bins | None) -> Bins | None:
+    """``--bins`` for ``column``: parsed, and refused when it names another column."""
+    if bins is None or isinstance(bins, Bins):
+        parsed = bins
+    else:
+        parsed = parse_bins(bins)
+    if parsed is not None and parsed.column != column:
+        raise FewsamError(f"--bins names column {parsed.column!r} but the group column is {column!r}; "
+                          f"write --bins {column}:EDGE[,EDGE...]")
+    return parsed
+
+
+def case_attributes(dataset: Any, case_id: str) -> dict[str, Any]:
+    """A case's attributes, without reading pixels when the index already has them.
+
+    FairSeg npz files keep their attributes inside the file, so those cases are loaded.
+    """
+    if getattr(dataset, "format", None) != "npz" and hasattr(dataset, "attributes_of"):
+        return dataset.attributes_of(case_id)
+    return dataset.load(case_id).attributes
+
+
+def check_group_column(column: str, groups: Iterable[str | None], attributes: Iterable[dict[str, Any]]) -> None:
+    """Refuse a group column that no case has a value for, naming the attributes that exist."""
+    if any(g is not None for g in groups):
+        return
+    available = sorted({k for attrs in attributes for k, v in attrs.items() if v is not None})
+    names = ", ".join(available) if available else "none (add --attributes CSV)"
+    raise FewsamError(f"no case has a value for attribute {column!r}; available attributes: {names}")
+
+
+def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
+                bins: str | Bins | None = None) -> dict[str, str | None]:
+    """case id -> group label (None when the case has no value for ``column``)."""
+    binned = resolve_bins(column, bins)
+    attrs = {cid: case_attributes(dataset, cid) for cid in dict.fromkeys(case_ids)}
+    groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
+    check_group_column(column, groups.values(), attrs.values())
+    return groups
+
+
+def group_indices(groups: dict[str, str | None]) -> tuple[dict[str, int], list[str]]:
+    """Group labels -> integer ids in sorted label order; no group -> -1."""
+    names = sorted({g for g in groups.values() if g is not None})
+    index = {name: i for i, name in enumerate(names)}
+    return {cid: (-1 if g is None else index[g]) for cid, g in groups.items()}, names
+
+
+def _case_id(item: Any) -> str:
+    """The case of a batch item: an EmbeddedSlice (``.ref.case_id``), a SliceRef or a case id."""
+    ref = getattr(item, "ref", item)
+    return ref if isinstance(ref, str) else ref.case_id
+
+
+class FairLoss:
+    """``loss_fn(logits, target, batch)`` for a trainer: Dice + CE with fair error-bound scaling.
+
+    case_group: case id -> group id (-1 = unknown; cases not listed are unknown too).
+    logits (B, C, *spatial), target (B, *spatial) long, batch: B items naming their cases.
+    """
+
+    def __init__(self, case_group: dict[str, int], gamma: float, ignore_index: int | None = IGNORE,
+                 ce_weight: float = 0.5, dice_weight: float = 0.5, record: dict[str, Any] | None = None) -> None:
+        self.case_group = dict(case_group)
+        self.loss = FairScaledLoss(gamma, ce_weight, dice_weight, ignore_index=ignore_index)
+        self.record = record or {"gamma": gamma}
+
+    def save(self, run_dir: Path) -> Path:
+        """Write ``fair_groups.json``: the groups and how many labelled cases each holds."""
+        path = Path(run_dir) / GROUPS_FILE
+        path.write_text(json.dumps(self.record, indent=2))
+        return path
+
+    def group_tensor(self, batch: Sequence[Any]) -> Tensor:
+        return torch.tensor([self.case_group.get(_case_id(item), -1) for item in batch], dtype=torch.long)
+
+    def __call__(self, logits: Tensor, target: Tensor, batch: Sequence[Any]) -> Tensor:
+        return self.loss(logits, target, self.group_tensor(batch).to(logits.device))
+
+
+def fair_loss_for(opts: Any, dataset: Any, labelled: Sequence[Any],
+                  ignore_index: int | None = IGNORE) -> FairLoss | None:
+    """The fair loss for a fit (``opts.fair_attribute/fair_gamma/fair_bins``), or None without one.
+
+    Groups come from the labelled cases. Call it before creating the run folder (a bad column
+    is refused first), then ``loss.save(run_dir)`` records the groups.
+    """
+    column = getattr(opts, "fair_attribute", None)
+    if not column:
+        return None
+    gamma = float(getattr(opts, "fair_gamma", 1.0))
+    if gamma < 0:
+        raise FewsamError(f"--fair-gamma must be >= 0, got {gamma}")
+    bins = getattr(opts, "fair_bins", None)
+    groups = case_groups(dataset, [_case_id(r) for r in labelled], column, bins)
+    case_group, names = group_indices(groups)
+    record = {"attribute": column, "gamma": gamma, "bins": bins, "groups": names,
+              "labelled_cases_per_group": {n: sum(g == n for g in groups.values()) for n in names},
+              "labelled_cases_without_group": sum(g is None for g in groups.values()),
+              "case_group": groups}
+    return FairLoss(case_group, gamma, ignore_index=ignore_index, record=record)
+
+
+def per_class_equity(result: dict[str, Any], alpha: float = 1.0, es_mode: str = "sum") -> dict[str, dict[str, float | None]]:
+    """ES-Dice, ES-IoU and worst-group Dice gap of each class (FairSeg reports cup and rim apart).
+
+    ``result`` is a ``metrics.group_summary`` output; classes follow ``result["per_class"]``.
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    groups = result.get("groups", {})
+    for name, overall in result["per_class"].items():
+        entry: dict[str, float | None] = {}
+        for m in CI_METRICS:
+            scores = [g["per_class"].get(name, {}).get(m) for g in groups.values()]
+            usable = bool(groups) and overall.get(m) is not None and None not in scores
+            entry[f"es_{m}"] = equity_scaled(overall[m], scores, alpha, es_mode) if usable else None
+        dice = [g["per_class"].get(name, {}).get("dice") for g in groups.values()]
+        dice = [d for d in dice if d is not None]
+        entry["worst_group_gap"] = max(dice) - min(dice) if dice else None
+        out[name] = entry
+    return out
