@@ -140,6 +140,9 @@ def evaluate(
     split: Optional[str] = typer.Option(None, "--split"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Attribute column for group metrics."),
     alpha: float = typer.Option(1.0, "--alpha", help="Equity-scaling alpha."),
+    bins: Optional[str] = typer.Option(None, "--bins", help="Bin a continuous --group-by column, e.g. bmi:25,30."),
+    attributes: Optional[Path] = typer.Option(None, "--attributes", help="CSV of group attributes by case/patient id."),
+    es_mode: str = typer.Option("sum", "--es-mode", help="Equity spread: sum (paper) | std."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON here."),
     quiet: bool = QuietOpt,
 ) -> None:
@@ -147,10 +150,44 @@ def evaluate(
     from fewsam.evaluate import evaluate as run_evaluate
     from fewsam.runs import write_json
 
-    result = run_evaluate(pred, data, split, group_by, alpha, not quiet)
+    result = run_evaluate(pred, data, split, group_by, alpha, not quiet, bins=bins, attributes=attributes,
+                          es_mode=es_mode)
     if json_out:
         write_json(json_out, result)
     _print_summary(result)
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="Evaluation JSON of run A."),
+    run_b: Path = typer.Argument(..., help="Evaluation JSON of run B (same cases)."),
+    metric: str = typer.Option("dice", "--metric", help="dice | iou | hd95 | asd (per-case mean over classes)."),
+    n_comparisons: int = typer.Option(1, "--n-comparisons", help="Bonferroni factor: comparisons made in all."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the test result JSON here."),
+) -> None:
+    """Paired Wilcoxon signed-rank test between two runs' per-case scores."""
+    from fewsam.compare import compare_runs, describe
+    from fewsam.runs import write_json
+
+    result = compare_runs(run_a, run_b, metric, n_comparisons)
+    if json_out:
+        write_json(json_out, result)
+    out.print(describe(result), highlight=False)
+
+
+@app.command()
+def report(
+    evaluations: list[Path] = typer.Argument(..., help="Evaluation JSON(s); two = before/after fair scaling."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for report.md, report.html and plots."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated run names (default: file names)."),
+    title: str = typer.Option("fewsam group report", "--title"),
+) -> None:
+    """Markdown + HTML report: per-group Dice with 95% CIs, ES-Dice, worst-group gap, per-class tables."""
+    from fewsam.report import write_group_report
+
+    names = [x.strip() for x in labels.split(",")] if labels else None
+    paths = write_group_report(evaluations, out_dir, names, title)
+    out.print(f"wrote {paths['markdown']} and {paths['html']}")
 
 
 @app.command()
@@ -178,8 +215,23 @@ def _print_summary(result: dict) -> None:
     for name, m in result["per_class"].items():
         out.print(f"  {name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {_fmt(m.get('hd95'))}")
     if "es_dice" in result:
-        out.print(f"ES-Dice {result['es_dice']:.4f}  ES-IoU {result['es_iou']:.4f}  "
-                  f"worst-group gap {result['worst_group_gap']:.4f}")
+        _print_groups(result)
+
+
+def _print_groups(result: dict) -> None:
+    for name, g in result["groups"].items():
+        lo, hi = g["ci95"]["dice"] or (None, None)
+        out.print(f"  {result['group_by']}={name}: n {g['n']}  Dice {_fmt4(g['mean']['dice'])} "
+                  f"[{_fmt4(lo)}, {_fmt4(hi)}]  IoU {_fmt4(g['mean']['iou'])}", highlight=False)
+    out.print(f"ES-Dice {_fmt4(result['es_dice'])}  ES-IoU {_fmt4(result['es_iou'])}  "
+              f"worst-group gap {_fmt4(result['worst_group_gap'])} (alpha {result['alpha']}, {result['es_mode']})")
+    if result["missing_group"]:
+        out.print(f"{result['missing_group']} case(s) have no {result['group_by']!r} value: counted in the "
+                  "overall scores, in no group (listed in the JSON as missing_group_cases)")
+
+
+def _fmt4(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _fmt(x) -> str:

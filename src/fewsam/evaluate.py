@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fewsam.data import open_dataset, read_prediction
+from fewsam.data import Bins, group_of, open_dataset, read_prediction
+from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.errors import DataError
+from fewsam.fairness import check_group_column, per_class_equity, resolve_bins
 from fewsam.metrics import case_metrics, group_summary, summarise
 from fewsam.progress import progress_bar
 
@@ -23,14 +25,27 @@ def evaluate(
     group_by: str | None = None,
     alpha: float = 1.0,
     show_progress: bool = True,
+    *,
+    bins: str | Bins | None = None,
+    attributes: str | Path | None = None,
+    es_mode: str = "sum",
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """Per-case, per-class and mean Dice/IoU/HD95/ASD (and group metrics with ``group_by``)."""
+    """Per-case, per-class and mean Dice/IoU/HD95/ASD (and group metrics with ``group_by``).
+
+    Groups: ``group_by`` names a case attribute (found with the data, or in the ``attributes``
+    CSV); ``bins`` (e.g. "bmi:25,30") bins a continuous one (age is binned at 60 by default).
+    Cases without a value count in the overall scores and in no group; the JSON lists them.
+    """
     pred = Path(pred)
     if not pred.is_dir():
         raise DataError(f"prediction folder {pred} does not exist; run `fewsam predict` first")
-    dataset = open_dataset(data)
+    if es_mode not in ("sum", "std"):
+        raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
+    binned = (resolve_bins(group_by, bins) or DEFAULT_BINS.get(group_by)) if group_by else None
+    dataset = open_dataset(data, attributes)
     names = dataset.class_map.names
-    records, units = [], set()
+    records, units, case_attrs = [], set(), []
     case_ids = dataset.split(split or "val")
     with progress_bar(show_progress) as bar:
         job = bar.add_task("evaluate", total=len(case_ids))
@@ -38,28 +53,31 @@ def evaluate(
             case = dataset.load(case_id)
             if case.label is None:
                 raise DataError(f"{case_id} has no label to evaluate against")
-            predicted = read_prediction(case, pred)
-            if predicted.shape != case.label.shape:
-                raise DataError(f"{case_id}: prediction shape {predicted.shape} != label shape {case.label.shape}")
+            predicted = read_prediction(case, pred, dataset.class_map)
             per_class = case_metrics(predicted, case.label, list(names), case.spacing)
             units.add("mm" if case.spacing else "pixel")
+            case_attrs.append(case.attributes)
             records.append({
                 "case": case_id,
                 "per_class": {names[k]: v for k, v in per_class.items()},
-                "group": _group_value(case.attributes, group_by),
+                "group": group_of(case.attributes, group_by, binned) if group_by else None,
             })
             bar.update(job, advance=1)
     result = summarise(records)
     if group_by:
-        result.update(group_summary(records, alpha=alpha))
-        result["group_by"] = group_by
+        check_group_column(group_by, (r["group"] for r in records), case_attrs)
+        result.update(group_summary(records, alpha=alpha, es_mode=es_mode, n_boot=n_boot))
+        if binned is not None:
+            result["groups"] = _bin_order(result["groups"], binned)
+        result.update(group_by=group_by, bins=binned.labels if binned else None, alpha=alpha, es_mode=es_mode,
+                      missing_group_cases=[r["case"] for r in records if r["group"] is None],
+                      per_class_equity=per_class_equity(result, alpha, es_mode))
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
     result["split"] = split or "val"
     return result
 
 
-def _group_value(attributes: dict[str, Any], column: str | None) -> str | None:
-    if not column:
-        return None
-    value = attributes.get(column)
-    return None if value is None or value == "" else str(value)
+def _bin_order(groups: dict[str, Any], bins: Bins) -> dict[str, Any]:
+    """Bins in numeric order ("<25", "25-30", ">=30"), then any other group (text values)."""
+    order = [g for g in bins.labels if g in groups] + [g for g in groups if g not in bins.labels]
+    return {g: groups[g] for g in order}

@@ -1,4 +1,5 @@
-"""Pictures and tables people read: overlays of predictions on images (more in the fairness report)."""
+"""Pictures and tables people read: overlays of predictions on images, and the group (fairness)
+report: Markdown + HTML with per-group Dice bars and 95% CIs, ES-Dice and worst-group gap tables."""
 
 from __future__ import annotations
 
@@ -31,3 +32,225 @@ def save_overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None, 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, pred, label)).save(path)
     return path
+
+
+# --- group (fairness) report ------------------------------------------------------------------
+# A report is a list of blocks, rendered twice (Markdown, HTML) from the same numbers:
+# ("h", text), ("p", text), ("table", (header, rows)), ("img", (png path, caption)).
+
+INTRO = (
+    "Dice measures the overlap of predicted and true masks (0 = none, 1 = perfect); IoU is the "
+    "stricter intersection over union; HD95 and ASD are boundary distances (lower is better). "
+    "Cases are split into groups by one attribute. ES-Dice (equity-scaled Dice, FairSeg) divides "
+    "the overall Dice by 1 + alpha x the summed distance of the group Dices from it: it equals the "
+    "overall Dice when every group does equally well and drops as groups diverge. The worst-group "
+    "gap is the best group's Dice minus the worst group's. Intervals are 95% bootstrap confidence "
+    "intervals over cases; a group of a few cases has a wide interval, so read small gaps with care."
+)
+
+
+def write_group_report(evaluations: list[str | Path], out_dir: str | Path, labels: list[str] | None = None,
+                       title: str = "fewsam group report") -> dict[str, Path]:
+    """report.md + report.html (+ PNG plots) from one or more ``fewsam evaluate`` JSONs.
+
+    Two or more evaluations are shown side by side (e.g. before/after fair scaling), with a
+    paired Wilcoxon test of per-case Dice between the first and each other run.
+    """
+    from fewsam.compare import read_evaluation
+    from fewsam.errors import DataError
+
+    if labels is not None and len(labels) != len(evaluations):
+        raise DataError(f"--labels gives {len(labels)} names for {len(evaluations)} evaluations")
+    names = labels or _unique_names(evaluations)
+    runs = [(name, read_evaluation(path)) for name, path in zip(names, evaluations)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = [("h", title), ("p", INTRO), *_overview(runs), *_group_blocks(runs, out),
+              *_class_blocks(runs, out), *_test_blocks(runs)]
+    md, html = out / "report.md", out / "report.html"
+    md.write_text(_markdown(blocks))
+    html.write_text(_html(blocks, title))
+    return {"markdown": md, "html": html}
+
+
+def _unique_names(paths: list[str | Path]) -> list[str]:
+    stems = [Path(p).stem for p in paths]
+    return stems if len(set(stems)) == len(stems) else [f"{i + 1}: {s}" for i, s in enumerate(stems)]
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "n/a" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _overview(runs: list[tuple[str, dict]]) -> list[tuple]:
+    header = ["run", "cases", "Dice", "Dice 95% CI", "IoU", "ES-Dice", "ES-IoU", "worst-group gap",
+              "grouped by", "cases with no group"]
+    rows = [[name, r["n_cases"], _num(r["mean"]["dice"]), _ci((r.get("overall_ci95") or {}).get("dice")),
+             _num(r["mean"]["iou"]), _num(r.get("es_dice")), _num(r.get("es_iou")),
+             _num(r.get("worst_group_gap")), r.get("group_by") or "-", r.get("missing_group", "-")]
+            for name, r in runs]
+    return [("h2", "Overview"), ("table", (header, rows))]
+
+
+def _group_names(runs: list[tuple[str, dict]]) -> list[str]:
+    return list(dict.fromkeys(g for _, r in runs for g in r.get("groups", {})))
+
+
+def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
+    groups = _group_names(runs)
+    if not groups:
+        return [("p", "These evaluations have no groups: run `fewsam evaluate --group-by COLUMN`.")]
+    by = ", ".join(dict.fromkeys(str(r.get("group_by")) for _, r in runs))
+    png = _bar_plot(runs, groups, None, out / "group_dice.png", f"Dice by {by}")
+    blocks: list[tuple] = [("h2", f"Dice by group ({by})"),
+                           ("img", (png, f"Mean Dice per group with 95% bootstrap CIs; n = cases per group."))]
+    for name, r in runs:
+        header = ["group", "n", "Dice", "Dice 95% CI", "IoU", "IoU 95% CI", "HD95", "ASD"]
+        rows = [[g, v["n"], _num(v["mean"]["dice"]), _ci(v["ci95"]["dice"]), _num(v["mean"]["iou"]),
+                 _ci(v["ci95"]["iou"]), _num(v["mean"]["hd95"], 2), _num(v["mean"]["asd"], 2)]
+                for g, v in r.get("groups", {}).items()]
+        rows.append(["all cases", r["n_cases"], _num(r["mean"]["dice"]), _ci((r.get("overall_ci95") or {}).get("dice")),
+                     _num(r["mean"]["iou"]), _ci((r.get("overall_ci95") or {}).get("iou")),
+                     _num(r["mean"]["hd95"], 2), _num(r["mean"]["asd"], 2)])
+        blocks += [("h3", f"{name}: groups (distances in {r.get('distance_unit', 'pixel')}s)"), ("table", (header, rows))]
+    if len(runs) > 1:
+        blocks += _difference_table(runs, groups)
+    return blocks
+
+
+def _difference_table(runs: list[tuple[str, dict]], groups: list[str]) -> list[tuple]:
+    base_name, base = runs[0]
+    header = ["group", *[f"{name} - {base_name}" for name, _ in runs[1:]]]
+    rows = []
+    for g in groups:
+        a = base.get("groups", {}).get(g, {}).get("mean", {}).get("dice")
+        rows.append([g, *[_diff(r.get("groups", {}).get(g, {}).get("mean", {}).get("dice"), a) for _, r in runs[1:]]])
+    for key, label in (("es_dice", "ES-Dice"), ("worst_group_gap", "worst-group gap")):
+        rows.append([label, *[_diff(r.get(key), base.get(key)) for _, r in runs[1:]]])
+    return [("h3", f"Change in Dice against {base_name}"), ("table", (header, rows))]
+
+
+def _diff(x: float | None, y: float | None) -> str:
+    return "n/a" if x is None or y is None else f"{x - y:+.4f}"
+
+
+def _class_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
+    blocks: list[tuple] = [("h2", "Per class")]
+    for name, r in runs:
+        classes = list(r["per_class"])
+        groups = list(r.get("groups", {}))
+        header = ["group", *[f"{c} Dice" for c in classes]]
+        rows = [[g, *[_num(r["groups"][g]["per_class"].get(c, {}).get("dice")) for c in classes]] for g in groups]
+        rows.append(["all cases", *[_num(r["per_class"][c]["dice"]) for c in classes]])
+        equity = r.get("per_class_equity") or {}
+        if equity:
+            rows.append(["ES-Dice", *[_num(equity.get(c, {}).get("es_dice")) for c in classes]])
+            rows.append(["worst-group gap", *[_num(equity.get(c, {}).get("worst_group_gap")) for c in classes]])
+        blocks += [("h3", name), ("table", (header, rows))]
+    if len(runs[0][1]["per_class"]) > 1 and _group_names(runs):
+        for c in runs[0][1]["per_class"]:
+            safe = "".join(ch if ch.isalnum() else "_" for ch in c)
+            png = _bar_plot(runs, _group_names(runs), c, out / f"group_dice_{safe}.png", f"{c} Dice by group")
+            blocks.append(("img", (png, f"{c}: mean Dice per group (no CIs per class).")))
+    return blocks
+
+
+def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
+    if len(runs) < 2:
+        return []
+    from fewsam.compare import per_case_scores
+    from fewsam.errors import DataError
+    from fewsam.metrics import wilcoxon_compare
+
+    base_name, base = runs[0]
+    header = ["comparison", "paired cases", "median Dice difference", "W", "p"]
+    rows = []
+    for name, r in runs[1:]:
+        try:
+            t = wilcoxon_compare(per_case_scores(r), per_case_scores(base))
+            rows.append([f"{name} vs {base_name}", t["n"], f"{t['median_diff']:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
+        except DataError as err:
+            rows.append([f"{name} vs {base_name}", "-", "-", "-", str(err)])
+    text = ("Paired Wilcoxon signed-rank test on per-case mean Dice (cases both runs scored). "
+            "With several comparisons, multiply p by their number (Bonferroni; `fewsam compare --n-comparisons`).")
+    return [("h2", "Are the runs different?"), ("p", text), ("table", (header, rows))]
+
+
+def _bar_plot(runs: list[tuple[str, dict]], groups: list[str], cls: str | None, path: Path, title: str) -> Path:
+    """Grouped bars: one bar per run within each group; CIs as error bars for the mean Dice."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(runs)) + 2), 3.8), dpi=110)
+    ax = fig.subplots()
+    width = 0.8 / len(runs)
+    for i, (name, r) in enumerate(runs):
+        means, lows, highs = [], [], []
+        for g in groups:
+            v = r.get("groups", {}).get(g)
+            m = None if v is None else (v["mean"]["dice"] if cls is None else v["per_class"].get(cls, {}).get("dice"))
+            ci = None if v is None or cls is not None else v["ci95"]["dice"]
+            means.append(float("nan") if m is None else m)
+            lows.append(0.0 if ci is None or m is None else max(0.0, m - ci[0]))
+            highs.append(0.0 if ci is None or m is None else max(0.0, ci[1] - m))
+        xs = [k + (i - (len(runs) - 1) / 2) * width for k in range(len(groups))]
+        ax.bar(xs, means, width, yerr=[lows, highs] if cls is None else None, capsize=3, label=name,
+               color=[c / 255 for c in PALETTE[1 + i % (len(PALETTE) - 1)]])
+    counts = {g: next((r["groups"][g]["n"] for _, r in runs if g in r.get("groups", {})), 0) for g in groups}
+    ax.set_xticks(range(len(groups)), [f"{g}\n(n={counts[g]})" for g in groups])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("Dice")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    if len(runs) > 1:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _markdown(blocks: list[tuple]) -> str:
+    lines: list[str] = []
+    for kind, payload in blocks:
+        if kind in ("h", "h2", "h3"):
+            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {payload}", ""]
+        elif kind == "p":
+            lines += [payload, ""]
+        elif kind == "img":
+            path, caption = payload
+            lines += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
+        else:
+            header, rows = payload
+            lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
+    return "\n".join(lines)
+
+
+def _html(blocks: list[tuple], title: str) -> str:
+    import base64
+    import html
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}</style></head><body>"]
+    for kind, payload in blocks:
+        if kind in ("h", "h2", "h3"):
+            tag = {"h": "h1", "h2": "h2", "h3": "h3"}[kind]
+            parts.append(f"<{tag}>{html.escape(payload)}</{tag}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(payload)}</p>")
+        elif kind == "img":
+            path, caption = payload
+            data = base64.b64encode(path.read_bytes()).decode()
+            parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        else:
+            header, rows = payload
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+    return "\n".join(parts + ["</body></html>"])

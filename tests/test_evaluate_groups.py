@@ -1,0 +1,170 @@
+"""``fewsam evaluate --group-by`` and ``fewsam compare`` on tiny generated datasets with known answers."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.stats import wilcoxon
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+from fewsam.data import open_dataset, write_prediction
+from fewsam.errors import FewsamError
+from fewsam.evaluate import evaluate
+
+# Every label is rows 0-1 of a 10x10 image (20 pixels). A "half" prediction covers 10 of them:
+# Dice 2*10/(10+20) = 2/3, IoU 10/20 = 1/2. A "full" prediction is perfect: Dice = IoU = 1.
+LABEL = np.zeros((10, 10), np.uint8)
+LABEL[:2] = 1
+HALF = np.zeros((10, 10), np.uint8)
+HALF[0] = 1
+# case -> (site, bmi, prediction)
+CASES = {"a1": ("A", 22.0, LABEL), "a2": ("A", 28.0, HALF), "b1": ("B", 33.0, HALF), "u1": ("", None, LABEL)}
+
+
+@pytest.fixture
+def png_data(tmp_path):
+    """A PNG folder (index.csv with site and bmi columns) and a prediction folder for it."""
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "msk").mkdir()
+    rows = ["image,mask,site,bmi,split"]
+    rng = np.random.default_rng(0)
+    for cid, (site, bmi, _) in CASES.items():
+        Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8)).save(root / "img" / f"{cid}.png")
+        Image.fromarray(LABEL * 255).save(root / "msk" / f"{cid}.png")
+        rows.append(f"img/{cid}.png,msk/{cid}.png,{site},{'' if bmi is None else bmi},test")
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    pred = tmp_path / "pred"
+    dataset = open_dataset(root)
+    for cid in dataset.split("test"):
+        write_prediction(dataset.load(cid), CASES[cid.split("/")[-1]][2][None], pred)
+    return root, pred
+
+
+def test_groups_es_dice_and_missing_by_hand(png_data):
+    root, pred = png_data
+    result = evaluate(pred, root, "test", "site", show_progress=False, n_boot=200)
+    # A: (1 + 2/3)/2 = 5/6, B: 2/3; overall (1 + 2/3 + 2/3 + 1)/4 = 5/6 (u1 counts overall only).
+    assert list(result["groups"]) == ["A", "B"]
+    assert result["groups"]["A"]["n"] == 2 and result["groups"]["B"]["n"] == 1
+    assert result["groups"]["A"]["mean"]["dice"] == pytest.approx(5 / 6)
+    assert result["groups"]["B"]["mean"]["dice"] == pytest.approx(2 / 3)
+    assert result["mean"]["dice"] == pytest.approx(5 / 6)
+    # ES-Dice = (5/6) / (1 + |5/6 - 5/6| + |2/3 - 5/6|) = 5/7; ES-IoU = 0.75 / (1 + 0 + 0.25) = 0.6.
+    assert result["es_dice"] == pytest.approx(5 / 7)
+    assert result["es_iou"] == pytest.approx(0.6)
+    assert result["worst_group_gap"] == pytest.approx(1 / 6)
+    assert result["missing_group"] == 1 and result["missing_group_cases"] == ["img/u1"]
+    assert result["per_class_equity"]["foreground"]["es_dice"] == pytest.approx(5 / 7)
+    lo, hi = result["groups"]["A"]["ci95"]["dice"]
+    assert 2 / 3 <= lo <= hi <= 1
+    # std mode and alpha: spread = stdev(5/6, 2/3) = (1/6)/sqrt(2)
+    std = evaluate(pred, root, "test", "site", alpha=2.0, show_progress=False, es_mode="std", n_boot=10)
+    assert std["es_dice"] == pytest.approx((5 / 6) / (1 + 2 * (1 / 6) / np.sqrt(2)))
+
+
+def test_bins_order_and_explicit_attribute_csv(png_data, tmp_path):
+    root, pred = png_data
+    binned = evaluate(pred, root, "test", "bmi", show_progress=False, bins="bmi:25,30", n_boot=10)
+    assert list(binned["groups"]) == ["<25", "25-30", ">=30"]
+    assert binned["bins"] == ["<25", "25-30", ">=30"]
+    assert binned["groups"]["<25"]["mean"]["dice"] == pytest.approx(1.0)
+    csv = tmp_path / "scanner.csv"
+    csv.write_text("case,scanner\na1,X\na2,Y\nb1,Y\nu1,X\n")
+    by_scanner = evaluate(pred, root, "test", "scanner", show_progress=False, attributes=csv, n_boot=10)
+    assert by_scanner["groups"]["Y"]["mean"]["dice"] == pytest.approx(2 / 3)
+    assert by_scanner["missing_group"] == 0
+
+
+def test_unknown_group_column_lists_available_attributes(png_data):
+    root, pred = png_data
+    with pytest.raises(FewsamError, match=r"no case has a value for attribute 'race'; available attributes: bmi, site"):
+        evaluate(pred, root, "test", "race", show_progress=False)
+
+
+def test_cli_prints_groups_and_missing_line(png_data, tmp_path):
+    root, pred = png_data
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                                   "--group-by", "site", "--json", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "ES-Dice 0.7143" in res.output
+    assert "1 case(s) have no 'site' value" in res.output
+    saved = json.loads(out.read_text())
+    assert {"groups", "es_dice", "es_iou", "worst_group_gap", "overall_ci95"} <= set(saved)
+
+
+def _fairseg(root, pred_root):
+    """Six generated Harvard-FairSeg npz files (current key names), two per race, and predictions.
+
+    Mask codes: 0 background, -1 rim, -2 cup. Label: rim rows 0-3, cup rows 4-5 (16x16).
+    Asian: perfect; Black: cup predicted as rim (cup Dice 0, rim Dice 2*64/(64+96) = 0.8);
+    White: perfect on one case, cup missed (as background) on the other (cup Dice 0, rim 1).
+    """
+    root.mkdir()
+    mask = np.zeros((16, 16), np.int8)
+    mask[:4] = -1
+    mask[4:6] = -2
+    classes = np.where(mask == -1, 1, np.where(mask == -2, 2, 0)).astype(np.uint8)
+    wrong_cup = np.where(classes == 2, 1, classes).astype(np.uint8)
+    no_cup = np.where(classes == 2, 0, classes).astype(np.uint8)
+    preds = {"Asian": [classes, classes], "Black": [wrong_cup, wrong_cup], "White": [classes, no_cup]}
+    rng = np.random.default_rng(0)
+    for race_code, race in enumerate(("Asian", "Black", "White")):
+        for k in range(2):
+            name = f"data_{race_code * 2 + k:05d}.npz"
+            np.savez(root / name, slo_fundus=rng.integers(0, 255, (16, 16), dtype=np.uint8), disc_cup_mask=mask,
+                     race=race_code, gender=k, age=70.0 - 20 * k, ethnicity=-1, language=0, maritalstatus=0)
+    dataset = open_dataset(root)
+    for cid in dataset.split("train"):
+        case = dataset.load(cid)
+        write_prediction(case, preds[case.attributes["race"]][int(cid[-1]) % 2][None], pred_root)
+
+
+def test_fairseg_npz_end_to_end_by_race(tmp_path):
+    data, pred, out = tmp_path / "fairseg", tmp_path / "pred", tmp_path / "race.json"
+    _fairseg(data, pred)
+    res = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(data), "--split", "train",
+                                   "--group-by", "race", "--json", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    groups = result["groups"]
+    assert groups["Asian"]["per_class"]["cup"]["dice"] == pytest.approx(1.0)
+    assert groups["Black"]["per_class"]["rim"]["dice"] == pytest.approx(0.8)
+    assert groups["Black"]["per_class"]["cup"]["dice"] == pytest.approx(0.0)
+    assert groups["White"]["per_class"]["cup"]["dice"] == pytest.approx(0.5)
+    # Group mean Dice = mean over (rim, cup): Asian 1, Black 0.4, White (1 + 0.5)/2 = 0.75.
+    overall = (1 + 0.4 + 0.75) / 3
+    assert result["mean"]["dice"] == pytest.approx(overall)
+    spread = abs(1 - overall) + abs(0.4 - overall) + abs(0.75 - overall)
+    assert result["es_dice"] == pytest.approx(overall / (1 + spread))
+    assert result["worst_group_gap"] == pytest.approx(0.6)
+    # Cup reported on its own: cup Dice 1, 0, 0.5 -> overall 0.5, spread 0.5 + 0.5 + 0 = 1.
+    assert result["per_class_equity"]["cup"]["es_dice"] == pytest.approx(0.25)
+    # age is binned at 60 by default; ethnicity is unknown (-1) everywhere.
+    by_age = evaluate(pred, data, "train", "age", show_progress=False, n_boot=10)
+    assert list(by_age["groups"]) == ["<60", ">=60"]
+    with pytest.raises(FewsamError, match="available attributes: age, gender, language, maritalstatus, race$"):
+        evaluate(pred, data, "train", "ethnicity", show_progress=False)
+
+
+def test_compare_cli_matches_scipy(tmp_path):
+    a = [0.9, 0.8, 0.75, 0.6, 0.95, 0.7]
+    b = [0.85, 0.7, 0.76, 0.5, 0.9, 0.6]
+
+    def write(path, scores):
+        cases = [{"case": f"c{i}", "per_class": {"x": {"dice": s}, "y": {"dice": s}}} for i, s in enumerate(scores)]
+        path.write_text(json.dumps({"cases": cases}))
+
+    write(tmp_path / "a.json", a)
+    write(tmp_path / "b.json", b)
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                   "--n-comparisons", "3", "--json", str(tmp_path / "t.json")])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "t.json").read_text())
+    expected = wilcoxon(a, b)
+    assert got["n"] == 6 and got["p"] == pytest.approx(expected.pvalue)
+    assert got["p_bonferroni"] == pytest.approx(min(1.0, 3 * expected.pvalue))
+    assert "Wilcoxon signed-rank" in res.output

@@ -1,0 +1,67 @@
+"""``fewsam report``: Markdown + HTML with plots, holding the key numbers of the evaluation JSONs."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+from fewsam.errors import FewsamError
+from fewsam.metrics import group_summary
+from fewsam.report import write_group_report
+
+
+def _evaluation(path, scores):
+    """An evaluation JSON from per-case (group, rim Dice, cup Dice) via the real group_summary."""
+    cases = [{"case": f"c{i}", "group": g,
+              "per_class": {"rim": {"dice": r, "iou": r / (2 - r), "hd95": 2.0, "asd": 1.0},
+                            "cup": {"dice": c, "iou": c / (2 - c), "hd95": 3.0, "asd": 1.5}}}
+             for i, (g, r, c) in enumerate(scores)]
+    result = group_summary(cases, n_boot=100)
+    result.update(group_by="race", alpha=1.0, es_mode="sum", distance_unit="pixel",
+                  per_class_equity={"rim": {"es_dice": 0.5, "worst_group_gap": 0.1},
+                                    "cup": {"es_dice": 0.25, "worst_group_gap": 0.2}})
+    path.write_text(json.dumps(result))
+    return result
+
+
+BEFORE = [("Asian", 0.9, 0.8), ("Asian", 0.85, 0.7), ("Black", 0.7, 0.5), ("Black", 0.6, 0.4), ("White", 0.8, 0.7),
+          (None, 0.9, 0.9)]
+AFTER = [("Asian", 0.88, 0.79), ("Asian", 0.84, 0.71), ("Black", 0.75, 0.6), ("Black", 0.7, 0.5), ("White", 0.8, 0.7),
+         (None, 0.9, 0.85)]
+
+
+def test_report_two_runs_has_plots_and_key_numbers(tmp_path):
+    before = _evaluation(tmp_path / "before.json", BEFORE)
+    after = _evaluation(tmp_path / "after.json", AFTER)
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "before.json"), str(tmp_path / "after.json"),
+                                   "--out", str(tmp_path / "rep"), "--labels", "unscaled,fair gamma=1"])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert (tmp_path / "rep" / "group_dice.png").stat().st_size > 1000
+    assert (tmp_path / "rep" / "group_dice_cup.png").is_file()
+    assert html.count("data:image/png;base64,") == 3  # groups, rim, cup
+    for text in (md, html):
+        for r in (before, after):
+            assert f"{r['es_dice']:.4f}" in text
+            assert f"{r['worst_group_gap']:.4f}" in text
+            assert f"{r['groups']['Black']['mean']['dice']:.4f}" in text
+            lo, hi = r["groups"]["Black"]["ci95"]["dice"]
+            assert f"[{lo:.4f}, {hi:.4f}]" in text
+        diff = after["groups"]["Black"]["mean"]["dice"] - before["groups"]["Black"]["mean"]["dice"]
+        assert f"{diff:+.4f}" in text
+        assert "fair gamma=1 vs unscaled" in text and "Wilcoxon" in text
+        assert "ES-Dice (equity-scaled Dice" in text  # the plain-language explanation
+
+
+def test_report_single_run_without_groups(tmp_path):
+    cases = [{"case": "a", "per_class": {"fg": {"dice": 0.5, "iou": 1 / 3, "hd95": 1.0, "asd": 1.0}}, "group": None}]
+    from fewsam.metrics import summarise
+
+    (tmp_path / "e.json").write_text(json.dumps({**summarise(cases), "distance_unit": "pixel"}))
+    paths = write_group_report([tmp_path / "e.json"], tmp_path / "rep")
+    md = paths["markdown"].read_text()
+    assert "0.5000" in md and "--group-by" in md
+    with pytest.raises(FewsamError, match="--labels gives 2 names"):
+        write_group_report([tmp_path / "e.json"], tmp_path / "rep", ["a", "b"])
