@@ -148,7 +148,7 @@ def test_fit_fewshot_run_passes_the_fair_loss_and_records_groups(tmp_path, monke
     assert record["labelled_cases_per_group"] == {"25-30": 1, "<25": 1, ">=30": 1}
     assert record["labelled_cases_without_group"] == 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["fair"] == {"attribute": "bmi", "gamma": 0.5, "bins": "bmi:25,30"}
+    assert config["fair"] == {"attribute": "bmi", "gamma": 0.5, "bins": "bmi:25,30", "attributes": None}
     with pytest.raises(FewsamError, match="available attributes"):
         api.fit_fewshot_run(api.FitOptions(data=tmp_path, run=tmp_path / "run2", labeled_slices=4,
                                            fair_attribute="race"), steps=1)

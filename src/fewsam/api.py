@@ -36,6 +36,7 @@ class FitOptions:
     fair_attribute: str | None = None
     fair_gamma: float = 1.0
     fair_bins: str | None = None
+    attributes: Path | None = None  # CSV of group attributes joined to the cases (--attributes)
 
 
 def embed_dataset(data: str | Path, split: str | None, model_name: str, checkpoint: str | Path | None,
@@ -63,7 +64,7 @@ def fit_context(opts: FitOptions) -> tuple[FitContext, list[SliceRef], list[str]
     """Open data, load the model and cache, pick the labelled slices and the validation cases."""
     if opts.labeled_cases is None and opts.labeled_slices is None:
         raise DataError("say how many labels to use: --labeled-cases N or --labeled-slices K")
-    dataset = open_dataset(opts.data)
+    dataset = open_dataset(opts.data, opts.attributes)
     labelled = select_labelled(dataset, n_cases=opts.labeled_cases, n_slices=opts.labeled_slices)
     if not labelled:
         raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
@@ -88,7 +89,8 @@ def run_config(method: str, opts: FitOptions, ctx: FitContext, labelled: list[Sl
         "labelled": {"cases": opts.labeled_cases, "slices": opts.labeled_slices,
                      "refs": [f"{r.case_id}:{r.z}" for r in labelled]},
         "val_split": opts.val_split,
-        "fair": ({"attribute": opts.fair_attribute, "gamma": opts.fair_gamma, "bins": opts.fair_bins}
+        "fair": ({"attribute": opts.fair_attribute, "gamma": opts.fair_gamma, "bins": opts.fair_bins,
+                  "attributes": str(opts.attributes) if opts.attributes else None}
                  if opts.fair_attribute else None),
         "device": opts.device,
         "cache": opts.cache,

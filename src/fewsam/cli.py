@@ -81,6 +81,7 @@ def fit_fewshot(
     fair_attribute: Optional[str] = typer.Option(None, "--fair-attribute", help="Group column for fair scaling."),
     fair_gamma: float = typer.Option(1.0, "--fair-gamma"),
     fair_bins: Optional[str] = typer.Option(None, "--bins", help="Bins of a continuous fair attribute, e.g. bmi:25,30."),
+    attributes: Optional[Path] = typer.Option(None, "--attributes", help="CSV of group attributes by case/patient id."),
     seed: int = typer.Option(0, "--seed"),
     model: str = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
@@ -94,7 +95,8 @@ def fit_fewshot(
     opts = FitOptions(data=data, run=run, labeled_cases=labeled_cases, labeled_slices=labeled_slices,
                       model=model, checkpoint=checkpoint, cache=cache, device=device, seed=seed,
                       val_split=val_split, show_progress=not quiet,
-                      fair_attribute=fair_attribute, fair_gamma=fair_gamma, fair_bins=fair_bins)
+                      fair_attribute=fair_attribute, fair_gamma=fair_gamma, fair_bins=fair_bins,
+                      attributes=attributes)
     result = fit_fewshot_run(opts, steps=steps, lr=lr, batch_size=batch_size, val_every=val_every,
                              tokens_per_class=tokens_per_class, shot_dropout=shot_dropout)
     out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
