@@ -120,7 +120,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             _log(run_dir, {"step": step + 1, "loss": float(loss.detach()), **scalars})
-            bar.update(job, advance=1, description=f"fit loss {float(loss):.3f}")
+            bar.update(job, advance=1, description=f"fit loss {float(loss.detach()):.3f}")
             if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
                 state = _validate_and_checkpoint(task, optimizer, rng, run_dir, state, step + 1)
                 if on_checkpoint:
