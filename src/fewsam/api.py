@@ -133,3 +133,31 @@ def fit_prompted_run(run: Path, prompt: str, box_margin: float, model_name: str,
     }
     run_dir, _ = prepare_run_dir(run, config)
     return run_dir
+
+
+def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_every: int = 200,
+                       student: dict[str, Any] | None = None) -> TrainResult:
+    """``fewsam fit supervised``: the U-Net on the labelled slices only (the lower bound)."""
+    from fewsam.methods import student as st, supervised
+
+    ctx, labelled, val_ids = fit_context(opts)
+    train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed)
+    student_cfg = st.StudentConfig(**(student or {}))
+    config = run_config("supervised", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg))
+    run_dir, _ = prepare_run_dir(opts.run, config)
+    return supervised.fit(ctx, labelled, val_ids, run_dir, train_cfg, student_cfg)
+
+
+def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_every: int = 200,
+                    student: dict[str, Any] | None = None, samatch: dict[str, Any] | None = None) -> TrainResult:
+    """``fewsam fit samatch`` (``use_sam=False``: the plain FixMatch baseline)."""
+    from fewsam.methods import samatch as sm, student as st, supervised
+
+    ctx, labelled, val_ids = fit_context(opts)
+    train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed)
+    student_cfg = st.StudentConfig(**(student or {}))
+    sm_cfg = sm.SamMatchConfig(**(samatch or {}))
+    config = run_config("samatch", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg),
+                        samatch=asdict(sm_cfg))
+    run_dir, _ = prepare_run_dir(opts.run, config)
+    return sm.fit(ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, sm_cfg)

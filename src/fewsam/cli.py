@@ -117,6 +117,95 @@ def fit_prompted(
     out.print(f"recorded zero-shot SAM ({prompt} prompts) in {run}")
 
 
+def _labelled_budget(labeled_cases: Optional[int], labeled_images: Optional[int]) -> Optional[int]:
+    """--labeled-images (2D datasets: one image is one case) is an alias of --labeled-cases."""
+    if labeled_cases is not None and labeled_images is not None:
+        raise FewsamError("give --labeled-cases or --labeled-images, not both")
+    return labeled_cases if labeled_images is None else labeled_images
+
+
+LabeledImagesOpt = typer.Option(None, "--labeled-images", help="Alias of --labeled-cases for 2D image datasets.")
+ImageSizeOpt = typer.Option(256, "--image-size", help="Student U-Net input (slices resized to SxS).")
+
+
+@fit_app.command("supervised")
+def fit_supervised(
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    run: Path = typer.Option(..., "--out", help="Run folder to write (resumed if it holds the same run)."),
+    labeled_cases: Optional[int] = typer.Option(None, "--labeled-cases", help="First N subjects of the budget order."),
+    labeled_slices: Optional[int] = typer.Option(None, "--labeled-slices", help="First K slices of the budget order."),
+    labeled_images: Optional[int] = LabeledImagesOpt,
+    steps: int = typer.Option(2000, help="Training steps (batches)."),
+    lr: float = typer.Option(0.01, help="SGD learning rate (poly decay)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    image_size: int = ImageSizeOpt,
+    val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
+    val_every: int = typer.Option(200, "--val-every"),
+    seed: int = typer.Option(0, "--seed"),
+    cache: str = CacheOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """A 2D U-Net on the labelled slices only: the lower bound for SAM-Match."""
+    from fewsam.api import FitOptions, fit_supervised_run
+
+    opts = FitOptions(data=data, run=run, labeled_cases=_labelled_budget(labeled_cases, labeled_images),
+                      labeled_slices=labeled_slices, cache=cache, device=device, seed=seed, val_split=val_split,
+                      show_progress=not quiet)
+    result = fit_supervised_run(opts, steps=steps, lr=lr, val_every=val_every,
+                                student={"image_size": image_size, "batch_size": batch_size})
+    out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
+
+
+@fit_app.command("samatch")
+def fit_samatch(
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    run: Path = typer.Option(..., "--out", help="Run folder to write (resumed if it holds the same run)."),
+    labeled_cases: Optional[int] = typer.Option(None, "--labeled-cases", help="First N subjects of the budget order."),
+    labeled_slices: Optional[int] = typer.Option(None, "--labeled-slices", help="First K slices of the budget order."),
+    labeled_images: Optional[int] = LabeledImagesOpt,
+    no_sam: bool = typer.Option(False, "--no-sam", help="Plain FixMatch: no SAM pseudo-labels (the Match baseline)."),
+    unlabeled_limit: Optional[int] = typer.Option(None, "--unlabeled-limit",
+                                                  help="Seeded subset of the unlabelled pool (SAM encodes each once)."),
+    steps: int = typer.Option(2000, help="Student training steps."),
+    lr: float = typer.Option(0.01, help="Student SGD learning rate (poly decay)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Labelled slices per step."),
+    unlabeled_batch: int = typer.Option(8, "--unlabeled-batch", help="Unlabelled slices per step."),
+    image_size: int = ImageSizeOpt,
+    threshold: float = typer.Option(0.95, "--threshold", help="FixMatch / prompt confidence threshold."),
+    warmup_steps: int = typer.Option(200, "--warmup-steps", help="Student steps before the first SAM refresh."),
+    refresh_every: int = typer.Option(200, "--refresh-every", help="Steps between SAM pseudo-label refreshes."),
+    ramp_steps: int = typer.Option(200, "--ramp-steps", help="Ramp-up of the SAM pseudo-label loss weight."),
+    sam_weight: float = typer.Option(1.0, "--sam-weight", help="Final weight of the SAM pseudo-label loss."),
+    box_margin: float = typer.Option(10.0, "--box-margin", help="Pixels around prompt boxes (10 ACDC, 30 BUSI)."),
+    sam_steps: int = typer.Option(200, "--sam-steps", help="SAM decoder fine-tuning steps on ground-truth boxes."),
+    sam_lr: float = typer.Option(1e-4, "--sam-lr"),
+    val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
+    val_every: int = typer.Option(200, "--val-every"),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = ModelOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+    cache: str = CacheOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """SAM-Match: FixMatch student + SAM-refined pseudo-labels from its confident predictions."""
+    from fewsam.api import FitOptions, fit_samatch_run
+
+    if refresh_every < 1:
+        raise FewsamError("--refresh-every must be at least 1")
+    opts = FitOptions(data=data, run=run, labeled_cases=_labelled_budget(labeled_cases, labeled_images),
+                      labeled_slices=labeled_slices, model=model, checkpoint=checkpoint, cache=cache, device=device,
+                      seed=seed, val_split=val_split, show_progress=not quiet)
+    samatch = {"use_sam": not no_sam, "threshold": threshold, "unlabeled_batch": unlabeled_batch,
+               "unlabeled_limit": unlabeled_limit, "sam_weight": sam_weight, "warmup_steps": warmup_steps,
+               "refresh_every": refresh_every, "ramp_steps": ramp_steps, "box_margin": box_margin,
+               "sam_steps": sam_steps, "sam_lr": sam_lr}
+    result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every,
+                             student={"image_size": image_size, "batch_size": batch_size}, samatch=samatch)
+    out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
+
+
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by `fewsam fit`."),

@@ -23,6 +23,9 @@ from fewsam.progress import progress_bar
 from fewsam.runs import read_config
 
 
+STUDENT_METHODS = ("supervised", "samatch")  # U-Net students: predict from pixels
+
+
 class Predictor(Protocol):
     def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
         """(D, H, W) uint8 label values for the case."""
@@ -38,7 +41,7 @@ def load_run_model(config: dict, device: str) -> SamModel:
     return model
 
 
-def build_predictor(run_dir: Path, config: dict, model: SamModel, device: str, values: list[int]) -> Predictor:
+def build_predictor(run_dir: Path, config: dict, model: SamModel | None, device: str, values: list[int]) -> Predictor:
     """The method's predictor, rebuilt from the run folder (``values``: the data's label values)."""
     method = config.get("method")
     if method == "fewshot":
@@ -49,6 +52,10 @@ def build_predictor(run_dir: Path, config: dict, model: SamModel, device: str, v
         from fewsam.methods.prompted import PromptedConfig, PromptedPredictor
 
         return PromptedPredictor(model, values, PromptedConfig(**config["prompted"]), device)
+    if method in STUDENT_METHODS:
+        from fewsam.methods.student import StudentPredictor
+
+        return StudentPredictor(run_dir, device)
     raise RunError(f"{run_dir}: unknown method {method!r} in config.json")
 
 
@@ -71,16 +78,17 @@ def predict(
         raise DataError(f"split {split or 'val'} of {data} is empty")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
-    model = load_run_model(config, device)
+    student = config.get("method") in STUDENT_METHODS  # pixels in, no SAM needed
+    model = None if student else load_run_model(config, device)
     _check_class_map(config, dataset.class_map.to_json(), data)
     predictor = build_predictor(run_dir, config, model, device, [0] + dataset.class_map.labels)
-    cache = EmbeddingCache(cache_root, model)
+    cache = None if student else EmbeddingCache(cache_root, model)
     written = []
     with progress_bar(show_progress) as bar:
         job = bar.add_task("predict", total=len(case_ids))
         for case_id in case_ids:
             case = dataset.load(case_id)
-            pred = predictor.predict_case(case, embed_case(case, cache, device))
+            pred = predictor.predict_case(case, [] if cache is None else embed_case(case, cache, device))
             written.append(write_prediction(case, pred, out))
             bar.update(job, advance=1)
     return written

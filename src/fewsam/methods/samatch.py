@@ -1,0 +1,390 @@
+"""Seed 2: SAM-Match. A FixMatch student on labelled + unlabelled slices, whose confident
+predictions prompt a fine-tuned SAM decoder; SAM's refined masks come back as pseudo-labels.
+
+Stages, all through the one training loop:
+1. SAM's prompt encoder + mask decoder are fine-tuned on the labelled slices with boxes from the
+   ground truth (binary Dice + BCE), from cached embeddings (RUN/sam/).
+2. The student (U-Net, ``methods.student``) trains with its supervised Dice + CE and FixMatch's
+   consistency: CE of the strong view against the weak view's argmax where its softmax is
+   >= ``threshold``. The strong view is the weak (geometric) view plus colour jitter, blur and
+   cutout; only the student sees augmented pixels, SAM stays on un-augmented cached embeddings.
+3. After ``warmup_steps`` and then every ``refresh_every`` steps, the student labels the
+   unlabelled pool; per slice and class the box of the largest confident component (+ margin)
+   prompts SAM; SAM's masks are composed into a pseudo-label (background = 1 - mean class
+   probability, argmax) and the student also fits them with a ramped weight. Each refresh is
+   saved (RUN/pseudo_labels/) so that a resumed run uses the very same labels, and scored
+   against the unlabelled slices' ground truth when it exists (RUN/pseudo_label_quality.json).
+``use_sam=False`` is the plain FixMatch baseline (stages 1 and 3 skipped).
+Not implemented: SAM's own unlabelled loss against the student (the paper's end-to-end stage)
+and the MSE on SAM's IoU head.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewsam.data import unlabelled_pool
+from fewsam.data.types import Dataset, SliceRef
+from fewsam.embedded import EmbeddedSlice, embed_refs
+from fewsam.errors import DataError
+from fewsam.inference import FitContext, check_labelled
+from fewsam.losses import binary_dice_bce_loss, consistency_ce, dice_ce_loss
+from fewsam.methods.student import (IGNORE, SliceSet, StudentConfig, augment_labelled, build_unet, load_slices,
+                                    random_affine, strong_photometric, student_label, volume_dice_score,
+                                    warp, warp_labels)
+from fewsam.methods.supervised import load_labelled, load_val_cases
+from fewsam.models.sam import SamModel, postprocess_logits
+from fewsam.prompts import box_from_mask, largest_component
+from fewsam.runs import write_json
+from fewsam.train import BEST, TrainConfig, TrainResult, atomic_torch_save, train
+
+PSEUDO_DIR = "pseudo_labels"
+QUALITY = "pseudo_label_quality.json"
+SAM_DIR = "sam"
+
+
+@dataclass
+class SamMatchConfig:
+    """SAM-Match's own settings (the student's optimiser lives in TrainConfig)."""
+
+    use_sam: bool = True
+    threshold: float = 0.95  # FixMatch confidence, also the prompt region's confidence
+    unlabeled_batch: int = 8
+    unlabeled_limit: int | None = None  # seeded subset of the unlabelled pool (None: all of it)
+    lambda_u: float = 1.0  # weight of the FixMatch consistency loss
+    sam_weight: float = 1.0  # final weight of the loss against SAM's pseudo-labels
+    warmup_steps: int = 200  # student steps before the first SAM refresh
+    refresh_every: int = 200  # steps between refreshes of SAM's pseudo-labels
+    ramp_steps: int = 200  # sigmoid ramp-up of sam_weight after the first refresh
+    box_margin: float = 10.0  # original pixels around each prompt box (paper: 10 ACDC, 30 BUSI)
+    background: str = "mean"  # pseudo-label background: 1 - "mean" or 1 - "max" class probability
+    sam_steps: int = 200  # SAM decoder fine-tuning steps on ground-truth boxes (0: zero-shot SAM)
+    sam_lr: float = 1e-4
+    sam_batch: int = 8
+    sam_val_slices: int = 48  # validation slices (evenly spread) for SAM's model selection
+
+
+# --- pure pieces: prompts from confident predictions, pseudo-label composition, scores -------
+
+def confident_boxes(probs: torch.Tensor, info, threshold: float, margin: float) -> list[tuple[int, np.ndarray]]:
+    """(Q, H, W) class probabilities of one slice -> [(class index, xyxy box in SAM's frame)].
+
+    Per foreground class: the pixels where it is the argmax with probability >= threshold, their
+    largest 8-connected component, its bounding box widened by ``margin``. Classes without a
+    confident pixel get no prompt.
+    """
+    conf, pred = probs.max(dim=0)
+    confident = (conf >= threshold).numpy()
+    pred = pred.numpy()
+    out = []
+    for k in range(1, probs.shape[0]):
+        mask = confident & (pred == k)
+        if mask.any():
+            out.append((k, box_from_mask(largest_component(mask), info, margin)))
+    return out
+
+
+def compose_pseudo_label(class_logits: dict[int, torch.Tensor], n_outputs: int, background: str = "mean"
+                         ) -> np.ndarray:
+    """SAM's per-class mask logits {class index: (H, W)} -> (H, W) uint8 class indices.
+
+    Class probabilities are sigmoid(logit) (0 for unprompted classes); background scores
+    1 - mean (or max) of the class probabilities; the label is the argmax of the softmax.
+    """
+    if not class_logits:
+        raise ValueError("compose_pseudo_label needs at least one prompted class")
+    shape = next(iter(class_logits.values())).shape
+    probs = torch.zeros(n_outputs - 1, *shape)
+    for k, logit in class_logits.items():
+        probs[k - 1] = torch.sigmoid(logit.float())
+    bg = 1 - (probs.mean(dim=0) if background == "mean" else probs.max(dim=0).values)
+    scores = torch.cat([bg[None], probs]).softmax(dim=0)
+    return scores.argmax(dim=0).to(torch.uint8).numpy()
+
+
+def pooled_dice(preds: list[np.ndarray], gts: list[np.ndarray], n_outputs: int) -> dict[str, float]:
+    """Per class Dice pooled over all slices (2 sum|P&G| / (sum|P| + sum|G|)), and their mean."""
+    out = {}
+    for k in range(1, n_outputs):
+        inter = sum(int(np.count_nonzero((p == k) & (g == k))) for p, g in zip(preds, gts))
+        total = sum(int(np.count_nonzero(p == k)) + int(np.count_nonzero(g == k)) for p, g in zip(preds, gts))
+        out[str(k)] = 1.0 if total == 0 else 2 * inter / total
+    out["mean"] = float(np.mean([out[str(k)] for k in range(1, n_outputs)]))
+    return out
+
+
+def ramp(step: int, length: int) -> float:
+    """Sigmoid ramp-up exp(-5 (1 - t)^2), t = step / length clipped to [0, 1]."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return float(np.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def select_unlabelled(dataset: Dataset, labelled: list[SliceRef], limit: int | None, seed: int) -> list[SliceRef]:
+    """The unlabelled pool, or a seeded subset of ``limit`` slices of it (kept in pool order)."""
+    pool = unlabelled_pool(dataset, labelled)
+    if limit is None or limit >= len(pool):
+        return pool
+    if limit < 1:
+        raise DataError(f"--unlabeled-limit must be at least 1, got {limit}")
+    idx = np.sort(np.random.default_rng(seed).choice(len(pool), limit, replace=False))
+    return [pool[i] for i in idx]
+
+
+# --- stage 1: SAM's decoder on ground-truth boxes ---------------------------------------------
+
+class SamDecoder(nn.Module):
+    """The trainable part of SAM (prompt encoder + mask decoder), shared with the SamModel."""
+
+    def __init__(self, sam: SamModel) -> None:
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+
+
+def box_pairs(samples: list[EmbeddedSlice], values: list[int]) -> list[tuple[int, int]]:
+    """(slice index, label value) for every class present in a slice's label."""
+    return [(i, v) for i, s in enumerate(samples) for v in values[1:] if (s.label == v).any()]
+
+
+def box_batch(samples: list[EmbeddedSlice], pairs: list[tuple[int, int]], margins: np.ndarray, device: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embeddings (B,256,64,64), boxes (B,4) and binary targets (B,1,S,S) in SAM's frame."""
+    emb = torch.stack([samples[i].embedding_tensor() for i, _ in pairs]).to(device)
+    boxes = np.stack([box_from_mask(samples[i].label == v, samples[i].info, m) for (i, v), m in zip(pairs, margins)])
+    target = torch.stack([torch.from_numpy(samples[i].label_frame == v) for i, v in pairs])[:, None].float()
+    return emb, torch.from_numpy(boxes).to(device), target.to(device)
+
+
+class SamBoxTask:
+    """SAM-Match's stage 2: Dice + BCE of box-prompted masks, boxes jittered by a random margin."""
+
+    def __init__(self, sam: SamModel, samples: list[EmbeddedSlice], val: list[EmbeddedSlice], values: list[int],
+                 cfg: SamMatchConfig, device: str) -> None:
+        self.sam, self.module = sam, SamDecoder(sam)
+        self.samples, self.pairs = samples, box_pairs(samples, values)
+        self.val, self.val_pairs = val, box_pairs(val, values)
+        self.cfg, self.device = cfg, device
+        if not self.pairs:
+            raise DataError("the labelled slices contain no foreground; SAM cannot be fine-tuned on boxes")
+
+    def _loss(self, samples, pairs, margins) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        emb, boxes, target = box_batch(samples, pairs, margins, self.device)
+        logits = self.sam.predict_prompted(emb, boxes=boxes)
+        target = F.interpolate(target, size=logits.shape[-2:], mode="nearest")
+        return logits, target, binary_dice_bce_loss(logits, target)
+
+    def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        sel = rng.choice(len(self.pairs), min(self.cfg.sam_batch, len(self.pairs)), replace=False)
+        margins = rng.uniform(0, self.cfg.box_margin, len(sel))
+        return self._loss(self.samples, [self.pairs[i] for i in sel], margins)[2], {}
+
+    def validate(self) -> dict[str, float]:
+        """Mean 2D Dice of box-prompted masks (fixed margin) on the validation slices."""
+        scores = []
+        for start in range(0, len(self.val_pairs), 16):
+            pairs = self.val_pairs[start:start + 16]
+            logits, target, _ = self._loss(self.val, pairs, np.full(len(pairs), self.cfg.box_margin / 2))
+            pred = logits > 0
+            inter = (pred & (target > 0)).sum(dim=(1, 2, 3)).float()
+            total = pred.sum(dim=(1, 2, 3)) + (target > 0).sum(dim=(1, 2, 3))
+            scores.extend((2 * inter / total.clamp_min(1)).tolist())
+        score = float(np.mean(scores)) if scores else 0.0
+        return {"score": score, "box_dice": score}
+
+
+def val_slice_refs(val_cases, n: int) -> list[SliceRef]:
+    """Up to ``n`` validation slices with foreground, evenly spread over the cases' slices."""
+    refs = [SliceRef(c.case_id, z) for c in val_cases for z in range(c.num_slices) if c.label[z].any()]
+    if len(refs) <= n:
+        return refs
+    return [refs[int(i)] for i in np.linspace(0, len(refs) - 1, n).round()]
+
+
+def fit_sam(ctx: FitContext, labelled: list[SliceRef], val_cases, run_dir: Path, cfg: SamMatchConfig,
+            seed: int) -> None:
+    """Fine-tune SAM's decoder on ground-truth boxes (resumable, RUN/sam/) and load the best weights."""
+    samples = embed_refs(ctx.dataset, labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled")
+    check_labelled(samples)
+    if cfg.sam_steps <= 0:
+        return
+    val = embed_refs(ctx.dataset, val_slice_refs(val_cases, cfg.sam_val_slices), ctx.cache, ctx.device,
+                     ctx.show_progress, "embed SAM val")
+    task = SamBoxTask(ctx.model, samples, val, ctx.values, cfg, ctx.device)
+    sam_cfg = TrainConfig(steps=cfg.sam_steps, lr=cfg.sam_lr, val_every=max(1, cfg.sam_steps // 2), seed=seed,
+                          warmup_steps=min(10, cfg.sam_steps // 10))
+    train(task, sam_cfg, run_dir, ctx.show_progress)
+    best = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
+    task.module.load_state_dict(best["module"])
+    task.module.eval()
+
+
+# --- stage 3: pseudo-labels from the student's confident regions, refined by SAM -------------
+
+class PseudoLabeller:
+    """Student probabilities -> prompts -> SAM masks -> pseudo-labels, on the unlabelled pool."""
+
+    def __init__(self, sam: SamModel, slices: list[EmbeddedSlice], cfg: SamMatchConfig, n_outputs: int,
+                 device: str = "cpu") -> None:
+        self.sam, self.slices, self.cfg, self.n_outputs, self.device = sam, slices, cfg, n_outputs, device
+
+    def refine(self, probs: list[torch.Tensor]) -> tuple[list[np.ndarray | None], list[int]]:
+        """Per slice, SAM's pseudo-label (H, W) class indices, or None when no class is confident."""
+        prompts = [confident_boxes(p, s.info, self.cfg.threshold, self.cfg.box_margin)
+                   for p, s in zip(probs, self.slices)]
+        jobs = [(i, k, box) for i, ps in enumerate(prompts) for k, box in ps]
+        logits: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
+        with torch.no_grad():
+            for start in range(0, len(jobs), 16):
+                part = jobs[start:start + 16]
+                emb = torch.stack([self.slices[i].embedding_tensor() for i, _, _ in part]).to(self.device)
+                boxes = torch.from_numpy(np.stack([b for _, _, b in part])).to(self.device)
+                out = self.sam.predict_prompted(emb, boxes=boxes)
+                for (i, k, _), lg in zip(part, out):
+                    logits[i][k] = postprocess_logits(lg[None].float(), self.slices[i].info)[0, 0].cpu()
+        labels = [compose_pseudo_label(logits[i], self.n_outputs, self.cfg.background) if prompts[i] else None
+                  for i in range(len(self.slices))]
+        return labels, [len(p) for p in prompts]
+
+
+def student_probs(module: nn.Module, data: SliceSet, device: str, batch_size: int = 16) -> list[torch.Tensor]:
+    """Softmax (Q, H, W) at each slice's original size, from the student-frame images."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data.refs), batch_size):
+            logits = module(data.images[start:start + batch_size].to(device)).float().cpu()
+            for lg, shape in zip(logits, data.shapes[start:start + batch_size]):
+                out.append(F.interpolate(lg[None], size=shape, mode="bilinear", align_corners=False)[0].softmax(0))
+    return out
+
+
+# --- the student task -------------------------------------------------------------------------
+
+class SamMatchTask:
+    """FixMatch (+ SAM pseudo-labels) for the one loop; ``labeller`` None = plain FixMatch."""
+
+    def __init__(self, module: nn.Module, labelled: SliceSet, unlabelled: SliceSet, student_cfg: StudentConfig,
+                 cfg: SamMatchConfig, validate_fn, run_dir: Path, labeller: PseudoLabeller | None = None,
+                 device: str = "cpu") -> None:
+        self.module, self.labelled, self.unlabelled = module, labelled, unlabelled
+        self.student_cfg, self.cfg, self.validate_fn = student_cfg, cfg, validate_fn
+        self.run_dir, self.labeller, self.device = run_dir, labeller, device
+        self.pseudo: torch.Tensor | None = None  # (N_u, S, S) uint8, IGNORE where SAM gave nothing
+        self.pseudo_step: int | None = None
+
+    def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.labeller is not None:
+            self._sync_pseudo_labels(step)
+        scfg, cfg = self.student_cfg, self.cfg
+        n_l, n_u = len(self.labelled.refs), len(self.unlabelled.refs)
+        idx_l = rng.choice(n_l, min(scfg.batch_size, n_l), replace=False)
+        idx_u = rng.choice(n_u, min(cfg.unlabeled_batch, n_u), replace=False)
+        x_l, y_l = augment_labelled(self.labelled.images[idx_l], self.labelled.labels[idx_l], rng, scfg)
+        theta = random_affine(len(idx_u), rng, scfg)
+        x_w = warp(self.unlabelled.images[idx_u], theta)
+        with torch.no_grad():
+            conf, pl = self.module(x_w.to(self.device)).softmax(dim=1).max(dim=1)
+        x_s = strong_photometric(x_w, rng)
+        logits = self.module(torch.cat([x_l, x_s]).to(self.device))
+        logits_l, logits_s = logits[: len(x_l)], logits[len(x_l):]
+        confident = conf >= cfg.threshold
+        loss_x = dice_ce_loss(logits_l, y_l.to(self.device))
+        loss_u = consistency_ce(logits_s, pl, confident)
+        loss = loss_x + cfg.lambda_u * loss_u
+        scalars = {"loss_x": float(loss_x.detach()), "loss_u": float(loss_u.detach()), "confident": float(confident.float().mean())}
+        if self.pseudo is not None:
+            target = warp_labels(self.pseudo[idx_u], theta, fill=IGNORE).to(self.device)
+            if bool((target != IGNORE).any()):
+                weight = cfg.sam_weight * ramp(step - cfg.warmup_steps, cfg.ramp_steps)
+                loss_sam = dice_ce_loss(logits_s, target, ignore_index=IGNORE)
+                loss = loss + weight * loss_sam
+                scalars.update(loss_sam=float(loss_sam.detach()), sam_weight=weight)
+        return loss, scalars
+
+    def validate(self) -> dict[str, float]:
+        return self.validate_fn()
+
+    # pseudo-labels: a refresh at step r is saved, so a run resumed after r uses the same labels
+
+    def _sync_pseudo_labels(self, step: int) -> None:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return
+        latest = cfg.warmup_steps + (step - cfg.warmup_steps) // cfg.refresh_every * cfg.refresh_every
+        if self.pseudo_step == latest:
+            return
+        path = self.run_dir / PSEUDO_DIR / f"step_{latest:07d}.pt"
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            self.pseudo = saved["labels"]
+        else:
+            self.pseudo = self.refresh(latest, path)
+        self.pseudo_step = latest
+
+    def refresh(self, step: int, path: Path) -> torch.Tensor:
+        """Label the unlabelled pool with SAM, save the labels and their quality report."""
+        self.module.eval()
+        probs = student_probs(self.module, self.unlabelled, self.device)
+        self.module.train()
+        sam_labels, n_prompts = self.labeller.refine(probs)
+        size = self.student_cfg.image_size
+        identity = np.arange(256, dtype=np.int64)
+        frames = [torch.full((size, size), IGNORE, dtype=torch.uint8) if lab is None
+                  else student_label(lab, size, identity) for lab in sam_labels]
+        labels = torch.stack(frames)
+        atomic_torch_save({"step": step, "labels": labels}, path)
+        if self.unlabelled.originals and all(g is not None for g in self.unlabelled.originals):
+            self._report(step, probs, sam_labels, n_prompts)
+        return labels
+
+    def _report(self, step: int, probs, sam_labels, n_prompts) -> None:
+        n_out = probs[0].shape[0]
+        gts = self.unlabelled.originals
+        student = [p.argmax(dim=0).numpy().astype(np.uint8) for p in probs]
+        refined = [i for i, lab in enumerate(sam_labels) if lab is not None]
+        record = {
+            "step": step,
+            "slices": len(student),
+            "refined_slices": len(refined),
+            "prompts": int(sum(n_prompts)),
+            "student_all": pooled_dice(student, gts, n_out),
+            "student_refined": pooled_dice([student[i] for i in refined], [gts[i] for i in refined], n_out)
+            if refined else None,
+            "sam_refined": pooled_dice([sam_labels[i] for i in refined], [gts[i] for i in refined], n_out)
+            if refined else None,
+        }
+        path = self.run_dir / QUALITY
+        records = json.loads(path.read_text()) if path.exists() else []
+        records = [r for r in records if r["step"] != step] + [record]
+        write_json(path, sorted(records, key=lambda r: r["step"]))
+
+
+def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: Path, train_cfg: TrainConfig,
+        student_cfg: StudentConfig, cfg: SamMatchConfig) -> TrainResult:
+    """Load labelled / unlabelled / validation data, (fine-tune SAM,) train the student."""
+    labelled_set = load_labelled(ctx, labelled, student_cfg)
+    val_cases = load_val_cases(ctx, val_ids)
+    unl_refs = select_unlabelled(ctx.dataset, labelled, cfg.unlabeled_limit, train_cfg.seed)
+    if not unl_refs:
+        raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
+    unlabelled = load_slices(ctx.dataset, unl_refs, student_cfg.image_size, ctx.values, keep_originals=True)
+    labeller = None
+    if cfg.use_sam:
+        fit_sam(ctx, labelled, val_cases, run_dir / SAM_DIR, cfg, train_cfg.seed)
+        slices = embed_refs(ctx.dataset, unl_refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
+        labeller = PseudoLabeller(ctx.model, slices, cfg, len(ctx.values), ctx.device)
+    (run_dir / PSEUDO_DIR).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(train_cfg.seed)
+    module = build_unet(student_cfg, len(ctx.values)).to(ctx.device)
+    validate = lambda: volume_dice_score(module, val_cases, student_cfg, ctx.values, ctx.device)  # noqa: E731
+    task = SamMatchTask(module, labelled_set, unlabelled, student_cfg, cfg, validate, run_dir, labeller, ctx.device)
+    return train(task, train_cfg, run_dir, ctx.show_progress)

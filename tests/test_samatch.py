@@ -1,0 +1,150 @@
+"""SAM-Match: prompts from confident predictions, pseudo-label composition, the student with and
+without SAM on the phantom, resume to identical weights, and `fewsam predict` on the run."""
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from fewsam.data import select_labelled, unlabelled_pool
+from fewsam.methods import samatch
+from fewsam.methods.samatch import (QUALITY, SamMatchConfig, compose_pseudo_label, confident_boxes, pooled_dice,
+                                    ramp, select_unlabelled)
+from fewsam.methods.supervised import default_train_config
+from fewsam.models.sam import PreprocessInfo
+from fewsam.predict import predict
+from fewsam.prompts import box_from_mask
+from fewsam.runs import prepare_run_dir
+from fewsam.train import LAST, LOG
+from test_supervised import TINY, context, one_thread, phantom  # noqa: F401 - fixtures
+
+INFO = PreprocessInfo((40, 40), (40, 40), 40)  # original frame == SAM frame: boxes in pixels
+
+
+def probs_with(regions: dict[int, tuple[slice, slice, float]], n_out: int = 4, size: int = 40) -> torch.Tensor:
+    """(Q, size, size) probabilities: background 1 except where a class region sets its probability."""
+    p = torch.zeros(n_out, size, size)
+    p[0] = 1.0
+    for k, (ys, xs, prob) in regions.items():
+        p[:, ys, xs] = (1 - prob) / (n_out - 1)
+        p[k, ys, xs] = prob
+    return p
+
+
+def test_confident_boxes_largest_component_margin_and_skips():
+    p = probs_with({1: (slice(5, 15), slice(5, 20), 0.99), 3: (slice(30, 35), slice(30, 35), 0.6)})
+    p[:, 25:27, 2:4] = 0.0
+    p[1, 25:27, 2:4] = 0.99  # a small second component of class 1: not the prompt
+    boxes = confident_boxes(p, INFO, threshold=0.95, margin=2)
+    assert [k for k, _ in boxes] == [1]  # class 3 is not confident, class 2 absent: no prompts
+    np.testing.assert_allclose(boxes[0][1], [3, 3, 22, 17])  # x0-2, y0-2, x1+2, y1+2 (x1, y1 exclusive)
+
+
+def test_confident_boxes_scale_to_model_frame():
+    info = PreprocessInfo((40, 80), (128, 256), 256)
+    p = torch.zeros(4, 40, 80)
+    p[0] = 1
+    p[:, 10:20, 40:60] = 0
+    p[2, 10:20, 40:60] = 1
+    (k, box), = confident_boxes(p, info, 0.95, 0)
+    mask = np.zeros((40, 80), bool)
+    mask[10:20, 40:60] = True
+    assert k == 2 and np.allclose(box, box_from_mask(mask, info)) and np.allclose(box, [128, 32, 192, 64])
+
+
+def test_compose_pseudo_label_known_values():
+    big = 20.0
+    lv = torch.full((2, 3), -big)
+    lv[0, 0] = big  # LV confident at (0, 0)
+    rv = torch.full((2, 3), -big)
+    rv[0, 1] = big
+    rv[1, 2] = 0.0  # sigmoid 0.5: with 3 classes background is 1 - 0.5/3 > 0.5 -> background
+    label = compose_pseudo_label({3: lv, 1: rv}, n_outputs=4)
+    np.testing.assert_array_equal(label, [[3, 1, 0], [0, 0, 0]])
+    # "max" background: 1 - 0.5 = 0.5 ties with RV's 0.5, argmax keeps background (first index)
+    label_max = compose_pseudo_label({1: torch.tensor([[0.1]])}, n_outputs=2, background="max")
+    assert label_max[0, 0] == 1  # binary: sigmoid(0.1) > 1 - sigmoid(0.1)
+    with pytest.raises(ValueError):
+        compose_pseudo_label({}, 4)
+
+
+def test_pooled_dice_and_ramp():
+    pred = [np.array([[1, 1, 0]]), np.array([[2, 0, 0]])]
+    gt = [np.array([[1, 0, 0]]), np.array([[2, 2, 0]])]
+    d = pooled_dice(pred, gt, 3)
+    assert d["1"] == pytest.approx(2 / 3) and d["2"] == pytest.approx(2 / 3) and d["mean"] == pytest.approx(2 / 3)
+    assert ramp(0, 10) == pytest.approx(np.exp(-5)) and ramp(10, 10) == 1.0 and ramp(-3, 10) == pytest.approx(np.exp(-5))
+
+
+def test_unlabelled_subset_is_seeded_and_ordered(phantom):  # noqa: F811
+    from fewsam.data import open_dataset
+
+    ds = open_dataset(phantom)
+    labelled = select_labelled(ds, n_cases=1)
+    pool = unlabelled_pool(ds, labelled)
+    a, b = select_unlabelled(ds, labelled, 5, 0), select_unlabelled(ds, labelled, 5, 0)
+    assert a == b and len(a) == 5 and set(a) <= set(pool) and a == [r for r in pool if r in set(a)]
+    assert select_unlabelled(ds, labelled, None, 0) == pool
+
+
+def fit_run(data, tmp_path, run, cfg: SamMatchConfig, steps=12, kill_at=None):
+    ctx = context(data, tmp_path)  # a fresh process: SAM's decoder starts from the checkpoint again
+    labelled = select_labelled(ctx.dataset, n_cases=1)
+    train_cfg = default_train_config(steps=steps, lr=0.05, val_every=4, seed=0)
+    config = {"method": "samatch", "model": "tinysam", "class_map": ctx.class_map.to_json(),
+              "values": ctx.values, "student": asdict(TINY), "samatch": asdict(cfg)}
+    run_dir, _ = prepare_run_dir(run, config)
+    module_holder = {}
+    original = samatch.train
+
+    def train_spy(task, tcfg, rdir, show_progress=True, on_checkpoint=None):
+        module_holder["module"] = task.module
+
+        def kill(step):
+            if kill_at is not None and step == kill_at and isinstance(task, samatch.SamMatchTask):
+                raise KeyboardInterrupt
+        return original(task, tcfg, rdir, show_progress, kill)
+
+    samatch.train = train_spy
+    try:
+        samatch.fit(ctx, labelled, ctx.dataset.split("val"), run_dir, train_cfg, TINY, cfg)
+    finally:
+        samatch.train = original
+    return run_dir, module_holder["module"], ctx
+
+
+SAM_CFG = SamMatchConfig(unlabeled_batch=4, unlabeled_limit=4, warmup_steps=4, refresh_every=4, ramp_steps=4,
+                         sam_steps=2, sam_batch=2, sam_val_slices=4,
+                         threshold=0.0)  # an untrained student is never confident: prompt on its argmax
+
+
+def test_no_sam_runs_and_predicts(phantom, tmp_path):  # noqa: F811
+    run_dir, _, ctx = fit_run(phantom, tmp_path, tmp_path / "run", SamMatchConfig(use_sam=False, unlabeled_batch=4, unlabeled_limit=8),
+                         steps=8)
+    log = [json.loads(line) for line in (run_dir / LOG).read_text().splitlines()]
+    assert all("loss_u" in r for r in log if "loss" in r) and not any("loss_sam" in r for r in log)
+    assert not (run_dir / "sam").exists() and ctx.cache.misses == 0  # FixMatch never touches SAM
+    written = predict(run_dir, phantom, tmp_path / "pred", show_progress=False)
+    assert len(written) == 2
+
+
+def test_samatch_refreshes_reports_and_resumes_identically(phantom, tmp_path):  # noqa: F811
+    straight_dir, straight, _ = fit_run(phantom, tmp_path, tmp_path / "a", SAM_CFG)
+    log = [json.loads(line) for line in (straight_dir / LOG).read_text().splitlines()]
+    assert any("loss_sam" in r for r in log)  # the student fitted SAM's pseudo-labels
+    quality = json.loads((straight_dir / QUALITY).read_text())
+    assert [r["step"] for r in quality] == [4, 8]
+    assert {"student_all", "student_refined", "sam_refined"} <= set(quality[0])
+    assert (straight_dir / "sam" / LAST).exists() and sorted(p.name for p in (straight_dir / "pseudo_labels").iterdir())
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_run(phantom, tmp_path, tmp_path / "b", SAM_CFG, kill_at=8)
+    resumed_dir, resumed, _ = fit_run(phantom, tmp_path, tmp_path / "b", SAM_CFG)
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert (straight_dir / LOG).read_text() == (resumed_dir / LOG).read_text()
+
+    written = predict(resumed_dir, phantom, tmp_path / "pred", show_progress=False)
+    assert len(written) == 2
