@@ -222,6 +222,15 @@ def test_prostate_task_folder_and_unlabelled_image():
     assert set(np.unique(ds.load("BIDMC/train/image/00_00").label)) <= {0, 1}
 
 
+def test_prostate_masks_are_inverted_prostate_is_black():
+    """The multisite prostate masks store the prostate as 0 and background as 255."""
+    ds = open_dataset(shared_data("multisite") / "ProstateSlice")
+    raw = np.asarray(Image.open(ds.root / "BMC/test/mask/00_01.png").convert("L"))
+    label = ds.load("BMC/test/image/00_01").label[0]
+    np.testing.assert_array_equal(label, (raw == 0).astype(np.uint8))
+    assert 0.0 < label.mean() < 0.1  # a prostate covers a few percent of a slice, not 96%
+
+
 def test_multisite_root_asks_for_a_task_folder():
     with pytest.raises(DataError, match="several tasks.*open one task folder.*Fundus"):
         open_dataset(shared_data("multisite"))

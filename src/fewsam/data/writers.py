@@ -5,7 +5,8 @@
 - nifti: ``<case>.nii.gz``, uint8 class indices, with the input image's affine and header
   (same voxel grid and orientation, so it overlays in ITK-SNAP / 3D Slicer).
 - png: an 8-bit greyscale PNG at the image's relative path, class indices mapped back to the
-  dataset's own mask coding (BUSI and prostate 0/255; fundus cup 0, rim 128, background 255).
+  dataset's own mask coding (BUSI 0/255; prostate 0 = prostate, 255 = background; fundus cup 0,
+  rim 128, background 255).
 - npz (FairSeg): an npz with key ``pred``, (H, W) uint8 class indices 0/1/2 (not the -1/-2
   coding of the input masks).
 

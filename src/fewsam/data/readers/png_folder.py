@@ -19,7 +19,8 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   converted to grey).
 - fundus: mask 255 = background, 128 = disc rim, 0 = optic cup -> {1: "rim", 2: "cup"}
   (disc = rim + cup); images RGB, (1, H, W, 3).
-- prostate: masks 0/255 -> {1: "prostate"}; images greyscale.
+- prostate: mask 255 = background, 0 = prostate (inverted, as in the multisite files)
+  -> {1: "prostate"}; images greyscale.
 - generic: masks 0/255 (or 0/1) -> {1: "foreground"}; RGB if the first image has colour.
 The style is chosen from classes.json, else the index's ``task`` column, else BUSI markers
 (a ``pathology`` column or benign/malignant folders), else "fundus"/"prostate" in the path.
@@ -71,7 +72,8 @@ def binary_style(name: str, class_name: str, rgb: bool = False) -> PngStyle:
 FUNDUS = PngStyle("fundus", ClassMap({1: "rim", 2: "cup"}), {255: 0, 128: 1, 0: 2},
                   {0: 255, 1: 128, 2: 0}, rgb=True)
 BUSI = binary_style("busi", "lesion")
-PROSTATE = binary_style("prostate", "prostate")
+# The multisite prostate masks are inverted: 0 = prostate (1-4% of a slice), 255 = background.
+PROSTATE = PngStyle("prostate", ClassMap({1: "prostate"}), {255: 0, 0: 1}, {0: 255, 1: 0}, rgb=False)
 
 
 def detect(root: Path) -> bool:
