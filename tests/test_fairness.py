@@ -163,3 +163,34 @@ def test_per_class_equity_by_hand():
     assert got["es_dice"] == pytest.approx(0.6 / (1 + 0.1 + 0.2))
     assert got["es_iou"] == pytest.approx(0.5 / (1 + 0.1 + 0.1))
     assert got["worst_group_gap"] == pytest.approx(0.3)
+
+
+def _slice_set(ids: list[str], seed: int):
+    from fewsam.methods.student import SliceSet
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(len(ids), 1, 16, 16, generator=g)
+    labels = torch.randint(0, 3, (len(ids), 16, 16), generator=g)
+    return SliceSet([SliceRef(c, 0) for c in ids], images, labels, [(16, 16)] * len(ids))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_supervised_and_samatch_tasks_use_the_fair_loss(tmp_path, gamma):
+    from fewsam.methods.samatch import SamMatchConfig, SamMatchTask
+    from fewsam.methods.student import StudentConfig
+    from fewsam.methods.supervised import SupervisedTask
+
+    cfg = StudentConfig(image_size=16, batch_size=4)
+    labelled, unlabelled = _slice_set(["a1", "a2", "b1", "u1"], 0), _slice_set(["x", "y"], 1)
+    opts = SimpleNamespace(fair_attribute="group", fair_gamma=gamma)
+    fair = fair_loss_for(opts, DATA, labelled.refs, ignore_index=None)
+    torch.manual_seed(0)
+    module = nn.Conv2d(1, 3, 1)
+    sm_cfg = SamMatchConfig(use_sam=False, unlabeled_batch=2)
+    pairs = [(SupervisedTask(module, labelled, cfg, None), SupervisedTask(module, labelled, cfg, None, loss_fn=fair)),
+             (SamMatchTask(module, labelled, unlabelled, cfg, sm_cfg, None, tmp_path),
+              SamMatchTask(module, labelled, unlabelled, cfg, sm_cfg, None, tmp_path, loss_fn=fair))]
+    for plain, scaled in pairs:
+        a, _ = plain.training_loss(np.random.default_rng(3), 0)
+        b, _ = scaled.training_loss(np.random.default_rng(3), 0)
+        assert torch.equal(a, b) if gamma == 0 else b.item() > a.item()

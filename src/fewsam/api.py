@@ -144,8 +144,11 @@ def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, va
     train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed)
     student_cfg = st.StudentConfig(**(student or {}))
     config = run_config("supervised", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg))
+    loss_fn = fair_loss_for(opts, ctx.dataset, labelled, ignore_index=None)
     run_dir, _ = prepare_run_dir(opts.run, config)
-    return supervised.fit(ctx, labelled, val_ids, run_dir, train_cfg, student_cfg)
+    if loss_fn is not None:
+        loss_fn.save(run_dir)
+    return supervised.fit(ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, loss_fn=loss_fn)
 
 
 def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_every: int = 200,
@@ -159,5 +162,8 @@ def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_e
     sm_cfg = sm.SamMatchConfig(**(samatch or {}))
     config = run_config("samatch", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg),
                         samatch=asdict(sm_cfg))
+    loss_fn = fair_loss_for(opts, ctx.dataset, labelled, ignore_index=None)
     run_dir, _ = prepare_run_dir(opts.run, config)
-    return sm.fit(ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, sm_cfg)
+    if loss_fn is not None:
+        loss_fn.save(run_dir)
+    return sm.fit(ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, sm_cfg, loss_fn=loss_fn)

@@ -126,6 +126,10 @@ def _labelled_budget(labeled_cases: Optional[int], labeled_images: Optional[int]
 
 LabeledImagesOpt = typer.Option(None, "--labeled-images", help="Alias of --labeled-cases for 2D image datasets.")
 ImageSizeOpt = typer.Option(256, "--image-size", help="Student U-Net input (slices resized to SxS).")
+FairAttributeOpt = typer.Option(None, "--fair-attribute", help="Group column for fair error-bound scaling.")
+FairGammaOpt = typer.Option(1.0, "--fair-gamma", help="Fair scaling gamma (0 = unscaled loss).")
+FairBinsOpt = typer.Option(None, "--bins", help="Bins of a continuous fair attribute, e.g. bmi:25,30.")
+AttributesOpt = typer.Option(None, "--attributes", help="CSV of group attributes by case/patient id.")
 
 
 @fit_app.command("supervised")
@@ -141,6 +145,10 @@ def fit_supervised(
     image_size: int = ImageSizeOpt,
     val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
     val_every: int = typer.Option(200, "--val-every"),
+    fair_attribute: Optional[str] = FairAttributeOpt,
+    fair_gamma: float = FairGammaOpt,
+    fair_bins: Optional[str] = FairBinsOpt,
+    attributes: Optional[Path] = AttributesOpt,
     seed: int = typer.Option(0, "--seed"),
     cache: str = CacheOpt,
     device: str = DeviceOpt,
@@ -151,7 +159,8 @@ def fit_supervised(
 
     opts = FitOptions(data=data, run=run, labeled_cases=_labelled_budget(labeled_cases, labeled_images),
                       labeled_slices=labeled_slices, cache=cache, device=device, seed=seed, val_split=val_split,
-                      show_progress=not quiet)
+                      show_progress=not quiet, fair_attribute=fair_attribute, fair_gamma=fair_gamma, fair_bins=fair_bins,
+                      attributes=attributes)
     result = fit_supervised_run(opts, steps=steps, lr=lr, val_every=val_every,
                                 student={"image_size": image_size, "batch_size": batch_size})
     out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
@@ -182,6 +191,10 @@ def fit_samatch(
     sam_lr: float = typer.Option(1e-4, "--sam-lr"),
     val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
     val_every: int = typer.Option(200, "--val-every"),
+    fair_attribute: Optional[str] = FairAttributeOpt,
+    fair_gamma: float = FairGammaOpt,
+    fair_bins: Optional[str] = FairBinsOpt,
+    attributes: Optional[Path] = AttributesOpt,
     seed: int = typer.Option(0, "--seed"),
     model: str = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
@@ -196,7 +209,8 @@ def fit_samatch(
         raise FewsamError("--refresh-every must be at least 1")
     opts = FitOptions(data=data, run=run, labeled_cases=_labelled_budget(labeled_cases, labeled_images),
                       labeled_slices=labeled_slices, model=model, checkpoint=checkpoint, cache=cache, device=device,
-                      seed=seed, val_split=val_split, show_progress=not quiet)
+                      seed=seed, val_split=val_split, show_progress=not quiet, fair_attribute=fair_attribute,
+                      fair_gamma=fair_gamma, fair_bins=fair_bins, attributes=attributes)
     samatch = {"use_sam": not no_sam, "threshold": threshold, "unlabeled_batch": unlabeled_batch,
                "unlabeled_limit": unlabeled_limit, "sam_weight": sam_weight, "warmup_steps": warmup_steps,
                "refresh_every": refresh_every, "ramp_steps": ramp_steps, "box_margin": box_margin,

@@ -274,10 +274,11 @@ class SamMatchTask:
 
     def __init__(self, module: nn.Module, labelled: SliceSet, unlabelled: SliceSet, student_cfg: StudentConfig,
                  cfg: SamMatchConfig, validate_fn, run_dir: Path, labeller: PseudoLabeller | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", loss_fn=None) -> None:
         self.module, self.labelled, self.unlabelled = module, labelled, unlabelled
         self.student_cfg, self.cfg, self.validate_fn = student_cfg, cfg, validate_fn
         self.run_dir, self.labeller, self.device = run_dir, labeller, device
+        self.loss_fn = loss_fn  # labelled loss(logits, target, refs), e.g. fairness.FairLoss; None = Dice + CE
         self.pseudo: torch.Tensor | None = None  # (N_u, S, S) uint8, IGNORE where SAM gave nothing
         self.pseudo_step: int | None = None
 
@@ -297,7 +298,10 @@ class SamMatchTask:
         logits = self.module(torch.cat([x_l, x_s]).to(self.device))
         logits_l, logits_s = logits[: len(x_l)], logits[len(x_l):]
         confident = conf >= cfg.threshold
-        loss_x = dice_ce_loss(logits_l, y_l.to(self.device))
+        if self.loss_fn is not None:
+            loss_x = self.loss_fn(logits_l, y_l.to(self.device), [self.labelled.refs[i] for i in idx_l])
+        else:
+            loss_x = dice_ce_loss(logits_l, y_l.to(self.device))
         loss_u = consistency_ce(logits_s, pl, confident)
         loss = loss_x + cfg.lambda_u * loss_u
         scalars = {"loss_x": float(loss_x.detach()), "loss_u": float(loss_u.detach()), "confident": float(confident.float().mean())}
@@ -369,7 +373,7 @@ class SamMatchTask:
 
 
 def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: Path, train_cfg: TrainConfig,
-        student_cfg: StudentConfig, cfg: SamMatchConfig) -> TrainResult:
+        student_cfg: StudentConfig, cfg: SamMatchConfig, loss_fn=None) -> TrainResult:
     """Load labelled / unlabelled / validation data, (fine-tune SAM,) train the student."""
     labelled_set = load_labelled(ctx, labelled, student_cfg)
     val_cases = load_val_cases(ctx, val_ids)
@@ -386,5 +390,6 @@ def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: 
     torch.manual_seed(train_cfg.seed)
     module = build_unet(student_cfg, len(ctx.values)).to(ctx.device)
     validate = lambda: volume_dice_score(module, val_cases, student_cfg, ctx.values, ctx.device)  # noqa: E731
-    task = SamMatchTask(module, labelled_set, unlabelled, student_cfg, cfg, validate, run_dir, labeller, ctx.device)
+    task = SamMatchTask(module, labelled_set, unlabelled, student_cfg, cfg, validate, run_dir, labeller, ctx.device,
+                        loss_fn)
     return train(task, train_cfg, run_dir, ctx.show_progress)

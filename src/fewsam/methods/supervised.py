@@ -46,8 +46,9 @@ class SupervisedTask:
     """A batch of augmented labelled slices, Dice + CE."""
 
     def __init__(self, module: torch.nn.Module, labelled: SliceSet, cfg: StudentConfig, validate_fn,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", loss_fn=None) -> None:
         self.module = module
+        self.loss_fn = loss_fn  # loss_fn(logits, target, refs), e.g. fairness.FairLoss; None = Dice + CE
         self.labelled = labelled
         self.cfg = cfg
         self.validate_fn = validate_fn
@@ -57,17 +58,21 @@ class SupervisedTask:
         n = len(self.labelled.refs)
         idx = rng.choice(n, min(self.cfg.batch_size, n), replace=False)
         x, y = augment_labelled(self.labelled.images[idx], self.labelled.labels[idx], rng, self.cfg)
-        return dice_ce_loss(self.module(x.to(self.device)), y.to(self.device)), {}
+        logits, y = self.module(x.to(self.device)), y.to(self.device)
+        if self.loss_fn is not None:
+            return self.loss_fn(logits, y, [self.labelled.refs[i] for i in idx]), {}
+        return dice_ce_loss(logits, y), {}
 
     def validate(self) -> dict[str, float]:
         return self.validate_fn()
 
 
 def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: Path,
-        train_cfg: TrainConfig, cfg: StudentConfig) -> TrainResult:
+        train_cfg: TrainConfig, cfg: StudentConfig, loss_fn=None) -> TrainResult:
     data = load_labelled(ctx, labelled, cfg)
     val_cases = load_val_cases(ctx, val_ids)
     torch.manual_seed(train_cfg.seed)
     module = build_unet(cfg, len(ctx.values)).to(ctx.device)
     validate = lambda: volume_dice_score(module, val_cases, cfg, ctx.values, ctx.device)  # noqa: E731
-    return train(SupervisedTask(module, data, cfg, validate, ctx.device), train_cfg, run_dir, ctx.show_progress)
+    task = SupervisedTask(module, data, cfg, validate, ctx.device, loss_fn)
+    return train(task, train_cfg, run_dir, ctx.show_progress)
