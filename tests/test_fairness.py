@@ -16,6 +16,7 @@ from fewsam.errors import FewsamError
 from fewsam.fairness import (FairLoss, case_groups, fair_loss_for, group_indices, per_class_equity,
                              resolve_bins)
 from fewsam.losses import dice_ce_loss
+from fewsam.train import TrainConfig
 from fewsam.methods import fewshot
 from fewsam.models.sam import PreprocessInfo
 
@@ -142,7 +143,7 @@ def test_fit_fewshot_run_passes_the_fair_loss_and_records_groups(tmp_path, monke
     monkeypatch.setattr(fewshot, "fit", lambda *args, loss_fn=None: seen.setdefault("loss", loss_fn))
     opts = api.FitOptions(data=tmp_path, run=tmp_path / "run", labeled_slices=4, fair_attribute="bmi",
                           fair_gamma=0.5, fair_bins="bmi:25,30")
-    api.fit_fewshot_run(opts, steps=1)
+    api.fit_fewshot_run(opts, TrainConfig(steps=1), fewshot.FewShotConfig())
     assert isinstance(seen["loss"], FairLoss)
     record = json.loads((tmp_path / "run" / "fair_groups.json").read_text())
     assert record["labelled_cases_per_group"] == {"25-30": 1, "<25": 1, ">=30": 1}
@@ -151,7 +152,7 @@ def test_fit_fewshot_run_passes_the_fair_loss_and_records_groups(tmp_path, monke
     assert config["fair"] == {"attribute": "bmi", "gamma": 0.5, "bins": "bmi:25,30", "attributes": None}
     with pytest.raises(FewsamError, match="available attributes"):
         api.fit_fewshot_run(api.FitOptions(data=tmp_path, run=tmp_path / "run2", labeled_slices=4,
-                                           fair_attribute="race"), steps=1)
+                                           fair_attribute="race"), TrainConfig(steps=1), fewshot.FewShotConfig())
     assert not (tmp_path / "run2").exists()  # refused before the run folder is made
 
 

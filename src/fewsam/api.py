@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset, select_labelled
@@ -16,6 +16,9 @@ from fewsam.inference import FitContext
 from fewsam.models.registry import load_model
 from fewsam.runs import prepare_run_dir
 from fewsam.train import TrainConfig, TrainResult
+
+if TYPE_CHECKING:
+    from fewsam.methods.fewshot import FewShotConfig
 
 
 @dataclass
@@ -98,15 +101,12 @@ def run_config(method: str, opts: FitOptions, ctx: FitContext, labelled: list[Sl
     }
 
 
-def fit_fewshot_run(opts: FitOptions, steps: int = 600, lr: float = 1e-4, batch_size: int = 8,
-                    val_every: int = 50, tokens_per_class: int = 1, shot_dropout: float = 0.5) -> TrainResult:
-    """``fewsam fit fewshot``."""
+def fit_fewshot_run(opts: FitOptions, train_cfg: TrainConfig, fs_cfg: "FewShotConfig") -> TrainResult:
+    """``fewsam fit fewshot`` (train_cfg.seed is taken from opts.seed)."""
     from fewsam.methods import fewshot
 
     ctx, labelled, val_ids = fit_context(opts)
-    train_cfg = TrainConfig(steps=steps, lr=lr, val_every=val_every, seed=opts.seed)
-    fs_cfg = fewshot.FewShotConfig(tokens_per_class=tokens_per_class, shot_dropout=shot_dropout,
-                                   batch_size=batch_size)
+    train_cfg = replace(train_cfg, seed=opts.seed)
     config = run_config("fewshot", opts, ctx, labelled, train=asdict(train_cfg), fewshot=asdict(fs_cfg))
     loss_fn = fair_loss_for(opts, ctx.dataset, labelled)
     run_dir, _ = prepare_run_dir(opts.run, config)

@@ -76,6 +76,7 @@ def fit_fewshot(
     batch_size: int = typer.Option(8, "--batch-size"),
     tokens_per_class: int = typer.Option(1, "--tokens-per-class", help="Prototype tokens per class."),
     shot_dropout: float = typer.Option(0.5, "--shot-dropout", help="Fraction of shots left out per step."),
+    views: int = typer.Option(8, "--views", min=1, max=8, help="Dihedral views encoded per labelled slice."),
     val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
     val_every: int = typer.Option(50, "--val-every"),
     fair_attribute: Optional[str] = typer.Option(None, "--fair-attribute", help="Group column for fair scaling."),
@@ -91,14 +92,17 @@ def fit_fewshot(
 ) -> None:
     """Few-shot SAM: prototype prompts from the labelled slices; only the mask decoder is trained."""
     from fewsam.api import FitOptions, fit_fewshot_run
+    from fewsam.methods.fewshot import FewShotConfig
+    from fewsam.train import TrainConfig
 
     opts = FitOptions(data=data, run=run, labeled_cases=labeled_cases, labeled_slices=labeled_slices,
                       model=model, checkpoint=checkpoint, cache=cache, device=device, seed=seed,
                       val_split=val_split, show_progress=not quiet,
                       fair_attribute=fair_attribute, fair_gamma=fair_gamma, fair_bins=fair_bins,
                       attributes=attributes)
-    result = fit_fewshot_run(opts, steps=steps, lr=lr, batch_size=batch_size, val_every=val_every,
-                             tokens_per_class=tokens_per_class, shot_dropout=shot_dropout)
+    result = fit_fewshot_run(opts, TrainConfig(steps=steps, lr=lr, val_every=val_every),
+                             FewShotConfig(tokens_per_class=tokens_per_class, shot_dropout=shot_dropout,
+                                           batch_size=batch_size, views=views))
     out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
 
 

@@ -14,9 +14,11 @@ from fewsam.data import open_dataset, read_prediction
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import RunError
 from fewsam.evaluate import evaluate
+from fewsam.methods.fewshot import FewShotConfig
 from fewsam.predict import predict
 from fewsam.report import save_overlay
 from fewsam.runs import write_json
+from fewsam.train import TrainConfig
 
 
 def run_demo(out_dir: str | Path, device: str = "cpu", cache_root: str = "~/.cache/fewsam", steps: int = 80,
@@ -29,7 +31,7 @@ def run_demo(out_dir: str | Path, device: str = "cpu", cache_root: str = "~/.cac
         write_phantom_dataset(data)
     opts = FitOptions(data=data, run=out_dir / "run", labeled_slices=labelled_slices, device=device,
                       cache=cache_root, show_progress=show_progress)
-    fit_fewshot_run(opts, steps=steps, batch_size=4, val_every=max(steps // 4, 1))
+    fit_fewshot_run(opts, TrainConfig(steps=steps, val_every=max(steps // 4, 1)), FewShotConfig(batch_size=4))
     pred = out_dir / "pred"
     predict(out_dir / "run", data, pred, "val", cache_root, device, overwrite=True, show_progress=show_progress)
     result = evaluate(pred, data, "val", show_progress=show_progress)

@@ -32,6 +32,7 @@ class EmbeddedSlice:
     info: PreprocessInfo
     label_frame: np.ndarray | None
     label: np.ndarray | None  # original-resolution (H, W) label, for prompts and metrics
+    view: int = 0  # dihedral view of the slice (0 = as stored), see ``dihedral``
 
     def embedding_tensor(self, device: str = "cpu") -> torch.Tensor:
         return torch.from_numpy(self.embedding).to(device=device, dtype=torch.float32)
@@ -57,6 +58,18 @@ def embed_case(case: Case, cache: EmbeddingCache, device: str = "cpu", on_progre
     return out
 
 
+def dihedral(array: np.ndarray, view: int) -> np.ndarray:
+    """View ``view`` (0-7) of the dihedral group on the in-plane axes (1, 2) of a (D, H, W[, C]) array.
+
+    0-3 rotate by view * 90 degrees; 4-7 transpose first. Real views are encoded by the frozen
+    encoder (it is not rotation-equivariant), so few labelled slices teach every orientation
+    in which scanners store anatomy.
+    """
+    if view >= 4:
+        array = np.swapaxes(array, 1, 2)
+    return np.ascontiguousarray(np.rot90(array, view % 4, axes=(1, 2)))
+
+
 def embed_refs(
     dataset: Dataset,
     refs: Sequence[SliceRef],
@@ -64,22 +77,23 @@ def embed_refs(
     device: str = "cpu",
     show_progress: bool = True,
     description: str = "embed",
+    views: int = 1,
 ) -> list[EmbeddedSlice]:
-    """The given slices (any order, any cases), each case read from disk once."""
+    """The given slices (any order, any cases), each case read once; ``views`` dihedral views per slice."""
     by_case: dict[str, list[int]] = defaultdict(list)
     for ref in refs:
         by_case[ref.case_id].append(ref.z)
-    found: dict[SliceRef, EmbeddedSlice] = {}
+    found: dict[tuple[SliceRef, int], EmbeddedSlice] = {}
     with progress_bar(show_progress) as bar:
-        job = bar.add_task(description, total=len(refs))
+        job = bar.add_task(description, total=len(refs) * views)
+        advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
         for case_id, zs in by_case.items():
-            case = dataset.load(case_id)
-            sub = _subcase(case, zs)
-            advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
-            for z, item in zip(zs, embed_case(sub, cache, device, advance)):
-                item.ref = SliceRef(case_id, z)
-                found[item.ref] = item
-    return [found[ref] for ref in refs]
+            sub = _subcase(dataset.load(case_id), zs)
+            for view in range(views):
+                for z, item in zip(zs, embed_case(_view(sub, view), cache, device, advance)):
+                    item.ref, item.view = SliceRef(case_id, z), view
+                    found[(item.ref, view)] = item
+    return [found[(ref, view)] for ref in refs for view in range(views)]
 
 
 def embed_cases(
@@ -100,6 +114,14 @@ def embed_cases(
             out.append((case, embed_case(case, cache, device)))
             bar.update(job, advance=1)
     return out
+
+
+def _view(case: Case, view: int) -> Case:
+    if view == 0:
+        return case
+    label = None if case.label is None else dihedral(case.label, view)
+    return Case(case.case_id, dihedral(case.image, view), label, case.format, case.rel_path, case.spacing,
+                case.attributes, case.meta)
 
 
 def _subcase(case: Case, zs: list[int]) -> Case:

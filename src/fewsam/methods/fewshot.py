@@ -15,6 +15,7 @@ is the situation at inference.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,13 @@ from torch import nn
 from fewsam.data.types import Case, SliceRef
 from fewsam.embedded import IGNORE, EmbeddedSlice, embed_cases, embed_refs
 from fewsam.errors import DataError
-from fewsam.inference import FitContext, check_labelled, labels_from_logits, stack_volume
+from fewsam.inference import (FitContext, check_labelled, choose_postprocessing, keep_largest_components,
+                              labels_from_logits, stack_volume)
 from fewsam.losses import dice_ce_loss
 from fewsam.metrics import dice_per_class
 from fewsam.models.sam import SamModel
 from fewsam.prompts import masked_average_pool, region_weights
+from fewsam.runs import write_json
 from fewsam.train import BEST, TrainConfig, TrainResult, atomic_torch_save, train
 
 
@@ -41,7 +44,8 @@ class FewShotConfig:
     tokens_per_class: int = 1  # prototype tokens per class; >1 uses k-means over shot prototypes
     shot_dropout: float = 0.5  # fraction of shots left out of a class token at each training step
     batch_size: int = 8
-    flip_augment: bool = True  # horizontal/vertical flips of embedding + label (approximate equivariance)
+    views: int = 8  # dihedral views of each labelled slice, each encoded for real (see embedded.dihedral)
+    flip_augment: bool = False  # extra flips of embedding + label (approximate: the encoder is not equivariant)
 
 
 class PrototypeDecoder(nn.Module):
@@ -201,6 +205,7 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 # --- fitting and predicting -------------------------------------------------------------------
 
 BANK = "prompt_bank.pt"
+POSTPROCESS = "postprocess.json"
 
 
 def predict_slices(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list[EmbeddedSlice],
@@ -227,7 +232,8 @@ def volume_dice_score(decoder: PrototypeDecoder, tokens: torch.Tensor, val_cases
 def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: Path,
         train_cfg: TrainConfig, cfg: FewShotConfig, loss_fn=None) -> TrainResult:
     """Embed the few-shot collection, build the prompt bank, fine-tune the decoder, select on val."""
-    samples = embed_refs(ctx.dataset, labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled")
+    samples = embed_refs(ctx.dataset, labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled",
+                         views=cfg.views)
     check_labelled(samples)
     remap_label_frames(samples, ctx.values)
     shots = shot_prototypes(samples, list(range(len(ctx.values))))
@@ -239,7 +245,14 @@ def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: 
     decoder = PrototypeDecoder(ctx.model, len(ctx.values)).to(ctx.device)
     validate = lambda: volume_dice_score(decoder, tokens, val_cases, ctx.values, ctx.device)  # noqa: E731
     task = FewShotTask(decoder, samples, shots, cfg, validate, ctx.device, loss_fn)
-    return train(task, train_cfg, run_dir, ctx.show_progress)
+    result = train(task, train_cfg, run_dir, ctx.show_progress)
+    decoder.load_state_dict(torch.load(run_dir / BEST, map_location="cpu", weights_only=True)["module"])
+    decoder.eval()
+    predictions = [stack_volume(predict_slices(decoder, tokens, slices, ctx.values, ctx.device))
+                   for _, slices in val_cases]
+    choice = choose_postprocessing(predictions, [case.label for case, _ in val_cases], ctx.values[1:])
+    write_json(run_dir / POSTPROCESS, choice)
+    return result
 
 
 class FewShotPredictor:
@@ -254,6 +267,9 @@ class FewShotPredictor:
         self.decoder.load_state_dict(best["module"])
         self.decoder.eval()
         self.device = device
+        post = run_dir / POSTPROCESS
+        self.largest_component = post.exists() and json.loads(post.read_text())["largest_component"]
 
     def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
-        return stack_volume(predict_slices(self.decoder, self.tokens, slices, self.values, self.device))
+        volume = stack_volume(predict_slices(self.decoder, self.tokens, slices, self.values, self.device))
+        return keep_largest_components(volume, self.values[1:]) if self.largest_component else volume
