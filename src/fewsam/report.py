@@ -184,7 +184,7 @@ def _bar_plot(runs: list[tuple[str, dict]], groups: list[str], cls: str | None, 
     """Grouped bars: one bar per run within each group; CIs as error bars for the mean Dice."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(runs)) + 2), 3.8), dpi=110)
+    fig = Figure(figsize=(min(11.0, max(5.0, 0.8 * len(groups) * len(runs) + 2.5)), 3.8), dpi=110)
     ax = fig.subplots()
     width = 0.8 / len(runs)
     for i, (name, r) in enumerate(runs):
