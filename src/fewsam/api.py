@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset, select_labelled
@@ -14,7 +14,7 @@ from fewsam.errors import DataError
 from fewsam.fairness import fair_loss_for
 from fewsam.inference import FitContext
 from fewsam.models.registry import load_model
-from fewsam.runs import prepare_run_dir
+from fewsam.runs import prepare_run_dir, run_folder
 from fewsam.train import TrainConfig, TrainResult
 
 if TYPE_CHECKING:
@@ -101,6 +101,15 @@ def run_config(method: str, opts: FitOptions, ctx: FitContext, labelled: list[Sl
     }
 
 
+def _fit_in_run_folder(run: Path, config: dict[str, Any], loss_fn: Any,
+                       fit: Callable[[Path], TrainResult]) -> TrainResult:
+    """Create (or resume) RUN and fit in it; a fit that fails before its first checkpoint leaves nothing."""
+    with run_folder(run, config) as run_dir:
+        if loss_fn is not None:
+            loss_fn.save(run_dir)
+        return fit(run_dir)
+
+
 def fit_fewshot_run(opts: FitOptions, train_cfg: TrainConfig, fs_cfg: "FewShotConfig") -> TrainResult:
     """``fewsam fit fewshot`` (train_cfg.seed is taken from opts.seed)."""
     from fewsam.methods import fewshot
@@ -109,10 +118,8 @@ def fit_fewshot_run(opts: FitOptions, train_cfg: TrainConfig, fs_cfg: "FewShotCo
     train_cfg = replace(train_cfg, seed=opts.seed)
     config = run_config("fewshot", opts, ctx, labelled, train=asdict(train_cfg), fewshot=asdict(fs_cfg))
     loss_fn = fair_loss_for(opts, ctx.dataset, labelled)
-    run_dir, _ = prepare_run_dir(opts.run, config)
-    if loss_fn is not None:
-        loss_fn.save(run_dir)
-    return fewshot.fit(ctx, labelled, val_ids, run_dir, train_cfg, fs_cfg, loss_fn=loss_fn)
+    return _fit_in_run_folder(opts.run, config, loss_fn, lambda run_dir: fewshot.fit(
+        ctx, labelled, val_ids, run_dir, train_cfg, fs_cfg, loss_fn=loss_fn))
 
 
 def fit_prompted_run(run: Path, prompt: str, box_margin: float, model_name: str,
@@ -145,10 +152,8 @@ def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, va
     student_cfg = st.StudentConfig(**(student or {}))
     config = run_config("supervised", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg))
     loss_fn = fair_loss_for(opts, ctx.dataset, labelled, ignore_index=None)
-    run_dir, _ = prepare_run_dir(opts.run, config)
-    if loss_fn is not None:
-        loss_fn.save(run_dir)
-    return supervised.fit(ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, loss_fn=loss_fn)
+    return _fit_in_run_folder(opts.run, config, loss_fn, lambda run_dir: supervised.fit(
+        ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, loss_fn=loss_fn))
 
 
 def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_every: int = 200,
@@ -163,7 +168,5 @@ def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_e
     config = run_config("samatch", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg),
                         samatch=asdict(sm_cfg))
     loss_fn = fair_loss_for(opts, ctx.dataset, labelled, ignore_index=None)
-    run_dir, _ = prepare_run_dir(opts.run, config)
-    if loss_fn is not None:
-        loss_fn.save(run_dir)
-    return sm.fit(ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, sm_cfg, loss_fn=loss_fn)
+    return _fit_in_run_folder(opts.run, config, loss_fn, lambda run_dir: sm.fit(
+        ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, sm_cfg, loss_fn=loss_fn))

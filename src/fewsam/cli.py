@@ -365,21 +365,10 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     _tune_allocator()
     try:
-        app(standalone_mode=False)
+        app(prog_name="fewsam")  # standalone: click reports usage errors itself (exit 2)
     except FewsamError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to resume")
         raise SystemExit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            raise SystemExit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(1)
-        raise

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from fewsam import __version__
 from fewsam.errors import RunError
@@ -35,6 +37,18 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> tuple[Path, 
     path.mkdir(parents=True, exist_ok=True)
     write_json(existing, config)
     return path, False
+
+
+@contextmanager
+def run_folder(run_dir: str | Path, config: dict[str, Any]) -> Iterator[Path]:
+    """prepare_run_dir, and remove a new run folder again if the fit fails before its first checkpoint."""
+    path, resuming = prepare_run_dir(run_dir, config)
+    try:
+        yield path
+    except BaseException:
+        if not resuming and not (path / "checkpoint_last.pt").exists():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
