@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from fewsam.atomic import atomic_write, atomic_write_bytes
 from fewsam.errors import CacheError
 from fewsam.models.sam import PreprocessInfo, SamModel
 
@@ -83,7 +82,7 @@ class EmbeddingCache:
                 )
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(manifest, json.dumps(self.signature, indent=2).encode())
+        atomic_write_bytes(manifest, json.dumps(self.signature, indent=2).encode())
 
     def path_for(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npz"
@@ -121,7 +120,8 @@ class EmbeddingCache:
         }
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save_npz(path, embedding=array, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        atomic_write(path, lambda fh: np.savez(fh, embedding=array, meta=meta_bytes))
 
     def embed(
         self,
@@ -165,26 +165,3 @@ def _read_entry(path: Path) -> tuple[dict, np.ndarray] | None:
     if hashlib.sha256(array.tobytes()).hexdigest() != meta.get("sha256"):
         return None
     return meta, array
-
-
-def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -8,14 +8,13 @@ configuration is identical and refuses otherwise.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from fewsam import __version__
+from fewsam.atomic import atomic_write_bytes
 from fewsam.errors import RunError
 
 CONFIG = "config.json"
@@ -67,14 +66,6 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (tmp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic JSON write."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    atomic_write_bytes(path, text.encode())

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewsam.atomic import atomic_write
 from fewsam.progress import progress_bar
 
 LAST = "checkpoint_last.pt"
@@ -176,16 +175,8 @@ def _log(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save via a temporary file and rename: a kill never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through a temporary file: a kill never leaves a half-written checkpoint."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from fewsam.atomic import atomic_write_bytes
 from fewsam.data.readers.common import check_label_values, to_label_array
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import NIFTI_ERRORS, to_zyx
@@ -49,7 +48,7 @@ def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
                         f"expected {tuple(case.image.shape[:3])} (D, H, W)")
     pred = to_label_array(pred, Path(case.rel_path))
     path = prediction_path(case, out_root)
-    _atomic_write(path, ENCODERS[case.format](case, pred))
+    atomic_write_bytes(path, ENCODERS[case.format](case, pred))
     return path
 
 
@@ -70,18 +69,6 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
     if class_map is not None:
         check_label_values(pred, class_map, path)
     return pred
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
