@@ -6,7 +6,7 @@ set -euo pipefail
 DATA=${1:-../shared/data/acdc}
 OUT=${2:-runs/acdc_fewshot}
 DEVICE=${DEVICE:-cpu}
-STEPS=${STEPS:-400}
+STEPS=${STEPS:-300}
 FEWSAM=${FEWSAM:-fewsam}
 CACHE=${CACHE:-$HOME/.cache/fewsam}
 mkdir -p "$OUT"

@@ -71,7 +71,7 @@ def fit_fewshot(
     run: Path = typer.Option(..., "--out", help="Run folder to write (resumed if it holds the same run)."),
     labeled_cases: Optional[int] = typer.Option(None, "--labeled-cases", help="First N subjects of the budget order."),
     labeled_slices: Optional[int] = typer.Option(None, "--labeled-slices", help="First K slices of the budget order."),
-    steps: int = typer.Option(400, help="Training steps (batches)."),
+    steps: int = typer.Option(300, help="Training steps (batches)."),
     lr: float = typer.Option(3e-4, help="AdamW learning rate."),
     batch_size: int = typer.Option(8, "--batch-size"),
     tokens_per_class: int = typer.Option(1, "--tokens-per-class", help="Prototype tokens per class."),
