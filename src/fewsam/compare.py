@@ -62,7 +62,7 @@ def describe(result: dict[str, Any]) -> str:
     """Two lines a reader can quote."""
     m = result["metric"]
     lines = [f"{result['n']} paired cases  mean {m}: A {result['mean_a']:.4f}  B {result['mean_b']:.4f}  "
-             f"median A-B {result['median_diff']:+.4f}",
+             f"median A-B {round(result['median_diff'], 4) + 0.0:+.4f}",
              f"Wilcoxon signed-rank W={result['statistic']:.1f}  p={result['p']:.4g}"
              + (f"  Bonferroni (x{result['n_comparisons']}) p={result['p_bonferroni']:.4g}"
                 if result["n_comparisons"] > 1 else "")]

@@ -135,7 +135,7 @@ def _difference_table(runs: list[tuple[str, dict]], groups: list[str]) -> list[t
 
 
 def _diff(x: float | None, y: float | None) -> str:
-    return "n/a" if x is None or y is None else f"{x - y:+.4f}"
+    return "n/a" if x is None or y is None else f"{round(x - y, 4) + 0.0:+.4f}"
 
 
 def _class_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
@@ -172,7 +172,7 @@ def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     for name, r in runs[1:]:
         try:
             t = wilcoxon_compare(per_case_scores(r), per_case_scores(base))
-            rows.append([f"{name} vs {base_name}", t["n"], f"{t['median_diff']:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
+            rows.append([f"{name} vs {base_name}", t["n"], f"{round(t['median_diff'], 4) + 0.0:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
         except DataError as err:
             rows.append([f"{name} vs {base_name}", "-", "-", "-", str(err)])
     text = ("Paired Wilcoxon signed-rank test on per-case mean Dice (cases both runs scored). "
