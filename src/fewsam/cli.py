@@ -27,6 +27,12 @@ CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights file (required 
 CacheOpt = typer.Option(DEFAULT_CACHE, "--cache", help="Embedding cache folder.")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N")
 QuietOpt = typer.Option(False, "--quiet", help="No progress bars.")
+DataOpt = typer.Option(..., "--data", help="Dataset folder.")
+RunOutOpt = typer.Option(..., "--out", help="Run folder to write (resumed if it holds the same run).")
+LabeledCasesOpt = typer.Option(None, "--labeled-cases", help="First N subjects of the budget order.")
+LabeledSlicesOpt = typer.Option(None, "--labeled-slices", help="First K slices of the budget order.")
+ValSplitOpt = typer.Option("val", "--val-split", help="Split used for model selection.")
+SeedOpt = typer.Option(0, "--seed", help="Seed: same seed, same data -> same weights.")
 
 
 @app.command()
@@ -50,7 +56,7 @@ def demo(
 
 @app.command()
 def embed(
-    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    data: Path = DataOpt,
     split: Optional[str] = typer.Option(None, "--split", help="train | val | test | a list file; default all."),
     model: str = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
@@ -67,23 +73,23 @@ def embed(
 
 @fit_app.command("fewshot")
 def fit_fewshot(
-    data: Path = typer.Option(..., "--data", help="Dataset folder."),
-    run: Path = typer.Option(..., "--out", help="Run folder to write (resumed if it holds the same run)."),
-    labeled_cases: Optional[int] = typer.Option(None, "--labeled-cases", help="First N subjects of the budget order."),
-    labeled_slices: Optional[int] = typer.Option(None, "--labeled-slices", help="First K slices of the budget order."),
+    data: Path = DataOpt,
+    run: Path = RunOutOpt,
+    labeled_cases: Optional[int] = LabeledCasesOpt,
+    labeled_slices: Optional[int] = LabeledSlicesOpt,
     steps: int = typer.Option(300, help="Training steps (batches)."),
     lr: float = typer.Option(3e-4, help="AdamW learning rate."),
     batch_size: int = typer.Option(8, "--batch-size"),
     tokens_per_class: int = typer.Option(1, "--tokens-per-class", help="Prototype tokens per class."),
     shot_dropout: float = typer.Option(0.5, "--shot-dropout", help="Fraction of shots left out per step."),
     views: int = typer.Option(8, "--views", min=1, max=8, help="Dihedral views encoded per labelled slice."),
-    val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
+    val_split: str = ValSplitOpt,
     val_every: int = typer.Option(50, "--val-every"),
     fair_attribute: Optional[str] = typer.Option(None, "--fair-attribute", help="Group column for fair scaling."),
     fair_gamma: float = typer.Option(1.0, "--fair-gamma"),
     fair_bins: Optional[str] = typer.Option(None, "--bins", help="Bins of a continuous fair attribute, e.g. bmi:25,30."),
     attributes: Optional[Path] = typer.Option(None, "--attributes", help="CSV of group attributes by case/patient id."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     model: str = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     cache: str = CacheOpt,
@@ -138,22 +144,22 @@ AttributesOpt = typer.Option(None, "--attributes", help="CSV of group attributes
 
 @fit_app.command("supervised")
 def fit_supervised(
-    data: Path = typer.Option(..., "--data", help="Dataset folder."),
-    run: Path = typer.Option(..., "--out", help="Run folder to write (resumed if it holds the same run)."),
-    labeled_cases: Optional[int] = typer.Option(None, "--labeled-cases", help="First N subjects of the budget order."),
-    labeled_slices: Optional[int] = typer.Option(None, "--labeled-slices", help="First K slices of the budget order."),
+    data: Path = DataOpt,
+    run: Path = RunOutOpt,
+    labeled_cases: Optional[int] = LabeledCasesOpt,
+    labeled_slices: Optional[int] = LabeledSlicesOpt,
     labeled_images: Optional[int] = LabeledImagesOpt,
     steps: int = typer.Option(2000, help="Training steps (batches)."),
     lr: float = typer.Option(0.01, help="SGD learning rate (poly decay)."),
     batch_size: int = typer.Option(8, "--batch-size"),
     image_size: int = ImageSizeOpt,
-    val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
+    val_split: str = ValSplitOpt,
     val_every: int = typer.Option(200, "--val-every"),
     fair_attribute: Optional[str] = FairAttributeOpt,
     fair_gamma: float = FairGammaOpt,
     fair_bins: Optional[str] = FairBinsOpt,
     attributes: Optional[Path] = AttributesOpt,
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     cache: str = CacheOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -172,10 +178,10 @@ def fit_supervised(
 
 @fit_app.command("samatch")
 def fit_samatch(
-    data: Path = typer.Option(..., "--data", help="Dataset folder."),
-    run: Path = typer.Option(..., "--out", help="Run folder to write (resumed if it holds the same run)."),
-    labeled_cases: Optional[int] = typer.Option(None, "--labeled-cases", help="First N subjects of the budget order."),
-    labeled_slices: Optional[int] = typer.Option(None, "--labeled-slices", help="First K slices of the budget order."),
+    data: Path = DataOpt,
+    run: Path = RunOutOpt,
+    labeled_cases: Optional[int] = LabeledCasesOpt,
+    labeled_slices: Optional[int] = LabeledSlicesOpt,
     labeled_images: Optional[int] = LabeledImagesOpt,
     no_sam: bool = typer.Option(False, "--no-sam", help="Plain FixMatch: no SAM pseudo-labels (the Match baseline)."),
     unlabeled_limit: Optional[int] = typer.Option(None, "--unlabeled-limit",
@@ -193,13 +199,13 @@ def fit_samatch(
     box_margin: float = typer.Option(10.0, "--box-margin", help="Pixels around prompt boxes (10 ACDC, 30 BUSI)."),
     sam_steps: int = typer.Option(200, "--sam-steps", help="SAM decoder fine-tuning steps on ground-truth boxes."),
     sam_lr: float = typer.Option(1e-4, "--sam-lr"),
-    val_split: str = typer.Option("val", "--val-split", help="Split used for model selection."),
+    val_split: str = ValSplitOpt,
     val_every: int = typer.Option(200, "--val-every"),
     fair_attribute: Optional[str] = FairAttributeOpt,
     fair_gamma: float = FairGammaOpt,
     fair_bins: Optional[str] = FairBinsOpt,
     attributes: Optional[Path] = AttributesOpt,
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     model: str = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     cache: str = CacheOpt,
@@ -227,7 +233,7 @@ def fit_samatch(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by `fewsam fit`."),
-    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    data: Path = DataOpt,
     split: Optional[str] = typer.Option(None, "--split", help="List file relative to DATA, or train|val|test."),
     pred: Path = typer.Option(..., "--out", help="Prediction folder to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty folder."),
@@ -245,7 +251,7 @@ def predict(
 @app.command()
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Prediction folder."),
-    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    data: Path = DataOpt,
     split: Optional[str] = typer.Option(None, "--split"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Attribute column for group metrics."),
     alpha: float = typer.Option(1.0, "--alpha", help="Equity-scaling alpha."),
