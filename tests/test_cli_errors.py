@@ -1,0 +1,121 @@
+"""User mistakes end in one `error:` line, exit code 2, and nothing partial left behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+
+def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+    with h5py.File(path, "w") as f:
+        f["image"] = image.astype(np.float32)
+        f["label"] = label.astype(np.uint8)
+
+
+@pytest.fixture
+def tiny_acdc(tmp_path) -> Path:
+    """An ACDC/SSL4MIS-layout folder: 2 labelled slice files, 1 validation volume."""
+    root = tmp_path / "acdc"
+    (root / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label = np.zeros((40, 48), np.uint8)
+    label[10:20, 10:20], label[22:30, 10:20], label[10:30, 25:35] = 1, 2, 3
+    names = ["patient001_frame01_slice_0", "patient001_frame01_slice_1"]
+    for name in names:
+        _write_h5(root / "data" / f"{name}.h5", rng.random((40, 48)), label)
+    _write_h5(root / "data" / "patient002_frame01.h5", rng.random((2, 40, 48)), np.stack([label, label]))
+    (root / "train_slices.list").write_text("\n".join(names) + "\n")
+    (root / "val.list").write_text("patient002_frame01\n")
+    return root
+
+
+def fewsam(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FEWSAM_NO_REEXEC="1")
+    return subprocess.run([sys.executable, "-m", "fewsam", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def fit_args(data: Path, run: Path, cache: Path, *extra: str) -> list[str]:
+    return ["fit", "fewshot", "--data", str(data), "--out", str(run), "--cache", str(cache), "--quiet",
+            "--steps", "2", "--views", "1", *extra]
+
+
+def test_missing_data_folder(tmp_path):
+    result = fewsam(*fit_args(tmp_path / "nope", tmp_path / "run", tmp_path / "c", "--labeled-slices", "1"),
+                    cwd=tmp_path)
+    assert_one_line_error(result, "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_labelled_set(tiny_acdc, tmp_path):
+    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "0"), cwd=tmp_path)
+    assert_one_line_error(result, "labelled set is empty")
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_file_leaves_no_run_folder(tiny_acdc, tmp_path):
+    path = tiny_acdc / "data" / "patient001_frame01_slice_0.h5"
+    path.write_bytes(path.read_bytes()[:100])
+    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
+    assert_one_line_error(result, "patient001_frame01_slice_0")
+    assert not (tmp_path / "run").exists()
+
+
+def test_shape_mismatch(tiny_acdc, tmp_path):
+    _write_h5(tiny_acdc / "data" / "patient001_frame01_slice_1.h5", np.zeros((40, 48)), np.zeros((40, 40)))
+    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
+    assert_one_line_error(result, "shape")
+    assert not (tmp_path / "run").exists()
+
+
+def test_label_outside_class_map(tiny_acdc, tmp_path):
+    label = np.zeros((40, 48), np.uint8)
+    label[5:9, 5:9] = 7
+    _write_h5(tiny_acdc / "data" / "patient001_frame01_slice_1.h5", np.zeros((40, 48)), label)
+    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
+    assert_one_line_error(result, "7")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cache_of_another_model_is_refused(tiny_acdc, tmp_path):
+    from fewsam.models.registry import load_model
+
+    model = load_model("litemedsam")
+    folder = tmp_path / "c" / f"{model.name}-{model.weights_sha256[:12]}"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"model": "sam_vit_h", "weights_sha256": "x", "preprocess": "y"}))
+    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "1"), cwd=tmp_path)
+    assert_one_line_error(result, "written by model sam_vit_h")
+
+
+def test_sam_checkpoint_by_path_loads_through_the_cli(tmp_path):
+    """Official SAM checkpoints load from a path through the same commands (random ViT-B weights here)."""
+    import torch
+
+    from fewsam.models.registry import build_model
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "sam_vit_b_random.pth"
+    torch.save(build_model("sam_vit_b").state_dict(), checkpoint)
+    ok = fewsam("fit", "prompted", "--prompt", "box", "--model", "sam_vit_b", "--checkpoint", str(checkpoint),
+                "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "sam_vit_b" and len(config["weights_sha256"]) == 64
+    wrong = fewsam("fit", "prompted", "--model", "sam_vit_l", "--checkpoint", str(checkpoint),
+                   "--out", str(tmp_path / "run2"), cwd=tmp_path)
+    assert_one_line_error(wrong, "sam_vit_l")
+    assert not (tmp_path / "run2").exists()
