@@ -5,8 +5,7 @@ Shared by every SAM-side method: validation during fitting, ``fewsam predict`` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,7 +39,6 @@ class FitContext:
     cache: EmbeddingCache
     device: str
     show_progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def class_map(self) -> ClassMap:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -177,7 +177,3 @@ def _log(run_dir: Path, record: dict[str, Any]) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file: a kill never leaves a half-written checkpoint."""
     atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)

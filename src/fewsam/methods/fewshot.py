@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fewsam.data.types import Case, SliceRef
@@ -196,10 +195,6 @@ def logits_batches(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list
         chunk = slices[start:start + batch_size]
         emb = torch.stack([s.embedding_tensor() for s in chunk]).to(device)
         yield chunk, decoder(emb, tokens.to(device))
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    return F.softmax(logits, dim=1)
 
 
 # --- fitting and predicting -------------------------------------------------------------------
