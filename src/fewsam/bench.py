@@ -1,7 +1,9 @@
 """``fewsam bench``: speed figures on this machine (never asserted in unit tests).
 
 Measures, on real slices of a dataset: encoder seconds per slice (cache miss), cache-hit load
-seconds per slice, one few-shot decoder training step (batch 8) and decoder inference per slice.
+seconds per slice, one few-shot decoder training step (batch 8), decoder inference per slice, and
+from a warm cache: predicting one validation volume (read, cache hits, decode, post-process) and a
+30-step few-shot fit (with its validation).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import torch
 
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
-from fewsam.embedded import embed_refs
+from fewsam.embedded import embed_case, embed_cases, embed_refs
+from fewsam.inference import FitContext
+from fewsam.methods import fewshot
 from fewsam.losses import dice_ce_loss
 from fewsam.methods.fewshot import PrototypeDecoder, bank_tokens, remap_label_frames, shot_prototypes
 from fewsam.models.registry import load_model
+from fewsam.train import TrainConfig
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -68,6 +73,7 @@ def run_bench(data: str | Path, n: int = 8, cache_dir: str | Path = "bench_cache
     with torch.no_grad():
         decoder(emb, tokens)
         infer_times = _timed(lambda: decoder(emb, tokens), 3)
+    volume_s, fit_s = _predict_and_fit_times(dataset, model, cache, refs, device, cache_dir)
     shutil.rmtree(cache_dir)
     return {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
@@ -78,4 +84,22 @@ def run_bench(data: str | Path, n: int = 8, cache_dir: str | Path = "bench_cache
         "cache_hit_s_per_slice": round(hit_s, 5),
         f"fewshot_train_step_s_batch{n}": round(statistics.median(train_times), 4),
         "decoder_inference_s_per_slice": round(statistics.median(infer_times) / n, 4),
+        "predict_s_per_volume_warm_cache": round(volume_s, 3),
+        "fit_s_30_steps_warm_cache": round(fit_s, 2),
     }
+
+
+def _predict_and_fit_times(dataset, model, cache, refs, device: str, cache_dir: Path) -> tuple[float, float]:
+    """Wall time of predicting one validation volume and of a 30-step few-shot fit, both from a warm cache."""
+    val_id = dataset.split("val")[0]
+    embed_cases(dataset, [val_id], cache, device, show_progress=False)  # warm the cache
+    ctx = FitContext(dataset, model, cache, device, show_progress=False)
+    start = time.perf_counter()
+    result = fewshot.fit(ctx, refs, [val_id], cache_dir / "run", TrainConfig(steps=30, val_every=30),
+                         fewshot.FewShotConfig(views=1))
+    fit_s = time.perf_counter() - start
+    predictor = fewshot.FewShotPredictor(cache_dir / "run", model, device)
+    start = time.perf_counter()
+    case = dataset.load(val_id)
+    predictor.predict_case(case, embed_case(case, cache, device))
+    return time.perf_counter() - start, fit_s
