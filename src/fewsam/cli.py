@@ -199,6 +199,8 @@ def fit_samatch(
     box_margin: float = typer.Option(10.0, "--box-margin", help="Pixels around prompt boxes (10 ACDC, 30 BUSI)."),
     sam_steps: int = typer.Option(200, "--sam-steps", help="SAM decoder fine-tuning steps on ground-truth boxes."),
     sam_lr: float = typer.Option(1e-4, "--sam-lr"),
+    background: str = typer.Option("mean", "--background",
+                                   help="Pseudo-label background: 1 - mean or 1 - max class probability."),
     val_split: str = ValSplitOpt,
     val_every: int = typer.Option(200, "--val-every"),
     fair_attribute: Optional[str] = FairAttributeOpt,
@@ -217,6 +219,8 @@ def fit_samatch(
 
     if refresh_every < 1:
         raise FewsamError("--refresh-every must be at least 1")
+    if background not in ("mean", "max"):
+        raise FewsamError(f"--background must be mean or max, not {background!r}")
     opts = FitOptions(data=data, run=run, labeled_cases=_labelled_budget(labeled_cases, labeled_images),
                       labeled_slices=labeled_slices, model=model, checkpoint=checkpoint, cache=cache, device=device,
                       seed=seed, val_split=val_split, show_progress=not quiet, fair_attribute=fair_attribute,
@@ -224,7 +228,7 @@ def fit_samatch(
     samatch = {"use_sam": not no_sam, "threshold": threshold, "unlabeled_batch": unlabeled_batch,
                "unlabeled_limit": unlabeled_limit, "sam_weight": sam_weight, "warmup_steps": warmup_steps,
                "refresh_every": refresh_every, "ramp_steps": ramp_steps, "box_margin": box_margin,
-               "sam_steps": sam_steps, "sam_lr": sam_lr}
+               "sam_steps": sam_steps, "sam_lr": sam_lr, "background": background}
     result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every,
                              student={"image_size": image_size, "batch_size": batch_size}, samatch=samatch)
     out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
