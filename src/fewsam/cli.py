@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 
 from fewsam.errors import FewsamError
+
+if TYPE_CHECKING:
+    from fewsam.api import FitOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Label-efficient and fair Segment Anything for medical images.")
@@ -97,15 +101,11 @@ def fit_fewshot(
     quiet: bool = QuietOpt,
 ) -> None:
     """Few-shot SAM: prototype prompts from the labelled slices; only the mask decoder is trained."""
-    from fewsam.api import FitOptions, fit_fewshot_run
+    from fewsam.api import fit_fewshot_run
     from fewsam.methods.fewshot import FewShotConfig
     from fewsam.train import TrainConfig
 
-    opts = FitOptions(data=data, run=run, labeled_cases=labeled_cases, labeled_slices=labeled_slices,
-                      model=model, checkpoint=checkpoint, cache=cache, device=device, seed=seed,
-                      val_split=val_split, show_progress=not quiet,
-                      fair_attribute=fair_attribute, fair_gamma=fair_gamma, fair_bins=fair_bins,
-                      attributes=attributes)
+    opts = _fit_options(locals())
     result = fit_fewshot_run(opts, TrainConfig(steps=steps, lr=lr, val_every=val_every),
                              FewShotConfig(tokens_per_class=tokens_per_class, shot_dropout=shot_dropout,
                                            batch_size=batch_size, views=views))
@@ -125,6 +125,15 @@ def fit_prompted(
 
     fit_prompted_run(run, prompt, box_margin, model, checkpoint)
     out.print(f"recorded zero-shot SAM ({prompt} prompts) in {run}")
+
+
+def _fit_options(params: dict[str, Any]) -> "FitOptions":
+    """FitOptions from a fit command's parameters: the data, budget, model and fairness options all share."""
+    from fewsam.api import FitOptions
+
+    shared = {f.name: params[f.name] for f in fields(FitOptions) if f.name in params}
+    shared["labeled_cases"] = _labelled_budget(params["labeled_cases"], params.get("labeled_images"))
+    return FitOptions(**shared, show_progress=not params["quiet"])
 
 
 def _labelled_budget(labeled_cases: Optional[int], labeled_images: Optional[int]) -> Optional[int]:
@@ -165,12 +174,9 @@ def fit_supervised(
     quiet: bool = QuietOpt,
 ) -> None:
     """A 2D U-Net on the labelled slices only: the lower bound for SAM-Match."""
-    from fewsam.api import FitOptions, fit_supervised_run
+    from fewsam.api import fit_supervised_run
 
-    opts = FitOptions(data=data, run=run, labeled_cases=_labelled_budget(labeled_cases, labeled_images),
-                      labeled_slices=labeled_slices, cache=cache, device=device, seed=seed, val_split=val_split,
-                      show_progress=not quiet, fair_attribute=fair_attribute, fair_gamma=fair_gamma, fair_bins=fair_bins,
-                      attributes=attributes)
+    opts = _fit_options(locals())
     result = fit_supervised_run(opts, steps=steps, lr=lr, val_every=val_every,
                                 student={"image_size": image_size, "batch_size": batch_size})
     out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
@@ -215,16 +221,13 @@ def fit_samatch(
     quiet: bool = QuietOpt,
 ) -> None:
     """SAM-Match: FixMatch student + SAM-refined pseudo-labels from its confident predictions."""
-    from fewsam.api import FitOptions, fit_samatch_run
+    from fewsam.api import fit_samatch_run
 
     if refresh_every < 1:
         raise FewsamError("--refresh-every must be at least 1")
     if background not in ("mean", "max"):
         raise FewsamError(f"--background must be mean or max, not {background!r}")
-    opts = FitOptions(data=data, run=run, labeled_cases=_labelled_budget(labeled_cases, labeled_images),
-                      labeled_slices=labeled_slices, model=model, checkpoint=checkpoint, cache=cache, device=device,
-                      seed=seed, val_split=val_split, show_progress=not quiet, fair_attribute=fair_attribute,
-                      fair_gamma=fair_gamma, fair_bins=fair_bins, attributes=attributes)
+    opts = _fit_options(locals())
     samatch = {"use_sam": not no_sam, "threshold": threshold, "unlabeled_batch": unlabeled_batch,
                "unlabeled_limit": unlabeled_limit, "sam_weight": sam_weight, "warmup_steps": warmup_steps,
                "refresh_every": refresh_every, "ramp_steps": ramp_steps, "box_margin": box_margin,
