@@ -10,8 +10,10 @@ import torch
 
 from fewsam.data import select_labelled, unlabelled_pool
 from fewsam.methods import samatch
+from fewsam.data.types import SliceRef
+from fewsam.embedded import EmbeddedSlice
 from fewsam.methods.samatch import (QUALITY, SamMatchConfig, compose_pseudo_label, confident_boxes, pooled_dice,
-                                    ramp, select_unlabelled)
+                                    ramp, select_unlabelled, student_samples)
 from fewsam.methods.supervised import default_train_config
 from fewsam.models.sam import PreprocessInfo
 from fewsam.predict import predict
@@ -100,7 +102,8 @@ def fit_run(data, tmp_path, run, cfg: SamMatchConfig, steps=12, kill_at=None):
     original = samatch.train
 
     def train_spy(task, tcfg, rdir, show_progress=True, on_checkpoint=None):
-        module_holder["module"] = task.module
+        if isinstance(task, samatch.SamMatchTask):
+            module_holder["module"] = task.module
 
         def kill(step):
             if kill_at is not None and step == kill_at and isinstance(task, samatch.SamMatchTask):
@@ -116,7 +119,7 @@ def fit_run(data, tmp_path, run, cfg: SamMatchConfig, steps=12, kill_at=None):
 
 
 SAM_CFG = SamMatchConfig(unlabeled_batch=4, unlabeled_limit=4, warmup_steps=4, refresh_every=4, ramp_steps=4,
-                         sam_steps=2, sam_batch=2, sam_val_slices=4,
+                         sam_steps=2, sam_batch=2, sam_val_slices=4, sam_round_steps=2,
                          threshold=0.0)  # an untrained student is never confident: prompt on its argmax
 
 
@@ -138,6 +141,10 @@ def test_samatch_refreshes_reports_and_resumes_identically(phantom, tmp_path):  
     assert [r["step"] for r in quality] == [4, 8]
     assert {"student_all", "student_refined", "sam_refined"} <= set(quality[0])
     assert (straight_dir / "sam" / LAST).exists() and sorted(p.name for p in (straight_dir / "pseudo_labels").iterdir())
+    rounds = sorted(p.name for p in (straight_dir / "sam").glob("round_*"))
+    assert rounds == ["round_0000004", "round_0000008"]  # SAM learnt from the student before each refresh
+    round_log = [json.loads(line) for line in (straight_dir / "sam" / rounds[0] / LOG).read_text().splitlines()]
+    assert all("loss_student" in r for r in round_log if "loss" in r)
 
     with pytest.raises(KeyboardInterrupt):
         fit_run(phantom, tmp_path, tmp_path / "b", SAM_CFG, kill_at=8)
@@ -148,3 +155,38 @@ def test_samatch_refreshes_reports_and_resumes_identically(phantom, tmp_path):  
 
     written = predict(resumed_dir, phantom, tmp_path / "pred", show_progress=False)
     assert len(written) == 2
+    for name in rounds:  # the resumed run's SAM rounds started from the same weights: same results
+        a = torch.load(straight_dir / "sam" / name / "checkpoint_best.pt", weights_only=True)["module"]
+        b = torch.load(resumed_dir / "sam" / name / "checkpoint_best.pt", weights_only=True)["module"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_student_samples_keep_only_confident_classes():
+    info = PreprocessInfo((40, 40), (40, 40), 40)
+    slices = [EmbeddedSlice(SliceRef("c", 0), np.zeros((1, 1, 1), np.float16), info, None, None)] * 2
+    confident = probs_with({1: (slice(5, 15), slice(5, 20), 0.99), 3: (slice(30, 35), slice(30, 35), 0.6)})
+    unsure = probs_with({2: (slice(5, 15), slice(5, 20), 0.7)})
+    out = student_samples([confident, unsure], slices, [0, 10, 20, 30], threshold=0.95)
+    assert len(out) == 1  # no confident class at all: the slice teaches SAM nothing
+    assert set(np.unique(out[0].label)) == {0, 10}  # label values; unconfident class 3 -> background
+    assert out[0].label[5:15, 5:20].all() and out[0].label_frame.shape == (40, 40)
+
+
+def _save_best(folder, weight: float, score: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"module": {"w": torch.tensor([weight])}, "metrics": {"score": score}}, folder / "checkpoint_best.pt")
+
+
+def test_sam_rounds_keep_a_round_only_if_validation_does_not_drop(tmp_path):
+    class Task:
+        module = torch.nn.Module()
+    Task.module.register_buffer("w", torch.tensor([0.0]))
+    _save_best(tmp_path, 0.0, 0.5)  # stage 1
+    _save_best(tmp_path / "round_0000004", 4.0, 0.6)  # better: kept
+    _save_best(tmp_path / "round_0000008", 8.0, 0.55)  # worse than round 4: dropped
+    _save_best(tmp_path / "round_0000012", 12.0, 0.6)  # ties round 4: kept
+    rounds = samatch.SamRounds(Task(), tmp_path, seed=0)
+    assert rounds._kept_before(4)[0]["w"].item() == 0.0
+    assert rounds._kept_before(8)[0]["w"].item() == 4.0
+    assert rounds._kept_before(12)[0]["w"].item() == 4.0
+    assert rounds._kept_before(13)[0]["w"].item() == 12.0

@@ -205,6 +205,10 @@ def fit_samatch(
     box_margin: float = typer.Option(10.0, "--box-margin", help="Pixels around prompt boxes (10 ACDC, 30 BUSI)."),
     sam_steps: int = typer.Option(200, "--sam-steps", help="SAM decoder fine-tuning steps on ground-truth boxes."),
     sam_lr: float = typer.Option(1e-4, "--sam-lr"),
+    sam_round_steps: int = typer.Option(50, "--sam-round-steps",
+                                        help="SAM steps per refresh learning from the student (0: SAM fixed)."),
+    sam_unlabeled_weight: float = typer.Option(0.25, "--sam-unlabeled-weight",
+                                               help="Weight of the student-labelled slices in SAM's rounds."),
     background: str = typer.Option("mean", "--background",
                                    help="Pseudo-label background: 1 - mean or 1 - max class probability."),
     val_split: str = ValSplitOpt,
@@ -231,7 +235,8 @@ def fit_samatch(
     samatch = {"use_sam": not no_sam, "threshold": threshold, "unlabeled_batch": unlabeled_batch,
                "unlabeled_limit": unlabeled_limit, "sam_weight": sam_weight, "warmup_steps": warmup_steps,
                "refresh_every": refresh_every, "ramp_steps": ramp_steps, "box_margin": box_margin,
-               "sam_steps": sam_steps, "sam_lr": sam_lr, "background": background}
+               "sam_steps": sam_steps, "sam_lr": sam_lr, "background": background,
+               "sam_round_steps": sam_round_steps, "sam_unlabeled_weight": sam_unlabeled_weight}
     result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every,
                              student={"image_size": image_size, "batch_size": batch_size}, samatch=samatch)
     out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")

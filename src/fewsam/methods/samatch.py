@@ -15,8 +15,13 @@ Stages, all through the one training loop:
    saved (RUN/pseudo_labels/) so that a resumed run uses the very same labels, and scored
    against the unlabelled slices' ground truth when it exists (RUN/pseudo_label_quality.json).
 ``use_sam=False`` is the plain FixMatch baseline (stages 1 and 3 skipped).
-Not implemented: SAM's own unlabelled loss against the student (the paper's end-to-end stage)
-and the MSE on SAM's IoU head.
+4. The end-to-end stage (``sam_round_steps`` > 0): at each refresh, before it labels the pool,
+   SAM's decoder trains a short round on the labelled ground-truth boxes plus
+   ``sam_unlabeled_weight`` x the student's confident classes on the unlabelled slices (boxes and
+   binary targets from the student's argmax), so SAM learns from the student as the student
+   learns from SAM. A round is kept only if SAM's box Dice on the validation slices does not drop
+   (a weak student must not spoil SAM); each round lives in RUN/sam/round_<step>/ and resumes.
+Not implemented: the MSE on SAM's IoU head (fewsam never reads that head).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from torch import nn
 
 from fewsam.data import unlabelled_pool
 from fewsam.data.types import Dataset, SliceRef
-from fewsam.embedded import EmbeddedSlice, embed_refs
+from fewsam.embedded import EmbeddedSlice, embed_refs, frame_label
 from fewsam.errors import DataError
 from fewsam.inference import FitContext, check_labelled
 from fewsam.losses import binary_dice_bce_loss, consistency_ce, dice_ce_loss
@@ -70,6 +75,8 @@ class SamMatchConfig:
     sam_lr: float = 1e-4
     sam_batch: int = 8
     sam_val_slices: int = 48  # validation slices (evenly spread) for SAM's model selection
+    sam_round_steps: int = 50  # SAM decoder steps per refresh, learning from the student (0: SAM fixed)
+    sam_unlabeled_weight: float = 0.25  # weight of the student-labelled slices in a SAM round (paper: 0.25)
 
 
 # --- pure pieces: prompts from confident predictions, pseudo-label composition, scores -------
@@ -166,16 +173,26 @@ def box_batch(samples: list[EmbeddedSlice], pairs: list[tuple[int, int]], margin
 
 
 class SamBoxTask:
-    """SAM-Match's stage 2: Dice + BCE of box-prompted masks, boxes jittered by a random margin."""
+    """Dice + BCE of box-prompted masks, boxes jittered by a random margin (stage 1).
+
+    With ``student_samples`` (slices labelled by the student) each batch adds
+    ``cfg.sam_unlabeled_weight`` x the same loss on them: the end-to-end rounds of stage 4.
+    """
 
     def __init__(self, sam: SamModel, samples: list[EmbeddedSlice], val: list[EmbeddedSlice], values: list[int],
-                 cfg: SamMatchConfig, device: str) -> None:
+                 cfg: SamMatchConfig, device: str, student_samples: list[EmbeddedSlice] | None = None) -> None:
         self.sam, self.module = sam, SamDecoder(sam)
         self.samples, self.pairs = samples, box_pairs(samples, values)
         self.val, self.val_pairs = val, box_pairs(val, values)
-        self.cfg, self.device = cfg, device
+        self.student_samples = student_samples or []
+        self.student_pairs = box_pairs(self.student_samples, values)
+        self.values, self.cfg, self.device = values, cfg, device
         if not self.pairs:
             raise DataError("the labelled slices contain no foreground; SAM cannot be fine-tuned on boxes")
+
+    def with_student(self, student_samples: list[EmbeddedSlice]) -> "SamBoxTask":
+        """The same task plus slices labelled by the student (a stage-4 round)."""
+        return SamBoxTask(self.sam, self.samples, self.val, self.values, self.cfg, self.device, student_samples)
 
     def _loss(self, samples, pairs, margins) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         emb, boxes, target = box_batch(samples, pairs, margins, self.device)
@@ -184,9 +201,17 @@ class SamBoxTask:
         return logits, target, binary_dice_bce_loss(logits, target)
 
     def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        sel = rng.choice(len(self.pairs), min(self.cfg.sam_batch, len(self.pairs)), replace=False)
+        loss = self._sampled_loss(self.samples, self.pairs, rng)
+        if not self.student_pairs:
+            return loss, {}
+        loss_student = self._sampled_loss(self.student_samples, self.student_pairs, rng)
+        total = loss + self.cfg.sam_unlabeled_weight * loss_student
+        return total, {"loss_labelled": float(loss.detach()), "loss_student": float(loss_student.detach())}
+
+    def _sampled_loss(self, samples, pairs, rng: np.random.Generator) -> torch.Tensor:
+        sel = rng.choice(len(pairs), min(self.cfg.sam_batch, len(pairs)), replace=False)
         margins = rng.uniform(0, self.cfg.box_margin, len(sel))
-        return self._loss(self.samples, [self.pairs[i] for i in sel], margins)[2], {}
+        return self._loss(samples, [pairs[i] for i in sel], margins)[2]
 
     def validate(self) -> dict[str, float]:
         """Mean 2D Dice of box-prompted masks (fixed margin) on the validation slices."""
@@ -211,21 +236,86 @@ def val_slice_refs(val_cases, n: int) -> list[SliceRef]:
 
 
 def fit_sam(ctx: FitContext, labelled: list[SliceRef], val_cases, run_dir: Path, cfg: SamMatchConfig,
-            seed: int) -> None:
+            seed: int) -> "SamRounds":
     """Fine-tune SAM's decoder on ground-truth boxes (resumable, RUN/sam/) and load the best weights."""
     samples = embed_refs(ctx.dataset, labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled")
     check_labelled(samples)
-    if cfg.sam_steps <= 0:
-        return
-    val = embed_refs(ctx.dataset, val_slice_refs(val_cases, cfg.sam_val_slices), ctx.cache, ctx.device,
-                     ctx.show_progress, "embed SAM val")
+    val = []
+    if cfg.sam_steps > 0 or cfg.sam_round_steps > 0:
+        val = embed_refs(ctx.dataset, val_slice_refs(val_cases, cfg.sam_val_slices), ctx.cache, ctx.device,
+                         ctx.show_progress, "embed SAM val")
     task = SamBoxTask(ctx.model, samples, val, ctx.values, cfg, ctx.device)
-    sam_cfg = TrainConfig(steps=cfg.sam_steps, lr=cfg.sam_lr, val_every=max(1, cfg.sam_steps // 2), seed=seed,
-                          warmup_steps=min(10, cfg.sam_steps // 10))
-    train(task, sam_cfg, run_dir, ctx.show_progress)
-    best = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
-    task.module.load_state_dict(best["module"])
+    if cfg.sam_steps > 0:
+        sam_cfg = TrainConfig(steps=cfg.sam_steps, lr=cfg.sam_lr, val_every=max(1, cfg.sam_steps // 2), seed=seed,
+                              warmup_steps=min(10, cfg.sam_steps // 10))
+        train(task, sam_cfg, run_dir, ctx.show_progress)
+        task.module.load_state_dict(_best_weights(run_dir)[0])
     task.module.eval()
+    return SamRounds(task, run_dir, seed)
+
+
+def _best_weights(folder: Path) -> tuple[dict, float]:
+    best = torch.load(folder / BEST, map_location="cpu", weights_only=True)
+    return best["module"], float(best["metrics"]["score"])
+
+
+class SamRounds:
+    """Stage 4: SAM's decoder learns from the student in short rounds, one per pseudo-label refresh.
+
+    Rounds chain: each starts from the weights kept so far (stage 1's best, or the last round that
+    did not lower SAM's validation box Dice). The chain is rebuilt from RUN/sam/round_*/ on resume,
+    so a resumed run starts every round from the very weights the uninterrupted run used.
+    """
+
+    def __init__(self, task: SamBoxTask, sam_dir: Path, seed: int) -> None:
+        self.task, self.sam_dir, self.seed = task, sam_dir, seed
+        self.stage1 = {k: v.clone() for k, v in task.module.state_dict().items()}
+        self.stage1_score = _best_weights(sam_dir)[1] if (sam_dir / BEST).exists() else -float("inf")
+
+    def _kept_before(self, step: int) -> tuple[dict, float]:
+        weights, score = self.stage1, self.stage1_score
+        for folder in sorted(self.sam_dir.glob("round_*")):
+            if int(folder.name.split("_")[1]) < step and (folder / BEST).exists():
+                round_weights, round_score = _best_weights(folder)
+                if round_score >= score:
+                    weights, score = round_weights, round_score
+        return weights, score
+
+    def run(self, step: int, student_samples: list[EmbeddedSlice]) -> None:
+        """Train round ``step`` on labelled boxes + the student's labels; keep it if val does not drop."""
+        cfg = self.task.cfg
+        if cfg.sam_round_steps <= 0 or not student_samples:
+            return
+        start, _ = self._kept_before(step)
+        self.task.module.load_state_dict(start)
+        task = self.task.with_student(student_samples)
+        if task.student_pairs:
+            round_cfg = TrainConfig(steps=cfg.sam_round_steps, lr=cfg.sam_lr, val_every=cfg.sam_round_steps,
+                                    seed=self.seed + step, warmup_steps=0)
+            with torch.random.fork_rng(devices=[]):  # the student's torch RNG stream is not disturbed
+                train(task, round_cfg, self.sam_dir / f"round_{step:07d}", show_progress=False)
+        self.task.module.load_state_dict(self._kept_before(step + 1)[0])
+        self.task.module.eval()
+
+
+def student_samples(probs: list[torch.Tensor], slices: list[EmbeddedSlice], values: list[int], threshold: float
+                    ) -> list[EmbeddedSlice]:
+    """The unlabelled slices labelled by the student's argmax, keeping only its confident classes.
+
+    A class counts where it has at least one pixel of probability >= ``threshold`` (the classes
+    that also get a prompt); the others are set to background so SAM is not taught them.
+    """
+    lut = np.asarray(values)
+    out = []
+    for p, s in zip(probs, slices):
+        conf, pred = p.max(dim=0)
+        pred = pred.numpy()
+        confident = {int(k) for k in np.unique(pred[(conf >= threshold).numpy()]) if k > 0}
+        pred = np.where(np.isin(pred, list(confident)), pred, 0)
+        if confident:
+            label = lut[pred].astype(np.uint8)
+            out.append(EmbeddedSlice(s.ref, s.embedding, s.info, frame_label(label, s.info), label, s.view))
+    return out
 
 
 # --- stage 3: pseudo-labels from the student's confident regions, refined by SAM -------------
@@ -274,10 +364,11 @@ class SamMatchTask:
 
     def __init__(self, module: nn.Module, labelled: SliceSet, unlabelled: SliceSet, student_cfg: StudentConfig,
                  cfg: SamMatchConfig, validate_fn, run_dir: Path, labeller: PseudoLabeller | None = None,
-                 device: str = "cpu", loss_fn=None) -> None:
+                 device: str = "cpu", loss_fn=None, sam_rounds: SamRounds | None = None) -> None:
         self.module, self.labelled, self.unlabelled = module, labelled, unlabelled
         self.student_cfg, self.cfg, self.validate_fn = student_cfg, cfg, validate_fn
         self.run_dir, self.labeller, self.device = run_dir, labeller, device
+        self.sam_rounds = sam_rounds  # stage 4: SAM learns from the student before each refresh
         self.loss_fn = loss_fn  # labelled loss(logits, target, refs), e.g. fairness.FairLoss; None = Dice + CE
         self.pseudo: torch.Tensor | None = None  # (N_u, S, S) uint8, IGNORE where SAM gave nothing
         self.pseudo_step: int | None = None
@@ -339,6 +430,9 @@ class SamMatchTask:
         self.module.eval()
         probs = student_probs(self.module, self.unlabelled, self.device)
         self.module.train()
+        if self.sam_rounds is not None:
+            values = self.sam_rounds.task.values
+            self.sam_rounds.run(step, student_samples(probs, self.labeller.slices, values, self.cfg.threshold))
         sam_labels, n_prompts = self.labeller.refine(probs)
         size = self.student_cfg.image_size
         identity = np.arange(256, dtype=np.int64)
@@ -381,9 +475,9 @@ def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: 
     if not unl_refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
     unlabelled = load_slices(ctx.dataset, unl_refs, student_cfg.image_size, ctx.values, keep_originals=True)
-    labeller = None
+    labeller = sam_rounds = None
     if cfg.use_sam:
-        fit_sam(ctx, labelled, val_cases, run_dir / SAM_DIR, cfg, train_cfg.seed)
+        sam_rounds = fit_sam(ctx, labelled, val_cases, run_dir / SAM_DIR, cfg, train_cfg.seed)
         slices = embed_refs(ctx.dataset, unl_refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
         labeller = PseudoLabeller(ctx.model, slices, cfg, len(ctx.values), ctx.device)
     (run_dir / PSEUDO_DIR).mkdir(parents=True, exist_ok=True)
@@ -391,5 +485,5 @@ def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: 
     module = build_unet(student_cfg, len(ctx.values)).to(ctx.device)
     validate = lambda: volume_dice_score(module, val_cases, student_cfg, ctx.values, ctx.device)  # noqa: E731
     task = SamMatchTask(module, labelled_set, unlabelled, student_cfg, cfg, validate, run_dir, labeller, ctx.device,
-                        loss_fn)
+                        loss_fn, sam_rounds)
     return train(task, train_cfg, run_dir, ctx.show_progress)
