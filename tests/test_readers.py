@@ -185,6 +185,17 @@ def test_busi_splits_leave_normal_out(busi):
     assert len(busi.split("normal")) == 50 and len(busi.split("all")) == 110
 
 
+def test_busi_labelled_budget_is_stratified(busi):
+    from fewsam.data import select_labelled, unlabelled_pool
+
+    labelled = select_labelled(busi, n_cases=30)
+    ids = [r.case_id for r in labelled]
+    assert sum(c.startswith("benign/") for c in ids) == 15 and sum(c.startswith("malignant/") for c in ids) == 15
+    assert ids[:4] == ["benign/benign (1)", "malignant/malignant (1)", "benign/benign (2)", "malignant/malignant (2)"]
+    pool = unlabelled_pool(busi, labelled)
+    assert len(pool) == 18 and not set(ids) & {r.case_id for r in pool}
+
+
 def test_busi_case_greyscale_and_merged_masks(busi):
     case = busi.load("benign/benign (25)")
     root = shared_data("busi")

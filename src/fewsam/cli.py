@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from fewsam.errors import FewsamError
 if TYPE_CHECKING:
     from fewsam.api import FitOptions
 
+_STARTED = time.perf_counter()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Label-efficient and fair Segment Anything for medical images.")
 fit_app = typer.Typer(no_args_is_help=True, help="Fit a method; writes a run folder.")
@@ -75,6 +77,16 @@ def embed(
     out.print(json.dumps(stats))
 
 
+def _report_fit(result, run: Path) -> None:
+    """The fit's outcome, with the command's wall time and peak memory (the figures a user plans by)."""
+    import resource
+
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    minutes = (time.perf_counter() - _STARTED) / 60
+    out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
+    out.print(f"wall time {minutes:.1f} min, peak memory {peak_gib:.2f} GiB")
+
+
 @fit_app.command("fewshot")
 def fit_fewshot(
     data: Path = DataOpt,
@@ -109,7 +121,7 @@ def fit_fewshot(
     result = fit_fewshot_run(opts, TrainConfig(steps=steps, lr=lr, val_every=val_every),
                              FewShotConfig(tokens_per_class=tokens_per_class, shot_dropout=shot_dropout,
                                            batch_size=batch_size, views=views))
-    out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
+    _report_fit(result, run)
 
 
 @fit_app.command("prompted")
@@ -179,7 +191,7 @@ def fit_supervised(
     opts = _fit_options(locals())
     result = fit_supervised_run(opts, steps=steps, lr=lr, val_every=val_every,
                                 student={"image_size": image_size, "batch_size": batch_size})
-    out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
+    _report_fit(result, run)
 
 
 @fit_app.command("samatch")
@@ -239,7 +251,7 @@ def fit_samatch(
                "sam_round_steps": sam_round_steps, "sam_unlabeled_weight": sam_unlabeled_weight}
     result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every,
                              student={"image_size": image_size, "batch_size": batch_size}, samatch=samatch)
-    out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
+    _report_fit(result, run)
 
 
 @app.command()

@@ -29,6 +29,8 @@ Splits: the index's ``split`` column when present (multisite: train/test, no val
 within each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
 and in "all" and "normal". Otherwise sorted case ids, every 5th to "val" (20%).
+Labelled budget (BUSI): the train images alternate benign / malignant (benign 1, malignant 1,
+benign 2, ...), so ``--labeled-images 30`` is 15 of each, not 24 benign and 6 malignant.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import csv
 import json
 import re
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -44,7 +47,7 @@ from PIL import Image
 
 from fewsam.data.attributes import parse_cell
 from fewsam.data.readers.common import Entry, IndexedDataset, Read, deterministic_split
-from fewsam.data.types import ClassMap
+from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 
 IMAGE_DIRS = ("image", "images")
@@ -92,6 +95,17 @@ class PngFolderDataset(IndexedDataset):
         super().__init__(root, self.style.class_map, entries)
         self.masks = {e.case_id: _mask_paths(root, row) for e, row in zip(entries, rows)}
         self.splits = _splits(entries, self.style)
+
+    def labelled_budget_order(self) -> list[SliceRef]:
+        """Train images in split order; BUSI's interleave the pathologies (a stratified budget)."""
+        order = super().labelled_budget_order()
+        if self.style.name != "busi":
+            return order
+        by_group: dict[str, list[SliceRef]] = {}
+        for ref in order:
+            by_group.setdefault(str(self.attributes_of(ref.case_id).get("pathology")), []).append(ref)
+        rounds = zip_longest(*by_group.values())
+        return [ref for group in rounds for ref in group if ref is not None]
 
     def _read(self, entry: Entry) -> Read:
         image = _read_image(entry.image, self.style.rgb)
