@@ -75,3 +75,44 @@ def test_same_seed_same_result(tmp_path):
 def test_lr_schedule(schedule, step, expected):
     cfg = TrainConfig(steps=40, warmup_steps=2, schedule=schedule)
     assert lr_factor(step, cfg) == pytest.approx(expected)
+
+
+def test_weight_average_known_values():
+    from fewsam.train import WeightAverage
+
+    module = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        module.weight.fill_(0.0)
+    average = WeightAverage(module, decay=0.5)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    average.update(module)  # warm-up decay min(0.5, 1/10) = 0.1: 0.1 * 0 + 0.9 * 1
+    assert average.shadow["weight"].item() == pytest.approx(0.9)
+    average.update(module)  # min(0.5, 2/11) = 2/11
+    assert average.shadow["weight"].item() == pytest.approx(0.9 * 2 / 11 + 9 / 11)
+    live = average.swapped_in(module)
+    assert module.weight.item() == pytest.approx(average.shadow["weight"].item()) and live["weight"].item() == 1.0
+
+
+def test_averaged_fit_saves_the_average_and_resumes_exactly(tmp_path):
+    cfg = TrainConfig(**{**CFG.__dict__, "ema": 0.9})
+    straight = ToyTask()
+    train(straight, cfg, tmp_path / "a", show_progress=False)
+    best = torch.load(tmp_path / "a" / BEST, weights_only=True)["module"]
+    last = torch.load(tmp_path / "a" / LAST, weights_only=False)
+    assert not torch.equal(best["weight"], last["module"]["weight"])  # BEST holds the average, not the live weights
+    assert last["average"]["updates"] == 40
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_20(step):
+        if step == 20:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(ToyTask(), cfg, tmp_path / "b", show_progress=False, on_checkpoint=kill_at_20)
+    train(ToyTask(), cfg, tmp_path / "b", show_progress=False)
+    assert (tmp_path / "a" / LOG).read_text() == (tmp_path / "b" / LOG).read_text()
+    resumed_best = torch.load(tmp_path / "b" / BEST, weights_only=True)["module"]
+    assert all(torch.equal(best[k], resumed_best[k]) for k in best)

@@ -99,6 +99,8 @@ def fit_fewshot(
     tokens_per_class: int = typer.Option(1, "--tokens-per-class", help="Prototype tokens per class."),
     shot_dropout: float = typer.Option(0.5, "--shot-dropout", help="Fraction of shots left out per step."),
     views: int = typer.Option(8, "--views", min=1, max=8, help="Dihedral views encoded per labelled slice."),
+    ema: float = typer.Option(0.0, "--ema", min=0.0, max=0.9999,
+                              help="Decay of a moving average of the weights, validated and kept (0: off)."),
     val_split: str = ValSplitOpt,
     val_every: int = typer.Option(50, "--val-every"),
     fair_attribute: Optional[str] = typer.Option(None, "--fair-attribute", help="Group column for fair scaling."),
@@ -118,7 +120,7 @@ def fit_fewshot(
     from fewsam.train import TrainConfig
 
     opts = _fit_options(locals())
-    result = fit_fewshot_run(opts, TrainConfig(steps=steps, lr=lr, val_every=val_every),
+    result = fit_fewshot_run(opts, TrainConfig(steps=steps, lr=lr, val_every=val_every, ema=ema),
                              FewShotConfig(tokens_per_class=tokens_per_class, shot_dropout=shot_dropout,
                                            batch_size=batch_size, views=views))
     _report_fit(result, run)

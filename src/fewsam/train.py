@@ -42,6 +42,40 @@ class TrainConfig:
     val_every: int = 50
     grad_clip: float = 1.0
     seed: int = 0
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and kept
+
+
+class WeightAverage:
+    """Exponential moving average of a module's floating-point state, with the usual warm-up
+    (decay min(ema, (1 + n) / (10 + n))), so early updates are not dominated by random weights.
+
+    Small-data fits are noisy step to step; the average is what gets validated and saved, which
+    makes model selection depend less on where the last batch happened to land.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    def update(self, module: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        with torch.no_grad():
+            for k, v in module.state_dict().items():
+                if k in self.shadow:
+                    self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+
+    def swapped_in(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Load the average into ``module``; returns the live weights to put back."""
+        live = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict({**live, **self.shadow})
+        return live
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates, self.shadow = state["updates"], state["shadow"]
 
 
 class TrainTask(Protocol):
@@ -104,7 +138,8 @@ def train(
     rng = seed_everything(cfg.seed)
     params = [p for p in task.module.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
-    state = _resume(run_dir, task, optimizer, rng)
+    average = WeightAverage(task.module, cfg.ema) if cfg.ema > 0 else None
+    state = _resume(run_dir, task, optimizer, rng, average)
     start = time.perf_counter()
     with progress_bar(show_progress) as bar:
         job = bar.add_task("fit", total=cfg.steps, completed=state["step"])
@@ -118,16 +153,21 @@ def train(
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update(task.module)
             _log(run_dir, {"step": step + 1, "loss": float(loss.detach()), **scalars})
             bar.update(job, advance=1, description=f"fit loss {float(loss.detach()):.3f}")
             if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
-                state = _validate_and_checkpoint(task, optimizer, rng, run_dir, state, step + 1)
+                state = _validate_and_checkpoint(task, optimizer, rng, run_dir, state, step + 1, average)
                 if on_checkpoint:
                     on_checkpoint(step + 1)
     return TrainResult(state["best_score"], state["best_step"], cfg.steps, time.perf_counter() - start)
 
 
-def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, step: int) -> dict:
+def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, step: int,
+                             average: WeightAverage | None = None) -> dict:
+    """Validate (the weight average when there is one), keep the best, write the resume checkpoint."""
+    live = average.swapped_in(task.module) if average is not None else None
     task.module.eval()
     with torch.no_grad():
         metrics = task.validate()
@@ -136,7 +176,10 @@ def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, s
     if metrics["score"] > state["best_score"]:
         state.update(best_score=metrics["score"], best_step=step)
         atomic_torch_save({"module": task.module.state_dict(), "step": step, "metrics": metrics}, run_dir / BEST)
+    if live is not None:
+        task.module.load_state_dict(live)
     checkpoint = {
+        "average": None if average is None else average.state_dict(),
         "module": task.module.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": rng.bit_generator.state,
@@ -147,7 +190,8 @@ def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, s
     return state
 
 
-def _resume(run_dir: Path, task: TrainTask, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> dict:
+def _resume(run_dir: Path, task: TrainTask, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+            average: WeightAverage | None = None) -> dict:
     """Restore the last checkpoint if there is one; the log is truncated to that step."""
     path = run_dir / LAST
     if not path.exists():
@@ -156,6 +200,8 @@ def _resume(run_dir: Path, task: TrainTask, optimizer: torch.optim.Optimizer, rn
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     task.module.load_state_dict(ckpt["module"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    if average is not None:
+        average.load_state_dict(ckpt["average"])
     rng.bit_generator.state = ckpt["rng"]
     torch.set_rng_state(ckpt["torch_rng"])
     _truncate_log(run_dir / LOG, ckpt["state"]["step"])
