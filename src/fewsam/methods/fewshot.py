@@ -40,7 +40,7 @@ from fewsam.train import BEST, TrainConfig, TrainResult, atomic_torch_save, trai
 class FewShotConfig:
     """Few-shot design choices (see README for the measured effect of each)."""
 
-    tokens_per_class: int = 1  # prototype tokens per class; >1 uses k-means over shot prototypes
+    tokens_per_class: int = 2  # prototype tokens per class; >1 uses k-means over shot prototypes
     shot_dropout: float = 0.5  # fraction of shots left out of a class token at each training step
     batch_size: int = 8
     views: int = 8  # dihedral views of each labelled slice, each encoded for real (see embedded.dihedral)
