@@ -8,13 +8,13 @@
 # Each fit may run FIT_LIMIT seconds (a fit stopped there keeps its best validated checkpoint and
 # its log says the step it reached); every run then predicts the val volumes. $OUT/results.tgz
 # holds the predictions, logs and configs: evaluate them where the original data is.
-# Usage there:  STEPS=4000 bash benchmarks/samatch_acdc_gpu.sh
+# Usage there:  STEPS=4000 bash benchmarks/samatch_acdc_gpu.sh   (PARTS="students sam fewshot": a subset)
 # Dry run here: PY=.venv/bin/python DEVICE=cpu STEPS=4 FS_STEPS=2 VAL_EVERY=2 OUT=/tmp/o \
 #               RUNS=/tmp/r CACHE=/tmp/c bash benchmarks/samatch_acdc_gpu.sh
 set -uo pipefail
 B=${BUNDLE:-.gsm3} D=${BUNDLE:-.gsm3}/acdc DEV=${DEVICE:-cuda} PY=${PY:-python3}
 STEPS=${STEPS:-4000} VAL_EVERY=${VAL_EVERY:-400} FS_STEPS=${FS_STEPS:-400} FIT_LIMIT=${FIT_LIMIT:-400}
-O=${OUT:-out} R=${RUNS:-/tmp/runs} C=${CACHE:-/tmp/cache}
+O=${OUT:-out} R=${RUNS:-/tmp/runs} C=${CACHE:-/tmp/cache} PARTS=${PARTS:-students sam fewshot}
 W=$B/w/lite_medsam_fp16.pth
 mkdir -p "$O" "$R"
 if [ "$PY" = python3 ]; then  # the GPU image: monai from the bundle, nibabel's import stubbed (h5 data)
@@ -40,20 +40,28 @@ fit() {  # name, then the fit arguments
   log "predict $name rc=$?"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$O/summary.txt" 2>/dev/null
-fit sup3 supervised $COMMON --labeled-cases 3 &
-fit sup7 supervised $COMMON --labeled-cases 7 &
-fit fm3 samatch $COMMON --labeled-cases 3 --no-sam &
-fit fm7 samatch $COMMON --labeled-cases 7 --no-sam &
-$FS embed --data $D --split train $SAM --device $DEV --quiet > "$R/embed.log" 2>&1
-$FS embed --data $D --split val $SAM --device $DEV --quiet >> "$R/embed.log" 2>&1
-log "embedded rc=$?"
-fit sm3 samatch $COMMON --labeled-cases 3 $SM $SAM &
-fit sm7 samatch $COMMON --labeled-cases 7 $SM $SAM &
-fit sm3fair samatch $COMMON --labeled-cases 3 $SM $SAM --fair-attribute group --fair-gamma 1 &
-for g in 0 0.5 1 2; do
-  fit "fs3_g$g" fewshot --data $D --device $DEV --quiet --labeled-cases 3 --steps $FS_STEPS $SAM \
-    --fair-attribute group --fair-gamma $g ${FS_ARGS:-}
-done
+if [[ $PARTS == *students* ]]; then
+  fit sup3 supervised $COMMON --labeled-cases 3 &
+  fit sup7 supervised $COMMON --labeled-cases 7 &
+  fit fm3 samatch $COMMON --labeled-cases 3 --no-sam &
+  fit fm7 samatch $COMMON --labeled-cases 7 --no-sam &
+fi
+if [[ $PARTS == *sam* || $PARTS == *fewshot* ]]; then
+  $FS embed --data $D --split train $SAM --device $DEV --quiet > "$R/embed.log" 2>&1
+  $FS embed --data $D --split val $SAM --device $DEV --quiet >> "$R/embed.log" 2>&1
+  log "embedded rc=$?"
+fi
+if [[ $PARTS == *sam* ]]; then
+  fit sm3 samatch $COMMON --labeled-cases 3 $SM $SAM &
+  fit sm7 samatch $COMMON --labeled-cases 7 $SM $SAM &
+  fit sm3fair samatch $COMMON --labeled-cases 3 $SM $SAM --fair-attribute group --fair-gamma 1 &
+fi
+if [[ $PARTS == *fewshot* ]]; then
+  for g in 0 0.5 1 2; do
+    fit "fs3_g$g" fewshot --data $D --device $DEV --quiet --labeled-cases 3 --steps $FS_STEPS $SAM \
+      --fair-attribute group --fair-gamma $g ${FS_ARGS:-}
+  done
+fi
 wait
 log "all done"
 tar czf "$O/results.tgz" -C "$R" --exclude='*.pt' --exclude='pseudo_labels' . 2>/dev/null

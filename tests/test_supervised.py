@@ -111,3 +111,25 @@ def test_validation_score_is_volume_dice(phantom, tmp_path):
             return out
 
     assert volume_dice_score(Oracle(), cases, TINY, ctx.values)["score"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["supervised", "fixmatch"])
+def test_student_baselines_never_load_sam_weights(phantom, tmp_path, monkeypatch, method):
+    """The U-Net baselines train where no SAM weights are installed (the config records none)."""
+    from fewsam import api
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("a SAM model was loaded")
+
+    monkeypatch.setattr(api, "load_model", no_weights)
+    opts = api.FitOptions(data=phantom, run=tmp_path / "run", labeled_cases=1, cache=str(tmp_path / "c"),
+                          show_progress=False)
+    student = {"image_size": 64, "channels": (8, 16, 32, 64), "batch_size": 4}
+    if method == "supervised":
+        api.fit_supervised_run(opts, steps=2, val_every=2, student=student)
+    else:
+        api.fit_samatch_run(opts, steps=2, val_every=2, student=student,
+                            samatch={"use_sam": False, "unlabeled_batch": 2, "unlabeled_limit": 4})
+    config = (tmp_path / "run" / "config.json").read_text()
+    assert '"weights_sha256": null' in config and '"model": null' in config
+    assert len(predict(tmp_path / "run", phantom, tmp_path / "pred", show_progress=False)) == 2

@@ -63,8 +63,11 @@ def _all_case_ids(dataset) -> list[str]:
     return list(seen)
 
 
-def fit_context(opts: FitOptions) -> tuple[FitContext, list[SliceRef], list[str]]:
-    """Open data, load the model and cache, pick the labelled slices and the validation cases."""
+def fit_context(opts: FitOptions, needs_sam: bool = True) -> tuple[FitContext, list[SliceRef], list[str]]:
+    """Open data, load the model and cache, pick the labelled slices and the validation cases.
+
+    ``needs_sam`` False (the U-Net students without SAM): no SAM weights are loaded, so a user
+    without them, or on a machine that lacks them, can still train the baselines."""
     if opts.labeled_cases is None and opts.labeled_slices is None:
         raise DataError("say how many labels to use: --labeled-cases N or --labeled-slices K")
     dataset = open_dataset(opts.data, opts.attributes)
@@ -72,8 +75,9 @@ def fit_context(opts: FitOptions) -> tuple[FitContext, list[SliceRef], list[str]
     if not labelled:
         raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
     val_ids = dataset.split(opts.val_split)
-    model = load_model(opts.model, opts.checkpoint, device=opts.device)
-    ctx = FitContext(dataset, model, EmbeddingCache(opts.cache, model), opts.device, opts.show_progress)
+    model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
+    cache = EmbeddingCache(opts.cache, model) if model is not None else None
+    ctx = FitContext(dataset, model, cache, opts.device, opts.show_progress)
     return ctx, labelled, val_ids
 
 
@@ -82,10 +86,10 @@ def run_config(method: str, opts: FitOptions, ctx: FitContext, labelled: list[Sl
     """What config.json records: enough to predict again and to refuse a mismatched resume."""
     return {
         "method": method,
-        "model": opts.model,
-        "checkpoint": str(opts.checkpoint) if opts.checkpoint else None,
-        "weights_sha256": ctx.model.weights_sha256,
-        "preprocess": ctx.model.preprocess_signature(),
+        "model": opts.model if ctx.model is not None else None,
+        "checkpoint": str(opts.checkpoint) if opts.checkpoint and ctx.model is not None else None,
+        "weights_sha256": ctx.model.weights_sha256 if ctx.model is not None else None,
+        "preprocess": ctx.model.preprocess_signature() if ctx.model is not None else None,
         "data": str(Path(opts.data).resolve()),
         "class_map": ctx.class_map.to_json(),
         "values": ctx.values,
@@ -147,7 +151,7 @@ def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, va
     """``fewsam fit supervised``: the U-Net on the labelled slices only (the lower bound)."""
     from fewsam.methods import student as st, supervised
 
-    ctx, labelled, val_ids = fit_context(opts)
+    ctx, labelled, val_ids = fit_context(opts, needs_sam=False)
     train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed)
     student_cfg = st.StudentConfig(**(student or {}))
     config = run_config("supervised", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg))
@@ -161,10 +165,10 @@ def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_e
     """``fewsam fit samatch`` (``use_sam=False``: the plain FixMatch baseline)."""
     from fewsam.methods import samatch as sm, student as st, supervised
 
-    ctx, labelled, val_ids = fit_context(opts)
+    sm_cfg = sm.SamMatchConfig(**(samatch or {}))
+    ctx, labelled, val_ids = fit_context(opts, needs_sam=sm_cfg.use_sam)
     train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed)
     student_cfg = st.StudentConfig(**(student or {}))
-    sm_cfg = sm.SamMatchConfig(**(samatch or {}))
     config = run_config("samatch", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg),
                         samatch=asdict(sm_cfg))
     loss_fn = fair_loss_for(opts, ctx.dataset, labelled, ignore_index=None)

@@ -35,8 +35,8 @@ class FitContext:
     """What every method's fit shares: data, model, cache, device, class map."""
 
     dataset: Dataset
-    model: SamModel
-    cache: EmbeddingCache
+    model: SamModel | None  # None for the U-Net students that need no SAM
+    cache: EmbeddingCache | None
     device: str
     show_progress: bool = True
 
