@@ -44,6 +44,21 @@ def test_confident_boxes_largest_component_margin_and_skips():
     np.testing.assert_allclose(boxes[0][1], [3, 3, 22, 17])  # x0-2, y0-2, x1+2, y1+2 (x1, y1 exclusive)
 
 
+def test_confident_boxes_argmax_region_covers_the_whole_structure():
+    """A ring confident along one arc only: the argmax region's box spans the whole ring."""
+    p = probs_with({2: (slice(10, 30), slice(10, 30), 0.9)})  # the ring's class, not confident...
+    p[:, 10:13, 10:30] = 0.0
+    p[2, 10:13, 10:30] = 0.99  # ...except along its top arc
+    (_, arc), = confident_boxes(p, INFO, threshold=0.95, margin=0)
+    (_, ring), = confident_boxes(p, INFO, threshold=0.95, margin=0, region="argmax")
+    np.testing.assert_allclose(arc, [10, 10, 30, 13])
+    np.testing.assert_allclose(ring, [10, 10, 30, 30])
+    p[2, 10:13, 10:30] = 0.9  # no confident pixel left: no prompt from either region
+    assert confident_boxes(p, INFO, 0.95, 0, region="argmax") == []
+    with pytest.raises(ValueError):
+        confident_boxes(p, INFO, 0.95, 0, region="everything")
+
+
 def test_confident_boxes_scale_to_model_frame():
     info = PreprocessInfo((40, 80), (128, 256), 256)
     p = torch.zeros(4, 40, 80)
@@ -70,6 +85,23 @@ def test_compose_pseudo_label_known_values():
     assert label_max[0, 0] == 1  # binary: sigmoid(0.1) > 1 - sigmoid(0.1)
     with pytest.raises(ValueError):
         compose_pseudo_label({}, 4)
+
+
+def test_compose_pseudo_label_smaller_mask_wins_nested_anatomy():
+    """SAM's myocardium mask is the whole disk; the LV mask inside it must stay LV."""
+    disk = torch.full((7, 7), -10.0)
+    disk[1:6, 1:6] = 10.0  # Myo (2): the disk
+    cavity = torch.full((7, 7), -10.0)
+    cavity[2:5, 2:5] = 10.0  # LV (3): inside the disk
+    label = compose_pseudo_label({2: disk, 3: cavity}, n_outputs=4, overlap="smaller")
+    expected = np.zeros((7, 7), np.uint8)
+    expected[1:6, 1:6] = 2
+    expected[2:5, 2:5] = 3
+    np.testing.assert_array_equal(label, expected)
+    tied = compose_pseudo_label({2: disk, 3: cavity}, n_outputs=4)  # argmax: saturated tie, Myo swallows LV
+    assert (tied[2:5, 2:5] == 2).all()
+    with pytest.raises(ValueError):
+        compose_pseudo_label({2: disk}, 4, overlap="union")
 
 
 def test_pooled_dice_and_ramp():

@@ -225,6 +225,10 @@ def fit_samatch(
                                                help="Weight of the student-labelled slices in SAM's rounds."),
     background: str = typer.Option("mean", "--background",
                                    help="Pseudo-label background: 1 - mean or 1 - max class probability."),
+    prompt_region: str = typer.Option("confident", "--prompt-region",
+                                      help="Prompt box around the largest 'confident' or 'argmax' component."),
+    overlap: str = typer.Option("argmax", "--overlap",
+                                help="Overlapping SAM masks: 'argmax' of probabilities or 'smaller' mask wins."),
     val_split: str = ValSplitOpt,
     val_every: int = typer.Option(200, "--val-every"),
     fair_attribute: Optional[str] = FairAttributeOpt,
@@ -245,11 +249,16 @@ def fit_samatch(
         raise FewsamError("--refresh-every must be at least 1")
     if background not in ("mean", "max"):
         raise FewsamError(f"--background must be mean or max, not {background!r}")
+    if prompt_region not in ("confident", "argmax"):
+        raise FewsamError(f"--prompt-region must be confident or argmax, not {prompt_region!r}")
+    if overlap not in ("argmax", "smaller"):
+        raise FewsamError(f"--overlap must be argmax or smaller, not {overlap!r}")
     opts = _fit_options(locals())
     samatch = {"use_sam": not no_sam, "threshold": threshold, "unlabeled_batch": unlabeled_batch,
                "unlabeled_limit": unlabeled_limit, "sam_weight": sam_weight, "warmup_steps": warmup_steps,
                "refresh_every": refresh_every, "ramp_steps": ramp_steps, "box_margin": box_margin,
                "sam_steps": sam_steps, "sam_lr": sam_lr, "background": background,
+               "prompt_region": prompt_region, "overlap": overlap,
                "sam_round_steps": sam_round_steps, "sam_unlabeled_weight": sam_unlabeled_weight}
     result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every,
                              student={"image_size": image_size, "batch_size": batch_size}, samatch=samatch)

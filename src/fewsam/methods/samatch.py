@@ -71,6 +71,8 @@ class SamMatchConfig:
     ramp_steps: int = 200  # sigmoid ramp-up of sam_weight after the first refresh
     box_margin: float = 10.0  # original pixels around each prompt box (paper: 10 ACDC, 30 BUSI)
     background: str = "mean"  # pseudo-label background: 1 - "mean" or 1 - "max" class probability
+    prompt_region: str = "confident"  # box around the largest "confident" or "argmax" component per class
+    overlap: str = "argmax"  # where SAM's class masks overlap: "argmax" of probabilities | "smaller" mask wins
     sam_steps: int = 200  # SAM decoder fine-tuning steps on ground-truth boxes (0: zero-shot SAM)
     sam_lr: float = 1e-4
     sam_batch: int = 8
@@ -81,13 +83,19 @@ class SamMatchConfig:
 
 # --- pure pieces: prompts from confident predictions, pseudo-label composition, scores -------
 
-def confident_boxes(probs: torch.Tensor, info, threshold: float, margin: float) -> list[tuple[int, np.ndarray]]:
+def confident_boxes(probs: torch.Tensor, info, threshold: float, margin: float, region: str = "confident"
+                    ) -> list[tuple[int, np.ndarray]]:
     """(Q, H, W) class probabilities of one slice -> [(class index, xyxy box in SAM's frame)].
 
-    Per foreground class: the pixels where it is the argmax with probability >= threshold, their
-    largest 8-connected component, its bounding box widened by ``margin``. Classes without a
-    confident pixel get no prompt.
+    Per foreground class with at least one pixel where it is the argmax with probability >=
+    ``threshold`` (classes without one get no prompt), the box around the largest 8-connected
+    component of ``region="confident"``: those confident pixels; ``region="argmax"``: every
+    pixel where the class is the argmax (a thin structure such as the myocardium is often
+    confident only along part of its ring, and a box around that part cuts the ring off);
+    the box is widened by ``margin``.
     """
+    if region not in ("confident", "argmax"):
+        raise ValueError(f"region must be 'confident' or 'argmax', not {region!r}")
     conf, pred = probs.max(dim=0)
     confident = (conf >= threshold).numpy()
     pred = pred.numpy()
@@ -95,19 +103,32 @@ def confident_boxes(probs: torch.Tensor, info, threshold: float, margin: float) 
     for k in range(1, probs.shape[0]):
         mask = confident & (pred == k)
         if mask.any():
-            out.append((k, box_from_mask(largest_component(mask), info, margin)))
+            source = mask if region == "confident" else pred == k
+            out.append((k, box_from_mask(largest_component(source), info, margin)))
     return out
 
 
-def compose_pseudo_label(class_logits: dict[int, torch.Tensor], n_outputs: int, background: str = "mean"
-                         ) -> np.ndarray:
+def compose_pseudo_label(class_logits: dict[int, torch.Tensor], n_outputs: int, background: str = "mean",
+                         overlap: str = "argmax") -> np.ndarray:
     """SAM's per-class mask logits {class index: (H, W)} -> (H, W) uint8 class indices.
 
-    Class probabilities are sigmoid(logit) (0 for unprompted classes); background scores
-    1 - mean (or max) of the class probabilities; the label is the argmax of the softmax.
+    ``overlap="argmax"``: class probabilities are sigmoid(logit) (0 for unprompted classes);
+    background scores 1 - mean (or max) of the class probabilities; the label is the argmax of
+    the softmax. Saturated masks tie, and the lower class index wins the tie.
+    ``overlap="smaller"``: each class keeps SAM's own mask (logit > 0); where masks overlap the
+    smaller mask wins. Nested anatomy needs this: prompted with the myocardium's box, SAM returns
+    the whole disk, and the LV cavity inside it would otherwise be labelled myocardium.
     """
     if not class_logits:
         raise ValueError("compose_pseudo_label needs at least one prompted class")
+    if overlap == "smaller":
+        masks = {k: (logit > 0).numpy() for k, logit in class_logits.items()}
+        label = np.zeros(next(iter(masks.values())).shape, dtype=np.uint8)
+        for k in sorted(masks, key=lambda k: (-int(masks[k].sum()), k)):
+            label[masks[k]] = k
+        return label
+    if overlap != "argmax":
+        raise ValueError(f"overlap must be 'argmax' or 'smaller', not {overlap!r}")
     shape = next(iter(class_logits.values())).shape
     probs = torch.zeros(n_outputs - 1, *shape)
     for k, logit in class_logits.items():
@@ -329,7 +350,7 @@ class PseudoLabeller:
 
     def refine(self, probs: list[torch.Tensor]) -> tuple[list[np.ndarray | None], list[int]]:
         """Per slice, SAM's pseudo-label (H, W) class indices, or None when no class is confident."""
-        prompts = [confident_boxes(p, s.info, self.cfg.threshold, self.cfg.box_margin)
+        prompts = [confident_boxes(p, s.info, self.cfg.threshold, self.cfg.box_margin, self.cfg.prompt_region)
                    for p, s in zip(probs, self.slices)]
         jobs = [(i, k, box) for i, ps in enumerate(prompts) for k, box in ps]
         logits: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
@@ -341,7 +362,8 @@ class PseudoLabeller:
                 out = self.sam.predict_prompted(emb, boxes=boxes)
                 for (i, k, _), lg in zip(part, out):
                     logits[i][k] = postprocess_logits(lg[None].float(), self.slices[i].info)[0, 0].cpu()
-        labels = [compose_pseudo_label(logits[i], self.n_outputs, self.cfg.background) if prompts[i] else None
+        labels = [compose_pseudo_label(logits[i], self.n_outputs, self.cfg.background, self.cfg.overlap)
+                  if prompts[i] else None
                   for i in range(len(self.slices))]
         return labels, [len(p) for p in prompts]
 
