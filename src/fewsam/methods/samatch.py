@@ -71,8 +71,8 @@ class SamMatchConfig:
     ramp_steps: int = 200  # sigmoid ramp-up of sam_weight after the first refresh
     box_margin: float = 10.0  # original pixels around each prompt box (paper: 10 ACDC, 30 BUSI)
     background: str = "mean"  # pseudo-label background: 1 - "mean" or 1 - "max" class probability
-    prompt_region: str = "confident"  # box around the largest "confident" or "argmax" component per class
-    overlap: str = "argmax"  # where SAM's class masks overlap: "argmax" of probabilities | "smaller" mask wins
+    prompt_region: str = "argmax"  # box around the largest "argmax" (or "confident") component per class
+    overlap: str = "smaller"  # where SAM's class masks overlap: the "smaller" mask wins, or the "argmax"
     sam_steps: int = 200  # SAM decoder fine-tuning steps on ground-truth boxes (0: zero-shot SAM)
     sam_lr: float = 1e-4
     sam_batch: int = 8
