@@ -12,8 +12,8 @@ from fewsam.data import select_labelled, unlabelled_pool
 from fewsam.methods import samatch
 from fewsam.data.types import SliceRef
 from fewsam.embedded import EmbeddedSlice
-from fewsam.methods.samatch import (QUALITY, SamMatchConfig, compose_pseudo_label, confident_boxes, pooled_dice,
-                                    ramp, select_unlabelled, student_samples)
+from fewsam.methods.samatch import (IGNORE, QUALITY, SamMatchConfig, compose_pseudo_label, confident_boxes,
+                                    ignore_unprompted, pooled_dice, ramp, select_unlabelled, student_samples)
 from fewsam.methods.supervised import default_train_config
 from fewsam.models.sam import PreprocessInfo
 from fewsam.predict import predict
@@ -222,3 +222,11 @@ def test_sam_rounds_keep_a_round_only_if_validation_does_not_drop(tmp_path):
     assert rounds._kept_before(8)[0]["w"].item() == 4.0
     assert rounds._kept_before(12)[0]["w"].item() == 4.0
     assert rounds._kept_before(13)[0]["w"].item() == 12.0
+
+
+def test_ignore_unprompted_keeps_sams_answers_and_hides_unasked_classes():
+    label = np.array([[0, 0, 2, 3]], np.uint8)  # SAM, prompted for 2 and 3
+    student = np.array([[0, 1, 1, 1]])  # the student's argmax: 1 (RV) was never confident -> unprompted
+    out = ignore_unprompted(label, student, prompted=[2, 3])
+    np.testing.assert_array_equal(out, [[0, IGNORE, 2, 3]])  # SAM's own masks win; true background stays
+    np.testing.assert_array_equal(ignore_unprompted(label, student, prompted=[1, 2, 3]), label)

@@ -229,6 +229,8 @@ def fit_samatch(
                                       help="Prompt box around the largest 'confident' or 'argmax' component."),
     overlap: str = typer.Option("smaller", "--overlap",
                                 help="Overlapping SAM masks: 'argmax' of probabilities or 'smaller' mask wins."),
+    unprompted: str = typer.Option("ignore", "--unprompted",
+                                   help="Pixels of classes SAM was not prompted for: 'ignore' or 'background'."),
     val_split: str = ValSplitOpt,
     val_every: int = typer.Option(200, "--val-every"),
     fair_attribute: Optional[str] = FairAttributeOpt,
@@ -253,12 +255,14 @@ def fit_samatch(
         raise FewsamError(f"--prompt-region must be confident or argmax, not {prompt_region!r}")
     if overlap not in ("argmax", "smaller"):
         raise FewsamError(f"--overlap must be argmax or smaller, not {overlap!r}")
+    if unprompted not in ("ignore", "background"):
+        raise FewsamError(f"--unprompted must be ignore or background, not {unprompted!r}")
     opts = _fit_options(locals())
     samatch = {"use_sam": not no_sam, "threshold": threshold, "unlabeled_batch": unlabeled_batch,
                "unlabeled_limit": unlabeled_limit, "sam_weight": sam_weight, "warmup_steps": warmup_steps,
                "refresh_every": refresh_every, "ramp_steps": ramp_steps, "box_margin": box_margin,
                "sam_steps": sam_steps, "sam_lr": sam_lr, "background": background,
-               "prompt_region": prompt_region, "overlap": overlap,
+               "prompt_region": prompt_region, "overlap": overlap, "unprompted": unprompted,
                "sam_round_steps": sam_round_steps, "sam_unlabeled_weight": sam_unlabeled_weight}
     result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every,
                              student={"image_size": image_size, "batch_size": batch_size}, samatch=samatch)

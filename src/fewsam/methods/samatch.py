@@ -72,6 +72,7 @@ class SamMatchConfig:
     box_margin: float = 10.0  # original pixels around each prompt box (paper: 10 ACDC, 30 BUSI)
     background: str = "mean"  # pseudo-label background: 1 - "mean" or 1 - "max" class probability
     prompt_region: str = "argmax"  # box around the largest "argmax" (or "confident") component per class
+    unprompted: str = "ignore"  # SAM-background pixels the student gives an unprompted class: "ignore" | "background"
     overlap: str = "smaller"  # where SAM's class masks overlap: the "smaller" mask wins, or the "argmax"
     sam_steps: int = 200  # SAM decoder fine-tuning steps on ground-truth boxes (0: zero-shot SAM)
     sam_lr: float = 1e-4
@@ -362,10 +363,28 @@ class PseudoLabeller:
                 out = self.sam.predict_prompted(emb, boxes=boxes)
                 for (i, k, _), lg in zip(part, out):
                     logits[i][k] = postprocess_logits(lg[None].float(), self.slices[i].info)[0, 0].cpu()
-        labels = [compose_pseudo_label(logits[i], self.n_outputs, self.cfg.background, self.cfg.overlap)
-                  if prompts[i] else None
+        labels = [self._label(logits[i], probs[i], [k for k, _ in prompts[i]]) if prompts[i] else None
                   for i in range(len(self.slices))]
         return labels, [len(p) for p in prompts]
+
+    def _label(self, logits: dict[int, torch.Tensor], probs: torch.Tensor, prompted: list[int]) -> np.ndarray:
+        label = compose_pseudo_label(logits, self.n_outputs, self.cfg.background, self.cfg.overlap)
+        if self.cfg.unprompted == "ignore":
+            label = ignore_unprompted(label, probs.argmax(dim=0).numpy(), prompted)
+        return label
+
+
+def ignore_unprompted(label: np.ndarray, student_argmax: np.ndarray, prompted: list[int]) -> np.ndarray:
+    """IGNORE where SAM says background but the student predicts a class SAM was not asked about.
+
+    SAM only answers for prompted classes; a class the student was not confident on got no prompt,
+    and labelling its pixels background would teach the student to erase it (seen on ACDC: an RV
+    that is never confident early on is pushed to background by every pseudo-label).
+    """
+    out = label.copy()
+    unasked = (student_argmax > 0) & ~np.isin(student_argmax, prompted)
+    out[(label == 0) & unasked] = IGNORE
+    return out
 
 
 def student_probs(module: nn.Module, data: SliceSet, device: str, batch_size: int = 16) -> list[torch.Tensor]:
