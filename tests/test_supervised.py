@@ -133,3 +133,15 @@ def test_student_baselines_never_load_sam_weights(phantom, tmp_path, monkeypatch
     config = (tmp_path / "run" / "config.json").read_text()
     assert '"weights_sha256": null' in config and '"model": null' in config
     assert len(predict(tmp_path / "run", phantom, tmp_path / "pred", show_progress=False)) == 2
+
+
+def test_student_optimiser_options():
+    from fewsam.errors import FewsamError
+    from fewsam.train import make_optimizer
+
+    sgd = supervised.default_train_config(10, 0.01, 5, 0)
+    assert (sgd.optimizer, sgd.ema, sgd.schedule) == ("sgd", 0.0, "poly")  # the paper's recipe by default
+    fast = supervised.default_train_config(10, 1e-3, 5, 0, optimizer="adamw", ema=0.99)
+    assert fast.ema == 0.99 and isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(1))], fast), torch.optim.AdamW)
+    with pytest.raises(FewsamError):
+        supervised.default_train_config(10, 0.01, 5, 0, optimizer="lion")

@@ -147,12 +147,13 @@ def fit_prompted_run(run: Path, prompt: str, box_margin: float, model_name: str,
 
 
 def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_every: int = 200,
-                       student: dict[str, Any] | None = None) -> TrainResult:
+                       student: dict[str, Any] | None = None, optimizer: str = "sgd",
+                       ema: float = 0.0) -> TrainResult:
     """``fewsam fit supervised``: the U-Net on the labelled slices only (the lower bound)."""
     from fewsam.methods import student as st, supervised
 
     ctx, labelled, val_ids = fit_context(opts, needs_sam=False)
-    train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed)
+    train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed, optimizer, ema)
     student_cfg = st.StudentConfig(**(student or {}))
     config = run_config("supervised", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg))
     loss_fn = fair_loss_for(opts, ctx.dataset, labelled, ignore_index=None)
@@ -161,13 +162,14 @@ def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, va
 
 
 def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_every: int = 200,
-                    student: dict[str, Any] | None = None, samatch: dict[str, Any] | None = None) -> TrainResult:
+                    student: dict[str, Any] | None = None, samatch: dict[str, Any] | None = None,
+                    optimizer: str = "sgd", ema: float = 0.0) -> TrainResult:
     """``fewsam fit samatch`` (``use_sam=False``: the plain FixMatch baseline)."""
     from fewsam.methods import samatch as sm, student as st, supervised
 
     sm_cfg = sm.SamMatchConfig(**(samatch or {}))
     ctx, labelled, val_ids = fit_context(opts, needs_sam=sm_cfg.use_sam)
-    train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed)
+    train_cfg = supervised.default_train_config(steps, lr, val_every, opts.seed, optimizer, ema)
     student_cfg = st.StudentConfig(**(student or {}))
     config = run_config("samatch", opts, ctx, labelled, train=asdict(train_cfg), student=asdict(student_cfg),
                         samatch=asdict(sm_cfg))

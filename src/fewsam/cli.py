@@ -163,6 +163,10 @@ FairAttributeOpt = typer.Option(None, "--fair-attribute", help="Group column for
 FairGammaOpt = typer.Option(1.0, "--fair-gamma", help="Fair scaling gamma (0 = unscaled loss).")
 FairBinsOpt = typer.Option(None, "--bins", help="Bins of a continuous fair attribute, e.g. bmi:25,30.")
 AttributesOpt = typer.Option(None, "--attributes", help="CSV of group attributes by case/patient id.")
+StudentOptimizerOpt = typer.Option("sgd", "--optimizer",
+                                   help="Student optimiser: sgd (the paper's, lr 0.01) or adamw (try lr 1e-3).")
+StudentEmaOpt = typer.Option(0.0, "--ema", min=0.0, max=0.9999,
+                             help="Decay of a moving average of the student's weights (0: off).")
 
 
 @fit_app.command("supervised")
@@ -173,7 +177,9 @@ def fit_supervised(
     labeled_slices: Optional[int] = LabeledSlicesOpt,
     labeled_images: Optional[int] = LabeledImagesOpt,
     steps: int = typer.Option(2000, help="Training steps (batches)."),
-    lr: float = typer.Option(0.01, help="SGD learning rate (poly decay)."),
+    lr: float = typer.Option(0.01, help="Learning rate (poly decay)."),
+    optimizer: str = StudentOptimizerOpt,
+    ema: float = StudentEmaOpt,
     batch_size: int = typer.Option(8, "--batch-size"),
     image_size: int = ImageSizeOpt,
     val_split: str = ValSplitOpt,
@@ -191,7 +197,7 @@ def fit_supervised(
     from fewsam.api import fit_supervised_run
 
     opts = _fit_options(locals())
-    result = fit_supervised_run(opts, steps=steps, lr=lr, val_every=val_every,
+    result = fit_supervised_run(opts, steps=steps, lr=lr, val_every=val_every, optimizer=optimizer, ema=ema,
                                 student={"image_size": image_size, "batch_size": batch_size})
     _report_fit(result, run)
 
@@ -207,7 +213,9 @@ def fit_samatch(
     unlabeled_limit: Optional[int] = typer.Option(None, "--unlabeled-limit",
                                                   help="Seeded subset of the unlabelled pool (SAM encodes each once)."),
     steps: int = typer.Option(2000, help="Student training steps."),
-    lr: float = typer.Option(0.01, help="Student SGD learning rate (poly decay)."),
+    lr: float = typer.Option(0.01, help="Student learning rate (poly decay)."),
+    optimizer: str = StudentOptimizerOpt,
+    ema: float = StudentEmaOpt,
     batch_size: int = typer.Option(8, "--batch-size", help="Labelled slices per step."),
     unlabeled_batch: int = typer.Option(8, "--unlabeled-batch", help="Unlabelled slices per step."),
     image_size: int = ImageSizeOpt,
@@ -264,7 +272,7 @@ def fit_samatch(
                "sam_steps": sam_steps, "sam_lr": sam_lr, "background": background,
                "prompt_region": prompt_region, "overlap": overlap, "unprompted": unprompted,
                "sam_round_steps": sam_round_steps, "sam_unlabeled_weight": sam_unlabeled_weight}
-    result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every,
+    result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every, optimizer=optimizer, ema=ema,
                              student={"image_size": image_size, "batch_size": batch_size}, samatch=samatch)
     _report_fit(result, run)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fewsam.data.types import SliceRef
-from fewsam.errors import DataError
+from fewsam.errors import DataError, FewsamError
 from fewsam.inference import FitContext
 from fewsam.losses import dice_ce_loss
 from fewsam.methods.student import (SliceSet, StudentConfig, augment_labelled, build_unet, load_slices,
@@ -21,10 +21,16 @@ from fewsam.methods.student import (SliceSet, StudentConfig, augment_labelled, b
 from fewsam.train import TrainConfig, TrainResult, train
 
 
-def default_train_config(steps: int, lr: float, val_every: int, seed: int) -> TrainConfig:
-    """UniMatch / SAM-Match's student optimiser: SGD momentum 0.9, wd 1e-4, poly(0.9) decay."""
-    return TrainConfig(steps=steps, lr=lr, optimizer="sgd", momentum=0.9, weight_decay=1e-4,
-                       schedule="poly", warmup_steps=0, val_every=val_every, grad_clip=0.0, seed=seed)
+def default_train_config(steps: int, lr: float, val_every: int, seed: int, optimizer: str = "sgd",
+                         ema: float = 0.0) -> TrainConfig:
+    """UniMatch / SAM-Match's student optimiser: SGD momentum 0.9, wd 1e-4, poly(0.9) decay.
+
+    ``optimizer="adamw"`` (with a smaller lr, e.g. 1e-3) and ``ema`` (a moving average of the
+    weights is validated and kept) are for short schedules, where SGD 0.01 has barely started."""
+    if optimizer not in ("sgd", "adamw"):
+        raise FewsamError(f"--optimizer must be sgd or adamw, not {optimizer!r}")
+    return TrainConfig(steps=steps, lr=lr, optimizer=optimizer, momentum=0.9, weight_decay=1e-4,
+                       schedule="poly", warmup_steps=0, val_every=val_every, grad_clip=0.0, seed=seed, ema=ema)
 
 
 def load_labelled(ctx: FitContext, labelled: list[SliceRef], cfg: StudentConfig) -> SliceSet:
