@@ -25,7 +25,9 @@ from fewsam.models.registry import load_model
 from fewsam.runs import read_config
 
 
-def main(run: Path, device: str) -> None:
+def load_pool(run: Path, device: str):
+    """A finished run's unlabelled pool: (SamMatchConfig, slices with originals, best student's
+    probabilities, SAM with the stage-1 decoder, embedded slices, label values)."""
     config = read_config(run)
     cfg, scfg = SamMatchConfig(**config["samatch"]), StudentConfig(**config["student"])
     dataset = open_dataset(config["data"])
@@ -38,13 +40,18 @@ def main(run: Path, device: str) -> None:
     student.to(device).eval()
     probs = student_probs(student, data, device)
     sam = load_model(config["model"], config.get("checkpoint"), device=device)
-    rounds = sorted((run / SAM_DIR).glob("round_*"))
     sam_state = torch.load(run / SAM_DIR / BEST, map_location="cpu", weights_only=True)["module"]
     sam.prompt_encoder.load_state_dict({k[len("prompt_encoder."):]: v for k, v in sam_state.items()
                                         if k.startswith("prompt_encoder.")})
     sam.mask_decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in sam_state.items()
                                       if k.startswith("mask_decoder.")})
     slices = embed_refs(dataset, refs, EmbeddingCache(config["cache"], sam), device, True, "embed unlabelled")
+    return cfg, data, probs, sam, slices, values
+
+
+def main(run: Path, device: str) -> None:
+    cfg, data, probs, sam, slices, values = load_pool(run, device)
+    rounds = sorted((run / SAM_DIR).glob("round_*"))
     n_out = len(values)
     student_labels = [p.argmax(dim=0).numpy() for p in probs]
     rows = []

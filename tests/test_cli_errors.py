@@ -119,3 +119,12 @@ def test_sam_checkpoint_by_path_loads_through_the_cli(tmp_path):
                    "--out", str(tmp_path / "run2"), cwd=tmp_path)
     assert_one_line_error(wrong, "sam_vit_l")
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("option, value, pattern", [("--prompt-clicks", "many", "--prompt-clicks must be"),
+                                                    ("--overlap", "union", "--overlap must be")])
+def test_samatch_rule_options_are_checked_before_any_work(tiny_acdc, tmp_path, option, value, pattern):
+    result = fewsam("fit", "samatch", "--data", str(tiny_acdc), "--out", str(tmp_path / "run"), "--labeled-cases", "1",
+                    "--cache", str(tmp_path / "c"), "--quiet", option, value, cwd=tmp_path)
+    assert_one_line_error(result, pattern)
+    assert not (tmp_path / "run").exists()

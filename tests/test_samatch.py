@@ -2,7 +2,7 @@
 without SAM on the phantom, resume to identical weights, and `fewsam predict` on the run."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -230,3 +230,69 @@ def test_ignore_unprompted_keeps_sams_answers_and_hides_unasked_classes():
     out = ignore_unprompted(label, student, prompted=[2, 3])
     np.testing.assert_array_equal(out, [[0, IGNORE, 2, 3]])  # SAM's own masks win; true background stays
     np.testing.assert_array_equal(ignore_unprompted(label, student, prompted=[1, 2, 3]), label)
+
+
+class RecordingSam:
+    """Stands in for SAM in the labeller: records the prompts, answers empty masks."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, torch.Tensor]] = []
+
+    def predict_prompted(self, emb, **prompts):
+        self.calls.append(prompts)
+        return torch.full((emb.shape[0], 1, 10, 10), -1.0)
+
+
+def nested_probs() -> torch.Tensor:
+    """A disk (class 3, LV) inside a ring (class 2, Myo), both confident."""
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    pred = np.where(r <= 6, 3, np.where(r <= 10, 2, 0))
+    return torch.from_numpy(np.eye(4)[pred].transpose(2, 0, 1) * 0.97 + 0.01).float()
+
+
+@pytest.mark.parametrize("clicks", ["none", "positive", "contrast"])
+def test_labeller_prompts_box_and_clicks(clicks):
+    sam = RecordingSam()
+    slices = [EmbeddedSlice(SliceRef("c", 0), np.zeros((1, 1, 1), np.float16), INFO, None, None)]
+    cfg = SamMatchConfig(prompt_clicks=clicks, box_margin=2)
+    labels, n_prompts = samatch.PseudoLabeller(sam, slices, cfg, n_outputs=4).refine([nested_probs()])
+    assert n_prompts == [2] and labels[0] is not None
+    prompts, = sam.calls
+    np.testing.assert_allclose(prompts["boxes"].numpy(), [[8, 8, 33, 33], [12, 12, 29, 29]])  # Myo, LV + 2 px
+    if clicks == "none":
+        assert "points" not in prompts
+        return
+    points, labels = prompts["points"].numpy(), prompts["point_labels"].numpy()
+    myo_point, lv_point = points[:, 0]
+    np.testing.assert_allclose(lv_point, [20.5, 20.5])  # the disk's centre
+    assert 6 < np.hypot(*(myo_point - 20.5)) <= 11  # on the ring, not in the cavity it surrounds
+    if clicks == "positive":
+        np.testing.assert_array_equal(labels, [[1], [1]])
+        return
+    np.testing.assert_array_equal(labels, [[1, 0], [1, 0]])  # each structure's click is the other's negative
+    np.testing.assert_allclose(points[0, 1], lv_point)
+    np.testing.assert_allclose(points[1, 1], myo_point)
+
+
+def test_box_batch_clicks_sit_inside_each_class_and_pad():
+    label = np.zeros((40, 40), np.uint8)
+    label[10:15, 4:9] = 10  # odd squares: one deepest pixel each
+    label[25:36, 22:33] = 20
+    sample = EmbeddedSlice(SliceRef("c", 0), np.zeros((256, 64, 64), np.float16), INFO, label, label)
+    only_10 = EmbeddedSlice(SliceRef("c", 1), sample.embedding, INFO, label * (label == 10), label * (label == 10))
+    _, prompts, target = samatch.box_batch([sample, only_10], [(0, 10), (0, 20), (1, 10)], np.zeros(3), "cpu",
+                                           clicks="contrast")
+    np.testing.assert_allclose(prompts["boxes"].numpy(), [[4, 10, 9, 15], [22, 25, 33, 36], [4, 10, 9, 15]])
+    first, second = [6.5, 12.5], [27.5, 30.5]  # the deepest pixels of value 10 and value 20
+    np.testing.assert_allclose(prompts["points"].numpy()[:2], [[first, second], [second, first]])
+    np.testing.assert_array_equal(prompts["point_labels"].numpy(), [[1, 0], [1, 0], [1, -1]])  # -1: SAM's padding
+    assert target.shape == (3, 1, 40, 40) and target[1, 0, 30, 27] == 1
+    _, box_only, _ = samatch.box_batch([sample], [(0, 10)], np.zeros(1), "cpu")
+    assert set(box_only) == {"boxes"}
+
+
+def test_samatch_with_contrast_clicks_runs_end_to_end(phantom, tmp_path):  # noqa: F811
+    run_dir, _, _ = fit_run(phantom, tmp_path, tmp_path / "p", replace(SAM_CFG, prompt_clicks="contrast"), steps=8)
+    quality = json.loads((run_dir / QUALITY).read_text())
+    assert [r["step"] for r in quality] == [4] and quality[0]["refined_slices"] > 0

@@ -239,6 +239,9 @@ def fit_samatch(
                                 help="Overlapping SAM masks: 'argmax' of probabilities or 'smaller' mask wins."),
     unprompted: str = typer.Option("ignore", "--unprompted",
                                    help="Pixels of classes SAM was not prompted for: 'ignore' or 'background'."),
+    prompt_clicks: str = typer.Option("none", "--prompt-clicks",
+                                      help="Clicks besides each box: none, positive (the region's deepest pixel) "
+                                           "or contrast (+ negatives on the other structures; nested anatomy)."),
     val_split: str = ValSplitOpt,
     val_every: int = typer.Option(200, "--val-every"),
     fair_attribute: Optional[str] = FairAttributeOpt,
@@ -263,6 +266,8 @@ def fit_samatch(
         raise FewsamError(f"--prompt-region must be confident or argmax, not {prompt_region!r}")
     if overlap not in ("argmax", "smaller"):
         raise FewsamError(f"--overlap must be argmax or smaller, not {overlap!r}")
+    if prompt_clicks not in ("none", "positive", "contrast"):
+        raise FewsamError(f"--prompt-clicks must be none, positive or contrast, not {prompt_clicks!r}")
     if unprompted not in ("ignore", "background"):
         raise FewsamError(f"--unprompted must be ignore or background, not {unprompted!r}")
     opts = _fit_options(locals())
@@ -271,7 +276,8 @@ def fit_samatch(
                "refresh_every": refresh_every, "ramp_steps": ramp_steps, "box_margin": box_margin,
                "sam_steps": sam_steps, "sam_lr": sam_lr, "background": background,
                "prompt_region": prompt_region, "overlap": overlap, "unprompted": unprompted,
-               "sam_round_steps": sam_round_steps, "sam_unlabeled_weight": sam_unlabeled_weight}
+               "prompt_clicks": prompt_clicks, "sam_round_steps": sam_round_steps,
+               "sam_unlabeled_weight": sam_unlabeled_weight}
     result = fit_samatch_run(opts, steps=steps, lr=lr, val_every=val_every, optimizer=optimizer, ema=ema,
                              student={"image_size": image_size, "batch_size": batch_size}, samatch=samatch)
     _report_fit(result, run)

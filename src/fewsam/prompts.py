@@ -69,6 +69,36 @@ def point_from_mask(mask: np.ndarray, info: PreprocessInfo) -> np.ndarray | None
     return np.array([(x + 0.5) * sx, (y + 0.5) * sy], dtype=np.float32)
 
 
+def click_prompts(own: np.ndarray, others: list[np.ndarray], info: PreprocessInfo, mode: str = "positive"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Clicks for one structure: (N, 2) points (S-pixel frame) and (N,) labels (1 positive, 0 negative).
+
+    ``mode="positive"``: one positive click at the deepest pixel of ``own``. ``mode="contrast"``:
+    also a negative click at the deepest pixel of each of ``others`` (the slice's other
+    structures). A class-agnostic SAM cannot tell nested structures apart from a box alone (the
+    LV cavity's box with a margin is the myocardium's box); the clicks say which one is meant.
+    """
+    if mode not in ("positive", "contrast"):
+        raise ValueError(f"click mode must be 'positive' or 'contrast', not {mode!r}")
+    points = [point_from_mask(own, info)]
+    if mode == "contrast":
+        points += [point_from_mask(m, info) for m in others if m.any()]
+    labels = np.zeros(len(points), dtype=np.float32)
+    labels[0] = 1
+    return np.stack(points), labels
+
+
+def stack_clicks(clicks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of ``click_prompts``: (B, N, 2) points and (B, N) labels, shorter lists padded
+    with SAM's not-a-point (label -1, which the prompt encoder ignores)."""
+    n = max(len(labels) for _, labels in clicks)
+    points = np.zeros((len(clicks), n, 2), dtype=np.float32)
+    labels = -np.ones((len(clicks), n), dtype=np.float32)
+    for b, (pts, lab) in enumerate(clicks):
+        points[b, : len(lab)], labels[b, : len(lab)] = pts, lab
+    return torch.from_numpy(points), torch.from_numpy(labels)
+
+
 def region_weights(label_frame: np.ndarray, values: list[int], grid: int = 64) -> np.ndarray:
     """(len(values), grid, grid) fraction of each grid cell covered by each label value.
 

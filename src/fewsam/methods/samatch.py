@@ -47,7 +47,7 @@ from fewsam.methods.student import (IGNORE, SliceSet, StudentConfig, augment_lab
                                     warp, warp_labels)
 from fewsam.methods.supervised import load_labelled, load_val_cases
 from fewsam.models.sam import SamModel, postprocess_logits
-from fewsam.prompts import box_from_mask, largest_component
+from fewsam.prompts import box_from_mask, click_prompts, largest_component, stack_clicks
 from fewsam.runs import write_json
 from fewsam.train import BEST, TrainConfig, TrainResult, atomic_torch_save, train
 
@@ -74,6 +74,8 @@ class SamMatchConfig:
     prompt_region: str = "argmax"  # box around the largest "argmax" (or "confident") component per class
     unprompted: str = "ignore"  # SAM-background pixels the student gives an unprompted class: "ignore" | "background"
     overlap: str = "smaller"  # where SAM's class masks overlap: the "smaller" mask wins, or the "argmax"
+    prompt_clicks: str = "none"  # clicks besides each box: "none", "positive" (the region's deepest pixel), or
+    # "contrast" (also negatives at the slice's other structures: tells nested anatomy apart)
     sam_steps: int = 200  # SAM decoder fine-tuning steps on ground-truth boxes (0: zero-shot SAM)
     sam_lr: float = 1e-4
     sam_batch: int = 8
@@ -84,16 +86,14 @@ class SamMatchConfig:
 
 # --- pure pieces: prompts from confident predictions, pseudo-label composition, scores -------
 
-def confident_boxes(probs: torch.Tensor, info, threshold: float, margin: float, region: str = "confident"
-                    ) -> list[tuple[int, np.ndarray]]:
-    """(Q, H, W) class probabilities of one slice -> [(class index, xyxy box in SAM's frame)].
+def prompt_regions(probs: torch.Tensor, threshold: float, region: str = "confident") -> list[tuple[int, np.ndarray]]:
+    """(Q, H, W) class probabilities of one slice -> [(class index, (H, W) bool prompt region)].
 
     Per foreground class with at least one pixel where it is the argmax with probability >=
-    ``threshold`` (classes without one get no prompt), the box around the largest 8-connected
-    component of ``region="confident"``: those confident pixels; ``region="argmax"``: every
-    pixel where the class is the argmax (a thin structure such as the myocardium is often
-    confident only along part of its ring, and a box around that part cuts the ring off);
-    the box is widened by ``margin``.
+    ``threshold`` (classes without one get no prompt), the largest 8-connected component of
+    ``region="confident"``: those confident pixels; ``region="argmax"``: every pixel where the
+    class is the argmax (a thin structure such as the myocardium is often confident only along
+    part of its ring, and a box around that part cuts the ring off).
     """
     if region not in ("confident", "argmax"):
         raise ValueError(f"region must be 'confident' or 'argmax', not {region!r}")
@@ -104,9 +104,15 @@ def confident_boxes(probs: torch.Tensor, info, threshold: float, margin: float, 
     for k in range(1, probs.shape[0]):
         mask = confident & (pred == k)
         if mask.any():
-            source = mask if region == "confident" else pred == k
-            out.append((k, box_from_mask(largest_component(source), info, margin)))
+            out.append((k, largest_component(mask if region == "confident" else pred == k)))
     return out
+
+
+def confident_boxes(probs: torch.Tensor, info, threshold: float, margin: float, region: str = "confident"
+                    ) -> list[tuple[int, np.ndarray]]:
+    """[(class index, xyxy box in SAM's frame)]: the box around each ``prompt_regions`` region,
+    widened by ``margin`` original pixels."""
+    return [(k, box_from_mask(mask, info, margin)) for k, mask in prompt_regions(probs, threshold, region)]
 
 
 def compose_pseudo_label(class_logits: dict[int, torch.Tensor], n_outputs: int, background: str = "mean",
@@ -185,13 +191,20 @@ def box_pairs(samples: list[EmbeddedSlice], values: list[int]) -> list[tuple[int
     return [(i, v) for i, s in enumerate(samples) for v in values[1:] if (s.label == v).any()]
 
 
-def box_batch(samples: list[EmbeddedSlice], pairs: list[tuple[int, int]], margins: np.ndarray, device: str
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Embeddings (B,256,64,64), boxes (B,4) and binary targets (B,1,S,S) in SAM's frame."""
+def box_batch(samples: list[EmbeddedSlice], pairs: list[tuple[int, int]], margins: np.ndarray, device: str,
+              clicks: str = "none") -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Embeddings (B,256,64,64), prompts {"boxes": (B,4)[, "points", "point_labels"]} and binary
+    targets (B,1,S,S) in SAM's frame; ``clicks`` as ``SamMatchConfig.prompt_clicks``."""
     emb = torch.stack([samples[i].embedding_tensor() for i, _ in pairs]).to(device)
     boxes = np.stack([box_from_mask(samples[i].label == v, samples[i].info, m) for (i, v), m in zip(pairs, margins)])
+    prompts = {"boxes": torch.from_numpy(boxes).to(device)}
+    if clicks != "none":
+        others = [[samples[i].label == u for u in np.unique(samples[i].label) if u not in (0, v)] for i, v in pairs]
+        points, labels = stack_clicks([click_prompts(samples[i].label == v, rest, samples[i].info, clicks)
+                                       for (i, v), rest in zip(pairs, others)])
+        prompts |= {"points": points.to(device), "point_labels": labels.to(device)}
     target = torch.stack([torch.from_numpy(samples[i].label_frame == v) for i, v in pairs])[:, None].float()
-    return emb, torch.from_numpy(boxes).to(device), target.to(device)
+    return emb, prompts, target.to(device)
 
 
 class SamBoxTask:
@@ -217,8 +230,8 @@ class SamBoxTask:
         return SamBoxTask(self.sam, self.samples, self.val, self.values, self.cfg, self.device, student_samples)
 
     def _loss(self, samples, pairs, margins) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        emb, boxes, target = box_batch(samples, pairs, margins, self.device)
-        logits = self.sam.predict_prompted(emb, boxes=boxes)
+        emb, prompts, target = box_batch(samples, pairs, margins, self.device, self.cfg.prompt_clicks)
+        logits = self.sam.predict_prompted(emb, **prompts)
         target = F.interpolate(target, size=logits.shape[-2:], mode="nearest")
         return logits, target, binary_dice_bce_loss(logits, target)
 
@@ -351,21 +364,34 @@ class PseudoLabeller:
 
     def refine(self, probs: list[torch.Tensor]) -> tuple[list[np.ndarray | None], list[int]]:
         """Per slice, SAM's pseudo-label (H, W) class indices, or None when no class is confident."""
-        prompts = [confident_boxes(p, s.info, self.cfg.threshold, self.cfg.box_margin, self.cfg.prompt_region)
-                   for p, s in zip(probs, self.slices)]
-        jobs = [(i, k, box) for i, ps in enumerate(prompts) for k, box in ps]
+        regions = [prompt_regions(p, self.cfg.threshold, self.cfg.prompt_region) for p in probs]
+        jobs = [(i, k, mask) for i, rs in enumerate(regions) for k, mask in rs]
         logits: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
         with torch.no_grad():
             for start in range(0, len(jobs), 16):
                 part = jobs[start:start + 16]
                 emb = torch.stack([self.slices[i].embedding_tensor() for i, _, _ in part]).to(self.device)
-                boxes = torch.from_numpy(np.stack([b for _, _, b in part])).to(self.device)
-                out = self.sam.predict_prompted(emb, boxes=boxes)
+                out = self.sam.predict_prompted(emb, **self._prompts(part, regions))
                 for (i, k, _), lg in zip(part, out):
                     logits[i][k] = postprocess_logits(lg[None].float(), self.slices[i].info)[0, 0].cpu()
-        labels = [self._label(logits[i], probs[i], [k for k, _ in prompts[i]]) if prompts[i] else None
+        prompts = [[k for k, _ in rs] for rs in regions]
+        labels = [self._label(logits[i], probs[i], prompts[i]) if prompts[i] else None
                   for i in range(len(self.slices))]
         return labels, [len(p) for p in prompts]
+
+    def _prompts(self, jobs: list[tuple[int, int, np.ndarray]], regions: list[list[tuple[int, np.ndarray]]]
+                 ) -> dict[str, torch.Tensor]:
+        """SAM's prompts for [(slice, class, region)]: the region's box (+ margin), and the
+        ``prompt_clicks`` (negatives at the slice's other prompted regions)."""
+        infos = [self.slices[i].info for i, _, _ in jobs]
+        boxes = np.stack([box_from_mask(m, info, self.cfg.box_margin) for (_, _, m), info in zip(jobs, infos)])
+        prompts = {"boxes": torch.from_numpy(boxes).to(self.device)}
+        if self.cfg.prompt_clicks != "none":
+            points, labels = stack_clicks([click_prompts(m, [o for j, o in regions[i] if j != k], info,
+                                                         self.cfg.prompt_clicks)
+                                           for (i, k, m), info in zip(jobs, infos)])
+            prompts |= {"points": points.to(self.device), "point_labels": labels.to(self.device)}
+        return prompts
 
     def _label(self, logits: dict[int, torch.Tensor], probs: torch.Tensor, prompted: list[int]) -> np.ndarray:
         label = compose_pseudo_label(logits, self.n_outputs, self.cfg.background, self.cfg.overlap)
