@@ -9,6 +9,7 @@
 # its log says the step it reached); every run then predicts the val volumes. $OUT/results.tgz
 # holds the predictions, logs and configs: evaluate them where the original data is.
 # Usage there:  STEPS=4000 bash benchmarks/samatch_acdc_gpu.sh   (PARTS="students sam fewshot": a subset)
+# RECIPE: extra student options; the session-3 GPU numbers used the then-default RECIPE="--optimizer sgd".
 # Dry run here: PY=.venv/bin/python DEVICE=cpu STEPS=4 FS_STEPS=2 VAL_EVERY=2 OUT=/tmp/o \
 #               RUNS=/tmp/r CACHE=/tmp/c bash benchmarks/samatch_acdc_gpu.sh
 set -uo pipefail
@@ -26,7 +27,7 @@ export PYTHONUNBUFFERED=1 FEWSAM_NO_REEXEC=1 OMP_NUM_THREADS=2
 T0=$(date +%s)
 FS="$PY -m fewsam"
 SAM="--model litemedsam --checkpoint $W --cache $C"
-COMMON="--data $D --device $DEV --quiet --val-every $VAL_EVERY --steps $STEPS"
+COMMON="--data $D --device $DEV --quiet --val-every $VAL_EVERY --steps $STEPS ${RECIPE:-}"
 SM="--warmup-steps $((STEPS / 5)) --refresh-every $((STEPS / 5)) --ramp-steps $((STEPS / 10))"
 SM="$SM --sam-steps $((STEPS / 10)) --sam-round-steps $((STEPS / 40))"
 log() { echo "$(( $(date +%s) - T0 ))s $*" | tee -a "$O/summary.txt"; }

@@ -126,7 +126,7 @@ def test_unlabelled_subset_is_seeded_and_ordered(phantom):  # noqa: F811
 def fit_run(data, tmp_path, run, cfg: SamMatchConfig, steps=12, kill_at=None):
     ctx = context(data, tmp_path)  # a fresh process: SAM's decoder starts from the checkpoint again
     labelled = select_labelled(ctx.dataset, n_cases=1)
-    train_cfg = default_train_config(steps=steps, lr=0.05, val_every=4, seed=0)
+    train_cfg = default_train_config(steps=steps, lr=0.05, val_every=4, seed=0, optimizer="sgd")
     config = {"method": "samatch", "model": "tinysam", "class_map": ctx.class_map.to_json(),
               "values": ctx.values, "student": asdict(TINY), "samatch": asdict(cfg)}
     run_dir, _ = prepare_run_dir(run, config)

@@ -86,7 +86,7 @@ def test_supervised_learns_on_phantom_and_predicts(phantom, tmp_path):
     ctx = context(phantom, tmp_path)
     labelled = select_labelled(ctx.dataset, n_cases=2)
     val_ids = ctx.dataset.split("val")
-    train_cfg = supervised.default_train_config(steps=60, lr=0.1, val_every=30, seed=0)
+    train_cfg = supervised.default_train_config(steps=60, lr=0.1, val_every=30, seed=0, optimizer="sgd")
     run_dir, _ = prepare_run_dir(tmp_path / "run", {"method": "supervised", "model": "tinysam",
                                                     "class_map": ctx.class_map.to_json(), "values": ctx.values,
                                                     "student": TINY.__dict__})
@@ -139,9 +139,12 @@ def test_student_optimiser_options():
     from fewsam.errors import FewsamError
     from fewsam.train import make_optimizer
 
-    sgd = supervised.default_train_config(10, 0.01, 5, 0)
-    assert (sgd.optimizer, sgd.ema, sgd.schedule) == ("sgd", 0.0, "poly")  # the paper's recipe by default
-    fast = supervised.default_train_config(10, 1e-3, 5, 0, optimizer="adamw", ema=0.99)
-    assert fast.ema == 0.99 and isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(1))], fast), torch.optim.AdamW)
+    fast = supervised.default_train_config(10, None, 5, 0)  # the default: AdamW 1e-3 + weight average 0.99
+    assert (fast.optimizer, fast.lr, fast.ema, fast.schedule) == ("adamw", 1e-3, 0.99, "poly")
+    assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(1))], fast), torch.optim.AdamW)
+    sgd = supervised.default_train_config(10, None, 5, 0, optimizer="sgd")  # the paper's recipe, whole
+    assert (sgd.optimizer, sgd.lr, sgd.ema, sgd.momentum) == ("sgd", 0.01, 0.0, 0.9)
+    mixed = supervised.default_train_config(10, 0.05, 5, 0, optimizer="sgd", ema=0.9)  # given values win
+    assert (mixed.lr, mixed.ema) == (0.05, 0.9)
     with pytest.raises(FewsamError):
         supervised.default_train_config(10, 0.01, 5, 0, optimizer="lion")

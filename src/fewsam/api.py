@@ -146,9 +146,9 @@ def fit_prompted_run(run: Path, prompt: str, box_margin: float, model_name: str,
     return run_dir
 
 
-def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_every: int = 200,
-                       student: dict[str, Any] | None = None, optimizer: str = "sgd",
-                       ema: float = 0.0) -> TrainResult:
+def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float | None = None, val_every: int = 200,
+                       student: dict[str, Any] | None = None, optimizer: str = "adamw",
+                       ema: float | None = None) -> TrainResult:
     """``fewsam fit supervised``: the U-Net on the labelled slices only (the lower bound)."""
     from fewsam.methods import student as st, supervised
 
@@ -161,9 +161,9 @@ def fit_supervised_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, va
         ctx, labelled, val_ids, run_dir, train_cfg, student_cfg, loss_fn=loss_fn))
 
 
-def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float = 0.01, val_every: int = 200,
+def fit_samatch_run(opts: FitOptions, steps: int = 2000, lr: float | None = None, val_every: int = 200,
                     student: dict[str, Any] | None = None, samatch: dict[str, Any] | None = None,
-                    optimizer: str = "sgd", ema: float = 0.0) -> TrainResult:
+                    optimizer: str = "adamw", ema: float | None = None) -> TrainResult:
     """``fewsam fit samatch`` (``use_sam=False``: the plain FixMatch baseline)."""
     from fewsam.methods import samatch as sm, student as st, supervised
 
