@@ -58,3 +58,20 @@ def test_region_weights_keep_thin_structures():
     w = region_weights(label, [0, 2])
     assert w[1].sum() == pytest.approx(256 / 16)
     np.testing.assert_allclose(w.sum(axis=0), 1.0)
+
+
+def test_click_prompts_positive_then_negatives_padded_in_a_batch():
+    from fewsam.prompts import click_prompts, stack_clicks
+
+    info = PreprocessInfo((20, 20), (40, 40), 40)  # twice the original size in SAM's frame
+    own, other, absent = (np.zeros((20, 20), bool) for _ in range(3))
+    own[2:5, 2:5], other[10:13, 14:17] = True, True
+    pts, labels = click_prompts(own, [other, absent], info, "contrast")  # an empty mask gives no click
+    np.testing.assert_allclose(pts, [[7, 7], [31, 23]])  # deepest pixels (3, 3) and (15, 11), x2 + 1
+    np.testing.assert_array_equal(labels, [1, 0])
+    lone = click_prompts(own, [other], info, "positive")
+    points, batch_labels = stack_clicks([(pts, labels), lone])
+    assert points.shape == (2, 2, 2)
+    np.testing.assert_array_equal(batch_labels.numpy(), [[1, 0], [1, -1]])
+    with pytest.raises(ValueError):
+        click_prompts(own, [], info, "negative")
