@@ -6,7 +6,8 @@
 #   benchmarks/samatch_cpu.sh ../shared/data/acdc runs/sm_acdc3 --labeled-cases 3
 #   BOX_MARGIN=30 benchmarks/samatch_cpu.sh ../shared/data/busi runs/sm_busi30 --labeled-images 30
 # env: STEPS (student steps), REFRESH (warm-up = refresh interval = ramp), SAM_STEPS, UNLABELED_LIMIT,
-#      IMAGE_SIZE, BOX_MARGIN, METHODS (subset of "supervised fixmatch samatch"), CACHE, FEWSAM
+#      IMAGE_SIZE, BOX_MARGIN, METHODS (subset of "supervised fixmatch samatch"), CACHE, FEWSAM,
+#      SAM_ARGS (extra options of the SAM-Match fit alone, e.g. "--prompt-clicks none")
 set -euo pipefail
 DATA=$1 OUT=$2
 shift 2
@@ -29,7 +30,7 @@ for method in $METHODS; do
   case $method in
     supervised) args=(fit supervised "${common[@]}") ;;
     fixmatch) args=(fit samatch "${common[@]}" "${semi[@]}" --no-sam) ;;
-    samatch) args=(fit samatch "${common[@]}" "${semi[@]}" --sam-steps "$SAM_STEPS" --box-margin "$BOX_MARGIN") ;;
+    samatch) args=(fit samatch "${common[@]}" "${semi[@]}" --sam-steps "$SAM_STEPS" --box-margin "$BOX_MARGIN" ${SAM_ARGS:-}) ;;
     *) echo "unknown method $method" >&2; exit 2 ;;
   esac
   if [ ! -f "$OUT/$method.json" ]; then

@@ -292,7 +292,9 @@ def test_box_batch_clicks_sit_inside_each_class_and_pad():
     assert set(box_only) == {"boxes"}
 
 
-def test_samatch_with_contrast_clicks_runs_end_to_end(phantom, tmp_path):  # noqa: F811
-    run_dir, _, _ = fit_run(phantom, tmp_path, tmp_path / "p", replace(SAM_CFG, prompt_clicks="contrast"), steps=8)
+@pytest.mark.parametrize("clicks", ["none", "contrast"])  # the default "positive" runs in the tests above
+def test_samatch_with_other_prompt_kinds_runs_end_to_end(phantom, tmp_path, clicks):  # noqa: F811
+    run_dir, _, _ = fit_run(phantom, tmp_path, tmp_path / clicks, replace(SAM_CFG, prompt_clicks=clicks), steps=8)
     quality = json.loads((run_dir / QUALITY).read_text())
     assert [r["step"] for r in quality] == [4] and quality[0]["refined_slices"] > 0
+    assert json.loads((run_dir / "config.json").read_text())["samatch"]["prompt_clicks"] == clicks

@@ -242,9 +242,10 @@ def fit_samatch(
                                 help="Overlapping SAM masks: 'argmax' of probabilities or 'smaller' mask wins."),
     unprompted: str = typer.Option("ignore", "--unprompted",
                                    help="Pixels of classes SAM was not prompted for: 'ignore' or 'background'."),
-    prompt_clicks: str = typer.Option("none", "--prompt-clicks",
-                                      help="Clicks besides each box: none, positive (the region's deepest pixel) "
-                                           "or contrast (+ negatives on the other structures; nested anatomy)."),
+    prompt_clicks: str = typer.Option("positive", "--prompt-clicks",
+                                      help="Clicks besides each box: positive (the region's deepest pixel; "
+                                           "tells nested anatomy apart), none (box only) or contrast "
+                                           "(+ negatives on the other structures)."),
     val_split: str = ValSplitOpt,
     val_every: int = typer.Option(200, "--val-every"),
     fair_attribute: Optional[str] = FairAttributeOpt,

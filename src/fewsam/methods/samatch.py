@@ -74,8 +74,9 @@ class SamMatchConfig:
     prompt_region: str = "argmax"  # box around the largest "argmax" (or "confident") component per class
     unprompted: str = "ignore"  # SAM-background pixels the student gives an unprompted class: "ignore" | "background"
     overlap: str = "smaller"  # where SAM's class masks overlap: the "smaller" mask wins, or the "argmax"
-    prompt_clicks: str = "none"  # clicks besides each box: "none", "positive" (the region's deepest pixel), or
-    # "contrast" (also negatives at the slice's other structures: tells nested anatomy apart)
+    prompt_clicks: str = "positive"  # clicks besides each box: "none", "positive" (the region's deepest pixel), or
+    # "contrast" (also negatives at the slice's other structures). "positive" by default: a class-agnostic SAM
+    # cannot tell the LV cavity's box from the myocardium's without it (ACDC, benchmarks/samatch_results.md)
     sam_steps: int = 200  # SAM decoder fine-tuning steps on ground-truth boxes (0: zero-shot SAM)
     sam_lr: float = 1e-4
     sam_batch: int = 8
