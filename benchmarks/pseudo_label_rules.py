@@ -29,7 +29,9 @@ def load_pool(run: Path, device: str):
     """A finished run's unlabelled pool: (SamMatchConfig, slices with originals, best student's
     probabilities, SAM with the stage-1 decoder, embedded slices, label values)."""
     config = read_config(run)
-    cfg, scfg = SamMatchConfig(**config["samatch"]), StudentConfig(**config["student"])
+    # runs made before --prompt-clicks existed prompted with boxes only
+    cfg = SamMatchConfig(**{"prompt_clicks": "none", **config["samatch"]})
+    scfg = StudentConfig(**config["student"])
     dataset = open_dataset(config["data"])
     values = config["values"]
     labelled = [SliceRef(r.rsplit(":", 1)[0], int(r.rsplit(":", 1)[1])) for r in config["labelled"]["refs"]]

@@ -75,9 +75,10 @@ def box_area(box: np.ndarray) -> float:
     return float((box[2] - box[0]) * (box[3] - box[1]))
 
 
-def main(run: Path, device: str, retrain_steps: int, prompt_clicks: str, out: Path | None,
+def main(run: Path, device: str, retrain_steps: int, prompt_clicks: str | None, out: Path | None,
          composed_only: bool = False) -> None:
     cfg, data, probs, sam, slices, values = load_pool(run, device)
+    prompt_clicks = prompt_clicks or cfg.prompt_clicks  # None: the run's own prompts
     cfg = replace(cfg, prompt_clicks=prompt_clicks)
     if retrain_steps:
         sam.load_state_dict(load_model(read_config(run)["model"], None, device="cpu").state_dict())
@@ -127,7 +128,8 @@ if __name__ == "__main__":
     parser.add_argument("run", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--retrain-steps", type=int, default=0)
-    parser.add_argument("--prompt-clicks", default="none", choices=["none", "positive", "contrast"])
+    parser.add_argument("--prompt-clicks", choices=["none", "positive", "contrast"],
+                        help="prompt kind to measure (default: the run's own)")
     parser.add_argument("--composed-only", action="store_true", help="skip the per-class box comparison")
     parser.add_argument("--out", type=Path, help="folder for the retrained stage 1 (with --retrain-steps)")
     args = parser.parse_args()
