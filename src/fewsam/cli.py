@@ -150,6 +150,12 @@ def _fit_options(params: dict[str, Any]) -> "FitOptions":
     return FitOptions(**shared, show_progress=not params["quiet"])
 
 
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    """A clear one-line error (no traceback) for a rule option outside its choices."""
+    if value not in choices:
+        raise FewsamError(f"{option} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
+
+
 def _labelled_budget(labeled_cases: Optional[int], labeled_images: Optional[int]) -> Optional[int]:
     """--labeled-images (2D datasets: one image is one case) is an alias of --labeled-cases."""
     if labeled_cases is not None and labeled_images is not None:
@@ -264,16 +270,11 @@ def fit_samatch(
 
     if refresh_every < 1:
         raise FewsamError("--refresh-every must be at least 1")
-    if background not in ("mean", "max"):
-        raise FewsamError(f"--background must be mean or max, not {background!r}")
-    if prompt_region not in ("confident", "argmax"):
-        raise FewsamError(f"--prompt-region must be confident or argmax, not {prompt_region!r}")
-    if overlap not in ("argmax", "smaller"):
-        raise FewsamError(f"--overlap must be argmax or smaller, not {overlap!r}")
-    if prompt_clicks not in ("none", "positive", "contrast"):
-        raise FewsamError(f"--prompt-clicks must be none, positive or contrast, not {prompt_clicks!r}")
-    if unprompted not in ("ignore", "background"):
-        raise FewsamError(f"--unprompted must be ignore or background, not {unprompted!r}")
+    _check_choice("--background", background, ("mean", "max"))
+    _check_choice("--prompt-region", prompt_region, ("confident", "argmax"))
+    _check_choice("--overlap", overlap, ("argmax", "smaller"))
+    _check_choice("--prompt-clicks", prompt_clicks, ("none", "positive", "contrast"))
+    _check_choice("--unprompted", unprompted, ("ignore", "background"))
     opts = _fit_options(locals())
     samatch = {"use_sam": not no_sam, "threshold": threshold, "unlabeled_batch": unlabeled_batch,
                "unlabeled_limit": unlabeled_limit, "sam_weight": sam_weight, "warmup_steps": warmup_steps,
