@@ -24,5 +24,10 @@ fit() {  # name, then the fit arguments
   $FS predict "$R/$name" --data $D --split val --out "$R/pred_$name" --device $DEV --cache $C --quiet \
     >> "$R/$name.log" 2>&1
   log "predict $name rc=$?"
+  if [[ $name == sm* ]]; then  # SAM-Match: also the student refined by the run's SAM at test time
+    $FS predict "$R/$name" --data $D --split val --out "$R/pred_${name}_refined" --device $DEV --cache $C --quiet \
+      --refine-with-sam >> "$R/$name.log" 2>&1
+    log "predict $name --refine-with-sam rc=$?"
+  fi
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$O/summary.txt" 2>/dev/null

@@ -128,3 +128,13 @@ def test_samatch_rule_options_are_checked_before_any_work(tiny_acdc, tmp_path, o
                     "--cache", str(tmp_path / "c"), "--quiet", option, value, cwd=tmp_path)
     assert_one_line_error(result, pattern)
     assert not (tmp_path / "run").exists()
+
+
+def test_refine_with_sam_on_a_run_without_sam_is_one_clear_error(tiny_acdc, tmp_path):
+    fit = fewsam("fit", "supervised", "--data", str(tiny_acdc), "--out", str(tmp_path / "run"), "--labeled-cases",
+                 "1", "--steps", "2", "--val-every", "2", "--image-size", "32", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    result = fewsam("predict", str(tmp_path / "run"), "--data", str(tiny_acdc), "--out", str(tmp_path / "pred"),
+                    "--cache", str(tmp_path / "c"), "--refine-with-sam", cwd=tmp_path)
+    assert_one_line_error(result, "needs a SAM-Match run")
+    assert not (tmp_path / "pred").exists()

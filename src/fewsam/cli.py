@@ -295,6 +295,9 @@ def predict(
     split: Optional[str] = typer.Option(None, "--split", help="List file relative to DATA, or train|val|test."),
     pred: Path = typer.Option(..., "--out", help="Prediction folder to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty folder."),
+    refine_with_sam: bool = typer.Option(False, "--refine-with-sam",
+                                         help="SAM-Match runs: the student's confident regions prompt the run's "
+                                              "SAM, as for its pseudo-labels (encodes the slices, cached)."),
     cache: str = CacheOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -302,7 +305,7 @@ def predict(
     """Write one prediction per case, in the case's own format, mirroring its relative path."""
     from fewsam.predict import predict as run_predict
 
-    written = run_predict(run, data, pred, split, cache, device, overwrite, not quiet)
+    written = run_predict(run, data, pred, split, cache, device, overwrite, not quiet, refine_with_sam)
     out.print(f"wrote {len(written)} predictions to {pred}")
 
 

@@ -41,9 +41,14 @@ def load_run_model(config: dict, device: str) -> SamModel:
     return model
 
 
-def build_predictor(run_dir: Path, config: dict, model: SamModel | None, device: str, values: list[int]) -> Predictor:
+def build_predictor(run_dir: Path, config: dict, model: SamModel | None, device: str, values: list[int],
+                    refine_with_sam: bool = False) -> Predictor:
     """The method's predictor, rebuilt from the run folder (``values``: the data's label values)."""
     method = config.get("method")
+    if refine_with_sam:
+        from fewsam.methods.sam_refine import SamRefinedPredictor
+
+        return SamRefinedPredictor(run_dir, model, device)
     if method == "fewshot":
         from fewsam.methods.fewshot import FewShotPredictor
 
@@ -68,8 +73,12 @@ def predict(
     device: str = "cpu",
     overwrite: bool = False,
     show_progress: bool = True,
+    refine_with_sam: bool = False,
 ) -> list[Path]:
-    """Write one prediction per case of ``split`` (default: the dataset's "val" split) under ``out``."""
+    """Write one prediction per case of ``split`` (default: the dataset's "val" split) under ``out``.
+
+    ``refine_with_sam`` (SAM-Match runs): the student's confident regions prompt the run's SAM
+    (``methods/sam_refine.py``); the slices are then embedded through the cache."""
     run_dir, out = Path(run_dir), Path(out)
     config = read_config(run_dir)
     dataset = open_dataset(data)
@@ -78,10 +87,14 @@ def predict(
         raise DataError(f"split {split or 'val'} of {data} is empty")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
-    student = config.get("method") in STUDENT_METHODS  # pixels in, no SAM needed
+    if refine_with_sam:
+        from fewsam.methods.sam_refine import check_refinable
+
+        check_refinable(run_dir, config)
+    student = config.get("method") in STUDENT_METHODS and not refine_with_sam  # pixels in, no SAM needed
     model = None if student else load_run_model(config, device)
     _check_class_map(config, dataset.class_map.to_json(), data)
-    predictor = build_predictor(run_dir, config, model, device, [0] + dataset.class_map.labels)
+    predictor = build_predictor(run_dir, config, model, device, [0] + dataset.class_map.labels, refine_with_sam)
     cache = None if student else EmbeddingCache(cache_root, model)
     written = []
     with progress_bar(show_progress) as bar:

@@ -295,6 +295,28 @@ def _best_weights(folder: Path) -> tuple[dict, float]:
     return best["module"], float(best["metrics"]["score"])
 
 
+def kept_sam_weights(sam_dir: Path, before_step: float, stage1: dict, stage1_score: float) -> tuple[dict, float]:
+    """SAM decoder weights the chain of rounds had kept before ``before_step`` (inf: the run's final
+    SAM): stage 1's, replaced by each later round whose validation box Dice did not drop."""
+    weights, score = stage1, stage1_score
+    for folder in sorted(sam_dir.glob("round_*")):
+        if int(folder.name.split("_")[1]) < before_step and (folder / BEST).exists():
+            round_weights, round_score = _best_weights(folder)
+            if round_score >= score:
+                weights, score = round_weights, round_score
+    return weights, score
+
+
+def load_final_sam(sam: SamModel, sam_dir: Path) -> None:
+    """Load into ``sam`` the decoder a finished (or stopped) run ended with (stage 1, then rounds)."""
+    decoder = SamDecoder(sam)
+    stage1, score = {k: v.clone() for k, v in decoder.state_dict().items()}, -float("inf")
+    if (sam_dir / BEST).exists():
+        stage1, score = _best_weights(sam_dir)
+    decoder.load_state_dict(kept_sam_weights(sam_dir, float("inf"), stage1, score)[0])
+    decoder.eval()
+
+
 class SamRounds:
     """Stage 4: SAM's decoder learns from the student in short rounds, one per pseudo-label refresh.
 
@@ -309,13 +331,7 @@ class SamRounds:
         self.stage1_score = _best_weights(sam_dir)[1] if (sam_dir / BEST).exists() else -float("inf")
 
     def _kept_before(self, step: int) -> tuple[dict, float]:
-        weights, score = self.stage1, self.stage1_score
-        for folder in sorted(self.sam_dir.glob("round_*")):
-            if int(folder.name.split("_")[1]) < step and (folder / BEST).exists():
-                round_weights, round_score = _best_weights(folder)
-                if round_score >= score:
-                    weights, score = round_weights, round_score
-        return weights, score
+        return kept_sam_weights(self.sam_dir, step, self.stage1, self.stage1_score)
 
     def run(self, step: int, student_samples: list[EmbeddedSlice]) -> None:
         """Train round ``step`` on labelled boxes + the student's labels; keep it if val does not drop."""

@@ -1,0 +1,68 @@
+"""`fewsam predict --refine-with-sam`: SAM-Match's labeller at test time, with known fall-backs."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fewsam.cache import EmbeddingCache
+from fewsam.data import open_dataset
+from fewsam.embedded import embed_case
+from fewsam.errors import RunError
+from fewsam.methods import samatch
+from fewsam.methods.sam_refine import SamRefinedPredictor, merge_refined
+from fewsam.methods.samatch import IGNORE, SamMatchConfig
+from fewsam.methods.student import StudentPredictor
+from fewsam.predict import predict
+from fewsam.train import BEST
+from test_samatch import SAM_CFG, fit_run
+from test_supervised import one_thread, phantom, tiny_sam  # noqa: F401 - fixtures
+
+
+def test_merge_refined_keeps_the_student_where_sam_did_not_answer():
+    student = np.array([[0, 1], [2, 3]])
+    refined = np.array([[1, IGNORE], [0, IGNORE]], dtype=np.uint8)
+    assert merge_refined(student, refined).tolist() == [[1, 1], [0, 3]]
+    assert merge_refined(student, None) is student
+
+
+def _save_decoder(folder, weights, score):
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"module": weights, "metrics": {"score": score}}, folder / BEST)
+
+
+def test_load_final_sam_takes_the_last_round_that_did_not_lower_validation(tmp_path):
+    sam = tiny_sam()
+    base = samatch.SamDecoder(sam).state_dict()
+    shifted = {s: {k: v + s for k, v in base.items()} for s in (1.0, 2.0, 3.0)}
+    _save_decoder(tmp_path, shifted[1.0], 0.5)  # stage 1
+    _save_decoder(tmp_path / "round_0000004", shifted[2.0], 0.6)  # better: kept
+    _save_decoder(tmp_path / "round_0000008", shifted[3.0], 0.4)  # worse: dropped
+    samatch.load_final_sam(sam, tmp_path)
+    loaded = samatch.SamDecoder(sam).state_dict()
+    assert all(torch.equal(loaded[k], shifted[2.0][k]) for k in base)
+
+
+def test_refined_prediction_uses_sam_and_falls_back_to_the_student(phantom, tmp_path):  # noqa: F811
+    run_dir, _, _ = fit_run(phantom, tmp_path, tmp_path / "run", SAM_CFG, steps=8)
+    dataset = open_dataset(phantom)
+    case = dataset.load(dataset.split("val")[0])
+    model = tiny_sam()
+    slices = embed_case(case, EmbeddingCache(tmp_path / "cache", model))
+    predictor = SamRefinedPredictor(run_dir, model)
+    student = StudentPredictor(run_dir).predict_case(case, [])
+    refined = predictor.predict_case(case, slices)
+    assert refined.shape == student.shape == case.label.shape
+    assert set(np.unique(refined)) <= set(dataset.class_map.labels) | {0}
+    assert not np.array_equal(refined, student)  # threshold 0: every predicted class prompts SAM
+    predictor.cfg = replace(predictor.cfg, threshold=1.01)  # nothing confident: no prompt anywhere
+    assert np.array_equal(predictor.predict_case(case, slices), student)
+
+
+def test_refine_with_sam_refuses_runs_without_sam(phantom, tmp_path):  # noqa: F811
+    run_dir, _, _ = fit_run(phantom, tmp_path, tmp_path / "run", SamMatchConfig(use_sam=False, unlabeled_batch=4,
+                                                                                   unlabeled_limit=4), steps=2)
+    with pytest.raises(RunError, match="--no-sam"):
+        predict(run_dir, phantom, tmp_path / "pred", cache_root=tmp_path / "c", show_progress=False,
+                refine_with_sam=True)
