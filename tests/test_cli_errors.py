@@ -130,11 +130,12 @@ def test_samatch_rule_options_are_checked_before_any_work(tiny_acdc, tmp_path, o
     assert not (tmp_path / "run").exists()
 
 
-def test_refine_with_sam_on_a_run_without_sam_is_one_clear_error(tiny_acdc, tmp_path):
+@pytest.mark.parametrize("flag", ["--refine-with-sam", "--refine-if-better"])
+def test_refine_with_sam_on_a_run_without_sam_is_one_clear_error(tiny_acdc, tmp_path, flag):
     fit = fewsam("fit", "supervised", "--data", str(tiny_acdc), "--out", str(tmp_path / "run"), "--labeled-cases",
                  "1", "--steps", "2", "--val-every", "2", "--image-size", "32", "--quiet", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     result = fewsam("predict", str(tmp_path / "run"), "--data", str(tiny_acdc), "--out", str(tmp_path / "pred"),
-                    "--cache", str(tmp_path / "c"), "--refine-with-sam", cwd=tmp_path)
+                    "--cache", str(tmp_path / "c"), flag, cwd=tmp_path)
     assert_one_line_error(result, "needs a SAM-Match run")
     assert not (tmp_path / "pred").exists()

@@ -11,10 +11,11 @@ from fewsam.data import open_dataset
 from fewsam.embedded import embed_case
 from fewsam.errors import RunError
 from fewsam.methods import samatch
-from fewsam.methods.sam_refine import SamRefinedPredictor, merge_refined
+from fewsam.methods.sam_refine import REFINEMENT, SamRefinedPredictor, choose_refinement, merge_refined
 from fewsam.methods.samatch import IGNORE, SamMatchConfig
 from fewsam.methods.student import StudentPredictor
 from fewsam.predict import predict
+from fewsam.runs import read_config, write_json
 from fewsam.train import BEST
 from test_samatch import SAM_CFG, fit_run
 from test_supervised import one_thread, phantom, tiny_sam  # noqa: F401 - fixtures
@@ -66,3 +67,49 @@ def test_refine_with_sam_refuses_runs_without_sam(phantom, tmp_path):  # noqa: F
     with pytest.raises(RunError, match="--no-sam"):
         predict(run_dir, phantom, tmp_path / "pred", cache_root=tmp_path / "c", show_progress=False,
                 refine_with_sam=True)
+
+
+def _refinable_run(phantom, tmp_path):
+    run_dir, _, _ = fit_run(phantom, tmp_path, tmp_path / "run", SAM_CFG, steps=8)
+    config = read_config(run_dir)
+    write_json(run_dir / "config.json", config | {"data": str(phantom), "val_split": "val"})
+    model = tiny_sam()
+    return run_dir, SamRefinedPredictor(run_dir, model), EmbeddingCache(tmp_path / "cache", model)
+
+
+def test_refinement_choice_scores_the_student_exactly_as_training_selected_it(phantom, tmp_path):  # noqa: F811
+    run_dir, predictor, cache = _refinable_run(phantom, tmp_path)
+    choice = choose_refinement(run_dir, predictor, cache, show_progress=False)
+    best = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
+    assert choice["val_dice_student"] == pytest.approx(best["metrics"]["score"], abs=1e-6)
+    assert choice["refine"] == (choice["val_dice_refined"] > choice["val_dice_student"])
+    assert choice["cases"] == len(open_dataset(phantom).split("val"))
+    assert (run_dir / REFINEMENT).exists()
+
+
+def test_refinement_choice_follows_the_higher_score_and_is_decided_once(phantom, tmp_path):  # noqa: F811
+    run_dir, predictor, cache = _refinable_run(phantom, tmp_path)
+    empty_vs_truth = lambda case, slices: (np.zeros_like(case.label), case.label)  # noqa: E731
+    predictor.predict_both = empty_vs_truth
+    choice = choose_refinement(run_dir, predictor, cache, show_progress=False)
+    assert choice["refine"] and choice["val_dice_refined"] == 1.0 and choice["val_dice_student"] == 0.0
+
+    def must_not_run(case, slices):
+        raise AssertionError("the stored decision must be reused")
+    predictor.predict_both = must_not_run
+    assert choose_refinement(run_dir, predictor, cache, show_progress=False) == choice
+    (run_dir / REFINEMENT).unlink()
+    predictor.predict_both = lambda case, slices: (case.label, np.zeros_like(case.label))
+    assert not choose_refinement(run_dir, predictor, cache, show_progress=False)["refine"]
+
+
+def test_refine_flags_are_exclusive_and_need_the_runs_data(phantom, tmp_path):  # noqa: F811
+    run_dir, _, _ = _refinable_run(phantom, tmp_path)
+    with pytest.raises(RunError, match="choose one"):
+        predict(run_dir, phantom, tmp_path / "pred", cache_root=tmp_path / "c", show_progress=False,
+                refine_with_sam=True, refine_if_better=True)
+    config = read_config(run_dir)
+    write_json(run_dir / "config.json", config | {"data": str(tmp_path / "moved")})
+    predictor = SamRefinedPredictor(run_dir, tiny_sam())
+    with pytest.raises(RunError, match="is gone"):
+        choose_refinement(run_dir, predictor, EmbeddingCache(tmp_path / "c", tiny_sam()), show_progress=False)

@@ -298,6 +298,9 @@ def predict(
     refine_with_sam: bool = typer.Option(False, "--refine-with-sam",
                                          help="SAM-Match runs: the student's confident regions prompt the run's "
                                               "SAM, as for its pseudo-labels (encodes the slices, cached)."),
+    refine_if_better: bool = typer.Option(False, "--refine-if-better",
+                                          help="SAM-Match runs: refine only if it beats the student on the run's "
+                                               "validation cases (decided once, RUN/refinement.json)."),
     cache: str = CacheOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -305,8 +308,20 @@ def predict(
     """Write one prediction per case, in the case's own format, mirroring its relative path."""
     from fewsam.predict import predict as run_predict
 
-    written = run_predict(run, data, pred, split, cache, device, overwrite, not quiet, refine_with_sam)
+    written = run_predict(run, data, pred, split, cache, device, overwrite, not quiet, refine_with_sam,
+                          refine_if_better)
+    if refine_if_better:
+        _print_refinement_choice(run)
     out.print(f"wrote {len(written)} predictions to {pred}")
+
+
+def _print_refinement_choice(run: Path) -> None:
+    from fewsam.methods.sam_refine import REFINEMENT
+
+    choice = json.loads((run / REFINEMENT).read_text())
+    verdict = "refined by SAM" if choice["refine"] else "student alone"
+    out.print(f"{verdict}: validation Dice student {choice['val_dice_student']:.4f}, "
+              f"refined {choice['val_dice_refined']:.4f} ({choice['cases']} cases; {run / REFINEMENT})")
 
 
 @app.command()

@@ -74,11 +74,14 @@ def predict(
     overwrite: bool = False,
     show_progress: bool = True,
     refine_with_sam: bool = False,
+    refine_if_better: bool = False,
 ) -> list[Path]:
     """Write one prediction per case of ``split`` (default: the dataset's "val" split) under ``out``.
 
     ``refine_with_sam`` (SAM-Match runs): the student's confident regions prompt the run's SAM
-    (``methods/sam_refine.py``); the slices are then embedded through the cache."""
+    (``methods/sam_refine.py``); the slices are then embedded through the cache.
+    ``refine_if_better``: refine only if it scores higher on the run's validation cases (decided
+    once, RUN/refinement.json)."""
     run_dir, out = Path(run_dir), Path(out)
     config = read_config(run_dir)
     dataset = open_dataset(data)
@@ -87,13 +90,17 @@ def predict(
         raise DataError(f"split {split or 'val'} of {data} is empty")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
-    if refine_with_sam:
+    if refine_with_sam and refine_if_better:
+        raise RunError("choose one: --refine-with-sam (always) or --refine-if-better (decided on validation)")
+    if refine_with_sam or refine_if_better:
         from fewsam.methods.sam_refine import check_refinable
 
         check_refinable(run_dir, config)
+    _check_class_map(config, dataset.class_map.to_json(), data)
+    if refine_if_better:
+        refine_with_sam = _refinement_chosen(run_dir, config, cache_root, device, show_progress)
     student = config.get("method") in STUDENT_METHODS and not refine_with_sam  # pixels in, no SAM needed
     model = None if student else load_run_model(config, device)
-    _check_class_map(config, dataset.class_map.to_json(), data)
     predictor = build_predictor(run_dir, config, model, device, [0] + dataset.class_map.labels, refine_with_sam)
     cache = None if student else EmbeddingCache(cache_root, model)
     written = []
@@ -105,6 +112,15 @@ def predict(
             written.append(write_prediction(case, pred, out))
             bar.update(job, advance=1)
     return written
+
+
+def _refinement_chosen(run_dir: Path, config: dict, cache_root: str | Path, device: str, show_progress: bool) -> bool:
+    """Whether SAM refinement beat the student on the run's validation cases (decided once)."""
+    from fewsam.methods.sam_refine import SamRefinedPredictor, choose_refinement
+
+    model = load_run_model(config, device)
+    predictor = SamRefinedPredictor(run_dir, model, device)
+    return bool(choose_refinement(run_dir, predictor, EmbeddingCache(cache_root, model), device, show_progress)["refine"])
 
 
 def _check_class_map(config: dict, class_map: dict[str, str], data: str | Path) -> None:

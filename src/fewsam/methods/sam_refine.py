@@ -7,22 +7,34 @@ the very same labeller to test slices: student probabilities -> prompts -> the S
 run ended with -> composed labels. Where the student is confident on no class, or SAM was not
 asked about a class the student predicts (IGNORE in the pseudo-label), the student's argmax
 stands, so refinement can only change pixels of classes SAM was prompted for.
+
+Refinement helps where the run's SAM beats its student and hurts where it does not (box-only
+prompts on nested anatomy), so ``fewsam predict --refine-if-better`` decides per run, the way
+nnU-Net chooses its post-processing: both ways on the run's own validation cases, the higher
+mean Dice wins, the decision is kept in RUN/refinement.json and reused.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from fewsam.cache import EmbeddingCache
+from fewsam.data import open_dataset
 from fewsam.data.types import Case
-from fewsam.embedded import EmbeddedSlice
-from fewsam.errors import RunError
+from fewsam.embedded import EmbeddedSlice, embed_case
+from fewsam.errors import DataError, RunError
 from fewsam.inference import stack_volume
+from fewsam.metrics import dice_per_class
 from fewsam.methods.samatch import SAM_DIR, PseudoLabeller, SamMatchConfig, load_final_sam
 from fewsam.methods.student import IGNORE, StudentPredictor, predict_images
 from fewsam.models.sam import SamModel
-from fewsam.runs import read_config
+from fewsam.progress import progress_bar
+from fewsam.runs import read_config, write_json
+
+REFINEMENT = "refinement.json"
 
 
 def merge_refined(student_argmax: np.ndarray, refined: np.ndarray | None) -> np.ndarray:
@@ -54,10 +66,54 @@ class SamRefinedPredictor:
         self.sam, self.device = model, device
         load_final_sam(model, Path(run_dir) / SAM_DIR)
 
-    def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
+    def predict_both(self, case: Case, slices: list[EmbeddedSlice]) -> tuple[np.ndarray, np.ndarray]:
+        """(student alone, refined by SAM) label volumes from one pass of the student."""
         images = [case.slice_image(z) for z in range(case.num_slices)]
         probs = predict_images(self.student.module, images, self.student.cfg, self.device)
         values = self.student.values
         refined, _ = PseudoLabeller(self.sam, slices, self.cfg, len(values), self.device).refine(probs)
         lut = np.asarray(values, dtype=np.uint8)
-        return stack_volume([lut[merge_refined(p.argmax(dim=0).numpy(), r)] for p, r in zip(probs, refined)])
+        argmax = [p.argmax(dim=0).numpy() for p in probs]
+        return (stack_volume([lut[a] for a in argmax]),
+                stack_volume([lut[merge_refined(a, r)] for a, r in zip(argmax, refined)]))
+
+    def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
+        return self.predict_both(case, slices)[1]
+
+
+def choose_refinement(run_dir: Path, predictor: SamRefinedPredictor, cache: EmbeddingCache, device: str = "cpu",
+                      show_progress: bool = True) -> dict:
+    """Refine or not, decided once per run on its own validation cases (RUN/refinement.json).
+
+    Both ways are scored by the selection score of training (mean over volumes of the mean
+    per-class Dice); refinement is chosen only if it scores strictly higher.
+    """
+    path = Path(run_dir) / REFINEMENT
+    if path.exists():
+        return json.loads(path.read_text())
+    config = read_config(run_dir)
+    data = Path(config["data"])
+    if not data.exists():
+        raise RunError(f"--refine-if-better decides on the run's validation cases, but its data folder {data} "
+                       "is gone; restore it, or choose yourself with --refine-with-sam (or neither)")
+    dataset = open_dataset(data)
+    case_ids = dataset.split(config.get("val_split", "val"))
+    if not case_ids:
+        raise DataError(f"the validation split of {data} is empty: nothing to decide --refine-if-better on")
+    scores: dict[str, list[float]] = {"student": [], "refined": []}
+    foreground = predictor.student.values[1:]
+    with progress_bar(show_progress) as bar:
+        job = bar.add_task("refine or not (val)", total=len(case_ids))
+        for case_id in case_ids:
+            case = dataset.load(case_id)
+            if case.label is None:
+                raise DataError(f"validation case {case_id} of {data} has no label to decide --refine-if-better on")
+            both = predictor.predict_both(case, embed_case(case, cache, device))
+            for name, pred in zip(("student", "refined"), both):
+                scores[name].append(float(np.mean(list(dice_per_class(pred, case.label, foreground).values()))))
+            bar.update(job, advance=1)
+    student, refined = float(np.mean(scores["student"])), float(np.mean(scores["refined"]))
+    choice = {"refine": refined > student, "val_dice_student": student, "val_dice_refined": refined,
+              "val_split": config.get("val_split", "val"), "cases": len(case_ids)}
+    write_json(path, choice)
+    return choice
