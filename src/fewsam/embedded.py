@@ -17,7 +17,7 @@ import torch
 from fewsam.cache import EmbeddingCache
 from fewsam.data.types import Case, Dataset, SliceRef
 from fewsam.models.sam import PreprocessInfo
-from fewsam.progress import progress_bar
+from fewsam.progress import progress_bar, tracked
 from fewsam.prompts import to_model_frame
 
 IGNORE = 255
@@ -105,14 +105,10 @@ def embed_cases(
     description: str = "embed",
 ) -> list[tuple[Case, list[EmbeddedSlice]]]:
     """Whole cases (volumes) with all their slices embedded, for validation and prediction."""
-    ids = list(case_ids)
     out = []
-    with progress_bar(show_progress) as bar:
-        job = bar.add_task(description, total=len(ids))
-        for case_id in ids:
-            case = dataset.load(case_id)
-            out.append((case, embed_case(case, cache, device)))
-            bar.update(job, advance=1)
+    for case_id in tracked(list(case_ids), description, show_progress):
+        case = dataset.load(case_id)
+        out.append((case, embed_case(case, cache, device)))
     return out
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fewsam.data import Bins, group_of, open_dataset, read_prediction
+from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.errors import DataError
 from fewsam.fairness import check_group_column, per_class_equity, resolve_bins
 from fewsam.metrics import case_metrics, group_summary, summarise
-from fewsam.progress import progress_bar
+from fewsam.progress import tracked
 
 
 def evaluate(
@@ -47,22 +47,17 @@ def evaluate(
     names = dataset.class_map.names
     records, units, case_attrs = [], set(), []
     case_ids = dataset.split(split or "val")
-    with progress_bar(show_progress) as bar:
-        job = bar.add_task("evaluate", total=len(case_ids))
-        for case_id in case_ids:
-            case = dataset.load(case_id)
-            if case.label is None:
-                raise DataError(f"{case_id} has no label to evaluate against")
-            predicted = read_prediction(case, pred, dataset.class_map)
-            per_class = case_metrics(predicted, case.label, list(names), case.spacing)
-            units.add("mm" if case.spacing else "pixel")
-            case_attrs.append(case.attributes)
-            records.append({
-                "case": case_id,
-                "per_class": {names[k]: v for k, v in per_class.items()},
-                "group": group_of(case.attributes, group_by, binned) if group_by else None,
-            })
-            bar.update(job, advance=1)
+    for case_id in tracked(case_ids, "evaluate", show_progress):
+        case = load_labelled_case(dataset, case_id, "evaluate against")
+        predicted = read_prediction(case, pred, dataset.class_map)
+        per_class = case_metrics(predicted, case.label, list(names), case.spacing)
+        units.add("mm" if case.spacing else "pixel")
+        case_attrs.append(case.attributes)
+        records.append({
+            "case": case_id,
+            "per_class": {names[k]: v for k, v in per_class.items()},
+            "group": group_of(case.attributes, group_by, binned) if group_by else None,
+        })
     result = summarise(records)
     if group_by:
         check_group_column(group_by, (r["group"] for r in records), case_attrs)

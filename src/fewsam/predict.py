@@ -19,7 +19,7 @@ from fewsam.embedded import EmbeddedSlice, embed_case
 from fewsam.errors import DataError, ModelError, RunError
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
-from fewsam.progress import progress_bar
+from fewsam.progress import tracked
 from fewsam.runs import read_config
 
 
@@ -104,13 +104,10 @@ def predict(
     predictor = build_predictor(run_dir, config, model, device, [0] + dataset.class_map.labels, refine_with_sam)
     cache = None if student else EmbeddingCache(cache_root, model)
     written = []
-    with progress_bar(show_progress) as bar:
-        job = bar.add_task("predict", total=len(case_ids))
-        for case_id in case_ids:
-            case = dataset.load(case_id)
-            pred = predictor.predict_case(case, [] if cache is None else embed_case(case, cache, device))
-            written.append(write_prediction(case, pred, out))
-            bar.update(job, advance=1)
+    for case_id in tracked(case_ids, "predict", show_progress):
+        case = dataset.load(case_id)
+        pred = predictor.predict_case(case, [] if cache is None else embed_case(case, cache, device))
+        written.append(write_prediction(case, pred, out))
     return written
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -24,3 +27,12 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress]:
     )
     with progress:
         yield progress
+
+
+def tracked(items: Sequence[T], description: str, enabled: bool = True) -> Iterator[T]:
+    """Yield ``items`` one by one under a progress bar that advances after each is handled."""
+    with progress_bar(enabled) as bar:
+        job = bar.add_task(description, total=len(items))
+        for item in items:
+            yield item
+            bar.update(job, advance=1)

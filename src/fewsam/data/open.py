@@ -12,6 +12,7 @@ from typing import Callable
 from fewsam.data.attributes import read_attribute_table
 from fewsam.data.readers import acdc_h5, fairseg_npz, nifti, png_folder
 from fewsam.data.readers.common import IndexedDataset
+from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
 
 # name -> (detect, open, what the folder looks like); tried in this order.
@@ -55,3 +56,11 @@ def _join(dataset: IndexedDataset, attributes_csv: str | Path) -> None:
         raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}; its "
                         f"{table.key!r} column must hold case ids, patient ids or image file names")
     dataset.add_attributes(table)
+
+
+def load_labelled_case(dataset: Dataset, case_id: str, purpose: str) -> Case:
+    """``dataset.load`` for work that needs the ground truth; a clear error naming ``purpose`` if absent."""
+    case = dataset.load(case_id)
+    if case.label is None:
+        raise DataError(f"{case_id} of {dataset.root} has no label to {purpose}")
+    return case

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fewsam.cache import EmbeddingCache
-from fewsam.data import open_dataset
+from fewsam.data import load_labelled_case, open_dataset
 from fewsam.data.types import Case
 from fewsam.embedded import EmbeddedSlice, embed_case
 from fewsam.errors import DataError, RunError
@@ -31,7 +31,7 @@ from fewsam.metrics import dice_per_class
 from fewsam.methods.samatch import SAM_DIR, PseudoLabeller, SamMatchConfig, load_final_sam
 from fewsam.methods.student import IGNORE, StudentPredictor, predict_images
 from fewsam.models.sam import SamModel
-from fewsam.progress import progress_bar
+from fewsam.progress import tracked
 from fewsam.runs import read_config, write_json
 
 REFINEMENT = "refinement.json"
@@ -102,16 +102,11 @@ def choose_refinement(run_dir: Path, predictor: SamRefinedPredictor, cache: Embe
         raise DataError(f"the validation split of {data} is empty: nothing to decide --refine-if-better on")
     scores: dict[str, list[float]] = {"student": [], "refined": []}
     foreground = predictor.student.values[1:]
-    with progress_bar(show_progress) as bar:
-        job = bar.add_task("refine or not (val)", total=len(case_ids))
-        for case_id in case_ids:
-            case = dataset.load(case_id)
-            if case.label is None:
-                raise DataError(f"validation case {case_id} of {data} has no label to decide --refine-if-better on")
-            both = predictor.predict_both(case, embed_case(case, cache, device))
-            for name, pred in zip(("student", "refined"), both):
-                scores[name].append(float(np.mean(list(dice_per_class(pred, case.label, foreground).values()))))
-            bar.update(job, advance=1)
+    for case_id in tracked(case_ids, "refine or not (val)", show_progress):
+        case = load_labelled_case(dataset, case_id, "decide --refine-if-better on")
+        both = predictor.predict_both(case, embed_case(case, cache, device))
+        for name, pred in zip(("student", "refined"), both):
+            scores[name].append(float(np.mean(list(dice_per_class(pred, case.label, foreground).values()))))
     student, refined = float(np.mean(scores["student"])), float(np.mean(scores["refined"]))
     choice = {"refine": refined > student, "val_dice_student": student, "val_dice_refined": refined,
               "val_split": config.get("val_split", "val"), "cases": len(case_ids)}
