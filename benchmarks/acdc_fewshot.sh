@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ACDC few-shot table: few-shot SAM (3 labelled cases; 1, 3, 10 labelled slices) beside zero-shot
 # SAM with oracle point and box prompts, on the 20 validation volumes (10 patients, ED + ES).
-# Usage: benchmarks/acdc_fewshot.sh [DATA] [OUT]
+# Usage: benchmarks/acdc_fewshot.sh DATA_DIR [OUT], e.g. benchmarks/acdc_fewshot.sh data/acdc runs/acdc_fewshot
 # env: DEVICE (cpu|cuda), STEPS (3-case run), SLICE_STEPS (1/3/10-slice runs), FEWSAM (command)
 set -euo pipefail
-DATA=${1:-../shared/data/acdc}
+DATA=${1:?usage: benchmarks/acdc_fewshot.sh DATA_DIR [OUT]}
 OUT=${2:-runs/acdc_fewshot}
 DEVICE=${DEVICE:-cpu}
 STEPS=${STEPS:-300}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fairness measurements (issue 4): per-group Dice, ES-Dice and worst-group gap of few-shot SAM,
+# Fairness measurements: per-group Dice, ES-Dice and worst-group gap of few-shot SAM,
 # with and without fair error-bound scaling, plus Wilcoxon tests and Markdown/HTML reports.
 #   multisite: prostate by site (17 labelled train slices: all train slices that have a mask),
 #              fundus by domain (12 labelled train slices); test split.
@@ -7,9 +7,10 @@
 # The multisite folders have train/test splits only, so the fits use --val-split test with
 # --val-every = --steps: validated once, at the last step, the test split never selects a model.
 # ACDC does the same with val.list (no gamma sweep: gamma = 1, the paper's value).
-# Usage: benchmarks/fairness.sh [SHARED_DATA] [OUT]; env: DEVICE, STEPS, BATCH, FEWSAM, CACHE
+# Usage: benchmarks/fairness.sh DATA_ROOT [OUT]; env: DEVICE, STEPS, BATCH, FEWSAM, CACHE
+# DATA_ROOT holds multisite/ProstateSlice, multisite/Fundus and acdc, e.g. benchmarks/fairness.sh data
 set -euo pipefail
-DATA=${1:-../shared/data}
+DATA=${1:?usage: benchmarks/fairness.sh DATA_ROOT [OUT]}
 OUT=${2:-runs/fairness}
 DEVICE=${DEVICE:-cpu}
 STEPS=${STEPS:-100}

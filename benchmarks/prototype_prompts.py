@@ -6,7 +6,8 @@ and class the student's confident region's mean embedding becomes the class toke
 formulation with the student's regions as the "annotation"). Pooled Dice against the pool's
 ground truth, for: the student's argmax; the decoder with the labelled prototypes only; with the
 student's regions ("self"); with their average ("blend"). Classes the student is not confident on
-keep the labelled prototypes. Measured in session 6 (README, "Tried offline and dropped").
+keep the labelled prototypes. Results: docs/results.md, section 2.8 "Tried, not adopted: prototype
+prompts for pseudo-labels".
 Usage: .venv/bin/python benchmarks/prototype_prompts.py SAMATCH_RUN FEWSHOT_RUN [--device cpu]
 """
 

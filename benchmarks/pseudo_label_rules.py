@@ -1,9 +1,10 @@
 """Pseudo-label quality of a finished SAM-Match run under each composition rule, offline.
 
-Rebuilds the run's unlabelled pool, runs its best student and its SAM decoder (stage 1 or the
-last kept round) on it, composes SAM's per-class masks with every ``overlap`` x ``background``
+Rebuilds the run's unlabelled pool, runs its best student and its stage-1 SAM decoder (later
+rounds are not applied) on it, composes SAM's per-class masks with every ``overlap`` x ``background``
 rule, and prints pooled Dice against the pool's ground truth (the slices must be labelled, as
-ACDC's are). Embeddings come from the run's cache (encoded on a miss).
+ACDC's are). Embeddings come from the run's cache (encoded on a miss). The measured tables are in
+docs/results.md, section 2.5 "Pseudo-label quality: prompt rules and clicks".
 Usage: .venv/bin/python benchmarks/pseudo_label_rules.py RUN [--device cpu]
 """
 
@@ -12,41 +13,38 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
 from fewsam.data.types import SliceRef
 from fewsam.embedded import embed_refs
-from fewsam.methods.samatch import (BEST, SAM_DIR, PseudoLabeller, SamMatchConfig, pooled_dice, select_unlabelled,
+from fewsam.methods.samatch import (SAM_DIR, PseudoLabeller, SamMatchConfig, pooled_dice, select_unlabelled,
                                     student_probs)
+from fewsam.methods.samatch.sam_decoder import SamDecoder
 from fewsam.methods.student import StudentConfig, build_unet, load_slices
 from fewsam.models.registry import load_model
 from fewsam.runs import read_config
+from fewsam.train import load_best
 
 
 def load_pool(run: Path, device: str):
     """A finished run's unlabelled pool: (SamMatchConfig, slices with originals, best student's
     probabilities, SAM with the stage-1 decoder, embedded slices, label values)."""
     config = read_config(run)
-    # runs made before --prompt-clicks existed prompted with boxes only
-    cfg = SamMatchConfig(**{"prompt_clicks": "none", **config["samatch"]})
-    scfg = StudentConfig(**config["student"])
+    # a run whose config names no prompt_clicks prompted with boxes only; from_json drops keys
+    # this fewsam no longer knows, so runs recorded by other versions load too
+    cfg = SamMatchConfig.from_json({"prompt_clicks": "none", **config["samatch"]})
+    scfg = StudentConfig.from_json(config["student"])
     dataset = open_dataset(config["data"])
     values = config["values"]
     labelled = [SliceRef(r.rsplit(":", 1)[0], int(r.rsplit(":", 1)[1])) for r in config["labelled"]["refs"]]
     refs = select_unlabelled(dataset, labelled, cfg.unlabeled_limit, config["train"]["seed"])
     data = load_slices(dataset, refs, scfg.image_size, values, keep_originals=True)
     student = build_unet(scfg, len(values))
-    student.load_state_dict(torch.load(run / BEST, map_location="cpu", weights_only=True)["module"])
+    student.load_state_dict(load_best(run)[0])
     student.to(device).eval()
     probs = student_probs(student, data, device)
     sam = load_model(config["model"], config.get("checkpoint"), device=device)
-    sam_state = torch.load(run / SAM_DIR / BEST, map_location="cpu", weights_only=True)["module"]
-    sam.prompt_encoder.load_state_dict({k[len("prompt_encoder."):]: v for k, v in sam_state.items()
-                                        if k.startswith("prompt_encoder.")})
-    sam.mask_decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in sam_state.items()
-                                      if k.startswith("mask_decoder.")})
+    SamDecoder(sam).load_state_dict(load_best(run / SAM_DIR)[0])  # stage 1: prompt encoder + mask decoder
     slices = embed_refs(dataset, refs, EmbeddingCache(config["cache"], sam), device, True, "embed unlabelled")
     return cfg, data, probs, sam, slices, values
 

@@ -10,15 +10,15 @@ larger the student's box is than the ground-truth one. First line: the composed 
 With ``--retrain-steps N`` SAM's stage 1 is first retrained (from the pretrained decoder, on the
 run's labelled slices, into OUT) with ``--prompt-clicks``, to compare prompt kinds on
 the same student; ``--prompt-clicks positive|contrast`` adds clicks to every prompt (as in fit).
+The measured tables are in docs/results.md, section 2.5, "Nested anatomy: box vs box + click".
 Usage: .venv/bin/python benchmarks/sam_box_diagnosis.py RUN [--device cpu]
            [--retrain-steps 100 --prompt-clicks contrast --out DIR] [--composed-only]
 """
 
 import argparse
 import json
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,33 +26,28 @@ import torch
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
 from fewsam.data.types import SliceRef
-from fewsam.embedded import embed_refs
-from fewsam.methods.samatch import (PseudoLabeller, SamBoxTask, SamMatchConfig, pooled_dice, prompt_regions,
-                                    val_slice_refs)
+from fewsam.fitting import FitContext
+from fewsam.methods.samatch import PseudoLabeller, SamMatchConfig, pooled_dice, prompt_regions
+from fewsam.methods.samatch.sam_decoder import fit_sam
+from fewsam.methods.student import load_val_cases
 from fewsam.models.registry import load_model
 from fewsam.models.sam import postprocess_logits
 from fewsam.prompts import box_from_mask, click_prompts, largest_component, stack_clicks
 from fewsam.runs import read_config
-from fewsam.train import BEST, TrainConfig, train
 
 from pseudo_label_rules import load_pool
 
 
 def retrain_stage1(run: Path, sam, cfg: SamMatchConfig, steps: int, out: Path, device: str) -> None:
-    """SAM's stage 1 again, from the pretrained decoder, with this ``cfg``'s prompt kind."""
+    """SAM's stage 1 again (``fit_sam``, as in ``fit samatch``), from the pretrained decoder, on the
+    run's labelled slices and validation cases, with this ``cfg``'s prompt kind; the best weights
+    end up in ``sam``."""
     config = read_config(run)
     dataset = open_dataset(config["data"])
-    cache = EmbeddingCache(config["cache"], sam)
     labelled = [SliceRef(r.rsplit(":", 1)[0], int(r.rsplit(":", 1)[1])) for r in config["labelled"]["refs"]]
-    samples = embed_refs(dataset, labelled, cache, device, True, "embed labelled")
-    val_cases = [dataset.load(cid) for cid in dataset.split(config["val_split"])]
-    val = embed_refs(dataset, val_slice_refs(val_cases, cfg.sam_val_slices), cache, device, True, "embed val")
-    task = SamBoxTask(sam, samples, val, config["values"], cfg, device)
-    train_cfg = TrainConfig(steps=steps, lr=cfg.sam_lr, val_every=max(1, steps // 2), seed=config["train"]["seed"],
-                            warmup_steps=min(10, steps // 10))
-    train(task, train_cfg, out, show_progress=True)
-    task.module.load_state_dict(torch.load(out / BEST, map_location="cpu", weights_only=True)["module"])
-    task.module.eval()
+    ctx = FitContext(dataset, sam, EmbeddingCache(config["cache"], sam), device, True, labelled,
+                     dataset.split(config["val_split"]), config["train"]["seed"])
+    fit_sam(ctx, load_val_cases(ctx), out, replace(cfg, sam_steps=steps))
 
 
 def sam_masks(sam, slices, jobs, device: str, with_clicks: bool) -> list[np.ndarray]:
@@ -81,7 +76,8 @@ def main(run: Path, device: str, retrain_steps: int, prompt_clicks: str | None, 
     prompt_clicks = prompt_clicks or cfg.prompt_clicks  # None: the run's own prompts
     cfg = replace(cfg, prompt_clicks=prompt_clicks)
     if retrain_steps:
-        sam.load_state_dict(load_model(read_config(run)["model"], None, device="cpu").state_dict())
+        config = read_config(run)
+        sam.load_state_dict(load_model(config["model"], config.get("checkpoint"), device="cpu").state_dict())
         retrain_stage1(run, sam, cfg, retrain_steps, out, device)
     labels, _ = PseudoLabeller(sam, slices, cfg, len(values), device).refine(probs)
     refined = [i for i, lab in enumerate(labels) if lab is not None]

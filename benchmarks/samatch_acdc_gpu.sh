@@ -11,7 +11,8 @@
 # its log says the step it reached); every run then predicts the val volumes. $OUT/results.tgz
 # holds the predictions, logs and configs: evaluate them where the original data is.
 # Usage there:  STEPS=4000 bash benchmarks/samatch_acdc_gpu.sh   (JOBS="sup3 fm3 sm3": a subset)
-# RECIPE: extra student options; the session-3 GPU numbers used the then-default RECIPE="--optimizer sgd".
+# RECIPE: extra student options for every U-Net fit (supervised too), e.g. RECIPE="--optimizer sgd" for the
+# SGD student of docs/results.md, section 2.7 "Earlier configurations (SGD student, box prompts)".
 # Dry run here: PY=.venv/bin/python DEVICE=cpu STEPS=4 FS_STEPS=2 VAL_EVERY=2 OUT=/tmp/o \
 #               RUNS=/tmp/r CACHE=/tmp/c bash benchmarks/samatch_acdc_gpu.sh
 set -uo pipefail

@@ -7,7 +7,7 @@ wheel; embeddings differ from the float32 weights' by at most 0.006, mean magnit
 as uint8 (round(255 * image); both the student and SAM min-max scale every slice, so only the
 quantisation differs): the labelled slices of ``cases`` cases (the 3-case budget is a prefix of
 the 7-case one) and the largest seeded subset of the rest of the unlabelled pool that fits.
-Run from the repository root: .venv/bin/python benchmarks/samatch_bundle.py /path/to/acdc
+Run from the repository root: .venv/bin/python benchmarks/samatch_bundle.py data/acdc
 """
 
 import shutil
@@ -76,4 +76,6 @@ def main(src: Path, cases: int = 7) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        sys.exit("usage: .venv/bin/python benchmarks/samatch_bundle.py DATA_DIR   (e.g. data/acdc)")
     main(Path(sys.argv[1]))

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # BUSI on one lent GPU (device tool): supervised / FixMatch (--no-sam) / SAM-Match, 30 labelled
 # images, each with several seeds, all jobs at once. The bundle .gbusi/ is made here first from
-# .gsm3/ (benchmarks/samatch_bundle.py: float16 LiteMedSAM weights, monai wheel) and the shared
-# benign + malignant images (normal ones are in neither split):
-#   S=../shared/data/busi; mkdir -p .gbusi/busi && cp -rl .gsm3/w .gsm3/whl .gbusi/ &&
+# .gsm3/ (benchmarks/samatch_bundle.py: float16 LiteMedSAM weights, monai wheel) and the BUSI
+# folder's benign + malignant images (normal ones are in neither split), e.g. from data/busi:
+#   S=data/busi; mkdir -p .gbusi/busi && cp -rl .gsm3/w .gsm3/whl .gbusi/ &&
 #   cp -rl $S/benign $S/malignant .gbusi/busi/ && grep -v ',normal,' $S/index.csv > .gbusi/busi/index.csv
 # Usage there:  STEPS=1000 SEEDS="0 1 2" FIT_LIMIT=170 bash benchmarks/samatch_busi_gpu.sh   (carry .gbusi)
 # Schedule as benchmarks/samatch_cpu.sh for BUSI: warm-up = refresh = ramp = STEPS/5, SAM decoder

@@ -2,14 +2,15 @@
 # SAM-Match beside its baselines on this machine (CPU): supervised U-Net (labelled only), FixMatch
 # (`fit samatch --no-sam`) and SAM-Match, each followed by predict + evaluate on the validation list.
 # Wall time and peak memory of every fit come from GNU time (/usr/bin/time -v).
-# Usage: benchmarks/samatch_cpu.sh DATA OUT BUDGET...      e.g.
-#   benchmarks/samatch_cpu.sh ../shared/data/acdc runs/sm_acdc3 --labeled-cases 3
-#   BOX_MARGIN=30 benchmarks/samatch_cpu.sh ../shared/data/busi runs/sm_busi30 --labeled-images 30
+# Usage: benchmarks/samatch_cpu.sh DATA_DIR OUT BUDGET...      e.g.
+#   benchmarks/samatch_cpu.sh data/acdc runs/sm_acdc3 --labeled-cases 3
+#   BOX_MARGIN=30 benchmarks/samatch_cpu.sh data/busi runs/sm_busi30 --labeled-images 30
 # env: STEPS (student steps), REFRESH (warm-up = refresh interval = ramp), SAM_STEPS, UNLABELED_LIMIT,
 #      IMAGE_SIZE, BOX_MARGIN, METHODS (subset of "supervised fixmatch samatch"), CACHE, FEWSAM,
 #      SAM_ARGS (extra options of the SAM-Match fit alone, e.g. "--prompt-clicks none")
 set -euo pipefail
-DATA=$1 OUT=$2
+DATA=${1:?usage: benchmarks/samatch_cpu.sh DATA_DIR OUT BUDGET...}
+OUT=${2:?usage: benchmarks/samatch_cpu.sh DATA_DIR OUT BUDGET...}
 shift 2
 BUDGET=("$@")
 STEPS=${STEPS:-1000}

@@ -24,4 +24,6 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        sys.exit("usage: python3 benchmarks/table.py EVAL.json...")
     main(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""A real end-to-end path on a small subset of ACDC (../shared/data): fit -> predict (h5) -> evaluate."""
+"""A real end-to-end path on a small subset of ACDC (the shared real-data folder): fit -> predict (h5) -> evaluate."""
 
 import json
 import shutil
@@ -6,11 +6,10 @@ import shutil
 import h5py
 import numpy as np
 
-from fewsam.api import FitOptions, fit_fewshot_run
+from fewsam.api import FitOptions, fit
 from fewsam.evaluate import evaluate
 from fewsam.methods.fewshot import FewShotConfig
 from fewsam.predict import predict
-from fewsam.train import TrainConfig
 from tests.conftest import shared_data
 
 LABELLED = ["patient099_frame01_slice_7", "patient099_frame01_slice_9", "patient099_frame02_slice_5",
@@ -34,7 +33,7 @@ def test_fewshot_on_real_acdc_slices(tmp_path):
     data = _subset(tmp_path)
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=str(tmp_path / "cache"),
                       show_progress=False)
-    result = fit_fewshot_run(opts, TrainConfig(steps=30, lr=3e-4, val_every=15), FewShotConfig(views=2))
+    result = fit("fewshot", opts, FewShotConfig(steps=30, lr=3e-4, ema=0.0, val_every=15, views=2))
     assert 0.0 <= result.best_score <= 1.0
     written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", tmp_path / "cache",
                       show_progress=False)

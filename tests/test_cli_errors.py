@@ -62,7 +62,7 @@ def test_missing_data_folder(tmp_path):
 
 def test_empty_labelled_set(tiny_acdc, tmp_path):
     result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "0"), cwd=tmp_path)
-    assert_one_line_error(result, "labelled set is empty")
+    assert_one_line_error(result, "--labeled-slices must be at least 1, not 0")
     assert not (tmp_path / "run").exists()
 
 

@@ -11,12 +11,12 @@ from torch import nn
 
 from fewsam import api
 from fewsam.data.types import ClassMap, SliceRef
-from fewsam.embedded import IGNORE, EmbeddedSlice
+from fewsam.embedded import EmbeddedSlice
+from fewsam.labels import IGNORE
 from fewsam.errors import FewsamError
-from fewsam.fairness import (FairLoss, case_groups, fair_loss_for, group_indices, per_class_equity,
+from fewsam.fairness import (FairLoss, case_groups, fair_groups_for, group_indices, per_class_equity,
                              resolve_bins)
-from fewsam.losses import dice_ce_loss
-from fewsam.train import TrainConfig
+from fewsam.losses import DiceCELoss, dice_ce_loss
 from fewsam.methods import fewshot
 from fewsam.models.sam import PreprocessInfo
 
@@ -32,6 +32,9 @@ class TableDataset:
 
     def attributes_of(self, case_id: str) -> dict:
         return self.attributes[case_id]
+
+    def split(self, name: str) -> list[str]:
+        return ["a1"]
 
 
 DATA = TableDataset({
@@ -69,7 +72,7 @@ def test_gamma_zero_through_the_wiring_is_the_unscaled_loss_exactly():
     target = torch.randint(0, 3, (4, 6, 6))
     target[:, :, 4:] = IGNORE
     batch = [SliceRef(c, 0) for c in ("a1", "b1", "u1", "a2")]
-    loss = fair_loss_for(SimpleNamespace(fair_attribute="group", fair_gamma=0.0), DATA, batch)
+    loss = fair_groups_for("group", 0.0, None, DATA, batch).loss(IGNORE)
     assert torch.equal(loss(logits, target, batch), dice_ce_loss(logits, target, ignore_index=IGNORE))
 
 
@@ -81,7 +84,7 @@ def test_higher_loss_group_gets_its_predictions_scaled_down_by_hand():
     # -> Dice 4p'/(2p'+2) = 2p'/(p'+1). CE is unscaled: mean of -log p = (ln 2 + ln 4/3) / 2.
     logits, target = _logits([[0.5, 0.5], [0.75, 0.75]]), torch.ones(2, 1, 2, dtype=torch.long)
     batch = [SliceRef("a1", 0), SliceRef("b1", 0)]
-    loss = fair_loss_for(SimpleNamespace(fair_attribute="group", fair_gamma=1.0), DATA, batch)
+    loss = fair_groups_for("group", 1.0, None, DATA, batch).loss(IGNORE)
     w = math.tanh(3 / 7) / math.tanh(1.0)
     p = 0.5 * w
     dice = (2 * p / (p + 1) + 6 / 7) / 2
@@ -124,35 +127,44 @@ def test_fewshot_task_uses_the_fair_loss(gamma):
     samples = _samples()
     shots = [np.ones((2, 4), np.float32)] * 3
     cfg = fewshot.FewShotConfig(batch_size=4)
-    opts = SimpleNamespace(fair_attribute="group", fair_gamma=gamma)
     torch.manual_seed(0)
     head = LinearHead()
-    plain = fewshot.FewShotTask(head, samples, shots, cfg, None)
-    fair = fewshot.FewShotTask(head, samples, shots, cfg, None, loss_fn=fair_loss_for(opts, DATA, samples))
+    fair_loss = fair_groups_for("group", gamma, None, DATA, samples).loss(IGNORE)
+    plain = fewshot.FewShotTask(head, samples, shots, cfg, DiceCELoss(IGNORE), None, [], [0, 1, 2])
+    fair = fewshot.FewShotTask(head, samples, shots, cfg, fair_loss, None, [], [0, 1, 2])
     a, _ = plain.training_loss(np.random.default_rng(5), 0)
     b, _ = fair.training_loss(np.random.default_rng(5), 0)
     assert torch.equal(a, b) if gamma == 0 else b.item() > a.item()
 
 
-def test_fit_fewshot_run_passes_the_fair_loss_and_records_groups(tmp_path, monkeypatch):
-    ctx = SimpleNamespace(dataset=DATA, class_map=DATA.class_map, values=[0, 1, 2],
-                          model=SimpleNamespace(weights_sha256="0", preprocess_signature=lambda: "p"))
+def test_fit_passes_the_fair_loss_and_records_groups(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from fewsam import fitting, methods
+    from fewsam.models import registry
+
     labelled = [SliceRef(c, 0) for c in ("a1", "a2", "b1", "u1")]
-    monkeypatch.setattr(api, "fit_context", lambda opts: (ctx, labelled, ["a1"]))
+    monkeypatch.setattr(fitting, "open_dataset", lambda data, attributes=None: DATA)
+    monkeypatch.setattr(fitting, "select_labelled", lambda dataset, n_cases=None, n_slices=None: labelled)
+    monkeypatch.setattr(registry, "load_model", lambda *args, **kwargs: SimpleNamespace(
+        weights_sha256="0", preprocess_signature=lambda: "p"))
+    monkeypatch.setattr(fitting, "EmbeddingCache", lambda root, model: None)
     seen = {}
-    monkeypatch.setattr(fewshot, "fit", lambda *args, loss_fn=None: seen.setdefault("loss", loss_fn))
+    spy = replace(methods.get_method("fewshot"), fit=lambda ctx, cfg, run_dir: seen.setdefault(
+        "loss", ctx.labelled_loss(IGNORE)))
+    monkeypatch.setitem(methods._loaded, "fewshot", spy)
     opts = api.FitOptions(data=tmp_path, run=tmp_path / "run", labeled_slices=4, fair_attribute="bmi",
                           fair_gamma=0.5, fair_bins="bmi:25,30")
-    api.fit_fewshot_run(opts, TrainConfig(steps=1), fewshot.FewShotConfig())
-    assert isinstance(seen["loss"], FairLoss)
+    api.fit("fewshot", opts)
+    assert isinstance(seen["loss"], FairLoss) and seen["loss"].loss.gamma == 0.5
     record = json.loads((tmp_path / "run" / "fair_groups.json").read_text())
     assert record["labelled_cases_per_group"] == {"25-30": 1, "<25": 1, ">=30": 1}
     assert record["labelled_cases_without_group"] == 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["fair"] == {"attribute": "bmi", "gamma": 0.5, "bins": "bmi:25,30", "attributes": None}
     with pytest.raises(FewsamError, match="available attributes"):
-        api.fit_fewshot_run(api.FitOptions(data=tmp_path, run=tmp_path / "run2", labeled_slices=4,
-                                           fair_attribute="race"), TrainConfig(steps=1), fewshot.FewShotConfig())
+        api.fit("fewshot", api.FitOptions(data=tmp_path, run=tmp_path / "run2", labeled_slices=4,
+                                          fair_attribute="race"))
     assert not (tmp_path / "run2").exists()  # refused before the run folder is made
 
 
@@ -176,22 +188,22 @@ def _slice_set(ids: list[str], seed: int):
 
 
 @pytest.mark.parametrize("gamma", [0.0, 2.0])
-def test_supervised_and_samatch_tasks_use_the_fair_loss(tmp_path, gamma):
+def test_supervised_and_samatch_tasks_use_the_fair_loss(gamma):
     from fewsam.methods.samatch import SamMatchConfig, SamMatchTask
-    from fewsam.methods.student import StudentConfig
-    from fewsam.methods.supervised import SupervisedTask
+    from fewsam.methods.supervised import SupervisedConfig, SupervisedTask
 
-    cfg = StudentConfig(image_size=16, batch_size=4)
+    cfg = SupervisedConfig(image_size=16, batch_size=4)
     labelled, unlabelled = _slice_set(["a1", "a2", "b1", "u1"], 0), _slice_set(["x", "y"], 1)
-    opts = SimpleNamespace(fair_attribute="group", fair_gamma=gamma)
-    fair = fair_loss_for(opts, DATA, labelled.refs, ignore_index=None)
+    fair = fair_groups_for("group", gamma, None, DATA, labelled.refs).loss(None)
+    plain = DiceCELoss(None)
     torch.manual_seed(0)
     module = nn.Conv2d(1, 3, 1)
-    sm_cfg = SamMatchConfig(use_sam=False, unlabeled_batch=2)
-    pairs = [(SupervisedTask(module, labelled, cfg, None), SupervisedTask(module, labelled, cfg, None, loss_fn=fair)),
-             (SamMatchTask(module, labelled, unlabelled, cfg, sm_cfg, None, tmp_path),
-              SamMatchTask(module, labelled, unlabelled, cfg, sm_cfg, None, tmp_path, loss_fn=fair))]
-    for plain, scaled in pairs:
-        a, _ = plain.training_loss(np.random.default_rng(3), 0)
+    sm_cfg = SamMatchConfig(use_sam=False, unlabeled_batch=2, image_size=16, batch_size=4)
+    pairs = [(SupervisedTask(module, labelled, cfg, plain, [], [0, 1, 2]),
+              SupervisedTask(module, labelled, cfg, fair, [], [0, 1, 2])),
+             (SamMatchTask(module, labelled, unlabelled, sm_cfg, plain, [], [0, 1, 2]),
+              SamMatchTask(module, labelled, unlabelled, sm_cfg, fair, [], [0, 1, 2]))]
+    for plain_task, scaled in pairs:
+        a, _ = plain_task.training_loss(np.random.default_rng(3), 0)
         b, _ = scaled.training_loss(np.random.default_rng(3), 0)
         assert torch.equal(a, b) if gamma == 0 else b.item() > a.item()

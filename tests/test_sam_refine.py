@@ -10,13 +10,13 @@ from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
 from fewsam.embedded import embed_case
 from fewsam.errors import RunError
-from fewsam.methods import samatch
-from fewsam.methods.sam_refine import REFINEMENT, SamRefinedPredictor, choose_refinement, merge_refined
-from fewsam.methods.samatch import IGNORE, SamMatchConfig
+from fewsam.labels import IGNORE
+from fewsam.methods.samatch import SamMatchConfig, load_final_sam
+from fewsam.methods.samatch.refine import REFINEMENT, SamRefinedPredictor, choose_refinement, merge_refined
+from fewsam.methods.samatch.sam_decoder import SamDecoder
 from fewsam.methods.student import StudentPredictor
 from fewsam.predict import predict
-from fewsam.runs import read_config, write_json
-from fewsam.train import BEST
+from fewsam.runs import BEST, read_config, write_json
 from test_samatch import SAM_CFG, fit_run
 from test_supervised import one_thread, phantom, tiny_sam  # noqa: F401 - fixtures
 
@@ -35,13 +35,13 @@ def _save_decoder(folder, weights, score):
 
 def test_load_final_sam_takes_the_last_round_that_did_not_lower_validation(tmp_path):
     sam = tiny_sam()
-    base = samatch.SamDecoder(sam).state_dict()
+    base = SamDecoder(sam).state_dict()
     shifted = {s: {k: v + s for k, v in base.items()} for s in (1.0, 2.0, 3.0)}
     _save_decoder(tmp_path, shifted[1.0], 0.5)  # stage 1
     _save_decoder(tmp_path / "round_0000004", shifted[2.0], 0.6)  # better: kept
     _save_decoder(tmp_path / "round_0000008", shifted[3.0], 0.4)  # worse: dropped
-    samatch.load_final_sam(sam, tmp_path)
-    loaded = samatch.SamDecoder(sam).state_dict()
+    load_final_sam(sam, tmp_path)
+    loaded = SamDecoder(sam).state_dict()
     assert all(torch.equal(loaded[k], shifted[2.0][k]) for k in base)
 
 
@@ -66,7 +66,7 @@ def test_refine_with_sam_refuses_runs_without_sam(phantom, tmp_path):  # noqa: F
                                                                                    unlabeled_limit=4), steps=2)
     with pytest.raises(RunError, match="--no-sam"):
         predict(run_dir, phantom, tmp_path / "pred", cache_root=tmp_path / "c", show_progress=False,
-                refine_with_sam=True)
+                refine="always")
 
 
 def _refinable_run(phantom, tmp_path):
@@ -103,11 +103,11 @@ def test_refinement_choice_follows_the_higher_score_and_is_decided_once(phantom,
     assert not choose_refinement(run_dir, predictor, cache, show_progress=False)["refine"]
 
 
-def test_refine_flags_are_exclusive_and_need_the_runs_data(phantom, tmp_path):  # noqa: F811
+def test_refine_choice_is_checked_and_needs_the_runs_data(phantom, tmp_path):  # noqa: F811
     run_dir, _, _ = _refinable_run(phantom, tmp_path)
-    with pytest.raises(RunError, match="choose one"):
+    with pytest.raises(RunError, match="refine must be never, always or if-better"):
         predict(run_dir, phantom, tmp_path / "pred", cache_root=tmp_path / "c", show_progress=False,
-                refine_with_sam=True, refine_if_better=True)
+                refine="sometimes")
     config = read_config(run_dir)
     write_json(run_dir / "config.json", config | {"data": str(tmp_path / "moved")})
     predictor = SamRefinedPredictor(run_dir, tiny_sam())

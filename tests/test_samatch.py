@@ -12,15 +12,16 @@ from fewsam.data import select_labelled, unlabelled_pool
 from fewsam.methods import samatch
 from fewsam.data.types import SliceRef
 from fewsam.embedded import EmbeddedSlice
-from fewsam.methods.samatch import (IGNORE, QUALITY, SamMatchConfig, compose_pseudo_label, confident_boxes,
+from fewsam.labels import IGNORE
+from fewsam.methods.samatch import (QUALITY, SamMatchConfig, compose_pseudo_label, confident_boxes,
                                     ignore_unprompted, pooled_dice, ramp, select_unlabelled, student_samples)
-from fewsam.methods.supervised import default_train_config
+from fewsam.methods.samatch.sam_decoder import box_batch
 from fewsam.models.sam import PreprocessInfo
 from fewsam.predict import predict
 from fewsam.prompts import box_from_mask
 from fewsam.runs import prepare_run_dir
-from fewsam.train import LAST, LOG
-from test_supervised import TINY, context, one_thread, phantom  # noqa: F401 - fixtures
+from fewsam.runs import LAST, LOG
+from test_supervised import TINY_STUDENT, context, one_thread, phantom  # noqa: F401 - fixtures
 
 INFO = PreprocessInfo((40, 40), (40, 40), 40)  # original frame == SAM frame: boxes in pixels
 
@@ -124,27 +125,27 @@ def test_unlabelled_subset_is_seeded_and_ordered(phantom):  # noqa: F811
 
 
 def fit_run(data, tmp_path, run, cfg: SamMatchConfig, steps=12, kill_at=None):
-    ctx = context(data, tmp_path)  # a fresh process: SAM's decoder starts from the checkpoint again
-    labelled = select_labelled(ctx.dataset, n_cases=1)
-    train_cfg = default_train_config(steps=steps, lr=0.05, val_every=4, seed=0, optimizer="sgd")
+    """Fit SAM-Match with the tiny SAM and student (a fresh context: SAM's decoder starts from its
+    checkpoint again, as in a new process); ``kill_at`` interrupts the student's loop at that step."""
+    ctx = context(data, tmp_path, n_cases=1)
+    cfg = replace(cfg, steps=steps, lr=0.05, val_every=4, optimizer="sgd", **TINY_STUDENT)
     config = {"method": "samatch", "model": "tinysam", "class_map": ctx.class_map.to_json(),
-              "values": ctx.values, "student": asdict(TINY), "samatch": asdict(cfg)}
+              "values": ctx.values, "samatch": asdict(cfg), **cfg.derived_record(0)}
     run_dir, _ = prepare_run_dir(run, config)
     module_holder = {}
     original = samatch.train
 
-    def train_spy(task, tcfg, rdir, show_progress=True, on_checkpoint=None):
-        if isinstance(task, samatch.SamMatchTask):
-            module_holder["module"] = task.module
+    def train_spy(task, tcfg, rdir, show_progress=True, on_checkpoint=None, before_step=None):
+        module_holder["module"] = task.module
 
         def kill(step):
-            if kill_at is not None and step == kill_at and isinstance(task, samatch.SamMatchTask):
+            if kill_at is not None and step == kill_at:
                 raise KeyboardInterrupt
-        return original(task, tcfg, rdir, show_progress, kill)
+        return original(task, tcfg, rdir, show_progress, kill, before_step)
 
     samatch.train = train_spy
     try:
-        samatch.fit(ctx, labelled, ctx.dataset.split("val"), run_dir, train_cfg, TINY, cfg)
+        samatch.fit(ctx, cfg, run_dir)
     finally:
         samatch.train = original
     return run_dir, module_holder["module"], ctx
@@ -281,14 +282,14 @@ def test_box_batch_clicks_sit_inside_each_class_and_pad():
     label[25:36, 22:33] = 20
     sample = EmbeddedSlice(SliceRef("c", 0), np.zeros((256, 64, 64), np.float16), INFO, label, label)
     only_10 = EmbeddedSlice(SliceRef("c", 1), sample.embedding, INFO, label * (label == 10), label * (label == 10))
-    _, prompts, target = samatch.box_batch([sample, only_10], [(0, 10), (0, 20), (1, 10)], np.zeros(3), "cpu",
+    _, prompts, target = box_batch([sample, only_10], [(0, 10), (0, 20), (1, 10)], np.zeros(3), "cpu",
                                            clicks="contrast")
     np.testing.assert_allclose(prompts["boxes"].numpy(), [[4, 10, 9, 15], [22, 25, 33, 36], [4, 10, 9, 15]])
     first, second = [6.5, 12.5], [27.5, 30.5]  # the deepest pixels of value 10 and value 20
     np.testing.assert_allclose(prompts["points"].numpy()[:2], [[first, second], [second, first]])
     np.testing.assert_array_equal(prompts["point_labels"].numpy(), [[1, 0], [1, 0], [1, -1]])  # -1: SAM's padding
     assert target.shape == (3, 1, 40, 40) and target[1, 0, 30, 27] == 1
-    _, box_only, _ = samatch.box_batch([sample], [(0, 10)], np.zeros(1), "cpu")
+    _, box_only, _ = box_batch([sample], [(0, 10)], np.zeros(1), "cpu")
     assert set(box_only) == {"boxes"}
 
 

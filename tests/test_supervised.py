@@ -8,16 +8,18 @@ from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset, select_labelled
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.evaluate import evaluate
-from fewsam.inference import FitContext
+from fewsam.fitting import FitContext
+from fewsam.labels import value_lut
 from fewsam.methods import supervised
-from fewsam.methods.student import (StudentConfig, build_unet, random_affine, student_image, student_label, value_lut,
-                                    volume_dice_score, warp, warp_labels)
+from fewsam.methods.student import (StudentConfig, build_unet, random_affine, student_image, student_label,
+                                    validate_student, warp, warp_labels)
 from fewsam.models.registry import _assemble
 from fewsam.models.sam import Preprocessing
 from fewsam.predict import predict
 from fewsam.runs import prepare_run_dir
 
-TINY = StudentConfig(image_size=64, channels=(8, 16, 32, 64), num_res_units=1, batch_size=4)
+TINY_STUDENT = {"image_size": 64, "channels": (8, 16, 32, 64), "num_res_units": 1, "batch_size": 4}
+TINY = StudentConfig(image_size=64, channels=(8, 16, 32, 64), num_res_units=1)
 
 
 def tiny_sam():
@@ -42,10 +44,13 @@ def phantom(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("phantom"), n_train=4, n_val=2, slices=6, seed=1)
 
 
-def context(data, tmp_path):
+def context(data, tmp_path, n_cases=None, n_slices=None):
+    """A fit's context on ``data`` with the tiny SAM; the labelled budget when one is given."""
     dataset = open_dataset(data)
     model = tiny_sam()
-    return FitContext(dataset, model, EmbeddingCache(tmp_path / "cache", model), "cpu", show_progress=False)
+    labelled = select_labelled(dataset, n_cases=n_cases, n_slices=n_slices) if n_cases or n_slices else []
+    return FitContext(dataset, model, EmbeddingCache(tmp_path / "cache", model), "cpu", show_progress=False,
+                      labelled=labelled, val_ids=dataset.split("val"))
 
 
 def test_student_frame_roundtrip():
@@ -83,16 +88,15 @@ def test_augmentation_moves_image_and_label_together():
 
 
 def test_supervised_learns_on_phantom_and_predicts(phantom, tmp_path):
-    ctx = context(phantom, tmp_path)
-    labelled = select_labelled(ctx.dataset, n_cases=2)
-    val_ids = ctx.dataset.split("val")
-    train_cfg = supervised.default_train_config(steps=60, lr=0.1, val_every=30, seed=0, optimizer="sgd")
+    ctx = context(phantom, tmp_path, n_cases=2)
+    val_ids = ctx.val_ids
+    cfg = supervised.SupervisedConfig(steps=60, lr=0.1, val_every=30, optimizer="sgd", **TINY_STUDENT)
     run_dir, _ = prepare_run_dir(tmp_path / "run", {"method": "supervised", "model": "tinysam",
                                                     "class_map": ctx.class_map.to_json(), "values": ctx.values,
-                                                    "student": TINY.__dict__})
+                                                    **cfg.derived_record(0)})
     torch.manual_seed(0)
-    untrained = volume_dice_score(build_unet(TINY, 4), [ctx.dataset.load(c) for c in val_ids], TINY, ctx.values)
-    result = supervised.fit(ctx, labelled, val_ids, run_dir, train_cfg, TINY)
+    untrained = validate_student(build_unet(TINY, 4), [ctx.dataset.load(c) for c in val_ids], TINY, ctx.values)
+    result = supervised.fit(ctx, cfg, run_dir)
     assert result.best_score > untrained["score"] + 0.2  # measured: ~0.05 -> ~0.33 after 60 steps
     written = predict(run_dir, phantom, tmp_path / "pred", show_progress=False)
     assert len(written) == len(val_ids)
@@ -110,7 +114,7 @@ def test_validation_score_is_volume_dice(phantom, tmp_path):
             out[:, 0] = 10
             return out
 
-    assert volume_dice_score(Oracle(), cases, TINY, ctx.values)["score"] == 0.0
+    assert validate_student(Oracle(), cases, TINY, ctx.values)["score"] == 0.0
 
 
 @pytest.mark.parametrize("method", ["supervised", "fixmatch"])
@@ -121,30 +125,32 @@ def test_student_baselines_never_load_sam_weights(phantom, tmp_path, monkeypatch
     def no_weights(*args, **kwargs):
         raise AssertionError("a SAM model was loaded")
 
-    monkeypatch.setattr(api, "load_model", no_weights)
+    from fewsam.methods.samatch import SamMatchConfig
+    from fewsam.models import registry
+
+    monkeypatch.setattr(registry, "load_model", no_weights)
     opts = api.FitOptions(data=phantom, run=tmp_path / "run", labeled_cases=1, cache=str(tmp_path / "c"),
                           show_progress=False)
-    student = {"image_size": 64, "channels": (8, 16, 32, 64), "batch_size": 4}
+    student = {"image_size": 64, "channels": (8, 16, 32, 64), "batch_size": 4, "steps": 2, "val_every": 2}
     if method == "supervised":
-        api.fit_supervised_run(opts, steps=2, val_every=2, student=student)
+        api.fit("supervised", opts, supervised.SupervisedConfig(**student))
     else:
-        api.fit_samatch_run(opts, steps=2, val_every=2, student=student,
-                            samatch={"use_sam": False, "unlabeled_batch": 2, "unlabeled_limit": 4})
+        api.fit("samatch", opts, SamMatchConfig(use_sam=False, unlabeled_batch=2, unlabeled_limit=4, **student))
     config = (tmp_path / "run" / "config.json").read_text()
     assert '"weights_sha256": null' in config and '"model": null' in config
     assert len(predict(tmp_path / "run", phantom, tmp_path / "pred", show_progress=False)) == 2
 
 
 def test_student_optimiser_options():
-    from fewsam.errors import FewsamError
+    from fewsam.config import ConfigError
     from fewsam.train import make_optimizer
 
-    fast = supervised.default_train_config(10, None, 5, 0)  # the default: AdamW 1e-3 + weight average 0.99
+    fast = supervised.SupervisedConfig(steps=10).train_config(0)  # the default: AdamW 1e-3 + weight average 0.99
     assert (fast.optimizer, fast.lr, fast.ema, fast.schedule) == ("adamw", 1e-3, 0.99, "poly")
     assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(1))], fast), torch.optim.AdamW)
-    sgd = supervised.default_train_config(10, None, 5, 0, optimizer="sgd")  # the paper's recipe, whole
+    sgd = supervised.SupervisedConfig(optimizer="sgd").train_config(0)  # the paper's recipe, whole
     assert (sgd.optimizer, sgd.lr, sgd.ema, sgd.momentum) == ("sgd", 0.01, 0.0, 0.9)
-    mixed = supervised.default_train_config(10, 0.05, 5, 0, optimizer="sgd", ema=0.9)  # given values win
+    mixed = supervised.SupervisedConfig(lr=0.05, optimizer="sgd", ema=0.9).train_config(0)  # given values win
     assert (mixed.lr, mixed.ema) == (0.05, 0.9)
-    with pytest.raises(FewsamError):
-        supervised.default_train_config(10, 0.01, 5, 0, optimizer="lion")
+    with pytest.raises(ConfigError, match="--optimizer must be adamw or sgd, not 'lion'"):
+        supervised.SupervisedConfig(optimizer="lion")

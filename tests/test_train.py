@@ -73,7 +73,7 @@ def test_same_seed_same_result(tmp_path):
     ("cosine", 0, 0.5), ("cosine", 2, 1.0), ("cosine", 40, 0.0), ("poly", 21, 0.5 ** 0.9), ("constant", 30, 1.0),
 ])
 def test_lr_schedule(schedule, step, expected):
-    cfg = TrainConfig(steps=40, warmup_steps=2, schedule=schedule)
+    cfg = TrainConfig(steps=40, lr=1e-4, warmup_steps=2, schedule=schedule)
     assert lr_factor(step, cfg) == pytest.approx(expected)
 
 

@@ -22,12 +22,11 @@ import torch
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
 from fewsam.embedded import embed_case, embed_cases, embed_refs
-from fewsam.inference import FitContext
+from fewsam.fitting import FitContext
 from fewsam.methods import fewshot
 from fewsam.losses import dice_ce_loss
 from fewsam.methods.fewshot import PrototypeDecoder, bank_tokens, remap_label_frames, shot_prototypes
 from fewsam.models.registry import load_model
-from fewsam.train import TrainConfig
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -93,10 +92,9 @@ def _predict_and_fit_times(dataset, model, cache, refs, device: str, cache_dir: 
     """Wall time of predicting one validation volume and of a 30-step few-shot fit, both from a warm cache."""
     val_id = dataset.split("val")[0]
     embed_cases(dataset, [val_id], cache, device, show_progress=False)  # warm the cache
-    ctx = FitContext(dataset, model, cache, device, show_progress=False)
+    ctx = FitContext(dataset, model, cache, device, show_progress=False, labelled=refs, val_ids=[val_id])
     start = time.perf_counter()
-    result = fewshot.fit(ctx, refs, [val_id], cache_dir / "run", TrainConfig(steps=30, val_every=30),
-                         fewshot.FewShotConfig(views=1))
+    fewshot.fit(ctx, fewshot.FewShotConfig(steps=30, val_every=30, lr=1e-4, ema=0.0, views=1), cache_dir / "run")
     fit_s = time.perf_counter() - start
     predictor = fewshot.FewShotPredictor(cache_dir / "run", model, device)
     start = time.perf_counter()

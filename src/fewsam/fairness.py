@@ -6,16 +6,17 @@ files), binned with ``fewsam.data.group_of`` (``--bins bmi:25,30``; age at 60 by
 A case without a value is in no group: it counts in overall scores, and in training it gets
 the scaling weight 1 (group id -1).
 
-Any method's trainer gets fair scaling from ``fair_loss_for(opts, dataset, labelled)``: ``None``
-without ``--fair-attribute``, else a ``FairLoss`` callable ``loss_fn(logits, target, batch)``
-that looks up each batch item's case, maps it to a group id and applies
-``losses.FairScaledLoss``; ``loss.save(run_dir)`` records the groups. gamma = 0 is exactly the
+Any method's trainer gets fair scaling through ``fair_groups_for(...)`` (``None`` without
+``--fair-attribute``): its ``FairGroups.loss(ignore_index)`` is a ``FairLoss`` callable
+``loss_fn(logits, target, batch)`` that looks up each batch item's case, maps it to a group id
+and applies ``losses.FairScaledLoss``; ``FairGroups.save(run_dir)`` records the groups. gamma = 0 is exactly the
 unscaled Dice + CE loss.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,7 +24,8 @@ import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
-from fewsam.embedded import IGNORE
+from fewsam.data.types import Dataset
+from fewsam.labels import IGNORE
 from fewsam.errors import FewsamError
 from fewsam.losses import FairScaledLoss
 from fewsam.metrics import CI_METRICS, equity_scaled
@@ -43,12 +45,12 @@ def resolve_bins(column: str, bins: str | Bins | None) -> Bins | None:
     return parsed
 
 
-def case_attributes(dataset: Any, case_id: str) -> dict[str, Any]:
+def case_attributes(dataset: Dataset, case_id: str) -> dict[str, Any]:
     """A case's attributes, without reading pixels when the index already has them.
 
     FairSeg npz files keep their attributes inside the file, so those cases are loaded.
     """
-    if getattr(dataset, "format", None) != "npz" and hasattr(dataset, "attributes_of"):
+    if dataset.format != "npz":
         return dataset.attributes_of(case_id)
     return dataset.load(case_id).attributes
 
@@ -98,12 +100,6 @@ class FairLoss:
         self.loss = FairScaledLoss(gamma, ce_weight, dice_weight, ignore_index=ignore_index)
         self.record = record or {"gamma": gamma}
 
-    def save(self, run_dir: Path) -> Path:
-        """Write ``fair_groups.json``: the groups and how many labelled cases each holds."""
-        path = Path(run_dir) / GROUPS_FILE
-        path.write_text(json.dumps(self.record, indent=2))
-        return path
-
     def group_tensor(self, batch: Sequence[Any]) -> Tensor:
         return torch.tensor([self.case_group.get(_case_id(item), -1) for item in batch], dtype=torch.long)
 
@@ -111,27 +107,40 @@ class FairLoss:
         return self.loss(logits, target, self.group_tensor(batch).to(logits.device))
 
 
-def fair_loss_for(opts: Any, dataset: Any, labelled: Sequence[Any],
-                  ignore_index: int | None = IGNORE) -> FairLoss | None:
-    """The fair loss for a fit (``opts.fair_attribute/fair_gamma/fair_bins``), or None without one.
+@dataclass(frozen=True)
+class FairGroups:
+    """The labelled cases' groups and gamma of a fit with fair scaling; makes its loss, records itself."""
 
-    Groups come from the labelled cases. Call it before creating the run folder (a bad column
-    is refused first), then ``loss.save(run_dir)`` records the groups.
-    """
-    column = getattr(opts, "fair_attribute", None)
+    case_group: dict[str, int]  # case id -> group id (-1: no group)
+    gamma: float
+    record: dict[str, Any]
+
+    def loss(self, ignore_index: int | None) -> FairLoss:
+        return FairLoss(self.case_group, self.gamma, ignore_index=ignore_index, record=self.record)
+
+    def save(self, run_dir: Path) -> Path:
+        """Write ``fair_groups.json``: the groups and how many labelled cases each holds."""
+        path = Path(run_dir) / GROUPS_FILE
+        path.write_text(json.dumps(self.record, indent=2))
+        return path
+
+
+def fair_groups_for(column: str | None, gamma: float, bins: str | None, dataset: Any,
+                    labelled: Sequence[Any]) -> FairGroups | None:
+    """The groups of a fit's labelled cases for fair scaling on ``column``; None without one.
+
+    Called before the run folder exists, so a bad column is refused before anything is written."""
     if not column:
         return None
-    gamma = float(getattr(opts, "fair_gamma", 1.0))
     if gamma < 0:
         raise FewsamError(f"--fair-gamma must be >= 0, got {gamma}")
-    bins = getattr(opts, "fair_bins", None)
     groups = case_groups(dataset, [_case_id(r) for r in labelled], column, bins)
     case_group, names = group_indices(groups)
     record = {"attribute": column, "gamma": gamma, "bins": bins, "groups": names,
               "labelled_cases_per_group": {n: sum(g == n for g in groups.values()) for n in names},
               "labelled_cases_without_group": sum(g is None for g in groups.values()),
               "case_group": groups}
-    return FairLoss(case_group, gamma, ignore_index=ignore_index, record=record)
+    return FairGroups(case_group, gamma, record)
 
 
 def per_class_equity(result: dict[str, Any], alpha: float = 1.0, es_mode: str = "sum") -> dict[str, dict[str, float | None]]:

@@ -1,53 +1,30 @@
 """From decoder logits in the model frame to label maps in the case's own geometry.
 
-Shared by every SAM-side method: validation during fitting, ``fewsam predict`` and the demo.
+Shared by every method: validation during fitting, ``fewsam predict`` and the post-processing choice.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from fewsam.cache import EmbeddingCache
-from fewsam.data.types import ClassMap, Dataset
 from fewsam.embedded import EmbeddedSlice
-from fewsam.models.sam import PreprocessInfo, SamModel, postprocess_logits
 from fewsam.errors import DataError
-from fewsam.metrics import dice_per_class
+from fewsam.labels import index_lut
+from fewsam.metrics import volume_score
+from fewsam.models.sam import PreprocessInfo, postprocess_logits
 
 
 def labels_from_logits(logits: torch.Tensor, info: PreprocessInfo, values: list[int]) -> np.ndarray:
     """(Q, 256, 256) low-res logits of one slice (query order = ``values``) -> (H, W) uint8 label values."""
     full = postprocess_logits(logits[None].float(), info)[0]
     index = full.argmax(dim=0).cpu().numpy()
-    return np.asarray(values, dtype=np.uint8)[index]
+    return index_lut(values)[index]
 
 
 def stack_volume(slices: list[np.ndarray]) -> np.ndarray:
     return np.stack(slices).astype(np.uint8)
-
-
-@dataclass
-class FitContext:
-    """What every method's fit shares: data, model, cache, device, class map."""
-
-    dataset: Dataset
-    model: SamModel | None  # None for the U-Net students that need no SAM
-    cache: EmbeddingCache | None
-    device: str
-    show_progress: bool = True
-
-    @property
-    def class_map(self) -> ClassMap:
-        return self.dataset.class_map
-
-    @property
-    def values(self) -> list[int]:
-        """Label values in query order: background first."""
-        return [0] + self.class_map.labels
 
 
 def check_labelled(samples: list[EmbeddedSlice]) -> None:
@@ -55,7 +32,6 @@ def check_labelled(samples: list[EmbeddedSlice]) -> None:
         raise DataError("the labelled set is empty; give --labeled-cases N or --labeled-slices K with N, K >= 1")
     if any(s.label_frame is None for s in samples):
         raise DataError("some labelled slices have no label file; the labelled set must be labelled")
-
 
 
 
@@ -79,8 +55,7 @@ def keep_largest_components(volume: np.ndarray, values: list[int]) -> np.ndarray
 def choose_postprocessing(predictions: list[np.ndarray], labels: list[np.ndarray], values: list[int]
                           ) -> dict[str, float | bool]:
     """Compare raw vs largest-component predictions on validation volumes by mean Dice."""
-    raw = [np.mean(list(dice_per_class(p, y, values).values())) for p, y in zip(predictions, labels)]
-    lcc = [np.mean(list(dice_per_class(keep_largest_components(p, values), y, values).values()))
-           for p, y in zip(predictions, labels)]
+    raw = [volume_score(p, y, values) for p, y in zip(predictions, labels)]
+    lcc = [volume_score(keep_largest_components(p, values), y, values) for p, y in zip(predictions, labels)]
     raw_mean, lcc_mean = float(np.mean(raw)), float(np.mean(lcc))
     return {"largest_component": lcc_mean > raw_mean, "val_dice_raw": raw_mean, "val_dice_largest_component": lcc_mean}

@@ -71,6 +71,17 @@ def dice_ce_loss(
     return ce_weight * ce + dice_weight * dice_loss(probs, onehot, reduction="mean")
 
 
+class DiceCELoss:
+    """``dice_ce_loss`` as a labelled loss ``loss(logits, target, batch)``: the batch items are not
+    needed, but the signature is the one fair scaling needs too (``fairness.FairLoss``)."""
+
+    def __init__(self, ignore_index: int | None = None) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, logits: Tensor, target: Tensor, batch: object = None) -> Tensor:
+        return dice_ce_loss(logits, target, ignore_index=self.ignore_index)
+
+
 def fair_group_weights(
     per_sample_dice_loss: Tensor, groups: Tensor, gamma: float, normalise: bool = True
 ) -> Tensor:

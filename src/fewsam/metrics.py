@@ -63,6 +63,18 @@ def dice_per_class(pred: np.ndarray, label: np.ndarray, class_labels: list[int])
     return {int(c): _dice(pred == c, label == c) for c in class_labels}
 
 
+def volume_score(pred: np.ndarray, label: np.ndarray, foreground: list[int]) -> float:
+    """Mean over the foreground classes of one volume's 3D Dice: the score every method's model
+    selection, post-processing choice and refinement choice is made on."""
+    return float(np.mean(list(dice_per_class(pred, label, foreground).values())))
+
+
+def selection_score(volume_scores: list[float]) -> dict[str, float]:
+    """The validation record the training loop selects on: the mean of ``volume_score`` over volumes."""
+    score = float(np.mean(volume_scores)) if volume_scores else 0.0
+    return {"score": score, "dice": score}
+
+
 def _dice(pred: np.ndarray, label: np.ndarray) -> float:
     total = int(np.count_nonzero(pred)) + int(np.count_nonzero(label))
     return 1.0 if total == 0 else 2 * int(np.count_nonzero(pred & label)) / total

@@ -1,35 +1,27 @@
 """``fewsam predict``: a run folder + a data folder -> one prediction file per case, in the case's format.
 
-The run folder says which method, model and weights made it; the predictor for that method is
-rebuilt from it, cases are embedded through the cache, and predictions are written mirroring
-the cases' relative paths so that ``fewsam evaluate`` (or any other tool) can pair them up.
+The run folder says which method, model and weights made it; the method registry rebuilds its
+predictor, cases are embedded through the cache (unless the method predicts from pixels), and
+predictions are written mirroring the cases' relative paths so that ``fewsam evaluate`` (or any
+other tool) can pair them up.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
+from typing import Literal
 
 from fewsam.cache import EmbeddingCache
+from fewsam.config import DEFAULT_CACHE
 from fewsam.data import open_dataset, write_prediction
-from fewsam.data.types import Case
-from fewsam.embedded import EmbeddedSlice, embed_case
+from fewsam.embedded import embed_case
 from fewsam.errors import DataError, ModelError, RunError
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
 from fewsam.progress import tracked
 from fewsam.runs import read_config
 
-
-STUDENT_METHODS = ("supervised", "samatch")  # U-Net students: predict from pixels
-
-
-class Predictor(Protocol):
-    def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
-        """(D, H, W) uint8 label values for the case."""
-        ...
+Refine = Literal["never", "always", "if-better"]
 
 
 def load_run_model(config: dict, device: str) -> SamModel:
@@ -41,68 +33,52 @@ def load_run_model(config: dict, device: str) -> SamModel:
     return model
 
 
-def build_predictor(run_dir: Path, config: dict, model: SamModel | None, device: str, values: list[int],
-                    refine_with_sam: bool = False) -> Predictor:
-    """The method's predictor, rebuilt from the run folder (``values``: the data's label values)."""
-    method = config.get("method")
-    if refine_with_sam:
-        from fewsam.methods.sam_refine import SamRefinedPredictor
-
-        return SamRefinedPredictor(run_dir, model, device)
-    if method == "fewshot":
-        from fewsam.methods.fewshot import FewShotPredictor
-
-        return FewShotPredictor(run_dir, model, device)
-    if method == "prompted":
-        from fewsam.methods.prompted import PromptedConfig, PromptedPredictor
-
-        return PromptedPredictor(model, values, PromptedConfig(**config["prompted"]), device)
-    if method in STUDENT_METHODS:
-        from fewsam.methods.student import StudentPredictor
-
-        return StudentPredictor(run_dir, device)
-    raise RunError(f"{run_dir}: unknown method {method!r} in config.json")
-
-
 def predict(
     run_dir: str | Path,
     data: str | Path,
     out: str | Path,
     split: str | None = None,
-    cache_root: str | Path = "~/.cache/fewsam",
+    cache_root: str | Path = DEFAULT_CACHE,
     device: str = "cpu",
     overwrite: bool = False,
     show_progress: bool = True,
-    refine_with_sam: bool = False,
-    refine_if_better: bool = False,
+    refine: Refine = "never",
 ) -> list[Path]:
     """Write one prediction per case of ``split`` (default: the dataset's "val" split) under ``out``.
 
-    ``refine_with_sam`` (SAM-Match runs): the student's confident regions prompt the run's SAM
-    (``methods/sam_refine.py``); the slices are then embedded through the cache.
-    ``refine_if_better``: refine only if it scores higher on the run's validation cases (decided
-    once, RUN/refinement.json)."""
+    ``refine`` (SAM-Match runs): "always" lets the student's confident regions prompt the run's
+    SAM (``methods/samatch/refine.py``; the slices are then embedded through the cache);
+    "if-better" refines only if that scores higher on the run's validation cases (decided once,
+    RUN/refinement.json)."""
+    from fewsam.methods import get_method
+
     run_dir, out = Path(run_dir), Path(out)
     config = read_config(run_dir)
+    method = get_method(config.get("method"))
     dataset = open_dataset(data)
     case_ids = dataset.split(split or "val")
     if not case_ids:
         raise DataError(f"split {split or 'val'} of {data} is empty")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
-    if refine_with_sam and refine_if_better:
-        raise RunError("choose one: --refine-with-sam (always) or --refine-if-better (decided on validation)")
-    if refine_with_sam or refine_if_better:
-        from fewsam.methods.sam_refine import check_refinable
+    if refine not in ("never", "always", "if-better"):
+        raise RunError(f"refine must be never, always or if-better, not {refine!r}")
+    if refine != "never":
+        from fewsam.methods.samatch.refine import check_refinable
 
         check_refinable(run_dir, config)
     _check_class_map(config, dataset.class_map.to_json(), data)
-    if refine_if_better:
-        refine_with_sam = _refinement_chosen(run_dir, config, cache_root, device, show_progress)
-    student = config.get("method") in STUDENT_METHODS and not refine_with_sam  # pixels in, no SAM needed
-    model = None if student else load_run_model(config, device)
-    predictor = build_predictor(run_dir, config, model, device, [0] + dataset.class_map.labels, refine_with_sam)
-    cache = None if student else EmbeddingCache(cache_root, model)
+    refined = refine == "always" or (refine == "if-better" and
+                                     _refinement_chosen(run_dir, config, cache_root, device, show_progress))
+    pixels_only = method.pixels_only and not refined
+    model = None if pixels_only else load_run_model(config, device)
+    if refined:
+        from fewsam.methods.samatch.refine import SamRefinedPredictor
+
+        predictor = SamRefinedPredictor(run_dir, model, device)
+    else:
+        predictor = method.predictor(run_dir, config, model, device, [0] + dataset.class_map.labels)
+    cache = None if pixels_only else EmbeddingCache(cache_root, model)
     written = []
     for case_id in tracked(case_ids, "predict", show_progress):
         case = dataset.load(case_id)
@@ -113,7 +89,7 @@ def predict(
 
 def _refinement_chosen(run_dir: Path, config: dict, cache_root: str | Path, device: str, show_progress: bool) -> bool:
     """Whether SAM refinement beat the student on the run's validation cases (decided once)."""
-    from fewsam.methods.sam_refine import SamRefinedPredictor, choose_refinement
+    from fewsam.methods.samatch.refine import SamRefinedPredictor, choose_refinement
 
     model = load_run_model(config, device)
     predictor = SamRefinedPredictor(run_dir, model, device)

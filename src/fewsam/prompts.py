@@ -118,10 +118,3 @@ def masked_average_pool(embedding: np.ndarray, weights: np.ndarray) -> np.ndarra
         protos = (w @ emb.T) / mass
     protos[mass[:, 0] < 1e-6] = np.nan
     return protos
-
-
-def valid_region(info: PreprocessInfo) -> np.ndarray:
-    """(S, S) bool: the image part of the padded model frame (padding is neither class nor background)."""
-    out = np.zeros((info.image_size, info.image_size), dtype=bool)
-    out[: info.resized_hw[0], : info.resized_hw[1]] = True
-    return out

@@ -18,6 +18,9 @@ from fewsam.atomic import atomic_write_bytes
 from fewsam.errors import RunError
 
 CONFIG = "config.json"
+LAST = "checkpoint_last.pt"  # the resume state of the training loop
+BEST = "checkpoint_best.pt"  # the best-validated weights: what predict uses
+LOG = "fit_log.jsonl"
 
 
 def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> tuple[Path, bool]:
@@ -45,7 +48,7 @@ def run_folder(run_dir: str | Path, config: dict[str, Any]) -> Iterator[Path]:
     try:
         yield path
     except BaseException:
-        if not resuming and not (path / "checkpoint_last.pt").exists():
+        if not resuming and not (path / LAST).exists():
             shutil.rmtree(path, ignore_errors=True)
         raise
 

@@ -22,18 +22,17 @@ from torch import nn
 
 from fewsam.atomic import atomic_write
 from fewsam.progress import progress_bar
-
-LAST = "checkpoint_last.pt"
-BEST = "checkpoint_best.pt"
-LOG = "fit_log.jsonl"
+from fewsam.runs import BEST, LAST, LOG
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings shared by every method (method-specific ones live in the method)."""
+    """What the loop needs to optimise. Each method derives it from its own config
+    (``FewShotConfig.train_config``...), so steps and learning rate have no default here: the
+    method's config is the one source of a recipe. The rest are the loop's mechanics."""
 
-    steps: int = 300
-    lr: float = 1e-4
+    steps: int
+    lr: float
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # "adamw" | "sgd"
     momentum: float = 0.9
@@ -126,14 +125,23 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
+StepHook = Callable[[int], None]
+
+
 def train(
     task: TrainTask,
     cfg: TrainConfig,
     run_dir: Path,
     show_progress: bool = True,
-    on_checkpoint: Callable[[int], None] | None = None,
+    on_checkpoint: StepHook | None = None,
+    before_step: StepHook | None = None,
 ) -> TrainResult:
-    """Run (or resume) training; leaves RUN/checkpoint_best.pt with the best-validated weights."""
+    """Run (or resume) training; leaves RUN/checkpoint_best.pt with the best-validated weights.
+
+    ``before_step(step)`` runs before each step's batch is drawn: the place for work on a schedule
+    that changes what later batches see (SAM-Match's pseudo-label refresh). ``on_checkpoint(step)``
+    runs after each validation checkpoint. Both must be deterministic functions of the step and
+    of files in the run folder, so that a resumed run repeats them exactly."""
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = seed_everything(cfg.seed)
     params = [p for p in task.module.parameters() if p.requires_grad]
@@ -146,6 +154,8 @@ def train(
         for step in range(state["step"], cfg.steps):
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, cfg)
+            if before_step is not None:
+                before_step(step)
             task.module.train()
             loss, scalars = task.training_loss(rng, step)
             optimizer.zero_grad(set_to_none=True)
@@ -218,6 +228,12 @@ def _truncate_log(path: Path, step: int) -> None:
 def _log(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / LOG, "a") as fh:
         fh.write(json.dumps(record) + "\n")
+
+
+def load_best(folder: Path) -> tuple[dict[str, torch.Tensor], float]:
+    """(weights, validation score) of the best checkpoint the loop kept in ``folder``."""
+    best = torch.load(Path(folder) / BEST, map_location="cpu", weights_only=True)
+    return best["module"], float(best["metrics"]["score"])
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -19,8 +19,7 @@ def select_labelled(ds: Dataset, n_cases: int | None = None, n_slices: int | Non
     if (n_cases is None) == (n_slices is None):
         raise FewsamError("give exactly one labelled budget: a number of cases "
                           "(--labeled-cases) or of slices (--labeled-slices)")
-    has_label = getattr(ds, "has_label", None)
-    order = [r for r in ds.labelled_budget_order() if has_label is None or has_label(r.case_id)]
+    order = [r for r in ds.labelled_budget_order() if ds.has_label(r.case_id)]
     if n_slices is not None:
         _check_budget(n_slices, len(order), "slices", ds)
         return order[:n_slices]

@@ -83,6 +83,7 @@ class Dataset(Protocol):
 
     root: Path
     class_map: ClassMap
+    format: str  # the files' family ("h5", "nifti", "png", "npz"): how predictions are written
 
     def split(self, name: str) -> list[str]:
         """Case ids of a split: "train", "val", "test", or a list file relative to root."""
@@ -98,4 +99,12 @@ class Dataset(Protocol):
 
     def labelled_budget_order(self) -> list[SliceRef]:
         """Training slices in the order a labelled budget takes them (SSL4MIS convention)."""
+        ...
+
+    def has_label(self, case_id: str) -> bool:
+        """Whether the case has a label file (without reading it)."""
+        ...
+
+    def attributes_of(self, case_id: str) -> dict[str, Any]:
+        """The case's group attributes known from the index (no pixels read)."""
         ...

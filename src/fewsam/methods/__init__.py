@@ -1,0 +1,96 @@
+"""The method registry: each method's name, the module that implements it, and its one-line summary.
+
+A method is one module (or package) that defines ``METHOD = Method(...)``: its ``Config``
+dataclass, ``fit(ctx, cfg, run_dir)`` and how to build its predictor. Registering it is one line
+in ``REGISTRY``. ``fewsam fit NAME`` (options generated from the config's fields),
+``fewsam.api.fit``, ``fewsam predict`` and the run folder's config.json all go through here.
+Modules are imported on first use, so the command line starts without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from fewsam.config import Config, FitOptions
+from fewsam.errors import FewsamError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fewsam.data.types import Case
+    from fewsam.embedded import EmbeddedSlice
+    from fewsam.fitting import FitContext
+    from fewsam.models.sam import SamModel
+    from fewsam.train import TrainResult
+
+REGISTRY: dict[str, tuple[str, str]] = {  # name -> (module defining METHOD, summary)
+    "fewshot": ("fewsam.methods.fewshot",
+                "Few-shot SAM: prototype prompts from the labelled slices; only the mask decoder is trained."),
+    "samatch": ("fewsam.methods.samatch",
+                "SAM-Match: FixMatch student + SAM-refined pseudo-labels from its confident predictions."),
+    "supervised": ("fewsam.methods.supervised",
+                   "A 2D U-Net on the labelled slices only: the lower bound for SAM-Match."),
+    "prompted": ("fewsam.methods.prompted",
+                 "Zero-shot SAM with oracle point or box prompts (the papers' comparison baselines)."),
+}
+
+
+class Predictor(Protocol):
+    def predict_case(self, case: "Case", slices: "list[EmbeddedSlice]") -> "np.ndarray":
+        """(D, H, W) uint8 label values for the case (``slices``: its embedded slices, or [])."""
+        ...
+
+
+PredictorFactory = Callable[[Path, dict[str, Any], "SamModel | None", str, list[int]], Predictor]
+ALL_FIT_OPTIONS = tuple(f.name for f in fields(FitOptions))
+NO_SAM_FIT_OPTIONS = tuple(name for name in ALL_FIT_OPTIONS if name not in ("model", "checkpoint"))
+
+
+def _always(cfg: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Method:
+    """What fewsam needs to know of a method.
+
+    ``fit`` None: nothing is trained (the run folder records the config; prediction does the work).
+    ``predictor(run_dir, run_config, model, device, label_values)`` rebuilds it from a run folder.
+    ``needs_sam(cfg)``: whether fitting loads SAM and its embedding cache.
+    ``pixels_only``: predicts from pixels alone (no SAM, no cache at predict time).
+    ``fit_options``: the ``FitOptions`` fields ``fewsam fit NAME`` offers.
+    """
+
+    name: str
+    config: type[Config]
+    fit: "Callable[[FitContext, Any, Path], TrainResult] | None"
+    predictor: PredictorFactory
+    needs_sam: Callable[[Any], bool] = _always
+    pixels_only: bool = False
+    fit_options: tuple[str, ...] = field(default=ALL_FIT_OPTIONS)
+
+    @property
+    def summary(self) -> str:
+        return REGISTRY[self.name][1]
+
+
+_loaded: dict[str, Method] = {}
+
+
+def get_method(name: str | None) -> Method:
+    """The registered method ``name`` (its module imported on first use); a clear error otherwise."""
+    if name in _loaded:
+        return _loaded[name]
+    if name not in REGISTRY:
+        raise FewsamError(f"unknown method {name!r}; fewsam knows {', '.join(REGISTRY)}")
+    method = import_module(REGISTRY[name][0]).METHOD
+    _loaded[name] = method
+    return method
+
+
+def all_methods() -> dict[str, Method]:
+    """Every registered method, by name."""
+    return {name: get_method(name) for name in REGISTRY}

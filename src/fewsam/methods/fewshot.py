@@ -1,4 +1,4 @@
-"""Seed 1: few-shot SAM fine-tuning. Labelled regions become the prompts; only the decoder learns.
+"""Few-shot SAM fine-tuning. Labelled regions become the prompts; only the decoder learns.
 
 The reformulated decoder: instead of point/box tokens, each class (background included) is
 queried by its few-shot prototype token(s) - the masked average of the labelled slices'
@@ -16,35 +16,50 @@ is the situation at inference.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from fewsam.data.types import Case, SliceRef
-from fewsam.embedded import IGNORE, EmbeddedSlice, embed_cases, embed_refs
+from fewsam.config import Config, option
+from fewsam.data.types import Case
+from fewsam.embedded import EmbeddedSlice, embed_cases, embed_refs
 from fewsam.errors import DataError
-from fewsam.inference import (FitContext, check_labelled, choose_postprocessing, keep_largest_components,
-                              labels_from_logits, stack_volume)
-from fewsam.losses import dice_ce_loss
-from fewsam.metrics import dice_per_class
+from fewsam.fitting import FitContext, LabelledLoss
+from fewsam.inference import check_labelled, choose_postprocessing, keep_largest_components, labels_from_logits, stack_volume
+from fewsam.labels import IGNORE, value_lut
+from fewsam.methods import Method
+from fewsam.metrics import selection_score, volume_score
 from fewsam.models.sam import SamModel
 from fewsam.prompts import masked_average_pool, region_weights
 from fewsam.runs import write_json
-from fewsam.train import BEST, TrainConfig, TrainResult, atomic_torch_save, train
+from fewsam.train import TrainConfig, TrainResult, atomic_torch_save, load_best, train
+
+BANK = "prompt_bank.pt"
+POSTPROCESS = "postprocess.json"
 
 
-@dataclass
-class FewShotConfig:
-    """Few-shot design choices (see README for the measured effect of each)."""
+@dataclass(frozen=True)
+class FewShotConfig(Config):
+    """The few-shot recipe: the decoder's training and the prompt bank's design."""
 
-    tokens_per_class: int = 2  # prototype tokens per class; >1 uses k-means over shot prototypes
-    shot_dropout: float = 0.5  # fraction of shots left out of a class token at each training step
-    batch_size: int = 8
-    views: int = 8  # dihedral views of each labelled slice, each encoded for real (see embedded.dihedral)
-    flip_augment: bool = False  # extra flips of embedding + label (approximate: the encoder is not equivariant)
+    steps: int = option(400, "Training steps (batches).", min=1)
+    lr: float = option(3e-4, "AdamW learning rate (cosine decay after 10 warm-up steps).", above=0.0)
+    batch_size: int = option(8, "Labelled slices (views) per step.", min=1)
+    tokens_per_class: int = option(2, "Prototype tokens per class (more than 1: k-means over the shots).", min=1)
+    shot_dropout: float = option(0.5, "Fraction of shots left out of a class token at each step.", min=0.0, max=1.0)
+    views: int = option(8, "Dihedral views encoded per labelled slice (8: all rotations and flips).", min=1, max=8)
+    ema: float = option(0.99, "Decay of a moving average of the weights, validated and kept (0: off).",
+                        min=0.0, max=0.9999)
+    val_every: int = option(50, "Steps between validations (each writes a resumable checkpoint).", min=1)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(steps=self.steps, lr=self.lr, val_every=self.val_every, ema=self.ema, seed=seed)
+
+    def derived_record(self, seed: int) -> dict:
+        return {"train": asdict(self.train_config(seed))}
 
 
 class PrototypeDecoder(nn.Module):
@@ -70,13 +85,8 @@ class PrototypeDecoder(nn.Module):
         dec = self.mask_decoder
         own = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([own, queries.reshape(q * k, dim)], dim=0).unsqueeze(0).expand(b, -1, -1)
-        src = embeddings + self.no_mask
-        pos = self.image_pe.expand(b, -1, -1, -1)
-        hs, src = dec.transformer(src, pos, tokens)
-        query_out = hs[:, own.shape[0]:, :]
-        grid = src.transpose(1, 2).reshape(b, dim, embeddings.shape[2], embeddings.shape[3])
-        upscaled = dec.output_upscaling(grid)
-        hyper = dec.output_hypernetworks_mlps[0](query_out)
+        hs, upscaled = dec.transform(embeddings + self.no_mask, self.image_pe.expand(b, -1, -1, -1), tokens)
+        hyper = dec.output_hypernetworks_mlps[0](hs[:, own.shape[0]:, :])
         logits = (hyper @ upscaled.flatten(2)).reshape(b, q, k, *upscaled.shape[2:])
         return logits.mean(dim=2)
 
@@ -132,59 +142,36 @@ def sampled_tokens(shots: list[np.ndarray], tokens_per_class: int, dropout: floa
     return torch.from_numpy(np.stack(out).astype(np.float32))
 
 
-def flip_batch(emb: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random joint flips of embeddings and labels; padding moves with the label (it is IGNORE)."""
-    if rng.random() < 0.5:
-        emb, target = emb.flip(-1), target.flip(-1)
-    if rng.random() < 0.5:
-        emb, target = emb.flip(-2), target.flip(-2)
-    return emb, target
-
-
 class FewShotTask:
-    """Training task for the one loop: a batch of labelled slices, Dice + CE on all classes."""
+    """Training task for the one loop: a batch of labelled slices, Dice + CE on all classes;
+    validated by the 3D Dice of the validation volumes with the inference prompt bank."""
 
     def __init__(self, decoder: PrototypeDecoder, samples: list[EmbeddedSlice], shots: list[np.ndarray],
-                 cfg: FewShotConfig, validate_fn, device: str = "cpu", loss_fn=None) -> None:
-        self.module = decoder
-        self.samples = samples
-        self.shots = shots
-        self.cfg = cfg
-        self.validate_fn = validate_fn
-        self.device = device
-        self.loss_fn = loss_fn
+                 cfg: FewShotConfig, loss_fn: LabelledLoss, tokens: torch.Tensor,
+                 val_cases: list[tuple[Case, list[EmbeddedSlice]]], values: list[int], device: str = "cpu") -> None:
+        self.module, self.samples, self.shots, self.cfg, self.loss_fn = decoder, samples, shots, cfg, loss_fn
+        self.tokens, self.val_cases, self.values, self.device = tokens, val_cases, values, device
 
     def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         idx = rng.choice(len(self.samples), min(self.cfg.batch_size, len(self.samples)), replace=False)
         batch = [self.samples[i] for i in idx]
         emb = torch.stack([s.embedding_tensor() for s in batch]).to(self.device)
         target = torch.stack([torch.from_numpy(s.label_frame.astype(np.int64)) for s in batch]).to(self.device)
-        if self.cfg.flip_augment:
-            emb, target = flip_batch(emb, target, rng)
         tokens = sampled_tokens(self.shots, self.cfg.tokens_per_class, self.cfg.shot_dropout, rng).to(self.device)
-        logits = self.module(emb, tokens)
-        if self.loss_fn is not None:
-            return self.loss_fn(logits, target, batch), {}
-        return dice_ce_loss(logits, target, ignore_index=IGNORE), {}
+        return self.loss_fn(self.module(emb, tokens), target, batch), {}
 
     def validate(self) -> dict[str, float]:
-        return self.validate_fn()
-
-
-def value_to_index_lut(values: list[int]) -> np.ndarray:
-    """Lookup from label value to query index (labels are not assumed contiguous)."""
-    lut = np.zeros(max(values) + 1, dtype=np.int64)
-    for i, v in enumerate(values):
-        lut[v] = i
-    return lut
+        return selection_score([volume_score(volume, case.label, self.values[1:])
+                                for case, volume in predict_volumes(self.module, self.tokens, self.val_cases,
+                                                                    self.values, self.device)])
 
 
 def remap_label_frames(samples: list[EmbeddedSlice], values: list[int]) -> None:
     """Map label values to query indices in place (IGNORE stays IGNORE)."""
-    lut = value_to_index_lut(values)
+    lut = value_lut(values)
     for s in samples:
         framed = s.label_frame
-        mapped = np.where(framed == IGNORE, IGNORE, lut[np.minimum(framed, len(lut) - 1)])
+        mapped = np.where(framed == IGNORE, IGNORE, lut[framed])
         s.label_frame = mapped.astype(np.uint8)
 
 
@@ -199,10 +186,6 @@ def logits_batches(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list
 
 # --- fitting and predicting -------------------------------------------------------------------
 
-BANK = "prompt_bank.pt"
-POSTPROCESS = "postprocess.json"
-
-
 def predict_slices(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list[EmbeddedSlice],
                    values: list[int], device: str = "cpu") -> list[np.ndarray]:
     """(H, W) label maps (label values) for the slices, in order."""
@@ -213,39 +196,40 @@ def predict_slices(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list
     return out
 
 
-def volume_dice_score(decoder: PrototypeDecoder, tokens: torch.Tensor, val_cases, values: list[int],
-                      device: str) -> dict[str, float]:
-    """Mean (over volumes and classes) 3D Dice on the validation cases: the selection score."""
-    scores = []
-    for case, slices in val_cases:
-        pred = stack_volume(predict_slices(decoder, tokens, slices, values, device))
-        scores.append(np.mean(list(dice_per_class(pred, case.label, values[1:]).values())))
-    score = float(np.mean(scores)) if scores else 0.0
-    return {"score": score, "dice": score}
+def predict_volumes(decoder: PrototypeDecoder, tokens: torch.Tensor, cases: list[tuple[Case, list[EmbeddedSlice]]],
+                    values: list[int], device: str = "cpu") -> list[tuple[Case, np.ndarray]]:
+    """(case, (D, H, W) label values) for embedded cases, without post-processing."""
+    return [(case, stack_volume(predict_slices(decoder, tokens, slices, values, device))) for case, slices in cases]
 
 
-def fit(ctx: FitContext, labelled: list[SliceRef], val_ids: list[str], run_dir: Path,
-        train_cfg: TrainConfig, cfg: FewShotConfig, loss_fn=None) -> TrainResult:
-    """Embed the few-shot collection, build the prompt bank, fine-tune the decoder, select on val."""
-    samples = embed_refs(ctx.dataset, labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled",
+def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
+                      ) -> tuple[list[EmbeddedSlice], list[np.ndarray], torch.Tensor]:
+    """Embed the labelled views, pool their shot prototypes, save the inference tokens (RUN/prompt_bank.pt)."""
+    samples = embed_refs(ctx.dataset, ctx.labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled",
                          views=cfg.views)
     check_labelled(samples)
     remap_label_frames(samples, ctx.values)
     shots = shot_prototypes(samples, list(range(len(ctx.values))))
-    tokens = bank_tokens(shots, cfg.tokens_per_class, train_cfg.seed)
+    tokens = bank_tokens(shots, cfg.tokens_per_class, ctx.seed)
     atomic_torch_save({"shots": [torch.from_numpy(s) for s in shots], "tokens": tokens,
                        "values": ctx.values}, run_dir / BANK)
-    val_cases = embed_cases(ctx.dataset, val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
-    torch.manual_seed(train_cfg.seed)
+    return samples, shots, tokens
+
+
+def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path) -> TrainResult:
+    """Build the prompt bank, fine-tune the decoder, select on val, choose the post-processing."""
+    samples, shots, tokens = build_prompt_bank(ctx, cfg, run_dir)
+    val_cases = embed_cases(ctx.dataset, ctx.val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
+    torch.manual_seed(ctx.seed)
     decoder = PrototypeDecoder(ctx.model, len(ctx.values)).to(ctx.device)
-    validate = lambda: volume_dice_score(decoder, tokens, val_cases, ctx.values, ctx.device)  # noqa: E731
-    task = FewShotTask(decoder, samples, shots, cfg, validate, ctx.device, loss_fn)
-    result = train(task, train_cfg, run_dir, ctx.show_progress)
-    decoder.load_state_dict(torch.load(run_dir / BEST, map_location="cpu", weights_only=True)["module"])
+    task = FewShotTask(decoder, samples, shots, cfg, ctx.labelled_loss(IGNORE), tokens, val_cases, ctx.values,
+                       ctx.device)
+    result = train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress)
+    decoder.load_state_dict(load_best(run_dir)[0])
     decoder.eval()
-    predictions = [stack_volume(predict_slices(decoder, tokens, slices, ctx.values, ctx.device))
-                   for _, slices in val_cases]
-    choice = choose_postprocessing(predictions, [case.label for case, _ in val_cases], ctx.values[1:])
+    predictions = predict_volumes(decoder, tokens, val_cases, ctx.values, ctx.device)
+    choice = choose_postprocessing([p for _, p in predictions], [case.label for case, _ in predictions],
+                                   ctx.values[1:])
     write_json(run_dir / POSTPROCESS, choice)
     return result
 
@@ -258,8 +242,7 @@ class FewShotPredictor:
         self.tokens = bank["tokens"]
         self.values = list(bank["values"])
         self.decoder = PrototypeDecoder(model, len(self.values)).to(device)
-        best = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
-        self.decoder.load_state_dict(best["module"])
+        self.decoder.load_state_dict(load_best(run_dir)[0])
         self.decoder.eval()
         self.device = device
         post = run_dir / POSTPROCESS
@@ -268,3 +251,10 @@ class FewShotPredictor:
     def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
         volume = stack_volume(predict_slices(self.decoder, self.tokens, slices, self.values, self.device))
         return keep_largest_components(volume, self.values[1:]) if self.largest_component else volume
+
+
+def _predictor(run_dir: Path, config: dict, model: SamModel, device: str, values: list[int]) -> FewShotPredictor:
+    return FewShotPredictor(run_dir, model, device)
+
+
+METHOD = Method("fewshot", FewShotConfig, fit, _predictor)

@@ -10,32 +10,35 @@ is never penalised for a missing structure - it is an upper bound on what prompt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from fewsam.config import Config, option
 from fewsam.data.types import Case
 from fewsam.embedded import EmbeddedSlice
 from fewsam.errors import DataError
 from fewsam.inference import labels_from_logits, stack_volume
+from fewsam.methods import Method
 from fewsam.models.sam import SamModel
 from fewsam.prompts import box_from_mask, point_from_mask
 
 PROMPTS = ("points", "box")
 
 
-@dataclass
-class PromptedConfig:
-    prompt: str = "box"  # "points" | "box"
-    box_margin: float = 0.0  # original pixels added around the tight box
+@dataclass(frozen=True)
+class PromptedConfig(Config):
+    """Which oracle prompt each class gets at predict time."""
+
+    prompt: str = option("box", "points | box (taken from the labels at predict time).", choices=PROMPTS)
+    box_margin: float = option(0.0, "Pixels added around the tight box.", min=0.0)
 
 
 class PromptedPredictor:
     """Oracle-prompted zero-shot SAM; needs the case's label at predict time."""
 
     def __init__(self, model: SamModel, values: list[int], cfg: PromptedConfig, device: str = "cpu") -> None:
-        if cfg.prompt not in PROMPTS:
-            raise DataError(f"--prompt must be one of {', '.join(PROMPTS)}, not {cfg.prompt!r}")
         self.model = model.to(device).eval()
         self.values = values
         self.cfg = cfg
@@ -72,3 +75,10 @@ class PromptedPredictor:
         for row, i in enumerate(present):
             logits[i] = out[row, 0].cpu()
         return labels_from_logits(logits, s.info, self.values)
+
+
+def _predictor(run_dir: Path, config: dict, model: SamModel, device: str, values: list[int]) -> PromptedPredictor:
+    return PromptedPredictor(model, values, PromptedConfig.from_json(config["prompted"]), device)
+
+
+METHOD = Method("prompted", PromptedConfig, None, _predictor, fit_options=("run", "model", "checkpoint"))

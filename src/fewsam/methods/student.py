@@ -2,14 +2,14 @@
 slices resized to a fixed square, its augmentations, validation and predictor.
 
 Unlike the SAM-side methods the student sees pixels, not cached embeddings, so it may augment
-freely (METHODS.md, "Design decision"). Every random choice comes from the numpy generator the
-training loop passes in (or torch's RNG, which the loop checkpoints), so runs resume exactly.
+freely. Every random choice comes from the numpy generator the training loop passes in (or
+torch's RNG, which the loop checkpoints), so runs resume exactly.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -18,34 +18,65 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewsam.config import Config, option
+from fewsam.data import load_labelled_case
 from fewsam.data.types import Case, Dataset, SliceRef
-from fewsam.embedded import EmbeddedSlice
+from fewsam.errors import DataError
+from fewsam.fitting import FitContext
 from fewsam.inference import stack_volume
-from fewsam.metrics import dice_per_class
+from fewsam.labels import index_lut, value_lut
+from fewsam.metrics import selection_score, volume_score
 from fewsam.runs import read_config
-from fewsam.train import BEST
+from fewsam.train import TrainConfig, load_best
 
-IGNORE = 255
+# The student's optimiser recipes. AdamW + a weight average is the default because it converges
+# within the CPU-length schedules fewsam targets (docs/results.md, SAM-Match); SGD with momentum,
+# lr 0.01 and no average is the recipe of UniMatch / SAM-Match's ~30k-step runs.
+STUDENT_RECIPES: dict[str, dict[str, float]] = {"adamw": {"lr": 1e-3, "ema": 0.99}, "sgd": {"lr": 0.01, "ema": 0.0}}
 
 
-@dataclass
-class StudentConfig:
-    """The U-Net and its input size; augmentation strengths (weak = geometric, strong adds colour)."""
+@dataclass(frozen=True)
+class StudentConfig(Config):
+    """The U-Net and its input size; augmentation strengths (weak = geometric, strong adds colour).
+    What ``predict`` needs to rebuild the student is recorded as RUN/config.json["student"]."""
 
-    image_size: int = 256
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    num_res_units: int = 1
-    batch_size: int = 8
-    rotate_deg: float = 20.0
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    flip: bool = True
+    image_size: int = option(256, "Student U-Net input: slices resized to SxS.", min=16)
+    channels: tuple[int, ...] = option((16, 32, 64, 128, 256), "U-Net channels per level.", cli=False)
+    num_res_units: int = option(1, "Residual units per U-Net block.", min=0, cli=False)
+    rotate_deg: float = option(20.0, "Largest rotation of the weak view, degrees.", min=0.0, cli=False)
+    scale_range: tuple[float, float] = option((0.9, 1.1), "Isotropic scale range of the weak view.", cli=False)
+    flip: bool = option(True, "Random flips in the weak view.", cli=False)
 
-    @classmethod
-    def from_json(cls, data: dict) -> "StudentConfig":
-        data = dict(data)
-        data["channels"] = tuple(data["channels"])
-        data["scale_range"] = tuple(data["scale_range"])
-        return cls(**data)
+    def student(self) -> "StudentConfig":
+        """Just the student's own fields (a method config inherits them and adds its recipe)."""
+        return StudentConfig(**{f.name: getattr(self, f.name) for f in fields(StudentConfig)})
+
+
+@dataclass(frozen=True)
+class StudentFitConfig(StudentConfig):
+    """The recipe of a U-Net student fit (``fit supervised``, and SAM-Match's student)."""
+
+    steps: int = option(2000, "Training steps (batches).", min=1)
+    optimizer: str = option("adamw", "Student optimiser: adamw (lr 1e-3, weight average 0.99; converges in "
+                            "CPU-length runs) or sgd (the paper's: lr 0.01, no average; ~30k-step runs).",
+                            choices=tuple(STUDENT_RECIPES))
+    lr: float | None = option(None, "Learning rate, poly decay (default: the optimiser's).", above=0.0)
+    ema: float | None = option(None, "Decay of a moving average of the weights, validated and kept, 0: off "
+                               "(default: the optimiser's).", min=0.0, max=0.9999)
+    batch_size: int = option(8, "Labelled slices per step.", min=1)
+    val_every: int = option(200, "Steps between validations (each writes a resumable checkpoint).", min=1)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The optimiser with poly(0.9) decay, weight decay 1e-4, no warm-up, no clipping; ``lr``
+        and ``ema`` left unset take the optimiser's recipe (``STUDENT_RECIPES``)."""
+        recipe = STUDENT_RECIPES[self.optimizer]
+        return TrainConfig(steps=self.steps, lr=recipe["lr"] if self.lr is None else self.lr,
+                           optimizer=self.optimizer, momentum=0.9, weight_decay=1e-4, schedule="poly",
+                           warmup_steps=0, val_every=self.val_every, grad_clip=0.0, seed=seed,
+                           ema=recipe["ema"] if self.ema is None else self.ema)
+
+    def derived_record(self, seed: int) -> dict:
+        return {"train": asdict(self.train_config(seed)), "student": asdict(self.student())}
 
 
 def build_unet(cfg: StudentConfig, n_outputs: int) -> nn.Module:
@@ -73,14 +104,6 @@ def student_label(label: np.ndarray, size: int, lut: np.ndarray) -> torch.Tensor
     """(H, W) label values -> (size, size) uint8 class indices (nearest neighbour)."""
     index = torch.from_numpy(lut[np.asarray(label, dtype=np.int64)].astype(np.float32))[None, None]
     return F.interpolate(index, size=(size, size), mode="nearest-exact")[0, 0].to(torch.uint8)
-
-
-def value_lut(values: list[int]) -> np.ndarray:
-    """Label value -> class index (0 = background); unknown values map to background."""
-    lut = np.zeros(256, dtype=np.int64)
-    for i, v in enumerate(values):
-        lut[v] = i
-    return lut
 
 
 @dataclass
@@ -221,32 +244,36 @@ def predict_case_labels(module: nn.Module, case: Case, cfg: StudentConfig, value
     """(D, H, W) uint8 label values of one case."""
     slices = [case.slice_image(z) for z in range(case.num_slices)]
     probs = predict_images(module, slices, cfg, device)
-    lut = np.asarray(values, dtype=np.uint8)
-    return stack_volume([lut[p.argmax(dim=0).numpy()] for p in probs])
+    return stack_volume([index_lut(values)[p.argmax(dim=0).numpy()] for p in probs])
 
 
-def volume_dice_score(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],
-                      device: str = "cpu") -> dict[str, float]:
-    """Mean over volumes of the mean per-class 3D Dice: the model-selection score."""
+def validate_student(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],
+                     device: str = "cpu") -> dict[str, float]:
+    """The selection score (``metrics.selection_score``) of the student on the validation volumes."""
     was_training = module.training
     module.eval()
-    scores = []
-    for case in val_cases:
-        pred = predict_case_labels(module, case, cfg, values, device)
-        scores.append(np.mean(list(dice_per_class(pred, case.label, values[1:]).values())))
+    scores = [volume_score(predict_case_labels(module, case, cfg, values, device), case.label, values[1:])
+              for case in val_cases]
     module.train(was_training)
-    score = float(np.mean(scores)) if scores else 0.0
-    return {"score": score, "dice": score}
+    return selection_score(scores)
 
 
-def student_run_config(cfg: StudentConfig) -> dict:
-    return asdict(cfg)
+def load_labelled(ctx: FitContext, cfg: StudentConfig) -> SliceSet:
+    """The fit's labelled slices in the student frame (refused when any lacks its label)."""
+    data = load_slices(ctx.dataset, ctx.labelled, cfg.image_size, ctx.values)
+    if data.labels is None or not len(data.refs):
+        raise DataError("the labelled set is empty or has slices without labels; "
+                        "give --labeled-cases N or --labeled-slices K with labelled training data")
+    return data
+
+
+def load_val_cases(ctx: FitContext) -> list[Case]:
+    """The validation volumes, each with its label (model selection needs them)."""
+    return [load_labelled_case(ctx.dataset, cid, "select the model on") for cid in ctx.val_ids]
 
 
 class StudentPredictor:
     """Predicts with a fitted supervised / SAM-Match run: the best-validated U-Net, from pixels only."""
-
-    needs_embeddings = False
 
     def __init__(self, run_dir: Path, device: str = "cpu") -> None:
         config = read_config(run_dir)
@@ -254,9 +281,8 @@ class StudentPredictor:
         self.values = list(config["values"])
         self.device = device
         self.module = build_unet(self.cfg, len(self.values)).to(device)
-        best = torch.load(Path(run_dir) / BEST, map_location="cpu", weights_only=True)
-        self.module.load_state_dict(best["module"])
+        self.module.load_state_dict(load_best(Path(run_dir))[0])
         self.module.eval()
 
-    def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
+    def predict_case(self, case: Case, slices: object = None) -> np.ndarray:
         return predict_case_labels(self.module, case, self.cfg, self.values, self.device)

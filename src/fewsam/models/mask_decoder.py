@@ -70,6 +70,15 @@ class MaskDecoder(nn.Module):
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sel], iou_pred[:, sel], tokens_out[:, sel]
 
+    def transform(self, src: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer on image (B, C, h, w) + tokens (B, N, C), then the upscaling:
+        returns the tokens' output states (B, N, C) and the upscaled image (B, C/8, 4h, 4w) that
+        every output token's hypernetwork reads. Decoders with their own tokens reuse this."""
+        b, c, h, w = src.shape
+        hs, src_out = self.transformer(src, pos, tokens)
+        return hs, self.output_upscaling(src_out.transpose(1, 2).reshape(b, c, h, w))
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -89,14 +98,9 @@ class MaskDecoder(nn.Module):
             ],
             dim=1,
         )
-        pos_src = image_pe.expand(batch, -1, -1, -1)
-        b, c, h, w = src.shape
-
-        hs, src_out = self.transformer(src, pos_src, tokens)
+        hs, upscaled = self.transform(src, image_pe.expand(batch, -1, -1, -1), tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
-        upscaled = self.output_upscaling(src_out.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )

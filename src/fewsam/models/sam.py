@@ -75,7 +75,7 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
 class SamModel(nn.Module):
     """A SAM-family model with fewsam's encode-once / decode-often interface.
 
-    ``image_encoder`` is frozen by design (PLATFORM.md: full fine-tuning is infeasible on CPU):
+    ``image_encoder`` is frozen by design (full fine-tuning of the encoder is infeasible on a CPU):
     ``encode`` runs without gradients and ``train()`` keeps the encoder in eval mode, so its
     BatchNorm statistics never change. ``decode`` is fully differentiable.
     """

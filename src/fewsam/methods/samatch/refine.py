@@ -1,6 +1,6 @@
 """SAM-Match at test time: the student's confident regions prompt the run's own SAM (beyond the paper).
 
-SAM-Match (METHODS.md, section 2) predicts with the student alone. Its pseudo-label quality
+SAM-Match as published predicts with the student alone. Its pseudo-label quality
 tables show SAM's masks, prompted by the student's boxes and clicks, beating the student's own
 on the unlabelled slices (BUSI, ACDC with clicks); ``fewsam predict --refine-with-sam`` applies
 the very same labeller to test slices: student probabilities -> prompts -> the SAM decoder the
@@ -27,9 +27,10 @@ from fewsam.data.types import Case
 from fewsam.embedded import EmbeddedSlice, embed_case
 from fewsam.errors import DataError, RunError
 from fewsam.inference import stack_volume
-from fewsam.metrics import dice_per_class
+from fewsam.labels import IGNORE, index_lut
 from fewsam.methods.samatch import SAM_DIR, PseudoLabeller, SamMatchConfig, load_final_sam
-from fewsam.methods.student import IGNORE, StudentPredictor, predict_images
+from fewsam.methods.student import StudentPredictor, predict_images
+from fewsam.metrics import volume_score
 from fewsam.models.sam import SamModel
 from fewsam.progress import tracked
 from fewsam.runs import read_config, write_json
@@ -55,13 +56,11 @@ def check_refinable(run_dir: Path, config: dict) -> None:
 class SamRefinedPredictor:
     """Predicts with a SAM-Match run: the best-validated student, its confident regions refined by SAM."""
 
-    needs_embeddings = True
-
     def __init__(self, run_dir: Path, model: SamModel, device: str = "cpu") -> None:
         config = read_config(run_dir)
         check_refinable(run_dir, config)
-        # runs made before --prompt-clicks existed prompted with boxes only
-        self.cfg = SamMatchConfig(**{"prompt_clicks": "none", **config["samatch"]})
+        # a run whose config names no prompt_clicks was fitted (and its SAM tuned) on boxes alone
+        self.cfg = SamMatchConfig.from_json({"prompt_clicks": "none", **config["samatch"]})
         self.student = StudentPredictor(run_dir, device)
         self.sam, self.device = model, device
         load_final_sam(model, Path(run_dir) / SAM_DIR)
@@ -72,7 +71,7 @@ class SamRefinedPredictor:
         probs = predict_images(self.student.module, images, self.student.cfg, self.device)
         values = self.student.values
         refined, _ = PseudoLabeller(self.sam, slices, self.cfg, len(values), self.device).refine(probs)
-        lut = np.asarray(values, dtype=np.uint8)
+        lut = index_lut(values)
         argmax = [p.argmax(dim=0).numpy() for p in probs]
         return (stack_volume([lut[a] for a in argmax]),
                 stack_volume([lut[merge_refined(a, r)] for a, r in zip(argmax, refined)]))
@@ -106,7 +105,7 @@ def choose_refinement(run_dir: Path, predictor: SamRefinedPredictor, cache: Embe
         case = load_labelled_case(dataset, case_id, "decide --refine-if-better on")
         both = predictor.predict_both(case, embed_case(case, cache, device))
         for name, pred in zip(("student", "refined"), both):
-            scores[name].append(float(np.mean(list(dice_per_class(pred, case.label, foreground).values()))))
+            scores[name].append(volume_score(pred, case.label, foreground))
     student, refined = float(np.mean(scores["student"])), float(np.mean(scores["refined"]))
     choice = {"refine": refined > student, "val_dice_student": student, "val_dice_refined": refined,
               "val_split": config.get("val_split", "val"), "cases": len(case_ids)}

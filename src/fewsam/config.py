@@ -1,0 +1,144 @@
+"""One source of defaults: config dataclasses whose fields carry their help and their limits.
+
+Light on purpose (no torch): the command line builds its options from these classes.
+
+Every method's settings are a frozen dataclass whose fields are made with ``option(...)``. The
+dataclass is the only place a default is written: ``fewsam fit METHOD`` builds its options from
+the fields (``cli.py``), the Python API takes the dataclass itself, and ``RUN/config.json``
+records ``asdict`` of it, so the three cannot disagree. Limits and choices are checked in
+``__post_init__``, before any work, with one line that names the option.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from fewsam.errors import DataError, FewsamError
+
+DEFAULT_CACHE = "~/.cache/fewsam"  # the embedding cache, shared by every command
+
+
+class ConfigError(FewsamError):
+    """An option outside its range or choices."""
+
+
+def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+           above: float | None = None, choices: Sequence[str] | None = None, flag: str | None = None,
+           cli: bool = True) -> Any:
+    """A config field: its default, its help, and the values it accepts.
+
+    ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound (a learning rate
+    must be > 0); ``flag`` overrides the CLI spelling (e.g. ``"--sam/--no-sam"``); ``cli=False``
+    keeps a field out of the command line (tuples, architecture details).
+    """
+    meta = {"help": help, "min": min, "max": max, "above": above, "choices": tuple(choices) if choices else None,
+            "flag": flag, "cli": cli}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("option defaults must be immutable")
+    return field(default=default, metadata=meta)
+
+
+def flag_name(name: str) -> str:
+    """The CLI spelling of a field: ``box_margin`` -> ``--box-margin``."""
+    return "--" + name.replace("_", "-")
+
+
+def option_name(f: Any) -> str:
+    """How the user names field ``f``: its CLI flag (``--no-sam`` style flags: the field name)."""
+    flag = f.metadata.get("flag")
+    return flag.split("/")[0] if flag else flag_name(f.name)
+
+
+def check_value(f: Any, value: Any) -> None:
+    """Refuse ``value`` for field ``f`` when it breaks the field's limits (None = "not set": allowed)."""
+    meta, name = f.metadata, option_name(f)
+    if value is None or not meta:
+        return
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, not {value}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ConfigError(f"{name} must be at least {meta['min']}, not {value}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ConfigError(f"{name} must be at most {meta['max']}, not {value}")
+    if meta.get("above") is not None and value <= meta["above"]:
+        raise ConfigError(f"{name} must be greater than {meta['above']}, not {value}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of every config dataclass: validates each field against its ``option`` limits."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_value(f, getattr(self, f.name))
+
+    def derived_record(self, seed: int) -> dict[str, Any]:
+        """Settings derived from this config that RUN/config.json records beside it (e.g. the loop's)."""
+        return {}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Config":
+        """The config recorded in a run folder; lists become tuples, unknown keys are dropped, so
+        runs written by an older or newer fewsam still load."""
+        known = {f.name: f for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**values)
+
+
+def cli_fields(cls: type) -> list[Any]:
+    """The fields of a config class that become command-line options, in declaration order."""
+    return [f for f in fields(cls) if f.metadata.get("cli", False)]
+
+
+def field_default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def _required(help: str, default: Any = MISSING, flag: str | None = None) -> Any:
+    """A field the CLI requires (``data`` may be None in Python for methods that read no data)."""
+    return field(default=default, metadata={"help": help, "cli": True, "required": True, "flag": flag})
+
+
+@dataclass(frozen=True)
+class FitOptions(Config):
+    """Data, budget, model and run options every method's fit takes (``fewsam fit METHOD --help``)."""
+
+    run: Path = _required("Run folder to write (resumed if it holds the same run).", flag="--out")
+    data: Path | None = _required("Dataset folder.", None)
+    labeled_cases: int | None = option(None, "Labelled budget: every slice of the first N subjects of the "
+                                       "dataset's budget order.", min=1)
+    labeled_slices: int | None = option(None, "Labelled budget: the first K slices of the budget order.", min=1)
+    labeled_images: int | None = option(None, "Alias of --labeled-cases for 2D image datasets.", min=1)
+    val_split: str = option("val", "Split (or list file) used for model selection.")
+    seed: int = option(0, "Seed: same seed, same data -> same weights.", min=0)
+    model: str = option("litemedsam", "litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam")
+    checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM).")
+    cache: str = option(DEFAULT_CACHE, "Embedding cache folder.")
+    device: str = option("cpu", "cpu | cuda | cuda:N")
+    fair_attribute: str | None = option(None, "Group column for fair error-bound scaling of the loss.")
+    fair_gamma: float = option(1.0, "Fair scaling gamma (0 = unscaled loss).", min=0.0)
+    fair_bins: str | None = option(None, "Bins of a continuous fair attribute, e.g. bmi:25,30.", flag="--bins")
+    attributes: Path | None = option(None, "CSV of group attributes by case/patient id.")
+    show_progress: bool = option(True, "Progress bars.", cli=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.labeled_cases is not None and self.labeled_images is not None:
+            raise DataError("give --labeled-cases or --labeled-images, not both")
+
+    @property
+    def budget_cases(self) -> int | None:
+        """--labeled-images (2D datasets: one image is one case) is --labeled-cases by another name."""
+        return self.labeled_cases if self.labeled_images is None else self.labeled_images

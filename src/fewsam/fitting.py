@@ -1,0 +1,100 @@
+"""What every method's fit shares: the opened data + model + cache, the labelled set, the loss.
+
+``open_fit`` turns the ``FitOptions`` all ``fewsam fit`` commands take (``fewsam.config``) into a
+``FitContext`` (the dataset, the frozen
+SAM and its embedding cache, the labelled slices and validation cases, the labelled loss), which
+each method's ``fit(ctx, cfg, run_dir)`` consumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch import Tensor
+
+from fewsam.cache import EmbeddingCache
+from fewsam.config import FitOptions
+from fewsam.data import open_dataset, select_labelled
+from fewsam.data.types import ClassMap, Dataset, SliceRef
+from fewsam.errors import DataError
+from fewsam.fairness import FairGroups, fair_groups_for
+from fewsam.losses import DiceCELoss
+from fewsam.models.sam import SamModel
+
+LabelledLoss = Callable[[Tensor, Tensor, Sequence[Any]], Tensor]  # loss(logits, target, batch items)
+
+
+@dataclass
+class FitContext:
+    """The opened data, model and cache of a fit, with its labelled slices and validation cases."""
+
+    dataset: Dataset
+    model: SamModel | None  # None for the U-Net students that need no SAM
+    cache: EmbeddingCache | None
+    device: str = "cpu"
+    show_progress: bool = True
+    labelled: list[SliceRef] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)
+    seed: int = 0
+    fair: FairGroups | None = None  # the labelled cases' groups when the fit scales its loss fairly
+
+    def labelled_loss(self, ignore_index: int | None) -> LabelledLoss:
+        """The loss of a batch of labelled items: Dice + CE, with fair scaling when asked for."""
+        if self.fair is not None:
+            return self.fair.loss(ignore_index)
+        return DiceCELoss(ignore_index)
+
+    @property
+    def class_map(self) -> ClassMap:
+        return self.dataset.class_map
+
+    @property
+    def values(self) -> list[int]:
+        """Label values in query order: background first."""
+        return [0] + self.class_map.labels
+
+
+def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
+    """Open data, load the model and cache, pick the labelled slices and the validation cases.
+
+    ``needs_sam`` False (the U-Net students without SAM): no SAM weights are loaded, so a user
+    without them can still train the baselines."""
+    from fewsam.models.registry import load_model
+
+    if opts.data is None:
+        raise DataError("say which data to fit on: --data DIR")
+    if opts.budget_cases is None and opts.labeled_slices is None:
+        raise DataError("say how many labels to use: --labeled-cases N or --labeled-slices K")
+    dataset = open_dataset(opts.data, opts.attributes)
+    labelled = select_labelled(dataset, n_cases=opts.budget_cases, n_slices=opts.labeled_slices)
+    if not labelled:
+        raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
+    val_ids = dataset.split(opts.val_split)
+    model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
+    cache = EmbeddingCache(opts.cache, model) if model is not None else None
+    fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
+    return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair)
+
+
+def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
+    """The shared part of RUN/config.json: enough to predict again and to refuse a mismatched resume."""
+    return {
+        "model": opts.model if ctx.model is not None else None,
+        "checkpoint": str(opts.checkpoint) if opts.checkpoint and ctx.model is not None else None,
+        "weights_sha256": ctx.model.weights_sha256 if ctx.model is not None else None,
+        "preprocess": ctx.model.preprocess_signature() if ctx.model is not None else None,
+        "data": str(Path(opts.data).resolve()),
+        "class_map": ctx.class_map.to_json(),
+        "values": ctx.values,
+        "labelled": {"cases": opts.budget_cases, "slices": opts.labeled_slices,
+                     "refs": [f"{r.case_id}:{r.z}" for r in ctx.labelled]},
+        "val_split": opts.val_split,
+        "fair": ({"attribute": opts.fair_attribute, "gamma": opts.fair_gamma, "bins": opts.fair_bins,
+                  "attributes": str(opts.attributes) if opts.attributes else None}
+                 if opts.fair_attribute else None),
+        "seed": opts.seed,
+        "device": opts.device,
+        "cache": opts.cache,
+    }

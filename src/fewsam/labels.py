@@ -1,0 +1,24 @@
+"""Label conventions every method shares: the ignore value and value <-> class-index look-ups.
+
+Datasets store label *values* (ACDC: 1 RV, 2 Myo, 3 LV; a PNG mask may use 255); models work
+with class *indices* 0..C (background first). ``values`` lists the label value of each index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255  # pixels no loss may learn from: padding of the model frame, pseudo-label gaps
+
+
+def value_lut(values: list[int]) -> np.ndarray:
+    """Label value -> class index (0 = background); values not in ``values`` map to background."""
+    lut = np.zeros(256, dtype=np.int64)
+    for index, value in enumerate(values):
+        lut[value] = index
+    return lut
+
+
+def index_lut(values: list[int]) -> np.ndarray:
+    """Class index -> label value, as uint8 (the inverse of ``value_lut`` on ``values``)."""
+    return np.asarray(values, dtype=np.uint8)

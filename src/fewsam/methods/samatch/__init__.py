@@ -1,0 +1,69 @@
+"""SAM-Match: a FixMatch student on labelled + unlabelled slices, whose confident predictions
+prompt a fine-tuned SAM decoder; SAM's refined masks come back as the student's pseudo-labels.
+
+Stages, all through the one training loop:
+1. SAM's prompt encoder + mask decoder are fine-tuned on the labelled slices with boxes (and
+   clicks) from the ground truth, from cached embeddings (``sam_decoder``, RUN/sam/).
+2. The student (U-Net, ``methods.student``) trains with Dice + CE and FixMatch's consistency
+   (``student_task``).
+3. After ``warmup_steps`` and then every ``refresh_every`` steps the loop's step hook
+   (``refresh``) has the student label the unlabelled pool and SAM refine its confident regions
+   into pseudo-labels (``pseudo_labels``), which the student also fits with a ramped weight.
+4. With ``sam_round_steps`` > 0, before each refresh SAM's decoder trains a short round on the
+   labelled boxes plus the student's confident labels, kept only if SAM's validation box Dice
+   does not drop: SAM learns from the student as the student learns from SAM.
+``use_sam=False`` is the plain FixMatch baseline (stages 1, 3 and 4 skipped). SAM's IoU head is
+never read by fewsam, so the paper's MSE on it is not used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fewsam.embedded import embed_refs
+from fewsam.errors import DataError
+from fewsam.fitting import FitContext
+from fewsam.methods.samatch.config import SamMatchConfig
+from fewsam.methods.samatch.pseudo_labels import (PseudoLabeller, compose_pseudo_label, confident_boxes,
+                                                  ignore_unprompted, pooled_dice, prompt_regions, student_probs,
+                                                  student_samples)
+from fewsam.methods.samatch.refresh import PSEUDO_DIR, QUALITY, PseudoLabelRefresh
+from fewsam.methods.samatch.sam_decoder import SAM_DIR, SamRounds, fit_sam, kept_sam_weights, load_final_sam
+from fewsam.methods.samatch.student_task import SamMatchTask, ramp, select_unlabelled
+from fewsam.methods import Method
+from fewsam.methods.student import build_unet, load_labelled, load_slices, load_val_cases
+from fewsam.methods.supervised import student_predictor
+from fewsam.train import TrainResult, train
+
+__all__ = ["PSEUDO_DIR", "QUALITY", "SAM_DIR", "PseudoLabeller", "SamMatchConfig", "SamMatchTask", "SamRounds",
+           "compose_pseudo_label", "confident_boxes", "fit", "ignore_unprompted", "kept_sam_weights",
+           "load_final_sam", "pooled_dice", "prompt_regions", "ramp", "select_unlabelled", "student_probs",
+           "student_samples"]
+
+
+def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
+    """Load labelled / unlabelled / validation data, (fine-tune SAM,) train the student."""
+    labelled = load_labelled(ctx, cfg)
+    val_cases = load_val_cases(ctx)
+    unl_refs = select_unlabelled(ctx.dataset, ctx.labelled, cfg.unlabeled_limit, ctx.seed)
+    if not unl_refs:
+        raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
+    unlabelled = load_slices(ctx.dataset, unl_refs, cfg.image_size, ctx.values, keep_originals=True)
+    labeller = rounds = None
+    if cfg.use_sam:
+        rounds = fit_sam(ctx, val_cases, run_dir / SAM_DIR, cfg)
+        slices = embed_refs(ctx.dataset, unl_refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
+        labeller = PseudoLabeller(ctx.model, slices, cfg, len(ctx.values), ctx.device)
+    torch.manual_seed(ctx.seed)
+    module = build_unet(cfg, len(ctx.values)).to(ctx.device)
+    refresh = None if labeller is None else PseudoLabelRefresh(module, unlabelled, labeller, rounds, cfg, ctx.values,
+                                                               run_dir, ctx.device)
+    task = SamMatchTask(module, labelled, unlabelled, cfg, ctx.labelled_loss(None), val_cases, ctx.values,
+                        ctx.device, refresh)
+    return train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress, before_step=refresh)
+
+
+METHOD = Method("samatch", SamMatchConfig, fit, student_predictor, needs_sam=lambda cfg: cfg.use_sam,
+                pixels_only=True)

@@ -1,0 +1,43 @@
+"""SAM-Match's recipe: the shared student recipe plus the semi-supervised and SAM settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fewsam.config import option
+from fewsam.methods.student import StudentFitConfig
+
+
+@dataclass(frozen=True)
+class SamMatchConfig(StudentFitConfig):
+    """FixMatch student + SAM-refined pseudo-labels (``use_sam=False``: plain FixMatch)."""
+
+    use_sam: bool = option(True, "SAM pseudo-labels; --no-sam is plain FixMatch (the Match baseline).",
+                           flag="--sam/--no-sam")
+    unlabeled_batch: int = option(8, "Unlabelled slices per step.", min=1)
+    unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (SAM encodes each once).",
+                                         min=1)
+    threshold: float = option(0.95, "FixMatch / prompt confidence threshold (above 1: never confident).", min=0.0)
+    lambda_u: float = option(1.0, "Weight of the FixMatch consistency loss.", min=0.0)
+    warmup_steps: int = option(200, "Student steps before the first SAM refresh.", min=0)
+    refresh_every: int = option(200, "Steps between SAM pseudo-label refreshes.", min=1)
+    ramp_steps: int = option(200, "Ramp-up of the SAM pseudo-label loss weight.", min=0)
+    sam_weight: float = option(1.0, "Final weight of the SAM pseudo-label loss.", min=0.0)
+    box_margin: float = option(10.0, "Pixels around prompt boxes (10 ACDC, 30 BUSI).", min=0.0)
+    sam_steps: int = option(200, "SAM decoder fine-tuning steps on ground-truth boxes (0: zero-shot SAM).", min=0)
+    sam_lr: float = option(1e-4, "Learning rate of SAM's decoder (fine-tuning and rounds).", above=0.0)
+    sam_batch: int = option(8, "Box prompts per SAM decoder step.", min=1)
+    sam_val_slices: int = option(48, "Validation slices (evenly spread) for SAM's model selection.", min=1)
+    sam_round_steps: int = option(50, "SAM steps per refresh learning from the student (0: SAM fixed).", min=0)
+    sam_unlabeled_weight: float = option(0.25, "Weight of the student-labelled slices in SAM's rounds.", min=0.0)
+    background: str = option("mean", "With --overlap argmax: background = 1 - mean or 1 - max class probability.",
+                             choices=("mean", "max"))
+    prompt_region: str = option("argmax", "Prompt box around the largest 'confident' or 'argmax' component.",
+                                choices=("confident", "argmax"))
+    overlap: str = option("smaller", "Overlapping SAM masks: 'argmax' of probabilities or 'smaller' mask wins.",
+                          choices=("argmax", "smaller"))
+    unprompted: str = option("ignore", "Pixels of classes SAM was not prompted for: 'ignore' or 'background'.",
+                             choices=("ignore", "background"))
+    prompt_clicks: str = option("positive", "Clicks besides each box: positive (the region's deepest pixel; tells "
+                                "nested anatomy apart), none (box only) or contrast (+ negatives on the other "
+                                "structures).", choices=("none", "positive", "contrast"))

@@ -1,0 +1,87 @@
+"""SAM-Match's student step: supervised Dice + CE on labelled slices, FixMatch consistency on
+unlabelled ones (strong view against the weak view's confident argmax), and, once SAM has
+labelled the pool, Dice + CE against SAM's pseudo-labels with a ramped weight.
+
+Only the student sees augmented pixels; SAM stays on un-augmented cached embeddings. The
+pseudo-labels come from ``refresh.PseudoLabelRefresh``, the loop's step hook; this task only reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from fewsam.data import unlabelled_pool
+from fewsam.data.types import Case, Dataset, SliceRef
+from fewsam.fitting import LabelledLoss
+from fewsam.labels import IGNORE
+from fewsam.losses import consistency_ce, dice_ce_loss
+from fewsam.methods.samatch.config import SamMatchConfig
+from fewsam.methods.student import (SliceSet, augment_labelled, random_affine, strong_photometric,
+                                    validate_student, warp, warp_labels)
+
+
+class PseudoLabelSource(Protocol):
+    labels: torch.Tensor | None  # (N_u, S, S) uint8 class indices, IGNORE where SAM gave nothing
+
+
+def ramp(step: int, length: int) -> float:
+    """Sigmoid ramp-up exp(-5 (1 - t)^2), t = step / length clipped to [0, 1]."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return float(np.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def select_unlabelled(dataset: Dataset, labelled: list[SliceRef], limit: int | None, seed: int) -> list[SliceRef]:
+    """The unlabelled pool, or a seeded subset of ``limit`` slices of it (kept in pool order)."""
+    pool = unlabelled_pool(dataset, labelled)
+    if limit is None or limit >= len(pool):
+        return pool
+    idx = np.sort(np.random.default_rng(seed).choice(len(pool), limit, replace=False))
+    return [pool[i] for i in idx]
+
+
+class SamMatchTask:
+    """FixMatch (+ SAM pseudo-labels) for the one loop; ``pseudo`` None = plain FixMatch."""
+
+    def __init__(self, module: nn.Module, labelled: SliceSet, unlabelled: SliceSet, cfg: SamMatchConfig,
+                 loss_fn: LabelledLoss, val_cases: list[Case], values: list[int], device: str = "cpu",
+                 pseudo: PseudoLabelSource | None = None) -> None:
+        self.module, self.labelled, self.unlabelled, self.cfg = module, labelled, unlabelled, cfg
+        self.loss_fn, self.val_cases, self.values, self.device = loss_fn, val_cases, values, device
+        self.pseudo = pseudo
+
+    def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        n_l, n_u = len(self.labelled.refs), len(self.unlabelled.refs)
+        idx_l = rng.choice(n_l, min(cfg.batch_size, n_l), replace=False)
+        idx_u = rng.choice(n_u, min(cfg.unlabeled_batch, n_u), replace=False)
+        x_l, y_l = augment_labelled(self.labelled.images[idx_l], self.labelled.labels[idx_l], rng, cfg)
+        theta = random_affine(len(idx_u), rng, cfg)
+        x_w = warp(self.unlabelled.images[idx_u], theta)
+        with torch.no_grad():
+            conf, pl = self.module(x_w.to(self.device)).softmax(dim=1).max(dim=1)
+        x_s = strong_photometric(x_w, rng)
+        logits = self.module(torch.cat([x_l, x_s]).to(self.device))
+        logits_l, logits_s = logits[: len(x_l)], logits[len(x_l):]
+        confident = conf >= cfg.threshold
+        loss_x = self.loss_fn(logits_l, y_l.to(self.device), [self.labelled.refs[i] for i in idx_l])
+        loss_u = consistency_ce(logits_s, pl, confident)
+        loss = loss_x + cfg.lambda_u * loss_u
+        scalars = {"loss_x": float(loss_x.detach()), "loss_u": float(loss_u.detach()),
+                   "confident": float(confident.float().mean())}
+        if self.pseudo is not None and self.pseudo.labels is not None:
+            target = warp_labels(self.pseudo.labels[idx_u], theta, fill=IGNORE).to(self.device)
+            if bool((target != IGNORE).any()):
+                weight = cfg.sam_weight * ramp(step - cfg.warmup_steps, cfg.ramp_steps)
+                loss_sam = dice_ce_loss(logits_s, target, ignore_index=IGNORE)
+                loss = loss + weight * loss_sam
+                scalars.update(loss_sam=float(loss_sam.detach()), sam_weight=weight)
+        return loss, scalars
+
+    def validate(self) -> dict[str, float]:
+        return validate_student(self.module, self.val_cases, self.cfg, self.values, self.device)
