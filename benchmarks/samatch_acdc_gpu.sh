@@ -13,8 +13,9 @@
 # Usage there:  STEPS=4000 bash benchmarks/samatch_acdc_gpu.sh   (JOBS="sup3 fm3 sm3": a subset)
 # RECIPE: extra student options for every U-Net fit (supervised too), e.g. RECIPE="--optimizer sgd" for the
 # SGD student of docs/results.md, section 2.7 "Earlier configurations (SGD student, box prompts)".
-# Dry run here: PY=.venv/bin/python DEVICE=cpu STEPS=4 FS_STEPS=2 VAL_EVERY=2 OUT=/tmp/o \
-#               RUNS=/tmp/r CACHE=/tmp/c bash benchmarks/samatch_acdc_gpu.sh
+# Dry run here (STEPS >= 5: --refresh-every is STEPS/5 and must be at least 1):
+#   PY=.venv/bin/python DEVICE=cpu STEPS=40 FS_STEPS=2 VAL_EVERY=20 OUT=/tmp/o RUNS=/tmp/r CACHE=/tmp/c \
+#   bash benchmarks/samatch_acdc_gpu.sh
 set -uo pipefail
 B=${BUNDLE:-.gsm3} D=${BUNDLE:-.gsm3}/acdc DEV=${DEVICE:-cuda} PY=${PY:-python3}
 STEPS=${STEPS:-4000} VAL_EVERY=${VAL_EVERY:-400} FS_STEPS=${FS_STEPS:-400} FIT_LIMIT=${FIT_LIMIT:-400}
