@@ -21,6 +21,7 @@ from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError
 from fewsam.fitting import open_fit, run_record
 from fewsam.methods import Method, get_method
+from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import predict
 from fewsam.runs import prepare_run_dir, run_folder
@@ -31,14 +32,15 @@ __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
 
 def embed_dataset(data: str | Path, split: str | None = None, model_name: str = "litemedsam",
                   checkpoint: str | Path | None = None, cache_root: str = DEFAULT_CACHE, device: str = "cpu",
-                  show_progress: bool = True) -> dict[str, Any]:
+                  show_progress: bool = True, precision: str = "auto") -> dict[str, Any]:
     """Fill the cache for every case of ``split`` (all splits when None). Returns hit/miss counts."""
     dataset = open_dataset(data)
     model = load_model(model_name, checkpoint, device=device)
-    cache = EmbeddingCache(cache_root, model)
+    cache = EmbeddingCache(cache_root, model, resolve_precision(precision, device))
     ids = dataset.split(split) if split else _all_case_ids(dataset)
     embed_cases(dataset, ids, cache, device, show_progress)
-    return {"cases": len(ids), "encoded": cache.misses, "cache_hits": cache.hits, "cache": str(cache.dir)}
+    return {"cases": len(ids), "encoded": cache.misses, "cache_hits": cache.hits, "cache": str(cache.dir),
+            "precision": cache.precision.name}
 
 
 def _all_case_ids(dataset) -> list[str]:

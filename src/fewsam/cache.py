@@ -1,8 +1,9 @@
 """EmbeddingCache: the frozen encoder runs once per distinct slice, ever.
 
 Entries are content-addressed: the key hashes the slice's pixels together with the model name,
-the checkpoint's hash and the preprocessing signature, so a changed image, model or
-preprocessing can never be served a stale embedding. Each entry is a float16 ``.npz`` written
+the checkpoint's hash, the preprocessing signature and the encoder's numerics (fp32 reference,
+or OpenVINO bf16, in a folder of its own), so a changed image, model, preprocessing or precision
+can never be served a stale embedding. Each entry is a float16 ``.npz`` written
 atomically (tmp file + rename), so a killed fill leaves only complete entries and simply resumes.
 Reads are verified against a checksum stored in the entry; a corrupt entry is discarded and
 recomputed, an entry or folder written by another model is refused loudly.
@@ -22,6 +23,7 @@ import torch
 
 from fewsam.atomic import atomic_write, atomic_write_bytes
 from fewsam.errors import CacheError
+from fewsam.models.precision import FP32, EncoderPrecision, OpenVinoEncoder
 from fewsam.models.sam import PreprocessInfo, SamModel
 
 MANIFEST = "manifest.json"
@@ -35,13 +37,17 @@ class Embedding:
     info: PreprocessInfo
 
 
-def model_signature(model: SamModel) -> dict[str, str]:
-    """What makes two embeddings of the same pixels comparable: model, weights, preprocessing."""
-    return {
+def model_signature(model: SamModel, precision: EncoderPrecision = FP32) -> dict[str, str]:
+    """What makes two embeddings of the same pixels comparable: model, weights, preprocessing, and
+    the encoder's numerics when they are not the fp32 reference."""
+    signature = {
         "model": model.name,
         "weights_sha256": model.weights_sha256,
         "preprocess": model.preprocess_signature(),
     }
+    if precision.signature is not None:
+        signature["encoder"] = precision.signature
+    return signature
 
 
 def pixel_key(image: np.ndarray, signature: dict[str, str]) -> str:
@@ -57,11 +63,14 @@ def pixel_key(image: np.ndarray, signature: dict[str, str]) -> str:
 class EmbeddingCache:
     """On-disk cache of image embeddings for one model, under ``root/<model>-<weights>``."""
 
-    def __init__(self, root: str | Path, model: SamModel) -> None:
-        self.model = model
-        self.signature = model_signature(model)
+    def __init__(self, root: str | Path, model: SamModel, precision: EncoderPrecision = FP32) -> None:
+        self.model, self.precision = model, precision
+        self.signature = model_signature(model, precision)
         folder = f"{model.name}-{model.weights_sha256[:12]}"
-        self.dir = Path(root).expanduser() / folder
+        self.dir = Path(root).expanduser() / (folder if precision.signature is None else
+                                              f"{folder}-{precision.signature}")
+        self._encoder = model.encode if precision.backend == "torch" else OpenVinoEncoder(
+            model.image_encoder, model.image_size, precision, Path(root).expanduser() / f"{folder}-openvino-ir")
         self._check_manifest()
         self.hits = 0
         self.misses = 0
@@ -150,7 +159,7 @@ class EmbeddingCache:
         tensors, infos = zip(*(self.model.preprocess(img) for img in images))
         batch = torch.stack(list(tensors)).to(device)
         with torch.inference_mode():
-            out = self.model.encode(batch).float().cpu().numpy().astype(np.float16)
+            out = self._encoder(batch).float().cpu().numpy().astype(np.float16)
         return [Embedding(out[i], infos[i]) for i in range(len(infos))]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ CheckpointOpt = shared_option("checkpoint")
 CacheOpt = shared_option("cache")
 DeviceOpt = shared_option("device")
 DataOpt = shared_option("data")
+PrecisionOpt = shared_option("precision")
 QuietOpt = typer.Option(False, "--quiet", help="No progress bars.")
 
 
@@ -69,12 +71,13 @@ def embed(
     checkpoint: Optional[Path] = CheckpointOpt,
     cache: str = CacheOpt,
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Fill the embedding cache for a dataset (resumable: finished slices are never re-encoded)."""
     from fewsam.api import embed_dataset
 
-    stats = embed_dataset(data, split, model, checkpoint, cache, device, show_progress=not quiet)
+    stats = embed_dataset(data, split, model, checkpoint, cache, device, show_progress=not quiet, precision=precision)
     out.print(json.dumps(stats))
 
 
@@ -158,6 +161,7 @@ def predict(
                                                "validation cases (decided once, RUN/refinement.json)."),
     cache: str = CacheOpt,
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Write one prediction per case, in the case's own format, mirroring its relative path."""
@@ -166,7 +170,8 @@ def predict(
     if refine_with_sam and refine_if_better:
         raise FewsamError("choose one: --refine-with-sam (always) or --refine-if-better (decided on validation)")
     refine = "always" if refine_with_sam else "if-better" if refine_if_better else "never"
-    written = run_predict(run, data, pred, split, cache, device, overwrite, show_progress=not quiet, refine=refine)
+    written = run_predict(run, data, pred, split, cache, device, overwrite, show_progress=not quiet, refine=refine,
+                          precision=precision)
     if refine_if_better:
         _print_refinement_choice(run)
     out.print(f"wrote {len(written)} predictions to {pred}")
@@ -301,9 +306,19 @@ def _tune_allocator() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "fewsam", *sys.argv[1:]], env)
 
 
+def _show_notes() -> None:
+    """fewsam's notes (e.g. which encoder precision this host gets) as plain lines on stdout."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("fewsam")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     _tune_allocator()
+    _show_notes()
     try:
         app(prog_name="fewsam")  # standalone: click reports usage errors itself (exit 2)
     except FewsamError as exc:

@@ -21,6 +21,7 @@ from fewsam.data.types import ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fairness import FairGroups, fair_groups_for
 from fewsam.losses import DiceCELoss
+from fewsam.models.precision import resolve_precision
 from fewsam.models.sam import SamModel
 
 LabelledLoss = Callable[[Tensor, Tensor, Sequence[Any]], Tensor]  # loss(logits, target, batch items)
@@ -73,7 +74,7 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
         raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
     val_ids = dataset.split(opts.val_split)
     model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
-    cache = EmbeddingCache(opts.cache, model) if model is not None else None
+    cache = None if model is None else EmbeddingCache(opts.cache, model, resolve_precision(opts.precision, opts.device))
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
     return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair)
 
@@ -95,6 +96,7 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
                   "attributes": str(opts.attributes) if opts.attributes else None}
                  if opts.fair_attribute else None),
         "seed": opts.seed,
+        "encoder_precision": ctx.cache.precision.name if ctx.cache is not None else None,
         "device": opts.device,
         "cache": opts.cache,
     }

@@ -16,6 +16,7 @@ from fewsam.config import DEFAULT_CACHE
 from fewsam.data import open_dataset, write_prediction
 from fewsam.embedded import embed_case
 from fewsam.errors import DataError, ModelError, RunError
+from fewsam.models.precision import EncoderPrecision, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
 from fewsam.progress import tracked
@@ -43,13 +44,14 @@ def predict(
     overwrite: bool = False,
     show_progress: bool = True,
     refine: Refine = "never",
+    precision: str = "auto",
 ) -> list[Path]:
     """Write one prediction per case of ``split`` (default: the dataset's "val" split) under ``out``.
 
     ``refine`` (SAM-Match runs): "always" lets the student's confident regions prompt the run's
     SAM (``methods/samatch/refine.py``; the slices are then embedded through the cache);
     "if-better" refines only if that scores higher on the run's validation cases (decided once,
-    RUN/refinement.json)."""
+    RUN/refinement.json). ``precision``: the encoder's numerics (``models.precision``)."""
     from fewsam.methods import get_method
 
     run_dir, out = Path(run_dir), Path(out)
@@ -68,8 +70,10 @@ def predict(
 
         check_refinable(run_dir, config)
     _check_class_map(config, dataset.class_map.to_json(), data)
+    encoder = resolve_precision(precision, device)
     refined = refine == "always" or (refine == "if-better" and
-                                     _refinement_chosen(run_dir, config, cache_root, device, show_progress))
+                                     _refinement_chosen(run_dir, config, cache_root, encoder, device,
+                                                        show_progress))
     pixels_only = method.pixels_only and not refined
     model = None if pixels_only else load_run_model(config, device)
     if refined:
@@ -78,7 +82,7 @@ def predict(
         predictor = SamRefinedPredictor(run_dir, model, device)
     else:
         predictor = method.predictor(run_dir, config, model, device, [0] + dataset.class_map.labels)
-    cache = None if pixels_only else EmbeddingCache(cache_root, model)
+    cache = None if pixels_only else EmbeddingCache(cache_root, model, encoder)
     written = []
     for case_id in tracked(case_ids, "predict", show_progress):
         case = dataset.load(case_id)
@@ -87,13 +91,15 @@ def predict(
     return written
 
 
-def _refinement_chosen(run_dir: Path, config: dict, cache_root: str | Path, device: str, show_progress: bool) -> bool:
+def _refinement_chosen(run_dir: Path, config: dict, cache_root: str | Path, encoder: EncoderPrecision, device: str,
+                       show_progress: bool) -> bool:
     """Whether SAM refinement beat the student on the run's validation cases (decided once)."""
     from fewsam.methods.samatch.refine import SamRefinedPredictor, choose_refinement
 
     model = load_run_model(config, device)
     predictor = SamRefinedPredictor(run_dir, model, device)
-    return bool(choose_refinement(run_dir, predictor, EmbeddingCache(cache_root, model), device, show_progress)["refine"])
+    cache = EmbeddingCache(cache_root, model, encoder)
+    return bool(choose_refinement(run_dir, predictor, cache, device, show_progress)["refine"])
 
 
 def _check_class_map(config: dict, class_map: dict[str, str], data: str | Path) -> None:

@@ -1,0 +1,141 @@
+"""How the frozen encoder runs: PyTorch fp32 (the exact reference), or compiled by OpenVINO.
+
+The encoder is the cost every user waits on, and it never trains, so it can be compiled:
+OpenVINO fuses its graph and runs it in fp32 with the same numbers to about 1e-5, or, on CPUs
+with bf16 instructions (AVX-512 BF16 on recent AMD and Intel server cores, AMX on Sapphire
+Rapids and later), runs its matrix products in bf16, faster again but further from fp32
+(docs/results.md has both, measured). ``auto`` takes compiled fp32 wherever OpenVINO is
+installed, because bf16 did not keep a cosine similarity of 0.999 to the reference on real
+slices; bf16 is there for whoever wants the speed. The decoder and the student train in fp32.
+
+The converted encoder is kept as OpenVINO IR beside the embeddings it produces (conversion
+takes about half a minute; reading the IR back, about a second).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewsam.config import PRECISIONS, ConfigError
+
+log = logging.getLogger("fewsam")
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@dataclass(frozen=True)
+class EncoderPrecision:
+    """The resolved choice: ``name`` fp32 | bf16, ``backend`` torch | openvino, and why."""
+
+    name: str
+    backend: str
+    reason: str = field(default="", compare=False)
+
+    @property
+    def signature(self) -> str | None:
+        """What the embedding cache adds to its key; None for the fp32 reference path."""
+        return None if self.backend == "torch" else f"{self.backend}-{self.name}"
+
+
+FP32 = EncoderPrecision("fp32", "torch", "the reference path")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str] | None = None) -> EncoderPrecision:
+    """The encoder's precision for ``--precision requested`` on this host (``flags`` for tests)."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {requested!r}")
+    if requested == "fp32":
+        return FP32
+    if not device.startswith("cpu"):
+        return _chosen(FP32, f"encoder in fp32 with PyTorch: --precision {requested} applies to CPUs, not {device}")
+    if requested == "bf16-openvino":
+        bf16 = sorted((cpu_flags() if flags is None else flags) & BF16_FLAGS)
+        if not bf16:
+            raise ConfigError("--precision bf16-openvino needs a CPU with bf16 instructions (avx512_bf16 or "
+                              "amx_bf16) and this one has none; use --precision fp32-openvino (or auto)")
+    if not openvino_available():
+        if requested != "auto":
+            raise ConfigError(f"--precision {requested} needs OpenVINO (pip install openvino), "
+                              "or use --precision fp32")
+        return _chosen(FP32, "encoder in fp32 with PyTorch: OpenVINO is not installed")
+    name = "bf16" if requested == "bf16-openvino" else "fp32"
+    return _chosen(EncoderPrecision(name, "openvino", ""), f"encoder in {name}, compiled by OpenVINO "
+                   "(--precision fp32 for the PyTorch reference)")
+
+
+def _chosen(precision: EncoderPrecision, message: str) -> EncoderPrecision:
+    log.info(message)
+    return EncoderPrecision(precision.name, precision.backend, message)
+
+
+class OpenVinoEncoder:
+    """The frozen image encoder compiled by OpenVINO: (B, 3, S, S) float32 -> (B, 256, 64, 64) float32.
+
+    Converted on first use and kept as IR in ``ir_dir`` (written atomically), which later
+    processes read back instead of converting again.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, image_size: int, precision: EncoderPrecision, ir_dir: Path) -> None:
+        self.encoder, self.image_size, self.precision, self.ir_dir = encoder, image_size, precision, Path(ir_dir)
+        self._compiled: Any = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self._compiled is None:
+            self._compiled = self._compile()
+        out = self._compiled(images.detach().cpu().float().numpy())[0]
+        return torch.from_numpy(out)
+
+    def _compile(self) -> Any:
+        import openvino as ov
+
+        core = ov.Core()
+        xml = self.ir_dir / "encoder.xml"
+        model = core.read_model(xml) if xml.exists() else self._convert(ov)
+        hint = {"fp32": "f32", "bf16": "bf16"}[self.precision.name]
+        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                  "PERFORMANCE_HINT": "LATENCY"}
+        return core.compile_model(model, "CPU", config)
+
+    def _convert(self, ov: Any) -> Any:
+        log.info("converting the encoder for OpenVINO (once per model; kept in %s)", self.ir_dir)
+        example = torch.zeros(1, 3, self.image_size, self.image_size)
+        with torch.no_grad():
+            model = ov.convert_model(self.encoder.eval(), example_input=example)
+        self.ir_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".ir-", dir=self.ir_dir.parent))
+        try:
+            ov.save_model(model, tmp / "encoder.xml", compress_to_fp16=False)
+            os.replace(tmp, self.ir_dir)  # a folder rename is atomic: readers see all of the IR or none
+        except OSError:
+            pass  # another process put its (identical) IR there first
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return model
