@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,10 @@ class OpenVinoEncoder:
     def _convert(self, ov: Any) -> Any:
         log.info("converting the encoder for OpenVINO (once per model; kept in %s)", self.ir_dir)
         example = torch.zeros(1, 3, self.image_size, self.image_size)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Shape-dependent branches (window padding) are traced as constants: right, because the
+            # encoder only ever sees image_size x image_size inputs.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model = ov.convert_model(self.encoder.eval(), example_input=example)
         self.ir_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".ir-", dir=self.ir_dir.parent))
