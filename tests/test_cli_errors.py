@@ -97,7 +97,8 @@ def test_cache_of_another_model_is_refused(tiny_acdc, tmp_path):
     folder = tmp_path / "c" / f"{model.name}-{model.weights_sha256[:12]}"
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"model": "sam_vit_h", "weights_sha256": "x", "preprocess": "y"}))
-    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "1"), cwd=tmp_path)
+    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "1", "--precision",
+                              "fp32"), cwd=tmp_path)  # the fp32 folder: other precisions have folders of their own
     assert_one_line_error(result, "written by model sam_vit_h")
 
 

@@ -168,3 +168,55 @@ def test_compare_cli_matches_scipy(tmp_path):
     assert got["n"] == 6 and got["p"] == pytest.approx(expected.pvalue)
     assert got["p_bonferroni"] == pytest.approx(min(1.0, 3 * expected.pvalue))
     assert "Wilcoxon signed-rank" in res.output
+
+
+def _set_bmi(root, case, text):
+    index = root / "index.csv"
+    rows = index.read_text().splitlines()
+    rows = [f'img/{case}.png,msk/{case}.png,{r.split(",")[2]},"{text}",test' if r.startswith(f"img/{case}.png")
+            else r for r in rows]
+    index.write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("bins", ["bmi:25,30", None])
+def test_text_in_a_binned_column_names_the_case_and_value(png_data, bins):
+    """A decimal comma must not become a group of its own beside the bins (it would change ES-Dice)."""
+    root, pred = png_data
+    _set_bmi(root, "a2", "27,5")
+    with pytest.raises(FewsamError, match=r"case img/a2 has bmi = '27,5', not a number, so --bins bmi:25,30"):
+        evaluate(pred, root, "test", "bmi", show_progress=False, bins=bins, n_boot=10)
+
+
+def test_an_all_text_column_under_default_bins_is_grouped_by_value(png_data, tmp_path):
+    root, pred = png_data
+    csv = tmp_path / "age.csv"
+    csv.write_text("case,age\na1,young\na2,old\nb1,old\nu1,\n")
+    result = evaluate(pred, root, "test", "age", show_progress=False, attributes=csv, n_boot=10)
+    assert sorted(result["groups"]) == ["old", "young"]
+    with pytest.raises(FewsamError, match=r"case img/a1 has age = 'young'"):
+        evaluate(pred, root, "test", "age", show_progress=False, attributes=csv, bins="age:60", n_boot=10)
+
+
+def test_fit_groups_refuse_text_in_a_binned_column(png_data):
+    from fewsam.fairness import case_groups
+
+    root, _ = png_data
+    _set_bmi(root, "b1", "thirty")
+    dataset = open_dataset(root)
+    with pytest.raises(FewsamError, match=r"case img/b1 has bmi = 'thirty'"):
+        case_groups(dataset, dataset.split("test"), "bmi", "bmi:25,30")
+
+
+def test_evaluate_json_is_not_overwritten_without_overwrite(png_data, tmp_path):
+    root, pred = png_data
+    out = tmp_path / "eval.json"
+    out.write_text("mine")
+    args = ["evaluate", "--pred", str(pred), "--data", str(root), "--split", "test", "--json", str(out), "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, FewsamError) and "--overwrite" in str(res.exception)
+    assert out.read_text() == "mine"
+    res = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["n_cases"] == 4
+    res = CliRunner().invoke(app, [*args[:-3], "--json", str(tmp_path), "--quiet"])
+    assert isinstance(res.exception, FewsamError) and "is a folder" in str(res.exception)

@@ -65,3 +65,19 @@ def test_report_single_run_without_groups(tmp_path):
     assert "0.5000" in md and "--group-by" in md
     with pytest.raises(FewsamError, match="--labels gives 2 names"):
         write_group_report([tmp_path / "e.json"], tmp_path / "rep", ["a", "b"])
+
+
+def test_report_out_follows_predicts_rule(tmp_path):
+    _evaluation(tmp_path / "e.json", BEFORE)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FewsamError, match="is a file"):
+        write_group_report([tmp_path / "e.json"], tmp_path / "file")
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "notes.md").write_text("mine")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "e.json"), "--out", str(rep)])
+    assert isinstance(res.exception, FewsamError) and "--overwrite" in str(res.exception)
+    assert [p.name for p in rep.iterdir()] == ["notes.md"]
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "e.json"), "--out", str(rep), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (rep / "report.md").is_file() and (rep / "notes.md").read_text() == "mine"

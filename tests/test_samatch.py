@@ -20,7 +20,7 @@ from fewsam.models.sam import PreprocessInfo
 from fewsam.predict import predict
 from fewsam.prompts import box_from_mask
 from fewsam.runs import prepare_run_dir
-from fewsam.runs import LAST, LOG
+from fewsam.runs import LAST, LOG, write_manifest
 from test_supervised import TINY_STUDENT, context, one_thread, phantom  # noqa: F401 - fixtures
 
 INFO = PreprocessInfo((40, 40), (40, 40), 40)  # original frame == SAM frame: boxes in pixels
@@ -148,6 +148,7 @@ def fit_run(data, tmp_path, run, cfg: SamMatchConfig, steps=12, kill_at=None):
         samatch.fit(ctx, cfg, run_dir)
     finally:
         samatch.train = original
+    write_manifest(run_dir)  # what api.fit does when a fit ends
     return run_dir, module_holder["module"], ctx
 
 

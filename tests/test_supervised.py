@@ -16,7 +16,7 @@ from fewsam.methods.student import (StudentConfig, build_unet, random_affine, st
 from fewsam.models.registry import _assemble
 from fewsam.models.sam import Preprocessing
 from fewsam.predict import predict
-from fewsam.runs import prepare_run_dir
+from fewsam.runs import prepare_run_dir, write_manifest
 
 TINY_STUDENT = {"image_size": 64, "channels": (8, 16, 32, 64), "num_res_units": 1, "batch_size": 4}
 TINY = StudentConfig(image_size=64, channels=(8, 16, 32, 64), num_res_units=1)
@@ -97,6 +97,7 @@ def test_supervised_learns_on_phantom_and_predicts(phantom, tmp_path):
     torch.manual_seed(0)
     untrained = validate_student(build_unet(TINY, 4), [ctx.dataset.load(c) for c in val_ids], TINY, ctx.values)
     result = supervised.fit(ctx, cfg, run_dir)
+    write_manifest(run_dir)  # what api.fit does when a fit ends
     assert result.best_score > untrained["score"] + 0.2  # measured: ~0.05 -> ~0.33 after 60 steps
     written = predict(run_dir, phantom, tmp_path / "pred", show_progress=False)
     assert len(written) == len(val_ids)

@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -116,3 +115,57 @@ def test_averaged_fit_saves_the_average_and_resumes_exactly(tmp_path):
     assert (tmp_path / "a" / LOG).read_text() == (tmp_path / "b" / LOG).read_text()
     resumed_best = torch.load(tmp_path / "b" / BEST, weights_only=True)["module"]
     assert all(torch.equal(best[k], resumed_best[k]) for k in best)
+
+
+def _killed_at_20(run_dir, cfg=CFG):
+    class Killed(Exception):
+        pass
+
+    def kill_at_20(step):
+        if step == 20:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(ToyTask(), cfg, run_dir, show_progress=False, on_checkpoint=kill_at_20)
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"not a checkpoint"])
+def test_a_damaged_resume_checkpoint_names_the_file_and_the_way_out(tmp_path, damage):
+    from fewsam.errors import RunError
+
+    straight = ToyTask()
+    train(straight, CFG, tmp_path / "a", show_progress=False)
+    _killed_at_20(tmp_path / "b")
+    last = tmp_path / "b" / LAST
+    last.write_bytes(damage(last.read_bytes()))
+    with pytest.raises(RunError) as err:
+        train(ToyTask(), CFG, tmp_path / "b", show_progress=False)
+    message = str(err.value)
+    assert str(last) in message and "delete it to restart this fit from its first step" in message
+    assert "\n" not in message
+    last.unlink()  # the way out: the fit starts again and ends where an uninterrupted one does
+    restarted = ToyTask()
+    train(restarted, CFG, tmp_path / "b", show_progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(straight.module.parameters(), restarted.module.parameters()))
+    assert (tmp_path / "a" / LOG).read_text() == (tmp_path / "b" / LOG).read_text()
+
+
+def test_a_resume_checkpoint_whose_best_is_gone_is_refused(tmp_path):
+    from fewsam.errors import RunError
+
+    _killed_at_20(tmp_path)
+    (tmp_path / BEST).unlink()
+    with pytest.raises(RunError, match=f"{BEST} is missing although .*{LAST} refers to it; delete it"):
+        train(ToyTask(), CFG, tmp_path, show_progress=False)
+
+
+def test_a_half_written_log_line_is_dropped_on_resume(tmp_path):
+    straight = ToyTask()
+    train(straight, CFG, tmp_path / "a", show_progress=False)
+    _killed_at_20(tmp_path / "b")
+    with open(tmp_path / "b" / LOG, "a") as fh:
+        fh.write('{"step": 21, "lo')  # killed while appending the next step's record
+    resumed = ToyTask()
+    train(resumed, CFG, tmp_path / "b", show_progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(straight.module.parameters(), resumed.module.parameters()))
+    assert (tmp_path / "a" / LOG).read_text() == (tmp_path / "b" / LOG).read_text()

@@ -24,7 +24,7 @@ from fewsam.methods import Method, get_method
 from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import predict
-from fewsam.runs import prepare_run_dir, run_folder
+from fewsam.runs import RunFolder
 from fewsam.train import TrainResult
 
 __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
@@ -62,10 +62,10 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
         raise FewsamError(f"{method} takes a {spec.config.__name__}, not a {type(cfg).__name__}")
     if spec.fit is None:
         return _record_only(spec, options, cfg)
-    ctx = open_fit(options, spec.needs_sam(cfg))
-    record = {"method": spec.name, **run_record(options, ctx), spec.name: asdict(cfg),
-              **cfg.derived_record(options.seed)}
-    with run_folder(options.run, record) as run_dir:
+    with RunFolder(options.run) as folder:  # locked before the data is opened: a second fit is refused at once
+        ctx = open_fit(options, spec.needs_sam(cfg))
+        run_dir = folder.prepare({"method": spec.name, **run_record(options, ctx), spec.name: asdict(cfg),
+                                  **cfg.derived_record(options.seed)})
         if ctx.fair is not None:
             ctx.fair.save(run_dir)
         return spec.fit(ctx, cfg, run_dir)
@@ -73,13 +73,14 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
 
 def _record_only(spec: Method, options: FitOptions, cfg: Config) -> TrainResult:
     """A method with nothing to train (zero-shot SAM): the run folder records model and config."""
-    model = load_model(options.model, options.checkpoint)
-    prepare_run_dir(options.run, {
-        "method": spec.name,
-        "model": options.model,
-        "checkpoint": str(options.checkpoint) if options.checkpoint else None,
-        "weights_sha256": model.weights_sha256,
-        "preprocess": model.preprocess_signature(),
-        spec.name: asdict(cfg),
-    })
+    with RunFolder(options.run) as folder:
+        model = load_model(options.model, options.checkpoint)
+        folder.prepare({
+            "method": spec.name,
+            "model": options.model,
+            "checkpoint": str(options.checkpoint) if options.checkpoint else None,
+            "weights_sha256": model.weights_sha256,
+            "preprocess": model.preprocess_signature(),
+            spec.name: asdict(cfg),
+        })
     return TrainResult(best_score=math.nan, best_step=0, steps_run=0, seconds=0.0)

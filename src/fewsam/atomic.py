@@ -1,31 +1,58 @@
 """Atomic file writes: a temporary file in the target folder, then a rename.
 
 A kill at any moment leaves either the old file or the new one, never half of one. Every writer
-in fewsam (cache entries, checkpoints, run configs, predictions) goes through here.
+in fewsam (cache entries, checkpoints, run configs, predictions) goes through here. A kill can
+leave the temporary file behind (``.NAME.RANDOM.tmp``); ``stale_temporaries`` finds them so
+that whoever owns the folder can clear them.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
+
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temporary file next to ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda fh: fh.write(data))
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created ``.NAME.RANDOM.tmp`` next to ``path``.
+
+    Created with mode 0o666 so that the process umask applies as for any ``open()``: files in a
+    shared cache or run folder stay readable to the group when the umask says so (``mkstemp``
+    would make every one of them private, 0o600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def stale_temporaries(folder: str | Path) -> Iterator[Path]:
+    """The temporary files ``atomic_write`` left under ``folder`` (at any depth) when killed mid-write.
+
+    Only safe to delete while no writer is at work in the folder (a run folder under its lock)."""
+    for path in Path(folder).rglob(f".*{TEMPORARY_SUFFIX}"):
+        if path.is_file() and path.name.count(".") >= 3:
+            yield path

@@ -17,7 +17,9 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from fewsam.config import FitOptions, cli_fields, field_default, flag_name
+from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.errors import FewsamError
+from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 
 _STARTED = time.perf_counter()
@@ -27,21 +29,90 @@ out = Console()
 err = Console(stderr=True)
 
 
+def default_is(help: str, default: str) -> str:
+    """Help that states a default typer cannot show (a None that means something), in typer's own
+    "[default: ...]" form (escaped: help is rich markup)."""
+    return f"{help} \\[default: {default}]"
 
-def shared_option(name: str) -> Any:
-    """The typer option of ``FitOptions.<name>``: commands other than fit share its default and help."""
+
+def shared_option(name: str, none_means: str | None = None) -> Any:
+    """The typer option of ``FitOptions.<name>``: commands other than fit share its default and help;
+    ``none_means`` says what its None default stands for."""
     f = FitOptions.__dataclass_fields__[name]
+    help = f.metadata["help"] if none_means is None else default_is(f.metadata["help"], none_means)
     return typer.Option(... if f.metadata.get("required") else field_default(f),
-                        f.metadata.get("flag") or flag_name(name), help=f.metadata["help"])
+                        f.metadata.get("flag") or flag_name(name), help=help)
 
 
 ModelOpt = shared_option("model")
-CheckpointOpt = shared_option("checkpoint")
+CheckpointOpt = shared_option("checkpoint", none_means="litemedsam's bundled weights")
 CacheOpt = shared_option("cache")
 DeviceOpt = shared_option("device")
 DataOpt = shared_option("data")
 PrecisionOpt = shared_option("precision")
-QuietOpt = typer.Option(False, "--quiet", help="No progress bars.")
+QuietOpt = typer.Option(False, "--quiet", help="No progress bars (or progress lines, when not on a terminal).")
+SplitHelp = default_is("List file relative to DATA, or train|val|test.", DEFAULT_SPLIT)
+DEFAULT_BINS_SPEC = " and ".join(f"{b.column}:{','.join(f'{e:g}' for e in b.edges)}" for b in DEFAULT_BINS.values())
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this torch cannot use (an unknown name, CUDA on a CPU-only build or without a
+    GPU, a GPU index that is not there) with one line, before any data is read or model loaded."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise FewsamError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        _check_cuda(device, parsed.index)
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise FewsamError(f"--device {device}: this machine or torch build has no MPS; use --device cpu")
+    elif parsed.type not in ("cpu", "mps"):
+        raise FewsamError(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
+
+
+def _check_cuda(device: str, index: int | None) -> None:
+    import torch
+
+    if torch.version.cuda is None:
+        raise FewsamError(f"--device {device}: this torch ({torch.__version__}) is built without CUDA; "
+                          "use --device cpu or install a CUDA build of torch")
+    if not torch.cuda.is_available():
+        raise FewsamError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; "
+                          "use --device cpu or check the driver and CUDA_VISIBLE_DEVICES")
+    if index is not None and index >= torch.cuda.device_count():
+        raise FewsamError(f"--device {device}: there is no GPU {index} ({torch.cuda.device_count()} visible); "
+                          f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
+def check_cache(cache: str) -> None:
+    """--cache must be a folder fewsam can write (``predict.check_cache_folder``), checked up front."""
+    from fewsam.predict import check_cache_folder
+
+    check_cache_folder(cache)
+
+
+def check_folder(path: Path, option: str) -> None:
+    """A folder option (fit's and demo's --out) must not name a file and must be writable."""
+    from fewsam.predict import check_folder_path
+
+    check_folder_path(path, option)
+
+
+def check_output_file(path: Path | None, option: str, overwrite: bool) -> None:
+    """A file option (--json) must not name a folder, and replaces an existing file only with --overwrite."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise FewsamError(f"{option} {path} is a folder; give a file path, e.g. {path / 'result.json'}")
+    if path.exists() and not overwrite:
+        raise FewsamError(f"{option} {path} exists; choose another {option} or pass --overwrite to replace it")
+    existing = next(p for p in path.absolute().parents if p.exists())  # the folder it goes in, or its nearest parent
+    if not existing.is_dir():
+        raise FewsamError(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FewsamError(f"{option} {path}: {existing} is read-only; give another {option}")
 
 
 @app.command()
@@ -55,6 +126,9 @@ def demo(
     """Few-shot SAM on a generated cardiac-like phantom: fit from 2 labelled slices, predict, score."""
     from fewsam.demo import run_demo
 
+    check_device(device)
+    check_cache(cache)
+    check_folder(out_dir, "--out")
     result = run_demo(out_dir, device=device, cache_root=cache, steps=steps, show_progress=not quiet)
     out.print(f"[bold]few-shot LiteMedSAM on the phantom[/] ({result['n_val']} validation volumes)")
     for name, metrics in result["per_class"].items():
@@ -66,7 +140,8 @@ def demo(
 @app.command()
 def embed(
     data: Path = DataOpt,
-    split: Optional[str] = typer.Option(None, "--split", help="train | val | test | a list file; default all."),
+    split: Optional[str] = typer.Option(None, "--split", help=default_is(
+        "train | val | test | a list file.", "every case of train, val and test")),
     model: str = ModelOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     cache: str = CacheOpt,
@@ -77,6 +152,8 @@ def embed(
     """Fill the embedding cache for a dataset (resumable: finished slices are never re-encoded)."""
     from fewsam.api import embed_dataset
 
+    check_device(device)
+    check_cache(cache)
     stats = embed_dataset(data, split, model, checkpoint, cache, device, show_progress=not quiet, precision=precision)
     out.print(json.dumps(stats))
 
@@ -122,6 +199,11 @@ def fit_command(name: str) -> Any:
     def command(**values: Any) -> None:
         from fewsam.api import fit
 
+        if "device" in values:
+            check_device(values["device"])
+        if "cache" in values and "model" in values:  # the U-Net students use no cache
+            check_cache(values["cache"])
+        check_folder(values["run"], "--out")
         show_progress = not values.pop("quiet")
         options = FitOptions(**{k: values.pop(k) for k in shared}, show_progress=show_progress)
         _report_fit(fit(name, options, method.config(**values)), options.run)
@@ -150,9 +232,10 @@ app.add_typer(fit_app, name="fit")
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by `fewsam fit`."),
     data: Path = DataOpt,
-    split: Optional[str] = typer.Option(None, "--split", help="List file relative to DATA, or train|val|test."),
-    pred: Path = typer.Option(..., "--out", help="Prediction folder to write."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty folder."),
+    split: Optional[str] = typer.Option(None, "--split", help=SplitHelp),
+    pred: Path = typer.Option(..., "--out", help="Prediction folder to write (not inside the dataset's folders)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty folder: same-named "
+                                                              "predictions are replaced, other files kept."),
     refine_with_sam: bool = typer.Option(False, "--refine-with-sam",
                                          help="SAM-Match runs: the student's confident regions prompt the run's "
                                               "SAM, as for its pseudo-labels (encodes the slices, cached)."),
@@ -169,6 +252,7 @@ def predict(
 
     if refine_with_sam and refine_if_better:
         raise FewsamError("choose one: --refine-with-sam (always) or --refine-if-better (decided on validation)")
+    check_device(device)
     refine = "always" if refine_with_sam else "if-better" if refine_if_better else "never"
     written = run_predict(run, data, pred, split, cache, device, overwrite, show_progress=not quiet, refine=refine,
                           precision=precision)
@@ -190,19 +274,26 @@ def _print_refinement_choice(run: Path) -> None:
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Prediction folder."),
     data: Path = DataOpt,
-    split: Optional[str] = typer.Option(None, "--split"),
-    group_by: Optional[str] = typer.Option(None, "--group-by", help="Attribute column for group metrics."),
+    split: Optional[str] = typer.Option(None, "--split", help=SplitHelp),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help=default_is(
+        "Attribute column for group metrics (`fewsam info DATA` lists them).", "none, no group metrics")),
     alpha: float = typer.Option(1.0, "--alpha", help="Equity-scaling alpha."),
-    bins: Optional[str] = typer.Option(None, "--bins", help="Bin a continuous --group-by column, e.g. bmi:25,30."),
-    attributes: Optional[Path] = typer.Option(None, "--attributes", help="CSV of group attributes by case/patient id."),
+    bins: Optional[str] = typer.Option(None, "--bins", help=default_is(
+        "Bin a continuous --group-by column, e.g. bmi:25,30; a value that is not a number is an error.",
+        f"{DEFAULT_BINS_SPEC}; other columns grouped by value")),
+    attributes: Optional[Path] = typer.Option(None, "--attributes", help=default_is(
+        "CSV of group attributes by case/patient id.", "only the attributes found with the data")),
     es_mode: str = typer.Option("sum", "--es-mode", help="Equity spread: sum (paper) | std."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the result JSON here.",
+                                                                            "not written")),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Dice, IoU, HD95, ASD per class and case (and ES-Dice / ES-IoU per group)."""
     from fewsam.evaluate import evaluate as run_evaluate
     from fewsam.runs import write_json
 
+    check_output_file(json_out, "--json", overwrite)
     result = run_evaluate(pred, data, split, group_by, alpha, not quiet, bins=bins, attributes=attributes,
                           es_mode=es_mode)
     if json_out:
@@ -216,12 +307,14 @@ def compare(
     run_b: Path = typer.Argument(..., help="Evaluation JSON of run B (same cases)."),
     metric: str = typer.Option("dice", "--metric", help="dice | iou | hd95 | asd (per-case mean over classes)."),
     n_comparisons: int = typer.Option(1, "--n-comparisons", help="Bonferroni factor: comparisons made in all."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the test result JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the test result JSON here.",
+                                                                            "not written")),
 ) -> None:
     """Paired Wilcoxon signed-rank test between two runs' per-case scores."""
     from fewsam.compare import compare_runs, describe
     from fewsam.runs import write_json
 
+    check_output_file(json_out, "--json", overwrite=True)
     result = compare_runs(run_a, run_b, metric, n_comparisons)
     if json_out:
         write_json(json_out, result)
@@ -232,14 +325,17 @@ def compare(
 def report(
     evaluations: list[Path] = typer.Argument(..., help="Evaluation JSON(s); two = before/after fair scaling."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for report.md, report.html and plots."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated run names (default: file names)."),
-    title: str = typer.Option("fewsam group report", "--title"),
+    labels: Optional[str] = typer.Option(None, "--labels", help=default_is("Comma-separated run names.",
+                                                                            "the JSON file names")),
+    title: str = typer.Option("fewsam group report", "--title", help="The report's heading."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty --out: the "
+                                                              "report's files are replaced, other files kept."),
 ) -> None:
     """Markdown + HTML report: per-group Dice with 95% CIs, ES-Dice, worst-group gap, per-class tables."""
     from fewsam.report import write_group_report
 
     names = [x.strip() for x in labels.split(",")] if labels else None
-    paths = write_group_report(evaluations, out_dir, names, title)
+    paths = write_group_report(evaluations, out_dir, names, title, overwrite)
     out.print(f"wrote {paths['markdown']} and {paths['html']}")
 
 
@@ -247,18 +343,54 @@ def report(
 def bench(
     data: Path = typer.Option(..., "--data", help="Dataset folder (e.g. data/acdc)."),
     n: int = typer.Option(8, "-n", help="Slices to encode."),
-    cache: Path = typer.Option(Path("bench_cache"), "--cache", help="A scratch cache folder (emptied)."),
+    cache: Path = typer.Option(Path("bench_cache"), "--cache", help="A new or empty scratch cache folder "
+                                                                     "(removed at the end)."),
     device: str = DeviceOpt,
-    json_out: Optional[Path] = typer.Option(None, "--json"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the figures as JSON here.",
+                                                                            "not written")),
 ) -> None:
     """Measure encoder s/slice, cache-hit s/slice and decoder step/inference times on this machine."""
     from fewsam.bench import run_bench
     from fewsam.runs import write_json
 
+    check_device(device)
+    _check_scratch_cache(cache)
+    check_output_file(json_out, "--json", overwrite=True)
     result = run_bench(data, n, cache, device)
     if json_out:
         write_json(json_out, result)
     out.print(json.dumps(result, indent=2))
+
+
+def _check_scratch_cache(cache: Path) -> None:
+    """bench deletes its --cache folder: refuse one that holds anything (it may be the user's)."""
+    if cache.exists() and not cache.is_dir():
+        raise FewsamError(f"--cache {cache} is a file; bench needs a new or empty scratch folder")
+    if cache.is_dir() and any(cache.iterdir()):
+        raise FewsamError(f"--cache {cache} is not empty and bench deletes its scratch cache; give a new folder "
+                          "(or delete this one if an interrupted bench left it)")
+    check_cache(str(cache))
+
+
+@app.command()
+def info(
+    data: Path = typer.Argument(..., help="Dataset folder."),
+    attributes: Optional[Path] = typer.Option(None, "--attributes", help=default_is(
+        "CSV of group attributes by case/patient id.", "only the attributes found with the data")),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Also write it as JSON here.",
+                                                                            "not written")),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
+) -> None:
+    """What fewsam sees in DATA: layout, classes and their coding, splits with case and slice counts,
+    group attributes, and the splits fit/predict/evaluate use by default. Loads no model."""
+    from fewsam.info import dataset_info, describe
+    from fewsam.runs import write_json
+
+    check_output_file(json_out, "--json", overwrite)
+    result = dataset_info(data, attributes)
+    if json_out:
+        write_json(json_out, result)
+    out.print(describe(result), highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_summary(result: dict) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.errors import DataError
-from fewsam.fairness import check_group_column, per_class_equity, resolve_bins
+from fewsam.fairness import check_bin_values, check_group_column, per_class_equity, resolve_bins
+from fewsam.info import DEFAULT_SPLIT
 from fewsam.metrics import case_metrics, group_summary, summarise
 from fewsam.progress import tracked
 
@@ -31,22 +32,29 @@ def evaluate(
     es_mode: str = "sum",
     n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """Per-case, per-class and mean Dice/IoU/HD95/ASD (and group metrics with ``group_by``).
+    """Per-case, per-class and mean Dice/IoU/HD95/ASD of ``split`` (default ``DEFAULT_SPLIT``, "val"),
+    and group metrics with ``group_by``.
 
     Groups: ``group_by`` names a case attribute (found with the data, or in the ``attributes``
-    CSV); ``bins`` (e.g. "bmi:25,30") bins a continuous one (age is binned at 60 by default).
+    CSV); ``bins`` (e.g. "bmi:25,30") bins a continuous one (age is binned at 60 by default); a
+    binned column holding text is an error naming the case (``fairness.check_bin_values``).
     Cases without a value count in the overall scores and in no group; the JSON lists them.
     """
     pred = Path(pred)
+    if pred.exists() and not pred.is_dir():
+        raise DataError(f"--pred {pred} is a file; give the prediction folder `fewsam predict --out` wrote")
     if not pred.is_dir():
         raise DataError(f"prediction folder {pred} does not exist; run `fewsam predict` first")
     if es_mode not in ("sum", "std"):
         raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
-    binned = (resolve_bins(group_by, bins) or DEFAULT_BINS.get(group_by)) if group_by else None
+    explicit = resolve_bins(group_by, bins) if group_by else None
+    binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None
     dataset = open_dataset(data, attributes)
     names = dataset.class_map.names
     records, units, case_attrs = [], set(), []
-    case_ids = dataset.split(split or "val")
+    case_ids = dataset.split(split or DEFAULT_SPLIT)
+    if group_by and dataset.format != "npz":  # FairSeg's attributes are inside the files: checked below
+        check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
         predicted = read_prediction(case, pred, dataset.class_map)
@@ -60,6 +68,7 @@ def evaluate(
         })
     result = summarise(records)
     if group_by:
+        check_bin_values(group_by, explicit, dict(zip(case_ids, case_attrs)))
         check_group_column(group_by, (r["group"] for r in records), case_attrs)
         result.update(group_summary(records, alpha=alpha, es_mode=es_mode, n_boot=n_boot))
         if binned is not None:
@@ -68,11 +77,12 @@ def evaluate(
                       missing_group_cases=[r["case"] for r in records if r["group"] is None],
                       per_class_equity=per_class_equity(result, alpha, es_mode))
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
-    result["split"] = split or "val"
+    result["split"] = split or DEFAULT_SPLIT
     return result
 
 
 def _bin_order(groups: dict[str, Any], bins: Bins) -> dict[str, Any]:
-    """Bins in numeric order ("<25", "25-30", ">=30"), then any other group (text values)."""
+    """Bins in numeric order ("<25", "25-30", ">=30"), then any other group (an all-text column under
+    default bins keeps its values)."""
     order = [g for g in bins.labels if g in groups] + [g for g in groups if g not in bins.labels]
     return {g: groups[g] for g in order}

@@ -15,18 +15,19 @@ unscaled Dice + CE loss.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
+from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
-from fewsam.errors import FewsamError
+from fewsam.errors import DataError, FewsamError
 from fewsam.losses import FairScaledLoss
 from fewsam.metrics import CI_METRICS, equity_scaled
 
@@ -43,6 +44,28 @@ def resolve_bins(column: str, bins: str | Bins | None) -> Bins | None:
         raise FewsamError(f"--bins names column {parsed.column!r} but the group column is {column!r}; "
                           f"write --bins {column}:EDGE[,EDGE...]")
     return parsed
+
+
+def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, dict[str, Any]]) -> None:
+    """Refuse text in a binned column, naming the case and the value: ``group_of`` would make it a
+    group of its own ("27,5" beside "25-30"), which silently changes ES-Dice and the worst-group gap.
+
+    ``bins``: the explicit ``--bins`` (any text is refused), or None for the column's default bins
+    (age, bmi), which refuse text only beside numbers: an all-text "age" column is grouped by value.
+    ``attributes``: case id -> the case's attributes.
+    """
+    binned = bins or DEFAULT_BINS.get(column)
+    if binned is None:
+        return
+    values = {cid: attrs.get(column) for cid, attrs in attributes.items() if attrs.get(column) is not None}
+    text = {cid: v for cid, v in values.items() if not isinstance(v, Real) or isinstance(v, bool)}
+    if not text or (bins is None and len(text) == len(values)):
+        return
+    case_id, value = next(iter(text.items()))
+    how = f"--bins {column}:{','.join(f'{e:g}' for e in binned.edges)}" + ("" if bins else " (its default bins)")
+    raise DataError(f"case {case_id} has {column} = {value!r}, not a number, so {how} cannot bin it "
+                    f"({len(text)} case(s) like it); write plain numbers with a decimal point (27.5, not 27,5) "
+                    "or leave the value empty for no group")
 
 
 def case_attributes(dataset: Dataset, case_id: str) -> dict[str, Any]:
@@ -69,6 +92,7 @@ def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
     """case id -> group label (None when the case has no value for ``column``)."""
     binned = resolve_bins(column, bins)
     attrs = {cid: case_attributes(dataset, cid) for cid in dict.fromkeys(case_ids)}
+    check_bin_values(column, binned, attrs)
     groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
     check_group_column(column, groups.values(), attrs.values())
     return groups
@@ -120,8 +144,10 @@ class FairGroups:
 
     def save(self, run_dir: Path) -> Path:
         """Write ``fair_groups.json``: the groups and how many labelled cases each holds."""
+        from fewsam.runs import write_json
+
         path = Path(run_dir) / GROUPS_FILE
-        path.write_text(json.dumps(self.record, indent=2))
+        write_json(path, self.record)
         return path
 
 

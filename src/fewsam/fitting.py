@@ -80,7 +80,10 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
 
 
 def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
-    """The shared part of RUN/config.json: enough to predict again and to refuse a mismatched resume."""
+    """The shared part of RUN/config.json: enough to predict again and to refuse a mismatched resume
+    (the data hash: labels edited since the run was fitted)."""
+    from fewsam.runs import DATA_HASH, data_sha256
+
     return {
         "model": opts.model if ctx.model is not None else None,
         "checkpoint": str(opts.checkpoint) if opts.checkpoint and ctx.model is not None else None,
@@ -92,6 +95,7 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
         "labelled": {"cases": opts.budget_cases, "slices": opts.labeled_slices,
                      "refs": [f"{r.case_id}:{r.z}" for r in ctx.labelled]},
         "val_split": opts.val_split,
+        DATA_HASH: data_sha256(ctx.dataset, ctx.labelled, ctx.val_ids),
         "fair": ({"attribute": opts.fair_attribute, "gamma": opts.fair_gamma, "bins": opts.fair_bins,
                   "attributes": str(opts.attributes) if opts.attributes else None}
                  if opts.fair_attribute else None),

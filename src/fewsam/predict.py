@@ -4,25 +4,40 @@ The run folder says which method, model and weights made it; the method registry
 predictor, cases are embedded through the cache (unless the method predicts from pixels), and
 predictions are written mirroring the cases' relative paths so that ``fewsam evaluate`` (or any
 other tool) can pair them up.
+
+Predictions are written into a hidden folder beside ``out`` and moved into place only when
+every case succeeded: a prediction that fails on case 7 of 10 leaves nothing behind, so the
+corrected re-run is not refused as "not empty". Pixels are checked as cases are read: NaN or
+Inf is an error naming the file and slice, a constant image a warning naming the case.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
+
+import numpy as np
 
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE
 from fewsam.data import open_dataset, write_prediction
+from fewsam.data.types import Case, Dataset
 from fewsam.embedded import embed_case
-from fewsam.errors import DataError, ModelError, RunError
+from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError
+from fewsam.info import DEFAULT_SPLIT
 from fewsam.models.precision import EncoderPrecision, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
 from fewsam.progress import tracked
-from fewsam.runs import read_config
+from fewsam.runs import check_run
 
 Refine = Literal["never", "always", "if-better"]
+log = logging.getLogger("fewsam")
 
 
 def load_run_model(config: dict, device: str) -> SamModel:
@@ -46,8 +61,10 @@ def predict(
     refine: Refine = "never",
     precision: str = "auto",
 ) -> list[Path]:
-    """Write one prediction per case of ``split`` (default: the dataset's "val" split) under ``out``.
+    """Write one prediction per case of ``split`` (default ``DEFAULT_SPLIT``, "val") under ``out``.
 
+    ``out`` must not be (or lie in) the dataset's own folders; a non-empty ``out`` needs
+    ``overwrite``, which replaces same-named predictions and leaves every other file alone.
     ``refine`` (SAM-Match runs): "always" lets the student's confident regions prompt the run's
     SAM (``methods/samatch/refine.py``; the slices are then embedded through the cache);
     "if-better" refines only if that scores higher on the run's validation cases (decided once,
@@ -55,14 +72,13 @@ def predict(
     from fewsam.methods import get_method
 
     run_dir, out = Path(run_dir), Path(out)
-    config = read_config(run_dir)
+    config = check_run(run_dir)
     method = get_method(config.get("method"))
     dataset = open_dataset(data)
-    case_ids = dataset.split(split or "val")
+    case_ids = dataset.split(split or DEFAULT_SPLIT)
     if not case_ids:
-        raise DataError(f"split {split or 'val'} of {data} is empty")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
+        raise DataError(f"split {split or DEFAULT_SPLIT} of {data} is empty")
+    check_output_folder(out, dataset, overwrite)
     if refine not in ("never", "always", "if-better"):
         raise RunError(f"refine must be never, always or if-better, not {refine!r}")
     if refine != "never":
@@ -70,6 +86,8 @@ def predict(
 
         check_refinable(run_dir, config)
     _check_class_map(config, dataset.class_map.to_json(), data)
+    if refine != "never" or not method.pixels_only:
+        check_cache_folder(cache_root)
     encoder = resolve_precision(precision, device)
     refined = refine == "always" or (refine == "if-better" and
                                      _refinement_chosen(run_dir, config, cache_root, encoder, device,
@@ -84,11 +102,133 @@ def predict(
         predictor = method.predictor(run_dir, config, model, device, [0] + dataset.class_map.labels)
     cache = None if pixels_only else EmbeddingCache(cache_root, model, encoder)
     written = []
-    for case_id in tracked(case_ids, "predict", show_progress):
-        case = dataset.load(case_id)
-        pred = predictor.predict_case(case, [] if cache is None else embed_case(case, cache, device))
-        written.append(write_prediction(case, pred, out))
+    with staged_folder(out, overwrite) as staging:
+        for case_id in tracked(case_ids, "predict", show_progress):
+            case = dataset.load(case_id)
+            check_pixels(case, _source_file(dataset, case_id))
+            pred = predictor.predict_case(case, [] if cache is None else embed_case(case, cache, device))
+            written.append(out / write_prediction(case, pred, staging).relative_to(staging))
     return written
+
+
+def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
+    """Refuse an --out that is a file, cannot be created, lies in the dataset's own folders (even
+    with --overwrite: predictions would mix with or replace its files), or is not empty."""
+    check_folder_path(out, "--out")
+    inside = _dataset_folder_holding(out, dataset)
+    if inside is not None:
+        raise RunError(f"--out {out} lies in the dataset's own folder {inside}; predictions would mix with "
+                       f"its files: write them outside {dataset.root}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
+
+
+def check_cache_folder(root: str | Path) -> None:
+    """Refuse a --cache that is a file or cannot be written, before any model is loaded."""
+    check_folder_path(Path(root).expanduser(), "--cache", CacheError)
+
+
+def check_folder_path(path: Path, option: str, error: type[FewsamError] = RunError) -> None:
+    """``path`` is to be a folder fewsam writes in: not a file, not under a file, and writable (itself,
+    or its nearest existing parent until it is made). One line naming ``option`` instead of an OSError."""
+    if path.exists() and not path.is_dir():
+        raise error(f"{option} {path} is a file; give a folder path")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise error(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise error(f"{option} {path}: {existing} is read-only; give a writable {option} folder")
+
+
+def _dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
+    """The dataset folder (its root, a folder holding its images or labels, or a DICOM series folder)
+    that ``out`` is or lies in; None when ``out`` is outside them (a new sibling of the images under
+    root is fine)."""
+    target = out.resolve()
+    root = Path(dataset.root).resolve()
+    if target == root:
+        return root
+    by_parent: dict[Path, set[str]] = {}
+    for entry in getattr(dataset, "entries", {}).values():
+        for path in (Path(p) for p in (entry.image, entry.label) if p is not None):
+            by_parent.setdefault(path.parent, set()).add(path.name)
+    folders = set()
+    for parent, names in by_parent.items():  # resolve the few parents, not every file
+        real = parent.resolve()
+        folders |= {real, *(real / name for name in names)}
+    return next((p for p in (target, *target.parents) if p in folders), None)
+
+
+@contextmanager
+def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden folder beside ``out`` to write into; its files move into ``out`` when the block ends
+    well, and it (with any parent folders made for it) is removed when it does not."""
+    made = _make_parents(out.parent)
+    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
+        _move_into(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(made):
+            _remove_if_empty(folder)
+        raise
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    for p in missing:
+        p.mkdir()
+    return missing
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _move_into(staging: Path, out: Path, overwrite: bool) -> None:
+    """``out`` absent: rename the staging folder (atomic). Present: move file by file, replacing
+    same-named predictions (``overwrite``), never removing anything else of the user's."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    if any(out.iterdir()) and not overwrite:
+        raise RunError(f"{out} was filled by something else while predicting; choose another --out or pass "
+                       "--overwrite")
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = out / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise RunError(f"cannot write prediction {target}: a folder of that name is in the way")
+        os.replace(path, target)
+    shutil.rmtree(staging)
+
+
+def check_pixels(case: Case, source: Path | str) -> None:
+    """NaN or Inf would turn a whole slice's normalisation into garbage: an error naming the file and
+    slice. A constant image has nothing to segment: a warning naming the case, and it is predicted."""
+    image = case.image
+    finite = np.isfinite(image.reshape(image.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        slices = ("slice " if len(bad) == 1 else "slices ") + ", ".join(map(str, bad[:5])) + \
+            (" ..." if len(bad) > 5 else "")
+        raise DataError(f"{source}: {slices} of case {case.case_id} holds NaN or Inf values; "
+                        "fix the image (or re-export it) and predict again")
+    if image.size and image.min() == image.max():
+        log.warning("warning: case %s (%s) is a constant image (every pixel %g): nothing to segment, "
+                    "its prediction is meaningless; check the file", case.case_id, source, float(image.flat[0]))
+
+
+def _source_file(dataset: Dataset, case_id: str) -> Path | str:
+    """The image file a case was read from, for messages (the case id if the dataset does not say)."""
+    entry = getattr(dataset, "entries", {}).get(case_id)
+    return entry.image if entry is not None else case_id
 
 
 def _refinement_chosen(run_dir: Path, config: dict, cache_root: str | Path, encoder: EncoderPrecision, device: str,

@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from fewsam.atomic import atomic_write_bytes
+
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [240, 200, 40],
                     [200, 80, 220], [40, 210, 220]], dtype=np.uint8)
 
@@ -50,27 +52,43 @@ INTRO = (
 
 
 def write_group_report(evaluations: list[str | Path], out_dir: str | Path, labels: list[str] | None = None,
-                       title: str = "fewsam group report") -> dict[str, Path]:
+                       title: str = "fewsam group report", overwrite: bool = False) -> dict[str, Path]:
     """report.md + report.html (+ PNG plots) from one or more ``fewsam evaluate`` JSONs.
 
     Two or more evaluations are shown side by side (e.g. before/after fair scaling), with a
-    paired Wilcoxon test of per-case Dice between the first and each other run.
+    paired Wilcoxon test of per-case Dice between the first and each other run. A non-empty
+    ``out_dir`` needs ``overwrite`` (as ``fewsam predict --out``): the report's own files are then
+    replaced, anything else in the folder is left alone.
     """
     from fewsam.compare import read_evaluation
     from fewsam.errors import DataError
 
     if labels is not None and len(labels) != len(evaluations):
         raise DataError(f"--labels gives {len(labels)} names for {len(evaluations)} evaluations")
+    out = Path(out_dir)
+    _check_out_folder(out, overwrite)
     names = labels or _unique_names(evaluations)
     runs = [(name, read_evaluation(path)) for name, path in zip(names, evaluations)]
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     blocks = [("h", title), ("p", INTRO), *_overview(runs), *_group_blocks(runs, out),
               *_class_blocks(runs, out), *_test_blocks(runs)]
     md, html = out / "report.md", out / "report.html"
-    md.write_text(_markdown(blocks))
-    html.write_text(_html(blocks, title))
+    atomic_write_bytes(md, _markdown(blocks).encode())
+    atomic_write_bytes(html, _html(blocks, title).encode())
     return {"markdown": md, "html": html}
+
+
+def _check_out_folder(out: Path, overwrite: bool) -> None:
+    """A report folder must be a folder, and empty unless ``overwrite`` (nothing replaced silently)."""
+    from fewsam.errors import RunError
+
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; the report needs a folder: give a folder path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise RunError(f"--out {out}: {existing} is a file, not a folder; give another --out")
 
 
 def _unique_names(paths: list[str | Path]) -> list[str]:
@@ -107,7 +125,7 @@ def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
     by = ", ".join(dict.fromkeys(str(r.get("group_by")) for _, r in runs))
     png = _bar_plot(runs, groups, None, out / "group_dice.png", f"Dice by {by}")
     blocks: list[tuple] = [("h2", f"Dice by group ({by})"),
-                           ("img", (png, f"Mean Dice per group with 95% bootstrap CIs; n = cases per group."))]
+                           ("img", (png, "Mean Dice per group with 95% bootstrap CIs; n = cases per group."))]
     for name, r in runs:
         header = ["group", "n", "Dice", "Dice 95% CI", "IoU", "IoU 95% CI", "HD95", "ASD"]
         rows = [[g, v["n"], _num(v["mean"]["dice"]), _ci(v["ci95"]["dice"]), _num(v["mean"]["iou"]),

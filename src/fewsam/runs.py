@@ -1,26 +1,132 @@
 """Run directories: everything needed to predict again, and nothing silently overwritten.
 
-RUN/config.json records the method, model, checkpoint, class map, labelled set and every
-hyper-parameter. Fitting into a folder that already holds a run resumes it when the
-configuration is identical and refuses otherwise.
+RUN/config.json records the method, model, checkpoint, class map, labelled set (and a hash of
+its images and labels) and every hyper-parameter. Fitting into a folder that already holds a
+run resumes it when the configuration and the data are identical and refuses otherwise.
+
+One fit at a time owns a run folder (``RunFolder``: an flock on RUN/.lock). A fit that ends
+well writes RUN/manifest.json (size and sha256 of every file predict reads); ``check_run``
+refuses a run whose fit never finished or whose files were lost or damaged since, so that a
+prediction is never made from a partial run.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from fewsam import __version__
-from fewsam.atomic import atomic_write_bytes
+from fewsam.atomic import atomic_write_bytes, stale_temporaries
 from fewsam.errors import RunError
 
 CONFIG = "config.json"
 LAST = "checkpoint_last.pt"  # the resume state of the training loop
 BEST = "checkpoint_best.pt"  # the best-validated weights: what predict uses
 LOG = "fit_log.jsonl"
+MANIFEST = "manifest.json"  # written when a fit ends well: what predict reads, with sizes and hashes
+LOCK = ".lock"
+DATA_HASH = "data_sha256"  # config key: the labelled slices' and validation cases' arrays
+NOT_FOR_PREDICT = {CONFIG, LAST, LOG, MANIFEST, LOCK}  # config.json is checked by content, not by hash
+
+
+class RunFolder:
+    """RUN, owned by one fit from before its data is opened until it ends.
+
+    ``with RunFolder(run) as folder:`` refuses a foreign folder, creates RUN and takes its lock
+    (a second fit into the same folder is refused at once); ``folder.prepare(config)`` resumes or
+    refuses as ``prepare_run_dir`` does. A clean exit writes the manifest; a failure before the
+    first checkpoint of a new run removes what the fit had made."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir)
+        self.created = self.new = self.prepared = False
+        self._lock: int | None = None
+
+    def __enter__(self) -> "RunFolder":
+        _refuse_foreign(self.path)
+        self.created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = _take_lock(self.path)
+        self.new = not (self.path / CONFIG).exists()
+        return self
+
+    def prepare(self, config: dict[str, Any]) -> Path:
+        """Write (or match) config.json, refuse damaged finished runs, clear what a kill left."""
+        path, resuming = prepare_run_dir(self.path, config)
+        if resuming:
+            _verify_finished(path)
+        for tmp in stale_temporaries(path):
+            tmp.unlink(missing_ok=True)
+        (path / MANIFEST).unlink(missing_ok=True)
+        self.prepared = True
+        return path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        ok = exc_type is None
+        try:
+            if ok and self.prepared:
+                write_manifest(self.path)
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            if not ok and self.new and not (self.path / LAST).exists():
+                self._undo()
+            os.close(self._lock)
+
+    def _undo(self) -> None:
+        """Remove a new run again: the whole folder if the fit made it, else what it put in it."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for child in self.path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def _verify_finished(path: Path) -> None:
+    """Before a finished run is resumed: its files must be intact, or the resumed fit would build on
+    (and a new manifest bless) damaged weights. A run without a readable manifest is unfinished:
+    resuming it is what writes one."""
+    try:
+        _, files = _read_manifest(path)
+    except RunError:
+        return
+    _verify_files(path, files, f"delete {path} and fit again (nothing was changed)")
+
+
+@contextmanager
+def run_folder(run_dir: str | Path, config: dict[str, Any]) -> Iterator[Path]:
+    """``RunFolder`` for a config known up front: locked, prepared, manifest written on success."""
+    with RunFolder(run_dir) as folder:
+        yield folder.prepare(config)
+
+
+def _refuse_foreign(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path} is a file, not a run folder; choose another --out")
+    if path.exists() and not (path / CONFIG).exists() and any(p.name != LOCK for p in path.iterdir()):
+        raise RunError(f"{path} exists and is not a fewsam run folder; choose another --out")
+
+
+def _take_lock(path: Path) -> int:
+    """An exclusive flock on RUN/.lock, released when its descriptor closes (also when killed)."""
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunError(f"{path} is in use by another fit (it holds {path / LOCK}); wait for that fit to end "
+                       "or choose another --out") from None
+    return fd
 
 
 def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> tuple[Path, bool]:
@@ -30,42 +136,155 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> tuple[Path, 
     existing = path / CONFIG
     if existing.exists():
         stored = read_config(path)
+        _refuse_changed_data(path, stored, config)
         if _comparable(stored) != _comparable(json.loads(json.dumps(config))):
             raise RunError(f"{path} already holds a run with a different configuration; "
                            "choose another --out (nothing was overwritten)")
         return path, True
-    if path.exists() and any(path.iterdir()):
-        raise RunError(f"{path} exists and is not a fewsam run folder; choose another --out")
+    _refuse_foreign(path)
     path.mkdir(parents=True, exist_ok=True)
     write_json(existing, config)
     return path, False
 
 
-@contextmanager
-def run_folder(run_dir: str | Path, config: dict[str, Any]) -> Iterator[Path]:
-    """prepare_run_dir, and remove a new run folder again if the fit fails before its first checkpoint."""
-    path, resuming = prepare_run_dir(run_dir, config)
-    try:
-        yield path
-    except BaseException:
-        if not resuming and not (path / LAST).exists():
-            shutil.rmtree(path, ignore_errors=True)
-        raise
-
-
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """Fields that may differ between a run and its resumption (display-only settings)."""
-    return {k: v for k, v in config.items() if k not in {"device", "cache", "progress"}}
+    """Fields that must agree between a run and its resumption: not the display-only settings, and
+    not the data hash, which ``_refuse_changed_data`` compares with its own message."""
+    return {k: v for k, v in config.items() if k not in {"device", "cache", "progress", DATA_HASH}}
+
+
+def _refuse_changed_data(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
+    """Resuming (or re-running) a fit whose labels or images changed would mix two datasets."""
+    if stored.get(DATA_HASH) and config.get(DATA_HASH) and stored[DATA_HASH] != config[DATA_HASH]:
+        raise RunError(f"the labelled slices or validation cases in {config.get('data') or 'the data'} changed "
+                       f"since {path} was fitted; fit into another --out (nothing was overwritten)")
+
+
+def data_sha256(dataset: Any, refs: Iterable[Any], val_ids: Iterable[str]) -> str:
+    """sha256 over the labelled slices' and the validation cases' images and labels (their bytes,
+    dtypes and shapes), each case read once through ``dataset.load``."""
+    digest = hashlib.sha256()
+    by_case: dict[str, list[int]] = {}
+    for ref in refs:
+        by_case.setdefault(ref.case_id, []).append(ref.z)
+    for case_id, zs in by_case.items():
+        case = dataset.load(case_id)
+        for z in zs:
+            _hash_arrays(digest, f"{case_id}:{z}", case.image[z], None if case.label is None else case.label[z])
+    for case_id in val_ids:
+        case = dataset.load(case_id)
+        _hash_arrays(digest, case_id, case.image, case.label)
+    return digest.hexdigest()
+
+
+def _hash_arrays(digest: Any, name: str, image: Any, label: Any) -> None:
+    digest.update(name.encode() + b"\0")
+    for array in (image, label):
+        if array is None:
+            digest.update(b"none\0")
+            continue
+        digest.update(f"{array.dtype}{tuple(array.shape)}\0".encode())
+        digest.update(array.tobytes())
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """RUN/config.json as a dict that names its method; a clear error for anything else."""
     path = Path(run_dir) / CONFIG
     if not path.exists():
         raise RunError(f"{run_dir} is not a fewsam run folder (no {CONFIG}); run `fewsam fit ...` first")
+    way_out = f"delete {run_dir} and fit again"
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunError(f"{path} is corrupt ({err}); refit the run") from err
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is corrupt ({_first_line(err)}); {way_out}") from err
+    if not isinstance(config, dict):
+        raise RunError(f"{path} is not a JSON object, so it records no run; {way_out}")
+    if not isinstance(config.get("method"), str):
+        raise RunError(f"{path} does not say which method made the run (no \"method\"); {way_out}")
+    return config
+
+
+def check_run(run_dir: str | Path) -> dict[str, Any]:
+    """The run's config, once its fit is known to have finished and every file predict reads is
+    as the fit left it (sizes and sha256 in RUN/manifest.json). Refuses naming the file.
+
+    config.json itself may be edited (a data folder that moved), but not lose a key the fit
+    recorded: the manifest lists them, so a truncated config is an error, not a KeyError."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    way_out = f"delete {run_dir} and fit again"
+    keys, files = _read_manifest(run_dir)
+    missing = [key for key in keys if key not in config]
+    if missing:
+        raise RunError(f"{run_dir / CONFIG} lacks {', '.join(map(repr, missing))}, which its fit recorded; "
+                       f"restore it, or {way_out}")
+    _verify_files(run_dir, files, way_out)
+    return config
+
+
+def write_manifest(run_dir: Path) -> Path:
+    """Record size and sha256 of every file predict reads (``predict_files``) and config.json's keys."""
+    files = {str(p.relative_to(run_dir)): _file_record(p) for p in predict_files(run_dir)}
+    path = run_dir / MANIFEST
+    write_json(path, {"fewsam_version": __version__, "config_keys": sorted(read_config(run_dir)),
+                      "files": files})
+    return path
+
+
+def predict_files(run_dir: Path) -> list[Path]:
+    """What a prediction may read besides config.json: the run's own top-level files and every best
+    checkpoint below it (SAM-Match's RUN/sam/), but not the resume state, the log or temporaries."""
+    top = [p for p in run_dir.iterdir() if p.is_file() and p.name not in NOT_FOR_PREDICT
+           and not p.name.startswith(".")]
+    nested = [p for p in run_dir.rglob(BEST) if p.parent != run_dir and p.is_file()]
+    return sorted(top + nested)
+
+
+def _read_manifest(run_dir: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
+    """(config keys, files as (name, bytes, sha256)) of RUN/manifest.json; refuses when it is absent
+    (the fit never finished) or unreadable."""
+    path = run_dir / MANIFEST
+    if not path.exists():
+        raise RunError(f"{run_dir} has no {MANIFEST}: its fit never finished (or an older fewsam made it); "
+                       "resume it with the same `fewsam fit` command")
+    try:
+        manifest = json.loads(path.read_text())
+        keys = [str(key) for key in manifest.get("config_keys", [])]
+        files = [(str(name), int(rec["bytes"]), str(rec["sha256"])) for name, rec in manifest["files"].items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RunError(f"{path} is corrupt ({_first_line(err)}); resume the run with the same `fewsam fit` "
+                       "command to write it again") from err
+    return keys, files
+
+
+def _verify_files(run_dir: Path, files: list[tuple[str, int, str]], way_out: str) -> None:
+    """Refuse, naming the file, when a file the manifest lists is missing or changed."""
+    for name, size, sha in files:
+        _verify_file(run_dir / name, size, sha, way_out)
+
+
+def _verify_file(path: Path, size: int, sha: str, way_out: str) -> None:
+    if not path.is_file():
+        raise RunError(f"{path} is missing from the run; {way_out}")
+    if path.stat().st_size != size or _sha256(path) != sha:
+        raise RunError(f"{path} is damaged (it differs from the one the fit wrote, see {MANIFEST}); {way_out}")
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def write_json(path: Path, data: Any) -> None:

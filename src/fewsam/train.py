@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewsam.atomic import atomic_write
+from fewsam.atomic import atomic_write, atomic_write_bytes
+from fewsam.errors import RunError
 from fewsam.progress import progress_bar
 from fewsam.runs import BEST, LAST, LOG
 
@@ -207,7 +208,7 @@ def _resume(run_dir: Path, task: TrainTask, optimizer: torch.optim.Optimizer, rn
     if not path.exists():
         (run_dir / LOG).unlink(missing_ok=True)
         return {"step": 0, "best_score": -math.inf, "best_step": 0}
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = _read_resume_state(path)
     task.module.load_state_dict(ckpt["module"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if average is not None:
@@ -218,11 +219,44 @@ def _resume(run_dir: Path, task: TrainTask, optimizer: torch.optim.Optimizer, rn
     return ckpt["state"]
 
 
+RESUME_KEYS = ("average", "module", "optimizer", "rng", "torch_rng", "state")
+
+
+def _read_resume_state(path: Path) -> dict:
+    """The checkpoint at ``path``, or a RunError that names it and the way out: without it the
+    fit restarts from its first step (the run's configuration and data are unchanged, so the
+    restarted fit ends where the interrupted one would have)."""
+    way_out = "delete it to restart this fit from its first step"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch reports a damaged file by many exception types
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RunError(f"{path} is damaged ({reason}); {way_out}") from err
+    if not (isinstance(ckpt, dict) and all(key in ckpt for key in RESUME_KEYS) and isinstance(ckpt["state"], dict)):
+        raise RunError(f"{path} is not a fewsam resume checkpoint; {way_out}")
+    best = path.parent / BEST
+    if ckpt["state"].get("best_step", 0) > 0 and not best.exists():
+        raise RunError(f"{best} is missing although {path} refers to it; {way_out}")
+    return ckpt
+
+
 def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log's records up to ``step``; a line a kill left half-written is dropped."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    lines = path.read_text(errors="replace").splitlines()
+    keep = [line for line in lines if (logged := _logged_step(line)) is not None and logged <= step]
+    atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of one log line; None for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def _log(run_dir: Path, record: dict[str, Any]) -> None:

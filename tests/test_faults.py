@@ -1,0 +1,338 @@
+"""Faults a user meets: progress in logs, a prediction that fails half-way, paths of the wrong kind,
+devices that are not there, text in a binned column, and images with nothing (or NaN) in them."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fewsam.cli import app, check_device
+from fewsam.errors import CacheError, DataError, FewsamError, RunError
+from fewsam.progress import PlainProgress, progress_bar, tracked
+
+VAL = [f"patient{i:03d}_frame01" for i in range(10, 20)]
+LABEL = np.zeros((40, 48), np.uint8)
+LABEL[10:20, 10:20], LABEL[22:30, 10:20], LABEL[10:30, 25:35] = 1, 2, 3
+
+
+def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+    with h5py.File(path, "w") as f:
+        f["image"] = image.astype(np.float32)
+        f["label"] = label.astype(np.uint8)
+
+
+def _acdc(root: Path) -> Path:
+    """ACDC (SSL4MIS) layout: 2 labelled training slices, 10 validation volumes of 2 slices."""
+    (root / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = ["patient001_frame01_slice_0", "patient001_frame01_slice_1"]
+    for name in train:
+        _write_h5(root / "data" / f"{name}.h5", rng.random((40, 48)), LABEL)
+    for name in VAL:
+        _write_h5(root / "data" / f"{name}.h5", rng.random((2, 40, 48)), np.stack([LABEL, LABEL]))
+    (root / "train_slices.list").write_text("\n".join(train) + "\n")
+    (root / "val.list").write_text("\n".join(VAL) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Path, Path]:
+    """(a tiny supervised run, the data it was fitted on): it predicts from pixels, no SAM needed."""
+    from fewsam.api import FitOptions, fit
+    from fewsam.methods.supervised import SupervisedConfig
+
+    base = tmp_path_factory.mktemp("fitted")
+    data = _acdc(base / "acdc")
+    fit("supervised", FitOptions(data=data, run=base / "run", labeled_cases=1, show_progress=False),
+        SupervisedConfig(steps=2, val_every=2, image_size=32))
+    return base / "run", data
+
+
+@pytest.fixture
+def data(fitted, tmp_path) -> Path:
+    """A copy of the fitted run's data that a test may damage."""
+    return Path(shutil.copytree(fitted[1], tmp_path / "acdc"))
+
+
+def fewsam(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FEWSAM_NO_REEXEC="1")
+    return subprocess.run([sys.executable, "-m", "fewsam", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def cli_error(*args: str) -> str:
+    """The FewsamError a command raises (``cli.main`` prints it as one line, exit 2)."""
+    result = CliRunner().invoke(app, list(args))
+    assert isinstance(result.exception, FewsamError), (result.exception, result.output)
+    return str(result.exception)
+
+
+def _damage(data: Path, case: str) -> Path:
+    path = data / "data" / f"{case}.h5"
+    path.write_bytes(path.read_bytes()[:100])
+    return path
+
+
+# --- progress when stderr is not a terminal ---------------------------------------------------
+
+def test_progress_off_a_terminal_is_plain_lines_every_5_percent():
+    stream = io.StringIO()
+    with progress_bar(True, stream) as bar:
+        job = bar.add_task("fit", total=400, completed=100)  # a resumed fit
+        for step in range(300):
+            bar.update(job, advance=1, description=f"fit loss {0.5 - step / 1000:.3f}")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("fit 120/400 (30%) loss 0.481, 0:00 elapsed")
+    assert lines[-1].startswith("fit 400/400 (100%) loss 0.201, 0:00 elapsed")
+    assert len(lines) == 15 and "\x1b" not in stream.getvalue()
+
+
+def test_progress_lines_every_30_seconds_with_time_left():
+    now = [0.0]
+    stream = io.StringIO()
+    bar = PlainProgress(stream, clock=lambda: now[0])
+    job = bar.add_task("embed", total=1000)
+    for _ in range(4):
+        now[0] += 20.0
+        bar.update(job, advance=1)
+    assert stream.getvalue().splitlines() == ["embed 2/1000 (0%), 0:40 elapsed, ~5:32:40 left",
+                                              "embed 4/1000 (0%), 1:20 elapsed, ~5:32:00 left"]
+
+
+def test_tracked_writes_lines_to_a_redirected_stderr(capsys):
+    assert list(tracked(range(40), "predict")) == list(range(40))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("predict 2/40 (5%)") and lines[-1].startswith("predict 40/40 (100%)")
+    assert len(lines) == 20
+    list(tracked(range(40), "predict", enabled=False))
+    assert capsys.readouterr().err == ""
+
+
+def test_a_terminal_keeps_the_rich_bar():
+    from rich.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    with progress_bar(True, Terminal()) as bar:
+        assert isinstance(bar, Progress)
+
+
+# --- predict leaves nothing behind ----------------------------------------------------------
+
+def test_predict_failing_on_case_7_leaves_nothing_and_the_rerun_works(fitted, data, tmp_path):
+    run, _ = fitted
+    good = (data / "data" / f"{VAL[6]}.h5").read_bytes()
+    _damage(data, VAL[6])
+    pred = tmp_path / "out" / "pred"
+    failed = fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
+    assert_one_line_error(failed, VAL[6])
+    assert not (tmp_path / "out").exists()  # nor the parent it made, nor a hidden partial folder
+    (data / "data" / f"{VAL[6]}.h5").write_bytes(good)
+    again = fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in pred.iterdir()) == sorted(f"{c}.h5" for c in VAL)
+
+
+def test_failed_overwrite_keeps_the_users_files_and_writes_nothing(fitted, data, tmp_path):
+    from fewsam.predict import predict
+
+    run, _ = fitted
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "notes.txt").write_text("mine")
+    (pred / f"{VAL[0]}.h5").write_text("an old prediction")
+    _damage(data, VAL[6])
+    with pytest.raises(DataError, match=VAL[6]):
+        predict(run, data, pred, overwrite=True, show_progress=False)
+    assert sorted(p.name for p in pred.iterdir()) == ["notes.txt", f"{VAL[0]}.h5"]
+    assert (pred / f"{VAL[0]}.h5").read_text() == "an old prediction"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    shutil.copy(fitted[1] / "data" / f"{VAL[6]}.h5", data / "data")
+    written = predict(run, data, pred, overwrite=True, show_progress=False)
+    assert sorted(p.name for p in pred.iterdir()) == sorted([*(f"{c}.h5" for c in VAL), "notes.txt"])
+    assert written == [pred / f"{c}.h5" for c in VAL] and (pred / "notes.txt").read_text() == "mine"
+    with h5py.File(pred / f"{VAL[0]}.h5") as f:
+        assert f["pred"].shape == (2, 40, 48)
+
+
+# --- paths of the wrong kind ----------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["root", "data", "data/sub"])
+def test_predict_into_the_dataset_is_refused_even_with_overwrite(fitted, data, where):
+    from fewsam.predict import predict
+
+    out = data if where == "root" else data / where
+    with pytest.raises(RunError, match="lies in the dataset's own folder"):
+        predict(fitted[0], data, out, overwrite=True, show_progress=False)
+    assert not (data / "data" / "sub").exists()
+
+
+def test_predict_out_that_is_a_file(fitted, data, tmp_path):
+    (tmp_path / "pred").write_text("x")
+    message = cli_error("predict", str(fitted[0]), "--data", str(data), "--out", str(tmp_path / "pred"))
+    assert "--out" in message and "is a file" in message
+    (tmp_path / "f").write_text("x")
+    assert "is a file, not a folder" in cli_error("predict", str(fitted[0]), "--data", str(data), "--out",
+                                                  str(tmp_path / "f" / "pred"))
+
+
+def test_json_that_is_a_folder_and_a_cache_that_is_a_file(data, tmp_path):
+    assert "is a folder; give a file path" in cli_error("info", str(data), "--json", str(tmp_path))
+    assert "is a folder" in cli_error("compare", "a.json", "b.json", "--json", str(tmp_path))
+    (tmp_path / "cache").write_text("x")
+    for args in (["embed", "--data", str(data)], ["fit", "fewshot", "--data", str(data), "--out",
+                                                 str(tmp_path / "run"), "--labeled-slices", "1"]):
+        message = cli_error(*args, "--cache", str(tmp_path / "cache"))
+        assert "--cache" in message and "is a file" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_read_only_cache_is_refused_up_front(tmp_path, monkeypatch):
+    from fewsam.predict import check_cache_folder
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == cache else real(p, mode))
+    with pytest.raises(CacheError, match="read-only"):
+        check_cache_folder(cache)
+    with pytest.raises(CacheError, match="read-only"):  # a cache folder still to be made inside it
+        check_cache_folder(cache / "fewsam")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_cache_through_the_cli(data, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o555)
+    result = fewsam("embed", "--data", str(data), "--cache", str(cache), cwd=tmp_path)
+    assert_one_line_error(result, "read-only")
+
+
+def test_bench_refuses_to_empty_a_folder_with_files(data, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    assert "not empty" in cli_error("bench", "--data", str(data), "--cache", str(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "thesis.tex").exists()
+
+
+# --- devices --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, pattern", [("gpu0", "is not a device"), ("", "is not a device"),
+                                             ("cuda:x", "is not a device")])
+def test_unknown_device(device, pattern):
+    with pytest.raises(FewsamError, match=pattern):
+        check_device(device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda():
+    with pytest.raises(FewsamError, match="use --device cpu"):
+        check_device("cuda")
+    check_device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_with_a_gpu():
+    check_device("cuda")
+    check_device("cuda:0")
+    with pytest.raises(FewsamError, match="there is no GPU"):
+        check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("command", [["embed", "--data", "nope"], ["predict", "run", "--data", "nope", "--out", "p"],
+                                     ["bench", "--data", "nope"], ["demo", "--out", "nope"],
+                                     ["fit", "fewshot", "--data", "nope", "--out", "run", "--labeled-slices", "1"],
+                                     ["fit", "supervised", "--data", "nope", "--out", "run", "--labeled-cases", "1"]])
+def test_device_is_checked_before_any_work(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "--device 'gpu0' is not a device" in cli_error(*command, "--device", "gpu0")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_error_is_one_line(tmp_path):
+    result = fewsam("fit", "fewshot", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--labeled-slices",
+                    "1", "--device", "gpu0", cwd=tmp_path)
+    assert_one_line_error(result, "--device 'gpu0' is not a device; use cpu, cuda or cuda:N")
+    assert not (tmp_path / "run").exists()
+
+
+# --- suspicious pixels at predict -----------------------------------------------------------
+
+def test_constant_image_warns_naming_the_case(fitted, data, tmp_path, caplog):
+    from fewsam.predict import predict
+
+    _write_h5(data / "data" / f"{VAL[3]}.h5", np.zeros((2, 40, 48)), np.stack([LABEL, LABEL]))
+    with caplog.at_level(logging.WARNING, logger="fewsam"):
+        written = predict(fitted[0], data, tmp_path / "pred", show_progress=False)
+    assert len(written) == 10
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and VAL[3] in warnings[0] and "constant image" in warnings[0]
+
+
+def test_nan_names_the_file_and_slice(fitted, data, tmp_path):
+    from fewsam.predict import predict
+
+    image = np.random.default_rng(1).random((2, 40, 48))
+    image[1, 5, 5] = np.nan
+    path = data / "data" / f"{VAL[2]}.h5"
+    _write_h5(path, image, np.stack([LABEL, LABEL]))
+    with pytest.raises(DataError, match=rf"{path}: slice 1 of case {VAL[2]} holds NaN or Inf"):
+        predict(fitted[0], data, tmp_path / "pred", show_progress=False)
+    assert not (tmp_path / "pred").exists()
+
+
+# --- every option says its default ----------------------------------------------------------
+
+HAND_WRITTEN = ("embed", "predict", "evaluate", "compare", "report", "bench", "demo", "info")
+
+
+@pytest.mark.parametrize("name", HAND_WRITTEN)
+def test_every_option_says_its_default(name):
+    """Typer shows non-None defaults; a None default must say in its help what it means."""
+    import typer
+
+    command = typer.main.get_command(app).commands[name]
+    for param in command.params:
+        if param.param_type_name != "option" or param.required or param.is_flag or param.name == "help":
+            continue
+        if param.default is None:
+            assert "[default:" in (param.help or ""), f"{name} {param.opts}: {param.help!r}"
+        else:
+            assert param.show_default is not False, f"{name} {param.opts}"
+
+
+@pytest.mark.parametrize("name", ["predict", "evaluate"])
+def test_split_help_names_the_default_split(name):
+    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    line = next(line for line in result.output.splitlines() if "--split" in line)
+    assert "[default: val]" in line
+
+
+def test_folder_options_that_are_files(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("x")
+    assert "--out taken is a file" in cli_error("fit", "supervised", "--data", str(data), "--out", "taken",
+                                                "--labeled-cases", "1")
+    assert "--out taken is a file" in cli_error("demo", "--out", "taken")
+    assert "--pred taken is a file" in cli_error("evaluate", "--pred", "taken", "--data", str(data))
+    assert (tmp_path / "taken").read_text() == "x"
