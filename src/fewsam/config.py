@@ -122,20 +122,24 @@ class FitOptions(Config):
     run: Path = _required("Run folder to write (resumed if it holds the same run).", flag="--out")
     data: Path | None = _required("Dataset folder.", None)
     labeled_cases: int | None = option(None, "Labelled budget: every slice of the first N subjects of the "
-                                       "dataset's budget order.", min=1)
-    labeled_slices: int | None = option(None, "Labelled budget: the first K slices of the budget order.", min=1)
+                                       "dataset's budget order (give this or --labeled-slices).", min=1)
+    labeled_slices: int | None = option(None, "Labelled budget: the first K slices of the budget order "
+                                        "(give this or --labeled-cases).", min=1)
     labeled_images: int | None = option(None, "Alias of --labeled-cases for 2D image datasets.", min=1)
     val_split: str = option("val", "Split (or list file) used for model selection.")
     seed: int = option(0, "Seed: same seed, same data -> same weights.", min=0)
     model: str = option("litemedsam", "litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam")
-    checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM).")
+    checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM; LiteMedSAM's come with fewsam).")
     cache: str = option(DEFAULT_CACHE, "Embedding cache folder.")
     device: str = option("cpu", "cpu | cuda | cuda:N")
     precision: str = option("auto", PRECISION_HELP, choices=PRECISIONS)
-    fair_attribute: str | None = option(None, "Group column for fair error-bound scaling of the loss.")
+    fair_attribute: str | None = option(None, "Group column for fair error-bound scaling of the loss "
+                                        "(default: none, the loss is not scaled).")
     fair_gamma: float = option(1.0, "Fair scaling gamma (0 = unscaled loss).", min=0.0)
-    fair_bins: str | None = option(None, "Bins of a continuous fair attribute, e.g. bmi:25,30.", flag="--bins")
-    attributes: Path | None = option(None, "CSV of group attributes by case/patient id.")
+    fair_bins: str | None = option(None, "Bins of a continuous fair attribute, e.g. bmi:25,30 (default: age at 60, "
+                                   "bmi at 25 and 30).", flag="--bins")
+    attributes: Path | None = option(None, "CSV of group attributes by case/patient id (default: the attributes "
+                                     "found with the data).")
     show_progress: bool = option(True, "Progress bars.", cli=False)
 
     def __post_init__(self) -> None:

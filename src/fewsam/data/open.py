@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from fewsam.data.attributes import read_attribute_table
-from fewsam.data.readers import acdc_h5, fairseg_npz, nifti, png_folder
+from fewsam.data.readers import acdc_h5, dicom, fairseg_npz, nifti, png_folder
 from fewsam.data.readers.common import IndexedDataset
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
@@ -20,11 +20,14 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
     "acdc-h5": (acdc_h5.detect, acdc_h5.open_acdc_h5,
                 "data/*.h5 + train_slices.list/val.list (SSL4MIS ACDC)"),
     "nifti": (nifti.detect, nifti.open_nifti,
-              "imagesTr/ + labelsTr/ + dataset.json (nnU-Net v2 / MSD), or images/ + labels/ with .nii.gz"),
+              "imagesTr/ + labelsTr/ + dataset.json (nnU-Net v2 / MSD), or images/ (+ labels/) with .nii.gz"),
     "fairseg-npz": (fairseg_npz.detect, fairseg_npz.open_fairseg,
                     "*.npz per subject (Harvard-FairSeg), flat or in Training/ and Test/"),
+    "dicom": (dicom.detect, dicom.open_dicom,
+              "a folder of .dcm files per series (+ labels/<series>.nii.gz)"),
     "png": (png_folder.detect, png_folder.open_png_folder,
-            "index.csv with image,mask columns, image/ + mask/ folders, or X.png + X_mask.png"),
+            "index.csv with image,mask columns, image/ + mask/ folders, or X.png + X_mask.png "
+            "(.png .jpg .jpeg .tif .tiff .bmp)"),
 }
 
 
@@ -32,7 +35,9 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     """Open a data folder in any known layout; ``attributes_csv`` adds group attributes.
 
     The CSV is keyed by case id, patient/subject id or image file name (see
-    ``fewsam.data.attributes``); its columns override attributes found with the data.
+    ``fewsam.data.attributes``); its columns override attributes found with the data. A folder
+    without any label file opens for prediction: "val" then holds every case, a note says so,
+    and ``dataset.has_any_label()`` is False.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -45,6 +50,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     else:
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
+    dataset.settle_unlabelled()
     if attributes_csv is not None:
         _join(dataset, attributes_csv)
     return dataset

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-Format = Literal["h5", "nifti", "png", "npz"]
+Format = Literal["h5", "nifti", "png", "npz", "dicom"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,11 @@ class Case:
     label: (D, H, W) uint8 class indices (0 = background) or None when unlabelled.
     spacing: (z, y, x) in mm when the file knows it, else None (metrics are then in pixels).
     rel_path: where the prediction goes under PRED, mirroring the input
-        (``patient028_frame01.h5``, ``benign/benign (1).png``, ``case_001.nii.gz``).
-    meta: format-specific geometry for writing (e.g. ``affine`` and ``header`` for NIfTI).
+        (``patient028_frame01.h5``, ``benign/benign (1).png``, ``case_001.nii.gz``); its suffix
+        is the prediction's format (``images/x.jpg`` -> ``images/x.png``, a DICOM series
+        folder ``p1/ct`` -> ``p1/ct.nii.gz``).
+    meta: format-specific geometry for writing (e.g. ``affine`` and ``header`` for NIfTI,
+        ``origin``, ``spacing`` and ``direction`` for a DICOM series).
     """
 
     case_id: str
@@ -83,7 +86,7 @@ class Dataset(Protocol):
 
     root: Path
     class_map: ClassMap
-    format: str  # the files' family ("h5", "nifti", "png", "npz"): how predictions are written
+    format: str  # the files' family ("h5", "nifti", "png", "npz", "dicom"): how predictions are written
 
     def split(self, name: str) -> list[str]:
         """Case ids of a split: "train", "val", "test", or a list file relative to root."""
@@ -103,6 +106,10 @@ class Dataset(Protocol):
 
     def has_label(self, case_id: str) -> bool:
         """Whether the case has a label file (without reading it)."""
+        ...
+
+    def has_any_label(self) -> bool:
+        """Whether any case has a label file: without one, the data is for prediction only."""
         ...
 
     def attributes_of(self, case_id: str) -> dict[str, Any]:

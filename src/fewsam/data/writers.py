@@ -7,8 +7,11 @@
 - png: an 8-bit greyscale PNG at the image's relative path, class indices mapped back to the
   dataset's own mask coding (BUSI 0/255; prostate 0 = prostate, 255 = background; fundus cup 0,
   rim 128, background 255).
+  JPEG, TIFF and BMP inputs get a PNG too, named ``.png`` (``images/x.jpg`` -> ``images/x.png``).
 - npz (FairSeg): an npz with key ``pred``, (H, W) uint8 class indices 0/1/2 (not the -1/-2
   coding of the input masks).
+- dicom: ``<series folder>.nii.gz``, uint8 class indices on the series' origin, spacing and
+  direction, written by SimpleITK (which turns DICOM's LPS coordinates into NIfTI's RAS).
 
 Writes are atomic (a temporary file in the same folder, then ``os.replace``). ``read_prediction``
 is the inverse for any folder laid out this way, whoever wrote it.
@@ -18,17 +21,21 @@ from __future__ import annotations
 
 import gzip
 import io
+import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import h5py
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 from PIL import Image
 
 from fewsam.atomic import atomic_write_bytes
+from fewsam.data.readers.acdc_h5 import H5_ERRORS
 from fewsam.data.readers.common import check_label_values, to_label_array
+from fewsam.data.readers.dicom import itk_message
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import NIFTI_ERRORS, to_zyx
 from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
@@ -37,7 +44,23 @@ from fewsam.errors import DataError
 
 
 def prediction_path(case: Case, root: Path) -> Path:
-    return Path(root) / case.rel_path
+    """``root/<case.rel_path>``, with the suffix of the format predictions are written in (PNG
+    bytes always under a .png name, a DICOM case's NIfTI under .nii.gz)."""
+    rel = PurePosixPath(case.rel_path.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise DataError(f"case {case.case_id}'s path {case.rel_path!r} would put its prediction "
+                        f"outside {root}; give image paths relative to the data folder")
+    return Path(root) / rel.with_name(_file_name(rel.name, case.format))
+
+
+def _file_name(name: str, fmt: str) -> str:
+    """PNG predictions replace the input's suffix (x.jpg -> x.png); DICOM ones add .nii.gz to the
+    series folder's name, which may itself hold dots (1.2.840.113619)."""
+    if fmt == "png" and not name.lower().endswith(".png"):
+        return name[: len(name) - len(PurePosixPath(name).suffix)] + ".png"
+    if fmt == "dicom" and not name.lower().endswith(".nii.gz"):
+        return name + ".nii.gz"
+    return name
 
 
 def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
@@ -122,6 +145,23 @@ def _encode_png(case: Case, pred: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _encode_dicom(case: Case, pred: np.ndarray) -> bytes:
+    """NIfTI on the series' geometry; SimpleITK writes to a file, so via a temporary folder."""
+    image = sitk.GetImageFromArray(pred)
+    z, y, x = case.spacing or (1.0, 1.0, 1.0)
+    try:
+        image.SetSpacing(case.meta.get("spacing", (x, y, z)))
+        image.SetOrigin(case.meta.get("origin", (0.0, 0.0, 0.0)))
+        image.SetDirection(case.meta.get("direction", (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "pred.nii.gz"
+            sitk.WriteImage(image, str(path), useCompression=True)
+            return path.read_bytes()
+    except RuntimeError as err:
+        raise DataError(f"cannot write the prediction of {case.case_id} as NIfTI on its DICOM "
+                        f"geometry: {itk_message(err)}") from None
+
+
 def _encode_npz(case: Case, pred: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, pred=_as_stored(case, pred))
@@ -135,10 +175,10 @@ def _with_depth(array: np.ndarray) -> np.ndarray:
 def _decode_h5(case: Case, path: Path) -> np.ndarray:
     try:
         with h5py.File(path, "r") as f:
-            if "pred" not in f:
+            if "pred" not in f or not isinstance(f["pred"], h5py.Dataset):
                 raise DataError(f"{path} has no 'pred' dataset (keys: {list(f.keys())})")
             data = np.asarray(f["pred"][()])
-    except OSError as err:
+    except H5_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not HDF5?): {err}") from None
     return _with_depth(to_label_array(data, path))
 
@@ -173,6 +213,6 @@ def _decode_npz(case: Case, path: Path) -> np.ndarray:
 
 
 ENCODERS: dict[str, Any] = {"h5": _encode_h5, "nifti": _encode_nifti, "png": _encode_png,
-                            "npz": _encode_npz}
+                            "npz": _encode_npz, "dicom": _encode_dicom}
 DECODERS: dict[str, Any] = {"h5": _decode_h5, "nifti": _decode_nifti, "png": _decode_png,
-                            "npz": _decode_npz}
+                            "npz": _decode_npz, "dicom": _decode_nifti}

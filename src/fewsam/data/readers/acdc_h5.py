@@ -20,11 +20,14 @@ import h5py
 import numpy as np
 
 from fewsam.data.attributes import read_attribute_table
-from fewsam.data.readers.common import Entry, IndexedDataset, Read, to_label_array
+from fewsam.data.readers.common import (Entry, IndexedDataset, Read, natural_sorted, to_image_array,
+                                        to_label_array)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 
 CLASS_MAP = ClassMap({1: "RV", 2: "Myo", 3: "LV"})
+# h5py turns a damaged file into any of these, depending on where the damage is.
+H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)
 LIST_SPLITS = {"train": "train_slices.list", "val": "val.list",
                "train_volumes": "train.list", "test": "test.list"}
 _SUBJECT = re.compile(r"^(.+?)_frame\d+")
@@ -46,7 +49,7 @@ class AcdcH5Dataset(IndexedDataset):
 
     def __init__(self, root: Path) -> None:
         entries = [Entry(case_id=p.stem, image=p, label=p, rel_path=p.name, subject=subject_of(p.stem))
-                   for p in sorted((root / "data").glob("*.h5"))]
+                   for p in natural_sorted((root / "data").glob("*.h5"), key=lambda p: p.name)]
         super().__init__(root, CLASS_MAP, entries)
         self.split_files = {s: f for s, f in LIST_SPLITS.items() if (root / f).is_file()}
         if (root / "patient_info.csv").is_file():
@@ -61,17 +64,20 @@ class AcdcH5Dataset(IndexedDataset):
 
     def num_slices(self, case_id: str) -> int:
         path = self._entry(case_id).image
-        with _open(path) as f:
-            shape = _dataset(f, "image", path).shape
-        return 1 if len(shape) == 2 else int(shape[0])
+        try:
+            with _open(path) as f:
+                shape = _dataset(f, "image", path).shape
+        except H5_ERRORS as err:
+            raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
+        return int(shape[0]) if len(shape) == 3 else 1
 
     def _read(self, entry: Entry) -> Read:
         path = entry.image
         try:
             with _open(path) as f:
-                image = np.asarray(_dataset(f, "image", path)[()], dtype=np.float32)
-                label = np.asarray(f["label"][()]) if "label" in f else None
-        except OSError as err:
+                image = to_image_array(np.asarray(_dataset(f, "image", path)[()]), path)
+                label = np.asarray(_dataset(f, "label", path)[()]) if "label" in f else None
+        except H5_ERRORS as err:
             raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
         ndim = image.ndim
         if ndim not in (2, 3):
@@ -87,12 +93,12 @@ class AcdcH5Dataset(IndexedDataset):
 def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
-    except OSError as err:
+    except H5_ERRORS as err:
         raise DataError(f"cannot open {path} (truncated or not HDF5?): {err}") from None
 
 
 def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
-    if key not in f:
+    if key not in f or not isinstance(f[key], h5py.Dataset):
         raise DataError(f"{path} has no {key!r} dataset (keys: {list(f.keys())}); "
                         "SSL4MIS h5 files need 'image' and 'label'")
     return f[key]

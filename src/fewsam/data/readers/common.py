@@ -7,6 +7,9 @@ implements ``_read(entry)``; ``load`` adds attributes and validates shapes and l
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,10 @@ from fewsam.data.types import Case, ClassMap, Format, SliceRef
 from fewsam.errors import DataError
 
 LIST_SUFFIXES = (".list", ".txt", ".json")
+# Suffixes a list-file line may carry after a case id (compared case-insensitively).
+DATA_SUFFIXES = (".nii.gz", ".nii", ".h5", ".npz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
+                 ".dcm", ".list", ".txt")
+log = logging.getLogger("fewsam")
 
 
 @dataclass
@@ -62,6 +69,7 @@ class IndexedDataset:
         self.split_files: dict[str, str] = {}
         self.tables: list[AttributeTable] = []
         self.check_label_values = True
+        self.computed_splits: tuple[str, ...] = ()  # splits fewsam made up (not named by the data)
         self._aliases: dict[str, str] | None = None
 
     def __repr__(self) -> str:
@@ -99,12 +107,37 @@ class IndexedDataset:
     def load(self, case_id: str) -> Case:
         entry = self._entry(case_id)
         got = self._read(entry)
+        check_image(got.image, entry.image)
         check_pair(got.image, got.label, entry.image)
         if got.label is not None and self.check_label_values:
             check_label_values(got.label, self.class_map, entry.label or entry.image)
         return Case(case_id=case_id, image=got.image, label=got.label, format=self.format,
-                    rel_path=entry.rel_path, spacing=got.spacing,
+                    rel_path=self.prediction_rel_path(entry), spacing=got.spacing,
                     attributes=self.attributes_of(case_id, got.attributes), meta=got.meta)
+
+    def prediction_rel_path(self, entry: Entry) -> str:
+        """Where a case's prediction goes under PRED: the input's relative path, unless the
+        prediction is written in another format than the input (JPEG -> PNG, DICOM -> NIfTI)."""
+        return entry.rel_path
+
+    def has_any_label(self) -> bool:
+        """Whether any case has a label file: without one, only prediction is possible."""
+        return any(e.label is not None for e in self.entries.values())
+
+    def settle_unlabelled(self) -> None:
+        """No case has a label: make sure "val" (predict's default split) exists, and say so.
+
+        Splits the data names itself (a split column, train/test folders, list files) are kept;
+        a train/val split fewsam computed means nothing without labels, so "val" becomes every case.
+        """
+        if self.has_any_label() or not self.entries:
+            return
+        for name in self.computed_splits:
+            self.splits.pop(name, None)
+        self.splits.setdefault("val", list(self.entries))
+        log.info("no labels found in %s: split 'val' holds %d of its %d cases, for predict; "
+                 "fit and evaluate need label files", self.root, len(self.splits["val"]),
+                 len(self.entries))
 
     def attributes_of(self, case_id: str, read_attributes: dict[str, Any] | None = None
                       ) -> dict[str, Any]:
@@ -128,6 +161,9 @@ class IndexedDataset:
         return 1
 
     def labelled_budget_order(self) -> list[SliceRef]:
+        if not self.has_any_label():  # say so, rather than "no split 'train'"
+            raise DataError(f"{self.root} has no label files, so no case can be labelled for "
+                            "fitting; add masks/labels, or use this folder for predict only")
         return [SliceRef(cid, z) for cid in self.split("train") for z in range(self.num_slices(cid))]
 
     def _read(self, entry: Entry) -> Read:
@@ -169,11 +205,32 @@ class IndexedDataset:
 
 
 def strip_suffixes(name: str) -> str:
-    """'a/b.nii.gz' -> 'a/b'; 'x.h5' -> 'x' (only known data suffixes are removed)."""
-    for suffix in (".nii.gz", ".nii", ".h5", ".png", ".npz", ".list", ".txt"):
-        if name.endswith(suffix):
+    """'a/b.nii.gz' -> 'a/b'; 'x.JPG' -> 'x' (only known data suffixes are removed)."""
+    lower = name.lower()
+    for suffix in DATA_SUFFIXES:
+        if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def natural_key(text: str) -> tuple[list[str | int], str]:
+    """Sort key that orders digit runs by value ('case2' before 'case10'); the text breaks ties
+    ('a01' vs 'a1') so the order never depends on the file system's listing order."""
+    pieces = re.split(r"(\d+)", text)  # text at even positions, digit runs at odd ones
+    parts: list[str | int] = [int(p) if i % 2 else p for i, p in enumerate(pieces)]
+    return parts, text
+
+
+def natural_sorted(items, key=str) -> list:
+    """``items`` in natural order of ``key(item)`` (file names and case ids that fewsam lists)."""
+    return sorted(items, key=lambda item: natural_key(key(item)))
+
+
+def check_image(image: np.ndarray, path: Path) -> None:
+    """(D,H,W) or (D,H,W,3) with at least one pixel: nothing else can be segmented."""
+    if image.size == 0 or not (image.ndim == 3 or (image.ndim == 4 and image.shape[-1] == 3)):
+        raise DataError(f"{path}: the image has shape {tuple(image.shape)}; expected a non-empty "
+                        "2D or 3D image, greyscale or RGB")
 
 
 def check_pair(image: np.ndarray, label: np.ndarray | None, path: Path) -> None:
@@ -192,8 +249,8 @@ def check_label_values(label: np.ndarray, class_map: ClassMap, path: Path) -> No
 
 
 def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
-    """Sorted ids; every ``every``-th (indices every-1, 2*every-1, ...) goes to val (20%)."""
-    ordered = sorted(ids)
+    """Naturally sorted ids; every ``every``-th (indices every-1, 2*every-1, ...) goes to val (20%)."""
+    ordered = natural_sorted(ids)
     val = [cid for i, cid in enumerate(ordered) if i % every == every - 1]
     chosen = set(val)
     return {"train": [cid for cid in ordered if cid not in chosen], "val": val}
@@ -207,11 +264,80 @@ def read_lines(path: Path) -> list[str]:
         raise DataError(f"cannot read list file {path}: {err}") from None
 
 
+def to_image_array(array: np.ndarray, path: Path) -> np.ndarray:
+    """Pixel values as float32; complex or text values, or magnitudes beyond float32, are a DataError."""
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{path}: pixel type {array.dtype} is not an image; store real numbers")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        finite = array[np.isfinite(array)]
+        if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+            raise DataError(f"{path}: the image holds values beyond float32's range "
+                            f"(max |value| {np.abs(finite).max():.3g}); rescale it")
+    return array.astype(np.float32)
+
+
 def to_label_array(label: np.ndarray, path: Path) -> np.ndarray:
     """Integer class indices as uint8; non-integers or values outside 0-255 are a DataError."""
+    if label.dtype.kind not in "biuf":
+        raise DataError(f"{path}: label type {label.dtype} cannot hold class indices; store integers")
+    if label.dtype.kind == "f" and not np.isfinite(label).all():
+        raise DataError(f"{path}: the label holds NaN or infinite values; labels must be class indices")
     if not np.issubdtype(label.dtype, np.integer) and not np.all(np.mod(label, 1) == 0):
         raise DataError(f"{path}: the label holds non-integer values; labels must be class indices")
     if label.size and (label.min() < 0 or label.max() > 255):
         bad = sorted({int(v) for v in np.unique(label) if v < 0 or v > 255})
         raise DataError(f"label values {bad} in {path} are not class indices 0-255")
     return label.astype(np.uint8)
+
+
+CLASSES_JSON_HELP = ('write {"1": "name"}, {"classes": {"1": "name"}} or '
+                     '{"1": {"name": "name", "min": 128, "max": 255}}')
+CLASS_KEYS = {"name", "pixel", "min", "max"}
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; anything else is a DataError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object; {CLASSES_JSON_HELP}")
+    return data
+
+
+def class_specs(spec: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
+    """classes.json's classes as {class: {"name": str, "pixel"/"min"/"max": int, ...}}.
+
+    Accepted: {"classes": {...}} or the classes at top level (beside optional "pixel_values" and
+    "rgb"); each class is a name or an object with "name" and optional "pixel", "min", "max".
+    Class 0 is the background and never a class of its own, so a "0" entry only names it.
+    """
+    classes = spec["classes"] if "classes" in spec else {
+        k: v for k, v in spec.items() if k not in ("pixel_values", "rgb")}
+    if not isinstance(classes, dict) or not classes:
+        raise DataError(f"{path} defines no classes; {CLASSES_JSON_HELP}")
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in classes.items():
+        entry = {"name": value} if isinstance(value, str) else value
+        if not str(key).strip().isdecimal() or not isinstance(entry, dict) or \
+                not isinstance(entry.get("name"), str) or set(entry) - CLASS_KEYS:
+            raise DataError(f"{path}: bad class entry {key!r}: {value!r}; {CLASSES_JSON_HELP} "
+                            f"(class keys: {', '.join(sorted(CLASS_KEYS))})")
+        for bound in ("pixel", "min", "max"):
+            v = entry.get(bound)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255):
+                raise DataError(f"{path}: class {key} has {bound}={v!r}; mask values are whole "
+                                "numbers 0-255")
+        if int(key) > 255:
+            raise DataError(f"{path}: class {key} is above 255; classes are 1-255")
+        if int(key) != 0:
+            out[int(key)] = entry
+    if not out:
+        raise DataError(f"{path} defines only the background (0); {CLASSES_JSON_HELP}")
+    return out
+
+
+def class_map_from_json(path: Path) -> ClassMap:
+    """The class names of a classes.json (any accepted form), for label-file layouts."""
+    return ClassMap({c: e["name"] for c, e in sorted(class_specs(read_json_object(path), path).items())})

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from fewsam.data.readers.common import Entry, IndexedDataset, Read, read_lines
+from fewsam.data.readers.common import (Entry, IndexedDataset, Read, natural_sorted, read_lines,
+                                        to_image_array)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -60,8 +61,9 @@ class FairSegDataset(IndexedDataset):
     format = "npz"
 
     def __init__(self, root: Path) -> None:
-        files = sorted(root.glob("*.npz")) + sorted(
-            p for d in FOLDERS if (root / d).is_dir() for p in (root / d).glob("*.npz"))
+        files = natural_sorted(root.glob("*.npz"), key=lambda p: p.name) + natural_sorted(
+            (p for d in FOLDERS if (root / d).is_dir() for p in (root / d).glob("*.npz")),
+            key=lambda p: p.relative_to(root).as_posix())
         entries = [_entry(root, p) for p in files]
         if not entries:
             raise DataError(f"no .npz files in {root} or its Training/ and Test/ folders")
@@ -88,7 +90,7 @@ class FairSegDataset(IndexedDataset):
             with np.load(entry.image, allow_pickle=False) as data:
                 keys = set(data.files)
                 image_key = _first(keys, IMAGE_KEYS, entry.image, "image")
-                image = _greyscale(np.asarray(data[image_key], dtype=np.float32), entry.image)
+                image = _greyscale(to_image_array(np.asarray(data[image_key]), entry.image), entry.image)
                 mask_key = next((k for k in MASK_KEYS if k in keys), None)
                 mask = None if mask_key is None else np.asarray(data[mask_key])
                 raw = {k: _scalar(data[k]) for k in keys - {image_key, *MASK_KEYS} if data[k].size == 1}
@@ -120,6 +122,8 @@ def _greyscale(image: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _decode_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    if mask.dtype.kind not in "biuf":
+        raise DataError(f"{path}: mask type {mask.dtype} cannot hold FairSeg codes; store integers")
     coding = dict(MASK_CODING)
     if mask.dtype == np.uint8:
         coding.update(UINT8_WRAPPED)

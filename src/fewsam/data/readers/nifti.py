@@ -6,7 +6,8 @@
     MSD (v1):    dataset.json {"labels": {"0": "background", "1": "left atrium"},
                  "training": [{"image": "./imagesTr/la_003.nii.gz", "label": ...}], "test": [...]};
                  imagesTr/<case>.nii.gz (possibly 4D, channels last)
-    plain:       images/<case>.nii.gz (or <case>_0000.nii.gz) + labels/<case>.nii.gz; class names
+    plain:       images/<case>.nii.gz (or <case>_0000.nii.gz) + labels/<case>.nii.gz (labels/ may
+                 be absent: the images are then for prediction only); class names
                  from classes.json ({"1": "liver"}), else "class1", "class2", ... from the label
                  values found (a scan of every label, done on first use of ``class_map``)
 
@@ -14,9 +15,9 @@ Multi-channel images (nnU-Net ``_0001``..., MSD 4D) are read as channel 0 only: 
 greyscale channel. Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
 without reorientation; spacing is the header zooms as (z, y, x) in mm. ``meta`` keeps the image's
 affine and header so predictions are written back on the same voxel grid and orientation.
-Splits: fold 0 of ``splits_final.json`` in root if present, else sorted labelled case ids with
-every 5th to "val"; "test" = imagesTs (or unlabelled plain images). case_id = case name,
-rel_path = ``<case>.nii.gz``.
+Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
+ids with every 5th to "val"; "test" = imagesTs (or unlabelled plain images); without any label,
+"val" holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from fewsam.data.readers.common import Entry, IndexedDataset, Read, deterministic_split, to_label_array
+from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
+                                        deterministic_split, natural_sorted, to_label_array)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -39,8 +41,7 @@ NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.I
 
 def detect(root: Path) -> bool:
     raw = (root / "dataset.json").is_file() and (root / "imagesTr").is_dir()
-    return raw or ((root / "images").is_dir() and (root / "labels").is_dir()
-                   and any(_nifti_files(root / "images")))
+    return raw or any(_nifti_files(root / "images"))
 
 
 class NiftiDataset(IndexedDataset):
@@ -54,6 +55,7 @@ class NiftiDataset(IndexedDataset):
         self.check_label_values = class_map is not None
         labelled = [e.case_id for e in entries if e.label is not None and e.case_id not in test_ids]
         self.splits = _read_splits(root, labelled) if labelled else {}
+        self.computed_splits = () if (root / "splits_final.json").is_file() else ("train", "val")
         if test_ids:
             self.splits["test"] = test_ids
         for ids in self.splits.values():
@@ -91,8 +93,9 @@ class NiftiDataset(IndexedDataset):
 def _nifti_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith("."))
+    return natural_sorted((p for p in folder.iterdir()
+                           if p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith(".")),
+                          key=lambda p: p.name)
 
 
 def case_name(path: Path | str) -> str:
@@ -121,7 +124,15 @@ def to_zyx(array: np.ndarray) -> np.ndarray:
 
 def _data(img: Any, path: Path, dtype: Any = None) -> np.ndarray:
     try:
-        return img.get_fdata(dtype=np.float32) if dtype else np.asarray(img.dataobj)
+        if not dtype:
+            return np.asarray(img.dataobj)
+        if np.dtype(img.get_data_dtype()).kind not in "biuf":
+            raise DataError(f"{path}: voxel type {img.get_data_dtype()} is not a greyscale image; "
+                            "store real numbers")
+        with np.errstate(over="raise"):
+            return img.get_fdata(dtype=np.float32)
+    except FloatingPointError:
+        raise DataError(f"{path}: the image holds values beyond float32's range; rescale it") from None
     except NIFTI_ERRORS as err:
         raise DataError(f"cannot read NIfTI {path} (truncated?): {err}") from None
 
@@ -233,13 +244,7 @@ def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
 
 def _plain_class_map(root: Path) -> ClassMap | None:
     path = root / "classes.json"
-    if not path.is_file():
-        return None
-    spec = _read_json(path)
-    try:
-        return ClassMap.from_json(spec.get("classes", spec))
-    except (ValueError, TypeError, AttributeError) as err:
-        raise DataError(f"{path}: write {{\"1\": \"name\", ...}} ({err})") from None
+    return class_map_from_json(path) if path.is_file() else None
 
 
 def open_nifti(root: Path) -> NiftiDataset:

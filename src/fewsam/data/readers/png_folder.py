@@ -1,4 +1,9 @@
-"""2D image/mask PNG folders: BUSI, the multisite fundus and prostate samples, generic folders.
+"""2D image/mask folders (PNG, JPEG, TIFF, BMP): BUSI, the multisite fundus and prostate samples,
+generic folders such as Kvasir-SEG's ``images/*.jpg`` + ``masks/*.jpg``.
+
+Files: ``.png .jpg .jpeg .tif .tiff .bmp`` in any letter case, images and masks alike (an image
+and its mask may differ in format). Predictions are always PNG (``fewsam.data.writers``): a case's
+``rel_path`` is its image's relative path with the suffix changed to ``.png``.
 
 Where the cases come from (first match wins):
 1. ``root/index.csv`` with an ``image`` column and a ``mask`` or ``masks`` column (several
@@ -9,10 +14,13 @@ Where the cases come from (first match wins):
    several ``task`` values (the multisite root) is refused: open a task folder instead.
 2. ``root/../index.csv`` rows whose image path starts with ``root``'s name: so
    ``multisite/Fundus`` and ``multisite/ProstateSlice`` open as datasets of their own.
-3. A scan: images in ``image/`` or ``images/`` with the same file name in a sibling ``mask/``,
-   ``masks/``, ``label/`` or ``labels/``; or BUSI-style ``X.png`` + ``X_mask.png``
-   (+ ``X_mask_1.png`` ...).
-case_id = image path relative to root without ``.png``; rel_path = that path with ``.png``.
+3. A scan: images in ``image/`` or ``images/`` (or sub-folders of it) with a mask of the same
+   stem (any of the formats) at the same place in a sibling ``mask/``, ``masks/``, ``label/`` or
+   ``labels/`` (``images/a/x.jpg`` -> ``masks/a/x.png``); or BUSI-style ``X.png`` +
+   ``X_mask.png`` (+ ``X_mask_1.png`` ...). Files are listed in natural order (``case2`` before
+   ``case10``); folder names are matched in any letter case.
+case_id = image path relative to root without its suffix; two images that would share an id
+(``a.png`` and ``a.jpg``) are refused, as their predictions would share ``a.png``.
 
 Pixel codings and class maps (``classes.json`` in root overrides, see ``read_style``):
 - busi: masks 0/255 (1 also accepted) -> {1: "lesion"}; images greyscale (RGB files are
@@ -24,11 +32,15 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
 - generic: masks 0/255 (or 0/1) -> {1: "foreground"}; RGB if the first image has colour.
 The style is chosen from classes.json, else the index's ``task`` column, else BUSI markers
 (a ``pathology`` column or benign/malignant folders), else "fundus"/"prostate" in the path.
+JPEG masks are lossy (compression blurs 0/255 into 0-30 and 225-255): each of their pixels is
+read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the midpoint 128
+(said once per dataset via the "fewsam" logger). classes.json ranges replace that rounding.
 
 Splits: the index's ``split`` column when present (multisite: train/test, no val). BUSI:
 within each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
-and in "all" and "normal". Otherwise sorted case ids, every 5th to "val" (20%).
+and in "all" and "normal". Otherwise naturally sorted case ids, every 5th to "val" (20%).
+Without any mask, "val" holds every image (``IndexedDataset.settle_unlabelled``).
 Labelled budget (BUSI): the train images alternate benign / malignant (benign 1, malignant 1,
 benign 2, ...), so ``--labeled-images 30`` is 15 of each, not 24 benign and 6 malignant.
 """
@@ -36,36 +48,58 @@ benign 2, ...), so ``--labeled-images 30`` is 15 of each, not 24 benign and 6 ma
 from __future__ import annotations
 
 import csv
-import json
+import logging
 import re
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from fewsam.data.attributes import parse_cell
-from fewsam.data.readers.common import Entry, IndexedDataset, Read, deterministic_split
+from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
+                                        deterministic_split, natural_key, natural_sorted,
+                                        read_json_object)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's names for JPEG files (MPO: a camera's multi-picture JPEG)
 IMAGE_DIRS = ("image", "images")
 MASK_DIRS = ("mask", "masks", "label", "labels")
 PATH_COLUMNS = {"image", "mask", "masks"}
 SUBJECT_COLUMNS = ("subject", "patient", "pid")
 SPLIT_WORDS = ("train", "val", "test")
+HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+log = logging.getLogger("fewsam")
 
 
 @dataclass(frozen=True)
 class PngStyle:
-    """How a PNG dataset stores classes as mask pixels, and whether images are colour."""
+    """How a 2D dataset stores classes as mask pixels, and whether images are colour.
+
+    ``to_class`` maps mask pixel values to classes (values missing from it are errors, except
+    in JPEG masks); ``ranged`` styles (classes.json ranges) map all 256 values.
+    """
 
     name: str
     class_map: ClassMap
     to_class: dict[int, int]
     to_pixel: dict[int, int]
     rgb: bool
+    ranged: bool = False
+
+    def lossy_to_class(self) -> dict[int, int]:
+        """pixel -> class for lossy (JPEG) masks: every value goes to the class of the nearest
+        value this coding writes; for 0/255 that is a threshold at the midpoint (>= 128)."""
+        if self.ranged:
+            return self.to_class
+        coded = sorted((pixel, cls) for cls, pixel in self.to_pixel.items())
+        pixels = np.array([p for p, _ in coded])
+        nearest = np.abs(np.arange(256)[:, None] - pixels[None, :]).argmin(axis=1)
+        return {v: coded[int(i)][1] for v, i in enumerate(nearest)}
 
 
 def binary_style(name: str, class_name: str, rgb: bool = False) -> PngStyle:
@@ -79,8 +113,14 @@ BUSI = binary_style("busi", "lesion")
 PROSTATE = PngStyle("prostate", ClassMap({1: "prostate"}), {255: 0, 0: 1}, {0: 255, 1: 0}, rgb=False)
 
 
+def is_image_name(name: str) -> bool:
+    """A 2D image file name this reader reads (suffix in any letter case; no hidden files)."""
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+
+
 def detect(root: Path) -> bool:
-    return (root / "index.csv").is_file() or bool(_parent_rows(root)) or any(root.rglob("*.png"))
+    return ((root / "index.csv").is_file() or bool(_parent_rows(root))
+            or any(is_image_name(p.name) and p.is_file() for p in root.rglob("*")))
 
 
 class PngFolderDataset(IndexedDataset):
@@ -91,10 +131,17 @@ class PngFolderDataset(IndexedDataset):
         rows = _index_rows(root)
         task = _single_task(rows, root)
         entries = [_entry(root, row) for row in rows]
+        _check_unique(entries, root)
         self.style = read_style(root, task, rows, entries)
         super().__init__(root, self.style.class_map, entries)
         self.masks = {e.case_id: _mask_paths(root, row) for e, row in zip(entries, rows)}
-        self.splits = _splits(entries, self.style)
+        self.splits, computed = _splits(entries, self.style)
+        self.computed_splits = ("train", "val") if computed else ()
+        self._lossy_noted = False
+
+    def prediction_rel_path(self, entry: Entry) -> str:
+        """Predictions are PNG: the image's relative path with its suffix changed to .png."""
+        return str(PurePosixPath(entry.rel_path).with_suffix(".png"))
 
     def labelled_budget_order(self) -> list[SliceRef]:
         """Train images in split order; BUSI's interleave the pathologies (a stratified budget)."""
@@ -108,10 +155,10 @@ class PngFolderDataset(IndexedDataset):
         return [ref for group in rounds for ref in group if ref is not None]
 
     def _read(self, entry: Entry) -> Read:
-        image = _read_image(entry.image, self.style.rgb)
+        image = read_image(entry.image, self.style.rgb)
         label, skipped = None, []
         for path in self.masks[entry.case_id]:
-            decoded = _read_mask(path, self.style)
+            decoded = self._read_mask(path)
             if label is None:
                 label = decoded
             elif decoded.shape == label.shape:
@@ -122,17 +169,36 @@ class PngFolderDataset(IndexedDataset):
                 "skipped_masks": skipped}
         return Read(image=image[None], label=None if label is None else label[None], meta=meta)
 
+    def _read_mask(self, path: Path) -> np.ndarray:
+        pixels, lossy = read_mask_file(path)
+        if not lossy:
+            return mask_to_classes(pixels, self.style.to_class, path)
+        if not self._lossy_noted and not self.style.ranged:
+            self._lossy_noted = True
+            values = sorted(self.style.to_pixel.values())
+            log.info("JPEG masks in %s are lossy: each mask pixel is read as the nearest of the "
+                     "values %s (for 0/255, a threshold at the midpoint 128); save masks as PNG, or "
+                     "give value ranges in classes.json, to decide otherwise", path.parent, values)
+        return mask_to_classes(pixels, self.style.lossy_to_class(), path)
+
 
 def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[Entry]) -> PngStyle:
-    """Pick the pixel coding (see module docstring). ``classes.json`` format::
+    """Pick the pixel coding (see module docstring). ``classes.json`` forms::
 
-        {"classes": {"1": "lesion"}, "pixel_values": {"0": 0, "1": 255}, "rgb": false}
+        {"1": "lesion"}                                  one class: mask 255 (or 1); several
+        {"classes": {"1": "liver", "2": "tumour"}}       classes: stored as their own index
+        {"classes": {"1": "liver", "2": "tumour"}, "pixel_values": {"0": 0, "1": 40, "2": 80},
+         "rgb": false}                                   exact mask value per class
+        {"1": {"name": "rim", "pixel": 128}, "2": {"name": "cup", "pixel": 0}}   the same, inline
+        {"1": {"name": "polyp", "min": 128, "max": 255}} a range of mask values (inclusive)
 
-    ``pixel_values`` maps class -> mask pixel value; without it one class is stored as 255
-    (0/1 accepted) and several classes as their own index.
+    Ranges: "min" defaults to 0 and "max" to 255; values in no class's range are background;
+    ranges may not overlap. A class without a range in a file that uses ranges is its exact
+    value. Predictions write class c as its "pixel", else the end of its range that is 0 or 255,
+    else the middle of its range; background as 0 (255 when a class range holds 0).
     """
     if (root / "classes.json").is_file():
-        return _style_from_json(root / "classes.json")
+        return style_from_json(root / "classes.json")
     task, name = task.lower(), root.name.lower()
     for hint in (task, "busi" if _looks_like_busi(root, rows) else "", name):
         for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
@@ -145,22 +211,71 @@ def _looks_like_busi(root: Path, rows: list[dict[str, str]]) -> bool:
     return any("pathology" in r for r in rows) or (root / "benign").is_dir()
 
 
-def _style_from_json(path: Path) -> PngStyle:
-    try:
-        spec = json.loads(path.read_text())
-        class_map = ClassMap.from_json(spec["classes"])
-        to_pixel = {int(k): int(v) for k, v in spec.get("pixel_values", {}).items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise DataError(f"cannot read {path} ({err}); write "
-                        '{"classes": {"1": "name"}, "pixel_values": {"0": 0, "1": 255}}') from None
-    rgb = bool(spec.get("rgb", False))
+def style_from_json(path: Path) -> PngStyle:
+    """The coding a classes.json describes (forms in ``read_style``)."""
+    spec = read_json_object(path)
+    specs = class_specs(spec, path)
+    class_map = ClassMap({c: e["name"] for c, e in sorted(specs.items())})
+    rgb = spec.get("rgb", False)
+    if not isinstance(rgb, bool):
+        raise DataError(f"{path}: \"rgb\" must be true or false, not {rgb!r}")
+    to_pixel = _pixel_values(spec, path)
+    to_pixel.update({c: e["pixel"] for c, e in specs.items() if e.get("pixel") is not None})
+    if any("min" in e or "max" in e for e in specs.values()):
+        return _ranged_style(specs, to_pixel, class_map, rgb, path)
     if not to_pixel and class_map.num_classes == 1:
         c = class_map.labels[0]
         return PngStyle("custom", class_map, {0: 0, c: c, 255: c}, {0: 0, c: 255}, rgb)
-    to_pixel = to_pixel or {c: c for c in [0, *class_map.labels]}
-    to_pixel.setdefault(0, 0)
+    to_pixel = {**{c: c for c in [0, *class_map.labels]}, **to_pixel}
+    if len(set(to_pixel.values())) < len(to_pixel):
+        raise DataError(f"{path}: two classes share a mask value ({to_pixel}, class -> value); "
+                        "give each class its own value")
     to_class = {v: k for k, v in to_pixel.items()}
     return PngStyle("custom", class_map, to_class, to_pixel, rgb)
+
+
+def _pixel_values(spec: dict[str, Any], path: Path) -> dict[int, int]:
+    raw = spec.get("pixel_values", {})
+    try:
+        values = {int(k): int(v) for k, v in raw.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise DataError(f"{path}: \"pixel_values\" must map class to mask value, e.g. "
+                        '{"0": 0, "1": 255}') from None
+    if any(not 0 <= v <= 255 for v in values.values()):
+        raise DataError(f"{path}: \"pixel_values\" {raw} holds values outside 0-255")
+    return values
+
+
+def _ranged_style(specs: dict[int, dict[str, Any]], to_pixel: dict[int, int], class_map: ClassMap,
+                  rgb: bool, path: Path) -> PngStyle:
+    """Compile class ranges into a 256-value lookup (pixel -> class) and a pixel per class."""
+    to_class = {v: 0 for v in range(256)}
+    owner: dict[int, int] = {}
+    for c, e in sorted(specs.items()):
+        exact = to_pixel.get(c, c)
+        low, high = e.get("min", exact if "max" not in e else 0), e.get("max", exact if "min" not in e else 255)
+        if low > high:
+            raise DataError(f"{path}: class {c} has min {low} above max {high}")
+        for v in range(low, high + 1):
+            if v in owner:
+                raise DataError(f"{path}: the ranges of classes {owner[v]} and {c} overlap at "
+                                f"mask value {v}; make them disjoint")
+            owner[v], to_class[v] = c, c
+        if c not in to_pixel:
+            to_pixel[c] = high if high == 255 else low if low == 0 else (low + high) // 2
+        if owner.get(to_pixel[c]) != c:
+            raise DataError(f"{path}: class {c} is written as {to_pixel[c]}, outside its range "
+                            f"{low}-{high}; give a \"pixel\" inside it")
+    if 0 not in to_pixel:
+        free = [v for v in (0, 255, *range(1, 255)) if v not in owner]
+        if not free:
+            raise DataError(f"{path}: the class ranges cover every value 0-255, leaving none "
+                            "for the background; narrow one")
+        to_pixel[0] = free[0]
+    if to_pixel[0] in owner:
+        raise DataError(f"{path}: background value {to_pixel[0]} lies in the range of class "
+                        f"{owner[to_pixel[0]]}; {CLASSES_JSON_HELP}")
+    return PngStyle("custom", class_map, to_class, to_pixel, rgb, ranged=True)
 
 
 def _index_rows(root: Path) -> list[dict[str, str]]:
@@ -173,7 +288,8 @@ def _index_rows(root: Path) -> list[dict[str, str]]:
 def _read_index(path: Path) -> list[dict[str, str]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(f)]
+            rows = [{k.strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items() if k}
+                    for r in csv.DictReader(f)]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read {path}: {err}") from None
     if not rows or "image" not in rows[0]:
@@ -181,6 +297,8 @@ def _read_index(path: Path) -> list[dict[str, str]]:
                         "and at least one row")
     for row in rows:
         row.setdefault("masks", row.pop("mask", ""))
+    if any(not row["image"] for row in rows):
+        raise DataError(f"{path} has a row with an empty 'image' cell; fill it or delete the row")
     return rows
 
 
@@ -201,29 +319,56 @@ def _split_masks(cell: str) -> list[str]:
 
 
 def _scan(root: Path) -> list[dict[str, str]]:
+    files = natural_sorted((p for p in root.rglob("*") if is_image_name(p.name) and p.is_file()),
+                           key=lambda p: p.relative_to(root).as_posix())
+    by_stem: dict[tuple[Path, str], list[Path]] = {}
+    extras: dict[tuple[Path, str], list[Path]] = {}
+    for p in files:
+        by_stem.setdefault((p.parent, p.stem), []).append(p)
+        if "_mask_" in p.stem:
+            extras.setdefault((p.parent, p.stem[: p.stem.rindex("_mask_")]), []).append(p)
+    mask_dirs = _mask_dirs(root, files)
     rows = []
-    for image in sorted(root.rglob("*.png"), key=lambda p: _natural(p.relative_to(root).as_posix())):
-        if "_mask" in image.stem or image.parent.name in MASK_DIRS:
+    for image in files:
+        folders = image.relative_to(root).parts[:-1]
+        if "_mask" in image.stem or _deepest(folders, MASK_DIRS) is not None:
             continue
-        if image.parent.name in IMAGE_DIRS:
-            candidates = [image.parent.parent / d / image.name for d in MASK_DIRS]
-            masks = [m for m in candidates if m.is_file()][:1]
+        top = _deepest(folders, IMAGE_DIRS)
+        if top is not None:
+            images_dir, below = root.joinpath(*folders[: top + 1]), folders[top + 1:]
+            found = (by_stem.get((d.joinpath(*below), image.stem)) for d in mask_dirs.get(images_dir.parent, []))
+            masks = [_same_suffix_first(m, image) for m in found if m][:1]
         else:
-            masks = _masks_beside(image)
+            first = by_stem.get((image.parent, f"{image.stem}_mask"))
+            masks = ([_same_suffix_first(first, image)] if first else []) + \
+                extras.get((image.parent, image.stem), [])
         rows.append({"image": image.relative_to(root).as_posix(),
                      "masks": ";".join(m.relative_to(root).as_posix() for m in masks)})
     return rows
 
 
-def _masks_beside(image: Path) -> list[Path]:
-    first = image.with_name(f"{image.stem}_mask.png")
-    pattern = f"{_glob_escape(image.stem)}_mask_*.png"
-    extra = sorted(image.parent.glob(pattern), key=lambda p: _natural(p.name))
-    return ([first] if first.is_file() else []) + extra
+def _deepest(folders: tuple[str, ...], names: tuple[str, ...]) -> int | None:
+    """Index of the deepest folder whose name (any letter case) is one of ``names``."""
+    return max((i for i, f in enumerate(folders) if f.lower() in names), default=None)
 
 
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", text)
+def _mask_dirs(root: Path, files: list[Path]) -> dict[Path, list[Path]]:
+    """Folder -> its mask sub-folders in MASK_DIRS order (mask/, masks/, label/, labels/)."""
+    found: dict[Path, set[Path]] = {}
+    for p in files:
+        folders = p.relative_to(root).parts[:-1]
+        i = _deepest(folders, MASK_DIRS)
+        if i is not None:
+            mask_dir = root.joinpath(*folders[: i + 1])
+            found.setdefault(mask_dir.parent, set()).add(mask_dir)
+    return {parent: sorted(dirs, key=lambda d: (MASK_DIRS.index(d.name.lower()), d.name))
+            for parent, dirs in found.items()}
+
+
+def _same_suffix_first(candidates: list[Path], image: Path) -> Path:
+    """One mask of several with the same stem (x.png, x.jpg): the image's own format wins."""
+    same = [m for m in candidates if m.suffix.lower() == image.suffix.lower()]
+    return (same or candidates)[0]
 
 
 def _single_task(rows: list[dict[str, str]], root: Path) -> str:
@@ -233,15 +378,19 @@ def _single_task(rows: list[dict[str, str]], root: Path) -> str:
         raise DataError(f"{root} holds several tasks ({', '.join(tasks)}); open one task folder "
                         f"instead: {', '.join(str(root / f) for f in folders)}")
     if not rows:
-        raise DataError(f"no PNG images found in {root}; expected index.csv, image/+mask/ folders "
-                        "or X.png + X_mask.png pairs")
+        raise DataError(f"no images found in {root}; expected index.csv, image/+mask/ folders "
+                        f"or X.png + X_mask.png pairs ({' '.join(IMAGE_SUFFIXES)})")
     return tasks[0] if tasks else ""
 
 
 def _entry(root: Path, row: dict[str, str]) -> Entry:
     rel = row["image"].replace("\\", "/").removeprefix("./")
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
+        raise DataError(f"image path {rel!r} in {root} must name a file inside {root} (relative, "
+                        "no '..'), as its prediction mirrors it; move the images under the folder")
     attributes = {k: parse_cell(v) for k, v in row.items() if k not in PATH_COLUMNS}
-    case_id = rel[:-4] if rel.lower().endswith(".png") else rel
+    case_id = _strip_image_suffix(rel)
     subject = next((str(attributes[c]) for c in SUBJECT_COLUMNS if attributes.get(c) is not None),
                    case_id)
     masks = _mask_paths(root, row)
@@ -249,25 +398,41 @@ def _entry(root: Path, row: dict[str, str]) -> Entry:
                  subject=subject, attributes=attributes)
 
 
+def _strip_image_suffix(rel: str) -> str:
+    return rel[: rel.rindex(".")] if is_image_name(PurePosixPath(rel).name) else rel
+
+
+def _check_unique(entries: list[Entry], root: Path) -> None:
+    """Two images with one case id (a.png, a.jpg) would share a prediction file: refuse them."""
+    seen: dict[str, str] = {}
+    for e in entries:
+        if e.case_id in seen:
+            raise DataError(f"{root}: {seen[e.case_id]} and {e.rel_path} are both case "
+                            f"{e.case_id!r} (their predictions would share one .png); "
+                            "rename or remove one of them")
+        seen[e.case_id] = e.rel_path
+
+
 def _mask_paths(root: Path, row: dict[str, str]) -> list[Path]:
     return [root / m for m in _split_masks(row.get("masks", ""))]
 
 
-def _splits(entries: list[Entry], style: PngStyle) -> dict[str, list[str]]:
+def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]], bool]:
+    """The splits, and whether fewsam computed them (rather than the data naming them)."""
     if any(e.attributes.get("split") for e in entries):
         splits: dict[str, list[str]] = {}
         for e in entries:
             splits.setdefault(str(e.attributes.get("split") or "none"), []).append(e.case_id)
-        return splits
+        return splits, False
     by_path = {e.case_id: _split_from_path(e.rel_path) for e in entries}
     if all(by_path.values()):
         splits = {}
         for e in entries:
             splits.setdefault(by_path[e.case_id], []).append(e.case_id)
-        return splits
+        return splits, False
     if style.name == "busi":
-        return _busi_splits(entries)
-    return deterministic_split([e.case_id for e in entries])
+        return _busi_splits(entries), True
+    return deterministic_split([e.case_id for e in entries]), True
 
 
 def _split_from_path(rel_path: str) -> str:
@@ -284,7 +449,7 @@ def _busi_splits(entries: list[Entry]) -> dict[str, list[str]]:
         groups.setdefault(str(pathology), []).append(e.case_id)
     splits: dict[str, list[str]] = {"train": [], "val": []}
     for pathology, ids in sorted(groups.items()):
-        ids = sorted(ids, key=_natural)
+        ids = sorted(ids, key=natural_key)
         if pathology == "normal":
             splits["normal"] = ids
             continue
@@ -294,33 +459,49 @@ def _busi_splits(entries: list[Entry]) -> dict[str, list[str]]:
     return splits
 
 
-def _natural(text: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+def _decode(path: Path, convert: Any) -> Any:
+    """Open an image file with Pillow and apply ``convert`` to it; any failure is a DataError.
 
-
-def _open_png(path: Path) -> Image.Image:
+    Pillow's decoders raise many exception types on damaged or foreign files (OSError,
+    SyntaxError, struct.error, DecompressionBombError, ...), so all of them are caught here.
+    """
     if not path.is_file():
         raise DataError(f"file {path} not found; restore it or fix the dataset index")
     try:
-        im = Image.open(path)
-        im.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot read {path} (truncated or not an image?): {err}") from None
-    return im
+        with Image.open(path) as im:
+            im.load()
+            return convert(im)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - see docstring
+        raise DataError(f"cannot read {path} (truncated or not an image?): "
+                        f"{type(err).__name__}: {err}") from None
 
 
-def _read_image(path: Path, rgb: bool) -> np.ndarray:
-    im = _open_png(path)
-    if rgb:
-        return np.asarray(im.convert("RGB"), dtype=np.float32)
-    if im.mode in ("I", "I;16", "I;16B", "F"):
-        return np.asarray(im, dtype=np.float32)
-    return np.asarray(im.convert("L"), dtype=np.float32)
+def read_image(path: Path, rgb: bool) -> np.ndarray:
+    """(H, W) float32 greyscale or (H, W, 3) float32 RGB; 16-bit and float files keep their values."""
+    return _decode(path, lambda im: _image_array(im, rgb, path))
+
+
+def _image_array(im: Image.Image, rgb: bool, path: Path) -> np.ndarray:
+    if im.mode in HIGH_BIT_MODES:
+        grey = np.asarray(im, dtype=np.float32)
+        if grey.ndim != 2:
+            raise DataError(f"{path}: expected a 2D image, got shape {grey.shape}")
+        return np.repeat(grey[..., None], 3, axis=-1) if rgb else grey
+    return np.asarray(im.convert("RGB" if rgb else "L"), dtype=np.float32)
 
 
 def _has_colour(path: Path) -> bool:
-    a = np.asarray(_open_png(path).convert("RGB"))
-    return not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]))
+    """Whether an image is colour; JPEG's chroma noise on a grey picture does not count."""
+    def colour(im: Image.Image) -> bool:
+        if im.mode in HIGH_BIT_MODES or im.mode in ("1", "L", "LA"):
+            return False
+        a = np.asarray(im.convert("RGB"), dtype=np.int16)
+        spread = np.abs(a[..., 0] - a[..., 1]) + np.abs(a[..., 1] - a[..., 2])
+        return bool(spread.mean() > 1.0) if im.format in LOSSY_FORMATS else bool(spread.any())
+
+    return _decode(path, colour)
 
 
 def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path) -> np.ndarray:
@@ -331,20 +512,40 @@ def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path) ->
     out = lut[pixels]
     if (out < 0).any():
         bad = sorted(int(v) for v in np.unique(pixels[out < 0]))
-        raise DataError(f"mask values {bad} in {path} are not in this dataset's coding "
-                        f"{ {int(k): v for k, v in to_class.items()} } (pixel -> class); "
-                        "fix the mask or add classes.json")
+        shown = _coding_text(to_class)
+        raise DataError(f"mask values {bad} in {path} are not in this dataset's coding {shown} "
+                        "(pixel -> class); fix the mask or add classes.json")
     return out.astype(np.uint8)
 
 
+def _coding_text(to_class: dict[int, int]) -> str:
+    """A coding for an error message: short ones in full, 256-value (ranged) ones as ranges."""
+    if len(to_class) <= 8:
+        return str({int(k): v for k, v in to_class.items()})
+    runs: list[list[int]] = []
+    for v in sorted(to_class):
+        if runs and runs[-1][1] == v - 1 and to_class[runs[-1][0]] == to_class[v]:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return "{" + ", ".join(f"{a}-{b}: {to_class[a]}" for a, b in runs) + "}"
+
+
+def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
+    """A mask as (H, W) uint8 pixel values, and whether the file was lossy (JPEG).
+
+    Modes 1, P, RGB and RGBA are converted to L; 16-bit and float masks are clipped to 0-255.
+    """
+    def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
+        lossy = im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
+        return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
+
+    return _decode(path, pixels)
+
+
 def read_mask_pixels(path: Path) -> np.ndarray:
-    """A mask PNG as (H, W) uint8 pixel values (mode 1, RGB and RGBA are converted to L)."""
-    im = _open_png(path)
-    return np.asarray(im if im.mode == "L" else im.convert("L"))
-
-
-def _read_mask(path: Path, style: PngStyle) -> np.ndarray:
-    return mask_to_classes(read_mask_pixels(path), style.to_class, path)
+    """A mask (or a PNG prediction) as (H, W) uint8 pixel values."""
+    return read_mask_file(path)[0]
 
 
 def open_png_folder(root: Path) -> PngFolderDataset:
