@@ -99,7 +99,8 @@ def predict(
 
         predictor = SamRefinedPredictor(run_dir, model, device)
     else:
-        predictor = method.predictor(run_dir, config, model, device, [0] + dataset.class_map.labels)
+        labels = dataset.class_map.labels or [int(v) for v in config.get("class_map", {})]
+        predictor = method.predictor(run_dir, config, model, device, [0] + labels)
     cache = None if pixels_only else EmbeddingCache(cache_root, model, encoder)
     written = []
     with staged_folder(out, overwrite) as staging:
@@ -243,5 +244,9 @@ def _refinement_chosen(run_dir: Path, config: dict, cache_root: str | Path, enco
 
 
 def _check_class_map(config: dict, class_map: dict[str, str], data: str | Path) -> None:
+    """Refuse data whose classes differ from the run's; unlabelled data without a class list of its
+    own (no labels, no classes.json) takes the run's classes."""
+    if not class_map:
+        return
     if config.get("class_map") and config["class_map"] != class_map:
         raise DataError(f"{data} has classes {class_map} but the run was fitted on {config['class_map']}")

@@ -1,0 +1,230 @@
+"""DICOM series: one case per folder of ``.dcm`` files, read with SimpleITK's ImageSeriesReader.
+
+    root/<series>/*.dcm              series folders may nest (root/<patient>/<study>/<series>/),
+    root/images/<series>/*.dcm       or sit under images/; .dcm files right in root are one case
+    root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid)
+    root/classes.json                optional class names ({"1": "liver"}); else "class1", ...
+                                     from the label values found
+
+case_id = the series folder relative to root (or images/), subject = its first folder (the
+patient in root/<patient>/<series>/); a folder holding files of several series is refused when
+loaded. Arrays are (D, H, W) as SimpleITK gives them (GDCM sorts the
+slices by position), or (D, H, W, 3) for colour series; spacing is (z, y, x) in mm. ``meta``
+keeps the series' origin, spacing and direction: predictions are written as NIfTI
+``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
+3D Slicer or ITK-SNAP. A label on the series' grid is taken as is; one holding the same voxels
+in another axis order or orientation is resampled onto the series (nearest neighbour).
+Splits: labelled cases naturally sorted, every 5th to "val"; unlabelled cases in "test";
+without any label, "val" holds every case.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
+                                        deterministic_split, natural_sorted, to_label_array)
+from fewsam.data.readers.nifti import NIFTI_ENDINGS, _label_array
+from fewsam.data.types import ClassMap
+from fewsam.errors import DataError
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def is_dicom_name(name: str) -> bool:
+    return name.lower().endswith(DICOM_SUFFIXES) and not name.startswith(".")
+
+
+def detect(root: Path) -> bool:
+    """DICOM files anywhere below root (an index.csv makes it a 2D image folder instead)."""
+    return not (root / "index.csv").is_file() and any(
+        is_dicom_name(p.name) and p.is_file() for p in root.rglob("*"))
+
+
+class DicomDataset(IndexedDataset):
+    layout = "dicom"
+    format = "dicom"
+
+    def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry]) -> None:
+        self._class_map = class_map
+        super().__init__(root, class_map, entries)  # type: ignore[arg-type]
+        self.check_label_values = class_map is not None
+        labelled = [e.case_id for e in entries if e.label is not None]
+        self.splits = deterministic_split(labelled) if labelled else {}
+        self.computed_splits = ("train", "val")
+        unlabelled = [e.case_id for e in entries if e.label is None]
+        if unlabelled:
+            self.splits["test"] = unlabelled
+
+    @property
+    def class_map(self) -> ClassMap:
+        """classes.json's names, or one class per label value found (read on first use)."""
+        if self._class_map is None:
+            values: set[int] = set()
+            for e in self.entries.values():
+                if e.label is not None:
+                    values |= {int(v) for v in np.unique(_label_array(e.label))}
+            self._class_map = ClassMap({v: f"class{v}" for v in sorted(values - {0})})
+        return self._class_map
+
+    @class_map.setter
+    def class_map(self, value: ClassMap | None) -> None:
+        self._class_map = value
+
+    def prediction_rel_path(self, entry: Entry) -> str:
+        """DICOM predictions are NIfTI: ``<case_id>.nii.gz``."""
+        return f"{entry.rel_path}.nii.gz"
+
+    def num_slices(self, case_id: str) -> int:
+        """Slices of the series from its file headers (pixels are not read)."""
+        return expected_slices(series_files(self._entry(case_id).image))
+
+    def _read(self, entry: Entry) -> Read:
+        image = read_series(entry.image)
+        array = _image_array(image, entry.image)
+        label = None if entry.label is None else read_label_on(image, entry.label)
+        spacing = image.GetSpacing()
+        meta = {"origin": image.GetOrigin(), "spacing": spacing, "direction": image.GetDirection()}
+        return Read(image=array, label=label, spacing=(spacing[2], spacing[1], spacing[0]), meta=meta)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """ITK prints a warning to stderr for folders without a series; fewsam raises instead."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def itk_message(err: Exception) -> str:
+    """SimpleITK's errors span many lines of C++ context; the last non-empty line says what."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def series_files(folder: Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in GDCM's slice order."""
+    if not folder.is_dir():
+        raise DataError(f"DICOM folder {folder} not found; restore it")
+    try:
+        with _quiet():
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+            names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])) if len(ids) == 1 else []
+    except RuntimeError as err:
+        raise DataError(f"cannot read the DICOM files in {folder}: {itk_message(err)}") from None
+    if len(ids) > 1:
+        raise DataError(f"{folder} holds {len(ids)} DICOM series; put each series in its own folder")
+    if not names:
+        raise DataError(f"no readable DICOM series in {folder} (damaged, or not DICOM images?)")
+    return names
+
+
+def expected_slices(names: list[str]) -> int:
+    """Files times the frames of the first (a multi-frame file holds a whole series)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(names[0])
+    try:
+        with _quiet():
+            reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise DataError(f"cannot read DICOM {names[0]}: {itk_message(err)}") from None
+    size = reader.GetSize()
+    return len(names) * (int(size[2]) if len(size) > 2 else 1)
+
+
+def read_series(folder: Path) -> sitk.Image:
+    """The folder's series as one SimpleITK image (3D; a single slice has depth 1)."""
+    names = series_files(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(names)
+    try:
+        with _quiet():
+            image = reader.Execute()
+    except RuntimeError as err:
+        raise DataError(f"cannot read the DICOM series in {folder}: {itk_message(err)}") from None
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3 or image.GetDepth() != expected_slices(names):
+        raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
+                        f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
+    return image
+
+
+def _image_array(image: sitk.Image, folder: Path) -> np.ndarray:
+    channels = image.GetNumberOfComponentsPerPixel()
+    if channels not in (1, 3, 4) or image.GetDimension() != 3:
+        raise DataError(f"{folder}: expected a greyscale or RGB series, got {channels} channels "
+                        f"in {image.GetDimension()}D")
+    array = sitk.GetArrayFromImage(image)
+    if channels == 4:
+        array = array[..., :3]
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise DataError(f"{folder}: pixel type {image.GetPixelIDTypeAsString()} is not an image")
+    return array.astype(np.float32)
+
+
+def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
+    """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring)."""
+    try:
+        with _quiet():
+            label = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise DataError(f"cannot read label {path} (truncated or not NIfTI?): {itk_message(err)}") from None
+    if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() not in (2, 3):
+        raise DataError(f"label {path} must be a 2D or 3D single-channel image")
+    if label.GetDimension() == 2:
+        label = sitk.JoinSeries(label)
+    if not _same_grid(label, image):
+        if sorted(label.GetSize()) != sorted(image.GetSize()):
+            raise DataError(f"label {path} has size {label.GetSize()}, its series {image.GetSize()} "
+                            "(x, y, z); export the label on the series' grid")
+        reference = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+        reference.CopyInformation(image)
+        label = sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                              label.GetPixelID())
+    return to_label_array(sitk.GetArrayFromImage(label), path)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same voxels in the same place, up to the float32 rounding of NIfTI headers."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+
+
+def _series_folders(base: Path) -> list[Path]:
+    """Folders that directly hold DICOM files, in natural order of their relative paths."""
+    folders = {p.parent for p in base.rglob("*") if is_dicom_name(p.name) and p.is_file()}
+    return natural_sorted(folders, key=lambda p: p.relative_to(base).as_posix())
+
+
+def _entries(root: Path) -> list[Entry]:
+    base = root / "images" if (root / "images").is_dir() and _series_folders(root / "images") else root
+    labels = root / "labels"
+    entries = []
+    for folder in _series_folders(base):
+        if labels in folder.parents or folder == labels:
+            continue
+        case_id = folder.relative_to(base).as_posix() if folder != base else (root.name or "series")
+        found = [labels / f"{case_id}{e}" for e in NIFTI_ENDINGS]
+        entries.append(Entry(case_id=case_id, image=folder, label=next((p for p in found if p.is_file()), None),
+                             rel_path=case_id, subject=PurePosixPath(case_id).parts[0]))
+    return entries
+
+
+def open_dicom(root: Path) -> DicomDataset:
+    entries = _entries(root)
+    if not entries:
+        raise DataError(f"no DICOM series found in {root}; expected folders of .dcm files")
+    classes = root / "classes.json"
+    return DicomDataset(root, class_map_from_json(classes) if classes.is_file() else None, entries)
+

@@ -1,0 +1,164 @@
+"""DICOM series written with SimpleITK: read as cases with their geometry, labels from NIfTI,
+predictions written as NIfTI on the series' grid, and the mistakes a user can make."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fewsam.data import open_dataset, read_prediction, select_labelled, write_prediction
+from fewsam.errors import DataError
+
+SPACING = (0.7, 0.8, 2.5)  # (x, y, z) mm
+ORIGIN = (-10.0, 5.0, 3.0)
+DIRECTION = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0)  # coronal: rows run along -z
+
+
+def series_image(array: np.ndarray, spacing=SPACING, origin=ORIGIN, direction=DIRECTION) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+def write_series(folder: Path, array: np.ndarray, uid: str = "1.2.826.0.1.3680043.2.1125.7", **geometry) -> sitk.Image:
+    """One .dcm file per slice of ``array`` (z, y, x), with the tags that place each slice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = series_image(array, **geometry)
+    d = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        s = image[:, :, z]
+        tags = {"0020|000e": uid, "0020|000d": uid + ".1", "0008|0060": "MR", "0020|0013": str(z + 1),
+                "0020|0037": "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))),
+                "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))),
+                "0018|0050": str(image.GetSpacing()[2])}
+        for tag, value in tags.items():
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{z + 1}.dcm"))  # slice10 sorts before slice2: GDCM orders by position
+        writer.Execute(s)
+    return image
+
+
+def write_label(path: Path, label: np.ndarray, reference: sitk.Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(label)
+    image.CopyInformation(reference)
+    sitk.WriteImage(image, str(path))
+
+
+def arrays(seed: int, shape=(11, 6, 5)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(-500, 1500, shape).astype(np.int16), rng.integers(0, 3, shape).astype(np.uint8)
+
+
+def test_series_with_labels_geometry_and_natural_order(tmp_path):
+    image2, label2 = arrays(0)
+    image10, _ = arrays(1, (3, 6, 5))
+    ref = write_series(tmp_path / "images" / "case2", image2, uid="1.2.3.2")
+    write_series(tmp_path / "images" / "case10", image10, uid="1.2.3.10")
+    write_label(tmp_path / "labels" / "case2.nii.gz", label2, ref)
+    ds = open_dataset(tmp_path)
+    assert ds.layout == "dicom" and ds.split("all") == ["case2", "case10"]
+    assert ds.has_label("case2") and not ds.has_label("case10") and ds.has_any_label()
+    assert ds.class_map.names == {1: "class1", 2: "class2"}
+    assert ds.split("train") == ["case2"] and ds.split("test") == ["case10"]
+    case = ds.load("case2")
+    np.testing.assert_array_equal(case.image, image2.astype(np.float32))
+    np.testing.assert_array_equal(case.label, label2)
+    assert case.format == "dicom" and case.rel_path == "case2.nii.gz"
+    assert case.spacing == pytest.approx(SPACING[::-1])
+    np.testing.assert_allclose(case.meta["origin"], ORIGIN, atol=1e-6)
+    np.testing.assert_allclose(case.meta["direction"], DIRECTION, atol=1e-6)
+    assert ds.num_slices("case2") == 11 and ds.num_slices("case10") == 3
+    assert [r.z for r in select_labelled(ds, n_cases=1)] == list(range(11))
+
+
+def test_prediction_is_nifti_on_the_series_geometry(tmp_path):
+    image, label = arrays(2)
+    ref = write_series(tmp_path / "data" / "p1" / "t2", image)
+    (tmp_path / "data" / "classes.json").write_text(json.dumps({"1": "prostate", "2": "lesion"}))
+    ds = open_dataset(tmp_path / "data")
+    assert ds.split("val") == ["p1/t2"] and ds.subject_of("p1/t2") == "p1"
+    case = ds.load("p1/t2")
+    path = write_prediction(case, label, tmp_path / "pred")
+    assert path == tmp_path / "pred" / "p1" / "t2.nii.gz"
+    written = sitk.ReadImage(str(path))
+    assert written.GetSize() == ref.GetSize() and written.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_allclose(written.GetSpacing(), SPACING, rtol=1e-6)
+    np.testing.assert_allclose(written.GetOrigin(), ORIGIN, atol=1e-4)
+    np.testing.assert_allclose(written.GetDirection(), DIRECTION, atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), label)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", ds.class_map), label)
+    # the prediction overlays the series voxel by voxel: same physical point for the same index
+    np.testing.assert_allclose(written.TransformIndexToPhysicalPoint((4, 5, 10)),
+                               ref.TransformIndexToPhysicalPoint((4, 5, 10)), atol=1e-4)
+
+
+def test_series_without_labels_opens_for_prediction(tmp_path, caplog):
+    image, _ = arrays(3, (2, 4, 4))
+    write_series(tmp_path / "s1", image)
+    write_series(tmp_path / "s2", image, uid="1.2.3.99")
+    caplog.set_level(logging.INFO, logger="fewsam")
+    ds = open_dataset(tmp_path)
+    assert not ds.has_any_label() and ds.split("val") == ["s1", "s2"]
+    assert any("no labels found" in r.getMessage() for r in caplog.records)
+    case = ds.load("s2")
+    assert case.label is None and case.image.shape == (2, 4, 4)
+    assert write_prediction(case, np.ones((2, 4, 4), np.uint8), tmp_path / "pred").name == "s2.nii.gz"
+
+
+def test_single_slice_and_files_right_in_root(tmp_path):
+    image, label = arrays(4, (1, 5, 7))
+    ref = write_series(tmp_path / "xray", image)
+    write_label(tmp_path / "xray" / "labels" / "xray.nii.gz", label, ref)
+    ds = open_dataset(tmp_path / "xray")
+    case = ds.load("xray")
+    assert case.image.shape == (1, 5, 7) and case.rel_path == "xray.nii.gz"
+    np.testing.assert_array_equal(case.label, label)
+
+
+def test_label_stored_in_another_orientation_is_resampled(tmp_path):
+    image, label = arrays(5)
+    ref = write_series(tmp_path / "images" / "c1", image)
+    # the same voxels in the same places, stored x- and z-reversed (as a RAS-reorienting converter would)
+    flipped = sitk.Flip(_with_geometry(sitk.GetImageFromArray(label), ref), (True, False, True))
+    sitk.WriteImage(flipped, str(_mkdir(tmp_path / "labels") / "c1.nii.gz"))
+    assert not np.array_equal(sitk.GetArrayFromImage(flipped), label)
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("c1").label, label)
+
+
+def _with_geometry(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    image.CopyInformation(reference)
+    return image
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_mistakes_are_data_errors(tmp_path):
+    image, label = arrays(6, (3, 6, 5))
+    ref = write_series(tmp_path / "images" / "ok", image)
+    write_label(tmp_path / "labels" / "ok.nii.gz", label[:, :, :4], series_image(image[:, :, :4]))
+    (_mkdir(tmp_path / "images" / "junk") / "x.dcm").write_bytes(b"not a dicom file" * 20)
+    write_series(tmp_path / "images" / "mixed", image, uid="1.2.3.3")
+    write_series(tmp_path / "images" / "mixed", image[:2] + 1, uid="1.2.3.4")
+    ds = open_dataset(tmp_path)
+    with pytest.raises(DataError, match=r"label .*ok.nii.gz has size \(4, 6, 3\), its series \(5, 6, 3\)"):
+        ds.load("ok")
+    with pytest.raises(DataError, match="no readable DICOM series in .*junk"):
+        ds.load("junk")
+    with pytest.raises(DataError, match="mixed holds 2 DICOM series; put each series in its own folder"):
+        ds.load("mixed")
+    (tmp_path / "labels" / "ok.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(DataError, match="cannot read label .*ok.nii.gz"):
+        ds.load("ok")

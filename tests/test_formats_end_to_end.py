@@ -1,0 +1,87 @@
+"""predict and evaluate on the new formats: a tiny supervised run (no SAM weights) fitted on the
+phantom predicts a JPEG folder (PNG predictions named .png, evaluated from there) and an
+unlabelled DICOM series (a NIfTI prediction on the series' grid)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+
+from fewsam import api
+from fewsam.data import open_dataset
+from fewsam.data.phantom import PHANTOM_CLASSES, phantom_volume, write_phantom_dataset
+from fewsam.evaluate import evaluate
+from fewsam.methods import supervised
+from fewsam.models import registry
+from fewsam.predict import predict
+from test_dicom import write_series
+
+PIXELS = {1: 85, 2: 170, 3: 255}  # the classes' mask values in the JPEG folder's PNG masks
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step supervised run on the phantom: it only has to predict, not to be good."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    phantom = write_phantom_dataset(tmp / "phantom", n_train=2, n_val=1, slices=2, seed=0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(registry, "load_model", _no_weights)
+    try:
+        opts = api.FitOptions(data=phantom, run=tmp / "run", labeled_cases=1, cache=str(tmp / "cache"),
+                              show_progress=False)
+        api.fit("supervised", opts, supervised.SupervisedConfig(
+            image_size=64, channels=(8, 16, 32, 64), num_res_units=1, batch_size=2, steps=2, val_every=2))
+    finally:
+        monkey.undo()
+        torch.set_num_threads(before)
+    return tmp / "run"
+
+
+def _no_weights(*args, **kwargs):
+    raise AssertionError("a SAM model was loaded")
+
+
+def test_jpeg_folder_predicts_png_files_that_evaluate_reads(run, tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for name in ("case2", "case10"):
+        images, labels = phantom_volume(rng, slices=1, shape=(64, 72))
+        (data / "images").mkdir(parents=True, exist_ok=True)
+        (data / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((images[0] * 255).astype(np.uint8)).save(data / "images" / f"{name}.jpg", quality=90)
+        mask = np.select([labels[0] == c for c in PIXELS], list(PIXELS.values()), 0).astype(np.uint8)
+        Image.fromarray(mask).save(data / "masks" / f"{name}.png")
+    classes = {"classes": {str(k): v for k, v in PHANTOM_CLASSES.items()},
+               "pixel_values": {str(k): v for k, v in PIXELS.items()}}
+    (data / "classes.json").write_text(json.dumps(classes))
+    written = predict(run, data, tmp_path / "pred", split="all", show_progress=False)
+    assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in written) == \
+        ["images/case10.png", "images/case2.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+    assert set(np.unique(np.asarray(Image.open(written[0])))) <= {0, *PIXELS.values()}
+    scores = evaluate(tmp_path / "pred", data, "all", show_progress=False)
+    assert [c["case"] for c in scores["cases"]] == ["images/case2", "images/case10"]
+    assert 0.0 <= scores["mean"]["dice"] <= 1.0
+
+
+def test_unlabelled_dicom_series_predicts_nifti_on_its_grid(run, tmp_path):
+    rng = np.random.default_rng(1)
+    images, _ = phantom_volume(rng, slices=3, shape=(64, 72))
+    series = write_series(tmp_path / "data" / "patient1" / "cine", (images * 1000).astype(np.int16))
+    (tmp_path / "data" / "classes.json").write_text(json.dumps({str(k): v for k, v in PHANTOM_CLASSES.items()}))
+    assert not open_dataset(tmp_path / "data").has_any_label()
+    written = predict(run, tmp_path / "data", tmp_path / "pred", show_progress=False)
+    assert [p.relative_to(tmp_path / "pred").as_posix() for p in written] == ["patient1/cine.nii.gz"]
+    pred = sitk.ReadImage(str(written[0]))
+    assert pred.GetSize() == series.GetSize()
+    np.testing.assert_allclose(pred.GetOrigin(), series.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(pred.GetSpacing(), series.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(pred.GetDirection(), series.GetDirection(), atol=1e-6)
+    assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 3}
