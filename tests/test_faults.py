@@ -336,3 +336,28 @@ def test_folder_options_that_are_files(data, tmp_path, monkeypatch):
     assert "--out taken is a file" in cli_error("demo", "--out", "taken")
     assert "--pred taken is a file" in cli_error("evaluate", "--pred", "taken", "--data", str(data))
     assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_a_constant_labelled_image_is_refused_before_any_work(tmp_path):
+    """A blank exported image in the labelled budget: one clear error, no run folder."""
+    import numpy as np
+    from PIL import Image
+
+    from fewsam.api import FitOptions, fit
+    from fewsam.errors import DataError
+    from fewsam.methods.supervised import SupervisedConfig
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        image = np.zeros((32, 32), np.uint8) if i == 0 else rng.integers(0, 255, (32, 32), dtype=np.uint8)
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        Image.fromarray(image).save(root / "images" / f"case{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
+    options = FitOptions(data=root, run=tmp_path / "run", labeled_images=2, show_progress=False)
+    with pytest.raises(DataError, match="constant image"):
+        fit("supervised", options, SupervisedConfig(steps=1, image_size=16))
+    assert not (tmp_path / "run").exists()

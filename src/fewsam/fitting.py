@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from torch import Tensor
 
 from fewsam.cache import EmbeddingCache
@@ -72,11 +73,26 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     labelled = select_labelled(dataset, n_cases=opts.budget_cases, n_slices=opts.labeled_slices)
     if not labelled:
         raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
+    refuse_constant_images(dataset, labelled)
     val_ids = dataset.split(opts.val_split)
     model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
     cache = None if model is None else EmbeddingCache(opts.cache, model, resolve_precision(opts.precision, opts.device))
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
     return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair)
+
+
+def refuse_constant_images(dataset: Dataset, labelled: list[SliceRef]) -> None:
+    """A labelled case whose labelled slices hold one value everywhere shows no anatomy: an export gone
+    wrong (a blank PNG, an all-zero volume), which would teach the model that a class looks like
+    nothing. Blank slices inside a case with real content (volume ends) are fine."""
+    by_case: dict[str, list[int]] = {}
+    for ref in labelled:
+        by_case.setdefault(ref.case_id, []).append(ref.z)
+    for case_id, zs in by_case.items():
+        image = np.asarray(dataset.load(case_id).image[zs])
+        if image.size and float(image.max()) == float(image.min()):
+            raise DataError(f"labelled case {case_id} of {dataset.root} is a constant image (every pixel "
+                            f"{image.flat[0]}); check how it was exported, or label another case")
 
 
 def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
