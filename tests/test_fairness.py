@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from fewsam import api
-from fewsam.data.types import ClassMap, SliceRef
+from fewsam.data.types import Case, ClassMap, SliceRef
 from fewsam.embedded import EmbeddedSlice
 from fewsam.labels import IGNORE
 from fewsam.errors import FewsamError
@@ -25,6 +26,7 @@ class TableDataset:
     """Attributes by case id, as an index CSV or patient_info.csv would give them."""
 
     format = "h5"
+    root = Path("table")
 
     def __init__(self, attributes: dict[str, dict]) -> None:
         self.attributes = attributes
@@ -35,6 +37,11 @@ class TableDataset:
 
     def split(self, name: str) -> list[str]:
         return ["a1"]
+
+    def load(self, case_id: str) -> Case:
+        image = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+        return Case(case_id=case_id, image=image, label=np.zeros((1, 4, 4), np.uint8), format="h5",
+                    rel_path=f"{case_id}.h5", attributes=self.attributes[case_id])
 
 
 DATA = TableDataset({
@@ -148,7 +155,7 @@ def test_fit_passes_the_fair_loss_and_records_groups(tmp_path, monkeypatch):
     monkeypatch.setattr(fitting, "select_labelled", lambda dataset, n_cases=None, n_slices=None: labelled)
     monkeypatch.setattr(registry, "load_model", lambda *args, **kwargs: SimpleNamespace(
         weights_sha256="0", preprocess_signature=lambda: "p"))
-    monkeypatch.setattr(fitting, "EmbeddingCache", lambda root, model: None)
+    monkeypatch.setattr(fitting, "EmbeddingCache", lambda root, model, precision: None)
     seen = {}
     spy = replace(methods.get_method("fewshot"), fit=lambda ctx, cfg, run_dir: seen.setdefault(
         "loss", ctx.labelled_loss(IGNORE)))
