@@ -32,7 +32,7 @@ __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
 
 def embed_dataset(data: str | Path, split: str | None = None, model_name: str = "litemedsam",
                   checkpoint: str | Path | None = None, cache_root: str = DEFAULT_CACHE, device: str = "cpu",
-                  show_progress: bool = True, precision: str = "auto") -> dict[str, Any]:
+                  show_progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
     """Fill the cache for every case of ``split`` (all splits when None). Returns hit/miss counts."""
     dataset = open_dataset(data)
     model = load_model(model_name, checkpoint, device=device)

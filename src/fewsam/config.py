@@ -20,9 +20,9 @@ from fewsam.errors import DataError, FewsamError
 
 DEFAULT_CACHE = "~/.cache/fewsam"  # the embedding cache, shared by every command
 PRECISIONS = ("auto", "fp32", "fp32-openvino", "bf16-openvino")  # the encoder's (``fewsam.models.precision``)
-PRECISION_HELP = ("Encoder: fp32 (PyTorch, the reference), fp32-openvino (compiled, same numbers to 1e-5), "
-                  "bf16-openvino (fastest; CPUs with avx512_bf16 / amx_bf16; cosine ~0.999 to fp32), "
-                  "auto = fp32-openvino where OpenVINO is installed, else fp32.")
+PRECISION_HELP = ("Encoder: fp32 (PyTorch, the reference), fp32-openvino (compiled: ~1.3x, same numbers to 1e-5), "
+                  "bf16-openvino (~2.4x on CPUs with avx512_bf16 / amx_bf16; cosine ~0.9987 to fp32), or auto "
+                  "(fp32-openvino where OpenVINO is installed, else fp32).")
 
 
 class ConfigError(FewsamError):
@@ -132,7 +132,7 @@ class FitOptions(Config):
     checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM; LiteMedSAM's come with fewsam).")
     cache: str = option(DEFAULT_CACHE, "Embedding cache folder.")
     device: str = option("cpu", "cpu | cuda | cuda:N")
-    precision: str = option("auto", PRECISION_HELP, choices=PRECISIONS)
+    precision: str = option("fp32", PRECISION_HELP, choices=PRECISIONS)
     fair_attribute: str | None = option(None, "Group column for fair error-bound scaling of the loss "
                                         "(default: none, the loss is not scaled).")
     fair_gamma: float = option(1.0, "Fair scaling gamma (0 = unscaled loss).", min=0.0)

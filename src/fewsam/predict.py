@@ -59,7 +59,7 @@ def predict(
     overwrite: bool = False,
     show_progress: bool = True,
     refine: Refine = "never",
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> list[Path]:
     """Write one prediction per case of ``split`` (default ``DEFAULT_SPLIT``, "val") under ``out``.
 

@@ -3,13 +3,14 @@
 The encoder is the cost every user waits on, and it never trains, so it can be compiled:
 OpenVINO fuses its graph and runs it in fp32 with the same numbers to about 1e-5, or, on CPUs
 with bf16 instructions (AVX-512 BF16 on recent AMD and Intel server cores, AMX on Sapphire
-Rapids and later), runs its matrix products in bf16, faster again but further from fp32
-(docs/results.md has both, measured). ``auto`` takes compiled fp32 wherever OpenVINO is
-installed, because bf16 did not keep a cosine similarity of 0.999 to the reference on real
-slices; bf16 is there for whoever wants the speed. The decoder and the student train in fp32.
+Rapids and later), runs its matrix products in bf16, faster again but further from fp32.
+``auto`` is the fastest choice that keeps a cosine similarity of 0.999 to the reference on real
+slices: compiled fp32 wherever OpenVINO is installed (bf16 measured 0.9987). fp32 stays the
+default until the compiled encoder has matched the reference end to end (docs/results.md,
+section 4). The decoder and the student train in fp32 either way.
 
 The converted encoder is kept as OpenVINO IR beside the embeddings it produces (conversion
-takes about half a minute; reading the IR back, about a second).
+takes 15-35 s; reading the IR back, about a second).
 """
 
 from __future__ import annotations
