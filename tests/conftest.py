@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +49,19 @@ class FakeSam:
 @pytest.fixture
 def fake_sam() -> FakeSam:
     return FakeSam()
+
+
+def run_fewsam(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real command line in a new process, as a user runs it."""
+    env = dict(os.environ, FEWSAM_NO_REEXEC="1")
+    return subprocess.run([sys.executable, "-m", "fewsam", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
+    """The contract for a user's mistake: exit code 2, one `error:` line naming it, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in result.stderr

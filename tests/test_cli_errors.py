@@ -1,14 +1,13 @@
 """User mistakes end in one `error:` line, exit code 2, and nothing partial left behind."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+
+from conftest import assert_one_line_error, run_fewsam
 
 
 def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
@@ -34,19 +33,6 @@ def tiny_acdc(tmp_path) -> Path:
     return root
 
 
-def fewsam(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FEWSAM_NO_REEXEC="1")
-    return subprocess.run([sys.executable, "-m", "fewsam", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert pattern in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
-
 
 def fit_args(data: Path, run: Path, cache: Path, *extra: str) -> list[str]:
     return ["fit", "fewshot", "--data", str(data), "--out", str(run), "--cache", str(cache), "--quiet",
@@ -54,14 +40,14 @@ def fit_args(data: Path, run: Path, cache: Path, *extra: str) -> list[str]:
 
 
 def test_missing_data_folder(tmp_path):
-    result = fewsam(*fit_args(tmp_path / "nope", tmp_path / "run", tmp_path / "c", "--labeled-slices", "1"),
+    result = run_fewsam(*fit_args(tmp_path / "nope", tmp_path / "run", tmp_path / "c", "--labeled-slices", "1"),
                     cwd=tmp_path)
     assert_one_line_error(result, "does not exist")
     assert not (tmp_path / "run").exists()
 
 
 def test_empty_labelled_set(tiny_acdc, tmp_path):
-    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "0"), cwd=tmp_path)
+    result = run_fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "0"), cwd=tmp_path)
     assert_one_line_error(result, "--labeled-slices must be at least 1, not 0")
     assert not (tmp_path / "run").exists()
 
@@ -69,14 +55,14 @@ def test_empty_labelled_set(tiny_acdc, tmp_path):
 def test_corrupt_file_leaves_no_run_folder(tiny_acdc, tmp_path):
     path = tiny_acdc / "data" / "patient001_frame01_slice_0.h5"
     path.write_bytes(path.read_bytes()[:100])
-    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
+    result = run_fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
     assert_one_line_error(result, "patient001_frame01_slice_0")
     assert not (tmp_path / "run").exists()
 
 
 def test_shape_mismatch(tiny_acdc, tmp_path):
     _write_h5(tiny_acdc / "data" / "patient001_frame01_slice_1.h5", np.zeros((40, 48)), np.zeros((40, 40)))
-    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
+    result = run_fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
     assert_one_line_error(result, "shape")
     assert not (tmp_path / "run").exists()
 
@@ -85,7 +71,7 @@ def test_label_outside_class_map(tiny_acdc, tmp_path):
     label = np.zeros((40, 48), np.uint8)
     label[5:9, 5:9] = 7
     _write_h5(tiny_acdc / "data" / "patient001_frame01_slice_1.h5", np.zeros((40, 48)), label)
-    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
+    result = run_fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "2"), cwd=tmp_path)
     assert_one_line_error(result, "7")
     assert not (tmp_path / "run").exists()
 
@@ -97,7 +83,7 @@ def test_cache_of_another_model_is_refused(tiny_acdc, tmp_path):
     folder = tmp_path / "c" / f"{model.name}-{model.weights_sha256[:12]}"
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"model": "sam_vit_h", "weights_sha256": "x", "preprocess": "y"}))
-    result = fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "1", "--precision",
+    result = run_fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "1", "--precision",
                               "fp32"), cwd=tmp_path)  # the fp32 folder: other precisions have folders of their own
     assert_one_line_error(result, "written by model sam_vit_h")
 
@@ -111,12 +97,12 @@ def test_sam_checkpoint_by_path_loads_through_the_cli(tmp_path):
     torch.manual_seed(0)
     checkpoint = tmp_path / "sam_vit_b_random.pth"
     torch.save(build_model("sam_vit_b").state_dict(), checkpoint)
-    ok = fewsam("fit", "prompted", "--prompt", "box", "--model", "sam_vit_b", "--checkpoint", str(checkpoint),
+    ok = run_fewsam("fit", "prompted", "--prompt", "box", "--model", "sam_vit_b", "--checkpoint", str(checkpoint),
                 "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"] == "sam_vit_b" and len(config["weights_sha256"]) == 64
-    wrong = fewsam("fit", "prompted", "--model", "sam_vit_l", "--checkpoint", str(checkpoint),
+    wrong = run_fewsam("fit", "prompted", "--model", "sam_vit_l", "--checkpoint", str(checkpoint),
                    "--out", str(tmp_path / "run2"), cwd=tmp_path)
     assert_one_line_error(wrong, "sam_vit_l")
     assert not (tmp_path / "run2").exists()
@@ -125,7 +111,7 @@ def test_sam_checkpoint_by_path_loads_through_the_cli(tmp_path):
 @pytest.mark.parametrize("option, value, pattern", [("--prompt-clicks", "many", "--prompt-clicks must be"),
                                                     ("--overlap", "union", "--overlap must be")])
 def test_samatch_rule_options_are_checked_before_any_work(tiny_acdc, tmp_path, option, value, pattern):
-    result = fewsam("fit", "samatch", "--data", str(tiny_acdc), "--out", str(tmp_path / "run"), "--labeled-cases", "1",
+    result = run_fewsam("fit", "samatch", "--data", str(tiny_acdc), "--out", str(tmp_path / "run"), "--labeled-cases", "1",
                     "--cache", str(tmp_path / "c"), "--quiet", option, value, cwd=tmp_path)
     assert_one_line_error(result, pattern)
     assert not (tmp_path / "run").exists()
@@ -133,10 +119,10 @@ def test_samatch_rule_options_are_checked_before_any_work(tiny_acdc, tmp_path, o
 
 @pytest.mark.parametrize("flag", ["--refine-with-sam", "--refine-if-better"])
 def test_refine_with_sam_on_a_run_without_sam_is_one_clear_error(tiny_acdc, tmp_path, flag):
-    fit = fewsam("fit", "supervised", "--data", str(tiny_acdc), "--out", str(tmp_path / "run"), "--labeled-cases",
+    fit = run_fewsam("fit", "supervised", "--data", str(tiny_acdc), "--out", str(tmp_path / "run"), "--labeled-cases",
                  "1", "--steps", "2", "--val-every", "2", "--image-size", "32", "--quiet", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
-    result = fewsam("predict", str(tmp_path / "run"), "--data", str(tiny_acdc), "--out", str(tmp_path / "pred"),
+    result = run_fewsam("predict", str(tmp_path / "run"), "--data", str(tiny_acdc), "--out", str(tmp_path / "pred"),
                     "--cache", str(tmp_path / "c"), flag, cwd=tmp_path)
     assert_one_line_error(result, "needs a SAM-Match run")
     assert not (tmp_path / "pred").exists()

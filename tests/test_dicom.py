@@ -147,7 +147,7 @@ def _mkdir(path: Path) -> Path:
 
 def test_mistakes_are_data_errors(tmp_path):
     image, label = arrays(6, (3, 6, 5))
-    ref = write_series(tmp_path / "images" / "ok", image)
+    write_series(tmp_path / "images" / "ok", image)
     write_label(tmp_path / "labels" / "ok.nii.gz", label[:, :, :4], series_image(image[:, :, :4]))
     (_mkdir(tmp_path / "images" / "junk") / "x.dcm").write_bytes(b"not a dicom file" * 20)
     write_series(tmp_path / "images" / "mixed", image, uid="1.2.3.3")

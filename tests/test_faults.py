@@ -7,8 +7,6 @@ import io
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -17,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import assert_one_line_error, run_fewsam
 from fewsam.cli import app, check_device
 from fewsam.errors import CacheError, DataError, FewsamError, RunError
 from fewsam.progress import PlainProgress, progress_bar, tracked
@@ -64,18 +63,6 @@ def data(fitted, tmp_path) -> Path:
     """A copy of the fitted run's data that a test may damage."""
     return Path(shutil.copytree(fitted[1], tmp_path / "acdc"))
 
-
-def fewsam(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FEWSAM_NO_REEXEC="1")
-    return subprocess.run([sys.executable, "-m", "fewsam", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert pattern in lines[0], lines[0]
 
 
 def cli_error(*args: str) -> str:
@@ -144,11 +131,11 @@ def test_predict_failing_on_case_7_leaves_nothing_and_the_rerun_works(fitted, da
     good = (data / "data" / f"{VAL[6]}.h5").read_bytes()
     _damage(data, VAL[6])
     pred = tmp_path / "out" / "pred"
-    failed = fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
+    failed = run_fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
     assert_one_line_error(failed, VAL[6])
     assert not (tmp_path / "out").exists()  # nor the parent it made, nor a hidden partial folder
     (data / "data" / f"{VAL[6]}.h5").write_bytes(good)
-    again = fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
+    again = run_fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in pred.iterdir()) == sorted(f"{c}.h5" for c in VAL)
 
@@ -224,7 +211,7 @@ def test_read_only_cache_is_refused_up_front(tmp_path, monkeypatch):
 def test_read_only_cache_through_the_cli(data, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o555)
-    result = fewsam("embed", "--data", str(data), "--cache", str(cache), cwd=tmp_path)
+    result = run_fewsam("embed", "--data", str(data), "--cache", str(cache), cwd=tmp_path)
     assert_one_line_error(result, "read-only")
 
 
@@ -270,7 +257,7 @@ def test_device_is_checked_before_any_work(command, tmp_path, monkeypatch):
 
 
 def test_device_error_is_one_line(tmp_path):
-    result = fewsam("fit", "fewshot", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--labeled-slices",
+    result = run_fewsam("fit", "fewshot", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--labeled-slices",
                     "1", "--device", "gpu0", cwd=tmp_path)
     assert_one_line_error(result, "--device 'gpu0' is not a device; use cpu, cuda or cuda:N")
     assert not (tmp_path / "run").exists()

@@ -102,15 +102,7 @@ def test_averaged_fit_saves_the_average_and_resumes_exactly(tmp_path):
     assert not torch.equal(best["weight"], last["module"]["weight"])  # BEST holds the average, not the live weights
     assert last["average"]["updates"] == 40
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_20(step):
-        if step == 20:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(ToyTask(), cfg, tmp_path / "b", show_progress=False, on_checkpoint=kill_at_20)
+    _killed_at_20(tmp_path / "b", cfg)
     train(ToyTask(), cfg, tmp_path / "b", show_progress=False)
     assert (tmp_path / "a" / LOG).read_text() == (tmp_path / "b" / LOG).read_text()
     resumed_best = torch.load(tmp_path / "b" / BEST, weights_only=True)["module"]
