@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         deterministic_split, natural_sorted, to_label_array)
-from fewsam.data.readers.nifti import NIFTI_ENDINGS, _label_array
+from fewsam.data.readers.nifti import NIFTI_ENDINGS, ClassesFromLabelFiles
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -46,7 +46,7 @@ def detect(root: Path) -> bool:
         is_dicom_name(p.name) and p.is_file() for p in root.rglob("*"))
 
 
-class DicomDataset(IndexedDataset):
+class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
     layout = "dicom"
     format = "dicom"
 
@@ -60,21 +60,6 @@ class DicomDataset(IndexedDataset):
         unlabelled = [e.case_id for e in entries if e.label is None]
         if unlabelled:
             self.splits["test"] = unlabelled
-
-    @property
-    def class_map(self) -> ClassMap:
-        """classes.json's names, or one class per label value found (read on first use)."""
-        if self._class_map is None:
-            values: set[int] = set()
-            for e in self.entries.values():
-                if e.label is not None:
-                    values |= {int(v) for v in np.unique(_label_array(e.label))}
-            self._class_map = ClassMap({v: f"class{v}" for v in sorted(values - {0})})
-        return self._class_map
-
-    @class_map.setter
-    def class_map(self, value: ClassMap | None) -> None:
-        self._class_map = value
 
     def prediction_rel_path(self, entry: Entry) -> str:
         """DICOM predictions are NIfTI: ``<case_id>.nii.gz``."""

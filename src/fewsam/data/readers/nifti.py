@@ -44,7 +44,29 @@ def detect(root: Path) -> bool:
     return raw or any(_nifti_files(root / "images"))
 
 
-class NiftiDataset(IndexedDataset):
+class ClassesFromLabelFiles:
+    """``class_map`` for datasets whose labels are NIfTI files: the explicit class names, or one
+    class per label value found in the files (read on first use, so opening stays cheap)."""
+
+    _class_map: ClassMap | None
+    entries: dict[str, Entry]
+
+    @property
+    def class_map(self) -> ClassMap:
+        if self._class_map is None:
+            values: set[int] = set()
+            for e in self.entries.values():
+                if e.label is not None:
+                    values |= {int(v) for v in np.unique(_label_array(e.label))}
+            self._class_map = ClassMap({v: f"class{v}" for v in sorted(values - {0})})
+        return self._class_map
+
+    @class_map.setter
+    def class_map(self, value: ClassMap | None) -> None:
+        self._class_map = value
+
+
+class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
     layout = "nifti"
     format = "nifti"
 
@@ -60,21 +82,6 @@ class NiftiDataset(IndexedDataset):
             self.splits["test"] = test_ids
         for ids in self.splits.values():
             self.check_known(ids, str(root / "splits_final.json"))
-
-    @property
-    def class_map(self) -> ClassMap:
-        """Explicit class names, or (plain folders) one class per label value found."""
-        if self._class_map is None:
-            values: set[int] = set()
-            for e in self.entries.values():
-                if e.label is not None:
-                    values |= {int(v) for v in np.unique(_label_array(e.label))}
-            self._class_map = ClassMap({v: f"class{v}" for v in sorted(values - {0})})
-        return self._class_map
-
-    @class_map.setter
-    def class_map(self, value: ClassMap | None) -> None:
-        self._class_map = value
 
     def num_slices(self, case_id: str) -> int:
         shape = _load(self._entry(case_id).image).shape
