@@ -6,8 +6,9 @@ with bf16 instructions (AVX-512 BF16 on recent AMD and Intel server cores, AMX o
 Rapids and later), runs its matrix products in bf16, faster again but further from fp32.
 ``auto`` is the fastest choice that keeps a cosine similarity of 0.999 to the reference on real
 slices: compiled fp32 wherever OpenVINO is installed (bf16 measured 0.9987). fp32 stays the
-default until the compiled encoder has matched the reference end to end (docs/results.md,
-section 4). The decoder and the student train in fp32 either way.
+default: the compiled encoder has matched it end to end on one seed only (docs/results.md,
+section 4.1), and each new cache folder pays its conversion once. The decoder and the student
+train in fp32 either way.
 
 The converted encoder is kept as OpenVINO IR beside the embeddings it produces (conversion
 takes 15-35 s; reading the IR back, about a second).
