@@ -20,7 +20,7 @@ from fewsam.errors import DataError, FewsamError
 
 DEFAULT_CACHE = "~/.cache/fewsam"  # the embedding cache, shared by every command
 PRECISIONS = ("auto", "fp32", "fp32-openvino", "bf16-openvino")  # the encoder's (``fewsam.models.precision``)
-PRECISION_HELP = ("Encoder: fp32 (PyTorch, the reference), fp32-openvino (compiled: ~1.3x, same numbers to 1e-5), "
+PRECISION_HELP = ("Encoder: fp32 (PyTorch, the reference), fp32-openvino (compiled: ~1.3x, cosine 1.0000 to fp32), "
                   "bf16-openvino (~2.4x on CPUs with avx512_bf16 / amx_bf16; cosine ~0.9987 to fp32), or auto "
                   "(fp32-openvino where OpenVINO is installed, else fp32).")
 
