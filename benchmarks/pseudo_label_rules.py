@@ -14,11 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from fewsam.cache import EmbeddingCache
-from fewsam.data import open_dataset
+from fewsam.data import open_dataset, select_unlabelled
 from fewsam.data.types import SliceRef
 from fewsam.embedded import embed_refs
-from fewsam.methods.samatch import (SAM_DIR, PseudoLabeller, SamMatchConfig, pooled_dice, select_unlabelled,
-                                    student_probs)
+from fewsam.methods.samatch import SAM_DIR, PseudoLabeller, SamMatchConfig, pooled_dice, student_probs
 from fewsam.methods.samatch.sam_decoder import SamDecoder
 from fewsam.methods.student import StudentConfig, build_unet, load_slices
 from fewsam.models.registry import load_model

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fewsam.data import open_dataset, select_labelled
-from fewsam.methods.samatch import select_unlabelled
+from fewsam.data import select_unlabelled
 from fewsam.models.registry import litemedsam_checkpoint
 
 BUDGET = 63.0e6  # bytes for everything that travels, leaving room for the working tree

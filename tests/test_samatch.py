@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from fewsam.data import select_labelled, unlabelled_pool
+from fewsam.data import select_labelled, select_unlabelled, unlabelled_pool
 from fewsam.methods import samatch
 from fewsam.data.types import SliceRef
 from fewsam.embedded import EmbeddedSlice
 from fewsam.labels import IGNORE
 from fewsam.methods.samatch import (QUALITY, SamMatchConfig, compose_pseudo_label, confident_boxes,
-                                    ignore_unprompted, pooled_dice, ramp, select_unlabelled, student_samples)
+                                    ignore_unprompted, pooled_dice, student_samples)
+from fewsam.train import ramp
 from fewsam.methods.samatch.sam_decoder import box_batch
 from fewsam.models.sam import PreprocessInfo
 from fewsam.predict import predict

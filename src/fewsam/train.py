@@ -126,6 +126,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
+def ramp(step: int, length: int) -> float:
+    """Sigmoid ramp-up exp(-5 (1 - t)^2), t = step / length clipped to [0, 1]: how semi-supervised
+    losses phase in, so early, poor pseudo-labels weigh little."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return float(np.exp(-5.0 * (1.0 - t) ** 2))
+
+
 StepHook = Callable[[int], None]
 
 

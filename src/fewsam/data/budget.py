@@ -9,6 +9,8 @@ unlabelled pool is the rest of the order, in order (SSL4MIS, UniMatch, SAM-Match
 
 from __future__ import annotations
 
+import numpy as np
+
 from fewsam.data.types import Dataset, SliceRef
 from fewsam.errors import DataError, FewsamError
 
@@ -34,6 +36,16 @@ def unlabelled_pool(ds: Dataset, labelled: list[SliceRef]) -> list[SliceRef]:
     """Training slices not in ``labelled``, in labelled-budget order."""
     taken = set(labelled)
     return [r for r in ds.labelled_budget_order() if r not in taken]
+
+
+def select_unlabelled(ds: Dataset, labelled: list[SliceRef], limit: int | None, seed: int) -> list[SliceRef]:
+    """The unlabelled pool, or a seeded subset of ``limit`` slices of it (kept in pool order), so a
+    semi-supervised fit can bound what it encodes and loads."""
+    pool = unlabelled_pool(ds, labelled)
+    if limit is None or limit >= len(pool):
+        return pool
+    idx = np.sort(np.random.default_rng(seed).choice(len(pool), limit, replace=False))
+    return [pool[i] for i in idx]
 
 
 def _check_budget(n: int, available: int, unit: str, ds: Dataset) -> None:

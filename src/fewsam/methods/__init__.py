@@ -31,6 +31,9 @@ REGISTRY: dict[str, tuple[str, str]] = {  # name -> (module defining METHOD, sum
                 "Few-shot SAM: prototype prompts from the labelled slices; only the mask decoder is trained."),
     "samatch": ("fewsam.methods.samatch",
                 "SAM-Match: FixMatch student + SAM-refined pseudo-labels from its confident predictions."),
+    "fewmatch": ("fewsam.methods.fewmatch",
+                 "FewMatch: few-shot SAM whose decoder also learns from the unlabelled pool (weak-to-strong "
+                 "consistency on cached embeddings)."),
     "supervised": ("fewsam.methods.supervised",
                    "A 2D U-Net on the labelled slices only: the lower bound for SAM-Match."),
     "prompted": ("fewsam.methods.prompted",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -216,14 +217,18 @@ def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
     return samples, shots, tokens
 
 
-def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path) -> TrainResult:
-    """Build the prompt bank, fine-tune the decoder, select on val, choose the post-processing."""
+def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewShotTask] = FewShotTask,
+        **task_inputs: Any) -> TrainResult:
+    """Build the prompt bank, fine-tune the decoder, select on val, choose the post-processing.
+
+    ``task_type`` / ``task_inputs``: a method that trains the same decoder on more than the
+    labelled slices (FewMatch) passes its task and what the task needs besides them."""
     samples, shots, tokens = build_prompt_bank(ctx, cfg, run_dir)
     val_cases = embed_cases(ctx.dataset, ctx.val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
     torch.manual_seed(ctx.seed)
     decoder = PrototypeDecoder(ctx.model, len(ctx.values)).to(ctx.device)
-    task = FewShotTask(decoder, samples, shots, cfg, ctx.labelled_loss(IGNORE), tokens, val_cases, ctx.values,
-                       ctx.device)
+    task = task_type(decoder, samples, shots, cfg, ctx.labelled_loss(IGNORE), tokens, val_cases, ctx.values,
+                     ctx.device, **task_inputs)
     result = train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress)
     decoder.load_state_dict(load_best(run_dir)[0])
     decoder.eval()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from fewsam.data import select_unlabelled
 from fewsam.embedded import embed_refs
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
@@ -31,7 +32,7 @@ from fewsam.methods.samatch.pseudo_labels import (PseudoLabeller, compose_pseudo
                                                   student_samples)
 from fewsam.methods.samatch.refresh import PSEUDO_DIR, QUALITY, PseudoLabelRefresh
 from fewsam.methods.samatch.sam_decoder import SAM_DIR, SamRounds, fit_sam, kept_sam_weights, load_final_sam
-from fewsam.methods.samatch.student_task import SamMatchTask, ramp, select_unlabelled
+from fewsam.methods.samatch.student_task import SamMatchTask
 from fewsam.methods import Method
 from fewsam.methods.student import build_unet, load_labelled, load_slices, load_val_cases
 from fewsam.methods.supervised import student_predictor
@@ -39,7 +40,7 @@ from fewsam.train import TrainResult, train
 
 __all__ = ["PSEUDO_DIR", "QUALITY", "SAM_DIR", "PseudoLabeller", "SamMatchConfig", "SamMatchTask", "SamRounds",
            "compose_pseudo_label", "confident_boxes", "fit", "ignore_unprompted", "kept_sam_weights",
-           "load_final_sam", "pooled_dice", "prompt_regions", "ramp", "select_unlabelled", "student_probs",
+           "load_final_sam", "pooled_dice", "prompt_regions", "student_probs",
            "student_samples"]
 
 

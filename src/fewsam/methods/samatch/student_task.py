@@ -14,35 +14,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewsam.data import unlabelled_pool
-from fewsam.data.types import Case, Dataset, SliceRef
+from fewsam.data.types import Case
 from fewsam.fitting import LabelledLoss
 from fewsam.labels import IGNORE
 from fewsam.losses import consistency_ce, dice_ce_loss
 from fewsam.methods.samatch.config import SamMatchConfig
+from fewsam.train import ramp
 from fewsam.methods.student import (SliceSet, augment_labelled, random_affine, strong_photometric,
                                     validate_student, warp, warp_labels)
 
 
 class PseudoLabelSource(Protocol):
     labels: torch.Tensor | None  # (N_u, S, S) uint8 class indices, IGNORE where SAM gave nothing
-
-
-def ramp(step: int, length: int) -> float:
-    """Sigmoid ramp-up exp(-5 (1 - t)^2), t = step / length clipped to [0, 1]."""
-    if length <= 0:
-        return 1.0
-    t = min(max(step / length, 0.0), 1.0)
-    return float(np.exp(-5.0 * (1.0 - t) ** 2))
-
-
-def select_unlabelled(dataset: Dataset, labelled: list[SliceRef], limit: int | None, seed: int) -> list[SliceRef]:
-    """The unlabelled pool, or a seeded subset of ``limit`` slices of it (kept in pool order)."""
-    pool = unlabelled_pool(dataset, labelled)
-    if limit is None or limit >= len(pool):
-        return pool
-    idx = np.sort(np.random.default_rng(seed).choice(len(pool), limit, replace=False))
-    return [pool[i] for i in idx]
 
 
 class SamMatchTask:
