@@ -1,0 +1,283 @@
+"""The studio's HTTP API (FastAPI) and the page's static files.
+
+Every endpoint takes case ids and slice numbers, never file paths: what the server reads is the
+dataset (through fewsam's readers) and the project folder, and the static files are served by
+Starlette's ``StaticFiles``, which refuses paths that leave its folder. Mutations are checked
+before anything is written: upload size (capped before the body is read), label shape and class
+values. ``Guard`` enforces the binding's rules on every request (see ``security.py``).
+
+    GET    /api/info                       dataset, classes, cases (labelled slices), job, latest fit
+    GET    /api/slice?case=C&z=Z           image (float32), studio label, dataset label, prediction
+    PUT    /api/label?case=C&z=Z&h=H&w=W   save a slice's label (H*W bytes of class values)
+    DELETE /api/label?case=C&z=Z           take a slice out of the labelled set
+    POST   /api/accept?case=C&z=Z          the prediction of a slice becomes its label
+    POST   /api/fit     {steps, views, cases, all_cases}    start a fit (202; 409 while a job runs)
+    POST   /api/predict {cases, all_cases}                  predict more cases with the latest fit
+    GET    /api/job                        the current job's state and progress
+    GET    /api/suggest                    the unlabelled slice with the highest predictive entropy
+    POST   /api/export                     write the labelled set in the dataset's format
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from fewsam.config import DEFAULT_CACHE
+from fewsam.errors import FewsamError
+from fewsam.studio.errors import StudioError, TooLarge, status_of
+from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
+from fewsam.studio.project import JOBS, LOG, Project
+from fewsam.studio.security import Guard, human_size
+
+STATIC = Path(__file__).parent / "static"
+MAX_UPLOAD = 32 * 2**20  # a 4096 x 4096 slice label is 16 MiB
+DEFAULT_STEPS = 80  # fewsam demo's recipe (``demo_config``): tested to agree
+DEFAULT_VIEWS = 8  # FewShotConfig's default: every dihedral view of each labelled slice
+MAX_STEPS = 20000
+WINDOW_PERCENTILES = (0.5, 99.5)
+WINDOW_SAMPLE = 1_000_000
+
+
+@dataclass
+class StudioSettings:
+    """How one studio runs: what it labels, where it writes, how it is reached and how it fits."""
+
+    data: Path
+    project: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None  # required on every request when set (non-loopback bindings)
+    device: str = "cpu"
+    cache: str = DEFAULT_CACHE
+    precision: str = "fp32"
+    max_upload: int = MAX_UPLOAD
+    worker_argv: WorkerArgv = worker_argv
+    worker_env: dict[str, str] | None = None  # None: the tuned environment of ``jobs.worker_env``
+
+
+class ProjectLog:
+    """PROJECT/studio.log: one timestamped line per thing the server did (no global logging state)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+class FitRequest(BaseModel):
+    steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS)
+    views: int = Field(DEFAULT_VIEWS, ge=1, le=8)
+    cases: list[str] = Field(default_factory=list, max_length=100_000)
+    all_cases: bool = False
+
+
+class PredictRequest(BaseModel):
+    cases: list[str] = Field(default_factory=list, max_length=100_000)
+    all_cases: bool = False
+
+
+def b64(array: np.ndarray | None, dtype: str) -> str | None:
+    """An array's bytes for the page (little-endian, row-major), or None."""
+    return None if array is None else base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode()
+
+
+def intensity_window(image: np.ndarray) -> list[float]:
+    """The case's default display range: 0.5th to 99.5th percentile of a sample of its voxels, so a few
+    bright voxels (CT metal, MRI flow artefacts) do not darken every slice."""
+    flat = image.reshape(-1)
+    sample = flat[:: max(1, flat.size // WINDOW_SAMPLE)]
+    sample = sample[np.isfinite(sample)]
+    if not sample.size:
+        return [0.0, 1.0]
+    lo, hi = (float(v) for v in np.percentile(sample, WINDOW_PERCENTILES))
+    return [lo, hi] if hi > lo else [float(sample.min()), float(sample.max()) or 1.0]
+
+
+def create_app(settings: StudioSettings) -> FastAPI:
+    """The studio app for one dataset and project folder (opened here: a bad dataset fails at once)."""
+    project = Project(settings.data, settings.project)
+    runner = JobRunner(project.folder / JOBS, settings.worker_argv, settings.worker_env)
+    log = ProjectLog(project.folder / LOG)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log(f"studio started on {settings.host}:{settings.port} for {project.data}")
+        yield
+        runner.stop()
+        log("studio stopped")
+
+    app = FastAPI(title="fewsam studio", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.project, app.state.runner, app.state.settings, app.state.log = project, runner, settings, log
+    app.middleware("http")(Guard(settings.host, settings.token, settings.max_upload))
+    _add_error_handlers(app, log)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_page(app, settings)
+    _add_browse(app, project)
+    _add_labels(app, project, settings, log)
+    _add_jobs(app, project, runner, settings, log)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
+    @app.exception_handler(FewsamError)
+    async def fewsam_error(request: Request, exc: FewsamError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log(f"internal error on {request.method} {request.url.path}: {type(exc).__name__}: {exc}")
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def _add_page(app: FastAPI, settings: StudioSettings) -> None:
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        """The page, its asset links carrying the token when one is required."""
+        from urllib.parse import quote
+
+        query = f"?token={quote(settings.token)}" if settings.token else ""
+        html = (STATIC / "index.html").read_text(encoding="utf-8").replace("__ASSET_QUERY__", query)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def _add_browse(app: FastAPI, project: Project) -> None:
+    windows: dict[str, list[float]] = {}
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        labelled = project.labelled()
+        predicted = set(project.predicted_cases())
+        cases = [{"id": c, "slices": project.num_slices(c), "labelled": labelled.get(c, []),
+                  "predicted": c in predicted, "has_label": project.dataset.has_label(c)} for c in project.case_ids()]
+        return {"data": str(project.data), "name": project.data.name, "layout": project.dataset.layout,
+                "format": project.dataset.format, "project": str(project.folder),
+                "classes": [{"value": v, "name": n} for v, n in sorted(project.class_map.names.items())],
+                "cases": cases, "latest_fit": project.latest_run(), "job": app.state.runner.status(),
+                "defaults": {"steps": DEFAULT_STEPS, "views": DEFAULT_VIEWS, "max_steps": MAX_STEPS}}
+
+    @app.get("/api/slice")
+    def get_slice(case: str = Query(...), z: int = Query(...)) -> dict[str, Any]:
+        project.check_slice(case, z)
+        loaded = project.load_case(case)
+        if case not in windows:
+            windows[case] = intensity_window(loaded.image)
+        prediction = project.prediction(case)
+        image = loaded.image[z]
+        return {"case": case, "z": z, "slices": loaded.num_slices, "height": int(image.shape[0]),
+                "width": int(image.shape[1]), "channels": 3 if image.ndim == 3 else 1,
+                "image": b64(image, "<f4"), "window": windows[case],
+                "label": b64(project.label_volume(loaded)[z], "u1"), "labelled": project.is_labelled(case, z),
+                "dataset_label": b64(loaded.slice_label(z), "u1"),
+                "prediction": None if prediction is None else b64(prediction.labels[z], "u1"),
+                "entropy": None if prediction is None else float(prediction.entropy[z]),
+                "fit": None if prediction is None else prediction.fit}
+
+    @app.get("/api/suggest")
+    def suggest() -> dict[str, Any]:
+        return project.suggest()
+
+
+async def read_capped(request: Request, cap: int) -> bytes:
+    """The request body, refused as soon as it passes ``cap`` bytes (a body without Content-Length too)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise TooLarge(f"the upload is larger than the studio's cap of {human_size(cap)}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _add_labels(app: FastAPI, project: Project, settings: StudioSettings, log: ProjectLog) -> None:
+    @app.put("/api/label")
+    async def put_label(request: Request, case: str = Query(...), z: int = Query(...), h: int = Query(..., ge=1),
+                        w: int = Query(..., ge=1)) -> dict[str, Any]:
+        raw = await read_capped(request, settings.max_upload)
+        await run_in_threadpool(project.check_slice, case, z)
+        label = await run_in_threadpool(project.check_label, raw, case, z, h, w)
+        await run_in_threadpool(project.save_slice, case, z, label)
+        log(f"saved label {case} slice {z}")
+        return {"case": case, "labelled": project.labelled().get(case, [])}
+
+    @app.delete("/api/label")
+    def delete_label(case: str = Query(...), z: int = Query(...)) -> dict[str, Any]:
+        project.unmark(case, z)
+        log(f"unmarked {case} slice {z}")
+        return {"case": case, "labelled": project.labelled().get(case, [])}
+
+    @app.post("/api/accept")
+    def accept(case: str = Query(...), z: int = Query(...)) -> dict[str, Any]:
+        project.accept_prediction(case, z)
+        log(f"accepted the prediction of {case} slice {z}")
+        return {"case": case, "labelled": project.labelled().get(case, [])}
+
+    @app.post("/api/export")
+    def export() -> dict[str, Any]:
+        result = project.export()
+        log(f"exported {result['slices']} labelled slices of {result['cases']} cases to {result['folder']}")
+        return result
+
+
+def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: StudioSettings, log: ProjectLog) -> None:
+    def base_spec(cases: list[str], all_cases: bool) -> dict[str, Any]:
+        for case in cases:
+            project.check_case(case)
+        chosen = project.case_ids() if all_cases else list(dict.fromkeys(cases))
+        return {"data": str(project.data), "project": str(project.folder), "device": settings.device,
+                "cache": settings.cache, "precision": settings.precision, "cases": chosen}
+
+    @app.post("/api/fit", status_code=202)
+    def start_fit(request: FitRequest) -> dict[str, Any]:
+        def prepare() -> dict[str, Any]:
+            fit_dir = project.next_fit_dir()
+            try:
+                count = project.write_fit_dataset(fit_dir / "data")
+            except BaseException:
+                shutil.rmtree(fit_dir, ignore_errors=True)
+                raise
+            return {"fit_dir": str(fit_dir), "labelled_slices": count}
+
+        spec = {**base_spec(request.cases, request.all_cases), "steps": request.steps, "views": request.views}
+        job = runner.start("fit", spec, prepare)
+        log(f"started fit {job.id} ({job.spec['labelled_slices']} labelled slices, {request.steps} steps, "
+            f"{request.views} views) in {job.spec['fit_dir']}")
+        return runner.status()
+
+    @app.post("/api/predict", status_code=202)
+    def start_predict(request: PredictRequest) -> dict[str, Any]:
+        latest = project.latest_run()
+        if latest is None:
+            raise StudioError("no fit has finished yet; fit first, then predict")
+        spec = {**base_spec(request.cases, request.all_cases), "run": latest["run"], "fit": latest["fit"]}
+        if not spec["cases"]:
+            raise StudioError("say which cases to predict")
+        job = runner.start("predict", spec)
+        log(f"started predicting {len(spec['cases'])} case(s) with {latest['fit']} ({job.id})")
+        return runner.status()
+
+    @app.get("/api/job")
+    def job_status() -> dict[str, Any]:
+        return runner.status()

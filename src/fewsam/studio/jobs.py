@@ -1,0 +1,180 @@
+"""One background job at a time (a fit, or predicting more cases) in a worker subprocess.
+
+The server never fits in its own process: a worker that crashes, runs out of memory or is killed
+leaves the server answering and the labels on disk as they were; the page is told what happened
+(the worker's own error line, or its exit code and the end of its log). A second job while one
+runs is refused (``Conflict``, HTTP 409): two fits would compete for the CPU and for the meaning
+of "the latest fit".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fewsam.atomic import atomic_write_bytes
+from fewsam.studio.errors import Conflict
+
+WorkerArgv = Callable[[Path], list[str]]
+LOG_TAIL_LINES = 6
+
+
+def worker_argv(spec: Path) -> list[str]:
+    """The worker command: this Python running ``fewsam.studio.worker`` on the job's spec file."""
+    return [sys.executable, "-m", "fewsam.studio.worker", str(spec)]
+
+
+def worker_env() -> dict[str, str]:
+    """The worker's environment: glibc's allocator tuned as the CLI tunes it (2-3x faster SAM passes)."""
+    from fewsam.cli import ALLOCATOR_TUNING
+
+    return dict(os.environ, GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", ALLOCATOR_TUNING), PYTHONUNBUFFERED="1")
+
+
+@dataclass
+class Job:
+    """A started worker: its folder (spec, status.json, worker.log) and process."""
+
+    id: str
+    kind: str
+    folder: Path
+    process: subprocess.Popen
+    spec: dict[str, Any]
+    started: float = field(default_factory=time.time)
+
+    @property
+    def status_file(self) -> Path:
+        return self.folder / "status.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "worker.log"
+
+
+class JobRunner:
+    """Starts workers in PROJECT/jobs/job-NNNN and reports on the current (or last) one."""
+
+    def __init__(self, folder: Path, argv: WorkerArgv = worker_argv, env: dict[str, str] | None = None) -> None:
+        self.folder = folder
+        self.argv = argv
+        self.env = env
+        self.job: Job | None = None
+        self._lock = threading.Lock()
+
+    def running(self) -> bool:
+        return self.job is not None and self.job.process.poll() is None
+
+    def start(self, kind: str, spec: dict[str, Any], prepare: Callable[[], dict[str, Any]] | None = None) -> Job:
+        """Start a worker, or refuse with Conflict while one runs. ``prepare`` (run under the same lock,
+        so two requests cannot both pass the check) returns more of the spec, e.g. the fit's data."""
+        with self._lock:
+            if self.running():
+                assert self.job is not None
+                raise Conflict(f"a {self.job.kind} is already running (started "
+                               f"{time.strftime('%H:%M:%S', time.localtime(self.job.started))}); wait until it "
+                               "finishes, then try again")
+            spec = {**spec, **(prepare() if prepare else {})}
+            folder = self._new_folder()
+            spec = {**spec, "kind": kind, "status": str(folder / "status.json")}
+            atomic_write_bytes(folder / "job.json", json.dumps(spec, indent=1).encode())
+            with open(folder / "worker.log", "ab") as log:
+                process = subprocess.Popen(self.argv(folder / "job.json"), stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=self.env if self.env is not None
+                                           else worker_env(), process_group=0)
+            self.job = Job(folder.name, kind, folder, process, spec)
+            return self.job
+
+    def _new_folder(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        numbers = [int(p.name[4:]) for p in self.folder.glob("job-*") if p.name[4:].isdigit()]
+        folder = self.folder / f"job-{max(numbers, default=0) + 1:04d}"
+        folder.mkdir()
+        return folder
+
+    def status(self) -> dict[str, Any]:
+        """What the page shows: state (idle, running, done, failed), phase, message, fit progress."""
+        job = self.job
+        if job is None:
+            return {"state": "idle"}
+        code = job.process.poll()
+        record = _read_json(job.status_file) or {}
+        out: dict[str, Any] = {"id": job.id, "kind": job.kind, "started": job.started,
+                               "phase": record.get("phase", "starting"), "message": record.get("message", ""),
+                               "cases_done": record.get("cases_done"), "cases_total": record.get("cases_total"),
+                               "log": str(job.log_file)}
+        if job.kind == "fit":
+            out.update(fit_progress(Path(job.spec["fit_dir"]) / "run", job.spec.get("steps")))
+        if code is None:
+            out["state"] = "running"
+        elif code == 0 and record.get("state") == "done":
+            out.update(state="done", result=record.get("result"))
+        else:
+            out.update(state="failed", error=record.get("error") or self._crash_message(job, code))
+        return out
+
+    def _crash_message(self, job: Job, code: int) -> str:
+        """A worker that died without saying why: its exit code (or signal) and its last log lines."""
+        how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit code {code}"
+        tail = _tail(job.log_file, LOG_TAIL_LINES)
+        return f"the {job.kind} worker {how}" + (f"; its log ends: {tail}" if tail else "") + \
+            f" (full log: {job.log_file}). Your labels are unchanged."
+
+    def stop(self) -> None:
+        """Stop a running worker and its children (the server is shutting down)."""
+        job = self.job
+        if job is None or job.process.poll() is not None:
+            return
+        try:
+            os.killpg(job.process.pid, signal.SIGTERM)
+            job.process.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(job.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def fit_progress(run: Path, steps: int | None) -> dict[str, Any]:
+    """Step, loss and the latest validation Dice from the run's fit_log.jsonl (the training loop's log)."""
+    from fewsam.runs import LOG
+
+    out: dict[str, Any] = {"steps": steps, "step": 0, "loss": None, "dice": None}
+    path = run / LOG
+    if not path.is_file():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if not isinstance(record, dict):
+            continue
+        if isinstance(record.get("validation"), dict):
+            out["dice"] = record["validation"].get("score")
+        elif "loss" in record:
+            out.update(step=record.get("step", out["step"]), loss=record["loss"])
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:] if line.strip())

@@ -1,0 +1,394 @@
+"""The studio's project folder: the user's labels, the fits made from them, predictions and exports.
+
+Everything the studio writes goes here, never into the dataset (which it only reads through
+``fewsam.data.open_dataset``, so every layout fewsam reads can be labelled)::
+
+    PROJECT/labelled.json            which slices of which case are labelled (and for which data)
+    PROJECT/labels/<rel_path>        studio labels per case, written by ``write_prediction``: the
+                                     dataset's own mask format (NIfTI on the image's grid for
+                                     volumes, PNG in the dataset's coding for 2D images, ...)
+    PROJECT/fits/fit-NNNN/data       the labelled slices as a dataset fewsam reads (a fit's input)
+    PROJECT/fits/fit-NNNN/run        the fitted run folder
+    PROJECT/latest_run.json          the newest finished fit (written by the worker)
+    PROJECT/predictions/fit-NNNN/    per predicted case: labels and per-slice predictive entropy
+    PROJECT/export/                  the labelled set in the dataset's format (``export``)
+    PROJECT/jobs/job-NNNN/           a background job's spec, status and log
+    PROJECT/studio.log               what the server did
+
+Every file is written atomically (``fewsam.atomic``): a crash leaves the old or the new file.
+A slice's label is written before the slice is marked labelled, so a crash between the two
+leaves an unmarked slice, never a marked slice without its label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewsam.atomic import atomic_write_bytes
+from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
+from fewsam.data.types import Case, ClassMap
+from fewsam.data.writers import prediction_path
+from fewsam.studio.errors import BadLabel, NotFound, StudioError
+
+STATE = "labelled.json"
+LABELS = "labels"
+FITS = "fits"
+PREDICTIONS = "predictions"
+EXPORT = "export"
+JOBS = "jobs"
+LATEST_RUN = "latest_run.json"
+LOG = "studio.log"
+EXPORT_MANIFEST = "labelled_slices.json"
+CACHED_CASES = 3  # whole volumes kept in memory for slice browsing (a CT can be hundreds of MB)
+
+
+def default_project(data: Path) -> Path:
+    """``<data>-studio`` beside the dataset: outside it, and easy to find."""
+    data = data.expanduser().resolve()
+    return data.parent / f"{data.name}-studio"
+
+
+def check_writable_folder(path: Path, option: str) -> None:
+    """``path`` is to be a folder the studio writes in: not a file, not under a file, writable.
+
+    The rule of ``fewsam.predict.check_folder_path``, kept here so that the server does not import
+    torch (which ``fewsam.predict`` does) just to check a path."""
+    path = path.expanduser()
+    if path.exists() and not path.is_dir():
+        raise StudioError(f"{option} {path} is a file; give a folder path")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise StudioError(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StudioError(f"{option} {path}: {existing} is read-only; give a writable {option} folder")
+
+
+def check_project_folder(project: Path, data: Path) -> None:
+    """The project must be a writable folder outside the dataset: labels never go into the user's data."""
+    check_writable_folder(project, "--project")
+    root, target = data.expanduser().resolve(), project.expanduser().resolve()
+    if target == root or root in target.parents:
+        raise StudioError(f"--project {project} lies inside the dataset {root}; the studio never writes "
+                          f"into the dataset: give a folder outside it (default {default_project(data)})")
+
+
+def case_key(case_id: str) -> str:
+    """A file-name-safe key for a case id (ids may hold '/' and spaces): a short hash."""
+    return hashlib.sha256(case_id.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One case's prediction from a fit: (D, H, W) label values and each slice's mean entropy."""
+
+    fit: str
+    labels: np.ndarray
+    entropy: np.ndarray
+
+
+def encode_prediction(case_id: str, fit: str, labels: np.ndarray, entropy: np.ndarray) -> bytes:
+    """The bytes of PROJECT/predictions/<fit>/<case_key>.npz (the worker writes them atomically)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, labels=labels.astype(np.uint8), entropy=entropy.astype(np.float32),
+                        case_id=np.array(case_id), fit=np.array(fit))
+    return buf.getvalue()
+
+
+class Project:
+    """The dataset (read-only) and the project folder (the studio's writes), safe across threads.
+
+    The server answers requests in a thread pool: every read-modify-write of labels holds
+    ``lock``, and whole cases are cached (a few, least recently used) so browsing slices does not
+    re-read a volume per slice.
+    """
+
+    def __init__(self, data: str | Path, folder: str | Path) -> None:
+        self.data = Path(data).expanduser().resolve()
+        self.folder = Path(folder).expanduser().resolve()
+        check_project_folder(self.folder, self.data)
+        self.dataset: IndexedDataset = open_dataset(self.data)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.class_map = self._class_map()
+        self.lock = threading.RLock()
+        self._cases: OrderedDict[str, Case] = OrderedDict()
+        self._slices: dict[str, int] = {}
+        self._labelled = self._read_state()
+
+    # --- the dataset -------------------------------------------------------------------------
+
+    def _class_map(self) -> ClassMap:
+        """The dataset's classes; a dataset without labels or class names takes PROJECT/classes.json."""
+        if self.dataset.class_map.names:
+            return self.dataset.class_map
+        path = self.folder / "classes.json"
+        if path.is_file():
+            return class_map_from_json(path)
+        raise StudioError(f"{self.data} names no classes (no label files, no classes.json); write the "
+                          f'classes to label into {path}, e.g. {{"1": "liver", "2": "tumour"}}')
+
+    def case_ids(self) -> list[str]:
+        return list(self.dataset.entries)
+
+    def check_case(self, case_id: str) -> None:
+        if case_id not in self.dataset.entries:
+            raise NotFound(f"no case {case_id!r} in {self.data}")
+
+    def num_slices(self, case_id: str) -> int:
+        """Slices of a case from its header (remembered: the case list asks for every case)."""
+        self.check_case(case_id)
+        if case_id not in self._slices:
+            self._slices[case_id] = self.dataset.num_slices(case_id)
+        return self._slices[case_id]
+
+    def check_slice(self, case_id: str, z: int) -> None:
+        n = self.num_slices(case_id)
+        if not 0 <= z < n:
+            raise NotFound(f"case {case_id} has {n} slice(s), numbered 0 to {n - 1}; there is no slice {z}")
+
+    def load_case(self, case_id: str) -> Case:
+        """The case's arrays, from a small least-recently-used memory cache."""
+        self.check_case(case_id)
+        with self.lock:
+            if case_id in self._cases:
+                self._cases.move_to_end(case_id)
+                return self._cases[case_id]
+        case = self.dataset.load(case_id)
+        with self.lock:
+            self._cases[case_id] = case
+            self._slices[case_id] = case.num_slices
+            while len(self._cases) > CACHED_CASES:
+                self._cases.popitem(last=False)
+        return case
+
+    def allowed_values(self) -> list[int]:
+        return [0, *self.class_map.labels]
+
+    # --- labels ------------------------------------------------------------------------------
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.folder / LABELS
+
+    def _read_state(self) -> dict[str, set[int]]:
+        """PROJECT/labelled.json; refuses a project made for another dataset (its labels would not fit)."""
+        path = self.folder / STATE
+        if not path.is_file():
+            return {}
+        try:
+            state = json.loads(path.read_text())
+            recorded = Path(state["data"])
+            slices = {str(c): {int(z) for z in zs} for c, zs in state["slices"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise StudioError(f"cannot read {path} ({err}); restore it, or give another --project") from None
+        if recorded != self.data:
+            raise StudioError(f"--project {self.folder} holds labels of {recorded}, not of {self.data}; "
+                              "give another --project for this dataset")
+        return {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
+
+    def _write_state(self) -> None:
+        state = {"data": str(self.data), "classes": self.class_map.to_json(),
+                 "slices": {c: sorted(zs) for c, zs in sorted(self._labelled.items(), key=lambda i: natural_key(i[0]))
+                            if zs}}
+        atomic_write_bytes(self.folder / STATE, json.dumps(state, indent=1).encode())
+
+    def labelled(self) -> dict[str, list[int]]:
+        """Labelled slices per case, cases in natural order."""
+        with self.lock:
+            return {c: sorted(zs) for c, zs in sorted(self._labelled.items(), key=lambda i: natural_key(i[0])) if zs}
+
+    def is_labelled(self, case_id: str, z: int) -> bool:
+        with self.lock:
+            return z in self._labelled.get(case_id, set())
+
+    def label_volume(self, case: Case) -> np.ndarray:
+        """The studio's (D, H, W) labels of a case; zeros where nothing was saved."""
+        shape = tuple(case.image.shape[:3])
+        if not prediction_path(case, self.labels_dir).is_file():
+            return np.zeros(shape, np.uint8)
+        return read_prediction(case, self.labels_dir, self.class_map)
+
+    def check_label(self, raw: bytes, case_id: str, z: int, height: int, width: int) -> np.ndarray:
+        """An uploaded slice label (H*W uint8 bytes, row-major) as (H, W), or a BadLabel that says why."""
+        case = self.load_case(case_id)
+        expected = tuple(case.image.shape[1:3])
+        if (height, width) != expected:
+            raise BadLabel(f"the label is {height}x{width} but slice {z} of {case_id} is "
+                           f"{expected[0]}x{expected[1]} (height x width); reload the slice")
+        if len(raw) != height * width:
+            raise BadLabel(f"the label holds {len(raw)} bytes; a {height}x{width} slice needs {height * width} "
+                           "(one class value per pixel)")
+        label = np.frombuffer(raw, dtype=np.uint8).reshape(height, width)
+        bad = sorted(set(np.unique(label).tolist()) - set(self.allowed_values()))
+        if bad:
+            known = ", ".join(f"{v} {n}" for v, n in [(0, "background"), *sorted(self.class_map.names.items())])
+            raise BadLabel(f"label values {bad} are not classes of this dataset ({known})")
+        return label
+
+    def save_slice(self, case_id: str, z: int, label: np.ndarray) -> None:
+        """Write a checked slice label into the case's label file, then mark the slice labelled."""
+        self.check_slice(case_id, z)
+        case = self.load_case(case_id)
+        with self.lock:
+            volume = self.label_volume(case)
+            volume[z] = label
+            write_prediction(case, volume, self.labels_dir)
+            self._labelled.setdefault(case_id, set()).add(z)
+            self._write_state()
+
+    def unmark(self, case_id: str, z: int) -> None:
+        """Take a slice out of the labelled set (its pixels stay in the label file, unused)."""
+        self.check_slice(case_id, z)
+        with self.lock:
+            self._labelled.get(case_id, set()).discard(z)
+            self._write_state()
+
+    def accept_prediction(self, case_id: str, z: int) -> None:
+        """The latest fit's prediction of a slice becomes its label (it joins the labelled set)."""
+        self.check_slice(case_id, z)
+        prediction = self.prediction(case_id)
+        if prediction is None:
+            raise NotFound(f"there is no prediction of {case_id} to accept; fit, or predict this case, first")
+        self.save_slice(case_id, z, prediction.labels[z])
+
+    # --- fits and predictions ----------------------------------------------------------------
+
+    def latest_run(self) -> dict[str, Any] | None:
+        """PROJECT/latest_run.json: the newest fit that finished, or None."""
+        path = self.folder / LATEST_RUN
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            return record if isinstance(record, dict) and "fit" in record and "run" in record else None
+        except (OSError, ValueError):
+            return None
+
+    def prediction_file(self, fit: str, case_id: str) -> Path:
+        return self.folder / PREDICTIONS / fit / f"{case_key(case_id)}.npz"
+
+    def prediction(self, case_id: str) -> Prediction | None:
+        """The latest fit's prediction of a case, if that fit predicted it."""
+        latest = self.latest_run()
+        if latest is None:
+            return None
+        path = self.prediction_file(latest["fit"], case_id)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return Prediction(latest["fit"], np.asarray(f["labels"]), np.asarray(f["entropy"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise StudioError(f"cannot read prediction {path} ({err}); predict this case again") from None
+
+    def predicted_cases(self) -> list[str]:
+        latest = self.latest_run()
+        if latest is None:
+            return []
+        return [c for c in self.case_ids() if self.prediction_file(latest["fit"], c).is_file()]
+
+    def suggest(self) -> dict[str, Any]:
+        """The unlabelled predicted slice with the highest mean predictive entropy (active learning):
+        where the model is least sure, a label teaches it most."""
+        best: tuple[float, str, int] | None = None
+        for case_id in self.predicted_cases():
+            prediction = self.prediction(case_id)
+            assert prediction is not None
+            for z, value in enumerate(prediction.entropy.tolist()):
+                if not self.is_labelled(case_id, z) and (best is None or value > best[0]):
+                    best = (value, case_id, z)
+        if best is None:
+            raise NotFound("nothing to suggest: fit first, or predict more cases (every predicted slice is "
+                           "labelled)")
+        return {"case": best[1], "z": best[2], "entropy": best[0]}
+
+    def next_fit_dir(self) -> Path:
+        """PROJECT/fits/fit-NNNN, one past the highest there: every fit gets a fresh run folder."""
+        fits = self.folder / FITS
+        numbers = [int(p.name[4:]) for p in fits.glob("fit-*") if p.name[4:].isdigit()] if fits.is_dir() else []
+        path = fits / f"fit-{max(numbers, default=0) + 1:04d}"
+        path.mkdir(parents=True)
+        return path
+
+    def write_fit_dataset(self, folder: Path) -> int:
+        """The labelled slices as a dataset the fit reads; returns how many slices it holds.
+
+        Refuses (before any worker starts) an empty labelled set or one missing a class: the
+        few-shot prompt bank needs pixels of every class."""
+        from fewsam.studio.fitdata import write_fit_dataset
+
+        with self.lock:
+            labelled = self.labelled()
+            if not labelled:
+                raise StudioError("no slice is labelled yet; paint each class on a slice and save it, then fit")
+            slices = [(case_id, z, self.label_volume(self.load_case(case_id))[z])
+                      for case_id, zs in labelled.items() for z in zs]
+        missing = set(self.class_map.labels) - {int(v) for _, _, lab in slices for v in np.unique(lab)}
+        if missing:
+            names = ", ".join(self.class_map.names[v] for v in sorted(missing))
+            raise StudioError(f"no labelled slice shows class {names}; paint it on at least one slice, then fit")
+        return write_fit_dataset(folder, [(self.load_case(c), z, lab) for c, z, lab in slices], self.class_map)
+
+    # --- export ------------------------------------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """PROJECT/export: each labelled case's labels in the dataset's own format and geometry (NIfTI
+        with the image's affine and header, PNG in the dataset's mask coding, ...), unlabelled slices 0,
+        and labelled_slices.json saying which slices hold labels. Replaces the previous export whole."""
+        labelled = self.labelled()
+        if not labelled:
+            raise StudioError("no slice is labelled yet; nothing to export")
+        target = self.folder / EXPORT
+        staging = self.folder / f".{EXPORT}.partial-{secrets.token_hex(4)}"
+        try:
+            files = self._write_export(staging, labelled)
+            _swap_in(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return {"folder": str(target), "cases": len(files), "slices": sum(map(len, labelled.values())),
+                "files": files}
+
+    def _write_export(self, folder: Path, labelled: dict[str, list[int]]) -> list[str]:
+        files, cases = [], {}
+        for case_id, zs in labelled.items():
+            case = self.load_case(case_id)
+            with self.lock:
+                volume = self.label_volume(case)
+            keep = np.zeros(volume.shape[0], bool)
+            keep[zs] = True
+            volume[~keep] = 0
+            rel = write_prediction(case, volume, folder).relative_to(folder).as_posix()
+            files.append(rel)
+            cases[case_id] = {"file": rel, "slices": zs}
+        manifest = {"data": str(self.data), "classes": self.class_map.to_json(), "cases": cases,
+                    "note": "slices not listed are unlabelled (stored as 0), not background"}
+        atomic_write_bytes(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=1).encode())
+        return files
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Put a finished folder in place of ``target``: the old one is moved aside, then removed."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["Prediction", "Project", "case_key", "check_project_folder", "check_writable_folder", "default_project",
+           "encode_prediction"]

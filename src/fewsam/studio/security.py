@@ -1,0 +1,91 @@
+"""Who may talk to the studio: checked on every request before any endpoint runs.
+
+- Bound to a loopback address (the default, 127.0.0.1): only this machine can connect, and the
+  Host header must name a loopback host, so a web page elsewhere cannot reach the studio by DNS
+  rebinding (a name that resolves to 127.0.0.1).
+- Bound to anything else (``--host 0.0.0.0``): every request must carry the random token printed
+  at start, in the ``X-Fewsam-Token`` header or the ``token`` query parameter.
+- Any binding: a request that changes something and comes from another origin (a foreign page's
+  form or script) is refused, and a body larger than the cap is refused from its Content-Length
+  before it is read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+
+TOKEN_HEADER = "x-fewsam-token"
+TOKEN_QUERY = "token"
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the studio on this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def new_token() -> str:
+    """A random token for a non-loopback binding (printed at start, never written to the log)."""
+    return secrets.token_urlsafe(24)
+
+
+def human_size(size: int) -> str:
+    """A byte count as the cap is stated to the user: MiB when it is whole MiB, else bytes."""
+    return f"{size // 2**20} MiB" if size >= 2**20 and size % 2**20 == 0 else f"{size} bytes"
+
+
+def host_name(header: str | None) -> str:
+    """The host part of a Host header ("127.0.0.1:8765", "[::1]:8765", "localhost")."""
+    if not header:
+        return ""
+    return (urlsplit(f"//{header}").hostname or "").lower()
+
+
+class Guard:
+    """The per-request checks, as a FastAPI HTTP middleware."""
+
+    def __init__(self, bound_host: str, token: str | None, max_upload: int) -> None:
+        self.loopback = is_loopback(bound_host)
+        self.token = token
+        self.max_upload = max_upload
+        if not self.loopback and not token:
+            raise ValueError(f"binding {bound_host} (not loopback) needs a token")
+
+    async def __call__(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        refusal = self.refusal(request)
+        if refusal is not None:
+            return JSONResponse({"detail": refusal[1]}, status_code=refusal[0])
+        return await call_next(request)
+
+    def refusal(self, request: Request) -> tuple[int, str] | None:
+        """(status, message) when the request must be refused, else None."""
+        host = request.headers.get("host")
+        if self.loopback and not is_loopback(host_name(host)):
+            return 403, (f"this studio answers only on this machine (Host {host!r} is not a loopback name); "
+                         "open the address printed at start")
+        if self.token and not self._has_token(request):
+            return 401, "this studio needs its token: open the address printed at start (it ends in ?token=...)"
+        origin = request.headers.get("origin")
+        if request.method not in SAFE_METHODS and origin and urlsplit(origin).netloc.lower() != (host or "").lower():
+            return 403, f"requests from another site ({origin}) may not change the studio"
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_upload:
+            return 413, f"the upload is larger than the studio's cap of {human_size(self.max_upload)}"
+        return None
+
+    def _has_token(self, request: Request) -> bool:
+        given = request.headers.get(TOKEN_HEADER) or request.query_params.get(TOKEN_QUERY) or ""
+        return secrets.compare_digest(given.encode(), (self.token or "").encode())
