@@ -36,9 +36,14 @@ SAMATCH = samatch.SamMatchConfig(unlabeled_batch=4, unlabeled_limit=4, warmup_st
 
 
 def host() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"torch": torch.__version__, "cpu": cpu, "machine": platform.machine()}
+    """What decides the rounding: torch, the CPU, and its widest vector unit (one model name, e.g.
+    "AMD EPYC", covers virtual CPUs with and without AVX-512, whose kernels round differently)."""
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+               platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
+    isa = next((name for name in ("amx_bf16", "avx512f", "avx2") if name in flags), "other")
+    return {"torch": torch.__version__, "cpu": cpu, "machine": platform.machine(), "isa": isa}
 
 
 def weights_digest(folder: Path) -> tuple[str, dict[str, float]]:
@@ -64,16 +69,16 @@ def run_fits(root: Path) -> dict[str, dict]:
 
     torch.set_num_threads(1)
     data = write_phantom_dataset(root / "data", n_train=4, n_val=2, slices=6, seed=1)
-    ctx = context(data, root, n_slices=3)
+    ctx = context(data, root, n_slices=3, precision="fp32")  # the reference path the digests hold
     (root / "fs").mkdir()
     fewshot.fit(ctx, FEWSHOT, root / "fs")
-    predictor = fewshot.FewShotPredictor(root / "fs", ctx.model)
+    predictor = fewshot.FewShotPredictor(root / "fs", ctx.model, acceleration=ctx.acceleration)
     cases = [ctx.dataset.load(c) for c in ctx.val_ids]
     preds = [predictor.predict_case(case, embed_case(case, ctx.cache)) for case in cases]
     digest, sums = weights_digest(root / "fs")
     out = {"fewshot": {"weights": digest, "sums": sums, "predictions": arrays_digest(preds)}}
 
-    ctx = context(data, root, n_cases=1)
+    ctx = context(data, root, n_cases=1, precision="fp32")
     config = {"method": "samatch", "model": "tinysam", "class_map": ctx.class_map.to_json(), "values": ctx.values,
               "samatch": asdict(SAMATCH), **SAMATCH.derived_record(0)}
     run, _ = prepare_run_dir(root / "sm", config)

@@ -94,8 +94,9 @@ def test_fewshot_end_to_end_on_a_phantom(tmp_path):
 
     data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
     runner = CliRunner()
+    fp32 = ["--precision", "fp32"]  # the reference: no encoder conversion for a four-step fit
     fit = ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--views", "2", "--steps", "4",
-           "--val-every", "2", "--batch-size", "2", "--cache", str(tmp_path / "cache"), "--quiet"]
+           "--val-every", "2", "--batch-size", "2", "--cache", str(tmp_path / "cache"), "--quiet", *fp32]
     for name in ("run_a", "run_b"):
         result = runner.invoke(app, fit + ["--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
@@ -107,7 +108,7 @@ def test_fewshot_end_to_end_on_a_phantom(tmp_path):
 
     pred = tmp_path / "pred"
     result = runner.invoke(app, ["predict", str(tmp_path / "run_a"), "--data", str(data), "--split", "val",
-                                 "--out", str(pred), "--cache", str(tmp_path / "cache"), "--quiet"])
+                                 "--out", str(pred), "--cache", str(tmp_path / "cache"), "--quiet", *fp32])
     assert result.exit_code == 0, result.output
     written = nib.load(pred / "phantom_002.nii.gz")
     source = nib.load(data / "labelsTr" / "phantom_002.nii.gz")

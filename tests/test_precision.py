@@ -1,43 +1,89 @@
-"""The encoder's precision: chosen per host (both branches forced here), never mixed in the
-cache, and bf16 embeddings of real slices that stay within cosine 0.999 of the fp32 reference."""
+"""The precision: chosen per host (every branch forced here), never mixed in the cache, bf16
+embeddings of real slices within cosine 0.999 of the fp32 reference, and the trained modules'
+fast paths (channels-last student, bf16 autocast) close to the reference they replace."""
 
 from __future__ import annotations
+
+import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from fewsam.cache import EmbeddingCache
-from fewsam.config import ConfigError
+from fewsam.config import DEFAULT_PRECISION, ConfigError, FitOptions
+from fewsam.models import precision
+from fewsam.models.acceleration import (BF16_AUTOCAST, FP32_FAST, REFERENCE, acceleration_of_run, prepare_decoder,
+                                        prepare_student, resolve_acceleration)
 from fewsam.models.precision import FP32, EncoderPrecision, cpu_flags, openvino_available, resolve_precision
-from test_supervised import tiny_sam
+from test_supervised import TINY, TINY_STUDENT, context, tiny_sam
 
 WITH_BF16 = frozenset({"avx512f", "avx512_bf16"})
 WITHOUT_BF16 = frozenset({"avx2", "fma"})
 OPENVINO_BF16 = EncoderPrecision("bf16", "openvino", "test")
 
 
+@pytest.fixture
+def notes(monkeypatch, caplog):
+    """fewsam's notes of this test alone: what each process says once is said again here."""
+    monkeypatch.setattr(precision, "_said", set())
+    caplog.set_level("INFO", logger="fewsam")
+    return caplog
+
+
+def test_auto_is_the_default_of_every_command():
+    import inspect
+
+    from fewsam import api, cli, predict
+
+    assert DEFAULT_PRECISION == "auto" and FitOptions(run="r").precision == "auto"
+    assert cli.PrecisionOpt.default == "auto"  # embed and predict share fit's option
+    for fn in (api.embed_dataset, predict.predict):
+        assert inspect.signature(fn).parameters["precision"].default == "auto"
+
+
 def test_bf16_is_refused_on_a_cpu_without_bf16_instructions():
     with pytest.raises(ConfigError, match="needs a CPU with bf16 instructions"):
         resolve_precision("bf16-openvino", "cpu", WITHOUT_BF16)
+    with pytest.raises(ConfigError, match="needs a CPU with bf16 instructions"):
+        resolve_acceleration("bf16-openvino", "cpu", WITHOUT_BF16)
 
 
-def test_auto_without_openvino_stays_on_the_reference_and_says_so(monkeypatch, caplog):
-    from fewsam.models import precision
-
-    caplog.set_level("INFO", logger="fewsam")
-    monkeypatch.setattr(precision, "openvino_available", lambda: False)
-    assert resolve_precision("auto", "cpu", WITH_BF16) == FP32 and "OpenVINO is not installed" in caplog.text
-    with pytest.raises(ConfigError, match="needs OpenVINO"):
+def test_auto_without_openvino_falls_back_to_the_reference_and_says_so_once(monkeypatch, notes):
+    monkeypatch.setattr(precision, "openvino_problem", lambda: "OpenVINO is not installed (pip install openvino)")
+    for flags in (WITHOUT_BF16, WITHOUT_BF16, WITH_BF16):  # embed, fit and predict each resolve it
+        assert resolve_precision("auto", "cpu", flags) == FP32
+    said = [r.getMessage() for r in notes.records]
+    assert said == ["encoder in fp32 with PyTorch: OpenVINO is not installed (pip install openvino)"]
+    with pytest.raises(ConfigError, match="needs OpenVINO: OpenVINO is not installed"):
         resolve_precision("fp32-openvino", "cpu", WITH_BF16)
 
 
+def test_a_broken_openvino_counts_as_not_loading(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "openvino":
+            raise OSError("libopenvino.so.2026: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    assert precision.openvino_problem() == "OpenVINO does not load (libopenvino.so.2026: cannot open shared object file)"
+
+
 @pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed")
-def test_auto_compiles_the_encoder_in_fp32_with_or_without_bf16_instructions():
-    for flags in (WITH_BF16, WITHOUT_BF16):
-        chosen = resolve_precision("auto", "cpu", flags)
+def test_auto_compiles_the_encoder_in_fp32_and_says_why_not_bf16(notes):
+    without = resolve_precision("auto", "cpu", WITHOUT_BF16)
+    with_bf16 = resolve_precision("auto", "cpu", WITH_BF16)
+    for chosen in (without, with_bf16):
         assert (chosen.name, chosen.backend, chosen.signature) == ("fp32", "openvino", "openvino-fp32")
+    assert "this CPU has no bf16 instructions" in without.reason
+    assert "below the 0.999 bar" in with_bf16.reason and "--precision bf16-openvino" in with_bf16.reason
     assert resolve_precision("bf16-openvino", "cpu", WITH_BF16).signature == "openvino-bf16"
+    assert len(notes.records) == 3
 
 
 def test_fp32_is_the_reference_and_other_devices_stay_on_it():
@@ -45,6 +91,120 @@ def test_fp32_is_the_reference_and_other_devices_stay_on_it():
     assert resolve_precision("auto", "cuda", WITH_BF16).backend == "torch"
     with pytest.raises(ConfigError, match="--precision must be auto, fp32, fp32-openvino or bf16-openvino"):
         resolve_precision("fp16", "cpu", WITH_BF16)
+
+
+def test_the_trained_modules_path_per_precision_device_and_cpu():
+    assert resolve_acceleration("fp32", "cpu", WITH_BF16) == REFERENCE
+    for requested in ("auto", "fp32-openvino"):
+        for flags in (WITH_BF16, WITHOUT_BF16):  # bf16 is never chosen by default: it is opt-in
+            assert resolve_acceleration(requested, "cpu", flags) == FP32_FAST
+    assert resolve_acceleration("bf16-openvino", "cpu", WITH_BF16) == BF16_AUTOCAST
+    for requested in ("auto", "bf16-openvino"):
+        assert resolve_acceleration(requested, "cuda:0", WITH_BF16) == REFERENCE
+    with pytest.raises(ConfigError, match="--precision must be"):
+        resolve_acceleration("fp16", "cpu", WITH_BF16)
+
+
+def test_a_run_predicts_on_the_path_it_trained_on_where_this_host_can(notes):
+    assert acceleration_of_run({}) == REFERENCE  # fp32 runs record no path
+    assert acceleration_of_run({"acceleration": FP32_FAST.name}, "cpu", WITHOUT_BF16) == FP32_FAST
+    assert acceleration_of_run({"acceleration": BF16_AUTOCAST.name}, "cpu", WITH_BF16) == BF16_AUTOCAST
+    assert acceleration_of_run({"acceleration": BF16_AUTOCAST.name}, "cpu", WITHOUT_BF16) == FP32_FAST
+    assert "no bf16 instructions: predicting in fp32" in notes.text
+    assert acceleration_of_run({"acceleration": FP32_FAST.name}, "cuda") == REFERENCE
+
+
+def _student_steps(acceleration, steps: int = 4) -> tuple[list[float], torch.nn.Module]:
+    """Losses of a few seeded AdamW steps of the tiny U-Net on ``acceleration``'s path, and the module."""
+    from fewsam.losses import dice_ce_loss
+    from fewsam.methods.student import build_unet
+
+    torch.manual_seed(0)
+    module = prepare_student(build_unet(TINY, 4), acceleration)
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.rand(4, 1, 64, 64, generator=generator), torch.randint(0, 4, (4, 64, 64), generator=generator)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        loss = dice_ce_loss(module(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses, module
+
+
+def test_the_channels_last_student_computes_and_trains_as_the_reference_does():
+    from fewsam.methods.student import build_unet
+
+    torch.manual_seed(0)
+    ref = build_unet(TINY, 4)
+    fast = prepare_student(build_unet(TINY, 4), FP32_FAST)
+    fast.load_state_dict(ref.state_dict())
+    assert fast.model[0].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)  # one pass: fp32 rounding only
+    ref_losses, ref_module = _student_steps(REFERENCE)
+    fast_losses, fast_module = _student_steps(FP32_FAST)
+    assert ref_module.state_dict().keys() == fast_module.state_dict().keys()  # checkpoints load on either path
+    np.testing.assert_allclose(fast_losses, ref_losses, rtol=1e-4)
+
+
+def test_bf16_autocast_runs_the_modules_in_bf16_and_hands_back_fp32():
+    """Runs on any CPU (emulated where there are no bf16 instructions): the branch a bf16 host takes."""
+    from fewsam.methods.fewshot import PrototypeDecoder
+    from fewsam.methods.student import build_unet
+
+    seen = []
+    losses, _ = _student_steps(REFERENCE, steps=1)
+    bf16_losses, trained = _student_steps(BF16_AUTOCAST, steps=1)
+    assert all(v.dtype == torch.float32 for v in trained.state_dict().values() if v.is_floating_point())
+    assert bf16_losses[0] == pytest.approx(losses[0], rel=2e-2) and bf16_losses[0] != losses[0]
+    student = prepare_student(build_unet(TINY, 4), BF16_AUTOCAST)
+    student.model[0].conv.unit0.conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    assert student(torch.rand(2, 1, 64, 64)).dtype == torch.float32 and seen == [torch.bfloat16]
+    decoder = prepare_decoder(PrototypeDecoder(tiny_sam(), 4), BF16_AUTOCAST)
+    decoder.mask_decoder.output_upscaling[0].register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    logits = decoder(torch.rand(2, 256, 64, 64), torch.rand(4, 1, 256))
+    assert logits.dtype == torch.float32 and seen[-1] == torch.bfloat16
+    logits.sum().backward()
+    assert decoder.query_embed.grad is not None and decoder.query_embed.grad.dtype == torch.float32
+    assert not torch.is_autocast_enabled("cpu")  # the hooks leave no autocast behind
+
+
+def test_a_fast_supervised_fit_matches_the_reference_and_records_its_path(tmp_path):
+    """A short phantom fit on both paths: the same loss curve up to rounding and predictions that
+    agree but for pixels at class borders; the fast run records its path (so that predict and a
+    resume use it), the reference records none.
+
+    Weights are not compared: the convolution biases before batch norm have a zero gradient up to
+    rounding, which AdamW scales up to lr-sized steps whatever the path (the reference on 1 vs 2
+    threads differs as much as it differs from channels-last: docs/results.md, section 4.1)."""
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.methods import supervised
+    from fewsam.methods.student import StudentPredictor
+    from fewsam.runs import LOG, prepare_run_dir
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=3, seed=1)
+    cfg = supervised.SupervisedConfig(steps=6, val_every=3, **{**TINY_STUDENT, "batch_size": 2})
+    runs = {}
+    for acceleration in (REFERENCE, FP32_FAST):
+        ctx = replace(context(data, tmp_path / acceleration.name, n_cases=1), acceleration=acceleration)
+        record = {"method": "supervised", "values": ctx.values, **cfg.derived_record(0),
+                  **({} if acceleration == REFERENCE else {"acceleration": acceleration.name})}
+        run, _ = prepare_run_dir(tmp_path / acceleration.name / "run", record)
+        supervised.fit(ctx, cfg, run)
+        runs[acceleration] = run
+    losses = {a: [r["loss"] for r in map(json.loads, (run / LOG).read_text().splitlines()) if "loss" in r]
+              for a, run in runs.items()}
+    assert len(losses[REFERENCE]) == 6 and losses[REFERENCE] != losses[FP32_FAST]  # other kernels ran
+    np.testing.assert_allclose(losses[FP32_FAST], losses[REFERENCE], rtol=1e-4)
+    reference, fast = StudentPredictor(runs[REFERENCE]), StudentPredictor(runs[FP32_FAST])
+    assert fast.module.model[0].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert reference.module.model[0].conv.unit0.conv.weight.is_contiguous()
+    case = ctx.dataset.load(ctx.val_ids[0])
+    agree = float(np.mean(reference.predict_case(case) == fast.predict_case(case)))
+    assert agree >= 0.97, agree
 
 
 @pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed")

@@ -314,7 +314,7 @@ def _fit(phantom, tmp_path, run="run"):
     from fewsam.methods.fewshot import FewShotConfig
 
     options = FitOptions(data=phantom, run=tmp_path / run, labeled_slices=2, cache=str(tmp_path / "cache"),
-                         show_progress=False)
+                         show_progress=False, precision="fp32")  # the reference: no encoder conversion per test
     return fit("fewshot", options, FewShotConfig(steps=2, val_every=2, views=1, batch_size=2))
 
 

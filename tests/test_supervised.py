@@ -13,6 +13,8 @@ from fewsam.labels import value_lut
 from fewsam.methods import supervised
 from fewsam.methods.student import (StudentConfig, build_unet, random_affine, student_image, student_label,
                                     validate_student, warp, warp_labels)
+from fewsam.models.acceleration import resolve_acceleration
+from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import _assemble
 from fewsam.models.sam import Preprocessing
 from fewsam.predict import predict
@@ -44,13 +46,15 @@ def phantom(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("phantom"), n_train=4, n_val=2, slices=6, seed=1)
 
 
-def context(data, tmp_path, n_cases=None, n_slices=None):
-    """A fit's context on ``data`` with the tiny SAM; the labelled budget when one is given."""
+def context(data, tmp_path, n_cases=None, n_slices=None, precision="fp32"):
+    """A fit's context on ``data`` with the tiny SAM; the labelled budget when one is given.
+    ``precision`` as --precision names it: fp32, the reference, converts no encoder per test."""
     dataset = open_dataset(data)
     model = tiny_sam()
     labelled = select_labelled(dataset, n_cases=n_cases, n_slices=n_slices) if n_cases or n_slices else []
-    return FitContext(dataset, model, EmbeddingCache(tmp_path / "cache", model), "cpu", show_progress=False,
-                      labelled=labelled, val_ids=dataset.split("val"))
+    cache = EmbeddingCache(tmp_path / "cache", model, resolve_precision(precision))
+    return FitContext(dataset, model, cache, "cpu", show_progress=False, labelled=labelled,
+                      val_ids=dataset.split("val"), acceleration=resolve_acceleration(precision))
 
 
 def test_student_frame_roundtrip():

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from fewsam.cache import EmbeddingCache
-from fewsam.config import DEFAULT_CACHE, Config, FitOptions
+from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions
 from fewsam.data import open_dataset
+from fewsam.distributed import ddp
 from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError
 from fewsam.fitting import open_fit, run_record
@@ -24,7 +25,6 @@ from fewsam.methods import Method, get_method
 from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import predict
-from fewsam.runs import RunFolder
 from fewsam.train import TrainResult
 
 __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
@@ -32,12 +32,19 @@ __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
 
 def embed_dataset(data: str | Path, split: str | None = None, model_name: str = "litemedsam",
                   checkpoint: str | Path | None = None, cache_root: str = DEFAULT_CACHE, device: str = "cpu",
-                  show_progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
-    """Fill the cache for every case of ``split`` (all splits when None). Returns hit/miss counts."""
+                  show_progress: bool = True, precision: str = DEFAULT_PRECISION, ray: str | None = None,
+                  ray_workers: int | None = None) -> dict[str, Any]:
+    """Fill the cache for every case of ``split`` (all splits when None). Returns hit/miss counts.
+    ``ray``: on the Ray cluster at that address, ``ray_workers`` workers (default: one per CPU), into
+    the same cache (``fewsam.distributed.ray_jobs``)."""
     dataset = open_dataset(data)
     model = load_model(model_name, checkpoint, device=device)
     cache = EmbeddingCache(cache_root, model, resolve_precision(precision, device))
     ids = dataset.split(split) if split else _all_case_ids(dataset)
+    if ray is not None:
+        from fewsam.distributed.ray_jobs import embed_cases_on_ray
+
+        return embed_cases_on_ray(ray, data, ids, cache, checkpoint, device, ray_workers, show_progress)
     embed_cases(dataset, ids, cache, device, show_progress)
     return {"cases": len(ids), "encoded": cache.misses, "cache_hits": cache.hits, "cache": str(cache.dir),
             "precision": cache.precision.name}
@@ -60,20 +67,23 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     cfg = spec.config() if config is None else config
     if type(cfg) is not spec.config:
         raise FewsamError(f"{method} takes a {spec.config.__name__}, not a {type(cfg).__name__}")
-    if spec.fit is None:
-        return _record_only(spec, options, cfg)
-    with RunFolder(options.run) as folder:  # locked before the data is opened: a second fit is refused at once
-        ctx = open_fit(options, spec.needs_sam(cfg))
-        run_dir = folder.prepare({"method": spec.name, **run_record(options, ctx), spec.name: asdict(cfg),
-                                  **cfg.derived_record(options.seed)})
-        if ctx.fair is not None:
-            ctx.fair.save(run_dir)
-        return spec.fit(ctx, cfg, run_dir)
+    with ddp.distributed_fit(options) as options:  # under torchrun: this rank's device, the process group
+        if spec.fit is None:
+            return _record_only(spec, options, cfg)
+        # Locked before the data is opened: a second fit is refused at once (under torchrun rank 0
+        # owns the folder and the other ranks use it once prepared).
+        with ddp.run_folder(options.run) as folder:
+            ctx = open_fit(options, spec.needs_sam(cfg))
+            run_dir = folder.prepare({"method": spec.name, **run_record(options, ctx), spec.name: asdict(cfg),
+                                      **cfg.derived_record(options.seed)})
+            if ctx.fair is not None and ddp.is_main():
+                ctx.fair.save(run_dir)
+            return spec.fit(ctx, cfg, run_dir)
 
 
 def _record_only(spec: Method, options: FitOptions, cfg: Config) -> TrainResult:
     """A method with nothing to train (zero-shot SAM): the run folder records model and config."""
-    with RunFolder(options.run) as folder:
+    with ddp.run_folder(options.run) as folder:
         model = load_model(options.model, options.checkpoint)
         folder.prepare({
             "method": spec.name,

@@ -93,6 +93,14 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(manifest, json.dumps(self.signature, indent=2).encode())
 
+    def prepare_encoder(self) -> None:
+        """Compile the encoder now if its backend needs it (OpenVINO converts it once per cache root and
+        keeps the IR beside the cache), so that workers started afterwards read the IR instead of each
+        converting it at the same time."""
+        if self.precision.backend != "torch":
+            size = self.model.image_size
+            self._encoder(torch.zeros(1, 3, size, size))
+
     def path_for(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npz"
 

@@ -51,6 +51,12 @@ DeviceOpt = shared_option("device")
 DataOpt = shared_option("data")
 PrecisionOpt = shared_option("precision")
 QuietOpt = typer.Option(False, "--quiet", help="No progress bars (or progress lines, when not on a terminal).")
+RayOpt = typer.Option(None, "--ray", help=default_is(
+    "Spread the cases over a Ray cluster: auto (the one `ray start` made here), local (a new one on this "
+    "machine) or HOST:PORT. The cache, data (and run, --out) must be on a filesystem every node mounts. "
+    "Needs pip install 'fewsam\\[ray]'.", "off, this process alone"))
+RayWorkersOpt = typer.Option(None, "--ray-workers", min=1, help=default_is(
+    "Ray workers (one CPU each, one GPU with --device cuda).", "one per CPU (GPU) of the cluster"))
 SplitHelp = default_is("List file relative to DATA, or train|val|test.", DEFAULT_SPLIT)
 DEFAULT_BINS_SPEC = " and ".join(f"{b.column}:{','.join(f'{e:g}' for e in b.edges)}" for b in DEFAULT_BINS.values())
 
@@ -147,6 +153,8 @@ def embed(
     cache: str = CacheOpt,
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
+    ray: Optional[str] = RayOpt,
+    ray_workers: Optional[int] = RayWorkersOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Fill the embedding cache for a dataset (resumable: finished slices are never re-encoded)."""
@@ -154,14 +162,27 @@ def embed(
 
     check_device(device)
     check_cache(cache)
-    stats = embed_dataset(data, split, model, checkpoint, cache, device, show_progress=not quiet, precision=precision)
+    check_ray(ray, ray_workers)
+    stats = embed_dataset(data, split, model, checkpoint, cache, device, show_progress=not quiet, precision=precision,
+                          ray=ray, ray_workers=ray_workers)
     out.print(json.dumps(stats))
 
 
+def check_ray(ray: str | None, workers: int | None) -> None:
+    """--ray-workers sizes a Ray job: without --ray it would be silently ignored."""
+    if workers is not None and ray is None:
+        raise FewsamError("--ray-workers needs --ray (auto, local or the cluster's HOST:PORT)")
+
+
 def _report_fit(result, run: Path) -> None:
-    """The fit's outcome, with the command's wall time and peak memory (the figures a user plans by)."""
+    """The fit's outcome, with the command's wall time and peak memory (the figures a user plans by);
+    under torchrun from rank 0 alone."""
     import resource
 
+    from fewsam.distributed import launched_rank
+
+    if launched_rank() != 0:
+        return
     if result.steps_run == 0:
         out.print(f"recorded the run in {run} (nothing to train)")
         return
@@ -245,6 +266,8 @@ def predict(
     cache: str = CacheOpt,
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
+    ray: Optional[str] = RayOpt,
+    ray_workers: Optional[int] = RayWorkersOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Write one prediction per case, in the case's own format, mirroring its relative path."""
@@ -253,9 +276,10 @@ def predict(
     if refine_with_sam and refine_if_better:
         raise FewsamError("choose one: --refine-with-sam (always) or --refine-if-better (decided on validation)")
     check_device(device)
+    check_ray(ray, ray_workers)
     refine = "always" if refine_with_sam else "if-better" if refine_if_better else "never"
     written = run_predict(run, data, pred, split, cache, device, overwrite, show_progress=not quiet, refine=refine,
-                          precision=precision)
+                          precision=precision, ray=ray, ray_workers=ray_workers)
     if refine_if_better:
         _print_refinement_choice(run)
     out.print(f"wrote {len(written)} predictions to {pred}")
@@ -349,7 +373,8 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the figures as JSON here.",
                                                                             "not written")),
 ) -> None:
-    """Measure encoder s/slice, cache-hit s/slice and decoder step/inference times on this machine."""
+    """Measure the default precision against --precision fp32 side by side (encoder s/slice, decoder and
+    student training steps, peak memory), and cache-hit, inference and fit times, on this machine."""
     from fewsam.bench import run_bench
     from fewsam.runs import write_json
 
@@ -391,6 +416,27 @@ def info(
     if json_out:
         write_json(json_out, result)
     out.print(describe(result), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def studio(
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder to label (any layout fewsam reads)."),
+    project: Optional[Path] = typer.Option(None, "--project", help=default_is(
+        "Folder for the labels, fits, predictions and exports (never inside the dataset).",
+        "DATA-studio beside the dataset; with --demo, fewsam_studio_demo")),
+    port: int = typer.Option(8765, "--port", help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any non-loopback address (e.g. "
+                                                         "0.0.0.0) requires the random token printed at start."),
+    demo: bool = typer.Option(False, "--demo", help="Label a generated cardiac phantom (written into the project)."),
+    device: str = DeviceOpt,
+    cache: str = CacheOpt,
+) -> None:
+    """Label the few shots in a browser, fit, see predictions, correct, repeat (a local web app)."""
+    from fewsam.studio.server import run_studio
+
+    if device != "cpu":  # cpu is always there; checking costs a torch import the server otherwise avoids
+        check_device(device)
+    run_studio(data, project, host=host, port=port, demo=demo, device=device, cache=cache)
 
 
 def _print_summary(result: dict) -> None:
@@ -438,6 +484,14 @@ def _tune_allocator() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "fewsam", *sys.argv[1:]], env)
 
 
+def _sleep_idle_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (before torch loads: libgomp reads this
+    once). fewsam's CPU jobs often share a machine with other jobs; spinning threads then take cores
+    from the busy ones (the student's and decoder's steps measured faster under load, docs/results.md,
+    section 4.1). OMP_WAIT_POLICY set by the user wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _show_notes() -> None:
     """fewsam's notes (e.g. which encoder precision this host gets) as plain lines on stdout."""
     handler = logging.StreamHandler(sys.stdout)
@@ -449,6 +503,7 @@ def _show_notes() -> None:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    _sleep_idle_threads()
     _tune_allocator()
     _show_notes()
     try:

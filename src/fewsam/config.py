@@ -19,10 +19,12 @@ from typing import Any, Sequence
 from fewsam.errors import DataError, FewsamError
 
 DEFAULT_CACHE = "~/.cache/fewsam"  # the embedding cache, shared by every command
-PRECISIONS = ("auto", "fp32", "fp32-openvino", "bf16-openvino")  # the encoder's (``fewsam.models.precision``)
-PRECISION_HELP = ("Encoder: fp32 (PyTorch, the reference), fp32-openvino (compiled: ~1.3x, cosine 1.0000 to fp32), "
-                  "bf16-openvino (~2.4x on CPUs with avx512_bf16 / amx_bf16; cosine ~0.9987 to fp32), or auto "
-                  "(fp32-openvino where OpenVINO is installed, else fp32).")
+PRECISIONS = ("auto", "fp32", "fp32-openvino", "bf16-openvino")  # ``fewsam.models.precision``, ``.acceleration``
+DEFAULT_PRECISION = "auto"  # the fastest choice within cosine 0.999 (encoder) and Dice 0.005 (end to end) of fp32
+PRECISION_HELP = ("auto: fp32-openvino where OpenVINO loads, else fp32 (it says which, once). fp32: PyTorch, the "
+                  "exact reference (bit-identical runs). fp32-openvino: encoder compiled, 1.3-1.7x, cosine 1.0000 to "
+                  "fp32; the U-Net student in channels-last layout. bf16-openvino (CPUs with avx512_bf16 / amx_bf16): "
+                  "encoder ~2.4x but cosine ~0.9987; decoder and student under bf16 autocast.")
 
 
 class ConfigError(FewsamError):
@@ -132,7 +134,7 @@ class FitOptions(Config):
     checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM; LiteMedSAM's come with fewsam).")
     cache: str = option(DEFAULT_CACHE, "Embedding cache folder.")
     device: str = option("cpu", "cpu | cuda | cuda:N")
-    precision: str = option("fp32", PRECISION_HELP, choices=PRECISIONS)
+    precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)
     fair_attribute: str | None = option(None, "Group column for fair error-bound scaling of the loss "
                                         "(default: none, the loss is not scaled).")
     fair_gamma: float = option(1.0, "Fair scaling gamma (0 = unscaled loss).", min=0.0)

@@ -22,6 +22,7 @@ from fewsam.data.types import ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fairness import FairGroups, fair_groups_for
 from fewsam.losses import DiceCELoss
+from fewsam.models.acceleration import REFERENCE, Acceleration, resolve_acceleration
 from fewsam.models.precision import resolve_precision
 from fewsam.models.sam import SamModel
 
@@ -41,6 +42,7 @@ class FitContext:
     val_ids: list[str] = field(default_factory=list)
     seed: int = 0
     fair: FairGroups | None = None  # the labelled cases' groups when the fit scales its loss fairly
+    acceleration: Acceleration = REFERENCE  # how the decoder / student train (``models.acceleration``)
 
     def labelled_loss(self, ignore_index: int | None) -> LabelledLoss:
         """The loss of a batch of labelled items: Dice + CE, with fair scaling when asked for."""
@@ -78,7 +80,8 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
     cache = None if model is None else EmbeddingCache(opts.cache, model, resolve_precision(opts.precision, opts.device))
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
-    return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair)
+    return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair,
+                      resolve_acceleration(opts.precision, opts.device))
 
 
 def refuse_constant_images(dataset: Dataset, labelled: list[SliceRef]) -> None:
@@ -117,6 +120,8 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
                  if opts.fair_attribute else None),
         "seed": opts.seed,
         "encoder_precision": ctx.cache.precision.name if ctx.cache is not None else None,
+        # only off the reference path, so that the config of an fp32 run reads as that of any fp32 run
+        **({} if ctx.acceleration == REFERENCE else {"acceleration": ctx.acceleration.name}),
         "device": opts.device,
         "cache": opts.cache,
     }

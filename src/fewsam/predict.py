@@ -19,12 +19,12 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
 from fewsam.cache import EmbeddingCache
-from fewsam.config import DEFAULT_CACHE
+from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.types import Case, Dataset
 from fewsam.embedded import embed_case
@@ -59,7 +59,9 @@ def predict(
     overwrite: bool = False,
     show_progress: bool = True,
     refine: Refine = "never",
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
+    ray: str | None = None,
+    ray_workers: int | None = None,
 ) -> list[Path]:
     """Write one prediction per case of ``split`` (default ``DEFAULT_SPLIT``, "val") under ``out``.
 
@@ -68,7 +70,9 @@ def predict(
     ``refine`` (SAM-Match runs): "always" lets the student's confident regions prompt the run's
     SAM (``methods/samatch/refine.py``; the slices are then embedded through the cache);
     "if-better" refines only if that scores higher on the run's validation cases (decided once,
-    RUN/refinement.json). ``precision``: the encoder's numerics (``models.precision``)."""
+    RUN/refinement.json). ``precision``: the encoder's numerics (``models.precision``). ``ray``: spread
+    the cases over the Ray cluster at that address (``fewsam.distributed.ray_jobs``; ``ray_workers``
+    workers, default one per CPU), writing into the same staging folder and cache."""
     from fewsam.methods import get_method
 
     run_dir, out = Path(run_dir), Path(out)
@@ -92,6 +96,24 @@ def predict(
     refined = refine == "always" or (refine == "if-better" and
                                      _refinement_chosen(run_dir, config, cache_root, encoder, device,
                                                         show_progress))
+    if ray is not None:
+        return _predict_on_ray(ray, ray_workers, run_dir, data, out, case_ids, cache_root, encoder, device,
+                               overwrite, show_progress, refined, method.pixels_only and not refined)
+    predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
+    written = []
+    with staged_folder(out, overwrite) as staging:
+        for case_id in tracked(case_ids, "predict", show_progress):
+            written.append(out / predict_case_file(dataset, case_id, predictor, cache, device, staging))
+    return written
+
+
+def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool, cache_root: str | Path,
+                   encoder: EncoderPrecision, device: str) -> tuple[Any, EmbeddingCache | None]:
+    """The run's predictor and the cache its cases are embedded through (None for a method that
+    predicts from pixels): built once per process, by ``predict`` or by each Ray worker."""
+    from fewsam.methods import get_method
+
+    method = get_method(config.get("method"))
     pixels_only = method.pixels_only and not refined
     model = None if pixels_only else load_run_model(config, device)
     if refined:
@@ -101,15 +123,31 @@ def predict(
     else:
         labels = dataset.class_map.labels or [int(v) for v in config.get("class_map", {})]
         predictor = method.predictor(run_dir, config, model, device, [0] + labels)
-    cache = None if pixels_only else EmbeddingCache(cache_root, model, encoder)
-    written = []
+    return predictor, None if pixels_only else EmbeddingCache(cache_root, model, encoder)
+
+
+def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: EmbeddingCache | None, device: str,
+                      staging: Path) -> Path:
+    """Read, check, predict and write one case into ``staging``; its path relative to ``staging``."""
+    case = dataset.load(case_id)
+    check_pixels(case, _source_file(dataset, case_id))
+    pred = predictor.predict_case(case, [] if cache is None else embed_case(case, cache, device))
+    return write_prediction(case, pred, staging).relative_to(staging)
+
+
+def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str | Path, out: Path,
+                    case_ids: list[str], cache_root: str | Path, encoder: EncoderPrecision, device: str,
+                    overwrite: bool, show_progress: bool, refined: bool, pixels_only: bool) -> list[Path]:
+    """``predict``'s loop on a Ray cluster: the workers write into the same staging folder, which
+    moves into ``out`` only when every case succeeded, as it does locally."""
+    from fewsam.distributed.ray_jobs import CPUS_PER_WORKER, PredictJob, absolute, precision_option, predict_on_ray
+
+    job = PredictJob(run=absolute(run_dir), data=absolute(data),
+                     cache_root="" if pixels_only else absolute(cache_root), precision=precision_option(encoder),
+                     device=device, threads=CPUS_PER_WORKER, refined=refined)
     with staged_folder(out, overwrite) as staging:
-        for case_id in tracked(case_ids, "predict", show_progress):
-            case = dataset.load(case_id)
-            check_pixels(case, _source_file(dataset, case_id))
-            pred = predictor.predict_case(case, [] if cache is None else embed_case(case, cache, device))
-            written.append(out / write_prediction(case, pred, staging).relative_to(staging))
-    return written
+        rels = predict_on_ray(address, job, case_ids, staging.absolute(), workers, show_progress=show_progress)
+    return [out / rel for rel in rels]
 
 
 def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:

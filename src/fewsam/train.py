@@ -4,7 +4,9 @@ A method hands over a ``TrainTask`` (its trainable module, how to sample a batch
 loss, how to score the validation list). The loop owns the optimiser, the learning-rate
 schedule, seeding, validation-based model selection, checkpoints and resume, the progress bar
 and the fit log. A run killed at any point resumes from its last checkpoint to the same result,
-because the checkpoint carries the random generators' states along with the weights.
+because the checkpoint carries the random generators' states along with the weights. Under
+``torchrun`` the same loop runs data-parallel (``fewsam.distributed.ddp``): every rank draws the
+same batch and computes its share of it, the gradients are averaged, rank 0 validates and writes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from fewsam.atomic import atomic_write, atomic_write_bytes
+from fewsam.distributed import ddp
 from fewsam.errors import RunError
 from fewsam.progress import progress_bar
 from fewsam.runs import BEST, LAST, LOG
@@ -158,8 +161,9 @@ def train(
     optimizer = make_optimizer(params, cfg)
     average = WeightAverage(task.module, cfg.ema) if cfg.ema > 0 else None
     state = _resume(run_dir, task, optimizer, rng, average)
+    ddp.broadcast_state(task.module)  # under torchrun: every rank starts from rank 0's model
     start = time.perf_counter()
-    with progress_bar(show_progress) as bar:
+    with progress_bar(show_progress and ddp.is_main()) as bar:
         job = bar.add_task("fit", total=cfg.steps, completed=state["step"])
         for step in range(state["step"], cfg.steps):
             for group in optimizer.param_groups:
@@ -170,13 +174,14 @@ def train(
             loss, scalars = task.training_loss(rng, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            loss_value = ddp.average_gradients(task.module, params, loss)  # torchrun: mean over ranks
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             if average is not None:
                 average.update(task.module)
-            _log(run_dir, {"step": step + 1, "loss": float(loss.detach()), **scalars})
-            bar.update(job, advance=1, description=f"fit loss {float(loss.detach()):.3f}")
+            _log(run_dir, {"step": step + 1, "loss": loss_value, **scalars})
+            bar.update(job, advance=1, description=f"fit loss {loss_value:.3f}")
             if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
                 state = _validate_and_checkpoint(task, optimizer, rng, run_dir, state, step + 1, average)
                 if on_checkpoint:
@@ -190,7 +195,7 @@ def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, s
     live = average.swapped_in(task.module) if average is not None else None
     task.module.eval()
     with torch.no_grad():
-        metrics = task.validate()
+        metrics = ddp.from_main(task.validate)  # torchrun: rank 0 validates, every rank gets its metrics
     _log(run_dir, {"step": step, "validation": metrics})
     state = dict(state, step=step)
     if metrics["score"] > state["best_score"]:
@@ -207,6 +212,7 @@ def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, s
         "state": state,
     }
     atomic_torch_save(checkpoint, run_dir / LAST)
+    ddp.barrier()  # torchrun: no rank reads the checkpoints before rank 0 has written them
     return state
 
 
@@ -215,7 +221,8 @@ def _resume(run_dir: Path, task: TrainTask, optimizer: torch.optim.Optimizer, rn
     """Restore the last checkpoint if there is one; the log is truncated to that step."""
     path = run_dir / LAST
     if not path.exists():
-        (run_dir / LOG).unlink(missing_ok=True)
+        if ddp.is_main():
+            (run_dir / LOG).unlink(missing_ok=True)
         return {"step": 0, "best_score": -math.inf, "best_step": 0}
     ckpt = _read_resume_state(path)
     task.module.load_state_dict(ckpt["module"])
@@ -251,7 +258,7 @@ def _read_resume_state(path: Path) -> dict:
 
 def _truncate_log(path: Path, step: int) -> None:
     """Keep the log's records up to ``step``; a line a kill left half-written is dropped."""
-    if not path.exists():
+    if not path.exists() or not ddp.is_main():
         return
     lines = path.read_text(errors="replace").splitlines()
     keep = [line for line in lines if (logged := _logged_step(line)) is not None and logged <= step]
@@ -269,6 +276,9 @@ def _logged_step(line: str) -> int | None:
 
 
 def _log(run_dir: Path, record: dict[str, Any]) -> None:
+    """One record appended to the fit log (by rank 0 alone under torchrun)."""
+    if not ddp.is_main():
+        return
     with open(run_dir / LOG, "a") as fh:
         fh.write(json.dumps(record) + "\n")
 
@@ -280,5 +290,9 @@ def load_best(folder: Path) -> tuple[dict[str, torch.Tensor], float]:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file: a kill never leaves a half-written checkpoint."""
+    """torch.save through a temporary file: a kill never leaves a half-written checkpoint. Under
+    torchrun rank 0 alone writes: every rank holds the same object, and one writer per file keeps
+    the run folder rank 0's."""
+    if not ddp.is_main():
+        return
     atomic_write(path, lambda fh: torch.save(obj, fh))

@@ -26,6 +26,7 @@ from torch import nn
 
 from fewsam.config import Config, option
 from fewsam.data.types import Case
+from fewsam.distributed import local_part
 from fewsam.embedded import EmbeddedSlice, embed_cases, embed_refs
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss
@@ -33,6 +34,7 @@ from fewsam.inference import check_labelled, choose_postprocessing, keep_largest
 from fewsam.labels import IGNORE, value_lut
 from fewsam.methods import Method
 from fewsam.metrics import selection_score, volume_score
+from fewsam.models.acceleration import REFERENCE, Acceleration, acceleration_of_run, prepare_decoder
 from fewsam.models.sam import SamModel
 from fewsam.prompts import masked_average_pool, region_weights
 from fewsam.runs import write_json
@@ -155,7 +157,7 @@ class FewShotTask:
 
     def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         idx = rng.choice(len(self.samples), min(self.cfg.batch_size, len(self.samples)), replace=False)
-        batch = [self.samples[i] for i in idx]
+        batch = [self.samples[i] for i in idx[local_part(len(idx))]]  # torchrun: this rank's share of the batch
         emb = torch.stack([s.embedding_tensor() for s in batch]).to(self.device)
         target = torch.stack([torch.from_numpy(s.label_frame.astype(np.int64)) for s in batch]).to(self.device)
         tokens = sampled_tokens(self.shots, self.cfg.tokens_per_class, self.cfg.shot_dropout, rng).to(self.device)
@@ -226,7 +228,7 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
     samples, shots, tokens = build_prompt_bank(ctx, cfg, run_dir)
     val_cases = embed_cases(ctx.dataset, ctx.val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
     torch.manual_seed(ctx.seed)
-    decoder = PrototypeDecoder(ctx.model, len(ctx.values)).to(ctx.device)
+    decoder = prepare_decoder(PrototypeDecoder(ctx.model, len(ctx.values)).to(ctx.device), ctx.acceleration)
     task = task_type(decoder, samples, shots, cfg, ctx.labelled_loss(IGNORE), tokens, val_cases, ctx.values,
                      ctx.device, **task_inputs)
     result = train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress)
@@ -242,11 +244,12 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
 class FewShotPredictor:
     """Predicts with a fitted run: the best-validated decoder and the stored prompt bank."""
 
-    def __init__(self, run_dir: Path, model: SamModel, device: str = "cpu") -> None:
+    def __init__(self, run_dir: Path, model: SamModel, device: str = "cpu",
+                 acceleration: Acceleration = REFERENCE) -> None:
         bank = torch.load(run_dir / BANK, map_location="cpu", weights_only=True)
         self.tokens = bank["tokens"]
         self.values = list(bank["values"])
-        self.decoder = PrototypeDecoder(model, len(self.values)).to(device)
+        self.decoder = prepare_decoder(PrototypeDecoder(model, len(self.values)).to(device), acceleration)
         self.decoder.load_state_dict(load_best(run_dir)[0])
         self.decoder.eval()
         self.device = device
@@ -259,7 +262,7 @@ class FewShotPredictor:
 
 
 def _predictor(run_dir: Path, config: dict, model: SamModel, device: str, values: list[int]) -> FewShotPredictor:
-    return FewShotPredictor(run_dir, model, device)
+    return FewShotPredictor(run_dir, model, device, acceleration_of_run(config, device))
 
 
 METHOD = Method("fewshot", FewShotConfig, fit, _predictor)

@@ -26,6 +26,7 @@ from fewsam.fitting import FitContext
 from fewsam.inference import stack_volume
 from fewsam.labels import index_lut, value_lut
 from fewsam.metrics import selection_score, volume_score
+from fewsam.models.acceleration import acceleration_of_run, prepare_student
 from fewsam.runs import read_config
 from fewsam.train import TrainConfig, load_best
 
@@ -280,9 +281,10 @@ class StudentPredictor:
         self.cfg = StudentConfig.from_json(config["student"])
         self.values = list(config["values"])
         self.device = device
-        self.module = build_unet(self.cfg, len(self.values)).to(device)
-        self.module.load_state_dict(load_best(Path(run_dir))[0])
-        self.module.eval()
+        module = build_unet(self.cfg, len(self.values)).to(device)
+        module.load_state_dict(load_best(Path(run_dir))[0])
+        # the path the run trained and validated on: predictions reproduce its validation
+        self.module = prepare_student(module.eval(), acceleration_of_run(config, device))
 
     def predict_case(self, case: Case, slices: object = None) -> np.ndarray:
         return predict_case_labels(self.module, case, self.cfg, self.values, self.device)

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewsam.distributed import local_part
 from fewsam.fitting import FitContext, LabelledLoss
 from fewsam.data.types import Case
 from fewsam.methods import NO_SAM_FIT_OPTIONS, Method
+from fewsam.models.acceleration import prepare_student
 from fewsam.methods.student import (SliceSet, StudentFitConfig, StudentPredictor, augment_labelled, build_unet,
                                     load_labelled, load_val_cases, validate_student)
 from fewsam.train import TrainResult, train
@@ -38,8 +40,9 @@ class SupervisedTask:
         n = len(self.labelled.refs)
         idx = rng.choice(n, min(self.cfg.batch_size, n), replace=False)
         x, y = augment_labelled(self.labelled.images[idx], self.labelled.labels[idx], rng, self.cfg)
-        logits, y = self.module(x.to(self.device)), y.to(self.device)
-        return self.loss_fn(logits, y, [self.labelled.refs[i] for i in idx]), {}
+        part = local_part(len(idx))  # torchrun: this rank's share of the batch every rank drew
+        logits, y = self.module(x[part].to(self.device)), y[part].to(self.device)
+        return self.loss_fn(logits, y, [self.labelled.refs[i] for i in idx[part]]), {}
 
     def validate(self) -> dict[str, float]:
         return validate_student(self.module, self.val_cases, self.cfg, self.values, self.device)
@@ -49,7 +52,7 @@ def fit(ctx: FitContext, cfg: SupervisedConfig, run_dir: Path) -> TrainResult:
     data = load_labelled(ctx, cfg)
     val_cases = load_val_cases(ctx)
     torch.manual_seed(ctx.seed)
-    module = build_unet(cfg, len(ctx.values)).to(ctx.device)
+    module = prepare_student(build_unet(cfg, len(ctx.values)).to(ctx.device), ctx.acceleration)
     task = SupervisedTask(module, data, cfg, ctx.labelled_loss(None), val_cases, ctx.values, ctx.device)
     return train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress)
 

@@ -4,14 +4,16 @@ The encoder is the cost every user waits on, and it never trains, so it can be c
 OpenVINO fuses its graph and runs it in fp32 (cosine 1.0000 to PyTorch on real slices), or, on CPUs
 with bf16 instructions (AVX-512 BF16 on recent AMD and Intel server cores, AMX on Sapphire
 Rapids and later), runs its matrix products in bf16, faster again but further from fp32.
-``auto`` is the fastest choice that keeps a cosine similarity of 0.999 to the reference on real
-slices: compiled fp32 wherever OpenVINO is installed (bf16 measured 0.9987). fp32 stays the
-default: the compiled encoder has matched it end to end on one seed only (docs/results.md,
-section 4.1), and each new cache folder pays its conversion once. The decoder and the student
-train in fp32 either way.
+
+``auto``, the default, is the fastest choice that keeps a cosine similarity of 0.999 to the
+reference on real slices and the end-to-end Dice within 0.005 of it (docs/results.md, section
+4.1): compiled fp32 wherever OpenVINO loads, on any CPU, since bf16 measured cosine 0.9987. Where
+OpenVINO does not load, or on a GPU, ``auto`` falls back to the PyTorch reference and says why,
+once per process. ``fp32`` asks for the reference explicitly (bit-identical numbers).
+``--precision`` also sets how the decoder and the student train (``models.acceleration``).
 
 The converted encoder is kept as OpenVINO IR beside the embeddings it produces (conversion
-takes 15-35 s; reading the IR back, about a second).
+takes 15-35 s, once per cache folder; reading the IR back, about a second).
 """
 
 from __future__ import annotations
@@ -63,12 +65,44 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def openvino_available() -> bool:
+def has_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU (or a test's ``flags``) has bf16 instructions."""
+    return bool((cpu_flags() if flags is None else flags) & BF16_FLAGS)
+
+
+def require_bf16(flags: frozenset[str] | None = None) -> None:
+    """Refuse bf16 on a CPU without bf16 instructions: it would be emulated, hundreds of times slower."""
+    if not has_bf16(flags):
+        raise ConfigError("--precision bf16-openvino needs a CPU with bf16 instructions (avx512_bf16 or "
+                          "amx_bf16) and this one has none; use --precision fp32-openvino (or auto)")
+
+
+def openvino_problem() -> str | None:
+    """Why OpenVINO cannot be used here (None: it loads). A broken install (a missing shared
+    library) counts as not loading, so that ``auto`` falls back instead of failing."""
     try:
         import openvino  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return "OpenVINO is not installed (pip install openvino)"
+    except (OSError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return f"OpenVINO does not load ({first})"
+    return None
+
+
+def openvino_available() -> bool:
+    return openvino_problem() is None
+
+
+_said: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Log ``message`` the first time this process says it: embed, fit and predict resolve the
+    precision more than once, and the user needs to read the choice once."""
+    if message not in _said:
+        _said.add(message)
+        log.info(message)
 
 
 def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str] | None = None) -> EncoderPrecision:
@@ -80,22 +114,23 @@ def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str]
     if not device.startswith("cpu"):
         return _chosen(FP32, f"encoder in fp32 with PyTorch: --precision {requested} applies to CPUs, not {device}")
     if requested == "bf16-openvino":
-        bf16 = sorted((cpu_flags() if flags is None else flags) & BF16_FLAGS)
-        if not bf16:
-            raise ConfigError("--precision bf16-openvino needs a CPU with bf16 instructions (avx512_bf16 or "
-                              "amx_bf16) and this one has none; use --precision fp32-openvino (or auto)")
-    if not openvino_available():
+        require_bf16(flags)
+    problem = openvino_problem()
+    if problem is not None:
         if requested != "auto":
-            raise ConfigError(f"--precision {requested} needs OpenVINO (pip install openvino), "
-                              "or use --precision fp32")
-        return _chosen(FP32, "encoder in fp32 with PyTorch: OpenVINO is not installed")
-    name = "bf16" if requested == "bf16-openvino" else "fp32"
-    return _chosen(EncoderPrecision(name, "openvino", ""), f"encoder in {name}, compiled by OpenVINO "
-                   "(--precision fp32 for the PyTorch reference)")
+            raise ConfigError(f"--precision {requested} needs OpenVINO: {problem}; or use --precision fp32")
+        return _chosen(FP32, f"encoder in fp32 with PyTorch: {problem}")
+    if requested == "bf16-openvino":
+        return _chosen(EncoderPrecision("bf16", "openvino"), "encoder in bf16, compiled by OpenVINO "
+                       "(--precision fp32 for the PyTorch reference)")
+    why_not_bf16 = ("bf16 would be faster but measured cosine 0.9987, below the 0.999 bar; --precision "
+                    "bf16-openvino to choose it anyway" if has_bf16(flags) else "this CPU has no bf16 instructions")
+    return _chosen(EncoderPrecision("fp32", "openvino"), f"encoder in fp32, compiled by OpenVINO ({why_not_bf16}; "
+                   "--precision fp32 for the PyTorch reference)")
 
 
 def _chosen(precision: EncoderPrecision, message: str) -> EncoderPrecision:
-    log.info(message)
+    say_once(message)
     return EncoderPrecision(precision.name, precision.backend, message)
 
 

@@ -36,6 +36,7 @@ from fewsam.methods.samatch.student_task import SamMatchTask
 from fewsam.methods import Method
 from fewsam.methods.student import build_unet, load_labelled, load_slices, load_val_cases
 from fewsam.methods.supervised import student_predictor
+from fewsam.models.acceleration import prepare_student
 from fewsam.train import TrainResult, train
 
 __all__ = ["PSEUDO_DIR", "QUALITY", "SAM_DIR", "PseudoLabeller", "SamMatchConfig", "SamMatchTask", "SamRounds",
@@ -58,7 +59,7 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
         slices = embed_refs(ctx.dataset, unl_refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
         labeller = PseudoLabeller(ctx.model, slices, cfg, len(ctx.values), ctx.device)
     torch.manual_seed(ctx.seed)
-    module = build_unet(cfg, len(ctx.values)).to(ctx.device)
+    module = prepare_student(build_unet(cfg, len(ctx.values)).to(ctx.device), ctx.acceleration)
     refresh = None if labeller is None else PseudoLabelRefresh(module, unlabelled, labeller, rounds, cfg, ctx.values,
                                                                run_dir, ctx.device)
     task = SamMatchTask(module, labelled, unlabelled, cfg, ctx.labelled_loss(None), val_cases, ctx.values,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewsam.data.types import Case, SliceRef
+from fewsam.distributed import local_part
 from fewsam.embedded import EmbeddedSlice, embed_refs
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
@@ -98,7 +99,8 @@ class SamBoxTask:
     def _sampled_loss(self, samples, pairs, rng: np.random.Generator) -> torch.Tensor:
         sel = rng.choice(len(pairs), min(self.cfg.sam_batch, len(pairs)), replace=False)
         margins = rng.uniform(0, self.cfg.box_margin, len(sel))
-        return self._loss(samples, [pairs[i] for i in sel], margins)[2]
+        part = local_part(len(sel))  # torchrun: this rank's share of the boxes every rank drew
+        return self._loss(samples, [pairs[i] for i in sel[part]], margins[part])[2]
 
     def validate(self) -> dict[str, float]:
         """Mean 2D Dice of box-prompted masks (fixed margin) on the validation slices."""

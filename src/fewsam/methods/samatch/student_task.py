@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fewsam.data.types import Case
+from fewsam.distributed import local_part
 from fewsam.fitting import LabelledLoss
 from fewsam.labels import IGNORE
 from fewsam.losses import consistency_ce, dice_ce_loss
@@ -46,9 +47,13 @@ class SamMatchTask:
         x_l, y_l = augment_labelled(self.labelled.images[idx_l], self.labelled.labels[idx_l], rng, cfg)
         theta = random_affine(len(idx_u), rng, cfg)
         x_w = warp(self.unlabelled.images[idx_u], theta)
+        x_s = strong_photometric(x_w, rng)
+        # torchrun: every rank drew the whole batch (their generators stay equal) and computes its share
+        part_l, part_u = local_part(len(idx_l)), local_part(len(idx_u))
+        idx_l, x_l, y_l = idx_l[part_l], x_l[part_l], y_l[part_l]
+        idx_u, theta, x_w, x_s = idx_u[part_u], theta[part_u], x_w[part_u], x_s[part_u]
         with torch.no_grad():
             conf, pl = self.module(x_w.to(self.device)).softmax(dim=1).max(dim=1)
-        x_s = strong_photometric(x_w, rng)
         logits = self.module(torch.cat([x_l, x_s]).to(self.device))
         logits_l, logits_s = logits[: len(x_l)], logits[len(x_l):]
         confident = conf >= cfg.threshold

@@ -1,0 +1,417 @@
+"""Ray for the encoder's embarrassingly parallel work: ``fewsam embed --ray`` and ``fewsam predict --ray``.
+
+Cases go to a pool of Ray actors. Each loads the model once and opens the dataset once, then
+handles one case per call: a case is read once and its slices are encoded, which is the unit the
+readers and the embedding cache are built around. Every worker writes into the same
+content-addressed cache the local commands use (``fewsam.cache``), through the same atomic writes:
+an entry is a temporary file renamed into place, so two workers or two jobs that encode the same
+slice write the same bytes, and a reader sees a whole entry or none. A worker reads its case's
+slices from the cache first and encodes only the misses, so a rerun after an interruption does
+only the work that is left.
+
+The cache, the dataset and, for predict, the run folder and the output folder must be on a
+filesystem every node mounts at the same path: the driver leaves a token file in each folder a
+worker must write in, and a worker that does not see it refuses with one line. Ray restarts a
+crashed worker and retries its case (``retries``); beyond that the job stops with one line naming
+the case, and what was finished stays in the cache.
+
+Actors rather than Ray Data's ``map_batches``: the work is "read a case, skip its cached slices,
+encode the rest", whose input is a case id and whose output is files on the shared filesystem, so
+there is nothing for a dataset pipeline to stream; an actor keeps the model (and an OpenVINO
+compilation) for the whole job, and a failure names its case.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from fewsam.errors import CacheError, FewsamError, ModelError
+
+RETRIES = 3  # restarts of a crashed worker (and retries of its case) before the job gives up
+# One CPU (one torch thread) per worker: the encoder runs one slice at a time, which scales better
+# over processes than over threads (docs/results.md has the measured 1- and 2-worker rates).
+CPUS_PER_WORKER = 1
+START_TIMEOUT = 600.0  # seconds for all workers to load the model and check the folders
+TOKEN_PREFIX = ".fewsam-ray-"
+
+
+# --- the cluster -------------------------------------------------------------------------------
+
+def import_ray() -> Any:
+    """Ray, or one line saying how to install it (it is an optional extra)."""
+    try:
+        import ray
+    except ImportError:
+        raise FewsamError("--ray needs Ray, an optional extra: pip install 'fewsam[ray]'") from None
+    return ray
+
+
+@contextmanager
+def ray_cluster(address: str) -> Iterator[Any]:
+    """Ray connected to the cluster ``address`` names: ``auto`` (the one ``ray start`` made on this
+    machine), ``local`` (a new one on this machine, for this command only), HOST:PORT or
+    ray://HOST:PORT. A connection the caller opened already (``ray.init`` in a notebook or a test) is
+    used as it is and left open."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FewsamError(f"--ray {address}: no Ray cluster to connect to ({reason}); start one with "
+                          "`ray start --head` and pass its address, or use --ray local") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def worker_count(ray: Any, device: str, cpus_per_worker: int, requested: int | None, cases: int) -> int:
+    """How many workers: as asked, else one per GPU (cuda) or per ``cpus_per_worker`` CPUs of the
+    cluster; never more than there are cases."""
+    if requested is not None:
+        if requested < 1:
+            raise FewsamError(f"--ray-workers must be at least 1, not {requested}")
+        return min(requested, max(cases, 1))
+    resources = ray.cluster_resources()
+    if device.startswith("cuda"):
+        available = int(resources.get("GPU", 0))
+        if available < 1:
+            raise FewsamError("--device cuda with --ray: the Ray cluster has no GPU; use --device cpu")
+    else:
+        available = int(resources.get("CPU", 1) // cpus_per_worker)
+    return max(1, min(available, max(cases, 1)))
+
+
+def worker_options(device: str, cpus_per_worker: int, retries: int) -> dict[str, Any]:
+    """Ray options of one worker: its CPUs (or one GPU), restarts after a crash with the case retried,
+    and the allocator tuning the CLI gives itself (SAM's encoder is 2-3x faster with it)."""
+    from fewsam.cli import ALLOCATOR_TUNING
+
+    resources: dict[str, Any] = {"num_cpus": cpus_per_worker}
+    if device.startswith("cuda"):
+        resources = {"num_cpus": 1, "num_gpus": 1}
+    env = {"GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ALLOCATOR_TUNING)}
+    return {**resources, "max_restarts": retries, "max_task_retries": retries, "runtime_env": {"env_vars": env}}
+
+
+# --- shared folders ------------------------------------------------------------------------------
+
+@contextmanager
+def shared_tokens(folders: Sequence[Path]) -> Iterator[list[str]]:
+    """A token file in each folder a worker must write in, removed when the job ends: a worker that
+    cannot see one runs on a node that does not mount that folder, and says so."""
+    paths = []
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{TOKEN_PREFIX}{secrets.token_hex(8)}"
+            path.write_text(socket.gethostname() + "\n")
+            paths.append(path)
+        yield [str(p) for p in paths]
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+def check_tokens(tokens: Sequence[str]) -> None:
+    """Refuse to work on a node that does not see the driver's folders (a cache on a local disk
+    would fill a private copy on every node, a prediction would land where nobody looks)."""
+    for token in map(Path, tokens):
+        if not token.exists():
+            raise CacheError(f"{token.parent} is not visible from Ray worker {socket.gethostname()}: the cache, "
+                             "data, run and output folders must be on a filesystem every node mounts at the "
+                             "same path (docs/scaling.md)")
+
+
+def absolute(path: str | Path | None) -> str | None:
+    """A path every worker resolves the same way (they do not share the driver's working folder)."""
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
+# --- the workers ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EncoderJob:
+    """What a worker needs to rebuild the driver's encoder and cache: sent once per worker.
+
+    ``precision`` is the driver's resolved choice, spelled as --precision spells it, so that every
+    worker encodes with the numerics (and into the cache folder) the driver chose;
+    ``weights_sha256`` the driver's checkpoint hash, which a worker's copy must match."""
+
+    data: str
+    model: str
+    checkpoint: str | None
+    cache_root: str
+    precision: str
+    device: str
+    threads: int
+    weights_sha256: str
+    tokens: tuple[str, ...] = ()
+
+
+def precision_option(precision: Any) -> str:
+    """The --precision value that resolves to ``precision`` (an ``EncoderPrecision``) on a worker."""
+    return precision.name if precision.backend == "torch" else f"{precision.name}-{precision.backend}"
+
+
+class CaseWorker:
+    """The common part of a worker: a setup error (a folder it cannot see, other weights) is kept
+    and raised by every call, so that the driver reports it as one line instead of a dead actor."""
+
+    def __init__(self, threads: int, tokens: Sequence[str]) -> None:
+        self.host, self.pid, self.error = socket.gethostname(), os.getpid(), None
+        try:
+            import torch
+
+            torch.set_num_threads(threads)  # the same threads as a local run: the same float sums
+            check_tokens(tokens)
+            self.setup()
+        except FewsamError as err:
+            self.error = err
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def ready(self) -> dict[str, Any]:
+        """Where this worker runs; raises its setup error."""
+        self._check()
+        return {"host": self.host, "pid": self.pid}
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class EmbedWorker(CaseWorker):
+    """Fills the cache for one case per call."""
+
+    def __init__(self, job: EncoderJob) -> None:
+        self.job = job
+        super().__init__(job.threads, job.tokens)
+
+    def setup(self) -> None:
+        from fewsam.cache import EmbeddingCache
+        from fewsam.data import open_dataset
+        from fewsam.models.precision import resolve_precision
+        from fewsam.models.registry import load_model
+
+        job = self.job
+        self.dataset = open_dataset(job.data)
+        model = load_model(job.model, job.checkpoint, device=job.device)
+        if model.weights_sha256 != job.weights_sha256:
+            raise ModelError(f"Ray worker {self.host} reads other weights for {job.model} at "
+                             f"{job.checkpoint or 'the bundled checkpoint'} than the driver (sha256 mismatch); "
+                             "install the same checkpoint on every node")
+        self.cache = EmbeddingCache(job.cache_root, model, resolve_precision(job.precision, job.device))
+
+    def embed(self, case_id: str) -> dict[str, Any]:
+        """Embed every slice of ``case_id`` not in the cache yet; counts of what it did."""
+        from fewsam.embedded import embed_case
+
+        self._check()
+        hits, misses, start = self.cache.hits, self.cache.misses, time.perf_counter()
+        case = self.dataset.load(case_id)
+        embed_case(case, self.cache, self.job.device)
+        return {"case": case_id, "slices": case.num_slices, "encoded": self.cache.misses - misses,
+                "hits": self.cache.hits - hits, "seconds": time.perf_counter() - start, "host": self.host,
+                "pid": self.pid}
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """What a worker needs to rebuild the driver's predictor (``predict.case_predictor``)."""
+
+    run: str
+    data: str
+    cache_root: str
+    precision: str
+    device: str
+    threads: int
+    refined: bool
+    tokens: tuple[str, ...] = ()
+
+
+class PredictWorker(CaseWorker):
+    """Writes the prediction of one case per call into the job's staging folder."""
+
+    def __init__(self, job: PredictJob) -> None:
+        self.job = job
+        super().__init__(job.threads, job.tokens)
+
+    def setup(self) -> None:
+        from fewsam.data import open_dataset
+        from fewsam.models.precision import resolve_precision
+        from fewsam.predict import case_predictor
+        from fewsam.runs import read_config
+
+        job = self.job
+        self.dataset = open_dataset(job.data)
+        encoder = resolve_precision(job.precision, job.device)
+        self.predictor, self.cache = case_predictor(Path(job.run), read_config(Path(job.run)), self.dataset,
+                                                    job.refined, job.cache_root, encoder, job.device)
+
+    def predict(self, case_id: str, staging: str) -> dict[str, Any]:
+        """Predict ``case_id`` into ``staging``; the prediction's path relative to it."""
+        from fewsam.predict import predict_case_file
+
+        self._check()
+        rel = predict_case_file(self.dataset, case_id, self.predictor, self.cache, self.job.device, Path(staging))
+        return {"case": case_id, "path": str(rel), "host": self.host, "pid": self.pid}
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+Call = Callable[[Any, str], Any]  # (actor, case id) -> ObjectRef
+
+
+def start_workers(ray: Any, worker: type, job: Any, count: int, options: dict[str, Any],
+                  timeout: float = START_TIMEOUT) -> list[Any]:
+    """``count`` actors of ``worker``, each set up (model loaded, folders checked) before any case is
+    sent: a setup error is reported once, as one line, not once per case; workers that the cluster
+    cannot place (its CPUs taken by other jobs) are reported instead of waited for forever."""
+    actors = [ray.remote(worker).options(**options).remote(job) for _ in range(count)]
+    refs = [actor.ready.remote() for actor in actors]
+    _, waiting = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    if waiting:
+        stop_workers(ray, actors)
+        raise FewsamError(f"the Ray cluster started {count - len(waiting)} of {count} workers within "
+                          f"{timeout:.0f} s; are its CPUs (GPUs) taken by other jobs? See `ray status`, or "
+                          "ask for fewer with --ray-workers")
+    try:
+        for ref in refs:
+            result_of(ray, ref, None, "starting", options["max_restarts"])
+    except BaseException:
+        stop_workers(ray, actors)
+        raise
+    return actors
+
+
+def map_cases(ray: Any, actors: list[Any], call: Call, case_ids: Sequence[str], on_result: Callable[[dict], None],
+              what: str, retries: int) -> None:
+    """Each case to the next free worker, results to ``on_result`` as they come (in any order)."""
+    queue, idle = list(reversed(case_ids)), list(actors)
+    pending: dict[Any, tuple[str, Any]] = {}
+    while queue or pending:
+        while queue and idle:
+            actor, case_id = idle.pop(), queue.pop()
+            pending[call(actor, case_id)] = (case_id, actor)
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        case_id, actor = pending.pop(ref)
+        on_result(result_of(ray, ref, case_id, what, retries))
+        idle.append(actor)
+
+
+def result_of(ray: Any, ref: Any, case_id: str | None, what: str, retries: int) -> Any:
+    """``ray.get(ref)``, with a worker's user error raised again as itself (one line on the CLI) and a
+    worker that died beyond its restarts turned into one line that names the case."""
+    exceptions = ray.exceptions
+    subject = f"case {case_id}" if case_id is not None else "a worker"
+    try:
+        return ray.get(ref)
+    except exceptions.RayTaskError as err:
+        if isinstance(err.cause, FewsamError):
+            raise type(err.cause)(str(err.cause)) from None
+        raise
+    except exceptions.RayActorError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FewsamError(f"a Ray worker died while {what} {subject} and {retries} restart(s) did not bring it "
+                          f"back ({reason}); finished work is kept: run the same command again to do the "
+                          "rest") from None
+    except exceptions.RayError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FewsamError(f"Ray failed while {what} {subject} ({type(err).__name__}: {reason}); finished work "
+                          "is kept: run the same command again to do the rest") from None
+
+
+def stop_workers(ray: Any, actors: list[Any]) -> None:
+    """Free the workers' CPUs for the cluster's next job."""
+    for actor in actors:
+        ray.kill(actor)
+
+
+def embed_on_ray(address: str, job: EncoderJob, case_ids: Sequence[str], workers: int | None = None,
+                 retries: int = RETRIES, show_progress: bool = True,
+                 on_case: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Fill the cache for ``case_ids`` on the Ray cluster at ``address``. ``on_case`` sees each
+    case's counts as it finishes. Returns totals, the workers used and the throughput."""
+    from fewsam.progress import progress_bar
+
+    totals = {"cases": len(case_ids), "slices": 0, "encoded": 0, "cache_hits": 0}
+    with ray_cluster(address) as ray, shared_tokens([Path(job.cache_root)]) as tokens:
+        count = worker_count(ray, job.device, job.threads, workers, len(case_ids))
+        job = replace(job, tokens=tuple(tokens))
+        actors = start_workers(ray, EmbedWorker, job, count, worker_options(job.device, job.threads, retries))
+        start = time.perf_counter()
+        try:
+            with progress_bar(show_progress) as bar:
+                task = bar.add_task(f"embed on {count} Ray workers", total=len(case_ids))
+
+                def done(result: dict) -> None:
+                    totals["slices"] += result["slices"]
+                    totals["encoded"] += result["encoded"]
+                    totals["cache_hits"] += result["hits"]
+                    bar.update(task, advance=1)
+                    if on_case is not None:
+                        on_case(result)
+
+                map_cases(ray, actors, lambda actor, case_id: actor.embed.remote(case_id), case_ids, done,
+                          "embedding", retries)
+        finally:
+            stop_workers(ray, actors)
+        seconds = time.perf_counter() - start
+    return {**totals, "workers": count, "seconds": round(seconds, 3),
+            "encoded_per_second": round(totals["encoded"] / seconds, 4) if seconds > 0 else None}
+
+
+def predict_on_ray(address: str, job: PredictJob, case_ids: Sequence[str], staging: Path,
+                   workers: int | None = None, retries: int = RETRIES, show_progress: bool = True) -> list[Path]:
+    """Predict ``case_ids`` into ``staging`` on the Ray cluster; the predictions' relative paths, in
+    case order."""
+    from fewsam.progress import progress_bar
+
+    written: dict[str, Path] = {}
+    folders = [staging] + ([Path(job.cache_root)] if job.cache_root else [])
+    with ray_cluster(address) as ray, shared_tokens(folders) as tokens:
+        count = worker_count(ray, job.device, job.threads, workers, len(case_ids))
+        job = replace(job, tokens=tuple(tokens))
+        actors = start_workers(ray, PredictWorker, job, count, worker_options(job.device, job.threads, retries))
+        try:
+            with progress_bar(show_progress) as bar:
+                task = bar.add_task(f"predict on {count} Ray workers", total=len(case_ids))
+
+                def done(result: dict) -> None:
+                    written[result["case"]] = Path(result["path"])
+                    bar.update(task, advance=1)
+
+                map_cases(ray, actors, lambda actor, case_id: actor.predict.remote(case_id, str(staging)),
+                          case_ids, done, "predicting", retries)
+        finally:
+            stop_workers(ray, actors)
+    return [written[case_id] for case_id in case_ids]
+
+
+def embed_cases_on_ray(address: str, data: str | Path, case_ids: Sequence[str], cache: Any,
+                       checkpoint: str | Path | None, device: str, workers: int | None = None,
+                       show_progress: bool = True, retries: int = RETRIES,
+                       on_case: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """``api.embed_dataset`` on a Ray cluster: the workers rebuild the driver's ``cache`` (model,
+    weights, precision) and fill it. Returns the local command's counts plus the workers and rate."""
+    cache.prepare_encoder()  # an OpenVINO conversion happens once here, not in every worker at once
+    job = EncoderJob(data=absolute(data), model=cache.model.name, checkpoint=absolute(checkpoint),
+                     cache_root=absolute(cache.dir.parent), precision=precision_option(cache.precision),
+                     device=device, threads=CPUS_PER_WORKER, weights_sha256=cache.model.weights_sha256)
+    stats = embed_on_ray(address, job, case_ids, workers, retries, show_progress, on_case)
+    return {**stats, "cache": str(cache.dir), "precision": cache.precision.name}

@@ -1,0 +1,121 @@
+"""How the modules fewsam trains run: the few-shot prompt decoder and the U-Net student.
+
+``--precision`` chooses this together with the encoder's numerics (``models.precision``):
+
+- ``fp32``: the reference: eager PyTorch, contiguous tensors, no autocast. It is the path the
+  golden digests of ``tests/test_determinism.py`` hold bit for bit.
+- ``auto`` and ``fp32-openvino`` on a CPU: still fp32 everywhere, with the U-Net student's
+  convolutions in channels-last layout (oneDNN's native one: fewer reorders, less CPU time per
+  training step and per prediction), in training, validation and predict alike, so that predict
+  reproduces the validation that chose the checkpoint. Logits differ from the reference by
+  rounding only (docs/results.md, section 4.1). The decoder runs as in the reference: nothing
+  measured made it faster enough to pay (``torch.compile``: about 5% after 150 s of compiling).
+- ``bf16-openvino`` (CPUs with bf16 instructions only): the decoder and the student also run
+  under bf16 autocast, their outputs handed back in fp32 so that losses stay in fp32.
+
+Other devices than the CPU stay on the reference: nothing here was measured on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fewsam.config import PRECISIONS, ConfigError
+from fewsam.models.precision import has_bf16, require_bf16, say_once
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """A resolved path for the trained modules; ``name`` is what RUN/config.json records."""
+
+    name: str
+    channels_last: bool = False  # the student's convolutions (and their inputs) in NHWC
+    autocast: torch.dtype | None = None  # CPU autocast dtype around the modules' forward
+    reason: str = field(default="", compare=False)
+
+
+REFERENCE = Acceleration("reference", reason="the reference path")
+FP32_FAST = Acceleration("fp32-channels-last", channels_last=True)
+BF16_AUTOCAST = Acceleration("bf16-autocast", channels_last=True, autocast=torch.bfloat16)
+BY_NAME = {a.name: a for a in (REFERENCE, FP32_FAST, BF16_AUTOCAST)}
+
+
+def resolve_acceleration(requested: str, device: str = "cpu", flags: frozenset[str] | None = None) -> Acceleration:
+    """The trained modules' path for ``--precision requested`` on this host (``flags`` for tests)."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {requested!r}")
+    if requested == "fp32":
+        return REFERENCE
+    if not device.startswith("cpu"):
+        return _chosen(REFERENCE, f"decoder and student in fp32, eager: --precision {requested} applies to CPUs, "
+                                  f"not {device}")
+    if requested == "bf16-openvino":
+        require_bf16(flags)
+        return _chosen(BF16_AUTOCAST, "decoder and student under bf16 autocast")
+    return _chosen(FP32_FAST, "decoder and U-Net student in fp32; the student's convolutions channels-last")
+
+
+def acceleration_of_run(config: dict[str, Any], device: str = "cpu", flags: frozenset[str] | None = None
+                        ) -> Acceleration:
+    """The path a fitted run predicts with: the one it was trained (and validated) with, as
+    RUN/config.json records it, unless this host or device cannot run it (then fp32)."""
+    recorded = BY_NAME.get(config.get("acceleration", REFERENCE.name), REFERENCE)
+    if recorded == REFERENCE:
+        return REFERENCE
+    if not device.startswith("cpu"):
+        return REFERENCE
+    if recorded.autocast is not None and not has_bf16(flags):
+        return _chosen(FP32_FAST, "this run trained under bf16 autocast, but this CPU has no bf16 instructions: "
+                                  "predicting in fp32")
+    return recorded
+
+
+def _chosen(acceleration: Acceleration, message: str) -> Acceleration:
+    say_once(message)
+    return Acceleration(acceleration.name, acceleration.channels_last, acceleration.autocast, message)
+
+
+def prepare_student(module: nn.Module, acceleration: Acceleration) -> nn.Module:
+    """The U-Net student (in place) for training on ``acceleration``'s path; the reference is untouched."""
+    if acceleration.channels_last:
+        module.to(memory_format=torch.channels_last)
+        module.register_forward_pre_hook(_channels_last_input)
+    if acceleration.autocast is not None:
+        _autocast_forward(module, acceleration.autocast)
+    return module
+
+
+def prepare_decoder(module: nn.Module, acceleration: Acceleration) -> nn.Module:
+    """The prompt decoder (in place): only autocast applies (channels-last measured slower on its
+    transposed convolutions)."""
+    if acceleration.autocast is not None:
+        _autocast_forward(module, acceleration.autocast)
+    return module
+
+
+def _channels_last_input(module: nn.Module, args: tuple) -> tuple:
+    """Hand a 4D input to the convolutions in channels-last: oneDNN then skips a reorder per layer."""
+    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4
+                 else a for a in args)
+
+
+def _autocast_forward(module: nn.Module, dtype: torch.dtype) -> None:
+    """Run ``module``'s forward under CPU autocast and return its output in fp32, via hooks, so
+    that its state-dict names stay those of the reference module."""
+    active: list[Any] = []
+
+    def enter(mod: nn.Module, args: tuple) -> None:
+        context = torch.autocast("cpu", dtype=dtype)
+        context.__enter__()
+        active.append(context)
+
+    def leave(mod: nn.Module, args: tuple, output: Any) -> Any:
+        active.pop().__exit__(None, None, None)
+        return output.float() if isinstance(output, torch.Tensor) else output
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave, always_call=True)
