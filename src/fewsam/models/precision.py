@@ -13,7 +13,7 @@ once per process. ``fp32`` asks for the reference explicitly (bit-identical numb
 ``--precision`` also sets how the decoder and the student train (``models.acceleration``).
 
 The converted encoder is kept as OpenVINO IR beside the embeddings it produces (conversion
-takes 15-35 s, once per cache folder; reading the IR back, about a second).
+takes 15-50 s, once per cache folder; reading the IR back, about a second).
 """
 
 from __future__ import annotations
