@@ -65,3 +65,20 @@ def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> 
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert pattern in lines[0], lines[0]
     assert "Traceback" not in result.stderr
+
+
+def fit_twice_identically(fit_args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """``fewsam fit ...`` twice (run_a, run_b under ``tmp_path``, in-process CLI): both succeed and
+    keep bit-identical best weights, the determinism contract for one seed. Returns the two runs."""
+    import torch
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+
+    runs = (tmp_path / "run_a", tmp_path / "run_b")
+    for run in runs:
+        result = CliRunner().invoke(app, [*fit_args, "--out", str(run)])
+        assert result.exit_code == 0, result.output
+    a, b = (torch.load(run / "checkpoint_best.pt", weights_only=True)["module"] for run in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return runs

@@ -53,14 +53,14 @@ def test_fewmatch_on_real_acdc_slices(tmp_path):
     and the heart is still found."""
     data = _subset(tmp_path)
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=str(tmp_path / "cache"),
-                      show_progress=False)
+                      show_progress=False, precision="fp32")
     cfg = FewMatchConfig(steps=30, ema=0.0, val_every=15, views=2, warmup_steps=10, ramp_steps=5,
                          unlabeled_batch=2)
     result = fit("fewmatch", opts, cfg)
     log = [json.loads(line) for line in (tmp_path / "run" / "fit_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss_u" in r][0] == 11
     written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", tmp_path / "cache",
-                      show_progress=False)
+                      show_progress=False, precision="fp32")
     report = evaluate(tmp_path / "pred", data, "val.list", show_progress=False)
     assert 0.0 <= result.best_score <= 1.0 and len(written) == 1
     assert report["per_class"]["LV"]["dice"] > 0.5, json.dumps(report["per_class"])

@@ -12,6 +12,7 @@ from fewsam.errors import DataError
 from fewsam.inference import choose_postprocessing, keep_largest_components
 from fewsam.methods.fewshot import PrototypeDecoder, _kmeans, bank_tokens, shot_prototypes
 from fewsam.models.registry import load_model
+from tests.conftest import fit_twice_identically
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +98,7 @@ def test_fewshot_end_to_end_on_a_phantom(tmp_path):
     fp32 = ["--precision", "fp32"]  # the reference: no encoder conversion for a four-step fit
     fit = ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--views", "2", "--steps", "4",
            "--val-every", "2", "--batch-size", "2", "--cache", str(tmp_path / "cache"), "--quiet", *fp32]
-    for name in ("run_a", "run_b"):
-        result = runner.invoke(app, fit + ["--out", str(tmp_path / name)])
-        assert result.exit_code == 0, result.output
-    a = torch.load(tmp_path / "run_a" / "checkpoint_best.pt", weights_only=True)["module"]
-    b = torch.load(tmp_path / "run_b" / "checkpoint_best.pt", weights_only=True)["module"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    fit_twice_identically(fit, tmp_path)
     config = json.loads((tmp_path / "run_a" / "config.json").read_text())
     assert config["class_map"] == {"1": "RV", "2": "Myo", "3": "LV"} and len(config["labelled"]["refs"]) == 2
 

@@ -56,3 +56,19 @@ def stale_temporaries(folder: str | Path) -> Iterator[Path]:
     for path in Path(folder).rglob(f".*{TEMPORARY_SUFFIX}"):
         if path.is_file() and path.name.count(".") >= 3:
             yield path
+
+
+def check_folder_path(path: Path, option: str, error: type[Exception] | None = None) -> None:
+    """``path`` is to be a folder fewsam writes in: not a file, not under a file, and writable (itself,
+    or its nearest existing parent until it is made). One line naming ``option`` instead of an OSError.
+    Torch-free, so that the studio's server checks paths without loading the models."""
+    from fewsam.errors import RunError
+
+    error = error or RunError
+    if path.exists() and not path.is_dir():
+        raise error(f"{option} {path} is a file; give a folder path")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise error(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise error(f"{option} {path}: {existing} is read-only; give a writable {option} folder")

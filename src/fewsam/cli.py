@@ -101,7 +101,7 @@ def check_cache(cache: str) -> None:
 
 def check_folder(path: Path, option: str) -> None:
     """A folder option (fit's and demo's --out) must not name a file and must be writable."""
-    from fewsam.predict import check_folder_path
+    from fewsam.atomic import check_folder_path
 
     check_folder_path(path, option)
 

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
+from fewsam.atomic import check_folder_path
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION
 from fewsam.data import open_dataset, write_prediction
@@ -165,18 +166,6 @@ def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
 def check_cache_folder(root: str | Path) -> None:
     """Refuse a --cache that is a file or cannot be written, before any model is loaded."""
     check_folder_path(Path(root).expanduser(), "--cache", CacheError)
-
-
-def check_folder_path(path: Path, option: str, error: type[FewsamError] = RunError) -> None:
-    """``path`` is to be a folder fewsam writes in: not a file, not under a file, and writable (itself,
-    or its nearest existing parent until it is made). One line naming ``option`` instead of an OSError."""
-    if path.exists() and not path.is_dir():
-        raise error(f"{option} {path} is a file; give a folder path")
-    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise error(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise error(f"{option} {path}: {existing} is read-only; give a writable {option} folder")
 
 
 def _dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:

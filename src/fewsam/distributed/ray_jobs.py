@@ -171,13 +171,15 @@ class CaseWorker:
     """The common part of a worker: a setup error (a folder it cannot see, other weights) is kept
     and raised by every call, so that the driver reports it as one line instead of a dead actor."""
 
-    def __init__(self, threads: int, tokens: Sequence[str]) -> None:
+    def __init__(self, job: Any) -> None:
+        """``job``: the EncoderJob / PredictJob the worker serves (its ``threads`` and ``tokens`` used here)."""
+        self.job = job
         self.host, self.pid, self.error = socket.gethostname(), os.getpid(), None
         try:
             import torch
 
-            torch.set_num_threads(threads)  # the same threads as a local run: the same float sums
-            check_tokens(tokens)
+            torch.set_num_threads(job.threads)  # the same threads as a local run: the same float sums
+            check_tokens(job.tokens)
             self.setup()
         except FewsamError as err:
             self.error = err
@@ -197,10 +199,6 @@ class CaseWorker:
 
 class EmbedWorker(CaseWorker):
     """Fills the cache for one case per call."""
-
-    def __init__(self, job: EncoderJob) -> None:
-        self.job = job
-        super().__init__(job.threads, job.tokens)
 
     def setup(self) -> None:
         from fewsam.cache import EmbeddingCache
@@ -246,10 +244,6 @@ class PredictJob:
 
 class PredictWorker(CaseWorker):
     """Writes the prediction of one case per call into the job's staging folder."""
-
-    def __init__(self, job: PredictJob) -> None:
-        self.job = job
-        super().__init__(job.threads, job.tokens)
 
     def setup(self) -> None:
         from fewsam.data import open_dataset

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewsam.config import PRECISIONS, ConfigError
-from fewsam.models.precision import has_bf16, require_bf16, say_once
+from fewsam.models.precision import check_precision_name, has_bf16, require_bf16, say_once
 
 
 @dataclass(frozen=True)
@@ -46,8 +45,7 @@ BY_NAME = {a.name: a for a in (REFERENCE, FP32_FAST, BF16_AUTOCAST)}
 
 def resolve_acceleration(requested: str, device: str = "cpu", flags: frozenset[str] | None = None) -> Acceleration:
     """The trained modules' path for ``--precision requested`` on this host (``flags`` for tests)."""
-    if requested not in PRECISIONS:
-        raise ConfigError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {requested!r}")
+    check_precision_name(requested)
     if requested == "fp32":
         return REFERENCE
     if not device.startswith("cpu"):

@@ -105,10 +105,15 @@ def say_once(message: str) -> None:
         log.info(message)
 
 
-def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str] | None = None) -> EncoderPrecision:
-    """The encoder's precision for ``--precision requested`` on this host (``flags`` for tests)."""
+def check_precision_name(requested: str) -> None:
+    """One line naming the choices, for the encoder's and the trained modules' resolution alike."""
     if requested not in PRECISIONS:
         raise ConfigError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {requested!r}")
+
+
+def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str] | None = None) -> EncoderPrecision:
+    """The encoder's precision for ``--precision requested`` on this host (``flags`` for tests)."""
+    check_precision_name(requested)
     if requested == "fp32":
         return FP32
     if not device.startswith("cpu"):

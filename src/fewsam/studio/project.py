@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import secrets
 import shutil
 import threading
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from fewsam.atomic import atomic_write_bytes
+from fewsam.atomic import atomic_write_bytes, check_folder_path
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
@@ -62,18 +61,8 @@ def default_project(data: Path) -> Path:
 
 
 def check_writable_folder(path: Path, option: str) -> None:
-    """``path`` is to be a folder the studio writes in: not a file, not under a file, writable.
-
-    The rule of ``fewsam.predict.check_folder_path``, kept here so that the server does not import
-    torch (which ``fewsam.predict`` does) just to check a path."""
-    path = path.expanduser()
-    if path.exists() and not path.is_dir():
-        raise StudioError(f"{option} {path} is a file; give a folder path")
-    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise StudioError(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise StudioError(f"{option} {path}: {existing} is read-only; give a writable {option} folder")
+    """``path`` is to be a folder the studio writes in (fewsam's one folder rule, as a studio error)."""
+    check_folder_path(path.expanduser(), option, StudioError)
 
 
 def check_project_folder(project: Path, data: Path) -> None:

@@ -445,21 +445,18 @@
     state.levelDrag = null;
   }
 
-  function undo() {
+  // Undo and redo move the current label between the two stacks, in opposite directions.
+  function step(from, to) {
     const d = draft();
-    if (!d || !d.undo.length) return;
-    d.redo.push(d.label);
-    d.label = d.undo.pop();
+    if (!d || !d[from].length) return;
+    d[to].push(d.label);
+    d.label = d[from].pop();
     changed();
   }
 
-  function redo() {
-    const d = draft();
-    if (!d || !d.redo.length) return;
-    d.undo.push(d.label);
-    d.label = d.redo.pop();
-    changed();
-  }
+  function undo() { step("undo", "redo"); }
+
+  function redo() { step("redo", "undo"); }
 
   async function save() {
     if (!state.slice) return;
