@@ -14,7 +14,8 @@ import torch
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_PRECISION, ConfigError, FitOptions
 from fewsam.models import precision
-from fewsam.models.acceleration import (BF16_AUTOCAST, FP32_FAST, REFERENCE, acceleration_of_run, prepare_decoder,
+from fewsam.models.acceleration import (BF16_AUTOCAST, CUDA_BF16, FP32_FAST, REFERENCE, acceleration_of_run,
+                                        prepare_decoder,
                                         prepare_student, resolve_acceleration)
 from fewsam.models.precision import FP32, EncoderPrecision, cpu_flags, openvino_available, resolve_precision
 from test_supervised import TINY, TINY_STUDENT, context, tiny_sam
@@ -99,8 +100,11 @@ def test_the_trained_modules_path_per_precision_device_and_cpu():
         for flags in (WITH_BF16, WITHOUT_BF16):  # bf16 is never chosen by default: it is opt-in
             assert resolve_acceleration(requested, "cpu", flags) == FP32_FAST
     assert resolve_acceleration("bf16-openvino", "cpu", WITH_BF16) == BF16_AUTOCAST
-    for requested in ("auto", "bf16-openvino"):
-        assert resolve_acceleration(requested, "cuda:0", WITH_BF16) == REFERENCE
+    for requested in ("fp32", "fp32-openvino", "bf16-openvino"):  # CPU paths: the GPU runs the reference
+        assert resolve_acceleration(requested, "cuda:0", WITH_BF16, cuda_bf16=True) == REFERENCE
+    assert resolve_acceleration("auto", "cuda:0", WITHOUT_BF16, cuda_bf16=True) == CUDA_BF16
+    assert resolve_acceleration("auto", "cuda", WITH_BF16, cuda_bf16=False) == REFERENCE  # e.g. a pre-Ampere GPU
+    assert resolve_acceleration("auto", "mps", WITH_BF16) == REFERENCE
     with pytest.raises(ConfigError, match="--precision must be"):
         resolve_acceleration("fp16", "cpu", WITH_BF16)
 
@@ -112,6 +116,25 @@ def test_a_run_predicts_on_the_path_it_trained_on_where_this_host_can(notes):
     assert acceleration_of_run({"acceleration": BF16_AUTOCAST.name}, "cpu", WITHOUT_BF16) == FP32_FAST
     assert "no bf16 instructions: predicting in fp32" in notes.text
     assert acceleration_of_run({"acceleration": FP32_FAST.name}, "cuda") == REFERENCE
+    assert acceleration_of_run({"acceleration": CUDA_BF16.name}, "cpu", WITH_BF16) == REFERENCE
+
+
+def test_the_gpu_path_enters_cuda_autocast_around_each_forward_and_hands_back_fp32(monkeypatch):
+    """The branch a GPU takes, run on the CPU: the hooks open ``torch.autocast("cuda", bf16)``
+    (recorded here; without a GPU torch would disable it with a warning) and close it again."""
+    from fewsam.methods.fewshot import PrototypeDecoder
+
+    opened, real_autocast = [], torch.autocast
+
+    def recording_autocast(device_type, dtype=None, **kwargs):
+        opened.append((device_type, dtype))
+        return real_autocast("cpu", dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", recording_autocast)
+    decoder = prepare_decoder(PrototypeDecoder(tiny_sam(), 4), CUDA_BF16)
+    logits = decoder(torch.rand(1, 256, 64, 64), torch.rand(4, 1, 256))
+    assert opened == [("cuda", torch.bfloat16)] and logits.dtype == torch.float32
+    assert not torch.is_autocast_enabled("cpu")
 
 
 def _student_steps(acceleration, steps: int = 4) -> tuple[list[float], torch.nn.Module]:

@@ -1,7 +1,7 @@
 import pytest
 
 from fewsam.errors import RunError
-from fewsam.runs import prepare_run_dir, read_config
+from fewsam.runs import config_differences, prepare_run_dir, read_config
 
 
 def test_new_run_then_resume_same_config(tmp_path):
@@ -16,6 +16,21 @@ def test_different_config_is_refused_and_kept(tmp_path):
     with pytest.raises(RunError, match="different configuration"):
         prepare_run_dir(tmp_path / "run", {"method": "fewshot", "lr": 1e-3})
     assert read_config(tmp_path / "run")["lr"] == 1e-4
+
+
+def test_the_refusal_names_the_settings_that_differ(tmp_path):
+    stored = {"method": "fewmatch", "precision": "fp32-openvino", "fewmatch": {"steps": 400, "threshold": 0.9}}
+    prepare_run_dir(tmp_path / "run", stored)
+    asked = {"method": "fewmatch", "precision": "fp32", "fewmatch": {"steps": 800, "threshold": 0.9}}
+    with pytest.raises(RunError, match=r'fewmatch.steps: 400 -> 800; precision: "fp32-openvino" -> "fp32"'):
+        prepare_run_dir(tmp_path / "run", asked)
+
+
+def test_config_differences_lists_added_and_removed_keys_and_caps_the_list():
+    assert config_differences({"a": 1}, {"a": 1}) == ""
+    assert config_differences({"a": 1}, {"b": 2}) == "a: 1 -> unset; b: unset -> 2"
+    many = config_differences({f"k{i}": i for i in range(6)}, {f"k{i}": -i - 1 for i in range(6)})
+    assert many.endswith("; and 2 more") and many.count("->") == 4
 
 
 def test_foreign_folder_is_refused(tmp_path):

@@ -137,14 +137,35 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> tuple[Path, 
     if existing.exists():
         stored = read_config(path)
         _refuse_changed_data(path, stored, config)
-        if _comparable(stored) != _comparable(json.loads(json.dumps(config))):
-            raise RunError(f"{path} already holds a run with a different configuration; "
-                           "choose another --out (nothing was overwritten)")
+        changed = config_differences(_comparable(stored), _comparable(json.loads(json.dumps(config))))
+        if changed:
+            raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
+                           "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
         return path, True
     _refuse_foreign(path)
     path.mkdir(parents=True, exist_ok=True)
     write_json(existing, config)
     return path, False
+
+
+def config_differences(stored: dict[str, Any], requested: dict[str, Any], shown: int = 4) -> str:
+    """The settings that keep a run from resuming, as "name: stored -> requested" (nested
+    sections as "section.name"), so a user sees which option to change back; "" when equal."""
+    pairs = []
+    for key in sorted(set(stored) | set(requested)):
+        old, new = stored.get(key), requested.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            pairs += [(f"{key}.{k}", old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+                      if old.get(k) != new.get(k)]
+        elif old != new:
+            pairs.append((key, old, new))
+    text = "; ".join(f"{name}: {_short(a)} -> {_short(b)}" for name, a, b in pairs[:shown])
+    return text + (f"; and {len(pairs) - shown} more" if len(pairs) > shown else "")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = "unset" if value is None else json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
