@@ -21,6 +21,8 @@ from fewsam.embedded import frame_label
 from fewsam.inference import labels_from_logits
 from fewsam.methods.fewshot import FewShotPredictor
 from fewsam.methods.samatch import pooled_dice, prompt_regions
+from fewsam.models.registry import load_model
+from fewsam.runs import read_config
 from fewsam.prompts import masked_average_pool, region_weights
 from pseudo_label_rules import load_pool
 
@@ -38,7 +40,11 @@ def region_tokens(probs: torch.Tensor, slice_, threshold: float, values: list[in
 
 def main(run: Path, fewshot_run: Path, device: str) -> None:
     cfg, data, probs, sam, slices, values = load_pool(run, device)
-    fewshot = FewShotPredictor(fewshot_run, sam, device)
+    # a model of its own: `sam` holds SAM-Match's stage-1 prompt encoder, whose trained no-mask
+    # embedding the prototype decoder would otherwise add to every embedding it reads
+    fewshot_config = read_config(fewshot_run)
+    fresh = load_model(fewshot_config["model"], fewshot_config.get("checkpoint"), device=device)
+    fewshot = FewShotPredictor(fewshot_run, fresh, device)
     bank = fewshot.tokens  # (Q, K, 256)
     preds: dict[str, list[np.ndarray]] = {"student": [], "bank": [], "self": [], "blend": []}
     for p, s in zip(probs, slices):
