@@ -193,7 +193,7 @@ def test_real_acdc_volumes_embed_on_the_cluster_as_locally(cluster, tmp_path):
     source = shared_data("acdc")
     root = tmp_path / "acdc"
     (root / "data").mkdir(parents=True)
-    volumes = ["patient028_frame01", "patient028_frame02"]
+    volumes = ["patient028_frame01"]  # one real volume, 10 slices (several cases: the phantom tests)
     for name in volumes:
         shutil.copy(source / "data" / f"{name}.h5", root / "data")
     (root / "val.list").write_text("\n".join(volumes) + "\n")
@@ -202,7 +202,7 @@ def test_real_acdc_volumes_embed_on_the_cluster_as_locally(cluster, tmp_path):
                         "--ray", cluster, "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     want = cache_files(tmp_path / "local")
-    assert len(want) > 10 and cache_files(tmp_path / "ray") == want
+    assert len(want) >= 6 and cache_files(tmp_path / "ray") == want
 
 
 # --- without a cluster ----------------------------------------------------------------------------
