@@ -446,7 +446,7 @@
   }
 
   // Undo and redo move the current label between the two stacks, in opposite directions.
-  function step(from, to) {
+  function moveHistory(from, to) {
     const d = draft();
     if (!d || !d[from].length) return;
     d[to].push(d.label);
@@ -454,9 +454,9 @@
     changed();
   }
 
-  function undo() { step("undo", "redo"); }
+  function undo() { moveHistory("undo", "redo"); }
 
-  function redo() { step("redo", "undo"); }
+  function redo() { moveHistory("redo", "undo"); }
 
   async function save() {
     if (!state.slice) return;
