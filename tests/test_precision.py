@@ -45,8 +45,9 @@ def test_auto_is_the_default_of_every_command():
 
 
 def test_bf16_is_refused_on_a_cpu_without_bf16_instructions():
-    with pytest.raises(ConfigError, match="needs a CPU with bf16 instructions"):
-        resolve_precision("bf16-openvino", "cpu", WITHOUT_BF16)
+    for requested in ("bf16-openvino", "mixed-openvino"):
+        with pytest.raises(ConfigError, match=f"--precision {requested} needs a CPU with bf16 instructions"):
+            resolve_precision(requested, "cpu", WITHOUT_BF16)
     with pytest.raises(ConfigError, match="needs a CPU with bf16 instructions"):
         resolve_acceleration("bf16-openvino", "cpu", WITHOUT_BF16)
 
@@ -76,13 +77,14 @@ def test_a_broken_openvino_counts_as_not_loading(monkeypatch):
 
 
 @pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed")
-def test_auto_compiles_the_encoder_in_fp32_and_says_why_not_bf16(notes):
+def test_auto_compiles_the_encoder_mixed_where_the_cpu_has_bf16_else_fp32(notes):
     without = resolve_precision("auto", "cpu", WITHOUT_BF16)
     with_bf16 = resolve_precision("auto", "cpu", WITH_BF16)
-    for chosen in (without, with_bf16):
-        assert (chosen.name, chosen.backend, chosen.signature) == ("fp32", "openvino", "openvino-fp32")
+    assert (without.name, without.backend, without.signature) == ("fp32", "openvino", "openvino-fp32")
+    assert (with_bf16.name, with_bf16.backend, with_bf16.signature) == ("mixed", "openvino", "openvino-mixed")
     assert "this CPU has no bf16 instructions" in without.reason
-    assert "below the 0.999 bar" in with_bf16.reason and "--precision bf16-openvino" in with_bf16.reason
+    assert "convolutional stages in fp32" in with_bf16.reason
+    assert resolve_precision("mixed-openvino", "cpu", WITH_BF16) == with_bf16
     assert resolve_precision("bf16-openvino", "cpu", WITH_BF16).signature == "openvino-bf16"
     assert len(notes.records) == 3
 
@@ -90,14 +92,14 @@ def test_auto_compiles_the_encoder_in_fp32_and_says_why_not_bf16(notes):
 def test_fp32_is_the_reference_and_other_devices_stay_on_it():
     assert resolve_precision("fp32", "cpu", WITH_BF16) == FP32
     assert resolve_precision("auto", "cuda", WITH_BF16).backend == "torch"
-    with pytest.raises(ConfigError, match="--precision must be auto, fp32, fp32-openvino or bf16-openvino"):
+    with pytest.raises(ConfigError, match="--precision must be auto, fp32, fp32-openvino, mixed-openvino or bf16-openvino"):
         resolve_precision("fp16", "cpu", WITH_BF16)
 
 
 def test_the_trained_modules_path_per_precision_device_and_cpu():
     assert resolve_acceleration("fp32", "cpu", WITH_BF16) == REFERENCE
-    for requested in ("auto", "fp32-openvino"):
-        for flags in (WITH_BF16, WITHOUT_BF16):  # bf16 is never chosen by default: it is opt-in
+    for requested in ("auto", "fp32-openvino", "mixed-openvino"):
+        for flags in (WITH_BF16, WITHOUT_BF16):  # bf16 autocast is never chosen by default: it is opt-in
             assert resolve_acceleration(requested, "cpu", flags) == FP32_FAST
     assert resolve_acceleration("bf16-openvino", "cpu", WITH_BF16) == BF16_AUTOCAST
     for requested in ("fp32", "fp32-openvino", "bf16-openvino"):  # CPU paths: the GPU runs the reference
@@ -221,7 +223,9 @@ def test_a_fast_supervised_fit_matches_the_reference_and_records_its_path(tmp_pa
     losses = {a: [r["loss"] for r in map(json.loads, (run / LOG).read_text().splitlines()) if "loss" in r]
               for a, run in runs.items()}
     assert len(losses[REFERENCE]) == 6 and losses[REFERENCE] != losses[FP32_FAST]  # other kernels ran
-    np.testing.assert_allclose(losses[FP32_FAST], losses[REFERENCE], rtol=1e-4)
+    # Rounding differences grow step by step: 6 steps apart by 1e-5 on an AVX2 host, 1.2e-4 on an
+    # AVX-512/AMX one (other oneDNN kernels); a wrong layout would be off by far more.
+    np.testing.assert_allclose(losses[FP32_FAST], losses[REFERENCE], rtol=1e-3)
     reference, fast = StudentPredictor(runs[REFERENCE]), StudentPredictor(runs[FP32_FAST])
     assert fast.module.model[0].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert reference.module.model[0].conv.unit0.conv.weight.is_contiguous()
@@ -271,14 +275,64 @@ def cosines(a: list, b: list) -> torch.Tensor:
 
 @pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed")
 def test_encoder_parity_on_real_slices(tmp_path):
-    """LiteMedSAM on real slices: the default (compiled fp32) keeps cosine >= 0.999 to the PyTorch
-    reference (it is ~1.0); bf16, where the CPU has it, stays above 0.998 (measured ~0.9989)."""
+    """LiteMedSAM on real slices: compiled fp32 keeps cosine >= 0.999 to the PyTorch reference
+    (it is ~1.0), and so does the default; where the CPU has bf16, the mixed encoder (the default
+    there) also keeps 0.999 (measured ~0.9994), the all-bf16 one 0.998 (measured ~0.9989)."""
     from fewsam.models.registry import load_model
 
     images, model = acdc_slices(), load_model("litemedsam")
     ref = EmbeddingCache(tmp_path, model).embed(images)
-    default = EmbeddingCache(tmp_path, model, resolve_precision("auto")).embed(images)
-    assert float(cosines(ref, default).min()) >= 0.999
+    for requested in ("fp32-openvino", "auto"):
+        compiled = EmbeddingCache(tmp_path, model, resolve_precision(requested)).embed(images)
+        assert float(cosines(ref, compiled).min()) >= 0.999, requested
     if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        mixed = EmbeddingCache(tmp_path, model, resolve_precision("mixed-openvino")).embed(images)
+        assert float(cosines(ref, mixed).min()) >= 0.999
         bf16 = EmbeddingCache(tmp_path, model, resolve_precision("bf16-openvino")).embed(images)
         assert float(cosines(ref, bf16).mean()) >= 0.998
+
+
+def small_tiny_vit():
+    from fewsam.models.tiny_vit import TinyViT
+
+    torch.manual_seed(0)
+    return TinyViT(embed_dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                   window_sizes=(7, 7, 7, 7), out_chans=256).eval()
+
+
+def test_the_mixed_stages_compose_to_the_encoder_and_keep_the_convolutions_in_fp32():
+    from fewsam.models.precision import stage_plan
+
+    encoder, x = small_tiny_vit(), torch.rand(2, 3, 64, 64)
+    plan = stage_plan(encoder, EncoderPrecision("mixed", "openvino"))
+    assert [hint for _, hint in plan] == ["fp32", "fp32", "bf16", "bf16", "bf16", "bf16"]
+    with torch.no_grad():
+        staged = x
+        for module, _ in plan:
+            staged = module(staged)
+        assert torch.equal(staged, encoder(x))
+    assert stage_plan(encoder, OPENVINO_BF16) == [(encoder, "bf16")]
+
+
+@pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed")
+def test_the_mixed_encoder_is_compiled_stage_by_stage_and_cached_apart(tmp_path):
+    from fewsam.models.registry import _assemble
+    from fewsam.models.sam import Preprocessing
+
+    model = _assemble("smallvit", small_tiny_vit(), Preprocessing(64, "unit"))
+    image = np.random.default_rng(0).random((40, 48)).astype(np.float32)
+    mixed = EmbeddingCache(tmp_path, model, EncoderPrecision("mixed", "openvino"))
+    fp32 = EmbeddingCache(tmp_path, model, EncoderPrecision("fp32", "openvino"))
+    assert mixed.dir != fp32.dir and mixed.key(image) != fp32.key(image)
+    a, b = mixed.embed([image])[0].array, fp32.embed([image])[0].array
+    stages = sorted(p.name for p in tmp_path.glob("*-openvino-ir-stages/*.xml"))
+    assert stages == [f"stage-{i}.xml" for i in range(6)]
+    assert float(cosines([mixed.embed([image])[0]], [fp32.embed([image])[0]])[0]) > 0.99
+    again = EmbeddingCache(tmp_path, model, EncoderPrecision("mixed", "openvino"))  # reads the staged IR back
+    assert np.array_equal(again.embed([image])[0].array, a) and a.shape == b.shape
+
+
+def test_an_encoder_without_a_mixed_split_is_cached_as_compiled_fp32(tmp_path, notes):
+    cache = EmbeddingCache(tmp_path, tiny_sam(), EncoderPrecision("mixed", "openvino"))
+    assert cache.precision.signature == "openvino-fp32"
+    assert "has no measured mixed-precision split" in notes.text

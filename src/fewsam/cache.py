@@ -23,7 +23,7 @@ import torch
 
 from fewsam.atomic import atomic_write, atomic_write_bytes
 from fewsam.errors import CacheError
-from fewsam.models.precision import FP32, EncoderPrecision, OpenVinoEncoder
+from fewsam.models.precision import FP32, EncoderPrecision, OpenVinoEncoder, for_encoder
 from fewsam.models.sam import PreprocessInfo, SamModel
 
 MANIFEST = "manifest.json"
@@ -64,6 +64,7 @@ class EmbeddingCache:
     """On-disk cache of image embeddings for one model, under ``root/<model>-<weights>``."""
 
     def __init__(self, root: str | Path, model: SamModel, precision: EncoderPrecision = FP32) -> None:
+        precision = for_encoder(precision, model.image_encoder)
         self.model, self.precision = model, precision
         self.signature = model_signature(model, precision)
         folder = f"{model.name}-{model.weights_sha256[:12]}"

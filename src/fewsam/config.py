@@ -19,12 +19,14 @@ from typing import Any, Sequence
 from fewsam.errors import DataError, FewsamError
 
 DEFAULT_CACHE = "~/.cache/fewsam"  # the embedding cache, shared by every command
-PRECISIONS = ("auto", "fp32", "fp32-openvino", "bf16-openvino")  # ``fewsam.models.precision``, ``.acceleration``
+PRECISIONS = ("auto", "fp32", "fp32-openvino", "mixed-openvino", "bf16-openvino")  # ``fewsam.models.precision``, ``.acceleration``
 DEFAULT_PRECISION = "auto"  # the fastest choice within cosine 0.999 (encoder) and Dice 0.005 (end to end) of fp32
-PRECISION_HELP = ("auto: fp32-openvino where OpenVINO loads, else fp32 (it says which, once). fp32: PyTorch, the "
-                  "exact reference (bit-identical runs). fp32-openvino: encoder compiled, 1.3-1.7x, cosine 1.0000 to "
-                  "fp32; the U-Net student in channels-last layout. bf16-openvino (CPUs with avx512_bf16 / amx_bf16): "
-                  "encoder ~2.4x but cosine ~0.9987; decoder and student under bf16 autocast.")
+PRECISION_HELP = ("auto: mixed-openvino on CPUs with bf16 instructions, else fp32-openvino where OpenVINO loads, "
+                  "else fp32 (it says which, once). fp32: PyTorch, the exact reference (bit-identical runs). "
+                  "fp32-openvino: encoder compiled, 1.3-2x, cosine 1.0000 to fp32; the U-Net student in "
+                  "channels-last layout. mixed-openvino (CPUs with avx512_bf16 / amx_bf16): the encoder's attention "
+                  "stages in bf16, ~3.4x, cosine 0.9994. bf16-openvino: the whole encoder in bf16, ~4.7x but cosine "
+                  "~0.9987; decoder and student under bf16 autocast.")
 
 
 class ConfigError(FewsamError):

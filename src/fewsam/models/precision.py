@@ -7,9 +7,11 @@ Rapids and later), runs its matrix products in bf16, faster again but further fr
 
 ``auto``, the default, is the fastest choice that keeps a cosine similarity of 0.999 to the
 reference on real slices and the end-to-end Dice within 0.005 of it (docs/results.md, section
-4.1): compiled fp32 wherever OpenVINO loads, on any CPU, since bf16 measured cosine 0.9987. Where
-OpenVINO does not load, or on a GPU, ``auto`` falls back to the PyTorch reference and says why,
-once per process. ``fp32`` asks for the reference explicitly (bit-identical numbers).
+4.1): on CPUs with bf16 instructions, ``mixed``: the encoder's convolutional stages in fp32 and its
+attention stages in bf16, compiled stage by stage (cosine 0.9994; the whole encoder in bf16
+measured 0.9987); elsewhere compiled fp32 wherever OpenVINO loads. Where OpenVINO does not load,
+or on a GPU, ``auto`` falls back to the PyTorch reference and says why, once per process.
+``fp32`` asks for the reference explicitly (bit-identical numbers).
 ``--precision`` also sets how the decoder and the student train (``models.acceleration``).
 
 The converted encoder is kept as OpenVINO IR beside the embeddings it produces (conversion
@@ -38,7 +40,7 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 @dataclass(frozen=True)
 class EncoderPrecision:
-    """The resolved choice: ``name`` fp32 | bf16, ``backend`` torch | openvino, and why."""
+    """The resolved choice: ``name`` fp32 | mixed | bf16, ``backend`` torch | openvino, and why."""
 
     name: str
     backend: str
@@ -70,10 +72,10 @@ def has_bf16(flags: frozenset[str] | None = None) -> bool:
     return bool((cpu_flags() if flags is None else flags) & BF16_FLAGS)
 
 
-def require_bf16(flags: frozenset[str] | None = None) -> None:
+def require_bf16(flags: frozenset[str] | None = None, requested: str = "bf16-openvino") -> None:
     """Refuse bf16 on a CPU without bf16 instructions: it would be emulated, hundreds of times slower."""
     if not has_bf16(flags):
-        raise ConfigError("--precision bf16-openvino needs a CPU with bf16 instructions (avx512_bf16 or "
+        raise ConfigError(f"--precision {requested} needs a CPU with bf16 instructions (avx512_bf16 or "
                           "amx_bf16) and this one has none; use --precision fp32-openvino (or auto)")
 
 
@@ -118,8 +120,8 @@ def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str]
         return FP32
     if not device.startswith("cpu"):
         return _chosen(FP32, f"encoder in fp32 with PyTorch: --precision {requested} applies to CPUs, not {device}")
-    if requested == "bf16-openvino":
-        require_bf16(flags)
+    if requested in ("bf16-openvino", "mixed-openvino"):
+        require_bf16(flags, requested)
     problem = openvino_problem()
     if problem is not None:
         if requested != "auto":
@@ -128,10 +130,12 @@ def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str]
     if requested == "bf16-openvino":
         return _chosen(EncoderPrecision("bf16", "openvino"), "encoder in bf16, compiled by OpenVINO "
                        "(--precision fp32 for the PyTorch reference)")
-    why_not_bf16 = ("bf16 would be faster but measured cosine 0.9987, below the 0.999 bar; --precision "
-                    "bf16-openvino to choose it anyway" if has_bf16(flags) else "this CPU has no bf16 instructions")
-    return _chosen(EncoderPrecision("fp32", "openvino"), f"encoder in fp32, compiled by OpenVINO ({why_not_bf16}; "
-                   "--precision fp32 for the PyTorch reference)")
+    if requested == "mixed-openvino" or (requested == "auto" and has_bf16(flags)):
+        return _chosen(EncoderPrecision("mixed", "openvino"), "encoder compiled by OpenVINO in mixed precision: "
+                       "its convolutional stages in fp32, its attention stages in bf16 (cosine 0.9994 to fp32; "
+                       "--precision fp32 for the PyTorch reference)")
+    return _chosen(EncoderPrecision("fp32", "openvino"), "encoder in fp32, compiled by OpenVINO (this CPU has no "
+                   "bf16 instructions; --precision fp32 for the PyTorch reference)")
 
 
 def _chosen(precision: EncoderPrecision, message: str) -> EncoderPrecision:
@@ -142,50 +146,87 @@ def _chosen(precision: EncoderPrecision, message: str) -> EncoderPrecision:
 class OpenVinoEncoder:
     """The frozen image encoder compiled by OpenVINO: (B, 3, S, S) float32 -> (B, 256, 64, 64) float32.
 
-    Converted on first use and kept as IR in ``ir_dir`` (written atomically), which later
-    processes read back instead of converting again.
+    fp32 and bf16 compile the whole graph at one precision. ``mixed`` compiles the encoder's stages
+    one by one (``stage_plan``), each at its own precision, and chains them. Converted on first use
+    and kept as IR in ``ir_dir`` (written atomically), which later processes read back instead of
+    converting again.
     """
 
     def __init__(self, encoder: torch.nn.Module, image_size: int, precision: EncoderPrecision, ir_dir: Path) -> None:
-        self.encoder, self.image_size, self.precision, self.ir_dir = encoder, image_size, precision, Path(ir_dir)
-        self._compiled: Any = None
+        self.encoder, self.image_size, self.precision = encoder, image_size, precision
+        self.stages = stage_plan(encoder, precision)
+        # Staged IR is a different set of files from the whole graph's: a folder of its own.
+        self.ir_dir = Path(ir_dir) if len(self.stages) == 1 else Path(f"{ir_dir}-stages")
+        self._compiled: list[Any] | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self._compiled is None:
             self._compiled = self._compile()
-        out = torch.from_numpy(self._compiled(images.detach().cpu().float().numpy())[0])  # a copy, not a view
-        # Hand the activations' buffers back to the allocator, where the decoder and student that
-        # train next reuse them: held, they raised a fit's peak memory by ~0.25 GiB (about 12%),
-        # and reallocating them costs nothing measurable beside a 2 s encoder pass.
-        self._compiled.release_memory()
-        return out
+        x = images.detach().cpu().float().numpy()
+        for stage in self._compiled:
+            x = stage(x)[0]
+            # Hand the activations' buffers back to the allocator, where the decoder and student that
+            # train next reuse them: held, they raised a fit's peak memory by ~0.25 GiB (about 12%),
+            # and reallocating them costs nothing measurable beside a 2 s encoder pass.
+            stage.release_memory()
+        return torch.from_numpy(x)  # the last stage's output is a copy, not a view
 
-    def _compile(self) -> Any:
+    def _compile(self) -> list[Any]:
         import openvino as ov
 
         core = ov.Core()
-        xml = self.ir_dir / "encoder.xml"
-        model = core.read_model(xml) if xml.exists() else self._convert(ov)
-        hint = {"fp32": "f32", "bf16": "bf16"}[self.precision.name]
-        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                  "PERFORMANCE_HINT": "LATENCY"}
-        return core.compile_model(model, "CPU", config)
+        files = [self.ir_dir / _ir_name(i, len(self.stages)) for i in range(len(self.stages))]
+        models = [core.read_model(f) for f in files] if all(f.exists() for f in files) else self._convert(ov)
+        return [core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[hint],
+                                                  "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                  "PERFORMANCE_HINT": "LATENCY"})
+                for model, (_, hint) in zip(models, self.stages)]
 
-    def _convert(self, ov: Any) -> Any:
+    def _convert(self, ov: Any) -> list[Any]:
         log.info("converting the encoder for OpenVINO (once per model; kept in %s)", self.ir_dir)
         example = torch.zeros(1, 3, self.image_size, self.image_size)
+        models = []
         with torch.no_grad(), warnings.catch_warnings():
             # Shape-dependent branches (window padding) are traced as constants: right, because the
             # encoder only ever sees image_size x image_size inputs.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            model = ov.convert_model(self.encoder.eval(), example_input=example)
+            for module, _ in self.stages:
+                models.append(ov.convert_model(module.eval(), example_input=example))
+                example = module(example)
         self.ir_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".ir-", dir=self.ir_dir.parent))
         try:
-            ov.save_model(model, tmp / "encoder.xml", compress_to_fp16=False)
+            for i, model in enumerate(models):
+                ov.save_model(model, tmp / _ir_name(i, len(models)), compress_to_fp16=False)
             os.replace(tmp, self.ir_dir)  # a folder rename is atomic: readers see all of the IR or none
         except OSError:
             pass  # another process put its (identical) IR there first
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return model
+        return models
+
+
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def for_encoder(precision: EncoderPrecision, encoder: torch.nn.Module) -> EncoderPrecision:
+    """``precision`` as this encoder can run it: ``mixed`` needs the encoder to name its stages
+    (``precision_stages()``, measured for LiteMedSAM's TinyViT); other encoders compile in fp32,
+    and their embeddings are cached as fp32 ones."""
+    if precision.name != "mixed" or hasattr(encoder, "precision_stages"):
+        return precision
+    return _chosen(EncoderPrecision("fp32", "openvino"), f"encoder in fp32, compiled by OpenVINO: "
+                   f"{type(encoder).__name__} has no measured mixed-precision split")
+
+
+def stage_plan(encoder: torch.nn.Module, precision: EncoderPrecision) -> list[tuple[torch.nn.Module, str]]:
+    """(module, fp32 | bf16) pieces whose composition is the encoder: the whole encoder at one
+    precision, or for ``mixed`` the stages ``precision_stages()`` marks precision-sensitive in fp32
+    and the rest in bf16."""
+    if precision.name != "mixed":
+        return [(encoder, precision.name)]
+    return [(module, "fp32" if keep_fp32 else "bf16") for module, keep_fp32 in encoder.precision_stages()]
+
+
+def _ir_name(index: int, count: int) -> str:
+    return "encoder.xml" if count == 1 else f"stage-{index}.xml"
