@@ -64,7 +64,8 @@ class EmbeddingCache:
     """On-disk cache of image embeddings for one model, under ``root/<model>-<weights>``."""
 
     def __init__(self, root: str | Path, model: SamModel, precision: EncoderPrecision = FP32) -> None:
-        precision = for_encoder(precision, model.image_encoder)
+        if precision.backend != "torch":
+            precision = for_encoder(precision, model.image_encoder)
         self.model, self.precision = model, precision
         self.signature = model_signature(model, precision)
         folder = f"{model.name}-{model.weights_sha256[:12]}"
