@@ -66,3 +66,4 @@ def test_folder_of_another_model_is_refused(tmp_path, fake_sam):
 def test_no_partial_files_left(tmp_path, fake_sam):
     EmbeddingCache(tmp_path, fake_sam).embed(_images(4))
     assert not list(tmp_path.rglob("*.tmp"))
+

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import FitOptions, cli_fields, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.errors import FewsamError
@@ -469,12 +470,8 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-ALLOCATOR_TUNING = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
-
-
 def _tune_allocator() -> None:
-    """Re-exec once with glibc's allocator tuned: 2-3x faster on SAM's large activations,
-    whose buffers glibc otherwise returns to the kernel and faults in again on every pass.
+    """Re-exec once with glibc's allocator tuned (``ALLOCATOR_TUNING``, fewsam/allocator.py says why).
 
     It must be set before the process starts, hence the re-exec; FEWSAM_NO_REEXEC=1 opts out.
     """

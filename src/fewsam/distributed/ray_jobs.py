@@ -98,7 +98,7 @@ def worker_count(ray: Any, device: str, cpus_per_worker: int, requested: int | N
 def worker_options(device: str, cpus_per_worker: int, retries: int) -> dict[str, Any]:
     """Ray options of one worker: its CPUs (or one GPU), restarts after a crash with the case retried,
     and the allocator tuning the CLI gives itself (SAM's encoder is 2-3x faster with it)."""
-    from fewsam.cli import ALLOCATOR_TUNING
+    from fewsam.allocator import ALLOCATOR_TUNING
 
     resources: dict[str, Any] = {"num_cpus": cpus_per_worker}
     if device.startswith("cuda"):

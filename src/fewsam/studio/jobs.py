@@ -34,7 +34,7 @@ def worker_argv(spec: Path) -> list[str]:
 
 def worker_env() -> dict[str, str]:
     """The worker's environment: glibc's allocator tuned as the CLI tunes it (2-3x faster SAM passes)."""
-    from fewsam.cli import ALLOCATOR_TUNING
+    from fewsam.allocator import ALLOCATOR_TUNING
 
     return dict(os.environ, GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", ALLOCATOR_TUNING), PYTHONUNBUFFERED="1")
 
