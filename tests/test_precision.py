@@ -336,3 +336,14 @@ def test_an_encoder_without_a_mixed_split_is_cached_as_compiled_fp32(tmp_path, n
     cache = EmbeddingCache(tmp_path, tiny_sam(), EncoderPrecision("mixed", "openvino"))
     assert cache.precision.signature == "openvino-fp32"
     assert "has no measured mixed-precision split" in notes.text
+
+
+@pytest.mark.parametrize("flags", [frozenset({"avx2"}), frozenset({"avx2", "avx512_bf16", "amx_bf16"})])
+def test_bench_times_every_encoder_its_paths_compare(flags, monkeypatch):
+    """The bench's encoder table has a row for the encoder of each path it compares, on hosts with
+    and without bf16 (the default path's encoder is looked up in it)."""
+    from fewsam import bench
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    paths = bench.compared_paths("cpu", flags)
+    assert {p.encoder_name for p in paths.values()} <= set(bench.encoder_names("cpu", flags))

@@ -332,11 +332,17 @@ def encoder_gflop(model, image_size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def encoder_names(device: str, flags: frozenset[str] | None = None) -> list[str]:
+    """The encoder precisions this host offers, as --precision spells them (the encoder table's rows)."""
+    if device != "cpu":
+        return ["fp32"]
+    return ["fp32", "fp32-openvino"] + (["mixed-openvino", "bf16-openvino"] if has_bf16(flags) else [])
+
+
 def _encoder_table(dataset, refs, model, cache_dir: Path, device: str) -> dict[str, dict[str, float]]:
     """Per precision on offer: s/slice (cache miss, after compiling; the precisions take turns
     slice by slice), GFLOP/s, cosine to fp32."""
-    names = ["fp32"] if device != "cpu" else ["fp32", "fp32-openvino"] + (
-        ["bf16-openvino"] if cpu_flags() & {"avx512_bf16", "amx_bf16"} else [])
+    names = encoder_names(device)
     gflop = encoder_gflop(model, model.image_size)
     caches, first_call = {}, {}
     for name in names:

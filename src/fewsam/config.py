@@ -25,7 +25,7 @@ PRECISION_HELP = ("auto: mixed-openvino on CPUs with bf16 instructions, else fp3
                   "else fp32 (it says which, once). fp32: PyTorch, the exact reference (bit-identical runs). "
                   "fp32-openvino: encoder compiled, 1.3-2x, cosine 1.0000 to fp32; the U-Net student in "
                   "channels-last layout. mixed-openvino (CPUs with avx512_bf16 / amx_bf16): the encoder's attention "
-                  "stages in bf16, ~3.4x, cosine 0.9994. bf16-openvino: the whole encoder in bf16, ~4.7x but cosine "
+                  "stages in bf16, ~2.7x, cosine 0.9994. bf16-openvino: the whole encoder in bf16, ~4x but cosine "
                   "~0.9987; decoder and student under bf16 autocast.")
 
 

@@ -134,8 +134,9 @@ def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str]
         return _chosen(EncoderPrecision("mixed", "openvino"), "encoder compiled by OpenVINO in mixed precision: "
                        "its convolutional stages in fp32, its attention stages in bf16 (cosine 0.9994 to fp32; "
                        "--precision fp32 for the PyTorch reference)")
-    return _chosen(EncoderPrecision("fp32", "openvino"), "encoder in fp32, compiled by OpenVINO (this CPU has no "
-                   "bf16 instructions; --precision fp32 for the PyTorch reference)")
+    why = "" if requested == "fp32-openvino" else "this CPU has no bf16 instructions; "
+    return _chosen(EncoderPrecision("fp32", "openvino"), f"encoder in fp32, compiled by OpenVINO ({why}"
+                   "--precision fp32 for the PyTorch reference)")
 
 
 def _chosen(precision: EncoderPrecision, message: str) -> EncoderPrecision:
