@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from fewsam.data import SliceRef, open_dataset, select_labelled, unlabelled_pool
+from fewsam.data import SliceRef, open_dataset, select_labelled, select_unlabelled, unlabelled_pool
 from fewsam.errors import DataError, FewsamError
 from test_readers import make_nnunet, volume
 
@@ -92,3 +92,14 @@ def test_images_without_mask_go_to_the_pool_only():
     chosen = select_labelled(ds, n_cases=17)
     assert len(chosen) == 17 and SliceRef("I2CVB/train/image/00_03", 0) not in chosen
     assert unlabelled_pool(ds, chosen) == [SliceRef("I2CVB/train/image/00_03", 0)]
+
+
+def test_unlabelled_pool_restricted_to_a_list_file(acdc, lines, tmp_path):
+    chosen = select_labelled(acdc, n_cases=3)
+    keep = lines[100:110] + lines[:2]  # two labelled slices in the list stay out of the pool
+    listed = tmp_path / "pool.list"
+    listed.write_text("\n".join(keep) + "\n")
+    pool = select_unlabelled(acdc, chosen, None, 0, str(listed))
+    assert [r.case_id for r in pool] == lines[100:110]
+    assert select_unlabelled(acdc, chosen, 4, 0, str(listed)) == select_unlabelled(acdc, chosen, 4, 0, str(listed))
+    assert len(select_unlabelled(acdc, chosen, 4, 0, str(listed))) == 4

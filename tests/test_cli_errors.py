@@ -79,8 +79,10 @@ def test_label_outside_class_map(tiny_acdc, tmp_path):
 def test_cache_of_another_model_is_refused(tiny_acdc, tmp_path):
     from fewsam.models.registry import load_model
 
+    from fewsam.cache import cache_folder
+
     model = load_model("litemedsam")
-    folder = tmp_path / "c" / f"{model.name}-{model.weights_sha256[:12]}"
+    folder = tmp_path / "c" / cache_folder(model)
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"model": "sam_vit_h", "weights_sha256": "x", "preprocess": "y"}))
     result = run_fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "1", "--precision",
@@ -126,3 +128,10 @@ def test_refine_with_sam_on_a_run_without_sam_is_one_clear_error(tiny_acdc, tmp_
                     "--cache", str(tmp_path / "c"), flag, cwd=tmp_path)
     assert_one_line_error(result, "needs a SAM-Match run")
     assert not (tmp_path / "pred").exists()
+
+
+def test_cavity_rule_naming_no_class_of_the_data(tiny_acdc, tmp_path):
+    result = run_fewsam(*fit_args(tiny_acdc, tmp_path / "run", tmp_path / "c", "--labeled-slices", "1",
+                                  "--cavity-rule", "Myo:LV:Aorta"), cwd=tmp_path)
+    assert_one_line_error(result, "'Aorta' is not a class of this dataset (RV, Myo, LV)")
+    assert not (tmp_path / "run").exists()

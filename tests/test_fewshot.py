@@ -97,9 +97,11 @@ def test_fewshot_end_to_end_on_a_phantom(tmp_path):
     runner = CliRunner()
     fp32 = ["--precision", "fp32"]  # the reference: no encoder conversion for a four-step fit
     fit = ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--views", "2", "--steps", "4",
-           "--val-every", "2", "--batch-size", "2", "--cache", str(tmp_path / "cache"), "--quiet", *fp32]
+           "--val-every", "2", "--batch-size", "2", "--cache", str(tmp_path / "cache"), "--quiet", *fp32,
+           "--cavity-rule", "Myo:LV:RV"]
     fit_twice_identically(fit, tmp_path)
     config = json.loads((tmp_path / "run_a" / "config.json").read_text())
+    assert json.loads((tmp_path / "run_a" / "postprocess.json").read_text())["cavity_rule"] == [2, 3, 1]
     assert config["class_map"] == {"1": "RV", "2": "Myo", "3": "LV"} and len(config["labelled"]["refs"]) == 2
 
     pred = tmp_path / "pred"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewsam.cache import EmbeddingCache
+from fewsam.cache import EmbeddingCache, model_folder
 from fewsam.config import DEFAULT_PRECISION, ConfigError, FitOptions
 from fewsam.models import precision
 from fewsam.models.acceleration import (BF16_AUTOCAST, CUDA_BF16, FP32_FAST, REFERENCE, acceleration_of_run,
@@ -248,7 +248,7 @@ def test_fp32_and_bf16_embeddings_of_one_slice_are_two_entries(tmp_path):
                                                 torch.from_numpy(b.array.astype(np.float32)).flatten(), dim=0)
     assert cos > 0.99  # the same encoder, other numerics
     again = EmbeddingCache(tmp_path, model, OPENVINO_BF16)  # a new process reads the saved IR back
-    assert (tmp_path / f"{fast.dir.name.rsplit('-', 2)[0]}-openvino-ir" / "encoder.xml").exists()
+    assert (tmp_path / f"{model_folder(model)}-openvino-ir" / "encoder.xml").exists()
     assert np.array_equal(again.embed([np.flipud(image).copy()])[0].array.shape, a.array.shape)
 
 

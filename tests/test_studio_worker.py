@@ -15,6 +15,7 @@ import torch
 from fewsam.embedded import EmbeddedSlice
 from fewsam.data.types import SliceRef
 from fewsam.models.sam import PreprocessInfo
+from fewsam.methods.fewshot import FewShotPredictor
 from fewsam.studio import worker
 from fewsam.studio.app import DEFAULT_STEPS, DEFAULT_VIEWS
 
@@ -30,12 +31,15 @@ def test_mean_entropy_is_zero_when_certain_and_one_when_uniform():
 
 
 class StubPredictor:
-    """What ``predict_with_entropy`` reads of a ``FewShotPredictor``: a decoder, tokens, values."""
+    """What ``predict_with_entropy`` reads of a ``FewShotPredictor``: a decoder, tokens, values, and
+    the run's own post-processing (the real method)."""
+
+    postprocess = FewShotPredictor.postprocess
 
     def __init__(self, logits: torch.Tensor, largest_component: bool = False) -> None:
         self.logits, self.values, self.device = logits, [0, 1, 3], "cpu"
         self.tokens = torch.zeros(3, 1, 4)
-        self.largest_component = largest_component
+        self.largest_component, self.cavity_rule = largest_component, None
 
     def decoder(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.logits[: embeddings.shape[0]]

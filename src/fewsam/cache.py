@@ -60,19 +60,32 @@ def pixel_key(image: np.ndarray, signature: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+def model_folder(model: SamModel) -> str:
+    """``<model>-<weights>``: names what depends only on the weights (the compiled encoder)."""
+    return f"{model.name}-{model.weights_sha256[:12]}"
+
+
+def cache_folder(model: SamModel, precision: EncoderPrecision = FP32) -> str:
+    """``<model>-<weights>-p<preprocessing>[-<numerics>]``: embeddings made with another
+    preprocessing or encoder numerics go to a folder of their own, so a changed default starts a
+    fresh folder instead of refusing the old one."""
+    tag = hashlib.sha256(model.preprocess_signature().encode()).hexdigest()[:6]
+    folder = f"{model_folder(model)}-p{tag}"
+    return folder if precision.signature is None else f"{folder}-{precision.signature}"
+
+
 class EmbeddingCache:
-    """On-disk cache of image embeddings for one model, under ``root/<model>-<weights>``."""
+    """On-disk cache of image embeddings for one model, under ``root/<cache_folder>``."""
 
     def __init__(self, root: str | Path, model: SamModel, precision: EncoderPrecision = FP32) -> None:
         if precision.backend != "torch":
             precision = for_encoder(precision, model.image_encoder)
         self.model, self.precision = model, precision
         self.signature = model_signature(model, precision)
-        folder = f"{model.name}-{model.weights_sha256[:12]}"
-        self.dir = Path(root).expanduser() / (folder if precision.signature is None else
-                                              f"{folder}-{precision.signature}")
+        self.dir = Path(root).expanduser() / cache_folder(model, precision)
         self._encoder = model.encode if precision.backend == "torch" else OpenVinoEncoder(
-            model.image_encoder, model.image_size, precision, Path(root).expanduser() / f"{folder}-openvino-ir")
+            model.image_encoder, model.image_size, precision,
+            Path(root).expanduser() / f"{model_folder(model)}-openvino-ir")
         self._check_manifest()
         self.hits = 0
         self.misses = 0

@@ -5,10 +5,13 @@ Shared by every method: validation during fitting, ``fewsam predict`` and the po
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy import ndimage
 
+from fewsam.data.types import ClassMap
 from fewsam.embedded import EmbeddedSlice
 from fewsam.errors import DataError
 from fewsam.labels import index_lut
@@ -59,3 +62,64 @@ def choose_postprocessing(predictions: list[np.ndarray], labels: list[np.ndarray
     lcc = [volume_score(keep_largest_components(p, values), y, values) for p, y in zip(predictions, labels)]
     raw_mean, lcc_mean = float(np.mean(raw)), float(np.mean(lcc))
     return {"largest_component": lcc_mean > raw_mean, "val_dice_raw": raw_mean, "val_dice_largest_component": lcc_mean}
+
+
+@dataclass(frozen=True)
+class CavityRule:
+    """Nested anatomy the masks must respect: ``inner`` fills the cavity that ``ring`` encloses.
+
+    ACDC's left-ventricle cavity lies inside the myocardium ring (``Myo:LV:RV``). On patients unlike
+    the labelled ones the decoder can find the ring yet call the right ventricle "LV" and leave the
+    real cavity background: a swap no per-class clean-up can see. In a slice where the ring closes
+    around a cavity (at least ``min_cavity`` pixels) that the prediction leaves mostly background,
+    the cavity becomes ``inner`` and every ``inner`` region that does not touch the ring's filled
+    area becomes ``outer``. Slices whose ring is open (basal and apical slices) or whose cavity is
+    already labelled are left as predicted, so the rule only acts on that swap. The rule is declared
+    by the user (anatomy, not a tuned choice); its validation effect is recorded beside the others.
+    """
+
+    ring: int
+    inner: int
+    outer: int
+    min_cavity: int = 20
+
+    @classmethod
+    def parse(cls, text: str, class_map: ClassMap) -> CavityRule:
+        """``RING:INNER:OUTER``, each a class name or label value of ``class_map`` (e.g. ``Myo:LV:RV``)."""
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise DataError(f"--cavity-rule {text!r}: give RING:INNER:OUTER, e.g. Myo:LV:RV")
+        by_name = {name.lower(): value for value, name in class_map.names.items()}
+        values = []
+        for part in parts:
+            key = part.strip()
+            value = int(key) if key.isdigit() else by_name.get(key.lower())
+            if value not in class_map.names:
+                known = ", ".join(class_map.names.values())
+                raise DataError(f"--cavity-rule {text!r}: {key!r} is not a class of this dataset ({known})")
+            values.append(value)
+        if len(set(values)) != 3:
+            raise DataError(f"--cavity-rule {text!r}: RING, INNER and OUTER must be three different classes")
+        return cls(*values)
+
+    def to_json(self) -> list[int]:
+        return [self.ring, self.inner, self.outer]
+
+    def apply(self, volume: np.ndarray) -> np.ndarray:
+        """(D, H, W) label values -> the same with the rule applied slice by slice."""
+        return np.stack([self._apply_slice(s) for s in volume]).astype(volume.dtype)
+
+    def _apply_slice(self, labels: np.ndarray) -> np.ndarray:
+        ring = labels == self.ring
+        filled = ndimage.binary_fill_holes(ring)
+        cavity = filled & ~ring
+        if cavity.sum() < self.min_cavity or (labels[cavity] == 0).mean() < 0.5:
+            return labels
+        out = labels.copy()
+        regions, n = ndimage.label(labels == self.inner)
+        touching = set(np.unique(regions[filled]).tolist())
+        for region in range(1, n + 1):
+            if region not in touching:
+                out[regions == region] = self.outer
+        out[cavity & (labels == 0)] = self.inner
+        return out

@@ -38,10 +38,15 @@ def unlabelled_pool(ds: Dataset, labelled: list[SliceRef]) -> list[SliceRef]:
     return [r for r in ds.labelled_budget_order() if r not in taken]
 
 
-def select_unlabelled(ds: Dataset, labelled: list[SliceRef], limit: int | None, seed: int) -> list[SliceRef]:
+def select_unlabelled(ds: Dataset, labelled: list[SliceRef], limit: int | None, seed: int,
+                      split: str | None = None) -> list[SliceRef]:
     """The unlabelled pool, or a seeded subset of ``limit`` slices of it (kept in pool order), so a
-    semi-supervised fit can bound what it encodes and loads."""
+    semi-supervised fit can bound what it encodes and loads. ``split`` (a split name or list file)
+    restricts the pool to its cases, e.g. to keep patients held out for evaluation out of it."""
     pool = unlabelled_pool(ds, labelled)
+    if split is not None:
+        allowed = set(ds.split(split))
+        pool = [r for r in pool if r.case_id in allowed]
     if limit is None or limit >= len(pool):
         return pool
     idx = np.sort(np.random.default_rng(seed).choice(len(pool), limit, replace=False))

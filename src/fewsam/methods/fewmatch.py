@@ -41,6 +41,8 @@ class FewMatchConfig(FewShotConfig):
     unlabeled_batch: int = option(4, "Unlabelled slices per step.", min=1)
     unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (each slice is encoded once).",
                                          min=1)
+    unlabeled_split: str | None = option(None, "Split or list file whose training cases form the unlabelled pool "
+                                         "(default: every training case not labelled).")
     threshold: float = option(0.9, "Confidence a weak-view pixel needs to supervise the strong view.", min=0.0)
     lambda_u: float = option(1.0, "Final weight of the unlabelled consistency loss.", min=0.0)
     warmup_steps: int = option(50, "Labelled-only steps before the consistency loss starts.", min=0)
@@ -141,7 +143,7 @@ class FewMatchTask(FewShotTask):
 
 def unlabelled_embeddings(ctx: FitContext, cfg: FewMatchConfig) -> list[EmbeddedSlice]:
     """The unlabelled pool's cached embeddings (one view each), encoded on a miss."""
-    refs = select_unlabelled(ctx.dataset, ctx.labelled, cfg.unlabeled_limit, ctx.seed)
+    refs = select_unlabelled(ctx.dataset, ctx.labelled, cfg.unlabeled_limit, ctx.seed, cfg.unlabeled_split)
     if not refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit fewshot`")
     slices = embed_refs(ctx.dataset, refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")

@@ -30,7 +30,8 @@ from fewsam.distributed import local_part
 from fewsam.embedded import EmbeddedSlice, embed_cases, embed_refs
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss
-from fewsam.inference import check_labelled, choose_postprocessing, keep_largest_components, labels_from_logits, stack_volume
+from fewsam.inference import (CavityRule, check_labelled, choose_postprocessing, keep_largest_components,
+                              labels_from_logits, stack_volume)
 from fewsam.labels import IGNORE, value_lut
 from fewsam.methods import Method
 from fewsam.metrics import selection_score, volume_score
@@ -57,6 +58,9 @@ class FewShotConfig(Config):
     ema: float = option(0.99, "Decay of a moving average of the weights, validated and kept (0: off).",
                         min=0.0, max=0.9999)
     val_every: int = option(50, "Steps between validations (each writes a resumable checkpoint).", min=1)
+    cavity_rule: str | None = option(None, "Nested anatomy as RING:INNER:OUTER class names (ACDC: Myo:LV:RV): where "
+                                     "RING closes around a cavity predicted background, the cavity becomes INNER "
+                                     "and INNER outside the ring becomes OUTER.")
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, val_every=self.val_every, ema=self.ema, seed=seed)
@@ -225,6 +229,7 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
 
     ``task_type`` / ``task_inputs``: a method that trains the same decoder on more than the
     labelled slices (FewMatch) passes its task and what the task needs besides them."""
+    rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
     samples, shots, tokens = build_prompt_bank(ctx, cfg, run_dir)
     val_cases = embed_cases(ctx.dataset, ctx.val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
     torch.manual_seed(ctx.seed)
@@ -235,10 +240,21 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
     decoder.load_state_dict(load_best(run_dir)[0])
     decoder.eval()
     predictions = predict_volumes(decoder, tokens, val_cases, ctx.values, ctx.device)
-    choice = choose_postprocessing([p for _, p in predictions], [case.label for case, _ in predictions],
-                                   ctx.values[1:])
-    write_json(run_dir / POSTPROCESS, choice)
+    write_json(run_dir / POSTPROCESS, postprocessing_choice(predictions, ctx.values, rule))
     return result
+
+
+def postprocessing_choice(predictions: list[tuple[Case, np.ndarray]], values: list[int],
+                          rule: CavityRule | None) -> dict[str, Any]:
+    """RUN/postprocess.json: the declared cavity rule (always applied) and, after it, whether keeping
+    each class's largest component helps on the validation volumes; with the Dice of each choice."""
+    volumes, labels = [p for _, p in predictions], [case.label for case, _ in predictions]
+    record: dict[str, Any] = {"cavity_rule": None}
+    if rule is not None:
+        before = float(np.mean([volume_score(p, y, values[1:]) for p, y in zip(volumes, labels)]))
+        volumes = [rule.apply(v) for v in volumes]
+        record = {"cavity_rule": rule.to_json(), "val_dice_without_cavity_rule": before}
+    return {**record, **choose_postprocessing(volumes, labels, values[1:])}
 
 
 class FewShotPredictor:
@@ -254,10 +270,19 @@ class FewShotPredictor:
         self.decoder.eval()
         self.device = device
         post = run_dir / POSTPROCESS
-        self.largest_component = post.exists() and json.loads(post.read_text())["largest_component"]
+        choice = json.loads(post.read_text()) if post.exists() else {}
+        self.largest_component = bool(choice.get("largest_component", False))
+        rule = choice.get("cavity_rule")
+        self.cavity_rule = None if rule is None else CavityRule(*rule)
 
     def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
-        volume = stack_volume(predict_slices(self.decoder, self.tokens, slices, self.values, self.device))
+        return self.postprocess(stack_volume(predict_slices(self.decoder, self.tokens, slices, self.values,
+                                                            self.device)))
+
+    def postprocess(self, volume: np.ndarray) -> np.ndarray:
+        """The fitted run's post-processing of a (D, H, W) label volume: cavity rule, then largest components."""
+        if self.cavity_rule is not None:
+            volume = self.cavity_rule.apply(volume)
         return keep_largest_components(volume, self.values[1:]) if self.largest_component else volume
 
 

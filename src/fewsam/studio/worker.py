@@ -112,7 +112,7 @@ def predict_with_entropy(predictor: Any, slices: list[Any]) -> tuple[np.ndarray,
     normalised entropy of the class probabilities (0: certain everywhere, 1: uniform everywhere)."""
     import torch
 
-    from fewsam.inference import keep_largest_components, stack_volume
+    from fewsam.inference import stack_volume
     from fewsam.labels import index_lut
     from fewsam.methods.fewshot import logits_batches
     from fewsam.models.sam import postprocess_logits
@@ -125,10 +125,7 @@ def predict_with_entropy(predictor: Any, slices: list[Any]) -> tuple[np.ndarray,
                 full = postprocess_logits(slice_logits[None].float(), item.info)[0]
                 labels.append(lut[full.argmax(dim=0).cpu().numpy()])
                 entropy.append(mean_entropy(torch.softmax(full, dim=0)))
-    volume = stack_volume(labels)
-    if predictor.largest_component:
-        volume = keep_largest_components(volume, predictor.values[1:])
-    return volume, np.asarray(entropy, np.float32)
+    return predictor.postprocess(stack_volume(labels)), np.asarray(entropy, np.float32)
 
 
 def mean_entropy(probs: Any) -> float:

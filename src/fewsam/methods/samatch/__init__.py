@@ -49,7 +49,7 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     """Load labelled / unlabelled / validation data, (fine-tune SAM,) train the student."""
     labelled = load_labelled(ctx, cfg)
     val_cases = load_val_cases(ctx)
-    unl_refs = select_unlabelled(ctx.dataset, ctx.labelled, cfg.unlabeled_limit, ctx.seed)
+    unl_refs = select_unlabelled(ctx.dataset, ctx.labelled, cfg.unlabeled_limit, ctx.seed, cfg.unlabeled_split)
     if not unl_refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
     unlabelled = load_slices(ctx.dataset, unl_refs, cfg.image_size, ctx.values, keep_originals=True)

@@ -17,6 +17,8 @@ class SamMatchConfig(StudentFitConfig):
     unlabeled_batch: int = option(8, "Unlabelled slices per step.", min=1)
     unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (SAM encodes each once).",
                                          min=1)
+    unlabeled_split: str | None = option(None, "Split or list file whose training cases form the unlabelled pool "
+                                         "(default: every training case not labelled).")
     threshold: float = option(0.95, "FixMatch / prompt confidence threshold (above 1: never confident).", min=0.0)
     lambda_u: float = option(1.0, "Weight of the FixMatch consistency loss.", min=0.0)
     warmup_steps: int = option(200, "Student steps before the first SAM refresh.", min=0)
