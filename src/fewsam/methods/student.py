@@ -20,6 +20,7 @@ from torch import nn
 
 from fewsam.config import Config, option
 from fewsam.data import load_labelled_case
+from fewsam.data.intensity import scale_to_unit
 from fewsam.data.types import Case, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
@@ -95,9 +96,7 @@ def student_image(image: np.ndarray, size: int) -> torch.Tensor:
     arr = np.asarray(image, dtype=np.float32)
     if arr.ndim == 3:
         arr = arr.mean(axis=2)
-    t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-    lo, hi = t.min(), t.max()
-    t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
+    t = scale_to_unit(torch.from_numpy(np.ascontiguousarray(arr))[None, None])
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
 
 

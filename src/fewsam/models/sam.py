@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewsam.data.intensity import CLIP_PERCENTILES, clip_to_percentiles, scale_to_unit
 from fewsam.errors import DataError
 from fewsam.models.mask_decoder import MaskDecoder
 from fewsam.models.prompt_encoder import PromptEncoder
@@ -42,14 +43,17 @@ class Preprocessing:
     """How a backbone expects its input.
 
     ``pixel_norm``: "unit" feeds the [0, 1] image as is (LiteMedSAM, MedSAM); "sam" maps it to
-    0-255 and applies SAM's RGB mean/std (official SAM checkpoints).
+    0-255 and applies SAM's RGB mean/std (official SAM checkpoints). ``clip_percentiles``: the
+    intensity percentiles the image is clipped to before scaling (None: plain min-max).
     """
 
     image_size: int
     pixel_norm: Literal["unit", "sam"]
+    clip_percentiles: tuple[float, float] | None = CLIP_PERCENTILES
 
     def signature(self) -> str:
-        return f"v1;resize-longest={self.image_size},bilinear-aa;minmax01;norm={self.pixel_norm};pad=br0"
+        clip = "" if self.clip_percentiles is None else "clip={:g}-{:g};".format(*self.clip_percentiles)
+        return f"v1;{clip}resize-longest={self.image_size},bilinear-aa;minmax01;norm={self.pixel_norm};pad=br0"
 
 
 def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
@@ -110,8 +114,9 @@ class SamModel(nn.Module):
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, PreprocessInfo]:
         """(H, W) or (H, W, 3) image, any dtype -> the encoder's (3, S, S) float32 input (on CPU).
 
-        Steps, matching the official LiteMedSAM/MedSAM pipelines (resize, then min-max):
-        greyscale is repeated to 3 channels; the longest side is resized to S keeping the
+        Steps, matching the official LiteMedSAM/MedSAM pipelines (clip, resize, then min-max):
+        greyscale is repeated to 3 channels; intensities are clipped to the image's
+        ``clip_percentiles`` (MedSAM's 0.5th-99.5th by default); the longest side is resized to S keeping the
         aspect ratio (bilinear with antialiasing, close to the official INTER_AREA/anti-aliased
         resize); intensities are min-max scaled to [0, 1] over the whole image (a constant image
         becomes zeros); "sam" models then get (255 * x - mean) / std with SAM's RGB statistics
@@ -120,15 +125,14 @@ class SamModel(nn.Module):
         Note: MedSAM's own scripts stretch non-square images to 1024x1024; fewsam keeps the
         aspect ratio for every model, which is identical for square images.
         """
-        arr = _as_hwc(image)
+        arr = clip_to_percentiles(_as_hwc(image), self.preprocessing.clip_percentiles)
         h, w = arr.shape[:2]
         size = self.image_size
         rh, rw = resized_hw(h, w, size)
         x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
         if (rh, rw) != (h, w):
             x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
-        lo, hi = x.min(), x.max()
-        x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+        x = scale_to_unit(x)
         if self.preprocessing.pixel_norm == "sam":
             mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
             std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
