@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import assert_one_line_error, run_fewsam, shared_data
 from fewsam.cache import EmbeddingCache, _read_entry
@@ -178,7 +179,13 @@ def test_predictions_on_the_cluster_are_the_local_ones(phantom, cluster, tmp_pat
     shutil.copytree(reference, cache)
     fit("fewshot", FitOptions(data=data, run=tmp_path / "run", labeled_slices=2, cache=str(cache), precision="fp32",
                               show_progress=False), FewShotConfig(steps=2, val_every=2, views=1, batch_size=2))
-    local = predict(tmp_path / "run", data, tmp_path / "local", "val", cache, show_progress=False, precision="fp32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' one thread: the same float sums, so the same argmax everywhere
+    try:
+        local = predict(tmp_path / "run", data, tmp_path / "local", "val", cache, show_progress=False,
+                        precision="fp32")
+    finally:
+        torch.set_num_threads(threads)
     result = run_fewsam("predict", str(tmp_path / "run"), "--data", str(data), "--split", "val", "--out",
                         str(tmp_path / "ray"), "--cache", str(cache), *FP32, "--ray", cluster, "--quiet",
                         cwd=tmp_path)
