@@ -445,3 +445,23 @@ def test_missing_root_and_unknown_layout(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="no known data layout.*acdc-h5.*nifti.*fairseg-npz.*png"):
         open_dataset(tmp_path)
+
+
+def test_list_file_outside_the_dataset_and_the_dataset_one_first(tmp_path, monkeypatch):
+    from fewsam.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=0)
+    ds = open_dataset(root)
+    first = ds.split("train")[0]
+    outside = tmp_path / "lists" / "mine.list"
+    outside.parent.mkdir()
+    outside.write_text(first + "\n")
+    assert ds.split(str(outside)) == [first]
+    monkeypatch.chdir(tmp_path)
+    assert ds.split("lists/mine.list") == [first]
+    second = ds.split("train")[1]
+    (root / "both.list").write_text(second + "\n")
+    (tmp_path / "both.list").write_text(first + "\n")  # a stray file of the same name in the cwd
+    assert ds.split("both.list") == [second]
+    with pytest.raises(DataError, match="list file nope.list not found in .* or as a path"):
+        ds.split("nope.list")

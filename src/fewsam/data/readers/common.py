@@ -189,12 +189,22 @@ class IndexedDataset:
         return self._aliases.get(line, strip_suffixes(line))
 
     def _read_list_file(self, name: str) -> list[str]:
-        path = self.root / name
-        if not path.is_file():
-            raise DataError(f"list file {path} not found; give a file that exists in {self.root}")
+        path = self._list_path(name)
         ids = [self._id_for_line(ln) for ln in read_lines(path)]
         self.check_known(ids, str(path))
         return ids
+
+    def _list_path(self, name: str) -> Path:
+        """A list file inside the dataset (the usual place), else one the user named by its own path.
+
+        The dataset's own file wins, so `--split val.list` never picks up a stray file in the
+        working directory; a list kept outside the dataset (`--split my_lists/pool.list`) works too.
+        """
+        for path in (self.root / name, Path(name)):
+            if path.is_file():
+                return path
+        raise DataError(f"list file {name} not found in {self.root} or as a path of its own; "
+                        "give a file that exists")
 
     def check_known(self, ids: list[str], source: str) -> None:
         missing = [i for i in ids if i not in self.entries]
