@@ -101,7 +101,9 @@ def test_fewshot_end_to_end_on_a_phantom(tmp_path):
            "--cavity-rule", "Myo:LV:RV"]
     fit_twice_identically(fit, tmp_path)
     config = json.loads((tmp_path / "run_a" / "config.json").read_text())
-    assert json.loads((tmp_path / "run_a" / "postprocess.json").read_text())["cavity_rule"] == [2, 3, 1]
+    post = json.loads((tmp_path / "run_a" / "postprocess.json").read_text())
+    assert post["cavity_rule"] == [2, 3, 1]
+    assert post["mirror"] == (post["val_dice_mirrored"] > post["val_dice_single_view"])  # chosen on validation
     assert config["class_map"] == {"1": "RV", "2": "Myo", "3": "LV"} and len(config["labelled"]["refs"]) == 2
 
     pred = tmp_path / "pred"

@@ -32,14 +32,15 @@ def test_mean_entropy_is_zero_when_certain_and_one_when_uniform():
 
 class StubPredictor:
     """What ``predict_with_entropy`` reads of a ``FewShotPredictor``: a decoder, tokens, values, and
-    the run's own post-processing (the real method)."""
+    the run's own probabilities and post-processing (the real methods)."""
 
     postprocess = FewShotPredictor.postprocess
+    probabilities = FewShotPredictor.probabilities
 
     def __init__(self, logits: torch.Tensor, largest_component: bool = False) -> None:
         self.logits, self.values, self.device = logits, [0, 1, 3], "cpu"
         self.tokens = torch.zeros(3, 1, 4)
-        self.largest_component, self.cavity_rule = largest_component, None
+        self.largest_component, self.cavity_rule, self.mirror = largest_component, None, False
 
     def decoder(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.logits[: embeddings.shape[0]]

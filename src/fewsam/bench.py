@@ -33,7 +33,7 @@ from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_PRECISION
 from fewsam.data import open_dataset
 from fewsam.data.types import Dataset, SliceRef
-from fewsam.embedded import EmbeddedSlice, embed_case, embed_cases, embed_refs
+from fewsam.embedded import CaseSlices, EmbeddedSlice, embed_cases, embed_refs
 from fewsam.fitting import FitContext
 from fewsam.labels import IGNORE
 from fewsam.losses import DiceCELoss
@@ -296,7 +296,7 @@ def _predict_and_fit_times(dataset, model, cache, refs, device: str, cache_dir: 
     predictor = fewshot.FewShotPredictor(cache_dir / "run", model, device, choice.acceleration)
     start = time.perf_counter()
     case = dataset.load(val_id)
-    predictor.predict_case(case, embed_case(case, cache, device))
+    predictor.predict_case(case, CaseSlices(case, cache, device))
     return time.perf_counter() - start, fit_s
 
 

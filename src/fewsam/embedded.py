@@ -70,6 +70,39 @@ def dihedral(array: np.ndarray, view: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, view % 4, axes=(1, 2)))
 
 
+def undo_dihedral(array: np.ndarray, view: int) -> np.ndarray:
+    """The inverse of ``dihedral``: a (C, H', W') map computed on view ``view`` back to the stored orientation."""
+    out = np.rot90(array, -(view % 4), axes=(1, 2))
+    if view >= 4:
+        out = np.swapaxes(out, 1, 2)
+    return np.ascontiguousarray(out)
+
+
+MIRROR_VIEWS = (0, 7, 5, 2)
+"""The four mirror images of a slice as dihedral views: as stored, left-right, up-down and both
+(test-time mirroring over the two in-plane axes, as nnU-Net does). Mirrors keep the anatomy's
+layout up to reflection, unlike 90-degree rotations, to which a decoder fitted on few patients
+is less robust."""
+
+
+class CaseSlices(list):
+    """A case's embedded slices as stored (the list every predictor reads), which can also embed
+    the case's other dihedral views through the same cache when a predictor asks (test-time mirroring)."""
+
+    def __init__(self, case: Case, cache: EmbeddingCache, device: str = "cpu") -> None:
+        super().__init__(embed_case(case, cache, device))
+        self.case, self.cache, self.device = case, cache, device
+
+    def view(self, view: int) -> list[EmbeddedSlice]:
+        """The slices of dihedral view ``view`` (0: these), encoded on a cache miss."""
+        if view == 0:
+            return list(self)
+        slices = embed_case(_view(self.case, view), self.cache, self.device)
+        for item in slices:
+            item.view = view
+        return slices
+
+
 def embed_refs(
     dataset: Dataset,
     refs: Sequence[SliceRef],
@@ -103,12 +136,12 @@ def embed_cases(
     device: str = "cpu",
     show_progress: bool = True,
     description: str = "embed",
-) -> list[tuple[Case, list[EmbeddedSlice]]]:
+) -> list[tuple[Case, CaseSlices]]:
     """Whole cases (volumes) with all their slices embedded, for validation and prediction."""
     out = []
     for case_id in tracked(list(case_ids), description, show_progress):
         case = dataset.load(case_id)
-        out.append((case, embed_case(case, cache, device)))
+        out.append((case, CaseSlices(case, cache, device)))
     return out
 
 

@@ -28,7 +28,7 @@ from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.types import Case, Dataset
-from fewsam.embedded import embed_case
+from fewsam.embedded import CaseSlices
 from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.models.precision import EncoderPrecision, resolve_precision
@@ -132,7 +132,7 @@ def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: Emb
     """Read, check, predict and write one case into ``staging``; its path relative to ``staging``."""
     case = dataset.load(case_id)
     check_pixels(case, _source_file(dataset, case_id))
-    pred = predictor.predict_case(case, [] if cache is None else embed_case(case, cache, device))
+    pred = predictor.predict_case(case, [] if cache is None else CaseSlices(case, cache, device))
     return write_prediction(case, pred, staging).relative_to(staging)
 
 

@@ -27,16 +27,17 @@ from torch import nn
 from fewsam.config import Config, option
 from fewsam.data.types import Case
 from fewsam.distributed import local_part
-from fewsam.embedded import EmbeddedSlice, embed_cases, embed_refs
+from fewsam.embedded import MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, undo_dihedral
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss
 from fewsam.inference import (CavityRule, check_labelled, choose_postprocessing, keep_largest_components,
                               labels_from_logits, stack_volume)
-from fewsam.labels import IGNORE, value_lut
+from fewsam.labels import IGNORE, index_lut, value_lut
 from fewsam.methods import Method
 from fewsam.metrics import selection_score, volume_score
 from fewsam.models.acceleration import REFERENCE, Acceleration, acceleration_of_run, prepare_decoder
-from fewsam.models.sam import SamModel
+from fewsam.models.sam import SamModel, postprocess_logits
+from fewsam.progress import tracked
 from fewsam.prompts import masked_average_pool, region_weights
 from fewsam.runs import write_json
 from fewsam.train import TrainConfig, TrainResult, atomic_torch_save, load_best, train
@@ -61,6 +62,9 @@ class FewShotConfig(Config):
     cavity_rule: str | None = option(None, "Nested anatomy as RING:INNER:OUTER class names (ACDC: Myo:LV:RV): where "
                                      "RING closes around a cavity predicted background, the cavity becomes INNER "
                                      "and INNER outside the ring becomes OUTER.")
+    test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
+                                  "does) if that scores higher on validation; 3 more encoder passes per slice.",
+                                  flag="--test-mirroring/--no-test-mirroring")
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, val_every=self.val_every, ema=self.ema, seed=seed)
@@ -209,6 +213,40 @@ def predict_volumes(decoder: PrototypeDecoder, tokens: torch.Tensor, cases: list
     return [(case, stack_volume(predict_slices(decoder, tokens, slices, values, device))) for case, slices in cases]
 
 
+def slice_probabilities(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list[EmbeddedSlice],
+                        device: str = "cpu", batch_size: int = 8):
+    """Yield each slice's (Q, H, W) class probabilities in the slice's own geometry, in order.
+
+    Gradients are switched off per batch, in a plain function: a ``no_grad`` block around a
+    ``yield`` would leave them off for the caller while the generator is suspended."""
+    for start in range(0, len(slices), batch_size):
+        yield from _batch_probabilities(decoder, tokens, slices[start:start + batch_size], device)
+
+
+@torch.no_grad()
+def _batch_probabilities(decoder: PrototypeDecoder, tokens: torch.Tensor, chunk: list[EmbeddedSlice],
+                         device: str) -> list[np.ndarray]:
+    logits = decoder(torch.stack([s.embedding_tensor() for s in chunk]).to(device), tokens.to(device))
+    return [torch.softmax(postprocess_logits(lg[None].float(), s.info)[0], dim=0).cpu().numpy()
+            for s, lg in zip(chunk, logits)]
+
+
+def mirrored_probabilities(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: CaseSlices,
+                           device: str = "cpu"):
+    """Yield each slice's (Q, H, W) probabilities averaged over its mirror images (``MIRROR_VIEWS``),
+    each mapped back to the stored orientation; one slice at a time, so memory stays per slice."""
+    streams = [(view, slice_probabilities(decoder, tokens, slices.view(view), device)) for view in MIRROR_VIEWS]
+    for per_view in zip(*(stream for _, stream in streams)):
+        yield np.mean([undo_dihedral(p, view) for (view, _), p in zip(streams, per_view)], axis=0)
+
+
+def predict_mirrored(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: CaseSlices, values: list[int],
+                     device: str = "cpu") -> np.ndarray:
+    """(D, H, W) label values from the mirror-averaged probabilities, without post-processing."""
+    lut = index_lut(values)
+    return stack_volume([lut[p.argmax(axis=0)] for p in mirrored_probabilities(decoder, tokens, slices, device)])
+
+
 def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
                       ) -> tuple[list[EmbeddedSlice], list[np.ndarray], torch.Tensor]:
     """Embed the labelled views, pool their shot prototypes, save the inference tokens (RUN/prompt_bank.pt)."""
@@ -240,8 +278,26 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
     decoder.load_state_dict(load_best(run_dir)[0])
     decoder.eval()
     predictions = predict_volumes(decoder, tokens, val_cases, ctx.values, ctx.device)
-    write_json(run_dir / POSTPROCESS, postprocessing_choice(predictions, ctx.values, rule))
+    choice = postprocessing_choice(predictions, ctx.values, rule)
+    if cfg.test_mirroring:
+        mirrored = [(case, predict_mirrored(decoder, tokens, slices, ctx.values, ctx.device))
+                    for case, slices in tracked(val_cases, "mirror val", ctx.show_progress)]
+        choice = mirroring_choice(choice, postprocessing_choice(mirrored, ctx.values, rule))
+    write_json(run_dir / POSTPROCESS, choice)
     return result
+
+
+def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any]) -> dict[str, Any]:
+    """The post-processing record of test-time mirroring if it scores strictly higher on validation
+    (after its own post-processing choice), else the single view's; with both scores."""
+    scores = {"val_dice_single_view": chosen_val_dice(single), "val_dice_mirrored": chosen_val_dice(mirrored)}
+    chosen = mirrored if scores["val_dice_mirrored"] > scores["val_dice_single_view"] else single
+    return {**chosen, "mirror": chosen is mirrored, **scores}
+
+
+def chosen_val_dice(record: dict[str, Any]) -> float:
+    """The validation Dice of a post-processing record's own choice (largest component or raw)."""
+    return float(record["val_dice_largest_component"] if record["largest_component"] else record["val_dice_raw"])
 
 
 def postprocessing_choice(predictions: list[tuple[Case, np.ndarray]], values: list[int],
@@ -272,12 +328,30 @@ class FewShotPredictor:
         post = run_dir / POSTPROCESS
         choice = json.loads(post.read_text()) if post.exists() else {}
         self.largest_component = bool(choice.get("largest_component", False))
+        self.mirror = bool(choice.get("mirror", False))
         rule = choice.get("cavity_rule")
         self.cavity_rule = None if rule is None else CavityRule(*rule)
 
     def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
+        """``slices``: the case's ``CaseSlices`` (a run that chose mirroring embeds the mirror images through them)."""
+        if self.mirror:
+            return self.postprocess(predict_mirrored(self.decoder, self.tokens, self._mirrorable(slices),
+                                                     self.values, self.device))
         return self.postprocess(stack_volume(predict_slices(self.decoder, self.tokens, slices, self.values,
                                                             self.device)))
+
+    def probabilities(self, slices: list[EmbeddedSlice]):
+        """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them."""
+        if self.mirror:
+            return mirrored_probabilities(self.decoder, self.tokens, self._mirrorable(slices), self.device)
+        return slice_probabilities(self.decoder, self.tokens, slices, self.device)
+
+    @staticmethod
+    def _mirrorable(slices: list[EmbeddedSlice]) -> CaseSlices:
+        if not isinstance(slices, CaseSlices):
+            raise TypeError("this run predicts with test-time mirroring: pass the case's CaseSlices, "
+                            "which can embed its mirror images")
+        return slices
 
     def postprocess(self, volume: np.ndarray) -> np.ndarray:
         """The fitted run's post-processing of a (D, H, W) label volume: cavity rule, then largest components."""

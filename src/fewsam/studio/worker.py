@@ -82,7 +82,7 @@ def predict_cases(spec: dict[str, Any], status: Status) -> list[str]:
     """Predict ``spec["cases"]`` with the run's predictor; writes PROJECT/predictions/<fit>/<case>.npz."""
     from fewsam.cache import EmbeddingCache
     from fewsam.data import open_dataset
-    from fewsam.embedded import embed_case
+    from fewsam.embedded import CaseSlices
     from fewsam.methods.fewshot import FewShotPredictor
     from fewsam.models.precision import resolve_precision
     from fewsam.predict import load_run_model
@@ -101,7 +101,7 @@ def predict_cases(spec: dict[str, Any], status: Status) -> list[str]:
     for done, case_id in enumerate(cases):
         status.update(message=f"predicting {case_id} ({done + 1}/{len(cases)})", cases_done=done)
         case = dataset.load(case_id)
-        labels, entropy = predict_with_entropy(predictor, embed_case(case, cache, spec["device"]))
+        labels, entropy = predict_with_entropy(predictor, CaseSlices(case, cache, spec["device"]))
         atomic_write_bytes(out / f"{case_key(case_id)}.npz", encode_prediction(case_id, spec["fit"], labels, entropy))
     status.update(cases_done=len(cases))
     return cases
@@ -114,17 +114,12 @@ def predict_with_entropy(predictor: Any, slices: list[Any]) -> tuple[np.ndarray,
 
     from fewsam.inference import stack_volume
     from fewsam.labels import index_lut
-    from fewsam.methods.fewshot import logits_batches
-    from fewsam.models.sam import postprocess_logits
 
     lut = index_lut(predictor.values)
     labels, entropy = [], []
-    with torch.no_grad():
-        for chunk, logits in logits_batches(predictor.decoder, predictor.tokens, slices, predictor.device):
-            for item, slice_logits in zip(chunk, logits):
-                full = postprocess_logits(slice_logits[None].float(), item.info)[0]
-                labels.append(lut[full.argmax(dim=0).cpu().numpy()])
-                entropy.append(mean_entropy(torch.softmax(full, dim=0)))
+    for probs in predictor.probabilities(slices):
+        labels.append(lut[probs.argmax(axis=0)])
+        entropy.append(mean_entropy(torch.from_numpy(probs)))
     return predictor.postprocess(stack_volume(labels)), np.asarray(entropy, np.float32)
 
 

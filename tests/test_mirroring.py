@@ -1,0 +1,98 @@
+"""Test-time mirroring: the mirror images are the right views, undone exactly, averaged per slice,
+chosen only when validation says so, and a mirrored prediction commutes with mirroring the input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fewsam.cache import EmbeddingCache
+from fewsam.data.types import Case
+from fewsam.embedded import MIRROR_VIEWS, CaseSlices, dihedral, undo_dihedral
+from fewsam.methods.fewshot import (FewShotPredictor, PrototypeDecoder, mirroring_choice, predict_mirrored,
+                                    predict_slices)
+from fewsam.models.precision import EncoderPrecision
+from fewsam.models.registry import load_model
+
+
+@given(st.integers(0, 7), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
+@settings(max_examples=60, deadline=None)
+def test_undo_dihedral_inverts_every_view(view, channels, h, w):
+    a = np.random.default_rng(view).random((channels, h, w))
+    assert np.array_equal(undo_dihedral(dihedral(a, view), view), a)
+
+
+def test_mirror_views_are_the_identity_and_the_three_flips():
+    a = np.arange(12).reshape(1, 3, 4)
+    expected = [a, a[:, :, ::-1], a[:, ::-1, :], a[:, ::-1, ::-1]]
+    for view, mirrored in zip(MIRROR_VIEWS, expected):
+        assert np.array_equal(dihedral(a, view), mirrored)
+
+
+def _record(raw, lcc):
+    return {"largest_component": lcc > raw, "val_dice_raw": raw, "val_dice_largest_component": lcc}
+
+
+def test_mirroring_is_chosen_only_when_it_scores_higher():
+    single, mirrored = _record(0.80, 0.82), _record(0.84, 0.83)
+    chosen = mirroring_choice(single, mirrored)
+    assert chosen["mirror"] is True and chosen["largest_component"] is False
+    assert chosen["val_dice_single_view"] == 0.82 and chosen["val_dice_mirrored"] == 0.84
+    kept = mirroring_choice(single, _record(0.81, 0.82))  # a tie keeps the cheaper single view
+    assert kept["mirror"] is False and kept["largest_component"] is True
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return load_model("litemedsam")
+
+
+def _case(image: np.ndarray, label: np.ndarray | None = None) -> Case:
+    return Case("c", image, label, "nifti", "c.nii.gz", (1.0, 1.0, 1.0), {}, {})
+
+
+class ChannelDecoder(torch.nn.Module):
+    """A stand-in decoder whose class logits are embedding channels, upsampled to the mask size:
+    its predictions differ from view to view (the encoder is not mirror-equivariant)."""
+
+    def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        picked = embeddings[:, : tokens.shape[0]] * 50.0
+        return torch.nn.functional.interpolate(picked, size=(256, 256), mode="bilinear")
+
+
+def test_mirrored_prediction_commutes_with_mirroring_the_input(lite, tmp_path):
+    """Averaging over the mirror group makes the prediction equivariant to it: predicting a
+    left-right flipped case gives the flipped prediction (up to the order of the average)."""
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 40, 56)).astype(np.float32)
+    cache = EmbeddingCache(tmp_path / "cache", lite, EncoderPrecision("fp32", "torch"))
+    decoder, tokens, values = ChannelDecoder(), torch.zeros(3, 1, 256), [0, 1, 2]
+    slices = CaseSlices(_case(image), cache)
+    pred = predict_mirrored(decoder, tokens, slices, values)
+    flipped = predict_mirrored(decoder, tokens, CaseSlices(_case(image[:, :, ::-1].copy()), cache), values)
+    assert pred.shape == image.shape and len(np.unique(pred)) == 3
+    assert np.mean(flipped != pred[:, :, ::-1]) < 1e-3
+    single = np.stack(predict_slices(decoder, tokens, slices, values))
+    assert np.mean(single != pred) > 0.01  # the average is not the stored view alone
+    assert np.mean(np.stack(predict_slices(decoder, tokens, CaseSlices(_case(image[:, :, ::-1].copy()), cache),
+                                           values)) != single[:, :, ::-1]) > 0.01  # unlike a single view
+
+
+def test_predictor_mirrors_when_the_run_chose_it_and_needs_case_slices(lite, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    decoder = PrototypeDecoder(lite, 3)
+    torch.save({"tokens": torch.randn(3, 1, 256), "shots": [], "values": [0, 1, 2]}, run / "prompt_bank.pt")
+    torch.save({"module": decoder.state_dict(), "step": 1, "metrics": {"score": 0.5}}, run / "checkpoint_best.pt")
+    (run / "postprocess.json").write_text(json.dumps({"largest_component": False, "mirror": True}))
+    predictor = FewShotPredictor(run, lite)
+    image = np.random.default_rng(1).random((1, 32, 40)).astype(np.float32)
+    slices = CaseSlices(_case(image), EmbeddingCache(tmp_path / "cache", lite, EncoderPrecision("fp32", "torch")))
+    assert np.array_equal(predictor.predict_case(_case(image), slices),
+                          predict_mirrored(predictor.decoder, predictor.tokens, slices, [0, 1, 2]))
+    with pytest.raises(TypeError, match="CaseSlices"):
+        predictor.predict_case(_case(image), list(slices))
