@@ -2,8 +2,8 @@
 exactly as `fewsam fit` does in its last step (for runs fitted before that step existed).
 
 Writes OUT: a copy of RUN whose postprocess.json holds the choice (mirror or not, then the
-largest-component choice, after the run's cavity rule) and both validation scores; RUN is left
-as it is. Predict with OUT as with any run.
+largest-component choice, after the run's cavity rule) and both validation scores, and whose
+manifest records it; RUN is left as it is. Predict with OUT as with any run.
 Usage: .venv/bin/python benchmarks/mirror_choice.py RUN OUT [CACHE]
 """
 
@@ -21,7 +21,7 @@ from fewsam.methods.fewshot import (POSTPROCESS, FewShotPredictor, mirroring_cho
 from fewsam.models.acceleration import acceleration_of_run
 from fewsam.models.precision import resolve_precision
 from fewsam.predict import load_run_model
-from fewsam.runs import check_run, write_json
+from fewsam.runs import check_run, write_json, write_manifest
 
 
 def main(run: Path, out: Path, cache_root: str | None) -> None:
@@ -42,6 +42,7 @@ def main(run: Path, out: Path, cache_root: str | None) -> None:
                 for case, slices in val_cases]
     choice = mirroring_choice(postprocessing_choice(single, values, rule), postprocessing_choice(mirrored, values, rule))
     write_json(out / POSTPROCESS, choice)
+    write_manifest(out)  # the copy's record of what predict reads, with its new postprocess.json
     print(json.dumps(choice, indent=1))
 
 

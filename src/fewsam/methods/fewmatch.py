@@ -38,6 +38,8 @@ from fewsam.train import TrainResult, ramp
 class FewMatchConfig(FewShotConfig):
     """Few-shot SAM's recipe plus the consistency on the unlabelled pool."""
 
+    steps: int = option(800, "Training steps (batches); the unlabelled pool keeps the decoder improving "
+                        "past few-shot SAM's 400.", min=1)
     unlabeled_batch: int = option(4, "Unlabelled slices per step.", min=1)
     unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (each slice is encoded once).",
                                          min=1)
