@@ -3,8 +3,10 @@ exactly as `fewsam fit` does in its last step (for runs fitted before that step 
 
 Writes OUT: a copy of RUN whose postprocess.json holds the choice (mirror or not, then the
 largest-component choice, after the run's cavity rule) and both validation scores, and whose
-manifest records it; RUN is left as it is. Predict with OUT as with any run.
-Usage: .venv/bin/python benchmarks/mirror_choice.py RUN OUT [CACHE]
+manifest records it; RUN is left as it is. Predict with OUT as with any run. With ``--single``
+OUT keeps the single view whatever validation says (its own largest-component choice, both
+scores recorded): to measure what mirroring does on patients outside the validation list.
+Usage: .venv/bin/python benchmarks/mirror_choice.py RUN OUT [CACHE] [--single]
 """
 
 import json
@@ -23,8 +25,10 @@ from fewsam.models.precision import resolve_precision
 from fewsam.predict import load_run_model
 from fewsam.runs import check_run, write_json, write_manifest
 
+SCORES = ("val_dice_single_view", "val_dice_mirrored")
 
-def main(run: Path, out: Path, cache_root: str | None) -> None:
+
+def main(run: Path, out: Path, cache_root: str | None, single_view: bool = False) -> None:
     if out.exists():
         sys.exit(f"error: {out} exists; give a new folder")
     config = check_run(run)
@@ -41,10 +45,13 @@ def main(run: Path, out: Path, cache_root: str | None) -> None:
     mirrored = [(case, predict_mirrored(predictor.decoder, predictor.tokens, slices, values))
                 for case, slices in val_cases]
     choice = mirroring_choice(postprocessing_choice(single, values, rule), postprocessing_choice(mirrored, values, rule))
+    if single_view:
+        choice = {**postprocessing_choice(single, values, rule), **{k: choice[k] for k in SCORES}, "mirror": False}
     write_json(out / POSTPROCESS, choice)
     write_manifest(out)  # the copy's record of what predict reads, with its new postprocess.json
     print(json.dumps(choice, indent=1))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
+    args = [a for a in sys.argv[1:] if a != "--single"]
+    main(Path(args[0]), Path(args[1]), args[2] if len(args) > 2 else None, "--single" in sys.argv[1:])
