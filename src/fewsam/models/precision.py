@@ -8,7 +8,7 @@ Rapids and later), runs its matrix products in bf16, faster again but further fr
 ``auto``, the default, is the fastest choice that keeps a cosine similarity of 0.999 to the
 reference on real slices and the end-to-end Dice within 0.005 of it (docs/results.md, section
 4.1): on CPUs with bf16 instructions, ``mixed``: the encoder's convolutional stages in fp32 and its
-attention stages in bf16, compiled stage by stage (cosine 0.9994; the whole encoder in bf16
+attention stages in bf16, one compiled graph per precision (cosine 0.9994; the whole encoder in bf16
 measured 0.9987); elsewhere compiled fp32 wherever OpenVINO loads. Where OpenVINO does not load,
 or on a GPU, ``auto`` falls back to the PyTorch reference and says why, once per process.
 ``fp32`` asks for the reference explicitly (bit-identical numbers).
