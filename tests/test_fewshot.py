@@ -104,6 +104,8 @@ def test_fewshot_end_to_end_on_a_phantom(tmp_path):
     post = json.loads((tmp_path / "run_a" / "postprocess.json").read_text())
     assert post["cavity_rule"] == [2, 3, 1]
     assert post["mirror"] == (post["val_dice_mirrored"] > post["val_dice_single_view"])  # chosen on validation
+    assert post["sam_refine"] == (post["val_dice_sam_refined"] > post["val_dice_unrefined"])
+    assert post["val_dice_unrefined"] == max(post["val_dice_mirrored"], post["val_dice_single_view"])
     assert config["class_map"] == {"1": "RV", "2": "Myo", "3": "LV"} and len(config["labelled"]["refs"]) == 2
 
     pred = tmp_path / "pred"

@@ -10,22 +10,14 @@ from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
 from fewsam.embedded import embed_case
 from fewsam.errors import RunError
-from fewsam.labels import IGNORE
 from fewsam.methods.samatch import SamMatchConfig, load_final_sam
-from fewsam.methods.samatch.refine import REFINEMENT, SamRefinedPredictor, choose_refinement, merge_refined
+from fewsam.methods.samatch.refine import REFINEMENT, SamRefinedPredictor, choose_refinement
 from fewsam.methods.samatch.sam_decoder import SamDecoder
 from fewsam.methods.student import StudentPredictor
 from fewsam.predict import predict
 from fewsam.runs import BEST, read_config, write_json
 from test_samatch import SAM_CFG, fit_run
 from test_supervised import one_thread, phantom, tiny_sam  # noqa: F401 - fixtures
-
-
-def test_merge_refined_keeps_the_student_where_sam_did_not_answer():
-    student = np.array([[0, 1], [2, 3]])
-    refined = np.array([[1, IGNORE], [0, IGNORE]], dtype=np.uint8)
-    assert merge_refined(student, refined).tolist() == [[1, 1], [0, 3]]
-    assert merge_refined(student, None) is student
 
 
 def _save_decoder(folder, weights, score):

@@ -11,10 +11,16 @@ cheap.
 During training a class's token is the mean of a random subset of the shots, so the decoder
 learns to work with prototypes that were not computed from the very image it segments - which
 is the situation at inference.
+
+At the end of a fit two test-time steps are each kept only if they score higher on the run's
+validation cases: averaging over the slice's mirror images, and refining each class's mask with
+SAM's own box decoder, prompted by the mask itself (``fewsam.self_prompting``): the decoder finds
+the structure, SAM's prior draws its boundary.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +46,7 @@ from fewsam.models.sam import SamModel, postprocess_logits
 from fewsam.progress import tracked
 from fewsam.prompts import masked_average_pool, region_weights
 from fewsam.runs import write_json
+from fewsam.self_prompting import PseudoLabeller, SelfPromptRules, merge_refined
 from fewsam.train import TrainConfig, TrainResult, atomic_torch_save, load_best, train
 
 BANK = "prompt_bank.pt"
@@ -65,6 +72,9 @@ class FewShotConfig(Config):
     test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
                                   "does) if that scores higher on validation; 3 more encoder passes per slice.",
                                   flag="--test-mirroring/--no-test-mirroring")
+    sam_refinement: bool = option(True, "Refine each class's mask with SAM's own box decoder, prompted by the mask's "
+                                  "box and deepest pixel, if that scores higher on validation.",
+                                  flag="--sam-refinement/--no-sam-refinement")
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, val_every=self.val_every, ema=self.ema, seed=seed)
@@ -247,6 +257,40 @@ def predict_mirrored(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: Ca
     return stack_volume([lut[p.argmax(axis=0)] for p in mirrored_probabilities(decoder, tokens, slices, device)])
 
 
+def view_probabilities(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list[EmbeddedSlice], mirror: bool,
+                       device: str = "cpu"):
+    """Each slice's (Q, H, W) probabilities: mirror-averaged (``slices`` a ``CaseSlices``) or as stored."""
+    if mirror:
+        return mirrored_probabilities(decoder, tokens, slices, device)
+    return slice_probabilities(decoder, tokens, slices, device)
+
+
+def sam_refined_volume(sam: SamModel, slices: list[EmbeddedSlice], probabilities, values: list[int],
+                       device: str = "cpu") -> np.ndarray:
+    """(D, H, W) label values: each slice's masks redrawn by ``sam`` (SAM's own prompt decoder, not
+    the fitted one), prompted by each class's box and deepest pixel; SAM's answer where it gave one,
+    the decoder's argmax elsewhere."""
+    probs = [torch.from_numpy(np.asarray(p)) for p in probabilities]
+    refined, _ = PseudoLabeller(sam, list(slices), SelfPromptRules(), len(values), device).refine(probs)
+    lut = index_lut(values)
+    return stack_volume([lut[merge_refined(p.argmax(dim=0).numpy(), r)] for p, r in zip(probs, refined)])
+
+
+def sam_refinement_choice(decoder: PrototypeDecoder, tokens: torch.Tensor, sam: SamModel,
+                          val_cases: list[tuple[Case, CaseSlices]], values: list[int], rule: CavityRule | None,
+                          chosen: dict[str, Any], device: str = "cpu", show_progress: bool = False) -> dict[str, Any]:
+    """``chosen`` (the post-processing record so far, mirroring included) with SAM refinement kept
+    if it scores strictly higher on validation (after its own post-processing choice); both scores."""
+    refined = [(case, sam_refined_volume(sam, slices, view_probabilities(decoder, tokens, slices,
+                                                                          bool(chosen.get("mirror")), device),
+                                         values, device))
+               for case, slices in tracked(val_cases, "SAM-refine val", show_progress)]
+    record = postprocessing_choice(refined, values, rule)
+    scores = {"val_dice_unrefined": chosen_val_dice(chosen), "val_dice_sam_refined": chosen_val_dice(record)}
+    keep = scores["val_dice_sam_refined"] > scores["val_dice_unrefined"]
+    return {**chosen, **(record if keep else {}), "sam_refine": keep, **scores}
+
+
 def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
                       ) -> tuple[list[EmbeddedSlice], list[np.ndarray], torch.Tensor]:
     """Embed the labelled views, pool their shot prototypes, save the inference tokens (RUN/prompt_bank.pt)."""
@@ -271,6 +315,8 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
     samples, shots, tokens = build_prompt_bank(ctx, cfg, run_dir)
     val_cases = embed_cases(ctx.dataset, ctx.val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
     torch.manual_seed(ctx.seed)
+    # the decoder trains SAM's mask decoder in place; refinement needs SAM's own, untouched
+    sam = copy.deepcopy(ctx.model).eval() if cfg.sam_refinement else None
     decoder = prepare_decoder(PrototypeDecoder(ctx.model, len(ctx.values)).to(ctx.device), ctx.acceleration)
     task = task_type(decoder, samples, shots, cfg, ctx.labelled_loss(IGNORE), tokens, val_cases, ctx.values,
                      ctx.device, **task_inputs)
@@ -283,6 +329,9 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
         mirrored = [(case, predict_mirrored(decoder, tokens, slices, ctx.values, ctx.device))
                     for case, slices in tracked(val_cases, "mirror val", ctx.show_progress)]
         choice = mirroring_choice(choice, postprocessing_choice(mirrored, ctx.values, rule))
+    if sam is not None:
+        choice = sam_refinement_choice(decoder, tokens, sam, val_cases, ctx.values, rule, choice, ctx.device,
+                                       ctx.show_progress)
     write_json(run_dir / POSTPROCESS, choice)
     return result
 
@@ -321,12 +370,14 @@ class FewShotPredictor:
         bank = torch.load(run_dir / BANK, map_location="cpu", weights_only=True)
         self.tokens = bank["tokens"]
         self.values = list(bank["values"])
+        post = run_dir / POSTPROCESS
+        choice = json.loads(post.read_text()) if post.exists() else {}
+        # SAM's own mask decoder, copied before the fitted weights load into the one the decoder shares
+        self.sam = copy.deepcopy(model).eval() if choice.get("sam_refine") else None
         self.decoder = prepare_decoder(PrototypeDecoder(model, len(self.values)).to(device), acceleration)
         self.decoder.load_state_dict(load_best(run_dir)[0])
         self.decoder.eval()
         self.device = device
-        post = run_dir / POSTPROCESS
-        choice = json.loads(post.read_text()) if post.exists() else {}
         self.largest_component = bool(choice.get("largest_component", False))
         self.mirror = bool(choice.get("mirror", False))
         rule = choice.get("cavity_rule")
@@ -334,6 +385,9 @@ class FewShotPredictor:
 
     def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
         """``slices``: the case's ``CaseSlices`` (a run that chose mirroring embeds the mirror images through them)."""
+        if self.sam is not None:
+            return self.postprocess(sam_refined_volume(self.sam, slices, self.probabilities(slices), self.values,
+                                                       self.device))
         if self.mirror:
             return self.postprocess(predict_mirrored(self.decoder, self.tokens, self._mirrorable(slices),
                                                      self.values, self.device))
@@ -342,9 +396,8 @@ class FewShotPredictor:
 
     def probabilities(self, slices: list[EmbeddedSlice]):
         """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them."""
-        if self.mirror:
-            return mirrored_probabilities(self.decoder, self.tokens, self._mirrorable(slices), self.device)
-        return slice_probabilities(self.decoder, self.tokens, slices, self.device)
+        return view_probabilities(self.decoder, self.tokens, self._mirrorable(slices) if self.mirror else slices,
+                                  self.mirror, self.device)
 
     @staticmethod
     def _mirrorable(slices: list[EmbeddedSlice]) -> CaseSlices:

@@ -27,22 +27,16 @@ from fewsam.data.types import Case
 from fewsam.embedded import EmbeddedSlice, embed_case
 from fewsam.errors import DataError, RunError
 from fewsam.inference import stack_volume
-from fewsam.labels import IGNORE, index_lut
+from fewsam.labels import index_lut
 from fewsam.methods.samatch import SAM_DIR, PseudoLabeller, SamMatchConfig, load_final_sam
 from fewsam.methods.student import StudentPredictor, predict_images
 from fewsam.metrics import volume_score
 from fewsam.models.sam import SamModel
 from fewsam.progress import tracked
 from fewsam.runs import read_config, write_json
+from fewsam.self_prompting import merge_refined
 
 REFINEMENT = "refinement.json"
-
-
-def merge_refined(student_argmax: np.ndarray, refined: np.ndarray | None) -> np.ndarray:
-    """SAM's composed label where it answered, the student's argmax elsewhere (class indices)."""
-    if refined is None:
-        return student_argmax
-    return np.where(refined == IGNORE, student_argmax, refined)
 
 
 def check_refinable(run_dir: Path, config: dict) -> None:
