@@ -34,6 +34,9 @@ REGISTRY: dict[str, tuple[str, str]] = {  # name -> (module defining METHOD, sum
     "fewmatch": ("fewsam.methods.fewmatch",
                  "FewMatch: few-shot SAM whose decoder also learns from the unlabelled pool (weak-to-strong "
                  "consistency on cached embeddings)."),
+    "distill": ("fewsam.methods.distill",
+                "Distill: a U-Net student on the labelled slices plus a fitted run's predictions on the unlabelled "
+                "pool (pixels only at prediction)."),
     "supervised": ("fewsam.methods.supervised",
                    "A 2D U-Net on the labelled slices only: the lower bound for SAM-Match."),
     "prompted": ("fewsam.methods.prompted",

@@ -1,0 +1,121 @@
+"""Distill: a U-Net student on labelled slices + a fitted run's pseudo-labels of the unlabelled pool."""
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+from fewsam.data.phantom import write_phantom_dataset
+from fewsam.methods import distill
+from fewsam.methods.distill import DistillConfig, DistillTask
+from fewsam.methods.student import SliceSet
+from tests.conftest import assert_one_line_error, fit_twice_identically, run_fewsam
+
+COMMON = ["--quiet", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A phantom dataset and a tiny few-shot run fitted on its first two labelled slices."""
+    root = tmp_path_factory.mktemp("distill")
+    data = write_phantom_dataset(root / "data", n_train=3, n_val=1, slices=2, seed=1)
+    cache = root / "cache"
+    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--views", "1",
+                                      "--steps", "4", "--val-every", "2", "--batch-size", "2", "--no-test-mirroring",
+                                      "--no-sam-refinement", "--cache", str(cache), "--out", str(root / "teacher"),
+                                      *COMMON])
+    assert result.exit_code == 0, result.output
+    return data, cache, root / "teacher"
+
+
+def test_distill_fits_deterministically_on_the_teachers_labels_and_predicts_from_pixels(teacher, tmp_path):
+    data, cache, run = teacher
+    fit = ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher", str(run), "--steps", "4",
+           "--val-every", "2", "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "32",
+           "--cache", str(cache), *COMMON]
+    run_a, _ = fit_twice_identically(fit, tmp_path)
+    stored = torch.load(run_a / distill.PSEUDO_FILE, weights_only=True)
+    # the pool: every training slice but the two labelled ones (3 cases x 2 slices)
+    assert len(stored["refs"]) == 4 and stored["labels"].shape == (4, 32, 32)
+    assert set(stored["labels"].unique().tolist()) <= {0, 1, 2, 3} and stored["labels"].any()
+
+    # the stored labels are the teacher's own predictions on those slices, resized to the student frame
+    pred = tmp_path / "teacher_pred"
+    result = CliRunner().invoke(app, ["predict", str(run), "--data", str(data), "--split", "train", "--out",
+                                      str(pred), "--cache", str(cache), *COMMON])
+    assert result.exit_code == 0, result.output
+    from fewsam.data import open_dataset, read_prediction
+    from fewsam.methods.student import student_label
+
+    dataset = open_dataset(data)
+    for name, label in zip(stored["refs"], stored["labels"]):
+        case_id, z = name.rsplit(":", 1)
+        indices = read_prediction(dataset.load(case_id), pred)  # class indices already
+        assert torch.equal(student_label(indices[int(z)], 32, np.arange(256)), label)
+
+    # prediction needs no SAM and no cache: the student reads pixels
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predict", str(run_a), "--data", str(data), "--split", "val", "--out", str(out),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (out / "phantom_003.nii.gz").exists()
+
+
+def test_a_resumed_fit_reuses_the_stored_pseudo_labels(teacher, tmp_path, monkeypatch):
+    data, cache, run = teacher
+    fit = ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher", str(run), "--steps", "2",
+           "--val-every", "1", "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "32",
+           "--cache", str(cache), "--out", str(tmp_path / "run"), *COMMON]
+    assert CliRunner().invoke(app, fit).exit_code == 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pool was labelled again")
+
+    monkeypatch.setattr(distill, "teacher_labels", refuse)
+    for name in ("manifest.json", "checkpoint_last.pt", "checkpoint_best.pt"):  # as if stopped before step 1
+        (tmp_path / "run" / name).unlink()
+    result = CliRunner().invoke(app, fit)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "checkpoint_best.pt").exists()
+
+
+def test_a_teacher_of_another_budget_is_refused(teacher, tmp_path):
+    data, cache, run = teacher
+    result = run_fewsam("fit", "distill", "--data", str(data), "--labeled-slices", "3", "--teacher", str(run),
+                        "--steps", "2", "--image-size", "32", "--cache", str(cache), "--out", str(tmp_path / "run"),
+                        *COMMON, cwd=tmp_path)
+    assert_one_line_error(result, "other labelled slices")
+    assert not (tmp_path / "run" / distill.PSEUDO_FILE).exists()
+
+
+class _Logits(torch.nn.Module):
+    """Logits favouring class 1 everywhere, with a learnable margin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.margin = torch.nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        logits[:, 1] = self.margin
+        return logits
+
+
+def _set(n: int, label: int) -> SliceSet:
+    return SliceSet([object()] * n, torch.rand(n, 1, 16, 16), torch.full((n, 16, 16), label, dtype=torch.uint8))
+
+
+def test_the_pseudo_labelled_loss_is_weighted_by_pseudo_weight():
+    """Labelled slices say class 1, pseudo-labels say class 2: the total is loss_x + w * loss_u."""
+    from fewsam.losses import DiceCELoss
+
+    totals = {}
+    for weight in (0.0, 2.0):
+        cfg = DistillConfig(pseudo_weight=weight, batch_size=2, unlabeled_batch=2, image_size=16)
+        task = DistillTask(_Logits(), _set(3, 1), _set(4, 2), cfg, DiceCELoss(None), [], [0, 1, 2])
+        totals[weight] = task.training_loss(np.random.default_rng(0), 1)
+    (loss0, s0), (loss2, s2) = totals[0.0], totals[2.0]
+    assert s0["loss_x"] == pytest.approx(s2["loss_x"]) and s2["loss_u"] > s2["loss_x"]  # the pool disagrees
+    assert loss0.item() == pytest.approx(s0["loss_x"])
+    assert loss2.item() == pytest.approx(s2["loss_x"] + 2.0 * s2["loss_u"], rel=1e-6)
