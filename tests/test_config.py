@@ -43,7 +43,7 @@ def test_fit_options_are_the_config_fields_with_their_defaults(method):
     assert shown == {**shared, **own}
     hidden = {f.name for f in fields(spec.config)} - set(own)  # in config.json and Python only
     student_architecture = {"channels", "num_res_units", "rotate_deg", "scale_range", "flip"}
-    assert hidden == (student_architecture if method in ("samatch", "supervised") else set())
+    assert hidden == (student_architecture if method in ("samatch", "supervised", "distill") else set())
 
 
 @pytest.mark.parametrize("method", list(REGISTRY))
