@@ -17,9 +17,8 @@ from pathlib import Path
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
 from fewsam.embedded import embed_cases
-from fewsam.inference import CavityRule
-from fewsam.methods.fewshot import (POSTPROCESS, FewShotPredictor, mirroring_choice, postprocessing_choice,
-                                    predict_mirrored, predict_volumes)
+from fewsam.inference import POSTPROCESS, CavityRule, mirroring_choice, postprocessing_choice
+from fewsam.methods.fewshot import FewShotPredictor, predict_mirrored, predict_volumes
 from fewsam.models.acceleration import acceleration_of_run
 from fewsam.models.precision import resolve_precision
 from fewsam.predict import load_run_model

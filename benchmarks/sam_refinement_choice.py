@@ -16,8 +16,8 @@ from pathlib import Path
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
 from fewsam.embedded import embed_cases
-from fewsam.inference import CavityRule
-from fewsam.methods.fewshot import POSTPROCESS, FewShotPredictor, sam_refinement_choice
+from fewsam.inference import POSTPROCESS, CavityRule
+from fewsam.methods.fewshot import FewShotPredictor, sam_refinement_choice
 from fewsam.models.acceleration import acceleration_of_run
 from fewsam.models.precision import resolve_precision
 from fewsam.predict import load_run_model

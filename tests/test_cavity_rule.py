@@ -9,7 +9,8 @@ import pytest
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.inference import CavityRule, keep_largest_components
-from fewsam.methods.fewshot import FewShotPredictor, postprocessing_choice
+from fewsam.inference import postprocessing_choice
+from fewsam.methods.fewshot import FewShotPredictor
 
 RV, MYO, LV = 1, 2, 3
 ACDC = ClassMap({RV: "RV", MYO: "Myo", LV: "LV"})

@@ -1,5 +1,7 @@
 """Distill: a U-Net student on labelled slices + a fitted run's pseudo-labels of the unlabelled pool."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,54 @@ def test_the_pseudo_labelled_loss_is_weighted_by_pseudo_weight():
     assert s0["loss_x"] == pytest.approx(s2["loss_x"]) and s2["loss_u"] > s2["loss_x"]  # the pool disagrees
     assert loss0.item() == pytest.approx(s0["loss_x"])
     assert loss2.item() == pytest.approx(s2["loss_x"] + 2.0 * s2["loss_u"], rel=1e-6)
+
+
+class _LeftHalf(torch.nn.Module):
+    """A 'U-Net' that calls the left half of every image class 1 and the right half class 2."""
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        half = x.shape[-1] // 2
+        logits[:, 1, :, :half] = 5.0
+        logits[:, 2, :, half:] = 5.0
+        return logits
+
+
+def test_student_mirroring_averages_the_four_mirror_images_back_in_place():
+    """Left-right mirrors swap the halves, so the mirror average is undecided between 1 and 2 on every
+    pixel (the probabilities of 1 and 2 are equal), while the single view keeps its halves."""
+    from fewsam.methods.student import StudentConfig, mirrored_probabilities, predict_images
+
+    cfg = StudentConfig(image_size=16)
+    image = np.random.default_rng(0).random((12, 20)).astype(np.float32)
+    single = predict_images(_LeftHalf(), [image], cfg)[0].numpy()
+    mirrored = mirrored_probabilities(_LeftHalf(), [image], cfg)[0]
+    assert mirrored.shape == single.shape == (3, 12, 20)
+    assert single[1, :, :8].min() > 0.9 and single[2, :, 12:].min() > 0.9
+    np.testing.assert_allclose(mirrored[1], mirrored[2], atol=1e-6)
+    np.testing.assert_allclose(mirrored.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_a_distilled_run_predicts_with_its_postprocessing_choice(teacher, tmp_path):
+    """The fit writes postprocess.json (mirroring scored on validation); the predictor follows it."""
+    from fewsam.data import open_dataset
+    from fewsam.inference import postprocess_volume
+    from fewsam.methods.student import StudentPredictor, predict_case_labels
+
+    data, cache, run = teacher
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher",
+                                      str(run), "--steps", "2", "--val-every", "2", "--batch-size", "2",
+                                      "--image-size", "32", "--cache", str(cache), "--out", str(out), *COMMON])
+    assert result.exit_code == 0, result.output
+    choice = json.loads((out / "postprocess.json").read_text())
+    assert {"val_dice_single_view", "val_dice_mirrored", "mirror", "largest_component"} <= set(choice)
+    assert choice["mirror"] == (choice["val_dice_mirrored"] > choice["val_dice_single_view"])
+    predictor = StudentPredictor(out)
+    case = open_dataset(data).load("phantom_003")
+    for mirror in (False, True):
+        predictor.mirror = mirror
+        expected = postprocess_volume(predict_case_labels(predictor.module, case, predictor.cfg, predictor.values,
+                                                          mirror=mirror),
+                                      None, predictor.largest_component, predictor.values)
+        assert np.array_equal(predictor.predict_case(case), expected)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from fewsam.cache import EmbeddingCache
 from fewsam.data.types import Case
 from fewsam.embedded import MIRROR_VIEWS, CaseSlices, dihedral, undo_dihedral
-from fewsam.methods.fewshot import (FewShotPredictor, PrototypeDecoder, mirroring_choice, predict_mirrored,
-                                    predict_slices)
+from fewsam.inference import mirroring_choice
+from fewsam.methods.fewshot import FewShotPredictor, PrototypeDecoder, predict_mirrored, predict_slices
 from fewsam.models.precision import EncoderPrecision
 from fewsam.models.registry import load_model
 

@@ -6,17 +6,24 @@ Shared by every method: validation during fitting, ``fewsam predict`` and the po
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from fewsam.data.types import ClassMap
+from fewsam.data.types import Case, ClassMap
 from fewsam.embedded import EmbeddedSlice
 from fewsam.errors import DataError
 from fewsam.labels import index_lut
 from fewsam.metrics import volume_score
 from fewsam.models.sam import PreprocessInfo, postprocess_logits
+
+CAVITY_RULE_HELP = ("Nested anatomy as RING:INNER:OUTER class names (ACDC: Myo:LV:RV): where RING closes around a "
+                    "cavity predicted background, the cavity becomes INNER and INNER outside the ring becomes OUTER.")
+POSTPROCESS = "postprocess.json"
+"""A fitted run's post-processing choices (cavity rule, largest components, mirroring, ...),
+made on its validation cases at the end of the fit and read back by its predictor."""
 
 
 def labels_from_logits(logits: torch.Tensor, info: PreprocessInfo, values: list[int]) -> np.ndarray:
@@ -123,3 +130,37 @@ class CavityRule:
                 out[regions == region] = self.outer
         out[cavity & (labels == 0)] = self.inner
         return out
+
+
+def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any]) -> dict[str, Any]:
+    """The post-processing record of test-time mirroring if it scores strictly higher on validation
+    (after its own post-processing choice), else the single view's; with both scores."""
+    scores = {"val_dice_single_view": chosen_val_dice(single), "val_dice_mirrored": chosen_val_dice(mirrored)}
+    chosen = mirrored if scores["val_dice_mirrored"] > scores["val_dice_single_view"] else single
+    return {**chosen, "mirror": chosen is mirrored, **scores}
+
+
+def chosen_val_dice(record: dict[str, Any]) -> float:
+    """The validation Dice of a post-processing record's own choice (largest component or raw)."""
+    return float(record["val_dice_largest_component"] if record["largest_component"] else record["val_dice_raw"])
+
+
+def postprocessing_choice(predictions: list[tuple[Case, np.ndarray]], values: list[int],
+                          rule: CavityRule | None) -> dict[str, Any]:
+    """RUN/postprocess.json: the declared cavity rule (always applied) and, after it, whether keeping
+    each class's largest component helps on the validation volumes; with the Dice of each choice."""
+    volumes, labels = [p for _, p in predictions], [case.label for case, _ in predictions]
+    record: dict[str, Any] = {"cavity_rule": None}
+    if rule is not None:
+        before = float(np.mean([volume_score(p, y, values[1:]) for p, y in zip(volumes, labels)]))
+        volumes = [rule.apply(v) for v in volumes]
+        record = {"cavity_rule": rule.to_json(), "val_dice_without_cavity_rule": before}
+    return {**record, **choose_postprocessing(volumes, labels, values[1:])}
+
+
+def postprocess_volume(volume: np.ndarray, rule: CavityRule | None, largest_component: bool,
+                       values: list[int]) -> np.ndarray:
+    """A run's post-processing of a (D, H, W) label volume: the cavity rule, then largest components."""
+    if rule is not None:
+        volume = rule.apply(volume)
+    return keep_largest_components(volume, values[1:]) if largest_component else volume

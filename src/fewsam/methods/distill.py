@@ -28,17 +28,18 @@ from fewsam.distributed import local_part
 from fewsam.embedded import CaseSlices
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss
+from fewsam.inference import CAVITY_RULE_HELP, POSTPROCESS, CavityRule
 from fewsam.labels import value_lut
 from fewsam.losses import dice_ce_loss
 from fewsam.methods import Method, get_method
 from fewsam.methods.student import (SliceSet, StudentFitConfig, augment_labelled, build_unet, load_labelled,
                                     load_slices, load_val_cases, strong_photometric, student_label,
-                                    validate_student)
+                                    student_postprocessing_choice, validate_student)
 from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.progress import tracked
-from fewsam.runs import read_config
-from fewsam.train import TrainResult, atomic_torch_save, train
+from fewsam.runs import read_config, write_json
+from fewsam.train import TrainResult, atomic_torch_save, load_best, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
 
@@ -56,6 +57,10 @@ class DistillConfig(StudentFitConfig):
     pseudo_weight: float = option(1.0, "Weight of the Dice + CE loss on the pseudo-labelled slices.", min=0.0)
     noisy: bool = option(True, "Strong photometric noise (brightness, contrast, blur, cutout) on the "
                          "pseudo-labelled slices, as in noisy-student training.", flag="--noisy/--no-noisy")
+    cavity_rule: str | None = option(None, CAVITY_RULE_HELP)
+    test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
+                                  "does) if that scores higher on validation; 4 U-Net passes per slice.",
+                                  flag="--test-mirroring/--no-test-mirroring")
 
 
 def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
@@ -146,15 +151,22 @@ class DistillTask:
 
 
 def fit(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> TrainResult:
-    """Label the pool with the teacher (once), then train the student on both sets."""
+    """Label the pool with the teacher (once), train the student on both sets, then choose its
+    post-processing (cavity rule, largest components, mirroring) on the validation cases."""
     teacher_config(ctx, cfg)
+    rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
     labelled = load_labelled(ctx, cfg)
     val_cases = load_val_cases(ctx)
     pseudo = pseudo_labelled(ctx, cfg, run_dir)
     torch.manual_seed(ctx.seed)
     module = prepare_student(build_unet(cfg, len(ctx.values)).to(ctx.device), ctx.acceleration)
     task = DistillTask(module, labelled, pseudo, cfg, ctx.labelled_loss(None), val_cases, ctx.values, ctx.device)
-    return train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress)
+    result = train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress)
+    module.load_state_dict(load_best(run_dir)[0])
+    choice = student_postprocessing_choice(module, val_cases, cfg, ctx.values, rule, cfg.test_mirroring, ctx.device,
+                                           ctx.show_progress)
+    write_json(run_dir / POSTPROCESS, choice)
+    return result
 
 
 METHOD = Method("distill", DistillConfig, fit, student_predictor)

@@ -36,8 +36,8 @@ from fewsam.distributed import local_part
 from fewsam.embedded import MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, undo_dihedral
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss
-from fewsam.inference import (CavityRule, check_labelled, choose_postprocessing, keep_largest_components,
-                              labels_from_logits, stack_volume)
+from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, check_labelled, chosen_val_dice, labels_from_logits,
+                              mirroring_choice, postprocess_volume, postprocessing_choice, stack_volume)
 from fewsam.labels import IGNORE, index_lut, value_lut
 from fewsam.methods import Method
 from fewsam.metrics import selection_score, volume_score
@@ -50,7 +50,6 @@ from fewsam.self_prompting import PseudoLabeller, SelfPromptRules, merge_refined
 from fewsam.train import TrainConfig, TrainResult, atomic_torch_save, load_best, train
 
 BANK = "prompt_bank.pt"
-POSTPROCESS = "postprocess.json"
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,7 @@ class FewShotConfig(Config):
     ema: float = option(0.99, "Decay of a moving average of the weights, validated and kept (0: off).",
                         min=0.0, max=0.9999)
     val_every: int = option(50, "Steps between validations (each writes a resumable checkpoint).", min=1)
-    cavity_rule: str | None = option(None, "Nested anatomy as RING:INNER:OUTER class names (ACDC: Myo:LV:RV): where "
-                                     "RING closes around a cavity predicted background, the cavity becomes INNER "
-                                     "and INNER outside the ring becomes OUTER.")
+    cavity_rule: str | None = option(None, CAVITY_RULE_HELP)
     test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
                                   "does) if that scores higher on validation; 3 more encoder passes per slice.",
                                   flag="--test-mirroring/--no-test-mirroring")
@@ -336,32 +333,6 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
     return result
 
 
-def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any]) -> dict[str, Any]:
-    """The post-processing record of test-time mirroring if it scores strictly higher on validation
-    (after its own post-processing choice), else the single view's; with both scores."""
-    scores = {"val_dice_single_view": chosen_val_dice(single), "val_dice_mirrored": chosen_val_dice(mirrored)}
-    chosen = mirrored if scores["val_dice_mirrored"] > scores["val_dice_single_view"] else single
-    return {**chosen, "mirror": chosen is mirrored, **scores}
-
-
-def chosen_val_dice(record: dict[str, Any]) -> float:
-    """The validation Dice of a post-processing record's own choice (largest component or raw)."""
-    return float(record["val_dice_largest_component"] if record["largest_component"] else record["val_dice_raw"])
-
-
-def postprocessing_choice(predictions: list[tuple[Case, np.ndarray]], values: list[int],
-                          rule: CavityRule | None) -> dict[str, Any]:
-    """RUN/postprocess.json: the declared cavity rule (always applied) and, after it, whether keeping
-    each class's largest component helps on the validation volumes; with the Dice of each choice."""
-    volumes, labels = [p for _, p in predictions], [case.label for case, _ in predictions]
-    record: dict[str, Any] = {"cavity_rule": None}
-    if rule is not None:
-        before = float(np.mean([volume_score(p, y, values[1:]) for p, y in zip(volumes, labels)]))
-        volumes = [rule.apply(v) for v in volumes]
-        record = {"cavity_rule": rule.to_json(), "val_dice_without_cavity_rule": before}
-    return {**record, **choose_postprocessing(volumes, labels, values[1:])}
-
-
 class FewShotPredictor:
     """Predicts with a fitted run: the best-validated decoder and the stored prompt bank."""
 
@@ -408,9 +379,7 @@ class FewShotPredictor:
 
     def postprocess(self, volume: np.ndarray) -> np.ndarray:
         """The fitted run's post-processing of a (D, H, W) label volume: cavity rule, then largest components."""
-        if self.cavity_rule is not None:
-            volume = self.cavity_rule.apply(volume)
-        return keep_largest_components(volume, self.values[1:]) if self.largest_component else volume
+        return postprocess_volume(volume, self.cavity_rule, self.largest_component, self.values)
 
 
 def _predictor(run_dir: Path, config: dict, model: SamModel, device: str, values: list[int]) -> FewShotPredictor:

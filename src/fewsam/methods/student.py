@@ -8,10 +8,11 @@ torch's RNG, which the loop checkpoints), so runs resume exactly.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,9 +25,12 @@ from fewsam.data.intensity import scale_to_unit
 from fewsam.data.types import Case, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
-from fewsam.inference import stack_volume
+from fewsam.embedded import MIRROR_VIEWS, dihedral, undo_dihedral
+from fewsam.inference import (POSTPROCESS, CavityRule, mirroring_choice, postprocess_volume, postprocessing_choice,
+                              stack_volume)
 from fewsam.labels import index_lut, value_lut
 from fewsam.metrics import selection_score, volume_score
+from fewsam.progress import tracked
 from fewsam.models.acceleration import acceleration_of_run, prepare_student
 from fewsam.runs import read_config
 from fewsam.train import TrainConfig, load_best
@@ -239,11 +243,26 @@ def predict_images(module: nn.Module, images: np.ndarray | list[np.ndarray], cfg
     return out
 
 
+def mirrored_probabilities(module: nn.Module, images: list[np.ndarray], cfg: StudentConfig,
+                           device: str = "cpu") -> list[np.ndarray]:
+    """Each slice's (Q, H, W) probabilities averaged over its four mirror images (``MIRROR_VIEWS``),
+    each mapped back to the slice's own orientation: test-time mirroring from pixels, as nnU-Net does."""
+    total: list[np.ndarray] | None = None
+    for view in MIRROR_VIEWS:
+        flipped = [dihedral(np.asarray(img)[None], view)[0] for img in images]
+        probs = [undo_dihedral(p.numpy(), view) for p in predict_images(module, flipped, cfg, device)]
+        total = probs if total is None else [t + p for t, p in zip(total, probs)]
+    return [t / len(MIRROR_VIEWS) for t in total or []]
+
+
 def predict_case_labels(module: nn.Module, case: Case, cfg: StudentConfig, values: list[int],
-                        device: str = "cpu") -> np.ndarray:
-    """(D, H, W) uint8 label values of one case."""
+                        device: str = "cpu", mirror: bool = False) -> np.ndarray:
+    """(D, H, W) uint8 label values of one case (``mirror``: averaged over its mirror images)."""
     slices = [case.slice_image(z) for z in range(case.num_slices)]
-    probs = predict_images(module, slices, cfg, device)
+    if mirror:
+        probs = [torch.from_numpy(p) for p in mirrored_probabilities(module, slices, cfg, device)]
+    else:
+        probs = predict_images(module, slices, cfg, device)
     return stack_volume([index_lut(values)[p.argmax(dim=0).numpy()] for p in probs])
 
 
@@ -272,8 +291,24 @@ def load_val_cases(ctx: FitContext) -> list[Case]:
     return [load_labelled_case(ctx.dataset, cid, "select the model on") for cid in ctx.val_ids]
 
 
+def student_postprocessing_choice(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],
+                                  rule: CavityRule | None, mirroring: bool, device: str = "cpu",
+                                  show_progress: bool = False) -> dict[str, Any]:
+    """RUN/postprocess.json of a student run: the cavity rule, the largest-component choice and, with
+    ``mirroring``, test-time mirroring if it scores strictly higher on the validation volumes."""
+    module.eval()
+    single = [(case, predict_case_labels(module, case, cfg, values, device)) for case in val_cases]
+    choice = postprocessing_choice(single, values, rule)
+    if mirroring:
+        mirrored = [(case, predict_case_labels(module, case, cfg, values, device, mirror=True))
+                    for case in tracked(val_cases, "mirror val", show_progress)]
+        choice = mirroring_choice(choice, postprocessing_choice(mirrored, values, rule))
+    return choice
+
+
 class StudentPredictor:
-    """Predicts with a fitted supervised / SAM-Match run: the best-validated U-Net, from pixels only."""
+    """Predicts with a fitted U-Net student run (supervised, SAM-Match, distill): the best-validated
+    U-Net, from pixels only, with the run's post-processing choice when it made one."""
 
     def __init__(self, run_dir: Path, device: str = "cpu") -> None:
         config = read_config(run_dir)
@@ -284,6 +319,13 @@ class StudentPredictor:
         module.load_state_dict(load_best(Path(run_dir))[0])
         # the path the run trained and validated on: predictions reproduce its validation
         self.module = prepare_student(module.eval(), acceleration_of_run(config, device))
+        post = Path(run_dir) / POSTPROCESS
+        choice = json.loads(post.read_text()) if post.exists() else {}
+        self.mirror = bool(choice.get("mirror", False))
+        self.largest_component = bool(choice.get("largest_component", False))
+        rule = choice.get("cavity_rule")
+        self.cavity_rule = None if rule is None else CavityRule(*rule)
 
     def predict_case(self, case: Case, slices: object = None) -> np.ndarray:
-        return predict_case_labels(self.module, case, self.cfg, self.values, self.device)
+        volume = predict_case_labels(self.module, case, self.cfg, self.values, self.device, self.mirror)
+        return postprocess_volume(volume, self.cavity_rule, self.largest_component, self.values)
