@@ -32,9 +32,9 @@ from fewsam.inference import CAVITY_RULE_HELP, POSTPROCESS, CavityRule
 from fewsam.labels import value_lut
 from fewsam.losses import dice_ce_loss
 from fewsam.methods import Method, get_method
-from fewsam.methods.student import (SliceSet, StudentFitConfig, augment_labelled, build_unet, load_labelled,
-                                    load_slices, load_val_cases, strong_photometric, student_label,
-                                    student_postprocessing_choice, validate_student)
+from fewsam.methods.student import (SliceSet, StudentFitConfig, build_unet, draw_batch, load_labelled, load_slices,
+                                    load_val_cases, strong_photometric, student_label, student_postprocessing_choice,
+                                    validate_student, weak_view)
 from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.progress import tracked
@@ -131,11 +131,9 @@ class DistillTask:
 
     def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        n_l, n_u = len(self.labelled.refs), len(self.pseudo.refs)
-        idx_l = rng.choice(n_l, min(cfg.batch_size, n_l), replace=False)
-        idx_u = rng.choice(n_u, min(cfg.unlabeled_batch, n_u), replace=False)
-        x_l, y_l = augment_labelled(self.labelled.images[idx_l], self.labelled.labels[idx_l], rng, cfg)
-        x_u, y_u = augment_labelled(self.pseudo.images[idx_u], self.pseudo.labels[idx_u], rng, cfg)
+        idx_l, idx_u = draw_batch(rng, self.labelled, cfg.batch_size), draw_batch(rng, self.pseudo, cfg.unlabeled_batch)
+        x_l, y_l = weak_view(self.labelled, idx_l, rng, cfg)
+        x_u, y_u = weak_view(self.pseudo, idx_u, rng, cfg)
         if cfg.noisy:
             x_u = strong_photometric(x_u, rng)
         part_l, part_u = local_part(len(idx_l)), local_part(len(idx_u))  # torchrun: this rank's share

@@ -226,6 +226,18 @@ def augment_labelled(images: torch.Tensor, labels: torch.Tensor, rng: np.random.
     return warp(images, theta), warp_labels(labels, theta)
 
 
+def draw_batch(rng: np.random.Generator, data: SliceSet, size: int) -> np.ndarray:
+    """Indices of a batch of ``size`` distinct slices of ``data`` (all of them if it holds fewer)."""
+    n = len(data.refs)
+    return rng.choice(n, min(size, n), replace=False)
+
+
+def weak_view(data: SliceSet, idx: np.ndarray, rng: np.random.Generator,
+              cfg: StudentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weak view (``augment_labelled``) of the slices ``idx`` of a labelled (or pseudo-labelled) set."""
+    return augment_labelled(data.images[idx], data.labels[idx], rng, cfg)
+
+
 # --- prediction and validation ----------------------------------------------------------------
 
 def predict_images(module: nn.Module, images: np.ndarray | list[np.ndarray], cfg: StudentConfig,

@@ -18,8 +18,8 @@ from fewsam.fitting import FitContext, LabelledLoss
 from fewsam.data.types import Case
 from fewsam.methods import NO_SAM_FIT_OPTIONS, Method
 from fewsam.models.acceleration import prepare_student
-from fewsam.methods.student import (SliceSet, StudentFitConfig, StudentPredictor, augment_labelled, build_unet,
-                                    load_labelled, load_val_cases, validate_student)
+from fewsam.methods.student import (SliceSet, StudentFitConfig, StudentPredictor, build_unet, draw_batch,
+                                    load_labelled, load_val_cases, validate_student, weak_view)
 from fewsam.train import TrainResult, train
 
 
@@ -37,9 +37,8 @@ class SupervisedTask:
         self.val_cases, self.values, self.device = val_cases, values, device
 
     def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        n = len(self.labelled.refs)
-        idx = rng.choice(n, min(self.cfg.batch_size, n), replace=False)
-        x, y = augment_labelled(self.labelled.images[idx], self.labelled.labels[idx], rng, self.cfg)
+        idx = draw_batch(rng, self.labelled, self.cfg.batch_size)
+        x, y = weak_view(self.labelled, idx, rng, self.cfg)
         part = local_part(len(idx))  # torchrun: this rank's share of the batch every rank drew
         logits, y = self.module(x[part].to(self.device)), y[part].to(self.device)
         return self.loss_fn(logits, y, [self.labelled.refs[i] for i in idx[part]]), {}

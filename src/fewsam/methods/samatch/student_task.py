@@ -21,8 +21,8 @@ from fewsam.labels import IGNORE
 from fewsam.losses import consistency_ce, dice_ce_loss
 from fewsam.methods.samatch.config import SamMatchConfig
 from fewsam.train import ramp
-from fewsam.methods.student import (SliceSet, augment_labelled, random_affine, strong_photometric,
-                                    validate_student, warp, warp_labels)
+from fewsam.methods.student import (SliceSet, draw_batch, random_affine, strong_photometric, validate_student,
+                                    warp, warp_labels, weak_view)
 
 
 class PseudoLabelSource(Protocol):
@@ -41,10 +41,9 @@ class SamMatchTask:
 
     def training_loss(self, rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        n_l, n_u = len(self.labelled.refs), len(self.unlabelled.refs)
-        idx_l = rng.choice(n_l, min(cfg.batch_size, n_l), replace=False)
-        idx_u = rng.choice(n_u, min(cfg.unlabeled_batch, n_u), replace=False)
-        x_l, y_l = augment_labelled(self.labelled.images[idx_l], self.labelled.labels[idx_l], rng, cfg)
+        idx_l = draw_batch(rng, self.labelled, cfg.batch_size)
+        idx_u = draw_batch(rng, self.unlabelled, cfg.unlabeled_batch)
+        x_l, y_l = weak_view(self.labelled, idx_l, rng, cfg)
         theta = random_affine(len(idx_u), rng, cfg)
         x_w = warp(self.unlabelled.images[idx_u], theta)
         x_s = strong_photometric(x_w, rng)
