@@ -14,7 +14,7 @@ import torch
 from fewsam.cache import EmbeddingCache, model_folder
 from fewsam.config import DEFAULT_PRECISION, ConfigError, FitOptions
 from fewsam.models import precision
-from fewsam.models.acceleration import (BF16_AUTOCAST, CUDA_BF16, FP32_FAST, REFERENCE, acceleration_of_run,
+from fewsam.models.acceleration import (BF16_AUTOCAST, BF16_STUDENT, CUDA_BF16, FP32_FAST, REFERENCE, acceleration_of_run,
                                         prepare_decoder,
                                         prepare_student, resolve_acceleration)
 from fewsam.models.precision import FP32, EncoderPrecision, cpu_flags, openvino_available, resolve_precision
@@ -98,9 +98,11 @@ def test_fp32_is_the_reference_and_other_devices_stay_on_it():
 
 def test_the_trained_modules_path_per_precision_device_and_cpu():
     assert resolve_acceleration("fp32", "cpu", WITH_BF16) == REFERENCE
-    for requested in ("auto", "fp32-openvino", "mixed-openvino"):
-        for flags in (WITH_BF16, WITHOUT_BF16):  # bf16 autocast is never chosen by default: it is opt-in
-            assert resolve_acceleration(requested, "cpu", flags) == FP32_FAST
+    for requested in ("auto", "fp32-openvino"):  # without bf16 instructions: fp32, channels-last student
+        assert resolve_acceleration(requested, "cpu", WITHOUT_BF16) == FP32_FAST
+    assert resolve_acceleration("fp32-openvino", "cpu", WITH_BF16) == FP32_FAST  # fp32 asked for, fp32 given
+    for requested in ("auto", "mixed-openvino"):  # with them: the student under bf16 autocast, the decoder fp32
+        assert resolve_acceleration(requested, "cpu", WITH_BF16) == BF16_STUDENT
     assert resolve_acceleration("bf16-openvino", "cpu", WITH_BF16) == BF16_AUTOCAST
     for requested in ("fp32", "fp32-openvino", "bf16-openvino"):  # CPU paths: the GPU runs the reference
         assert resolve_acceleration(requested, "cuda:0", WITH_BF16, cuda_bf16=True) == REFERENCE
@@ -116,6 +118,8 @@ def test_a_run_predicts_on_the_path_it_trained_on_where_this_host_can(notes):
     assert acceleration_of_run({"acceleration": FP32_FAST.name}, "cpu", WITHOUT_BF16) == FP32_FAST
     assert acceleration_of_run({"acceleration": BF16_AUTOCAST.name}, "cpu", WITH_BF16) == BF16_AUTOCAST
     assert acceleration_of_run({"acceleration": BF16_AUTOCAST.name}, "cpu", WITHOUT_BF16) == FP32_FAST
+    assert acceleration_of_run({"acceleration": BF16_STUDENT.name}, "cpu", WITH_BF16) == BF16_STUDENT
+    assert acceleration_of_run({"acceleration": BF16_STUDENT.name}, "cpu", WITHOUT_BF16) == FP32_FAST
     assert "no bf16 instructions: predicting in fp32" in notes.text
     assert acceleration_of_run({"acceleration": FP32_FAST.name}, "cuda") == REFERENCE
     assert acceleration_of_run({"acceleration": CUDA_BF16.name}, "cpu", WITH_BF16) == REFERENCE
@@ -195,6 +199,24 @@ def test_bf16_autocast_runs_the_modules_in_bf16_and_hands_back_fp32():
     logits.sum().backward()
     assert decoder.query_embed.grad is not None and decoder.query_embed.grad.dtype == torch.float32
     assert not torch.is_autocast_enabled("cpu")  # the hooks leave no autocast behind
+
+
+def test_the_default_bf16_path_autocasts_the_student_and_leaves_the_decoder_in_fp32():
+    """What ``auto`` takes on a CPU with bf16 instructions: the student's convolutions in bf16, every
+    decoder op in fp32 (its autocast saved too little to risk its validation Dice)."""
+    from fewsam.methods.fewshot import PrototypeDecoder
+    from fewsam.methods.student import build_unet
+
+    student_dtypes, decoder_dtypes = [], []
+    student = prepare_student(build_unet(TINY, 4), BF16_STUDENT)
+    student.model[0].conv.unit0.conv.register_forward_hook(lambda m, a, out: student_dtypes.append(out.dtype))
+    assert student(torch.rand(2, 1, 64, 64)).dtype == torch.float32 and student_dtypes == [torch.bfloat16]
+    decoder = prepare_decoder(PrototypeDecoder(tiny_sam(), 4), BF16_STUDENT)
+    decoder.mask_decoder.output_upscaling[0].register_forward_hook(lambda m, a, out: decoder_dtypes.append(out.dtype))
+    reference = PrototypeDecoder(tiny_sam(), 4)
+    reference.load_state_dict(decoder.state_dict())
+    x, tokens = torch.rand(2, 256, 64, 64), torch.rand(4, 1, 256)
+    assert torch.equal(decoder(x, tokens), reference(x, tokens)) and decoder_dtypes == [torch.float32]
 
 
 def test_a_fast_supervised_fit_matches_the_reference_and_records_its_path(tmp_path):

@@ -4,13 +4,18 @@
 
 - ``fp32``: the reference: eager PyTorch, contiguous tensors, no autocast. It is the path the
   golden digests of ``tests/test_determinism.py`` hold bit for bit.
-- ``auto`` and ``fp32-openvino`` on a CPU: still fp32 everywhere, with the U-Net student's
-  convolutions in channels-last layout (oneDNN's native one: fewer reorders, less CPU time per
+- ``fp32-openvino`` on a CPU, and ``auto`` on a CPU without bf16 instructions: still fp32
+  everywhere, with the U-Net student's convolutions in channels-last layout (oneDNN's native one: fewer reorders, less CPU time per
   training step and per prediction), in training, validation and predict alike, so that predict
   reproduces the validation that chose the checkpoint. Logits differ from the reference by
   rounding only (docs/results.md, section 4.1). The decoder runs as in the reference: nothing
   measured made it faster enough to pay (``torch.compile``: about 5% after 150 s of compiling).
-- ``bf16-openvino`` (CPUs with bf16 instructions only): the decoder and the student also run
+- ``auto`` and ``mixed-openvino`` on a CPU with bf16 instructions (avx512_bf16 / amx_bf16): the
+  U-Net student also runs under bf16 autocast (fp32 weights, optimiser and losses), which kept its
+  validation Dice (supervised, FixMatch and distilled students: docs/results.md, section 4.4) and
+  trains it faster; the decoder stays fp32 (autocast saved it little: its time goes to memory-bound
+  ops at 256x256, not to matrix products).
+- ``bf16-openvino`` (CPUs with bf16 instructions only): the decoder and the student both run
   under bf16 autocast, their outputs handed back in fp32 so that losses stay in fp32.
 
 On a CUDA GPU, ``auto`` runs the decoder and the student under bf16 autocast (mixed precision:
@@ -21,7 +26,7 @@ every GPU (``models.precision``): bf16 embeddings measured below the 0.999 cosin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -38,14 +43,17 @@ class Acceleration:
     channels_last: bool = False  # the student's convolutions (and their inputs) in NHWC
     autocast: torch.dtype | None = None  # autocast dtype around the modules' forward
     device_type: str = "cpu"  # which autocast: "cpu" or "cuda"
+    decoder_autocast: bool = True  # whether ``autocast`` also applies to the prompt decoder
     reason: str = field(default="", compare=False)
 
 
 REFERENCE = Acceleration("reference", reason="the reference path")
 FP32_FAST = Acceleration("fp32-channels-last", channels_last=True)
 BF16_AUTOCAST = Acceleration("bf16-autocast", channels_last=True, autocast=torch.bfloat16)
+BF16_STUDENT = Acceleration("bf16-autocast-student", channels_last=True, autocast=torch.bfloat16,
+                            decoder_autocast=False)
 CUDA_BF16 = Acceleration("cuda-bf16-autocast", autocast=torch.bfloat16, device_type="cuda")
-BY_NAME = {a.name: a for a in (REFERENCE, FP32_FAST, BF16_AUTOCAST, CUDA_BF16)}
+BY_NAME = {a.name: a for a in (REFERENCE, FP32_FAST, BF16_AUTOCAST, BF16_STUDENT, CUDA_BF16)}
 
 
 def resolve_acceleration(requested: str, device: str = "cpu", flags: frozenset[str] | None = None,
@@ -63,6 +71,9 @@ def resolve_acceleration(requested: str, device: str = "cpu", flags: frozenset[s
     if requested == "bf16-openvino":
         require_bf16(flags)
         return _chosen(BF16_AUTOCAST, "decoder and student under bf16 autocast")
+    if requested in ("auto", "mixed-openvino") and has_bf16(flags):
+        return _chosen(BF16_STUDENT, "U-Net student under bf16 autocast, channels-last (this CPU has bf16 "
+                                     "instructions); the decoder in fp32")
     return _chosen(FP32_FAST, "decoder and U-Net student in fp32; the student's convolutions channels-last")
 
 
@@ -99,8 +110,7 @@ def acceleration_of_run(config: dict[str, Any], device: str = "cpu", flags: froz
 
 def _chosen(acceleration: Acceleration, message: str) -> Acceleration:
     say_once(message)
-    return Acceleration(acceleration.name, acceleration.channels_last, acceleration.autocast,
-                        acceleration.device_type, message)
+    return replace(acceleration, reason=message)
 
 
 def prepare_student(module: nn.Module, acceleration: Acceleration) -> nn.Module:
@@ -115,8 +125,8 @@ def prepare_student(module: nn.Module, acceleration: Acceleration) -> nn.Module:
 
 def prepare_decoder(module: nn.Module, acceleration: Acceleration) -> nn.Module:
     """The prompt decoder (in place): only autocast applies (channels-last measured slower on its
-    transposed convolutions)."""
-    if acceleration.autocast is not None:
+    transposed convolutions), and only on paths that choose it for the decoder too."""
+    if acceleration.autocast is not None and acceleration.decoder_autocast:
         _autocast_forward(module, acceleration.autocast, acceleration.device_type)
     return module
 
