@@ -35,7 +35,7 @@ def test_distill_fits_deterministically_on_the_teachers_labels_and_predicts_from
     data, cache, run = teacher
     fit = ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher", str(run), "--steps", "4",
            "--val-every", "2", "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "32",
-           "--cache", str(cache), *COMMON]
+           "--no-teacher-blend", "--cache", str(cache), *COMMON]
     run_a, _ = fit_twice_identically(fit, tmp_path)
     stored = torch.load(run_a / distill.PSEUDO_FILE, weights_only=True)
     # the pool: every training slice but the two labelled ones (3 cases x 2 slices)
@@ -164,6 +164,9 @@ def test_a_distilled_run_predicts_with_its_postprocessing_choice(teacher, tmp_pa
     choice = json.loads((out / "postprocess.json").read_text())
     assert {"val_dice_single_view", "val_dice_mirrored", "mirror", "largest_component"} <= set(choice)
     assert choice["mirror"] == (choice["val_dice_mirrored"] > choice["val_dice_single_view"])
+    # the teacher blend (on by default) is scored on validation too, and kept only if it wins there
+    assert choice["teacher_blend"] == (choice["val_dice_teacher_blend"] > choice["val_dice_student"])
+    assert (out / "teacher").exists() == choice["teacher_blend"]
     predictor = StudentPredictor(out)
     case = open_dataset(data).load("phantom_003")
     for mirror in (False, True):
@@ -172,3 +175,76 @@ def test_a_distilled_run_predicts_with_its_postprocessing_choice(teacher, tmp_pa
                                                           mirror=mirror),
                                       None, predictor.largest_component, predictor.values)
         assert np.array_equal(predictor.predict_case(case), expected)
+
+
+def _layout(left: int, right: int, confidence: float = 0.9) -> np.ndarray:
+    """(3, 4, 6) probabilities: class ``left`` on the left half, ``right`` on the right half."""
+    probs = np.full((3, 4, 6), (1 - confidence) / 2, dtype=np.float32)
+    probs[left, :, :3] = confidence
+    probs[right, :, 3:] = confidence
+    return probs
+
+
+def test_the_blend_averages_where_the_layouts_agree_and_keeps_the_student_where_they_swap():
+    from fewsam.methods.distill import blended_probabilities, class_agreement
+
+    student, agreeing, swapped = _layout(1, 2, 0.6), _layout(1, 2, 0.9), _layout(2, 1, 0.9)
+    assert class_agreement(student.argmax(0), agreeing.argmax(0), 3) == 1.0
+    assert class_agreement(student.argmax(0), swapped.argmax(0), 3) == 0.0
+    assert class_agreement(np.zeros((4, 6)), np.zeros((4, 6)), 3) == 1.0  # neither shows a class
+    blended = blended_probabilities([student, student], [agreeing, swapped])
+    np.testing.assert_allclose(blended[0], (student + agreeing) / 2)
+    np.testing.assert_array_equal(blended[1], student)
+
+
+def test_a_kept_teacher_blend_copies_the_teacher_and_predicts_the_blend(teacher, tmp_path, monkeypatch):
+    """The blend's validation score is made to win (the phantom is too small to make it win by itself):
+    the run then carries the teacher's predictor files and predicts the slice-wise blend through SAM."""
+    from fewsam.data import open_dataset, read_prediction
+    from fewsam.embedded import CaseSlices
+    from fewsam.methods.fewshot import FewShotPredictor
+    from fewsam.methods.student import StudentPredictor
+    from fewsam.models.registry import load_model
+    from fewsam.cache import EmbeddingCache
+    from fewsam.models.precision import resolve_precision
+
+    data, cache, run = teacher
+    real_choice = distill.postprocessing_choice
+
+    def winning(*args, **kwargs):
+        record = real_choice(*args, **kwargs)
+        return {**record, "val_dice_raw": record["val_dice_raw"] + 1, "val_dice_largest_component":
+                record["val_dice_largest_component"] + 1}
+
+    monkeypatch.setattr(distill, "postprocessing_choice", winning)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher",
+                                      str(run), "--steps", "2", "--val-every", "2", "--batch-size", "2",
+                                      "--image-size", "32", "--cache", str(cache), "--out", str(out), *COMMON])
+    assert result.exit_code == 0, result.output
+    choice = json.loads((out / "postprocess.json").read_text())
+    assert choice["teacher_blend"] and choice["val_dice_teacher_blend"] > choice["val_dice_student"]
+    assert sorted(p.name for p in (out / "teacher").iterdir()) == [
+        "checkpoint_best.pt", "config.json", "postprocess.json", "prompt_bank.pt"]
+    assert distill.get_method("distill").predicts_from_pixels(out) is False
+
+    pred = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predict", str(out), "--data", str(data), "--split", "val", "--out", str(pred),
+                                      "--cache", str(cache), *COMMON])
+    assert result.exit_code == 0, result.output
+    dataset = open_dataset(data)
+    case = dataset.load("phantom_003")
+    model = load_model("litemedsam")
+    slices = CaseSlices(case, EmbeddingCache(cache, model, resolve_precision("fp32", "cpu")), "cpu")
+    student = StudentPredictor(out)
+    teacher_probs = FewShotPredictor(out / "teacher", model).probabilities(slices)
+    expected = []
+    for s, t in zip(student.probabilities(case), teacher_probs):
+        t = np.asarray(t)
+        a, b = s.argmax(0), t.argmax(0)
+        dice = [2 * ((a == c) & (b == c)).sum() / ((a == c).sum() + (b == c).sum())
+                for c in (1, 2, 3) if (a == c).any() or (b == c).any()]
+        expected.append(np.asarray(student.values)[((s + t) / 2 if not dice or np.mean(dice) >= 0.5 else s)
+                                                   .argmax(0)])
+    expected = student.postprocess(np.stack(expected).astype(np.uint8))
+    np.testing.assert_array_equal(read_prediction(case, pred), expected)

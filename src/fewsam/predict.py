@@ -91,7 +91,8 @@ def predict(
 
         check_refinable(run_dir, config)
     _check_class_map(config, dataset.class_map.to_json(), data)
-    if refine != "never" or not method.pixels_only:
+    pixels_only = method.predicts_from_pixels(run_dir)
+    if refine != "never" or not pixels_only:
         check_cache_folder(cache_root)
     encoder = resolve_precision(precision, device)
     refined = refine == "always" or (refine == "if-better" and
@@ -99,7 +100,7 @@ def predict(
                                                         show_progress))
     if ray is not None:
         return _predict_on_ray(ray, ray_workers, run_dir, data, out, case_ids, cache_root, encoder, device,
-                               overwrite, show_progress, refined, method.pixels_only and not refined)
+                               overwrite, show_progress, refined, pixels_only and not refined)
     predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
     written = []
     with staged_folder(out, overwrite) as staging:
@@ -115,7 +116,7 @@ def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool,
     from fewsam.methods import get_method
 
     method = get_method(config.get("method"))
-    pixels_only = method.pixels_only and not refined
+    pixels_only = method.predicts_from_pixels(run_dir) and not refined
     model = None if pixels_only else load_run_model(config, device)
     if refined:
         from fewsam.methods.samatch.refine import SamRefinedPredictor

@@ -66,7 +66,8 @@ class Method:
     ``fit`` None: nothing is trained (the run folder records the config; prediction does the work).
     ``predictor(run_dir, run_config, model, device, label_values)`` rebuilds it from a run folder.
     ``needs_sam(cfg)``: whether fitting loads SAM and its embedding cache.
-    ``pixels_only``: predicts from pixels alone (no SAM, no cache at predict time).
+    ``pixels_only``: predicts from pixels alone (no SAM, no cache at predict time); a callable
+    decides per run folder (a distill run that kept the teacher blend needs SAM).
     ``fit_options``: the ``FitOptions`` fields ``fewsam fit NAME`` offers.
     """
 
@@ -75,8 +76,12 @@ class Method:
     fit: "Callable[[FitContext, Any, Path], TrainResult] | None"
     predictor: PredictorFactory
     needs_sam: Callable[[Any], bool] = _always
-    pixels_only: bool = False
+    pixels_only: bool | Callable[[Path], bool] = False
     fit_options: tuple[str, ...] = field(default=ALL_FIT_OPTIONS)
+
+    def predicts_from_pixels(self, run_dir: Path) -> bool:
+        """Whether predicting with the run in ``run_dir`` needs neither SAM nor the embedding cache."""
+        return bool(self.pixels_only(Path(run_dir)) if callable(self.pixels_only) else self.pixels_only)
 
     @property
     def summary(self) -> str:

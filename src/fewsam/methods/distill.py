@@ -11,12 +11,23 @@ noise (a "noisy student"), and then predicts from pixels alone: no SAM, no embed
 The teacher is any fitted run of the same data, labelled set and label values (checked, so no
 labelled slice of another budget can leak in). Its pseudo-labels are computed once and stored in
 the run folder, so a resumed fit does not label the pool again.
+
+The student learns the class layout from many patients; the teacher keeps sharper boundaries (it
+sees each slice through SAM's encoder). At the end of a fit the two can be blended: on each slice
+where they agree on where the classes are (``class_agreement`` >= ``BLEND_GATE``) their class
+probabilities are averaged; where they disagree (the teacher swapping two classes on a patient
+unlike its labelled ones) the student's stand. The blend is kept if it scores higher on the
+validation cases; the teacher's predictor files are then copied into RUN/teacher/ (the run stays
+self-contained) and the run predicts through SAM's encoder and the embedding cache.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,20 +39,24 @@ from fewsam.distributed import local_part
 from fewsam.embedded import CaseSlices
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss
-from fewsam.inference import CAVITY_RULE_HELP, POSTPROCESS, CavityRule
-from fewsam.labels import value_lut
+from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, chosen_val_dice, postprocessing_choice,
+                              stack_volume)
+from fewsam.labels import index_lut, value_lut
 from fewsam.losses import dice_ce_loss
 from fewsam.methods import Method, get_method
-from fewsam.methods.student import (SliceSet, StudentFitConfig, build_unet, draw_batch, load_labelled, load_slices,
-                                    load_val_cases, strong_photometric, student_label, student_postprocessing_choice,
-                                    validate_student, weak_view)
+from fewsam.methods.student import (SliceSet, StudentFitConfig, StudentPredictor, build_unet, case_probabilities,
+                                    draw_batch, load_labelled, load_slices, load_val_cases, strong_photometric,
+                                    student_label, student_postprocessing_choice, validate_student, weak_view)
 from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
+from fewsam.models.precision import say_once
 from fewsam.progress import tracked
-from fewsam.runs import read_config, write_json
+from fewsam.runs import BEST, CONFIG, read_config, write_json
 from fewsam.train import TrainResult, atomic_torch_save, load_best, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
+TEACHER_COPY = "teacher"  # RUN/teacher/: the teacher's predictor files, when the blend is kept
+BLEND_GATE = 0.5  # class agreement below which a slice keeps the student's probabilities alone
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,10 @@ class DistillConfig(StudentFitConfig):
     test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
                                   "does) if that scores higher on validation; 4 U-Net passes per slice.",
                                   flag="--test-mirroring/--no-test-mirroring")
+    teacher_blend: bool = option(True, "Average the student's and the teacher's class probabilities on slices where "
+                                 "the two agree on where the classes are (the student alone elsewhere) if that "
+                                 "scores higher on validation; the run then also predicts through SAM.",
+                                 flag="--teacher-blend/--no-teacher-blend")
 
 
 def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
@@ -92,7 +111,7 @@ def teacher_labels(ctx: FitContext, folder: Path, config: dict, refs: list[Slice
     by_ref: dict[tuple[str, int], np.ndarray] = {}
     for case_id in tracked(list(wanted), "pseudo-label", ctx.show_progress):
         case: Case = ctx.dataset.load(case_id)
-        slices = [] if method.pixels_only else CaseSlices(case, ctx.cache, ctx.device)
+        slices = [] if method.predicts_from_pixels(folder) else CaseSlices(case, ctx.cache, ctx.device)
         volume = predictor.predict_case(case, slices)
         for z in wanted[case_id]:
             by_ref[(case_id, z)] = np.asarray(volume[z])
@@ -163,8 +182,105 @@ def fit(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> TrainResult:
     module.load_state_dict(load_best(run_dir)[0])
     choice = student_postprocessing_choice(module, val_cases, cfg, ctx.values, rule, cfg.test_mirroring, ctx.device,
                                            ctx.show_progress)
+    if cfg.teacher_blend:
+        choice = teacher_blend_choice(ctx, cfg, run_dir, module, val_cases, choice)
     write_json(run_dir / POSTPROCESS, choice)
     return result
 
 
-METHOD = Method("distill", DistillConfig, fit, student_predictor)
+def class_agreement(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
+    """Mean Dice between two (H, W) class-index maps over the foreground classes either shows (1 when
+    neither shows one): low where the two put the classes in different places, whatever their boundaries."""
+    scores = [2.0 * np.sum((a == c) & (b == c)) / (np.sum(a == c) + np.sum(b == c))
+              for c in range(1, n_classes) if np.any(a == c) or np.any(b == c)]
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def blended_probabilities(student: list[np.ndarray], teacher: list[np.ndarray]) -> list[np.ndarray]:
+    """Per slice, the mean of the two (Q, H, W) probability maps where their argmax maps agree on the
+    class layout (``class_agreement`` >= ``BLEND_GATE``), else the student's alone."""
+    out = []
+    for s, t in zip(student, teacher, strict=True):
+        t = np.asarray(t, dtype=np.float32)
+        agree = class_agreement(s.argmax(axis=0), t.argmax(axis=0), s.shape[0]) >= BLEND_GATE
+        out.append(0.5 * (s + t) if agree else s)
+    return out
+
+
+def blended_volume(student: list[np.ndarray], teacher: list[np.ndarray], values: list[int]) -> np.ndarray:
+    """(D, H, W) label values of the blend of one case's student and teacher probabilities."""
+    lut = index_lut(values)
+    return stack_volume([lut[p.argmax(axis=0)] for p in blended_probabilities(student, teacher)])
+
+
+def teacher_blend_choice(ctx: FitContext, cfg: DistillConfig, run_dir: Path, module: torch.nn.Module,
+                         val_cases: list[Case], chosen: dict[str, Any]) -> dict[str, Any]:
+    """``chosen`` (the student's post-processing record) with the teacher blend kept if it scores
+    strictly higher on validation (after its own post-processing choice); both scores. Keeping it
+    copies the teacher's predictor files into RUN/teacher/."""
+    folder, config = teacher_config(ctx, cfg)
+    teacher = get_method(config.get("method")).predictor(folder, config, ctx.model, ctx.device, ctx.values)
+    if ctx.model is None or not hasattr(teacher, "probabilities") or isinstance(teacher, StudentPredictor):
+        say_once(f"teacher blend skipped: a {config.get('method')} teacher gives no SAM-based probabilities to blend")
+        return {**chosen, "teacher_blend": False}
+    module.eval()
+    mirror = bool(chosen.get("mirror"))
+    blended = []
+    for case in tracked(val_cases, "blend val", ctx.show_progress):
+        slices = CaseSlices(case, ctx.cache, ctx.device)
+        student = case_probabilities(module, case, cfg, ctx.device, mirror)
+        blended.append((case, blended_volume(student, [np.asarray(p) for p in teacher.probabilities(slices)],
+                                             ctx.values)))
+    rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
+    record = postprocessing_choice(blended, ctx.values, rule)
+    scores = {"val_dice_student": chosen_val_dice(chosen), "val_dice_teacher_blend": chosen_val_dice(record)}
+    keep = scores["val_dice_teacher_blend"] > scores["val_dice_student"]
+    if keep:
+        copy_teacher(folder, run_dir / TEACHER_COPY)
+    return {**chosen, **(record if keep else {}), "teacher_blend": keep, **scores}
+
+
+def copy_teacher(folder: Path, target: Path) -> None:
+    """The files the teacher's predictor reads (config, best weights, prompt bank, post-processing),
+    copied through a temporary folder so that a kill leaves no half copy."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for path in folder.iterdir():
+        if path.is_file() and (path.name in (CONFIG, BEST, POSTPROCESS) or path.suffix == ".pt" and
+                               path.name not in ("checkpoint_last.pt", PSEUDO_FILE)):
+            shutil.copy2(path, staging / path.name)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def blend_kept(run_dir: Path) -> bool:
+    """Whether the distill run in ``run_dir`` predicts with the teacher blend."""
+    post = Path(run_dir) / POSTPROCESS
+    return post.exists() and bool(json.loads(post.read_text()).get("teacher_blend", False))
+
+
+class BlendedPredictor:
+    """A distill run that kept the teacher blend: the student's and the copied teacher's probabilities
+    blended slice by slice (``blended_probabilities``), then the run's post-processing."""
+
+    def __init__(self, run_dir: Path, model: Any, device: str = "cpu") -> None:
+        self.student = StudentPredictor(run_dir, device)
+        teacher_dir = Path(run_dir) / TEACHER_COPY
+        config = read_config(teacher_dir)
+        self.teacher = get_method(config.get("method")).predictor(teacher_dir, config, model, device,
+                                                                  self.student.values)
+
+    def predict_case(self, case: Case, slices: list) -> np.ndarray:
+        teacher = [np.asarray(p) for p in self.teacher.probabilities(slices)]
+        return self.student.postprocess(blended_volume(self.student.probabilities(case), teacher,
+                                                       self.student.values))
+
+
+def _predictor(run_dir: Path, config: dict, model: Any, device: str, values: list[int]) -> Any:
+    if blend_kept(run_dir):
+        return BlendedPredictor(run_dir, model, device)
+    return student_predictor(run_dir, config, model, device, values)
+
+
+METHOD = Method("distill", DistillConfig, fit, _predictor, pixels_only=lambda run_dir: not blend_kept(run_dir))

@@ -267,15 +267,20 @@ def mirrored_probabilities(module: nn.Module, images: list[np.ndarray], cfg: Stu
     return [t / len(MIRROR_VIEWS) for t in total or []]
 
 
+def case_probabilities(module: nn.Module, case: Case, cfg: StudentConfig, device: str = "cpu",
+                       mirror: bool = False) -> list[np.ndarray]:
+    """Each slice's (Q, H, W) probabilities of one case (``mirror``: averaged over its mirror images)."""
+    slices = [case.slice_image(z) for z in range(case.num_slices)]
+    if mirror:
+        return mirrored_probabilities(module, slices, cfg, device)
+    return [p.numpy() for p in predict_images(module, slices, cfg, device)]
+
+
 def predict_case_labels(module: nn.Module, case: Case, cfg: StudentConfig, values: list[int],
                         device: str = "cpu", mirror: bool = False) -> np.ndarray:
     """(D, H, W) uint8 label values of one case (``mirror``: averaged over its mirror images)."""
-    slices = [case.slice_image(z) for z in range(case.num_slices)]
-    if mirror:
-        probs = [torch.from_numpy(p) for p in mirrored_probabilities(module, slices, cfg, device)]
-    else:
-        probs = predict_images(module, slices, cfg, device)
-    return stack_volume([index_lut(values)[p.argmax(dim=0).numpy()] for p in probs])
+    lut = index_lut(values)
+    return stack_volume([lut[p.argmax(axis=0)] for p in case_probabilities(module, case, cfg, device, mirror)])
 
 
 def validate_student(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],
@@ -340,4 +345,12 @@ class StudentPredictor:
 
     def predict_case(self, case: Case, slices: object = None) -> np.ndarray:
         volume = predict_case_labels(self.module, case, self.cfg, self.values, self.device, self.mirror)
+        return self.postprocess(volume)
+
+    def probabilities(self, case: Case) -> list[np.ndarray]:
+        """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them."""
+        return case_probabilities(self.module, case, self.cfg, self.device, self.mirror)
+
+    def postprocess(self, volume: np.ndarray) -> np.ndarray:
+        """The run's post-processing of a (D, H, W) label volume: cavity rule, then largest components."""
         return postprocess_volume(volume, self.cavity_rule, self.largest_component, self.values)
