@@ -91,6 +91,15 @@ def test_a_teacher_of_another_budget_is_refused(teacher, tmp_path):
     assert not (tmp_path / "run" / distill.PSEUDO_FILE).exists()
 
 
+def _short_fit(data, cache, teacher_run, out) -> dict:
+    """A 2-step distill fit on the phantom (defaults otherwise); its postprocess.json."""
+    result = CliRunner().invoke(app, ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher",
+                                      str(teacher_run), "--steps", "2", "--val-every", "2", "--batch-size", "2",
+                                      "--image-size", "32", "--cache", str(cache), "--out", str(out), *COMMON])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "postprocess.json").read_text())
+
+
 class _Logits(torch.nn.Module):
     """Logits favouring class 1 everywhere, with a learnable margin."""
 
@@ -157,11 +166,7 @@ def test_a_distilled_run_predicts_with_its_postprocessing_choice(teacher, tmp_pa
 
     data, cache, run = teacher
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher",
-                                      str(run), "--steps", "2", "--val-every", "2", "--batch-size", "2",
-                                      "--image-size", "32", "--cache", str(cache), "--out", str(out), *COMMON])
-    assert result.exit_code == 0, result.output
-    choice = json.loads((out / "postprocess.json").read_text())
+    choice = _short_fit(data, cache, run, out)
     assert {"val_dice_single_view", "val_dice_mirrored", "mirror", "largest_component"} <= set(choice)
     assert choice["mirror"] == (choice["val_dice_mirrored"] > choice["val_dice_single_view"])
     # the teacher blend (on by default) is scored on validation too, and kept only if it wins there
@@ -218,11 +223,7 @@ def test_a_kept_teacher_blend_copies_the_teacher_and_predicts_the_blend(teacher,
 
     monkeypatch.setattr(distill, "postprocessing_choice", winning)
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher",
-                                      str(run), "--steps", "2", "--val-every", "2", "--batch-size", "2",
-                                      "--image-size", "32", "--cache", str(cache), "--out", str(out), *COMMON])
-    assert result.exit_code == 0, result.output
-    choice = json.loads((out / "postprocess.json").read_text())
+    choice = _short_fit(data, cache, run, out)
     assert choice["teacher_blend"] and choice["val_dice_teacher_blend"] > choice["val_dice_student"]
     assert sorted(p.name for p in (out / "teacher").iterdir()) == [
         "checkpoint_best.pt", "config.json", "postprocess.json", "prompt_bank.pt"]
