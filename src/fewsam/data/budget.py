@@ -56,4 +56,4 @@ def select_unlabelled(ds: Dataset, labelled: list[SliceRef], limit: int | None, 
 def _check_budget(n: int, available: int, unit: str, ds: Dataset) -> None:
     if not 0 <= n <= available:
         raise DataError(f"a budget of {n} labelled {unit} is not possible: the training split of "
-                        f"{ds.root} has {available} {unit}; choose 0 to {available}")
+                        f"{ds.root} has {available} {unit}; choose at most {available}")
