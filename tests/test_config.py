@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from fewsam import api, methods
 from fewsam.cli import app
-from fewsam.config import Config, ConfigError, FitOptions, cli_fields, option
+from fewsam.config import Config, ConfigError, FitOptions, UnlabelledPoolConfig, cli_fields, option
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.methods import REGISTRY, Method, get_method
 from fewsam.methods.fewshot import FewShotConfig
@@ -116,3 +116,17 @@ def test_a_new_method_is_one_registry_entry(tmp_path, monkeypatch):
     assert len(written) == 1
     with pytest.raises(Exception, match="takes a ConstantConfig"):
         api.fit("constant", replace(options, run=tmp_path / "run2"), FewShotConfig())
+
+
+def test_semi_supervised_methods_share_one_pool_definition():
+    """FewMatch, SAM-Match and distill read their unlabelled pool from the same two options, with
+    the same defaults and help, so `--unlabeled-split LIST` means one thing for all three."""
+    pool = {f.name: f for f in fields(UnlabelledPoolConfig)}
+    assert set(pool) == {"unlabeled_limit", "unlabeled_split"}
+    for name in ("fewmatch", "samatch", "distill"):
+        config = get_method(name).config
+        mine = {f.name: f for f in fields(config)}
+        for field_name, f in pool.items():
+            assert mine[field_name].default == f.default, (name, field_name)
+            assert mine[field_name].metadata == f.metadata, (name, field_name)
+        assert fit_command_defaults(name)["unlabeled_split"] is None

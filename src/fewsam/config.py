@@ -101,6 +101,17 @@ class Config:
         return cls(**values)
 
 
+
+@dataclass(frozen=True)
+class UnlabelledPoolConfig(Config):
+    """Which unlabelled training slices a semi-supervised method learns from (FewMatch, SAM-Match,
+    distill): one definition, so the three read the same pool from the same options."""
+
+    unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (fewer slices to encode and "
+                                         "load).", min=1)
+    unlabeled_split: str | None = option(None, "Split or list file whose training cases form the unlabelled pool "
+                                         "(default: every training case not labelled).")
+
 def cli_fields(cls: type) -> list[Any]:
     """The fields of a config class that become command-line options, in declaration order."""
     return [f for f in fields(cls) if f.metadata.get("cli", False)]

@@ -16,8 +16,8 @@ import numpy as np
 from torch import Tensor
 
 from fewsam.cache import EmbeddingCache
-from fewsam.config import FitOptions
-from fewsam.data import open_dataset, select_labelled
+from fewsam.config import FitOptions, UnlabelledPoolConfig
+from fewsam.data import open_dataset, select_labelled, select_unlabelled
 from fewsam.data.types import ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fairness import FairGroups, fair_groups_for
@@ -49,6 +49,10 @@ class FitContext:
         if self.fair is not None:
             return self.fair.loss(ignore_index)
         return DiceCELoss(ignore_index)
+
+    def unlabelled_pool(self, cfg: UnlabelledPoolConfig) -> list[SliceRef]:
+        """The training slices a semi-supervised fit learns from without labels (the options of ``cfg``)."""
+        return select_unlabelled(self.dataset, self.labelled, cfg.unlabeled_limit, self.seed, cfg.unlabeled_split)
 
     @property
     def class_map(self) -> ClassMap:

@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewsam.config import ConfigError, option
-from fewsam.data import select_unlabelled
+from fewsam.config import ConfigError, UnlabelledPoolConfig, option
 from fewsam.data.types import Case, SliceRef
 from fewsam.distributed import local_part
 from fewsam.embedded import CaseSlices
@@ -60,15 +59,12 @@ BLEND_GATE = 0.5  # class agreement below which a slice keeps the student's prob
 
 
 @dataclass(frozen=True)
-class DistillConfig(StudentFitConfig):
+class DistillConfig(StudentFitConfig, UnlabelledPoolConfig):
     """The shared student recipe, plus where its pseudo-labels come from and how much they weigh."""
 
     teacher: str | None = option(None, "Fitted run folder (e.g. fewmatch) whose predictions on the unlabelled "
                                  "pool become the student's pseudo-labels (required).")
     unlabeled_batch: int = option(8, "Pseudo-labelled slices per step.", min=1)
-    unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool.", min=1)
-    unlabeled_split: str | None = option(None, "Split or list file whose training cases form the unlabelled pool "
-                                         "(default: every training case not labelled).")
     pseudo_weight: float = option(1.0, "Weight of the Dice + CE loss on the pseudo-labelled slices.", min=0.0)
     noisy: bool = option(True, "Strong photometric noise (brightness, contrast, blur, cutout) on the "
                          "pseudo-labelled slices, as in noisy-student training.", flag="--noisy/--no-noisy")
@@ -120,7 +116,7 @@ def teacher_labels(ctx: FitContext, folder: Path, config: dict, refs: list[Slice
 
 def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> SliceSet:
     """The unlabelled pool in the student frame, labelled by the teacher (stored in RUN, reused on resume)."""
-    refs = select_unlabelled(ctx.dataset, ctx.labelled, cfg.unlabeled_limit, ctx.seed, cfg.unlabeled_split)
+    refs = ctx.unlabelled_pool(cfg)
     if not refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
     data = load_slices(ctx.dataset, refs, cfg.image_size, ctx.values)

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewsam.config import option
-from fewsam.data import select_unlabelled
+from fewsam.config import UnlabelledPoolConfig, option
 from fewsam.embedded import EmbeddedSlice, embed_refs
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
@@ -35,16 +34,12 @@ from fewsam.methods.fewshot import FewShotConfig, FewShotTask, sampled_tokens
 from fewsam.train import TrainResult, ramp
 
 @dataclass(frozen=True)
-class FewMatchConfig(FewShotConfig):
+class FewMatchConfig(FewShotConfig, UnlabelledPoolConfig):
     """Few-shot SAM's recipe plus the consistency on the unlabelled pool."""
 
     steps: int = option(800, "Training steps (batches); the unlabelled pool keeps the decoder improving "
                         "past few-shot SAM's 400.", min=1)
     unlabeled_batch: int = option(4, "Unlabelled slices per step.", min=1)
-    unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (each slice is encoded once).",
-                                         min=1)
-    unlabeled_split: str | None = option(None, "Split or list file whose training cases form the unlabelled pool "
-                                         "(default: every training case not labelled).")
     threshold: float = option(0.9, "Confidence a weak-view pixel needs to supervise the strong view.", min=0.0)
     lambda_u: float = option(1.0, "Final weight of the unlabelled consistency loss.", min=0.0)
     warmup_steps: int = option(50, "Labelled-only steps before the consistency loss starts.", min=0)
@@ -145,7 +140,7 @@ class FewMatchTask(FewShotTask):
 
 def unlabelled_embeddings(ctx: FitContext, cfg: FewMatchConfig) -> list[EmbeddedSlice]:
     """The unlabelled pool's cached embeddings (one view each), encoded on a miss."""
-    refs = select_unlabelled(ctx.dataset, ctx.labelled, cfg.unlabeled_limit, ctx.seed, cfg.unlabeled_split)
+    refs = ctx.unlabelled_pool(cfg)
     if not refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit fewshot`")
     slices = embed_refs(ctx.dataset, refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from fewsam.data import select_unlabelled
 from fewsam.embedded import embed_refs
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
@@ -49,7 +48,7 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     """Load labelled / unlabelled / validation data, (fine-tune SAM,) train the student."""
     labelled = load_labelled(ctx, cfg)
     val_cases = load_val_cases(ctx)
-    unl_refs = select_unlabelled(ctx.dataset, ctx.labelled, cfg.unlabeled_limit, ctx.seed, cfg.unlabeled_split)
+    unl_refs = ctx.unlabelled_pool(cfg)
     if not unl_refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
     unlabelled = load_slices(ctx.dataset, unl_refs, cfg.image_size, ctx.values, keep_originals=True)

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fewsam.config import option
+from fewsam.config import UnlabelledPoolConfig, option
 from fewsam.methods.student import StudentFitConfig
 
 
 @dataclass(frozen=True)
-class SamMatchConfig(StudentFitConfig):
+class SamMatchConfig(StudentFitConfig, UnlabelledPoolConfig):
     """FixMatch student + SAM-refined pseudo-labels (``use_sam=False``: plain FixMatch)."""
 
     use_sam: bool = option(True, "SAM pseudo-labels; --no-sam is plain FixMatch (the Match baseline).",
                            flag="--sam/--no-sam")
     unlabeled_batch: int = option(8, "Unlabelled slices per step.", min=1)
-    unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (SAM encodes each once).",
-                                         min=1)
-    unlabeled_split: str | None = option(None, "Split or list file whose training cases form the unlabelled pool "
-                                         "(default: every training case not labelled).")
     threshold: float = option(0.95, "FixMatch / prompt confidence threshold (above 1: never confident).", min=0.0)
     lambda_u: float = option(1.0, "Weight of the FixMatch consistency loss.", min=0.0)
     warmup_steps: int = option(200, "Student steps before the first SAM refresh.", min=0)
