@@ -28,7 +28,7 @@ OPENVINO_BF16 = EncoderPrecision("bf16", "openvino", "test")
 @pytest.fixture
 def notes(monkeypatch, caplog):
     """fewsam's notes of this test alone: what each process says once is said again here."""
-    monkeypatch.setattr(precision, "_said", set())
+    monkeypatch.setattr(precision, "_said", {})
     caplog.set_level("INFO", logger="fewsam")
     return caplog
 

@@ -10,10 +10,13 @@
 from __future__ import annotations
 
 import math
+import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from fewsam import __version__
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions
 from fewsam.data import open_dataset
@@ -22,9 +25,11 @@ from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError
 from fewsam.fitting import open_fit, run_record
 from fewsam.methods import Method, get_method
-from fewsam.models.precision import resolve_precision
+from fewsam.models.precision import machine, resolve_precision, said
 from fewsam.models.registry import load_model
 from fewsam.predict import predict
+from fewsam.progress import log_to, record
+from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult
 
 __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
@@ -78,7 +83,38 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
                                       **cfg.derived_record(options.seed)})
             if ctx.fair is not None and ddp.is_main():
                 ctx.fair.save(run_dir)
-            return spec.fit(ctx, cfg, run_dir)
+            with fit_log(run_dir, spec.name):
+                result = spec.fit(ctx, cfg, run_dir)
+                record(f"finished: best validation score {result.best_score:.4f} at step {result.best_step}, "
+                       f"{result.seconds / 60:.1f} min in the training loop")
+            return result
+
+
+@contextmanager
+def fit_log(run_dir: Path, method: str) -> Iterator[None]:
+    """RUN/fit.log (rank 0): the command and host, then progress, notices and validation scores as
+    they happen, and how the fit ended, so a long fit can be followed and audited from its folder."""
+    if not ddp.is_main():
+        yield
+        return
+    with log_to(run_dir / TEXT_LOG):
+        host = machine()
+        command = Path(sys.argv[0])
+        from_cli = command.name == "fewsam" or command.parts[-2:] == ("fewsam", "__main__.py")
+        record(f"fewsam {__version__}: " + (f"fewsam {' '.join(sys.argv[1:])}" if from_cli else
+                                           f"fit {method} from Python ({command.name})"))
+        record(f"host: {host['cpu'] or 'unknown CPU'}, {host['cores']} cores, {host['torch_threads']} torch threads, "
+               f"flags {' '.join(host['flags']) or 'none of note'}")
+        for notice in said():
+            record(notice)
+        try:
+            yield
+        except KeyboardInterrupt:
+            record("interrupted; the same command resumes from the last checkpoint")
+            raise
+        except Exception as exc:
+            record(f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            raise
 
 
 def _record_only(spec: Method, options: FitOptions, cfg: Config) -> TrainResult:

@@ -43,12 +43,10 @@ from fewsam.methods.samatch.config import SamMatchConfig
 from fewsam.methods.samatch.student_task import SamMatchTask
 from fewsam.methods.student import build_unet, load_slices
 from fewsam.models.acceleration import Acceleration, prepare_decoder, prepare_student, resolve_acceleration
-from fewsam.models.precision import EncoderPrecision, cpu_flags, has_bf16, resolve_precision
+from fewsam.models.precision import EncoderPrecision, has_bf16, machine, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
 
-RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-                  "amx_int8")
 REFERENCE = "fp32"
 BF16 = "bf16-openvino"
 STEP_REPEATS = 3  # timed training steps per path, after one warm-up step each
@@ -298,14 +296,6 @@ def _predict_and_fit_times(dataset, model, cache, refs, device: str, cache_dir: 
     case = dataset.load(val_id)
     predictor.predict_case(case, CaseSlices(case, cache, device))
     return time.perf_counter() - start, fit_s
-
-
-def machine() -> dict[str, Any]:
-    """The CPU model and the instruction-set flags that decide which precisions pay off."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in RELEVANT_FLAGS if f in cpu_flags()],
-            "torch_threads": torch.get_num_threads()}
 
 
 def matmul_peaks(size: int = 2048, repeats: int = 5) -> dict[str, float]:

@@ -4,13 +4,19 @@ A rich bar redrawn in place means nothing in a log file, under CI or nohup: ther
 only when the work ends. So when stderr is not a terminal, progress is written as plain lines
 ("fit 120/400 (30%) loss 0.410, 2:10 elapsed, ~5:03 left") every 5% of the work or every
 30 seconds, whichever comes first, and when a task completes.
+
+``log_to(path)`` also writes those lines, fewsam's notices and ``record``-ed events (validation
+scores), each with its date and time, to a text file: a fit keeps ``RUN/fit.log``, so a long run
+can be followed (``tail -f``) and read afterwards whatever the terminal showed.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO, TypeVar
 
 from rich.console import Console
@@ -19,12 +25,81 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 LINE_EVERY_PERCENT = 5
 LINE_EVERY_SECONDS = 30.0
+NOTICES = logging.getLogger("fewsam")  # what a command tells its user (precision chosen, skipped files)
+EVENTS = logging.getLogger("fewsam.log_file")  # progress lines and events for the log file alone
+EVENTS.propagate = False
+_open_logs: list[logging.Handler] = []  # the files of the active ``log_to`` blocks
+
+
+@contextmanager
+def log_to(path: Path) -> Iterator[Path]:
+    """Append progress, notices and events to the text file ``path``, timestamped, while the block
+    runs (appended: a resumed fit continues its log)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    levels = [(logger, logger.level) for logger in (NOTICES, EVENTS)]
+    for logger, level in levels:
+        logger.addHandler(handler)
+        if not level or level > logging.INFO:  # the Python API sets no level: notices would be dropped
+            logger.setLevel(logging.INFO)
+    _open_logs.append(handler)
+    try:
+        yield path
+    finally:
+        _open_logs.remove(handler)
+        for logger, level in levels:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        handler.close()
+
+
+def record(message: str) -> None:
+    """An event for the log file only (nothing when no ``log_to`` is active), e.g. a validation score."""
+    if _open_logs:
+        EVENTS.info(message)
+
+
+class _EventStream:
+    """A text stream whose lines become log-file events (the target of a ``PlainProgress``)."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                record(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Both:
+    """Forwards ``add_task``/``update`` to the display and to plain lines in the log file."""
+
+    def __init__(self, display: Any, log: "PlainProgress") -> None:
+        self.display, self.log = display, log
+        self.ids: dict[Any, int] = {}
+
+    def add_task(self, description: str, **kwargs: Any) -> Any:
+        task_id = self.display.add_task(description, **kwargs)
+        self.ids[task_id] = self.log.add_task(description, **kwargs)
+        return task_id
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:
+        self.display.update(task_id, **kwargs)
+        self.log.update(self.ids[task_id], **kwargs)
 
 
 @contextmanager
 def progress_bar(enabled: bool = True, stream: TextIO | None = None) -> Iterator[Any]:
     """A progress display on stderr (or ``stream``) with rich's ``add_task``/``update``; disabled
     ones accept them too, so callers need no branches. Not a terminal: plain lines (``PlainProgress``)."""
+    with _display(enabled, stream) as display:
+        yield _Both(display, PlainProgress(_EventStream())) if _open_logs else display
+
+
+@contextmanager
+def _display(enabled: bool, stream: TextIO | None) -> Iterator[Any]:
     console = Console(stderr=True, file=stream)
     if enabled and not console.is_terminal and not console.is_jupyter:
         yield PlainProgress(console.file)

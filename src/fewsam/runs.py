@@ -29,6 +29,7 @@ CONFIG = "config.json"
 LAST = "checkpoint_last.pt"  # the resume state of the training loop
 BEST = "checkpoint_best.pt"  # the best-validated weights: what predict uses
 LOG = "fit_log.jsonl"
+TEXT_LOG = "fit.log"  # the same fit for a reader: progress, notices, validation, timestamped
 MANIFEST = "manifest.json"  # written when a fit ends well: what predict reads, with sizes and hashes
 LOCK = ".lock"
 DATA_HASH = "data_sha256"  # config key: the labelled slices' and validation cases' arrays

@@ -25,7 +25,7 @@ from torch import nn
 from fewsam.atomic import atomic_write, atomic_write_bytes
 from fewsam.distributed import ddp
 from fewsam.errors import RunError
-from fewsam.progress import progress_bar
+from fewsam.progress import progress_bar, record
 from fewsam.runs import BEST, LAST, LOG
 
 
@@ -163,6 +163,8 @@ def train(
     state = _resume(run_dir, task, optimizer, rng, average)
     ddp.broadcast_state(task.module)  # under torchrun: every rank starts from rank 0's model
     start = time.perf_counter()
+    if state["step"]:
+        record(f"resumed at step {state['step']} of {cfg.steps}")
     with progress_bar(show_progress and ddp.is_main()) as bar:
         job = bar.add_task("fit", total=cfg.steps, completed=state["step"])
         for step in range(state["step"], cfg.steps):
@@ -198,7 +200,9 @@ def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, s
         metrics = ddp.from_main(task.validate)  # torchrun: rank 0 validates, every rank gets its metrics
     _log(run_dir, {"step": step, "validation": metrics})
     state = dict(state, step=step)
-    if metrics["score"] > state["best_score"]:
+    improved = metrics["score"] > state["best_score"]
+    record(f"validation at step {step}: score {metrics['score']:.4f}" + (" (best so far)" if improved else ""))
+    if improved:
         state.update(best_score=metrics["score"], best_step=step)
         atomic_torch_save({"module": task.module.state_dict(), "step": step, "metrics": metrics}, run_dir / BEST)
     if live is not None:

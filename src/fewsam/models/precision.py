@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import shutil
 import tempfile
 import warnings
@@ -53,6 +54,9 @@ class EncoderPrecision:
 
 
 FP32 = EncoderPrecision("fp32", "torch", "the reference path")
+# the instruction sets that decide which precision pays off on a CPU
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+                  "amx_int8")
 
 
 def cpu_flags() -> frozenset[str]:
@@ -65,6 +69,14 @@ def cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model and the instruction-set flags that decide which precisions pay off (bench, fit.log)."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in RELEVANT_FLAGS if f in cpu_flags()],
+            "torch_threads": torch.get_num_threads()}
 
 
 def has_bf16(flags: frozenset[str] | None = None) -> bool:
@@ -96,15 +108,20 @@ def openvino_available() -> bool:
     return openvino_problem() is None
 
 
-_said: set[str] = set()
+_said: dict[str, None] = {}  # an ordered set
 
 
 def say_once(message: str) -> None:
     """Log ``message`` the first time this process says it: embed, fit and predict resolve the
     precision more than once, and the user needs to read the choice once."""
     if message not in _said:
-        _said.add(message)
+        _said[message] = None
         log.info(message)
+
+
+def said() -> list[str]:
+    """What ``say_once`` has said in this process, in order (a log file opened later repeats it)."""
+    return list(_said)
 
 
 def check_precision_name(requested: str) -> None:

@@ -1,0 +1,89 @@
+"""RUN/fit.log: a fit's progress, notices and validation scores in a text file, timestamped, also
+when the terminal shows nothing (--quiet); a resumed fit appends to it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+import torch
+
+from fewsam import api
+from fewsam.data.phantom import write_phantom_dataset
+from fewsam.methods.supervised import SupervisedConfig
+from fewsam.progress import log_to, progress_bar, record
+from fewsam.runs import LOG, TEXT_LOG
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_fit(data, run, steps: int):
+    options = api.FitOptions(data=data, run=run, labeled_cases=1, show_progress=False)
+    return api.fit("supervised", options, SupervisedConfig(steps=steps, val_every=2, image_size=16, batch_size=2))
+
+
+def validation_scores(run) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run / LOG).read_text().splitlines()]
+    return [(r["step"], r["validation"]["score"]) for r in records if "validation" in r]
+
+
+def test_a_quiet_fit_still_logs_progress_and_every_validation(tmp_path):
+    data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
+    run = tmp_path / "run"
+    result = tiny_fit(data, run, steps=4)
+    lines = (run / TEXT_LOG).read_text().splitlines()
+    assert all(re.match(STAMP, line) for line in lines)
+    assert "fit supervised" in lines[0] and "host:" in lines[1]
+    assert any(re.search(r"fit 4/4 \(100%\)", line) for line in lines)
+    logged = [(int(m[1]), float(m[2])) for m in
+              (re.search(r"validation at step (\d+): score ([\d.]+)", line) for line in lines) if m]
+    assert logged == [(step, round(score, 4)) for step, score in validation_scores(run)]
+    assert lines[-1].endswith(f"best validation score {result.best_score:.4f} at step {result.best_step}, "
+                              f"{result.seconds / 60:.1f} min in the training loop")
+
+
+def test_a_resumed_fit_appends_to_its_log(tmp_path):
+    data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
+    run = tmp_path / "run"
+    tiny_fit(data, run, steps=2)
+    first = (run / TEXT_LOG).read_text()
+    tiny_fit(data, run, steps=2)  # the finished run, asked again: resumed at its last step
+    text = (run / TEXT_LOG).read_text()
+    assert text.startswith(first)
+    assert "resumed at step 2 of 2" in text[len(first):]
+
+
+def test_a_refused_fit_writes_no_log_into_the_existing_run(tmp_path):
+    data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
+    run = tmp_path / "run"
+    tiny_fit(data, run, steps=2)
+    before = (run / TEXT_LOG).read_text()
+    with pytest.raises(Exception, match="different configuration"):
+        tiny_fit(data, run, steps=3)
+    assert (run / TEXT_LOG).read_text() == before
+
+
+def test_log_to_takes_notices_and_progress_and_lets_go_after(tmp_path):
+    path = tmp_path / "x.log"
+    shown = io.StringIO()
+    with log_to(path):
+        logging.getLogger("fewsam").info("encoder in fp32")
+        record("an event")
+        with progress_bar(False, stream=shown) as bar:  # a disabled display: the file still gets the lines
+            job = bar.add_task("embed", total=2)
+            bar.update(job, advance=2)
+    record("after the block")
+    text = path.read_text()
+    assert "encoder in fp32" in text and "an event" in text and "embed 2/2 (100%)" in text
+    assert "after the block" not in text and shown.getvalue() == ""
