@@ -148,6 +148,7 @@ def test_fit_passes_the_fair_loss_and_records_groups(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from fewsam import fitting, methods
+    from fewsam.train import TrainResult
     from fewsam.models import registry
 
     labelled = [SliceRef(c, 0) for c in ("a1", "a2", "b1", "u1")]
@@ -157,8 +158,11 @@ def test_fit_passes_the_fair_loss_and_records_groups(tmp_path, monkeypatch):
         weights_sha256="0", preprocess_signature=lambda: "p"))
     monkeypatch.setattr(fitting, "EmbeddingCache", lambda root, model, precision: None)
     seen = {}
-    spy = replace(methods.get_method("fewshot"), fit=lambda ctx, cfg, run_dir: seen.setdefault(
-        "loss", ctx.labelled_loss(IGNORE)))
+    def spy_fit(ctx, cfg, run_dir):
+        seen["loss"] = ctx.labelled_loss(IGNORE)
+        return TrainResult(best_score=0.0, best_step=0, steps_run=0, seconds=0.0)
+
+    spy = replace(methods.get_method("fewshot"), fit=spy_fit)
     monkeypatch.setitem(methods._loaded, "fewshot", spy)
     opts = api.FitOptions(data=tmp_path, run=tmp_path / "run", labeled_slices=4, fair_attribute="bmi",
                           fair_gamma=0.5, fair_bins="bmi:25,30")
