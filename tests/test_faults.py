@@ -348,3 +348,56 @@ def test_a_constant_labelled_image_is_refused_before_any_work(tmp_path):
     with pytest.raises(DataError, match="constant image"):
         fit("supervised", options, SupervisedConfig(steps=1, image_size=16))
     assert not (tmp_path / "run").exists()
+
+
+# --- NaN at fit, 4D NIfTI files -------------------------------------------------------------
+
+def _nifti_phantom(root: Path) -> Path:
+    from fewsam.data.phantom import write_phantom_dataset
+
+    write_phantom_dataset(root, n_train=2, n_val=1, slices=3)
+    return root
+
+
+def _rewrite_nifti(path: Path, change) -> None:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(change(np.asarray(img.dataobj, dtype=np.float32)), img.affine), str(path))
+
+
+def test_a_labelled_image_with_nan_is_refused_at_fit_naming_file_and_slice(tmp_path):
+    data = _nifti_phantom(tmp_path / "nifti")
+    path = data / "imagesTr" / "phantom_000_0000.nii.gz"
+
+    def nan_in_slice_2(a):
+        a[..., 2][5, 5] = np.nan  # NIfTI (x, y, z): slice 2 in fewsam's (z, y, x)
+        return a
+
+    _rewrite_nifti(path, nan_in_slice_2)
+    result = run_fewsam("fit", "supervised", "--data", str(data), "--labeled-cases", "1", "--steps", "1",
+                        "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_line_error(result, f"{path}: slice 2 of case phantom_000 holds NaN or Inf")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_4d_nifti_is_read_as_its_first_volume_and_said_once(tmp_path, caplog, monkeypatch):
+    import nibabel as nib
+
+    from fewsam import progress
+    from fewsam.data import open_dataset
+
+    monkeypatch.setattr(progress, "_said", {})
+    data = _nifti_phantom(tmp_path / "nifti")
+    paths = [data / "imagesTr" / f"phantom_00{i}_0000.nii.gz" for i in range(2)]
+    first = {p: np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for p in paths}
+    for path in paths:
+        _rewrite_nifti(path, lambda a: np.stack([a, a[::-1] + 7], axis=-1))
+    dataset = open_dataset(data)
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        cases = [dataset.load(f"phantom_00{i}") for i in range(2)]
+    for case, path in zip(cases, paths):
+        np.testing.assert_array_equal(case.image, first[path].transpose(2, 1, 0))
+    notices = [r.getMessage() for r in caplog.records if "4th axis" in r.getMessage()]
+    assert notices == [f"{paths[0]} holds 2 volumes along its 4th axis (time frames or channels): fewsam segments "
+                       "the first of each such file; export the frame or channel you want as a 3D file"]

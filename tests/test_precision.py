@@ -13,6 +13,7 @@ import torch
 
 from fewsam.cache import EmbeddingCache, model_folder
 from fewsam.config import DEFAULT_PRECISION, ConfigError, FitOptions
+from fewsam import progress
 from fewsam.models import precision
 from fewsam.models.acceleration import (BF16_AUTOCAST, BF16_STUDENT, CUDA_BF16, FP32_FAST, REFERENCE, acceleration_of_run,
                                         prepare_decoder,
@@ -28,7 +29,7 @@ OPENVINO_BF16 = EncoderPrecision("bf16", "openvino", "test")
 @pytest.fixture
 def notes(monkeypatch, caplog):
     """fewsam's notes of this test alone: what each process says once is said again here."""
-    monkeypatch.setattr(precision, "_said", {})
+    monkeypatch.setattr(progress, "_said", {})
     caplog.set_level("INFO", logger="fewsam")
     return caplog
 

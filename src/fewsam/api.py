@@ -25,10 +25,10 @@ from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError
 from fewsam.fitting import open_fit, run_record
 from fewsam.methods import Method, get_method
-from fewsam.models.precision import machine, resolve_precision, said
+from fewsam.models.precision import machine, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import predict
-from fewsam.progress import log_to, record
+from fewsam.progress import log_to, record, said
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult
 

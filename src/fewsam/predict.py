@@ -27,6 +27,7 @@ from fewsam.atomic import check_folder_path
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION
 from fewsam.data import open_dataset, write_prediction
+from fewsam.data.readers.common import check_finite
 from fewsam.data.types import Case, Dataset
 from fewsam.embedded import CaseSlices
 from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError
@@ -239,16 +240,11 @@ def _move_into(staging: Path, out: Path, overwrite: bool) -> None:
 
 
 def check_pixels(case: Case, source: Path | str) -> None:
-    """NaN or Inf would turn a whole slice's normalisation into garbage: an error naming the file and
-    slice. A constant image has nothing to segment: a warning naming the case, and it is predicted."""
+    """NaN or Inf: an error naming the file and slice (datasets that are not file readers are
+    checked here too). A constant image has nothing to segment: a warning naming the case, and it
+    is predicted."""
     image = case.image
-    finite = np.isfinite(image.reshape(image.shape[0], -1)).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        slices = ("slice " if len(bad) == 1 else "slices ") + ", ".join(map(str, bad[:5])) + \
-            (" ..." if len(bad) > 5 else "")
-        raise DataError(f"{source}: {slices} of case {case.case_id} holds NaN or Inf values; "
-                        "fix the image (or re-export it) and predict again")
+    check_finite(image, source, case.case_id)
     if image.size and image.min() == image.max():
         log.warning("warning: case %s (%s) is a constant image (every pixel %g): nothing to segment, "
                     "its prediction is meaningless; check the file", case.case_id, source, float(image.flat[0]))

@@ -60,6 +60,24 @@ def record(message: str) -> None:
         EVENTS.info(message)
 
 
+_said: dict[str, str] = {}  # key -> message, in the order said
+
+
+def say_once(message: str, key: str | None = None) -> None:
+    """Tell the user ``message`` the first time this process says it (or anything under ``key``):
+    embed, fit and predict resolve the precision more than once, and a dataset of 4D files would
+    repeat one notice per file; the user needs to read each once."""
+    key = message if key is None else key
+    if key not in _said:
+        _said[key] = message
+        NOTICES.info(message)
+
+
+def said() -> list[str]:
+    """What ``say_once`` has said in this process, in order (a log file opened later repeats it)."""
+    return list(_said.values())
+
+
 class _EventStream:
     """A text stream whose lines become log-file events (the target of a ``PlainProgress``)."""
 

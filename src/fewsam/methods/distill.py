@@ -48,7 +48,7 @@ from fewsam.methods.student import (SliceSet, StudentFitConfig, StudentPredictor
                                     student_label, student_postprocessing_choice, validate_student, weak_view)
 from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
-from fewsam.models.precision import say_once
+from fewsam.progress import say_once
 from fewsam.progress import tracked
 from fewsam.runs import BEST, CONFIG, read_config, write_json
 from fewsam.train import TrainResult, atomic_torch_save, load_best, train

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewsam.models.precision import check_precision_name, has_bf16, require_bf16, say_once
+from fewsam.models.precision import check_precision_name, has_bf16, require_bf16
+from fewsam.progress import say_once
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from fewsam.config import PRECISIONS, ConfigError
+from fewsam.progress import say_once
 
 log = logging.getLogger("fewsam")
 
@@ -106,22 +107,6 @@ def openvino_problem() -> str | None:
 
 def openvino_available() -> bool:
     return openvino_problem() is None
-
-
-_said: dict[str, None] = {}  # an ordered set
-
-
-def say_once(message: str) -> None:
-    """Log ``message`` the first time this process says it: embed, fit and predict resolve the
-    precision more than once, and the user needs to read the choice once."""
-    if message not in _said:
-        _said[message] = None
-        log.info(message)
-
-
-def said() -> list[str]:
-    """What ``say_once`` has said in this process, in order (a log file opened later repeats it)."""
-    return list(_said)
 
 
 def check_precision_name(requested: str) -> None:

@@ -108,6 +108,7 @@ class IndexedDataset:
         entry = self._entry(case_id)
         got = self._read(entry)
         check_image(got.image, entry.image)
+        check_finite(got.image, entry.image, case_id)
         check_pair(got.image, got.label, entry.image)
         if got.label is not None and self.check_label_values:
             check_label_values(got.label, self.class_map, entry.label or entry.image)
@@ -241,6 +242,18 @@ def check_image(image: np.ndarray, path: Path) -> None:
     if image.size == 0 or not (image.ndim == 3 or (image.ndim == 4 and image.shape[-1] == 3)):
         raise DataError(f"{path}: the image has shape {tuple(image.shape)}; expected a non-empty "
                         "2D or 3D image, greyscale or RGB")
+
+
+def check_finite(image: np.ndarray, path: Path | str, case_id: str) -> None:
+    """NaN or Inf would turn a whole slice's intensity normalisation (and its embedding) into
+    garbage: an error naming the file and the slices, before anything is fitted or written."""
+    finite = np.isfinite(image.reshape(image.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        slices = ("slice " if len(bad) == 1 else "slices ") + ", ".join(map(str, bad[:5])) + \
+            (" ..." if len(bad) > 5 else "")
+        raise DataError(f"{path}: {slices} of case {case_id} holds NaN or Inf values; "
+                        "fix the image (or re-export it) and run again")
 
 
 def check_pair(image: np.ndarray, label: np.ndarray | None, path: Path) -> None:

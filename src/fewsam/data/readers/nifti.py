@@ -34,6 +34,7 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_f
                                         deterministic_split, natural_sorted, to_label_array)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
@@ -149,6 +150,10 @@ def _image_array(img: Any, path: Path) -> tuple[np.ndarray, int]:
     dropped = 0
     if data.ndim == 4:
         data, dropped = data[..., 0], data.shape[3] - 1
+        if dropped:
+            say_once(f"{path} holds {dropped + 1} volumes along its 4th axis (time frames or channels): fewsam "
+                     "segments the first of each such file; export the frame or channel you want as a 3D file",
+                     key="nifti-4d")
     if data.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D, 3D or 4D (channels last) image, got {data.shape}")
     return to_zyx(data).astype(np.float32, copy=False), dropped
