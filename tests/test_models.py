@@ -189,9 +189,12 @@ def test_unreadable_checkpoints_are_model_errors(tmp_path: Path) -> None:
     truncated.write_bytes(litemedsam_checkpoint().read_bytes()[:100_000])
     not_tensors = tmp_path / "not_tensors.pth"
     torch.save({"a": 1}, not_tensors)
-    for path in (garbage, truncated, not_tensors, tmp_path / "missing.pth", tmp_path):
-        with pytest.raises(ModelError):
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # a whole module: torch's message runs many lines
+    for path in (garbage, truncated, not_tensors, pickled, tmp_path / "missing.pth", tmp_path):
+        with pytest.raises(ModelError) as caught:
             load_model("litemedsam", path)
+        assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
 def test_name_and_checkpoint_requirements() -> None:

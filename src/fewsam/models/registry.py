@@ -89,7 +89,9 @@ def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/foreign/pickled files
-        raise ModelError(f"cannot read checkpoint {path} for {name}: {type(exc).__name__}: {exc}"[:500]) from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:200]
+        raise ModelError(f"cannot read checkpoint {path} for {name}: fewsam needs a PyTorch state_dict of tensors "
+                         f"(.pth), not truncated, without pickled objects ({type(exc).__name__}: {first})") from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
