@@ -275,6 +275,18 @@ def test_busi_style_pairs_classes_json_and_bad_values(tmp_path):
     np.testing.assert_array_equal(ds.load("a").label[0, 0], [0, 1, 2, 0, 0])
     with pytest.raises(DataError, match=r"mask values \[99\] in .*b_mask.png"):
         ds.load("b")
+    with pytest.raises(DataError) as grey:
+        ds.load("b")
+    assert "colour" not in str(grey.value)
+
+
+def test_a_colour_mask_outside_the_coding_says_masks_are_grey(tmp_path):
+    save_png(tmp_path / "a.png", np.zeros((5, 5), np.uint8))
+    blue = np.zeros((5, 5, 3), np.uint8)
+    blue[1:3, 1:3, 2] = 255
+    save_png(tmp_path / "a_mask.png", blue)
+    with pytest.raises(DataError, match=r"mask values \[29\] in .*a_mask.png.*in colour.*one grey value per class"):
+        open_dataset(tmp_path).load("a")
 
 
 def test_truncated_png_and_size_mismatch(tmp_path):

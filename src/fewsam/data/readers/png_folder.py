@@ -513,8 +513,10 @@ def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path) ->
     if (out < 0).any():
         bad = sorted(int(v) for v in np.unique(pixels[out < 0]))
         shown = _coding_text(to_class)
+        colour = ("; the mask is in colour, and masks are read as grey levels: store one grey value per class"
+                  if path.is_file() and _has_colour(path) else "")
         raise DataError(f"mask values {bad} in {path} are not in this dataset's coding {shown} "
-                        "(pixel -> class); fix the mask or add classes.json")
+                        f"(pixel -> class); fix the mask or add classes.json{colour}")
     return out.astype(np.uint8)
 
 
