@@ -7,6 +7,10 @@ import io
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -17,6 +21,7 @@ from typer.testing import CliRunner
 
 from conftest import assert_one_line_error, run_fewsam
 from fewsam.cli import app, check_device
+from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import CacheError, DataError, FewsamError, RunError
 from fewsam.progress import PlainProgress, progress_bar, tracked
 
@@ -353,8 +358,6 @@ def test_a_constant_labelled_image_is_refused_before_any_work(tmp_path):
 # --- NaN at fit, 4D NIfTI files -------------------------------------------------------------
 
 def _nifti_phantom(root: Path) -> Path:
-    from fewsam.data.phantom import write_phantom_dataset
-
     write_phantom_dataset(root, n_train=2, n_val=1, slices=3)
     return root
 
@@ -401,3 +404,39 @@ def test_a_4d_nifti_is_read_as_its_first_volume_and_said_once(tmp_path, caplog, 
     notices = [r.getMessage() for r in caplog.records if "4th axis" in r.getMessage()]
     assert notices == [f"{paths[0]} holds 2 volumes along its 4th axis (time frames or channels): fewsam segments "
                        "the first of each such file; export the frame or channel you want as a 3D file"]
+
+
+def _fit_until(command: list[str], cwd: Path, path: Path, marker: str = "") -> subprocess.Popen:
+    """Start ``fewsam`` in a process of its own and return once ``path`` exists (and shows ``marker``)."""
+    env = dict(os.environ, FEWSAM_NO_REEXEC="1", OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "fewsam", *command], cwd=cwd, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (path.exists() and (not marker or marker in path.read_text())):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"no {marker!r} in {path}"
+        time.sleep(0.2)
+    return process
+
+
+def _stop_and_check(process: subprocess.Popen, signum: int, how: str, run: Path) -> None:
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert stderr.strip().splitlines() == [f"{how}; run the same command again to resume"]
+    last = (run / "fit.log").read_text().splitlines()[-1]
+    assert last.endswith(f"{how}; the same command resumes from the last checkpoint"), last
+
+
+def test_sigterm_and_ctrl_c_stop_a_fit_logged_and_resumable(tmp_path):
+    """A scheduler's or kill's SIGTERM (exit 143) and Ctrl-C (exit 130): one line saying how to
+    resume, fit.log's last line says how the fit ended, the run's lock is let go, and the same
+    command resumes it."""
+    data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
+    run = tmp_path / "run"
+    command = ["fit", "supervised", "--data", str(data), "--labeled-cases", "1", "--steps", "100000",
+               "--val-every", "2", "--image-size", "16", "--batch-size", "2", "--quiet", "--out", str(run)]
+    started = _fit_until(command, tmp_path, run / "checkpoint_last.pt")
+    _stop_and_check(started, signal.SIGTERM, "terminated (SIGTERM)", run)
+    resumed = _fit_until(command, tmp_path, run / "fit.log", "resumed at step")
+    _stop_and_check(resumed, signal.SIGINT, "interrupted", run)

@@ -22,7 +22,7 @@ from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions
 from fewsam.data import open_dataset
 from fewsam.distributed import ddp
 from fewsam.embedded import embed_cases
-from fewsam.errors import DataError, FewsamError
+from fewsam.errors import DataError, FewsamError, Stopped
 from fewsam.fitting import open_fit, run_record
 from fewsam.methods import Method, get_method
 from fewsam.models.precision import machine, resolve_precision
@@ -111,6 +111,9 @@ def fit_log(run_dir: Path, method: str) -> Iterator[None]:
             yield
         except KeyboardInterrupt:
             record("interrupted; the same command resumes from the last checkpoint")
+            raise
+        except Stopped as stop:
+            record(f"{stop.how}; the same command resumes from the last checkpoint")
             raise
         except Exception as exc:
             record(f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")

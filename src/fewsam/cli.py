@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import typing
@@ -19,7 +20,7 @@ from typer.core import TyperGroup
 from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import FitOptions, cli_fields, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
-from fewsam.errors import FewsamError
+from fewsam.errors import FewsamError, Stopped
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 
@@ -498,16 +499,28 @@ def _show_notes() -> None:
     logger.setLevel(logging.INFO)
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise :class:`Stopped` in the main thread, so a fit's log says how it ended
+    and staged predictions are removed whichever way the user or a scheduler stops us."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     _sleep_idle_threads()
     _tune_allocator()
     _show_notes()
+    _stop_on_signals()
     try:
         app(prog_name="fewsam")  # standalone: click reports usage errors itself (exit 2)
     except FewsamError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted; run the same command again to resume")
-        raise SystemExit(130)
+    except Stopped as stop:
+        err.print(f"{stop.how}; run the same command again to resume", highlight=False)
+        raise SystemExit(128 + stop.signum)

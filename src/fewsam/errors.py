@@ -1,5 +1,7 @@
 """The one error family users see. The CLI turns these into a single line and a non-zero exit."""
 
+import signal
+
 
 class FewsamError(Exception):
     """A problem the user can fix (bad input, wrong option, incompatible files)."""
@@ -19,3 +21,18 @@ class ModelError(FewsamError):
 
 class RunError(FewsamError):
     """A run directory is missing, incomplete, or would be overwritten."""
+
+
+class Stopped(BaseException):
+    """Ctrl-C or SIGTERM (``kill``, a batch scheduler, the studio stopping a worker) in the command
+    line: the command winds down -- staged outputs removed, the fit's log says how it ended, the last
+    checkpoint resumes it -- instead of dying mid-write. A BaseException, so no ``except Exception``
+    swallows it, and not a KeyboardInterrupt, which typer turns into a silent exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def how(self) -> str:
+        return "terminated (SIGTERM)" if self.signum == signal.SIGTERM else "interrupted"
