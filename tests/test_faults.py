@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from conftest import assert_one_line_error, run_fewsam
 from fewsam.cli import app, check_device
 from fewsam.data.phantom import write_phantom_dataset
-from fewsam.errors import CacheError, DataError, FewsamError, RunError
+from fewsam.errors import CacheError, DataError, FewsamError, RunError, Stopped
 from fewsam.progress import PlainProgress, progress_bar, tracked
 
 VAL = [f"patient{i:03d}_frame01" for i in range(10, 20)]
@@ -440,3 +440,23 @@ def test_sigterm_and_ctrl_c_stop_a_fit_logged_and_resumable(tmp_path):
     _stop_and_check(started, signal.SIGTERM, "terminated (SIGTERM)", run)
     resumed = _fit_until(command, tmp_path, run / "fit.log", "resumed at step")
     _stop_and_check(resumed, signal.SIGINT, "interrupted", run)
+
+
+def test_sigterm_while_predicting_leaves_no_partial_folder(tmp_path):
+    """The command line's SIGTERM handler raises in the middle of writing predictions; the staging
+    folder (and the parent made for it) is removed, as on any other failure."""
+    from fewsam.cli import _stop_on_signals
+    from fewsam.predict import staged_folder
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    _stop_on_signals()
+    try:
+        with pytest.raises(Stopped) as stop, staged_folder(tmp_path / "new" / "out", overwrite=False) as staging:
+            (staging / "case.nii.gz").write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs before this ends
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert stop.value.signum == signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
