@@ -87,3 +87,20 @@ def test_log_to_takes_notices_and_progress_and_lets_go_after(tmp_path):
     text = path.read_text()
     assert "encoder in fp32" in text and "an event" in text and "embed 2/2 (100%)" in text
     assert "after the block" not in text and shown.getvalue() == ""
+
+
+def test_a_fit_inside_a_fit_names_itself_in_the_log(tmp_path):
+    """SAM-Match trains SAM's decoder with the same loop inside the student's fit: its validation
+    lines carry its name, the main fit's lines stay as they are."""
+    from test_train import CFG, ToyTask
+
+    from fewsam.train import train
+
+    with log_to(tmp_path / "fit.log"):
+        train(ToyTask(), CFG, tmp_path / "sam", show_progress=False, name="SAM decoder")
+        train(ToyTask(), CFG, tmp_path / "main", show_progress=False)
+    lines = (tmp_path / "fit.log").read_text().splitlines()
+    inner = [line for line in lines if "SAM decoder: validation at step" in line]
+    main = [line for line in lines if re.search(r"\d\d (validation at step)", line)]
+    assert len(inner) == len(main) == CFG.steps // CFG.val_every
+    assert any(re.search(r"SAM decoder \d+/40", line) for line in lines)

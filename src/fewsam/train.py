@@ -148,13 +148,16 @@ def train(
     show_progress: bool = True,
     on_checkpoint: StepHook | None = None,
     before_step: StepHook | None = None,
+    name: str = "fit",
 ) -> TrainResult:
     """Run (or resume) training; leaves RUN/checkpoint_best.pt with the best-validated weights.
 
     ``before_step(step)`` runs before each step's batch is drawn: the place for work on a schedule
     that changes what later batches see (SAM-Match's pseudo-label refresh). ``on_checkpoint(step)``
     runs after each validation checkpoint. Both must be deterministic functions of the step and
-    of files in the run folder, so that a resumed run repeats them exactly."""
+    of files in the run folder, so that a resumed run repeats them exactly. ``name`` labels the
+    progress bar and, unless it is "fit", the text log's lines: a fit run inside another fit (SAM's
+    decoder stage and rounds in SAM-Match) is then told apart from the main one in RUN/fit.log."""
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = seed_everything(cfg.seed)
     params = [p for p in task.module.parameters() if p.requires_grad]
@@ -163,10 +166,11 @@ def train(
     state = _resume(run_dir, task, optimizer, rng, average)
     ddp.broadcast_state(task.module)  # under torchrun: every rank starts from rank 0's model
     start = time.perf_counter()
+    whose = "" if name == "fit" else f"{name}: "  # a fit inside the fit (SAM-Match's SAM stage) says so in the log
     if state["step"]:
-        record(f"resumed at step {state['step']} of {cfg.steps}")
+        record(f"{whose}resumed at step {state['step']} of {cfg.steps}")
     with progress_bar(show_progress and ddp.is_main()) as bar:
-        job = bar.add_task("fit", total=cfg.steps, completed=state["step"])
+        job = bar.add_task(name, total=cfg.steps, completed=state["step"])
         for step in range(state["step"], cfg.steps):
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, cfg)
@@ -183,16 +187,16 @@ def train(
             if average is not None:
                 average.update(task.module)
             _log(run_dir, {"step": step + 1, "loss": loss_value, **scalars})
-            bar.update(job, advance=1, description=f"fit loss {loss_value:.3f}")
+            bar.update(job, advance=1, description=f"{name} loss {loss_value:.3f}")
             if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
-                state = _validate_and_checkpoint(task, optimizer, rng, run_dir, state, step + 1, average)
+                state = _validate_and_checkpoint(task, optimizer, rng, run_dir, state, step + 1, average, whose)
                 if on_checkpoint:
                     on_checkpoint(step + 1)
     return TrainResult(state["best_score"], state["best_step"], cfg.steps, time.perf_counter() - start)
 
 
 def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, step: int,
-                             average: WeightAverage | None = None) -> dict:
+                             average: WeightAverage | None = None, whose: str = "") -> dict:
     """Validate (the weight average when there is one), keep the best, write the resume checkpoint."""
     live = average.swapped_in(task.module) if average is not None else None
     task.module.eval()
@@ -201,7 +205,7 @@ def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, s
     _log(run_dir, {"step": step, "validation": metrics})
     state = dict(state, step=step)
     improved = metrics["score"] > state["best_score"]
-    record(f"validation at step {step}: score {metrics['score']:.4f}" + (" (best so far)" if improved else ""))
+    record(f"{whose}validation at step {step}: score {metrics['score']:.4f}" + (" (best so far)" if improved else ""))
     if improved:
         state.update(best_score=metrics["score"], best_step=step)
         atomic_torch_save({"module": task.module.state_dict(), "step": step, "metrics": metrics}, run_dir / BEST)

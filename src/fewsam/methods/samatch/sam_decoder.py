@@ -136,7 +136,7 @@ def fit_sam(ctx: FitContext, val_cases: list[Case], sam_dir: Path, cfg: SamMatch
     if cfg.sam_steps > 0:
         sam_cfg = TrainConfig(steps=cfg.sam_steps, lr=cfg.sam_lr, val_every=max(1, cfg.sam_steps // 2),
                               seed=ctx.seed, warmup_steps=min(10, cfg.sam_steps // 10))
-        train(task, sam_cfg, sam_dir, ctx.show_progress)
+        train(task, sam_cfg, sam_dir, ctx.show_progress, name="SAM decoder")
         task.module.load_state_dict(load_best(sam_dir)[0])
     task.module.eval()
     return SamRounds(task, sam_dir, ctx.seed)
@@ -192,6 +192,7 @@ class SamRounds:
             round_cfg = TrainConfig(steps=cfg.sam_round_steps, lr=cfg.sam_lr, val_every=cfg.sam_round_steps,
                                     seed=self.seed + step, warmup_steps=0)
             with torch.random.fork_rng(devices=[]):  # the student's torch RNG stream is not disturbed
-                train(task, round_cfg, self.sam_dir / f"round_{step:07d}", show_progress=False)
+                train(task, round_cfg, self.sam_dir / f"round_{step:07d}", show_progress=False,
+                      name=f"SAM round at step {step}")
         self.task.module.load_state_dict(self._kept_before(step + 1)[0])
         self.task.module.eval()
