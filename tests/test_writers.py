@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import shared_data
+from fewsam import progress
 from fewsam.data import ClassMap, open_dataset, read_prediction, write_prediction
+from fewsam.data.readers.nifti import slice_axis
 from fewsam.errors import DataError
 from test_readers import make_npz, make_nnunet, save_png, volume
 
@@ -54,6 +57,46 @@ def test_nifti_keeps_the_input_geometry(tmp_path):
     np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-6)
     np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-5)
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), pred)
+
+
+@pytest.mark.parametrize("shape, zooms, axis", [
+    ((6, 12, 10), (4.0, 0.5, 0.5), 0),   # sagittal slices stored along x
+    ((12, 6, 10), (0.5, 4.0, 0.5), 1),   # coronal slices stored along y
+    ((12, 10, 6), (0.5, 0.5, 4.0), 2),   # the usual axial storage
+    ((6, 12, 10), (1.0, 1.0, 1.0), 2),   # isotropic or unknown spacing keeps z
+    ((6, 12, 10), (1.2, 1.0, 1.0), 2),   # a slight anisotropy is no slice direction
+    ((6, 12, 1), (4.0, 0.5, 0.5), 2),    # one slice is one slice, whatever its voxel sizes
+    ((1, 12, 10), (0.5, 0.5, 0.5), 0),   # ... also when stored along x
+])
+def test_slice_axis_is_the_thick_voxel_axis(shape, zooms, axis):
+    assert slice_axis(shape, list(zooms)) == axis
+
+
+def test_a_series_stored_with_thick_x_voxels_is_cut_along_x_and_written_back(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(progress, "_said", {})
+    rng = np.random.default_rng(0)
+    stored = {"image": rng.random((6, 12, 10), dtype=np.float32),
+              "label": rng.integers(0, 3, (6, 12, 10)).astype(np.uint8)}
+    root = tmp_path / "data"
+    for folder, key in (("images", "image"), ("labels", "label")):
+        (root / folder).mkdir(parents=True)
+        nib.save(nib.Nifti1Image(stored[key], np.diag([4.0, 0.5, 0.5, 1.0])), root / folder / "sag.nii.gz")
+    dataset = open_dataset(root)
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        case = dataset.load("sag")
+    # six sagittal slices of (z, y) pixels, 4 mm apart
+    assert case.image.shape == (6, 10, 12) and dataset.num_slices("sag") == 6
+    np.testing.assert_allclose(case.image[2], stored["image"][2].T)
+    np.testing.assert_array_equal(case.label[4], stored["label"][4].T)
+    assert case.spacing == pytest.approx((4.0, 0.5, 0.5))
+    assert any("cut along x" in r.getMessage() for r in caplog.records)
+    pred = _random_pred(case, 2)
+    path = write_prediction(case, pred, tmp_path / "pred")
+    written = nib.load(str(path))
+    assert written.shape == (6, 12, 10)
+    np.testing.assert_allclose(written.affine, np.diag([4.0, 0.5, 0.5, 1.0]))
+    np.testing.assert_array_equal(np.asarray(written.dataobj)[3], pred[3].T)
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), pred)
 
 

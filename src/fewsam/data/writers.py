@@ -37,7 +37,7 @@ from fewsam.data.readers.acdc_h5 import H5_ERRORS
 from fewsam.data.readers.common import check_label_values, to_label_array
 from fewsam.data.readers.dicom import itk_message
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
-from fewsam.data.readers.nifti import NIFTI_ERRORS, to_zyx
+from fewsam.data.readers.nifti import NIFTI_ERRORS, from_slices, to_slices
 from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
@@ -114,7 +114,8 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
         z, y, x = case.spacing or (1.0, 1.0, 1.0)
         affine = np.diag([x, y, z, 1.0])
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    img = image_class(pred.transpose(2, 1, 0), affine, header.copy() if header is not None else None)
+    array = from_slices(pred, case.meta.get("slice_axis", 2))
+    img = image_class(array, affine, header.copy() if header is not None else None)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
@@ -192,7 +193,7 @@ def _decode_nifti(case: Case, path: Path) -> np.ndarray:
         data = data[..., 0]
     if data.ndim not in (2, 3):
         raise DataError(f"prediction {path} must be 2D or 3D, got shape {data.shape}")
-    return to_zyx(to_label_array(data, path))
+    return to_slices(to_label_array(data, path), case.meta.get("slice_axis", 2))
 
 
 def _decode_png(case: Case, path: Path) -> np.ndarray:

@@ -13,8 +13,11 @@
 
 Multi-channel images (nnU-Net ``_0001``..., MSD 4D) are read as channel 0 only: SAM sees one
 greyscale channel. Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
-without reorientation; spacing is the header zooms as (z, y, x) in mm. ``meta`` keeps the image's
-affine and header so predictions are written back on the same voxel grid and orientation.
+without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume whose thick voxel
+axis is x or y (a sagittal or coronal series stored that way) is cut along that axis instead
+(``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane axis. ``meta`` keeps the
+image's affine, header and slice axis so predictions are written back on the same voxel grid and
+orientation.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
 ids with every 5th to "val"; "test" = imagesTs (or unlabelled plain images); without any label,
 "val" holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.
@@ -85,17 +88,25 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
             self.check_known(ids, str(root / "splits_final.json"))
 
     def num_slices(self, case_id: str) -> int:
-        shape = _load(self._entry(case_id).image).shape
-        return int(shape[2]) if len(shape) >= 3 else 1
+        img = _load(self._entry(case_id).image)
+        shape = tuple(img.shape[:3]) + (1,) * (3 - len(img.shape[:3]))
+        return int(shape[slice_axis(shape, _zooms(img))])
 
     def _read(self, entry: Entry) -> Read:
         img = _load(entry.image)
-        image, dropped = _image_array(img, entry.image)
-        label = None if entry.label is None else _label_array(entry.label)
-        # Headers store float32: 1.4 reads as 1.39999998; 7 significant digits give 1.4 back.
-        zooms = [float(f"{z:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3
-        meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped}
-        return Read(image=image, label=label, spacing=(zooms[2], zooms[1], zooms[0]), meta=meta)
+        zooms = _zooms(img)
+        axis = slice_axis(img.shape, zooms)
+        if axis != 2:
+            say_once(f"{entry.image}: voxels are {zooms[axis]:g} mm thick along NIfTI axis {'xy'[axis]} "
+                     f"(z: {zooms[2]:g} mm), so its slices are cut along {'xy'[axis]}, the acquisition's "
+                     "slice direction; predictions are written back on the input's grid",
+                     key=f"nifti-slice-axis-{axis}")
+        image, dropped = _image_array(img, entry.image, axis)
+        label = None if entry.label is None else _label_array(entry.label, axis)
+        meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
+                "slice_axis": axis}
+        spacing = tuple(zooms[a] for a in slice_order(axis))
+        return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
 
 
 def _nifti_files(folder: Path) -> list[Path]:
@@ -123,11 +134,47 @@ def _load(path: Path) -> Any:
         raise DataError(f"cannot read NIfTI {path} (truncated or not NIfTI?): {err}") from None
 
 
-def to_zyx(array: np.ndarray) -> np.ndarray:
-    """NIfTI (x, y[, z]) -> (z, y, x); a 2D NIfTI becomes one slice."""
+ANISOTROPY = 1.5  # how much thicker than z a voxel axis must be to become the slice axis
+
+
+def _zooms(img: Any) -> list[float]:
+    """The header's x, y, z voxel sizes in mm (1.0 where the file has fewer axes)."""
+    # Headers store float32: 1.4 reads as 1.39999998; 7 significant digits give 1.4 back.
+    return ([float(f"{z:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3)[:3]
+
+
+def slice_axis(shape: tuple[int, ...], zooms: list[float]) -> int:
+    """The NIfTI array axis to cut 2D slices along.
+
+    NIfTI z unless x or y is clearly the thick axis (``ANISOTROPY`` times z's voxel size): a
+    sagittal or coronal acquisition stored with its slices along x or y is then segmented in its
+    own high-resolution planes, as its annotators drew it, instead of across them. A single-voxel
+    axis (one slice) is always the slice axis; isotropic or unknown spacing keeps z.
+    """
+    dims = (tuple(shape[:3]) + (1, 1, 1))[:3]
+    single = [a for a in (2, 1, 0) if dims[a] == 1]
+    if single:
+        return single[0]
+    thick = max((0, 1), key=lambda a: zooms[a])
+    return thick if zooms[thick] >= ANISOTROPY * zooms[2] else 2
+
+
+def slice_order(axis: int) -> tuple[int, int, int]:
+    """The transpose that puts NIfTI ``axis`` first and the other two after it, higher first:
+    (z, y, x) for the usual axis 2."""
+    return (axis, *(a for a in (2, 1, 0) if a != axis))  # type: ignore[return-value]
+
+
+def to_slices(array: np.ndarray, axis: int = 2) -> np.ndarray:
+    """NIfTI (x, y[, z]) -> (slices, rows, cols) cut along ``axis``; a 2D NIfTI becomes one slice."""
     if array.ndim == 2:
         array = array[..., None]
-    return np.ascontiguousarray(array.transpose(2, 1, 0))
+    return np.ascontiguousarray(array.transpose(slice_order(axis)))
+
+
+def from_slices(array: np.ndarray, axis: int = 2) -> np.ndarray:
+    """The inverse of ``to_slices``: (slices, rows, cols) back to the NIfTI (x, y, z) array."""
+    return array.transpose(np.argsort(slice_order(axis)))
 
 
 def _data(img: Any, path: Path, dtype: Any = None) -> np.ndarray:
@@ -145,7 +192,7 @@ def _data(img: Any, path: Path, dtype: Any = None) -> np.ndarray:
         raise DataError(f"cannot read NIfTI {path} (truncated?): {err}") from None
 
 
-def _image_array(img: Any, path: Path) -> tuple[np.ndarray, int]:
+def _image_array(img: Any, path: Path, axis: int) -> tuple[np.ndarray, int]:
     data = _data(img, path, np.float32)
     dropped = 0
     if data.ndim == 4:
@@ -156,16 +203,16 @@ def _image_array(img: Any, path: Path) -> tuple[np.ndarray, int]:
                      key="nifti-4d")
     if data.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D, 3D or 4D (channels last) image, got {data.shape}")
-    return to_zyx(data).astype(np.float32, copy=False), dropped
+    return to_slices(data, axis).astype(np.float32, copy=False), dropped
 
 
-def _label_array(path: Path) -> np.ndarray:
+def _label_array(path: Path, axis: int = 2) -> np.ndarray:
     data = _data(_load(path), path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3):
         raise DataError(f"{path}: a label must be 2D or 3D, got shape {data.shape}")
-    return to_zyx(to_label_array(data, path))
+    return to_slices(to_label_array(data, path), axis)
 
 
 def _read_splits(root: Path, labelled: list[str]) -> dict[str, list[str]]:
