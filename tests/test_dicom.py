@@ -125,6 +125,24 @@ def test_single_slice_and_files_right_in_root(tmp_path):
     np.testing.assert_array_equal(case.label, label)
 
 
+def test_files_named_as_scanners_name_them_are_found_by_their_dicm_marker(tmp_path):
+    image, label = arrays(5)
+    names = {"p1/t2": lambda z: f"IM{z:04d}", "p2/t2": lambda z: f"1.2.840.113619.2.55.{z}"}
+    for i, (series, rename) in enumerate(names.items()):
+        ref = write_series(tmp_path / series, image, uid=f"1.2.826.0.1.3680043.2.1125.{i + 1}")
+        for z, path in enumerate(sorted((tmp_path / series).glob("*.dcm"))):
+            path.rename(path.with_name(rename(z)))
+        write_label(tmp_path / "labels" / f"{series}.nii.gz", label, ref)
+    (tmp_path / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)  # an index, no image
+    (tmp_path / "p1" / "NOTES").write_text("acquired on the 3T scanner")
+    ds = open_dataset(tmp_path)
+    assert ds.layout == "dicom" and sorted(ds.entries) == ["p1/t2", "p2/t2"]
+    for case_id in ds.entries:
+        case = ds.load(case_id)
+        np.testing.assert_array_equal(case.image, image.astype(np.float32))
+        np.testing.assert_array_equal(case.label, label)
+
+
 def test_label_stored_in_another_orientation_is_resampled(tmp_path):
     image, label = arrays(5)
     ref = write_series(tmp_path / "images" / "c1", image)

@@ -1,7 +1,8 @@
 """DICOM series: one case per folder of ``.dcm`` files, read with SimpleITK's ImageSeriesReader.
 
     root/<series>/*.dcm              series folders may nest (root/<patient>/<study>/<series>/),
-    root/images/<series>/*.dcm       or sit under images/; .dcm files right in root are one case
+    root/images/<series>/*.dcm       or sit under images/; .dcm files right in root are one case;
+                                     .dicom, .ima and unsuffixed files with the DICM marker count too
     root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid)
     root/classes.json                optional class names ({"1": "liver"}); else "class1", ...
                                      from the label values found
@@ -33,17 +34,37 @@ from fewsam.data.readers.nifti import NIFTI_ENDINGS, ClassesFromLabelFiles
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
-DICOM_SUFFIXES = (".dcm", ".dicom")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+DICOM_MAGIC_AT = 128  # Part 10 files: a 128-byte preamble, then b"DICM"
 
 
 def is_dicom_name(name: str) -> bool:
     return name.lower().endswith(DICOM_SUFFIXES) and not name.startswith(".")
 
 
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM file by its name, or, for the names scanners and PACS exports give (``IM0001``,
+    ``1.2.840.113619.2.55.3.604688119``: no suffix or a numeric one), by its ``DICM`` marker.
+    The DICOMDIR index is no image."""
+    name = path.name
+    if name.startswith(".") or name.upper() == "DICOMDIR" or not path.is_file():
+        return False
+    if is_dicom_name(name):
+        return True
+    suffix = path.suffix[1:]
+    if suffix and not suffix.isdigit():
+        return False
+    try:
+        with path.open("rb") as f:
+            f.seek(DICOM_MAGIC_AT)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def detect(root: Path) -> bool:
     """DICOM files anywhere below root (an index.csv makes it a 2D image folder instead)."""
-    return not (root / "index.csv").is_file() and any(
-        is_dicom_name(p.name) and p.is_file() for p in root.rglob("*"))
+    return not (root / "index.csv").is_file() and any(is_dicom_file(p) for p in root.rglob("*"))
 
 
 class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
@@ -188,7 +209,7 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 def _series_folders(base: Path) -> list[Path]:
     """Folders that directly hold DICOM files, in natural order of their relative paths."""
-    folders = {p.parent for p in base.rglob("*") if is_dicom_name(p.name) and p.is_file()}
+    folders = {p.parent for p in base.rglob("*") if is_dicom_file(p)}
     return natural_sorted(folders, key=lambda p: p.relative_to(base).as_posix())
 
 
