@@ -24,7 +24,8 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
     "fairseg-npz": (fairseg_npz.detect, fairseg_npz.open_fairseg,
                     "*.npz per subject (Harvard-FairSeg), flat or in Training/ and Test/"),
     "dicom": (dicom.detect, dicom.open_dicom,
-              "a folder of DICOM files (.dcm, or scanner-named with the DICM marker) per series (+ labels/<series>.nii.gz)"),
+              "a folder of DICOM files (.dcm, or scanner-named with the DICM marker) per series "
+              "(+ labels/<series>.nii.gz)"),
     "png": (png_folder.detect, png_folder.open_png_folder,
             "index.csv with image,mask columns, image/ + mask/ folders, or X.png + X_mask.png "
             "(.png .jpg .jpeg .tif .tiff .bmp)"),
