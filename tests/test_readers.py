@@ -263,6 +263,19 @@ def test_generic_image_mask_folders_and_every_fifth_val(tmp_path):
     assert case.image.shape == (1, 6, 7) and case.label.max() <= 1
 
 
+def test_masks_named_after_their_image_with_a_suffix(tmp_path):
+    blank = np.zeros((6, 7), np.uint8)
+    for name, mask in (("a", "a_mask.png"), ("b", "b_segmentation.png"), ("c", "c_gt.bmp"), ("d", None)):
+        save_png(tmp_path / "images" / f"{name}.jpg", blank)
+        if mask:
+            save_png(tmp_path / "masks" / mask, np.pad(np.full((2, 2), 255, np.uint8), ((2, 2), (2, 3))))
+    save_png(tmp_path / "masks" / "a.png", np.full((6, 7), 255, np.uint8))  # the plain stem comes first
+    ds = open_dataset(tmp_path)
+    assert {cid: e.label.name if e.label else None for cid, e in ds.entries.items()} == {
+        "images/a": "a.png", "images/b": "b_segmentation.png", "images/c": "c_gt.bmp", "images/d": None}
+    assert ds.load("images/b").label.sum() == 4 and ds.load("images/a").label.sum() == 42
+
+
 def test_busi_style_pairs_classes_json_and_bad_values(tmp_path):
     save_png(tmp_path / "a.png", np.zeros((5, 5, 3), np.uint8))
     save_png(tmp_path / "a_mask.png", np.array([[0, 40, 80, 0, 0]] * 5, np.uint8))

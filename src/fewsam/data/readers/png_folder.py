@@ -15,8 +15,9 @@ Where the cases come from (first match wins):
 2. ``root/../index.csv`` rows whose image path starts with ``root``'s name: so
    ``multisite/Fundus`` and ``multisite/ProstateSlice`` open as datasets of their own.
 3. A scan: images in ``image/`` or ``images/`` (or sub-folders of it) with a mask of the same
-   stem (any of the formats) at the same place in a sibling ``mask/``, ``masks/``, ``label/`` or
-   ``labels/`` (``images/a/x.jpg`` -> ``masks/a/x.png``); or BUSI-style ``X.png`` +
+   stem (any of the formats; or the stem + ``_mask``, ``_seg``, ``_segmentation``, ``_label`` or
+   ``_gt``) at the same place in a sibling ``mask/``, ``masks/``, ``label/`` or ``labels/``
+   (``images/a/x.jpg`` -> ``masks/a/x.png`` or ``masks/a/x_mask.png``); or BUSI-style ``X.png`` +
    ``X_mask.png`` (+ ``X_mask_1.png`` ...). Files are listed in natural order (``case2`` before
    ``case10``); folder names are matched in any letter case.
 case_id = image path relative to root without its suffix; two images that would share an id
@@ -69,6 +70,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's names for JPEG files (MPO: a camera's multi-picture JPEG)
 IMAGE_DIRS = ("image", "images")
 MASK_DIRS = ("mask", "masks", "label", "labels")
+# A mask in a mask folder has the image's stem, or the stem plus one of these (x.png -> x_mask.png)
+MASK_STEM_SUFFIXES = ("", "_mask", "_seg", "_segmentation", "_label", "_gt")
 PATH_COLUMNS = {"image", "mask", "masks"}
 SUBJECT_COLUMNS = ("subject", "patient", "pid")
 SPLIT_WORDS = ("train", "val", "test")
@@ -336,7 +339,8 @@ def _scan(root: Path) -> list[dict[str, str]]:
         top = _deepest(folders, IMAGE_DIRS)
         if top is not None:
             images_dir, below = root.joinpath(*folders[: top + 1]), folders[top + 1:]
-            found = (by_stem.get((d.joinpath(*below), image.stem)) for d in mask_dirs.get(images_dir.parent, []))
+            found = (by_stem.get((d.joinpath(*below), image.stem + suffix))
+                     for d in mask_dirs.get(images_dir.parent, []) for suffix in MASK_STEM_SUFFIXES)
             masks = [_same_suffix_first(m, image) for m in found if m][:1]
         else:
             first = by_stem.get((image.parent, f"{image.stem}_mask"))
