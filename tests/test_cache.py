@@ -67,3 +67,45 @@ def test_no_partial_files_left(tmp_path, fake_sam):
     EmbeddingCache(tmp_path, fake_sam).embed(_images(4))
     assert not list(tmp_path.rglob("*.tmp"))
 
+
+
+def test_a_full_disk_keeps_the_embeddings_in_memory_and_says_so_once(tmp_path, fake_sam, monkeypatch, caplog):
+    import errno
+    import logging
+
+    from fewsam import cache as cache_module
+    from fewsam import progress
+
+    monkeypatch.setattr(progress, "_said", {})
+    images = _images(3)
+    expected = EmbeddingCache(tmp_path / "roomy", fake_sam).embed(images)
+    writes = []
+
+    def full(path, write):
+        writes.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "atomic_write", full)
+    cache = EmbeddingCache(tmp_path / "full", fake_sam)
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        got = cache.embed(images)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a.array, b.array)
+    assert len(writes) == 1 and not cache.keeping  # one failed write, then no more tries
+    assert [r.getMessage() for r in caplog.records if "is full" in r.getMessage()] == [
+        f"the embedding cache {cache.dir} is full (No space left on device): embeddings made from now on are "
+        "used but not kept; free space or give another --cache to keep them"]
+    assert all(cache.get(img) is None for img in images)
+
+
+def test_other_write_errors_are_not_taken_for_a_full_disk(tmp_path, fake_sam, monkeypatch):
+    import errno
+
+    from fewsam import cache as cache_module
+
+    def broken(path, write):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cache_module, "atomic_write", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        EmbeddingCache(tmp_path, fake_sam).embed(_images(1))

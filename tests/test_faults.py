@@ -460,3 +460,22 @@ def test_sigterm_while_predicting_leaves_no_partial_folder(tmp_path):
             signal.signal(signum, handler)
     assert stop.value.signum == signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_one_error_line_saying_the_same_command_resumes(monkeypatch, capsys):
+    import errno
+
+    from fewsam import cli
+
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/fs3/.last.pt.1a2b3c4d.tmp")
+
+    for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
+        monkeypatch.setattr(cli, setup, lambda: None)
+    monkeypatch.setattr(cli, "app", lambda **kwargs: full_disk())
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: No space left on device writing runs/fs3/.last.pt.1a2b3c4d.tmp; free space (or use another "
+        "--out / --cache), then run the same command again"]

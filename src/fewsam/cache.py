@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from fewsam.atomic import atomic_write, atomic_write_bytes
-from fewsam.errors import CacheError
+from fewsam.errors import CacheError, is_disk_full
 from fewsam.models.precision import FP32, EncoderPrecision, OpenVinoEncoder, for_encoder
 from fewsam.models.sam import PreprocessInfo, SamModel
+from fewsam.progress import say_once
 
 MANIFEST = "manifest.json"
 
@@ -89,6 +90,7 @@ class EmbeddingCache:
         self._check_manifest()
         self.hits = 0
         self.misses = 0
+        self.keeping = True  # False once the disk is full: embeddings are then used, not stored
 
     def _check_manifest(self) -> None:
         manifest = self.dir / MANIFEST
@@ -150,10 +152,20 @@ class EmbeddingCache:
             "image_size": info.image_size,
             "sha256": hashlib.sha256(array.tobytes()).hexdigest(),
         }
+        if not self.keeping:
+            return
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        atomic_write(path, lambda fh: np.savez(fh, embedding=array, meta=meta_bytes))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda fh: np.savez(fh, embedding=array, meta=meta_bytes))
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            self.keeping = False
+            say_once(f"the embedding cache {self.dir} is full ({err.strerror}): embeddings made from now on "
+                     "are used but not kept; free space or give another --cache to keep them",
+                     key=f"cache-full-{self.dir}")
 
     def embed(
         self,

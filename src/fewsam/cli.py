@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import FitOptions, cli_fields, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
-from fewsam.errors import FewsamError, Stopped
+from fewsam.errors import FewsamError, Stopped, disk_full_message, is_disk_full
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 
@@ -512,6 +512,7 @@ def _stop_on_signals() -> None:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks of its own
     _sleep_idle_threads()
     _tune_allocator()
     _show_notes()
@@ -524,3 +525,8 @@ def main() -> None:
     except Stopped as stop:
         err.print(f"{stop.how}; run the same command again to resume", highlight=False)
         raise SystemExit(128 + stop.signum)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        err.print(f"[red]error:[/] {disk_full_message(exc)}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)

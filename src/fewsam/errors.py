@@ -1,6 +1,10 @@
 """The one error family users see. The CLI turns these into a single line and a non-zero exit."""
 
+import errno
+import os
 import signal
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class FewsamError(Exception):
@@ -36,3 +40,16 @@ class Stopped(BaseException):
     @property
     def how(self) -> str:
         return "terminated (SIGTERM)" if self.signum == signal.SIGTERM else "interrupted"
+
+
+def is_disk_full(err: OSError) -> bool:
+    """No space left (or the user's quota reached) where fewsam writes."""
+    return err.errno in DISK_FULL
+
+
+def disk_full_message(err: OSError) -> str:
+    """One line for a full disk: what failed and what to do (a fit then resumes from its last checkpoint,
+    embed keeps the slices it cached, predict wrote nothing)."""
+    where = f" writing {err.filename}" if err.filename else ""
+    return (f"{os.strerror(err.errno or errno.ENOSPC)}{where}; free space (or use another --out / --cache), "
+            "then run the same command again")
