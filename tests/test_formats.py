@@ -352,3 +352,42 @@ def test_list_file_order_is_kept(tmp_path):
     (tmp_path / "mine.list").write_text("s10.png\nimages/s2\nimages/s1.png\n")
     assert open_dataset(tmp_path).split("mine.list") == ["images/s10", "images/s2", "images/s1"]
 
+
+
+VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (252 * 3)
+
+
+def _palette_mask(path: Path, classes: np.ndarray, palette: list[int]) -> None:
+    image = Image.fromarray(classes.astype(np.uint8), mode="L")
+    image.putpalette(palette)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def test_colour_palette_masks_give_their_indices_as_classes_and_predictions_keep_the_palette(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = []
+    for i in range(4):
+        save(tmp_path / "images" / f"x{i}.png", colour(rng))
+        mask = (disc() > 0).astype(np.uint8) * (1 + i % 2)
+        mask[:5, :5] = 3 if i == 3 else mask[:5, :5]  # class 3 only in the last mask
+        _palette_mask(tmp_path / "masks" / f"x{i}.png", mask, VOC_PALETTE)
+        masks.append(mask)
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {1: "class1", 2: "class2", 3: "class3"}
+    case = ds.load("images/x3")
+    np.testing.assert_array_equal(case.label[0], masks[3])
+    path = write_prediction(case, case.label, tmp_path / "pred")
+    written = Image.open(path)
+    assert written.mode == "P" and written.getpalette()[:12] == VOC_PALETTE[:12]
+    np.testing.assert_array_equal(np.asarray(written), masks[3])
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", ds.class_map), case.label)
+
+
+def test_grey_palette_masks_are_read_as_grey_levels(tmp_path):
+    grey = [v for i in range(256) for v in (255 - i,) * 3]  # index 0 shows white, index 255 black
+    save(tmp_path / "images" / "a.png", np.zeros((48, 64), np.uint8))
+    _palette_mask(tmp_path / "masks" / "a.png", np.where(disc() > 0, 0, 255), grey)  # lesion white
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {1: "foreground"}
+    np.testing.assert_array_equal(ds.load("images/a").label[0], (disc() > 0).astype(np.uint8))

@@ -141,8 +141,11 @@ def _encode_png(case: Case, pred: np.ndarray) -> bytes:
     lut = np.zeros(256, dtype=np.uint8)
     for cls, pixel in to_pixel.items():
         lut[cls] = pixel
+    image = Image.fromarray(lut[_as_stored(case, pred)], mode="L")
+    if case.meta.get("png_palette"):
+        image.putpalette(list(case.meta["png_palette"]))  # shown in the dataset's own colours
     buf = io.BytesIO()
-    Image.fromarray(lut[_as_stored(case, pred)], mode="L").save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -30,6 +30,8 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   (disc = rim + cup); images RGB, (1, H, W, 3).
 - prostate: mask 255 = background, 0 = prostate (inverted, as in the multisite files)
   -> {1: "prostate"}; images greyscale.
+- palette: masks saved as colour-palette PNGs (VOC-style tools, labelme): each palette index is
+  a class, {i: "class<i>"} for the indices found in the masks; predictions keep the palette.
 - generic: masks 0/255 (or 0/1) -> {1: "foreground"}; RGB if the first image has colour.
 The style is chosen from classes.json, else the index's ``task`` column, else BUSI markers
 (a ``pathology`` column or benign/malignant folders), else "fundus"/"prostate" in the path.
@@ -93,6 +95,7 @@ class PngStyle:
     to_pixel: dict[int, int]
     rgb: bool
     ranged: bool = False
+    palette: tuple[int, ...] | None = None  # palette masks: predictions are written with it
 
     def lossy_to_class(self) -> dict[int, int]:
         """pixel -> class for lossy (JPEG) masks: every value goes to the class of the nearest
@@ -169,7 +172,7 @@ class PngFolderDataset(IndexedDataset):
             else:
                 skipped.append(str(path))
         meta = {"png_to_pixel": dict(self.style.to_pixel), "png_to_class": dict(self.style.to_class),
-                "skipped_masks": skipped}
+                "png_palette": self.style.palette, "skipped_masks": skipped}
         return Read(image=image[None], label=None if label is None else label[None], meta=meta)
 
     def _read_mask(self, path: Path) -> np.ndarray:
@@ -207,7 +210,24 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
         for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
             if word in hint:
                 return style
-    return binary_style("generic", "foreground", rgb=bool(entries) and _has_colour(entries[0].image))
+    rgb = bool(entries) and _has_colour(entries[0].image)
+    return _palette_style(root, rows, rgb) or binary_style("generic", "foreground", rgb=rgb)
+
+
+def _palette_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyle | None:
+    """Masks saved as colour-palette PNGs (VOC-style tools, labelme): each palette index is a class,
+    named ``class<i>`` (classes.json names them); predictions are written with the same palette.
+    None when the first mask is not such a file. Reads every mask once, to find the classes."""
+    paths = [path for row in rows for path in _mask_paths(root, row)]
+    if not paths or paths[0].suffix.lower() != ".png":
+        return None
+    palette = _decode(paths[0], lambda im: im.getpalette() if im.mode == "P" and _colour_palette(im) else None)
+    if palette is None:
+        return None
+    classes = sorted(set().union(*(np.unique(read_mask_pixels(path)).tolist() for path in paths)) - {0}) or [1]
+    coding = {value: value for value in [0, *classes]}
+    return PngStyle("palette", ClassMap({c: f"class{c}" for c in classes}), coding, dict(coding), rgb,
+                    palette=tuple(palette))
 
 
 def _looks_like_busi(root: Path, rows: list[dict[str, str]]) -> bool:
@@ -517,8 +537,8 @@ def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path) ->
     if (out < 0).any():
         bad = sorted(int(v) for v in np.unique(pixels[out < 0]))
         shown = _coding_text(to_class)
-        colour = ("; the mask is in colour, and masks are read as grey levels: store one grey value per class"
-                  if path.is_file() and _has_colour(path) else "")
+        colour = ("; the mask is in colour, and masks are read as grey levels (or palette indices): store one "
+                  "grey value per class" if path.is_file() and _has_colour(path) else "")
         raise DataError(f"mask values {bad} in {path} are not in this dataset's coding {shown} "
                         f"(pixel -> class); fix the mask or add classes.json{colour}")
     return out.astype(np.uint8)
@@ -540,13 +560,27 @@ def _coding_text(to_class: dict[int, int]) -> str:
 def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
     """A mask as (H, W) uint8 pixel values, and whether the file was lossy (JPEG).
 
-    Modes 1, P, RGB and RGBA are converted to L; 16-bit and float masks are clipped to 0-255.
+    A palette (mode P) mask with colour entries, as VOC-style tools and labelme save them, gives
+    its palette indices: the index is the class, the colour only how it is shown. Modes 1, RGB,
+    RGBA and grey palettes are converted to L; 16-bit and float masks are clipped to 0-255.
     """
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
         lossy = im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
+        if im.mode == "P" and _colour_palette(im):
+            return np.asarray(im), lossy
         return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
 
     return _decode(path, pixels)
+
+
+def _colour_palette(im: Image.Image) -> bool:
+    """Whether a palette image shows any of the indices it uses in colour (not as grey levels)."""
+    palette = im.getpalette()
+    if not palette:
+        return False
+    rgb = np.asarray(palette + [0] * (768 - len(palette)), dtype=np.int16)[:768].reshape(256, 3)
+    used = rgb[np.unique(np.asarray(im))]
+    return bool((used != used[:, :1]).any())
 
 
 def read_mask_pixels(path: Path) -> np.ndarray:
