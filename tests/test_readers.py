@@ -492,3 +492,15 @@ def test_list_file_outside_the_dataset_and_the_dataset_one_first(tmp_path, monke
     assert ds.split("both.list") == [second]
     with pytest.raises(DataError, match="list file nope.list not found in .* or as a path"):
         ds.split("nope.list")
+
+
+def test_float_labels_with_rounding_noise_are_rounded_and_interpolated_ones_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    image, label = volume(rng, (3, 8, 6))
+    noisy = label.astype(np.float32) + rng.choice([-6e-8, 0.0, 1.2e-7], label.shape).astype(np.float32)
+    case = open_dataset(make_nnunet(tmp_path / "noisy", {"v": (image, noisy)})).load("v")
+    np.testing.assert_array_equal(case.label, label)
+    halves = label.astype(np.float32)
+    halves[0, 0, :2] = [0.5, 1.5]
+    with pytest.raises(DataError, match=r"non-integer values \(0.5, 1.5\).*nearest neighbour"):
+        open_dataset(make_nnunet(tmp_path / "halves", {"v": (image, halves)})).load("v")

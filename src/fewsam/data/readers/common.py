@@ -19,6 +19,7 @@ import numpy as np
 from fewsam.data.attributes import AttributeTable
 from fewsam.data.types import Case, ClassMap, Format, SliceRef
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 LIST_SUFFIXES = (".list", ".txt", ".json")
 # Suffixes a list-file line may carry after a case id (compared case-insensitively).
@@ -299,14 +300,30 @@ def to_image_array(array: np.ndarray, path: Path) -> np.ndarray:
     return array.astype(np.float32)
 
 
+ROUNDING_NOISE = 1e-3  # float labels this close to integers are class indices stored with rounding noise
+
+
 def to_label_array(label: np.ndarray, path: Path) -> np.ndarray:
-    """Integer class indices as uint8; non-integers or values outside 0-255 are a DataError."""
+    """Integer class indices as uint8; non-integers or values outside 0-255 are a DataError.
+
+    Float labels within ``ROUNDING_NOISE`` of integers (a label saved through a scale factor, or
+    as float32 by a converter: 0.99999994 for 1) are rounded, said once; values further off (0.5:
+    a label resampled with linear interpolation) are refused."""
     if label.dtype.kind not in "biuf":
         raise DataError(f"{path}: label type {label.dtype} cannot hold class indices; store integers")
     if label.dtype.kind == "f" and not np.isfinite(label).all():
         raise DataError(f"{path}: the label holds NaN or infinite values; labels must be class indices")
-    if not np.issubdtype(label.dtype, np.integer) and not np.all(np.mod(label, 1) == 0):
-        raise DataError(f"{path}: the label holds non-integer values; labels must be class indices")
+    if label.dtype.kind == "f":
+        rounded = np.rint(label)
+        off = np.abs(label - rounded)
+        if off.max(initial=0) > ROUNDING_NOISE:
+            bad = sorted({float(v) for v in np.unique(label[off > ROUNDING_NOISE])[:5]})
+            raise DataError(f"{path}: the label holds non-integer values ({', '.join(f'{v:g}' for v in bad)}); "
+                            "labels must be class indices (resampled with nearest neighbour, not interpolation)")
+        if off.max(initial=0) > 0:
+            say_once(f"{path}: label values off integers by up to {off.max():.1g} (float storage) are rounded "
+                     "to class indices", key="label-rounding")
+        label = rounded
     if label.size and (label.min() < 0 or label.max() > 255):
         bad = sorted({int(v) for v in np.unique(label) if v < 0 or v > 255})
         raise DataError(f"label values {bad} in {path} are not class indices 0-255")
