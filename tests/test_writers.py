@@ -190,3 +190,50 @@ def test_png_prediction_with_foreign_values(tmp_path):
         read_prediction(case, tmp_path, ClassMap({1: "lesion"}))
     with pytest.raises(DataError, match="cannot store"):
         write_prediction(case, np.full(case.label.shape, 2, np.uint8), tmp_path)
+
+
+@pytest.mark.parametrize("ending, written_as", [(".mha", ".mha"), (".nrrd", ".nrrd"), (".mhd", ".mha")])
+def test_metaimage_and_nrrd_volumes_read_and_predict_in_their_own_format(tmp_path, ending, written_as):
+    rng = np.random.default_rng(1)
+    image = sitk.GetImageFromArray(rng.random((4, 9, 7)).astype(np.float32))
+    label = sitk.GetImageFromArray(rng.integers(0, 3, (4, 9, 7)).astype(np.uint8))
+    for item in (image, label):
+        item.SetSpacing((0.7, 0.8, 3.0))
+        item.SetOrigin((-12.0, 30.5, 7.0))
+        item.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    sitk.WriteImage(image, str(root / "images" / f"c1{ending}"))
+    sitk.WriteImage(label, str(root / "labels" / f"c1{ending}"))
+    dataset = open_dataset(root)
+    assert dataset.layout == "nifti" and dataset.class_map.names == {1: "class1", 2: "class2"}
+    case = dataset.load("c1")
+    np.testing.assert_allclose(case.image, sitk.GetArrayFromImage(image))
+    np.testing.assert_array_equal(case.label, sitk.GetArrayFromImage(label))
+    assert case.spacing == pytest.approx((3.0, 0.8, 0.7)) and dataset.num_slices("c1") == 4
+    sitk.WriteImage(image, str(tmp_path / "as_nifti.nii.gz"))  # ITK's own LPS -> RAS conversion
+    np.testing.assert_allclose(case.meta["affine"], nib.load(str(tmp_path / "as_nifti.nii.gz")).affine, atol=1e-5)
+    pred = _random_pred(case, 2)
+    path = write_prediction(case, pred, tmp_path / "pred")
+    assert path.name == f"c1{written_as}"
+    written = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), pred)
+    for got, want in ((written.GetSpacing(), image.GetSpacing()), (written.GetOrigin(), image.GetOrigin()),
+                      (written.GetDirection(), image.GetDirection())):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), pred)
+
+
+def test_nnunet_dataset_with_mha_files(tmp_path):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "Dataset001"
+    for folder, name, array in (("imagesTr", "a_0000", rng.random((3, 8, 8)).astype(np.float32)),
+                                ("labelsTr", "a", rng.integers(0, 2, (3, 8, 8)).astype(np.uint8))):
+        (root / folder).mkdir(parents=True)
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(root / folder / f"{name}.mha"))
+    (root / "dataset.json").write_text('{"channel_names": {"0": "MR"}, "labels": {"background": 0, "gland": 1}, '
+                                       '"numTraining": 1, "file_ending": ".mha"}')
+    dataset = open_dataset(root)
+    assert dataset.class_map.names == {1: "gland"} and dataset.entries["a"].rel_path == "a.mha"
+    assert dataset.load("a").image.shape == (3, 8, 8)

@@ -35,7 +35,8 @@ from PIL import Image
 from fewsam.atomic import atomic_write_bytes
 from fewsam.data.readers.acdc_h5 import H5_ERRORS
 from fewsam.data.readers.common import check_label_values, to_label_array
-from fewsam.data.readers.dicom import itk_message
+from fewsam.data.readers import itk_volume
+from fewsam.data.readers.itk_volume import itk_message
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import NIFTI_ERRORS, from_slices, to_slices
 from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
@@ -108,6 +109,8 @@ def _encode_h5(case: Case, pred: np.ndarray) -> bytes:
 
 
 def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
+    if case.meta.get("itk"):  # a MetaImage / NRRD input: the same format on its ITK geometry
+        return itk_volume.encode(from_slices(pred, case.meta.get("slice_axis", 2)), case.meta["itk"])
     affine = case.meta.get("affine")
     header = case.meta.get("header")
     if affine is None:
@@ -189,7 +192,8 @@ def _decode_h5(case: Case, path: Path) -> np.ndarray:
 
 def _decode_nifti(case: Case, path: Path) -> np.ndarray:
     try:
-        data = np.asarray(nib.load(str(path)).dataobj)
+        image = itk_volume.read_as_nifti(path)[0] if itk_volume.itk_ending(path.name) else nib.load(str(path))
+        data = np.asarray(image.dataobj)
     except NIFTI_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {err}") from None
     if data.ndim == 4 and data.shape[3] == 1:

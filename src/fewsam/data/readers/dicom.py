@@ -21,16 +21,15 @@ without any label, "val" holds every case.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         deterministic_split, natural_sorted, to_label_array)
-from fewsam.data.readers.nifti import NIFTI_ENDINGS, ClassesFromLabelFiles
+from fewsam.data.readers.itk_volume import itk_message, quiet_itk
+from fewsam.data.readers.nifti import VOLUME_ENDINGS, ClassesFromLabelFiles
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -99,29 +98,12 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         return Read(image=array, label=label, spacing=(spacing[2], spacing[1], spacing[0]), meta=meta)
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """ITK prints a warning to stderr for folders without a series; fewsam raises instead."""
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
-def itk_message(err: Exception) -> str:
-    """SimpleITK's errors span many lines of C++ context; the last non-empty line says what."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
-
-
 def series_files(folder: Path) -> list[str]:
     """The files of the one DICOM series in ``folder``, in GDCM's slice order."""
     if not folder.is_dir():
         raise DataError(f"DICOM folder {folder} not found; restore it")
     try:
-        with _quiet():
+        with quiet_itk():
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
             names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])) if len(ids) == 1 else []
     except RuntimeError as err:
@@ -138,7 +120,7 @@ def expected_slices(names: list[str]) -> int:
     reader = sitk.ImageFileReader()
     reader.SetFileName(names[0])
     try:
-        with _quiet():
+        with quiet_itk():
             reader.ReadImageInformation()
     except RuntimeError as err:
         raise DataError(f"cannot read DICOM {names[0]}: {itk_message(err)}") from None
@@ -152,7 +134,7 @@ def read_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     try:
-        with _quiet():
+        with quiet_itk():
             image = reader.Execute()
     except RuntimeError as err:
         raise DataError(f"cannot read the DICOM series in {folder}: {itk_message(err)}") from None
@@ -180,7 +162,7 @@ def _image_array(image: sitk.Image, folder: Path) -> np.ndarray:
 def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
     """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring)."""
     try:
-        with _quiet():
+        with quiet_itk():
             label = sitk.ReadImage(str(path))
     except RuntimeError as err:
         raise DataError(f"cannot read label {path} (truncated or not NIfTI?): {itk_message(err)}") from None
@@ -221,7 +203,7 @@ def _entries(root: Path) -> list[Entry]:
         if labels in folder.parents or folder == labels:
             continue
         case_id = folder.relative_to(base).as_posix() if folder != base else (root.name or "series")
-        found = [labels / f"{case_id}{e}" for e in NIFTI_ENDINGS]
+        found = [labels / f"{case_id}{e}" for e in VOLUME_ENDINGS]
         entries.append(Entry(case_id=case_id, image=folder, label=next((p for p in found if p.is_file()), None),
                              rel_path=case_id, subject=PurePosixPath(case_id).parts[0]))
     return entries

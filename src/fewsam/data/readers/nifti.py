@@ -21,6 +21,8 @@ orientation.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
 ids with every 5th to "val"; "test" = imagesTs (or unlabelled plain images); without any label,
 "val" holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.
+MetaImage and NRRD volumes (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) are read the same way, in
+any of these layouts (``itk_volume``); their predictions keep their format (``<case>.mha``).
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         deterministic_split, natural_sorted, to_label_array)
+from fewsam.data.readers.itk_volume import ITK_ENDINGS, itk_ending, prediction_ending, read_as_nifti
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+VOLUME_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS  # MetaImage and NRRD volumes are read beside NIfTI
 NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
@@ -88,12 +93,11 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
             self.check_known(ids, str(root / "splits_final.json"))
 
     def num_slices(self, case_id: str) -> int:
-        img = _load(self._entry(case_id).image)
-        shape = tuple(img.shape[:3]) + (1,) * (3 - len(img.shape[:3]))
-        return int(shape[slice_axis(shape, _zooms(img))])
+        shape, zooms = _shape_and_zooms(self._entry(case_id).image)
+        return int(shape[slice_axis(shape, zooms)])
 
     def _read(self, entry: Entry) -> Read:
-        img = _load(entry.image)
+        img, itk_geometry = _load_with_geometry(entry.image)
         zooms = _zooms(img)
         axis = slice_axis(img.shape, zooms)
         if axis != 2:
@@ -104,7 +108,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         image, dropped = _image_array(img, entry.image, axis)
         label = None if entry.label is None else _label_array(entry.label, axis)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
-                "slice_axis": axis}
+                "slice_axis": axis, "itk": itk_geometry}
         spacing = tuple(zooms[a] for a in slice_order(axis))
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
 
@@ -113,25 +117,49 @@ def _nifti_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return natural_sorted((p for p in folder.iterdir()
-                           if p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith(".")),
+                           if (p.name.endswith(NIFTI_ENDINGS) or itk_ending(p.name)) and not p.name.startswith(".")),
                           key=lambda p: p.name)
 
 
 def case_name(path: Path | str) -> str:
     name = Path(path).name
-    for ending in NIFTI_ENDINGS:
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return name
+    ending = next((e for e in NIFTI_ENDINGS if name.endswith(e)), None) or itk_ending(name)
+    return name[: -len(ending)] if ending else name
 
 
 def _load(path: Path) -> Any:
+    return _load_with_geometry(path)[0]
+
+
+def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
+    """The file as a NIfTI image, and for MetaImage / NRRD files the ITK geometry to write back on."""
     if not path.is_file():
         raise DataError(f"file {path} not found; restore it or fix dataset.json")
+    if itk_ending(path.name):
+        return read_as_nifti(path)
     try:
-        return nib.load(str(path))
+        return nib.load(str(path)), None
     except NIFTI_ERRORS as err:
         raise DataError(f"cannot read NIfTI {path} (truncated or not NIfTI?): {err}") from None
+
+
+def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
+    """Voxel counts and sizes along x, y, z from the file's header alone (no voxels read)."""
+    if itk_ending(path.name) and path.is_file():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return _shape_and_zooms_of(_load(path))  # the full read names the problem
+        size, spacing = list(reader.GetSize()) + [1, 1], list(reader.GetSpacing()) + [1.0, 1.0]
+        return tuple(size[:3]), [float(f"{z:.7g}") for z in spacing[:3]]  # type: ignore[return-value]
+    return _shape_and_zooms_of(_load(path))
+
+
+def _shape_and_zooms_of(img: Any) -> tuple[tuple[int, int, int], list[float]]:
+    shape = tuple(img.shape[:3]) + (1,) * (3 - len(img.shape[:3]))
+    return shape, _zooms(img)  # type: ignore[return-value]
 
 
 ANISOTROPY = 1.5  # how much thicker than z a voxel axis must be to become the slice axis
@@ -257,14 +285,14 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
 
 def _entry(image: Path, label: Path | None, case: str) -> Entry:
     return Entry(case_id=case, image=image, label=label if label and label.is_file() else None,
-                 rel_path=f"{case}.nii.gz", subject=case)
+                 rel_path=f"{case}{prediction_ending(image.name)}", subject=case)
 
 
 def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[str]]:
     ending = spec.get("file_ending", ".nii.gz")
-    if ending not in NIFTI_ENDINGS:
-        raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not NIfTI; "
-                        "convert the images to .nii.gz")
+    if ending not in VOLUME_ENDINGS:
+        raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not one fewsam reads "
+                        f"({', '.join(VOLUME_ENDINGS)}); convert the images to .nii.gz")
     if spec.get("training"):
         entries = [_entry(root / t["image"], root / t["label"] if t.get("label") else None,
                           case_name(t["image"])) for t in spec["training"]]
@@ -293,7 +321,7 @@ def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
 def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
     entries, test_ids = [], []
     for path, case in _channel0(root / "images"):
-        labels = [root / "labels" / f"{case}{e}" for e in NIFTI_ENDINGS]
+        labels = [root / "labels" / f"{case}{e}" for e in VOLUME_ENDINGS]
         entry = _entry(path, next((p for p in labels if p.is_file()), None), case)
         entries.append(entry)
         if entry.label is None:
@@ -318,5 +346,6 @@ def open_nifti(root: Path) -> NiftiDataset:
         class_map = _plain_class_map(root)
         entries, test_ids = _plain_entries(root)
     if not entries:
-        raise DataError(f"no NIfTI images found in {root}; expected imagesTr/ or images/ with .nii.gz files")
+        raise DataError(f"no NIfTI images found in {root}; expected imagesTr/ or images/ with .nii.gz "
+                        "(or .mha, .nrrd) files")
     return NiftiDataset(root, class_map, entries, test_ids)

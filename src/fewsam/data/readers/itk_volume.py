@@ -1,0 +1,95 @@
+"""MetaImage and NRRD volumes (``.mha``, ``.mhd`` + raw, ``.nrrd``, ``.nhdr``), read beside NIfTI.
+
+Challenge data often comes in ITK's formats (PROMISE12 ``.mhd``, many grand-challenge sets
+``.mha``, Slicer's ``.nrrd``), and nnU-Net v2 accepts them as ``file_ending``. SimpleITK reads
+them; each becomes an in-memory NIfTI image (same voxels, RAS affine from ITK's LPS geometry), so
+the NIfTI reader slices it as any other volume, and ``geometry`` keeps what writing a prediction
+back needs: predictions are written by SimpleITK in the same format on the same origin, spacing
+and direction (a ``.mhd`` pair as one ``.mha`` file, a ``.nhdr`` pair as one ``.nrrd``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from fewsam.errors import DataError
+
+ITK_ENDINGS = (".mha", ".mhd", ".nrrd", ".nhdr")
+_ONE_FILE = {".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@contextmanager
+def quiet_itk() -> Iterator[None]:
+    """ITK prints warnings to stderr (a folder without a DICOM series, metadata it drops);
+    fewsam raises or says what matters itself."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def itk_message(err: Exception) -> str:
+    """SimpleITK's errors span many lines of C++ context; the last non-empty line says what."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def itk_ending(name: str) -> str | None:
+    """The ITK ending of a file name (any letter case), or None."""
+    lower = name.lower()
+    return next((e for e in ITK_ENDINGS if lower.endswith(e)), None)
+
+
+def prediction_ending(name: str) -> str:
+    """The suffix a prediction for this image file gets: its own format, as a single file."""
+    ending = itk_ending(name)
+    return _ONE_FILE[ending] if ending else ".nii.gz"
+
+
+def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(an in-memory NIfTI image of the file's voxels, the ITK geometry to write predictions with)."""
+    try:
+        with quiet_itk():
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise DataError(f"cannot read {path} (truncated, or its data file missing?): {itk_message(err)}") from None
+    dims = image.GetDimension()
+    if dims not in (2, 3):
+        raise DataError(f"{path}: expected a 2D or 3D image, got {dims}D")
+    array = sitk.GetArrayFromImage(image)  # (z,) y, x (, channels)
+    spatial = tuple(range(dims))[::-1]
+    xyz = array.transpose(*spatial, *range(dims, array.ndim))
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims)
+    linear = np.eye(3)
+    linear[:dims, :dims] = direction @ np.diag(image.GetSpacing())
+    origin = np.zeros(3)
+    origin[:dims] = image.GetOrigin()
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = LPS_TO_RAS @ linear, LPS_TO_RAS @ origin
+    geometry = {"origin": image.GetOrigin(), "spacing": image.GetSpacing(), "direction": image.GetDirection(),
+                "dimension": dims, "ending": _ONE_FILE[itk_ending(path.name) or ".mha"]}
+    return nib.Nifti1Image(np.ascontiguousarray(xyz), affine), geometry
+
+
+def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:
+    """A uint8 prediction in NIfTI (x, y, z) order as the bytes of an ITK file on ``geometry``."""
+    zyx = pred_xyz.transpose(2, 1, 0) if geometry["dimension"] == 3 else pred_xyz[:, :, 0].T
+    image = sitk.GetImageFromArray(np.ascontiguousarray(zyx, dtype=np.uint8))
+    image.SetOrigin(geometry["origin"])
+    image.SetSpacing(geometry["spacing"])
+    image.SetDirection(geometry["direction"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"pred{geometry['ending']}"
+        with quiet_itk():
+            sitk.WriteImage(image, str(path), useCompression=True)
+        return path.read_bytes()
