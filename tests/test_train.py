@@ -161,3 +161,38 @@ def test_a_half_written_log_line_is_dropped_on_resume(tmp_path):
     train(resumed, CFG, tmp_path / "b", show_progress=False)
     assert all(torch.equal(p, q) for p, q in zip(straight.module.parameters(), resumed.module.parameters()))
     assert (tmp_path / "a" / LOG).read_text() == (tmp_path / "b" / LOG).read_text()
+
+
+class PeakedTask(ToyTask):
+    """Validation scores that peak at the third validation, then fall: a fit that stopped improving."""
+
+    SCORES = [0.1, 0.3, 0.5, 0.4, 0.45, 0.2, 0.9, 0.95]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.validations = 0
+
+    def validate(self):
+        self.validations += 1
+        return {"score": self.SCORES[self.validations - 1]}
+
+
+def test_patience_stops_a_plateaued_fit_keeps_its_best_and_stays_stopped(tmp_path):
+    from dataclasses import replace
+
+    from fewsam.progress import log_to
+
+    cfg = replace(CFG, steps=80, patience=3)
+    task = PeakedTask()
+    with log_to(tmp_path / "fit.log"):
+        result = train(task, cfg, tmp_path, show_progress=False)
+    assert (tmp_path / "fit.log").read_text().splitlines()[-1].endswith(
+        "no better validation score in 3 validations: stopped at step 60 of 80 (--patience); the best, step 30, "
+        "is kept")
+    assert (result.best_step, result.best_score, result.steps_run) == (30, 0.5, 60)
+    assert task.validations == 6  # steps 40, 50, 60 did not beat step 30: no step after 60 ran
+    assert torch.load(tmp_path / BEST, weights_only=False)["step"] == 30
+    again = PeakedTask()
+    assert train(again, cfg, tmp_path, show_progress=False).steps_run == 60 and again.validations == 0
+    full = PeakedTask()
+    assert train(full, replace(cfg, patience=0), tmp_path / "full", show_progress=False).best_step == 80

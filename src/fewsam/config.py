@@ -29,6 +29,10 @@ PRECISION_HELP = ("auto: mixed-openvino on CPUs with bf16 instructions, else fp3
                   "~0.9987; decoder and student under bf16 autocast.")
 
 
+PATIENCE_HELP = ("Stop once this many validations in a row score no higher than the best so far (0: run every "
+                 "step); the best weights so far are kept, so a fit that has stopped improving ends sooner.")
+
+
 class ConfigError(FewsamError):
     """An option outside its range or choices."""
 

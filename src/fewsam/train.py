@@ -46,6 +46,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and kept
+    patience: int = 0  # stop after this many validations in a row without a better score (0: never)
 
 
 class WeightAverage:
@@ -167,11 +168,13 @@ def train(
     ddp.broadcast_state(task.module)  # under torchrun: every rank starts from rank 0's model
     start = time.perf_counter()
     whose = "" if name == "fit" else f"{name}: "  # a fit inside the fit (SAM-Match's SAM stage) says so in the log
-    if state["step"]:
+    if state["step"] and not plateaued(state, cfg):
         record(f"{whose}resumed at step {state['step']} of {cfg.steps}")
     with progress_bar(show_progress and ddp.is_main()) as bar:
         job = bar.add_task(name, total=cfg.steps, completed=state["step"])
         for step in range(state["step"], cfg.steps):
+            if plateaued(state, cfg):
+                break
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, cfg)
             if before_step is not None:
@@ -192,7 +195,16 @@ def train(
                 state = _validate_and_checkpoint(task, optimizer, rng, run_dir, state, step + 1, average, whose)
                 if on_checkpoint:
                     on_checkpoint(step + 1)
-    return TrainResult(state["best_score"], state["best_step"], cfg.steps, time.perf_counter() - start)
+                if plateaued(state, cfg) and step + 1 < cfg.steps:
+                    record(f"{whose}no better validation score in {cfg.patience} validations: stopped at step "
+                           f"{step + 1} of {cfg.steps} (--patience); the best, step {state['best_step']}, is kept")
+    return TrainResult(state["best_score"], state["best_step"], state["step"], time.perf_counter() - start)
+
+
+def plateaued(state: dict, cfg: TrainConfig) -> bool:
+    """Whether the last ``cfg.patience`` validations all failed to beat the best score. A function
+    of the checkpointed state alone, so a resumed fit that had stopped stays stopped."""
+    return cfg.patience > 0 and state["step"] - state["best_step"] >= cfg.patience * cfg.val_every
 
 
 def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, step: int,

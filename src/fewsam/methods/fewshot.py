@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewsam.config import Config, option
+from fewsam.config import PATIENCE_HELP, Config, option
 from fewsam.data.types import Case
 from fewsam.distributed import local_part
 from fewsam.embedded import MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, undo_dihedral
@@ -65,6 +65,7 @@ class FewShotConfig(Config):
     ema: float = option(0.99, "Decay of a moving average of the weights, validated and kept (0: off).",
                         min=0.0, max=0.9999)
     val_every: int = option(50, "Steps between validations (each writes a resumable checkpoint).", min=1)
+    patience: int = option(0, PATIENCE_HELP, min=0)
     cavity_rule: str | None = option(None, CAVITY_RULE_HELP)
     test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
                                   "does) if that scores higher on validation; 3 more encoder passes per slice.",
@@ -74,7 +75,8 @@ class FewShotConfig(Config):
                                   flag="--sam-refinement/--no-sam-refinement")
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(steps=self.steps, lr=self.lr, val_every=self.val_every, ema=self.ema, seed=seed)
+        return TrainConfig(steps=self.steps, lr=self.lr, val_every=self.val_every, ema=self.ema, seed=seed,
+                           patience=self.patience)
 
     def derived_record(self, seed: int) -> dict:
         return {"train": asdict(self.train_config(seed))}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewsam.config import Config, option
+from fewsam.config import PATIENCE_HELP, Config, option
 from fewsam.data import load_labelled_case
 from fewsam.data.intensity import scale_to_unit
 from fewsam.data.types import Case, Dataset, SliceRef
@@ -71,6 +71,7 @@ class StudentFitConfig(StudentConfig):
                                "(default: the optimiser's).", min=0.0, max=0.9999)
     batch_size: int = option(8, "Labelled slices per step.", min=1)
     val_every: int = option(200, "Steps between validations (each writes a resumable checkpoint).", min=1)
+    patience: int = option(0, PATIENCE_HELP, min=0)
 
     def train_config(self, seed: int) -> TrainConfig:
         """The optimiser with poly(0.9) decay, weight decay 1e-4, no warm-up, no clipping; ``lr``
@@ -79,7 +80,7 @@ class StudentFitConfig(StudentConfig):
         return TrainConfig(steps=self.steps, lr=recipe["lr"] if self.lr is None else self.lr,
                            optimizer=self.optimizer, momentum=0.9, weight_decay=1e-4, schedule="poly",
                            warmup_steps=0, val_every=self.val_every, grad_clip=0.0, seed=seed,
-                           ema=recipe["ema"] if self.ema is None else self.ema)
+                           ema=recipe["ema"] if self.ema is None else self.ema, patience=self.patience)
 
     def derived_record(self, seed: int) -> dict:
         return {"train": asdict(self.train_config(seed)), "student": asdict(self.student())}
