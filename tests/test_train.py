@@ -196,3 +196,14 @@ def test_patience_stops_a_plateaued_fit_keeps_its_best_and_stays_stopped(tmp_pat
     assert train(again, cfg, tmp_path, show_progress=False).steps_run == 60 and again.validations == 0
     full = PeakedTask()
     assert train(full, replace(cfg, patience=0), tmp_path / "full", show_progress=False).best_step == 80
+    late = PeakedTask()  # the same scores, judged only from step 50 on (a warm-up): the peak at 30 counts as 50
+    assert train(late, replace(cfg, patience_after=50), tmp_path / "late", show_progress=False).steps_run == 80
+
+
+def test_semi_supervised_fits_judge_plateaus_after_their_warm_up_and_ramp():
+    from fewsam.methods.fewmatch import FewMatchConfig
+    from fewsam.methods.samatch.config import SamMatchConfig
+
+    assert FewMatchConfig(patience=3).train_config(0).patience_after == 50 + 100
+    assert SamMatchConfig(patience=3, warmup_steps=100, ramp_steps=300).train_config(0).patience_after == 400
+

@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and kept
     patience: int = 0  # stop after this many validations in a row without a better score (0: never)
+    patience_after: int = 0  # plateaus count only after this step (a semi-supervised fit's warm-up and ramp)
 
 
 class WeightAverage:
@@ -202,9 +203,11 @@ def train(
 
 
 def plateaued(state: dict, cfg: TrainConfig) -> bool:
-    """Whether the last ``cfg.patience`` validations all failed to beat the best score. A function
-    of the checkpointed state alone, so a resumed fit that had stopped stays stopped."""
-    return cfg.patience > 0 and state["step"] - state["best_step"] >= cfg.patience * cfg.val_every
+    """Whether the last ``cfg.patience`` validations after ``cfg.patience_after`` all failed to beat
+    the best score: a semi-supervised fit is not judged before its unlabelled loss has ramped up.
+    A function of the checkpointed state alone, so a resumed fit that had stopped stays stopped."""
+    since = max(state["best_step"], cfg.patience_after)
+    return cfg.patience > 0 and state["step"] - since >= cfg.patience * cfg.val_every
 
 
 def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, step: int,

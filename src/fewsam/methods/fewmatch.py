@@ -17,7 +17,7 @@ The labelled loss, the prompt bank, validation and prediction are few-shot SAM's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from fewsam.losses import consistency_ce
 from fewsam.methods import Method
 from fewsam.methods import fewshot
 from fewsam.methods.fewshot import FewShotConfig, FewShotTask, sampled_tokens
-from fewsam.train import TrainResult, ramp
+from fewsam.train import TrainConfig, TrainResult, ramp
 
 @dataclass(frozen=True)
 class FewMatchConfig(FewShotConfig, UnlabelledPoolConfig):
@@ -48,6 +48,10 @@ class FewMatchConfig(FewShotConfig, UnlabelledPoolConfig):
                                     min=0.0, max=0.95)
     cutmix: float = option(0.5, "Probability that a strong view gets a CutMix box from another slice.",
                            min=0.0, max=1.0)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """Few-shot's, with --patience judged only once the consistency loss has ramped up."""
+        return replace(super().train_config(seed), patience_after=self.warmup_steps + self.ramp_steps)
 
 
 def channel_dropout(embeddings: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:

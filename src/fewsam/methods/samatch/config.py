@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fewsam.config import UnlabelledPoolConfig, option
 from fewsam.methods.student import StudentFitConfig
+from fewsam.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,7 @@ class SamMatchConfig(StudentFitConfig, UnlabelledPoolConfig):
     prompt_clicks: str = option("positive", "Clicks besides each box: positive (the region's deepest pixel; tells "
                                 "nested anatomy apart), none (box only) or contrast (+ negatives on the other "
                                 "structures).", choices=("none", "positive", "contrast"))
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The student's, with --patience judged only once SAM's pseudo-labels have ramped up."""
+        return replace(super().train_config(seed), patience_after=self.warmup_steps + self.ramp_steps)
