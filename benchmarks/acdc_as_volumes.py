@@ -21,10 +21,12 @@ for case in cases:
     with h5py.File(acdc / "data" / f"{case}.h5") as f:
         arrays = {"images": np.asarray(f["image"], np.float32), "labels": np.asarray(f["label"], np.uint8)}
     for sub, a in arrays.items():  # a: (D, H, W)
-        nib.save(nib.Nifti1Image(a.transpose(2, 1, 0), np.diag([1.0, 1.0, 10.0, 1.0])), out / "nifti" / sub / f"{case}.nii.gz")
+        axial = nib.Nifti1Image(a.transpose(2, 1, 0), np.diag([1.0, 1.0, 10.0, 1.0]))
+        nib.save(axial, out / "nifti" / sub / f"{case}.nii.gz")
         image = sitk.GetImageFromArray(a)
         image.SetSpacing((1.0, 1.0, 10.0))
         sitk.WriteImage(image, str(out / "mha" / sub / f"{case}.mha"))
         # slices along NIfTI x (10 mm thick): (x, y, z) = (D, W, H)
-        nib.save(nib.Nifti1Image(a.transpose(0, 2, 1), np.diag([10.0, 1.0, 1.0, 1.0])), out / "sagittal" / sub / f"{case}.nii.gz")
+        along_x = nib.Nifti1Image(a.transpose(0, 2, 1), np.diag([10.0, 1.0, 1.0, 1.0]))
+        nib.save(along_x, out / "sagittal" / sub / f"{case}.nii.gz")
 print(len(cases), "volumes")
