@@ -4,6 +4,7 @@ fits at once: every case ends in one clear RunError naming the file and the way 
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -288,6 +289,34 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
     with pytest.raises(OSError):
         atomic_write(path, fail)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+class _StopAsked(BaseException):
+    pass
+
+
+def test_a_stop_signal_during_a_write_lands_after_the_file_is_in_place(tmp_path):
+    """Ctrl-C or SIGTERM arriving mid-write (a checkpoint being saved) stops the program once the
+    file is whole: the stop it asked for, never a writer's half-written-file error."""
+    from fewsam.atomic import atomic_write
+
+    def stop(signum, frame):
+        raise _StopAsked(signum)
+
+    def write_with_a_signal_halfway(fh):
+        fh.write(b"first half, ")
+        os.kill(os.getpid(), signal.SIGTERM)
+        fh.write(b"second half")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(_StopAsked):
+            atomic_write(tmp_path / "checkpoint.pt", write_with_a_signal_halfway)
+        assert signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"first half, second half"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
 # --- a real few-shot fit ----------------------------------------------------------------------------

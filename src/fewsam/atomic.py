@@ -3,15 +3,22 @@
 A kill at any moment leaves either the old file or the new one, never half of one. Every writer
 in fewsam (cache entries, checkpoints, run configs, predictions) goes through here. A kill can
 leave the temporary file behind (``.NAME.RANDOM.tmp``); ``stale_temporaries`` finds them so
-that whoever owns the folder can clear them.
+that whoever owns the folder can clear them. Ctrl-C and SIGTERM are held while a file is written
+and acted on once it is in place: a Python handler that raises inside a writer (torch's zip
+writer, for one) would otherwise end in the writer's own error instead of the stop it asked for.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -20,15 +27,42 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temporary file next to ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with stop_signals_held():
+        fd, tmp = _create_temporary(path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM for the duration and deliver them, to the handlers they had, on leaving.
+
+    Only the main thread can change handlers; elsewhere (and for a signal that is ignored or whose
+    handler Python does not know) nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {
+        signum: handler
+        for signum in HELD_SIGNALS
+        if (handler := signal.getsignal(signum)) not in (None, signal.SIG_IGN)
+    }
+    for signum in previous:
+        signal.signal(signum, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
