@@ -41,6 +41,7 @@ def test_mirroring_is_chosen_only_when_it_scores_higher():
     chosen = mirroring_choice(single, mirrored)
     assert chosen["mirror"] is True and chosen["largest_component"] is False
     assert chosen["val_dice_single_view"] == 0.82 and chosen["val_dice_mirrored"] == 0.84
+    assert chosen["views"] == {"single": single, "mirrored": mirrored}  # the single view's raw 0.80 stays readable
     kept = mirroring_choice(single, _record(0.81, 0.82))  # a tie keeps the cheaper single view
     assert kept["mirror"] is False and kept["largest_component"] is True
 

@@ -134,10 +134,12 @@ class CavityRule:
 
 def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any]) -> dict[str, Any]:
     """The post-processing record of test-time mirroring if it scores strictly higher on validation
-    (after its own post-processing choice), else the single view's; with both scores."""
+    (after its own post-processing choice), else the single view's; with both scores. The top-level
+    ``val_dice_*`` figures are the chosen view's; ``views`` keeps both records whole, so that the
+    single view's raw score is not read off the mirrored record."""
     scores = {"val_dice_single_view": chosen_val_dice(single), "val_dice_mirrored": chosen_val_dice(mirrored)}
     chosen = mirrored if scores["val_dice_mirrored"] > scores["val_dice_single_view"] else single
-    return {**chosen, "mirror": chosen is mirrored, **scores}
+    return {**chosen, "mirror": chosen is mirrored, **scores, "views": {"single": single, "mirrored": mirrored}}
 
 
 def chosen_val_dice(record: dict[str, Any]) -> float:
