@@ -1,10 +1,14 @@
-"""A real end-to-end path on a small subset of ACDC (the shared real-data folder): fit -> predict (h5) -> evaluate."""
+"""A real end-to-end path on a small subset of ACDC (the shared real-data folder): fit -> predict (h5) -> evaluate.
+
+Test-time mirroring and SAM refinement (each several encoder or decoder passes per validation
+slice) are switched off here: their choices are tested in test_mirroring and test_self_prompting."""
 
 import json
 import shutil
 
 import h5py
 import numpy as np
+import pytest
 
 from fewsam.api import FitOptions, fit
 from fewsam.evaluate import evaluate
@@ -31,11 +35,13 @@ def _subset(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_fewshot_on_real_acdc_slices(tmp_path):
     data = _subset(tmp_path)
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=str(tmp_path / "cache"),
                       show_progress=False)
-    result = fit("fewshot", opts, FewShotConfig(steps=30, lr=3e-4, ema=0.0, val_every=15, views=2))
+    result = fit("fewshot", opts, FewShotConfig(steps=30, lr=3e-4, ema=0.0, val_every=15, views=2,
+                                                      test_mirroring=False, sam_refinement=False))
     assert 0.0 <= result.best_score <= 1.0
     written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", tmp_path / "cache",
                       show_progress=False)
@@ -48,6 +54,7 @@ def test_fewshot_on_real_acdc_slices(tmp_path):
     assert report["per_class"]["LV"]["dice"] > 0.5, json.dumps(report["per_class"])
 
 
+@pytest.mark.slow
 def test_fewmatch_on_real_acdc_slices(tmp_path):
     """The semi-supervised decoder on real slices: the unlabelled patient joins after the warm-up,
     and the heart is still found."""
@@ -55,7 +62,7 @@ def test_fewmatch_on_real_acdc_slices(tmp_path):
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=str(tmp_path / "cache"),
                       show_progress=False, precision="fp32")
     cfg = FewMatchConfig(steps=30, ema=0.0, val_every=15, views=2, warmup_steps=10, ramp_steps=5,
-                         unlabeled_batch=2)
+                         unlabeled_batch=2, test_mirroring=False, sam_refinement=False)
     result = fit("fewmatch", opts, cfg)
     log = [json.loads(line) for line in (tmp_path / "run" / "fit_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss_u" in r][0] == 11
