@@ -43,3 +43,24 @@ def test_foreign_folder_is_refused(tmp_path):
 def test_missing_run_is_a_clear_error(tmp_path):
     with pytest.raises(RunError, match="fewsam fit"):
         read_config(tmp_path / "nope")
+
+
+def test_a_run_older_than_an_option_resumes_with_its_default_and_not_with_another(tmp_path):
+    """An upgrade that adds an option must not strand unfinished runs: the stored config lacks the
+    option, which then counts as its default; asking another value is still refused."""
+    old = {"method": "samatch", "samatch": {"steps": 1000}, "train": {"steps": 1000}}
+    prepare_run_dir(tmp_path / "run", old)
+    defaults = {"samatch": {"steps": 1000, "patience": 0}, "train": {"steps": 1000, "patience": 0},
+                "other": {"x": 1}}
+    now = {"method": "samatch", "samatch": {"steps": 1000, "patience": 0}, "train": {"steps": 1000, "patience": 0}}
+    with pytest.raises(RunError, match="samatch.patience: unset -> 0"):
+        prepare_run_dir(tmp_path / "run", now)  # without the defaults: refused, as before
+    _, resuming = prepare_run_dir(tmp_path / "run", now, defaults)
+    assert resuming and read_config(tmp_path / "run") == {**old, "fewsam_version": read_config(tmp_path / "run")
+                                                          ["fewsam_version"]}  # config.json left as it was
+    stricter = {**now, "samatch": {"steps": 1000, "patience": 4}}
+    with pytest.raises(RunError, match="samatch.patience: 0 -> 4"):
+        prepare_run_dir(tmp_path / "run", stricter, defaults)
+    changed_old_option = {**now, "samatch": {"steps": 800, "patience": 0}}
+    with pytest.raises(RunError, match="samatch.steps: 1000 -> 800"):
+        prepare_run_dir(tmp_path / "run", changed_old_option, defaults)

@@ -79,8 +79,9 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
         # owns the folder and the other ranks use it once prepared).
         with ddp.run_folder(options.run) as folder:
             ctx = open_fit(options, spec.needs_sam(cfg))
-            run_dir = folder.prepare({"method": spec.name, **run_record(options, ctx), spec.name: asdict(cfg),
-                                      **cfg.derived_record(options.seed)})
+            run_dir = folder.prepare({"method": spec.name, **run_record(options, ctx),
+                                      **method_sections(spec, cfg, options.seed)},
+                                     defaults=method_sections(spec, spec.config(), options.seed))
             if ctx.fair is not None and ddp.is_main():
                 ctx.fair.save(run_dir)
             with fit_log(run_dir, spec.name):
@@ -88,6 +89,11 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
                 record(f"finished: best validation score {result.best_score:.4f} at step {result.best_step}, "
                        f"{result.seconds / 60:.1f} min in the training loop")
             return result
+
+
+def method_sections(spec: Method, cfg: Config, seed: int) -> dict[str, Any]:
+    """The sections of RUN/config.json that ``cfg`` gives: the method's own and those derived from it."""
+    return {spec.name: asdict(cfg), **cfg.derived_record(seed)}
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator
 from fewsam import __version__
 from fewsam.atomic import atomic_write_bytes, stale_temporaries
 from fewsam.errors import RunError
+from fewsam.progress import say_once
 
 CONFIG = "config.json"
 LAST = "checkpoint_last.pt"  # the resume state of the training loop
@@ -57,9 +58,9 @@ class RunFolder:
         self.new = not (self.path / CONFIG).exists()
         return self
 
-    def prepare(self, config: dict[str, Any]) -> Path:
+    def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
         """Write (or match) config.json, refuse damaged finished runs, clear what a kill left."""
-        path, resuming = prepare_run_dir(self.path, config)
+        path, resuming = prepare_run_dir(self.path, config, defaults)
         if resuming:
             _verify_finished(path)
         for tmp in stale_temporaries(path):
@@ -105,10 +106,10 @@ def _verify_finished(path: Path) -> None:
 
 
 @contextmanager
-def run_folder(run_dir: str | Path, config: dict[str, Any]) -> Iterator[Path]:
+def run_folder(run_dir: str | Path, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Iterator[Path]:
     """``RunFolder`` for a config known up front: locked, prepared, manifest written on success."""
     with RunFolder(run_dir) as folder:
-        yield folder.prepare(config)
+        yield folder.prepare(config, defaults)
 
 
 def _refuse_foreign(path: Path) -> None:
@@ -130,23 +131,45 @@ def _take_lock(path: Path) -> int:
     return fd
 
 
-def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> tuple[Path, bool]:
-    """Create RUN (or accept it for resuming). Returns (path, resuming)."""
+def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
+                    defaults: dict[str, Any] | None = None) -> tuple[Path, bool]:
+    """Create RUN (or accept it for resuming). Returns (path, resuming).
+
+    ``defaults``: the config's sections as the method's default settings give them. An option the
+    stored run predates (a fewsam upgrade added it) counts as set to its default there, because a
+    new option's default keeps the behaviour the run was fitted with; so an unfinished run still
+    resumes after an upgrade, unless the new option is asked with another value."""
     path = Path(run_dir)
     config = {**config, "fewsam_version": __version__}
     existing = path / CONFIG
     if existing.exists():
-        stored = read_config(path)
+        stored, predated = with_options_it_predates(read_config(path), defaults or {})
         _refuse_changed_data(path, stored, config)
         changed = config_differences(_comparable(stored), _comparable(json.loads(json.dumps(config))))
         if changed:
             raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
                            "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
+        if predated:
+            say_once(f"{path} was fitted before the options {', '.join(predated)} existed: resumed with "
+                     "their defaults, the behaviour it was fitted with")
         return path, True
     _refuse_foreign(path)
     path.mkdir(parents=True, exist_ok=True)
     write_json(existing, config)
     return path, False
+
+
+def with_options_it_predates(stored: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``stored`` with the options of ``defaults``'s sections that it lacks set to their defaults
+    (and their names, "section.name"); sections it lacks entirely are left out, not invented."""
+    filled = dict(stored)
+    names = []
+    for section, values in defaults.items():
+        if isinstance(values, dict) and isinstance(stored.get(section), dict):
+            missing = {k: v for k, v in values.items() if k not in stored[section]}
+            filled[section] = {**stored[section], **json.loads(json.dumps(missing))}
+            names += [f"{section}.{k}" for k in sorted(missing)]
+    return filled, names
 
 
 def config_differences(stored: dict[str, Any], requested: dict[str, Any], shown: int = 4) -> str:

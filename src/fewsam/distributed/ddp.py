@@ -156,7 +156,7 @@ class _Follower:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def prepare(self, config: dict[str, Any]) -> Path:
+    def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
         barrier()
         return self.path
 
@@ -167,8 +167,8 @@ class _Leader:
     def __init__(self, folder: Any) -> None:
         self.folder = folder
 
-    def prepare(self, config: dict[str, Any]) -> Path:
-        path = self.folder.prepare(config)
+    def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
+        path = self.folder.prepare(config, defaults)
         barrier()
         return path
 
