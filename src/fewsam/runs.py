@@ -136,9 +136,9 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
     """Create RUN (or accept it for resuming). Returns (path, resuming).
 
     ``defaults``: the config's sections as the method's default settings give them. An option the
-    stored run predates (a fewsam upgrade added it) counts as set to its default there, because a
-    new option's default keeps the behaviour the run was fitted with; so an unfinished run still
-    resumes after an upgrade, unless the new option is asked with another value."""
+    stored run predates (a fewsam upgrade added it) counts as set to its default there, and the fit
+    says which options those were: an unfinished run still resumes after an upgrade, while asking
+    a new option with another value is refused like any other change."""
     path = Path(run_dir)
     config = {**config, "fewsam_version": __version__}
     existing = path / CONFIG
@@ -150,8 +150,8 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
             raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
                            "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
         if predated:
-            say_once(f"{path} was fitted before the options {', '.join(predated)} existed: resumed with "
-                     "their defaults, the behaviour it was fitted with")
+            say_once(f"{path} was written before the options {', '.join(predated)} existed: resumed with "
+                     "their defaults")
         return path, True
     _refuse_foreign(path)
     path.mkdir(parents=True, exist_ok=True)
