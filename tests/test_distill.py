@@ -97,6 +97,7 @@ def _short_fit(data, cache, teacher_run, out) -> dict:
                                       str(teacher_run), "--steps", "2", "--val-every", "2", "--batch-size", "2",
                                       "--image-size", "32", "--cache", str(cache), "--out", str(out), *COMMON])
     assert result.exit_code == 0, result.output
+    assert "kept for prediction, chosen on validation: " in result.output  # beside the loop's best score
     return json.loads((out / "postprocess.json").read_text())
 
 
@@ -225,6 +226,10 @@ def test_a_kept_teacher_blend_copies_the_teacher_and_predicts_the_blend(teacher,
     out = tmp_path / "run"
     choice = _short_fit(data, cache, run, out)
     assert choice["teacher_blend"] and choice["val_dice_teacher_blend"] > choice["val_dice_student"]
+    kept = (out / "fit.log").read_text().splitlines()[-1]  # the kept score, not the loop's best, ends the log
+    assert kept.endswith(f"the teacher blend, largest components; validation Dice {choice['val_dice_teacher_blend']:.4f}"
+                         if choice["largest_component"] else
+                         f"the teacher blend; validation Dice {choice['val_dice_teacher_blend']:.4f}"), kept
     assert sorted(p.name for p in (out / "teacher").iterdir()) == [
         "checkpoint_best.pt", "config.json", "postprocess.json", "prompt_bank.pt"]
     assert distill.get_method("distill").predicts_from_pixels(out) is False

@@ -97,3 +97,15 @@ def test_predictor_mirrors_when_the_run_chose_it_and_needs_case_slices(lite, tmp
                           predict_mirrored(predictor.decoder, predictor.tokens, slices, [0, 1, 2]))
     with pytest.raises(TypeError, match="CaseSlices"):
         predictor.predict_case(_case(image), list(slices))
+
+
+def test_the_kept_line_names_each_choice_and_the_score_prediction_will_have():
+    from fewsam.inference import describe_kept
+
+    raw = {"cavity_rule": None, "largest_component": False, "val_dice_raw": 0.8, "val_dice_largest_component": 0.7}
+    assert describe_kept(raw) == ("kept for prediction, chosen on validation: the raw network output; "
+                                  "validation Dice 0.8000")
+    blended = {**raw, "cavity_rule": [2, 3, 1], "mirror": True, "teacher_blend": True, "largest_component": True,
+               "val_dice_largest_component": 0.88951, "val_dice_student": 0.87}
+    assert describe_kept(blended).endswith("the cavity rule, mirrored views, the teacher blend, largest components; "
+                                           "validation Dice 0.8895")

@@ -24,6 +24,7 @@ from fewsam.distributed import ddp
 from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError, Stopped
 from fewsam.fitting import open_fit, run_record
+from fewsam.inference import kept_line
 from fewsam.methods import Method, get_method
 from fewsam.models.precision import machine, resolve_precision
 from fewsam.models.registry import load_model
@@ -88,6 +89,9 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
                 result = spec.fit(ctx, cfg, run_dir)
                 record(f"finished: best validation score {result.best_score:.4f} at step {result.best_step}, "
                        f"{result.seconds / 60:.1f} min in the training loop")
+                kept = kept_line(run_dir) if ddp.is_main() else None
+                if kept:
+                    record(kept)
             return result
 
 

@@ -182,6 +182,7 @@ def _report_fit(result, run: Path) -> None:
     import resource
 
     from fewsam.distributed import launched_rank
+    from fewsam.inference import kept_line
 
     if launched_rank() != 0:
         return
@@ -191,6 +192,9 @@ def _report_fit(result, run: Path) -> None:
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     minutes = (time.perf_counter() - _STARTED) / 60
     out.print(f"best validation Dice {result.best_score:.4f} at step {result.best_step}; run in {run}")
+    kept = kept_line(Path(run))
+    if kept:
+        out.print(kept)
     out.print(f"wall time {minutes:.1f} min, peak memory {peak_gib:.2f} GiB")
 
 

@@ -5,7 +5,9 @@ Shared by every method: validation during fitting, ``fewsam predict`` and the po
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,6 +147,25 @@ def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any]) -> dict[s
 def chosen_val_dice(record: dict[str, Any]) -> float:
     """The validation Dice of a post-processing record's own choice (largest component or raw)."""
     return float(record["val_dice_largest_component"] if record["largest_component"] else record["val_dice_raw"])
+
+
+KEPT_STEPS = (("cavity_rule", "the cavity rule"), ("mirror", "mirrored views"), ("sam_refine", "SAM refinement"),
+              ("teacher_blend", "the teacher blend"), ("largest_component", "largest components"))
+
+
+def describe_kept(record: dict[str, Any]) -> str:
+    """One line on what a fitted run predicts with and the validation Dice that choice scored: the
+    training loop's best score is the raw network's, which mirroring, refinement or a blend may
+    raise, so a user reading only the loop's figure would under-rate the run."""
+    steps = [name for key, name in KEPT_STEPS if record.get(key)]
+    return (f"kept for prediction, chosen on validation: {', '.join(steps) or 'the raw network output'}; "
+            f"validation Dice {chosen_val_dice(record):.4f}")
+
+
+def kept_line(run_dir: Path) -> str | None:
+    """``describe_kept`` of RUN/postprocess.json; None for runs that make no such choice."""
+    post = Path(run_dir) / POSTPROCESS
+    return describe_kept(json.loads(post.read_text())) if post.is_file() else None
 
 
 def postprocessing_choice(predictions: list[tuple[Case, np.ndarray]], values: list[int],
