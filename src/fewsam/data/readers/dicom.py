@@ -117,22 +117,34 @@ def series_files(folder: Path) -> list[str]:
 
 def expected_slices(names: list[str]) -> int:
     """Files times the frames of the first (a multi-frame file holds a whole series)."""
+    size = _file_info(names[0]).GetSize()
+    return len(names) * (int(size[2]) if len(size) > 2 else 1)
+
+
+def _file_info(name: str) -> sitk.ImageFileReader:
+    """A reader that has read one DICOM file's header (size, components), not its pixels."""
     reader = sitk.ImageFileReader()
-    reader.SetFileName(names[0])
+    reader.SetFileName(name)
     try:
         with quiet_itk():
             reader.ReadImageInformation()
     except RuntimeError as err:
-        raise DataError(f"cannot read DICOM {names[0]}: {itk_message(err)}") from None
-    size = reader.GetSize()
-    return len(names) * (int(size[2]) if len(size) > 2 else 1)
+        raise DataError(f"cannot read DICOM {name}: {itk_message(err)}") from None
+    return reader
 
 
 def read_series(folder: Path) -> sitk.Image:
-    """The folder's series as one SimpleITK image (3D; a single slice has depth 1)."""
+    """The folder's series as one SimpleITK float32 image (3D; a single slice has depth 1).
+
+    Read as float32 because each file may carry its own rescale slope and intercept (PET, some
+    MR): ITK would otherwise store every slice in the first file's integer type and truncate
+    the others' rescaled values. Slices must be evenly spaced (``check_slice_spacing``)."""
     names = series_files(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
+    vector = _file_info(names[0]).GetNumberOfComponents() > 1
+    reader.SetOutputPixelType(sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         with quiet_itk():
             image = reader.Execute()
@@ -143,7 +155,46 @@ def read_series(folder: Path) -> sitk.Image:
     if image.GetDimension() != 3 or image.GetDepth() != expected_slices(names):
         raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
+    positions = [_tag_numbers(reader, i, "0020|0032") for i in range(len(names))]
+    check_slice_spacing(positions, image.GetDirection(), folder)
     return image
+
+
+def _tag_numbers(reader: sitk.ImageSeriesReader, index: int, tag: str) -> list[float] | None:
+    """A numeric multi-valued tag (``x\\y\\z``) of the series' ``index``-th file, None if absent."""
+    if not reader.HasMetaDataKey(index, tag):
+        return None
+    try:
+        return [float(v) for v in reader.GetMetaData(index, tag).split("\\")]
+    except ValueError:
+        return None
+
+
+SPACING_TOLERANCE = 0.1  # how far (as a fraction) one slice gap may differ from the typical gap
+
+
+def check_slice_spacing(positions: list[list[float] | None], direction: tuple[float, ...],
+                        folder: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal.
+
+    ITK stacks such a series at its average spacing, so every slice after a gap (a file lost
+    in a copy) sits in the wrong place and a prediction written on that geometry does not
+    overlay the series; two files at one position (several echoes or time points sharing a
+    series UID) would interleave two volumes. Series without positions (secondary captures)
+    or with fewer than three slices are left as they are."""
+    if len(positions) < 3 or any(p is None or len(p) != 3 for p in positions):
+        return
+    normal = np.asarray(direction, dtype=np.float64).reshape(3, 3)[:, 2]
+    along = np.asarray(positions, dtype=np.float64) @ normal
+    gaps = np.diff(along)
+    typical = float(np.median(np.abs(gaps)))
+    uneven = np.abs(np.abs(gaps) - typical) > SPACING_TOLERANCE * typical
+    if typical == 0 or uneven.any():
+        first = int(np.flatnonzero(uneven)[0]) if uneven.any() else 0
+        raise DataError(f"{folder}: its DICOM slices are not evenly spaced (gap of {abs(gaps[first]):.4g} mm "
+                        f"after slice {first + 1} of {len(positions)}, typical {typical:.4g} mm): a slice "
+                        "file is missing, or two share a position (echoes or time points in one series); "
+                        "restore the missing files or put each volume in its own folder")
 
 
 def _image_array(image: sitk.Image, folder: Path) -> np.ndarray:
@@ -176,9 +227,24 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
                             "(x, y, z); export the label on the series' grid")
         reference = sitk.Image(image.GetSize(), sitk.sitkUInt8)
         reference.CopyInformation(image)
+        stored = sitk.GetArrayFromImage(label)
         label = sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                               label.GetPixelID())
+        check_same_voxels(stored, sitk.GetArrayFromImage(label), path)
     return to_label_array(sitk.GetArrayFromImage(label), path)
+
+
+def check_same_voxels(stored: np.ndarray, resampled: np.ndarray, path: Path) -> None:
+    """A label in another axis order or orientation holds the series' voxels rearranged, so
+    resampling it onto the series keeps every value's count. One placed elsewhere (a label
+    written without the series' origin and direction, e.g. from a bare array) would come out
+    partly or wholly empty: refuse it rather than train on, or score against, that."""
+    before = np.unique(stored, return_counts=True)
+    after = np.unique(resampled, return_counts=True)
+    if not (np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])):
+        raise DataError(f"label {path} does not lie on its DICOM series (its origin, spacing or direction "
+                        "place it elsewhere); write the label with the series' geometry (e.g. SimpleITK's "
+                        "CopyInformation from the series)")
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -1,0 +1,109 @@
+"""Files as MONAI, nnU-Net, scanners and annotation tools write them: read with the right voxels
+and values, predictions written back on the input's own geometry, mistakes refused in one line."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam.errors import DataError
+
+from test_dicom import arrays, write_series
+
+AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 0.9, 0.0, -5.0], [0.0, 0.0, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def nifti_pair(root: Path, case: str, image: np.ndarray, label: np.ndarray, label_affine: np.ndarray,
+               image_affine: np.ndarray = AFFINE) -> None:
+    for folder, array, affine in (("images", image, image_affine), ("labels", label, label_affine)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(array, affine), root / folder / f"{case}.nii.gz")
+
+
+def volume(seed: int = 0, shape=(8, 9, 5)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape).astype(np.float32), rng.integers(0, 3, size=shape).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def _element(group: int, element: int, vr: str, value: bytes) -> bytes:
+    """One explicit-VR little-endian data element, its value padded to an even length."""
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB") else b" "
+    if vr in ("OB", "OW"):
+        return struct.pack("<HH2s2xI", group, element, vr.encode(), len(value)) + value
+    return struct.pack("<HH2sH", group, element, vr.encode(), len(value)) + value
+
+
+def write_dicom_slice(path: Path, pixels: np.ndarray, z: float, slope: float, intercept: float,
+                      series: str = "1.2.826.0.1.3680043.2.1125.5") -> None:
+    """A minimal MR DICOM file (uint16 pixels, 0.5 mm, axial at height ``z``) with its own
+    rescale slope and intercept: what a scanner writes per slice (PET, some MR)."""
+    instance = f"{series}.{int(z * 10) + 1}"
+    text = lambda s: str(s).encode()  # noqa: E731
+    us = lambda v: struct.pack("<H", v)  # noqa: E731
+    meta = (_element(0x0002, 0x0001, "OB", b"\0\1") + _element(0x0002, 0x0002, "UI", b"1.2.840.10008.5.1.4.1.1.4")
+            + _element(0x0002, 0x0003, "UI", text(instance)) + _element(0x0002, 0x0010, "UI", b"1.2.840.10008.1.2.1"))
+    rows, cols = pixels.shape
+    body = b"".join([
+        _element(0x0008, 0x0016, "UI", b"1.2.840.10008.5.1.4.1.1.4"), _element(0x0008, 0x0018, "UI", text(instance)),
+        _element(0x0008, 0x0060, "CS", b"MR"), _element(0x0010, 0x0020, "LO", b"p1"),
+        _element(0x0018, 0x0050, "DS", b"2"), _element(0x0020, 0x000D, "UI", text(series + ".1")),
+        _element(0x0020, 0x000E, "UI", text(series)), _element(0x0020, 0x0013, "IS", text(int(z))),
+        _element(0x0020, 0x0032, "DS", text(f"0\\0\\{z:g}")), _element(0x0020, 0x0037, "DS", b"1\\0\\0\\0\\1\\0"),
+        _element(0x0028, 0x0002, "US", us(1)), _element(0x0028, 0x0004, "CS", b"MONOCHROME2"),
+        _element(0x0028, 0x0010, "US", us(rows)), _element(0x0028, 0x0011, "US", us(cols)),
+        _element(0x0028, 0x0030, "DS", b"0.5\\0.5"), _element(0x0028, 0x0100, "US", us(16)),
+        _element(0x0028, 0x0101, "US", us(16)), _element(0x0028, 0x0102, "US", us(15)),
+        _element(0x0028, 0x0103, "US", us(0)), _element(0x0028, 0x1052, "DS", text(f"{intercept:g}")),
+        _element(0x0028, 0x1053, "DS", text(f"{slope:g}")),
+        _element(0x7FE0, 0x0010, "OW", pixels.astype("<u2").tobytes())])
+    group_length = _element(0x0002, 0x0000, "UL", b"")[:6] + struct.pack("<H", 4) + struct.pack("<I", len(meta))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + group_length + meta + body)
+
+
+def test_dicom_slices_with_their_own_rescale_keep_their_values(tmp_path):
+    rng = np.random.default_rng(2)
+    raw = rng.integers(0, 1000, size=(4, 6, 5))
+    slopes, intercepts = [1.0, 0.5, 2.5, 0.001], [0.0, 10.25, -100.0, 0.0]
+    for z in range(4):  # file names out of slice order: the slices are sorted by position
+        write_dicom_slice(tmp_path / "s" / f"IM{(z * 3) % 4}", raw[z], 2.0 * z, slopes[z], intercepts[z])
+    case = open_dataset(tmp_path).load("s")
+    expected = raw * np.array(slopes)[:, None, None] + np.array(intercepts)[:, None, None]
+    assert case.image.dtype == np.float32
+    np.testing.assert_allclose(case.image, expected, rtol=1e-6, atol=1e-6)
+    assert case.spacing == pytest.approx((2.0, 0.5, 0.5))
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    image, _ = arrays(0)
+    write_series(tmp_path / "s", image)
+    (tmp_path / "s" / "slice5.dcm").unlink()
+    with pytest.raises(DataError, match=r"not evenly spaced \(gap of 5 mm after slice 4 of 10, typical 2.5 mm\)"):
+        open_dataset(tmp_path).load("s")
+
+
+def test_a_dicom_series_with_junk_files_beside_it_reads(tmp_path):
+    image, _ = arrays(0)
+    write_series(tmp_path / "s", image)
+    (tmp_path / "s" / "notes.txt").write_text("scanner export")
+    (tmp_path / "s" / "broken.dcm").write_bytes(b"not dicom" * 20)
+    assert np.array_equal(open_dataset(tmp_path).load("s").image, image.astype(np.float32))
+
+
+def test_a_dicom_label_placed_off_the_series_is_refused(tmp_path):
+    image, label = arrays(0)
+    write_series(tmp_path / "s", image)
+    (tmp_path / "labels").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(tmp_path / "labels" / "s.nii.gz"))  # no geometry
+    with pytest.raises(DataError, match=r"labels/s.nii.gz does not lie on its DICOM series"):
+        open_dataset(tmp_path).load("s")
