@@ -31,6 +31,39 @@ def volume(seed: int = 0, shape=(8, 9, 5)) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=shape).astype(np.float32), rng.integers(0, 3, size=shape).astype(np.uint8)
 
 
+# ---------------------------------------------------------------- NIfTI label orientation
+
+
+def test_a_label_stored_in_another_orientation_is_read_on_the_image_grid(tmp_path):
+    image, label = volume()
+    flipped_x = AFFINE.copy()
+    flipped_x[0, 0], flipped_x[0, 3] = 0.8, 10.0 - 0.8 * 7  # same voxels, stored RAS instead of LAS
+    nifti_pair(tmp_path, "flip", image, label[::-1].copy(), flipped_x)
+    nifti_pair(tmp_path, "swap", image, label.transpose(1, 0, 2).copy(), AFFINE[:, [1, 0, 2, 3]])
+    flipped_z = AFFINE.copy()
+    flipped_z[2, 2], flipped_z[2, 3] = -3.0, 7.0 + 3.0 * 4
+    nifti_pair(tmp_path, "four", image, label[:, :, ::-1, None].copy(), flipped_z)  # (x, y, z, 1)
+    nifti_pair(tmp_path, "same", image, label, AFFINE)
+    ds = open_dataset(tmp_path)
+    for case in ("flip", "swap", "four", "same"):
+        assert np.array_equal(ds.load(case).label, label.transpose(2, 1, 0)), case
+
+
+def test_a_label_shifted_in_the_same_orientation_is_read_voxel_for_voxel(tmp_path):
+    image, label = volume()
+    shifted = AFFINE.copy()
+    shifted[:3, 3] += 50.0
+    nifti_pair(tmp_path, "c", image, label, shifted)
+    assert np.array_equal(open_dataset(tmp_path).load("c").label, label.transpose(2, 1, 0))
+
+
+def test_a_label_with_a_bare_affine_in_another_orientation_is_refused(tmp_path):
+    image, label = volume()
+    nifti_pair(tmp_path, "c", image, label, np.eye(4))  # np.eye: RAS at the origin, image LAS
+    with pytest.raises(DataError, match=r"labels/c.nii.gz is oriented RAS .*image's affine"):
+        open_dataset(tmp_path).load("c")
+
+
 # ---------------------------------------------------------------- DICOM
 
 

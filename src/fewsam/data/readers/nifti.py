@@ -106,7 +106,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
                      "slice direction; predictions are written back on the input's grid",
                      key=f"nifti-slice-axis-{axis}")
         image, dropped = _image_array(img, entry.image, axis)
-        label = None if entry.label is None else _label_array(entry.label, axis)
+        label = None if entry.label is None else _label_array(entry.label, axis, img)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
                 "slice_axis": axis, "itk": itk_geometry}
         spacing = tuple(zooms[a] for a in slice_order(axis))
@@ -234,13 +234,51 @@ def _image_array(img: Any, path: Path, axis: int) -> tuple[np.ndarray, int]:
     return to_slices(data, axis).astype(np.float32, copy=False), dropped
 
 
-def _label_array(path: Path, axis: int = 2) -> np.ndarray:
-    data = _data(_load(path), path)
+def _label_array(path: Path, axis: int = 2, image: Any = None) -> np.ndarray:
+    """A label file as (slices, rows, cols) uint8, on ``image``'s voxel grid when given."""
+    label = _load(path)
+    data = _data(label if image is None else on_image_grid(label, image, path), path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3):
         raise DataError(f"{path}: a label must be 2D or 3D, got shape {data.shape}")
     return to_slices(to_label_array(data, path), axis)
+
+
+AFFINE_TOLERANCE = 1e-3  # mm: NIfTI headers store float32, so one grid written twice may differ this much
+
+
+def on_image_grid(label: Any, image: Any, path: Path) -> Any:
+    """``label`` with its voxels in ``image``'s axis order and orientation.
+
+    Arrays are read without reorientation, so a label saved in another orientation (flipped, or
+    with its axes swapped, as some converters and viewers write them) would otherwise lie
+    mirrored or transposed under its image. Such a label is reoriented when that puts it exactly
+    on the image's grid, as a viewer overlays it. One in the image's orientation but placed
+    elsewhere (another origin) is read voxel for voxel, said once; one whose orientation
+    cannot be matched to the image's (a label written with a bare identity affine, say) is
+    refused, as no reading of it is safe."""
+    if len(label.shape) < 3 or len(image.shape) < 3 or _same_affine(label.affine, image.affine):
+        return label
+    turn = nib.orientations.ornt_transform(nib.orientations.io_orientation(label.affine),
+                                           nib.orientations.io_orientation(image.affine))
+    turned = label.as_reoriented(turn)
+    if turned.shape[:3] == image.shape[:3] and _same_affine(turned.affine, image.affine):
+        say_once(f"{path}: the label is stored in another orientation than its image "
+                 f"({''.join(nib.aff2axcodes(label.affine))} vs {''.join(nib.aff2axcodes(image.affine))}); "
+                 "it is reoriented onto the image's voxel grid", key="nifti-label-reoriented")
+        return turned
+    if (turn[:, 0] == np.arange(3)).all() and (turn[:, 1] == 1).all():
+        say_once(f"{path}: the label's affine differs from its image's (another origin or spacing) in the "
+                 "same orientation; it is read voxel for voxel on the image's grid", key="nifti-label-affine")
+        return label
+    raise DataError(f"label {path} is oriented {''.join(nib.aff2axcodes(label.affine))} and placed elsewhere "
+                    f"than its image ({''.join(nib.aff2axcodes(image.affine))}), so its voxels cannot be matched "
+                    "to the image's; save the label with the image's affine (as nnU-Net and the viewers expect)")
+
+
+def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.allclose(a, b, rtol=0, atol=AFFINE_TOLERANCE))
 
 
 def _read_splits(root: Path, labelled: list[str]) -> dict[str, list[str]]:
