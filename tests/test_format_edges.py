@@ -64,6 +64,45 @@ def test_a_label_with_a_bare_affine_in_another_orientation_is_refused(tmp_path):
         open_dataset(tmp_path).load("c")
 
 
+# ---------------------------------------------------------------- 2D NIfTI and MetaImage
+
+
+def test_a_2d_nifti_gets_a_2d_prediction_on_its_affine(tmp_path):
+    image, label = volume(shape=(8, 9))
+    nifti_pair(tmp_path / "data", "c", image, label, AFFINE)
+    case = open_dataset(tmp_path / "data").load("c")
+    assert case.image.shape == (1, 9, 8)
+    path = write_prediction(case, case.label, tmp_path / "pred")
+    written = nib.load(path)
+    assert written.shape == (8, 9) and written.get_data_dtype() == np.uint8
+    assert np.allclose(written.affine, AFFINE)
+    assert np.array_equal(np.asarray(written.dataobj), label)
+    assert np.array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+def test_a_2d_colour_metaimage_is_one_rgb_slice_and_its_prediction_keeps_the_geometry(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(9, 8, 3)).astype(np.uint8)
+    mask = rng.integers(0, 2, size=(9, 8)).astype(np.uint8)
+    root = tmp_path / "data"
+    for folder, array, vector in (("images", rgb, True), ("labels", mask, False)):
+        (root / folder).mkdir(parents=True)
+        itk = sitk.GetImageFromArray(array, isVector=vector)
+        itk.SetSpacing((0.8, 0.9))
+        itk.SetOrigin((10.0, -5.0))
+        itk.SetDirection((0.0, -1.0, 1.0, 0.0))
+        sitk.WriteImage(itk, str(root / folder / "c.mha"))
+    case = open_dataset(root).load("c")
+    assert case.image.shape == (1, 9, 8, 3)
+    assert np.array_equal(case.image[0], rgb.astype(np.float32))
+    assert np.array_equal(case.label[0], mask)
+    written = sitk.ReadImage(str(write_prediction(case, case.label, tmp_path / "pred")))
+    assert written.GetSize() == (8, 9) and written.GetPixelID() == sitk.sitkUInt8
+    assert (written.GetSpacing(), written.GetOrigin(), written.GetDirection()) == \
+        ((0.8, 0.9), (10.0, -5.0), (0.0, -1.0, 1.0, 0.0))
+    assert np.array_equal(sitk.GetArrayFromImage(written), mask)
+
+
 # ---------------------------------------------------------------- DICOM
 
 

@@ -118,6 +118,8 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
         affine = np.diag([x, y, z, 1.0])
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     array = from_slices(pred, case.meta.get("slice_axis", 2))
+    if header is not None and len(header.get_data_shape()) == 2:
+        array = array[:, :, 0]  # a 2D image gets a 2D label, not (x, y, 1)
     img = image_class(array, affine, header.copy() if header is not None else None)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)

@@ -69,6 +69,9 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     array = sitk.GetArrayFromImage(image)  # (z,) y, x (, channels)
     spatial = tuple(range(dims))[::-1]
     xyz = array.transpose(*spatial, *range(dims, array.ndim))
+    components = image.GetNumberOfComponentsPerPixel()
+    if dims == 2 and components > 1:  # a 2D colour image: one slice, its channels on the 4th axis
+        xyz = xyz[:, :, None, :]
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims)
     linear = np.eye(3)
     linear[:dims, :dims] = direction @ np.diag(image.GetSpacing())
@@ -77,7 +80,8 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     affine = np.eye(4)
     affine[:3, :3], affine[:3, 3] = LPS_TO_RAS @ linear, LPS_TO_RAS @ origin
     geometry = {"origin": image.GetOrigin(), "spacing": image.GetSpacing(), "direction": image.GetDirection(),
-                "dimension": dims, "ending": _ONE_FILE[itk_ending(path.name) or ".mha"]}
+                "dimension": dims, "components": components,
+                "ending": _ONE_FILE[itk_ending(path.name) or ".mha"]}
     return nib.Nifti1Image(np.ascontiguousarray(xyz), affine), geometry
 
 

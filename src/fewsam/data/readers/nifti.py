@@ -105,7 +105,8 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
                      f"(z: {zooms[2]:g} mm), so its slices are cut along {'xy'[axis]}, the acquisition's "
                      "slice direction; predictions are written back on the input's grid",
                      key=f"nifti-slice-axis-{axis}")
-        image, dropped = _image_array(img, entry.image, axis)
+        rgb = bool(itk_geometry) and itk_geometry.get("components") in (3, 4)
+        image, dropped = _image_array(img, entry.image, axis, rgb)
         label = None if entry.label is None else _label_array(entry.label, axis, img)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
                 "slice_axis": axis, "itk": itk_geometry}
@@ -220,9 +221,14 @@ def _data(img: Any, path: Path, dtype: Any = None) -> np.ndarray:
         raise DataError(f"cannot read NIfTI {path} (truncated?): {err}") from None
 
 
-def _image_array(img: Any, path: Path, axis: int) -> tuple[np.ndarray, int]:
+def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np.ndarray, int]:
+    """(slices, rows, cols) float32, or (slices, rows, cols, 3) for an ``rgb`` (ITK RGB or RGBA
+    pixel) image; the number of 4th-axis volumes left out."""
     data = _data(img, path, np.float32)
     dropped = 0
+    if rgb and data.ndim == 4:
+        channels = [to_slices(data[..., c], axis) for c in range(3)]
+        return np.stack(channels, axis=-1).astype(np.float32, copy=False), 0
     if data.ndim == 4:
         data, dropped = data[..., 0], data.shape[3] - 1
         if dropped:
