@@ -3,6 +3,7 @@ and values, predictions written back on the input's own geometry, mistakes refus
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 
+from fewsam import progress
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.errors import DataError
 
@@ -179,3 +182,35 @@ def test_a_dicom_label_placed_off_the_series_is_refused(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(label), str(tmp_path / "labels" / "s.nii.gz"))  # no geometry
     with pytest.raises(DataError, match=r"labels/s.nii.gz does not lie on its DICOM series"):
         open_dataset(tmp_path).load("s")
+
+
+# ---------------------------------------------------------------- 2D image folders
+
+
+@pytest.mark.parametrize("top", [1, 255])
+def test_binary_masks_get_predictions_in_their_own_values(tmp_path, top):
+    rng = np.random.default_rng(3)
+    masks = [np.zeros((6, 7), np.uint8)] + [(rng.random((6, 7)) > 0.5).astype(np.uint8) * top for _ in range(2)]
+    for i, mask in enumerate(masks):  # the first mask is empty: the coding comes from the next
+        (tmp_path / "data" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "masks").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (6, 7)).astype(np.uint8)).save(tmp_path / "data" / "images" / f"a{i}.png")
+        Image.fromarray(mask).save(tmp_path / "data" / "masks" / f"a{i}.png")
+    case = open_dataset(tmp_path / "data").load("images/a1")
+    assert np.array_equal(case.label[0], masks[1] > 0)
+    written = np.asarray(Image.open(write_prediction(case, case.label, tmp_path / "pred")))
+    assert np.array_equal(written, masks[1])
+    assert np.array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+def test_a_multi_page_tiff_is_read_as_its_first_page_and_said(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(progress, "_said", {})
+    pages = [Image.fromarray(np.full((6, 7), 10 * (i + 1), np.uint8)) for i in range(3)]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    pages[0].save(tmp_path / "images" / "a.tif", save_all=True, append_images=pages[1:])
+    Image.fromarray(np.eye(6, 7, dtype=np.uint8) * 255).save(tmp_path / "masks" / "a.png")
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        case = open_dataset(tmp_path).load("images/a")
+    assert case.image.shape == (1, 6, 7) and (case.image == 10).all()
+    assert any("a.tif holds 3 pages (a stack)" in r.getMessage() for r in caplog.records)

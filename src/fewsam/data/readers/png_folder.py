@@ -67,6 +67,7 @@ from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset
                                         read_json_object)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's names for JPEG files (MPO: a camera's multi-picture JPEG)
@@ -211,7 +212,22 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
             if word in hint:
                 return style
     rgb = bool(entries) and _has_colour(entries[0].image)
-    return _palette_style(root, rows, rgb) or binary_style("generic", "foreground", rgb=rgb)
+    return _palette_style(root, rows, rgb) or _generic_style(root, rows, rgb)
+
+
+def _generic_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyle:
+    """Binary masks as the dataset stores them: 0/255, or 0/1 (nnU-Net's and many converters'
+    PNG labels), judged by the first mask with any foreground (lossy JPEG masks keep 0/255).
+    Predictions are written in the same values, so they compare with the dataset's own masks."""
+    style = binary_style("generic", "foreground", rgb=rgb)
+    for path in (path for row in rows for path in _mask_paths(root, row) if path.is_file()):
+        pixels, lossy = read_mask_file(path)
+        top = int(pixels.max(initial=0))
+        if top == 1 and not lossy:
+            return PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, rgb)
+        if top or lossy:
+            break
+    return style
 
 
 def _palette_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyle | None:
@@ -504,7 +520,18 @@ def _decode(path: Path, convert: Any) -> Any:
 
 def read_image(path: Path, rgb: bool) -> np.ndarray:
     """(H, W) float32 greyscale or (H, W, 3) float32 RGB; 16-bit and float files keep their values."""
-    return _decode(path, lambda im: _image_array(im, rgb, path))
+    return _decode(path, lambda im: _image_array(_first_page(im, path), rgb, path))
+
+
+def _first_page(im: Image.Image, path: Path) -> Image.Image:
+    """A multi-page file (a TIFF stack) is read as its first page, and said once: this layout is
+    2D, so the other pages would otherwise be left out without a word."""
+    pages = int(getattr(im, "n_frames", 1))
+    if pages > 1:
+        say_once(f"{path} holds {pages} pages (a stack): fewsam reads 2D image files as their first page; "
+                 "save each page as its own file, or the stack as a NIfTI volume, to segment them all",
+                 key="png-multipage")
+    return im
 
 
 def _image_array(im: Image.Image, rgb: bool, path: Path) -> np.ndarray:
@@ -566,6 +593,7 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
     """
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
         lossy = im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
+        _first_page(im, path)
         if im.mode == "P" and _colour_palette(im):
             return np.asarray(im), lossy
         return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
