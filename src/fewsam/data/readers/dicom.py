@@ -14,7 +14,9 @@ slices by position), or (D, H, W, 3) for colour series; spacing is (z, y, x) in 
 keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
 3D Slicer or ITK-SNAP. A label on the series' grid is taken as is; one holding the same voxels
-in another axis order or orientation is resampled onto the series (nearest neighbour).
+in another axis order or orientation is resampled onto the series (nearest neighbour); one placed
+elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
+intercept; a series whose slices are not evenly spaced (a missing file) is refused.
 Splits: labelled cases naturally sorted, every 5th to "val"; unlabelled cases in "test";
 without any label, "val" holds every case.
 """

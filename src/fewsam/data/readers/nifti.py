@@ -17,7 +17,9 @@ without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume 
 axis is x or y (a sagittal or coronal series stored that way) is cut along that axis instead
 (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane axis. ``meta`` keeps the
 image's affine, header and slice axis so predictions are written back on the same voxel grid and
-orientation.
+orientation (a 2D image gets a 2D prediction). A label stored in another orientation than its
+image is reoriented onto the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or
+NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
 ids with every 5th to "val"; "test" = imagesTs (or unlabelled plain images); without any label,
 "val" holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.

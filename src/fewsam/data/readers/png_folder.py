@@ -32,7 +32,8 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   -> {1: "prostate"}; images greyscale.
 - palette: masks saved as colour-palette PNGs (VOC-style tools, labelme): each palette index is
   a class, {i: "class<i>"} for the indices found in the masks; predictions keep the palette.
-- generic: masks 0/255 (or 0/1) -> {1: "foreground"}; RGB if the first image has colour.
+- generic: masks 0/255 (or 0/1) -> {1: "foreground"}, predictions in the same two values;
+  RGB if the first image has colour.
 The style is chosen from classes.json, else the index's ``task`` column, else BUSI markers
 (a ``pathology`` column or benign/malignant folders), else "fundus"/"prostate" in the path.
 JPEG masks are lossy (compression blurs 0/255 into 0-30 and 225-255): each of their pixels is
