@@ -3,6 +3,7 @@ and values, predictions written back on the input's own geometry, mistakes refus
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 from pathlib import Path
@@ -65,6 +66,18 @@ def test_a_label_with_a_bare_affine_in_another_orientation_is_refused(tmp_path):
     nifti_pair(tmp_path, "c", image, label, np.eye(4))  # np.eye: RAS at the origin, image LAS
     with pytest.raises(DataError, match=r"labels/c.nii.gz is oriented RAS .*image's affine"):
         open_dataset(tmp_path).load("c")
+
+
+def test_an_nnunet_ignore_label_is_refused_rather_than_learnt_as_a_class(tmp_path):
+    image, label = volume()
+    for folder, name, array in (("imagesTr", "c1_0000", image), ("labelsTr", "c1", label)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(array, AFFINE), tmp_path / folder / f"{name}.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "ignore": 2},
+        "numTraining": 1, "file_ending": ".nii.gz"}))
+    with pytest.raises(DataError, match=r"dataset.json: nnU-Net's 'ignore' label .* not supported"):
+        open_dataset(tmp_path)
 
 
 # ---------------------------------------------------------------- 2D NIfTI and MetaImage

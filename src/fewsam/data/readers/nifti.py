@@ -312,12 +312,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
-    """nnU-Net v2 {"background": 0, "RV": 1} or MSD {"0": "background", "1": "RV"}."""
+    """nnU-Net v2 {"background": 0, "RV": 1} or MSD {"0": "background", "1": "RV"}.
+
+    nnU-Net v2's "ignore" label marks unannotated voxels (sparse annotation) for its loss to skip;
+    fewsam has no such label and would learn it as an organ, so it is refused."""
     names: dict[int, str] = {}
     for key, value in labels.items():
         if isinstance(value, list):
             raise DataError(f"{path}: region-based label {key!r} is not supported; "
                             "give one integer per class")
+        if key == "ignore":
+            raise DataError(f"{path}: nnU-Net's 'ignore' label (unannotated voxels) is not supported, as fewsam "
+                            "would learn it as a class; annotate those voxels, or leave such cases out")
         try:
             code, name = (int(key), str(value)) if str(key).lstrip("-").isdigit() else (int(value), key)
         except (TypeError, ValueError):
