@@ -80,6 +80,24 @@ def test_an_nnunet_ignore_label_is_refused_rather_than_learnt_as_a_class(tmp_pat
         open_dataset(tmp_path)
 
 
+def test_an_nnunet_training_image_without_a_label_is_said_and_left_unlabelled(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(progress, "_said", {})
+    image, label = volume()
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    for case in ("c1", "c2", "c3"):
+        nib.save(nib.Nifti1Image(image, AFFINE), tmp_path / "imagesTr" / f"{case}_0000.nii.gz")
+    for case in ("c1", "c3"):
+        nib.save(nib.Nifti1Image(label, AFFINE), tmp_path / "labelsTr" / f"{case}.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2},
+        "numTraining": 3, "file_ending": ".nii.gz"}))
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        dataset = open_dataset(tmp_path)
+    assert any("1 training image(s) have no label file (c2)" in r.getMessage() for r in caplog.records)
+    assert dataset.load("c2").label is None and dataset.load("c1").label is not None
+
+
 # ---------------------------------------------------------------- 2D NIfTI and MetaImage
 
 

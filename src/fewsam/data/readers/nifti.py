@@ -354,6 +354,7 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         entries = [_entry(p, root / "labelsTr" / f"{c}{ending}", c)
                    for p, c in _channel0(root / "imagesTr", ending)]
         test_cases = _channel0(root / "imagesTs", ending)
+    _say_unlabelled_training(root, entries)
     known = {e.case_id for e in entries}
     test_ids = []
     for path, case in test_cases:
@@ -361,6 +362,16 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
     return entries, test_ids
+
+
+def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
+    """nnU-Net expects a label for every training image; one without is left out of the
+    train/val splits (it is still read as an unlabelled case), which a user should hear."""
+    missing = [e.case_id for e in entries if e.label is None]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        say_once(f"{root}: {len(missing)} training image(s) have no label file ({shown}); they are left out of "
+                 "the train and val splits and used as unlabelled cases", key="nifti-training-unlabelled")
 
 
 def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
