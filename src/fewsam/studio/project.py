@@ -40,7 +40,7 @@ from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
 from fewsam.data.writers import prediction_path
-from fewsam.studio.errors import BadLabel, NotFound, StudioError
+from fewsam.studio.errors import BadLabel, Conflict, NotFound, StudioError
 
 STATE = "labelled.json"
 LABELS = "labels"
@@ -335,11 +335,13 @@ class Project:
     def export(self) -> dict[str, Any]:
         """PROJECT/export: each labelled case's labels in the dataset's own format and geometry (NIfTI
         with the image's affine and header, PNG in the dataset's mask coding, ...), unlabelled slices 0,
-        and labelled_slices.json saying which slices hold labels. Replaces the previous export whole."""
+        and labelled_slices.json saying which slices hold labels. Replaces the previous export whole, and
+        refuses (before writing anything) when PROJECT/export holds anything an export did not write."""
         labelled = self.labelled()
         if not labelled:
             raise StudioError("no slice is labelled yet; nothing to export")
         target = self.folder / EXPORT
+        check_export_target(target)
         staging = self.folder / f".{EXPORT}.partial-{secrets.token_hex(4)}"
         try:
             files = self._write_export(staging, labelled)
@@ -368,16 +370,49 @@ class Project:
         return files
 
 
+def exported_files(folder: Path) -> set[str]:
+    """The files a previous export wrote in ``folder`` (posix paths relative to it), from its manifest;
+    empty when there is no readable manifest."""
+    try:
+        manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
+        return {EXPORT_MANIFEST, *(str(entry["file"]) for entry in manifest["cases"].values())}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def check_export_target(target: Path) -> None:
+    """An export replaces ``target`` whole, so it may only replace an earlier export: a file, a link or
+    a folder holding files no export wrote (the user's own) is refused with Conflict, not deleted."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise Conflict(f"{target} is not a folder an export wrote; move it away, then export again")
+    ours = exported_files(target)
+    foreign = sorted(p.relative_to(target).as_posix() for p in target.rglob("*")
+                     if not p.is_dir() or p.is_symlink())
+    foreign = [name for name in foreign if name not in ours]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise Conflict(f"{target} holds files an export did not write ({shown}); the export replaces that "
+                       "folder whole, so move them out, then export again")
+
+
 def _swap_in(staging: Path, target: Path) -> None:
-    """Put a finished folder in place of ``target``: the old one is moved aside, then removed."""
+    """Put a finished folder in place of ``target``: the old one is moved aside, then removed (and put
+    back if the new one cannot take its place, so a failed export leaves the previous one)."""
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
         target.rename(old)
-    staging.rename(target)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["Prediction", "Project", "case_key", "check_project_folder", "check_writable_folder", "default_project",
-           "encode_prediction"]
+__all__ = ["Prediction", "Project", "case_key", "check_export_target", "check_project_folder", "check_writable_folder",
+           "default_project", "encode_prediction"]
