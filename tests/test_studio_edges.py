@@ -1,15 +1,18 @@
-"""fewsam studio against clumsy or hostile input: the user's own files beside the project.
-Each answer is an HTTP error with a readable message, and nothing of the user's is overwritten or deleted."""
+"""fewsam studio against clumsy or hostile input: the user's own files beside the project, damaged
+project files. Each answer is an HTTP error with a readable message (or a one-line StudioError at
+start), never a 500 with a Python exception, and nothing of the user's is overwritten or deleted."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fewsam.studio.project import Project, _swap_in
-from test_studio_api import CASE, data, make_client, painted  # noqa: F401  (data: fixture)
+from fewsam.studio.errors import StudioError
+from fewsam.studio.project import LATEST_RUN, STATE, Project, _swap_in, case_key, encode_prediction
+from test_studio_api import CASE, H, W, data, make_client, painted  # noqa: F401  (data: fixture)
 
 
 def labelled_project(data: Path, folder: Path) -> Path:
@@ -64,3 +67,75 @@ def test_a_failed_swap_puts_the_previous_export_back(tmp_path):
         _swap_in(tmp_path / "staging-that-vanished", target)
     assert (target / "old.nii.gz").read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+# --- the project folder and its files --------------------------------------------------------
+
+
+def test_a_folder_holding_someone_elses_labels_is_not_taken_as_a_project(data, tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "labels").mkdir(parents=True)
+    (folder / "labels" / f"{CASE}.nii.gz").write_bytes(b"someone else's labels")
+    with pytest.raises(StudioError, match="not a studio project but already holds labels"):
+        Project(data, folder)
+    assert (folder / "labels" / f"{CASE}.nii.gz").read_bytes() == b"someone else's labels"
+    (folder / "unrelated.txt").write_text("x")
+    Project(data, tmp_path / "other")  # a new folder, or one with only unrelated files, is fine
+    (folder / "labels" / f"{CASE}.nii.gz").unlink()
+    (folder / "labels").rmdir()
+    Project(data, folder)
+
+
+@pytest.mark.parametrize("slices, words", [
+    ([0, 7], "lists slice(s) [7] of phantom_000, which has 3 slice(s)"),
+    ([-1], "lists slice(s) [-1]"),
+    ([True], "whole numbers"),
+    ([1.5], "whole numbers"),
+    ("[1e400]", "whole numbers"),
+    ('"0"', "whole numbers"),
+])
+def test_a_state_file_naming_slices_that_are_not_there_is_refused(data, tmp_path, slices, words):
+    project = labelled_project(data, tmp_path / "project")
+    text = (project / STATE).read_text()
+    state = json.loads(text)
+    state["slices"][CASE] = "__SLICES__"
+    raw = slices if isinstance(slices, str) else json.dumps(slices)
+    (project / STATE).write_text(json.dumps(state).replace('"__SLICES__"', raw))
+    with pytest.raises(StudioError, match="restore") as refused:
+        Project(data, project)
+    assert words in str(refused.value)
+
+
+def test_a_state_path_that_is_a_folder_is_refused_at_start(data, tmp_path):
+    (tmp_path / "project" / STATE).mkdir(parents=True)
+    with pytest.raises(StudioError, match="cannot read .*Is a directory"):
+        Project(data, tmp_path / "project")
+
+
+@pytest.mark.parametrize("record", [{"fit": 5, "run": "x"}, {"fit": ["fit-0001"], "run": "x"},
+                                    {"fit": "../../outside", "run": "x"}, {"fit": "..", "run": "x"},
+                                    {"fit": "fit-0001", "run": None}, ["fit-0001"]])
+def test_a_latest_run_record_that_names_no_plain_fit_is_ignored(data, tmp_path, record):
+    project = labelled_project(data, tmp_path / "project")
+    (project / LATEST_RUN).write_text(json.dumps(record))
+    with make_client(data, project) as client:
+        assert client.get("/api/info").json()["latest_fit"] is None
+        assert client.get("/api/slice", params={"case": CASE, "z": 0}).json()["prediction"] is None
+        assert client.get("/api/suggest").status_code == 404
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"PK\x03\x04 not a zip", "cannot read prediction"),
+    (encode_prediction(CASE, "fit-0001", np.zeros((1, H, W)), np.zeros(1)), "but phantom_000 has 3 slice(s)"),
+])
+def test_a_damaged_prediction_is_a_clear_error(data, tmp_path, content, words):
+    project = labelled_project(data, tmp_path / "project")
+    (project / "predictions" / "fit-0001").mkdir(parents=True)
+    (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "run")}))
+    (project / "predictions" / "fit-0001" / f"{case_key(CASE)}.npz").write_bytes(content)
+    with make_client(data, project) as client:
+        for response in (client.get("/api/slice", params={"case": CASE, "z": 2}),
+                         client.post("/api/accept", params={"case": CASE, "z": 2}), client.get("/api/suggest")):
+            assert response.status_code == 400
+            assert words in response.json()["detail"] and "predict this case again" in response.json()["detail"]
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]

@@ -28,6 +28,7 @@ import json
 import secrets
 import shutil
 import threading
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,11 +73,41 @@ def check_project_folder(project: Path, data: Path) -> None:
     if target == root or root in target.parents:
         raise StudioError(f"--project {project} lies inside the dataset {root}; the studio never writes "
                           f"into the dataset: give a folder outside it (default {default_project(data)})")
+    check_not_foreign(target)
+
+
+def check_not_foreign(folder: Path) -> None:
+    """A folder that is not yet a studio project (no labelled.json, no studio.log) but holds entries
+    with the names the studio writes (labels/, export/, ...) holds someone else's files there: the
+    studio would read them as its own and overwrite or replace them, so it refuses the folder."""
+    if (folder / STATE).exists() or (folder / LOG).exists():
+        return
+    taken = [name for name in (LABELS, FITS, PREDICTIONS, EXPORT, JOBS, LATEST_RUN) if (folder / name).exists()]
+    if taken:
+        raise StudioError(f"--project {folder} is not a studio project but already holds {', '.join(taken)}, "
+                          "which the studio would write over; give a new or empty --project folder")
+
+
+def slice_numbers(value: object) -> set[int]:
+    """The slice numbers of one case in PROJECT/labelled.json: a list of JSON integers, else ValueError
+    (``int()`` would turn true into 1, 1.7 into 1 and 1e400 into an OverflowError)."""
+    if not isinstance(value, list) or not all(isinstance(z, int) and not isinstance(z, bool) for z in value):
+        raise ValueError(f"slice numbers must be a list of whole numbers, not {json.dumps(value)[:80]}")
+    return set(value)
 
 
 def case_key(case_id: str) -> str:
     """A file-name-safe key for a case id (ids may hold '/' and spaces): a short hash."""
     return hashlib.sha256(case_id.encode()).hexdigest()[:20]
+
+
+def is_run_record(record: object) -> bool:
+    """Whether PROJECT/latest_run.json names a fit the studio can use: ``fit`` a plain folder name (it
+    becomes part of a path under PROJECT/predictions) and ``run`` a path, both strings."""
+    if not isinstance(record, dict):
+        return False
+    fit, run = record.get("fit"), record.get("run")
+    return isinstance(fit, str) and isinstance(run, str) and fit not in ("", ".", "..") and Path(fit).name == fit
 
 
 @dataclass(frozen=True)
@@ -174,18 +205,30 @@ class Project:
     def _read_state(self) -> dict[str, set[int]]:
         """PROJECT/labelled.json; refuses a project made for another dataset (its labels would not fit)."""
         path = self.folder / STATE
-        if not path.is_file():
+        if not path.exists():
             return {}
         try:
             state = json.loads(path.read_text())
             recorded = Path(state["data"])
-            slices = {str(c): {int(z) for z in zs} for c, zs in state["slices"].items()}
+            slices = {str(c): slice_numbers(zs) for c, zs in state["slices"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise StudioError(f"cannot read {path} ({err}); restore it, or give another --project") from None
         if recorded != self.data:
             raise StudioError(f"--project {self.folder} holds labels of {recorded}, not of {self.data}; "
                               "give another --project for this dataset")
-        return {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
+        slices = {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
+        for case_id, zs in slices.items():
+            self._check_recorded_slices(path, case_id, zs)
+        return slices
+
+    def _check_recorded_slices(self, path: Path, case_id: str, zs: set[int]) -> None:
+        """A hand-edited or damaged state file may name slices the case lacks; used as they are, they
+        would fail every later fit and export (or, negative, silently mean the last slices)."""
+        n = self.num_slices(case_id)
+        outside = sorted(z for z in zs if not 0 <= z < n)
+        if outside:
+            raise StudioError(f"{path} lists slice(s) {outside} of {case_id}, which has {n} slice(s) numbered 0 "
+                              f"to {n - 1}; restore the file, or give another --project")
 
     def _write_state(self) -> None:
         state = {"data": str(self.data), "classes": self.class_map.to_json(),
@@ -261,9 +304,9 @@ class Project:
             return None
         try:
             record = json.loads(path.read_text())
-            return record if isinstance(record, dict) and "fit" in record and "run" in record else None
         except (OSError, ValueError):
             return None
+        return record if is_run_record(record) else None
 
     def prediction_file(self, fit: str, case_id: str) -> Path:
         return self.folder / PREDICTIONS / fit / f"{case_key(case_id)}.npz"
@@ -278,9 +321,14 @@ class Project:
             return None
         try:
             with np.load(path, allow_pickle=False) as f:
-                return Prediction(latest["fit"], np.asarray(f["labels"]), np.asarray(f["entropy"]))
-        except (OSError, ValueError, KeyError) as err:
+                labels, entropy = np.asarray(f["labels"]), np.asarray(f["entropy"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
             raise StudioError(f"cannot read prediction {path} ({err}); predict this case again") from None
+        n = self.num_slices(case_id)
+        if labels.ndim != 3 or labels.shape[0] != n or entropy.shape != (n,):
+            raise StudioError(f"prediction {path} holds {labels.shape} labels and {entropy.shape} entropies, but "
+                              f"{case_id} has {n} slice(s); predict this case again")
+        return Prediction(latest["fit"], labels, entropy)
 
     def predicted_cases(self) -> list[str]:
         latest = self.latest_run()
@@ -414,5 +462,5 @@ def _swap_in(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["Prediction", "Project", "case_key", "check_export_target", "check_project_folder", "check_writable_folder",
-           "default_project", "encode_prediction"]
+__all__ = ["Prediction", "Project", "case_key", "check_export_target", "check_not_foreign", "check_project_folder",
+           "check_writable_folder", "default_project", "encode_prediction"]
