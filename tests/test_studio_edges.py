@@ -1,9 +1,11 @@
 """fewsam studio against clumsy or hostile input: the user's own files beside the project, damaged
-project files. Each answer is an HTTP error with a readable message (or a one-line StudioError at
-start), never a 500 with a Python exception, and nothing of the user's is overwritten or deleted."""
+project files, bodies without a length, bodies that are not JSON, files that cannot be written.
+Each answer is an HTTP error with a readable message (or a one-line StudioError at start), never a
+500 with a Python exception, and nothing of the user's is overwritten or deleted."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -11,14 +13,20 @@ import numpy as np
 import pytest
 
 from fewsam.studio.errors import StudioError
-from fewsam.studio.project import LATEST_RUN, STATE, Project, _swap_in, case_key, encode_prediction
-from test_studio_api import CASE, H, W, data, make_client, painted  # noqa: F401  (data: fixture)
+from fewsam.studio.project import LATEST_RUN, LOG, STATE, Project, _swap_in, case_key, encode_prediction
+from test_studio_api import CASE, H, SLEEPER, W, data, make_client, painted, put, python  # noqa: F401  (data: fixture)
 
 
 def labelled_project(data: Path, folder: Path) -> Path:
     """A project with slice 0 of CASE labelled (every class), written without a server."""
     Project(data, folder).save_slice(CASE, 0, painted())
     return folder
+
+
+def chunks(total: int, size: int = 100):
+    """A body sent without Content-Length (chunked), as a client that streams it does."""
+    for _ in range(total // size):
+        yield b" " * size
 
 
 # --- export never replaces what it did not write ---------------------------------------------
@@ -112,6 +120,13 @@ def test_a_state_path_that_is_a_folder_is_refused_at_start(data, tmp_path):
         Project(data, tmp_path / "project")
 
 
+def test_a_log_that_cannot_be_written_does_not_stop_the_studio(data, tmp_path):
+    (tmp_path / "project" / LOG).mkdir(parents=True)  # e.g. a studio.log another user owns
+    with make_client(data, tmp_path / "project") as client:
+        assert put(client, painted()).status_code == 200
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+
+
 @pytest.mark.parametrize("record", [{"fit": 5, "run": "x"}, {"fit": ["fit-0001"], "run": "x"},
                                     {"fit": "../../outside", "run": "x"}, {"fit": "..", "run": "x"},
                                     {"fit": "fit-0001", "run": None}, ["fit-0001"]])
@@ -139,3 +154,43 @@ def test_a_damaged_prediction_is_a_clear_error(data, tmp_path, content, words):
             assert response.status_code == 400
             assert words in response.json()["detail"] and "predict this case again" in response.json()["detail"]
         assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+
+
+@pytest.mark.parametrize("code, status, words", [(errno.ENOSPC, 507, "the disk is full"),
+                                                 (errno.EACCES, 500, "is writable")])
+def test_a_file_the_studio_cannot_write_is_a_clear_error(data, tmp_path, monkeypatch, code, status, words):
+    def refuse(case, volume, folder):
+        raise OSError(code, "refused", str(folder / "x.nii.gz"))
+
+    monkeypatch.setattr("fewsam.studio.project.write_prediction", refuse)
+    with make_client(data, tmp_path / "project") as client:
+        response = put(client, painted())
+        detail = response.json()["detail"]
+        assert response.status_code == status and words in detail and "x.nii.gz" in detail
+        assert "internal error" not in detail and "OSError" not in detail
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == []
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/fit", "/api/predict"])
+def test_a_body_without_length_is_capped_on_every_endpoint(data, tmp_path, path):
+    with make_client(data, tmp_path / "project", max_upload=1000, worker_argv=python(SLEEPER)) as client:
+        put_small = client.put("/api/label", params={"case": CASE, "z": 0, "h": H, "w": W}, content=chunks(900))
+        assert put_small.status_code == 422  # under the cap: read, then judged by its size
+        response = client.post(path, content=chunks(3000), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413 and "cap of 1000 bytes" in response.json()["detail"]
+        assert client.get("/api/job").json() == {"state": "idle"}
+
+
+@pytest.mark.parametrize("body", [b"{bad", b"\xff\xfe", b'{"steps": 4,}'])
+def test_a_body_that_is_not_json_says_so(studio_client, body):
+    response = studio_client.post("/api/fit", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "the request body is not valid JSON" in response.json()["detail"]
+
+
+@pytest.fixture
+def studio_client(data, tmp_path):
+    with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
+        yield client
