@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,40 @@ def test_export_refuses_a_file_or_link_where_its_folder_goes(data, tmp_path):
         (project / "export").symlink_to(elsewhere)
         assert client.post("/api/export").status_code == 409
         assert (project / "export").is_symlink() and elsewhere.is_dir()
+
+
+def test_exports_at_once_take_turns_and_leave_one_complete_export(data, tmp_path, monkeypatch):
+    project = Project(data, tmp_path / "project")
+    project.save_slice(CASE, 0, painted())
+    write, inside, most = Project._write_export, [0], [0]
+
+    def slow_write(self, folder, labelled):  # long enough for every thread to arrive while one writes
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        try:
+            return write(self, folder, labelled)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(Project, "_write_export", slow_write)
+    results: list[object] = []
+
+    def export() -> None:
+        try:
+            results.append(project.export()["files"])
+        except Exception as err:  # noqa: BLE001  (any failure is the finding)
+            results.append(err)
+
+    threads = [threading.Thread(target=export) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1 and results == [[f"{CASE}.nii.gz"]] * 3
+    assert sorted(p.name for p in project.folder.iterdir()) == ["export", "labelled.json", "labels"]
+    assert sorted(p.name for p in (project.folder / "export").iterdir()) == ["labelled_slices.json",
+                                                                              f"{CASE}.nii.gz"]
 
 
 def test_a_failed_swap_puts_the_previous_export_back(tmp_path):

@@ -143,6 +143,7 @@ class Project:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.class_map = self._class_map()
         self.lock = threading.RLock()
+        self._export_lock = threading.Lock()  # one export at a time: each replaces PROJECT/export whole
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._slices: dict[str, int] = {}
         self._labelled = self._read_state()
@@ -389,14 +390,15 @@ class Project:
         if not labelled:
             raise StudioError("no slice is labelled yet; nothing to export")
         target = self.folder / EXPORT
-        check_export_target(target)
-        staging = self.folder / f".{EXPORT}.partial-{secrets.token_hex(4)}"
-        try:
-            files = self._write_export(staging, labelled)
-            _swap_in(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with self._export_lock:  # two at once (a double click) would swap folders under each other
+            check_export_target(target)
+            staging = self.folder / f".{EXPORT}.partial-{secrets.token_hex(4)}"
+            try:
+                files = self._write_export(staging, labelled)
+                _swap_in(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         return {"folder": str(target), "cases": len(files), "slices": sum(map(len, labelled.values())),
                 "files": files}
 
