@@ -38,11 +38,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from fewsam.config import DEFAULT_CACHE
-from fewsam.errors import FewsamError
-from fewsam.studio.errors import StudioError, TooLarge, status_of
+from fewsam.errors import FewsamError, is_disk_full
+from fewsam.studio.errors import StudioError, status_of
 from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
 from fewsam.studio.project import JOBS, LOG, Project
-from fewsam.studio.security import Guard, human_size
+from fewsam.studio.security import BodyCap, Guard
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 32 * 2**20  # a 4096 x 4096 slice label is 16 MiB
@@ -78,8 +78,13 @@ class ProjectLog:
         self._lock = threading.Lock()
 
     def __call__(self, message: str) -> None:
-        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        """Append one line; a log that cannot be written (a full disk, a studio.log another user owns)
+        is skipped, so that it never fails a label save that already succeeded, nor the start."""
+        try:
+            with self._lock, open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        except OSError:
+            pass
 
 
 class FitRequest(BaseModel):
@@ -126,6 +131,9 @@ def create_app(settings: StudioSettings) -> FastAPI:
 
     app = FastAPI(title="fewsam studio", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.project, app.state.runner, app.state.settings, app.state.log = project, runner, settings, log
+    # BodyCap added first sits inside Guard: its refusal, raised while an endpoint reads the body, reaches
+    # FastAPI as raised (through Guard, an HTTP middleware, it would arrive wrapped in an ExceptionGroup).
+    app.add_middleware(BodyCap, max_upload=settings.max_upload)
     app.middleware("http")(Guard(settings.host, settings.token, settings.max_upload))
     _add_error_handlers(app, log)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -143,13 +151,37 @@ def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}" for e in exc.errors()]
-        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+        return JSONResponse({"detail": "; ".join(map(validation_message, exc.errors()))}, status_code=422)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> JSONResponse:
+        log(f"{request.method} {request.url.path} failed: {exc}")
+        return JSONResponse({"detail": os_error_message(exc, app.state.project.folder)},
+                            status_code=507 if is_disk_full(exc) else 500)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log(f"internal error on {request.method} {request.url.path}: {type(exc).__name__}: {exc}")
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def validation_message(error: dict[str, Any]) -> str:
+    """One refused request field as "field: reason". A body that is not JSON at all says so (FastAPI
+    reports it at a character position, which would read as a field named "12")."""
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", error.get("msg"))
+        return f"the request body is not valid JSON ({reason} at character {error['loc'][-1]})"
+    return f"{'.'.join(str(p) for p in error.get('loc', ())[1:]) or 'request'}: {error.get('msg')}"
+
+
+def os_error_message(exc: OSError, project: Path) -> str:
+    """A file the studio could not read or write, as the page shows it: what failed, where, what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if is_disk_full(exc):
+        return f"the disk is full{where}: {reason}; free space, then try again"
+    return (f"the studio could not read or write a file{where}: {reason}; check that the project folder "
+            f"{project} is writable (and the dataset readable), then try again")
 
 
 def _add_page(app: FastAPI, settings: StudioSettings) -> None:
@@ -200,22 +232,11 @@ def _add_browse(app: FastAPI, project: Project) -> None:
         return project.suggest()
 
 
-async def read_capped(request: Request, cap: int) -> bytes:
-    """The request body, refused as soon as it passes ``cap`` bytes (a body without Content-Length too)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise TooLarge(f"the upload is larger than the studio's cap of {human_size(cap)}")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _add_labels(app: FastAPI, project: Project, settings: StudioSettings, log: ProjectLog) -> None:
     @app.put("/api/label")
     async def put_label(request: Request, case: str = Query(...), z: int = Query(...), h: int = Query(..., ge=1),
                         w: int = Query(..., ge=1)) -> dict[str, Any]:
-        raw = await read_capped(request, settings.max_upload)
+        raw = await request.body()  # capped by BodyCap as it arrives
         await run_in_threadpool(project.check_slice, case, z)
         label = await run_in_threadpool(project.check_label, raw, case, z, h, w)
         await run_in_threadpool(project.save_slice, case, z, label)

@@ -27,12 +27,6 @@ class Conflict(StudioError):
     status = 409
 
 
-class TooLarge(StudioError):
-    """An upload above the size cap: refused before it is read into memory."""
-
-    status = 413
-
-
 class BadLabel(StudioError, DataError):
     """A label upload whose shape or class values do not fit the slice it is saved to."""
 

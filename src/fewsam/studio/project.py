@@ -28,6 +28,7 @@ import json
 import secrets
 import shutil
 import threading
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
 from fewsam.data.writers import prediction_path
-from fewsam.studio.errors import BadLabel, NotFound, StudioError
+from fewsam.studio.errors import BadLabel, Conflict, NotFound, StudioError
 
 STATE = "labelled.json"
 LABELS = "labels"
@@ -72,11 +73,41 @@ def check_project_folder(project: Path, data: Path) -> None:
     if target == root or root in target.parents:
         raise StudioError(f"--project {project} lies inside the dataset {root}; the studio never writes "
                           f"into the dataset: give a folder outside it (default {default_project(data)})")
+    check_not_foreign(target)
+
+
+def check_not_foreign(folder: Path) -> None:
+    """A folder that is not yet a studio project (no labelled.json, no studio.log) but holds entries
+    with the names the studio writes (labels/, export/, ...) holds someone else's files there: the
+    studio would read them as its own and overwrite or replace them, so it refuses the folder."""
+    if (folder / STATE).exists() or (folder / LOG).exists():
+        return
+    taken = [name for name in (LABELS, FITS, PREDICTIONS, EXPORT, JOBS, LATEST_RUN) if (folder / name).exists()]
+    if taken:
+        raise StudioError(f"--project {folder} is not a studio project but already holds {', '.join(taken)}, "
+                          "which the studio would write over; give a new or empty --project folder")
+
+
+def slice_numbers(value: object) -> set[int]:
+    """The slice numbers of one case in PROJECT/labelled.json: a list of JSON integers, else ValueError
+    (``int()`` would turn true into 1, 1.7 into 1 and 1e400 into an OverflowError)."""
+    if not isinstance(value, list) or not all(isinstance(z, int) and not isinstance(z, bool) for z in value):
+        raise ValueError(f"slice numbers must be a list of whole numbers, not {json.dumps(value)[:80]}")
+    return set(value)
 
 
 def case_key(case_id: str) -> str:
     """A file-name-safe key for a case id (ids may hold '/' and spaces): a short hash."""
     return hashlib.sha256(case_id.encode()).hexdigest()[:20]
+
+
+def is_run_record(record: object) -> bool:
+    """Whether PROJECT/latest_run.json names a fit the studio can use: ``fit`` a plain folder name (it
+    becomes part of a path under PROJECT/predictions) and ``run`` a path, both strings."""
+    if not isinstance(record, dict):
+        return False
+    fit, run = record.get("fit"), record.get("run")
+    return isinstance(fit, str) and isinstance(run, str) and fit not in ("", ".", "..") and Path(fit).name == fit
 
 
 @dataclass(frozen=True)
@@ -112,6 +143,7 @@ class Project:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.class_map = self._class_map()
         self.lock = threading.RLock()
+        self._export_lock = threading.Lock()  # one export at a time: each replaces PROJECT/export whole
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._slices: dict[str, int] = {}
         self._labelled = self._read_state()
@@ -174,18 +206,30 @@ class Project:
     def _read_state(self) -> dict[str, set[int]]:
         """PROJECT/labelled.json; refuses a project made for another dataset (its labels would not fit)."""
         path = self.folder / STATE
-        if not path.is_file():
+        if not path.exists():
             return {}
         try:
             state = json.loads(path.read_text())
             recorded = Path(state["data"])
-            slices = {str(c): {int(z) for z in zs} for c, zs in state["slices"].items()}
+            slices = {str(c): slice_numbers(zs) for c, zs in state["slices"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise StudioError(f"cannot read {path} ({err}); restore it, or give another --project") from None
         if recorded != self.data:
             raise StudioError(f"--project {self.folder} holds labels of {recorded}, not of {self.data}; "
                               "give another --project for this dataset")
-        return {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
+        slices = {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
+        for case_id, zs in slices.items():
+            self._check_recorded_slices(path, case_id, zs)
+        return slices
+
+    def _check_recorded_slices(self, path: Path, case_id: str, zs: set[int]) -> None:
+        """A hand-edited or damaged state file may name slices the case lacks; used as they are, they
+        would fail every later fit and export (or, negative, silently mean the last slices)."""
+        n = self.num_slices(case_id)
+        outside = sorted(z for z in zs if not 0 <= z < n)
+        if outside:
+            raise StudioError(f"{path} lists slice(s) {outside} of {case_id}, which has {n} slice(s) numbered 0 "
+                              f"to {n - 1}; restore the file, or give another --project")
 
     def _write_state(self) -> None:
         state = {"data": str(self.data), "classes": self.class_map.to_json(),
@@ -261,9 +305,9 @@ class Project:
             return None
         try:
             record = json.loads(path.read_text())
-            return record if isinstance(record, dict) and "fit" in record and "run" in record else None
         except (OSError, ValueError):
             return None
+        return record if is_run_record(record) else None
 
     def prediction_file(self, fit: str, case_id: str) -> Path:
         return self.folder / PREDICTIONS / fit / f"{case_key(case_id)}.npz"
@@ -278,9 +322,14 @@ class Project:
             return None
         try:
             with np.load(path, allow_pickle=False) as f:
-                return Prediction(latest["fit"], np.asarray(f["labels"]), np.asarray(f["entropy"]))
-        except (OSError, ValueError, KeyError) as err:
+                labels, entropy = np.asarray(f["labels"]), np.asarray(f["entropy"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
             raise StudioError(f"cannot read prediction {path} ({err}); predict this case again") from None
+        n = self.num_slices(case_id)
+        if labels.ndim != 3 or labels.shape[0] != n or entropy.shape != (n,):
+            raise StudioError(f"prediction {path} holds {labels.shape} labels and {entropy.shape} entropies, but "
+                              f"{case_id} has {n} slice(s); predict this case again")
+        return Prediction(latest["fit"], labels, entropy)
 
     def predicted_cases(self) -> list[str]:
         latest = self.latest_run()
@@ -335,18 +384,21 @@ class Project:
     def export(self) -> dict[str, Any]:
         """PROJECT/export: each labelled case's labels in the dataset's own format and geometry (NIfTI
         with the image's affine and header, PNG in the dataset's mask coding, ...), unlabelled slices 0,
-        and labelled_slices.json saying which slices hold labels. Replaces the previous export whole."""
+        and labelled_slices.json saying which slices hold labels. Replaces the previous export whole, and
+        refuses (before writing anything) when PROJECT/export holds anything an export did not write."""
         labelled = self.labelled()
         if not labelled:
             raise StudioError("no slice is labelled yet; nothing to export")
         target = self.folder / EXPORT
-        staging = self.folder / f".{EXPORT}.partial-{secrets.token_hex(4)}"
-        try:
-            files = self._write_export(staging, labelled)
-            _swap_in(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with self._export_lock:  # two at once (a double click) would swap folders under each other
+            check_export_target(target)
+            staging = self.folder / f".{EXPORT}.partial-{secrets.token_hex(4)}"
+            try:
+                files = self._write_export(staging, labelled)
+                _swap_in(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         return {"folder": str(target), "cases": len(files), "slices": sum(map(len, labelled.values())),
                 "files": files}
 
@@ -368,16 +420,49 @@ class Project:
         return files
 
 
+def exported_files(folder: Path) -> set[str]:
+    """The files a previous export wrote in ``folder`` (posix paths relative to it), from its manifest;
+    empty when there is no readable manifest."""
+    try:
+        manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
+        return {EXPORT_MANIFEST, *(str(entry["file"]) for entry in manifest["cases"].values())}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def check_export_target(target: Path) -> None:
+    """An export replaces ``target`` whole, so it may only replace an earlier export: a file, a link or
+    a folder holding files no export wrote (the user's own) is refused with Conflict, not deleted."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise Conflict(f"{target} is not a folder an export wrote; move it away, then export again")
+    ours = exported_files(target)
+    foreign = sorted(p.relative_to(target).as_posix() for p in target.rglob("*")
+                     if not p.is_dir() or p.is_symlink())
+    foreign = [name for name in foreign if name not in ours]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise Conflict(f"{target} holds files an export did not write ({shown}); the export replaces that "
+                       "folder whole, so move them out, then export again")
+
+
 def _swap_in(staging: Path, target: Path) -> None:
-    """Put a finished folder in place of ``target``: the old one is moved aside, then removed."""
+    """Put a finished folder in place of ``target``: the old one is moved aside, then removed (and put
+    back if the new one cannot take its place, so a failed export leaves the previous one)."""
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
         target.rename(old)
-    staging.rename(target)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["Prediction", "Project", "case_key", "check_project_folder", "check_writable_folder", "default_project",
-           "encode_prediction"]
+__all__ = ["Prediction", "Project", "case_key", "check_export_target", "check_not_foreign", "check_project_folder",
+           "check_writable_folder", "default_project", "encode_prediction"]

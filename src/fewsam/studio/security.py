@@ -7,7 +7,8 @@
   at start, in the ``X-Fewsam-Token`` header or the ``token`` query parameter.
 - Any binding: a request that changes something and comes from another origin (a foreign page's
   form or script) is refused, and a body larger than the cap is refused from its Content-Length
-  before it is read.
+  before it is read; a body sent without one (chunked) is counted as it arrives (``BodyCap``), for
+  every endpoint, JSON ones included.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import secrets
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 TOKEN_HEADER = "x-fewsam-token"
 TOKEN_QUERY = "token"
@@ -45,6 +47,11 @@ def new_token() -> str:
 def human_size(size: int) -> str:
     """A byte count as the cap is stated to the user: MiB when it is whole MiB, else bytes."""
     return f"{size // 2**20} MiB" if size >= 2**20 and size % 2**20 == 0 else f"{size} bytes"
+
+
+def upload_too_large(cap: int) -> str:
+    """The refusal of a body above the cap, the same whether its Content-Length or its bytes told."""
+    return f"the upload is larger than the studio's cap of {human_size(cap)}"
 
 
 def host_name(header: str | None) -> str:
@@ -83,9 +90,37 @@ class Guard:
             return 403, f"requests from another site ({origin}) may not change the studio"
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_upload:
-            return 413, f"the upload is larger than the studio's cap of {human_size(self.max_upload)}"
+            return 413, upload_too_large(self.max_upload)
         return None
 
     def _has_token(self, request: Request) -> bool:
         given = request.headers.get(TOKEN_HEADER) or request.query_params.get(TOKEN_QUERY) or ""
         return secrets.compare_digest(given.encode(), (self.token or "").encode())
+
+
+class BodyCap:
+    """ASGI middleware that counts a request body as the endpoint reads it and stops at ``max_upload``
+    bytes with HTTP 413: ``Guard`` can only judge a declared Content-Length, and FastAPI reads a JSON
+    body whole into memory, so a chunked body would otherwise have no limit. The refusal is an
+    ``HTTPException``, which FastAPI's body parsing passes on as it is (any other error there becomes
+    a vague 400)."""
+
+    def __init__(self, app: ASGIApp, max_upload: int) -> None:
+        self.app = app
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size = 0
+
+        async def counted() -> Message:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > self.max_upload:
+                raise HTTPException(413, upload_too_large(self.max_upload))
+            return message
+
+        await self.app(scope, counted, send)

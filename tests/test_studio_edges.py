@@ -1,0 +1,232 @@
+"""fewsam studio against clumsy or hostile input: the user's own files beside the project, damaged
+project files, bodies without a length, bodies that are not JSON, files that cannot be written.
+Each answer is an HTTP error with a readable message (or a one-line StudioError at start), never a
+500 with a Python exception, and nothing of the user's is overwritten or deleted."""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewsam.studio.errors import StudioError
+from fewsam.studio.project import LATEST_RUN, LOG, STATE, Project, _swap_in, case_key, encode_prediction
+from test_studio_api import CASE, H, SLEEPER, W, data, make_client, painted, put, python  # noqa: F401  (data: fixture)
+
+
+def labelled_project(data: Path, folder: Path) -> Path:
+    """A project with slice 0 of CASE labelled (every class), written without a server."""
+    Project(data, folder).save_slice(CASE, 0, painted())
+    return folder
+
+
+def chunks(total: int, size: int = 100):
+    """A body sent without Content-Length (chunked), as a client that streams it does."""
+    for _ in range(total // size):
+        yield b" " * size
+
+
+# --- export never replaces what it did not write ---------------------------------------------
+
+
+def test_export_refuses_a_folder_holding_the_users_own_files(data, tmp_path):
+    project = labelled_project(data, tmp_path / "project")
+    mine = project / "export" / "notes" / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("my notes")
+    with make_client(data, project) as client:
+        response = client.post("/api/export")
+        assert response.status_code == 409 and "notes/mine.txt" in response.json()["detail"]
+        assert mine.read_text() == "my notes"
+        assert sorted(p.name for p in project.iterdir() if p.name.startswith(".export")) == []  # nothing partial
+        mine.unlink()
+        assert client.post("/api/export").status_code == 200  # an empty folder (or an old export) is replaced
+        assert client.post("/api/export").status_code == 200
+        (project / "export" / "extra.csv").write_text("a,b")  # added by the user to a finished export
+        response = client.post("/api/export")
+        assert response.status_code == 409 and "extra.csv" in response.json()["detail"]
+        assert (project / "export" / "extra.csv").read_text() == "a,b"
+        assert (project / "export" / f"{CASE}.nii.gz").is_file()
+
+
+def test_export_refuses_a_file_or_link_where_its_folder_goes(data, tmp_path):
+    project = labelled_project(data, tmp_path / "project")
+    (project / "export").write_text("a file of mine")
+    with make_client(data, project) as client:
+        response = client.post("/api/export")
+        assert response.status_code == 409 and "not a folder an export wrote" in response.json()["detail"]
+        assert (project / "export").read_text() == "a file of mine"
+        (project / "export").unlink()
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (project / "export").symlink_to(elsewhere)
+        assert client.post("/api/export").status_code == 409
+        assert (project / "export").is_symlink() and elsewhere.is_dir()
+
+
+def test_exports_at_once_take_turns_and_leave_one_complete_export(data, tmp_path, monkeypatch):
+    project = Project(data, tmp_path / "project")
+    project.save_slice(CASE, 0, painted())
+    write, inside, most = Project._write_export, [0], [0]
+
+    def slow_write(self, folder, labelled):  # long enough for every thread to arrive while one writes
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        try:
+            return write(self, folder, labelled)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(Project, "_write_export", slow_write)
+    results: list[object] = []
+
+    def export() -> None:
+        try:
+            results.append(project.export()["files"])
+        except Exception as err:  # noqa: BLE001  (any failure is the finding)
+            results.append(err)
+
+    threads = [threading.Thread(target=export) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1 and results == [[f"{CASE}.nii.gz"]] * 3
+    assert sorted(p.name for p in project.folder.iterdir()) == ["export", "labelled.json", "labels"]
+    assert sorted(p.name for p in (project.folder / "export").iterdir()) == ["labelled_slices.json",
+                                                                              f"{CASE}.nii.gz"]
+
+
+def test_a_failed_swap_puts_the_previous_export_back(tmp_path):
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "old.nii.gz").write_bytes(b"old")
+    with pytest.raises(FileNotFoundError):
+        _swap_in(tmp_path / "staging-that-vanished", target)
+    assert (target / "old.nii.gz").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+# --- the project folder and its files --------------------------------------------------------
+
+
+def test_a_folder_holding_someone_elses_labels_is_not_taken_as_a_project(data, tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "labels").mkdir(parents=True)
+    (folder / "labels" / f"{CASE}.nii.gz").write_bytes(b"someone else's labels")
+    with pytest.raises(StudioError, match="not a studio project but already holds labels"):
+        Project(data, folder)
+    assert (folder / "labels" / f"{CASE}.nii.gz").read_bytes() == b"someone else's labels"
+    (folder / "unrelated.txt").write_text("x")
+    Project(data, tmp_path / "other")  # a new folder, or one with only unrelated files, is fine
+    (folder / "labels" / f"{CASE}.nii.gz").unlink()
+    (folder / "labels").rmdir()
+    Project(data, folder)
+
+
+@pytest.mark.parametrize("slices, words", [
+    ([0, 7], "lists slice(s) [7] of phantom_000, which has 3 slice(s)"),
+    ([-1], "lists slice(s) [-1]"),
+    ([True], "whole numbers"),
+    ([1.5], "whole numbers"),
+    ("[1e400]", "whole numbers"),
+    ('"0"', "whole numbers"),
+])
+def test_a_state_file_naming_slices_that_are_not_there_is_refused(data, tmp_path, slices, words):
+    project = labelled_project(data, tmp_path / "project")
+    text = (project / STATE).read_text()
+    state = json.loads(text)
+    state["slices"][CASE] = "__SLICES__"
+    raw = slices if isinstance(slices, str) else json.dumps(slices)
+    (project / STATE).write_text(json.dumps(state).replace('"__SLICES__"', raw))
+    with pytest.raises(StudioError, match="restore") as refused:
+        Project(data, project)
+    assert words in str(refused.value)
+
+
+def test_a_state_path_that_is_a_folder_is_refused_at_start(data, tmp_path):
+    (tmp_path / "project" / STATE).mkdir(parents=True)
+    with pytest.raises(StudioError, match="cannot read .*Is a directory"):
+        Project(data, tmp_path / "project")
+
+
+def test_a_log_that_cannot_be_written_does_not_stop_the_studio(data, tmp_path):
+    (tmp_path / "project" / LOG).mkdir(parents=True)  # e.g. a studio.log another user owns
+    with make_client(data, tmp_path / "project") as client:
+        assert put(client, painted()).status_code == 200
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+
+
+@pytest.mark.parametrize("record", [{"fit": 5, "run": "x"}, {"fit": ["fit-0001"], "run": "x"},
+                                    {"fit": "../../outside", "run": "x"}, {"fit": "..", "run": "x"},
+                                    {"fit": "fit-0001", "run": None}, ["fit-0001"]])
+def test_a_latest_run_record_that_names_no_plain_fit_is_ignored(data, tmp_path, record):
+    project = labelled_project(data, tmp_path / "project")
+    (project / LATEST_RUN).write_text(json.dumps(record))
+    with make_client(data, project) as client:
+        assert client.get("/api/info").json()["latest_fit"] is None
+        assert client.get("/api/slice", params={"case": CASE, "z": 0}).json()["prediction"] is None
+        assert client.get("/api/suggest").status_code == 404
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"PK\x03\x04 not a zip", "cannot read prediction"),
+    (encode_prediction(CASE, "fit-0001", np.zeros((1, H, W)), np.zeros(1)), "but phantom_000 has 3 slice(s)"),
+])
+def test_a_damaged_prediction_is_a_clear_error(data, tmp_path, content, words):
+    project = labelled_project(data, tmp_path / "project")
+    (project / "predictions" / "fit-0001").mkdir(parents=True)
+    (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "run")}))
+    (project / "predictions" / "fit-0001" / f"{case_key(CASE)}.npz").write_bytes(content)
+    with make_client(data, project) as client:
+        for response in (client.get("/api/slice", params={"case": CASE, "z": 2}),
+                         client.post("/api/accept", params={"case": CASE, "z": 2}), client.get("/api/suggest")):
+            assert response.status_code == 400
+            assert words in response.json()["detail"] and "predict this case again" in response.json()["detail"]
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+
+
+@pytest.mark.parametrize("code, status, words", [(errno.ENOSPC, 507, "the disk is full"),
+                                                 (errno.EACCES, 500, "is writable")])
+def test_a_file_the_studio_cannot_write_is_a_clear_error(data, tmp_path, monkeypatch, code, status, words):
+    def refuse(case, volume, folder):
+        raise OSError(code, "refused", str(folder / "x.nii.gz"))
+
+    monkeypatch.setattr("fewsam.studio.project.write_prediction", refuse)
+    with make_client(data, tmp_path / "project") as client:
+        response = put(client, painted())
+        detail = response.json()["detail"]
+        assert response.status_code == status and words in detail and "x.nii.gz" in detail
+        assert "internal error" not in detail and "OSError" not in detail
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == []
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/fit", "/api/predict"])
+def test_a_body_without_length_is_capped_on_every_endpoint(data, tmp_path, path):
+    with make_client(data, tmp_path / "project", max_upload=1000, worker_argv=python(SLEEPER)) as client:
+        put_small = client.put("/api/label", params={"case": CASE, "z": 0, "h": H, "w": W}, content=chunks(900))
+        assert put_small.status_code == 422  # under the cap: read, then judged by its size
+        response = client.post(path, content=chunks(3000), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413 and "cap of 1000 bytes" in response.json()["detail"]
+        assert client.get("/api/job").json() == {"state": "idle"}
+
+
+@pytest.mark.parametrize("body", [b"{bad", b"\xff\xfe", b'{"steps": 4,}'])
+def test_a_body_that_is_not_json_says_so(studio_client, body):
+    response = studio_client.post("/api/fit", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "the request body is not valid JSON" in response.json()["detail"]
+
+
+@pytest.fixture
+def studio_client(data, tmp_path):
+    with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
+        yield client
