@@ -81,3 +81,64 @@ def test_a_case_named_twice_in_a_list_is_refused_naming_it(acdc, pred, lines):
     (acdc / "dup.list").write_text("\n".join(lines) + "\n")
     message = cli_error("evaluate", "--pred", str(pred), "--data", str(acdc), "--split", "dup.list", "--quiet")
     assert f"names 1 case(s) more than once: {VAL[0]}; keep one line per case" in message
+
+
+# --- outputs that fail half-way -----------------------------------------------------------------
+
+def test_a_folder_in_the_way_of_one_prediction_writes_none_of_them(tmp_path):
+    from fewsam.atomic import staged_folder
+
+    out = tmp_path / "pred"
+    (out / "b.h5").mkdir(parents=True)
+    (out / "a.h5").write_text("an old prediction")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match=r"a folder .*b\.h5 is in the way.*nothing was written"):
+        with staged_folder(out, overwrite=True) as staging:
+            for name in ("a.h5", "b.h5"):
+                (staging / name).write_text("new")
+    assert (out / "a.h5").read_text() == "an old prediction" and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # no staging folder left
+
+
+def test_a_file_where_a_prediction_folder_goes_writes_none_of_them(tmp_path):
+    from fewsam.atomic import staged_folder
+
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "site").write_text("mine")
+    with pytest.raises(RunError, match=r"a file .*site is in the way"):
+        with staged_folder(out, overwrite=True) as staging:
+            (staging / "a.png").write_text("new")
+            (staging / "site").mkdir()
+            (staging / "site" / "b.png").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["site"]
+
+
+def test_ctrl_c_while_predictions_move_in_lands_after_the_last_one(tmp_path, monkeypatch):
+    """Replacing predictions in an existing folder is file by file: a stop half-way would leave old and
+    new predictions mixed, so it is held until every file is in place."""
+    from fewsam import atomic
+    from fewsam.cli import _stop_on_signals
+
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    real_replace = os.replace
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    _stop_on_signals()
+    try:
+        with pytest.raises(Stopped):
+            with atomic.staged_folder(out, overwrite=True) as staging:
+                for name in ("a.h5", "b.h5", "c.h5"):
+                    (staging / name).write_text("new")
+                monkeypatch.setattr(atomic.os, "replace", replace_then_interrupt)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert sorted(p.name for p in out.iterdir()) == ["a.h5", "b.h5", "c.h5", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
