@@ -142,3 +142,72 @@ def test_ctrl_c_while_predictions_move_in_lands_after_the_last_one(tmp_path, mon
             signal.signal(signum, handler)
     assert sorted(p.name for p in out.iterdir()) == ["a.h5", "b.h5", "c.h5", "notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
+
+
+# --- evaluation JSONs: compare and report -------------------------------------------------------
+
+def _evaluation(path: Path, scores: list[float]) -> Path:
+    from fewsam.metrics import summarise
+
+    cases = [{"case": f"c{i}", "group": None, "per_class": {"fg": {"dice": s, "iou": s / (2 - s), "hd95": 1.0,
+                                                                   "asd": 1.0}}}
+             for i, s in enumerate(scores)]
+    path.write_text(json.dumps({**summarise(cases), "distance_unit": "pixel"}))
+    return path
+
+
+@pytest.mark.parametrize("text, says", [
+    ('{"cases": [1, 2]}', "record 0 of 'cases' names no case"),
+    ('{"cases": [{"case": "c0", "per_class": {"fg": {"dice": "high"}}}]}',
+     "the 'per_class' of case 'c0' is not a table of scores"),
+    ('{"cases": [{"case": "c0", "per_class": ["fg"]}]}', "the 'per_class' of case 'c0' is not a table of scores"),
+])
+def test_compare_and_report_name_an_evaluation_that_is_not_one(tmp_path, text, says):
+    good = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])
+    (tmp_path / "b.json").write_text(text)
+    result = run_fewsam("compare", str(good), str(tmp_path / "b.json"), cwd=tmp_path)
+    assert_one_line_error(result, f"b.json is not a fewsam evaluation ({says})")
+    message = cli_error("report", str(good), str(tmp_path / "b.json"), "--out", str(tmp_path / "rep"))
+    assert f"is not a fewsam evaluation ({says})" in message
+    assert not (tmp_path / "rep").exists()
+
+
+def test_report_needs_the_overall_scores(tmp_path):
+    (tmp_path / "cases_only.json").write_text(json.dumps({"cases": [
+        {"case": "c0", "per_class": {"fg": {"dice": 0.5}}}]}))
+    message = cli_error("report", str(tmp_path / "cases_only.json"), "--out", str(tmp_path / "rep"))
+    assert "cases_only.json is not a fewsam evaluation (no 'n_cases')" in message
+    assert not (tmp_path / "rep").exists()
+
+
+def test_a_report_that_fails_half_way_leaves_no_folder_and_keeps_an_old_report(tmp_path, monkeypatch):
+    from fewsam import report
+
+    evaluation = _evaluation(tmp_path / "e.json", [0.9, 0.8])
+    rep = tmp_path / "rep"
+
+    def broken(blocks, title):
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(report, "_html", broken)
+    with pytest.raises(OSError):
+        report.write_group_report([evaluation], rep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json"]
+    rep.mkdir()
+    (rep / "report.md").write_text("last week's report")
+    with pytest.raises(OSError):
+        report.write_group_report([evaluation], rep, overwrite=True)
+    assert (rep / "report.md").read_text() == "last week's report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "rep"]
+
+
+def test_compare_refuses_to_write_its_result_over_an_input(tmp_path):
+    a = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])
+    b = _evaluation(tmp_path / "b.json", [0.8, 0.7, 0.75])
+    kept = b.read_text()
+    result = run_fewsam("compare", "a.json", "b.json", "--json", "./b.json", cwd=tmp_path)
+    assert_one_line_error(result, "--json b.json is the input b.json; writing there would replace it")
+    assert b.read_text() == kept and a.exists()
+    again = CliRunner().invoke(app, ["compare", str(a), str(b), "--json", str(tmp_path / "t.json")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "t.json").read_text())["n"] == 3

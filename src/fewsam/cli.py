@@ -123,6 +123,17 @@ def check_output_file(path: Path | None, option: str, overwrite: bool) -> None:
         raise FewsamError(f"{option} {path}: {existing} is read-only; give another {option}")
 
 
+def check_not_an_input(path: Path | None, option: str, inputs: list[Path]) -> None:
+    """An output file that replaces existing ones without --overwrite (compare's --json, rewritten by
+    each rerun) must still not be one of the command's own inputs: that input would be lost."""
+    if path is None or not path.exists():
+        return
+    same = next((p for p in inputs if p.exists() and p.samefile(path)), None)
+    if same is not None:
+        raise FewsamError(f"{option} {path} is the input {same}; writing there would replace it: give another "
+                          f"{option}")
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("fewsam_demo"), "--out", help="Folder for data, run, predictions, overlays."),
@@ -345,6 +356,7 @@ def compare(
     from fewsam.runs import write_json
 
     check_output_file(json_out, "--json", overwrite=True)
+    check_not_an_input(json_out, "--json", [run_a, run_b])
     result = compare_runs(run_a, run_b, metric, n_comparisons)
     if json_out:
         write_json(json_out, result)
