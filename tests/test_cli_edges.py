@@ -211,3 +211,39 @@ def test_compare_refuses_to_write_its_result_over_an_input(tmp_path):
     again = CliRunner().invoke(app, ["compare", str(a), str(b), "--json", str(tmp_path / "t.json")])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "t.json").read_text())["n"] == 3
+
+
+# --- values out of range ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alpha", ["-1", "nan", "inf"])
+def test_evaluate_refuses_an_alpha_that_breaks_es_dice(acdc, pred, tmp_path, alpha):
+    message = cli_error("evaluate", "--pred", str(pred), "--data", str(acdc), "--alpha", alpha, "--quiet",
+                        "--json", str(tmp_path / "e.json"))
+    assert message.startswith("--alpha must be a finite number of at least 0")
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_bench_refuses_no_slices_before_making_its_cache(acdc, tmp_path):
+    assert cli_error("bench", "--data", str(acdc), "-n", "0", "--cache", str(tmp_path / "scratch")) == \
+        "-n must be at least 1, not 0"
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_a_bench_that_fails_removes_its_scratch_cache(tmp_path, monkeypatch):
+    """Left behind, the folder would refuse the next bench ("not empty")."""
+    from fewsam import bench
+
+    def fails(data, n, cache_dir, device, started):
+        (cache_dir / "model").mkdir(parents=True)
+        raise FewsamError("the data went away")
+
+    monkeypatch.setattr(bench, "_measure", fails)
+    with pytest.raises(FewsamError, match="went away"):
+        bench.run_bench(tmp_path / "data", 2, tmp_path / "scratch")
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_demo_checks_its_steps_before_writing_the_phantom(tmp_path):
+    message = cli_error("demo", "--steps", "0", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "c"))
+    assert message == "--steps must be at least 1, not 0"
+    assert not (tmp_path / "demo").exists()

@@ -32,12 +32,13 @@ def run_demo(out_dir: str | Path, device: str = "cpu", cache_root: str = DEFAULT
     out_dir = Path(out_dir)
     if (out_dir / "eval.json").exists():
         raise RunError(f"{out_dir} already holds a finished demo; choose another --out")
+    config = demo_config(steps)  # checks --steps before the phantom is written into --out
     data = out_dir / "data"
     if not (data / "dataset.json").exists():
         write_phantom_dataset(data)
     opts = FitOptions(data=data, run=out_dir / "run", labeled_slices=labelled_slices, device=device,
                       cache=cache_root, show_progress=show_progress)
-    fit("fewshot", opts, demo_config(steps))
+    fit("fewshot", opts, config)
     pred = out_dir / "pred"
     predict(out_dir / "run", data, pred, "val", cache_root, device, overwrite=True, show_progress=show_progress)
     result = evaluate(pred, data, "val", show_progress=show_progress)

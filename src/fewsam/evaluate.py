@@ -7,6 +7,7 @@ knows its spacing and in pixels otherwise, and the JSON says which.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def evaluate(
         raise DataError(f"prediction folder {pred} does not exist; run `fewsam predict` first")
     if es_mode not in ("sum", "std"):
         raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
+    check_alpha(alpha)
     explicit = resolve_bins(group_by, bins) if group_by else None
     binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None
     dataset = open_dataset(data, attributes)
@@ -79,6 +81,13 @@ def evaluate(
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
     result["split"] = split or DEFAULT_SPLIT
     return result
+
+
+def check_alpha(alpha: float) -> None:
+    """ES-Dice = Dice / (1 + alpha x spread) only ranks fairness for a finite alpha >= 0: a negative
+    one rewards unequal groups (scores above the Dice, or a division by zero), NaN gives NaN."""
+    if not math.isfinite(alpha) or alpha < 0:
+        raise DataError(f"--alpha must be a finite number of at least 0 (FairSeg uses 1), not {alpha}")
 
 
 def _bin_order(groups: dict[str, Any], bins: Bins) -> dict[str, Any]:
