@@ -247,3 +247,15 @@ def test_demo_checks_its_steps_before_writing_the_phantom(tmp_path):
     message = cli_error("demo", "--steps", "0", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "c"))
     assert message == "--steps must be at least 1, not 0"
     assert not (tmp_path / "demo").exists()
+
+
+# --- predictions of another dataset ----------------------------------------------------------------
+
+def test_a_prediction_with_a_class_the_data_lacks_says_what_to_do(acdc, pred):
+    with h5py.File(pred / f"{VAL[1]}.h5", "r+") as f:
+        values = f["pred"][()]
+        values[0, :2, :2] = 7
+        f["pred"][...] = values
+    message = cli_error("evaluate", "--pred", str(pred), "--data", str(acdc), "--quiet")
+    assert f"label values [7] in {pred / (VAL[1] + '.h5')}" in message
+    assert "predicted by a run fitted on other classes" in message

@@ -277,12 +277,14 @@ def check_pair(image: np.ndarray, label: np.ndarray | None, path: Path) -> None:
                         f"label {tuple(label.shape)}; re-export the pair on the same grid")
 
 
-def check_label_values(label: np.ndarray, class_map: ClassMap, path: Path) -> None:
+def check_label_values(label: np.ndarray, class_map: ClassMap, path: Path,
+                       advice: str = "fix the label or the dataset's class names") -> None:
+    """Values outside the class map are an error naming them, the file and ``advice`` (what to do)."""
     allowed = {0, *class_map.labels}
     bad = sorted(int(v) for v in np.unique(label) if int(v) not in allowed)
     if bad:
         raise DataError(f"label values {bad} in {path} are not in the class map "
-                        f"{class_map.to_json()}; fix the label or the dataset's class names")
+                        f"{class_map.to_json()}; {advice}")
 
 
 def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
