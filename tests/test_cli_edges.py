@@ -259,3 +259,31 @@ def test_a_prediction_with_a_class_the_data_lacks_says_what_to_do(acdc, pred):
     message = cli_error("evaluate", "--pred", str(pred), "--data", str(acdc), "--quiet")
     assert f"label values [7] in {pred / (VAL[1] + '.h5')}" in message
     assert "predicted by a run fitted on other classes" in message
+
+
+# --- the compiled encoder under --cache ----------------------------------------------------------
+
+def test_damaged_compiled_encoder_is_converted_again(tmp_path, caplog):
+    """A truncated OpenVINO IR (a full disk, a partial copy of the cache) is rebuilt, not a traceback."""
+    import logging
+
+    import torch
+
+    pytest.importorskip("openvino")
+    from fewsam import progress
+    from fewsam.models.precision import EncoderPrecision, OpenVinoEncoder
+
+    torch.manual_seed(0)
+    encoder, images = torch.nn.Conv2d(3, 4, 3, padding=1), torch.rand(1, 3, 8, 8)
+    ir = tmp_path / "cache" / "tiny-openvino-ir"
+    ir.mkdir(parents=True)
+    (ir / "encoder.xml").write_text("<?xml version='1.0'?>\n<net name='Model0' ver")  # cut off mid-write
+    (ir / "encoder.bin").write_bytes(b"\0" * 10)
+    progress._said.clear()
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        embedded = OpenVinoEncoder(encoder, 8, EncoderPrecision("fp32", "openvino"), ir)(images)
+    with torch.no_grad():
+        torch.testing.assert_close(embedded, encoder(images), rtol=1e-4, atol=1e-5)
+    assert any(f"the compiled encoder in {ir} is damaged" in r.getMessage() for r in caplog.records)
+    assert (ir / "encoder.bin").stat().st_size > 10
+    assert sorted(p.name for p in ir.parent.iterdir()) == [ir.name]
