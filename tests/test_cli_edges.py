@@ -249,6 +249,35 @@ def test_demo_checks_its_steps_before_writing_the_phantom(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_refuses_to_write_among_the_users_files(tmp_path):
+    """`fewsam demo --out .` in a project with its own data/ would put the phantom beside the user's data."""
+    project = tmp_path / "project"
+    (project / "data" / "acdc").mkdir(parents=True)
+    (project / "data" / "acdc" / "notes.txt").write_text("mine")
+    (project / "pred").mkdir()
+    message = cli_error("demo", "--out", str(project), "--steps", "1", "--cache", str(tmp_path / "c"))
+    assert message.startswith(f"--out {project} holds files the demo did not write (data, pred)")
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == [
+        "data", "data/acdc", "data/acdc/notes.txt", "pred"]
+
+
+def test_demo_resumes_in_a_folder_a_demo_made(tmp_path):
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.demo import check_demo_folder
+
+    cut_off = tmp_path / "cut_off"
+    (cut_off / "data" / "imagesTr").mkdir(parents=True)  # stopped while the phantom was written
+    check_demo_folder(cut_off)
+    interrupted = tmp_path / "interrupted"
+    write_phantom_dataset(interrupted / "data", n_train=1, n_val=1, slices=2)
+    for name in ("run", "pred"):
+        (interrupted / name).mkdir()
+    check_demo_folder(interrupted)
+    (interrupted / "thesis.tex").write_text("mine")
+    with pytest.raises(RunError, match=r"holds files the demo did not write \(thesis.tex\)"):
+        check_demo_folder(interrupted)
+
+
 # --- predictions of another dataset ----------------------------------------------------------------
 
 def test_a_prediction_with_a_class_the_data_lacks_says_what_to_do(acdc, pred):
