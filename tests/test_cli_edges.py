@@ -223,6 +223,35 @@ def test_evaluate_refuses_an_alpha_that_breaks_es_dice(acdc, pred, tmp_path, alp
     assert not (tmp_path / "e.json").exists()
 
 
+@pytest.mark.parametrize("extra, says", [
+    (["--bins", "bmi:25,30"], "--bins shapes fair scaling on the --fair-attribute column, which is not given"),
+    (["--fair-gamma", "2"], "--fair-gamma shapes fair scaling on the --fair-attribute column"),
+    (["--bins", "bmi:25", "--fair-gamma", "0"], "--bins and --fair-gamma shape fair scaling"),
+    (["--fair-attribute", " "], "--fair-attribute names no column"),
+])
+def test_fair_options_without_a_group_column_are_refused_not_ignored(acdc, tmp_path, extra, says):
+    """Ignored, they would record an unscaled run the user took for a fair one."""
+    message = cli_error("fit", "supervised", "--data", str(acdc), "--out", str(tmp_path / "run"), "--labeled-cases",
+                        "1", "--steps", "1", *extra)
+    assert message.startswith(says)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fair_options_with_a_group_column_or_at_their_defaults_are_taken():
+    from fewsam.config import FitOptions
+
+    FitOptions(run=Path("r"), fair_gamma=1.0)
+    FitOptions(run=Path("r"), fair_attribute="bmi", fair_gamma=2.0, fair_bins="bmi:25,30")
+
+
+@pytest.mark.parametrize("extra, says", [(["--bins", "bmi:25,30"], "--bins bins the --group-by column, which is not "
+                                                                   "given"),
+                                         (["--group-by", ""], "--group-by names no column")])
+def test_evaluate_refuses_grouping_options_that_would_group_nothing(acdc, pred, extra, says):
+    message = cli_error("evaluate", "--pred", str(pred), "--data", str(acdc), "--quiet", *extra)
+    assert message.startswith(says)
+
+
 def test_bench_refuses_no_slices_before_making_its_cache(acdc, tmp_path):
     assert cli_error("bench", "--data", str(acdc), "-n", "0", "--cache", str(tmp_path / "scratch")) == \
         "-n must be at least 1, not 0"

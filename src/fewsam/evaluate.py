@@ -49,6 +49,7 @@ def evaluate(
     if es_mode not in ("sum", "std"):
         raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
     check_alpha(alpha)
+    check_grouping(group_by, bins)
     explicit = resolve_bins(group_by, bins) if group_by else None
     binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None
     dataset = open_dataset(data, attributes)
@@ -88,6 +89,17 @@ def check_alpha(alpha: float) -> None:
     one rewards unequal groups (scores above the Dice, or a division by zero), NaN gives NaN."""
     if not math.isfinite(alpha) or alpha < 0:
         raise DataError(f"--alpha must be a finite number of at least 0 (FairSeg uses 1), not {alpha}")
+
+
+def check_grouping(group_by: str | None, bins: str | Bins | None) -> None:
+    """--bins bins the --group-by column: without one (or with an empty one) the command would print
+    no group metrics at all and say nothing about it."""
+    if group_by is not None and not group_by.strip():
+        raise DataError("--group-by names no column; give an attribute column (`fewsam info DATA` lists them) "
+                        "or leave it out")
+    if bins is not None and not group_by:
+        raise DataError("--bins bins the --group-by column, which is not given; add --group-by COLUMN or leave "
+                        "--bins out")
 
 
 def _bin_order(groups: dict[str, Any], bins: Bins) -> dict[str, Any]:
