@@ -144,6 +144,24 @@ def test_ctrl_c_while_predictions_move_in_lands_after_the_last_one(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
 
 
+def test_a_link_to_a_missing_folder_is_named_as_such(acdc, tmp_path):
+    """A link to a scratch folder not made yet: mkdir and rename both fail on it."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "scratch" / "pred")
+    says = f"{link} is a link to {tmp_path / 'scratch' / 'pred'}, which does not exist; create that folder"
+    evaluation = _evaluation(tmp_path / "e.json", [0.9, 0.8])
+    assert says in cli_error("report", str(evaluation), "--out", str(link))
+    assert says in cli_error("fit", "supervised", "--data", str(acdc), "--out", str(link), "--labeled-cases", "1")
+    assert says in cli_error("embed", "--data", str(acdc), "--cache", str(link))
+    from fewsam.data import open_dataset
+    from fewsam.predict import check_output_folder
+
+    with pytest.raises(RunError) as refused:
+        check_output_folder(link, open_dataset(acdc), overwrite=True)
+    assert says in str(refused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acdc", "e.json", "out"]
+
+
 # --- evaluation JSONs: compare and report -------------------------------------------------------
 
 def _evaluation(path: Path, scores: list[float]) -> Path:

@@ -100,6 +100,9 @@ def check_folder_path(path: Path, option: str, error: type[Exception] | None = N
     from fewsam.errors import RunError
 
     error = error or RunError
+    if path.is_symlink() and not path.exists():  # nothing could be made there: mkdir and rename both fail
+        raise error(f"{option} {path} is a link to {os.readlink(path)}, which does not exist; create that folder "
+                    f"or give another {option}")
     if path.exists() and not path.is_dir():
         raise error(f"{option} {path} is a file; give a folder path")
     existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())

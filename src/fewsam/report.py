@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fewsam.atomic import atomic_write_bytes, staged_folder
+from fewsam.atomic import atomic_write_bytes, check_folder_path, staged_folder
 
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [240, 200, 40],
                     [200, 80, 220], [40, 210, 220]], dtype=np.uint8)
@@ -81,13 +81,9 @@ def _check_out_folder(out: Path, overwrite: bool) -> None:
     """A report folder must be a folder, and empty unless ``overwrite`` (nothing replaced silently)."""
     from fewsam.errors import RunError
 
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file; the report needs a folder: give a folder path")
+    check_folder_path(out, "--out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise RunError(f"--out {out}: {existing} is a file, not a folder; give another --out")
 
 
 def _unique_names(paths: list[str | Path]) -> list[str]:
