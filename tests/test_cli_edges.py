@@ -162,6 +162,30 @@ def test_a_link_to_a_missing_folder_is_named_as_such(acdc, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acdc", "e.json", "out"]
 
 
+# --- a distill fit's teacher -----------------------------------------------------------------------
+
+def _distill(acdc: Path, teacher: Path, out: Path, cache: Path) -> str:
+    return cli_error("fit", "distill", "--data", str(acdc), "--labeled-cases", "1", "--steps", "2", "--teacher",
+                     str(teacher), "--out", str(out), "--cache", str(cache), "--quiet")
+
+
+def test_a_teacher_whose_fit_never_finished_is_refused(acdc, tmp_path):
+    """Its weights are missing, or still changing while a fit into it runs."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"method": "fewmatch"}))
+    message = _distill(acdc, teacher, tmp_path / "student", tmp_path / "c")
+    assert message.startswith(f"{teacher} has no manifest.json: its fit never finished")
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_fit_cannot_be_its_own_teacher(acdc, tmp_path):
+    run = tmp_path / "student"
+    message = _distill(acdc, run, run, tmp_path / "c")
+    assert message.startswith(f"--teacher {run} is this fit's own --out")
+    assert not run.exists()
+
+
 # --- evaluation JSONs: compare and report -------------------------------------------------------
 
 def _evaluation(path: Path, scores: list[float]) -> Path:
