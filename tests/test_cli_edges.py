@@ -349,6 +349,17 @@ def test_demo_resumes_in_a_folder_a_demo_made(tmp_path):
         check_demo_folder(interrupted)
 
 
+@pytest.mark.parametrize("where", ["labelsTr", "imagesTr", "."])
+def test_evaluate_refuses_the_datasets_own_folders_as_predictions(tmp_path, where):
+    """--pred DATA/labelsTr scored the labels against themselves: Dice 1.0 without a word."""
+    from fewsam.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "nnunet", n_train=1, n_val=1, slices=2)
+    message = cli_error("evaluate", "--pred", str(data / where), "--data", str(data), "--quiet")
+    assert f"lies in the dataset's own folder {(data / where).resolve()}" in message
+    assert "give the folder `fewsam predict --out` wrote" in message
+
+
 # --- predictions of another dataset ----------------------------------------------------------------
 
 def test_a_prediction_with_a_class_the_data_lacks_says_what_to_do(acdc, pred):

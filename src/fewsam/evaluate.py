@@ -13,10 +13,12 @@ from typing import Any
 
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
+from fewsam.data.types import Dataset
 from fewsam.errors import DataError
 from fewsam.fairness import check_bin_values, check_group_column, per_class_equity, resolve_bins
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.metrics import case_metrics, group_summary, summarise
+from fewsam.predict import dataset_folder_holding
 from fewsam.progress import tracked
 
 
@@ -53,6 +55,7 @@ def evaluate(
     explicit = resolve_bins(group_by, bins) if group_by else None
     binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None
     dataset = open_dataset(data, attributes)
+    check_not_the_labels(pred, dataset)
     names = dataset.class_map.names
     records, units, case_attrs = [], set(), []
     case_ids = dataset.split(split or DEFAULT_SPLIT)
@@ -82,6 +85,16 @@ def evaluate(
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
     result["split"] = split or DEFAULT_SPLIT
     return result
+
+
+def check_not_the_labels(pred: Path, dataset: Dataset) -> None:
+    """--pred in the dataset's own folders (its root, its image or label folders) holds the inputs, not
+    predictions (``fewsam predict`` never writes there): the labels folder would score the ground
+    truth against itself, Dice 1.0 without a word."""
+    inside = dataset_folder_holding(pred, dataset)
+    if inside is not None:
+        raise DataError(f"--pred {pred} lies in the dataset's own folder {inside}, which holds its images and "
+                        "labels, not predictions; give the folder `fewsam predict --out` wrote")
 
 
 def check_alpha(alpha: float) -> None:

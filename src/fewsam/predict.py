@@ -153,7 +153,7 @@ def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
     """Refuse an --out that is a file, cannot be created, lies in the dataset's own folders (even
     with --overwrite: predictions would mix with or replace its files), or is not empty."""
     check_folder_path(out, "--out")
-    inside = _dataset_folder_holding(out, dataset)
+    inside = dataset_folder_holding(out, dataset)
     if inside is not None:
         raise RunError(f"--out {out} lies in the dataset's own folder {inside}; predictions would mix with "
                        f"its files: write them outside {dataset.root}")
@@ -166,7 +166,7 @@ def check_cache_folder(root: str | Path) -> None:
     check_folder_path(Path(root).expanduser(), "--cache", CacheError)
 
 
-def _dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
+def dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
     """The dataset folder (its root, a folder holding its images or labels, or a DICOM series folder)
     that ``out`` is or lies in; None when ``out`` is outside them (a new sibling of the images under
     root is fine)."""
