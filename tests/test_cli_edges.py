@@ -398,3 +398,26 @@ def test_damaged_compiled_encoder_is_converted_again(tmp_path, caplog):
     assert any(f"the compiled encoder in {ir} is damaged" in r.getMessage() for r in caplog.records)
     assert (ir / "encoder.bin").stat().st_size > 10
     assert sorted(p.name for p in ir.parent.iterdir()) == [ir.name]
+
+
+# --- a file fewsam may not read or write ----------------------------------------------------------
+
+@pytest.mark.parametrize("code", ["EACCES", "EROFS"])
+def test_a_refused_write_the_checks_could_not_see_is_one_error_line(monkeypatch, capsys, code):
+    """A network share that squashes root, an ACL: os.access said yes, the write said no."""
+    import errno
+
+    from fewsam import cli
+
+    def refused() -> None:
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/share/pred/.a.h5.1a2b3c4d.tmp")
+
+    for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
+        monkeypatch.setattr(cli, setup, lambda: None)
+    monkeypatch.setattr(cli, "app", lambda **kwargs: refused())
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {os.strerror(getattr(errno, code))}: /share/pred/.a.h5.1a2b3c4d.tmp; give fewsam access to it (or "
+        "use another --out / --cache / --json), then run the same command again"]

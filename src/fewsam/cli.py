@@ -20,7 +20,8 @@ from typer.core import TyperGroup
 from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import FitOptions, cli_fields, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
-from fewsam.errors import FewsamError, Stopped, disk_full_message, is_disk_full
+from fewsam.errors import (FewsamError, Stopped, disk_full_message, is_disk_full, is_not_permitted,
+                           not_permitted_message)
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 
@@ -542,7 +543,8 @@ def main() -> None:
         err.print(f"{stop.how}; run the same command again to resume", highlight=False)
         raise SystemExit(128 + stop.signum)
     except OSError as exc:
-        if not is_disk_full(exc):
+        if not (is_disk_full(exc) or is_not_permitted(exc)):
             raise
-        err.print(f"[red]error:[/] {disk_full_message(exc)}", highlight=False, soft_wrap=True)
+        message = disk_full_message(exc) if is_disk_full(exc) else not_permitted_message(exc)
+        err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
