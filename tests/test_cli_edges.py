@@ -75,6 +75,28 @@ def test_a_list_file_from_a_windows_editor_is_read_as_meant(acdc):
     assert open_dataset(acdc).split("win.list") == VAL[:2]
 
 
+def test_nnunet_json_files_with_a_byte_order_mark_are_read(tmp_path):
+    """dataset.json and splits_final.json saved by a Windows editor, as classes.json already was."""
+    from fewsam.data import open_dataset
+    from fewsam.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "nnunet", n_train=2, n_val=1, slices=2)
+    for name in ("dataset.json", "splits_final.json"):
+        (data / name).write_bytes(b"\xef\xbb\xbf" + (data / name).read_bytes())
+    dataset = open_dataset(data)
+    assert dataset.split("val") == ["phantom_002"] and dataset.class_map.names[1] == "RV"
+
+
+def test_a_fold_whose_val_is_one_case_id_not_a_list_is_named(tmp_path):
+    """list("phantom_002") would have made the fold its letters: "names 11 case(s) with no file: p, h, a"."""
+    from fewsam.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "nnunet", n_train=2, n_val=1, slices=2)
+    (data / "splits_final.json").write_text(json.dumps([{"train": ["phantom_000"], "val": "phantom_002"}]))
+    message = cli_error("info", str(data))
+    assert message.startswith(f"cannot read {data / 'splits_final.json'} ('train' and 'val' must be lists of case ids)")
+
+
 @pytest.mark.parametrize("lines", [[VAL[0], VAL[1], VAL[0]], [VAL[0], f"{VAL[0]}.h5"]])
 def test_a_case_named_twice_in_a_list_is_refused_naming_it(acdc, pred, lines):
     """Scored twice, a case would weigh double in the means and the paired tests."""
