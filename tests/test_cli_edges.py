@@ -97,6 +97,19 @@ def test_a_fold_whose_val_is_one_case_id_not_a_list_is_named(tmp_path):
     assert message.startswith(f"cannot read {data / 'splits_final.json'} ('train' and 'val' must be lists of case ids)")
 
 
+def test_data_given_as_a_folder_inside_the_dataset_names_its_root(acdc, tmp_path):
+    """--data DATASET/imagesTr (or ACDC's data/) listed every layout instead of the one-word fix."""
+    from fewsam.data.phantom import write_phantom_dataset
+
+    nnunet = write_phantom_dataset(tmp_path / "nnunet", n_train=1, n_val=1, slices=2)
+    for root, inner, layout in ((nnunet, "imagesTr", "nifti"), (nnunet, "labelsTr", "nifti"), (acdc, "data", "acdc-h5")):
+        message = cli_error("info", str(root / inner))
+        assert message == (f"{root / inner} is a folder inside the dataset {root.resolve()} ({layout} layout); "
+                           f"give the dataset's root: --data {root.resolve()}")
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+    assert cli_error("info", str(tmp_path / "elsewhere" / "data")).startswith("no known data layout in")
+
+
 @pytest.mark.parametrize("lines", [[VAL[0], VAL[1], VAL[0]], [VAL[0], f"{VAL[0]}.h5"]])
 def test_a_case_named_twice_in_a_list_is_refused_naming_it(acdc, pred, lines):
     """Scored twice, a case would weigh double in the means and the paired tests."""
