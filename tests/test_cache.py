@@ -63,6 +63,15 @@ def test_folder_of_another_model_is_refused(tmp_path, fake_sam):
         EmbeddingCache(tmp_path, fake_sam)
 
 
+@pytest.mark.parametrize("content, says", [(b"[]", "it holds a JSON list"), (b'"fake"', "it holds a JSON str"),
+                                           (b"\xff\xfe{}", "can't decode byte 0xff")])
+def test_a_manifest_that_is_no_signature_is_named(tmp_path, fake_sam, content, says):
+    cache = EmbeddingCache(tmp_path, fake_sam)
+    (cache.dir / "manifest.json").write_bytes(content)
+    with pytest.raises(CacheError, match=f"unreadable cache manifest .*{says}.*; delete that folder"):
+        EmbeddingCache(tmp_path, fake_sam)
+
+
 def test_no_partial_files_left(tmp_path, fake_sam):
     EmbeddingCache(tmp_path, fake_sam).embed(_images(4))
     assert not list(tmp_path.rglob("*.tmp"))

@@ -26,6 +26,12 @@ def test_the_refusal_names_the_settings_that_differ(tmp_path):
         prepare_run_dir(tmp_path / "run", asked)
 
 
+def test_a_run_of_another_method_is_named_as_such(tmp_path):
+    prepare_run_dir(tmp_path / "run", {"method": "supervised", "supervised": {"steps": 2}})
+    with pytest.raises(RunError, match=r"run holds a supervised run, not a fewshot one; fit into another --out"):
+        prepare_run_dir(tmp_path / "run", {"method": "fewshot", "model": "litemedsam", "fewshot": {"steps": 2}})
+
+
 def test_config_differences_lists_added_and_removed_keys_and_caps_the_list():
     assert config_differences({"a": 1}, {"a": 1}) == ""
     assert config_differences({"a": 1}, {"b": 2}) == "a: 1 -> unset; b: unset -> 2"

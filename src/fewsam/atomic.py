@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import threading
 from contextlib import contextmanager
@@ -99,6 +100,9 @@ def check_folder_path(path: Path, option: str, error: type[Exception] | None = N
     from fewsam.errors import RunError
 
     error = error or RunError
+    if path.is_symlink() and not path.exists():  # nothing could be made there: mkdir and rename both fail
+        raise error(f"{option} {path} is a link to {os.readlink(path)}, which does not exist; create that folder "
+                    f"or give another {option}")
     if path.exists() and not path.is_dir():
         raise error(f"{option} {path} is a file; give a folder path")
     existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
@@ -106,3 +110,74 @@ def check_folder_path(path: Path, option: str, error: type[Exception] | None = N
         raise error(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise error(f"{option} {path}: {existing} is read-only; give a writable {option} folder")
+
+
+@contextmanager
+def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden folder beside ``out`` to write into (predictions, a report); its files move into
+    ``out`` when the block ends well, and it (with any parent folders made for it) is removed when it
+    does not, so a failure or Ctrl-C half-way leaves ``out`` as it was."""
+    made = _make_parents(out.parent)
+    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
+        _move_into(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(made):
+            _remove_if_empty(folder)
+        raise
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    for p in missing:
+        p.mkdir()
+    return missing
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _move_into(staging: Path, out: Path, overwrite: bool) -> None:
+    """``out`` absent: rename the staging folder (atomic). Present: move file by file, replacing
+    same-named files (``overwrite``), never removing anything else of the user's.
+
+    Every target is checked before the first file moves, and Ctrl-C or SIGTERM are held until the
+    last one has: an existing ``out`` then holds either all of the new files or none of them."""
+    from fewsam.errors import RunError
+
+    if not out.exists():
+        staging.rename(out)
+        return
+    if any(out.iterdir()) and not overwrite:
+        raise RunError(f"{out} was filled by something else while writing into it; choose another --out or pass "
+                       "--overwrite")
+    moves = [(path, out / path.relative_to(staging)) for path in sorted(staging.rglob("*")) if path.is_file()]
+    for _, target in moves:
+        blocked = _in_the_way(target, out)
+        if blocked is not None:
+            kind = "folder" if blocked.is_dir() else "file"
+            raise RunError(f"cannot write {target}: a {kind} {blocked} is in the way; move it or choose another "
+                           "--out (nothing was written)")
+    with stop_signals_held():
+        for path, target in moves:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    shutil.rmtree(staging)
+
+
+def _in_the_way(target: Path, out: Path) -> Path | None:
+    """What keeps a file from being written at ``target`` under ``out``: a folder of its name, or a
+    file where one of its folders below ``out`` must go; None when nothing does."""
+    if target.is_dir():
+        return target
+    folders = target.relative_to(out).parents
+    return next((out / f for f in folders if f != Path(".") and (out / f).exists() and not (out / f).is_dir()),
+                None)

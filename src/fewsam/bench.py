@@ -34,6 +34,7 @@ from fewsam.config import DEFAULT_PRECISION
 from fewsam.data import open_dataset
 from fewsam.data.types import Dataset, SliceRef
 from fewsam.embedded import CaseSlices, EmbeddedSlice, embed_cases, embed_refs
+from fewsam.errors import FewsamError
 from fewsam.fitting import FitContext
 from fewsam.labels import IGNORE
 from fewsam.losses import DiceCELoss
@@ -100,12 +101,26 @@ def alternating(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tu
 
 def run_bench(data: str | Path, n: int = 8, cache_dir: str | Path = "bench_cache",
               device: str = "cpu") -> dict[str, Any]:
+    """The figures of ``fewsam bench`` on ``n`` slices, measured with the scratch cache ``cache_dir``,
+    which is removed at the end, also when the bench fails or is stopped (a rerun would otherwise be
+    refused for the folder it left)."""
+    if n < 1:
+        raise FewsamError(f"-n must be at least 1, not {n}")
     started = time.perf_counter()
     cache_dir = Path(cache_dir)
     if cache_dir.exists():
         shutil.rmtree(cache_dir)
+    try:
+        return _measure(data, n, cache_dir, device, started)
+    except BaseException:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
+
+
+def _measure(data: str | Path, n: int, cache_dir: Path, device: str, started: float) -> dict[str, Any]:
     dataset = open_dataset(data)
     refs = dataset.labelled_budget_order()[:n]
+    n = len(refs)  # a dataset with fewer labelled slices than asked: figures per slice it has
     model = load_model("litemedsam", device=device)
     paths = compared_paths(device)
     encoders = _encoder_table(dataset, refs, model, cache_dir, device)

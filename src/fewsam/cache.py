@@ -97,8 +97,11 @@ class EmbeddingCache:
         if manifest.exists():
             try:
                 stored = json.loads(manifest.read_text())
-            except (OSError, json.JSONDecodeError) as err:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise CacheError(f"unreadable cache manifest {manifest}: {err}; delete that folder") from err
+            if not isinstance(stored, dict):  # valid JSON, but no signature (overwritten by something else)
+                raise CacheError(f"unreadable cache manifest {manifest}: it holds a JSON {type(stored).__name__}, "
+                                 "not the cache's model signature; delete that folder")
             if stored != self.signature:
                 raise CacheError(
                     f"cache folder {self.dir} was written by model {stored.get('model')} "

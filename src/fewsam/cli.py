@@ -20,7 +20,8 @@ from typer.core import TyperGroup
 from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import FitOptions, cli_fields, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
-from fewsam.errors import FewsamError, Stopped, disk_full_message, is_disk_full
+from fewsam.errors import (FewsamError, Stopped, disk_full_message, is_disk_full, is_not_permitted,
+                           not_permitted_message)
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 
@@ -121,6 +122,17 @@ def check_output_file(path: Path | None, option: str, overwrite: bool) -> None:
         raise FewsamError(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise FewsamError(f"{option} {path}: {existing} is read-only; give another {option}")
+
+
+def check_not_an_input(path: Path | None, option: str, inputs: list[Path]) -> None:
+    """An output file that replaces existing ones without --overwrite (compare's --json, rewritten by
+    each rerun) must still not be one of the command's own inputs: that input would be lost."""
+    if path is None or not path.exists():
+        return
+    same = next((p for p in inputs if p.exists() and p.samefile(path)), None)
+    if same is not None:
+        raise FewsamError(f"{option} {path} is the input {same}; writing there would replace it: give another "
+                          f"{option}")
 
 
 @app.command()
@@ -345,6 +357,7 @@ def compare(
     from fewsam.runs import write_json
 
     check_output_file(json_out, "--json", overwrite=True)
+    check_not_an_input(json_out, "--json", [run_a, run_b])
     result = compare_runs(run_a, run_b, metric, n_comparisons)
     if json_out:
         write_json(json_out, result)
@@ -530,7 +543,8 @@ def main() -> None:
         err.print(f"{stop.how}; run the same command again to resume", highlight=False)
         raise SystemExit(128 + stop.signum)
     except OSError as exc:
-        if not is_disk_full(exc):
+        if not (is_disk_full(exc) or is_not_permitted(exc)):
             raise
-        err.print(f"[red]error:[/] {disk_full_message(exc)}", highlight=False, soft_wrap=True)
+        message = disk_full_message(exc) if is_disk_full(exc) else not_permitted_message(exc)
+        err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise SystemExit(2)

@@ -16,16 +16,47 @@ from fewsam.errors import DataError
 from fewsam.metrics import METRICS, wilcoxon_compare
 
 
-def read_evaluation(path: str | Path) -> dict[str, Any]:
-    """An evaluation JSON, checked for the per-case records a comparison needs."""
+SUMMARY_KEYS = ("n_cases", "mean", "per_class")  # what a report reads beside the per-case records
+
+
+def read_evaluation(path: str | Path, summary: bool = False) -> dict[str, Any]:
+    """An evaluation JSON, checked for the per-case records a comparison needs (and with ``summary``
+    the overall scores a report shows), so that a hand-edited or foreign JSON is named in one line
+    instead of failing half-way through a comparison or a report."""
     path = Path(path)
     try:
         result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read evaluation {path}: {err}; write it with `fewsam evaluate --json`") from None
     if not isinstance(result, dict) or not isinstance(result.get("cases"), list):
         raise DataError(f"{path} has no per-case records; write it with `fewsam evaluate --json`")
+    problem = _case_problem(result["cases"])
+    if problem is None and summary:
+        problem = next((f"no {key!r}" for key in SUMMARY_KEYS if key not in result), None)
+        if problem is None and not (isinstance(result["mean"], dict) and _scores_by_class(result["per_class"])):
+            problem = "its 'mean' or 'per_class' is not a table of scores"
+    if problem is not None:
+        raise DataError(f"{path} is not a fewsam evaluation ({problem}); write it with `fewsam evaluate --json`")
     return result
+
+
+def _case_problem(cases: list[Any]) -> str | None:
+    """What keeps ``cases`` from being per-case records ({"case": id, "per_class": {class: {metric:
+    number or null}}}), naming the first bad one; None when they are."""
+    for i, case in enumerate(cases):
+        if not isinstance(case, dict) or not isinstance(case.get("case"), str):
+            return f"record {i} of 'cases' names no case"
+        if not _scores_by_class(case.get("per_class")):
+            return f"the 'per_class' of case {case['case']!r} is not a table of scores"
+    return None
+
+
+def _scores_by_class(per_class: Any) -> bool:
+    """Whether ``per_class`` maps class names to {metric: number or None}."""
+    return isinstance(per_class, dict) and all(
+        isinstance(scores, dict) and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                                         for v in scores.values())
+        for scores in per_class.values())
 
 
 def per_case_scores(result: dict[str, Any], metric: str = "dice") -> dict[str, float]:

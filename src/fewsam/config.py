@@ -165,6 +165,23 @@ class FitOptions(Config):
         super().__post_init__()
         if self.labeled_cases is not None and self.labeled_images is not None:
             raise DataError("give --labeled-cases or --labeled-images, not both")
+        self._check_fair_options()
+
+    def _check_fair_options(self) -> None:
+        """--bins and --fair-gamma shape the scaling on --fair-attribute's column: given without it (or
+        with an empty one) the fit would run unscaled and record a run the user did not ask for."""
+        if self.fair_attribute is not None and not self.fair_attribute.strip():
+            raise ConfigError("--fair-attribute names no column; give a group column (`fewsam info DATA` lists "
+                              "them) or leave it out")
+        if self.fair_attribute:
+            return
+        gamma_default = field_default(FitOptions.__dataclass_fields__["fair_gamma"])
+        given = [name for name, set_ in (("--bins", self.fair_bins is not None),
+                                         ("--fair-gamma", self.fair_gamma != gamma_default)) if set_]
+        if given:
+            verb, them = ("shape", "them") if len(given) > 1 else ("shapes", "it")
+            raise ConfigError(f"{' and '.join(given)} {verb} fair scaling on the --fair-attribute column, which is "
+                              f"not given; add --fair-attribute COLUMN or leave {them} out")
 
     @property
     def budget_cases(self) -> int | None:

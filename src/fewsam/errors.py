@@ -5,6 +5,7 @@ import os
 import signal
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_PERMITTED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class FewsamError(Exception):
@@ -53,3 +54,15 @@ def disk_full_message(err: OSError) -> str:
     where = f" writing {err.filename}" if err.filename else ""
     return (f"{os.strerror(err.errno or errno.ENOSPC)}{where}; free space (or use another --out / --cache), "
             "then run the same command again")
+
+
+def is_not_permitted(err: OSError) -> bool:
+    """A file or folder fewsam may not read or write (permissions, a read-only mount) that the
+    up-front checks could not see (ACLs, root squash on a network share, a file inside the data)."""
+    return err.errno in NOT_PERMITTED and bool(err.filename)
+
+
+def not_permitted_message(err: OSError) -> str:
+    """One line for a refused read or write: which file, and what to do."""
+    return (f"{os.strerror(err.errno or errno.EACCES)}: {err.filename}; give fewsam access to it (or use another "
+            "--out / --cache / --json), then run the same command again")

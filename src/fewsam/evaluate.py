@@ -7,15 +7,18 @@ knows its spacing and in pixels otherwise, and the JSON says which.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
+from fewsam.data.types import Dataset
 from fewsam.errors import DataError
 from fewsam.fairness import check_bin_values, check_group_column, per_class_equity, resolve_bins
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.metrics import case_metrics, group_summary, summarise
+from fewsam.predict import dataset_folder_holding
 from fewsam.progress import tracked
 
 
@@ -47,9 +50,12 @@ def evaluate(
         raise DataError(f"prediction folder {pred} does not exist; run `fewsam predict` first")
     if es_mode not in ("sum", "std"):
         raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
+    check_alpha(alpha)
+    check_grouping(group_by, bins)
     explicit = resolve_bins(group_by, bins) if group_by else None
     binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None
     dataset = open_dataset(data, attributes)
+    check_not_the_labels(pred, dataset)
     names = dataset.class_map.names
     records, units, case_attrs = [], set(), []
     case_ids = dataset.split(split or DEFAULT_SPLIT)
@@ -79,6 +85,34 @@ def evaluate(
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
     result["split"] = split or DEFAULT_SPLIT
     return result
+
+
+def check_not_the_labels(pred: Path, dataset: Dataset) -> None:
+    """--pred in the dataset's own folders (its root, its image or label folders) holds the inputs, not
+    predictions (``fewsam predict`` never writes there): the labels folder would score the ground
+    truth against itself, Dice 1.0 without a word."""
+    inside = dataset_folder_holding(pred, dataset)
+    if inside is not None:
+        raise DataError(f"--pred {pred} lies in the dataset's own folder {inside}, which holds its images and "
+                        "labels, not predictions; give the folder `fewsam predict --out` wrote")
+
+
+def check_alpha(alpha: float) -> None:
+    """ES-Dice = Dice / (1 + alpha x spread) only ranks fairness for a finite alpha >= 0: a negative
+    one rewards unequal groups (scores above the Dice, or a division by zero), NaN gives NaN."""
+    if not math.isfinite(alpha) or alpha < 0:
+        raise DataError(f"--alpha must be a finite number of at least 0 (FairSeg uses 1), not {alpha}")
+
+
+def check_grouping(group_by: str | None, bins: str | Bins | None) -> None:
+    """--bins bins the --group-by column: without one (or with an empty one) the command would print
+    no group metrics at all and say nothing about it."""
+    if group_by is not None and not group_by.strip():
+        raise DataError("--group-by names no column; give an attribute column (`fewsam info DATA` lists them) "
+                        "or leave it out")
+    if bins is not None and not group_by:
+        raise DataError("--bins bins the --group-by column, which is not given; add --group-by COLUMN or leave "
+                        "--bins out")
 
 
 def _bin_order(groups: dict[str, Any], bins: Bins) -> dict[str, Any]:

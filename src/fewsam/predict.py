@@ -14,16 +14,12 @@ Inf is an error naming the file and slice, a constant image a warning naming the
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from fewsam.atomic import check_folder_path
+from fewsam.atomic import check_folder_path, staged_folder
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION
 from fewsam.data import open_dataset, write_prediction
@@ -157,7 +153,7 @@ def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
     """Refuse an --out that is a file, cannot be created, lies in the dataset's own folders (even
     with --overwrite: predictions would mix with or replace its files), or is not empty."""
     check_folder_path(out, "--out")
-    inside = _dataset_folder_holding(out, dataset)
+    inside = dataset_folder_holding(out, dataset)
     if inside is not None:
         raise RunError(f"--out {out} lies in the dataset's own folder {inside}; predictions would mix with "
                        f"its files: write them outside {dataset.root}")
@@ -170,7 +166,7 @@ def check_cache_folder(root: str | Path) -> None:
     check_folder_path(Path(root).expanduser(), "--cache", CacheError)
 
 
-def _dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
+def dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
     """The dataset folder (its root, a folder holding its images or labels, or a DICOM series folder)
     that ``out`` is or lies in; None when ``out`` is outside them (a new sibling of the images under
     root is fine)."""
@@ -187,56 +183,6 @@ def _dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
         real = parent.resolve()
         folders |= {real, *(real / name for name in names)}
     return next((p for p in (target, *target.parents) if p in folders), None)
-
-
-@contextmanager
-def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A hidden folder beside ``out`` to write into; its files move into ``out`` when the block ends
-    well, and it (with any parent folders made for it) is removed when it does not."""
-    made = _make_parents(out.parent)
-    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        yield staging
-        _move_into(staging, out, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in reversed(made):
-            _remove_if_empty(folder)
-        raise
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; returns those created, outermost first."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
-    for p in missing:
-        p.mkdir()
-    return missing
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
-
-
-def _move_into(staging: Path, out: Path, overwrite: bool) -> None:
-    """``out`` absent: rename the staging folder (atomic). Present: move file by file, replacing
-    same-named predictions (``overwrite``), never removing anything else of the user's."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    if any(out.iterdir()) and not overwrite:
-        raise RunError(f"{out} was filled by something else while predicting; choose another --out or pass "
-                       "--overwrite")
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        target = out / path.relative_to(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_dir():
-            raise RunError(f"cannot write prediction {target}: a folder of that name is in the way")
-        os.replace(path, target)
-    shutil.rmtree(staging)
 
 
 def check_pixels(case: Case, source: Path | str) -> None:

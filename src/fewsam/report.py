@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fewsam.atomic import atomic_write_bytes
+from fewsam.atomic import atomic_write_bytes, check_folder_path, staged_folder
 
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [240, 200, 40],
                     [200, 80, 220], [40, 210, 220]], dtype=np.uint8)
@@ -68,27 +68,22 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     out = Path(out_dir)
     _check_out_folder(out, overwrite)
     names = labels or _unique_names(evaluations)
-    runs = [(name, read_evaluation(path)) for name, path in zip(names, evaluations)]
-    out.mkdir(parents=True, exist_ok=True)
-    blocks = [("h", title), ("p", INTRO), *_overview(runs), *_group_blocks(runs, out),
-              *_class_blocks(runs, out), *_test_blocks(runs)]
-    md, html = out / "report.md", out / "report.html"
-    atomic_write_bytes(md, _markdown(blocks).encode())
-    atomic_write_bytes(html, _html(blocks, title).encode())
-    return {"markdown": md, "html": html}
+    runs = [(name, read_evaluation(path, summary=True)) for name, path in zip(names, evaluations)]
+    with staged_folder(out, overwrite) as staging:  # a failure half-way leaves no partial report
+        blocks = [("h", title), ("p", INTRO), *_overview(runs), *_group_blocks(runs, staging),
+                  *_class_blocks(runs, staging), *_test_blocks(runs)]
+        atomic_write_bytes(staging / "report.md", _markdown(blocks).encode())
+        atomic_write_bytes(staging / "report.html", _html(blocks, title).encode())
+    return {"markdown": out / "report.md", "html": out / "report.html"}
 
 
 def _check_out_folder(out: Path, overwrite: bool) -> None:
     """A report folder must be a folder, and empty unless ``overwrite`` (nothing replaced silently)."""
     from fewsam.errors import RunError
 
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file; the report needs a folder: give a folder path")
+    check_folder_path(out, "--out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise RunError(f"--out {out}: {existing} is a file, not a folder; give another --out")
 
 
 def _unique_names(paths: list[str | Path]) -> list[str]:

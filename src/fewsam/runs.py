@@ -144,6 +144,7 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
     existing = path / CONFIG
     if existing.exists():
         stored, predated = with_options_it_predates(read_config(path), defaults or {})
+        _refuse_other_method(path, stored, config)
         _refuse_changed_data(path, stored, config)
         changed = config_differences(_comparable(stored), _comparable(json.loads(json.dumps(config))))
         if changed:
@@ -196,6 +197,13 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """Fields that must agree between a run and its resumption: not the display-only settings, and
     not the data hash, which ``_refuse_changed_data`` compares with its own message."""
     return {k: v for k, v in config.items() if k not in {"device", "cache", "progress", DATA_HASH}}
+
+
+def _refuse_other_method(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
+    """A run of another method differs in every section; name that, not the first few settings."""
+    if config.get("method") and stored.get("method") != config["method"]:
+        raise RunError(f"{path} holds a {stored.get('method')} run, not a {config['method']} one; fit into another "
+                       "--out (nothing was overwritten)")
 
 
 def _refuse_changed_data(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:

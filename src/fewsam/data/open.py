@@ -50,12 +50,30 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
             dataset = open_layout(root)
             break
     else:
+        parent = _layout_above(root)
+        if parent is not None:
+            raise DataError(f"{root} is a folder inside the dataset {parent} ({SUBFOLDERS[root.name]} layout); "
+                            f"give the dataset's root: --data {parent}")
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
     dataset.settle_unlabelled()
     if attributes_csv is not None:
         _join(dataset, attributes_csv)
     return dataset
+
+
+# Folders of a layout that users give as --data by mistake, with the layouts that name them. Only
+# these layouts are tried on the parent: their checks look at a few names (the others scan a tree).
+SUBFOLDERS = {"imagesTr": "nifti", "labelsTr": "nifti", "imagesTs": "nifti", "images": "nifti",
+              "labels": "nifti", "data": "acdc-h5"}
+
+
+def _layout_above(folder: Path) -> Path | None:
+    """The dataset whose image or label folder ``folder`` is (--data DATASET/imagesTr, an nnU-Net
+    user's habit): its parent, when that is recognised as such a dataset; else None."""
+    layout = SUBFOLDERS.get(folder.name)
+    parent = folder.resolve().parent
+    return parent if layout is not None and LAYOUTS[layout][0](parent) else None
 
 
 def _join(dataset: IndexedDataset, attributes_csv: str | Path) -> None:

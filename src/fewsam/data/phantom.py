@@ -48,6 +48,9 @@ def phantom_volume(rng: np.random.Generator, slices: int = 6, shape: tuple[int, 
     return np.stack(images), np.stack(labels)
 
 
+PHANTOM_NAME = "fewsam cardiac phantom"  # dataset.json's name: how a folder of phantoms is recognised
+
+
 def write_phantom_dataset(root: str | Path, n_train: int = 4, n_val: int = 2, slices: int = 6,
                           seed: int = 0) -> Path:
     """An nnU-Net v2 raw folder (imagesTr/labelsTr/dataset.json + splits_final.json) of phantoms."""
@@ -67,7 +70,7 @@ def write_phantom_dataset(root: str | Path, n_train: int = 4, n_val: int = 2, sl
         "labels": {"background": 0, **{v: k for k, v in PHANTOM_CLASSES.items()}},
         "numTraining": len(names),
         "file_ending": ".nii.gz",
-        "name": "fewsam cardiac phantom",
+        "name": PHANTOM_NAME,
     }
     (root / "dataset.json").write_text(json.dumps(dataset, indent=2))
     splits = [{"train": names[:n_train], "val": names[n_train:]}]

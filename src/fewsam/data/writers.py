@@ -91,7 +91,8 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
         raise DataError(f"prediction {path} has shape {pred.shape}, the case has {expected} (D, H, W); "
                         "was it written for another dataset or resized?")
     if class_map is not None:
-        check_label_values(pred, class_map, path)
+        check_label_values(pred, class_map, path, "was it predicted by a run fitted on other classes? "
+                                                  "predict this split with a run fitted on this dataset")
     return pred
 
 

@@ -50,7 +50,7 @@ from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.progress import say_once
 from fewsam.progress import tracked
-from fewsam.runs import BEST, CONFIG, read_config, write_json
+from fewsam.runs import BEST, CONFIG, check_run, read_config, write_json
 from fewsam.train import TrainResult, atomic_torch_save, load_best, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
@@ -79,12 +79,14 @@ class DistillConfig(StudentFitConfig, UnlabelledPoolConfig):
 
 
 def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
-    """The teacher's folder and config.json, refused unless it was fitted on the same labelled
-    slices, label values and SAM weights as this fit."""
+    """The teacher's folder and config.json, refused unless its fit finished with its files intact
+    (``check_run``: a teacher still fitting, or stopped before its first validation, has weights
+    that change or are not there) and it was fitted on the same labelled slices, label values and
+    SAM weights as this fit."""
     if not cfg.teacher:
         raise ConfigError("say which fitted run teaches the student: --teacher RUN")
     folder = Path(cfg.teacher)
-    config = read_config(folder)
+    config = check_run(folder)
     refs = [f"{r.case_id}:{r.z}" for r in ctx.labelled]
     if config.get("labelled", {}).get("refs") != refs:
         raise ConfigError(f"the teacher {folder} was fitted on other labelled slices than this fit's budget; "
@@ -95,6 +97,13 @@ def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
     if config.get("weights_sha256") and ctx.model is not None and config["weights_sha256"] != ctx.model.weights_sha256:
         raise ConfigError(f"the teacher {folder} was fitted on other SAM weights; give its --model / --checkpoint")
     return folder, config
+
+
+def refuse_self_teaching(cfg: DistillConfig, run_dir: Path) -> None:
+    """--teacher naming this fit's own --out would read the student's unfinished folder as its teacher."""
+    if cfg.teacher and Path(cfg.teacher).resolve() == run_dir.resolve():
+        raise ConfigError(f"--teacher {cfg.teacher} is this fit's own --out; give the folder of a finished fit "
+                          "(e.g. fewmatch) as --teacher and another folder as --out")
 
 
 def teacher_labels(ctx: FitContext, folder: Path, config: dict, refs: list[SliceRef]) -> list[np.ndarray]:
@@ -166,6 +175,7 @@ class DistillTask:
 def fit(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> TrainResult:
     """Label the pool with the teacher (once), train the student on both sets, then choose its
     post-processing (cavity rule, largest components, mirroring) on the validation cases."""
+    refuse_self_teaching(cfg, run_dir)
     teacher_config(ctx, cfg)
     rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
     labelled = load_labelled(ctx, cfg)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import secrets
 import shutil
 import tempfile
 import warnings
@@ -179,11 +180,23 @@ class OpenVinoEncoder:
 
         core = ov.Core()
         files = [self.ir_dir / _ir_name(i, len(self.stages)) for i in range(len(self.stages))]
-        models = [core.read_model(f) for f in files] if all(f.exists() for f in files) else self._convert(ov)
+        models = self._read_ir(core, ov, files) if all(f.exists() for f in files) else self._convert(ov)
         return [core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[hint],
                                                   "INFERENCE_NUM_THREADS": torch.get_num_threads(),
                                                   "PERFORMANCE_HINT": "LATENCY"})
                 for model, (_, hint) in zip(models, self.stages)]
+
+    def _read_ir(self, core: Any, ov: Any, files: list[Path]) -> list[Any]:
+        """The IR an earlier process kept. Damaged IR (truncated by a full disk or a partial copy of
+        the cache) is set aside and converted again, as a corrupt embedding is recomputed, instead
+        of ending every command that encodes in OpenVINO's traceback."""
+        try:
+            return [core.read_model(f) for f in files]
+        except RuntimeError as err:
+            reason = next((line.strip() for line in str(err).splitlines()[::-1] if line.strip()), type(err).__name__)
+            say_once(f"the compiled encoder in {self.ir_dir} is damaged ({reason}); converting it again")
+            _set_aside(self.ir_dir)
+            return self._convert(ov)
 
     def _convert(self, ov: Any) -> list[Any]:
         log.info("converting the encoder for OpenVINO (once per model; kept in %s)", self.ir_dir)
@@ -210,6 +223,17 @@ class OpenVinoEncoder:
 
 
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def _set_aside(folder: Path) -> None:
+    """Remove ``folder`` by renaming it away first (atomic), so that no reader meets it half-deleted
+    and a new folder of its name can be put in place; nothing if another process did it first."""
+    aside = folder.parent / f".{folder.name}.damaged-{secrets.token_hex(4)}"
+    try:
+        folder.rename(aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def for_encoder(precision: EncoderPrecision, encoder: torch.nn.Module) -> EncoderPrecision:

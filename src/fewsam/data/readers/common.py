@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,11 +210,23 @@ class IndexedDataset:
                         "give a file that exists")
 
     def check_known(self, ids: list[str], source: str) -> None:
+        """Every id of a split names a case of this dataset, and names it once."""
         missing = [i for i in ids if i not in self.entries]
         if missing:
             shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
             raise DataError(f"{source} names {len(missing)} case(s) with no file in {self.root}: "
                             f"{shown}; fix the list or restore the files")
+        check_unique(ids, source)
+
+
+def check_unique(ids: list[str], source: str) -> None:
+    """A case named twice in a split (a pasted line, or its id and its file name) would be predicted
+    once but scored, trained on or compared twice, skewing means and paired tests: refused, naming it."""
+    repeated = [case_id for case_id, count in Counter(ids).items() if count > 1]
+    if repeated:
+        shown = ", ".join(repeated[:3]) + (" ..." if len(repeated) > 3 else "")
+        raise DataError(f"{source} names {len(repeated)} case(s) more than once: {shown}; "
+                        "keep one line per case")
 
 
 def strip_suffixes(name: str) -> str:
@@ -264,12 +277,14 @@ def check_pair(image: np.ndarray, label: np.ndarray | None, path: Path) -> None:
                         f"label {tuple(label.shape)}; re-export the pair on the same grid")
 
 
-def check_label_values(label: np.ndarray, class_map: ClassMap, path: Path) -> None:
+def check_label_values(label: np.ndarray, class_map: ClassMap, path: Path,
+                       advice: str = "fix the label or the dataset's class names") -> None:
+    """Values outside the class map are an error naming them, the file and ``advice`` (what to do)."""
     allowed = {0, *class_map.labels}
     bad = sorted(int(v) for v in np.unique(label) if int(v) not in allowed)
     if bad:
         raise DataError(f"label values {bad} in {path} are not in the class map "
-                        f"{class_map.to_json()}; fix the label or the dataset's class names")
+                        f"{class_map.to_json()}; {advice}")
 
 
 def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
@@ -281,9 +296,10 @@ def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Non-empty stripped lines of a text file; a corrupt file becomes a DataError."""
+    """Non-empty stripped lines of a text file; a corrupt file becomes a DataError. UTF-8 with or
+    without the byte-order mark Windows editors put first (it would stick to the first case id)."""
     try:
-        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        return [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read list file {path}: {err}") from None
 

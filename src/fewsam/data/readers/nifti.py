@@ -294,8 +294,11 @@ def _read_splits(root: Path, labelled: list[str]) -> dict[str, list[str]]:
     if not path.is_file():
         return deterministic_split(labelled)
     try:
-        folds = json.loads(path.read_text())
-        return {"train": list(folds[0]["train"]), "val": list(folds[0]["val"])}
+        folds = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is fine
+        fold = {key: folds[0][key] for key in ("train", "val")}
+        if not all(isinstance(ids, list) for ids in fold.values()):  # list("case_001") would be its letters
+            raise TypeError("'train' and 'val' must be lists of case ids")
+        return fold
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         raise DataError(f"cannot read {path} ({err}); it must be a list of folds "
                         '[{"train": [...], "val": [...]}]') from None
@@ -303,7 +306,7 @@ def _read_splits(root: Path, labelled: list[str]) -> dict[str, list[str]]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read {path}: {err}") from None
     if not isinstance(data, dict):
