@@ -456,3 +456,31 @@ def test_a_refused_write_the_checks_could_not_see_is_one_error_line(monkeypatch,
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {os.strerror(getattr(errno, code))}: /share/pred/.a.h5.1a2b3c4d.tmp; give fewsam access to it (or "
         "use another --out / --cache / --json), then run the same command again"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["fit", "fewshot", "--steps", "abc"], "fewsam fit fewshot: Invalid value for '--steps'"),
+    (["fit", "fewshot", "--no-such-option"], "fewsam fit fewshot: No such option: --no-such-option"),
+    (["fit", "nosuch"], "fewsam fit: No such command 'nosuch'"),
+    (["evaluate", "--alpha", "x"], "fewsam evaluate: Invalid value for '--alpha'"),
+    (["predict"], "fewsam predict: Missing argument 'run'"),
+])
+def test_a_usage_mistake_is_one_error_line_with_where_help_is(args, says, capsys):
+    from fewsam.cli import run_app
+
+    with pytest.raises(SystemExit) as stop:
+        run_app(args)
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), lines
+    assert lines[0].endswith("--help')"), lines
+
+
+def test_usage_mistakes_and_the_version_through_the_real_command_line(tmp_path):
+    from fewsam import __version__
+
+    assert_one_line_error(run_fewsam("fit", "fewshot", "--steps", "abc", cwd=tmp_path), "Invalid value for '--steps'")
+    version = run_fewsam("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.strip() == f"fewsam {__version__}"
+    bare = run_fewsam(cwd=tmp_path)
+    assert bare.returncode == 2 and "Usage: fewsam" in bare.stdout and "error" not in bare.stderr

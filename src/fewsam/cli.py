@@ -15,6 +15,10 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+try:  # typer from 0.2x on carries its own copy of click; earlier ones use click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_errors
 from typer.core import TyperGroup
 
 from fewsam.allocator import ALLOCATOR_TUNING
@@ -30,6 +34,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Label-efficient and fair Segment Anything for medical images.")
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fewsam import __version__
+        out.print(f"fewsam {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print fewsam's version and exit.")) -> None:
+    """Label-efficient and fair Segment Anything for medical images."""
 
 
 def default_is(help: str, default: str) -> str:
@@ -527,6 +544,34 @@ def _stop_on_signals() -> None:
         signal.signal(signum, _raise)
 
 
+def usage_error_line(exc: click_errors.UsageError) -> str:
+    """A usage mistake (unknown option, a value of the wrong kind, a missing argument) as the one
+    line every other user mistake gets, with where the command's help is."""
+    command = exc.ctx.command_path if exc.ctx is not None else "fewsam"
+    message = " ".join(exc.format_message().split())
+    return f"{command}: {message} (see '{command} --help')"
+
+
+def run_app(args: list[str] | None = None) -> None:
+    """The CLI with click's usage errors reported as one ``error:`` line (exit 2) instead of
+    click's multi-line panel; help with no arguments and ``typer.Exit`` codes pass as click has them."""
+    try:
+        code = app(args=args, prog_name="fewsam", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # help already printed by the group
+        raise SystemExit(exc.exit_code) from None
+    except click_errors.UsageError as exc:
+        err.print(f"[red]error:[/] {usage_error_line(exc)}", highlight=False, soft_wrap=True, markup=True)
+        raise SystemExit(2) from None
+    except click_errors.ClickException as exc:
+        err.print(f"[red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        err.print("Aborted!", highlight=False)
+        raise SystemExit(1) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks of its own
@@ -535,7 +580,7 @@ def main() -> None:
     _show_notes()
     _stop_on_signals()
     try:
-        app(prog_name="fewsam")  # standalone: click reports usage errors itself (exit 2)
+        run_app()
     except FewsamError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
