@@ -230,3 +230,14 @@ def test_a_body_that_is_not_json_says_so(studio_client, body):
 def studio_client(data, tmp_path):
     with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
         yield client
+
+
+def test_the_demo_does_not_write_its_phantom_into_a_folder_of_the_users(tmp_path):
+    from fewsam.studio.server import DEMO_DATA, resolve_paths
+
+    mine = tmp_path / DEMO_DATA
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(StudioError, match="in the way of the demo's phantom"):
+        resolve_paths(None, tmp_path, demo=True)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -35,6 +35,10 @@ def resolve_paths(data: Path | None, project: Path | None, demo: bool) -> tuple[
     if not (data / "dataset.json").is_file():
         from fewsam.data.phantom import write_phantom_dataset
 
+        if data.exists() and (not data.is_dir() or any(data.iterdir())):
+            raise StudioError(f"{data} is in the way of the demo's phantom (it is not one fewsam wrote); "
+                              "give another --project")
+
         write_phantom_dataset(data)
     return data, project
 
