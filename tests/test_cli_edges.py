@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -482,5 +484,6 @@ def test_usage_mistakes_and_the_version_through_the_real_command_line(tmp_path):
     assert_one_line_error(run_fewsam("fit", "fewshot", "--steps", "abc", cwd=tmp_path), "Invalid value for '--steps'")
     version = run_fewsam("--version", cwd=tmp_path)
     assert version.returncode == 0 and version.stdout.strip() == f"fewsam {__version__}"
-    bare = run_fewsam(cwd=tmp_path)
-    assert bare.returncode == 2 and "Usage: fewsam" in bare.stdout and "error" not in bare.stderr
+    bare = subprocess.run([sys.executable, "-m", "fewsam"], capture_output=True, cwd=tmp_path,
+                          env=dict(os.environ, FEWSAM_NO_REEXEC="1"), timeout=300)
+    assert bare.returncode == 2 and b"Usage: fewsam" in bare.stdout and b"error" not in bare.stderr
