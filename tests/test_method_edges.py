@@ -1,0 +1,122 @@
+"""The methods on data unlike ACDC: labelled budgets without foreground or without a class,
+validation cases without labels or without foreground. Each is refused (or said) before any
+training, with the reason, instead of a fit that cannot learn or cannot select a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from fewsam import api, progress
+from fewsam.errors import DataError
+from fewsam.methods.fewshot import FewShotConfig
+from fewsam.methods.student import check_labelled_classes
+from fewsam.methods.supervised import SupervisedConfig
+from fewsam.models import registry
+
+TINY_STUDENT = SupervisedConfig(image_size=16, channels=(4, 8), num_res_units=0, batch_size=2, steps=1,
+                                val_every=1)
+
+
+def _nnunet(root: Path, labels: list[np.ndarray | None], values: tuple[int, ...] = (1, 2)) -> Path:
+    """An nnU-Net raw folder of 2-slice 16x16 cases c0..cN (None: no label file); the last two
+    cases are the validation split."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"c{i}" for i in range(len(labels))]
+    for name, label in zip(names, labels):
+        image = rng.normal(100, 20, (2, 16, 16)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image.transpose(2, 1, 0), np.eye(4)), root / "imagesTr" / f"{name}_0000.nii.gz")
+        if label is not None:
+            nib.save(nib.Nifti1Image(label.transpose(2, 1, 0), np.eye(4)), root / "labelsTr" / f"{name}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, **{f"k{v}": v for v in values}},
+        "numTraining": len(names), "file_ending": ".nii.gz"}))
+    (root / "splits_final.json").write_text(json.dumps([{"train": names[:-2], "val": names[-2:]}]))
+    return root
+
+
+def _label(*values: int) -> np.ndarray:
+    """A (2, 16, 16) label with one 4x4 square per value."""
+    label = np.zeros((2, 16, 16), np.uint8)
+    for i, value in enumerate(values):
+        label[:, 2:6, 2 + 5 * i:6 + 5 * i] = value
+    return label
+
+
+def _no_weights(*args, **kwargs):
+    raise AssertionError("a SAM model was loaded")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_no_sam(monkeypatch):
+    """Every fit here is refused before SAM is needed (or needs none); fresh notices per test."""
+    monkeypatch.setattr(registry, "load_model", _no_weights)
+    monkeypatch.setattr(progress, "_said", {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _options(data: Path, tmp_path: Path, **budget) -> api.FitOptions:
+    return api.FitOptions(data=data, run=tmp_path / "run", cache=str(tmp_path / "cache"), show_progress=False,
+                          **(budget or {"labeled_cases": 1}))
+
+
+# --- the labelled budget of the U-Net students --------------------------------------------------
+
+def test_student_refuses_labelled_slices_without_any_foreground(tmp_path):
+    data = _nnunet(tmp_path / "d", [_label(), _label(1, 2), _label(1, 2), _label(1, 2)])
+    with pytest.raises(DataError, match=r"no pixel of class\(es\) \[1, 2\]"):
+        api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
+    assert not (tmp_path / "run" / "checkpoint_best.pt").exists()
+
+
+def test_student_says_which_classes_the_labelled_slices_never_show(tmp_path):
+    data = _nnunet(tmp_path / "d", [_label(1), _label(1, 2), _label(1, 2), _label(1, 2)], values=(1, 2))
+    api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
+    notes = [note for note in progress.said() if "no pixel of class" in note]
+    assert notes == [notes[0]] and "[2]" in notes[0] and "[1" not in notes[0]
+
+
+def test_check_labelled_classes_on_indices_of_non_contiguous_values():
+    """values (0, 1, 4) are indices 0, 1, 2 in the student frame: index 2 present means 4 is shown."""
+    labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    labels[0, 0, 0] = 2
+    check_labelled_classes(labels, [0, 1, 4])
+    assert [note for note in progress.said() if "[1]" in note]
+    with pytest.raises(DataError, match=r"\[1, 4\]"):
+        check_labelled_classes(torch.zeros(1, 4, 4, dtype=torch.uint8), [0, 1, 4])
+
+
+# --- the validation cases ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, config", [("fewshot", FewShotConfig(steps=1)), ("supervised", TINY_STUDENT)])
+def test_validation_cases_without_label_files_are_refused_before_any_work(tmp_path, method, config):
+    """few-shot SAM used to embed and train, then fail at the first validation with
+    'prediction shape ... differs from label shape ()'."""
+    data = _nnunet(tmp_path / "d", [_label(1, 2), _label(1, 2), None, None])
+    with pytest.raises(DataError, match=r"c2, c3 of .* have no label to select the model on; give --val-split"):
+        api.fit(method, _options(data, tmp_path), config)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_validation_labels_without_foreground_are_refused(tmp_path):
+    """All-background validation labels score an empty prediction as Dice 1: selection is meaningless."""
+    data = _nnunet(tmp_path / "d", [_label(1, 2), _label(1, 2), _label(), _label()])
+    with pytest.raises(DataError, match="validation cases' labels contain no foreground pixel"):
+        api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
+    assert not (tmp_path / "run" / "checkpoint_best.pt").exists()
+
+
+def test_one_validation_case_with_foreground_is_enough(tmp_path):
+    data = _nnunet(tmp_path / "d", [_label(1, 2), _label(1, 2), _label(), _label(2)])
+    result = api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
+    assert result.best_step == 1 and 0.0 <= result.best_score <= 1.0
