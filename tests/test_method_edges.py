@@ -19,6 +19,7 @@ from fewsam.methods.student import check_labelled_classes
 from fewsam.methods.supervised import SupervisedConfig
 from fewsam.models import registry
 
+REAL_LOAD_MODEL = registry.load_model  # the fixture below stands it in for every other test
 TINY_STUDENT = SupervisedConfig(image_size=16, channels=(4, 8), num_res_units=0, batch_size=2, steps=1,
                                 val_every=1)
 
@@ -120,3 +121,30 @@ def test_one_validation_case_with_foreground_is_enough(tmp_path):
     data = _nnunet(tmp_path / "d", [_label(1, 2), _label(1, 2), _label(), _label(2)])
     result = api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
     assert result.best_step == 1 and 0.0 <= result.best_score <= 1.0
+
+
+# --- image shapes the SAM frame must hold -------------------------------------------------------
+
+def test_resized_shape_keeps_a_row_of_a_long_strip():
+    from fewsam.models.sam import resized_hw
+
+    assert resized_hw(1, 600, 256) == (1, 256)
+    assert resized_hw(3000, 2, 1024) == (1024, 1)
+    assert resized_hw(40, 600, 256) == (17, 256)  # ordinary shapes round as segment-anything does
+
+
+def test_a_one_row_strip_goes_through_the_sam_frame_and_back():
+    """A 1 x 600 slice: LiteMedSAM's 256 frame used to resize it to 0 rows (a RuntimeError)."""
+    from fewsam.embedded import frame_label
+    from fewsam.labels import IGNORE
+    from fewsam.models.sam import postprocess_logits
+
+    model = REAL_LOAD_MODEL("litemedsam")  # the real preprocessing is what is under test
+    image = np.random.default_rng(0).random((1, 600)).astype(np.float32)
+    x, info = model.preprocess(image)
+    assert x.shape == (3, 256, 256) and info.resized_hw == (1, 256)
+    label = np.zeros((1, 600), np.uint8)
+    label[0, 100:300] = 1
+    framed = frame_label(label, info)
+    assert framed[0, 50] == 1 and framed[0, 10] == 0 and (framed[1:] == IGNORE).all()
+    assert postprocess_logits(torch.zeros(1, 2, 64, 64), info).shape == (1, 2, 1, 600)
