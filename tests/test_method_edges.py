@@ -75,7 +75,7 @@ def _options(data: Path, tmp_path: Path, **budget) -> api.FitOptions:
 
 def test_student_refuses_labelled_slices_without_any_foreground(tmp_path):
     data = _nnunet(tmp_path / "d", [_label(), _label(1, 2), _label(1, 2), _label(1, 2)])
-    with pytest.raises(DataError, match=r"no pixel of class\(es\) \[1, 2\]"):
+    with pytest.raises(DataError, match=r"student's 16x16 input\) contain no pixel of class\(es\) \[1, 2\]"):
         api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
     assert not (tmp_path / "run" / "checkpoint_best.pt").exists()
 

@@ -314,12 +314,13 @@ def check_labelled_classes(labels: torch.Tensor, values: list[int]) -> None:
     before reading its scores as the method's."""
     present = set(torch.unique(labels).tolist())
     missing = [value for index, value in enumerate(values) if index > 0 and index not in present]
+    size = labels.shape[-1]
+    where = f"the labelled slices (as the student's {size}x{size} input) contain no pixel of class(es) {missing}"
+    way_out = "label more slices, use more labelled cases or a larger --image-size"
     if len(missing) == len(values) - 1:
-        raise DataError(f"the labelled slices contain no pixel of class(es) {missing}; "
-                        "label more slices or use more labelled cases")
+        raise DataError(f"{where}; {way_out}")
     if missing:
-        say_once(f"the labelled slices contain no pixel of class(es) {missing}: the model never learns "
-                 "them and will not predict them; label more slices or use more labelled cases")
+        say_once(f"{where}: the model never learns them and will not predict them; {way_out}")
 
 
 def load_val_cases(ctx: FitContext) -> list[Case]:
