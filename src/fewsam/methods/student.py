@@ -310,8 +310,8 @@ def check_labelled_classes(labels: torch.Tensor, values: list[int]) -> None:
 
     Checked in the student frame, where a structure too small to survive the resize is as absent
     as one never labelled. With no foreground pixel at all a fit could only learn to predict
-    background everywhere; a class that is absent is never predicted, which the user must know
-    before reading its scores as the method's."""
+    background everywhere; a class that is absent is learnt from no label (at best from
+    pseudo-labels), which the user must know before reading its scores as the method's."""
     present = set(torch.unique(labels).tolist())
     missing = [value for index, value in enumerate(values) if index > 0 and index not in present]
     size = labels.shape[-1]
@@ -320,7 +320,7 @@ def check_labelled_classes(labels: torch.Tensor, values: list[int]) -> None:
     if len(missing) == len(values) - 1:
         raise DataError(f"{where}; {way_out}")
     if missing:
-        say_once(f"{where}: the model never learns them and will not predict them; {way_out}")
+        say_once(f"{where}: no labelled pixel teaches the model these classes; {way_out}")
 
 
 def load_val_cases(ctx: FitContext) -> list[Case]:
