@@ -148,3 +148,46 @@ def test_a_one_row_strip_goes_through_the_sam_frame_and_back():
     framed = frame_label(label, info)
     assert framed[0, 50] == 1 and framed[0, 10] == 0 and (framed[1:] == IGNORE).all()
     assert postprocess_logits(torch.zeros(1, 2, 64, 64), info).shape == (1, 2, 1, 600)
+
+
+# --- numbers out of range -----------------------------------------------------------------------
+
+def test_an_image_spanning_more_than_float32s_range_scales_to_finite_values():
+    """A no-data fill of -3e38 beside +3e38: max - min overflowed to inf and the student's input was NaN."""
+    from fewsam.data.intensity import scale_to_unit
+    from fewsam.methods.student import student_image
+
+    image = np.full((16, 16), 100.0, np.float32)
+    image[0, 0], image[1, 1] = -3e38, 3e38
+    scaled = scale_to_unit(torch.from_numpy(image))
+    assert torch.isfinite(scaled).all() and float(scaled.min()) == 0.0 and float(scaled.max()) == 1.0
+    assert torch.isfinite(student_image(image, 8)).all()
+    ordinary = torch.from_numpy(np.random.default_rng(0).normal(-700, 300, (3, 32, 32)).astype(np.float32))
+    lo, hi = ordinary.min(), ordinary.max()
+    assert torch.equal(scale_to_unit(ordinary), (ordinary - lo) / (hi - lo))  # bit-identical: caches stay valid
+
+
+class _LossAt:
+    """A one-weight task whose loss turns NaN at step ``bad``."""
+
+    def __init__(self, bad: int) -> None:
+        self.module, self.bad = torch.nn.Linear(1, 1), bad
+
+    def training_loss(self, rng, step):
+        loss = self.module(torch.ones(1, 1)).sum() ** 2
+        return (loss * float("nan") if step == self.bad else loss), {}
+
+    def validate(self):
+        return {"score": 0.0}
+
+
+def test_a_nan_loss_stops_the_fit_before_it_reaches_the_weights(tmp_path):
+    from fewsam.errors import RunError
+    from fewsam.train import TrainConfig, train
+
+    task = _LossAt(bad=2)
+    with pytest.raises(RunError, match=r"training loss is nan at step 3; nothing of this step was applied"):
+        train(task, TrainConfig(steps=5, lr=0.1, val_every=1, warmup_steps=0), tmp_path / "run", show_progress=False)
+    assert all(torch.isfinite(p).all() for p in task.module.parameters())
+    last = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert last["state"]["step"] == 2  # the resume state is the last finite step's
