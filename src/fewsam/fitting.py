@@ -18,7 +18,7 @@ from torch import Tensor
 from fewsam.cache import EmbeddingCache
 from fewsam.config import FitOptions, UnlabelledPoolConfig
 from fewsam.data import open_dataset, select_labelled, select_unlabelled
-from fewsam.data.types import ClassMap, Dataset, SliceRef
+from fewsam.data.types import Case, ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fairness import FairGroups, fair_groups_for
 from fewsam.losses import DiceCELoss
@@ -81,6 +81,7 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
         raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
     refuse_constant_images(dataset, labelled)
     val_ids = dataset.split(opts.val_split)
+    refuse_unlabelled_validation(dataset, val_ids, opts.val_split)
     model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
     cache = None if model is None else EmbeddingCache(opts.cache, model, resolve_precision(opts.precision, opts.device))
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
@@ -100,6 +101,25 @@ def refuse_constant_images(dataset: Dataset, labelled: list[SliceRef]) -> None:
         if image.size and float(image.max()) == float(image.min()):
             raise DataError(f"labelled case {case_id} of {dataset.root} is a constant image (every pixel "
                             f"{image.flat[0]}); check how it was exported, or label another case")
+
+
+def refuse_unlabelled_validation(dataset: Dataset, val_ids: list[str], val_split: str) -> None:
+    """Every fit selects its model on the validation cases' labels: a case without a label file is
+    refused before any encoding or training, not when the first validation finds it missing."""
+    missing = [case_id for case_id in val_ids if not dataset.has_label(case_id)]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DataError(f"validation case(s) {shown} of {dataset.root} have no label to select the model on; "
+                        f"give --val-split a split (or list file) of labelled cases (now {val_split!r})")
+
+
+def refuse_background_only_validation(cases: Sequence[Case]) -> None:
+    """Validation labels without a single foreground pixel score a prediction of nothing as perfect
+    (an empty class scores Dice 1), so model selection would keep whichever weights predict least.
+    ``cases``: the loaded validation cases (labels present)."""
+    if cases and not any(case.label is not None and case.label.any() for case in cases):
+        raise DataError("the validation cases' labels contain no foreground pixel, so no model can be selected "
+                        "on them; give --val-split a split (or list file) whose labels show the classes")
 
 
 def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:

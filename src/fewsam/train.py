@@ -185,6 +185,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_value = ddp.average_gradients(task.module, params, loss)  # torchrun: mean over ranks
+            refuse_non_finite_loss(loss_value, step, whose)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -200,6 +201,15 @@ def train(
                     record(f"{whose}no better validation score in {cfg.patience} validations: stopped at step "
                            f"{step + 1} of {cfg.steps} (--patience); the best, step {state['best_step']}, is kept")
     return TrainResult(state["best_score"], state["best_step"], state["step"], time.perf_counter() - start)
+
+
+def refuse_non_finite_loss(loss_value: float, step: int, whose: str = "") -> None:
+    """Stop before a NaN or infinite loss reaches the weights: one such step makes every weight NaN,
+    and the fit would go on to validate, select and save a model that predicts nothing, with no
+    word said. Checked after the mean over ranks, so every torchrun rank stops at the same step."""
+    if not math.isfinite(loss_value):
+        raise RunError(f"{whose}the training loss is {loss_value} at step {step + 1}; nothing of this step was "
+                       "applied. Check the data for extreme intensities, or lower --lr")
 
 
 def plateaued(state: dict, cfg: TrainConfig) -> bool:

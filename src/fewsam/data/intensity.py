@@ -31,6 +31,10 @@ def clip_to_percentiles(image: np.ndarray, percentiles: tuple[float, float] | No
 
 
 def scale_to_unit(x: torch.Tensor) -> torch.Tensor:
-    """``x`` min-max scaled to [0, 1] over all its values; a constant image becomes zeros."""
+    """``x`` min-max scaled to [0, 1] over all its values; a constant image becomes zeros.
+
+    Both differences are taken of halved values: a float32 image whose range exceeds float32's
+    (-3e38 to 3e38, a no-data fill) would otherwise overflow to inf / inf = NaN. Halving is
+    exact, so the quotient is bit-identical to the plain (x - lo) / (hi - lo) of every other image."""
     lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+    return (x / 2 - lo / 2) / (hi / 2 - lo / 2) if hi > lo else torch.zeros_like(x)

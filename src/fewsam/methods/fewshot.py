@@ -35,7 +35,7 @@ from fewsam.data.types import Case
 from fewsam.distributed import local_part
 from fewsam.embedded import MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, undo_dihedral
 from fewsam.errors import DataError
-from fewsam.fitting import FitContext, LabelledLoss
+from fewsam.fitting import FitContext, LabelledLoss, refuse_background_only_validation
 from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, check_labelled, chosen_val_dice, labels_from_logits,
                               mirroring_choice, postprocess_volume, postprocessing_choice, stack_volume)
 from fewsam.labels import IGNORE, index_lut, value_lut
@@ -313,6 +313,7 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
     rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
     samples, shots, tokens = build_prompt_bank(ctx, cfg, run_dir)
     val_cases = embed_cases(ctx.dataset, ctx.val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
+    refuse_background_only_validation([case for case, _ in val_cases])
     torch.manual_seed(ctx.seed)
     # the decoder trains SAM's mask decoder in place; refinement needs SAM's own, untouched
     sam = copy.deepcopy(ctx.model).eval() if cfg.sam_refinement else None

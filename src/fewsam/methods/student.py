@@ -24,13 +24,13 @@ from fewsam.data import load_labelled_case
 from fewsam.data.intensity import scale_to_unit
 from fewsam.data.types import Case, Dataset, SliceRef
 from fewsam.errors import DataError
-from fewsam.fitting import FitContext
+from fewsam.fitting import FitContext, refuse_background_only_validation
 from fewsam.embedded import MIRROR_VIEWS, dihedral, undo_dihedral
 from fewsam.inference import (POSTPROCESS, CavityRule, mirroring_choice, postprocess_volume, postprocessing_choice,
                               stack_volume)
 from fewsam.labels import index_lut, value_lut
 from fewsam.metrics import selection_score, volume_score
-from fewsam.progress import tracked
+from fewsam.progress import say_once, tracked
 from fewsam.models.acceleration import acceleration_of_run, prepare_student
 from fewsam.runs import read_config
 from fewsam.train import TrainConfig, load_best
@@ -301,12 +301,33 @@ def load_labelled(ctx: FitContext, cfg: StudentConfig) -> SliceSet:
     if data.labels is None or not len(data.refs):
         raise DataError("the labelled set is empty or has slices without labels; "
                         "give --labeled-cases N or --labeled-slices K with labelled training data")
+    check_labelled_classes(data.labels, ctx.values)
     return data
+
+
+def check_labelled_classes(labels: torch.Tensor, values: list[int]) -> None:
+    """Refuse labelled slices without any foreground, and say which classes they never show.
+
+    Checked in the student frame, where a structure too small to survive the resize is as absent
+    as one never labelled. With no foreground pixel at all a fit could only learn to predict
+    background everywhere; a class that is absent is learnt from no label (at best from
+    pseudo-labels), which the user must know before reading its scores as the method's."""
+    present = set(torch.unique(labels).tolist())
+    missing = [value for index, value in enumerate(values) if index > 0 and index not in present]
+    size = labels.shape[-1]
+    where = f"the labelled slices (as the student's {size}x{size} input) contain no pixel of class(es) {missing}"
+    way_out = "label more slices, use more labelled cases or a larger --image-size"
+    if len(missing) == len(values) - 1:
+        raise DataError(f"{where}; {way_out}")
+    if missing:
+        say_once(f"{where}: no labelled pixel teaches the model these classes; {way_out}")
 
 
 def load_val_cases(ctx: FitContext) -> list[Case]:
     """The validation volumes, each with its label (model selection needs them)."""
-    return [load_labelled_case(ctx.dataset, cid, "select the model on") for cid in ctx.val_ids]
+    cases = [load_labelled_case(ctx.dataset, cid, "select the model on") for cid in ctx.val_ids]
+    refuse_background_only_validation(cases)
+    return cases
 
 
 def student_postprocessing_choice(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],

@@ -57,9 +57,11 @@ class Preprocessing:
 
 
 def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
-    """Shape after resizing the longest side to ``size`` (rounding as segment-anything does)."""
+    """Shape after resizing the longest side to ``size`` (rounding as segment-anything does), at
+    least one pixel per side: a strip more than 2 * ``size`` times longer than it is wide would
+    otherwise round to zero rows, which no resize can produce."""
     scale = size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
