@@ -82,3 +82,48 @@ def fit_twice_identically(fit_args: list[str], tmp_path: Path) -> tuple[Path, Pa
     a, b = (torch.load(run / "checkpoint_best.pt", weights_only=True)["module"] for run in runs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     return runs
+
+
+TINY_LABEL = np.zeros((40, 48), np.uint8)  # RV, Myo and LV blocks of a 40x48 slice
+TINY_LABEL[10:20, 10:20], TINY_LABEL[22:30, 10:20], TINY_LABEL[10:30, 25:35] = 1, 2, 3
+
+
+def write_h5(path: Path, image: np.ndarray, label: np.ndarray, key: str = "label") -> None:
+    """One ACDC (SSL4MIS) h5 file: float32 image, uint8 label under ``key``."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["image"] = image.astype(np.float32)
+        f[key] = label.astype(np.uint8)
+
+
+def write_tiny_acdc(root: Path, val: list[str]) -> Path:
+    """ACDC (SSL4MIS) layout at ``root``: 2 labelled training slices and the ``val`` volumes of 2
+    slices, random images over TINY_LABEL: enough for the readers and a 2-step fit."""
+    (root / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = ["patient001_frame01_slice_0", "patient001_frame01_slice_1"]
+    for name in train:
+        write_h5(root / "data" / f"{name}.h5", rng.random((40, 48)), TINY_LABEL)
+    for name in val:
+        write_h5(root / "data" / f"{name}.h5", rng.random((2, 40, 48)), np.stack([TINY_LABEL, TINY_LABEL]))
+    (root / "train_slices.list").write_text("\n".join(train) + "\n")
+    (root / "val.list").write_text("\n".join(val) + "\n")
+    return root
+
+
+def main_raising(monkeypatch, capsys, error: BaseException) -> tuple[int, list[str]]:
+    """(exit code, stderr lines) of ``fewsam.cli.main`` when the command raises ``error``: how the
+    entry point reports what a command could not finish, without running one."""
+    from fewsam import cli
+
+    def command(**kwargs) -> None:
+        raise error
+
+    for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
+        monkeypatch.setattr(cli, setup, lambda: None)
+    monkeypatch.setattr(cli, "app", command)
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    return stop.value.code, capsys.readouterr().err.strip().splitlines()
+

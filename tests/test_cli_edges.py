@@ -16,35 +16,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import assert_one_line_error, run_fewsam
+from conftest import TINY_LABEL, assert_one_line_error, main_raising, run_fewsam, write_h5, write_tiny_acdc
 from fewsam.cli import app
 from fewsam.errors import FewsamError, RunError, Stopped
 
 VAL = ["patient010_frame01", "patient011_frame01", "patient012_frame01"]
-LABEL = np.zeros((40, 48), np.uint8)
-LABEL[10:20, 10:20], LABEL[22:30, 10:20], LABEL[10:30, 25:35] = 1, 2, 3
-
-
-def _write_h5(path: Path, image: np.ndarray, label: np.ndarray, key: str = "label") -> None:
-    with h5py.File(path, "w") as f:
-        f["image"] = image.astype(np.float32)
-        f[key] = label.astype(np.uint8)
 
 
 @pytest.fixture
 def acdc(tmp_path) -> Path:
     """ACDC (SSL4MIS) layout: 2 labelled training slices, 3 validation volumes of 2 slices."""
-    root = tmp_path / "acdc"
-    (root / "data").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    train = ["patient001_frame01_slice_0", "patient001_frame01_slice_1"]
-    for name in train:
-        _write_h5(root / "data" / f"{name}.h5", rng.random((40, 48)), LABEL)
-    for name in VAL:
-        _write_h5(root / "data" / f"{name}.h5", rng.random((2, 40, 48)), np.stack([LABEL, LABEL]))
-    (root / "train_slices.list").write_text("\n".join(train) + "\n")
-    (root / "val.list").write_text("\n".join(VAL) + "\n")
-    return root
+    return write_tiny_acdc(tmp_path / "acdc", VAL)
 
 
 @pytest.fixture
@@ -444,18 +426,10 @@ def test_a_refused_write_the_checks_could_not_see_is_one_error_line(monkeypatch,
     """A network share that squashes root, an ACL: os.access said yes, the write said no."""
     import errno
 
-    from fewsam import cli
-
-    def refused() -> None:
-        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/share/pred/.a.h5.1a2b3c4d.tmp")
-
-    for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
-        monkeypatch.setattr(cli, setup, lambda: None)
-    monkeypatch.setattr(cli, "app", lambda **kwargs: refused())
-    with pytest.raises(SystemExit) as stop:
-        cli.main()
-    assert stop.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
+    refused = OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/share/pred/.a.h5.1a2b3c4d.tmp")
+    exit_code, lines = main_raising(monkeypatch, capsys, refused)
+    assert exit_code == 2
+    assert lines == [
         f"error: {os.strerror(getattr(errno, code))}: /share/pred/.a.h5.1a2b3c4d.tmp; give fewsam access to it (or "
         "use another --out / --cache / --json), then run the same command again"]
 

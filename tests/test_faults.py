@@ -19,35 +19,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import assert_one_line_error, run_fewsam
+from conftest import TINY_LABEL, assert_one_line_error, main_raising, run_fewsam, write_h5, write_tiny_acdc
 from fewsam.cli import app, check_device
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import CacheError, DataError, FewsamError, RunError, Stopped
 from fewsam.progress import PlainProgress, progress_bar, tracked
 
 VAL = [f"patient{i:03d}_frame01" for i in range(10, 20)]
-LABEL = np.zeros((40, 48), np.uint8)
-LABEL[10:20, 10:20], LABEL[22:30, 10:20], LABEL[10:30, 25:35] = 1, 2, 3
-
-
-def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    with h5py.File(path, "w") as f:
-        f["image"] = image.astype(np.float32)
-        f["label"] = label.astype(np.uint8)
-
-
-def _acdc(root: Path) -> Path:
-    """ACDC (SSL4MIS) layout: 2 labelled training slices, 10 validation volumes of 2 slices."""
-    (root / "data").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    train = ["patient001_frame01_slice_0", "patient001_frame01_slice_1"]
-    for name in train:
-        _write_h5(root / "data" / f"{name}.h5", rng.random((40, 48)), LABEL)
-    for name in VAL:
-        _write_h5(root / "data" / f"{name}.h5", rng.random((2, 40, 48)), np.stack([LABEL, LABEL]))
-    (root / "train_slices.list").write_text("\n".join(train) + "\n")
-    (root / "val.list").write_text("\n".join(VAL) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +35,7 @@ def fitted(tmp_path_factory) -> tuple[Path, Path]:
     from fewsam.methods.supervised import SupervisedConfig
 
     base = tmp_path_factory.mktemp("fitted")
-    data = _acdc(base / "acdc")
+    data = write_tiny_acdc(base / "acdc", VAL)
     fit("supervised", FitOptions(data=data, run=base / "run", labeled_cases=1, show_progress=False),
         SupervisedConfig(steps=2, val_every=2, image_size=32))
     return base / "run", data
@@ -273,7 +251,7 @@ def test_device_error_is_one_line(tmp_path):
 def test_constant_image_warns_naming_the_case(fitted, data, tmp_path, caplog):
     from fewsam.predict import predict
 
-    _write_h5(data / "data" / f"{VAL[3]}.h5", np.zeros((2, 40, 48)), np.stack([LABEL, LABEL]))
+    write_h5(data / "data" / f"{VAL[3]}.h5", np.zeros((2, 40, 48)), np.stack([TINY_LABEL, TINY_LABEL]))
     with caplog.at_level(logging.WARNING, logger="fewsam"):
         written = predict(fitted[0], data, tmp_path / "pred", show_progress=False)
     assert len(written) == 10
@@ -287,7 +265,7 @@ def test_nan_names_the_file_and_slice(fitted, data, tmp_path):
     image = np.random.default_rng(1).random((2, 40, 48))
     image[1, 5, 5] = np.nan
     path = data / "data" / f"{VAL[2]}.h5"
-    _write_h5(path, image, np.stack([LABEL, LABEL]))
+    write_h5(path, image, np.stack([TINY_LABEL, TINY_LABEL]))
     with pytest.raises(DataError, match=rf"{path}: slice 1 of case {VAL[2]} holds NaN or Inf"):
         predict(fitted[0], data, tmp_path / "pred", show_progress=False)
     assert not (tmp_path / "pred").exists()
@@ -465,17 +443,9 @@ def test_sigterm_while_predicting_leaves_no_partial_folder(tmp_path):
 def test_a_full_disk_is_one_error_line_saying_the_same_command_resumes(monkeypatch, capsys):
     import errno
 
-    from fewsam import cli
-
-    def full_disk() -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", "runs/fs3/.last.pt.1a2b3c4d.tmp")
-
-    for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
-        monkeypatch.setattr(cli, setup, lambda: None)
-    monkeypatch.setattr(cli, "app", lambda **kwargs: full_disk())
-    with pytest.raises(SystemExit) as stop:
-        cli.main()
-    assert stop.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
+    full_disk = OSError(errno.ENOSPC, "No space left on device", "runs/fs3/.last.pt.1a2b3c4d.tmp")
+    code, lines = main_raising(monkeypatch, capsys, full_disk)
+    assert code == 2
+    assert lines == [
         "error: No space left on device writing runs/fs3/.last.pt.1a2b3c4d.tmp; free space (or use another "
         "--out / --cache), then run the same command again"]
