@@ -38,6 +38,9 @@ class TableDataset:
     def split(self, name: str) -> list[str]:
         return ["a1"]
 
+    def has_label(self, case_id: str) -> bool:
+        return True
+
     def load(self, case_id: str) -> Case:
         image = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
         return Case(case_id=case_id, image=image, label=np.zeros((1, 4, 4), np.uint8), format="h5",
