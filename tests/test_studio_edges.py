@@ -192,6 +192,19 @@ def test_a_damaged_prediction_is_a_clear_error(data, tmp_path, content, words):
         assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
 
 
+def test_accepting_a_prediction_of_another_slice_size_is_a_clear_error(data, tmp_path):
+    project = labelled_project(data, tmp_path / "project")
+    (project / "predictions" / "fit-0001").mkdir(parents=True)
+    (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "run")}))
+    wrong = encode_prediction(CASE, "fit-0001", np.ones((3, H + 2, W)), np.zeros(3))
+    (project / "predictions" / "fit-0001" / f"{case_key(CASE)}.npz").write_bytes(wrong)
+    with make_client(data, project) as client:
+        response = client.post("/api/accept", params={"case": CASE, "z": 2})
+        assert response.status_code == 400
+        assert "does not fit slice 2" in response.json()["detail"]
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+
+
 @pytest.mark.parametrize("code, status, words", [(errno.ENOSPC, 507, "the disk is full"),
                                                  (errno.EACCES, 500, "is writable")])
 def test_a_file_the_studio_cannot_write_is_a_clear_error(data, tmp_path, monkeypatch, code, status, words):

@@ -276,6 +276,9 @@ class Project:
         case = self.load_case(case_id)
         with self.lock:
             volume = self.label_volume(case)
+            if label.shape != volume.shape[1:]:  # a prediction file from another fit or tool
+                raise StudioError(f"a label of shape {label.shape} does not fit slice {z} of {case_id} "
+                                  f"{volume.shape[1:]}; predict this case again")
             volume[z] = label
             write_prediction(case, volume, self.labels_dir)
             self._labelled.setdefault(case_id, set()).add(z)
