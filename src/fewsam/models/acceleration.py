@@ -5,8 +5,10 @@
 - ``fp32``: the reference: eager PyTorch, contiguous tensors, no autocast. It is the path the
   golden digests of ``tests/test_determinism.py`` hold bit for bit.
 - ``fp32-openvino`` on a CPU, and ``auto`` on a CPU without bf16 instructions: still fp32
-  everywhere, with the U-Net student's convolutions in channels-last layout (oneDNN's native one: fewer reorders, less CPU time per
-  training step and per prediction), in training, validation and predict alike, so that predict
+  everywhere; the prompt decoder's last product in the layout its features arrive in
+  (``PrototypeDecoder.pixels_last``), and the U-Net student's convolutions in channels-last
+  layout (oneDNN's native one: fewer reorders, less CPU time per training step and per
+  prediction), in training, validation and predict alike, so that predict
   reproduces the validation that chose the checkpoint. Logits differ from the reference by
   rounding only (docs/results.md, section 4.1). The decoder runs as in the reference: nothing
   measured made it faster enough to pay (``torch.compile``: about 5% after 150 s of compiling).
@@ -129,6 +131,8 @@ def prepare_decoder(module: nn.Module, acceleration: Acceleration) -> nn.Module:
     transposed convolutions), and only on paths that choose it for the decoder too."""
     if acceleration.autocast is not None and acceleration.decoder_autocast:
         _autocast_forward(module, acceleration.autocast, acceleration.device_type)
+    if hasattr(module, "pixels_last"):  # a decoder that can keep its features' layout (fewshot.PrototypeDecoder)
+        module.pixels_last = acceleration != REFERENCE
     return module
 
 
