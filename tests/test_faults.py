@@ -406,6 +406,22 @@ def _stop_and_check(process: subprocess.Popen, signum: int, how: str, run: Path)
     assert last.endswith(f"{how}; the same command resumes from the last checkpoint"), last
 
 
+@pytest.mark.parametrize("argv, ending", [
+    (["fewsam", "fit", "fewshot", "--data", "d"], "run the same command again to resume"),
+    (["fewsam", "embed", "--data", "d"], "run the same command again to resume"),
+    (["fewsam", "predict", "run", "--data", "d", "--out", "p"],
+     "nothing partial was kept: run the same command again to start over"),
+    (["fewsam", "evaluate", "--pred", "p", "--data", "d"],
+     "nothing partial was kept: run the same command again to start over"),
+])
+def test_a_stopped_command_says_whether_it_resumes(monkeypatch, capsys, argv, ending):
+    from fewsam.errors import Stopped
+
+    monkeypatch.setattr(sys, "argv", argv)
+    code, lines = main_raising(monkeypatch, capsys, Stopped(signal.SIGINT))
+    assert (code, lines) == (130, [f"interrupted; {ending}"])
+
+
 def test_sigterm_and_ctrl_c_stop_a_fit_logged_and_resumable(tmp_path):
     """A scheduler's or kill's SIGTERM (exit 143) and Ctrl-C (exit 130): one line saying how to
     resume, fit.log's last line says how the fit ended, the run's lock is let go, and the same

@@ -91,7 +91,7 @@ def test_augmentation_moves_image_and_label_together():
     assert (padded == 255).any()  # zooming out leaves the outside marked as fill
 
 
-def test_supervised_learns_on_phantom_and_predicts(phantom, tmp_path):
+def test_supervised_learns_on_phantom_and_predicts(phantom, tmp_path, monkeypatch):
     ctx = context(phantom, tmp_path, n_cases=2)
     val_ids = ctx.val_ids
     cfg = supervised.SupervisedConfig(steps=60, lr=0.1, val_every=30, optimizer="sgd", **TINY_STUDENT)
@@ -103,6 +103,10 @@ def test_supervised_learns_on_phantom_and_predicts(phantom, tmp_path):
     result = supervised.fit(ctx, cfg, run_dir)
     write_manifest(run_dir)  # what api.fit does when a fit ends
     assert result.best_score > untrained["score"] + 0.2  # measured: ~0.05 -> ~0.33 after 60 steps
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("a run that predicts from pixels resolved an encoder precision")
+
+    monkeypatch.setattr("fewsam.predict.resolve_precision", no_encoder)
     written = predict(run_dir, phantom, tmp_path / "pred", show_progress=False)
     assert len(written) == len(val_ids)
     scores = evaluate(tmp_path / "pred", phantom, None, None, 1.0, False)

@@ -572,6 +572,18 @@ def run_app(args: list[str] | None = None) -> None:
         raise SystemExit(code)
 
 
+RESUMABLE_COMMANDS = ("fit", "embed")  # a checkpoint or the embedding cache keeps their work
+
+
+def stopped_message(stop: Stopped, argv: list[str]) -> str:
+    """What a command stopped by Ctrl-C or SIGTERM says: fit and embed pick up where they
+    stopped; the others kept nothing partial and start over."""
+    command = next((a for a in argv[1:] if not a.startswith("-")), "")
+    if command in RESUMABLE_COMMANDS:
+        return f"{stop.how}; run the same command again to resume"
+    return f"{stop.how}; nothing partial was kept: run the same command again to start over"
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks of its own
@@ -585,7 +597,7 @@ def main() -> None:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
     except Stopped as stop:
-        err.print(f"{stop.how}; run the same command again to resume", highlight=False)
+        err.print(stopped_message(stop, sys.argv), highlight=False)
         raise SystemExit(128 + stop.signum)
     except OSError as exc:
         if not (is_disk_full(exc) or is_not_permitted(exc)):

@@ -28,7 +28,7 @@ from fewsam.data.types import Case, Dataset
 from fewsam.embedded import CaseSlices
 from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError
 from fewsam.info import DEFAULT_SPLIT
-from fewsam.models.precision import EncoderPrecision, resolve_precision
+from fewsam.models.precision import FP32, EncoderPrecision, check_precision_name, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
 from fewsam.progress import tracked
@@ -91,7 +91,7 @@ def predict(
     pixels_only = method.predicts_from_pixels(run_dir)
     if refine != "never" or not pixels_only:
         check_cache_folder(cache_root)
-    encoder = resolve_precision(precision, device)
+    encoder = _encoder_precision(precision, device, needs_encoder=refine != "never" or not pixels_only)
     refined = refine == "always" or (refine == "if-better" and
                                      _refinement_chosen(run_dir, config, cache_root, encoder, device,
                                                         show_progress))
@@ -104,6 +104,15 @@ def predict(
         for case_id in tracked(case_ids, "predict", show_progress):
             written.append(out / predict_case_file(dataset, case_id, predictor, cache, device, staging))
     return written
+
+
+def _encoder_precision(precision: str, device: str, needs_encoder: bool) -> EncoderPrecision:
+    """The encoder path for ``--precision``; a run that predicts from pixels alone never encodes,
+    so it neither resolves one (no note about an encoder it does not run) nor needs its CPU flags."""
+    if needs_encoder:
+        return resolve_precision(precision, device)
+    check_precision_name(precision)
+    return FP32
 
 
 def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool, cache_root: str | Path,
