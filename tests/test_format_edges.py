@@ -234,6 +234,41 @@ def test_binary_masks_get_predictions_in_their_own_values(tmp_path, top):
     assert np.array_equal(read_prediction(case, tmp_path / "pred"), case.label)
 
 
+def _rgba(rgb: tuple[int, int, int] | np.ndarray, alpha: np.ndarray) -> Image.Image:
+    pixels = np.empty((*alpha.shape, 4), np.uint8)
+    pixels[..., :3], pixels[..., 3] = rgb, alpha
+    return Image.fromarray(pixels, "RGBA")
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0), (200, 30, 30)])
+def test_a_mask_drawn_in_the_alpha_channel_reads_its_foreground(tmp_path, colour):
+    """One colour everywhere, foreground opaque, background transparent (a paint tool's stroke):
+    converting to grey would give one value everywhere -- an all-foreground or empty mask."""
+    drawn = np.zeros((6, 7), bool)
+    drawn[1:4, 2:6] = True
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.arange(42, dtype=np.uint8).reshape(6, 7)).save(tmp_path / "images" / "a.png")
+    _rgba(colour, np.where(drawn, 255, 0).astype(np.uint8)).save(tmp_path / "masks" / "a.png")
+    case = open_dataset(tmp_path).load("images/a")
+    assert np.array_equal(case.label[0], drawn)
+
+
+def test_transparent_pixels_of_a_coloured_mask_are_background_and_an_opaque_one_reads_as_grey(tmp_path):
+    from fewsam.data.readers.png_folder import read_mask_pixels
+
+    rgb = np.zeros((6, 7, 3), np.uint8)
+    rgb[:, :] = (255, 255, 255)  # the canvas under the transparency is white
+    rgb[2:5, 1:3] = (0, 0, 255)
+    alpha = np.zeros((6, 7), np.uint8)
+    alpha[2:5, 1:3] = 255
+    _rgba(rgb, alpha).save(tmp_path / "overlay.png")
+    grey_of_blue = np.asarray(Image.new("RGB", (1, 1), (0, 0, 255)).convert("L"))[0, 0]
+    assert np.array_equal(read_mask_pixels(tmp_path / "overlay.png"), np.where(alpha > 0, grey_of_blue, 0))
+    _rgba((0, 0, 0), np.full((6, 7), 255, np.uint8)).save(tmp_path / "empty.png")  # an empty mask saved as RGBA
+    assert not read_mask_pixels(tmp_path / "empty.png").any()
+
+
 def test_a_multi_page_tiff_is_read_as_its_first_page_and_said(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(progress, "_said", {})
     pages = [Image.fromarray(np.full((6, 7), 10 * (i + 1), np.uint8)) for i in range(3)]

@@ -590,16 +590,34 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
 
     A palette (mode P) mask with colour entries, as VOC-style tools and labelme save them, gives
     its palette indices: the index is the class, the colour only how it is shown. Modes 1, RGB,
-    RGBA and grey palettes are converted to L; 16-bit and float masks are clipped to 0-255.
+    RGB and grey palettes are converted to L; 16-bit and float masks are clipped to 0-255. With an
+    alpha channel (RGBA, LA), transparent pixels are background (``_transparent_mask``).
     """
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
         lossy = im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
         _first_page(im, path)
         if im.mode == "P" and _colour_palette(im):
             return np.asarray(im), lossy
+        if im.mode in ("RGBA", "LA"):
+            return _transparent_mask(np.asarray(im.convert("RGBA")), np.asarray(im.convert("L"))), lossy
         return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
 
     return _decode(path, pixels)
+
+
+def _transparent_mask(rgba: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """A mask drawn with transparency, as overlay exports and paint tools save them: pixels under
+    half opacity are background. Where every pixel has one colour and only the alpha varies, the
+    alpha alone draws the mask (opaque = 255), so a white or black stroke on a transparent canvas
+    is not read as an all-foreground or all-background mask; an alpha that never varies is ignored."""
+    alpha = rgba[..., 3]
+    if alpha.min() == alpha.max():
+        return grey
+    opaque = alpha >= 128
+    colours = rgba[..., :3].reshape(-1, 3)
+    if (colours == colours[0]).all():
+        return np.where(opaque, 255, 0).astype(np.uint8)
+    return np.where(opaque, grey, 0).astype(np.uint8)
 
 
 def _colour_palette(im: Image.Image) -> bool:
