@@ -114,6 +114,46 @@ def test_a_2d_nifti_gets_a_2d_prediction_on_its_affine(tmp_path):
     assert np.array_equal(read_prediction(case, tmp_path / "pred"), case.label)
 
 
+@pytest.mark.parametrize("ending", [".png", ".tif"])
+def test_an_nnunet_2d_dataset_of_png_or_tiff_reads_and_gets_predictions_in_its_format(tmp_path, ending):
+    """nnU-Net v2's 2D sets (its natural-image reader): imagesTr/<case>_0000.png, labelsTr/<case>.png
+    with the class values; one slice per case, the prediction an image of the same kind."""
+    rng = np.random.default_rng(4)
+    root = tmp_path / "Dataset001_Polyp"
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        (root / folder).mkdir(parents=True)
+    labels = {}
+    for i in range(5):
+        labels[f"p{i}"] = rng.integers(0, 3, (9, 11)).astype(np.uint8)
+        Image.fromarray(rng.integers(0, 256, (9, 11)).astype(np.uint8)).save(root / "imagesTr" / f"p{i}_0000{ending}")
+        Image.fromarray(labels[f"p{i}"]).save(root / "labelsTr" / f"p{i}{ending}")
+    Image.fromarray(np.full((9, 11), 7, np.uint8)).save(root / "imagesTs" / f"t0_0000{ending}")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "grey"}, "numTraining": 5,
+                                                   "labels": {"background": 0, "polyp": 1, "wall": 2},
+                                                   "file_ending": ending}))
+    dataset = open_dataset(root)
+    assert sorted(dataset.split("train") + dataset.split("val")) == [f"p{i}" for i in range(5)]
+    assert dataset.split("test") == ["t0"]
+    case = dataset.load("p1")
+    expected = np.asarray(Image.open(root / "imagesTr" / f"p1_0000{ending}"), np.float32)
+    assert case.image.shape == (1, 9, 11) and np.array_equal(case.image[0], expected)
+    assert np.array_equal(case.label[0], labels["p1"])
+    path = write_prediction(case, case.label, tmp_path / "pred")
+    assert path.name == f"p1{ending}"
+    assert np.array_equal(np.asarray(Image.open(path)), labels["p1"])
+    assert np.array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+def test_png_files_in_a_plain_images_folder_are_not_taken_for_volumes(tmp_path):
+    """Only a dataset.json that names .png makes the NIfTI reader take 2D images; an images/ +
+    masks/ folder of PNGs stays the 2D image-folder layout."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.full((6, 7), 9, np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.eye(6, 7, dtype=np.uint8) * 255).save(tmp_path / "masks" / "a.png")
+    assert type(open_dataset(tmp_path)).__name__ == "PngFolderDataset"
+
+
 def test_a_2d_colour_metaimage_is_one_rgb_slice_and_its_prediction_keeps_the_geometry(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, size=(9, 8, 3)).astype(np.uint8)

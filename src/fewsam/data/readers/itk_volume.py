@@ -5,7 +5,9 @@ Challenge data often comes in ITK's formats (PROMISE12 ``.mhd``, many grand-chal
 them; each becomes an in-memory NIfTI image (same voxels, RAS affine from ITK's LPS geometry), so
 the NIfTI reader slices it as any other volume, and ``geometry`` keeps what writing a prediction
 back needs: predictions are written by SimpleITK in the same format on the same origin, spacing
-and direction (a ``.mhd`` pair as one ``.mha`` file, a ``.nhdr`` pair as one ``.nrrd``).
+and direction (a ``.mhd`` pair as one ``.mha`` file, a ``.nhdr`` pair as one ``.nrrd``). The 2D
+images of an nnU-Net dataset whose ``file_ending`` is ``.png``, ``.bmp`` or ``.tif`` go the same
+way: one slice each, predictions as PNG (for ``.png`` and ``.bmp``) or TIFF with the class values.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import SimpleITK as sitk
 from fewsam.errors import DataError
 
 ITK_ENDINGS = (".mha", ".mhd", ".nrrd", ".nhdr")
-_ONE_FILE = {".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
+# 2D images as nnU-Net v2 reads them (its natural-image reader: ``"file_ending": ".png"``); listed
+# only in a dataset.json that names them, never found by folder scans (image/mask folders are
+# png_folder's)
+IMAGE_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
+_ONE_FILE = {".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd",
+             ".png": ".png", ".bmp": ".png", ".tif": ".tif", ".tiff": ".tif"}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -45,9 +52,10 @@ def itk_message(err: Exception) -> str:
 
 
 def itk_ending(name: str) -> str | None:
-    """The ITK ending of a file name (any letter case), or None."""
+    """The ending of a file name (any letter case) that SimpleITK reads for fewsam (ITK volumes,
+    nnU-Net's 2D images), or None."""
     lower = name.lower()
-    return next((e for e in ITK_ENDINGS if lower.endswith(e)), None)
+    return next((e for e in ITK_ENDINGS + IMAGE_2D_ENDINGS if lower.endswith(e)), None)
 
 
 def prediction_ending(name: str) -> str:

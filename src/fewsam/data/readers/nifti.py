@@ -2,7 +2,8 @@
 
     nnU-Net v2:  dataset.json {"labels": {"background": 0, "RV": 1}, "channel_names": {...},
                  "file_ending": ".nii.gz"}; imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz,
-                 imagesTs/<case>_0000.nii.gz
+                 imagesTs/<case>_0000.nii.gz; 2D sets with "file_ending" ".png" (or .bmp, .tif)
+                 as nnU-Net's natural-image reader takes them: one slice per file
     MSD (v1):    dataset.json {"labels": {"0": "background", "1": "left atrium"},
                  "training": [{"image": "./imagesTr/la_003.nii.gz", "label": ...}], "test": [...]};
                  imagesTr/<case>.nii.gz (possibly 4D, channels last)
@@ -40,7 +41,8 @@ import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         deterministic_split, natural_sorted, to_label_array)
-from fewsam.data.readers.itk_volume import ITK_ENDINGS, itk_ending, prediction_ending, read_as_nifti
+from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, prediction_ending,
+                                            read_as_nifti)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -116,12 +118,16 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
 
 
-def _nifti_files(folder: Path) -> list[Path]:
+def _nifti_files(folder: Path, ending: str = "") -> list[Path]:
+    """The volumes in ``folder``; 2D images (``.png``...) only where ``ending`` names them."""
     if not folder.is_dir():
         return []
-    return natural_sorted((p for p in folder.iterdir()
-                           if (p.name.endswith(NIFTI_ENDINGS) or itk_ending(p.name)) and not p.name.startswith(".")),
-                          key=lambda p: p.name)
+
+    def wanted(name: str) -> bool:
+        found = next((e for e in NIFTI_ENDINGS if name.endswith(e)), None) or itk_ending(name)
+        return bool(found) and (found not in IMAGE_2D_ENDINGS or found == ending) and not name.startswith(".")
+
+    return natural_sorted((p for p in folder.iterdir() if wanted(p.name)), key=lambda p: p.name)
 
 
 def case_name(path: Path | str) -> str:
@@ -345,9 +351,9 @@ def _entry(image: Path, label: Path | None, case: str) -> Entry:
 
 def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[str]]:
     ending = spec.get("file_ending", ".nii.gz")
-    if ending not in VOLUME_ENDINGS:
+    if ending not in VOLUME_ENDINGS + IMAGE_2D_ENDINGS:
         raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not one fewsam reads "
-                        f"({', '.join(VOLUME_ENDINGS)}); convert the images to .nii.gz")
+                        f"({', '.join(VOLUME_ENDINGS + IMAGE_2D_ENDINGS)}); convert the images to .nii.gz")
     if spec.get("training"):
         entries = [_entry(root / t["image"], root / t["label"] if t.get("label") else None,
                           case_name(t["image"])) for t in spec["training"]]
@@ -379,7 +385,7 @@ def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
 
 def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
     """(path, case) of each case's first channel: '<case>_0000.nii.gz', else '<case>.nii.gz'."""
-    files = [p for p in _nifti_files(folder) if p.name.endswith(ending)]
+    files = [p for p in _nifti_files(folder, ending) if p.name.endswith(ending)]
     v2 = [(p, case_name(p)[:-5]) for p in files if case_name(p).endswith("_0000")]
     return v2 or [(p, case_name(p)) for p in files]
 
