@@ -254,3 +254,63 @@ def test_the_demo_does_not_write_its_phantom_into_a_folder_of_the_users(tmp_path
     with pytest.raises(StudioError, match="in the way of the demo's phantom"):
         resolve_paths(None, tmp_path, demo=True)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def _left_running_worker(jobs: Path, status: dict | None = None) -> tuple[Path, "subprocess.Popen"]:
+    """A process standing in for a worker that outlived its studio: its command line names the job's
+    spec file, as ``fewsam.studio.worker``'s does, and status.json holds its pid."""
+    import subprocess
+    import sys
+
+    job = jobs / "job-0003"
+    job.mkdir(parents=True)
+    (job / "job.json").write_text(json.dumps({"kind": "fit", "fit_dir": str(jobs.parent / "fit")}))
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(job / "job.json")],
+                               process_group=0)
+    (job / "status.json").write_text(json.dumps({"kind": "fit", "pid": process.pid, "phase": "fitting",
+                                                 **(status or {})}))
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    while cmdline.exists() and not cmdline.read_bytes():  # a process just started has no command line yet
+        time.sleep(0.01)
+    return job, process
+
+
+def test_a_worker_left_running_by_a_killed_studio_is_adopted_and_blocks_a_second_fit(tmp_path):
+    from fewsam.studio.errors import Conflict
+    from fewsam.studio.jobs import JobRunner
+
+    _, process = _left_running_worker(tmp_path / "jobs")
+    try:
+        runner = JobRunner(tmp_path / "jobs")
+        assert runner.running()
+        assert runner.status()["state"] == "running" and runner.status()["phase"] == "fitting"
+        with pytest.raises(Conflict, match="a fit is already running"):
+            runner.start("fit", {})
+        runner.stop()  # the server shutting down stops it, as it stops its own workers
+        assert process.wait(timeout=10) != 0
+        assert not runner.running()
+        assert "ended while the studio was not running" in runner.status()["error"]
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("case", ["finished", "another program holds the pid"])
+def test_a_finished_job_or_a_reused_pid_is_not_adopted(tmp_path, case):
+    from fewsam.studio.jobs import JobRunner
+
+    job, process = _left_running_worker(tmp_path / "jobs", {"state": "done"} if case == "finished" else None)
+    try:
+        if case != "finished":
+            process.kill()
+            process.wait()
+            import subprocess
+            import sys
+
+            process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            (job / "status.json").write_text(json.dumps({"kind": "fit", "pid": process.pid}))
+        runner = JobRunner(tmp_path / "jobs")
+        assert not runner.running() and runner.status() == {"state": "idle"}
+    finally:
+        process.kill()
+        process.wait()

@@ -4,7 +4,9 @@ The server never fits in its own process: a worker that crashes, runs out of mem
 leaves the server answering and the labels on disk as they were; the page is told what happened
 (the worker's own error line, or its exit code and the end of its log). A second job while one
 runs is refused (``Conflict``, HTTP 409): two fits would compete for the CPU and for the meaning
-of "the latest fit".
+of "the latest fit". Workers run in their own process group, so a studio killed hard leaves its
+worker running; the next studio on the project adopts it (``LeftRunning``) rather than starting a
+second fit on the same run.
 """
 
 from __future__ import annotations
@@ -39,6 +41,41 @@ def worker_env() -> dict[str, str]:
     return dict(os.environ, GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", ALLOCATOR_TUNING), PYTHONUNBUFFERED="1")
 
 
+class LeftRunning:
+    """A worker that an earlier studio started and that outlived it (the server was killed hard; its
+    workers run in their own process group): enough of ``Popen`` to watch it and stop it."""
+
+    def __init__(self, pid: int, spec_file: Path) -> None:
+        self.pid, self.spec_file = pid, spec_file
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not worker_alive(self.pid, self.spec_file):
+            self.returncode = 0  # not our child: its exit code is lost; status.json says how it ended
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.spec_file), timeout)
+            time.sleep(0.1)
+        return 0
+
+
+def worker_alive(pid: int, spec_file: Path) -> bool:
+    """Whether process ``pid`` lives and is the worker of ``spec_file`` (not another program that
+    was given the same pid since)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, OverflowError):
+        return False
+    try:
+        return str(spec_file).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return not Path("/proc").is_dir()  # no /proc (macOS): trust the pid
+
+
 @dataclass
 class Job:
     """A started worker: its folder (spec, status.json, worker.log) and process."""
@@ -46,7 +83,7 @@ class Job:
     id: str
     kind: str
     folder: Path
-    process: subprocess.Popen
+    process: subprocess.Popen | LeftRunning
     spec: dict[str, Any]
     started: float = field(default_factory=time.time)
 
@@ -66,8 +103,25 @@ class JobRunner:
         self.folder = folder
         self.argv = argv
         self.env = env
-        self.job: Job | None = None
+        self.job: Job | None = self._left_running()
         self._lock = threading.Lock()
+
+    def _left_running(self) -> Job | None:
+        """The last job, when its worker still runs after the studio that started it was killed:
+        adopted, so that the page shows its progress and no second fit starts on the same run."""
+        numbers = [int(p.name[4:]) for p in self.folder.glob("job-*") if p.name[4:].isdigit()]
+        if not numbers:
+            return None
+        folder = self.folder / f"job-{max(numbers):04d}"
+        spec, record = _read_json(folder / "job.json"), _read_json(folder / "status.json")
+        pid = record.get("pid") if record else None
+        if not spec or not isinstance(pid, int) or record.get("state") in ("done", "failed"):
+            return None
+        process = LeftRunning(pid, folder / "job.json")
+        if process.poll() is not None:
+            return None
+        return Job(folder.name, str(spec.get("kind", "fit")), folder, process, spec,
+                   started=(folder / "job.json").stat().st_mtime)
 
     def running(self) -> bool:
         return self.job is not None and self.job.process.poll() is None
@@ -122,7 +176,10 @@ class JobRunner:
 
     def _crash_message(self, job: Job, code: int) -> str:
         """A worker that died without saying why: its exit code (or signal) and its last log lines."""
-        how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit code {code}"
+        if isinstance(job.process, LeftRunning):
+            how = "ended while the studio was not running, without saying why"
+        else:
+            how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit code {code}"
         tail = _tail(job.log_file, LOG_TAIL_LINES)
         return f"the {job.kind} worker {how}" + (f"; its log ends: {tail}" if tail else "") + \
             f" (full log: {job.log_file}). Your labels are unchanged."
