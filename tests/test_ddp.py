@@ -29,7 +29,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 # and saves each rank's final state. Rank r seeds its model with 123 + r, so rank 1 starts from
 # other weights unless the loop hands it rank 0's.
 TOY = textwrap.dedent('''
-    import json, os, sys
+    import atexit, json, os, sys
     from pathlib import Path
     import numpy as np, torch
     from torch import nn
@@ -41,6 +41,9 @@ TOY = textwrap.dedent('''
     rank = int(os.environ.get("RANK", "0"))
     if "WORLD_SIZE" in os.environ:
         dist.init_process_group("gloo")
+        # as fewsam's own launch does: a process leaving with its gloo group alive can abort
+        # ("terminate called without an active exception") when the other rank ends first
+        atexit.register(dist.destroy_process_group)
 
     class Toy:
         def __init__(self, norm, batch):
@@ -75,6 +78,8 @@ TOY = textwrap.dedent('''
         except Stop:
             sys.exit(3)
         torch.save(task.module.state_dict(), out / f"{name}.state{rank}.pt")
+    if dist.is_initialized():
+        dist.barrier()  # both ranks done before either tears its group down
 ''')
 
 
