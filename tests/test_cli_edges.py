@@ -269,9 +269,28 @@ def test_compare_refuses_to_write_its_result_over_an_input(tmp_path):
     result = run_fewsam("compare", "a.json", "b.json", "--json", "./b.json", cwd=tmp_path)
     assert_one_line_error(result, "--json b.json is the input b.json; writing there would replace it")
     assert b.read_text() == kept and a.exists()
+    forced = run_fewsam("compare", "a.json", "b.json", "--json", "./b.json", "--overwrite", cwd=tmp_path)
+    assert_one_line_error(forced, "--json b.json is the input b.json; writing there would replace it")
+    assert b.read_text() == kept
     again = CliRunner().invoke(app, ["compare", str(a), str(b), "--json", str(tmp_path / "t.json")])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "t.json").read_text())["n"] == 3
+
+
+def test_compare_and_bench_keep_an_existing_json_unless_told_to_overwrite(tmp_path):
+    a = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])
+    b = _evaluation(tmp_path / "b.json", [0.8, 0.7, 0.75])
+    mine = tmp_path / "t.json"
+    mine.write_text("my notes")
+    result = run_fewsam("compare", str(a), str(b), "--json", str(mine), cwd=tmp_path)
+    assert_one_line_error(result, f"--json {mine} exists; choose another --json or pass --overwrite to replace it")
+    assert mine.read_text() == "my notes"
+    assert "exists" in cli_error("bench", "--data", str(tmp_path), "--json", str(mine),
+                                 "--cache", str(tmp_path / "scratch"))
+    assert mine.read_text() == "my notes" and not (tmp_path / "scratch").exists()
+    replaced = CliRunner().invoke(app, ["compare", str(a), str(b), "--json", str(mine), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads(mine.read_text())["n"] == 3
 
 
 # --- values out of range ------------------------------------------------------------------------

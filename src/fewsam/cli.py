@@ -142,8 +142,8 @@ def check_output_file(path: Path | None, option: str, overwrite: bool) -> None:
 
 
 def check_not_an_input(path: Path | None, option: str, inputs: list[Path]) -> None:
-    """An output file that replaces existing ones without --overwrite (compare's --json, rewritten by
-    each rerun) must still not be one of the command's own inputs: that input would be lost."""
+    """An output file must not be one of the command's own inputs, even with --overwrite (compare's
+    --json naming one of the evaluations it reads): that input would be lost."""
     if path is None or not path.exists():
         return
     same = next((p for p in inputs if p.exists() and p.samefile(path)), None)
@@ -368,13 +368,14 @@ def compare(
     n_comparisons: int = typer.Option(1, "--n-comparisons", help="Bonferroni factor: comparisons made in all."),
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the test result JSON here.",
                                                                             "not written")),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file (never an input)."),
 ) -> None:
     """Paired Wilcoxon signed-rank test between two runs' per-case scores."""
     from fewsam.compare import compare_runs, describe
     from fewsam.runs import write_json
 
-    check_output_file(json_out, "--json", overwrite=True)
     check_not_an_input(json_out, "--json", [run_a, run_b])
+    check_output_file(json_out, "--json", overwrite)
     result = compare_runs(run_a, run_b, metric, n_comparisons)
     if json_out:
         write_json(json_out, result)
@@ -408,6 +409,7 @@ def bench(
     device: str = DeviceOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the figures as JSON here.",
                                                                             "not written")),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
 ) -> None:
     """Measure the default precision against --precision fp32 side by side (encoder s/slice, decoder and
     student training steps, peak memory), and cache-hit, inference and fit times, on this machine."""
@@ -416,7 +418,7 @@ def bench(
 
     check_device(device)
     _check_scratch_cache(cache)
-    check_output_file(json_out, "--json", overwrite=True)
+    check_output_file(json_out, "--json", overwrite)
     result = run_bench(data, n, cache, device)
     if json_out:
         write_json(json_out, result)
