@@ -127,3 +127,51 @@ def test_fewshot_end_to_end_on_a_phantom(tmp_path):
     assert set(report["per_class"]) == {"RV", "Myo", "LV"}
     assert report["cases"][0]["case"] == "phantom_002" and report["distance_unit"] == "mm"
     assert 0.0 <= report["mean"]["dice"] <= 1.0
+
+
+class _RecordingHead(torch.nn.Module):
+    """Stands in for the decoder: records the embeddings it is given, returns 1x1-conv logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 3, 1)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        self.seen.append(emb.detach().clone())
+        return self.conv(emb)
+
+
+def _labelled_slices(n: int = 4):
+    from fewsam.data.types import SliceRef
+    from fewsam.embedded import EmbeddedSlice
+    from fewsam.models.sam import PreprocessInfo
+
+    rng = np.random.default_rng(3)
+    return [EmbeddedSlice(SliceRef(f"c{i}", 0), (rng.normal(size=(4, 8, 8)) + 2).astype(np.float16),
+                          PreprocessInfo((8, 8), (8, 8), 8), rng.integers(0, 3, (8, 8)).astype(np.uint8), None)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_embedding_dropout_zeroes_whole_channels_of_the_labelled_batch(fraction):
+    from fewsam.losses import DiceCELoss
+    from fewsam.methods.fewshot import FewShotConfig, FewShotTask
+
+    samples = _labelled_slices()
+    shots = [np.ones((2, 4), np.float32)] * 3
+    head = _RecordingHead()
+    cfg = FewShotConfig(batch_size=4, embedding_dropout=fraction)
+    task = FewShotTask(head, samples, shots, cfg, DiceCELoss(255), None, [], [0, 1, 2])
+    task.training_loss(np.random.default_rng(0), 0)
+    seen = head.seen[0]
+    clean = torch.stack([s.embedding_tensor() for s in samples])
+    zeroed = seen.abs().sum(dim=(2, 3)) == 0  # (B, C): channels dropped whole
+    if fraction == 0:
+        assert not zeroed.any()
+        assert torch.equal(torch.sort(seen.flatten(1), 0)[0], torch.sort(clean.flatten(1), 0)[0])
+    else:
+        assert zeroed.any() and not zeroed.all()
+        for row, dropped in zip(seen, zeroed):  # each row: one drawn slice, its kept channels scaled by 2
+            kept = ~dropped
+            assert any(torch.allclose(row[kept], 2 * c[kept]) for c in clean)

@@ -30,7 +30,7 @@ from fewsam.fitting import FitContext
 from fewsam.losses import consistency_ce
 from fewsam.methods import Method
 from fewsam.methods import fewshot
-from fewsam.methods.fewshot import FewShotConfig, FewShotTask, sampled_tokens
+from fewsam.methods.fewshot import FewShotConfig, FewShotTask, channel_dropout, sampled_tokens
 from fewsam.train import TrainConfig, TrainResult, ramp
 
 @dataclass(frozen=True)
@@ -52,15 +52,6 @@ class FewMatchConfig(FewShotConfig, UnlabelledPoolConfig):
     def train_config(self, seed: int) -> TrainConfig:
         """Few-shot's, with --patience judged only once the consistency loss has ramped up."""
         return replace(super().train_config(seed), patience_after=self.warmup_steps + self.ramp_steps)
-
-
-def channel_dropout(embeddings: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
-    """Zero a random ``fraction`` of each embedding's channels and rescale the rest (inverted dropout)."""
-    if fraction <= 0:
-        return embeddings
-    b, c = embeddings.shape[:2]
-    keep = torch.from_numpy(rng.random((b, c)) >= fraction).to(embeddings)
-    return embeddings * keep[:, :, None, None] / (1.0 - fraction)
 
 
 def cutmix_boxes(n: int, grid: int, probability: float, rng: np.random.Generator

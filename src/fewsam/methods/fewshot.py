@@ -61,6 +61,9 @@ class FewShotConfig(Config):
     batch_size: int = option(8, "Labelled slices (views) per step.", min=1)
     tokens_per_class: int = option(2, "Prototype tokens per class (more than 1: k-means over the shots).", min=1)
     shot_dropout: float = option(0.5, "Fraction of shots left out of a class token at each step.", min=0.0, max=1.0)
+    embedding_dropout: float = option(0.0, "Fraction of embedding channels zeroed (the rest rescaled) in each "
+                                      "labelled training batch: a regulariser against fitting the few labelled "
+                                      "patients' features (0: off).", min=0.0, max=0.95)
     views: int = option(8, "Dihedral views encoded per labelled slice (8: all rotations and flips).", min=1, max=8)
     ema: float = option(0.99, "Decay of a moving average of the weights, validated and kept (0: off).",
                         min=0.0, max=0.9999)
@@ -173,6 +176,15 @@ def sampled_tokens(shots: list[np.ndarray], tokens_per_class: int, dropout: floa
     return torch.from_numpy(np.stack(out).astype(np.float32))
 
 
+def channel_dropout(embeddings: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """Zero a random ``fraction`` of each embedding's channels and rescale the rest (inverted dropout)."""
+    if fraction <= 0:
+        return embeddings
+    b, c = embeddings.shape[:2]
+    keep = torch.from_numpy(rng.random((b, c)) >= fraction).to(embeddings)
+    return embeddings * keep[:, :, None, None] / (1.0 - fraction)
+
+
 class FewShotTask:
     """Training task for the one loop: a batch of labelled slices, Dice + CE on all classes;
     validated by the 3D Dice of the validation volumes with the inference prompt bank."""
@@ -189,6 +201,7 @@ class FewShotTask:
         emb = torch.stack([s.embedding_tensor() for s in batch]).to(self.device)
         target = torch.stack([torch.from_numpy(s.label_frame.astype(np.int64)) for s in batch]).to(self.device)
         tokens = sampled_tokens(self.shots, self.cfg.tokens_per_class, self.cfg.shot_dropout, rng).to(self.device)
+        emb = channel_dropout(emb, self.cfg.embedding_dropout, rng)
         return self.loss_fn(self.module(emb, tokens), target, batch), {}
 
     def validate(self) -> dict[str, float]:
