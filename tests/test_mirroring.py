@@ -1,5 +1,5 @@
 """Test-time mirroring: the mirror images are the right views, undone exactly, averaged per slice,
-chosen only when validation says so, and a mirrored prediction commutes with mirroring the input."""
+kept unless validation vetoes them, and a mirrored prediction commutes with mirroring the input."""
 
 import json
 
@@ -32,18 +32,43 @@ def test_mirror_views_are_the_identity_and_the_three_flips():
         assert np.array_equal(dihedral(a, view), mirrored)
 
 
-def _record(raw, lcc):
-    return {"largest_component": lcc > raw, "val_dice_raw": raw, "val_dice_largest_component": lcc}
+def _record(raw, lcc, per_volume=None):
+    record = {"largest_component": lcc > raw, "val_dice_raw": raw, "val_dice_largest_component": lcc}
+    return record if per_volume is None else {**record, "val_dice_per_volume": per_volume}
 
 
-def test_mirroring_is_chosen_only_when_it_scores_higher():
+def test_without_per_volume_scores_the_higher_mean_wins_and_a_tie_keeps_mirroring():
     single, mirrored = _record(0.80, 0.82), _record(0.84, 0.83)
     chosen = mirroring_choice(single, mirrored)
-    assert chosen["mirror"] is True and chosen["largest_component"] is False
+    assert chosen["mirror"] is True and chosen["largest_component"] is False and chosen["mirror_off_p"] is None
     assert chosen["val_dice_single_view"] == 0.82 and chosen["val_dice_mirrored"] == 0.84
     assert chosen["views"] == {"single": single, "mirrored": mirrored}  # the single view's raw 0.80 stays readable
-    kept = mirroring_choice(single, _record(0.81, 0.82))  # a tie keeps the cheaper single view
+    assert mirroring_choice(single, _record(0.81, 0.82))["mirror"] is True  # a tie: mirroring, the default
+    kept = mirroring_choice(single, _record(0.81, 0.815))
     assert kept["mirror"] is False and kept["largest_component"] is True
+
+
+def test_validation_vetoes_mirroring_only_when_the_single_view_is_significantly_better():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.7, 0.9, 20)
+    # a lower mean from a few volumes, while mirroring wins most of them: within validation's noise
+    noisy = base + np.where(np.arange(20) < 14, 0.01, -0.08)
+    single, mirrored = _record(0.0, base.mean(), list(base)), _record(0.0, noisy.mean(), list(noisy))
+    assert noisy.mean() < base.mean()
+    chosen = mirroring_choice(single, mirrored)
+    assert chosen["mirror"] is True and chosen["mirror_off_p"] >= 0.05
+    # worse on nearly every volume (a decoder tied to one orientation): the veto
+    worse = base - rng.uniform(0.05, 0.3, 20)
+    vetoed = mirroring_choice(single, _record(0.0, worse.mean(), list(worse)))
+    assert vetoed["mirror"] is False and vetoed["mirror_off_p"] < 0.01
+    # identical per volume: nothing to veto
+    assert mirroring_choice(single, _record(0.0, base.mean(), list(base)))["mirror_off_p"] == 1.0
+
+
+def test_too_few_validation_volumes_for_the_test_compare_means():
+    single = _record(0.0, 0.8, [0.8, 0.8, 0.8, 0.8])
+    assert mirroring_choice(single, _record(0.0, 0.7, [0.7] * 4))["mirror"] is False
+    assert mirroring_choice(single, _record(0.0, 0.8, [0.8] * 4))["mirror_off_p"] is None
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,8 @@ class DistillConfig(StudentFitConfig, UnlabelledPoolConfig):
                          "pseudo-labelled slices, as in noisy-student training.", flag="--noisy/--no-noisy")
     cavity_rule: str | None = option(None, CAVITY_RULE_HELP)
     test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
-                                  "does) if that scores higher on validation; 4 U-Net passes per slice.",
+                                  "does) unless validation finds the single view significantly better; "
+                                  "4 U-Net passes per slice.",
                                   flag="--test-mirroring/--no-test-mirroring")
     teacher_blend: bool = option(True, "Average the student's and the teacher's class probabilities on slices where "
                                  "the two agree on where the classes are (the student alone elsewhere) if that "

@@ -12,10 +12,11 @@ During training a class's token is the mean of a random subset of the shots, so 
 learns to work with prototypes that were not computed from the very image it segments - which
 is the situation at inference.
 
-At the end of a fit two test-time steps are each kept only if they score higher on the run's
-validation cases: averaging over the slice's mirror images, and refining each class's mask with
-SAM's own box decoder, prompted by the mask itself (``fewsam.self_prompting``): the decoder finds
-the structure, SAM's prior draws its boundary.
+At the end of a fit two test-time steps are decided on the run's validation cases: averaging
+over the slice's mirror images, kept unless the single view scores significantly better
+(``inference.mirroring_choice``), and refining each class's mask with SAM's own box decoder,
+prompted by the mask itself (``fewsam.self_prompting``), kept only if it scores higher: the
+decoder finds the structure, SAM's prior draws its boundary.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class FewShotConfig(Config):
     patience: int = option(0, PATIENCE_HELP, min=0)
     cavity_rule: str | None = option(None, CAVITY_RULE_HELP)
     test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
-                                  "does) if that scores higher on validation; 3 more encoder passes per slice.",
+                                  "does) unless validation finds the single view significantly better; "
+                                  "3 more encoder passes per slice.",
                                   flag="--test-mirroring/--no-test-mirroring")
     sam_refinement: bool = option(True, "Refine each class's mask with SAM's own box decoder, prompted by the mask's "
                                   "box and deepest pixel, if that scores higher on validation.",
