@@ -4,9 +4,10 @@ exactly as `fewsam fit` does in its last step (for runs fitted before that step 
 Writes OUT: a copy of RUN whose postprocess.json holds the choice (mirror or not, then the
 largest-component choice, after the run's cavity rule) and both validation scores, and whose
 manifest records it; RUN is left as it is. Predict with OUT as with any run. With ``--single``
-OUT keeps the single view whatever validation says (its own largest-component choice, both
-scores recorded): to measure what mirroring does on patients outside the validation list.
-Usage: .venv/bin/python benchmarks/mirror_choice.py RUN OUT [CACHE] [--single]
+OUT keeps the single view whatever validation says, with ``--mirrored`` the mirrored one (its own
+largest-component choice, both scores recorded): to measure what each view does on patients
+outside the validation list.
+Usage: .venv/bin/python benchmarks/mirror_choice.py RUN OUT [CACHE] [--single | --mirrored]
 """
 
 import json
@@ -24,10 +25,9 @@ from fewsam.models.precision import resolve_precision
 from fewsam.predict import load_run_model
 from fewsam.runs import check_run, write_json, write_manifest
 
-SCORES = ("val_dice_single_view", "val_dice_mirrored")
 
 
-def main(run: Path, out: Path, cache_root: str | None, single_view: bool = False) -> None:
+def main(run: Path, out: Path, cache_root: str | None, forced: str | None = None) -> None:
     if out.exists():
         sys.exit(f"error: {out} exists; give a new folder")
     config = check_run(run)
@@ -44,13 +44,16 @@ def main(run: Path, out: Path, cache_root: str | None, single_view: bool = False
     mirrored = [(case, predict_mirrored(predictor.decoder, predictor.tokens, slices, values))
                 for case, slices in val_cases]
     choice = mirroring_choice(postprocessing_choice(single, values, rule), postprocessing_choice(mirrored, values, rule))
-    if single_view:
-        choice = {**postprocessing_choice(single, values, rule), **{k: choice[k] for k in SCORES}, "mirror": False}
+    if forced is not None:
+        view = choice["views"][forced]
+        choice = {**choice, **view, "mirror": forced == "mirrored"}
     write_json(out / POSTPROCESS, choice)
     write_manifest(out)  # the copy's record of what predict reads, with its new postprocess.json
     print(json.dumps(choice, indent=1))
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--single"]
-    main(Path(args[0]), Path(args[1]), args[2] if len(args) > 2 else None, "--single" in sys.argv[1:])
+    flags = {"--single": "single", "--mirrored": "mirrored"}
+    args = [a for a in sys.argv[1:] if a not in flags]
+    view = next((flags[a] for a in sys.argv[1:] if a in flags), None)
+    main(Path(args[0]), Path(args[1]), args[2] if len(args) > 2 else None, view)
