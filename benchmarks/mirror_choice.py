@@ -7,6 +7,8 @@ manifest records it; RUN is left as it is. Predict with OUT as with any run. Wit
 OUT keeps the single view whatever validation says, with ``--mirrored`` the mirrored one (its own
 largest-component choice, both scores recorded): to measure what each view does on patients
 outside the validation list.
+The encoder runs at the precision the run was fitted with (``fp32`` for a ``--precision fp32`` run),
+so that validation reads the embeddings the fit itself read.
 Usage: .venv/bin/python benchmarks/mirror_choice.py RUN OUT [CACHE] [--single | --mirrored]
 """
 
@@ -35,7 +37,7 @@ def main(run: Path, out: Path, cache_root: str | None, forced: str | None = None
     dataset = open_dataset(config["data"])
     model = load_run_model(config, "cpu")
     predictor = FewShotPredictor(out, model, "cpu", acceleration_of_run(config, "cpu"))
-    cache = EmbeddingCache(cache_root or config["cache"], model, resolve_precision("auto", "cpu"))
+    cache = EmbeddingCache(cache_root or config["cache"], model, resolve_precision(run_precision(config), "cpu"))
     val_cases = embed_cases(dataset, dataset.split(config["val_split"]), cache, "cpu")
     recorded = json.loads((run / POSTPROCESS).read_text()).get("cavity_rule")
     rule = None if recorded is None else CavityRule(*recorded)
@@ -50,6 +52,11 @@ def main(run: Path, out: Path, cache_root: str | None, forced: str | None = None
     write_json(out / POSTPROCESS, choice)
     write_manifest(out)  # the copy's record of what predict reads, with its new postprocess.json
     print(json.dumps(choice, indent=1))
+
+
+def run_precision(config: dict) -> str:
+    """The ``--precision`` that gives the fit's own encoder: the reference for an fp32 fit, else ``auto``."""
+    return "fp32" if config.get("encoder_precision") == "fp32" else "auto"
 
 
 if __name__ == "__main__":
