@@ -28,3 +28,22 @@ def test_printed_json_stays_one_line_when_piped(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["embed", "--data", str(tmp_path), "--cache", str(cache), "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1]) == stats
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("labels", ["background", "RV"], "'labels' must be an object"),
+    ("training", ["imagesTr/phantom_000_0000.nii.gz"], "'training' entry 'imagesTr/phantom_000_0000.nii.gz'"),
+    ("training", [{"label": "./labelsTr/phantom_000.nii.gz"}], "'training' entry"),
+    ("training", "imagesTr", "'training' must be a list"),
+    ("test", [5], "'test' entry 5"),
+])
+def test_a_hand_written_dataset_json_of_the_wrong_shape_is_named(tmp_path, key, value, says):
+    from fewsam.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=1)
+    spec = json.loads((root / "dataset.json").read_text())
+    if key == "test":
+        spec["training"] = [{"image": "./imagesTr/phantom_000_0000.nii.gz", "label": "./labelsTr/phantom_000.nii.gz"}]
+    spec[key] = value
+    (root / "dataset.json").write_text(json.dumps(spec))
+    assert_one_line_error(run_fewsam("info", str(root), cwd=tmp_path), says)

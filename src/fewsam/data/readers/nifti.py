@@ -355,9 +355,9 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not one fewsam reads "
                         f"({', '.join(VOLUME_ENDINGS + IMAGE_2D_ENDINGS)}); convert the images to .nii.gz")
     if spec.get("training"):
-        entries = [_entry(root / t["image"], root / t["label"] if t.get("label") else None,
-                          case_name(t["image"])) for t in spec["training"]]
-        tests = [root / t if isinstance(t, str) else root / t["image"] for t in spec.get("test", [])]
+        entries = [_entry(root / image, root / label if label else None, case_name(image))
+                   for image, label in _listed(spec, "training", root / "dataset.json")]
+        tests = [root / image for image, _ in _listed(spec, "test", root / "dataset.json")]
         test_cases = [(p, case_name(p)) for p in tests]
     else:
         entries = [_entry(p, root / "labelsTr" / f"{c}{ending}", c)
@@ -371,6 +371,27 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
     return entries, test_ids
+
+
+MSD_ENTRY = '{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}'
+
+
+def _listed(spec: dict[str, Any], key: str, path: Path) -> list[tuple[str, str | None]]:
+    """(image, label or None) of each entry of dataset.json's ``key`` list as MSD writes it: an
+    object with "image" (and "label"), or for "test" a bare image path. Any other shape is named
+    here, as a hand-written dataset.json needs, instead of failing later as a type error."""
+    items = spec.get(key) or []
+    if not isinstance(items, list):
+        raise DataError(f"{path}: {key!r} must be a list of entries like {MSD_ENTRY}")
+    listed = []
+    for item in items:
+        if isinstance(item, str) and key == "test":
+            item = {"image": item}
+        label = item.get("label") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or not isinstance(item.get("image"), str) or not isinstance(label or "", str):
+            raise DataError(f"{path}: {key!r} entry {item!r} is not an entry like {MSD_ENTRY}")
+        listed.append((item["image"], label or None))
+    return listed
 
 
 def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
@@ -412,6 +433,9 @@ def open_nifti(root: Path) -> NiftiDataset:
         if "labels" not in spec:
             raise DataError(f"{root / 'dataset.json'} has no 'labels'; add e.g. "
                             '{"labels": {"background": 0, "organ": 1}}')
+        if not isinstance(spec["labels"], dict):
+            raise DataError(f"{root / 'dataset.json'}: 'labels' must be an object such as "
+                            '{"background": 0, "organ": 1}')
         class_map = class_map_from_labels(spec["labels"], root / "dataset.json")
         entries, test_ids = _raw_entries(root, spec)
     else:
