@@ -47,3 +47,36 @@ def test_a_hand_written_dataset_json_of_the_wrong_shape_is_named(tmp_path, key, 
     spec[key] = value
     (root / "dataset.json").write_text(json.dumps(spec))
     assert_one_line_error(run_fewsam("info", str(root), cwd=tmp_path), says)
+
+
+def test_ctrl_c_while_the_encoder_is_converted_stops_the_command(tmp_path):
+    """OpenVINO's converter calls back into Python: a stop raised there came out as its own traceback."""
+    import signal
+
+    import torch
+
+    from fewsam.cli import _stop_on_signals
+    from fewsam.errors import Stopped
+    from fewsam.models.precision import EncoderPrecision, OpenVinoEncoder
+
+    class Converter:
+        """Stands in for OpenVINO: a Ctrl-C met in its frontend becomes its own error, as there."""
+
+        def convert_model(self, module, example_input):
+            try:
+                signal.raise_signal(signal.SIGINT)
+                return "model"
+            except BaseException as err:  # noqa: BLE001 - as OpenVINO's C++ frontend does
+                raise RuntimeError(f"Model wasn't fully converted: {err!r}") from None
+
+    ir = tmp_path / "cache" / "tiny-openvino-ir"
+    encoder = OpenVinoEncoder(torch.nn.Conv2d(3, 4, 3, padding=1), 8, EncoderPrecision("fp32", "openvino"), ir)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    _stop_on_signals()
+    try:
+        with pytest.raises(Stopped):
+            encoder._convert(Converter())
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert not ir.exists()
