@@ -80,3 +80,25 @@ def test_ctrl_c_while_the_encoder_is_converted_stops_the_command(tmp_path):
         for signum, handler in before.items():
             signal.signal(signum, handler)
     assert not ir.exists()
+
+
+@pytest.mark.parametrize("mode, dtype", [("F", "float32"), ("I;16", "uint16"), ("I", "int32")])
+def test_a_high_bit_image_reads_as_an_array_of_its_own(tmp_path, mode, dtype):
+    """A float TIFF read as Pillow's read-only buffer made torch warn on stderr in every fit and predict."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from fewsam.data.readers.png_folder import read_image
+    from fewsam.methods.student import student_image
+
+    path = tmp_path / "x.tif"
+    Image.fromarray(np.arange(40 * 30).reshape(40, 30).astype(dtype)).save(path)
+    with Image.open(path) as im:
+        assert im.mode == mode
+    image = read_image(path, rgb=False)
+    assert image.flags.writeable and image.shape == (40, 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        student_image(image, 16)
