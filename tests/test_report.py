@@ -67,6 +67,16 @@ def test_report_single_run_without_groups(tmp_path):
         write_group_report([tmp_path / "e.json"], tmp_path / "rep", ["a", "b"])
 
 
+@pytest.mark.parametrize("labels, says", [("a,a", "names two runs 'a'"), (",b", "leaves a run without a name")])
+def test_report_labels_must_tell_the_runs_apart(tmp_path, labels, says):
+    _evaluation(tmp_path / "before.json", BEFORE)
+    _evaluation(tmp_path / "after.json", AFTER)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "before.json"), str(tmp_path / "after.json"),
+                                      "--out", str(tmp_path / "rep"), "--labels", labels])
+    assert isinstance(result.exception, FewsamError) and says in str(result.exception)
+    assert not (tmp_path / "rep").exists()
+
+
 def test_report_out_follows_predicts_rule(tmp_path):
     _evaluation(tmp_path / "e.json", BEFORE)
     (tmp_path / "file").write_text("x")

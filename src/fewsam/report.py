@@ -63,8 +63,8 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     from fewsam.compare import read_evaluation
     from fewsam.errors import DataError
 
-    if labels is not None and len(labels) != len(evaluations):
-        raise DataError(f"--labels gives {len(labels)} names for {len(evaluations)} evaluations")
+    if labels is not None:
+        _check_labels(labels, len(evaluations))
     out = Path(out_dir)
     _check_out_folder(out, overwrite)
     names = labels or _unique_names(evaluations)
@@ -75,6 +75,20 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
         atomic_write_bytes(staging / "report.md", _markdown(blocks).encode())
         atomic_write_bytes(staging / "report.html", _html(blocks, title).encode())
     return {"markdown": out / "report.md", "html": out / "report.html"}
+
+
+def _check_labels(labels: list[str], n: int) -> None:
+    """One distinct, non-empty name per evaluation: the report's tables, legends and "B vs A" rows
+    tell the runs apart by these names alone."""
+    from fewsam.errors import DataError
+
+    if len(labels) != n:
+        raise DataError(f"--labels gives {len(labels)} names for {n} evaluations")
+    if not all(labels):
+        raise DataError(f"--labels {','.join(labels)!r} leaves a run without a name; give one name per evaluation")
+    twice = sorted({name for name in labels if labels.count(name) > 1})
+    if twice:
+        raise DataError(f"--labels names two runs {twice[0]!r}; give each evaluation its own name")
 
 
 def _check_out_folder(out: Path, overwrite: bool) -> None:
