@@ -5,6 +5,7 @@ training, with the reason, instead of a fit that cannot learn or cannot select a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -191,3 +192,13 @@ def test_a_nan_loss_stops_the_fit_before_it_reaches_the_weights(tmp_path):
     assert all(torch.isfinite(p).all() for p in task.module.parameters())
     last = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
     assert last["state"]["step"] == 2  # the resume state is the last finite step's
+
+
+@pytest.mark.parametrize("size, says", [(33, "multiple of 16 (the U-Net halves it 4 times), not 33; e.g. 32"),
+                                        (200, "not 200; e.g. 208")])
+def test_a_student_image_size_the_unet_cannot_halve_is_refused_before_any_work(size, says):
+    from fewsam.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        SupervisedConfig(image_size=size)
+    assert SupervisedConfig(image_size=48).image_size == 48
