@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -262,8 +263,10 @@ def _label_array(path: Path, axis: int = 2, image: Any = None) -> np.ndarray:
 AFFINE_TOLERANCE = 1e-3  # mm: NIfTI headers store float32, so one grid written twice may differ this much
 
 
-def on_image_grid(label: Any, image: Any, path: Path) -> Any:
-    """``label`` with its voxels in ``image``'s axis order and orientation.
+def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> Any:
+    """``label`` with its voxels in ``image``'s axis order and orientation (``image``: anything
+    with the image's ``shape`` and ``affine``; ``what`` names the file in messages: "label", or
+    "prediction" for one another tool wrote).
 
     Arrays are read without reorientation, so a label saved in another orientation (flipped, or
     with its axes swapped, as some converters and viewers write them) would otherwise lie
@@ -274,21 +277,34 @@ def on_image_grid(label: Any, image: Any, path: Path) -> Any:
     refused, as no reading of it is safe."""
     if len(label.shape) < 3 or len(image.shape) < 3 or _same_affine(label.affine, image.affine):
         return label
-    turn = nib.orientations.ornt_transform(nib.orientations.io_orientation(label.affine),
-                                           nib.orientations.io_orientation(image.affine))
+    try:
+        turn = nib.orientations.ornt_transform(nib.orientations.io_orientation(label.affine),
+                                               nib.orientations.io_orientation(image.affine))
+    except ValueError:  # an affine with a zero or NaN axis (a damaged header) has no orientation
+        raise DataError(f"{what} {path} and its image have affines that are not both orientations (a zero or NaN "
+                        f"axis), so its voxels cannot be matched to the image's; save the {what} with the image's "
+                        "affine") from None
     turned = label.as_reoriented(turn)
     if turned.shape[:3] == image.shape[:3] and _same_affine(turned.affine, image.affine):
-        say_once(f"{path}: the label is stored in another orientation than its image "
+        say_once(f"{path}: the {what} is stored in another orientation than its image "
                  f"({''.join(nib.aff2axcodes(label.affine))} vs {''.join(nib.aff2axcodes(image.affine))}); "
-                 "it is reoriented onto the image's voxel grid", key="nifti-label-reoriented")
+                 "it is reoriented onto the image's voxel grid", key=f"nifti-{what}-reoriented")
         return turned
     if (turn[:, 0] == np.arange(3)).all() and (turn[:, 1] == 1).all():
-        say_once(f"{path}: the label's affine differs from its image's (another origin or spacing) in the "
-                 "same orientation; it is read voxel for voxel on the image's grid", key="nifti-label-affine")
+        say_once(f"{path}: the {what}'s affine differs from its image's (another origin or spacing) in the "
+                 "same orientation; it is read voxel for voxel on the image's grid", key=f"nifti-{what}-affine")
         return label
-    raise DataError(f"label {path} is oriented {''.join(nib.aff2axcodes(label.affine))} and placed elsewhere "
+    raise DataError(f"{what} {path} is oriented {''.join(nib.aff2axcodes(label.affine))} and placed elsewhere "
                     f"than its image ({''.join(nib.aff2axcodes(image.affine))}), so its voxels cannot be matched "
-                    "to the image's; save the label with the image's affine (as nnU-Net and the viewers expect)")
+                    f"to the image's; save the {what} with the image's affine (as nnU-Net and the viewers expect)")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An image's voxel grid as ``on_image_grid`` needs it, from what a case keeps in its ``meta``."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
 
 
 def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
