@@ -208,7 +208,17 @@ def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
 
 
 def _bar_plot(runs: list[tuple[str, dict]], groups: list[str], cls: str | None, path: Path, title: str) -> Path:
-    """Grouped bars: one bar per run within each group; CIs as error bars for the mean Dice."""
+    """Grouped bars: one bar per run within each group; CIs as error bars for the mean Dice.
+
+    Group, class and run names are the user's text: shown as written, never parsed as math ("$50k"
+    in an income group, or a "$" in a class name, ended the report in matplotlib's TeX parser)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _draw_bar_plot(runs, groups, cls, path, title)
+
+
+def _draw_bar_plot(runs: list[tuple[str, dict]], groups: list[str], cls: str | None, path: Path, title: str) -> Path:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(min(11.0, max(5.0, 0.8 * len(groups) * len(runs) + 2.5)), 3.8), dpi=110)
