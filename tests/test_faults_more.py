@@ -102,3 +102,18 @@ def test_a_high_bit_image_reads_as_an_array_of_its_own(tmp_path, mode, dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         student_image(image, 16)
+
+
+def test_unlabelled_images_for_a_run_of_other_classes_are_told_how_to_name_them(tmp_path):
+    """A folder of unlabelled PNGs reads as one 'foreground' class; a run of three classes then needs a
+    classes.json, and the message says so instead of only that the classes differ."""
+    from fewsam.errors import DataError
+    from fewsam.predict import _check_class_map
+
+    run = {"class_map": {"1": "RV", "2": "Myo", "3": "LV"}}
+    with pytest.raises(DataError, match=r'no labels to name its classes: add a classes.json naming the run\'s, '
+                                        r'\{"1": "RV", "2": "Myo", "3": "LV"\}'):
+        _check_class_map(run, {"1": "foreground"}, tmp_path, labelled=False)
+    with pytest.raises(DataError) as labelled:
+        _check_class_map(run, {"1": "foreground"}, tmp_path, labelled=True)
+    assert "classes.json" not in str(labelled.value)
