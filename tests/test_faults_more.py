@@ -117,3 +117,20 @@ def test_unlabelled_images_for_a_run_of_other_classes_are_told_how_to_name_them(
     with pytest.raises(DataError) as labelled:
         _check_class_map(run, {"1": "foreground"}, tmp_path, labelled=True)
     assert "classes.json" not in str(labelled.value)
+
+
+def test_two_files_of_one_case_are_named_not_blamed_on_a_split_file(tmp_path):
+    """a.nii.gz beside a.nii: one was never read, and the error named a splits_final.json that is not there."""
+    import nibabel as nib
+    import numpy as np
+
+    root = tmp_path / "data"
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    image = nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 2)).astype(np.float32), np.eye(4))
+    for case in ("a", "b"):
+        nib.save(image, root / "images" / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(np.ones((8, 8, 2), np.uint8), np.eye(4)), root / "labels" / f"{case}.nii.gz")
+    nib.save(image, root / "images" / "a.nii")
+    assert_one_line_error(run_fewsam("info", str(root), cwd=tmp_path),
+                          f"{root / 'images' / 'a.nii'} and {root / 'images' / 'a.nii.gz'} are both case 'a'")

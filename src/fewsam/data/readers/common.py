@@ -66,7 +66,7 @@ class IndexedDataset:
     def __init__(self, root: Path, class_map: ClassMap, entries: list[Entry]) -> None:
         self.root = root
         self.class_map = class_map
-        self.entries = {e.case_id: e for e in entries}
+        self.entries = entries_by_case(entries)
         self.splits: dict[str, list[str]] = {}
         self.split_files: dict[str, str] = {}
         self.tables: list[AttributeTable] = []
@@ -217,6 +217,20 @@ class IndexedDataset:
             raise DataError(f"{source} names {len(missing)} case(s) with no file in {self.root}: "
                             f"{shown}; fix the list or restore the files")
         check_unique(ids, source)
+
+
+def entries_by_case(entries: list[Entry]) -> dict[str, Entry]:
+    """The index by case id. Two files of one case id (a.nii.gz beside a.nii or a.mha, an image listed
+    twice in dataset.json) would leave one of them unread and the case counted twice in a computed
+    split, refused there under the name of a split file the user never wrote: refused here, naming both."""
+    by_case: dict[str, Entry] = {}
+    for entry in entries:
+        first = by_case.setdefault(entry.case_id, entry)
+        if first is not entry:
+            what = (f"{entry.image} is listed twice" if first.image == entry.image
+                    else f"{first.image} and {entry.image} are both")
+            raise DataError(f"{what} case {entry.case_id!r}; rename or remove one of them")
+    return by_case
 
 
 def check_unique(ids: list[str], source: str) -> None:
