@@ -222,6 +222,8 @@ def _evaluation(path: Path, scores: list[float]) -> Path:
     ('{"cases": [{"case": "c0", "per_class": {"fg": {"dice": "high"}}}]}',
      "the 'per_class' of case 'c0' is not a table of scores"),
     ('{"cases": [{"case": "c0", "per_class": ["fg"]}]}', "the 'per_class' of case 'c0' is not a table of scores"),
+    ('{"cases": [{"case": "c0", "per_class": {"fg": {"dice": 0.5}}}, {"case": "c0", "per_class": {"fg": {"dice": 0.7}}}]}',
+     "case 'c0' has two records"),
 ])
 def test_compare_and_report_name_an_evaluation_that_is_not_one(tmp_path, text, says):
     good = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])

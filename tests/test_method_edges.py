@@ -118,6 +118,18 @@ def test_validation_labels_without_foreground_are_refused(tmp_path):
     assert not (tmp_path / "run" / "checkpoint_best.pt").exists()
 
 
+def test_validation_on_labelled_cases_is_said_once_and_allowed(tmp_path):
+    """--val-split all (or train) selects the model on its own training cases: allowed, but said."""
+    data = _nnunet(tmp_path / "d", [_label(1, 2), _label(1, 2), _label(1), _label(2)])
+    api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
+    assert not [note for note in progress.said() if "also labelled" in note]
+    options = api.FitOptions(data=data, run=tmp_path / "run_all", cache=str(tmp_path / "cache"), show_progress=False,
+                             labeled_cases=1, val_split="all")
+    api.fit("supervised", options, TINY_STUDENT)
+    notes = [note for note in progress.said() if "also labelled" in note]
+    assert len(notes) == 1 and "1 of the 4 validation cases (c0)" in notes[0]
+
+
 def test_one_validation_case_with_foreground_is_enough(tmp_path):
     data = _nnunet(tmp_path / "d", [_label(1, 2), _label(1, 2), _label(), _label(2)])
     result = api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)

@@ -81,12 +81,17 @@ def _is_interval(value: Any) -> bool:
 
 def _case_problem(cases: list[Any]) -> str | None:
     """What keeps ``cases`` from being per-case records ({"case": id, "per_class": {class: {metric:
-    number or null}}}), naming the first bad one; None when they are."""
+    number or null}}}), each case once, naming the first bad one; None when they are. A case twice
+    (evaluations merged by hand) would be paired by one of its records, the other dropped unseen."""
+    seen: set[str] = set()
     for i, case in enumerate(cases):
         if not isinstance(case, dict) or not isinstance(case.get("case"), str):
             return f"record {i} of 'cases' names no case"
         if not _scores_by_class(case.get("per_class")):
             return f"the 'per_class' of case {case['case']!r} is not a table of scores"
+        if case["case"] in seen:
+            return f"case {case['case']!r} has two records"
+        seen.add(case["case"])
     return None
 
 

@@ -310,12 +310,14 @@ def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Non-empty stripped lines of a text file; a corrupt file becomes a DataError. UTF-8 with or
-    without the byte-order mark Windows editors put first (it would stick to the first case id)."""
+    """Non-empty stripped lines of a text file, without comment lines (``#`` first, as users annotate
+    lists by hand); a corrupt file becomes a DataError. UTF-8 with or without the byte-order mark
+    Windows editors put first (it would stick to the first case id)."""
     try:
-        return [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read list file {path}: {err}") from None
+    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def to_image_array(array: np.ndarray, path: Path) -> np.ndarray:
