@@ -33,7 +33,8 @@ def test_age_bins_and_defaults():
     assert group_of({}, "race") is None
 
 
-@pytest.mark.parametrize("spec", ["bmi", "bmi:", ":25", "bmi:30,25", "bmi:a,b", "bmi:25,25"])
+@pytest.mark.parametrize("spec", ["bmi", "bmi:", ":25", "bmi:30,25", "bmi:a,b", "bmi:25,25", "age:nan", "bmi:25,nan",
+                                  "age:inf"])
 def test_bad_bin_specs(spec):
     with pytest.raises(FewsamError, match="bad bin spec"):
         parse_bins(spec)

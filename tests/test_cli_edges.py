@@ -222,6 +222,8 @@ def _evaluation(path: Path, scores: list[float]) -> Path:
     ('{"cases": [{"case": "c0", "per_class": {"fg": {"dice": "high"}}}]}',
      "the 'per_class' of case 'c0' is not a table of scores"),
     ('{"cases": [{"case": "c0", "per_class": ["fg"]}]}', "the 'per_class' of case 'c0' is not a table of scores"),
+    ('{"cases": [{"case": "c0", "per_class": {"fg": {"dice": 0.5}}}, {"case": "c0", "per_class": {"fg": {"dice": 0.7}}}]}',
+     "case 'c0' has two records"),
 ])
 def test_compare_and_report_name_an_evaluation_that_is_not_one(tmp_path, text, says):
     good = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])
@@ -238,6 +240,25 @@ def test_report_needs_the_overall_scores(tmp_path):
         {"case": "c0", "per_class": {"fg": {"dice": 0.5}}}]}))
     message = cli_error("report", str(tmp_path / "cases_only.json"), "--out", str(tmp_path / "rep"))
     assert "cases_only.json is not a fewsam evaluation (no 'n_cases')" in message
+    assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda e: e["groups"]["a"].pop("ci95"), "group 'a' lacks its n, mean, per_class or ci95"),
+    (lambda e: e["groups"]["a"]["mean"].pop("hd95"), "group 'a' lacks its n, mean, per_class or ci95"),
+    (lambda e: e.update(groups=["a"]), "its 'groups' is not a table of groups"),
+    (lambda e: e["mean"].pop("asd"), "its 'mean' or 'per_class' is not a table of scores"),
+])
+def test_report_names_a_hand_edited_group_table(tmp_path, edit, says):
+    from fewsam.metrics import group_summary
+
+    cases = [{"case": f"c{i}", "group": "a", "per_class": {"fg": {"dice": s, "iou": s / 2, "hd95": 1.0, "asd": 1.0}}}
+             for i, s in enumerate([0.5, 0.7])]
+    evaluation = {**group_summary(cases, n_boot=10), "group_by": "site", "distance_unit": "pixel"}
+    edit(evaluation)
+    (tmp_path / "e.json").write_text(json.dumps(evaluation))
+    message = cli_error("report", str(tmp_path / "e.json"), "--out", str(tmp_path / "rep"))
+    assert f"e.json is not a fewsam evaluation ({says})" in message
     assert not (tmp_path / "rep").exists()
 
 

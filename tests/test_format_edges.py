@@ -68,6 +68,33 @@ def test_a_label_with_a_bare_affine_in_another_orientation_is_refused(tmp_path):
         open_dataset(tmp_path).load("c")
 
 
+def test_a_label_whose_affine_has_a_zero_axis_is_refused(tmp_path):
+    image, label = volume()
+    nifti_pair(tmp_path, "c", image, label, AFFINE)
+    broken = nib.load(tmp_path / "labels" / "c.nii.gz")
+    broken.header.set_qform(None, code=0)
+    broken.header["srow_z"] = [0.0, 0.0, 0.0, 7.0]  # a damaged header: no z axis
+    nib.Nifti1Image(label, None, broken.header).to_filename(tmp_path / "labels" / "c.nii.gz")
+    with pytest.raises(DataError, match=r"labels/c.nii.gz and its image have affines that are not both"):
+        open_dataset(tmp_path).load("c")
+
+
+def test_a_prediction_another_tool_saved_in_another_orientation_is_scored_on_the_image_grid(tmp_path):
+    """Evaluate pairs predictions of any tool by path: one saved reoriented (RAS, as many tools do)
+    was scored mirrored, voxel for voxel."""
+    image, label = volume()
+    nifti_pair(tmp_path / "data", "c", image, label, AFFINE)
+    case = open_dataset(tmp_path / "data").load("c")
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(label, AFFINE))
+    assert nib.aff2axcodes(canonical.affine) == ("R", "A", "S")
+    (tmp_path / "pred").mkdir()
+    nib.save(canonical, tmp_path / "pred" / "c.nii.gz")
+    assert np.array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "pred" / "c.nii.gz")
+    with pytest.raises(DataError, match=r"prediction .*c.nii.gz is oriented RAS .*image's affine"):
+        read_prediction(case, tmp_path / "pred")
+
+
 def test_an_nnunet_ignore_label_is_refused_rather_than_learnt_as_a_class(tmp_path):
     image, label = volume()
     for folder, name, array in (("imagesTr", "c1_0000", image), ("labelsTr", "c1", label)):

@@ -5,6 +5,7 @@ training, with the reason, instead of a fit that cannot learn or cannot select a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -117,6 +118,18 @@ def test_validation_labels_without_foreground_are_refused(tmp_path):
     assert not (tmp_path / "run" / "checkpoint_best.pt").exists()
 
 
+def test_validation_on_labelled_cases_is_said_once_and_allowed(tmp_path):
+    """--val-split all (or train) selects the model on its own training cases: allowed, but said."""
+    data = _nnunet(tmp_path / "d", [_label(1, 2), _label(1, 2), _label(1), _label(2)])
+    api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
+    assert not [note for note in progress.said() if "also labelled" in note]
+    options = api.FitOptions(data=data, run=tmp_path / "run_all", cache=str(tmp_path / "cache"), show_progress=False,
+                             labeled_cases=1, val_split="all")
+    api.fit("supervised", options, TINY_STUDENT)
+    notes = [note for note in progress.said() if "also labelled" in note]
+    assert len(notes) == 1 and "1 of the 4 validation cases (c0)" in notes[0]
+
+
 def test_one_validation_case_with_foreground_is_enough(tmp_path):
     data = _nnunet(tmp_path / "d", [_label(1, 2), _label(1, 2), _label(), _label(2)])
     result = api.fit("supervised", _options(data, tmp_path), TINY_STUDENT)
@@ -191,3 +204,13 @@ def test_a_nan_loss_stops_the_fit_before_it_reaches_the_weights(tmp_path):
     assert all(torch.isfinite(p).all() for p in task.module.parameters())
     last = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
     assert last["state"]["step"] == 2  # the resume state is the last finite step's
+
+
+@pytest.mark.parametrize("size, says", [(33, "multiple of 16 (the U-Net halves it 4 times), not 33; e.g. 32"),
+                                        (200, "not 200; e.g. 208")])
+def test_a_student_image_size_the_unet_cannot_halve_is_refused_before_any_work(size, says):
+    from fewsam.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        SupervisedConfig(image_size=size)
+    assert SupervisedConfig(image_size=48).image_size == 48

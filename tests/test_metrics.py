@@ -101,6 +101,13 @@ def test_case_metrics_multiclass_volume():
     assert result[3] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "asd": 0.0}
 
 
+def test_a_one_slice_case_is_measured_as_its_image():
+    """A PNG or 2D NIfTI case is (1, H, W): its surface is the contour in the image, not every pixel."""
+    pred, label = SMALL.astype(int)[None], BIG.astype(int)[None]
+    result = case_metrics(pred, label, [1], spacing=(8.0, 0.5, 0.5))[1]
+    assert result == pytest.approx({"dice": 8 / 40, "iou": 4 / 36, "hd95": SQRT8 / 2, "asd": 1.0})
+
+
 def test_dice_per_class_agrees_with_case_metrics():
     label = np.array([[0, 1, 1], [2, 2, 0], [0, 0, 0]])
     pred = np.array([[0, 1, 0], [2, 2, 2], [0, 0, 0]])

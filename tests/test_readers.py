@@ -482,7 +482,7 @@ def test_list_file_outside_the_dataset_and_the_dataset_one_first(tmp_path, monke
     first = ds.split("train")[0]
     outside = tmp_path / "lists" / "mine.list"
     outside.parent.mkdir()
-    outside.write_text(first + "\n")
+    outside.write_text(f"# held-out patients\n{first}\n  # (one so far)\n")
     assert ds.split(str(outside)) == [first]
     monkeypatch.chdir(tmp_path)
     assert ds.split("lists/mine.list") == [first]

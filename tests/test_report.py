@@ -67,6 +67,24 @@ def test_report_single_run_without_groups(tmp_path):
         write_group_report([tmp_path / "e.json"], tmp_path / "rep", ["a", "b"])
 
 
+@pytest.mark.parametrize("labels, says", [("a,a", "names two runs 'a'"), (",b", "leaves a run without a name")])
+def test_report_labels_must_tell_the_runs_apart(tmp_path, labels, says):
+    _evaluation(tmp_path / "before.json", BEFORE)
+    _evaluation(tmp_path / "after.json", AFTER)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "before.json"), str(tmp_path / "after.json"),
+                                      "--out", str(tmp_path / "rep"), "--labels", labels])
+    assert isinstance(result.exception, FewsamError) and says in str(result.exception)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_names_with_dollar_signs_are_plotted_as_written(tmp_path):
+    """Group and class names are the user's text, not TeX: "$\\frac$" ended the report in a traceback."""
+    _evaluation(tmp_path / "e.json", [("$\\frac$", 0.9, 0.8), ("$\\frac$", 0.8, 0.7), ("$50k-$100k", 0.7, 0.5)])
+    paths = write_group_report([tmp_path / "e.json"], tmp_path / "rep")
+    assert "$\\frac$" in paths["markdown"].read_text()
+    assert (tmp_path / "rep" / "group_dice.png").stat().st_size > 0
+
+
 def test_report_out_follows_predicts_rule(tmp_path):
     _evaluation(tmp_path / "e.json", BEFORE)
     (tmp_path / "file").write_text("x")

@@ -462,6 +462,16 @@ def test_a_port_in_use_is_refused_and_the_address_names_the_token():
     assert studio_url("0.0.0.0", 9, "t0k") == f"http://{socket.gethostname()}:9/?token=t0k"
 
 
+@pytest.mark.parametrize("host, says", [("no-such-host.invalid", "not an address of this machine"),
+                                         ("192.0.2.1", "no interface of this machine has that address")])
+def test_a_host_this_machine_cannot_listen_on_is_named_as_such(host, says):
+    """Not "is a studio already running there?": nothing runs there, the address is not this machine's."""
+    from fewsam.studio.server import check_port
+
+    with pytest.raises(StudioError, match=f"--host {host}: {says}"):
+        check_port(host, 8765)
+
+
 def test_unlabelled_data_takes_its_classes_from_the_project(data, tmp_path):
     plain = tmp_path / "plain"
     (plain / "images").mkdir(parents=True)

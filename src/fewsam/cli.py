@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 try:  # typer from 0.2x on carries its own copy of click; earlier ones use click itself
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - depends on the installed typer
@@ -32,8 +33,15 @@ from fewsam.methods import REGISTRY, Method, get_method
 _STARTED = time.perf_counter()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Label-efficient and fair Segment Anything for medical images.")
-out = Console()
+# Results carry the user's paths, class and group names: printed as they are (no rich markup, so
+# "[/b]" in a path is text, not a tag) and unwrapped, so a piped line (embed's JSON) stays one line.
+out = Console(markup=False, soft_wrap=True)
 err = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """The one ``error:`` line on stderr; the message is text (a path may hold "[/b]" or "[bold]")."""
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _print_version(value: bool) -> None:
@@ -167,7 +175,7 @@ def demo(
     check_cache(cache)
     check_folder(out_dir, "--out")
     result = run_demo(out_dir, device=device, cache_root=cache, steps=steps, show_progress=not quiet)
-    out.print(f"[bold]few-shot LiteMedSAM on the phantom[/] ({result['n_val']} validation volumes)")
+    out.print(f"[bold]few-shot LiteMedSAM on the phantom[/] ({result['n_val']} validation volumes)", markup=True)
     for name, metrics in result["per_class"].items():
         out.print(f"  {name:>6}: Dice {metrics['dice']:.3f}")
     out.print(f"  mean  : Dice {result['mean']['dice']:.3f}")
@@ -562,10 +570,10 @@ def run_app(args: list[str] | None = None) -> None:
     except click_errors.NoArgsIsHelpError as exc:  # help already printed by the group
         raise SystemExit(exc.exit_code) from None
     except click_errors.UsageError as exc:
-        err.print(f"[red]error:[/] {usage_error_line(exc)}", highlight=False, soft_wrap=True, markup=True)
+        print_error(usage_error_line(exc))
         raise SystemExit(2) from None
     except click_errors.ClickException as exc:
-        err.print(f"[red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        print_error(exc.format_message())
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         err.print("Aborted!", highlight=False)
@@ -596,7 +604,7 @@ def main() -> None:
     try:
         run_app()
     except FewsamError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise SystemExit(2)
     except Stopped as stop:
         err.print(stopped_message(stop, sys.argv), highlight=False)
@@ -605,5 +613,5 @@ def main() -> None:
         if not (is_disk_full(exc) or is_not_permitted(exc)):
             raise
         message = disk_full_message(exc) if is_disk_full(exc) else not_permitted_message(exc)
-        err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+        print_error(message)
         raise SystemExit(2)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fewsam.errors import DataError
-from fewsam.metrics import METRICS, wilcoxon_compare
+from fewsam.metrics import CI_METRICS, METRICS, wilcoxon_compare
 
 
 SUMMARY_KEYS = ("n_cases", "mean", "per_class")  # what a report reads beside the per-case records
@@ -32,31 +32,73 @@ def read_evaluation(path: str | Path, summary: bool = False) -> dict[str, Any]:
         raise DataError(f"{path} has no per-case records; write it with `fewsam evaluate --json`")
     problem = _case_problem(result["cases"])
     if problem is None and summary:
-        problem = next((f"no {key!r}" for key in SUMMARY_KEYS if key not in result), None)
-        if problem is None and not (isinstance(result["mean"], dict) and _scores_by_class(result["per_class"])):
-            problem = "its 'mean' or 'per_class' is not a table of scores"
+        problem = _summary_problem(result)
     if problem is not None:
         raise DataError(f"{path} is not a fewsam evaluation ({problem}); write it with `fewsam evaluate --json`")
     return result
 
 
+def _summary_problem(result: dict[str, Any]) -> str | None:
+    """What keeps ``result`` from holding the scores a report shows: the overall and per-class means
+    of every metric and, when grouped, each group's count, means and confidence intervals (a
+    hand-edited group ended the report in a KeyError); None when it holds them."""
+    problem = next((f"no {key!r}" for key in SUMMARY_KEYS if key not in result), None)
+    if problem is None and not (_all_metrics(result["mean"]) and isinstance(result["per_class"], dict)
+                                and all(_all_metrics(scores) for scores in result["per_class"].values())):
+        problem = "its 'mean' or 'per_class' is not a table of scores"
+    if problem is not None:
+        return problem
+    groups = result.get("groups", {})
+    if not isinstance(groups, dict):
+        return "its 'groups' is not a table of groups"
+    bad = next((name for name, group in groups.items() if not _group_scores(group)), None)
+    return None if bad is None else f"group {bad!r} lacks its n, mean, per_class or ci95"
+
+
+def _all_metrics(scores: Any) -> bool:
+    """Whether ``scores`` gives every metric (``METRICS``) as a number or None."""
+    return isinstance(scores, dict) and all(m in scores and _is_score(scores[m]) for m in METRICS)
+
+
+def _group_scores(group: Any) -> bool:
+    """Whether ``group`` is one entry of an evaluation's "groups": {"n", "mean", "per_class", "ci95"}."""
+    if not isinstance(group, dict) or not isinstance(group.get("ci95"), dict):
+        return False
+    intervals = all(m in group["ci95"] and (group["ci95"][m] is None or _is_interval(group["ci95"][m]))
+                    for m in CI_METRICS)
+    n = group.get("n")
+    return (intervals and isinstance(n, int) and not isinstance(n, bool) and _all_metrics(group.get("mean"))
+            and _scores_by_class(group.get("per_class")))
+
+
+def _is_score(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _is_interval(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_score(v) and v is not None for v in value)
+
+
 def _case_problem(cases: list[Any]) -> str | None:
     """What keeps ``cases`` from being per-case records ({"case": id, "per_class": {class: {metric:
-    number or null}}}), naming the first bad one; None when they are."""
+    number or null}}}), each case once, naming the first bad one; None when they are. A case twice
+    (evaluations merged by hand) would be paired by one of its records, the other dropped unseen."""
+    seen: set[str] = set()
     for i, case in enumerate(cases):
         if not isinstance(case, dict) or not isinstance(case.get("case"), str):
             return f"record {i} of 'cases' names no case"
         if not _scores_by_class(case.get("per_class")):
             return f"the 'per_class' of case {case['case']!r} is not a table of scores"
+        if case["case"] in seen:
+            return f"case {case['case']!r} has two records"
+        seen.add(case["case"])
     return None
 
 
 def _scores_by_class(per_class: Any) -> bool:
     """Whether ``per_class`` maps class names to {metric: number or None}."""
     return isinstance(per_class, dict) and all(
-        isinstance(scores, dict) and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                                         for v in scores.values())
-        for scores in per_class.values())
+        isinstance(scores, dict) and all(_is_score(v) for v in scores.values()) for scores in per_class.values())
 
 
 def per_case_scores(result: dict[str, Any], metric: str = "dice") -> dict[str, float]:

@@ -25,6 +25,7 @@ from fewsam.losses import DiceCELoss
 from fewsam.models.acceleration import REFERENCE, Acceleration, resolve_acceleration
 from fewsam.models.precision import resolve_precision
 from fewsam.models.sam import SamModel
+from fewsam.progress import say_once
 
 LabelledLoss = Callable[[Tensor, Tensor, Sequence[Any]], Tensor]  # loss(logits, target, batch items)
 
@@ -82,6 +83,7 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     refuse_constant_images(dataset, labelled)
     val_ids = dataset.split(opts.val_split)
     refuse_unlabelled_validation(dataset, val_ids, opts.val_split)
+    warn_labelled_validation(labelled, val_ids, opts.val_split)
     model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
     cache = None if model is None else EmbeddingCache(opts.cache, model, resolve_precision(opts.precision, opts.device))
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
@@ -111,6 +113,18 @@ def refuse_unlabelled_validation(dataset: Dataset, val_ids: list[str], val_split
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise DataError(f"validation case(s) {shown} of {dataset.root} have no label to select the model on; "
                         f"give --val-split a split (or list file) of labelled cases (now {val_split!r})")
+
+
+def warn_labelled_validation(labelled: list[SliceRef], val_ids: list[str], val_split: str) -> None:
+    """Validation cases that are also labelled for training select the model on what it learned from,
+    so their Dice overstates what unseen cases get. Allowed (a user with very few labelled images may
+    have nothing else), but said once, in the terminal and the run's log."""
+    overlap = sorted({ref.case_id for ref in labelled} & set(val_ids))
+    if overlap:
+        shown = ", ".join(overlap[:3]) + (f" and {len(overlap) - 3} more" if len(overlap) > 3 else "")
+        say_once(f"{len(overlap)} of the {len(val_ids)} validation cases ({shown}) are also labelled "
+                 f"for training, so --val-split {val_split!r} selects the model on its own training data and its "
+                 "validation Dice overstates unseen cases; give a split of cases outside the labelled budget")
 
 
 def refuse_background_only_validation(cases: Sequence[Case]) -> None:

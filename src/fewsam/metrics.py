@@ -2,7 +2,8 @@
 
 Conventions (the JSON that `fewsam evaluate` writes relies on them):
 
-- Metrics are computed per class on a whole case: a (D, H, W) volume or an (H, W) image.
+- Metrics are computed per class on a whole case: a (D, H, W) volume or an (H, W) image. A case
+  of one slice, (1, H, W) (a PNG, a 2D NIfTI), is measured as the (H, W) image it is.
   Dice and IoU are fractions in [0, 1].
 - Both prediction and label empty: dice = iou = 1, hd95 = asd = 0. Exactly one of them empty:
   dice = iou = 0 and hd95 = asd = None -- a missing value, never 0 (as the papers report).
@@ -52,7 +53,18 @@ def case_metrics(
         raise DataError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
     if spacing is not None and len(spacing) != pred.ndim:
         raise DataError(f"spacing {tuple(spacing)} needs one value per axis of a {pred.ndim}D case")
+    pred, label, spacing = _as_image(pred, label, spacing)
     return {int(c): binary_metrics(pred == c, label == c, spacing) for c in class_labels}
+
+
+def _as_image(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None
+              ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
+    """A one-slice case as its (H, W) image: in 3D the outside of the array lies above and below
+    that lone slice, so every voxel would be surface and HD95/ASD would measure areas, not
+    contours (ASD 0 for any prediction inside its label)."""
+    if pred.ndim != 3 or pred.shape[0] != 1:
+        return pred, label, spacing
+    return pred[0], label[0], None if spacing is None else tuple(spacing[1:])
 
 
 def dice_per_class(pred: np.ndarray, label: np.ndarray, class_labels: list[int]) -> dict[int, float]:

@@ -13,6 +13,7 @@ Inf is an error naming the file and slice, a constant image a warning naming the
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -87,7 +88,7 @@ def predict(
         from fewsam.methods.samatch.refine import check_refinable
 
         check_refinable(run_dir, config)
-    _check_class_map(config, dataset.class_map.to_json(), data)
+    _check_class_map(config, dataset.class_map.to_json(), data, dataset.has_any_label())
     pixels_only = method.predicts_from_pixels(run_dir)
     if refine != "never" or not pixels_only:
         check_cache_folder(cache_root)
@@ -222,10 +223,14 @@ def _refinement_chosen(run_dir: Path, config: dict, cache_root: str | Path, enco
     return bool(choose_refinement(run_dir, predictor, cache, device, show_progress)["refine"])
 
 
-def _check_class_map(config: dict, class_map: dict[str, str], data: str | Path) -> None:
+def _check_class_map(config: dict, class_map: dict[str, str], data: str | Path, labelled: bool = True) -> None:
     """Refuse data whose classes differ from the run's; unlabelled data without a class list of its
-    own (no labels, no classes.json) takes the run's classes."""
+    own (no labels, no classes.json) takes the run's classes. Unlabelled 2D images still get the
+    layout's one-class coding (a mask pixel per class is what their predictions are written in), so
+    for a run of more classes the message says how to name them: a classes.json."""
     if not class_map:
         return
     if config.get("class_map") and config["class_map"] != class_map:
-        raise DataError(f"{data} has classes {class_map} but the run was fitted on {config['class_map']}")
+        hint = "" if labelled else (f"; {data} has no labels to name its classes: add a classes.json naming the "
+                                    f"run's, {json.dumps(config['class_map'])}")
+        raise DataError(f"{data} has classes {class_map} but the run was fitted on {config['class_map']}{hint}")

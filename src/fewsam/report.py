@@ -63,8 +63,8 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     from fewsam.compare import read_evaluation
     from fewsam.errors import DataError
 
-    if labels is not None and len(labels) != len(evaluations):
-        raise DataError(f"--labels gives {len(labels)} names for {len(evaluations)} evaluations")
+    if labels is not None:
+        _check_labels(labels, len(evaluations))
     out = Path(out_dir)
     _check_out_folder(out, overwrite)
     names = labels or _unique_names(evaluations)
@@ -75,6 +75,20 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
         atomic_write_bytes(staging / "report.md", _markdown(blocks).encode())
         atomic_write_bytes(staging / "report.html", _html(blocks, title).encode())
     return {"markdown": out / "report.md", "html": out / "report.html"}
+
+
+def _check_labels(labels: list[str], n: int) -> None:
+    """One distinct, non-empty name per evaluation: the report's tables, legends and "B vs A" rows
+    tell the runs apart by these names alone."""
+    from fewsam.errors import DataError
+
+    if len(labels) != n:
+        raise DataError(f"--labels gives {len(labels)} names for {n} evaluations")
+    if not all(labels):
+        raise DataError(f"--labels {','.join(labels)!r} leaves a run without a name; give one name per evaluation")
+    twice = sorted({name for name in labels if labels.count(name) > 1})
+    if twice:
+        raise DataError(f"--labels names two runs {twice[0]!r}; give each evaluation its own name")
 
 
 def _check_out_folder(out: Path, overwrite: bool) -> None:
@@ -194,7 +208,17 @@ def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
 
 
 def _bar_plot(runs: list[tuple[str, dict]], groups: list[str], cls: str | None, path: Path, title: str) -> Path:
-    """Grouped bars: one bar per run within each group; CIs as error bars for the mean Dice."""
+    """Grouped bars: one bar per run within each group; CIs as error bars for the mean Dice.
+
+    Group, class and run names are the user's text: shown as written, never parsed as math ("$50k"
+    in an income group, or a "$" in a class name, ended the report in matplotlib's TeX parser)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _draw_bar_plot(runs, groups, cls, path, title)
+
+
+def _draw_bar_plot(runs: list[tuple[str, dict]], groups: list[str], cls: str | None, path: Path, title: str) -> Path:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(min(11.0, max(5.0, 0.8 * len(groups) * len(runs) + 2.5)), 3.8), dpi=110)

@@ -123,9 +123,10 @@ def parse_bins(spec: str) -> Bins:
         edges = tuple(float(x) for x in edges_text.split(",") if x.strip())
     except ValueError:
         edges = ()
-    if not sep or not column.strip() or not edges or list(edges) != sorted(set(edges)):
+    finite = all(math.isfinite(e) for e in edges)  # "nan" and "inf" parse as floats but bin nothing apart
+    if not sep or not column.strip() or not edges or not finite or list(edges) != sorted(set(edges)):
         raise FewsamError(f"bad bin spec {spec!r}: write COLUMN:EDGE[,EDGE...] with increasing "
-                          "edges, e.g. 'bmi:25,30' or 'age:60'")
+                          "finite edges, e.g. 'bmi:25,30' or 'age:60'")
     return Bins(column.strip(), edges)
 
 

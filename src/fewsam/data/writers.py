@@ -38,7 +38,7 @@ from fewsam.data.readers.common import check_label_values, to_label_array
 from fewsam.data.readers import itk_volume
 from fewsam.data.readers.itk_volume import itk_message
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
-from fewsam.data.readers.nifti import NIFTI_ERRORS, from_slices, to_slices
+from fewsam.data.readers.nifti import NIFTI_ERRORS, Grid, from_slices, on_image_grid, to_slices
 from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
@@ -196,7 +196,7 @@ def _decode_h5(case: Case, path: Path) -> np.ndarray:
 def _decode_nifti(case: Case, path: Path) -> np.ndarray:
     try:
         image = itk_volume.read_as_nifti(path)[0] if itk_volume.itk_ending(path.name) else nib.load(str(path))
-        data = np.asarray(image.dataobj)
+        data = np.asarray(_on_case_grid(case, image, path).dataobj)
     except NIFTI_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {err}") from None
     if data.ndim == 4 and data.shape[3] == 1:
@@ -204,6 +204,16 @@ def _decode_nifti(case: Case, path: Path) -> np.ndarray:
     if data.ndim not in (2, 3):
         raise DataError(f"prediction {path} must be 2D or 3D, got shape {data.shape}")
     return to_slices(to_label_array(data, path), case.meta.get("slice_axis", 2))
+
+
+def _on_case_grid(case: Case, image: Any, path: Path) -> Any:
+    """A prediction another tool saved in another orientation (RAS, say) than its image, turned onto
+    the image's voxel grid as a label is (``on_image_grid``): read voxel for voxel, it was scored
+    mirrored or transposed without a word."""
+    affine, header = case.meta.get("affine"), case.meta.get("header")
+    if affine is None or header is None:  # DICOM: predictions are written on the series' geometry
+        return image
+    return on_image_grid(image, Grid(tuple(header.get_data_shape()), affine), path, "prediction")
 
 
 def _decode_png(case: Case, path: Path) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewsam.config import PATIENCE_HELP, Config, option
+from fewsam.config import PATIENCE_HELP, Config, ConfigError, option
 from fewsam.data import load_labelled_case
 from fewsam.data.intensity import scale_to_unit
 from fewsam.data.types import Case, Dataset, SliceRef
@@ -52,6 +52,21 @@ class StudentConfig(Config):
     rotate_deg: float = option(20.0, "Largest rotation of the weak view, degrees.", min=0.0, cli=False)
     scale_range: tuple[float, float] = option((0.9, 1.1), "Isotropic scale range of the weak view.", cli=False)
     flip: bool = option(True, "Random flips in the weak view.", cli=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_image_size()
+
+    def _check_image_size(self) -> None:
+        """The U-Net halves its input once per level below the top and joins each level to the one
+        above: a size those halvings do not divide leaves halves of unequal size, which ended the fit
+        at its first step in a tensor-size traceback."""
+        halvings = len(self.channels) - 1
+        step = 2 ** halvings
+        if self.image_size % step:
+            nearest = max(step, (self.image_size + step // 2) // step * step)
+            raise ConfigError(f"--image-size must be a multiple of {step} (the U-Net halves it {halvings} times), "
+                              f"not {self.image_size}; e.g. {nearest}")
 
     def student(self) -> "StudentConfig":
         """Just the student's own fields (a method config inherits them and adds its recipe)."""

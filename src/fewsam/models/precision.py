@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from fewsam.atomic import stop_signals_held
 from fewsam.config import PRECISIONS, ConfigError
 from fewsam.progress import say_once
 
@@ -207,7 +208,7 @@ class OpenVinoEncoder:
             # encoder only ever sees image_size x image_size inputs.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             for module, _ in self.stages:
-                models.append(ov.convert_model(module.eval(), example_input=example))
+                models.append(_convert_stage(ov, module.eval(), example))
                 example = module(example)
         self.ir_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".ir-", dir=self.ir_dir.parent))
@@ -220,6 +221,14 @@ class OpenVinoEncoder:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return models
+
+
+def _convert_stage(ov: Any, module: torch.nn.Module, example: torch.Tensor) -> Any:
+    """One stage converted with Ctrl-C and SIGTERM held until it is done (``stop_signals_held``):
+    OpenVINO's converter calls back into Python, and the stop a handler raises there came out as
+    OpenVINO's conversion-failure traceback instead of the stop the user asked for."""
+    with stop_signals_held():
+        return ov.convert_model(module, example_input=example)
 
 
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}

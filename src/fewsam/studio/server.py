@@ -6,6 +6,7 @@ process (``worker.py``), so the studio starts in seconds and a failed fit cannot
 
 from __future__ import annotations
 
+import errno
 import socket
 from pathlib import Path
 from typing import Callable
@@ -50,7 +51,13 @@ def check_port(host: str, port: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+        except socket.gaierror as err:  # not a name or address this machine can resolve
+            raise StudioError(f"--host {host}: not an address of this machine ({err.strerror or err}); use "
+                              "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
         except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise StudioError(f"--host {host}: no interface of this machine has that address; use 127.0.0.1 "
+                                  "(this machine only) or 0.0.0.0 (every interface)") from None
             raise StudioError(f"cannot listen on {host}:{port} ({err.strerror or err}); is a studio already "
                               "running there? pass another --port") from None
 

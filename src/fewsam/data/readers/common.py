@@ -66,7 +66,7 @@ class IndexedDataset:
     def __init__(self, root: Path, class_map: ClassMap, entries: list[Entry]) -> None:
         self.root = root
         self.class_map = class_map
-        self.entries = {e.case_id: e for e in entries}
+        self.entries = entries_by_case(entries)
         self.splits: dict[str, list[str]] = {}
         self.split_files: dict[str, str] = {}
         self.tables: list[AttributeTable] = []
@@ -219,6 +219,20 @@ class IndexedDataset:
         check_unique(ids, source)
 
 
+def entries_by_case(entries: list[Entry]) -> dict[str, Entry]:
+    """The index by case id. Two files of one case id (a.nii.gz beside a.nii or a.mha, an image listed
+    twice in dataset.json) would leave one of them unread and the case counted twice in a computed
+    split, refused there under the name of a split file the user never wrote: refused here, naming both."""
+    by_case: dict[str, Entry] = {}
+    for entry in entries:
+        first = by_case.setdefault(entry.case_id, entry)
+        if first is not entry:
+            what = (f"{entry.image} is listed twice" if first.image == entry.image
+                    else f"{first.image} and {entry.image} are both")
+            raise DataError(f"{what} case {entry.case_id!r}; rename or remove one of them")
+    return by_case
+
+
 def check_unique(ids: list[str], source: str) -> None:
     """A case named twice in a split (a pasted line, or its id and its file name) would be predicted
     once but scored, trained on or compared twice, skewing means and paired tests: refused, naming it."""
@@ -296,12 +310,14 @@ def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Non-empty stripped lines of a text file; a corrupt file becomes a DataError. UTF-8 with or
-    without the byte-order mark Windows editors put first (it would stick to the first case id)."""
+    """Non-empty stripped lines of a text file, without comment lines (``#`` first, as users annotate
+    lists by hand); a corrupt file becomes a DataError. UTF-8 with or without the byte-order mark
+    Windows editors put first (it would stick to the first case id)."""
     try:
-        return [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read list file {path}: {err}") from None
+    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def to_image_array(array: np.ndarray, path: Path) -> np.ndarray:

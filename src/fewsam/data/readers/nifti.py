@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -262,8 +263,10 @@ def _label_array(path: Path, axis: int = 2, image: Any = None) -> np.ndarray:
 AFFINE_TOLERANCE = 1e-3  # mm: NIfTI headers store float32, so one grid written twice may differ this much
 
 
-def on_image_grid(label: Any, image: Any, path: Path) -> Any:
-    """``label`` with its voxels in ``image``'s axis order and orientation.
+def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> Any:
+    """``label`` with its voxels in ``image``'s axis order and orientation (``image``: anything
+    with the image's ``shape`` and ``affine``; ``what`` names the file in messages: "label", or
+    "prediction" for one another tool wrote).
 
     Arrays are read without reorientation, so a label saved in another orientation (flipped, or
     with its axes swapped, as some converters and viewers write them) would otherwise lie
@@ -274,21 +277,34 @@ def on_image_grid(label: Any, image: Any, path: Path) -> Any:
     refused, as no reading of it is safe."""
     if len(label.shape) < 3 or len(image.shape) < 3 or _same_affine(label.affine, image.affine):
         return label
-    turn = nib.orientations.ornt_transform(nib.orientations.io_orientation(label.affine),
-                                           nib.orientations.io_orientation(image.affine))
+    try:
+        turn = nib.orientations.ornt_transform(nib.orientations.io_orientation(label.affine),
+                                               nib.orientations.io_orientation(image.affine))
+    except ValueError:  # an affine with a zero or NaN axis (a damaged header) has no orientation
+        raise DataError(f"{what} {path} and its image have affines that are not both orientations (a zero or NaN "
+                        f"axis), so its voxels cannot be matched to the image's; save the {what} with the image's "
+                        "affine") from None
     turned = label.as_reoriented(turn)
     if turned.shape[:3] == image.shape[:3] and _same_affine(turned.affine, image.affine):
-        say_once(f"{path}: the label is stored in another orientation than its image "
+        say_once(f"{path}: the {what} is stored in another orientation than its image "
                  f"({''.join(nib.aff2axcodes(label.affine))} vs {''.join(nib.aff2axcodes(image.affine))}); "
-                 "it is reoriented onto the image's voxel grid", key="nifti-label-reoriented")
+                 "it is reoriented onto the image's voxel grid", key=f"nifti-{what}-reoriented")
         return turned
     if (turn[:, 0] == np.arange(3)).all() and (turn[:, 1] == 1).all():
-        say_once(f"{path}: the label's affine differs from its image's (another origin or spacing) in the "
-                 "same orientation; it is read voxel for voxel on the image's grid", key="nifti-label-affine")
+        say_once(f"{path}: the {what}'s affine differs from its image's (another origin or spacing) in the "
+                 "same orientation; it is read voxel for voxel on the image's grid", key=f"nifti-{what}-affine")
         return label
-    raise DataError(f"label {path} is oriented {''.join(nib.aff2axcodes(label.affine))} and placed elsewhere "
+    raise DataError(f"{what} {path} is oriented {''.join(nib.aff2axcodes(label.affine))} and placed elsewhere "
                     f"than its image ({''.join(nib.aff2axcodes(image.affine))}), so its voxels cannot be matched "
-                    "to the image's; save the label with the image's affine (as nnU-Net and the viewers expect)")
+                    f"to the image's; save the {what} with the image's affine (as nnU-Net and the viewers expect)")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An image's voxel grid as ``on_image_grid`` needs it, from what a case keeps in its ``meta``."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
 
 
 def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
@@ -355,9 +371,9 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not one fewsam reads "
                         f"({', '.join(VOLUME_ENDINGS + IMAGE_2D_ENDINGS)}); convert the images to .nii.gz")
     if spec.get("training"):
-        entries = [_entry(root / t["image"], root / t["label"] if t.get("label") else None,
-                          case_name(t["image"])) for t in spec["training"]]
-        tests = [root / t if isinstance(t, str) else root / t["image"] for t in spec.get("test", [])]
+        entries = [_entry(root / image, root / label if label else None, case_name(image))
+                   for image, label in _listed(spec, "training", root / "dataset.json")]
+        tests = [root / image for image, _ in _listed(spec, "test", root / "dataset.json")]
         test_cases = [(p, case_name(p)) for p in tests]
     else:
         entries = [_entry(p, root / "labelsTr" / f"{c}{ending}", c)
@@ -371,6 +387,27 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
     return entries, test_ids
+
+
+MSD_ENTRY = '{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}'
+
+
+def _listed(spec: dict[str, Any], key: str, path: Path) -> list[tuple[str, str | None]]:
+    """(image, label or None) of each entry of dataset.json's ``key`` list as MSD writes it: an
+    object with "image" (and "label"), or for "test" a bare image path. Any other shape is named
+    here, as a hand-written dataset.json needs, instead of failing later as a type error."""
+    items = spec.get(key) or []
+    if not isinstance(items, list):
+        raise DataError(f"{path}: {key!r} must be a list of entries like {MSD_ENTRY}")
+    listed = []
+    for item in items:
+        if isinstance(item, str) and key == "test":
+            item = {"image": item}
+        label = item.get("label") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or not isinstance(item.get("image"), str) or not isinstance(label or "", str):
+            raise DataError(f"{path}: {key!r} entry {item!r} is not an entry like {MSD_ENTRY}")
+        listed.append((item["image"], label or None))
+    return listed
 
 
 def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
@@ -412,6 +449,9 @@ def open_nifti(root: Path) -> NiftiDataset:
         if "labels" not in spec:
             raise DataError(f"{root / 'dataset.json'} has no 'labels'; add e.g. "
                             '{"labels": {"background": 0, "organ": 1}}')
+        if not isinstance(spec["labels"], dict):
+            raise DataError(f"{root / 'dataset.json'}: 'labels' must be an object such as "
+                            '{"background": 0, "organ": 1}')
         class_map = class_map_from_labels(spec["labels"], root / "dataset.json")
         entries, test_ids = _raw_entries(root, spec)
     else:

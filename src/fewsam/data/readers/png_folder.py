@@ -537,7 +537,7 @@ def _first_page(im: Image.Image, path: Path) -> Image.Image:
 
 def _image_array(im: Image.Image, rgb: bool, path: Path) -> np.ndarray:
     if im.mode in HIGH_BIT_MODES:
-        grey = np.asarray(im, dtype=np.float32)
+        grey = np.array(im, dtype=np.float32)  # a copy: a float (F) image's array would be Pillow's read-only buffer
         if grey.ndim != 2:
             raise DataError(f"{path}: expected a 2D image, got shape {grey.shape}")
         return np.repeat(grey[..., None], 3, axis=-1) if rgb else grey
