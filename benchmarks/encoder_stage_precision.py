@@ -40,7 +40,7 @@ def main(data: str, n: int = 10) -> None:
     refs = refs[:: max(1, len(refs) // n)][:n]
     model = load_model("litemedsam")
     encoder = model.image_encoder.eval()
-    x = torch.stack([model.preprocess(dataset.load(r.case_id).slice_image(r.z))[0] for r in refs])
+    x = torch.stack([model.preprocess(dataset.load(r.case_id).slice_image(r.z))[0] for r in refs]).float()
     core, compiled, example = ov.Core(), [], x[:1]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
