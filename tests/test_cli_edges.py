@@ -501,3 +501,20 @@ def test_usage_mistakes_and_the_version_through_the_real_command_line(tmp_path):
     bare = subprocess.run([sys.executable, "-m", "fewsam"], capture_output=True, cwd=tmp_path,
                           env=dict(os.environ, FEWSAM_NO_REEXEC="1"), timeout=300)
     assert bare.returncode == 2 and b"Usage: fewsam" in bare.stdout and b"error" not in bare.stderr
+
+
+def test_a_quoted_home_folder_is_the_users_home_as_unquoted(tmp_path, monkeypatch, capsys):
+    """``--json "~/x"`` and ``--json=~/x`` write under the home folder, not into a folder named ``~``
+    below the working directory (``--data "~/..."`` was already read from home)."""
+    from fewsam.cli import expand_home, run_app
+    from fewsam.data.phantom import write_phantom_dataset
+
+    home = tmp_path / "home"
+    write_phantom_dataset(home / "data", n_train=1, n_val=1, slices=2)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    run_app(["info", "~/data", "--json", "~/info.json"])
+    run_app(["info", "~/data", "--json=~/again.json"])
+    assert (home / "info.json").is_file() and (home / "again.json").is_file()
+    assert not (tmp_path / "~").exists()
+    assert expand_home(["--labels", "a~b", "x=~"]) == ["--labels", "a~b", "x=~"]

@@ -384,6 +384,27 @@ def test_a_4d_nifti_is_read_as_its_first_volume_and_said_once(tmp_path, caplog, 
                        "the first of each such file; export the frame or channel you want as a 3D file"]
 
 
+@pytest.mark.parametrize("frames", [1, 2])
+def test_a_4d_nifti_gets_a_prediction_a_viewer_overlays(tmp_path, frames):
+    """A one-volume 4D image (x, y, z, 1) gets an (x, y, z, 1) prediction, its own shape; one of
+    several volumes a 3D prediction of the volume segmented. Both read back as written."""
+    import nibabel as nib
+
+    from fewsam.data import open_dataset
+    from fewsam.data.writers import read_prediction, write_prediction
+
+    data = _nifti_phantom(tmp_path / "nifti")
+    path = data / "imagesTr" / "phantom_000_0000.nii.gz"
+    _rewrite_nifti(path, lambda a: np.stack([a] * frames, axis=-1))
+    case = open_dataset(data).load("phantom_000")
+    pred = (case.image > case.image.mean()).astype(np.uint8)
+    written = nib.load(str(write_prediction(case, pred, tmp_path / "pred")))
+    image = nib.load(str(path))
+    assert written.shape == (image.shape if frames == 1 else image.shape[:3])
+    np.testing.assert_array_equal(written.affine, image.affine)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), pred)
+
+
 def _fit_until(command: list[str], cwd: Path, path: Path, marker: str = "") -> subprocess.Popen:
     """Start ``fewsam`` in a process of its own and return once ``path`` exists (and shows ``marker``)."""
     env = dict(os.environ, FEWSAM_NO_REEXEC="1", OMP_NUM_THREADS="1")

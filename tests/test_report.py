@@ -99,3 +99,19 @@ def test_report_out_follows_predicts_rule(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "e.json"), "--out", str(rep), "--overwrite"])
     assert res.exit_code == 0, res.output
     assert (rep / "report.md").is_file() and (rep / "notes.md").read_text() == "mine"
+
+
+def test_classes_whose_names_read_alike_get_a_plot_each(tmp_path):
+    """"left ventricle" and "left_ventricle" map to one file name; neither plot may overwrite the other."""
+    cases = [{"case": f"c{i}", "group": g,
+              "per_class": {name: {"dice": d, "iou": d / (2 - d), "hd95": 1.0, "asd": 1.0}
+                            for name, d in (("left ventricle", 0.9 - i / 10), ("left_ventricle", 0.2 + i / 10))}}
+             for i, g in enumerate(["A", "A", "B", "B"])]
+    (tmp_path / "e.json").write_text(json.dumps({**group_summary(cases, n_boot=50), "group_by": "site",
+                                                 "distance_unit": "pixel"}))
+    paths = write_group_report([tmp_path / "e.json"], tmp_path / "rep")
+    plots = sorted(p.name for p in (tmp_path / "rep").glob("group_dice_*.png"))
+    assert plots == ["group_dice_left_ventricle_1.png", "group_dice_left_ventricle_2.png"]
+    assert (tmp_path / "rep" / plots[0]).read_bytes() != (tmp_path / "rep" / plots[1]).read_bytes()
+    md = paths["markdown"].read_text()
+    assert all(name in md for name in plots)

@@ -562,11 +562,24 @@ def usage_error_line(exc: click_errors.UsageError) -> str:
     return f"{command}: {message} (see '{command} --help')"
 
 
+def expand_home(args: list[str]) -> list[str]:
+    """Arguments with a leading ``~`` (or ``--option=~``) turned into the home folder, as the shell
+    does for unquoted words: a quoted ``--out "~/runs"`` would otherwise make a folder named ``~``
+    in the working directory, while ``--data "~/data"`` found the user's data."""
+    def expanded(arg: str) -> str:
+        option, sep, value = arg.partition("=")
+        if arg.startswith("--") and sep and value.startswith("~"):
+            return f"{option}={os.path.expanduser(value)}"
+        return os.path.expanduser(arg) if arg.startswith("~") else arg
+    return [expanded(a) for a in args]
+
+
 def run_app(args: list[str] | None = None) -> None:
     """The CLI with click's usage errors reported as one ``error:`` line (exit 2) instead of
     click's multi-line panel; help with no arguments and ``typer.Exit`` codes pass as click has them."""
     try:
-        code = app(args=args, prog_name="fewsam", standalone_mode=False)
+        code = app(args=expand_home(sys.argv[1:] if args is None else args), prog_name="fewsam",
+                   standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:  # help already printed by the group
         raise SystemExit(exc.exit_code) from None
     except click_errors.UsageError as exc:

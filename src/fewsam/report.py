@@ -179,11 +179,22 @@ def _class_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
             rows.append(["worst-group gap", *[_num(equity.get(c, {}).get("worst_group_gap")) for c in classes]])
         blocks += [("h3", name), ("table", (header, rows))]
     if len(runs[0][1]["per_class"]) > 1 and _group_names(runs):
-        for c in runs[0][1]["per_class"]:
-            safe = "".join(ch if ch.isalnum() else "_" for ch in c)
-            png = _bar_plot(runs, _group_names(runs), c, out / f"group_dice_{safe}.png", f"{c} Dice by group")
+        classes = list(runs[0][1]["per_class"])
+        for c, file_name in zip(classes, _plot_file_names(classes)):
+            png = _bar_plot(runs, _group_names(runs), c, out / file_name, f"{c} Dice by group")
             blocks.append(("img", (png, f"{c}: mean Dice per group (no CIs per class).")))
     return blocks
+
+
+def _plot_file_names(classes: list[str]) -> list[str]:
+    """``group_dice_<class>.png`` per class, with characters a file name may not hold replaced; two
+    classes that map to one name ("a b", "a_b") get numbered files, so neither plot overwrites the other."""
+    safe = ["".join(ch if ch.isalnum() else "_" for ch in c) for c in classes]
+    names: list[str] = []
+    for i, s in enumerate(safe):
+        clash = safe.count(s) > 1
+        names.append(f"group_dice_{s}_{i + 1}.png" if clash else f"group_dice_{s}.png")
+    return names
 
 
 def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:

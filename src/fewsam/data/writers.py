@@ -119,13 +119,24 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
         affine = np.diag([x, y, z, 1.0])
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     array = from_slices(pred, case.meta.get("slice_axis", 2))
-    if header is not None and len(header.get_data_shape()) == 2:
-        array = array[:, :, 0]  # a 2D image gets a 2D label, not (x, y, 1)
+    array = _in_image_dims(array, header)
     img = image_class(array, affine, header.copy() if header is not None else None)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+def _in_image_dims(array: np.ndarray, header: Any) -> np.ndarray:
+    """The prediction with its image's number of axes, so viewers and tools that compare shapes
+    overlay it: a 2D image gets (x, y), not (x, y, 1); a one-volume 4D image (x, y, z, 1) gets
+    (x, y, z, 1). A 4D image of several volumes keeps a 3D prediction of the volume segmented."""
+    shape = tuple(header.get_data_shape()) if header is not None else ()
+    if len(shape) == 2:
+        return array[:, :, 0]
+    if len(shape) == 4 and shape[3] == 1:
+        return array[..., None]
+    return array
 
 
 def _to_pixel(case: Case) -> dict[int, int]:
