@@ -3,7 +3,8 @@
     root/<series>/*.dcm              series folders may nest (root/<patient>/<study>/<series>/),
     root/images/<series>/*.dcm       or sit under images/; .dcm files right in root are one case;
                                      .dicom, .ima and unsuffixed files with the DICM marker count too
-    root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid)
+    root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid;
+                                     also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation)
     root/classes.json                optional class names ({"1": "liver"}); else "class1", ...
                                      from the label values found
 
@@ -31,7 +32,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         deterministic_split, natural_sorted, to_label_array)
 from fewsam.data.readers.itk_volume import itk_message, quiet_itk
-from fewsam.data.readers.nifti import VOLUME_ENDINGS, ClassesFromLabelFiles
+from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -271,8 +272,7 @@ def _entries(root: Path) -> list[Entry]:
         if labels in folder.parents or folder == labels:
             continue
         case_id = folder.relative_to(base).as_posix() if folder != base else (root.name or "series")
-        found = [labels / f"{case_id}{e}" for e in VOLUME_ENDINGS]
-        entries.append(Entry(case_id=case_id, image=folder, label=next((p for p in found if p.is_file()), None),
+        entries.append(Entry(case_id=case_id, image=folder, label=label_in_folder(labels, case_id),
                              rel_path=case_id, subject=PurePosixPath(case_id).parts[0]))
     return entries
 

@@ -7,7 +7,8 @@
     MSD (v1):    dataset.json {"labels": {"0": "background", "1": "left atrium"},
                  "training": [{"image": "./imagesTr/la_003.nii.gz", "label": ...}], "test": [...]};
                  imagesTr/<case>.nii.gz (possibly 4D, channels last)
-    plain:       images/<case>.nii.gz (or <case>_0000.nii.gz) + labels/<case>.nii.gz (labels/ may
+    plain:       images/<case>.nii.gz (or <case>_0000.nii.gz) + labels/<case>.nii.gz (or
+                 <case>_seg, _gt, _label, _mask, _segmentation; labels/ may
                  be absent: the images are then for prediction only); class names
                  from classes.json ({"1": "liver"}), else "class1", "class2", ... from the label
                  values found (a scan of every label, done on first use of ``class_map``)
@@ -44,6 +45,7 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_f
                                         deterministic_split, natural_sorted, to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, prediction_ending,
                                             read_as_nifti)
+from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -430,12 +432,30 @@ def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
 def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
     entries, test_ids = [], []
     for path, case in _channel0(root / "images"):
-        labels = [root / "labels" / f"{case}{e}" for e in VOLUME_ENDINGS]
-        entry = _entry(path, next((p for p in labels if p.is_file()), None), case)
+        entry = _entry(path, label_in_folder(root / "labels", case), case)
         entries.append(entry)
         if entry.label is None:
             test_ids.append(case)
+    _say_unmatched_labels(root / "labels", entries)
     return entries, test_ids
+
+
+def label_in_folder(folder: Path, case: str) -> Path | None:
+    """The label of ``case`` in a plain ``labels/`` folder: ``<case>.nii.gz`` (any volume ending), or
+    the case name plus a suffix releases and converters add (BraTS' ``_seg``, ACDC's ``_gt``, the
+    2D folders' ``_mask``...), which would otherwise leave a labelled case unlabelled without a word."""
+    found = (folder / f"{case}{suffix}{ending}" for suffix in MASK_STEM_SUFFIXES for ending in VOLUME_ENDINGS)
+    return next((p for p in found if p.is_file()), None)
+
+
+def _say_unmatched_labels(folder: Path, entries: list[Entry]) -> None:
+    """Label files no image claims (a name that differs from its image's) are unused: say which."""
+    used = {e.label for e in entries}
+    stray = [p.name for p in _nifti_files(folder) if p not in used]
+    if stray:
+        shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
+        say_once(f"{folder}: {len(stray)} label file(s) match no image and are not used ({shown}); name a label "
+                 "as its image's case (<case>.nii.gz, or <case>_seg.nii.gz)", key="nifti-unmatched-labels")
 
 
 def _plain_class_map(root: Path) -> ClassMap | None:

@@ -1,0 +1,66 @@
+"""Files as public releases and common tools name and store them: label names with a suffix,
+multi-channel volumes as ITK writes them, predictions written by other tools."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fewsam import progress
+from fewsam.data import open_dataset
+
+from test_dicom import arrays, write_label, write_series
+
+AFFINE = np.diag([0.8, 0.8, 3.0, 1.0])
+
+
+def volume(seed: int = 0, shape=(8, 9, 5)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape).astype(np.float32), rng.integers(0, 3, size=shape).astype(np.uint8)
+
+
+def save(array: np.ndarray, path: Path, affine: np.ndarray = AFFINE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), path)
+
+
+@pytest.fixture
+def notices(caplog, monkeypatch):
+    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    return caplog
+
+
+# ---------------------------------------------------------------- label file names
+
+
+@pytest.mark.parametrize("suffix", ["_seg", "_gt", "_label", "_mask", "_segmentation"])
+def test_a_plain_label_named_with_a_release_suffix_is_the_cases_label(tmp_path, suffix):
+    image, label = volume()
+    save(image, tmp_path / "images" / "p1.nii.gz")
+    save(label, tmp_path / "labels" / f"p1{suffix}.nii.gz")
+    ds = open_dataset(tmp_path)
+    assert ds.has_label("p1")
+    assert np.array_equal(ds.load("p1").label, label.transpose(2, 1, 0))
+
+
+def test_label_files_that_match_no_image_are_said(tmp_path, notices):
+    image, label = volume()
+    save(image, tmp_path / "images" / "p1.nii.gz")
+    save(label, tmp_path / "labels" / "p1-annotation.nii.gz")
+    ds = open_dataset(tmp_path)
+    assert not ds.has_any_label()
+    assert "1 label file(s) match no image" in notices.text and "p1-annotation.nii.gz" in notices.text
+
+
+def test_a_dicom_label_named_with_a_release_suffix_is_the_series_label(tmp_path):
+    image, label = arrays(0)
+    write_label(tmp_path / "labels" / "case1_seg.nii.gz", label, write_series(tmp_path / "images" / "case1", image))
+    ds = open_dataset(tmp_path)
+    assert ds.has_label("case1")
+    np.testing.assert_array_equal(ds.load("case1").label, label)
