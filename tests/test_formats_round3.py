@@ -9,9 +9,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from fewsam import progress
-from fewsam.data import open_dataset
+from fewsam.data import open_dataset, read_prediction, write_prediction
 
 from test_dicom import arrays, write_label, write_series
 
@@ -64,3 +65,29 @@ def test_a_dicom_label_named_with_a_release_suffix_is_the_series_label(tmp_path)
     ds = open_dataset(tmp_path)
     assert ds.has_label("case1")
     np.testing.assert_array_equal(ds.load("case1").label, label)
+
+
+# ---------------------------------------------------------------- multi-component NIfTI
+
+
+def test_a_multi_component_nifti_as_itk_writes_it_reads_its_first_channel(tmp_path):
+    """SimpleITK writes a vector image as (x, y, z, 1, channels) with a vector intent."""
+    image, label = volume()
+    channels = sitk.GetImageFromArray(np.stack([image.T, -image.T], axis=-1), isVector=True)
+    channels.SetSpacing((0.8, 0.8, 3.0))
+    (tmp_path / "images").mkdir()
+    sitk.WriteImage(channels, str(tmp_path / "images" / "v.nii.gz"))
+    assert nib.load(tmp_path / "images" / "v.nii.gz").shape == (8, 9, 5, 1, 2)
+    flat = sitk.GetImageFromArray(label.T)
+    flat.CopyInformation(channels)
+    (tmp_path / "labels").mkdir()
+    sitk.WriteImage(flat, str(tmp_path / "labels" / "v.nii.gz"))
+    ds = open_dataset(tmp_path)
+    case = ds.load("v")
+    np.testing.assert_allclose(case.image, image.transpose(2, 1, 0))
+    np.testing.assert_array_equal(case.label, label.transpose(2, 1, 0))
+    assert case.meta["channels_dropped"] == 1 and ds.num_slices("v") == 5
+    written = nib.load(write_prediction(case, case.label, tmp_path / "pred"))
+    assert written.shape == (8, 9, 5) and written.header.get_intent()[0] == "none"
+    np.testing.assert_allclose(written.affine, nib.load(tmp_path / "images" / "v.nii.gz").affine)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)

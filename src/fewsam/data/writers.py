@@ -122,6 +122,7 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
     array = _in_image_dims(array, header)
     img = image_class(array, affine, header.copy() if header is not None else None)
     img.set_data_dtype(np.uint8)
+    img.header.set_intent("none")  # a vector image's intent would call the class indices vector components
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)

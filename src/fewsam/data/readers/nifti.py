@@ -13,8 +13,8 @@
                  from classes.json ({"1": "liver"}), else "class1", "class2", ... from the label
                  values found (a scan of every label, done on first use of ``class_map``)
 
-Multi-channel images (nnU-Net ``_0001``..., MSD 4D) are read as channel 0 only: SAM sees one
-greyscale channel. Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
+Multi-channel images (nnU-Net ``_0001``..., MSD 4D, ITK's 5D vector files) are read as channel 0
+only: SAM sees one greyscale channel. Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
 without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume whose thick voxel
 axis is x or y (a sagittal or coronal series stored that way) is cut along that axis instead
 (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane axis. ``meta`` keeps the
@@ -240,6 +240,7 @@ def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np
     if rgb and data.ndim == 4:
         channels = [to_slices(data[..., c], axis) for c in range(3)]
         return np.stack(channels, axis=-1).astype(np.float32, copy=False), 0
+    data = _without_time_axis(data)
     if data.ndim == 4:
         data, dropped = data[..., 0], data.shape[3] - 1
         if dropped:
@@ -249,6 +250,13 @@ def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np
     if data.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D, 3D or 4D (channels last) image, got {data.shape}")
     return to_slices(data, axis).astype(np.float32, copy=False), dropped
+
+
+def _without_time_axis(data: np.ndarray) -> np.ndarray:
+    """A multi-component NIfTI as ITK, SimpleITK and MONAI write it, (x, y, z, 1, channels) (the
+    standard puts vector components on the 5th axis, after a time axis of one), as (x, y, z,
+    channels); its channels are then read as a 4D file's volumes are."""
+    return data[:, :, :, 0] if data.ndim == 5 and data.shape[3] == 1 else data
 
 
 def _label_array(path: Path, axis: int = 2, image: Any = None) -> np.ndarray:
