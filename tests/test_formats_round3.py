@@ -91,3 +91,19 @@ def test_a_multi_component_nifti_as_itk_writes_it_reads_its_first_channel(tmp_pa
     assert written.shape == (8, 9, 5) and written.header.get_intent()[0] == "none"
     np.testing.assert_allclose(written.affine, nib.load(tmp_path / "images" / "v.nii.gz").affine)
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+# ---------------------------------------------------------------- predictions other tools wrote
+
+
+def test_an_uncompressed_nifti_prediction_is_read_where_a_compressed_one_is_expected(tmp_path):
+    """nnU-Net names its predictions with the dataset's file_ending: <case>.nii for a .nii dataset."""
+    image, label = volume()
+    save(image, tmp_path / "data" / "images" / "p1.nii")
+    save(label, tmp_path / "data" / "labels" / "p1.nii")
+    case = open_dataset(tmp_path / "data").load("p1")
+    save(label, tmp_path / "nnunet" / "p1.nii")
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "nnunet"), case.label)
+    written = write_prediction(case, case.label, tmp_path / "fewsam")
+    assert written.name == "p1.nii.gz"
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "fewsam"), case.label)

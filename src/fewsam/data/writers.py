@@ -14,7 +14,7 @@
   direction, written by SimpleITK (which turns DICOM's LPS coordinates into NIfTI's RAS).
 
 Writes are atomic (a temporary file in the same folder, then ``os.replace``). ``read_prediction``
-is the inverse for any folder laid out this way, whoever wrote it.
+is the inverse for any folder laid out this way, whoever wrote it (NIfTI as ``.nii`` or ``.nii.gz``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
 
     With ``class_map``, values outside it are a DataError naming them and the file.
     """
-    path = prediction_path(case, pred_root)
+    path = _as_found(prediction_path(case, pred_root))
     if not path.is_file():
         raise DataError(f"prediction {path} for case {case.case_id} not found; "
                         "predict this split into that folder first")
@@ -94,6 +94,17 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
         check_label_values(pred, class_map, path, "was it predicted by a run fitted on other classes? "
                                                   "predict this split with a run fitted on this dataset")
     return pred
+
+
+def _as_found(path: Path) -> Path:
+    """A NIfTI prediction as another tool may have named it: ``<case>.nii`` for ``<case>.nii.gz``
+    or the other way round (nnU-Net writes its dataset's ``file_ending``, so ``.nii`` for a
+    ``.nii`` dataset); ``path`` itself when it exists or neither does."""
+    name = path.name
+    other = name[:-3] if name.endswith(".nii.gz") else name + ".gz" if name.endswith(".nii") else None
+    if path.is_file() or other is None or not path.with_name(other).is_file():
+        return path
+    return path.with_name(other)
 
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
