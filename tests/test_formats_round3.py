@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 
 from fewsam import progress
 from fewsam.data import open_dataset, read_prediction, write_prediction
@@ -107,3 +108,29 @@ def test_an_uncompressed_nifti_prediction_is_read_where_a_compressed_one_is_expe
     written = write_prediction(case, case.label, tmp_path / "fewsam")
     assert written.name == "p1.nii.gz"
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "fewsam"), case.label)
+
+
+# ---------------------------------------------------------------- 2D masks of class indices
+
+
+def test_grey_masks_of_class_indices_are_read_as_their_classes(tmp_path):
+    """Masks storing classes as 0, 1, 2, 3 (nnU-Net's 2D sets, multi-class converters), a class absent
+    from the first mask: every value found is a class, and predictions are written as the same values."""
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((6, 7), np.uint8) for _ in range(3)]
+    masks[0][1:3, 1:4], masks[0][3:5, 2:5] = 1, 2
+    masks[2][0:2, 0:2], masks[2][4:6, 4:7] = 3, 1
+    for i, mask in enumerate(masks):
+        (tmp_path / "data" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "masks").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (6, 7)).astype(np.uint8)).save(tmp_path / "data" / "images" / f"a{i}.png")
+        Image.fromarray(mask).save(tmp_path / "data" / "masks" / f"a{i}.png")
+    ds = open_dataset(tmp_path / "data")
+    assert ds.class_map.names == {1: "class1", 2: "class2", 3: "class3"}
+    case = ds.load("images/a2")
+    np.testing.assert_array_equal(case.label[0], masks[2])
+    written = np.asarray(Image.open(write_prediction(case, case.label, tmp_path / "pred")))
+    np.testing.assert_array_equal(written, masks[2])
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", ds.class_map), case.label)
+    (tmp_path / "data" / "classes.json").write_text('{"classes": {"1": "LV", "2": "MYO", "3": "RV"}}')
+    assert open_dataset(tmp_path / "data").class_map.names == {1: "LV", 2: "MYO", 3: "RV"}

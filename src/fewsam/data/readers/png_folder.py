@@ -34,6 +34,8 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   a class, {i: "class<i>"} for the indices found in the masks; predictions keep the palette.
 - generic: masks 0/255 (or 0/1) -> {1: "foreground"}, predictions in the same two values;
   RGB if the first image has colour.
+- index: grey masks of class indices (0, 1, 2, ... up to 31) -> {i: "class<i>"} for the values
+  found in the masks; predictions in the same indices.
 The style is chosen from classes.json, else the index's ``task`` column, else BUSI markers
 (a ``pathology`` column or benign/malignant folders), else "fundus"/"prostate" in the path.
 JPEG masks are lossy (compression blurs 0/255 into 0-30 and 225-255): each of their pixels is
@@ -221,14 +223,31 @@ def _generic_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyl
     PNG labels), judged by the first mask with any foreground (lossy JPEG masks keep 0/255).
     Predictions are written in the same values, so they compare with the dataset's own masks."""
     style = binary_style("generic", "foreground", rgb=rgb)
-    for path in (path for row in rows for path in _mask_paths(root, row) if path.is_file()):
+    paths = [path for row in rows for path in _mask_paths(root, row) if path.is_file()]
+    for path in paths:
         pixels, lossy = read_mask_file(path)
         top = int(pixels.max(initial=0))
         if top == 1 and not lossy:
             return PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, rgb)
+        if 2 <= top <= INDEX_MASK_MAX and not lossy and not _has_colour(path):
+            return _index_style(paths, rgb)
         if top or lossy:
             break
     return style
+
+
+INDEX_MASK_MAX = 31  # a grey mask whose values reach 2 but stay at or below this holds class indices
+# (a colour mask's grey levels say nothing of its classes: it is refused when read, as before)
+
+
+def _index_style(paths: list[Path], rgb: bool) -> PngStyle:
+    """Grey masks holding class indices 0, 1, 2, ... (nnU-Net's 2D sets, most multi-class converters):
+    each value found in the masks is a class, named ``class<i>`` (classes.json names them), and
+    predictions are written as the same indices. Read as 0/255 they would be refused at their first
+    class 2. Reads every mask once, to find the classes."""
+    classes = sorted(set().union(*(np.unique(read_mask_pixels(path)).tolist() for path in paths)) - {0})
+    coding = {value: value for value in [0, *classes]}
+    return PngStyle("index", ClassMap({c: f"class{c}" for c in classes}), coding, dict(coding), rgb)
 
 
 def _palette_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyle | None:
