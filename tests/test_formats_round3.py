@@ -134,3 +134,22 @@ def test_grey_masks_of_class_indices_are_read_as_their_classes(tmp_path):
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", ds.class_map), case.label)
     (tmp_path / "data" / "classes.json").write_text('{"classes": {"1": "LV", "2": "MYO", "3": "RV"}}')
     assert open_dataset(tmp_path / "data").class_map.names == {1: "LV", 2: "MYO", 3: "RV"}
+
+
+def test_a_camera_jpeg_turned_by_its_exif_orientation_lies_under_its_mask(tmp_path):
+    """A camera stores its sensor's pixels and an EXIF tag saying how to turn them (6: 90 degrees
+    clockwise); viewers and annotation tools show, and masks are drawn on, the turned picture."""
+    shown = np.zeros((40, 60), np.uint8)
+    shown[5:20, 10:50] = 1
+    picture = (50 + 150 * shown).astype(np.uint8)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(picture)).save(tmp_path / "images" / "x.jpg", exif=exif, quality=95)
+    Image.fromarray(shown * 255).save(tmp_path / "masks" / "x.png")
+    case = open_dataset(tmp_path).load("images/x")
+    assert case.image.shape == (1, 40, 60) and case.label.shape == (1, 40, 60)
+    assert case.image[0][shown == 1].mean() > 150 > 100 > case.image[0][shown == 0].mean()
+    written = np.asarray(Image.open(write_prediction(case, case.label, tmp_path / "pred")))
+    np.testing.assert_array_equal(written, shown * 255)

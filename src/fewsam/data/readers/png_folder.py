@@ -2,7 +2,7 @@
 generic folders such as Kvasir-SEG's ``images/*.jpg`` + ``masks/*.jpg``.
 
 Files: ``.png .jpg .jpeg .tif .tiff .bmp`` in any letter case, images and masks alike (an image
-and its mask may differ in format). Predictions are always PNG (``fewsam.data.writers``): a case's
+and its mask may differ in format), read as viewers show them (turned by their EXIF orientation). Predictions are always PNG (``fewsam.data.writers``): a case's
 ``rel_path`` is its image's relative path with the suffix changed to ``.png``.
 
 Where the cases come from (first match wins):
@@ -62,7 +62,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fewsam.data.attributes import parse_cell
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
@@ -540,7 +540,19 @@ def _decode(path: Path, convert: Any) -> Any:
 
 def read_image(path: Path, rgb: bool) -> np.ndarray:
     """(H, W) float32 greyscale or (H, W, 3) float32 RGB; 16-bit and float files keep their values."""
-    return _decode(path, lambda im: _image_array(_first_page(im, path), rgb, path))
+    return _decode(path, lambda im: _image_array(as_shown(_first_page(im, path)), rgb, path))
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def as_shown(im: Image.Image) -> Image.Image:
+    """The picture as viewers and annotation tools show it: a camera's JPEG may store its pixels
+    turned and say so in its EXIF orientation tag, and masks are drawn on the turned picture, so
+    the stored pixels would lie transposed under their mask (or mismatch its size)."""
+    if im.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
+        return im
+    return ImageOps.exif_transpose(im)
 
 
 def _first_page(im: Image.Image, path: Path) -> Image.Image:
@@ -614,7 +626,7 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
     """
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
         lossy = im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
-        _first_page(im, path)
+        im = as_shown(_first_page(im, path))
         if im.mode == "P" and _colour_palette(im):
             return np.asarray(im), lossy
         if im.mode in ("RGBA", "LA"):
