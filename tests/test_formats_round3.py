@@ -3,6 +3,7 @@ multi-channel volumes as ITK writes them, predictions written by other tools."""
 
 from __future__ import annotations
 
+import gzip
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from fewsam import progress
 from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam.errors import DataError
 
 from test_dicom import arrays, write_label, write_series
 
@@ -153,3 +155,43 @@ def test_a_camera_jpeg_turned_by_its_exif_orientation_lies_under_its_mask(tmp_pa
     assert case.image[0][shown == 1].mean() > 150 > 100 > case.image[0][shown == 0].mean()
     written = np.asarray(Image.open(write_prediction(case, case.label, tmp_path / "pred")))
     np.testing.assert_array_equal(written, shown * 255)
+
+
+# ---------------------------------------------------------------- NIfTI files named for another compression
+
+
+@pytest.mark.parametrize("stored_as", ["plain named .nii.gz", "gzipped named .nii", "NIfTI-2 gzipped named .nii"])
+def test_a_nifti_whose_name_says_the_wrong_compression_is_read_by_its_content(tmp_path, stored_as, notices):
+    """ITK (so nnU-Net and the viewers) reads such renamed files; nibabel goes by the name."""
+    image, label = volume()
+    image_class = nib.Nifti2Image if "NIfTI-2" in stored_as else nib.Nifti1Image
+    content = image_class(image, AFFINE).to_bytes()
+    name = "p1.nii.gz" if stored_as.endswith(".nii.gz") else "p1.nii"
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / name).write_bytes(content if stored_as.startswith("plain") else gzip.compress(content))
+    save(label, tmp_path / "labels" / "p1.nii.gz")
+    ds = open_dataset(tmp_path)
+    assert ds.num_slices("p1") == 5
+    case = ds.load("p1")
+    np.testing.assert_allclose(case.image, image.transpose(2, 1, 0))
+    np.testing.assert_array_equal(case.label, label.transpose(2, 1, 0))
+    np.testing.assert_allclose(case.meta["affine"], AFFINE)
+    assert "a renamed file" in notices.text
+    written = nib.load(write_prediction(case, case.label, tmp_path / "pred"))
+    np.testing.assert_allclose(written.affine, AFFINE)
+
+
+def test_a_damaged_nifti_is_refused_in_one_line(tmp_path):
+    image, label = volume()
+    save(image, tmp_path / "images" / "p1.nii")
+    save(label, tmp_path / "labels" / "p1.nii.gz")
+    whole = (tmp_path / "images" / "p1.nii").read_bytes()
+    (tmp_path / "images" / "p1.nii").write_bytes(whole[:400])  # cut inside the voxels
+    ds = open_dataset(tmp_path)
+    with pytest.raises(DataError, match=r"cannot read NIfTI .*p1.nii \(truncated\?\)") as err:
+        ds.load("p1")
+    assert "\n" not in str(err.value)
+    (tmp_path / "images" / "p1.nii").write_bytes(b"not a NIfTI at all")
+    with pytest.raises(DataError, match="cannot read NIfTI") as err:
+        open_dataset(tmp_path).load("p1")
+    assert "\n" not in str(err.value)

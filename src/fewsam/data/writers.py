@@ -34,7 +34,7 @@ from PIL import Image
 
 from fewsam.atomic import atomic_write_bytes
 from fewsam.data.readers.acdc_h5 import H5_ERRORS
-from fewsam.data.readers.common import check_label_values, to_label_array
+from fewsam.data.readers.common import check_label_values, first_line, to_label_array
 from fewsam.data.readers import itk_volume
 from fewsam.data.readers.itk_volume import itk_message
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
@@ -221,7 +221,7 @@ def _decode_nifti(case: Case, path: Path) -> np.ndarray:
         image = itk_volume.read_as_nifti(path)[0] if itk_volume.itk_ending(path.name) else nib.load(str(path))
         data = np.asarray(_on_case_grid(case, image, path).dataobj)
     except NIFTI_ERRORS as err:
-        raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {err}") from None
+        raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {first_line(err)}") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3):

@@ -309,6 +309,12 @@ def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
     return {"train": [cid for cid in ordered if cid not in chosen], "val": val}
 
 
+def first_line(err: Exception) -> str:
+    """A library's error as one line: nibabel puts hints on lines of their own (a truncated file's
+    "could the file be damaged?"), and fewsam's error messages are one line."""
+    return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+
+
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines of a text file, without comment lines (``#`` first, as users annotate
     lists by hand); a corrupt file becomes a DataError. UTF-8 with or without the byte-order mark

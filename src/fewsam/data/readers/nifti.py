@@ -25,12 +25,15 @@ NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
 ids with every 5th to "val"; "test" = imagesTs (or unlabelled plain images); without any label,
 "val" holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.
+A NIfTI file whose name says the wrong compression (a plain file named ``.nii.gz``) is read by its
+content, as ITK reads it.
 MetaImage and NRRD volumes (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) are read the same way, in
 any of these layouts (``itk_volume``); their predictions keep their format (``<case>.mha``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import zlib
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
-                                        deterministic_split, natural_sorted, to_label_array)
+                                        deterministic_split, first_line, natural_sorted, to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, prediction_ending,
                                             read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES
@@ -152,7 +155,33 @@ def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
     try:
         return nib.load(str(path)), None
     except NIFTI_ERRORS as err:
-        raise DataError(f"cannot read NIfTI {path} (truncated or not NIfTI?): {err}") from None
+        image = _by_content(path)
+        if image is None:
+            raise DataError(f"cannot read NIfTI {path} (truncated or not NIfTI?): {first_line(err)}") from None
+    say_once(f"{path}: its name says {'gzip' if path.name.endswith('.gz') else 'no'} compression and its "
+             "content differs (a renamed file); it is read by its content", key="nifti-misnamed")
+    return image, None
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI2_HEADER_SIZE = 540  # a NIfTI header starts with its size: 348 for NIfTI-1, 540 for NIfTI-2
+
+
+def _by_content(path: Path) -> Any:
+    """A NIfTI file whose name says the wrong compression, read by its content: an uncompressed file
+    named ``.nii.gz`` (renamed by hand or by a download) or a gzipped one named ``.nii``. ITK, and so
+    nnU-Net and the viewers, read such files; None when the content is no NIfTI either."""
+    try:
+        data = path.read_bytes()
+        if data[:2] == GZIP_MAGIC:
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error):
+        return None
+    nifti2 = NIFTI2_HEADER_SIZE in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
+    try:
+        return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
+    except (*NIFTI_ERRORS, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError):
+        return None
 
 
 def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
@@ -229,7 +258,7 @@ def _data(img: Any, path: Path, dtype: Any = None) -> np.ndarray:
     except FloatingPointError:
         raise DataError(f"{path}: the image holds values beyond float32's range; rescale it") from None
     except NIFTI_ERRORS as err:
-        raise DataError(f"cannot read NIfTI {path} (truncated?): {err}") from None
+        raise DataError(f"cannot read NIfTI {path} (truncated?): {first_line(err)}") from None
 
 
 def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np.ndarray, int]:
