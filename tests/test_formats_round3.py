@@ -195,3 +195,21 @@ def test_a_damaged_nifti_is_refused_in_one_line(tmp_path):
     with pytest.raises(DataError, match="cannot read NIfTI") as err:
         open_dataset(tmp_path).load("p1")
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- header + voxel file pairs
+
+
+@pytest.mark.parametrize("ending", [".mhd", ".nhdr"])
+def test_a_header_whose_voxel_file_is_missing_is_refused_naming_it(tmp_path, ending):
+    image, label = volume()
+    for folder, array in (("images", image), ("labels", label)):
+        (tmp_path / folder).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(array.T), str(tmp_path / folder / f"p1{ending}"))
+    ds = open_dataset(tmp_path)
+    np.testing.assert_allclose(ds.load("p1").image, image.transpose(2, 1, 0))
+    voxels = [p for p in (tmp_path / "images").iterdir() if p.name != f"p1{ending}"]
+    assert len(voxels) == 1
+    voxels[0].unlink()
+    with pytest.raises(DataError, match=rf"p1\{ending}: its voxel file .*{voxels[0].name} is missing"):
+        ds.load("p1")

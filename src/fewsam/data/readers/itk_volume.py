@@ -64,8 +64,37 @@ def prediction_ending(name: str) -> str:
     return _ONE_FILE[ending] if ending else ".nii.gz"
 
 
+# Header-only formats: the header's key naming the file that holds the voxels, and its separator
+DATA_FILE_KEYS = {".mhd": (("elementdatafile",), "="), ".nhdr": (("data file", "datafile"), ":")}
+
+
+def check_data_file(path: Path) -> None:
+    """A ``.mhd`` or ``.nhdr`` header whose voxel file (``x.raw``) is missing, as happens when only
+    the headers were copied, is refused naming that file; ITK would print a line of its own and
+    then fail without naming it. Inline voxels, file lists and numbered-file patterns are left to ITK."""
+    keys, separator = DATA_FILE_KEYS.get(itk_ending(path.name) or "", ((), ""))
+    if not keys:
+        return
+    try:
+        with path.open("rb") as f:
+            header = f.read(65536).decode("latin-1")
+    except OSError:
+        return  # ITK's read names the problem
+    for line in header.splitlines():
+        key, found, value = line.partition(separator)
+        value = value.strip()
+        if not found or key.strip().lower() not in keys:
+            continue
+        inline = value.upper() in ("LOCAL", "") or value.upper().startswith("LIST") or "%" in value
+        if not inline and not (path.parent / value).is_file():
+            raise DataError(f"{path}: its voxel file {path.parent / value} is missing; copy it beside the "
+                            "header (a .mhd or .nhdr file holds no voxels)")
+        return
+
+
 def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     """(an in-memory NIfTI image of the file's voxels, the ITK geometry to write predictions with)."""
+    check_data_file(path)
     try:
         with quiet_itk():
             image = sitk.ReadImage(str(path))
