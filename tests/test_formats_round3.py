@@ -4,6 +4,7 @@ multi-channel volumes as ITK writes them, predictions written by other tools."""
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 from pathlib import Path
 
@@ -213,3 +214,25 @@ def test_a_header_whose_voxel_file_is_missing_is_refused_naming_it(tmp_path, end
     voxels[0].unlink()
     with pytest.raises(DataError, match=rf"p1\{ending}: its voxel file .*{voxels[0].name} is missing"):
         ds.load("p1")
+
+
+# ---------------------------------------------------------------- nnU-Net v1 raw data
+
+
+def test_an_nnunet_v1_dataset_lists_cases_whose_files_are_per_channel(tmp_path):
+    """nnU-Net v1's dataset.json lists ./imagesTr/x.nii.gz; its files are x_0000.nii.gz, x_0001.nii.gz..."""
+    image, label = volume()
+    for channel in (0, 1):
+        save(image + 10 * channel, tmp_path / "imagesTr" / f"la_003_{channel:04d}.nii.gz")
+        save(image, tmp_path / "imagesTs" / f"la_009_{channel:04d}.nii.gz")
+    save(label, tmp_path / "labelsTr" / "la_003.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "MRI", "1": "MRI2"}, "labels": {"0": "background", "1": "a", "2": "b"},
+        "training": [{"image": "./imagesTr/la_003.nii.gz", "label": "./labelsTr/la_003.nii.gz"}],
+        "test": ["./imagesTs/la_009.nii.gz"]}))
+    ds = open_dataset(tmp_path)
+    assert ds.split("all") == ["la_003", "la_009"] and ds.split("test") == ["la_009"]
+    case = ds.load("la_003")
+    np.testing.assert_allclose(case.image, image.transpose(2, 1, 0))
+    np.testing.assert_array_equal(case.label, label.transpose(2, 1, 0))
+    assert case.rel_path == "la_003.nii.gz" and ds.load("la_009").rel_path == "la_009.nii.gz"

@@ -6,7 +6,8 @@
                  as nnU-Net's natural-image reader takes them: one slice per file
     MSD (v1):    dataset.json {"labels": {"0": "background", "1": "left atrium"},
                  "training": [{"image": "./imagesTr/la_003.nii.gz", "label": ...}], "test": [...]};
-                 imagesTr/<case>.nii.gz (possibly 4D, channels last)
+                 imagesTr/<case>.nii.gz (possibly 4D, channels last), or nnU-Net v1's
+                 imagesTr/<case>_0000.nii.gz (one file per channel) for that listed name
     plain:       images/<case>.nii.gz (or <case>_0000.nii.gz) + labels/<case>.nii.gz (or
                  <case>_seg, _gt, _label, _mask, _segmentation; labels/ may
                  be absent: the images are then for prediction only); class names
@@ -410,10 +411,10 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not one fewsam reads "
                         f"({', '.join(VOLUME_ENDINGS + IMAGE_2D_ENDINGS)}); convert the images to .nii.gz")
     if spec.get("training"):
-        entries = [_entry(root / image, root / label if label else None, case_name(image))
+        entries = [_entry(_listed_image(root, image), root / label if label else None, case_name(image))
                    for image, label in _listed(spec, "training", root / "dataset.json")]
-        tests = [root / image for image, _ in _listed(spec, "test", root / "dataset.json")]
-        test_cases = [(p, case_name(p)) for p in tests]
+        test_cases = [(_listed_image(root, image), case_name(image))
+                      for image, _ in _listed(spec, "test", root / "dataset.json")]
     else:
         entries = [_entry(p, root / "labelsTr" / f"{c}{ending}", c)
                    for p, c in _channel0(root / "imagesTr", ending)]
@@ -447,6 +448,16 @@ def _listed(spec: dict[str, Any], key: str, path: Path) -> list[tuple[str, str |
             raise DataError(f"{path}: {key!r} entry {item!r} is not an entry like {MSD_ENTRY}")
         listed.append((item["image"], label or None))
     return listed
+
+
+def _listed_image(root: Path, image: str) -> Path:
+    """The file of an image dataset.json lists: the path itself, or, where that does not exist, its
+    channel 0 as nnU-Net v1 stores it (v1 lists ``./imagesTr/la_003.nii.gz`` for the files
+    ``la_003_0000.nii.gz``, ``la_003_0001.nii.gz``...). The case keeps the listed name."""
+    path = root / image
+    name = case_name(path)
+    channel0 = path.with_name(f"{name}_0000{path.name[len(name):]}")
+    return channel0 if not path.is_file() and channel0.is_file() else path
 
 
 def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
