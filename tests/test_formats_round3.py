@@ -236,3 +236,42 @@ def test_an_nnunet_v1_dataset_lists_cases_whose_files_are_per_channel(tmp_path):
     np.testing.assert_allclose(case.image, image.transpose(2, 1, 0))
     np.testing.assert_array_equal(case.label, label.transpose(2, 1, 0))
     assert case.rel_path == "la_003.nii.gz" and ds.load("la_009").rel_path == "la_009.nii.gz"
+
+
+# ---------------------------------------------------------------- labels saved on their own extent
+
+
+def test_a_segmentation_saved_on_its_own_extent_is_placed_on_its_image(tmp_path, notices):
+    """3D Slicer saves <volume>.seg.nrrd cropped to its segments, on the volume's voxel axes."""
+    image, label = volume(shape=(26, 30, 6))
+    label[:] = 0
+    label[5:15, 8:20, 1:5], label[6:9, 10:14, 2:4] = 1, 2
+    turn = np.cos(0.3), np.sin(0.3)
+    volume_file = sitk.GetImageFromArray(image.T)
+    volume_file.SetSpacing((0.9, 0.8, 3.5))
+    volume_file.SetOrigin((12.5, -40.0, 7.0))
+    volume_file.SetDirection((turn[0], -turn[1], 0, turn[1], turn[0], 0, 0, 0, 1))
+    segmentation = sitk.GetImageFromArray(label.T)
+    segmentation.CopyInformation(volume_file)
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    sitk.WriteImage(volume_file, str(tmp_path / "images" / "v.nrrd"))
+    sitk.WriteImage(segmentation[5:15, 8:20, 1:5], str(tmp_path / "labels" / "v.seg.nrrd"))
+    case = open_dataset(tmp_path).load("v")
+    np.testing.assert_array_equal(case.label, label.transpose(2, 1, 0))
+    assert "covers part of its image's voxel grid" in notices.text
+
+
+def test_a_cropped_nifti_label_is_placed_and_one_reaching_outside_the_image_is_refused(tmp_path):
+    image, label = volume(shape=(12, 10, 6))
+    label[:] = 0
+    label[3:7, 2:5, 1:4] = 1
+    save(image, tmp_path / "images" / "p1.nii.gz", AFFINE)
+    shifted = AFFINE.copy()
+    shifted[:3, 3] = AFFINE[:3, :3] @ np.array([3.0, 2.0, 1.0])  # the crop's first voxel is image voxel (3, 2, 1)
+    save(label[3:7, 2:5, 1:4].copy(), tmp_path / "labels" / "p1.nii.gz", shifted)
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("p1").label, label.transpose(2, 1, 0))
+    shifted[:3, 3] = AFFINE[:3, :3] @ np.array([10.0, 2.0, 1.0])  # would reach past the image's x = 12
+    save(label[3:7, 2:5, 1:4].copy(), tmp_path / "labels" / "p1.nii.gz", shifted)
+    with pytest.raises(DataError, match="image and label shapes differ"):
+        open_dataset(tmp_path).load("p1")

@@ -311,7 +311,8 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
     Arrays are read without reorientation, so a label saved in another orientation (flipped, or
     with its axes swapped, as some converters and viewers write them) would otherwise lie
     mirrored or transposed under its image. Such a label is reoriented when that puts it exactly
-    on the image's grid, as a viewer overlays it. One in the image's orientation but placed
+    on the image's grid, as a viewer overlays it; one covering part of that grid (a crop, see
+    ``_inside_grid``) is placed there. One in the image's orientation but placed
     elsewhere (another origin) is read voxel for voxel, said once; one whose orientation
     cannot be matched to the image's (a label written with a bare identity affine, say) is
     refused, as no reading of it is safe."""
@@ -330,6 +331,11 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
                  f"({''.join(nib.aff2axcodes(label.affine))} vs {''.join(nib.aff2axcodes(image.affine))}); "
                  "it is reoriented onto the image's voxel grid", key=f"nifti-{what}-reoriented")
         return turned
+    cropped = _inside_grid(turned, image)
+    if cropped is not None:
+        say_once(f"{path}: the {what} covers part of its image's voxel grid (saved on its own extent, as 3D Slicer "
+                 "saves segmentations); it is placed there, background elsewhere", key=f"nifti-{what}-cropped")
+        return cropped
     if (turn[:, 0] == np.arange(3)).all() and (turn[:, 1] == 1).all():
         say_once(f"{path}: the {what}'s affine differs from its image's (another origin or spacing) in the "
                  "same orientation; it is read voxel for voxel on the image's grid", key=f"nifti-{what}-affine")
@@ -337,6 +343,24 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
     raise DataError(f"{what} {path} is oriented {''.join(nib.aff2axcodes(label.affine))} and placed elsewhere "
                     f"than its image ({''.join(nib.aff2axcodes(image.affine))}), so its voxels cannot be matched "
                     f"to the image's; save the {what} with the image's affine (as nnU-Net and the viewers expect)")
+
+
+def _inside_grid(label: Any, image: Any) -> Any:
+    """``label`` on ``image``'s grid when it is a crop of that grid: the same voxel axes and sizes,
+    its first voxel on a voxel of the image and its last one inside (a segmentation saved on the
+    extent of its segments, as 3D Slicer's ``.seg.nrrd``). None when it is no such crop."""
+    linear = image.affine[:3, :3]
+    if len(label.shape) != len(image.shape[:3]) or not _same_affine(label.affine[:3, :3], linear):
+        return None
+    offset = np.linalg.solve(linear, label.affine[:3, 3] - image.affine[:3, 3])
+    start = np.rint(offset).astype(int)
+    stop = start + np.asarray(label.shape[:3])
+    if not np.allclose(offset, start, atol=0.01) or (start < 0).any() or (stop > np.asarray(image.shape[:3])).any():
+        return None
+    data = np.asarray(label.dataobj)
+    placed = np.zeros(tuple(image.shape[:3]), dtype=data.dtype)
+    placed[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = data
+    return nib.Nifti1Image(placed, image.affine)
 
 
 @dataclass(frozen=True)
@@ -488,11 +512,15 @@ def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
     return entries, test_ids
 
 
+LABEL_SUFFIXES = (*MASK_STEM_SUFFIXES, ".seg")  # .seg: 3D Slicer's <volume>.seg.nrrd
+
+
 def label_in_folder(folder: Path, case: str) -> Path | None:
     """The label of ``case`` in a plain ``labels/`` folder: ``<case>.nii.gz`` (any volume ending), or
     the case name plus a suffix releases and converters add (BraTS' ``_seg``, ACDC's ``_gt``, the
-    2D folders' ``_mask``...), which would otherwise leave a labelled case unlabelled without a word."""
-    found = (folder / f"{case}{suffix}{ending}" for suffix in MASK_STEM_SUFFIXES for ending in VOLUME_ENDINGS)
+    2D folders' ``_mask``, 3D Slicer's ``.seg``...), which would otherwise leave a labelled case
+    unlabelled without a word."""
+    found = (folder / f"{case}{suffix}{ending}" for suffix in LABEL_SUFFIXES for ending in VOLUME_ENDINGS)
     return next((p for p in found if p.is_file()), None)
 
 
