@@ -20,6 +20,7 @@ from fewsam import __version__
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions
 from fewsam.data import open_dataset
+from fewsam.devices import check_device
 from fewsam.distributed import ddp
 from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError, Stopped
@@ -43,6 +44,7 @@ def embed_dataset(data: str | Path, split: str | None = None, model_name: str = 
     """Fill the cache for every case of ``split`` (all splits when None). Returns hit/miss counts.
     ``ray``: on the Ray cluster at that address, ``ray_workers`` workers (default: one per CPU), into
     the same cache (``fewsam.distributed.ray_jobs``)."""
+    check_device(device)
     dataset = open_dataset(data)
     model = load_model(model_name, checkpoint, device=device)
     cache = EmbeddingCache(cache_root, model, resolve_precision(precision, device))
@@ -73,6 +75,7 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     cfg = spec.config() if config is None else config
     if type(cfg) is not spec.config:
         raise FewsamError(f"{method} takes a {spec.config.__name__}, not a {type(cfg).__name__}")
+    check_device(options.device)
     with ddp.distributed_fit(options) as options:  # under torchrun: this rank's device, the process group
         if spec.fit is None:
             return _record_only(spec, options, cfg)

@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import FitOptions, cli_fields, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
+from fewsam.devices import check_device
 from fewsam.errors import (FewsamError, Stopped, disk_full_message, is_disk_full, is_not_permitted,
                            not_permitted_message)
 from fewsam.info import DEFAULT_SPLIT
@@ -87,37 +88,6 @@ RayWorkersOpt = typer.Option(None, "--ray-workers", min=1, help=default_is(
     "Ray workers (one CPU each, one GPU with --device cuda).", "one per CPU (GPU) of the cluster"))
 SplitHelp = default_is("List file relative to DATA, or train|val|test.", DEFAULT_SPLIT)
 DEFAULT_BINS_SPEC = " and ".join(f"{b.column}:{','.join(f'{e:g}' for e in b.edges)}" for b in DEFAULT_BINS.values())
-
-
-def check_device(device: str) -> None:
-    """Refuse a device this torch cannot use (an unknown name, CUDA on a CPU-only build or without a
-    GPU, a GPU index that is not there) with one line, before any data is read or model loaded."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise FewsamError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda":
-        _check_cuda(device, parsed.index)
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise FewsamError(f"--device {device}: this machine or torch build has no MPS; use --device cpu")
-    elif parsed.type not in ("cpu", "mps"):
-        raise FewsamError(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
-
-
-def _check_cuda(device: str, index: int | None) -> None:
-    import torch
-
-    if torch.version.cuda is None:
-        raise FewsamError(f"--device {device}: this torch ({torch.__version__}) is built without CUDA; "
-                          "use --device cpu or install a CUDA build of torch")
-    if not torch.cuda.is_available():
-        raise FewsamError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; "
-                          "use --device cpu or check the driver and CUDA_VISIBLE_DEVICES")
-    if index is not None and index >= torch.cuda.device_count():
-        raise FewsamError(f"--device {device}: there is no GPU {index} ({torch.cuda.device_count()} visible); "
-                          f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
 def check_cache(cache: str) -> None:

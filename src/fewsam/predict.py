@@ -26,6 +26,7 @@ from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.readers.common import check_finite
 from fewsam.data.types import Case, Dataset
+from fewsam.devices import check_device
 from fewsam.embedded import CaseSlices
 from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError
 from fewsam.info import DEFAULT_SPLIT
@@ -74,6 +75,7 @@ def predict(
     workers, default one per CPU), writing into the same staging folder and cache."""
     from fewsam.methods import get_method
 
+    check_device(device)
     run_dir, out = Path(run_dir), Path(out)
     config = check_run(run_dir)
     method = get_method(config.get("method"))

@@ -1,0 +1,49 @@
+"""Mistakes made through the Python API and options at the edge of their range: each ends in one
+FewsamError naming what to change, before any model is loaded or file written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_tiny_acdc
+from fewsam.api import FitOptions, embed_dataset, fit, predict
+from fewsam.errors import FewsamError
+
+VAL = ["patient010_frame01"]
+
+
+@pytest.fixture
+def acdc(tmp_path) -> Path:
+    return write_tiny_acdc(tmp_path / "acdc", VAL)
+
+
+# --- devices through the Python API -------------------------------------------------------------
+
+def _api_calls(acdc: Path, tmp_path: Path, device: str) -> dict:
+    """Each API entry point that takes a device, given ``device``."""
+    cache = str(tmp_path / "cache")
+    return {
+        "fit": lambda: fit("fewshot", FitOptions(data=acdc, run=tmp_path / "run", labeled_slices=1, device=device,
+                                                 cache=cache, show_progress=False)),
+        "predict": lambda: predict(tmp_path / "run", acdc, tmp_path / "pred", device=device, cache_root=cache,
+                                   show_progress=False),
+        "embed": lambda: embed_dataset(acdc, cache_root=cache, device=device, show_progress=False),
+    }
+
+
+@pytest.mark.parametrize("entry", ["fit", "predict", "embed"])
+def test_the_api_refuses_a_device_that_is_not_one(acdc, tmp_path, entry):
+    """Checked first, as the command line does: not torch's parser error from deep in model loading."""
+    with pytest.raises(FewsamError, match="is not a device"):
+        _api_calls(acdc, tmp_path, "gpu")[entry]()
+    assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("entry", ["fit", "embed"])
+def test_the_api_refuses_cuda_without_cuda_in_one_line(acdc, tmp_path, entry):
+    with pytest.raises(FewsamError, match="use --device cpu"):
+        _api_calls(acdc, tmp_path, "cuda")[entry]()
