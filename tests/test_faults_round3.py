@@ -47,3 +47,21 @@ def test_the_api_refuses_a_device_that_is_not_one(acdc, tmp_path, entry):
 def test_the_api_refuses_cuda_without_cuda_in_one_line(acdc, tmp_path, entry):
     with pytest.raises(FewsamError, match="use --device cpu"):
         _api_calls(acdc, tmp_path, "cuda")[entry]()
+
+
+# --- options at the edge of their range -------------------------------------------------------
+
+def test_a_seed_too_large_for_the_generators_is_refused_naming_the_option(acdc, tmp_path):
+    """torch seeds take 64 bits, and the loop adds the step to the seed: a larger --seed was an
+    OverflowError traceback from torch.manual_seed after the run folder was prepared."""
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+    from fewsam.config import ConfigError
+
+    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(acdc), "--out", str(tmp_path / "run"),
+                                      "--labeled-slices", "1", "--seed", str(2**64)])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "--seed must be at most" in str(result.exception)
+    assert not (tmp_path / "run").exists()
+    FitOptions(run=tmp_path / "run", data=acdc, seed=2**32 - 1)  # the largest seed still taken

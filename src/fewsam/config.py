@@ -29,6 +29,10 @@ PRECISION_HELP = ("auto: mixed-openvino on CPUs with bf16 instructions, else fp3
                   "~0.9987; decoder and student under bf16 autocast.")
 
 
+# Seeds are 32-bit, as numpy's and most tools' are: torch takes at most 64 bits and the loops seed
+# per step with seed + step, so a larger --seed would overflow in torch.manual_seed mid-fit.
+MAX_SEED = 2**32 - 1
+
 PATIENCE_HELP = ("Stop once this many validations in a row score no higher than the best so far (0: run every "
                  "step); the best weights so far are kept, so a fit that has stopped improving ends sooner.")
 
@@ -146,7 +150,7 @@ class FitOptions(Config):
                                         "(give this or --labeled-cases).", min=1)
     labeled_images: int | None = option(None, "Alias of --labeled-cases for 2D image datasets.", min=1)
     val_split: str = option("val", "Split (or list file) used for model selection.")
-    seed: int = option(0, "Seed: same seed, same data -> same weights.", min=0)
+    seed: int = option(0, "Seed: same seed, same data -> same weights.", min=0, max=MAX_SEED)
     model: str = option("litemedsam", "litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam")
     checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM; LiteMedSAM's come with fewsam).")
     cache: str = option(DEFAULT_CACHE, "Embedding cache folder.")
