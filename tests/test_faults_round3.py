@@ -65,3 +65,26 @@ def test_a_seed_too_large_for_the_generators_is_refused_naming_the_option(acdc, 
     assert "--seed must be at most" in str(result.exception)
     assert not (tmp_path / "run").exists()
     FitOptions(run=tmp_path / "run", data=acdc, seed=2**32 - 1)  # the largest seed still taken
+
+
+@pytest.mark.parametrize("make", [
+    lambda c: c.FewShotConfig(steps=2.5), lambda c: c.FewShotConfig(steps="400"), lambda c: c.FewShotConfig(lr="0.1"),
+    lambda c: c.FitOptions(run="r", data="d", labeled_slices="2"), lambda c: c.FitOptions(run="r", seed=1.5),
+    lambda c: c.FitOptions(run="r", labeled_cases=True)])
+def test_a_python_caller_giving_an_option_of_the_wrong_type_gets_one_error_naming_it(make):
+    """A TypeError from deep inside the fit (range(2.5), 400 // "400") named nothing the caller wrote."""
+    from types import SimpleNamespace
+
+    from fewsam.config import ConfigError
+    from fewsam.methods.fewshot import FewShotConfig
+
+    with pytest.raises(ConfigError, match=r"^--[a-z-]+ must be a (whole )?number, not "):
+        make(SimpleNamespace(FewShotConfig=FewShotConfig, FitOptions=FitOptions))
+
+
+def test_numbers_of_other_numeric_types_are_taken():
+    import numpy as np
+
+    from fewsam.methods.fewshot import FewShotConfig
+
+    assert FewShotConfig(steps=np.int64(3), lr=1, ema=np.float32(0.5)).steps == 3

@@ -12,6 +12,7 @@ records ``asdict`` of it, so the three cannot disagree. Limits and choices are c
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -68,11 +69,34 @@ def option_name(f: Any) -> str:
     return flag.split("/")[0] if flag else flag_name(f.name)
 
 
+# What a numeric config field accepts. The command line converts every option, but a Python caller
+# (``FitOptions(seed=1.5)``, ``FewShotConfig(steps="400")``) would otherwise meet a TypeError from
+# deep inside the fit. Strings and paths are left to the checks that read them (a Path for --cache
+# or a list file is fine).
+NUMBER_TYPES: dict[str, tuple[type, str]] = {
+    "int": (numbers.Integral, "a whole number"),
+    "float": (numbers.Real, "a number"),
+}
+
+
+def check_type(f: Any, value: Any) -> None:
+    """Refuse ``value`` for a field declared ``int`` or ``float`` (or that or None) that is not a number
+    of that kind; a bool is no number here."""
+    declared = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    accepted = NUMBER_TYPES.get(declared.removesuffix(" | None"))
+    if accepted is None:
+        return
+    kind, what = accepted
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{option_name(f)} must be {what}, not {value!r}")
+
+
 def check_value(f: Any, value: Any) -> None:
     """Refuse ``value`` for field ``f`` when it breaks the field's limits (None = "not set": allowed)."""
     meta, name = f.metadata, option_name(f)
     if value is None or not meta:
         return
+    check_type(f, value)
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
