@@ -298,6 +298,24 @@ def test_compare_refuses_to_write_its_result_over_an_input(tmp_path):
     assert json.loads((tmp_path / "t.json").read_text())["n"] == 3
 
 
+@pytest.mark.parametrize("command", ["evaluate", "info"])
+def test_evaluate_and_info_never_write_their_json_over_a_file_of_the_dataset(acdc, pred, tmp_path, command):
+    """--overwrite replaces an older result; a --json naming the dataset's own list file (or any file in
+    DATA, or the --attributes table) would replace data the command reads, so it is refused."""
+    (tmp_path / "groups.csv").write_text("case,site\n" + "".join(f"{c},A\n" for c in VAL))
+    args = {"evaluate": ["evaluate", "--pred", str(pred), "--data", str(acdc), "--quiet"],
+            "info": ["info", str(acdc)]}[command]
+    kept = {path: path.read_bytes() for path in (acdc / "val.list", tmp_path / "groups.csv")}
+    for target in kept:
+        message = cli_error(*args, "--attributes", str(tmp_path / "groups.csv"), "--json", str(target), "--overwrite")
+        assert f"--json {target}" in message and "would replace it" in message
+    assert all(path.read_bytes() == data for path, data in kept.items())
+    result = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "result.json")])
+    assert result.exit_code == 0, result.output
+    again = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "result.json"), "--overwrite"])
+    assert again.exit_code == 0, again.output
+
+
 def test_compare_and_bench_keep_an_existing_json_unless_told_to_overwrite(tmp_path):
     a = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])
     b = _evaluation(tmp_path / "b.json", [0.8, 0.7, 0.75])

@@ -119,15 +119,19 @@ def check_output_file(path: Path | None, option: str, overwrite: bool) -> None:
         raise FewsamError(f"{option} {path}: {existing} is read-only; give another {option}")
 
 
-def check_not_an_input(path: Path | None, option: str, inputs: list[Path]) -> None:
+def check_not_an_input(path: Path | None, option: str, inputs: list[Path], data: Path | None = None) -> None:
     """An output file must not be one of the command's own inputs, even with --overwrite (compare's
-    --json naming one of the evaluations it reads): that input would be lost."""
+    --json naming one of the evaluations it reads, evaluate's naming the dataset's split list): that
+    input would be lost. Every file under ``data``, the dataset folder, counts as an input."""
     if path is None or not path.exists():
         return
-    same = next((p for p in inputs if p.exists() and p.samefile(path)), None)
+    same = next((p for p in inputs if p is not None and p.exists() and p.samefile(path)), None)
     if same is not None:
         raise FewsamError(f"{option} {path} is the input {same}; writing there would replace it: give another "
                           f"{option}")
+    if data is not None and data.is_dir() and path.resolve().is_relative_to(data.resolve()):
+        raise FewsamError(f"{option} {path} is a file of the dataset {data}; writing there would replace it: give "
+                          f"another {option} outside {data}")
 
 
 @app.command()
@@ -323,13 +327,14 @@ def evaluate(
     es_mode: str = typer.Option("sum", "--es-mode", help="Equity spread: sum (paper) | std."),
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the result JSON here.",
                                                                             "not written")),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file (never an input)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Dice, IoU, HD95, ASD per class and case (and ES-Dice / ES-IoU per group)."""
     from fewsam.evaluate import evaluate as run_evaluate
     from fewsam.runs import write_json
 
+    check_not_an_input(json_out, "--json", [attributes], data)
     check_output_file(json_out, "--json", overwrite)
     result = run_evaluate(pred, data, split, group_by, alpha, not quiet, bins=bins, attributes=attributes,
                           es_mode=es_mode)
@@ -420,13 +425,14 @@ def info(
         "CSV of group attributes by case/patient id.", "only the attributes found with the data")),
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Also write it as JSON here.",
                                                                             "not written")),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file (never an input)."),
 ) -> None:
     """What fewsam sees in DATA: layout, classes and their coding, splits with case and slice counts,
     group attributes, and the splits fit/predict/evaluate use by default. Loads no model."""
     from fewsam.info import dataset_info, describe
     from fewsam.runs import write_json
 
+    check_not_an_input(json_out, "--json", [attributes], data)
     check_output_file(json_out, "--json", overwrite)
     result = dataset_info(data, attributes)
     if json_out:
