@@ -477,6 +477,26 @@ def test_damaged_compiled_encoder_is_converted_again(tmp_path, caplog):
     assert sorted(p.name for p in ir.parent.iterdir()) == [ir.name]
 
 
+def test_the_compiled_encoder_is_readable_by_the_group_of_a_shared_cache(tmp_path):
+    """The IR folder was made by mkdtemp (always 0o700): in a cache shared by a group, every other
+    user's OpenVINO run failed with "Permission denied" on it. It follows the umask, as cache
+    entries and run files do."""
+    import torch
+
+    pytest.importorskip("openvino")
+    from fewsam.models.precision import EncoderPrecision, OpenVinoEncoder
+
+    ir = tmp_path / "cache" / "tiny-openvino-ir"
+    previous = os.umask(0o002)
+    try:
+        OpenVinoEncoder(torch.nn.Conv2d(3, 4, 3, padding=1), 8, EncoderPrecision("fp32", "openvino"), ir)(
+            torch.rand(1, 3, 8, 8))
+    finally:
+        os.umask(previous)
+    assert ir.stat().st_mode & 0o777 == 0o775
+    assert all(path.stat().st_mode & 0o777 == 0o664 for path in ir.iterdir())
+
+
 # --- a file fewsam may not read or write ----------------------------------------------------------
 
 @pytest.mark.parametrize("code", ["EACCES", "EROFS"])

@@ -84,6 +84,21 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
+def make_temporary_folder(parent: Path, prefix: str) -> Path:
+    """A new, empty ``PREFIX.RANDOM`` folder in ``parent``, to fill and then rename into place.
+
+    Made with mode 0o777 so that the umask applies, as ``_create_temporary`` does for files: a
+    ``tempfile.mkdtemp`` folder is always private (0o700), and renamed into a shared cache it would
+    shut every other user of the cache out of it."""
+    while True:
+        folder = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            folder.mkdir(mode=0o777)
+            return folder
+        except FileExistsError:
+            continue
+
+
 def stale_temporaries(folder: str | Path) -> Iterator[Path]:
     """The temporary files ``atomic_write`` left under ``folder`` (at any depth) when killed mid-write.
 

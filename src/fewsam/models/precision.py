@@ -25,7 +25,6 @@ import os
 import platform
 import secrets
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from fewsam.atomic import stop_signals_held
+from fewsam.atomic import make_temporary_folder, stop_signals_held
 from fewsam.config import PRECISIONS, ConfigError
 from fewsam.progress import say_once
 
@@ -211,7 +210,7 @@ class OpenVinoEncoder:
                 models.append(_convert_stage(ov, module.eval(), example))
                 example = module(example)
         self.ir_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".ir-", dir=self.ir_dir.parent))
+        tmp = make_temporary_folder(self.ir_dir.parent, ".ir-")
         try:
             for i, model in enumerate(models):
                 ov.save_model(model, tmp / _ir_name(i, len(models)), compress_to_fp16=False)
