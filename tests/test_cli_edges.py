@@ -283,6 +283,32 @@ def test_a_report_that_fails_half_way_leaves_no_folder_and_keeps_an_old_report(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "rep"]
 
 
+def _hd95_evaluation(path: Path, hd95: list[float | None]) -> Path:
+    """An evaluation whose case i has HD95 ``hd95[i]`` (None: the prediction was empty)."""
+    cases = [{"case": f"c{i}", "group": None, "per_class": {"fg": {"dice": 0.0 if v is None else 0.8, "iou": 0.5,
+                                                                   "hd95": v, "asd": v}}}
+             for i, v in enumerate(hd95)]
+    path.write_text(json.dumps({"cases": cases}))
+    return path
+
+
+def test_compare_says_which_cases_had_no_value_rather_than_calling_them_missing(tmp_path):
+    """A case both runs scored, but whose HD95 one of them could not have (an empty prediction), was
+    reported as "only in B", and two runs of the same cases as sharing none."""
+    from fewsam.compare import compare_runs, describe
+
+    a = _hd95_evaluation(tmp_path / "a.json", [3.0, 4.0, 5.0, None])
+    b = _hd95_evaluation(tmp_path / "b.json", [2.0, 3.0, 4.5, 6.0])
+    result = compare_runs(a, b, "hd95")
+    assert (result["n"], result["only_in_a"], result["only_in_b"]) == (3, 0, 0)
+    assert (result["unscored_a"], result["unscored_b"]) == (1, 0)
+    assert "1 case(s) without a hd95 value in A (an empty prediction or label), 0 in B" in describe(result)
+    assert "only in" not in describe(result)
+    one = _hd95_evaluation(tmp_path / "one.json", [None, None, 2.0])
+    message = cli_error("compare", str(one), str(b), "--metric", "hd95")
+    assert "share 1 case(s) with a hd95 value" in message and "2 case(s) without one" in message
+
+
 def test_compare_refuses_to_write_its_result_over_an_input(tmp_path):
     a = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])
     b = _evaluation(tmp_path / "b.json", [0.8, 0.7, 0.75])

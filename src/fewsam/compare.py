@@ -115,20 +115,38 @@ def per_case_scores(result: dict[str, Any], metric: str = "dice") -> dict[str, f
 
 
 def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_comparisons: int = 1) -> dict[str, Any]:
-    """Wilcoxon signed-rank of per-case ``metric`` of A vs B, on the cases both runs scored."""
+    """Wilcoxon signed-rank of per-case ``metric`` of A vs B, on the cases both runs scored.
+
+    Cases left out are counted apart: ``only_in_a``/``only_in_b``, missing from the other
+    evaluation, and ``unscored_a``/``unscored_b``, in both but without a value of ``metric`` in
+    that run (HD95 and ASD of an empty prediction or label), which a reader must not take for
+    cases the run was never evaluated on."""
     if n_comparisons < 1:
         raise DataError(f"--n-comparisons must be >= 1, got {n_comparisons}")
-    score_a = per_case_scores(read_evaluation(a), metric)
-    score_b = per_case_scores(read_evaluation(b), metric)
-    test = wilcoxon_compare(score_a, score_b, n_comparisons)
+    eval_a, eval_b = read_evaluation(a), read_evaluation(b)
+    score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
+    cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
+    both = cases_a & cases_b
+    left_out = {"only_in_a": len(cases_a - cases_b), "only_in_b": len(cases_b - cases_a),
+                "unscored_a": len(both - set(score_a)), "unscored_b": len(both - set(score_b))}
     common = sorted(set(score_a) & set(score_b))
+    unscored = len(both) - len(common)
+    if len(common) < 2 and unscored:
+        raise DataError(f"the two runs share {len(common)} case(s) with a {metric} value and {unscored} case(s) "
+                        f"without one (an empty prediction or label); a paired test needs at least 2 — compare "
+                        "them on dice or iou")
+    test = wilcoxon_compare(score_a, score_b, n_comparisons)
     return {
         "a": str(a), "b": str(b), "metric": metric, "n_comparisons": n_comparisons,
         "mean_a": sum(score_a[c] for c in common) / len(common),
         "mean_b": sum(score_b[c] for c in common) / len(common),
-        "only_in_a": len(set(score_a) - set(score_b)), "only_in_b": len(set(score_b) - set(score_a)),
+        **left_out,
         **test,
     }
+
+
+def _case_ids(result: dict[str, Any]) -> set[str]:
+    return {case["case"] for case in result["cases"]}
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -141,4 +159,8 @@ def describe(result: dict[str, Any]) -> str:
                 if result["n_comparisons"] > 1 else "")]
     if result["only_in_a"] or result["only_in_b"]:
         lines.append(f"left out: {result['only_in_a']} case(s) only in A, {result['only_in_b']} only in B")
+    unscored_a, unscored_b = result.get("unscored_a", 0), result.get("unscored_b", 0)
+    if unscored_a or unscored_b:
+        lines.append(f"left out: {unscored_a} case(s) without a {m} value in A (an empty prediction or label), "
+                     f"{unscored_b} in B")
     return "\n".join(lines)
