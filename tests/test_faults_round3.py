@@ -88,3 +88,48 @@ def test_numbers_of_other_numeric_types_are_taken():
     from fewsam.methods.fewshot import FewShotConfig
 
     assert FewShotConfig(steps=np.int64(3), lr=1, ema=np.float32(0.5)).steps == 3
+
+
+# --- links whose target is gone -----------------------------------------------------------------
+
+def _png_folder(root: Path) -> Path:
+    """images/cN.png + masks/cN.png, 0/255 masks."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(root / "images" / f"c{i}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("gone", ["masks/c1.png", "images/c3.png"])
+def test_a_png_image_or_mask_that_is_a_broken_link_is_named_not_dropped(tmp_path, gone):
+    """Data linked in from a share that is not mounted: the image or mask was read as absent, so a
+    case silently left the dataset (or was read as unlabelled) and every score was on fewer cases."""
+    from fewsam.data import open_dataset
+    from fewsam.errors import DataError
+
+    root = _png_folder(tmp_path / "data")
+    (root / gone).unlink()
+    (root / gone).symlink_to(tmp_path / "share" / "c.png")
+    with pytest.raises(DataError, match=f"{root / gone} is a link to .*share/c.png, which does not exist"):
+        open_dataset(root).split("all")
+
+
+def test_an_nnunet_label_that_is_a_broken_link_is_named_not_taken_for_unlabelled(tmp_path):
+    from fewsam.data import open_dataset
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.errors import DataError
+
+    root = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2)
+    label = root / "labelsTr" / "phantom_001.nii.gz"
+    label.unlink()
+    label.symlink_to(tmp_path / "share" / "phantom_001.nii.gz")
+    with pytest.raises(DataError, match="phantom_001.nii.gz is a link to .*, which does not exist"):
+        open_dataset(root).load("phantom_001")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -231,6 +232,20 @@ def entries_by_case(entries: list[Entry]) -> dict[str, Entry]:
                     else f"{first.image} and {entry.image} are both")
             raise DataError(f"{what} case {entry.case_id!r}; rename or remove one of them")
     return by_case
+
+
+def is_data_file(path: Path) -> bool:
+    """Whether ``path`` is a file of the dataset to read (False when nothing is there).
+
+    A link whose target is gone (data linked in from a share that is not mounted, a folder moved) is
+    refused: taken for "no file", it would silently drop an image from the dataset, or a label from
+    its case, and every score would then be on other cases than the user's."""
+    if path.is_file():
+        return True
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path} is a link to {os.readlink(path)}, which does not exist; restore what it points "
+                        "to (mount the share?) or remove the link")
+    return False
 
 
 def check_unique(ids: list[str], source: str) -> None:

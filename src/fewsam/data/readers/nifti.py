@@ -46,7 +46,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
-                                        deterministic_split, first_line, natural_sorted, to_label_array)
+                                        deterministic_split, first_line, is_data_file, natural_sorted,
+                                        to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, prediction_ending,
                                             read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES
@@ -425,7 +426,7 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
 
 
 def _entry(image: Path, label: Path | None, case: str) -> Entry:
-    return Entry(case_id=case, image=image, label=label if label and label.is_file() else None,
+    return Entry(case_id=case, image=image, label=label if label and is_data_file(label) else None,
                  rel_path=f"{case}{prediction_ending(image.name)}", subject=case)
 
 
@@ -521,7 +522,7 @@ def label_in_folder(folder: Path, case: str) -> Path | None:
     2D folders' ``_mask``, 3D Slicer's ``.seg``...), which would otherwise leave a labelled case
     unlabelled without a word."""
     found = (folder / f"{case}{suffix}{ending}" for suffix in LABEL_SUFFIXES for ending in VOLUME_ENDINGS)
-    return next((p for p in found if p.is_file()), None)
+    return next((p for p in found if is_data_file(p)), None)
 
 
 def _say_unmatched_labels(folder: Path, entries: list[Entry]) -> None:

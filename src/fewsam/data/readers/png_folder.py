@@ -66,7 +66,7 @@ from PIL import Image, ImageOps
 
 from fewsam.data.attributes import parse_cell
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
-                                        deterministic_split, natural_key, natural_sorted,
+                                        deterministic_split, is_data_file, natural_key, natural_sorted,
                                         read_json_object)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
@@ -378,7 +378,7 @@ def _split_masks(cell: str) -> list[str]:
 
 
 def _scan(root: Path) -> list[dict[str, str]]:
-    files = natural_sorted((p for p in root.rglob("*") if is_image_name(p.name) and p.is_file()),
+    files = natural_sorted((p for p in root.rglob("*") if is_image_name(p.name) and is_data_file(p)),
                            key=lambda p: p.relative_to(root).as_posix())
     by_stem: dict[tuple[Path, str], list[Path]] = {}
     extras: dict[tuple[Path, str], list[Path]] = {}
