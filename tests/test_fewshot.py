@@ -60,6 +60,16 @@ def test_shot_prototypes_pool_each_region():
         shot_prototypes([_slice(emb, label)], [0, 1, 2])
 
 
+def test_a_class_the_labelled_slices_lack_is_named_not_given_by_its_index():
+    """With classes 1, 2 and 5 (nnU-Net labels need not be consecutive), missing LV was reported as
+    class 3, a class the dataset does not have."""
+    emb = np.ones((2, 64, 64), np.float32)
+    label = np.zeros((256, 256), np.uint8)
+    label[:64], label[64:128] = 1, 2  # indices of RV and Myo; LV (index 3, value 5) never drawn
+    with pytest.raises(DataError, match=r"no pixel of class\(es\) LV \(5\);"):
+        shot_prototypes([_slice(emb, label)], [0, 1, 2, 3], names=["background", "RV (1)", "Myo (2)", "LV (5)"])
+
+
 def test_bank_tokens_mean_and_kmeans():
     shots = [np.array([[0.0, 0.0], [2.0, 2.0]], np.float32)]
     np.testing.assert_allclose(bank_tokens(shots, 1)[0, 0], [1.0, 1.0])

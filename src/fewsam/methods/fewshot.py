@@ -127,8 +127,13 @@ class PrototypeDecoder(nn.Module):
         return hyper @ upscaled.flatten(2)
 
 
-def shot_prototypes(samples: list[EmbeddedSlice], values: list[int]) -> list[np.ndarray]:
-    """Per label value (background first), the (n_shots, 256) prototypes of the slices showing it."""
+def shot_prototypes(samples: list[EmbeddedSlice], values: list[int], names: list[str] | None = None
+                    ) -> list[np.ndarray]:
+    """Per label value (background first), the (n_shots, 256) prototypes of the slices showing it.
+
+    ``values`` are the classes' indices in the label frames; ``names`` (one per index) name a class
+    the slices lack in the error, as the user knows it: the index is not the dataset's class value
+    when those are not consecutive."""
     per_value: list[list[np.ndarray]] = [[] for _ in values]
     for s in samples:
         weights = region_weights(s.label_frame, values, grid=s.embedding.shape[-1])
@@ -136,9 +141,9 @@ def shot_prototypes(samples: list[EmbeddedSlice], values: list[int]) -> list[np.
         for i, row in enumerate(protos):
             if not np.isnan(row).any():
                 per_value[i].append(row)
-    missing = [v for v, shots in zip(values, per_value) if not shots]
+    missing = [names[i] if names else str(v) for i, (v, shots) in enumerate(zip(values, per_value)) if not shots]
     if missing:
-        raise DataError(f"the labelled slices contain no pixel of class(es) {missing}; "
+        raise DataError(f"the labelled slices contain no pixel of class(es) {', '.join(missing)}; "
                         "label more slices or use more labelled cases")
     return [np.stack(shots).astype(np.float32) for shots in per_value]
 
@@ -323,7 +328,8 @@ def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
                          views=cfg.views)
     check_labelled(samples)
     remap_label_frames(samples, ctx.values)
-    shots = shot_prototypes(samples, list(range(len(ctx.values))))
+    names = ["background", *(f"{ctx.dataset.class_map.names.get(v, 'class')} ({v})" for v in ctx.values[1:])]
+    shots = shot_prototypes(samples, list(range(len(ctx.values))), names)
     tokens = bank_tokens(shots, cfg.tokens_per_class, ctx.seed)
     atomic_torch_save({"shots": [torch.from_numpy(s) for s in shots], "tokens": tokens,
                        "values": ctx.values}, run_dir / BANK)
