@@ -56,6 +56,24 @@ def test_table_key_detection_parsing_and_errors(tmp_path):
         read_attribute_table(path, key="pid")
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_table_separated_by_semicolons_or_tabs_is_read_as_meant(tmp_path, sep):
+    """Excel saves "CSV" with semicolons where the comma is the decimal mark (most of Europe), and a
+    TSV is a table too: either was read as one column named 'case;site;bmi' and matched no case."""
+    path = tmp_path / "groups.csv"
+    path.write_text(sep.join(["case", "site", "bmi"]) + "\n" + sep.join(["p1", "Hôpital A", "27,5"]) + "\n",
+                    encoding="utf-8")
+    table = read_attribute_table(path)
+    assert table.key == "case" and table.rows == {"p1": {"site": "Hôpital A", "bmi": "27,5"}}
+
+
+def test_a_table_not_in_utf8_says_how_to_save_it(tmp_path):
+    path = tmp_path / "groups.csv"
+    path.write_bytes("case,site\np1,Hôpital A\n".encode("cp1252"))
+    with pytest.raises(DataError, match="save it as UTF-8"):
+        read_attribute_table(path)
+
+
 def test_acdc_patient_info_and_extra_csv(tmp_path):
     extra = tmp_path / "extra.csv"
     extra.write_text("patient,scanner,group\npatient002,1.5T,OVERRIDE\n")

@@ -56,10 +56,14 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         raise DataError(f"attribute table {path} not found; give an existing CSV file")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, delimiter=_separator(f.readline()))
+            f.seek(0)
             columns = list(reader.fieldnames or [])
             records = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except UnicodeDecodeError as err:
+        raise DataError(f"cannot read attribute table {path}: it is not UTF-8 ({err.reason} at byte {err.start}); "
+                        "save it as UTF-8 (Excel: CSV UTF-8)") from None
+    except (OSError, csv.Error) as err:
         raise DataError(f"cannot read attribute table {path}: {err}") from None
     key = key or _key_column(columns, path)
     if key not in columns:
@@ -74,6 +78,15 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
                             "keep one row per id")
         rows[name] = {c: parse_cell(v or "") for c, v in rec.items() if c and c != key}
     return AttributeTable(rows=rows, key=key, source=str(path))
+
+
+SEPARATORS = (",", ";", "\t")
+
+
+def _separator(header: str) -> str:
+    """The column separator the header row uses: whichever of a comma, a semicolon (what Excel writes
+    where the comma is the decimal mark) or a tab (TSV) it holds most of; the comma on a tie."""
+    return max(SEPARATORS, key=header.count)
 
 
 def _key_column(columns: list[str], path: Path) -> str:
