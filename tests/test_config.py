@@ -19,6 +19,7 @@ from fewsam.cli import app
 from fewsam.config import Config, ConfigError, FitOptions, UnlabelledPoolConfig, cli_fields, option
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.methods import REGISTRY, Method, get_method
+from fewsam.methods.fewmatch import FewMatchConfig
 from fewsam.methods.fewshot import FewShotConfig
 from fewsam.methods.prompted import PromptedConfig
 from fewsam.methods.samatch import SamMatchConfig
@@ -72,6 +73,7 @@ def test_config_json_of_a_fit_without_options_holds_the_defaults(method, tmp_pat
     (lambda: SupervisedConfig(optimizer="lion"), "--optimizer must be adamw or sgd"),
     (lambda: SamMatchConfig(refresh_every=0), "--refresh-every must be at least 1"),
     (lambda: SamMatchConfig(threshold=-0.1), "--threshold must be at least 0.0"),
+    (lambda: FewMatchConfig(threshold=1.5), "--threshold must be at most 1.0"),
     (lambda: SamMatchConfig(prompt_clicks="many"), "--prompt-clicks must be none, positive or contrast"),
     (lambda: SamMatchConfig(unlabeled_limit=0), "--unlabeled-limit must be at least 1"),
     (lambda: PromptedConfig(prompt="scribble"), "--prompt must be points or box"),

@@ -40,7 +40,8 @@ class FewMatchConfig(FewShotConfig, UnlabelledPoolConfig):
     steps: int = option(800, "Training steps (batches); the unlabelled pool keeps the decoder improving "
                         "past few-shot SAM's 400.", min=1)
     unlabeled_batch: int = option(4, "Unlabelled slices per step.", min=1)
-    threshold: float = option(0.9, "Confidence a weak-view pixel needs to supervise the strong view.", min=0.0)
+    threshold: float = option(0.9, "Confidence a weak-view pixel needs to supervise the strong view (at most 1: "
+                              "above it no pixel would be, and the fit would be few-shot SAM).", min=0.0, max=1.0)
     lambda_u: float = option(1.0, "Final weight of the unlabelled consistency loss.", min=0.0)
     warmup_steps: int = option(50, "Labelled-only steps before the consistency loss starts.", min=0)
     ramp_steps: int = option(100, "Steps over which the consistency weight ramps up to --lambda-u.", min=0)
