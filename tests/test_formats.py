@@ -391,3 +391,20 @@ def test_grey_palette_masks_are_read_as_grey_levels(tmp_path):
     ds = open_dataset(tmp_path)
     assert ds.class_map.names == {1: "foreground"}
     np.testing.assert_array_equal(ds.load("images/a").label[0], (disc() > 0).astype(np.uint8))
+
+
+def test_an_index_csv_saved_with_semicolons_is_read_as_meant(tmp_path):
+    """Excel writes ";" between columns where "," is the decimal mark; the masks of a case with two
+    lesions are then joined by "|"."""
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 0] = 255
+    second = np.zeros((4, 4), np.uint8)
+    second[3, 3] = 255
+    save(tmp_path / "a.png", np.full((4, 4), 9, np.uint8))
+    save(tmp_path / "a_m1.png", mask)
+    save(tmp_path / "a_m2.png", second)
+    (tmp_path / "index.csv").write_text("image;masks;site\na.png;a_m1.png|a_m2.png;north\n")
+    ds = open_dataset(tmp_path)
+    case = ds.load("a")
+    assert case.label[0].sum() == 2 and case.label[0, 0, 0] == 1 and case.label[0, 3, 3] == 1
+    assert case.attributes["site"] == "north"

@@ -56,7 +56,7 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         raise DataError(f"attribute table {path} not found; give an existing CSV file")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=_separator(f.readline()))
+            reader = csv.DictReader(f, delimiter=column_separator(f.readline()))
             f.seek(0)
             columns = list(reader.fieldnames or [])
             records = list(reader)
@@ -83,7 +83,7 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
 SEPARATORS = (",", ";", "\t")
 
 
-def _separator(header: str) -> str:
+def column_separator(header: str) -> str:
     """The column separator the header row uses: whichever of a comma, a semicolon (what Excel writes
     where the comma is the decimal mark) or a tab (TSV) it holds most of; the comma on a tie."""
     return max(SEPARATORS, key=header.count)
