@@ -64,7 +64,8 @@ def test_a_table_separated_by_semicolons_or_tabs_is_read_as_meant(tmp_path, sep)
     path.write_text(sep.join(["case", "site", "bmi"]) + "\n" + sep.join(["p1", "Hôpital A", "27,5"]) + "\n",
                     encoding="utf-8")
     table = read_attribute_table(path)
-    assert table.key == "case" and table.rows == {"p1": {"site": "Hôpital A", "bmi": "27,5"}}
+    bmi = 27.5 if sep == ";" else "27,5"  # a semicolon table's comma is its decimal mark; a TSV's may not be
+    assert table.key == "case" and table.rows == {"p1": {"site": "Hôpital A", "bmi": bmi}}
 
 
 def test_a_table_not_in_utf8_says_how_to_save_it(tmp_path):

@@ -403,8 +403,8 @@ def test_an_index_csv_saved_with_semicolons_is_read_as_meant(tmp_path):
     save(tmp_path / "a.png", np.full((4, 4), 9, np.uint8))
     save(tmp_path / "a_m1.png", mask)
     save(tmp_path / "a_m2.png", second)
-    (tmp_path / "index.csv").write_text("image;masks;site\na.png;a_m1.png|a_m2.png;north\n")
+    (tmp_path / "index.csv").write_text("image;masks;site;bmi\na.png;a_m1.png|a_m2.png;north;27,5\n")
     ds = open_dataset(tmp_path)
     case = ds.load("a")
     assert case.label[0].sum() == 2 and case.label[0, 0, 0] == 1 and case.label[0, 3, 3] == 1
-    assert case.attributes["site"] == "north"
+    assert case.attributes["site"] == "north" and case.attributes["bmi"] == 27.5

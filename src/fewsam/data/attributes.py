@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,16 @@ from fewsam.errors import DataError, FewsamError
 
 KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_id", "pid", "id")
 MISSING = {"", "na", "n/a", "nan", "none", "null"}
+
+
+DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
+
+
+def with_decimal_point(text: str) -> str:
+    """'27,5' -> '27.5': a table whose columns are separated by semicolons is one Excel saved where
+    the comma is the decimal mark, and its numbers would otherwise be read as text (a BMI column
+    that --bins cannot bin). Only for such tables: in a comma-separated one "1,000" is a thousand."""
+    return text.replace(",", ".") if DECIMAL_COMMA.fullmatch(text.strip()) else text
 
 
 def parse_cell(text: str) -> Any:
@@ -56,8 +67,9 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         raise DataError(f"attribute table {path} not found; give an existing CSV file")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=column_separator(f.readline()))
+            separator = column_separator(f.readline())
             f.seek(0)
+            reader = csv.DictReader(f, delimiter=separator)
             columns = list(reader.fieldnames or [])
             records = list(reader)
     except UnicodeDecodeError as err:
@@ -76,7 +88,8 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         if name in rows:
             raise DataError(f"attribute table {path} has two rows for {key}={name!r}; "
                             "keep one row per id")
-        rows[name] = {c: parse_cell(v or "") for c, v in rec.items() if c and c != key}
+        rows[name] = {c: parse_cell(with_decimal_point(v or "") if separator == ";" else v or "")
+                      for c, v in rec.items() if c and c != key}
     return AttributeTable(rows=rows, key=key, source=str(path))
 
 

@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from fewsam.data.attributes import column_separator, parse_cell
+from fewsam.data.attributes import column_separator, parse_cell, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         deterministic_split, is_data_file, natural_key, natural_sorted,
                                         read_json_object)
@@ -351,6 +351,8 @@ def _read_index(path: Path) -> list[dict[str, str]]:
             f.seek(0)
             rows = [{k.strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items() if k}
                     for r in csv.DictReader(f, delimiter=separator)]
+        if separator == ";":
+            rows = [{k: with_decimal_point(v) for k, v in row.items()} for row in rows]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read {path}: {err}") from None
     if not rows or "image" not in rows[0]:
