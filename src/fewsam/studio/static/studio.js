@@ -503,13 +503,20 @@
     return n;
   }
 
+  let fitClicks = 0;
+
   async function startFit() {
+    // A double click sends two requests; the server starts one and refuses the other, but their
+    // answers may arrive in either order: only the latest click's outcome is shown, so "fit started"
+    // never hides the refusal that came after it.
+    const click = ++fitClicks;
     const body = { steps: Number($("fit-steps").value), views: Number($("fit-views").value),
                    cases: state.caseId ? [state.caseId] : [], all_cases: $("fit-all").checked };
     const job = await api("POST", "/api/fit", { json: body });
+    showJob(job);
+    if (click !== fitClicks) return;
     const unsaved = unsavedCount();
     showMessage(`fit started` + (unsaved ? `; ${unsaved} slice(s) with unsaved edits are not part of it` : ""), "info");
-    showJob(job);
   }
 
   async function startPredict() {
