@@ -408,3 +408,18 @@ def test_an_index_csv_saved_with_semicolons_is_read_as_meant(tmp_path):
     case = ds.load("a")
     assert case.label[0].sum() == 2 and case.label[0, 0, 0] == 1 and case.label[0, 3, 3] == 1
     assert case.attributes["site"] == "north" and case.attributes["bmi"] == 27.5
+
+
+@pytest.mark.parametrize("levels, refused", [((0, 1000, 2000), True), ((0, 65535), False), ((0, 1, 2), False)])
+def test_a_16_bit_mask_whose_classes_would_merge_when_clipped_is_refused(tmp_path, levels, refused):
+    """Two values above 255 would both be read as 255: their classes would silently become one."""
+    mask = np.zeros((6, 6), np.uint16)
+    for i, value in enumerate(levels):
+        mask[i * 2:(i + 1) * 2] = value
+    save(tmp_path / "images" / "a.png", np.full((6, 6), 9, np.uint8))
+    save(tmp_path / "masks" / "a.png", mask)
+    if refused:
+        with pytest.raises(DataError, match="several values above 255 \\(1000, 2000\\)"):
+            open_dataset(tmp_path).load("images/a")
+    else:
+        assert len(np.unique(open_dataset(tmp_path).load("images/a").label)) == len(levels)

@@ -625,7 +625,8 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
 
     A palette (mode P) mask with colour entries, as VOC-style tools and labelme save them, gives
     its palette indices: the index is the class, the colour only how it is shown. Modes 1, RGB,
-    RGB and grey palettes are converted to L; 16-bit and float masks are clipped to 0-255. With an
+    RGB and grey palettes are converted to L; 16-bit and float masks are clipped to 0-255 (refused where
+    two values above 255 would merge). With an
     alpha channel (RGBA, LA), transparent pixels are background (``_transparent_mask``).
     """
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
@@ -635,9 +636,28 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
             return np.asarray(im), lossy
         if im.mode in ("RGBA", "LA"):
             return _transparent_mask(np.asarray(im.convert("RGBA")), np.asarray(im.convert("L"))), lossy
+        _refuse_merged_levels(im, path)
         return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
 
     return _decode(path, pixels)
+
+
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16-bit, 32-bit and float greyscale
+
+
+def _refuse_merged_levels(im: Image.Image, path: Path) -> None:
+    """A 16-bit or float mask is clipped to 0-255, which keeps 0/65535 (one foreground) and class
+    indices; but two values above 255 (0/1000/2000, one per class) would both become 255 and their
+    classes one, without a word."""
+    if im.mode not in WIDE_MODES:
+        return
+    values = np.unique(np.asarray(im))
+    high = values[values > 255]
+    if len(high) > 1:
+        shown = ", ".join(f"{v:g}" for v in high[:5]) + (", ..." if len(high) > 5 else "")
+        raise DataError(f"mask {path} holds several values above 255 ({shown}), which fewsam's 8-bit mask "
+                        "codings cannot tell apart; save it with one value per class from 0 to 255 "
+                        "(class indices 0, 1, 2, ..., or 0/255 for one class)")
 
 
 def _transparent_mask(rgba: np.ndarray, grey: np.ndarray) -> np.ndarray:
