@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 
 from fewsam.data.attributes import read_attribute_table
-from fewsam.data.readers.common import (Entry, IndexedDataset, Read, natural_sorted, to_image_array,
-                                        to_label_array)
+from fewsam.data.readers.common import (Entry, IndexedDataset, Read, files_ending_with, natural_sorted,
+                                        to_image_array, to_label_array)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 
@@ -49,7 +49,7 @@ class AcdcH5Dataset(IndexedDataset):
 
     def __init__(self, root: Path) -> None:
         entries = [Entry(case_id=p.stem, image=p, label=p, rel_path=p.name, subject=subject_of(p.stem))
-                   for p in natural_sorted((root / "data").glob("*.h5"), key=lambda p: p.name)]
+                   for p in natural_sorted(files_ending_with(root / "data", ".h5"), key=lambda p: p.name)]
         super().__init__(root, CLASS_MAP, entries)
         self.split_files = {s: f for s, f in LIST_SPLITS.items() if (root / f).is_file()}
         if (root / "patient_info.csv").is_file():

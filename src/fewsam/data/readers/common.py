@@ -248,6 +248,14 @@ def is_data_file(path: Path) -> bool:
     return False
 
 
+def files_ending_with(folder: Path, suffix: str) -> list[Path]:
+    """What ``folder.glob("*" + suffix)`` finds, with the suffix in any letter case: a glob matches
+    one spelling, so ``DATA_001.NPZ`` or ``SLICE.H5`` (Windows tools, scanner exports) went unseen."""
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if p.name.lower().endswith(suffix)]
+
+
 def check_unique(ids: list[str], source: str) -> None:
     """A case named twice in a split (a pasted line, or its id and its file name) would be predicted
     once but scored, trained on or compared twice, skewing means and paired tests: refused, naming it."""

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         deterministic_split, natural_sorted, to_label_array)
-from fewsam.data.readers.itk_volume import itk_message, quiet_itk
+from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
@@ -217,7 +217,7 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
     """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring)."""
     try:
         with quiet_itk():
-            label = sitk.ReadImage(str(path))
+            label = itk_reader(path).Execute()
     except RuntimeError as err:
         raise DataError(f"cannot read label {path} (truncated or not NIfTI?): {itk_message(err)}") from None
     if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() not in (2, 3):

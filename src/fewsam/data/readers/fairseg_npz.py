@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from fewsam.data.readers.common import (Entry, IndexedDataset, Read, natural_sorted, read_lines,
-                                        to_image_array)
+from fewsam.data.readers.common import (Entry, IndexedDataset, Read, files_ending_with, natural_sorted,
+                                        read_lines, to_image_array)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -52,8 +52,7 @@ MARITAL = {0: "married or partnered", 1: "single", 2: "divorced", 3: "widowed",
 
 
 def detect(root: Path) -> bool:
-    return any(root.glob("*.npz")) or any(
-        (root / d).is_dir() and any((root / d).glob("*.npz")) for d in FOLDERS)
+    return any(files_ending_with(root, ".npz")) or any(files_ending_with(root / d, ".npz") for d in FOLDERS)
 
 
 class FairSegDataset(IndexedDataset):
@@ -61,8 +60,8 @@ class FairSegDataset(IndexedDataset):
     format = "npz"
 
     def __init__(self, root: Path) -> None:
-        files = natural_sorted(root.glob("*.npz"), key=lambda p: p.name) + natural_sorted(
-            (p for d in FOLDERS if (root / d).is_dir() for p in (root / d).glob("*.npz")),
+        files = natural_sorted(files_ending_with(root, ".npz"), key=lambda p: p.name) + natural_sorted(
+            (p for d in FOLDERS for p in files_ending_with(root / d, ".npz")),
             key=lambda p: p.relative_to(root).as_posix())
         entries = [_entry(root, p) for p in files]
         if not entries:

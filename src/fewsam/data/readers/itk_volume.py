@@ -58,6 +58,22 @@ def itk_ending(name: str) -> str | None:
     return next((e for e in ITK_ENDINGS + IMAGE_2D_ENDINGS if lower.endswith(e)), None)
 
 
+# ITK picks a reader by the file name's ending in lower case only (``IMG.MHA`` is "Unable to
+# determine ImageIO reader"): fewsam names the reader itself, for any letter case.
+IMAGE_IOS = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+             ".png": "PNGImageIO", ".bmp": "BMPImageIO", ".tif": "TIFFImageIO", ".tiff": "TIFFImageIO"}
+
+
+def itk_reader(path: Path) -> sitk.ImageFileReader:
+    """A reader of ``path`` with ITK's image IO for its ending, whatever the ending's letter case."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    io = IMAGE_IOS.get(itk_ending(path.name) or "")
+    if io:
+        reader.SetImageIO(io)
+    return reader
+
+
 def prediction_ending(name: str) -> str:
     """The suffix a prediction for this image file gets: its own format, as a single file."""
     ending = itk_ending(name)
@@ -97,7 +113,7 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     check_data_file(path)
     try:
         with quiet_itk():
-            image = sitk.ReadImage(str(path))
+            image = itk_reader(path).Execute()
     except RuntimeError as err:
         raise DataError(f"cannot read {path} (truncated, or its data file missing?): {itk_message(err)}") from None
     dims = image.GetDimension()

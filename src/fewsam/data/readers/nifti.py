@@ -43,13 +43,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         deterministic_split, first_line, is_data_file, natural_sorted,
                                         to_label_array)
-from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, prediction_ending,
-                                            read_as_nifti)
+from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
+                                            prediction_ending, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
@@ -126,13 +125,20 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
 
 
+def volume_ending(name: str) -> str | None:
+    """The ending of a volume file name, in lower case whatever the name's letter case (scanner
+    exports and Windows tools write ``CASE.NII.GZ``, ``IMG.MHA``), or None for other files."""
+    lower = name.lower()
+    return next((e for e in NIFTI_ENDINGS if lower.endswith(e)), None) or itk_ending(name)
+
+
 def _nifti_files(folder: Path, ending: str = "") -> list[Path]:
     """The volumes in ``folder``; 2D images (``.png``...) only where ``ending`` names them."""
     if not folder.is_dir():
         return []
 
     def wanted(name: str) -> bool:
-        found = next((e for e in NIFTI_ENDINGS if name.endswith(e)), None) or itk_ending(name)
+        found = volume_ending(name)
         return bool(found) and (found not in IMAGE_2D_ENDINGS or found == ending) and not name.startswith(".")
 
     return natural_sorted((p for p in folder.iterdir() if wanted(p.name)), key=lambda p: p.name)
@@ -140,8 +146,20 @@ def _nifti_files(folder: Path, ending: str = "") -> list[Path]:
 
 def case_name(path: Path | str) -> str:
     name = Path(path).name
-    ending = next((e for e in NIFTI_ENDINGS if name.endswith(e)), None) or itk_ending(name)
+    ending = volume_ending(name)
     return name[: -len(ending)] if ending else name
+
+
+def files_by_name(folder: Path, ending: str = "") -> dict[str, Path]:
+    """The volume files in ``folder`` (as ``_nifti_files`` finds them) keyed by their name with the
+    ending in lower case (``A.NII.GZ`` as ``A.nii.gz``), so a label is found whatever the letter
+    case of its ending; a name spelled in lower case wins over another spelling of it."""
+    found: dict[str, Path] = {}
+    for path in _nifti_files(folder, ending):
+        key = case_name(path) + (volume_ending(path.name) or "")
+        if key not in found or path.name == key:
+            found[key] = path
+    return found
 
 
 def _load(path: Path) -> Any:
@@ -160,7 +178,7 @@ def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
         image = _by_content(path)
         if image is None:
             raise DataError(f"cannot read NIfTI {path} (truncated or not NIfTI?): {first_line(err)}") from None
-    say_once(f"{path}: its name says {'gzip' if path.name.endswith('.gz') else 'no'} compression and its "
+    say_once(f"{path}: its name says {'gzip' if path.name.lower().endswith('.gz') else 'no'} compression and its "
              "content differs (a renamed file); it is read by its content", key="nifti-misnamed")
     return image, None
 
@@ -189,8 +207,7 @@ def _by_content(path: Path) -> Any:
 def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
     """Voxel counts and sizes along x, y, z from the file's header alone (no voxels read)."""
     if itk_ending(path.name) and path.is_file():
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
+        reader = itk_reader(path)
         try:
             reader.ReadImageInformation()
         except RuntimeError:
@@ -432,6 +449,7 @@ def _entry(image: Path, label: Path | None, case: str) -> Entry:
 
 def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[str]]:
     ending = spec.get("file_ending", ".nii.gz")
+    ending = ending.lower() if isinstance(ending, str) else ending  # files are matched in any letter case
     if ending not in VOLUME_ENDINGS + IMAGE_2D_ENDINGS:
         raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not one fewsam reads "
                         f"({', '.join(VOLUME_ENDINGS + IMAGE_2D_ENDINGS)}); convert the images to .nii.gz")
@@ -441,7 +459,8 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         test_cases = [(_listed_image(root, image), case_name(image))
                       for image, _ in _listed(spec, "test", root / "dataset.json")]
     else:
-        entries = [_entry(p, root / "labelsTr" / f"{c}{ending}", c)
+        labels = files_by_name(root / "labelsTr", ending)
+        entries = [_entry(p, labels.get(f"{c}{ending}", root / "labelsTr" / f"{c}{ending}"), c)
                    for p, c in _channel0(root / "imagesTr", ending)]
         test_cases = _channel0(root / "imagesTs", ending)
     _say_unlabelled_training(root, entries)
@@ -497,15 +516,16 @@ def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
 
 def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
     """(path, case) of each case's first channel: '<case>_0000.nii.gz', else '<case>.nii.gz'."""
-    files = [p for p in _nifti_files(folder, ending) if p.name.endswith(ending)]
+    files = [p for p in _nifti_files(folder, ending) if not ending or volume_ending(p.name) == ending]
     v2 = [(p, case_name(p)[:-5]) for p in files if case_name(p).endswith("_0000")]
     return v2 or [(p, case_name(p)) for p in files]
 
 
 def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
     entries, test_ids = [], []
+    labels = files_by_name(root / "labels")
     for path, case in _channel0(root / "images"):
-        entry = _entry(path, label_in_folder(root / "labels", case), case)
+        entry = _entry(path, label_in_folder(root / "labels", case, labels), case)
         entries.append(entry)
         if entry.label is None:
             test_ids.append(case)
@@ -516,13 +536,17 @@ def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
 LABEL_SUFFIXES = (*MASK_STEM_SUFFIXES, ".seg")  # .seg: 3D Slicer's <volume>.seg.nrrd
 
 
-def label_in_folder(folder: Path, case: str) -> Path | None:
-    """The label of ``case`` in a plain ``labels/`` folder: ``<case>.nii.gz`` (any volume ending), or
-    the case name plus a suffix releases and converters add (BraTS' ``_seg``, ACDC's ``_gt``, the
-    2D folders' ``_mask``, 3D Slicer's ``.seg``...), which would otherwise leave a labelled case
-    unlabelled without a word."""
-    found = (folder / f"{case}{suffix}{ending}" for suffix in LABEL_SUFFIXES for ending in VOLUME_ENDINGS)
-    return next((p for p in found if is_data_file(p)), None)
+def label_in_folder(folder: Path, case: str, names: dict[str, Path] | None = None) -> Path | None:
+    """The label of ``case`` in a plain ``labels/`` folder: ``<case>.nii.gz`` (any volume ending, in
+    any letter case), or the case name plus a suffix releases and converters add (BraTS' ``_seg``,
+    ACDC's ``_gt``, the 2D folders' ``_mask``, 3D Slicer's ``.seg``...), which would otherwise leave
+    a labelled case unlabelled without a word. ``names``: ``files_by_name(folder)``, when the caller
+    has it (listed once for all cases)."""
+    where, stem = (folder / case).parent, Path(case).name
+    if names is None or where != folder:
+        names = files_by_name(where)
+    found = (names.get(f"{stem}{suffix}{ending}") for suffix in LABEL_SUFFIXES for ending in VOLUME_ENDINGS)
+    return next((p for p in found if p is not None and is_data_file(p)), None)
 
 
 def _say_unmatched_labels(folder: Path, entries: list[Entry]) -> None:

@@ -1,0 +1,103 @@
+"""The data a user brings, in its less usual spellings and contents: file endings in upper case
+(``CASE.NII.GZ``, ``IMG.MHA``, ``DATA.NPZ``), embedding-cache entries that cannot be read or
+replaced, and the images, labels and folders that ``info``, ``embed``, ``fit``, ``predict`` and
+``evaluate`` must either read as they are or refuse in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import write_h5
+from fewsam.data import open_dataset, read_prediction, write_prediction
+
+AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 0.9, 0.0, -5.0], [0.0, 0.0, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def volume(seed: int = 0, shape=(8, 9, 4)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape).astype(np.float32), rng.integers(0, 3, size=shape).astype(np.uint8)
+
+
+def save_nifti(array: np.ndarray, path: Path, affine: np.ndarray = AFFINE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def save_itk(array_xyz: np.ndarray, path: Path) -> None:
+    """``array_xyz`` through SimpleITK under ``path``'s name, written with the lower-case ending ITK
+    needs and then renamed as the user's tool named it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lower = path.with_name("written" + "".join(path.suffixes).lower())
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0))), str(lower))
+    os.replace(lower, path)
+
+
+# ---------------------------------------------------------------- endings in upper case
+
+
+@pytest.mark.parametrize("image_name, label_name", [("A.NII.GZ", "A.NII.GZ"), ("A.NII", "A.nii.gz"),
+                                                     ("A.nii.gz", "A_seg.Nii.Gz"), ("A.MHA", "A.NRRD")])
+def test_plain_volumes_with_endings_in_upper_case_are_read_with_their_labels(tmp_path, image_name, label_name):
+    """Scanner exports and Windows tools write CASE.NII.GZ; such a folder was "no known data layout"
+    (and an .MHA image, once found, "Unable to determine ImageIO reader")."""
+    image, label = volume()
+    for array, path in ((image, tmp_path / "images" / image_name), (label, tmp_path / "labels" / label_name)):
+        (save_itk if path.suffix.lower() in (".mha", ".nrrd") else save_nifti)(array, path)
+    ds = open_dataset(tmp_path)
+    assert list(ds.entries) == ["A"] and ds.has_any_label()
+    case = ds.load("A")
+    np.testing.assert_array_equal(case.label, label.transpose(2, 1, 0))
+    written = write_prediction(case, case.label, tmp_path / "pred")
+    assert written.name == ("A.mha" if image_name.endswith("MHA") else "A.nii.gz")
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+def test_an_nnunet_dataset_with_endings_in_upper_case_is_read(tmp_path):
+    image, label = volume()
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2},
+                                                       "channel_names": {"0": "MR"}, "file_ending": ".NII.GZ"}))
+    for case in ("c1", "c2"):
+        save_nifti(image, tmp_path / "imagesTr" / f"{case}_0000.NII.GZ")
+        save_nifti(label, tmp_path / "labelsTr" / f"{case}.NII.GZ")
+    ds = open_dataset(tmp_path)
+    assert list(ds.entries) == ["c1", "c2"] and all(ds.has_label(c) for c in ds.entries)
+    np.testing.assert_array_equal(ds.load("c2").label, label.transpose(2, 1, 0))
+
+
+def test_a_dicom_series_in_upper_case_with_its_label_in_upper_case(tmp_path):
+    from test_dicom import arrays, write_label, write_series
+
+    image, label = arrays(0, shape=(3, 6, 5))
+    reference = write_series(tmp_path / "images" / "case1", image)
+    for path in (tmp_path / "images" / "case1").iterdir():
+        path.rename(path.with_name(path.stem.upper() + ".DCM"))
+    write_label(tmp_path / "labels" / "case1.mha", label, reference)
+    (tmp_path / "labels" / "case1.mha").rename(tmp_path / "labels" / "case1.MHA")
+    ds = open_dataset(tmp_path)
+    assert ds.has_label("case1")
+    np.testing.assert_array_equal(ds.load("case1").label, label)
+
+
+def test_fairseg_and_acdc_files_with_endings_in_upper_case_are_found(tmp_path):
+    rng = np.random.default_rng(0)
+    fair = tmp_path / "fair"
+    fair.mkdir()
+    with open(fair / "DATA_001.NPZ", "wb") as f:  # a path would get ".npz" added
+        np.savez(f, slo_fundus=rng.random((16, 16)).astype(np.float32),
+                 disc_cup_mask=np.zeros((16, 16), np.int8), race=0, gender=0, hispanic=0, language=0,
+                 maritalstatus=0)
+    assert list(open_dataset(fair).entries) == ["DATA_001"]
+    acdc = tmp_path / "acdc"
+    (acdc / "data").mkdir(parents=True)
+    write_h5(acdc / "data" / "patient001_frame01_slice_0.H5", rng.random((16, 16)), np.zeros((16, 16)))
+    (acdc / "train_slices.list").write_text("patient001_frame01_slice_0\n")
+    ds = open_dataset(acdc)
+    assert ds.split("train") == ["patient001_frame01_slice_0"]
+    assert ds.load("patient001_frame01_slice_0").image.shape == (1, 16, 16)
