@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -14,8 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import write_h5
+from conftest import FakeSam, write_h5
+from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam.errors import CacheError
 
 AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 0.9, 0.0, -5.0], [0.0, 0.0, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
 
@@ -101,3 +104,62 @@ def test_fairseg_and_acdc_files_with_endings_in_upper_case_are_found(tmp_path):
     ds = open_dataset(acdc)
     assert ds.split("train") == ["patient001_frame01_slice_0"]
     assert ds.load("patient001_frame01_slice_0").image.shape == (1, 16, 16)
+
+
+# ---------------------------------------------------------------- cache entries that cannot be read or replaced
+
+
+def _image() -> np.ndarray:
+    return np.random.default_rng(0).random((20, 24)).astype(np.float32)
+
+
+def test_a_folder_in_place_of_a_cache_entry_is_recomputed_and_said(tmp_path, caplog):
+    """It was an IsADirectoryError traceback from the cache's clean-up of what it took for a bad entry."""
+    import logging
+
+    from fewsam import progress
+
+    progress._said.clear()
+    sam, image = FakeSam(), _image()
+    cache = EmbeddingCache(tmp_path, sam)
+    cache.path_for(cache.key(image)).mkdir(parents=True)
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        got = cache.embed([image])
+    assert got[0].array.shape == (4, 8, 8) and sam.encode_calls == 1
+    assert "cannot store the embedding cache entry" in caplog.text and "Is a directory" in caplog.text
+
+
+def test_a_file_in_place_of_a_cache_shard_folder_is_worked_around(tmp_path):
+    sam, image = FakeSam(), _image()
+    cache = EmbeddingCache(tmp_path, sam)
+    shard = cache.path_for(cache.key(image)).parent
+    shard.write_text("not a folder")
+    assert cache.embed([image])[0].array.shape == (4, 8, 8)
+    assert shard.read_text() == "not a folder"
+
+
+def test_an_entry_of_a_shared_cache_that_cannot_be_read_or_removed_is_recomputed(tmp_path, monkeypatch):
+    """An entry another user's umask left unreadable, in a shard folder of theirs: it was a
+    PermissionError traceback from removing it; now a miss, encoded again and used."""
+    from pathlib import Path as PathType
+
+    sam, image = FakeSam(), _image()
+    cache = EmbeddingCache(tmp_path, sam)
+    cache.embed([image])
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "load", refused)
+    monkeypatch.setattr(PathType, "unlink", refused)
+    monkeypatch.setattr("fewsam.cache.atomic_write", refused)
+    assert cache.embed([image])[0].array.shape == (4, 8, 8) and sam.encode_calls == 2
+
+
+def test_a_cache_model_folder_that_is_a_file_is_one_error(tmp_path):
+    sam = FakeSam()
+    folder = EmbeddingCache(tmp_path, sam).dir
+    shutil.rmtree(folder)
+    folder.write_text("x")
+    with pytest.raises(CacheError, match="is a file, not a folder"):
+        EmbeddingCache(tmp_path, sam)

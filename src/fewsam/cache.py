@@ -110,6 +110,8 @@ class EmbeddingCache:
                     "Use another --cache folder."
                 )
             return
+        if self.dir.exists() and not self.dir.is_dir():
+            raise CacheError(f"cache folder {self.dir} is a file, not a folder; remove it or use another --cache")
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(manifest, json.dumps(self.signature, indent=2).encode())
 
@@ -135,7 +137,7 @@ class EmbeddingCache:
             return None
         entry = _read_entry(path)
         if entry is None:
-            path.unlink(missing_ok=True)
+            _discard(path)
             return None
         meta, array = entry
         if meta.get("signature") != self.signature or meta.get("key") != key:
@@ -162,6 +164,10 @@ class EmbeddingCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda fh: np.savez(fh, embedding=array, meta=meta_bytes))
+        except ENTRY_BLOCKED as err:  # a folder or an unwritable shard where the entry goes
+            say_once(f"cannot store the embedding cache entry {path} ({err.strerror}: {err.filename}); such "
+                     "embeddings are used but not kept; remove what is in the way or give another --cache",
+                     key=f"cache-blocked-{self.dir}")
         except OSError as err:
             if not is_disk_full(err):
                 raise
@@ -201,6 +207,20 @@ class EmbeddingCache:
         return [Embedding(out[i], infos[i]) for i in range(len(infos))]
 
 
+# What stops one entry from being written while the cache as a whole works: a folder where the entry
+# or its shard folder goes (IsADirectory, FileExists, NotADirectory), or a shard another user owns.
+ENTRY_BLOCKED = (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError)
+
+
+def _discard(path: Path) -> None:
+    """Remove an unreadable entry so it is recomputed; what cannot be removed (a folder in its place,
+    a shard folder not ours to change) is left, and ``put`` then says it cannot be replaced."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def _read_entry(path: Path) -> tuple[dict, np.ndarray] | None:
     """(meta, embedding) of a verified entry, or None when the file is truncated or corrupt."""
     try:
@@ -208,6 +228,8 @@ def _read_entry(path: Path) -> tuple[dict, np.ndarray] | None:
             meta = json.loads(data["meta"].tobytes().decode())
             array = data["embedding"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # OSError: also a folder in the entry's place, or a file we may not read
+    if not isinstance(meta, dict):
         return None
     if hashlib.sha256(array.tobytes()).hexdigest() != meta.get("sha256"):
         return None
