@@ -163,3 +163,40 @@ def test_a_cache_model_folder_that_is_a_file_is_one_error(tmp_path):
     folder.write_text("x")
     with pytest.raises(CacheError, match="is a file, not a folder"):
         EmbeddingCache(tmp_path, sam)
+
+
+# ---------------------------------------------------------------- large 2D images
+
+
+def _image_folder(root: Path, size: int) -> Path:
+    from PIL import Image
+
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(np.eye(size, dtype=np.uint8) * 255).save(root / folder / "a.png")
+    return root
+
+
+def test_a_large_2d_image_reads_without_a_warning_of_an_attack(tmp_path, monkeypatch):
+    """Pillow warns of a "decompression bomb DOS attack" on stderr above its pixel limit; the file
+    is the user's own scan, read as it is (the limit shrunk here so the image stays small)."""
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    ds = open_dataset(_image_folder(tmp_path, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        case = ds.load("images/a")
+    assert case.image.shape == (1, 12, 12) and case.label.sum() == 12
+
+
+def test_an_image_beyond_what_pillow_decodes_is_named_as_too_large_not_damaged(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fewsam.errors import DataError
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match="has more than 200 pixels, more than Pillow decodes; downsample it"):
+        open_dataset(_image_folder(tmp_path, 16)).load("images/a")

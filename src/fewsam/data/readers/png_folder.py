@@ -56,6 +56,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path, PurePosixPath
@@ -532,11 +533,17 @@ def _decode(path: Path, convert: Any) -> Any:
     if not path.is_file():
         raise DataError(f"file {path} not found; restore it or fix the dataset index")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return convert(im)
+        with warnings.catch_warnings():
+            # the user's own large scan, not an attack: Pillow's warning on stderr would say otherwise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return convert(im)
     except DataError:
         raise
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: the image has more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, more than "
+                        "Pillow decodes; downsample it (SAM sees at most 1024 pixels a side)") from None
     except Exception as err:  # noqa: BLE001 - see docstring
         raise DataError(f"cannot read {path} (truncated or not an image?): "
                         f"{type(err).__name__}: {err}") from None
