@@ -200,3 +200,19 @@ def test_an_image_beyond_what_pillow_decodes_is_named_as_too_large_not_damaged(t
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(DataError, match="has more than 200 pixels, more than Pillow decodes; downsample it"):
         open_dataset(_image_folder(tmp_path, 16)).load("images/a")
+
+
+# ---------------------------------------------------------------- names in other scripts
+
+
+@pytest.mark.parametrize("ending", [".mhd", ".nhdr"])
+def test_a_header_whose_voxel_file_has_a_non_ascii_name_is_read(tmp_path, ending):
+    """The header names its voxel file in UTF-8 ("Fall ö.raw"); read as Latin-1, that name was a
+    file that does not exist, and the volume was refused as having lost its voxel file."""
+    image, _ = volume()
+    folder = tmp_path / "Daten mit Lücken" / "images"
+    folder.mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(image.transpose(2, 1, 0))),
+                    str(folder / f"Fall ö 数据{ending}"))
+    case = open_dataset(folder.parent).load("Fall ö 数据")
+    np.testing.assert_allclose(case.image, image.transpose(2, 1, 0))

@@ -93,7 +93,7 @@ def check_data_file(path: Path) -> None:
         return
     try:
         with path.open("rb") as f:
-            header = f.read(65536).decode("latin-1")
+            header = f.read(65536).decode("utf-8", errors="surrogateescape")  # a path as the file system spells it
     except OSError:
         return  # ITK's read names the problem
     for line in header.splitlines():
