@@ -216,3 +216,24 @@ def test_a_header_whose_voxel_file_has_a_non_ascii_name_is_read(tmp_path, ending
                     str(folder / f"Fall ö 数据{ending}"))
     case = open_dataset(folder.parent).load("Fall ö 数据")
     np.testing.assert_allclose(case.image, image.transpose(2, 1, 0))
+
+
+# ---------------------------------------------------------------- tiny images
+
+
+@pytest.mark.parametrize("view", range(8))
+def test_every_turned_view_of_a_one_pixel_strip_is_embedded(tmp_path, view):
+    """A 1 x N image (a strip) turned by a quarter for the views few-shot SAM trains on kept a
+    backwards step on its axis of length 1, and ``fewsam fit`` ended in torch's "negative strides"
+    traceback."""
+    from fewsam.data.types import Case
+    from fewsam.embedded import CaseSlices, undo_dihedral
+
+    label = np.zeros((1, 1, 20), np.uint8)
+    label[0, 0, :7] = 1
+    case = Case("strip", np.linspace(0, 1, 20, dtype=np.float32).reshape(1, 1, 20), label, "png", "strip.png")
+    turned = CaseSlices(case, EmbeddingCache(tmp_path, FakeSam())).view(view)[0]
+    assert turned.label_frame is not None and int((turned.label_frame == 1).sum()) == 7
+    back = undo_dihedral(turned.label[None], view)
+    np.testing.assert_array_equal(back, label)
+    assert min(back.strides) >= 0

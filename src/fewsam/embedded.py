@@ -67,7 +67,7 @@ def dihedral(array: np.ndarray, view: int) -> np.ndarray:
     """
     if view >= 4:
         array = np.swapaxes(array, 1, 2)
-    return np.ascontiguousarray(np.rot90(array, view % 4, axes=(1, 2)))
+    return _plain_strides(np.rot90(array, view % 4, axes=(1, 2)))
 
 
 def undo_dihedral(array: np.ndarray, view: int) -> np.ndarray:
@@ -75,7 +75,15 @@ def undo_dihedral(array: np.ndarray, view: int) -> np.ndarray:
     out = np.rot90(array, -(view % 4), axes=(1, 2))
     if view >= 4:
         out = np.swapaxes(out, 1, 2)
-    return np.ascontiguousarray(out)
+    return _plain_strides(out)
+
+
+def _plain_strides(array: np.ndarray) -> np.ndarray:
+    """``array`` C-contiguous with no negative stride. ``np.ascontiguousarray`` keeps a turned view
+    whose axis of length 1 steps backwards (a 1-pixel strip rotated by ``np.rot90``), which
+    ``torch.from_numpy`` refuses; such a view is copied."""
+    array = np.ascontiguousarray(array)
+    return array if min(array.strides, default=0) >= 0 else array.copy()
 
 
 MIRROR_VIEWS = (0, 7, 5, 2)
