@@ -237,3 +237,24 @@ def test_every_turned_view_of_a_one_pixel_strip_is_embedded(tmp_path, view):
     back = undo_dihedral(turned.label[None], view)
     np.testing.assert_array_equal(back, label)
     assert min(back.strides) >= 0
+
+
+# ---------------------------------------------------------------- files macOS leaves beside the data
+
+APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(200)
+
+
+def test_macos_metadata_files_beside_npz_and_h5_files_are_not_cases(tmp_path):
+    """``._data_001.npz`` (macOS metadata, copied along to a USB drive or into a zip) was read as a
+    case: FairSeg's default splits, and ACDC's 'all', ended in "cannot read ... ._data_001.npz"."""
+    from conftest import write_tiny_acdc
+
+    fair = tmp_path / "fair"
+    fair.mkdir()
+    np.savez(fair / "data_001.npz", slo_fundus=np.ones((16, 16), np.float32),
+             disc_cup_mask=np.zeros((16, 16), np.int8), race=0, gender=0, hispanic=0, language=0, maritalstatus=0)
+    (fair / "._data_001.npz").write_bytes(APPLE_DOUBLE)
+    acdc = write_tiny_acdc(tmp_path / "acdc", ["patient010_frame01"])
+    (acdc / "data" / "._patient010_frame01.h5").write_bytes(APPLE_DOUBLE)
+    assert list(open_dataset(fair).entries) == ["data_001"]
+    assert "._patient010_frame01" not in open_dataset(acdc).split("all")

@@ -249,11 +249,13 @@ def is_data_file(path: Path) -> bool:
 
 
 def files_ending_with(folder: Path, suffix: str) -> list[Path]:
-    """What ``folder.glob("*" + suffix)`` finds, with the suffix in any letter case: a glob matches
-    one spelling, so ``DATA_001.NPZ`` or ``SLICE.H5`` (Windows tools, scanner exports) went unseen."""
+    """The files in ``folder`` whose name ends with ``suffix`` in any letter case (a glob matches one
+    spelling, so ``DATA_001.NPZ`` or ``SLICE.H5`` from Windows tools went unseen), hidden ones left
+    out as the other readers leave them: macOS puts a ``._data_001.npz`` of metadata beside each file
+    it copies to a USB drive or zips, and read as a case it ended the command."""
     if not folder.is_dir():
         return []
-    return [p for p in folder.iterdir() if p.name.lower().endswith(suffix)]
+    return [p for p in folder.iterdir() if p.name.lower().endswith(suffix) and not p.name.startswith(".")]
 
 
 def check_unique(ids: list[str], source: str) -> None:
