@@ -165,7 +165,7 @@ class EmbeddingCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda fh: np.savez(fh, embedding=array, meta=meta_bytes))
         except ENTRY_BLOCKED as err:  # a folder or an unwritable shard where the entry goes
-            say_once(f"cannot store the embedding cache entry {path} ({err.strerror}: {err.filename}); such "
+            say_once(f"cannot store the embedding cache entry {path} ({err.strerror}); such "
                      "embeddings are used but not kept; remove what is in the way or give another --cache",
                      key=f"cache-blocked-{self.dir}")
         except OSError as err:
