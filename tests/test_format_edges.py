@@ -347,3 +347,38 @@ def test_a_multi_page_tiff_is_read_as_its_first_page_and_said(tmp_path, caplog, 
         case = open_dataset(tmp_path).load("images/a")
     assert case.image.shape == (1, 6, 7) and (case.image == 10).all()
     assert any("a.tif holds 3 pages (a stack)" in r.getMessage() for r in caplog.records)
+
+
+def _plain_nifti_folder(root: Path, cases: int) -> Path:
+    for i in range(cases):
+        image, label = volume(i)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "images" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labels" / f"c{i}.nii.gz")
+    return root
+
+
+def test_a_val_list_in_the_data_folder_is_the_val_split_and_stays_out_of_train(tmp_path):
+    """The SSL4MIS convention: a user's val.list names the validation cases. The computed split
+    would have validated on other cases and put these in the labelled budget."""
+    root = _plain_nifti_folder(tmp_path / "data", 6)
+    (root / "val.list").write_text("c0\nc3\n")
+    dataset = open_dataset(root)
+    assert dataset.split("val") == ["c0", "c3"]
+    assert dataset.split("train") == ["c1", "c2", "c4", "c5"]
+
+
+def test_train_and_val_lists_both_name_their_splits(tmp_path):
+    root = _plain_nifti_folder(tmp_path / "data", 6)
+    (root / "val.txt").write_text("c5\n")
+    (root / "train.list").write_text("c2\nc1\n")
+    dataset = open_dataset(root)
+    assert (dataset.split("train"), dataset.split("val")) == (["c2", "c1"], ["c5"])
+
+
+def test_a_val_list_naming_a_case_the_folder_lacks_is_one_error(tmp_path):
+    root = _plain_nifti_folder(tmp_path / "data", 3)
+    (root / "val.list").write_text("c9\n")
+    with pytest.raises(DataError, match="c9"):
+        open_dataset(root)

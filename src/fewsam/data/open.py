@@ -56,6 +56,8 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
                             f"give the dataset's root: --data {parent}")
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
+    if isinstance(dataset, IndexedDataset):
+        dataset.adopt_list_splits()
     dataset.settle_unlabelled()
     if attributes_csv is not None:
         _join(dataset, attributes_csv)

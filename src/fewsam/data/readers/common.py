@@ -103,6 +103,26 @@ class IndexedDataset:
                             f"use one of: {', '.join(self.split_names())}")
         return list(ids)
 
+    def adopt_list_splits(self) -> None:
+        """A ``train`` / ``val`` list file in root (``val.list`` or ``val.txt``, as SSL4MIS-style
+        datasets ship them) names that split instead of the one fewsam would compute: ignored, the
+        user's validation cases could land in the labelled budget and the selection run on others.
+        With a val list and no train list, train is every other case of the computed split, so that
+        no validation case is trained on. Splits the data names otherwise (a split column,
+        ``splits_final.json``) are not computed and stay as they are."""
+        listed = {name: path for name in self.computed_splits if (path := list_file_in(self.root, name))}
+        if not listed:
+            return
+        pool = natural_sorted(cid for name in self.computed_splits for cid in self.splits.get(name, []))
+        for name, path in listed.items():
+            self.splits[name] = self._read_list_file(path.name)
+        if "val" in listed and "train" not in listed and "train" in self.computed_splits:
+            held = set(self.splits["val"])
+            self.splits["train"] = [cid for cid in pool if cid not in held]
+        self.computed_splits = tuple(n for n in self.computed_splits if n not in listed)
+        say_once(f"{self.root}: split(s) {', '.join(listed)} read from "
+                 f"{', '.join(p.name for p in listed.values())}", key=f"list-splits-{self.root}")
+
     def split_names(self) -> list[str]:
         """Named splits of this dataset (list files in root can be used as well)."""
         return [*(s for s in self.splits if self.splits[s]), *self.split_files, "all"]
@@ -324,6 +344,11 @@ def check_label_values(label: np.ndarray, class_map: ClassMap, path: Path,
     if bad:
         raise DataError(f"label values {bad} in {path} are not in the class map "
                         f"{class_map.to_json()}; {advice}")
+
+
+def list_file_in(root: Path, split: str) -> Path | None:
+    """``root/<split>.list`` or ``root/<split>.txt``, the first that exists."""
+    return next((p for p in (root / f"{split}.list", root / f"{split}.txt") if p.is_file()), None)
 
 
 def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
