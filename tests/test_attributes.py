@@ -68,11 +68,23 @@ def test_a_table_separated_by_semicolons_or_tabs_is_read_as_meant(tmp_path, sep)
     assert table.key == "case" and table.rows == {"p1": {"site": "Hôpital A", "bmi": bmi}}
 
 
-def test_a_table_not_in_utf8_says_how_to_save_it(tmp_path):
+@pytest.mark.parametrize("encoding", ["cp1252", "utf-16", "utf-8-sig"])
+def test_a_table_saved_by_excel_in_its_encodings_is_read(tmp_path, encoding):
+    """Excel's "CSV" on Windows is Windows-1252 and its "Unicode Text" UTF-16 with tabs: both were
+    refused as not UTF-8, though the user's file is fine."""
     path = tmp_path / "groups.csv"
-    path.write_bytes("case,site\np1,Hôpital A\n".encode("cp1252"))
-    with pytest.raises(DataError, match="save it as UTF-8"):
-        read_attribute_table(path)
+    sep = "\t" if encoding == "utf-16" else ","
+    path.write_bytes(f"case{sep}site\r\np1{sep}Hôpital A\r\n".encode(encoding))
+    assert read_attribute_table(path).rows == {"p1": {"site": "Hôpital A"}}
+
+
+def test_a_list_file_saved_as_utf16_or_cp1252_names_its_cases(tmp_path):
+    from fewsam.data.readers.common import read_lines
+
+    for encoding in ("utf-16", "cp1252"):
+        path = tmp_path / f"val_{encoding}.list"
+        path.write_bytes("# Kliniken Zürich\r\npatient001\r\npatient002\r\n".encode(encoding))
+        assert read_lines(path) == ["patient001", "patient002"]
 
 
 def test_acdc_patient_info_and_extra_csv(tmp_path):

@@ -9,7 +9,9 @@ float, else kept as text; empty cells and NA/NaN/None are missing (``None``).
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import math
 import re
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fewsam.errors import DataError, FewsamError
+from fewsam.progress import say_once
 
 KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_id", "pid", "id")
 MISSING = {"", "na", "n/a", "nan", "none", "null"}
@@ -66,15 +69,9 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
     if not path.is_file():
         raise DataError(f"attribute table {path} not found; give an existing CSV file")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            separator = column_separator(f.readline())
-            f.seek(0)
-            reader = csv.DictReader(f, delimiter=separator)
-            columns = list(reader.fieldnames or [])
-            records = list(reader)
-    except UnicodeDecodeError as err:
-        raise DataError(f"cannot read attribute table {path}: it is not UTF-8 ({err.reason} at byte {err.start}); "
-                        "save it as UTF-8 (Excel: CSV UTF-8)") from None
+        separator, reader = user_csv_rows(path)
+        columns = list(reader.fieldnames or [])
+        records = list(reader)
     except (OSError, csv.Error) as err:
         raise DataError(f"cannot read attribute table {path}: {err}") from None
     key = key or _key_column(columns, path)
@@ -94,6 +91,33 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
 
 
 SEPARATORS = (",", ";", "\t")
+UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def user_text(path: Path) -> str:
+    """The text of a list or table a user saved, in the encodings spreadsheets and editors write:
+    UTF-8 (with or without the byte-order mark), UTF-16 with its mark (Excel's "Unicode Text", and
+    PowerShell's default), else Windows-1252 (Excel's plain "CSV" on Windows), which is said once,
+    as its accented letters could be meant otherwise. OSError is the caller's to report."""
+    data = path.read_bytes()
+    if data.startswith(UTF16_MARKS):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as err:
+            raise DataError(f"cannot read {path}: damaged UTF-16 text ({err.reason} at byte {err.start})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        say_once(f"{path} is not UTF-8; read as Windows-1252 (Excel's CSV); save it as UTF-8 if its accents "
+                 "come out wrong", key=f"cp1252-{path}")
+        return data.decode("cp1252", errors="replace")
+
+
+def user_csv_rows(path: Path) -> tuple[str, csv.DictReader]:
+    """(separator, rows) of a CSV / TSV a user saved (``user_text``, ``column_separator``)."""
+    text = user_text(path)
+    separator = column_separator(text.split("\n", 1)[0])
+    return separator, csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
 
 
 def column_separator(header: str) -> str:

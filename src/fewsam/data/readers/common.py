@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fewsam.data.attributes import AttributeTable
+from fewsam.data.attributes import AttributeTable, user_text
 from fewsam.data.types import Case, ClassMap, Format, SliceRef
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -367,11 +367,11 @@ def first_line(err: Exception) -> str:
 
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines of a text file, without comment lines (``#`` first, as users annotate
-    lists by hand); a corrupt file becomes a DataError. UTF-8 with or without the byte-order mark
-    Windows editors put first (it would stick to the first case id)."""
+    lists by hand); an unreadable file becomes a DataError. Any encoding ``user_text`` reads: a
+    byte-order mark would otherwise stick to the first case id."""
     try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
-    except (OSError, UnicodeDecodeError) as err:
+        lines = [ln.strip() for ln in user_text(path).splitlines()]
+    except OSError as err:
         raise DataError(f"cannot read list file {path}: {err}") from None
     return [ln for ln in lines if ln and not ln.startswith("#")]
 

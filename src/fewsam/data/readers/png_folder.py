@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from fewsam.data.attributes import column_separator, parse_cell, with_decimal_point
+from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         deterministic_split, is_data_file, natural_key, natural_sorted,
                                         read_json_object)
@@ -347,14 +347,12 @@ def _index_rows(root: Path) -> list[dict[str, str]]:
 
 def _read_index(path: Path) -> list[dict[str, str]]:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            separator = column_separator(f.readline())  # Excel writes ";" where "," is the decimal mark
-            f.seek(0)
-            rows = [{k.strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items() if k}
-                    for r in csv.DictReader(f, delimiter=separator)]
+        separator, reader = user_csv_rows(path)  # Excel writes ";" where "," is the decimal mark
+        rows = [{k.strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items() if k}
+                for r in reader]
         if separator == ";":
             rows = [{k: with_decimal_point(v) for k, v in row.items()} for row in rows]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except (OSError, csv.Error) as err:
         raise DataError(f"cannot read {path}: {err}") from None
     if not rows or "image" not in rows[0]:
         raise DataError(f"{path} needs a header with an 'image' column (and 'mask' or 'masks') "
