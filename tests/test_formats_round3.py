@@ -113,6 +113,17 @@ def test_an_uncompressed_nifti_prediction_is_read_where_a_compressed_one_is_expe
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "fewsam"), case.label)
 
 
+@pytest.mark.parametrize("stored", ["p1.NII.GZ", "p1.NII"])
+def test_a_prediction_whose_ending_another_tool_wrote_in_upper_case_is_read(tmp_path, stored):
+    image, label = volume()
+    save(image, tmp_path / "data" / "images" / "p1.nii.gz")
+    save(label, tmp_path / "data" / "labels" / "p1.nii.gz")
+    case = open_dataset(tmp_path / "data").load("p1")
+    save(label, tmp_path / "other" / stored.lower())
+    (tmp_path / "other" / stored.lower()).rename(tmp_path / "other" / stored)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "other"), case.label)
+
+
 # ---------------------------------------------------------------- 2D masks of class indices
 
 

@@ -97,14 +97,22 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
 
 
 def _as_found(path: Path) -> Path:
-    """A NIfTI prediction as another tool may have named it: ``<case>.nii`` for ``<case>.nii.gz``
-    or the other way round (nnU-Net writes its dataset's ``file_ending``, so ``.nii`` for a
-    ``.nii`` dataset); ``path`` itself when it exists or neither does."""
+    """A prediction as another tool may have named it: ``<case>.nii`` for ``<case>.nii.gz`` or the
+    other way round (nnU-Net writes its dataset's ``file_ending``, so ``.nii`` for a ``.nii``
+    dataset), and its ending in any letter case (``<case>.NII.GZ``, ``<case>.PNG`` from Windows
+    tools); ``path`` itself when it exists or none of these does."""
+    if path.is_file():
+        return path
     name = path.name
     other = name[:-3] if name.endswith(".nii.gz") else name + ".gz" if name.endswith(".nii") else None
-    if path.is_file() or other is None or not path.with_name(other).is_file():
+    if other is not None and path.with_name(other).is_file():
+        return path.with_name(other)
+    wanted = {n.lower() for n in (name, other) if n}
+    try:
+        found = sorted(p for p in path.parent.iterdir() if p.name.lower() in wanted and p.is_file())
+    except OSError:
         return path
-    return path.with_name(other)
+    return found[0] if found else path
 
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
