@@ -106,6 +106,29 @@ def test_fairseg_and_acdc_files_with_endings_in_upper_case_are_found(tmp_path):
     assert ds.load("patient001_frame01_slice_0").image.shape == (1, 16, 16)
 
 
+@pytest.mark.parametrize("layout", ["beside", "folders"])
+def test_png_masks_named_with_a_suffix_in_upper_case_are_matched_to_their_images(tmp_path, layout):
+    """x_MASK.PNG beside x.png (or masks/x_MASK.png for images/x.PNG) was taken for an image of its
+    own and x left unlabelled."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = Image.fromarray(rng.integers(0, 255, (12, 10), dtype=np.uint8))
+        mask = Image.fromarray(((rng.random((12, 10)) > 0.5) * 255).astype(np.uint8))
+        if layout == "beside":
+            image.save(tmp_path / f"x{i}.png")
+            mask.save(tmp_path / f"x{i}_MASK.PNG")
+        else:
+            (tmp_path / "images").mkdir(exist_ok=True)
+            (tmp_path / "masks").mkdir(exist_ok=True)
+            image.save(tmp_path / "images" / f"x{i}.PNG")
+            mask.save(tmp_path / "masks" / f"x{i}_Mask.png")
+    dataset = open_dataset(tmp_path)
+    assert len(dataset.split("all")) == 3
+    assert all(dataset.has_label(c) for c in dataset.split("all"))
+
+
 # ---------------------------------------------------------------- cache entries that cannot be read or replaced
 
 

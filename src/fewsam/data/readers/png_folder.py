@@ -385,26 +385,28 @@ def _scan(root: Path) -> list[dict[str, str]]:
                            key=lambda p: p.relative_to(root).as_posix())
     by_stem: dict[tuple[Path, str], list[Path]] = {}
     extras: dict[tuple[Path, str], list[Path]] = {}
-    for p in files:
-        by_stem.setdefault((p.parent, p.stem), []).append(p)
-        if "_mask_" in p.stem:
-            extras.setdefault((p.parent, p.stem[: p.stem.rindex("_mask_")]), []).append(p)
+    for p in files:  # stems in lower case: Windows tools write x_MASK.PNG beside x.png
+        stem = p.stem.lower()
+        by_stem.setdefault((p.parent, stem), []).append(p)
+        if "_mask_" in stem:
+            extras.setdefault((p.parent, stem[: stem.rindex("_mask_")]), []).append(p)
     mask_dirs = _mask_dirs(root, files)
     rows = []
     for image in files:
         folders = image.relative_to(root).parts[:-1]
-        if "_mask" in image.stem or _deepest(folders, MASK_DIRS) is not None:
+        stem = image.stem.lower()
+        if "_mask" in stem or _deepest(folders, MASK_DIRS) is not None:
             continue
         top = _deepest(folders, IMAGE_DIRS)
         if top is not None:
             images_dir, below = root.joinpath(*folders[: top + 1]), folders[top + 1:]
-            found = (by_stem.get((d.joinpath(*below), image.stem + suffix))
+            found = (by_stem.get((d.joinpath(*below), stem + suffix))
                      for d in mask_dirs.get(images_dir.parent, []) for suffix in MASK_STEM_SUFFIXES)
             masks = [_same_suffix_first(m, image) for m in found if m][:1]
         else:
-            first = by_stem.get((image.parent, f"{image.stem}_mask"))
+            first = by_stem.get((image.parent, f"{stem}_mask"))
             masks = ([_same_suffix_first(first, image)] if first else []) + \
-                extras.get((image.parent, image.stem), [])
+                extras.get((image.parent, stem), [])
         rows.append({"image": image.relative_to(root).as_posix(),
                      "masks": ";".join(m.relative_to(root).as_posix() for m in masks)})
     return rows
