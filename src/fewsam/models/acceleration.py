@@ -69,25 +69,22 @@ def resolve_acceleration(requested: str, device: str = "cpu", flags: frozenset[s
     if device.startswith("cuda"):
         return _cuda_path(requested, device, cuda_bf16)
     if not device.startswith("cpu"):
-        return _chosen(REFERENCE, f"decoder and student in fp32, eager: --precision {requested} applies to CPUs "
-                                  f"and CUDA GPUs, not {device}")
+        return _chosen(REFERENCE, f"--precision {requested} applies to CPUs and CUDA GPUs, not {device}")
     if requested == "bf16-openvino":
         require_bf16(flags)
-        return _chosen(BF16_AUTOCAST, "decoder and student under bf16 autocast")
+        return _chosen(BF16_AUTOCAST, "--precision bf16-openvino")
     if requested in ("auto", "mixed-openvino") and has_bf16(flags):
-        return _chosen(BF16_STUDENT, "U-Net student under bf16 autocast, channels-last (this CPU has bf16 "
-                                     "instructions); the decoder in fp32")
-    return _chosen(FP32_FAST, "decoder and U-Net student in fp32; the student's convolutions channels-last")
+        return _chosen(BF16_STUDENT, "this CPU has bf16 instructions; the prompt decoder gains too little from them")
+    return _chosen(FP32_FAST, "this CPU has no bf16 instructions" if requested == "auto" else f"--precision {requested}")
 
 
 def _cuda_path(requested: str, device: str, cuda_bf16: bool | None) -> Acceleration:
     if requested != "auto":
-        return _chosen(REFERENCE, f"decoder and student in fp32 on {device}: --precision {requested} names a CPU "
-                                  "path (auto gives bf16 autocast on GPUs that support it)")
+        return _chosen(REFERENCE, f"on {device}: --precision {requested} names a CPU path (auto gives bf16 autocast "
+                                  "on GPUs that support it)")
     if not (_cuda_supports_bf16() if cuda_bf16 is None else cuda_bf16):
-        return _chosen(REFERENCE, f"decoder and student in fp32: {device} has no bf16 support")
-    return _chosen(CUDA_BF16, f"decoder and student under bf16 autocast on {device} (--precision fp32 for the "
-                              "fp32 reference)")
+        return _chosen(REFERENCE, f"{device} has no bf16 support")
+    return _chosen(CUDA_BF16, f"on {device}; --precision fp32 for the fp32 reference")
 
 
 def _cuda_supports_bf16() -> bool:
@@ -106,18 +103,27 @@ def acceleration_of_run(config: dict[str, Any], device: str = "cpu", flags: froz
     if not device.startswith("cpu"):
         return REFERENCE
     if recorded.autocast is not None and not has_bf16(flags):
-        return _chosen(FP32_FAST, "this run trained under bf16 autocast, but this CPU has no bf16 instructions: "
-                                  "predicting in fp32")
+        say_once("this run trained under bf16 autocast, but this CPU has no bf16 instructions: predicting in fp32")
+        return _chosen(FP32_FAST, "this run trained under bf16 autocast, but this CPU has no bf16 instructions")
     return recorded
 
 
-def _chosen(acceleration: Acceleration, message: str) -> Acceleration:
-    say_once(message)
-    return replace(acceleration, reason=message)
+def _chosen(acceleration: Acceleration, why: str) -> Acceleration:
+    """``acceleration`` with the reason it was chosen, said by ``prepare_student`` / ``prepare_decoder``
+    for the modules a method really has (few-shot SAM has no U-Net student to speak of)."""
+    return replace(acceleration, reason=why)
+
+
+def _say_path(module: str, how: str, acceleration: Acceleration) -> None:
+    why = f" ({acceleration.reason})" if acceleration.reason else ""
+    say_once(f"{module} {how}{why}", key=f"acceleration-{module}")
 
 
 def prepare_student(module: nn.Module, acceleration: Acceleration) -> nn.Module:
     """The U-Net student (in place) for training on ``acceleration``'s path; the reference is untouched."""
+    how = ("under bf16 autocast" if acceleration.autocast is not None else "in fp32") + \
+        (", channels-last" if acceleration.channels_last else "")
+    _say_path("U-Net student", how, acceleration)
     if acceleration.channels_last:
         module.to(memory_format=torch.channels_last)
         module.register_forward_pre_hook(_channels_last_input)
@@ -129,6 +135,8 @@ def prepare_student(module: nn.Module, acceleration: Acceleration) -> nn.Module:
 def prepare_decoder(module: nn.Module, acceleration: Acceleration) -> nn.Module:
     """The prompt decoder (in place): only autocast applies (channels-last measured slower on its
     transposed convolutions), and only on paths that choose it for the decoder too."""
+    autocast = acceleration.autocast is not None and acceleration.decoder_autocast
+    _say_path("prompt decoder", "under bf16 autocast" if autocast else "in fp32", acceleration)
     if acceleration.autocast is not None and acceleration.decoder_autocast:
         _autocast_forward(module, acceleration.autocast, acceleration.device_type)
     if hasattr(module, "pixels_last"):  # a decoder that can keep its features' layout (fewshot.PrototypeDecoder)
