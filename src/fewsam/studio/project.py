@@ -41,6 +41,7 @@ from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
 from fewsam.data.writers import prediction_path
+from fewsam.errors import DataError
 from fewsam.studio.errors import BadLabel, Conflict, NotFound, StudioError
 
 STATE = "labelled.json"
@@ -146,6 +147,7 @@ class Project:
         self._export_lock = threading.Lock()  # one export at a time: each replaces PROJECT/export whole
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._slices: dict[str, int] = {}
+        self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
         self._labelled = self._read_state()
 
     # --- the dataset -------------------------------------------------------------------------
@@ -217,6 +219,7 @@ class Project:
         if recorded != self.data:
             raise StudioError(f"--project {self.folder} holds labels of {recorded}, not of {self.data}; "
                               "give another --project for this dataset")
+        self._absent = {c: sorted(zs) for c, zs in slices.items() if c not in self.dataset.entries and zs}
         slices = {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
         for case_id, zs in slices.items():
             self._check_recorded_slices(path, case_id, zs)
@@ -232,9 +235,12 @@ class Project:
                               f"to {n - 1}; restore the file, or give another --project")
 
     def _write_state(self) -> None:
+        """PROJECT/labelled.json. The records of cases the dataset no longer holds (moved away, or left
+        out of its split list for now) are written back unchanged: their label files are still in the
+        project, and the slices are labelled again when the cases return, not forgotten at the first save."""
+        kept = {**self._absent, **{c: sorted(zs) for c, zs in self._labelled.items() if zs}}
         state = {"data": str(self.data), "classes": self.class_map.to_json(),
-                 "slices": {c: sorted(zs) for c, zs in sorted(self._labelled.items(), key=lambda i: natural_key(i[0]))
-                            if zs}}
+                 "slices": dict(sorted(kept.items(), key=lambda i: natural_key(i[0])))}
         atomic_write_bytes(self.folder / STATE, json.dumps(state, indent=1).encode())
 
     def labelled(self) -> dict[str, list[int]]:
@@ -247,11 +253,33 @@ class Project:
             return z in self._labelled.get(case_id, set())
 
     def label_volume(self, case: Case) -> np.ndarray:
-        """The studio's (D, H, W) labels of a case; zeros where nothing was saved."""
+        """The studio's (D, H, W) labels of a case; zeros where nothing was saved. A label file that
+        cannot be read (truncated, edited by hand) is named as the studio's labels, with what to do:
+        the reader's own words call it a prediction."""
         shape = tuple(case.image.shape[:3])
-        if not prediction_path(case, self.labels_dir).is_file():
+        path = prediction_path(case, self.labels_dir)
+        if not path.is_file():
             return np.zeros(shape, np.uint8)
-        return read_prediction(case, self.labels_dir, self.class_map)
+        try:
+            volume = read_prediction(case, self.labels_dir, self.class_map)
+        except DataError as err:
+            raise StudioError(f"the studio's labels of case {case.case_id} cannot be read: {err}; restore that "
+                              "file from a backup, or move it away and label this case again") from None
+        if volume.shape != shape:
+            raise StudioError(f"the studio's labels of case {case.case_id} ({path}) are {volume.shape} (slices, "
+                              f"height, width) but the case is {shape}; was its image replaced? Restore it, or "
+                              "move the labels away and label this case again")
+        return volume
+
+    def check_label_file(self, case: Case, saving: int | None = None) -> None:
+        """Refuse to use a case whose slices are marked labelled (other than ``saving``, the one being
+        saved) while its label file is gone (deleted or moved by hand): read as zeros, those slices
+        would be fitted and exported as background, or zeroed in the file the next save writes."""
+        marked = sorted(self._labelled.get(case.case_id, set()) - {saving})
+        path = prediction_path(case, self.labels_dir)
+        if marked and not path.is_file():
+            raise StudioError(f"slice(s) {marked} of {case.case_id} are marked labelled but the studio's label "
+                              f"file {path} is missing; restore it, or unmark those slices")
 
     def check_label(self, raw: bytes, case_id: str, z: int, height: int, width: int) -> np.ndarray:
         """An uploaded slice label (H*W uint8 bytes, row-major) as (H, W), or a BadLabel that says why."""
@@ -270,11 +298,20 @@ class Project:
             raise BadLabel(f"label values {bad} are not classes of this dataset ({known})")
         return label
 
+    def labelled_volume(self, case_id: str) -> np.ndarray:
+        """The labels of a case with labelled slices, for a fit or an export: never zeros in place of
+        a label file that went missing (``check_label_file``)."""
+        case = self.load_case(case_id)
+        with self.lock:
+            self.check_label_file(case)
+            return self.label_volume(case)
+
     def save_slice(self, case_id: str, z: int, label: np.ndarray) -> None:
         """Write a checked slice label into the case's label file, then mark the slice labelled."""
         self.check_slice(case_id, z)
         case = self.load_case(case_id)
         with self.lock:
+            self.check_label_file(case, saving=z)
             volume = self.label_volume(case)
             if label.shape != volume.shape[1:]:  # a prediction file from another fit or tool
                 raise StudioError(f"a label of shape {label.shape} does not fit slice {z} of {case_id} "
@@ -374,8 +411,7 @@ class Project:
             labelled = self.labelled()
             if not labelled:
                 raise StudioError("no slice is labelled yet; paint each class on a slice and save it, then fit")
-            slices = [(case_id, z, self.label_volume(self.load_case(case_id))[z])
-                      for case_id, zs in labelled.items() for z in zs]
+            slices = [(case_id, z, self.labelled_volume(case_id)[z]) for case_id, zs in labelled.items() for z in zs]
         missing = set(self.class_map.labels) - {int(v) for _, _, lab in slices for v in np.unique(lab)}
         if missing:
             names = ", ".join(self.class_map.names[v] for v in sorted(missing))
@@ -410,7 +446,7 @@ class Project:
         for case_id, zs in labelled.items():
             case = self.load_case(case_id)
             with self.lock:
-                volume = self.label_volume(case)
+                volume = self.labelled_volume(case_id)
             keep = np.zeros(volume.shape[0], bool)
             keep[zs] = True
             volume[~keep] = 0

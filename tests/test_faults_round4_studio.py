@@ -1,0 +1,101 @@
+"""Mistakes and damage around ``fewsam studio``, the Ray and torchrun scale-out and the reporting
+commands, each answered in one line (or a 4xx answer) without losing or overwriting the user's work:
+
+- studio: a project whose label file went missing or was truncated, a labelled case the dataset no
+  longer holds, a start refused for its port (nothing written), a port the user may not open;
+- Ray: a ``--ray`` address where nothing listens, or that is not an address, refused in seconds;
+- the command line: messages and output print the user's text as written (no emoji codes);
+- report: the distance unit of HD95 / ASD as a reader expects it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error, main_raising
+from fewsam.data.phantom import write_phantom_dataset
+from fewsam.errors import FewsamError
+from fewsam.studio.errors import StudioError
+from fewsam.studio.project import STATE, Project
+from test_studio_api import CASE, SLEEPER, data, make_client, painted, put, python  # noqa: F401  (data: fixture)
+
+OTHER = "phantom_001"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- studio: the project folder damaged by hand ------------------------------------------------
+
+
+def test_a_missing_label_file_is_never_exported_or_fitted_as_background(data, tmp_path):
+    """Slices marked labelled whose label file was deleted read as zeros: export and fit would hand on
+    background as the user's labels, and a save of another slice would zero them in the new file."""
+    with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
+        assert put(client, painted(), z=0).status_code == 200
+        assert put(client, painted(), z=1).status_code == 200
+        next((tmp_path / "project" / "labels").iterdir()).unlink()
+        for answer in (client.post("/api/export"), client.post("/api/fit", json={"steps": 5}),
+                       put(client, painted(), z=2)):
+            assert answer.status_code == 400, answer.text
+            assert "[0, 1] of phantom_000 are marked labelled" in answer.json()["detail"]
+            assert "missing; restore it, or unmark those slices" in answer.json()["detail"]
+        assert not (tmp_path / "project" / "export").exists()
+        assert not list((tmp_path / "project").glob("fits/fit-*")) and client.get("/api/job").json()["state"] == "idle"
+        assert not any((tmp_path / "project" / "labels").iterdir())
+        assert client.delete("/api/label", params={"case": CASE, "z": 1}).status_code == 200
+        assert put(client, painted(), z=0).status_code == 200  # relabelling the last marked slice is fine
+        assert client.post("/api/export").status_code == 200
+
+
+def test_a_truncated_label_file_is_named_as_the_studios_labels(data, tmp_path):
+    with make_client(data, tmp_path / "project") as client:
+        assert put(client, painted()).status_code == 200
+        path = next((tmp_path / "project" / "labels").iterdir())
+        path.write_bytes(path.read_bytes()[:100])
+        answer = client.get("/api/slice", params={"case": CASE, "z": 0})
+    assert answer.status_code == 400
+    detail = answer.json()["detail"]
+    assert detail.startswith(f"the studio's labels of case {CASE} cannot be read: ") and str(path) in detail
+    assert "move it away and label this case again" in detail
+
+
+def test_labels_of_a_case_the_data_no_longer_holds_survive_the_next_save(tmp_path):
+    """A labelled case moved out of the dataset for a while: its label file stays in the project, and
+    labelled.json must keep naming its slices, or they come back unlabelled."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=0, slices=3, seed=0)
+    project = Project(data, tmp_path / "project")
+    project.save_slice(CASE, 0, painted())
+    project.save_slice(OTHER, 2, painted())
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    moved = sorted(data.rglob(f"{OTHER}*"))
+    for path in moved:
+        path.rename(aside / path.name)
+    splits = json.loads((data / "splits_final.json").read_text())
+    (data / "splits_final.json").write_text(json.dumps([{k: [c for c in v if c != OTHER] for k, v in fold.items()}
+                                                        for fold in splits]))
+
+    without = Project(data, tmp_path / "project")
+    assert OTHER not in without.labelled()
+    without.save_slice(CASE, 1, painted())
+    assert json.loads((tmp_path / "project" / STATE).read_text())["slices"] == {CASE: [0, 1], OTHER: [2]}
+
+    for path in moved:
+        (aside / path.name).rename(path)
+    (data / "splits_final.json").write_text(json.dumps(splits))
+    assert Project(data, tmp_path / "project").labelled() == {CASE: [0, 1], OTHER: [2]}
+
