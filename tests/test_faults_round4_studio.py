@@ -99,3 +99,33 @@ def test_labels_of_a_case_the_data_no_longer_holds_survive_the_next_save(tmp_pat
     (data / "splits_final.json").write_text(json.dumps(splits))
     assert Project(data, tmp_path / "project").labelled() == {CASE: [0, 1], OTHER: [2]}
 
+
+# --- studio: the start -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("demo", [False, True])
+def test_a_start_refused_for_its_port_writes_nothing(data, tmp_path, demo):
+    from fewsam.studio.server import run_studio
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(StudioError, match="pass another --port"):
+            run_studio(None if demo else data, tmp_path / "project", port=taken.getsockname()[1], demo=demo,
+                       cache=str(tmp_path / "cache"), echo=lambda line: None)
+    assert not (tmp_path / "project").exists()
+
+
+def test_a_port_this_user_may_not_open_is_not_taken_for_a_running_studio(monkeypatch):
+    from fewsam.studio import server
+
+    class Refusing(socket.socket):
+        def bind(self, address):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(server.socket, "socket", Refusing)
+    with pytest.raises(StudioError) as refused:
+        server.check_port("127.0.0.1", 80)
+    assert "may not open port 80" in str(refused.value) and "already running" not in str(refused.value)
+
+
