@@ -129,3 +129,64 @@ def test_a_port_this_user_may_not_open_is_not_taken_for_a_running_studio(monkeyp
     assert "may not open port 80" in str(refused.value) and "already running" not in str(refused.value)
 
 
+# --- Ray: an address where no cluster is ---------------------------------------------------------
+
+
+def test_ray_init_is_not_reached_for_an_address_where_nothing_listens(monkeypatch):
+    """ray.init retries such an address for minutes, printing warnings; the connection is tried first."""
+    from fewsam.distributed import ray_jobs
+
+    class Cluster:
+        calls: list[dict] = []
+
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @classmethod
+        def init(cls, **kwargs):
+            cls.calls.append(kwargs)
+            raise ConnectionError("Failed to connect to Ray cluster")
+
+    monkeypatch.setattr(ray_jobs, "import_ray", lambda: Cluster)
+    port = closed_port()
+    started = time.monotonic()
+    with pytest.raises(FewsamError) as refused:
+        with ray_jobs.ray_cluster(f"127.0.0.1:{port}"):
+            pass
+    assert time.monotonic() - started < 6 and Cluster.calls == []
+    assert str(refused.value).startswith(f"--ray 127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port} "
+                                         "(Connection refused); start one with `ray start --head")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "head-node:abc", "head-node:99999", "ray://head-node",
+                                     "head-node:6379/x"])
+def test_a_ray_address_that_is_not_one_is_refused(address):
+    from fewsam.distributed.ray_jobs import cluster_endpoint
+
+    with pytest.raises(FewsamError, match="is not a cluster address; give auto, local or the cluster's HOST:PORT"):
+        cluster_endpoint(address)
+
+
+@pytest.mark.parametrize("address, endpoint", [("auto", None), ("local", None), ("10.0.0.5:6379", ("10.0.0.5", 6379)),
+                                               ("ray://head:10001", ("head", 10001)), ("[::1]:6379", ("::1", 6379))])
+def test_cluster_addresses_name_their_endpoint(address, endpoint):
+    from fewsam.distributed.ray_jobs import cluster_endpoint
+
+    assert cluster_endpoint(address) == endpoint
+
+
+def test_the_command_refuses_a_dead_ray_address_in_seconds(tmp_path):
+    write_phantom_dataset(tmp_path / "data", n_train=1, n_val=0, slices=1)
+    port = closed_port()
+    command = [sys.executable, "-m", "fewsam", "embed", "--data", str(tmp_path / "data"), "--cache",
+               str(tmp_path / "cache"), "--ray", f"127.0.0.1:{port}"]
+    env = {**os.environ, "FEWSAM_NO_REEXEC": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fewsam embed --ray with nothing at the address was still waiting after 60 s")
+    assert_one_line_error(result, f"no Ray cluster answers at 127.0.0.1:{port} (Connection refused)")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npz"))
+
+
