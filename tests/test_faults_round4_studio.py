@@ -190,3 +190,16 @@ def test_the_command_refuses_a_dead_ray_address_in_seconds(tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npz"))
 
 
+# --- the command line prints the user's text as written ------------------------------------------
+
+
+def test_error_lines_and_output_keep_emoji_codes_as_text(monkeypatch, capsys):
+    """rich turns ":ok:" into an emoji: a path or a --ray address holding one was misprinted."""
+    from fewsam import cli
+
+    code, lines = main_raising(monkeypatch, capsys, FewsamError("data folder /scans/a:ok:b does not exist"))
+    assert code == 2 and lines == ["error: data folder /scans/a:ok:b does not exist"]
+    cli.out.print('{"cache": "/scans/x:cd:y"}')
+    assert capsys.readouterr().out == '{"cache": "/scans/x:cd:y"}\n'
+
+

@@ -35,9 +35,10 @@ _STARTED = time.perf_counter()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Label-efficient and fair Segment Anything for medical images.")
 # Results carry the user's paths, class and group names: printed as they are (no rich markup, so
-# "[/b]" in a path is text, not a tag) and unwrapped, so a piped line (embed's JSON) stays one line.
-out = Console(markup=False, soft_wrap=True)
-err = Console(stderr=True)
+# "[/b]" in a path is text, not a tag; no emoji codes, so ":ok:" in a path or a --ray address is
+# not printed as an emoji) and unwrapped, so a piped line (embed's JSON) stays one line.
+out = Console(markup=False, emoji=False, soft_wrap=True)
+err = Console(stderr=True, emoji=False)
 
 
 def print_error(message: str) -> None:
