@@ -203,3 +203,18 @@ def test_error_lines_and_output_keep_emoji_codes_as_text(monkeypatch, capsys):
     assert capsys.readouterr().out == '{"cache": "/scans/x:cd:y"}\n'
 
 
+# --- report ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit, says", [("mm", "distances in mm)"), ("pixel", "distances in pixels)"),
+                                        ("mixed", "distances in mm or pixels")])
+def test_the_report_names_the_distance_unit_as_written(tmp_path, unit, says):
+    from fewsam.metrics import group_summary
+    from fewsam.report import write_group_report
+
+    cases = [{"case": f"c{i}", "group": "F" if i % 2 else "M",
+              "per_class": {"LV": {"dice": 0.5 + 0.1 * i, "iou": 0.4, "hd95": 2.0, "asd": 1.0}}} for i in range(4)]
+    result = {**group_summary(cases, n_boot=20), "group_by": "sex", "distance_unit": unit}
+    (tmp_path / "e.json").write_text(json.dumps(result))
+    md = write_group_report([tmp_path / "e.json"], tmp_path / "rep")["markdown"].read_text()
+    assert says in md and "mms" not in md and "pixels" + "s" not in md and "mixeds" not in md

@@ -143,10 +143,20 @@ def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
         rows.append(["all cases", r["n_cases"], _num(r["mean"]["dice"]), _ci((r.get("overall_ci95") or {}).get("dice")),
                      _num(r["mean"]["iou"]), _ci((r.get("overall_ci95") or {}).get("iou")),
                      _num(r["mean"]["hd95"], 2), _num(r["mean"]["asd"], 2)])
-        blocks += [("h3", f"{name}: groups (distances in {r.get('distance_unit', 'pixel')}s)"), ("table", (header, rows))]
+        blocks += [("h3", f"{name}: groups (distances in {distance_units(r.get('distance_unit'))})"),
+                   ("table", (header, rows))]
     if len(runs) > 1:
         blocks += _difference_table(runs, groups)
     return blocks
+
+
+DISTANCE_UNITS = {"mm": "mm", "pixel": "pixels", "mixed": "mm or pixels (cases with and without spacing)"}
+
+
+def distance_units(unit: str | None) -> str:
+    """How HD95 and ASD are measured, as the report says it: an evaluation records "mm", "pixel" or
+    "mixed", which an appended "s" turned into "mms" and "mixeds"."""
+    return DISTANCE_UNITS.get(unit or "pixel", str(unit))
 
 
 def _difference_table(runs: list[tuple[str, dict]], groups: list[str]) -> list[tuple]:
