@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, main_raising
@@ -26,7 +27,7 @@ from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import FewsamError
 from fewsam.studio.errors import StudioError
 from fewsam.studio.project import STATE, Project
-from test_studio_api import CASE, SLEEPER, data, make_client, painted, put, python  # noqa: F401  (data: fixture)
+from test_studio_api import CASE, H, SLEEPER, W, data, decode, make_client, painted, put, python  # noqa: F401  (data: fixture)
 
 OTHER = "phantom_001"
 
@@ -218,3 +219,34 @@ def test_the_report_names_the_distance_unit_as_written(tmp_path, unit, says):
     (tmp_path / "e.json").write_text(json.dumps(result))
     md = write_group_report([tmp_path / "e.json"], tmp_path / "rep")["markdown"].read_text()
     assert says in md and "mms" not in md and "pixels" + "s" not in md and "mixeds" not in md
+
+
+# --- studio: two tabs on one slice --------------------------------------------------------------
+
+
+def put_on(client, label: np.ndarray, base: str | None = None):
+    """PUT a label of slice 0 of CASE, as the page does, painted on revision ``base``."""
+    params = {"case": CASE, "z": 0, "h": H, "w": W, **({} if base is None else {"base": base})}
+    return client.put("/api/label", params=params, content=label.tobytes(),
+                      headers={"Content-Type": "application/octet-stream"})
+
+
+def test_a_save_from_a_tab_that_loaded_the_slice_before_another_tab_saved_it_is_refused(data, tmp_path):
+    """Two tabs open one slice; the first saves. The second's save, painted on the older version, would
+    silently replace the first's work: it is refused with 409 until the user saves again on purpose."""
+    with make_client(data, tmp_path / "project") as client:
+        first_tab = second_tab = client.get("/api/slice", params={"case": CASE, "z": 0}).json()["revision"]
+        mine, theirs = painted((1, 2, 3)), painted((3, 2, 1))
+        saved = put_on(client, mine, first_tab)
+        assert saved.status_code == 200
+        refused = put_on(client, theirs, second_tab)
+        assert refused.status_code == 409
+        assert "saved in another tab or window after this one loaded it" in refused.json()["detail"]
+        shown = client.get("/api/slice", params={"case": CASE, "z": 0}).json()
+        assert shown["revision"] == saved.json()["revision"] != first_tab
+        assert np.array_equal(decode(shown["label"], "u1", (H, W)), mine)  # the first tab's work is kept
+        assert client.delete("/api/label", params={"case": CASE, "z": 0}).status_code == 200
+        assert client.get("/api/slice", params={"case": CASE, "z": 0}).json()["revision"] == shown["revision"]
+        again = put_on(client, theirs, shown["revision"])  # saved again, knowingly
+        assert again.status_code == 200 and again.json()["revision"] != shown["revision"]
+        assert put_on(client, mine).status_code == 200  # without a base (a script): saved as before

@@ -102,6 +102,14 @@ def case_key(case_id: str) -> str:
     return hashlib.sha256(case_id.encode()).hexdigest()[:20]
 
 
+def slice_revision(label: np.ndarray) -> str:
+    """A short fingerprint of a slice's saved label pixels. The page sends back the one it loaded with
+    its save, so that a save from a second tab or window, painted on a version that another save has
+    since replaced, is refused instead of silently replacing that work. (Marking and unmarking leave
+    the pixels, and so the revision, as they are: they lose nothing.)"""
+    return hashlib.sha256(np.ascontiguousarray(label, np.uint8).tobytes()).hexdigest()[:16]
+
+
 def is_run_record(record: object) -> bool:
     """Whether PROJECT/latest_run.json names a fit the studio can use: ``fit`` a plain folder name (it
     becomes part of a path under PROJECT/predictions) and ``run`` a path, both strings."""
@@ -306,13 +314,27 @@ class Project:
             self.check_label_file(case)
             return self.label_volume(case)
 
-    def save_slice(self, case_id: str, z: int, label: np.ndarray) -> None:
-        """Write a checked slice label into the case's label file, then mark the slice labelled."""
+    def saved_slice(self, case_id: str, z: int) -> tuple[np.ndarray, bool, str]:
+        """(label, labelled, revision) of a slice as saved now, read together under the lock."""
+        self.check_slice(case_id, z)
+        case = self.load_case(case_id)
+        with self.lock:
+            label, labelled = self.label_volume(case)[z], self.is_labelled(case_id, z)
+        return label, labelled, slice_revision(label)
+
+    def save_slice(self, case_id: str, z: int, label: np.ndarray, base: str | None = None) -> str:
+        """Write a checked slice label into the case's label file, then mark the slice labelled; returns
+        the slice's new revision. ``base``, the revision the label was painted on (None: not checked),
+        must still be the saved one: else another tab saved this slice since, and Conflict says so."""
         self.check_slice(case_id, z)
         case = self.load_case(case_id)
         with self.lock:
             self.check_label_file(case, saving=z)
             volume = self.label_volume(case)
+            if base is not None and slice_revision(volume[z]) != base:
+                raise Conflict(f"slice {z} of {case_id} was saved in another tab or window after this one loaded "
+                               "it; your edits are not saved: save again to replace that version with yours, or "
+                               "open the slice again to see it")
             if label.shape != volume.shape[1:]:  # a prediction file from another fit or tool
                 raise StudioError(f"a label of shape {label.shape} does not fit slice {z} of {case_id} "
                                   f"{volume.shape[1:]}; predict this case again")
@@ -320,6 +342,7 @@ class Project:
             write_prediction(case, volume, self.labels_dir)
             self._labelled.setdefault(case_id, set()).add(z)
             self._write_state()
+        return slice_revision(label)
 
     def unmark(self, case_id: str, z: int) -> None:
         """Take a slice out of the labelled set (its pixels stay in the label file, unused)."""
@@ -504,4 +527,4 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 __all__ = ["Prediction", "Project", "case_key", "check_export_target", "check_not_foreign", "check_project_folder",
-           "check_writable_folder", "default_project", "encode_prediction"]
+           "check_writable_folder", "default_project", "encode_prediction", "slice_revision"]

@@ -154,9 +154,12 @@
     state.caseId = caseId;
     state.z = z;
     state.slice = slice;
-    if (!state.drafts.has(draftKey(caseId, z))) {
+    // A draft without unsaved edits follows the saved label (another tab may have saved it since); one
+    // with edits keeps the revision it was painted on, so that its save cannot silently replace that tab's.
+    const kept = state.drafts.get(draftKey(caseId, z));
+    if (!kept || (!kept.dirty && kept.revision !== data.revision)) {
       state.drafts.set(draftKey(caseId, z), { label: slice.saved.slice(), saved: slice.saved, undo: [], redo: [],
-                                              dirty: false });
+                                              dirty: false, revision: data.revision });
     }
     if (changedCase || !state.window) setWindow(data.window[0], data.window[1], data.window);
     if (changedCase) fitZoom();
@@ -462,7 +465,17 @@
     if (!state.slice) return;
     const s = state.slice;
     const d = draft();
-    const result = await api("PUT", "/api/label" + q({ case: s.case, z: s.z, h: s.h, w: s.w }), { bytes: d.label });
+    let result;
+    try {
+      result = await api("PUT", "/api/label" + q({ case: s.case, z: s.z, h: s.h, w: s.w, base: d.revision }),
+                         { bytes: d.label });
+    } catch (error) {
+      // Another tab saved this slice since it was loaded here (the message says so): a second save
+      // replaces that version on purpose.
+      if (error.status === 409) d.revision = (await api("GET", "/api/slice" + q({ case: s.case, z: s.z }))).revision;
+      throw error;
+    }
+    d.revision = result.revision;
     d.dirty = false;
     s.labelled = true;
     s.saved = d.label.slice();
