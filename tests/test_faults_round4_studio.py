@@ -250,3 +250,21 @@ def test_a_save_from_a_tab_that_loaded_the_slice_before_another_tab_saved_it_is_
         again = put_on(client, theirs, shown["revision"])  # saved again, knowingly
         assert again.status_code == 200 and again.json()["revision"] != shown["revision"]
         assert put_on(client, mine).status_code == 200  # without a base (a script): saved as before
+
+
+def test_runs_scoring_other_classes_each_get_their_class_plots(tmp_path):
+    """Side by side, the per-class plots followed the first run's classes alone: the second run's were
+    missing from the report without a word."""
+    from fewsam.metrics import group_summary
+    from fewsam.report import write_group_report
+
+    for name, classes in (("optic", ["rim", "cup"]), ("heart", ["LV", "RV"])):
+        cases = [{"case": f"{name}{i}", "group": "F" if i % 2 else "M",
+                  "per_class": {c: {"dice": 0.5 + 0.1 * i, "iou": 0.4, "hd95": 2.0, "asd": 1.0} for c in classes}}
+                 for i in range(4)]
+        (tmp_path / f"{name}.json").write_text(json.dumps({**group_summary(cases, n_boot=20), "group_by": "sex",
+                                                           "distance_unit": "pixel"}))
+    paths = write_group_report([tmp_path / "optic.json", tmp_path / "heart.json"], tmp_path / "rep")
+    assert sorted(p.name for p in (tmp_path / "rep").glob("group_dice_*.png")) == [
+        "group_dice_LV.png", "group_dice_RV.png", "group_dice_cup.png", "group_dice_rim.png"]
+    assert "RV: mean Dice per group" in paths["markdown"].read_text()
