@@ -191,6 +191,40 @@ def test_the_command_refuses_a_dead_ray_address_in_seconds(tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npz"))
 
 
+# --- torchrun: only fit runs data-parallel -------------------------------------------------------
+
+
+@pytest.mark.parametrize("rank, says", [("0", True), ("1", False)])
+def test_commands_other_than_fit_refuse_torchrun_once(monkeypatch, capsys, rank, says):
+    """``torchrun --nproc-per-node 2 -m fewsam predict ...`` ran predict twice into one --out: one copy
+    wrote, the other failed with "p1 was filled by something else while writing into it"."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    monkeypatch.setattr(sys, "argv", ["fewsam", "predict", "run", "--data", "d", "--out", "p1"])
+    code, lines = main_raising(monkeypatch, capsys, AssertionError("predict ran"))
+    assert code == 2
+    if says:
+        assert len(lines) == 1 and lines[0].startswith("error: fewsam predict runs as one process, but was started "
+                                                       "as one of 2 (WORLD_SIZE=2")
+        assert "or with --ray to spread its cases over processes" in lines[0]
+    else:
+        assert lines == []
+
+
+def test_fit_and_commands_outside_torchrun_are_not_refused(monkeypatch, capsys):
+    from fewsam.cli import check_launch
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    check_launch(["fewsam", "fit", "fewshot", "--data", "d"])
+    check_launch(["fewsam", "--help"])
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_launch(["fewsam", "predict", "run"])
+    monkeypatch.setenv("WORLD_SIZE", "two")  # not torchrun's: left to fit to name
+    check_launch(["fewsam", "info", "d"])
+
+
 # --- the command line prints the user's text as written ------------------------------------------
 
 
