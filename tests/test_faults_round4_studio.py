@@ -2,10 +2,12 @@
 commands, each answered in one line (or a 4xx answer) without losing or overwriting the user's work:
 
 - studio: a project whose label file went missing or was truncated, a labelled case the dataset no
-  longer holds, a start refused for its port (nothing written), a port the user may not open;
+  longer holds, a start refused for its port (nothing written), a port the user may not open, two
+  tabs saving one slice (the stale one is refused with 409);
 - Ray: a ``--ray`` address where nothing listens, or that is not an address, refused in seconds;
+- torchrun: commands other than ``fit`` refused once instead of running in every process;
 - the command line: messages and output print the user's text as written (no emoji codes);
-- report: the distance unit of HD95 / ASD as a reader expects it.
+- report: the distance unit of HD95 / ASD as a reader expects it, and every run's classes plotted.
 """
 
 from __future__ import annotations
