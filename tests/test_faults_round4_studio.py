@@ -103,6 +103,37 @@ def test_labels_of_a_case_the_data_no_longer_holds_survive_the_next_save(tmp_pat
     assert Project(data, tmp_path / "project").labelled() == {CASE: [0, 1], OTHER: [2]}
 
 
+@pytest.mark.parametrize("damage", ["truncated", "unreadable"])
+def test_one_damaged_scan_leaves_the_other_cases_to_label(tmp_path, monkeypatch, damage):
+    """The case list read every case's header: one truncated or unreadable scan failed /api/info, and
+    the page could not show (or label) any case at all."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=0, slices=3, seed=0)
+    broken = data / "imagesTr" / f"{OTHER}_0000.nii.gz"
+    if damage == "truncated":
+        broken.write_bytes(broken.read_bytes()[:200])
+    else:  # as a file of another user reads to this one (tests may run as root, which reads anything)
+        from fewsam.studio.project import Project as Studied
+
+        real = Studied.num_slices
+
+        def num_slices(self, case_id):
+            if case_id == OTHER:
+                raise PermissionError(errno.EACCES, "Permission denied", str(broken))
+            return real(self, case_id)
+
+        monkeypatch.setattr(Studied, "num_slices", num_slices)
+    with make_client(data, tmp_path / "project") as client:
+        info = client.get("/api/info")
+        assert info.status_code == 200, info.text
+        cases = {c["id"]: c for c in info.json()["cases"]}
+        assert cases[CASE]["slices"] == 3 and "error" not in cases[CASE]
+        assert cases[OTHER]["slices"] == 0 and str(broken) in cases[OTHER]["error"]
+        assert put(client, painted()).status_code == 200
+        if damage == "truncated":
+            refused = client.get("/api/slice", params={"case": OTHER, "z": 0})
+            assert refused.status_code == 400 and str(broken) in refused.json()["detail"]
+
+
 # --- studio: the start -------------------------------------------------------------------------
 
 

@@ -117,6 +117,17 @@ def intensity_window(image: np.ndarray) -> list[float]:
     return [lo, hi] if hi > lo else [float(sample.min()), float(sample.max()) or 1.0]
 
 
+def case_slices(project: Project, case_id: str) -> dict[str, Any]:
+    """{"slices": n} for the case list, or {"slices": 0, "error": why} for a case whose file cannot be
+    read: one damaged scan among many must not take the whole list (and every other case) away."""
+    try:
+        return {"slices": project.num_slices(case_id)}
+    except FewsamError as err:
+        return {"slices": 0, "error": str(err)}
+    except OSError as err:  # a file this user may not read
+        return {"slices": 0, "error": f"cannot read case {case_id}: {err.strerror or err} ({err.filename})"}
+
+
 def create_app(settings: StudioSettings) -> FastAPI:
     """The studio app for one dataset and project folder (opened here: a bad dataset fails at once)."""
     project = Project(settings.data, settings.project)
@@ -203,7 +214,7 @@ def _add_browse(app: FastAPI, project: Project) -> None:
     def info() -> dict[str, Any]:
         labelled = project.labelled()
         predicted = set(project.predicted_cases())
-        cases = [{"id": c, "slices": project.num_slices(c), "labelled": labelled.get(c, []),
+        cases = [{"id": c, **case_slices(project, c), "labelled": labelled.get(c, []),
                   "predicted": c in predicted, "has_label": project.dataset.has_label(c)} for c in project.case_ids()]
         return {"data": str(project.data), "name": project.data.name, "layout": project.dataset.layout,
                 "format": project.dataset.format, "project": str(project.folder),

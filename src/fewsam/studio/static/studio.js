@@ -81,7 +81,8 @@
       name.textContent = c.id;
       const count = document.createElement("span");
       count.className = "count" + (c.labelled.length ? " has" : "");
-      count.textContent = `${c.labelled.length}/${c.slices}`;
+      count.textContent = c.error ? "unreadable" : `${c.labelled.length}/${c.slices}`;
+      if (c.error) li.title = c.error;
       if (c.predicted) {
         const badge = document.createElement("span");
         badge.className = "badge";
@@ -90,7 +91,8 @@
         count.prepend(badge, " ");
       }
       li.append(name, count);
-      li.addEventListener("click", () => openSlice(c.id, c.labelled.length ? c.labelled[0] : Math.floor(c.slices / 2)));
+      li.addEventListener("click", () => (c.error ? showMessage(c.error, "error")
+        : openSlice(c.id, c.labelled.length ? c.labelled[0] : Math.floor(c.slices / 2))));
       list.append(li);
     }
   }
@@ -685,7 +687,8 @@
     $("fit-steps").value = info.defaults.steps;
     $("fit-steps").max = info.defaults.max_steps;
     $("fit-views").value = info.defaults.views;
-    const first = info.cases.find((c) => c.labelled.length) || info.cases[0];
+    const readable = info.cases.filter((c) => !c.error);  // a damaged file leaves the other cases to label
+    const first = readable.find((c) => c.labelled.length) || readable[0];
     if (first) await openSlice(first.id, first.labelled.length ? first.labelled[0] : Math.floor(first.slices / 2));
     document.body.dataset.ready = "true";
   }
