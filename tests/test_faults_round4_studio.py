@@ -193,6 +193,17 @@ def test_ray_init_is_not_reached_for_an_address_where_nothing_listens(monkeypatc
                                          "(Connection refused); start one with `ray start --head")
 
 
+def test_auto_checks_the_address_ray_address_names(monkeypatch):
+    from fewsam.distributed.ray_jobs import check_cluster_reachable
+
+    port = closed_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(FewsamError, match=rf"--ray auto \(RAY_ADDRESS=127.0.0.1:{port}\): no Ray cluster answers"):
+        check_cluster_reachable("auto")
+    monkeypatch.delenv("RAY_ADDRESS")
+    check_cluster_reachable("auto")  # Ray looks for a cluster on this machine: nothing to check here
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "head-node:abc", "head-node:99999", "ray://head-node",
                                      "head-node:6379/x"])
 def test_a_ray_address_that_is_not_one_is_refused(address):

@@ -79,10 +79,14 @@ def cluster_endpoint(address: str) -> tuple[str, int] | None:
 def check_cluster_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     """Refuse, in one line and within ``timeout`` seconds, a cluster address where nothing accepts a
     connection (a typo, a stopped head node, a firewall): left to ``ray.init``, the command would
-    hang for minutes printing Ray's reconnection warnings instead."""
-    endpoint = cluster_endpoint(address)
+    hang for minutes printing Ray's reconnection warnings instead. ``auto`` means the address in
+    RAY_ADDRESS when that is set (as Ray reads it), which is checked the same way."""
+    from_env = os.environ.get("RAY_ADDRESS", "") if address == "auto" else ""
+    endpoint = cluster_endpoint(from_env or address)
     if endpoint is None:
         return
+    if from_env:
+        address = f"auto (RAY_ADDRESS={from_env})"
     host, port = endpoint
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
