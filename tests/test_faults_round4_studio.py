@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +28,8 @@ from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import FewsamError
 from fewsam.studio.errors import StudioError
 from fewsam.studio.project import STATE, Project
-from test_studio_api import CASE, H, SLEEPER, W, data, decode, make_client, painted, put, python  # noqa: F401  (data: fixture)
+from test_studio_api import (CASE, H, SLEEPER, W, data, decode, make_client, painted, put,  # noqa: F401  (data: fixture)
+                             python)
 
 OTHER = "phantom_001"
 
