@@ -285,6 +285,7 @@ def test_no_cluster_at_the_address_is_one_line(monkeypatch):
             raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to.")
 
     monkeypatch.setattr(ray_jobs, "import_ray", lambda: NoCluster)
+    monkeypatch.setattr(ray_jobs, "check_cluster_reachable", lambda address: None)  # something listens there
     with pytest.raises(FewsamError) as err:
         with ray_jobs.ray_cluster("head-node:6379"):
             pass

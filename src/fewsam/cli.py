@@ -35,9 +35,10 @@ _STARTED = time.perf_counter()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Label-efficient and fair Segment Anything for medical images.")
 # Results carry the user's paths, class and group names: printed as they are (no rich markup, so
-# "[/b]" in a path is text, not a tag) and unwrapped, so a piped line (embed's JSON) stays one line.
-out = Console(markup=False, soft_wrap=True)
-err = Console(stderr=True)
+# "[/b]" in a path is text, not a tag; no emoji codes, so ":ok:" in a path or a --ray address is
+# not printed as an emoji) and unwrapped, so a piped line (embed's JSON) stays one line.
+out = Console(markup=False, emoji=False, soft_wrap=True)
+err = Console(stderr=True, emoji=False)
 
 
 def print_error(message: str) -> None:
@@ -182,9 +183,14 @@ def embed(
 
 
 def check_ray(ray: str | None, workers: int | None) -> None:
-    """--ray-workers sizes a Ray job: without --ray it would be silently ignored."""
+    """--ray-workers sizes a Ray job: without --ray it would be silently ignored; a --ray address where
+    no cluster listens is named before any work starts."""
     if workers is not None and ray is None:
         raise FewsamError("--ray-workers needs --ray (auto, local or the cluster's HOST:PORT)")
+    if ray is not None:  # before the model loads: an address nothing answers at is refused in seconds
+        from fewsam.distributed.ray_jobs import check_cluster_reachable
+
+        check_cluster_reachable(ray)
 
 
 def _report_fit(result, run: Path) -> None:
@@ -583,6 +589,38 @@ def stopped_message(stop: Stopped, argv: list[str]) -> str:
     return f"{stop.how}; nothing partial was kept: run the same command again to start over"
 
 
+DATA_PARALLEL_COMMANDS = ("fit",)  # the commands that share one job over torchrun's processes (scaling.md)
+
+
+class NotDataParallel(FewsamError):
+    """A command other than fit started by torchrun: said once, by rank 0."""
+
+    def __init__(self, message: str, rank: int) -> None:
+        super().__init__(message)
+        self.rank = rank
+
+
+def check_launch(argv: list[str]) -> None:
+    """Under torchrun (WORLD_SIZE > 1) only ``fit`` splits its work over the processes. Any other
+    command would run whole in each of them: ``predict`` and ``report`` raced N copies into one
+    folder (all but one then failed with "filled by something else"), ``embed`` encoded every slice N
+    times. Refused before anything runs."""
+    from fewsam.distributed.ddp import launch_env
+
+    command = next((a for a in argv[1:] if not a.startswith("-")), "")
+    try:
+        launch = launch_env()
+    except FewsamError:  # not torchrun's values: fit names them, the other commands do not read them
+        return
+    if launch is None or not command or command in DATA_PARALLEL_COMMANDS:
+        return
+    spread = ", or with --ray to spread its cases over processes" if command in ("embed", "predict") else ""
+    raise NotDataParallel(f"fewsam {command} runs as one process, but was started as one of {launch.world_size} "
+                          f"(WORLD_SIZE={launch.world_size}, as torchrun sets it), each of which would do all of "
+                          f"it; only fit runs data-parallel under torchrun: run {command} without torchrun{spread}",
+                          launch.rank)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks of its own
@@ -591,9 +629,11 @@ def main() -> None:
     _show_notes()
     _stop_on_signals()
     try:
+        check_launch(sys.argv)
         run_app()
     except FewsamError as exc:
-        print_error(str(exc))
+        if not isinstance(exc, NotDataParallel) or exc.rank == 0:  # every rank refuses: one line says it
+            print_error(str(exc))
         raise SystemExit(2)
     except Stopped as stop:
         err.print(stopped_message(stop, sys.argv), highlight=False)

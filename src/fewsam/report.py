@@ -143,10 +143,20 @@ def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
         rows.append(["all cases", r["n_cases"], _num(r["mean"]["dice"]), _ci((r.get("overall_ci95") or {}).get("dice")),
                      _num(r["mean"]["iou"]), _ci((r.get("overall_ci95") or {}).get("iou")),
                      _num(r["mean"]["hd95"], 2), _num(r["mean"]["asd"], 2)])
-        blocks += [("h3", f"{name}: groups (distances in {r.get('distance_unit', 'pixel')}s)"), ("table", (header, rows))]
+        blocks += [("h3", f"{name}: groups (distances in {distance_units(r.get('distance_unit'))})"),
+                   ("table", (header, rows))]
     if len(runs) > 1:
         blocks += _difference_table(runs, groups)
     return blocks
+
+
+DISTANCE_UNITS = {"mm": "mm", "pixel": "pixels", "mixed": "mm or pixels (cases with and without spacing)"}
+
+
+def distance_units(unit: str | None) -> str:
+    """How HD95 and ASD are measured, as the report says it: an evaluation records "mm", "pixel" or
+    "mixed", which an appended "s" turned into "mms" and "mixeds"."""
+    return DISTANCE_UNITS.get(unit or "pixel", str(unit))
 
 
 def _difference_table(runs: list[tuple[str, dict]], groups: list[str]) -> list[tuple]:
@@ -178,12 +188,18 @@ def _class_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
             rows.append(["ES-Dice", *[_num(equity.get(c, {}).get("es_dice")) for c in classes]])
             rows.append(["worst-group gap", *[_num(equity.get(c, {}).get("worst_group_gap")) for c in classes]])
         blocks += [("h3", name), ("table", (header, rows))]
-    if len(runs[0][1]["per_class"]) > 1 and _group_names(runs):
-        classes = list(runs[0][1]["per_class"])
+    classes = _class_names(runs)
+    if len(classes) > 1 and _group_names(runs):
         for c, file_name in zip(classes, _plot_file_names(classes)):
             png = _bar_plot(runs, _group_names(runs), c, out / file_name, f"{c} Dice by group")
             blocks.append(("img", (png, f"{c}: mean Dice per group (no CIs per class).")))
     return blocks
+
+
+def _class_names(runs: list[tuple[str, dict]]) -> list[str]:
+    """Every class any run scored, in the order the runs name them: runs on datasets with other
+    classes each get their classes plotted (the first run's alone left the others' out unseen)."""
+    return list(dict.fromkeys(c for _, r in runs for c in r["per_class"]))
 
 
 def _plot_file_names(classes: list[str]) -> list[str]:

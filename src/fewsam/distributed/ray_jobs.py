@@ -39,6 +39,10 @@ RETRIES = 3  # restarts of a crashed worker (and retries of its case) before the
 # over processes than over threads (docs/results.md has the measured 1- and 2-worker rates).
 CPUS_PER_WORKER = 1
 START_TIMEOUT = 600.0  # seconds for all workers to load the model and check the folders
+# Seconds to wait for the cluster's port to accept a connection: ray.init retries an address where
+# nothing listens for minutes, printing a warning every few seconds, before it gives up.
+CONNECT_TIMEOUT = 5.0
+CLUSTER_ADDRESS_HELP = "give auto, local or the cluster's HOST:PORT (ray://HOST:PORT for Ray Client)"
 TOKEN_PREFIX = ".fewsam-ray-"
 
 
@@ -53,6 +57,48 @@ def import_ray() -> Any:
     return ray
 
 
+def cluster_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a cluster address (HOST:PORT, [IPv6]:PORT or ray://HOST:PORT); None for
+    ``auto`` and ``local``, which name no endpoint. An address without a valid port is refused here:
+    Ray's own message for it ("Invalid address format") does not say what to give instead."""
+    if address in ("auto", "local"):
+        return None
+    from urllib.parse import urlsplit
+
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    try:
+        parts = urlsplit(f"//{rest}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None or port < 1 or parts.path or parts.query:
+        raise FewsamError(f"--ray {address} is not a cluster address; {CLUSTER_ADDRESS_HELP}")
+    return host, port
+
+
+def check_cluster_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse, in one line and within ``timeout`` seconds, a cluster address where nothing accepts a
+    connection (a typo, a stopped head node, a firewall): left to ``ray.init``, the command would
+    hang for minutes printing Ray's reconnection warnings instead. ``auto`` means the address in
+    RAY_ADDRESS when that is set (as Ray reads it), which is checked the same way."""
+    from_env = os.environ.get("RAY_ADDRESS", "") if address == "auto" else ""
+    endpoint = cluster_endpoint(from_env or address)
+    if endpoint is None:
+        return
+    if from_env:
+        address = f"auto (RAY_ADDRESS={from_env})"
+    host, port = endpoint
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else err.strerror or str(err)
+        raise FewsamError(f"--ray {address}: no Ray cluster answers at {shown} ({reason}); start one with "
+                          f"`ray start --head --port {port}` on {host} and pass its address, or use --ray local"
+                          ) from None
+
+
 @contextmanager
 def ray_cluster(address: str) -> Iterator[Any]:
     """Ray connected to the cluster ``address`` names: ``auto`` (the one ``ray start`` made on this
@@ -63,6 +109,7 @@ def ray_cluster(address: str) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    check_cluster_reachable(address)
     try:
         if address == "local":
             ray.init(include_dashboard=False, log_to_driver=False)

@@ -7,8 +7,9 @@ before anything is written: upload size (capped before the body is read), label 
 values. ``Guard`` enforces the binding's rules on every request (see ``security.py``).
 
     GET    /api/info                       dataset, classes, cases (labelled slices), job, latest fit
-    GET    /api/slice?case=C&z=Z           image (float32), studio label, dataset label, prediction
-    PUT    /api/label?case=C&z=Z&h=H&w=W   save a slice's label (H*W bytes of class values)
+    GET    /api/slice?case=C&z=Z           image (float32), studio label and its revision, dataset label, prediction
+    PUT    /api/label?case=C&z=Z&h=H&w=W   save a slice's label (H*W bytes of class values); with &base=REVISION
+                                           only if no other tab saved the slice since (else 409)
     DELETE /api/label?case=C&z=Z           take a slice out of the labelled set
     POST   /api/accept?case=C&z=Z          the prediction of a slice becomes its label
     POST   /api/fit     {steps, views, cases, all_cases}    start a fit (202; 409 while a job runs)
@@ -116,6 +117,17 @@ def intensity_window(image: np.ndarray) -> list[float]:
     return [lo, hi] if hi > lo else [float(sample.min()), float(sample.max()) or 1.0]
 
 
+def case_slices(project: Project, case_id: str) -> dict[str, Any]:
+    """{"slices": n} for the case list, or {"slices": 0, "error": why} for a case whose file cannot be
+    read: one damaged scan among many must not take the whole list (and every other case) away."""
+    try:
+        return {"slices": project.num_slices(case_id)}
+    except FewsamError as err:
+        return {"slices": 0, "error": str(err)}
+    except OSError as err:  # a file this user may not read
+        return {"slices": 0, "error": f"cannot read case {case_id}: {err.strerror or err} ({err.filename})"}
+
+
 def create_app(settings: StudioSettings) -> FastAPI:
     """The studio app for one dataset and project folder (opened here: a bad dataset fails at once)."""
     project = Project(settings.data, settings.project)
@@ -202,7 +214,7 @@ def _add_browse(app: FastAPI, project: Project) -> None:
     def info() -> dict[str, Any]:
         labelled = project.labelled()
         predicted = set(project.predicted_cases())
-        cases = [{"id": c, "slices": project.num_slices(c), "labelled": labelled.get(c, []),
+        cases = [{"id": c, **case_slices(project, c), "labelled": labelled.get(c, []),
                   "predicted": c in predicted, "has_label": project.dataset.has_label(c)} for c in project.case_ids()]
         return {"data": str(project.data), "name": project.data.name, "layout": project.dataset.layout,
                 "format": project.dataset.format, "project": str(project.folder),
@@ -218,10 +230,11 @@ def _add_browse(app: FastAPI, project: Project) -> None:
             windows[case] = intensity_window(loaded.image)
         prediction = project.prediction(case)
         image = loaded.image[z]
+        label, labelled, revision = project.saved_slice(case, z)
         return {"case": case, "z": z, "slices": loaded.num_slices, "height": int(image.shape[0]),
                 "width": int(image.shape[1]), "channels": 3 if image.ndim == 3 else 1,
                 "image": b64(image, "<f4"), "window": windows[case],
-                "label": b64(project.label_volume(loaded)[z], "u1"), "labelled": project.is_labelled(case, z),
+                "label": b64(label, "u1"), "labelled": labelled, "revision": revision,
                 "dataset_label": b64(loaded.slice_label(z), "u1"),
                 "prediction": None if prediction is None else b64(prediction.labels[z], "u1"),
                 "entropy": None if prediction is None else float(prediction.entropy[z]),
@@ -235,13 +248,15 @@ def _add_browse(app: FastAPI, project: Project) -> None:
 def _add_labels(app: FastAPI, project: Project, settings: StudioSettings, log: ProjectLog) -> None:
     @app.put("/api/label")
     async def put_label(request: Request, case: str = Query(...), z: int = Query(...), h: int = Query(..., ge=1),
-                        w: int = Query(..., ge=1)) -> dict[str, Any]:
+                        w: int = Query(..., ge=1), base: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+        """``base``: the slice's revision when the page loaded it (GET /api/slice); a save painted on an
+        older version than the saved one (another tab saved since) is refused with 409."""
         raw = await request.body()  # capped by BodyCap as it arrives
         await run_in_threadpool(project.check_slice, case, z)
         label = await run_in_threadpool(project.check_label, raw, case, z, h, w)
-        await run_in_threadpool(project.save_slice, case, z, label)
+        revision = await run_in_threadpool(project.save_slice, case, z, label, base)
         log(f"saved label {case} slice {z}")
-        return {"case": case, "labelled": project.labelled().get(case, [])}
+        return {"case": case, "labelled": project.labelled().get(case, []), "revision": revision}
 
     @app.delete("/api/label")
     def delete_label(case: str = Query(...), z: int = Query(...)) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
 from fewsam.data.writers import prediction_path
+from fewsam.errors import DataError
 from fewsam.studio.errors import BadLabel, Conflict, NotFound, StudioError
 
 STATE = "labelled.json"
@@ -101,6 +102,14 @@ def case_key(case_id: str) -> str:
     return hashlib.sha256(case_id.encode()).hexdigest()[:20]
 
 
+def slice_revision(label: np.ndarray) -> str:
+    """A short fingerprint of a slice's saved label pixels. The page sends back the one it loaded with
+    its save, so that a save from a second tab or window, painted on a version that another save has
+    since replaced, is refused instead of silently replacing that work. (Marking and unmarking leave
+    the pixels, and so the revision, as they are: they lose nothing.)"""
+    return hashlib.sha256(np.ascontiguousarray(label, np.uint8).tobytes()).hexdigest()[:16]
+
+
 def is_run_record(record: object) -> bool:
     """Whether PROJECT/latest_run.json names a fit the studio can use: ``fit`` a plain folder name (it
     becomes part of a path under PROJECT/predictions) and ``run`` a path, both strings."""
@@ -146,6 +155,7 @@ class Project:
         self._export_lock = threading.Lock()  # one export at a time: each replaces PROJECT/export whole
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._slices: dict[str, int] = {}
+        self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
         self._labelled = self._read_state()
 
     # --- the dataset -------------------------------------------------------------------------
@@ -217,6 +227,7 @@ class Project:
         if recorded != self.data:
             raise StudioError(f"--project {self.folder} holds labels of {recorded}, not of {self.data}; "
                               "give another --project for this dataset")
+        self._absent = {c: sorted(zs) for c, zs in slices.items() if c not in self.dataset.entries and zs}
         slices = {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
         for case_id, zs in slices.items():
             self._check_recorded_slices(path, case_id, zs)
@@ -232,9 +243,12 @@ class Project:
                               f"to {n - 1}; restore the file, or give another --project")
 
     def _write_state(self) -> None:
+        """PROJECT/labelled.json. The records of cases the dataset no longer holds (moved away, or left
+        out of its split list for now) are written back unchanged: their label files are still in the
+        project, and the slices are labelled again when the cases return, not forgotten at the first save."""
+        kept = {**self._absent, **{c: sorted(zs) for c, zs in self._labelled.items() if zs}}
         state = {"data": str(self.data), "classes": self.class_map.to_json(),
-                 "slices": {c: sorted(zs) for c, zs in sorted(self._labelled.items(), key=lambda i: natural_key(i[0]))
-                            if zs}}
+                 "slices": dict(sorted(kept.items(), key=lambda i: natural_key(i[0])))}
         atomic_write_bytes(self.folder / STATE, json.dumps(state, indent=1).encode())
 
     def labelled(self) -> dict[str, list[int]]:
@@ -247,11 +261,33 @@ class Project:
             return z in self._labelled.get(case_id, set())
 
     def label_volume(self, case: Case) -> np.ndarray:
-        """The studio's (D, H, W) labels of a case; zeros where nothing was saved."""
+        """The studio's (D, H, W) labels of a case; zeros where nothing was saved. A label file that
+        cannot be read (truncated, edited by hand) is named as the studio's labels, with what to do:
+        the reader's own words call it a prediction."""
         shape = tuple(case.image.shape[:3])
-        if not prediction_path(case, self.labels_dir).is_file():
+        path = prediction_path(case, self.labels_dir)
+        if not path.is_file():
             return np.zeros(shape, np.uint8)
-        return read_prediction(case, self.labels_dir, self.class_map)
+        try:
+            volume = read_prediction(case, self.labels_dir, self.class_map)
+        except DataError as err:
+            raise StudioError(f"the studio's labels of case {case.case_id} cannot be read: {err}; restore that "
+                              "file from a backup, or move it away and label this case again") from None
+        if volume.shape != shape:
+            raise StudioError(f"the studio's labels of case {case.case_id} ({path}) are {volume.shape} (slices, "
+                              f"height, width) but the case is {shape}; was its image replaced? Restore it, or "
+                              "move the labels away and label this case again")
+        return volume
+
+    def check_label_file(self, case: Case, saving: int | None = None) -> None:
+        """Refuse to use a case whose slices are marked labelled (other than ``saving``, the one being
+        saved) while its label file is gone (deleted or moved by hand): read as zeros, those slices
+        would be fitted and exported as background, or zeroed in the file the next save writes."""
+        marked = sorted(self._labelled.get(case.case_id, set()) - {saving})
+        path = prediction_path(case, self.labels_dir)
+        if marked and not path.is_file():
+            raise StudioError(f"slice(s) {marked} of {case.case_id} are marked labelled but the studio's label "
+                              f"file {path} is missing; restore it, or unmark those slices")
 
     def check_label(self, raw: bytes, case_id: str, z: int, height: int, width: int) -> np.ndarray:
         """An uploaded slice label (H*W uint8 bytes, row-major) as (H, W), or a BadLabel that says why."""
@@ -270,12 +306,35 @@ class Project:
             raise BadLabel(f"label values {bad} are not classes of this dataset ({known})")
         return label
 
-    def save_slice(self, case_id: str, z: int, label: np.ndarray) -> None:
-        """Write a checked slice label into the case's label file, then mark the slice labelled."""
+    def labelled_volume(self, case_id: str) -> np.ndarray:
+        """The labels of a case with labelled slices, for a fit or an export: never zeros in place of
+        a label file that went missing (``check_label_file``)."""
+        case = self.load_case(case_id)
+        with self.lock:
+            self.check_label_file(case)
+            return self.label_volume(case)
+
+    def saved_slice(self, case_id: str, z: int) -> tuple[np.ndarray, bool, str]:
+        """(label, labelled, revision) of a slice as saved now, read together under the lock."""
         self.check_slice(case_id, z)
         case = self.load_case(case_id)
         with self.lock:
+            label, labelled = self.label_volume(case)[z], self.is_labelled(case_id, z)
+        return label, labelled, slice_revision(label)
+
+    def save_slice(self, case_id: str, z: int, label: np.ndarray, base: str | None = None) -> str:
+        """Write a checked slice label into the case's label file, then mark the slice labelled; returns
+        the slice's new revision. ``base``, the revision the label was painted on (None: not checked),
+        must still be the saved one: else another tab saved this slice since, and Conflict says so."""
+        self.check_slice(case_id, z)
+        case = self.load_case(case_id)
+        with self.lock:
+            self.check_label_file(case, saving=z)
             volume = self.label_volume(case)
+            if base is not None and slice_revision(volume[z]) != base:
+                raise Conflict(f"slice {z} of {case_id} was saved in another tab or window after this one loaded "
+                               "it; your edits are not saved: save again to replace that version with yours, or "
+                               "open the slice again to see it")
             if label.shape != volume.shape[1:]:  # a prediction file from another fit or tool
                 raise StudioError(f"a label of shape {label.shape} does not fit slice {z} of {case_id} "
                                   f"{volume.shape[1:]}; predict this case again")
@@ -283,6 +342,7 @@ class Project:
             write_prediction(case, volume, self.labels_dir)
             self._labelled.setdefault(case_id, set()).add(z)
             self._write_state()
+        return slice_revision(label)
 
     def unmark(self, case_id: str, z: int) -> None:
         """Take a slice out of the labelled set (its pixels stay in the label file, unused)."""
@@ -374,8 +434,7 @@ class Project:
             labelled = self.labelled()
             if not labelled:
                 raise StudioError("no slice is labelled yet; paint each class on a slice and save it, then fit")
-            slices = [(case_id, z, self.label_volume(self.load_case(case_id))[z])
-                      for case_id, zs in labelled.items() for z in zs]
+            slices = [(case_id, z, self.labelled_volume(case_id)[z]) for case_id, zs in labelled.items() for z in zs]
         missing = set(self.class_map.labels) - {int(v) for _, _, lab in slices for v in np.unique(lab)}
         if missing:
             names = ", ".join(self.class_map.names[v] for v in sorted(missing))
@@ -410,7 +469,7 @@ class Project:
         for case_id, zs in labelled.items():
             case = self.load_case(case_id)
             with self.lock:
-                volume = self.label_volume(case)
+                volume = self.labelled_volume(case_id)
             keep = np.zeros(volume.shape[0], bool)
             keep[zs] = True
             volume[~keep] = 0
@@ -468,4 +527,4 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 __all__ = ["Prediction", "Project", "case_key", "check_export_target", "check_not_foreign", "check_project_folder",
-           "check_writable_folder", "default_project", "encode_prediction"]
+           "check_writable_folder", "default_project", "encode_prediction", "slice_revision"]

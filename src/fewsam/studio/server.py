@@ -58,6 +58,10 @@ def check_port(host: str, port: int) -> None:
             if err.errno == errno.EADDRNOTAVAIL:
                 raise StudioError(f"--host {host}: no interface of this machine has that address; use 127.0.0.1 "
                                   "(this machine only) or 0.0.0.0 (every interface)") from None
+            if err.errno == errno.EACCES:  # not "is a studio already running there?": nothing may be running
+                raise StudioError(f"cannot listen on {host}:{port}: this user may not open port {port} (ports "
+                                  "below 1024 need administrator rights); pass --port 1024 or higher, e.g. "
+                                  "the default 8765") from None
             raise StudioError(f"cannot listen on {host}:{port} ({err.strerror or err}); is a studio already "
                               "running there? pass another --port") from None
 
@@ -82,13 +86,13 @@ def run_studio(data: Path | None, project: Path | None = None, host: str = "127.
     echo = echo or _echo
     if not 1 <= port <= 65535:
         raise StudioError(f"--port must be 1 to 65535, not {port}")
+    check_port(host, port)  # first: a refused start must not leave a project folder (or the demo's phantom)
     check_writable_folder(Path(cache), "--cache")
     data, project = resolve_paths(data, project, demo)
     token = None if is_loopback(host) else new_token()
     settings = StudioSettings(data=Path(data), project=Path(project), host=host, port=port, token=token,
                               device=device, cache=cache)
     app = create_app(settings)
-    check_port(host, port)
     project_dir = app.state.project.folder
     echo(f"fewsam studio: labelling {app.state.project.data}")
     echo(f"labels, fits and exports go to {project_dir} (log: {project_dir / LOG})")

@@ -81,7 +81,8 @@
       name.textContent = c.id;
       const count = document.createElement("span");
       count.className = "count" + (c.labelled.length ? " has" : "");
-      count.textContent = `${c.labelled.length}/${c.slices}`;
+      count.textContent = c.error ? "unreadable" : `${c.labelled.length}/${c.slices}`;
+      if (c.error) li.title = c.error;
       if (c.predicted) {
         const badge = document.createElement("span");
         badge.className = "badge";
@@ -90,7 +91,8 @@
         count.prepend(badge, " ");
       }
       li.append(name, count);
-      li.addEventListener("click", () => openSlice(c.id, c.labelled.length ? c.labelled[0] : Math.floor(c.slices / 2)));
+      li.addEventListener("click", () => (c.error ? showMessage(c.error, "error")
+        : openSlice(c.id, c.labelled.length ? c.labelled[0] : Math.floor(c.slices / 2))));
       list.append(li);
     }
   }
@@ -154,9 +156,12 @@
     state.caseId = caseId;
     state.z = z;
     state.slice = slice;
-    if (!state.drafts.has(draftKey(caseId, z))) {
+    // A draft without unsaved edits follows the saved label (another tab may have saved it since); one
+    // with edits keeps the revision it was painted on, so that its save cannot silently replace that tab's.
+    const kept = state.drafts.get(draftKey(caseId, z));
+    if (!kept || (!kept.dirty && kept.revision !== data.revision)) {
       state.drafts.set(draftKey(caseId, z), { label: slice.saved.slice(), saved: slice.saved, undo: [], redo: [],
-                                              dirty: false });
+                                              dirty: false, revision: data.revision });
     }
     if (changedCase || !state.window) setWindow(data.window[0], data.window[1], data.window);
     if (changedCase) fitZoom();
@@ -462,7 +467,17 @@
     if (!state.slice) return;
     const s = state.slice;
     const d = draft();
-    const result = await api("PUT", "/api/label" + q({ case: s.case, z: s.z, h: s.h, w: s.w }), { bytes: d.label });
+    let result;
+    try {
+      result = await api("PUT", "/api/label" + q({ case: s.case, z: s.z, h: s.h, w: s.w, base: d.revision }),
+                         { bytes: d.label });
+    } catch (error) {
+      // Another tab saved this slice since it was loaded here (the message says so): a second save
+      // replaces that version on purpose.
+      if (error.status === 409) d.revision = (await api("GET", "/api/slice" + q({ case: s.case, z: s.z }))).revision;
+      throw error;
+    }
+    d.revision = result.revision;
     d.dirty = false;
     s.labelled = true;
     s.saved = d.label.slice();
@@ -672,7 +687,8 @@
     $("fit-steps").value = info.defaults.steps;
     $("fit-steps").max = info.defaults.max_steps;
     $("fit-views").value = info.defaults.views;
-    const first = info.cases.find((c) => c.labelled.length) || info.cases[0];
+    const readable = info.cases.filter((c) => !c.error);  // a damaged file leaves the other cases to label
+    const first = readable.find((c) => c.labelled.length) || readable[0];
     if (first) await openSlice(first.id, first.labelled.length ? first.labelled[0] : Math.floor(first.slices / 2));
     document.body.dataset.ready = "true";
   }
