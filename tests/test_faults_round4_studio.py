@@ -204,6 +204,39 @@ def test_auto_checks_the_address_ray_address_names(monkeypatch):
     check_cluster_reachable("auto")  # Ray looks for a cluster on this machine: nothing to check here
 
 
+@pytest.mark.parametrize("address", ["local", "HOST"])
+def test_ray_address_left_in_the_environment_does_not_override_the_cluster_named(monkeypatch, address):
+    """Ray reads RAY_ADDRESS over ``--ray local`` and an explicit HOST:PORT: the job went to the
+    cluster a shell profile named. auto still means RAY_ADDRESS, as in Ray."""
+    from fewsam.distributed import ray_jobs
+
+    seen: list[str | None] = []
+
+    class Cluster:
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(**kwargs):
+            seen.append(os.environ.get("RAY_ADDRESS"))
+
+        @staticmethod
+        def shutdown():
+            pass
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    named = "local" if address == "local" else f"127.0.0.1:{listening.getsockname()[1]}"
+    monkeypatch.setattr(ray_jobs, "import_ray", lambda: Cluster)
+    monkeypatch.setenv("RAY_ADDRESS", "other-cluster:6379")
+    with ray_jobs.ray_cluster(named):
+        pass
+    listening.close()
+    assert seen == [None] and os.environ["RAY_ADDRESS"] == "other-cluster:6379"
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "head-node:abc", "head-node:99999", "ray://head-node",
                                      "head-node:6379/x"])
 def test_a_ray_address_that_is_not_one_is_refused(address):

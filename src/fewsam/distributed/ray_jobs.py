@@ -100,6 +100,19 @@ def check_cluster_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> N
 
 
 @contextmanager
+def _environment_without(name: str) -> Iterator[None]:
+    """``name`` left out of the environment for the block. Ray takes RAY_ADDRESS over ``--ray local``
+    (a new cluster) and an explicit HOST:PORT alike, so a variable left set in a shell profile sent
+    the job to another cluster than the one the user named."""
+    saved = os.environ.pop(name, None) if name else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
+@contextmanager
 def ray_cluster(address: str) -> Iterator[Any]:
     """Ray connected to the cluster ``address`` names: ``auto`` (the one ``ray start`` made on this
     machine), ``local`` (a new one on this machine, for this command only), HOST:PORT or
@@ -111,10 +124,11 @@ def ray_cluster(address: str) -> Iterator[Any]:
         return
     check_cluster_reachable(address)
     try:
-        if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+        with _environment_without("RAY_ADDRESS" if address != "auto" else ""):
+            if address == "local":
+                ray.init(include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise FewsamError(f"--ray {address}: no Ray cluster to connect to ({reason}); start one with "
