@@ -582,3 +582,21 @@ def test_a_quoted_home_folder_is_the_users_home_as_unquoted(tmp_path, monkeypatc
     assert (home / "info.json").is_file() and (home / "again.json").is_file()
     assert not (tmp_path / "~").exists()
     assert expand_home(["--labels", "a~b", "x=~"]) == ["--labels", "a~b", "x=~"]
+
+
+def test_a_bench_given_an_existing_empty_folder_keeps_it(tmp_path, monkeypatch):
+    """``--cache .`` in an empty working folder: the bench removed the user's working folder."""
+    from fewsam import bench
+
+    used = []
+
+    def measures(data, n, cache_dir, device, started):
+        (cache_dir / "model").mkdir(parents=True)
+        used.append(cache_dir)
+        return {}
+
+    monkeypatch.setattr(bench, "_measure", measures)
+    (tmp_path / "work").mkdir()
+    bench.run_bench(tmp_path / "data", 2, tmp_path / "work")
+    assert (tmp_path / "work").is_dir() and not any((tmp_path / "work").iterdir())
+    assert used[0].parent == tmp_path / "work"

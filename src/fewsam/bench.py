@@ -103,18 +103,22 @@ def run_bench(data: str | Path, n: int = 8, cache_dir: str | Path = "bench_cache
               device: str = "cpu") -> dict[str, Any]:
     """The figures of ``fewsam bench`` on ``n`` slices, measured with the scratch cache ``cache_dir``,
     which is removed at the end, also when the bench fails or is stopped (a rerun would otherwise be
-    refused for the folder it left)."""
+    refused for the folder it left). A folder that exists already (empty: the command refuses any
+    other) is kept and the bench works in a new folder inside it: ``--cache .`` must not delete the
+    user's working folder."""
     if n < 1:
         raise FewsamError(f"-n must be at least 1, not {n}")
     started = time.perf_counter()
     cache_dir = Path(cache_dir)
-    if cache_dir.exists():
-        shutil.rmtree(cache_dir)
+    scratch = cache_dir / BENCH_SCRATCH if cache_dir.exists() else cache_dir
+    shutil.rmtree(scratch, ignore_errors=True)
     try:
-        return _measure(data, n, cache_dir, device, started)
-    except BaseException:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        raise
+        return _measure(data, n, scratch, device, started)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+BENCH_SCRATCH = "fewsam-bench-scratch"
 
 
 def _measure(data: str | Path, n: int, cache_dir: Path, device: str, started: float) -> dict[str, Any]:
@@ -138,7 +142,6 @@ def _measure(data: str | Path, n: int, cache_dir: Path, device: str, started: fl
     infer_s = _decoder_inference_s(model, samples, values, device)
     memory = {name: path_peak_memory(data, refs, cache_dir, device, p.requested) for name, p in paths.items()}
     volume_s, fit_s = _predict_and_fit_times(dataset, model, cache, refs, device, cache_dir, paths["default"])
-    shutil.rmtree(cache_dir)
     return {
         "machine": machine(),
         "default_vs_fp32": {
