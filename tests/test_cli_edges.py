@@ -600,3 +600,13 @@ def test_a_bench_given_an_existing_empty_folder_keeps_it(tmp_path, monkeypatch):
     bench.run_bench(tmp_path / "data", 2, tmp_path / "work")
     assert (tmp_path / "work").is_dir() and not any((tmp_path / "work").iterdir())
     assert used[0].parent == tmp_path / "work"
+
+
+@pytest.mark.parametrize("command", [["embed"], ["fit", "fewshot", "--labeled-slices", "1"]])
+def test_a_cache_inside_the_data_folder_is_refused_before_anything_is_written(acdc, tmp_path, command):
+    """fewsam writes nothing into a user's data; cache entries (.npz) there could be read as cases."""
+    cache = acdc / "emb_cache"
+    extra = ["--out", str(tmp_path / "run")] if command[0] == "fit" else []
+    message = cli_error(*command, "--data", str(acdc), "--cache", str(cache), *extra)
+    assert message.startswith(f"--cache {cache} is inside the data folder {acdc}")
+    assert not cache.exists() and not (tmp_path / "run").exists()

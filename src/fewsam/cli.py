@@ -91,11 +91,12 @@ SplitHelp = default_is("List file relative to DATA, or train|val|test.", DEFAULT
 DEFAULT_BINS_SPEC = " and ".join(f"{b.column}:{','.join(f'{e:g}' for e in b.edges)}" for b in DEFAULT_BINS.values())
 
 
-def check_cache(cache: str) -> None:
-    """--cache must be a folder fewsam can write (``predict.check_cache_folder``), checked up front."""
+def check_cache(cache: str, data: Path | str | None = None) -> None:
+    """--cache must be a folder fewsam can write, outside DATA (``predict.check_cache_folder``),
+    checked up front."""
     from fewsam.predict import check_cache_folder
 
-    check_cache_folder(cache)
+    check_cache_folder(cache, data)
 
 
 def check_folder(path: Path, option: str) -> None:
@@ -175,7 +176,7 @@ def embed(
     from fewsam.api import embed_dataset
 
     check_device(device)
-    check_cache(cache)
+    check_cache(cache, data)
     check_ray(ray, ray_workers)
     stats = embed_dataset(data, split, model, checkpoint, cache, device, show_progress=not quiet, precision=precision,
                           ray=ray, ray_workers=ray_workers)
@@ -246,7 +247,7 @@ def fit_command(name: str) -> Any:
         if "device" in values:
             check_device(values["device"])
         if "cache" in values and "model" in values:  # the U-Net students use no cache
-            check_cache(values["cache"])
+            check_cache(values["cache"], values.get("data"))
         check_folder(values["run"], "--out")
         show_progress = not values.pop("quiet")
         options = FitOptions(**{k: values.pop(k) for k in shared}, show_progress=show_progress)

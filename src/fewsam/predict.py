@@ -93,7 +93,7 @@ def predict(
     _check_class_map(config, dataset.class_map.to_json(), data, dataset.has_any_label())
     pixels_only = method.predicts_from_pixels(run_dir)
     if refine != "never" or not pixels_only:
-        check_cache_folder(cache_root)
+        check_cache_folder(cache_root, data)
     encoder = _encoder_precision(precision, device, needs_encoder=refine != "never" or not pixels_only)
     refined = refine == "always" or (refine == "if-better" and
                                      _refinement_chosen(run_dir, config, cache_root, encoder, device,
@@ -173,9 +173,17 @@ def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
         raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
 
 
-def check_cache_folder(root: str | Path) -> None:
-    """Refuse a --cache that is a file or cannot be written, before any model is loaded."""
-    check_folder_path(Path(root).expanduser(), "--cache", CacheError)
+def check_cache_folder(root: str | Path, data: str | Path | None = None) -> None:
+    """Refuse a --cache that is a file or cannot be written, before any model is loaded, or that lies
+    in the data folder ``data``: fewsam writes nothing into a user's data, and the cache's ``.npz``
+    entries there would be read as cases of a FairSeg-style folder the next time it is opened."""
+    cache = Path(root).expanduser()
+    check_folder_path(cache, "--cache", CacheError)
+    if data is not None and Path(data).expanduser().is_dir():
+        folder = Path(data).expanduser().resolve()
+        if cache.resolve() == folder or folder in cache.resolve().parents:
+            raise CacheError(f"--cache {root} is inside the data folder {data}; fewsam writes nothing into your "
+                             "data: give a cache folder outside it (the default is ~/.cache/fewsam)")
 
 
 def dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
