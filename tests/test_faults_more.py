@@ -25,7 +25,8 @@ def test_printed_json_stays_one_line_when_piped(tmp_path, monkeypatch):
     cache = tmp_path / ("a cache folder with a long name, " * 3).strip()
     stats = {"cases": 1, "encoded": 2, "cache": str(cache / "litemedsam-[/b]")}
     monkeypatch.setattr(fewsam.api, "embed_dataset", lambda *args, **kwargs: stats)
-    result = CliRunner().invoke(app, ["embed", "--data", str(tmp_path), "--cache", str(cache), "--quiet"])
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(app, ["embed", "--data", str(tmp_path / "data"), "--cache", str(cache), "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1]) == stats
 
