@@ -280,7 +280,9 @@ def test_fit_is_refused_without_labels_or_without_every_class(studio, tmp_path):
 
 
 @pytest.mark.parametrize("body, words", [({"steps": 0}, "steps"), ({"views": 9}, "views"),
-                                         ({"cases": ["nope"]}, "no case 'nope'")])
+                                         ({"cases": ["nope"]}, "no case 'nope'"),
+                                         ({"steps": True}, "steps"), ({"steps": "5"}, "steps"),
+                                         ({"all_cases": "yes"}, "all_cases")])
 def test_fit_options_are_checked_before_anything_starts(studio, body, words):
     put(studio, painted())
     response = studio.post("/api/fit", json=body)

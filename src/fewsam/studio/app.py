@@ -36,7 +36,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fewsam.config import DEFAULT_CACHE
 from fewsam.errors import FewsamError, is_disk_full
@@ -89,6 +89,9 @@ class ProjectLog:
 
 
 class FitRequest(BaseModel):
+    """Strict types: a script's ``{"steps": true}`` was a 1-step fit and ``"5"`` five steps."""
+
+    model_config = ConfigDict(strict=True)
     steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS)
     views: int = Field(DEFAULT_VIEWS, ge=1, le=8)
     cases: list[str] = Field(default_factory=list, max_length=100_000)
@@ -96,6 +99,7 @@ class FitRequest(BaseModel):
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
     cases: list[str] = Field(default_factory=list, max_length=100_000)
     all_cases: bool = False
 
