@@ -336,6 +336,7 @@ def test_evaluate_and_info_never_write_their_json_over_a_file_of_the_dataset(acd
         message = cli_error(*args, "--attributes", str(tmp_path / "groups.csv"), "--json", str(target), "--overwrite")
         assert f"--json {target}" in message and "would replace it" in message
     assert all(path.read_bytes() == data for path, data in kept.items())
+    assert f"--json {acdc} is the dataset folder" in cli_error(*args, "--json", str(acdc))
     result = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "result.json")])
     assert result.exit_code == 0, result.output
     again = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "result.json"), "--overwrite"])

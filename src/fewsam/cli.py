@@ -132,7 +132,8 @@ def check_not_an_input(path: Path | None, option: str, inputs: list[Path], data:
         raise FewsamError(f"{option} {path} is the input {same}; writing there would replace it: give another "
                           f"{option}")
     if data is not None and data.is_dir() and path.resolve().is_relative_to(data.resolve()):
-        raise FewsamError(f"{option} {path} is a file of the dataset {data}; writing there would replace it: give "
+        what = "is the dataset folder" if path.resolve() == data.resolve() else f"is in the dataset {data}"
+        raise FewsamError(f"{option} {path} {what}; writing there would replace it: give "
                           f"another {option} outside {data}")
 
 
