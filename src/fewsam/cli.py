@@ -197,6 +197,10 @@ def _report_fit(result, run: Path) -> None:
 
     if launched_rank() != 0:
         return
+    if result.already_finished:
+        out.print(f"{run} holds this fit, finished already (best validation Dice {result.best_score:.4f} at step "
+                  f"{result.best_step}): nothing was changed; to fit again, delete {run} or choose another --out")
+        return
     if result.steps_run == 0:
         out.print(f"recorded the run in {run} (nothing to train)")
         return

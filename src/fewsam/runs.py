@@ -43,11 +43,13 @@ class RunFolder:
     ``with RunFolder(run) as folder:`` refuses a foreign folder, creates RUN and takes its lock
     (a second fit into the same folder is refused at once); ``folder.prepare(config)`` resumes or
     refuses as ``prepare_run_dir`` does. A clean exit writes the manifest; a failure before the
-    first checkpoint of a new run removes what the fit had made."""
+    first checkpoint of a new run removes what the fit had made. A run whose fit had finished
+    (``folder.finished``) is left exactly as it is: its manifest is neither removed nor rewritten,
+    so a rerun that fails or is stopped cannot turn a finished run into an unfinished one."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir)
-        self.created = self.new = self.prepared = False
+        self.created = self.new = self.prepared = self.finished = False
         self._lock: int | None = None
 
     def __enter__(self) -> "RunFolder":
@@ -61,18 +63,18 @@ class RunFolder:
     def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
         """Write (or match) config.json, refuse damaged finished runs, clear what a kill left."""
         path, resuming = prepare_run_dir(self.path, config, defaults)
-        if resuming:
-            _verify_finished(path)
+        self.finished = resuming and _verify_finished(path)
         for tmp in stale_temporaries(path):
             tmp.unlink(missing_ok=True)
-        (path / MANIFEST).unlink(missing_ok=True)
+        if not self.finished:
+            (path / MANIFEST).unlink(missing_ok=True)
         self.prepared = True
         return path
 
     def __exit__(self, exc_type, exc, tb) -> None:
         ok = exc_type is None
         try:
-            if ok and self.prepared:
+            if ok and self.prepared and not self.finished:
                 write_manifest(self.path)
         except BaseException:
             ok = False
@@ -94,15 +96,16 @@ class RunFolder:
                 child.unlink(missing_ok=True)
 
 
-def _verify_finished(path: Path) -> None:
-    """Before a finished run is resumed: its files must be intact, or the resumed fit would build on
-    (and a new manifest bless) damaged weights. A run without a readable manifest is unfinished:
-    resuming it is what writes one."""
+def _verify_finished(path: Path) -> bool:
+    """Whether the run at ``path`` finished (it has a readable manifest), refusing one whose files
+    were damaged since. A run without a readable manifest is unfinished: resuming it is what
+    writes one."""
     try:
         _, files = _read_manifest(path)
     except RunError:
-        return
+        return False
     _verify_files(path, files, f"delete {path} and fit again (nothing was changed)")
+    return True
 
 
 @contextmanager

@@ -103,6 +103,19 @@ class TrainResult:
     best_step: int
     steps_run: int
     seconds: float
+    already_finished: bool = False  # the run had finished before this call: nothing was trained or written
+
+
+def finished_result(run_dir: Path) -> TrainResult:
+    """The outcome of a fit that had finished before, read back from its folder (nothing is trained):
+    the best checkpoint's score and step, and the steps run from the resume state where it is readable."""
+    best = torch.load(Path(run_dir) / BEST, map_location="cpu", weights_only=True)
+    score, best_step = float(best["metrics"]["score"]), int(best["step"])
+    try:
+        steps_run = int(_read_resume_state(Path(run_dir) / LAST)["state"]["step"])
+    except (RunError, KeyError, TypeError, ValueError):  # the resume state is not needed by a finished run
+        steps_run = best_step
+    return TrainResult(score, best_step, steps_run, 0.0, already_finished=True)
 
 
 def seed_everything(seed: int) -> np.random.Generator:

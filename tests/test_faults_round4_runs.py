@@ -1,0 +1,84 @@
+"""The life of a run folder across methods: a finished run asked again, distill's teacher (missing,
+moved after the fit, of a kind that cannot teach), and what a rerun, a stop or a damaged file leaves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+from fewsam.config import ConfigError
+from fewsam.data.phantom import write_phantom_dataset
+from fewsam.methods.distill import DistillConfig, teacher_config
+from fewsam.runs import MANIFEST, run_folder
+
+QUIET = ["--quiet", "--precision", "fp32"]
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("r4") / "ph", n_train=3, n_val=1, slices=2, seed=1)
+
+
+def _supervised(data: Path, run: Path, steps: str = "2") -> list[str]:
+    return ["fit", "supervised", "--data", str(data), "--labeled-slices", "2", "--steps", steps, "--val-every", "2",
+            "--batch-size", "2", "--image-size", "16", "--out", str(run), *QUIET]
+
+
+# --- a finished run asked again -------------------------------------------------------------------
+
+def test_a_finished_run_asked_again_says_so_and_changes_nothing(phantom, tmp_path):
+    run = tmp_path / "run"
+    assert _invoke(*_supervised(phantom, run)).exit_code == 0
+    before = _files(run)
+    again = _invoke(*_supervised(phantom, run))
+    assert again.exit_code == 0, again.output
+    assert "finished already" in again.output and f"delete {run}" in again.output
+    assert _files(run) == before  # not refitted, not re-chosen, not even its log touched
+
+
+def test_a_finished_distill_whose_teacher_moved_is_still_finished_and_predicts(phantom, tmp_path):
+    """Asking a finished distill run again used to check its teacher again: with the teacher moved
+    the rerun failed, and had already removed the run's manifest, so the run could not predict."""
+    teacher, cache = tmp_path / "teacher", tmp_path / "cache"
+    assert _invoke(*_supervised(phantom, teacher)).exit_code == 0
+    fit = ["fit", "distill", "--data", str(phantom), "--labeled-slices", "2", "--teacher", str(teacher), "--steps",
+           "2", "--val-every", "2", "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "16",
+           "--cache", str(cache), "--out", str(tmp_path / "run"), *QUIET]
+    assert _invoke(*fit).exit_code == 0
+    teacher.rename(tmp_path / "elsewhere")
+    again = _invoke(*fit)
+    assert again.exit_code == 0, again.output
+    assert "finished already" in again.output
+    assert (tmp_path / "run" / MANIFEST).exists()
+    pred = _invoke("predict", str(tmp_path / "run"), "--data", str(phantom), "--out", str(tmp_path / "pred"), "--quiet")
+    assert pred.exit_code == 0, pred.output
+
+
+# --- distill's teacher ----------------------------------------------------------------------------
+
+def test_a_teacher_that_does_not_exist_is_named_as_the_teacher(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--teacher \S+gone does not exist"):
+        teacher_config(SimpleNamespace(), DistillConfig(teacher=str(tmp_path / "gone")))
+
+
+def test_a_zero_shot_run_as_teacher_is_refused_for_what_it_is_not_for_its_budget(tmp_path):
+    """A prompted run records no labelled slices: it was refused as "fitted on other labelled
+    slices", sending the user after a budget that no budget could fix."""
+    with run_folder(tmp_path / "prompted", {"method": "prompted", "prompted": {"prompt": "box"}}):
+        pass
+    with pytest.raises(ConfigError, match="is a prompted run: nothing was fitted"):
+        teacher_config(SimpleNamespace(), DistillConfig(teacher=str(tmp_path / "prompted")))
