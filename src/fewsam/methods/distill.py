@@ -87,7 +87,11 @@ def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
     if not cfg.teacher:
         raise ConfigError("say which fitted run teaches the student: --teacher RUN")
     folder = Path(cfg.teacher)
+    if not folder.exists():
+        raise ConfigError(f"--teacher {folder} does not exist (moved or deleted?); give the folder of a finished fit "
+                          "(e.g. fewmatch)")
     config = check_run(folder)
+    refuse_unfitted_teacher(folder, config)
     refs = [f"{r.case_id}:{r.z}" for r in ctx.labelled]
     if config.get("labelled", {}).get("refs") != refs:
         raise ConfigError(f"the teacher {folder} was fitted on other labelled slices than this fit's budget; "
@@ -98,6 +102,16 @@ def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
     if config.get("weights_sha256") and ctx.model is not None and config["weights_sha256"] != ctx.model.weights_sha256:
         raise ConfigError(f"the teacher {folder} was fitted on other SAM weights; give its --model / --checkpoint")
     return folder, config
+
+
+def refuse_unfitted_teacher(folder: Path, config: dict) -> None:
+    """A run with nothing fitted (zero-shot ``prompted``) prompts SAM from each case's own labels,
+    which the unlabelled pool lacks: it cannot teach, whatever the labelled budget."""
+    method = get_method(config.get("method"))
+    if method.fit is None:
+        raise ConfigError(f"the teacher {folder} is a {method.name} run: nothing was fitted and it prompts SAM from "
+                          "each case's own labels, so it cannot label the unlabelled pool; give a fitted run "
+                          "(e.g. fewshot or fewmatch) as --teacher")
 
 
 def refuse_self_teaching(cfg: DistillConfig, run_dir: Path) -> None:
