@@ -82,3 +82,29 @@ def test_a_zero_shot_run_as_teacher_is_refused_for_what_it_is_not_for_its_budget
         pass
     with pytest.raises(ConfigError, match="is a prompted run: nothing was fitted"):
         teacher_config(SimpleNamespace(), DistillConfig(teacher=str(tmp_path / "prompted")))
+
+
+# --- evaluations of other classes -----------------------------------------------------------------
+
+def _evaluation(path: Path, scores: list[float], cls: str = "fg") -> Path:
+    from fewsam.metrics import summarise
+
+    cases = [{"case": f"case_{i:03d}", "group": None,
+              "per_class": {cls: {"dice": s, "iou": s / (2 - s), "hd95": 1.0, "asd": 1.0}}}
+             for i, s in enumerate(scores)]
+    path.write_text(json.dumps({**summarise(cases), "distance_unit": "pixel"}))
+    return path
+
+
+def test_evaluations_of_other_classes_are_not_paired_case_by_case(tmp_path):
+    """Two datasets both naming their cases case_000... were paired by case id and tested as one."""
+    from fewsam.compare import compare_runs
+    from fewsam.errors import DataError
+    from fewsam.report import write_group_report
+
+    a = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])
+    b = _evaluation(tmp_path / "b.json", [0.5, 0.4, 0.6], cls="tumour")
+    with pytest.raises(DataError, match="a.json scores classes fg but .*b.json scores tumour; compare evaluations"):
+        compare_runs(a, b)
+    write_group_report([a, b], tmp_path / "report")
+    assert "b scores classes tumour but a scores fg" in (tmp_path / "report" / "report.md").read_text()

@@ -124,6 +124,7 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     if n_comparisons < 1:
         raise DataError(f"--n-comparisons must be >= 1, got {n_comparisons}")
     eval_a, eval_b = read_evaluation(a), read_evaluation(b)
+    check_same_classes(eval_a, eval_b, a, b)
     score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
     cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
     both = cases_a & cases_b
@@ -143,6 +144,20 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
         **left_out,
         **test,
     }
+
+
+def scored_classes(result: dict[str, Any]) -> list[str]:
+    """The class names an evaluation's per-case records score, in order of first appearance."""
+    return list(dict.fromkeys(name for case in result["cases"] for name in case["per_class"]))
+
+
+def check_same_classes(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | Path, b: str | Path) -> None:
+    """Refuse to pair evaluations of other classes: a case's score is its mean over classes, so cases
+    that share an id in two datasets (case_001) would be compared as if they were one, with no word said."""
+    classes_a, classes_b = scored_classes(eval_a), scored_classes(eval_b)
+    if set(classes_a) != set(classes_b):
+        raise DataError(f"{a} scores classes {', '.join(classes_a) or 'none'} but {b} scores "
+                        f"{', '.join(classes_b) or 'none'}; compare evaluations of the same data")
 
 
 def _case_ids(result: dict[str, Any]) -> set[str]:
