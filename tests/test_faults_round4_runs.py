@@ -108,3 +108,48 @@ def test_evaluations_of_other_classes_are_not_paired_case_by_case(tmp_path):
         compare_runs(a, b)
     write_group_report([a, b], tmp_path / "report")
     assert "b scores classes tumour but a scores fg" in (tmp_path / "report" / "report.md").read_text()
+
+
+# --- a full disk ----------------------------------------------------------------------------------
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return apply
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_leaves_no_run(phantom, tmp_path):
+    """torch's checkpoint writer turns the failed write into a RuntimeError of its own ("unexpected
+    pos"): the fit ended in a traceback. A file-size limit stands in for the full disk."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import assert_one_line_error
+
+    run = tmp_path / "run"
+    env = dict(os.environ, FEWSAM_NO_REEXEC="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "fewsam", *_supervised(phantom, run)], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=300, preexec_fn=_limit_file_size(100_000))
+    assert_one_line_error(result, f"File too large writing {run / 'checkpoint_best.pt'}; free space")
+    assert "the same command again" in result.stderr
+    assert not run.exists()  # a new run that failed before its first checkpoint leaves nothing
+
+
+def test_a_write_error_inside_a_writer_names_the_file(tmp_path):
+    import errno
+
+    from fewsam.atomic import atomic_write
+
+    def write(fh) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        finally:
+            raise RuntimeError("unexpected pos 213056 vs 212944")  # as torch's zip writer reports it
+
+    with pytest.raises(OSError) as failed:
+        atomic_write(tmp_path / "checkpoint.pt", write)
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(tmp_path / "checkpoint.pt"))
+    assert list(tmp_path.iterdir()) == []
