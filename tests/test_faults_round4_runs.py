@@ -153,3 +153,53 @@ def test_a_write_error_inside_a_writer_names_the_file(tmp_path):
         atomic_write(tmp_path / "checkpoint.pt", write)
     assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(tmp_path / "checkpoint.pt"))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- damaged files of an unfinished run -----------------------------------------------------------
+
+def test_an_emptied_best_checkpoint_is_named_when_the_fit_resumes_not_blessed(phantom, tmp_path):
+    """An unfinished run whose checkpoint_best.pt a copy left empty resumed "fine", wrote a manifest
+    that blessed the empty file, and every predict then ended in a bare "Aborted!" (torch's EOFError)."""
+    run = tmp_path / "run"
+    assert _invoke(*_supervised(phantom, run)).exit_code == 0
+    (run / MANIFEST).unlink()  # stopped after its last checkpoint, before it finished
+    (run / "checkpoint_best.pt").write_bytes(b"")
+    refused = str(_invoke(*_supervised(phantom, run)).exception)
+    assert refused.startswith(f"{run / 'checkpoint_best.pt'} is damaged"), refused
+    assert f"delete {run / 'checkpoint_last.pt'} to restart this fit" in refused
+    assert not (run / MANIFEST).exists()
+
+
+def test_a_damaged_run_file_read_outside_the_checks_is_named():
+    from fewsam.errors import RunError
+    from fewsam.train import load_run_file
+
+    with pytest.raises(RunError, match=r"empty.pt is damaged \(.*\); delete the run folder and fit again"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "empty.pt").write_bytes(b"")
+            load_run_file(Path(folder) / "empty.pt")
+
+
+def test_an_eof_inside_a_command_is_one_error_line_not_a_bare_aborted(monkeypatch, capsys, tmp_path):
+    import fewsam.predict
+    from fewsam import cli
+
+    def truncated(*args, **kwargs):
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    monkeypatch.setattr(fewsam.predict, "predict", truncated)
+    with pytest.raises(SystemExit) as stop:
+        cli.run_app(["predict", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "p")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: a file ended before its data did (Compressed file ended")
+
+
+def test_a_damaged_stored_pseudo_labelling_is_made_again(tmp_path):
+    from fewsam.methods.distill import stored_pseudo_labels
+
+    (tmp_path / "pseudo_labels.pt").write_bytes(b"PK\x03\x04 cut short")
+    assert stored_pseudo_labels(tmp_path / "pseudo_labels.pt") == {}
+    assert stored_pseudo_labels(tmp_path / "absent.pt") == {}

@@ -568,7 +568,12 @@ def run_app(args: list[str] | None = None) -> None:
     except click_errors.ClickException as exc:
         print_error(exc.format_message())
         raise SystemExit(exc.exit_code) from None
-    except typer.Abort:
+    except typer.Abort as exc:
+        ended = exc.__cause__ or exc.__context__
+        if isinstance(ended, EOFError):  # click turns an EOFError of the command into a bare "Aborted!"
+            print_error(f"a file ended before its data did ({ended or 'EOFError'}): one of the files this command "
+                        "read is truncated or empty; check the files it names (--data, the run, --cache)")
+            raise SystemExit(2) from None
         err.print("Aborted!", highlight=False)
         raise SystemExit(1) from None
     if isinstance(code, int) and code:

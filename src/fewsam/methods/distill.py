@@ -36,7 +36,7 @@ from fewsam.config import ConfigError, UnlabelledPoolConfig, option
 from fewsam.data.types import Case, SliceRef
 from fewsam.distributed import local_part
 from fewsam.embedded import CaseSlices
-from fewsam.errors import DataError
+from fewsam.errors import DataError, RunError
 from fewsam.fitting import FitContext, LabelledLoss
 from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, chosen_val_dice, postprocessing_choice,
                               stack_volume)
@@ -51,7 +51,7 @@ from fewsam.models.acceleration import prepare_student
 from fewsam.progress import say_once
 from fewsam.progress import tracked
 from fewsam.runs import BEST, CONFIG, check_run, read_config, write_json
-from fewsam.train import TrainResult, atomic_torch_save, load_best, train
+from fewsam.train import TrainResult, atomic_torch_save, load_best, load_run_file, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
 TEACHER_COPY = "teacher"  # RUN/teacher/: the teacher's predictor files, when the blend is kept
@@ -145,18 +145,28 @@ def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> Slice
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
     data = load_slices(ctx.dataset, refs, cfg.image_size, ctx.values)
     names = [f"{r.case_id}:{r.z}" for r in refs]
-    stored = run_dir / PSEUDO_FILE
-    if stored.exists():
-        saved = torch.load(stored, map_location="cpu", weights_only=True)
-        if saved["refs"] == names and saved["teacher"] == str(Path(cfg.teacher).resolve()):
-            data.labels = saved["labels"]
-            return data
+    saved = stored_pseudo_labels(run_dir / PSEUDO_FILE)
+    if saved.get("refs") == names and saved.get("teacher") == str(Path(cfg.teacher).resolve()):
+        data.labels = saved["labels"]
+        return data
     folder, config = teacher_config(ctx, cfg)
     lut = value_lut(ctx.values)
     labels = teacher_labels(ctx, folder, config, refs)
     data.labels = torch.stack([student_label(lab, cfg.image_size, lut) for lab in labels])
-    atomic_torch_save({"refs": names, "teacher": str(folder.resolve()), "labels": data.labels}, stored)
+    atomic_torch_save({"refs": names, "teacher": str(folder.resolve()), "labels": data.labels}, run_dir / PSEUDO_FILE)
     return data
+
+
+def stored_pseudo_labels(path: Path) -> dict[str, Any]:
+    """RUN/pseudo_labels.pt as an earlier start of this fit stored it; {} when it is absent or damaged
+    (the teacher labels the pool again, to the same labels: they are a function of teacher and data)."""
+    if not path.exists():
+        return {}
+    try:
+        saved = load_run_file(path)
+    except RunError:
+        return {}
+    return saved if isinstance(saved, dict) and "labels" in saved else {}
 
 
 class DistillTask:

@@ -22,7 +22,7 @@ from fewsam.methods.samatch.pseudo_labels import PseudoLabeller, pooled_dice, st
 from fewsam.methods.samatch.sam_decoder import SamRounds
 from fewsam.methods.student import SliceSet, student_label
 from fewsam.runs import write_json
-from fewsam.train import atomic_torch_save
+from fewsam.train import atomic_torch_save, load_run_file
 
 PSEUDO_DIR = "pseudo_labels"
 QUALITY = "pseudo_label_quality.json"
@@ -52,7 +52,7 @@ class PseudoLabelRefresh:
             return
         path = self.run_dir / PSEUDO_DIR / f"step_{latest:07d}.pt"
         if path.exists():
-            self.labels = torch.load(path, map_location="cpu", weights_only=True)["labels"]
+            self.labels = load_run_file(path)["labels"]
         else:
             self.labels = self.refresh(latest, path)
         self.step = latest
