@@ -203,3 +203,22 @@ def test_a_damaged_stored_pseudo_labelling_is_made_again(tmp_path):
     (tmp_path / "pseudo_labels.pt").write_bytes(b"PK\x03\x04 cut short")
     assert stored_pseudo_labels(tmp_path / "pseudo_labels.pt") == {}
     assert stored_pseudo_labels(tmp_path / "absent.pt") == {}
+
+
+# --- a dataset that moved -------------------------------------------------------------------------
+
+def test_an_unfinished_run_resumes_from_a_copy_of_its_data_elsewhere(phantom, tmp_path):
+    """A batch job that copies the dataset to its own scratch folder reads it from a new path each
+    time: the resumed fit was refused for "data: old -> new", though the data hash showed the same data."""
+    run, moved = tmp_path / "run", tmp_path / "scratch" / "ph"
+    assert _invoke(*_supervised(phantom, run, steps="4")).exit_code == 0
+    (run / MANIFEST).unlink()
+    (run / "checkpoint_last.pt").unlink()  # stopped before its first checkpoint, config.json written
+    (run / "checkpoint_best.pt").unlink()
+    shutil.copytree(phantom, moved)
+    resumed = _invoke(*_supervised(moved, run, steps="4"))
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((run / "config.json").read_text())["data"] == str(moved.resolve())
+    assert "moved from" in (run / "fit.log").read_text()
+    changed = _invoke(*_supervised(moved, run, steps="6"))  # other options are still compared
+    assert "train.steps: 4 -> 6" in str(changed.exception)

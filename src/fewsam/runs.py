@@ -149,13 +149,16 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
         stored, predated = with_options_it_predates(read_config(path), defaults or {})
         _refuse_other_method(path, stored, config)
         _refuse_changed_data(path, stored, config)
-        changed = config_differences(_comparable(stored), _comparable(json.loads(json.dumps(config))))
+        by_hash = bool(stored.get(DATA_HASH) and config.get(DATA_HASH))
+        changed = config_differences(_comparable(stored, by_hash), _comparable(json.loads(json.dumps(config)), by_hash))
         if changed:
             raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
                            "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
         if predated:
             say_once(f"{path} was written before the options {', '.join(predated)} existed: resumed with "
                      "their defaults")
+        if by_hash and stored.get("data") != config.get("data"):
+            _record_moved_data(path, config["data"])
         return path, True
     _refuse_foreign(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -196,10 +199,22 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+def _comparable(config: dict[str, Any], by_hash: bool = False) -> dict[str, Any]:
     """Fields that must agree between a run and its resumption: not the display-only settings, and
-    not the data hash, which ``_refuse_changed_data`` compares with its own message."""
-    return {k: v for k, v in config.items() if k not in {"device", "cache", "progress", DATA_HASH}}
+    not the data hash, which ``_refuse_changed_data`` compares with its own message. ``by_hash``
+    (both configs hold a data hash): not the data folder's path either, as the hash says whether it
+    is the same data; a dataset copied to a job's own scratch folder still resumes the run."""
+    skip = {"device", "cache", "progress", DATA_HASH} | ({"data"} if by_hash else set())
+    return {k: v for k, v in config.items() if k not in skip}
+
+
+def _record_moved_data(path: Path, data: str) -> None:
+    """config.json names the data folder a resumed fit read (what `predict --refine-if-better` reads
+    its validation cases from), and the fit says that it moved."""
+    stored = read_config(path)
+    say_once(f"the data of {path} moved from {stored.get('data')} to {data} (the same labelled slices and "
+             "validation cases): resumed, and config.json now names the new folder")
+    write_json(path / CONFIG, {**stored, "data": data})
 
 
 def _refuse_other_method(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
