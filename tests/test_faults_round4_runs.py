@@ -84,6 +84,20 @@ def test_a_zero_shot_run_as_teacher_is_refused_for_what_it_is_not_for_its_budget
         teacher_config(SimpleNamespace(), DistillConfig(teacher=str(tmp_path / "prompted")))
 
 
+def test_a_teacher_fitted_on_other_data_with_the_same_case_ids_is_refused(phantom, tmp_path):
+    """Only the teacher's case ids and label values were compared: a teacher fitted on another
+    export naming its cases alike taught its labels as this data's."""
+    teacher, other = tmp_path / "teacher", write_phantom_dataset(tmp_path / "other", n_train=3, n_val=1, slices=2,
+                                                                 seed=7)
+    assert _invoke(*_supervised(phantom, teacher)).exit_code == 0
+    fit = ["fit", "distill", "--data", str(other), "--labeled-slices", "2", "--teacher", str(teacher), "--steps", "2",
+           "--batch-size", "2", "--image-size", "16", "--cache", str(tmp_path / "cache"), "--out",
+           str(tmp_path / "run"), *QUIET]
+    refused = str(_invoke(*fit).exception)
+    assert refused.startswith(f"the teacher {teacher} was fitted on other images or labels than {other}"), refused
+    assert not (tmp_path / "run").exists()
+
+
 # --- evaluations of other classes -----------------------------------------------------------------
 
 def _evaluation(path: Path, scores: list[float], cls: str = "fg") -> Path:

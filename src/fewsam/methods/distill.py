@@ -50,7 +50,7 @@ from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.progress import say_once
 from fewsam.progress import tracked
-from fewsam.runs import BEST, CONFIG, check_run, read_config, write_json
+from fewsam.runs import BEST, CONFIG, DATA_HASH, check_run, data_sha256, read_config, write_json
 from fewsam.train import TrainResult, atomic_torch_save, load_best, load_run_file, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
@@ -101,7 +101,26 @@ def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
                           f"{ctx.values}")
     if config.get("weights_sha256") and ctx.model is not None and config["weights_sha256"] != ctx.model.weights_sha256:
         raise ConfigError(f"the teacher {folder} was fitted on other SAM weights; give its --model / --checkpoint")
+    refuse_teacher_of_other_data(ctx, folder, config)
     return folder, config
+
+
+def refuse_teacher_of_other_data(ctx: FitContext, folder: Path, config: dict) -> None:
+    """The teacher's data hash (its labelled slices and validation cases) against this data's: case ids
+    alone match across datasets that name their cases alike (two exports, a relabelled copy), and a
+    teacher fitted on other images or labels would pass its labels off as this data's."""
+    stored = config.get(DATA_HASH)
+    if not stored:  # a run recorded before fewsam hashed its data
+        return
+    val_split = config.get("val_split") or "val"
+    try:
+        val_ids = ctx.dataset.split(val_split)
+    except DataError:
+        val_ids = None
+    if val_ids is None or data_sha256(ctx.dataset, ctx.labelled, val_ids) != stored:
+        raise ConfigError(f"the teacher {folder} was fitted on other images or labels than {ctx.dataset.root} holds "
+                          f"(its labelled slices or its validation cases, --val-split {val_split}, differ); give a "
+                          "teacher fitted on this data")
 
 
 def refuse_unfitted_teacher(folder: Path, config: dict) -> None:
