@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fewsam.cli import app
@@ -96,6 +97,31 @@ def test_a_teacher_fitted_on_other_data_with_the_same_case_ids_is_refused(phanto
     refused = str(_invoke(*fit).exception)
     assert refused.startswith(f"the teacher {teacher} was fitted on other images or labels than {other}"), refused
     assert not (tmp_path / "run").exists()
+
+
+def test_a_teacher_fitted_again_into_its_folder_is_not_mixed_into_a_resumed_student(phantom, tmp_path):
+    """The stored pseudo-labels named the teacher by its folder alone: a student resumed after the
+    teacher was fitted again there trained on the old teacher's labels, with no word said."""
+    from fewsam.methods.distill import PSEUDO_FILE
+
+    teacher, run = tmp_path / "teacher", tmp_path / "run"
+    assert _invoke(*_supervised(phantom, teacher)).exit_code == 0
+    fit = ["fit", "distill", "--data", str(phantom), "--labeled-slices", "2", "--teacher", str(teacher), "--steps", "2",
+           "--val-every", "1", "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "16", "--no-teacher-blend",
+           "--cache", str(tmp_path / "cache"), "--out", str(run), *QUIET]
+    assert _invoke(*fit).exit_code == 0
+    (run / MANIFEST).unlink()  # stopped after its last checkpoint
+    shutil.rmtree(teacher)
+    assert _invoke(*_supervised(phantom, teacher, steps="4")).exit_code == 0  # another teacher, same folder
+    refused = str(_invoke(*fit).exception)
+    assert refused.startswith(f"the teacher {teacher} was fitted again since this fit labelled its pool"), refused
+    assert not (run / MANIFEST).exists()
+
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):  # stopped before its first checkpoint
+        (run / name).unlink()
+    old = torch.load(run / PSEUDO_FILE, weights_only=True)["teacher_fit"]
+    assert _invoke(*fit).exit_code == 0  # the new teacher labels the pool again
+    assert torch.load(run / PSEUDO_FILE, weights_only=True)["teacher_fit"] != old
 
 
 # --- evaluations of other classes -----------------------------------------------------------------

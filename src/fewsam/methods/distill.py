@@ -23,6 +23,7 @@ self-contained) and the run predicts through SAM's encoder and the embedding cac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.progress import say_once
 from fewsam.progress import tracked
-from fewsam.runs import BEST, CONFIG, DATA_HASH, check_run, data_sha256, read_config, write_json
+from fewsam.runs import BEST, CONFIG, DATA_HASH, LAST, MANIFEST, check_run, data_sha256, read_config, write_json
 from fewsam.train import TrainResult, atomic_torch_save, load_best, load_run_file, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
@@ -165,15 +166,34 @@ def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> Slice
     data = load_slices(ctx.dataset, refs, cfg.image_size, ctx.values)
     names = [f"{r.case_id}:{r.z}" for r in refs]
     saved = stored_pseudo_labels(run_dir / PSEUDO_FILE)
+    fitted = teacher_fingerprint(Path(cfg.teacher))
     if saved.get("refs") == names and saved.get("teacher") == str(Path(cfg.teacher).resolve()):
-        data.labels = saved["labels"]
-        return data
+        if saved.get("teacher_fit", fitted) == fitted:
+            data.labels = saved["labels"]
+            return data
+        refuse_refitted_teacher(Path(cfg.teacher), run_dir)
     folder, config = teacher_config(ctx, cfg)
     lut = value_lut(ctx.values)
     labels = teacher_labels(ctx, folder, config, refs)
     data.labels = torch.stack([student_label(lab, cfg.image_size, lut) for lab in labels])
-    atomic_torch_save({"refs": names, "teacher": str(folder.resolve()), "labels": data.labels}, run_dir / PSEUDO_FILE)
+    atomic_torch_save({"refs": names, "teacher": str(folder.resolve()), "teacher_fit": fitted, "labels": data.labels},
+                      run_dir / PSEUDO_FILE)
     return data
+
+
+def teacher_fingerprint(folder: Path) -> str:
+    """sha256 of the teacher's manifest.json: it lists the sizes and hashes of every file its
+    predictions come from, so it changes when the teacher is fitted again into the same folder."""
+    return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+
+
+def refuse_refitted_teacher(folder: Path, run_dir: Path) -> None:
+    """The pool was labelled by a teacher since fitted again into the same folder: before the student's
+    first checkpoint the new teacher labels it again; after it, a resumed student would mix the old
+    teacher's labels with the new teacher's blend and match neither fit, so it is refused."""
+    if (run_dir / LAST).exists():
+        raise ConfigError(f"the teacher {folder} was fitted again since this fit labelled its pool with it; fit "
+                          f"into another --out, or delete {run_dir} to start this fit over with the new teacher")
 
 
 def stored_pseudo_labels(path: Path) -> dict[str, Any]:
