@@ -262,3 +262,33 @@ def test_an_unfinished_run_resumes_from_a_copy_of_its_data_elsewhere(phantom, tm
     assert "moved from" in (run / "fit.log").read_text()
     changed = _invoke(*_supervised(moved, run, steps="6"))  # other options are still compared
     assert "train.steps: 4 -> 6" in str(changed.exception)
+
+
+# --- a run folder on a file system without locks ---------------------------------------------------
+
+def test_a_file_system_without_locks_does_not_refuse_every_fit_as_in_use(tmp_path, monkeypatch):
+    """On an NFS mount without its lock service flock fails with ENOLCK: every fit into any folder
+    there was refused as "in use by another fit", for good."""
+    import errno
+    import fcntl
+
+    from fewsam.errors import RunError
+    from fewsam.progress import said
+    from fewsam.runs import RunFolder
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with RunFolder(tmp_path / "run") as folder:
+        folder.prepare({"method": "supervised", "supervised": {}})
+    assert (tmp_path / "run" / MANIFEST).exists()
+    assert any("without file locks" in notice for notice in said())
+
+    def held(fd: int, operation: int) -> None:
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(fcntl, "flock", held)
+    with pytest.raises(RunError, match="is in use by another fit"):
+        with RunFolder(tmp_path / "run"):
+            pass

@@ -12,6 +12,7 @@ prediction is never made from a partial run.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -123,11 +124,19 @@ def _refuse_foreign(path: Path) -> None:
 
 
 def _take_lock(path: Path) -> int:
-    """An exclusive flock on RUN/.lock, released when its descriptor closes (also when killed)."""
+    """An exclusive flock on RUN/.lock, released when its descriptor closes (also when killed).
+
+    Only a lock another process holds refuses the fit: a file system without locks (an NFS mount
+    without its lock service) answers with another error, and calling that "in use by another fit"
+    would refuse every fit into it for good; the fit then goes on unlocked and says so."""
     fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            say_once(f"{path} is on a file system without file locks ({os.strerror(err.errno or errno.ENOLCK)}): "
+                     "a second fit into it at the same time would not be refused; run one at a time")
+            return fd
         os.close(fd)
         raise RunError(f"{path} is in use by another fit (it holds {path / LOCK}); wait for that fit to end "
                        "or choose another --out") from None
