@@ -292,3 +292,22 @@ def test_a_file_system_without_locks_does_not_refuse_every_fit_as_in_use(tmp_pat
     with pytest.raises(RunError, match="is in use by another fit"):
         with RunFolder(tmp_path / "run"):
             pass
+
+
+# --- SAM-Match's refreshes in the fit log ---------------------------------------------------------
+
+def test_a_pseudo_label_refresh_is_a_line_of_the_fit_log(tmp_path):
+    """A refresh labels the whole unlabelled pool; RUN/fit.log said nothing of it."""
+    import numpy as np
+
+    from fewsam.methods.samatch.refresh import refresh_line
+    from fewsam.progress import log_to, record
+
+    quality = {"student_all": {"1": 0.5, "mean": 0.5}, "sam_refined": {"1": 0.75, "mean": 0.75}}
+    with log_to(tmp_path / "fit.log"):
+        record(refresh_line(200, [np.zeros((4, 4)), None, np.ones((4, 4))], [2, 0, 3], quality))
+    assert (tmp_path / "fit.log").read_text().rstrip().endswith(
+        "pseudo-labels refreshed at step 200: SAM refined 2 of 3 unlabelled slices (5 prompts); pooled Dice "
+        "against the pool's labels: student 0.5000, SAM-refined slices 0.7500")
+    assert refresh_line(200, [None], [0], {"student_all": {"mean": 0.25}, "sam_refined": None}).endswith(
+        "(0 prompts); pooled Dice against the pool's labels: student 0.2500")
