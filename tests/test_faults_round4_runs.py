@@ -65,7 +65,8 @@ def test_a_finished_distill_whose_teacher_moved_is_still_finished_and_predicts(p
     assert again.exit_code == 0, again.output
     assert "finished already" in again.output
     assert (tmp_path / "run" / MANIFEST).exists()
-    pred = _invoke("predict", str(tmp_path / "run"), "--data", str(phantom), "--out", str(tmp_path / "pred"), "--quiet")
+    pred = _invoke("predict", str(tmp_path / "run"), "--data", str(phantom), "--out", str(tmp_path / "pred"),
+                   "--quiet")
     assert pred.exit_code == 0, pred.output
 
 
@@ -106,9 +107,9 @@ def test_a_teacher_fitted_again_into_its_folder_is_not_mixed_into_a_resumed_stud
 
     teacher, run = tmp_path / "teacher", tmp_path / "run"
     assert _invoke(*_supervised(phantom, teacher)).exit_code == 0
-    fit = ["fit", "distill", "--data", str(phantom), "--labeled-slices", "2", "--teacher", str(teacher), "--steps", "2",
-           "--val-every", "1", "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "16", "--no-teacher-blend",
-           "--cache", str(tmp_path / "cache"), "--out", str(run), *QUIET]
+    fit = ["fit", "distill", "--data", str(phantom), "--labeled-slices", "2", "--teacher", str(teacher),
+           "--steps", "2", "--val-every", "1", "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "16",
+           "--no-teacher-blend", "--cache", str(tmp_path / "cache"), "--out", str(run), *QUIET]
     assert _invoke(*fit).exit_code == 0
     (run / MANIFEST).unlink()  # stopped after its last checkpoint
     shutil.rmtree(teacher)

@@ -159,7 +159,8 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
         _refuse_other_method(path, stored, config)
         _refuse_changed_data(path, stored, config)
         by_hash = bool(stored.get(DATA_HASH) and config.get(DATA_HASH))
-        changed = config_differences(_comparable(stored, by_hash), _comparable(json.loads(json.dumps(config)), by_hash))
+        requested = json.loads(json.dumps(config))
+        changed = config_differences(_comparable(stored, by_hash), _comparable(requested, by_hash))
         if changed:
             raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
                            "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
