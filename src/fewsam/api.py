@@ -69,8 +69,9 @@ def _all_case_ids(dataset) -> list[str]:
 
 
 def fit(method: str, options: FitOptions, config: Config | None = None) -> TrainResult:
-    """Fit ``method`` into ``options.run`` (resumed when it holds the same run); ``config`` None
-    takes the method's defaults, the same as ``fewsam fit METHOD`` with no method options."""
+    """Fit ``method`` into ``options.run`` (resumed when it holds the same run; a run that finished is
+    left as it is and its outcome read back, ``already_finished``); ``config`` None takes the
+    method's defaults, the same as ``fewsam fit METHOD`` with no method options."""
     spec = get_method(method)
     cfg = spec.config() if config is None else config
     if type(cfg) is not spec.config:
