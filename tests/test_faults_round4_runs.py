@@ -312,3 +312,15 @@ def test_a_pseudo_label_refresh_is_a_line_of_the_fit_log(tmp_path):
         "against the pool's labels: student 0.5000, SAM-refined slices 0.7500")
     assert refresh_line(200, [None], [0], {"student_all": {"mean": 0.25}, "sam_refined": None}).endswith(
         "(0 prompts); pooled Dice against the pool's labels: student 0.2500")
+
+
+def test_distances_in_millimetres_are_not_paired_with_distances_in_pixels(tmp_path):
+    from fewsam.compare import compare_runs
+    from fewsam.errors import DataError
+
+    a = _evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7])
+    b = _evaluation(tmp_path / "b.json", [0.5, 0.4, 0.6])
+    b.write_text(json.dumps({**json.loads(b.read_text()), "distance_unit": "mm"}))
+    with pytest.raises(DataError, match="a.json gives hd95 in pixel and .*b.json in mm units; compare them on dice"):
+        compare_runs(a, b, metric="hd95")
+    assert compare_runs(a, b)["n"] == 3  # Dice has no unit

@@ -125,6 +125,7 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
         raise DataError(f"--n-comparisons must be >= 1, got {n_comparisons}")
     eval_a, eval_b = read_evaluation(a), read_evaluation(b)
     check_same_classes(eval_a, eval_b, a, b)
+    check_same_distance_unit(eval_a, eval_b, metric, a, b)
     score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
     cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
     both = cases_a & cases_b
@@ -158,6 +159,19 @@ def check_same_classes(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | 
     if set(classes_a) != set(classes_b):
         raise DataError(f"{a} scores classes {', '.join(classes_a) or 'none'} but {b} scores "
                         f"{', '.join(classes_b) or 'none'}; compare evaluations of the same data")
+
+
+DISTANCES = ("hd95", "asd")  # the metrics measured in the evaluation's distance unit
+
+
+def check_same_distance_unit(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str, a: str | Path,
+                             b: str | Path) -> None:
+    """Refuse to pair distances in millimetres with distances in pixels (a NIfTI dataset and a PNG
+    export of it): the test would rank the runs by their units."""
+    units = (eval_a.get("distance_unit", "pixel"), eval_b.get("distance_unit", "pixel"))
+    if metric in DISTANCES and units[0] != units[1]:
+        raise DataError(f"{a} gives {metric} in {units[0]} and {b} in {units[1]} units; compare them on dice or iou, "
+                        "or evaluate both on data of the same spacing")
 
 
 def _case_ids(result: dict[str, Any]) -> set[str]:
