@@ -1,6 +1,6 @@
 """The life of a run folder across methods and what is read back from it: a finished run asked
 again; distill's teacher (missing, moved after the fit, zero-shot, fitted on other data, fitted
-again into its folder); damaged files of an unfinished run and a truncated file anywhere; a full
+again into its folder, its copy in the run); damaged files of an unfinished run and a truncated file anywhere; a full
 disk while a checkpoint is written; data that moved; a file system without locks; SAM-Match's
 refreshes in the fit log; and compare / report on evaluations of other classes or distance units."""
 
@@ -327,3 +327,21 @@ def test_distances_in_millimetres_are_not_paired_with_distances_in_pixels(tmp_pa
     with pytest.raises(DataError, match="a.json gives hd95 in pixel and .*b.json in mm units; compare them on dice"):
         compare_runs(a, b, metric="hd95")
     assert compare_runs(a, b)["n"] == 3  # Dice has no unit
+
+
+def test_every_file_of_a_copied_teacher_is_in_the_manifest(tmp_path):
+    """A damaged RUN/teacher/config.json was named with "delete RUN/teacher and fit again", which
+    leaves a run that predicts through a teacher it no longer has."""
+    from fewsam.errors import RunError
+    from fewsam.runs import check_run
+
+    with run_folder(tmp_path / "run", {"method": "distill", "distill": {}}) as run:
+        (run / "teacher").mkdir()
+        for name in ("config.json", "checkpoint_best.pt", "prompt_bank.pt", "postprocess.json"):
+            (run / "teacher" / name).write_text(name)
+    listed = json.loads((run / MANIFEST).read_text())["files"]
+    assert sorted(listed) == ["teacher/checkpoint_best.pt", "teacher/config.json", "teacher/postprocess.json",
+                              "teacher/prompt_bank.pt"]
+    (run / "teacher" / "config.json").write_text("{")
+    with pytest.raises(RunError, match=f"teacher/config.json is damaged .*; delete {run} and fit again"):
+        check_run(run)

@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"  # written when a fit ends well: what predict reads, 
 LOCK = ".lock"
 DATA_HASH = "data_sha256"  # config key: the labelled slices' and validation cases' arrays
 NOT_FOR_PREDICT = {CONFIG, LAST, LOG, MANIFEST, LOCK}  # config.json is checked by content, not by hash
+COPIED_RUN = "teacher"  # RUN/teacher/: another run's predictor files copied in (distill's teacher blend)
 
 
 class RunFolder:
@@ -313,12 +314,15 @@ def write_manifest(run_dir: Path) -> Path:
 
 
 def predict_files(run_dir: Path) -> list[Path]:
-    """What a prediction may read besides config.json: the run's own top-level files and every best
-    checkpoint below it (SAM-Match's RUN/sam/), but not the resume state, the log or temporaries."""
+    """What a prediction may read besides config.json: the run's own top-level files, every best
+    checkpoint below it (SAM-Match's RUN/sam/) and every file of a copied run (RUN/teacher/, its
+    config.json included: the copy is read as a run of its own), but not the resume state, the log
+    or temporaries."""
     top = [p for p in run_dir.iterdir() if p.is_file() and p.name not in NOT_FOR_PREDICT
            and not p.name.startswith(".")]
     nested = [p for p in run_dir.rglob(BEST) if p.parent != run_dir and p.is_file()]
-    return sorted(top + nested)
+    copied = [p for p in (run_dir / COPIED_RUN).glob("*") if p.is_file() and not p.name.startswith(".")]
+    return sorted(set(top + nested + copied))
 
 
 def _read_manifest(run_dir: Path) -> tuple[list[str], list[tuple[str, int, str]]]:

@@ -51,11 +51,12 @@ from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.progress import say_once
 from fewsam.progress import tracked
-from fewsam.runs import BEST, CONFIG, DATA_HASH, LAST, MANIFEST, check_run, data_sha256, read_config, write_json
+from fewsam.runs import (BEST, CONFIG, COPIED_RUN, DATA_HASH, LAST, MANIFEST, check_run, data_sha256, read_config,
+                         write_json)
 from fewsam.train import TrainResult, atomic_torch_save, load_best, load_run_file, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
-TEACHER_COPY = "teacher"  # RUN/teacher/: the teacher's predictor files, when the blend is kept
+TEACHER_COPY = COPIED_RUN  # RUN/teacher/: the teacher's predictor files, when the blend is kept
 BLEND_GATE = 0.5  # class agreement below which a slice keeps the student's probabilities alone
 
 
