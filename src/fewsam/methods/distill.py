@@ -183,9 +183,11 @@ def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> Slice
 
 
 def teacher_fingerprint(folder: Path) -> str:
-    """sha256 of the teacher's manifest.json: it lists the sizes and hashes of every file its
-    predictions come from, so it changes when the teacher is fitted again into the same folder."""
-    return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+    """sha256 of the files listed in the teacher's manifest.json (the sizes and hashes of every file
+    its predictions come from): it changes when the teacher is fitted again into the same folder,
+    and not when only its config.json names a moved data folder."""
+    files = json.loads((folder / MANIFEST).read_text()).get("files", {})
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def refuse_refitted_teacher(folder: Path, run_dir: Path) -> None:
