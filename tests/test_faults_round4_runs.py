@@ -2,7 +2,7 @@
 again; distill's teacher (missing, moved after the fit, zero-shot, fitted on other data, fitted
 again into its folder, its copy in the run); damaged files of an unfinished run and a truncated file anywhere; a full
 disk while a checkpoint is written; data that moved; a file system without locks; SAM-Match's
-refreshes in the fit log; and compare / report on evaluations of other classes or distance units."""
+refreshes in the fit log; what a refused rerun names; and compare / report on evaluations of other classes or distance units."""
 
 from __future__ import annotations
 
@@ -345,3 +345,28 @@ def test_every_file_of_a_copied_teacher_is_in_the_manifest(tmp_path):
     (run / "teacher" / "config.json").write_text("{")
     with pytest.raises(RunError, match=f"teacher/config.json is damaged .*; delete {run} and fit again"):
         check_run(run)
+
+
+# --- what a refused rerun names -------------------------------------------------------------------
+
+def test_another_labelled_budget_is_named_as_an_option_not_as_changed_data(tmp_path):
+    """A larger --labeled-slices changes the data hash as well: the rerun was refused with "the
+    labelled slices ... in DATA changed since RUN was fitted", blaming data nobody had touched."""
+    from fewsam.errors import RunError
+    from fewsam.runs import prepare_run_dir
+
+    def config(slices: int, data: str = "/data/acdc", digest: str = "a") -> dict:
+        return {"method": "samatch", "data": data, "labelled": {"slices": slices}, "data_sha256": digest * 64,
+                "samatch": {"use_sam": True}, "model": "litemedsam"}
+
+    prepare_run_dir(tmp_path / "run", config(2))
+    with pytest.raises(RunError, match=r"different configuration \(labelled.slices: 2 -> 3\)"):
+        prepare_run_dir(tmp_path / "run", config(3, digest="b"))
+    with pytest.raises(RunError, match="was fitted on /data/acdc, and the labelled slices or validation cases in "
+                                       "/data/other differ"):
+        prepare_run_dir(tmp_path / "run", config(2, "/data/other", digest="b"))
+    with pytest.raises(RunError, match="cases in /data/acdc changed since"):
+        prepare_run_dir(tmp_path / "run", config(2, digest="b"))
+    moved = {**config(2, "/data/moved"), "samatch": {"use_sam": False}, "model": None}
+    with pytest.raises(RunError, match=r"\(samatch.use_sam: true -> false; model: "):  # the option given comes first
+        prepare_run_dir(tmp_path / "run", moved)

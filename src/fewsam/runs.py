@@ -158,13 +158,15 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
     if existing.exists():
         stored, predated = with_options_it_predates(read_config(path), defaults or {})
         _refuse_other_method(path, stored, config)
-        _refuse_changed_data(path, stored, config)
         by_hash = bool(stored.get(DATA_HASH) and config.get(DATA_HASH))
         requested = json.loads(json.dumps(config))
-        changed = config_differences(_comparable(stored, by_hash), _comparable(requested, by_hash))
+        # options first: another labelled budget or --val-split changes the data hash too, and is no change of data
+        changed = config_differences(_comparable(stored, by_hash), _comparable(requested, by_hash),
+                                     first=config.get("method"))
         if changed:
             raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
                            "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
+        _refuse_changed_data(path, stored, config)
         if predated:
             say_once(f"{path} was written before the options {', '.join(predated)} existed: resumed with "
                      "their defaults")
@@ -190,11 +192,14 @@ def with_options_it_predates(stored: dict[str, Any], defaults: dict[str, Any]) -
     return filled, names
 
 
-def config_differences(stored: dict[str, Any], requested: dict[str, Any], shown: int = 4) -> str:
+def config_differences(stored: dict[str, Any], requested: dict[str, Any], shown: int = 4,
+                       first: str | None = None) -> str:
     """The settings that keep a run from resuming, as "name: stored -> requested" (nested
-    sections as "section.name"), so a user sees which option to change back; "" when equal."""
+    sections as "section.name"), so a user sees which option to change back; "" when equal.
+    ``first``: a section listed before the rest (the method's own options, which the user gave,
+    rather than what they imply: the model a --sam fit loads)."""
     pairs = []
-    for key in sorted(set(stored) | set(requested)):
+    for key in sorted(set(stored) | set(requested), key=lambda k: (k != first, k)):
         old, new = stored.get(key), requested.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             pairs += [(f"{key}.{k}", old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
@@ -238,6 +243,10 @@ def _refuse_other_method(path: Path, stored: dict[str, Any], config: dict[str, A
 def _refuse_changed_data(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
     """Resuming (or re-running) a fit whose labels or images changed would mix two datasets."""
     if stored.get(DATA_HASH) and config.get(DATA_HASH) and stored[DATA_HASH] != config[DATA_HASH]:
+        if stored.get("data") and stored.get("data") != config.get("data"):  # not a moved copy: other data
+            raise RunError(f"{path} was fitted on {stored['data']}, and the labelled slices or validation cases in "
+                           f"{config.get('data')} differ from those; give its data, or fit into another --out "
+                           "(nothing was overwritten)")
         raise RunError(f"the labelled slices or validation cases in {config.get('data') or 'the data'} changed "
                        f"since {path} was fitted; fit into another --out (nothing was overwritten)")
 
