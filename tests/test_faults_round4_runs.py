@@ -1,8 +1,9 @@
 """The life of a run folder across methods and what is read back from it: a finished run asked
 again; distill's teacher (missing, moved after the fit, zero-shot, fitted on other data, fitted
-again into its folder, its copy in the run); damaged files of an unfinished run and a truncated file anywhere; a full
-disk while a checkpoint is written; data that moved; a file system without locks; SAM-Match's
-refreshes in the fit log; what a refused rerun names; and compare / report on evaluations of other classes or distance units."""
+again into its folder, its copy in the run); damaged files of an unfinished run and a truncated
+file anywhere; a full disk while a checkpoint is written; data that moved; a file system without
+locks; SAM-Match's refreshes in the fit log; what a refused rerun names; and compare / report on
+evaluations of other classes or distance units."""
 
 from __future__ import annotations
 
