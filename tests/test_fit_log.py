@@ -58,7 +58,8 @@ def test_a_resumed_fit_appends_to_its_log(tmp_path):
     run = tmp_path / "run"
     tiny_fit(data, run, steps=2)
     first = (run / TEXT_LOG).read_text()
-    tiny_fit(data, run, steps=2)  # the finished run, asked again: resumed at its last step
+    (run / "manifest.json").unlink()  # as if stopped after its last checkpoint, before it finished
+    tiny_fit(data, run, steps=2)  # resumed at its last step
     text = (run / TEXT_LOG).read_text()
     assert text.startswith(first)
     assert "resumed at step 2 of 2" in text[len(first):]

@@ -134,13 +134,24 @@ def test_resuming_a_finished_run_with_a_damaged_file_is_refused_and_changes_noth
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_resuming_a_finished_run_rewrites_its_manifest(tmp_path):
+def test_resuming_an_unfinished_run_rewrites_its_manifest(tmp_path):
     run = finished_run(tmp_path)
+    (run / MANIFEST).unlink()  # stopped after its last checkpoint, before it finished
     with run_folder(run, CFG) as again:
-        assert not (again / MANIFEST).exists()  # while the fit runs, the run is not finished
         (again / "postprocess.json").write_text(choice := '{"largest_component": true}')
     check_run(run)
     assert json.loads((run / MANIFEST).read_text())["files"]["postprocess.json"]["bytes"] == len(choice)
+
+
+def test_a_finished_run_asked_again_keeps_its_manifest_even_when_the_rerun_fails(tmp_path):
+    run = finished_run(tmp_path)
+    before = (run / MANIFEST).read_bytes()
+    with pytest.raises(KeyboardInterrupt), RunFolder(run) as folder:
+        folder.prepare(CFG)
+        assert folder.finished
+        raise KeyboardInterrupt
+    assert (run / MANIFEST).read_bytes() == before
+    check_run(run)
 
 
 def test_a_zero_shot_run_has_an_empty_manifest(tmp_path):

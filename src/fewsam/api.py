@@ -32,7 +32,7 @@ from fewsam.models.registry import load_model
 from fewsam.predict import predict
 from fewsam.progress import log_to, record, said
 from fewsam.runs import TEXT_LOG
-from fewsam.train import TrainResult
+from fewsam.train import TrainResult, finished_result
 
 __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
 
@@ -69,8 +69,9 @@ def _all_case_ids(dataset) -> list[str]:
 
 
 def fit(method: str, options: FitOptions, config: Config | None = None) -> TrainResult:
-    """Fit ``method`` into ``options.run`` (resumed when it holds the same run); ``config`` None
-    takes the method's defaults, the same as ``fewsam fit METHOD`` with no method options."""
+    """Fit ``method`` into ``options.run`` (resumed when it holds the same run; a run that finished is
+    left as it is and its outcome read back, ``already_finished``); ``config`` None takes the
+    method's defaults, the same as ``fewsam fit METHOD`` with no method options."""
     spec = get_method(method)
     cfg = spec.config() if config is None else config
     if type(cfg) is not spec.config:
@@ -86,6 +87,8 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
             run_dir = folder.prepare({"method": spec.name, **run_record(options, ctx),
                                       **method_sections(spec, cfg, options.seed)},
                                      defaults=method_sections(spec, spec.config(), options.seed))
+            if folder.finished:  # the same fit, finished before: said so, and the run is left as it is
+                return finished_result(run_dir)
             if ctx.fair is not None and ddp.is_main():
                 ctx.fair.save(run_dir)
             with fit_log(run_dir, spec.name):

@@ -34,10 +34,29 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
             os.replace(tmp, path)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            failed = write_error_behind(exc, path)
+            if failed is None:
+                raise
+            raise failed from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
     return path
+
+
+def write_error_behind(exc: Exception, path: Path) -> OSError | None:
+    """The OSError (a full disk, a quota, a file-size limit) behind a writer's failure, naming ``path``;
+    None when there is none. torch's checkpoint writer reports a failed write as a RuntimeError of its
+    own ("unexpected pos"), and OSErrors raised from inside a writer name no file, so without this a
+    full disk ends in a traceback instead of the one line that says where and what to do."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__context__
+    if seen is None or seen.errno is None or (seen is exc and seen.filename):
+        return None
+    return OSError(seen.errno, seen.strerror or os.strerror(seen.errno), str(path))
 
 
 @contextmanager

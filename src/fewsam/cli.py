@@ -205,6 +205,10 @@ def _report_fit(result, run: Path) -> None:
 
     if launched_rank() != 0:
         return
+    if result.already_finished:
+        out.print(f"{run} holds this fit, finished already (best validation Dice {result.best_score:.4f} at step "
+                  f"{result.best_step}): nothing was changed; to fit again, delete {run} or choose another --out")
+        return
     if result.steps_run == 0:
         out.print(f"recorded the run in {run} (nothing to train)")
         return
@@ -572,7 +576,12 @@ def run_app(args: list[str] | None = None) -> None:
     except click_errors.ClickException as exc:
         print_error(exc.format_message())
         raise SystemExit(exc.exit_code) from None
-    except typer.Abort:
+    except typer.Abort as exc:
+        ended = exc.__cause__ or exc.__context__
+        if isinstance(ended, EOFError):  # click turns an EOFError of the command into a bare "Aborted!"
+            print_error(f"a file ended before its data did ({ended or 'EOFError'}): one of the files this command "
+                        "read is truncated or empty; check the files it names (--data, the run, --cache)")
+            raise SystemExit(2) from None
         err.print("Aborted!", highlight=False)
         raise SystemExit(1) from None
     if isinstance(code, int) and code:

@@ -124,6 +124,8 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     if n_comparisons < 1:
         raise DataError(f"--n-comparisons must be >= 1, got {n_comparisons}")
     eval_a, eval_b = read_evaluation(a), read_evaluation(b)
+    check_same_classes(eval_a, eval_b, a, b)
+    check_same_distance_unit(eval_a, eval_b, metric, a, b)
     score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
     cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
     both = cases_a & cases_b
@@ -143,6 +145,33 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
         **left_out,
         **test,
     }
+
+
+def scored_classes(result: dict[str, Any]) -> list[str]:
+    """The class names an evaluation's per-case records score, in order of first appearance."""
+    return list(dict.fromkeys(name for case in result["cases"] for name in case["per_class"]))
+
+
+def check_same_classes(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | Path, b: str | Path) -> None:
+    """Refuse to pair evaluations of other classes: a case's score is its mean over classes, so cases
+    that share an id in two datasets (case_001) would be compared as if they were one, with no word said."""
+    classes_a, classes_b = scored_classes(eval_a), scored_classes(eval_b)
+    if set(classes_a) != set(classes_b):
+        raise DataError(f"{a} scores classes {', '.join(classes_a) or 'none'} but {b} scores "
+                        f"{', '.join(classes_b) or 'none'}; compare evaluations of the same data")
+
+
+DISTANCES = ("hd95", "asd")  # the metrics measured in the evaluation's distance unit
+
+
+def check_same_distance_unit(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str, a: str | Path,
+                             b: str | Path) -> None:
+    """Refuse to pair distances in millimetres with distances in pixels (a NIfTI dataset and a PNG
+    export of it): the test would rank the runs by their units."""
+    units = (eval_a.get("distance_unit", "pixel"), eval_b.get("distance_unit", "pixel"))
+    if metric in DISTANCES and units[0] != units[1]:
+        raise DataError(f"{a} gives {metric} in {units[0]} and {b} in {units[1]} units; compare them on dice or iou, "
+                        "or evaluate both on data of the same spacing")
 
 
 def _case_ids(result: dict[str, Any]) -> set[str]:

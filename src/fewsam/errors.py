@@ -4,7 +4,7 @@ import errno
 import os
 import signal
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file-size limit (ulimit -f, FAT32)
 NOT_PERMITTED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
@@ -44,7 +44,7 @@ class Stopped(BaseException):
 
 
 def is_disk_full(err: OSError) -> bool:
-    """No space left (or the user's quota reached) where fewsam writes."""
+    """No space left (or the user's quota or file-size limit reached) where fewsam writes."""
     return err.errno in DISK_FULL
 
 

@@ -12,6 +12,7 @@ prediction is never made from a partial run.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -35,6 +36,7 @@ MANIFEST = "manifest.json"  # written when a fit ends well: what predict reads, 
 LOCK = ".lock"
 DATA_HASH = "data_sha256"  # config key: the labelled slices' and validation cases' arrays
 NOT_FOR_PREDICT = {CONFIG, LAST, LOG, MANIFEST, LOCK}  # config.json is checked by content, not by hash
+COPIED_RUN = "teacher"  # RUN/teacher/: another run's predictor files copied in (distill's teacher blend)
 
 
 class RunFolder:
@@ -43,11 +45,13 @@ class RunFolder:
     ``with RunFolder(run) as folder:`` refuses a foreign folder, creates RUN and takes its lock
     (a second fit into the same folder is refused at once); ``folder.prepare(config)`` resumes or
     refuses as ``prepare_run_dir`` does. A clean exit writes the manifest; a failure before the
-    first checkpoint of a new run removes what the fit had made."""
+    first checkpoint of a new run removes what the fit had made. A run whose fit had finished
+    (``folder.finished``) is left exactly as it is: its manifest is neither removed nor rewritten,
+    so a rerun that fails or is stopped cannot turn a finished run into an unfinished one."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir)
-        self.created = self.new = self.prepared = False
+        self.created = self.new = self.prepared = self.finished = False
         self._lock: int | None = None
 
     def __enter__(self) -> "RunFolder":
@@ -61,18 +65,18 @@ class RunFolder:
     def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
         """Write (or match) config.json, refuse damaged finished runs, clear what a kill left."""
         path, resuming = prepare_run_dir(self.path, config, defaults)
-        if resuming:
-            _verify_finished(path)
+        self.finished = resuming and _verify_finished(path)
         for tmp in stale_temporaries(path):
             tmp.unlink(missing_ok=True)
-        (path / MANIFEST).unlink(missing_ok=True)
+        if not self.finished:
+            (path / MANIFEST).unlink(missing_ok=True)
         self.prepared = True
         return path
 
     def __exit__(self, exc_type, exc, tb) -> None:
         ok = exc_type is None
         try:
-            if ok and self.prepared:
+            if ok and self.prepared and not self.finished:
                 write_manifest(self.path)
         except BaseException:
             ok = False
@@ -94,15 +98,16 @@ class RunFolder:
                 child.unlink(missing_ok=True)
 
 
-def _verify_finished(path: Path) -> None:
-    """Before a finished run is resumed: its files must be intact, or the resumed fit would build on
-    (and a new manifest bless) damaged weights. A run without a readable manifest is unfinished:
-    resuming it is what writes one."""
+def _verify_finished(path: Path) -> bool:
+    """Whether the run at ``path`` finished (it has a readable manifest), refusing one whose files
+    were damaged since. A run without a readable manifest is unfinished: resuming it is what
+    writes one."""
     try:
         _, files = _read_manifest(path)
     except RunError:
-        return
+        return False
     _verify_files(path, files, f"delete {path} and fit again (nothing was changed)")
+    return True
 
 
 @contextmanager
@@ -120,11 +125,19 @@ def _refuse_foreign(path: Path) -> None:
 
 
 def _take_lock(path: Path) -> int:
-    """An exclusive flock on RUN/.lock, released when its descriptor closes (also when killed)."""
+    """An exclusive flock on RUN/.lock, released when its descriptor closes (also when killed).
+
+    Only a lock another process holds refuses the fit: a file system without locks (an NFS mount
+    without its lock service) answers with another error, and calling that "in use by another fit"
+    would refuse every fit into it for good; the fit then goes on unlocked and says so."""
     fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            say_once(f"{path} is on a file system without file locks ({os.strerror(err.errno or errno.ENOLCK)}): "
+                     "a second fit into it at the same time would not be refused; run one at a time")
+            return fd
         os.close(fd)
         raise RunError(f"{path} is in use by another fit (it holds {path / LOCK}); wait for that fit to end "
                        "or choose another --out") from None
@@ -145,14 +158,20 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
     if existing.exists():
         stored, predated = with_options_it_predates(read_config(path), defaults or {})
         _refuse_other_method(path, stored, config)
-        _refuse_changed_data(path, stored, config)
-        changed = config_differences(_comparable(stored), _comparable(json.loads(json.dumps(config))))
+        by_hash = bool(stored.get(DATA_HASH) and config.get(DATA_HASH))
+        requested = json.loads(json.dumps(config))
+        # options first: another labelled budget or --val-split changes the data hash too, and is no change of data
+        changed = config_differences(_comparable(stored, by_hash), _comparable(requested, by_hash),
+                                     first=config.get("method"))
         if changed:
             raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
                            "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
+        _refuse_changed_data(path, stored, config)
         if predated:
             say_once(f"{path} was written before the options {', '.join(predated)} existed: resumed with "
                      "their defaults")
+        if by_hash and stored.get("data") != config.get("data"):
+            _record_moved_data(path, config["data"])
         return path, True
     _refuse_foreign(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -173,11 +192,14 @@ def with_options_it_predates(stored: dict[str, Any], defaults: dict[str, Any]) -
     return filled, names
 
 
-def config_differences(stored: dict[str, Any], requested: dict[str, Any], shown: int = 4) -> str:
+def config_differences(stored: dict[str, Any], requested: dict[str, Any], shown: int = 4,
+                       first: str | None = None) -> str:
     """The settings that keep a run from resuming, as "name: stored -> requested" (nested
-    sections as "section.name"), so a user sees which option to change back; "" when equal."""
+    sections as "section.name"), so a user sees which option to change back; "" when equal.
+    ``first``: a section listed before the rest (the method's own options, which the user gave,
+    rather than what they imply: the model a --sam fit loads)."""
     pairs = []
-    for key in sorted(set(stored) | set(requested)):
+    for key in sorted(set(stored) | set(requested), key=lambda k: (k != first, k)):
         old, new = stored.get(key), requested.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             pairs += [(f"{key}.{k}", old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
@@ -193,10 +215,22 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+def _comparable(config: dict[str, Any], by_hash: bool = False) -> dict[str, Any]:
     """Fields that must agree between a run and its resumption: not the display-only settings, and
-    not the data hash, which ``_refuse_changed_data`` compares with its own message."""
-    return {k: v for k, v in config.items() if k not in {"device", "cache", "progress", DATA_HASH}}
+    not the data hash, which ``_refuse_changed_data`` compares with its own message. ``by_hash``
+    (both configs hold a data hash): not the data folder's path either, as the hash says whether it
+    is the same data; a dataset copied to a job's own scratch folder still resumes the run."""
+    skip = {"device", "cache", "progress", DATA_HASH} | ({"data"} if by_hash else set())
+    return {k: v for k, v in config.items() if k not in skip}
+
+
+def _record_moved_data(path: Path, data: str) -> None:
+    """config.json names the data folder a resumed fit read (what `predict --refine-if-better` reads
+    its validation cases from), and the fit says that it moved."""
+    stored = read_config(path)
+    say_once(f"the data of {path} moved from {stored.get('data')} to {data} (the same labelled slices and "
+             "validation cases): resumed, and config.json now names the new folder")
+    write_json(path / CONFIG, {**stored, "data": data})
 
 
 def _refuse_other_method(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
@@ -209,6 +243,10 @@ def _refuse_other_method(path: Path, stored: dict[str, Any], config: dict[str, A
 def _refuse_changed_data(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
     """Resuming (or re-running) a fit whose labels or images changed would mix two datasets."""
     if stored.get(DATA_HASH) and config.get(DATA_HASH) and stored[DATA_HASH] != config[DATA_HASH]:
+        if stored.get("data") and stored.get("data") != config.get("data"):  # not a moved copy: other data
+            raise RunError(f"{path} was fitted on {stored['data']}, and the labelled slices or validation cases in "
+                           f"{config.get('data')} differ from those; give its data, or fit into another --out "
+                           "(nothing was overwritten)")
         raise RunError(f"the labelled slices or validation cases in {config.get('data') or 'the data'} changed "
                        f"since {path} was fitted; fit into another --out (nothing was overwritten)")
 
@@ -285,12 +323,15 @@ def write_manifest(run_dir: Path) -> Path:
 
 
 def predict_files(run_dir: Path) -> list[Path]:
-    """What a prediction may read besides config.json: the run's own top-level files and every best
-    checkpoint below it (SAM-Match's RUN/sam/), but not the resume state, the log or temporaries."""
+    """What a prediction may read besides config.json: the run's own top-level files, every best
+    checkpoint below it (SAM-Match's RUN/sam/) and every file of a copied run (RUN/teacher/, its
+    config.json included: the copy is read as a run of its own), but not the resume state, the log
+    or temporaries."""
     top = [p for p in run_dir.iterdir() if p.is_file() and p.name not in NOT_FOR_PREDICT
            and not p.name.startswith(".")]
     nested = [p for p in run_dir.rglob(BEST) if p.parent != run_dir and p.is_file()]
-    return sorted(top + nested)
+    copied = [p for p in (run_dir / COPIED_RUN).glob("*") if p.is_file() and not p.name.startswith(".")]
+    return sorted(set(top + nested + copied))
 
 
 def _read_manifest(run_dir: Path) -> tuple[list[str], list[tuple[str, int, str]]]:

@@ -103,6 +103,19 @@ class TrainResult:
     best_step: int
     steps_run: int
     seconds: float
+    already_finished: bool = False  # the run had finished before this call: nothing was trained or written
+
+
+def finished_result(run_dir: Path) -> TrainResult:
+    """The outcome of a fit that had finished before, read back from its folder (nothing is trained):
+    the best checkpoint's score and step, and the steps run from the resume state where it is readable."""
+    best = torch.load(Path(run_dir) / BEST, map_location="cpu", weights_only=True)
+    score, best_step = float(best["metrics"]["score"]), int(best["step"])
+    try:
+        steps_run = int(_read_resume_state(Path(run_dir) / LAST)["state"]["step"])
+    except (RunError, KeyError, TypeError, ValueError):  # the resume state is not needed by a finished run
+        steps_run = best_step
+    return TrainResult(score, best_step, steps_run, 0.0, already_finished=True)
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -286,7 +299,19 @@ def _read_resume_state(path: Path) -> dict:
     best = path.parent / BEST
     if ckpt["state"].get("best_step", 0) > 0 and not best.exists():
         raise RunError(f"{best} is missing although {path} refers to it; {way_out}")
+    if ckpt["state"].get("best_step", 0) > 0:  # damaged, it would be blessed by the manifest the fit ends with
+        try:
+            load_best(path.parent)
+        except RunError as err:
+            raise RunError(f"{best} is damaged ({_reason(err)}); delete {path} to restart this fit from its "
+                           "first step") from err
     return ckpt
+
+
+def _reason(err: RunError) -> str:
+    """The parenthesised reason of a ``load_run_file`` / ``load_best`` error."""
+    text = str(err)
+    return text[text.find("(") + 1:text.rfind(")")] if "(" in text else text
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -318,8 +343,25 @@ def _log(run_dir: Path, record: dict[str, Any]) -> None:
 
 def load_best(folder: Path) -> tuple[dict[str, torch.Tensor], float]:
     """(weights, validation score) of the best checkpoint the loop kept in ``folder``."""
-    best = torch.load(Path(folder) / BEST, map_location="cpu", weights_only=True)
-    return best["module"], float(best["metrics"]["score"])
+    path = Path(folder) / BEST
+    best = load_run_file(path)
+    try:
+        return best["module"], float(best["metrics"]["score"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunError(f"{path} is not a fewsam checkpoint (no {err}); delete the run folder and fit again") from err
+
+
+def load_run_file(path: Path) -> Any:
+    """A file a fit wrote into its run folder (tensors only), or a RunError naming it: a file that a
+    copy cut short or a failing disk emptied otherwise ends in torch's EOFError, which the command
+    line can only report as a bare "Aborted!"."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise RunError(f"{path} is missing from the run; delete the run folder and fit again") from err
+    except Exception as err:  # torch reports a damaged file by many exception types
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RunError(f"{path} is damaged ({reason}); delete the run folder and fit again") from err
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

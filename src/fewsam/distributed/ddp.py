@@ -155,9 +155,14 @@ class _Follower:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.finished = False
 
     def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
+        from fewsam.runs import MANIFEST
+
         barrier()
+        # rank 0 has removed the manifest of an unfinished run and writes one only after the last barrier
+        self.finished = (self.path / MANIFEST).exists()
         return self.path
 
 
@@ -166,6 +171,11 @@ class _Leader:
 
     def __init__(self, folder: Any) -> None:
         self.folder = folder
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run had finished before this fit (``RunFolder.finished``)."""
+        return self.folder.finished
 
     def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
         path = self.folder.prepare(config, defaults)

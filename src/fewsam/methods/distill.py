@@ -23,6 +23,7 @@ self-contained) and the run predicts through SAM's encoder and the embedding cac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from fewsam.config import ConfigError, UnlabelledPoolConfig, option
 from fewsam.data.types import Case, SliceRef
 from fewsam.distributed import local_part
 from fewsam.embedded import CaseSlices
-from fewsam.errors import DataError
+from fewsam.errors import DataError, RunError
 from fewsam.fitting import FitContext, LabelledLoss
 from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, chosen_val_dice, postprocessing_choice,
                               stack_volume)
@@ -50,11 +51,12 @@ from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.progress import say_once
 from fewsam.progress import tracked
-from fewsam.runs import BEST, CONFIG, check_run, read_config, write_json
-from fewsam.train import TrainResult, atomic_torch_save, load_best, train
+from fewsam.runs import (BEST, CONFIG, COPIED_RUN, DATA_HASH, LAST, MANIFEST, check_run, data_sha256, read_config,
+                         write_json)
+from fewsam.train import TrainResult, atomic_torch_save, load_best, load_run_file, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
-TEACHER_COPY = "teacher"  # RUN/teacher/: the teacher's predictor files, when the blend is kept
+TEACHER_COPY = COPIED_RUN  # RUN/teacher/: the teacher's predictor files, when the blend is kept
 BLEND_GATE = 0.5  # class agreement below which a slice keeps the student's probabilities alone
 
 
@@ -87,7 +89,11 @@ def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
     if not cfg.teacher:
         raise ConfigError("say which fitted run teaches the student: --teacher RUN")
     folder = Path(cfg.teacher)
+    if not folder.exists():
+        raise ConfigError(f"--teacher {folder} does not exist (moved or deleted?); give the folder of a finished fit "
+                          "(e.g. fewmatch)")
     config = check_run(folder)
+    refuse_unfitted_teacher(folder, config)
     refs = [f"{r.case_id}:{r.z}" for r in ctx.labelled]
     if config.get("labelled", {}).get("refs") != refs:
         raise ConfigError(f"the teacher {folder} was fitted on other labelled slices than this fit's budget; "
@@ -97,7 +103,36 @@ def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
                           f"{ctx.values}")
     if config.get("weights_sha256") and ctx.model is not None and config["weights_sha256"] != ctx.model.weights_sha256:
         raise ConfigError(f"the teacher {folder} was fitted on other SAM weights; give its --model / --checkpoint")
+    refuse_teacher_of_other_data(ctx, folder, config)
     return folder, config
+
+
+def refuse_teacher_of_other_data(ctx: FitContext, folder: Path, config: dict) -> None:
+    """The teacher's data hash (its labelled slices and validation cases) against this data's: case ids
+    alone match across datasets that name their cases alike (two exports, a relabelled copy), and a
+    teacher fitted on other images or labels would pass its labels off as this data's."""
+    stored = config.get(DATA_HASH)
+    if not stored:  # a run recorded before fewsam hashed its data
+        return
+    val_split = config.get("val_split") or "val"
+    try:
+        val_ids = ctx.dataset.split(val_split)
+    except DataError:
+        val_ids = None
+    if val_ids is None or data_sha256(ctx.dataset, ctx.labelled, val_ids) != stored:
+        raise ConfigError(f"the teacher {folder} was fitted on other images or labels than {ctx.dataset.root} holds "
+                          f"(its labelled slices or its validation cases, --val-split {val_split}, differ); give a "
+                          "teacher fitted on this data")
+
+
+def refuse_unfitted_teacher(folder: Path, config: dict) -> None:
+    """A run with nothing fitted (zero-shot ``prompted``) prompts SAM from each case's own labels,
+    which the unlabelled pool lacks: it cannot teach, whatever the labelled budget."""
+    method = get_method(config.get("method"))
+    if method.fit is None:
+        raise ConfigError(f"the teacher {folder} is a {method.name} run: nothing was fitted and it prompts SAM from "
+                          "each case's own labels, so it cannot label the unlabelled pool; give a fitted run "
+                          "(e.g. fewshot or fewmatch) as --teacher")
 
 
 def refuse_self_teaching(cfg: DistillConfig, run_dir: Path) -> None:
@@ -131,18 +166,49 @@ def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> Slice
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
     data = load_slices(ctx.dataset, refs, cfg.image_size, ctx.values)
     names = [f"{r.case_id}:{r.z}" for r in refs]
-    stored = run_dir / PSEUDO_FILE
-    if stored.exists():
-        saved = torch.load(stored, map_location="cpu", weights_only=True)
-        if saved["refs"] == names and saved["teacher"] == str(Path(cfg.teacher).resolve()):
+    saved = stored_pseudo_labels(run_dir / PSEUDO_FILE)
+    fitted = teacher_fingerprint(Path(cfg.teacher))
+    if saved.get("refs") == names and saved.get("teacher") == str(Path(cfg.teacher).resolve()):
+        if saved.get("teacher_fit", fitted) == fitted:
             data.labels = saved["labels"]
             return data
+        refuse_refitted_teacher(Path(cfg.teacher), run_dir)
     folder, config = teacher_config(ctx, cfg)
     lut = value_lut(ctx.values)
     labels = teacher_labels(ctx, folder, config, refs)
     data.labels = torch.stack([student_label(lab, cfg.image_size, lut) for lab in labels])
-    atomic_torch_save({"refs": names, "teacher": str(folder.resolve()), "labels": data.labels}, stored)
+    atomic_torch_save({"refs": names, "teacher": str(folder.resolve()), "teacher_fit": fitted, "labels": data.labels},
+                      run_dir / PSEUDO_FILE)
     return data
+
+
+def teacher_fingerprint(folder: Path) -> str:
+    """sha256 of the files listed in the teacher's manifest.json (the sizes and hashes of every file
+    its predictions come from): it changes when the teacher is fitted again into the same folder,
+    and not when only its config.json names a moved data folder."""
+    files = json.loads((folder / MANIFEST).read_text()).get("files", {})
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def refuse_refitted_teacher(folder: Path, run_dir: Path) -> None:
+    """The pool was labelled by a teacher since fitted again into the same folder: before the student's
+    first checkpoint the new teacher labels it again; after it, a resumed student would mix the old
+    teacher's labels with the new teacher's blend and match neither fit, so it is refused."""
+    if (run_dir / LAST).exists():
+        raise ConfigError(f"the teacher {folder} was fitted again since this fit labelled its pool with it; fit "
+                          f"into another --out, or delete {run_dir} to start this fit over with the new teacher")
+
+
+def stored_pseudo_labels(path: Path) -> dict[str, Any]:
+    """RUN/pseudo_labels.pt as an earlier start of this fit stored it; {} when it is absent or damaged
+    (the teacher labels the pool again, to the same labels: they are a function of teacher and data)."""
+    if not path.exists():
+        return {}
+    try:
+        saved = load_run_file(path)
+    except RunError:
+        return {}
+    return saved if isinstance(saved, dict) and "labels" in saved else {}
 
 
 class DistillTask:

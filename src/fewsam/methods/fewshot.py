@@ -48,7 +48,7 @@ from fewsam.progress import tracked
 from fewsam.prompts import masked_average_pool, region_weights
 from fewsam.runs import write_json
 from fewsam.self_prompting import PseudoLabeller, SelfPromptRules, merge_refined
-from fewsam.train import TrainConfig, TrainResult, atomic_torch_save, load_best, train
+from fewsam.train import TrainConfig, TrainResult, atomic_torch_save, load_best, load_run_file, train
 
 BANK = "prompt_bank.pt"
 
@@ -373,7 +373,7 @@ class FewShotPredictor:
 
     def __init__(self, run_dir: Path, model: SamModel, device: str = "cpu",
                  acceleration: Acceleration = REFERENCE) -> None:
-        bank = torch.load(run_dir / BANK, map_location="cpu", weights_only=True)
+        bank = load_run_file(run_dir / BANK)
         self.tokens = bank["tokens"]
         self.values = list(bank["values"])
         post = run_dir / POSTPROCESS

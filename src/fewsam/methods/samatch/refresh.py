@@ -21,8 +21,9 @@ from fewsam.methods.samatch.config import SamMatchConfig
 from fewsam.methods.samatch.pseudo_labels import PseudoLabeller, pooled_dice, student_probs, student_samples
 from fewsam.methods.samatch.sam_decoder import SamRounds
 from fewsam.methods.student import SliceSet, student_label
+from fewsam.progress import record
 from fewsam.runs import write_json
-from fewsam.train import atomic_torch_save
+from fewsam.train import atomic_torch_save, load_run_file
 
 PSEUDO_DIR = "pseudo_labels"
 QUALITY = "pseudo_label_quality.json"
@@ -52,7 +53,7 @@ class PseudoLabelRefresh:
             return
         path = self.run_dir / PSEUDO_DIR / f"step_{latest:07d}.pt"
         if path.exists():
-            self.labels = torch.load(path, map_location="cpu", weights_only=True)["labels"]
+            self.labels = load_run_file(path)["labels"]
         else:
             self.labels = self.refresh(latest, path)
         self.step = latest
@@ -70,12 +71,14 @@ class PseudoLabelRefresh:
         labels = torch.stack([torch.full((size, size), IGNORE, dtype=torch.uint8) if lab is None
                               else student_label(lab, size, identity) for lab in sam_labels])
         atomic_torch_save({"step": step, "labels": labels}, path)
+        quality = None
         if self.unlabelled.originals and all(g is not None for g in self.unlabelled.originals):
-            self._report(step, probs, sam_labels, n_prompts)
+            quality = self._report(step, probs, sam_labels, n_prompts)
+        record(refresh_line(step, sam_labels, n_prompts, quality))
         return labels
 
     def _report(self, step: int, probs: list[torch.Tensor], sam_labels: list[np.ndarray | None],
-                n_prompts: list[int]) -> None:
+                n_prompts: list[int]) -> dict:
         n_out = probs[0].shape[0]
         gts = self.unlabelled.originals
         student = [p.argmax(dim=0).numpy().astype(np.uint8) for p in probs]
@@ -95,3 +98,17 @@ class PseudoLabelRefresh:
         records = json.loads(path.read_text()) if path.exists() else []
         records = [r for r in records if r["step"] != step] + [record]
         write_json(path, sorted(records, key=lambda r: r["step"]))
+        return record
+
+
+def refresh_line(step: int, sam_labels: list[np.ndarray | None], n_prompts: list[int], quality: dict | None) -> str:
+    """The fit log's line for one refresh: a refresh labels the whole pool (minutes on real data), and
+    without it RUN/fit.log showed the loop standing still and never said how the pseudo-labels fared."""
+    refined = sum(lab is not None for lab in sam_labels)
+    line = (f"pseudo-labels refreshed at step {step}: SAM refined {refined} of {len(sam_labels)} unlabelled slices "
+            f"({int(sum(n_prompts))} prompts)")
+    if quality is not None:
+        sam = quality.get("sam_refined") or {}
+        line += f"; pooled Dice against the pool's labels: student {quality['student_all']['mean']:.4f}" + (
+            f", SAM-refined slices {sam['mean']:.4f}" if "mean" in sam else "")
+    return line
