@@ -8,8 +8,10 @@ stages fp32, attention stages and neck bf16) was chosen: the all-bf16 error is s
 stages, and the first two carry over half of it.
 
 Needs a CPU with bf16 instructions (avx512_bf16 / amx_bf16): elsewhere OpenVINO computes bf16 in
-fp32 and every plan shows cosine 1.
-Usage: .venv/bin/python benchmarks/encoder_stage_precision.py DATA [N_SLICES]
+fp32 and every plan shows cosine 1. With ``f16`` (a CPU with avx512_fp16, where OpenVINO also
+computes in fp16) it adds the plans with fp16 in place of fp32: fp16's 10-bit mantissa keeps more
+of fp32 than bf16's 7, at the cost of running without AMX.
+Usage: .venv/bin/python benchmarks/encoder_stage_precision.py DATA [N_SLICES] [f16]
 """
 
 import sys
@@ -26,15 +28,17 @@ from fewsam.models.registry import load_model
 STAGES = ["patch", "conv stage", "attention 1", "attention 2", "attention 3", "neck"]
 
 
-def plans() -> list[list[str]]:
-    """All fp32, all bf16, each stage alone in bf16, each alone in fp32, and the mixed plan."""
+def plans(f16: bool = False) -> list[list[str]]:
+    """All fp32, all bf16, each stage alone in bf16, each alone in fp32, and the mixed plan; with
+    ``f16``, all fp16 and the mixed plan with fp16 where it has fp32."""
     n = len(STAGES)
     alone = lambda hint, other: [[hint if j == i else other for j in range(n)] for i in range(n)]  # noqa: E731
+    fp16 = [["f16"] * n, ["f16", "f16"] + ["bf16"] * (n - 2)] if f16 else []
     return ([["fp32"] * n, ["bf16"] * n] + alone("bf16", "fp32") + alone("fp32", "bf16")
-            + [["fp32", "fp32"] + ["bf16"] * (n - 2)])
+            + [["fp32", "fp32"] + ["bf16"] * (n - 2)] + fp16)
 
 
-def main(data: str, n: int = 10) -> None:
+def main(data: str, n: int = 10, f16: bool = False) -> None:
     dataset = open_dataset(data)
     refs = dataset.labelled_budget_order()
     refs = refs[:: max(1, len(refs) // n)][:n]
@@ -48,12 +52,13 @@ def main(data: str, n: int = 10) -> None:
         for module, _ in encoder.precision_stages():
             converted = ov.convert_model(module.eval(), example_input=example)
             compiled.append({hint: core.compile_model(converted, "CPU", {
-                "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[hint], "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                "PERFORMANCE_HINT": "LATENCY"}) for hint in ("fp32", "bf16")})
+                "INFERENCE_PRECISION_HINT": {**OPENVINO_HINTS, "f16": "f16"}[hint],
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"})
+                for hint in ("fp32", "bf16", *(("f16",) if f16 else ()))})
             example = module(example)
     run(compiled, x, reference, ["bf16"] * len(STAGES))  # warm-up
     print(f"{len(x)} slices of {data}; stages: {', '.join(STAGES)}")
-    for plan in plans():
+    for plan in plans(f16):
         cos_mean, cos_min, seconds = run(compiled, x, reference, plan)
         print(f"{' '.join(h.rjust(4) for h in plan)}  cosine {cos_mean:.5f} (min {cos_min:.5f})  "
               f"{sum(seconds):.3f} s/slice  [{' '.join(f'{s:.3f}' for s in seconds)}]", flush=True)
@@ -75,4 +80,4 @@ def run(compiled: list[dict], x: torch.Tensor, reference: torch.Tensor, plan: li
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 10)
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 10, sys.argv[3:4] == ["f16"])
