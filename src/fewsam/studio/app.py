@@ -42,7 +42,7 @@ from fewsam.config import DEFAULT_CACHE
 from fewsam.errors import FewsamError, is_disk_full
 from fewsam.studio.errors import StudioError, status_of
 from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
-from fewsam.studio.project import JOBS, LOG, Project
+from fewsam.studio.project import FITS, JOBS, LOG, Project
 from fewsam.studio.security import BodyCap, Guard
 
 STATIC = Path(__file__).parent / "static"
@@ -292,11 +292,12 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
     @app.post("/api/fit", status_code=202)
     def start_fit(request: FitRequest) -> dict[str, Any]:
         def prepare() -> dict[str, Any]:
+            fits_made = not (project.folder / FITS).exists()
             fit_dir = project.next_fit_dir()
             try:
                 count = project.write_fit_dataset(fit_dir / "data")
-            except BaseException:
-                shutil.rmtree(fit_dir, ignore_errors=True)
+            except BaseException:  # a refused fit leaves the project as it was, PROJECT/fits/ included
+                shutil.rmtree(fit_dir.parent if fits_made else fit_dir, ignore_errors=True)
                 raise
             return {"fit_dir": str(fit_dir), "labelled_slices": count}
 
