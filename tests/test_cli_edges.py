@@ -133,6 +133,47 @@ def test_a_file_where_a_prediction_folder_goes_writes_none_of_them(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["site"]
 
 
+def test_two_writers_overwriting_one_folder_leave_one_complete_set(tmp_path, monkeypatch):
+    """Two ``predict --overwrite`` into one folder finishing at once: the second waits for the first
+    one's moves, so the folder ends with one writer's files, never some of each."""
+    import threading
+
+    from fewsam import atomic
+
+    out = tmp_path / "pred"
+    out.mkdir()
+    names = ("a.h5", "b.h5", "c.h5")
+    first_moving, second_done = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def slow_first_writer(src, dst):
+        real_replace(src, dst)
+        if Path(dst).read_text() == "first" and not first_moving.is_set():
+            first_moving.set()
+            second_done.wait(timeout=1.0)  # without the lock the second writer moves all its files here
+
+    monkeypatch.setattr(atomic.os, "replace", slow_first_writer)
+
+    def write(content: str, started: threading.Event | None) -> None:
+        with atomic.staged_folder(out, overwrite=True) as staging:
+            for name in names:
+                (staging / name).write_text(content)
+            if started is not None:
+                started.wait(timeout=5.0)
+        if content == "second":
+            second_done.set()
+
+    first = threading.Thread(target=write, args=("first", None))
+    second = threading.Thread(target=write, args=("second", first_moving))
+    first.start()
+    second.start()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    contents = {(out / name).read_text() for name in names}
+    assert contents == {"second"}, contents
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
+
+
 def test_ctrl_c_while_predictions_move_in_lands_after_the_last_one(tmp_path, monkeypatch):
     """Replacing predictions in an existing folder is file by file: a stop half-way would leave old and
     new predictions mixed, so it is held until every file is in place."""

@@ -10,6 +10,8 @@ writer, for one) would otherwise end in the writer's own error instead of the st
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -185,6 +187,29 @@ def _move_into(staging: Path, out: Path, overwrite: bool) -> None:
 
     Every target is checked before the first file moves, and Ctrl-C or SIGTERM are held until the
     last one has: an existing ``out`` then holds either all of the new files or none of them."""
+    with _folder_locked(out.parent):
+        _move_files_into(staging, out, overwrite)
+
+
+@contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on ``folder`` itself (no lock file left in the user's folder): two writers
+    finishing into one ``out`` at once (two ``predict --overwrite``) then move one after the other,
+    so ``out`` holds one writer's complete set of files, not a mix of both. A file system without
+    locks answers with an error of its own; the move then goes on unlocked, as it would without this."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+                raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def _move_files_into(staging: Path, out: Path, overwrite: bool) -> None:
     from fewsam.errors import RunError
 
     if not out.exists():
