@@ -153,6 +153,31 @@ def test_label_stored_in_another_orientation_is_resampled(tmp_path):
     np.testing.assert_array_equal(open_dataset(tmp_path).load("c1").label, label)
 
 
+def test_label_cropped_to_its_structures_is_placed_on_the_series(tmp_path):
+    """3D Slicer and ITK-SNAP can export a segmentation cropped to its extent: same spacing and
+    direction, a smaller block whose origin sits on a voxel of the series."""
+    image, _ = arrays(5)
+    ref = write_series(tmp_path / "images" / "c1", image)
+    label = np.zeros(image.shape, np.uint8)
+    label[3:7, 2:5, 1:4] = 1
+    label[4:6, 3, 2] = 2
+    block = sitk.GetImageFromArray(label[3:7, 2:5, 1:4].copy())
+    block.CopyInformation(ref[1:4, 2:5, 3:7])  # x, y, z slicing keeps the block's physical origin
+    sitk.WriteImage(block, str(_mkdir(tmp_path / "labels") / "c1.nii.gz"))
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("c1").label, label)
+
+
+def test_a_crop_reaching_past_the_series_is_refused(tmp_path):
+    image, _ = arrays(5)
+    ref = write_series(tmp_path / "images" / "c1", image)
+    block = sitk.GetImageFromArray(np.ones((4, 3, 3), np.uint8))
+    block.CopyInformation(ref[1:4, 2:5, 3:7])
+    block.SetOrigin(ref.TransformIndexToPhysicalPoint((1, 2, 9)))  # its last slices lie past the series
+    sitk.WriteImage(block, str(_mkdir(tmp_path / "labels") / "c1.nii.gz"))
+    with pytest.raises(DataError, match=r"c1.nii.gz does not lie on its DICOM series"):
+        open_dataset(tmp_path).load("c1")
+
+
 def _with_geometry(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     image.CopyInformation(reference)
     return image
@@ -166,12 +191,13 @@ def _mkdir(path: Path) -> Path:
 def test_mistakes_are_data_errors(tmp_path):
     image, label = arrays(6, (3, 6, 5))
     write_series(tmp_path / "images" / "ok", image)
-    write_label(tmp_path / "labels" / "ok.nii.gz", label[:, :, :4], series_image(image[:, :, :4]))
+    wider = np.pad(label, ((0, 0), (0, 0), (0, 2)))
+    write_label(tmp_path / "labels" / "ok.nii.gz", wider, series_image(wider))
     (_mkdir(tmp_path / "images" / "junk") / "x.dcm").write_bytes(b"not a dicom file" * 20)
     write_series(tmp_path / "images" / "mixed", image, uid="1.2.3.3")
     write_series(tmp_path / "images" / "mixed", image[:2] + 1, uid="1.2.3.4")
     ds = open_dataset(tmp_path)
-    with pytest.raises(DataError, match=r"label .*ok.nii.gz has size \(4, 6, 3\), its series \(5, 6, 3\)"):
+    with pytest.raises(DataError, match=r"label .*ok.nii.gz has size \(7, 6, 3\), its series \(5, 6, 3\)"):
         ds.load("ok")
     with pytest.raises(DataError, match="no readable DICOM series in .*junk"):
         ds.load("junk")

@@ -15,8 +15,8 @@ slices by position), or (D, H, W, 3) for colour series; spacing is (z, y, x) in 
 keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
 3D Slicer or ITK-SNAP. A label on the series' grid is taken as is; one holding the same voxels
-in another axis order or orientation is resampled onto the series (nearest neighbour); one placed
-elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
+in another axis order or orientation, or a block of them (a label cropped to its structures), is
+resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
 intercept; a series whose slices are not evenly spaced (a missing file) is refused.
 Splits: labelled cases naturally sorted, every 5th to "val"; unlabelled cases in "test";
 without any label, "val" holds every case.
@@ -225,7 +225,7 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
     if label.GetDimension() == 2:
         label = sitk.JoinSeries(label)
     if not _same_grid(label, image):
-        if sorted(label.GetSize()) != sorted(image.GetSize()):
+        if np.prod(label.GetSize()) > np.prod(image.GetSize()):
             raise DataError(f"label {path} has size {label.GetSize()}, its series {image.GetSize()} "
                             "(x, y, z); export the label on the series' grid")
         reference = sitk.Image(image.GetSize(), sitk.sitkUInt8)
@@ -238,12 +238,14 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
 
 
 def check_same_voxels(stored: np.ndarray, resampled: np.ndarray, path: Path) -> None:
-    """A label in another axis order or orientation holds the series' voxels rearranged, so
-    resampling it onto the series keeps every value's count. One placed elsewhere (a label
-    written without the series' origin and direction, e.g. from a bare array) would come out
-    partly or wholly empty: refuse it rather than train on, or score against, that."""
-    before = np.unique(stored, return_counts=True)
-    after = np.unique(resampled, return_counts=True)
+    """A label in another axis order or orientation holds the series' voxels rearranged, and one
+    cropped to its structures (3D Slicer's and ITK-SNAP's exports can be) holds a block of them, so
+    resampling it onto the series keeps every labelled value's count (the background grows around
+    a crop). One placed elsewhere (a label written without the series' origin and direction, e.g.
+    from a bare array) would come out partly or wholly empty: refuse it rather than train on, or
+    score against, that."""
+    before = np.unique(stored[stored != 0], return_counts=True)
+    after = np.unique(resampled[resampled != 0], return_counts=True)
     if not (np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])):
         raise DataError(f"label {path} does not lie on its DICOM series (its origin, spacing or direction "
                         "place it elsewhere); write the label with the series' geometry (e.g. SimpleITK's "
