@@ -107,6 +107,35 @@ def test_an_nnunet_ignore_label_is_refused_rather_than_learnt_as_a_class(tmp_pat
         open_dataset(tmp_path)
 
 
+def test_nnunet_region_based_labels_become_one_class_per_label_value(tmp_path, caplog, monkeypatch):
+    """BraTS in nnU-Net: overlapping regions over label values 1-3. fewsam segments the values; a
+    region is their union, and the user is told so."""
+    monkeypatch.setattr(progress, "_said", {})
+    image, _ = volume()
+    label = np.zeros(image.shape, np.uint8)
+    label[2:8, 2:8, 1:3], label[3:7, 3:7, 1:3], label[4:6, 4:6, 1:3] = 1, 2, 3
+    for folder, name, array in (("imagesTr", "c1_0000", image), ("labelsTr", "c1", label)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(array, AFFINE), tmp_path / folder / f"{name}.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "FLAIR"}, "numTraining": 1, "file_ending": ".nii.gz",
+        "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
+        "regions_class_order": [1, 2, 3]}))
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        dataset = open_dataset(tmp_path)
+    assert dataset.class_map.names == {1: "whole tumor", 2: "tumor core", 3: "enhancing tumor"}
+    assert set(np.unique(dataset.load("c1").label)) == {0, 1, 2, 3}
+    assert any("region-based labels (whole tumor = [1, 2, 3], tumor core = [2, 3], enhancing tumor = [3])"
+               in r.getMessage() for r in caplog.records)
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "FLAIR"}, "numTraining": 1, "labels": {"background": 0, "tumour": [1, 2], "core": [2]}}))
+    assert open_dataset(tmp_path).class_map.names == {1: "class1", 2: "core"}
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "FLAIR"}, "numTraining": 1, "labels": {"background": 0, "tumour": [1, "x"]}}))
+    with pytest.raises(DataError, match=r"bad labels entry 'tumour'"):
+        open_dataset(tmp_path)
+
+
 def test_an_nnunet_training_image_without_a_label_is_said_and_left_unlabelled(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(progress, "_said", {})
     image, label = volume()

@@ -418,16 +418,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
+def class_map_from_labels(labels: dict[str, Any], path: Path, regions_class_order: Any = None) -> ClassMap:
     """nnU-Net v2 {"background": 0, "RV": 1} or MSD {"0": "background", "1": "RV"}.
 
     nnU-Net v2's "ignore" label marks unannotated voxels (sparse annotation) for its loss to skip;
-    fewsam has no such label and would learn it as an organ, so it is refused."""
+    fewsam has no such label and would learn it as an organ, so it is refused. Region-based labels
+    (``region_class_map``) become one class per label value."""
+    if any(isinstance(value, list) for value in labels.values()):
+        return region_class_map(labels, path, regions_class_order)
     names: dict[int, str] = {}
     for key, value in labels.items():
-        if isinstance(value, list):
-            raise DataError(f"{path}: region-based label {key!r} is not supported; "
-                            "give one integer per class")
         if key == "ignore":
             raise DataError(f"{path}: nnU-Net's 'ignore' label (unannotated voxels) is not supported, as fewsam "
                             "would learn it as a class; annotate those voxels, or leave such cases out")
@@ -439,6 +439,34 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
             names[code] = name
     if not names:
         raise DataError(f"{path} defines no foreground labels; add them to 'labels'")
+    return ClassMap(names)
+
+
+def region_class_map(labels: dict[str, Any], path: Path, regions_class_order: Any) -> ClassMap:
+    """nnU-Net's region-based labels (BraTS: {"whole tumor": [1, 2, 3], "tumor core": [2, 3],
+    "enhancing tumor": 3}) as one class per label value in the files: fewsam segments the values
+    (mutually exclusive, as its decoders and losses need) and a region is the union of its values.
+
+    A value is named after the region made of that value alone, else after the region nnU-Net
+    writes as that value (``regions_class_order``), else "class<value>"; the regions themselves are
+    said once, so that a user scoring "tumor core" knows to merge values 2 and 3."""
+    regions: dict[str, list[int]] = {}
+    for key, value in labels.items():
+        codes = value if isinstance(value, list) else [value]
+        if key == "ignore" or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
+            raise DataError(f"{path}: bad labels entry {key!r}: {value!r}; a region lists integer label values")
+        regions[key] = codes
+    values = sorted({c for codes in regions.values() for c in codes} - {0})
+    if not values:
+        raise DataError(f"{path} defines no foreground labels; add them to 'labels'")
+    names = {v: f"class{v}" for v in values}
+    foreground = [key for key, codes in regions.items() if codes != [0]]
+    if isinstance(regions_class_order, list) and len(regions_class_order) == len(foreground):
+        names.update({v: key for key, v in zip(foreground, regions_class_order) if v in names})
+    names.update({codes[0]: key for key, codes in regions.items() if len(codes) == 1 and codes[0] in names})
+    say_once(f"{path}: region-based labels ({', '.join(f'{k} = {regions[k]}' for k in foreground)}); fewsam "
+             f"segments each label value as its own class ({', '.join(f'{v} {names[v]}' for v in values)}), "
+             "and a region is the union of its values")
     return ClassMap(names)
 
 
@@ -573,7 +601,7 @@ def open_nifti(root: Path) -> NiftiDataset:
         if not isinstance(spec["labels"], dict):
             raise DataError(f"{root / 'dataset.json'}: 'labels' must be an object such as "
                             '{"background": 0, "organ": 1}')
-        class_map = class_map_from_labels(spec["labels"], root / "dataset.json")
+        class_map = class_map_from_labels(spec["labels"], root / "dataset.json", spec.get("regions_class_order"))
         entries, test_ids = _raw_entries(root, spec)
     else:
         class_map = _plain_class_map(root)
