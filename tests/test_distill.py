@@ -82,6 +82,25 @@ def test_a_resumed_fit_reuses_the_stored_pseudo_labels(teacher, tmp_path, monkey
     assert (tmp_path / "run" / "checkpoint_best.pt").exists()
 
 
+def test_a_fit_resumed_with_its_teacher_spelled_relative_is_no_change(teacher, tmp_path, monkeypatch):
+    """`--teacher /work/fs3` then `--teacher fs3` from /work name one teacher: the fit resumes."""
+    data, cache, run = teacher
+    fit = ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--steps", "2", "--val-every", "1",
+           "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "32", "--no-teacher-blend",
+           "--cache", str(cache), "--out", str(tmp_path / "run"), *COMMON]
+    assert CliRunner().invoke(app, [*fit, "--teacher", str(run)]).exit_code == 0
+    (tmp_path / "run" / "manifest.json").unlink()  # as if stopped after its last checkpoint
+    monkeypatch.chdir(run.parent)
+    result = CliRunner().invoke(app, [*fit, "--teacher", run.name])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "manifest.json").exists()
+    monkeypatch.chdir(tmp_path)  # the same spelling from elsewhere names another folder: a change, refused
+    (tmp_path / "run" / "manifest.json").unlink()
+    (tmp_path / run.name).mkdir()
+    result = CliRunner().invoke(app, [*fit, "--teacher", run.name])
+    assert result.exit_code != 0 and "different configuration" in str(result.exception or result.output)
+
+
 def test_a_teacher_of_another_budget_is_refused(teacher, tmp_path):
     data, cache, run = teacher
     result = run_fewsam("fit", "distill", "--data", str(data), "--labeled-slices", "3", "--teacher", str(run),

@@ -221,7 +221,19 @@ def _comparable(config: dict[str, Any], by_hash: bool = False) -> dict[str, Any]
     (both configs hold a data hash): not the data folder's path either, as the hash says whether it
     is the same data; a dataset copied to a job's own scratch folder still resumes the run."""
     skip = {"device", "cache", "progress", DATA_HASH} | ({"data"} if by_hash else set())
-    return {k: v for k, v in config.items() if k not in skip}
+    return {k: _with_resolved_paths(v) for k, v in config.items() if k not in skip}
+
+
+PATH_OPTIONS = ("teacher",)  # run folders named on the command line: `fs3` and `/work/fs3` are one teacher
+
+
+def _with_resolved_paths(section: Any) -> Any:
+    """A config section with its path options resolved against the working folder, so that a fit
+    resumed with the same folder spelled otherwise (relative, absolute, through ~) is no change."""
+    if not isinstance(section, dict):
+        return section
+    return {k: str(Path(v).expanduser().resolve()) if k in PATH_OPTIONS and isinstance(v, str) else v
+            for k, v in section.items()}
 
 
 def _record_moved_data(path: Path, data: str) -> None:
