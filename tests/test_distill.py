@@ -101,6 +101,32 @@ def test_a_fit_resumed_with_its_teacher_spelled_relative_is_no_change(teacher, t
     assert result.exit_code != 0 and "different configuration" in str(result.exception or result.output)
 
 
+def test_a_second_round_taught_by_a_blended_distill_run_predicts_through_both_teachers(teacher, tmp_path,
+                                                                                        monkeypatch):
+    """Distill taught by a distill run that kept its blend: the copied teacher carries its own
+    copied teacher, so the second round's prediction can run (it needs both)."""
+    data, cache, run = teacher
+    real_choice = distill.postprocessing_choice
+
+    def winning(*args, **kwargs):
+        record = real_choice(*args, **kwargs)
+        return {**record, "val_dice_raw": record["val_dice_raw"] + 1, "val_dice_largest_component":
+                record["val_dice_largest_component"] + 1}
+
+    monkeypatch.setattr(distill, "postprocessing_choice", winning)
+    first, second = tmp_path / "round1", tmp_path / "round2"
+    assert _short_fit(data, cache, run, first)["teacher_blend"]
+    assert _short_fit(data, cache, first, second)["teacher_blend"]
+    assert sorted(p.name for p in (second / "teacher" / "teacher").iterdir()) == [
+        "checkpoint_best.pt", "config.json", "postprocess.json", "prompt_bank.pt"]
+    listed = json.loads((second / "manifest.json").read_text())["files"]
+    assert "teacher/teacher/prompt_bank.pt" in listed
+    result = CliRunner().invoke(app, ["predict", str(second), "--data", str(data), "--split", "val", "--out",
+                                      str(tmp_path / "pred"), "--cache", str(cache), *COMMON])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pred" / "phantom_003.nii.gz").exists()
+
+
 def test_a_teacher_of_another_budget_is_refused(teacher, tmp_path):
     data, cache, run = teacher
     result = run_fewsam("fit", "distill", "--data", str(data), "--labeled-slices", "3", "--teacher", str(run),

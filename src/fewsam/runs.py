@@ -337,12 +337,12 @@ def write_manifest(run_dir: Path) -> Path:
 def predict_files(run_dir: Path) -> list[Path]:
     """What a prediction may read besides config.json: the run's own top-level files, every best
     checkpoint below it (SAM-Match's RUN/sam/) and every file of a copied run (RUN/teacher/, its
-    config.json included: the copy is read as a run of its own), but not the resume state, the log
-    or temporaries."""
+    config.json included: the copy is read as a run of its own; also the copy's own copied teacher,
+    RUN/teacher/teacher/), but not the resume state, the log or temporaries."""
     top = [p for p in run_dir.iterdir() if p.is_file() and p.name not in NOT_FOR_PREDICT
            and not p.name.startswith(".")]
     nested = [p for p in run_dir.rglob(BEST) if p.parent != run_dir and p.is_file()]
-    copied = [p for p in (run_dir / COPIED_RUN).glob("*") if p.is_file() and not p.name.startswith(".")]
+    copied = [p for p in (run_dir / COPIED_RUN).rglob("*") if p.is_file() and not p.name.startswith(".")]
     return sorted(set(top + nested + copied))
 
 

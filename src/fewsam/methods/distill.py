@@ -315,16 +315,25 @@ def teacher_blend_choice(ctx: FitContext, cfg: DistillConfig, run_dir: Path, mod
 
 def copy_teacher(folder: Path, target: Path) -> None:
     """The files the teacher's predictor reads (config, best weights, prompt bank, post-processing),
-    copied through a temporary folder so that a kill leaves no half copy."""
+    copied through a temporary folder so that a kill leaves no half copy. A teacher that is itself
+    a distill run with its blend kept predicts through its own copied teacher: that copy comes along
+    (RUN/teacher/teacher/), so a second round of distillation predicts as its fit validated."""
     staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    _copy_predictor_files(folder, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def _copy_predictor_files(folder: Path, target: Path) -> None:
     for path in folder.iterdir():
         if path.is_file() and (path.name in (CONFIG, BEST, POSTPROCESS) or path.suffix == ".pt" and
                                path.name not in ("checkpoint_last.pt", PSEUDO_FILE)):
-            shutil.copy2(path, staging / path.name)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+            shutil.copy2(path, target / path.name)
+    if (folder / TEACHER_COPY).is_dir() and blend_kept(folder):
+        (target / TEACHER_COPY).mkdir()
+        _copy_predictor_files(folder / TEACHER_COPY, target / TEACHER_COPY)
 
 
 def blend_kept(run_dir: Path) -> bool:
@@ -343,6 +352,12 @@ class BlendedPredictor:
         config = read_config(teacher_dir)
         self.teacher = get_method(config.get("method")).predictor(teacher_dir, config, model, device,
                                                                   self.student.values)
+
+    def probabilities(self, slices: CaseSlices) -> list[np.ndarray]:
+        """Each slice's blended (Q, H, W) class probabilities: what a second round of distillation
+        blends with its own student (a teacher that reads SAM's embeddings, as the blend asks)."""
+        teacher = [np.asarray(p) for p in self.teacher.probabilities(slices)]
+        return blended_probabilities(self.student.probabilities(slices.case), teacher)
 
     def predict_case(self, case: Case, slices: list) -> np.ndarray:
         teacher = [np.asarray(p) for p in self.teacher.probabilities(slices)]
