@@ -200,7 +200,8 @@ def group_summary(
     Cases whose "group" is None count in the overall scores but in no group ("missing_group").
     Groups are keyed by `str(group)` in sorted order. With no group at all, es_dice, es_iou and
     worst_group_gap are None. CIs are 95% percentile bootstraps over cases of the same mean as
-    the point estimate, drawn from one seeded generator in a fixed order (deterministic).
+    the point estimate, drawn from one seeded generator in a fixed order (deterministic); a group
+    of one case has none (`bootstrap_ci`).
     """
     summary = summarise(cases)
     rng = np.random.default_rng(seed)
@@ -233,11 +234,18 @@ def bootstrap_ci(
 
     Each replicate draws len(cases) cases with replacement (as multinomial counts) and recomputes
     the mean over classes of the per-class means, missing values ignored as in `summarise`.
+
+    One case gives no interval (None): every replicate redraws that case, so the "interval" would
+    be its score alone, [x, x], read as a certain group mean where nothing is known of the spread.
+    Its replicates are still drawn, so the generator's stream, and the other groups' intervals, stay
+    the same.
     """
     if not cases:
         return {m: None for m in CI_METRICS}
     names = _class_names(cases)
     counts = rng.multinomial(len(cases), np.full(len(cases), 1 / len(cases)), size=n_boot).astype(float)
+    if len(cases) < 2:
+        return {m: None for m in CI_METRICS}
     intervals: dict[str, list[float] | None] = {}
     for m in CI_METRICS:
         table = np.array([[_as_float(c["per_class"].get(n, {}).get(m)) for n in names] for c in cases])

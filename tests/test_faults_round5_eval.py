@@ -1,0 +1,41 @@
+"""`fewsam evaluate`, `compare` and `report` on the inputs users give them: groups of one case, site
+numbers as groups, names with Markdown's own characters, predictions in another coding."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+from fewsam.data import open_dataset, write_prediction
+from fewsam.evaluate import evaluate
+from fewsam.metrics import group_summary
+from fewsam.report import write_group_report
+
+
+def record(case, group, dice):
+    return {"case": case, "group": group,
+            "per_class": {"fg": {"dice": dice, "iou": dice / (2 - dice), "hd95": 1.0, "asd": 1.0}}}
+
+
+def test_a_group_of_one_case_has_no_interval_rather_than_a_certain_one():
+    """One case's bootstrap redraws that case every time: its "95% CI" was [x, x], a zero-width
+    interval the report read as certainty."""
+    cases = [record("a", "A", 0.9), record("b", "A", 0.7), record("c", "B", 0.4)]
+    summary = group_summary(cases, n_boot=200)
+    assert summary["groups"]["B"]["ci95"] == {"dice": None, "iou": None}
+    lo, hi = summary["groups"]["A"]["ci95"]["dice"]
+    assert lo < hi
+    assert group_summary(cases[2:], n_boot=50)["overall_ci95"] == {"dice": None, "iou": None}
+
+
+def test_a_group_of_one_case_shows_no_interval_in_the_report(tmp_path):
+    cases = [record("a", "A", 0.9), record("b", "A", 0.7), record("c", "B", 0.4)]
+    result = group_summary(cases, n_boot=100)
+    result.update(group_by="site", distance_unit="pixel")
+    (tmp_path / "e.json").write_text(json.dumps(result))
+    md = write_group_report([tmp_path / "e.json"], tmp_path / "rep")["markdown"].read_text()
+    assert "| B | 1 | 0.4000 | n/a |" in md
+    assert "[0.4000, 0.4000]" not in md
