@@ -39,3 +39,11 @@ def test_a_group_of_one_case_shows_no_interval_in_the_report(tmp_path):
     md = write_group_report([tmp_path / "e.json"], tmp_path / "rep")["markdown"].read_text()
     assert "| B | 1 | 0.4000 | n/a |" in md
     assert "[0.4000, 0.4000]" not in md
+
+
+def test_site_numbers_as_groups_are_in_numeric_order():
+    """Text order put site 10 before site 2 in the JSON, the printed lines and the report."""
+    cases = [record(str(i), site, 0.5) for i, site in enumerate(["10", "2", "1", "2", "10", "-1"])]
+    assert list(group_summary(cases, n_boot=10)["groups"]) == ["-1", "1", "2", "10"]
+    named = [record(str(i), site, 0.5) for i, site in enumerate(["site10", "site2", "Site1"])]
+    assert list(group_summary(named, n_boot=10)["groups"]) == ["Site1", "site2", "site10"]

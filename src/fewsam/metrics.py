@@ -198,7 +198,7 @@ def group_summary(
     """`summarise` plus per-group metrics, ES-Dice/ES-IoU, the worst-group gap and bootstrap CIs.
 
     Cases whose "group" is None count in the overall scores but in no group ("missing_group").
-    Groups are keyed by `str(group)` in sorted order. With no group at all, es_dice, es_iou and
+    Groups are keyed by `str(group)` in `group_order`. With no group at all, es_dice, es_iou and
     worst_group_gap are None. CIs are 95% percentile bootstraps over cases of the same mean as
     the point estimate, drawn from one seeded generator in a fixed order (deterministic); a group
     of one case has none (`bootstrap_ci`).
@@ -211,7 +211,7 @@ def group_summary(
         if case.get("group") is not None:
             by_group.setdefault(str(case["group"]), []).append(case)
     groups = {}
-    for g in sorted(by_group):
+    for g in group_order(by_group):
         part = summarise(by_group[g])
         ci = bootstrap_ci(by_group[g], rng, n_boot)
         groups[g] = {"n": part["n_cases"], "mean": part["mean"], "per_class": part["per_class"], "ci95": ci}
@@ -225,6 +225,26 @@ def group_summary(
     dice = [g["mean"]["dice"] for g in groups.values() if g["mean"]["dice"] is not None]
     summary["worst_group_gap"] = max(dice) - min(dice) if dice else None
     return summary
+
+
+def group_order(names: Any) -> list[str]:
+    """Group names in the order people read them: by value when every name is a number (sites 2
+    before 10, -1 before 0, as text sorting put "10" before "2"), else in natural order ("site2"
+    before "site10"). The order of the groups is the order of their bootstrap draws, so it is fixed."""
+    from fewsam.data.readers.common import natural_key
+
+    names = list(names)
+    try:
+        return sorted(names, key=lambda name: (_number(name), name))
+    except ValueError:
+        return sorted(names, key=natural_key)
+
+
+def _number(name: str) -> float:
+    value = float(name)
+    if math.isnan(value):  # NaN orders against nothing
+        raise ValueError(name)
+    return value
 
 
 def bootstrap_ci(
