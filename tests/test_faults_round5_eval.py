@@ -47,3 +47,39 @@ def test_site_numbers_as_groups_are_in_numeric_order():
     assert list(group_summary(cases, n_boot=10)["groups"]) == ["-1", "1", "2", "10"]
     named = [record(str(i), site, 0.5) for i, site in enumerate(["site10", "site2", "Site1"])]
     assert list(group_summary(named, n_boot=10)["groups"]) == ["Site1", "site2", "site10"]
+
+
+def _tables(markdown):
+    """Each Markdown table as its lines' cells, split at the pipes Markdown splits at (not at "\\|")."""
+    import re
+
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(re.split(r"(?<!\\)\|", line)[1:-1])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_names_holding_a_pipe_keep_the_markdown_tables_in_their_columns(tmp_path):
+    """A "|" in a run label, group value or class name split its Markdown cell in two: every number
+    after it sat under the wrong column, and a line break in a name ended the table."""
+    paths = []
+    for k, dice in enumerate((0.9, 0.6)):
+        cases = [{"case": f"c{i}", "group": g,
+                  "per_class": {"LV|RV": {"dice": dice, "iou": dice / (2 - dice), "hd95": 1.0, "asd": 1.0}}}
+                 for i, g in enumerate(["A|B", "A|B", "two\nlines", "two\nlines"])]
+        result = group_summary(cases, n_boot=20)
+        result.update(group_by="site", distance_unit="pixel")
+        paths.append(tmp_path / f"run{k}.json")
+        paths[-1].write_text(json.dumps(result))
+    md = write_group_report(paths, tmp_path / "rep", labels=["old|new", "b"], title="t\nu")["markdown"].read_text()
+    tables = _tables(md)
+    assert len(tables) >= 5
+    for table in tables:
+        assert {len(cells) for cells in table} == {len(table[0])}, table
+    assert "| old\\|new | 4 | 0.9000 |" in md
+    assert "| A\\|B | 2 | 0.9000 |" in md and "| two lines | 2 | 0.9000 |" in md
+    assert md.startswith("# t u\n")

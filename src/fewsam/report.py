@@ -282,7 +282,7 @@ def _markdown(blocks: list[tuple]) -> str:
     lines: list[str] = []
     for kind, payload in blocks:
         if kind in ("h", "h2", "h3"):
-            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {payload}", ""]
+            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {_one_line(payload)}", ""]
         elif kind == "p":
             lines += [payload, ""]
         elif kind == "img":
@@ -290,9 +290,21 @@ def _markdown(blocks: list[tuple]) -> str:
             lines += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
         else:
             header, rows = payload
-            lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
+            lines += ["| " + " | ".join(map(_cell, header)) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows] + [""]
     return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell: run labels, group values and class names are the user's text, and a
+    "|" in one ("site A|B", --labels "a|b") split its cell in two, shifting the row's numbers under
+    the wrong columns; a line break (a quoted CSV cell) ended the table."""
+    return _one_line(str(value)).replace("|", "\\|")
+
+
+def _one_line(text: str) -> str:
+    """A heading or cell on one line: Markdown ends either at a line break."""
+    return " ".join(text.splitlines())
 
 
 def _html(blocks: list[tuple], title: str) -> str:
