@@ -83,3 +83,42 @@ def test_names_holding_a_pipe_keep_the_markdown_tables_in_their_columns(tmp_path
     assert "| old\\|new | 4 | 0.9000 |" in md
     assert "| A\\|B | 2 | 0.9000 |" in md and "| two lines | 2 | 0.9000 |" in md
     assert md.startswith("# t u\n")
+
+
+LABEL = np.zeros((10, 10), np.uint8)
+LABEL[:2] = 1
+
+
+@pytest.fixture
+def png_data(tmp_path):
+    """A binary PNG folder (masks 0/255; a site column of site numbers) and a perfect prediction
+    folder for it."""
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "msk").mkdir()
+    rows = ["image,mask,site,split"]
+    rng = np.random.default_rng(0)
+    for cid, site in (("a1", "2"), ("a2", "2"), ("b1", "10"), ("b2", "10")):
+        Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8)).save(root / "img" / f"{cid}.png")
+        Image.fromarray(LABEL * 255).save(root / "msk" / f"{cid}.png")
+        rows.append(f"img/{cid}.png,msk/{cid}.png,{site},test")
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    pred = tmp_path / "pred"
+    dataset = open_dataset(root)
+    for cid in dataset.split("test"):
+        write_prediction(dataset.load(cid), LABEL[None], pred)
+    return root, pred
+
+
+def test_a_png_prediction_in_another_coding_gets_advice_about_the_prediction(png_data):
+    """A PNG prediction holding 128 was told to "fix the mask or add classes.json": a classes.json
+    would change the dataset it is scored against, and the file is no mask of the dataset's."""
+    from fewsam.errors import DataError
+
+    root, pred = png_data
+    Image.fromarray(LABEL * 128).save(pred / "img" / "b1.png")
+    with pytest.raises(DataError) as refused:
+        evaluate(pred, root, "test", show_progress=False)
+    message = str(refused.value)
+    assert f"prediction values [128] in {pred / 'img' / 'b1.png'}" in message
+    assert "fewsam predict" in message and "classes.json" not in message
