@@ -122,3 +122,31 @@ def test_a_png_prediction_in_another_coding_gets_advice_about_the_prediction(png
     message = str(refused.value)
     assert f"prediction values [128] in {pred / 'img' / 'b1.png'}" in message
     assert "fewsam predict" in message and "classes.json" not in message
+
+
+def _three_class_evaluation(path, lv_hd95):
+    """Six cases scoring RV and Myo alike in every run; LV's HD95 is ``lv_hd95`` (None: LV left empty)."""
+    def scores(hd95):
+        return {"dice": 0.0 if hd95 is None else 0.8, "iou": 0.0 if hd95 is None else 0.7, "hd95": hd95,
+                "asd": hd95}
+    cases = [{"case": f"c{i}", "group": None,
+              "per_class": {"RV": scores(2.0 + i / 10), "Myo": scores(3.0), "LV": scores(lv_hd95)}}
+             for i in range(6)]
+    path.write_text(json.dumps({"cases": cases, "distance_unit": "mm"}))
+    return path
+
+
+def test_a_run_that_leaves_a_class_empty_does_not_win_on_hd95(tmp_path):
+    """A run that missed LV in every case had only RV and Myo averaged, so its per-case HD95 beat a
+    run that found LV (HD95 10 mm) and was alike on the rest: the test called it better, p = 0.03."""
+    from fewsam.compare import compare_runs, describe
+
+    missed = _three_class_evaluation(tmp_path / "missed.json", None)
+    found = _three_class_evaluation(tmp_path / "found.json", 10.0)
+    result = compare_runs(missed, found, "hd95")
+    assert result["n"] == 6 and result["p"] == 1.0 and result["median_diff"] == 0.0
+    assert result["mean_a"] == pytest.approx(result["mean_b"])
+    assert result["one_sided_values"] == 6
+    assert "6 class value(s) of hd95 that only one run had" in describe(result)
+    dice = compare_runs(missed, found, "dice")
+    assert dice["one_sided_values"] == 0 and dice["median_diff"] == pytest.approx(-0.8 / 3)

@@ -217,7 +217,7 @@ def _plot_file_names(classes: list[str]) -> list[str]:
 def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     if len(runs) < 2:
         return []
-    from fewsam.compare import check_same_classes, per_case_scores
+    from fewsam.compare import check_same_classes, paired_scores
     from fewsam.errors import DataError
     from fewsam.metrics import wilcoxon_compare
 
@@ -227,7 +227,7 @@ def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     for name, r in runs[1:]:
         try:
             check_same_classes(r, base, name, base_name)
-            t = wilcoxon_compare(per_case_scores(r), per_case_scores(base))
+            t = wilcoxon_compare(*paired_scores(r, base)[:2])
             rows.append([f"{name} vs {base_name}", t["n"], f"{round(t['median_diff'], 4) + 0.0:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
         except DataError as err:
             rows.append([f"{name} vs {base_name}", "-", "-", "-", str(err)])
