@@ -150,3 +150,15 @@ def test_a_run_that_leaves_a_class_empty_does_not_win_on_hd95(tmp_path):
     assert "6 class value(s) of hd95 that only one run had" in describe(result)
     dice = compare_runs(missed, found, "dice")
     assert dice["one_sided_values"] == 0 and dice["median_diff"] == pytest.approx(-0.8 / 3)
+
+
+def test_the_printed_hd95_says_the_cases_it_leaves_out(png_data):
+    """An empty prediction has no HD95: the class's HD95 is the mean of the other cases, and the
+    summary printed "HD95 0.00" for a run that predicted nothing in a case, as if it were perfect."""
+    root, pred = png_data
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(pred / "img" / "b1.png")
+    res = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "foreground: Dice 0.7500  IoU 0.7500  HD95 0.00 over 3 of 4 cases (1 with an empty prediction or label)" \
+        in res.output
