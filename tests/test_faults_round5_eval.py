@@ -162,3 +162,21 @@ def test_the_printed_hd95_says_the_cases_it_leaves_out(png_data):
     assert res.exit_code == 0, res.output
     assert "foreground: Dice 0.7500  IoU 0.7500  HD95 0.00 over 3 of 4 cases (1 with an empty prediction or label)" \
         in res.output
+
+
+def test_runs_grouped_by_other_columns_are_not_subtracted_group_by_group(tmp_path):
+    """A report of an evaluation by site and one by scanner, both naming their groups 1 and 2, gave
+    "Change in Dice" of scanner 1 minus site 1 and of one ES-Dice minus the other; the heading read
+    "Dice by group (site, None)" beside a run without groups."""
+    paths = []
+    for name, column, dice in (("site", "site", 0.9), ("scanner", "scanner", 0.6), ("plain", None, 0.7)):
+        cases = [record(f"c{i}", None if column is None else str(1 + i % 2), dice - i / 20) for i in range(4)]
+        result = group_summary(cases, n_boot=20)
+        result.update(group_by=column, distance_unit="pixel")
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    md = write_group_report(paths, tmp_path / "rep")["markdown"].read_text()
+    assert "## Dice by group (site, scanner)" in md
+    assert "scanner - site" not in md and "plain - site" not in md
+    assert ("Not compared with site, grouped by site: scanner (grouped by scanner), plain (grouped by nothing), "
+            "whose groups are not site's.") in md

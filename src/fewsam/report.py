@@ -132,7 +132,7 @@ def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
     groups = _group_names(runs)
     if not groups:
         return [("p", "These evaluations have no groups: run `fewsam evaluate --group-by COLUMN`.")]
-    by = ", ".join(dict.fromkeys(str(r.get("group_by")) for _, r in runs))
+    by = ", ".join(dict.fromkeys(str(r["group_by"]) for _, r in runs if r.get("group_by")))
     png = _bar_plot(runs, groups, None, out / "group_dice.png", f"Dice by {by}")
     blocks: list[tuple] = [("h2", f"Dice by group ({by})"),
                            ("img", (png, "Mean Dice per group with 95% bootstrap CIs; n = cases per group."))]
@@ -161,15 +161,32 @@ def distance_units(unit: str | None) -> str:
 
 
 def _difference_table(runs: list[tuple[str, dict]], groups: list[str]) -> list[tuple]:
+    """Each run's group Dice, ES-Dice and gap minus the first run's, for the runs grouped as the first
+    one is: a run grouped by another column (or other bins) has groups that merely share names ("1"
+    of site and "1" of scanner), and an ES-Dice over other groups, so its differences would measure
+    the grouping, not the run. Those runs are named below the table instead."""
     base_name, base = runs[0]
-    header = ["group", *[f"{name} - {base_name}" for name, _ in runs[1:]]]
-    rows = []
-    for g in groups:
-        a = base.get("groups", {}).get(g, {}).get("mean", {}).get("dice")
-        rows.append([g, *[_diff(r.get("groups", {}).get(g, {}).get("mean", {}).get("dice"), a) for _, r in runs[1:]]])
-    for key, label in (("es_dice", "ES-Dice"), ("worst_group_gap", "worst-group gap")):
-        rows.append([label, *[_diff(r.get(key), base.get(key)) for _, r in runs[1:]]])
-    return [("h3", f"Change in Dice against {base_name}"), ("table", (header, rows))]
+    alike = [(name, r) for name, r in runs[1:] if _grouping(r) == _grouping(base)]
+    others = [f"{name} (grouped by {r.get('group_by') or 'nothing'})" for name, r in runs[1:] if (name, r) not in alike]
+    blocks: list[tuple] = [("h3", f"Change in Dice against {base_name}")]
+    if alike:
+        header = ["group", *[f"{name} - {base_name}" for name, _ in alike]]
+        rows = []
+        for g in (g for g in groups if any(g in r.get("groups", {}) for _, r in [(base_name, base), *alike])):
+            a = base.get("groups", {}).get(g, {}).get("mean", {}).get("dice")
+            rows.append([g, *[_diff(r.get("groups", {}).get(g, {}).get("mean", {}).get("dice"), a) for _, r in alike]])
+        for key, label in (("es_dice", "ES-Dice"), ("worst_group_gap", "worst-group gap")):
+            rows.append([label, *[_diff(r.get(key), base.get(key)) for _, r in alike]])
+        blocks.append(("table", (header, rows)))
+    if others:
+        blocks.append(("p", f"Not compared with {base_name}, grouped by {base.get('group_by') or 'nothing'}: "
+                            f"{', '.join(others)}, whose groups are not {base_name}'s."))
+    return blocks
+
+
+def _grouping(result: dict) -> tuple:
+    """What an evaluation's groups are: the column and its bins."""
+    return result.get("group_by"), result.get("bins")
 
 
 def _diff(x: float | None, y: float | None) -> str:
