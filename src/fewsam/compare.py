@@ -2,7 +2,8 @@
 
 Each run is an evaluation JSON written by ``fewsam evaluate --json``. A case's score is the mean
 over classes of its per-class metric, as the papers compare methods on per-case mean Dice; a class
-value only one run has (HD95 of an empty prediction) is left out of both (``paired_scores``). With ``n_comparisons`` K the p value is also Bonferroni-corrected (x K).
+value only one run has (HD95 of an empty prediction) is left out of both (``paired_scores``). With
+``n_comparisons`` K the p value is also Bonferroni-corrected (x K).
 """
 
 from __future__ import annotations
