@@ -186,7 +186,7 @@ def test_png_prediction_with_foreign_values(tmp_path):
     ds = open_dataset(shared_data("busi"))
     case = ds.load("benign/benign (1)")
     save_png(tmp_path / case.rel_path, np.full(case.label.shape[1:], 17, np.uint8))
-    with pytest.raises(DataError, match=r"mask values \[17\]"):
+    with pytest.raises(DataError, match=r"prediction values \[17\]"):
         read_prediction(case, tmp_path, ClassMap({1: "lesion"}))
     with pytest.raises(DataError, match="cannot store"):
         write_prediction(case, np.full(case.label.shape, 2, np.uint8), tmp_path)

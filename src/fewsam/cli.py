@@ -474,11 +474,17 @@ def studio(
 
 
 def _print_summary(result: dict) -> None:
+    """The scores, with the cases each class's HD95 leaves out: HD95 and ASD have no value where a
+    prediction or label is empty, and are averaged over the other cases, so a run that predicted
+    nothing in a case printed the HD95 of its other cases alone (0.00 for perfect ones) unremarked."""
     mean = result["mean"]
     out.print(f"{result['n_cases']} cases  mean Dice {mean['dice']:.4f}  IoU {mean['iou']:.4f}  "
               f"HD95 {_fmt(mean.get('hd95'))}  ASD {_fmt(mean.get('asd'))} ({result['distance_unit']})")
     for name, m in result["per_class"].items():
-        out.print(f"  {name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {_fmt(m.get('hd95'))}")
+        missing, n = m.get("hd95_missing") or 0, result["n_cases"]
+        empty = f"{missing} with an empty prediction or label"
+        without = "" if not missing else f" over {n - missing} of {n} cases ({empty})" if missing < n else f" ({empty})"
+        out.print(f"  {name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {_fmt(m.get('hd95'))}{without}")
     if "es_dice" in result:
         _print_groups(result)
 

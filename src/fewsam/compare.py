@@ -1,8 +1,9 @@
 """``fewsam compare``: is run A better than run B on the same cases? (paired Wilcoxon signed-rank)
 
 Each run is an evaluation JSON written by ``fewsam evaluate --json``. A case's score is the mean
-over classes of its per-class metric (missing values left out), as the papers compare methods
-on per-case mean Dice. With ``n_comparisons`` K the p value is also Bonferroni-corrected (x K).
+over classes of its per-class metric, as the papers compare methods on per-case mean Dice; a class
+value only one run has (HD95 of an empty prediction) is left out of both (``paired_scores``). With
+``n_comparisons`` K the p value is also Bonferroni-corrected (x K).
 """
 
 from __future__ import annotations
@@ -107,8 +108,7 @@ def per_case_scores(result: dict[str, Any], metric: str = "dice") -> dict[str, f
         raise DataError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     scores = {}
     for case in result["cases"]:
-        values = [m.get(metric) for m in case["per_class"].values()]
-        values = [v for v in values if v is not None and not math.isnan(v)]
+        values = list(_values(case["per_class"], metric).values())
         if values:
             scores[case["case"]] = sum(values) / len(values)
     return scores
@@ -131,20 +131,55 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     both = cases_a & cases_b
     left_out = {"only_in_a": len(cases_a - cases_b), "only_in_b": len(cases_b - cases_a),
                 "unscored_a": len(both - set(score_a)), "unscored_b": len(both - set(score_b))}
-    common = sorted(set(score_a) & set(score_b))
+    paired_a, paired_b, one_sided = paired_scores(eval_a, eval_b, metric)
+    common = sorted(paired_a)
     unscored = len(both) - len(common)
     if len(common) < 2 and unscored:
         raise DataError(f"the two runs share {len(common)} case(s) with a {metric} value and {unscored} case(s) "
                         f"without one (an empty prediction or label); a paired test needs at least 2 — compare "
                         "them on dice or iou")
-    test = wilcoxon_compare(score_a, score_b, n_comparisons)
+    test = wilcoxon_compare(paired_a, paired_b, n_comparisons)
     return {
         "a": str(a), "b": str(b), "metric": metric, "n_comparisons": n_comparisons,
-        "mean_a": sum(score_a[c] for c in common) / len(common),
-        "mean_b": sum(score_b[c] for c in common) / len(common),
+        "mean_a": sum(paired_a[c] for c in common) / len(common),
+        "mean_b": sum(paired_b[c] for c in common) / len(common),
         **left_out,
+        "one_sided_values": one_sided,
         **test,
     }
+
+
+def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = "dice"
+                  ) -> tuple[dict[str, float], dict[str, float], int]:
+    """(A's, B's) case id -> mean of ``metric`` over the classes both runs have a value for in that
+    case, for the cases both scored; and how many class values only one run had in those cases, left
+    out (a case without any shared value is not paired, and ``compare_runs`` counts it as unscored).
+
+    HD95 and ASD have no value where a prediction is empty: averaged over its own classes, a run
+    that left a structure out entirely had only its other classes averaged, and so beat a run that
+    found the structure a little off (and the test called it better). Dice and IoU always have a
+    value, so they pair every class as ``per_case_scores`` does."""
+    if metric not in METRICS:
+        raise DataError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    classes_b = {case["case"]: case["per_class"] for case in eval_b["cases"]}
+    paired_a, paired_b, one_sided = {}, {}, 0
+    for case in eval_a["cases"]:
+        if case["case"] not in classes_b:
+            continue
+        values_a = _values(case["per_class"], metric)
+        values_b = _values(classes_b[case["case"]], metric)
+        shared = [name for name in values_a if name in values_b]
+        if shared:
+            one_sided += len(values_a) + len(values_b) - 2 * len(shared)
+            paired_a[case["case"]] = sum(values_a[n] for n in shared) / len(shared)
+            paired_b[case["case"]] = sum(values_b[n] for n in shared) / len(shared)
+    return paired_a, paired_b, one_sided
+
+
+def _values(per_class: dict[str, Any], metric: str) -> dict[str, float]:
+    """class -> value of ``metric``, classes without one (None, NaN) left out."""
+    values = {name: scores.get(metric) for name, scores in per_class.items()}
+    return {name: v for name, v in values.items() if v is not None and not math.isnan(v)}
 
 
 def scored_classes(result: dict[str, Any]) -> list[str]:
@@ -192,4 +227,7 @@ def describe(result: dict[str, Any]) -> str:
     if unscored_a or unscored_b:
         lines.append(f"left out: {unscored_a} case(s) without a {m} value in A (an empty prediction or label), "
                      f"{unscored_b} in B")
+    if result.get("one_sided_values"):
+        lines.append(f"left out: {result['one_sided_values']} class value(s) of {m} that only one run had (the "
+                     "other left that class empty); each case is averaged over the classes both runs scored")
     return "\n".join(lines)

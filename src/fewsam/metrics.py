@@ -198,9 +198,10 @@ def group_summary(
     """`summarise` plus per-group metrics, ES-Dice/ES-IoU, the worst-group gap and bootstrap CIs.
 
     Cases whose "group" is None count in the overall scores but in no group ("missing_group").
-    Groups are keyed by `str(group)` in sorted order. With no group at all, es_dice, es_iou and
+    Groups are keyed by `str(group)` in `group_order`. With no group at all, es_dice, es_iou and
     worst_group_gap are None. CIs are 95% percentile bootstraps over cases of the same mean as
-    the point estimate, drawn from one seeded generator in a fixed order (deterministic).
+    the point estimate, drawn from one seeded generator in a fixed order (deterministic); a group
+    of one case has none (`bootstrap_ci`).
     """
     summary = summarise(cases)
     rng = np.random.default_rng(seed)
@@ -210,7 +211,7 @@ def group_summary(
         if case.get("group") is not None:
             by_group.setdefault(str(case["group"]), []).append(case)
     groups = {}
-    for g in sorted(by_group):
+    for g in group_order(by_group):
         part = summarise(by_group[g])
         ci = bootstrap_ci(by_group[g], rng, n_boot)
         groups[g] = {"n": part["n_cases"], "mean": part["mean"], "per_class": part["per_class"], "ci95": ci}
@@ -226,6 +227,26 @@ def group_summary(
     return summary
 
 
+def group_order(names: Any) -> list[str]:
+    """Group names in the order people read them: by value when every name is a number (sites 2
+    before 10, -1 before 0, as text sorting put "10" before "2"), else in natural order ("site2"
+    before "site10"). The order of the groups is the order of their bootstrap draws, so it is fixed."""
+    from fewsam.data.readers.common import natural_key
+
+    names = list(names)
+    try:
+        return sorted(names, key=lambda name: (_number(name), name))
+    except ValueError:
+        return sorted(names, key=natural_key)
+
+
+def _number(name: str) -> float:
+    value = float(name)
+    if math.isnan(value):  # NaN orders against nothing
+        raise ValueError(name)
+    return value
+
+
 def bootstrap_ci(
     cases: list[dict[str, Any]], rng: np.random.Generator, n_boot: int = 1000
 ) -> dict[str, list[float] | None]:
@@ -233,11 +254,18 @@ def bootstrap_ci(
 
     Each replicate draws len(cases) cases with replacement (as multinomial counts) and recomputes
     the mean over classes of the per-class means, missing values ignored as in `summarise`.
+
+    One case gives no interval (None): every replicate redraws that case, so the "interval" would
+    be its score alone, [x, x], read as a certain group mean where nothing is known of the spread.
+    Its replicates are still drawn, so the generator's stream, and the other groups' intervals, stay
+    the same.
     """
     if not cases:
         return {m: None for m in CI_METRICS}
     names = _class_names(cases)
     counts = rng.multinomial(len(cases), np.full(len(cases), 1 / len(cases)), size=n_boot).astype(float)
+    if len(cases) < 2:
+        return {m: None for m in CI_METRICS}
     intervals: dict[str, list[float] | None] = {}
     for m in CI_METRICS:
         table = np.array([[_as_float(c["per_class"].get(n, {}).get(m)) for n in names] for c in cases])

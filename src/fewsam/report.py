@@ -47,7 +47,8 @@ INTRO = (
     "the overall Dice by 1 + alpha x the summed distance of the group Dices from it: it equals the "
     "overall Dice when every group does equally well and drops as groups diverge. The worst-group "
     "gap is the best group's Dice minus the worst group's. Intervals are 95% bootstrap confidence "
-    "intervals over cases; a group of a few cases has a wide interval, so read small gaps with care."
+    "intervals over cases; a group of a few cases has a wide interval, so read small gaps with care, "
+    "and a group of one case has none (n/a)."
 )
 
 
@@ -131,7 +132,7 @@ def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
     groups = _group_names(runs)
     if not groups:
         return [("p", "These evaluations have no groups: run `fewsam evaluate --group-by COLUMN`.")]
-    by = ", ".join(dict.fromkeys(str(r.get("group_by")) for _, r in runs))
+    by = ", ".join(dict.fromkeys(str(r["group_by"]) for _, r in runs if r.get("group_by")))
     png = _bar_plot(runs, groups, None, out / "group_dice.png", f"Dice by {by}")
     blocks: list[tuple] = [("h2", f"Dice by group ({by})"),
                            ("img", (png, "Mean Dice per group with 95% bootstrap CIs; n = cases per group."))]
@@ -160,15 +161,32 @@ def distance_units(unit: str | None) -> str:
 
 
 def _difference_table(runs: list[tuple[str, dict]], groups: list[str]) -> list[tuple]:
+    """Each run's group Dice, ES-Dice and gap minus the first run's, for the runs grouped as the first
+    one is: a run grouped by another column (or other bins) has groups that merely share names ("1"
+    of site and "1" of scanner), and an ES-Dice over other groups, so its differences would measure
+    the grouping, not the run. Those runs are named below the table instead."""
     base_name, base = runs[0]
-    header = ["group", *[f"{name} - {base_name}" for name, _ in runs[1:]]]
-    rows = []
-    for g in groups:
-        a = base.get("groups", {}).get(g, {}).get("mean", {}).get("dice")
-        rows.append([g, *[_diff(r.get("groups", {}).get(g, {}).get("mean", {}).get("dice"), a) for _, r in runs[1:]]])
-    for key, label in (("es_dice", "ES-Dice"), ("worst_group_gap", "worst-group gap")):
-        rows.append([label, *[_diff(r.get(key), base.get(key)) for _, r in runs[1:]]])
-    return [("h3", f"Change in Dice against {base_name}"), ("table", (header, rows))]
+    alike = [(name, r) for name, r in runs[1:] if _grouping(r) == _grouping(base)]
+    others = [f"{name} (grouped by {r.get('group_by') or 'nothing'})" for name, r in runs[1:] if (name, r) not in alike]
+    blocks: list[tuple] = [("h3", f"Change in Dice against {base_name}")]
+    if alike:
+        header = ["group", *[f"{name} - {base_name}" for name, _ in alike]]
+        rows = []
+        for g in (g for g in groups if any(g in r.get("groups", {}) for _, r in [(base_name, base), *alike])):
+            a = base.get("groups", {}).get(g, {}).get("mean", {}).get("dice")
+            rows.append([g, *[_diff(r.get("groups", {}).get(g, {}).get("mean", {}).get("dice"), a) for _, r in alike]])
+        for key, label in (("es_dice", "ES-Dice"), ("worst_group_gap", "worst-group gap")):
+            rows.append([label, *[_diff(r.get(key), base.get(key)) for _, r in alike]])
+        blocks.append(("table", (header, rows)))
+    if others:
+        blocks.append(("p", f"Not compared with {base_name}, grouped by {base.get('group_by') or 'nothing'}: "
+                            f"{', '.join(others)}, whose groups are not {base_name}'s."))
+    return blocks
+
+
+def _grouping(result: dict) -> tuple:
+    """What an evaluation's groups are: the column and its bins."""
+    return result.get("group_by"), result.get("bins")
 
 
 def _diff(x: float | None, y: float | None) -> str:
@@ -216,7 +234,7 @@ def _plot_file_names(classes: list[str]) -> list[str]:
 def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     if len(runs) < 2:
         return []
-    from fewsam.compare import check_same_classes, per_case_scores
+    from fewsam.compare import check_same_classes, paired_scores
     from fewsam.errors import DataError
     from fewsam.metrics import wilcoxon_compare
 
@@ -226,7 +244,7 @@ def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     for name, r in runs[1:]:
         try:
             check_same_classes(r, base, name, base_name)
-            t = wilcoxon_compare(per_case_scores(r), per_case_scores(base))
+            t = wilcoxon_compare(*paired_scores(r, base)[:2])
             rows.append([f"{name} vs {base_name}", t["n"], f"{round(t['median_diff'], 4) + 0.0:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
         except DataError as err:
             rows.append([f"{name} vs {base_name}", "-", "-", "-", str(err)])
@@ -281,7 +299,7 @@ def _markdown(blocks: list[tuple]) -> str:
     lines: list[str] = []
     for kind, payload in blocks:
         if kind in ("h", "h2", "h3"):
-            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {payload}", ""]
+            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {_one_line(payload)}", ""]
         elif kind == "p":
             lines += [payload, ""]
         elif kind == "img":
@@ -289,9 +307,21 @@ def _markdown(blocks: list[tuple]) -> str:
             lines += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
         else:
             header, rows = payload
-            lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
+            lines += ["| " + " | ".join(map(_cell, header)) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows] + [""]
     return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell: run labels, group values and class names are the user's text, and a
+    "|" in one ("site A|B", --labels "a|b") split its cell in two, shifting the row's numbers under
+    the wrong columns; a line break (a quoted CSV cell) ended the table."""
+    return _one_line(str(value)).replace("|", "\\|")
+
+
+def _one_line(text: str) -> str:
+    """A heading or cell on one line: Markdown ends either at a line break."""
+    return " ".join(text.splitlines())
 
 
 def _html(blocks: list[tuple], title: str) -> str:

@@ -247,8 +247,15 @@ def _on_case_grid(case: Case, image: Any, path: Path) -> Any:
     return on_image_grid(image, Grid(tuple(header.get_data_shape()), affine), path, "prediction")
 
 
+PNG_PREDICTION_ADVICE = ("a PNG prediction holds the dataset's own mask coding, as `fewsam predict` writes it: "
+                         "was it written in another coding or for other classes? predict this split with a run "
+                         "fitted on this dataset")
+
+
 def _decode_png(case: Case, path: Path) -> np.ndarray:
-    return mask_to_classes(read_mask_pixels(path), _to_class(case), path)[None]
+    """A PNG prediction in the dataset's mask coding; other pixel values are refused with advice about
+    the prediction, not the dataset's advice for its own masks (adding a classes.json)."""
+    return mask_to_classes(read_mask_pixels(path), _to_class(case), path, "prediction", PNG_PREDICTION_ADVICE)[None]
 
 
 def _decode_npz(case: Case, path: Path) -> np.ndarray:

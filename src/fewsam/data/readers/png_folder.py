@@ -598,8 +598,14 @@ def _has_colour(path: Path) -> bool:
     return _decode(path, colour)
 
 
-def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path) -> np.ndarray:
-    """Map mask pixel values to class indices; values outside the coding are a DataError."""
+MASK_ADVICE = "fix the mask or add classes.json"
+
+
+def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path, what: str = "mask",
+                    advice: str = MASK_ADVICE) -> np.ndarray:
+    """Map mask pixel values to class indices; values outside the coding are a DataError naming
+    ``what`` the file is and ``advice``: a dataset's mask is fixed by the user or described by a
+    classes.json, a prediction is not (a classes.json changes the dataset it is scored against)."""
     lut = np.full(256, -1, dtype=np.int16)
     for pixel, cls in to_class.items():
         lut[pixel] = cls
@@ -607,10 +613,10 @@ def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path) ->
     if (out < 0).any():
         bad = sorted(int(v) for v in np.unique(pixels[out < 0]))
         shown = _coding_text(to_class)
-        colour = ("; the mask is in colour, and masks are read as grey levels (or palette indices): store one "
+        colour = (f"; the {what} is in colour, and masks are read as grey levels (or palette indices): store one "
                   "grey value per class" if path.is_file() and _has_colour(path) else "")
-        raise DataError(f"mask values {bad} in {path} are not in this dataset's coding {shown} "
-                        f"(pixel -> class); fix the mask or add classes.json{colour}")
+        raise DataError(f"{what} values {bad} in {path} are not in this dataset's coding {shown} "
+                        f"(pixel -> class); {advice}{colour}")
     return out.astype(np.uint8)
 
 
