@@ -298,6 +298,17 @@ def test_split_help_names_the_default_split(name):
     assert "[default: val]" in line
 
 
+@pytest.mark.parametrize("args", [["predict"], ["fit", "fewshot"], ["evaluate"]])
+def test_help_lists_on_off_flags_without_a_value_type(args):
+    """"--overwrite <bool>" read as if the flag took a value, which it refuses."""
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+    flag = "--overwrite" if args != ["fit", "fewshot"] else "--test-mirroring"
+    assert flag in result.output
+    assert "<path>" in result.output or "<int>" in result.output  # options that take a value keep their type
+
+
 def test_folder_options_that_are_files(data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taken").write_text("x")

@@ -32,6 +32,26 @@ from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 
 _STARTED = time.perf_counter()
+
+
+def _flags_without_a_type() -> None:
+    """Help lists an on/off flag bare (``--overwrite``), not as ``--overwrite <bool>``: typer 0.29
+    shows every option's type, and "<bool>" reads as if the flag took a value (``--overwrite true``),
+    which the flag refuses."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "bare_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    display_type_rich.bare_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_a_type()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Label-efficient and fair Segment Anything for medical images.")
 # Results carry the user's paths, class and group names: printed as they are (no rich markup, so
