@@ -56,6 +56,16 @@ def test_table_key_detection_parsing_and_errors(tmp_path):
         read_attribute_table(path, key="pid")
 
 
+def test_site_codes_with_leading_zeros_stay_the_users_codes(tmp_path):
+    """'001' and '01' are two sites; as numbers both were group '1'."""
+    path = tmp_path / "a.csv"
+    path.write_text("patient,site,age\np1,001,07\np2,01,61\np3,1,0\np4,010,5\n")
+    table = read_attribute_table(path)
+    groups = [group_of(table.rows[p], "site") for p in ("p1", "p2", "p3", "p4")]
+    assert groups == ["001", "01", "1", "010"]
+    assert [group_of(table.rows[p], "age") for p in ("p1", "p2", "p3")] == ["<60", ">=60", "<60"]
+
+
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_a_table_separated_by_semicolons_or_tabs_is_read_as_meant(tmp_path, sep):
     """Excel saves "CSV" with semicolons where the comma is the decimal mark (most of Europe), and a

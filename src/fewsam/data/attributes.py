@@ -35,11 +35,18 @@ def with_decimal_point(text: str) -> str:
     return text.replace(",", ".") if DECIMAL_COMMA.fullmatch(text.strip()) else text
 
 
+CODE_WITH_LEADING_ZEROS = re.compile(r"[-+]?0\d+")
+
+
 def parse_cell(text: str) -> Any:
-    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' -> None."""
+    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' -> None. A whole number written with
+    leading zeros ('001', a site or scanner code) stays text: as a number, sites '001' and '01' would
+    merge into one group '1', and the group would not read as the user's code."""
     text = text.strip()
     if text.lower() in MISSING:
         return None
+    if CODE_WITH_LEADING_ZEROS.fullmatch(text):
+        return text
     for kind in (int, float):
         try:
             return kind(text)
@@ -193,8 +200,8 @@ def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) 
     if value is None:
         return None
     bins = bins or DEFAULT_BINS.get(column)
-    if bins is not None and not isinstance(value, str):
-        return bins.label(value)
+    if bins is not None and (not isinstance(value, str) or CODE_WITH_LEADING_ZEROS.fullmatch(value)):
+        return bins.label(value)  # an age written "07" is still 7 years when binned
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
