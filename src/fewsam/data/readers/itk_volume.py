@@ -135,7 +135,9 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     geometry = {"origin": image.GetOrigin(), "spacing": image.GetSpacing(), "direction": image.GetDirection(),
                 "dimension": dims, "components": components,
                 "ending": _ONE_FILE[itk_ending(path.name) or ".mha"]}
-    return nib.Nifti1Image(np.ascontiguousarray(xyz), affine), geometry
+    # the file's own voxel type, 64-bit integers included (numpy's default, so pynrrd's and many scripts'
+    # NRRDs): nibabel refuses those unless the type is named
+    return nib.Nifti1Image(np.ascontiguousarray(xyz), affine, dtype=xyz.dtype), geometry
 
 
 def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:

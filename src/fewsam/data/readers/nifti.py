@@ -378,7 +378,7 @@ def _inside_grid(label: Any, image: Any) -> Any:
     data = np.asarray(label.dataobj)
     placed = np.zeros(tuple(image.shape[:3]), dtype=data.dtype)
     placed[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = data
-    return nib.Nifti1Image(placed, image.affine)
+    return nib.Nifti1Image(placed, image.affine, dtype=placed.dtype)  # int64 too, which nibabel wants named
 
 
 @dataclass(frozen=True)

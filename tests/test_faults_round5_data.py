@@ -1,0 +1,68 @@
+"""Image and label files as users' tools and scripts write them, in their less usual voxel types,
+shapes and codings: read as their values say, predictions written back in the input's own format
+and geometry, and what cannot be read refused in one line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from fewsam import progress
+from fewsam.data import open_dataset, read_prediction, write_prediction
+
+AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 0.9, 0.0, -5.0], [0.0, 0.0, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+@pytest.fixture
+def notices(caplog, monkeypatch):
+    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    return caplog
+
+
+def volume(seed: int = 0, shape=(8, 9, 4)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape).astype(np.float32), rng.integers(0, 3, size=shape).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- 64-bit integer voxels
+
+
+@pytest.mark.parametrize("ending", [".nrrd", ".mha"])
+def test_an_itk_volume_and_label_of_64_bit_integers_are_read_and_predicted(tmp_path, ending):
+    """numpy's default integer is int64, so NRRDs written by pynrrd or a script hold 64-bit voxels."""
+    image, label = volume()
+    for folder, array in (("images", (image * 100).astype(np.int64)), ("labels", label.astype(np.int64))):
+        (tmp_path / folder).mkdir()
+        file = sitk.GetImageFromArray(array.T)
+        file.SetSpacing((0.8, 0.9, 3.0))
+        sitk.WriteImage(file, str(tmp_path / folder / f"c{ending}"))
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {1: "class1", 2: "class2"}
+    case = ds.load("c")
+    np.testing.assert_array_equal(case.image, (image * 100).astype(np.int64).transpose(2, 1, 0))
+    np.testing.assert_array_equal(case.label, label.transpose(2, 1, 0))
+    written = write_prediction(case, case.label, tmp_path / "pred")
+    assert written.name == f"c{ending}"
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+def test_a_cropped_nifti_label_of_64_bit_integers_is_placed_on_its_image(tmp_path):
+    image, _ = volume(shape=(12, 10, 6))
+    crop = np.ones((4, 3, 2), np.int64)
+    shifted = AFFINE.copy()
+    shifted[:3, 3] = AFFINE[:3, :3] @ np.array([3.0, 2.0, 1.0]) + AFFINE[:3, 3]
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    nib.save(nib.Nifti1Image(image, AFFINE), tmp_path / "images" / "p1.nii.gz")
+    nib.save(nib.Nifti1Image(crop, shifted, dtype=np.int64), tmp_path / "labels" / "p1.nii.gz")
+    expected = np.zeros(image.shape, np.uint8)
+    expected[3:7, 2:5, 1:3] = 1
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("p1").label, expected.transpose(2, 1, 0))
