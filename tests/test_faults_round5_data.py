@@ -66,3 +66,48 @@ def test_a_cropped_nifti_label_of_64_bit_integers_is_placed_on_its_image(tmp_pat
     expected = np.zeros(image.shape, np.uint8)
     expected[3:7, 2:5, 1:3] = 1
     np.testing.assert_array_equal(open_dataset(tmp_path).load("p1").label, expected.transpose(2, 1, 0))
+
+
+# ---------------------------------------------------------------- 2D mask codings
+
+
+def image_mask_folder(root: Path, masks: dict[str, np.ndarray], mask_ending: str = ".png") -> Path:
+    rng = np.random.default_rng(0)
+    for name, mask in masks.items():
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, mask.shape).astype(np.uint8)).save(root / "images" / f"{name}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{name}{mask_ending}", **({"quality": 90} if mask_ending == ".jpg" else {}))
+    return root
+
+
+def test_class_index_masks_whose_first_mask_shows_only_class_1_are_read_as_their_classes(tmp_path):
+    """A multi-class set (nnU-Net 2D, a converter's 0/1/2 masks) whose first image shows only class 1."""
+    first, second = np.zeros((6, 7), np.uint8), np.zeros((6, 7), np.uint8)
+    first[1:3, 1:4] = 1
+    second[1:3, 1:4], second[3:5, 2:6] = 1, 2
+    ds = open_dataset(image_mask_folder(tmp_path, {"a": first, "b": second}))
+    assert ds.class_map.names == {1: "class1", 2: "class2"}
+    case = ds.load("images/b")
+    np.testing.assert_array_equal(case.label[0], second)
+    np.testing.assert_array_equal(np.asarray(Image.open(write_prediction(case, case.label, tmp_path / "pred"))), second)
+
+
+def test_binary_masks_of_0_and_1_stay_one_class_written_as_0_and_1(tmp_path):
+    first, second = np.zeros((6, 7), np.uint8), np.zeros((6, 7), np.uint8)
+    first[1:3, 1:4], second[2:5, 2:6] = 1, 1
+    ds = open_dataset(image_mask_folder(tmp_path, {"a": first, "b": second}))
+    assert ds.class_map.names == {1: "foreground"}
+    case = ds.load("images/b")
+    np.testing.assert_array_equal(np.asarray(Image.open(write_prediction(case, case.label, tmp_path / "pred"))), second)
+
+
+def test_a_jpeg_mask_saved_as_0_and_1_keeps_its_foreground(tmp_path):
+    """JPEG blurs a 0/1 mask into 0-3; read as 0/255 (a threshold at 128) it was all background."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:40, 12:44] = 1
+    ds = open_dataset(image_mask_folder(tmp_path, {"a": mask}, ".jpg"))
+    label = ds.load("images/a").label[0]
+    assert (label[mask == 1] == 1).mean() > 0.95 and (label[mask == 0] == 0).mean() > 0.95
+    bright = image_mask_folder(tmp_path / "bright", {"a": mask * 255}, ".jpg")
+    np.testing.assert_array_equal(open_dataset(bright).load("images/a").label[0], mask)

@@ -221,20 +221,39 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
 
 def _generic_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyle:
     """Binary masks as the dataset stores them: 0/255, or 0/1 (nnU-Net's and many converters'
-    PNG labels), judged by the first mask with any foreground (lossy JPEG masks keep 0/255).
-    Predictions are written in the same values, so they compare with the dataset's own masks."""
+    PNG labels), judged by the first mask with any foreground; class indices 0, 1, 2, ... when
+    any mask holds them (``_index_style``). Predictions are written in the same values, so they
+    compare with the dataset's own masks.
+
+    A first mask of 0/1 is no proof of a binary set: a multi-class set whose first image shows only
+    class 1 was read as one class and refused at the first mask holding a 2, so the other masks are
+    looked at as well (read once each). A JPEG mask saved as 0/1 is blurred to values 0-3: read as
+    0/255 (a threshold at 128) it became all background without a word, so it is 0/1 too."""
     style = binary_style("generic", "foreground", rgb=rgb)
+    zero_one = PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, rgb)
     paths = [path for row in rows for path in _mask_paths(root, row) if path.is_file()]
-    for path in paths:
+    for i, path in enumerate(paths):
         pixels, lossy = read_mask_file(path)
         top = int(pixels.max(initial=0))
-        if top == 1 and not lossy:
-            return PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, rgb)
-        if 2 <= top <= INDEX_MASK_MAX and not lossy and not _has_colour(path):
+        if not top:
+            continue
+        if lossy:
+            return zero_one if top <= LOSSY_ZERO_ONE_MAX else style
+        if top == 1:
+            return _index_style(paths, rgb) if any(map(_holds_class_indices, paths[i + 1:])) else zero_one
+        if top <= INDEX_MASK_MAX and not _has_colour(path):
             return _index_style(paths, rgb)
-        if top or lossy:
-            break
+        break
     return style
+
+
+LOSSY_ZERO_ONE_MAX = 15  # a JPEG mask whose values stay at or below this was saved as 0/1, not 0/255
+
+
+def _holds_class_indices(path: Path) -> bool:
+    """Whether a mask holds class indices above 1 (2 to INDEX_MASK_MAX, grey, lossless)."""
+    pixels, lossy = read_mask_file(path)
+    return not lossy and 2 <= int(pixels.max(initial=0)) <= INDEX_MASK_MAX and not _has_colour(path)
 
 
 INDEX_MASK_MAX = 31  # a grey mask whose values reach 2 but stay at or below this holds class indices
