@@ -111,3 +111,22 @@ def test_a_jpeg_mask_saved_as_0_and_1_keeps_its_foreground(tmp_path):
     assert (label[mask == 1] == 1).mean() > 0.95 and (label[mask == 0] == 0).mean() > 0.95
     bright = image_mask_folder(tmp_path / "bright", {"a": mask * 255}, ".jpg")
     np.testing.assert_array_equal(open_dataset(bright).load("images/a").label[0], mask)
+
+
+# ---------------------------------------------------------------- NIfTI shapes
+
+
+def test_a_coronal_slice_stored_with_one_voxel_along_y_is_one_image_without_a_false_notice(tmp_path, notices):
+    """A slice taken out of a volume keeps its singleton axis: (x, 1, z). It is cut along y because y
+    has one voxel, not because y's voxels are thick (they are 0.9 mm against z's 3 mm)."""
+    image, label = volume(shape=(8, 1, 5))
+    for folder, array in (("images", image), ("labels", label)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(array, AFFINE), tmp_path / folder / "c.nii.gz")
+    case = open_dataset(tmp_path).load("c")
+    assert case.image.shape == (1, 5, 8)
+    np.testing.assert_array_equal(case.label[0], label[:, 0, :].T)
+    assert "thick" not in notices.text
+    written = nib.load(write_prediction(case, case.label, tmp_path / "pred"))
+    assert written.shape == (8, 1, 5) and np.allclose(written.affine, AFFINE)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), label)
