@@ -15,6 +15,7 @@ from PIL import Image
 
 from fewsam import progress
 from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam.errors import DataError
 
 AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 0.9, 0.0, -5.0], [0.0, 0.0, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
 
@@ -130,3 +131,19 @@ def test_a_coronal_slice_stored_with_one_voxel_along_y_is_one_image_without_a_fa
     written = nib.load(write_prediction(case, case.label, tmp_path / "pred"))
     assert written.shape == (8, 1, 5) and np.allclose(written.affine, AFFINE)
     np.testing.assert_array_equal(np.asarray(written.dataobj), label)
+
+
+def test_a_float_tiff_mask_is_rounded_to_its_classes_and_an_interpolated_one_refused(tmp_path):
+    """A float32 mask stores 1 as 0.99999994 after a script's scaling or resampling; Pillow's
+    conversion to 8 bits truncates it, so class 1 became background and class 2 class 1."""
+    mask = np.zeros((6, 7), np.uint8)
+    mask[1:3, 1:4], mask[3:5, 2:6] = 1, 2
+    root = image_mask_folder(tmp_path / "noisy", {"a": np.zeros_like(mask)})
+    Image.fromarray((mask * np.float32(0.99999994)).astype(np.float32)).save(root / "masks" / "a.tif")
+    (root / "masks" / "a.png").unlink()
+    ds = open_dataset(root)
+    assert ds.class_map.names == {1: "class1", 2: "class2"}
+    np.testing.assert_array_equal(ds.load("images/a").label[0], mask)
+    Image.fromarray(mask.astype(np.float32) / 2).save(root / "masks" / "a.tif")  # 0, 0.5, 1: interpolated
+    with pytest.raises(DataError, match=r"a.tif: the label holds non-integer values \(0.5\)"):
+        open_dataset(root).load("images/a")

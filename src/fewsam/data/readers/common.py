@@ -399,23 +399,30 @@ def to_label_array(label: np.ndarray, path: Path) -> np.ndarray:
     a label resampled with linear interpolation) are refused."""
     if label.dtype.kind not in "biuf":
         raise DataError(f"{path}: label type {label.dtype} cannot hold class indices; store integers")
-    if label.dtype.kind == "f" and not np.isfinite(label).all():
-        raise DataError(f"{path}: the label holds NaN or infinite values; labels must be class indices")
-    if label.dtype.kind == "f":
-        rounded = np.rint(label)
-        off = np.abs(label - rounded)
-        if off.max(initial=0) > ROUNDING_NOISE:
-            bad = sorted({float(v) for v in np.unique(label[off > ROUNDING_NOISE])[:5]})
-            raise DataError(f"{path}: the label holds non-integer values ({', '.join(f'{v:g}' for v in bad)}); "
-                            "labels must be class indices (resampled with nearest neighbour, not interpolation)")
-        if off.max(initial=0) > 0:
-            say_once(f"{path}: label values off integers by up to {off.max():.1g} (float storage) are rounded "
-                     "to class indices", key="label-rounding")
-        label = rounded
+    label = rounded_float_label(label, path)
     if label.size and (label.min() < 0 or label.max() > 255):
         bad = sorted({int(v) for v in np.unique(label) if v < 0 or v > 255})
         raise DataError(f"label values {bad} in {path} are not class indices 0-255")
     return label.astype(np.uint8)
+
+
+def rounded_float_label(label: np.ndarray, path: Path) -> np.ndarray:
+    """A float label's values rounded to the integers they store (``to_label_array``'s rule); other
+    types as they are. NaN, Inf and values off integers by more than ``ROUNDING_NOISE`` are a DataError."""
+    if label.dtype.kind != "f":
+        return label
+    if not np.isfinite(label).all():
+        raise DataError(f"{path}: the label holds NaN or infinite values; labels must be class indices")
+    rounded = np.rint(label)
+    off = np.abs(label - rounded)
+    if off.max(initial=0) > ROUNDING_NOISE:
+        bad = sorted({float(v) for v in np.unique(label[off > ROUNDING_NOISE])[:5]})
+        raise DataError(f"{path}: the label holds non-integer values ({', '.join(f'{v:g}' for v in bad)}); "
+                        "labels must be class indices (resampled with nearest neighbour, not interpolation)")
+    if off.max(initial=0) > 0:
+        say_once(f"{path}: label values off integers by up to {off.max():.1g} (float storage) are rounded "
+                 "to class indices", key="label-rounding")
+    return rounded
 
 
 CLASSES_JSON_HELP = ('write {"1": "name"}, {"classes": {"1": "name"}} or '

@@ -68,7 +68,7 @@ from PIL import Image, ImageOps
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         deterministic_split, is_data_file, natural_key, natural_sorted,
-                                        read_json_object)
+                                        read_json_object, rounded_float_label)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -668,7 +668,8 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
             return np.asarray(im), lossy
         if im.mode in ("RGBA", "LA"):
             return _transparent_mask(np.asarray(im.convert("RGBA")), np.asarray(im.convert("L"))), lossy
-        _refuse_merged_levels(im, path)
+        if im.mode in WIDE_MODES:
+            return _wide_mask(np.asarray(im), path), lossy
         return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
 
     return _decode(path, pixels)
@@ -677,19 +678,22 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16-bit, 32-bit and float greyscale
 
 
-def _refuse_merged_levels(im: Image.Image, path: Path) -> None:
-    """A 16-bit or float mask is clipped to 0-255, which keeps 0/65535 (one foreground) and class
-    indices; but two values above 255 (0/1000/2000, one per class) would both become 255 and their
-    classes one, without a word."""
-    if im.mode not in WIDE_MODES:
-        return
-    values = np.unique(np.asarray(im))
-    high = values[values > 255]
+def _wide_mask(values: np.ndarray, path: Path) -> np.ndarray:
+    """A 16-bit, 32-bit or float mask as 8-bit values: clipped to 0-255, which keeps 0/65535 (one
+    foreground) and class indices; but two values above 255 (0/1000/2000, one per class) would both
+    become 255 and their classes one, without a word, so they are refused. Float values are first
+    rounded as float labels are (``rounded_float_label``): Pillow's own conversion truncates, so a
+    float32 mask storing 1 as 0.99999994 (a resampling or scaling script's output) lost class 1 to
+    the background and class 2 to class 1, and an interpolated 0.5 edge went unsaid."""
+    values = rounded_float_label(values, path)
+    distinct = np.unique(values)
+    high = distinct[distinct > 255]
     if len(high) > 1:
         shown = ", ".join(f"{v:g}" for v in high[:5]) + (", ..." if len(high) > 5 else "")
         raise DataError(f"mask {path} holds several values above 255 ({shown}), which fewsam's 8-bit mask "
                         "codings cannot tell apart; save it with one value per class from 0 to 255 "
                         "(class indices 0, 1, 2, ..., or 0/255 for one class)")
+    return np.clip(values, 0, 255).astype(np.uint8)
 
 
 def _transparent_mask(rgba: np.ndarray, grey: np.ndarray) -> np.ndarray:
