@@ -147,3 +147,34 @@ def test_a_float_tiff_mask_is_rounded_to_its_classes_and_an_interpolated_one_ref
     Image.fromarray(mask.astype(np.float32) / 2).save(root / "masks" / "a.tif")  # 0, 0.5, 1: interpolated
     with pytest.raises(DataError, match=r"a.tif: the label holds non-integer values \(0.5\)"):
         open_dataset(root).load("images/a")
+
+
+# ---------------------------------------------------------------- linked folders
+
+
+def test_image_and_mask_folders_linked_in_from_elsewhere_are_read(tmp_path):
+    """Data linked in rather than copied (``ln -s /datasets/kvasir/images images``); a link back to
+    the dataset itself is followed once, not forever."""
+    mask = np.zeros((6, 7), np.uint8)
+    mask[1:3, 1:4] = 255
+    store = image_mask_folder(tmp_path / "store", {"a": mask, "b": mask})
+    data = tmp_path / "data"
+    data.mkdir()
+    for folder in ("images", "masks"):
+        (data / folder).symlink_to(store / folder, target_is_directory=True)
+    (data / "loop").symlink_to(data, target_is_directory=True)
+    ds = open_dataset(data)
+    assert list(ds.entries) == ["images/a", "images/b"] and ds.has_label("images/a")
+    np.testing.assert_array_equal(ds.load("images/b").label[0], mask // 255)
+
+
+def test_a_dicom_series_folder_linked_in_from_elsewhere_is_a_case(tmp_path):
+    from test_dicom import arrays, write_series
+
+    image, _ = arrays(0, (3, 6, 5))
+    write_series(tmp_path / "store" / "cine", image)
+    (tmp_path / "data" / "patient1").mkdir(parents=True)
+    (tmp_path / "data" / "patient1" / "cine").symlink_to(tmp_path / "store" / "cine", target_is_directory=True)
+    ds = open_dataset(tmp_path / "data")
+    assert ds.layout == "dicom" and list(ds.entries) == ["patient1/cine"]
+    np.testing.assert_array_equal(ds.load("patient1/cine").image, image)

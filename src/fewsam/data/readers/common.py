@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -266,6 +266,23 @@ def is_data_file(path: Path) -> bool:
         raise DataError(f"{path} is a link to {os.readlink(path)}, which does not exist; restore what it points "
                         "to (mount the share?) or remove the link")
     return False
+
+
+def files_below(root: Path) -> Iterator[Path]:
+    """Every file below ``root``, at any depth, through linked folders too, each real folder once.
+
+    ``Path.rglob`` does not enter a link to a folder, and data is often linked in rather than copied
+    (``ln -s /datasets/kvasir/images images``): such a dataset was "no known data layout", or lost
+    the cases under the link. A link back to a folder above (a loop) is entered once only."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (Path(folder) / name for name in sorted(files))
 
 
 def files_ending_with(folder: Path, suffix: str) -> list[Path]:

@@ -67,8 +67,8 @@ from PIL import Image, ImageOps
 
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
-                                        deterministic_split, is_data_file, natural_key, natural_sorted,
-                                        read_json_object, rounded_float_label)
+                                        deterministic_split, files_below, is_data_file, natural_key,
+                                        natural_sorted, read_json_object, rounded_float_label)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -131,7 +131,7 @@ def is_image_name(name: str) -> bool:
 
 def detect(root: Path) -> bool:
     return ((root / "index.csv").is_file() or bool(_parent_rows(root))
-            or any(is_image_name(p.name) and p.is_file() for p in root.rglob("*")))
+            or any(is_image_name(p.name) and p.is_file() for p in files_below(root)))
 
 
 class PngFolderDataset(IndexedDataset):
@@ -400,7 +400,7 @@ def _split_masks(cell: str) -> list[str]:
 
 
 def _scan(root: Path) -> list[dict[str, str]]:
-    files = natural_sorted((p for p in root.rglob("*") if is_image_name(p.name) and is_data_file(p)),
+    files = natural_sorted((p for p in files_below(root) if is_image_name(p.name) and is_data_file(p)),
                            key=lambda p: p.relative_to(root).as_posix())
     by_stem: dict[tuple[Path, str], list[Path]] = {}
     extras: dict[tuple[Path, str], list[Path]] = {}
