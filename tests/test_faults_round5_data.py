@@ -178,3 +178,19 @@ def test_a_dicom_series_folder_linked_in_from_elsewhere_is_a_case(tmp_path):
     ds = open_dataset(tmp_path / "data")
     assert ds.layout == "dicom" and list(ds.entries) == ["patient1/cine"]
     np.testing.assert_array_equal(ds.load("patient1/cine").image, image)
+
+
+def test_a_0_255_mask_with_blurred_edges_is_told_the_classes_json_that_thresholds_it(tmp_path):
+    """A mask resized with interpolation holds values between 0 and 255 at its edges."""
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    blurred = np.asarray(Image.fromarray(mask).resize((97, 83), Image.BILINEAR))
+    root = image_mask_folder(tmp_path / "data", {"a": blurred})
+    with pytest.raises(DataError) as refused:
+        open_dataset(root).load("images/a")
+    message = str(refused.value)
+    assert "values)" in message and len(message) < 500, message  # a few values and their count, not all
+    advice = '{"1": {"name": "foreground", "min": 128}}'
+    assert f"classes.json {advice}" in message
+    (root / "classes.json").write_text(advice)
+    np.testing.assert_array_equal(open_dataset(root).load("images/a").label[0], blurred >= 128)

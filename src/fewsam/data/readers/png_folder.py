@@ -624,18 +624,27 @@ def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path, wh
                     advice: str = MASK_ADVICE) -> np.ndarray:
     """Map mask pixel values to class indices; values outside the coding are a DataError naming
     ``what`` the file is and ``advice``: a dataset's mask is fixed by the user or described by a
-    classes.json, a prediction is not (a classes.json changes the dataset it is scored against)."""
+    classes.json, a prediction is not (a classes.json changes the dataset it is scored against).
+
+    A dataset's 0/255 mask with values between (edges blurred when the mask was resized, or drawn
+    with anti-aliasing) is told the classes.json that thresholds it: "add classes.json" alone left
+    the user to find its range form, and the message listed every one of up to 254 values."""
     lut = np.full(256, -1, dtype=np.int16)
     for pixel, cls in to_class.items():
         lut[pixel] = cls
     out = lut[pixels]
     if (out < 0).any():
         bad = sorted(int(v) for v in np.unique(pixels[out < 0]))
+        values = ", ".join(map(str, bad[:8])) + (f", ... ({len(bad)} values)" if len(bad) > 8 else "")
         shown = _coding_text(to_class)
-        colour = (f"; the {what} is in colour, and masks are read as grey levels (or palette indices): store one "
-                  "grey value per class" if path.is_file() and _has_colour(path) else "")
-        raise DataError(f"{what} values {bad} in {path} are not in this dataset's coding {shown} "
-                        f"(pixel -> class); {advice}{colour}")
+        if path.is_file() and _has_colour(path):
+            advice += (f"; the {what} is in colour, and masks are read as grey levels (or palette indices): store one "
+                       "grey value per class")
+        elif advice == MASK_ADVICE and to_class.get(255) == 1 and set(to_class.values()) == {0, 1}:
+            advice = ("save it with 0 and 255 only, or, where its edges were blurred by resizing or anti-aliasing, "
+                      'threshold it with classes.json {"1": {"name": "foreground", "min": 128}}')
+        raise DataError(f"{what} values [{values}] in {path} are not in this dataset's coding {shown} "
+                        f"(pixel -> class); {advice}")
     return out.astype(np.uint8)
 
 
