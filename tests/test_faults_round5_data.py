@@ -194,3 +194,29 @@ def test_a_0_255_mask_with_blurred_edges_is_told_the_classes_json_that_threshold
     assert f"classes.json {advice}" in message
     (root / "classes.json").write_text(advice)
     np.testing.assert_array_equal(open_dataset(root).load("images/a").label[0], blurred >= 128)
+
+
+def test_a_4d_metaimage_series_is_read_as_its_first_volume_like_a_4d_nifti(tmp_path, notices):
+    """A cine or perfusion series saved as one 4D .mha / .nrrd; a 4D NIfTI was read, this refused."""
+    image, label = volume(shape=(8, 9, 4))
+    frames = [sitk.GetImageFromArray(np.ascontiguousarray((image + t).T)) for t in range(3)]
+    for frame in frames:
+        frame.SetSpacing((0.8, 0.9, 3.0))
+        frame.SetOrigin((10.0, -5.0, 7.0))
+        frame.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    sitk.WriteImage(sitk.JoinSeries(frames), str(tmp_path / "images" / "cine.mha"))
+    label_file = sitk.GetImageFromArray(np.ascontiguousarray(label.T))
+    label_file.CopyInformation(frames[0])
+    sitk.WriteImage(label_file, str(tmp_path / "labels" / "cine.mha"))
+    case = open_dataset(tmp_path).load("cine")
+    np.testing.assert_allclose(case.image, image.transpose(2, 1, 0))
+    np.testing.assert_array_equal(case.label, label.transpose(2, 1, 0))
+    assert "holds 3 volumes along its 4th axis" in notices.text
+    written = sitk.ReadImage(str(write_prediction(case, case.label, tmp_path / "pred")))
+    assert written.GetSize() == frames[0].GetSize()
+    np.testing.assert_allclose(written.GetOrigin(), frames[0].GetOrigin())
+    np.testing.assert_allclose(written.GetSpacing(), frames[0].GetSpacing())
+    np.testing.assert_allclose(written.GetDirection(), frames[0].GetDirection())
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
