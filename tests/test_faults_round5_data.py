@@ -78,7 +78,8 @@ def image_mask_folder(root: Path, masks: dict[str, np.ndarray], mask_ending: str
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "masks").mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 256, mask.shape).astype(np.uint8)).save(root / "images" / f"{name}.png")
-        Image.fromarray(mask).save(root / "masks" / f"{name}{mask_ending}", **({"quality": 90} if mask_ending == ".jpg" else {}))
+        options = {"quality": 90} if mask_ending == ".jpg" else {}
+        Image.fromarray(mask).save(root / "masks" / f"{name}{mask_ending}", **options)
     return root
 
 
