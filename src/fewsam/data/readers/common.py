@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -268,6 +268,23 @@ def is_data_file(path: Path) -> bool:
     return False
 
 
+def files_below(root: Path) -> Iterator[Path]:
+    """Every file below ``root``, at any depth, through linked folders too, each real folder once.
+
+    ``Path.rglob`` does not enter a link to a folder, and data is often linked in rather than copied
+    (``ln -s /datasets/kvasir/images images``): such a dataset was "no known data layout", or lost
+    the cases under the link. A link back to a folder above (a loop) is entered once only."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (Path(folder) / name for name in sorted(files))
+
+
 def files_ending_with(folder: Path, suffix: str) -> list[Path]:
     """The files in ``folder`` whose name ends with ``suffix`` in any letter case (a glob matches one
     spelling, so ``DATA_001.NPZ`` or ``SLICE.H5`` from Windows tools went unseen), hidden ones left
@@ -399,23 +416,30 @@ def to_label_array(label: np.ndarray, path: Path) -> np.ndarray:
     a label resampled with linear interpolation) are refused."""
     if label.dtype.kind not in "biuf":
         raise DataError(f"{path}: label type {label.dtype} cannot hold class indices; store integers")
-    if label.dtype.kind == "f" and not np.isfinite(label).all():
-        raise DataError(f"{path}: the label holds NaN or infinite values; labels must be class indices")
-    if label.dtype.kind == "f":
-        rounded = np.rint(label)
-        off = np.abs(label - rounded)
-        if off.max(initial=0) > ROUNDING_NOISE:
-            bad = sorted({float(v) for v in np.unique(label[off > ROUNDING_NOISE])[:5]})
-            raise DataError(f"{path}: the label holds non-integer values ({', '.join(f'{v:g}' for v in bad)}); "
-                            "labels must be class indices (resampled with nearest neighbour, not interpolation)")
-        if off.max(initial=0) > 0:
-            say_once(f"{path}: label values off integers by up to {off.max():.1g} (float storage) are rounded "
-                     "to class indices", key="label-rounding")
-        label = rounded
+    label = rounded_float_label(label, path)
     if label.size and (label.min() < 0 or label.max() > 255):
         bad = sorted({int(v) for v in np.unique(label) if v < 0 or v > 255})
         raise DataError(f"label values {bad} in {path} are not class indices 0-255")
     return label.astype(np.uint8)
+
+
+def rounded_float_label(label: np.ndarray, path: Path) -> np.ndarray:
+    """A float label's values rounded to the integers they store (``to_label_array``'s rule); other
+    types as they are. NaN, Inf and values off integers by more than ``ROUNDING_NOISE`` are a DataError."""
+    if label.dtype.kind != "f":
+        return label
+    if not np.isfinite(label).all():
+        raise DataError(f"{path}: the label holds NaN or infinite values; labels must be class indices")
+    rounded = np.rint(label)
+    off = np.abs(label - rounded)
+    if off.max(initial=0) > ROUNDING_NOISE:
+        bad = sorted({float(v) for v in np.unique(label[off > ROUNDING_NOISE])[:5]})
+        raise DataError(f"{path}: the label holds non-integer values ({', '.join(f'{v:g}' for v in bad)}); "
+                        "labels must be class indices (resampled with nearest neighbour, not interpolation)")
+    if off.max(initial=0) > 0:
+        say_once(f"{path}: label values off integers by up to {off.max():.1g} (float storage) are rounded "
+                 "to class indices", key="label-rounding")
+    return rounded
 
 
 CLASSES_JSON_HELP = ('write {"1": "name"}, {"classes": {"1": "name"}} or '

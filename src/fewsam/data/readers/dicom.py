@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
-                                        deterministic_split, natural_sorted, to_label_array)
+                                        deterministic_split, files_below, natural_sorted, to_label_array)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder
 from fewsam.data.types import ClassMap
@@ -66,7 +66,7 @@ def is_dicom_file(path: Path) -> bool:
 
 def detect(root: Path) -> bool:
     """DICOM files anywhere below root (an index.csv makes it a 2D image folder instead)."""
-    return not (root / "index.csv").is_file() and any(is_dicom_file(p) for p in root.rglob("*"))
+    return not (root / "index.csv").is_file() and any(is_dicom_file(p) for p in files_below(root))
 
 
 class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
@@ -262,7 +262,7 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 def _series_folders(base: Path) -> list[Path]:
     """Folders that directly hold DICOM files, in natural order of their relative paths."""
-    folders = {p.parent for p in base.rglob("*") if is_dicom_file(p)}
+    folders = {p.parent for p in files_below(base) if is_dicom_file(p)}
     return natural_sorted(folders, key=lambda p: p.relative_to(base).as_posix())
 
 

@@ -117,25 +117,31 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     except RuntimeError as err:
         raise DataError(f"cannot read {path} (truncated, or its data file missing?): {itk_message(err)}") from None
     dims = image.GetDimension()
-    if dims not in (2, 3):
-        raise DataError(f"{path}: expected a 2D or 3D image, got {dims}D")
-    array = sitk.GetArrayFromImage(image)  # (z,) y, x (, channels)
-    spatial = tuple(range(dims))[::-1]
-    xyz = array.transpose(*spatial, *range(dims, array.ndim))
     components = image.GetNumberOfComponentsPerPixel()
+    if dims not in (2, 3, 4) or (dims == 4 and components > 1):
+        raise DataError(f"{path}: expected a 2D, 3D or 4D (time series) image, got {dims}D"
+                        + (f" of {components}-component voxels" if components > 1 else ""))
+    array = sitk.GetArrayFromImage(image)  # (t,) (z,) y, x (, channels)
+    xyz = array.transpose(*tuple(range(dims))[::-1], *range(dims, array.ndim))  # x, y (, z, t) (, channels)
     if dims == 2 and components > 1:  # a 2D colour image: one slice, its channels on the 4th axis
         xyz = xyz[:, :, None, :]
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims)
+    # A 4D file (a cine or perfusion series) has its volumes on the 4th axis, as a 4D NIfTI has: read
+    # the same way (the first volume, said once) and predicted on its 3D geometry, instead of refused
+    space = min(dims, 3)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims)[:space, :space]
+    spacing, origin_xyz = image.GetSpacing()[:space], image.GetOrigin()[:space]
     linear = np.eye(3)
-    linear[:dims, :dims] = direction @ np.diag(image.GetSpacing())
+    linear[:space, :space] = direction @ np.diag(spacing)
     origin = np.zeros(3)
-    origin[:dims] = image.GetOrigin()
+    origin[:space] = origin_xyz
     affine = np.eye(4)
     affine[:3, :3], affine[:3, 3] = LPS_TO_RAS @ linear, LPS_TO_RAS @ origin
-    geometry = {"origin": image.GetOrigin(), "spacing": image.GetSpacing(), "direction": image.GetDirection(),
-                "dimension": dims, "components": components,
+    geometry = {"origin": origin_xyz, "spacing": spacing, "direction": tuple(direction.ravel().tolist()),
+                "dimension": space, "components": components,
                 "ending": _ONE_FILE[itk_ending(path.name) or ".mha"]}
-    return nib.Nifti1Image(np.ascontiguousarray(xyz), affine), geometry
+    # the file's own voxel type, 64-bit integers included (numpy's default, so pynrrd's and many scripts'
+    # NRRDs): nibabel refuses those unless the type is named
+    return nib.Nifti1Image(np.ascontiguousarray(xyz), affine, dtype=xyz.dtype), geometry
 
 
 def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:

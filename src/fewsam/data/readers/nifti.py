@@ -111,7 +111,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         img, itk_geometry = _load_with_geometry(entry.image)
         zooms = _zooms(img)
         axis = slice_axis(img.shape, zooms)
-        if axis != 2:
+        if axis != 2 and img.shape[axis] > 1:  # one voxel thick (a 2D image stored (x, 1, z)): nothing to say
             say_once(f"{entry.image}: voxels are {zooms[axis]:g} mm thick along NIfTI axis {'xy'[axis]} "
                      f"(z: {zooms[2]:g} mm), so its slices are cut along {'xy'[axis]}, the acquisition's "
                      "slice direction; predictions are written back on the input's grid",
@@ -378,7 +378,7 @@ def _inside_grid(label: Any, image: Any) -> Any:
     data = np.asarray(label.dataobj)
     placed = np.zeros(tuple(image.shape[:3]), dtype=data.dtype)
     placed[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = data
-    return nib.Nifti1Image(placed, image.affine)
+    return nib.Nifti1Image(placed, image.affine, dtype=placed.dtype)  # int64 too, which nibabel wants named
 
 
 @dataclass(frozen=True)

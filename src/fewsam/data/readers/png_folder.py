@@ -67,8 +67,8 @@ from PIL import Image, ImageOps
 
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
-                                        deterministic_split, is_data_file, natural_key, natural_sorted,
-                                        read_json_object)
+                                        deterministic_split, files_below, is_data_file, natural_key,
+                                        natural_sorted, read_json_object, rounded_float_label)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -131,7 +131,7 @@ def is_image_name(name: str) -> bool:
 
 def detect(root: Path) -> bool:
     return ((root / "index.csv").is_file() or bool(_parent_rows(root))
-            or any(is_image_name(p.name) and p.is_file() for p in root.rglob("*")))
+            or any(is_image_name(p.name) and p.is_file() for p in files_below(root)))
 
 
 class PngFolderDataset(IndexedDataset):
@@ -221,20 +221,39 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
 
 def _generic_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyle:
     """Binary masks as the dataset stores them: 0/255, or 0/1 (nnU-Net's and many converters'
-    PNG labels), judged by the first mask with any foreground (lossy JPEG masks keep 0/255).
-    Predictions are written in the same values, so they compare with the dataset's own masks."""
+    PNG labels), judged by the first mask with any foreground; class indices 0, 1, 2, ... when
+    any mask holds them (``_index_style``). Predictions are written in the same values, so they
+    compare with the dataset's own masks.
+
+    A first mask of 0/1 is no proof of a binary set: a multi-class set whose first image shows only
+    class 1 was read as one class and refused at the first mask holding a 2, so the other masks are
+    looked at as well (read once each). A JPEG mask saved as 0/1 is blurred to values 0-3: read as
+    0/255 (a threshold at 128) it became all background without a word, so it is 0/1 too."""
     style = binary_style("generic", "foreground", rgb=rgb)
+    zero_one = PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, rgb)
     paths = [path for row in rows for path in _mask_paths(root, row) if path.is_file()]
-    for path in paths:
+    for i, path in enumerate(paths):
         pixels, lossy = read_mask_file(path)
         top = int(pixels.max(initial=0))
-        if top == 1 and not lossy:
-            return PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, rgb)
-        if 2 <= top <= INDEX_MASK_MAX and not lossy and not _has_colour(path):
+        if not top:
+            continue
+        if lossy:
+            return zero_one if top <= LOSSY_ZERO_ONE_MAX else style
+        if top == 1:
+            return _index_style(paths, rgb) if any(map(_holds_class_indices, paths[i + 1:])) else zero_one
+        if top <= INDEX_MASK_MAX and not _has_colour(path):
             return _index_style(paths, rgb)
-        if top or lossy:
-            break
+        break
     return style
+
+
+LOSSY_ZERO_ONE_MAX = 15  # a JPEG mask whose values stay at or below this was saved as 0/1, not 0/255
+
+
+def _holds_class_indices(path: Path) -> bool:
+    """Whether a mask holds class indices above 1 (2 to INDEX_MASK_MAX, grey, lossless)."""
+    pixels, lossy = read_mask_file(path)
+    return not lossy and 2 <= int(pixels.max(initial=0)) <= INDEX_MASK_MAX and not _has_colour(path)
 
 
 INDEX_MASK_MAX = 31  # a grey mask whose values reach 2 but stay at or below this holds class indices
@@ -381,7 +400,7 @@ def _split_masks(cell: str) -> list[str]:
 
 
 def _scan(root: Path) -> list[dict[str, str]]:
-    files = natural_sorted((p for p in root.rglob("*") if is_image_name(p.name) and is_data_file(p)),
+    files = natural_sorted((p for p in files_below(root) if is_image_name(p.name) and is_data_file(p)),
                            key=lambda p: p.relative_to(root).as_posix())
     by_stem: dict[tuple[Path, str], list[Path]] = {}
     extras: dict[tuple[Path, str], list[Path]] = {}
@@ -605,18 +624,27 @@ def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path, wh
                     advice: str = MASK_ADVICE) -> np.ndarray:
     """Map mask pixel values to class indices; values outside the coding are a DataError naming
     ``what`` the file is and ``advice``: a dataset's mask is fixed by the user or described by a
-    classes.json, a prediction is not (a classes.json changes the dataset it is scored against)."""
+    classes.json, a prediction is not (a classes.json changes the dataset it is scored against).
+
+    A dataset's 0/255 mask with values between (edges blurred when the mask was resized, or drawn
+    with anti-aliasing) is told the classes.json that thresholds it: "add classes.json" alone left
+    the user to find its range form, and the message listed every one of up to 254 values."""
     lut = np.full(256, -1, dtype=np.int16)
     for pixel, cls in to_class.items():
         lut[pixel] = cls
     out = lut[pixels]
     if (out < 0).any():
         bad = sorted(int(v) for v in np.unique(pixels[out < 0]))
+        values = ", ".join(map(str, bad[:8])) + (f", ... ({len(bad)} values)" if len(bad) > 8 else "")
         shown = _coding_text(to_class)
-        colour = (f"; the {what} is in colour, and masks are read as grey levels (or palette indices): store one "
-                  "grey value per class" if path.is_file() and _has_colour(path) else "")
-        raise DataError(f"{what} values {bad} in {path} are not in this dataset's coding {shown} "
-                        f"(pixel -> class); {advice}{colour}")
+        if path.is_file() and _has_colour(path):
+            advice += (f"; the {what} is in colour, and masks are read as grey levels (or palette indices): store one "
+                       "grey value per class")
+        elif advice == MASK_ADVICE and to_class.get(255) == 1 and set(to_class.values()) == {0, 1}:
+            advice = ("save it with 0 and 255 only, or, where its edges were blurred by resizing or anti-aliasing, "
+                      'threshold it with classes.json {"1": {"name": "foreground", "min": 128}}')
+        raise DataError(f"{what} values [{values}] in {path} are not in this dataset's coding {shown} "
+                        f"(pixel -> class); {advice}")
     return out.astype(np.uint8)
 
 
@@ -649,7 +677,8 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
             return np.asarray(im), lossy
         if im.mode in ("RGBA", "LA"):
             return _transparent_mask(np.asarray(im.convert("RGBA")), np.asarray(im.convert("L"))), lossy
-        _refuse_merged_levels(im, path)
+        if im.mode in WIDE_MODES:
+            return _wide_mask(np.asarray(im), path), lossy
         return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
 
     return _decode(path, pixels)
@@ -658,19 +687,22 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16-bit, 32-bit and float greyscale
 
 
-def _refuse_merged_levels(im: Image.Image, path: Path) -> None:
-    """A 16-bit or float mask is clipped to 0-255, which keeps 0/65535 (one foreground) and class
-    indices; but two values above 255 (0/1000/2000, one per class) would both become 255 and their
-    classes one, without a word."""
-    if im.mode not in WIDE_MODES:
-        return
-    values = np.unique(np.asarray(im))
-    high = values[values > 255]
+def _wide_mask(values: np.ndarray, path: Path) -> np.ndarray:
+    """A 16-bit, 32-bit or float mask as 8-bit values: clipped to 0-255, which keeps 0/65535 (one
+    foreground) and class indices; but two values above 255 (0/1000/2000, one per class) would both
+    become 255 and their classes one, without a word, so they are refused. Float values are first
+    rounded as float labels are (``rounded_float_label``): Pillow's own conversion truncates, so a
+    float32 mask storing 1 as 0.99999994 (a resampling or scaling script's output) lost class 1 to
+    the background and class 2 to class 1, and an interpolated 0.5 edge went unsaid."""
+    values = rounded_float_label(values, path)
+    distinct = np.unique(values)
+    high = distinct[distinct > 255]
     if len(high) > 1:
         shown = ", ".join(f"{v:g}" for v in high[:5]) + (", ..." if len(high) > 5 else "")
         raise DataError(f"mask {path} holds several values above 255 ({shown}), which fewsam's 8-bit mask "
                         "codings cannot tell apart; save it with one value per class from 0 to 255 "
                         "(class indices 0, 1, 2, ..., or 0/255 for one class)")
+    return np.clip(values, 0, 255).astype(np.uint8)
 
 
 def _transparent_mask(rgba: np.ndarray, grey: np.ndarray) -> np.ndarray:
