@@ -221,3 +221,14 @@ def test_a_4d_metaimage_series_is_read_as_its_first_volume_like_a_4d_nifti(tmp_p
     np.testing.assert_allclose(written.GetSpacing(), frames[0].GetSpacing())
     np.testing.assert_allclose(written.GetDirection(), frames[0].GetDirection())
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+def test_nan_in_several_slices_is_said_in_plural():
+    import numpy as np
+
+    from fewsam.data.readers.common import check_finite
+
+    image = np.zeros((4, 3, 3), np.float32)
+    image[1, 0, 0] = image[3, 1, 1] = np.nan
+    with pytest.raises(DataError, match=r"x.nii.gz: slices 1, 3 of case c hold NaN or Inf values"):
+        check_finite(image, "x.nii.gz", "c")

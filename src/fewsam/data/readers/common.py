@@ -342,7 +342,7 @@ def check_finite(image: np.ndarray, path: Path | str, case_id: str) -> None:
         bad = np.flatnonzero(~finite)
         slices = ("slice " if len(bad) == 1 else "slices ") + ", ".join(map(str, bad[:5])) + \
             (" ..." if len(bad) > 5 else "")
-        raise DataError(f"{path}: {slices} of case {case_id} holds NaN or Inf values; "
+        raise DataError(f"{path}: {slices} of case {case_id} {'holds' if len(bad) == 1 else 'hold'} NaN or Inf values; "
                         "fix the image (or re-export it) and run again")
 
 
