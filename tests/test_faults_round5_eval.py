@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
 from fewsam.evaluate import evaluate
+from fewsam.errors import DataError
 from fewsam.metrics import group_summary
 from fewsam.report import write_group_report
 
@@ -180,3 +181,26 @@ def test_runs_grouped_by_other_columns_are_not_subtracted_group_by_group(tmp_pat
     assert "scanner - site" not in md and "plain - site" not in md
     assert ("Not compared with site, grouped by site: scanner (grouped by scanner), plain (grouped by nothing), "
             "whose groups are not site's.") in md
+
+
+def test_missing_predictions_are_counted_before_any_case_is_scored(tmp_path, monkeypatch):
+    """Two of three validation cases lack a prediction: said at once, with the count, instead of
+    after scoring every case up to the first gap."""
+    import shutil
+
+    from fewsam import evaluate as evaluate_module
+    from fewsam.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=3, slices=2, seed=1)
+    val = evaluate_module.open_dataset(data).split("val")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(data / "labelsTr" / f"{val[1]}.nii.gz", pred / f"{val[1]}.nii.gz")
+
+    def scored(*args, **kwargs):
+        raise AssertionError("a case was scored before the missing predictions were said")
+
+    monkeypatch.setattr(evaluate_module, "case_metrics", scored)
+    with pytest.raises(DataError, match=rf"prediction .*{val[0]}.nii.gz for case {val[0]} not found "
+                                        r"\(and 1 more of the 3 cases\); predict this split"):
+        evaluate_module.evaluate(pred, data, split="val", show_progress=False)

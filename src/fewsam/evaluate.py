@@ -14,6 +14,7 @@ from typing import Any
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.data.types import Dataset
+from fewsam.data.writers import missing_predictions
 from fewsam.errors import DataError
 from fewsam.fairness import check_bin_values, check_group_column, per_class_equity, resolve_bins
 from fewsam.info import DEFAULT_SPLIT
@@ -61,6 +62,7 @@ def evaluate(
     case_ids = dataset.split(split or DEFAULT_SPLIT)
     if group_by and dataset.format != "npz":  # FairSeg's attributes are inside the files: checked below
         check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
+    refuse_missing_predictions(dataset, case_ids, pred)
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
         predicted = read_prediction(case, pred, dataset.class_map)
@@ -85,6 +87,16 @@ def evaluate(
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
     result["split"] = split or DEFAULT_SPLIT
     return result
+
+
+def refuse_missing_predictions(dataset: Dataset, case_ids: list[str], pred: Path) -> None:
+    """Every case of the split needs its prediction: the ones missing, counted and the first named."""
+    missing = missing_predictions(dataset, case_ids, pred)
+    if missing:
+        case_id, path = missing[0]
+        more = f" (and {len(missing) - 1} more of the {len(case_ids)} cases)" if len(missing) > 1 else ""
+        raise DataError(f"prediction {path} for case {case_id} not found{more}; predict this split into that "
+                        "folder first")
 
 
 def check_not_the_labels(pred: Path, dataset: Dataset) -> None:

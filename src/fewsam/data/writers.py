@@ -47,11 +47,33 @@ from fewsam.errors import DataError
 def prediction_path(case: Case, root: Path) -> Path:
     """``root/<case.rel_path>``, with the suffix of the format predictions are written in (PNG
     bytes always under a .png name, a DICOM case's NIfTI under .nii.gz)."""
-    rel = PurePosixPath(case.rel_path.replace("\\", "/"))
+    return _path_under(root, case.case_id, case.rel_path, case.format)
+
+
+def _path_under(root: Path, case_id: str, rel_path: str, fmt: str) -> Path:
+    rel = PurePosixPath(rel_path.replace("\\", "/"))
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        raise DataError(f"case {case.case_id}'s path {case.rel_path!r} would put its prediction "
+        raise DataError(f"case {case_id}'s path {rel_path!r} would put its prediction "
                         f"outside {root}; give image paths relative to the data folder")
-    return Path(root) / rel.with_name(_file_name(rel.name, case.format))
+    return Path(root) / rel.with_name(_file_name(rel.name, fmt))
+
+
+def missing_predictions(dataset: Any, case_ids: list[str], root: Path) -> list[tuple[str, Path]]:
+    """(case id, expected path) of each case with no prediction under ``root``, found from the
+    file names alone: evaluate says so before scoring anything, rather than after scoring every
+    case up to the first gap, and names how many are missing. Datasets that do not index their
+    files (``entries``) are checked case by case as they load."""
+    entries = getattr(dataset, "entries", None)
+    if not isinstance(entries, dict):
+        return []
+    missing = []
+    for case_id in case_ids:
+        if case_id not in entries:
+            continue
+        path = _path_under(root, case_id, dataset.prediction_rel_path(entries[case_id]), dataset.format)
+        if not _as_found(path).is_file():
+            missing.append((case_id, path))
+    return missing
 
 
 def _file_name(name: str, fmt: str) -> str:
