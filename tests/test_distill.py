@@ -127,6 +127,46 @@ def test_a_second_round_taught_by_a_blended_distill_run_predicts_through_both_te
     assert (tmp_path / "pred" / "phantom_003.nii.gz").exists()
 
 
+def test_without_a_teacher_the_fit_makes_its_own_few_shot_teacher_first(teacher, tmp_path, monkeypatch):
+    """One command from labelled slices to the student: the few-shot teacher fitted into
+    RUN/teacher_fit gives the same teacher, pseudo-labels and student as the two commands."""
+    from fewsam.methods.fewshot import FewShotConfig
+
+    data, cache, _ = teacher
+    recipe = FewShotConfig(steps=4, val_every=2, batch_size=2, views=1, test_mirroring=False, sam_refinement=False)
+    monkeypatch.setattr(distill, "own_teacher_config", lambda: recipe)
+    student = ["--data", str(data), "--labeled-slices", "2", "--steps", "2", "--val-every", "2", "--batch-size", "2",
+               "--unlabeled-batch", "2", "--image-size", "32", "--no-teacher-blend", "--cache", str(cache), *COMMON]
+    one = tmp_path / "one"
+    result = CliRunner().invoke(app, ["fit", "distill", *student, "--out", str(one)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((one / "config.json").read_text())["distill"]["teacher"] is None
+    assert (one / "teacher_fit" / "manifest.json").exists()
+    assert json.loads((one / "teacher_fit" / "config.json").read_text())["method"] == "fewshot"
+    assert "no --teacher given: few-shot SAM" in (one / "fit.log").read_text()
+
+    # the two commands: the same few-shot fit, then distill taught by it
+    own = tmp_path / "own_teacher"
+    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--steps", "4",
+                                      "--val-every", "2", "--batch-size", "2", "--views", "1", "--no-test-mirroring",
+                                      "--no-sam-refinement", "--cache", str(cache), "--out", str(own), *COMMON])
+    assert result.exit_code == 0, result.output
+    two = tmp_path / "two"
+    result = CliRunner().invoke(app, ["fit", "distill", *student, "--teacher", str(own), "--out", str(two)])
+    assert result.exit_code == 0, result.output
+    for name in ("checkpoint_best.pt",):
+        a = torch.load(one / "teacher_fit" / name, weights_only=False)["module"]
+        b = torch.load(own / name, weights_only=False)["module"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(torch.load(one / distill.PSEUDO_FILE)["labels"], torch.load(two / distill.PSEUDO_FILE)["labels"])
+    a = torch.load(one / "checkpoint_best.pt", weights_only=False)["module"]
+    b = torch.load(two / "checkpoint_best.pt", weights_only=False)["module"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    result = CliRunner().invoke(app, ["fit", "distill", *student, "--out", str(one)])  # asked again: left as it is
+    assert result.exit_code == 0 and "finished already" in result.output, result.output
+
+
 def test_a_teacher_of_another_budget_is_refused(teacher, tmp_path):
     data, cache, run = teacher
     result = run_fewsam("fit", "distill", "--data", str(data), "--labeled-slices", "3", "--teacher", str(run),

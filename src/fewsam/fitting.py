@@ -44,6 +44,7 @@ class FitContext:
     seed: int = 0
     fair: FairGroups | None = None  # the labelled cases' groups when the fit scales its loss fairly
     acceleration: Acceleration = REFERENCE  # how the decoder / student train (``models.acceleration``)
+    options: FitOptions | None = None  # what opened it: a method that fits another first (distill's teacher) reuses them
 
     def labelled_loss(self, ignore_index: int | None) -> LabelledLoss:
         """The loss of a batch of labelled items: Dice + CE, with fair scaling when asked for."""
@@ -88,7 +89,7 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     cache = None if model is None else EmbeddingCache(opts.cache, model, resolve_precision(opts.precision, opts.device))
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
     return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair,
-                      resolve_acceleration(opts.precision, opts.device))
+                      resolve_acceleration(opts.precision, opts.device), opts)
 
 
 def refuse_constant_images(dataset: Dataset, labelled: list[SliceRef]) -> None:

@@ -9,8 +9,11 @@ components) sees far more anatomy than the labelled cases show, under geometric 
 noise (a "noisy student"), and then predicts from pixels alone: no SAM, no embedding cache.
 
 The teacher is any fitted run of the same data, labelled set and label values (checked, so no
-labelled slice of another budget can leak in). Its pseudo-labels are computed once and stored in
-the run folder, so a resumed fit does not label the pool again.
+labelled slice of another budget can leak in). Without ``--teacher`` the fit makes its own: few-shot
+SAM with its default recipe, fitted first into RUN/teacher_fit/ on the same data, budget, seed,
+cache and precision (a run folder of its own, resumed with the rest), so one command goes from a
+few labelled slices to the student. Its pseudo-labels are computed once and stored in the run
+folder, so a resumed fit does not label the pool again.
 
 The student learns the class layout from many patients; the teacher keeps sharper boundaries (it
 sees each slice through SAM's encoder). At the end of a fit the two can be blended: on each slice
@@ -26,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,7 @@ from fewsam.runs import (BEST, CONFIG, COPIED_RUN, DATA_HASH, LAST, MANIFEST, ch
 from fewsam.train import TrainResult, atomic_torch_save, load_best, load_run_file, train
 
 PSEUDO_FILE = "pseudo_labels.pt"
+OWN_TEACHER = "teacher_fit"  # RUN/teacher_fit/: the few-shot run a fit without --teacher makes first
 TEACHER_COPY = COPIED_RUN  # RUN/teacher/: the teacher's predictor files, when the blend is kept
 BLEND_GATE = 0.5  # class agreement below which a slice keeps the student's probabilities alone
 
@@ -65,7 +69,8 @@ class DistillConfig(StudentFitConfig, UnlabelledPoolConfig):
     """The shared student recipe, plus where its pseudo-labels come from and how much they weigh."""
 
     teacher: str | None = option(None, "Fitted run folder (e.g. fewmatch) whose predictions on the unlabelled "
-                                 "pool become the student's pseudo-labels (required).")
+                                 "pool become the student's pseudo-labels [default: few-shot SAM with its "
+                                 "defaults, fitted first into RUN/teacher_fit].")
     unlabeled_batch: int = option(8, "Pseudo-labelled slices per step.", min=1)
     pseudo_weight: float = option(1.0, "Weight of the Dice + CE loss on the pseudo-labelled slices.", min=0.0)
     noisy: bool = option(True, "Strong photometric noise (brightness, contrast, blur, cutout) on the "
@@ -86,7 +91,7 @@ def teacher_config(ctx: FitContext, cfg: DistillConfig) -> tuple[Path, dict]:
     (``check_run``: a teacher still fitting, or stopped before its first validation, has weights
     that change or are not there) and it was fitted on the same labelled slices, label values and
     SAM weights as this fit."""
-    if not cfg.teacher:
+    if not cfg.teacher:  # fit() fits its own teacher first; only a caller that skips it gets here
         raise ConfigError("say which fitted run teaches the student: --teacher RUN")
     folder = Path(cfg.teacher)
     if not folder.exists():
@@ -243,6 +248,7 @@ def fit(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> TrainResult:
     """Label the pool with the teacher (once), train the student on both sets, then choose its
     post-processing (cavity rule, largest components, mirroring) on the validation cases."""
     refuse_self_teaching(cfg, run_dir)
+    cfg = with_own_teacher(ctx, cfg, run_dir)
     teacher_config(ctx, cfg)
     rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
     labelled = load_labelled(ctx, cfg)
@@ -259,6 +265,30 @@ def fit(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> TrainResult:
         choice = teacher_blend_choice(ctx, cfg, run_dir, module, val_cases, choice)
     write_json(run_dir / POSTPROCESS, choice)
     return result
+
+
+def with_own_teacher(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> DistillConfig:
+    """``cfg`` as given when it names a teacher; else few-shot SAM, default recipe, fitted (or
+    resumed, or read back when finished) into RUN/teacher_fit/ with this fit's data, budget, seed,
+    cache, precision and fair scaling, and ``cfg`` pointing at it."""
+    if cfg.teacher:
+        return cfg
+    if ctx.options is None:
+        raise ConfigError("say which fitted run teaches the student: --teacher RUN")
+    from fewsam.api import fit as fit_method  # the API runs every method's fit; imported here, where it is used
+
+    folder = run_dir / OWN_TEACHER
+    say_once(f"no --teacher given: few-shot SAM (its default recipe) is fitted first into {folder}, then its "
+             "predictions on the unlabelled pool teach the student")
+    fit_method("fewshot", replace(ctx.options, run=folder), own_teacher_config())
+    return replace(cfg, teacher=str(folder))
+
+
+def own_teacher_config() -> Any:
+    """The recipe of the teacher a fit without --teacher makes: few-shot SAM's defaults."""
+    from fewsam.methods.fewshot import FewShotConfig  # a method module of its own, registered beside this one
+
+    return FewShotConfig()
 
 
 def class_agreement(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
