@@ -45,9 +45,10 @@ class RunFolder:
     ``with RunFolder(run) as folder:`` refuses a foreign folder, creates RUN and takes its lock
     (a second fit into the same folder is refused at once); ``folder.prepare(config)`` resumes or
     refuses as ``prepare_run_dir`` does. A clean exit writes the manifest; a failure before the
-    first checkpoint of a new run removes what the fit had made. A run whose fit had finished
-    (``folder.finished``) is left exactly as it is: its manifest is neither removed nor rewritten,
-    so a rerun that fails or is stopped cannot turn a finished run into an unfinished one."""
+    first checkpoint of a new run (its own, or that of a stage fitted below it) removes what the
+    fit had made. A run whose fit had finished (``folder.finished``) is left exactly as it is: its
+    manifest is neither removed nor rewritten, so a rerun that fails or is stopped cannot turn a
+    finished run into an unfinished one."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir)
@@ -82,9 +83,16 @@ class RunFolder:
             ok = False
             raise
         finally:
-            if not ok and self.new and not (self.path / LAST).exists():
+            if not ok and self.new and not self._holds_work():
                 self._undo()
             os.close(self._lock)
+
+    def _holds_work(self) -> bool:
+        """Whether the new run already holds resumable training: its own checkpoint, or that of a stage
+        fitted into a folder below it (distill's own teacher in RUN/teacher_fit/, SAM-Match's decoder
+        in RUN/sam/). A fit stopped after such a stage resumes from it, as the stop message promises,
+        instead of losing a teacher fitted for hours with the student's first steps."""
+        return any(self.path.rglob(LAST))
 
     def _undo(self) -> None:
         """Remove a new run again: the whole folder if the fit made it, else what it put in it."""
