@@ -69,8 +69,8 @@ class DistillConfig(StudentFitConfig, UnlabelledPoolConfig):
     """The shared student recipe, plus where its pseudo-labels come from and how much they weigh."""
 
     teacher: str | None = option(None, "Fitted run folder (e.g. fewmatch) whose predictions on the unlabelled "
-                                 "pool become the student's pseudo-labels [default: few-shot SAM with its "
-                                 "defaults, fitted first into RUN/teacher_fit].")
+                                 "pool become the student's pseudo-labels (default: few-shot SAM with its "
+                                 "defaults, fitted first into RUN/teacher_fit).")
     unlabeled_batch: int = option(8, "Pseudo-labelled slices per step.", min=1)
     pseudo_weight: float = option(1.0, "Weight of the Dice + CE loss on the pseudo-labelled slices.", min=0.0)
     noisy: bool = option(True, "Strong photometric noise (brightness, contrast, blur, cutout) on the "
@@ -164,11 +164,17 @@ def teacher_labels(ctx: FitContext, folder: Path, config: dict, refs: list[Slice
     return [by_ref[(r.case_id, r.z)] for r in refs]
 
 
-def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> SliceSet:
-    """The unlabelled pool in the student frame, labelled by the teacher (stored in RUN, reused on resume)."""
+def unlabelled_refs(ctx: FitContext, cfg: DistillConfig) -> list[SliceRef]:
+    """The unlabelled pool the teacher labels, refused when it is empty (nothing to distil)."""
     refs = ctx.unlabelled_pool(cfg)
     if not refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
+    return refs
+
+
+def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> SliceSet:
+    """The unlabelled pool in the student frame, labelled by the teacher (stored in RUN, reused on resume)."""
+    refs = unlabelled_refs(ctx, cfg)
     data = load_slices(ctx.dataset, refs, cfg.image_size, ctx.values)
     names = [f"{r.case_id}:{r.z}" for r in refs]
     saved = stored_pseudo_labels(run_dir / PSEUDO_FILE)
@@ -248,11 +254,17 @@ def fit(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> TrainResult:
     """Label the pool with the teacher (once), train the student on both sets, then choose its
     post-processing (cavity rule, largest components, mirroring) on the validation cases."""
     refuse_self_teaching(cfg, run_dir)
-    cfg = with_own_teacher(ctx, cfg, run_dir)
-    teacher_config(ctx, cfg)
+    if cfg.teacher:  # a named teacher is read first: its checks are quick
+        teacher_config(ctx, cfg)
+    # what the student itself refuses is refused next: a fit without --teacher then fits its
+    # teacher, which can take longer than the student's whole fit
     rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
     labelled = load_labelled(ctx, cfg)
     val_cases = load_val_cases(ctx)
+    unlabelled_refs(ctx, cfg)
+    if not cfg.teacher:
+        cfg = with_own_teacher(ctx, cfg, run_dir)
+        teacher_config(ctx, cfg)
     pseudo = pseudo_labelled(ctx, cfg, run_dir)
     torch.manual_seed(ctx.seed)
     module = prepare_student(build_unet(cfg, len(ctx.values)).to(ctx.device), ctx.acceleration)
