@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fewsam.config import UnlabelledPoolConfig, option
+from fewsam.data.types import SliceRef
 from fewsam.embedded import EmbeddedSlice, embed_refs
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
@@ -134,11 +135,16 @@ class FewMatchTask(FewShotTask):
         return consistency_ce(self.module(strong, tokens), labels, confident), float(confident.float().mean())
 
 
-def unlabelled_embeddings(ctx: FitContext, cfg: FewMatchConfig) -> list[EmbeddedSlice]:
-    """The unlabelled pool's cached embeddings (one view each), encoded on a miss."""
+def unlabelled_refs(ctx: FitContext, cfg: FewMatchConfig) -> list[SliceRef]:
+    """The unlabelled pool, refused when it is empty (FewMatch would be few-shot SAM)."""
     refs = ctx.unlabelled_pool(cfg)
     if not refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit fewshot`")
+    return refs
+
+
+def unlabelled_embeddings(ctx: FitContext, refs: list[SliceRef]) -> list[EmbeddedSlice]:
+    """The unlabelled pool's cached embeddings (one view each), encoded on a miss."""
     slices = embed_refs(ctx.dataset, refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
     for s in slices:  # the consistency loss never reads labels: drop them so none can leak in
         s.label, s.label_frame = None, None
@@ -146,8 +152,10 @@ def unlabelled_embeddings(ctx: FitContext, cfg: FewMatchConfig) -> list[Embedded
 
 
 def fit(ctx: FitContext, cfg: FewMatchConfig, run_dir: Path) -> TrainResult:
-    """Few-shot SAM's fit, with the unlabelled pool in every step after the warm-up."""
-    return fewshot.fit(ctx, cfg, run_dir, FewMatchTask, unlabelled=unlabelled_embeddings(ctx, cfg))
+    """Few-shot SAM's fit, with the unlabelled pool in every step after the warm-up. An empty pool is
+    refused at once; the pool is encoded once few-shot SAM's own checks have passed."""
+    refs = unlabelled_refs(ctx, cfg)
+    return fewshot.fit(ctx, cfg, run_dir, FewMatchTask, lambda: {"unlabelled": unlabelled_embeddings(ctx, refs)})
 
 
 METHOD = Method("fewmatch", FewMatchConfig, fit, fewshot.METHOD.predictor)

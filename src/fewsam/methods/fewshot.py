@@ -25,7 +25,7 @@ import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -337,21 +337,25 @@ def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
 
 
 def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewShotTask] = FewShotTask,
-        **task_inputs: Any) -> TrainResult:
+        task_inputs: Callable[[], dict[str, Any]] = dict) -> TrainResult:
     """Build the prompt bank, fine-tune the decoder, select on val, choose the post-processing.
 
     ``task_type`` / ``task_inputs``: a method that trains the same decoder on more than the
-    labelled slices (FewMatch) passes its task and what the task needs besides them."""
+    labelled slices (FewMatch) passes its task and what makes the task's other inputs (keyword
+    arguments), called once the labelled slices and the validation cases have passed their checks:
+    a cavity rule naming no class, or labelled slices without a class, is refused before a pool of
+    hundreds of unlabelled slices is encoded."""
     rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
     samples, shots, tokens = build_prompt_bank(ctx, cfg, run_dir)
     val_cases = embed_cases(ctx.dataset, ctx.val_ids, ctx.cache, ctx.device, ctx.show_progress, "embed val")
     refuse_background_only_validation([case for case, _ in val_cases])
+    more_inputs = task_inputs()
     torch.manual_seed(ctx.seed)
     # the decoder trains SAM's mask decoder in place; refinement needs SAM's own, untouched
     sam = copy.deepcopy(ctx.model).eval() if cfg.sam_refinement else None
     decoder = prepare_decoder(PrototypeDecoder(ctx.model, len(ctx.values)).to(ctx.device), ctx.acceleration)
     task = task_type(decoder, samples, shots, cfg, ctx.labelled_loss(IGNORE), tokens, val_cases, ctx.values,
-                     ctx.device, **task_inputs)
+                     ctx.device, **more_inputs)
     result = train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress)
     decoder.load_state_dict(load_best(run_dir)[0])
     decoder.eval()
