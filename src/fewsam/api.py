@@ -30,7 +30,7 @@ from fewsam.methods import Method, get_method
 from fewsam.models.precision import machine, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import predict
-from fewsam.progress import log_to, record, said
+from fewsam.progress import log_to, record, record_in_newest, said
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
 
@@ -109,7 +109,9 @@ def method_sections(spec: Method, cfg: Config, seed: int) -> dict[str, Any]:
 @contextmanager
 def fit_log(run_dir: Path, method: str) -> Iterator[None]:
     """RUN/fit.log (rank 0): the command and host, then progress, notices and validation scores as
-    they happen, and how the fit ended, so a long fit can be followed and audited from its folder."""
+    they happen, and how the fit ended, so a long fit can be followed and audited from its folder.
+    A fit inside another (distill's own teacher) writes its header to its own log alone: the outer
+    log, which also receives the inner fit's progress, holds that command, host and notices once."""
     if not ddp.is_main():
         yield
         return
@@ -117,12 +119,12 @@ def fit_log(run_dir: Path, method: str) -> Iterator[None]:
         host = machine()
         command = Path(sys.argv[0])
         from_cli = command.name == "fewsam" or command.parts[-2:] == ("fewsam", "__main__.py")
-        record(f"fewsam {__version__}: " + (f"fewsam {' '.join(sys.argv[1:])}" if from_cli else
-                                           f"fit {method} from Python ({command.name})"))
-        record(f"host: {host['cpu'] or 'unknown CPU'}, {host['cores']} cores, {host['torch_threads']} torch threads, "
-               f"flags {' '.join(host['flags']) or 'none of note'}")
+        record_in_newest(f"fewsam {__version__}: " + (f"fewsam {' '.join(sys.argv[1:])}" if from_cli else
+                                                     f"fit {method} from Python ({command.name})"))
+        record_in_newest(f"host: {host['cpu'] or 'unknown CPU'}, {host['cores']} cores, {host['torch_threads']} "
+                         f"torch threads, flags {' '.join(host['flags']) or 'none of note'}")
         for notice in said():
-            record(notice)
+            record_in_newest(notice)
         try:
             yield
         except KeyboardInterrupt:

@@ -60,6 +60,14 @@ def record(message: str) -> None:
         EVENTS.info(message)
 
 
+def record_in_newest(message: str) -> None:
+    """An event for the innermost ``log_to`` file alone: the header of a fit run inside another (distill's
+    own teacher), whose command, host and earlier notices the outer fit's log already holds."""
+    if _open_logs:
+        handler = _open_logs[-1]
+        handler.handle(EVENTS.makeRecord(EVENTS.name, logging.INFO, __file__, 0, message, None, None))
+
+
 _said: dict[str, str] = {}  # key -> message, in the order said
 
 
