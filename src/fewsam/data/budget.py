@@ -13,6 +13,7 @@ import numpy as np
 
 from fewsam.data.types import Dataset, SliceRef
 from fewsam.errors import DataError, FewsamError
+from fewsam.progress import say_once
 
 
 def select_labelled(ds: Dataset, n_cases: int | None = None, n_slices: int | None = None
@@ -45,12 +46,36 @@ def select_unlabelled(ds: Dataset, labelled: list[SliceRef], limit: int | None, 
     restricts the pool to its cases, e.g. to keep patients held out for evaluation out of it."""
     pool = unlabelled_pool(ds, labelled)
     if split is not None:
-        allowed = set(ds.split(split))
-        pool = [r for r in pool if r.case_id in allowed]
+        pool = _pool_of_split(ds, pool, labelled, split)
     if limit is None or limit >= len(pool):
         return pool
     idx = np.sort(np.random.default_rng(seed).choice(len(pool), limit, replace=False))
     return [pool[i] for i in idx]
+
+
+def _pool_of_split(ds: Dataset, pool: list[SliceRef], labelled: list[SliceRef], split: str) -> list[SliceRef]:
+    """The slices of ``pool`` whose cases ``split`` names. Only training cases outside the labelled budget
+    can be in the pool: a split that names none of them (``val``, a list of the labelled cases) is
+    refused naming what its cases are, not with the advice to label fewer cases, and the cases it
+    names that cannot be in the pool are said once, as they are left out."""
+    named = list(dict.fromkeys(ds.split(split)))
+    in_pool = {r.case_id for r in pool}
+    taken = {r.case_id for r in labelled} - in_pool  # every slice labelled
+    left_out = [case_id for case_id in named if case_id not in in_pool]
+    if left_out:
+        n_labelled = sum(case_id in taken for case_id in left_out)
+        n_other = len(left_out) - n_labelled
+        why = " and ".join(part for part in (f"{n_labelled} labelled for training" if n_labelled else "",
+                                             f"{n_other} not in the training split" if n_other else "") if part)
+        shown = ", ".join(left_out[:3]) + (f" and {len(left_out) - 3} more" if len(left_out) > 3 else "")
+        if len(left_out) == len(named):
+            raise DataError(f"--unlabeled-split {split!r} names no training case outside the labelled budget (its "
+                            f"{len(named)} case(s), {shown}: {why}); the unlabelled pool is drawn from the training "
+                            "split's unlabelled cases: give a split or list file of those, or leave the option out")
+        say_once(f"{len(left_out)} of the {len(named)} cases of --unlabeled-split {split!r} ({shown}) are left out of "
+                 f"the unlabelled pool: {why}")
+    allowed = set(named)
+    return [r for r in pool if r.case_id in allowed]
 
 
 def _check_budget(n: int, available: int, unit: str, ds: Dataset) -> None:
