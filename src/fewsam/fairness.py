@@ -78,23 +78,29 @@ def case_attributes(dataset: Dataset, case_id: str) -> dict[str, Any]:
     return dataset.load(case_id).attributes
 
 
-def check_group_column(column: str, groups: Iterable[str | None], attributes: Iterable[dict[str, Any]]) -> None:
-    """Refuse a group column that no case has a value for, naming the attributes that exist."""
+def check_group_column(column: str, groups: Iterable[str | None], attributes: Iterable[dict[str, Any]],
+                       cases: str = "case") -> None:
+    """Refuse a group column that no case has a value for, naming the attributes that exist.
+    ``cases``: what the cases are (fit groups its labelled cases: other cases may well have the column)."""
     if any(g is not None for g in groups):
         return
     available = sorted({k for attrs in attributes for k, v in attrs.items() if v is not None})
     names = ", ".join(available) if available else "none (add --attributes CSV)"
-    raise FewsamError(f"no case has a value for attribute {column!r}; available attributes: {names}")
+    if cases == "case":
+        raise FewsamError(f"no case has a value for attribute {column!r}; available attributes: {names}")
+    raise FewsamError(f"no {cases} has a value for attribute {column!r}, and fair scaling groups the {cases}s; "
+                      f"available attributes of the {cases}s: {names}")
 
 
 def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
-                bins: str | Bins | None = None) -> dict[str, str | None]:
-    """case id -> group label (None when the case has no value for ``column``)."""
+                bins: str | Bins | None = None, cases: str = "case") -> dict[str, str | None]:
+    """case id -> group label (None when the case has no value for ``column``); ``cases``: what the
+    cases are, as an error names them."""
     binned = resolve_bins(column, bins)
     attrs = {cid: case_attributes(dataset, cid) for cid in dict.fromkeys(case_ids)}
     check_bin_values(column, binned, attrs)
     groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
-    check_group_column(column, groups.values(), attrs.values())
+    check_group_column(column, groups.values(), attrs.values(), cases)
     return groups
 
 
@@ -160,13 +166,29 @@ def fair_groups_for(column: str | None, gamma: float, bins: str | None, dataset:
         return None
     if gamma < 0:
         raise FewsamError(f"--fair-gamma must be >= 0, got {gamma}")
-    groups = case_groups(dataset, [_case_id(r) for r in labelled], column, bins)
+    groups = case_groups(dataset, [_case_id(r) for r in labelled], column, bins, cases="labelled case")
     case_group, names = group_indices(groups)
+    refuse_one_group(column, gamma, groups, names)
     record = {"attribute": column, "gamma": gamma, "bins": bins, "groups": names,
               "labelled_cases_per_group": {n: sum(g == n for g in groups.values()) for n in names},
               "labelled_cases_without_group": sum(g is None for g in groups.values()),
               "case_group": groups}
     return FairGroups(case_group, gamma, record)
+
+
+def refuse_one_group(column: str, gamma: float, groups: dict[str, str | None], names: list[str]) -> None:
+    """Fair scaling weighs each group's loss against the best group's: with the labelled cases all in one
+    group (cases without a value weigh 1) every weight is 1, so the fit would be the unscaled one while
+    its run records fair scaling. Refused, as --fair-gamma without --fair-attribute is; gamma 0, the
+    unscaled loss asked for by name, is left alone."""
+    if gamma == 0 or len(names) > 1:
+        return
+    with_value = sum(g is not None for g in groups.values())
+    rest = "; the others have no value" if with_value < len(groups) else ""
+    raise DataError(f"fair scaling on {column!r} needs labelled cases of two groups or more, but every labelled case "
+                    f"with a value is in group {names[0]!r} ({with_value} of {len(groups)}{rest}), so the loss "
+                    "would not be scaled; label cases of another group (a larger --labeled-cases), or leave "
+                    "--fair-attribute out")
 
 
 def per_class_equity(result: dict[str, Any], alpha: float = 1.0, es_mode: str = "sum") -> dict[str, dict[str, float | None]]:
