@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -69,37 +70,61 @@ def option_name(f: Any) -> str:
     return flag.split("/")[0] if flag else flag_name(f.name)
 
 
-# What a numeric config field accepts. The command line converts every option, but a Python caller
-# (``FitOptions(seed=1.5)``, ``FewShotConfig(steps="400")``) would otherwise meet a TypeError from
-# deep inside the fit. Strings and paths are left to the checks that read them (a Path for --cache
-# or a list file is fine).
-NUMBER_TYPES: dict[str, tuple[type, str]] = {
+# What a config field accepts, by its declared type. The command line converts every option, but a
+# Python caller (``FitOptions(seed=1.5)``, ``FewShotConfig(steps="400")``, ``FitOptions(seed=None)``,
+# ``FitOptions(val_split=3)``) would otherwise meet a TypeError from deep inside the fit. Text and
+# path fields take either (a Path for --cache or a list file is fine); None only where the declared
+# type allows it ("int | None": None means "not set").
+FIELD_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "int": (numbers.Integral, "a whole number"),
     "float": (numbers.Real, "a number"),
+    "bool": (bool, "True or False"),
+    "str": ((str, os.PathLike), "text"),
+    "Path": ((str, os.PathLike), "a path"),
 }
 
 
+def declared_type(f: Any) -> str:
+    """The field's type as written (``"int | None"``)."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+
+
+def optional(f: Any) -> bool:
+    """Whether the field takes None (its type says ``| None``)."""
+    return declared_type(f).endswith(" | None")
+
+
 def check_type(f: Any, value: Any) -> None:
-    """Refuse ``value`` for a field declared ``int`` or ``float`` (or that or None) that is not a number
-    of that kind; a bool is no number here."""
-    declared = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-    accepted = NUMBER_TYPES.get(declared.removesuffix(" | None"))
+    """Refuse ``value`` for a field declared ``int``, ``float``, ``bool``, ``str`` or ``Path`` (or that or
+    None) that is not of that kind; a bool is no number here, and None is refused where the type has no None."""
+    accepted = FIELD_TYPES.get(declared_type(f).removesuffix(" | None"))
     if accepted is None:
         return
     kind, what = accepted
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if value is None:
+        if not optional(f):
+            raise ConfigError(f"{option_name(f)} must be {what}, not None")
+        return
+    if kind is bool:
+        right = isinstance(value, bool)
+    else:
+        right = isinstance(value, kind) and not isinstance(value, bool)
+    if not right:
         raise ConfigError(f"{option_name(f)} must be {what}, not {value!r}")
 
 
 def check_value(f: Any, value: Any) -> None:
-    """Refuse ``value`` for field ``f`` when it breaks the field's limits (None = "not set": allowed)."""
+    """Refuse ``value`` for field ``f`` when it breaks the field's type or limits (None = "not set": allowed
+    where the type says ``| None``)."""
     meta, name = f.metadata, option_name(f)
-    if value is None or not meta:
+    if not meta:
         return
-    check_type(f, value)
     choices = meta.get("choices")
-    if choices and value not in choices:
+    if choices and value not in choices and not (value is None and optional(f)):
         raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
+    check_type(f, value)
+    if value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
