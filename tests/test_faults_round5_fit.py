@@ -236,3 +236,21 @@ def test_every_fit_option_help_is_shown_as_written():
         for f in cli_fields(FitOptions) + cli_fields(method.config):
             shown = Text.from_markup(f.metadata["help"]).plain
             assert shown == f.metadata["help"], f"fit {name} {f.name}: {shown!r}"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["fit", "supervised", "--model", "litemedsam"], "fewsam fit supervised: supervised takes no --model (it loads "
+                                                     "no SAM model: its network learns from pixels alone)"),
+    (["fit", "supervised", "--checkpoint=w.pth"], "fewsam fit supervised: supervised takes no --checkpoint"),
+    (["fit", "prompted", "--data", "d"], "fewsam fit prompted: prompted takes no --data (it fits nothing"),
+    (["fit", "fewshot", "--modle", "x"], "fewsam fit fewshot: No such option: --modle (Possible options: --model)"),
+])
+def test_a_fit_option_the_method_does_not_take_is_named_as_such(args, says, capsys):
+    """click guessed at a near spelling: "No such option: --model (Possible options: --help)"."""
+    from fewsam.cli import run_app
+
+    with pytest.raises(SystemExit) as stop:
+        run_app([*args, "--out", "r"])
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), lines

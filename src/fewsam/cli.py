@@ -572,8 +572,26 @@ def usage_error_line(exc: click_errors.UsageError) -> str:
     """A usage mistake (unknown option, a value of the wrong kind, a missing argument) as the one
     line every other user mistake gets, with where the command's help is."""
     command = exc.ctx.command_path if exc.ctx is not None else "fewsam"
-    message = " ".join(exc.format_message().split())
+    message = not_for_this_method(exc, command) or " ".join(exc.format_message().split())
     return f"{command}: {message} (see '{command} --help')"
+
+
+def not_for_this_method(exc: click_errors.UsageError, command: str) -> str | None:
+    """A fit option the method does not take (``fit supervised --model``), said as such: click's own
+    line guessed at a near spelling ("No such option: --model (Possible options: --help)"), as if the
+    user had mistyped an option that other methods take as they wrote it."""
+    words = command.split()
+    if not isinstance(exc, click_errors.NoSuchOption) or len(words) != 3 or words[1] != "fit" \
+            or words[2] not in REGISTRY:
+        return None
+    method = get_method(words[2])
+    offered = {f.metadata.get("flag") or flag_name(f.name): f.name for f in cli_fields(FitOptions)}
+    name = offered.get(exc.option_name)
+    if name is None or name in method.fit_options:
+        return None
+    why = ("it fits nothing: it records the model, and SAM is prompted at predict time" if method.fit is None
+           else "it loads no SAM model: its network learns from pixels alone")
+    return f"{method.name} takes no {exc.option_name} ({why}); leave it out"
 
 
 def expand_home(args: list[str]) -> list[str]:
