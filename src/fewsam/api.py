@@ -109,7 +109,7 @@ def method_sections(spec: Method, cfg: Config, seed: int) -> dict[str, Any]:
 @contextmanager
 def fit_log(run_dir: Path, method: str) -> Iterator[None]:
     """RUN/fit.log (rank 0): the command and host, then progress, notices and validation scores as
-    they happen, and how the fit ended, so a long fit can be followed and audited from its folder.
+    they happen, and how the fit ended, so a long fit can be followed and read back from its folder.
     A fit inside another (distill's own teacher) writes its header to its own log alone: the outer
     log, which also receives the inner fit's progress, holds that command, host and notices once."""
     if not ddp.is_main():
