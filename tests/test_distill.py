@@ -143,7 +143,9 @@ def test_without_a_teacher_the_fit_makes_its_own_few_shot_teacher_first(teacher,
     assert json.loads((one / "config.json").read_text())["distill"]["teacher"] is None
     assert (one / "teacher_fit" / "manifest.json").exists()
     assert json.loads((one / "teacher_fit" / "config.json").read_text())["method"] == "fewshot"
-    assert "no --teacher given: few-shot SAM" in (one / "fit.log").read_text()
+    log = (one / "fit.log").read_text()
+    assert "no --teacher given: few-shot SAM" in log
+    assert log.index("fewshot finished: best validation") < log.index("distill finished: best validation")
 
     # the two commands: the same few-shot fit, then distill taught by it
     own = tmp_path / "own_teacher"

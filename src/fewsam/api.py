@@ -93,11 +93,12 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
                 ctx.fair.save(run_dir)
             with fit_log(run_dir, spec.name):
                 result = spec.fit(ctx, cfg, run_dir)
-                record(f"finished: best validation score {result.best_score:.4f} at step {result.best_step}, "
-                       f"{result.seconds / 60:.1f} min in the training loop")
+                # named by method: distill's log also holds its own teacher's fit (fewshot finished: ...)
+                record(f"{spec.name} finished: best validation score {result.best_score:.4f} at step "
+                       f"{result.best_step}, {result.seconds / 60:.1f} min in the training loop")
                 kept = kept_line(run_dir) if ddp.is_main() else None
                 if kept:
-                    record(kept)
+                    record(f"{spec.name} {kept}")
             return result
 
 
