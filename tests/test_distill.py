@@ -101,11 +101,8 @@ def test_a_fit_resumed_with_its_teacher_spelled_relative_is_no_change(teacher, t
     assert result.exit_code != 0 and "different configuration" in str(result.exception or result.output)
 
 
-def test_a_second_round_taught_by_a_blended_distill_run_predicts_through_both_teachers(teacher, tmp_path,
-                                                                                        monkeypatch):
-    """Distill taught by a distill run that kept its blend: the copied teacher carries its own
-    copied teacher, so the second round's prediction can run (it needs both)."""
-    data, cache, run = teacher
+def make_the_blend_win(monkeypatch) -> None:
+    """The blend's validation score made to win (the phantom is too small to make it win by itself)."""
     real_choice = distill.postprocessing_choice
 
     def winning(*args, **kwargs):
@@ -114,6 +111,14 @@ def test_a_second_round_taught_by_a_blended_distill_run_predicts_through_both_te
                 record["val_dice_largest_component"] + 1}
 
     monkeypatch.setattr(distill, "postprocessing_choice", winning)
+
+
+def test_a_second_round_taught_by_a_blended_distill_run_predicts_through_both_teachers(teacher, tmp_path,
+                                                                                        monkeypatch):
+    """Distill taught by a distill run that kept its blend: the copied teacher carries its own
+    copied teacher, so the second round's prediction can run (it needs both)."""
+    data, cache, run = teacher
+    make_the_blend_win(monkeypatch)
     first, second = tmp_path / "round1", tmp_path / "round2"
     assert _short_fit(data, cache, run, first)["teacher_blend"]
     assert _short_fit(data, cache, first, second)["teacher_blend"]
@@ -302,14 +307,7 @@ def test_a_kept_teacher_blend_copies_the_teacher_and_predicts_the_blend(teacher,
     from fewsam.models.precision import resolve_precision
 
     data, cache, run = teacher
-    real_choice = distill.postprocessing_choice
-
-    def winning(*args, **kwargs):
-        record = real_choice(*args, **kwargs)
-        return {**record, "val_dice_raw": record["val_dice_raw"] + 1, "val_dice_largest_component":
-                record["val_dice_largest_component"] + 1}
-
-    monkeypatch.setattr(distill, "postprocessing_choice", winning)
+    make_the_blend_win(monkeypatch)
     out = tmp_path / "run"
     choice = _short_fit(data, cache, run, out)
     assert choice["teacher_blend"] and choice["val_dice_teacher_blend"] > choice["val_dice_student"]
