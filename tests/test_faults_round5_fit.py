@@ -254,3 +254,22 @@ def test_a_fit_option_the_method_does_not_take_is_named_as_such(args, says, caps
     assert stop.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), lines
+
+
+def test_a_u_net_fit_given_sam_weights_says_it_does_not_use_them(tmp_path, caplog, monkeypatch):
+    """`fit samatch --no-sam --model sam_vit_b --checkpoint W` trains a U-Net only: said once."""
+    import logging
+
+    from fewsam import progress
+    from fewsam.config import FitOptions
+    from fewsam.fitting import say_unused_model
+
+    monkeypatch.setattr(progress, "_said", {})
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        say_unused_model(FitOptions(run=tmp_path / "r", data=tmp_path, labeled_cases=1))
+        assert not caplog.records
+        say_unused_model(FitOptions(run=tmp_path / "r", data=tmp_path, labeled_cases=1, model="sam_vit_b",
+                                    checkpoint=tmp_path / "w.pth"))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--model sam_vit_b --checkpoint {tmp_path / 'w.pth'} is not used: this fit trains a U-Net on pixels alone "
+        "and loads no SAM"]

@@ -16,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from fewsam.cache import EmbeddingCache
-from fewsam.config import FitOptions, UnlabelledPoolConfig
+from fewsam.config import FitOptions, UnlabelledPoolConfig, field_default
 from fewsam.data import open_dataset, select_labelled, select_unlabelled
 from fewsam.data.types import Case, ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
@@ -86,10 +86,21 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     refuse_unlabelled_validation(dataset, val_ids, opts.val_split)
     warn_labelled_validation(labelled, val_ids, opts.val_split)
     model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
+    if not needs_sam:
+        say_unused_model(opts)
     cache = None if model is None else EmbeddingCache(opts.cache, model, resolve_precision(opts.precision, opts.device))
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
     return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair,
                       resolve_acceleration(opts.precision, opts.device), opts)
+
+
+def say_unused_model(opts: FitOptions) -> None:
+    """A U-Net fit (SAM-Match --no-sam) given --model or --checkpoint loads no SAM: said, rather than
+    recording a run the user may think was fitted with those weights."""
+    if opts.checkpoint is None and opts.model == field_default(FitOptions.__dataclass_fields__["model"]):
+        return
+    given = f"--model {opts.model}" + (f" --checkpoint {opts.checkpoint}" if opts.checkpoint else "")
+    say_once(f"{given} is not used: this fit trains a U-Net on pixels alone and loads no SAM")
 
 
 def refuse_constant_images(dataset: Dataset, labelled: list[SliceRef]) -> None:
