@@ -513,7 +513,7 @@ def test_a_prediction_with_a_class_the_data_lacks_says_what_to_do(acdc, pred):
         values[0, :2, :2] = 7
         f["pred"][...] = values
     message = cli_error("evaluate", "--pred", str(pred), "--data", str(acdc), "--quiet")
-    assert f"label values [7] in {pred / (VAL[1] + '.h5')}" in message
+    assert f"prediction values [7] in {pred / (VAL[1] + '.h5')}" in message
     assert "predicted by a run fitted on other classes" in message
 
 

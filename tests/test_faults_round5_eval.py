@@ -204,3 +204,21 @@ def test_missing_predictions_are_counted_before_any_case_is_scored(tmp_path, mon
     with pytest.raises(DataError, match=rf"prediction .*{val[0]}.nii.gz for case {val[0]} not found "
                                         r"\(and 1 more of the 3 cases\); predict this split"):
         evaluate_module.evaluate(pred, data, split="val", show_progress=False)
+
+
+def test_a_prediction_read_back_is_called_a_prediction_in_its_errors(tmp_path):
+    """A tool's NIfTI prediction of interpolated values was said to be a "label"."""
+    import nibabel as nib
+
+    from fewsam.data import read_prediction
+    from fewsam.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2, seed=1)
+    dataset = open_dataset(data)
+    case = dataset.load(dataset.split("val")[0])
+    label = nib.load(data / "labelsTr" / f"{case.case_id}.nii.gz")
+    (tmp_path / "pred").mkdir()
+    blurred = np.asarray(label.dataobj).astype(np.float32) * 0.5
+    nib.save(nib.Nifti1Image(blurred, label.affine), tmp_path / "pred" / f"{case.case_id}.nii.gz")
+    with pytest.raises(DataError, match=r"the prediction holds non-integer values .*predictions must be class"):
+        read_prediction(case, tmp_path / "pred")

@@ -171,7 +171,7 @@ def test_errors_and_atomic_overwrite(tmp_path):
     with pytest.raises(DataError, match="shape"):
         write_prediction(case, np.zeros((1, 3, 3), np.uint8), out)
     write_prediction(case, np.full(case.image.shape, 7, np.uint8), out)
-    with pytest.raises(DataError, match=r"label values \[7\] in .*slice_15.h5"):
+    with pytest.raises(DataError, match=r"prediction values \[7\] in .*slice_15.h5"):
         read_prediction(case, out, ds.class_map)
     write_prediction(case, np.zeros(case.image.shape, np.uint8), out)
     assert [p.name for p in out.iterdir()] == ["patient099_frame01_slice_15.h5"]

@@ -92,7 +92,7 @@ def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
     if pred.shape != tuple(case.image.shape[:3]):
         raise DataError(f"prediction for {case.case_id} has shape {pred.shape}, "
                         f"expected {tuple(case.image.shape[:3])} (D, H, W)")
-    pred = to_label_array(pred, Path(case.rel_path))
+    pred = to_label_array(pred, Path(case.rel_path), "prediction")
     path = prediction_path(case, out_root)
     atomic_write_bytes(path, ENCODERS[case.format](case, pred))
     return path
@@ -114,7 +114,7 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
                         "was it written for another dataset or resized?")
     if class_map is not None:
         check_label_values(pred, class_map, path, "was it predicted by a run fitted on other classes? "
-                                                  "predict this split with a run fitted on this dataset")
+                                                  "predict this split with a run fitted on this dataset", "prediction")
     return pred
 
 
@@ -243,7 +243,7 @@ def _decode_h5(case: Case, path: Path) -> np.ndarray:
             data = np.asarray(f["pred"][()])
     except H5_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not HDF5?): {err}") from None
-    return _with_depth(to_label_array(data, path))
+    return _with_depth(to_label_array(data, path, "prediction"))
 
 
 def _decode_nifti(case: Case, path: Path) -> np.ndarray:
@@ -256,7 +256,7 @@ def _decode_nifti(case: Case, path: Path) -> np.ndarray:
         data = data[..., 0]
     if data.ndim not in (2, 3):
         raise DataError(f"prediction {path} must be 2D or 3D, got shape {data.shape}")
-    return to_slices(to_label_array(data, path), case.meta.get("slice_axis", 2))
+    return to_slices(to_label_array(data, path, "prediction"), case.meta.get("slice_axis", 2))
 
 
 def _on_case_grid(case: Case, image: Any, path: Path) -> Any:
@@ -284,7 +284,7 @@ def _decode_npz(case: Case, path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as data:
             if "pred" in data.files:
-                return _with_depth(to_label_array(np.asarray(data["pred"]), path))
+                return _with_depth(to_label_array(np.asarray(data["pred"]), path, "prediction"))
             key = next((k for k in MASK_KEYS if k in data.files), None)
             if key is None:
                 raise DataError(f"{path} has no 'pred' key (keys: {data.files})")

@@ -354,12 +354,12 @@ def check_pair(image: np.ndarray, label: np.ndarray | None, path: Path) -> None:
 
 
 def check_label_values(label: np.ndarray, class_map: ClassMap, path: Path,
-                       advice: str = "fix the label or the dataset's class names") -> None:
-    """Values outside the class map are an error naming them, the file and ``advice`` (what to do)."""
+                       advice: str = "fix the label or the dataset's class names", what: str = "label") -> None:
+    """Values outside the class map are an error naming them, the file (``what`` it is) and ``advice``."""
     allowed = {0, *class_map.labels}
     bad = sorted(int(v) for v in np.unique(label) if int(v) not in allowed)
     if bad:
-        raise DataError(f"label values {bad} in {path} are not in the class map "
+        raise DataError(f"{what} values {bad} in {path} are not in the class map "
                         f"{class_map.to_json()}; {advice}")
 
 
@@ -408,34 +408,35 @@ def to_image_array(array: np.ndarray, path: Path) -> np.ndarray:
 ROUNDING_NOISE = 1e-3  # float labels this close to integers are class indices stored with rounding noise
 
 
-def to_label_array(label: np.ndarray, path: Path) -> np.ndarray:
+def to_label_array(label: np.ndarray, path: Path, what: str = "label") -> np.ndarray:
     """Integer class indices as uint8; non-integers or values outside 0-255 are a DataError.
 
     Float labels within ``ROUNDING_NOISE`` of integers (a label saved through a scale factor, or
     as float32 by a converter: 0.99999994 for 1) are rounded, said once; values further off (0.5:
-    a label resampled with linear interpolation) are refused."""
+    a label resampled with linear interpolation) are refused. ``what`` names the file in errors: a
+    dataset's "label", or a tool's "prediction" read back for scoring."""
     if label.dtype.kind not in "biuf":
-        raise DataError(f"{path}: label type {label.dtype} cannot hold class indices; store integers")
-    label = rounded_float_label(label, path)
+        raise DataError(f"{path}: {what} type {label.dtype} cannot hold class indices; store integers")
+    label = rounded_float_label(label, path, what)
     if label.size and (label.min() < 0 or label.max() > 255):
         bad = sorted({int(v) for v in np.unique(label) if v < 0 or v > 255})
-        raise DataError(f"label values {bad} in {path} are not class indices 0-255")
+        raise DataError(f"{what} values {bad} in {path} are not class indices 0-255")
     return label.astype(np.uint8)
 
 
-def rounded_float_label(label: np.ndarray, path: Path) -> np.ndarray:
+def rounded_float_label(label: np.ndarray, path: Path, what: str = "label") -> np.ndarray:
     """A float label's values rounded to the integers they store (``to_label_array``'s rule); other
     types as they are. NaN, Inf and values off integers by more than ``ROUNDING_NOISE`` are a DataError."""
     if label.dtype.kind != "f":
         return label
     if not np.isfinite(label).all():
-        raise DataError(f"{path}: the label holds NaN or infinite values; labels must be class indices")
+        raise DataError(f"{path}: the {what} holds NaN or infinite values; {what}s must be class indices")
     rounded = np.rint(label)
     off = np.abs(label - rounded)
     if off.max(initial=0) > ROUNDING_NOISE:
         bad = sorted({float(v) for v in np.unique(label[off > ROUNDING_NOISE])[:5]})
-        raise DataError(f"{path}: the label holds non-integer values ({', '.join(f'{v:g}' for v in bad)}); "
-                        "labels must be class indices (resampled with nearest neighbour, not interpolation)")
+        raise DataError(f"{path}: the {what} holds non-integer values ({', '.join(f'{v:g}' for v in bad)}); "
+                        f"{what}s must be class indices (resampled with nearest neighbour, not interpolation)")
     if off.max(initial=0) > 0:
         say_once(f"{path}: label values off integers by up to {off.max():.1g} (float storage) are rounded "
                  "to class indices", key="label-rounding")
