@@ -127,3 +127,30 @@ def main_raising(monkeypatch, capsys, error: BaseException) -> tuple[int, list[s
         cli.main()
     return stop.value.code, capsys.readouterr().err.strip().splitlines()
 
+
+def write_png_cases(tmp_path: Path, label: np.ndarray, cases: dict[str, tuple[dict[str, str], np.ndarray]]
+                    ) -> tuple[Path, Path]:
+    """A binary PNG folder (random images, every mask ``label`` as 0/255, an index.csv with each
+    case's attribute columns, all in split "test") and a prediction folder holding each case's
+    prediction: (data root, prediction folder). ``cases``: id -> (attribute columns, prediction)."""
+    from PIL import Image
+
+    from fewsam.data import open_dataset, write_prediction
+
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "msk").mkdir()
+    columns = list(next(iter(cases.values()))[0])
+    rows = [",".join(["image", "mask", *columns, "split"])]
+    rng = np.random.default_rng(0)
+    for cid, (attributes, _) in cases.items():
+        Image.fromarray(rng.integers(0, 255, label.shape, dtype=np.uint8)).save(root / "img" / f"{cid}.png")
+        Image.fromarray(label * 255).save(root / "msk" / f"{cid}.png")
+        rows.append(",".join([f"img/{cid}.png", f"msk/{cid}.png", *(attributes[c] for c in columns), "test"]))
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    pred = tmp_path / "pred"
+    dataset = open_dataset(root)
+    for cid in dataset.split("test"):
+        write_prediction(dataset.load(cid), cases[cid.split("/")[-1]][1][None], pred)
+    return root, pred
+

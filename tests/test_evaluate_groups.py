@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
+
+from conftest import write_png_cases
 
 from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
@@ -26,21 +27,8 @@ CASES = {"a1": ("A", 22.0, LABEL), "a2": ("A", 28.0, HALF), "b1": ("B", 33.0, HA
 @pytest.fixture
 def png_data(tmp_path):
     """A PNG folder (index.csv with site and bmi columns) and a prediction folder for it."""
-    root = tmp_path / "data"
-    (root / "img").mkdir(parents=True)
-    (root / "msk").mkdir()
-    rows = ["image,mask,site,bmi,split"]
-    rng = np.random.default_rng(0)
-    for cid, (site, bmi, _) in CASES.items():
-        Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8)).save(root / "img" / f"{cid}.png")
-        Image.fromarray(LABEL * 255).save(root / "msk" / f"{cid}.png")
-        rows.append(f"img/{cid}.png,msk/{cid}.png,{site},{'' if bmi is None else bmi},test")
-    (root / "index.csv").write_text("\n".join(rows) + "\n")
-    pred = tmp_path / "pred"
-    dataset = open_dataset(root)
-    for cid in dataset.split("test"):
-        write_prediction(dataset.load(cid), CASES[cid.split("/")[-1]][2][None], pred)
-    return root, pred
+    return write_png_cases(tmp_path, LABEL, {cid: ({"site": site, "bmi": "" if bmi is None else str(bmi)}, pred)
+                                             for cid, (site, bmi, pred) in CASES.items()})
 
 
 def test_groups_es_dice_and_missing_by_hand(png_data):

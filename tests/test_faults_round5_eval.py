@@ -8,8 +8,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import write_png_cases
+
 from fewsam.cli import app
-from fewsam.data import open_dataset, write_prediction
+from fewsam.data import open_dataset
 from fewsam.evaluate import evaluate
 from fewsam.errors import DataError
 from fewsam.metrics import group_summary
@@ -94,21 +96,8 @@ LABEL[:2] = 1
 def png_data(tmp_path):
     """A binary PNG folder (masks 0/255; a site column of site numbers) and a perfect prediction
     folder for it."""
-    root = tmp_path / "data"
-    (root / "img").mkdir(parents=True)
-    (root / "msk").mkdir()
-    rows = ["image,mask,site,split"]
-    rng = np.random.default_rng(0)
-    for cid, site in (("a1", "2"), ("a2", "2"), ("b1", "10"), ("b2", "10")):
-        Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8)).save(root / "img" / f"{cid}.png")
-        Image.fromarray(LABEL * 255).save(root / "msk" / f"{cid}.png")
-        rows.append(f"img/{cid}.png,msk/{cid}.png,{site},test")
-    (root / "index.csv").write_text("\n".join(rows) + "\n")
-    pred = tmp_path / "pred"
-    dataset = open_dataset(root)
-    for cid in dataset.split("test"):
-        write_prediction(dataset.load(cid), LABEL[None], pred)
-    return root, pred
+    sites = {"a1": "2", "a2": "2", "b1": "10", "b2": "10"}
+    return write_png_cases(tmp_path, LABEL, {cid: ({"site": site}, LABEL) for cid, site in sites.items()})
 
 
 def test_a_png_prediction_in_another_coding_gets_advice_about_the_prediction(png_data):
