@@ -223,6 +223,27 @@ def test_a_4d_metaimage_series_is_read_as_its_first_volume_like_a_4d_nifti(tmp_p
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
 
 
+def test_a_one_volume_4d_metaimage_gets_a_one_volume_4d_prediction_as_a_nifti_does(tmp_path):
+    image, label = volume(shape=(8, 9, 4))
+    frame = sitk.GetImageFromArray(np.ascontiguousarray(image.T))
+    frame.SetSpacing((0.8, 0.9, 3.0))
+    frame.SetOrigin((10.0, -5.0, 7.0))
+    series = sitk.JoinSeries(frame, 2.0, 0.5)  # a time origin and spacing of its own
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    sitk.WriteImage(series, str(tmp_path / "images" / "one.mha"))
+    label_file = sitk.GetImageFromArray(np.ascontiguousarray(label.T))
+    label_file.CopyInformation(frame)
+    sitk.WriteImage(label_file, str(tmp_path / "labels" / "one.mha"))
+    case = open_dataset(tmp_path).load("one")
+    written = sitk.ReadImage(str(write_prediction(case, case.label, tmp_path / "pred")))
+    assert written.GetSize() == series.GetSize() == (8, 9, 4, 1)
+    np.testing.assert_allclose(written.GetOrigin(), series.GetOrigin())
+    np.testing.assert_allclose(written.GetSpacing(), series.GetSpacing())
+    np.testing.assert_allclose(written.GetDirection(), series.GetDirection())
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
 def test_nan_in_several_slices_is_said_in_plural():
     import numpy as np
 

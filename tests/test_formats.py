@@ -384,6 +384,19 @@ def test_colour_palette_masks_give_their_indices_as_classes_and_predictions_keep
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", ds.class_map), case.label)
 
 
+def test_the_void_index_of_voc_palette_masks_is_background_not_a_class(tmp_path):
+    save(tmp_path / "images" / "a.png", np.zeros((48, 64), np.uint8))
+    mask = (disc() > 0).astype(np.uint8) * 2
+    mask[0, :] = 255  # VOC draws "void" along object borders
+    _palette_mask(tmp_path / "masks" / "a.png", mask, VOC_PALETTE[:-3] + [224, 224, 192])
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {2: "class2"}
+    label = ds.load("images/a").label[0]
+    assert label[0].max() == 0 and (label == 2).sum() == (disc() > 0).sum() - (disc()[0] > 0).sum()
+    path = write_prediction(ds.load("images/a"), label[None], tmp_path / "pred")
+    assert set(np.unique(np.asarray(Image.open(path)))) == {0, 2}
+
+
 def test_grey_palette_masks_are_read_as_grey_levels(tmp_path):
     grey = [v for i in range(256) for v in (255 - i,) * 3]  # index 0 shows white, index 255 black
     save(tmp_path / "images" / "a.png", np.zeros((48, 64), np.uint8))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -15,6 +16,7 @@ from PIL import Image
 from fewsam import api
 from fewsam.data import open_dataset
 from fewsam.data.phantom import PHANTOM_CLASSES, phantom_volume, write_phantom_dataset
+from fewsam.errors import DataError
 from fewsam.evaluate import evaluate
 from fewsam.methods import supervised
 from fewsam.models import registry
@@ -85,3 +87,27 @@ def test_unlabelled_dicom_series_predicts_nifti_on_its_grid(run, tmp_path):
     np.testing.assert_allclose(pred.GetSpacing(), series.GetSpacing(), rtol=1e-6)
     np.testing.assert_allclose(pred.GetDirection(), series.GetDirection(), atol=1e-6)
     assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 3}
+
+
+def test_a_damaged_label_file_stops_evaluate_but_not_predict_or_embed(run, tmp_path, monkeypatch, fake_sam):
+    """Prediction and embedding read images only: a label they do not need cannot stop them."""
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    for folder in ("images", "labels"):
+        (data / folder).mkdir(parents=True)
+    for name in ("case1", "case2"):
+        image, label = phantom_volume(rng, slices=2, shape=(28, 30))
+        nib.save(nib.Nifti1Image(image.transpose(2, 1, 0), np.eye(4)), data / "images" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(label.transpose(2, 1, 0), np.eye(4)), data / "labels" / f"{name}.nii.gz")
+    damaged = data / "labels" / "case2.nii.gz"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert open_dataset(data).class_map.names == {1: "class1", 2: "class2", 3: "class3"}  # from case1
+    (data / "classes.json").write_text(json.dumps({str(k): v for k, v in PHANTOM_CLASSES.items()}))
+    written = predict(run, data, tmp_path / "pred", split="all", show_progress=False)
+    assert sorted(p.name for p in written) == ["case1.nii.gz", "case2.nii.gz"]
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: fake_sam)
+    stats = api.embed_dataset(data, split="all", cache_root=str(tmp_path / "cache"), show_progress=False,
+                              precision="fp32")
+    assert stats["cases"] == 2 and stats["encoded"] == 4
+    with pytest.raises(DataError, match="case2.nii.gz"):
+        evaluate(tmp_path / "pred", data, "all", show_progress=False)

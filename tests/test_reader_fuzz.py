@@ -275,3 +275,24 @@ def test_damaged_prediction_files_give_an_array_or_a_data_error(fmt, data, cut):
             except DataError:
                 continue
             assert pred.dtype == np.uint8 and pred.shape == (1, 3, 4)
+
+
+@pytest.mark.parametrize("fmt", [*PILLOW_FORMATS, "nii.gz"])
+def test_a_damaged_label_file_leaves_the_image_readable_without_it(fmt, tmp_path):
+    place(tmp_path, fmt, "label", valid_bytes(fmt, "label")[:20])
+    dataset = open_dataset(tmp_path)
+    cid = dataset.split("all")[0]
+    case = dataset.load(cid, with_label=False)
+    check_case(case)
+    assert case.label is None
+    with pytest.raises(DataError):
+        dataset.load(cid)
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npz"])
+def test_an_image_only_load_of_a_labelled_file_leaves_out_its_label(fmt, tmp_path):
+    place(tmp_path, fmt, "image", valid_bytes(fmt, "image"))
+    dataset = open_dataset(tmp_path)
+    cid = dataset.split("all")[0]
+    assert dataset.load(cid).label is not None
+    assert dataset.load(cid, with_label=False).label is None

@@ -53,7 +53,7 @@ def embed_dataset(data: str | Path, split: str | None = None, model_name: str = 
         from fewsam.distributed.ray_jobs import embed_cases_on_ray
 
         return embed_cases_on_ray(ray, data, ids, cache, checkpoint, device, ray_workers, show_progress)
-    embed_cases(dataset, ids, cache, device, show_progress)
+    embed_cases(dataset, ids, cache, device, show_progress, with_label=False)
     return {"cases": len(ids), "encoded": cache.misses, "cache_hits": cache.hits, "cache": str(cache.dir),
             "precision": cache.precision.name}
 

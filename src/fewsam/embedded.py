@@ -119,8 +119,10 @@ def embed_refs(
     show_progress: bool = True,
     description: str = "embed",
     views: int = 1,
+    with_label: bool = True,
 ) -> list[EmbeddedSlice]:
-    """The given slices (any order, any cases), each case read once; ``views`` dihedral views per slice."""
+    """The given slices (any order, any cases), each case read once; ``views`` dihedral views per
+    slice; ``with_label=False`` reads images only (an unlabelled pool)."""
     by_case: dict[str, list[int]] = defaultdict(list)
     for ref in refs:
         by_case[ref.case_id].append(ref.z)
@@ -129,7 +131,7 @@ def embed_refs(
         job = bar.add_task(description, total=len(refs) * views)
         advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
         for case_id, zs in by_case.items():
-            sub = _subcase(dataset.load(case_id), zs)
+            sub = _subcase(dataset.load(case_id, with_label=with_label), zs)
             for view in range(views):
                 for z, item in zip(zs, embed_case(_view(sub, view), cache, device, advance)):
                     item.ref, item.view = SliceRef(case_id, z), view
@@ -144,11 +146,13 @@ def embed_cases(
     device: str = "cpu",
     show_progress: bool = True,
     description: str = "embed",
+    with_label: bool = True,
 ) -> list[tuple[Case, CaseSlices]]:
-    """Whole cases (volumes) with all their slices embedded, for validation and prediction."""
+    """Whole cases (volumes) with all their slices embedded, for validation and prediction
+    (``with_label=False``: images only, for filling the cache)."""
     out = []
     for case_id in tracked(list(case_ids), description, show_progress):
-        case = dataset.load(case_id)
+        case = dataset.load(case_id, with_label=with_label)
         out.append((case, CaseSlices(case, cache, device)))
     return out
 

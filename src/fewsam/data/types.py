@@ -92,8 +92,10 @@ class Dataset(Protocol):
         """Case ids of a split: "train", "val", "test", or a list file relative to root."""
         ...
 
-    def load(self, case_id: str) -> Case:
-        """Read one case (image, label, attributes) from disk; raises DataError on bad files."""
+    def load(self, case_id: str, *, with_label: bool = True) -> Case:
+        """Read one case (image, label, attributes) from disk; raises DataError on bad files.
+        ``with_label=False`` reads the image only (``label`` is None): what embedding and
+        prediction need, so a damaged or missing label file does not stop them."""
         ...
 
     def subject_of(self, case_id: str) -> str:

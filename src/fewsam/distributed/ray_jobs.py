@@ -282,7 +282,7 @@ class EmbedWorker(CaseWorker):
 
         self._check()
         hits, misses, start = self.cache.hits, self.cache.misses, time.perf_counter()
-        case = self.dataset.load(case_id)
+        case = self.dataset.load(case_id, with_label=False)
         embed_case(case, self.cache, self.job.device)
         return {"case": case_id, "slices": case.num_slices, "encoded": self.cache.misses - misses,
                 "hits": self.cache.hits - hits, "seconds": time.perf_counter() - start, "host": self.host,

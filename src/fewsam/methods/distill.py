@@ -156,7 +156,7 @@ def teacher_labels(ctx: FitContext, folder: Path, config: dict, refs: list[Slice
         wanted.setdefault(ref.case_id, []).append(ref.z)
     by_ref: dict[tuple[str, int], np.ndarray] = {}
     for case_id in tracked(list(wanted), "pseudo-label", ctx.show_progress):
-        case: Case = ctx.dataset.load(case_id)
+        case: Case = ctx.dataset.load(case_id, with_label=False)
         slices = [] if method.predicts_from_pixels(folder) else CaseSlices(case, ctx.cache, ctx.device)
         volume = predictor.predict_case(case, slices)
         for z in wanted[case_id]:
@@ -175,7 +175,7 @@ def unlabelled_refs(ctx: FitContext, cfg: DistillConfig) -> list[SliceRef]:
 def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> SliceSet:
     """The unlabelled pool in the student frame, labelled by the teacher (stored in RUN, reused on resume)."""
     refs = unlabelled_refs(ctx, cfg)
-    data = load_slices(ctx.dataset, refs, cfg.image_size, ctx.values)
+    data = load_slices(ctx.dataset, refs, cfg.image_size, ctx.values, with_label=False)
     names = [f"{r.case_id}:{r.z}" for r in refs]
     saved = stored_pseudo_labels(run_dir / PSEUDO_FILE)
     fitted = teacher_fingerprint(Path(cfg.teacher))

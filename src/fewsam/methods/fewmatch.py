@@ -145,10 +145,9 @@ def unlabelled_refs(ctx: FitContext, cfg: FewMatchConfig) -> list[SliceRef]:
 
 def unlabelled_embeddings(ctx: FitContext, refs: list[SliceRef]) -> list[EmbeddedSlice]:
     """The unlabelled pool's cached embeddings (one view each), encoded on a miss."""
-    slices = embed_refs(ctx.dataset, refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
-    for s in slices:  # the consistency loss never reads labels: drop them so none can leak in
-        s.label, s.label_frame = None, None
-    return slices
+    # images only: the consistency loss never reads labels, so none can leak in
+    return embed_refs(ctx.dataset, refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled",
+                      with_label=False)
 
 
 def fit(ctx: FitContext, cfg: FewMatchConfig, run_dir: Path) -> TrainResult:

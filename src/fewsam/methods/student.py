@@ -142,15 +142,16 @@ class SliceSet:
 
 
 def load_slices(dataset: Dataset, refs: Sequence[SliceRef], size: int, values: list[int],
-                keep_originals: bool = False) -> SliceSet:
-    """Read the slices (each case once) into the student frame."""
+                keep_originals: bool = False, with_label: bool = True) -> SliceSet:
+    """Read the slices (each case once) into the student frame (``with_label=False``: images
+    only, for a pool whose labels must not be read)."""
     lut = value_lut(values)
     cases: dict[str, Case] = {}
     images, labels, shapes, originals = [], [], [], []
     for ref in refs:
         if ref.case_id not in cases:
             cases.clear()  # refs come grouped by case in budget order: keep one case in memory
-            cases[ref.case_id] = dataset.load(ref.case_id)
+            cases[ref.case_id] = dataset.load(ref.case_id, with_label=with_label)
         case = cases[ref.case_id]
         image, label = case.slice_image(ref.z), case.slice_label(ref.z)
         images.append(student_image(image, size))

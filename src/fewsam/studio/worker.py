@@ -100,7 +100,7 @@ def predict_cases(spec: dict[str, Any], status: Status) -> list[str]:
     out = Path(spec["project"]) / PREDICTIONS / spec["fit"]
     for done, case_id in enumerate(cases):
         status.update(message=f"predicting {case_id} ({done + 1}/{len(cases)})", cases_done=done)
-        case = dataset.load(case_id)
+        case = dataset.load(case_id, with_label=False)
         labels, entropy = predict_with_entropy(predictor, CaseSlices(case, cache, spec["device"]))
         atomic_write_bytes(out / f"{case_key(case_id)}.npz", encode_prediction(case_id, spec["fit"], labels, entropy))
     status.update(cases_done=len(cases))

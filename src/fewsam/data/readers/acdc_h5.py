@@ -76,7 +76,8 @@ class AcdcH5Dataset(IndexedDataset):
         try:
             with _open(path) as f:
                 image = to_image_array(np.asarray(_dataset(f, "image", path)[()]), path)
-                label = np.asarray(_dataset(f, "label", path)[()]) if "label" in f else None
+                wanted = entry.label is not None and "label" in f
+                label = np.asarray(_dataset(f, "label", path)[()]) if wanted else None
         except H5_ERRORS as err:
             raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
         ndim = image.ndim

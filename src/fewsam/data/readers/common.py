@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -127,9 +127,9 @@ class IndexedDataset:
         """Named splits of this dataset (list files in root can be used as well)."""
         return [*(s for s in self.splits if self.splits[s]), *self.split_files, "all"]
 
-    def load(self, case_id: str) -> Case:
+    def load(self, case_id: str, *, with_label: bool = True) -> Case:
         entry = self._entry(case_id)
-        got = self._read(entry)
+        got = self._read(entry if with_label else replace(entry, label=None))
         check_image(got.image, entry.image)
         check_finite(got.image, entry.image, case_id)
         check_pair(got.image, got.label, entry.image)

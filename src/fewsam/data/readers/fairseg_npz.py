@@ -90,7 +90,7 @@ class FairSegDataset(IndexedDataset):
                 keys = set(data.files)
                 image_key = _first(keys, IMAGE_KEYS, entry.image, "image")
                 image = _greyscale(to_image_array(np.asarray(data[image_key]), entry.image), entry.image)
-                mask_key = next((k for k in MASK_KEYS if k in keys), None)
+                mask_key = next((k for k in MASK_KEYS if k in keys), None) if entry.label is not None else None
                 mask = None if mask_key is None else np.asarray(data[mask_key])
                 raw = {k: _scalar(data[k]) for k in keys - {image_key, *MASK_KEYS} if data[k].size == 1}
         except NPZ_ERRORS as err:

@@ -139,6 +139,9 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     geometry = {"origin": origin_xyz, "spacing": spacing, "direction": tuple(direction.ravel().tolist()),
                 "dimension": space, "components": components,
                 "ending": _ONE_FILE[itk_ending(path.name) or ".mha"]}
+    if dims == 4 and image.GetSize()[3] == 1:  # one volume: its prediction keeps the 4th axis, as NIfTI's does
+        geometry["series"] = {"origin": image.GetOrigin(), "spacing": image.GetSpacing(),
+                              "direction": image.GetDirection()}
     # the file's own voxel type, 64-bit integers included (numpy's default, so pynrrd's and many scripts'
     # NRRDs): nibabel refuses those unless the type is named
     return nib.Nifti1Image(np.ascontiguousarray(xyz), affine, dtype=xyz.dtype), geometry
@@ -148,9 +151,13 @@ def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:
     """A uint8 prediction in NIfTI (x, y, z) order as the bytes of an ITK file on ``geometry``."""
     zyx = pred_xyz.transpose(2, 1, 0) if geometry["dimension"] == 3 else pred_xyz[:, :, 0].T
     image = sitk.GetImageFromArray(np.ascontiguousarray(zyx, dtype=np.uint8))
-    image.SetOrigin(geometry["origin"])
-    image.SetSpacing(geometry["spacing"])
-    image.SetDirection(geometry["direction"])
+    series = geometry.get("series")
+    if series:  # a one-volume 4D input gets a one-volume 4D prediction, which viewers overlay on it
+        image = sitk.JoinSeries(image)
+    place = series or geometry
+    image.SetOrigin(place["origin"])
+    image.SetSpacing(place["spacing"])
+    image.SetDirection(place["direction"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"pred{geometry['ending']}"
         with quiet_itk():

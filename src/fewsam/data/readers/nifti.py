@@ -77,13 +77,24 @@ class ClassesFromLabelFiles:
             values: set[int] = set()
             for e in self.entries.values():
                 if e.label is not None:
-                    values |= {int(v) for v in np.unique(_label_array(e.label))}
+                    values |= _label_values_or_none(e.label)
             self._class_map = ClassMap({v: f"class{v}" for v in sorted(values - {0})})
         return self._class_map
 
     @class_map.setter
     def class_map(self, value: ClassMap | None) -> None:
         self._class_map = value
+
+
+def _label_values_or_none(path: Path) -> set[int]:
+    """The values in one label file; an unreadable file adds none and is named in the log, so a
+    damaged label stops only the commands that read that case's label (fit, evaluate), which then
+    say why, and not prediction or embedding, which never need it."""
+    try:
+        return {int(v) for v in np.unique(_label_array(path))}
+    except DataError as err:
+        say_once(f"class scan: {err}; its values are left out of the classes found", key=f"class-scan-{path}")
+        return set()
 
 
 class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):

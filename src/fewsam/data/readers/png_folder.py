@@ -168,7 +168,7 @@ class PngFolderDataset(IndexedDataset):
     def _read(self, entry: Entry) -> Read:
         image = read_image(entry.image, self.style.rgb)
         label, skipped = None, []
-        for path in self.masks[entry.case_id]:
+        for path in self.masks[entry.case_id] if entry.label is not None else []:
             decoded = self._read_mask(path)
             if label is None:
                 label = decoded
@@ -233,7 +233,9 @@ def _generic_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyl
     zero_one = PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, rgb)
     paths = [path for row in rows for path in _mask_paths(root, row) if path.is_file()]
     for i, path in enumerate(paths):
-        pixels, lossy = read_mask_file(path)
+        if (read := _scanned_mask(path)) is None:
+            continue
+        pixels, lossy = read
         top = int(pixels.max(initial=0))
         if not top:
             continue
@@ -252,7 +254,9 @@ LOSSY_ZERO_ONE_MAX = 15  # a JPEG mask whose values stay at or below this was sa
 
 def _holds_class_indices(path: Path) -> bool:
     """Whether a mask holds class indices above 1 (2 to INDEX_MASK_MAX, grey, lossless)."""
-    pixels, lossy = read_mask_file(path)
+    if (read := _scanned_mask(path)) is None:
+        return False
+    pixels, lossy = read
     return not lossy and 2 <= int(pixels.max(initial=0)) <= INDEX_MASK_MAX and not _has_colour(path)
 
 
@@ -265,7 +269,7 @@ def _index_style(paths: list[Path], rgb: bool) -> PngStyle:
     each value found in the masks is a class, named ``class<i>`` (classes.json names them), and
     predictions are written as the same indices. Read as 0/255 they would be refused at their first
     class 2. Reads every mask once, to find the classes."""
-    classes = sorted(set().union(*(np.unique(read_mask_pixels(path)).tolist() for path in paths)) - {0})
+    classes = sorted(_values_in(paths) - {0})
     coding = {value: value for value in [0, *classes]}
     return PngStyle("index", ClassMap({c: f"class{c}" for c in classes}), coding, dict(coding), rgb)
 
@@ -274,16 +278,42 @@ def _palette_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyl
     """Masks saved as colour-palette PNGs (VOC-style tools, labelme): each palette index is a class,
     named ``class<i>`` (classes.json names them); predictions are written with the same palette.
     None when the first mask is not such a file. Reads every mask once, to find the classes."""
-    paths = [path for row in rows for path in _mask_paths(root, row)]
-    if not paths or paths[0].suffix.lower() != ".png":
+    paths = [path for row in rows for path in _mask_paths(root, row) if path.is_file()]
+    first = next((path for path in paths if _scanned_mask(path) is not None), None)
+    if first is None or first.suffix.lower() != ".png":
         return None
-    palette = _decode(paths[0], lambda im: im.getpalette() if im.mode == "P" and _colour_palette(im) else None)
+    palette = _decode(first, lambda im: im.getpalette() if im.mode == "P" and _colour_palette(im) else None)
     if palette is None:
         return None
-    classes = sorted(set().union(*(np.unique(read_mask_pixels(path)).tolist() for path in paths)) - {0}) or [1]
+    values = _values_in(paths) - {0}
+    void = VOID_INDEX in values and len(values) > 1
+    if void:
+        say_once(f"{root}: palette index {VOID_INDEX} in the masks is read as background, as VOC-style tools "
+                 "mean it (\"void\": unlabelled borders); a classes.json naming it as a class reads it so")
+    classes = sorted(values - {VOID_INDEX} if void else values) or [1]
     coding = {value: value for value in [0, *classes]}
-    return PngStyle("palette", ClassMap({c: f"class{c}" for c in classes}), coding, dict(coding), rgb,
+    to_class = {**coding, VOID_INDEX: 0} if void else dict(coding)
+    return PngStyle("palette", ClassMap({c: f"class{c}" for c in classes}), to_class, coding, rgb,
                     palette=tuple(palette))
+
+
+VOID_INDEX = 255  # VOC's palette index for unlabelled borders, beside small class indices
+
+
+def _scanned_mask(path: Path) -> tuple[np.ndarray, bool] | None:
+    """A mask read to find the folder's coding, or None (said once) when it cannot be read: the
+    coding comes from the others, and the damaged file stops only what needs that case's mask
+    (fit, evaluate), naming it; prediction and embedding never read it."""
+    try:
+        return read_mask_file(path)
+    except DataError as err:
+        say_once(f"mask scan: {err}; left out of the scan for the masks' coding", key=f"mask-scan-{path}")
+        return None
+
+
+def _values_in(paths: list[Path]) -> set[int]:
+    """Every pixel value in the readable masks of ``paths``."""
+    return set().union(*(np.unique(read[0]).tolist() for path in paths if (read := _scanned_mask(path))))
 
 
 def _looks_like_busi(root: Path, rows: list[dict[str, str]]) -> bool:
