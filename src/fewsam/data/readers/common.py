@@ -273,7 +273,11 @@ def files_below(root: Path) -> Iterator[Path]:
 
     ``Path.rglob`` does not enter a link to a folder, and data is often linked in rather than copied
     (``ln -s /datasets/kvasir/images images``): such a dataset was "no known data layout", or lost
-    the cases under the link. A link back to a folder above (a loop) is entered once only."""
+    the cases under the link. A link back to a folder above (a loop) is entered once only.
+
+    Folders that tools keep for themselves below the data are not entered (``is_tool_folder``):
+    Jupyter's ``.ipynb_checkpoints`` copies, a desktop's ``.Trash-1000`` on a USB drive and macOS's
+    ``__MACOSX`` hold images that are not the dataset's, and read as cases they changed its splits."""
     seen: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -281,8 +285,14 @@ def files_below(root: Path) -> Iterator[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        dirs[:] = sorted(name for name in dirs if not is_tool_folder(name))
         yield from (Path(folder) / name for name in sorted(files))
+
+
+def is_tool_folder(name: str) -> bool:
+    """Whether a folder below the data is a tool's own (hidden, or macOS's ``__MACOSX`` of a zip's
+    metadata) rather than the dataset's: its files are copies, deleted files or metadata."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def files_ending_with(folder: Path, suffix: str) -> list[Path]:
