@@ -69,3 +69,28 @@ def test_a_dicom_series_in_a_hidden_folder_is_not_a_case(tmp_path):
     write_series(tmp_path / "data" / "patient1" / "cine", series)
     write_series(tmp_path / "data" / ".Trash-1000" / "files" / "patient2" / "cine", series)
     assert open_dataset(tmp_path / "data").split("all") == ["patient1/cine"]
+
+
+# ---------------------------------------------------------------- pairs and masks
+
+
+def test_an_image_and_mask_of_different_sizes_are_both_named(tmp_path):
+    root = image_mask_folder(tmp_path / "data", ["c0", "c1"])
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "masks" / "c1.png")
+    with pytest.raises(DataError, match=r"differ for image .*images/c1.png and label .*masks/c1.png: "
+                                        r"image \(1, 20, 24\), label \(1, 10, 12\)"):
+        open_dataset(root).load("images/c1")
+
+
+def test_a_mask_without_an_image_of_its_name_is_said(tmp_path, notices):
+    """images/c 1.png beside masks/c1.png: the mask was left out and its image unlabelled, unsaid."""
+    root = image_mask_folder(tmp_path / "data", ["c0", "c1", "c2"])
+    (root / "images" / "c1.png").rename(root / "images" / "c 1.png")
+    ds = open_dataset(root)
+    assert not ds.has_label("images/c 1")
+    assert "1 mask(s) have no image of their name and are left out: masks/c1.png" in notices.text
+
+
+def test_masks_paired_with_their_images_say_nothing(tmp_path, notices):
+    open_dataset(image_mask_folder(tmp_path / "data", ["c0", "c1"]))
+    assert "no image of their name" not in notices.text

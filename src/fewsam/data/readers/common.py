@@ -132,7 +132,7 @@ class IndexedDataset:
         got = self._read(entry if with_label else replace(entry, label=None))
         check_image(got.image, entry.image)
         check_finite(got.image, entry.image, case_id)
-        check_pair(got.image, got.label, entry.image)
+        check_pair(got.image, got.label, entry.image, entry.label)
         if got.label is not None and self.check_label_values:
             check_label_values(got.label, self.class_map, entry.label or entry.image)
         return Case(case_id=case_id, image=got.image, label=got.label, format=self.format,
@@ -356,10 +356,12 @@ def check_finite(image: np.ndarray, path: Path | str, case_id: str) -> None:
                         "fix the image (or re-export it) and run again")
 
 
-def check_pair(image: np.ndarray, label: np.ndarray | None, path: Path) -> None:
-    """Image (D,H,W[,3]) and label (D,H,W) must agree on the voxel grid."""
+def check_pair(image: np.ndarray, label: np.ndarray | None, path: Path, label_path: Path | None = None) -> None:
+    """Image (D,H,W[,3]) and label (D,H,W) must agree on the voxel grid. The error names both files
+    where the label has its own (a mask beside its image), so the user knows which pair to redo."""
     if label is not None and tuple(image.shape[:3]) != tuple(label.shape):
-        raise DataError(f"image and label shapes differ for {path}: image {tuple(image.shape)}, "
+        pair = f"image {path} and label {label_path}" if label_path not in (None, path) else f"{path}"
+        raise DataError(f"image and label shapes differ for {pair}: image {tuple(image.shape)}, "
                         f"label {tuple(label.shape)}; re-export the pair on the same grid")
 
 

@@ -458,7 +458,26 @@ def _scan(root: Path) -> list[dict[str, str]]:
                 extras.get((image.parent, stem), [])
         rows.append({"image": image.relative_to(root).as_posix(),
                      "masks": ";".join(m.relative_to(root).as_posix() for m in masks)})
+    note_unpaired_masks(root, files, rows)
     return rows
+
+
+def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, str]]) -> None:
+    """Say which masks no image was paired with (``masks/case1.png`` beside ``images/case 1.png``, an
+    image renamed or deleted): left out without a word, their images counted as unlabelled and fit
+    on fewer labelled images than the user drew."""
+    paired = {mask for row in rows for mask in _split_masks(row["masks"])}
+    unpaired = [rel for p in files if _is_mask_file(root, p)
+                and (rel := p.relative_to(root).as_posix()) not in paired]
+    if unpaired:
+        shown = ", ".join(unpaired[:3]) + (" ..." if len(unpaired) > 3 else "")
+        say_once(f"{root}: {len(unpaired)} mask(s) have no image of their name and are left out: {shown}; "
+                 "name each image as its mask (or the mask as its image plus _mask)", key=f"unpaired-masks-{root}")
+
+
+def _is_mask_file(root: Path, path: Path) -> bool:
+    """Whether the scan takes ``path`` for a mask: in a mask folder, or named ``<image>_mask``."""
+    return "_mask" in path.stem.lower() or _deepest(path.relative_to(root).parts[:-1], MASK_DIRS) is not None
 
 
 def _deepest(folders: tuple[str, ...], names: tuple[str, ...]) -> int | None:
