@@ -71,6 +71,66 @@ def test_a_dicom_series_in_a_hidden_folder_is_not_a_case(tmp_path):
     assert open_dataset(tmp_path / "data").split("all") == ["patient1/cine"]
 
 
+# ---------------------------------------------------------------- list files naming image files
+
+
+def test_list_files_name_nnunet_cases_by_their_image_files(tmp_path):
+    """``ls imagesTr > val.list`` gives phantom_000_0000.nii.gz, which is no case id."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=0)
+    lines = ["imagesTr/phantom_000_0000.nii.gz", "phantom_001_0000.nii.gz", "imagesTr\\phantom_002_0000",
+             str((data / "labelsTr" / "phantom_001.nii.gz").resolve()).replace("phantom_001", "phantom_002")]
+    (data / "mine.list").write_text("\n".join(lines[:3]) + "\n")
+    assert open_dataset(data).split("mine.list") == ["phantom_000", "phantom_001", "phantom_002"]
+    (data / "absolute.list").write_text(lines[3] + "\n")
+    assert open_dataset(data).split("absolute.list") == ["phantom_002"]
+
+
+def test_list_files_name_2d_images_by_their_stem_and_refuse_a_name_two_cases_share(tmp_path):
+    root = image_mask_folder(tmp_path / "data", [])
+    for folder in ("images/a", "images/b"):
+        image_mask_folder(tmp_path / "tmp" / folder, ["x", "y" if folder.endswith("a") else "z"])
+        shutil.copytree(tmp_path / "tmp" / folder / "images", root / folder)
+        shutil.copytree(tmp_path / "tmp" / folder / "masks", root / folder.replace("images", "masks"))
+    (root / "stems.list").write_text("y\nz.png\n")
+    assert open_dataset(root).split("stems.list") == ["images/a/y", "images/b/z"]
+    (root / "shared.list").write_text("x\n")
+    with pytest.raises(DataError, match=r"'x' in a list file of .* names a file of several cases \(images/a/x, "
+                                        r"images/b/x\); list the case id"):
+        open_dataset(root).split("shared.list")
+
+
+def test_a_list_typed_by_hand_names_a_file_whose_name_macos_decomposed(tmp_path):
+    """macOS stores "Müller" as u + combining diaeresis (NFD); a list typed by hand holds ü (NFC)."""
+    name = unicodedata.normalize("NFD", "Müller")
+    root = image_mask_folder(tmp_path / "data", [name, "other"])
+    (root / "one.list").write_text(unicodedata.normalize("NFC", "Müller") + "\n", encoding="utf-8")
+    assert open_dataset(root).split("one.list") == [f"images/{name}"]
+
+
+def test_a_json_list_of_ids_or_monai_records_names_its_cases(tmp_path):
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=0)
+    (data / "ids.json").write_text(json.dumps(["phantom_002", "phantom_000"]))
+    assert open_dataset(data).split("ids.json") == ["phantom_002", "phantom_000"]
+    records = [{"image": "imagesTr/phantom_001_0000.nii.gz", "label": "labelsTr/phantom_001.nii.gz"}]
+    (data / "records.json").write_text(json.dumps(records))
+    assert open_dataset(data).split("records.json") == ["phantom_001"]
+
+
+def test_a_json_datalist_object_is_refused_without_quoting_all_of_it(tmp_path):
+    """Read as lines, the whole file was one "case", and the error quoted every byte of it."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=0)
+    records = [{"image": f"imagesTr/phantom_00{i}_0000.nii.gz"} for i in range(3)] * 40
+    (data / "datalist.json").write_text(json.dumps({"training": records, "validation": records[:1]}))
+    with pytest.raises(DataError) as err:
+        open_dataset(data).split("datalist.json")
+    message = str(err.value)
+    assert "holds a JSON object (keys training, validation), not a list of cases" in message
+    assert "imagesTr" not in message and len(message) < 400
+    (data / "folds.json").write_text(json.dumps([{"train": ["phantom_000"], "val": ["phantom_001"]}]))
+    with pytest.raises(DataError, match='holds {"train": .*which names no case'):
+        open_dataset(data).split("folds.json")
+
+
 # ---------------------------------------------------------------- pairs and masks
 
 

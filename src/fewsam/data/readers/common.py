@@ -11,10 +11,11 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class IndexedDataset:
         self.tables: list[AttributeTable] = []
         self.check_label_values = True
         self.computed_splits: tuple[str, ...] = ()  # splits fewsam made up (not named by the data)
-        self._aliases: dict[str, str] | None = None
+        self._aliases: dict[str, str | tuple[str, ...]] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, {len(self.entries)} cases)"
@@ -201,20 +202,35 @@ class IndexedDataset:
                             "check the id against the dataset's list files") from None
 
     def _id_for_line(self, line: str) -> str:
-        """Map one list-file line (an id, a file name or a relative path) to a case id."""
+        """Map one list-file line to a case id: the id, or a file of the case as the user lists it
+        (``case_aliases``), relative to the data folder or as an absolute path inside it. A name
+        that several cases' files share (``x.png`` in two folders) is refused, naming them."""
         line = line.strip().replace("\\", "/").removeprefix("./")
         if line in self.entries:
             return line
         if self._aliases is None:
-            self._aliases = {}
-            for entry in self.entries.values():
-                self._aliases.setdefault(Path(entry.rel_path).name, entry.case_id)
-                self._aliases[entry.rel_path] = entry.case_id
-        return self._aliases.get(line, strip_suffixes(line))
+            self._aliases = case_aliases(self.root, self.entries.values())
+        key = unicodedata.normalize("NFC", self._inside_root(line))
+        for candidate in (key, strip_suffixes(key)):
+            found = self._aliases.get(candidate)
+            if isinstance(found, tuple):
+                raise DataError(f"{line!r} in a list file of {self.root} names a file of several cases "
+                                f"({', '.join(found[:3])}); list the case id or the path below {self.root}")
+            if found is not None:
+                return found
+        return strip_suffixes(key)
+
+    def _inside_root(self, line: str) -> str:
+        """An absolute path inside the data folder (``ls $PWD/imagesTr/*`` in a list), relative to it;
+        any other line as it is."""
+        if not os.path.isabs(line):
+            return line
+        relative = os.path.relpath(os.path.abspath(line), os.path.abspath(self.root))
+        return line if relative.startswith("..") else Path(relative).as_posix()
 
     def _read_list_file(self, name: str) -> list[str]:
         path = self._list_path(name)
-        ids = [self._id_for_line(ln) for ln in read_lines(path)]
+        ids = [self._id_for_line(ln) for ln in read_list_lines(path)]
         self.check_known(ids, str(path))
         return ids
 
@@ -238,6 +254,31 @@ class IndexedDataset:
             raise DataError(f"{source} names {len(missing)} case(s) with no file in {self.root}: "
                             f"{shown}; fix the list or restore the files")
         check_unique(ids, source)
+
+
+def case_aliases(root: Path, entries: Iterable[Entry]) -> dict[str, str | tuple[str, ...]]:
+    """The names a list file may give a case by, each to its case id (or to the ids of every case it
+    could mean, a tuple, where cases share it): the case's relative path and the paths below ``root``
+    of its image and label files, each also by its file name and without its suffix. An nnU-Net
+    image is listed as ``imagesTr/x_0000.nii.gz`` or ``x_0000`` (``ls imagesTr > val.list``) and a
+    2D image by its stem (``benign (1)``, ``c0``), though none of these is the case id. Keys are
+    Unicode-normalised (NFC), as a list typed by hand is while a macOS file name is not (NFD)."""
+    meanings: dict[str, set[str]] = {}
+    for entry in entries:
+        for name in _listed_names(root, entry):
+            meanings.setdefault(unicodedata.normalize("NFC", name), set()).add(entry.case_id)
+    return {name: next(iter(ids)) if len(ids) == 1 else tuple(natural_sorted(ids)) for name, ids in meanings.items()}
+
+
+def _listed_names(root: Path, entry: Entry) -> set[str]:
+    """Every name of ``case_aliases`` for one case."""
+    paths = {entry.case_id, entry.rel_path}
+    for file in (entry.image, entry.label):
+        relative = None if file is None else os.path.relpath(os.path.abspath(file), os.path.abspath(root))
+        if relative is not None and not relative.startswith(".."):
+            paths.add(Path(relative).as_posix())
+    names = paths | {path.rsplit("/", 1)[-1] for path in paths}
+    return names | {strip_suffixes(name) for name in names}
 
 
 def entries_by_case(entries: list[Entry]) -> dict[str, Entry]:
@@ -403,6 +444,36 @@ def read_lines(path: Path) -> list[str]:
     except OSError as err:
         raise DataError(f"cannot read list file {path}: {err}") from None
     return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def read_list_lines(path: Path) -> list[str]:
+    """The cases a list file names, one per line (``read_lines``), or in a ``.json`` list: a JSON
+    array of case ids or file paths, or of MONAI datalist records (``{"image": path, "label": ...}``),
+    each named by its image. Read as lines, a JSON file was one "case" of all its text, and the
+    error quoted every byte of it."""
+    if path.suffix.lower() != ".json":
+        return read_lines(path)
+    try:
+        items = json.loads(user_text(path))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read list file {path}: {first_line(err)}") from None
+    if not isinstance(items, list):
+        what = (f"a JSON object (keys {', '.join(map(str, list(items)[:4]))})" if isinstance(items, dict)
+                else f"the JSON value {_shortened(json.dumps(items))}")
+        raise DataError(f"list file {path} holds {what}, not a list of cases; give a JSON list of case ids, file "
+                        "paths or records with an \"image\" (a MONAI datalist's \"validation\" list, saved on its "
+                        "own), or a text file with one case per line")
+    lines = [item.get("image") if isinstance(item, dict) else item for item in items]
+    bad = next((item for item, line in zip(items, lines) if not isinstance(line, str)), None)
+    if bad is not None:
+        raise DataError(f"list file {path} holds {_shortened(json.dumps(bad))}, which names no case; each item "
+                        'must be a case id, a file path or a record with an "image" path')
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for a one-line message."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def to_image_array(array: np.ndarray, path: Path) -> np.ndarray:
