@@ -71,6 +71,32 @@ def test_a_dicom_series_in_a_hidden_folder_is_not_a_case(tmp_path):
     assert open_dataset(tmp_path / "data").split("all") == ["patient1/cine"]
 
 
+# ---------------------------------------------------------------- predictions inside the data folder
+
+
+def test_predict_refuses_an_out_folder_inside_a_png_folder_that_is_read_whole(run, tmp_path):  # noqa: F811
+    """Every image below a scanned 2D folder is a case: DATA/preds became 3 more unlabelled cases."""
+    data = image_mask_folder(tmp_path / "data", ["c0", "c1", "c2"], shape=(64, 72))
+    with pytest.raises(RunError, match="every image below it is read as a case"):
+        predict(run, data, data / "preds", split="all", show_progress=False)
+    assert not (data / "preds").exists()
+    assert open_dataset(data).split("all") == ["images/c0", "images/c1", "images/c2"]
+
+
+def test_evaluate_refuses_predictions_inside_a_png_folder_that_is_read_whole(tmp_path):
+    data = image_mask_folder(tmp_path / "data", ["c0", "c1"])
+    shutil.copytree(data / "masks", data / "preds" / "images")
+    with pytest.raises(DataError, match="lies in the dataset's own folder"):
+        evaluate(data / "preds", data, split="all", show_progress=False)
+
+
+def test_a_sibling_prediction_folder_of_an_nnunet_dataset_stays_allowed(run, tmp_path):  # noqa: F811
+    """nnU-Net reads only its own folders: DATA/imagesTs_pred (nnU-Net users' habit) is no case."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2, seed=3)
+    written = predict(run, data, data / "imagesTs_pred", split="all", show_progress=False)
+    assert len(written) == 2 and all(p.is_file() for p in written)
+
+
 # ---------------------------------------------------------------- list files naming image files
 
 

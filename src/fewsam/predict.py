@@ -167,8 +167,10 @@ def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
     check_folder_path(out, "--out")
     inside = dataset_folder_holding(out, dataset)
     if inside is not None:
-        raise RunError(f"--out {out} lies in the dataset's own folder {inside}; predictions would mix with "
-                       f"its files: write them outside {dataset.root}")
+        harm = ("every image below it is read as a case, so its predictions would become cases of the dataset"
+                if getattr(dataset, "reads_whole_tree", False) else "predictions would mix with its files")
+        raise RunError(f"--out {out} lies in the dataset's own folder {inside}; {harm}: write them outside "
+                       f"{dataset.root}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
 
@@ -188,11 +190,13 @@ def check_cache_folder(root: str | Path, data: str | Path | None = None) -> None
 
 def dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
     """The dataset folder (its root, a folder holding its images or labels, or a DICOM series folder)
-    that ``out`` is or lies in; None when ``out`` is outside them (a new sibling of the images under
-    root is fine)."""
+    that ``out`` is or lies in; None when ``out`` is outside them. A new sibling of the images under
+    root is fine where the layout reads fixed folders (nnU-Net's imagesTr/, an index.csv), but not
+    where it reads every image below root (``reads_whole_tree``): PNG predictions there would be
+    read back as unlabelled images, changing the dataset's cases and its computed splits."""
     target = out.resolve()
     root = Path(dataset.root).resolve()
-    if target == root:
+    if target == root or (getattr(dataset, "reads_whole_tree", False) and root in target.parents):
         return root
     by_parent: dict[Path, set[str]] = {}
     for entry in getattr(dataset, "entries", {}).values():

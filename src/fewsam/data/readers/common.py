@@ -64,6 +64,9 @@ class IndexedDataset:
 
     layout = "?"
     format: Format = "png"
+    # Whether every image file below root is read as a case (a folder scan, not fixed folders or an
+    # index): then a folder of predictions anywhere below root would become cases of the dataset.
+    reads_whole_tree = False
 
     def __init__(self, root: Path, class_map: ClassMap, entries: list[Entry]) -> None:
         self.root = root

@@ -139,7 +139,7 @@ class PngFolderDataset(IndexedDataset):
     format = "png"
 
     def __init__(self, root: Path) -> None:
-        rows = _index_rows(root)
+        rows, self.reads_whole_tree = _index_rows(root)
         task = _single_task(rows, root)
         entries = [_entry(root, row) for row in rows]
         _check_unique(entries, root)
@@ -387,11 +387,13 @@ def _ranged_style(specs: dict[int, dict[str, Any]], to_pixel: dict[int, int], cl
     return PngStyle("custom", class_map, to_class, to_pixel, rgb, ranged=True)
 
 
-def _index_rows(root: Path) -> list[dict[str, str]]:
-    """Rows with image/mask paths relative to root (own index, parent index, or a scan)."""
+def _index_rows(root: Path) -> tuple[list[dict[str, str]], bool]:
+    """Rows with image/mask paths relative to root (own index, parent index, or a scan), and whether
+    they come from the scan, which reads every image file below root as a case."""
     if (root / "index.csv").is_file():
-        return _read_index(root / "index.csv")
-    return _parent_rows(root) or _scan(root)
+        return _read_index(root / "index.csv"), False
+    rows = _parent_rows(root)
+    return (rows, False) if rows else (_scan(root), True)
 
 
 def _read_index(path: Path) -> list[dict[str, str]]:
