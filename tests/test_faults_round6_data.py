@@ -180,3 +180,36 @@ def test_a_mask_without_an_image_of_its_name_is_said(tmp_path, notices):
 def test_masks_paired_with_their_images_say_nothing(tmp_path, notices):
     open_dataset(image_mask_folder(tmp_path / "data", ["c0", "c1"]))
     assert "no image of their name" not in notices.text
+
+
+# ---------------------------------------------------------------- prediction folders of other tools
+
+
+@pytest.fixture
+def phantom_and_labels(tmp_path) -> tuple[Path, list[str]]:
+    """A phantom and its val split; the labels stand in for a tool's predictions."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=2, slices=2, seed=2)
+    return data, open_dataset(data).split("val")
+
+
+def test_metaimage_predictions_of_a_nifti_dataset_are_read_on_its_grid(phantom_and_labels, tmp_path):
+    """SimpleITK scripts and grand-challenge containers write .mha: "not found" for every case."""
+    data, val = phantom_and_labels
+    (tmp_path / "pred").mkdir()
+    for cid in val:
+        sitk.WriteImage(sitk.ReadImage(str(data / "labelsTr" / f"{cid}.nii.gz")), str(tmp_path / "pred" / f"{cid}.mha"))
+    result = evaluate(tmp_path / "pred", data, split="val", show_progress=False)
+    assert result["mean"]["dice"] == pytest.approx(1.0)
+
+
+def test_a_prediction_folder_of_other_names_says_what_it_holds(phantom_and_labels, tmp_path):
+    data, val = phantom_and_labels
+    (tmp_path / "pred").mkdir()
+    for cid in val:
+        shutil.copy(data / "labelsTr" / f"{cid}.nii.gz", tmp_path / "pred" / f"{cid}_seg.nii.gz")
+    with pytest.raises(DataError, match=rf"holds none of this split's predictions as `fewsam predict` names them "
+                                        rf"\(the first: {val[0]}.nii.gz\), but files such as {val[0]}_seg.nii.gz"):
+        evaluate(tmp_path / "pred", data, split="val", show_progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="prediction folder .*empty is empty"):
+        evaluate(tmp_path / "empty", data, split="val", show_progress=False)

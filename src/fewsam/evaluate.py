@@ -8,11 +8,13 @@ knows its spacing and in pixels otherwise, and the JSON says which.
 from __future__ import annotations
 
 import math
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
+from fewsam.data.readers.common import files_below
 from fewsam.data.types import Dataset
 from fewsam.data.writers import missing_predictions
 from fewsam.errors import DataError
@@ -92,11 +94,27 @@ def evaluate(
 def refuse_missing_predictions(dataset: Dataset, case_ids: list[str], pred: Path) -> None:
     """Every case of the split needs its prediction: the ones missing, counted and the first named."""
     missing = missing_predictions(dataset, case_ids, pred)
+    if missing and len(missing) == len(case_ids):
+        refuse_foreign_folder(pred, missing[0][1])
     if missing:
         case_id, path = missing[0]
         more = f" (and {len(missing) - 1} more of the {len(case_ids)} cases)" if len(missing) > 1 else ""
         raise DataError(f"prediction {path} for case {case_id} not found{more}; predict this split into that "
                         "folder first")
+
+
+def refuse_foreign_folder(pred: Path, expected: Path) -> None:
+    """No case of the split has its prediction in ``pred``: say what the folder holds instead (a few
+    of its files), as "case 1 not found (and 99 more)" alone hid that it holds predictions in another
+    format or naming (another tool's ``.mha`` or ``_seg`` files), or of another dataset."""
+    found = [path.relative_to(pred).as_posix() for path in islice(
+        (p for p in files_below(pred) if not p.name.startswith(".")), 3)]
+    if not found:
+        raise DataError(f"prediction folder {pred} is empty; predict this split into it first")
+    raise DataError(f"{pred} holds none of this split's predictions as `fewsam predict` names them (the first: "
+                    f"{expected.relative_to(pred).as_posix()}), but files such as {', '.join(found)}: predictions of "
+                    "another dataset or split, or named by another tool? rename them to that pattern, or predict "
+                    "this split into a new folder")
 
 
 def check_not_the_labels(pred: Path, dataset: Dataset) -> None:

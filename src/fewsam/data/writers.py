@@ -118,23 +118,26 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
     return pred
 
 
+VOLUME_PREDICTION_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+
+
 def _as_found(path: Path) -> Path:
-    """A prediction as another tool may have named it: ``<case>.nii`` for ``<case>.nii.gz`` or the
-    other way round (nnU-Net writes its dataset's ``file_ending``, so ``.nii`` for a ``.nii``
-    dataset), and its ending in any letter case (``<case>.NII.GZ``, ``<case>.PNG`` from Windows
-    tools); ``path`` itself when it exists or none of these does."""
+    """A prediction as another tool may have named it: a volume's in any of the volume formats fewsam
+    reads (``<case>.nii`` for ``<case>.nii.gz``, as nnU-Net writes a ``.nii`` dataset's; ``<case>.mha``
+    or ``.nrrd``, as SimpleITK scripts and grand-challenge containers write them, read onto the
+    case's grid like any NIfTI), and its ending in any letter case (``<case>.NII.GZ``, ``<case>.PNG``
+    from Windows tools); ``path`` itself when it exists or none of these does."""
     if path.is_file():
         return path
     name = path.name
-    other = name[:-3] if name.endswith(".nii.gz") else name + ".gz" if name.endswith(".nii") else None
-    if other is not None and path.with_name(other).is_file():
-        return path.with_name(other)
-    wanted = {n.lower() for n in (name, other) if n}
+    ending = next((e for e in VOLUME_PREDICTION_ENDINGS if name.endswith(e)), None)
+    others = [name[: -len(ending)] + e for e in VOLUME_PREDICTION_ENDINGS if e != ending] if ending else []
+    wanted = [n.lower() for n in (name, *others)]
     try:
-        found = sorted(p for p in path.parent.iterdir() if p.name.lower() in wanted and p.is_file())
+        found = {p.name.lower(): p for p in sorted(path.parent.iterdir()) if p.name.lower() in wanted and p.is_file()}
     except OSError:
         return path
-    return found[0] if found else path
+    return next((found[n] for n in wanted if n in found), path)
 
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
