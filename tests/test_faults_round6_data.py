@@ -213,3 +213,27 @@ def test_a_prediction_folder_of_other_names_says_what_it_holds(phantom_and_label
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="prediction folder .*empty is empty"):
         evaluate(tmp_path / "empty", data, split="val", show_progress=False)
+
+
+# ---------------------------------------------------------------- reports
+
+
+def evaluation_json(path: Path, cases: dict[str, float], split: str) -> Path:
+    """A minimal evaluation JSON as ``fewsam evaluate --json`` writes it (one class)."""
+    scores = {cid: {"fg": {"dice": d, "iou": d, "hd95": 1.0, "asd": 1.0}} for cid, d in cases.items()}
+    mean = {"dice": float(np.mean(list(cases.values()))), "iou": 0.5, "hd95": 1.0, "asd": 1.0}
+    path.write_text(json.dumps({"n_cases": len(cases), "mean": mean, "per_class": {"fg": mean}, "split": split,
+                                "cases": [{"case": c, "per_class": s, "group": None} for c, s in scores.items()]}))
+    return path
+
+
+def test_a_report_of_runs_scored_on_different_cases_warns(tmp_path, caplog):
+    a = evaluation_json(tmp_path / "a.json", {"c1": 0.9, "c2": 0.8, "c3": 0.1}, "all")
+    b = evaluation_json(tmp_path / "b.json", {"c1": 0.7, "c2": 0.6}, "val")
+    with caplog.at_level(logging.WARNING, logger="fewsam"):
+        paths = write_group_report([a, b], tmp_path / "report")
+    expected = "scored on different cases (a: 3 case(s) of split 'all'; b: 2 case(s) of split 'val'; 2 in all"
+    assert expected in paths["markdown"].read_text() and expected in caplog.text
+    same = evaluation_json(tmp_path / "same.json", {"c1": 0.5, "c2": 0.4, "c3": 0.3}, "all")
+    paths = write_group_report([a, same], tmp_path / "report2")
+    assert "different cases" not in paths["markdown"].read_text()

@@ -3,6 +3,7 @@ report: Markdown + HTML with per-group Dice bars and 95% CIs, ES-Dice and worst-
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from scipy import ndimage
 
 from fewsam.atomic import atomic_write_bytes, check_folder_path, staged_folder
 
+log = logging.getLogger("fewsam")
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [240, 200, 40],
                     [200, 80, 220], [40, 210, 220]], dtype=np.uint8)
 
@@ -70,6 +72,8 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     _check_out_folder(out, overwrite)
     names = labels or _unique_names(evaluations)
     runs = [(name, read_evaluation(path, summary=True)) for name, path in zip(names, evaluations)]
+    if (warning := different_cases_warning(runs)) is not None:
+        log.warning(warning)
     with staged_folder(out, overwrite) as staging:  # a failure half-way leaves no partial report
         blocks = [("h", title), ("p", INTRO), *_overview(runs), *_group_blocks(runs, staging),
                   *_class_blocks(runs, staging), *_test_blocks(runs)]
@@ -121,7 +125,21 @@ def _overview(runs: list[tuple[str, dict]]) -> list[tuple]:
              _num(r["mean"]["iou"]), _num(r.get("es_dice")), _num(r.get("es_iou")),
              _num(r.get("worst_group_gap")), r.get("group_by") or "-", r.get("missing_group", "-")]
             for name, r in runs]
-    return [("h2", "Overview"), ("table", (header, rows))]
+    warning = different_cases_warning(runs)
+    return [("h2", "Overview"), ("table", (header, rows)), *([("p", "W" + warning[1:] + ".")] if warning else [])]
+
+
+def different_cases_warning(runs: list[tuple[str, dict]]) -> str | None:
+    """A warning when the runs were not scored on the same cases (another split, or another dataset):
+    their means side by side would rank the case sets, not the runs; None when they were."""
+    case_sets = [frozenset(case["case"] for case in r["cases"]) for _, r in runs]
+    if len(set(case_sets)) <= 1:
+        return None
+    scored = "; ".join(f"{name}: {len(cases)} case(s)" + (f" of split {r['split']!r}" if r.get("split") else "")
+                       for (name, r), cases in zip(runs, case_sets))
+    shared = len(frozenset.intersection(*case_sets))
+    return (f"warning: these runs were scored on different cases ({scored}; {shared} in all of them), so their "
+            "means are not comparable: evaluate every run on the same split of the same data")
 
 
 def _group_names(runs: list[tuple[str, dict]]) -> list[str]:
