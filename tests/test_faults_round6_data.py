@@ -133,6 +133,16 @@ def test_a_list_typed_by_hand_names_a_file_whose_name_macos_decomposed(tmp_path)
     assert open_dataset(root).split("one.list") == [f"images/{name}"]
 
 
+def test_an_index_csv_of_absolute_paths_inside_the_folder_is_read(tmp_path):
+    """A script's index (``glob`` on an absolute folder) was refused as naming files outside the folder."""
+    root = image_mask_folder(tmp_path / "data", ["c0", "c1"])
+    rows = [f"{root.resolve() / 'images' / n}.png,{root.resolve() / 'masks' / n}.png" for n in ("c0", "c1")]
+    (root / "index.csv").write_text("image,mask\n" + "\n".join(rows) + "\n")
+    ds = open_dataset(root)
+    assert ds.split("all") == ["images/c0", "images/c1"]
+    assert ds.load("images/c1").label.max() == 1
+
+
 def test_a_json_list_of_ids_or_monai_records_names_its_cases(tmp_path):
     data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=0)
     (data / "ids.json").write_text(json.dumps(["phantom_002", "phantom_000"]))

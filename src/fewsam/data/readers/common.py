@@ -213,7 +213,7 @@ class IndexedDataset:
             return line
         if self._aliases is None:
             self._aliases = case_aliases(self.root, self.entries.values())
-        key = unicodedata.normalize("NFC", self._inside_root(line))
+        key = unicodedata.normalize("NFC", path_below(self.root, line))
         for candidate in (key, strip_suffixes(key)):
             found = self._aliases.get(candidate)
             if isinstance(found, tuple):
@@ -222,14 +222,6 @@ class IndexedDataset:
             if found is not None:
                 return found
         return strip_suffixes(key)
-
-    def _inside_root(self, line: str) -> str:
-        """An absolute path inside the data folder (``ls $PWD/imagesTr/*`` in a list), relative to it;
-        any other line as it is."""
-        if not os.path.isabs(line):
-            return line
-        relative = os.path.relpath(os.path.abspath(line), os.path.abspath(self.root))
-        return line if relative.startswith("..") else Path(relative).as_posix()
 
     def _read_list_file(self, name: str) -> list[str]:
         path = self._list_path(name)
@@ -257,6 +249,15 @@ class IndexedDataset:
             raise DataError(f"{source} names {len(missing)} case(s) with no file in {self.root}: "
                             f"{shown}; fix the list or restore the files")
         check_unique(ids, source)
+
+
+def path_below(root: Path, text: str) -> str:
+    """An absolute path inside ``root`` relative to it (a list or index a script wrote with full paths:
+    ``ls $PWD/imagesTr/*``, ``glob`` on an absolute folder); any other text as it is."""
+    if not os.path.isabs(text):
+        return text
+    relative = os.path.relpath(os.path.abspath(text), os.path.abspath(root))
+    return text if relative.startswith("..") else Path(relative).as_posix()
 
 
 def case_aliases(root: Path, entries: Iterable[Entry]) -> dict[str, str | tuple[str, ...]]:

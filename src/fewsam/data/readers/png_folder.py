@@ -68,7 +68,7 @@ from PIL import Image, ImageOps
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         deterministic_split, files_below, is_data_file, natural_key,
-                                        natural_sorted, read_json_object, rounded_float_label)
+                                        natural_sorted, path_below, read_json_object, rounded_float_label)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -519,7 +519,7 @@ def _single_task(rows: list[dict[str, str]], root: Path) -> str:
 
 
 def _entry(root: Path, row: dict[str, str]) -> Entry:
-    rel = row["image"].replace("\\", "/").removeprefix("./")
+    rel = path_below(root, row["image"].replace("\\", "/")).removeprefix("./")
     parts = PurePosixPath(rel).parts
     if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
         raise DataError(f"image path {rel!r} in {root} must name a file inside {root} (relative, "
