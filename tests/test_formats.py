@@ -145,10 +145,13 @@ def test_one_stem_in_two_formats_is_refused(tmp_path):
 
 
 def test_index_csv_paths_must_stay_inside_the_folder(tmp_path):
+    """An absolute path outside the folder (its prediction would mirror it there) is refused; one
+    inside it is read as the path below it."""
     save(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
-    (tmp_path / "index.csv").write_text(f"image,mask\n{tmp_path / 'a.png'},\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "index.csv").write_text(f"image,mask\n{tmp_path / 'a.png'},\n")
     with pytest.raises(DataError, match="must name a file inside"):
-        open_dataset(tmp_path)
+        open_dataset(tmp_path / "data")
 
 
 def test_grey_jpeg_stored_as_rgb_reads_as_greyscale(tmp_path):
