@@ -133,6 +133,15 @@ def test_a_list_typed_by_hand_names_a_file_whose_name_macos_decomposed(tmp_path)
     assert open_dataset(root).split("one.list") == [f"images/{name}"]
 
 
+def test_an_attribute_table_keyed_by_nnunet_image_files_joins_its_cases(tmp_path):
+    """Its error said "image file names" were keys, but phantom_000_0000.nii.gz matched no case."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=0)
+    rows = ["imagesTr/phantom_000_0000.nii.gz,F", "phantom_001_0000.nii.gz,M", "phantom_002_0000,F"]
+    (tmp_path / "sex.csv").write_text("image,sex\n" + "\n".join(rows) + "\n")
+    ds = open_dataset(data, tmp_path / "sex.csv")
+    assert [ds.attributes_of(cid)["sex"] for cid in ds.split("all")] == ["F", "M", "F"]
+
+
 def test_an_index_csv_of_absolute_paths_inside_the_folder_is_read(tmp_path):
     """A script's index (``glob`` on an absolute folder) was refused as naming files outside the folder."""
     root = image_mask_folder(tmp_path / "data", ["c0", "c1"])

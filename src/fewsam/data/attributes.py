@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from fewsam.errors import DataError, FewsamError
 from fewsam.progress import say_once
@@ -63,8 +63,11 @@ class AttributeTable:
     key: str
     source: str = ""
 
-    def row_for(self, case_id: str, subject: str, rel_path: str = "") -> dict[str, Any]:
-        for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem):
+    def row_for(self, case_id: str, subject: str, rel_path: str = "", file_names: Iterable[str] = ()
+                ) -> dict[str, Any]:
+        """The row of a case: by its id, subject, relative path, or (``file_names``) the other names a
+        user keys a table by, as a list file may (``common.listed_names``: nnU-Net's ``x_0000.nii.gz``)."""
+        for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem, *file_names):
             if key and key in self.rows:
                 return self.rows[key]
         return {}

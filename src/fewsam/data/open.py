@@ -11,7 +11,7 @@ from typing import Callable
 
 from fewsam.data.attributes import read_attribute_table
 from fewsam.data.readers import acdc_h5, dicom, fairseg_npz, nifti, png_folder
-from fewsam.data.readers.common import IndexedDataset
+from fewsam.data.readers.common import IndexedDataset, listed_names
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
 
@@ -80,7 +80,8 @@ def _layout_above(folder: Path) -> Path | None:
 
 def _join(dataset: IndexedDataset, attributes_csv: str | Path) -> None:
     table = read_attribute_table(attributes_csv)
-    if not any(table.row_for(e.case_id, e.subject, e.rel_path) for e in dataset.entries.values()):
+    if not any(table.row_for(e.case_id, e.subject, e.rel_path, listed_names(dataset.root, e))
+               for e in dataset.entries.values()):
         raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}; its "
                         f"{table.key!r} column must hold case ids, patient ids or image file names")
     dataset.add_attributes(table)

@@ -173,7 +173,7 @@ class IndexedDataset:
         entry = self._entry(case_id)
         merged = {**entry.attributes, **(read_attributes or {})}
         for table in self.tables:
-            merged.update(table.row_for(case_id, entry.subject, entry.rel_path))
+            merged.update(table.row_for(case_id, entry.subject, entry.rel_path, listed_names(self.root, entry)))
         return merged
 
     def subject_of(self, case_id: str) -> str:
@@ -269,20 +269,21 @@ def case_aliases(root: Path, entries: Iterable[Entry]) -> dict[str, str | tuple[
     Unicode-normalised (NFC), as a list typed by hand is while a macOS file name is not (NFD)."""
     meanings: dict[str, set[str]] = {}
     for entry in entries:
-        for name in _listed_names(root, entry):
+        for name in listed_names(root, entry):
             meanings.setdefault(unicodedata.normalize("NFC", name), set()).add(entry.case_id)
     return {name: next(iter(ids)) if len(ids) == 1 else tuple(natural_sorted(ids)) for name, ids in meanings.items()}
 
 
-def _listed_names(root: Path, entry: Entry) -> set[str]:
-    """Every name of ``case_aliases`` for one case."""
+def listed_names(root: Path, entry: Entry) -> list[str]:
+    """Every name of ``case_aliases`` for one case (a list file or an attribute table may use any),
+    in a fixed order."""
     paths = {entry.case_id, entry.rel_path}
     for file in (entry.image, entry.label):
         relative = None if file is None else os.path.relpath(os.path.abspath(file), os.path.abspath(root))
         if relative is not None and not relative.startswith(".."):
             paths.add(Path(relative).as_posix())
     names = paths | {path.rsplit("/", 1)[-1] for path in paths}
-    return names | {strip_suffixes(name) for name in names}
+    return sorted(names | {strip_suffixes(name) for name in names})
 
 
 def entries_by_case(entries: list[Entry]) -> dict[str, Entry]:
