@@ -26,6 +26,7 @@ from fewsam.errors import DataError, RunError
 from fewsam.evaluate import evaluate
 from fewsam.predict import predict
 from fewsam.report import write_group_report
+from conftest import assert_one_line_error, run_fewsam
 from test_dicom import write_series
 from test_formats_end_to_end import run  # noqa: F401 - the fixture: a 2-step supervised run, no SAM weights
 
@@ -95,6 +96,12 @@ def test_a_sibling_prediction_folder_of_an_nnunet_dataset_stays_allowed(run, tmp
     data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2, seed=3)
     written = predict(run, data, data / "imagesTs_pred", split="all", show_progress=False)
     assert len(written) == 2 and all(p.is_file() for p in written)
+
+
+def test_a_run_folder_given_as_data_is_named_as_a_run(run, tmp_path):  # noqa: F811
+    """`fewsam info RUN`, or RUN and DATA swapped: "no known data layout" and every layout's description."""
+    result = run_fewsam("info", str(run), cwd=tmp_path)
+    assert_one_line_error(result, f"{run} is a fewsam run folder (config.json, fit.log), not a data folder")
 
 
 # ---------------------------------------------------------------- list files naming image files

@@ -50,6 +50,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
             dataset = open_layout(root)
             break
     else:
+        refuse_run_folder(root)
         parent = _layout_above(root)
         if parent is not None:
             raise DataError(f"{root} is a folder inside the dataset {parent} ({SUBFOLDERS[root.name]} layout); "
@@ -62,6 +63,16 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     if attributes_csv is not None:
         _join(dataset, attributes_csv)
     return dataset
+
+
+def refuse_run_folder(root: Path) -> None:
+    """A fewsam run folder given as data (``fewsam info RUN``, or RUN and DATA swapped in ``predict``)
+    is named as such: "no known data layout" and the list of every layout did not say what was wrong."""
+    from fewsam.runs import CONFIG, TEXT_LOG
+
+    if (root / CONFIG).is_file() and (root / TEXT_LOG).is_file():
+        raise DataError(f"{root} is a fewsam run folder ({CONFIG}, {TEXT_LOG}), not a data folder; give the folder of "
+                        "images and labels as data, and the run first: `fewsam predict RUN --data DATA`")
 
 
 # Folders of a layout that users give as --data by mistake, with the layouts that name them. Only
