@@ -67,7 +67,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
 
 def refuse_run_folder(root: Path) -> None:
     """A fewsam run folder given as data (``fewsam info RUN``, or RUN and DATA swapped in ``predict``)
-    is named as such: "no known data layout" and the list of every layout did not say what was wrong."""
+    is named as such: "no known data layout" and the list of every layout would not say what is wrong."""
     from fewsam.runs import CONFIG, TEXT_LOG
 
     if (root / CONFIG).is_file() and (root / TEXT_LOG).is_file():

@@ -323,7 +323,7 @@ def files_below(root: Path) -> Iterator[Path]:
 
     Folders that tools keep for themselves below the data are not entered (``is_tool_folder``):
     Jupyter's ``.ipynb_checkpoints`` copies, a desktop's ``.Trash-1000`` on a USB drive and macOS's
-    ``__MACOSX`` hold images that are not the dataset's, and read as cases they changed its splits."""
+    ``__MACOSX`` hold images that are not the dataset's, and read as cases they would change its splits."""
     seen: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -454,8 +454,8 @@ def read_lines(path: Path) -> list[str]:
 def read_list_lines(path: Path) -> list[str]:
     """The cases a list file names, one per line (``read_lines``), or in a ``.json`` list: a JSON
     array of case ids or file paths, or of MONAI datalist records (``{"image": path, "label": ...}``),
-    each named by its image. Read as lines, a JSON file was one "case" of all its text, and the
-    error quoted every byte of it."""
+    each named by its image. Read as lines, a JSON file would be one "case" of all its text, and the
+    error would quote every byte of it."""
     if path.suffix.lower() != ".json":
         return read_lines(path)
     try:

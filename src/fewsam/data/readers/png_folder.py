@@ -466,8 +466,8 @@ def _scan(root: Path) -> list[dict[str, str]]:
 
 def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, str]]) -> None:
     """Say which masks no image was paired with (``masks/case1.png`` beside ``images/case 1.png``, an
-    image renamed or deleted): left out without a word, their images counted as unlabelled and fit
-    on fewer labelled images than the user drew."""
+    image renamed or deleted): left out without a word, their images would count as unlabelled and a fit
+    would use fewer labelled images than the user drew."""
     paired = {mask for row in rows for mask in _split_masks(row["masks"])}
     unpaired = [rel for p in files if _is_mask_file(root, p)
                 and (rel := p.relative_to(root).as_posix()) not in paired]
