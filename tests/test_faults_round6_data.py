@@ -1,8 +1,9 @@
 """Data folders, list files and prediction folders as users bring them from other tools: folders that
-Jupyter, desktops and macOS keep below the data, list files naming cases by their image files (nnU-Net's
-``_0000`` names, absolute paths, MONAI's JSON datalists), predictions written into the data folder or by
-another tool (``.mha``, other names), an image and mask of different sizes, masks without an image, and
-reports of runs scored on different cases.
+Jupyter, desktops and macOS keep below the data, list files and attribute tables naming cases by their
+image files (nnU-Net's ``_0000`` names, absolute paths, MONAI's JSON datalists), an index.csv of absolute
+paths, a run folder given as data, predictions written into the data folder or by another tool (``.mha``,
+other names), an image and mask of different sizes, masks without an image, and reports of runs scored
+on different cases.
 """
 
 from __future__ import annotations
