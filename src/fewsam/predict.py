@@ -140,7 +140,7 @@ def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool,
 def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: EmbeddingCache | None, device: str,
                       staging: Path) -> Path:
     """Read, check, predict and write one case into ``staging``; its path relative to ``staging``."""
-    case = dataset.load(case_id, with_label=False)
+    case = dataset.load(case_id, with_label=getattr(predictor, "reads_labels", False))
     check_pixels(case, _source_file(dataset, case_id))
     pred = predictor.predict_case(case, [] if cache is None else CaseSlices(case, cache, device))
     return write_prediction(case, pred, staging).relative_to(staging)
