@@ -2,16 +2,19 @@
 once the training split gained a case; a prompted run's predictions, which read
 the labels; a relative --checkpoint that predict run from another folder
 must still find; a folder of the user's with a config.json of its own given as --out or as a run;
+a fit resumed or stopped early by --patience, said in the terminal too;
 memory that runs out; bench's --json and --cache inside the dataset; the labelled budget given twice
 under --labeled-images; and a SAM model without its weights."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fewsam.cli import app
@@ -185,6 +188,46 @@ def test_torch_running_out_of_memory_mid_fit_is_one_error_line(phantom, tmp_path
     result = run_fewsam(*args, cwd=tmp_path)
     assert_one_line_error(result, "out of memory (")
     assert not run.exists()
+
+
+# --- what changes a fit's course is said in the terminal ------------------------------------------
+
+class FallingTask:
+    """A task whose validation scores only fall after the first: a fit --patience stops early."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.module = torch.nn.Linear(2, 1)
+        self.validations = 0
+
+    def training_loss(self, rng, step):
+        return (self.module(torch.ones(4, 2)) ** 2).mean(), {}
+
+    def validate(self):
+        self.validations += 1
+        return {"score": 1.0 / self.validations}
+
+
+def test_a_fit_stopped_early_or_resumed_says_so_in_the_terminal_too(tmp_path, caplog):
+    """Both were written to RUN/fit.log alone: the terminal showed a progress bar ending at step 4
+    of 10 (or starting at step 2), and then the best score, with no word why."""
+    from fewsam.train import TrainConfig, train
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(step: int) -> None:
+        if step == 2:
+            raise Stop
+
+    cfg = TrainConfig(steps=10, lr=0.1, val_every=2, warmup_steps=1, patience=1)
+    caplog.set_level(logging.INFO, logger="fewsam")
+    with pytest.raises(Stop):
+        train(FallingTask(), cfg, tmp_path, show_progress=False, on_checkpoint=stop_at_2)
+    assert train(FallingTask(), cfg, tmp_path, show_progress=False).steps_run == 4
+    told = [r.getMessage() for r in caplog.records if r.name == "fewsam"]
+    assert told == ["resumed at step 2 of 10", "no better validation score in 1 validation: stopped at step 4 of 10 "
+                                                "(--patience); the best, step 2, is kept"]
 
 
 # --- bench --------------------------------------------------------------------------------------
