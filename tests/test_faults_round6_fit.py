@@ -4,7 +4,7 @@ the labels; a relative --checkpoint that predict run from another folder
 must still find; a folder of the user's with a config.json of its own given as --out or as a run;
 a fit resumed or stopped early by --patience, said in the terminal too;
 memory that runs out; bench's --json and --cache inside the dataset; the labelled budget given twice
-under --labeled-images; and a SAM model without its weights."""
+under --labeled-images; a SAM model without its weights; and an empty --cache."""
 
 from __future__ import annotations
 
@@ -159,6 +159,17 @@ def test_a_run_whose_own_config_json_was_damaged_is_still_named_as_that(phantom,
     again = _invoke(*_supervised(phantom, run))
     assert isinstance(again.exception, RunError)
     assert "config.json is corrupt" in str(again.exception) and f"delete {run} and fit again" in str(again.exception)
+
+
+# --- an empty --cache ----------------------------------------------------------------------------
+
+def test_an_empty_cache_option_is_refused_not_taken_for_the_working_folder(phantom, tmp_path):
+    """``--cache "$CACHE"`` with the variable unset filled the working folder with cache folders."""
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_fewsam("embed", "--data", str(phantom), "--cache", "", "--split", "val", *QUIET, cwd=work)
+    assert_one_line_error(result, "--cache is empty ('')")
+    assert not any(work.iterdir())
 
 
 # --- memory that runs out -------------------------------------------------------------------------
