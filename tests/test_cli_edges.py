@@ -392,7 +392,7 @@ def test_compare_and_bench_keep_an_existing_json_unless_told_to_overwrite(tmp_pa
     result = run_fewsam("compare", str(a), str(b), "--json", str(mine), cwd=tmp_path)
     assert_one_line_error(result, f"--json {mine} exists; choose another --json or pass --overwrite to replace it")
     assert mine.read_text() == "my notes"
-    assert "exists" in cli_error("bench", "--data", str(tmp_path), "--json", str(mine),
+    assert "exists" in cli_error("bench", "--data", str(tmp_path / "data"), "--json", str(mine),
                                  "--cache", str(tmp_path / "scratch"))
     assert mine.read_text() == "my notes" and not (tmp_path / "scratch").exists()
     replaced = CliRunner().invoke(app, ["compare", str(a), str(b), "--json", str(mine), "--overwrite"])

@@ -26,8 +26,8 @@ from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import FitOptions, cli_fields, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.devices import check_device
-from fewsam.errors import (FewsamError, Stopped, disk_full_message, is_disk_full, is_not_permitted,
-                           not_permitted_message)
+from fewsam.errors import (FewsamError, Stopped, disk_full_message, is_disk_full, is_not_permitted, is_out_of_memory,
+                           not_permitted_message, out_of_memory_message)
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 
@@ -432,7 +432,8 @@ def bench(
     from fewsam.runs import write_json
 
     check_device(device)
-    _check_scratch_cache(cache)
+    _check_scratch_cache(cache, data)
+    check_not_an_input(json_out, "--json", [], data)
     check_output_file(json_out, "--json", overwrite)
     result = run_bench(data, n, cache, device)
     if json_out:
@@ -440,14 +441,15 @@ def bench(
     out.print(json.dumps(result, indent=2))
 
 
-def _check_scratch_cache(cache: Path) -> None:
-    """bench deletes its --cache folder: refuse one that holds anything (it may be the user's)."""
+def _check_scratch_cache(cache: Path, data: Path) -> None:
+    """bench deletes its --cache folder: refuse one that holds anything (it may be the user's), or that
+    lies in the dataset it reads (``check_cache``)."""
     if cache.exists() and not cache.is_dir():
         raise FewsamError(f"--cache {cache} is a file; bench needs a new or empty scratch folder")
     if cache.is_dir() and any(cache.iterdir()):
         raise FewsamError(f"--cache {cache} is not empty and bench deletes its scratch cache; give a new folder "
                           "(or delete this one if an interrupted bench left it)")
-    check_cache(str(cache))
+    check_cache(str(cache), data)
 
 
 @app.command()
@@ -698,4 +700,9 @@ def main() -> None:
             raise
         message = disk_full_message(exc) if is_disk_full(exc) else not_permitted_message(exc)
         print_error(message)
+        raise SystemExit(2)
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print_error(out_of_memory_message(exc))
         raise SystemExit(2)

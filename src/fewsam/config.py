@@ -216,9 +216,20 @@ class FitOptions(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.labeled_cases is not None and self.labeled_images is not None:
-            raise DataError("give --labeled-cases or --labeled-images, not both")
+        self._check_one_budget()
         self._check_fair_options()
+
+    def _check_one_budget(self) -> None:
+        """One labelled budget, refused up front naming the options as the user gave them: --labeled-images
+        is --labeled-cases by another name, so a message naming only the latter would not match the
+        command that was typed."""
+        given = [name for name, value in (("--labeled-cases", self.labeled_cases),
+                                          ("--labeled-images", self.labeled_images),
+                                          ("--labeled-slices", self.labeled_slices)) if value is not None]
+        if len(given) > 1:
+            which = f"both {given[0]} and {given[1]}" if len(given) == 2 else f"all of {', '.join(given)}"
+            raise DataError(f"give one labelled budget, not {which}: a number of cases "
+                            "(--labeled-cases, or --labeled-images on 2D image datasets) or of slices (--labeled-slices)")
 
     def _check_fair_options(self) -> None:
         """--bins and --fair-gamma shape the scaling on --fair-attribute's column: given without it (or

@@ -66,3 +66,22 @@ def not_permitted_message(err: OSError) -> str:
     """One line for a refused read or write: which file, and what to do."""
     return (f"{os.strerror(err.errno or errno.EACCES)}: {err.filename}; give fewsam access to it (or use another "
             "--out / --cache / --json), then run the same command again")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Memory ran out: numpy's MemoryError, or torch's RuntimeError from its CPU allocator ("can't
+    allocate memory") or a GPU's (``torch.OutOfMemoryError``, "CUDA out of memory")."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+def out_of_memory_message(err: BaseException) -> str:
+    """One line for memory that ran out: a larger batch, slice size or model than the machine holds is
+    the user's to change, and a fit resumes from its last checkpoint once it is."""
+    detail = " ".join(str(err).split())
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    return (f"out of memory ({detail or type(err).__name__}); lower --batch-size or --image-size, choose a "
+            "smaller --model, or free memory (a GPU's: close other jobs on it), then run the same command again "
+            "(a fit resumes from its last checkpoint)")

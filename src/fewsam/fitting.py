@@ -155,7 +155,7 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
 
     return {
         "model": opts.model if ctx.model is not None else None,
-        "checkpoint": str(opts.checkpoint) if opts.checkpoint and ctx.model is not None else None,
+        "checkpoint": recorded_checkpoint(opts.checkpoint) if ctx.model is not None else None,
         "weights_sha256": ctx.model.weights_sha256 if ctx.model is not None else None,
         "preprocess": ctx.model.preprocess_signature() if ctx.model is not None else None,
         "data": str(Path(opts.data).resolve()),
@@ -175,3 +175,9 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
         "device": opts.device,
         "cache": opts.cache,
     }
+
+
+def recorded_checkpoint(checkpoint: str | Path | None) -> str | None:
+    """The SAM checkpoint as RUN/config.json names it: an absolute path, which predict loads the weights
+    from; a path relative to where fit ran would not be found by a predict run from another folder."""
+    return None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())

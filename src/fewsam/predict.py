@@ -140,7 +140,7 @@ def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool,
 def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: EmbeddingCache | None, device: str,
                       staging: Path) -> Path:
     """Read, check, predict and write one case into ``staging``; its path relative to ``staging``."""
-    case = dataset.load(case_id, with_label=False)
+    case = dataset.load(case_id, with_label=getattr(predictor, "reads_labels", False))
     check_pixels(case, _source_file(dataset, case_id))
     pred = predictor.predict_case(case, [] if cache is None else CaseSlices(case, cache, device))
     return write_prediction(case, pred, staging).relative_to(staging)
@@ -178,7 +178,12 @@ def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
 def check_cache_folder(root: str | Path, data: str | Path | None = None) -> None:
     """Refuse a --cache that is a file or cannot be written, before any model is loaded, or that lies
     in the data folder ``data``: fewsam writes nothing into a user's data, and the cache's ``.npz``
-    entries there would be read as cases of a FairSeg-style folder the next time it is opened."""
+    entries there would be read as cases of a FairSeg-style folder the next time it is opened. An empty
+    --cache (``--cache "$CACHE"`` with the variable unset) is refused: as a path it is the working folder,
+    which would fill with cache folders unasked."""
+    if not str(root).strip():
+        raise CacheError(f"--cache is empty ({str(root)!r}); give the cache folder, or leave --cache out for "
+                         f"{DEFAULT_CACHE}")
     cache = Path(root).expanduser()
     check_folder_path(cache, "--cache", CacheError)
     if data is not None and Path(data).expanduser().is_dir():

@@ -60,6 +60,13 @@ def record(message: str) -> None:
         EVENTS.info(message)
 
 
+def tell(message: str) -> None:
+    """An event the user is told as it happens, in the terminal as well as the log file: what changes
+    the course of a fit (resumed half-way, stopped early by --patience) would otherwise show only as a
+    progress bar that starts or ends part-way, with no word why."""
+    NOTICES.info(message)
+
+
 def record_in_newest(message: str) -> None:
     """An event for the innermost ``log_to`` file alone: the header of a fit run inside another (distill's
     own teacher), whose command, host and earlier notices the outer fit's log already holds."""

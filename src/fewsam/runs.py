@@ -128,7 +128,7 @@ def run_folder(run_dir: str | Path, config: dict[str, Any], defaults: dict[str, 
 def _refuse_foreign(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise RunError(f"{path} is a file, not a run folder; choose another --out")
-    if path.exists() and not (path / CONFIG).exists() and any(p.name != LOCK for p in path.iterdir()):
+    if path.exists() and not _holds_a_run(path) and any(p.name != LOCK for p in path.iterdir()):
         raise RunError(f"{path} exists and is not a fewsam run folder; choose another --out")
 
 
@@ -174,6 +174,7 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
         if changed:
             raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
                            "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
+        _refuse_other_labelled_slices(path, stored, config)
         _refuse_changed_data(path, stored, config)
         if predated:
             say_once(f"{path} was written before the options {', '.join(predated)} existed: resumed with "
@@ -229,7 +230,18 @@ def _comparable(config: dict[str, Any], by_hash: bool = False) -> dict[str, Any]
     (both configs hold a data hash): not the data folder's path either, as the hash says whether it
     is the same data; a dataset copied to a job's own scratch folder still resumes the run."""
     skip = {"device", "cache", "progress", DATA_HASH} | ({"data"} if by_hash else set())
-    return {k: _with_resolved_paths(v) for k, v in config.items() if k not in skip}
+    return {k: _comparable_section(k, v) for k, v in config.items() if k not in skip}
+
+
+def _comparable_section(key: str, section: Any) -> Any:
+    """A config section as a resumption compares it: paths resolved (``_with_resolved_paths``; the
+    SAM checkpoint too) and the labelled slices left out, as the data, not an option, decides which
+    slices a budget takes (``_refuse_other_labelled_slices`` names their change as one of the data)."""
+    if key == "checkpoint" and isinstance(section, str):
+        return str(Path(section).expanduser().resolve())
+    if key == "labelled" and isinstance(section, dict):
+        section = {k: v for k, v in section.items() if k != "refs"}
+    return _with_resolved_paths(section)
 
 
 PATH_OPTIONS = ("teacher",)  # run folders named on the command line: `fs3` and `/work/fs3` are one teacher
@@ -258,6 +270,18 @@ def _refuse_other_method(path: Path, stored: dict[str, Any], config: dict[str, A
     if config.get("method") and stored.get("method") != config["method"]:
         raise RunError(f"{path} holds a {stored.get('method')} run, not a {config['method']} one; fit into another "
                        "--out (nothing was overwritten)")
+
+
+def _refuse_other_labelled_slices(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
+    """The same budget taking other slices means the training cases of the data changed (a case added,
+    removed or renamed moves the budget order): said as that, since rerunning with the run's settings,
+    as a change of options is told to, cannot resume it."""
+    old, new = ((c.get("labelled") or {}).get("refs") for c in (stored, config))
+    if old is None or new is None or old == new:
+        return
+    raise RunError(f"the labelled budget now takes other slices of {config.get('data') or 'the data'} "
+                   f"({_short(old)} -> {_short(new)}) than when {path} was fitted: its training cases changed (a "
+                   "case added, removed or renamed); restore them, or fit into another --out (nothing was overwritten)")
 
 
 def _refuse_changed_data(path: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
@@ -303,16 +327,40 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
     if not path.exists():
         raise RunError(f"{run_dir} is not a fewsam run folder (no {CONFIG}); run `fewsam fit ...` first")
-    way_out = f"delete {run_dir} and fit again"
+    config, problem = _parsed_config(path)
+    if problem is None:
+        return config
+    if not _holds_fit_files(Path(run_dir)):  # someone else's config.json: their folder is not to be deleted
+        raise RunError(f"{run_dir} is not a fewsam run folder (its {CONFIG} {problem}); give the folder "
+                       "`fewsam fit` wrote")
+    raise RunError(f"{path} {problem}; delete {run_dir} and fit again")
+
+
+def _parsed_config(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    """(config, None) when ``path`` is a JSON object naming its method, else (None, what is wrong)."""
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{path} is corrupt ({_first_line(err)}); {way_out}") from err
+        return None, f"is corrupt ({_first_line(err)})"
     if not isinstance(config, dict):
-        raise RunError(f"{path} is not a JSON object, so it records no run; {way_out}")
+        return None, "is not a JSON object, so it records no run"
     if not isinstance(config.get("method"), str):
-        raise RunError(f"{path} does not say which method made the run (no \"method\"); {way_out}")
-    return config
+        return None, "does not say which method made the run (no \"method\")"
+    return config, None
+
+
+FIT_FILES = (LAST, BEST, LOG, TEXT_LOG, MANIFEST)  # what only a fit writes into its run folder
+
+
+def _holds_fit_files(path: Path) -> bool:
+    return any((path / name).exists() for name in FIT_FILES)
+
+
+def _holds_a_run(path: Path) -> bool:
+    """Whether the folder ``path`` is a fewsam run's: its config.json names a method, or it holds files
+    only a fit writes (a damaged config.json is then named as the run's). A folder of the user's with a
+    config.json of its own (a downloaded model, another tool's work folder) is none."""
+    return (path / CONFIG).is_file() and (_holds_fit_files(path) or _parsed_config(path / CONFIG)[1] is None)
 
 
 def check_run(run_dir: str | Path) -> dict[str, Any]:

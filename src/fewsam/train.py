@@ -25,7 +25,7 @@ from torch import nn
 from fewsam.atomic import atomic_write, atomic_write_bytes
 from fewsam.distributed import ddp
 from fewsam.errors import RunError
-from fewsam.progress import progress_bar, record
+from fewsam.progress import progress_bar, record, tell
 from fewsam.runs import BEST, LAST, LOG
 
 
@@ -183,7 +183,7 @@ def train(
     start = time.perf_counter()
     whose = "" if name == "fit" else f"{name}: "  # a fit inside the fit (SAM-Match's SAM stage) says so in the log
     if state["step"] and not plateaued(state, cfg):
-        record(f"{whose}resumed at step {state['step']} of {cfg.steps}")
+        tell(f"{whose}resumed at step {state['step']} of {cfg.steps}")
     with progress_bar(show_progress and ddp.is_main()) as bar:
         job = bar.add_task(name, total=cfg.steps, completed=state["step"])
         for step in range(state["step"], cfg.steps):
@@ -211,8 +211,9 @@ def train(
                 if on_checkpoint:
                     on_checkpoint(step + 1)
                 if plateaued(state, cfg) and step + 1 < cfg.steps:
-                    record(f"{whose}no better validation score in {cfg.patience} validations: stopped at step "
-                           f"{step + 1} of {cfg.steps} (--patience); the best, step {state['best_step']}, is kept")
+                    validations = f"{cfg.patience} validation" + ("s" if cfg.patience != 1 else "")
+                    tell(f"{whose}no better validation score in {validations}: stopped at step "
+                         f"{step + 1} of {cfg.steps} (--patience); the best, step {state['best_step']}, is kept")
     return TrainResult(state["best_score"], state["best_step"], state["step"], time.perf_counter() - start)
 
 

@@ -45,6 +45,10 @@ REGISTRY: dict[str, tuple[str, str]] = {  # name -> (module defining METHOD, sum
 
 
 class Predictor(Protocol):
+    """A fitted run's predictions. One that sets ``reads_labels = True`` (the oracle-prompted baselines,
+    whose prompts come from the labels) is given each case with its label; the others get images only,
+    so that a missing or damaged label file does not stop a prediction."""
+
     def predict_case(self, case: "Case", slices: "list[EmbeddedSlice]") -> "np.ndarray":
         """(D, H, W) uint8 label values for the case (``slices``: its embedded slices, or [])."""
         ...

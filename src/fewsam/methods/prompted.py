@@ -38,6 +38,8 @@ class PromptedConfig(Config):
 class PromptedPredictor:
     """Oracle-prompted zero-shot SAM; needs the case's label at predict time."""
 
+    reads_labels = True  # predict loads each case with its label (other predictors read images only)
+
     def __init__(self, model: SamModel, values: list[int], cfg: PromptedConfig, device: str = "cpu") -> None:
         self.model = model.to(device).eval()
         self.values = values

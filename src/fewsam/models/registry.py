@@ -138,7 +138,8 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str = "c
     _check_name(name)
     if checkpoint is None:
         if name != "litemedsam":
-            raise ModelError(f"model {name!r} needs a checkpoint file (pass its path)")
+            raise ModelError(f"model {name!r} needs a checkpoint file: pass --checkpoint PATH to its weights (.pth); "
+                             "only litemedsam's come with fewsam")
         path = litemedsam_checkpoint()
     else:
         path = Path(checkpoint)
