@@ -135,3 +135,16 @@ def test_cavity_rule_naming_no_class_of_the_data(tiny_acdc, tmp_path):
                                   "--cavity-rule", "Myo:LV:Aorta"), cwd=tmp_path)
     assert_one_line_error(result, "'Aorta' is not a class of this dataset (RV, Myo, LV)")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, command", [(["fit", "fewshot", "--out"], "fewsam fit fewshot"),
+                                           (["predict", "--out"], "fewsam predict"),
+                                           (["--bogus"], "fewsam")])
+def test_an_option_without_its_value_points_to_the_help_of_the_command_typed(args, command, monkeypatch, capsys):
+    from fewsam import cli
+
+    with pytest.raises(SystemExit) as ended:
+        cli.run_app(args)
+    assert ended.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: {command}: ") and line.endswith(f"(see '{command} --help')"), line

@@ -570,12 +570,25 @@ def _stop_on_signals() -> None:
         signal.signal(signum, _raise)
 
 
-def usage_error_line(exc: click_errors.UsageError) -> str:
+def usage_error_line(exc: click_errors.UsageError, args: list[str] | None = None) -> str:
     """A usage mistake (unknown option, a value of the wrong kind, a missing argument) as the one
-    line every other user mistake gets, with where the command's help is."""
-    command = exc.ctx.command_path if exc.ctx is not None else "fewsam"
+    line every other user mistake gets, with where the command's help is. Click's parser raises an
+    option given without its value before any command context exists, so the command is then read
+    from ``args``: the user is sent to the help that lists that option."""
+    command = exc.ctx.command_path if exc.ctx is not None else command_typed(args or [])
     message = not_for_this_method(exc, command) or " ".join(exc.format_message().split())
     return f"{command}: {message} (see '{command} --help')"
+
+
+def command_typed(args: list[str]) -> str:
+    """The command path the arguments name (``fewsam fit fewshot``), as far as they name one."""
+    words = ["fewsam"]
+    names = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    if args and args[0] in names:
+        words.append(args[0])
+        if args[0] == "fit" and len(args) > 1 and args[1] in REGISTRY:
+            words.append(args[1])
+    return " ".join(words)
 
 
 def not_for_this_method(exc: click_errors.UsageError, command: str) -> str | None:
@@ -617,7 +630,7 @@ def run_app(args: list[str] | None = None) -> None:
     except click_errors.NoArgsIsHelpError as exc:  # help already printed by the group
         raise SystemExit(exc.exit_code) from None
     except click_errors.UsageError as exc:
-        print_error(usage_error_line(exc))
+        print_error(usage_error_line(exc, sys.argv[1:] if args is None else args))
         raise SystemExit(2) from None
     except click_errors.ClickException as exc:
         print_error(exc.format_message())
