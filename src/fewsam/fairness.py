@@ -68,6 +68,22 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
                     "or leave the value empty for no group")
 
 
+def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins: Bins | None) -> None:
+    """Refuse a case whose index and joined attribute tables put it in different groups of ``column``
+    (sex "F" in index.csv, "M" in --attributes), naming both: the later table would win unseen and
+    move the case to another group. Values that bin alike (BMI 26 and 27 under 25/30) agree."""
+    sources = getattr(dataset, "attribute_sources", None)
+    if sources is None:
+        return
+    for case_id in case_ids:
+        known = [(where, attrs[column]) for where, attrs in sources(case_id) if attrs.get(column) is not None]
+        for where, other in known[1:]:
+            first, value = known[0]
+            if group_of({column: other}, column, bins) != group_of({column: value}, column, bins):
+                raise DataError(f"case {case_id} has {column} = {value!r} in {first} but {other!r} in {where}; "
+                                f"correct the wrong one, or leave one of the two cells empty")
+
+
 def case_attributes(dataset: Dataset, case_id: str) -> dict[str, Any]:
     """A case's attributes, without reading pixels when the index already has them.
 
@@ -99,6 +115,7 @@ def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
     binned = resolve_bins(column, bins)
     attrs = {cid: case_attributes(dataset, cid) for cid in dict.fromkeys(case_ids)}
     check_bin_values(column, binned, attrs)
+    check_sources_agree(dataset, attrs, column, binned)
     groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
     check_group_column(column, groups.values(), attrs.values(), cases)
     return groups

@@ -1,0 +1,67 @@
+"""Group attributes and group metrics as a fairness study meets them.
+
+Covers: an empty cell of a joined attribute table keeps the value the index gives; a case whose
+index and joined table put it in different groups is refused, naming both.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, run_fewsam, write_png_cases
+
+from fewsam.data import open_dataset
+from fewsam.errors import DataError
+from fewsam.fairness import case_groups
+from fewsam.evaluate import evaluate
+
+# Every label is rows 0-1 of a 10x10 image; FULL is perfect (Dice 1), HALF covers one row (Dice 2/3).
+LABEL = np.zeros((10, 10), np.uint8)
+LABEL[:2] = 1
+HALF = np.zeros((10, 10), np.uint8)
+HALF[0] = 1
+
+
+def png_study(tmp_path, cases):
+    """(data root, prediction folder) of ``cases``: id -> (attribute columns, prediction)."""
+    return write_png_cases(tmp_path, LABEL, cases)
+
+
+def group_dice(result):
+    return {name: (g["n"], round(g["mean"]["dice"], 4)) for name, g in result["groups"].items()}
+
+
+def test_empty_cell_of_joined_table_keeps_the_index_value(tmp_path):
+    root, pred = png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF),
+                                      "c": ({"sex": "M"}, HALF)})
+    extra = tmp_path / "scanner.csv"
+    extra.write_text("case,sex,scanner\na,,X\nb,M,Y\nc,,Y\n")
+    result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=extra, n_boot=20)
+    assert group_dice(result) == {"F": (1, 1.0), "M": (2, round(2 / 3, 4))}
+    assert result["missing_group"] == 0
+
+
+def test_index_and_joined_table_disagreeing_on_the_group_is_refused(tmp_path):
+    root, pred = png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF),
+                                      "c": ({"sex": "M"}, HALF)})
+    extra = tmp_path / "demographics.csv"
+    extra.write_text("case,sex\na,F\nb,F\nc,M\n")
+    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                        "--group-by", "sex", "--attributes", str(extra), "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, "case img/b has sex = 'M' in the index but 'F' in")
+    dataset = open_dataset(root, extra)  # fair scaling groups its labelled cases the same way
+    with pytest.raises(DataError, match="case img/b has sex = 'M'"):
+        case_groups(dataset, dataset.split("test"), "sex", cases="labelled case")
+    # another column of the same tables may disagree: only the group column decides the numbers
+    ok = evaluate(pred, root, "test", "sex", show_progress=False, n_boot=20)
+    assert group_dice(ok) == {"F": (1, 1.0), "M": (2, round(2 / 3, 4))}
+
+
+def test_values_in_one_bin_do_not_disagree(tmp_path):
+    root, pred = png_study(tmp_path, {"a": ({"bmi": "26"}, LABEL), "b": ({"bmi": "31"}, HALF)})
+    extra = tmp_path / "bmi.csv"
+    extra.write_text("case,bmi\na,27.5\nb,33\n")
+    result = evaluate(pred, root, "test", "bmi", show_progress=False, attributes=extra, n_boot=20)
+    assert group_dice(result) == {"25-30": (1, 1.0), ">=30": (1, round(2 / 3, 4))}
+    with pytest.raises(DataError, match="has bmi = 31 in the index but 19"):
+        extra.write_text("case,bmi\na,27.5\nb,19\n")
+        evaluate(pred, root, "test", "bmi", show_progress=False, attributes=extra, n_boot=20)
