@@ -1,7 +1,9 @@
 """Group attributes and group metrics as a fairness study meets them.
 
 Covers: an empty cell of a joined attribute table keeps the value the index gives; a case whose
-index and joined table put it in different groups is refused, naming both.
+index and joined table put it in different groups is refused, naming both; group values that
+differ only in case ("Female", "female") are refused in evaluate and in fair fit, not scored as
+two groups.
 """
 
 import numpy as np
@@ -65,3 +67,14 @@ def test_values_in_one_bin_do_not_disagree(tmp_path):
     with pytest.raises(DataError, match="has bmi = 31 in the index but 19"):
         extra.write_text("case,bmi\na,27.5\nb,19\n")
         evaluate(pred, root, "test", "bmi", show_progress=False, attributes=extra, n_boot=20)
+
+
+def test_group_values_differing_only_in_case_are_refused(tmp_path):
+    root, pred = png_study(tmp_path, {"a": ({"sex": "Female"}, LABEL), "b": ({"sex": "female "}, HALF),
+                                      "c": ({"sex": "male"}, HALF)})
+    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                        "--group-by", "sex", "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, "sex has the values 'Female' and 'female', which differ only in case")
+    dataset = open_dataset(root)
+    with pytest.raises(DataError, match="differ only in case"):
+        case_groups(dataset, dataset.split("test"), "sex", cases="labelled case")

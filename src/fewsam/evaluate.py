@@ -18,8 +18,8 @@ from fewsam.data.readers.common import files_below
 from fewsam.data.types import Dataset
 from fewsam.data.writers import missing_predictions
 from fewsam.errors import DataError
-from fewsam.fairness import (check_bin_values, check_group_column, check_sources_agree, per_class_equity,
-                             resolve_bins)
+from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
+                             check_sources_agree, per_class_equity, resolve_bins)
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.metrics import case_metrics, group_summary, summarise
 from fewsam.predict import dataset_folder_holding
@@ -83,6 +83,7 @@ def evaluate(
     if group_by:
         check_bin_values(group_by, explicit, dict(zip(case_ids, case_attrs)))
         check_group_column(group_by, (r["group"] for r in records), case_attrs)
+        check_group_spellings(group_by, (r["group"] for r in records))
         result.update(group_summary(records, alpha=alpha, es_mode=es_mode, n_boot=n_boot))
         if binned is not None:
             result["groups"] = _bin_order(result["groups"], binned)

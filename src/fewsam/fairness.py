@@ -84,6 +84,20 @@ def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins
                                 f"correct the wrong one, or leave one of the two cells empty")
 
 
+def check_group_spellings(column: str, groups: Iterable[str | None]) -> None:
+    """Refuse group values that differ only in case ("Female" and "female"): typed by hand in one
+    table, they mean one group, but would be scored as two, each with part of its cases, and change
+    ES-Dice and the worst-group gap."""
+    spellings: dict[str, str] = {}
+    for group in groups:
+        if group is None:
+            continue
+        first = spellings.setdefault(group.casefold(), group)
+        if first != group:
+            raise DataError(f"{column} has the values {first!r} and {group!r}, which differ only in case and would "
+                            "be scored as two groups; write one spelling for each group in the attribute table")
+
+
 def case_attributes(dataset: Dataset, case_id: str) -> dict[str, Any]:
     """A case's attributes, without reading pixels when the index already has them.
 
@@ -118,6 +132,7 @@ def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
     check_sources_agree(dataset, attrs, column, binned)
     groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
     check_group_column(column, groups.values(), attrs.values(), cases)
+    check_group_spellings(column, groups.values())
     return groups
 
 
