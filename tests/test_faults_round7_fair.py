@@ -3,7 +3,8 @@
 Covers: an empty cell of a joined attribute table keeps the value the index gives; a case whose
 index and joined table put it in different groups is refused, naming both; group values that
 differ only in case ("Female", "female") are refused in evaluate and in fair fit, not scored as
-two groups.
+two groups; "Unknown", "missing", "?" and "-" in a group column are no value (no group, counted
+as missing), as FairSeg's own -1 is.
 """
 
 import numpy as np
@@ -78,3 +79,14 @@ def test_group_values_differing_only_in_case_are_refused(tmp_path):
     dataset = open_dataset(root)
     with pytest.raises(DataError, match="differ only in case"):
         case_groups(dataset, dataset.split("test"), "sex", cases="labelled case")
+
+
+@pytest.mark.parametrize("marker", ["Unknown", "missing", "?", "-"])
+def test_unknown_markers_are_no_group(tmp_path, marker):
+    root, pred = png_study(tmp_path, {"a": ({"race": marker}, LABEL), "b": ({"race": "Black"}, HALF),
+                                      "c": ({"race": "White"}, LABEL), "d": ({"race": "White"}, HALF)})
+    result = evaluate(pred, root, "test", "race", show_progress=False, n_boot=20)
+    assert group_dice(result) == {"Black": (1, round(2 / 3, 4)), "White": (2, round(5 / 6, 4))}
+    assert result["missing_group"] == 1 and result["missing_group_cases"] == ["img/a"]
+    # ES-Dice over the two known groups: overall (1 + 2/3 + 1 + 2/3)/4 = 5/6; spread |2/3 - 5/6| + 0
+    assert result["es_dice"] == pytest.approx((5 / 6) / (1 + 1 / 6))
