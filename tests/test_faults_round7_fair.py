@@ -4,7 +4,8 @@ Covers: an empty cell of a joined attribute table keeps the value the index give
 index and joined table put it in different groups is refused, naming both; group values that
 differ only in case ("Female", "female") are refused in evaluate and in fair fit, not scored as
 two groups; "Unknown", "missing", "?" and "-" in a group column are no value (no group, counted
-as missing), as FairSeg's own -1 is.
+as missing), as FairSeg's own -1 is; bootstrap CIs resample patients (a patient's frames or slices
+are drawn together), so a group of one patient has no interval.
 """
 
 import numpy as np
@@ -15,6 +16,7 @@ from conftest import assert_one_line_error, run_fewsam, write_png_cases
 from fewsam.data import open_dataset
 from fewsam.errors import DataError
 from fewsam.fairness import case_groups
+from fewsam.metrics import bootstrap_ci
 from fewsam.evaluate import evaluate
 
 # Every label is rows 0-1 of a 10x10 image; FULL is perfect (Dice 1), HALF covers one row (Dice 2/3).
@@ -90,3 +92,31 @@ def test_unknown_markers_are_no_group(tmp_path, marker):
     assert result["missing_group"] == 1 and result["missing_group_cases"] == ["img/a"]
     # ES-Dice over the two known groups: overall (1 + 2/3 + 1 + 2/3)/4 = 5/6; spread |2/3 - 5/6| + 0
     assert result["es_dice"] == pytest.approx((5 / 6) / (1 + 1 / 6))
+
+
+def dice_record(case, dice, subject):
+    return {"case": case, "subject": subject, "per_class": {"fg": {"dice": dice, "iou": dice / (2 - dice)}},
+            "group": None}
+
+
+def test_bootstrap_draws_patients_not_their_frames():
+    # two frames per patient, equal in number: a replicate's mean over its drawn frames is the mean
+    # of its drawn patients' frame means, so the interval is the bootstrap over patient means
+    frames = [dice_record(f"p{i}_frame{f}", d, f"p{i}") for i, pair in enumerate([(0.9, 0.7), (0.6, 0.4), (0.95, 0.85),
+                                                                                   (0.5, 0.3), (0.8, 0.8)])
+              for f, d in enumerate(pair)]
+    patients = [dice_record(f"p{i}", m, f"p{i}") for i, m in enumerate([0.8, 0.5, 0.9, 0.4, 0.8])]
+    by_frame = bootstrap_ci(frames, np.random.default_rng(3), 500)["dice"]
+    by_patient = bootstrap_ci(patients, np.random.default_rng(3), 500)["dice"]
+    assert by_frame == pytest.approx(by_patient)
+
+
+def test_group_of_one_patient_has_no_interval(tmp_path):
+    root, pred = png_study(tmp_path, {"a1": ({"patient": "p1", "site": "A"}, LABEL),
+                                      "a2": ({"patient": "p1", "site": "A"}, HALF),
+                                      "b1": ({"patient": "p2", "site": "B"}, HALF),
+                                      "b2": ({"patient": "p3", "site": "B"}, LABEL)})
+    result = evaluate(pred, root, "test", "site", show_progress=False, n_boot=50)
+    assert result["groups"]["A"]["n"] == 2 and result["groups"]["A"]["ci95"] == {"dice": None, "iou": None}
+    lo, hi = result["groups"]["B"]["ci95"]["dice"]
+    assert 2 / 3 <= lo < hi <= 1

@@ -76,6 +76,7 @@ def evaluate(
         case_attrs.append(case.attributes)
         records.append({
             "case": case_id,
+            "subject": dataset.subject_of(case_id),
             "per_class": {names[k]: v for k, v in per_class.items()},
             "group": group_of(case.attributes, group_by, binned) if group_by else None,
         })

@@ -140,7 +140,8 @@ def _joint_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
 def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
     """The evaluate JSON from per-case records.
 
-    A record is `{"case": id, "per_class": {name: {"dice", "iou", "hd95", "asd"}}, "group": g}`.
+    A record is `{"case": id, "per_class": {name: {"dice", "iou", "hd95", "asd"}}, "group": g}`, and
+    may name its "subject" (patient), the unit `bootstrap_ci` resamples.
     Returns `{"mean": {metric: value}, "per_class": {name: {metric: mean, "<metric>_missing": k}},
     "cases": cases, "n_cases": N}`; a mean with no value to average is None.
     """
@@ -199,9 +200,9 @@ def group_summary(
 
     Cases whose "group" is None count in the overall scores but in no group ("missing_group").
     Groups are keyed by `str(group)` in `group_order`. With no group at all, es_dice, es_iou and
-    worst_group_gap are None. CIs are 95% percentile bootstraps over cases of the same mean as
-    the point estimate, drawn from one seeded generator in a fixed order (deterministic); a group
-    of one case has none (`bootstrap_ci`).
+    worst_group_gap are None. CIs are 95% percentile bootstraps over subjects (a record's optional
+    "subject", else its case) of the same mean as the point estimate, drawn from one seeded
+    generator in a fixed order (deterministic); a group of one subject has none (`bootstrap_ci`).
     """
     summary = summarise(cases)
     rng = np.random.default_rng(seed)
@@ -250,21 +251,27 @@ def _number(name: str) -> float:
 def bootstrap_ci(
     cases: list[dict[str, Any]], rng: np.random.Generator, n_boot: int = 1000
 ) -> dict[str, list[float] | None]:
-    """95% percentile-bootstrap interval of the summary mean Dice and IoU, resampling cases.
+    """95% percentile-bootstrap interval of the summary mean Dice and IoU, resampling subjects.
 
-    Each replicate draws len(cases) cases with replacement (as multinomial counts) and recomputes
-    the mean over classes of the per-class means, missing values ignored as in `summarise`.
+    Each replicate draws as many subjects as there are with replacement (as multinomial counts),
+    every case of a drawn subject with it, and recomputes the mean over classes of the per-class
+    means, missing values ignored as in `summarise`. A record's subject is its "subject" (the
+    patient), else its case: a patient's ED and ES frames, or its slices, are not independent
+    samples, and resampling them one by one gave intervals too narrow, and one for a group of a
+    single patient. With one case per subject this is the bootstrap over cases.
 
-    One case gives no interval (None): every replicate redraws that case, so the "interval" would
-    be its score alone, [x, x], read as a certain group mean where nothing is known of the spread.
-    Its replicates are still drawn, so the generator's stream, and the other groups' intervals, stay
-    the same.
+    One subject gives no interval (None): every replicate redraws that subject, so the "interval"
+    would be the spread of its own cases, read as a group mean's uncertainty where nothing is known
+    of the spread between patients. Its replicates are still drawn, so the generator's stream, and
+    the other groups' intervals, stay the same.
     """
     if not cases:
         return {m: None for m in CI_METRICS}
     names = _class_names(cases)
-    counts = rng.multinomial(len(cases), np.full(len(cases), 1 / len(cases)), size=n_boot).astype(float)
-    if len(cases) < 2:
+    subject_of_case, n_subjects = _subject_indices(cases)
+    draws = rng.multinomial(n_subjects, np.full(n_subjects, 1 / n_subjects), size=n_boot)
+    counts = draws[:, subject_of_case].astype(float)
+    if n_subjects < 2:
         return {m: None for m in CI_METRICS}
     intervals: dict[str, list[float] | None] = {}
     for m in CI_METRICS:
@@ -277,6 +284,13 @@ def bootstrap_ci(
         lo_hi = np.percentile(replicates, [2.5, 97.5]) if replicates.size else None
         intervals[m] = None if lo_hi is None else [float(lo_hi[0]), float(lo_hi[1])]
     return intervals
+
+
+def _subject_indices(cases: list[dict[str, Any]]) -> tuple[list[int], int]:
+    """(index of each case's subject, number of subjects), subjects numbered in order of first case."""
+    subjects = [str(case.get("subject") or case["case"]) for case in cases]
+    index = {subject: i for i, subject in enumerate(dict.fromkeys(subjects))}
+    return [index[subject] for subject in subjects], len(index)
 
 
 def _as_float(value: float | None) -> float:
