@@ -5,7 +5,8 @@ index and joined table put it in different groups is refused, naming both; group
 differ only in case ("Female", "female") are refused in evaluate and in fair fit, not scored as
 two groups; "Unknown", "missing", "?" and "-" in a group column are no value (no group, counted
 as missing), as FairSeg's own -1 is; bootstrap CIs resample patients (a patient's frames or slices
-are drawn together), so a group of one patient has no interval.
+are drawn together), so a group of one patient has no interval; ES-Dice measures the groups
+around the Dice of the cases they hold, so cases of no group add no disparity.
 """
 
 import numpy as np
@@ -90,8 +91,9 @@ def test_unknown_markers_are_no_group(tmp_path, marker):
     result = evaluate(pred, root, "test", "race", show_progress=False, n_boot=20)
     assert group_dice(result) == {"Black": (1, round(2 / 3, 4)), "White": (2, round(5 / 6, 4))}
     assert result["missing_group"] == 1 and result["missing_group_cases"] == ["img/a"]
-    # ES-Dice over the two known groups: overall (1 + 2/3 + 1 + 2/3)/4 = 5/6; spread |2/3 - 5/6| + 0
-    assert result["es_dice"] == pytest.approx((5 / 6) / (1 + 1 / 6))
+    # ES-Dice over the two known groups: their cases' Dice (2/3 + 1 + 2/3)/3 = 7/9;
+    # spread |2/3 - 7/9| + |5/6 - 7/9| = 1/6
+    assert result["es_dice"] == pytest.approx((7 / 9) / (1 + 1 / 6))
 
 
 def dice_record(case, dice, subject):
@@ -120,3 +122,14 @@ def test_group_of_one_patient_has_no_interval(tmp_path):
     assert result["groups"]["A"]["n"] == 2 and result["groups"]["A"]["ci95"] == {"dice": None, "iou": None}
     lo, hi = result["groups"]["B"]["ci95"]["dice"]
     assert 2 / 3 <= lo < hi <= 1
+
+
+def test_cases_of_no_group_add_no_disparity(tmp_path):
+    # sites A and B score alike (2/3 each); the two cases of no site score 1
+    root, pred = png_study(tmp_path, {"a": ({"site": "A"}, HALF), "b": ({"site": "B"}, HALF),
+                                      "u": ({"site": ""}, LABEL), "v": ({"site": "unknown"}, LABEL)})
+    result = evaluate(pred, root, "test", "site", show_progress=False, n_boot=20)
+    assert result["mean"]["dice"] == pytest.approx(5 / 6)  # all four cases
+    assert result["es_dice"] == pytest.approx(2 / 3) and result["es_iou"] == pytest.approx(1 / 2)
+    assert result["per_class_equity"]["foreground"]["es_dice"] == pytest.approx(2 / 3)
+    assert result["worst_group_gap"] == 0

@@ -226,11 +226,15 @@ def refuse_one_group(column: str, gamma: float, groups: dict[str, str | None], n
 def per_class_equity(result: dict[str, Any], alpha: float = 1.0, es_mode: str = "sum") -> dict[str, dict[str, float | None]]:
     """ES-Dice, ES-IoU and worst-group Dice gap of each class (FairSeg reports cup and rim apart).
 
-    ``result`` is a ``metrics.group_summary`` output; classes follow ``result["per_class"]``.
+    ``result`` is a ``metrics.group_summary`` output; classes follow ``result["per_class"]``. The
+    spread is measured around the per-class means of the cases in a group (``result["grouped"]``;
+    a summary without it holds no case outside the groups), as ``group_summary``'s ES-Dice is.
     """
     out: dict[str, dict[str, float | None]] = {}
     groups = result.get("groups", {})
-    for name, overall in result["per_class"].items():
+    grouped = result.get("grouped", result)["per_class"]
+    for name in result["per_class"]:
+        overall = grouped.get(name, {})
         entry: dict[str, float | None] = {}
         for m in CI_METRICS:
             scores = [g["per_class"].get(name, {}).get(m) for g in groups.values()]

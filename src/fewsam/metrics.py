@@ -198,9 +198,12 @@ def group_summary(
 ) -> dict[str, Any]:
     """`summarise` plus per-group metrics, ES-Dice/ES-IoU, the worst-group gap and bootstrap CIs.
 
-    Cases whose "group" is None count in the overall scores but in no group ("missing_group").
-    Groups are keyed by `str(group)` in `group_order`. With no group at all, es_dice, es_iou and
-    worst_group_gap are None. CIs are 95% percentile bootstraps over subjects (a record's optional
+    Cases whose "group" is None count in the overall scores but in no group ("missing_group"), and
+    not in ES-Dice / ES-IoU: those measure the spread of the group means around the mean of the
+    cases the groups hold ("grouped": n, mean, per_class), as the paper's groups hold every case.
+    Measured around the mean of all cases, the cases of no group would count as a disparity: two
+    groups scoring alike would get an ES-Dice below their Dice. Groups are keyed by `str(group)`
+    in `group_order`. With no group at all, es_dice, es_iou and worst_group_gap are None. CIs are 95% percentile bootstraps over subjects (a record's optional
     "subject", else its case) of the same mean as the point estimate, drawn from one seeded
     generator in a fixed order (deterministic); a group of one subject has none (`bootstrap_ci`).
     """
@@ -218,9 +221,11 @@ def group_summary(
         groups[g] = {"n": part["n_cases"], "mean": part["mean"], "per_class": part["per_class"], "ci95": ci}
     summary["groups"] = groups
     summary["missing_group"] = sum(case.get("group") is None for case in cases)
+    grouped = summarise([case for case in cases if case.get("group") is not None])
+    summary["grouped"] = {"n": grouped["n_cases"], "mean": grouped["mean"], "per_class": grouped["per_class"]}
     for m in CI_METRICS:
         scores = [g["mean"][m] for g in groups.values()]
-        overall = summary["mean"][m]
+        overall = grouped["mean"][m]
         usable = bool(groups) and overall is not None and None not in scores
         summary[f"es_{m}"] = equity_scaled(overall, scores, alpha, es_mode) if usable else None
     dice = [g["mean"]["dice"] for g in groups.values() if g["mean"]["dice"] is not None]
