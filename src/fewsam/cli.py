@@ -520,7 +520,8 @@ def _print_groups(result: dict) -> None:
               f"worst-group gap {_fmt4(result['worst_group_gap'])} (alpha {result['alpha']}, {result['es_mode']})")
     if result["missing_group"]:
         out.print(f"{result['missing_group']} case(s) have no {result['group_by']!r} value: counted in the "
-                  "overall scores, in no group (listed in the JSON as missing_group_cases)")
+                  "overall scores, in no group and not in ES-Dice / ES-IoU (listed in the JSON as "
+                  "missing_group_cases)")
 
 
 def _fmt4(x) -> str:
