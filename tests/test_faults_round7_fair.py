@@ -6,7 +6,8 @@ differ only in case ("Female", "female") are refused in evaluate and in fair fit
 two groups; "Unknown", "missing", "?" and "-" in a group column are no value (no group, counted
 as missing), as FairSeg's own -1 is; bootstrap CIs resample patients (a patient's frames or slices
 are drawn together), so a group of one patient has no interval; ES-Dice measures the groups
-around the Dice of the cases they hold, so cases of no group add no disparity.
+around the Dice of the cases they hold, so cases of no group add no disparity; over a single group
+(bins the data all falls in one of) ES-Dice and the worst-group gap are n/a, not Dice and 0.
 """
 
 import numpy as np
@@ -133,3 +134,17 @@ def test_cases_of_no_group_add_no_disparity(tmp_path):
     assert result["es_dice"] == pytest.approx(2 / 3) and result["es_iou"] == pytest.approx(1 / 2)
     assert result["per_class_equity"]["foreground"]["es_dice"] == pytest.approx(2 / 3)
     assert result["worst_group_gap"] == 0
+
+
+def test_one_group_is_no_evidence_of_fairness(tmp_path):
+    # every BMI is below 100: the bins leave one group, whose "disparity" would be 0
+    root, pred = png_study(tmp_path, {"a": ({"bmi": "22"}, LABEL), "b": ({"bmi": "31"}, HALF)})
+    result = evaluate(pred, root, "test", "bmi", bins="bmi:100,200", show_progress=False, n_boot=20)
+    assert list(result["groups"]) == ["<100"]
+    assert result["es_dice"] is None and result["es_iou"] is None and result["worst_group_gap"] is None
+    assert result["per_class_equity"]["foreground"] == {"es_dice": None, "es_iou": None, "worst_group_gap": None}
+    shown = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test", "--group-by", "bmi",
+                       "--bins", "bmi:100,200", "--quiet", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "ES-Dice n/a  ES-IoU n/a  worst-group gap n/a" in shown.stdout
+    assert "every case with a 'bmi' value is in group '<100'" in shown.stdout

@@ -29,7 +29,7 @@ from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
 from fewsam.losses import FairScaledLoss
-from fewsam.metrics import CI_METRICS, equity_scaled
+from fewsam.metrics import CI_METRICS, MIN_GROUPS, equity_scaled
 
 GROUPS_FILE = "fair_groups.json"
 
@@ -238,10 +238,10 @@ def per_class_equity(result: dict[str, Any], alpha: float = 1.0, es_mode: str = 
         entry: dict[str, float | None] = {}
         for m in CI_METRICS:
             scores = [g["per_class"].get(name, {}).get(m) for g in groups.values()]
-            usable = bool(groups) and overall.get(m) is not None and None not in scores
+            usable = len(groups) >= MIN_GROUPS and overall.get(m) is not None and None not in scores
             entry[f"es_{m}"] = equity_scaled(overall[m], scores, alpha, es_mode) if usable else None
         dice = [g["per_class"].get(name, {}).get("dice") for g in groups.values()]
         dice = [d for d in dice if d is not None]
-        entry["worst_group_gap"] = max(dice) - min(dice) if dice else None
+        entry["worst_group_gap"] = max(dice) - min(dice) if len(dice) >= MIN_GROUPS else None
         out[name] = entry
     return out

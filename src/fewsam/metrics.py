@@ -36,6 +36,9 @@ from fewsam.errors import DataError
 
 METRICS = ("dice", "iou", "hd95", "asd")
 CI_METRICS = ("dice", "iou")
+# Equity needs groups to compare: over one group (a single-site test split, bins the data falls in
+# one of) ES-Dice would equal the Dice and the worst-group gap be 0, read as perfectly fair.
+MIN_GROUPS = 2
 
 
 def case_metrics(
@@ -203,7 +206,8 @@ def group_summary(
     cases the groups hold ("grouped": n, mean, per_class), as the paper's groups hold every case.
     Measured around the mean of all cases, the cases of no group would count as a disparity: two
     groups scoring alike would get an ES-Dice below their Dice. Groups are keyed by `str(group)`
-    in `group_order`. With no group at all, es_dice, es_iou and worst_group_gap are None. CIs are 95% percentile bootstraps over subjects (a record's optional
+    in `group_order`. With fewer than two groups (`MIN_GROUPS`), es_dice, es_iou and worst_group_gap
+    are None. CIs are 95% percentile bootstraps over subjects (a record's optional
     "subject", else its case) of the same mean as the point estimate, drawn from one seeded
     generator in a fixed order (deterministic); a group of one subject has none (`bootstrap_ci`).
     """
@@ -226,10 +230,10 @@ def group_summary(
     for m in CI_METRICS:
         scores = [g["mean"][m] for g in groups.values()]
         overall = grouped["mean"][m]
-        usable = bool(groups) and overall is not None and None not in scores
+        usable = len(groups) >= MIN_GROUPS and overall is not None and None not in scores
         summary[f"es_{m}"] = equity_scaled(overall, scores, alpha, es_mode) if usable else None
     dice = [g["mean"]["dice"] for g in groups.values() if g["mean"]["dice"] is not None]
-    summary["worst_group_gap"] = max(dice) - min(dice) if dice else None
+    summary["worst_group_gap"] = max(dice) - min(dice) if len(dice) >= MIN_GROUPS else None
     return summary
 
 
