@@ -40,17 +40,20 @@ def test_groups_es_dice_and_missing_by_hand(png_data):
     assert result["groups"]["A"]["mean"]["dice"] == pytest.approx(5 / 6)
     assert result["groups"]["B"]["mean"]["dice"] == pytest.approx(2 / 3)
     assert result["mean"]["dice"] == pytest.approx(5 / 6)
-    # ES-Dice = (5/6) / (1 + |5/6 - 5/6| + |2/3 - 5/6|) = 5/7; ES-IoU = 0.75 / (1 + 0 + 0.25) = 0.6.
-    assert result["es_dice"] == pytest.approx(5 / 7)
-    assert result["es_iou"] == pytest.approx(0.6)
+    # ES-Dice is taken over the cases with a group (u1 has none): their Dice (1 + 2/3 + 2/3)/3 = 7/9,
+    # ES-Dice = (7/9) / (1 + |5/6 - 7/9| + |2/3 - 7/9|) = 2/3; IoU: A 3/4, B 1/2, grouped 2/3,
+    # ES-IoU = (2/3) / (1 + 1/12 + 1/6) = 8/15.
+    assert result["grouped"]["n"] == 3 and result["grouped"]["mean"]["dice"] == pytest.approx(7 / 9)
+    assert result["es_dice"] == pytest.approx(2 / 3)
+    assert result["es_iou"] == pytest.approx(8 / 15)
     assert result["worst_group_gap"] == pytest.approx(1 / 6)
     assert result["missing_group"] == 1 and result["missing_group_cases"] == ["img/u1"]
-    assert result["per_class_equity"]["foreground"]["es_dice"] == pytest.approx(5 / 7)
+    assert result["per_class_equity"]["foreground"]["es_dice"] == pytest.approx(2 / 3)
     lo, hi = result["groups"]["A"]["ci95"]["dice"]
     assert 2 / 3 <= lo <= hi <= 1
     # std mode and alpha: spread = stdev(5/6, 2/3) = (1/6)/sqrt(2)
     std = evaluate(pred, root, "test", "site", alpha=2.0, show_progress=False, es_mode="std", n_boot=10)
-    assert std["es_dice"] == pytest.approx((5 / 6) / (1 + 2 * (1 / 6) / np.sqrt(2)))
+    assert std["es_dice"] == pytest.approx((7 / 9) / (1 + 2 * (1 / 6) / np.sqrt(2)))
 
 
 def test_bins_order_and_explicit_attribute_csv(png_data, tmp_path):
@@ -78,7 +81,7 @@ def test_cli_prints_groups_and_missing_line(png_data, tmp_path):
     res = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
                                    "--group-by", "site", "--json", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "ES-Dice 0.7143" in res.output
+    assert "ES-Dice 0.6667" in res.output
     assert "1 case(s) have no 'site' value" in res.output
     saved = json.loads(out.read_text())
     assert {"groups", "es_dice", "es_iou", "worst_group_gap", "overall_ci95"} <= set(saved)

@@ -250,8 +250,10 @@ def test_group_summary_known_values():
     dcm, nor = summary["groups"]["DCM"], summary["groups"]["NOR"]
     assert (dcm["n"], nor["n"]) == (2, 1)
     assert dcm["mean"]["dice"] == pytest.approx(0.8) and nor["mean"]["dice"] == pytest.approx(0.6)
-    assert summary["es_dice"] == pytest.approx(0.7 / 1.2)
-    assert summary["es_iou"] == pytest.approx(0.35 / 1.1)
+    # ES over the three cases with a group: Dice (0.8 + 0.8 + 0.6)/3 = 2.2/3, spread 0.2;
+    # IoU (0.4 + 0.4 + 0.3)/3 = 1.1/3, spread 0.1
+    assert summary["es_dice"] == pytest.approx((2.2 / 3) / 1.2)
+    assert summary["es_iou"] == pytest.approx((1.1 / 3) / 1.1)
     assert summary["worst_group_gap"] == pytest.approx(0.2)
     # constant scores within a group: the interval collapses to the value
     assert dcm["ci95"]["dice"] == pytest.approx([0.8, 0.8])

@@ -518,9 +518,13 @@ def _print_groups(result: dict) -> None:
                   f"[{_fmt4(lo)}, {_fmt4(hi)}]  IoU {_fmt4(g['mean']['iou'])}", highlight=False)
     out.print(f"ES-Dice {_fmt4(result['es_dice'])}  ES-IoU {_fmt4(result['es_iou'])}  "
               f"worst-group gap {_fmt4(result['worst_group_gap'])} (alpha {result['alpha']}, {result['es_mode']})")
+    if len(result["groups"]) == 1:
+        out.print(f"every case with a {result['group_by']!r} value is in group {next(iter(result['groups']))!r}: "
+                  "ES-Dice, ES-IoU and the worst-group gap compare two groups or more")
     if result["missing_group"]:
         out.print(f"{result['missing_group']} case(s) have no {result['group_by']!r} value: counted in the "
-                  "overall scores, in no group (listed in the JSON as missing_group_cases)")
+                  "overall scores, in no group and not in ES-Dice / ES-IoU (listed in the JSON as "
+                  "missing_group_cases)")
 
 
 def _fmt4(x) -> str:

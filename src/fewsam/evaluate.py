@@ -18,7 +18,8 @@ from fewsam.data.readers.common import files_below
 from fewsam.data.types import Dataset
 from fewsam.data.writers import missing_predictions
 from fewsam.errors import DataError
-from fewsam.fairness import check_bin_values, check_group_column, per_class_equity, resolve_bins
+from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
+                             check_sources_agree, per_class_equity, resolve_bins)
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.metrics import case_metrics, group_summary, summarise
 from fewsam.predict import dataset_folder_holding
@@ -64,6 +65,8 @@ def evaluate(
     case_ids = dataset.split(split or DEFAULT_SPLIT)
     if group_by and dataset.format != "npz":  # FairSeg's attributes are inside the files: checked below
         check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
+    if group_by:
+        check_sources_agree(dataset, case_ids, group_by, binned)
     refuse_missing_predictions(dataset, case_ids, pred)
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
@@ -73,6 +76,7 @@ def evaluate(
         case_attrs.append(case.attributes)
         records.append({
             "case": case_id,
+            "subject": dataset.subject_of(case_id),
             "per_class": {names[k]: v for k, v in per_class.items()},
             "group": group_of(case.attributes, group_by, binned) if group_by else None,
         })
@@ -80,6 +84,7 @@ def evaluate(
     if group_by:
         check_bin_values(group_by, explicit, dict(zip(case_ids, case_attrs)))
         check_group_column(group_by, (r["group"] for r in records), case_attrs)
+        check_group_spellings(group_by, (r["group"] for r in records))
         result.update(group_summary(records, alpha=alpha, es_mode=es_mode, n_boot=n_boot))
         if binned is not None:
             result["groups"] = _bin_order(result["groups"], binned)

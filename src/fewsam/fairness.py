@@ -29,7 +29,7 @@ from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
 from fewsam.losses import FairScaledLoss
-from fewsam.metrics import CI_METRICS, equity_scaled
+from fewsam.metrics import CI_METRICS, MIN_GROUPS, equity_scaled
 
 GROUPS_FILE = "fair_groups.json"
 
@@ -68,6 +68,36 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
                     "or leave the value empty for no group")
 
 
+def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins: Bins | None) -> None:
+    """Refuse a case whose index and joined attribute tables put it in different groups of ``column``
+    (sex "F" in index.csv, "M" in --attributes), naming both: the later table would win unseen and
+    move the case to another group. Values that bin alike (BMI 26 and 27 under 25/30) agree."""
+    sources = getattr(dataset, "attribute_sources", None)
+    if sources is None:
+        return
+    for case_id in case_ids:
+        known = [(where, attrs[column]) for where, attrs in sources(case_id) if attrs.get(column) is not None]
+        for where, other in known[1:]:
+            first, value = known[0]
+            if group_of({column: other}, column, bins) != group_of({column: value}, column, bins):
+                raise DataError(f"case {case_id} has {column} = {value!r} in {first} but {other!r} in {where}; "
+                                f"correct the wrong one, or leave one of the two cells empty")
+
+
+def check_group_spellings(column: str, groups: Iterable[str | None]) -> None:
+    """Refuse group values that differ only in case ("Female" and "female"): typed by hand in one
+    table, they mean one group, but would be scored as two, each with part of its cases, and change
+    ES-Dice and the worst-group gap."""
+    spellings: dict[str, str] = {}
+    for group in groups:
+        if group is None:
+            continue
+        first = spellings.setdefault(group.casefold(), group)
+        if first != group:
+            raise DataError(f"{column} has the values {first!r} and {group!r}, which differ only in case and would "
+                            "be scored as two groups; write one spelling for each group in the attribute table")
+
+
 def case_attributes(dataset: Dataset, case_id: str) -> dict[str, Any]:
     """A case's attributes, without reading pixels when the index already has them.
 
@@ -99,8 +129,10 @@ def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
     binned = resolve_bins(column, bins)
     attrs = {cid: case_attributes(dataset, cid) for cid in dict.fromkeys(case_ids)}
     check_bin_values(column, binned, attrs)
+    check_sources_agree(dataset, attrs, column, binned)
     groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
     check_group_column(column, groups.values(), attrs.values(), cases)
+    check_group_spellings(column, groups.values())
     return groups
 
 
@@ -194,18 +226,22 @@ def refuse_one_group(column: str, gamma: float, groups: dict[str, str | None], n
 def per_class_equity(result: dict[str, Any], alpha: float = 1.0, es_mode: str = "sum") -> dict[str, dict[str, float | None]]:
     """ES-Dice, ES-IoU and worst-group Dice gap of each class (FairSeg reports cup and rim apart).
 
-    ``result`` is a ``metrics.group_summary`` output; classes follow ``result["per_class"]``.
+    ``result`` is a ``metrics.group_summary`` output; classes follow ``result["per_class"]``. The
+    spread is measured around the per-class means of the cases in a group (``result["grouped"]``;
+    a summary without it holds no case outside the groups), as ``group_summary``'s ES-Dice is.
     """
     out: dict[str, dict[str, float | None]] = {}
     groups = result.get("groups", {})
-    for name, overall in result["per_class"].items():
+    grouped = result.get("grouped", result)["per_class"]
+    for name in result["per_class"]:
+        overall = grouped.get(name, {})
         entry: dict[str, float | None] = {}
         for m in CI_METRICS:
             scores = [g["per_class"].get(name, {}).get(m) for g in groups.values()]
-            usable = bool(groups) and overall.get(m) is not None and None not in scores
+            usable = len(groups) >= MIN_GROUPS and overall.get(m) is not None and None not in scores
             entry[f"es_{m}"] = equity_scaled(overall[m], scores, alpha, es_mode) if usable else None
         dice = [g["per_class"].get(name, {}).get("dice") for g in groups.values()]
         dice = [d for d in dice if d is not None]
-        entry["worst_group_gap"] = max(dice) - min(dice) if dice else None
+        entry["worst_group_gap"] = max(dice) - min(dice) if len(dice) >= MIN_GROUPS else None
         out[name] = entry
     return out

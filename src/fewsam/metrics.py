@@ -36,6 +36,9 @@ from fewsam.errors import DataError
 
 METRICS = ("dice", "iou", "hd95", "asd")
 CI_METRICS = ("dice", "iou")
+# Equity needs groups to compare: over one group (a single-site test split, bins the data falls in
+# one of) ES-Dice would equal the Dice and the worst-group gap be 0, read as perfectly fair.
+MIN_GROUPS = 2
 
 
 def case_metrics(
@@ -140,7 +143,8 @@ def _joint_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
 def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
     """The evaluate JSON from per-case records.
 
-    A record is `{"case": id, "per_class": {name: {"dice", "iou", "hd95", "asd"}}, "group": g}`.
+    A record is `{"case": id, "per_class": {name: {"dice", "iou", "hd95", "asd"}}, "group": g}`, and
+    may name its "subject" (patient), the unit `bootstrap_ci` resamples.
     Returns `{"mean": {metric: value}, "per_class": {name: {metric: mean, "<metric>_missing": k}},
     "cases": cases, "n_cases": N}`; a mean with no value to average is None.
     """
@@ -197,11 +201,15 @@ def group_summary(
 ) -> dict[str, Any]:
     """`summarise` plus per-group metrics, ES-Dice/ES-IoU, the worst-group gap and bootstrap CIs.
 
-    Cases whose "group" is None count in the overall scores but in no group ("missing_group").
-    Groups are keyed by `str(group)` in `group_order`. With no group at all, es_dice, es_iou and
-    worst_group_gap are None. CIs are 95% percentile bootstraps over cases of the same mean as
-    the point estimate, drawn from one seeded generator in a fixed order (deterministic); a group
-    of one case has none (`bootstrap_ci`).
+    Cases whose "group" is None count in the overall scores but in no group ("missing_group"), and
+    not in ES-Dice / ES-IoU: those measure the spread of the group means around the mean of the
+    cases the groups hold ("grouped": n, mean, per_class), as the paper's groups hold every case.
+    Measured around the mean of all cases, the cases of no group would count as a disparity: two
+    groups scoring alike would get an ES-Dice below their Dice. Groups are keyed by `str(group)`
+    in `group_order`. With fewer than two groups (`MIN_GROUPS`), es_dice, es_iou and worst_group_gap
+    are None. CIs are 95% percentile bootstraps over subjects (a record's optional
+    "subject", else its case) of the same mean as the point estimate, drawn from one seeded
+    generator in a fixed order (deterministic); a group of one subject has none (`bootstrap_ci`).
     """
     summary = summarise(cases)
     rng = np.random.default_rng(seed)
@@ -217,13 +225,15 @@ def group_summary(
         groups[g] = {"n": part["n_cases"], "mean": part["mean"], "per_class": part["per_class"], "ci95": ci}
     summary["groups"] = groups
     summary["missing_group"] = sum(case.get("group") is None for case in cases)
+    grouped = summarise([case for case in cases if case.get("group") is not None])
+    summary["grouped"] = {"n": grouped["n_cases"], "mean": grouped["mean"], "per_class": grouped["per_class"]}
     for m in CI_METRICS:
         scores = [g["mean"][m] for g in groups.values()]
-        overall = summary["mean"][m]
-        usable = bool(groups) and overall is not None and None not in scores
+        overall = grouped["mean"][m]
+        usable = len(groups) >= MIN_GROUPS and overall is not None and None not in scores
         summary[f"es_{m}"] = equity_scaled(overall, scores, alpha, es_mode) if usable else None
     dice = [g["mean"]["dice"] for g in groups.values() if g["mean"]["dice"] is not None]
-    summary["worst_group_gap"] = max(dice) - min(dice) if dice else None
+    summary["worst_group_gap"] = max(dice) - min(dice) if len(dice) >= MIN_GROUPS else None
     return summary
 
 
@@ -250,21 +260,27 @@ def _number(name: str) -> float:
 def bootstrap_ci(
     cases: list[dict[str, Any]], rng: np.random.Generator, n_boot: int = 1000
 ) -> dict[str, list[float] | None]:
-    """95% percentile-bootstrap interval of the summary mean Dice and IoU, resampling cases.
+    """95% percentile-bootstrap interval of the summary mean Dice and IoU, resampling subjects.
 
-    Each replicate draws len(cases) cases with replacement (as multinomial counts) and recomputes
-    the mean over classes of the per-class means, missing values ignored as in `summarise`.
+    Each replicate draws as many subjects as there are with replacement (as multinomial counts),
+    every case of a drawn subject with it, and recomputes the mean over classes of the per-class
+    means, missing values ignored as in `summarise`. A record's subject is its "subject" (the
+    patient), else its case: a patient's ED and ES frames, or its slices, are not independent
+    samples, and resampling them one by one gave intervals too narrow, and one for a group of a
+    single patient. With one case per subject this is the bootstrap over cases.
 
-    One case gives no interval (None): every replicate redraws that case, so the "interval" would
-    be its score alone, [x, x], read as a certain group mean where nothing is known of the spread.
-    Its replicates are still drawn, so the generator's stream, and the other groups' intervals, stay
-    the same.
+    One subject gives no interval (None): every replicate redraws that subject, so the "interval"
+    would be the spread of its own cases, read as a group mean's uncertainty where nothing is known
+    of the spread between patients. Its replicates are still drawn, so the generator's stream, and
+    the other groups' intervals, stay the same.
     """
     if not cases:
         return {m: None for m in CI_METRICS}
     names = _class_names(cases)
-    counts = rng.multinomial(len(cases), np.full(len(cases), 1 / len(cases)), size=n_boot).astype(float)
-    if len(cases) < 2:
+    subject_of_case, n_subjects = _subject_indices(cases)
+    draws = rng.multinomial(n_subjects, np.full(n_subjects, 1 / n_subjects), size=n_boot)
+    counts = draws[:, subject_of_case].astype(float)
+    if n_subjects < 2:
         return {m: None for m in CI_METRICS}
     intervals: dict[str, list[float] | None] = {}
     for m in CI_METRICS:
@@ -277,6 +293,13 @@ def bootstrap_ci(
         lo_hi = np.percentile(replicates, [2.5, 97.5]) if replicates.size else None
         intervals[m] = None if lo_hi is None else [float(lo_hi[0]), float(lo_hi[1])]
     return intervals
+
+
+def _subject_indices(cases: list[dict[str, Any]]) -> tuple[list[int], int]:
+    """(index of each case's subject, number of subjects), subjects numbered in order of first case."""
+    subjects = [str(case.get("subject") or case["case"]) for case in cases]
+    index = {subject: i for i, subject in enumerate(dict.fromkeys(subjects))}
+    return [index[subject] for subject in subjects], len(index)
 
 
 def _as_float(value: float | None) -> float:

@@ -46,11 +46,11 @@ INTRO = (
     "Dice measures the overlap of predicted and true masks (0 = none, 1 = perfect); IoU is the "
     "stricter intersection over union; HD95 and ASD are boundary distances (lower is better). "
     "Cases are split into groups by one attribute. ES-Dice (equity-scaled Dice, FairSeg) divides "
-    "the overall Dice by 1 + alpha x the summed distance of the group Dices from it: it equals the "
-    "overall Dice when every group does equally well and drops as groups diverge. The worst-group "
+    "the Dice of the cases with a group by 1 + alpha x the summed distance of the group Dices from it: "
+    "it equals that Dice when every group does equally well and drops as groups diverge. The worst-group "
     "gap is the best group's Dice minus the worst group's. Intervals are 95% bootstrap confidence "
-    "intervals over cases; a group of a few cases has a wide interval, so read small gaps with care, "
-    "and a group of one case has none (n/a)."
+    "intervals over patients (a patient's cases are drawn together); a group of a few patients has a "
+    "wide interval, so read small gaps with care, and a group of one patient has none (n/a)."
 )
 
 

@@ -4,7 +4,8 @@ continuous attributes (``parse_bins("bmi:25,30")`` -> "<25", "25-30", ">=30").
 A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``... or the first
 column); a case takes the row whose key equals its case id, its subject (patient) id, its
 relative path, or the file name of that path, in this order. Cells are parsed as int, then
-float, else kept as text; empty cells and NA/NaN/None are missing (``None``).
+float, else kept as text; empty cells, NA/NaN/None and the words tables write for an unknown value
+(unknown, missing, ?, -) are missing (``None``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from fewsam.errors import DataError, FewsamError
 from fewsam.progress import say_once
 
 KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_id", "pid", "id")
-MISSING = {"", "na", "n/a", "nan", "none", "null"}
+# "unknown" is no group: FairSeg's own files code an unknown attribute -1, read as no value, and an
+# "unknown" group would enter ES-Dice's spread and the worst-group gap as if it were a population.
+MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown", "missing", "?", "-"}
 
 
 DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
@@ -39,7 +42,7 @@ CODE_WITH_LEADING_ZEROS = re.compile(r"[-+]?0\d+")
 
 
 def parse_cell(text: str) -> Any:
-    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' -> None. A whole number written with
+    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' / 'Unknown' -> None. A whole number written with
     leading zeros ('001', a site or scanner code) stays text: as a number, sites '001' and '01' would
     merge into one group '1', and the group would not read as the user's code."""
     text = text.strip()

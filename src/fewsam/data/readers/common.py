@@ -169,12 +169,26 @@ class IndexedDataset:
 
     def attributes_of(self, case_id: str, read_attributes: dict[str, Any] | None = None
                       ) -> dict[str, Any]:
-        """Index attributes, then those read from the file, then joined tables (later win)."""
-        entry = self._entry(case_id)
-        merged = {**entry.attributes, **(read_attributes or {})}
-        for table in self.tables:
-            merged.update(table.row_for(case_id, entry.subject, entry.rel_path, listed_names(self.root, entry)))
+        """Index attributes, then those read from the file, then joined tables (later win).
+
+        An empty cell of a joined table is no value, so it leaves an earlier value in place: a
+        demographics table with a blank "sex" cell would otherwise take the case out of its group."""
+        merged = {**self._entry(case_id).attributes, **(read_attributes or {})}
+        for _, row in self.table_rows(case_id):
+            merged.update({column: value for column, value in row.items() if value is not None})
         return merged
+
+    def attribute_sources(self, case_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(where, attributes) of each place that knows the case's attributes without reading its
+        pixels: the index, then each joined table in the order joined."""
+        return [("the index", self._entry(case_id).attributes), *self.table_rows(case_id)]
+
+    def table_rows(self, case_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(table file, the case's row) of each joined table that has a row for the case."""
+        entry = self._entry(case_id)
+        rows = [(table.source, table.row_for(case_id, entry.subject, entry.rel_path, listed_names(self.root, entry)))
+                for table in self.tables]
+        return [(source, row) for source, row in rows if row]
 
     def subject_of(self, case_id: str) -> str:
         return self._entry(case_id).subject
