@@ -7,7 +7,8 @@ two groups; "Unknown", "missing", "?" and "-" in a group column are no value (no
 as missing), as FairSeg's own -1 is; bootstrap CIs resample patients (a patient's frames or slices
 are drawn together), so a group of one patient has no interval; ES-Dice measures the groups
 around the Dice of the cases they hold, so cases of no group add no disparity; over a single group
-(bins the data all falls in one of) ES-Dice and the worst-group gap are n/a, not Dice and 0.
+(bins the data all falls in one of) ES-Dice and the worst-group gap are n/a, not Dice and 0;
+compare and report pair a patient's frames as one subject, not as independent pairs.
 """
 
 import numpy as np
@@ -148,3 +149,33 @@ def test_one_group_is_no_evidence_of_fairness(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "ES-Dice n/a  ES-IoU n/a  worst-group gap n/a" in shown.stdout
     assert "every case with a 'bmi' value is in group '<100'" in shown.stdout
+
+
+def _evaluation(path, scores):
+    """An evaluation JSON of per-case Dice ``scores``: case -> (subject, dice)."""
+    import json
+
+    cases = [{"case": c, "subject": subj, "per_class": {"fg": {"dice": d, "iou": d, "hd95": 1.0, "asd": 1.0}}}
+             for c, (subj, d) in scores.items()]
+    path.write_text(json.dumps({"cases": cases}))
+    return path
+
+
+def test_compare_pairs_a_patients_frames_as_one_subject(tmp_path):
+    from scipy.stats import wilcoxon
+
+    from fewsam.compare import compare_runs, describe
+
+    rng = np.random.default_rng(0)
+    patients = [f"p{i}" for i in range(8)]
+    a_scores, b_scores = {}, {}
+    for p in patients:
+        for frame in ("ed", "es"):
+            a_scores[f"{p}_{frame}"] = (p, float(rng.uniform(0.6, 0.9)))
+            b_scores[f"{p}_{frame}"] = (p, float(rng.uniform(0.6, 0.9)))
+    result = compare_runs(_evaluation(tmp_path / "a.json", a_scores), _evaluation(tmp_path / "b.json", b_scores))
+    mean = lambda scores, p: (scores[f"{p}_ed"][1] + scores[f"{p}_es"][1]) / 2  # noqa: E731
+    expected = wilcoxon([mean(a_scores, p) for p in patients], [mean(b_scores, p) for p in patients])
+    assert result["n"] == 8 and result["n_cases"] == 16
+    assert result["p"] == pytest.approx(float(expected.pvalue))
+    assert describe(result).startswith("8 paired subjects (16 cases, averaged per subject)")

@@ -3,7 +3,9 @@
 Each run is an evaluation JSON written by ``fewsam evaluate --json``. A case's score is the mean
 over classes of its per-class metric, as the papers compare methods on per-case mean Dice; a class
 value only one run has (HD95 of an empty prediction) is left out of both (``paired_scores``). With
-``n_comparisons`` K the p value is also Bonferroni-corrected (x K).
+``n_comparisons`` K the p value is also Bonferroni-corrected (x K). Cases of one subject (the ED and
+ES frames of an ACDC patient) are averaged into one pair (``subject_pairs``): the test assumes
+independent pairs, and two frames of one heart are not.
 """
 
 from __future__ import annotations
@@ -138,9 +140,9 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
         raise DataError(f"the two runs share {len(common)} case(s) with a {metric} value and {unscored} case(s) "
                         f"without one (an empty prediction or label); a paired test needs at least 2 — compare "
                         "them on dice or iou")
-    test = wilcoxon_compare(paired_a, paired_b, n_comparisons)
+    test = wilcoxon_compare(*subject_pairs(eval_a, paired_a, paired_b), n_comparisons)
     return {
-        "a": str(a), "b": str(b), "metric": metric, "n_comparisons": n_comparisons,
+        "a": str(a), "b": str(b), "metric": metric, "n_comparisons": n_comparisons, "n_cases": len(common),
         "mean_a": sum(paired_a[c] for c in common) / len(common),
         "mean_b": sum(paired_b[c] for c in common) / len(common),
         **left_out,
@@ -174,6 +176,20 @@ def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = 
             paired_a[case["case"]] = sum(values_a[n] for n in shared) / len(shared)
             paired_b[case["case"]] = sum(values_b[n] for n in shared) / len(shared)
     return paired_a, paired_b, one_sided
+
+
+def subject_pairs(evaluation: dict[str, Any], paired_a: dict[str, float], paired_b: dict[str, float]
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """The paired case scores averaged per subject, as ``evaluation``'s records name it (a record
+    without a subject is its own): the signed-rank test's pairs must be independent, and the p of
+    two frames of one patient counted as two pairs would be too small."""
+    subject = {case["case"]: str(case.get("subject", case["case"])) for case in evaluation["cases"]}
+    by_subject: dict[str, list[str]] = {}
+    for case_id in sorted(paired_a):
+        by_subject.setdefault(subject.get(case_id, case_id), []).append(case_id)
+    mean = lambda scores, ids: sum(scores[i] for i in ids) / len(ids)  # noqa: E731 - one-line helper
+    return ({s: mean(paired_a, ids) for s, ids in by_subject.items()},
+            {s: mean(paired_b, ids) for s, ids in by_subject.items()})
 
 
 def _values(per_class: dict[str, Any], metric: str) -> dict[str, float]:
@@ -216,7 +232,9 @@ def _case_ids(result: dict[str, Any]) -> set[str]:
 def describe(result: dict[str, Any]) -> str:
     """Two lines a reader can quote."""
     m = result["metric"]
-    lines = [f"{result['n']} paired cases  mean {m}: A {result['mean_a']:.4f}  B {result['mean_b']:.4f}  "
+    pairs = (f"{result['n']} paired cases" if result.get("n_cases", result["n"]) == result["n"]
+             else f"{result['n']} paired subjects ({result['n_cases']} cases, averaged per subject)")
+    lines = [f"{pairs}  mean {m}: A {result['mean_a']:.4f}  B {result['mean_b']:.4f}  "
              f"median A-B {round(result['median_diff'], 4) + 0.0:+.4f}",
              f"Wilcoxon signed-rank W={result['statistic']:.1f}  p={result['p']:.4g}"
              + (f"  Bonferroni (x{result['n_comparisons']}) p={result['p_bonferroni']:.4g}"

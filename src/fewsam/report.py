@@ -252,21 +252,22 @@ def _plot_file_names(classes: list[str]) -> list[str]:
 def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     if len(runs) < 2:
         return []
-    from fewsam.compare import check_same_classes, paired_scores
+    from fewsam.compare import check_same_classes, paired_scores, subject_pairs
     from fewsam.errors import DataError
     from fewsam.metrics import wilcoxon_compare
 
     base_name, base = runs[0]
-    header = ["comparison", "paired cases", "median Dice difference", "W", "p"]
+    header = ["comparison", "paired subjects", "median Dice difference", "W", "p"]
     rows = []
     for name, r in runs[1:]:
         try:
             check_same_classes(r, base, name, base_name)
-            t = wilcoxon_compare(*paired_scores(r, base)[:2])
+            t = wilcoxon_compare(*subject_pairs(r, *paired_scores(r, base)[:2]))
             rows.append([f"{name} vs {base_name}", t["n"], f"{round(t['median_diff'], 4) + 0.0:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
         except DataError as err:
             rows.append([f"{name} vs {base_name}", "-", "-", "-", str(err)])
-    text = ("Paired Wilcoxon signed-rank test on per-case mean Dice (cases both runs scored). "
+    text = ("Paired Wilcoxon signed-rank test on per-case mean Dice (cases both runs scored), the cases of "
+            "one subject averaged into one pair. "
             "With several comparisons, multiply p by their number (Bonferroni; `fewsam compare --n-comparisons`).")
     return [("h2", "Are the runs different?"), ("p", text), ("table", (header, rows))]
 
