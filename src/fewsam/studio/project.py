@@ -14,6 +14,7 @@ Everything the studio writes goes here, never into the dataset (which it only re
     PROJECT/export/                  the labelled set in the dataset's format (``export``)
     PROJECT/jobs/job-NNNN/           a background job's spec, status and log
     PROJECT/studio.log               what the server did
+    PROJECT/studio.lock              held by the one studio serving the project (``one_studio``)
 
 Every file is written atomically (``fewsam.atomic``): a crash leaves the old or the new file.
 A slice's label is written before the slice is marked labelled, so a crash between the two
@@ -25,18 +26,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import secrets
 import shutil
 import threading
 import zipfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from fewsam.atomic import atomic_write_bytes, check_folder_path
+from fewsam.atomic import LockHeld, atomic_write_bytes, check_folder_path, take_lock_file
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
@@ -52,6 +55,7 @@ EXPORT = "export"
 JOBS = "jobs"
 LATEST_RUN = "latest_run.json"
 LOG = "studio.log"
+PROJECT_LOCK = "studio.lock"
 EXPORT_MANIFEST = "labelled_slices.json"
 CACHED_CASES = 3  # whole volumes kept in memory for slice browsing (a CT can be hundreds of MB)
 
@@ -87,6 +91,40 @@ def check_not_foreign(folder: Path) -> None:
     if taken:
         raise StudioError(f"--project {folder} is not a studio project but already holds {', '.join(taken)}, "
                           "which the studio would write over; give a new or empty --project folder")
+
+
+@contextmanager
+def one_studio(folder: Path, address: str, echo: Callable[[str], None]) -> Iterator[None]:
+    """Serve ``folder`` as the only studio on it, or refuse with the address of the one that is.
+
+    Each studio keeps the labelled set in memory and rewrites PROJECT/labelled.json whole at every
+    save, so a second studio on the same folder (a forgotten one in another terminal, a colleague's)
+    would drop the slices the first one marked, and each would fit and export without the other's
+    work. The lock (PROJECT/studio.lock, an flock) ends with the process however it ends, so a
+    killed studio never locks its project out."""
+    path = folder / PROJECT_LOCK
+    try:
+        fd, unsupported = take_lock_file(path)
+    except LockHeld:
+        raise StudioError(f"another studio is already serving --project {folder} ({lock_holder(path)}); "
+                          "use that one, or stop it (Ctrl+C in its terminal) and start again") from None
+    try:
+        if unsupported is not None:
+            echo(f"note: {folder} is on a file system without file locks ({os.strerror(unsupported)}): a second "
+                 "studio on this project would not be refused; run one at a time")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}, {address}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds PROJECT/studio.lock, as that studio wrote it ("process 123, http://127.0.0.1:8765/")."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip() or "its address is not known yet"
+    except OSError:
+        return "its address is not known"
 
 
 def slice_numbers(value: object) -> set[int]:
@@ -527,4 +565,4 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 __all__ = ["Prediction", "Project", "case_key", "check_export_target", "check_not_foreign", "check_project_folder",
-           "check_writable_folder", "default_project", "encode_prediction", "slice_revision"]
+           "check_writable_folder", "default_project", "encode_prediction", "one_studio", "slice_revision"]
