@@ -2,10 +2,14 @@
 
 - two studios started on one project folder: the second is refused with one line naming the first
   (each would rewrite the labelled set from its own memory and drop the other's slices);
+- accepting the prediction of a slice the user labelled by hand: refused unless the replacement is
+  confirmed (after a fit every slice of a predicted case has a prediction, and "A" is beside "S");
+  in the page, "A" on a slice with unsaved edits keeps them, and on a labelled slice asks first;
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,11 +19,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import assert_one_line_error
+from fewsam.atomic import atomic_write_bytes
 from fewsam.studio.errors import StudioError
-from test_studio_api import data  # noqa: F401  (data: fixture)
+from fewsam.studio.project import LATEST_RUN, PREDICTIONS, Project, case_key, encode_prediction
+from test_studio_api import (CASE, FINISHER, H, W, data, decode, make_client, painted, put,  # noqa: F401
+                             python, wait_for_job)
+from test_studio_browser import Page, browser, wait_until  # noqa: F401  (browser: fixture)
 
 
 def free_port() -> int:
@@ -79,3 +88,74 @@ def test_a_second_studio_on_the_same_project_is_refused_naming_the_first(data, t
         with pytest.raises(StudioError, match=r"already serving .*\(process \d+, here\)"):
             with one_studio(project, "there", echo=lambda line: None):
                 pass
+
+
+# --- accepting a prediction --------------------------------------------------------------------------
+
+
+def saved_label(client, z: int) -> np.ndarray:
+    return decode(client.get("/api/slice", params={"case": CASE, "z": z}).json()["label"], "u1", (H, W))
+
+
+def test_accepting_a_prediction_keeps_a_hand_label_unless_the_replacement_is_confirmed(data, tmp_path):
+    with make_client(data, tmp_path / "project", worker_argv=python(FINISHER)) as client:
+        assert put(client, painted(), z=0).status_code == 200
+        assert client.post("/api/fit", json={"steps": 2, "views": 1, "cases": [CASE]}).status_code == 202
+        assert wait_for_job(client)["state"] == "done"
+        refused = client.post("/api/accept", params={"case": CASE, "z": 0})
+        assert refused.status_code == 409, refused.text
+        assert "slice 0 of phantom_000 is labelled already" in refused.json()["detail"]
+        np.testing.assert_array_equal(saved_label(client, 0), painted())
+        assert client.post("/api/accept", params={"case": CASE, "z": 1}).status_code == 200  # unlabelled: as before
+        replaced = client.post("/api/accept", params={"case": CASE, "z": 0, "replace": "true"})
+        assert replaced.status_code == 200 and replaced.json()["labelled"] == [0, 1]
+        assert saved_label(client, 0)[70, 90] == 3 and not saved_label(client, 0)[15, 15]
+
+
+def predicted_project(data: Path, folder: Path) -> Path:
+    """Slice 0 of CASE labelled by hand and a finished fit's prediction of every slice (class 3 in a square),
+    written as the worker writes them: a project as the page finds it after a fit."""
+    Project(data, folder).save_slice(CASE, 0, painted())
+    atomic_write_bytes(folder / LATEST_RUN, json.dumps({"fit": "fit-0001", "run": str(folder / "run")}).encode())
+    labels = np.zeros((3, H, W), np.uint8)
+    labels[:, 60:80, 80:100] = 3
+    atomic_write_bytes(folder / PREDICTIONS / "fit-0001" / f"{case_key(CASE)}.npz",
+                       encode_prediction(CASE, "fit-0001", labels, np.array([0.2, 0.9, 0.5], np.float32)))
+    return folder
+
+
+@pytest.mark.slow
+def test_the_accept_key_keeps_unsaved_edits_and_asks_before_replacing_a_label(data, tmp_path, browser):
+    project, port = predicted_project(data, tmp_path / "project"), free_port()
+    server = start_studio(data, project, port, tmp_path / "server.log")
+    try:
+        page = Page(browser, f"http://127.0.0.1:{port}/")
+        page.open_slice(1)
+        page.key("1", "b")
+        page.stroke([(20, 100), (60, 100)])
+        wait_until(lambda: page.js("return studio.draft().dirty"), 10, "the stroke")
+        page.key("a")
+        wait_until(lambda: "unsaved edits" in page.message(), 10, "the refusal to drop the edits")
+        assert page.js("return studio.draft().dirty") and page.draft()[100, 40] == 1
+        assert not page.js("return studio.state.slice.labelled")
+
+        page.open_slice(0)
+        page.key("a")
+        wait_until(lambda: _alert(browser), 10, "the question")
+        browser.switch_to.alert.dismiss()
+        wait_until(lambda: "kept your label" in page.message(), 10, "the label kept")
+    finally:
+        stop_studio(server)
+    labelled = Project(data, project)
+    assert labelled.labelled() == {CASE: [0]}
+    np.testing.assert_array_equal(labelled.saved_slice(CASE, 0)[0], painted())
+
+
+def _alert(driver) -> bool:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        driver.switch_to.alert.text
+        return True
+    except NoAlertPresentException:
+        return False

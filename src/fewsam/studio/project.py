@@ -389,13 +389,21 @@ class Project:
             self._labelled.get(case_id, set()).discard(z)
             self._write_state()
 
-    def accept_prediction(self, case_id: str, z: int) -> None:
-        """The latest fit's prediction of a slice becomes its label (it joins the labelled set)."""
+    def accept_prediction(self, case_id: str, z: int, replace: bool = False) -> None:
+        """The latest fit's prediction of a slice becomes its label (it joins the labelled set).
+
+        A slice already labelled keeps its label unless ``replace`` is asked: after a fit every slice
+        of a predicted case has a prediction, the hand-labelled ones included, and one key press
+        ("A", beside "S" for save) would otherwise put the model's guess in place of the user's work."""
         self.check_slice(case_id, z)
         prediction = self.prediction(case_id)
         if prediction is None:
             raise NotFound(f"there is no prediction of {case_id} to accept; fit, or predict this case, first")
-        self.save_slice(case_id, z, prediction.labels[z])
+        with self.lock:
+            if self.is_labelled(case_id, z) and not replace:
+                raise Conflict(f"slice {z} of {case_id} is labelled already; accepting the prediction would replace "
+                               "your label with it, so it was kept (confirm the replacement to accept)")
+            self.save_slice(case_id, z, prediction.labels[z])
 
     # --- fits and predictions ----------------------------------------------------------------
 

@@ -489,10 +489,22 @@
     showMessage(`saved ${s.case} slice ${s.z}: ${result.labelled.length} labelled slice(s) in this case`, "ok");
   }
 
+  // Accepting puts the prediction in place of the slice's label: never over unsaved edits (they would be
+  // dropped), and over a saved label only when the user confirms (the server refuses it otherwise).
   async function accept() {
     const s = state.slice;
     if (!s || !s.pred) return;
-    const result = await api("POST", "/api/accept" + q({ case: s.case, z: s.z }));
+    if (draft().dirty) {
+      showMessage(`${s.case} slice ${s.z} has unsaved edits; save them (S) or undo them before accepting the ` +
+                  "prediction", "error");
+      return;
+    }
+    const replace = s.labelled;
+    if (replace && !window.confirm(`${s.case} slice ${s.z} is labelled. Replace your label with the prediction?`)) {
+      showMessage(`kept your label of ${s.case} slice ${s.z}`, "info");
+      return;
+    }
+    const result = await api("POST", "/api/accept" + q({ case: s.case, z: s.z, replace }));
     state.drafts.delete(draftKey(s.case, s.z));
     caseInfo(s.case).labelled = result.labelled;
     await openSlice(s.case, s.z);
