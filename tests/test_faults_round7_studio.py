@@ -5,6 +5,8 @@
 - accepting the prediction of a slice the user labelled by hand: refused unless the replacement is
   confirmed (after a fit every slice of a predicted case has a prediction, and "A" is beside "S");
   in the page, "A" on a slice with unsaved edits keeps them, and on a labelled slice asks first;
+- a running fit cancelled from the page (one of far too many steps started by mistake): its worker
+  ends, the job says "cancelled", and the next fit may start at once;
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from conftest import assert_one_line_error
 from fewsam.atomic import atomic_write_bytes
 from fewsam.studio.errors import StudioError
 from fewsam.studio.project import LATEST_RUN, PREDICTIONS, Project, case_key, encode_prediction
-from test_studio_api import (CASE, FINISHER, H, W, data, decode, make_client, painted, put,  # noqa: F401
+from test_studio_api import (CASE, FINISHER, H, SLEEPER, W, data, decode, make_client, painted, put,  # noqa: F401
                              python, wait_for_job)
 from test_studio_browser import Page, browser, wait_until  # noqa: F401  (browser: fixture)
 
@@ -159,3 +161,22 @@ def _alert(driver) -> bool:
         return True
     except NoAlertPresentException:
         return False
+
+
+# --- cancelling a fit --------------------------------------------------------------------------------
+
+
+def test_a_running_fit_can_be_cancelled_and_the_next_one_starts(data, tmp_path):
+    with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
+        assert put(client, painted(), z=0).status_code == 200
+        assert client.post("/api/fit", json={"steps": 20000}).json()["state"] == "running"
+        worker = client.app.state.runner.job.process
+        cancelled = client.delete("/api/job")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["state"] == "cancelled" and worker.poll() is not None
+        assert "was cancelled; your labels are unchanged" in client.get("/api/job").json()["message"]
+        assert client.post("/api/fit", json={"steps": 5}).status_code == 202
+        assert client.delete("/api/job").status_code == 200
+        nothing = client.delete("/api/job")
+        assert nothing.status_code == 404 and "nothing to cancel" in nothing.json()["detail"]
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]

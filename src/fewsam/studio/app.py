@@ -16,6 +16,7 @@ values. ``Guard`` enforces the binding's rules on every request (see ``security.
     POST   /api/fit     {steps, views, cases, all_cases}    start a fit (202; 409 while a job runs)
     POST   /api/predict {cases, all_cases}                  predict more cases with the latest fit
     GET    /api/job                        the current job's state and progress
+    DELETE /api/job                        cancel the running job (404 when none runs)
     GET    /api/suggest                    the unlabelled slice with the highest predictive entropy
     POST   /api/export                     write the labelled set in the dataset's format
 """
@@ -323,3 +324,9 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
     @app.get("/api/job")
     def job_status() -> dict[str, Any]:
         return runner.status()
+
+    @app.delete("/api/job")
+    def cancel_job() -> dict[str, Any]:
+        status = runner.cancel()
+        log(f"cancelled {status['kind']} {status['id']}")
+        return status

@@ -577,6 +577,7 @@
     else if (job && job.cases_total) { bar.max = job.cases_total; bar.value = job.cases_done || 0; }
     else { bar.max = 1; bar.value = job && job.state === "done" ? 1 : 0; }
     const running = job && job.state === "running";
+    $("cancel-job").disabled = !running;
     if (running && !state.polling) state.polling = setInterval(pollJob, POLL_MS);
     if (!running && state.polling) { clearInterval(state.polling); state.polling = null; }
     if (previous && previous.state === "running" && job && job.id === previous.id && !running) jobEnded(job);
@@ -591,10 +592,18 @@
       showMessage(`${job.kind} failed: ${job.error}`, "error");
       return;
     }
+    if (job.state === "cancelled") {
+      showMessage(job.message, "info");
+      return;
+    }
     await loadInfo();
     if (state.caseId) await openSlice(state.caseId, state.z);
     showMessage(`${job.kind} finished` + (job.result && job.result.predicted ?
       `; predicted ${job.result.predicted.length} case(s)` : ""), "ok");
+  }
+
+  async function cancelJob() {
+    showJob(await api("DELETE", "/api/job"));
   }
 
   async function suggest() {
@@ -685,6 +694,7 @@
     }
     $("fit").addEventListener("click", quietly(startFit));
     $("predict").addEventListener("click", quietly(startPredict));
+    $("cancel-job").addEventListener("click", quietly(cancelJob));
     $("suggest").addEventListener("click", quietly(suggest));
     $("export").addEventListener("click", quietly(exportLabels));
     document.addEventListener("keydown", onKey);
