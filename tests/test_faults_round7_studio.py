@@ -5,6 +5,8 @@
 - accepting the prediction of a slice the user labelled by hand: refused unless the replacement is
   confirmed (after a fit every slice of a predicted case has a prediction, and "A" is beside "S");
   in the page, "A" on a slice with unsaved edits keeps them, and on a labelled slice asks first;
+- a dataset moved or copied with its project (another disk, another machine): its labels open with
+  it, while a project whose own dataset is still in place stays refused for any other;
 - a running fit cancelled from the page (one of far too many steps started by mistake): its worker
   ends, the job says "cancelled", and the next fit may start at once;
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,11 +29,15 @@ import pytest
 
 from conftest import assert_one_line_error
 from fewsam.atomic import atomic_write_bytes
+from fewsam.data.phantom import write_phantom_dataset
 from fewsam.studio.errors import StudioError
-from fewsam.studio.project import LATEST_RUN, PREDICTIONS, Project, case_key, encode_prediction
+from fewsam.studio.project import LATEST_RUN, PREDICTIONS, STATE, Project, case_key, encode_prediction
 from test_studio_api import (CASE, FINISHER, H, SLEEPER, W, data, decode, make_client, painted, put,  # noqa: F401
                              python, wait_for_job)
 from test_studio_browser import Page, browser, wait_until  # noqa: F401  (browser: fixture)
+
+
+OTHER = "phantom_001"
 
 
 def free_port() -> int:
@@ -180,3 +187,26 @@ def test_a_running_fit_can_be_cancelled_and_the_next_one_starts(data, tmp_path):
         nothing = client.delete("/api/job")
         assert nothing.status_code == 404 and "nothing to cancel" in nothing.json()["detail"]
         assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+
+
+# --- a dataset moved with its project ------------------------------------------------------------------
+
+
+def test_labels_follow_a_dataset_moved_with_its_project(tmp_path):
+    data = write_phantom_dataset(tmp_path / "disk1" / "heart", n_train=1, n_val=1, slices=3, seed=0)
+    Project(data, tmp_path / "disk1" / "heart-studio").save_slice(CASE, 1, painted())
+    (tmp_path / "disk1").rename(tmp_path / "disk2")
+    moved, project = tmp_path / "disk2" / "heart", tmp_path / "disk2" / "heart-studio"
+    with make_client(moved, project) as client:
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [1]
+        np.testing.assert_array_equal(saved_label(client, 1), painted())
+    assert json.loads((project / STATE).read_text())["data"] == str(moved)
+
+
+def test_a_moved_project_is_refused_for_data_without_its_labelled_cases(tmp_path):
+    data = write_phantom_dataset(tmp_path / "heart", n_train=1, n_val=1, slices=3, seed=0)
+    Project(data, tmp_path / "project").save_slice(OTHER, 1, painted())
+    shutil.rmtree(data)
+    smaller = write_phantom_dataset(tmp_path / "smaller", n_train=1, n_val=0, slices=3, seed=0)
+    with pytest.raises(StudioError, match=f"lacks its labelled case.s. {OTHER}; give the dataset"):
+        Project(smaller, tmp_path / "project")

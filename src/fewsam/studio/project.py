@@ -194,7 +194,10 @@ class Project:
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._slices: dict[str, int] = {}
         self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
+        self.moved_from: Path | None = None  # the dataset's folder when the labels were made, if it moved since
         self._labelled = self._read_state()
+        if self.moved_from is not None:
+            self._write_state()  # the labels now belong to this folder
 
     # --- the dataset -------------------------------------------------------------------------
 
@@ -263,13 +266,27 @@ class Project:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise StudioError(f"cannot read {path} ({err}); restore it, or give another --project") from None
         if recorded != self.data:
-            raise StudioError(f"--project {self.folder} holds labels of {recorded}, not of {self.data}; "
-                              "give another --project for this dataset")
+            self._check_moved_here(recorded, slices)
         self._absent = {c: sorted(zs) for c, zs in slices.items() if c not in self.dataset.entries and zs}
         slices = {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
         for case_id, zs in slices.items():
             self._check_recorded_slices(path, case_id, zs)
         return slices
+
+    def _check_moved_here(self, recorded: Path, slices: dict[str, set[int]]) -> None:
+        """Accept a project whose dataset was moved or copied (with its project, to another disk or
+        machine): the folder it was made for is gone and this dataset holds every labelled case, so
+        the labels stay usable (their slice counts and shapes are checked as for any project).
+        While that folder still exists, the project belongs to it and this dataset is refused."""
+        refusal = f"--project {self.folder} holds labels of {recorded}, not of {self.data}"
+        if recorded.exists():
+            raise StudioError(f"{refusal}; give another --project for this dataset")
+        lacking = sorted((c for c, zs in slices.items() if zs and c not in self.dataset.entries), key=natural_key)
+        if lacking:
+            shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+            raise StudioError(f"{refusal}, and this dataset lacks its labelled case(s) {shown}; give the dataset "
+                              "these labels were made for, or another --project")
+        self.moved_from = recorded
 
     def _check_recorded_slices(self, path: Path, case_id: str, zs: set[int]) -> None:
         """A hand-edited or damaged state file may name slices the case lacks; used as they are, they

@@ -96,6 +96,9 @@ def run_studio(data: Path | None, project: Path | None = None, host: str = "127.
     project_dir = app.state.project.folder
     with one_studio(project_dir, studio_url(host, port, None), echo):
         echo(f"fewsam studio: labelling {app.state.project.data}")
+        if app.state.project.moved_from is not None:
+            echo(f"the project's labels were made for {app.state.project.moved_from}, which is gone: they are "
+                 "taken as this dataset's (it holds every labelled case)")
         echo(f"labels, fits and exports go to {project_dir} (log: {project_dir / LOG})")
         echo(f"open {studio_url(host, port, token)}")
         if token:
