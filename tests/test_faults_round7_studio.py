@@ -7,6 +7,7 @@
   in the page, "A" on a slice with unsaved edits keeps them, and on a labelled slice asks first;
 - a dataset moved or copied with its project (another disk, another machine): its labels open with
   it, while a project whose own dataset is still in place stays refused for any other;
+- an export killed half-way: the next export clears the staging folder it left in the project;
 - a running fit cancelled from the page (one of far too many steps started by mistake): its worker
   ends, the job says "cancelled", and the next fit may start at once;
 """
@@ -210,3 +211,18 @@ def test_a_moved_project_is_refused_for_data_without_its_labelled_cases(tmp_path
     smaller = write_phantom_dataset(tmp_path / "smaller", n_train=1, n_val=0, slices=3, seed=0)
     with pytest.raises(StudioError, match=f"lacks its labelled case.s. {OTHER}; give the dataset"):
         Project(smaller, tmp_path / "project")
+
+
+# --- an export killed half-way ----------------------------------------------------------------------
+
+
+def test_an_export_clears_what_a_killed_export_left_behind(data, tmp_path):
+    project = tmp_path / "project"
+    Project(data, project).save_slice(CASE, 0, painted())
+    for leftover in (".export.partial-0badf00d", ".export.old-0badf00d"):  # killed before / between its renames
+        (project / leftover).mkdir()
+        (project / leftover / f"{CASE}.nii.gz").write_bytes(b"\0" * 4096)
+    with make_client(data, project) as client:
+        assert client.post("/api/export").status_code == 200
+    assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == []
+    assert (project / "export" / f"{CASE}.nii.gz").is_file()

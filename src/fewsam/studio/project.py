@@ -517,6 +517,7 @@ class Project:
         target = self.folder / EXPORT
         with self._export_lock:  # two at once (a double click) would swap folders under each other
             check_export_target(target)
+            remove_export_leftovers(self.folder)
             staging = self.folder / f".{EXPORT}.partial-{secrets.token_hex(4)}"
             try:
                 files = self._write_export(staging, labelled)
@@ -570,6 +571,16 @@ def check_export_target(target: Path) -> None:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise Conflict(f"{target} holds files an export did not write ({shown}); the export replaces that "
                        "folder whole, so move them out, then export again")
+
+
+def remove_export_leftovers(folder: Path) -> None:
+    """The staging and set-aside folders of exports killed before they finished (``export`` and
+    ``_swap_in`` name them): each holds a whole set of label volumes, and nothing else removes them.
+    Only one export runs at a time on a project (``one_studio``, the export lock), so none is in use."""
+    for pattern in (f".{EXPORT}.partial-*", f".{EXPORT}.old-*"):
+        for leftover in folder.glob(pattern):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _swap_in(staging: Path, target: Path) -> None:
