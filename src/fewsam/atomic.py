@@ -120,6 +120,29 @@ def make_temporary_folder(parent: Path, prefix: str) -> Path:
             continue
 
 
+class LockHeld(Exception):
+    """Another process holds the lock file ``take_lock_file`` was asked for."""
+
+
+def take_lock_file(path: Path) -> tuple[int, int | None]:
+    """Open ``path`` (created when missing) and take an exclusive flock on it, without waiting.
+
+    The lock lasts until the descriptor closes, which the kernel does when the process ends however
+    it ends, so a killed owner leaves no stale lock. Returns (descriptor, None) when locked. Only a
+    lock another process holds refuses (``LockHeld``): a file system without locks (an NFS mount
+    without its lock service) answers with another error, and taking that for "in use" would refuse
+    the folder for good, so (descriptor, errno) comes back and the caller goes on unlocked, saying so."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return fd, err.errno or errno.ENOLCK
+        os.close(fd)
+        raise LockHeld(str(path)) from None
+    return fd, None
+
+
 def stale_temporaries(folder: str | Path) -> Iterator[Path]:
     """The temporary files ``atomic_write`` left under ``folder`` (at any depth) when killed mid-write.
 

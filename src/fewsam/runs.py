@@ -12,8 +12,6 @@ prediction is never made from a partial run.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from fewsam import __version__
-from fewsam.atomic import atomic_write_bytes, stale_temporaries
+from fewsam.atomic import LockHeld, atomic_write_bytes, stale_temporaries, take_lock_file
 from fewsam.errors import RunError
 from fewsam.progress import say_once
 
@@ -134,21 +132,15 @@ def _refuse_foreign(path: Path) -> None:
 
 def _take_lock(path: Path) -> int:
     """An exclusive flock on RUN/.lock, released when its descriptor closes (also when killed).
-
-    Only a lock another process holds refuses the fit: a file system without locks (an NFS mount
-    without its lock service) answers with another error, and calling that "in use by another fit"
-    would refuse every fit into it for good; the fit then goes on unlocked and says so."""
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    On a file system without locks the fit goes on unlocked and says so (``take_lock_file``)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            say_once(f"{path} is on a file system without file locks ({os.strerror(err.errno or errno.ENOLCK)}): "
-                     "a second fit into it at the same time would not be refused; run one at a time")
-            return fd
-        os.close(fd)
+        fd, unsupported = take_lock_file(path / LOCK)
+    except LockHeld:
         raise RunError(f"{path} is in use by another fit (it holds {path / LOCK}); wait for that fit to end "
                        "or choose another --out") from None
+    if unsupported is not None:
+        say_once(f"{path} is on a file system without file locks ({os.strerror(unsupported)}): "
+                 "a second fit into it at the same time would not be refused; run one at a time")
     return fd
 
 

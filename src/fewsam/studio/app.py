@@ -11,10 +11,12 @@ values. ``Guard`` enforces the binding's rules on every request (see ``security.
     PUT    /api/label?case=C&z=Z&h=H&w=W   save a slice's label (H*W bytes of class values); with &base=REVISION
                                            only if no other tab saved the slice since (else 409)
     DELETE /api/label?case=C&z=Z           take a slice out of the labelled set
-    POST   /api/accept?case=C&z=Z          the prediction of a slice becomes its label
+    POST   /api/accept?case=C&z=Z          the prediction of a slice becomes its label; a labelled slice's
+                                           label is replaced only with &replace=true (else 409)
     POST   /api/fit     {steps, views, cases, all_cases}    start a fit (202; 409 while a job runs)
     POST   /api/predict {cases, all_cases}                  predict more cases with the latest fit
     GET    /api/job                        the current job's state and progress
+    DELETE /api/job                        cancel the running job (404 when none runs)
     GET    /api/suggest                    the unlabelled slice with the highest predictive entropy
     POST   /api/export                     write the labelled set in the dataset's format
 """
@@ -269,9 +271,9 @@ def _add_labels(app: FastAPI, project: Project, settings: StudioSettings, log: P
         return {"case": case, "labelled": project.labelled().get(case, [])}
 
     @app.post("/api/accept")
-    def accept(case: str = Query(...), z: int = Query(...)) -> dict[str, Any]:
-        project.accept_prediction(case, z)
-        log(f"accepted the prediction of {case} slice {z}")
+    def accept(case: str = Query(...), z: int = Query(...), replace: bool = Query(False)) -> dict[str, Any]:
+        project.accept_prediction(case, z, replace)
+        log(f"accepted the prediction of {case} slice {z}" + (" in place of its label" if replace else ""))
         return {"case": case, "labelled": project.labelled().get(case, [])}
 
     @app.post("/api/export")
@@ -322,3 +324,9 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
     @app.get("/api/job")
     def job_status() -> dict[str, Any]:
         return runner.status()
+
+    @app.delete("/api/job")
+    def cancel_job() -> dict[str, Any]:
+        status = runner.cancel()
+        log(f"cancelled {status['kind']} {status['id']}")
+        return status

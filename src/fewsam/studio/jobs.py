@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fewsam.atomic import atomic_write_bytes
-from fewsam.studio.errors import Conflict
+from fewsam.studio.errors import Conflict, NotFound
 
 WorkerArgv = Callable[[Path], list[str]]
 LOG_TAIL_LINES = 6
@@ -86,6 +86,7 @@ class Job:
     process: subprocess.Popen | LeftRunning
     spec: dict[str, Any]
     started: float = field(default_factory=time.time)
+    cancelled: bool = False
 
     @property
     def status_file(self) -> Path:
@@ -168,6 +169,8 @@ class JobRunner:
             out.update(fit_progress(Path(job.spec["fit_dir"]) / "run", job.spec.get("steps")))
         if code is None:
             out["state"] = "running"
+        elif job.cancelled and record.get("state") != "done":
+            out.update(state="cancelled", message=f"the {job.kind} was cancelled; your labels are unchanged")
         elif code == 0 and record.get("state") == "done":
             out.update(state="done", result=record.get("result"))
         else:
@@ -184,19 +187,37 @@ class JobRunner:
         return f"the {job.kind} worker {how}" + (f"; its log ends: {tail}" if tail else "") + \
             f" (full log: {job.log_file}). Your labels are unchanged."
 
+    def cancel(self) -> dict[str, Any]:
+        """Stop the running job at the user's request (a fit of far too many steps started by mistake
+        would otherwise hold the studio until it ends): its worker and the worker's children end, what it
+        wrote stays where it is (a fit cancelled while fitting is never named the latest), and a new job
+        may start."""
+        with self._lock:
+            job = self.job
+            if job is None or job.process.poll() is not None:
+                raise NotFound("no fit or prediction is running; there is nothing to cancel")
+            job.cancelled = True
+            _terminate(job)
+        return self.status()
+
     def stop(self) -> None:
         """Stop a running worker and its children (the server is shutting down)."""
         job = self.job
-        if job is None or job.process.poll() is not None:
-            return
+        if job is not None and job.process.poll() is None:
+            _terminate(job)
+
+
+def _terminate(job: Job) -> None:
+    """End a job's worker process group: SIGTERM, then SIGKILL if it has not ended in 10 seconds."""
+    try:
+        os.killpg(job.process.pid, signal.SIGTERM)
+        job.process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
-            os.killpg(job.process.pid, signal.SIGTERM)
+            os.killpg(job.process.pid, signal.SIGKILL)
             job.process.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(job.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pass
 
 
 def fit_progress(run: Path, steps: int | None) -> dict[str, Any]:

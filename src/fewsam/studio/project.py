@@ -14,6 +14,7 @@ Everything the studio writes goes here, never into the dataset (which it only re
     PROJECT/export/                  the labelled set in the dataset's format (``export``)
     PROJECT/jobs/job-NNNN/           a background job's spec, status and log
     PROJECT/studio.log               what the server did
+    PROJECT/studio.lock              held by the one studio serving the project (``one_studio``)
 
 Every file is written atomically (``fewsam.atomic``): a crash leaves the old or the new file.
 A slice's label is written before the slice is marked labelled, so a crash between the two
@@ -25,18 +26,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import secrets
 import shutil
 import threading
 import zipfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from fewsam.atomic import atomic_write_bytes, check_folder_path
+from fewsam.atomic import LockHeld, atomic_write_bytes, check_folder_path, take_lock_file
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
@@ -52,6 +55,7 @@ EXPORT = "export"
 JOBS = "jobs"
 LATEST_RUN = "latest_run.json"
 LOG = "studio.log"
+PROJECT_LOCK = "studio.lock"
 EXPORT_MANIFEST = "labelled_slices.json"
 CACHED_CASES = 3  # whole volumes kept in memory for slice browsing (a CT can be hundreds of MB)
 
@@ -87,6 +91,40 @@ def check_not_foreign(folder: Path) -> None:
     if taken:
         raise StudioError(f"--project {folder} is not a studio project but already holds {', '.join(taken)}, "
                           "which the studio would write over; give a new or empty --project folder")
+
+
+@contextmanager
+def one_studio(folder: Path, address: str, echo: Callable[[str], None]) -> Iterator[None]:
+    """Serve ``folder`` as the only studio on it, or refuse with the address of the one that is.
+
+    Each studio keeps the labelled set in memory and rewrites PROJECT/labelled.json whole at every
+    save, so a second studio on the same folder (a forgotten one in another terminal, a colleague's)
+    would drop the slices the first one marked, and each would fit and export without the other's
+    work. The lock (PROJECT/studio.lock, an flock) ends with the process however it ends, so a
+    killed studio never locks its project out."""
+    path = folder / PROJECT_LOCK
+    try:
+        fd, unsupported = take_lock_file(path)
+    except LockHeld:
+        raise StudioError(f"another studio is already serving --project {folder} ({lock_holder(path)}); "
+                          "use that one, or stop it (Ctrl+C in its terminal) and start again") from None
+    try:
+        if unsupported is not None:
+            echo(f"note: {folder} is on a file system without file locks ({os.strerror(unsupported)}): a second "
+                 "studio on this project would not be refused; run one at a time")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}, {address}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds PROJECT/studio.lock, as that studio wrote it ("process 123, http://127.0.0.1:8765/")."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip() or "its address is not known yet"
+    except OSError:
+        return "its address is not known"
 
 
 def slice_numbers(value: object) -> set[int]:
@@ -156,7 +194,10 @@ class Project:
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._slices: dict[str, int] = {}
         self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
+        self.moved_from: Path | None = None  # the dataset's folder when the labels were made, if it moved since
         self._labelled = self._read_state()
+        if self.moved_from is not None:
+            self._write_state()  # the labels now belong to this folder
 
     # --- the dataset -------------------------------------------------------------------------
 
@@ -225,13 +266,27 @@ class Project:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise StudioError(f"cannot read {path} ({err}); restore it, or give another --project") from None
         if recorded != self.data:
-            raise StudioError(f"--project {self.folder} holds labels of {recorded}, not of {self.data}; "
-                              "give another --project for this dataset")
+            self._check_moved_here(recorded, slices)
         self._absent = {c: sorted(zs) for c, zs in slices.items() if c not in self.dataset.entries and zs}
         slices = {c: zs for c, zs in slices.items() if c in self.dataset.entries and zs}
         for case_id, zs in slices.items():
             self._check_recorded_slices(path, case_id, zs)
         return slices
+
+    def _check_moved_here(self, recorded: Path, slices: dict[str, set[int]]) -> None:
+        """Accept a project whose dataset was moved or copied (with its project, to another disk or
+        machine): the folder it was made for is gone and this dataset holds every labelled case, so
+        the labels stay usable (their slice counts and shapes are checked as for any project).
+        While that folder still exists, the project belongs to it and this dataset is refused."""
+        refusal = f"--project {self.folder} holds labels of {recorded}, not of {self.data}"
+        if recorded.exists():
+            raise StudioError(f"{refusal}; give another --project for this dataset")
+        lacking = sorted((c for c, zs in slices.items() if zs and c not in self.dataset.entries), key=natural_key)
+        if lacking:
+            shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+            raise StudioError(f"{refusal}, and this dataset lacks its labelled case(s) {shown}; give the dataset "
+                              "these labels were made for, or another --project")
+        self.moved_from = recorded
 
     def _check_recorded_slices(self, path: Path, case_id: str, zs: set[int]) -> None:
         """A hand-edited or damaged state file may name slices the case lacks; used as they are, they
@@ -351,13 +406,21 @@ class Project:
             self._labelled.get(case_id, set()).discard(z)
             self._write_state()
 
-    def accept_prediction(self, case_id: str, z: int) -> None:
-        """The latest fit's prediction of a slice becomes its label (it joins the labelled set)."""
+    def accept_prediction(self, case_id: str, z: int, replace: bool = False) -> None:
+        """The latest fit's prediction of a slice becomes its label (it joins the labelled set).
+
+        A slice already labelled keeps its label unless ``replace`` is asked: after a fit every slice
+        of a predicted case has a prediction, the hand-labelled ones included, and one key press
+        ("A", beside "S" for save) would otherwise put the model's guess in place of the user's work."""
         self.check_slice(case_id, z)
         prediction = self.prediction(case_id)
         if prediction is None:
             raise NotFound(f"there is no prediction of {case_id} to accept; fit, or predict this case, first")
-        self.save_slice(case_id, z, prediction.labels[z])
+        with self.lock:
+            if self.is_labelled(case_id, z) and not replace:
+                raise Conflict(f"slice {z} of {case_id} is labelled already; accepting the prediction would replace "
+                               "your label with it, so it was kept (confirm the replacement to accept)")
+            self.save_slice(case_id, z, prediction.labels[z])
 
     # --- fits and predictions ----------------------------------------------------------------
 
@@ -454,6 +517,7 @@ class Project:
         target = self.folder / EXPORT
         with self._export_lock:  # two at once (a double click) would swap folders under each other
             check_export_target(target)
+            remove_export_leftovers(self.folder)
             staging = self.folder / f".{EXPORT}.partial-{secrets.token_hex(4)}"
             try:
                 files = self._write_export(staging, labelled)
@@ -509,6 +573,16 @@ def check_export_target(target: Path) -> None:
                        "folder whole, so move them out, then export again")
 
 
+def remove_export_leftovers(folder: Path) -> None:
+    """The staging and set-aside folders of exports killed before they finished (``export`` and
+    ``_swap_in`` name them): each holds a whole set of label volumes, and nothing else removes them.
+    Only one export runs at a time on a project (``one_studio``, the export lock), so none is in use."""
+    for pattern in (f".{EXPORT}.partial-*", f".{EXPORT}.old-*"):
+        for leftover in folder.glob(pattern):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _swap_in(staging: Path, target: Path) -> None:
     """Put a finished folder in place of ``target``: the old one is moved aside, then removed (and put
     back if the new one cannot take its place, so a failed export leaves the previous one)."""
@@ -527,4 +601,4 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 __all__ = ["Prediction", "Project", "case_key", "check_export_target", "check_not_foreign", "check_project_folder",
-           "check_writable_folder", "default_project", "encode_prediction", "slice_revision"]
+           "check_writable_folder", "default_project", "encode_prediction", "one_studio", "slice_revision"]

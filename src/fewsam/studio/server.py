@@ -14,7 +14,7 @@ from typing import Callable
 from fewsam.config import DEFAULT_CACHE
 from fewsam.studio.app import StudioSettings, create_app
 from fewsam.studio.errors import StudioError
-from fewsam.studio.project import LOG, check_writable_folder, default_project
+from fewsam.studio.project import LOG, check_writable_folder, default_project, one_studio
 from fewsam.studio.security import is_loopback, new_token
 
 DEMO_PROJECT = Path("fewsam_studio_demo")
@@ -94,11 +94,15 @@ def run_studio(data: Path | None, project: Path | None = None, host: str = "127.
                               device=device, cache=cache)
     app = create_app(settings)
     project_dir = app.state.project.folder
-    echo(f"fewsam studio: labelling {app.state.project.data}")
-    echo(f"labels, fits and exports go to {project_dir} (log: {project_dir / LOG})")
-    echo(f"open {studio_url(host, port, token)}")
-    if token:
-        echo(f"bound to {host}: every request needs the token {token} (in the address above, or the "
-             "X-Fewsam-Token header)")
-    echo("press Ctrl+C to stop")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    with one_studio(project_dir, studio_url(host, port, None), echo):
+        echo(f"fewsam studio: labelling {app.state.project.data}")
+        if app.state.project.moved_from is not None:
+            echo(f"the project's labels were made for {app.state.project.moved_from}, which is gone: they are "
+                 "taken as this dataset's (it holds every labelled case)")
+        echo(f"labels, fits and exports go to {project_dir} (log: {project_dir / LOG})")
+        echo(f"open {studio_url(host, port, token)}")
+        if token:
+            echo(f"bound to {host}: every request needs the token {token} (in the address above, or the "
+                 "X-Fewsam-Token header)")
+        echo("press Ctrl+C to stop")
+        uvicorn.run(app, host=host, port=port, log_level="warning")

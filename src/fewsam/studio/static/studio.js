@@ -489,10 +489,22 @@
     showMessage(`saved ${s.case} slice ${s.z}: ${result.labelled.length} labelled slice(s) in this case`, "ok");
   }
 
+  // Accepting puts the prediction in place of the slice's label: never over unsaved edits (they would be
+  // dropped), and over a saved label only when the user confirms (the server refuses it otherwise).
   async function accept() {
     const s = state.slice;
     if (!s || !s.pred) return;
-    const result = await api("POST", "/api/accept" + q({ case: s.case, z: s.z }));
+    if (draft().dirty) {
+      showMessage(`${s.case} slice ${s.z} has unsaved edits; save them (S) or undo them before accepting the ` +
+                  "prediction", "error");
+      return;
+    }
+    const replace = s.labelled;
+    if (replace && !window.confirm(`${s.case} slice ${s.z} is labelled. Replace your label with the prediction?`)) {
+      showMessage(`kept your label of ${s.case} slice ${s.z}`, "info");
+      return;
+    }
+    const result = await api("POST", "/api/accept" + q({ case: s.case, z: s.z, replace }));
     state.drafts.delete(draftKey(s.case, s.z));
     caseInfo(s.case).labelled = result.labelled;
     await openSlice(s.case, s.z);
@@ -565,6 +577,7 @@
     else if (job && job.cases_total) { bar.max = job.cases_total; bar.value = job.cases_done || 0; }
     else { bar.max = 1; bar.value = job && job.state === "done" ? 1 : 0; }
     const running = job && job.state === "running";
+    $("cancel-job").disabled = !running;
     if (running && !state.polling) state.polling = setInterval(pollJob, POLL_MS);
     if (!running && state.polling) { clearInterval(state.polling); state.polling = null; }
     if (previous && previous.state === "running" && job && job.id === previous.id && !running) jobEnded(job);
@@ -579,10 +592,18 @@
       showMessage(`${job.kind} failed: ${job.error}`, "error");
       return;
     }
+    if (job.state === "cancelled") {
+      showMessage(job.message, "info");
+      return;
+    }
     await loadInfo();
     if (state.caseId) await openSlice(state.caseId, state.z);
     showMessage(`${job.kind} finished` + (job.result && job.result.predicted ?
       `; predicted ${job.result.predicted.length} case(s)` : ""), "ok");
+  }
+
+  async function cancelJob() {
+    showJob(await api("DELETE", "/api/job"));
   }
 
   async function suggest() {
@@ -673,6 +694,7 @@
     }
     $("fit").addEventListener("click", quietly(startFit));
     $("predict").addEventListener("click", quietly(startPredict));
+    $("cancel-job").addEventListener("click", quietly(cancelJob));
     $("suggest").addEventListener("click", quietly(suggest));
     $("export").addEventListener("click", quietly(exportLabels));
     document.addEventListener("keydown", onKey);
