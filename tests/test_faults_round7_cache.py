@@ -5,8 +5,9 @@ entries whose checksum holds but whose embedding is of another shape or dtype, n
 record lacks or mistypes a field, being taken as damaged rather than served or raised on; a non-finite
 embedding not being kept; ``fit`` and ``embed_dataset`` refusing a cache folder inside the data, empty
 or a file, as the command line does; ``fit`` refusing options that are not a ``FitOptions`` and a config
-class given in place of an instance; and the log of a second fit in one process listing that fit's
-notices, not an earlier fit's.
+class given in place of an instance; the log of a second fit in one process listing that fit's
+notices, not an earlier fit's; and the student's tuple settings (U-Net channels, scale range),
+set from Python only, checked for kind, count and limits when the config is made.
 """
 
 from __future__ import annotations
@@ -190,3 +191,32 @@ def test_a_second_fit_in_one_process_logs_its_own_notices(phantom, tmp_path):
     first, second = ((tmp_path / run / TEXT_LOG).read_text() for run in ("first", "second"))
     assert overlap in first and overlap not in second
     assert "prompt decoder in fp32" in first and "prompt decoder in fp32" in second
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"channels": (8, "16")}, "--channels must be a tuple of items, each a whole number, not (8, '16')"),
+    ({"channels": (8, 16.5)}, "--channels must be a tuple of items, each a whole number"),
+    ({"channels": (8, 0)}, "--channels must be at least 1, not 0"),
+    ({"channels": (8,)}, "--channels must list at least two levels"),
+    ({"scale_range": 0.9}, "--scale-range must be a tuple of 2 items, each a number, not 0.9"),
+    ({"scale_range": (0.9,)}, "--scale-range must be a tuple of 2 items"),
+    ({"scale_range": (-1.0, 1.0)}, "--scale-range must be greater than 0.0, not -1.0"),
+    ({"scale_range": (1.1, 0.9)}, "--scale-range must run from low to high, not (1.1, 0.9); e.g. (0.9, 1.1)"),
+], ids=["text-channel", "float-channel", "zero-channel", "one-level", "number-range", "short-range",
+        "negative-scale", "reversed-range"])
+def test_a_student_config_tuple_of_the_wrong_kind_is_refused_when_made(change, says):
+    """The U-Net's channels and the weak view's scale range, set only from Python, were taken as
+    given: the fit then ended in a TypeError, IndexError or ValueError from the network or the
+    augmentation, after its run folder was made."""
+    from fewsam.config import ConfigError
+    from fewsam.methods.supervised import SupervisedConfig
+
+    with pytest.raises(ConfigError) as raised:
+        SupervisedConfig(**change)
+    assert says in str(raised.value)
+
+
+def test_a_student_config_tuple_may_be_a_list_as_config_json_holds_it():
+    from fewsam.methods.supervised import SupervisedConfig
+
+    assert SupervisedConfig(channels=[8, 16], scale_range=[0.8, 1.2], image_size=32).channels == [8, 16]
