@@ -6,8 +6,9 @@ record lacks or mistypes a field, being taken as damaged rather than served or r
 embedding not being kept; ``fit`` and ``embed_dataset`` refusing a cache folder inside the data, empty
 or a file, as the command line does; ``fit`` refusing options that are not a ``FitOptions`` and a config
 class given in place of an instance; the log of a second fit in one process listing that fit's
-notices, not an earlier fit's; and the student's tuple settings (U-Net channels, scale range),
-set from Python only, checked for kind, count and limits when the config is made.
+notices, not an earlier fit's; the student's tuple settings (U-Net channels, scale range), set
+from Python only, checked for kind, count and limits when the config is made; and ``predict`` and
+``embed_dataset`` naming an argument of the wrong kind (None for a path, a number for a split).
 """
 
 from __future__ import annotations
@@ -220,3 +221,26 @@ def test_a_student_config_tuple_may_be_a_list_as_config_json_holds_it():
     from fewsam.methods.supervised import SupervisedConfig
 
     assert SupervisedConfig(channels=[8, 16], scale_range=[0.8, 1.2], image_size=32).channels == [8, 16]
+
+
+def test_predict_and_embed_dataset_name_an_argument_of_the_wrong_kind(phantom, tmp_path):
+    """None for a path or a number for a split was a TypeError from pathlib or an AttributeError
+    (``'int' object has no attribute 'endswith'``) from the split reader."""
+    from fewsam.api import embed_dataset, predict
+    from fewsam.config import ConfigError
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    _fit(phantom, run)
+    calls = {
+        "predict: out must be a path, not None": lambda: predict(run, phantom, None, cache_root=cache),
+        "predict: cache_root must be a path, not None": lambda: predict(run, phantom, tmp_path / "p", cache_root=None),
+        "predict: split must be text or None, not 3": lambda: predict(run, phantom, tmp_path / "p", split=3,
+                                                                     cache_root=cache),
+        "embed_dataset: split must be text or None, not 3": lambda: embed_dataset(phantom, split=3, cache_root=cache),
+        "embed_dataset: data must be a path, not None": lambda: embed_dataset(None, cache_root=cache),
+    }
+    for says, call in calls.items():
+        with pytest.raises(ConfigError) as raised:
+            call()
+        assert str(raised.value) == says
+    assert not (tmp_path / "p").exists()

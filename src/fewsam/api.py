@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from fewsam import __version__
 from fewsam.cache import EmbeddingCache
-from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions
+from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions, checked_arguments
 from fewsam.data import open_dataset
 from fewsam.devices import check_device
 from fewsam.distributed import ddp
@@ -37,8 +37,9 @@ from fewsam.train import TrainResult, finished_result
 __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
 
 
+@checked_arguments
 def embed_dataset(data: str | Path, split: str | None = None, model_name: str = "litemedsam",
-                  checkpoint: str | Path | None = None, cache_root: str = DEFAULT_CACHE, device: str = "cpu",
+                  checkpoint: str | Path | None = None, cache_root: str | Path = DEFAULT_CACHE, device: str = "cpu",
                   show_progress: bool = True, precision: str = DEFAULT_PRECISION, ray: str | None = None,
                   ray_workers: int | None = None) -> dict[str, Any]:
     """Fill the cache for every case of ``split`` (all splits when None). Returns hit/miss counts.

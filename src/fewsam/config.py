@@ -11,12 +11,14 @@ records ``asdict`` of it, so the three cannot disagree. Limits and choices are c
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from fewsam.errors import DataError, FewsamError
 
@@ -138,6 +140,48 @@ def _check_tuple(f: Any, value: Any, item: str, count: int | None) -> None:
         all(_of_kind(v, item) for v in value if item in FIELD_TYPES)
     if not right:
         raise ConfigError(f"{option_name(f)} must be a tuple of {many} {what}, not {value!r}")
+
+
+Entry = TypeVar("Entry", bound=Callable[..., Any])
+
+
+def checked_arguments(function: Entry) -> Entry:
+    """``function`` (an entry point of the Python API) refuses an argument its annotation does not allow
+    with one ConfigError naming it: None for a path, a number for a split or a cache folder was a
+    TypeError or AttributeError from deep inside. Annotations made of ``str``, ``Path``, ``int``,
+    ``float``, ``bool`` and ``None`` are checked, as config fields are (``FIELD_TYPES``); others are not."""
+    signature = inspect.signature(function)
+    kinds = {name: parts for name, parameter in signature.parameters.items()
+             if (parts := _annotation_parts(parameter.annotation)) is not None}
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            if name in kinds and not _allowed(value, kinds[name]):
+                raise ConfigError(f"{function.__name__}: {name} must be {_described(kinds[name])}, not {value!r}")
+        return function(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+def _annotation_parts(annotation: Any) -> list[str] | None:
+    """``"str | Path | None"`` -> ["str", "Path", "None"]; None when a part is no plain kind (a Literal, a class)."""
+    if not isinstance(annotation, str):
+        return None
+    parts = [part.strip() for part in annotation.split("|")]
+    return parts if all(part in FIELD_TYPES or part == "None" for part in parts) else None
+
+
+def _allowed(value: Any, parts: list[str]) -> bool:
+    if value is None:
+        return "None" in parts
+    return any(_of_kind(value, part) for part in parts if part != "None")
+
+
+def _described(parts: list[str]) -> str:
+    kinds = [part for part in parts if part != "None"]
+    what = "a path" if "Path" in kinds else " or ".join(dict.fromkeys(FIELD_TYPES[part][1] for part in kinds))
+    return what + (" or None" if "None" in parts else "")
 
 
 def check_value(f: Any, value: Any) -> None:
