@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from fewsam import __version__
 from fewsam.cache import EmbeddingCache
-from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions
+from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions, checked_arguments
 from fewsam.data import open_dataset
 from fewsam.devices import check_device
 from fewsam.distributed import ddp
@@ -29,22 +29,24 @@ from fewsam.inference import kept_line
 from fewsam.methods import Method, get_method
 from fewsam.models.precision import machine, resolve_precision
 from fewsam.models.registry import load_model
-from fewsam.predict import predict
-from fewsam.progress import log_to, record, record_in_newest, said
+from fewsam.predict import check_cache_folder, predict
+from fewsam.progress import log_to, notices, notices_collected, record, record_in_newest
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
 
 __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
 
 
+@checked_arguments
 def embed_dataset(data: str | Path, split: str | None = None, model_name: str = "litemedsam",
-                  checkpoint: str | Path | None = None, cache_root: str = DEFAULT_CACHE, device: str = "cpu",
+                  checkpoint: str | Path | None = None, cache_root: str | Path = DEFAULT_CACHE, device: str = "cpu",
                   show_progress: bool = True, precision: str = DEFAULT_PRECISION, ray: str | None = None,
                   ray_workers: int | None = None) -> dict[str, Any]:
     """Fill the cache for every case of ``split`` (all splits when None). Returns hit/miss counts.
     ``ray``: on the Ray cluster at that address, ``ray_workers`` workers (default: one per CPU), into
     the same cache (``fewsam.distributed.ray_jobs``)."""
     check_device(device)
+    check_cache_folder(cache_root, data)
     dataset = open_dataset(data)
     model = load_model(model_name, checkpoint, device=device)
     cache = EmbeddingCache(cache_root, model, resolve_precision(precision, device))
@@ -74,10 +76,12 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     method's defaults, the same as ``fewsam fit METHOD`` with no method options."""
     spec = get_method(method)
     cfg = spec.config() if config is None else config
-    if type(cfg) is not spec.config:
-        raise FewsamError(f"{method} takes a {spec.config.__name__}, not a {type(cfg).__name__}")
+    check_fit_arguments(spec, options, cfg)
     check_device(options.device)
-    with ddp.distributed_fit(options) as options:  # under torchrun: this rank's device, the process group
+    if spec.fit is not None and spec.needs_sam(cfg):  # the same checks as ``fewsam fit``: nothing in the data
+        check_cache_folder(options.cache, options.data)
+    # notices_collected: the run's log lists this fit's notices, not those of earlier fits in the process
+    with notices_collected(), ddp.distributed_fit(options) as options:  # under torchrun: this rank's device
         if spec.fit is None:
             return _record_only(spec, options, cfg)
         # Locked before the data is opened: a second fit is refused at once (under torchrun rank 0
@@ -102,6 +106,19 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
             return result
 
 
+def check_fit_arguments(spec: Method, options: Any, cfg: Any) -> None:
+    """``fit``'s arguments are of the kinds it reads: a dict of options, a config class rather than one
+    of its instances, or the two swapped would otherwise end in an AttributeError from inside the fit."""
+    if not isinstance(options, FitOptions):
+        raise FewsamError(f"fit takes its data, run and budget as a FitOptions, not a {type(options).__name__}: "
+                          f"fit({spec.name!r}, FitOptions(data=..., run=..., labeled_cases=...))")
+    if isinstance(cfg, type):
+        raise FewsamError(f"{spec.name} takes a {spec.config.__name__} instance, not the class {cfg.__name__}: "
+                          f"{spec.config.__name__}() for its defaults")
+    if type(cfg) is not spec.config:
+        raise FewsamError(f"{spec.name} takes a {spec.config.__name__}, not a {type(cfg).__name__}")
+
+
 def method_sections(spec: Method, cfg: Config, seed: int) -> dict[str, Any]:
     """The sections of RUN/config.json that ``cfg`` gives: the method's own and those derived from it."""
     return {spec.name: asdict(cfg), **cfg.derived_record(seed)}
@@ -124,7 +141,7 @@ def fit_log(run_dir: Path, method: str) -> Iterator[None]:
                                                      f"fit {method} from Python ({command.name})"))
         record_in_newest(f"host: {host['cpu'] or 'unknown CPU'}, {host['cores']} cores, {host['torch_threads']} "
                          f"torch threads, flags {' '.join(host['flags']) or 'none of note'}")
-        for notice in said():
+        for notice in notices():
             record_in_newest(notice)
         try:
             yield

@@ -137,6 +137,8 @@ class EmbeddingCache:
             return None
         entry = _read_entry(path)
         if entry is None:
+            say_once(f"an entry of the embedding cache {self.dir} could not be read (truncated, damaged or not "
+                     f"readable: {path}); such entries are encoded again", key=f"cache-damaged-{self.dir}")
             _discard(path)
             return None
         meta, array = entry
@@ -157,7 +159,7 @@ class EmbeddingCache:
             "image_size": info.image_size,
             "sha256": hashlib.sha256(array.tobytes()).hexdigest(),
         }
-        if not self.keeping:
+        if not self.keeping or not np.isfinite(array).all():  # an overflowing encoder's NaN is not kept for later
             return
         path = self.path_for(key)
         meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -229,8 +231,25 @@ def _read_entry(path: Path) -> tuple[dict, np.ndarray] | None:
             array = data["embedding"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError):
         return None  # OSError: also a folder in the entry's place, or a file we may not read
-    if not isinstance(meta, dict):
+    if not isinstance(meta, dict) or not _well_formed(meta) or not _usable_embedding(array):
         return None
     if hashlib.sha256(array.tobytes()).hexdigest() != meta.get("sha256"):
         return None
     return meta, array
+
+
+def _well_formed(meta: dict) -> bool:
+    """The entry's record holds every field ``get`` reads, of the kind ``put`` writes: a damaged one
+    would otherwise end in a TypeError, or be taken for an entry of another model."""
+    def sizes(value: object) -> bool:
+        return isinstance(value, list) and len(value) == 2 and all(type(v) is int and v > 0 for v in value)
+
+    return (isinstance(meta.get("key"), str) and isinstance(meta.get("signature"), dict)
+            and sizes(meta.get("original_hw")) and sizes(meta.get("resized_hw"))
+            and type(meta.get("image_size")) is int and isinstance(meta.get("sha256"), str))
+
+
+def _usable_embedding(array: np.ndarray) -> bool:
+    """What ``put`` stores: a finite float16 (C, H, W) map. The checksum covers the bytes alone, so an
+    array of another shape or dtype over the same bytes would pass it and reach the decoder."""
+    return array.dtype == np.float16 and array.ndim == 3 and bool(np.isfinite(array).all())

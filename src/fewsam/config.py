@@ -11,12 +11,14 @@ records ``asdict`` of it, so the three cannot disagree. Limits and choices are c
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from fewsam.errors import DataError, FewsamError
 
@@ -96,21 +98,90 @@ def optional(f: Any) -> bool:
 
 def check_type(f: Any, value: Any) -> None:
     """Refuse ``value`` for a field declared ``int``, ``float``, ``bool``, ``str`` or ``Path`` (or that or
-    None) that is not of that kind; a bool is no number here, and None is refused where the type has no None."""
-    accepted = FIELD_TYPES.get(declared_type(f).removesuffix(" | None"))
-    if accepted is None:
-        return
-    kind, what = accepted
+    None) that is not of that kind; a bool is no number here, and None is refused where the type has no None.
+    A ``tuple[int, ...]`` or ``tuple[float, float]`` field takes a tuple (or list) of such items, that many."""
+    declared = declared_type(f).removesuffix(" | None")
     if value is None:
-        if not optional(f):
+        what = FIELD_TYPES[declared][1] if declared in FIELD_TYPES else "a tuple"
+        if not optional(f) and (declared in FIELD_TYPES or tuple_items(declared)):
             raise ConfigError(f"{option_name(f)} must be {what}, not None")
         return
+    items = tuple_items(declared)
+    if items is not None:
+        _check_tuple(f, value, *items)
+    elif declared in FIELD_TYPES and not _of_kind(value, declared):
+        raise ConfigError(f"{option_name(f)} must be {FIELD_TYPES[declared][1]}, not {value!r}")
+
+
+def tuple_items(declared: str) -> tuple[str, int | None] | None:
+    """The item type and count of a declared ``tuple[int, ...]`` (count None) or ``tuple[float, float]``
+    (count 2); None for any other type."""
+    if not (declared.startswith("tuple[") and declared.endswith("]")):
+        return None
+    parts = [part.strip() for part in declared[len("tuple["):-1].split(",")]
+    if len(parts) == 2 and parts[1] == "...":
+        return parts[0], None
+    return (parts[0], len(parts)) if len(set(parts)) == 1 else None
+
+
+def _of_kind(value: Any, declared: str) -> bool:
+    kind = FIELD_TYPES[declared][0]
     if kind is bool:
-        right = isinstance(value, bool)
-    else:
-        right = isinstance(value, kind) and not isinstance(value, bool)
+        return isinstance(value, bool)
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _check_tuple(f: Any, value: Any, item: str, count: int | None) -> None:
+    """A tuple field (the U-Net's channels, an augmentation range) holds ``count`` items of type ``item``:
+    a single number or a text item would otherwise fail inside the network or the augmentation."""
+    what = FIELD_TYPES.get(item, (object, item))[1]
+    many = f"{count} items, each" if count else "items, each"
+    right = isinstance(value, (tuple, list)) and (count is None or len(value) == count) and \
+        all(_of_kind(v, item) for v in value if item in FIELD_TYPES)
     if not right:
-        raise ConfigError(f"{option_name(f)} must be {what}, not {value!r}")
+        raise ConfigError(f"{option_name(f)} must be a tuple of {many} {what}, not {value!r}")
+
+
+Entry = TypeVar("Entry", bound=Callable[..., Any])
+
+
+def checked_arguments(function: Entry) -> Entry:
+    """``function`` (an entry point of the Python API) refuses an argument its annotation does not allow
+    with one ConfigError naming it: None for a path, a number for a split or a cache folder was a
+    TypeError or AttributeError from deep inside. Annotations made of ``str``, ``Path``, ``int``,
+    ``float``, ``bool`` and ``None`` are checked, as config fields are (``FIELD_TYPES``); others are not."""
+    signature = inspect.signature(function)
+    kinds = {name: parts for name, parameter in signature.parameters.items()
+             if (parts := _annotation_parts(parameter.annotation)) is not None}
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            if name in kinds and not _allowed(value, kinds[name]):
+                raise ConfigError(f"{function.__name__}: {name} must be {_described(kinds[name])}, not {value!r}")
+        return function(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+def _annotation_parts(annotation: Any) -> list[str] | None:
+    """``"str | Path | None"`` -> ["str", "Path", "None"]; None when a part is no plain kind (a Literal, a class)."""
+    if not isinstance(annotation, str):
+        return None
+    parts = [part.strip() for part in annotation.split("|")]
+    return parts if all(part in FIELD_TYPES or part == "None" for part in parts) else None
+
+
+def _allowed(value: Any, parts: list[str]) -> bool:
+    if value is None:
+        return "None" in parts
+    return any(_of_kind(value, part) for part in parts if part != "None")
+
+
+def _described(parts: list[str]) -> str:
+    kinds = [part for part in parts if part != "None"]
+    what = "a path" if "Path" in kinds else " or ".join(dict.fromkeys(FIELD_TYPES[part][1] for part in kinds))
+    return what + (" or None" if "None" in parts else "")
 
 
 def check_value(f: Any, value: Any) -> None:
@@ -123,9 +194,13 @@ def check_value(f: Any, value: Any) -> None:
     if choices and value not in choices and not (value is None and optional(f)):
         raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
     check_type(f, value)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    for number in value if isinstance(value, (tuple, list)) else (value,):
+        _check_limits(name, meta, number)
+
+
+def _check_limits(name: str, meta: Any, value: Any) -> None:
+    """A number within the field's limits (each item of a tuple field); anything else is left alone."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, not {value}")

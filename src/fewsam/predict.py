@@ -22,7 +22,7 @@ import numpy as np
 
 from fewsam.atomic import check_folder_path, staged_folder
 from fewsam.cache import EmbeddingCache
-from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION
+from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.readers.common import check_finite
 from fewsam.data.types import Case, Dataset
@@ -49,6 +49,7 @@ def load_run_model(config: dict, device: str) -> SamModel:
     return model
 
 
+@checked_arguments
 def predict(
     run_dir: str | Path,
     data: str | Path,

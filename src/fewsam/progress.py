@@ -76,21 +76,48 @@ def record_in_newest(message: str) -> None:
 
 
 _said: dict[str, str] = {}  # key -> message, in the order said
+_asked: list[dict[str, str]] = []  # per active ``notices_collected`` block: key -> message, in the order asked
 
 
 def say_once(message: str, key: str | None = None) -> None:
     """Tell the user ``message`` the first time this process says it (or anything under ``key``):
     embed, fit and predict resolve the precision more than once, and a dataset of 4D files would
-    repeat one notice per file; the user needs to read each once."""
+    repeat one notice per file; the user needs to read each once. A repeat inside ``notices_collected``
+    (a second fit in one process) still reaches that fit's log, once: its log is its record."""
     key = message if key is None else key
+    new_to_this_work = bool(_asked) and key not in _asked[0]
     if key not in _said:
         _said[key] = message
         NOTICES.info(message)
+    elif new_to_this_work:
+        record(_said[key])  # the terminal heard it before; the log of this work (a fit) has not
+    for asked in _asked:
+        asked.setdefault(key, _said[key])
 
 
 def said() -> list[str]:
     """What ``say_once`` has said in this process, in order (a log file opened later repeats it)."""
     return list(_said.values())
+
+
+@contextmanager
+def notices_collected() -> Iterator[None]:
+    """Collect what ``say_once`` is asked to say while the block runs, said before or not (``notices``):
+    one piece of work (a fit) among others in the process, each with notices of its own."""
+    asked: dict[str, str] = {}
+    _asked.append(asked)
+    try:
+        yield
+    finally:
+        _asked.remove(asked)
+
+
+def notices() -> list[str]:
+    """The notices of the outermost ``notices_collected`` block, in order, including those said earlier in
+    the process and so not said again; outside any block, everything said (``said``). A fit's log lists
+    these: ``said`` alone would also list what earlier fits in the same process were told about their data,
+    and leave out what this fit was told but the terminal already heard."""
+    return list(_asked[0].values()) if _asked else said()
 
 
 class _EventStream:

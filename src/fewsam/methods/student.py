@@ -47,15 +47,28 @@ class StudentConfig(Config):
     What ``predict`` needs to rebuild the student is recorded as RUN/config.json["student"]."""
 
     image_size: int = option(256, "Student U-Net input: slices resized to SxS.", min=16)
-    channels: tuple[int, ...] = option((16, 32, 64, 128, 256), "U-Net channels per level.", cli=False)
+    channels: tuple[int, ...] = option((16, 32, 64, 128, 256), "U-Net channels per level.", min=1, cli=False)
     num_res_units: int = option(1, "Residual units per U-Net block.", min=0, cli=False)
     rotate_deg: float = option(20.0, "Largest rotation of the weak view, degrees.", min=0.0, cli=False)
-    scale_range: tuple[float, float] = option((0.9, 1.1), "Isotropic scale range of the weak view.", cli=False)
+    scale_range: tuple[float, float] = option((0.9, 1.1), "Isotropic scale range of the weak view.", above=0.0,
+                                              cli=False)
     flip: bool = option(True, "Random flips in the weak view.", cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._check_levels()
         self._check_image_size()
+
+    def _check_levels(self) -> None:
+        """A U-Net has at least two levels, and a scale range runs from its low end to its high end: the
+        network's builder and the augmentation otherwise refuse them at the fit's first step."""
+        if len(self.channels) < 2:
+            raise ConfigError(f"--channels must list at least two levels (the U-Net joins each level to the one "
+                              f"below), not {tuple(self.channels)}; e.g. (16, 32, 64, 128, 256)")
+        low, high = self.scale_range
+        if low > high:
+            raise ConfigError(f"--scale-range must run from low to high, not {tuple(self.scale_range)}; "
+                              f"e.g. ({high}, {low})")
 
     def _check_image_size(self) -> None:
         """The U-Net halves its input once per level below the top and joins each level to the one
