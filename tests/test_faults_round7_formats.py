@@ -5,6 +5,9 @@ faults that run found.
   the "test" split): the semi-supervised methods had no unlabelled pool, said to label fewer
   cases, and refused ``--unlabeled-split test``; the unlabelled images now join the pool when
   named, and the empty-pool error names the split that holds them.
+- A one-class run (a "lesion" model) predicting a folder of new, unlabelled 2D images: refused
+  until the user wrote a classes.json, as the folder's one class is called "foreground"; it is
+  now taken as the run's class and written in the folder's 0/255 coding.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ import numpy as np
 import pytest
 
 from conftest import run_fewsam
+from PIL import Image
+
+from fewsam import api
 from fewsam.data import open_dataset, select_labelled, select_unlabelled
 from fewsam.data.phantom import phantom_volume
 from fewsam.errors import DataError
+from fewsam.methods import supervised
+from fewsam.predict import predict
 
 
 def write_one_labelled_nifti(root: Path, unlabelled: int = 2, slices: int = 2) -> Path:
@@ -57,3 +65,31 @@ def test_semi_supervised_fit_learns_from_one_labelled_volume_and_unlabelled_ones
     assert refused.stderr.strip().splitlines()[-1].startswith("error:") and "--unlabeled-split test" in refused.stderr
     result = run_fewsam(*fit, "--unlabeled-split", "test", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def write_png_images(root: Path, n: int, label_name: str | None) -> Path:
+    """``n`` phantom slices as images/caseI.png; with ``label_name``, 0/255 masks of the LV in
+    masks/ and a classes.json naming that one class."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        image, label = phantom_volume(rng, 1, (40, 48))
+        Image.fromarray((image[0] * 255).astype(np.uint8)).save(root / "images" / f"case{i}.png")
+        if label_name is not None:
+            (root / "masks").mkdir(exist_ok=True)
+            Image.fromarray(((label[0] == 3) * 255).astype(np.uint8)).save(root / "masks" / f"case{i}.png")
+    if label_name is not None:
+        (root / "classes.json").write_text(f'{{"1": "{label_name}"}}')
+    return root
+
+
+def test_one_class_run_predicts_a_folder_of_new_images_without_a_classes_json(tmp_path):
+    data = write_png_images(tmp_path / "data", 5, "lesion")
+    opts = api.FitOptions(data=data, run=tmp_path / "run", labeled_cases=1, cache=str(tmp_path / "cache"),
+                          show_progress=False)
+    api.fit("supervised", opts, supervised.SupervisedConfig(
+        image_size=32, channels=(4, 8, 16, 32), num_res_units=1, batch_size=1, steps=1, val_every=1))
+    new = write_png_images(tmp_path / "new", 2, None)
+    written = predict(tmp_path / "run", new, tmp_path / "pred", split="all", show_progress=False)
+    assert len(written) == 2
+    assert set(np.unique(np.asarray(Image.open(written[0])))) <= {0, 255}
