@@ -241,8 +241,9 @@ class UnlabelledPoolConfig(Config):
 
     unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (fewer slices to encode and "
                                          "load).", min=1)
-    unlabeled_split: str | None = option(None, "Split or list file whose training cases form the unlabelled pool "
-                                         "(default: every training case not labelled).")
+    unlabeled_split: str | None = option(None, "Split or list file whose training cases, and cases with no label "
+                                         "at all (e.g. 'test': a folder's unlabelled images), form the unlabelled "
+                                         "pool (default: every training case not labelled).")
 
 def cli_fields(cls: type) -> list[Any]:
     """The fields of a config class that become command-line options, in declaration order."""

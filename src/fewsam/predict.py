@@ -243,12 +243,22 @@ def _refinement_chosen(run_dir: Path, config: dict, cache_root: str | Path, enco
     return bool(choose_refinement(run_dir, predictor, cache, device, show_progress)["refine"])
 
 
+def _unnamed_one_class(config: dict, class_map: dict[str, str], data: str | Path, labelled: bool) -> bool:
+    """Whether unlabelled data with no classes.json of its own has one class, as the run has: the
+    layout named it, not the user, so it is the run's class."""
+    run_classes = config.get("class_map") or {}
+    return (not labelled and len(class_map) == 1 and list(run_classes) == list(class_map)
+            and not (Path(data) / "classes.json").is_file())
+
+
 def _check_class_map(config: dict, class_map: dict[str, str], data: str | Path, labelled: bool = True) -> None:
     """Refuse data whose classes differ from the run's; unlabelled data without a class list of its
     own (no labels, no classes.json) takes the run's classes. Unlabelled 2D images still get the
     layout's one-class coding (a mask pixel per class is what their predictions are written in), so
-    for a run of more classes the message says how to name them: a classes.json."""
-    if not class_map:
+    for a run of more classes the message says how to name them: a classes.json. A one-class run
+    needs no such file: the layout's one class ("foreground") is the run's under another name, and a
+    folder of new images for a lesion model was refused until the user wrote one."""
+    if not class_map or _unnamed_one_class(config, class_map, data, labelled):
         return
     if config.get("class_map") and config["class_map"] != class_map:
         hint = "" if labelled else (f"; {data} has no labels to name its classes: add a classes.json naming the "

@@ -46,16 +46,42 @@ def select_unlabelled(ds: Dataset, labelled: list[SliceRef], limit: int | None, 
     restricts the pool to its cases, e.g. to keep patients held out for evaluation out of it."""
     pool = unlabelled_pool(ds, labelled)
     if split is not None:
-        pool = _pool_of_split(ds, pool, labelled, split)
+        pool = _pool_of_split(ds, pool + unlabelled_outside_training(ds, ds.split(split)), labelled, split)
+    elif not pool:
+        _refuse_pool_left_outside(ds)
     if limit is None or limit >= len(pool):
         return pool
     idx = np.sort(np.random.default_rng(seed).choice(len(pool), limit, replace=False))
     return [pool[i] for i in idx]
 
 
+def unlabelled_outside_training(ds: Dataset, case_ids: list[str]) -> list[SliceRef]:
+    """The slices of those ``case_ids`` that have no label and lie outside the training split.
+
+    A plain image folder (and a DICOM folder) puts its unlabelled images in "test", so one labelled
+    volume beside unlabelled ones left a semi-supervised fit nothing to learn from. Named by
+    --unlabeled-split they may join the pool: with no label they are never a validation or
+    evaluated case whose score they could inflate."""
+    training = {r.case_id for r in ds.labelled_budget_order()}
+    return [SliceRef(cid, z) for cid in dict.fromkeys(case_ids) if cid not in training and not ds.has_label(cid)
+            for z in range(ds.num_slices(cid))]
+
+
+def _refuse_pool_left_outside(ds: Dataset) -> None:
+    """With every training slice labelled, the advice to label fewer cases is wrong where unlabelled
+    images sit in another split: say which split holds them, for --unlabeled-split."""
+    outside = {r.case_id for r in unlabelled_outside_training(ds, ds.split("all"))}
+    if not outside:
+        return
+    holding = [name for name in ds.split_names() if name != "all" and outside & set(ds.split(name))]
+    raise DataError(f"no unlabelled training slices are left, but {len(outside)} case(s) without a label lie "
+                    f"outside the training split (in {', '.join(holding)}): pass --unlabeled-split "
+                    f"{holding[0] if holding else 'LIST'} (a split or list file naming them) to learn from them")
+
+
 def _pool_of_split(ds: Dataset, pool: list[SliceRef], labelled: list[SliceRef], split: str) -> list[SliceRef]:
     """The slices of ``pool`` whose cases ``split`` names. Only training cases outside the labelled budget
-    can be in the pool: a split that names none of them (``val``, a list of the labelled cases) is
+    (and cases with no label at all, ``unlabelled_outside_training``) can be in the pool: a split that names none of them (``val``, a list of the labelled cases) is
     refused naming what its cases are, not with the advice to label fewer cases, and the cases it
     names that cannot be in the pool are said once, as they are left out."""
     named = list(dict.fromkeys(ds.split(split)))
