@@ -331,7 +331,7 @@ def predict(
                           precision=precision, ray=ray, ray_workers=ray_workers)
     if refine_if_better:
         _print_refinement_choice(run)
-    out.print(f"wrote {len(written)} predictions to {pred}")
+    out.print(f"wrote {len(written)} prediction{'' if len(written) == 1 else 's'} to {pred}")
 
 
 def _print_refinement_choice(run: Path) -> None:
