@@ -154,3 +154,21 @@ def write_png_cases(tmp_path: Path, label: np.ndarray, cases: dict[str, tuple[di
         write_prediction(dataset.load(cid), cases[cid.split("/")[-1]][1][None], pred)
     return root, pred
 
+
+
+@pytest.fixture
+def tiny_sam_phantom(tmp_path, monkeypatch):
+    """A phantom dataset whose fits, predictions and embeddings load the tiny SAM of test_supervised,
+    on one thread (fast on a busy CPU)."""
+    from test_supervised import tiny_sam
+
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.models import registry
+
+    monkeypatch.setattr(registry, "load_model", lambda *args, **kwargs: tiny_sam())
+    monkeypatch.setattr("fewsam.api.load_model", lambda *args, **kwargs: tiny_sam())
+    monkeypatch.setattr("fewsam.predict.load_model", lambda *args, **kwargs: tiny_sam())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
+    torch.set_num_threads(threads)

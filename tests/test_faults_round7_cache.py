@@ -19,7 +19,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
 from fewsam import progress
 from fewsam.cache import EmbeddingCache
@@ -102,19 +101,8 @@ def test_a_non_finite_embedding_is_used_but_not_kept(tmp_path):
 # --- the Python API -------------------------------------------------------------------------------
 
 @pytest.fixture
-def phantom(tmp_path, monkeypatch):
-    """A phantom dataset, fitted and embedded with the tiny SAM of test_supervised on one thread."""
-    from test_supervised import tiny_sam
-
-    from fewsam.data.phantom import write_phantom_dataset
-    from fewsam.models import registry
-
-    monkeypatch.setattr(registry, "load_model", lambda *args, **kwargs: tiny_sam())
-    monkeypatch.setattr("fewsam.api.load_model", lambda *args, **kwargs: tiny_sam())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
-    torch.set_num_threads(threads)
+def phantom(tiny_sam_phantom):
+    return tiny_sam_phantom
 
 
 def _fit(phantom, run, **options):

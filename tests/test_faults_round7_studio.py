@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from fewsam.studio.errors import StudioError
 from fewsam.studio.project import LATEST_RUN, PREDICTIONS, STATE, Project, case_key, encode_prediction
 from test_studio_api import (CASE, FINISHER, H, SLEEPER, W, data, decode, make_client, painted, put,  # noqa: F401
                              python, wait_for_job)
-from test_studio_browser import Page, browser, wait_until  # noqa: F401  (browser: fixture)
+from test_studio_browser import Page, browser, stop_studio, wait_until  # noqa: F401  (browser: fixture)
 
 
 OTHER = "phantom_001"
@@ -63,15 +62,6 @@ def start_studio(data: Path, project: Path, port: int, log: Path) -> subprocess.
             time.sleep(0.2)
     server.kill()
     raise AssertionError("the studio did not start")
-
-
-def stop_studio(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGINT)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 # --- one studio per project ------------------------------------------------------------------------

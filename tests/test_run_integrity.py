@@ -333,20 +333,8 @@ def test_a_stop_signal_during_a_write_lands_after_the_file_is_in_place(tmp_path)
 # --- a real few-shot fit ----------------------------------------------------------------------------
 
 @pytest.fixture
-def phantom(tmp_path, monkeypatch):
-    """A phantom dataset, fitted with the tiny SAM of test_supervised on one thread (fast on a busy CPU)."""
-    import torch
-    from test_supervised import tiny_sam
-
-    from fewsam.data.phantom import write_phantom_dataset
-    from fewsam.models import registry
-
-    monkeypatch.setattr(registry, "load_model", lambda *args, **kwargs: tiny_sam())
-    monkeypatch.setattr("fewsam.predict.load_model", lambda *args, **kwargs: tiny_sam())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
-    torch.set_num_threads(threads)
+def phantom(tiny_sam_phantom):
+    return tiny_sam_phantom
 
 
 def _fit(phantom, tmp_path, run="run"):

@@ -85,12 +85,18 @@ def studio_server(tmp_path: Path):
         wait_until(up, 60, "the studio server")
         yield {"url": url, "data": data, "project": project, "log": tmp_path / "server.log"}
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_studio(server)
         log.close()
+
+
+def stop_studio(server: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops the studio; killed if it does not end within 20 s."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 @pytest.fixture
