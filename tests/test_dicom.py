@@ -206,3 +206,17 @@ def test_mistakes_are_data_errors(tmp_path):
     (tmp_path / "labels" / "ok.nii.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="cannot read label .*ok.nii.gz"):
         ds.load("ok")
+
+
+def test_a_series_label_named_flat_as_patient_underscore_series_is_found(tmp_path, caplog, monkeypatch):
+    from fewsam import progress
+
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    image, label = arrays(4)
+    ref = write_series(tmp_path / "p1" / "cine", image)
+    write_label(tmp_path / "labels" / "p1_cine.nii.gz", label, ref)
+    write_label(tmp_path / "labels" / "p9_cine.nii.gz", label, ref)  # no such series
+    ds = open_dataset(tmp_path)
+    np.testing.assert_array_equal(ds.load("p1/cine").label, label)
+    assert any("p9_cine.nii.gz" in r.getMessage() and "match no image" in r.getMessage() for r in caplog.records)

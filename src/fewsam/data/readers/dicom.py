@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         deterministic_split, files_below, natural_sorted, to_label_array)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
-from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder
+from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder, say_unmatched_labels
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -275,9 +275,21 @@ def _entries(root: Path) -> list[Entry]:
         if labels in folder.parents or folder == labels:
             continue
         case_id = folder.relative_to(base).as_posix() if folder != base else (root.name or "series")
-        entries.append(Entry(case_id=case_id, image=folder, label=label_in_folder(labels, case_id),
+        entries.append(Entry(case_id=case_id, image=folder, label=series_label(labels, case_id),
                              rel_path=case_id, subject=PurePosixPath(case_id).parts[0]))
+    if labels.is_dir():
+        say_unmatched_labels(labels, entries)
     return entries
+
+
+def series_label(labels: Path, case_id: str) -> Path | None:
+    """The label of a series: ``labels/<patient>/<series>.nii.gz``, mirroring the series' folders, or
+    the flat ``labels/<patient>_<series>.nii.gz`` many export scripts write; the flat name matched
+    nothing, so a labelled series read as unlabelled without a word."""
+    nested = label_in_folder(labels, case_id)
+    if nested is not None or "/" not in case_id:
+        return nested
+    return label_in_folder(labels, case_id.replace("/", "_"))
 
 
 def open_dicom(root: Path) -> DicomDataset:

@@ -569,7 +569,7 @@ def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
         entries.append(entry)
         if entry.label is None:
             test_ids.append(case)
-    _say_unmatched_labels(root / "labels", entries)
+    say_unmatched_labels(root / "labels", entries)
     return entries, test_ids
 
 
@@ -589,7 +589,7 @@ def label_in_folder(folder: Path, case: str, names: dict[str, Path] | None = Non
     return next((p for p in found if p is not None and is_data_file(p)), None)
 
 
-def _say_unmatched_labels(folder: Path, entries: list[Entry]) -> None:
+def say_unmatched_labels(folder: Path, entries: list[Entry]) -> None:
     """Label files no image claims (a name that differs from its image's) are unused: say which."""
     used = {e.label for e in entries}
     stray = [p.name for p in _nifti_files(folder) if p not in used]
