@@ -651,13 +651,17 @@ def run_app(args: list[str] | None = None) -> None:
         raise SystemExit(code)
 
 
-RESUMABLE_COMMANDS = ("fit", "embed")  # a checkpoint or the embedding cache keeps their work
+# a checkpoint or the embedding cache keeps their work; demo resumes its phantom and its fit in --out
+RESUMABLE_COMMANDS = ("fit", "embed", "demo")
 
 
 def stopped_message(stop: Stopped, argv: list[str]) -> str:
-    """What a command stopped by Ctrl-C or SIGTERM says: fit and embed pick up where they
-    stopped; the others kept nothing partial and start over."""
+    """What a command stopped by Ctrl-C or SIGTERM says: fit, embed and demo pick up where they
+    stopped; the studio, which is stopped this way, keeps every saved label; the others kept nothing
+    partial and start over."""
     command = next((a for a in argv[1:] if not a.startswith("-")), "")
+    if command == "studio":
+        return f"{stop.how}; the studio stopped, its saved labels are kept: run the same command again to go on"
     if command in RESUMABLE_COMMANDS:
         return f"{stop.how}; run the same command again to resume"
     return f"{stop.how}; nothing partial was kept: run the same command again to start over"

@@ -1,0 +1,33 @@
+"""Faults a new user meets following the README literally, with the variations a real user makes:
+
+- ``fewsam demo`` stopped part-way (Ctrl-C, SIGTERM) said "nothing partial was kept: run the same
+  command again to start over", though the demo resumes its phantom and fit from --out; and the
+  studio, which its own banner says to stop with Ctrl+C, said the same of a project whose labels
+  are all kept;
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from conftest import main_raising
+from fewsam.errors import Stopped
+
+
+def stopped_line(monkeypatch, capsys, *argv: str, signum: int = signal.SIGINT) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["fewsam", *argv])
+    code, lines = main_raising(monkeypatch, capsys, Stopped(signum))
+    return code, " ".join(lines)
+
+
+def test_a_stopped_demo_says_the_same_command_resumes_it(monkeypatch, capsys):
+    code, line = stopped_line(monkeypatch, capsys, "demo", "--out", "d", signum=signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    assert "resume" in line and "nothing partial" not in line, line
+
+
+def test_a_studio_stopped_with_ctrl_c_says_its_labels_are_kept(monkeypatch, capsys):
+    code, line = stopped_line(monkeypatch, capsys, "studio", "--demo")
+    assert code == 128 + signal.SIGINT
+    assert "labels are kept" in line and "nothing partial" not in line and "start over" not in line, line
