@@ -4,6 +4,8 @@
   command again to start over", though the demo resumes its phantom and fit from --out; and the
   studio, which its own banner says to stop with Ctrl+C, said the same of a project whose labels
   are all kept;
+- that stop line was broken at 80 columns (in a log, a pipe or a narrow terminal), its advice split
+  over two lines, unlike every ``error:`` line;
 """
 
 from __future__ import annotations
@@ -31,3 +33,10 @@ def test_a_studio_stopped_with_ctrl_c_says_its_labels_are_kept(monkeypatch, caps
     code, line = stopped_line(monkeypatch, capsys, "studio", "--demo")
     assert code == 128 + signal.SIGINT
     assert "labels are kept" in line and "nothing partial" not in line and "start over" not in line, line
+
+
+def test_the_stop_line_is_one_line_however_narrow_the_output(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["fewsam", "predict", "run", "--data", "d" * 60, "--out", "p"])
+    code, lines = main_raising(monkeypatch, capsys, Stopped(signal.SIGTERM))
+    assert code == 128 + signal.SIGTERM
+    assert len(lines) == 1 and lines[0].endswith("start over"), lines

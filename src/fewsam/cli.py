@@ -714,7 +714,7 @@ def main() -> None:
             print_error(str(exc))
         raise SystemExit(2)
     except Stopped as stop:
-        err.print(stopped_message(stop, sys.argv), highlight=False)
+        err.print(stopped_message(stop, sys.argv), highlight=False, soft_wrap=True)  # one line, as error: lines
         raise SystemExit(128 + stop.signum)
     except OSError as exc:
         if not (is_disk_full(exc) or is_not_permitted(exc)):
