@@ -6,6 +6,9 @@
   are all kept;
 - that stop line was broken at 80 columns (in a log, a pipe or a narrow terminal), its advice split
   over two lines, unlike every ``error:`` line;
+- ``fewsam fit METHOD --help`` showed no default for --checkpoint, --cavity-rule and
+  --unlabeled-limit, whose None defaults mean something (LiteMedSAM's weights, no rule, the whole
+  pool), while the other such options say theirs;
 """
 
 from __future__ import annotations
@@ -13,8 +16,13 @@ from __future__ import annotations
 import signal
 import sys
 
+import pytest
+import typer
+
 from conftest import main_raising
+from fewsam.cli import app
 from fewsam.errors import Stopped
+from fewsam.methods import REGISTRY
 
 
 def stopped_line(monkeypatch, capsys, *argv: str, signum: int = signal.SIGINT) -> tuple[int, str]:
@@ -40,3 +48,12 @@ def test_the_stop_line_is_one_line_however_narrow_the_output(monkeypatch, capsys
     code, lines = main_raising(monkeypatch, capsys, Stopped(signal.SIGTERM))
     assert code == 128 + signal.SIGTERM
     assert len(lines) == 1 and lines[0].endswith("start over"), lines
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_fit_help_says_what_every_unset_default_means(method):
+    command = typer.main.get_command(app).commands["fit"].get_command(None, method)
+    budget = ("--labeled-cases", "--labeled-slices", "--labeled-images")  # one of them is given
+    for param in command.params:
+        if param.default is None and not param.required and param.opts[0] not in budget:
+            assert "default" in param.help, (param.opts[0], param.help)

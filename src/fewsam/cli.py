@@ -85,17 +85,16 @@ def default_is(help: str, default: str) -> str:
     return f"{help} \\[default: {default}]"
 
 
-def shared_option(name: str, none_means: str | None = None) -> Any:
-    """The typer option of ``FitOptions.<name>``: commands other than fit share its default and help;
-    ``none_means`` says what its None default stands for."""
+def shared_option(name: str) -> Any:
+    """The typer option of ``FitOptions.<name>``: commands other than fit share its default and help
+    (a None default says in its help what it stands for, for fit's option too)."""
     f = FitOptions.__dataclass_fields__[name]
-    help = f.metadata["help"] if none_means is None else default_is(f.metadata["help"], none_means)
     return typer.Option(... if f.metadata.get("required") else field_default(f),
-                        f.metadata.get("flag") or flag_name(name), help=help)
+                        f.metadata.get("flag") or flag_name(name), help=f.metadata["help"])
 
 
 ModelOpt = shared_option("model")
-CheckpointOpt = shared_option("checkpoint", none_means="litemedsam's bundled weights")
+CheckpointOpt = shared_option("checkpoint")
 CacheOpt = shared_option("cache")
 DeviceOpt = shared_option("device")
 DataOpt = shared_option("data")

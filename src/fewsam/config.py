@@ -240,7 +240,7 @@ class UnlabelledPoolConfig(Config):
     distill): one definition, so the three read the same pool from the same options."""
 
     unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (fewer slices to encode and "
-                                         "load).", min=1)
+                                         "load) (default: the whole pool).", min=1)
     unlabeled_split: str | None = option(None, "Split or list file whose training cases, and cases with no label "
                                          "at all (e.g. 'test': a folder's unlabelled images), form the unlabelled "
                                          "pool (default: every training case not labelled).")
@@ -277,7 +277,8 @@ class FitOptions(Config):
     val_split: str = option("val", "Split (or list file) used for model selection.")
     seed: int = option(0, "Seed: same seed, same data -> same weights.", min=0, max=MAX_SEED)
     model: str = option("litemedsam", "litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam")
-    checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM; LiteMedSAM's come with fewsam).")
+    checkpoint: Path | None = option(None, "Weights file, required for SAM/MedSAM (default: LiteMedSAM's, which "
+                                     "come with fewsam).")
     cache: str = option(DEFAULT_CACHE, "Embedding cache folder.")
     device: str = option("cpu", "cpu | cuda | cuda:N")
     precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)
