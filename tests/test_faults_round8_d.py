@@ -9,6 +9,9 @@
 - ``fewsam fit METHOD --help`` showed no default for --checkpoint, --cavity-rule and
   --unlabeled-limit, whose None defaults mean something (LiteMedSAM's weights, no rule, the whole
   pool), while the other such options say theirs;
+- a U-Net fit (supervised, samatch, distill) on a CPU with bf16 instructions said "U-Net student
+  under bf16 autocast, channels-last (this CPU has bf16 instructions; the prompt decoder gains too
+  little from them)": the reason for keeping the decoder in fp32, given for the student;
 """
 
 from __future__ import annotations
@@ -57,3 +60,21 @@ def test_fit_help_says_what_every_unset_default_means(method):
     for param in command.params:
         if param.default is None and not param.required and param.opts[0] not in budget:
             assert "default" in param.help, (param.opts[0], param.help)
+
+
+def test_the_students_precision_note_gives_the_students_reason_and_the_decoders_its_own(monkeypatch, caplog):
+    from test_supervised import TINY, tiny_sam
+
+    from fewsam import progress
+    from fewsam.methods.fewshot import PrototypeDecoder
+    from fewsam.methods.student import build_unet
+    from fewsam.models.acceleration import prepare_decoder, prepare_student, resolve_acceleration
+
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level("INFO", logger="fewsam")
+    path = resolve_acceleration("auto", flags=frozenset({"avx512f", "avx512_bf16"}))
+    prepare_student(build_unet(TINY, 4), path)
+    prepare_decoder(PrototypeDecoder(tiny_sam(), 4), path)
+    student, decoder = caplog.messages
+    assert student == "U-Net student under bf16 autocast, channels-last (this CPU has bf16 instructions)"
+    assert decoder == "prompt decoder in fp32 (this CPU has bf16 instructions, but it gains too little from them)"

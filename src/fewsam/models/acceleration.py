@@ -74,7 +74,7 @@ def resolve_acceleration(requested: str, device: str = "cpu", flags: frozenset[s
         require_bf16(flags)
         return _chosen(BF16_AUTOCAST, "--precision bf16-openvino")
     if requested in ("auto", "mixed-openvino") and has_bf16(flags):
-        return _chosen(BF16_STUDENT, "this CPU has bf16 instructions; the prompt decoder gains too little from them")
+        return _chosen(BF16_STUDENT, "this CPU has bf16 instructions")
     return _chosen(FP32_FAST, "this CPU has no bf16 instructions" if requested == "auto" else f"--precision {requested}")
 
 
@@ -136,8 +136,10 @@ def prepare_decoder(module: nn.Module, acceleration: Acceleration) -> nn.Module:
     """The prompt decoder (in place): only autocast applies (channels-last measured slower on its
     transposed convolutions), and only on paths that choose it for the decoder too."""
     autocast = acceleration.autocast is not None and acceleration.decoder_autocast
+    if acceleration.autocast is not None and not autocast:  # the student's reason, and why the decoder differs
+        acceleration = _chosen(acceleration, f"{acceleration.reason}, but it gains too little from them")
     _say_path("prompt decoder", "under bf16 autocast" if autocast else "in fp32", acceleration)
-    if acceleration.autocast is not None and acceleration.decoder_autocast:
+    if autocast:
         _autocast_forward(module, acceleration.autocast, acceleration.device_type)
     if hasattr(module, "pixels_last"):  # a decoder that can keep its features' layout (fewshot.PrototypeDecoder)
         module.pixels_last = acceleration != REFERENCE
