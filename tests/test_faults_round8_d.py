@@ -12,6 +12,8 @@
 - a U-Net fit (supervised, samatch, distill) on a CPU with bf16 instructions said "U-Net student
   under bf16 autocast, channels-last (this CPU has bf16 instructions; the prompt decoder gains too
   little from them)": the reason for keeping the decoder in fp32, given for the student;
+- RUN/fit.log's first line gave the command unquoted (``--out rün 1``), so pasting it back into a
+  shell, to resume the fit, ran another command;
 """
 
 from __future__ import annotations
@@ -78,3 +80,17 @@ def test_the_students_precision_note_gives_the_students_reason_and_the_decoders_
     student, decoder = caplog.messages
     assert student == "U-Net student under bf16 autocast, channels-last (this CPU has bf16 instructions)"
     assert decoder == "prompt decoder in fp32 (this CPU has bf16 instructions, but it gains too little from them)"
+
+
+def test_the_logged_command_runs_again_when_pasted_into_a_shell(tmp_path, monkeypatch):
+    import shlex
+
+    from fewsam.api import fit_log
+    from fewsam.runs import TEXT_LOG
+
+    argv = ["fit", "supervised", "--data", "my data", "--out", "rün 1", "--labeled-cases", "1"]
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/fewsam", *argv])
+    with fit_log(tmp_path, "supervised"):
+        pass
+    header = (tmp_path / TEXT_LOG).read_text().splitlines()[0]
+    assert shlex.split(header.split(": ", 1)[1]) == ["fewsam", *argv], header

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -137,7 +138,8 @@ def fit_log(run_dir: Path, method: str) -> Iterator[None]:
         host = machine()
         command = Path(sys.argv[0])
         from_cli = command.name == "fewsam" or command.parts[-2:] == ("fewsam", "__main__.py")
-        record_in_newest(f"fewsam {__version__}: " + (f"fewsam {' '.join(sys.argv[1:])}" if from_cli else
+        # quoted as a shell reads it: the logged command, pasted, runs the fit again (--out "my run")
+        record_in_newest(f"fewsam {__version__}: " + (f"fewsam {shlex.join(sys.argv[1:])}" if from_cli else
                                                      f"fit {method} from Python ({command.name})"))
         record_in_newest(f"host: {host['cpu'] or 'unknown CPU'}, {host['cores']} cores, {host['torch_threads']} "
                          f"torch threads, flags {' '.join(host['flags']) or 'none of note'}")
