@@ -14,6 +14,9 @@
   little from them)": the reason for keeping the decoder in fp32, given for the student;
 - RUN/fit.log's first line gave the command unquoted (``--out rün 1``), so pasting it back into a
   shell, to resume the fit, ran another command;
+- a note added to RUN/fit.log (or the log rotated, or saved by an editor) made predict refuse the
+  whole run as damaged ("delete RUN and fit again"): the manifest hashed the text log, which predict
+  never reads;
 """
 
 from __future__ import annotations
@@ -94,3 +97,27 @@ def test_the_logged_command_runs_again_when_pasted_into_a_shell(tmp_path, monkey
         pass
     header = (tmp_path / TEXT_LOG).read_text().splitlines()[0]
     assert shlex.split(header.split(": ", 1)[1]) == ["fewsam", *argv], header
+
+
+@pytest.mark.parametrize("older_manifest", [False, True])
+def test_a_note_added_to_fit_log_leaves_the_run_usable(tmp_path, older_manifest):
+    import json
+
+    from fewsam.runs import BEST, CONFIG, MANIFEST, TEXT_LOG, _file_record, check_run, write_manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CONFIG).write_text(json.dumps({"method": "supervised"}))
+    (run / BEST).write_bytes(b"weights")
+    (run / TEXT_LOG).write_text("2026-01-01 00:00:00 supervised finished\n")
+    write_manifest(run)
+    if older_manifest:  # as fewsam wrote it before: the text log listed with its hash
+        manifest = json.loads((run / MANIFEST).read_text())
+        manifest["files"][TEXT_LOG] = _file_record(run / TEXT_LOG)
+        (run / MANIFEST).write_text(json.dumps(manifest))
+    with (run / TEXT_LOG).open("a") as log:
+        log.write("my note: the best run of the week\n")
+    assert check_run(run)["method"] == "supervised"
+    (run / BEST).write_bytes(b"damaged")
+    with pytest.raises(Exception, match="damaged"):
+        check_run(run)

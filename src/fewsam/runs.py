@@ -33,7 +33,8 @@ TEXT_LOG = "fit.log"  # the same fit for a reader: progress, notices, validation
 MANIFEST = "manifest.json"  # written when a fit ends well: what predict reads, with sizes and hashes
 LOCK = ".lock"
 DATA_HASH = "data_sha256"  # config key: the labelled slices' and validation cases' arrays
-NOT_FOR_PREDICT = {CONFIG, LAST, LOG, MANIFEST, LOCK}  # config.json is checked by content, not by hash
+# config.json is checked by content, not by hash; the logs are the user's to read, annotate or rotate
+NOT_FOR_PREDICT = {CONFIG, LAST, LOG, TEXT_LOG, MANIFEST, LOCK}
 COPIED_RUN = "teacher"  # RUN/teacher/: another run's predictor files copied in (distill's teacher blend)
 
 
@@ -412,9 +413,11 @@ def _read_manifest(run_dir: Path) -> tuple[list[str], list[tuple[str, int, str]]
 
 
 def _verify_files(run_dir: Path, files: list[tuple[str, int, str]], way_out: str) -> None:
-    """Refuse, naming the file, when a file the manifest lists is missing or changed."""
+    """Refuse, naming the file, when a file the manifest lists is missing or changed; files predict
+    does not read are passed over (the manifests of older fewsam versions list RUN/fit.log)."""
     for name, size, sha in files:
-        _verify_file(run_dir / name, size, sha, way_out)
+        if name not in NOT_FOR_PREDICT:
+            _verify_file(run_dir / name, size, sha, way_out)
 
 
 def _verify_file(path: Path, size: int, sha: str, way_out: str) -> None:
