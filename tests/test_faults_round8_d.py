@@ -17,6 +17,9 @@
 - a note added to RUN/fit.log (or the log rotated, or saved by an editor) made predict refuse the
   whole run as damaged ("delete RUN and fit again"): the manifest hashed the text log, which predict
   never reads;
+- ``fewsam report --overwrite`` into the folder of an earlier report of other classes (ACDC's RV,
+  Myo, LV, then BUSI's lesion) left the earlier report's per-class plots beside the new report, as
+  if they were its own;
 """
 
 from __future__ import annotations
@@ -121,3 +124,26 @@ def test_a_note_added_to_fit_log_leaves_the_run_usable(tmp_path, older_manifest)
     (run / BEST).write_bytes(b"damaged")
     with pytest.raises(Exception, match="damaged"):
         check_run(run)
+
+
+def test_a_report_written_over_an_earlier_one_leaves_none_of_its_plots(tmp_path):
+    import json
+
+    from fewsam.metrics import group_summary
+    from fewsam.report import write_group_report
+
+    def evaluation(name, classes):
+        cases = [{"case": f"c{i}", "group": group,
+                  "per_class": {c: {"dice": dice, "iou": dice / (2 - dice), "hd95": 2.0, "asd": 1.0} for c in classes}}
+                 for i, (group, dice) in enumerate([("a", 0.9), ("a", 0.8), ("b", 0.6), ("b", 0.5)])]
+        result = group_summary(cases, n_boot=20)
+        result.update(group_by="group", alpha=1.0, es_mode="sum", distance_unit="pixel")
+        (tmp_path / name).write_text(json.dumps(result))
+        return tmp_path / name
+
+    out = tmp_path / "report"
+    write_group_report([evaluation("acdc.json", ["RV", "LV"])], out)
+    (out / "my notes.txt").write_text("mine")
+    write_group_report([evaluation("busi.json", ["lesion", "halo"])], out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["group_dice.png", "group_dice_halo.png", "group_dice_lesion.png",
+                                                     "my notes.txt", "report.html", "report.md"]

@@ -172,16 +172,18 @@ def check_folder_path(path: Path, option: str, error: type[Exception] | None = N
 
 
 @contextmanager
-def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+def staged_folder(out: Path, overwrite: bool, replaces: str | None = None) -> Iterator[Path]:
     """A hidden folder beside ``out`` to write into (predictions, a report); its files move into
     ``out`` when the block ends well, and it (with any parent folders made for it) is removed when it
-    does not, so a failure or Ctrl-C half-way leaves ``out`` as it was."""
+    does not, so a failure or Ctrl-C half-way leaves ``out`` as it was. ``replaces``: a glob of the
+    files in ``out`` the new set replaces as a whole (a report's plots): those it does not write
+    again go with the move, so an older set's leftovers are not taken for the new one's."""
     made = _make_parents(out.parent)
     staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
         yield staging
-        _move_into(staging, out, overwrite)
+        _move_into(staging, out, overwrite, replaces)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in reversed(made):
@@ -204,14 +206,14 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _move_into(staging: Path, out: Path, overwrite: bool) -> None:
+def _move_into(staging: Path, out: Path, overwrite: bool, replaces: str | None = None) -> None:
     """``out`` absent: rename the staging folder (atomic). Present: move file by file, replacing
     same-named files (``overwrite``), never removing anything else of the user's.
 
     Every target is checked before the first file moves, and Ctrl-C or SIGTERM are held until the
     last one has: an existing ``out`` then holds either all of the new files or none of them."""
     with _folder_locked(out.parent):
-        _move_files_into(staging, out, overwrite)
+        _move_files_into(staging, out, overwrite, replaces)
 
 
 @contextmanager
@@ -232,7 +234,7 @@ def _folder_locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _move_files_into(staging: Path, out: Path, overwrite: bool) -> None:
+def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: str | None) -> None:
     from fewsam.errors import RunError
 
     if not out.exists():
@@ -248,10 +250,14 @@ def _move_files_into(staging: Path, out: Path, overwrite: bool) -> None:
             kind = "folder" if blocked.is_dir() else "file"
             raise RunError(f"cannot write {target}: a {kind} {blocked} is in the way; move it or choose another "
                            "--out (nothing was written)")
+    written = {target for _, target in moves}
+    older = [p for p in out.glob(replaces) if p.is_file() and p not in written] if replaces else []
     with stop_signals_held():
         for path, target in moves:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+        for path in older:
+            path.unlink(missing_ok=True)
     shutil.rmtree(staging)
 
 

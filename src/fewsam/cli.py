@@ -404,7 +404,8 @@ def report(
                                                                             "the JSON file names")),
     title: str = typer.Option("fewsam group report", "--title", help="The report's heading."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty --out: the "
-                                                              "report's files are replaced, other files kept."),
+                                                              "report's files (an earlier report's plots "
+                                                              "included) are replaced, other files kept."),
 ) -> None:
     """Markdown + HTML report: per-group Dice with 95% CIs, ES-Dice, worst-group gap, per-class tables."""
     from fewsam.report import write_group_report

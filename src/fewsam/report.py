@@ -52,6 +52,7 @@ INTRO = (
     "intervals over patients (a patient's cases are drawn together); a group of a few patients has a "
     "wide interval, so read small gaps with care, and a group of one patient has none (n/a)."
 )
+PLOTS = "group_dice*.png"  # the report's plots: group_dice.png and group_dice_<class>.png
 
 
 def write_group_report(evaluations: list[str | Path], out_dir: str | Path, labels: list[str] | None = None,
@@ -61,7 +62,8 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     Two or more evaluations are shown side by side (e.g. before/after fair scaling), with a
     paired Wilcoxon test of per-case Dice between the first and each other run. A non-empty
     ``out_dir`` needs ``overwrite`` (as ``fewsam predict --out``): the report's own files are then
-    replaced, anything else in the folder is left alone.
+    replaced (an earlier report's plots this one does not draw, of classes it lacks, removed),
+    anything else in the folder is left alone.
     """
     from fewsam.compare import read_evaluation
     from fewsam.errors import DataError
@@ -74,7 +76,7 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     runs = [(name, read_evaluation(path, summary=True)) for name, path in zip(names, evaluations)]
     if (warning := different_cases_warning(runs)) is not None:
         log.warning(warning)
-    with staged_folder(out, overwrite) as staging:  # a failure half-way leaves no partial report
+    with staged_folder(out, overwrite, replaces=PLOTS) as staging:  # a failure half-way leaves no partial report
         blocks = [("h", title), ("p", INTRO), *_overview(runs), *_group_blocks(runs, staging),
                   *_class_blocks(runs, staging), *_test_blocks(runs)]
         atomic_write_bytes(staging / "report.md", _markdown(blocks).encode())
