@@ -20,6 +20,9 @@
 - ``fewsam report --overwrite`` into the folder of an earlier report of other classes (ACDC's RV,
   Myo, LV, then BUSI's lesion) left the earlier report's per-class plots beside the new report, as
   if they were its own;
+- ``fewsam predict --refine-if-better`` on a run whose RUN/refinement.json was damaged (cut off,
+  edited by hand) ended in a JSONDecodeError traceback, or, for a file that parsed but lacked a
+  score, in a KeyError traceback after the predictions were written: the choice is now made again;
 """
 
 from __future__ import annotations
@@ -147,3 +150,28 @@ def test_a_report_written_over_an_earlier_one_leaves_none_of_its_plots(tmp_path)
     write_group_report([evaluation("busi.json", ["lesion", "halo"])], out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["group_dice.png", "group_dice_halo.png", "group_dice_lesion.png",
                                                      "my notes.txt", "report.html", "report.md"]
+
+
+@pytest.mark.parametrize("damaged", ["{bad", '{"refine": true}', "[]"])
+def test_a_damaged_refinement_choice_is_decided_again(tmp_path, damaged):
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+    from test_supervised import tiny_sam
+
+    from fewsam.cache import EmbeddingCache
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.methods.samatch.refine import REFINEMENT, choose_refinement, recorded_refinement
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2, seed=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "samatch", "data": str(data), "val_split": "val"}))
+    (run / REFINEMENT).write_text(damaged)
+    # a predictor whose refinement is perfect and whose student predicts nothing: refining wins
+    predictor = SimpleNamespace(student=SimpleNamespace(values=[0, 1, 2, 3]),
+                                predict_both=lambda case, slices: (np.zeros_like(case.label), case.label))
+    choice = choose_refinement(run, predictor, EmbeddingCache(tmp_path / "cache", tiny_sam()), show_progress=False)
+    assert choice["refine"] and choice["val_dice_refined"] == 1.0
+    assert recorded_refinement(run) == choice == json.loads((run / REFINEMENT).read_text())

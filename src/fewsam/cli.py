@@ -334,9 +334,9 @@ def predict(
 
 
 def _print_refinement_choice(run: Path) -> None:
-    from fewsam.methods.samatch.refine import REFINEMENT
+    from fewsam.methods.samatch.refine import REFINEMENT, recorded_refinement
 
-    choice = json.loads((run / REFINEMENT).read_text())
+    choice = recorded_refinement(run)  # predict has just decided (again, if it was damaged) and written it
     verdict = "refined by SAM" if choice["refine"] else "student alone"
     out.print(f"{verdict}: validation Dice student {choice['val_dice_student']:.4f}, "
               f"refined {choice['val_dice_refined']:.4f} ({choice['cases']} cases; {run / REFINEMENT})")

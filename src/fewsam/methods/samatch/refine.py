@@ -32,7 +32,7 @@ from fewsam.methods.samatch import SAM_DIR, PseudoLabeller, SamMatchConfig, load
 from fewsam.methods.student import StudentPredictor, predict_images
 from fewsam.metrics import volume_score
 from fewsam.models.sam import SamModel
-from fewsam.progress import tracked
+from fewsam.progress import say_once, tracked
 from fewsam.runs import read_config, write_json
 from fewsam.self_prompting import merge_refined
 
@@ -74,6 +74,25 @@ class SamRefinedPredictor:
         return self.predict_both(case, slices)[1]
 
 
+def recorded_refinement(run_dir: Path) -> dict | None:
+    """RUN/refinement.json's decision, or None where there is none to reuse: absent, or damaged (cut
+    off, edited by hand), which is then decided again, as the first time, instead of ending predict
+    in a traceback (after its predictions were written, for a file that parsed but lacked a score)."""
+    path = Path(run_dir) / REFINEMENT
+    if not path.exists():
+        return None
+    try:
+        choice = json.loads(path.read_text())
+    except ValueError:
+        choice = None
+    scores = ("val_dice_student", "val_dice_refined", "cases")
+    if isinstance(choice, dict) and isinstance(choice.get("refine"), bool) and \
+            all(isinstance(choice.get(key), (int, float)) and not isinstance(choice.get(key), bool) for key in scores):
+        return choice
+    say_once(f"{path} is damaged: deciding --refine-if-better again on the run's validation cases")
+    return None
+
+
 def choose_refinement(run_dir: Path, predictor: SamRefinedPredictor, cache: EmbeddingCache, device: str = "cpu",
                       show_progress: bool = True) -> dict:
     """Refine or not, decided once per run on its own validation cases (RUN/refinement.json).
@@ -82,8 +101,9 @@ def choose_refinement(run_dir: Path, predictor: SamRefinedPredictor, cache: Embe
     per-class Dice); refinement is chosen only if it scores strictly higher.
     """
     path = Path(run_dir) / REFINEMENT
-    if path.exists():
-        return json.loads(path.read_text())
+    recorded = recorded_refinement(run_dir)
+    if recorded is not None:
+        return recorded
     config = read_config(run_dir)
     data = Path(config["data"])
     if not data.exists():
