@@ -91,6 +91,20 @@ def test_the_students_precision_note_gives_the_students_reason_and_the_decoders_
     assert decoder == "prompt decoder in fp32 (this CPU has bf16 instructions, but it gains too little from them)"
 
 
+def test_predict_says_the_decoder_path_of_the_run_without_an_empty_reason(monkeypatch, caplog):
+    from test_supervised import tiny_sam
+
+    from fewsam import progress
+    from fewsam.methods.fewshot import PrototypeDecoder
+    from fewsam.models.acceleration import acceleration_of_run, prepare_decoder
+
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level("INFO", logger="fewsam")
+    path = acceleration_of_run({"acceleration": "bf16-autocast-student"}, flags=frozenset({"avx512f", "avx512_bf16"}))
+    prepare_decoder(PrototypeDecoder(tiny_sam(), 4), path)
+    assert caplog.messages == ["prompt decoder in fp32"]
+
+
 def test_the_logged_command_runs_again_when_pasted_into_a_shell(tmp_path, monkeypatch):
     import shlex
 

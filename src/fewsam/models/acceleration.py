@@ -136,7 +136,7 @@ def prepare_decoder(module: nn.Module, acceleration: Acceleration) -> nn.Module:
     """The prompt decoder (in place): only autocast applies (channels-last measured slower on its
     transposed convolutions), and only on paths that choose it for the decoder too."""
     autocast = acceleration.autocast is not None and acceleration.decoder_autocast
-    if acceleration.autocast is not None and not autocast:  # the student's reason, and why the decoder differs
+    if acceleration.autocast is not None and not autocast and acceleration.reason:  # a fit's choice: why it differs
         acceleration = _chosen(acceleration, f"{acceleration.reason}, but it gains too little from them")
     _say_path("prompt decoder", "under bf16 autocast" if autocast else "in fp32", acceleration)
     if autocast:
