@@ -23,6 +23,9 @@
 - ``fewsam predict --refine-if-better`` on a run whose RUN/refinement.json was damaged (cut off,
   edited by hand) ended in a JSONDecodeError traceback, or, for a file that parsed but lacked a
   score, in a KeyError traceback after the predictions were written: the choice is now made again;
+- fit, predict and evaluate on a dataset without a 'val' split (an index of train and test only),
+  their split options left out, said "unknown split 'val' ...: use one of ... or a list file in that
+  folder", naming neither the option to pass nor that 'val' was its default;
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import sys
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from conftest import main_raising
 from fewsam.cli import app
@@ -189,3 +193,25 @@ def test_a_damaged_refinement_choice_is_decided_again(tmp_path, damaged):
     choice = choose_refinement(run, predictor, EmbeddingCache(tmp_path / "cache", tiny_sam()), show_progress=False)
     assert choice["refine"] and choice["val_dice_refined"] == 1.0
     assert recorded_refinement(run) == choice == json.loads((run / REFINEMENT).read_text())
+
+
+def test_a_dataset_without_the_default_split_names_the_option_to_pass(tmp_path):
+    import numpy as np
+
+    from conftest import write_png_cases
+    from fewsam.data import open_dataset
+    from fewsam.errors import DataError
+    from fewsam.info import split_cases
+
+    label = np.zeros((16, 16), np.uint8)
+    label[4:10, 4:10] = 1
+    data, pred = write_png_cases(tmp_path, label, {"a": ({"site": "x"}, label), "b": ({"site": "y"}, label)})
+    dataset = open_dataset(data)
+    with pytest.raises(DataError, match="has no 'val' split, which --val-split takes by default; pass --val-split "
+                                        "with one of test, all"):
+        split_cases(dataset, "val", "--val-split")
+    assert split_cases(dataset, "test", "--split") == dataset.split("test")
+    with pytest.raises(DataError, match="unknown split 'nope'"):  # a split the user typed: the reader's own line
+        split_cases(dataset, "nope", "--split")
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(data), "--quiet"])
+    assert result.exit_code != 0 and "which --split takes by default; pass --split" in str(result.exception)

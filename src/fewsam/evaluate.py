@@ -20,7 +20,7 @@ from fewsam.data.writers import missing_predictions
 from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
                              check_sources_agree, per_class_equity, resolve_bins)
-from fewsam.info import DEFAULT_SPLIT
+from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.metrics import case_metrics, group_summary, summarise
 from fewsam.predict import dataset_folder_holding
 from fewsam.progress import tracked
@@ -62,7 +62,7 @@ def evaluate(
     check_not_the_labels(pred, dataset)
     names = dataset.class_map.names
     records, units, case_attrs = [], set(), []
-    case_ids = dataset.split(split or DEFAULT_SPLIT)
+    case_ids = split_cases(dataset, split, "--split")
     if group_by and dataset.format != "npz":  # FairSeg's attributes are inside the files: checked below
         check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
     if group_by:

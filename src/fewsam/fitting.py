@@ -21,6 +21,7 @@ from fewsam.data import open_dataset, select_labelled, select_unlabelled
 from fewsam.data.types import Case, ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fairness import FairGroups, fair_groups_for
+from fewsam.info import split_cases
 from fewsam.losses import DiceCELoss
 from fewsam.models.acceleration import REFERENCE, Acceleration, resolve_acceleration
 from fewsam.models.precision import resolve_precision
@@ -82,7 +83,7 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     if not labelled:
         raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
     refuse_constant_images(dataset, labelled)
-    val_ids = dataset.split(opts.val_split)
+    val_ids = split_cases(dataset, opts.val_split, "--val-split")
     refuse_unlabelled_validation(dataset, val_ids, opts.val_split)
     warn_labelled_validation(labelled, val_ids, opts.val_split)
     model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None

@@ -18,7 +18,7 @@ from fewsam.data import LAYOUTS, open_dataset
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.data.readers.common import IndexedDataset
 from fewsam.data.readers.fairseg_npz import MASK_CODING
-from fewsam.errors import FewsamError
+from fewsam.errors import DataError, FewsamError
 
 DEFAULT_SPLIT = "val"  # what predict and evaluate use without --split: the split fit selects on by default
 FIT_VAL_SPLIT = FitOptions.__dataclass_fields__["val_split"].default
@@ -121,6 +121,20 @@ def _defaults(dataset: IndexedDataset, splits: dict[str, dict[str, Any]]) -> dic
         "predict": {"split": DEFAULT_SPLIT, **_named_split(splits, DEFAULT_SPLIT, "--split")},
         "evaluate": {"split": DEFAULT_SPLIT, **_named_split(splits, DEFAULT_SPLIT, "--split")},
     }
+
+
+def split_cases(dataset: IndexedDataset, name: str | None, option: str) -> list[str]:
+    """The case ids of split ``name`` (None: ``DEFAULT_SPLIT``). A dataset without the default split
+    (a folder whose index names train and test only) is refused naming ``option``: the user, who left
+    the option out, never typed the 'val' the reader's own message would quote."""
+    name = name or DEFAULT_SPLIT
+    try:
+        return dataset.split(name)
+    except DataError:
+        if name not in (DEFAULT_SPLIT, FIT_VAL_SPLIT) or name in dataset.split_names():
+            raise
+        raise DataError(f"{dataset.root} has no {name!r} split, which {option} takes by default; pass {option} "
+                        f"with one of {', '.join(dataset.split_names())}, or a list file of case ids") from None
 
 
 def _named_split(splits: dict[str, dict[str, Any]], name: str, option: str) -> dict[str, Any]:

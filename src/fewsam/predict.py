@@ -29,7 +29,7 @@ from fewsam.data.types import Case, Dataset
 from fewsam.devices import check_device
 from fewsam.embedded import CaseSlices
 from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError
-from fewsam.info import DEFAULT_SPLIT
+from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.models.precision import FP32, EncoderPrecision, check_precision_name, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
@@ -81,7 +81,7 @@ def predict(
     config = check_run(run_dir)
     method = get_method(config.get("method"))
     dataset = open_dataset(data)
-    case_ids = dataset.split(split or DEFAULT_SPLIT)
+    case_ids = split_cases(dataset, split, "--split")
     if not case_ids:
         raise DataError(f"split {split or DEFAULT_SPLIT} of {data} is empty")
     check_output_folder(out, dataset, overwrite)
