@@ -26,6 +26,8 @@
 - fit, predict and evaluate on a dataset without a 'val' split (an index of train and test only),
   their split options left out, said "unknown split 'val' ...: use one of ... or a list file in that
   folder", naming neither the option to pass nor that 'val' was its default;
+- ``fewsam info --data DIR``, spelt as every other command takes it (and as the hint for a folder
+  inside a dataset says, "give the dataset's root: --data ROOT"), was refused: "No such option";
 """
 
 from __future__ import annotations
@@ -215,3 +217,19 @@ def test_a_dataset_without_the_default_split_names_the_option_to_pass(tmp_path):
         split_cases(dataset, "nope", "--split")
     result = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(data), "--quiet"])
     assert result.exit_code != 0 and "which --split takes by default; pass --split" in str(result.exception)
+
+
+def test_info_takes_the_dataset_as_data_or_as_the_data_option(tmp_path):
+    from fewsam.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2)
+    given = CliRunner().invoke(app, ["info", str(data)])
+    assert given.exit_code == 0, given.output
+    as_option = CliRunner().invoke(app, ["info", "--data", str(data)])
+    assert as_option.exit_code == 0 and as_option.output == given.output, as_option.output
+    hinted = CliRunner().invoke(app, ["info", str(data / "imagesTr")])
+    root = str(hinted.exception).rsplit("--data ", 1)[1]
+    assert CliRunner().invoke(app, ["info", "--data", root]).output == given.output.replace(str(data), root)
+    for args, says in ((["info"], "say which dataset"), (["info", str(data), "--data", str(data)], "once")):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code != 0 and says in str(result.exception), result.output

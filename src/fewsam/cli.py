@@ -454,7 +454,10 @@ def _check_scratch_cache(cache: Path, data: Path) -> None:
 
 @app.command()
 def info(
-    data: Path = typer.Argument(..., help="Dataset folder."),
+    data: Optional[Path] = typer.Argument(None, metavar="DATA", help="Dataset folder (or --data DATA, as the other "
+                                                                      "commands take it)."),
+    data_option: Optional[Path] = typer.Option(None, "--data", help=default_is("Dataset folder, in place of DATA.",
+                                                                               "DATA")),
     attributes: Optional[Path] = typer.Option(None, "--attributes", help=default_is(
         "CSV of group attributes by case/patient id.", "only the attributes found with the data")),
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Also write it as JSON here.",
@@ -466,12 +469,23 @@ def info(
     from fewsam.info import dataset_info, describe
     from fewsam.runs import write_json
 
+    data = one_data_folder(data, data_option)
     check_not_an_input(json_out, "--json", [attributes], data)
     check_output_file(json_out, "--json", overwrite)
     result = dataset_info(data, attributes)
     if json_out:
         write_json(json_out, result)
     out.print(describe(result), highlight=False, markup=False, soft_wrap=True)
+
+
+def one_data_folder(data: Path | None, data_option: Path | None) -> Path:
+    """``fewsam info DATA`` or ``fewsam info --data DATA``: every other command, and the hint for a folder
+    inside a dataset ("give the dataset's root: --data ROOT"), spell it as an option."""
+    if data is not None and data_option is not None:
+        raise FewsamError("give the dataset folder once: as DATA or as --data, not both")
+    if data is None and data_option is None:
+        raise FewsamError("say which dataset to describe: fewsam info DATA (or --data DATA)")
+    return data if data is not None else data_option
 
 
 @app.command()
