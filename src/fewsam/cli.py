@@ -85,12 +85,18 @@ def default_is(help: str, default: str) -> str:
     return f"{help} \\[default: {default}]"
 
 
+def field_help(f: Any) -> str:
+    """A config field's help, with what its None default means (``option(none_means=...)``) in typer's
+    "[default: ...]" form, as fit and the other commands show it alike."""
+    none_means = f.metadata.get("none_means")
+    return f.metadata["help"] if none_means is None else default_is(f.metadata["help"], none_means)
+
+
 def shared_option(name: str) -> Any:
-    """The typer option of ``FitOptions.<name>``: commands other than fit share its default and help
-    (a None default says in its help what it stands for, for fit's option too)."""
+    """The typer option of ``FitOptions.<name>``: commands other than fit share its default and help."""
     f = FitOptions.__dataclass_fields__[name]
     return typer.Option(... if f.metadata.get("required") else field_default(f),
-                        f.metadata.get("flag") or flag_name(name), help=f.metadata["help"])
+                        f.metadata.get("flag") or flag_name(name), help=field_help(f))
 
 
 ModelOpt = shared_option("model")
@@ -243,7 +249,7 @@ def _report_fit(result, run: Path) -> None:
 def _cli_parameter(f: Any, hints: dict[str, Any]) -> inspect.Parameter:
     """A typer option for config field ``f``: its default, help and spelling come from the field."""
     default = ... if f.metadata.get("required") else field_default(f)
-    info = typer.Option(default, f.metadata.get("flag") or flag_name(f.name), help=f.metadata["help"])
+    info = typer.Option(default, f.metadata.get("flag") or flag_name(f.name), help=field_help(f))
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=hints[f.name])
 
 

@@ -47,15 +47,16 @@ class ConfigError(FewsamError):
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
            above: float | None = None, choices: Sequence[str] | None = None, flag: str | None = None,
-           cli: bool = True) -> Any:
+           cli: bool = True, none_means: str | None = None) -> Any:
     """A config field: its default, its help, and the values it accepts.
 
     ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound (a learning rate
     must be > 0); ``flag`` overrides the CLI spelling (e.g. ``"--sam/--no-sam"``); ``cli=False``
-    keeps a field out of the command line (tuples, architecture details).
+    keeps a field out of the command line (tuples, architecture details); ``none_means``: what a
+    None default stands for, which ``--help`` shows as "[default: ...]" (it cannot show None).
     """
     meta = {"help": help, "min": min, "max": max, "above": above, "choices": tuple(choices) if choices else None,
-            "flag": flag, "cli": cli}
+            "flag": flag, "cli": cli, "none_means": none_means}
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable")
     return field(default=default, metadata=meta)
@@ -240,7 +241,7 @@ class UnlabelledPoolConfig(Config):
     distill): one definition, so the three read the same pool from the same options."""
 
     unlabeled_limit: int | None = option(None, "Seeded subset of the unlabelled pool (fewer slices to encode and "
-                                         "load) (default: the whole pool).", min=1)
+                                         "load).", min=1, none_means="the whole pool")
     unlabeled_split: str | None = option(None, "Split or list file whose training cases, and cases with no label "
                                          "at all (e.g. 'test': a folder's unlabelled images), form the unlabelled "
                                          "pool (default: every training case not labelled).")
@@ -277,8 +278,8 @@ class FitOptions(Config):
     val_split: str = option("val", "Split (or list file) used for model selection.")
     seed: int = option(0, "Seed: same seed, same data -> same weights.", min=0, max=MAX_SEED)
     model: str = option("litemedsam", "litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam")
-    checkpoint: Path | None = option(None, "Weights file, required for SAM/MedSAM (default: LiteMedSAM's, which "
-                                     "come with fewsam).")
+    checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM; LiteMedSAM's come with "
+                                     "fewsam).", none_means="litemedsam's bundled weights")
     cache: str = option(DEFAULT_CACHE, "Embedding cache folder.")
     device: str = option("cpu", "cpu | cuda | cuda:N")
     precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)

@@ -23,8 +23,7 @@ from fewsam.metrics import volume_score
 from fewsam.models.sam import PreprocessInfo, postprocess_logits
 
 CAVITY_RULE_HELP = ("Nested anatomy as RING:INNER:OUTER class names (ACDC: Myo:LV:RV): where RING closes around a "
-                    "cavity predicted background, the cavity becomes INNER and INNER outside the ring becomes OUTER "
-                    "(default: none, no rule).")
+                    "cavity predicted background, the cavity becomes INNER and INNER outside the ring becomes OUTER.")
 POSTPROCESS = "postprocess.json"
 """A fitted run's post-processing choices (cavity rule, largest components, mirroring, ...),
 made on its validation cases at the end of the fit and read back by its predictor."""

@@ -75,7 +75,7 @@ class DistillConfig(StudentFitConfig, UnlabelledPoolConfig):
     pseudo_weight: float = option(1.0, "Weight of the Dice + CE loss on the pseudo-labelled slices.", min=0.0)
     noisy: bool = option(True, "Strong photometric noise (brightness, contrast, blur, cutout) on the "
                          "pseudo-labelled slices, as in noisy-student training.", flag="--noisy/--no-noisy")
-    cavity_rule: str | None = option(None, CAVITY_RULE_HELP)
+    cavity_rule: str | None = option(None, CAVITY_RULE_HELP, none_means="none, no rule")
     test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
                                   "does) unless validation finds the single view significantly better; "
                                   "4 U-Net passes per slice.",

@@ -70,7 +70,7 @@ class FewShotConfig(Config):
                         min=0.0, max=0.9999)
     val_every: int = option(50, "Steps between validations (each writes a resumable checkpoint).", min=1)
     patience: int = option(0, PATIENCE_HELP, min=0)
-    cavity_rule: str | None = option(None, CAVITY_RULE_HELP)
+    cavity_rule: str | None = option(None, CAVITY_RULE_HELP, none_means="none, no rule")
     test_mirroring: bool = option(True, "Average each prediction over the slice's four mirror images (as nnU-Net "
                                   "does) unless validation finds the single view significantly better; "
                                   "3 more encoder passes per slice.",
