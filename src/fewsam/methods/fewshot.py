@@ -364,7 +364,8 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
     if cfg.test_mirroring:
         mirrored = [(case, predict_mirrored(decoder, tokens, slices, ctx.values, ctx.device))
                     for case, slices in tracked(val_cases, "mirror val", ctx.show_progress)]
-        choice = mirroring_choice(choice, postprocessing_choice(mirrored, ctx.values, rule))
+        subjects = [ctx.dataset.subject_of(case.case_id) for case, _ in val_cases]
+        choice = mirroring_choice(choice, postprocessing_choice(mirrored, ctx.values, rule), subjects)
     if sam is not None:
         choice = sam_refinement_choice(decoder, tokens, sam, val_cases, ctx.values, rule, choice, ctx.device,
                                        ctx.show_progress)

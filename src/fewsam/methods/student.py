@@ -361,16 +361,18 @@ def load_val_cases(ctx: FitContext) -> list[Case]:
 
 def student_postprocessing_choice(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],
                                   rule: CavityRule | None, mirroring: bool, device: str = "cpu",
-                                  show_progress: bool = False) -> dict[str, Any]:
+                                  show_progress: bool = False, subjects: Sequence[str] | None = None
+                                  ) -> dict[str, Any]:
     """RUN/postprocess.json of a student run: the cavity rule, the largest-component choice and, with
-    ``mirroring``, test-time mirroring if it scores strictly higher on the validation volumes."""
+    ``mirroring``, test-time mirroring unless validation vetoes it (``mirroring_choice``; ``subjects``
+    names each validation case's subject, so that one subject's cases make one pair)."""
     module.eval()
     single = [(case, predict_case_labels(module, case, cfg, values, device)) for case in val_cases]
     choice = postprocessing_choice(single, values, rule)
     if mirroring:
         mirrored = [(case, predict_case_labels(module, case, cfg, values, device, mirror=True))
                     for case in tracked(val_cases, "mirror val", show_progress)]
-        choice = mirroring_choice(choice, postprocessing_choice(mirrored, values, rule))
+        choice = mirroring_choice(choice, postprocessing_choice(mirrored, values, rule), subjects)
     return choice
 
 
