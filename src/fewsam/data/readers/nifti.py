@@ -14,8 +14,10 @@
                  from classes.json ({"1": "liver"}), else "class1", "class2", ... from the label
                  values found (a scan of every label, done on first use of ``class_map``)
 
-Multi-channel images (nnU-Net ``_0001``..., MSD 4D, ITK's 5D vector files) are read as channel 0
-only: SAM sees one greyscale channel. Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
+Multi-channel images (nnU-Net ``_0001``..., MSD 4D, 5D vector files) are read as channel 0
+only: SAM sees one greyscale channel. Colour images are read as a colour PNG is, as their R, G, B
+values: NIfTI's RGB24 (and RGBA32) voxels, and ITK's RGB files (3 or 4 components on the 5th axis
+with a vector intent). Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
 without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume whose thick voxel
 axis is x or y (a sagittal or coronal series stored that way) is cut along that axis instead
 (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane axis. ``meta`` keeps the
@@ -128,7 +130,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
                      f"(z: {zooms[2]:g} mm), so its slices are cut along {'xy'[axis]}, the acquisition's "
                      "slice direction; predictions are written back on the input's grid",
                      key=f"nifti-slice-axis-{axis}")
-        rgb = bool(itk_geometry) and itk_geometry.get("components") in (3, 4)
+        rgb = itk_geometry.get("components") in (3, 4) if itk_geometry else _is_colour(img)
         image, dropped = _image_array(img, entry.image, axis, rgb)
         label = None if entry.label is None else _label_array(entry.label, axis, img)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
@@ -292,15 +294,39 @@ def _data(img: Any, path: Path, dtype: Any = None) -> np.ndarray:
         raise DataError(f"cannot read NIfTI {path} (truncated?): {first_line(err)}") from None
 
 
+RGB_FIELDS = ("R", "G", "B")  # nibabel's names of an RGB24 / RGBA32 voxel's fields
+COLOUR_INTENTS = ("vector", "rgb vector", "rgba vector")  # nibabel's names of NIfTI intents 1007, 2003, 2004
+
+
+def _is_colour(img: Any) -> bool:
+    """Whether a NIfTI image holds colour voxels, to be read as a colour PNG is (R, G, B channels):
+    an RGB24 or RGBA32 voxel type, or a vector of 3 or 4 components on the 5th axis with a vector
+    intent, as ITK (and so SimpleITK, 3D Slicer, MONAI) writes an RGB image. A vector of another
+    length (a 2-component field, say) is no colour: it is read as a 4D file's channels are."""
+    shape = img.shape
+    return _colour_fields(img) or (len(shape) == 5 and shape[3] == 1 and shape[4] in (3, 4)
+                                   and img.header.get_intent()[0] in COLOUR_INTENTS)
+
+
+def _colour_fields(img: Any) -> bool:
+    names = np.dtype(img.get_data_dtype()).names or ()
+    return all(f in names for f in RGB_FIELDS)
+
+
 def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np.ndarray, int]:
-    """(slices, rows, cols) float32, or (slices, rows, cols, 3) for an ``rgb`` (ITK RGB or RGBA
-    pixel) image; the number of 4th-axis volumes left out."""
-    data = _data(img, path, np.float32)
+    """(slices, rows, cols) float32, or (slices, rows, cols, 3) for an ``rgb`` image (``_is_colour``,
+    or ITK RGB or RGBA pixels): its R, G, B values as a colour PNG's are, alpha left out; the
+    number of 4th-axis volumes left out."""
+    if _colour_fields(img):  # RGB24 / RGBA32: (x, y, z) voxels of named fields, channels last
+        raw = _data(img, path)
+        data = np.stack([raw[f] for f in RGB_FIELDS], axis=-1).astype(np.float32)
+        data = data if data.ndim == 4 else data[:, :, None, :]  # a 2D colour image: one slice
+    else:
+        data = _without_time_axis(_data(img, path, np.float32))
     dropped = 0
     if rgb and data.ndim == 4:
         channels = [to_slices(data[..., c], axis) for c in range(3)]
         return np.stack(channels, axis=-1).astype(np.float32, copy=False), 0
-    data = _without_time_axis(data)
     if data.ndim == 4:
         data, dropped = data[..., 0], data.shape[3] - 1
         if dropped:

@@ -1,0 +1,77 @@
+"""Faults of the dataset readers found with the formats users have: colour NIfTI files (RGB24 voxels,
+ITK's 5D vector files), few labelled volumes and the validation split, and where unlabelled images
+land."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fewsam.data import open_dataset, read_prediction, write_prediction
+
+RGB24 = [("R", "u1"), ("G", "u1"), ("B", "u1")]
+
+
+def _colour_pixels(shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 256, size=(*shape, 3)).astype(np.uint8)
+
+
+def _nifti_pair(root: Path, image: nib.Nifti1Image, label: np.ndarray) -> None:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    nib.save(image, root / "images" / "a.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labels" / "a.nii.gz")
+
+
+@pytest.mark.parametrize("shape", [(8, 9, 2), (8, 9)], ids=["3d", "2d"])
+def test_an_rgb24_nifti_is_read_as_a_colour_image_and_predicted_on_its_grid(tmp_path, shape):
+    """NIfTI's RGB24 voxel type was refused as "not a greyscale image"; it is read as a colour PNG
+    is: (slices, rows, cols, 3) of its R, G, B values."""
+    pixels = _colour_pixels(shape)
+    voxels = np.zeros(shape, dtype=RGB24)
+    for i, field in enumerate("RGB"):
+        voxels[field] = pixels[..., i]
+    label = (pixels[..., 0] > 128).astype(np.uint8)
+    _nifti_pair(tmp_path, nib.Nifti1Image(voxels, np.eye(4)), label)
+    case = open_dataset(tmp_path).load("a")
+    xyzc = pixels if len(shape) == 3 else pixels[:, :, None]
+    assert case.image.shape == (xyzc.shape[2], shape[1], shape[0], 3)
+    assert np.array_equal(case.image, xyzc.transpose(2, 1, 0, 3).astype(np.float32))
+    written = nib.load(write_prediction(case, case.label, tmp_path / "pred"))
+    assert written.shape == shape and written.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(written.dataobj), label)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8), (9, 8)], ids=["3d", "2d"])
+def test_an_itk_written_rgb_nifti_is_read_as_colour_not_as_its_red_channel(tmp_path, shape):
+    """ITK writes an RGB image as NIfTI with its components on the 5th axis and a vector intent:
+    read as its first channel (red) only, it is read as colour now."""
+    pixels = _colour_pixels(shape)  # (z,) y, x, 3 as SimpleITK takes it
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(pixels, isVector=True), str(tmp_path / "images" / "a.nii.gz"))
+    mask = (pixels[..., 1] > 128).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / "labels" / "a.nii.gz"))
+    assert nib.load(tmp_path / "images" / "a.nii.gz").header.get_intent()[0] == "vector"
+    dataset = open_dataset(tmp_path)
+    case = dataset.load("a")
+    zyx = pixels if len(shape) == 3 else pixels[None]
+    assert np.array_equal(case.image, zyx.astype(np.float32))
+    assert np.array_equal(read_prediction(case, write_prediction(case, case.label, tmp_path / "pred").parent),
+                          case.label)
+
+
+def test_a_vector_nifti_of_two_components_is_not_read_as_colour(tmp_path):
+    """Only 3 or 4 components make a colour voxel: a 2-component vector file is read as a 4D
+    file's channels are (its first), and said."""
+    data = np.random.default_rng(0).random((6, 5, 2, 1, 2)).astype(np.float32)
+    image = nib.Nifti1Image(data, np.eye(4))
+    image.header.set_intent("vector")
+    _nifti_pair(tmp_path, image, np.zeros((6, 5, 2), np.uint8))
+    case = open_dataset(tmp_path).load("a")
+    assert np.allclose(case.image, data[:, :, :, 0, 0].transpose(2, 1, 0))
+    assert case.meta["channels_dropped"] == 1
