@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam.errors import DataError
 
 RGB24 = [("R", "u1"), ("G", "u1"), ("B", "u1")]
 
@@ -75,3 +76,46 @@ def test_a_vector_nifti_of_two_components_is_not_read_as_colour(tmp_path):
     case = open_dataset(tmp_path).load("a")
     assert np.allclose(case.image, data[:, :, :, 0, 0].transpose(2, 1, 0))
     assert case.meta["channels_dropped"] == 1
+
+
+def _labelled_volumes(root: Path, labelled: int, unlabelled: int = 0) -> Path:
+    """images/case0..N as tiny volumes, labels/ for the first ``labelled`` of them."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(labelled + unlabelled):
+        nib.save(nib.Nifti1Image(rng.random((6, 5, 2)).astype(np.float32), np.eye(4)),
+                 root / "images" / f"case{i}.nii.gz")
+        if i < labelled:
+            nib.save(nib.Nifti1Image((rng.random((6, 5, 2)) > 0.5).astype(np.uint8), np.eye(4)),
+                     root / "labels" / f"case{i}.nii.gz")
+    return root
+
+
+def _labelled_pngs(root: Path, labelled: int, unlabelled: int = 0) -> Path:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(labelled + unlabelled):
+        Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(root / "images" / f"case{i}.png")
+        if i < labelled:
+            Image.fromarray(((rng.random((6, 5)) > 0.5) * 255).astype(np.uint8)).save(root / "masks" / f"case{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("write", [_labelled_volumes, _labelled_pngs], ids=["nifti", "png"])
+def test_four_labelled_cases_hold_one_out_for_validation(tmp_path, write):
+    """Every 5th labelled case is for validation: 4 labelled volumes had none, and every fit's default
+    --val-split val was refused; the last one is held out now, as nnU-Net and MONAI hold one out."""
+    dataset = open_dataset(write(tmp_path, 4))
+    assert [c.rsplit("/", 1)[-1] for c in dataset.split("val")] == ["case3"]
+    assert [c.rsplit("/", 1)[-1] for c in dataset.split("train")] == ["case0", "case1", "case2"]
+
+
+def test_one_labelled_case_says_why_there_is_no_validation_case(tmp_path):
+    dataset = open_dataset(_labelled_volumes(tmp_path, 1, unlabelled=1))
+    with pytest.raises(DataError, match=r"split 'val' .* is empty: it holds every 5th labelled case .* has 1 "
+                                        r"labelled case\(s\); label another case"):
+        dataset.split("val")

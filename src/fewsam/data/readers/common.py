@@ -102,6 +102,11 @@ class IndexedDataset:
             known = ", ".join(self.split_names())
             raise DataError(f"unknown split {name!r} for {self.root}: use one of {known} "
                             "or a list file in that folder")
+        if not ids and name == "val" and name in self.computed_splits:
+            raise DataError(f"split 'val' of {self.root} is empty: it holds every 5th labelled case (at least one "
+                            f"of two or more), and {self.root} has {len(self.splits.get('train', []))} labelled "
+                            "case(s); label another case, or name cases with a list file (or train, to validate "
+                            "on the training cases)")
         if not ids:
             raise DataError(f"split {name!r} of {self.root} is empty; "
                             f"use one of: {', '.join(self.split_names())}")
@@ -441,9 +446,12 @@ def list_file_in(root: Path, split: str) -> Path | None:
 
 
 def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
-    """Naturally sorted ids; every ``every``-th (indices every-1, 2*every-1, ...) goes to val (20%)."""
+    """Naturally sorted ids; every ``every``-th (indices every-1, 2*every-1, ...) goes to val (20%),
+    and of fewer than ``every`` ids (two or more) the last one: 4 labelled volumes left no validation
+    case, so every fit's default ``--val-split val`` was refused, where nnU-Net and MONAI users
+    expect at least one case held out. One id alone stays in train (``split`` says why val is empty)."""
     ordered = natural_sorted(ids)
-    val = [cid for i, cid in enumerate(ordered) if i % every == every - 1]
+    val = [cid for i, cid in enumerate(ordered) if i % every == every - 1] or ordered[1:][-1:]
     chosen = set(val)
     return {"train": [cid for cid in ordered if cid not in chosen], "val": val}
 

@@ -26,7 +26,7 @@ orientation (a 2D image gets a 2D prediction). A label stored in another orienta
 image is reoriented onto the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or
 NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
-ids with every 5th to "val"; "test" = imagesTs (or unlabelled plain images: a semi-supervised fit
+ids with every 5th to "val" (at least one of two or more, ``deterministic_split``); "test" = imagesTs (or unlabelled plain images: a semi-supervised fit
 learns from them with ``--unlabeled-split test``); without any label,
 "val" holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.
 A NIfTI file whose name says the wrong compression (a plain file named ``.nii.gz``) is read by its

@@ -45,7 +45,7 @@ read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the
 Splits: the index's ``split`` column when present (multisite: train/test, no val). BUSI:
 within each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
-and in "all" and "normal". Otherwise naturally sorted case ids, every 5th to "val" (20%).
+and in "all" and "normal". Otherwise naturally sorted case ids, every 5th to "val" (20%; at least one of two or more).
 Without any mask, "val" holds every image (``IndexedDataset.settle_unlabelled``).
 Labelled budget (BUSI): the train images alternate benign / malignant (benign 1, malignant 1,
 benign 2, ...), so ``--labeled-images 30`` is 15 of each, not 24 benign and 6 malignant.
