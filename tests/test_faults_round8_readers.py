@@ -4,6 +4,7 @@ land."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam import progress
+from fewsam.data import open_dataset, read_prediction, select_labelled, select_unlabelled, write_prediction
 from fewsam.errors import DataError
 
 RGB24 = [("R", "u1"), ("G", "u1"), ("B", "u1")]
@@ -119,3 +121,55 @@ def test_one_labelled_case_says_why_there_is_no_validation_case(tmp_path):
     with pytest.raises(DataError, match=r"split 'val' .* is empty: it holds every 5th labelled case .* has 1 "
                                         r"labelled case\(s\); label another case"):
         dataset.split("val")
+
+
+def _labelled_series(root: Path, labelled: int, unlabelled: int = 0) -> Path:
+    from test_dicom import arrays, write_label, write_series
+
+    for i in range(labelled + unlabelled):
+        image, label = arrays(i, (2, 6, 5))
+        series = write_series(root / "images" / f"case{i}", image, uid=f"1.2.3.{i}")
+        if i < labelled:
+            write_label(root / "labels" / f"case{i}.nii.gz", label, series)
+    return root
+
+
+@pytest.mark.parametrize("write", [_labelled_volumes, _labelled_pngs, _labelled_series],
+                         ids=["nifti", "png", "dicom"])
+def test_images_without_a_label_are_in_test_in_every_reader(tmp_path, write):
+    """The 2D image folder put its unlabelled images in train (and one in val, which every fit then
+    refused as a validation case without a label), the NIfTI and DICOM readers in test: all in
+    test now, outside train and val."""
+    dataset = open_dataset(write(tmp_path, 3, unlabelled=3))
+    short = {name: [c.rsplit("/", 1)[-1] for c in dataset.split(name)] for name in ("train", "val", "test")}
+    assert short == {"train": ["case0", "case1"], "val": ["case2"], "test": ["case3", "case4", "case5"]}
+
+
+def test_unlabelled_images_left_out_of_the_default_pool_are_said_and_join_it_when_named(tmp_path, caplog,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(progress, "_said", {})
+    dataset = open_dataset(_labelled_pngs(tmp_path, 6, unlabelled=2))  # 5 train, case4 val, 2 test
+    labelled = select_labelled(dataset, n_cases=2)
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        pool = select_unlabelled(dataset, labelled, None, 0)
+    assert [r.case_id for r in pool] == ["images/case2", "images/case3", "images/case5"]
+    assert any("2 case(s) without a label lie outside the training split (in test) and are not in the "
+               "unlabelled pool; --unlabeled-split test" in r.getMessage() for r in caplog.records)
+    named = select_unlabelled(dataset, labelled, None, 0, split="test")
+    assert [r.case_id for r in named] == ["images/case6", "images/case7"]
+
+
+def test_an_nnunet_training_image_without_a_label_is_in_test_after_imagests(tmp_path):
+    """Said to be "used as unlabelled cases", it was in no split at all: no --split or
+    --unlabeled-split but "all" could name it."""
+    volume = nib.Nifti1Image(np.random.default_rng(0).random((6, 5, 2)).astype(np.float32), np.eye(4))
+    for folder, case in (("imagesTr", "c1"), ("imagesTr", "c2"), ("imagesTr", "c3"), ("imagesTs", "t1")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        nib.save(volume, tmp_path / folder / f"{case}_0000.nii.gz")
+    (tmp_path / "labelsTr").mkdir()
+    for case in ("c1", "c3"):
+        nib.save(nib.Nifti1Image(np.zeros((6, 5, 2), np.uint8), np.eye(4)), tmp_path / "labelsTr" / f"{case}.nii.gz")
+    (tmp_path / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}, '
+                                           '"file_ending": ".nii.gz"}')
+    dataset = open_dataset(tmp_path)
+    assert (dataset.split("train"), dataset.split("val"), dataset.split("test")) == (["c1"], ["c3"], ["t1", "c2"])

@@ -310,7 +310,7 @@ def test_labelled_splits_are_unchanged_by_an_unlabelled_image(tmp_path):
         if i != 3:
             save(tmp_path / "masks" / f"img{i:02d}.png", disc())
     ds = open_dataset(tmp_path)
-    assert ds.has_any_label() and ds.split("val") == ["images/img04", "images/img09"]
+    assert ds.has_any_label() and ds.split("val") == ["images/img05"] and ds.split("test") == ["images/img03"]
 
 
 # ---------------------------------------------------------------- natural order

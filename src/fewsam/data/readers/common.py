@@ -15,7 +15,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -454,6 +454,27 @@ def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
     val = [cid for i, cid in enumerate(ordered) if i % every == every - 1] or ordered[1:][-1:]
     chosen = set(val)
     return {"train": [cid for cid in ordered if cid not in chosen], "val": val}
+
+
+def computed_splits(entries: Iterable[Entry], test: Iterable[str] = (),
+                    rule: Callable[[list[Entry]], dict[str, list[str]]] | None = None) -> dict[str, list[str]]:
+    """Every reader's splits where the data names none: the labelled cases into "train" and "val"
+    (``rule``, by default ``deterministic_split``), and every case without a label file into "test",
+    after the cases the layout itself calls test (``test``: nnU-Net's imagesTs). An unlabelled image
+    can neither be validated on nor labelled for training; in "test" it is predicted with
+    ``--split test``, and a semi-supervised fit learns from it with ``--unlabeled-split test``."""
+    entries = list(entries)
+    held = dict.fromkeys(test)
+    held.update(dict.fromkeys(e.case_id for e in entries if e.label is None))
+    labelled = [e for e in entries if e.case_id not in held]
+    splits = (rule or _split_ids)(labelled) if labelled else {}
+    if held:
+        splits["test"] = list(held)
+    return splits
+
+
+def _split_ids(entries: list[Entry]) -> dict[str, list[str]]:
+    return deterministic_split([e.case_id for e in entries])
 
 
 def first_line(err: Exception) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
-                                        deterministic_split, files_below, natural_sorted, to_label_array)
+                                        computed_splits, files_below, natural_sorted, to_label_array)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder, say_unmatched_labels
 from fewsam.data.types import ClassMap
@@ -78,12 +78,8 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         self._class_map = class_map
         super().__init__(root, class_map, entries)  # type: ignore[arg-type]
         self.check_label_values = class_map is not None
-        labelled = [e.case_id for e in entries if e.label is not None]
-        self.splits = deterministic_split(labelled) if labelled else {}
+        self.splits = computed_splits(entries)
         self.computed_splits = ("train", "val")
-        unlabelled = [e.case_id for e in entries if e.label is None]
-        if unlabelled:
-            self.splits["test"] = unlabelled
 
     def prediction_rel_path(self, entry: Entry) -> str:
         """DICOM predictions are NIfTI: ``<case_id>.nii.gz``."""

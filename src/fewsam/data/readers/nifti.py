@@ -26,8 +26,8 @@ orientation (a 2D image gets a 2D prediction). A label stored in another orienta
 image is reoriented onto the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or
 NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
-ids with every 5th to "val" (at least one of two or more, ``deterministic_split``); "test" = imagesTs (or unlabelled plain images: a semi-supervised fit
-learns from them with ``--unlabeled-split test``); without any label,
+ids with every 5th to "val" (at least one of two or more, ``deterministic_split``); "test" = imagesTs and every image without a label (``computed_splits``, as in every
+reader: a semi-supervised fit learns from them with ``--unlabeled-split test``); without any label,
 "val" holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.
 A NIfTI file whose name says the wrong compression (a plain file named ``.nii.gz``) is read by its
 content, as ITK reads it.
@@ -48,7 +48,7 @@ import nibabel as nib
 import numpy as np
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
-                                        deterministic_split, first_line, is_data_file, natural_sorted,
+                                        computed_splits, first_line, is_data_file, natural_sorted,
                                         to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, read_as_nifti)
@@ -109,11 +109,11 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         self._class_map = class_map
         super().__init__(root, class_map, entries)  # type: ignore[arg-type]
         self.check_label_values = class_map is not None
-        labelled = [e.case_id for e in entries if e.label is not None and e.case_id not in test_ids]
-        self.splits = _read_splits(root, labelled) if labelled else {}
-        self.computed_splits = () if (root / "splits_final.json").is_file() else ("train", "val")
-        if test_ids:
-            self.splits["test"] = test_ids
+        self.splits = computed_splits(entries, test_ids)
+        named = root / "splits_final.json"
+        self.computed_splits = () if named.is_file() else ("train", "val")
+        if named.is_file() and "train" in self.splits:
+            self.splits.update(_read_splits(named))
         for ids in self.splits.values():
             self.check_known(ids, str(root / "splits_final.json"))
 
@@ -431,10 +431,8 @@ def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, rtol=0, atol=AFFINE_TOLERANCE))
 
 
-def _read_splits(root: Path, labelled: list[str]) -> dict[str, list[str]]:
-    path = root / "splits_final.json"
-    if not path.is_file():
-        return deterministic_split(labelled)
+def _read_splits(path: Path) -> dict[str, list[str]]:
+    """Fold 0 of nnU-Net's ``splits_final.json``: its train and val cases."""
     try:
         folds = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is fine
         fold = {key: folds[0][key] for key in ("train", "val")}
@@ -572,12 +570,13 @@ def _listed_image(root: Path, image: str) -> Path:
 
 def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
     """nnU-Net expects a label for every training image; one without is left out of the
-    train/val splits (it is still read as an unlabelled case), which a user should hear."""
+    train/val splits and is a "test" case (``computed_splits``), which a user should hear."""
     missing = [e.case_id for e in entries if e.label is None]
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         say_once(f"{root}: {len(missing)} training image(s) have no label file ({shown}); they are left out of "
-                 "the train and val splits and used as unlabelled cases", key="nifti-training-unlabelled")
+                 "the train and val splits and are in 'test' (predicted with --split test; a semi-supervised fit "
+                 "learns from them with --unlabeled-split test)", key="nifti-training-unlabelled")
 
 
 def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
@@ -588,15 +587,11 @@ def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
 
 
 def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
-    entries, test_ids = [], []
     labels = files_by_name(root / "labels")
-    for path, case in _channel0(root / "images"):
-        entry = _entry(path, label_in_folder(root / "labels", case, labels), case)
-        entries.append(entry)
-        if entry.label is None:
-            test_ids.append(case)
+    entries = [_entry(path, label_in_folder(root / "labels", case, labels), case)
+               for path, case in _channel0(root / "images")]
     say_unmatched_labels(root / "labels", entries)
-    return entries, test_ids
+    return entries, []
 
 
 LABEL_SUFFIXES = (*MASK_STEM_SUFFIXES, ".seg")  # .seg: 3D Slicer's <volume>.seg.nrrd

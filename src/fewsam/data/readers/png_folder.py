@@ -46,7 +46,8 @@ Splits: the index's ``split`` column when present (multisite: train/test, no val
 within each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
 and in "all" and "normal". Otherwise naturally sorted case ids, every 5th to "val" (20%; at least one of two or more).
-Without any mask, "val" holds every image (``IndexedDataset.settle_unlabelled``).
+Images without a mask are in "test" (``computed_splits``, as in every reader); without any mask,
+"val" holds every image (``IndexedDataset.settle_unlabelled``).
 Labelled budget (BUSI): the train images alternate benign / malignant (benign 1, malignant 1,
 benign 2, ...), so ``--labeled-images 30`` is 15 of each, not 24 benign and 6 malignant.
 """
@@ -67,7 +68,7 @@ from PIL import Image, ImageOps
 
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
-                                        deterministic_split, files_below, is_data_file, natural_key,
+                                        computed_splits, files_below, is_data_file, natural_key,
                                         natural_sorted, path_below, read_json_object, rounded_float_label)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
@@ -565,9 +566,16 @@ def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]]
         for e in entries:
             splits.setdefault(by_path[e.case_id], []).append(e.case_id)
         return splits, False
-    if style.name == "busi":
-        return _busi_splits(entries), True
-    return deterministic_split([e.case_id for e in entries]), True
+    if style.name != "busi":
+        return computed_splits(entries), True
+    for e in entries:
+        e.attributes.setdefault("pathology", _pathology(e))
+    return computed_splits(entries, rule=_busi_splits), True
+
+
+def _pathology(entry: Entry) -> str:
+    """A BUSI image's pathology: its index column, else its folder (benign/, malignant/, normal/)."""
+    return str(entry.attributes.get("pathology") or PurePosixPath(entry.rel_path).parts[0])
 
 
 def _split_from_path(rel_path: str) -> str:
@@ -579,9 +587,7 @@ def _busi_splits(entries: list[Entry]) -> dict[str, list[str]]:
     """Per pathology, sorted by number: last 20% -> val; normal images in "normal" only."""
     groups: dict[str, list[str]] = {}
     for e in entries:
-        pathology = e.attributes.get("pathology") or PurePosixPath(e.rel_path).parts[0]
-        e.attributes.setdefault("pathology", pathology)
-        groups.setdefault(str(pathology), []).append(e.case_id)
+        groups.setdefault(_pathology(e), []).append(e.case_id)
     splits: dict[str, list[str]] = {"train": [], "val": []}
     for pathology, ids in sorted(groups.items()):
         ids = sorted(ids, key=natural_key)
