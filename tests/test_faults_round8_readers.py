@@ -4,6 +4,7 @@ land."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -173,3 +174,30 @@ def test_an_nnunet_training_image_without_a_label_is_in_test_after_imagests(tmp_
                                            '"file_ending": ".nii.gz"}')
     dataset = open_dataset(tmp_path)
     assert (dataset.split("train"), dataset.split("val"), dataset.split("test")) == (["c1"], ["c3"], ["t1", "c2"])
+
+
+@pytest.mark.parametrize("layout", ["nnunet", "plain", "msd-listed"])
+def test_the_channel_files_left_out_of_a_multi_channel_case_are_said(tmp_path, caplog, monkeypatch, layout):
+    """An nnU-Net case of two channels (T2 _0000 + ADC _0001) was read as its _0000 file, the ADC
+    left out without a word (a 4D file's channels are said)."""
+    monkeypatch.setattr(progress, "_said", {})
+    images, labels = ("images", "labels") if layout == "plain" else ("imagesTr", "labelsTr")
+    (tmp_path / images).mkdir()
+    (tmp_path / labels).mkdir()
+    volume = nib.Nifti1Image(np.random.default_rng(0).random((6, 5, 2)).astype(np.float32), np.eye(4))
+    for case in ("p1", "p2"):
+        for channel in ("0000", "0001", "0002"):
+            nib.save(volume, tmp_path / images / f"{case}_{channel}.nii.gz")
+        nib.save(nib.Nifti1Image(np.zeros((6, 5, 2), np.uint8), np.eye(4)), tmp_path / labels / f"{case}.nii.gz")
+    spec = {"channel_names": {"0": "T2", "1": "ADC", "2": "DWI"}, "labels": {"background": 0, "a": 1},
+            "file_ending": ".nii.gz"}
+    if layout == "msd-listed":  # nnU-Net v1: dataset.json lists imagesTr/p1.nii.gz for p1_0000.nii.gz ...
+        spec = {"modality": spec["channel_names"], "labels": {"0": "background", "1": "a"},
+                "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in ("p1", "p2")]}
+    if layout != "plain":
+        (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        dataset = open_dataset(tmp_path)
+    assert dataset.split("all") == ["p1", "p2"]
+    assert any("its cases have 3 channel files (p1_0000.nii.gz, p1_0001.nii.gz, ...); fewsam segments channel 0 "
+               "(_0000) only" in r.getMessage() for r in caplog.records)

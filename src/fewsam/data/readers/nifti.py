@@ -15,7 +15,7 @@
                  values found (a scan of every label, done on first use of ``class_map``)
 
 Multi-channel images (nnU-Net ``_0001``..., MSD 4D, 5D vector files) are read as channel 0
-only: SAM sees one greyscale channel. Colour images are read as a colour PNG is, as their R, G, B
+only, said once: SAM sees one greyscale channel. Colour images are read as a colour PNG is, as their R, G, B
 values: NIfTI's RGB24 (and RGBA32) voxels, and ITK's RGB files (3 or 4 components on the 5th axis
 with a vector intent). Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
 without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume whose thick voxel
@@ -38,6 +38,7 @@ any of these layouts (``itk_volume``); their predictions keep their format (``<c
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import zlib
 from dataclasses import dataclass
@@ -586,6 +587,24 @@ def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
     return v2 or [(p, case_name(p)) for p in files]
 
 
+def _say_other_channels(images: list[Path]) -> None:
+    """nnU-Net (v1 and v2) stores a multi-channel case (T2 + ADC, the four BraTS sequences) as one
+    file per channel, ``_0000``, ``_0001``...; fewsam reads channel 0 only (SAM sees one greyscale
+    image), and the other files were left out without a word, where a 4D file's channels are said."""
+    multi = next((p for p in images if case_name(p).endswith("_0000") and _channel_file(p, 1).is_file()), None)
+    if multi is not None:
+        count = next(c for c in itertools.count(2) if not _channel_file(multi, c).is_file())
+        say_once(f"{multi.parent}: its cases have {count} channel files ({multi.name}, {_channel_file(multi, 1).name}"
+                 f"{', ...' if count > 2 else ''}); fewsam segments channel 0 (_0000) only, as SAM sees one "
+                 "greyscale image, and does not read the others", key="nifti-channel-files")
+
+
+def _channel_file(channel0: Path, channel: int) -> Path:
+    """The file of another channel of the case whose ``_0000`` file is ``channel0``."""
+    name = case_name(channel0)
+    return channel0.with_name(f"{name[:-4]}{channel:04d}{channel0.name[len(name):]}")
+
+
 def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
     labels = files_by_name(root / "labels")
     entries = [_entry(path, label_in_folder(root / "labels", case, labels), case)
@@ -639,6 +658,7 @@ def open_nifti(root: Path) -> NiftiDataset:
     else:
         class_map = _plain_class_map(root)
         entries, test_ids = _plain_entries(root)
+    _say_other_channels([e.image for e in entries])
     if not entries:
         raise DataError(f"no NIfTI images found in {root}; expected imagesTr/ or images/ with .nii.gz "
                         "(or .mha, .nrrd) files")
