@@ -201,3 +201,35 @@ def test_the_channel_files_left_out_of_a_multi_channel_case_are_said(tmp_path, c
     assert dataset.split("all") == ["p1", "p2"]
     assert any("its cases have 3 channel files (p1_0000.nii.gz, p1_0001.nii.gz, ...); fewsam segments channel 0 "
                "(_0000) only" in r.getMessage() for r in caplog.records)
+
+
+def _nnunet_with_ending(root: Path, ending: str, names: list[str]) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    volume = nib.Nifti1Image(np.random.default_rng(0).random((6, 5, 2)).astype(np.float32), np.eye(4))
+    for name in names:
+        if name.endswith(".mha"):
+            sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 5, 6), np.float32)), str(root / "imagesTr" / name))
+        else:
+            nib.save(volume, root / "imagesTr" / name)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1},
+                                                   "file_ending": ending}))
+    return root
+
+
+def test_a_file_ending_no_image_has_is_named_not_said_to_be_no_images(tmp_path):
+    """dataset.json copied from another set (".nii") beside .nii.gz files: "no NIfTI images found"
+    of a full imagesTr, now the ending to set."""
+    root = _nnunet_with_ending(tmp_path, ".nii", ["a_0000.nii.gz", "b_0000.nii.gz"])
+    with pytest.raises(DataError, match=r"says file_ending '.nii', but imagesTr holds .nii.gz files; set file_ending "
+                                        r"to '.nii.gz'"):
+        open_dataset(root)
+
+
+def test_images_of_another_ending_than_file_ending_are_said_to_be_left_out(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(progress, "_said", {})
+    root = _nnunet_with_ending(tmp_path, ".nii.gz", ["a_0000.nii.gz", "b_0000.nii", "c_0000.mha"])
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        assert open_dataset(root).split("all") == ["a"]
+    assert any("2 file(s) end otherwise than dataset.json's file_ending '.nii.gz' (b_0000.nii, c_0000.mha) and are "
+               "not read" in r.getMessage() for r in caplog.records)

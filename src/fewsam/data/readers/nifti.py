@@ -528,6 +528,7 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         entries = [_entry(p, labels.get(f"{c}{ending}", root / "labelsTr" / f"{c}{ending}"), c)
                    for p, c in _channel0(root / "imagesTr", ending)]
         test_cases = _channel0(root / "imagesTs", ending)
+        _check_file_ending(root, ending, found=bool(entries))
     _say_unlabelled_training(root, entries)
     known = {e.case_id for e in entries}
     test_ids = []
@@ -536,6 +537,23 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
     return entries, test_ids
+
+
+def _check_file_ending(root: Path, ending: str, found: bool) -> None:
+    """Only files of dataset.json's ``file_ending`` are cases, as nnU-Net reads them. A dataset.json
+    copied from another dataset (".nii" beside .nii.gz files) found no image and said "no NIfTI
+    images found" of a full imagesTr; some files of another ending were left out without a word."""
+    other = natural_sorted(p.name for p in (root / "imagesTr").iterdir()
+                           if volume_ending(p.name) not in (None, ending) and not p.name.startswith("."))
+    if not other:
+        return
+    endings = sorted({volume_ending(name) or "" for name in other})
+    if not found:
+        raise DataError(f"{root / 'dataset.json'} says file_ending {ending!r}, but imagesTr holds "
+                        f"{', '.join(endings)} files; set file_ending to {endings[0]!r}")
+    shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+    say_once(f"{root / 'imagesTr'}: {len(other)} file(s) end otherwise than dataset.json's file_ending {ending!r} "
+             f"({shown}) and are not read, as nnU-Net would not", key="nifti-other-endings")
 
 
 MSD_ENTRY = '{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}'
