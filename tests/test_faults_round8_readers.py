@@ -233,3 +233,19 @@ def test_images_of_another_ending_than_file_ending_are_said_to_be_left_out(tmp_p
         assert open_dataset(root).split("all") == ["a"]
     assert any("2 file(s) end otherwise than dataset.json's file_ending '.nii.gz' (b_0000.nii, c_0000.mha) and are "
                "not read" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("classes_json", [None, {"1": "lesion"}], ids=["generic", "classes.json"])
+def test_a_colour_image_is_read_in_colour_whatever_the_first_image_is(tmp_path, classes_json):
+    """The folder's colour was decided by its first image (and a classes.json without "rgb" read every
+    image grey): a colour picture after a grey one was read as grey without a word."""
+    from PIL import Image
+
+    root = _labelled_pngs(tmp_path, 2)  # grey images: case0 first
+    colour = _colour_pixels((6, 5))
+    Image.fromarray(colour).save(root / "images" / "case1.png")
+    if classes_json:
+        (root / "classes.json").write_text(json.dumps(classes_json))
+    dataset = open_dataset(root)
+    assert dataset.load("images/case0").image.shape == (1, 6, 5)
+    assert np.array_equal(dataset.load("images/case1").image[0], colour.astype(np.float32))
