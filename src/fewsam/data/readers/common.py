@@ -105,8 +105,8 @@ class IndexedDataset:
         if not ids and name == "val" and name in self.computed_splits:
             raise DataError(f"split 'val' of {self.root} is empty: it holds every 5th labelled case (at least one "
                             f"of two or more), and {self.root} has {len(self.splits.get('train', []))} labelled "
-                            "case(s); label another case, or name cases with a list file (or train, to validate "
-                            "on the training cases)")
+                            "case(s); label another case, or give a list file of cases instead of 'val' (or 'train', "
+                            "to validate on the training cases)")
         if not ids:
             raise DataError(f"split {name!r} of {self.root} is empty; "
                             f"use one of: {', '.join(self.split_names())}")
