@@ -249,3 +249,10 @@ def test_a_colour_image_is_read_in_colour_whatever_the_first_image_is(tmp_path, 
     dataset = open_dataset(root)
     assert dataset.load("images/case0").image.shape == (1, 6, 5)
     assert np.array_equal(dataset.load("images/case1").image[0], colour.astype(np.float32))
+
+
+def test_a_budget_beyond_the_training_split_names_the_cases_held_for_validation(tmp_path):
+    dataset = open_dataset(_labelled_volumes(tmp_path, 4))
+    with pytest.raises(DataError, match=r"the training split of .* has 3 cases \(1 more labelled case\(s\) are in "
+                                        r"'val', for validation\); choose at most 3"):
+        select_labelled(dataset, n_cases=4)

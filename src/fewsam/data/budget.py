@@ -111,4 +111,14 @@ def _pool_of_split(ds: Dataset, pool: list[SliceRef], labelled: list[SliceRef], 
 def _check_budget(n: int, available: int, unit: str, ds: Dataset) -> None:
     if not 0 <= n <= available:
         raise DataError(f"a budget of {n} labelled {unit} is not possible: the training split of "
-                        f"{ds.root} has {available} {unit}; choose at most {available}")
+                        f"{ds.root} has {available} {unit}{_held_for_validation(ds)}; choose at most {available}")
+
+
+def _held_for_validation(ds: Dataset) -> str:
+    """The labelled cases of "val", named in a budget error: 4 labelled volumes give a training split
+    of 3, and a user asking for 4 should hear where the fourth is."""
+    try:
+        held = sum(ds.has_label(case_id) for case_id in ds.split("val"))
+    except DataError:
+        return ""
+    return f" ({held} more labelled case(s) are in 'val', for validation)" if held else ""
