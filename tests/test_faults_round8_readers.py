@@ -69,16 +69,20 @@ def test_an_itk_written_rgb_nifti_is_read_as_colour_not_as_its_red_channel(tmp_p
                           case.label)
 
 
-def test_a_vector_nifti_of_two_components_is_not_read_as_colour(tmp_path):
-    """Only 3 or 4 components make a colour voxel: a 2-component vector file is read as a 4D
-    file's channels are (its first), and said."""
+def test_a_vector_nifti_of_two_components_is_read_as_its_first_and_said(tmp_path, caplog, monkeypatch):
+    """Only 3 or 4 components make a colour voxel: a 2-component vector file is read as its first
+    component, said as such (it was said to hold volumes along a 4th axis it does not have)."""
+    monkeypatch.setattr(progress, "_said", {})
     data = np.random.default_rng(0).random((6, 5, 2, 1, 2)).astype(np.float32)
     image = nib.Nifti1Image(data, np.eye(4))
     image.header.set_intent("vector")
     _nifti_pair(tmp_path, image, np.zeros((6, 5, 2), np.uint8))
-    case = open_dataset(tmp_path).load("a")
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        case = open_dataset(tmp_path).load("a")
     assert np.allclose(case.image, data[:, :, :, 0, 0].transpose(2, 1, 0))
     assert case.meta["channels_dropped"] == 1
+    assert any("a.nii.gz holds 2 components per voxel (a vector image on its 5th axis, not RGB): fewsam segments "
+               "the first component" in r.getMessage() for r in caplog.records)
 
 
 def _labelled_volumes(root: Path, labelled: int, unlabelled: int = 0) -> Path:

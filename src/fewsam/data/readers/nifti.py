@@ -330,7 +330,11 @@ def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np
         return np.stack(channels, axis=-1).astype(np.float32, copy=False), 0
     if data.ndim == 4:
         data, dropped = data[..., 0], data.shape[3] - 1
-        if dropped:
+        if dropped and len(img.shape) == 5:  # components on the 5th axis: a vector image neither RGB nor RGBA
+            say_once(f"{path} holds {dropped + 1} components per voxel (a vector image on its 5th axis, not RGB): "
+                     "fewsam segments the first component of each such file; export the component you want as a "
+                     "3D file", key="nifti-vector")
+        elif dropped:
             say_once(f"{path} holds {dropped + 1} volumes along its 4th axis (time frames or channels): fewsam "
                      "segments the first of each such file; export the frame or channel you want as a 3D file",
                      key="nifti-4d")
