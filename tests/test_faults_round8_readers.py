@@ -123,8 +123,8 @@ def test_four_labelled_cases_hold_one_out_for_validation(tmp_path, write):
 
 def test_one_labelled_case_says_why_there_is_no_validation_case(tmp_path):
     dataset = open_dataset(_labelled_volumes(tmp_path, 1, unlabelled=1))
-    with pytest.raises(DataError, match=r"split 'val' .* is empty: it holds every 5th labelled case .* has 1 "
-                                        r"labelled case\(s\); label another case"):
+    with pytest.raises(DataError, match=r"split 'val' .* is empty: it holds every 5th labelled subject .* has 1 "
+                                        r"labelled subject\(s\); label another"):
         dataset.split("val")
 
 
@@ -260,3 +260,23 @@ def test_a_budget_beyond_the_training_split_names_the_cases_held_for_validation(
     with pytest.raises(DataError, match=r"the training split of .* has 3 cases \(1 more labelled case\(s\) are in "
                                         r"'val', for validation\); choose at most 3"):
         select_labelled(dataset, n_cases=4)
+
+
+def test_a_patients_images_are_validated_or_trained_on_together(tmp_path):
+    """The split went by image: patient P1's second image was in val and its other two in train, so
+    validation scored the model on a patient it had learned; every 5th patient goes to val now."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image,mask,patient"]
+    for patient in range(3):
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(tmp_path / "img" / f"p{patient}_{k}.png")
+            Image.fromarray(((rng.random((6, 5)) > 0.5) * 255).astype(np.uint8)).save(tmp_path / "msk" / f"p{patient}_{k}.png")
+            rows.append(f"img/p{patient}_{k}.png,msk/p{patient}_{k}.png,P{patient}")
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    dataset = open_dataset(tmp_path)
+    assert dataset.split("val") == ["img/p2_0", "img/p2_1", "img/p2_2"]
+    assert {dataset.subject_of(c) for c in dataset.split("train")} == {"P0", "P1"}

@@ -103,10 +103,11 @@ class IndexedDataset:
             raise DataError(f"unknown split {name!r} for {self.root}: use one of {known} "
                             "or a list file in that folder")
         if not ids and name == "val" and name in self.computed_splits:
-            raise DataError(f"split 'val' of {self.root} is empty: it holds every 5th labelled case (at least one "
-                            f"of two or more), and {self.root} has {len(self.splits.get('train', []))} labelled "
-                            "case(s); label another case, or give a list file of cases instead of 'val' (or 'train', "
-                            "to validate on the training cases)")
+            subjects = len({self.subject_of(case_id) for case_id in self.splits.get("train", [])})
+            raise DataError(f"split 'val' of {self.root} is empty: it holds every 5th labelled subject (patient; at "
+                            f"least one of two or more), and {self.root} has {subjects} labelled subject(s); label "
+                            "another, or give a list file of cases instead of 'val' (or 'train', to validate on the "
+                            "training cases)")
         if not ids:
             raise DataError(f"split {name!r} of {self.root} is empty; "
                             f"use one of: {', '.join(self.split_names())}")
@@ -474,7 +475,14 @@ def computed_splits(entries: Iterable[Entry], test: Iterable[str] = (),
 
 
 def _split_ids(entries: list[Entry]) -> dict[str, list[str]]:
-    return deterministic_split([e.case_id for e in entries])
+    """``deterministic_split`` of the subjects (patients), each with all its cases: split by case, a
+    patient's other series or images sat in train beside the one validated on, and validation
+    scored the model on a patient it had learned. Where each case is its own subject, by case."""
+    cases: dict[str, list[str]] = {}
+    for e in entries:
+        cases.setdefault(e.subject, []).append(e.case_id)
+    return {name: [case_id for subject in subjects for case_id in natural_sorted(cases[subject])]
+            for name, subjects in deterministic_split(list(cases)).items()}
 
 
 def first_line(err: Exception) -> str:

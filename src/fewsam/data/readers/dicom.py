@@ -18,7 +18,8 @@ keeps the series' origin, spacing and direction: predictions are written as NIfT
 in another axis order or orientation, or a block of them (a label cropped to its structures), is
 resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
 intercept; a series whose slices are not evenly spaced (a missing file) is refused.
-Splits: labelled cases naturally sorted, every 5th to "val" (at least one of two or more); unlabelled cases in "test" (the
+Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at
+least one of two or more); unlabelled cases in "test" (the
 unlabelled pool of a semi-supervised fit with ``--unlabeled-split test``);
 without any label, "val" holds every case.
 """
