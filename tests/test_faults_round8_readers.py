@@ -280,3 +280,13 @@ def test_a_patients_images_are_validated_or_trained_on_together(tmp_path):
     dataset = open_dataset(tmp_path)
     assert dataset.split("val") == ["img/p2_0", "img/p2_1", "img/p2_2"]
     assert {dataset.subject_of(c) for c in dataset.split("train")} == {"P0", "P1"}
+
+
+def test_a_flat_folder_of_fairseg_files_holds_one_out_for_validation(tmp_path):
+    """Every npz in root was "train": no val, and every fit's default --val-split val refused."""
+    from test_readers import make_npz
+
+    for i in range(1, 5):
+        make_npz(tmp_path / f"data_{i}.npz")
+    dataset = open_dataset(tmp_path)
+    assert (dataset.split("train"), dataset.split("val")) == (["data_1", "data_2", "data_3"], ["data_4"])
