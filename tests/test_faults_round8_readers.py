@@ -290,3 +290,25 @@ def test_a_flat_folder_of_fairseg_files_holds_one_out_for_validation(tmp_path):
         make_npz(tmp_path / f"data_{i}.npz")
     dataset = open_dataset(tmp_path)
     assert (dataset.split("train"), dataset.split("val")) == (["data_1", "data_2", "data_3"], ["data_4"])
+
+
+def test_a_dicom_series_beside_its_localizer_is_read_and_the_localizer_said(tmp_path, caplog, monkeypatch):
+    """A scanner export puts the scout images (a series of 1 to 3 files) beside the series: the folder
+    was refused as holding two series; the series is read, the localizer said."""
+    from test_dicom import arrays, write_series
+
+    monkeypatch.setattr(progress, "_said", {})
+    image, _ = arrays(0, (5, 6, 5))
+    write_series(tmp_path / "scout", image[:1] + 7, uid="1.2.3.9")
+    write_series(tmp_path / "case" / "s", image, uid="1.2.3.1")
+    (tmp_path / "scout" / "slice1.dcm").rename(tmp_path / "case" / "s" / "scout1.dcm")
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        case = open_dataset(tmp_path / "case").load("s")
+    assert np.array_equal(case.image, image.astype(np.float32))
+    assert any("1 localizer series (1 file(s) of at most 3 slices) beside its series of 5 files are left out"
+               in r.getMessage() for r in caplog.records)
+    write_series(tmp_path / "second", image[:4], uid="1.2.3.5")
+    for path in (tmp_path / "second").iterdir():
+        path.rename(tmp_path / "case" / "s" / f"t2_{path.name}")
+    with pytest.raises(DataError, match=r"holds 3 DICOM series; put each series in its own folder \(their files: "):
+        open_dataset(tmp_path / "case").load("s")

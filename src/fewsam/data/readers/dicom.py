@@ -37,6 +37,7 @@ from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder, say_unmatched_labels
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 DICOM_MAGIC_AT = 128  # Part 10 files: a 128-byte preamble, then b"DICM"
@@ -100,20 +101,38 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
 
 
 def series_files(folder: Path) -> list[str]:
-    """The files of the one DICOM series in ``folder``, in GDCM's slice order."""
+    """The files of the one DICOM series in ``folder`` (beside any localizers, ``_main_series``), in
+    GDCM's slice order."""
     if not folder.is_dir():
         raise DataError(f"DICOM folder {folder} not found; restore it")
     try:
         with quiet_itk():
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-            names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])) if len(ids) == 1 else []
+            series = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
     except RuntimeError as err:
         raise DataError(f"cannot read the DICOM files in {folder}: {itk_message(err)}") from None
-    if len(ids) > 1:
-        raise DataError(f"{folder} holds {len(ids)} DICOM series; put each series in its own folder")
+    names = _main_series(folder, series) if len(ids) > 1 else series[ids[0]] if ids else []
     if not names:
         raise DataError(f"no readable DICOM series in {folder} (damaged, or not DICOM images?)")
     return names
+
+
+SCOUT_FILES = 3  # a localizer (scout) series: up to three slices, as scanners take them
+
+
+def _main_series(folder: Path, series: dict[str, list[str]]) -> list[str]:
+    """The one series of ``folder`` that is no localizer: a scanner export puts its scout images (one
+    to three files of a series of their own) beside the series itself, and the folder was refused as
+    holding two series. Read, and the localizers said once; several full series are still refused."""
+    main = [names for names in series.values() if len(names) > SCOUT_FILES]
+    if len(main) != 1:
+        counts = " and ".join(str(len(names)) for names in series.values())
+        raise DataError(f"{folder} holds {len(series)} DICOM series; put each series in its own folder "
+                        f"(their files: {counts})")
+    scouts = sum(len(names) for names in series.values()) - len(main[0])
+    say_once(f"{folder}: {len(series) - 1} localizer series ({scouts} file(s) of at most {SCOUT_FILES} slices) beside "
+             f"its series of {len(main[0])} files are left out; the series is read", key="dicom-localizer")
+    return main[0]
 
 
 def expected_slices(names: list[str]) -> int:
