@@ -10,7 +10,7 @@
 
 case_id = the series folder relative to root (or images/), subject = its first folder (the
 patient in root/<patient>/<series>/); a folder holding files of several series is refused when
-loaded. Arrays are (D, H, W) as SimpleITK gives them (GDCM sorts the
+loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are (D, H, W) as SimpleITK gives them (GDCM sorts the
 slices by position), or (D, H, W, 3) for colour series; spacing is (z, y, x) in mm. ``meta``
 keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
