@@ -312,3 +312,17 @@ def test_a_dicom_series_beside_its_localizer_is_read_and_the_localizer_said(tmp_
         path.rename(tmp_path / "case" / "s" / f"t2_{path.name}")
     with pytest.raises(DataError, match=r"holds 3 DICOM series; put each series in its own folder \(their files: "):
         open_dataset(tmp_path / "case").load("s")
+
+
+def test_a_label_named_as_its_image_file_is_found(tmp_path):
+    """images/a_0000.nii.gz + labels/a_0000.nii.gz (one name in both folders, as a 2D folder pairs its
+    files): the label was said to match no image and the case read as unlabelled."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for case in ("a", "b"):
+        nib.save(nib.Nifti1Image(np.ones((6, 5, 2), np.float32), np.eye(4)), tmp_path / "images" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(np.ones((6, 5, 2), np.uint8), np.eye(4)), tmp_path / "labels" / f"{case}_0000.nii.gz")
+    dataset = open_dataset(tmp_path)
+    assert dataset.split("train") == ["a"] and dataset.split("val") == ["b"]
+    assert dataset.load("a").label.max() == 1
+

@@ -628,8 +628,12 @@ def _channel_file(channel0: Path, channel: int) -> Path:
 
 
 def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
+    """images/ + labels/: a case's label is found by its case name (``label_in_folder``), or named as
+    its image file (``a_0000.nii.gz`` in both folders, as a 2D folder pairs ``images/x.png`` with
+    ``masks/x.png``): that one was said to match no image, and its case left unlabelled."""
     labels = files_by_name(root / "labels")
-    entries = [_entry(path, label_in_folder(root / "labels", case, labels), case)
+    entries = [_entry(path, label_in_folder(root / "labels", case, labels)
+                      or label_in_folder(root / "labels", case_name(path), labels), case)
                for path, case in _channel0(root / "images")]
     say_unmatched_labels(root / "labels", entries)
     return entries, []
