@@ -326,3 +326,14 @@ def test_a_label_named_as_its_image_file_is_found(tmp_path):
     assert dataset.split("train") == ["a"] and dataset.split("val") == ["b"]
     assert dataset.load("a").label.max() == 1
 
+
+def test_an_nnunet_label_named_otherwise_than_its_case_is_named(tmp_path, caplog, monkeypatch):
+    """labelsTr/a_0000.nii.gz (nnU-Net wants a.nii.gz): only "no label file" was said, not which file
+    was there instead."""
+    monkeypatch.setattr(progress, "_said", {})
+    root = _nnunet_with_ending(tmp_path, ".nii.gz", ["a_0000.nii.gz"])
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 2), np.uint8), np.eye(4)), root / "labelsTr" / "a_0000.nii.gz")
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        open_dataset(root)
+    assert any("1 label file(s) match no image and are not used (a_0000.nii.gz); name a label as its image's case "
+               "(<case>.nii.gz)" in r.getMessage() for r in caplog.records)

@@ -531,6 +531,7 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         labels = files_by_name(root / "labelsTr", ending)
         entries = [_entry(p, labels.get(f"{c}{ending}", root / "labelsTr" / f"{c}{ending}"), c)
                    for p, c in _channel0(root / "imagesTr", ending)]
+        say_unmatched_labels(root / "labelsTr", entries, f"<case>{ending}", ending)
         test_cases = _channel0(root / "imagesTs", ending)
         _check_file_ending(root, ending, found=bool(entries))
     _say_unlabelled_training(root, entries)
@@ -655,14 +656,16 @@ def label_in_folder(folder: Path, case: str, names: dict[str, Path] | None = Non
     return next((p for p in found if p is not None and is_data_file(p)), None)
 
 
-def say_unmatched_labels(folder: Path, entries: list[Entry]) -> None:
-    """Label files no image claims (a name that differs from its image's) are unused: say which."""
+def say_unmatched_labels(folder: Path, entries: list[Entry], naming: str = "<case>.nii.gz, or <case>_seg.nii.gz",
+                         ending: str = "") -> None:
+    """Label files no image claims (a name that differs from its image's) are unused: say which, and
+    how a label is named (``naming``); nnU-Net's labelsTr only as ``<case><file_ending>``."""
     used = {e.label for e in entries}
-    stray = [p.name for p in _nifti_files(folder) if p not in used]
+    stray = [p.name for p in _nifti_files(folder, ending) if p not in used]
     if stray:
         shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
         say_once(f"{folder}: {len(stray)} label file(s) match no image and are not used ({shown}); name a label "
-                 "as its image's case (<case>.nii.gz, or <case>_seg.nii.gz)", key="nifti-unmatched-labels")
+                 f"as its image's case ({naming})", key="nifti-unmatched-labels")
 
 
 def _plain_class_map(root: Path) -> ClassMap | None:
