@@ -337,3 +337,14 @@ def test_an_nnunet_label_named_otherwise_than_its_case_is_named(tmp_path, caplog
         open_dataset(root)
     assert any("1 label file(s) match no image and are not used (a_0000.nii.gz); name a label as its image's case "
                "(<case>.nii.gz)" in r.getMessage() for r in caplog.records)
+
+
+def test_fewer_training_cases_than_numtraining_are_said(tmp_path, caplog, monkeypatch):
+    """A copy that stopped part way: nnU-Net's dataset check says so, fewsam fitted on what was there."""
+    monkeypatch.setattr(progress, "_said", {})
+    root = _nnunet_with_ending(tmp_path, ".nii.gz", ["a_0000.nii.gz", "b_0000.nii.gz"])
+    spec = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 3}))
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        open_dataset(root)
+    assert any("says numTraining 3, and 2 training case(s) are there" in r.getMessage() for r in caplog.records)

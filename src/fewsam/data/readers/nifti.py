@@ -535,6 +535,7 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         test_cases = _channel0(root / "imagesTs", ending)
         _check_file_ending(root, ending, found=bool(entries))
     _say_unlabelled_training(root, entries)
+    _say_training_count(root, spec, len(entries))
     known = {e.case_id for e in entries}
     test_ids = []
     for path, case in test_cases:
@@ -601,6 +602,17 @@ def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
         say_once(f"{root}: {len(missing)} training image(s) have no label file ({shown}); they are left out of "
                  "the train and val splits and are in 'test' (predicted with --split test; a semi-supervised fit "
                  "learns from them with --unlabeled-split test)", key="nifti-training-unlabelled")
+
+
+def _say_training_count(root: Path, spec: dict[str, Any], found: int) -> None:
+    """dataset.json's ``numTraining`` against the training cases found: a download or copy that
+    stopped part way left fewer, and the fit ran on them without a word, where nnU-Net's dataset
+    check says so."""
+    expected = spec.get("numTraining")
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != found:
+        say_once(f"{root / 'dataset.json'} says numTraining {expected}, and {found} training case(s) are there; "
+                 "a copy or download that stopped part way? fewsam reads the cases found",
+                 key="nifti-num-training")
 
 
 def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
