@@ -1,6 +1,8 @@
 """Faults of the dataset readers found with the formats users have: colour NIfTI files (RGB24 voxels,
-ITK's 5D vector files), few labelled volumes and the validation split, and where unlabelled images
-land."""
+ITK's 5D vector files), few labelled volumes and the validation split, where unlabelled images land,
+a patient's cases split apart, multi-channel nnU-Net cases, dataset.json's file_ending and
+numTraining, labels named as their image file, colour images after a grey one, flat FairSeg folders
+and a DICOM series beside its localizer."""
 
 from __future__ import annotations
 
@@ -197,7 +199,8 @@ def test_the_channel_files_left_out_of_a_multi_channel_case_are_said(tmp_path, c
             "file_ending": ".nii.gz"}
     if layout == "msd-listed":  # nnU-Net v1: dataset.json lists imagesTr/p1.nii.gz for p1_0000.nii.gz ...
         spec = {"modality": spec["channel_names"], "labels": {"0": "background", "1": "a"},
-                "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in ("p1", "p2")]}
+                "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+                             for c in ("p1", "p2")]}
     if layout != "plain":
         (tmp_path / "dataset.json").write_text(json.dumps(spec))
     with caplog.at_level(logging.INFO, logger="fewsam"):
@@ -274,7 +277,8 @@ def test_a_patients_images_are_validated_or_trained_on_together(tmp_path):
     for patient in range(3):
         for k in range(3):
             Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(tmp_path / "img" / f"p{patient}_{k}.png")
-            Image.fromarray(((rng.random((6, 5)) > 0.5) * 255).astype(np.uint8)).save(tmp_path / "msk" / f"p{patient}_{k}.png")
+            mask = ((rng.random((6, 5)) > 0.5) * 255).astype(np.uint8)
+            Image.fromarray(mask).save(tmp_path / "msk" / f"p{patient}_{k}.png")
             rows.append(f"img/p{patient}_{k}.png,msk/p{patient}_{k}.png,P{patient}")
     (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
     dataset = open_dataset(tmp_path)
@@ -320,7 +324,8 @@ def test_a_label_named_as_its_image_file_is_found(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
     for case in ("a", "b"):
-        nib.save(nib.Nifti1Image(np.ones((6, 5, 2), np.float32), np.eye(4)), tmp_path / "images" / f"{case}_0000.nii.gz")
+        image = nib.Nifti1Image(np.ones((6, 5, 2), np.float32), np.eye(4))
+        nib.save(image, tmp_path / "images" / f"{case}_0000.nii.gz")
         nib.save(nib.Nifti1Image(np.ones((6, 5, 2), np.uint8), np.eye(4)), tmp_path / "labels" / f"{case}_0000.nii.gz")
     dataset = open_dataset(tmp_path)
     assert dataset.split("train") == ["a"] and dataset.split("val") == ["b"]

@@ -10,18 +10,17 @@
 
 case_id = the series folder relative to root (or images/), subject = its first folder (the
 patient in root/<patient>/<series>/); a folder holding files of several series is refused when
-loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are (D, H, W) as SimpleITK gives them (GDCM sorts the
-slices by position), or (D, H, W, 3) for colour series; spacing is (z, y, x) in mm. ``meta``
-keeps the series' origin, spacing and direction: predictions are written as NIfTI
+loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are
+(D, H, W) as SimpleITK gives them (GDCM sorts the slices by position), or (D, H, W, 3) for colour
+series; spacing is (z, y, x) in mm. ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
 3D Slicer or ITK-SNAP. A label on the series' grid is taken as is; one holding the same voxels
 in another axis order or orientation, or a block of them (a label cropped to its structures), is
 resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
 intercept; a series whose slices are not evenly spaced (a missing file) is refused.
 Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at
-least one of two or more); unlabelled cases in "test" (the
-unlabelled pool of a semi-supervised fit with ``--unlabeled-split test``);
-without any label, "val" holds every case.
+least one of two or more); unlabelled cases in "test" (the unlabelled pool of a semi-supervised
+fit with ``--unlabeled-split test``); without any label, "val" holds every case.
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the
 Splits: the index's ``split`` column when present (multisite: train/test, no val). BUSI:
 within each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
-and in "all" and "normal". Otherwise naturally sorted subjects (an index's patient column, else each image), every 5th to
-"val" with all its images (20%; at least one of two or more).
+and in "all" and "normal". Otherwise naturally sorted subjects (an index's patient column, else
+each image), every 5th to "val" with all its images (20%; at least one of two or more).
 Images without a mask are in "test" (``computed_splits``, as in every reader); without any mask,
 "val" holds every image (``IndexedDataset.settle_unlabelled``).
 Labelled budget (BUSI): the train images alternate benign / malignant (benign 1, malignant 1,
