@@ -353,3 +353,21 @@ def test_fewer_training_cases_than_numtraining_are_said(tmp_path, caplog, monkey
     with caplog.at_level(logging.INFO, logger="fewsam"):
         open_dataset(root)
     assert any("says numTraining 3, and 2 training case(s) are there" in r.getMessage() for r in caplog.records)
+
+
+def test_images_not_named_as_channels_beside_ones_that_are_are_cases(tmp_path, caplog, monkeypatch):
+    """images/a_0000.nii.gz beside b.nii.gz: b was left out without a word (and its label said to match
+    no image); a channel file without its case's _0000 is said."""
+    monkeypatch.setattr(progress, "_said", {})
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    volume = nib.Nifti1Image(np.ones((6, 5, 2), np.float32), np.eye(4))
+    for name in ("a_0000", "a_0001", "b", "c_0001"):
+        nib.save(volume, tmp_path / "images" / f"{name}.nii.gz")
+    for case in ("a", "b"):
+        nib.save(nib.Nifti1Image(np.ones((6, 5, 2), np.uint8), np.eye(4)), tmp_path / "labels" / f"{case}.nii.gz")
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        dataset = open_dataset(tmp_path)
+    assert dataset.split("all") == ["a", "b"] and dataset.has_label("b")
+    assert any("1 channel file(s) have no _0000 file of their case (c_0001.nii.gz)" in r.getMessage()
+               for r in caplog.records)

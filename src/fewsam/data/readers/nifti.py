@@ -41,6 +41,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -617,10 +618,22 @@ def _say_training_count(root: Path, spec: dict[str, Any], found: int) -> None:
 
 
 def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
-    """(path, case) of each case's first channel: '<case>_0000.nii.gz', else '<case>.nii.gz'."""
+    """(path, case) of each case's first channel: '<case>_0000.nii.gz', else '<case>.nii.gz'.
+
+    Where some files are named as channels, a file that is not (``b.nii.gz`` beside ``a_0000.nii.gz``,
+    as a folder filled by hand is) is a case of its own: it was left out without a word, and its label
+    said to match no image. A channel file whose case has no ``_0000`` is said, as it is not read."""
     files = [p for p in _nifti_files(folder, ending) if not ending or volume_ending(p.name) == ending]
-    v2 = [(p, case_name(p)[:-5]) for p in files if case_name(p).endswith("_0000")]
-    return v2 or [(p, case_name(p)) for p in files]
+    channels = {p: re.fullmatch(r"(.+)_(\d{4})", case_name(p)) for p in files}
+    first = {m[1] for m in channels.values() if m and m[2] == "0000"}
+    if not first:
+        return [(p, case_name(p)) for p in files]
+    orphans = [p.name for p, m in channels.items() if m and m[1] not in first]
+    if orphans:
+        shown = ", ".join(orphans[:3]) + (", ..." if len(orphans) > 3 else "")
+        say_once(f"{folder}: {len(orphans)} channel file(s) have no _0000 file of their case ({shown}) and are not "
+                 "read; restore the case's _0000 file", key="nifti-channel-orphans")
+    return [(p, m[1] if m else case_name(p)) for p, m in channels.items() if not m or m[2] == "0000"]
 
 
 def _say_other_channels(images: list[Path]) -> None:
