@@ -161,7 +161,8 @@ def test_unlabelled_images_left_out_of_the_default_pool_are_said_and_join_it_whe
         pool = select_unlabelled(dataset, labelled, None, 0)
     assert [r.case_id for r in pool] == ["images/case2", "images/case3", "images/case5"]
     assert any("2 case(s) without a label lie outside the training split (in test) and are not in the "
-               "unlabelled pool; --unlabeled-split test" in r.getMessage() for r in caplog.records)
+               "unlabelled pool, as they may be held-out test images; --unlabeled-split test" in r.getMessage()
+               for r in caplog.records)
     named = select_unlabelled(dataset, labelled, None, 0, split="test")
     assert [r.case_id for r in named] == ["images/case6", "images/case7"]
 

@@ -80,7 +80,8 @@ def _say_pool_left_outside(ds: Dataset, refuse: bool) -> None:
     option = f"--unlabeled-split {holding[0] if holding else 'LIST'} (a split or list file naming them)"
     if refuse:
         raise DataError(f"no unlabelled training slices are left, but {where}: pass {option} to learn from them")
-    say_once(f"{where} and are not in the unlabelled pool; {option} learns from them", key="pool-left-outside")
+    say_once(f"{where} and are not in the unlabelled pool, as they may be held-out test images; {option} learns "
+             "from them", key="pool-left-outside")
 
 
 def _pool_of_split(ds: Dataset, pool: list[SliceRef], labelled: list[SliceRef], split: str) -> list[SliceRef]:
