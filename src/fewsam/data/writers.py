@@ -6,7 +6,8 @@
   (same voxel grid and orientation, so it overlays in ITK-SNAP / 3D Slicer).
 - png: an 8-bit greyscale PNG at the image's relative path, class indices mapped back to the
   dataset's own mask coding (BUSI 0/255; prostate 0 = prostate, 255 = background; fundus cup 0,
-  rim 128, background 255).
+  rim 128, background 255); a folder of new images without masks, in the coding of the masks
+  the run was fitted on (``predict.open_for_run``).
   JPEG, TIFF and BMP inputs get a PNG too, named ``.png`` (``images/x.jpg`` -> ``images/x.png``).
 - npz (FairSeg): an npz with key ``pred``, (H, W) uint8 class indices 0/1/2 (not the -1/-2
   coding of the input masks).
