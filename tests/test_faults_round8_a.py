@@ -3,17 +3,23 @@
 - A run fitted on 2D PNG masks coded 0/1 wrote 0/255 predictions for a folder of new, unlabelled
   images (no masks to show their coding): the run now keeps its masks' coding in config.json and
   a folder without masks or classes.json is written in it; a folder with masks keeps its own.
+- The studio's export named a BUSI-style dataset's labels as its images (``x.png`` for the image
+  ``x.png`` with mask ``x_mask.png``; ``images/x.png`` for ``masks/x.png``): the export read back as
+  images, not labels. Labels are now named as the dataset's reader finds them.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fewsam import api
+from fewsam.data import open_dataset
 from fewsam.data.phantom import phantom_volume
 from fewsam.methods import supervised
 from fewsam.predict import predict
@@ -58,3 +64,35 @@ def test_a_run_fitted_on_zero_one_masks_writes_new_images_predictions_as_zero_on
     values = set().union(*(np.unique(np.asarray(Image.open(p))).tolist() for p in written))
     assert values <= {0, 255} and open_for_run(own, json.loads((run / "config.json").read_text())
                                                ).style.to_pixel == {0: 0, 1: 255}
+
+
+@pytest.mark.parametrize("images, masks", [
+    (["a.png", "b.png"], {"a.png": "a_mask.png"}),  # BUSI-style pairs; b has no mask yet
+    (["images/a.png", "images/b.png"], {"images/a.png": "masks/a.png"}),
+])
+def test_a_studio_export_reads_back_as_the_same_dataset_with_the_same_labels(tmp_path, images, masks):
+    from fewsam.studio.project import EXPORT_MANIFEST, Project
+
+    data, rng = tmp_path / "data", np.random.default_rng(0)
+    for name in images:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(data / name)
+    for name in masks.values():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.pad(np.full((6, 8), 255, np.uint8), ((3, 11), (4, 12)))).save(data / name)
+    project = Project(data, tmp_path / "project")
+    drawn = {}
+    for i, case_id in enumerate(project.case_ids()):
+        drawn[case_id] = np.zeros((20, 24), np.uint8)
+        drawn[case_id][2 + i:9 + i, 5:15] = 1
+        project.save_slice(case_id, 0, drawn[case_id])
+    export = Path(project.export()["folder"])
+    back = tmp_path / "back"  # the images, with the export's files beside them
+    for name in images:
+        (back / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / name, back / name)
+    shutil.copytree(export, back, dirs_exist_ok=True, ignore=shutil.ignore_patterns(EXPORT_MANIFEST))
+    read = open_dataset(back)
+    assert sorted(read.entries) == sorted(drawn)
+    for case_id, label in drawn.items():
+        np.testing.assert_array_equal(read.load(case_id).label[0], label)

@@ -423,7 +423,7 @@ def test_colour_2d_images_are_labelled_in_png_and_fitted_from_exact_rgb_copies(c
         assert (got["channels"], got["height"], got["width"], got["slices"]) == (3, 20, 24, 1)
         assert put(client, label, case="images/b").status_code == 200
         assert client.post("/api/fit", json={"steps": 2, "views": 1}).status_code == 202
-        assert client.post("/api/export").json()["files"] == ["images/b.png"]
+        assert client.post("/api/export").json()["files"] == ["masks/b.png"]  # named as the reader finds masks
     stored = np.asarray(Image.open(tmp_path / "project" / "labels" / "images" / "b.png"))
     np.testing.assert_array_equal(stored, label * 255)  # the dataset's own mask coding (0/255)
     fit_data = open_dataset(tmp_path / "project" / "fits" / "fit-0001" / "data")

@@ -148,6 +148,11 @@ class IndexedDataset:
         prediction is written in another format than the input (JPEG -> PNG, DICOM -> NIfTI)."""
         return entry.rel_path
 
+    def label_rel_path(self, entry: Entry) -> str:
+        """Where a label file of this case goes in a folder laid out as this dataset (the studio's
+        export): where its prediction goes, unless the layout names labels otherwise than images."""
+        return self.prediction_rel_path(entry)
+
     def has_any_label(self) -> bool:
         """Whether any case has a label file: without one, only prediction is possible."""
         return any(e.label is not None for e in self.entries.values())
