@@ -6,6 +6,9 @@
 - The studio's export named a BUSI-style dataset's labels as its images (``x.png`` for the image
   ``x.png`` with mask ``x_mask.png``; ``images/x.png`` for ``masks/x.png``): the export read back as
   images, not labels. Labels are now named as the dataset's reader finds them.
+- ``fewsam evaluate`` did not find predictions named by MONAI's ``SaveImage`` (``<case>/<case>_trans.nii.gz``
+  by default, ``_seg`` as its tutorials set it, flat with ``separate_folder=False``); it now does, and
+  two files for one case are refused naming both.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
 
 from fewsam import api
 from fewsam.data import open_dataset
-from fewsam.data.phantom import phantom_volume
+from fewsam.data.phantom import phantom_volume, write_phantom_dataset
+from fewsam.errors import DataError
+from fewsam.evaluate import evaluate
 from fewsam.methods import supervised
 from fewsam.predict import predict
 
@@ -96,3 +102,21 @@ def test_a_studio_export_reads_back_as_the_same_dataset_with_the_same_labels(tmp
     assert sorted(read.entries) == sorted(drawn)
     for case_id, label in drawn.items():
         np.testing.assert_array_equal(read.load(case_id).label[0], label)
+
+
+@pytest.mark.parametrize("layout", ["{c}/{c}_trans.nii.gz", "{c}/{c}_seg.nii.gz", "{c}_seg.nii.gz",
+                                    "{c}_0000/{c}_0000_trans.nii.gz", "{c}/{c}_seg.nii"])
+def test_evaluate_finds_predictions_named_by_monai_save_image(tmp_path, layout):
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=2, slices=2, seed=2)
+    val = open_dataset(data).split("val")
+    pred = tmp_path / "pred"
+    for cid in val:
+        target = pred / layout.format(c=cid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        label = nib.load(data / "labelsTr" / f"{cid}.nii.gz")
+        nib.save(label, target)  # MONAI writes through nibabel or ITK: either reads back on the grid
+    assert evaluate(pred, data, split="val", show_progress=False)["mean"]["dice"] == pytest.approx(1.0)
+    shutil.copy(data / "labelsTr" / f"{val[0]}.nii.gz", pred / f"{val[0]}.nii.gz")  # a second file for one case
+    with pytest.raises(DataError, match=rf"two predictions for case {val[0]}: {val[0]}"):
+        evaluate(pred, data, split="val", show_progress=False)
+

@@ -72,7 +72,7 @@ def missing_predictions(dataset: Any, case_ids: list[str], root: Path) -> list[t
         if case_id not in entries:
             continue
         path = _path_under(root, case_id, dataset.prediction_rel_path(entries[case_id]), dataset.format)
-        if not _as_found(path).is_file():
+        if not _as_found(path, case_id).is_file():
             missing.append((case_id, path))
     return missing
 
@@ -104,7 +104,7 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
 
     With ``class_map``, values outside it are a DataError naming them and the file.
     """
-    path = _as_found(prediction_path(case, pred_root))
+    path = _as_found(prediction_path(case, pred_root), case.case_id)
     if not path.is_file():
         raise DataError(f"prediction {path} for case {case.case_id} not found; "
                         "predict this split into that folder first")
@@ -122,23 +122,62 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
 VOLUME_PREDICTION_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
-def _as_found(path: Path) -> Path:
+MONAI_POSTFIXES = ("trans", "seg")  # MONAI SaveImage's output_postfix: "trans" by default, "seg" in its tutorials
+NNUNET_CHANNEL = "_0000"  # MONAI names an output after its input image: nnU-Net's case_0000.nii.gz
+
+
+def _as_found(path: Path, case_id: str = "") -> Path:
     """A prediction as another tool may have named it: a volume's in any of the volume formats fewsam
     reads (``<case>.nii`` for ``<case>.nii.gz``, as nnU-Net writes a ``.nii`` dataset's; ``<case>.mha``
     or ``.nrrd``, as SimpleITK scripts and grand-challenge containers write them, read onto the
     case's grid like any NIfTI), and its ending in any letter case (``<case>.NII.GZ``, ``<case>.PNG``
-    from Windows tools); ``path`` itself when it exists or none of these does."""
-    if path.is_file():
-        return path
+    from Windows tools); MONAI's ``SaveImage`` names (``monai_names``); ``path`` itself when none of
+    these exists. Two of them for one case are refused naming both: scoring either would be a guess."""
     name = path.name
-    ending = next((e for e in VOLUME_PREDICTION_ENDINGS if name.endswith(e)), None)
-    others = [name[: -len(ending)] + e for e in VOLUME_PREDICTION_ENDINGS if e != ending] if ending else []
-    wanted = [n.lower() for n in (name, *others)]
+    ending = next((e for e in (*VOLUME_PREDICTION_ENDINGS, ".png") if name.lower().endswith(e)), None)
+    endings = (VOLUME_PREDICTION_ENDINGS if ending != ".png" else (".png",)) if ending else ()
+    stem = name[: -len(ending)] if ending else name
+    wanted = [name] + [stem + e for e in endings] + monai_names(stem, endings)
+    found = _files_named(path.parent, wanted)
+    if len(found) > 1:
+        shown = " and ".join(p.relative_to(path.parent).as_posix() for p in found[:2])
+        raise DataError(f"{path.parent} holds two predictions for case {case_id or stem}: {shown}; "
+                        "remove or move one of them, so that the one to score is certain")
+    return found[0] if found else path
+
+
+def monai_names(stem: str, endings: tuple[str, ...]) -> list[str]:
+    """The names MONAI's ``SaveImage`` gives a case's output, relative to its output folder: with its
+    default ``separate_folder=True`` ``<case>/<case>_<postfix><ending>``, else ``<case>_<postfix><ending>``
+    (postfix "trans" by default, "seg" as MONAI's tutorials set it); the case as its image was named
+    for MONAI, nnU-Net's first channel ``<case>_0000`` included."""
+    names = []
+    for subject in (stem, stem + NNUNET_CHANNEL):
+        for postfix in MONAI_POSTFIXES:
+            names += [f"{subject}/{subject}_{postfix}{e}" for e in endings]
+            names += [f"{subject}_{postfix}{e}" for e in endings]
+    return names
+
+
+def _files_named(folder: Path, names: list[str]) -> list[Path]:
+    """The files of ``folder`` named as one of ``names`` (relative posix paths, matched in any letter
+    case), in the order of ``names``, each once."""
+    wanted = {n.lower(): i for i, n in reversed(list(enumerate(names)))}
+    found: dict[Path, int] = {}
+    subfolders = {n.lower().split("/")[0] for n in names if "/" in n}
     try:
-        found = {p.name.lower(): p for p in sorted(path.parent.iterdir()) if p.name.lower() in wanted and p.is_file()}
+        for entry in folder.iterdir():
+            key = entry.name.lower()
+            if key in wanted and entry.is_file():
+                found[entry] = wanted[key]
+            elif key in subfolders and entry.is_dir():
+                for inner in entry.iterdir():
+                    rel = f"{key}/{inner.name.lower()}"
+                    if rel in wanted and inner.is_file():
+                        found[inner] = wanted[rel]
     except OSError:
-        return path
-    return next((found[n] for n in wanted if n in found), path)
+        return [folder / names[0]] if (folder / names[0]).is_file() else []
+    return sorted(found, key=lambda p: (found[p], p.as_posix()))
 
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
