@@ -9,6 +9,9 @@
 - ``fewsam evaluate`` did not find predictions named by MONAI's ``SaveImage`` (``<case>/<case>_trans.nii.gz``
   by default, ``_seg`` as its tutorials set it, flat with ``separate_folder=False``); it now does, and
   two files for one case are refused naming both.
+- ``--out ""`` (a variable left unset) was taken as the working folder "."; an empty value of any path
+  option or argument (``--out``, ``--pred``, ``--data``, ``--cache``, ``--json``, DATA, ...) is now a
+  usage error naming it, and the Python API refuses an empty path argument likewise.
 """
 
 from __future__ import annotations
@@ -120,3 +123,33 @@ def test_evaluate_finds_predictions_named_by_monai_save_image(tmp_path, layout):
     with pytest.raises(DataError, match=rf"two predictions for case {val[0]}: {val[0]}"):
         evaluate(pred, data, split="val", show_progress=False)
 
+
+@pytest.mark.parametrize("args, says", [
+    (["predict", "run", "--data", "d", "--out", ""], "fewsam predict: --out is empty"),
+    (["predict", "run", "--data", "d", "--out="], "fewsam predict: --out is empty"),
+    (["evaluate", "--pred", "", "--data", "d"], "fewsam evaluate: --pred is empty"),
+    (["evaluate", "--pred", "p", "--data", "d", "--json", ""], "fewsam evaluate: --json is empty"),
+    (["fit", "supervised", "--data", "", "--out", "r", "--labeled-cases", "1"], "fewsam fit supervised: --data is empty"),
+    (["fit", "fewshot", "--data", "d", "--out", "r", "--cache", ""], "fewsam fit fewshot: --cache is empty"),
+    (["report", "a.json", "", "--out", "r"], "fewsam report: EVALUATIONS is empty"),
+    (["info", ""], "fewsam info: DATA is empty"),
+])
+def test_an_empty_path_is_a_usage_error_not_the_working_folder(args, says, capsys, tmp_path, monkeypatch):
+    from fewsam.cli import run_app
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        run_app(args)
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), lines
+    assert list(tmp_path.iterdir()) == []  # nothing written in the working folder
+
+
+def test_the_python_api_refuses_an_empty_path(tmp_path):
+    from fewsam.config import ConfigError
+
+    with pytest.raises(ConfigError, match="out must be a path, not ''"):
+        predict(tmp_path, tmp_path, "")
+    with pytest.raises(ConfigError, match="--out must be a path, not ''"):
+        api.FitOptions(data=tmp_path, run="")
