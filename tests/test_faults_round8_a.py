@@ -12,6 +12,9 @@
 - ``--out ""`` (a variable left unset) was taken as the working folder "."; an empty value of any path
   option or argument (``--out``, ``--pred``, ``--data``, ``--cache``, ``--json``, DATA, ...) is now a
   usage error naming it, and the Python API refuses an empty path argument likewise.
+- ``fewsam demo`` wrote its overlay PNGs straight into place, after eval.json (which marks a demo
+  finished): a demo stopped while drawing them left a cut-off PNG and refused to run again. Overlays
+  are written atomically, and eval.json last.
 """
 
 from __future__ import annotations
@@ -153,3 +156,34 @@ def test_the_python_api_refuses_an_empty_path(tmp_path):
         predict(tmp_path, tmp_path, "")
     with pytest.raises(ConfigError, match="--out must be a path, not ''"):
         api.FitOptions(data=tmp_path, run="")
+
+
+def test_a_cut_off_overlay_is_never_left_in_place(tmp_path, monkeypatch):
+    from fewsam.report import save_overlay
+
+    def cut_off(image, fp, *args, **kwargs):
+        (fp.write if hasattr(fp, "write") else Path(fp).write_bytes)(b"\x89PNG half")
+        raise KeyboardInterrupt  # Ctrl-C while the file is written
+
+    monkeypatch.setattr(Image.Image, "save", cut_off)
+    path = tmp_path / "overlays" / "c_z00.png"
+    with pytest.raises(KeyboardInterrupt):
+        save_overlay(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.uint8), None, path)
+    assert not path.exists()
+
+
+def test_a_demo_stopped_while_drawing_overlays_is_not_taken_for_a_finished_one(tmp_path, monkeypatch):
+    from fewsam import demo
+
+    monkeypatch.setattr(demo, "write_phantom_dataset", lambda data: None)
+    for step in ("fit", "predict"):
+        monkeypatch.setattr(demo, step, lambda *args, **kwargs: None)
+    monkeypatch.setattr(demo, "evaluate", lambda *args, **kwargs: {"n_cases": 1})
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_write_overlays", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(tmp_path / "demo", show_progress=False)
+    assert not (tmp_path / "demo" / "eval.json").exists()
