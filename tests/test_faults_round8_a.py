@@ -14,7 +14,8 @@
   usage error naming it, and the Python API refuses an empty path argument likewise.
 - ``fewsam demo`` wrote its overlay PNGs straight into place, after eval.json (which marks a demo
   finished): a demo stopped while drawing them left a cut-off PNG and refused to run again. Overlays
-  are written atomically, and eval.json last.
+  are written atomically, and eval.json last. Its phantom wrote dataset.json (which marks the phantom
+  whole) before splits_final.json: a demo stopped between them fitted on other splits when run again.
 """
 
 from __future__ import annotations
@@ -187,3 +188,18 @@ def test_a_demo_stopped_while_drawing_overlays_is_not_taken_for_a_finished_one(t
     with pytest.raises(KeyboardInterrupt):
         demo.run_demo(tmp_path / "demo", show_progress=False)
     assert not (tmp_path / "demo" / "eval.json").exists()
+
+
+def test_a_phantom_stopped_before_its_splits_is_not_taken_for_a_whole_one(tmp_path, monkeypatch):
+    from fewsam.data import phantom
+
+    def stopped_at_the_splits(value, **kwargs):
+        if isinstance(value, list):  # splits_final.json's content
+            raise KeyboardInterrupt
+        return json.dumps(value, **kwargs)
+
+    monkeypatch.setattr(phantom, "json", type("J", (), {"dumps": staticmethod(stopped_at_the_splits)}))
+    with pytest.raises(KeyboardInterrupt):
+        phantom.write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2)
+    assert not (tmp_path / "data" / "dataset.json").exists()  # the demo writes the phantom again
+
