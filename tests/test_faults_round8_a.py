@@ -16,6 +16,8 @@
   finished): a demo stopped while drawing them left a cut-off PNG and refused to run again. Overlays
   are written atomically, and eval.json last. Its phantom wrote dataset.json (which marks the phantom
   whole) before splits_final.json: a demo stopped between them fitted on other splits when run again.
+- ``fewsam fit --out`` inside the data folder wrote the run (checkpoints, logs) into the user's data, as
+  no other command does (--cache, predict's --out and the studio's project are refused there); refused.
 """
 
 from __future__ import annotations
@@ -203,3 +205,14 @@ def test_a_phantom_stopped_before_its_splits_is_not_taken_for_a_whole_one(tmp_pa
         phantom.write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2)
     assert not (tmp_path / "data" / "dataset.json").exists()  # the demo writes the phantom again
 
+
+def test_a_run_folder_inside_the_data_folder_is_refused_before_anything_is_written(tmp_path):
+    from fewsam.errors import RunError
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    opts = api.FitOptions(data=data, run=data / "runs" / "r1", labeled_cases=1, cache=str(tmp_path / "cache"),
+                          show_progress=False)
+    with pytest.raises(RunError, match="is inside the data folder"):
+        api.fit("supervised", opts, supervised.SupervisedConfig(**TINY_STUDENT))
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before

@@ -273,7 +273,8 @@ def _required(help: str, default: Any = MISSING, flag: str | None = None) -> Any
 class FitOptions(Config):
     """Data, budget, model and run options every method's fit takes (``fewsam fit METHOD --help``)."""
 
-    run: Path = _required("Run folder to write (resumed if it holds the same run).", flag="--out")
+    run: Path = _required("Run folder to write, outside the data folder (resumed if it holds the same run).",
+                          flag="--out")
     data: Path | None = _required("Dataset folder.", None)
     labeled_cases: int | None = option(None, "Labelled budget: every slice of the first N subjects of the "
                                        "dataset's budget order (give this or --labeled-slices).", min=1)

@@ -198,11 +198,25 @@ def check_cache_folder(root: str | Path, data: str | Path | None = None) -> None
                          f"{DEFAULT_CACHE}")
     cache = Path(root).expanduser()
     check_folder_path(cache, "--cache", CacheError)
-    if data is not None and Path(data).expanduser().is_dir():
-        folder = Path(data).expanduser().resolve()
-        if cache.resolve() == folder or folder in cache.resolve().parents:
-            raise CacheError(f"--cache {root} is inside the data folder {data}; fewsam writes nothing into your "
-                             "data: give a cache folder outside it (the default is ~/.cache/fewsam)")
+    if inside_data(cache, data):
+        raise CacheError(f"--cache {root} is inside the data folder {data}; fewsam writes nothing into your "
+                         "data: give a cache folder outside it (the default is ~/.cache/fewsam)")
+
+
+def check_run_outside_data(run: str | Path, data: str | Path | None) -> None:
+    """Refuse a fit's run folder in its data folder: fewsam writes nothing into a user's data, and
+    checkpoints there (hundreds of MB) would travel with every copy of the dataset."""
+    if inside_data(Path(run).expanduser(), data):
+        raise RunError(f"--out {run} is inside the data folder {data}; fewsam writes nothing into your data: "
+                       "give a run folder outside it")
+
+
+def inside_data(path: Path, data: str | Path | None) -> bool:
+    """Whether ``path`` is the data folder ``data`` or lies in it (links resolved)."""
+    if data is None or not Path(data).expanduser().is_dir():
+        return False
+    folder, target = Path(data).expanduser().resolve(), path.resolve()
+    return target == folder or folder in target.parents
 
 
 def dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
