@@ -130,6 +130,28 @@ def test_evaluate_finds_predictions_named_by_monai_save_image(tmp_path, layout):
         evaluate(pred, data, split="val", show_progress=False)
 
 
+def test_finding_thousands_of_predictions_in_one_folder_lists_it_once(tmp_path):
+    """Each case's lookup of the other tools' names listed its whole folder: 3,000 PNG predictions took
+    15 s to find, 10,000 npz files minutes. A settled folder is listed once; a fresh one still sees a
+    file added right after a lookup."""
+    import os
+    import time
+
+    from fewsam.data.writers import _as_found
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i in range(3000):
+        (pred / f"case{i}.png").write_bytes(b"")
+    os.utime(pred, (time.time() - 60, time.time() - 60))
+    start = time.perf_counter()
+    assert all(_as_found(pred / f"case{i}.png", str(i)).name == f"case{i}.png" for i in range(3000))
+    assert time.perf_counter() - start < 5
+    assert not _as_found(pred / "new.png").is_file()
+    (pred / "new.png").write_bytes(b"")
+    assert _as_found(pred / "new.png").is_file()
+
+
 @pytest.mark.parametrize("args, says", [
     (["predict", "run", "--data", "d", "--out", ""], "fewsam predict: --out is empty"),
     (["predict", "run", "--data", "d", "--out="], "fewsam predict: --out is empty"),

@@ -20,9 +20,12 @@ is the inverse for any folder laid out this way, whoever wrote it (NIfTI as ``.n
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
+import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -160,24 +163,49 @@ def monai_names(stem: str, endings: tuple[str, ...]) -> list[str]:
 
 
 def _files_named(folder: Path, names: list[str]) -> list[Path]:
-    """The files of ``folder`` named as one of ``names`` (relative posix paths, matched in any letter
-    case), in the order of ``names``, each once."""
-    wanted = {n.lower(): i for i, n in reversed(list(enumerate(names)))}
-    found: dict[Path, int] = {}
-    subfolders = {n.lower().split("/")[0] for n in names if "/" in n}
+    """The files of ``folder`` named as one of ``names`` (relative posix paths, one folder deep at most,
+    matched in any letter case), in the order of ``names``, each once."""
+    found: list[Path] = []
+    for name in names:
+        *sub, leaf = name.lower().split("/")
+        place = folder
+        if sub:
+            place = next((p for p, is_dir in _listing(folder).get(sub[0], ()) if is_dir), None)
+            if place is None:
+                continue
+        found += [p for p, is_dir in _listing(place).get(leaf, ()) if not is_dir and p not in found]
+    return found
+
+
+def _listing(folder: Path) -> dict[str, tuple[tuple[Path, bool], ...]]:
+    """``folder``'s entries by lower-case name, as (path, is a folder); read once while the folder is
+    unchanged (its modification time), so finding each of thousands of predictions in one folder
+    does not list the folder thousands of times. A folder changed in the last seconds is listed
+    afresh: file systems keep modification times in steps of milliseconds or more, so a file added
+    within the same step would otherwise be missed. {} for a folder that cannot be listed."""
     try:
-        for entry in folder.iterdir():
-            key = entry.name.lower()
-            if key in wanted and entry.is_file():
-                found[entry] = wanted[key]
-            elif key in subfolders and entry.is_dir():
-                for inner in entry.iterdir():
-                    rel = f"{key}/{inner.name.lower()}"
-                    if rel in wanted and inner.is_file():
-                        found[inner] = wanted[rel]
+        changed = folder.stat().st_mtime_ns
+        if time.time_ns() - changed < SETTLED_NS:
+            return _listed.__wrapped__(str(folder), changed)
+        return _listed(str(folder), changed)
     except OSError:
-        return [folder / names[0]] if (folder / names[0]).is_file() else []
-    return sorted(found, key=lambda p: (found[p], p.as_posix()))
+        return {}
+
+
+SETTLED_NS = 2_000_000_000  # a folder unchanged this long (2 s) has its listing kept
+
+
+@functools.lru_cache(maxsize=256)
+def _listed(folder: str, mtime_ns: int) -> dict[str, tuple[tuple[Path, bool], ...]]:
+    entries: dict[str, tuple[tuple[Path, bool], ...]] = {}
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            entries[entry.name.lower()] = (*entries.get(entry.name.lower(), ()), (Path(entry.path), is_dir))
+    return entries
 
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
