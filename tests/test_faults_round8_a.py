@@ -2,7 +2,8 @@
 
 - A run fitted on 2D PNG masks coded 0/1 wrote 0/255 predictions for a folder of new, unlabelled
   images (no masks to show their coding): the run now keeps its masks' coding in config.json and
-  a folder without masks or classes.json is written in it; a folder with masks keeps its own.
+  a folder without masks or classes.json is written in it; a folder with masks keeps its own. A studio
+  fit of colour images keeps the source dataset's coding too (its PNG copy held class indices).
 - The studio's export named a BUSI-style dataset's labels as its images (``x.png`` for the image
   ``x.png`` with mask ``x_mask.png``; ``images/x.png`` for ``masks/x.png``): the export read back as
   images, not labels. Labels are now named as the dataset's reader finds them.
@@ -79,6 +80,27 @@ def test_a_run_fitted_on_zero_one_masks_writes_new_images_predictions_as_zero_on
     values = set().union(*(np.unique(np.asarray(Image.open(p))).tolist() for p in written))
     assert values <= {0, 255} and open_for_run(own, json.loads((run / "config.json").read_text())
                                                ).style.to_pixel == {0: 0, 1: 255}
+
+
+def test_a_studio_fit_of_colour_images_keeps_the_datasets_mask_coding(tmp_path):
+    """The studio fits colour images from a PNG copy of the labelled slices whose masks held class
+    indices: the run kept 0/1 as its coding, and predicted new images of a 0/255 dataset as 0/1."""
+    from fewsam.studio.project import Project
+
+    data, rng = tmp_path / "data", np.random.default_rng(0)
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), "RGB").save(data / "images" / f"{name}.png")
+        Image.fromarray(np.pad(np.full((6, 8), 255, np.uint8), ((3, 11), (4, 12)))).save(data / "masks" / f"{name}.png")
+    project = Project(data, tmp_path / "project")
+    label = np.zeros((20, 24), np.uint8)
+    label[2:9, 5:15] = 1
+    project.save_slice("images/a", 0, label)
+    project.write_fit_dataset(tmp_path / "fit")
+    fit_data = open_dataset(tmp_path / "fit")
+    assert fit_data.mask_coding()["to_pixel"] == {"0": 0, "1": 255}
+    np.testing.assert_array_equal(fit_data.load(fit_data.split("all")[0]).label[0], label)
 
 
 @pytest.mark.parametrize("images, masks", [
