@@ -147,9 +147,31 @@ def test_evaluate_finds_predictions_named_by_monai_save_image(tmp_path, layout):
         label = nib.load(data / "labelsTr" / f"{cid}.nii.gz")
         nib.save(label, target)  # MONAI writes through nibabel or ITK: either reads back on the grid
     assert evaluate(pred, data, split="val", show_progress=False)["mean"]["dice"] == pytest.approx(1.0)
-    shutil.copy(data / "labelsTr" / f"{val[0]}.nii.gz", pred / f"{val[0]}.nii.gz")  # a second file for one case
-    with pytest.raises(DataError, match=rf"two predictions for case {val[0]}: {val[0]}"):
+    other = layout.replace("_seg", "_x").replace("_trans", "_seg").replace("_x", "_trans")  # the other postfix
+    second = pred / other.format(c=val[0])
+    shutil.copy(data / "labelsTr" / f"{val[0]}.nii.gz", second)  # a second file named as MONAI names it
+    with pytest.raises(DataError, match=rf"two predictions for case {val[0]}: "):
         evaluate(pred, data, split="val", show_progress=False)
+
+
+def test_a_prediction_named_as_fewsam_names_it_is_scored_before_a_monai_name_and_the_other_said(tmp_path, caplog):
+    """Cases x and x_seg: x_seg.nii.gz is x_seg's own prediction, not a second one of x."""
+    import logging
+
+    from fewsam import progress
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=2, slices=2, seed=2)
+    val = open_dataset(data).split("val")
+    (tmp_path / "pred").mkdir()
+    for cid in val:
+        shutil.copy(data / "labelsTr" / f"{cid}.nii.gz", tmp_path / "pred" / f"{cid}.nii.gz")
+    empty = nib.load(data / "labelsTr" / f"{val[0]}.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(empty.shape, np.uint8), empty.affine), tmp_path / "pred" / f"{val[0]}_seg.nii.gz")
+    progress._said.clear()
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        result = evaluate(tmp_path / "pred", data, split="val", show_progress=False)
+    assert result["mean"]["dice"] == pytest.approx(1.0)
+    assert f"case {val[0]} is scored on {val[0]}.nii.gz, not on {val[0]}_seg.nii.gz" in caplog.text
 
 
 def test_finding_thousands_of_predictions_in_one_folder_lists_it_once(tmp_path):

@@ -46,6 +46,7 @@ from fewsam.data.readers.nifti import NIFTI_ERRORS, Grid, from_slices, on_image_
 from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 
 def prediction_path(case: Case, root: Path) -> Path:
@@ -135,18 +136,25 @@ def _as_found(path: Path, case_id: str = "") -> Path:
     or ``.nrrd``, as SimpleITK scripts and grand-challenge containers write them, read onto the
     case's grid like any NIfTI), and its ending in any letter case (``<case>.NII.GZ``, ``<case>.PNG``
     from Windows tools); MONAI's ``SaveImage`` names (``monai_names``); ``path`` itself when none of
-    these exists. Two of them for one case are refused naming both: scoring either would be a guess."""
+    these exists. Two of one kind for one case are refused naming both: scoring either would be a guess.
+    A file named as fewsam names it is scored before one named as MONAI does, and the other is said:
+    ``x_seg.nii.gz`` may be the prediction of a case ``x_seg`` of its own."""
     name = path.name
     ending = next((e for e in (*VOLUME_PREDICTION_ENDINGS, ".png") if name.lower().endswith(e)), None)
     endings = (VOLUME_PREDICTION_ENDINGS if ending != ".png" else (".png",)) if ending else ()
     stem = name[: -len(ending)] if ending else name
-    wanted = [name] + [stem + e for e in endings] + monai_names(stem, endings)
-    found = _files_named(path.parent, wanted)
-    if len(found) > 1:
-        shown = " and ".join(p.relative_to(path.parent).as_posix() for p in found[:2])
-        raise DataError(f"{path.parent} holds two predictions for case {case_id or stem}: {shown}; "
-                        "remove or move one of them, so that the one to score is certain")
-    return found[0] if found else path
+    own = _files_named(path.parent, [name] + [stem + e for e in endings])
+    monai = _files_named(path.parent, monai_names(stem, endings))
+    for found in (own, [] if own else monai):
+        if len(found) > 1:
+            shown = " and ".join(p.relative_to(path.parent).as_posix() for p in found[:2])
+            raise DataError(f"{path.parent} holds two predictions for case {case_id or stem}: {shown}; "
+                            "remove or move one of them, so that the one to score is certain")
+    if own and monai:
+        say_once(f"{path.parent}: case {case_id or stem} is scored on {own[0].name}, not on "
+                 f"{monai[0].relative_to(path.parent).as_posix()} beside it (named as MONAI names a prediction); "
+                 "move the one not meant", key=f"monai-beside-{own[0]}")
+    return (own or monai or [path])[0]
 
 
 def monai_names(stem: str, endings: tuple[str, ...]) -> list[str]:
