@@ -6,7 +6,8 @@
   fit of colour images keeps the source dataset's coding too (its PNG copy held class indices).
 - The studio's export named a BUSI-style dataset's labels as its images (``x.png`` for the image
   ``x.png`` with mask ``x_mask.png``; ``images/x.png`` for ``masks/x.png``): the export read back as
-  images, not labels. Labels are now named as the dataset's reader finds them.
+  images, not labels; a volume's labels went flat to ``<case>.nii.gz``, where no reader looks. Labels are
+  now named as the dataset's reader finds them (``labelsTr/``, ``labels/``, DICOM's ``labels/<series>``).
 - ``fewsam evaluate`` did not find predictions named by MONAI's ``SaveImage`` (``<case>/<case>_trans.nii.gz``
   by default, ``_seg`` as its tutorials set it, flat with ``separate_folder=False``); it now does, and
   two files for one case are refused naming both.
@@ -133,6 +134,48 @@ def test_a_studio_export_reads_back_as_the_same_dataset_with_the_same_labels(tmp
     assert sorted(read.entries) == sorted(drawn)
     for case_id, label in drawn.items():
         np.testing.assert_array_equal(read.load(case_id).label[0], label)
+
+
+def unlabelled_volumes(root: Path, layout: str) -> Path:
+    """Two phantom volumes without labels: nnU-Net's imagesTr/, a plain images/ folder, or DICOM series."""
+    nn = write_phantom_dataset(root / "nn", n_train=2, n_val=0, slices=2)
+    shutil.rmtree(nn / "labelsTr")
+    (nn / "splits_final.json").unlink()
+    if layout == "nnunet":
+        return nn
+    data = root / layout
+    if layout == "plain":
+        (data / "images").mkdir(parents=True)
+        for path in (nn / "imagesTr").iterdir():
+            shutil.copy(path, data / "images" / path.name.replace("_0000", ""))
+    else:
+        from test_dicom import write_series
+
+        for i, path in enumerate(sorted((nn / "imagesTr").iterdir())):
+            volume = (np.asarray(nib.load(path).dataobj).transpose(2, 1, 0) * 1000).astype(np.int16)
+            write_series(data / "images" / f"p{i}" / "ct", volume, uid=f"1.2.3.{i}")
+    (data / "classes.json").write_text('{"1": "RV", "2": "Myo", "3": "LV"}')
+    return data
+
+
+@pytest.mark.parametrize("layout", ["nnunet", "plain", "dicom"])
+def test_a_studio_export_of_volumes_reads_back_as_their_labels(tmp_path, layout):
+    """Volume labels were exported flat as <case>.nii.gz, where no reader looks for labels: they are
+    named labelsTr/<case>.nii.gz (nnU-Net), labels/<case>.nii.gz, labels/<patient>/<series>.nii.gz (DICOM)."""
+    from fewsam.studio.project import EXPORT_MANIFEST, Project
+
+    data = unlabelled_volumes(tmp_path, layout)
+    project = Project(data, tmp_path / "project")
+    case_id = project.case_ids()[0]
+    drawn = np.zeros(project.load_case(case_id).image.shape[1:3], np.uint8)
+    drawn[2:9, 5:15] = 2
+    project.save_slice(case_id, 1, drawn)
+    back = tmp_path / "back"
+    shutil.copytree(data, back)
+    shutil.copytree(project.export()["folder"], back, dirs_exist_ok=True, ignore=shutil.ignore_patterns(EXPORT_MANIFEST))
+    read = open_dataset(back)
+    assert read.has_label(case_id)
+    np.testing.assert_array_equal(read.load(case_id).label[1], drawn)
 
 
 @pytest.mark.parametrize("layout", ["{c}/{c}_trans.nii.gz", "{c}/{c}_seg.nii.gz", "{c}_seg.nii.gz",

@@ -154,16 +154,10 @@ class PngFolderDataset(IndexedDataset):
         """Predictions are PNG: the image's relative path with its suffix changed to .png."""
         return str(PurePosixPath(entry.rel_path).with_suffix(".png"))
 
-    def label_rel_path(self, entry: Entry) -> str:
-        """A case's mask as this layout names it, a PNG: the case's own first mask where it has one
-        (``x_mask.png``, ``masks/x.png``, the index's cell), else the name the scan pairs with the image
-        (``masks/...`` for an image below ``images/``, ``<stem>_mask.png`` beside it otherwise). Named as
-        its image (``x.png``), an exported label reads back as a second image, not as the label."""
-        if entry.label is not None:
-            try:
-                return PurePosixPath(Path(entry.label).relative_to(self.root).as_posix()).with_suffix(".png").as_posix()
-            except ValueError:  # an index naming a mask outside root: named after the image below
-                pass
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """The mask the scan pairs with an image (a PNG): ``masks/...`` for an image below ``images/``,
+        ``<stem>_mask.png`` beside it otherwise. Named as its image (``x.png``), an exported label read
+        back as a second image, not as the label."""
         rel = PurePosixPath(entry.rel_path)
         folders, top = rel.parts[:-1], _deepest(rel.parts[:-1], IMAGE_DIRS)
         if top is None:
