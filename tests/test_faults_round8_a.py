@@ -172,7 +172,8 @@ def test_a_studio_export_of_volumes_reads_back_as_their_labels(tmp_path, layout)
     project.save_slice(case_id, 1, drawn)
     back = tmp_path / "back"
     shutil.copytree(data, back)
-    shutil.copytree(project.export()["folder"], back, dirs_exist_ok=True, ignore=shutil.ignore_patterns(EXPORT_MANIFEST))
+    shutil.copytree(project.export()["folder"], back, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(EXPORT_MANIFEST))
     read = open_dataset(back)
     assert read.has_label(case_id)
     np.testing.assert_array_equal(read.load(case_id).label[1], drawn)
@@ -244,7 +245,8 @@ def test_finding_thousands_of_predictions_in_one_folder_lists_it_once(tmp_path):
     (["predict", "run", "--data", "d", "--out="], "fewsam predict: --out is empty"),
     (["evaluate", "--pred", "", "--data", "d"], "fewsam evaluate: --pred is empty"),
     (["evaluate", "--pred", "p", "--data", "d", "--json", ""], "fewsam evaluate: --json is empty"),
-    (["fit", "supervised", "--data", "", "--out", "r", "--labeled-cases", "1"], "fewsam fit supervised: --data is empty"),
+    (["fit", "supervised", "--data", "", "--out", "r", "--labeled-cases", "1"],
+     "fewsam fit supervised: --data is empty"),
     (["fit", "fewshot", "--data", "d", "--out", "r", "--cache", ""], "fewsam fit fewshot: --cache is empty"),
     (["report", "a.json", "", "--out", "r"], "fewsam report: EVALUATIONS is empty"),
     (["info", ""], "fewsam info: DATA is empty"),

@@ -383,7 +383,8 @@ def test_export_writes_the_labelled_set_in_nifti_with_the_source_geometry(studio
     export = tmp_path / "project" / "export"
     # named as the dataset's labels (labelsTr/), so the export reads back as them
     assert result == {"folder": str(export), "cases": 1, "slices": 2, "files": [f"labelsTr/{CASE}.nii.gz"]}
-    written, source = nib.load(export / "labelsTr" / f"{CASE}.nii.gz"), nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz")
+    written = nib.load(export / "labelsTr" / f"{CASE}.nii.gz")
+    source = nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz")
     np.testing.assert_allclose(written.affine, source.affine)
     assert written.header.get_zooms() == source.header.get_zooms() and written.get_data_dtype() == np.uint8
     volume = np.asarray(written.dataobj).transpose(2, 1, 0)

@@ -649,7 +649,8 @@ def refuse_empty_paths(args: list[str]) -> None:
         rest = rest[1:]
     for param in command.params:
         given = opts.get(param.name)
-        empty = [v for v in (given if isinstance(given, (list, tuple)) else [given]) if isinstance(v, str) and not v.strip()]
+        values = given if isinstance(given, (list, tuple)) else [given]
+        empty = [v for v in values if isinstance(v, str) and not v.strip()]
         if empty and _takes_a_path(param):
             name = max(param.opts, key=len) if param.param_type_name == "option" else param.name.upper()
             raise click_errors.UsageError(f"{name} is empty ({empty[0]!r}); give a path (an empty one would "
