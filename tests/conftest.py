@@ -122,6 +122,7 @@ def main_raising(monkeypatch, capsys, error: BaseException) -> tuple[int, list[s
 
     for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
         monkeypatch.setattr(cli, setup, lambda: None)
+    monkeypatch.setattr(cli, "refuse_empty_paths", lambda args: None)  # reads the real app's options
     monkeypatch.setattr(cli, "app", command)
     with pytest.raises(SystemExit) as stop:
         cli.main()

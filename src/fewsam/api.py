@@ -29,7 +29,7 @@ from fewsam.inference import kept_line
 from fewsam.methods import Method, get_method
 from fewsam.models.precision import machine, resolve_precision
 from fewsam.models.registry import load_model
-from fewsam.predict import check_cache_folder, predict
+from fewsam.predict import check_cache_folder, check_run_outside_data, predict
 from fewsam.progress import log_to, notices, notices_collected, record, record_in_newest
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
@@ -80,6 +80,7 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     check_device(options.device)
     if spec.fit is not None and spec.needs_sam(cfg):  # the same checks as ``fewsam fit``: nothing in the data
         check_cache_folder(options.cache, options.data)
+    check_run_outside_data(options.run, options.data)
     # notices_collected: the run's log lists this fit's notices, not those of earlier fits in the process
     with notices_collected(), ddp.distributed_fit(options) as options:  # under torchrun: this rank's device
         if spec.fit is None:

@@ -625,10 +625,48 @@ def expand_home(args: list[str]) -> list[str]:
     return [expanded(a) for a in args]
 
 
+PATH_TEXT_OPTIONS = ("cache", "teacher")  # folders typed as text (a cache "DIR", a run folder), paths all the same
+
+
+def refuse_empty_paths(args: list[str]) -> None:
+    """An empty value given to a path option or argument (``--out "$OUT"`` with the variable unset) is
+    a usage error naming it: as a path it reads as "." (the working folder), where predictions, a report
+    or a run would be written, or data read, that the user never named. The words are parsed as the
+    command will parse them; any other mistake in them is left for the command to say."""
+    command: Any = typer.main.get_command(app)
+    rest = list(args)
+    while True:
+        ctx = typer.Context(command)
+        try:
+            opts, rest, _ = command.make_parser(ctx).parse_args(args=rest)
+        except click_errors.UsageError:
+            return
+        if not isinstance(command, TyperGroup):
+            break
+        command = command.get_command(ctx, rest[0]) if rest else None
+        if command is None:
+            return
+        rest = rest[1:]
+    for param in command.params:
+        given = opts.get(param.name)
+        values = given if isinstance(given, (list, tuple)) else [given]
+        empty = [v for v in values if isinstance(v, str) and not v.strip()]
+        if empty and _takes_a_path(param):
+            name = max(param.opts, key=len) if param.param_type_name == "option" else param.name.upper()
+            raise click_errors.UsageError(f"{name} is empty ({empty[0]!r}); give a path (an empty one would "
+                                          "mean the working folder)")
+
+
+def _takes_a_path(param: Any) -> bool:
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    return param.name in PATH_TEXT_OPTIONS or annotation is Path or typing.get_args(annotation) == (Path,)
+
+
 def run_app(args: list[str] | None = None) -> None:
     """The CLI with click's usage errors reported as one ``error:`` line (exit 2) instead of
     click's multi-line panel; help with no arguments and ``typer.Exit`` codes pass as click has them."""
     try:
+        refuse_empty_paths(sys.argv[1:] if args is None else args)
         code = app(args=expand_home(sys.argv[1:] if args is None else args), prog_name="fewsam",
                    standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:  # help already printed by the group

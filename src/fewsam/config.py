@@ -125,9 +125,13 @@ def tuple_items(declared: str) -> tuple[str, int | None] | None:
 
 
 def _of_kind(value: Any, declared: str) -> bool:
+    """Whether ``value`` is of the ``declared`` kind; an empty (or blank) text is no path: ``Path("")`` is
+    the working folder, which the caller never named (an unset variable, an empty form field)."""
     kind = FIELD_TYPES[declared][0]
     if kind is bool:
         return isinstance(value, bool)
+    if declared == "Path" and isinstance(value, str) and not value.strip():
+        return False
     return isinstance(value, kind) and not isinstance(value, bool)
 
 
@@ -175,6 +179,8 @@ def _annotation_parts(annotation: Any) -> list[str] | None:
 def _allowed(value: Any, parts: list[str]) -> bool:
     if value is None:
         return "None" in parts
+    if "Path" in parts and not _of_kind(value, "Path"):  # "str | Path": text, but not the empty path
+        return False
     return any(_of_kind(value, part) for part in parts if part != "None")
 
 
@@ -267,7 +273,8 @@ def _required(help: str, default: Any = MISSING, flag: str | None = None) -> Any
 class FitOptions(Config):
     """Data, budget, model and run options every method's fit takes (``fewsam fit METHOD --help``)."""
 
-    run: Path = _required("Run folder to write (resumed if it holds the same run).", flag="--out")
+    run: Path = _required("Run folder to write, outside the data folder (resumed if it holds the same run).",
+                          flag="--out")
     data: Path | None = _required("Dataset folder.", None)
     labeled_cases: int | None = option(None, "Labelled budget: every slice of the first N subjects of the "
                                        "dataset's budget order (give this or --labeled-slices).", min=1)

@@ -111,7 +111,7 @@ def refuse_missing_predictions(dataset: Dataset, case_ids: list[str], pred: Path
 def refuse_foreign_folder(pred: Path, expected: Path) -> None:
     """No case of the split has its prediction in ``pred``: say what the folder holds instead (a few
     of its files), as "case 1 not found (and 99 more)" alone hides that it holds predictions in another
-    format or naming (another tool's ``.mha`` or ``_seg`` files), or of another dataset."""
+    format or naming (another tool's ``_pred`` files), or of another dataset."""
     found = [path.relative_to(pred).as_posix() for path in islice(
         (p for p in files_below(pred) if not p.name.startswith(".")), 3)]
     if not found:

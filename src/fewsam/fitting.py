@@ -151,7 +151,7 @@ def refuse_background_only_validation(cases: Sequence[Case]) -> None:
 def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
     """The shared part of RUN/config.json: enough to predict again and to refuse a mismatched resume
     (the data hash: labels edited since the run was fitted)."""
-    from fewsam.runs import DATA_HASH, data_sha256
+    from fewsam.runs import DATA_HASH, MASK_CODING, data_sha256
 
     return {
         "model": opts.model if ctx.model is not None else None,
@@ -160,6 +160,8 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
         "preprocess": ctx.model.preprocess_signature() if ctx.model is not None else None,
         "data": str(Path(opts.data).resolve()),
         "class_map": ctx.class_map.to_json(),
+        # a 2D dataset's mask pixel coding: predictions of new, unlabelled images are written in it
+        MASK_CODING: ctx.dataset.mask_coding() if hasattr(ctx.dataset, "mask_coding") else None,
         "values": ctx.values,
         "labelled": {"cases": opts.budget_cases, "slices": opts.labeled_slices,
                      "refs": [f"{r.case_id}:{r.z}" for r in ctx.labelled]},

@@ -3,6 +3,7 @@ report: Markdown + HTML with per-group Dice bars and 95% CIs, ES-Dice and worst-
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -33,9 +34,10 @@ def overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None = None
 
 
 def save_overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, pred, label)).save(path)
-    return path
+    """The overlay as a PNG at ``path``, written atomically: a stop while it is drawn leaves no cut-off file."""
+    buf = io.BytesIO()
+    Image.fromarray(overlay(image, pred, label)).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 # --- group (fairness) report ------------------------------------------------------------------

@@ -154,6 +154,25 @@ class IndexedDataset:
         prediction is written in another format than the input (JPEG -> PNG, DICOM -> NIfTI)."""
         return entry.rel_path
 
+    def label_rel_path(self, entry: Entry) -> str:
+        """Where a label file of this case goes in a folder laid out as this dataset (the studio's
+        export), so that it reads back as the case's label: the case's own label file where it has one
+        apart from its image (with the ending labels are written in, its prediction's), else where the
+        layout looks for one (``new_label_rel_path``)."""
+        written = self.prediction_rel_path(entry)
+        if entry.label is None or Path(entry.label) == Path(entry.image):
+            return self.new_label_rel_path(entry)
+        try:
+            rel = Path(entry.label).relative_to(self.root).as_posix()
+        except ValueError:  # a label listed outside root: named as the layout names new ones
+            return self.new_label_rel_path(entry)
+        return rel[: len(rel) - len(file_ending(rel))] + file_ending(written)
+
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """Where the layout looks for the label of a case that has none yet: by default where its
+        prediction goes (a layout whose labels live beside or inside their images)."""
+        return self.prediction_rel_path(entry)
+
     def has_any_label(self) -> bool:
         """Whether any case has a label file: without one, only prediction is possible."""
         return any(e.label is not None for e in self.entries.values())
@@ -379,6 +398,11 @@ def check_unique(ids: list[str], source: str) -> None:
         shown = ", ".join(repeated[:3]) + (" ..." if len(repeated) > 3 else "")
         raise DataError(f"{source} names {len(repeated)} case(s) more than once: {shown}; "
                         "keep one line per case")
+
+
+def file_ending(name: str) -> str:
+    """A file name's ending: ``.nii.gz`` as one, else its last suffix (``x.seg.nrrd`` -> ``.nrrd``)."""
+    return ".nii.gz" if name.lower().endswith(".nii.gz") else Path(name).suffix
 
 
 def strip_suffixes(name: str) -> str:

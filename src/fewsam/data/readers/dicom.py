@@ -86,6 +86,10 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         """DICOM predictions are NIfTI: ``<case_id>.nii.gz``."""
         return f"{entry.rel_path}.nii.gz"
 
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """A series' label as the reader looks for it: ``labels/<patient>/<series>.nii.gz``."""
+        return f"labels/{entry.rel_path}.nii.gz"
+
     def num_slices(self, case_id: str) -> int:
         """Slices of the series from its file headers (pixels are not read)."""
         return expected_slices(series_files(self._entry(case_id).image))

@@ -107,6 +107,12 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
     layout = "nifti"
     format = "nifti"
 
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """Where the reader looks for a case's label: ``labelsTr/<case>`` for an image in ``imagesTr/``
+        (nnU-Net; ``labelsTs/`` for ``imagesTs/``), ``labels/<case>`` otherwise, with its prediction's ending."""
+        labels = {"imagestr": "labelsTr", "imagests": "labelsTs"}.get(Path(entry.image).parent.name.lower())
+        return f"{labels}/{Path(entry.rel_path).name}" if labels else f"labels/{entry.rel_path}"
+
     def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry],
                  test_ids: list[str]) -> None:
         self._class_map = class_map

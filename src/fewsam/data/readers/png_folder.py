@@ -157,6 +157,37 @@ class PngFolderDataset(IndexedDataset):
         """Predictions are PNG: the image's relative path with its suffix changed to .png."""
         return str(PurePosixPath(entry.rel_path).with_suffix(".png"))
 
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """The mask the scan pairs with an image (a PNG): ``masks/...`` for an image below ``images/``,
+        ``<stem>_mask.png`` beside it otherwise. Named as its image (``x.png``), an exported label read
+        back as a second image, not as the label."""
+        rel = PurePosixPath(entry.rel_path)
+        folders, top = rel.parts[:-1], _deepest(rel.parts[:-1], IMAGE_DIRS)
+        if top is None:
+            return rel.with_name(f"{rel.stem}_mask.png").as_posix()
+        masks = "mask" if folders[top].lower() == "image" else "masks"
+        return PurePosixPath(*folders[:top], masks, *folders[top + 1:], f"{rel.stem}.png").as_posix()
+
+    def mask_coding(self) -> dict[str, Any]:
+        """How this dataset's masks store its classes as pixels (class -> pixel, and the palette),
+        kept in a run's config.json: a folder of new images has no masks to show the coding their
+        predictions belong in, and the layout's guess (0/255) is not the 0/1 the run was fitted on."""
+        return {"to_pixel": {str(c): p for c, p in sorted(self.style.to_pixel.items())},
+                "palette": list(self.style.palette) if self.style.palette else None}
+
+    def adopt_mask_coding(self, class_map: ClassMap, coding: dict[str, Any]) -> bool:
+        """Take a run's classes and mask coding (``mask_coding``) where this folder cannot tell its
+        own: no mask anywhere and no classes.json. A folder with masks keeps its own coding.
+        Returns whether the coding was taken."""
+        if self.has_any_label() or (self.root / "classes.json").is_file():
+            return False
+        to_pixel = {int(c): int(p) for c, p in coding["to_pixel"].items()}
+        palette = tuple(coding["palette"]) if coding.get("palette") else None
+        self.style = PngStyle(self.style.name, class_map, {p: c for c, p in to_pixel.items()}, to_pixel,
+                              self.style.rgb, palette=palette)
+        self.class_map = class_map
+        return True
+
     def labelled_budget_order(self) -> list[SliceRef]:
         """Train images in split order; BUSI's interleave the pathologies (a stratified budget)."""
         order = super().labelled_budget_order()
