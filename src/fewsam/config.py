@@ -11,6 +11,7 @@ records ``asdict`` of it, so the three cannot disagree. Limits and choices are c
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import math
@@ -212,6 +213,10 @@ def _check_limits(name: str, meta: Any, value: Any) -> None:
         raise ConfigError(f"{name} must be greater than {meta['above']}, not {value}")
 
 
+# True while a config is read back from a run folder (``Config.from_json``): see ``Config.check_together``.
+_READING_RECORD: contextvars.ContextVar[bool] = contextvars.ContextVar("reading_record", default=False)
+
+
 @dataclass(frozen=True)
 class Config:
     """Base of every config dataclass: validates each field against its ``option`` limits."""
@@ -219,6 +224,13 @@ class Config:
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f, getattr(self, f.name))
+        if not _READING_RECORD.get():
+            self.check_together()
+
+    def check_together(self) -> None:
+        """Refuse options that only make sense together with others (one that another option makes idle,
+        so the fit would silently ignore it). Run when a config is made from the user's options, not when
+        one is read back from a run folder: a run an older fewsam recorded still predicts and resumes."""
 
     def derived_record(self, seed: int) -> dict[str, Any]:
         """Settings derived from this config that RUN/config.json records beside it (e.g. the loop's)."""
@@ -230,7 +242,11 @@ class Config:
         runs written by an older or newer fewsam still load."""
         known = {f.name: f for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**values)
+        reading = _READING_RECORD.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _READING_RECORD.reset(reading)
 
 
 

@@ -48,7 +48,8 @@ from fewsam.progress import tracked
 from fewsam.prompts import masked_average_pool, region_weights
 from fewsam.runs import write_json
 from fewsam.self_prompting import PseudoLabeller, SelfPromptRules, merge_refined
-from fewsam.train import TrainConfig, TrainResult, atomic_torch_save, load_best, load_run_file, train
+from fewsam.train import (TrainConfig, TrainResult, atomic_torch_save, load_best, load_run_file, refuse_idle_patience,
+                          train)
 
 BANK = "prompt_bank.pt"
 
@@ -78,6 +79,10 @@ class FewShotConfig(Config):
     sam_refinement: bool = option(True, "Refine each class's mask with SAM's own box decoder, prompted by the mask's "
                                   "box and deepest pixel, if that scores higher on validation.",
                                   flag="--sam-refinement/--no-sam-refinement")
+
+    def check_together(self) -> None:
+        super().check_together()
+        refuse_idle_patience(self.train_config(seed=0))  # the seed changes no step
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, val_every=self.val_every, ema=self.ema, seed=seed,

@@ -33,7 +33,7 @@ from fewsam.metrics import selection_score, volume_score
 from fewsam.progress import say_once, tracked
 from fewsam.models.acceleration import acceleration_of_run, prepare_student
 from fewsam.runs import read_config
-from fewsam.train import TrainConfig, load_best
+from fewsam.train import TrainConfig, load_best, refuse_idle_patience
 
 # The student's optimiser recipes. AdamW + a weight average is the default because it converges
 # within the CPU-length schedules fewsam targets (docs/results.md, SAM-Match); SGD with momentum,
@@ -100,6 +100,10 @@ class StudentFitConfig(StudentConfig):
     batch_size: int = option(8, "Labelled slices per step.", min=1)
     val_every: int = option(200, "Steps between validations (each writes a resumable checkpoint).", min=1)
     patience: int = option(0, PATIENCE_HELP, min=0)
+
+    def check_together(self) -> None:
+        super().check_together()
+        refuse_idle_patience(self.train_config(seed=0))  # the seed changes no step
 
     def train_config(self, seed: int) -> TrainConfig:
         """The optimiser with poly(0.9) decay, weight decay 1e-4, no warm-up, no clipping; ``lr``
