@@ -50,3 +50,64 @@ def test_box_margin_with_point_prompts_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
     assert PromptedConfig(prompt="box", box_margin=5).box_margin == 5
     assert PromptedConfig.from_json({"prompt": "points", "box_margin": 5.0}).prompt == "points"  # older runs
+
+
+def test_a_user_error_under_torchrun_is_said_by_rank_0_and_left_for_the_launcher(monkeypatch, capsys, tmp_path):
+    """Every rank meets a missing --data folder: each printed the same error line. Now rank 0 alone says
+    it, every rank exits 2, and each leaves it in torchrun's error file for the launcher."""
+    import json
+
+    from conftest import main_raising
+    from fewsam.errors import DataError
+
+    monkeypatch.setattr("sys.argv", ["fewsam", "fit", "fewshot"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, printed in (("1", []), ("0", ["error: data folder x does not exist"])):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / f"error{rank}.json"))
+        code, lines = main_raising(monkeypatch, capsys, DataError("data folder x does not exist"))
+        assert (code, lines) == (2, printed)
+        assert json.loads((tmp_path / f"error{rank}.json").read_text())["message"] == "data folder x does not exist"
+
+
+def test_the_launcher_says_a_user_error_once_and_passes_on_crashes() -> None:
+    """``python -m fewsam.distributed.launch``: processes that all exit 2 stopped on a user error, said
+    by rank 0 (or, if rank 0 did not stop on it, from the error file of the first rank that did); a
+    crash or a signal among them is torchrun's own report."""
+    from types import SimpleNamespace as Failure
+
+    from fewsam.distributed.launch import split_args, user_error
+    from fewsam.errors import FewsamError
+
+    assert user_error({0: Failure(exitcode=2, message="m0"), 1: Failure(exitcode=2, message="m1")}) == ""
+    assert user_error({1: Failure(exitcode=2, message="m1"), 3: Failure(exitcode=2, message="m3")}) == "m1"
+    assert user_error({0: Failure(exitcode=2, message="m0"), 1: Failure(exitcode=1, message="")}) is None
+    assert user_error({0: Failure(exitcode=-9, message="")}) is None
+    assert split_args(["--nproc-per-node", "2", "fit", "fewshot", "--data", "d"]) == \
+        (["--nproc-per-node", "2"], ["fit", "fewshot", "--data", "d"])
+    assert split_args(["--nproc-per-node", "2", "-m", "fewsam", "fit", "x"]) == (["--nproc-per-node", "2"], ["fit", "x"])
+    with pytest.raises(FewsamError, match="fit METHOD"):
+        split_args(["--nproc-per-node", "2", "predict"])
+
+
+@pytest.mark.slow
+def test_user_errors_under_the_torchrun_launcher_end_in_one_line(tmp_path: Path) -> None:
+    """A missing --data folder (every rank) and a changed option on resume (rank 0 alone reads the run
+    folder) each end in one `error:` line and exit 2: no line per rank, no rank dying of rank 0's exit
+    ("Connection closed by peer"), no torchrun traceback."""
+    import sys
+
+    from test_ddp import launch, torchrun_args
+
+    from fewsam.data.phantom import write_phantom_dataset
+
+    launcher = [sys.executable, "-m", "fewsam.distributed.launch", *torchrun_args()[1:]]
+    missing = launch([*launcher, "fit", "supervised", "--data", str(tmp_path / "none"), "--labeled-cases", "1",
+                      "--out", str(tmp_path / "run")], tmp_path)
+    assert_one_line_error(missing, "does not exist")
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
+    fit = [*launcher, "fit", "supervised", "--data", str(data), "--labeled-cases", "1", "--out", str(tmp_path / "run"),
+           "--val-every", "1", "--batch-size", "2", "--image-size", "32", "--quiet"]
+    assert launch([*fit, "--steps", "2"], tmp_path).returncode == 0
+    changed = launch([*fit, "--steps", "3"], tmp_path)
+    assert_one_line_error(changed, "already holds a run with a different configuration")
