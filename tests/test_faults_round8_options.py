@@ -111,3 +111,36 @@ def test_user_errors_under_the_torchrun_launcher_end_in_one_line(tmp_path: Path)
     assert launch([*fit, "--steps", "2"], tmp_path).returncode == 0
     changed = launch([*fit, "--steps", "3"], tmp_path)
     assert_one_line_error(changed, "already holds a run with a different configuration")
+
+
+def test_a_measurement_column_without_bins_is_refused_with_the_bins_to_give(tmp_path: Path) -> None:
+    """`evaluate --group-by weight` over 61.5, 72.3, 80.1, 95 made four groups of one case each; now
+    one line suggests --bins at the middle value. Whole-number codes stay groups, --bins groups the
+    measurements, and fit's fair grouping of its labelled cases refuses the same column."""
+    import numpy as np
+
+    from conftest import write_png_cases
+    from fewsam.data import open_dataset
+    from fewsam.errors import DataError
+    from fewsam.evaluate import evaluate
+    from fewsam.fairness import case_groups
+
+    label = np.zeros((10, 10), np.uint8)
+    label[:2] = 1
+    weights = {"a": "61.5", "b": "72.3", "c": "80.1", "d": "95.0"}
+    root, pred = write_png_cases(tmp_path, label, {c: ({"weight": w, "site": str(i % 2)}, label)
+                                                   for i, (c, w) in enumerate(weights.items())})
+    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                        "--group-by", "weight", "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, "'weight' holds measurements (fractions such as 61.5), which would make one "
+                                  "group per value; bin it with --bins, e.g. --bins weight:80.1")
+    binned = evaluate(pred, root, "test", "weight", show_progress=False, bins="weight:80.1", n_boot=10)
+    assert {name: g["n"] for name, g in binned["groups"].items()} == {"<80.1": 2, ">=80.1": 2}
+    assert set(evaluate(pred, root, "test", "site", show_progress=False, n_boot=10)["groups"]) == {"0", "1"}
+    with pytest.raises(DataError, match="'weight' holds measurements"):
+        case_groups(open_dataset(root), open_dataset(root).split("test"), "weight", cases="labelled case")
+    from fewsam.fairness import refuse_unbinned_measurements
+
+    with pytest.raises(DataError, match=r"11 different whole numbers \(more than 10 groups\)"):
+        refuse_unbinned_measurements("height", list(range(150, 161)))
+    refuse_unbinned_measurements("scanner", [1, 2, 3, 1.0, "x", None])  # codes: grouped by value

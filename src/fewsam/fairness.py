@@ -52,12 +52,14 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
 
     ``bins``: the explicit ``--bins`` (any text is refused), or None for the column's default bins
     (age, bmi), which refuse text only beside numbers: an all-text "age" column is grouped by value.
+    A column without bins that holds measurements is refused (``refuse_unbinned_measurements``).
     ``attributes``: case id -> the case's attributes.
     """
     binned = bins or DEFAULT_BINS.get(column)
-    if binned is None:
-        return
     values = {cid: attrs.get(column) for cid, attrs in attributes.items() if attrs.get(column) is not None}
+    if binned is None:
+        refuse_unbinned_measurements(column, list(values.values()))
+        return
     text = {cid: v for cid, v in values.items() if not isinstance(v, Real) or isinstance(v, bool)}
     if not text or (bins is None and len(text) == len(values)):
         return
@@ -66,6 +68,28 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
     raise DataError(f"case {case_id} has {column} = {value!r}, not a number, so {how} cannot bin it "
                     f"({len(text)} case(s) like it); write plain numbers with a decimal point (27.5, not 27,5) "
                     "or leave the value empty for no group")
+
+
+# A numeric column grouped by value (no --bins) holds codes (sex 0/1, a site number) when its values are
+# whole numbers and few; more distinct values than this, or any fraction, is a measurement.
+MAX_VALUE_GROUPS = 10
+
+
+def refuse_unbinned_measurements(column: str, values: list[Any]) -> None:
+    """Refuse a numeric column that holds measurements (BMI 27.3, weight, an age column of another
+    name) given without --bins: grouped by value, every distinct number is a group of its own, and
+    ES-Dice, the worst-group gap and fair scaling compare single cases. Any grouping of numbers is
+    some --bins, so the way out always exists; whole numbers, few of them, stay groups (codes)."""
+    numbers = sorted({float(v) for v in values if isinstance(v, Real) and not isinstance(v, bool)})
+    fractions = [x for x in numbers if not x.is_integer()]
+    if not fractions and len(numbers) <= MAX_VALUE_GROUPS:
+        return
+    why = (f"fractions such as {fractions[0]:g}" if fractions else
+           f"{len(numbers)} different whole numbers (more than {MAX_VALUE_GROUPS} groups)")
+    middle = numbers[len(numbers) // 2]
+    raise DataError(f"{column!r} holds measurements ({why}), which would make one group per value; bin it with "
+                    f"--bins, e.g. --bins {column}:{middle:g} (groups <{middle:g} and >={middle:g}), or with more "
+                    f"edges, --bins {column}:EDGE,EDGE,...")
 
 
 def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins: Bins | None) -> None:
