@@ -144,3 +144,30 @@ def test_a_measurement_column_without_bins_is_refused_with_the_bins_to_give(tmp_
     with pytest.raises(DataError, match=r"11 different whole numbers \(more than 10 groups\)"):
         refuse_unbinned_measurements("height", list(range(150, 161)))
     refuse_unbinned_measurements("scanner", [1, 2, 3, 1.0, "x", None])  # codes: grouped by value
+
+
+def test_group_options_without_a_group_column_are_refused(tmp_path: Path) -> None:
+    """`evaluate --alpha 2` (or --es-mode std, --attributes CSV) without --group-by printed no group metrics
+    and said nothing of the option; `fit --attributes CSV` without --fair-attribute fitted unscaled."""
+    import numpy as np
+
+    from conftest import write_png_cases
+    from fewsam.config import FitOptions
+    from fewsam.errors import DataError
+    from fewsam.evaluate import evaluate
+
+    label = np.zeros((10, 10), np.uint8)
+    label[:2] = 1
+    root, pred = write_png_cases(tmp_path, label, {c: ({"site": "x"}, label) for c in "ab"})
+    table = tmp_path / "sites.csv"
+    table.write_text("case,site\na,x\nb,y\n")
+    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test", "--alpha", "2",
+                        "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, "--alpha shapes the group metrics of the --group-by column, which is not given; "
+                                  "add --group-by COLUMN or leave it out")
+    with pytest.raises(DataError, match="^--es-mode and --attributes shape the group metrics"):
+        evaluate(pred, root, "test", show_progress=False, es_mode="std", attributes=table)
+    assert evaluate(pred, root, "test", show_progress=False, alpha=1.0)["n_cases"] == 2  # defaults: no group asked
+    with pytest.raises(ConfigError, match="^--fair-gamma and --attributes shape fair scaling on the --fair-attribute"):
+        FitOptions(run=tmp_path / "run", fair_gamma=2.0, attributes=table)
+    assert FitOptions(run=tmp_path / "run", fair_attribute="site", attributes=table).attributes == table

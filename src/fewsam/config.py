@@ -67,6 +67,11 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def listed(names: Sequence[str]) -> str:
+    """["--a", "--b", "--c"] -> "--a, --b and --c": the options a message names."""
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def option_name(f: Any) -> str:
     """How the user names field ``f``: its CLI flag (``--no-sam`` style flags: the field name)."""
     flag = f.metadata.get("flag")
@@ -324,8 +329,9 @@ class FitOptions(Config):
                             "(--labeled-cases, or --labeled-images on 2D image datasets) or of slices (--labeled-slices)")
 
     def _check_fair_options(self) -> None:
-        """--bins and --fair-gamma shape the scaling on --fair-attribute's column: given without it (or
-        with an empty one) the fit would run unscaled and record a run the user did not ask for."""
+        """--bins, --fair-gamma and --attributes (the table the groups come from) shape the scaling on
+        --fair-attribute's column: given without it (or with an empty one) the fit would run unscaled
+        and record a run the user did not ask for."""
         if self.fair_attribute is not None and not self.fair_attribute.strip():
             raise ConfigError("--fair-attribute names no column; give a group column (`fewsam info DATA` lists "
                               "them) or leave it out")
@@ -333,11 +339,12 @@ class FitOptions(Config):
             return
         gamma_default = field_default(FitOptions.__dataclass_fields__["fair_gamma"])
         given = [name for name, set_ in (("--bins", self.fair_bins is not None),
-                                         ("--fair-gamma", self.fair_gamma != gamma_default)) if set_]
+                                         ("--fair-gamma", self.fair_gamma != gamma_default),
+                                         ("--attributes", self.attributes is not None)) if set_]
         if given:
             verb, them = ("shape", "them") if len(given) > 1 else ("shapes", "it")
-            raise ConfigError(f"{' and '.join(given)} {verb} fair scaling on the --fair-attribute column, which is "
-                              f"not given; add --fair-attribute COLUMN or leave {them} out")
+            raise ConfigError(f"{listed(given)} {verb} fair scaling on the --fair-attribute column, which is not given; add "
+                              f"--fair-attribute COLUMN or leave {them} out")
 
     @property
     def budget_cases(self) -> int | None:
