@@ -171,3 +171,17 @@ def test_group_options_without_a_group_column_are_refused(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="^--fair-gamma and --attributes shape fair scaling on the --fair-attribute"):
         FitOptions(run=tmp_path / "run", fair_gamma=2.0, attributes=table)
     assert FitOptions(run=tmp_path / "run", fair_attribute="site", attributes=table).attributes == table
+
+
+def test_sam_options_with_no_sam_are_refused(tmp_path: Path) -> None:
+    """`fit samatch --no-sam --sam-steps 50 --box-margin 30` fitted plain FixMatch and recorded SAM settings
+    that changed nothing; the shared schedule (--warmup-steps ...) stays accepted."""
+    from fewsam.methods.samatch.config import SamMatchConfig
+
+    result = run_fewsam("fit", "samatch", "--no-sam", "--sam-steps", "50", "--box-margin", "30", "--out",
+                        str(tmp_path / "run"), "--data", str(tmp_path), "--labeled-cases", "1", cwd=tmp_path)
+    assert_one_line_error(result, "--box-margin and --sam-steps tune SAM's pseudo-labels, which --no-sam leaves out")
+    assert not (tmp_path / "run").exists()
+    assert not SamMatchConfig(use_sam=False, warmup_steps=50, refresh_every=50, ramp_steps=50).use_sam
+    assert SamMatchConfig(sam_steps=50).sam_steps == 50
+    assert SamMatchConfig.from_json({"use_sam": False, "sam_steps": 50}).sam_steps == 50  # a recorded run loads

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
-from fewsam.config import UnlabelledPoolConfig, option
+from fewsam.config import ConfigError, UnlabelledPoolConfig, field_default, listed, option, option_name
 from fewsam.methods.student import StudentFitConfig
 from fewsam.train import TrainConfig
+
+
+# What only SAM's stages read: with --no-sam none of them runs. ``threshold`` and ``lambda_u`` are
+# FixMatch's own as well; the schedule (--warmup-steps, --refresh-every, --ramp-steps) is taken, so that
+# the FixMatch and SAM-Match arms of one study can share one command line (benchmarks/samatch_cpu.sh).
+SAM_ONLY = ("sam_weight", "box_margin", "sam_steps", "sam_lr", "sam_batch", "sam_val_slices", "sam_round_steps",
+            "sam_unlabeled_weight", "background", "prompt_region", "overlap", "unprompted", "prompt_clicks")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,19 @@ class SamMatchConfig(StudentFitConfig, UnlabelledPoolConfig):
     prompt_clicks: str = option("positive", "Clicks besides each box: positive (the region's deepest pixel; tells "
                                 "nested anatomy apart), none (box only) or contrast (+ negatives on the other "
                                 "structures).", choices=("none", "positive", "contrast"))
+
+    def check_together(self) -> None:
+        """SAM's options given with --no-sam (plain FixMatch) would tune nothing: the fit neither
+        fine-tunes SAM nor refreshes pseudo-labels, and would record values that changed nothing."""
+        super().check_together()
+        if self.use_sam:
+            return
+        given = [option_name(f) for f in fields(self)
+                 if f.name in SAM_ONLY and getattr(self, f.name) != field_default(f)]
+        if given:
+            verb, them = ("tune", "them") if len(given) > 1 else ("tunes", "it")
+            raise ConfigError(f"{listed(given)} {verb} SAM's pseudo-labels, which --no-sam leaves out (plain "
+                              f"FixMatch); leave {them} out, or drop --no-sam")
 
     def train_config(self, seed: int) -> TrainConfig:
         """The student's, with --patience judged only once SAM's pseudo-labels have ramped up."""
