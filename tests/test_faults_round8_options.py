@@ -185,3 +185,34 @@ def test_sam_options_with_no_sam_are_refused(tmp_path: Path) -> None:
     assert not SamMatchConfig(use_sam=False, warmup_steps=50, refresh_every=50, ramp_steps=50).use_sam
     assert SamMatchConfig(sam_steps=50).sam_steps == 50
     assert SamMatchConfig.from_json({"use_sam": False, "sam_steps": 50}).sam_steps == 50  # a recorded run loads
+
+
+def test_a_fair_fit_asked_again_with_its_attribute_table_spelled_otherwise_is_the_same_run(tmp_path: Path,
+                                                                                            monkeypatch) -> None:
+    """`--attributes sex.csv`, then `--attributes /abs/sex.csv`: "already holds a run with a different
+    configuration". The table is recorded as an absolute path, so the same spelling from another folder
+    (another file) is the change, and another spelling of the same file is none."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+    from fewsam.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
+    (tmp_path / "sex.csv").write_text("case,sex\nphantom_000,F\nphantom_001,M\nphantom_002,F\n")
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", "supervised", "--data", str(data), "--labeled-cases", "2", "--steps", "1", "--val-every", "1",
+           "--batch-size", "2", "--image-size", "32", "--precision", "fp32", "--quiet", "--fair-attribute", "sex",
+           "--out", str(tmp_path / "run")]
+    first = CliRunner().invoke(app, [*fit, "--attributes", "sex.csv"])
+    assert first.exit_code == 0, first.output
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["fair"]["attributes"]
+    assert recorded == str(tmp_path / "sex.csv")
+    again = CliRunner().invoke(app, [*fit, "--attributes", str(tmp_path / "sex.csv")])
+    assert again.exit_code == 0 and "finished already" in again.output, again.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["fair"]["attributes"] = "sex.csv"  # as an older fewsam recorded it
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    older = CliRunner().invoke(app, [*fit, "--attributes", str(tmp_path / "sex.csv")])
+    assert older.exit_code == 0 and "finished already" in older.output, older.output

@@ -24,7 +24,7 @@ from fewsam.devices import check_device
 from fewsam.distributed import ddp
 from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError, Stopped
-from fewsam.fitting import open_fit, recorded_checkpoint, run_record
+from fewsam.fitting import open_fit, recorded_path, run_record
 from fewsam.inference import kept_line
 from fewsam.methods import Method, get_method
 from fewsam.models.precision import machine, resolve_precision
@@ -163,7 +163,7 @@ def _record_only(spec: Method, options: FitOptions, cfg: Config) -> TrainResult:
         folder.prepare({
             "method": spec.name,
             "model": options.model,
-            "checkpoint": recorded_checkpoint(options.checkpoint),
+            "checkpoint": recorded_path(options.checkpoint),
             "weights_sha256": model.weights_sha256,
             "preprocess": model.preprocess_signature(),
             spec.name: asdict(cfg),

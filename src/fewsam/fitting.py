@@ -155,7 +155,7 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
 
     return {
         "model": opts.model if ctx.model is not None else None,
-        "checkpoint": recorded_checkpoint(opts.checkpoint) if ctx.model is not None else None,
+        "checkpoint": recorded_path(opts.checkpoint) if ctx.model is not None else None,
         "weights_sha256": ctx.model.weights_sha256 if ctx.model is not None else None,
         "preprocess": ctx.model.preprocess_signature() if ctx.model is not None else None,
         "data": str(Path(opts.data).resolve()),
@@ -166,7 +166,7 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
         "val_split": opts.val_split,
         DATA_HASH: data_sha256(ctx.dataset, ctx.labelled, ctx.val_ids),
         "fair": ({"attribute": opts.fair_attribute, "gamma": opts.fair_gamma, "bins": opts.fair_bins,
-                  "attributes": str(opts.attributes) if opts.attributes else None}
+                  "attributes": recorded_path(opts.attributes)}
                  if opts.fair_attribute else None),
         "seed": opts.seed,
         "encoder_precision": ctx.cache.precision.name if ctx.cache is not None else None,
@@ -177,7 +177,9 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
     }
 
 
-def recorded_checkpoint(checkpoint: str | Path | None) -> str | None:
-    """The SAM checkpoint as RUN/config.json names it: an absolute path, which predict loads the weights
-    from; a path relative to where fit ran would not be found by a predict run from another folder."""
-    return None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
+def recorded_path(path: str | Path | None) -> str | None:
+    """A file option (the SAM checkpoint, the --attributes table) as RUN/config.json names it: an
+    absolute path, which predict loads the weights from; a path relative to where fit ran would not be
+    found by a predict run from another folder, and a fit resumed from another folder with the same
+    relative spelling would read another file, while one spelled otherwise was refused as a change."""
+    return None if path is None else str(Path(path).expanduser().resolve())
