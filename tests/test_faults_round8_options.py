@@ -216,3 +216,31 @@ def test_a_fair_fit_asked_again_with_its_attribute_table_spelled_otherwise_is_th
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     older = CliRunner().invoke(app, [*fit, "--attributes", str(tmp_path / "sex.csv")])
     assert older.exit_code == 0 and "finished already" in older.output, older.output
+
+
+def test_a_fair_fit_resumed_with_its_labelled_cases_in_other_groups_is_refused(tmp_path: Path) -> None:
+    """The attribute table edited between a stop and the resume: fair_groups.json was overwritten and the
+    rest of the fit scaled by other groups than its first steps, with no word said."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.errors import DataError
+    from fewsam.runs import MANIFEST
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
+    table = tmp_path / "sex.csv"
+    table.write_text("case,sex\nphantom_000,F\nphantom_001,M\nphantom_002,F\n")
+    run = tmp_path / "run"
+    fit = ["fit", "supervised", "--data", str(data), "--labeled-cases", "2", "--steps", "1", "--val-every", "1",
+           "--batch-size", "2", "--image-size", "32", "--precision", "fp32", "--quiet", "--fair-attribute", "sex",
+           "--attributes", str(table), "--out", str(run)]
+    assert CliRunner().invoke(app, fit).exit_code == 0
+    (run / MANIFEST).unlink()  # as a fit stopped before its end leaves it: resumable
+    table.write_text("case,sex\nphantom_000,M\nphantom_001,F\nphantom_002,F\n")
+    resumed = CliRunner().invoke(app, fit)
+    assert isinstance(resumed.exception, DataError), resumed.output
+    assert "case phantom_000: 'F' -> 'M'" in str(resumed.exception)
+    assert json.loads((run / "fair_groups.json").read_text())["case_group"]["phantom_000"] == "F"

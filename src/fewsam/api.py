@@ -93,8 +93,8 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
                                      defaults=method_sections(spec, spec.config(), options.seed))
             if folder.finished:  # the same fit, finished before: said so, and the run is left as it is
                 return finished_result(run_dir)
-            if ctx.fair is not None and ddp.is_main():
-                ctx.fair.save(run_dir)
+            if ctx.fair is not None:  # rank 0 writes it; a refusal stops every rank
+                ddp.from_main(lambda: ctx.fair.save(run_dir))
             with fit_log(run_dir, spec.name):
                 result = spec.fit(ctx, cfg, run_dir)
                 # named by method: distill's log also holds its own teacher's fit (fewshot finished: ...)

@@ -15,6 +15,7 @@ unscaled Dice + CE loss.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -205,12 +206,35 @@ class FairGroups:
         return FairLoss(self.case_group, self.gamma, ignore_index=ignore_index, record=self.record)
 
     def save(self, run_dir: Path) -> Path:
-        """Write ``fair_groups.json``: the groups and how many labelled cases each holds."""
+        """Write ``fair_groups.json``: the groups and how many labelled cases each holds. A resumed fit
+        whose labelled cases now fall in other groups (the attribute table edited since, or other
+        --bins values a table's path does not show) is refused: its weights so far were scaled by the
+        recorded groups, and the data hash covers images and labels, not attributes."""
         from fewsam.runs import write_json
 
         path = Path(run_dir) / GROUPS_FILE
+        refuse_other_groups(path, _recorded_groups(path), self.record)
         write_json(path, self.record)
         return path
+
+
+def _recorded_groups(path: Path) -> Any:
+    """The case groups ``path`` records; None for a new run (or a file a kill left damaged: rewritten)."""
+    try:
+        return json.loads(path.read_text()).get("case_group")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def refuse_other_groups(path: Path, recorded: Any, record: dict[str, Any]) -> None:
+    """Refuse groups of the labelled cases other than ``path`` records, naming the first case that moved."""
+    if not isinstance(recorded, dict) or recorded == record["case_group"]:
+        return
+    now = record["case_group"]
+    case = next(c for c in sorted(set(recorded) | set(now)) if recorded.get(c) != now.get(c))
+    raise DataError(f"{path} records the labelled cases' {record['attribute']!r} groups this run was fitted with, "
+                    f"and the attributes now give others (case {case}: {recorded.get(case)!r} -> {now.get(case)!r}); "
+                    "restore the attribute table to resume, or choose another --out")
 
 
 def fair_groups_for(column: str | None, gamma: float, bins: str | None, dataset: Any,
