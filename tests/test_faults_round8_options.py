@@ -244,3 +244,17 @@ def test_a_fair_fit_resumed_with_its_labelled_cases_in_other_groups_is_refused(t
     assert isinstance(resumed.exception, DataError), resumed.output
     assert "case phantom_000: 'F' -> 'M'" in str(resumed.exception)
     assert json.loads((run / "fair_groups.json").read_text())["case_group"]["phantom_000"] == "F"
+
+
+@pytest.mark.parametrize("method", ["fewshot", "supervised", "samatch"])
+def test_a_learning_rate_beyond_any_recipe_is_refused(tmp_path: Path, method: str) -> None:
+    """`--lr 1e300` passed the config's check (> 0) and ended the fit's first step in a traceback from
+    inside AdamW ("value cannot be converted to type float without overflow")."""
+    from fewsam.methods import get_method
+
+    with pytest.raises(ConfigError, match="--lr must be at most 10.0, not 1e"):
+        get_method(method).config(lr=1e300)
+    if method == "samatch":
+        with pytest.raises(ConfigError, match="--sam-lr must be at most 10.0"):
+            get_method(method).config(sam_lr=1e39)
+    assert get_method(method).config(lr=0.5).lr == 0.5

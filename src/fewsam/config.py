@@ -38,6 +38,10 @@ PRECISION_HELP = ("auto: mixed-openvino on CPUs with bf16 instructions, else fp3
 # per step with seed + step, so a larger --seed would overflow in torch.manual_seed mid-fit.
 MAX_SEED = 2**32 - 1
 
+# Learning rates: far above any recipe's (AdamW 1e-3, SGD 0.01), and within float32, which torch's
+# optimisers compute in: --lr 1e300 ended the fit's first step in a traceback from inside AdamW.
+MAX_LR = 10.0
+
 PATIENCE_HELP = ("Stop once this many validations in a row score no higher than the best so far (0: run every "
                  "step); the best weights so far are kept, so a fit that has stopped improving ends sooner.")
 

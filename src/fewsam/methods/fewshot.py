@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewsam.config import PATIENCE_HELP, Config, option
+from fewsam.config import MAX_LR, PATIENCE_HELP, Config, option
 from fewsam.data.types import Case
 from fewsam.distributed import local_part
 from fewsam.embedded import MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, undo_dihedral
@@ -59,7 +59,8 @@ class FewShotConfig(Config):
     """The few-shot recipe: the decoder's training and the prompt bank's design."""
 
     steps: int = option(400, "Training steps (batches).", min=1)
-    lr: float = option(3e-4, "AdamW learning rate (cosine decay after 10 warm-up steps).", above=0.0)
+    lr: float = option(3e-4, "AdamW learning rate (cosine decay after 10 warm-up steps).", above=0.0,
+                        max=MAX_LR)
     batch_size: int = option(8, "Labelled slices (views) per step.", min=1)
     tokens_per_class: int = option(2, "Prototype tokens per class (more than 1: k-means over the shots).", min=1)
     shot_dropout: float = option(0.5, "Fraction of shots left out of a class token at each step.", min=0.0, max=1.0)

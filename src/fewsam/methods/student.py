@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewsam.config import PATIENCE_HELP, Config, ConfigError, option
+from fewsam.config import MAX_LR, PATIENCE_HELP, Config, ConfigError, option
 from fewsam.data import load_labelled_case
 from fewsam.data.intensity import scale_to_unit
 from fewsam.data.types import Case, Dataset, SliceRef
@@ -94,7 +94,8 @@ class StudentFitConfig(StudentConfig):
     optimizer: str = option("adamw", "Student optimiser: adamw (lr 1e-3, weight average 0.99; converges in "
                             "CPU-length runs) or sgd (the paper's: lr 0.01, no average; ~30k-step runs).",
                             choices=tuple(STUDENT_RECIPES))
-    lr: float | None = option(None, "Learning rate, poly decay (default: the optimiser's).", above=0.0)
+    lr: float | None = option(None, "Learning rate, poly decay (default: the optimiser's).", above=0.0,
+                              max=MAX_LR)
     ema: float | None = option(None, "Decay of a moving average of the weights, validated and kept, 0: off "
                                "(default: the optimiser's).", min=0.0, max=0.9999)
     batch_size: int = option(8, "Labelled slices per step.", min=1)

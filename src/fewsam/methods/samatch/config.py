@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from fewsam.config import ConfigError, UnlabelledPoolConfig, field_default, listed, option, option_name
+from fewsam.config import MAX_LR, ConfigError, UnlabelledPoolConfig, field_default, listed, option, option_name
 from fewsam.methods.student import StudentFitConfig
 from fewsam.train import TrainConfig
 
@@ -31,7 +31,8 @@ class SamMatchConfig(StudentFitConfig, UnlabelledPoolConfig):
     sam_weight: float = option(1.0, "Final weight of the SAM pseudo-label loss.", min=0.0)
     box_margin: float = option(10.0, "Pixels around prompt boxes (10 ACDC, 30 BUSI).", min=0.0)
     sam_steps: int = option(200, "SAM decoder fine-tuning steps on ground-truth boxes (0: zero-shot SAM).", min=0)
-    sam_lr: float = option(1e-4, "Learning rate of SAM's decoder (fine-tuning and rounds).", above=0.0)
+    sam_lr: float = option(1e-4, "Learning rate of SAM's decoder (fine-tuning and rounds).", above=0.0,
+                           max=MAX_LR)
     sam_batch: int = option(8, "Box prompts per SAM decoder step.", min=1)
     sam_val_slices: int = option(48, "Validation slices (evenly spread) for SAM's model selection.", min=1)
     sam_round_steps: int = option(50, "SAM steps per refresh learning from the student (0: SAM fixed).", min=0)
