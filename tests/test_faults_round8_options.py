@@ -258,3 +258,18 @@ def test_a_learning_rate_beyond_any_recipe_is_refused(tmp_path: Path, method: st
         with pytest.raises(ConfigError, match="--sam-lr must be at most 10.0"):
             get_method(method).config(sam_lr=1e39)
     assert get_method(method).config(lr=0.5).lr == 0.5
+
+
+def test_compare_refuses_one_evaluation_given_twice(tmp_path: Path) -> None:
+    """`compare e.json e.json` printed a Wilcoxon test with p = 1 as if two runs had been compared."""
+    import numpy as np
+
+    from conftest import write_png_cases
+
+    label = np.zeros((10, 10), np.uint8)
+    label[:2] = 1
+    root, pred = write_png_cases(tmp_path, label, {c: ({"site": "x"}, label) for c in "abc"})
+    assert run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test", "--json", "e.json",
+                      "--quiet", cwd=tmp_path).returncode == 0
+    result = run_fewsam("compare", "e.json", str(tmp_path / "e.json"), cwd=tmp_path)
+    assert_one_line_error(result, "are one evaluation; give the evaluations of the two runs to compare")

@@ -125,6 +125,7 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     cases the run was never evaluated on."""
     if n_comparisons < 1:
         raise DataError(f"--n-comparisons must be >= 1, got {n_comparisons}")
+    refuse_one_file_twice(a, b)
     eval_a, eval_b = read_evaluation(a), read_evaluation(b)
     check_same_classes(eval_a, eval_b, a, b)
     check_same_distance_unit(eval_a, eval_b, metric, a, b)
@@ -149,6 +150,13 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
         "one_sided_values": one_sided,
         **test,
     }
+
+
+def refuse_one_file_twice(a: str | Path, b: str | Path) -> None:
+    """A and B naming one evaluation (a typo, or a shell glob that matched one file twice) would be
+    tested against itself: every difference 0, p = 1, printed as if the two runs had been compared."""
+    if Path(a).is_file() and Path(b).is_file() and Path(a).samefile(b):
+        raise DataError(f"{a} and {b} are one evaluation; give the evaluations of the two runs to compare")
 
 
 def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = "dice"
