@@ -260,8 +260,9 @@ def test_a_learning_rate_beyond_any_recipe_is_refused(tmp_path: Path, method: st
     assert get_method(method).config(lr=0.5).lr == 0.5
 
 
-def test_compare_refuses_one_evaluation_given_twice(tmp_path: Path) -> None:
-    """`compare e.json e.json` printed a Wilcoxon test with p = 1 as if two runs had been compared."""
+def test_compare_and_report_refuse_one_evaluation_given_twice(tmp_path: Path) -> None:
+    """`compare e.json e.json` printed a Wilcoxon test with p = 1 as if two runs had been compared, and
+    `report e.json e.json` a before/after report of one run."""
     import numpy as np
 
     from conftest import write_png_cases
@@ -272,4 +273,10 @@ def test_compare_refuses_one_evaluation_given_twice(tmp_path: Path) -> None:
     assert run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test", "--json", "e.json",
                       "--quiet", cwd=tmp_path).returncode == 0
     result = run_fewsam("compare", "e.json", str(tmp_path / "e.json"), cwd=tmp_path)
-    assert_one_line_error(result, "are one evaluation; give the evaluations of the two runs to compare")
+    assert_one_line_error(result, "are one evaluation; give each run's own evaluation")
+    from fewsam.errors import DataError
+    from fewsam.report import write_group_report
+
+    with pytest.raises(DataError, match="are one evaluation"):  # report's before/after rows alike
+        write_group_report([tmp_path / "e.json", tmp_path / "e.json"], tmp_path / "report")
+    assert not (tmp_path / "report").exists()

@@ -152,11 +152,15 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     }
 
 
-def refuse_one_file_twice(a: str | Path, b: str | Path) -> None:
-    """A and B naming one evaluation (a typo, or a shell glob that matched one file twice) would be
-    tested against itself: every difference 0, p = 1, printed as if the two runs had been compared."""
-    if Path(a).is_file() and Path(b).is_file() and Path(a).samefile(b):
-        raise DataError(f"{a} and {b} are one evaluation; give the evaluations of the two runs to compare")
+def refuse_one_file_twice(*paths: str | Path) -> None:
+    """Two of ``paths`` naming one evaluation (a typo, or a shell glob that matched one file twice):
+    a run would be tested against itself (every difference 0, p = 1) and shown as if two runs had been
+    compared (compare, report)."""
+    files = [Path(p) for p in paths if Path(p).is_file()]
+    for i, first in enumerate(files):
+        twice = next((other for other in files[i + 1:] if first.samefile(other)), None)
+        if twice is not None:
+            raise DataError(f"{first} and {twice} are one evaluation; give each run's own evaluation")
 
 
 def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = "dice"
