@@ -280,3 +280,20 @@ def test_compare_and_report_refuse_one_evaluation_given_twice(tmp_path: Path) ->
     with pytest.raises(DataError, match="are one evaluation"):  # report's before/after rows alike
         write_group_report([tmp_path / "e.json", tmp_path / "e.json"], tmp_path / "report")
     assert not (tmp_path / "report").exists()
+
+
+def test_a_semi_supervised_fit_whose_warm_up_fills_it_says_so(tiny_sam_phantom, tmp_path: Path) -> None:
+    """`fit fewmatch --steps 20` (warm-up 50): the consistency loss never started and the run, recorded
+    as FewMatch, was few-shot SAM, with no word said."""
+    from fewsam import api, progress
+    from fewsam.config import FitOptions
+    from fewsam.methods.fewmatch import FewMatchConfig
+
+    options = FitOptions(data=tiny_sam_phantom, run=tmp_path / "run", labeled_cases=1, cache=str(tmp_path / "c"),
+                         precision="fp32", show_progress=False)
+    config = FewMatchConfig(steps=2, val_every=2, batch_size=2, unlabeled_batch=2, views=1, test_mirroring=False,
+                            sam_refinement=False)
+    api.fit("fewmatch", options, config)
+    assert ("--warmup-steps 50 is not less than --steps 2: the consistency loss on the unlabelled pool never "
+            "starts, so this fit is few-shot SAM on the labelled slices alone") in progress.said()
+    assert "--warmup-steps 50 is not less than --steps 2" in (tmp_path / "run" / "fit.log").read_text()

@@ -103,6 +103,15 @@ def say_unused_model(opts: FitOptions) -> None:
     say_once(f"{given} is not used: this fit trains a U-Net on pixels alone and loads no SAM")
 
 
+def say_if_warm_up_fills_the_fit(warmup_steps: int, steps: int, unlabelled: str, instead: str) -> None:
+    """A semi-supervised fit whose --warmup-steps last all its --steps never learns from the unlabelled
+    pool (a short trial run of the default recipe, --steps 100 beside a 200-step warm-up): said, since
+    the run records the semi-supervised method while it fits the labelled-only one."""
+    if warmup_steps >= steps:
+        say_once(f"--warmup-steps {warmup_steps} is not less than --steps {steps}: {unlabelled} never starts, so "
+                 f"this fit is {instead}")
+
+
 def refuse_constant_images(dataset: Dataset, labelled: list[SliceRef]) -> None:
     """A labelled case whose labelled slices hold one value everywhere shows no anatomy: an export gone
     wrong (a blank PNG, an all-zero volume), which would teach the model that a class looks like
