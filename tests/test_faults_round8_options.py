@@ -297,3 +297,15 @@ def test_a_semi_supervised_fit_whose_warm_up_fills_it_says_so(tiny_sam_phantom, 
     assert ("--warmup-steps 50 is not less than --steps 2: the consistency loss on the unlabelled pool never "
             "starts, so this fit is few-shot SAM on the labelled slices alone") in progress.said()
     assert "--warmup-steps 50 is not less than --steps 2" in (tmp_path / "run" / "fit.log").read_text()
+
+
+def test_memory_run_out_under_torchrun_is_said_by_rank_0_alone(monkeypatch, capsys, tmp_path) -> None:
+    """Out of memory on every rank printed one line per rank; said once now, as a user error is."""
+    from conftest import main_raising
+
+    monkeypatch.setattr("sys.argv", ["fewsam", "fit", "fewshot"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error1.json"))
+    assert main_raising(monkeypatch, capsys, MemoryError()) == (2, [])
+    assert "out of memory" in (tmp_path / "error1.json").read_text()

@@ -708,11 +708,11 @@ def _rank_of(exc: BaseException) -> int:
     return 0 if launch is None else launch.rank
 
 
-def say_user_error(exc: FewsamError) -> None:
-    """The one ``error:`` line. Under torchrun every rank meets the mistake and exits 2: rank 0 alone
-    prints it, and each rank leaves it in the error file torchrun names (TORCHELASTIC_ERROR_FILE), from
-    which ``python -m fewsam.distributed.launch`` says it when rank 0 did not stop on it."""
-    message = str(exc)
+def say_user_error(message: str, exc: BaseException) -> None:
+    """The one ``error:`` line (a user's mistake, a full disk, memory run out). Under torchrun every rank
+    meets the mistake and exits 2: rank 0 alone prints it, and each rank leaves it in the error file
+    torchrun names (TORCHELASTIC_ERROR_FILE), from which ``python -m fewsam.distributed.launch`` says it
+    when rank 0 did not stop on it."""
     if _rank_of(exc) == 0:
         print_error(message)
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
@@ -736,7 +736,7 @@ def main() -> None:
         check_launch(sys.argv)
         run_app()
     except FewsamError as exc:
-        say_user_error(exc)
+        say_user_error(str(exc), exc)
         raise SystemExit(2)
     except Stopped as stop:
         if _rank_of(stop) == 0:  # torchrun stops every rank (Ctrl-C, or a peer that failed): rank 0 says it
@@ -746,10 +746,10 @@ def main() -> None:
         if not (is_disk_full(exc) or is_not_permitted(exc)):
             raise
         message = disk_full_message(exc) if is_disk_full(exc) else not_permitted_message(exc)
-        print_error(message)
+        say_user_error(message, exc)
         raise SystemExit(2)
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print_error(out_of_memory_message(exc))
+        say_user_error(out_of_memory_message(exc), exc)
         raise SystemExit(2)
