@@ -90,6 +90,17 @@ def test_the_launcher_says_a_user_error_once_and_passes_on_crashes() -> None:
         split_args(["--nproc-per-node", "2", "predict"])
 
 
+def test_the_launcher_lists_torchruns_options_on_help(capsys) -> None:
+    from fewsam.distributed.launch import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: python -m fewsam.distributed.launch --nproc-per-node N fit METHOD")
+    assert "--nproc-per-node" in shown.splitlines()[1]
+
+
 @pytest.mark.slow
 def test_user_errors_under_the_torchrun_launcher_end_in_one_line(tmp_path: Path) -> None:
     """A missing --data folder (every rank) and a changed option on resume (rank 0 alone reads the run

@@ -85,8 +85,14 @@ def main(argv: list[str] | None = None) -> None:
     """torchrun with ``argv`` (this process's arguments by default) and ``-m fewsam`` before the command."""
     from fewsam.cli import print_error
 
+    argv = sys.argv[1:] if argv is None else argv
+    if "fit" not in argv and {"-h", "--help"} & set(argv):  # torchrun's options, as torchrun --help lists them
+        from torch.distributed.run import parse_args
+
+        print(f"usage: {USAGE}; torchrun's options:")
+        parse_args(["--help"])
     try:
-        launcher, command = split_args(sys.argv[1:] if argv is None else argv)
+        launcher, command = split_args(argv)
     except FewsamError as exc:
         print_error(str(exc))
         raise SystemExit(USER_ERROR) from None
