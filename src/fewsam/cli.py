@@ -733,6 +733,36 @@ def check_launch(argv: list[str]) -> None:
                           launch.rank)
 
 
+def _rank_of(exc: BaseException) -> int:
+    """The torchrun rank of this process (0 on its own, or where torchrun's values cannot be read)."""
+    if isinstance(exc, NotDataParallel):
+        return exc.rank
+    from fewsam.distributed.ddp import launch_env
+
+    try:
+        launch = launch_env()
+    except FewsamError:
+        return 0
+    return 0 if launch is None else launch.rank
+
+
+def say_user_error(message: str, exc: BaseException) -> None:
+    """The one ``error:`` line (a user's mistake, a full disk, memory run out). Under torchrun every rank
+    meets the mistake and exits 2: rank 0 alone prints it, and each rank leaves it in the error file
+    torchrun names (TORCHELASTIC_ERROR_FILE), from which ``python -m fewsam.distributed.launch`` says it
+    when rank 0 did not stop on it."""
+    if _rank_of(exc) == 0:
+        print_error(message)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and os.environ.get("WORLD_SIZE"):
+        try:
+            from fewsam.atomic import atomic_write_bytes
+
+            atomic_write_bytes(error_file, json.dumps({"message": message, "timestamp": int(time.time())}).encode())
+        except OSError:  # the error line was printed; the file only repeats it for the launcher
+            pass
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks of its own
@@ -744,20 +774,20 @@ def main() -> None:
         check_launch(sys.argv)
         run_app()
     except FewsamError as exc:
-        if not isinstance(exc, NotDataParallel) or exc.rank == 0:  # every rank refuses: one line says it
-            print_error(str(exc))
+        say_user_error(str(exc), exc)
         raise SystemExit(2)
     except Stopped as stop:
-        err.print(stopped_message(stop, sys.argv), highlight=False)
+        if _rank_of(stop) == 0:  # torchrun stops every rank (Ctrl-C, or a peer that failed): rank 0 says it
+            err.print(stopped_message(stop, sys.argv), highlight=False)
         raise SystemExit(128 + stop.signum)
     except OSError as exc:
         if not (is_disk_full(exc) or is_not_permitted(exc)):
             raise
         message = disk_full_message(exc) if is_disk_full(exc) else not_permitted_message(exc)
-        print_error(message)
+        say_user_error(message, exc)
         raise SystemExit(2)
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print_error(out_of_memory_message(exc))
+        say_user_error(out_of_memory_message(exc), exc)
         raise SystemExit(2)

@@ -11,6 +11,7 @@ records ``asdict`` of it, so the three cannot disagree. Limits and choices are c
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import math
@@ -36,6 +37,10 @@ PRECISION_HELP = ("auto: mixed-openvino on CPUs with bf16 instructions, else fp3
 # Seeds are 32-bit, as numpy's and most tools' are: torch takes at most 64 bits and the loops seed
 # per step with seed + step, so a larger --seed would overflow in torch.manual_seed mid-fit.
 MAX_SEED = 2**32 - 1
+
+# Learning rates: far above any recipe's (AdamW 1e-3, SGD 0.01), and within float32, which torch's
+# optimisers compute in: --lr 1e300 ended the fit's first step in a traceback from inside AdamW.
+MAX_LR = 10.0
 
 PATIENCE_HELP = ("Stop once this many validations in a row score no higher than the best so far (0: run every "
                  "step); the best weights so far are kept, so a fit that has stopped improving ends sooner.")
@@ -64,6 +69,11 @@ def option(default: Any, help: str, *, min: float | None = None, max: float | No
 def flag_name(name: str) -> str:
     """The CLI spelling of a field: ``box_margin`` -> ``--box-margin``."""
     return "--" + name.replace("_", "-")
+
+
+def listed(names: Sequence[str]) -> str:
+    """["--a", "--b", "--c"] -> "--a, --b and --c": the options a message names."""
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def option_name(f: Any) -> str:
@@ -218,6 +228,10 @@ def _check_limits(name: str, meta: Any, value: Any) -> None:
         raise ConfigError(f"{name} must be greater than {meta['above']}, not {value}")
 
 
+# True while a config is read back from a run folder (``Config.from_json``): see ``Config.check_together``.
+_READING_RECORD: contextvars.ContextVar[bool] = contextvars.ContextVar("reading_record", default=False)
+
+
 @dataclass(frozen=True)
 class Config:
     """Base of every config dataclass: validates each field against its ``option`` limits."""
@@ -225,6 +239,13 @@ class Config:
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f, getattr(self, f.name))
+        if not _READING_RECORD.get():
+            self.check_together()
+
+    def check_together(self) -> None:
+        """Refuse options that only make sense together with others (one that another option makes idle,
+        so the fit would silently ignore it). Run when a config is made from the user's options, not when
+        one is read back from a run folder: a run an older fewsam recorded still predicts and resumes."""
 
     def derived_record(self, seed: int) -> dict[str, Any]:
         """Settings derived from this config that RUN/config.json records beside it (e.g. the loop's)."""
@@ -236,7 +257,11 @@ class Config:
         runs written by an older or newer fewsam still load."""
         known = {f.name: f for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**values)
+        reading = _READING_RECORD.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _READING_RECORD.reset(reading)
 
 
 
@@ -315,8 +340,9 @@ class FitOptions(Config):
                             "(--labeled-cases, or --labeled-images on 2D image datasets) or of slices (--labeled-slices)")
 
     def _check_fair_options(self) -> None:
-        """--bins and --fair-gamma shape the scaling on --fair-attribute's column: given without it (or
-        with an empty one) the fit would run unscaled and record a run the user did not ask for."""
+        """--bins, --fair-gamma and --attributes (the table the groups come from) shape the scaling on
+        --fair-attribute's column: given without it (or with an empty one) the fit would run unscaled
+        and record a run the user did not ask for."""
         if self.fair_attribute is not None and not self.fair_attribute.strip():
             raise ConfigError("--fair-attribute names no column; give a group column (`fewsam info DATA` lists "
                               "them) or leave it out")
@@ -324,11 +350,12 @@ class FitOptions(Config):
             return
         gamma_default = field_default(FitOptions.__dataclass_fields__["fair_gamma"])
         given = [name for name, set_ in (("--bins", self.fair_bins is not None),
-                                         ("--fair-gamma", self.fair_gamma != gamma_default)) if set_]
+                                         ("--fair-gamma", self.fair_gamma != gamma_default),
+                                         ("--attributes", self.attributes is not None)) if set_]
         if given:
             verb, them = ("shape", "them") if len(given) > 1 else ("shapes", "it")
-            raise ConfigError(f"{' and '.join(given)} {verb} fair scaling on the --fair-attribute column, which is "
-                              f"not given; add --fair-attribute COLUMN or leave {them} out")
+            raise ConfigError(f"{listed(given)} {verb} fair scaling on the --fair-attribute column, which is not given; add "
+                              f"--fair-attribute COLUMN or leave {them} out")
 
     @property
     def budget_cases(self) -> int | None:

@@ -65,9 +65,10 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     ``out_dir`` needs ``overwrite`` (as ``fewsam predict --out``): the report's own files are then
     replaced, anything else in the folder is left alone.
     """
-    from fewsam.compare import read_evaluation
+    from fewsam.compare import read_evaluation, refuse_one_file_twice
     from fewsam.errors import DataError
 
+    refuse_one_file_twice(*evaluations)
     if labels is not None:
         _check_labels(labels, len(evaluations))
     out = Path(out_dir)

@@ -238,7 +238,8 @@ def _comparable_section(key: str, section: Any) -> Any:
     return _with_resolved_paths(section)
 
 
-PATH_OPTIONS = ("teacher",)  # run folders named on the command line: `fs3` and `/work/fs3` are one teacher
+# files and folders named on the command line: `fs3` and `/work/fs3` are one teacher, one --attributes table
+PATH_OPTIONS = ("teacher", "attributes")
 
 
 def _with_resolved_paths(section: Any) -> Any:
