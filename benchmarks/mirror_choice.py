@@ -45,7 +45,9 @@ def main(run: Path, out: Path, cache_root: str | None, forced: str | None = None
     single = predict_volumes(predictor.decoder, predictor.tokens, val_cases, values)
     mirrored = [(case, predict_mirrored(predictor.decoder, predictor.tokens, slices, values))
                 for case, slices in val_cases]
-    choice = mirroring_choice(postprocessing_choice(single, values, rule), postprocessing_choice(mirrored, values, rule))
+    subjects = [dataset.subject_of(case.case_id) for case, _ in val_cases]
+    choice = mirroring_choice(postprocessing_choice(single, values, rule), postprocessing_choice(mirrored, values, rule),
+                              subjects)
     if forced is not None:
         view = choice["views"][forced]
         choice = {**choice, **view, "mirror": forced == "mirrored"}

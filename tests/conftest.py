@@ -122,6 +122,7 @@ def main_raising(monkeypatch, capsys, error: BaseException) -> tuple[int, list[s
 
     for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
         monkeypatch.setattr(cli, setup, lambda: None)
+    monkeypatch.setattr(cli, "refuse_empty_paths", lambda args: None)  # reads the real app's options
     monkeypatch.setattr(cli, "app", command)
     with pytest.raises(SystemExit) as stop:
         cli.main()
@@ -172,3 +173,22 @@ def tiny_sam_phantom(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     yield write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
     torch.set_num_threads(threads)
+
+
+def write_lv_png_folder(root: Path, n: int, foreground: int | None = None) -> Path:
+    """``n`` phantom slices as images/caseI.png; with ``foreground``, masks/caseI.png holding the LV
+    as that pixel value on 0."""
+    from PIL import Image
+
+    from fewsam.data.phantom import phantom_volume
+
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        image, label = phantom_volume(rng, 1, (40, 48))
+        Image.fromarray((image[0] * 255).astype(np.uint8)).save(root / "images" / f"case{i}.png")
+        if foreground is not None:
+            (root / "masks").mkdir(exist_ok=True)
+            mask = ((label[0] == 3) * foreground).astype(np.uint8)
+            Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
+    return root

@@ -109,7 +109,7 @@ def _fairseg(root, pred_root):
             np.savez(root / name, slo_fundus=rng.integers(0, 255, (16, 16), dtype=np.uint8), disc_cup_mask=mask,
                      race=race_code, gender=k, age=70.0 - 20 * k, ethnicity=-1, language=0, maritalstatus=0)
     dataset = open_dataset(root)
-    for cid in dataset.split("train"):
+    for cid in dataset.split("all"):
         case = dataset.load(cid)
         write_prediction(case, preds[case.attributes["race"]][int(cid[-1]) % 2][None], pred_root)
 
@@ -117,7 +117,7 @@ def _fairseg(root, pred_root):
 def test_fairseg_npz_end_to_end_by_race(tmp_path):
     data, pred, out = tmp_path / "fairseg", tmp_path / "pred", tmp_path / "race.json"
     _fairseg(data, pred)
-    res = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(data), "--split", "train",
+    res = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(data), "--split", "all",
                                    "--group-by", "race", "--json", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
@@ -135,10 +135,10 @@ def test_fairseg_npz_end_to_end_by_race(tmp_path):
     # Cup reported on its own: cup Dice 1, 0, 0.5 -> overall 0.5, spread 0.5 + 0.5 + 0 = 1.
     assert result["per_class_equity"]["cup"]["es_dice"] == pytest.approx(0.25)
     # age is binned at 60 by default; ethnicity is unknown (-1) everywhere.
-    by_age = evaluate(pred, data, "train", "age", show_progress=False, n_boot=10)
+    by_age = evaluate(pred, data, "all", "age", show_progress=False, n_boot=10)
     assert list(by_age["groups"]) == ["<60", ">=60"]
     with pytest.raises(FewsamError, match="available attributes: age, gender, language, maritalstatus, race$"):
-        evaluate(pred, data, "train", "ethnicity", show_progress=False)
+        evaluate(pred, data, "all", "ethnicity", show_progress=False)
 
 
 def test_compare_cli_matches_scipy(tmp_path):

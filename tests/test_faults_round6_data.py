@@ -233,9 +233,9 @@ def test_a_prediction_folder_of_other_names_says_what_it_holds(phantom_and_label
     data, val = phantom_and_labels
     (tmp_path / "pred").mkdir()
     for cid in val:
-        shutil.copy(data / "labelsTr" / f"{cid}.nii.gz", tmp_path / "pred" / f"{cid}_seg.nii.gz")
+        shutil.copy(data / "labelsTr" / f"{cid}.nii.gz", tmp_path / "pred" / f"{cid}_pred.nii.gz")
     with pytest.raises(DataError, match=rf"holds none of this split's predictions as `fewsam predict` names them "
-                                        rf"\(the first: {val[0]}.nii.gz\), but files such as {val[0]}_seg.nii.gz"):
+                                        rf"\(the first: {val[0]}.nii.gz\), but files such as {val[0]}_pred.nii.gz"):
         evaluate(tmp_path / "pred", data, split="val", show_progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="prediction folder .*empty is empty"):

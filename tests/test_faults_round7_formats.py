@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import run_fewsam
+from conftest import run_fewsam, write_lv_png_folder
 from PIL import Image
 
 from fewsam import api
@@ -70,14 +70,7 @@ def test_semi_supervised_fit_learns_from_one_labelled_volume_and_unlabelled_ones
 def write_png_images(root: Path, n: int, label_name: str | None) -> Path:
     """``n`` phantom slices as images/caseI.png; with ``label_name``, 0/255 masks of the LV in
     masks/ and a classes.json naming that one class."""
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for i in range(n):
-        image, label = phantom_volume(rng, 1, (40, 48))
-        Image.fromarray((image[0] * 255).astype(np.uint8)).save(root / "images" / f"case{i}.png")
-        if label_name is not None:
-            (root / "masks").mkdir(exist_ok=True)
-            Image.fromarray(((label[0] == 3) * 255).astype(np.uint8)).save(root / "masks" / f"case{i}.png")
+    write_lv_png_folder(root, n, None if label_name is None else 255)
     if label_name is not None:
         (root / "classes.json").write_text(f'{{"1": "{label_name}"}}')
     return root

@@ -215,4 +215,4 @@ def test_an_export_clears_what_a_killed_export_left_behind(data, tmp_path):
     with make_client(data, project) as client:
         assert client.post("/api/export").status_code == 200
     assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == []
-    assert (project / "export" / f"{CASE}.nii.gz").is_file()
+    assert (project / "export" / "labelsTr" / f"{CASE}.nii.gz").is_file()

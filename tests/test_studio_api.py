@@ -381,8 +381,10 @@ def test_export_writes_the_labelled_set_in_nifti_with_the_source_geometry(studio
     studio.delete("/api/label", params={"case": CASE, "z": 1})  # unmarked: exported as 0
     result = studio.post("/api/export").json()
     export = tmp_path / "project" / "export"
-    assert result == {"folder": str(export), "cases": 1, "slices": 2, "files": [f"{CASE}.nii.gz"]}
-    written, source = nib.load(export / f"{CASE}.nii.gz"), nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz")
+    # named as the dataset's labels (labelsTr/), so the export reads back as them
+    assert result == {"folder": str(export), "cases": 1, "slices": 2, "files": [f"labelsTr/{CASE}.nii.gz"]}
+    written = nib.load(export / "labelsTr" / f"{CASE}.nii.gz")
+    source = nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz")
     np.testing.assert_allclose(written.affine, source.affine)
     assert written.header.get_zooms() == source.header.get_zooms() and written.get_data_dtype() == np.uint8
     volume = np.asarray(written.dataobj).transpose(2, 1, 0)
@@ -390,11 +392,11 @@ def test_export_writes_the_labelled_set_in_nifti_with_the_source_geometry(studio
     np.testing.assert_array_equal(volume[2], painted((2,)))
     assert not volume[1].any()
     manifest = json.loads((export / "labelled_slices.json").read_text())
-    assert manifest["cases"] == {CASE: {"file": f"{CASE}.nii.gz", "slices": [0, 2]}}
+    assert manifest["cases"] == {CASE: {"file": f"labelsTr/{CASE}.nii.gz", "slices": [0, 2]}}
     put(studio, painted(), case="phantom_001", z=1)
     assert studio.post("/api/export").json()["cases"] == 2  # a new export replaces the old one whole
-    assert sorted(p.name for p in export.iterdir()) == ["labelled_slices.json", "phantom_000.nii.gz",
-                                                        "phantom_001.nii.gz"]
+    assert sorted(p.relative_to(export).as_posix() for p in export.rglob("*")) == [
+        "labelled_slices.json", "labelsTr", "labelsTr/phantom_000.nii.gz", "labelsTr/phantom_001.nii.gz"]
 
 
 # --- 2D colour images ------------------------------------------------------------------------
@@ -423,7 +425,7 @@ def test_colour_2d_images_are_labelled_in_png_and_fitted_from_exact_rgb_copies(c
         assert (got["channels"], got["height"], got["width"], got["slices"]) == (3, 20, 24, 1)
         assert put(client, label, case="images/b").status_code == 200
         assert client.post("/api/fit", json={"steps": 2, "views": 1}).status_code == 202
-        assert client.post("/api/export").json()["files"] == ["images/b.png"]
+        assert client.post("/api/export").json()["files"] == ["masks/b.png"]  # named as the reader finds masks
     stored = np.asarray(Image.open(tmp_path / "project" / "labels" / "images" / "b.png"))
     np.testing.assert_array_equal(stored, label * 255)  # the dataset's own mask coding (0/255)
     fit_data = open_dataset(tmp_path / "project" / "fits" / "fit-0001" / "data")

@@ -331,7 +331,7 @@ def test_label_fit_predict_accept_export_in_a_browser(studio_server, browser, ar
     wait_until(lambda: "exported" in page.message(), 20, "the export")
     browser.save_screenshot(str(artefacts / "studio-export.png"))
 
-    exported = nib.load(studio_server["project"] / "export" / "phantom_000.nii.gz")
+    exported = nib.load(studio_server["project"] / "export" / "labelsTr" / "phantom_000.nii.gz")
     source = nib.load(studio_server["data"] / "imagesTr" / "phantom_000_0000.nii.gz")
     np.testing.assert_allclose(exported.affine, source.affine)
     assert exported.header.get_zooms()[:3] == source.header.get_zooms()[:3]

@@ -51,7 +51,7 @@ def test_export_refuses_a_folder_holding_the_users_own_files(data, tmp_path):
         response = client.post("/api/export")
         assert response.status_code == 409 and "extra.csv" in response.json()["detail"]
         assert (project / "export" / "extra.csv").read_text() == "a,b"
-        assert (project / "export" / f"{CASE}.nii.gz").is_file()
+        assert (project / "export" / "labelsTr" / f"{CASE}.nii.gz").is_file()
 
 
 def test_export_refuses_a_file_or_link_where_its_folder_goes(data, tmp_path):
@@ -97,10 +97,10 @@ def test_exports_at_once_take_turns_and_leave_one_complete_export(data, tmp_path
         thread.start()
     for thread in threads:
         thread.join()
-    assert most[0] == 1 and results == [[f"{CASE}.nii.gz"]] * 3
+    assert most[0] == 1 and results == [[f"labelsTr/{CASE}.nii.gz"]] * 3
     assert sorted(p.name for p in project.folder.iterdir()) == ["export", "labelled.json", "labels"]
-    assert sorted(p.name for p in (project.folder / "export").iterdir()) == ["labelled_slices.json",
-                                                                              f"{CASE}.nii.gz"]
+    assert sorted(p.relative_to(project.folder / "export").as_posix() for p in (project.folder / "export").rglob("*")
+                  if p.is_file()) == ["labelled_slices.json", f"labelsTr/{CASE}.nii.gz"]
 
 
 def test_a_failed_swap_puts_the_previous_export_back(tmp_path):

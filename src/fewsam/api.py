@@ -25,12 +25,12 @@ from fewsam.devices import check_device
 from fewsam.distributed import ddp
 from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError, Stopped
-from fewsam.fitting import open_fit, recorded_checkpoint, run_record
+from fewsam.fitting import open_fit, recorded_path, run_record
 from fewsam.inference import kept_line
 from fewsam.methods import Method, get_method
 from fewsam.models.precision import machine, resolve_precision
 from fewsam.models.registry import load_model
-from fewsam.predict import check_cache_folder, predict
+from fewsam.predict import check_cache_folder, check_run_outside_data, predict
 from fewsam.progress import log_to, notices, notices_collected, record, record_in_newest
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
@@ -81,6 +81,7 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     check_device(options.device)
     if spec.fit is not None and spec.needs_sam(cfg):  # the same checks as ``fewsam fit``: nothing in the data
         check_cache_folder(options.cache, options.data)
+    check_run_outside_data(options.run, options.data)
     # notices_collected: the run's log lists this fit's notices, not those of earlier fits in the process
     with notices_collected(), ddp.distributed_fit(options) as options:  # under torchrun: this rank's device
         if spec.fit is None:
@@ -94,8 +95,8 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
                                      defaults=method_sections(spec, spec.config(), options.seed))
             if folder.finished:  # the same fit, finished before: said so, and the run is left as it is
                 return finished_result(run_dir)
-            if ctx.fair is not None and ddp.is_main():
-                ctx.fair.save(run_dir)
+            if ctx.fair is not None:  # rank 0 writes it; a refusal stops every rank
+                ddp.from_main(lambda: ctx.fair.save(run_dir))
             with fit_log(run_dir, spec.name):
                 result = spec.fit(ctx, cfg, run_dir)
                 # named by method: distill's log also holds its own teacher's fit (fewshot finished: ...)
@@ -165,7 +166,7 @@ def _record_only(spec: Method, options: FitOptions, cfg: Config) -> TrainResult:
         folder.prepare({
             "method": spec.name,
             "model": options.model,
-            "checkpoint": recorded_checkpoint(options.checkpoint),
+            "checkpoint": recorded_path(options.checkpoint),
             "weights_sha256": model.weights_sha256,
             "preprocess": model.preprocess_signature(),
             spec.name: asdict(cfg),

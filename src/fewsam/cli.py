@@ -645,10 +645,48 @@ def expand_home(args: list[str]) -> list[str]:
     return [expanded(a) for a in args]
 
 
+PATH_TEXT_OPTIONS = ("cache", "teacher")  # folders typed as text (a cache "DIR", a run folder), paths all the same
+
+
+def refuse_empty_paths(args: list[str]) -> None:
+    """An empty value given to a path option or argument (``--out "$OUT"`` with the variable unset) is
+    a usage error naming it: as a path it reads as "." (the working folder), where predictions, a report
+    or a run would be written, or data read, that the user never named. The words are parsed as the
+    command will parse them; any other mistake in them is left for the command to say."""
+    command: Any = typer.main.get_command(app)
+    rest = list(args)
+    while True:
+        ctx = typer.Context(command)
+        try:
+            opts, rest, _ = command.make_parser(ctx).parse_args(args=rest)
+        except click_errors.UsageError:
+            return
+        if not isinstance(command, TyperGroup):
+            break
+        command = command.get_command(ctx, rest[0]) if rest else None
+        if command is None:
+            return
+        rest = rest[1:]
+    for param in command.params:
+        given = opts.get(param.name)
+        values = given if isinstance(given, (list, tuple)) else [given]
+        empty = [v for v in values if isinstance(v, str) and not v.strip()]
+        if empty and _takes_a_path(param):
+            name = max(param.opts, key=len) if param.param_type_name == "option" else param.name.upper()
+            raise click_errors.UsageError(f"{name} is empty ({empty[0]!r}); give a path (an empty one would "
+                                          "mean the working folder)")
+
+
+def _takes_a_path(param: Any) -> bool:
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    return param.name in PATH_TEXT_OPTIONS or annotation is Path or typing.get_args(annotation) == (Path,)
+
+
 def run_app(args: list[str] | None = None) -> None:
     """The CLI with click's usage errors reported as one ``error:`` line (exit 2) instead of
     click's multi-line panel; help with no arguments and ``typer.Exit`` codes pass as click has them."""
     try:
+        refuse_empty_paths(sys.argv[1:] if args is None else args)
         code = app(args=expand_home(sys.argv[1:] if args is None else args), prog_name="fewsam",
                    standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:  # help already printed by the group
@@ -719,6 +757,36 @@ def check_launch(argv: list[str]) -> None:
                           launch.rank)
 
 
+def _rank_of(exc: BaseException) -> int:
+    """The torchrun rank of this process (0 on its own, or where torchrun's values cannot be read)."""
+    if isinstance(exc, NotDataParallel):
+        return exc.rank
+    from fewsam.distributed.ddp import launch_env
+
+    try:
+        launch = launch_env()
+    except FewsamError:
+        return 0
+    return 0 if launch is None else launch.rank
+
+
+def say_user_error(message: str, exc: BaseException) -> None:
+    """The one ``error:`` line (a user's mistake, a full disk, memory run out). Under torchrun every rank
+    meets the mistake and exits 2: rank 0 alone prints it, and each rank leaves it in the error file
+    torchrun names (TORCHELASTIC_ERROR_FILE), from which ``python -m fewsam.distributed.launch`` says it
+    when rank 0 did not stop on it."""
+    if _rank_of(exc) == 0:
+        print_error(message)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and os.environ.get("WORLD_SIZE"):
+        try:
+            from fewsam.atomic import atomic_write_bytes
+
+            atomic_write_bytes(error_file, json.dumps({"message": message, "timestamp": int(time.time())}).encode())
+        except OSError:  # the error line was printed; the file only repeats it for the launcher
+            pass
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks of its own
@@ -730,20 +798,20 @@ def main() -> None:
         check_launch(sys.argv)
         run_app()
     except FewsamError as exc:
-        if not isinstance(exc, NotDataParallel) or exc.rank == 0:  # every rank refuses: one line says it
-            print_error(str(exc))
+        say_user_error(str(exc), exc)
         raise SystemExit(2)
     except Stopped as stop:
-        err.print(stopped_message(stop, sys.argv), highlight=False, soft_wrap=True)  # one line, as error: lines
+        if _rank_of(stop) == 0:  # torchrun stops every rank (Ctrl-C, or a peer that failed): rank 0 says it
+            err.print(stopped_message(stop, sys.argv), highlight=False, soft_wrap=True)  # one line, as error: lines
         raise SystemExit(128 + stop.signum)
     except OSError as exc:
         if not (is_disk_full(exc) or is_not_permitted(exc)):
             raise
         message = disk_full_message(exc) if is_disk_full(exc) else not_permitted_message(exc)
-        print_error(message)
+        say_user_error(message, exc)
         raise SystemExit(2)
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print_error(out_of_memory_message(exc))
+        say_user_error(out_of_memory_message(exc), exc)
         raise SystemExit(2)

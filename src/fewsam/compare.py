@@ -125,6 +125,7 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     cases the run was never evaluated on."""
     if n_comparisons < 1:
         raise DataError(f"--n-comparisons must be >= 1, got {n_comparisons}")
+    refuse_one_file_twice(a, b)
     eval_a, eval_b = read_evaluation(a), read_evaluation(b)
     check_same_classes(eval_a, eval_b, a, b)
     check_same_distance_unit(eval_a, eval_b, metric, a, b)
@@ -149,6 +150,17 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
         "one_sided_values": one_sided,
         **test,
     }
+
+
+def refuse_one_file_twice(*paths: str | Path) -> None:
+    """Two of ``paths`` naming one evaluation (a typo, or a shell glob that matched one file twice):
+    a run would be tested against itself (every difference 0, p = 1) and shown as if two runs had been
+    compared (compare, report)."""
+    files = [Path(p) for p in paths if Path(p).is_file()]
+    for i, first in enumerate(files):
+        twice = next((other for other in files[i + 1:] if first.samefile(other)), None)
+        if twice is not None:
+            raise DataError(f"{first} and {twice} are one evaluation; give each run's own evaluation")
 
 
 def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = "dice"

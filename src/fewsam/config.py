@@ -11,6 +11,7 @@ records ``asdict`` of it, so the three cannot disagree. Limits and choices are c
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import math
@@ -36,6 +37,10 @@ PRECISION_HELP = ("auto: mixed-openvino on CPUs with bf16 instructions, else fp3
 # Seeds are 32-bit, as numpy's and most tools' are: torch takes at most 64 bits and the loops seed
 # per step with seed + step, so a larger --seed would overflow in torch.manual_seed mid-fit.
 MAX_SEED = 2**32 - 1
+
+# Learning rates: far above any recipe's (AdamW 1e-3, SGD 0.01), and within float32, which torch's
+# optimisers compute in: --lr 1e300 ended the fit's first step in a traceback from inside AdamW.
+MAX_LR = 10.0
 
 PATIENCE_HELP = ("Stop once this many validations in a row score no higher than the best so far (0: run every "
                  "step); the best weights so far are kept, so a fit that has stopped improving ends sooner.")
@@ -65,6 +70,11 @@ def option(default: Any, help: str, *, min: float | None = None, max: float | No
 def flag_name(name: str) -> str:
     """The CLI spelling of a field: ``box_margin`` -> ``--box-margin``."""
     return "--" + name.replace("_", "-")
+
+
+def listed(names: Sequence[str]) -> str:
+    """["--a", "--b", "--c"] -> "--a, --b and --c": the options a message names."""
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def option_name(f: Any) -> str:
@@ -126,9 +136,13 @@ def tuple_items(declared: str) -> tuple[str, int | None] | None:
 
 
 def _of_kind(value: Any, declared: str) -> bool:
+    """Whether ``value`` is of the ``declared`` kind; an empty (or blank) text is no path: ``Path("")`` is
+    the working folder, which the caller never named (an unset variable, an empty form field)."""
     kind = FIELD_TYPES[declared][0]
     if kind is bool:
         return isinstance(value, bool)
+    if declared == "Path" and isinstance(value, str) and not value.strip():
+        return False
     return isinstance(value, kind) and not isinstance(value, bool)
 
 
@@ -176,6 +190,8 @@ def _annotation_parts(annotation: Any) -> list[str] | None:
 def _allowed(value: Any, parts: list[str]) -> bool:
     if value is None:
         return "None" in parts
+    if "Path" in parts and not _of_kind(value, "Path"):  # "str | Path": text, but not the empty path
+        return False
     return any(_of_kind(value, part) for part in parts if part != "None")
 
 
@@ -213,6 +229,10 @@ def _check_limits(name: str, meta: Any, value: Any) -> None:
         raise ConfigError(f"{name} must be greater than {meta['above']}, not {value}")
 
 
+# True while a config is read back from a run folder (``Config.from_json``): see ``Config.check_together``.
+_READING_RECORD: contextvars.ContextVar[bool] = contextvars.ContextVar("reading_record", default=False)
+
+
 @dataclass(frozen=True)
 class Config:
     """Base of every config dataclass: validates each field against its ``option`` limits."""
@@ -220,6 +240,13 @@ class Config:
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f, getattr(self, f.name))
+        if not _READING_RECORD.get():
+            self.check_together()
+
+    def check_together(self) -> None:
+        """Refuse options that only make sense together with others (one that another option makes idle,
+        so the fit would silently ignore it). Run when a config is made from the user's options, not when
+        one is read back from a run folder: a run an older fewsam recorded still predicts and resumes."""
 
     def derived_record(self, seed: int) -> dict[str, Any]:
         """Settings derived from this config that RUN/config.json records beside it (e.g. the loop's)."""
@@ -231,7 +258,11 @@ class Config:
         runs written by an older or newer fewsam still load."""
         known = {f.name: f for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**values)
+        reading = _READING_RECORD.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _READING_RECORD.reset(reading)
 
 
 
@@ -268,7 +299,8 @@ def _required(help: str, default: Any = MISSING, flag: str | None = None) -> Any
 class FitOptions(Config):
     """Data, budget, model and run options every method's fit takes (``fewsam fit METHOD --help``)."""
 
-    run: Path = _required("Run folder to write (resumed if it holds the same run).", flag="--out")
+    run: Path = _required("Run folder to write, outside the data folder (resumed if it holds the same run).",
+                          flag="--out")
     data: Path | None = _required("Dataset folder.", None)
     labeled_cases: int | None = option(None, "Labelled budget: every slice of the first N subjects of the "
                                        "dataset's budget order (give this or --labeled-slices).", min=1)
@@ -310,8 +342,9 @@ class FitOptions(Config):
                             "(--labeled-cases, or --labeled-images on 2D image datasets) or of slices (--labeled-slices)")
 
     def _check_fair_options(self) -> None:
-        """--bins and --fair-gamma shape the scaling on --fair-attribute's column: given without it (or
-        with an empty one) the fit would run unscaled and record a run the user did not ask for."""
+        """--bins, --fair-gamma and --attributes (the table the groups come from) shape the scaling on
+        --fair-attribute's column: given without it (or with an empty one) the fit would run unscaled
+        and record a run the user did not ask for."""
         if self.fair_attribute is not None and not self.fair_attribute.strip():
             raise ConfigError("--fair-attribute names no column; give a group column (`fewsam info DATA` lists "
                               "them) or leave it out")
@@ -319,11 +352,12 @@ class FitOptions(Config):
             return
         gamma_default = field_default(FitOptions.__dataclass_fields__["fair_gamma"])
         given = [name for name, set_ in (("--bins", self.fair_bins is not None),
-                                         ("--fair-gamma", self.fair_gamma != gamma_default)) if set_]
+                                         ("--fair-gamma", self.fair_gamma != gamma_default),
+                                         ("--attributes", self.attributes is not None)) if set_]
         if given:
             verb, them = ("shape", "them") if len(given) > 1 else ("shapes", "it")
-            raise ConfigError(f"{' and '.join(given)} {verb} fair scaling on the --fair-attribute column, which is "
-                              f"not given; add --fair-attribute COLUMN or leave {them} out")
+            raise ConfigError(f"{listed(given)} {verb} fair scaling on the --fair-attribute column, which is not given; add "
+                              f"--fair-attribute COLUMN or leave {them} out")
 
     @property
     def budget_cases(self) -> int | None:

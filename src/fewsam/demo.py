@@ -42,8 +42,9 @@ def run_demo(out_dir: str | Path, device: str = "cpu", cache_root: str = DEFAULT
     pred = out_dir / "pred"
     predict(out_dir / "run", data, pred, "val", cache_root, device, overwrite=True, show_progress=show_progress)
     result = evaluate(pred, data, "val", show_progress=show_progress)
-    write_json(out_dir / "eval.json", result)
-    result["overlays"] = str(_write_overlays(data, pred, out_dir / "overlays"))
+    overlays = _write_overlays(data, pred, out_dir / "overlays")
+    write_json(out_dir / "eval.json", result)  # last: it marks the demo finished (``check_demo_folder``)
+    result["overlays"] = str(overlays)
     result["n_val"] = result["n_cases"]
     return result
 

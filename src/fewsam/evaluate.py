@@ -12,6 +12,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from fewsam.config import listed
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.data.readers.common import files_below
@@ -26,17 +27,20 @@ from fewsam.predict import dataset_folder_holding
 from fewsam.progress import tracked
 
 
+DEFAULT_ALPHA, DEFAULT_ES_MODE = 1.0, "sum"  # FairSeg's equity scaling
+
+
 def evaluate(
     pred: str | Path,
     data: str | Path,
     split: str | None = None,
     group_by: str | None = None,
-    alpha: float = 1.0,
+    alpha: float = DEFAULT_ALPHA,
     show_progress: bool = True,
     *,
     bins: str | Bins | None = None,
     attributes: str | Path | None = None,
-    es_mode: str = "sum",
+    es_mode: str = DEFAULT_ES_MODE,
     n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Per-case, per-class and mean Dice/IoU/HD95/ASD of ``split`` (default ``DEFAULT_SPLIT``, "val"),
@@ -55,7 +59,7 @@ def evaluate(
     if es_mode not in ("sum", "std"):
         raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
     check_alpha(alpha)
-    check_grouping(group_by, bins)
+    check_grouping(group_by, bins, alpha=alpha, es_mode=es_mode, attributes=attributes)
     explicit = resolve_bins(group_by, bins) if group_by else None
     binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None
     dataset = open_dataset(data, attributes)
@@ -111,7 +115,7 @@ def refuse_missing_predictions(dataset: Dataset, case_ids: list[str], pred: Path
 def refuse_foreign_folder(pred: Path, expected: Path) -> None:
     """No case of the split has its prediction in ``pred``: say what the folder holds instead (a few
     of its files), as "case 1 not found (and 99 more)" alone hides that it holds predictions in another
-    format or naming (another tool's ``.mha`` or ``_seg`` files), or of another dataset."""
+    format or naming (another tool's ``_pred`` files), or of another dataset."""
     found = [path.relative_to(pred).as_posix() for path in islice(
         (p for p in files_below(pred) if not p.name.startswith(".")), 3)]
     if not found:
@@ -139,15 +143,25 @@ def check_alpha(alpha: float) -> None:
         raise DataError(f"--alpha must be a finite number of at least 0 (FairSeg uses 1), not {alpha}")
 
 
-def check_grouping(group_by: str | None, bins: str | Bins | None) -> None:
-    """--bins bins the --group-by column: without one (or with an empty one) the command would print
-    no group metrics at all and say nothing about it."""
+def check_grouping(group_by: str | None, bins: str | Bins | None, *, alpha: float = DEFAULT_ALPHA,
+                   es_mode: str = DEFAULT_ES_MODE, attributes: str | Path | None = None) -> None:
+    """--bins, --alpha, --es-mode and --attributes shape the group metrics of the --group-by column:
+    without one (or with an empty one) the command would print no group metrics at all and say
+    nothing about the options it ignored."""
     if group_by is not None and not group_by.strip():
         raise DataError("--group-by names no column; give an attribute column (`fewsam info DATA` lists them) "
                         "or leave it out")
-    if bins is not None and not group_by:
+    if group_by:
+        return
+    if bins is not None:
         raise DataError("--bins bins the --group-by column, which is not given; add --group-by COLUMN or leave "
                         "--bins out")
+    given = [name for name, set_ in (("--alpha", alpha != DEFAULT_ALPHA), ("--es-mode", es_mode != DEFAULT_ES_MODE),
+                                     ("--attributes", attributes is not None)) if set_]
+    if given:
+        verb, them = ("shape", "them") if len(given) > 1 else ("shapes", "it")
+        raise DataError(f"{listed(given)} {verb} the group metrics of the --group-by column, which is not "
+                        f"given; add --group-by COLUMN or leave {them} out")
 
 
 def _bin_order(groups: dict[str, Any], bins: Bins) -> dict[str, Any]:

@@ -15,6 +15,7 @@ unscaled Dice + CE loss.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -52,12 +53,14 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
 
     ``bins``: the explicit ``--bins`` (any text is refused), or None for the column's default bins
     (age, bmi), which refuse text only beside numbers: an all-text "age" column is grouped by value.
+    A column without bins that holds measurements is refused (``refuse_unbinned_measurements``).
     ``attributes``: case id -> the case's attributes.
     """
     binned = bins or DEFAULT_BINS.get(column)
-    if binned is None:
-        return
     values = {cid: attrs.get(column) for cid, attrs in attributes.items() if attrs.get(column) is not None}
+    if binned is None:
+        refuse_unbinned_measurements(column, list(values.values()))
+        return
     text = {cid: v for cid, v in values.items() if not isinstance(v, Real) or isinstance(v, bool)}
     if not text or (bins is None and len(text) == len(values)):
         return
@@ -66,6 +69,28 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
     raise DataError(f"case {case_id} has {column} = {value!r}, not a number, so {how} cannot bin it "
                     f"({len(text)} case(s) like it); write plain numbers with a decimal point (27.5, not 27,5) "
                     "or leave the value empty for no group")
+
+
+# A numeric column grouped by value (no --bins) holds codes (sex 0/1, a site number) when its values are
+# whole numbers and few; more distinct values than this, or any fraction, is a measurement.
+MAX_VALUE_GROUPS = 10
+
+
+def refuse_unbinned_measurements(column: str, values: list[Any]) -> None:
+    """Refuse a numeric column that holds measurements (BMI 27.3, weight, an age column of another
+    name) given without --bins: grouped by value, every distinct number is a group of its own, and
+    ES-Dice, the worst-group gap and fair scaling compare single cases. Any grouping of numbers is
+    some --bins, so the way out always exists; whole numbers, few of them, stay groups (codes)."""
+    numbers = sorted({float(v) for v in values if isinstance(v, Real) and not isinstance(v, bool)})
+    fractions = [x for x in numbers if not x.is_integer()]
+    if not fractions and len(numbers) <= MAX_VALUE_GROUPS:
+        return
+    why = (f"fractions such as {fractions[0]:g}" if fractions else
+           f"{len(numbers)} different whole numbers (more than {MAX_VALUE_GROUPS} groups)")
+    middle = numbers[len(numbers) // 2]
+    raise DataError(f"{column!r} holds measurements ({why}), which would make one group per value; bin it with "
+                    f"--bins, e.g. --bins {column}:{middle:g} (groups <{middle:g} and >={middle:g}), or with more "
+                    f"edges, --bins {column}:EDGE,EDGE,...")
 
 
 def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins: Bins | None) -> None:
@@ -181,12 +206,35 @@ class FairGroups:
         return FairLoss(self.case_group, self.gamma, ignore_index=ignore_index, record=self.record)
 
     def save(self, run_dir: Path) -> Path:
-        """Write ``fair_groups.json``: the groups and how many labelled cases each holds."""
+        """Write ``fair_groups.json``: the groups and how many labelled cases each holds. A resumed fit
+        whose labelled cases now fall in other groups (the attribute table edited since, or other
+        --bins values a table's path does not show) is refused: its weights so far were scaled by the
+        recorded groups, and the data hash covers images and labels, not attributes."""
         from fewsam.runs import write_json
 
         path = Path(run_dir) / GROUPS_FILE
+        refuse_other_groups(path, _recorded_groups(path), self.record)
         write_json(path, self.record)
         return path
+
+
+def _recorded_groups(path: Path) -> Any:
+    """The case groups ``path`` records; None for a new run (or a file a kill left damaged: rewritten)."""
+    try:
+        return json.loads(path.read_text()).get("case_group")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def refuse_other_groups(path: Path, recorded: Any, record: dict[str, Any]) -> None:
+    """Refuse groups of the labelled cases other than ``path`` records, naming the first case that moved."""
+    if not isinstance(recorded, dict) or recorded == record["case_group"]:
+        return
+    now = record["case_group"]
+    case = next(c for c in sorted(set(recorded) | set(now)) if recorded.get(c) != now.get(c))
+    raise DataError(f"{path} records the labelled cases' {record['attribute']!r} groups this run was fitted with, "
+                    f"and the attributes now give others (case {case}: {recorded.get(case)!r} -> {now.get(case)!r}); "
+                    "restore the attribute table to resume, or choose another --out")
 
 
 def fair_groups_for(column: str | None, gamma: float, bins: str | None, dataset: Any,

@@ -104,6 +104,15 @@ def say_unused_model(opts: FitOptions) -> None:
     say_once(f"{given} is not used: this fit trains a U-Net on pixels alone and loads no SAM")
 
 
+def say_if_warm_up_fills_the_fit(warmup_steps: int, steps: int, unlabelled: str, instead: str) -> None:
+    """A semi-supervised fit whose --warmup-steps last all its --steps never learns from the unlabelled
+    pool (a short trial run of the default recipe, --steps 100 beside a 200-step warm-up): said, since
+    the run records the semi-supervised method while it fits the labelled-only one."""
+    if warmup_steps >= steps:
+        say_once(f"--warmup-steps {warmup_steps} is not less than --steps {steps}: {unlabelled} never starts, so "
+                 f"this fit is {instead}")
+
+
 def refuse_constant_images(dataset: Dataset, labelled: list[SliceRef]) -> None:
     """A labelled case whose labelled slices hold one value everywhere shows no anatomy: an export gone
     wrong (a blank PNG, an all-zero volume), which would teach the model that a class looks like
@@ -152,22 +161,24 @@ def refuse_background_only_validation(cases: Sequence[Case]) -> None:
 def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
     """The shared part of RUN/config.json: enough to predict again and to refuse a mismatched resume
     (the data hash: labels edited since the run was fitted)."""
-    from fewsam.runs import DATA_HASH, data_sha256
+    from fewsam.runs import DATA_HASH, MASK_CODING, data_sha256
 
     return {
         "model": opts.model if ctx.model is not None else None,
-        "checkpoint": recorded_checkpoint(opts.checkpoint) if ctx.model is not None else None,
+        "checkpoint": recorded_path(opts.checkpoint) if ctx.model is not None else None,
         "weights_sha256": ctx.model.weights_sha256 if ctx.model is not None else None,
         "preprocess": ctx.model.preprocess_signature() if ctx.model is not None else None,
         "data": str(Path(opts.data).resolve()),
         "class_map": ctx.class_map.to_json(),
+        # a 2D dataset's mask pixel coding: predictions of new, unlabelled images are written in it
+        MASK_CODING: ctx.dataset.mask_coding() if hasattr(ctx.dataset, "mask_coding") else None,
         "values": ctx.values,
         "labelled": {"cases": opts.budget_cases, "slices": opts.labeled_slices,
                      "refs": [f"{r.case_id}:{r.z}" for r in ctx.labelled]},
         "val_split": opts.val_split,
         DATA_HASH: data_sha256(ctx.dataset, ctx.labelled, ctx.val_ids),
         "fair": ({"attribute": opts.fair_attribute, "gamma": opts.fair_gamma, "bins": opts.fair_bins,
-                  "attributes": str(opts.attributes) if opts.attributes else None}
+                  "attributes": recorded_path(opts.attributes)}
                  if opts.fair_attribute else None),
         "seed": opts.seed,
         "encoder_precision": ctx.cache.precision.name if ctx.cache is not None else None,
@@ -178,7 +189,9 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
     }
 
 
-def recorded_checkpoint(checkpoint: str | Path | None) -> str | None:
-    """The SAM checkpoint as RUN/config.json names it: an absolute path, which predict loads the weights
-    from; a path relative to where fit ran would not be found by a predict run from another folder."""
-    return None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
+def recorded_path(path: str | Path | None) -> str | None:
+    """A file option (the SAM checkpoint, the --attributes table) as RUN/config.json names it: an
+    absolute path, which predict loads the weights from; a path relative to where fit ran would not be
+    found by a predict run from another folder, and a fit resumed from another folder with the same
+    relative spelling would read another file, while one spelled otherwise was refused as a change."""
+    return None if path is None else str(Path(path).expanduser().resolve())

@@ -6,6 +6,7 @@ Shared by every method: validation during fitting, ``fewsam predict`` and the po
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,11 @@ class CavityRule:
 
 MIRROR_OFF_P = 0.05
 """Test-time mirroring is turned off only when validation says the single view is better at this
-significance (one-sided paired Wilcoxon signed-rank test over the validation volumes)."""
+significance (one-sided paired Wilcoxon signed-rank test over the validation subjects)."""
 
 
-def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any]) -> dict[str, Any]:
+def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any], subjects: Sequence[str] | None = None
+                     ) -> dict[str, Any]:
     """The post-processing record of test-time mirroring unless validation shows the single view
     significantly better (each after its own post-processing choice); with both scores and the test's p.
 
@@ -153,10 +155,13 @@ def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any]) -> dict[s
     fit measured; the veto is there for a decoder tied to one orientation (a 1-case FewMatch fit
     scored 0.64 mirrored against 0.83). The test needs each record's ``val_dice_per_volume`` and at least 5
     volumes (below that it cannot reach p < 0.05); without them the higher mean wins, a tie
-    keeping the mirrored view. The top-level ``val_dice_*`` figures are the chosen view's; ``views``
-    keeps both records whole, so that the single view's raw score is not read off the mirrored record."""
+    keeping the mirrored view. ``subjects`` names each validation volume's subject, in the records'
+    order: the volumes of one subject (an ACDC patient's two frames) make one pair, since pairs that
+    are not independent would make p too small. The top-level ``val_dice_*`` figures are the chosen
+    view's; ``views`` keeps both records whole, so that the single view's raw score is not read off
+    the mirrored record."""
     scores = {"val_dice_single_view": chosen_val_dice(single), "val_dice_mirrored": chosen_val_dice(mirrored)}
-    p = single_view_better_p(single.get("val_dice_per_volume"), mirrored.get("val_dice_per_volume"))
+    p = single_view_better_p(single.get("val_dice_per_volume"), mirrored.get("val_dice_per_volume"), subjects)
     if p is None:
         keep_single = scores["val_dice_single_view"] > scores["val_dice_mirrored"]
     else:
@@ -166,15 +171,31 @@ def mirroring_choice(single: dict[str, Any], mirrored: dict[str, Any]) -> dict[s
             "views": {"single": single, "mirrored": mirrored}}
 
 
-def single_view_better_p(single: list[float] | None, mirrored: list[float] | None) -> float | None:
-    """One-sided p of "the single view scores higher per volume" (paired Wilcoxon signed-rank), or
-    None when there are fewer than 5 paired volumes (or none recorded)."""
-    if single is None or mirrored is None or len(single) != len(mirrored) or len(single) < 5:
+def single_view_better_p(single: list[float] | None, mirrored: list[float] | None,
+                         subjects: Sequence[str] | None = None) -> float | None:
+    """One-sided p of "the single view scores higher per subject" (paired Wilcoxon signed-rank over
+    each subject's mean difference; without ``subjects`` every volume is its own), or None when
+    fewer than 5 subjects are paired (or no scores recorded)."""
+    if single is None or mirrored is None or len(single) != len(mirrored):
         return None
-    differences = np.asarray(single, dtype=float) - np.asarray(mirrored, dtype=float)
+    differences = subject_means(np.asarray(single, dtype=float) - np.asarray(mirrored, dtype=float), subjects)
+    if len(differences) < 5:
+        return None
     if not np.any(differences):
         return 1.0
     return float(wilcoxon(differences, alternative="greater").pvalue)
+
+
+def subject_means(values: np.ndarray, subjects: Sequence[str] | None) -> np.ndarray:
+    """Per-volume ``values`` averaged per subject (first-appearance order); as they are without ``subjects``."""
+    if subjects is None:
+        return values
+    if len(subjects) != len(values):
+        raise ValueError(f"{len(values)} volume scores but {len(subjects)} subjects")
+    groups: dict[str, list[float]] = {}
+    for subject, value in zip(subjects, values):
+        groups.setdefault(subject, []).append(float(value))
+    return np.array([np.mean(v) for v in groups.values()])
 
 
 def chosen_val_dice(record: dict[str, Any]) -> float:

@@ -25,7 +25,7 @@ from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.readers.common import check_finite
-from fewsam.data.types import Case, Dataset
+from fewsam.data.types import Case, ClassMap, Dataset
 from fewsam.devices import check_device
 from fewsam.embedded import CaseSlices
 from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError
@@ -34,7 +34,7 @@ from fewsam.models.precision import FP32, EncoderPrecision, check_precision_name
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
 from fewsam.progress import tracked
-from fewsam.runs import check_run
+from fewsam.runs import MASK_CODING, check_run
 
 Refine = Literal["never", "always", "if-better"]
 log = logging.getLogger("fewsam")
@@ -80,7 +80,7 @@ def predict(
     run_dir, out = Path(run_dir), Path(out)
     config = check_run(run_dir)
     method = get_method(config.get("method"))
-    dataset = open_dataset(data)
+    dataset = open_for_run(data, config)
     case_ids = split_cases(dataset, split, "--split")
     if not case_ids:
         raise DataError(f"split {split or DEFAULT_SPLIT} of {data} is empty")
@@ -108,6 +108,17 @@ def predict(
         for case_id in tracked(case_ids, "predict", show_progress):
             written.append(out / predict_case_file(dataset, case_id, predictor, cache, device, staging))
     return written
+
+
+def open_for_run(data: str | Path, config: dict) -> Dataset:
+    """The dataset to predict with a run: a 2D folder without masks or a classes.json of its own takes
+    the run's classes and mask coding (RUN/config.json), so its predictions are written as the masks
+    the run was fitted on (0/1 stays 0/1), not in the layout's guess."""
+    dataset = open_dataset(data)
+    coding = config.get(MASK_CODING)
+    if coding and config.get("class_map") and hasattr(dataset, "adopt_mask_coding"):
+        dataset.adopt_mask_coding(ClassMap.from_json(config["class_map"]), coding)
+    return dataset
 
 
 def _encoder_precision(precision: str, device: str, needs_encoder: bool) -> EncoderPrecision:
@@ -187,11 +198,25 @@ def check_cache_folder(root: str | Path, data: str | Path | None = None) -> None
                          f"{DEFAULT_CACHE}")
     cache = Path(root).expanduser()
     check_folder_path(cache, "--cache", CacheError)
-    if data is not None and Path(data).expanduser().is_dir():
-        folder = Path(data).expanduser().resolve()
-        if cache.resolve() == folder or folder in cache.resolve().parents:
-            raise CacheError(f"--cache {root} is inside the data folder {data}; fewsam writes nothing into your "
-                             "data: give a cache folder outside it (the default is ~/.cache/fewsam)")
+    if inside_data(cache, data):
+        raise CacheError(f"--cache {root} is inside the data folder {data}; fewsam writes nothing into your "
+                         "data: give a cache folder outside it (the default is ~/.cache/fewsam)")
+
+
+def check_run_outside_data(run: str | Path, data: str | Path | None) -> None:
+    """Refuse a fit's run folder in its data folder: fewsam writes nothing into a user's data, and
+    checkpoints there (hundreds of MB) would travel with every copy of the dataset."""
+    if inside_data(Path(run).expanduser(), data):
+        raise RunError(f"--out {run} is inside the data folder {data}; fewsam writes nothing into your data: "
+                       "give a run folder outside it")
+
+
+def inside_data(path: Path, data: str | Path | None) -> bool:
+    """Whether ``path`` is the data folder ``data`` or lies in it (links resolved)."""
+    if data is None or not Path(data).expanduser().is_dir():
+        return False
+    folder, target = Path(data).expanduser().resolve(), path.resolve()
+    return target == folder or folder in target.parents
 
 
 def dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:

@@ -3,6 +3,7 @@ report: Markdown + HTML with per-group Dice bars and 95% CIs, ES-Dice and worst-
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -33,9 +34,10 @@ def overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None = None
 
 
 def save_overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, pred, label)).save(path)
-    return path
+    """The overlay as a PNG at ``path``, written atomically: a stop while it is drawn leaves no cut-off file."""
+    buf = io.BytesIO()
+    Image.fromarray(overlay(image, pred, label)).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 # --- group (fairness) report ------------------------------------------------------------------
@@ -65,9 +67,10 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     replaced (an earlier report's plots this one does not draw, of classes it lacks, removed),
     anything else in the folder is left alone.
     """
-    from fewsam.compare import read_evaluation
+    from fewsam.compare import read_evaluation, refuse_one_file_twice
     from fewsam.errors import DataError
 
+    refuse_one_file_twice(*evaluations)
     if labels is not None:
         _check_labels(labels, len(evaluations))
     out = Path(out_dir)

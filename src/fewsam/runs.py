@@ -33,6 +33,7 @@ TEXT_LOG = "fit.log"  # the same fit for a reader: progress, notices, validation
 MANIFEST = "manifest.json"  # written when a fit ends well: what predict reads, with sizes and hashes
 LOCK = ".lock"
 DATA_HASH = "data_sha256"  # config key: the labelled slices' and validation cases' arrays
+MASK_CODING = "mask_coding"  # config key: a 2D dataset's class -> mask pixel coding (a fact of the data)
 # config.json is checked by content, not by hash; the logs are the user's to read, annotate or rotate
 NOT_FOR_PREDICT = {CONFIG, LAST, LOG, TEXT_LOG, MANIFEST, LOCK}
 COPIED_RUN = "teacher"  # RUN/teacher/: another run's predictor files copied in (distill's teacher blend)
@@ -219,10 +220,11 @@ def _short(value: Any, limit: int = 40) -> str:
 
 def _comparable(config: dict[str, Any], by_hash: bool = False) -> dict[str, Any]:
     """Fields that must agree between a run and its resumption: not the display-only settings, and
-    not the data hash, which ``_refuse_changed_data`` compares with its own message. ``by_hash``
+    not the data hash, which ``_refuse_changed_data`` compares with its own message, nor the mask coding
+    the data shows (a run written before fewsam kept it still resumes). ``by_hash``
     (both configs hold a data hash): not the data folder's path either, as the hash says whether it
     is the same data; a dataset copied to a job's own scratch folder still resumes the run."""
-    skip = {"device", "cache", "progress", DATA_HASH} | ({"data"} if by_hash else set())
+    skip = {"device", "cache", "progress", DATA_HASH, MASK_CODING} | ({"data"} if by_hash else set())
     return {k: _comparable_section(k, v) for k, v in config.items() if k not in skip}
 
 
@@ -237,7 +239,8 @@ def _comparable_section(key: str, section: Any) -> Any:
     return _with_resolved_paths(section)
 
 
-PATH_OPTIONS = ("teacher",)  # run folders named on the command line: `fs3` and `/work/fs3` are one teacher
+# files and folders named on the command line: `fs3` and `/work/fs3` are one teacher, one --attributes table
+PATH_OPTIONS = ("teacher", "attributes")
 
 
 def _with_resolved_paths(section: Any) -> Any:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fewsam.atomic import atomic_write, atomic_write_bytes
+from fewsam.config import ConfigError
 from fewsam.distributed import ddp
 from fewsam.errors import RunError
 from fewsam.progress import progress_bar, record, tell
@@ -232,6 +233,29 @@ def plateaued(state: dict, cfg: TrainConfig) -> bool:
     A function of the checkpointed state alone, so a resumed fit that had stopped stays stopped."""
     since = max(state["best_step"], cfg.patience_after)
     return cfg.patience > 0 and state["step"] - since >= cfg.patience * cfg.val_every
+
+
+def earliest_patience_stop(patience: int, val_every: int, patience_after: int = 0) -> int:
+    """The first step at which ``plateaued`` can stop a fit: the first validation (step ``val_every``)
+    is the best so far, and ``patience`` more validations after it (and after ``patience_after``)
+    must fail to beat it."""
+    since = max(val_every, patience_after)
+    return (math.ceil(since / val_every) + patience) * val_every
+
+
+def refuse_idle_patience(cfg: TrainConfig) -> None:
+    """--patience that cannot stop the fit before its last step (too few validations: --val-every near
+    --steps, or a long warm-up) would run every step, while the user believes a plateau ends it."""
+    if cfg.patience == 0 or earliest_patience_stop(cfg.patience, cfg.val_every, cfg.patience_after) < cfg.steps:
+        return
+    usable = next((v for v in range(cfg.val_every - 1, 0, -1)
+                   if earliest_patience_stop(cfg.patience, v, cfg.patience_after) < cfg.steps), None)
+    after = f" after step {cfg.patience_after} (--warmup-steps + --ramp-steps)" if cfg.patience_after else ""
+    validations = f"{cfg.patience} validation" + ("s" if cfg.patience != 1 else "")
+    way = f"lower --val-every to {usable} or less" if usable else "give more --steps"
+    raise ConfigError(f"--patience {cfg.patience} can never stop this fit early: it stops once {validations} in a "
+                      f"row{after} score no better than the best, and with --steps {cfg.steps} and --val-every "
+                      f"{cfg.val_every} the fit reaches its last step first; {way}, or leave --patience out")
 
 
 def _validate_and_checkpoint(task, optimizer, rng, run_dir: Path, state: dict, step: int,

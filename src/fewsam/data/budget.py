@@ -47,8 +47,8 @@ def select_unlabelled(ds: Dataset, labelled: list[SliceRef], limit: int | None, 
     pool = unlabelled_pool(ds, labelled)
     if split is not None:
         pool = _pool_of_split(ds, pool + unlabelled_outside_training(ds, ds.split(split)), labelled, split)
-    elif not pool:
-        _refuse_pool_left_outside(ds)
+    else:
+        _say_pool_left_outside(ds, refuse=not pool)
     if limit is None or limit >= len(pool):
         return pool
     idx = np.sort(np.random.default_rng(seed).choice(len(pool), limit, replace=False))
@@ -58,7 +58,7 @@ def select_unlabelled(ds: Dataset, labelled: list[SliceRef], limit: int | None, 
 def unlabelled_outside_training(ds: Dataset, case_ids: list[str]) -> list[SliceRef]:
     """The slices of those ``case_ids`` that have no label and lie outside the training split.
 
-    A plain image folder (and a DICOM folder) puts its unlabelled images in "test", so one labelled
+    Every reader puts its unlabelled images in "test" (``computed_splits``), so one labelled
     volume beside unlabelled ones left a semi-supervised fit nothing to learn from. Named by
     --unlabeled-split they may join the pool: with no label they are never a validation or
     evaluated case whose score they could inflate."""
@@ -67,16 +67,21 @@ def unlabelled_outside_training(ds: Dataset, case_ids: list[str]) -> list[SliceR
             for z in range(ds.num_slices(cid))]
 
 
-def _refuse_pool_left_outside(ds: Dataset) -> None:
-    """With every training slice labelled, the advice to label fewer cases is wrong where unlabelled
-    images sit in another split: say which split holds them, for --unlabeled-split."""
-    outside = {r.case_id for r in unlabelled_outside_training(ds, ds.split("all"))}
+def _say_pool_left_outside(ds: Dataset, refuse: bool) -> None:
+    """Unlabelled images sit in "test", outside the default pool (they may be the user's held-out test
+    images): say which split holds them, for --unlabeled-split. With every training slice labelled
+    (``refuse``), the advice to label fewer cases would be wrong: refused naming that split instead."""
+    training = {r.case_id for r in ds.labelled_budget_order()}
+    outside = {cid for cid in ds.split("all") if cid not in training and not ds.has_label(cid)}
     if not outside:
         return
     holding = [name for name in ds.split_names() if name != "all" and outside & set(ds.split(name))]
-    raise DataError(f"no unlabelled training slices are left, but {len(outside)} case(s) without a label lie "
-                    f"outside the training split (in {', '.join(holding)}): pass --unlabeled-split "
-                    f"{holding[0] if holding else 'LIST'} (a split or list file naming them) to learn from them")
+    where = f"{len(outside)} case(s) without a label lie outside the training split (in {', '.join(holding)})"
+    option = f"--unlabeled-split {holding[0] if holding else 'LIST'} (a split or list file naming them)"
+    if refuse:
+        raise DataError(f"no unlabelled training slices are left, but {where}: pass {option} to learn from them")
+    say_once(f"{where} and are not in the unlabelled pool, as they may be held-out test images; {option} learns "
+             "from them", key="pool-left-outside")
 
 
 def _pool_of_split(ds: Dataset, pool: list[SliceRef], labelled: list[SliceRef], split: str) -> list[SliceRef]:
@@ -107,4 +112,14 @@ def _pool_of_split(ds: Dataset, pool: list[SliceRef], labelled: list[SliceRef], 
 def _check_budget(n: int, available: int, unit: str, ds: Dataset) -> None:
     if not 0 <= n <= available:
         raise DataError(f"a budget of {n} labelled {unit} is not possible: the training split of "
-                        f"{ds.root} has {available} {unit}; choose at most {available}")
+                        f"{ds.root} has {available} {unit}{_held_for_validation(ds)}; choose at most {available}")
+
+
+def _held_for_validation(ds: Dataset) -> str:
+    """The labelled cases of "val", named in a budget error: 4 labelled volumes give a training split
+    of 3, and a user asking for 4 should hear where the fourth is."""
+    try:
+        held = sum(ds.has_label(case_id) for case_id in ds.split("val"))
+    except DataError:
+        return ""
+    return f" ({held} more labelled case(s) are in 'val', for validation)" if held else ""

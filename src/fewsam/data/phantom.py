@@ -8,12 +8,15 @@ apex, so few-shot prototypes must generalise across slices and subjects.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from fewsam.atomic import atomic_write_bytes
 
 PHANTOM_CLASSES = {1: "RV", 2: "Myo", 3: "LV"}
 
@@ -53,7 +56,10 @@ PHANTOM_NAME = "fewsam cardiac phantom"  # dataset.json's name: how a folder of 
 
 def write_phantom_dataset(root: str | Path, n_train: int = 4, n_val: int = 2, slices: int = 6,
                           seed: int = 0) -> Path:
-    """An nnU-Net v2 raw folder (imagesTr/labelsTr/dataset.json + splits_final.json) of phantoms."""
+    """An nnU-Net v2 raw folder (imagesTr/labelsTr/dataset.json + splits_final.json) of phantoms.
+
+    Every file is written atomically and dataset.json last: ``fewsam demo`` takes a folder with a
+    dataset.json for a whole phantom, so one stopped earlier is written again, never used half-made."""
     root = Path(root)
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
     (root / "labelsTr").mkdir(parents=True, exist_ok=True)
@@ -63,8 +69,8 @@ def write_phantom_dataset(root: str | Path, n_train: int = 4, n_val: int = 2, sl
     for name in names:
         image, label = phantom_volume(rng, slices)
         # NIfTI stores (x, y, z); our arrays are (z, y, x).
-        nib.save(nib.Nifti1Image(image.transpose(2, 1, 0), affine), root / "imagesTr" / f"{name}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(label.transpose(2, 1, 0), affine), root / "labelsTr" / f"{name}.nii.gz")
+        _write_nifti(root / "imagesTr" / f"{name}_0000.nii.gz", image.transpose(2, 1, 0), affine)
+        _write_nifti(root / "labelsTr" / f"{name}.nii.gz", label.transpose(2, 1, 0), affine)
     dataset = {
         "channel_names": {"0": "MRI"},
         "labels": {"background": 0, **{v: k for k, v in PHANTOM_CLASSES.items()}},
@@ -72,7 +78,11 @@ def write_phantom_dataset(root: str | Path, n_train: int = 4, n_val: int = 2, sl
         "file_ending": ".nii.gz",
         "name": PHANTOM_NAME,
     }
-    (root / "dataset.json").write_text(json.dumps(dataset, indent=2))
     splits = [{"train": names[:n_train], "val": names[n_train:]}]
-    (root / "splits_final.json").write_text(json.dumps(splits, indent=2))
+    atomic_write_bytes(root / "splits_final.json", json.dumps(splits, indent=2).encode())
+    atomic_write_bytes(root / "dataset.json", json.dumps(dataset, indent=2).encode())
     return root
+
+
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    atomic_write_bytes(path, gzip.compress(nib.Nifti1Image(array, affine).to_bytes(), mtime=0))

@@ -6,7 +6,8 @@
   (same voxel grid and orientation, so it overlays in ITK-SNAP / 3D Slicer).
 - png: an 8-bit greyscale PNG at the image's relative path, class indices mapped back to the
   dataset's own mask coding (BUSI 0/255; prostate 0 = prostate, 255 = background; fundus cup 0,
-  rim 128, background 255).
+  rim 128, background 255); a folder of new images without masks, in the coding of the masks
+  the run was fitted on (``predict.open_for_run``).
   JPEG, TIFF and BMP inputs get a PNG too, named ``.png`` (``images/x.jpg`` -> ``images/x.png``).
 - npz (FairSeg): an npz with key ``pred``, (H, W) uint8 class indices 0/1/2 (not the -1/-2
   coding of the input masks).
@@ -19,9 +20,12 @@ is the inverse for any folder laid out this way, whoever wrote it (NIfTI as ``.n
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
+import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -42,6 +46,7 @@ from fewsam.data.readers.nifti import NIFTI_ERRORS, Grid, from_slices, on_image_
 from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 
 def prediction_path(case: Case, root: Path) -> Path:
@@ -71,7 +76,7 @@ def missing_predictions(dataset: Any, case_ids: list[str], root: Path) -> list[t
         if case_id not in entries:
             continue
         path = _path_under(root, case_id, dataset.prediction_rel_path(entries[case_id]), dataset.format)
-        if not _as_found(path).is_file():
+        if not _as_found(path, case_id).is_file():
             missing.append((case_id, path))
     return missing
 
@@ -103,7 +108,7 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
 
     With ``class_map``, values outside it are a DataError naming them and the file.
     """
-    path = _as_found(prediction_path(case, pred_root))
+    path = _as_found(prediction_path(case, pred_root), case.case_id)
     if not path.is_file():
         raise DataError(f"prediction {path} for case {case.case_id} not found; "
                         "predict this split into that folder first")
@@ -121,23 +126,94 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
 VOLUME_PREDICTION_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
-def _as_found(path: Path) -> Path:
+MONAI_POSTFIXES = ("trans", "seg")  # MONAI SaveImage's output_postfix: "trans" by default, "seg" in its tutorials
+NNUNET_CHANNEL = "_0000"  # MONAI names an output after its input image: nnU-Net's case_0000.nii.gz
+
+
+def _as_found(path: Path, case_id: str = "") -> Path:
     """A prediction as another tool may have named it: a volume's in any of the volume formats fewsam
     reads (``<case>.nii`` for ``<case>.nii.gz``, as nnU-Net writes a ``.nii`` dataset's; ``<case>.mha``
     or ``.nrrd``, as SimpleITK scripts and grand-challenge containers write them, read onto the
     case's grid like any NIfTI), and its ending in any letter case (``<case>.NII.GZ``, ``<case>.PNG``
-    from Windows tools); ``path`` itself when it exists or none of these does."""
-    if path.is_file():
-        return path
+    from Windows tools); MONAI's ``SaveImage`` names (``monai_names``); ``path`` itself when none of
+    these exists. Two of one kind for one case are refused naming both: scoring either would be a guess.
+    A file named as fewsam names it is scored before one named as MONAI does, and the other is said:
+    ``x_seg.nii.gz`` may be the prediction of a case ``x_seg`` of its own."""
     name = path.name
-    ending = next((e for e in VOLUME_PREDICTION_ENDINGS if name.endswith(e)), None)
-    others = [name[: -len(ending)] + e for e in VOLUME_PREDICTION_ENDINGS if e != ending] if ending else []
-    wanted = [n.lower() for n in (name, *others)]
+    ending = next((e for e in (*VOLUME_PREDICTION_ENDINGS, ".png") if name.lower().endswith(e)), None)
+    endings = (VOLUME_PREDICTION_ENDINGS if ending != ".png" else (".png",)) if ending else ()
+    stem = name[: -len(ending)] if ending else name
+    own = _files_named(path.parent, [name] + [stem + e for e in endings])
+    monai = _files_named(path.parent, monai_names(stem, endings))
+    for found in (own, [] if own else monai):
+        if len(found) > 1:
+            shown = " and ".join(p.relative_to(path.parent).as_posix() for p in found[:2])
+            raise DataError(f"{path.parent} holds two predictions for case {case_id or stem}: {shown}; "
+                            "remove or move one of them, so that the one to score is certain")
+    if own and monai:
+        say_once(f"{path.parent}: case {case_id or stem} is scored on {own[0].name}, not on "
+                 f"{monai[0].relative_to(path.parent).as_posix()} beside it (named as MONAI names a prediction); "
+                 "move the one not meant", key=f"monai-beside-{own[0]}")
+    return (own or monai or [path])[0]
+
+
+def monai_names(stem: str, endings: tuple[str, ...]) -> list[str]:
+    """The names MONAI's ``SaveImage`` gives a case's output, relative to its output folder: with its
+    default ``separate_folder=True`` ``<case>/<case>_<postfix><ending>``, else ``<case>_<postfix><ending>``
+    (postfix "trans" by default, "seg" as MONAI's tutorials set it); the case as its image was named
+    for MONAI, nnU-Net's first channel ``<case>_0000`` included."""
+    names = []
+    for subject in (stem, stem + NNUNET_CHANNEL):
+        for postfix in MONAI_POSTFIXES:
+            names += [f"{subject}/{subject}_{postfix}{e}" for e in endings]
+            names += [f"{subject}_{postfix}{e}" for e in endings]
+    return names
+
+
+def _files_named(folder: Path, names: list[str]) -> list[Path]:
+    """The files of ``folder`` named as one of ``names`` (relative posix paths, one folder deep at most,
+    matched in any letter case), in the order of ``names``, each once."""
+    found: list[Path] = []
+    for name in names:
+        *sub, leaf = name.lower().split("/")
+        place = folder
+        if sub:
+            place = next((p for p, is_dir in _listing(folder).get(sub[0], ()) if is_dir), None)
+            if place is None:
+                continue
+        found += [p for p, is_dir in _listing(place).get(leaf, ()) if not is_dir and p not in found]
+    return found
+
+
+def _listing(folder: Path) -> dict[str, tuple[tuple[Path, bool], ...]]:
+    """``folder``'s entries by lower-case name, as (path, is a folder); read once while the folder is
+    unchanged (its modification time), so finding each of thousands of predictions in one folder
+    does not list the folder thousands of times. A folder changed in the last seconds is listed
+    afresh: file systems keep modification times in steps of milliseconds or more, so a file added
+    within the same step would otherwise be missed. {} for a folder that cannot be listed."""
     try:
-        found = {p.name.lower(): p for p in sorted(path.parent.iterdir()) if p.name.lower() in wanted and p.is_file()}
+        changed = folder.stat().st_mtime_ns
+        if time.time_ns() - changed < SETTLED_NS:
+            return _listed.__wrapped__(str(folder), changed)
+        return _listed(str(folder), changed)
     except OSError:
-        return path
-    return next((found[n] for n in wanted if n in found), path)
+        return {}
+
+
+SETTLED_NS = 2_000_000_000  # a folder unchanged this long (2 s) has its listing kept
+
+
+@functools.lru_cache(maxsize=256)
+def _listed(folder: str, mtime_ns: int) -> dict[str, tuple[tuple[Path, bool], ...]]:
+    entries: dict[str, tuple[tuple[Path, bool], ...]] = {}
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            entries[entry.name.lower()] = (*entries.get(entry.name.lower(), ()), (Path(entry.path), is_dir))
+    return entries
 
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -160,7 +160,7 @@ class _Follower:
     def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
         from fewsam.runs import MANIFEST
 
-        barrier()
+        from_main(lambda: None)  # rank 0's prepared folder, or the refusal it met, raised here too
         # rank 0 has removed the manifest of an unfinished run and writes one only after the last barrier
         self.finished = (self.path / MANIFEST).exists()
         return self.path
@@ -178,9 +178,7 @@ class _Leader:
         return self.folder.finished
 
     def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
-        path = self.folder.prepare(config, defaults)
-        barrier()
-        return path
+        return from_main(lambda: self.folder.prepare(config, defaults))
 
 
 @contextmanager
@@ -195,10 +193,13 @@ def run_folder(path: str | Path) -> Iterator[Any]:
             yield folder
         return
     if is_main():
-        with RunFolder(path) as folder:
-            yield _Leader(folder)
+        with ExitStack() as stack:
+            opened: list[Any] = []
+            from_main(lambda: opened.append(stack.enter_context(RunFolder(path))))  # a held lock: every rank stops
+            yield _Leader(opened[0])
             barrier()
         return
+    from_main(lambda: None)
     yield _Follower(Path(path))
     barrier()
 
@@ -213,15 +214,27 @@ def barrier() -> None:
 
 def from_main(compute: Callable[[], T]) -> T:
     """``compute()`` on rank 0, its result on every rank: validation runs once, and every rank takes
-    the same model-selection decision from the same metrics."""
+    the same model-selection decision from the same metrics. A user error rank 0 meets (a run folder
+    that holds another run, or is locked by another fit) is raised on every rank, so each stops with
+    it (rank 0 alone says it) instead of waiting for rank 0 and dying of the closed connection."""
     rank, size = world()
     if size == 1:
         return compute()
     import torch.distributed as dist
 
-    box = [compute() if rank == 0 else None]
+    box = [_outcome(compute) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    result, refusal = box[0]
+    if refusal is not None:
+        raise refusal
+    return result
+
+
+def _outcome(compute: Callable[[], T]) -> tuple[T | None, FewsamError | None]:
+    try:
+        return compute(), None
+    except FewsamError as exc:
+        return None, exc
 
 
 def broadcast_state(module: nn.Module) -> None:

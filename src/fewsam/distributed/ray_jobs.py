@@ -307,15 +307,15 @@ class PredictWorker(CaseWorker):
     """Writes the prediction of one case per call into the job's staging folder."""
 
     def setup(self) -> None:
-        from fewsam.data import open_dataset
         from fewsam.models.precision import resolve_precision
-        from fewsam.predict import case_predictor
+        from fewsam.predict import case_predictor, open_for_run
         from fewsam.runs import read_config
 
         job = self.job
-        self.dataset = open_dataset(job.data)
+        config = read_config(Path(job.run))
+        self.dataset = open_for_run(job.data, config)
         encoder = resolve_precision(job.precision, job.device)
-        self.predictor, self.cache = case_predictor(Path(job.run), read_config(Path(job.run)), self.dataset,
+        self.predictor, self.cache = case_predictor(Path(job.run), config, self.dataset,
                                                     job.refined, job.cache_root, encoder, job.device)
 
     def predict(self, case_id: str, staging: str) -> dict[str, Any]:

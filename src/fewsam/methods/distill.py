@@ -272,7 +272,7 @@ def fit(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> TrainResult:
     result = train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress)
     module.load_state_dict(load_best(run_dir)[0])
     choice = student_postprocessing_choice(module, val_cases, cfg, ctx.values, rule, cfg.test_mirroring, ctx.device,
-                                           ctx.show_progress)
+                                           ctx.show_progress, [ctx.dataset.subject_of(c.case_id) for c in val_cases])
     if cfg.teacher_blend:
         choice = teacher_blend_choice(ctx, cfg, run_dir, module, val_cases, choice)
     write_json(run_dir / POSTPROCESS, choice)

@@ -27,7 +27,7 @@ from fewsam.config import UnlabelledPoolConfig, option
 from fewsam.data.types import SliceRef
 from fewsam.embedded import EmbeddedSlice, embed_refs
 from fewsam.errors import DataError
-from fewsam.fitting import FitContext
+from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit
 from fewsam.losses import consistency_ce
 from fewsam.methods import Method
 from fewsam.methods import fewshot
@@ -154,6 +154,9 @@ def fit(ctx: FitContext, cfg: FewMatchConfig, run_dir: Path) -> TrainResult:
     """Few-shot SAM's fit, with the unlabelled pool in every step after the warm-up. An empty pool is
     refused at once; the pool is encoded once few-shot SAM's own checks have passed."""
     refs = unlabelled_refs(ctx, cfg)
+    if cfg.lambda_u > 0:
+        say_if_warm_up_fills_the_fit(cfg.warmup_steps, cfg.steps, "the consistency loss on the unlabelled pool",
+                                     "few-shot SAM on the labelled slices alone")
     return fewshot.fit(ctx, cfg, run_dir, FewMatchTask, lambda: {"unlabelled": unlabelled_embeddings(ctx, refs)})
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewsam.config import PATIENCE_HELP, Config, option
+from fewsam.config import MAX_LR, PATIENCE_HELP, Config, option
 from fewsam.data.types import Case
 from fewsam.distributed import local_part
 from fewsam.embedded import MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, undo_dihedral
@@ -48,7 +48,8 @@ from fewsam.progress import tracked
 from fewsam.prompts import masked_average_pool, region_weights
 from fewsam.runs import write_json
 from fewsam.self_prompting import PseudoLabeller, SelfPromptRules, merge_refined
-from fewsam.train import TrainConfig, TrainResult, atomic_torch_save, load_best, load_run_file, train
+from fewsam.train import (TrainConfig, TrainResult, atomic_torch_save, load_best, load_run_file, refuse_idle_patience,
+                          train)
 
 BANK = "prompt_bank.pt"
 
@@ -58,7 +59,8 @@ class FewShotConfig(Config):
     """The few-shot recipe: the decoder's training and the prompt bank's design."""
 
     steps: int = option(400, "Training steps (batches).", min=1)
-    lr: float = option(3e-4, "AdamW learning rate (cosine decay after 10 warm-up steps).", above=0.0)
+    lr: float = option(3e-4, "AdamW learning rate (cosine decay after 10 warm-up steps).", above=0.0,
+                        max=MAX_LR)
     batch_size: int = option(8, "Labelled slices (views) per step.", min=1)
     tokens_per_class: int = option(2, "Prototype tokens per class (more than 1: k-means over the shots).", min=1)
     shot_dropout: float = option(0.5, "Fraction of shots left out of a class token at each step.", min=0.0, max=1.0)
@@ -78,6 +80,10 @@ class FewShotConfig(Config):
     sam_refinement: bool = option(True, "Refine each class's mask with SAM's own box decoder, prompted by the mask's "
                                   "box and deepest pixel, if that scores higher on validation.",
                                   flag="--sam-refinement/--no-sam-refinement")
+
+    def check_together(self) -> None:
+        super().check_together()
+        refuse_idle_patience(self.train_config(seed=0))  # the seed changes no step
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, val_every=self.val_every, ema=self.ema, seed=seed,
@@ -364,7 +370,8 @@ def fit(ctx: FitContext, cfg: FewShotConfig, run_dir: Path, task_type: type[FewS
     if cfg.test_mirroring:
         mirrored = [(case, predict_mirrored(decoder, tokens, slices, ctx.values, ctx.device))
                     for case, slices in tracked(val_cases, "mirror val", ctx.show_progress)]
-        choice = mirroring_choice(choice, postprocessing_choice(mirrored, ctx.values, rule))
+        subjects = [ctx.dataset.subject_of(case.case_id) for case, _ in val_cases]
+        choice = mirroring_choice(choice, postprocessing_choice(mirrored, ctx.values, rule), subjects)
     if sam is not None:
         choice = sam_refinement_choice(decoder, tokens, sam, val_cases, ctx.values, rule, choice, ctx.device,
                                        ctx.show_progress)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewsam.config import Config, option
+from fewsam.config import Config, ConfigError, field_default, option
 from fewsam.data.types import Case
 from fewsam.embedded import EmbeddedSlice
 from fewsam.errors import DataError
@@ -32,7 +32,15 @@ class PromptedConfig(Config):
     """Which oracle prompt each class gets at predict time."""
 
     prompt: str = option("box", "points | box (taken from the labels at predict time).", choices=PROMPTS)
-    box_margin: float = option(0.0, "Pixels added around the tight box.", min=0.0)
+    box_margin: float = option(0.0, "Pixels added around the tight box (--prompt box).", min=0.0)
+
+    def check_together(self) -> None:
+        """--box-margin widens the box prompt: with --prompt points no box is drawn, and the run would
+        record a margin that changed nothing."""
+        super().check_together()
+        if self.prompt != "box" and self.box_margin != field_default(PromptedConfig.__dataclass_fields__["box_margin"]):
+            raise ConfigError(f"--box-margin widens the box prompt, and --prompt {self.prompt} draws no box; use "
+                              "--prompt box or leave --box-margin out")
 
 
 class PromptedPredictor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewsam.config import PATIENCE_HELP, Config, ConfigError, option
+from fewsam.config import MAX_LR, PATIENCE_HELP, Config, ConfigError, option
 from fewsam.data import load_labelled_case
 from fewsam.data.intensity import scale_to_unit
 from fewsam.data.types import Case, Dataset, SliceRef
@@ -33,7 +33,7 @@ from fewsam.metrics import selection_score, volume_score
 from fewsam.progress import say_once, tracked
 from fewsam.models.acceleration import acceleration_of_run, prepare_student
 from fewsam.runs import read_config
-from fewsam.train import TrainConfig, load_best
+from fewsam.train import TrainConfig, load_best, refuse_idle_patience
 
 # The student's optimiser recipes. AdamW + a weight average is the default because it converges
 # within the CPU-length schedules fewsam targets (docs/results.md, SAM-Match); SGD with momentum,
@@ -94,12 +94,17 @@ class StudentFitConfig(StudentConfig):
     optimizer: str = option("adamw", "Student optimiser: adamw (lr 1e-3, weight average 0.99; converges in "
                             "CPU-length runs) or sgd (the paper's: lr 0.01, no average; ~30k-step runs).",
                             choices=tuple(STUDENT_RECIPES))
-    lr: float | None = option(None, "Learning rate, poly decay (default: the optimiser's).", above=0.0)
+    lr: float | None = option(None, "Learning rate, poly decay (default: the optimiser's).", above=0.0,
+                              max=MAX_LR)
     ema: float | None = option(None, "Decay of a moving average of the weights, validated and kept, 0: off "
                                "(default: the optimiser's).", min=0.0, max=0.9999)
     batch_size: int = option(8, "Labelled slices per step.", min=1)
     val_every: int = option(200, "Steps between validations (each writes a resumable checkpoint).", min=1)
     patience: int = option(0, PATIENCE_HELP, min=0)
+
+    def check_together(self) -> None:
+        super().check_together()
+        refuse_idle_patience(self.train_config(seed=0))  # the seed changes no step
 
     def train_config(self, seed: int) -> TrainConfig:
         """The optimiser with poly(0.9) decay, weight decay 1e-4, no warm-up, no clipping; ``lr``
@@ -361,16 +366,18 @@ def load_val_cases(ctx: FitContext) -> list[Case]:
 
 def student_postprocessing_choice(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],
                                   rule: CavityRule | None, mirroring: bool, device: str = "cpu",
-                                  show_progress: bool = False) -> dict[str, Any]:
+                                  show_progress: bool = False, subjects: Sequence[str] | None = None
+                                  ) -> dict[str, Any]:
     """RUN/postprocess.json of a student run: the cavity rule, the largest-component choice and, with
-    ``mirroring``, test-time mirroring if it scores strictly higher on the validation volumes."""
+    ``mirroring``, test-time mirroring unless validation vetoes it (``mirroring_choice``; ``subjects``
+    names each validation case's subject, so that one subject's cases make one pair)."""
     module.eval()
     single = [(case, predict_case_labels(module, case, cfg, values, device)) for case in val_cases]
     choice = postprocessing_choice(single, values, rule)
     if mirroring:
         mirrored = [(case, predict_case_labels(module, case, cfg, values, device, mirror=True))
                     for case in tracked(val_cases, "mirror val", show_progress)]
-        choice = mirroring_choice(choice, postprocessing_choice(mirrored, values, rule))
+        choice = mirroring_choice(choice, postprocessing_choice(mirrored, values, rule), subjects)
     return choice
 
 

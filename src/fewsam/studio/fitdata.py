@@ -9,7 +9,9 @@ its own, in a layout fewsam already reads:
   bit for bit, so the embedding cache serves the fit the same embeddings as the studio's
   predictions of the source cases (one encoding per slice, not two).
 - RGB (colour 2D images): a PNG folder, ``images/`` + ``masks/`` + ``index.csv`` (split train) +
-  ``classes.json`` (class index = mask value, rgb true); 8-bit RGB round-trips exactly.
+  ``classes.json`` (the source dataset's mask value per class, else the class index; rgb true); 8-bit
+  RGB round-trips exactly. The run keeps that coding (RUN/config.json), so its predictions of new
+  images are written as the source dataset's masks (0/255), not as class indices.
 
 ``slices.json`` maps each new case (by the id fewsam reads it under) back to (source case, slice).
 The fit validates on the same slices (``FIT_VAL_SPLIT``): with a handful of labels none can be
@@ -40,11 +42,14 @@ def write_fit_dataset(folder: Path, slices: Sequence[tuple[Case, int, np.ndarray
     folder.mkdir(parents=True, exist_ok=True)
     ids = [f"s{i:04d}" for i in range(len(slices))]
     rgb = any(case.image.ndim == 4 for case, _, _ in slices)
-    writer = _write_png_slice if rgb else _write_nifti_slice
+    coding = _mask_coding(slices, class_map)
     for new_id, (case, z, label) in zip(ids, slices):
-        writer(folder, new_id, case, z, label)
+        if rgb:
+            _write_png_slice(folder, new_id, case, z, label, coding)
+        else:
+            _write_nifti_slice(folder, new_id, case, z, label)
     if rgb:
-        _write_png_index(folder, ids, class_map)
+        _write_png_index(folder, ids, class_map, coding)
     else:
         _write_json(folder / "classes.json", {"classes": class_map.to_json()})
         _write_json(folder / "splits_final.json", [{"train": ids, "val": ids}])
@@ -77,17 +82,31 @@ def _png_bytes(array: np.ndarray, mode: str) -> bytes:
     return buf.getvalue()
 
 
-def _write_png_slice(folder: Path, new_id: str, case: Case, z: int, label: np.ndarray) -> None:
+def _mask_coding(slices: Sequence[tuple[Case, int, np.ndarray]], class_map: ClassMap) -> dict[int, int]:
+    """class -> mask value: the source dataset's PNG coding where its cases carry one (every class of
+    ``class_map`` in it), else the class index itself."""
+    source = next((case.meta.get("png_to_pixel") for case, _, _ in slices if case.meta.get("png_to_pixel")), None)
+    coding = {int(c): int(v) for c, v in (source or {}).items()}
+    if not all(c in coding for c in [0, *class_map.labels]):
+        return {c: c for c in [0, *class_map.labels]}
+    return coding
+
+
+def _write_png_slice(folder: Path, new_id: str, case: Case, z: int, label: np.ndarray,
+                     coding: dict[int, int]) -> None:
     image = case.image[z]
     if image.ndim == 2:  # a grey case in a colour dataset
         image = np.repeat(image[..., None], 3, axis=-1)
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     atomic_write_bytes(folder / "images" / f"{new_id}.png", _png_bytes(pixels, "RGB"))
-    atomic_write_bytes(folder / "masks" / f"{new_id}.png", _png_bytes(np.asarray(label, np.uint8), "L"))
+    lut = np.zeros(256, np.uint8)
+    for cls, value in coding.items():
+        lut[cls] = value
+    atomic_write_bytes(folder / "masks" / f"{new_id}.png", _png_bytes(lut[np.asarray(label, np.uint8)], "L"))
 
 
-def _write_png_index(folder: Path, ids: list[str], class_map: ClassMap) -> None:
-    values = {str(v): v for v in [0, *class_map.labels]}
+def _write_png_index(folder: Path, ids: list[str], class_map: ClassMap, coding: dict[int, int]) -> None:
+    values = {str(c): v for c, v in sorted(coding.items())}
     _write_json(folder / "classes.json", {"classes": class_map.to_json(), "pixel_values": values, "rgb": True})
     buf = io.StringIO()
     rows = csv.writer(buf, lineterminator="\n")

@@ -33,7 +33,7 @@ import threading
 import zipfile
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -508,7 +508,8 @@ class Project:
 
     def export(self) -> dict[str, Any]:
         """PROJECT/export: each labelled case's labels in the dataset's own format and geometry (NIfTI
-        with the image's affine and header, PNG in the dataset's mask coding, ...), unlabelled slices 0,
+        with the image's affine and header, PNG in the dataset's mask coding, ...), named as the dataset's
+        reader finds labels (``label_rel_path``: BUSI's ``x_mask.png``, ``masks/x.png``), unlabelled slices 0,
         and labelled_slices.json saying which slices hold labels. Replaces the previous export whole, and
         refuses (before writing anything) when PROJECT/export holds anything an export did not write."""
         labelled = self.labelled()
@@ -537,7 +538,8 @@ class Project:
             keep = np.zeros(volume.shape[0], bool)
             keep[zs] = True
             volume[~keep] = 0
-            rel = write_prediction(case, volume, folder).relative_to(folder).as_posix()
+            as_label = replace(case, rel_path=self.dataset.label_rel_path(self.dataset.entries[case_id]))
+            rel = write_prediction(as_label, volume, folder).relative_to(folder).as_posix()
             files.append(rel)
             cases[case_id] = {"file": rel, "slices": zs}
         manifest = {"data": str(self.data), "classes": self.class_map.to_json(), "cases": cases,

@@ -15,7 +15,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -102,6 +102,12 @@ class IndexedDataset:
             known = ", ".join(self.split_names())
             raise DataError(f"unknown split {name!r} for {self.root}: use one of {known} "
                             "or a list file in that folder")
+        if not ids and name == "val" and name in self.computed_splits:
+            subjects = len({self.subject_of(case_id) for case_id in self.splits.get("train", [])})
+            raise DataError(f"split 'val' of {self.root} is empty: it holds every 5th labelled subject (patient; at "
+                            f"least one of two or more), and {self.root} has {subjects} labelled subject(s); label "
+                            "another, or give a list file of cases instead of 'val' (or 'train', to validate on the "
+                            "training cases)")
         if not ids:
             raise DataError(f"split {name!r} of {self.root} is empty; "
                             f"use one of: {', '.join(self.split_names())}")
@@ -147,6 +153,25 @@ class IndexedDataset:
         """Where a case's prediction goes under PRED: the input's relative path, unless the
         prediction is written in another format than the input (JPEG -> PNG, DICOM -> NIfTI)."""
         return entry.rel_path
+
+    def label_rel_path(self, entry: Entry) -> str:
+        """Where a label file of this case goes in a folder laid out as this dataset (the studio's
+        export), so that it reads back as the case's label: the case's own label file where it has one
+        apart from its image (with the ending labels are written in, its prediction's), else where the
+        layout looks for one (``new_label_rel_path``)."""
+        written = self.prediction_rel_path(entry)
+        if entry.label is None or Path(entry.label) == Path(entry.image):
+            return self.new_label_rel_path(entry)
+        try:
+            rel = Path(entry.label).relative_to(self.root).as_posix()
+        except ValueError:  # a label listed outside root: named as the layout names new ones
+            return self.new_label_rel_path(entry)
+        return rel[: len(rel) - len(file_ending(rel))] + file_ending(written)
+
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """Where the layout looks for the label of a case that has none yet: by default where its
+        prediction goes (a layout whose labels live beside or inside their images)."""
+        return self.prediction_rel_path(entry)
 
     def has_any_label(self) -> bool:
         """Whether any case has a label file: without one, only prediction is possible."""
@@ -375,6 +400,11 @@ def check_unique(ids: list[str], source: str) -> None:
                         "keep one line per case")
 
 
+def file_ending(name: str) -> str:
+    """A file name's ending: ``.nii.gz`` as one, else its last suffix (``x.seg.nrrd`` -> ``.nrrd``)."""
+    return ".nii.gz" if name.lower().endswith(".nii.gz") else Path(name).suffix
+
+
 def strip_suffixes(name: str) -> str:
     """'a/b.nii.gz' -> 'a/b'; 'x.JPG' -> 'x' (only known data suffixes are removed)."""
     lower = name.lower()
@@ -441,11 +471,42 @@ def list_file_in(root: Path, split: str) -> Path | None:
 
 
 def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
-    """Naturally sorted ids; every ``every``-th (indices every-1, 2*every-1, ...) goes to val (20%)."""
+    """Naturally sorted ids; every ``every``-th (indices every-1, 2*every-1, ...) goes to val (20%),
+    and of fewer than ``every`` ids (two or more) the last one: 4 labelled volumes left no validation
+    case, so every fit's default ``--val-split val`` was refused, where nnU-Net and MONAI users
+    expect at least one case held out. One id alone stays in train (``split`` says why val is empty)."""
     ordered = natural_sorted(ids)
-    val = [cid for i, cid in enumerate(ordered) if i % every == every - 1]
+    val = [cid for i, cid in enumerate(ordered) if i % every == every - 1] or ordered[1:][-1:]
     chosen = set(val)
     return {"train": [cid for cid in ordered if cid not in chosen], "val": val}
+
+
+def computed_splits(entries: Iterable[Entry], test: Iterable[str] = (),
+                    rule: Callable[[list[Entry]], dict[str, list[str]]] | None = None) -> dict[str, list[str]]:
+    """Every reader's splits where the data names none: the labelled cases into "train" and "val"
+    (``rule``, by default ``deterministic_split``), and every case without a label file into "test",
+    after the cases the layout itself calls test (``test``: nnU-Net's imagesTs). An unlabelled image
+    can neither be validated on nor labelled for training; in "test" it is predicted with
+    ``--split test``, and a semi-supervised fit learns from it with ``--unlabeled-split test``."""
+    entries = list(entries)
+    held = dict.fromkeys(test)
+    held.update(dict.fromkeys(e.case_id for e in entries if e.label is None))
+    labelled = [e for e in entries if e.case_id not in held]
+    splits = (rule or _split_ids)(labelled) if labelled else {}
+    if held:
+        splits["test"] = list(held)
+    return splits
+
+
+def _split_ids(entries: list[Entry]) -> dict[str, list[str]]:
+    """``deterministic_split`` of the subjects (patients), each with all its cases: split by case, a
+    patient's other series or images sat in train beside the one validated on, and validation
+    scored the model on a patient it had learned. Where each case is its own subject, by case."""
+    cases: dict[str, list[str]] = {}
+    for e in entries:
+        cases.setdefault(e.subject, []).append(e.case_id)
+    return {name: [case_id for subject in subjects for case_id in natural_sorted(cases[subject])]
+            for name, subjects in deterministic_split(list(cases)).items()}
 
 
 def first_line(err: Exception) -> str:

@@ -10,17 +10,17 @@
 
 case_id = the series folder relative to root (or images/), subject = its first folder (the
 patient in root/<patient>/<series>/); a folder holding files of several series is refused when
-loaded. Arrays are (D, H, W) as SimpleITK gives them (GDCM sorts the
-slices by position), or (D, H, W, 3) for colour series; spacing is (z, y, x) in mm. ``meta``
-keeps the series' origin, spacing and direction: predictions are written as NIfTI
+loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are
+(D, H, W) as SimpleITK gives them (GDCM sorts the slices by position), or (D, H, W, 3) for colour
+series; spacing is (z, y, x) in mm. ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
 3D Slicer or ITK-SNAP. A label on the series' grid is taken as is; one holding the same voxels
 in another axis order or orientation, or a block of them (a label cropped to its structures), is
 resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
 intercept; a series whose slices are not evenly spaced (a missing file) is refused.
-Splits: labelled cases naturally sorted, every 5th to "val"; unlabelled cases in "test" (the
-unlabelled pool of a semi-supervised fit with ``--unlabeled-split test``);
-without any label, "val" holds every case.
+Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at
+least one of two or more); unlabelled cases in "test" (the unlabelled pool of a semi-supervised
+fit with ``--unlabeled-split test``); without any label, "val" holds every case.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
-                                        deterministic_split, files_below, natural_sorted, to_label_array)
+                                        computed_splits, files_below, natural_sorted, to_label_array)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder, say_unmatched_labels
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 DICOM_MAGIC_AT = 128  # Part 10 files: a 128-byte preamble, then b"DICM"
@@ -78,16 +79,16 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         self._class_map = class_map
         super().__init__(root, class_map, entries)  # type: ignore[arg-type]
         self.check_label_values = class_map is not None
-        labelled = [e.case_id for e in entries if e.label is not None]
-        self.splits = deterministic_split(labelled) if labelled else {}
+        self.splits = computed_splits(entries)
         self.computed_splits = ("train", "val")
-        unlabelled = [e.case_id for e in entries if e.label is None]
-        if unlabelled:
-            self.splits["test"] = unlabelled
 
     def prediction_rel_path(self, entry: Entry) -> str:
         """DICOM predictions are NIfTI: ``<case_id>.nii.gz``."""
         return f"{entry.rel_path}.nii.gz"
+
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """A series' label as the reader looks for it: ``labels/<patient>/<series>.nii.gz``."""
+        return f"labels/{entry.rel_path}.nii.gz"
 
     def num_slices(self, case_id: str) -> int:
         """Slices of the series from its file headers (pixels are not read)."""
@@ -103,20 +104,38 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
 
 
 def series_files(folder: Path) -> list[str]:
-    """The files of the one DICOM series in ``folder``, in GDCM's slice order."""
+    """The files of the one DICOM series in ``folder`` (beside any localizers, ``_main_series``), in
+    GDCM's slice order."""
     if not folder.is_dir():
         raise DataError(f"DICOM folder {folder} not found; restore it")
     try:
         with quiet_itk():
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-            names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])) if len(ids) == 1 else []
+            series = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
     except RuntimeError as err:
         raise DataError(f"cannot read the DICOM files in {folder}: {itk_message(err)}") from None
-    if len(ids) > 1:
-        raise DataError(f"{folder} holds {len(ids)} DICOM series; put each series in its own folder")
+    names = _main_series(folder, series) if len(ids) > 1 else series[ids[0]] if ids else []
     if not names:
         raise DataError(f"no readable DICOM series in {folder} (damaged, or not DICOM images?)")
     return names
+
+
+SCOUT_FILES = 3  # a localizer (scout) series: up to three slices, as scanners take them
+
+
+def _main_series(folder: Path, series: dict[str, list[str]]) -> list[str]:
+    """The one series of ``folder`` that is no localizer: a scanner export puts its scout images (one
+    to three files of a series of their own) beside the series itself, and the folder was refused as
+    holding two series. Read, and the localizers said once; several full series are still refused."""
+    main = [names for names in series.values() if len(names) > SCOUT_FILES]
+    if len(main) != 1:
+        counts = " and ".join(str(len(names)) for names in series.values())
+        raise DataError(f"{folder} holds {len(series)} DICOM series; put each series in its own folder "
+                        f"(their files: {counts})")
+    scouts = sum(len(names) for names in series.values()) - len(main[0])
+    say_once(f"{folder}: {len(series) - 1} localizer series ({scouts} file(s) of at most {SCOUT_FILES} slices) beside "
+             f"its series of {len(main[0])} files are left out; the series is read", key="dicom-localizer")
+    return main[0]
 
 
 def expected_slices(names: list[str]) -> int:

@@ -16,7 +16,8 @@ Key names changed across releases; all are accepted:
   or its age is in days.
 
 Splits: ``train``/``val``/``test`` list files (``.list`` or ``.txt``, one file name per line) in
-root; else folders ``Training/``, ``Validation/``, ``Test/``; else every npz in root is "train".
+root; else folders ``Training/``, ``Validation/``, ``Test/``; npz files in root itself are split by the
+rule every reader computes (``computed_splits``: every 5th to "val", at least one of two or more).
 case_id = file path relative to root without ``.npz``; rel_path = that path with ``.npz``.
 """
 
@@ -28,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from fewsam.data.readers.common import (Entry, IndexedDataset, Read, files_ending_with, natural_sorted,
-                                        read_lines, to_image_array)
+from fewsam.data.readers.common import (Entry, IndexedDataset, Read, computed_splits, files_ending_with,
+                                        natural_sorted, read_lines, to_image_array)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -79,9 +80,13 @@ class FairSegDataset(IndexedDataset):
                     break
         if splits:
             return splits
+        flat = [e for cid, e in self.entries.items() if "/" not in cid]
+        if flat:  # files in root: no split named, so the rule every reader computes (a val split too)
+            splits = computed_splits(flat)
+            self.computed_splits = ("train", "val")
         for cid in self.entries:
-            top = cid.split("/")[0] if "/" in cid else ""
-            splits.setdefault(FOLDERS.get(top, "train"), []).append(cid)
+            if "/" in cid:
+                splits.setdefault(FOLDERS.get(cid.split("/")[0], "train"), []).append(cid)
         return splits
 
     def _read(self, entry: Entry) -> Read:

@@ -14,8 +14,10 @@
                  from classes.json ({"1": "liver"}), else "class1", "class2", ... from the label
                  values found (a scan of every label, done on first use of ``class_map``)
 
-Multi-channel images (nnU-Net ``_0001``..., MSD 4D, ITK's 5D vector files) are read as channel 0
-only: SAM sees one greyscale channel. Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
+Multi-channel images (nnU-Net ``_0001``..., MSD 4D, 5D vector files) are read as channel 0
+only, said once: SAM sees one greyscale channel. Colour images are read as a colour PNG is, as
+their R, G, B values: NIfTI's RGB24 (and RGBA32) voxels, and ITK's RGB files (3 or 4 components
+on the 5th axis with a vector intent). Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
 without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume whose thick voxel
 axis is x or y (a sagittal or coronal series stored that way) is cut along that axis instead
 (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane axis. ``meta`` keeps the
@@ -24,9 +26,10 @@ orientation (a 2D image gets a 2D prediction). A label stored in another orienta
 image is reoriented onto the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or
 NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
-ids with every 5th to "val"; "test" = imagesTs (or unlabelled plain images: a semi-supervised fit
-learns from them with ``--unlabeled-split test``); without any label,
-"val" holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.
+ids with every 5th to "val" (at least one of two or more, ``deterministic_split``); "test" =
+imagesTs and every image without a label (``computed_splits``, as in every reader: a
+semi-supervised fit learns from them with ``--unlabeled-split test``); without any label, "val"
+holds every case. case_id = case name, rel_path = ``<case>.nii.gz``.
 A NIfTI file whose name says the wrong compression (a plain file named ``.nii.gz``) is read by its
 content, as ITK reads it.
 MetaImage and NRRD volumes (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) are read the same way, in
@@ -36,7 +39,9 @@ any of these layouts (``itk_volume``); their predictions keep their format (``<c
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +51,7 @@ import nibabel as nib
 import numpy as np
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
-                                        deterministic_split, first_line, is_data_file, natural_sorted,
+                                        computed_splits, first_line, is_data_file, natural_sorted,
                                         to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, read_as_nifti)
@@ -102,16 +107,22 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
     layout = "nifti"
     format = "nifti"
 
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """Where the reader looks for a case's label: ``labelsTr/<case>`` for an image in ``imagesTr/``
+        (nnU-Net; ``labelsTs/`` for ``imagesTs/``), ``labels/<case>`` otherwise, with its prediction's ending."""
+        labels = {"imagestr": "labelsTr", "imagests": "labelsTs"}.get(Path(entry.image).parent.name.lower())
+        return f"{labels}/{Path(entry.rel_path).name}" if labels else f"labels/{entry.rel_path}"
+
     def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry],
                  test_ids: list[str]) -> None:
         self._class_map = class_map
         super().__init__(root, class_map, entries)  # type: ignore[arg-type]
         self.check_label_values = class_map is not None
-        labelled = [e.case_id for e in entries if e.label is not None and e.case_id not in test_ids]
-        self.splits = _read_splits(root, labelled) if labelled else {}
-        self.computed_splits = () if (root / "splits_final.json").is_file() else ("train", "val")
-        if test_ids:
-            self.splits["test"] = test_ids
+        self.splits = computed_splits(entries, test_ids)
+        named = root / "splits_final.json"
+        self.computed_splits = () if named.is_file() else ("train", "val")
+        if named.is_file() and "train" in self.splits:
+            self.splits.update(_read_splits(named))
         for ids in self.splits.values():
             self.check_known(ids, str(root / "splits_final.json"))
 
@@ -128,7 +139,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
                      f"(z: {zooms[2]:g} mm), so its slices are cut along {'xy'[axis]}, the acquisition's "
                      "slice direction; predictions are written back on the input's grid",
                      key=f"nifti-slice-axis-{axis}")
-        rgb = bool(itk_geometry) and itk_geometry.get("components") in (3, 4)
+        rgb = itk_geometry.get("components") in (3, 4) if itk_geometry else _is_colour(img)
         image, dropped = _image_array(img, entry.image, axis, rgb)
         label = None if entry.label is None else _label_array(entry.label, axis, img)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
@@ -292,18 +303,46 @@ def _data(img: Any, path: Path, dtype: Any = None) -> np.ndarray:
         raise DataError(f"cannot read NIfTI {path} (truncated?): {first_line(err)}") from None
 
 
+RGB_FIELDS = ("R", "G", "B")  # nibabel's names of an RGB24 / RGBA32 voxel's fields
+COLOUR_INTENTS = ("vector", "rgb vector", "rgba vector")  # nibabel's names of NIfTI intents 1007, 2003, 2004
+
+
+def _is_colour(img: Any) -> bool:
+    """Whether a NIfTI image holds colour voxels, to be read as a colour PNG is (R, G, B channels):
+    an RGB24 or RGBA32 voxel type, or a vector of 3 or 4 components on the 5th axis with a vector
+    intent, as ITK (and so SimpleITK, 3D Slicer, MONAI) writes an RGB image. A vector of another
+    length (a 2-component field, say) is no colour: it is read as a 4D file's channels are."""
+    shape = img.shape
+    return _colour_fields(img) or (len(shape) == 5 and shape[3] == 1 and shape[4] in (3, 4)
+                                   and img.header.get_intent()[0] in COLOUR_INTENTS)
+
+
+def _colour_fields(img: Any) -> bool:
+    names = np.dtype(img.get_data_dtype()).names or ()
+    return all(f in names for f in RGB_FIELDS)
+
+
 def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np.ndarray, int]:
-    """(slices, rows, cols) float32, or (slices, rows, cols, 3) for an ``rgb`` (ITK RGB or RGBA
-    pixel) image; the number of 4th-axis volumes left out."""
-    data = _data(img, path, np.float32)
+    """(slices, rows, cols) float32, or (slices, rows, cols, 3) for an ``rgb`` image (``_is_colour``,
+    or ITK RGB or RGBA pixels): its R, G, B values as a colour PNG's are, alpha left out; the
+    number of 4th-axis volumes left out."""
+    if _colour_fields(img):  # RGB24 / RGBA32: (x, y, z) voxels of named fields, channels last
+        raw = _data(img, path)
+        data = np.stack([raw[f] for f in RGB_FIELDS], axis=-1).astype(np.float32)
+        data = data if data.ndim == 4 else data[:, :, None, :]  # a 2D colour image: one slice
+    else:
+        data = _without_time_axis(_data(img, path, np.float32))
     dropped = 0
     if rgb and data.ndim == 4:
         channels = [to_slices(data[..., c], axis) for c in range(3)]
         return np.stack(channels, axis=-1).astype(np.float32, copy=False), 0
-    data = _without_time_axis(data)
     if data.ndim == 4:
         data, dropped = data[..., 0], data.shape[3] - 1
-        if dropped:
+        if dropped and len(img.shape) == 5:  # components on the 5th axis: a vector image neither RGB nor RGBA
+            say_once(f"{path} holds {dropped + 1} components per voxel (a vector image on its 5th axis, not RGB): "
+                     "fewsam segments the first component of each such file; export the component you want as a "
+                     "3D file", key="nifti-vector")
+        elif dropped:
             say_once(f"{path} holds {dropped + 1} volumes along its 4th axis (time frames or channels): fewsam "
                      "segments the first of each such file; export the frame or channel you want as a 3D file",
                      key="nifti-4d")
@@ -405,10 +444,8 @@ def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, rtol=0, atol=AFFINE_TOLERANCE))
 
 
-def _read_splits(root: Path, labelled: list[str]) -> dict[str, list[str]]:
-    path = root / "splits_final.json"
-    if not path.is_file():
-        return deterministic_split(labelled)
+def _read_splits(path: Path) -> dict[str, list[str]]:
+    """Fold 0 of nnU-Net's ``splits_final.json``: its train and val cases."""
     try:
         folds = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is fine
         fold = {key: folds[0][key] for key in ("train", "val")}
@@ -502,8 +539,11 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         labels = files_by_name(root / "labelsTr", ending)
         entries = [_entry(p, labels.get(f"{c}{ending}", root / "labelsTr" / f"{c}{ending}"), c)
                    for p, c in _channel0(root / "imagesTr", ending)]
+        say_unmatched_labels(root / "labelsTr", entries, f"<case>{ending}", ending)
         test_cases = _channel0(root / "imagesTs", ending)
+        _check_file_ending(root, ending, found=bool(entries))
     _say_unlabelled_training(root, entries)
+    _say_training_count(root, spec, len(entries))
     known = {e.case_id for e in entries}
     test_ids = []
     for path, case in test_cases:
@@ -511,6 +551,23 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
     return entries, test_ids
+
+
+def _check_file_ending(root: Path, ending: str, found: bool) -> None:
+    """Only files of dataset.json's ``file_ending`` are cases, as nnU-Net reads them. A dataset.json
+    copied from another dataset (".nii" beside .nii.gz files) found no image and said "no NIfTI
+    images found" of a full imagesTr; some files of another ending were left out without a word."""
+    other = natural_sorted(p.name for p in (root / "imagesTr").iterdir()
+                           if volume_ending(p.name) not in (None, ending) and not p.name.startswith("."))
+    if not other:
+        return
+    endings = sorted({volume_ending(name) or "" for name in other})
+    if not found:
+        raise DataError(f"{root / 'dataset.json'} says file_ending {ending!r}, but imagesTr holds "
+                        f"{', '.join(endings)} files; set file_ending to {endings[0]!r}")
+    shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+    say_once(f"{root / 'imagesTr'}: {len(other)} file(s) end otherwise than dataset.json's file_ending {ending!r} "
+             f"({shown}) and are not read, as nnU-Net would not", key="nifti-other-endings")
 
 
 MSD_ENTRY = '{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}'
@@ -546,31 +603,73 @@ def _listed_image(root: Path, image: str) -> Path:
 
 def _say_unlabelled_training(root: Path, entries: list[Entry]) -> None:
     """nnU-Net expects a label for every training image; one without is left out of the
-    train/val splits (it is still read as an unlabelled case), which a user should hear."""
+    train/val splits and is a "test" case (``computed_splits``), which a user should hear."""
     missing = [e.case_id for e in entries if e.label is None]
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         say_once(f"{root}: {len(missing)} training image(s) have no label file ({shown}); they are left out of "
-                 "the train and val splits and used as unlabelled cases", key="nifti-training-unlabelled")
+                 "the train and val splits and are in 'test' (predicted with --split test; a semi-supervised fit "
+                 "learns from them with --unlabeled-split test)", key="nifti-training-unlabelled")
+
+
+def _say_training_count(root: Path, spec: dict[str, Any], found: int) -> None:
+    """dataset.json's ``numTraining`` against the training cases found: a download or copy that
+    stopped part way left fewer, and the fit ran on them without a word, where nnU-Net's dataset
+    check says so."""
+    expected = spec.get("numTraining")
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != found:
+        say_once(f"{root / 'dataset.json'} says numTraining {expected}, and {found} training case(s) are there; "
+                 "a copy or download that stopped part way? fewsam reads the cases found",
+                 key="nifti-num-training")
 
 
 def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
-    """(path, case) of each case's first channel: '<case>_0000.nii.gz', else '<case>.nii.gz'."""
+    """(path, case) of each case's first channel: '<case>_0000.nii.gz', else '<case>.nii.gz'.
+
+    Where some files are named as channels, a file that is not (``b.nii.gz`` beside ``a_0000.nii.gz``,
+    as a folder filled by hand is) is a case of its own: it was left out without a word, and its label
+    said to match no image. A channel file whose case has no ``_0000`` is said, as it is not read."""
     files = [p for p in _nifti_files(folder, ending) if not ending or volume_ending(p.name) == ending]
-    v2 = [(p, case_name(p)[:-5]) for p in files if case_name(p).endswith("_0000")]
-    return v2 or [(p, case_name(p)) for p in files]
+    channels = {p: re.fullmatch(r"(.+)_(\d{4})", case_name(p)) for p in files}
+    first = {m[1] for m in channels.values() if m and m[2] == "0000"}
+    if not first:
+        return [(p, case_name(p)) for p in files]
+    orphans = [p.name for p, m in channels.items() if m and m[1] not in first]
+    if orphans:
+        shown = ", ".join(orphans[:3]) + (", ..." if len(orphans) > 3 else "")
+        say_once(f"{folder}: {len(orphans)} channel file(s) have no _0000 file of their case ({shown}) and are not "
+                 "read; restore the case's _0000 file", key="nifti-channel-orphans")
+    return [(p, m[1] if m else case_name(p)) for p, m in channels.items() if not m or m[2] == "0000"]
+
+
+def _say_other_channels(images: list[Path]) -> None:
+    """nnU-Net (v1 and v2) stores a multi-channel case (T2 + ADC, the four BraTS sequences) as one
+    file per channel, ``_0000``, ``_0001``...; fewsam reads channel 0 only (SAM sees one greyscale
+    image), and the other files were left out without a word, where a 4D file's channels are said."""
+    multi = next((p for p in images if case_name(p).endswith("_0000") and _channel_file(p, 1).is_file()), None)
+    if multi is not None:
+        count = next(c for c in itertools.count(2) if not _channel_file(multi, c).is_file())
+        say_once(f"{multi.parent}: its cases have {count} channel files ({multi.name}, {_channel_file(multi, 1).name}"
+                 f"{', ...' if count > 2 else ''}); fewsam segments channel 0 (_0000) only, as SAM sees one "
+                 "greyscale image, and does not read the others", key="nifti-channel-files")
+
+
+def _channel_file(channel0: Path, channel: int) -> Path:
+    """The file of another channel of the case whose ``_0000`` file is ``channel0``."""
+    name = case_name(channel0)
+    return channel0.with_name(f"{name[:-4]}{channel:04d}{channel0.name[len(name):]}")
 
 
 def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
-    entries, test_ids = [], []
+    """images/ + labels/: a case's label is found by its case name (``label_in_folder``), or named as
+    its image file (``a_0000.nii.gz`` in both folders, as a 2D folder pairs ``images/x.png`` with
+    ``masks/x.png``): that one was said to match no image, and its case left unlabelled."""
     labels = files_by_name(root / "labels")
-    for path, case in _channel0(root / "images"):
-        entry = _entry(path, label_in_folder(root / "labels", case, labels), case)
-        entries.append(entry)
-        if entry.label is None:
-            test_ids.append(case)
+    entries = [_entry(path, label_in_folder(root / "labels", case, labels)
+                      or label_in_folder(root / "labels", case_name(path), labels), case)
+               for path, case in _channel0(root / "images")]
     say_unmatched_labels(root / "labels", entries)
-    return entries, test_ids
+    return entries, []
 
 
 LABEL_SUFFIXES = (*MASK_STEM_SUFFIXES, ".seg")  # .seg: 3D Slicer's <volume>.seg.nrrd
@@ -589,14 +688,16 @@ def label_in_folder(folder: Path, case: str, names: dict[str, Path] | None = Non
     return next((p for p in found if p is not None and is_data_file(p)), None)
 
 
-def say_unmatched_labels(folder: Path, entries: list[Entry]) -> None:
-    """Label files no image claims (a name that differs from its image's) are unused: say which."""
+def say_unmatched_labels(folder: Path, entries: list[Entry], naming: str = "<case>.nii.gz, or <case>_seg.nii.gz",
+                         ending: str = "") -> None:
+    """Label files no image claims (a name that differs from its image's) are unused: say which, and
+    how a label is named (``naming``); nnU-Net's labelsTr only as ``<case><file_ending>``."""
     used = {e.label for e in entries}
-    stray = [p.name for p in _nifti_files(folder) if p not in used]
+    stray = [p.name for p in _nifti_files(folder, ending) if p not in used]
     if stray:
         shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
         say_once(f"{folder}: {len(stray)} label file(s) match no image and are not used ({shown}); name a label "
-                 "as its image's case (<case>.nii.gz, or <case>_seg.nii.gz)", key="nifti-unmatched-labels")
+                 f"as its image's case ({naming})", key="nifti-unmatched-labels")
 
 
 def _plain_class_map(root: Path) -> ClassMap | None:
@@ -618,6 +719,7 @@ def open_nifti(root: Path) -> NiftiDataset:
     else:
         class_map = _plain_class_map(root)
         entries, test_ids = _plain_entries(root)
+    _say_other_channels([e.image for e in entries])
     if not entries:
         raise DataError(f"no NIfTI images found in {root}; expected imagesTr/ or images/ with .nii.gz "
                         "(or .mha, .nrrd) files")

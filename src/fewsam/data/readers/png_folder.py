@@ -32,8 +32,9 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   -> {1: "prostate"}; images greyscale.
 - palette: masks saved as colour-palette PNGs (VOC-style tools, labelme): each palette index is
   a class, {i: "class<i>"} for the indices found in the masks; predictions keep the palette.
-- generic: masks 0/255 (or 0/1) -> {1: "foreground"}, predictions in the same two values;
-  RGB if the first image has colour.
+- generic: masks 0/255 (or 0/1) -> {1: "foreground"}, predictions in the same two values.
+Images of the palette, generic and index codings (and of a classes.json without "rgb") are read
+each as it is: RGB where it shows colour, else greyscale (``shows_colour``).
 - index: grey masks of class indices (0, 1, 2, ... up to 31) -> {i: "class<i>"} for the values
   found in the masks; predictions in the same indices.
 The style is chosen from classes.json, else the index's ``task`` column, else BUSI markers
@@ -45,8 +46,10 @@ read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the
 Splits: the index's ``split`` column when present (multisite: train/test, no val). BUSI:
 within each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
-and in "all" and "normal". Otherwise naturally sorted case ids, every 5th to "val" (20%).
-Without any mask, "val" holds every image (``IndexedDataset.settle_unlabelled``).
+and in "all" and "normal". Otherwise naturally sorted subjects (an index's patient column, else
+each image), every 5th to "val" with all its images (20%; at least one of two or more).
+Images without a mask are in "test" (``computed_splits``, as in every reader); without any mask,
+"val" holds every image (``IndexedDataset.settle_unlabelled``).
 Labelled budget (BUSI): the train images alternate benign / malignant (benign 1, malignant 1,
 benign 2, ...), so ``--labeled-images 30`` is 15 of each, not 24 benign and 6 malignant.
 """
@@ -67,7 +70,7 @@ from PIL import Image, ImageOps
 
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
-                                        deterministic_split, files_below, is_data_file, natural_key,
+                                        computed_splits, files_below, is_data_file, natural_key,
                                         natural_sorted, path_below, read_json_object, rounded_float_label)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
@@ -98,7 +101,7 @@ class PngStyle:
     class_map: ClassMap
     to_class: dict[int, int]
     to_pixel: dict[int, int]
-    rgb: bool
+    rgb: bool | None  # None: each image as it is, RGB where it shows colour (``shows_colour``)
     ranged: bool = False
     palette: tuple[int, ...] | None = None  # palette masks: predictions are written with it
 
@@ -113,7 +116,7 @@ class PngStyle:
         return {v: coded[int(i)][1] for v, i in enumerate(nearest)}
 
 
-def binary_style(name: str, class_name: str, rgb: bool = False) -> PngStyle:
+def binary_style(name: str, class_name: str, rgb: bool | None = False) -> PngStyle:
     return PngStyle(name, ClassMap({1: class_name}), {0: 0, 1: 1, 255: 1}, {0: 0, 1: 255}, rgb)
 
 
@@ -153,6 +156,37 @@ class PngFolderDataset(IndexedDataset):
     def prediction_rel_path(self, entry: Entry) -> str:
         """Predictions are PNG: the image's relative path with its suffix changed to .png."""
         return str(PurePosixPath(entry.rel_path).with_suffix(".png"))
+
+    def new_label_rel_path(self, entry: Entry) -> str:
+        """The mask the scan pairs with an image (a PNG): ``masks/...`` for an image below ``images/``,
+        ``<stem>_mask.png`` beside it otherwise. Named as its image (``x.png``), an exported label read
+        back as a second image, not as the label."""
+        rel = PurePosixPath(entry.rel_path)
+        folders, top = rel.parts[:-1], _deepest(rel.parts[:-1], IMAGE_DIRS)
+        if top is None:
+            return rel.with_name(f"{rel.stem}_mask.png").as_posix()
+        masks = "mask" if folders[top].lower() == "image" else "masks"
+        return PurePosixPath(*folders[:top], masks, *folders[top + 1:], f"{rel.stem}.png").as_posix()
+
+    def mask_coding(self) -> dict[str, Any]:
+        """How this dataset's masks store its classes as pixels (class -> pixel, and the palette),
+        kept in a run's config.json: a folder of new images has no masks to show the coding their
+        predictions belong in, and the layout's guess (0/255) is not the 0/1 the run was fitted on."""
+        return {"to_pixel": {str(c): p for c, p in sorted(self.style.to_pixel.items())},
+                "palette": list(self.style.palette) if self.style.palette else None}
+
+    def adopt_mask_coding(self, class_map: ClassMap, coding: dict[str, Any]) -> bool:
+        """Take a run's classes and mask coding (``mask_coding``) where this folder cannot tell its
+        own: no mask anywhere and no classes.json. A folder with masks keeps its own coding.
+        Returns whether the coding was taken."""
+        if self.has_any_label() or (self.root / "classes.json").is_file():
+            return False
+        to_pixel = {int(c): int(p) for c, p in coding["to_pixel"].items()}
+        palette = tuple(coding["palette"]) if coding.get("palette") else None
+        self.style = PngStyle(self.style.name, class_map, {p: c for c, p in to_pixel.items()}, to_pixel,
+                              self.style.rgb, palette=palette)
+        self.class_map = class_map
+        return True
 
     def labelled_budget_order(self) -> list[SliceRef]:
         """Train images in split order; BUSI's interleave the pathologies (a stratified budget)."""
@@ -215,11 +249,10 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
         for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
             if word in hint:
                 return style
-    rgb = bool(entries) and _has_colour(entries[0].image)
-    return _palette_style(root, rows, rgb) or _generic_style(root, rows, rgb)
+    return _palette_style(root, rows) or _generic_style(root, rows)
 
 
-def _generic_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyle:
+def _generic_style(root: Path, rows: list[dict[str, str]]) -> PngStyle:
     """Binary masks as the dataset stores them: 0/255, or 0/1 (nnU-Net's and many converters'
     PNG labels), judged by the first mask with any foreground; class indices 0, 1, 2, ... when
     any mask holds them (``_index_style``). Predictions are written in the same values, so they
@@ -229,8 +262,8 @@ def _generic_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyl
     class 1 was read as one class and refused at the first mask holding a 2, so the other masks are
     looked at as well (read once each). A JPEG mask saved as 0/1 is blurred to values 0-3: read as
     0/255 (a threshold at 128) it became all background without a word, so it is 0/1 too."""
-    style = binary_style("generic", "foreground", rgb=rgb)
-    zero_one = PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, rgb)
+    style = binary_style("generic", "foreground", rgb=None)
+    zero_one = PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: 1}, None)
     paths = [path for row in rows for path in _mask_paths(root, row) if path.is_file()]
     for i, path in enumerate(paths):
         if (read := _scanned_mask(path)) is None:
@@ -242,9 +275,9 @@ def _generic_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyl
         if lossy:
             return zero_one if top <= LOSSY_ZERO_ONE_MAX else style
         if top == 1:
-            return _index_style(paths, rgb) if any(map(_holds_class_indices, paths[i + 1:])) else zero_one
+            return _index_style(paths) if any(map(_holds_class_indices, paths[i + 1:])) else zero_one
         if top <= INDEX_MASK_MAX and not _has_colour(path):
-            return _index_style(paths, rgb)
+            return _index_style(paths)
         break
     return style
 
@@ -264,17 +297,17 @@ INDEX_MASK_MAX = 31  # a grey mask whose values reach 2 but stay at or below thi
 # (a colour mask's grey levels say nothing of its classes: it is refused when read, as before)
 
 
-def _index_style(paths: list[Path], rgb: bool) -> PngStyle:
+def _index_style(paths: list[Path]) -> PngStyle:
     """Grey masks holding class indices 0, 1, 2, ... (nnU-Net's 2D sets, most multi-class converters):
     each value found in the masks is a class, named ``class<i>`` (classes.json names them), and
     predictions are written as the same indices. Read as 0/255 they would be refused at their first
     class 2. Reads every mask once, to find the classes."""
     classes = sorted(_values_in(paths) - {0})
     coding = {value: value for value in [0, *classes]}
-    return PngStyle("index", ClassMap({c: f"class{c}" for c in classes}), coding, dict(coding), rgb)
+    return PngStyle("index", ClassMap({c: f"class{c}" for c in classes}), coding, dict(coding), None)
 
 
-def _palette_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyle | None:
+def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
     """Masks saved as colour-palette PNGs (VOC-style tools, labelme): each palette index is a class,
     named ``class<i>`` (classes.json names them); predictions are written with the same palette.
     None when the first mask is not such a file. Reads every mask once, to find the classes."""
@@ -293,7 +326,7 @@ def _palette_style(root: Path, rows: list[dict[str, str]], rgb: bool) -> PngStyl
     classes = sorted(values - {VOID_INDEX} if void else values) or [1]
     coding = {value: value for value in [0, *classes]}
     to_class = {**coding, VOID_INDEX: 0} if void else dict(coding)
-    return PngStyle("palette", ClassMap({c: f"class{c}" for c in classes}), to_class, coding, rgb,
+    return PngStyle("palette", ClassMap({c: f"class{c}" for c in classes}), to_class, coding, None,
                     palette=tuple(palette))
 
 
@@ -325,8 +358,8 @@ def style_from_json(path: Path) -> PngStyle:
     spec = read_json_object(path)
     specs = class_specs(spec, path)
     class_map = ClassMap({c: e["name"] for c, e in sorted(specs.items())})
-    rgb = spec.get("rgb", False)
-    if not isinstance(rgb, bool):
+    rgb = spec.get("rgb")
+    if rgb is not None and not isinstance(rgb, bool):
         raise DataError(f"{path}: \"rgb\" must be true or false, not {rgb!r}")
     to_pixel = _pixel_values(spec, path)
     to_pixel.update({c: e["pixel"] for c, e in specs.items() if e.get("pixel") is not None})
@@ -356,7 +389,7 @@ def _pixel_values(spec: dict[str, Any], path: Path) -> dict[int, int]:
 
 
 def _ranged_style(specs: dict[int, dict[str, Any]], to_pixel: dict[int, int], class_map: ClassMap,
-                  rgb: bool, path: Path) -> PngStyle:
+                  rgb: bool | None, path: Path) -> PngStyle:
     """Compile class ranges into a 256-value lookup (pixel -> class) and a pixel per class."""
     to_class = {v: 0 for v in range(256)}
     owner: dict[int, int] = {}
@@ -565,9 +598,16 @@ def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]]
         for e in entries:
             splits.setdefault(by_path[e.case_id], []).append(e.case_id)
         return splits, False
-    if style.name == "busi":
-        return _busi_splits(entries), True
-    return deterministic_split([e.case_id for e in entries]), True
+    if style.name != "busi":
+        return computed_splits(entries), True
+    for e in entries:
+        e.attributes.setdefault("pathology", _pathology(e))
+    return computed_splits(entries, rule=_busi_splits), True
+
+
+def _pathology(entry: Entry) -> str:
+    """A BUSI image's pathology: its index column, else its folder (benign/, malignant/, normal/)."""
+    return str(entry.attributes.get("pathology") or PurePosixPath(entry.rel_path).parts[0])
 
 
 def _split_from_path(rel_path: str) -> str:
@@ -579,9 +619,7 @@ def _busi_splits(entries: list[Entry]) -> dict[str, list[str]]:
     """Per pathology, sorted by number: last 20% -> val; normal images in "normal" only."""
     groups: dict[str, list[str]] = {}
     for e in entries:
-        pathology = e.attributes.get("pathology") or PurePosixPath(e.rel_path).parts[0]
-        e.attributes.setdefault("pathology", pathology)
-        groups.setdefault(str(pathology), []).append(e.case_id)
+        groups.setdefault(_pathology(e), []).append(e.case_id)
     splits: dict[str, list[str]] = {"train": [], "val": []}
     for pathology, ids in sorted(groups.items()):
         ids = sorted(ids, key=natural_key)
@@ -619,8 +657,10 @@ def _decode(path: Path, convert: Any) -> Any:
                         f"{type(err).__name__}: {err}") from None
 
 
-def read_image(path: Path, rgb: bool) -> np.ndarray:
-    """(H, W) float32 greyscale or (H, W, 3) float32 RGB; 16-bit and float files keep their values."""
+def read_image(path: Path, rgb: bool | None) -> np.ndarray:
+    """(H, W) float32 greyscale or (H, W, 3) float32 RGB (``rgb`` None: RGB where the image shows
+    colour; a dataset-wide choice made from its first image read a grey first image's colour
+    neighbours as grey); 16-bit and float files keep their values."""
     return _decode(path, lambda im: _image_array(as_shown(_first_page(im, path)), rgb, path))
 
 
@@ -647,7 +687,8 @@ def _first_page(im: Image.Image, path: Path) -> Image.Image:
     return im
 
 
-def _image_array(im: Image.Image, rgb: bool, path: Path) -> np.ndarray:
+def _image_array(im: Image.Image, rgb: bool | None, path: Path) -> np.ndarray:
+    rgb = shows_colour(im) if rgb is None else rgb
     if im.mode in HIGH_BIT_MODES:
         grey = np.array(im, dtype=np.float32)  # a copy: a float (F) image's array would be Pillow's read-only buffer
         if grey.ndim != 2:
@@ -657,15 +698,17 @@ def _image_array(im: Image.Image, rgb: bool, path: Path) -> np.ndarray:
 
 
 def _has_colour(path: Path) -> bool:
-    """Whether an image is colour; JPEG's chroma noise on a grey picture does not count."""
-    def colour(im: Image.Image) -> bool:
-        if im.mode in HIGH_BIT_MODES or im.mode in ("1", "L", "LA"):
-            return False
-        a = np.asarray(im.convert("RGB"), dtype=np.int16)
-        spread = np.abs(a[..., 0] - a[..., 1]) + np.abs(a[..., 1] - a[..., 2])
-        return bool(spread.mean() > 1.0) if im.format in LOSSY_FORMATS else bool(spread.any())
+    """Whether an image file is colour (``shows_colour``)."""
+    return _decode(path, shows_colour)
 
-    return _decode(path, colour)
+
+def shows_colour(im: Image.Image) -> bool:
+    """Whether an image is colour; JPEG's chroma noise on a grey picture does not count."""
+    if im.mode in HIGH_BIT_MODES or im.mode in ("1", "L", "LA"):
+        return False
+    a = np.asarray(im.convert("RGB"), dtype=np.int16)
+    spread = np.abs(a[..., 0] - a[..., 1]) + np.abs(a[..., 1] - a[..., 2])
+    return bool(spread.mean() > 1.0) if im.format in LOSSY_FORMATS else bool(spread.any())
 
 
 MASK_ADVICE = "fix the mask or add classes.json"

@@ -24,7 +24,7 @@ import torch
 
 from fewsam.embedded import embed_refs
 from fewsam.errors import DataError
-from fewsam.fitting import FitContext
+from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit
 from fewsam.methods.samatch.config import SamMatchConfig
 from fewsam.methods.samatch.pseudo_labels import (PseudoLabeller, compose_pseudo_label, confident_boxes,
                                                   ignore_unprompted, pooled_dice, prompt_regions, student_probs,
@@ -54,6 +54,8 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     unlabelled = load_slices(ctx.dataset, unl_refs, cfg.image_size, ctx.values, keep_originals=True)
     labeller = rounds = None
     if cfg.use_sam:
+        say_if_warm_up_fills_the_fit(cfg.warmup_steps, cfg.steps, "learning from SAM's pseudo-labels",
+                                     "FixMatch, with SAM fine-tuned for nothing (--no-sam skips it)")
         rounds = fit_sam(ctx, val_cases, run_dir / SAM_DIR, cfg)
         slices = embed_refs(ctx.dataset, unl_refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
         labeller = PseudoLabeller(ctx.model, slices, cfg, len(ctx.values), ctx.device)
