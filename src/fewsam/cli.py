@@ -368,10 +368,11 @@ def evaluate(
     quiet: bool = QuietOpt,
 ) -> None:
     """Dice, IoU, HD95, ASD per class and case (and ES-Dice / ES-IoU per group)."""
-    from fewsam.evaluate import evaluate as run_evaluate
+    from fewsam.evaluate import check_json_beside_predictions, evaluate as run_evaluate
     from fewsam.runs import write_json
 
     check_not_an_input(json_out, "--json", [attributes], data)
+    check_json_beside_predictions(json_out, pred)
     check_output_file(json_out, "--json", overwrite)
     result = run_evaluate(pred, data, split, group_by, alpha, not quiet, bins=bins, attributes=attributes,
                           es_mode=es_mode)

@@ -12,6 +12,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from fewsam.compare import read_evaluation
 from fewsam.config import listed
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
@@ -134,6 +135,22 @@ def check_not_the_labels(pred: Path, dataset: Dataset) -> None:
     if inside is not None:
         raise DataError(f"--pred {pred} lies in the dataset's own folder {inside}, which holds its images and "
                         "labels, not predictions; give the folder `fewsam predict --out` wrote")
+
+
+def check_json_beside_predictions(json_out: Path | None, pred: Path) -> None:
+    """--json over an existing file inside --pred replaces it only when it is an earlier evaluation:
+    other files there are a prediction this command reads, or another tool's (nnU-Net's summary.json
+    sits among its predictions), which --overwrite would silently destroy."""
+    if json_out is None or not json_out.is_file() or not pred.is_dir():
+        return
+    folder = pred.resolve()
+    if folder not in json_out.resolve().parents:
+        return
+    try:
+        read_evaluation(json_out)
+    except DataError:
+        raise DataError(f"--json {json_out} is a file in the prediction folder {pred} that `fewsam evaluate` "
+                        "did not write; writing there would replace it: give another --json") from None
 
 
 def check_alpha(alpha: float) -> None:
