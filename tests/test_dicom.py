@@ -27,8 +27,10 @@ def series_image(array: np.ndarray, spacing=SPACING, origin=ORIGIN, direction=DI
     return image
 
 
-def write_series(folder: Path, array: np.ndarray, uid: str = "1.2.826.0.1.3680043.2.1125.7", **geometry) -> sitk.Image:
-    """One .dcm file per slice of ``array`` (z, y, x), with the tags that place each slice."""
+def write_series(folder: Path, array: np.ndarray, uid: str = "1.2.826.0.1.3680043.2.1125.7",
+                 extra_tags: dict[str, str] | None = None, **geometry) -> sitk.Image:
+    """One .dcm file per slice of ``array`` (z, y, x), with the tags that place each slice (and
+    ``extra_tags``, e.g. the series' number and description, in every file)."""
     folder.mkdir(parents=True, exist_ok=True)
     image = series_image(array, **geometry)
     d = image.GetDirection()
@@ -39,7 +41,7 @@ def write_series(folder: Path, array: np.ndarray, uid: str = "1.2.826.0.1.368004
         tags = {"0020|000e": uid, "0020|000d": uid + ".1", "0008|0060": "MR", "0020|0013": str(z + 1),
                 "0020|0037": "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))),
                 "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))),
-                "0018|0050": str(image.GetSpacing()[2])}
+                "0018|0050": str(image.GetSpacing()[2]), **(extra_tags or {})}
         for tag, value in tags.items():
             s.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{z + 1}.dcm"))  # slice10 sorts before slice2: GDCM orders by position

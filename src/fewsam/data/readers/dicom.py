@@ -129,13 +129,31 @@ def _main_series(folder: Path, series: dict[str, list[str]]) -> list[str]:
     holding two series. Read, and the localizers said once; several full series are still refused."""
     main = [names for names in series.values() if len(names) > SCOUT_FILES]
     if len(main) != 1:
-        counts = " and ".join(str(len(names)) for names in series.values())
+        named = "; ".join(_series_summary(uid, names) for uid, names in series.items())
         raise DataError(f"{folder} holds {len(series)} DICOM series; put each series in its own folder "
-                        f"(their files: {counts})")
+                        f"({folder.name}/<series>/, each then read as a case of its own) rather than stack "
+                        f"slices of several series into one volume. Its series: {named}")
     scouts = sum(len(names) for names in series.values()) - len(main[0])
     say_once(f"{folder}: {len(series) - 1} localizer series ({scouts} file(s) of at most {SCOUT_FILES} slices) beside "
              f"its series of {len(main[0])} files are left out; the series is read", key="dicom-localizer")
     return main[0]
+
+
+SERIES_NUMBER, SERIES_DESCRIPTION = "0020|0011", "0008|103e"
+
+
+def _series_summary(uid: str, names: list[str]) -> str:
+    """How a user finds one series of a mixed folder in a DICOM viewer or PACS: its number and
+    description (``series 3 'T1 MPRAGE'``), its file count with an example file, and its UID."""
+    reader = _file_info(names[0])
+    number, description = (_header_text(reader, tag) for tag in (SERIES_NUMBER, SERIES_DESCRIPTION))
+    name = " ".join(filter(None, ["series", number, repr(description) if description else ""]))
+    return f"{name} of {len(names)} file(s) such as {Path(names[0]).name}, UID {uid}"
+
+
+def _header_text(reader: sitk.ImageFileReader, tag: str) -> str:
+    """A tag of a read DICOM header as text, "" if absent."""
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
 
 
 def expected_slices(names: list[str]) -> int:
