@@ -15,7 +15,8 @@
                  values found (a scan of every label, done on first use of ``class_map``)
 
 Multi-channel images (nnU-Net ``_0001``..., MSD 4D, 5D vector files) are read as channel 0
-only, said once: SAM sees one greyscale channel. Colour images are read as a colour PNG is, as
+only, said once: SAM sees one greyscale channel; the three channel files of a dataset.json whose
+"channel_names" are R, G, B (or red, green, blue) are one colour image. Colour images are read as a colour PNG is, as
 their R, G, B values: NIfTI's RGB24 (and RGBA32) voxels, and ITK's RGB files (3 or 4 components
 on the 5th axis with a vector intent). Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
 without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume whose thick voxel
@@ -114,8 +115,9 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         return f"{labels}/{Path(entry.rel_path).name}" if labels else f"labels/{entry.rel_path}"
 
     def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry],
-                 test_ids: list[str]) -> None:
+                 test_ids: list[str], colour_channels: bool = False) -> None:
         self._class_map = class_map
+        self.colour_channels = colour_channels
         super().__init__(root, class_map, entries)  # type: ignore[arg-type]
         self.check_label_values = class_map is not None
         self.splits = computed_splits(entries, test_ids)
@@ -141,6 +143,8 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
                      key=f"nifti-slice-axis-{axis}")
         rgb = itk_geometry.get("components") in (3, 4) if itk_geometry else _is_colour(img)
         image, dropped = _image_array(img, entry.image, axis, rgb)
+        if self.colour_channels and image.ndim == 3:
+            image, dropped = _colour_from_channel_files(entry.image, image, axis), 0
         label = None if entry.label is None else _label_array(entry.label, axis, img)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
                 "slice_axis": axis, "itk": itk_geometry}
@@ -349,6 +353,39 @@ def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np
     if data.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D, 3D or 4D (channels last) image, got {data.shape}")
     return to_slices(data, axis).astype(np.float32, copy=False), dropped
+
+
+COLOUR_CHANNEL_NAMES = (("r", "g", "b"), ("red", "green", "blue"))
+
+
+def names_colour_channels(spec: dict[str, Any]) -> bool:
+    """Whether dataset.json names a case's three channels R, G, B (or red, green, blue): nnU-Net's
+    natural-image datasets, whose colour is then in one RGB file or in three channel files; fewsam
+    reads either as one colour image, as a colour PNG is (SAM sees colour), not channel 0 alone."""
+    names = spec.get("channel_names", spec.get("modality"))
+    if not isinstance(names, dict) or len(names) != 3:
+        return False
+    ordered = tuple(str(names.get(str(c), names.get(c, ""))).strip().lower() for c in range(3))
+    return ordered in COLOUR_CHANNEL_NAMES
+
+
+def _colour_from_channel_files(channel0: Path, red: np.ndarray, axis: int) -> np.ndarray:
+    """(slices, rows, cols, 3): the R channel ``red`` (read from ``channel0``, ``<case>_0000``) with the
+    G and B channels of its ``_0001`` and ``_0002`` files, which must hold one grey image of its size."""
+    channels = [red]
+    for c in (1, 2):
+        path = _channel_file(channel0, c) if case_name(channel0).endswith("_0000") else None
+        if path is None or not path.is_file():
+            raise DataError(f"{channel0}: dataset.json names the channels R, G, B, and the case has no "
+                            f"{'_0001/_0002 channel files' if path is None else path.name}; store its colour "
+                            "in one RGB file or in the three channel files _0000, _0001, _0002")
+        data, _ = _image_array(_load(path), path, axis)
+        if data.shape != red.shape:
+            raise DataError(f"{path}: its channel is {data.shape[1:]} in {data.shape[0]} slice(s), the case's "
+                            f"R channel ({channel0.name}) {red.shape[1:]} in {red.shape[0]}; the three colour "
+                            "channels of a case must be images of one size")
+        channels.append(data)
+    return np.stack(channels, axis=-1)
 
 
 def _without_time_axis(data: np.ndarray) -> np.ndarray:
@@ -642,10 +679,13 @@ def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
     return [(p, m[1] if m else case_name(p)) for p, m in channels.items() if not m or m[2] == "0000"]
 
 
-def _say_other_channels(images: list[Path]) -> None:
+def _say_other_channels(images: list[Path], colour: bool) -> None:
     """nnU-Net (v1 and v2) stores a multi-channel case (T2 + ADC, the four BraTS sequences) as one
     file per channel, ``_0000``, ``_0001``...; fewsam reads channel 0 only (SAM sees one greyscale
-    image), and the other files were left out without a word, where a 4D file's channels are said."""
+    image), and the other files were left out without a word, where a 4D file's channels are said.
+    Files of ``colour`` channels (R, G, B) are all read, as one colour image."""
+    if colour:
+        return
     multi = next((p for p in images if case_name(p).endswith("_0000") and _channel_file(p, 1).is_file()), None)
     if multi is not None:
         count = next(c for c in itertools.count(2) if not _channel_file(multi, c).is_file())
@@ -706,6 +746,7 @@ def _plain_class_map(root: Path) -> ClassMap | None:
 
 
 def open_nifti(root: Path) -> NiftiDataset:
+    spec: dict[str, Any] = {}
     if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
         spec = _read_json(root / "dataset.json")
         if "labels" not in spec:
@@ -719,8 +760,9 @@ def open_nifti(root: Path) -> NiftiDataset:
     else:
         class_map = _plain_class_map(root)
         entries, test_ids = _plain_entries(root)
-    _say_other_channels([e.image for e in entries])
+    colour = names_colour_channels(spec)
+    _say_other_channels([e.image for e in entries], colour)
     if not entries:
         raise DataError(f"no NIfTI images found in {root}; expected imagesTr/ or images/ with .nii.gz "
                         "(or .mha, .nrrd) files")
-    return NiftiDataset(root, class_map, entries, test_ids)
+    return NiftiDataset(root, class_map, entries, test_ids, colour_channels=colour)
