@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 from conftest import assert_one_line_error, run_fewsam
 from test_dicom import arrays, write_series
@@ -126,3 +127,78 @@ def test_one_rgb_png_per_case_under_rgb_channel_names_stays_one_colour_image(tmp
     Image.fromarray(colour).save(tmp_path / "data" / "imagesTr" / "case0_0000.png")
     image = open_dataset(tmp_path / "data").load("case0").image
     np.testing.assert_array_equal(image, colour_png_image(tmp_path, colour))
+
+
+def one_hot(indices: np.ndarray, classes: int, background: bool) -> np.ndarray:
+    """(..., channels) 0/1: channel c is class c (``background``: channel 0 is class 0), else c + 1."""
+    first = 0 if background else 1
+    return np.stack([indices == c for c in range(first, classes)], axis=-1).astype(np.uint8)
+
+
+def write_nifti_case(root: Path, image: np.ndarray, label: np.ndarray) -> None:
+    """images/c1.nii.gz and labels/c1.nii.gz, both on the identity affine."""
+    for folder, data in (("images", image), ("labels", label)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), root / folder / "c1.nii.gz")
+
+
+LABEL_XYZ = np.random.default_rng(7).integers(0, 3, (8, 7, 4))  # class indices 0-2 on a NIfTI (x, y, z) grid
+IMAGE_XYZ = np.random.default_rng(8).random((8, 7, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_one_hot_4d_nifti_label_is_read_as_class_indices(tmp_path, background):
+    """A label of shape (x, y, z, classes) with 0/1 values, as MONAI writes one, was refused as not
+    2D or 3D; with or without a background channel it is the class index of each voxel."""
+    write_nifti_case(tmp_path, IMAGE_XYZ, one_hot(LABEL_XYZ, 3, background))
+    dataset = open_dataset(tmp_path)
+    assert dataset.class_map.names == {1: "class1", 2: "class2"}
+    np.testing.assert_array_equal(dataset.load("c1").label, LABEL_XYZ.transpose(2, 1, 0))
+
+
+def test_a_one_hot_label_as_an_itk_vector_image_is_read_as_class_indices(tmp_path):
+    """SimpleITK (MONAI's ITK writer) stores the channels as vector components: NIfTI (x, y, z, 1, C)."""
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(IMAGE_XYZ.transpose(2, 1, 0)), str(tmp_path / "images" / "c1.nii.gz"))
+    vector = sitk.GetImageFromArray(one_hot(LABEL_XYZ, 3, True).transpose(2, 1, 0, 3), isVector=True)
+    sitk.WriteImage(vector, str(tmp_path / "labels" / "c1.nii.gz"))
+    assert nib.load(tmp_path / "labels" / "c1.nii.gz").shape == (8, 7, 4, 1, 3)
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("c1").label, LABEL_XYZ.transpose(2, 1, 0))
+
+
+def test_overlapping_one_hot_channels_are_refused_in_one_line(tmp_path):
+    """Two classes on one voxel (nnU-Net's regions, a multi-label export) have no class index to read."""
+    channels = one_hot(LABEL_XYZ, 3, False)
+    channels[0, 0, 0] = 1
+    write_nifti_case(tmp_path / "data", IMAGE_XYZ, channels)
+    with pytest.raises(DataError, match=r"its one-hot channels overlap \(voxel \(0, 0, 0\) is in channels 0, 1\)"):
+        open_dataset(tmp_path / "data").load("c1")
+    (tmp_path / "pred").mkdir()
+    nib.save(nib.Nifti1Image(LABEL_XYZ.astype(np.uint8), np.eye(4)), tmp_path / "pred" / "c1.nii.gz")
+    result = run_fewsam("evaluate", "--pred", str(tmp_path / "pred"), "--data", str(tmp_path / "data"),
+                        "--split", "all", cwd=tmp_path)
+    assert_one_line_error(result, "its one-hot channels overlap")
+
+
+def test_a_4d_label_of_other_values_is_refused_as_no_one_hot(tmp_path):
+    frames = np.stack([LABEL_XYZ, LABEL_XYZ], axis=-1).astype(np.uint8)  # a label per time frame
+    write_nifti_case(tmp_path, IMAGE_XYZ, frames)
+    with pytest.raises(DataError, match=r"2 volumes on its last axis with values other than 0 and 1 \(2\)"):
+        open_dataset(tmp_path).load("c1")
+
+
+def test_a_one_hot_label_of_a_dicom_series_is_read_as_class_indices(tmp_path):
+    """A 4D NIfTI of one volume per class on the series' grid, beside a DICOM series."""
+    image, label = arrays(9, (4, 6, 5))
+    reference = write_series(tmp_path / "s1", image)
+    channels = np.moveaxis(one_hot(label, 3, True), -1, 0)
+    volumes = sitk.JoinSeries([sitk.GetImageFromArray(channel) for channel in channels])
+    direction = np.eye(4)
+    direction[:3, :3] = np.reshape(reference.GetDirection(), (3, 3))
+    volumes.SetOrigin((*reference.GetOrigin(), 0.0))
+    volumes.SetSpacing((*reference.GetSpacing(), 1.0))
+    volumes.SetDirection(tuple(direction.ravel()))
+    (tmp_path / "labels").mkdir()
+    sitk.WriteImage(volumes, str(tmp_path / "labels" / "s1.nii.gz"))
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("s1").label, label)

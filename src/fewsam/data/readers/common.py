@@ -587,6 +587,35 @@ def to_label_array(label: np.ndarray, path: Path, what: str = "label") -> np.nda
     return label.astype(np.uint8)
 
 
+def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
+    """A one-hot label, one 0/1 volume per class on its last axis (as MONAI pipelines write
+    segmentations), as the class index of each voxel: fewsam learns one class per voxel.
+
+    Where every voxel is in exactly one channel, channel 0 is the background and channel c is class
+    c; where some voxel is in none, there is no background channel and channel c is class c + 1.
+    Channels holding other values than 0 and 1 (probabilities, time frames) or sharing a voxel
+    (overlapping classes, nnU-Net's regions) have no such reading and are refused."""
+    values = np.unique(channels)
+    if not np.isin(values, (0, 1)).all():
+        shown = ", ".join(f"{v:g}" for v in values[~np.isin(values, (0, 1))][:3])
+        raise DataError(f"{path}: the label holds {channels.shape[-1]} volumes on its last axis with values other "
+                        f"than 0 and 1 ({shown}), so it is neither one volume of class indices nor one-hot; "
+                        "store one volume of class indices")
+    counts = np.count_nonzero(channels, axis=-1)
+    if (counts > 1).any():
+        voxel = tuple(int(i) for i in np.argwhere(counts > 1)[0])
+        shared = ", ".join(str(int(c)) for c in np.flatnonzero(channels[voxel]))
+        raise DataError(f"{path}: its one-hot channels overlap (voxel {voxel} is in channels {shared}), so a voxel "
+                        f"has no one class; fewsam segments one class per voxel: store one volume of class indices")
+    background = bool(counts.all())
+    indices = np.argmax(channels, axis=-1) + (0 if background else 1)
+    indices[counts == 0] = 0
+    say_once(f"{path}: a one-hot label of {channels.shape[-1]} channels is read as class indices (channel c as class "
+             f"{'c: channel 0 is the background' if background else 'c + 1: no voxel-wide background channel'})",
+             key=f"one-hot-{background}")
+    return indices.astype(np.uint8)
+
+
 def rounded_float_label(label: np.ndarray, path: Path, what: str = "label") -> np.ndarray:
     """A float label's values rounded to the integers they store (``to_label_array``'s rule); other
     types as they are. NaN, Inf and values off integers by more than ``ROUNDING_NOISE`` are a DataError."""

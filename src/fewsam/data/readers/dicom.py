@@ -31,7 +31,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
-                                        computed_splits, files_below, natural_sorted, to_label_array)
+                                        computed_splits, files_below, natural_sorted, one_hot_to_indices,
+                                        to_label_array)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder, say_unmatched_labels
 from fewsam.data.types import ClassMap
@@ -258,7 +259,9 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
             label = itk_reader(path).Execute()
     except RuntimeError as err:
         raise DataError(f"cannot read label {path} (truncated or not NIfTI?): {itk_message(err)}") from None
-    if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() not in (2, 3):
+    if label.GetNumberOfComponentsPerPixel() > 1 or label.GetDimension() == 4:
+        label = _one_hot_as_indices(label, path)
+    if label.GetDimension() not in (2, 3):
         raise DataError(f"label {path} must be a 2D or 3D single-channel image")
     if label.GetDimension() == 2:
         label = sitk.JoinSeries(label)
@@ -273,6 +276,24 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
                               label.GetPixelID())
         check_same_voxels(stored, sitk.GetArrayFromImage(label), path)
     return to_label_array(sitk.GetArrayFromImage(label), path)
+
+
+def _one_hot_as_indices(label: sitk.Image, path: Path) -> sitk.Image:
+    """A one-hot label (a 4D file of one volume per class, or a 3D image of one component per class)
+    as a 3D image of class indices on its grid (``one_hot_to_indices``)."""
+    components, dimension = label.GetNumberOfComponentsPerPixel(), label.GetDimension()
+    if (components > 1) == (dimension == 4) or dimension not in (3, 4):
+        raise DataError(f"label {path} must be a 2D or 3D single-channel image (or a one-hot 4D one), got "
+                        f"{dimension}D of {components} component(s)")
+    channels = sitk.GetArrayFromImage(label)  # (z, y, x, components), or (volumes, z, y, x)
+    grid = label[:, :, :, 0] if dimension == 4 else label
+    if dimension == 4:
+        channels = np.moveaxis(channels, 0, -1)
+    indices = sitk.GetImageFromArray(one_hot_to_indices(channels, path))
+    indices.SetOrigin(grid.GetOrigin())
+    indices.SetSpacing(grid.GetSpacing())
+    indices.SetDirection(grid.GetDirection())
+    return indices
 
 
 def check_same_voxels(stored: np.ndarray, resampled: np.ndarray, path: Path) -> None:

@@ -23,8 +23,9 @@ without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume 
 axis is x or y (a sagittal or coronal series stored that way) is cut along that axis instead
 (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane axis. ``meta`` keeps the
 image's affine, header and slice axis so predictions are written back on the same voxel grid and
-orientation (a 2D image gets a 2D prediction). A label stored in another orientation than its
-image is reoriented onto the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or
+orientation (a 2D image gets a 2D prediction). A 4D label of 0/1 volumes, one per class (one-hot, as
+MONAI pipelines write it), is read as class indices (``one_hot_to_indices``). A label stored in another
+orientation than its image is reoriented onto the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or
 NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
 ids with every 5th to "val" (at least one of two or more, ``deterministic_split``); "test" =
@@ -53,7 +54,7 @@ import numpy as np
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         computed_splits, first_line, is_data_file, natural_sorted,
-                                        to_label_array)
+                                        one_hot_to_indices, to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES
@@ -398,9 +399,9 @@ def _without_time_axis(data: np.ndarray) -> np.ndarray:
 def _label_array(path: Path, axis: int = 2, image: Any = None) -> np.ndarray:
     """A label file as (slices, rows, cols) uint8, on ``image``'s voxel grid when given."""
     label = _load(path)
-    data = _data(label if image is None else on_image_grid(label, image, path), path)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
+    data = _without_time_axis(_data(label if image is None else on_image_grid(label, image, path), path))
+    if data.ndim == 4:
+        data = data[..., 0] if data.shape[3] == 1 else one_hot_to_indices(data, path)
     if data.ndim not in (2, 3):
         raise DataError(f"{path}: a label must be 2D or 3D, got shape {data.shape}")
     return to_slices(to_label_array(data, path), axis)
