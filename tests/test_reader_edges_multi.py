@@ -4,7 +4,9 @@ series, nnU-Net channel files of one colour image, one-hot label volumes, datase
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +16,7 @@ from PIL import Image
 from conftest import assert_one_line_error, run_fewsam
 from test_dicom import arrays, write_series
 
+from fewsam import progress
 from fewsam.data import open_dataset
 from fewsam.errors import DataError
 
@@ -202,3 +205,81 @@ def test_a_one_hot_label_of_a_dicom_series_is_read_as_class_indices(tmp_path):
     (tmp_path / "labels").mkdir()
     sitk.WriteImage(volumes, str(tmp_path / "labels" / "s1.nii.gz"))
     np.testing.assert_array_equal(open_dataset(tmp_path).load("s1").label, label)
+
+
+def write_listed_dataset(root: Path, folder: str, cases: dict[str, list[str]], listed: dict[str, Any]) -> None:
+    """An nnU-Net v2 dataset whose dataset.json lists its training cases ("dataset"): the files of
+    ``cases`` (case -> channel file names in ``folder``, labels in labelsTr/) hold random volumes."""
+    rng = np.random.default_rng(10)
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    for case, names in cases.items():
+        for name in names:
+            nib.save(nib.Nifti1Image(rng.random((8, 7, 3)).astype(np.float32), np.eye(4)), root / folder / name)
+        label = rng.integers(0, 2, (8, 7, 3)).astype(np.uint8)
+        nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / f"{case}.nii.gz")
+    spec = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "numTraining": len(listed),
+            "file_ending": ".nii.gz", "dataset": listed}
+    (root / "dataset.json").write_text(json.dumps(spec))
+
+
+def listed_case(folder: str, case: str, channels: int = 1) -> dict[str, Any]:
+    return {"images": [f"./{folder}/{case}_{c:04d}.nii.gz" for c in range(channels)],
+            "label": f"./labelsTr/{case}.nii.gz"}
+
+
+def test_dataset_json_listing_its_cases_is_read_as_listed(tmp_path, caplog, monkeypatch):
+    """imagesTr holds a, b and c, dataset.json's "dataset" lists a and b: c was read as a case too."""
+    monkeypatch.setattr(progress, "_said", {})
+    files = {case: [f"{case}_0000.nii.gz"] for case in ("a", "b", "c")}
+    write_listed_dataset(tmp_path, "imagesTr", files, {case: listed_case("imagesTr", case) for case in ("a", "b")})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    dataset = open_dataset(tmp_path)
+    assert dataset.split("all") == ["a", "b"]
+    assert any("1 case(s) that dataset.json's 'dataset' does not list (c)" in r.getMessage() for r in caplog.records)
+    case = dataset.load("b")
+    expected = nib.load(tmp_path / "labelsTr" / "b.nii.gz").get_fdata().transpose(2, 1, 0)
+    np.testing.assert_array_equal(case.label, expected)
+
+
+def test_dataset_json_listing_files_outside_images_tr_is_found(tmp_path, monkeypatch):
+    """Files listed in another folder (no imagesTr/), or by an absolute path with $VARS, as nnU-Net
+    reads them: such a dataset was "no known data layout"."""
+    monkeypatch.setenv("SCANS", str(tmp_path / "data" / "scans"))
+    listed = {"a": listed_case("scans", "a"),
+              "b": {"images": ["$SCANS/b_0000.nii.gz"], "label": "labelsTr/b.nii.gz"}}
+    write_listed_dataset(tmp_path / "data", "scans", {c: [f"{c}_0000.nii.gz"] for c in "ab"}, listed)
+    dataset = open_dataset(tmp_path / "data")
+    assert dataset.layout == "nifti" and dataset.split("all") == ["a", "b"]
+    image = nib.load(tmp_path / "data" / "scans" / "b_0000.nii.gz").get_fdata().transpose(2, 1, 0)
+    np.testing.assert_allclose(dataset.load("b").image, image, rtol=1e-6)
+
+
+def test_dataset_json_listing_a_missing_file_is_refused_in_one_line(tmp_path):
+    listed = {case: listed_case("imagesTr", case) for case in ("a", "b")}
+    write_listed_dataset(tmp_path / "data", "imagesTr", {"a": ["a_0000.nii.gz"]}, listed)
+    result = run_fewsam("info", "--data", str(tmp_path / "data"), cwd=tmp_path)
+    assert_one_line_error(result, "'dataset' lists 2 file(s) that are not there")
+    assert "labelsTr/b.nii.gz" in result.stderr and "imagesTr/b_0000.nii.gz" in result.stderr
+
+
+def test_a_malformed_dataset_json_case_is_refused_naming_it(tmp_path):
+    listed = {"a": listed_case("imagesTr", "a"), "b": {"image": "imagesTr/b_0000.nii.gz"}}
+    write_listed_dataset(tmp_path, "imagesTr", {"a": ["a_0000.nii.gz"]}, listed)
+    with pytest.raises(DataError, match="'dataset' entry 'b': .* is not a case like"):
+        open_dataset(tmp_path)
+
+
+def test_colour_channels_listed_by_dataset_json_are_read_as_one_colour_image(tmp_path):
+    """Channel files named freely (red/green/blue) are found from the list, not from _0001 names."""
+    colour = np.random.default_rng(11).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    write_colour_channel_dataset(tmp_path / "data", colour, ".nii.gz", COLOUR_NAMES[1])
+    images = tmp_path / "data" / "imagesTr"
+    for c, name in enumerate(("red", "green", "blue")):
+        (images / f"case0_{c:04d}.nii.gz").rename(images / f"case0_{name}.nii.gz")
+    spec = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    spec["dataset"] = {"case0": {"images": [f"imagesTr/case0_{name}.nii.gz" for name in ("red", "green", "blue")],
+                                 "label": "labelsTr/case0.nii.gz"}}
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps(spec))
+    image = open_dataset(tmp_path / "data").load("case0").image
+    np.testing.assert_array_equal(image, colour_png_image(tmp_path, colour))

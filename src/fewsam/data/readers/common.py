@@ -41,6 +41,9 @@ class Entry:
     rel_path: str
     subject: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    # the case's image files after ``image`` (its channel 0) where a list names them (nnU-Net v2's
+    # "dataset" key); empty where they are found by their names (``_0001``...) or there are none
+    channels: tuple[Path, ...] = ()
 
 
 @dataclass

@@ -3,7 +3,9 @@
     nnU-Net v2:  dataset.json {"labels": {"background": 0, "RV": 1}, "channel_names": {...},
                  "file_ending": ".nii.gz"}; imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz,
                  imagesTs/<case>_0000.nii.gz; 2D sets with "file_ending" ".png" (or .bmp, .tif)
-                 as nnU-Net's natural-image reader takes them: one slice per file
+                 as nnU-Net's natural-image reader takes them: one slice per file; or the training
+                 cases listed in dataset.json's "dataset" ({"<case>": {"images": [channel files],
+                 "label": file}}, paths relative to root or absolute), read as listed
     MSD (v1):    dataset.json {"labels": {"0": "background", "1": "left atrium"},
                  "training": [{"image": "./imagesTr/la_003.nii.gz", "label": ...}], "test": [...]};
                  imagesTr/<case>.nii.gz (possibly 4D, channels last), or nnU-Net v1's
@@ -43,9 +45,10 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import os
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +71,20 @@ NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.I
 
 
 def detect(root: Path) -> bool:
-    raw = (root / "dataset.json").is_file() and (root / "imagesTr").is_dir()
-    return raw or any(_nifti_files(root / "images"))
+    return is_raw_dataset(root) or any(_nifti_files(root / "images"))
+
+
+def is_raw_dataset(root: Path) -> bool:
+    """An nnU-Net or MSD raw dataset: dataset.json with imagesTr/, or with nnU-Net v2's "dataset"
+    object listing its cases' files (which may lie elsewhere than imagesTr/)."""
+    if not (root / "dataset.json").is_file():
+        return False
+    if (root / "imagesTr").is_dir():
+        return True
+    try:
+        return isinstance(_read_json(root / "dataset.json").get("dataset"), dict)
+    except DataError:
+        return False
 
 
 class ClassesFromLabelFiles:
@@ -145,7 +160,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         rgb = itk_geometry.get("components") in (3, 4) if itk_geometry else _is_colour(img)
         image, dropped = _image_array(img, entry.image, axis, rgb)
         if self.colour_channels and image.ndim == 3:
-            image, dropped = _colour_from_channel_files(entry.image, image, axis), 0
+            image, dropped = _colour_from_channel_files(entry, image, axis), 0
         label = None if entry.label is None else _label_array(entry.label, axis, img)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
                 "slice_axis": axis, "itk": itk_geometry}
@@ -370,12 +385,14 @@ def names_colour_channels(spec: dict[str, Any]) -> bool:
     return ordered in COLOUR_CHANNEL_NAMES
 
 
-def _colour_from_channel_files(channel0: Path, red: np.ndarray, axis: int) -> np.ndarray:
-    """(slices, rows, cols, 3): the R channel ``red`` (read from ``channel0``, ``<case>_0000``) with the
-    G and B channels of its ``_0001`` and ``_0002`` files, which must hold one grey image of its size."""
+def _colour_from_channel_files(entry: Entry, red: np.ndarray, axis: int) -> np.ndarray:
+    """(slices, rows, cols, 3): the R channel ``red`` (read from the case's channel 0 file) with the
+    G and B channels of its next two files (``_0001`` and ``_0002``, or as dataset.json lists them),
+    which must each hold one grey image of its size."""
+    channel0 = entry.image
     channels = [red]
     for c in (1, 2):
-        path = _channel_file(channel0, c) if case_name(channel0).endswith("_0000") else None
+        path = _other_channel(entry, c)
         if path is None or not path.is_file():
             raise DataError(f"{channel0}: dataset.json names the channels R, G, B, and the case has no "
                             f"{'_0001/_0002 channel files' if path is None else path.name}; store its colour "
@@ -387,6 +404,14 @@ def _colour_from_channel_files(channel0: Path, red: np.ndarray, axis: int) -> np
                             "channels of a case must be images of one size")
         channels.append(data)
     return np.stack(channels, axis=-1)
+
+
+def _other_channel(entry: Entry, channel: int) -> Path | None:
+    """The file of a case's ``channel`` (1, 2, ...): as dataset.json lists it, else named as nnU-Net
+    names it (``<case>_0001``); None where neither can be."""
+    if entry.channels:
+        return entry.channels[channel - 1] if channel <= len(entry.channels) else None
+    return _channel_file(entry.image, channel) if case_name(entry.image).endswith("_0000") else None
 
 
 def _without_time_axis(data: np.ndarray) -> np.ndarray:
@@ -568,7 +593,11 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
     if ending not in VOLUME_ENDINGS + IMAGE_2D_ENDINGS:
         raise DataError(f"{root}/dataset.json: file_ending {ending!r} is not one fewsam reads "
                         f"({', '.join(VOLUME_ENDINGS + IMAGE_2D_ENDINGS)}); convert the images to .nii.gz")
-    if spec.get("training"):
+    if "dataset" in spec:
+        entries = _dataset_key_entries(root, spec["dataset"])
+        _say_unlisted(root, entries, ending)
+        test_cases = _channel0(root / "imagesTs", ending)
+    elif spec.get("training"):
         entries = [_entry(_listed_image(root, image), root / label if label else None, case_name(image))
                    for image, label in _listed(spec, "training", root / "dataset.json")]
         test_cases = [(_listed_image(root, image), case_name(image))
@@ -589,6 +618,47 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
     return entries, test_ids
+
+
+NNUNET_CASE = '{"case_001": {"images": ["imagesTr/case_001_0000.nii.gz"], "label": "labelsTr/case_001.nii.gz"}}'
+
+
+def _dataset_key_entries(root: Path, cases: Any) -> list[Entry]:
+    """nnU-Net v2's explicit training cases, dataset.json's "dataset" object: case id -> its image
+    files (one per channel) and label, each relative to the dataset folder or absolute, ``$VARS``
+    expanded, as nnU-Net reads them; imagesTr and labelsTr are then not scanned (they may be absent,
+    or hold other cases). A listed file that is not there is refused at once, as nnU-Net refuses it."""
+    path = root / "dataset.json"
+    if not isinstance(cases, dict) or not cases:
+        raise DataError(f"{path}: 'dataset' must be an object of cases like {NNUNET_CASE}")
+    listed = {str(case): _listed_files(root, case, item) for case, item in cases.items()}
+    missing = [p for files in listed.values() for p in files if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DataError(f"{path}: 'dataset' lists {len(missing)} file(s) that are not there ({shown}); restore them "
+                        "or fix their paths (relative to the dataset folder, or absolute)")
+    return [replace(_entry(files[1], files[0], case), channels=tuple(files[2:])) for case, files in listed.items()]
+
+
+def _listed_files(root: Path, case: Any, item: Any) -> list[Path]:
+    """[label, channel 0, channel 1, ...] of one case of the "dataset" object, each ``$VARS``
+    expanded and relative to ``root`` unless absolute."""
+    images = item.get("images") if isinstance(item, dict) else None
+    label = item.get("label") if isinstance(item, dict) else None
+    if not (isinstance(images, list) and images and all(isinstance(i, str) for i in [label, *images])):
+        raise DataError(f"{root / 'dataset.json'}: 'dataset' entry {case!r}: {item!r} is not a case like {NNUNET_CASE}")
+    return [root / os.path.expandvars(name) for name in [label, *images]]
+
+
+def _say_unlisted(root: Path, entries: list[Entry], ending: str) -> None:
+    """Cases of imagesTr/ that dataset.json's "dataset" does not list are not read, as nnU-Net does
+    not read them; a user who added a case to the folder alone hears so."""
+    listed = {e.image.resolve() for e in entries}
+    unlisted = [case for path, case in _channel0(root / "imagesTr", ending) if path.resolve() not in listed]
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (", ..." if len(unlisted) > 3 else "")
+        say_once(f"{root / 'imagesTr'} holds {len(unlisted)} case(s) that dataset.json's 'dataset' does not list "
+                 f"({shown}); they are not read, as nnU-Net reads the listed cases only", key="nifti-unlisted")
 
 
 def _check_file_ending(root: Path, ending: str, found: bool) -> None:
@@ -680,19 +750,25 @@ def _channel0(folder: Path, ending: str = "") -> list[tuple[Path, str]]:
     return [(p, m[1] if m else case_name(p)) for p, m in channels.items() if not m or m[2] == "0000"]
 
 
-def _say_other_channels(images: list[Path], colour: bool) -> None:
+def _say_other_channels(entries: list[Entry], colour: bool) -> None:
     """nnU-Net (v1 and v2) stores a multi-channel case (T2 + ADC, the four BraTS sequences) as one
     file per channel, ``_0000``, ``_0001``...; fewsam reads channel 0 only (SAM sees one greyscale
     image), and the other files were left out without a word, where a 4D file's channels are said.
     Files of ``colour`` channels (R, G, B) are all read, as one colour image."""
     if colour:
         return
-    multi = next((p for p in images if case_name(p).endswith("_0000") and _channel_file(p, 1).is_file()), None)
+    multi = next((e for e in entries if _has_channel(e, 1)), None)
     if multi is not None:
-        count = next(c for c in itertools.count(2) if not _channel_file(multi, c).is_file())
-        say_once(f"{multi.parent}: its cases have {count} channel files ({multi.name}, {_channel_file(multi, 1).name}"
+        count = next(c for c in itertools.count(2) if not _has_channel(multi, c))
+        first, second = multi.image, _other_channel(multi, 1)
+        say_once(f"{first.parent}: its cases have {count} channel files ({first.name}, {second.name}"
                  f"{', ...' if count > 2 else ''}); fewsam segments channel 0 (_0000) only, as SAM sees one "
                  "greyscale image, and does not read the others", key="nifti-channel-files")
+
+
+def _has_channel(entry: Entry, channel: int) -> bool:
+    path = _other_channel(entry, channel)
+    return path is not None and path.is_file()
 
 
 def _channel_file(channel0: Path, channel: int) -> Path:
@@ -748,7 +824,7 @@ def _plain_class_map(root: Path) -> ClassMap | None:
 
 def open_nifti(root: Path) -> NiftiDataset:
     spec: dict[str, Any] = {}
-    if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
+    if is_raw_dataset(root):
         spec = _read_json(root / "dataset.json")
         if "labels" not in spec:
             raise DataError(f"{root / 'dataset.json'} has no 'labels'; add e.g. "
@@ -762,7 +838,7 @@ def open_nifti(root: Path) -> NiftiDataset:
         class_map = _plain_class_map(root)
         entries, test_ids = _plain_entries(root)
     colour = names_colour_channels(spec)
-    _say_other_channels([e.image for e in entries], colour)
+    _say_other_channels(entries, colour)
     if not entries:
         raise DataError(f"no NIfTI images found in {root}; expected imagesTr/ or images/ with .nii.gz "
                         "(or .mha, .nrrd) files")
