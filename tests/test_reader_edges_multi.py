@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
-from conftest import assert_one_line_error, run_fewsam
+from conftest import assert_one_line_error, run_fewsam, write_lv_png_folder
 from test_dicom import arrays, write_series
 
-from fewsam import progress
+from fewsam import api, progress
 from fewsam.data import open_dataset
 from fewsam.errors import DataError
+from fewsam.methods import supervised
 
 
 def write_two_series_in_one_folder(folder: Path) -> None:
@@ -46,6 +47,22 @@ def test_a_folder_of_two_full_dicom_series_is_refused_naming_each_series(tmp_pat
         assert expected in message, message
     info = run_fewsam("info", "--data", str(tmp_path / "data"), cwd=tmp_path)
     assert "unusable:" in info.stdout and "'T1 MPRAGE'" in info.stdout, info.stdout
+
+
+def test_predict_on_a_folder_of_two_dicom_series_stops_with_one_error_line(tmp_path):
+    """``fewsam predict`` reaches the mixed folder when it reads the case: one `error:` line naming
+    both series, no prediction of a volume stacked from the two."""
+    data = write_lv_png_folder(tmp_path / "png", 5, 255)
+    options = api.FitOptions(data=data, run=tmp_path / "run", labeled_cases=1, cache=str(tmp_path / "cache"),
+                             show_progress=False)
+    api.fit("supervised", options, supervised.SupervisedConfig(
+        image_size=32, channels=(4, 8, 16, 32), num_res_units=1, batch_size=1, steps=1, val_every=1))
+    write_two_series_in_one_folder(tmp_path / "dicom" / "p1")
+    result = run_fewsam("predict", str(tmp_path / "run"), "--data", str(tmp_path / "dicom"),
+                        "--out", str(tmp_path / "pred"), cwd=tmp_path)
+    assert_one_line_error(result, "holds 2 DICOM series")
+    assert "'T1 MPRAGE'" in result.stderr and "'t2_tse'" in result.stderr
+    assert not list((tmp_path / "pred").rglob("*.nii.gz"))
 
 
 def test_two_dicom_series_each_in_its_own_folder_are_two_cases(tmp_path):
