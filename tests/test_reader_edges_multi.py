@@ -300,3 +300,10 @@ def test_colour_channels_listed_by_dataset_json_are_read_as_one_colour_image(tmp
     (tmp_path / "data" / "dataset.json").write_text(json.dumps(spec))
     image = open_dataset(tmp_path / "data").load("case0").image
     np.testing.assert_array_equal(image, colour_png_image(tmp_path, colour))
+
+
+def test_a_float_one_hot_label_with_rounding_noise_is_read_as_class_indices(tmp_path):
+    """A one-hot label saved as float32 through a scale factor holds 0.99999994 for 1."""
+    channels = one_hot(LABEL_XYZ, 3, True).astype(np.float32) * np.float32(0.99999994)
+    write_nifti_case(tmp_path, IMAGE_XYZ, channels)
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("c1").label, LABEL_XYZ.transpose(2, 1, 0))

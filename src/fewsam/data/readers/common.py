@@ -597,7 +597,9 @@ def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
     Where every voxel is in exactly one channel, channel 0 is the background and channel c is class
     c; where some voxel is in none, there is no background channel and channel c is class c + 1.
     Channels holding other values than 0 and 1 (probabilities, time frames) or sharing a voxel
-    (overlapping classes, nnU-Net's regions) have no such reading and are refused."""
+    (overlapping classes, nnU-Net's regions) have no such reading and are refused; float 0/1 within
+    rounding noise are 0 and 1 (``rounded_float_label``)."""
+    channels = rounded_float_label(channels, path)
     values = np.unique(channels)
     if not np.isin(values, (0, 1)).all():
         shown = ", ".join(f"{v:g}" for v in values[~np.isin(values, (0, 1))][:3])

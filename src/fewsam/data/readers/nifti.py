@@ -18,17 +18,17 @@
 
 Multi-channel images (nnU-Net ``_0001``..., MSD 4D, 5D vector files) are read as channel 0
 only, said once: SAM sees one greyscale channel; the three channel files of a dataset.json whose
-"channel_names" are R, G, B (or red, green, blue) are one colour image. Colour images are read as a colour PNG is, as
-their R, G, B values: NIfTI's RGB24 (and RGBA32) voxels, and ITK's RGB files (3 or 4 components
-on the 5th axis with a vector intent). Arrays are (D, H, W) = the NIfTI (x, y, z) array transposed to (z, y, x),
-without reorientation; spacing is the header zooms as (z, y, x) in mm. A volume whose thick voxel
-axis is x or y (a sagittal or coronal series stored that way) is cut along that axis instead
-(``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane axis. ``meta`` keeps the
-image's affine, header and slice axis so predictions are written back on the same voxel grid and
-orientation (a 2D image gets a 2D prediction). A 4D label of 0/1 volumes, one per class (one-hot, as
-MONAI pipelines write it), is read as class indices (``one_hot_to_indices``). A label stored in another
-orientation than its image is reoriented onto the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or
-NRRD is one RGB slice.
+"channel_names" are R, G, B (or red, green, blue) are one colour image. Colour images are read as
+a colour PNG is, as their R, G, B values: NIfTI's RGB24 (and RGBA32) voxels, and ITK's RGB files
+(3 or 4 components on the 5th axis with a vector intent). Arrays are (D, H, W) = the NIfTI (x, y,
+z) array transposed to (z, y, x), without reorientation; spacing is the header zooms as (z, y, x)
+in mm. A volume whose thick voxel axis is x or y (a sagittal or coronal series stored that way) is
+cut along that axis instead (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane
+axis. ``meta`` keeps the image's affine, header and slice axis so predictions are written back on
+the same voxel grid and orientation (a 2D image gets a 2D prediction). A 4D label of 0/1 volumes,
+one per class (one-hot, as MONAI pipelines write it), is read as class indices
+(``one_hot_to_indices``). A label stored in another orientation than its image is reoriented onto
+the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
 ids with every 5th to "val" (at least one of two or more, ``deterministic_split``); "test" =
 imagesTs and every image without a label (``computed_splits``, as in every reader: a
