@@ -609,8 +609,8 @@ def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
     counts = np.count_nonzero(channels, axis=-1)
     if (counts > 1).any():
         voxel = tuple(int(i) for i in np.argwhere(counts > 1)[0])
-        shared = ", ".join(str(int(c)) for c in np.flatnonzero(channels[voxel]))
-        raise DataError(f"{path}: its one-hot channels overlap (voxel {voxel} is in channels {shared}), so a voxel "
+        holding = ", ".join(str(int(c)) for c in np.flatnonzero(channels[voxel]))
+        raise DataError(f"{path}: its one-hot channels overlap (voxel {voxel} is in channels {holding}), so a voxel "
                         f"has no one class; fewsam segments one class per voxel: store one volume of class indices")
     background = bool(counts.all())
     indices = np.argmax(channels, axis=-1) + (0 if background else 1)
