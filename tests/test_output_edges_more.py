@@ -1,0 +1,158 @@
+"""What fewsam writes and how it finds what other tools wrote.
+
+- ``fewsam evaluate`` finds predictions named as the dataset's labels (``x_mask.png`` for the image
+  ``x.png``, ``<case>_gt.nii.gz``), as tools that write labels-style names leave them, and says the
+  convention it used; nnU-Net's ``labelsTr`` names (``<case>.nii.gz`` for ``<case>_0000.nii.gz``) are
+  its own. A label name and another tool's name for one case are refused naming both.
+- MONAI's ``SaveImage`` with ``data_root_dir`` keeps the input's sub-folders
+  (``<out>/imagesTr/<case>/<case>_trans.nii.gz``): evaluate finds those too, unless one case has two.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from fewsam import progress
+from fewsam.data import open_dataset
+from fewsam.data.phantom import write_phantom_dataset
+from fewsam.errors import DataError
+from fewsam.evaluate import evaluate
+
+
+def write_busi_style(root: Path, n: int = 3) -> Path:
+    """BUSI's layout: ``benign/b (i).png`` with its mask ``benign/b (i)_mask.png`` (0/255)."""
+    folder = root / "benign"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(folder / f"b ({i}).png")
+        mask = np.zeros((20, 24), np.uint8)
+        mask[5:10, 5 + i:12 + i] = 255
+        Image.fromarray(mask).save(folder / f"b ({i})_mask.png")
+    return root
+
+
+def evaluate_saying(pred: Path, data: Path, caplog, split: str = "all") -> tuple[dict, str]:
+    """The evaluation and what it said (its notices afresh)."""
+    progress._said.clear()
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        result = evaluate(pred, data, split=split, show_progress=False)
+    return result, caplog.text
+
+
+def test_evaluate_scores_png_predictions_named_as_the_masks_and_says_so(tmp_path, caplog):
+    data = write_busi_style(tmp_path / "data")
+    pred = tmp_path / "pred" / "benign"
+    pred.mkdir(parents=True)
+    for mask in sorted((data / "benign").glob("*_mask.png")):
+        shutil.copy(mask, pred / mask.name)
+    result, said = evaluate_saying(tmp_path / "pred", data, caplog)
+    assert result["mean"]["dice"] == pytest.approx(1.0) and result["n_cases"] == 3
+    assert "predictions named as the dataset's labels are scored" in said and "b (0)_mask.png" in said
+
+
+def test_a_label_named_prediction_is_scored_against_its_own_case(tmp_path, caplog):
+    """Each case's mask differs: scoring another case's file would not give Dice 1."""
+    data = write_busi_style(tmp_path / "data")
+    pred = tmp_path / "pred" / "benign"
+    pred.mkdir(parents=True)
+    shutil.copy(data / "benign" / "b (0)_mask.png", pred / "b (0)_mask.png")
+    for i in (1, 2):
+        shutil.copy(data / "benign" / "b (0)_mask.png", pred / f"b ({i})_mask.png")
+    result, _ = evaluate_saying(tmp_path / "pred", data, caplog)
+    dice = {row["case"]: row["per_class"] for row in result["cases"]}
+    assert next(iter(dice["benign/b (0)"].values()))["dice"] == pytest.approx(1.0)
+    assert next(iter(dice["benign/b (2)"].values()))["dice"] < 1.0
+
+
+def test_a_label_name_and_a_monai_name_for_one_case_are_refused_naming_both(tmp_path):
+    data = write_busi_style(tmp_path / "data", n=1)
+    pred = tmp_path / "pred" / "benign"
+    (pred / "b (0)").mkdir(parents=True)
+    shutil.copy(data / "benign" / "b (0)_mask.png", pred / "b (0)_mask.png")
+    shutil.copy(data / "benign" / "b (0)_mask.png", pred / "b (0)" / "b (0)_trans.png")
+    with pytest.raises(DataError, match=r"two predictions for case benign/b \(0\): b \(0\)_mask.png and "
+                                        r"b \(0\)/b \(0\)_trans.png"):
+        evaluate(tmp_path / "pred", data, split="all", show_progress=False)
+
+
+def test_a_fewsam_named_prediction_is_scored_before_a_label_named_one(tmp_path, caplog):
+    data = write_busi_style(tmp_path / "data", n=1)
+    pred = tmp_path / "pred" / "benign"
+    pred.mkdir(parents=True)
+    shutil.copy(data / "benign" / "b (0)_mask.png", pred / "b (0).png")
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(pred / "b (0)_mask.png")
+    result, said = evaluate_saying(tmp_path / "pred", data, caplog)
+    assert result["mean"]["dice"] == pytest.approx(1.0)
+    assert "is scored on b (0).png, not on b (0)_mask.png beside it (named as the dataset's labels)" in said
+
+
+def test_nnunet_labels_names_are_the_predictions_own(tmp_path, caplog):
+    """nnU-Net images are ``<case>_0000.nii.gz``, labels and predictions ``<case>.nii.gz``: no notice."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=2, slices=2, seed=2)
+    (tmp_path / "pred").mkdir()
+    for cid in open_dataset(data).split("val"):
+        shutil.copy(data / "labelsTr" / f"{cid}.nii.gz", tmp_path / "pred" / f"{cid}.nii.gz")
+    result, said = evaluate_saying(tmp_path / "pred", data, caplog, split="val")
+    assert result["mean"]["dice"] == pytest.approx(1.0)
+    assert "named as" not in said
+
+
+def plain_volumes_with_gt_labels(tmp_path: Path) -> Path:
+    """``images/<case>.nii.gz`` + ``labels/<case>_gt.nii.gz`` (ACDC's label names), from the phantom."""
+    phantom = write_phantom_dataset(tmp_path / "phantom", n_train=2, n_val=1, slices=2, seed=2)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for image in sorted((phantom / "imagesTr").iterdir()):
+        case = image.name.removesuffix("_0000.nii.gz")
+        shutil.copy(image, data / "images" / f"{case}.nii.gz")
+        shutil.copy(phantom / "labelsTr" / f"{case}.nii.gz", data / "labels" / f"{case}_gt.nii.gz")
+    return data
+
+
+def test_evaluate_scores_volume_predictions_named_as_gt_labels(tmp_path, caplog):
+    data = plain_volumes_with_gt_labels(tmp_path)
+    (tmp_path / "pred").mkdir()
+    for label in sorted((data / "labels").iterdir()):
+        shutil.copy(label, tmp_path / "pred" / label.name)
+    result, said = evaluate_saying(tmp_path / "pred", data, caplog)
+    assert result["mean"]["dice"] == pytest.approx(1.0) and result["n_cases"] == 3
+    assert "predictions named as the dataset's labels are scored" in said
+
+
+def monai_output_with_data_root_dir(data: Path, pred: Path, cases: list[str]) -> None:
+    """As ``SaveImage(output_dir=pred, data_root_dir=data)`` names each case's output: the image's
+    sub-folder kept, then MONAI's ``<image>/<image>_trans.nii.gz``."""
+    for cid in cases:
+        target = pred / "imagesTr" / f"{cid}_0000" / f"{cid}_0000_trans.nii.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.load(data / "labelsTr" / f"{cid}.nii.gz"), target)
+
+
+def test_evaluate_finds_monai_outputs_that_keep_the_inputs_sub_folder(tmp_path, caplog):
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=2, slices=2, seed=2)
+    val = open_dataset(data).split("val")
+    monai_output_with_data_root_dir(data, tmp_path / "pred", val)
+    result, said = evaluate_saying(tmp_path / "pred", data, caplog, split="val")
+    assert result["mean"]["dice"] == pytest.approx(1.0) and result["n_cases"] == len(val)
+    assert "predictions named as MONAI's SaveImage output are scored" in said
+
+
+def test_a_monai_output_in_the_sub_folder_and_at_the_top_for_one_case_is_refused(tmp_path):
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=2, slices=2, seed=2)
+    val = open_dataset(data).split("val")
+    monai_output_with_data_root_dir(data, tmp_path / "pred", val)
+    flat = tmp_path / "pred" / val[0] / f"{val[0]}_trans.nii.gz"
+    flat.parent.mkdir()
+    shutil.copy(data / "labelsTr" / f"{val[0]}.nii.gz", flat)
+    with pytest.raises(DataError, match=rf"two predictions for case {val[0]}: {val[0]}/{val[0]}_trans.nii.gz and "
+                                        rf"imagesTr/{val[0]}_0000/{val[0]}_0000_trans.nii.gz"):
+        evaluate(tmp_path / "pred", data, split="val", show_progress=False)
