@@ -6,17 +6,26 @@
   its own. A label name and another tool's name for one case are refused naming both.
 - MONAI's ``SaveImage`` with ``data_root_dir`` keeps the input's sub-folders
   (``<out>/imagesTr/<case>/<case>_trans.nii.gz``): evaluate finds those too, unless one case has two.
+- ``python -m fewsam.distributed.bench`` wrote --json and --save straight into place (a crash left half a
+  file) and over an existing file: both are written atomically, and follow ``fewsam``'s rules for output
+  files (--overwrite to replace one, never a file of the dataset).
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 from PIL import Image
 
 from fewsam import progress
@@ -156,3 +165,73 @@ def test_a_monai_output_in_the_sub_folder_and_at_the_top_for_one_case_is_refused
     with pytest.raises(DataError, match=rf"two predictions for case {val[0]}: {val[0]}/{val[0]}_trans.nii.gz and "
                                         rf"imagesTr/{val[0]}_0000/{val[0]}_0000_trans.nii.gz"):
         evaluate(tmp_path / "pred", data, split="val", show_progress=False)
+
+
+def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m fewsam.distributed.bench ...`` in a new process, as the docs run it (this fewsam's)."""
+    import fewsam
+
+    env = dict(os.environ, PYTHONPATH=str(Path(fewsam.__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "fewsam.distributed.bench", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("option", ["--json", "--save"])
+def test_the_step_bench_keeps_an_existing_file_unless_told_to_overwrite(tmp_path, option):
+    mine = tmp_path / "mine.out"
+    mine.write_text("my notes")
+    result = run_bench("step", "--data", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), option,
+                       str(mine), cwd=tmp_path)
+    assert_one_line_error(result, f"{option} {mine} exists; choose another {option} or pass --overwrite to replace it")
+    assert mine.read_text() == "my notes"
+
+
+def test_the_ray_bench_never_writes_its_json_into_the_dataset(tmp_path):
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2, seed=2)
+    listed = data / "dataset.json"
+    before = listed.read_bytes()
+    result = run_bench("ray", "--data", str(data), "--scratch", str(tmp_path / "s"), "--json", str(listed),
+                       "--overwrite", cwd=tmp_path)
+    assert_one_line_error(result, f"--json {listed} is in the dataset {data}; writing there would replace it")
+    assert listed.read_bytes() == before
+
+
+def bench_step_args(data: Path, tmp_path: Path) -> list[str]:
+    return ["step", "--data", str(data), "--cache", str(tmp_path / "cache"), "--method", "supervised",
+            "--steps", "4", "--batch-size", "1", "--labeled-slices", "2"]
+
+
+def test_a_bench_that_fails_while_saving_keeps_the_earlier_weights(tmp_path, monkeypatch):
+    """A save cut off (a full disk, a kill) left half a weights file in place of the earlier one."""
+    import torch
+
+    from fewsam.distributed import bench
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"earlier weights")
+
+    def cut_off(obj, target, *args, **kwargs) -> None:
+        if isinstance(target, (str, Path)):
+            Path(target).write_bytes(b"half")
+        else:
+            target.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", cut_off)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    with pytest.raises(OSError):
+        bench.main([*bench_step_args(data, tmp_path), "--save", str(weights), "--overwrite"])
+    assert weights.read_bytes() == b"earlier weights"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_bench_replaces_its_json_with_overwrite(tmp_path, monkeypatch, capsys):
+    from fewsam.distributed import bench
+
+    monkeypatch.setattr(bench, "step_times", lambda args: {"seconds_per_step": 0.5})
+    out = tmp_path / "one.json"
+    out.write_text("{}")
+    bench.main(["step", "--data", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), "--json", str(out),
+                "--overwrite"])
+    assert json.loads(out.read_text()) == {"seconds_per_step": 0.5}
