@@ -9,6 +9,9 @@
 - ``python -m fewsam.distributed.bench`` wrote --json and --save straight into place (a crash left half a
   file) and over an existing file: both are written atomically, and follow ``fewsam``'s rules for output
   files (--overwrite to replace one, never a file of the dataset).
+- The studio's export of a folder an index.csv lists wrote a label painted on a case listed without a
+  mask where the index never named it: the export holds the index, naming each exported label; cases
+  still unlabelled stay listed with an empty mask cell.
 """
 
 from __future__ import annotations
@@ -235,3 +238,45 @@ def test_the_bench_replaces_its_json_with_overwrite(tmp_path, monkeypatch, capsy
     bench.main(["step", "--data", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), "--json", str(out),
                 "--overwrite"])
     assert json.loads(out.read_text()) == {"seconds_per_step": 0.5}
+
+
+def index_listed_pngs(root: Path, masked: dict[str, bool]) -> Path:
+    """``img/<case>.png`` listed in index.csv with ``msk/<case>.png`` where ``masked`` says, an empty mask
+    cell (unlabelled) otherwise, and a site column."""
+    (root / "img").mkdir(parents=True)
+    (root / "msk").mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image,mask,site"]
+    for cid, has_mask in masked.items():
+        Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(root / "img" / f"{cid}.png")
+        if has_mask:
+            mask = np.zeros((20, 24), np.uint8)
+            mask[5:10, 5:12] = 255
+            Image.fromarray(mask).save(root / "msk" / f"{cid}.png")
+        rows.append(f"img/{cid}.png,{f'msk/{cid}.png' if has_mask else ''},A")
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_studio_export_of_an_index_listed_folder_names_each_label_in_its_index(tmp_path):
+    """A label painted on a case listed without a mask was exported as img/c_mask.png, which the index
+    (the only place the reader looks) never named: copied into the dataset, it was not read."""
+    from fewsam.studio.project import EXPORT_MANIFEST, Project
+
+    data = index_listed_pngs(tmp_path / "data", {"a": True, "b": True, "c": False, "d": False})
+    project = Project(data, tmp_path / "project")
+    drawn = np.zeros((20, 24), np.uint8)
+    drawn[2:9, 3:10] = 1
+    for cid in ("img/a", "img/c"):
+        project.save_slice(cid, 0, drawn)
+    exported = Path(project.export()["folder"])
+    back = tmp_path / "back"
+    shutil.copytree(data, back)
+    shutil.copytree(exported, back, dirs_exist_ok=True, ignore=shutil.ignore_patterns(EXPORT_MANIFEST))
+    read = open_dataset(back)
+    assert {cid: read.has_label(cid) for cid in read.entries} == {"img/a": True, "img/b": True, "img/c": True,
+                                                                 "img/d": False}
+    for cid in ("img/a", "img/c"):
+        np.testing.assert_array_equal(read.load(cid).label[0], drawn)
+    assert read.attributes_of("img/d")["site"] == "A"  # the unlabelled case stays listed, with its columns
+    assert project.export()["cases"] == 2  # the export's own index does not block the next export
