@@ -12,6 +12,8 @@
 - The studio's export of a folder an index.csv lists wrote a label painted on a case listed without a
   mask where the index never named it: the export holds the index, naming each exported label; cases
   still unlabelled stay listed with an empty mask cell.
+- A single-slice DICOM took z-spacing 1 whatever its SliceThickness, and its prediction that thickness:
+  its SliceThickness (else SpacingBetweenSlices) is its z-spacing, and a default of 1 mm is said.
 """
 
 from __future__ import annotations
@@ -280,3 +282,71 @@ def test_a_studio_export_of_an_index_listed_folder_names_each_label_in_its_index
         np.testing.assert_array_equal(read.load(cid).label[0], drawn)
     assert read.attributes_of("img/d")["site"] == "A"  # the unlabelled case stays listed, with its columns
     assert project.export()["cases"] == 2  # the export's own index does not block the next export
+
+
+def single_slice_dicom(folder: Path, thickness: float | None) -> np.ndarray:
+    """One DICOM file (a radiograph-like slice) with its SliceThickness, or without any tag that gives a
+    z-spacing; returns its pixels (1, H, W)."""
+    import SimpleITK as sitk
+
+    pixels = np.random.default_rng(3).integers(0, 1000, (1, 5, 7)).astype(np.int16)
+    image = sitk.GetImageFromArray(pixels[0])
+    image.SetSpacing((0.7, 0.8))
+    tags = {"0020|000e": "1.2.826.0.1.3680043.2.1125.9", "0020|000d": "1.2.826.0.1.3680043.2.1125.9.1",
+            "0008|0060": "CR", "0020|0013": "1", "0020|0032": "-10\\5\\3", "0020|0037": "1\\0\\0\\0\\1\\0"}
+    if thickness is not None:
+        tags["0018|0050"] = str(thickness)
+    for tag, value in tags.items():
+        image.SetMetaData(tag, value)
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "slice1.dcm"))
+    writer.Execute(image)
+    if thickness is None:
+        blank_spacing_between_slices(folder / "slice1.dcm")
+    return pixels
+
+
+def blank_spacing_between_slices(path: Path) -> None:
+    """ITK's writer may add SpacingBetweenSlices (0018,0088) of its own: its value blanked (an element with
+    no value, as DICOM allows for it), so that no tag of the file gives a z-spacing."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x18\x00\x88\x00")  # the tag, little endian; then "DS" and a 2-byte length (explicit
+    if at < 0:                             # VR) or a 4-byte length (implicit VR), then the value
+        return
+    explicit = data[at + 4:at + 6] == b"DS"
+    length = int.from_bytes(data[at + 6:at + 8] if explicit else data[at + 4:at + 8], "little")
+    data[at + 8:at + 8 + length] = b" " * length
+    path.write_bytes(bytes(data))
+
+
+def test_a_single_dicom_slice_keeps_its_slice_thickness_in_its_prediction(tmp_path, caplog):
+    """ITK stacked one slice at 1 mm whatever its SliceThickness: the prediction written on that geometry
+    was 1 mm thick where its image is 2.5."""
+    import SimpleITK as sitk
+
+    from fewsam.data import read_prediction, write_prediction
+
+    single_slice_dicom(tmp_path / "data" / "xray", thickness=2.5)
+    progress._said.clear()
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        case = open_dataset(tmp_path / "data").load("xray")
+    assert case.spacing == pytest.approx((2.5, 0.8, 0.7))
+    assert "thickness is taken as" not in caplog.text
+    pred = np.zeros(case.image.shape[:3], np.uint8)
+    pred[0, 1:3, 2:5] = 1
+    written = sitk.ReadImage(str(write_prediction(case, pred, tmp_path / "pred")))
+    assert written.GetSpacing() == pytest.approx((0.7, 0.8, 2.5))
+    assert written.GetOrigin() == pytest.approx((-10.0, 5.0, 3.0))
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), pred)
+
+
+def test_a_single_dicom_slice_without_a_thickness_says_the_one_assumed(tmp_path, caplog):
+    single_slice_dicom(tmp_path / "data" / "xray", thickness=None)
+    progress._said.clear()
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        case = open_dataset(tmp_path / "data").load("xray")
+    assert case.spacing == pytest.approx((1.0, 0.8, 0.7))
+    assert "a single DICOM slice without SliceThickness or SpacingBetweenSlices; its thickness is taken as 1 mm" \
+        in caplog.text
