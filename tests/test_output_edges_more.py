@@ -14,6 +14,9 @@
   still unlabelled stay listed with an empty mask cell.
 - A single-slice DICOM took z-spacing 1 whatever its SliceThickness, and its prediction that thickness:
   its SliceThickness (else SpacingBetweenSlices) is its z-spacing, and a default of 1 mm is said.
+- A studio fit of grey PNG images read a NIfTI copy of the labelled slices, which holds no mask coding: the
+  run recorded none. Grey 2D images are copied as a 2D image folder (float32 TIFF, bit for bit) whose
+  coding the run records as ``fewsam fit`` does.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, write_lv_png_folder
 from PIL import Image
 
 from fewsam import progress
@@ -350,3 +353,33 @@ def test_a_single_dicom_slice_without_a_thickness_says_the_one_assumed(tmp_path,
     assert case.spacing == pytest.approx((1.0, 0.8, 0.7))
     assert "a single DICOM slice without SliceThickness or SpacingBetweenSlices; its thickness is taken as 1 mm" \
         in caplog.text
+
+
+def test_a_studio_fit_of_grey_png_images_keeps_their_mask_coding(tmp_path):
+    """The studio fitted grey 2D images from a NIfTI copy, which holds no PNG coding: the run recorded none
+    and wrote its predictions of new, unlabelled images of a 0/1 dataset as 0/255."""
+    from test_method_edges import TINY_STUDENT
+
+    from fewsam import api
+    from fewsam.predict import predict
+    from fewsam.studio.fitdata import FIT_VAL_SPLIT, SLICES
+    from fewsam.studio.project import Project
+
+    data = write_lv_png_folder(tmp_path / "data", 3, foreground=1)
+    project = Project(data, tmp_path / "project")
+    source = open_dataset(data)
+    for cid in source.split("all")[:2]:
+        project.save_slice(cid, 0, source.load(cid).label[0])
+    project.write_fit_dataset(tmp_path / "fit")
+    fit_data = open_dataset(tmp_path / "fit")
+    for new_id, (cid, z) in json.loads((tmp_path / "fit" / SLICES).read_text()).items():
+        np.testing.assert_array_equal(fit_data.load(new_id).image[0], source.load(cid).image[z])  # cache hits
+        np.testing.assert_array_equal(fit_data.load(new_id).label[0], source.load(cid).label[z])
+    run = tmp_path / "run"  # as the studio's worker fits, with a student that needs no SAM
+    api.fit("supervised", api.FitOptions(data=tmp_path / "fit", run=run, labeled_slices=2, val_split=FIT_VAL_SPLIT,
+                                         cache=str(tmp_path / "cache"), show_progress=False),
+            TINY_STUDENT)
+    assert json.loads((run / "config.json").read_text())["mask_coding"]["to_pixel"] == {"0": 0, "1": 1}
+    new = write_lv_png_folder(tmp_path / "new", 2, foreground=None)
+    for path in predict(run, new, tmp_path / "pred", split="all", show_progress=False):
+        assert set(np.unique(np.asarray(Image.open(path)))) <= {0, 1}
