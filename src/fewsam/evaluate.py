@@ -75,7 +75,7 @@ def evaluate(
     refuse_missing_predictions(dataset, case_ids, pred)
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
-        predicted = read_prediction(case, pred, dataset.class_map)
+        predicted = read_prediction(case, pred, dataset.class_map, dataset)
         per_class = case_metrics(predicted, case.label, list(names), case.spacing)
         units.add("mm" if case.spacing else "pixel")
         case_attrs.append(case.attributes)

@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -76,7 +77,7 @@ def missing_predictions(dataset: Any, case_ids: list[str], root: Path) -> list[t
         if case_id not in entries:
             continue
         path = _path_under(root, case_id, dataset.prediction_rel_path(entries[case_id]), dataset.format)
-        if not _as_found(path, case_id).is_file():
+        if not _as_found(path, case_id, other_names(dataset, case_id, root)).is_file():
             missing.append((case_id, path))
     return missing
 
@@ -103,12 +104,16 @@ def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
     return path
 
 
-def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = None) -> np.ndarray:
+def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = None,
+                    dataset: Any = None) -> np.ndarray:
     """Read the prediction for ``case`` from ``pred_root`` as (D, H, W) uint8 class indices.
 
-    With ``class_map``, values outside it are a DataError naming them and the file.
+    With ``class_map``, values outside it are a DataError naming them and the file. With the case's
+    ``dataset``, a prediction named as another tool names it after the case's files is found too
+    (``other_names``).
     """
-    path = _as_found(prediction_path(case, pred_root), case.case_id)
+    others = other_names(dataset, case.case_id, pred_root) if dataset is not None else OtherNames()
+    path = _as_found(prediction_path(case, pred_root), case.case_id, others)
     if not path.is_file():
         raise DataError(f"prediction {path} for case {case.case_id} not found; "
                         "predict this split into that folder first")
@@ -130,31 +135,100 @@ MONAI_POSTFIXES = ("trans", "seg")  # MONAI SaveImage's output_postfix: "trans" 
 NNUNET_CHANNEL = "_0000"  # MONAI names an output after its input image: nnU-Net's case_0000.nii.gz
 
 
-def _as_found(path: Path, case_id: str = "") -> Path:
+@dataclass(frozen=True)
+class OtherNames:
+    """What other tools name a case's prediction after, besides its relative path: its label file
+    (``label_stem``: tools that write predictions as the labels are named, ``x_mask.png`` for the image
+    ``x.png``, ``<case>_gt.nii.gz``) and its image's folder (``image_folder``, under the prediction root:
+    MONAI's ``SaveImage`` with ``data_root_dir`` keeps the input's sub-folders)."""
+
+    label_stem: str = ""
+    image_folder: Path | None = None
+
+
+def other_names(dataset: Any, case_id: str, pred_root: Path) -> OtherNames:
+    """The ``OtherNames`` of a case of ``dataset`` whose predictions lie under ``pred_root``; none for a
+    dataset that does not index its files, or a label that is the image file itself (h5, npz)."""
+    entries = getattr(dataset, "entries", None)
+    entry = entries.get(case_id) if isinstance(entries, dict) else None
+    if entry is None:
+        return OtherNames()
+    label = Path(entry.label) if entry.label is not None and Path(entry.label) != Path(entry.image) else None
+    label_stem = _stem_and_ending(label.name)[0] if label is not None else ""
+    try:
+        folder = Path(entry.image).parent.relative_to(dataset.root)
+    except (AttributeError, ValueError):
+        folder = None
+    image_folder = Path(pred_root) / folder if folder is not None and folder.parts else None
+    return OtherNames(label_stem, image_folder)
+
+
+def _stem_and_ending(name: str) -> tuple[str, str | None]:
+    """``name`` without its prediction ending (a volume format's, or .png), and that ending."""
+    ending = next((e for e in (*VOLUME_PREDICTION_ENDINGS, ".png") if name.lower().endswith(e)), None)
+    return (name[: -len(ending)] if ending else name), ending
+
+
+def _as_found(path: Path, case_id: str = "", others: OtherNames = OtherNames()) -> Path:
     """A prediction as another tool may have named it: a volume's in any of the volume formats fewsam
     reads (``<case>.nii`` for ``<case>.nii.gz``, as nnU-Net writes a ``.nii`` dataset's; ``<case>.mha``
     or ``.nrrd``, as SimpleITK scripts and grand-challenge containers write them, read onto the
     case's grid like any NIfTI), and its ending in any letter case (``<case>.NII.GZ``, ``<case>.PNG``
-    from Windows tools); MONAI's ``SaveImage`` names (``monai_names``); ``path`` itself when none of
-    these exists. Two of one kind for one case are refused naming both: scoring either would be a guess.
-    A file named as fewsam names it is scored before one named as MONAI does, and the other is said:
-    ``x_seg.nii.gz`` may be the prediction of a case ``x_seg`` of its own."""
-    name = path.name
-    ending = next((e for e in (*VOLUME_PREDICTION_ENDINGS, ".png") if name.lower().endswith(e)), None)
+    from Windows tools); named as the case's label (``others``); MONAI's ``SaveImage`` names
+    (``monai_names``), in the prediction's folder or in its image's (``others``); ``path`` itself when
+    none of these exists. Two of one kind for one case, or a label name and a MONAI name, are refused
+    naming both: scoring either would be a guess. A file named as fewsam names it is scored before one
+    named otherwise, and the other is said: ``x_seg.nii.gz`` may be the prediction of a case ``x_seg`` of
+    its own. A prediction found under another tool's name is said once per folder, naming the convention."""
+    stem, ending = _stem_and_ending(path.name)
     endings = (VOLUME_PREDICTION_ENDINGS if ending != ".png" else (".png",)) if ending else ()
-    stem = name[: -len(ending)] if ending else name
-    own = _files_named(path.parent, [name] + [stem + e for e in endings])
-    monai = _files_named(path.parent, monai_names(stem, endings))
-    for found in (own, [] if own else monai):
+    own = _files_named(path.parent, [path.name] + [stem + e for e in endings])
+    foreign = {"the dataset's labels": _label_named(path, stem, endings, others),
+               "MONAI's SaveImage output": _monai_named(path, stem, endings, others)}
+    other = list(dict.fromkeys(p for found in foreign.values() for p in found))
+    for found in (own, [] if own else other):
         if len(found) > 1:
-            shown = " and ".join(p.relative_to(path.parent).as_posix() for p in found[:2])
+            shown = " and ".join(_shown(p, path.parent) for p in found[:2])
             raise DataError(f"{path.parent} holds two predictions for case {case_id or stem}: {shown}; "
                             "remove or move one of them, so that the one to score is certain")
-    if own and monai:
+    if own and other:
         say_once(f"{path.parent}: case {case_id or stem} is scored on {own[0].name}, not on "
-                 f"{monai[0].relative_to(path.parent).as_posix()} beside it (named as MONAI names a prediction); "
-                 "move the one not meant", key=f"monai-beside-{own[0]}")
-    return (own or monai or [path])[0]
+                 f"{_shown(other[0], path.parent)} beside it (named as {_convention(foreign, other[0])}); "
+                 "move the one not meant", key=f"other-beside-{own[0]}")
+    if not own and other:
+        convention = _convention(foreign, other[0])
+        say_once(f"{path.parent}: predictions named as {convention} are scored (case {case_id or stem}: "
+                 f"{_shown(other[0], path.parent)})", key=f"named-as-{convention}-{path.parent}")
+    return (own or other or [path])[0]
+
+
+def _label_named(path: Path, stem: str, endings: tuple[str, ...], others: OtherNames) -> list[Path]:
+    """The prediction named as the case's label file, in the folder its own name would be in."""
+    if not others.label_stem or others.label_stem.lower() == stem.lower():
+        return []
+    return _files_named(path.parent, [others.label_stem + e for e in endings or ("",)])
+
+
+def _monai_named(path: Path, stem: str, endings: tuple[str, ...], others: OtherNames) -> list[Path]:
+    """MONAI's names of the case's output in the prediction's folder, and in its image's sub-folder."""
+    names = monai_names(stem, endings)
+    found = _files_named(path.parent, names)
+    folder = others.image_folder
+    if folder is not None and folder != path.parent:
+        found += [p for p in _files_named(folder, names) if p not in found]
+    return found
+
+
+def _convention(foreign: dict[str, list[Path]], found: Path) -> str:
+    return next(name for name, paths in foreign.items() if found in paths)
+
+
+def _shown(found: Path, folder: Path) -> str:
+    """``found`` relative to ``folder`` where it lies below it, else its path."""
+    try:
+        return found.relative_to(folder).as_posix()
+    except ValueError:
+        return found.as_posix()
 
 
 def monai_names(stem: str, endings: tuple[str, ...]) -> list[str]:

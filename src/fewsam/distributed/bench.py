@@ -8,6 +8,8 @@
         Seconds per training step of the one loop, in one process or under torchrun (--wrap ddp:
         torch's DistributedDataParallel around the module instead of the loop's own all_reduce),
         from a warm cache; --save keeps the final weights, ``compare`` tells two saves apart.
+
+--json and --save are written atomically, and replace an existing file only with --overwrite, as ``fewsam``'s own.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fewsam.distributed import ddp
+from fewsam.errors import FewsamError
+from fewsam.runs import write_json
 
 
 def ray_throughput(data: Path, split: str | None, workers: list[int], scratch: Path, address: str,
@@ -57,7 +61,7 @@ def step_times(args: argparse.Namespace) -> dict[str, Any]:
 
     from fewsam.config import FitOptions
     from fewsam.fitting import open_fit
-    from fewsam.train import train
+    from fewsam.train import atomic_torch_save, train
 
     options = FitOptions(run=Path("unused"), data=args.data, cache=args.cache, precision=args.precision,
                          labeled_slices=args.labeled_slices, show_progress=False)
@@ -73,7 +77,7 @@ def step_times(args: argparse.Namespace) -> dict[str, Any]:
         rank, size = ddp.world()
         if args.save and rank == 0:
             module = getattr(task.module, "module", task.module)
-            torch.save(module.state_dict(), args.save)
+            atomic_torch_save(module.state_dict(), args.save)
     return {"method": args.method, "wrap": args.wrap, "world_size": size, "global_batch": args.batch_size,
             "steps_timed": len(steps), "seconds_per_step": round(statistics.median(steps), 4),
             "threads_per_process": torch.get_num_threads()}
@@ -169,19 +173,46 @@ def main(argv: list[str] | None = None) -> None:
     cmp = sub.add_parser("compare")
     cmp.add_argument("a", type=Path)
     cmp.add_argument("b", type=Path)
+    step.add_argument("--overwrite", action="store_true", help="Replace an existing --json or --save file.")
+    ray.add_argument("--overwrite", action="store_true", help="Replace an existing --json file.")
     for p in (ray, step):
         p.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.what == "ray":
-        result = ray_throughput(args.data, args.split, args.workers, args.scratch, args.address, args.precision)
-    elif args.what == "step":
-        result = step_times(args)
-    else:
-        result = compare(args.a, args.b)
+    try:
+        check_outputs(args)
+        result = measure(args)
+    except FewsamError as exc:
+        from fewsam.cli import say_user_error
+
+        say_user_error(str(exc), exc)
+        raise SystemExit(2) from None
     if ddp.launched_rank() == 0:
         print(json.dumps(result, indent=2))
         if getattr(args, "json", None):
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            write_json(args.json, result)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.what == "ray":
+        return ray_throughput(args.data, args.split, args.workers, args.scratch, args.address, args.precision)
+    if args.what == "step":
+        return step_times(args)
+    return compare(args.a, args.b)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--json and --save follow the main command line's rules for output files, checked before minutes of
+    measuring: an existing file is replaced only with --overwrite, a dataset's file never; two outputs
+    naming one file would leave one of them."""
+    from fewsam.cli import check_not_an_input, check_output_file
+
+    outputs = {option: path for option, path in (("--json", getattr(args, "json", None)),
+                                                  ("--save", getattr(args, "save", None))) if path is not None}
+    if len(outputs) == 2 and Path(outputs["--json"]).absolute() == Path(outputs["--save"]).absolute():
+        raise FewsamError(f"--json and --save both name {outputs['--json']}; give each its own file")
+    for option, path in outputs.items():
+        check_not_an_input(path, option, [], args.data)
+        check_output_file(path, option, args.overwrite)
 
 
 if __name__ == "__main__":

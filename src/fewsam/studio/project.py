@@ -57,6 +57,7 @@ LATEST_RUN = "latest_run.json"
 LOG = "studio.log"
 PROJECT_LOCK = "studio.lock"
 EXPORT_MANIFEST = "labelled_slices.json"
+EXPORT_INDEX = "index.csv"  # an index-listed dataset's cases, naming the exported labels
 CACHED_CASES = 3  # whole volumes kept in memory for slice browsing (a CT can be hundreds of MB)
 
 
@@ -510,7 +511,8 @@ class Project:
         """PROJECT/export: each labelled case's labels in the dataset's own format and geometry (NIfTI
         with the image's affine and header, PNG in the dataset's mask coding, ...), named as the dataset's
         reader finds labels (``label_rel_path``: BUSI's ``x_mask.png``, ``masks/x.png``), unlabelled slices 0,
-        and labelled_slices.json saying which slices hold labels. Replaces the previous export whole, and
+        labelled_slices.json saying which slices hold labels, and for a dataset an index.csv lists, that index
+        naming each exported label (``_export_index``). Replaces the previous export whole, and
         refuses (before writing anything) when PROJECT/export holds anything an export did not write."""
         labelled = self.labelled()
         if not labelled:
@@ -544,8 +546,20 @@ class Project:
             cases[case_id] = {"file": rel, "slices": zs}
         manifest = {"data": str(self.data), "classes": self.class_map.to_json(), "cases": cases,
                     "note": "slices not listed are unlabelled (stored as 0), not background"}
+        index = self._export_index({case_id: entry["file"] for case_id, entry in cases.items()})
+        if index is not None:
+            atomic_write_bytes(folder / EXPORT_INDEX, index.encode())
+            manifest["index"] = EXPORT_INDEX
         atomic_write_bytes(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=1).encode())
         return files
+
+    def _export_index(self, labels: dict[str, str]) -> str | None:
+        """The dataset's index.csv naming each exported label, for a dataset whose cases an index lists
+        (``index_with_masks``): its reader reads a case's mask from the index alone, so a label exported
+        for a case listed without one would be lost when the export is copied into the dataset. Cases
+        still unlabelled stay listed with an empty mask cell. None for a dataset without an index."""
+        index_with_masks = getattr(self.dataset, "index_with_masks", None)
+        return index_with_masks(labels) if index_with_masks is not None else None
 
 
 def exported_files(folder: Path) -> set[str]:
@@ -553,7 +567,8 @@ def exported_files(folder: Path) -> set[str]:
     empty when there is no readable manifest."""
     try:
         manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
-        return {EXPORT_MANIFEST, *(str(entry["file"]) for entry in manifest["cases"].values())}
+        index = [str(manifest["index"])] if manifest.get("index") else []
+        return {EXPORT_MANIFEST, *index, *(str(entry["file"]) for entry in manifest["cases"].values())}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
 

@@ -12,7 +12,8 @@ case_id = the series folder relative to root (or images/), subject = its first f
 patient in root/<patient>/<series>/); a folder holding files of several series is refused when
 loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are
 (D, H, W) as SimpleITK gives them (GDCM sorts the slices by position), or (D, H, W, 3) for colour
-series; spacing is (z, y, x) in mm. ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
+series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else SpacingBetweenSlices, else
+1 mm, said). ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
 3D Slicer or ITK-SNAP. A label on the series' grid is taken as is; one holding the same voxels
 in another axis order or orientation, or a block of them (a label cropped to its structures), is
@@ -199,7 +200,28 @@ def read_series(folder: Path) -> sitk.Image:
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
     positions = [_tag_numbers(reader, i, "0020|0032") for i in range(len(names))]
     check_slice_spacing(positions, image.GetDirection(), folder)
+    if image.GetDepth() == 1:
+        x, y, _ = image.GetSpacing()
+        image.SetSpacing((x, y, single_slice_thickness(reader, folder)))
     return image
+
+
+SINGLE_SLICE_TAGS = (("0018|0050", "SliceThickness"), ("0018|0088", "SpacingBetweenSlices"))
+DEFAULT_THICKNESS_MM = 1.0
+
+
+def single_slice_thickness(reader: sitk.ImageSeriesReader, folder: Path) -> float:
+    """The z-spacing of a one-slice series, which no second slice's position gives: its SliceThickness,
+    else its SpacingBetweenSlices, else 1 mm, said once. ITK stacks one slice at 1 mm whatever its file
+    says, so the prediction written on that geometry (``meta``) took another thickness than its image."""
+    for tag, _ in SINGLE_SLICE_TAGS:
+        value = _tag_numbers(reader, 0, tag)
+        if value and len(value) == 1 and np.isfinite(value[0]) and value[0] > 0:
+            return value[0]
+    say_once(f"{folder}: a single DICOM slice without {' or '.join(name for _, name in SINGLE_SLICE_TAGS)}; its "
+             f"thickness is taken as {DEFAULT_THICKNESS_MM:g} mm (its prediction's z-spacing), as no file says it",
+             key="dicom-single-slice-default-thickness")
+    return DEFAULT_THICKNESS_MM
 
 
 def _tag_numbers(reader: sitk.ImageSeriesReader, index: int, tag: str) -> list[float] | None:

@@ -57,6 +57,7 @@ benign 2, ...), so ``--labeled-images 30`` is 15 of each, not 24 benign and 6 ma
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 import warnings
@@ -167,6 +168,25 @@ class PngFolderDataset(IndexedDataset):
             return rel.with_name(f"{rel.stem}_mask.png").as_posix()
         masks = "mask" if folders[top].lower() == "image" else "masks"
         return PurePosixPath(*folders[:top], masks, *folders[top + 1:], f"{rel.stem}.png").as_posix()
+
+    def index_with_masks(self, masks: dict[str, str]) -> str | None:
+        """This dataset's index (``index.csv``, or its rows of the parent folder's, paths relative to root)
+        as CSV text, with the mask cell of each case of ``masks`` (case id -> mask path relative to root)
+        filled where it was empty; every other row and cell as it was, so a case still without a mask
+        stays listed with an empty one. An index is what the reader trusts: a mask file written for a case
+        whose mask cell is empty is never read. None for a folder without an index (the scan pairs masks by
+        their names)."""
+        if self.reads_whole_tree:
+            return None
+        rows, _ = _index_rows(self.root)
+        columns = ["image", "mask", *(c for c in rows[0] if c not in ("image", "masks"))]
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\n")
+        out.writerow(columns)
+        for row in rows:
+            cell = row.get("masks", "") or masks.get(_entry(self.root, row).case_id, "")
+            out.writerow([row.get("image", ""), cell, *(row.get(c, "") for c in columns[2:])])
+        return buf.getvalue()
 
     def mask_coding(self) -> dict[str, Any]:
         """How this dataset's masks store its classes as pixels (class -> pixel, and the palette),
