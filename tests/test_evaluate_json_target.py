@@ -1,4 +1,4 @@
-"""Round 8 (e): outputs beside inputs, spacing, exports, colour channels, hints.
+"""`fewsam evaluate --json` beside the predictions it scores.
 
 - ``fewsam evaluate --json PRED/summary.json --overwrite`` replaced a file of the prediction folder
   that fewsam did not write (nnU-Net's summary.json among its predictions, or a prediction itself);

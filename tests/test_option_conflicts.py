@@ -70,19 +70,34 @@ def test_a_user_error_under_torchrun_is_said_by_rank_0_and_left_for_the_launcher
         assert json.loads((tmp_path / f"error{rank}.json").read_text())["message"] == "data folder x does not exist"
 
 
-def test_the_launcher_says_a_user_error_once_and_passes_on_crashes() -> None:
-    """``python -m fewsam.distributed.launch``: processes that all exit 2 stopped on a user error, said
-    by rank 0 (or, if rank 0 did not stop on it, from the error file of the first rank that did); a
-    crash or a signal among them is torchrun's own report."""
-    from types import SimpleNamespace as Failure
+def test_the_launcher_says_a_user_error_once_and_passes_on_crashes(tmp_path) -> None:
+    """``python -m fewsam.distributed.launch``: processes that exit 2 stopped on a user error, said by
+    rank 0 (or, if rank 0 did not say it, from the error file of the first rank that did); a peer
+    torchrun terminated (SIGTERM) once the first exited 2 stopped on the same mistake; a crash or a
+    signal of the user's among them is torchrun's own report."""
+    from types import SimpleNamespace
 
     from fewsam.distributed.launch import split_args, user_error
     from fewsam.errors import FewsamError
 
-    assert user_error({0: Failure(exitcode=2, message="m0"), 1: Failure(exitcode=2, message="m1")}) == ""
-    assert user_error({1: Failure(exitcode=2, message="m1"), 3: Failure(exitcode=2, message="m3")}) == "m1"
-    assert user_error({0: Failure(exitcode=2, message="m0"), 1: Failure(exitcode=1, message="")}) is None
-    assert user_error({0: Failure(exitcode=-9, message="")}) is None
+    def failure(rank: int, exitcode: int, message: str = "") -> SimpleNamespace:
+        error_file = tmp_path / f"error{rank}.json"
+        error_file.unlink(missing_ok=True)
+        if message:
+            error_file.write_text(message)
+        return SimpleNamespace(exitcode=exitcode, message=message or "To enable traceback see: ...",
+                               error_file=str(error_file))
+
+    assert user_error({0: failure(0, 2, "m0"), 1: failure(1, 2, "m1")}) == ""
+    assert user_error({1: failure(1, 2, "m1"), 3: failure(3, 2, "m3")}) == "m1"
+    assert user_error({0: failure(0, 2, "m0"), 1: failure(1, 1)}) is None
+    assert user_error({0: failure(0, -9)}) is None
+    assert user_error({0: failure(0, 2, "m0"), 1: failure(1, -15)}) == ""  # terminated while checking
+    assert user_error({0: failure(0, 2, "m0"), 1: failure(1, 143, "m1")}) == ""
+    assert user_error({1: failure(1, 2, "m1"), 0: failure(0, -15, "m0")}) == ""  # rank 0 had printed it
+    assert user_error({1: failure(1, 2, "m1"), 0: failure(0, -15)}) == "m1"  # rank 0 ended before saying it
+    assert user_error({1: failure(1, 2)}) == "rank 1 stopped on a user error (exit code 2)"
+    assert user_error({0: failure(0, -15), 1: failure(1, -15)}) is None  # the user's SIGTERM
     assert split_args(["--nproc-per-node", "2", "fit", "fewshot", "--data", "d"]) == \
         (["--nproc-per-node", "2"], ["fit", "fewshot", "--data", "d"])
     assert split_args(["--nproc-per-node", "2", "-m", "fewsam", "fit", "x"]) == (["--nproc-per-node", "2"], ["fit", "x"])

@@ -1,4 +1,4 @@
-"""Round 8: what fewsam writes and how it names and finds files.
+"""What fewsam writes and how it names and finds files.
 
 - A run fitted on 2D PNG masks coded 0/1 wrote 0/255 predictions for a folder of new, unlabelled
   images (no masks to show their coding): the run now keeps its masks' coding in config.json and

@@ -12,6 +12,8 @@ torchrun reports it.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -69,16 +71,33 @@ def replay(held: _Held) -> None:
         logging.getLogger(record.name).handle(record)
 
 
+def _said_the_error(failure) -> bool:
+    """Whether the process reached ``say_user_error``: it exited 2, or it left its message in its error
+    file (written after rank 0 has printed the line) before torchrun terminated it."""
+    return failure.exitcode == USER_ERROR or os.path.isfile(failure.error_file)
+
+
+def _terminated_by_torchrun(failure) -> bool:
+    """torchrun ends every other process with SIGTERM once one has failed: the process dies of the
+    signal (-15) or, where fewsam's handler caught it, exits 128 + 15."""
+    return failure.exitcode in (-signal.SIGTERM, 128 + signal.SIGTERM)
+
+
 def user_error(failures: dict) -> str | None:
-    """The message to say when the failed processes stopped on a user error: "" when rank 0 among
-    them has said it already (every rank exits 2, rank 0 alone prints), the error another rank
-    left in its error file otherwise; None when a process failed some other way (a crash, a signal)."""
-    if not failures or any(f.exitcode != USER_ERROR for f in failures.values()):
+    """The message to say when the failed processes stopped on a user error: "" when rank 0 has said it
+    already (every rank meets the mistake, rank 0 alone prints), the error another rank left in its
+    error file otherwise; None when a process failed some other way (a crash, a signal of the user's).
+    Under load a peer may still be checking the same options when the first rank exits 2, and
+    torchrun terminates it: that process stopped on the same mistake, not on a fault of its own."""
+    stopped = {rank: f for rank, f in failures.items() if f.exitcode == USER_ERROR}
+    if not stopped or not all(rank in stopped or _terminated_by_torchrun(f) for rank, f in failures.items()):
         return None
-    if 0 in failures:
+    if 0 in failures and _said_the_error(failures[0]):
         return ""
-    first = failures[min(failures)]
-    return first.message or f"rank {min(failures)} stopped on a user error (exit code {USER_ERROR})"
+    first = stopped[min(stopped)]
+    if os.path.isfile(first.error_file) and first.message:
+        return first.message
+    return f"rank {min(stopped)} stopped on a user error (exit code {USER_ERROR})"
 
 
 def main(argv: list[str] | None = None) -> None:
