@@ -102,3 +102,40 @@ def test_launcher_and_comments_are_read_as_the_fit_they_run() -> None:
     block = ("python -m fewsam.distributed.launch --nnodes 2 --rdzv-id x fit fewshot \\\n"
              "    --data D --out R   # a comment --not-an-option\n")
     assert command_lines(block) == ["fit fewshot      --data D --out R"]
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fewsam"
+ARCHITECTURE = DOCS / "architecture.md"
+
+
+def package_table() -> list[tuple[str, str]]:
+    """(first cell, whole row) of each row of architecture.md's table of the package."""
+    text = ARCHITECTURE.read_text()
+    table = text[text.index("## The package"):text.index("## Adding a method")]
+    return [(row.split("|")[1], row) for row in table.splitlines() if row.startswith("| `")]
+
+
+def named_paths(cell: str) -> list[str]:
+    """The module files (``x.py``) and folders (``x/``) a piece of the table names in backticks."""
+    return re.findall(r"`([\w/]+(?:\.py|/))`", cell)
+
+
+def test_every_module_the_architecture_names_exists() -> None:
+    """A name resolves from the package root or from a folder its row's first cell names
+    (the studio row's ``app.py`` is ``studio/app.py``)."""
+    missing = []
+    for first, row in package_table():
+        bases = [""] + [p if p.endswith("/") else str(Path(p).parent) + "/" for p in named_paths(first)]
+        missing += [name for name in named_paths(row) if not any((PACKAGE / (base + name)).exists() for base in bases)]
+    assert missing == []
+
+
+def test_the_architecture_covers_every_package_folder() -> None:
+    folders = {str(p.parent.relative_to(PACKAGE)) + "/" for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE}
+    folders |= {str(p.relative_to(PACKAGE)) + "/" for p in (PACKAGE / "studio").glob("static")}
+    named = {name for first, row in package_table() for name in named_paths(row)}
+    named |= {first_path.rstrip("/") + "/" + name for first, row in package_table()
+              for first_path in named_paths(first) if first_path.endswith("/") for name in named_paths(row)}
+    methods = {str(p.relative_to(PACKAGE)) for p in (PACKAGE / "methods").glob("*.py") if p.name != "__init__.py"}
+    assert sorted(f for f in folders if not any(name.startswith(f) for name in named)) == []
+    assert sorted(methods - named) == []
