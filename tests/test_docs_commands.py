@@ -139,3 +139,52 @@ def test_the_architecture_covers_every_package_folder() -> None:
     methods = {str(p.relative_to(PACKAGE)) for p in (PACKAGE / "methods").glob("*.py") if p.name != "__init__.py"}
     assert sorted(f for f in folders if not any(name.startswith(f) for name in named)) == []
     assert sorted(methods - named) == []
+
+
+METHOD_SECTIONS = {"## 1. ": "fewshot", "## 1b. ": "fewmatch", "## 1c. ": "distill", "## 2. ": "samatch"}
+# A value the text gives an option as its default: `--views 8`, `--threshold` (0.9), (`--unlabeled-batch`,
+# default 4), `--sam-round-steps` steps (default 50), 800 steps (`--steps`), 0.95 (`--threshold`).
+OPTION_THEN_VALUE = re.compile(r"`(--[a-z-]+)(?: ([0-9][0-9.]*)`|`,? (?:\w+ )?\((?:default )?([0-9][0-9.]*)[,)]"
+                               r"|`, default ([0-9][0-9.]*))")
+VALUE_THEN_OPTION = re.compile(r"([0-9][0-9.]*)(?: \w+)? \(`(--[a-z-]+)`[,)]")
+
+
+def method_sections() -> dict[str, str]:
+    """method name -> the text of its section of methods.md."""
+    text = (DOCS / "methods.md").read_text()
+    sections = re.split(r"^(?=## )", text, flags=re.M)
+    return {method: s for s in sections for heading, method in METHOD_SECTIONS.items() if s.startswith(heading)}
+
+
+def documented_defaults(section: str) -> list[tuple[str, str]]:
+    found = [(m.group(1), next(v for v in m.groups()[1:] if v)) for m in OPTION_THEN_VALUE.finditer(section)]
+    return found + [(m.group(2), m.group(1)) for m in VALUE_THEN_OPTION.finditer(section)]
+
+
+def fit_default(method: str, option: str) -> Any:
+    fit = root_command().get_command(typer.Context(root_command()), "fit")
+    command = fit.get_command(typer.Context(fit), method)
+    return next(p.default for p in command.params if option in p.opts)
+
+
+def test_the_defaults_methods_md_states_are_the_fit_commands_defaults() -> None:
+    sections = method_sections()
+    assert sorted(sections) == sorted(METHOD_SECTIONS.values())
+    stated = [(method, option, value) for method, text in sections.items()
+              for option, value in documented_defaults(text)]
+    assert len(stated) >= 10  # the patterns still find the defaults the page states
+    wrong = [(m, o, v, fit_default(m, o)) for m, o, v in stated if float(v) != float(fit_default(m, o))]
+    assert wrong == []
+
+
+def test_the_few_shot_defaults_line_matches_fit_fewshot() -> None:
+    """methods.md's "**Defaults** (`fewsam fit fewshot --help`): ..." sentence, phrase by phrase."""
+    line = re.search(r"\*\*Defaults\*\* \(`fewsam fit fewshot --help`\):(.*?)\.\n", method_sections()["fewshot"],
+                     flags=re.S).group(1)
+    phrases = {r"([0-9]+) steps": "--steps", r"lr ([0-9.e-]+)": "--lr", r"batch ([0-9]+)": "--batch-size",
+               r"([0-9]+) tokens per class": "--tokens-per-class", r"shot dropout ([0-9.]+)": "--shot-dropout",
+               r"([0-9]+) views": "--views", r"EMA ([0-9.]+)": "--ema", r"every ([0-9]+) steps": "--val-every"}
+    for phrase, option in phrases.items():
+        value = re.search(phrase, line.replace("\n", " "))
+        assert value is not None, phrase
+        assert float(value.group(1)) == float(fit_default("fewshot", option)), option
