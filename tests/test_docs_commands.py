@@ -40,7 +40,7 @@ def command_lines(block: str) -> list[str]:
             lines.append(line[line.index(" fit ") + 1:])
             continue
         found = FEWSAM_AT.search(line)
-        if found and "=" not in line[:found.start()] and "pip install" not in line:
+        if found and "pip install" not in line:
             lines.append(line[found.end():])
     return lines
 
