@@ -143,7 +143,7 @@ def test_the_architecture_covers_every_package_folder() -> None:
 
 METHOD_SECTIONS = {"## 1. ": "fewshot", "## 1b. ": "fewmatch", "## 1c. ": "distill", "## 2. ": "samatch"}
 # A value the text gives an option as its default: `--views 8`, `--threshold` (0.9), (`--unlabeled-batch`,
-# default 4), `--sam-round-steps` steps (default 50), 800 steps (`--steps`), 0.95 (`--threshold`).
+# default 4), `--opt` steps (default 50), 800 steps (`--steps`), 0.95 (`--threshold`).
 OPTION_THEN_VALUE = re.compile(r"`(--[a-z-]+)(?: ([0-9][0-9.]*)`|`,? (?:\w+ )?\((?:default )?([0-9][0-9.]*)[,)]"
                                r"|`, default ([0-9][0-9.]*))")
 VALUE_THEN_OPTION = re.compile(r"([0-9][0-9.]*)(?: \w+)? \(`(--[a-z-]+)`[,)]")
