@@ -231,11 +231,15 @@ def _comparable(config: dict[str, Any], by_hash: bool = False) -> dict[str, Any]
 def _comparable_section(key: str, section: Any) -> Any:
     """A config section as a resumption compares it: paths resolved (``_with_resolved_paths``; the
     SAM checkpoint too) and the labelled slices left out, as the data, not an option, decides which
-    slices a budget takes (``_refuse_other_labelled_slices`` names their change as one of the data)."""
+    slices a budget takes (``_refuse_other_labelled_slices`` names their change as one of the data).
+    The step plateaus count from (``train.patience_after``) is left out of a fit without --patience, where
+    it decides nothing: two such fits that differ in it alone train alike, so the one resumes the other."""
     if key == "checkpoint" and isinstance(section, str):
         return str(Path(section).expanduser().resolve())
     if key == "labelled" and isinstance(section, dict):
         section = {k: v for k, v in section.items() if k != "refs"}
+    if key == "train" and isinstance(section, dict) and not section.get("patience"):
+        section = {k: v for k, v in section.items() if k != "patience_after"}
     return _with_resolved_paths(section)
 
 

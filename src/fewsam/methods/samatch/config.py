@@ -63,5 +63,8 @@ class SamMatchConfig(StudentFitConfig, UnlabelledPoolConfig):
                               f"FixMatch); leave {them} out, or drop --no-sam")
 
     def train_config(self, seed: int) -> TrainConfig:
-        """The student's, with --patience judged only once SAM's pseudo-labels have ramped up."""
-        return replace(super().train_config(seed), patience_after=self.warmup_steps + self.ramp_steps)
+        """The student's, with --patience judged only once SAM's pseudo-labels have ramped up. Plain FixMatch
+        (--no-sam) has no pseudo-labels to wait for: its consistency loss weighs in from the first step, so its
+        plateaus count from the first validation, as a supervised fit's do."""
+        waits = self.warmup_steps + self.ramp_steps if self.use_sam else 0
+        return replace(super().train_config(seed), patience_after=waits)

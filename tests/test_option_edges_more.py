@@ -1,0 +1,56 @@
+"""Options of `fewsam fit` that are judged by the wrong rule, named wrongly, or silently ignored: each is
+accepted where it acts, refused with one `error:` line (exit 2) where it cannot, and a run recorded by
+an earlier fewsam still resumes with the command that made it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error, run_fewsam
+from fewsam.config import ConfigError
+
+
+# --- --patience of plain FixMatch (samatch --no-sam) -------------------------------------------------
+
+def test_fixmatch_patience_counts_from_the_first_validation() -> None:
+    """--no-sam has no SAM pseudo-labels to ramp up: its plateaus count from the first validation. A
+    --patience 1 that stops FixMatch at step 200 of 400 was refused, counting from step 400 (the warm-up and
+    ramp of SAM's pseudo-labels), and plateaus were only judged after it."""
+    from fewsam.methods.samatch.config import SamMatchConfig
+
+    fixmatch = SamMatchConfig(use_sam=False, steps=400, val_every=100, patience=1)
+    assert fixmatch.train_config(0).patience_after == 0
+    with pytest.raises(ConfigError, match=r"^--patience 1 can never stop this fit early: .* after step 400 "
+                                          r"\(--warmup-steps \+ --ramp-steps\) .* --steps 400 and --val-every 100"):
+        SamMatchConfig(steps=400, val_every=100, patience=1)  # SAM-Match itself still waits for its pseudo-labels
+
+
+def test_fixmatch_patience_that_cannot_stop_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    """Two validations (steps 100 and 200) leave no room for a plateau before the last step."""
+    result = run_fewsam("fit", "samatch", "--no-sam", "--patience", "1", "--steps", "200", "--val-every", "100",
+                        "--out", str(tmp_path / "run"), "--data", str(tmp_path), "--labeled-cases", "1", cwd=tmp_path)
+    assert_one_line_error(result, "--patience 1 can never stop this fit early: it stops once 1 validation in a row "
+                                  "score no better than the best, and with --steps 200 and --val-every 100 the fit "
+                                  "reaches its last step first; lower --val-every to 99 or less, or leave --patience out")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("patience, resumes", [(0, True), (2, False)])
+def test_a_fixmatch_run_without_patience_resumes_whatever_step_its_plateaus_counted_from(tmp_path, patience, resumes):
+    """Where no --patience is set the step plateaus count from decides nothing: a FixMatch run that recorded
+    another one (the ramp of SAM's pseudo-labels) is the same fit and resumes; with --patience it is another."""
+    from fewsam.errors import RunError
+    from fewsam.runs import prepare_run_dir
+
+    def record(patience_after: int) -> dict:
+        return {"method": "samatch", "samatch": {"use_sam": False, "patience": patience},
+                "train": {"steps": 400, "patience": patience, "patience_after": patience_after}}
+
+    prepare_run_dir(tmp_path / "run", record(400))
+    if resumes:
+        assert prepare_run_dir(tmp_path / "run", record(0)) == (tmp_path / "run", True)
+    else:
+        with pytest.raises(RunError, match=r"train\.patience_after: 400 -> 0"):
+            prepare_run_dir(tmp_path / "run", record(0))
