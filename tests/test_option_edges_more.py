@@ -54,3 +54,42 @@ def test_a_fixmatch_run_without_patience_resumes_whatever_step_its_plateaus_coun
     else:
         with pytest.raises(RunError, match=r"train\.patience_after: 400 -> 0"):
             prepare_run_dir(tmp_path / "run", record(0))
+
+
+# --- a run recorded when the fair options were taken without --fair-attribute ---------------------------
+
+def test_an_unscaled_run_fitted_with_attributes_alone_resumes_with_the_same_command(tmp_path: Path, caplog,
+                                                                                   monkeypatch) -> None:
+    """A fewsam that took `--attributes TABLE` without --fair-attribute recorded an unscaled fit (config.json
+    holds "fair": null, and no table); the same command was then refused before it could resume the run.
+    The options are said to be unused and the fit resumes; a new run is refused as before."""
+    import json
+    import logging
+
+    from typer.testing import CliRunner
+
+    from fewsam import progress
+    from fewsam.cli import app
+    from fewsam.config import FitOptions
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.runs import MANIFEST
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
+    table = tmp_path / "sex.csv"
+    table.write_text("case,sex\nphantom_000,F\nphantom_001,M\nphantom_002,F\n")
+    run = tmp_path / "run"
+    fit = ["fit", "supervised", "--data", str(data), "--labeled-cases", "2", "--steps", "1", "--val-every", "1",
+           "--batch-size", "2", "--image-size", "32", "--precision", "fp32", "--quiet", "--out", str(run)]
+    assert CliRunner().invoke(app, fit).exit_code == 0  # config.json as the earlier fewsam wrote it
+    assert json.loads((run / "config.json").read_text())["fair"] is None
+    (run / MANIFEST).unlink()  # as a fit stopped before its end leaves it: resumable
+    monkeypatch.setattr(progress, "_said", {})
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        resumed = CliRunner().invoke(app, [*fit, "--attributes", str(table)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "best validation Dice" in resumed.output and (run / MANIFEST).exists()
+    assert f"--attributes is not used: {run} holds a fit without --fair-attribute (its loss unscaled), which " \
+           "resumes as it was recorded" in caplog.text
+    with pytest.raises(ConfigError, match="^--attributes shapes fair scaling on the --fair-attribute column"):
+        FitOptions(run=tmp_path / "new", attributes=table)
+

@@ -344,7 +344,9 @@ class FitOptions(Config):
     def _check_fair_options(self) -> None:
         """--bins, --fair-gamma and --attributes (the table the groups come from) shape the scaling on
         --fair-attribute's column: given without it (or with an empty one) the fit would run unscaled
-        and record a run the user did not ask for."""
+        and record a run the user did not ask for. Where --out holds an unscaled fit they are said to be
+        unused and the fit resumes: a fewsam that took them alone recorded such a run, and the same command
+        resumes it."""
         if self.fair_attribute is not None and not self.fair_attribute.strip():
             raise ConfigError("--fair-attribute names no column; give a group column (`fewsam info DATA` lists "
                               "them) or leave it out")
@@ -354,10 +356,25 @@ class FitOptions(Config):
         given = [name for name, set_ in (("--bins", self.fair_bins is not None),
                                          ("--fair-gamma", self.fair_gamma != gamma_default),
                                          ("--attributes", self.attributes is not None)) if set_]
+        if given and self._resumes_an_unscaled_fit(given):
+            return
         if given:
             verb, them = ("shape", "them") if len(given) > 1 else ("shapes", "it")
             raise ConfigError(f"{listed(given)} {verb} fair scaling on the --fair-attribute column, which is not given; add "
                               f"--fair-attribute COLUMN or leave {them} out")
+
+    def _resumes_an_unscaled_fit(self, given: list[str]) -> bool:
+        """Whether --out holds a fit without fair scaling, which the fair options ``given`` leave as it is
+        (said once)."""
+        from fewsam.progress import say_once
+        from fewsam.runs import records_an_unscaled_fit
+
+        if not records_an_unscaled_fit(self.run):
+            return False
+        verb = "are" if len(given) > 1 else "is"
+        say_once(f"{listed(given)} {verb} not used: {self.run} holds a fit without --fair-attribute (its loss "
+                 "unscaled), which resumes as it was recorded")
+        return True
 
     @property
     def budget_cases(self) -> int | None:

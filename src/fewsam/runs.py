@@ -349,6 +349,18 @@ def _parsed_config(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]
     return config, None
 
 
+def records_an_unscaled_fit(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a fit recorded without fair scaling (its config.json's "fair" is null): one
+    that may have been given --bins, --fair-gamma or --attributes without --fair-attribute, which config.json
+    does not record, so that the command that made it resumes it."""
+    path = Path(run_dir) / CONFIG
+    try:
+        config, problem = _parsed_config(path) if path.is_file() else (None, "absent")
+    except OSError:
+        return False
+    return problem is None and "fair" in config and config["fair"] is None
+
+
 FIT_FILES = (LAST, BEST, LOG, TEXT_LOG, MANIFEST)  # what only a fit writes into its run folder
 
 
