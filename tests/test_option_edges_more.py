@@ -93,3 +93,35 @@ def test_an_unscaled_run_fitted_with_attributes_alone_resumes_with_the_same_comm
     with pytest.raises(ConfigError, match="^--attributes shapes fair scaling on the --fair-attribute column"):
         FitOptions(run=tmp_path / "new", attributes=table)
 
+
+
+# --- a loss made non-finite by a loss weight ------------------------------------------------------------
+
+def test_a_loss_weight_that_makes_the_loss_non_finite_is_named(tmp_path: Path) -> None:
+    """`fit samatch --no-sam --lambda-u 1e30`: the loss went to NaN and the error told the user to lower --lr or
+    check the data, neither of which was at fault."""
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.errors import RunError
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=3, n_val=1, slices=2, seed=1)
+    fit = ["fit", "samatch", "--no-sam", "--data", str(data), "--labeled-cases", "1", "--steps", "4", "--val-every",
+           "4", "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "32", "--precision", "fp32",
+           "--optimizer", "sgd", "--threshold", "0", "--quiet", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, [*fit, "--lambda-u", "1e30"])
+    assert isinstance(result.exception, RunError), result.output
+    assert str(result.exception).endswith("nothing of this step was applied. --lambda-u 1e+30 weighs a term of the "
+                                          "loss above the default: lower it; else check the data for extreme "
+                                          "intensities, or lower --lr")
+
+
+def test_the_loss_weights_named_are_those_above_their_default() -> None:
+    from fewsam.config import raised_loss_weights
+    from fewsam.methods.samatch.config import SamMatchConfig
+
+    names = ("lambda_u", "sam_weight")
+    assert raised_loss_weights(SamMatchConfig(), names) == []
+    assert raised_loss_weights(SamMatchConfig(lambda_u=0.5, sam_weight=20.0), names) == ["--sam-weight 20"]
+    assert raised_loss_weights(None, names) == []

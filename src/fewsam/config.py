@@ -201,6 +201,15 @@ def _described(parts: list[str]) -> str:
     return what + (" or None" if "None" in parts else "")
 
 
+def raised_loss_weights(cfg: Any, names: Sequence[str]) -> list[str]:
+    """The options among ``names`` (fields of ``cfg`` that weigh a term of the training loss) set above their
+    default, as the user typed them with their value (``--lambda-u 1e+06``): a non-finite loss names these
+    first, as the likelier cause than the learning rate or the data."""
+    known = {f.name: f for f in fields(cfg)} if cfg is not None and hasattr(cfg, "__dataclass_fields__") else {}
+    raised = [known[name] for name in names if name in known and getattr(cfg, name) > field_default(known[name])]
+    return [f"{option_name(f)} {getattr(cfg, f.name):g}" for f in raised]
+
+
 def check_value(f: Any, value: Any) -> None:
     """Refuse ``value`` for field ``f`` when it breaks the field's type or limits (None = "not set": allowed
     where the type says ``| None``)."""

@@ -103,6 +103,8 @@ def padding_mask(slices: list[EmbeddedSlice], size: int) -> torch.Tensor:
 class FewMatchTask(FewShotTask):
     """Few-shot SAM's labelled step plus weak-to-strong consistency on unlabelled embeddings."""
 
+    loss_weights = ("lambda_u",)
+
     def __init__(self, *args, unlabelled: list[EmbeddedSlice], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.unlabelled = unlabelled
