@@ -125,3 +125,73 @@ def test_the_loss_weights_named_are_those_above_their_default() -> None:
     assert raised_loss_weights(SamMatchConfig(), names) == []
     assert raised_loss_weights(SamMatchConfig(lambda_u=0.5, sam_weight=20.0), names) == ["--sam-weight 20"]
     assert raised_loss_weights(None, names) == []
+
+
+# --- fit options a method does not read ------------------------------------------------------------------
+
+def fit_error_lines(args: list[str], capsys) -> list[str]:
+    """The stderr lines of `fewsam ARGS` run in this process, which must end in exit code 2."""
+    from fewsam.cli import run_app
+
+    with pytest.raises(SystemExit) as stop:
+        run_app(args)
+    assert stop.value.code == 2
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_supervised_refuses_the_cache_it_never_reads(tmp_path: Path, capsys) -> None:
+    """`fit supervised --cache DIR` fitted the U-Net and never opened DIR, with no word said."""
+    lines = fit_error_lines(["fit", "supervised", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")],
+                            capsys)
+    assert lines == ["error: fewsam fit supervised: supervised takes no --cache (it loads no SAM model: its network "
+                     "learns from pixels alone, so it has no SAM embeddings to cache); leave it out (see 'fewsam fit "
+                     "supervised --help')"]
+    assert not (tmp_path / "run").exists()
+
+
+def method_names() -> list[str]:
+    from fewsam.methods import REGISTRY
+
+    return list(REGISTRY)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_a_fit_option_the_method_does_not_read_is_refused_by_name(name: str, tmp_path: Path, capsys) -> None:
+    """The rule for every method: `fit NAME` offers the shared options its fit reads, and one it would ignore
+    is refused in one line naming the method and the option; a method that never loads SAM takes none of
+    SAM's options (--model, --checkpoint, --cache)."""
+    from fewsam.config import FitOptions, cli_fields, option_name
+    from fewsam.methods import SAM_FIT_OPTIONS, get_method
+
+    method = get_method(name)
+    if method.fit is not None and not method.needs_sam(method.config()):
+        assert not set(SAM_FIT_OPTIONS) & set(method.fit_options), method.fit_options
+    for unread in (f for f in cli_fields(FitOptions) if f.name not in method.fit_options):
+        lines = fit_error_lines(["fit", name, option_name(unread), "1", "--out", str(tmp_path / "run")], capsys)
+        assert len(lines) == 1 and lines[0].startswith(f"error: fewsam fit {name}: {name} takes no "
+                                                       f"{option_name(unread)} ("), lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_fixmatch_says_the_sam_options_it_was_given_are_not_used(tmp_path: Path, caplog, monkeypatch) -> None:
+    """samatch --no-sam keeps SAM's fit options on offer, so that the FixMatch and SAM-Match arms of a study
+    share a command line: the fit says which it ignores, --cache included (ignored with no word said)."""
+    import logging
+
+    from fewsam import progress
+    from fewsam.config import FitOptions
+    from fewsam.fitting import say_unused_model
+    from fewsam.methods import SAM_FIT_OPTIONS, get_method
+    from fewsam.methods.samatch.config import SamMatchConfig
+
+    samatch = get_method("samatch")
+    assert not samatch.needs_sam(SamMatchConfig(use_sam=False)) and set(SAM_FIT_OPTIONS) <= set(samatch.fit_options)
+    monkeypatch.setattr(progress, "_said", {})
+    with caplog.at_level(logging.INFO, logger="fewsam"):
+        say_unused_model(FitOptions(run=tmp_path / "run", cache=str(tmp_path / "cache")))
+        say_unused_model(FitOptions(run=tmp_path / "run", model="sam_vit_b", checkpoint=tmp_path / "w.pth",
+                                    cache=str(tmp_path / "cache")))
+    assert caplog.messages == [
+        f"--cache {tmp_path / 'cache'} is not used: this fit trains a U-Net on pixels alone and loads no SAM",
+        f"--model sam_vit_b --checkpoint {tmp_path / 'w.pth'} --cache {tmp_path / 'cache'} is not used: this fit "
+        "trains a U-Net on pixels alone and loads no SAM"]

@@ -96,12 +96,16 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
 
 
 def say_unused_model(opts: FitOptions) -> None:
-    """A U-Net fit (SAM-Match --no-sam) given --model or --checkpoint loads no SAM: said, rather than
-    recording a run the user may think was fitted with those weights."""
-    if opts.checkpoint is None and opts.model == field_default(FitOptions.__dataclass_fields__["model"]):
-        return
-    given = f"--model {opts.model}" + (f" --checkpoint {opts.checkpoint}" if opts.checkpoint else "")
-    say_once(f"{given} is not used: this fit trains a U-Net on pixels alone and loads no SAM")
+    """A U-Net fit (SAM-Match --no-sam) given --model, --checkpoint or --cache loads no SAM and reads no
+    embedding: said, rather than recording a run the user may think was fitted with those weights. Said,
+    not refused: the FixMatch and SAM-Match arms of a study share one command line."""
+    model_default = field_default(FitOptions.__dataclass_fields__["model"])
+    cache_default = field_default(FitOptions.__dataclass_fields__["cache"])
+    given = " ".join(([] if opts.model == model_default and opts.checkpoint is None else [f"--model {opts.model}"]) +
+                     ([] if opts.checkpoint is None else [f"--checkpoint {opts.checkpoint}"]) +
+                     ([] if opts.cache == cache_default else [f"--cache {opts.cache}"]))
+    if given:
+        say_once(f"{given} is not used: this fit trains a U-Net on pixels alone and loads no SAM")
 
 
 def say_if_warm_up_fills_the_fit(warmup_steps: int, steps: int, unlabelled: str, instead: str) -> None:
