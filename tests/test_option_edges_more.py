@@ -195,3 +195,46 @@ def test_fixmatch_says_the_sam_options_it_was_given_are_not_used(tmp_path: Path,
         f"--cache {tmp_path / 'cache'} is not used: this fit trains a U-Net on pixels alone and loads no SAM",
         f"--model sam_vit_b --checkpoint {tmp_path / 'w.pth'} --cache {tmp_path / 'cache'} is not used: this fit "
         "trains a U-Net on pixels alone and loads no SAM"]
+
+
+# --- method options another option turns off -------------------------------------------------------------
+
+def test_fixmatch_says_the_sam_schedule_it_takes_is_not_used(tmp_path: Path, monkeypatch) -> None:
+    """`fit samatch --no-sam --warmup-steps 50 --ramp-steps 50` takes SAM-Match's schedule (one command line for
+    both arms of a study), which plain FixMatch has no pseudo-labels for: it was ignored with no word said."""
+    from fewsam import api, progress
+    from fewsam.config import FitOptions
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.methods.samatch.config import SamMatchConfig
+
+    monkeypatch.setattr(progress, "_said", {})
+    data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
+    options = FitOptions(data=data, run=tmp_path / "run", labeled_cases=1, precision="fp32", show_progress=False)
+    config = SamMatchConfig(use_sam=False, steps=2, val_every=2, batch_size=2, unlabeled_batch=2, image_size=32,
+                            warmup_steps=50, ramp_steps=50, lambda_u=0.0, threshold=0.5)
+    api.fit("samatch", options, config)
+    told = ["--warmup-steps and --ramp-steps are not used: --no-sam (plain FixMatch) has no SAM pseudo-labels to "
+            "schedule", "--threshold is not used: --lambda-u 0 turns off the consistency loss it gates, and --no-sam "
+            "leaves no SAM prompts for it to pick"]
+    assert [line for line in told if line in progress.said()] == told
+    log = (tmp_path / "run" / "fit.log").read_text()
+    assert all(line in log for line in told)
+
+
+def test_fewmatch_without_its_consistency_loss_says_which_options_it_leaves_unused(tiny_sam_phantom,
+                                                                                   tmp_path: Path) -> None:
+    """`fit fewmatch --lambda-u 0 --threshold 0.5 --cutmix 0`: few-shot SAM, which reads neither; and its
+    --patience no longer waits for the ramp of a loss that never comes."""
+    from fewsam import api, progress
+    from fewsam.config import FitOptions
+    from fewsam.methods.fewmatch import FewMatchConfig
+
+    options = FitOptions(data=tiny_sam_phantom, run=tmp_path / "run", labeled_cases=1, cache=str(tmp_path / "c"),
+                         precision="fp32", show_progress=False)
+    config = FewMatchConfig(steps=2, val_every=2, batch_size=2, views=1, test_mirroring=False, sam_refinement=False,
+                            lambda_u=0.0, threshold=0.5, cutmix=0.0)
+    api.fit("fewmatch", options, config)
+    assert ("--threshold and --cutmix are not used: --lambda-u 0 turns the consistency loss off, so this fit is "
+            "few-shot SAM on the labelled slices alone") in progress.said()
+    assert FewMatchConfig(lambda_u=0.0, patience=2).train_config(0).patience_after == 0
+    assert FewMatchConfig(patience=2).train_config(0).patience_after == 150

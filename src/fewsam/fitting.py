@@ -8,7 +8,7 @@ each method's ``fit(ctx, cfg, run_dir)`` consumes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from fewsam.cache import EmbeddingCache
-from fewsam.config import FitOptions, UnlabelledPoolConfig, field_default
+from fewsam.config import FitOptions, UnlabelledPoolConfig, field_default, listed, option_name
 from fewsam.data import open_dataset, select_labelled, select_unlabelled
 from fewsam.data.types import Case, ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
@@ -106,6 +106,15 @@ def say_unused_model(opts: FitOptions) -> None:
                      ([] if opts.cache == cache_default else [f"--cache {opts.cache}"]))
     if given:
         say_once(f"{given} is not used: this fit trains a U-Net on pixels alone and loads no SAM")
+
+
+def say_unused_options(cfg: Any, names: Sequence[str], why: str) -> None:
+    """The options among ``names`` given away from their default that this fit does not read, as another of
+    its options turns off what they tune: said once, with ``why``, rather than refused, since they stay on
+    offer so that the arms of one study (FixMatch beside SAM-Match) share one command line."""
+    given = [option_name(f) for f in fields(cfg) if f.name in names and getattr(cfg, f.name) != field_default(f)]
+    if given:
+        say_once(f"{listed(given)} {'are' if len(given) > 1 else 'is'} not used: {why}")
 
 
 def say_if_warm_up_fills_the_fit(warmup_steps: int, steps: int, unlabelled: str, instead: str) -> None:
