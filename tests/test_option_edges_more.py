@@ -238,3 +238,34 @@ def test_fewmatch_without_its_consistency_loss_says_which_options_it_leaves_unus
             "few-shot SAM on the labelled slices alone") in progress.said()
     assert FewMatchConfig(lambda_u=0.0, patience=2).train_config(0).patience_after == 0
     assert FewMatchConfig(patience=2).train_config(0).patience_after == 150
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_a_python_fit_given_options_its_method_does_not_read_says_so_and_records_none(name: str, tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """`api.fit("supervised", FitOptions(cache=...))` (one FitOptions shared by every arm of a study) ignored
+    the cache with no word said; the command line refuses these options by name, the API says them."""
+    from fewsam import progress
+    from fewsam.api import without_unread_options
+    from fewsam.config import FitOptions, cli_fields, field_default, option_name
+    from fewsam.methods import get_method
+
+    monkeypatch.setattr(progress, "_said", {})
+    given = {"data": tmp_path, "labeled_cases": 1, "val_split": "test", "seed": 3, "model": "sam_vit_b",
+             "checkpoint": tmp_path / "w.pth", "cache": str(tmp_path / "c"), "device": "cuda", "precision": "fp32",
+             "fair_attribute": "sex", "fair_gamma": 2.0, "fair_bins": "bmi:25", "attributes": tmp_path / "a.csv"}
+    options = FitOptions(run=tmp_path / "run", **given)
+    method = get_method(name)
+    kept = without_unread_options(method, options)
+    unread = [f for f in cli_fields(FitOptions) if f.name not in method.fit_options]
+    assert all(getattr(kept, f.name) == field_default(f) for f in unread)
+    assert all(getattr(kept, option) == getattr(options, option) for option in method.fit_options)
+    flags = [option_name(f) for f in unread if f.name in given]
+    if not flags:
+        assert kept == options and progress.said() == []
+        return
+    them = "them" if len(flags) > 1 else "it"
+    assert len(progress.said()) == 1 and progress.said()[0].startswith(flags[0]), progress.said()
+    assert all(flag in progress.said()[0] for flag in flags)
+    assert progress.said()[0].endswith(f"not used: {name} takes no {them} (`fewsam fit {name} --help` lists what "
+                                       "it reads)")
