@@ -33,7 +33,8 @@ def test_fixmatch_patience_that_cannot_stop_is_refused_with_the_numbers(tmp_path
                         "--out", str(tmp_path / "run"), "--data", str(tmp_path), "--labeled-cases", "1", cwd=tmp_path)
     assert_one_line_error(result, "--patience 1 can never stop this fit early: it stops once 1 validation in a row "
                                   "score no better than the best, and with --steps 200 and --val-every 100 the fit "
-                                  "reaches its last step first; lower --val-every to 99 or less, or leave --patience out")
+                                  "reaches its last step first; lower --val-every to 99 or less, or leave "
+                                  "--patience out")
     assert not (tmp_path / "run").exists()
 
 

@@ -12,11 +12,11 @@ from fewsam.train import TrainConfig
 # What only SAM's stages read: with --no-sam none of them runs. ``threshold`` and ``lambda_u`` are
 # FixMatch's own as well; the schedule (--warmup-steps, --refresh-every, --ramp-steps) is taken, so that
 # the FixMatch and SAM-Match arms of one study can share one command line (benchmarks/samatch_cpu.sh).
+SAM_ONLY = ("sam_weight", "box_margin", "sam_steps", "sam_lr", "sam_batch", "sam_val_slices", "sam_round_steps",
+            "sam_unlabeled_weight", "background", "prompt_region", "overlap", "unprompted", "prompt_clicks")
 SCHEDULE = ("warmup_steps", "refresh_every", "ramp_steps")  # when SAM's pseudo-labels come and weigh in
 # What only FixMatch's consistency loss reads (the unlabelled slices still pass the student's batch norm).
 CONSISTENCY_ONLY = ("threshold",)
-SAM_ONLY = ("sam_weight", "box_margin", "sam_steps", "sam_lr", "sam_batch", "sam_val_slices", "sam_round_steps",
-            "sam_unlabeled_weight", "background", "prompt_region", "overlap", "unprompted", "prompt_clicks")
 
 
 @dataclass(frozen=True)
