@@ -24,14 +24,13 @@ FEWSAM=${FEWSAM:-fewsam}
 LIMIT=()
 [ -n "${UNLABELED_LIMIT:-}" ] && LIMIT=(--unlabeled-limit "$UNLABELED_LIMIT")
 mkdir -p "$OUT"
-common=(--data "$DATA" "${BUDGET[@]}" --cache "$CACHE" --quiet --steps "$STEPS" --val-every $((STEPS / 10))
-        --image-size "$IMAGE_SIZE")
+common=(--data "$DATA" "${BUDGET[@]}" --quiet --steps "$STEPS" --val-every $((STEPS / 10)) --image-size "$IMAGE_SIZE")
 semi=("${LIMIT[@]}" --warmup-steps "$REFRESH" --refresh-every "$REFRESH" --ramp-steps "$REFRESH")
 for method in $METHODS; do
   case $method in
     supervised) args=(fit supervised "${common[@]}") ;;
     fixmatch) args=(fit samatch "${common[@]}" "${semi[@]}" --no-sam) ;;
-    samatch) args=(fit samatch "${common[@]}" "${semi[@]}" --sam-steps "$SAM_STEPS" --box-margin "$BOX_MARGIN" ${SAM_ARGS:-}) ;;
+    samatch) args=(fit samatch "${common[@]}" "${semi[@]}" --cache "$CACHE" --sam-steps "$SAM_STEPS" --box-margin "$BOX_MARGIN" ${SAM_ARGS:-}) ;;
     *) echo "unknown method $method" >&2; exit 2 ;;
   esac
   if [ ! -f "$OUT/$method.json" ]; then

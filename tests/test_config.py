@@ -55,7 +55,9 @@ def test_config_json_of_a_fit_without_options_holds_the_defaults(method, tmp_pat
                                                          lambda ctx, cfg, run_dir: TrainResult(0.5, 1, 1, 0.0)))
     args = ["fit", method, "--out", str(tmp_path / "run"), "--quiet"]
     if "data" in spec.fit_options:
-        args += ["--data", str(data), "--labeled-slices", "1", "--cache", str(tmp_path / "cache")]
+        args += ["--data", str(data), "--labeled-slices", "1"]
+    if "cache" in spec.fit_options:
+        args += ["--cache", str(tmp_path / "cache")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())

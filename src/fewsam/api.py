@@ -13,13 +13,14 @@ import math
 import shlex
 import sys
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from fewsam import __version__
 from fewsam.cache import EmbeddingCache
-from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions, checked_arguments
+from fewsam.config import (DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions, checked_arguments, field_default,
+                           listed, option_name)
 from fewsam.data import open_dataset
 from fewsam.devices import check_device
 from fewsam.distributed import ddp
@@ -31,7 +32,7 @@ from fewsam.methods import Method, get_method
 from fewsam.models.precision import machine, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import check_cache_folder, check_run_outside_data, predict
-from fewsam.progress import log_to, notices, notices_collected, record, record_in_newest
+from fewsam.progress import log_to, notices, notices_collected, record, record_in_newest, say_once
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
 
@@ -78,6 +79,7 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     spec = get_method(method)
     cfg = spec.config() if config is None else config
     check_fit_arguments(spec, options, cfg)
+    options = without_unread_options(spec, options)
     check_device(options.device)
     if spec.fit is not None and spec.needs_sam(cfg):  # the same checks as ``fewsam fit``: nothing in the data
         check_cache_folder(options.cache, options.data)
@@ -119,6 +121,21 @@ def check_fit_arguments(spec: Method, options: Any, cfg: Any) -> None:
                           f"{spec.config.__name__}() for its defaults")
     if type(cfg) is not spec.config:
         raise FewsamError(f"{spec.name} takes a {spec.config.__name__}, not a {type(cfg).__name__}")
+
+
+def without_unread_options(spec: Method, options: FitOptions) -> FitOptions:
+    """``options`` with those that ``spec``'s fit does not read (``fewsam fit`` offers it none of them) back at
+    their defaults, so the run records none, and those given said by name: the command line refuses them, but
+    a Python caller may share one FitOptions among methods (one --cache for every arm of a study)."""
+    unread = [f for f in fields(FitOptions) if f.metadata.get("cli") and f.name not in spec.fit_options
+              and getattr(options, f.name) != field_default(f)]
+    if not unread:
+        return options
+    names = [option_name(f) for f in unread]
+    them = "them" if len(names) > 1 else "it"
+    say_once(f"{listed(names)} {'are' if len(names) > 1 else 'is'} not used: {spec.name} takes no {them} "
+             f"(`fewsam fit {spec.name} --help` lists what it reads)")
+    return replace(options, **{f.name: field_default(f) for f in unread})
 
 
 def method_sections(spec: Method, cfg: Config, seed: int) -> dict[str, Any]:

@@ -630,7 +630,8 @@ def not_for_this_method(exc: click_errors.UsageError, command: str) -> str | Non
     if name is None or name in method.fit_options:
         return None
     why = ("it fits nothing: it records the model, and SAM is prompted at predict time" if method.fit is None
-           else "it loads no SAM model: its network learns from pixels alone")
+           else "it loads no SAM model: its network learns from pixels alone" +
+           (", so it has no SAM embeddings to cache" if name == "cache" else ""))
     return f"{method.name} takes no {exc.option_name} ({why}); leave it out"
 
 

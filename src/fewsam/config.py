@@ -201,6 +201,15 @@ def _described(parts: list[str]) -> str:
     return what + (" or None" if "None" in parts else "")
 
 
+def raised_loss_weights(cfg: Any, names: Sequence[str]) -> list[str]:
+    """The options among ``names`` (fields of ``cfg`` that weigh a term of the training loss) set above their
+    default, as the user typed them with their value (``--lambda-u 1e+06``): a non-finite loss names these
+    first, as the likelier cause than the learning rate or the data."""
+    known = {f.name: f for f in fields(cfg)} if cfg is not None and hasattr(cfg, "__dataclass_fields__") else {}
+    raised = [known[name] for name in names if name in known and getattr(cfg, name) > field_default(known[name])]
+    return [f"{option_name(f)} {getattr(cfg, f.name):g}" for f in raised]
+
+
 def check_value(f: Any, value: Any) -> None:
     """Refuse ``value`` for field ``f`` when it breaks the field's type or limits (None = "not set": allowed
     where the type says ``| None``)."""
@@ -344,7 +353,9 @@ class FitOptions(Config):
     def _check_fair_options(self) -> None:
         """--bins, --fair-gamma and --attributes (the table the groups come from) shape the scaling on
         --fair-attribute's column: given without it (or with an empty one) the fit would run unscaled
-        and record a run the user did not ask for."""
+        and record a run the user did not ask for. Where --out holds an unscaled fit they are said to be
+        unused and the fit resumes: a fewsam that took them alone recorded such a run, and the same command
+        resumes it."""
         if self.fair_attribute is not None and not self.fair_attribute.strip():
             raise ConfigError("--fair-attribute names no column; give a group column (`fewsam info DATA` lists "
                               "them) or leave it out")
@@ -354,10 +365,25 @@ class FitOptions(Config):
         given = [name for name, set_ in (("--bins", self.fair_bins is not None),
                                          ("--fair-gamma", self.fair_gamma != gamma_default),
                                          ("--attributes", self.attributes is not None)) if set_]
+        if given and self._resumes_an_unscaled_fit(given):
+            return
         if given:
             verb, them = ("shape", "them") if len(given) > 1 else ("shapes", "it")
             raise ConfigError(f"{listed(given)} {verb} fair scaling on the --fair-attribute column, which is not given; add "
                               f"--fair-attribute COLUMN or leave {them} out")
+
+    def _resumes_an_unscaled_fit(self, given: list[str]) -> bool:
+        """Whether --out holds a fit without fair scaling, which the fair options ``given`` leave as it is
+        (said once)."""
+        from fewsam.progress import say_once
+        from fewsam.runs import records_an_unscaled_fit
+
+        if not records_an_unscaled_fit(self.run):
+            return False
+        verb = "are" if len(given) > 1 else "is"
+        say_once(f"{listed(given)} {verb} not used: {self.run} holds a fit without --fair-attribute (its loss "
+                 "unscaled), which resumes as it was recorded")
+        return True
 
     @property
     def budget_cases(self) -> int | None:

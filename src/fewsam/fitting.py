@@ -8,7 +8,7 @@ each method's ``fit(ctx, cfg, run_dir)`` consumes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from fewsam.cache import EmbeddingCache
-from fewsam.config import FitOptions, UnlabelledPoolConfig, field_default
+from fewsam.config import FitOptions, UnlabelledPoolConfig, field_default, listed, option_name
 from fewsam.data import open_dataset, select_labelled, select_unlabelled
 from fewsam.data.types import Case, ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
@@ -96,12 +96,25 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
 
 
 def say_unused_model(opts: FitOptions) -> None:
-    """A U-Net fit (SAM-Match --no-sam) given --model or --checkpoint loads no SAM: said, rather than
-    recording a run the user may think was fitted with those weights."""
-    if opts.checkpoint is None and opts.model == field_default(FitOptions.__dataclass_fields__["model"]):
-        return
-    given = f"--model {opts.model}" + (f" --checkpoint {opts.checkpoint}" if opts.checkpoint else "")
-    say_once(f"{given} is not used: this fit trains a U-Net on pixels alone and loads no SAM")
+    """A U-Net fit (SAM-Match --no-sam) given --model, --checkpoint or --cache loads no SAM and reads no
+    embedding: said, rather than recording a run the user may think was fitted with those weights. Said,
+    not refused: the FixMatch and SAM-Match arms of a study share one command line."""
+    model_default = field_default(FitOptions.__dataclass_fields__["model"])
+    cache_default = field_default(FitOptions.__dataclass_fields__["cache"])
+    given = " ".join(([] if opts.model == model_default and opts.checkpoint is None else [f"--model {opts.model}"]) +
+                     ([] if opts.checkpoint is None else [f"--checkpoint {opts.checkpoint}"]) +
+                     ([] if opts.cache == cache_default else [f"--cache {opts.cache}"]))
+    if given:
+        say_once(f"{given} is not used: this fit trains a U-Net on pixels alone and loads no SAM")
+
+
+def say_unused_options(cfg: Any, names: Sequence[str], why: str) -> None:
+    """The options among ``names`` given away from their default that this fit does not read, as another of
+    its options turns off what they tune: said once, with ``why``, rather than refused, since they stay on
+    offer so that the arms of one study (FixMatch beside SAM-Match) share one command line."""
+    given = [option_name(f) for f in fields(cfg) if f.name in names and getattr(cfg, f.name) != field_default(f)]
+    if given:
+        say_once(f"{listed(given)} {'are' if len(given) > 1 else 'is'} not used: {why}")
 
 
 def say_if_warm_up_fills_the_fit(warmup_steps: int, steps: int, unlabelled: str, instead: str) -> None:

@@ -231,11 +231,15 @@ def _comparable(config: dict[str, Any], by_hash: bool = False) -> dict[str, Any]
 def _comparable_section(key: str, section: Any) -> Any:
     """A config section as a resumption compares it: paths resolved (``_with_resolved_paths``; the
     SAM checkpoint too) and the labelled slices left out, as the data, not an option, decides which
-    slices a budget takes (``_refuse_other_labelled_slices`` names their change as one of the data)."""
+    slices a budget takes (``_refuse_other_labelled_slices`` names their change as one of the data).
+    The step plateaus count from (``train.patience_after``) is left out of a fit without --patience, where
+    it decides nothing: two such fits that differ in it alone train alike, so the one resumes the other."""
     if key == "checkpoint" and isinstance(section, str):
         return str(Path(section).expanduser().resolve())
     if key == "labelled" and isinstance(section, dict):
         section = {k: v for k, v in section.items() if k != "refs"}
+    if key == "train" and isinstance(section, dict) and not section.get("patience"):
+        section = {k: v for k, v in section.items() if k != "patience_after"}
     return _with_resolved_paths(section)
 
 
@@ -343,6 +347,18 @@ def _parsed_config(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]
     if not isinstance(config.get("method"), str):
         return None, "does not say which method made the run (no \"method\")"
     return config, None
+
+
+def records_an_unscaled_fit(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a fit recorded without fair scaling (its config.json's "fair" is null): one
+    that may have been given --bins, --fair-gamma or --attributes without --fair-attribute, which config.json
+    does not record, so that the command that made it resumes it."""
+    path = Path(run_dir) / CONFIG
+    try:
+        config, problem = _parsed_config(path) if path.is_file() else (None, "absent")
+    except OSError:
+        return False
+    return problem is None and "fair" in config and config["fair"] is None
 
 
 FIT_FILES = (LAST, BEST, LOG, TEXT_LOG, MANIFEST)  # what only a fit writes into its run folder

@@ -16,14 +16,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from fewsam.atomic import atomic_write, atomic_write_bytes
-from fewsam.config import ConfigError
+from fewsam.config import ConfigError, listed, raised_loss_weights
 from fewsam.distributed import ddp
 from fewsam.errors import RunError
 from fewsam.progress import progress_bar, record, tell
@@ -85,7 +85,9 @@ class WeightAverage:
 
 
 class TrainTask(Protocol):
-    """What a method gives the loop."""
+    """What a method gives the loop. A task whose loss adds terms weighted by options of its config may name
+    those fields in ``loss_weights`` (and keep the config as ``cfg``): a non-finite loss then names the ones
+    set above their default."""
 
     module: nn.Module
 
@@ -199,7 +201,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_value = ddp.average_gradients(task.module, params, loss)  # torchrun: mean over ranks
-            refuse_non_finite_loss(loss_value, step, whose)
+            refuse_non_finite_loss(loss_value, step, whose, raised_loss_weights(getattr(task, "cfg", None),
+                                                                             getattr(task, "loss_weights", ())))
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -218,13 +221,20 @@ def train(
     return TrainResult(state["best_score"], state["best_step"], state["step"], time.perf_counter() - start)
 
 
-def refuse_non_finite_loss(loss_value: float, step: int, whose: str = "") -> None:
+def refuse_non_finite_loss(loss_value: float, step: int, whose: str = "", raised_weights: Sequence[str] = ()) -> None:
     """Stop before a NaN or infinite loss reaches the weights: one such step makes every weight NaN,
     and the fit would go on to validate, select and save a model that predicts nothing, with no
-    word said. Checked after the mean over ranks, so every torchrun rank stops at the same step."""
-    if not math.isfinite(loss_value):
-        raise RunError(f"{whose}the training loss is {loss_value} at step {step + 1}; nothing of this step was "
-                       "applied. Check the data for extreme intensities, or lower --lr")
+    word said. Checked after the mean over ranks, so every torchrun rank stops at the same step.
+    ``raised_weights``: loss weights set above their default (``raised_loss_weights``), the first suspects."""
+    if math.isfinite(loss_value):
+        return
+    advice = "Check the data for extreme intensities, or lower --lr"
+    if raised_weights:
+        them, weigh = ("them", "weigh terms") if len(raised_weights) > 1 else ("it", "weighs a term")
+        advice = (f"{listed(list(raised_weights))} {weigh} of the loss above the default: lower {them}; else check the "
+                  "data for extreme intensities, or lower --lr")
+    raise RunError(f"{whose}the training loss is {loss_value} at step {step + 1}; nothing of this step was applied. "
+                   f"{advice}")
 
 
 def plateaued(state: dict, cfg: TrainConfig) -> bool:

@@ -63,10 +63,12 @@ def step_times(args: argparse.Namespace) -> dict[str, Any]:
     from fewsam.fitting import open_fit
     from fewsam.train import atomic_torch_save, train
 
-    options = FitOptions(run=Path("unused"), data=args.data, cache=args.cache, precision=args.precision,
-                         labeled_slices=args.labeled_slices, show_progress=False)
+    needs_sam = args.method == "fewshot"  # the U-Net students read no cache: it is left at its default for them
+    options = FitOptions(run=Path("unused"), data=args.data, precision=args.precision,
+                         labeled_slices=args.labeled_slices, show_progress=False,
+                         **({"cache": args.cache} if needs_sam else {}))
     with ddp.distributed_fit(options) as options, tempfile.TemporaryDirectory() as tmp:
-        ctx = open_fit(options, needs_sam=args.method == "fewshot")
+        ctx = open_fit(options, needs_sam=needs_sam)
         task, cfg = _task(ctx, args, Path(tmp))
         if args.wrap == "ddp":
             _wrap_in_ddp(task, find_unused=args.method == "fewshot")

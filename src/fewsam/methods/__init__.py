@@ -56,7 +56,8 @@ class Predictor(Protocol):
 
 PredictorFactory = Callable[[Path, dict[str, Any], "SamModel | None", str, list[int]], Predictor]
 ALL_FIT_OPTIONS = tuple(f.name for f in fields(FitOptions))
-NO_SAM_FIT_OPTIONS = tuple(name for name in ALL_FIT_OPTIONS if name not in ("model", "checkpoint"))
+SAM_FIT_OPTIONS = ("model", "checkpoint", "cache")  # read only by a fit that loads SAM (the cache holds its embeddings)
+NO_SAM_FIT_OPTIONS = tuple(name for name in ALL_FIT_OPTIONS if name not in SAM_FIT_OPTIONS)
 
 
 def _always(cfg: Any) -> bool:
@@ -72,7 +73,8 @@ class Method:
     ``needs_sam(cfg)``: whether fitting loads SAM and its embedding cache.
     ``pixels_only``: predicts from pixels alone (no SAM, no cache at predict time); a callable
     decides per run folder (a distill run that kept the teacher blend needs SAM).
-    ``fit_options``: the ``FitOptions`` fields ``fewsam fit NAME`` offers.
+    ``fit_options``: the ``FitOptions`` fields ``fewsam fit NAME`` offers: those its fit reads, so that one it
+    would ignore is refused by name (a method that never loads SAM takes none of ``SAM_FIT_OPTIONS``).
     """
 
     name: str

@@ -226,6 +226,8 @@ class DistillTask:
     """Each step: augmented labelled slices (their loss, fair scaling included) + augmented, noised
     pseudo-labelled slices (Dice + CE against the teacher), through one forward pass."""
 
+    loss_weights = ("pseudo_weight",)
+
     def __init__(self, module: torch.nn.Module, labelled: SliceSet, pseudo: SliceSet, cfg: DistillConfig,
                  loss_fn: LabelledLoss, val_cases: list[Case], values: list[int], device: str = "cpu") -> None:
         self.module, self.labelled, self.pseudo, self.cfg = module, labelled, pseudo, cfg

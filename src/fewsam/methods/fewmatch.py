@@ -27,12 +27,17 @@ from fewsam.config import UnlabelledPoolConfig, option
 from fewsam.data.types import SliceRef
 from fewsam.embedded import EmbeddedSlice, embed_refs
 from fewsam.errors import DataError
-from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit
+from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit, say_unused_options
 from fewsam.losses import consistency_ce
 from fewsam.methods import Method
 from fewsam.methods import fewshot
 from fewsam.methods.fewshot import FewShotConfig, FewShotTask, channel_dropout, sampled_tokens
 from fewsam.train import TrainConfig, TrainResult, ramp
+
+# What only the consistency loss reads: --lambda-u 0 turns it off (and no step reads the unlabelled pool).
+CONSISTENCY_ONLY = ("unlabeled_batch", "threshold", "warmup_steps", "ramp_steps", "feature_dropout", "cutmix",
+                    "unlabeled_limit", "unlabeled_split")
+
 
 @dataclass(frozen=True)
 class FewMatchConfig(FewShotConfig, UnlabelledPoolConfig):
@@ -52,8 +57,10 @@ class FewMatchConfig(FewShotConfig, UnlabelledPoolConfig):
                            min=0.0, max=1.0)
 
     def train_config(self, seed: int) -> TrainConfig:
-        """Few-shot's, with --patience judged only once the consistency loss has ramped up."""
-        return replace(super().train_config(seed), patience_after=self.warmup_steps + self.ramp_steps)
+        """Few-shot's, with --patience judged only once the consistency loss has ramped up; --lambda-u 0 (no
+        consistency loss) has nothing to wait for, as few-shot SAM has not."""
+        waits = self.warmup_steps + self.ramp_steps if self.lambda_u > 0 else 0
+        return replace(super().train_config(seed), patience_after=waits)
 
 
 def cutmix_boxes(n: int, grid: int, probability: float, rng: np.random.Generator
@@ -102,6 +109,8 @@ def padding_mask(slices: list[EmbeddedSlice], size: int) -> torch.Tensor:
 
 class FewMatchTask(FewShotTask):
     """Few-shot SAM's labelled step plus weak-to-strong consistency on unlabelled embeddings."""
+
+    loss_weights = ("lambda_u",)
 
     def __init__(self, *args, unlabelled: list[EmbeddedSlice], **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -157,6 +166,9 @@ def fit(ctx: FitContext, cfg: FewMatchConfig, run_dir: Path) -> TrainResult:
     if cfg.lambda_u > 0:
         say_if_warm_up_fills_the_fit(cfg.warmup_steps, cfg.steps, "the consistency loss on the unlabelled pool",
                                      "few-shot SAM on the labelled slices alone")
+    else:
+        say_unused_options(cfg, CONSISTENCY_ONLY, "--lambda-u 0 turns the consistency loss off, so this fit is "
+                                                  "few-shot SAM on the labelled slices alone")
     return fewshot.fit(ctx, cfg, run_dir, FewMatchTask, lambda: {"unlabelled": unlabelled_embeddings(ctx, refs)})
 
 

@@ -24,8 +24,8 @@ import torch
 
 from fewsam.embedded import embed_refs
 from fewsam.errors import DataError
-from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit
-from fewsam.methods.samatch.config import SamMatchConfig
+from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit, say_unused_options
+from fewsam.methods.samatch.config import CONSISTENCY_ONLY, SCHEDULE, SamMatchConfig
 from fewsam.methods.samatch.pseudo_labels import (PseudoLabeller, compose_pseudo_label, confident_boxes,
                                                   ignore_unprompted, pooled_dice, prompt_regions, student_probs,
                                                   student_samples)
@@ -53,6 +53,7 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
     unlabelled = load_slices(ctx.dataset, unl_refs, cfg.image_size, ctx.values, keep_originals=True)
     labeller = rounds = None
+    say_what_fixmatch_leaves_unused(cfg)
     if cfg.use_sam:
         say_if_warm_up_fills_the_fit(cfg.warmup_steps, cfg.steps, "learning from SAM's pseudo-labels",
                                      "FixMatch, with SAM fine-tuned for nothing (--no-sam skips it)")
@@ -66,6 +67,17 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     task = SamMatchTask(module, labelled, unlabelled, cfg, ctx.labelled_loss(None), val_cases, ctx.values,
                         ctx.device, refresh)
     return train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress, before_step=refresh)
+
+
+def say_what_fixmatch_leaves_unused(cfg: SamMatchConfig) -> None:
+    """Plain FixMatch (--no-sam) takes SAM-Match's schedule, so that the two arms of a study share a command
+    line, but has no pseudo-labels to schedule; with --lambda-u 0 its consistency loss is off too."""
+    if cfg.use_sam:
+        return
+    say_unused_options(cfg, SCHEDULE, "--no-sam (plain FixMatch) has no SAM pseudo-labels to schedule")
+    if cfg.lambda_u == 0:
+        say_unused_options(cfg, CONSISTENCY_ONLY, "--lambda-u 0 turns off the consistency loss it gates, and "
+                                                  "--no-sam leaves no SAM prompts for it to pick")
 
 
 METHOD = Method("samatch", SamMatchConfig, fit, student_predictor, needs_sam=lambda cfg: cfg.use_sam,

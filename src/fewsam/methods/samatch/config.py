@@ -14,6 +14,9 @@ from fewsam.train import TrainConfig
 # the FixMatch and SAM-Match arms of one study can share one command line (benchmarks/samatch_cpu.sh).
 SAM_ONLY = ("sam_weight", "box_margin", "sam_steps", "sam_lr", "sam_batch", "sam_val_slices", "sam_round_steps",
             "sam_unlabeled_weight", "background", "prompt_region", "overlap", "unprompted", "prompt_clicks")
+SCHEDULE = ("warmup_steps", "refresh_every", "ramp_steps")  # when SAM's pseudo-labels come and weigh in
+# What only FixMatch's consistency loss reads (the unlabelled slices still pass the student's batch norm).
+CONSISTENCY_ONLY = ("threshold",)
 
 
 @dataclass(frozen=True)
@@ -63,5 +66,8 @@ class SamMatchConfig(StudentFitConfig, UnlabelledPoolConfig):
                               f"FixMatch); leave {them} out, or drop --no-sam")
 
     def train_config(self, seed: int) -> TrainConfig:
-        """The student's, with --patience judged only once SAM's pseudo-labels have ramped up."""
-        return replace(super().train_config(seed), patience_after=self.warmup_steps + self.ramp_steps)
+        """The student's, with --patience judged only once SAM's pseudo-labels have ramped up. Plain FixMatch
+        (--no-sam) has no pseudo-labels to wait for: its consistency loss weighs in from the first step, so its
+        plateaus count from the first validation, as a supervised fit's do."""
+        waits = self.warmup_steps + self.ramp_steps if self.use_sam else 0
+        return replace(super().train_config(seed), patience_after=waits)

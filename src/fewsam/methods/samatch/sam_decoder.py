@@ -67,6 +67,8 @@ class SamBoxTask:
     ``cfg.sam_unlabeled_weight`` x the same loss on them: the end-to-end rounds of stage 4.
     """
 
+    loss_weights = ("sam_unlabeled_weight",)
+
     def __init__(self, sam: SamModel, samples: list[EmbeddedSlice], val: list[EmbeddedSlice], values: list[int],
                  cfg: SamMatchConfig, device: str, student_samples: list[EmbeddedSlice] | None = None) -> None:
         self.sam, self.module = sam, SamDecoder(sam)

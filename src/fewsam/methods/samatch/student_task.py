@@ -32,6 +32,8 @@ class PseudoLabelSource(Protocol):
 class SamMatchTask:
     """FixMatch (+ SAM pseudo-labels) for the one loop; ``pseudo`` None = plain FixMatch."""
 
+    loss_weights = ("lambda_u", "sam_weight")  # the options weighing its unlabelled loss terms
+
     def __init__(self, module: nn.Module, labelled: SliceSet, unlabelled: SliceSet, cfg: SamMatchConfig,
                  loss_fn: LabelledLoss, val_cases: list[Case], values: list[int], device: str = "cpu",
                  pseudo: PseudoLabelSource | None = None) -> None:
