@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from fewsam import cli, train
@@ -231,3 +232,23 @@ def assert_finished_run_is_left_as_it_is(command: list[str], run: Path, monkeypa
         output = invoke(command)
     assert "finished already" in output and "nothing was changed" in output, output
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_resumed_weight_average_stays_on_the_device_of_the_weights():
+    """A resume checkpoint is read onto the CPU; the average it restores must live where the module's
+    weights do, or a GPU fit fails at its first step after resuming (GPU weights added into a CPU
+    average). The meta device stands in for a GPU, so that CPU-only hosts check it too."""
+    module = nn.Linear(3, 2, device="meta")
+    average = train.WeightAverage(module, 0.99)
+    saved = {"updates": 7, "shadow": {name: torch.ones(value.shape) for name, value in average.shadow.items()}}
+    average.load_state_dict(saved)
+    assert average.updates == 7
+    assert {value.device.type for value in average.shadow.values()} == {"meta"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_gpu_fit_with_a_weight_average_resumes(tiny_sam_phantom, tmp_path):
+    command = [*fit_command("supervised", tiny_sam_phantom, tmp_path), "--device", "cuda"]
+    run = tmp_path / "run"
+    stop_then_resume(command, run, ctrl_c_when(after_training_step(run, STOP_AFTER_STEP)))
+    assert (run / MANIFEST).exists()
