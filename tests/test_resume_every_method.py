@@ -14,7 +14,7 @@ weights' determinism is also held by test_fewshot, test_fewmatch and test_determ
 from __future__ import annotations
 
 import signal
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -117,8 +117,8 @@ def after_training_step(run: Path, step: int) -> Callable[[Path, dict[str, Any]]
     return lambda run_dir, record: run_dir == run and record.get("step") == step and "loss" in record
 
 
-def stop_then_resume(command: list[str], run: Path, stop: Any) -> None:
-    """``command`` into ``run``, stopped by ``stop`` (a context manager), then the same command again."""
+def stop_then_resume(command: list[str], run: Path, stop: AbstractContextManager[None]) -> None:
+    """``command`` into ``run``, stopped by ``stop``, then the same command again."""
     with stop, pytest.raises(Stopped):
         CliRunner().invoke(app, [*command, "--out", str(run)])
     assert not (run / MANIFEST).exists()  # an unfinished run, which predict refuses
