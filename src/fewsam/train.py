@@ -81,7 +81,13 @@ class WeightAverage:
         return {"updates": self.updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.updates, self.shadow = state["updates"], state["shadow"]
+        """Copy a saved average into this one's tensors: they stay on the module's device, while a
+        resume checkpoint is read onto the CPU (a GPU fit would otherwise fail at its first step
+        after resuming, adding GPU weights to a CPU average)."""
+        with torch.no_grad():
+            for name, saved in state["shadow"].items():
+                self.shadow[name].copy_(saved)
+        self.updates = state["updates"]
 
 
 class TrainTask(Protocol):

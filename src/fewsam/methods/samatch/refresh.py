@@ -59,7 +59,11 @@ class PseudoLabelRefresh:
         self.step = latest
 
     def refresh(self, step: int, path: Path) -> torch.Tensor:
-        """Label the unlabelled pool with SAM, save the labels and their quality report."""
+        """Label the unlabelled pool with SAM, save the labels and their quality report.
+
+        The labels file is written last: a resumed run reads it instead of refreshing again, so a
+        stop between the two must find the labels missing, or RUN/pseudo_label_quality.json would
+        lack this refresh for good. Written twice, the report's record of a step is replaced."""
         self.student.eval()
         probs = student_probs(self.student, self.unlabelled, self.device)
         self.student.train()
@@ -70,11 +74,11 @@ class PseudoLabelRefresh:
         identity = np.arange(256, dtype=np.int64)
         labels = torch.stack([torch.full((size, size), IGNORE, dtype=torch.uint8) if lab is None
                               else student_label(lab, size, identity) for lab in sam_labels])
-        atomic_torch_save({"step": step, "labels": labels}, path)
         quality = None
         if self.unlabelled.originals and all(g is not None for g in self.unlabelled.originals):
             quality = self._report(step, probs, sam_labels, n_prompts)
         record(refresh_line(step, sam_labels, n_prompts, quality))
+        atomic_torch_save({"step": step, "labels": labels}, path)
         return labels
 
     def _report(self, step: int, probs: list[torch.Tensor], sam_labels: list[np.ndarray | None],
