@@ -46,8 +46,8 @@ def command_lines(block: str) -> list[str]:
 
 
 def documented_commands() -> list[tuple[str, str]]:
-    """(page name, command line) for every fewsam command quoted in docs/*.md."""
-    return [(page.name, line) for page in sorted(DOCS.glob("*.md"))
+    """(page name, command line) for every fewsam command quoted in README.md and docs/*.md."""
+    return [(page.name, line) for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]
             for block in code_blocks(page.read_text()) for line in command_lines(block)]
 
 
