@@ -167,7 +167,8 @@ def test_fit_passes_the_fair_loss_and_records_groups(tmp_path, monkeypatch):
 
     spy = replace(methods.get_method("fewshot"), fit=spy_fit)
     monkeypatch.setitem(methods._loaded, "fewshot", spy)
-    opts = api.FitOptions(data=tmp_path, run=tmp_path / "run", labeled_slices=4, fair_attribute="bmi",
+    (tmp_path / "data").mkdir()
+    opts = api.FitOptions(data=tmp_path / "data", run=tmp_path / "run", labeled_slices=4, fair_attribute="bmi",
                           fair_gamma=0.5, fair_bins="bmi:25,30")
     api.fit("fewshot", opts)
     assert isinstance(seen["loss"], FairLoss) and seen["loss"].loss.gamma == 0.5
@@ -177,7 +178,7 @@ def test_fit_passes_the_fair_loss_and_records_groups(tmp_path, monkeypatch):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["fair"] == {"attribute": "bmi", "gamma": 0.5, "bins": "bmi:25,30", "attributes": None}
     with pytest.raises(FewsamError, match="available attributes"):
-        api.fit("fewshot", api.FitOptions(data=tmp_path, run=tmp_path / "run2", labeled_slices=4,
+        api.fit("fewshot", api.FitOptions(data=tmp_path / "data", run=tmp_path / "run2", labeled_slices=4,
                                           fair_attribute="race"))
     assert not (tmp_path / "run2").exists()  # refused before the run folder is made
 
