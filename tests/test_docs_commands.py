@@ -48,7 +48,7 @@ def command_lines(block: str) -> list[str]:
 def documented_commands() -> list[tuple[str, str]]:
     """(page name, command line) for every fewsam command quoted in README.md and docs/*.md."""
     return [(page.name, line) for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]
-            for block in code_blocks(page.read_text()) for line in command_lines(block)]
+            for block in code_blocks(page.read_text(encoding="utf-8")) for line in command_lines(block)]
 
 
 @lru_cache(maxsize=1)
@@ -110,7 +110,7 @@ ARCHITECTURE = DOCS / "architecture.md"
 
 def package_table() -> list[tuple[str, str]]:
     """(first cell, whole row) of each row of architecture.md's table of the package."""
-    text = ARCHITECTURE.read_text()
+    text = ARCHITECTURE.read_text(encoding="utf-8")
     table = text[text.index("## The package"):text.index("## Adding a method")]
     return [(row.split("|")[1], row) for row in table.splitlines() if row.startswith("| `")]
 
@@ -151,7 +151,7 @@ VALUE_THEN_OPTION = re.compile(r"([0-9][0-9.]*)(?: \w+)? \(`(--[a-z-]+)`[,)]")
 
 def method_sections() -> dict[str, str]:
     """method name -> the text of its section of methods.md."""
-    text = (DOCS / "methods.md").read_text()
+    text = (DOCS / "methods.md").read_text(encoding="utf-8")
     sections = re.split(r"^(?=## )", text, flags=re.M)
     return {method: s for s in sections for heading, method in METHOD_SECTIONS.items() if s.startswith(heading)}
 

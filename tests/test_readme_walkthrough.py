@@ -121,7 +121,7 @@ def test_the_logged_command_runs_again_when_pasted_into_a_shell(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["/usr/bin/fewsam", *argv])
     with fit_log(tmp_path, "supervised"):
         pass
-    header = (tmp_path / TEXT_LOG).read_text().splitlines()[0]
+    header = (tmp_path / TEXT_LOG).read_text(encoding="utf-8").splitlines()[0]
     assert shlex.split(header.split(": ", 1)[1]) == ["fewsam", *argv], header
 
 
