@@ -7,8 +7,9 @@ same configuration resumes it "to identical weights, also after Ctrl-C"), on the
    log, post-processing, prompt bank, pseudo-labels, SAM's stages) equal to the last bit;
 3. the same command once more, on the finished run, trains nothing, changes no file and says so.
 
-The SAM-side fits take seconds per step on a CPU: their same-seed pair is marked slow, as their
-weights' determinism is also held by test_fewshot, test_fewmatch and test_determinism.
+The SAM-side fits take seconds per step on a CPU, so their same-seed pair is left to the stop/resume
+test (whose uninterrupted and resumed fits are two fits of one seed, compared file by file) and to
+test_fewshot (fit, predict and evaluate twice), test_fewmatch and test_determinism.
 """
 
 from __future__ import annotations
@@ -181,10 +182,9 @@ def predictions(run: Path, data: Path, tmp_path: Path) -> dict[str, np.ndarray]:
 
 
 SAM_SIDE = {"fewshot", "fewmatch", "samatch"}  # decoder steps on the tiny SAM's 64x64 embeddings: seconds each
-SAM_SIDE_SLOW = [pytest.param(name, marks=pytest.mark.slow) if name in SAM_SIDE else name for name in TRAINED]
 
 
-@pytest.mark.parametrize("method", SAM_SIDE_SLOW)
+@pytest.mark.parametrize("method", [name for name in TRAINED if name not in SAM_SIDE])
 def test_one_seed_twice_gives_the_same_weights_and_predictions(method, tiny_sam_phantom, tmp_path):
     run_a, run_b = fit_twice_identically(fit_command(method, tiny_sam_phantom, tmp_path), tmp_path)
     pred_a, pred_b = predictions(run_a, tiny_sam_phantom, tmp_path), predictions(run_b, tiny_sam_phantom, tmp_path)
