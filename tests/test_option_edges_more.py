@@ -198,6 +198,31 @@ def test_fixmatch_says_the_sam_options_it_was_given_are_not_used(tmp_path: Path,
         "trains a U-Net on pixels alone and loads no SAM"]
 
 
+def test_fixmatch_fits_whatever_its_unused_cache_option_names(tmp_path: Path) -> None:
+    """`fit samatch --no-sam --cache FILE`: the FixMatch arm of a study reads no cache, yet the command line
+    refused the path as SAM-Match would ("--cache ... is a file"); it fits and says the cache is not used,
+    while the SAM-Match arm still refuses it."""
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.errors import CacheError
+
+    data = write_phantom_dataset(tmp_path / "data", n_train=3, n_val=1, slices=2, seed=1)
+    (tmp_path / "a_file").write_text("not a folder", encoding="utf-8")
+    fit = ["fit", "samatch", "--data", str(data), "--labeled-cases", "1", "--steps", "2", "--val-every", "2",
+           "--batch-size", "2", "--unlabeled-batch", "2", "--image-size", "32", "--precision", "fp32",
+           "--cache", str(tmp_path / "a_file"), "--quiet"]
+    result = CliRunner().invoke(app, [*fit, "--no-sam", "--out", str(tmp_path / "fixmatch")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fixmatch" / "checkpoint_best.pt").is_file()
+    assert "is not used: this fit trains a U-Net on pixels alone" in (tmp_path / "fixmatch" / "fit.log").read_text(
+        encoding="utf-8")
+    result = CliRunner().invoke(app, [*fit, "--out", str(tmp_path / "samatch")])
+    assert isinstance(result.exception, CacheError) and "is a file; give a folder path" in str(result.exception)
+    assert not (tmp_path / "samatch").exists()
+
+
 # --- method options another option turns off -------------------------------------------------------------
 
 def test_fixmatch_says_the_sam_schedule_it_takes_is_not_used(tmp_path: Path, monkeypatch) -> None:

@@ -276,12 +276,13 @@ def fit_command(name: str) -> Any:
 
         if "device" in values:
             check_device(values["device"])
-        if "cache" in values and "model" in values:  # the U-Net students use no cache
-            check_cache(values["cache"], values.get("data"))
         check_folder(values["run"], "--out")
         show_progress = not values.pop("quiet")
         options = FitOptions(**{k: values.pop(k) for k in shared}, show_progress=show_progress)
-        _report_fit(fit(name, options, method.config(**values)), options.run)
+        config = method.config(**values)
+        if "cache" in shared and method.needs_sam(config):  # a U-Net alone (--no-sam) reads no cache
+            check_cache(options.cache, options.data)
+        _report_fit(fit(name, options, config), options.run)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
