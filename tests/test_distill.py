@@ -339,3 +339,21 @@ def test_a_kept_teacher_blend_copies_the_teacher_and_predicts_the_blend(teacher,
                                                    .argmax(0)])
     expected = student.postprocess(np.stack(expected).astype(np.uint8))
     np.testing.assert_array_equal(read_prediction(case, pred), expected)
+
+
+def test_distill_with_no_pseudo_label_loss_says_which_options_it_leaves_unused(teacher, tmp_path):
+    """`--pseudo-weight 0 --unlabeled-batch 4 --no-noisy` tunes a loss that weighs nothing: the fit ran
+    with no word said about the options it ignored."""
+    data, cache, run = teacher
+    fit = ["fit", "distill", "--data", str(data), "--labeled-slices", "2", "--teacher", str(run), "--steps", "2",
+           "--val-every", "2", "--batch-size", "2", "--image-size", "32", "--no-teacher-blend", "--cache", str(cache),
+           "--out", str(tmp_path / "run"), *COMMON]
+    told = ("--unlabeled-batch and --no-noisy are not used: --pseudo-weight 0 turns the loss on the teacher's "
+            "pseudo-labels off, so the student learns from the labelled slices alone")
+    result = CliRunner().invoke(app, [*fit, "--pseudo-weight", "0", "--unlabeled-batch", "4", "--no-noisy"])
+    assert result.exit_code == 0, result.output
+    assert told in (tmp_path / "run" / "fit.log").read_text(encoding="utf-8")
+    result = CliRunner().invoke(app, [*fit[:-len(COMMON) - 2], "--out", str(tmp_path / "weighted"), *COMMON,
+                                      "--unlabeled-batch", "4"])
+    assert result.exit_code == 0, result.output
+    assert "are not used" not in (tmp_path / "weighted" / "fit.log").read_text(encoding="utf-8")

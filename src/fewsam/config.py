@@ -83,6 +83,16 @@ def option_name(f: Any) -> str:
     return flag.split("/")[0] if flag else flag_name(f.name)
 
 
+def given_option_name(f: Any, value: Any) -> str:
+    """How the user spelled field ``f`` set to ``value``: ``--no-noisy`` for a switch turned off, else
+    ``option_name``."""
+    flag = f.metadata.get("flag")
+    if flag and "/" in flag and isinstance(value, bool):
+        on, off = flag.split("/")
+        return on if value else off
+    return option_name(f)
+
+
 # What a config field accepts, by its declared type. The command line converts every option, but a
 # Python caller (``FitOptions(seed=1.5)``, ``FewShotConfig(steps="400")``, ``FitOptions(seed=None)``,
 # ``FitOptions(val_split=3)``) would otherwise meet a TypeError from deep inside the fit. Text and

@@ -16,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from fewsam.cache import EmbeddingCache
-from fewsam.config import FitOptions, UnlabelledPoolConfig, field_default, listed, option_name
+from fewsam.config import FitOptions, UnlabelledPoolConfig, field_default, listed, given_option_name
 from fewsam.data import open_dataset, select_labelled, select_unlabelled
 from fewsam.data.types import Case, ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
@@ -112,7 +112,8 @@ def say_unused_options(cfg: Any, names: Sequence[str], why: str) -> None:
     """The options among ``names`` given away from their default that this fit does not read, as another of
     its options turns off what they tune: said once, with ``why``, rather than refused, since they stay on
     offer so that the arms of one study (FixMatch beside SAM-Match) share one command line."""
-    given = [option_name(f) for f in fields(cfg) if f.name in names and getattr(cfg, f.name) != field_default(f)]
+    given = [given_option_name(f, getattr(cfg, f.name)) for f in fields(cfg)
+             if f.name in names and getattr(cfg, f.name) != field_default(f)]
     if given:
         say_once(f"{listed(given)} {'are' if len(given) > 1 else 'is'} not used: {why}")
 

@@ -41,7 +41,7 @@ from fewsam.data.types import Case, SliceRef
 from fewsam.distributed import local_part
 from fewsam.embedded import CaseSlices
 from fewsam.errors import DataError, RunError
-from fewsam.fitting import FitContext, LabelledLoss
+from fewsam.fitting import FitContext, LabelledLoss, say_unused_options
 from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, chosen_val_dice, postprocessing_choice,
                               stack_volume)
 from fewsam.labels import index_lut, value_lut
@@ -61,6 +61,8 @@ from fewsam.train import TrainResult, atomic_torch_save, load_best, load_run_fil
 PSEUDO_FILE = "pseudo_labels.pt"
 OWN_TEACHER = "teacher_fit"  # RUN/teacher_fit/: the few-shot run a fit without --teacher makes first
 TEACHER_COPY = COPIED_RUN  # RUN/teacher/: the teacher's predictor files, when the blend is kept
+# What only the loss on the pseudo-labelled pool reads: idle with --pseudo-weight 0 (the teacher still blends).
+PSEUDO_LOSS_ONLY = ("unlabeled_batch", "noisy", "unlabeled_limit", "unlabeled_split")
 BLEND_GATE = 0.5  # class agreement below which a slice keeps the student's probabilities alone
 
 
@@ -256,6 +258,9 @@ def fit(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> TrainResult:
     """Label the pool with the teacher (once), train the student on both sets, then choose its
     post-processing (cavity rule, largest components, mirroring) on the validation cases."""
     refuse_self_teaching(cfg, run_dir)
+    if cfg.pseudo_weight == 0:
+        say_unused_options(cfg, PSEUDO_LOSS_ONLY, "--pseudo-weight 0 turns the loss on the teacher's pseudo-labels "
+                                                  "off, so the student learns from the labelled slices alone")
     if cfg.teacher:  # a named teacher is read first: its checks are quick
         teacher_config(ctx, cfg)
     # what the student itself refuses is refused next: a fit without --teacher then fits its
