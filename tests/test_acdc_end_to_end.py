@@ -40,7 +40,7 @@ def test_fewshot_on_real_acdc_slices(tmp_path):
     data = _subset(tmp_path)
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=str(tmp_path / "cache"),
                       show_progress=False)
-    result = fit("fewshot", opts, FewShotConfig(steps=30, lr=3e-4, ema=0.0, val_every=15, views=2,
+    result = fit("fewshot", opts, FewShotConfig(steps=30, lr=3e-4, ema=0.0, val_every=15, views=2, batch_size=4,
                                                       test_mirroring=False, sam_refinement=False))
     assert 0.0 <= result.best_score <= 1.0
     written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", tmp_path / "cache",
@@ -61,7 +61,7 @@ def test_fewmatch_on_real_acdc_slices(tmp_path):
     data = _subset(tmp_path)
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=str(tmp_path / "cache"),
                       show_progress=False, precision="fp32")
-    cfg = FewMatchConfig(steps=30, ema=0.0, val_every=15, views=2, warmup_steps=10, ramp_steps=5,
+    cfg = FewMatchConfig(steps=30, ema=0.0, val_every=15, views=2, batch_size=4, warmup_steps=10, ramp_steps=5,
                          unlabeled_batch=2, test_mirroring=False, sam_refinement=False)
     result = fit("fewmatch", opts, cfg)
     log = [json.loads(line) for line in (tmp_path / "run" / "fit_log.jsonl").read_text().splitlines()]
