@@ -22,9 +22,10 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_fewsam, shared_data
-from fewsam.cache import EmbeddingCache, _read_entry
+from fewsam.cache import EMBED_LOG, EmbeddingCache, _read_entry
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import CacheError, FewsamError, ModelError
+from fewsam.predict import PREDICT_LOG
 
 # Ray binds to the host's network address unless told this machine is not a cluster: keep every
 # socket of the test cluster on the loopback interface (the workers inherit the variable).
@@ -81,8 +82,10 @@ def cluster():
 
 
 def cache_files(root: Path) -> dict[str, bytes]:
-    """Every file of a cache folder (entries and manifest), by relative path."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file of a cache folder (entries and manifest), by relative path; not the log of the commands that
+    filled it (``embed.log``: the same work, told with other times and command lines)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != EMBED_LOG}
 
 
 def entries(root: Path) -> list[Path]:
@@ -94,7 +97,8 @@ def assert_whole_entries(root: Path) -> None:
     for path in entries(root):
         entry = _read_entry(path)
         assert entry is not None and entry[0]["key"] == path.stem, path
-    strays = [p for p in root.rglob("*") if p.is_file() and p.suffix not in (".npz", ".json", ".tmp")]
+    strays = [p for p in root.rglob("*") if p.is_file() and p.suffix not in (".npz", ".json", ".tmp")
+              and p.name != EMBED_LOG]
     assert not strays, strays
 
 
@@ -192,7 +196,9 @@ def test_predictions_on_the_cluster_are_the_local_ones(phantom, cluster, tmp_pat
     assert result.returncode == 0, result.stderr
     assert local and all((tmp_path / "ray" / p.relative_to(tmp_path / "local")).read_bytes() == p.read_bytes()
                          for p in local)
-    assert sorted(p.name for p in (tmp_path / "ray").rglob("*")) == sorted(p.name for p in local)  # no token left
+    # no token left; the log says which command wrote them
+    assert sorted(p.name for p in (tmp_path / "ray").rglob("*")) == sorted([PREDICT_LOG] + [p.name for p in local])
+    assert "done: 1 predictions" in (tmp_path / "ray" / PREDICT_LOG).read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import math
-import shlex
-import sys
 from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from fewsam import __version__
-from fewsam.cache import EmbeddingCache
+from fewsam.cache import EMBED_LOG, EmbeddingCache
 from fewsam.config import (DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions, checked_arguments, field_default,
                            listed, option_name)
 from fewsam.data import open_dataset
@@ -29,10 +27,11 @@ from fewsam.errors import DataError, FewsamError, Stopped
 from fewsam.fitting import open_fit, recorded_path, run_record
 from fewsam.inference import kept_line
 from fewsam.methods import Method, get_method
-from fewsam.models.precision import machine, resolve_precision
+from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import check_cache_folder, check_run_outside_data, predict
-from fewsam.progress import log_to, notices, notices_collected, record, record_in_newest, say_once
+from fewsam.progress import (command_line, command_log, host_line, log_to, notices, notices_collected, record,
+                             record_in_newest, say_once)
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
 
@@ -53,13 +52,18 @@ def embed_dataset(data: str | Path, split: str | None = None, model_name: str = 
     model = load_model(model_name, checkpoint, device=device)
     cache = EmbeddingCache(cache_root, model, resolve_precision(precision, device))
     ids = dataset.split(split) if split else _all_case_ids(dataset)
-    if ray is not None:
-        from fewsam.distributed.ray_jobs import embed_cases_on_ray
+    with command_log(cache.dir / EMBED_LOG, "embed"):
+        if ray is not None:
+            from fewsam.distributed.ray_jobs import embed_cases_on_ray
 
-        return embed_cases_on_ray(ray, data, ids, cache, checkpoint, device, ray_workers, show_progress)
-    embed_cases(dataset, ids, cache, device, show_progress, with_label=False)
-    return {"cases": len(ids), "encoded": cache.misses, "cache_hits": cache.hits, "cache": str(cache.dir),
-            "precision": cache.precision.name}
+            stats = embed_cases_on_ray(ray, data, ids, cache, checkpoint, device, ray_workers, show_progress)
+        else:
+            embed_cases(dataset, ids, cache, device, show_progress, with_label=False)
+            stats = {"cases": len(ids), "encoded": cache.misses, "cache_hits": cache.hits, "cache": str(cache.dir),
+                     "precision": cache.precision.name}
+        record(f"done: {stats['cases']} cases, {stats['encoded']} slices encoded, {stats['cache_hits']} found in "
+               "the cache")
+    return stats
 
 
 def _all_case_ids(dataset) -> list[str]:
@@ -153,14 +157,8 @@ def fit_log(run_dir: Path, method: str) -> Iterator[None]:
         yield
         return
     with log_to(run_dir / TEXT_LOG):
-        host = machine()
-        command = Path(sys.argv[0])
-        from_cli = command.name == "fewsam" or command.parts[-2:] == ("fewsam", "__main__.py")
-        # quoted as a shell reads it: the logged command, pasted, runs the fit again (--out "my run")
-        record_in_newest(f"fewsam {__version__}: " + (f"fewsam {shlex.join(sys.argv[1:])}" if from_cli else
-                                                     f"fit {method} from Python ({command.name})"))
-        record_in_newest(f"host: {host['cpu'] or 'unknown CPU'}, {host['cores']} cores, {host['torch_threads']} "
-                         f"torch threads, flags {' '.join(host['flags']) or 'none of note'}")
+        record_in_newest(f"fewsam {__version__}: {command_line(f'fit {method}')}")
+        record_in_newest(host_line())
         for notice in notices():
             record_in_newest(notice)
         try:

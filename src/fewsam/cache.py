@@ -28,6 +28,7 @@ from fewsam.models.sam import PreprocessInfo, SamModel
 from fewsam.progress import say_once
 
 MANIFEST = "manifest.json"
+EMBED_LOG = "embed.log"  # what `fewsam embed` did in this folder: each command, its progress and counts, appended
 
 
 @dataclass

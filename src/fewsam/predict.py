@@ -33,8 +33,10 @@ from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.models.precision import FP32, EncoderPrecision, check_precision_name, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
-from fewsam.progress import tracked
+from fewsam.progress import command_log, record, tracked
 from fewsam.runs import MASK_CODING, check_run
+
+PREDICT_LOG = "predict.log"  # beside the predictions: the command, host, notices and progress that made them
 
 Refine = Literal["never", "always", "if-better"]
 log = logging.getLogger("fewsam")
@@ -104,9 +106,10 @@ def predict(
                                overwrite, show_progress, refined, pixels_only and not refined)
     predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
     written = []
-    with staged_folder(out, overwrite) as staging:
+    with staged_folder(out, overwrite) as staging, command_log(staging / PREDICT_LOG, "predict"):
         for case_id in tracked(case_ids, "predict", show_progress):
             written.append(out / predict_case_file(dataset, case_id, predictor, cache, device, staging))
+        record(f"done: {len(written)} predictions in {out}")
     return written
 
 
@@ -168,8 +171,9 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
     job = PredictJob(run=absolute(run_dir), data=absolute(data),
                      cache_root="" if pixels_only else absolute(cache_root), precision=precision_option(encoder),
                      device=device, threads=CPUS_PER_WORKER, refined=refined)
-    with staged_folder(out, overwrite) as staging:
+    with staged_folder(out, overwrite) as staging, command_log(staging / PREDICT_LOG, "predict"):
         rels = predict_on_ray(address, job, case_ids, staging.absolute(), workers, show_progress=show_progress)
+        record(f"done: {len(rels)} predictions in {out}")
     return [out / rel for rel in rels]
 
 

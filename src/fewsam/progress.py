@@ -6,13 +6,17 @@ only when the work ends. So when stderr is not a terminal, progress is written a
 30 seconds, whichever comes first, and when a task completes.
 
 ``log_to(path)`` also writes those lines, fewsam's notices and ``record``-ed events (validation
-scores), each with its date and time, to a text file: a fit keeps ``RUN/fit.log``, so a long run
-can be followed (``tail -f``) and read afterwards whatever the terminal showed.
+scores), each with its date and time, to a text file: a fit keeps ``RUN/fit.log``, ``embed`` appends to
+``embed.log`` in the cache folder it fills and ``predict`` writes ``predict.log`` beside its predictions
+(``command_log``), so long work can be followed (``tail -f``) and read afterwards whatever the terminal
+showed.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +56,46 @@ def log_to(path: Path) -> Iterator[Path]:
             logger.removeHandler(handler)
             logger.setLevel(level)
         handler.close()
+
+
+def command_line(fallback: str) -> str:
+    """This process's command as a shell reads it (pasted, it runs again: ``--out "my run"`` stays quoted),
+    or ``fallback`` and the script's name when fewsam was called from Python."""
+    command = Path(sys.argv[0])
+    if command.name == "fewsam" or command.parts[-2:] == ("fewsam", "__main__.py"):
+        return f"fewsam {shlex.join(sys.argv[1:])}"
+    return f"{fallback} from Python ({command.name})"
+
+
+def host_line() -> str:
+    """The CPU, cores, threads and the instruction sets that decide fewsam's speed, for a log's header."""
+    from fewsam.models.precision import machine
+
+    host = machine()
+    return (f"host: {host['cpu'] or 'unknown CPU'}, {host['cores']} cores, {host['torch_threads']} torch threads, "
+            f"flags {' '.join(host['flags']) or 'none of note'}")
+
+
+@contextmanager
+def command_log(path: Path, fallback: str) -> Iterator[Path]:
+    """Log a command that is not a fit (``embed``, ``predict``) to ``path`` (appended): its command line,
+    fewsam's version and the host, the notices said so far, then its progress and how it ended, as a
+    fit's ``fit.log`` does, so that hours of encoding can be followed and checked afterwards."""
+    from fewsam import __version__
+
+    with log_to(path):
+        record(f"fewsam {__version__}: {command_line(fallback)}")
+        record(host_line())
+        for notice in notices():
+            record(notice)
+        try:
+            yield path
+        except KeyboardInterrupt:
+            record("interrupted")
+            raise
+        except Exception as exc:
+            record(f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            raise
 
 
 def record(message: str) -> None:

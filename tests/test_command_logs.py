@@ -1,0 +1,70 @@
+"""Long commands besides fit keep a log file: `embed` appends to CACHE/<model folder>/embed.log, `predict`
+writes predict.log beside its predictions (the command, host, notices, progress lines and how it ended)."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+
+QUICK_FIT = ["--labeled-cases", "1", "--views", "1", "--steps", "2", "--val-every", "2", "--batch-size", "2",
+             "--no-test-mirroring", "--no-sam-refinement", "--precision", "fp32", "--quiet"]
+
+
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_embed_appends_its_command_progress_and_counts_to_the_cache_log(tiny_sam_phantom, tmp_path):
+    cache = tmp_path / "cache"
+    command = ["embed", "--data", str(tiny_sam_phantom), "--cache", str(cache), "--precision", "fp32"]
+    for _ in range(2):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+    [log] = cache.glob("*/embed.log")
+    lines = read(log).splitlines()
+    starts = [line for line in lines if ": fit" not in line and "fewsam 0" in line and "embed" in line]
+    assert len(starts) == 2, lines  # appended: one header per command
+    assert any("host: " in line for line in lines)
+    assert any(" embed " in line and "(100%)" in line for line in lines)  # progress lines, also without a terminal
+    done = [line.split(" ", 2)[2] for line in lines if "done:" in line]
+    # the first command encodes the 3 phantom cases' 6 slices, the second finds them all
+    assert done == ["done: 3 cases, 6 slices encoded, 0 found in the cache",
+                    "done: 3 cases, 0 slices encoded, 6 found in the cache"]
+
+
+def test_predict_writes_its_log_beside_the_predictions_and_nothing_when_it_fails(tiny_sam_phantom, tmp_path):
+    cache, run, pred = str(tmp_path / "cache"), tmp_path / "run", tmp_path / "pred"
+    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(tiny_sam_phantom), "--cache", cache, "--out",
+                                      str(run), *QUICK_FIT])
+    assert result.exit_code == 0, result.output
+    predict = ["predict", str(run), "--data", str(tiny_sam_phantom), "--cache", cache, "--precision", "fp32",
+               "--split", "val"]
+    result = CliRunner().invoke(app, [*predict, "--out", str(pred)])
+    assert result.exit_code == 0, result.output
+    log = read(pred / "predict.log")
+    assert "host: " in log and " predict " in log and log.rstrip().endswith(f"done: 1 predictions in {pred}")
+    # evaluate reads the folder as before: the log is not taken for a prediction
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(tiny_sam_phantom), "--split",
+                                      "val"])
+    assert result.exit_code == 0, result.output
+
+    # --overwrite replaces the log with the new command's; a failed predict leaves no folder and no log
+    result = CliRunner().invoke(app, [*predict, "--out", str(pred), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert read(pred / "predict.log").count("done:") == 1
+    (run / "checkpoint_best.pt").write_bytes(b"damaged")
+    result = CliRunner().invoke(app, [*predict, "--out", str(tmp_path / "failed")])
+    assert result.exit_code != 0 and not (tmp_path / "failed").exists()
+
+
+@pytest.mark.parametrize("error, told", [(KeyboardInterrupt(), "interrupted"),
+                                         (RuntimeError("disk gone"), "stopped: RuntimeError: disk gone")])
+def test_a_command_log_says_how_the_command_ended(tmp_path, error, told):
+    from fewsam.progress import command_log
+
+    with pytest.raises(type(error)):
+        with command_log(tmp_path / "x.log", "embed"):
+            raise error
+    assert read(tmp_path / "x.log").splitlines()[-1].endswith(told)
