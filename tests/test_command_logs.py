@@ -68,3 +68,26 @@ def test_a_command_log_says_how_the_command_ended(tmp_path, error, told):
         with command_log(tmp_path / "x.log", "embed"):
             raise error
     assert read(tmp_path / "x.log").splitlines()[-1].endswith(told)
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once_and_the_work_goes_on(tmp_path, caplog):
+    """A full disk under a long embed: every progress line printed logging's "--- Logging error ---" and a
+    traceback on the terminal."""
+    import errno
+    import logging
+
+    from fewsam.progress import command_log, record
+
+    with caplog.at_level(logging.INFO, logger="fewsam"), command_log(tmp_path / "x.log", "embed") as path:
+        handler = next(h for h in logging.getLogger("fewsam.log_file").handlers
+                       if getattr(h, "baseFilename", None) == str(path))
+
+        def full(*_):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        handler.stream.write = full
+        for i in range(3):
+            record(f"line {i}")
+    told = [m for m in caplog.messages if "could not write to the log file" in m]
+    assert told == [f"could not write to the log file {path} ([Errno 28] No space left on device); the work goes on "
+                    "without it"]

@@ -35,11 +35,28 @@ EVENTS.propagate = False
 _open_logs: list[logging.Handler] = []  # the files of the active ``log_to`` blocks
 
 
+class _LogFile(logging.FileHandler):
+    """A log file that, once a write fails (the disk filled up, the folder went away), says so once and
+    writes no more: the work goes on, where logging's default would print a traceback for every line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if not self.failed:
+            self.failed = True
+            NOTICES.warning(f"could not write to the log file {self.baseFilename} ({sys.exc_info()[1]}); the work "
+                            "goes on without it")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+
 @contextmanager
 def log_to(path: Path) -> Iterator[Path]:
     """Append progress, notices and events to the text file ``path``, timestamped, while the block
     runs (appended: a resumed fit continues its log)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.setLevel(logging.INFO)
     levels = [(logger, logger.level) for logger in (NOTICES, EVENTS)]
