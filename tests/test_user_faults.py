@@ -120,7 +120,7 @@ def test_predict_failing_on_case_7_leaves_nothing_and_the_rerun_works(fitted, da
     (data / "data" / f"{VAL[6]}.h5").write_bytes(good)
     again = run_fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert sorted(p.name for p in pred.iterdir()) == sorted(f"{c}.h5" for c in VAL)
+    assert sorted(p.name for p in pred.iterdir()) == sorted([*(f"{c}.h5" for c in VAL), "predict.log"])
 
 
 def test_failed_overwrite_keeps_the_users_files_and_writes_nothing(fitted, data, tmp_path):
@@ -139,7 +139,7 @@ def test_failed_overwrite_keeps_the_users_files_and_writes_nothing(fitted, data,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     shutil.copy(fitted[1] / "data" / f"{VAL[6]}.h5", data / "data")
     written = predict(run, data, pred, overwrite=True, show_progress=False)
-    assert sorted(p.name for p in pred.iterdir()) == sorted([*(f"{c}.h5" for c in VAL), "notes.txt"])
+    assert sorted(p.name for p in pred.iterdir()) == sorted([*(f"{c}.h5" for c in VAL), "notes.txt", "predict.log"])
     assert written == [pred / f"{c}.h5" for c in VAL] and (pred / "notes.txt").read_text() == "mine"
     with h5py.File(pred / f"{VAL[0]}.h5") as f:
         assert f["pred"].shape == (2, 40, 48)
