@@ -76,6 +76,7 @@ def _all_case_ids(dataset) -> list[str]:
     return list(seen)
 
 
+@checked_arguments
 def fit(method: str, options: FitOptions, config: Config | None = None) -> TrainResult:
     """Fit ``method`` into ``options.run`` (resumed when it holds the same run; a run that finished is
     left as it is and its outcome read back, ``already_finished``); ``config`` None takes the

@@ -12,6 +12,7 @@ records ``asdict`` of it, so the three cannot disagree. Limits and choices are c
 from __future__ import annotations
 
 import contextvars
+import difflib
 import functools
 import inspect
 import math
@@ -181,12 +182,30 @@ def checked_arguments(function: Entry) -> Entry:
 
     @functools.wraps(function)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        for name, value in signature.bind(*args, **kwargs).arguments.items():
+        for name, value in bound_arguments(signature, args, kwargs, function.__name__).arguments.items():
             if name in kinds and not _allowed(value, kinds[name]):
                 raise ConfigError(f"{function.__name__}: {name} must be {_described(kinds[name])}, not {value!r}")
         return function(*args, **kwargs)
 
     return checked  # type: ignore[return-value]
+
+
+def bound_arguments(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    name: str) -> inspect.BoundArguments:
+    """``args`` and ``kwargs`` bound to ``signature`` (of the entry point or config class ``name``); a keyword
+    it does not take, one it needs and lacks, or too many positional arguments is one ConfigError naming the
+    argument, the nearest name it does take (``labelled_cases``: ``labeled_cases``) and all of them, where
+    Python's TypeError named none of them."""
+    try:
+        return signature.bind(*args, **kwargs)
+    except TypeError as err:
+        takes = ", ".join(signature.parameters)
+        unknown = next((key for key in kwargs if key not in signature.parameters), None)
+        if unknown is None:
+            raise ConfigError(f"{name}: {err}; it takes {takes}") from None
+        nearest = difflib.get_close_matches(unknown, list(signature.parameters), n=1, cutoff=0.6)
+        hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+        raise ConfigError(f"{name} has no argument {unknown!r}{hint}; it takes {takes}") from None
 
 
 def _annotation_parts(annotation: Any) -> list[str] | None:
@@ -252,8 +271,18 @@ def _check_limits(name: str, meta: Any, value: Any) -> None:
 _READING_RECORD: contextvars.ContextVar[bool] = contextvars.ContextVar("reading_record", default=False)
 
 
+class _CheckedCall(type):
+    """Making a config (``FitOptions(labelled_cases=1)``) refuses arguments it does not take naming them
+    (``bound_arguments``), where the dataclass's own ``__init__`` raised a TypeError naming none of its
+    options. On the call, not in ``__new__``: unpickling and copying make the object without arguments."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        bound_arguments(_init_signature(cls), args, kwargs, cls.__name__)
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass(frozen=True)
-class Config:
+class Config(metaclass=_CheckedCall):
     """Base of every config dataclass: validates each field against its ``option`` limits."""
 
     def __post_init__(self) -> None:
@@ -283,6 +312,13 @@ class Config:
         finally:
             _READING_RECORD.reset(reading)
 
+
+
+@functools.cache
+def _init_signature(cls: type) -> inspect.Signature:
+    """The arguments config class ``cls`` takes: its dataclass ``__init__``'s, less ``self``."""
+    signature = inspect.signature(cls.__init__)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fewsam.compare import read_evaluation
-from fewsam.config import listed
+from fewsam.config import checked_arguments, listed
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.data.readers.common import files_below
@@ -31,6 +31,7 @@ from fewsam.progress import tracked
 DEFAULT_ALPHA, DEFAULT_ES_MODE = 1.0, "sum"  # FairSeg's equity scaling
 
 
+@checked_arguments
 def evaluate(
     pred: str | Path,
     data: str | Path,

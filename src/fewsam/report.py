@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fewsam.atomic import atomic_write_bytes, check_folder_path, staged_folder
+from fewsam.config import checked_arguments
 
 log = logging.getLogger("fewsam")
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [240, 200, 40],
@@ -57,6 +58,7 @@ INTRO = (
 PLOTS = "group_dice*.png"  # the report's plots: group_dice.png and group_dice_<class>.png
 
 
+@checked_arguments
 def write_group_report(evaluations: list[str | Path], out_dir: str | Path, labels: list[str] | None = None,
                        title: str = "fewsam group report", overwrite: bool = False) -> dict[str, Path]:
     """report.md + report.html (+ PNG plots) from one or more ``fewsam evaluate`` JSONs.
