@@ -99,3 +99,52 @@ def test_an_argument_of_the_wrong_kind_is_named_before_anything_is_written(grade
     with pytest.raises(FewsamError, match=named):
         call(root, pred, two_evaluations, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --- one path where a list is read, and lists of the wrong things --------------------------------
+
+@pytest.mark.parametrize("given, named", [
+    (lambda evals: str(evals[0]), "evaluations must be a list of evaluation JSON paths"),
+    (lambda evals: evals[0], "evaluations must be a list of evaluation JSON paths"),
+    (lambda evals: [], "evaluations names no evaluation"),
+    (lambda evals: [json.loads(p.read_text()) for p in evals], "evaluations must be a list of evaluation JSON"),
+    (lambda evals: [evals[0], None], "evaluations must be a list of evaluation JSON"),
+])
+def test_the_report_takes_a_list_of_evaluation_paths_and_says_so(two_evaluations, tmp_path, given, named):
+    """One path as a string was read as a list of one-letter paths ("cannot read evaluation /"); a Path was a
+    TypeError from unpacking it; an empty list wrote a report of nothing."""
+    with pytest.raises(FewsamError, match=named):
+        write_group_report(given(two_evaluations), tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_report_labels_are_a_list_not_the_command_lines_comma_text(two_evaluations, tmp_path):
+    """``labels="A,B"`` (the spelling of ``--labels``) was counted as three names, one per character."""
+    with pytest.raises(FewsamError, match=r"labels must be a list of names, one per evaluation \(\['A', 'B'\]"):
+        write_group_report(list(two_evaluations), tmp_path / "report", labels="A,B")
+    assert not (tmp_path / "report").exists()
+    written = write_group_report(list(two_evaluations), tmp_path / "report", labels=("A", "B"))
+    assert "| A |" in written["markdown"].read_text()
+
+
+@pytest.mark.parametrize("n_boot", [0, -1])
+def test_evaluate_refuses_a_bootstrap_of_no_draws(graded, n_boot):
+    """0 draws gave no confidence interval without a word; -1 a ValueError from numpy."""
+    root, pred = graded
+    with pytest.raises(FewsamError, match=f"n_boot must be at least 1, not {n_boot}"):
+        evaluate(pred, root, "test", "sex", show_progress=False, n_boot=n_boot)
+
+
+def test_evaluate_names_bins_given_as_a_list(graded):
+    """Bins are the text of --bins ("age:60") or a Bins: a list of edges was an AttributeError from the parser."""
+    root, pred = graded
+    with pytest.raises(FewsamError, match="bins must be text such as 'sex:EDGE"):
+        evaluate(pred, root, "test", "sex", show_progress=False, bins=[25, 30])
+
+
+def test_a_run_whose_method_is_not_a_name_is_refused_naming_it(tmp_path):
+    """A hand-edited config.json holding a list as its method was an unhashable-type TypeError."""
+    from fewsam.methods import get_method
+
+    with pytest.raises(FewsamError, match=r"unknown method \['fewshot'\]"):
+        get_method(["fewshot"])

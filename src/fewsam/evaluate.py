@@ -61,6 +61,9 @@ def evaluate(
     if es_mode not in ("sum", "std"):
         raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
     check_alpha(alpha)
+    if n_boot < 1:  # 0 draws gave no interval without a word, fewer a ValueError from numpy
+        raise DataError(f"n_boot must be at least 1, not {n_boot}: the bootstrap resamples that many times for "
+                        "the confidence intervals (default 1000)")
     check_grouping(group_by, bins, alpha=alpha, es_mode=es_mode, attributes=attributes)
     explicit = resolve_bins(group_by, bins) if group_by else None
     binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None

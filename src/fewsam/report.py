@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -72,6 +74,7 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     from fewsam.compare import read_evaluation, refuse_one_file_twice
     from fewsam.errors import DataError
 
+    _check_evaluation_paths(evaluations)
     refuse_one_file_twice(*evaluations)
     if labels is not None:
         _check_labels(labels, len(evaluations))
@@ -89,11 +92,30 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     return {"markdown": out / "report.md", "html": out / "report.html"}
 
 
-def _check_labels(labels: list[str], n: int) -> None:
-    """One distinct, non-empty name per evaluation: the report's tables, legends and "B vs A" rows
-    tell the runs apart by these names alone."""
+def _check_evaluation_paths(evaluations: Any) -> None:
+    """A list (or tuple) of at least one path: one path as text was read letter by letter ("cannot read
+    evaluation /"), a Path alone could not be unpacked, and an empty list wrote a report of nothing."""
     from fewsam.errors import DataError
 
+    what = "evaluations must be a list of evaluation JSON paths (`fewsam evaluate --json` writes them)"
+    if isinstance(evaluations, (str, os.PathLike)):
+        raise DataError(f"{what}, not one path: [{str(evaluations)!r}]")
+    if not isinstance(evaluations, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in evaluations):
+        shown = repr(evaluations)
+        raise DataError(f"{what}, not {shown if len(shown) <= 80 else shown[:77] + '...'}")
+    if not evaluations:
+        raise DataError("evaluations names no evaluation; give at least one evaluation JSON path")
+
+
+def _check_labels(labels: Any, n: int) -> None:
+    """One distinct, non-empty name per evaluation: the report's tables, legends and "B vs A" rows
+    tell the runs apart by these names alone. A list: ``"A,B"``, the text of --labels, was counted as
+    three names, one per character."""
+    from fewsam.errors import DataError
+
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(name, str) for name in labels):
+        shown = [part.strip() for part in labels.split(",")] if isinstance(labels, str) else ["A", "B"][:n]
+        raise DataError(f"labels must be a list of names, one per evaluation ({shown!r}), not {labels!r}")
     if len(labels) != n:
         raise DataError(f"--labels gives {len(labels)} names for {n} evaluations")
     if not all(labels):
