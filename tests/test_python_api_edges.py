@@ -148,3 +148,38 @@ def test_a_run_whose_method_is_not_a_name_is_refused_naming_it(tmp_path):
 
     with pytest.raises(FewsamError, match=r"unknown method \['fewshot'\]"):
         get_method(["fewshot"])
+
+
+# --- ~ in paths ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """$HOME at tmp_path/home and the working folder elsewhere, so a literal "~" folder would show."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    return tmp_path / "home"
+
+
+def test_fit_and_predict_read_a_leading_tilde_as_the_home_folder(tiny_sam_phantom, home, tmp_path):
+    """As the command line does (``cli.expand_home``): "~/runs/fs" made a folder named "~" in the working
+    folder, and config.json recorded the data as <cwd>/~/data, while the data itself was found at home."""
+    (home / "data").symlink_to(tiny_sam_phantom)
+    fit("fewshot", fit_options(Path("~/data"), Path("~/run"), cache="~/cache"), TWO_STEPS)
+    assert (home / "run" / "checkpoint_best.pt").is_file()
+    config = json.loads((home / "run" / "config.json").read_text())
+    assert config["data"] == str(tiny_sam_phantom.resolve())
+    written = predict("~/run", "~/data", "~/pred", cache_root="~/cache", show_progress=False, precision="fp32")
+    assert [p.parent for p in written] == [home / "pred"]
+    assert evaluate("~/pred", "~/data", show_progress=False)["n_cases"] == 1
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_compare_and_report_read_a_leading_tilde_as_the_home_folder(two_evaluations, home, tmp_path):
+    for path in two_evaluations:
+        (home / path.name).write_text(path.read_text())
+    assert compare_runs("~/grouped.json", "~/plain.json")["n_cases"] == 6
+    written = write_group_report(["~/grouped.json", "~/plain.json"], "~/report")
+    assert written["html"] == home / "report" / "report.html" and written["html"].is_file()
+    assert list((tmp_path / "cwd").iterdir()) == []

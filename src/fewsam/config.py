@@ -182,12 +182,24 @@ def checked_arguments(function: Entry) -> Entry:
 
     @functools.wraps(function)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        for name, value in bound_arguments(signature, args, kwargs, function.__name__).arguments.items():
+        bound = bound_arguments(signature, args, kwargs, function.__name__)
+        for name, value in bound.arguments.items():
             if name in kinds and not _allowed(value, kinds[name]):
                 raise ConfigError(f"{function.__name__}: {name} must be {_described(kinds[name])}, not {value!r}")
-        return function(*args, **kwargs)
+            if name in kinds and "Path" in kinds[name]:
+                bound.arguments[name] = home_expanded(value)
+        return function(*bound.args, **bound.kwargs)
 
     return checked  # type: ignore[return-value]
+
+
+def home_expanded(path: Any) -> Any:
+    """``path`` with a leading ``~`` made the home folder, as the shell and the command line
+    (``cli.expand_home``) do; any other value as it is. A Python caller's "~/runs/fs" made a folder
+    named "~" in the working folder, where the data "~/data" was found at home."""
+    if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith("~"):
+        return os.path.expanduser(path) if isinstance(path, str) else Path(path).expanduser()
+    return path
 
 
 def bound_arguments(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -267,6 +279,10 @@ def _check_limits(name: str, meta: Any, value: Any) -> None:
         raise ConfigError(f"{name} must be greater than {meta['above']}, not {value}")
 
 
+# Folders typed as text whose leading "~" is the home folder, as for the fields typed Path; not --cache,
+# whose default "~/.cache/fewsam" is kept as written (the cache expands it) so that it reads as the default.
+HOME_TEXT_FIELDS = ("teacher",)
+
 # True while a config is read back from a run folder (``Config.from_json``): see ``Config.check_together``.
 _READING_RECORD: contextvars.ContextVar[bool] = contextvars.ContextVar("reading_record", default=False)
 
@@ -288,6 +304,8 @@ class Config(metaclass=_CheckedCall):
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f, getattr(self, f.name))
+            if declared_type(f).removesuffix(" | None") == "Path" or f.name in HOME_TEXT_FIELDS:
+                object.__setattr__(self, f.name, home_expanded(getattr(self, f.name)))
         if not _READING_RECORD.get():
             self.check_together()
 

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fewsam.atomic import atomic_write_bytes, check_folder_path, staged_folder
-from fewsam.config import checked_arguments
+from fewsam.config import checked_arguments, home_expanded
 
 log = logging.getLogger("fewsam")
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [240, 200, 40],
@@ -75,6 +75,7 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     from fewsam.errors import DataError
 
     _check_evaluation_paths(evaluations)
+    evaluations = [home_expanded(path) for path in evaluations]
     refuse_one_file_twice(*evaluations)
     if labels is not None:
         _check_labels(labels, len(evaluations))
