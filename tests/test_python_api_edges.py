@@ -183,3 +183,31 @@ def test_compare_and_report_read_a_leading_tilde_as_the_home_folder(two_evaluati
     written = write_group_report(["~/grouped.json", "~/plain.json"], "~/report")
     assert written["html"] == home / "report" / "report.html" and written["html"].is_file()
     assert list((tmp_path / "cwd").iterdir()) == []
+
+
+# --- notices: said once per process, written to the log of each piece of work they concern ------------
+
+def test_each_fit_log_names_the_options_its_method_does_not_read(tiny_sam_phantom, tmp_path):
+    """One FitOptions shared by the arms of a study: a U-Net fit given --cache says it is unused. The notice
+    was said before the fit began collecting its own, so no fit.log held it, the first fit's included."""
+    from fewsam.methods.supervised import SupervisedConfig
+
+    for run in ("first", "second"):
+        fit("supervised", fit_options(tiny_sam_phantom, tmp_path / run), SupervisedConfig(steps=2, image_size=32))
+        log = (tmp_path / run / "fit.log").read_text()
+        assert "--cache is not used" in log, log
+
+
+def test_a_prediction_log_holds_its_own_notices_not_those_of_earlier_fits(tiny_sam_phantom, tmp_path):
+    """predict.log listed every notice said in the process so far: after a U-Net fit, a few-shot
+    prediction's log said "U-Net student in fp32", which it never ran."""
+    from fewsam.methods.supervised import SupervisedConfig
+
+    fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "fewshot"), TWO_STEPS)
+    fit("supervised", fit_options(tiny_sam_phantom, tmp_path / "unet"), SupervisedConfig(steps=2, image_size=32))
+    for out in ("pred_a", "pred_b"):
+        predict(tmp_path / "fewshot", tiny_sam_phantom, tmp_path / out, cache_root=tmp_path / "cache",
+                show_progress=False, precision="fp32")
+        log = (tmp_path / out / "predict.log").read_text()
+        assert "U-Net student" not in log and "--cache is not used" not in log, log
+        assert "prompt decoder in fp32" in log, log  # its own notice, in each log though said once

@@ -30,8 +30,8 @@ from fewsam.methods import Method, get_method
 from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import check_cache_folder, check_run_outside_data, predict
-from fewsam.progress import (command_line, command_log, host_line, log_to, notices, notices_collected, record,
-                             record_in_newest, say_once)
+from fewsam.progress import (command_line, command_log, host_line, log_to, notices, record, record_in_newest,
+                             say_once, with_own_notices)
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
 
@@ -39,6 +39,7 @@ __all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
 
 
 @checked_arguments
+@with_own_notices
 def embed_dataset(data: str | Path, split: str | None = None, model_name: str = "litemedsam",
                   checkpoint: str | Path | None = None, cache_root: str | Path = DEFAULT_CACHE, device: str = "cpu",
                   show_progress: bool = True, precision: str = DEFAULT_PRECISION, ray: str | None = None,
@@ -77,6 +78,7 @@ def _all_case_ids(dataset) -> list[str]:
 
 
 @checked_arguments
+@with_own_notices
 def fit(method: str, options: FitOptions, config: Config | None = None) -> TrainResult:
     """Fit ``method`` into ``options.run`` (resumed when it holds the same run; a run that finished is
     left as it is and its outcome read back, ``already_finished``); ``config`` None takes the
@@ -89,8 +91,7 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     if spec.fit is not None and spec.needs_sam(cfg):  # the same checks as ``fewsam fit``: nothing in the data
         check_cache_folder(options.cache, options.data)
     check_run_outside_data(options.run, options.data)
-    # notices_collected: the run's log lists this fit's notices, not those of earlier fits in the process
-    with notices_collected(), ddp.distributed_fit(options) as options:  # under torchrun: this rank's device
+    with ddp.distributed_fit(options) as options:  # under torchrun: this rank's device
         if spec.fit is None:
             return _record_only(spec, options, cfg)
         # Locked before the data is opened: a second fit is refused at once (under torchrun rank 0
