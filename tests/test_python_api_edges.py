@@ -211,3 +211,17 @@ def test_a_prediction_log_holds_its_own_notices_not_those_of_earlier_fits(tiny_s
         log = (tmp_path / out / "predict.log").read_text()
         assert "U-Net student" not in log and "--cache is not used" not in log, log
         assert "prompt decoder in fp32" in log, log  # its own notice, in each log though said once
+
+
+# --- folders of the wrong kind --------------------------------------------------------------------
+
+def test_predict_given_a_file_of_the_run_names_the_run_folder(tiny_sam_phantom, tmp_path):
+    """A run's config.json or checkpoint given as the run was "config.json is not a fewsam run folder (no
+    config.json)", which contradicts itself and hides that the folder above it is the run."""
+    fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "run"), TWO_STEPS)
+    for name in ("config.json", "checkpoint_best.pt"):
+        with pytest.raises(FewsamError, match=f"is a file of the run folder {tmp_path / 'run'}; give that folder"):
+            predict(tmp_path / "run" / name, tiny_sam_phantom, tmp_path / "pred")
+    with pytest.raises(FewsamError, match="is a file, not a run folder; give the folder `fewsam fit` wrote"):
+        predict(tiny_sam_phantom / "dataset.json", tiny_sam_phantom, tmp_path / "pred")
+    assert not (tmp_path / "pred").exists()
