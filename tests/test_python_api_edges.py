@@ -225,3 +225,39 @@ def test_predict_given_a_file_of_the_run_names_the_run_folder(tiny_sam_phantom, 
     with pytest.raises(FewsamError, match="is a file, not a run folder; give the folder `fewsam fit` wrote"):
         predict(tiny_sam_phantom / "dataset.json", tiny_sam_phantom, tmp_path / "pred")
     assert not (tmp_path / "pred").exists()
+
+
+# --- the README's example, and what the functions return -------------------------------------------
+
+def test_the_readme_python_example_runs_from_one_import(tiny_sam_phantom, tmp_path, monkeypatch):
+    """The README's Python block, on a tiny ACDC folder (2 steps, 1 labelled case): evaluate, compare and
+    report were not in ``fewsam.api``, the module the README imports every command from."""
+    import re
+
+    from conftest import write_tiny_acdc
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    root = write_tiny_acdc(tmp_path / "data" / "acdc", ["patient010_frame01"])
+    (root / "test.list").write_text("patient010_frame01\n")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default cache, ~/.cache/fewsam, inside tmp_path
+    monkeypatch.chdir(tmp_path)
+    block = block.replace("labeled_cases=3", "labeled_cases=1").replace("FewShotConfig()", repr(TWO_STEPS))
+    exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "pred" / "fewshot3" / "patient010_frame01.h5").is_file()
+    import fewsam.api
+
+    assert {"evaluate", "compare_runs", "write_group_report"} <= set(fewsam.api.__all__)
+
+
+def test_what_the_entry_points_return_is_plain_data(two_evaluations, tmp_path):
+    """An evaluation and a comparison are the JSON the command line writes (strict JSON: no NaN)."""
+    from dataclasses import asdict
+
+    from fewsam.train import TrainResult
+
+    comparison = compare_runs(*two_evaluations)
+    assert json.loads(json.dumps(comparison, allow_nan=False)) == comparison
+    evaluation = json.loads(two_evaluations[0].read_text())
+    assert {"mean", "per_class", "cases", "groups", "es_dice"} <= set(evaluation)
+    assert json.dumps(asdict(TrainResult(0.5, 2, 2, 1.0)))
