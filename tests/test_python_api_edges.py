@@ -261,3 +261,24 @@ def test_what_the_entry_points_return_is_plain_data(two_evaluations, tmp_path):
     evaluation = json.loads(two_evaluations[0].read_text())
     assert {"mean", "per_class", "cases", "groups", "es_dice"} <= set(evaluation)
     assert json.dumps(asdict(TrainResult(0.5, 2, 2, 1.0)))
+
+
+def test_a_list_file_given_as_a_path_object_is_a_split(tiny_sam_phantom, tmp_path):
+    """Splits are names or list files, and the type check takes a Path for them: it then ended in
+    "'PosixPath' object has no attribute 'endswith'" (fit, predict, embed), and evaluate's result held the
+    Path, which json.dumps refuses."""
+    from fewsam.api import embed_dataset
+
+    cases = tmp_path / "val_cases.list"
+    cases.write_text("phantom_002\n")
+    fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "run", val_split=cases), TWO_STEPS)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["val_split"] == str(cases)
+    predict(tmp_path / "run", tiny_sam_phantom, tmp_path / "pred", split=cases, cache_root=tmp_path / "cache",
+            show_progress=False, precision="fp32")
+    result = evaluate(tmp_path / "pred", tiny_sam_phantom, split=cases, show_progress=False)
+    assert json.loads(json.dumps(result))["split"] == str(cases) and result["n_cases"] == 1
+    assert embed_dataset(tiny_sam_phantom, split=cases, cache_root=tmp_path / "cache", show_progress=False,
+                         precision="fp32")["cases"] == 1
+    again = fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "run", val_split=cases, cache=tmp_path / "cache"),
+                TWO_STEPS)
+    assert again.already_finished  # config.json compared with the same options: a Path was a json TypeError

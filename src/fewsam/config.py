@@ -283,6 +283,16 @@ def _check_limits(name: str, meta: Any, value: Any) -> None:
 # whose default "~/.cache/fewsam" is kept as written (the cache expands it) so that it reads as the default.
 HOME_TEXT_FIELDS = ("teacher",)
 
+def _as_declared(f: Any, value: Any) -> Any:
+    """``value`` of field ``f`` as the rest of fewsam reads it: a Path given for a text field (a list file as
+    --val-split, a cache folder) as its text, which config.json records and a resumed fit compares (a Path
+    there was a TypeError from json); a leading "~" of a path the home folder (``home_expanded``)."""
+    declared = declared_type(f).removesuffix(" | None")
+    if declared == "str" and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return home_expanded(value) if declared == "Path" or f.name in HOME_TEXT_FIELDS else value
+
+
 # True while a config is read back from a run folder (``Config.from_json``): see ``Config.check_together``.
 _READING_RECORD: contextvars.ContextVar[bool] = contextvars.ContextVar("reading_record", default=False)
 
@@ -304,8 +314,7 @@ class Config(metaclass=_CheckedCall):
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f, getattr(self, f.name))
-            if declared_type(f).removesuffix(" | None") == "Path" or f.name in HOME_TEXT_FIELDS:
-                object.__setattr__(self, f.name, home_expanded(getattr(self, f.name)))
+            object.__setattr__(self, f.name, _as_declared(f, getattr(self, f.name)))
         if not _READING_RECORD.get():
             self.check_together()
 

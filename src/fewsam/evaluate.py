@@ -8,6 +8,7 @@ knows its spacing and in pixels otherwise, and the JSON says which.
 from __future__ import annotations
 
 import math
+import os
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def evaluate(
                       missing_group_cases=[r["case"] for r in records if r["group"] is None],
                       per_class_equity=per_class_equity(result, alpha, es_mode))
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
-    result["split"] = split or DEFAULT_SPLIT
+    result["split"] = os.fspath(split) if split else DEFAULT_SPLIT  # a list file's Path: its path, as JSON
     return result
 
 
