@@ -18,7 +18,7 @@ from fewsam.evaluate import evaluate
 from fewsam.methods.fewshot import FewShotConfig
 from fewsam.report import write_group_report
 
-TWO_STEPS = FewShotConfig(steps=2, batch_size=1)
+TWO_STEPS = FewShotConfig(steps=2, batch_size=1, views=1, test_mirroring=False, sam_refinement=False)
 SQUARE = np.zeros((16, 16), np.uint8)
 SQUARE[4:12, 4:12] = 1
 
@@ -282,3 +282,35 @@ def test_a_list_file_given_as_a_path_object_is_a_split(tiny_sam_phantom, tmp_pat
     again = fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "run", val_split=cases, cache=tmp_path / "cache"),
                 TWO_STEPS)
     assert again.already_finished  # config.json compared with the same options: a Path was a json TypeError
+
+
+# --- Ctrl-C in a notebook, then the same call again ---------------------------------------------------
+
+def test_a_fit_interrupted_in_a_notebook_resumes_in_the_same_process_to_the_same_weights(
+        tiny_sam_phantom, tmp_path, monkeypatch):
+    """KeyboardInterrupt caught by the caller (a notebook cell stopped): the run folder's lock is released, its
+    log says so, and the same call resumes from the last checkpoint to the weights of an uninterrupted fit."""
+    import torch
+
+    import fewsam.train
+
+    steps = FewShotConfig(steps=4, batch_size=1, val_every=2, views=1, test_mirroring=False, sam_refinement=False)
+    log_step = fewsam.train._log
+
+    def interrupted_at_step_3(run_dir, entry):
+        if entry.get("step") == 3:
+            raise KeyboardInterrupt
+        log_step(run_dir, entry)
+
+    monkeypatch.setattr(fewsam.train, "_log", interrupted_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)
+    monkeypatch.setattr(fewsam.train, "_log", log_step)
+    resumed = fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)
+    fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "straight"), steps)
+    assert resumed.steps_run == 4 and not resumed.already_finished
+    log = (tmp_path / "stopped" / "fit.log").read_text()
+    assert "interrupted; the same command resumes" in log and "resumed at step 2 of 4" in log
+    a, b = (torch.load(tmp_path / run / "checkpoint_best.pt", weights_only=True)["module"]
+            for run in ("stopped", "straight"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
