@@ -314,3 +314,12 @@ def test_a_fit_interrupted_in_a_notebook_resumes_in_the_same_process_to_the_same
     a, b = (torch.load(tmp_path / run / "checkpoint_best.pt", weights_only=True)["module"]
             for run in ("stopped", "straight"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_report_reads_the_evaluations_of_a_glob(two_evaluations, tmp_path):
+    """``Path.glob`` gives a generator: it was used up by the check for one file given twice, and the report
+    then held no run at all."""
+    written = write_group_report(sorted(tmp_path.glob("*.json")).__iter__(), tmp_path / "report")
+    markdown = written["markdown"].read_text()
+    assert "| grouped |" in markdown and "| plain |" in markdown
+    assert write_group_report(tmp_path.glob("grouped.json"), tmp_path / "one")["html"].is_file()

@@ -7,7 +7,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
@@ -74,8 +74,7 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     from fewsam.compare import read_evaluation, refuse_one_file_twice
     from fewsam.errors import DataError
 
-    _check_evaluation_paths(evaluations)
-    evaluations = [home_expanded(path) for path in evaluations]
+    evaluations = [home_expanded(path) for path in evaluation_paths(evaluations)]
     refuse_one_file_twice(*evaluations)
     if labels is not None:
         _check_labels(labels, len(evaluations))
@@ -93,19 +92,22 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     return {"markdown": out / "report.md", "html": out / "report.html"}
 
 
-def _check_evaluation_paths(evaluations: Any) -> None:
-    """A list (or tuple) of at least one path: one path as text was read letter by letter ("cannot read
-    evaluation /"), a Path alone could not be unpacked, and an empty list wrote a report of nothing."""
+def evaluation_paths(evaluations: Any) -> list[str | os.PathLike]:
+    """The paths of a list, tuple or other iterable (``Path.glob``'s generator, read once) of at least one
+    path: one path as text was read letter by letter ("cannot read evaluation /"), a Path alone could not be
+    unpacked, a generator was used up before the report read it, and an empty list wrote a report of nothing."""
     from fewsam.errors import DataError
 
     what = "evaluations must be a list of evaluation JSON paths (`fewsam evaluate --json` writes them)"
     if isinstance(evaluations, (str, os.PathLike)):
         raise DataError(f"{what}, not one path: [{str(evaluations)!r}]")
-    if not isinstance(evaluations, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in evaluations):
+    paths = list(evaluations) if isinstance(evaluations, Iterable) and not isinstance(evaluations, dict) else None
+    if paths is None or not all(isinstance(path, (str, os.PathLike)) for path in paths):
         shown = repr(evaluations)
         raise DataError(f"{what}, not {shown if len(shown) <= 80 else shown[:77] + '...'}")
-    if not evaluations:
+    if not paths:
         raise DataError("evaluations names no evaluation; give at least one evaluation JSON path")
+    return paths
 
 
 def _check_labels(labels: Any, n: int) -> None:
