@@ -323,3 +323,23 @@ def test_the_report_reads_the_evaluations_of_a_glob(two_evaluations, tmp_path):
     markdown = written["markdown"].read_text()
     assert "| grouped |" in markdown and "| plain |" in markdown
     assert write_group_report(tmp_path.glob("grouped.json"), tmp_path / "one")["html"].is_file()
+
+
+# --- overlays of arrays read by other tools -----------------------------------------------------------
+
+def test_an_overlay_takes_a_label_map_read_as_floats_and_names_a_shape_mismatch(tmp_path):
+    """nibabel's get_fdata() gives label maps as float64: the overlay was an IndexError ("arrays used as
+    indices must be of integer type"), and a prediction of another size one about a boolean index."""
+    from PIL import Image
+
+    from fewsam.report import save_overlay
+
+    image = np.random.default_rng(0).random((16, 16))
+    written = save_overlay(image, SQUARE.astype(np.float64), SQUARE.astype(np.float64), tmp_path / "a.png")
+    assert np.array_equal(np.asarray(Image.open(written)), np.asarray(Image.open(
+        save_overlay(image, SQUARE, SQUARE, tmp_path / "b.png"))))
+    with pytest.raises(FewsamError, match=r"pred has shape \(8, 8\) but the image \(16, 16\)"):
+        save_overlay(image, SQUARE[:8, :8], None, tmp_path / "c.png")
+    with pytest.raises(FewsamError, match="pred must hold class indices"):
+        save_overlay(image, SQUARE * 0.5, None, tmp_path / "d.png")
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()

@@ -24,6 +24,8 @@ PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [24
 def overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
     """(H, W, 3) uint8: prediction as translucent fill, ground truth (if any) as white contours."""
     grey = image if image.ndim == 2 else image.mean(axis=-1)
+    pred = _class_indices(pred, "pred", grey.shape)
+    label = None if label is None else _class_indices(label, "label", grey.shape)
     lo, hi = float(grey.min()), float(grey.max())
     base = ((grey - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
     rgb = np.repeat(base[..., None], 3, axis=-1).astype(np.float32)
@@ -34,6 +36,21 @@ def overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None = None
         edges = label != ndimage.grey_erosion(label, size=3)
         rgb[edges & (label > 0)] = 255
     return rgb.astype(np.uint8)
+
+
+def _class_indices(mask: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``mask`` as integer class indices of the image's ``shape``: a label map read as floats (nibabel's
+    get_fdata) is taken as the whole numbers it holds; probabilities, or a mask of another size, are refused
+    naming it, where numpy's IndexError named neither."""
+    from fewsam.errors import DataError
+
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise DataError(f"{name} has shape {mask.shape} but the image {tuple(shape)}; give the mask of this slice")
+    if mask.dtype.kind == "f" and not np.array_equal(mask, np.round(mask)):
+        raise DataError(f"{name} must hold class indices (0 background, 1, 2, ...), not fractions such as "
+                        f"{mask[mask != np.round(mask)].flat[0]:g}; threshold probabilities first")
+    return mask.astype(np.int64) if mask.dtype.kind in "fb" else mask
 
 
 def save_overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None, path: Path) -> Path:
