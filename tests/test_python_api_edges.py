@@ -343,3 +343,27 @@ def test_an_overlay_takes_a_label_map_read_as_floats_and_names_a_shape_mismatch(
     with pytest.raises(FewsamError, match="pred must hold class indices"):
         save_overlay(image, SQUARE * 0.5, None, tmp_path / "d.png")
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()
+
+
+# --- evaluate on folders that hold no predictions of the split ------------------------------------------
+
+def _renamed(pred: Path, prefix: str) -> Path:
+    """``pred`` with every prediction renamed, as another dataset's cases would be."""
+    for path in list(pred.rglob("*.png")):
+        path.rename(path.with_name(prefix + path.name))
+    return pred
+
+
+@pytest.mark.parametrize("make_pred, told", [
+    (lambda tmp, pred: tmp / "missing", "does not exist; run `fewsam predict` first"),
+    (lambda tmp, pred: (tmp / "empty").mkdir() or tmp / "empty", "is empty; predict this split into it first"),
+    (lambda tmp, pred: pred / "img" / "c1.png", "is a file; give the prediction folder"),
+    (lambda tmp, pred: _renamed(pred, "patient_"), "holds none of this split's predictions"),
+])
+def test_evaluate_on_a_folder_that_holds_no_predictions_of_the_split_says_what_it_holds(graded, tmp_path, make_pred,
+                                                                                        told):
+    """Predictions of another dataset or split, or named by another tool, are told apart from a missing
+    or empty folder, so the user knows which to fix."""
+    root, pred = graded
+    with pytest.raises(FewsamError, match=told):
+        evaluate(make_pred(tmp_path, pred), root, "test", show_progress=False)
