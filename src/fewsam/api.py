@@ -5,6 +5,7 @@
 
     fit("fewshot", FitOptions(data="data/acdc", run="runs/fs3", labeled_cases=3), FewShotConfig())
     predict("runs/fs3", "data/acdc", "pred/fs3", split="test.list")
+    evaluate("pred/fs3", "data/acdc", split="test.list")["mean"]["dice"]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 
 from fewsam import __version__
 from fewsam.cache import EMBED_LOG, EmbeddingCache
+from fewsam.compare import compare_runs
 from fewsam.config import (DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions, checked_arguments, field_default,
                            listed, option_name)
 from fewsam.data import open_dataset
@@ -24,21 +26,26 @@ from fewsam.devices import check_device
 from fewsam.distributed import ddp
 from fewsam.embedded import embed_cases
 from fewsam.errors import DataError, FewsamError, Stopped
+from fewsam.evaluate import evaluate
 from fewsam.fitting import open_fit, recorded_path, run_record
 from fewsam.inference import kept_line
 from fewsam.methods import Method, get_method
 from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import check_cache_folder, check_run_outside_data, predict
-from fewsam.progress import (command_line, command_log, host_line, log_to, notices, notices_collected, record,
-                             record_in_newest, say_once)
+from fewsam.progress import (command_line, command_log, host_line, log_to, notices, record, record_in_newest,
+                             say_once, with_own_notices)
+from fewsam.report import write_group_report
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
 
-__all__ = ["FitOptions", "embed_dataset", "fit", "predict"]
+# every command's function: evaluate, compare and report are imported here for a notebook's one import line
+__all__ = ["FitOptions", "TrainResult", "compare_runs", "embed_dataset", "evaluate", "fit", "predict",
+           "write_group_report"]
 
 
 @checked_arguments
+@with_own_notices
 def embed_dataset(data: str | Path, split: str | None = None, model_name: str = "litemedsam",
                   checkpoint: str | Path | None = None, cache_root: str | Path = DEFAULT_CACHE, device: str = "cpu",
                   show_progress: bool = True, precision: str = DEFAULT_PRECISION, ray: str | None = None,
@@ -76,6 +83,8 @@ def _all_case_ids(dataset) -> list[str]:
     return list(seen)
 
 
+@checked_arguments
+@with_own_notices
 def fit(method: str, options: FitOptions, config: Config | None = None) -> TrainResult:
     """Fit ``method`` into ``options.run`` (resumed when it holds the same run; a run that finished is
     left as it is and its outcome read back, ``already_finished``); ``config`` None takes the
@@ -88,8 +97,7 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     if spec.fit is not None and spec.needs_sam(cfg):  # the same checks as ``fewsam fit``: nothing in the data
         check_cache_folder(options.cache, options.data)
     check_run_outside_data(options.run, options.data)
-    # notices_collected: the run's log lists this fit's notices, not those of earlier fits in the process
-    with notices_collected(), ddp.distributed_fit(options) as options:  # under torchrun: this rank's device
+    with ddp.distributed_fit(options) as options:  # under torchrun: this rank's device
         if spec.fit is None:
             return _record_only(spec, options, cfg)
         # Locked before the data is opened: a second fit is refused at once (under torchrun rank 0

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fewsam.config import checked_arguments
 from fewsam.errors import DataError
 from fewsam.metrics import CI_METRICS, METRICS, wilcoxon_compare
 
@@ -116,6 +117,7 @@ def per_case_scores(result: dict[str, Any], metric: str = "dice") -> dict[str, f
     return scores
 
 
+@checked_arguments
 def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_comparisons: int = 1) -> dict[str, Any]:
     """Wilcoxon signed-rank of per-case ``metric`` of A vs B, on the cases both runs scored.
 

@@ -12,6 +12,7 @@ records ``asdict`` of it, so the three cannot disagree. Limits and choices are c
 from __future__ import annotations
 
 import contextvars
+import difflib
 import functools
 import inspect
 import math
@@ -181,12 +182,42 @@ def checked_arguments(function: Entry) -> Entry:
 
     @functools.wraps(function)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        for name, value in signature.bind(*args, **kwargs).arguments.items():
+        bound = bound_arguments(signature, args, kwargs, function.__name__)
+        for name, value in bound.arguments.items():
             if name in kinds and not _allowed(value, kinds[name]):
                 raise ConfigError(f"{function.__name__}: {name} must be {_described(kinds[name])}, not {value!r}")
-        return function(*args, **kwargs)
+            if name in kinds and "Path" in kinds[name]:
+                bound.arguments[name] = home_expanded(value)
+        return function(*bound.args, **bound.kwargs)
 
     return checked  # type: ignore[return-value]
+
+
+def home_expanded(path: Any) -> Any:
+    """``path`` with a leading ``~`` made the home folder, as the shell and the command line
+    (``cli.expand_home``) do; any other value as it is. A Python caller's "~/runs/fs" made a folder
+    named "~" in the working folder, where the data "~/data" was found at home."""
+    if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith("~"):
+        return os.path.expanduser(path) if isinstance(path, str) else Path(path).expanduser()
+    return path
+
+
+def bound_arguments(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    name: str) -> inspect.BoundArguments:
+    """``args`` and ``kwargs`` bound to ``signature`` (of the entry point or config class ``name``); a keyword
+    it does not take, one it needs and lacks, or too many positional arguments is one ConfigError naming the
+    argument, the nearest name it does take (``labelled_cases``: ``labeled_cases``) and all of them, where
+    Python's TypeError named none of them."""
+    try:
+        return signature.bind(*args, **kwargs)
+    except TypeError as err:
+        takes = ", ".join(signature.parameters)
+        unknown = next((key for key in kwargs if key not in signature.parameters), None)
+        if unknown is None:
+            raise ConfigError(f"{name}: {err}; it takes {takes}") from None
+        nearest = difflib.get_close_matches(unknown, list(signature.parameters), n=1, cutoff=0.6)
+        hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+        raise ConfigError(f"{name} has no argument {unknown!r}{hint}; it takes {takes}") from None
 
 
 def _annotation_parts(annotation: Any) -> list[str] | None:
@@ -248,17 +279,42 @@ def _check_limits(name: str, meta: Any, value: Any) -> None:
         raise ConfigError(f"{name} must be greater than {meta['above']}, not {value}")
 
 
+# Folders typed as text whose leading "~" is the home folder, as for the fields typed Path; not --cache,
+# whose default "~/.cache/fewsam" is kept as written (the cache expands it) so that it reads as the default.
+HOME_TEXT_FIELDS = ("teacher",)
+
+def _as_declared(f: Any, value: Any) -> Any:
+    """``value`` of field ``f`` as the rest of fewsam reads it: a Path given for a text field (a list file as
+    --val-split, a cache folder) as its text, which config.json records and a resumed fit compares (a Path
+    there was a TypeError from json); a leading "~" of a path the home folder (``home_expanded``)."""
+    declared = declared_type(f).removesuffix(" | None")
+    if declared == "str" and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return home_expanded(value) if declared == "Path" or f.name in HOME_TEXT_FIELDS else value
+
+
 # True while a config is read back from a run folder (``Config.from_json``): see ``Config.check_together``.
 _READING_RECORD: contextvars.ContextVar[bool] = contextvars.ContextVar("reading_record", default=False)
 
 
+class _CheckedCall(type):
+    """Making a config (``FitOptions(labelled_cases=1)``) refuses arguments it does not take naming them
+    (``bound_arguments``), where the dataclass's own ``__init__`` raised a TypeError naming none of its
+    options. On the call, not in ``__new__``: unpickling and copying make the object without arguments."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        bound_arguments(_init_signature(cls), args, kwargs, cls.__name__)
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass(frozen=True)
-class Config:
+class Config(metaclass=_CheckedCall):
     """Base of every config dataclass: validates each field against its ``option`` limits."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f, getattr(self, f.name))
+            object.__setattr__(self, f.name, _as_declared(f, getattr(self, f.name)))
         if not _READING_RECORD.get():
             self.check_together()
 
@@ -283,6 +339,13 @@ class Config:
         finally:
             _READING_RECORD.reset(reading)
 
+
+
+@functools.cache
+def _init_signature(cls: type) -> inspect.Signature:
+    """The arguments config class ``cls`` takes: its dataclass ``__init__``'s, less ``self``."""
+    signature = inspect.signature(cls.__init__)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 @dataclass(frozen=True)

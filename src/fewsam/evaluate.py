@@ -8,12 +8,13 @@ knows its spacing and in pixels otherwise, and the JSON says which.
 from __future__ import annotations
 
 import math
+import os
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from fewsam.compare import read_evaluation
-from fewsam.config import listed
+from fewsam.config import checked_arguments, listed
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.data.readers.common import files_below
@@ -31,6 +32,7 @@ from fewsam.progress import tracked
 DEFAULT_ALPHA, DEFAULT_ES_MODE = 1.0, "sum"  # FairSeg's equity scaling
 
 
+@checked_arguments
 def evaluate(
     pred: str | Path,
     data: str | Path,
@@ -60,6 +62,9 @@ def evaluate(
     if es_mode not in ("sum", "std"):
         raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
     check_alpha(alpha)
+    if n_boot < 1:  # 0 draws gave no interval without a word, fewer a ValueError from numpy
+        raise DataError(f"n_boot must be at least 1, not {n_boot}: the bootstrap resamples that many times for "
+                        "the confidence intervals (default 1000)")
     check_grouping(group_by, bins, alpha=alpha, es_mode=es_mode, attributes=attributes)
     explicit = resolve_bins(group_by, bins) if group_by else None
     binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None
@@ -97,7 +102,7 @@ def evaluate(
                       missing_group_cases=[r["case"] for r in records if r["group"] is None],
                       per_class_equity=per_class_equity(result, alpha, es_mode))
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
-    result["split"] = split or DEFAULT_SPLIT
+    result["split"] = os.fspath(split) if split else DEFAULT_SPLIT  # a list file's Path: its path, as JSON
     return result
 
 

@@ -39,8 +39,10 @@ def resolve_bins(column: str, bins: str | Bins | None) -> Bins | None:
     """``--bins`` for ``column``: parsed, and refused when it names another column."""
     if bins is None or isinstance(bins, Bins):
         parsed = bins
-    else:
+    elif isinstance(bins, str):
         parsed = parse_bins(bins)
+    else:  # edges alone name no column: the parser's AttributeError named nothing the caller gave
+        raise FewsamError(f"--bins must be text such as '{column}:EDGE[,EDGE...]' (or a Bins), not {bins!r}")
     if parsed is not None and parsed.column != column:
         raise FewsamError(f"--bins names column {parsed.column!r} but the group column is {column!r}; "
                           f"write --bins {column}:EDGE[,EDGE...]")

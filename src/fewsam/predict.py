@@ -33,7 +33,7 @@ from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.models.precision import FP32, EncoderPrecision, check_precision_name, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
-from fewsam.progress import command_log, record, tracked
+from fewsam.progress import command_log, record, tracked, with_own_notices
 from fewsam.runs import MASK_CODING, check_run
 
 PREDICT_LOG = "predict.log"  # beside the predictions: the command, host, notices and progress that made them
@@ -52,6 +52,7 @@ def load_run_model(config: dict, device: str) -> SamModel:
 
 
 @checked_arguments
+@with_own_notices
 def predict(
     run_dir: str | Path,
     data: str | Path,

@@ -14,6 +14,7 @@ showed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
 import sys
@@ -171,6 +172,21 @@ def notices_collected() -> Iterator[None]:
         yield
     finally:
         _asked.remove(asked)
+
+
+Work = TypeVar("Work", bound=Callable[..., Any])
+
+
+def with_own_notices(function: Work) -> Work:
+    """``function`` (a fit, a prediction, an embedding) run inside ``notices_collected``, from its first
+    check on: its log lists the notices it was given, also those said before it opened the log (an option
+    it does not read), and not those of earlier work in the process (a U-Net fit's before a prediction)."""
+    @functools.wraps(function)
+    def collected(*args: Any, **kwargs: Any) -> Any:
+        with notices_collected():
+            return function(*args, **kwargs)
+
+    return collected  # type: ignore[return-value]
 
 
 def notices() -> list[str]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from fewsam.atomic import atomic_write_bytes, check_folder_path, staged_folder
+from fewsam.config import checked_arguments, home_expanded
 
 log = logging.getLogger("fewsam")
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [240, 200, 40],
@@ -21,6 +24,8 @@ PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [24
 def overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
     """(H, W, 3) uint8: prediction as translucent fill, ground truth (if any) as white contours."""
     grey = image if image.ndim == 2 else image.mean(axis=-1)
+    pred = _class_indices(pred, "pred", grey.shape)
+    label = None if label is None else _class_indices(label, "label", grey.shape)
     lo, hi = float(grey.min()), float(grey.max())
     base = ((grey - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
     rgb = np.repeat(base[..., None], 3, axis=-1).astype(np.float32)
@@ -31,6 +36,21 @@ def overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None = None
         edges = label != ndimage.grey_erosion(label, size=3)
         rgb[edges & (label > 0)] = 255
     return rgb.astype(np.uint8)
+
+
+def _class_indices(mask: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``mask`` as integer class indices of the image's ``shape``: a label map read as floats (nibabel's
+    get_fdata) is taken as the whole numbers it holds; probabilities, or a mask of another size, are refused
+    naming it, where numpy's IndexError named neither."""
+    from fewsam.errors import DataError
+
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise DataError(f"{name} has shape {mask.shape} but the image {tuple(shape)}; give the mask of this slice")
+    if mask.dtype.kind == "f" and not np.array_equal(mask, np.round(mask)):
+        raise DataError(f"{name} must hold class indices (0 background, 1, 2, ...), not fractions such as "
+                        f"{mask[mask != np.round(mask)].flat[0]:g}; threshold probabilities first")
+    return mask.astype(np.int64) if mask.dtype.kind in "fb" else mask
 
 
 def save_overlay(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None, path: Path) -> Path:
@@ -57,6 +77,7 @@ INTRO = (
 PLOTS = "group_dice*.png"  # the report's plots: group_dice.png and group_dice_<class>.png
 
 
+@checked_arguments
 def write_group_report(evaluations: list[str | Path], out_dir: str | Path, labels: list[str] | None = None,
                        title: str = "fewsam group report", overwrite: bool = False) -> dict[str, Path]:
     """report.md + report.html (+ PNG plots) from one or more ``fewsam evaluate`` JSONs.
@@ -70,6 +91,7 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     from fewsam.compare import read_evaluation, refuse_one_file_twice
     from fewsam.errors import DataError
 
+    evaluations = [home_expanded(path) for path in evaluation_paths(evaluations)]
     refuse_one_file_twice(*evaluations)
     if labels is not None:
         _check_labels(labels, len(evaluations))
@@ -87,11 +109,33 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     return {"markdown": out / "report.md", "html": out / "report.html"}
 
 
-def _check_labels(labels: list[str], n: int) -> None:
-    """One distinct, non-empty name per evaluation: the report's tables, legends and "B vs A" rows
-    tell the runs apart by these names alone."""
+def evaluation_paths(evaluations: Any) -> list[str | os.PathLike]:
+    """The paths of a list, tuple or other iterable (``Path.glob``'s generator, read once) of at least one
+    path: one path as text was read letter by letter ("cannot read evaluation /"), a Path alone could not be
+    unpacked, a generator was used up before the report read it, and an empty list wrote a report of nothing."""
     from fewsam.errors import DataError
 
+    what = "evaluations must be a list of evaluation JSON paths (`fewsam evaluate --json` writes them)"
+    if isinstance(evaluations, (str, os.PathLike)):
+        raise DataError(f"{what}, not one path: [{str(evaluations)!r}]")
+    paths = list(evaluations) if isinstance(evaluations, Iterable) and not isinstance(evaluations, dict) else None
+    if paths is None or not all(isinstance(path, (str, os.PathLike)) for path in paths):
+        shown = repr(evaluations)
+        raise DataError(f"{what}, not {shown if len(shown) <= 80 else shown[:77] + '...'}")
+    if not paths:
+        raise DataError("evaluations names no evaluation; give at least one evaluation JSON path")
+    return paths
+
+
+def _check_labels(labels: Any, n: int) -> None:
+    """One distinct, non-empty name per evaluation: the report's tables, legends and "B vs A" rows
+    tell the runs apart by these names alone. A list: ``"A,B"``, the text of --labels, was counted as
+    three names, one per character."""
+    from fewsam.errors import DataError
+
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(name, str) for name in labels):
+        shown = [part.strip() for part in labels.split(",")] if isinstance(labels, str) else ["A", "B"][:n]
+        raise DataError(f"labels must be a list of names, one per evaluation ({shown!r}), not {labels!r}")
     if len(labels) != n:
         raise DataError(f"--labels gives {len(labels)} names for {n} evaluations")
     if not all(labels):

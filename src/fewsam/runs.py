@@ -325,6 +325,11 @@ def _hash_arrays(digest: Any, name: str, image: Any, label: Any) -> None:
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """RUN/config.json as a dict that names its method; a clear error for anything else."""
     path = Path(run_dir) / CONFIG
+    if Path(run_dir).is_file():  # its config.json or a checkpoint, given for the folder that holds it
+        folder = Path(run_dir).parent
+        if (folder / CONFIG).is_file():
+            raise RunError(f"{run_dir} is a file of the run folder {folder}; give that folder")
+        raise RunError(f"{run_dir} is a file, not a run folder; give the folder `fewsam fit` wrote")
     if not path.exists():
         raise RunError(f"{run_dir} is not a fewsam run folder (no {CONFIG}); run `fewsam fit ...` first")
     config, problem = _parsed_config(path)

@@ -108,6 +108,10 @@ class TrainTask(Protocol):
 
 @dataclass
 class TrainResult:
+    """What ``fewsam.api.fit`` returns: the best validation score (the mean Dice over the validation volumes
+    that selected the kept weights; NaN for a method that trains nothing) and its step, the steps the run has
+    completed, the seconds this call spent in the training loop, and whether the run had finished before."""
+
     best_score: float
     best_step: int
     steps_run: int

@@ -99,9 +99,9 @@ _loaded: dict[str, Method] = {}
 
 def get_method(name: str | None) -> Method:
     """The registered method ``name`` (its module imported on first use); a clear error otherwise."""
-    if name in _loaded:
+    if isinstance(name, str) and name in _loaded:
         return _loaded[name]
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         raise FewsamError(f"unknown method {name!r}; fewsam knows {', '.join(REGISTRY)}")
     method = import_module(REGISTRY[name][0]).METHOD
     _loaded[name] = method

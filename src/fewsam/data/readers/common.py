@@ -93,6 +93,7 @@ class IndexedDataset:
         self.tables.append(table)
 
     def split(self, name: str) -> list[str]:
+        name = os.fspath(name)  # a list file given as a Path (the Python API's split, val_split) is its path
         if name == "all":
             ids = list(self.entries)
         elif name in self.splits:

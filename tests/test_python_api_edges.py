@@ -1,0 +1,369 @@
+"""The Python API as a notebook user calls it: a misspelled keyword, an argument of the wrong kind, a single
+path where a list is read, or a folder of the wrong kind each end in one FewsamError naming the argument and
+what to give, before anything is written; and what the entry points return is plain data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_png_cases
+from fewsam.api import FitOptions, fit, predict
+from fewsam.compare import compare_runs
+from fewsam.errors import FewsamError
+from fewsam.evaluate import evaluate
+from fewsam.methods.fewshot import FewShotConfig
+from fewsam.report import write_group_report
+
+TWO_STEPS = FewShotConfig(steps=2, batch_size=1, views=1, test_mirroring=False, sam_refinement=False)
+SQUARE = np.zeros((16, 16), np.uint8)
+SQUARE[4:12, 4:12] = 1
+
+
+def fit_options(data: Path, run: Path, **given) -> FitOptions:
+    """A 2-step-fit's options on ``data`` in fp32 (no encoder conversion), cache beside the run."""
+    return FitOptions(**{"data": data, "run": run, "labeled_slices": 1, "cache": str(run.parent / "cache"),
+                         "show_progress": False, "precision": "fp32", **given})
+
+
+@pytest.fixture
+def graded(tmp_path) -> tuple[Path, Path]:
+    """A PNG folder of 6 cases in two groups (column "sex") and a prediction folder for its "test" split."""
+    smaller = np.zeros_like(SQUARE)
+    smaller[4:8, 4:8] = 1
+    cases = {f"c{i}": ({"sex": "F" if i % 2 else "M"}, SQUARE if i % 3 else smaller) for i in range(6)}
+    (tmp_path / "png").mkdir()
+    return write_png_cases(tmp_path / "png", SQUARE, cases)
+
+
+@pytest.fixture
+def two_evaluations(graded, tmp_path) -> tuple[Path, Path]:
+    """Two evaluation JSONs of the graded predictions (grouped by sex, and not grouped)."""
+    root, pred = graded
+    paths = tmp_path / "grouped.json", tmp_path / "plain.json"
+    paths[0].write_text(json.dumps(evaluate(pred, root, "test", "sex", show_progress=False, n_boot=20)))
+    paths[1].write_text(json.dumps(evaluate(pred, root, "test", show_progress=False)))
+    return paths
+
+
+# --- a misspelled or missing argument -----------------------------------------------------------
+
+@pytest.mark.parametrize("call, named", [
+    (lambda p: FitOptions(data=p, run=p / "run", labelled_cases=1), "'labelled_cases' (did you mean 'labeled_cases'"),
+    (lambda p: FitOptions(data=p, labeled_cases=1), "'run'"),
+    (lambda p: FewShotConfig(step=2), "'step' (did you mean 'steps'"),
+    (lambda p: predict(p / "run", p, p / "pred", cache=p / "cache"), "'cache' (did you mean 'cache_root'"),
+    (lambda p: evaluate(p / "pred", p, groupby="sex"), "'groupby' (did you mean 'group_by'"),
+    (lambda p: compare_runs(p / "a.json", p / "b.json", n_comparison=3), "(did you mean 'n_comparisons'"),
+    (lambda p: write_group_report([p / "a.json"], p / "report", label=["a"]), "(did you mean 'labels'"),
+    (lambda p: fit("fewshot", FitOptions(data=p, run=p / "run", labeled_cases=1), steps=2), "'steps'"),
+])
+def test_a_misspelled_or_missing_argument_is_named_with_the_nearest_one(tmp_path, call, named):
+    """Python's own TypeError ("unexpected keyword argument") names neither the function's spelling (American
+    ``labeled``, ``cache_root`` beside FitOptions' ``cache``) nor what the function does take."""
+    with pytest.raises(FewsamError, match="takes") as raised:
+        call(tmp_path)
+    assert named in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- an argument of the wrong kind ---------------------------------------------------------------
+
+@pytest.mark.parametrize("call, named", [
+    (lambda root, pred, evals, out: evaluate(None, root, "test"), "pred must be a path, not None"),
+    (lambda root, pred, evals, out: evaluate([pred], root, "test"), "pred must be a path"),
+    (lambda root, pred, evals, out: evaluate(pred, root, 1), "split must be text or None, not 1"),
+    (lambda root, pred, evals, out: evaluate(pred, root, "test", group_by=1), "group_by must be text or None"),
+    (lambda root, pred, evals, out: evaluate(pred, root, "test", "sex", alpha="1"), "alpha must be a number"),
+    (lambda root, pred, evals, out: evaluate(pred, root, "test", "sex", n_boot="10"), "n_boot must be a whole"),
+    (lambda root, pred, evals, out: evaluate(pred, root, "test", "sex", n_boot=10.5), "n_boot must be a whole"),
+    (lambda root, pred, evals, out: evaluate(pred, root, "test", "sex", attributes=[root]), "attributes must be"),
+    (lambda root, pred, evals, out: compare_runs(None, evals[1]), "a must be a path, not None"),
+    (lambda root, pred, evals, out: compare_runs(json.loads(evals[0].read_text()), evals[1]), "a must be a path"),
+    (lambda root, pred, evals, out: compare_runs(*evals, n_comparisons="3"), "n_comparisons must be a whole"),
+    (lambda root, pred, evals, out: compare_runs(*evals, n_comparisons=2.5), "n_comparisons must be a whole"),
+    (lambda root, pred, evals, out: write_group_report(list(evals), None), "out_dir must be a path, not None"),
+    (lambda root, pred, evals, out: write_group_report(list(evals), out, title=None), "title must be text"),
+    (lambda root, pred, evals, out: write_group_report(list(evals), out, overwrite="no"), "overwrite must be True"),
+    (lambda root, pred, evals, out: fit(["fewshot"], FitOptions(data=root, run=out, labeled_cases=1)),
+     "method must be text"),
+])
+def test_an_argument_of_the_wrong_kind_is_named_before_anything_is_written(graded, two_evaluations, tmp_path,
+                                                                            call, named):
+    """None for a path, a list for a split, text for a number: a TypeError or AttributeError from pathlib,
+    numpy or a string method, raised half-way, named none of the caller's arguments."""
+    root, pred = graded
+    with pytest.raises(FewsamError, match=named):
+        call(root, pred, two_evaluations, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --- one path where a list is read, and lists of the wrong things --------------------------------
+
+@pytest.mark.parametrize("given, named", [
+    (lambda evals: str(evals[0]), "evaluations must be a list of evaluation JSON paths"),
+    (lambda evals: evals[0], "evaluations must be a list of evaluation JSON paths"),
+    (lambda evals: [], "evaluations names no evaluation"),
+    (lambda evals: [json.loads(p.read_text()) for p in evals], "evaluations must be a list of evaluation JSON"),
+    (lambda evals: [evals[0], None], "evaluations must be a list of evaluation JSON"),
+])
+def test_the_report_takes_a_list_of_evaluation_paths_and_says_so(two_evaluations, tmp_path, given, named):
+    """One path as a string was read as a list of one-letter paths ("cannot read evaluation /"); a Path was a
+    TypeError from unpacking it; an empty list wrote a report of nothing."""
+    with pytest.raises(FewsamError, match=named):
+        write_group_report(given(two_evaluations), tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_report_labels_are_a_list_not_the_command_lines_comma_text(two_evaluations, tmp_path):
+    """``labels="A,B"`` (the spelling of ``--labels``) was counted as three names, one per character."""
+    with pytest.raises(FewsamError, match=r"labels must be a list of names, one per evaluation \(\['A', 'B'\]"):
+        write_group_report(list(two_evaluations), tmp_path / "report", labels="A,B")
+    assert not (tmp_path / "report").exists()
+    written = write_group_report(list(two_evaluations), tmp_path / "report", labels=("A", "B"))
+    assert "| A |" in written["markdown"].read_text()
+
+
+@pytest.mark.parametrize("n_boot", [0, -1])
+def test_evaluate_refuses_a_bootstrap_of_no_draws(graded, n_boot):
+    """0 draws gave no confidence interval without a word; -1 a ValueError from numpy."""
+    root, pred = graded
+    with pytest.raises(FewsamError, match=f"n_boot must be at least 1, not {n_boot}"):
+        evaluate(pred, root, "test", "sex", show_progress=False, n_boot=n_boot)
+
+
+def test_evaluate_names_bins_given_as_a_list(graded):
+    """Bins are the text of --bins ("age:60") or a Bins: a list of edges was an AttributeError from the parser."""
+    root, pred = graded
+    with pytest.raises(FewsamError, match="bins must be text such as 'sex:EDGE"):
+        evaluate(pred, root, "test", "sex", show_progress=False, bins=[25, 30])
+
+
+def test_a_run_whose_method_is_not_a_name_is_refused_naming_it(tmp_path):
+    """A hand-edited config.json holding a list as its method was an unhashable-type TypeError."""
+    from fewsam.methods import get_method
+
+    with pytest.raises(FewsamError, match=r"unknown method \['fewshot'\]"):
+        get_method(["fewshot"])
+
+
+# --- ~ in paths ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """$HOME at tmp_path/home and the working folder elsewhere, so a literal "~" folder would show."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    return tmp_path / "home"
+
+
+def test_fit_and_predict_read_a_leading_tilde_as_the_home_folder(tiny_sam_phantom, home, tmp_path):
+    """As the command line does (``cli.expand_home``): "~/runs/fs" made a folder named "~" in the working
+    folder, and config.json recorded the data as <cwd>/~/data, while the data itself was found at home."""
+    (home / "data").symlink_to(tiny_sam_phantom)
+    fit("fewshot", fit_options(Path("~/data"), Path("~/run"), cache="~/cache"), TWO_STEPS)
+    assert (home / "run" / "checkpoint_best.pt").is_file()
+    config = json.loads((home / "run" / "config.json").read_text())
+    assert config["data"] == str(tiny_sam_phantom.resolve())
+    written = predict("~/run", "~/data", "~/pred", cache_root="~/cache", show_progress=False, precision="fp32")
+    assert [p.parent for p in written] == [home / "pred"]
+    assert evaluate("~/pred", "~/data", show_progress=False)["n_cases"] == 1
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_compare_and_report_read_a_leading_tilde_as_the_home_folder(two_evaluations, home, tmp_path):
+    for path in two_evaluations:
+        (home / path.name).write_text(path.read_text())
+    assert compare_runs("~/grouped.json", "~/plain.json")["n_cases"] == 6
+    written = write_group_report(["~/grouped.json", "~/plain.json"], "~/report")
+    assert written["html"] == home / "report" / "report.html" and written["html"].is_file()
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+# --- notices: said once per process, written to the log of each piece of work they concern ------------
+
+def test_each_fit_log_names_the_options_its_method_does_not_read(tiny_sam_phantom, tmp_path):
+    """One FitOptions shared by the arms of a study: a U-Net fit given --cache says it is unused. The notice
+    was said before the fit began collecting its own, so no fit.log held it, the first fit's included."""
+    from fewsam.methods.supervised import SupervisedConfig
+
+    for run in ("first", "second"):
+        fit("supervised", fit_options(tiny_sam_phantom, tmp_path / run), SupervisedConfig(steps=2, image_size=32))
+        log = (tmp_path / run / "fit.log").read_text()
+        assert "--cache is not used" in log, log
+
+
+def test_a_prediction_log_holds_its_own_notices_not_those_of_earlier_fits(tiny_sam_phantom, tmp_path):
+    """predict.log listed every notice said in the process so far: after a U-Net fit, a few-shot
+    prediction's log said "U-Net student in fp32", which it never ran."""
+    from fewsam.methods.supervised import SupervisedConfig
+
+    fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "fewshot"), TWO_STEPS)
+    fit("supervised", fit_options(tiny_sam_phantom, tmp_path / "unet"), SupervisedConfig(steps=2, image_size=32))
+    for out in ("pred_a", "pred_b"):
+        predict(tmp_path / "fewshot", tiny_sam_phantom, tmp_path / out, cache_root=tmp_path / "cache",
+                show_progress=False, precision="fp32")
+        log = (tmp_path / out / "predict.log").read_text()
+        assert "U-Net student" not in log and "--cache is not used" not in log, log
+        assert "prompt decoder in fp32" in log, log  # its own notice, in each log though said once
+
+
+# --- folders of the wrong kind --------------------------------------------------------------------
+
+def test_predict_given_a_file_of_the_run_names_the_run_folder(tiny_sam_phantom, tmp_path):
+    """A run's config.json or checkpoint given as the run was "config.json is not a fewsam run folder (no
+    config.json)", which contradicts itself and hides that the folder above it is the run."""
+    fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "run"), TWO_STEPS)
+    for name in ("config.json", "checkpoint_best.pt"):
+        with pytest.raises(FewsamError, match=f"is a file of the run folder {tmp_path / 'run'}; give that folder"):
+            predict(tmp_path / "run" / name, tiny_sam_phantom, tmp_path / "pred")
+    with pytest.raises(FewsamError, match="is a file, not a run folder; give the folder `fewsam fit` wrote"):
+        predict(tiny_sam_phantom / "dataset.json", tiny_sam_phantom, tmp_path / "pred")
+    assert not (tmp_path / "pred").exists()
+
+
+# --- the README's example, and what the functions return -------------------------------------------
+
+def test_the_readme_python_example_runs_from_one_import(tiny_sam_phantom, tmp_path, monkeypatch):
+    """The README's Python block, on a tiny ACDC folder (2 steps, 1 labelled case): evaluate, compare and
+    report were not in ``fewsam.api``, the module the README imports every command from."""
+    import re
+
+    from conftest import write_tiny_acdc
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    root = write_tiny_acdc(tmp_path / "data" / "acdc", ["patient010_frame01"])
+    (root / "test.list").write_text("patient010_frame01\n")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default cache, ~/.cache/fewsam, inside tmp_path
+    monkeypatch.chdir(tmp_path)
+    block = block.replace("labeled_cases=3", "labeled_cases=1").replace("FewShotConfig()", repr(TWO_STEPS))
+    exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "pred" / "fewshot3" / "patient010_frame01.h5").is_file()
+    import fewsam.api
+
+    assert {"evaluate", "compare_runs", "write_group_report"} <= set(fewsam.api.__all__)
+
+
+def test_what_the_entry_points_return_is_plain_data(two_evaluations, tmp_path):
+    """An evaluation and a comparison are the JSON the command line writes (strict JSON: no NaN)."""
+    from dataclasses import asdict
+
+    from fewsam.train import TrainResult
+
+    comparison = compare_runs(*two_evaluations)
+    assert json.loads(json.dumps(comparison, allow_nan=False)) == comparison
+    evaluation = json.loads(two_evaluations[0].read_text())
+    assert {"mean", "per_class", "cases", "groups", "es_dice"} <= set(evaluation)
+    assert json.dumps(asdict(TrainResult(0.5, 2, 2, 1.0)))
+
+
+def test_a_list_file_given_as_a_path_object_is_a_split(tiny_sam_phantom, tmp_path):
+    """Splits are names or list files, and the type check takes a Path for them: it then ended in
+    "'PosixPath' object has no attribute 'endswith'" (fit, predict, embed), and evaluate's result held the
+    Path, which json.dumps refuses."""
+    from fewsam.api import embed_dataset
+
+    cases = tmp_path / "val_cases.list"
+    cases.write_text("phantom_002\n")
+    fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "run", val_split=cases), TWO_STEPS)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["val_split"] == str(cases)
+    predict(tmp_path / "run", tiny_sam_phantom, tmp_path / "pred", split=cases, cache_root=tmp_path / "cache",
+            show_progress=False, precision="fp32")
+    result = evaluate(tmp_path / "pred", tiny_sam_phantom, split=cases, show_progress=False)
+    assert json.loads(json.dumps(result))["split"] == str(cases) and result["n_cases"] == 1
+    assert embed_dataset(tiny_sam_phantom, split=cases, cache_root=tmp_path / "cache", show_progress=False,
+                         precision="fp32")["cases"] == 1
+    again = fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "run", val_split=cases, cache=tmp_path / "cache"),
+                TWO_STEPS)
+    assert again.already_finished  # config.json compared with the same options: a Path was a json TypeError
+
+
+# --- Ctrl-C in a notebook, then the same call again ---------------------------------------------------
+
+def test_a_fit_interrupted_in_a_notebook_resumes_in_the_same_process_to_the_same_weights(
+        tiny_sam_phantom, tmp_path, monkeypatch):
+    """KeyboardInterrupt caught by the caller (a notebook cell stopped): the run folder's lock is released, its
+    log says so, and the same call resumes from the last checkpoint to the weights of an uninterrupted fit."""
+    import torch
+
+    import fewsam.train
+
+    steps = FewShotConfig(steps=4, batch_size=1, val_every=2, views=1, test_mirroring=False, sam_refinement=False)
+    log_step = fewsam.train._log
+
+    def interrupted_at_step_3(run_dir, entry):
+        if entry.get("step") == 3:
+            raise KeyboardInterrupt
+        log_step(run_dir, entry)
+
+    monkeypatch.setattr(fewsam.train, "_log", interrupted_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)
+    monkeypatch.setattr(fewsam.train, "_log", log_step)
+    resumed = fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)
+    fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "straight"), steps)
+    assert resumed.steps_run == 4 and not resumed.already_finished
+    log = (tmp_path / "stopped" / "fit.log").read_text()
+    assert "interrupted; the same command resumes" in log and "resumed at step 2 of 4" in log
+    a, b = (torch.load(tmp_path / run / "checkpoint_best.pt", weights_only=True)["module"]
+            for run in ("stopped", "straight"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_report_reads_the_evaluations_of_a_glob(two_evaluations, tmp_path):
+    """``Path.glob`` gives a generator: it was used up by the check for one file given twice, and the report
+    then held no run at all."""
+    written = write_group_report(sorted(tmp_path.glob("*.json")).__iter__(), tmp_path / "report")
+    markdown = written["markdown"].read_text()
+    assert "| grouped |" in markdown and "| plain |" in markdown
+    assert write_group_report(tmp_path.glob("grouped.json"), tmp_path / "one")["html"].is_file()
+
+
+# --- overlays of arrays read by other tools -----------------------------------------------------------
+
+def test_an_overlay_takes_a_label_map_read_as_floats_and_names_a_shape_mismatch(tmp_path):
+    """nibabel's get_fdata() gives label maps as float64: the overlay was an IndexError ("arrays used as
+    indices must be of integer type"), and a prediction of another size one about a boolean index."""
+    from PIL import Image
+
+    from fewsam.report import save_overlay
+
+    image = np.random.default_rng(0).random((16, 16))
+    written = save_overlay(image, SQUARE.astype(np.float64), SQUARE.astype(np.float64), tmp_path / "a.png")
+    assert np.array_equal(np.asarray(Image.open(written)), np.asarray(Image.open(
+        save_overlay(image, SQUARE, SQUARE, tmp_path / "b.png"))))
+    with pytest.raises(FewsamError, match=r"pred has shape \(8, 8\) but the image \(16, 16\)"):
+        save_overlay(image, SQUARE[:8, :8], None, tmp_path / "c.png")
+    with pytest.raises(FewsamError, match="pred must hold class indices"):
+        save_overlay(image, SQUARE * 0.5, None, tmp_path / "d.png")
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()
+
+
+# --- evaluate on folders that hold no predictions of the split ------------------------------------------
+
+def _renamed(pred: Path, prefix: str) -> Path:
+    """``pred`` with every prediction renamed, as another dataset's cases would be."""
+    for path in list(pred.rglob("*.png")):
+        path.rename(path.with_name(prefix + path.name))
+    return pred
+
+
+@pytest.mark.parametrize("make_pred, told", [
+    (lambda tmp, pred: tmp / "missing", "does not exist; run `fewsam predict` first"),
+    (lambda tmp, pred: (tmp / "empty").mkdir() or tmp / "empty", "is empty; predict this split into it first"),
+    (lambda tmp, pred: pred / "img" / "c1.png", "is a file; give the prediction folder"),
+    (lambda tmp, pred: _renamed(pred, "patient_"), "holds none of this split's predictions"),
+])
+def test_evaluate_on_a_folder_that_holds_no_predictions_of_the_split_says_what_it_holds(graded, tmp_path, make_pred,
+                                                                                        told):
+    """Predictions of another dataset or split, or named by another tool, are told apart from a missing
+    or empty folder, so the user knows which to fix."""
+    root, pred = graded
+    with pytest.raises(FewsamError, match=told):
+        evaluate(make_pred(tmp_path, pred), root, "test", show_progress=False)
