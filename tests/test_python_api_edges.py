@@ -82,7 +82,8 @@ def test_a_misspelled_or_missing_argument_is_named_with_the_nearest_one(tmp_path
     (lambda root, pred, evals, out: evaluate(pred, root, "test", "sex", n_boot=10.5), "n_boot must be a whole"),
     (lambda root, pred, evals, out: evaluate(pred, root, "test", "sex", attributes=[root]), "attributes must be"),
     (lambda root, pred, evals, out: compare_runs(None, evals[1]), "a must be a path, not None"),
-    (lambda root, pred, evals, out: compare_runs(json.loads(evals[0].read_text()), evals[1]), "a must be a path"),
+    (lambda root, pred, evals, out: compare_runs(json.loads(evals[0].read_text(encoding="utf-8")), evals[1]),
+     "a must be a path"),
     (lambda root, pred, evals, out: compare_runs(*evals, n_comparisons="3"), "n_comparisons must be a whole"),
     (lambda root, pred, evals, out: compare_runs(*evals, n_comparisons=2.5), "n_comparisons must be a whole"),
     (lambda root, pred, evals, out: write_group_report(list(evals), None), "out_dir must be a path, not None"),
@@ -107,7 +108,8 @@ def test_an_argument_of_the_wrong_kind_is_named_before_anything_is_written(grade
     (lambda evals: str(evals[0]), "evaluations must be a list of evaluation JSON paths"),
     (lambda evals: evals[0], "evaluations must be a list of evaluation JSON paths"),
     (lambda evals: [], "evaluations names no evaluation"),
-    (lambda evals: [json.loads(p.read_text()) for p in evals], "evaluations must be a list of evaluation JSON"),
+    (lambda evals: [json.loads(p.read_text(encoding="utf-8")) for p in evals],
+     "evaluations must be a list of evaluation JSON"),
     (lambda evals: [evals[0], None], "evaluations must be a list of evaluation JSON"),
 ])
 def test_the_report_takes_a_list_of_evaluation_paths_and_says_so(two_evaluations, tmp_path, given, named):
@@ -124,7 +126,7 @@ def test_the_report_labels_are_a_list_not_the_command_lines_comma_text(two_evalu
         write_group_report(list(two_evaluations), tmp_path / "report", labels="A,B")
     assert not (tmp_path / "report").exists()
     written = write_group_report(list(two_evaluations), tmp_path / "report", labels=("A", "B"))
-    assert "| A |" in written["markdown"].read_text()
+    assert "| A |" in written["markdown"].read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("n_boot", [0, -1])
@@ -168,7 +170,7 @@ def test_fit_and_predict_read_a_leading_tilde_as_the_home_folder(tiny_sam_phanto
     (home / "data").symlink_to(tiny_sam_phantom)
     fit("fewshot", fit_options(Path("~/data"), Path("~/run"), cache="~/cache"), TWO_STEPS)
     assert (home / "run" / "checkpoint_best.pt").is_file()
-    config = json.loads((home / "run" / "config.json").read_text())
+    config = json.loads((home / "run" / "config.json").read_text(encoding="utf-8"))
     assert config["data"] == str(tiny_sam_phantom.resolve())
     written = predict("~/run", "~/data", "~/pred", cache_root="~/cache", show_progress=False, precision="fp32")
     assert [p.parent for p in written] == [home / "pred"]
@@ -178,7 +180,7 @@ def test_fit_and_predict_read_a_leading_tilde_as_the_home_folder(tiny_sam_phanto
 
 def test_compare_and_report_read_a_leading_tilde_as_the_home_folder(two_evaluations, home, tmp_path):
     for path in two_evaluations:
-        (home / path.name).write_text(path.read_text())
+        (home / path.name).write_text(path.read_text(encoding="utf-8"))
     assert compare_runs("~/grouped.json", "~/plain.json")["n_cases"] == 6
     written = write_group_report(["~/grouped.json", "~/plain.json"], "~/report")
     assert written["html"] == home / "report" / "report.html" and written["html"].is_file()
@@ -194,7 +196,7 @@ def test_each_fit_log_names_the_options_its_method_does_not_read(tiny_sam_phanto
 
     for run in ("first", "second"):
         fit("supervised", fit_options(tiny_sam_phantom, tmp_path / run), SupervisedConfig(steps=2, image_size=32))
-        log = (tmp_path / run / "fit.log").read_text()
+        log = (tmp_path / run / "fit.log").read_text(encoding="utf-8")
         assert "--cache is not used" in log, log
 
 
@@ -208,7 +210,7 @@ def test_a_prediction_log_holds_its_own_notices_not_those_of_earlier_fits(tiny_s
     for out in ("pred_a", "pred_b"):
         predict(tmp_path / "fewshot", tiny_sam_phantom, tmp_path / out, cache_root=tmp_path / "cache",
                 show_progress=False, precision="fp32")
-        log = (tmp_path / out / "predict.log").read_text()
+        log = (tmp_path / out / "predict.log").read_text(encoding="utf-8")
         assert "U-Net student" not in log and "--cache is not used" not in log, log
         assert "prompt decoder in fp32" in log, log  # its own notice, in each log though said once
 
@@ -236,7 +238,7 @@ def test_the_readme_python_example_runs_from_one_import(tiny_sam_phantom, tmp_pa
 
     from conftest import write_tiny_acdc
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
     root = write_tiny_acdc(tmp_path / "data" / "acdc", ["patient010_frame01"])
     (root / "test.list").write_text("patient010_frame01\n")
@@ -258,7 +260,7 @@ def test_what_the_entry_points_return_is_plain_data(two_evaluations, tmp_path):
 
     comparison = compare_runs(*two_evaluations)
     assert json.loads(json.dumps(comparison, allow_nan=False)) == comparison
-    evaluation = json.loads(two_evaluations[0].read_text())
+    evaluation = json.loads(two_evaluations[0].read_text(encoding="utf-8"))
     assert {"mean", "per_class", "cases", "groups", "es_dice"} <= set(evaluation)
     assert json.dumps(asdict(TrainResult(0.5, 2, 2, 1.0)))
 
@@ -272,7 +274,7 @@ def test_a_list_file_given_as_a_path_object_is_a_split(tiny_sam_phantom, tmp_pat
     cases = tmp_path / "val_cases.list"
     cases.write_text("phantom_002\n")
     fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "run", val_split=cases), TWO_STEPS)
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["val_split"] == str(cases)
+    assert json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))["val_split"] == str(cases)
     predict(tmp_path / "run", tiny_sam_phantom, tmp_path / "pred", split=cases, cache_root=tmp_path / "cache",
             show_progress=False, precision="fp32")
     result = evaluate(tmp_path / "pred", tiny_sam_phantom, split=cases, show_progress=False)
@@ -309,7 +311,7 @@ def test_a_fit_interrupted_in_a_notebook_resumes_in_the_same_process_to_the_same
     resumed = fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)
     fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "straight"), steps)
     assert resumed.steps_run == 4 and not resumed.already_finished
-    log = (tmp_path / "stopped" / "fit.log").read_text()
+    log = (tmp_path / "stopped" / "fit.log").read_text(encoding="utf-8")
     assert "interrupted; the same command resumes" in log and "resumed at step 2 of 4" in log
     a, b = (torch.load(tmp_path / run / "checkpoint_best.pt", weights_only=True)["module"]
             for run in ("stopped", "straight"))
@@ -320,7 +322,7 @@ def test_the_report_reads_the_evaluations_of_a_glob(two_evaluations, tmp_path):
     """``Path.glob`` gives a generator: it was used up by the check for one file given twice, and the report
     then held no run at all."""
     written = write_group_report(sorted(tmp_path.glob("*.json")).__iter__(), tmp_path / "report")
-    markdown = written["markdown"].read_text()
+    markdown = written["markdown"].read_text(encoding="utf-8")
     assert "| grouped |" in markdown and "| plain |" in markdown
     assert write_group_report(tmp_path.glob("grouped.json"), tmp_path / "one")["html"].is_file()
 
