@@ -42,3 +42,24 @@ def test_predict_on_ray_converts_an_openvino_encoder_once_on_the_driver(tiny_sam
     predict(run, tiny_sam_phantom, tmp_path / "pred", cache_root=tmp_path / "cache", precision="fp32-openvino",
             ray="local", show_progress=False)
     assert sent == ["local"] and prepared == ["openvino"]
+
+
+def test_a_busi_named_folder_without_pathologies_is_split_by_the_general_rule(tmp_path):
+    """docs/data.md: BUSI's split by pathology applies where the data names the pathologies; a flat folder
+    of ``X.png`` + ``X_mask.png`` under a path naming BUSI gets every 5th image in "val" like any other."""
+    from PIL import Image
+
+    from fewsam.data import open_dataset
+
+    root = tmp_path / "busi_subset"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 32), dtype=np.uint8)).save(root / f"x{i}.png")
+        mask = np.zeros((24, 32), np.uint8)
+        mask[8:16, 10:20] = 255
+        Image.fromarray(mask).save(root / f"x{i}_mask.png")
+    dataset = open_dataset(root)
+    assert dataset.class_map.names == {1: "lesion"}  # still read in BUSI's coding
+    assert dataset.split("val") == ["x4"]
+    assert dataset.split("train") == ["x0", "x1", "x2", "x3", "x5"]
