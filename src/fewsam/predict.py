@@ -103,6 +103,8 @@ def predict(
                                      _refinement_chosen(run_dir, config, cache_root, encoder, device,
                                                         show_progress))
     if ray is not None:
+        if not pixels_only or refined:
+            prepare_encoder_for_workers(config, cache_root, encoder, device)
         return _predict_on_ray(ray, ray_workers, run_dir, data, out, case_ids, cache_root, encoder, device,
                                overwrite, show_progress, refined, pixels_only and not refined)
     predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
@@ -160,6 +162,15 @@ def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: Emb
     check_pixels(case, _source_file(dataset, case_id))
     pred = predictor.predict_case(case, [] if cache is None else CaseSlices(case, cache, device))
     return write_prediction(case, pred, staging).relative_to(staging)
+
+
+def prepare_encoder_for_workers(config: dict, cache_root: str | Path, encoder: EncoderPrecision,
+                                device: str) -> None:
+    """Convert an OpenVINO encoder once, on the driver, before the Ray workers start: they then read
+    the IR it leaves beside the cache, as ``embed --ray``'s do, instead of each converting it at the
+    same time into the same folder. The PyTorch encoder needs nothing, so its model is not loaded here."""
+    if encoder.backend != "torch":
+        EmbeddingCache(cache_root, load_run_model(config, device), encoder).prepare_encoder()
 
 
 def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str | Path, out: Path,

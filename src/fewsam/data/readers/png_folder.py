@@ -43,8 +43,9 @@ JPEG masks are lossy (compression blurs 0/255 into 0-30 and 225-255): each of th
 read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the midpoint 128
 (said once per dataset via the "fewsam" logger). classes.json ranges replace that rounding.
 
-Splits: the index's ``split`` column when present (multisite: train/test, no val). BUSI:
-within each pathology, images sorted by number, the last 20% of benign and of malignant are
+Splits: the index's ``split`` column when present (multisite: train/test, no val). BUSI, where
+the data names each image's pathology (a column, or benign/, malignant/, normal/ folders): within
+each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
 and in "all" and "normal". Otherwise naturally sorted subjects (an index's patient column, else
 each image), every 5th to "val" with all its images (20%; at least one of two or more).
@@ -80,6 +81,7 @@ from fewsam.progress import say_once
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's names for JPEG files (MPO: a camera's multi-picture JPEG)
 IMAGE_DIRS = ("image", "images")
+BUSI_FOLDERS = ("benign", "malignant", "normal")  # the folders of the BUSI release, one per pathology
 MASK_DIRS = ("mask", "masks", "label", "labels")
 # A mask in a mask folder has the image's stem, or the stem plus one of these (x.png -> x_mask.png)
 MASK_STEM_SUFFIXES = ("", "_mask", "_seg", "_segmentation", "_label", "_gt")
@@ -618,7 +620,7 @@ def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]]
         for e in entries:
             splits.setdefault(by_path[e.case_id], []).append(e.case_id)
         return splits, False
-    if style.name != "busi":
+    if style.name != "busi" or not all(map(_pathology_named, entries)):
         return computed_splits(entries), True
     for e in entries:
         e.attributes.setdefault("pathology", _pathology(e))
@@ -628,6 +630,14 @@ def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]]
 def _pathology(entry: Entry) -> str:
     """A BUSI image's pathology: its index column, else its folder (benign/, malignant/, normal/)."""
     return str(entry.attributes.get("pathology") or PurePosixPath(entry.rel_path).parts[0])
+
+
+def _pathology_named(entry: Entry) -> bool:
+    """Whether the data names a BUSI image's pathology (an index column, or a benign/, malignant/ or
+    normal/ folder). A folder with BUSI's mask names and "busi" in its path may name none: taken by
+    pathology, each image was a group of its own and no image went to "val"."""
+    parts = PurePosixPath(entry.rel_path).parts
+    return bool(entry.attributes.get("pathology")) or (len(parts) > 1 and parts[0].lower() in BUSI_FOLDERS)
 
 
 def _split_from_path(rel_path: str) -> str:
