@@ -63,3 +63,42 @@ def test_a_busi_named_folder_without_pathologies_is_split_by_the_general_rule(tm
     assert dataset.class_map.names == {1: "lesion"}  # still read in BUSI's coding
     assert dataset.split("val") == ["x4"]
     assert dataset.split("train") == ["x0", "x1", "x2", "x3", "x5"]
+
+
+def _busi_folder(root: Path, counts: dict[str, int]) -> Path:
+    """BUSI's release layout: <pathology>/<pathology> (i).png + its _mask.png (normal images: empty masks)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, n in counts.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(1, n + 1):
+            name = f"{folder.lower()} ({i})"
+            Image.fromarray(rng.integers(0, 255, (24, 32), dtype=np.uint8)).save(root / folder / f"{name}.png")
+            mask = np.zeros((24, 32), np.uint8)
+            if folder.lower() != "normal":
+                mask[8:16, 10:20] = 255
+            Image.fromarray(mask).save(root / folder / f"{name}_mask.png")
+    return root
+
+
+def test_busi_folders_named_in_capitals_are_split_by_pathology(tmp_path):
+    """Benign/, Malignant/, Normal/ (as some copies of BUSI name them): the data was not taken for BUSI at
+    all, and its normal images (empty masks) went into "train" and "val" like lesions."""
+    from fewsam.data import open_dataset
+
+    dataset = open_dataset(_busi_folder(tmp_path / "BUSI", {"Benign": 5, "Malignant": 5, "Normal": 3}))
+    assert dataset.split("normal") == ["Normal/normal (1)", "Normal/normal (2)", "Normal/normal (3)"]
+    assert dataset.split("val") == ["Benign/benign (5)", "Malignant/malignant (5)"]
+    assert not any("ormal" in case for case in dataset.split("train"))
+
+
+def test_an_empty_busi_validation_split_names_busis_rule(tmp_path):
+    """One image per pathology leaves 'val' empty: the error explained a rule ("every 5th labelled subject")
+    that BUSI's folders do not follow."""
+    from fewsam.data import open_dataset
+    from fewsam.errors import DataError
+
+    dataset = open_dataset(_busi_folder(tmp_path / "busi", {"benign": 1, "malignant": 1}))
+    with pytest.raises(DataError, match=r"it holds the last 20% of each pathology's images \(at least one of two"):
+        dataset.split("val")

@@ -57,6 +57,9 @@ class Read:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+# How every reader draws a computed 'val' split (``deterministic_split``), in the words its errors use.
+VAL_RULE = "every 5th labelled subject (patient; at least one of two or more)"
+
 class IndexedDataset:
     """Base of all readers: implements the ``Dataset`` protocol over an index of ``Entry``.
 
@@ -80,6 +83,7 @@ class IndexedDataset:
         self.tables: list[AttributeTable] = []
         self.check_label_values = True
         self.computed_splits: tuple[str, ...] = ()  # splits fewsam made up (not named by the data)
+        self.val_rule = VAL_RULE  # how a computed 'val' split is drawn, for the error when it comes out empty
         self._aliases: dict[str, str | tuple[str, ...]] | None = None
 
     def __repr__(self) -> str:
@@ -108,8 +112,8 @@ class IndexedDataset:
                             "or a list file in that folder")
         if not ids and name == "val" and name in self.computed_splits:
             subjects = len({self.subject_of(case_id) for case_id in self.splits.get("train", [])})
-            raise DataError(f"split 'val' of {self.root} is empty: it holds every 5th labelled subject (patient; at "
-                            f"least one of two or more), and {self.root} has {subjects} labelled subject(s); label "
+            raise DataError(f"split 'val' of {self.root} is empty: it holds {self.val_rule}, and {self.root} has "
+                            f"{subjects} labelled subject(s); label "
                             "another, or give a list file of cases instead of 'val' (or 'train', to validate on the "
                             "training cases)")
         if not ids:

@@ -73,7 +73,7 @@ from PIL import Image, ImageOps
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         computed_splits, files_below, is_data_file, natural_key,
-                                        natural_sorted, path_below, read_json_object, rounded_float_label)
+                                        natural_sorted, path_below, read_json_object, rounded_float_label, VAL_RULE)
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -82,6 +82,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's names for JPEG files (MPO: a camera's multi-picture JPEG)
 IMAGE_DIRS = ("image", "images")
 BUSI_FOLDERS = ("benign", "malignant", "normal")  # the folders of the BUSI release, one per pathology
+BUSI_VAL_RULE = "the last 20% of each pathology's images (at least one of two or more; normal images in none)"
 MASK_DIRS = ("mask", "masks", "label", "labels")
 # A mask in a mask folder has the image's stem, or the stem plus one of these (x.png -> x_mask.png)
 MASK_STEM_SUFFIXES = ("", "_mask", "_seg", "_segmentation", "_label", "_gt")
@@ -152,8 +153,9 @@ class PngFolderDataset(IndexedDataset):
         self.style = read_style(root, task, rows, entries)
         super().__init__(root, self.style.class_map, entries)
         self.masks = {e.case_id: _mask_paths(root, row) for e, row in zip(entries, rows)}
-        self.splits, computed = _splits(entries, self.style)
-        self.computed_splits = ("train", "val") if computed else ()
+        self.splits, rule = _splits(entries, self.style)
+        self.computed_splits = ("train", "val") if rule else ()
+        self.val_rule = rule or self.val_rule
         self._lossy_noted = False
 
     def prediction_rel_path(self, entry: Entry) -> str:
@@ -372,7 +374,7 @@ def _values_in(paths: list[Path]) -> set[int]:
 
 
 def _looks_like_busi(root: Path, rows: list[dict[str, str]]) -> bool:
-    return any("pathology" in r for r in rows) or (root / "benign").is_dir()
+    return any("pathology" in r for r in rows) or any(p.is_dir() and p.name.lower() == "benign" for p in root.iterdir())
 
 
 def style_from_json(path: Path) -> PngStyle:
@@ -607,24 +609,24 @@ def _mask_paths(root: Path, row: dict[str, str]) -> list[Path]:
     return [root / m for m in _split_masks(row.get("masks", ""))]
 
 
-def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]], bool]:
-    """The splits, and whether fewsam computed them (rather than the data naming them)."""
+def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]], str | None]:
+    """The splits, and how fewsam drew 'val' where it computed them (None: the data names them)."""
     if any(e.attributes.get("split") for e in entries):
         splits: dict[str, list[str]] = {}
         for e in entries:
             splits.setdefault(str(e.attributes.get("split") or "none"), []).append(e.case_id)
-        return splits, False
+        return splits, None
     by_path = {e.case_id: _split_from_path(e.rel_path) for e in entries}
     if all(by_path.values()):
         splits = {}
         for e in entries:
             splits.setdefault(by_path[e.case_id], []).append(e.case_id)
-        return splits, False
+        return splits, None
     if style.name != "busi" or not all(map(_pathology_named, entries)):
-        return computed_splits(entries), True
+        return computed_splits(entries), VAL_RULE
     for e in entries:
         e.attributes.setdefault("pathology", _pathology(e))
-    return computed_splits(entries, rule=_busi_splits), True
+    return computed_splits(entries, rule=_busi_splits), BUSI_VAL_RULE
 
 
 def _pathology(entry: Entry) -> str:
@@ -653,7 +655,7 @@ def _busi_splits(entries: list[Entry]) -> dict[str, list[str]]:
     splits: dict[str, list[str]] = {"train": [], "val": []}
     for pathology, ids in sorted(groups.items()):
         ids = sorted(ids, key=natural_key)
-        if pathology == "normal":
+        if pathology.lower() == "normal":
             splits["normal"] = ids
             continue
         n_val = max(1, round(0.2 * len(ids))) if len(ids) > 1 else 0
