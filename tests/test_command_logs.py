@@ -71,8 +71,8 @@ def test_a_command_log_says_how_the_command_ended(tmp_path, error, told):
 
 
 def test_a_log_file_that_cannot_be_written_is_said_once_and_the_work_goes_on(tmp_path, caplog):
-    """A full disk under a long embed: every progress line printed logging's "--- Logging error ---" and a
-    traceback on the terminal."""
+    """A full disk under a long embed called from Python: every progress line printed logging's "--- Logging
+    error ---" and a traceback (the command line hides those, and then said nothing of the lost log)."""
     import errno
     import logging
 
