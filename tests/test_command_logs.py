@@ -91,3 +91,20 @@ def test_a_log_file_that_cannot_be_written_is_said_once_and_the_work_goes_on(tmp
     told = [m for m in caplog.messages if "could not write to the log file" in m]
     assert told == [f"could not write to the log file {path} ([Errno 28] No space left on device); the work goes on "
                     "without it"]
+
+
+def test_each_log_names_the_decoder_path_its_own_work_took(tmp_path, monkeypatch):
+    """A prediction under bf16 autocast, then one in fp32, in one process (a notebook, the test suite): the
+    second's log said "prompt decoder under bf16 autocast", the first path said in the process."""
+    from torch import nn
+
+    from fewsam import progress
+    from fewsam.models.acceleration import BF16_AUTOCAST, FP32_FAST, prepare_decoder
+
+    monkeypatch.setattr(progress, "_said", {})
+    for name, acceleration in (("bf16", BF16_AUTOCAST), ("fp32", FP32_FAST)):
+        with progress.notices_collected(), progress.command_log(tmp_path / f"{name}.log", "predict"):
+            prepare_decoder(nn.Linear(2, 2), acceleration)
+    assert "prompt decoder under bf16 autocast" in read(tmp_path / "bf16.log")
+    fp32 = read(tmp_path / "fp32.log")
+    assert "prompt decoder in fp32" in fp32 and "bf16" not in fp32.split("host:")[1].split("\n", 1)[1]

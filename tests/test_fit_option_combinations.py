@@ -223,8 +223,8 @@ def test_a_python_caller_giving_none_or_the_wrong_kind_for_an_option_gets_one_er
 
 def test_options_that_take_none_or_paths_still_do():
     options = FitOptions(run="r", data=None, cache=Path("c"), val_split=Path("val.list"), checkpoint=None)
-    assert options.data is None and options.cache == Path("c")
-    assert DistillConfig(teacher=Path("t"), cavity_rule=None).teacher == Path("t")
+    assert options.data is None and options.cache == "c"  # a text option given a Path is recorded as its text
+    assert DistillConfig(teacher=Path("t"), cavity_rule=None).teacher == "t"
 
 
 # --- help ---------------------------------------------------------------------------------------------

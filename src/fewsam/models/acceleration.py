@@ -115,8 +115,10 @@ def _chosen(acceleration: Acceleration, why: str) -> Acceleration:
 
 
 def _say_path(module: str, how: str, acceleration: Acceleration) -> None:
+    """Said once per module and path: a second fit or prediction in the process on another path (bf16
+    autocast, then fp32) says its own, where one key per module repeated the first path into its log."""
     why = f" ({acceleration.reason})" if acceleration.reason else ""
-    say_once(f"{module} {how}{why}", key=f"acceleration-{module}")
+    say_once(f"{module} {how}{why}", key=f"acceleration-{module}-{how}")
 
 
 def prepare_student(module: nn.Module, acceleration: Acceleration) -> nn.Module:
