@@ -35,16 +35,22 @@ def _subset(tmp_path):
     return root
 
 
+@pytest.fixture(scope="module")
+def acdc(tmp_path_factory):
+    """The subset, and one embedding cache both fits share: the encoder is converted and their labelled views
+    and validation slices are encoded once (the two tests check the methods, not the encoder's paths)."""
+    root = tmp_path_factory.mktemp("acdc_subset")
+    return _subset(root), str(root / "cache")
+
+
 @pytest.mark.slow
-def test_fewshot_on_real_acdc_slices(tmp_path):
-    data = _subset(tmp_path)
-    opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=str(tmp_path / "cache"),
-                      show_progress=False)
+def test_fewshot_on_real_acdc_slices(acdc, tmp_path):
+    data, cache = acdc
+    opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=cache, show_progress=False)
     result = fit("fewshot", opts, FewShotConfig(steps=30, lr=3e-4, ema=0.0, val_every=15, views=2, batch_size=4,
                                                       test_mirroring=False, sam_refinement=False))
     assert 0.0 <= result.best_score <= 1.0
-    written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", tmp_path / "cache",
-                      show_progress=False)
+    written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", cache, show_progress=False)
     assert [p.name for p in written] == [f"{VAL}.h5"]
     with h5py.File(written[0]) as f, h5py.File(data / "data" / f"{VAL}.h5") as g:
         assert f["pred"].shape == g["label"].shape and set(np.unique(f["pred"][:])) <= {0, 1, 2, 3}
@@ -55,19 +61,17 @@ def test_fewshot_on_real_acdc_slices(tmp_path):
 
 
 @pytest.mark.slow
-def test_fewmatch_on_real_acdc_slices(tmp_path):
+def test_fewmatch_on_real_acdc_slices(acdc, tmp_path):
     """The semi-supervised decoder on real slices: the unlabelled patient joins after the warm-up,
     and the heart is still found."""
-    data = _subset(tmp_path)
-    opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=str(tmp_path / "cache"),
-                      show_progress=False, precision="fp32")
+    data, cache = acdc
+    opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=cache, show_progress=False)
     cfg = FewMatchConfig(steps=30, ema=0.0, val_every=15, views=2, batch_size=4, warmup_steps=10, ramp_steps=5,
                          unlabeled_batch=2, test_mirroring=False, sam_refinement=False)
     result = fit("fewmatch", opts, cfg)
-    log = [json.loads(line) for line in (tmp_path / "run" / "fit_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "run" / "fit_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in log if "loss_u" in r][0] == 11
-    written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", tmp_path / "cache",
-                      show_progress=False, precision="fp32")
+    written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", cache, show_progress=False)
     report = evaluate(tmp_path / "pred", data, "val.list", show_progress=False)
     assert 0.0 <= result.best_score <= 1.0 and len(written) == 1
     assert report["per_class"]["LV"]["dice"] > 0.5, json.dumps(report["per_class"])
