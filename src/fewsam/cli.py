@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 from typer.core import TyperGroup
 
 from fewsam.allocator import ALLOCATOR_TUNING
-from fewsam.config import FitOptions, cli_fields, field_default, flag_name
+from fewsam.config import _CLI_NAMES, FitOptions, cli_fields, cli_names, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.devices import check_device
 from fewsam.errors import (FewsamError, Stopped, disk_full_message, is_disk_full, is_not_permitted, is_out_of_memory,
@@ -74,9 +74,12 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+def _root(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                        help="Print fewsam's version and exit.")) -> None:
     """Label-efficient and fair Segment Anything for medical images."""
+    token = cli_names()  # messages name options by their flags while the command runs
+    ctx.call_on_close(lambda: _CLI_NAMES.reset(token))
 
 
 def default_is(help: str, default: str) -> str:

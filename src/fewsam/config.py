@@ -78,8 +78,21 @@ def listed(names: Sequence[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
+# True while the command line runs a command (``cli_names``): messages then name a field by its flag
+# (``--out``); a Python caller wrote ``FitOptions(run=...)`` and is told ``run``.
+_CLI_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("cli_names", default=False)
+
+
+def cli_names() -> contextvars.Token:
+    """Name fields by their CLI flags in this context (until ``_CLI_NAMES.reset(token)``)."""
+    return _CLI_NAMES.set(True)
+
+
 def option_name(f: Any) -> str:
-    """How the user names field ``f``: its CLI flag (``--no-sam`` style flags: the field name)."""
+    """How the user names field ``f``: on the command line its flag (``--no-sam`` style flags: the first
+    spelling), from Python the field's own name."""
+    if not _CLI_NAMES.get():
+        return f.name
     flag = f.metadata.get("flag")
     return flag.split("/")[0] if flag else flag_name(f.name)
 
@@ -88,7 +101,7 @@ def given_option_name(f: Any, value: Any) -> str:
     """How the user spelled field ``f`` set to ``value``: ``--no-noisy`` for a switch turned off, else
     ``option_name``."""
     flag = f.metadata.get("flag")
-    if flag and "/" in flag and isinstance(value, bool):
+    if _CLI_NAMES.get() and flag and "/" in flag and isinstance(value, bool):
         on, off = flag.split("/")
         return on if value else off
     return option_name(f)
