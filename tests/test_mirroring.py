@@ -15,7 +15,8 @@ from fewsam.embedded import MIRROR_VIEWS, CaseSlices, dihedral, undo_dihedral
 from fewsam.inference import mirroring_choice
 from fewsam.methods.fewshot import FewShotPredictor, PrototypeDecoder, predict_mirrored, predict_slices
 from fewsam.models.precision import EncoderPrecision
-from fewsam.models.registry import load_model
+from fewsam.models.registry import _assemble
+from fewsam.models.sam import Preprocessing
 
 
 @given(st.integers(0, 7), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
@@ -93,7 +94,14 @@ def test_subject_names_must_match_the_volume_scores():
 
 @pytest.fixture(scope="module")
 def lite():
-    return load_model("litemedsam")
+    """A SAM whose encoder is one strided convolution with random weights: like LiteMedSAM's, its
+    embeddings of a mirrored image are not the mirrored embeddings (what these tests need), at a
+    thousandth of the cost of encoding sixteen views."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Conv2d(3, 256, kernel_size=4, stride=4, bias=False)
+    with torch.no_grad():  # zero-mean filters: the channels follow the image's texture, not its brightness
+        encoder.weight -= encoder.weight.mean(dim=(1, 2, 3), keepdim=True)
+    return _assemble("asymmetric", encoder, Preprocessing(256, "unit"))
 
 
 def _case(image: np.ndarray, label: np.ndarray | None = None) -> Case:

@@ -327,14 +327,15 @@ def test_encoder_parity_on_real_slices(tmp_path):
 
     images, model = acdc_slices(), load_model("litemedsam")
     ref = EmbeddingCache(tmp_path, model).embed(images)
-    for requested in ("fp32-openvino", "auto"):
-        compiled = EmbeddingCache(tmp_path, model, resolve_precision(requested)).embed(images)
-        assert float(cosines(ref, compiled).min()) >= 0.999, requested
+    bounds = {"fp32-openvino": ("min", 0.999), "auto": ("min", 0.999)}
     if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
-        mixed = EmbeddingCache(tmp_path, model, resolve_precision("mixed-openvino")).embed(images)
-        assert float(cosines(ref, mixed).min()) >= 0.999
-        bf16 = EmbeddingCache(tmp_path, model, resolve_precision("bf16-openvino")).embed(images)
-        assert float(cosines(ref, bf16).mean()) >= 0.998
+        bounds.update({"mixed-openvino": ("min", 0.999), "bf16-openvino": ("mean", 0.998)})
+    encoded: dict = {}  # "auto" is one of the others on every host: that encoder is compiled and run once
+    for requested, (reduce, bound) in bounds.items():
+        precision = resolve_precision(requested)
+        if precision not in encoded:
+            encoded[precision] = EmbeddingCache(tmp_path, model, precision).embed(images)
+        assert float(getattr(cosines(ref, encoded[precision]), reduce)()) >= bound, requested
 
 
 def small_tiny_vit():
