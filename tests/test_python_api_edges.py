@@ -369,3 +369,32 @@ def test_evaluate_on_a_folder_that_holds_no_predictions_of_the_split_says_what_i
     root, pred = graded
     with pytest.raises(FewsamError, match=told):
         evaluate(make_pred(tmp_path, pred), root, "test", show_progress=False)
+
+
+# --- notices reach a Python caller who set up no logging ---------------------------------------------
+
+NOTEBOOK = """
+import io, logging, sys
+from fewsam.progress import say_once
+sys.stderr = first = io.StringIO()  # a notebook swaps the stream after fewsam is imported
+say_once("a notice for the notebook")
+logging.basicConfig(stream=(configured := io.StringIO()), format="ROOT %(message)s")
+sys.stderr = second = io.StringIO()
+say_once("a notice for the configured application")
+sys.__stdout__.write(repr([first.getvalue(), second.getvalue(), configured.getvalue()]))
+"""
+
+
+def test_notices_reach_a_python_caller_without_logging_and_once_with_it():
+    """From Python, fewsam's notices (the encoder chosen, an option left unused) were dropped unless the
+    caller had configured logging: a notebook user read none of them. Now they go to the stderr of the
+    moment, and once the application has its own logging, only there (not twice)."""
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    out = subprocess.run([sys.executable, "-c", NOTEBOOK], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}).stdout
+    first, second, configured = eval(out)  # noqa: S307 (the script's own repr of three strings)
+    assert first == "a notice for the notebook\n"
+    assert second == "" and configured == "ROOT a notice for the configured application\n"

@@ -30,6 +30,7 @@ from fewsam.errors import (FewsamError, Stopped, disk_full_message, is_disk_full
                            not_permitted_message, out_of_memory_message)
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
+from fewsam.progress import PYTHON_CALLER_NOTICES
 
 _STARTED = time.perf_counter()
 
@@ -584,6 +585,7 @@ def _show_notes() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("fewsam")
+    logger.removeHandler(PYTHON_CALLER_NOTICES)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 

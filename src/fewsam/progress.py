@@ -36,6 +36,26 @@ EVENTS.propagate = False
 _open_logs: list[logging.Handler] = []  # the files of the active ``log_to`` blocks
 
 
+class _NoticesForPythonCallers(logging.StreamHandler):
+    """fewsam's notices on stderr for a Python caller who set up no logging (a notebook, a script): logging
+    would drop them (they are INFO), and a notebook user would never read which encoder was chosen or that an
+    option goes unused. Silent once the application has handlers of its own on the root logger (they get the
+    notices by propagation); the command line puts its own in its place (``cli._show_notes``). The stream is
+    looked up at each notice: a notebook or a test may swap ``sys.stderr`` after fewsam is imported."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:
+            return
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+PYTHON_CALLER_NOTICES = _NoticesForPythonCallers()
+PYTHON_CALLER_NOTICES.setFormatter(logging.Formatter("%(message)s"))
+NOTICES.addHandler(PYTHON_CALLER_NOTICES)
+NOTICES.setLevel(logging.INFO)
+
+
 class _LogFile(logging.FileHandler):
     """A log file that, once a write fails (the disk filled up, the folder went away), says so once and
     writes no more: the work goes on, where logging's default would print a traceback for every line."""
