@@ -415,11 +415,22 @@ def _decode_nifti(case: Case, path: Path) -> np.ndarray:
 def _on_case_grid(case: Case, image: Any, path: Path) -> Any:
     """A prediction another tool saved in another orientation (RAS, say) than its image, turned onto
     the image's voxel grid as a label is (``on_image_grid``): read voxel for voxel, it was scored
-    mirrored or transposed without a word."""
-    affine, header = case.meta.get("affine"), case.meta.get("header")
-    if affine is None or header is None:  # DICOM: predictions are written on the series' geometry
-        return image
-    return on_image_grid(image, Grid(tuple(header.get_data_shape()), affine), path, "prediction")
+    mirrored or transposed without a word. A DICOM series' grid is its origin, spacing and direction
+    (a NIfTI of an axial series that a RAS pipeline saved is mirrored in x and y against it)."""
+    grid = _case_grid(case)
+    return image if grid is None else on_image_grid(image, grid, path, "prediction")
+
+
+def _case_grid(case: Case) -> Grid | None:
+    """The voxel grid of ``case``'s image in NIfTI terms (shape along x, y, z and affine), None where
+    the case keeps no geometry."""
+    meta = case.meta
+    if meta.get("affine") is not None and meta.get("header") is not None:
+        return Grid(tuple(meta["header"].get_data_shape()), meta["affine"])
+    if case.format == "dicom" and all(meta.get(k) is not None for k in ("origin", "spacing", "direction")):
+        depth, height, width = case.image.shape[:3]
+        return Grid((width, height, depth), itk_volume.ras_affine(meta["origin"], meta["spacing"], meta["direction"]))
+    return None
 
 
 PNG_PREDICTION_ADVICE = ("a PNG prediction holds the dataset's own mask coding, as `fewsam predict` writes it: "

@@ -195,6 +195,7 @@ def read_series(folder: Path) -> sitk.Image:
         raise DataError(f"cannot read the DICOM series in {folder}: {itk_message(err)}") from None
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
+    image = _one_multi_frame_volume(image)
     if image.GetDimension() != 3 or image.GetDepth() != expected_slices(names):
         raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
@@ -203,6 +204,15 @@ def read_series(folder: Path) -> sitk.Image:
     if image.GetDepth() == 1:
         x, y, _ = image.GetSpacing()
         image.SetSpacing((x, y, single_slice_thickness(reader, folder)))
+    return image
+
+
+def _one_multi_frame_volume(image: sitk.Image) -> sitk.Image:
+    """A series of one multi-frame file (an enhanced MR or CT export, a legacy multi-frame file) as
+    its volume: ITK's series reader stacks the file's 3D volume into a 4D image of one volume, which
+    was refused as not stacking, although the file holds the whole series with its geometry."""
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        return image[:, :, :, 0]
     return image
 
 

@@ -269,9 +269,16 @@ ANISOTROPY = 1.5  # how much thicker than z a voxel axis must be to become the s
 
 
 def _zooms(img: Any) -> list[float]:
-    """The header's x, y, z voxel sizes in mm (1.0 where the file has fewer axes)."""
+    """The header's x, y, z voxel sizes in mm (1.0 where the file has fewer axes), from the unit the
+    header names (``xyzt_units``): a file in micrometres (microscopy, small-animal scanners) or metres
+    holds its voxel sizes in that unit, which ITK, and so 3D Slicer and ITK-SNAP, turn into mm;
+    taken as mm, distances (HD95, ASD) came out 1000 times too large or small."""
+    scale = MM_PER_UNIT.get(str(img.header.get_xyzt_units()[0]), 1.0)
     # Headers store float32: 1.4 reads as 1.39999998; 7 significant digits give 1.4 back.
-    return ([float(f"{z:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3)[:3]
+    return ([float(f"{z * scale:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3)[:3]
+
+
+MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # nibabel's names of NIfTI's spatial units; mm and unknown: 1
 
 
 def slice_axis(shape: tuple[int, ...], zooms: list[float]) -> int:
