@@ -2,7 +2,8 @@
 
     root/<series>/*.dcm              series folders may nest (root/<patient>/<study>/<series>/),
     root/images/<series>/*.dcm       or sit under images/; .dcm files right in root are one case;
-                                     .dicom, .ima and unsuffixed files with the DICM marker count too
+                                     .dicom, .ima and unsuffixed files with the DICM marker count too;
+                                     a series may be one multi-frame file (enhanced MR / CT)
     root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid;
                                      also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation)
     root/classes.json                optional class names ({"1": "liver"}); else "class1", ...

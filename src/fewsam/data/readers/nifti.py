@@ -22,8 +22,9 @@ only, said once: SAM sees one greyscale channel; the three channel files of a da
 a colour PNG is, as their R, G, B values: NIfTI's RGB24 (and RGBA32) voxels, and ITK's RGB files
 (3 or 4 components on the 5th axis with a vector intent). Arrays are (D, H, W) = the NIfTI (x, y,
 z) array transposed to (z, y, x), without reorientation; spacing is the header zooms as (z, y, x)
-in mm. A volume whose thick voxel axis is x or y (a sagittal or coronal series stored that way) is
-cut along that axis instead (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane
+in mm (micrometres and metres, where the header names them, turned into mm as ITK does). A volume
+whose thick voxel axis is x or y (a sagittal or coronal series stored that way) is cut along that
+axis instead (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane
 axis. ``meta`` keeps the image's affine, header and slice axis so predictions are written back on
 the same voxel grid and orientation (a 2D image gets a 2D prediction). A 4D label of 0/1 volumes,
 one per class (one-hot, as MONAI pipelines write it), is read as class indices
