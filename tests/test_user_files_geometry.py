@@ -80,3 +80,35 @@ def test_voxel_sizes_a_header_gives_in_micrometres_or_metres_are_read_in_mm(tmp_
     written = nib.load(write_prediction(case, np.zeros((4, 5, 6), np.uint8), tmp_path / "pred"))
     np.testing.assert_allclose(written.affine, affine)
     assert written.header.get_xyzt_units()[0] == unit
+
+
+def _with_negative_x_size(nifti: nib.Nifti1Image) -> bytes:
+    """The file's bytes with pixdim[1] negative, as some older converters store a flipped x axis;
+    nibabel refuses to write it, so it is set in the bytes."""
+    data = bytearray(nifti.to_bytes())
+    offset = nib.Nifti1Header.template_dtype.fields["pixdim"][1] + 4
+    data[offset:offset + 4] = np.float32(-abs(nifti.header["pixdim"][1])).astype("<f4").tobytes()
+    return bytes(data)
+
+
+def test_a_prediction_keeps_a_negative_voxel_size_so_itk_viewers_overlay_it(tmp_path):
+    """nibabel reads pixdim[1] = -0.8 as 0.8, ITK (3D Slicer, ITK-SNAP) as a flipped x axis: the
+    prediction, written with 0.8, lay mirrored over its image there."""
+    affine = np.diag([0.8, 0.9, 3.0, 1.0])
+    affine[:3, 3] = (-5.0, 7.0, 2.0)
+    label = np.zeros((6, 5, 4), np.uint8)
+    label[:2, 1:3, 1:3] = 1
+    for folder, array in (("images", np.arange(120, dtype=np.float32).reshape(6, 5, 4)), ("labels", label)):
+        nifti = nib.Nifti1Image(array, affine)
+        nifti.header.set_sform(None, code=0)
+        nifti.header.set_qform(affine, code=1)
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "c1.nii").write_bytes(_with_negative_x_size(nifti))
+    case = open_dataset(tmp_path).load("c1")
+    path = write_prediction(case, case.label, tmp_path / "pred")
+    image, written = (sitk.ReadImage(str(p)) for p in (tmp_path / "images" / "c1.nii", path))
+    assert image.GetDirection()[0] == pytest.approx(1.0)  # ITK: x runs to the left (RAS x flipped)
+    np.testing.assert_allclose(np.concatenate(_geometry(written)), np.concatenate(_geometry(image)), atol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), label.transpose(2, 1, 0))
+    np.testing.assert_allclose(nib.load(path).affine, nib.load(tmp_path / "images" / "c1.nii").affine)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)

@@ -319,7 +319,20 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
     img.header.set_intent("none")  # a vector image's intent would call the class indices vector components
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+    data = _with_stored_pixdim(img.to_bytes(), img.header, case.meta.get("stored_pixdim"))
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def _with_stored_pixdim(data: bytes, header: Any, pixdim: tuple[float, ...] | None) -> bytes:
+    """The NIfTI bytes ``data`` with the voxel sizes its image stores where one is negative
+    (``negative_pixdim``): nibabel writes their absolute values, which ITK's viewers read as the
+    image mirrored. Set in the bytes, as nibabel refuses to write such a header."""
+    if not pixdim:
+        return data
+    field, offset = type(header).template_dtype.fields["pixdim"][:2]
+    values = np.asarray(pixdim, dtype=field.base.newbyteorder(header.endianness))
+    start = offset + field.base.itemsize  # pixdim[1]
+    return data[:start] + values.tobytes() + data[start + values.nbytes:]
 
 
 def _in_image_dims(array: np.ndarray, header: Any) -> np.ndarray:

@@ -164,7 +164,8 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
             image, dropped = _colour_from_channel_files(entry, image, axis), 0
         label = None if entry.label is None else _label_array(entry.label, axis, img)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
-                "slice_axis": axis, "itk": itk_geometry}
+                "slice_axis": axis, "itk": itk_geometry,
+                "stored_pixdim": None if itk_geometry else negative_pixdim(entry.image, img.header)}
         spacing = tuple(zooms[a] for a in slice_order(axis))
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
 
@@ -225,6 +226,24 @@ def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
     say_once(f"{path}: its name says {'gzip' if path.name.lower().endswith('.gz') else 'no'} compression and its "
              "content differs (a renamed file); it is read by its content", key="nifti-misnamed")
     return image, None
+
+
+def negative_pixdim(path: Path, header: Any) -> tuple[float, float, float] | None:
+    """The voxel sizes (pixdim[1..3]) as ``path`` stores them where one is negative, else None.
+
+    nibabel reads a negative size as its absolute value (and says so), while ITK, and so 3D Slicer
+    and ITK-SNAP, flips that axis: a prediction written with nibabel's positive sizes lay mirrored
+    over its image there; written back as stored, it lies where each tool puts its image."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            stored = type(header).from_fileobj(f, check=False)["pixdim"][1:4]
+    except (*NIFTI_ERRORS, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError):
+        return None
+    sizes = stored != 0  # nibabel reads a size of 0 as 1
+    # a misnamed file (``_by_content``) opened by its name gives bytes that are no header: other sizes
+    if not (stored < 0).any() or not np.allclose(np.abs(stored[sizes]), header["pixdim"][1:4][sizes]):
+        return None
+    return tuple(float(v) for v in stored)  # type: ignore[return-value]
 
 
 GZIP_MAGIC = b"\x1f\x8b"
