@@ -112,3 +112,20 @@ def test_a_prediction_keeps_a_negative_voxel_size_so_itk_viewers_overlay_it(tmp_
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), label.transpose(2, 1, 0))
     np.testing.assert_allclose(nib.load(path).affine, nib.load(tmp_path / "images" / "c1.nii").affine)
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+def test_a_2d_label_of_a_one_slice_series_is_read_pixel_for_pixel(tmp_path):
+    """The mask of an X-ray or of one MR slice, saved by a script as a 2D array: placed at its own z
+    (0) and spacing (1 mm), it missed the slice and was refused, as a 2D label of a 2D NIfTI is not."""
+    image, label = arrays(4, (1, 5, 7))
+    write_series(tmp_path / "mr1", image)  # one coronal slice at y = 5 mm, 0.7 x 0.8 mm pixels
+    (tmp_path / "labels").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(label[0]), str(tmp_path / "labels" / "mr1.nii.gz"))
+    nib.save(nib.Nifti1Image(label[0].T.copy(), np.eye(4)), tmp_path / "labels" / "mr2.nii.gz")
+    write_series(tmp_path / "mr2", image, uid="1.2.826.0.1.3680043.2.1125.8")
+    dataset = open_dataset(tmp_path)
+    for case_id in ("mr1", "mr2"):
+        np.testing.assert_array_equal(dataset.load(case_id).label, label)
+    sitk.WriteImage(sitk.GetImageFromArray(label[0, :4]), str(tmp_path / "labels" / "mr1.nii.gz"))
+    with pytest.raises(DataError, match="does not lie on its DICOM series"):
+        dataset.load("mr1")

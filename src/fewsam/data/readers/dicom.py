@@ -16,8 +16,8 @@ loaded, unless all but one are localizers (1 to 3 files each: left out, said). A
 series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else SpacingBetweenSlices, else
 1 mm, said). ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
-3D Slicer or ITK-SNAP. A label on the series' grid is taken as is; one holding the same voxels
-in another axis order or orientation, or a block of them (a label cropped to its structures), is
+3D Slicer or ITK-SNAP. A label on the series' grid is taken as is (a 2D one of a one-slice
+series' size too); one holding the same voxels in another axis order or orientation, or a block of them (a label cropped to its structures), is
 resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
 intercept; a series whose slices are not evenly spaced (a missing file) is refused.
 Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at
@@ -286,7 +286,12 @@ def _image_array(image: sitk.Image, folder: Path) -> np.ndarray:
 
 
 def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
-    """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring)."""
+    """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring).
+
+    A 2D label of a one-slice series' size (the mask of an X-ray or of a single MR slice, as a
+    script saves a 2D array) is read pixel for pixel, as a 2D label of a 2D NIfTI image is: it holds
+    no position along the slice's normal, so placed at its own (z = 0, 1 mm) it missed the slice and
+    was refused, and its spacing of 1 (no geometry saved) made it a magnified copy."""
     try:
         with quiet_itk():
             label = itk_reader(path).Execute()
@@ -297,6 +302,8 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
     if label.GetDimension() not in (2, 3):
         raise DataError(f"label {path} must be a 2D or 3D single-channel image")
     if label.GetDimension() == 2:
+        if image.GetDepth() == 1 and label.GetSize() == image.GetSize()[:2]:
+            return to_label_array(sitk.GetArrayFromImage(label)[None], path)
         label = sitk.JoinSeries(label)
     if not _same_grid(label, image):
         if np.prod(label.GetSize()) > np.prod(image.GetSize()):
