@@ -129,3 +129,25 @@ def test_a_2d_label_of_a_one_slice_series_is_read_pixel_for_pixel(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(label[0, :4]), str(tmp_path / "labels" / "mr1.nii.gz"))
     with pytest.raises(DataError, match="does not lie on its DICOM series"):
         dataset.load("mr1")
+
+
+@pytest.mark.parametrize("ending, compress", [(".png", False), (".tif", True)])
+def test_a_16_bit_colour_image_keeps_its_16_bit_values(tmp_path, ending, compress):
+    """Pillow decodes 48-bit RGB to 8 bits per channel: a 12-bit X-ray kept in a 16-bit RGB file read as
+    16 grey levels (values >> 8), and a 16-bit colour micrograph lost its low byte."""
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 4096, (9, 8)).astype(np.uint16)  # 12-bit values
+    colour = rng.integers(0, 65536, (9, 8, 3)).astype(np.uint16)
+    mask = np.zeros((9, 8), np.uint8)
+    mask[2:6, 3:7] = 255
+    for name, pixels in (("xray", np.stack([grey] * 3, axis=-1)), ("cells", colour)):
+        for folder in ("images", "masks"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+        sitk.WriteImage(sitk.GetImageFromArray(pixels, isVector=True), str(tmp_path / "images" / f"{name}{ending}"),
+                        useCompression=compress)
+        sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / "masks" / f"{name}.png"))
+    dataset = open_dataset(tmp_path)
+    xray, cells = (dataset.load(case_id) for case_id in ("images/xray", "images/cells"))
+    np.testing.assert_array_equal(xray.image[0], grey.astype(np.float32))
+    np.testing.assert_array_equal(cells.image[0], colour.astype(np.float32))
+    assert np.array_equal(cells.label[0], mask // 255)
