@@ -1,15 +1,20 @@
-"""Volumes as researchers bring them from scanners and their own tools, read on the geometry that
+"""Files as researchers bring them from scanners and their own tools, read on the geometry that
 3D Slicer, ITK-SNAP, SimpleITK and nibabel give them, and predictions that overlay them there:
 one multi-frame DICOM file holding a whole series, predictions a RAS pipeline saved for a DICOM
-series, NIfTI headers whose voxel sizes are in micrometres or metres."""
+series, NIfTI headers whose voxel sizes are in micrometres or metres or negative, 2D labels of
+one-slice series, 16-bit colour images, and PNG masks kept beside volumes."""
 
 from __future__ import annotations
+
+import logging
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 
+from fewsam import progress
 from fewsam.data import open_dataset
 from fewsam.data.writers import read_prediction, write_prediction
 from fewsam.errors import DataError
@@ -151,3 +156,26 @@ def test_a_16_bit_colour_image_keeps_its_16_bit_values(tmp_path, ending, compres
     np.testing.assert_array_equal(xray.image[0], grey.astype(np.float32))
     np.testing.assert_array_equal(cells.image[0], colour.astype(np.float32))
     assert np.array_equal(cells.label[0], mask // 255)
+
+
+@pytest.fixture
+def notices(caplog, monkeypatch):
+    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    return caplog
+
+
+def test_png_masks_beside_volumes_or_a_dicom_series_are_said_not_to_be_read(tmp_path, notices):
+    """A 2D NIfTI image's or an X-ray's mask kept as labels/<case>.png: the case was unlabelled and
+    "no labels found" did not say that PNG labels are not read."""
+    image, label = arrays(4, (1, 5, 7))
+    write_series(tmp_path / "dicom" / "xray", image)
+    (tmp_path / "nifti" / "images").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(image[0].T.astype(np.float32), np.eye(4)), tmp_path / "nifti" / "images" / "a.nii.gz")
+    for data in ("dicom", "nifti"):
+        (tmp_path / data / "labels").mkdir()
+        Image.fromarray(label[0] * 100).save(tmp_path / data / "labels" / ("xray.png" if data == "dicom" else "a.png"))
+        assert not open_dataset(tmp_path / data).has_any_label()
+        assert f"{tmp_path / data / 'labels'}: 1 2D image file(s) (" in notices.text
+        assert "are not read as labels" in notices.text

@@ -17,7 +17,8 @@ series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else
 1 mm, said). ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
 3D Slicer or ITK-SNAP. A label on the series' grid is taken as is (a 2D one of a one-slice
-series' size too); one holding the same voxels in another axis order or orientation, or a block of them (a label cropped to its structures), is
+series' size too); one holding the same voxels in another axis order or orientation, or a block
+of them (a label cropped to its structures), is
 resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
 intercept; a series whose slices are not evenly spaced (a missing file) is refused.
 Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at

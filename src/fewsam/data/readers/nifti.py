@@ -61,7 +61,7 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_f
                                         one_hot_to_indices, to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, read_as_nifti)
-from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES
+from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -842,6 +842,20 @@ def say_unmatched_labels(folder: Path, entries: list[Entry], naming: str = "<cas
         shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
         say_once(f"{folder}: {len(stray)} label file(s) match no image and are not used ({shown}); name a label "
                  f"as its image's case ({naming})", key="nifti-unmatched-labels")
+    if ending not in IMAGE_2D_ENDINGS:
+        _say_2d_label_files(folder)
+
+
+def _say_2d_label_files(folder: Path) -> None:
+    """PNG, JPEG, TIFF or BMP masks in the labels folder of volumes or DICOM series (a 2D NIfTI image's
+    or an X-ray's mask, as a 2D dataset stores it) are not read: their cases were unlabelled, and
+    "no labels found" did not say why."""
+    masks = natural_sorted(p.name for p in folder.iterdir() if is_image_name(p.name)) if folder.is_dir() else []
+    if masks:
+        shown = ", ".join(masks[:3]) + (", ..." if len(masks) > 3 else "")
+        say_once(f"{folder}: {len(masks)} 2D image file(s) ({shown}) are not read as labels: the labels of volumes and "
+                 "DICOM series are volume files; save each as <case>.nii.gz (a 2D array for a 2D image or a "
+                 "one-slice series)", key=f"nifti-2d-label-files-{folder}")
 
 
 def _plain_class_map(root: Path) -> ClassMap | None:
