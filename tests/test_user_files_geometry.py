@@ -7,6 +7,8 @@ one-slice series, 16-bit colour images, and PNG masks kept beside volumes."""
 from __future__ import annotations
 
 import logging
+import struct
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -179,3 +181,31 @@ def test_png_masks_beside_volumes_or_a_dicom_series_are_said_not_to_be_read(tmp_
         assert not open_dataset(tmp_path / data).has_any_label()
         assert f"{tmp_path / data / 'labels'}: 1 2D image file(s) (" in notices.text
         assert "are not read as labels" in notices.text
+
+
+def _meta_element(element: int, value: bytes) -> bytes:
+    """One file meta element (group 2, explicit VR little endian) holding a UID."""
+    value += b"\0" * (len(value) % 2)
+    return struct.pack("<HH2sH", 2, element, b"UI", len(value)) + value
+
+
+def write_object_without_image(path: Path, sop_class: str) -> None:
+    """A Part 10 file of an RT structure set, a segmentation or a report: its file meta group names
+    the SOP class; no pixels."""
+    meta = _meta_element(2, sop_class.encode()) + _meta_element(3, b"1.2.826.0.1.3680043.2.1125.99.1")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(meta)) + meta)
+
+
+def test_rt_structures_and_segmentations_beside_a_series_are_no_cases(tmp_path, notices):
+    """A TCIA download keeps each patient's CT beside its RT structure set and DICOM SEG, each in a series
+    folder of its own: those became cases, and predict stopped at the first ("no readable DICOM series")."""
+    image, _ = arrays(0)
+    study = tmp_path / "LUNG1-001" / "09-18-2008-StudyID-69331"
+    write_series(study / "0.000000-CT-82163", image)
+    write_object_without_image(study / "3.000000-RTSTRUCT-1-82163" / "1-1.dcm", "1.2.840.10008.5.1.4.1.1.481.3")
+    write_object_without_image(study / "300.000000-Segmentation-91284" / "1-1.dcm", "1.2.840.10008.5.1.4.1.1.66.4")
+    dataset = open_dataset(tmp_path)
+    assert list(dataset.entries) == ["LUNG1-001/09-18-2008-StudyID-69331/0.000000-CT-82163"]
+    assert "2 folder(s) hold DICOM objects that are no image" in notices.text
+    assert dataset.load(dataset.split("all")[0]).image.shape == image.shape

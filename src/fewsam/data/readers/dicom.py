@@ -10,8 +10,9 @@
                                      from the label values found
 
 case_id = the series folder relative to root (or images/), subject = its first folder (the
-patient in root/<patient>/<series>/); a folder holding files of several series is refused when
-loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are
+patient in root/<patient>/<series>/); folders of objects without an image (RT structure sets,
+segmentations, reports) are no cases (said); a folder holding files of several series is refused
+when loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are
 (D, H, W) as SimpleITK gives them (GDCM sorts the slices by position), or (D, H, W, 3) for colour
 series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else SpacingBetweenSlices, else
 1 mm, said). ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
@@ -28,6 +29,7 @@ fit with ``--unlabeled-split test``); without any label, "val" holds every case.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -361,9 +363,63 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def _series_folders(base: Path) -> list[Path]:
-    """Folders that directly hold DICOM files, in natural order of their relative paths."""
-    folders = {p.parent for p in files_below(base) if is_dicom_file(p)}
+    """Folders that directly hold DICOM images, in natural order of their relative paths. Folders
+    holding only DICOM objects that are no image to segment (``is_no_image``) are left out, said."""
+    files: dict[Path, list[Path]] = {}
+    for path in files_below(base):
+        if is_dicom_file(path):
+            files.setdefault(path.parent, []).append(path)
+    other = natural_sorted((f for f, paths in files.items() if all(is_no_image(p) for p in paths)), key=str)
+    if other:
+        shown = ", ".join(f.relative_to(base).as_posix() for f in other[:3]) + (", ..." if len(other) > 3 else "")
+        say_once(f"{base}: {len(other)} folder(s) hold DICOM objects that are no image ({shown}: RT structure sets, "
+                 "segmentations, reports, as archives such as TCIA store them beside each series) and are not "
+                 "cases; labels are read from labels/<case>.nii.gz, so convert RT structures or DICOM SEG to NIfTI "
+                 "on the series' grid (e.g. with dcmrtstruct2nii or dcmqi)", key=f"dicom-no-image-{base}")
+    folders = [f for f in files if f not in other]
     return natural_sorted(folders, key=lambda p: p.relative_to(base).as_posix())
+
+
+# SOP classes of DICOM objects that hold no image to segment: RT structure sets, plans and records;
+# structured reports and key-object selections (88.x); presentation states (11.x); raw data,
+# registrations, fiducials and segmentations (66.x); encapsulated documents (104.x); waveforms (9.x)
+NO_IMAGE_SOP_CLASSES = {f"1.2.840.10008.5.1.4.1.1.481.{n}" for n in range(3, 10)}
+NO_IMAGE_SOP_FAMILIES = tuple(f"1.2.840.10008.5.1.4.1.1.{n}" for n in ("88.", "11.", "66", "104.", "9."))
+
+
+def is_no_image(path: Path) -> bool:
+    """Whether a DICOM file is an object with no image to segment (``NO_IMAGE_SOP_CLASSES``), by the
+    SOP class its file meta group names; a file without one is taken for an image."""
+    sop = media_sop_class(path)
+    return sop is not None and (sop in NO_IMAGE_SOP_CLASSES or sop.startswith(NO_IMAGE_SOP_FAMILIES))
+
+
+LONG_LENGTH_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+
+
+def media_sop_class(path: Path) -> str | None:
+    """The Media Storage SOP Class UID (0002,0002) of a Part 10 file, read from its file meta group
+    (always explicit VR little endian) without parsing the rest; None where the file has none."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    at = DICOM_MAGIC_AT + 4
+    if head[DICOM_MAGIC_AT:at] != b"DICM":
+        return None
+    while at + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, at)
+        if group != 2:
+            return None
+        vr = head[at + 4:at + 6]
+        long_length = vr in LONG_LENGTH_VRS
+        length = struct.unpack_from("<I" if long_length else "<H", head, at + (8 if long_length else 6))[0]
+        start = at + (12 if long_length else 8)
+        if element == 2:
+            return head[start:start + length].rstrip(b"\0 ").decode("ascii", errors="replace")
+        at = start + length
+    return None
 
 
 def _entries(root: Path) -> list[Entry]:
