@@ -90,7 +90,7 @@ def test_voxel_sizes_a_header_gives_in_micrometres_or_metres_are_read_in_mm(tmp_
 
 
 def _with_negative_x_size(nifti: nib.Nifti1Image) -> bytes:
-    """The file's bytes with pixdim[1] negative, as some older converters store a flipped x axis;
+    """The file's bytes with pixdim[1] negative, as some tools store a flipped x axis;
     nibabel refuses to write it, so it is set in the bytes."""
     data = bytearray(nifti.to_bytes())
     offset = nib.Nifti1Header.template_dtype.fields["pixdim"][1] + 4
