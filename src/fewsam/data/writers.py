@@ -319,7 +319,20 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
     img.header.set_intent("none")  # a vector image's intent would call the class indices vector components
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+    data = _with_stored_pixdim(img.to_bytes(), img.header, case.meta.get("stored_pixdim"))
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def _with_stored_pixdim(data: bytes, header: Any, pixdim: tuple[float, ...] | None) -> bytes:
+    """The NIfTI bytes ``data`` with the voxel sizes its image stores where one is negative
+    (``negative_pixdim``): nibabel writes their absolute values, which ITK's viewers read as the
+    image mirrored. Set in the bytes, as nibabel refuses to write such a header."""
+    if not pixdim:
+        return data
+    field, offset = type(header).template_dtype.fields["pixdim"][:2]
+    values = np.asarray(pixdim, dtype=field.base.newbyteorder(header.endianness))
+    start = offset + field.base.itemsize  # pixdim[1]
+    return data[:start] + values.tobytes() + data[start + values.nbytes:]
 
 
 def _in_image_dims(array: np.ndarray, header: Any) -> np.ndarray:
@@ -415,11 +428,22 @@ def _decode_nifti(case: Case, path: Path) -> np.ndarray:
 def _on_case_grid(case: Case, image: Any, path: Path) -> Any:
     """A prediction another tool saved in another orientation (RAS, say) than its image, turned onto
     the image's voxel grid as a label is (``on_image_grid``): read voxel for voxel, it was scored
-    mirrored or transposed without a word."""
-    affine, header = case.meta.get("affine"), case.meta.get("header")
-    if affine is None or header is None:  # DICOM: predictions are written on the series' geometry
-        return image
-    return on_image_grid(image, Grid(tuple(header.get_data_shape()), affine), path, "prediction")
+    mirrored or transposed without a word. A DICOM series' grid is its origin, spacing and direction
+    (a NIfTI of an axial series that a RAS pipeline saved is mirrored in x and y against it)."""
+    grid = _case_grid(case)
+    return image if grid is None else on_image_grid(image, grid, path, "prediction")
+
+
+def _case_grid(case: Case) -> Grid | None:
+    """The voxel grid of ``case``'s image in NIfTI terms (shape along x, y, z and affine), None where
+    the case keeps no geometry."""
+    meta = case.meta
+    if meta.get("affine") is not None and meta.get("header") is not None:
+        return Grid(tuple(meta["header"].get_data_shape()), meta["affine"])
+    if case.format == "dicom" and all(meta.get(k) is not None for k in ("origin", "spacing", "direction")):
+        depth, height, width = case.image.shape[:3]
+        return Grid((width, height, depth), itk_volume.ras_affine(meta["origin"], meta["spacing"], meta["direction"]))
+    return None
 
 
 PNG_PREDICTION_ADVICE = ("a PNG prediction holds the dataset's own mask coding, as `fewsam predict` writes it: "

@@ -2,21 +2,24 @@
 
     root/<series>/*.dcm              series folders may nest (root/<patient>/<study>/<series>/),
     root/images/<series>/*.dcm       or sit under images/; .dcm files right in root are one case;
-                                     .dicom, .ima and unsuffixed files with the DICM marker count too
+                                     .dicom, .ima and unsuffixed files with the DICM marker count too;
+                                     a series may be one multi-frame file (enhanced MR / CT)
     root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid;
                                      also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation)
     root/classes.json                optional class names ({"1": "liver"}); else "class1", ...
                                      from the label values found
 
 case_id = the series folder relative to root (or images/), subject = its first folder (the
-patient in root/<patient>/<series>/); a folder holding files of several series is refused when
-loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are
+patient in root/<patient>/<series>/); folders of objects without an image (RT structure sets,
+segmentations, reports) are no cases (said); a folder holding files of several series is refused
+when loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are
 (D, H, W) as SimpleITK gives them (GDCM sorts the slices by position), or (D, H, W, 3) for colour
 series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else SpacingBetweenSlices, else
 1 mm, said). ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
-3D Slicer or ITK-SNAP. A label on the series' grid is taken as is; one holding the same voxels
-in another axis order or orientation, or a block of them (a label cropped to its structures), is
+3D Slicer or ITK-SNAP. A label on the series' grid is taken as is (a 2D one of a one-slice
+series' size too); one holding the same voxels in another axis order or orientation, or a block
+of them (a label cropped to its structures), is
 resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
 intercept; a series whose slices are not evenly spaced (a missing file) is refused.
 Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at
@@ -26,6 +29,7 @@ fit with ``--unlabeled-split test``); without any label, "val" holds every case.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -195,6 +199,7 @@ def read_series(folder: Path) -> sitk.Image:
         raise DataError(f"cannot read the DICOM series in {folder}: {itk_message(err)}") from None
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
+    image = _one_multi_frame_volume(image)
     if image.GetDimension() != 3 or image.GetDepth() != expected_slices(names):
         raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
@@ -203,6 +208,15 @@ def read_series(folder: Path) -> sitk.Image:
     if image.GetDepth() == 1:
         x, y, _ = image.GetSpacing()
         image.SetSpacing((x, y, single_slice_thickness(reader, folder)))
+    return image
+
+
+def _one_multi_frame_volume(image: sitk.Image) -> sitk.Image:
+    """A series of one multi-frame file (an enhanced MR or CT export, a legacy multi-frame file) as
+    its volume: ITK's series reader stacks the file's 3D volume into a 4D image of one volume, which
+    was refused as not stacking, although the file holds the whole series with its geometry."""
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        return image[:, :, :, 0]
     return image
 
 
@@ -275,7 +289,12 @@ def _image_array(image: sitk.Image, folder: Path) -> np.ndarray:
 
 
 def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
-    """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring)."""
+    """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring).
+
+    A 2D label of a one-slice series' size (the mask of an X-ray or of a single MR slice, as a
+    script saves a 2D array) is read pixel for pixel, as a 2D label of a 2D NIfTI image is: it holds
+    no position along the slice's normal, so placed at its own (z = 0, 1 mm) it missed the slice and
+    was refused, and its spacing of 1 (no geometry saved) made it a magnified copy."""
     try:
         with quiet_itk():
             label = itk_reader(path).Execute()
@@ -286,6 +305,8 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
     if label.GetDimension() not in (2, 3):
         raise DataError(f"label {path} must be a 2D or 3D single-channel image")
     if label.GetDimension() == 2:
+        if image.GetDepth() == 1 and label.GetSize() == image.GetSize()[:2]:
+            return to_label_array(sitk.GetArrayFromImage(label)[None], path)
         label = sitk.JoinSeries(label)
     if not _same_grid(label, image):
         if np.prod(label.GetSize()) > np.prod(image.GetSize()):
@@ -342,9 +363,63 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def _series_folders(base: Path) -> list[Path]:
-    """Folders that directly hold DICOM files, in natural order of their relative paths."""
-    folders = {p.parent for p in files_below(base) if is_dicom_file(p)}
+    """Folders that directly hold DICOM images, in natural order of their relative paths. Folders
+    holding only DICOM objects that are no image to segment (``is_no_image``) are left out, said."""
+    files: dict[Path, list[Path]] = {}
+    for path in files_below(base):
+        if is_dicom_file(path):
+            files.setdefault(path.parent, []).append(path)
+    other = natural_sorted((f for f, paths in files.items() if all(is_no_image(p) for p in paths)), key=str)
+    if other:
+        shown = ", ".join(f.relative_to(base).as_posix() for f in other[:3]) + (", ..." if len(other) > 3 else "")
+        say_once(f"{base}: {len(other)} folder(s) hold DICOM objects that are no image ({shown}: RT structure sets, "
+                 "segmentations, reports, as archives such as TCIA store them beside each series) and are not "
+                 "cases; labels are read from labels/<case>.nii.gz, so convert RT structures or DICOM SEG to NIfTI "
+                 "on the series' grid (e.g. with dcmrtstruct2nii or dcmqi)", key=f"dicom-no-image-{base}")
+    folders = [f for f in files if f not in other]
     return natural_sorted(folders, key=lambda p: p.relative_to(base).as_posix())
+
+
+# SOP classes of DICOM objects that hold no image to segment: RT structure sets, plans and records;
+# structured reports and key-object selections (88.x); presentation states (11.x); raw data,
+# registrations, fiducials and segmentations (66.x); encapsulated documents (104.x); waveforms (9.x)
+NO_IMAGE_SOP_CLASSES = {f"1.2.840.10008.5.1.4.1.1.481.{n}" for n in range(3, 10)}
+NO_IMAGE_SOP_FAMILIES = tuple(f"1.2.840.10008.5.1.4.1.1.{n}" for n in ("88.", "11.", "66", "104.", "9."))
+
+
+def is_no_image(path: Path) -> bool:
+    """Whether a DICOM file is an object with no image to segment (``NO_IMAGE_SOP_CLASSES``), by the
+    SOP class its file meta group names; a file without one is taken for an image."""
+    sop = media_sop_class(path)
+    return sop is not None and (sop in NO_IMAGE_SOP_CLASSES or sop.startswith(NO_IMAGE_SOP_FAMILIES))
+
+
+LONG_LENGTH_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+
+
+def media_sop_class(path: Path) -> str | None:
+    """The Media Storage SOP Class UID (0002,0002) of a Part 10 file, read from its file meta group
+    (always explicit VR little endian) without parsing the rest; None where the file has none."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    at = DICOM_MAGIC_AT + 4
+    if head[DICOM_MAGIC_AT:at] != b"DICM":
+        return None
+    while at + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, at)
+        if group != 2:
+            return None
+        vr = head[at + 4:at + 6]
+        long_length = vr in LONG_LENGTH_VRS
+        length = struct.unpack_from("<I" if long_length else "<H", head, at + (8 if long_length else 6))[0]
+        start = at + (12 if long_length else 8)
+        if element == 2:
+            return head[start:start + length].rstrip(b"\0 ").decode("ascii", errors="replace")
+        at = start + length
+    return None
 
 
 def _entries(root: Path) -> list[Entry]:

@@ -130,12 +130,7 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     space = min(dims, 3)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims)[:space, :space]
     spacing, origin_xyz = image.GetSpacing()[:space], image.GetOrigin()[:space]
-    linear = np.eye(3)
-    linear[:space, :space] = direction @ np.diag(spacing)
-    origin = np.zeros(3)
-    origin[:space] = origin_xyz
-    affine = np.eye(4)
-    affine[:3, :3], affine[:3, 3] = LPS_TO_RAS @ linear, LPS_TO_RAS @ origin
+    affine = ras_affine(origin_xyz, spacing, direction.ravel())
     geometry = {"origin": origin_xyz, "spacing": spacing, "direction": tuple(direction.ravel().tolist()),
                 "dimension": space, "components": components,
                 "ending": _ONE_FILE[itk_ending(path.name) or ".mha"]}
@@ -145,6 +140,19 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     # the file's own voxel type, 64-bit integers included (numpy's default, so pynrrd's and many scripts'
     # NRRDs): nibabel refuses those unless the type is named
     return nib.Nifti1Image(np.ascontiguousarray(xyz), affine, dtype=xyz.dtype), geometry
+
+
+def ras_affine(origin: Any, spacing: Any, direction: Any) -> np.ndarray:
+    """The NIfTI affine (RAS) of an ITK geometry (LPS) of 2 or 3 axes: the voxel grid that a
+    MetaImage, NRRD or DICOM series has in nibabel's terms (a 2D grid as one slice)."""
+    space = len(spacing)
+    linear = np.eye(3)
+    linear[:space, :space] = np.asarray(direction, dtype=np.float64).reshape(space, space) @ np.diag(spacing)
+    offset = np.zeros(3)
+    offset[:space] = origin[:space]
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = LPS_TO_RAS @ linear, LPS_TO_RAS @ offset
+    return affine
 
 
 def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:

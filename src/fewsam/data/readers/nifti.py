@@ -22,8 +22,9 @@ only, said once: SAM sees one greyscale channel; the three channel files of a da
 a colour PNG is, as their R, G, B values: NIfTI's RGB24 (and RGBA32) voxels, and ITK's RGB files
 (3 or 4 components on the 5th axis with a vector intent). Arrays are (D, H, W) = the NIfTI (x, y,
 z) array transposed to (z, y, x), without reorientation; spacing is the header zooms as (z, y, x)
-in mm. A volume whose thick voxel axis is x or y (a sagittal or coronal series stored that way) is
-cut along that axis instead (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane
+in mm (micrometres and metres, where the header names them, turned into mm as ITK does). A volume
+whose thick voxel axis is x or y (a sagittal or coronal series stored that way) is cut along that
+axis instead (``slice_axis``), as nnU-Net's 2D configuration cuts the through-plane
 axis. ``meta`` keeps the image's affine, header and slice axis so predictions are written back on
 the same voxel grid and orientation (a 2D image gets a 2D prediction). A 4D label of 0/1 volumes,
 one per class (one-hot, as MONAI pipelines write it), is read as class indices
@@ -60,7 +61,7 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_f
                                         one_hot_to_indices, to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, read_as_nifti)
-from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES
+from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -163,7 +164,8 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
             image, dropped = _colour_from_channel_files(entry, image, axis), 0
         label = None if entry.label is None else _label_array(entry.label, axis, img)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
-                "slice_axis": axis, "itk": itk_geometry}
+                "slice_axis": axis, "itk": itk_geometry,
+                "stored_pixdim": None if itk_geometry else negative_pixdim(entry.image, img.header)}
         spacing = tuple(zooms[a] for a in slice_order(axis))
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
 
@@ -226,6 +228,24 @@ def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
     return image, None
 
 
+def negative_pixdim(path: Path, header: Any) -> tuple[float, float, float] | None:
+    """The voxel sizes (pixdim[1..3]) as ``path`` stores them where one is negative, else None.
+
+    nibabel reads a negative size as its absolute value (and says so), while ITK, and so 3D Slicer
+    and ITK-SNAP, flips that axis: a prediction written with nibabel's positive sizes lay mirrored
+    over its image there; written back as stored, it lies where each tool puts its image."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            stored = type(header).from_fileobj(f, check=False)["pixdim"][1:4]
+    except (*NIFTI_ERRORS, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError):
+        return None
+    sizes = stored != 0  # nibabel reads a size of 0 as 1
+    # a misnamed file (``_by_content``) opened by its name gives bytes that are no header: other sizes
+    if not (stored < 0).any() or not np.allclose(np.abs(stored[sizes]), header["pixdim"][1:4][sizes]):
+        return None
+    return tuple(float(v) for v in stored)  # type: ignore[return-value]
+
+
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI2_HEADER_SIZE = 540  # a NIfTI header starts with its size: 348 for NIfTI-1, 540 for NIfTI-2
 
@@ -269,9 +289,16 @@ ANISOTROPY = 1.5  # how much thicker than z a voxel axis must be to become the s
 
 
 def _zooms(img: Any) -> list[float]:
-    """The header's x, y, z voxel sizes in mm (1.0 where the file has fewer axes)."""
+    """The header's x, y, z voxel sizes in mm (1.0 where the file has fewer axes), from the unit the
+    header names (``xyzt_units``): a file in micrometres (microscopy, small-animal scanners) or metres
+    holds its voxel sizes in that unit, which ITK, and so 3D Slicer and ITK-SNAP, turn into mm;
+    taken as mm, distances (HD95, ASD) came out 1000 times too large or small."""
+    scale = MM_PER_UNIT.get(str(img.header.get_xyzt_units()[0]), 1.0)
     # Headers store float32: 1.4 reads as 1.39999998; 7 significant digits give 1.4 back.
-    return ([float(f"{z:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3)[:3]
+    return ([float(f"{z * scale:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3)[:3]
+
+
+MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # nibabel's names of NIfTI's spatial units; mm and unknown: 1
 
 
 def slice_axis(shape: tuple[int, ...], zooms: list[float]) -> int:
@@ -815,6 +842,20 @@ def say_unmatched_labels(folder: Path, entries: list[Entry], naming: str = "<cas
         shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
         say_once(f"{folder}: {len(stray)} label file(s) match no image and are not used ({shown}); name a label "
                  f"as its image's case ({naming})", key="nifti-unmatched-labels")
+    if ending not in IMAGE_2D_ENDINGS:
+        _say_2d_label_files(folder)
+
+
+def _say_2d_label_files(folder: Path) -> None:
+    """PNG, JPEG, TIFF or BMP masks in the labels folder of volumes or DICOM series (a 2D NIfTI image's
+    or an X-ray's mask, as a 2D dataset stores it) are not read: their cases were unlabelled, and
+    "no labels found" did not say why."""
+    masks = natural_sorted(p.name for p in folder.iterdir() if is_image_name(p.name)) if folder.is_dir() else []
+    if masks:
+        shown = ", ".join(masks[:3]) + (", ..." if len(masks) > 3 else "")
+        say_once(f"{folder}: {len(masks)} 2D image file(s) ({shown}) are not read as labels: the labels of volumes and "
+                 "DICOM series are volume files; save each as <case>.nii.gz (a 2D array for a 2D image or a "
+                 "one-slice series)", key=f"nifti-2d-label-files-{folder}")
 
 
 def _plain_class_map(root: Path) -> ClassMap | None:

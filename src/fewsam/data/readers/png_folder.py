@@ -34,7 +34,8 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   a class, {i: "class<i>"} for the indices found in the masks; predictions keep the palette.
 - generic: masks 0/255 (or 0/1) -> {1: "foreground"}, predictions in the same two values.
 Images of the palette, generic and index codings (and of a classes.json without "rgb") are read
-each as it is: RGB where it shows colour, else greyscale (``shows_colour``).
+each as it is: RGB where it shows colour, else greyscale (``shows_colour``); 16-bit and float
+files keep their values, 16-bit colour ones (48-bit RGB) too (``_wide_colour``).
 - index: grey masks of class indices (0, 1, 2, ... up to 31) -> {i: "class<i>"} for the values
   found in the masks; predictions in the same indices.
 The style is chosen from classes.json, else the index's ``task`` column, else BUSI markers
@@ -68,12 +69,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 from PIL import Image, ImageOps
 
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         computed_splits, files_below, is_data_file, natural_key,
                                         natural_sorted, path_below, read_json_object, rounded_float_label, VAL_RULE)
+from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -664,8 +667,9 @@ def _busi_splits(entries: list[Entry]) -> dict[str, list[str]]:
     return splits
 
 
-def _decode(path: Path, convert: Any) -> Any:
-    """Open an image file with Pillow and apply ``convert`` to it; any failure is a DataError.
+def _decode(path: Path, convert: Any, load: bool = True) -> Any:
+    """Open an image file with Pillow and apply ``convert`` to it (its pixels decoded first, unless
+    ``load`` is False: its header alone); any failure is a DataError.
 
     Pillow's decoders raise many exception types on damaged or foreign files (OSError,
     SyntaxError, struct.error, DecompressionBombError, ...), so all of them are caught here.
@@ -677,7 +681,8 @@ def _decode(path: Path, convert: Any) -> Any:
             # the user's own large scan, not an attack: Pillow's warning on stderr would say otherwise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                im.load()
+                if load:
+                    im.load()
                 return convert(im)
     except DataError:
         raise
@@ -692,8 +697,45 @@ def _decode(path: Path, convert: Any) -> Any:
 def read_image(path: Path, rgb: bool | None) -> np.ndarray:
     """(H, W) float32 greyscale or (H, W, 3) float32 RGB (``rgb`` None: RGB where the image shows
     colour; a dataset-wide choice made from its first image read a grey first image's colour
-    neighbours as grey); 16-bit and float files keep their values."""
+    neighbours as grey); 16-bit and float files keep their values, 16-bit colour ones too."""
+    if _decode(path, lambda im: _wide_colour(im, path), load=False):
+        return _wide_colour_array(path, rgb)
     return _decode(path, lambda im: _image_array(as_shown(_first_page(im, path)), rgb, path))
+
+
+WIDE_COLOUR_MODES = ("RGB", "RGBA", "LA")  # Pillow's modes for 16-bit-per-channel colour (and grey + alpha)
+
+
+def _wide_colour(im: Image.Image, path: Path) -> bool:
+    """Whether an opened image stores 16 bits per channel with colour or alpha (48-bit RGB PNG or
+    TIFF, 64-bit RGBA, 32-bit grey + alpha), which Pillow decodes to 8 bits per channel: a 12-bit
+    image kept in 16 bits then read as 16 grey levels. Pictures turned by their EXIF orientation
+    stay with Pillow, which turns them; a stack is said (``_first_page``) and read as its first page."""
+    wide = im.mode in WIDE_COLOUR_MODES and any(";16" in str(tile.args) for tile in im.tile)
+    if not wide or im.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):
+        return False
+    _first_page(im, path)
+    return True
+
+
+def _wide_colour_array(path: Path, rgb: bool | None) -> np.ndarray:
+    """A 16-bit-per-channel colour file (``_wide_colour``) as ``read_image`` gives images, its values
+    kept: read by ITK, which decodes all 16 bits; alpha left out, as ``convert("RGB")`` leaves it."""
+    try:
+        with quiet_itk():
+            pixels = sitk.GetArrayFromImage(itk_reader(path).Execute()).astype(np.float32)
+    except RuntimeError as err:
+        raise DataError(f"cannot read {path} (truncated or not an image?): {itk_message(err)}") from None
+    if pixels.ndim == 4:  # a stack: pages, rows, columns, channels
+        pixels = pixels[0]
+    colour = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)
+    grey = bool((colour == colour[..., :1]).all())
+    if rgb or (rgb is None and not grey):
+        return colour
+    return colour[..., 0] if grey else colour @ np.asarray(GREY_WEIGHTS, dtype=np.float32)
+
+
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as Pillow's convert("L") weighs R, G, B
 
 
 EXIF_ORIENTATION = 0x0112
