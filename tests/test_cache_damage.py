@@ -184,14 +184,14 @@ def test_a_second_fit_in_one_process_logs_its_own_notices(phantom, tmp_path):
 
 
 @pytest.mark.parametrize("change, says", [
-    ({"channels": (8, "16")}, "--channels must be a tuple of items, each a whole number, not (8, '16')"),
-    ({"channels": (8, 16.5)}, "--channels must be a tuple of items, each a whole number"),
-    ({"channels": (8, 0)}, "--channels must be at least 1, not 0"),
-    ({"channels": (8,)}, "--channels must list at least two levels"),
-    ({"scale_range": 0.9}, "--scale-range must be a tuple of 2 items, each a number, not 0.9"),
-    ({"scale_range": (0.9,)}, "--scale-range must be a tuple of 2 items"),
-    ({"scale_range": (-1.0, 1.0)}, "--scale-range must be greater than 0.0, not -1.0"),
-    ({"scale_range": (1.1, 0.9)}, "--scale-range must run from low to high, not (1.1, 0.9); e.g. (0.9, 1.1)"),
+    ({"channels": (8, "16")}, "channels must be a tuple of items, each a whole number, not (8, '16')"),
+    ({"channels": (8, 16.5)}, "channels must be a tuple of items, each a whole number"),
+    ({"channels": (8, 0)}, "channels must be at least 1, not 0"),
+    ({"channels": (8,)}, "channels must list at least two levels"),
+    ({"scale_range": 0.9}, "scale_range must be a tuple of 2 items, each a number, not 0.9"),
+    ({"scale_range": (0.9,)}, "scale_range must be a tuple of 2 items"),
+    ({"scale_range": (-1.0, 1.0)}, "scale_range must be greater than 0.0, not -1.0"),
+    ({"scale_range": (1.1, 0.9)}, "scale_range must run from low to high, not (1.1, 0.9); e.g. (0.9, 1.1)"),
 ], ids=["text-channel", "float-channel", "zero-channel", "one-level", "number-range", "short-range",
         "negative-scale", "reversed-range"])
 def test_a_student_config_tuple_of_the_wrong_kind_is_refused_when_made(change, says):

@@ -66,39 +66,41 @@ def test_config_json_of_a_fit_without_options_holds_the_defaults(method, tmp_pat
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: FewShotConfig(steps=0), "^steps must be at least 1, not 0"),
-    (lambda: FewShotConfig(lr=0.0), "^lr must be greater than 0.0"),
-    (lambda: FewShotConfig(views=9), "^views must be at most 8"),
-    (lambda: FewShotConfig(shot_dropout=1.5), "^shot_dropout must be at most 1.0"),
-    (lambda: FewShotConfig(ema=float("nan")), "^ema must be a finite number"),
-    (lambda: SupervisedConfig(batch_size=0), "^batch_size must be at least 1"),
-    (lambda: SupervisedConfig(optimizer="lion"), "^optimizer must be adamw or sgd"),
-    (lambda: SamMatchConfig(refresh_every=0), "^refresh_every must be at least 1"),
-    (lambda: SamMatchConfig(threshold=-0.1), "^threshold must be at least 0.0"),
-    (lambda: FewMatchConfig(threshold=1.5), "^threshold must be at most 1.0"),
-    (lambda: SamMatchConfig(prompt_clicks="many"), "^prompt_clicks must be none, positive or contrast"),
-    (lambda: SamMatchConfig(unlabeled_limit=0), "^unlabeled_limit must be at least 1"),
-    (lambda: PromptedConfig(prompt="scribble"), "^prompt must be points or box"),
-    (lambda: FitOptions(run="r", labeled_cases=0), "^labeled_cases must be at least 1"),
-    (lambda: FitOptions(run="r", fair_gamma=-1.0), "^fair_gamma must be at least 0.0"),
+    (lambda: FewShotConfig(steps=0), "--steps must be at least 1, not 0"),
+    (lambda: FewShotConfig(lr=0.0), "--lr must be greater than 0.0"),
+    (lambda: FewShotConfig(views=9), "--views must be at most 8"),
+    (lambda: FewShotConfig(shot_dropout=1.5), "--shot-dropout must be at most 1.0"),
+    (lambda: FewShotConfig(ema=float("nan")), "--ema must be a finite number"),
+    (lambda: SupervisedConfig(batch_size=0), "--batch-size must be at least 1"),
+    (lambda: SupervisedConfig(optimizer="lion"), "--optimizer must be adamw or sgd"),
+    (lambda: SamMatchConfig(refresh_every=0), "--refresh-every must be at least 1"),
+    (lambda: SamMatchConfig(threshold=-0.1), "--threshold must be at least 0.0"),
+    (lambda: FewMatchConfig(threshold=1.5), "--threshold must be at most 1.0"),
+    (lambda: SamMatchConfig(prompt_clicks="many"), "--prompt-clicks must be none, positive or contrast"),
+    (lambda: SamMatchConfig(unlabeled_limit=0), "--unlabeled-limit must be at least 1"),
+    (lambda: PromptedConfig(prompt="scribble"), "--prompt must be points or box"),
+    (lambda: FitOptions(run="r", labeled_cases=0), "--labeled-cases must be at least 1"),
+    (lambda: FitOptions(run="r", fair_gamma=-1.0), "--fair-gamma must be at least 0.0"),
     (lambda: FitOptions(run="r", labeled_cases=1, labeled_images=1), "not both"),
 ])
 def test_limits_are_checked_when_a_config_is_made(make, message):
-    """From Python a limit names the field as the caller wrote it (``steps``, not the flag ``--steps``)."""
     with pytest.raises(ConfigError if "not both" not in message else Exception, match=message):
         make()
 
 
 @pytest.mark.parametrize("python_call, python_name, cli_args, flag", [
-    (lambda: FitOptions(data="d", run=3), "run must be a path", ["--steps", "10"], None),
-    (lambda: FitOptions(data="d", run="r", labeled_cases=0), "labeled_cases must be at least 1",
+    (lambda: FitOptions(data="d", run=3), r"run \(--out\) must be a path", None, None),
+    (lambda: SamMatchConfig(use_sam="no"), r"use_sam \(--sam\) must be True or False", None, None),
+    (lambda: SupervisedConfig(channels=(8, 0)), "channels must be at least 1", None, None),
+    (lambda: FitOptions(data="d", run="r", labeled_cases=0), "--labeled-cases must be at least 1",
      ["--labeled-cases", "0"], "--labeled-cases must be at least 1"),
-    (lambda: FewShotConfig(steps=0), "steps must be at least 1", ["--steps", "0"], "--steps must be at least 1"),
 ])
-def test_python_names_fields_and_the_command_line_names_flags(tmp_path, python_call, python_name, cli_args, flag):
-    """``FitOptions(run=3)`` was told "--out must be a path": a flag the Python caller never wrote. The same
-    check on the command line names the flag, and a Python call after a command still names fields."""
-    if flag is not None:
+def test_python_callers_read_the_names_they_wrote_and_the_command_line_its_flags(tmp_path, python_call, python_name,
+                                                                                 cli_args, flag):
+    """``FitOptions(run=3)`` was told "--out must be a path" and ``SupervisedConfig(channels=...)`` "--channels",
+    flags a Python caller never wrote (the second exists nowhere); the command line names its flags, and a
+    Python call after a command names fields again."""
+    if cli_args is not None:
         result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
                                           *cli_args])
         assert isinstance(result.exception, ConfigError) and str(result.exception).startswith(flag), result.output

@@ -210,9 +210,9 @@ def test_a_fair_column_only_unlabelled_cases_have_is_named_as_missing_from_the_l
     ({"seed": None}, "--seed must be a whole number, not None"),
     ({"cache": None}, "--cache must be text, not None"),
     ({"val_split": 3}, "--val-split must be text, not 3"),
-    ({"run": None}, "--out must be a path, not None"),
+    ({"run": None}, r"run \(--out\) must be a path, not None"),
     ({"precision": None}, "--precision must be auto, fp32"),
-    ({"show_progress": "no"}, "--show-progress must be True or False, not 'no'"),
+    ({"show_progress": "no"}, "^show_progress must be True or False, not 'no'"),
 ])
 def test_a_python_caller_giving_none_or_the_wrong_kind_for_an_option_gets_one_error_naming_it(given, says):
     """FitOptions(seed=None) or (val_split=3) passed every check and failed deep in the fit with a

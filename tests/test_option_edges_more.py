@@ -161,16 +161,16 @@ def test_a_fit_option_the_method_does_not_read_is_refused_by_name(name: str, tmp
     """The rule for every method: `fit NAME` offers the shared options its fit reads, and one it would ignore
     is refused in one line naming the method and the option; a method that never loads SAM takes none of
     SAM's options (--model, --checkpoint, --cache)."""
-    from fewsam.config import FitOptions, cli_fields, option_name
+    from fewsam.config import FitOptions, cli_fields, cli_flag
     from fewsam.methods import SAM_FIT_OPTIONS, get_method
 
     method = get_method(name)
     if method.fit is not None and not method.needs_sam(method.config()):
         assert not set(SAM_FIT_OPTIONS) & set(method.fit_options), method.fit_options
     for unread in (f for f in cli_fields(FitOptions) if f.name not in method.fit_options):
-        lines = fit_error_lines(["fit", name, option_name(unread), "1", "--out", str(tmp_path / "run")], capsys)
+        lines = fit_error_lines(["fit", name, cli_flag(unread), "1", "--out", str(tmp_path / "run")], capsys)
         assert len(lines) == 1 and lines[0].startswith(f"error: fewsam fit {name}: {name} takes no "
-                                                       f"{option_name(unread)} ("), lines
+                                                       f"{cli_flag(unread)} ("), lines
     assert not (tmp_path / "run").exists()
 
 

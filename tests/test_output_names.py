@@ -254,7 +254,7 @@ def test_the_python_api_refuses_an_empty_path(tmp_path):
 
     with pytest.raises(ConfigError, match="out must be a path, not ''"):
         predict(tmp_path, tmp_path, "")
-    with pytest.raises(ConfigError, match="^run must be a path, not ''"):
+    with pytest.raises(ConfigError, match=r"^run \(--out\) must be a path, not ''"):
         api.FitOptions(data=tmp_path, run="")
 
 

@@ -78,8 +78,9 @@ def listed(names: Sequence[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
-# True while the command line runs a command (``cli_names``): messages then name a field by its flag
-# (``--out``); a Python caller wrote ``FitOptions(run=...)`` and is told ``run``.
+# True while the command line runs a command (``cli_names``): messages name every field by its flag. A
+# Python caller is told a flag where it reads as the field (``--labeled-cases``, ``labeled_cases=``), the
+# field where it does not: ``run (--out)``, and ``channels`` for a field the command line does not offer.
 _CLI_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("cli_names", default=False)
 
 
@@ -88,20 +89,28 @@ def cli_names() -> contextvars.Token:
     return _CLI_NAMES.set(True)
 
 
-def option_name(f: Any) -> str:
-    """How the user names field ``f``: on the command line its flag (``--no-sam`` style flags: the first
-    spelling), from Python the field's own name."""
-    if not _CLI_NAMES.get():
-        return f.name
+def cli_flag(f: Any) -> str:
+    """Field ``f``'s command-line flag (``--no-sam`` style flags: the first spelling)."""
     flag = f.metadata.get("flag")
     return flag.split("/")[0] if flag else flag_name(f.name)
+
+
+def option_name(f: Any) -> str:
+    """How the user names field ``f``: its CLI flag; from Python, a field without a flag by its name, one
+    whose flag is spelled otherwise by both."""
+    spelled = cli_flag(f)
+    if _CLI_NAMES.get():
+        return spelled
+    if not f.metadata.get("cli", True):
+        return f.name
+    return spelled if spelled == flag_name(f.name) else f"{f.name} ({spelled})"
 
 
 def given_option_name(f: Any, value: Any) -> str:
     """How the user spelled field ``f`` set to ``value``: ``--no-noisy`` for a switch turned off, else
     ``option_name``."""
     flag = f.metadata.get("flag")
-    if _CLI_NAMES.get() and flag and "/" in flag and isinstance(value, bool):
+    if flag and "/" in flag and isinstance(value, bool):
         on, off = flag.split("/")
         return on if value else off
     return option_name(f)

@@ -63,11 +63,11 @@ class StudentConfig(Config):
         """A U-Net has at least two levels, and a scale range runs from its low end to its high end: the
         network's builder and the augmentation otherwise refuse them at the fit's first step."""
         if len(self.channels) < 2:
-            raise ConfigError(f"--channels must list at least two levels (the U-Net joins each level to the one "
+            raise ConfigError(f"channels must list at least two levels (the U-Net joins each level to the one "
                               f"below), not {tuple(self.channels)}; e.g. (16, 32, 64, 128, 256)")
         low, high = self.scale_range
         if low > high:
-            raise ConfigError(f"--scale-range must run from low to high, not {tuple(self.scale_range)}; "
+            raise ConfigError(f"scale_range must run from low to high, not {tuple(self.scale_range)}; "
                               f"e.g. ({high}, {low})")
 
     def _check_image_size(self) -> None:
