@@ -512,7 +512,8 @@ class Project:
         with the image's affine and header, PNG in the dataset's mask coding, ...), named as the dataset's
         reader finds labels (``label_rel_path``: BUSI's ``x_mask.png``, ``masks/x.png``), unlabelled slices 0,
         labelled_slices.json saying which slices hold labels, and for a dataset an index.csv lists, that index
-        naming each exported label (``_export_index``). Replaces the previous export whole, and
+        naming each exported label alone (``_export_index``; without an index, the masks merged by their names
+        written blank, ``_write_blank_masks``). Replaces the previous export whole, and
         refuses (before writing anything) when PROJECT/export holds anything an export did not write."""
         labelled = self.labelled()
         if not labelled:
@@ -544,6 +545,9 @@ class Project:
             rel = write_prediction(as_label, volume, folder).relative_to(folder).as_posix()
             files.append(rel)
             cases[case_id] = {"file": rel, "slices": zs}
+            blank = self._write_blank_masks(case, folder)
+            if blank:
+                cases[case_id]["blank"] = blank
         manifest = {"data": str(self.data), "classes": self.class_map.to_json(), "cases": cases,
                     "note": "slices not listed are unlabelled (stored as 0), not background"}
         index = self._export_index({case_id: entry["file"] for case_id, entry in cases.items()})
@@ -552,6 +556,17 @@ class Project:
             manifest["index"] = EXPORT_INDEX
         atomic_write_bytes(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=1).encode())
         return files
+
+    def _write_blank_masks(self, case: Case, folder: Path) -> list[str]:
+        """The case's other masks that its reader merges into its label by their names (BUSI's
+        ``x_mask_1.png``), written blank (background) beside its exported label: copied into the dataset,
+        the old ones would otherwise add outlines back that the user erased. Returns their paths."""
+        extra = getattr(self.dataset, "extra_mask_rel_paths", None)
+        written = []
+        for rel in extra(case.case_id) if extra is not None else []:
+            blank = np.zeros(case.image.shape[:3], np.uint8)
+            written.append(write_prediction(replace(case, rel_path=rel), blank, folder).relative_to(folder).as_posix())
+        return written
 
     def _export_index(self, labels: dict[str, str]) -> str | None:
         """The dataset's index.csv naming each exported label, for a dataset whose cases an index lists
@@ -568,7 +583,9 @@ def exported_files(folder: Path) -> set[str]:
     try:
         manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
         index = [str(manifest["index"])] if manifest.get("index") else []
-        return {EXPORT_MANIFEST, *index, *(str(entry["file"]) for entry in manifest["cases"].values())}
+        cases = manifest["cases"].values()
+        return {EXPORT_MANIFEST, *index, *(str(entry["file"]) for entry in cases),
+                *(str(rel) for entry in cases for rel in entry.get("blank", []))}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
 

@@ -176,10 +176,12 @@ class PngFolderDataset(IndexedDataset):
     def index_with_masks(self, masks: dict[str, str]) -> str | None:
         """This dataset's index (``index.csv``, or its rows of the parent folder's, paths relative to root)
         as CSV text, with the mask cell of each case of ``masks`` (case id -> mask path relative to root)
-        filled where it was empty; every other row and cell as it was, so a case still without a mask
-        stays listed with an empty one. An index is what the reader trusts: a mask file written for a case
-        whose mask cell is empty is never read. None for a folder without an index (the scan pairs masks by
-        their names)."""
+        naming that mask alone; every other row and cell as it was, so a case still without a mask stays
+        listed with an empty one. An index is what the reader trusts: a mask file written for a case whose
+        mask cell is empty is never read, and a cell that still named the case's other masks (BUSI's
+        ``x_mask.png;x_mask_1.png``, or ``x_mask.jpg`` beside the new ``x_mask.png``) would merge the old
+        outlines back into the new label. None for a folder without an index (the scan pairs masks by
+        their names; see ``extra_mask_rel_paths``)."""
         if self.reads_whole_tree:
             return None
         rows, _ = _index_rows(self.root)
@@ -188,9 +190,18 @@ class PngFolderDataset(IndexedDataset):
         out = csv.writer(buf, lineterminator="\n")
         out.writerow(columns)
         for row in rows:
-            cell = row.get("masks", "") or masks.get(_entry(self.root, row).case_id, "")
+            cell = masks.get(_entry(self.root, row).case_id) or row.get("masks", "")
             out.writerow([row.get("image", ""), cell, *(row.get(c, "") for c in columns[2:])])
         return buf.getvalue()
+
+    def extra_mask_rel_paths(self, case_id: str) -> list[str]:
+        """The masks after a case's first that the scan merges into its label by their names (BUSI's
+        ``x_mask_1.png`` ...), relative to root: a label written as ``x_mask.png`` alone reads back merged
+        with them, so whoever writes the case's whole label also writes these, blank. Empty for a folder
+        with an index, which names each case's masks itself (``index_with_masks``)."""
+        if not self.reads_whole_tree:
+            return []
+        return [m.relative_to(self.root).as_posix() for m in self.masks.get(case_id, [])[1:]]
 
     def mask_coding(self) -> dict[str, Any]:
         """How this dataset's masks store its classes as pixels (class -> pixel, and the palette),

@@ -1,0 +1,64 @@
+"""fewsam studio as a researcher meets it on the first day: labelling real-world layouts through the
+HTTP API (FastAPI's TestClient), and reading the export back as the dataset it is copied into.
+
+- BUSI keeps a second lesion in ``x_mask_1.png``, merged with ``x_mask.png``: an image relabelled in
+  the studio was exported as ``x_mask.png`` alone, and copied into the dataset it read back merged
+  with the old second outline (listed by its index.csv, or paired by name without one);
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fewsam.data import open_dataset
+from fewsam.studio.project import EXPORT_MANIFEST, Project
+from test_studio_api import make_client, put
+
+SIZE = (24, 32)
+
+
+def busi_folder(root: Path, with_index: bool) -> Path:
+    """A BUSI-like folder: ``benign/benign (1).png`` with its lesion in ``_mask.png`` and a second one in
+    ``_mask_1.png``, and ``benign (2).png`` with one mask; listed in index.csv (as BUSI's copy here), or
+    not (as BUSI is published, paired by the names)."""
+    (root / "benign").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for n in (1, 2):
+        Image.fromarray(rng.integers(0, 255, SIZE, dtype=np.uint8)).save(root / "benign" / f"benign ({n}).png")
+        mask = np.zeros(SIZE, np.uint8)
+        mask[2:8, 2:8] = 255
+        Image.fromarray(mask).save(root / "benign" / f"benign ({n})_mask.png")
+    second = np.zeros(SIZE, np.uint8)
+    second[14:20, 20:28] = 255
+    Image.fromarray(second).save(root / "benign" / "benign (1)_mask_1.png")
+    if with_index:
+        (root / "index.csv").write_text(
+            "image,masks,pathology\n"
+            "benign/benign (1).png,benign/benign (1)_mask.png;benign/benign (1)_mask_1.png,benign\n"
+            "benign/benign (2).png,benign/benign (2)_mask.png,benign\n")
+    return root
+
+
+def test_a_relabelled_busi_image_reads_back_as_labelled_not_merged_with_its_old_second_mask(tmp_path):
+    drawn = np.zeros(SIZE, np.uint8)
+    drawn[3:9, 10:16] = 1  # the second lesion (rows 14-20) was erased: it was not one
+    for with_index in (True, False):
+        data = busi_folder(tmp_path / f"busi-{with_index}", with_index)
+        assert open_dataset(data).load("benign/benign (1)").label.sum() == 36 + 48  # both masks merged
+        with make_client(data, tmp_path / f"project-{with_index}") as client:
+            assert put(client, drawn, case="benign/benign (1)").status_code == 200
+            exported = client.post("/api/export")
+            assert exported.status_code == 200, exported.text
+            assert client.post("/api/export").status_code == 200  # the blank masks are the export's own
+        back = tmp_path / f"back-{with_index}"
+        shutil.copytree(data, back)
+        shutil.copytree(exported.json()["folder"], back, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(EXPORT_MANIFEST))
+        read = open_dataset(back)
+        np.testing.assert_array_equal(read.load("benign/benign (1)").label[0], drawn)
+        assert read.load("benign/benign (2)").label.sum() == 36  # not exported: as it was
+        assert Project(back, tmp_path / f"again-{with_index}").case_ids() == ["benign/benign (1)", "benign/benign (2)"]
