@@ -4,19 +4,29 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
 - BUSI keeps a second lesion in ``x_mask_1.png``, merged with ``x_mask.png``: an image relabelled in
   the studio was exported as ``x_mask.png`` alone, and copied into the dataset it read back merged
   with the old second outline (listed by its index.csv, or paired by name without one);
+- the page, opened on a project that holds a fit (a studio restarted after fitting), said "no fit yet"
+  beside that fit's predictions; and an image over 4x wider than the view (a 4000 px scan) opened at
+  100% zoom, one corner of it, instead of the smallest zoom.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fewsam.data import open_dataset
-from fewsam.studio.project import EXPORT_MANIFEST, Project
+from fewsam.studio import StudioSettings, create_app
+from fewsam.studio.project import EXPORT_MANIFEST, LATEST_RUN, Project
 from test_studio_api import make_client, put
+from test_studio_browser import Page, browser, free_port, wait_until  # noqa: F401  (browser: fixture)
 
 SIZE = (24, 32)
 
@@ -62,3 +72,43 @@ def test_a_relabelled_busi_image_reads_back_as_labelled_not_merged_with_its_old_
         np.testing.assert_array_equal(read.load("benign/benign (1)").label[0], drawn)
         assert read.load("benign/benign (2)").label.sum() == 36  # not exported: as it was
         assert Project(back, tmp_path / f"again-{with_index}").case_ids() == ["benign/benign (1)", "benign/benign (2)"]
+
+
+@contextmanager
+def serving(data: Path, project: Path) -> Iterator[str]:
+    """The studio app served by uvicorn in a thread (as ``fewsam studio`` serves it, without starting a
+    second Python); yields its address."""
+    import uvicorn
+
+    port = free_port()
+    app = create_app(StudioSettings(data=data, project=project, port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10, "the studio server")
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_the_page_names_the_fit_a_restarted_studio_holds_and_fits_a_wide_scan_into_view(tmp_path, browser):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.fromarray(np.full((40, 4000), 100, np.uint8)).save(data / "images" / "long.png")
+    mask = np.zeros((40, 4000), np.uint8)
+    mask[10:20, 10:40] = 255
+    Image.fromarray(mask).save(data / "masks" / "long.png")
+    labelled = Project(data, tmp_path / "project")  # a studio project with a label, then a fit
+    labelled.save_slice("images/long", 0, (mask > 0).astype(np.uint8))
+    project = labelled.folder
+    (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "fits/fit-0001/run"),
+                                                  "best_score": 0.75, "best_step": 3, "labelled_slices": 2}))
+    with serving(data, project) as url:
+        page = Page(browser, url)
+        assert page.js("return document.getElementById('job-status').textContent") == \
+            "latest fit fit-0001 - 2 labelled slice(s) - Dice on labelled slices 0.750"
+        assert page.js("return studio.state.zoom") == 0.25

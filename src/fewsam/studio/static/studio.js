@@ -243,7 +243,9 @@
     const wrap = $("canvas-wrap");
     const s = state.slice;
     const fit = Math.min((wrap.clientWidth - 8) / s.w, (wrap.clientHeight - 8) / s.h);
-    setZoom(Math.max(0.25, Math.min(16, Math.floor(fit * 4) / 4 || 1)));
+    // An image more than 4x the view (a 4000 px wide scan) opens at the smallest zoom, not at 100%; only
+    // a view without a size yet (fit 0 or less) falls back to 100%.
+    setZoom(fit > 0 ? Math.max(0.25, Math.min(16, Math.floor(fit * 4) / 4)) : 1);
   }
 
   function setZoom(zoom) {
@@ -553,8 +555,19 @@
     showJob(job);
   }
 
+  // With no job since the server started, the fit the project already holds (a restart keeps it and its
+  // predictions): "no fit yet" beside a prediction drawn from it would read as a fit lost.
+  function describeLatestFit() {
+    const latest = state.info && state.info.latest_fit;
+    if (!latest) return "no fit yet";
+    const parts = [`latest fit ${latest.fit}`];
+    if (typeof latest.labelled_slices === "number") parts.push(`${latest.labelled_slices} labelled slice(s)`);
+    if (typeof latest.best_score === "number") parts.push(`Dice on labelled slices ${latest.best_score.toFixed(3)}`);
+    return parts.join(" - ");
+  }
+
   function describeJob(job) {
-    if (!job || job.state === "idle") return "no fit yet";
+    if (!job || job.state === "idle") return describeLatestFit();
     const parts = [`${job.kind} ${job.id}: ${job.state}`];
     if (job.kind === "fit" && job.steps) {
       parts.push(`step ${job.step}/${job.steps}`);
