@@ -6,7 +6,10 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
   with the old second outline (listed by its index.csv, or paired by name without one);
 - the page, opened on a project that holds a fit (a studio restarted after fitting), said "no fit yet"
   beside that fit's predictions; and an image over 4x wider than the view (a 4000 px scan) opened at
-  100% zoom, one corner of it, instead of the smallest zoom.
+  100% zoom, one corner of it, instead of the smallest zoom;
+- after the last training step the fit chooses its post-processing on the labelled slices (mirrored
+  views encode each slice 8 times: minutes), and the page sat at "step 80/80" under the worker's
+  "encoding ..., then fitting" with no sign of progress.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from PIL import Image
 from fewsam.data import open_dataset
 from fewsam.studio import StudioSettings, create_app
 from fewsam.studio.project import EXPORT_MANIFEST, LATEST_RUN, Project
-from test_studio_api import make_client, put
+from test_studio_api import data, make_client, painted, put, python  # noqa: F401  (data: fixture)
 from test_studio_browser import Page, browser, free_port, wait_until  # noqa: F401  (browser: fixture)
 
 SIZE = (24, 32)
@@ -72,6 +75,31 @@ def test_a_relabelled_busi_image_reads_back_as_labelled_not_merged_with_its_old_
         np.testing.assert_array_equal(read.load("benign/benign (1)").label[0], drawn)
         assert read.load("benign/benign (2)").label.sum() == 36  # not exported: as it was
         assert Project(back, tmp_path / f"again-{with_index}").case_ids() == ["benign/benign (1)", "benign/benign (2)"]
+
+
+CHOOSING = """
+import json, pathlib, sys, time
+spec = json.loads(pathlib.Path(sys.argv[1]).read_text())
+run = pathlib.Path(spec["fit_dir"]) / "run"
+run.mkdir(parents=True)
+(run / "fit_log.jsonl").write_text(json.dumps({"step": 80, "loss": 0.1}) + "\\n")
+(run / "fit.log").write_text("2026-01-01 12:00:00 fit 80/80 (100%) loss 0.100, 1:00 elapsed\\n"
+                             "2026-01-01 12:00:05 validation at step 80: score 0.9\\n"
+                             "2026-01-01 12:00:26 mirror val 3/10 (30%), 0:21 elapsed, ~0:50 left\\n")
+pathlib.Path(spec["status"]).write_text(json.dumps({"state": "running", "phase": "fit",
+                                                    "message": "encoding 1 labelled slice(s), then fitting"}))
+time.sleep(120)
+"""
+
+
+def test_the_fit_shows_what_it_does_after_its_last_step(data, tmp_path):
+    with make_client(data, tmp_path / "project", worker_argv=python(CHOOSING)) as client:
+        assert put(client, painted()).status_code == 200
+        assert client.post("/api/fit", json={"steps": 80}).status_code == 202
+        job = wait_until(lambda: (j := client.get("/api/job").json())["phase"] == "fit" and j, 10, "the fit")
+        assert job["state"] == "running" and job["step"] == 80
+        assert job["message"] == "mirror val 3/10 (30%), 0:21 elapsed, ~0:50 left"
+        client.delete("/api/job")
 
 
 @contextmanager

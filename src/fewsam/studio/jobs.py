@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,9 @@ from fewsam.studio.errors import Conflict, NotFound
 
 WorkerArgv = Callable[[Path], list[str]]
 LOG_TAIL_LINES = 6
+FIT_LOG_TAIL = 16384  # bytes of RUN/fit.log read for its newest progress line (a line every 5% or 30 s)
+# "2026-01-01 12:00:00 mirror val 3/10 (30%), 0:21 elapsed, ~0:50 left": a line of ``progress.PlainProgress``
+PROGRESS_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?P<text>(?P<task>\D+?) \d+/\d+ \(\d+%\).*)$")
 
 
 def worker_argv(spec: Path) -> list[str]:
@@ -165,10 +169,13 @@ class JobRunner:
                                "phase": record.get("phase", "starting"), "message": record.get("message", ""),
                                "cases_done": record.get("cases_done"), "cases_total": record.get("cases_total"),
                                "log": str(job.log_file)}
-        if job.kind == "fit":
-            out.update(fit_progress(Path(job.spec["fit_dir"]) / "run", job.spec.get("steps")))
+        run = Path(job.spec["fit_dir"]) / "run" if job.kind == "fit" else None
+        if run is not None:
+            out.update(fit_progress(run, job.spec.get("steps")))
         if code is None:
             out["state"] = "running"
+            if run is not None and out["phase"] == "fit":
+                out["message"] = fit_activity(run) or out["message"]
         elif job.cancelled and record.get("state") != "done":
             out.update(state="cancelled", message=f"the {job.kind} was cancelled; your labels are unchanged")
         elif code == 0 and record.get("state") == "done":
@@ -240,6 +247,27 @@ def fit_progress(run: Path, steps: int | None) -> dict[str, Any]:
         elif "loss" in record:
             out.update(step=record.get("step", out["step"]), loss=record["loss"])
     return out
+
+
+def fit_activity(run: Path) -> str | None:
+    """What the fit does now, from the newest progress line of RUN/fit.log, unless that is the training
+    loop's own (the page shows its steps): encoding the labelled slices before the loop, and after it the
+    post-processing chosen on the labelled slices (mirrored views encode every view of each: minutes at
+    the default 8 views), which fit_log.jsonl does not show; without it the page would sit at the last
+    step under the worker's "encoding ..., then fitting". None until such a line is written."""
+    from fewsam.runs import TEXT_LOG
+
+    try:
+        with open(run / TEXT_LOG, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - FIT_LOG_TAIL))
+            lines = fh.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        match = PROGRESS_LINE.match(line.strip())
+        if match:
+            return None if match["task"] == "fit" else match["text"]
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
