@@ -9,7 +9,9 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
   100% zoom, one corner of it, instead of the smallest zoom;
 - after the last training step the fit chooses its post-processing on the labelled slices (mirrored
   views encode each slice 8 times: minutes), and the page sat at "step 80/80" under the worker's
-  "encoding ..., then fitting" with no sign of progress.
+  "encoding ..., then fitting" with no sign of progress;
+- a folder of 2D images without masks (new data) offered only the reader's guessed "foreground": the
+  classes written into PROJECT/classes.json, as the studio asks for unlabelled volumes, were ignored.
 """
 
 from __future__ import annotations
@@ -75,6 +77,27 @@ def test_a_relabelled_busi_image_reads_back_as_labelled_not_merged_with_its_old_
         np.testing.assert_array_equal(read.load("benign/benign (1)").label[0], drawn)
         assert read.load("benign/benign (2)").label.sum() == 36  # not exported: as it was
         assert Project(back, tmp_path / f"again-{with_index}").case_ids() == ["benign/benign (1)", "benign/benign (2)"]
+
+
+def test_unlabelled_images_take_the_classes_of_the_project(tmp_path):
+    data = tmp_path / "frames"
+    (data / "images").mkdir(parents=True)
+    for n in (1, 2):
+        Image.fromarray(np.full(SIZE, 60 * n, np.uint8)).save(data / "images" / f"frame{n}.png")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "classes.json").write_text('{"1": "liver", "2": "tumour"}')
+    drawn = np.zeros(SIZE, np.uint8)
+    drawn[2:8, 2:8], drawn[12:20, 10:30] = 1, 2
+    with make_client(data, project) as client:
+        assert client.get("/api/info").json()["classes"] == [{"value": 1, "name": "liver"},
+                                                            {"value": 2, "name": "tumour"}]
+        assert put(client, drawn, case="images/frame1").status_code == 200
+        exported = client.post("/api/export").json()
+    back = tmp_path / "back"
+    shutil.copytree(data, back)
+    shutil.copytree(exported["folder"], back, dirs_exist_ok=True, ignore=shutil.ignore_patterns(EXPORT_MANIFEST))
+    np.testing.assert_array_equal(open_dataset(back).load("images/frame1").label[0], drawn)
 
 
 CHOOSING = """

@@ -203,14 +203,31 @@ class Project:
     # --- the dataset -------------------------------------------------------------------------
 
     def _class_map(self) -> ClassMap:
-        """The dataset's classes; a dataset without labels or class names takes PROJECT/classes.json."""
+        """The dataset's classes; a dataset without labels or class names takes PROJECT/classes.json, and so
+        does a folder of 2D images without masks, whose reader otherwise offers its one guessed class
+        ("foreground"), so that no second class could be labelled (``_adopt_project_classes``)."""
+        path = self.folder / "classes.json"
+        if path.is_file() and self._adopt_project_classes(path):
+            return self.dataset.class_map
         if self.dataset.class_map.names:
             return self.dataset.class_map
-        path = self.folder / "classes.json"
         if path.is_file():
             return class_map_from_json(path)
         raise StudioError(f"{self.data} names no classes (no label files, no classes.json); write the "
                           f'classes to label into {path}, e.g. {{"1": "liver", "2": "tumour"}}')
+
+    def _adopt_project_classes(self, path: Path) -> bool:
+        """Give an image folder without masks and without its own classes.json the classes of PROJECT/
+        classes.json, stored as its reader's mask coding where that has a pixel for each class (one class:
+        0/255), else as the class indices; returns whether it took them (a folder with masks keeps its own)."""
+        adopt = getattr(self.dataset, "adopt_mask_coding", None)
+        if adopt is None:
+            return False
+        class_map = class_map_from_json(path)
+        values = [0, *class_map.labels]
+        current = self.dataset.mask_coding()["to_pixel"]
+        to_pixel = {str(v): int(current[str(v)]) if all(str(c) in current for c in values) else v for v in values}
+        return bool(adopt(class_map, {"to_pixel": to_pixel, "palette": None}))
 
     def case_ids(self) -> list[str]:
         return list(self.dataset.entries)
