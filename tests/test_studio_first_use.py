@@ -11,7 +11,9 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
   views encode each slice 8 times: minutes), and the page sat at "step 80/80" under the worker's
   "encoding ..., then fitting" with no sign of progress;
 - a folder of 2D images without masks (new data) offered only the reader's guessed "foreground": the
-  classes written into PROJECT/classes.json, as the studio asks for unlabelled volumes, were ignored.
+  classes written into PROJECT/classes.json, as the studio asks for unlabelled volumes, were ignored;
+- "Cancel" while a fit predicted its cases said "the fit was cancelled", but its training had finished
+  and it was already the latest fit, whose predictions replaced the earlier fit's on the page.
 """
 
 from __future__ import annotations
@@ -123,6 +125,28 @@ def test_the_fit_shows_what_it_does_after_its_last_step(data, tmp_path):
         assert job["state"] == "running" and job["step"] == 80
         assert job["message"] == "mirror val 3/10 (30%), 0:21 elapsed, ~0:50 left"
         client.delete("/api/job")
+
+
+PREDICTING = """
+import json, pathlib, sys, time
+spec = json.loads(pathlib.Path(sys.argv[1]).read_text())
+latest = {"fit": pathlib.Path(spec["fit_dir"]).name, "run": str(pathlib.Path(spec["fit_dir"]) / "run")}
+(pathlib.Path(spec["project"]) / "latest_run.json").write_text(json.dumps(latest))
+pathlib.Path(spec["status"]).write_text(json.dumps({"state": "running", "phase": "predict", "cases_done": 1,
+                                                    "cases_total": 3, "message": "predicting"}))
+time.sleep(120)
+"""
+
+
+def test_cancelling_a_fit_that_is_predicting_says_it_is_the_latest_fit_now(data, tmp_path):
+    with make_client(data, tmp_path / "project", worker_argv=python(PREDICTING)) as client:
+        assert put(client, painted()).status_code == 200
+        assert client.post("/api/fit", json={"steps": 2, "all_cases": True}).status_code == 202
+        wait_until(lambda: client.get("/api/job").json()["phase"] == "predict", 10, "the predictions")
+        job = client.delete("/api/job").json()
+        assert job["state"] == "cancelled" and client.get("/api/info").json()["latest_fit"]["fit"] == "fit-0001"
+        assert job["message"].startswith("the fit had finished and fit-0001 is now the latest fit; predicting its "
+                                         "cases was cancelled after 1 of 3")
 
 
 @contextmanager

@@ -177,7 +177,7 @@ class JobRunner:
             if run is not None and out["phase"] == "fit":
                 out["message"] = fit_activity(run) or out["message"]
         elif job.cancelled and record.get("state") != "done":
-            out.update(state="cancelled", message=f"the {job.kind} was cancelled; your labels are unchanged")
+            out.update(state="cancelled", message=cancelled_message(job, record))
         elif code == 0 and record.get("state") == "done":
             out.update(state="done", result=record.get("result"))
         else:
@@ -212,6 +212,23 @@ class JobRunner:
         job = self.job
         if job is not None and job.process.poll() is None:
             _terminate(job)
+
+
+def cancelled_message(job: Job, record: dict[str, Any]) -> str:
+    """What a cancel left. A fit cancelled once its training had finished (while it predicted the cases)
+    is the project's latest fit already: predictions, "Predict" and "Suggest next" now use it, and the
+    earlier fit's predictions are no longer shown, which "the fit was cancelled" would hide."""
+    if job.kind == "fit":
+        from fewsam.studio.project import LATEST_RUN
+
+        fit = Path(job.spec["fit_dir"]).name
+        latest = _read_json(Path(job.spec["project"]) / LATEST_RUN) or {}
+        if latest.get("fit") == fit:
+            done, total = record.get("cases_done") or 0, record.get("cases_total")
+            return (f"the fit had finished and {fit} is now the latest fit; predicting its cases was cancelled"
+                    + (f" after {done} of {total}" if total else "") + ": Predict goes on with the others. "
+                    "Your labels are unchanged")
+    return f"the {job.kind} was cancelled; your labels are unchanged"
 
 
 def _terminate(job: Job) -> None:
