@@ -13,7 +13,10 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
 - a folder of 2D images without masks (new data) offered only the reader's guessed "foreground": the
   classes written into PROJECT/classes.json, as the studio asks for unlabelled volumes, were ignored;
 - "Cancel" while a fit predicted its cases said "the fit was cancelled", but its training had finished
-  and it was already the latest fit, whose predictions replaced the earlier fit's on the page.
+  and it was already the latest fit, whose predictions replaced the earlier fit's on the page;
+- an image whose dataset mask cannot be read (blurred edges outside the coding, another size) could not
+  be opened at all, though a broken mask is the very reason to label it again; now it opens without
+  that mask, and the page says why it is not shown.
 """
 
 from __future__ import annotations
@@ -102,6 +105,31 @@ def test_unlabelled_images_take_the_classes_of_the_project(tmp_path):
     np.testing.assert_array_equal(open_dataset(back).load("images/frame1").label[0], drawn)
 
 
+def blurred_mask(data: Path, name: str, shape: tuple[int, int]) -> None:
+    """``images/<name>.png`` whose mask has anti-aliased edges (value 77), outside the 0/255 coding."""
+    Image.fromarray(np.full(shape, 90, np.uint8)).save(data / "images" / f"{name}.png")
+    mask = np.zeros(shape, np.uint8)
+    mask[2:6, 2:6], mask[6, 2:6] = 255, 77
+    Image.fromarray(mask).save(data / "masks" / f"{name}.png")
+
+
+def test_an_image_whose_mask_cannot_be_read_opens_for_labelling(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    blurred_mask(data, "blurred", SIZE)
+    with make_client(data, tmp_path / "project") as client:
+        opened = client.get("/api/slice", params={"case": "images/blurred", "z": 0})
+        assert opened.status_code == 200, opened.text
+        assert opened.json()["dataset_label"] is None
+        assert opened.json()["dataset_label_error"].startswith("the dataset's own label of images/blurred cannot "
+                                                               "be read, so it is not shown; label the image here")
+        assert "mask values [77]" in opened.json()["dataset_label_error"]
+        drawn = np.zeros(SIZE, np.uint8)
+        drawn[2:7, 2:6] = 1
+        assert put(client, drawn, case="images/blurred").status_code == 200
+
+
 CHOOSING = """
 import json, pathlib, sys, time
 spec = json.loads(pathlib.Path(sys.argv[1]).read_text())
@@ -169,7 +197,7 @@ def serving(data: Path, project: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_the_page_names_the_fit_a_restarted_studio_holds_and_fits_a_wide_scan_into_view(tmp_path, browser):
+def test_the_page_names_the_fit_held_fits_a_wide_scan_and_says_why_a_mask_is_not_shown(tmp_path, browser):
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "masks").mkdir()
@@ -182,8 +210,13 @@ def test_the_page_names_the_fit_a_restarted_studio_holds_and_fits_a_wide_scan_in
     project = labelled.folder
     (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "fits/fit-0001/run"),
                                                   "best_score": 0.75, "best_step": 3, "labelled_slices": 2}))
+    blurred_mask(data, "blurred", (20, 30))
     with serving(data, project) as url:
         page = Page(browser, url)
         assert page.js("return document.getElementById('job-status').textContent") == \
             "latest fit fit-0001 - 2 labelled slice(s) - Dice on labelled slices 0.750"
         assert page.js("return studio.state.zoom") == 0.25
+        page.js("return studio.openSlice('images/blurred', 0)")
+        assert page.message().startswith("the dataset's own label of images/blurred cannot be read")
+        page.js("return studio.openSlice('images/long', 0)")
+        assert page.message() == ""  # said of the other case: gone with it

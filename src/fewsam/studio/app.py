@@ -7,7 +7,7 @@ before anything is written: upload size (capped before the body is read), label 
 values. ``Guard`` enforces the binding's rules on every request (see ``security.py``).
 
     GET    /api/info                       dataset, classes, cases (labelled slices), job, latest fit
-    GET    /api/slice?case=C&z=Z           image (float32), studio label and its revision, dataset label, prediction
+    GET    /api/slice?case=C&z=Z           image (float32), studio label and its revision, dataset label (or why it cannot be read), prediction
     PUT    /api/label?case=C&z=Z&h=H&w=W   save a slice's label (H*W bytes of class values); with &base=REVISION
                                            only if no other tab saved the slice since (else 409)
     DELETE /api/label?case=C&z=Z           take a slice out of the labelled set
@@ -241,7 +241,7 @@ def _add_browse(app: FastAPI, project: Project) -> None:
                 "width": int(image.shape[1]), "channels": 3 if image.ndim == 3 else 1,
                 "image": b64(image, "<f4"), "window": windows[case],
                 "label": b64(label, "u1"), "labelled": labelled, "revision": revision,
-                "dataset_label": b64(loaded.slice_label(z), "u1"),
+                "dataset_label": b64(loaded.slice_label(z), "u1"), "dataset_label_error": project.label_error(case),
                 "prediction": None if prediction is None else b64(prediction.labels[z], "u1"),
                 "entropy": None if prediction is None else float(prediction.entropy[z]),
                 "fit": None if prediction is None else prediction.fit}

@@ -194,6 +194,7 @@ class Project:
         self._export_lock = threading.Lock()  # one export at a time: each replaces PROJECT/export whole
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._slices: dict[str, int] = {}
+        self._label_errors: dict[str, str] = {}  # cases whose dataset label cannot be read (see load_case)
         self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
         self.moved_from: Path | None = None  # the dataset's folder when the labels were made, if it moved since
         self._labelled = self._read_state()
@@ -255,13 +256,30 @@ class Project:
             if case_id in self._cases:
                 self._cases.move_to_end(case_id)
                 return self._cases[case_id]
-        case = self.dataset.load(case_id)
+        case = self._load_for_labelling(case_id)
         with self.lock:
             self._cases[case_id] = case
             self._slices[case_id] = case.num_slices
             while len(self._cases) > CACHED_CASES:
                 self._cases.popitem(last=False)
         return case
+
+    def _load_for_labelling(self, case_id: str) -> Case:
+        """A case with its dataset label, or without it where that label cannot be read (a mask of another
+        size, blurred edges outside the coding): a broken label is a reason to label the image here, not to
+        refuse to open it. Why it was left out is kept for the page (``label_error``); an image that cannot
+        be read is refused as before."""
+        try:
+            return self.dataset.load(case_id)
+        except DataError as err:
+            case = self.dataset.load(case_id, with_label=False)
+            self._label_errors[case_id] = (f"the dataset's own label of {case_id} cannot be read, so it is not "
+                                           f"shown; label the image here instead ({err})")
+            return case
+
+    def label_error(self, case_id: str) -> str | None:
+        """Why the dataset's label of a loaded case is not shown, or None."""
+        return self._label_errors.get(case_id)
 
     def allowed_values(self) -> list[int]:
         return [0, *self.class_map.labels]

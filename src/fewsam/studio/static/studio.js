@@ -16,6 +16,7 @@
     tool: "brush", cls: 1, brush: 6, zoom: 1, window: null, hidden: new Set(), job: null,
     show: { label: true, pred: true, gt: false }, opacity: { label: 0.55, pred: 0.4, gt: 0.9 },
     base: null, frame: null, painting: null, levelDrag: null, cursor: null, polling: null, suggestion: null,
+    labelError: null,
   };
 
   // --- talking to the server -------------------------------------------------------------------
@@ -164,6 +165,7 @@
                                               dirty: false, revision: data.revision });
     }
     if (changedCase || !state.window) setWindow(data.window[0], data.window[1], data.window);
+    if (changedCase) sayLabelError(data.dataset_label_error);
     if (changedCase) fitZoom();
     state.base = null;
     renderCases();
@@ -174,6 +176,14 @@
   }
 
   const draft = () => state.drafts.get(draftKey(state.caseId, state.z));
+
+  // A case opened without its dataset label (the server could not read it) says why; the next case
+  // clears that line, which no longer applies, unless another message has replaced it since.
+  function sayLabelError(error) {
+    if (error) showMessage(error, "error");
+    else if (state.labelError && $("message").textContent === state.labelError) showMessage("", "info");
+    state.labelError = error || null;
+  }
 
   function renderStrip() {
     const strip = $("slice-strip");
