@@ -16,13 +16,18 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
   and it was already the latest fit, whose predictions replaced the earlier fit's on the page;
 - an image whose dataset mask cannot be read (blurred edges outside the coding, another size) could not
   be opened at all, though a broken mask is the very reason to label it again; now it opens without
-  that mask, and the page says why it is not shown.
+  that mask, and the page says why it is not shown;
+- a volume's zero-padded end slice, labelled as background, failed the fit after its worker started
+  ("labelled case s0000 of PROJECT/fits/fit-0001/data is a constant image"), though a fit accepts blank
+  slices inside a case with content: it is left out of the fit, and a case blank throughout is refused
+  before any worker starts, by its own name.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +35,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+import nibabel as nib
 from PIL import Image
 
 from fewsam.data import open_dataset
@@ -128,6 +134,40 @@ def test_an_image_whose_mask_cannot_be_read_opens_for_labelling(tmp_path):
         drawn = np.zeros(SIZE, np.uint8)
         drawn[2:7, 2:6] = 1
         assert put(client, drawn, case="images/blurred").status_code == 200
+
+
+def padded_volumes(root: Path) -> Path:
+    """Two 3-slice NIfTI cases: ``padded`` (slice 0 zero everywhere, as a volume padded at its end) and
+    ``empty`` (zero throughout)."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0,
+                                                   "heart": 1}, "numTraining": 2, "file_ending": ".nii.gz"}))
+    padded = np.random.default_rng(0).random((24, 20, 3)).astype(np.float32)
+    padded[:, :, 0] = 0
+    for case, image in (("padded", padded), ("empty", np.zeros_like(padded))):
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), np.eye(4)), root / "labelsTr" / f"{case}.nii.gz")
+    return root
+
+
+def test_a_blank_end_slice_labelled_as_background_is_left_out_of_the_fit(tmp_path):
+    data = padded_volumes(tmp_path / "data")
+    heart = np.zeros((20, 24), np.uint8)
+    heart[5:12, 6:14] = 1
+    sleeper = lambda spec: [sys.executable, "-c", "import time; time.sleep(120)", str(spec)]  # noqa: E731
+    with make_client(data, tmp_path / "project", worker_argv=sleeper) as client:
+        assert put(client, np.zeros((20, 24), np.uint8), case="padded", z=0).status_code == 200
+        assert put(client, heart, case="padded", z=1).status_code == 200
+        started = client.post("/api/fit", json={"steps": 2})
+        assert started.status_code == 202, started.text
+        spec = json.loads((tmp_path / "project" / "jobs" / "job-0001" / "job.json").read_text())
+        assert (spec["labelled_slices"], spec["blank_slices_left_out"]) == (1, ["padded slice 0"])
+        client.delete("/api/job")
+        assert put(client, heart, case="empty", z=1).status_code == 200
+        refused = client.post("/api/fit", json={"steps": 2})
+        assert refused.status_code == 400
+        assert refused.json()["detail"].startswith("case empty is a constant image (every pixel 0), nothing to segment")
 
 
 CHOOSING = """

@@ -297,16 +297,18 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
             fits_made = not (project.folder / FITS).exists()
             fit_dir = project.next_fit_dir()
             try:
-                count = project.write_fit_dataset(fit_dir / "data")
+                count, blank = project.write_fit_dataset(fit_dir / "data")
             except BaseException:  # a refused fit leaves the project as it was, PROJECT/fits/ included
                 shutil.rmtree(fit_dir.parent if fits_made else fit_dir, ignore_errors=True)
                 raise
-            return {"fit_dir": str(fit_dir), "labelled_slices": count}
+            return {"fit_dir": str(fit_dir), "labelled_slices": count, "blank_slices_left_out": blank}
 
         spec = {**base_spec(request.cases, request.all_cases), "steps": request.steps, "views": request.views}
         job = runner.start("fit", spec, prepare)
+        blank = job.spec["blank_slices_left_out"]
         log(f"started fit {job.id} ({job.spec['labelled_slices']} labelled slices, {request.steps} steps, "
-            f"{request.views} views) in {job.spec['fit_dir']}")
+            f"{request.views} views) in {job.spec['fit_dir']}"
+            + (f"; left out {len(blank)} blank labelled slice(s): {', '.join(blank)}" if blank else ""))
         return runner.status()
 
     @app.post("/api/predict", status_code=202)

@@ -522,8 +522,9 @@ class Project:
         path.mkdir(parents=True)
         return path
 
-    def write_fit_dataset(self, folder: Path) -> int:
-        """The labelled slices as a dataset the fit reads; returns how many slices it holds.
+    def write_fit_dataset(self, folder: Path) -> tuple[int, list[str]]:
+        """The labelled slices as a dataset the fit reads; returns how many slices it holds, and the blank
+        slices left out (``_without_blank_slices``).
 
         Refuses (before any worker starts) an empty labelled set or one missing a class: the
         few-shot prompt bank needs pixels of every class."""
@@ -534,11 +535,35 @@ class Project:
             if not labelled:
                 raise StudioError("no slice is labelled yet; paint each class on a slice and save it, then fit")
             slices = [(case_id, z, self.labelled_volume(case_id)[z]) for case_id, zs in labelled.items() for z in zs]
+        slices, blank = self._without_blank_slices(slices)
         missing = set(self.class_map.labels) - {int(v) for _, _, lab in slices for v in np.unique(lab)}
         if missing:
             names = ", ".join(self.class_map.names[v] for v in sorted(missing))
             raise StudioError(f"no labelled slice shows class {names}; paint it on at least one slice, then fit")
-        return write_fit_dataset(folder, [(self.load_case(c), z, lab) for c, z, lab in slices], self.class_map)
+        count = write_fit_dataset(folder, [(self.load_case(c), z, lab) for c, z, lab in slices], self.class_map)
+        return count, blank
+
+    def _without_blank_slices(self, slices: list[tuple[str, int, np.ndarray]]
+                              ) -> tuple[list[tuple[str, int, np.ndarray]], list[str]]:
+        """The labelled slices less those whose image is one value everywhere (a volume's zero-padded end
+        slice, labelled as background), and those left out as "CASE slice Z". A fit accepts such a slice
+        inside a case with content, but each labelled slice is a case of its own in the fit's data, where
+        the fit refuses it as an export gone wrong, naming ids the user never saw. A labelled slice of a
+        case that is blank throughout is refused here, as the fit would refuse that case."""
+        kept, blank = [], []
+        for case_id, z, label in slices:
+            image = self.load_case(case_id).image
+            if float(image[z].max()) != float(image[z].min()):
+                kept.append((case_id, z, label))
+            elif float(image.max()) == float(image.min()):
+                raise StudioError(f"case {case_id} is a constant image (every pixel {image.flat[0]:g}), nothing to "
+                                  f"segment; unmark its labelled slice(s), then fit")
+            else:
+                blank.append(f"{case_id} slice {z}")
+        if not kept:
+            raise StudioError(f"every labelled slice is blank (one value everywhere: {', '.join(blank[:3])}); "
+                              "label slices that show the anatomy, then fit")
+        return kept, blank
 
     # --- export ------------------------------------------------------------------------------
 
