@@ -20,7 +20,9 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
 - a volume's zero-padded end slice, labelled as background, failed the fit after its worker started
   ("labelled case s0000 of PROJECT/fits/fit-0001/data is a constant image"), though a fit accepts blank
   slices inside a case with content: it is left out of the fit, and a case blank throughout is refused
-  before any worker starts, by its own name.
+  before any worker starts, by its own name;
+- a finished fit showed the Dice of its last validation as "Dice on labelled slices", though the model
+  it kept (and predicts with) is its best step's, which scored higher.
 """
 
 from __future__ import annotations
@@ -215,6 +217,27 @@ def test_cancelling_a_fit_that_is_predicting_says_it_is_the_latest_fit_now(data,
         assert job["state"] == "cancelled" and client.get("/api/info").json()["latest_fit"]["fit"] == "fit-0001"
         assert job["message"].startswith("the fit had finished and fit-0001 is now the latest fit; predicting its "
                                          "cases was cancelled after 1 of 3")
+
+
+KEEPS_BEST = """
+import json, pathlib, sys
+spec = json.loads(pathlib.Path(sys.argv[1]).read_text())
+run = pathlib.Path(spec["fit_dir"]) / "run"
+run.mkdir(parents=True)
+(run / "fit_log.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in [
+    {"step": 1, "loss": 0.9}, {"step": 1, "validation": {"score": 0.75}},
+    {"step": 2, "loss": 0.8}, {"step": 2, "validation": {"score": 0.5}}]))
+pathlib.Path(spec["status"]).write_text(json.dumps({"state": "done", "phase": "done", "result": {
+    "fit": "fit-0001", "best_score": 0.75, "best_step": 1, "predicted": []}}))
+"""
+
+
+def test_a_finished_fit_shows_the_dice_of_the_model_it_kept(data, tmp_path):
+    with make_client(data, tmp_path / "project", worker_argv=python(KEEPS_BEST)) as client:
+        assert put(client, painted()).status_code == 200
+        assert client.post("/api/fit", json={"steps": 2}).status_code == 202
+        job = wait_until(lambda: (j := client.get("/api/job").json())["state"] != "running" and j, 10, "the fit")
+        assert (job["state"], job["step"], job["dice"]) == ("done", 2, 0.75)
 
 
 @contextmanager

@@ -179,7 +179,7 @@ class JobRunner:
         elif job.cancelled and record.get("state") != "done":
             out.update(state="cancelled", message=cancelled_message(job, record))
         elif code == 0 and record.get("state") == "done":
-            out.update(state="done", result=record.get("result"))
+            out.update(state="done", result=record.get("result"), **kept_model_dice(record.get("result")))
         else:
             out.update(state="failed", error=record.get("error") or self._crash_message(job, code))
         return out
@@ -212,6 +212,13 @@ class JobRunner:
         job = self.job
         if job is not None and job.process.poll() is None:
             _terminate(job)
+
+
+def kept_model_dice(result: object) -> dict[str, Any]:
+    """{"dice": the validation score of the checkpoint a finished fit kept} (its best step), or nothing: the
+    latest validation, which a running fit shows, may be a later, worse step than the model now predicting."""
+    score = result.get("best_score") if isinstance(result, dict) else None
+    return {"dice": score} if isinstance(score, (int, float)) and not isinstance(score, bool) else {}
 
 
 def cancelled_message(job: Job, record: dict[str, Any]) -> str:
