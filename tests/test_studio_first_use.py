@@ -22,7 +22,9 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
   slices inside a case with content: it is left out of the fit, and a case blank throughout is refused
   before any worker starts, by its own name;
 - a finished fit showed the Dice of its last validation as "Dice on labelled slices", though the model
-  it kept (and predicts with) is its best step's, which scored higher.
+  it kept (and predicts with) is its best step's, which scored higher;
+- with the server stopped (Ctrl+C, a restart), a save (S) or a fit from the page did nothing and said
+  nothing.
 """
 
 from __future__ import annotations
@@ -283,3 +285,6 @@ def test_the_page_names_the_fit_held_fits_a_wide_scan_and_says_why_a_mask_is_not
         assert page.message().startswith("the dataset's own label of images/blurred cannot be read")
         page.js("return studio.openSlice('images/long', 0)")
         assert page.message() == ""  # said of the other case: gone with it
+    page.js("return studio.save().catch(() => null)")  # the server has stopped: said, not silently dropped
+    assert page.message().startswith("the studio server does not answer (stopped, or restarting?), so this was "
+                                     "not done")

@@ -35,7 +35,16 @@
     let body;
     if (opts.json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(opts.json); }
     if (opts.bytes !== undefined) { headers["Content-Type"] = "application/octet-stream"; body = opts.bytes; }
-    const response = await fetch(path, { method, headers, body });
+    let response;
+    try {
+      response = await fetch(path, { method, headers, body });
+    } catch (failure) {  // no answer at all: the server stopped (Ctrl+C, a restart) or the network is gone
+      const error = new Error("the studio server does not answer (stopped, or restarting?), so this was not done; " +
+                              "start it again, then retry: edits not yet saved stay in this page");
+      error.status = 0;
+      showMessage(error.message, "error");
+      throw error;
+    }
     const data = await response.json().catch(() => ({ detail: response.statusText }));
     if (!response.ok) {
       const error = new Error(data.detail || `${response.status} ${response.statusText}`);
