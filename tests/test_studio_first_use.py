@@ -24,7 +24,9 @@ HTTP API (FastAPI's TestClient), and reading the export back as the dataset it i
 - a finished fit showed the Dice of its last validation as "Dice on labelled slices", though the model
   it kept (and predicts with) is its best step's, which scored higher;
 - with the server stopped (Ctrl+C, a restart), a save (S) or a fit from the page did nothing and said
-  nothing.
+  nothing;
+- a mask named with a ';' (``semi;colon.png``, paired by name without an index) was split at it and
+  paired with no image: its image opened as unlabelled.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from PIL import Image
 from fewsam.data import open_dataset
 from fewsam.studio import StudioSettings, create_app
 from fewsam.studio.project import EXPORT_MANIFEST, LATEST_RUN, Project
-from test_studio_api import data, make_client, painted, put, python  # noqa: F401  (data: fixture)
+from test_studio_api import data, decode, make_client, painted, put, python  # noqa: F401  (data: fixture)
 from test_studio_browser import Page, browser, free_port, wait_until  # noqa: F401  (browser: fixture)
 
 SIZE = (24, 32)
@@ -172,6 +174,20 @@ def test_a_blank_end_slice_labelled_as_background_is_left_out_of_the_fit(tmp_pat
         refused = client.post("/api/fit", json={"steps": 2})
         assert refused.status_code == 400
         assert refused.json()["detail"].startswith("case empty is a constant image (every pixel 0), nothing to segment")
+
+
+def test_a_mask_named_with_a_semicolon_stays_paired_with_its_image(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.fromarray(np.full(SIZE, 90, np.uint8)).save(data / "images" / "semi;colon.png")
+    mask = np.zeros(SIZE, np.uint8)
+    mask[2:6, 2:6] = 255
+    Image.fromarray(mask).save(data / "masks" / "semi;colon.png")
+    with make_client(data, tmp_path / "project") as client:
+        assert client.get("/api/info").json()["cases"][0]["has_label"]
+        opened = client.get("/api/slice", params={"case": "images/semi;colon", "z": 0}).json()
+        assert decode(opened["dataset_label"], "u1", SIZE).sum() == 16
 
 
 CHOOSING = """

@@ -455,7 +455,7 @@ def _ranged_style(specs: dict[int, dict[str, Any]], to_pixel: dict[int, int], cl
     return PngStyle("custom", class_map, to_class, to_pixel, rgb, ranged=True)
 
 
-def _index_rows(root: Path) -> tuple[list[dict[str, str]], bool]:
+def _index_rows(root: Path) -> tuple[list[dict[str, Any]], bool]:
     """Rows with image/mask paths relative to root (own index, parent index, or a scan), and whether
     they come from the scan, which reads every image file below root as a case."""
     if (root / "index.csv").is_file():
@@ -495,11 +495,15 @@ def _parent_rows(root: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _split_masks(cell: str) -> list[str]:
+def _split_masks(cell: str | list[str]) -> list[str]:
+    """A row's mask paths: an index's cell separates them with ';' or '|'; the scan's rows hold them as a
+    list, so that a mask file named ``semi;colon.png`` stays one path (split, it paired with no image)."""
+    if isinstance(cell, list):
+        return list(cell)
     return [m.strip() for m in re.split(r"[;|]", cell) if m.strip()]
 
 
-def _scan(root: Path) -> list[dict[str, str]]:
+def _scan(root: Path) -> list[dict[str, Any]]:
     files = natural_sorted((p for p in files_below(root) if is_image_name(p.name) and is_data_file(p)),
                            key=lambda p: p.relative_to(root).as_posix())
     by_stem: dict[tuple[Path, str], list[Path]] = {}
@@ -527,12 +531,12 @@ def _scan(root: Path) -> list[dict[str, str]]:
             masks = ([_same_suffix_first(first, image)] if first else []) + \
                 extras.get((image.parent, stem), [])
         rows.append({"image": image.relative_to(root).as_posix(),
-                     "masks": ";".join(m.relative_to(root).as_posix() for m in masks)})
+                     "masks": [m.relative_to(root).as_posix() for m in masks]})
     note_unpaired_masks(root, files, rows)
     return rows
 
 
-def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, str]]) -> None:
+def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, Any]]) -> None:
     """Say which masks no image was paired with (``masks/case1.png`` beside ``images/case 1.png``, an
     image renamed or deleted): left out without a word, their images would count as unlabelled and a fit
     would use fewer labelled images than the user drew."""
