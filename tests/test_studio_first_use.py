@@ -215,6 +215,16 @@ def test_the_fit_shows_what_it_does_after_its_last_step(data, tmp_path):
         client.delete("/api/job")
 
 
+def test_the_encodings_last_line_is_not_shown_once_the_training_loop_runs(tmp_path):
+    """The loop's first progress line comes at 5% of its steps: until then the newest line is the
+    encoding's, which says nothing about the steps the page shows running."""
+    from fewsam.studio.jobs import fit_activity
+
+    (tmp_path / "fit.log").write_text("2026-01-01 12:00:00 embed labelled 16/16 (100%), 0:12 elapsed\n")
+    assert fit_activity(tmp_path, 0, 80) == "embed labelled 16/16 (100%), 0:12 elapsed"  # before the loop
+    assert fit_activity(tmp_path, 2, 80) is None
+
+
 PREDICTING = """
 import json, pathlib, sys, time
 spec = json.loads(pathlib.Path(sys.argv[1]).read_text())

@@ -175,7 +175,7 @@ class JobRunner:
         if code is None:
             out["state"] = "running"
             if run is not None and out["phase"] == "fit":
-                out["message"] = fit_activity(run) or out["message"]
+                out["message"] = fit_activity(run, out["step"], job.spec.get("steps")) or out["message"]
         elif job.cancelled and record.get("state") != "done":
             out.update(state="cancelled", message=cancelled_message(job, record))
         elif code == 0 and record.get("state") == "done":
@@ -273,12 +273,13 @@ def fit_progress(run: Path, steps: int | None) -> dict[str, Any]:
     return out
 
 
-def fit_activity(run: Path) -> str | None:
-    """What the fit does now, from the newest progress line of RUN/fit.log, unless that is the training
-    loop's own (the page shows its steps): encoding the labelled slices before the loop, and after it the
-    post-processing chosen on the labelled slices (mirrored views encode every view of each: minutes at
-    the default 8 views), which fit_log.jsonl does not show; without it the page would sit at the last
-    step under the worker's "encoding ..., then fitting". None until such a line is written."""
+def fit_activity(run: Path, step: int, steps: int | None) -> str | None:
+    """What the fit does outside its training loop (whose steps the page shows), from the newest progress
+    line of RUN/fit.log: encoding the labelled slices before the loop, and after it the post-processing
+    chosen on the labelled slices (mirrored views encode every view of each: minutes at the default 8
+    views), which fit_log.jsonl does not show; without it the page would sit at the last step under the
+    worker's "encoding ..., then fitting". None during the loop (its first lines may come after a few
+    steps: the encoding's last line is no news then), and until such a line is written."""
     from fewsam.runs import TEXT_LOG
 
     try:
@@ -287,11 +288,11 @@ def fit_activity(run: Path) -> str | None:
             lines = fh.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return None
-    for line in reversed(lines):
-        match = PROGRESS_LINE.match(line.strip())
-        if match:
-            return None if match["task"] == "fit" else match["text"]
-    return None
+    progress = [match for line in lines if (match := PROGRESS_LINE.match(line.strip()))]
+    if not progress or progress[-1]["task"] == "fit":
+        return None
+    loop_ended = any(m["task"] == "fit" for m in progress) or (steps is not None and step >= steps)
+    return progress[-1]["text"] if step == 0 or loop_ended else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
