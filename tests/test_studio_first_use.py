@@ -33,21 +33,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import nibabel as nib
 import numpy as np
 import pytest
-import nibabel as nib
 from PIL import Image
 
 from fewsam.data import open_dataset
 from fewsam.studio import StudioSettings, create_app
 from fewsam.studio.project import EXPORT_MANIFEST, LATEST_RUN, Project
-from test_studio_api import data, decode, make_client, painted, put, python  # noqa: F401  (data: fixture)
+from test_studio_api import SLEEPER, data, decode, make_client, painted, put, python  # noqa: F401  (data: fixture)
 from test_studio_browser import Page, browser, free_port, wait_until  # noqa: F401  (browser: fixture)
 
 SIZE = (24, 32)
@@ -161,8 +160,7 @@ def test_a_blank_end_slice_labelled_as_background_is_left_out_of_the_fit(tmp_pat
     data = padded_volumes(tmp_path / "data")
     heart = np.zeros((20, 24), np.uint8)
     heart[5:12, 6:14] = 1
-    sleeper = lambda spec: [sys.executable, "-c", "import time; time.sleep(120)", str(spec)]  # noqa: E731
-    with make_client(data, tmp_path / "project", worker_argv=sleeper) as client:
+    with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
         assert put(client, np.zeros((20, 24), np.uint8), case="padded", z=0).status_code == 200
         assert put(client, heart, case="padded", z=1).status_code == 200
         started = client.post("/api/fit", json={"steps": 2})
