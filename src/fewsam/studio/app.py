@@ -7,7 +7,7 @@ before anything is written: upload size (capped before the body is read), label 
 values. ``Guard`` enforces the binding's rules on every request (see ``security.py``).
 
     GET    /api/info                       dataset, classes, cases (labelled slices), job, latest fit
-    GET    /api/slice?case=C&z=Z           image (float32), studio label and its revision, dataset label, prediction
+    GET    /api/slice?case=C&z=Z           image (float32), studio label and its revision, dataset label (or why it cannot be read), prediction
     PUT    /api/label?case=C&z=Z&h=H&w=W   save a slice's label (H*W bytes of class values); with &base=REVISION
                                            only if no other tab saved the slice since (else 409)
     DELETE /api/label?case=C&z=Z           take a slice out of the labelled set
@@ -241,7 +241,7 @@ def _add_browse(app: FastAPI, project: Project) -> None:
                 "width": int(image.shape[1]), "channels": 3 if image.ndim == 3 else 1,
                 "image": b64(image, "<f4"), "window": windows[case],
                 "label": b64(label, "u1"), "labelled": labelled, "revision": revision,
-                "dataset_label": b64(loaded.slice_label(z), "u1"),
+                "dataset_label": b64(loaded.slice_label(z), "u1"), "dataset_label_error": project.label_error(case),
                 "prediction": None if prediction is None else b64(prediction.labels[z], "u1"),
                 "entropy": None if prediction is None else float(prediction.entropy[z]),
                 "fit": None if prediction is None else prediction.fit}
@@ -297,16 +297,18 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
             fits_made = not (project.folder / FITS).exists()
             fit_dir = project.next_fit_dir()
             try:
-                count = project.write_fit_dataset(fit_dir / "data")
+                count, blank = project.write_fit_dataset(fit_dir / "data")
             except BaseException:  # a refused fit leaves the project as it was, PROJECT/fits/ included
                 shutil.rmtree(fit_dir.parent if fits_made else fit_dir, ignore_errors=True)
                 raise
-            return {"fit_dir": str(fit_dir), "labelled_slices": count}
+            return {"fit_dir": str(fit_dir), "labelled_slices": count, "blank_slices_left_out": blank}
 
         spec = {**base_spec(request.cases, request.all_cases), "steps": request.steps, "views": request.views}
         job = runner.start("fit", spec, prepare)
+        blank = job.spec["blank_slices_left_out"]
         log(f"started fit {job.id} ({job.spec['labelled_slices']} labelled slices, {request.steps} steps, "
-            f"{request.views} views) in {job.spec['fit_dir']}")
+            f"{request.views} views) in {job.spec['fit_dir']}"
+            + (f"; left out {len(blank)} blank labelled slice(s): {', '.join(blank)}" if blank else ""))
         return runner.status()
 
     @app.post("/api/predict", status_code=202)

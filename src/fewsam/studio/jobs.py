@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,9 @@ from fewsam.studio.errors import Conflict, NotFound
 
 WorkerArgv = Callable[[Path], list[str]]
 LOG_TAIL_LINES = 6
+FIT_LOG_TAIL = 16384  # bytes of RUN/fit.log read for its newest progress line (a line every 5% or 30 s)
+# "2026-01-01 12:00:00 mirror val 3/10 (30%), 0:21 elapsed, ~0:50 left": a line of ``progress.PlainProgress``
+PROGRESS_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?P<text>(?P<task>\D+?) \d+/\d+ \(\d+%\).*)$")
 
 
 def worker_argv(spec: Path) -> list[str]:
@@ -165,14 +169,17 @@ class JobRunner:
                                "phase": record.get("phase", "starting"), "message": record.get("message", ""),
                                "cases_done": record.get("cases_done"), "cases_total": record.get("cases_total"),
                                "log": str(job.log_file)}
-        if job.kind == "fit":
-            out.update(fit_progress(Path(job.spec["fit_dir"]) / "run", job.spec.get("steps")))
+        run = Path(job.spec["fit_dir"]) / "run" if job.kind == "fit" else None
+        if run is not None:
+            out.update(fit_progress(run, job.spec.get("steps")))
         if code is None:
             out["state"] = "running"
+            if run is not None and out["phase"] == "fit":
+                out["message"] = fit_activity(run, out["step"], job.spec.get("steps")) or out["message"]
         elif job.cancelled and record.get("state") != "done":
-            out.update(state="cancelled", message=f"the {job.kind} was cancelled; your labels are unchanged")
+            out.update(state="cancelled", message=cancelled_message(job, record))
         elif code == 0 and record.get("state") == "done":
-            out.update(state="done", result=record.get("result"))
+            out.update(state="done", result=record.get("result"), **kept_model_dice(record.get("result")))
         else:
             out.update(state="failed", error=record.get("error") or self._crash_message(job, code))
         return out
@@ -205,6 +212,30 @@ class JobRunner:
         job = self.job
         if job is not None and job.process.poll() is None:
             _terminate(job)
+
+
+def kept_model_dice(result: object) -> dict[str, Any]:
+    """{"dice": the validation score of the checkpoint a finished fit kept} (its best step), or nothing: the
+    latest validation, which a running fit shows, may be a later, worse step than the model now predicting."""
+    score = result.get("best_score") if isinstance(result, dict) else None
+    return {"dice": score} if isinstance(score, (int, float)) and not isinstance(score, bool) else {}
+
+
+def cancelled_message(job: Job, record: dict[str, Any]) -> str:
+    """What a cancel left. A fit cancelled once its training had finished (while it predicted the cases)
+    is the project's latest fit already: predictions, "Predict" and "Suggest next" now use it, and the
+    earlier fit's predictions are no longer shown, which "the fit was cancelled" would hide."""
+    if job.kind == "fit":
+        from fewsam.studio.project import LATEST_RUN
+
+        fit = Path(job.spec["fit_dir"]).name
+        latest = _read_json(Path(job.spec["project"]) / LATEST_RUN) or {}
+        if latest.get("fit") == fit:
+            done, total = record.get("cases_done") or 0, record.get("cases_total")
+            return (f"the fit had finished and {fit} is now the latest fit; predicting its cases was cancelled"
+                    + (f" after {done} of {total}" if total else "") + ": Predict goes on with the others. "
+                    "Your labels are unchanged")
+    return f"the {job.kind} was cancelled; your labels are unchanged"
 
 
 def _terminate(job: Job) -> None:
@@ -240,6 +271,28 @@ def fit_progress(run: Path, steps: int | None) -> dict[str, Any]:
         elif "loss" in record:
             out.update(step=record.get("step", out["step"]), loss=record["loss"])
     return out
+
+
+def fit_activity(run: Path, step: int, steps: int | None) -> str | None:
+    """What the fit does outside its training loop (whose steps the page shows), from the newest progress
+    line of RUN/fit.log: encoding the labelled slices before the loop, and after it the post-processing
+    chosen on the labelled slices (mirrored views encode every view of each: minutes at the default 8
+    views), which fit_log.jsonl does not show; without it the page would sit at the last step under the
+    worker's "encoding ..., then fitting". None during the loop (its first lines may come after a few
+    steps: the encoding's last line is no news then), and until such a line is written."""
+    from fewsam.runs import TEXT_LOG
+
+    try:
+        with open(run / TEXT_LOG, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - FIT_LOG_TAIL))
+            lines = fh.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    progress = [match for line in lines if (match := PROGRESS_LINE.match(line.strip()))]
+    if not progress or progress[-1]["task"] == "fit":
+        return None
+    loop_ended = any(m["task"] == "fit" for m in progress) or (steps is not None and step >= steps)
+    return progress[-1]["text"] if step == 0 or loop_ended else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -194,6 +194,7 @@ class Project:
         self._export_lock = threading.Lock()  # one export at a time: each replaces PROJECT/export whole
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._slices: dict[str, int] = {}
+        self._label_errors: dict[str, str] = {}  # cases whose dataset label cannot be read (see load_case)
         self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
         self.moved_from: Path | None = None  # the dataset's folder when the labels were made, if it moved since
         self._labelled = self._read_state()
@@ -203,14 +204,31 @@ class Project:
     # --- the dataset -------------------------------------------------------------------------
 
     def _class_map(self) -> ClassMap:
-        """The dataset's classes; a dataset without labels or class names takes PROJECT/classes.json."""
+        """The dataset's classes; a dataset without labels or class names takes PROJECT/classes.json, and so
+        does a folder of 2D images without masks, whose reader otherwise offers its one guessed class
+        ("foreground"), so that no second class could be labelled (``_adopt_project_classes``)."""
+        path = self.folder / "classes.json"
+        if path.is_file() and self._adopt_project_classes(path):
+            return self.dataset.class_map
         if self.dataset.class_map.names:
             return self.dataset.class_map
-        path = self.folder / "classes.json"
         if path.is_file():
             return class_map_from_json(path)
         raise StudioError(f"{self.data} names no classes (no label files, no classes.json); write the "
                           f'classes to label into {path}, e.g. {{"1": "liver", "2": "tumour"}}')
+
+    def _adopt_project_classes(self, path: Path) -> bool:
+        """Give an image folder without masks and without its own classes.json the classes of PROJECT/
+        classes.json, stored as its reader's mask coding where that has a pixel for each class (one class:
+        0/255), else as the class indices; returns whether it took them (a folder with masks keeps its own)."""
+        adopt = getattr(self.dataset, "adopt_mask_coding", None)
+        if adopt is None:
+            return False
+        class_map = class_map_from_json(path)
+        values = [0, *class_map.labels]
+        current = self.dataset.mask_coding()["to_pixel"]
+        to_pixel = {str(v): int(current[str(v)]) if all(str(c) in current for c in values) else v for v in values}
+        return bool(adopt(class_map, {"to_pixel": to_pixel, "palette": None}))
 
     def case_ids(self) -> list[str]:
         return list(self.dataset.entries)
@@ -238,13 +256,30 @@ class Project:
             if case_id in self._cases:
                 self._cases.move_to_end(case_id)
                 return self._cases[case_id]
-        case = self.dataset.load(case_id)
+        case = self._load_for_labelling(case_id)
         with self.lock:
             self._cases[case_id] = case
             self._slices[case_id] = case.num_slices
             while len(self._cases) > CACHED_CASES:
                 self._cases.popitem(last=False)
         return case
+
+    def _load_for_labelling(self, case_id: str) -> Case:
+        """A case with its dataset label, or without it where that label cannot be read (a mask of another
+        size, blurred edges outside the coding): a broken label is a reason to label the image here, not to
+        refuse to open it. Why it was left out is kept for the page (``label_error``); an image that cannot
+        be read is refused as before."""
+        try:
+            return self.dataset.load(case_id)
+        except DataError as err:
+            case = self.dataset.load(case_id, with_label=False)
+            self._label_errors[case_id] = (f"the dataset's own label of {case_id} cannot be read, so it is not "
+                                           f"shown; label the image here instead ({err})")
+            return case
+
+    def label_error(self, case_id: str) -> str | None:
+        """Why the dataset's label of a loaded case is not shown, or None."""
+        return self._label_errors.get(case_id)
 
     def allowed_values(self) -> list[int]:
         return [0, *self.class_map.labels]
@@ -487,8 +522,9 @@ class Project:
         path.mkdir(parents=True)
         return path
 
-    def write_fit_dataset(self, folder: Path) -> int:
-        """The labelled slices as a dataset the fit reads; returns how many slices it holds.
+    def write_fit_dataset(self, folder: Path) -> tuple[int, list[str]]:
+        """The labelled slices as a dataset the fit reads; returns how many slices it holds, and the blank
+        slices left out (``_without_blank_slices``).
 
         Refuses (before any worker starts) an empty labelled set or one missing a class: the
         few-shot prompt bank needs pixels of every class."""
@@ -499,11 +535,35 @@ class Project:
             if not labelled:
                 raise StudioError("no slice is labelled yet; paint each class on a slice and save it, then fit")
             slices = [(case_id, z, self.labelled_volume(case_id)[z]) for case_id, zs in labelled.items() for z in zs]
+        slices, blank = self._without_blank_slices(slices)
         missing = set(self.class_map.labels) - {int(v) for _, _, lab in slices for v in np.unique(lab)}
         if missing:
             names = ", ".join(self.class_map.names[v] for v in sorted(missing))
             raise StudioError(f"no labelled slice shows class {names}; paint it on at least one slice, then fit")
-        return write_fit_dataset(folder, [(self.load_case(c), z, lab) for c, z, lab in slices], self.class_map)
+        count = write_fit_dataset(folder, [(self.load_case(c), z, lab) for c, z, lab in slices], self.class_map)
+        return count, blank
+
+    def _without_blank_slices(self, slices: list[tuple[str, int, np.ndarray]]
+                              ) -> tuple[list[tuple[str, int, np.ndarray]], list[str]]:
+        """The labelled slices less those whose image is one value everywhere (a volume's zero-padded end
+        slice, labelled as background), and those left out as "CASE slice Z". A fit accepts such a slice
+        inside a case with content, but each labelled slice is a case of its own in the fit's data, where
+        the fit refuses it as an export gone wrong, naming ids the user never saw. A labelled slice of a
+        case that is blank throughout is refused here, as the fit would refuse that case."""
+        kept, blank = [], []
+        for case_id, z, label in slices:
+            image = self.load_case(case_id).image
+            if float(image[z].max()) != float(image[z].min()):
+                kept.append((case_id, z, label))
+            elif float(image.max()) == float(image.min()):
+                raise StudioError(f"case {case_id} is a constant image (every pixel {image.flat[0]:g}), nothing to "
+                                  f"segment; unmark its labelled slice(s), then fit")
+            else:
+                blank.append(f"{case_id} slice {z}")
+        if not kept:
+            raise StudioError(f"every labelled slice is blank (one value everywhere: {', '.join(blank[:3])}); "
+                              "label slices that show the anatomy, then fit")
+        return kept, blank
 
     # --- export ------------------------------------------------------------------------------
 
@@ -512,7 +572,8 @@ class Project:
         with the image's affine and header, PNG in the dataset's mask coding, ...), named as the dataset's
         reader finds labels (``label_rel_path``: BUSI's ``x_mask.png``, ``masks/x.png``), unlabelled slices 0,
         labelled_slices.json saying which slices hold labels, and for a dataset an index.csv lists, that index
-        naming each exported label (``_export_index``). Replaces the previous export whole, and
+        naming each exported label alone (``_export_index``; without an index, the masks merged by their names
+        written blank, ``_write_blank_masks``). Replaces the previous export whole, and
         refuses (before writing anything) when PROJECT/export holds anything an export did not write."""
         labelled = self.labelled()
         if not labelled:
@@ -544,6 +605,9 @@ class Project:
             rel = write_prediction(as_label, volume, folder).relative_to(folder).as_posix()
             files.append(rel)
             cases[case_id] = {"file": rel, "slices": zs}
+            blank = self._write_blank_masks(case, folder)
+            if blank:
+                cases[case_id]["blank"] = blank
         manifest = {"data": str(self.data), "classes": self.class_map.to_json(), "cases": cases,
                     "note": "slices not listed are unlabelled (stored as 0), not background"}
         index = self._export_index({case_id: entry["file"] for case_id, entry in cases.items()})
@@ -552,6 +616,17 @@ class Project:
             manifest["index"] = EXPORT_INDEX
         atomic_write_bytes(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=1).encode())
         return files
+
+    def _write_blank_masks(self, case: Case, folder: Path) -> list[str]:
+        """The case's other masks that its reader merges into its label by their names (BUSI's
+        ``x_mask_1.png``), written blank (background) beside its exported label: copied into the dataset,
+        the old ones would otherwise add outlines back that the user erased. Returns their paths."""
+        extra = getattr(self.dataset, "extra_mask_rel_paths", None)
+        written = []
+        for rel in extra(case.case_id) if extra is not None else []:
+            blank = np.zeros(case.image.shape[:3], np.uint8)
+            written.append(write_prediction(replace(case, rel_path=rel), blank, folder).relative_to(folder).as_posix())
+        return written
 
     def _export_index(self, labels: dict[str, str]) -> str | None:
         """The dataset's index.csv naming each exported label, for a dataset whose cases an index lists
@@ -568,7 +643,9 @@ def exported_files(folder: Path) -> set[str]:
     try:
         manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
         index = [str(manifest["index"])] if manifest.get("index") else []
-        return {EXPORT_MANIFEST, *index, *(str(entry["file"]) for entry in manifest["cases"].values())}
+        cases = manifest["cases"].values()
+        return {EXPORT_MANIFEST, *index, *(str(entry["file"]) for entry in cases),
+                *(str(rel) for entry in cases for rel in entry.get("blank", []))}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
 

@@ -179,10 +179,12 @@ class PngFolderDataset(IndexedDataset):
     def index_with_masks(self, masks: dict[str, str]) -> str | None:
         """This dataset's index (``index.csv``, or its rows of the parent folder's, paths relative to root)
         as CSV text, with the mask cell of each case of ``masks`` (case id -> mask path relative to root)
-        filled where it was empty; every other row and cell as it was, so a case still without a mask
-        stays listed with an empty one. An index is what the reader trusts: a mask file written for a case
-        whose mask cell is empty is never read. None for a folder without an index (the scan pairs masks by
-        their names)."""
+        naming that mask alone; every other row and cell as it was, so a case still without a mask stays
+        listed with an empty one. An index is what the reader trusts: a mask file written for a case whose
+        mask cell is empty is never read, and a cell that still named the case's other masks (BUSI's
+        ``x_mask.png;x_mask_1.png``, or ``x_mask.jpg`` beside the new ``x_mask.png``) would merge the old
+        outlines back into the new label. None for a folder without an index (the scan pairs masks by
+        their names; see ``extra_mask_rel_paths``)."""
         if self.reads_whole_tree:
             return None
         rows, _ = _index_rows(self.root)
@@ -191,9 +193,18 @@ class PngFolderDataset(IndexedDataset):
         out = csv.writer(buf, lineterminator="\n")
         out.writerow(columns)
         for row in rows:
-            cell = row.get("masks", "") or masks.get(_entry(self.root, row).case_id, "")
+            cell = masks.get(_entry(self.root, row).case_id) or row.get("masks", "")
             out.writerow([row.get("image", ""), cell, *(row.get(c, "") for c in columns[2:])])
         return buf.getvalue()
+
+    def extra_mask_rel_paths(self, case_id: str) -> list[str]:
+        """The masks after a case's first that the scan merges into its label by their names (BUSI's
+        ``x_mask_1.png`` ...), relative to root: a label written as ``x_mask.png`` alone reads back merged
+        with them, so whoever writes the case's whole label also writes these, blank. Empty for a folder
+        with an index, which names each case's masks itself (``index_with_masks``)."""
+        if not self.reads_whole_tree:
+            return []
+        return [m.relative_to(self.root).as_posix() for m in self.masks.get(case_id, [])[1:]]
 
     def mask_coding(self) -> dict[str, Any]:
         """How this dataset's masks store its classes as pixels (class -> pixel, and the palette),
@@ -447,7 +458,7 @@ def _ranged_style(specs: dict[int, dict[str, Any]], to_pixel: dict[int, int], cl
     return PngStyle("custom", class_map, to_class, to_pixel, rgb, ranged=True)
 
 
-def _index_rows(root: Path) -> tuple[list[dict[str, str]], bool]:
+def _index_rows(root: Path) -> tuple[list[dict[str, Any]], bool]:
     """Rows with image/mask paths relative to root (own index, parent index, or a scan), and whether
     they come from the scan, which reads every image file below root as a case."""
     if (root / "index.csv").is_file():
@@ -487,11 +498,15 @@ def _parent_rows(root: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _split_masks(cell: str) -> list[str]:
+def _split_masks(cell: str | list[str]) -> list[str]:
+    """A row's mask paths: an index's cell separates them with ';' or '|'; the scan's rows hold them as a
+    list, so that a mask file named ``semi;colon.png`` stays one path (split, it paired with no image)."""
+    if isinstance(cell, list):
+        return list(cell)
     return [m.strip() for m in re.split(r"[;|]", cell) if m.strip()]
 
 
-def _scan(root: Path) -> list[dict[str, str]]:
+def _scan(root: Path) -> list[dict[str, Any]]:
     files = natural_sorted((p for p in files_below(root) if is_image_name(p.name) and is_data_file(p)),
                            key=lambda p: p.relative_to(root).as_posix())
     by_stem: dict[tuple[Path, str], list[Path]] = {}
@@ -519,12 +534,12 @@ def _scan(root: Path) -> list[dict[str, str]]:
             masks = ([_same_suffix_first(first, image)] if first else []) + \
                 extras.get((image.parent, stem), [])
         rows.append({"image": image.relative_to(root).as_posix(),
-                     "masks": ";".join(m.relative_to(root).as_posix() for m in masks)})
+                     "masks": [m.relative_to(root).as_posix() for m in masks]})
     note_unpaired_masks(root, files, rows)
     return rows
 
 
-def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, str]]) -> None:
+def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, Any]]) -> None:
     """Say which masks no image was paired with (``masks/case1.png`` beside ``images/case 1.png``, an
     image renamed or deleted): left out without a word, their images would count as unlabelled and a fit
     would use fewer labelled images than the user drew."""

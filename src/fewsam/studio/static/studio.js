@@ -16,6 +16,7 @@
     tool: "brush", cls: 1, brush: 6, zoom: 1, window: null, hidden: new Set(), job: null,
     show: { label: true, pred: true, gt: false }, opacity: { label: 0.55, pred: 0.4, gt: 0.9 },
     base: null, frame: null, painting: null, levelDrag: null, cursor: null, polling: null, suggestion: null,
+    labelError: null,
   };
 
   // --- talking to the server -------------------------------------------------------------------
@@ -34,7 +35,16 @@
     let body;
     if (opts.json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(opts.json); }
     if (opts.bytes !== undefined) { headers["Content-Type"] = "application/octet-stream"; body = opts.bytes; }
-    const response = await fetch(path, { method, headers, body });
+    let response;
+    try {
+      response = await fetch(path, { method, headers, body });
+    } catch (failure) {  // no answer at all: the server stopped (Ctrl+C, a restart) or the network is gone
+      const error = new Error("the studio server does not answer (stopped, or restarting?), so this was not done; " +
+                              "start it again, then retry: edits not yet saved stay in this page");
+      error.status = 0;
+      showMessage(error.message, "error");
+      throw error;
+    }
     const data = await response.json().catch(() => ({ detail: response.statusText }));
     if (!response.ok) {
       const error = new Error(data.detail || `${response.status} ${response.statusText}`);
@@ -164,6 +174,7 @@
                                               dirty: false, revision: data.revision });
     }
     if (changedCase || !state.window) setWindow(data.window[0], data.window[1], data.window);
+    if (changedCase) sayLabelError(data.dataset_label_error);
     if (changedCase) fitZoom();
     state.base = null;
     renderCases();
@@ -174,6 +185,14 @@
   }
 
   const draft = () => state.drafts.get(draftKey(state.caseId, state.z));
+
+  // A case opened without its dataset label (the server could not read it) says why; the next case
+  // clears that line, which no longer applies, unless another message has replaced it since.
+  function sayLabelError(error) {
+    if (error) showMessage(error, "error");
+    else if (state.labelError && $("message").textContent === state.labelError) showMessage("", "info");
+    state.labelError = error || null;
+  }
 
   function renderStrip() {
     const strip = $("slice-strip");
@@ -243,7 +262,9 @@
     const wrap = $("canvas-wrap");
     const s = state.slice;
     const fit = Math.min((wrap.clientWidth - 8) / s.w, (wrap.clientHeight - 8) / s.h);
-    setZoom(Math.max(0.25, Math.min(16, Math.floor(fit * 4) / 4 || 1)));
+    // An image more than 4x the view (a 4000 px wide scan) opens at the smallest zoom, not at 100%; only
+    // a view without a size yet (fit 0 or less) falls back to 100%.
+    setZoom(fit > 0 ? Math.max(0.25, Math.min(16, Math.floor(fit * 4) / 4)) : 1);
   }
 
   function setZoom(zoom) {
@@ -553,8 +574,19 @@
     showJob(job);
   }
 
+  // With no job since the server started, the fit the project already holds (a restart keeps it and its
+  // predictions): "no fit yet" beside a prediction drawn from it would read as a fit lost.
+  function describeLatestFit() {
+    const latest = state.info && state.info.latest_fit;
+    if (!latest) return "no fit yet";
+    const parts = [`latest fit ${latest.fit}`];
+    if (typeof latest.labelled_slices === "number") parts.push(`${latest.labelled_slices} labelled slice(s)`);
+    if (typeof latest.best_score === "number") parts.push(`Dice on labelled slices ${latest.best_score.toFixed(3)}`);
+    return parts.join(" - ");
+  }
+
   function describeJob(job) {
-    if (!job || job.state === "idle") return "no fit yet";
+    if (!job || job.state === "idle") return describeLatestFit();
     const parts = [`${job.kind} ${job.id}: ${job.state}`];
     if (job.kind === "fit" && job.steps) {
       parts.push(`step ${job.step}/${job.steps}`);
