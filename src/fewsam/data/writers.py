@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,7 +39,7 @@ from PIL import Image
 
 from fewsam.atomic import atomic_write_bytes
 from fewsam.data.readers.acdc_h5 import H5_ERRORS
-from fewsam.data.readers.common import check_label_values, first_line, to_label_array
+from fewsam.data.readers.common import LABEL_INSIDE_IMAGE, check_label_values, first_line, to_label_array
 from fewsam.data.readers import itk_volume
 from fewsam.data.readers.itk_volume import itk_message
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
@@ -102,6 +102,55 @@ def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
     path = prediction_path(case, out_root)
     atomic_write_bytes(path, ENCODERS[case.format](case, pred))
     return path
+
+
+def write_label(case: Case, label: np.ndarray, out_root: Path, rel_path: str, source: Path) -> Path:
+    """``label`` (D, H, W) class indices of ``case`` at ``out_root/rel_path`` as the dataset stores labels (the
+    studio's export): a label file in the case's format, or, where one file holds a case's image and its label
+    (``LABEL_INSIDE_IMAGE``), a copy of the case's file ``source`` with its label replaced in the dataset's
+    own key and coding. Copied into the dataset, either reads back as the case's label."""
+    as_label = replace(case, rel_path=rel_path)
+    if case.format not in LABEL_INSIDE_IMAGE:
+        return write_prediction(as_label, label, out_root)
+    if label.shape != tuple(case.image.shape[:3]):
+        raise DataError(f"label for {case.case_id} has shape {label.shape}, expected "
+                        f"{tuple(case.image.shape[:3])} (D, H, W)")
+    path = out_root / rel_path
+    label = _as_stored(case, to_label_array(np.asarray(label), Path(rel_path), "label"))
+    atomic_write_bytes(path, (_h5_with_label if case.format == "h5" else _npz_with_label)(source, label))
+    return path
+
+
+def _h5_with_label(source: Path, label: np.ndarray) -> bytes:
+    """``source`` (an SSL4MIS h5 case) with its ``label`` dataset replaced; its other datasets and attributes
+    copied as they are."""
+    buf = io.BytesIO()
+    with h5py.File(source, "r") as old, h5py.File(buf, "w") as new:
+        new.attrs.update(dict(old.attrs))
+        for key in old:
+            if key != "label":
+                old.copy(old[key], new, name=key)
+        dtype = old["label"].dtype if isinstance(old.get("label"), h5py.Dataset) else np.uint8
+        new.create_dataset("label", data=label.astype(dtype), compression="gzip")
+    return buf.getvalue()
+
+
+def _npz_with_label(source: Path, label: np.ndarray) -> bytes:
+    """``source`` (a FairSeg npz) with its mask in FairSeg's coding (-1 rim, -2 cup; 255 / 254 where the file
+    stores them as uint8, 1 / 2 where it stores class indices), its other arrays copied as they are."""
+    with np.load(source, allow_pickle=False) as old:
+        arrays = {key: old[key] for key in old.files}
+    key = next((k for k in MASK_KEYS if k in arrays), MASK_KEYS[0])
+    stored = arrays.get(key, np.zeros(0, np.int8))
+    if stored.dtype.kind == "u":
+        rim, cup = (1, 2) if stored.size and stored.max() <= 2 else (255, 254)
+    else:
+        rim, cup = -1, -2
+    coded = np.zeros(label.shape, stored.dtype if stored.dtype.kind in "iu" else np.int8)
+    coded[label == 1], coded[label == 2] = rim, cup
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{**arrays, key: coded})
+    return buf.getvalue()
 
 
 def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = None,

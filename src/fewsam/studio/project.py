@@ -43,7 +43,7 @@ from fewsam.atomic import LockHeld, atomic_write_bytes, check_folder_path, take_
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
-from fewsam.data.writers import prediction_path
+from fewsam.data.writers import prediction_path, write_label
 from fewsam.errors import DataError
 from fewsam.studio.errors import BadLabel, Conflict, NotFound, StudioError
 
@@ -601,8 +601,9 @@ class Project:
             keep = np.zeros(volume.shape[0], bool)
             keep[zs] = True
             volume[~keep] = 0
-            as_label = replace(case, rel_path=self.dataset.label_rel_path(self.dataset.entries[case_id]))
-            rel = write_prediction(as_label, volume, folder).relative_to(folder).as_posix()
+            entry = self.dataset.entries[case_id]
+            rel = write_label(case, volume, folder, self.dataset.label_rel_path(entry),
+                              Path(entry.image)).relative_to(folder).as_posix()
             files.append(rel)
             cases[case_id] = {"file": rel, "slices": zs}
             blank = self._write_blank_masks(case, folder)

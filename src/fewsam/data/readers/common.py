@@ -60,6 +60,11 @@ class Read:
 # How every reader draws a computed 'val' split (``deterministic_split``), in the words its errors use.
 VAL_RULE = "every 5th labelled subject (patient; at least one of two or more)"
 
+# Formats whose one file holds a case's image and its label (ACDC's SSL4MIS h5, Harvard-FairSeg npz): a
+# label is exported as a copy of that file with the label replaced (``writers.write_label``).
+LABEL_INSIDE_IMAGE = ("h5", "npz")
+
+
 class IndexedDataset:
     """Base of all readers: implements the ``Dataset`` protocol over an index of ``Entry``.
 
@@ -168,6 +173,8 @@ class IndexedDataset:
         apart from its image (with the ending labels are written in, its prediction's), else where the
         layout looks for one (``new_label_rel_path``)."""
         written = self.prediction_rel_path(entry)
+        if self.format in LABEL_INSIDE_IMAGE:  # the label goes into a copy of the case's file, where it lies
+            return Path(entry.image).relative_to(self.root).as_posix()
         if entry.label is None or Path(entry.label) == Path(entry.image):
             return self.new_label_rel_path(entry)
         try:
