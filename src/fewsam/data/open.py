@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from fewsam.data.attributes import read_attribute_table
-from fewsam.data.readers import acdc_h5, dicom, fairseg_npz, nifti, png_folder
+from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
 from fewsam.data.readers.common import IndexedDataset, listed_names
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
@@ -27,9 +27,15 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
     "dicom": (dicom.detect, dicom.open_dicom,
               "a folder of DICOM files (.dcm, or scanner-named with the DICM marker) per series "
               "(+ labels/<series>.nii.gz)"),
+    "case-folders": (case_folders.detect, case_folders.open_case_folders,
+                     "a folder per case holding its image and label volumes (KiTS case_00000/imaging.nii.gz + "
+                     "segmentation.nii.gz; BraTS <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz; TotalSegmentator "
+                     "<case>/ct.nii.gz + segmentations/<structure>.nii.gz), or image and label volumes side by side "
+                     "(LiTS volume-0.nii + segmentation-0.nii): labels named with seg, segmentation, label, mask "
+                     "or gt"),
     "png": (png_folder.detect, png_folder.open_png_folder,
             "index.csv with image,mask columns, image/ + mask/ folders, or X.png + X_mask.png "
-            "(.png .jpg .jpeg .tif .tiff .bmp)"),
+            "(.png .jpg .jpeg .tif .tiff .bmp .gif)"),
 }
 
 
@@ -45,16 +51,15 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"data folder {root} {what}; give the dataset's root folder")
-    for detect, open_layout, _ in LAYOUTS.values():
+    for name, (detect, open_layout, _) in LAYOUTS.items():
+        if name == "case-folders":  # it reads any folder of volumes, also one inside an nnU-Net dataset
+            refuse_folder_inside(root)
         if detect(root):
             dataset = open_layout(root)
             break
     else:
         refuse_run_folder(root)
-        parent = _layout_above(root)
-        if parent is not None:
-            raise DataError(f"{root} is a folder inside the dataset {parent} ({SUBFOLDERS[root.name]} layout); "
-                            f"give the dataset's root: --data {parent}")
+        refuse_folder_inside(root)
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
     if isinstance(dataset, IndexedDataset):
@@ -73,6 +78,14 @@ def refuse_run_folder(root: Path) -> None:
     if (root / CONFIG).is_file() and (root / TEXT_LOG).is_file():
         raise DataError(f"{root} is a fewsam run folder ({CONFIG}, {TEXT_LOG}), not a data folder; give the folder of "
                         "images and labels as data, and the run first: `fewsam predict RUN --data DATA`")
+
+
+def refuse_folder_inside(root: Path) -> None:
+    """An image or label folder of a dataset given as data (--data DATASET/imagesTr) names the dataset's root."""
+    parent = _layout_above(root)
+    if parent is not None:
+        raise DataError(f"{root} is a folder inside the dataset {parent} ({SUBFOLDERS[root.name]} layout); "
+                        f"give the dataset's root: --data {parent}")
 
 
 # Folders of a layout that users give as --data by mistake, with the layouts that name them. Only
