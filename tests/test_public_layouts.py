@@ -287,6 +287,16 @@ def test_drive_reads_the_manual_annotations_not_the_field_of_view_masks(tmp_path
     assert split_sizes(tmp_path)["test"] == (2, 0)
 
 
+def test_masks_stay_labels_beside_a_folder_named_as_annotations_that_pairs_nothing(tmp_path):
+    """An annotations/ folder of other pictures (previews) beside images/ and masks/: masks/ holds the labels."""
+    for name in ("a", "b"):
+        picture(tmp_path / "images" / f"{name}.png")
+        picture(tmp_path / "masks" / f"{name}.png", mask=True)
+    picture(tmp_path / "annotations" / "overview.png")
+    ds = open_dataset(tmp_path)
+    assert list(ds.entries) == ["images/a", "images/b"] and ds.entries["images/b"].label.parent.name == "masks"
+
+
 def test_a_second_annotator_is_said_not_read(tmp_path, notes):
     for i in (1, 2):
         picture(tmp_path / "images" / f"{i:02d}_test.tif")

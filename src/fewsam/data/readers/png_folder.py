@@ -535,6 +535,18 @@ def _scan(root: Path) -> list[dict[str, str]]:
         if "_mask_" in stem:
             extras.setdefault((p.parent, stem[: stem.rindex("_mask_")]), []).append(p)
     folders = MaskFolders(root, files)
+    rows = _paired_rows(root, files, folders, by_stem, extras)
+    if folders.field_of_view and not folders.used_drawn():  # no drawn annotation pairs: mask/ holds the labels
+        folders = MaskFolders(root, files, field_of_view=False)
+        rows = _paired_rows(root, files, folders, by_stem, extras)
+    folders.say_unread(rows)
+    note_unpaired_masks(root, files, rows, folders)
+    return rows
+
+
+def _paired_rows(root: Path, files: list[Path], folders: MaskFolders, by_stem: dict[tuple[Path, str], list[Path]],
+                 extras: dict[tuple[Path, str], list[Path]]) -> list[dict[str, str]]:
+    """One row per image of ``files`` (masks left out), with its masks as ``_scan`` pairs them."""
     rows = []
     for image in files:
         stem = image.stem.lower()
@@ -552,8 +564,6 @@ def _scan(root: Path) -> list[dict[str, str]]:
             masks = ([_same_suffix_first(first, image)] if first else []) + extras.get((image.parent, stem), [])
         rows.append({"image": image.relative_to(root).as_posix(),
                      "masks": ";".join(m.relative_to(root).as_posix() for m in masks)})
-    folders.say_unread(rows)
-    note_unpaired_masks(root, files, rows, folders)
     return rows
 
 
@@ -598,9 +608,11 @@ class MaskFolders:
     leftMask/, rightMask/), one per sub-folder, merged; else by the one number in both names
     (DRIVE's ``21_training.tif`` and ``21_manual1.gif``). Folders of drawn annotations come first,
     then mask/, masks/, label/, labels/, then the others by name (1st_manual before 2nd_manual): the
-    first that holds the image's mask is read, the others are said not to be."""
+    first that holds the image's mask is read, the others are said not to be. A folder named mask/ or
+    masks/ is a field of view where one of drawn annotations gives images their masks, and is then not
+    read (``field_of_view``: False reads it as any mask folder)."""
 
-    def __init__(self, root: Path, files: list[Path]) -> None:
+    def __init__(self, root: Path, files: list[Path], field_of_view: bool = True) -> None:
         self.root = root
         self.children: dict[Path, set[Path]] = {}
         for p in files:
@@ -614,9 +626,13 @@ class MaskFolders:
         named = {f for kids in self.children.values() for f in kids if folder_words(f.name) & MASK_WORDS}
         self.masks = {f for f in named if f.name.lower() in MASK_DIRS
                       or any(s not in named for s in self.children[f.parent])}
-        drawn = any(folder_words(f.name) & DRAWN_WORDS for f in self.masks)
+        drawn = field_of_view and any(folder_words(f.name) & DRAWN_WORDS for f in self.masks)
         self.field_of_view = {f for f in self.masks if drawn and f.name.lower() in ("mask", "masks")}
         self.used: set[Path] = set()
+
+    def used_drawn(self) -> bool:
+        """Whether a folder of drawn annotations gave some image its mask."""
+        return any(folder_words(f.name) & DRAWN_WORDS for f in self.used)
 
     def holds_mask(self, path: Path) -> bool:
         return any(self.root / folder in self.masks for folder in path.relative_to(self.root).parents)
