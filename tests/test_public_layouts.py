@@ -133,6 +133,19 @@ def test_totalsegmentator_structure_masks_become_named_classes(tmp_path):
     assert "one binary mask per structure (s0000/segmentations/<structure>.nii.gz)" in info(tmp_path)["storage"]
 
 
+def test_a_table_with_a_row_per_case_gives_attributes_and_splits(tmp_path, notes):
+    """TotalSegmentator's meta.csv (semicolons): age, gender, institute, and its official split."""
+    for i in range(4):
+        volume(tmp_path / f"s{i:04d}" / "ct.nii.gz", i)
+        volume(tmp_path / f"s{i:04d}" / "segmentations" / "liver.nii.gz", values=(1,))
+    (tmp_path / "meta.csv").write_text("image_id;age;gender;institute;split\ns0000;65;m;A;train\ns0001;70;f;B;val\n"
+                                       "s0002;40;f;A;test\ns0003;52;m;B;train\n")
+    ds = open_dataset(tmp_path)
+    assert ds.split("train") == ["s0000", "s0003"] and ds.split("val") == ["s0001"] and ds.split("test") == ["s0002"]
+    assert ds.attributes_of("s0001")["gender"] == "f" and ds.attributes_of("s0002")["age"] == 40
+    assert "meta.csv: a row for every case" in notes.text
+
+
 def test_lits_volumes_pair_with_segmentations_side_by_side_and_in_batch_folders(tmp_path):
     for i in range(2):
         volume(tmp_path / f"volume-{i}.nii", i)

@@ -22,6 +22,8 @@ No folder names are fixed: a volume file (NIfTI, MetaImage, NRRD) is a label whe
   without one, a sub-folder named as labels holding one binary mask per structure (TotalSegmentator's
   ``segmentations/``), read as one class per structure, named after its file.
 
+A table in root with a row for every case (TotalSegmentator's ``meta.csv``) gives the cases' group
+attributes, and its ``split`` column, where it names every labelled case's, their splits.
 To segment another modality or label file, list each case's files in a dataset.json's "dataset"
 object (nnU-Net v2), which the nifti layout reads. Predictions are ``<case>.nii.gz`` (``.mha``, ``.nrrd``
 for those inputs) on the image's grid; splits as computed for every layout (``computed_splits``).
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fewsam.data.attributes import AttributeTable, read_attribute_table
 from fewsam.data.readers.common import Entry, Read, is_tool_folder, natural_sorted
 from fewsam.data.readers.itk_volume import prediction_ending
 from fewsam.data.readers.nifti import (Grid, NiftiDataset, _label_array, _nifti_files, _plain_class_map,
@@ -127,6 +130,11 @@ class CaseFolderDataset(NiftiDataset):
             label = f"class index per voxel ({Path(labelled.label).relative_to(self.root).as_posix()}, ...)"
         return (f"images {image}, ...{chosen}; labels: {label}; predictions: <case>.nii.gz (.mha, .nrrd for "
                 "those inputs) on the image's grid")
+
+    def table_row(self, table: AttributeTable, case: str) -> dict:
+        """The row of ``table`` (keyed by case id) for ``case``."""
+        entry = self._entry(case)
+        return table.row_for(case, entry.subject, entry.rel_path)
 
     def new_label_rel_path(self, entry: Entry) -> str:
         """Beside the image, named as it plus ``_seg``: read back as its label (``_pairs``)."""
@@ -244,5 +252,48 @@ def open_case_folders(root: Path) -> CaseFolderDataset:
         raise DataError(f"no volume images found in {root} or its case folders; expected .nii.gz (or .nii, .mha, "
                         ".nrrd) files")
     _say_mixed_kinds(entries)
-    return CaseFolderDataset(root, entries)
+    dataset = CaseFolderDataset(root, entries)
+    table = cases_table(root, dataset)
+    if table is not None:
+        dataset.add_attributes(table)
+        _adopt_split_column(dataset, table)
+    return dataset
+
+
+def cases_table(root: Path, dataset: CaseFolderDataset) -> AttributeTable | None:
+    """A table in root with a row for every case (TotalSegmentator's ``meta.csv``: image_id, age,
+    gender, institute, split): its columns are the cases' group attributes, as ``--attributes`` joins
+    them, said once; None when root holds no such table."""
+    for path in natural_sorted((p for p in root.iterdir() if p.suffix.lower() in (".csv", ".tsv") and p.is_file()
+                                and not p.name.startswith(".")), key=lambda p: p.name):
+        try:
+            table = read_attribute_table(path)
+        except DataError:
+            continue
+        if all(dataset.table_row(table, case) for case in dataset.entries):
+            columns = sorted({c for row in table.rows.values() for c in row} - {table.key})
+            say_once(f"{path}: a row for every case; its columns ({', '.join(columns)}) are the cases' attributes"
+                     f"{' and its split column their splits' if SPLIT_COLUMN in columns else ''}",
+                     key=f"cases-table-{path}")
+            return table
+    return None
+
+
+SPLIT_COLUMN = "split"
+
+
+def _adopt_split_column(dataset: CaseFolderDataset, table: AttributeTable) -> None:
+    """The table's split column, where it names one for every labelled case, as the splits (the data
+    names them, as an index CSV's column does for 2D folders); unlabelled cases stay in "test"."""
+    labelled = [case for case, e in dataset.entries.items() if e.label is not None]
+    named = {case: dataset.table_row(table, case).get(SPLIT_COLUMN) for case in labelled}
+    if not labelled or not all(isinstance(v, str) and v for v in named.values()):
+        return
+    unlabelled = [case for case in dataset.entries if case not in named]
+    splits: dict[str, list[str]] = {}
+    for case, split in named.items():
+        splits.setdefault(split, []).append(case)
+    splits["test"] = splits.get("test", []) + unlabelled
+    dataset.splits = {name: ids for name, ids in splits.items() if ids}
+    dataset.computed_splits = ()
 
