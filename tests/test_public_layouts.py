@@ -182,6 +182,17 @@ def test_an_nnunet_image_folder_given_as_data_still_names_its_dataset(tmp_path):
         open_dataset(data / "imagesTr")
 
 
+def test_the_folder_an_archive_unpacked_into_names_the_dataset_below_it(tmp_path):
+    for i in range(2):
+        case = tmp_path / "BraTS2021_Training_Data" / f"BraTS2021_{i:05d}"
+        volume(case / f"BraTS2021_{i:05d}_flair.nii.gz")
+        volume(case / f"BraTS2021_{i:05d}_seg.nii.gz", values=(1,))
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(DataError, match=f"its sub-folder {tmp_path / 'BraTS2021_Training_Data'} holds a dataset; give "
+                                        f"that folder: --data {tmp_path / 'BraTS2021_Training_Data'}$"):
+        open_dataset(tmp_path)
+
+
 def test_amos_validation_list_is_the_val_split(tmp_path):
     training = []
     for i in (1, 2, 3):

@@ -60,6 +60,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     else:
         refuse_run_folder(root)
         refuse_folder_inside(root)
+        refuse_folder_above(root)
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
     if isinstance(dataset, IndexedDataset):
@@ -86,6 +87,22 @@ def refuse_folder_inside(root: Path) -> None:
     if parent is not None:
         raise DataError(f"{root} is a folder inside the dataset {parent} ({SUBFOLDERS[root.name]} layout); "
                         f"give the dataset's root: --data {parent}")
+
+
+# Layouts that a folder holding a dataset one level down is not already taken for (the others look at
+# every file below their root, and found none there)
+LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "fairseg-npz", "case-folders")
+
+
+def refuse_folder_above(root: Path) -> None:
+    """A folder above the dataset (an archive's ``BraTS2021_Training_Data/`` unpacked into ``downloads/``)
+    names the sub-folder(s) that hold one, rather than every layout fewsam knows."""
+    below = [sub for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+             if any(LAYOUTS[name][0](sub) for name in LOOKED_AT_FROM_ABOVE)]
+    if below:
+        shown = ", ".join(str(p) for p in below[:3]) + (", ..." if len(below) > 3 else "")
+        raise DataError(f"no known data layout in {root}, but its sub-folder{'s' if len(below) > 1 else ''} {shown} "
+                        f"hold{'' if len(below) > 1 else 's'} a dataset; give that folder: --data {below[0]}")
 
 
 # Folders of a layout that users give as --data by mistake, with the layouts that name them. Only
