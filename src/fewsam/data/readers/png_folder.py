@@ -629,6 +629,7 @@ class MaskFolders:
         drawn = field_of_view and any(folder_words(f.name) & DRAWN_WORDS for f in self.masks)
         self.field_of_view = {f for f in self.masks if drawn and f.name.lower() in ("mask", "masks")}
         self.used: set[Path] = set()
+        self.numbers: dict[Path, list[int | None]] = {}
 
     def used_drawn(self) -> bool:
         """Whether a folder of drawn annotations gave some image its mask."""
@@ -679,13 +680,17 @@ class MaskFolders:
         """The one mask in ``where`` whose name holds the image's one number, where the images of the
         image's folder each hold a number of their own and no mask there is named as its image."""
         number = _number(image.stem)
-        if number is None:
+        images = self._numbers(image.parent)
+        if number is None or images.count(number) != 1 or None in images:
             return None
-        images = [_number(p.stem) for p in self.files.get(image.parent, [])]
-        if images.count(number) != 1 or None in images:
-            return None
-        masks = [p for p in self.files.get(where, []) if _number(p.stem) == number]
+        masks = [p for p, n in zip(self.files.get(where, []), self._numbers(where)) if n == number]
         return masks[0] if len(masks) == 1 else None
+
+    def _numbers(self, folder: Path) -> list[int | None]:
+        """``_number`` of each file in ``folder``, worked out once per folder."""
+        if folder not in self.numbers:
+            self.numbers[folder] = [_number(p.stem) for p in self.files.get(folder, [])]
+        return self.numbers[folder]
 
     def say_unread(self, rows: list[dict[str, str]]) -> None:
         """Name the mask folders that are not read (field-of-view masks, a second annotator's), beside
