@@ -738,7 +738,7 @@ def _listed(spec: dict[str, Any], key: str, path: Path) -> list[tuple[str, str |
 
 def _validation_entries(root: Path, spec: dict[str, Any]) -> list[Entry]:
     """dataset.json's "validation" list, entries as "training" holds them (AMOS lists imagesVa/ and
-    labelsVa/ so): the cases of split "val", as the data names them; they were not read at all."""
+    labelsVa/ so): the cases of split "val", as the data names them, which would otherwise not be read."""
     return [_entry(_listed_image(root, image), root / label if label else None, case_name(image))
             for image, label in _listed(spec, "validation", root / "dataset.json")]
 
