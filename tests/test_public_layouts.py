@@ -248,6 +248,19 @@ def test_isic_input_and_groundtruth_folders_pair_by_their_names(tmp_path):
     assert split_sizes(tmp_path)["all"] == (3, 3)
 
 
+def test_a_label_written_for_an_unlabelled_image_goes_where_the_scan_reads_it(tmp_path):
+    """The studio's export names a new label by ``label_rel_path``: ISIC's ground-truth folder, not
+    ``x_mask.png`` beside the image, which the scan would not pair with it there."""
+    for i in range(2):
+        picture(tmp_path / "ISIC2018_Task1-2_Training_Input" / f"ISIC_{i:07d}.jpg")
+    picture(tmp_path / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000000_segmentation.png", mask=True)
+    ds = open_dataset(tmp_path)
+    rel = ds.label_rel_path(ds.entries["ISIC2018_Task1-2_Training_Input/ISIC_0000001"])
+    assert rel == "ISIC2018_Task1_Training_GroundTruth/ISIC_0000001.png"
+    picture(tmp_path / rel, mask=True)
+    assert open_dataset(tmp_path).has_label("ISIC2018_Task1-2_Training_Input/ISIC_0000001")
+
+
 def test_cvc_original_and_ground_truth_folders(tmp_path):
     for i in (1, 2, 10):
         picture(tmp_path / "Original" / f"{i}.tif")

@@ -166,6 +166,7 @@ class PngFolderDataset(IndexedDataset):
         self.computed_splits = ("train", "val") if rule else ()
         self.val_rule = rule or self.val_rule
         self._lossy_noted = False
+        self._mask_folders: MaskFolders | None = None
 
     def prediction_rel_path(self, entry: Entry) -> str:
         """Predictions are PNG: the image's relative path with its suffix changed to .png."""
@@ -173,14 +174,29 @@ class PngFolderDataset(IndexedDataset):
 
     def new_label_rel_path(self, entry: Entry) -> str:
         """The mask the scan pairs with an image (a PNG): ``masks/...`` for an image below ``images/``,
-        ``<stem>_mask.png`` beside it otherwise. Named as its image (``x.png``), an exported label read
-        back as a second image, not as the label."""
+        the mask folder beside its folder (``_beside_mask_folder``), else ``<stem>_mask.png`` beside it.
+        Named as its image (``x.png``), an exported label read back as a second image, not as the label."""
         rel = PurePosixPath(entry.rel_path)
         folders, top = rel.parts[:-1], _deepest(rel.parts[:-1], IMAGE_DIRS)
         if top is None:
-            return rel.with_name(f"{rel.stem}_mask.png").as_posix()
+            return self._beside_mask_folder(rel) or rel.with_name(f"{rel.stem}_mask.png").as_posix()
         masks = "mask" if folders[top].lower() == "image" else "masks"
         return PurePosixPath(*folders[:top], masks, *folders[top + 1:], f"{rel.stem}.png").as_posix()
+
+    def _beside_mask_folder(self, rel: PurePosixPath) -> str | None:
+        """For an image in a folder beside a mask folder (ISIC's ``..._Input/`` beside ``..._GroundTruth/``),
+        where the scan looks for its mask: in that folder, at the image's place below it, named as the
+        image; None for other images (and for an index, which names each mask itself)."""
+        if not self.reads_whole_tree:
+            return None
+        if self._mask_folders is None:
+            files = [e.image for e in self.entries.values()] + [m for ms in self.masks.values() for m in ms]
+            self._mask_folders = MaskFolders(self.root, files)
+        level = self._mask_folders.image_level(self.root / rel)
+        siblings = self._mask_folders.mask_siblings(level[0]) if level else []
+        if not siblings:
+            return None
+        return PurePosixPath((siblings[0] / Path(*level[1]) / f"{rel.stem}.png").relative_to(self.root)).as_posix()
 
     def index_with_masks(self, masks: dict[str, str]) -> str | None:
         """This dataset's index (``index.csv``, or its rows of the parent folder's, paths relative to root)
