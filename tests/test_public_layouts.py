@@ -261,6 +261,18 @@ def test_a_label_written_for_an_unlabelled_image_goes_where_the_scan_reads_it(tm
     assert open_dataset(tmp_path).has_label("ISIC2018_Task1-2_Training_Input/ISIC_0000001")
 
 
+def test_isic_training_validation_and_test_folders_are_its_splits(tmp_path):
+    for split, count in (("Training", 3), ("Validation", 2), ("Test", 2)):
+        for i in range(count):
+            name = f"ISIC_{split[0]}{i:06d}"
+            picture(tmp_path / f"ISIC2018_Task1-2_{split}_Input" / f"{name}.jpg")
+            picture(tmp_path / f"ISIC2018_Task1_{split}_GroundTruth" / f"{name}_segmentation.png", mask=True)
+    ds = open_dataset(tmp_path)
+    assert {name: len(ds.split(name)) for name in ("train", "val", "test")} == {"train": 3, "val": 2, "test": 2}
+    assert ds.split("val") == ["ISIC2018_Task1-2_Validation_Input/ISIC_V000000",
+                               "ISIC2018_Task1-2_Validation_Input/ISIC_V000001"]
+
+
 def test_cvc_original_and_ground_truth_folders(tmp_path):
     for i in (1, 2, 10):
         picture(tmp_path / "Original" / f"{i}.tif")
@@ -322,6 +334,8 @@ def test_drive_reads_the_manual_annotations_not_the_field_of_view_masks(tmp_path
     assert "training/mask: beside folders of drawn annotations (1st_manual)" in notes.text
     assert "have no image of their name" not in notes.text
     assert split_sizes(tmp_path)["test"] == (2, 0)
+    assert ds.split("train") == ["training/images/21_training", "training/images/22_training"]  # val: one of training
+    assert ds.split("val") == ["training/images/23_training"]
 
 
 def test_masks_stay_labels_beside_a_folder_named_as_annotations_that_pairs_nothing(tmp_path):
@@ -334,14 +348,20 @@ def test_masks_stay_labels_beside_a_folder_named_as_annotations_that_pairs_nothi
     assert list(ds.entries) == ["images/a", "images/b"] and ds.entries["images/b"].label.parent.name == "masks"
 
 
-def test_a_second_annotator_is_said_not_read(tmp_path, notes):
+def test_drive_with_labelled_test_images_keeps_them_apart_and_its_second_annotator_is_said(tmp_path, notes):
+    """DRIVE's release labels its test images too (1st_manual, 2nd_manual): they stay the test split."""
+    for i in (21, 22, 23):
+        picture(tmp_path / "training" / "images" / f"{i}_training.tif")
+        picture(tmp_path / "training" / "1st_manual" / f"{i}_manual1.gif", mask=True)
     for i in (1, 2):
-        picture(tmp_path / "images" / f"{i:02d}_test.tif")
+        picture(tmp_path / "test" / "images" / f"{i:02d}_test.tif")
         for annotator in ("1st_manual", "2nd_manual"):
-            picture(tmp_path / annotator / f"{i:02d}_manual{annotator[0]}.gif", mask=True)
+            picture(tmp_path / "test" / annotator / f"{i:02d}_manual{annotator[0]}.gif", mask=True)
     ds = open_dataset(tmp_path)
-    assert ds.entries["images/02_test"].label.parent.name == "1st_manual"
-    assert "2nd_manual: its masks are not read; the images' labels are read from 1st_manual" in notes.text
+    assert ds.entries["test/images/02_test"].label.parent.name == "1st_manual"
+    assert "test/2nd_manual: its masks are not read; the images' labels are read from 1st_manual" in notes.text
+    assert ds.split("test") == ["test/images/01_test", "test/images/02_test"]
+    assert ds.split("val") == ["training/images/23_training"]
 
 
 def test_montgomery_left_and_right_lung_masks_are_merged(tmp_path, notes):

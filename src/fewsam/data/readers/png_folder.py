@@ -49,7 +49,10 @@ JPEG masks are lossy (compression blurs 0/255 into 0-30 and 225-255): each of th
 read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the midpoint 128
 (said once per dataset via the "fewsam" logger). classes.json ranges replace that rounding.
 
-Splits: the index's ``split`` column when present (multisite: train/test, no val). BUSI, where
+Splits: the index's ``split`` column when present (multisite: train/test, no val), else the
+``train/``, ``val/``, ``test/`` folders, else the split words of the folders' names (ISIC's
+``..._Training_Input``, ``..._Validation_Input``; DRIVE's ``training/``, ``test/``: 'val' then drawn
+from the training images) where they name more than one split. BUSI, where
 the data names each image's pathology (a column, or benign/, malignant/, normal/ folders): within
 each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
@@ -820,6 +823,9 @@ def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]]
         for e in entries:
             splits.setdefault(by_path[e.case_id], []).append(e.case_id)
         return splits, None
+    by_words = {e.case_id: _split_from_words(e.rel_path) for e in entries}
+    if all(by_words.values()) and len(set(by_words.values())) > 1:
+        return _worded_splits(entries, by_words)
     if style.name != "busi" or not all(map(_pathology_named, entries)):
         return computed_splits(entries), VAL_RULE
     for e in entries:
@@ -838,6 +844,34 @@ def _pathology_named(entry: Entry) -> bool:
     pathology, each image was a group of its own and no image went to "val"."""
     parts = PurePosixPath(entry.rel_path).parts
     return bool(entry.attributes.get("pathology")) or (len(parts) > 1 and parts[0].lower() in BUSI_FOLDERS)
+
+
+# Words of folder names that name a split (ISIC's ..._Training_Input, ..._Validation_Input, ..._Test_Input;
+# DRIVE's training/, test/)
+SPLIT_FOLDER_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                      "test": "test", "testing": "test"}
+
+
+def _split_from_words(rel_path: str) -> str:
+    """The split the words of an image's folders name ("" for none, or for two different ones)."""
+    named = {SPLIT_FOLDER_WORDS[w] for folder in PurePosixPath(rel_path).parts[:-1]
+             for w in folder_words(folder) if w in SPLIT_FOLDER_WORDS}
+    return named.pop() if len(named) == 1 else ""
+
+
+def _worded_splits(entries: list[Entry], by_words: dict[str, str]) -> tuple[dict[str, list[str]], str | None]:
+    """Splits as the images' folder names word them; where none is validation (DRIVE: training/, test/),
+    'val' is drawn from the training images by the usual rule, so a fit validates on held-out images."""
+    splits: dict[str, list[str]] = {}
+    for e in entries:
+        splits.setdefault(by_words[e.case_id], []).append(e.case_id)
+    if "val" in splits or "train" not in splits:
+        return splits, None
+    training = set(splits.pop("train"))
+    drawn = computed_splits([e for e in entries if e.case_id in training])
+    for name, ids in splits.items():
+        drawn[name] = drawn.get(name, []) + ids
+    return drawn, VAL_RULE
 
 
 def _split_from_path(rel_path: str) -> str:
