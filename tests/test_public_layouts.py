@@ -193,6 +193,13 @@ def test_the_folder_an_archive_unpacked_into_names_the_dataset_below_it(tmp_path
         open_dataset(tmp_path)
 
 
+def test_nnunet_folders_without_dataset_json_are_no_case_folders(tmp_path):
+    volume(tmp_path / "imagesTr" / "case_001_0000.nii.gz")
+    volume(tmp_path / "labelsTr" / "case_001.nii.gz", values=(1,))
+    with pytest.raises(DataError, match="holds nnU-Net's imagesTr/ but no dataset.json; write one"):
+        open_dataset(tmp_path)
+
+
 def test_amos_validation_list_is_the_val_split(tmp_path):
     training = []
     for i in (1, 2, 3):

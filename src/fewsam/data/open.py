@@ -60,6 +60,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     else:
         refuse_run_folder(root)
         refuse_folder_inside(root)
+        refuse_nnunet_without_json(root)
         refuse_folder_above(root)
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
@@ -92,6 +93,15 @@ def refuse_folder_inside(root: Path) -> None:
 # Layouts that a folder holding a dataset one level down is not already taken for (the others look at
 # every file below their root, and found none there)
 LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "fairseg-npz", "case-folders")
+
+
+def refuse_nnunet_without_json(root: Path) -> None:
+    """nnU-Net's imagesTr/ without the dataset.json that says its classes and file ending, as nnU-Net
+    needs it too: named, with what to write, rather than every layout fewsam knows."""
+    if (root / "imagesTr").is_dir() and not (root / "dataset.json").is_file():
+        raise DataError(f"{root} holds nnU-Net's imagesTr/ but no dataset.json; write one as nnU-Net needs it, e.g. "
+                        '{"labels": {"background": 0, "organ": 1}, "channel_names": {"0": "CT"}, '
+                        '"file_ending": ".nii.gz"}')
 
 
 def refuse_folder_above(root: Path) -> None:

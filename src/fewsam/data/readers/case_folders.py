@@ -96,8 +96,15 @@ def case_folders(root: Path) -> list[Path]:
                            and not is_label_name(p.name) and _nifti_files(p)), key=lambda p: p.name)
 
 
+NNUNET_FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
+
+
 def detect(root: Path) -> bool:
-    """Volume files in root or in its (non-label) sub-folders."""
+    """Volume files in root or in its (non-label) sub-folders; not nnU-Net's folders without their
+    dataset.json, which the nifti layout reads once it is there (as cases here, imagesTr's channel
+    files would be unlabelled cases of their own)."""
+    if any((root / name).is_dir() for name in NNUNET_FOLDERS):
+        return False
     return bool(_nifti_files(root)) or bool(case_folders(root))
 
 
