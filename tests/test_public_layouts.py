@@ -386,6 +386,16 @@ def test_montgomery_left_and_right_lung_masks_are_merged(tmp_path, notes):
     assert "(leftMask, rightMask); they are merged into one mask" in notes.text
 
 
+def test_masks_of_images_in_sub_folders_are_not_merged_into_a_top_image_of_their_name(tmp_path):
+    """images/x.png without a mask beside images/a/x.png and images/b/x.png with theirs: no structure folders."""
+    for folder in ("", "a", "b"):
+        picture(tmp_path / "images" / folder / "x.png")
+        if folder:
+            picture(tmp_path / "masks" / folder / "x.png", mask=True)
+    ds = open_dataset(tmp_path)
+    assert not ds.has_label("images/x") and ds.has_label("images/a/x") and ds.has_label("images/b/x")
+
+
 # ---------------------------------------------------------------- predictions that evaluate finds
 
 

@@ -681,9 +681,10 @@ class MaskFolders:
         for mask_dir in self.mask_siblings(images_dir):
             where = mask_dir.joinpath(*below)
             found = [m for suffix in MASK_STEM_SUFFIXES if (m := by_stem.get((where, stem + suffix)))][:1]
-            if not found:  # one mask per sub-folder (a structure each), merged
+            if not found:  # one mask per sub-folder (a structure each) that is no sub-folder of images, merged
+                mirrored = {f.name for f in self.children.get(images_dir.joinpath(*below), ())}
                 found = [m for sub in natural_sorted(self.children.get(where, ()), key=lambda p: p.name)
-                         if (m := by_stem.get((sub, stem)))]
+                         if sub.name not in mirrored and (m := by_stem.get((sub, stem)))]
                 if len(found) > 1:
                     say_once(f"{where}: each image has a mask in each of its {len(found)} sub-folders "
                              f"({', '.join(sorted({m[0].parent.name for m in found}))}); they are merged into one "
