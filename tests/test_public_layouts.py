@@ -305,8 +305,13 @@ def test_glas_annotations_beside_their_images(tmp_path, notes):
         for g in range(glands):
             mask[1 + 3 * g:3 + 3 * g, 2:6] = g + 1
         Image.fromarray(mask).save(tmp_path / f"train_{i}_anno.bmp")
+    for i in (1, 2):
+        picture(tmp_path / f"testA_{i}.bmp")
+        Image.fromarray(np.zeros((16, 18), np.uint8)).save(tmp_path / f"testA_{i}_anno.bmp")
     ds = open_dataset(tmp_path)
-    assert list(ds.entries) == ["train_1", "train_2", "train_3"] and all(map(ds.has_label, ds.entries))
+    assert list(ds.entries) == ["testA_1", "testA_2", "train_1", "train_2", "train_3"]
+    assert all(map(ds.has_label, ds.entries))
+    assert ds.split("test") == ["testA_1", "testA_2"] and ds.split("val") == ["train_3"]  # GlaS' own test set
     assert "they look like numbered objects (instances, as GlaS" in notes.text
     (tmp_path / "classes.json").write_text(json.dumps({"1": {"name": "gland", "min": 1}}))
     ds = open_dataset(tmp_path)

@@ -51,8 +51,9 @@ read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the
 
 Splits: the index's ``split`` column when present (multisite: train/test, no val), else the
 ``train/``, ``val/``, ``test/`` folders, else the split words of the folders' names (ISIC's
-``..._Training_Input``, ``..._Validation_Input``; DRIVE's ``training/``, ``test/``: 'val' then drawn
-from the training images) where they name more than one split. BUSI, where
+``..._Training_Input``, ``..._Validation_Input``; DRIVE's ``training/``, ``test/``), else of the
+files' names (GlaS' ``train_1.bmp``, ``testA_1.bmp``), where they name more than one split ('val',
+where none is named, drawn from the training images). BUSI, where
 the data names each image's pathology (a column, or benign/, malignant/, normal/ folders): within
 each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
@@ -847,17 +848,21 @@ def _pathology_named(entry: Entry) -> bool:
     return bool(entry.attributes.get("pathology")) or (len(parts) > 1 and parts[0].lower() in BUSI_FOLDERS)
 
 
-# Words of folder names that name a split (ISIC's ..._Training_Input, ..._Validation_Input, ..._Test_Input;
-# DRIVE's training/, test/)
+# Words of folder or file names that name a split (ISIC's ..._Training_Input, ..._Validation_Input,
+# ..._Test_Input; DRIVE's training/, test/; GlaS' train_1.bmp, testA_1.bmp)
 SPLIT_FOLDER_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                       "test": "test", "testing": "test"}
 
 
 def _split_from_words(rel_path: str) -> str:
-    """The split the words of an image's folders name ("" for none, or for two different ones)."""
-    named = {SPLIT_FOLDER_WORDS[w] for folder in PurePosixPath(rel_path).parts[:-1]
-             for w in folder_words(folder) if w in SPLIT_FOLDER_WORDS}
-    return named.pop() if len(named) == 1 else ""
+    """The split the words of an image's folders, or else of its name, name (GlaS' ``train_1.bmp``,
+    ``testA_1.bmp``); "" for none, or for two different ones."""
+    path = PurePosixPath(rel_path)
+    for names in (path.parts[:-1], (path.stem,)):
+        named = {SPLIT_FOLDER_WORDS[w] for name in names for w in folder_words(name) if w in SPLIT_FOLDER_WORDS}
+        if named:
+            return named.pop() if len(named) == 1 else ""
+    return ""
 
 
 def _worded_splits(entries: list[Entry], by_words: dict[str, str]) -> tuple[dict[str, list[str]], str | None]:
