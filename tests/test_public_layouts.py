@@ -53,13 +53,9 @@ def picture(path: Path, mask: bool = False, value: int = 255, colour: bool = Tru
     Image.fromarray(data).save(path)
 
 
-def info(root: Path) -> dict:
-    return dataset_info(root)
-
-
 def split_sizes(root: Path) -> dict[str, tuple[int, int]]:
     """split -> (cases, labelled cases), as `fewsam info` counts them."""
-    return {name: (s["cases"], s["labelled"]) for name, s in info(root)["splits"].items()}
+    return {name: (s["cases"], s["labelled"]) for name, s in dataset_info(root)["splits"].items()}
 
 
 # ---------------------------------------------------------------- 3D: a folder per case, or side by side
@@ -76,7 +72,7 @@ def test_kits_case_folders_pair_imaging_with_segmentation(tmp_path):
     assert case.image.shape == (3, 10, 12) and case.rel_path == "case_00001.nii.gz"
     assert set(np.unique(case.label)) == {0, 1, 2}
     assert split_sizes(tmp_path)["all"] == (3, 3) and split_sizes(tmp_path)["val"] == (1, 1)
-    assert "case_00000/segmentation.nii.gz" in info(tmp_path)["storage"]
+    assert "case_00000/segmentation.nii.gz" in dataset_info(tmp_path)["storage"]
 
 
 def test_brats_modalities_are_one_case_and_the_image_read_is_said(tmp_path, notes):
@@ -92,7 +88,7 @@ def test_brats_modalities_are_one_case_and_the_image_read_is_said(tmp_path, note
     assert ds.class_map.labels == [1, 2, 4]
     assert "segments one image per case, BraTS2021_00000_flair.nii.gz (the first by name" in notes.text
     assert '"dataset" object' in notes.text  # how to choose another
-    assert "one of 4 image files per case" in info(tmp_path)["storage"]
+    assert "one of 4 image files per case" in dataset_info(tmp_path)["storage"]
 
 
 def test_unlabelled_volumes_side_by_side_are_cases_and_unlabelled_modalities_one(tmp_path):
@@ -130,7 +126,7 @@ def test_totalsegmentator_structure_masks_become_named_classes(tmp_path):
     label = ds.load("s0001").label
     assert [int(label[0, 2, 1 + 3 * j]) for j in range(3)] == [2, 3, 1]  # liver, spleen, kidney_left
     assert set(np.unique(ds.load("s0000").label)) == {0, 2, 3}
-    assert "one binary mask per structure (s0000/segmentations/<structure>.nii.gz)" in info(tmp_path)["storage"]
+    assert "one binary mask per structure (s0000/segmentations/<structure>.nii.gz)" in dataset_info(tmp_path)["storage"]
 
 
 def test_a_table_with_a_row_per_case_gives_attributes_and_splits(tmp_path, notes):
