@@ -75,6 +75,17 @@ def test_kits_case_folders_pair_imaging_with_segmentation(tmp_path):
     assert "case_00000/segmentation.nii.gz" in dataset_info(tmp_path)["storage"]
 
 
+def test_kits21_reads_the_majority_vote_of_its_annotators(tmp_path, notes):
+    for i in range(2):
+        volume(tmp_path / f"case_{i:05d}" / "imaging.nii.gz", i)
+        for fusion in ("AND", "MAJ", "OR"):
+            volume(tmp_path / f"case_{i:05d}" / f"aggregated_{fusion}_seg.nii.gz", values=(1, 2))
+        volume(tmp_path / f"case_{i:05d}" / "segmentations" / "kidney_instance-1_annotation-1.nii.gz", values=(1,))
+    ds = open_dataset(tmp_path)
+    assert [e.label.name for e in ds.entries.values()] == ["aggregated_MAJ_seg.nii.gz"] * 2
+    assert "fewsam reads aggregated_MAJ_seg.nii.gz (named as the annotators' consensus" in notes.text
+
+
 def test_brats_modalities_are_one_case_and_the_image_read_is_said(tmp_path, notes):
     for i in range(2):
         case = f"BraTS2021_{i:05d}"

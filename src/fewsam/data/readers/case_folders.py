@@ -18,7 +18,8 @@ No folder names are fixed: a volume file (NIfTI, MetaImage, NRRD) is a label whe
 - so are the images of a folder without labels, unless they carry its name (BraTS' validation cases);
 - else a sub-folder is one case (its name): one image, or several (modalities, as BraTS stores them),
   of which fewsam segments one, said: the one named as an image (``imaging``, ``ct``...), else the first
-  in natural order (BraTS: ``flair``); its label is its one label file (the first of several, said), or,
+  in natural order (BraTS: ``flair``); its label is its one label file (of several, the one named as a
+  consensus, KiTS21's ``aggregated_MAJ_seg``, else the first; said), or,
   without one, a sub-folder named as labels holding one binary mask per structure (TotalSegmentator's
   ``segmentations/``), read as one class per structure, named after its file.
 
@@ -191,16 +192,29 @@ def _flat_entries(root: Path, folder: Path, pairs: dict[Path, Path | None]) -> l
 def _case_entry(folder: Path, images: list[Path], labels: list[Path]) -> Entry:
     """One case folder: its image (``_chosen_image``) and label (or structure masks)."""
     image = _chosen_image(folder, images)
-    label: Path | None = labels[0] if labels else None
-    if len(labels) > 1:
-        say_once(f"{folder}: a case holds {len(labels)} label files ({', '.join(p.name for p in labels)}); fewsam "
-                 f"reads the first by name, {labels[0].name}, in every such case; {DATASET_JSON_HINT}",
-                 key=f"case-labels-{len(labels)}")
+    label = _chosen_label(folder, labels)
     if label is None:
         label = next((p for p in natural_sorted(folder.iterdir(), key=lambda p: p.name)
                       if p.is_dir() and is_label_name(p.name) and _nifti_files(p)), None)
     return Entry(case_id=folder.name, image=image, label=label,
                  rel_path=folder.name + prediction_ending(image.name), subject=folder.name)
+
+
+CONSENSUS_WORDS = frozenset({"maj", "majority", "consensus", "staple"})
+
+
+def _chosen_label(folder: Path, labels: list[Path]) -> Path | None:
+    """A case folder's label: its one label file; of several (annotators' and their fusions, as KiTS21's
+    aggregated_{AND,MAJ,OR}_seg), the one named as the annotators' consensus (majority vote, STAPLE),
+    else the first in natural order; said once."""
+    if len(labels) < 2:
+        return labels[0] if labels else None
+    consensus = [p for p in labels if any(w in CONSENSUS_WORDS for w in name_words(p.name))]
+    chosen = consensus[0] if len(consensus) == 1 else labels[0]
+    why = "named as the annotators' consensus" if len(consensus) == 1 else "the first by name"
+    say_once(f"{folder}: a case holds {len(labels)} label files ({', '.join(p.name for p in labels)}); fewsam reads "
+             f"{chosen.name} ({why}; the same in every such case); {DATASET_JSON_HINT}", key="case-labels")
+    return chosen
 
 
 def _chosen_image(folder: Path, images: list[Path]) -> Path:
