@@ -44,7 +44,7 @@ def dataset_info(data: str | Path, attributes: str | Path | None = None) -> dict
         "layout": dataset.layout,
         "layout_description": LAYOUTS[dataset.layout][2] if dataset.layout in LAYOUTS else "",
         "format": dataset.format,
-        "storage": STORAGE.get(dataset.format, f"{dataset.format} files"),
+        "storage": getattr(dataset, "storage", None) or STORAGE.get(dataset.format, f"{dataset.format} files"),
         "classes": _classes(dataset),
         "splits": splits,
         "attributes": _attribute_summary(dataset),

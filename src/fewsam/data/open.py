@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from fewsam.data.attributes import read_attribute_table
-from fewsam.data.readers import acdc_h5, dicom, fairseg_npz, nifti, png_folder
+from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
 from fewsam.data.readers.common import IndexedDataset, listed_names
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
@@ -27,9 +27,15 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
     "dicom": (dicom.detect, dicom.open_dicom,
               "a folder of DICOM files (.dcm, or scanner-named with the DICM marker) per series "
               "(+ labels/<series>.nii.gz)"),
+    "case-folders": (case_folders.detect, case_folders.open_case_folders,
+                     "a folder per case holding its image and label volumes (KiTS case_00000/imaging.nii.gz + "
+                     "segmentation.nii.gz; BraTS <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz; TotalSegmentator "
+                     "<case>/ct.nii.gz + segmentations/<structure>.nii.gz), or image and label volumes side by side "
+                     "(LiTS volume-0.nii + segmentation-0.nii): labels named with seg, segmentation, label, mask "
+                     "or gt"),
     "png": (png_folder.detect, png_folder.open_png_folder,
             "index.csv with image,mask columns, image/ + mask/ folders, or X.png + X_mask.png "
-            "(.png .jpg .jpeg .tif .tiff .bmp)"),
+            "(.png .jpg .jpeg .tif .tiff .bmp .gif)"),
 }
 
 
@@ -45,16 +51,17 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"data folder {root} {what}; give the dataset's root folder")
-    for detect, open_layout, _ in LAYOUTS.values():
+    for name, (detect, open_layout, _) in LAYOUTS.items():
+        if name == "case-folders":  # it reads any folder of volumes, also one inside an nnU-Net dataset
+            refuse_folder_inside(root)
         if detect(root):
             dataset = open_layout(root)
             break
     else:
         refuse_run_folder(root)
-        parent = _layout_above(root)
-        if parent is not None:
-            raise DataError(f"{root} is a folder inside the dataset {parent} ({SUBFOLDERS[root.name]} layout); "
-                            f"give the dataset's root: --data {parent}")
+        refuse_folder_inside(root)
+        refuse_nnunet_without_json(root)
+        refuse_folder_above(root)
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
     if isinstance(dataset, IndexedDataset):
@@ -73,6 +80,39 @@ def refuse_run_folder(root: Path) -> None:
     if (root / CONFIG).is_file() and (root / TEXT_LOG).is_file():
         raise DataError(f"{root} is a fewsam run folder ({CONFIG}, {TEXT_LOG}), not a data folder; give the folder of "
                         "images and labels as data, and the run first: `fewsam predict RUN --data DATA`")
+
+
+def refuse_folder_inside(root: Path) -> None:
+    """An image or label folder of a dataset given as data (--data DATASET/imagesTr) names the dataset's root."""
+    parent = _layout_above(root)
+    if parent is not None:
+        raise DataError(f"{root} is a folder inside the dataset {parent} ({SUBFOLDERS[root.name]} layout); "
+                        f"give the dataset's root: --data {parent}")
+
+
+# Layouts that a folder holding a dataset one level down is not already taken for (the others look at
+# every file below their root, and found none there)
+LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "fairseg-npz", "case-folders")
+
+
+def refuse_nnunet_without_json(root: Path) -> None:
+    """nnU-Net's imagesTr/ without the dataset.json that says its classes and file ending, as nnU-Net
+    needs it too: named, with what to write, rather than every layout fewsam knows."""
+    if (root / "imagesTr").is_dir() and not (root / "dataset.json").is_file():
+        raise DataError(f"{root} holds nnU-Net's imagesTr/ but no dataset.json; write one as nnU-Net needs it, e.g. "
+                        '{"labels": {"background": 0, "organ": 1}, "channel_names": {"0": "CT"}, '
+                        '"file_ending": ".nii.gz"}')
+
+
+def refuse_folder_above(root: Path) -> None:
+    """A folder above the dataset (an archive's ``BraTS2021_Training_Data/`` unpacked into ``downloads/``)
+    names the sub-folder(s) that hold one, rather than every layout fewsam knows."""
+    below = [sub for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+             if any(LAYOUTS[name][0](sub) for name in LOOKED_AT_FROM_ABOVE)]
+    if below:
+        shown = ", ".join(str(p) for p in below[:3]) + (", ..." if len(below) > 3 else "")
+        raise DataError(f"no known data layout in {root}, but its sub-folder{'s' if len(below) > 1 else ''} {shown} "
+                        f"hold{'' if len(below) > 1 else 's'} a dataset; give that folder: --data {below[0]}")
 
 
 # Folders of a layout that users give as --data by mistake, with the layouts that name them. Only

@@ -40,6 +40,7 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_f
                                         to_label_array)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder, say_unmatched_labels
+from fewsam.data.readers.png_folder import is_image_name
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -434,7 +435,23 @@ def _entries(root: Path) -> list[Entry]:
                              rel_path=case_id, subject=PurePosixPath(case_id).parts[0]))
     if labels.is_dir():
         say_unmatched_labels(labels, entries)
+    _say_slice_masks(root, labels)
     return entries
+
+
+def _say_slice_masks(root: Path, labels: Path) -> None:
+    """2D masks below the series (CHAOS's ``Ground/`` folders, one PNG per slice) are not read: a
+    series' label is one volume on its grid, and the order and orientation in which a folder of slice
+    images stacks onto the series is not written in them. Left unsaid, the series read as unlabelled."""
+    masks = [p for p in files_below(root) if is_image_name(p.name) and labels not in p.parents]
+    if masks:
+        folders = natural_sorted({p.parent.relative_to(root).as_posix() for p in masks})
+        shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
+        say_once(f"{root}: {len(masks)} 2D image file(s) in {len(folders)} folder(s) beside the DICOM series ({shown}) "
+                 "are not read: a DICOM series' label is one volume, labels/<case>.nii.gz (<case> as `fewsam info` "
+                 "lists the series), on the series' voxel grid; stack each series' slice masks into such a file "
+                 "(in the series' slice order, checked in a viewer) to fit or evaluate on them",
+                 key="dicom-slice-masks")
 
 
 def series_label(labels: Path, case_id: str) -> Path | None:

@@ -128,11 +128,12 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
     def new_label_rel_path(self, entry: Entry) -> str:
         """Where the reader looks for a case's label: ``labelsTr/<case>`` for an image in ``imagesTr/``
         (nnU-Net; ``labelsTs/`` for ``imagesTs/``), ``labels/<case>`` otherwise, with its prediction's ending."""
-        labels = {"imagestr": "labelsTr", "imagests": "labelsTs"}.get(Path(entry.image).parent.name.lower())
+        labels = {"imagestr": "labelsTr", "imagests": "labelsTs",
+                  "imagesva": "labelsVa"}.get(Path(entry.image).parent.name.lower())
         return f"{labels}/{Path(entry.rel_path).name}" if labels else f"labels/{entry.rel_path}"
 
     def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry],
-                 test_ids: list[str], colour_channels: bool = False) -> None:
+                 test_ids: list[str], colour_channels: bool = False, val_ids: tuple[str, ...] = ()) -> None:
         self._class_map = class_map
         self.colour_channels = colour_channels
         super().__init__(root, class_map, entries)  # type: ignore[arg-type]
@@ -140,6 +141,11 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         self.splits = computed_splits(entries, test_ids)
         named = root / "splits_final.json"
         self.computed_splits = () if named.is_file() else ("train", "val")
+        val = [case for case in val_ids if case not in self.splits.get("test", [])]
+        if val:  # the data names its validation cases (dataset.json's "validation", as AMOS lists imagesVa/)
+            training = self.splits.get("train", []) + self.splits.get("val", [])
+            self.splits.update(train=natural_sorted(c for c in training if c not in val), val=val)
+            self.computed_splits = ()
         if named.is_file() and "train" in self.splits:
             self.splits.update(_read_splits(named))
         for ids in self.splits.values():
@@ -614,7 +620,9 @@ def _entry(image: Path, label: Path | None, case: str) -> Entry:
                  rel_path=f"{case}{prediction_ending(image.name)}", subject=case)
 
 
-def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[str]]:
+def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[str], tuple[str, ...]]:
+    """The cases of a raw dataset, the ids of its test cases and those of the cases it names for validation."""
+    validation: list[Entry] = []
     ending = spec.get("file_ending", ".nii.gz")
     ending = ending.lower() if isinstance(ending, str) else ending  # files are matched in any letter case
     if ending not in VOLUME_ENDINGS + IMAGE_2D_ENDINGS:
@@ -627,6 +635,7 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
     elif spec.get("training"):
         entries = [_entry(_listed_image(root, image), root / label if label else None, case_name(image))
                    for image, label in _listed(spec, "training", root / "dataset.json")]
+        validation = _validation_entries(root, spec)
         test_cases = [(_listed_image(root, image), case_name(image))
                       for image, _ in _listed(spec, "test", root / "dataset.json")]
     else:
@@ -638,13 +647,14 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         _check_file_ending(root, ending, found=bool(entries))
     _say_unlabelled_training(root, entries)
     _say_training_count(root, spec, len(entries))
+    entries += validation
     known = {e.case_id for e in entries}
     test_ids = []
     for path, case in test_cases:
         case_id = case if case not in known else f"imagesTs/{case}"
         entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
-    return entries, test_ids
+    return entries, test_ids, tuple(e.case_id for e in validation)
 
 
 NNUNET_CASE = '{"case_001": {"images": ["imagesTr/case_001_0000.nii.gz"], "label": "labelsTr/case_001.nii.gz"}}'
@@ -724,6 +734,13 @@ def _listed(spec: dict[str, Any], key: str, path: Path) -> list[tuple[str, str |
             raise DataError(f"{path}: {key!r} entry {item!r} is not an entry like {MSD_ENTRY}")
         listed.append((item["image"], label or None))
     return listed
+
+
+def _validation_entries(root: Path, spec: dict[str, Any]) -> list[Entry]:
+    """dataset.json's "validation" list, entries as "training" holds them (AMOS lists imagesVa/ and
+    labelsVa/ so): the cases of split "val", as the data names them, which would otherwise not be read."""
+    return [_entry(_listed_image(root, image), root / label if label else None, case_name(image))
+            for image, label in _listed(spec, "validation", root / "dataset.json")]
 
 
 def _listed_image(root: Path, image: str) -> Path:
@@ -874,13 +891,13 @@ def open_nifti(root: Path) -> NiftiDataset:
             raise DataError(f"{root / 'dataset.json'}: 'labels' must be an object such as "
                             '{"background": 0, "organ": 1}')
         class_map = class_map_from_labels(spec["labels"], root / "dataset.json", spec.get("regions_class_order"))
-        entries, test_ids = _raw_entries(root, spec)
+        entries, test_ids, val_ids = _raw_entries(root, spec)
     else:
         class_map = _plain_class_map(root)
-        entries, test_ids = _plain_entries(root)
+        (entries, test_ids), val_ids = _plain_entries(root), ()
     colour = names_colour_channels(spec)
     _say_other_channels(entries, colour)
     if not entries:
         raise DataError(f"no NIfTI images found in {root}; expected imagesTr/ or images/ with .nii.gz "
                         "(or .mha, .nrrd) files")
-    return NiftiDataset(root, class_map, entries, test_ids, colour_channels=colour)
+    return NiftiDataset(root, class_map, entries, test_ids, colour_channels=colour, val_ids=val_ids)

@@ -1,7 +1,7 @@
 """2D image/mask folders (PNG, JPEG, TIFF, BMP): BUSI, the multisite fundus and prostate samples,
 generic folders such as Kvasir-SEG's ``images/*.jpg`` + ``masks/*.jpg``.
 
-Files: ``.png .jpg .jpeg .tif .tiff .bmp`` in any letter case, images and masks alike (an image
+Files: ``.png .jpg .jpeg .tif .tiff .bmp .gif`` in any letter case, images and masks alike (an image
 and its mask may differ in format), read as viewers show them (turned by their EXIF orientation). Predictions are always PNG (``fewsam.data.writers``): a case's
 ``rel_path`` is its image's relative path with the suffix changed to ``.png``.
 
@@ -14,12 +14,17 @@ Where the cases come from (first match wins):
    several ``task`` values (the multisite root) is refused: open a task folder instead.
 2. ``root/../index.csv`` rows whose image path starts with ``root``'s name: so
    ``multisite/Fundus`` and ``multisite/ProstateSlice`` open as datasets of their own.
-3. A scan: images in ``image/`` or ``images/`` (or sub-folders of it) with a mask of the same
-   stem (any of the formats; or the stem + ``_mask``, ``_seg``, ``_segmentation``, ``_label`` or
-   ``_gt``) at the same place in a sibling ``mask/``, ``masks/``, ``label/`` or ``labels/``
-   (``images/a/x.jpg`` -> ``masks/a/x.png`` or ``masks/a/x_mask.png``); or BUSI-style ``X.png`` +
-   ``X_mask.png`` (+ ``X_mask_1.png`` ...). Files are listed in natural order (``case2`` before
-   ``case10``); folder names are matched in any letter case.
+3. A scan: images in ``image/`` or ``images/`` (or sub-folders of it), or in a folder beside a mask
+   folder, with a mask of the same stem (any of the formats; or the stem + ``_mask``, ``_seg``,
+   ``_segmentation``, ``_label`` or ``_gt``) at the same place in a sibling mask folder
+   (``images/a/x.jpg`` -> ``masks/a/x.png`` or ``masks/a/x_mask.png``): ``mask/``, ``masks/``,
+   ``label/``, ``labels/``, or a folder whose name holds a mask word beside a folder of images
+   (ISIC's ``..._GroundTruth``, CVC's ``Ground Truth``, DRIVE's ``1st_manual``; ``MaskFolders``:
+   masks in its sub-folders merged, Montgomery's ``leftMask/`` + ``rightMask/``; names pairing by
+   their one number, DRIVE's ``21_training`` + ``21_manual1``; a ``mask/`` beside drawn annotations
+   is a field-of-view mask, not read); or BUSI-style ``X.png`` + ``X_mask.png`` (+ ``X_mask_1.png``
+   ...), also ``X_anno`` (GlaS), ``X_seg``, ``X_gt``... Files are listed in natural order (``case2``
+   before ``case10``); folder names are matched in any letter case.
 case_id = image path relative to root without its suffix; two images that would share an id
 (``a.png`` and ``a.jpg``) are refused, as their predictions would share ``a.png``.
 
@@ -44,7 +49,11 @@ JPEG masks are lossy (compression blurs 0/255 into 0-30 and 225-255): each of th
 read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the midpoint 128
 (said once per dataset via the "fewsam" logger). classes.json ranges replace that rounding.
 
-Splits: the index's ``split`` column when present (multisite: train/test, no val). BUSI, where
+Splits: the index's ``split`` column when present (multisite: train/test, no val), else the
+``train/``, ``val/``, ``test/`` folders, else the split words of the folders' names (ISIC's
+``..._Training_Input``, ``..._Validation_Input``; DRIVE's ``training/``, ``test/``), else of the
+files' names (GlaS' ``train_1.bmp``, ``testA_1.bmp``), where they name more than one split ('val',
+where none is named, drawn from the training images). BUSI, where
 the data names each image's pathology (a column, or benign/, malignant/, normal/ folders): within
 each pathology, images sorted by number, the last 20% of benign and of malignant are
 "val", the rest "train"; normal images (empty masks) are in no default split, but readable
@@ -71,6 +80,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageOps
+from scipy import ndimage
 
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
@@ -81,7 +91,7 @@ from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
 from fewsam.progress import say_once
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's names for JPEG files (MPO: a camera's multi-picture JPEG)
 IMAGE_DIRS = ("image", "images")
 BUSI_FOLDERS = ("benign", "malignant", "normal")  # the folders of the BUSI release, one per pathology
@@ -160,6 +170,7 @@ class PngFolderDataset(IndexedDataset):
         self.computed_splits = ("train", "val") if rule else ()
         self.val_rule = rule or self.val_rule
         self._lossy_noted = False
+        self._mask_folders: MaskFolders | None = None
 
     def prediction_rel_path(self, entry: Entry) -> str:
         """Predictions are PNG: the image's relative path with its suffix changed to .png."""
@@ -167,14 +178,29 @@ class PngFolderDataset(IndexedDataset):
 
     def new_label_rel_path(self, entry: Entry) -> str:
         """The mask the scan pairs with an image (a PNG): ``masks/...`` for an image below ``images/``,
-        ``<stem>_mask.png`` beside it otherwise. Named as its image (``x.png``), an exported label read
-        back as a second image, not as the label."""
+        the mask folder beside its folder (``_beside_mask_folder``), else ``<stem>_mask.png`` beside it.
+        Named as its image (``x.png``), an exported label read back as a second image, not as the label."""
         rel = PurePosixPath(entry.rel_path)
         folders, top = rel.parts[:-1], _deepest(rel.parts[:-1], IMAGE_DIRS)
         if top is None:
-            return rel.with_name(f"{rel.stem}_mask.png").as_posix()
+            return self._beside_mask_folder(rel) or rel.with_name(f"{rel.stem}_mask.png").as_posix()
         masks = "mask" if folders[top].lower() == "image" else "masks"
         return PurePosixPath(*folders[:top], masks, *folders[top + 1:], f"{rel.stem}.png").as_posix()
+
+    def _beside_mask_folder(self, rel: PurePosixPath) -> str | None:
+        """For an image in a folder beside a mask folder (ISIC's ``..._Input/`` beside ``..._GroundTruth/``),
+        where the scan looks for its mask: in that folder, at the image's place below it, named as the
+        image; None for other images (and for an index, which names each mask itself)."""
+        if not self.reads_whole_tree:
+            return None
+        if self._mask_folders is None:
+            files = [e.image for e in self.entries.values()] + [m for ms in self.masks.values() for m in ms]
+            self._mask_folders = MaskFolders(self.root, files)
+        level = self._mask_folders.image_level(self.root / rel)
+        siblings = self._mask_folders.mask_siblings(level[0]) if level else []
+        if not siblings:
+            return None
+        return PurePosixPath((siblings[0] / Path(*level[1]) / f"{rel.stem}.png").relative_to(self.root)).as_posix()
 
     def index_with_masks(self, masks: dict[str, str]) -> str | None:
         """This dataset's index (``index.csv``, or its rows of the parent folder's, paths relative to root)
@@ -342,7 +368,34 @@ def _index_style(paths: list[Path]) -> PngStyle:
     class 2. Reads every mask once, to find the classes."""
     classes = sorted(_values_in(paths) - {0})
     coding = {value: value for value in [0, *classes]}
+    if len(classes) >= INSTANCES_FROM and _number_objects(paths):
+        say_once(f"{paths[0].parent}: each mask holds the values 1, 2, ... up to its own count (1 to {classes[-1]} "
+                 "in all), each value one region: they look like numbered objects (instances, as GlaS and MoNuSeg "
+                 f"masks store glands and nuclei), which are read here as {len(classes)} classes; {INSTANCE_ADVICE}",
+                 key=f"instance-masks-{paths[0].parent}")
     return PngStyle("index", ClassMap({c: f"class{c}" for c in classes}), coding, dict(coding), None)
+
+
+INSTANCES_FROM = 3  # masks numbering at least this many regions 1, 2, 3, ... may number objects, not classes
+INSTANCE_ADVICE = ('if so, add classes.json {"1": {"name": "foreground", "min": 1}} to the data folder, which reads '
+                   "any value above 0 as one class")
+
+
+def _number_objects(paths: list[Path], looked_at: int = 20) -> bool:
+    """Whether the (first ``looked_at``) masks number objects: each holds 0 and 1 to its own count,
+    every value one connected region, and the counts differ between masks. Class masks rarely do all
+    three (a class is often several regions, or absent while a higher one is there)."""
+    counts = set()
+    for path in paths[:looked_at]:
+        if (read := _scanned_mask(path)) is None:
+            continue
+        values = [int(v) for v in np.unique(read[0]) if v]
+        if values != list(range(1, len(values) + 1)):
+            return False
+        if any(ndimage.label(read[0] == v)[1] != 1 for v in values):
+            return False
+        counts.add(len(values))
+    return len(counts) > 1
 
 
 def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
@@ -516,35 +569,200 @@ def _scan(root: Path) -> list[dict[str, Any]]:
         by_stem.setdefault((p.parent, stem), []).append(p)
         if "_mask_" in stem:
             extras.setdefault((p.parent, stem[: stem.rindex("_mask_")]), []).append(p)
-    mask_dirs = _mask_dirs(root, files)
-    rows = []
-    for image in files:
-        folders = image.relative_to(root).parts[:-1]
-        stem = image.stem.lower()
-        if "_mask" in stem or _deepest(folders, MASK_DIRS) is not None:
-            continue
-        top = _deepest(folders, IMAGE_DIRS)
-        if top is not None:
-            images_dir, below = root.joinpath(*folders[: top + 1]), folders[top + 1:]
-            found = (by_stem.get((d.joinpath(*below), stem + suffix))
-                     for d in mask_dirs.get(images_dir.parent, []) for suffix in MASK_STEM_SUFFIXES)
-            masks = [_same_suffix_first(m, image) for m in found if m][:1]
-        else:
-            first = by_stem.get((image.parent, f"{stem}_mask"))
-            masks = ([_same_suffix_first(first, image)] if first else []) + \
-                extras.get((image.parent, stem), [])
-        rows.append({"image": image.relative_to(root).as_posix(),
-                     "masks": [m.relative_to(root).as_posix() for m in masks]})
-    note_unpaired_masks(root, files, rows)
+    folders = MaskFolders(root, files)
+    rows = _paired_rows(root, files, folders, by_stem, extras)
+    if folders.field_of_view and not folders.used_drawn():  # no drawn annotation pairs: mask/ holds the labels
+        folders = MaskFolders(root, files, field_of_view=False)
+        rows = _paired_rows(root, files, folders, by_stem, extras)
+    folders.say_unread(rows)
+    note_unpaired_masks(root, files, rows, folders)
     return rows
 
 
-def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, Any]]) -> None:
+def _paired_rows(root: Path, files: list[Path], folders: MaskFolders, by_stem: dict[tuple[Path, str], list[Path]],
+                 extras: dict[tuple[Path, str], list[Path]]) -> list[dict[str, Any]]:
+    """One row per image of ``files`` (masks left out), with its masks as ``_scan`` pairs them."""
+    rows = []
+    for image in files:
+        stem = image.stem.lower()
+        if "_mask" in stem or folders.holds_mask(image):
+            continue
+        level = folders.image_level(image)
+        if level is None and _flat_mask_of(image, by_stem):
+            continue
+        if level is not None:
+            images_dir, below = level
+            masks = folders.masks_of(image, images_dir, below, by_stem)
+        else:
+            first = next((found for suffix in FLAT_MASK_SUFFIXES
+                          if (found := by_stem.get((image.parent, stem + suffix)))), None)
+            masks = ([_same_suffix_first(first, image)] if first else []) + extras.get((image.parent, stem), [])
+        rows.append({"image": image.relative_to(root).as_posix(),
+                     "masks": [m.relative_to(root).as_posix() for m in masks]})
+    return rows
+
+
+# A mask beside its image in one folder is named as the image plus one of these (BUSI's x_mask, GlaS' x_anno)
+FLAT_MASK_SUFFIXES = ("_mask", "_anno", "_annotation", "_seg", "_segmentation", "_label", "_gt")
+# Words of a folder name that say it holds masks (Kvasir's masks/, ISIC's ..._GroundTruth, CVC's
+# "Ground Truth", DRIVE's 1st_manual, Montgomery's ManualMask/leftMask), in any letter case
+MASK_WORDS = frozenset({"mask", "masks", "label", "labels", "gt", "groundtruth", "annotation", "annotations",
+                        "anno", "manual", "segmentation", "segmentations"})
+# Of these, the words of annotations drawn by hand: beside such a folder, a folder named mask/ holds
+# masks of the image's field of view (DRIVE's and HRF's mask/), not labels
+DRAWN_WORDS = frozenset({"gt", "groundtruth", "annotation", "annotations", "anno", "manual"})
+
+
+def folder_words(name: str) -> set[str]:
+    """The lower-case words of a folder name, split at non-letters and at capitals
+    (``ISIC2018_Task1_Training_GroundTruth``: isic, 2018, task, 1, training, ground, truth, groundtruth)."""
+    words = [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)]
+    return set(words) | {a + b for a, b in zip(words, words[1:]) if (a, b) == ("ground", "truth")}
+
+
+def _flat_mask_of(path: Path, by_stem: dict[tuple[Path, str], list[Path]]) -> bool:
+    """Whether ``path`` is named as another image of its folder plus a mask suffix (``train_1_anno.bmp``)."""
+    stem = path.stem.lower()
+    return any(stem.endswith(s) and (path.parent, stem[: -len(s)]) in by_stem for s in FLAT_MASK_SUFFIXES)
+
+
+def _number(stem: str) -> int | None:
+    """The one whole number among a name's words (``21_training`` and ``21_manual1``: 21), else None."""
+    numbers = [int(w) for w in re.split(r"[_\-\s.]+", stem) if w.isdigit()]
+    return numbers[0] if len(numbers) == 1 else None
+
+
+class MaskFolders:
+    """The folders of masks below a scanned root, and how an image finds its masks in them.
+
+    A folder holds masks when it is named mask/, masks/, label/ or labels/, or when its name holds a
+    mask word (``MASK_WORDS``) and a sibling folder holds images. An image pairs with the masks of the
+    sibling folders of its image folder (its deepest image/ or images/ folder, else its deepest
+    folder with mask-folder siblings), at the same place below them: named as the image (or plus
+    ``_mask``, ``_segmentation``...), else, in a mask folder split into sub-folders (Montgomery's
+    leftMask/, rightMask/), one per sub-folder, merged; else by the one number in both names
+    (DRIVE's ``21_training.tif`` and ``21_manual1.gif``). Folders of drawn annotations come first,
+    then mask/, masks/, label/, labels/, then the others by name (1st_manual before 2nd_manual): the
+    first that holds the image's mask is read, the others are said not to be. A folder named mask/ or
+    masks/ is a field of view where one of drawn annotations gives images their masks, and is then not
+    read (``field_of_view``: False reads it as any mask folder)."""
+
+    def __init__(self, root: Path, files: list[Path], field_of_view: bool = True) -> None:
+        self.root = root
+        self.children: dict[Path, set[Path]] = {}
+        for p in files:
+            for folder in p.relative_to(root).parents:
+                if folder.parts:
+                    path = root / folder
+                    self.children.setdefault(path.parent, set()).add(path)
+        self.files: dict[Path, list[Path]] = {}
+        for p in files:
+            self.files.setdefault(p.parent, []).append(p)
+        named = {f for kids in self.children.values() for f in kids if folder_words(f.name) & MASK_WORDS}
+        self.masks = {f for f in named if f.name.lower() in MASK_DIRS
+                      or any(s not in named for s in self.children[f.parent])}
+        drawn = field_of_view and any(folder_words(f.name) & DRAWN_WORDS for f in self.masks)
+        self.field_of_view = {f for f in self.masks if drawn and f.name.lower() in ("mask", "masks")}
+        self.used: set[Path] = set()
+        self.numbers: dict[Path, list[int | None]] = {}
+
+    def used_drawn(self) -> bool:
+        """Whether a folder of drawn annotations gave some image its mask."""
+        return any(folder_words(f.name) & DRAWN_WORDS for f in self.used)
+
+    def holds_mask(self, path: Path) -> bool:
+        return any(self.root / folder in self.masks for folder in path.relative_to(self.root).parents)
+
+    def mask_siblings(self, folder: Path) -> list[Path]:
+        """The mask folders beside ``folder``, in the order they are searched (class docstring)."""
+        def order(f: Path) -> tuple[int, int, list]:
+            words = folder_words(f.name)
+            fixed = MASK_DIRS.index(f.name.lower()) if f.name.lower() in MASK_DIRS else len(MASK_DIRS)
+            return (0 if words & DRAWN_WORDS else 1, fixed, natural_key(f.name))
+        return sorted((f for f in self.children.get(folder.parent, ()) if f in self.masks
+                       and f not in self.field_of_view), key=order)
+
+    def image_level(self, image: Path) -> tuple[Path, tuple[str, ...]] | None:
+        """(the image's image folder, its folders below it), or None for an image paired in its own folder."""
+        folders = image.relative_to(self.root).parts[:-1]
+        top = _deepest(folders, IMAGE_DIRS)
+        if top is None:
+            top = max((i for i in range(len(folders)) if self.mask_siblings(self.root.joinpath(*folders[: i + 1]))),
+                      default=None)
+        return None if top is None else (self.root.joinpath(*folders[: top + 1]), folders[top + 1:])
+
+    def masks_of(self, image: Path, images_dir: Path, below: tuple[str, ...],
+                 by_stem: dict[tuple[Path, str], list[Path]]) -> list[Path]:
+        stem = image.stem.lower()
+        for mask_dir in self.mask_siblings(images_dir):
+            where = mask_dir.joinpath(*below)
+            found = [m for suffix in MASK_STEM_SUFFIXES if (m := by_stem.get((where, stem + suffix)))][:1]
+            if not found:  # one mask per sub-folder (a structure each) that is no sub-folder of images, merged
+                mirrored = {f.name for f in self.children.get(images_dir.joinpath(*below), ())}
+                found = [m for sub in natural_sorted(self.children.get(where, ()), key=lambda p: p.name)
+                         if sub.name not in mirrored and (m := by_stem.get((sub, stem)))]
+                if len(found) > 1:
+                    say_once(f"{where}: each image has a mask in each of its {len(found)} sub-folders "
+                             f"({', '.join(sorted({m[0].parent.name for m in found}))}); they are merged into one "
+                             "mask (a pixel is foreground in any of them)", key=f"merged-masks-{where}")
+            if not found:
+                found = [[m] for m in [self._numbered(image, where)] if m is not None]
+            if found:
+                self.used.add(mask_dir)
+                return [_same_suffix_first(m, image) for m in found]
+        return []
+
+    def _numbered(self, image: Path, where: Path) -> Path | None:
+        """The one mask in ``where`` whose name holds the image's one number, where the images of the
+        image's folder each hold a number of their own and no mask there is named as its image."""
+        number = _number(image.stem)
+        images = self._numbers(image.parent)
+        if number is None or images.count(number) != 1 or None in images:
+            return None
+        masks = [p for p, n in zip(self.files.get(where, []), self._numbers(where)) if n == number]
+        return masks[0] if len(masks) == 1 else None
+
+    def _numbers(self, folder: Path) -> list[int | None]:
+        """``_number`` of each file in ``folder``, worked out once per folder."""
+        if folder not in self.numbers:
+            self.numbers[folder] = [_number(p.stem) for p in self.files.get(folder, [])]
+        return self.numbers[folder]
+
+    def say_unread(self, rows: list[dict[str, Any]]) -> None:
+        """Name the mask folders that are not read (field-of-view masks, a second annotator's), beside
+        one that is: their masks have images of their names and would otherwise be said to have none."""
+        if not any(row["masks"] for row in rows):
+            return
+        for folder in natural_sorted(self.field_of_view, key=lambda p: p.as_posix()):
+            say_once(f"{folder}: beside folders of drawn annotations ({', '.join(self._drawn())}), a folder named "
+                     f"{folder.name}/ holds each image's field-of-view mask (as DRIVE and HRF do), not its label; "
+                     "it is not read", key=f"fov-masks-{folder}")
+        for folder in natural_sorted(self.masks - self.used - self.field_of_view, key=lambda p: p.as_posix()):
+            used = [f.name for f in self.mask_siblings(folder) if f in self.used]
+            if used:
+                say_once(f"{folder}: its masks are not read; the images' labels are read from {', '.join(used)} "
+                         "(a folder of drawn annotations first, then mask/, masks/, label/, labels/, then by name); "
+                         "to read these instead, move the other folder away", key=f"unread-masks-{folder}")
+
+    def _drawn(self) -> list[str]:
+        return sorted({f.name for f in self.masks if folder_words(f.name) & DRAWN_WORDS})
+
+    def unread(self, path: Path) -> bool:
+        """Whether ``path`` lies in a mask folder that ``say_unread`` names (not to be named twice)."""
+        tops = [self.root / f for f in path.relative_to(self.root).parents if self.root / f in self.masks]
+        if not tops or any(t in self.used for t in tops):
+            return False
+        return any(t in self.field_of_view or any(s in self.used for s in self.mask_siblings(t)) for t in tops)
+
+
+def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, Any]],
+                        folders: MaskFolders | None = None) -> None:
     """Say which masks no image was paired with (``masks/case1.png`` beside ``images/case 1.png``, an
     image renamed or deleted): left out without a word, their images would count as unlabelled and a fit
     would use fewer labelled images than the user drew."""
+    folders = folders or MaskFolders(root, files)
     paired = {mask for row in rows for mask in _split_masks(row["masks"])}
-    unpaired = [rel for p in files if _is_mask_file(root, p)
+    unpaired = [rel for p in files if ("_mask" in p.stem.lower() or folders.holds_mask(p)) and not folders.unread(p)
                 and (rel := p.relative_to(root).as_posix()) not in paired]
     if unpaired:
         shown = ", ".join(unpaired[:3]) + (" ..." if len(unpaired) > 3 else "")
@@ -552,27 +770,9 @@ def note_unpaired_masks(root: Path, files: list[Path], rows: list[dict[str, Any]
                  "name each image as its mask (or the mask as its image plus _mask)", key=f"unpaired-masks-{root}")
 
 
-def _is_mask_file(root: Path, path: Path) -> bool:
-    """Whether the scan takes ``path`` for a mask: in a mask folder, or named ``<image>_mask``."""
-    return "_mask" in path.stem.lower() or _deepest(path.relative_to(root).parts[:-1], MASK_DIRS) is not None
-
-
 def _deepest(folders: tuple[str, ...], names: tuple[str, ...]) -> int | None:
     """Index of the deepest folder whose name (any letter case) is one of ``names``."""
     return max((i for i, f in enumerate(folders) if f.lower() in names), default=None)
-
-
-def _mask_dirs(root: Path, files: list[Path]) -> dict[Path, list[Path]]:
-    """Folder -> its mask sub-folders in MASK_DIRS order (mask/, masks/, label/, labels/)."""
-    found: dict[Path, set[Path]] = {}
-    for p in files:
-        folders = p.relative_to(root).parts[:-1]
-        i = _deepest(folders, MASK_DIRS)
-        if i is not None:
-            mask_dir = root.joinpath(*folders[: i + 1])
-            found.setdefault(mask_dir.parent, set()).add(mask_dir)
-    return {parent: sorted(dirs, key=lambda d: (MASK_DIRS.index(d.name.lower()), d.name))
-            for parent, dirs in found.items()}
 
 
 def _same_suffix_first(candidates: list[Path], image: Path) -> Path:
@@ -640,6 +840,9 @@ def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]]
         for e in entries:
             splits.setdefault(by_path[e.case_id], []).append(e.case_id)
         return splits, None
+    by_words = {e.case_id: _split_from_words(e.rel_path) for e in entries}
+    if all(by_words.values()) and len(set(by_words.values())) > 1:
+        return _worded_splits(entries, by_words)
     if style.name != "busi" or not all(map(_pathology_named, entries)):
         return computed_splits(entries), VAL_RULE
     for e in entries:
@@ -658,6 +861,38 @@ def _pathology_named(entry: Entry) -> bool:
     pathology, each image was a group of its own and no image went to "val"."""
     parts = PurePosixPath(entry.rel_path).parts
     return bool(entry.attributes.get("pathology")) or (len(parts) > 1 and parts[0].lower() in BUSI_FOLDERS)
+
+
+# Words of folder or file names that name a split (ISIC's ..._Training_Input, ..._Validation_Input,
+# ..._Test_Input; DRIVE's training/, test/; GlaS' train_1.bmp, testA_1.bmp)
+SPLIT_FOLDER_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                      "test": "test", "testing": "test"}
+
+
+def _split_from_words(rel_path: str) -> str:
+    """The split the words of an image's folders, or else of its name, name (GlaS' ``train_1.bmp``,
+    ``testA_1.bmp``); "" for none, or for two different ones."""
+    path = PurePosixPath(rel_path)
+    for names in (path.parts[:-1], (path.stem,)):
+        named = {SPLIT_FOLDER_WORDS[w] for name in names for w in folder_words(name) if w in SPLIT_FOLDER_WORDS}
+        if named:
+            return named.pop() if len(named) == 1 else ""
+    return ""
+
+
+def _worded_splits(entries: list[Entry], by_words: dict[str, str]) -> tuple[dict[str, list[str]], str | None]:
+    """Splits as the images' folder names word them; where none is validation (DRIVE: training/, test/),
+    'val' is drawn from the training images by the usual rule, so a fit validates on held-out images."""
+    splits: dict[str, list[str]] = {}
+    for e in entries:
+        splits.setdefault(by_words[e.case_id], []).append(e.case_id)
+    if "val" in splits or "train" not in splits:
+        return splits, None
+    training = set(splits.pop("train"))
+    drawn = computed_splits([e for e in entries if e.case_id in training])
+    for name, ids in splits.items():
+        drawn[name] = drawn.get(name, []) + ids
+    return drawn, VAL_RULE
 
 
 def _split_from_path(rel_path: str) -> str:
@@ -823,6 +1058,10 @@ def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path, wh
         if path.is_file() and _has_colour(path):
             advice += (f"; the {what} is in colour, and masks are read as grey levels (or palette indices): store one "
                        "grey value per class")
+        elif advice == MASK_ADVICE and to_class.get(255) == 1 and set(to_class.values()) == {0, 1} and \
+                len(bad) > 2 and bad[-1] < 255 // 2:
+            advice = ("are they numbered objects (instances, as GlaS and MoNuSeg masks store glands and nuclei)? "
+                      + INSTANCE_ADVICE)
         elif advice == MASK_ADVICE and to_class.get(255) == 1 and set(to_class.values()) == {0, 1}:
             advice = ("save it with 0 and 255 only, or, where its edges were blurred by resizing or anti-aliasing, "
                       'threshold it with classes.json {"1": {"name": "foreground", "min": 128}}')
