@@ -1,5 +1,6 @@
 """`fewsam predict --refine-with-sam`: SAM-Match's labeller at test time, with known fall-backs."""
 
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -61,16 +62,29 @@ def test_refine_with_sam_refuses_runs_without_sam(phantom, tmp_path):  # noqa: F
                 refine="always")
 
 
-def _refinable_run(phantom, tmp_path):
-    run_dir, _, _ = fit_run(phantom, tmp_path, tmp_path / "run", SAM_CFG, steps=8)
+@pytest.fixture(scope="module")
+def refinable(phantom, tmp_path_factory):  # noqa: F811
+    """One fitted SAM-Match run for the tests of the refinement choice; each test refines a copy."""
+    folder, threads = tmp_path_factory.mktemp("refinable"), torch.get_num_threads()
+    torch.set_num_threads(1)  # as every test here runs (``one_thread``): small steps on a busy machine
+    try:
+        run_dir, _, _ = fit_run(phantom, folder, folder / "run", SAM_CFG, steps=8)
+    finally:
+        torch.set_num_threads(threads)
     config = read_config(run_dir)
     write_json(run_dir / "config.json", config | {"data": str(phantom), "val_split": "val"})
+    return run_dir
+
+
+def _refinable_run(refinable, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(refinable, run_dir)
     model = tiny_sam()
     return run_dir, SamRefinedPredictor(run_dir, model), EmbeddingCache(tmp_path / "cache", model)
 
 
-def test_refinement_choice_scores_the_student_exactly_as_training_selected_it(phantom, tmp_path):  # noqa: F811
-    run_dir, predictor, cache = _refinable_run(phantom, tmp_path)
+def test_refinement_choice_scores_the_student_exactly_as_training_selected_it(phantom, refinable, tmp_path):  # noqa: F811
+    run_dir, predictor, cache = _refinable_run(refinable, tmp_path)
     choice = choose_refinement(run_dir, predictor, cache, show_progress=False)
     best = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
     assert choice["val_dice_student"] == pytest.approx(best["metrics"]["score"], abs=1e-6)
@@ -79,8 +93,8 @@ def test_refinement_choice_scores_the_student_exactly_as_training_selected_it(ph
     assert (run_dir / REFINEMENT).exists()
 
 
-def test_refinement_choice_follows_the_higher_score_and_is_decided_once(phantom, tmp_path):  # noqa: F811
-    run_dir, predictor, cache = _refinable_run(phantom, tmp_path)
+def test_refinement_choice_follows_the_higher_score_and_is_decided_once(phantom, refinable, tmp_path):  # noqa: F811
+    run_dir, predictor, cache = _refinable_run(refinable, tmp_path)
     empty_vs_truth = lambda case, slices: (np.zeros_like(case.label), case.label)  # noqa: E731
     predictor.predict_both = empty_vs_truth
     choice = choose_refinement(run_dir, predictor, cache, show_progress=False)
@@ -95,8 +109,8 @@ def test_refinement_choice_follows_the_higher_score_and_is_decided_once(phantom,
     assert not choose_refinement(run_dir, predictor, cache, show_progress=False)["refine"]
 
 
-def test_refine_choice_is_checked_and_needs_the_runs_data(phantom, tmp_path):  # noqa: F811
-    run_dir, _, _ = _refinable_run(phantom, tmp_path)
+def test_refine_choice_is_checked_and_needs_the_runs_data(phantom, refinable, tmp_path):  # noqa: F811
+    run_dir, _, _ = _refinable_run(refinable, tmp_path)
     with pytest.raises(RunError, match="refine must be never, always or if-better"):
         predict(run_dir, phantom, tmp_path / "pred", cache_root=tmp_path / "c", show_progress=False,
                 refine="sometimes")
