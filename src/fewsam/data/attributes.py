@@ -83,7 +83,8 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         raise DataError(f"attribute table {path} not found; give an existing CSV file")
     try:
         separator, reader = user_csv_rows(path)
-        columns = list(reader.fieldnames or [])
+        columns = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = columns  # "case, sex": the column is "sex", as --group-by names it
         records = list(reader)
     except (OSError, csv.Error) as err:
         raise DataError(f"cannot read attribute table {path}: {err}") from None
@@ -200,14 +201,28 @@ def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) 
     """The group a case falls in for ``column``: its bin if binned, else the value as text.
 
     Continuous ``age`` and ``bmi`` use ``DEFAULT_BINS`` (age at 60 years; BMI 25/30) unless
-    ``bins`` is given. Missing values give None (the case is left out of group metrics).
+    ``bins`` is given. Missing values give None (the case is left out of group metrics), and so
+    does -1 (``is_unknown_code``).
     """
     value = attributes.get(column)
-    if value is None:
-        return None
     bins = bins or DEFAULT_BINS.get(column)
+    if value is None or is_unknown_code(value, bins):
+        return None
     if bins is not None and (not isinstance(value, str) or CODE_WITH_LEADING_ZEROS.fullmatch(value)):
         return bins.label(value)  # an age written "07" is still 7 years when binned
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+UNKNOWN_CODE = -1
+
+
+def is_unknown_code(value: Any, bins: Bins | None = None) -> bool:
+    """Whether ``value`` is -1, the code FairSeg's files (and the tables exported from them) give an
+    unknown attribute: as a group it would be one more population in ES-Dice's spread and the worst-group
+    gap, and binned it fell among the youngest ("<60" for an unknown age). Bins with an edge at -1 or
+    below (--bins zscore:-2,0,2) measure something that can be -1, so there it is a value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != UNKNOWN_CODE:
+        return False
+    return bins is None or bins.edges[0] > UNKNOWN_CODE

@@ -1,0 +1,73 @@
+"""Group attributes from tables as people keep them, and the group numbers drawn from them.
+
+Covers: a hand-written header with spaces after the commas ("case, sex") names the columns
+without them; -1, the code FairSeg gives an unknown attribute, is no group (and no "<60" age),
+except under bins that reach -1; age or BMI bands written as text ("<40", "40-59", "60+") come
+in the order of their bounds.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import write_png_cases
+
+from fewsam.data import group_of, parse_bins, read_attribute_table
+from fewsam.evaluate import evaluate
+from fewsam.metrics import group_order
+
+# Every label is rows 0-1 of a 10x10 image; FULL is perfect (Dice 1), HALF covers one row (Dice 2/3).
+LABEL = np.zeros((10, 10), np.uint8)
+LABEL[:2] = 1
+HALF = np.zeros((10, 10), np.uint8)
+HALF[0] = 1
+
+
+def group_dice(result):
+    return {name: (g["n"], round(g["mean"]["dice"], 4)) for name, g in result["groups"].items()}
+
+
+def study(tmp_path, cases):
+    """(data root, predictions) of ``cases``: id -> prediction, with no attribute of their own."""
+    return write_png_cases(tmp_path, LABEL, {cid: ({"note": "x"}, pred) for cid, pred in cases.items()})
+
+
+def test_header_spaces_name_no_column(tmp_path):
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = tmp_path / "demographics.csv"
+    table.write_text("case, sex , age\na, F, 70\nb, M, 40\nc, M, 45\n")
+    assert read_attribute_table(table).rows["a"] == {"sex": "F", "age": 70}
+    result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"F": (1, 1.0), "M": (2, round(2 / 3, 4))}
+
+
+def test_minus_one_is_an_unknown_value(tmp_path):
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF, "d": HALF})
+    table = tmp_path / "fairseg_attributes.csv"  # FairSeg's coding exported: -1 = unknown
+    table.write_text("case;age;race\na;24,5;0\nb;-1;-1\nc;61;1\nd;70;1\n")
+    by_age = evaluate(pred, root, "test", "age", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(by_age) == {"<60": (1, 1.0), ">=60": (2, round(2 / 3, 4))}
+    assert by_age["missing_group_cases"] == ["img/b"]
+    by_race = evaluate(pred, root, "test", "race", show_progress=False, attributes=table, n_boot=20)
+    assert list(by_race["groups"]) == ["0", "1"] and by_race["missing_group"] == 1
+    # bins reaching -1 measure something that can be -1 (a z-score): there it is a value
+    assert group_of({"z": -1}, "z", parse_bins("z:-2,0,2")) == "-2-0"
+    assert group_of({"z": -1.0}, "z", parse_bins("z:0.5")) is None
+
+
+@pytest.mark.parametrize("names, order", [
+    (["60+", "<40", "40-59"], ["<40", "40-59", "60+"]),
+    ([">=30", "25-30", "<25"], ["<25", "25-30", ">=30"]),
+    (["65+ years", "<18 years", "18-64 years"], ["<18 years", "18-64 years", "65+ years"]),
+    (["site10", "site2"], ["site2", "site10"]),
+    (["GE 3", "Siemens 1.5"], ["GE 3", "Siemens 1.5"]),  # no scale in common: natural order
+])
+def test_bands_written_as_text_come_in_order_of_their_bounds(names, order):
+    assert group_order(names) == order
+
+
+def test_evaluate_orders_text_bands(tmp_path):
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = tmp_path / "age_groups.csv"
+    table.write_text("case,age_group\na,60+\nb,<40\nc,40-59\n")
+    result = evaluate(pred, root, "test", "age_group", show_progress=False, attributes=table, n_boot=20)
+    assert list(result["groups"]) == ["<40", "40-59", "60+"]
