@@ -3,7 +3,7 @@
 Covers: a hand-written header with spaces after the commas ("case, sex") names the columns
 without them; -1, the code FairSeg gives an unknown attribute, is no group (and no "<60" age),
 except under bins that reach -1; age or BMI bands written as text ("<40", "40-59", "60+") come
-in the order of their bounds.
+in the order of their bounds; a numeric id matches its row without leading zeros (Excel drops them).
 """
 
 import numpy as np
@@ -71,3 +71,13 @@ def test_evaluate_orders_text_bands(tmp_path):
     table.write_text("case,age_group\na,60+\nb,<40\nc,40-59\n")
     result = evaluate(pred, root, "test", "age_group", show_progress=False, attributes=table, n_boot=20)
     assert list(result["groups"]) == ["<40", "40-59", "60+"]
+
+
+def test_numeric_ids_match_without_leading_zeros(tmp_path):
+    """Excel saves an id column of digits as numbers: cases 001, 002, 010 have rows 1, 2, 10."""
+    root, pred = study(tmp_path, {"001": LABEL, "002": HALF, "010": HALF})
+    table = tmp_path / "excel.csv"
+    table.write_text("id,sex\n1,F\n2,M\n10,M\n")
+    result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"F": (1, 1.0), "M": (2, round(2 / 3, 4))}
+    assert result["missing_group"] == 0

@@ -3,9 +3,9 @@ continuous attributes (``parse_bins("bmi:25,30")`` -> "<25", "25-30", ">=30").
 
 A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``... or the first
 column); a case takes the row whose key equals its case id, its subject (patient) id, its
-relative path, or the file name of that path, in this order. Cells are parsed as int, then
-float, else kept as text; empty cells, NA/NaN/None and the words tables write for an unknown value
-(unknown, missing, ?, -) are missing (``None``).
+relative path, or the file name of that path, in this order (a numeric id also without its leading
+zeros). Cells are parsed as int, then float, else kept as text; empty cells, NA/NaN/None and the
+words tables write for an unknown value (unknown, missing, ?, -) are missing (``None``).
 """
 
 from __future__ import annotations
@@ -69,9 +69,14 @@ class AttributeTable:
     def row_for(self, case_id: str, subject: str, rel_path: str = "", file_names: Iterable[str] = ()
                 ) -> dict[str, Any]:
         """The row of a case: by its id, subject, relative path, or (``file_names``) the other names a
-        user keys a table by, as a list file may (``common.listed_names``: nnU-Net's ``x_0000.nii.gz``)."""
-        for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem, *file_names):
-            if key and key in self.rows:
+        user keys a table by, as a list file may (``common.listed_names``: nnU-Net's ``x_0000.nii.gz``).
+        A numeric id matches its number without leading zeros (case ``007``, row ``7``): Excel reads an id
+        column of digits as numbers and saves them so, which left every case below 100 of ``001``...
+        ``150`` without a row."""
+        keys = [key for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem, *file_names)
+                if key]
+        for key in (*keys, *(key.lstrip("0") or "0" for key in keys if key.isascii() and key.isdigit())):
+            if key in self.rows:
                 return self.rows[key]
         return {}
 
