@@ -3,7 +3,8 @@
 Covers: a hand-written header with spaces after the commas ("case, sex") names the columns
 without them; -1, the code FairSeg gives an unknown attribute, is no group (and no "<60" age),
 except under bins that reach -1; age or BMI bands written as text ("<40", "40-59", "60+") come
-in the order of their bounds; a numeric id matches its row without leading zeros (Excel drops them).
+in the order of their bounds; a numeric id matches its row without leading zeros (Excel drops them);
+an Excel hint line "sep=;" names the separator and is no header.
 """
 
 import numpy as np
@@ -81,3 +82,13 @@ def test_numeric_ids_match_without_leading_zeros(tmp_path):
     result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=table, n_boot=20)
     assert group_dice(result) == {"F": (1, 1.0), "M": (2, round(2 / 3, 4))}
     assert result["missing_group"] == 0
+
+
+def test_excel_separator_hint_line_is_no_header(tmp_path):
+    """Tables made for Excel start with ``sep=;``: it names the separator, the header follows."""
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = tmp_path / "excel_hint.csv"
+    table.write_bytes("\ufeffsep=;\r\ncase;bmi\r\na;22,5\r\nb;27,5\r\nc;31,0\r\n".encode())
+    assert read_attribute_table(table).rows["a"] == {"bmi": 22.5}
+    result = evaluate(pred, root, "test", "bmi", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"<25": (1, 1.0), "25-30": (1, round(2 / 3, 4)), ">=30": (1, round(2 / 3, 4))}

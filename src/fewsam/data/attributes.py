@@ -133,10 +133,20 @@ def user_text(path: Path) -> str:
 
 
 def user_csv_rows(path: Path) -> tuple[str, csv.DictReader]:
-    """(separator, rows) of a CSV / TSV a user saved (``user_text``, ``column_separator``)."""
+    """(separator, rows) of a CSV / TSV a user saved (``user_text``, ``column_separator``). A first line
+    ``sep=;`` (Excel's hint, kept by tables made to open in it) names the separator and is no header:
+    read as one, the table's columns were "sep=" and nothing matched."""
     text = user_text(path)
-    separator = column_separator(text.split("\n", 1)[0])
+    first, _, rest = text.partition("\n")
+    hint = EXCEL_SEPARATOR_HINT.fullmatch(first.rstrip("\r"))
+    if hint:
+        separator, text = ("\t" if hint["sep"] == "\\t" else hint["sep"]), rest
+    else:
+        separator = column_separator(first)
     return separator, csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
+
+
+EXCEL_SEPARATOR_HINT = re.compile(r'"?sep=(?P<sep>[,;\t|]|\\t)"?[,;\t|]*', re.IGNORECASE)  # a re-saved hint trails separators
 
 
 def column_separator(header: str) -> str:
