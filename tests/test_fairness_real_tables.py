@@ -4,7 +4,8 @@ Covers: a hand-written header with spaces after the commas ("case, sex") names t
 without them; -1, the code FairSeg gives an unknown attribute, is no group (and no "<60" age),
 except under bins that reach -1; age or BMI bands written as text ("<40", "40-59", "60+") come
 in the order of their bounds; a numeric id matches its row without leading zeros (Excel drops them);
-an Excel hint line "sep=;" names the separator and is no header.
+an Excel hint line "sep=;" names the separator and is no header; the report counts the HD95 and
+ASD values an empty prediction leaves out of a group's mean.
 """
 
 import numpy as np
@@ -92,3 +93,26 @@ def test_excel_separator_hint_line_is_no_header(tmp_path):
     assert read_attribute_table(table).rows["a"] == {"bmi": 22.5}
     result = evaluate(pred, root, "test", "bmi", show_progress=False, attributes=table, n_boot=20)
     assert group_dice(result) == {"<25": (1, 1.0), "25-30": (1, round(2 / 3, 4)), ">=30": (1, round(2 / 3, 4))}
+
+
+def test_report_counts_the_distances_an_empty_prediction_leaves_out(tmp_path):
+    """Group B's model missed the structure in one case: its HD95 is taken over the other case only,
+    and the report says so rather than show B as close to the labels as A."""
+    import json
+
+    from fewsam.metrics import group_summary
+    from fewsam.report import write_group_report
+
+    def case(i, group, dice, hd95):
+        return {"case": f"c{i}", "group": group,
+                "per_class": {"fg": {"dice": dice, "iou": dice, "hd95": hd95, "asd": hd95}}}
+
+    result = group_summary([case(1, "A", 0.9, 2.0), case(2, "A", 0.8, 2.0), case(3, "B", 0.0, None),
+                            case(4, "B", 0.9, 2.0)], n_boot=20)
+    assert result["groups"]["B"]["mean"]["hd95"] == 2.0 and result["groups"]["B"]["per_class"]["fg"]["hd95_missing"] == 1
+    result.update(group_by="site", alpha=1.0, es_mode="sum", distance_unit="pixel")
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    md = write_group_report([tmp_path / "eval.json"], tmp_path / "report")["markdown"].read_text()
+    assert "| B | 2 |" in md and "| 2.00 (1 n/a) | 2.00 (1 n/a) |" in md
+    assert "| A | 2 |" in md and "(0 n/a)" not in md
+    assert "the mean leaves those out" in md
