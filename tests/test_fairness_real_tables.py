@@ -5,7 +5,8 @@ without them; -1, the code FairSeg gives an unknown attribute, is no group (and 
 except under bins that reach -1; age or BMI bands written as text ("<40", "40-59", "60+") come
 in the order of their bounds; a numeric id matches its row without leading zeros (Excel drops them);
 an Excel hint line "sep=;" names the separator and is no header; the report counts the HD95 and
-ASD values an empty prediction leaves out of a group's mean.
+ASD values an empty prediction leaves out of a group's mean; a table of images whose first column
+repeats (HAM10000's lesion_id) is keyed by its unique image column.
 """
 
 import numpy as np
@@ -116,3 +117,16 @@ def test_report_counts_the_distances_an_empty_prediction_leaves_out(tmp_path):
     assert "| B | 2 |" in md and "| 2.00 (1 n/a) | 2.00 (1 n/a) |" in md
     assert "| A | 2 |" in md and "(0 n/a)" not in md
     assert "the mean leaves those out" in md
+
+
+def test_table_of_images_is_keyed_by_its_unique_image_column(tmp_path):
+    """HAM10000's metadata: lesion_id first (a lesion has several images), then image_id."""
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = tmp_path / "HAM10000_metadata.csv"
+    table.write_text("lesion_id,image_id,dx,age,gender\nHAM_1,a,nv,45.0,male\nHAM_1,b,nv,45.0,male\n"
+                     "HAM_2,c,mel,70.0,female\n")
+    assert read_attribute_table(table).key == "image_id"
+    result = evaluate(pred, root, "test", "gender", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"female": (1, round(2 / 3, 4)), "male": (2, round(5 / 6, 4))}
+    table.write_text("patient,image,sex\nP1,a.png,M\nP1,b.png,M\nP2,c.png,F\n")  # a patient's images
+    assert read_attribute_table(table).key == "image"

@@ -1,11 +1,12 @@
 """Group attributes for fairness evaluation: CSV tables joined to cases, and bins for
 continuous attributes (``parse_bins("bmi:25,30")`` -> "<25", "25-30", ">=30").
 
-A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``... or the first
-column); a case takes the row whose key equals its case id, its subject (patient) id, its
-relative path, or the file name of that path, in this order (a numeric id also without its leading
-zeros). Cells are parsed as int, then float, else kept as text; empty cells, NA/NaN/None and the
-words tables write for an unknown value (unknown, missing, ?, -) are missing (``None``).
+A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``/``image``/
+``image_id``/``filename``..., the first of them whose ids are unique, or the first column); a case
+takes the row whose key equals its case id, its subject (patient) id, its relative path, or the
+file name of that path, in this order (a numeric id also without its leading zeros). Cells are
+parsed as int, then float, else kept as text; empty cells, NA/NaN/None and the words tables write
+for an unknown value (unknown, missing, ?, -) are missing (``None``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any, Iterable
 from fewsam.errors import DataError, FewsamError
 from fewsam.progress import say_once
 
-KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_id", "pid", "id")
+KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_id", "pid", "id",
+               "image", "image_id", "filename", "file_name", "file")
 # "unknown" is no group: FairSeg's own files code an unknown attribute -1, read as no value, and an
 # "unknown" group would enter ES-Dice's spread and the worst-group gap as if it were a population.
 MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown", "missing", "?", "-"}
@@ -93,7 +95,7 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         records = list(reader)
     except (OSError, csv.Error) as err:
         raise DataError(f"cannot read attribute table {path}: {err}") from None
-    key = key or _key_column(columns, path)
+    key = key or _key_column(columns, records, path)
     if key not in columns:
         raise DataError(f"attribute table {path} has no column {key!r}; columns: {columns}")
     rows: dict[str, dict[str, Any]] = {}
@@ -155,14 +157,22 @@ def column_separator(header: str) -> str:
     return max(SEPARATORS, key=header.count)
 
 
-def _key_column(columns: list[str], path: Path) -> str:
+def _key_column(columns: list[str], records: list[dict[str, str]], path: Path) -> str:
+    """The id column: the first of ``KEY_COLUMNS`` the table has whose ids are unique, else the first of them
+    it has (its duplicate is then refused, named), else the first column. Unique first: a table of images
+    keys them by image, and the patient or lesion column beside it repeats (HAM10000's ``lesion_id,
+    image_id,...``: its first column was taken and refused for a lesion's second image)."""
     if not columns:
         raise DataError(f"attribute table {path} is empty; it needs a header row and an id column")
     lowered = {c.lower(): c for c in columns}
-    for name in KEY_COLUMNS:
-        if name in lowered:
-            return lowered[name]
-    return columns[0]
+    named = [lowered[name] for name in KEY_COLUMNS if name in lowered]
+    unique = [c for c in named if _unique_ids([(r.get(c) or "").strip() for r in records])]
+    return (unique or named or columns)[0]
+
+
+def _unique_ids(ids: list[str]) -> bool:
+    present = [i for i in ids if i]
+    return bool(present) and len(set(present)) == len(present)
 
 
 @dataclass(frozen=True)
