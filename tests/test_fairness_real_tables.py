@@ -6,7 +6,8 @@ except under bins that reach -1; age or BMI bands written as text ("<40", "40-59
 in the order of their bounds; a numeric id matches its row without leading zeros (Excel drops them);
 an Excel hint line "sep=;" names the separator and is no header; the report counts the HD95 and
 ASD values an empty prediction leaves out of a group's mean; a table of images whose first column
-repeats (HAM10000's lesion_id) is keyed by its unique image column.
+repeats (HAM10000's lesion_id) is keyed by its unique image column; Excel's #N/A and pandas' <NA>
+are no value.
 """
 
 import numpy as np
@@ -130,3 +131,15 @@ def test_table_of_images_is_keyed_by_its_unique_image_column(tmp_path):
     assert group_dice(result) == {"female": (1, round(2 / 3, 4)), "male": (2, round(5 / 6, 4))}
     table.write_text("patient,image,sex\nP1,a.png,M\nP1,b.png,M\nP2,c.png,F\n")  # a patient's images
     assert read_attribute_table(table).key == "image"
+
+
+def test_excel_and_pandas_no_value_cells_are_no_group(tmp_path):
+    """Excel writes #N/A where a lookup found nothing, pandas <NA>: no value, not a group each."""
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF, "d": HALF})
+    table = tmp_path / "lookup.csv"
+    table.write_text("case,race,age\na,Asian,30\nb,#N/A,#N/A\nc,Black,<NA>\nd,<NA>,70\n")
+    by_race = evaluate(pred, root, "test", "race", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(by_race) == {"Asian": (1, 1.0), "Black": (1, round(2 / 3, 4))}
+    assert by_race["missing_group_cases"] == ["img/b", "img/d"]
+    by_age = evaluate(pred, root, "test", "age", show_progress=False, attributes=table, n_boot=20)
+    assert list(by_age["groups"]) == ["<60", ">=60"] and by_age["missing_group"] == 2

@@ -6,7 +6,7 @@ A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``/
 takes the row whose key equals its case id, its subject (patient) id, its relative path, or the
 file name of that path, in this order (a numeric id also without its leading zeros). Cells are
 parsed as int, then float, else kept as text; empty cells, NA/NaN/None and the words tables write
-for an unknown value (unknown, missing, ?, -) are missing (``None``).
+for an unknown value (unknown, missing, ?, -, Excel's #N/A, pandas' <NA>) are missing (``None``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_i
                "image", "image_id", "filename", "file_name", "file")
 # "unknown" is no group: FairSeg's own files code an unknown attribute -1, read as no value, and an
 # "unknown" group would enter ES-Dice's spread and the worst-group gap as if it were a population.
-MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown", "missing", "?", "-"}
+# Tools write no value in their own way too: Excel's #N/A (a lookup that found nothing), pandas' <NA> and
+# NaT, SAS's ".": each read as text was a group of its own.
+MISSING = {"", "na", "n/a", "n.a.", "nan", "none", "null", "unknown", "missing", "?", "-",
+           "#n/a", "#na", "<na>", "nat", "."}
 
 
 DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
