@@ -7,7 +7,7 @@ in the order of their bounds; a numeric id matches its row without leading zeros
 an Excel hint line "sep=;" names the separator and is no header; the report counts the HD95 and
 ASD values an empty prediction leaves out of a group's mean; a table of images whose first column
 repeats (HAM10000's lesion_id) is keyed by its unique image column; Excel's #N/A and pandas' <NA>
-are no value.
+are no value; DICOM ages ('045Y') are years.
 """
 
 import numpy as np
@@ -143,3 +143,13 @@ def test_excel_and_pandas_no_value_cells_are_no_group(tmp_path):
     assert by_race["missing_group_cases"] == ["img/b", "img/d"]
     by_age = evaluate(pred, root, "test", "age", show_progress=False, attributes=table, n_boot=20)
     assert list(by_age["groups"]) == ["<60", ">=60"] and by_age["missing_group"] == 2
+
+
+def test_dicom_ages_are_years(tmp_path):
+    """Tables read from DICOM headers keep PatientAge as '045Y': binned at 60, not a group per age."""
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF, "d": LABEL})
+    table = tmp_path / "headers.csv"
+    table.write_text("case,age\na,045Y\nb,063Y\nc,071Y\nd,018M\n")
+    assert read_attribute_table(table).rows["d"] == {"age": 1.5}
+    result = evaluate(pred, root, "test", "age", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"<60": (2, 1.0), ">=60": (2, round(2 / 3, 4))}

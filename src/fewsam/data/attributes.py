@@ -44,15 +44,21 @@ def with_decimal_point(text: str) -> str:
 
 
 CODE_WITH_LEADING_ZEROS = re.compile(r"[-+]?0\d+")
+# DICOM's age string (PatientAge, 0010,1010): three digits and a unit, as tables read from headers keep it.
+DICOM_AGE = re.compile(r"(\d{3})([DWMY])", re.IGNORECASE)
+DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
 
 def parse_cell(text: str) -> Any:
-    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' / 'Unknown' -> None. A whole number written with
-    leading zeros ('001', a site or scanner code) stays text: as a number, sites '001' and '01' would
-    merge into one group '1', and the group would not read as the user's code."""
+    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' / 'Unknown' -> None, DICOM's '045Y' -> 45 (years,
+    ``dicom_age_years``). A whole number written with leading zeros ('001', a site or scanner code) stays
+    text: as a number, sites '001' and '01' would merge into one group '1', and the group would not read
+    as the user's code."""
     text = text.strip()
     if text.lower() in MISSING:
         return None
+    if age := DICOM_AGE.fullmatch(text):
+        return dicom_age_years(int(age[1]), age[2].upper())
     if CODE_WITH_LEADING_ZEROS.fullmatch(text):
         return text
     for kind in (int, float):
@@ -61,6 +67,14 @@ def parse_cell(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def dicom_age_years(count: int, unit: str) -> int | float:
+    """A DICOM age ('045Y' -> 45, '006M' -> 0.5) in years: kept as text, each age was a group of its own
+    (the default age bins bin numbers only), and ages in months or weeks did not compare with years."""
+    if unit == "Y":
+        return count
+    return round(count * DAYS_PER_UNIT[unit] / DAYS_PER_UNIT["Y"], 4)
 
 
 @dataclass
