@@ -7,7 +7,7 @@ in the order of their bounds; a numeric id matches its row without leading zeros
 an Excel hint line "sep=;" names the separator and is no header; the report counts the HD95 and
 ASD values an empty prediction leaves out of a group's mean; a table of images whose first column
 repeats (HAM10000's lesion_id) is keyed by its unique image column; Excel's #N/A and pandas' <NA>
-are no value; DICOM ages ('045Y') are years.
+are no value; DICOM ages ('045Y') are years, while a patient id of that look ('042M') stays the id.
 """
 
 import numpy as np
@@ -153,3 +153,13 @@ def test_dicom_ages_are_years(tmp_path):
     assert read_attribute_table(table).rows["d"] == {"age": 1.5}
     result = evaluate(pred, root, "test", "age", show_progress=False, attributes=table, n_boot=20)
     assert group_dice(result) == {"<60": (2, 1.0), ">=60": (2, round(2 / 3, 4))}
+
+
+def test_patient_ids_that_read_like_dicom_ages_stay_ids(tmp_path):
+    root, pred = write_png_cases(tmp_path, LABEL, {"a": ({"patient": "042M"}, LABEL), "b": ({"patient": "042M"}, HALF),
+                                                   "c": ({"patient": "007F"}, HALF)})
+    table = tmp_path / "patients.csv"
+    table.write_text("patient,sex\n042M,M\n007F,F\n")
+    result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"F": (1, round(2 / 3, 4)), "M": (2, round(5 / 6, 4))}
+    assert {case["subject"] for case in result["cases"]} == {"042M", "007F"}
