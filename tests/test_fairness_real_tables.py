@@ -7,7 +7,9 @@ in the order of their bounds; a numeric id matches its row without leading zeros
 an Excel hint line "sep=;" names the separator and is no header; the report counts the HD95 and
 ASD values an empty prediction leaves out of a group's mean; a table of images whose first column
 repeats (HAM10000's lesion_id) is keyed by its unique image column; Excel's #N/A and pandas' <NA>
-are no value; DICOM ages ('045Y') are years, while a patient id of that look ('042M') stays the id.
+are no value; DICOM ages ('045Y') are years, while a patient id of that look ('042M') stays the id;
+a table keyed by image paths of another machine (backslashes, another root, another file type)
+matches the cases whose paths end alike.
 """
 
 import numpy as np
@@ -163,3 +165,21 @@ def test_patient_ids_that_read_like_dicom_ages_stay_ids(tmp_path):
     result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=table, n_boot=20)
     assert group_dice(result) == {"F": (1, round(2 / 3, 4)), "M": (2, round(5 / 6, 4))}
     assert {case["subject"] for case in result["cases"]} == {"042M", "007F"}
+
+
+def test_table_keyed_by_paths_of_another_machine(tmp_path):
+    """Image paths as a Windows tool or another root wrote them, or the file of another type."""
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF, "d": HALF})
+    table = tmp_path / "paths.csv"
+    table.write_text("image,site\nimg\\a.png,1\nC:\\study\\img\\b.png,1\n/home/me/study/img/c.png,2\nd.jpg,2\n")
+    result = evaluate(pred, root, "test", "site", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"1": (2, round(5 / 6, 4)), "2": (2, round(2 / 3, 4))}
+    # a path of another folder is another case: benign\x.png is not malignant/x.png
+    rows = read_attribute_table(_written(tmp_path / "busi.csv", "image,age\nbenign\\x.png,40\nmalignant\\x.png,70\n"))
+    assert rows.row_for("malignant/x", "malignant/x", "malignant/x.png") == {"age": 70}
+    assert rows.row_for("normal/x", "normal/x", "normal/x.png") == {}
+
+
+def _written(path, text):
+    path.write_text(text)
+    return path

@@ -4,9 +4,10 @@ continuous attributes (``parse_bins("bmi:25,30")`` -> "<25", "25-30", ">=30").
 A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``/``image``/
 ``image_id``/``filename``..., the first of them whose ids are unique, or the first column); a case
 takes the row whose key equals its case id, its subject (patient) id, its relative path, or the
-file name of that path, in this order (a numeric id also without its leading zeros). Cells are
-parsed as int, then float, else kept as text; empty cells, NA/NaN/None and the words tables write
-for an unknown value (unknown, missing, ?, -, Excel's #N/A, pandas' <NA>) are missing (``None``).
+file name of that path, in this order (a numeric id also without its leading zeros; a path of
+another machine or file type by its end, ``key_aliases``). Cells are parsed as int, then float,
+else kept as text; empty cells, NA/NaN/None and the words tables write for an unknown value
+(unknown, missing, ?, -, Excel's #N/A, pandas' <NA>) are missing (``None``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import csv
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -84,6 +85,7 @@ class AttributeTable:
     rows: dict[str, dict[str, Any]]
     key: str
     source: str = ""
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # file stem -> the path keys (``key_aliases``)
 
     def row_for(self, case_id: str, subject: str, rel_path: str = "", file_names: Iterable[str] = ()
                 ) -> dict[str, Any]:
@@ -97,7 +99,8 @@ class AttributeTable:
         for key in (*keys, *(key.lstrip("0") or "0" for key in keys if key.isascii() and key.isdigit())):
             if key in self.rows:
                 return self.rows[key]
-        return {}
+        paths = [key for key in self.aliases.get(file_stem(Path(rel_path).name), ()) if same_file(key, rel_path)]
+        return self.rows[paths[0]] if len(paths) == 1 else {}
 
 
 def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeTable:
@@ -125,7 +128,43 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
                             "keep one row per id")
         rows[name] = {c: parse_cell(with_decimal_point(v or "") if separator == ";" else v or "")
                       for c, v in rec.items() if c and c != key}
-    return AttributeTable(rows=rows, key=key, source=str(path))
+    return AttributeTable(rows=rows, key=key, source=str(path), aliases=key_aliases(rows))
+
+
+def key_aliases(keys: Iterable[str]) -> dict[str, list[str]]:
+    """The keys that are file names or paths by their file stem (``img\\c001.png``, ``/data/img/c001.png``
+    -> ``c001``), for cases a table names by a path of another machine (Windows' backslashes, another
+    root) or by a file of another type (``c001.jpg`` for the ``c001.png`` case), which matched nothing.
+    ``row_for`` takes the one key of a stem whose path agrees with the case's (``same_file``)."""
+    found: dict[str, list[str]] = {}
+    for key in keys:
+        parts = path_parts(key)
+        stem = file_stem(parts[-1]) if parts else ""
+        if stem and stem != key:
+            found.setdefault(stem, []).append(key)
+    return found
+
+
+def path_parts(path: str) -> list[str]:
+    """The folders and file of a path written with either separator."""
+    return [part for part in re.split(r"[\\/]", path) if part]
+
+
+def same_file(key: str, rel_path: str) -> bool:
+    """Whether a table's path ``key`` names the case at ``rel_path``, file types aside: the shorter of the
+    two paths ends the longer ("benign/x.png" is not "malignant/x.png", "x.jpg" may be either)."""
+    a, b = path_parts(file_stem(key)), path_parts(file_stem(rel_path))
+    n = min(len(a), len(b))
+    return n > 0 and a[-n:] == b[-n:]
+
+
+DATA_FILE_TYPE = re.compile(r"\.(nii\.gz|nii|mha|mhd|nrrd|nhdr|dcm|h5|npz|npy|png|jpe?g|tiff?|bmp|gif)$", re.IGNORECASE)
+
+
+def file_stem(name: str) -> str:
+    """``x.nii.gz`` -> ``x``, ``benign (1).png`` -> ``benign (1)``: the name without the type of an image or
+    volume file; other names as they are (an id ``1.2.840.1`` is no file ``1.2.840``)."""
+    return DATA_FILE_TYPE.sub("", name)
 
 
 SEPARATORS = (",", ";", "\t")
