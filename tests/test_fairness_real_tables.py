@@ -80,13 +80,17 @@ def test_evaluate_orders_text_bands(tmp_path):
 
 
 def test_numeric_ids_match_without_leading_zeros(tmp_path):
-    """Excel saves an id column of digits as numbers: cases 001, 002, 010 have rows 1, 2, 10."""
+    """Excel saves an id column of digits as numbers: cases 001, 002, 010 have rows 1, 2, 10; and a
+    table of patient1 ... names patient001."""
     root, pred = study(tmp_path, {"001": LABEL, "002": HALF, "010": HALF})
     table = tmp_path / "excel.csv"
     table.write_text("id,sex\n1,F\n2,M\n10,M\n")
     result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=table, n_boot=20)
     assert group_dice(result) == {"F": (1, 1.0), "M": (2, round(2 / 3, 4))}
     assert result["missing_group"] == 0
+    rows = read_attribute_table(_written(tmp_path / "ids.csv", "patient,sex\npatient1,F\np2,M\np02,F\n"))
+    assert rows.row_for("patient001_frame01", "patient001") == {"sex": "F"}
+    assert rows.row_for("p002", "p002") == {}  # p2 or p02: no guess
 
 
 def test_excel_separator_hint_line_is_no_header(tmp_path):

@@ -4,7 +4,7 @@ continuous attributes (``parse_bins("bmi:25,30")`` -> "<25", "25-30", ">=30").
 A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``/``image``/
 ``image_id``/``filename``..., the first of them whose ids are unique, or the first column); a case
 takes the row whose key equals its case id, its subject (patient) id, its relative path, or the
-file name of that path, in this order (a numeric id also without its leading zeros; a path of
+file name of that path, in this order (the numbers of an id also without leading zeros; a path of
 another machine or file type by its end, ``key_aliases``). Cells are parsed as int, then float,
 else kept as text; empty cells, NA/NaN/None and the words tables write for an unknown value
 (unknown, missing, ?, -, Excel's #N/A, pandas' <NA>) are missing (``None``).
@@ -86,19 +86,24 @@ class AttributeTable:
     key: str
     source: str = ""
     aliases: dict[str, list[str]] = field(default_factory=dict)  # file stem -> the path keys (``key_aliases``)
+    unpadded: dict[str, list[str]] = field(default_factory=dict)  # key without leading zeros -> the keys
 
     def row_for(self, case_id: str, subject: str, rel_path: str = "", file_names: Iterable[str] = ()
                 ) -> dict[str, Any]:
         """The row of a case: by its id, subject, relative path, or (``file_names``) the other names a
         user keys a table by, as a list file may (``common.listed_names``: nnU-Net's ``x_0000.nii.gz``).
-        A numeric id matches its number without leading zeros (case ``007``, row ``7``): Excel reads an id
-        column of digits as numbers and saves them so, which left every case below 100 of ``001``...
-        ``150`` without a row."""
+        Numbers in an id match without their leading zeros (case ``007``, row ``7``; ``patient001`` and
+        ``patient1``), where one row of the table does: Excel reads an id column of digits as numbers and
+        saves them so, which left every case below 100 of ``001``...``150`` without a row."""
         keys = [key for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem, *file_names)
                 if key]
-        for key in (*keys, *(key.lstrip("0") or "0" for key in keys if key.isascii() and key.isdigit())):
+        for key in keys:
             if key in self.rows:
                 return self.rows[key]
+        for key in keys:
+            unpadded = self.unpadded.get(without_leading_zeros(key), ())
+            if len(unpadded) == 1:
+                return self.rows[unpadded[0]]
         paths = [key for key in self.aliases.get(file_stem(Path(rel_path).name), ()) if same_file(key, rel_path)]
         return self.rows[paths[0]] if len(paths) == 1 else {}
 
@@ -128,7 +133,15 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
                             "keep one row per id")
         rows[name] = {c: parse_cell(with_decimal_point(v or "") if separator == ";" else v or "")
                       for c, v in rec.items() if c and c != key}
-    return AttributeTable(rows=rows, key=key, source=str(path), aliases=key_aliases(rows))
+    unpadded: dict[str, list[str]] = {}
+    for name in rows:
+        unpadded.setdefault(without_leading_zeros(name), []).append(name)
+    return AttributeTable(rows=rows, key=key, source=str(path), aliases=key_aliases(rows), unpadded=unpadded)
+
+
+def without_leading_zeros(key: str) -> str:
+    """``patient007`` -> ``patient7``, ``007`` -> ``7``: the numbers of an id as values."""
+    return re.sub(r"(?<![\d.])0+(?=\d)", "", key)
 
 
 def key_aliases(keys: Iterable[str]) -> dict[str, list[str]]:
