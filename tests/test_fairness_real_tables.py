@@ -3,13 +3,14 @@
 Covers: a hand-written header with spaces after the commas ("case, sex") names the columns
 without them; -1, the code FairSeg gives an unknown attribute, is no group (and no "<60" age),
 except under bins that reach -1; age or BMI bands written as text ("<40", "40-59", "60+") come
-in the order of their bounds; a numeric id matches its row without leading zeros (Excel drops them);
-an Excel hint line "sep=;" names the separator and is no header; the report counts the HD95 and
-ASD values an empty prediction leaves out of a group's mean; a table of images whose first column
-repeats (HAM10000's lesion_id) is keyed by its unique image column; Excel's #N/A and pandas' <NA>
-are no value; DICOM ages ('045Y') are years, while a patient id of that look ('042M') stays the id;
-a table keyed by image paths of another machine (backslashes, another root, another file type)
-matches the cases whose paths end alike.
+in the order of their bounds; ids match with their numbers unpadded (Excel drops leading zeros,
+patient1 names patient001); an Excel hint line "sep=;" names the separator and is no header; the
+report counts the HD95 and ASD values an empty prediction leaves out of a group's mean; a table of
+images whose first column repeats (HAM10000's lesion_id) is keyed by its unique image column;
+Excel's #N/A, pandas' <NA> and NIH's "Unknown or Not Reported" are no value; DICOM ages ('045Y')
+are years, while a patient id of that look ('042M') stays the id; a table keyed by image paths of
+another machine (backslashes, another root, another file type) matches the cases whose paths end
+alike.
 """
 
 import numpy as np
@@ -140,10 +141,11 @@ def test_table_of_images_is_keyed_by_its_unique_image_column(tmp_path):
 
 
 def test_excel_and_pandas_no_value_cells_are_no_group(tmp_path):
-    """Excel writes #N/A where a lookup found nothing, pandas <NA>: no value, not a group each."""
+    """Excel writes #N/A where a lookup found nothing, pandas <NA>, NIH's categories "Unknown or Not
+    Reported": no value, not a group each."""
     root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF, "d": HALF})
     table = tmp_path / "lookup.csv"
-    table.write_text("case,race,age\na,Asian,30\nb,#N/A,#N/A\nc,Black,<NA>\nd,<NA>,70\n")
+    table.write_text("case,race,age\na,Asian,30\nb,#N/A,#N/A\nc,Black,<NA>\nd,Unknown or Not Reported,70\n")
     by_race = evaluate(pred, root, "test", "race", show_progress=False, attributes=table, n_boot=20)
     assert group_dice(by_race) == {"Asian": (1, 1.0), "Black": (1, round(2 / 3, 4))}
     assert by_race["missing_group_cases"] == ["img/b", "img/d"]

@@ -29,9 +29,11 @@ KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_i
 # "unknown" is no group: FairSeg's own files code an unknown attribute -1, read as no value, and an
 # "unknown" group would enter ES-Dice's spread and the worst-group gap as if it were a population.
 # Tools write no value in their own way too: Excel's #N/A (a lookup that found nothing), pandas' <NA> and
-# NaT, SAS's ".": each read as text was a group of its own.
+# NaT, SAS's "."; and demographic tables in NIH's words ("Unknown or Not Reported"): each read as text was
+# a group of its own.
 MISSING = {"", "na", "n/a", "n.a.", "nan", "none", "null", "unknown", "missing", "?", "-",
-           "#n/a", "#na", "<na>", "nat", "."}
+           "#n/a", "#na", "<na>", "nat", ".", "not reported", "unknown or not reported", "unknown/not reported",
+           "not available"}
 
 
 DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
