@@ -10,7 +10,8 @@ images whose first column repeats (HAM10000's lesion_id) is keyed by its unique 
 Excel's #N/A, pandas' <NA> and NIH's "Unknown or Not Reported" are no value; DICOM ages ('045Y')
 are years, while a patient id of that look ('042M') stays the id; a table keyed by image paths of
 another machine (backslashes, another root, another file type) matches the cases whose paths end
-alike.
+alike; the id column may be spelled "Patient ID", and where the named one matches no case, the
+column that matches most is used.
 """
 
 import numpy as np
@@ -189,3 +190,15 @@ def test_table_keyed_by_paths_of_another_machine(tmp_path):
 def _written(path, text):
     path.write_text(text)
     return path
+
+
+def test_ids_in_a_column_of_another_name(tmp_path):
+    """A first column numbering the rows, the images named in a column of the user's language; and an
+    id column spelled "Patient ID"."""
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = tmp_path / "tabelle.csv"
+    table.write_text("Nr;Bild;Geschlecht\n1;a.png;w\n2;b.png;m\n3;c.png;m\n")
+    result = evaluate(pred, root, "test", "Geschlecht", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"m": (2, round(2 / 3, 4)), "w": (1, 1.0)}
+    spelled = _written(tmp_path / "spelled.csv", "Site,Patient ID,sex\nX,p1,F\nY,p2,M\n")
+    assert read_attribute_table(spelled).key == "Patient ID"

@@ -229,15 +229,16 @@ def column_separator(header: str) -> str:
 
 
 def _key_column(columns: list[str], records: list[dict[str, str]], path: Path) -> str:
-    """The id column: the first of ``KEY_COLUMNS`` the table has whose ids are unique, else the first of them
-    it has (its duplicate is then refused, named), else the first column. Unique first: a table of images
+    """The id column: the first of ``KEY_COLUMNS`` the table has (in any spelling: "Patient ID") whose ids are
+    unique, else the first of them it has (its duplicate is then refused, named); without one, the first
+    column whose ids are unique, else the first column. Unique first: a table of images
     keys them by image, and the patient or lesion column beside it repeats (HAM10000's ``lesion_id,
     image_id,...``: its first column was taken and refused for a lesion's second image)."""
     if not columns:
         raise DataError(f"attribute table {path} is empty; it needs a header row and an id column")
-    lowered = {c.lower(): c for c in columns}
-    named = [lowered[name] for name in KEY_COLUMNS if name in lowered]
-    unique = [c for c in named if _unique_ids([(r.get(c) or "").strip() for r in records])]
+    spelled = {re.sub(r"[^a-z0-9]", "", c.lower()): c for c in columns}  # "Patient ID", "PatientID": patient_id
+    named = [spelled[name.replace("_", "")] for name in KEY_COLUMNS if name.replace("_", "") in spelled]
+    unique = [c for c in named or columns if _unique_ids([(r.get(c) or "").strip() for r in records])]
     return (unique or named or columns)[0]
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from fewsam.data.attributes import read_attribute_table
+from fewsam.data.attributes import AttributeTable, read_attribute_table
 from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
 from fewsam.data.readers.common import IndexedDataset, listed_names
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 # name -> (detect, open, what the folder looks like); tried in this order.
 LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset], str]] = {
@@ -130,12 +131,37 @@ def _layout_above(folder: Path) -> Path | None:
 
 
 def _join(dataset: IndexedDataset, attributes_csv: str | Path) -> None:
-    table = read_attribute_table(attributes_csv)
-    if not any(table.row_for(e.case_id, e.subject, e.rel_path, listed_names(dataset.root, e))
-               for e in dataset.entries.values()):
-        raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}; its "
-                        f"{table.key!r} column must hold case ids, patient ids or image file names")
+    """Join a user's table. Its id column is the one its name says (``read_attribute_table``); where that
+    matches no case, the column that matches the most: a table whose first column numbers its rows
+    ("Image ID" 1, 2, ...) and names the images in another ("Bild") was refused as matching nothing."""
+    first = table = read_attribute_table(attributes_csv)
+    if not _matches(dataset, table):
+        table = max(_other_keyings(attributes_csv, table), key=lambda other: _matches(dataset, other), default=table)
+    if not _matches(dataset, table):
+        raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}, by its {first.key!r} column "
+                        "or another; one column must hold case ids, patient ids or image file names")
+    if table.key != first.key:
+        say_once(f"{attributes_csv}: no {first.key!r} is a case; cases matched by its column {table.key!r}",
+                 key=f"key-{attributes_csv}")
     dataset.add_attributes(table)
+
+
+def _matches(dataset: IndexedDataset, table: AttributeTable) -> int:
+    """How many cases of ``dataset`` have a row in ``table``."""
+    return sum(bool(table.row_for(e.case_id, e.subject, e.rel_path, listed_names(dataset.root, e)))
+               for e in dataset.entries.values())
+
+
+def _other_keyings(path: str | Path, table: AttributeTable) -> list[AttributeTable]:
+    """``path`` keyed by each of its other columns whose ids are unique."""
+    columns = next(iter(table.rows.values()), {}).keys()
+    others = []
+    for column in columns:
+        try:
+            others.append(read_attribute_table(path, key=column))
+        except DataError:  # a column with an id twice keys no table
+            continue
+    return others
 
 
 def load_labelled_case(dataset: Dataset, case_id: str, purpose: str) -> Case:
