@@ -11,7 +11,7 @@ Excel's #N/A, pandas' <NA> and NIH's "Unknown or Not Reported" are no value; DIC
 are years, while a patient id of that look ('042M') stays the id; a table keyed by image paths of
 another machine (backslashes, another root, another file type) matches the cases whose paths end
 alike; the id column may be spelled "Patient ID", and where the named one matches no case, the
-column that matches most is used.
+column that matches most is used; `info` counts -1 as no value.
 """
 
 import numpy as np
@@ -202,3 +202,13 @@ def test_ids_in_a_column_of_another_name(tmp_path):
     assert group_dice(result) == {"m": (2, round(2 / 3, 4)), "w": (1, 1.0)}
     spelled = _written(tmp_path / "spelled.csv", "Site,Patient ID,sex\nX,p1,F\nY,p2,M\n")
     assert read_attribute_table(spelled).key == "Patient ID"
+
+
+def test_info_counts_minus_one_as_no_value(tmp_path):
+    from fewsam.info import dataset_info
+
+    root, _ = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = _written(tmp_path / "fairseg.csv", "case,age,race\na,-1,-1\nb,45,0\nc,70,1\n")
+    columns = dataset_info(root, table)["attributes"]["columns"]
+    assert columns["age"]["range"] == [45, 70] and columns["age"]["cases_with_value"] == 2
+    assert columns["race"]["cases_with_value"] == 2
