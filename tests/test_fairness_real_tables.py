@@ -11,7 +11,8 @@ Excel's #N/A, pandas' <NA> and NIH's "Unknown or Not Reported" are no value; DIC
 are years, while a patient id of that look ('042M') stays the id; a table keyed by image paths of
 another machine (backslashes, another root, another file type) matches the cases whose paths end
 alike; the id column may be spelled "Patient ID", and where the named one matches no case, the
-column that matches most is used; `info` counts -1 as no value.
+column that matches most is used; `info` counts -1 as no value; site codes that differ only in
+leading zeros ("01", 1) are refused as two spellings of one group.
 """
 
 import numpy as np
@@ -212,3 +213,13 @@ def test_info_counts_minus_one_as_no_value(tmp_path):
     columns = dataset_info(root, table)["attributes"]["columns"]
     assert columns["age"]["range"] == [45, 70] and columns["age"]["cases_with_value"] == 2
     assert columns["race"]["cases_with_value"] == 2
+
+
+def test_site_codes_differing_only_in_leading_zeros_are_refused(tmp_path):
+    """Site "01" in some rows and 1 in others (Excel stripped the cells it was given to edit): one site."""
+    from fewsam.errors import DataError
+
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = _written(tmp_path / "sites.csv", "case,site\na,01\nb,1\nc,02\n")
+    with pytest.raises(DataError, match="site has the values '01' and '1', which differ only in leading zeros"):
+        evaluate(pred, root, "test", "site", show_progress=False, attributes=table, n_boot=20)
