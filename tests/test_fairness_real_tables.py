@@ -12,7 +12,8 @@ are years, while a patient id of that look ('042M') stays the id; a table keyed 
 another machine (backslashes, another root, another file type) matches the cases whose paths end
 alike; the id column may be spelled "Patient ID", and where the named one matches no case, the
 column that matches most is used; `info` counts -1 as no value; site codes that differ only in
-leading zeros ("01", 1) are refused as two spellings of one group.
+leading zeros ("01", 1) are refused as two spellings of one group; "Age" and "BMI" get the default
+bins of age and bmi.
 """
 
 import numpy as np
@@ -223,3 +224,13 @@ def test_site_codes_differing_only_in_leading_zeros_are_refused(tmp_path):
     table = _written(tmp_path / "sites.csv", "case,site\na,01\nb,1\nc,02\n")
     with pytest.raises(DataError, match="site has the values '01' and '1', which differ only in leading zeros"):
         evaluate(pred, root, "test", "site", show_progress=False, attributes=table, n_boot=20)
+
+
+def test_age_and_bmi_headed_in_capitals_get_their_default_bins(tmp_path):
+    """Tables head them "Age" and "BMI": a few whole ages were grouped by value, a group per age."""
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = _written(tmp_path / "demographics.csv", "case,Age,BMI\na,34,22\nb,61,31\nc,70,33\n")
+    by_age = evaluate(pred, root, "test", "Age", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(by_age) == {"<60": (1, 1.0), ">=60": (2, round(2 / 3, 4))} and by_age["bins"] == ["<60", ">=60"]
+    by_bmi = evaluate(pred, root, "test", "BMI", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(by_bmi) == {"<25": (1, 1.0), ">=30": (2, round(2 / 3, 4))}

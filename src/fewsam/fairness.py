@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
-from fewsam.data.attributes import DEFAULT_BINS, without_leading_zeros
+from fewsam.data.attributes import default_bins, without_leading_zeros
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
@@ -58,7 +58,7 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
     A column without bins that holds measurements is refused (``refuse_unbinned_measurements``).
     ``attributes``: case id -> the case's attributes.
     """
-    binned = bins or DEFAULT_BINS.get(column)
+    binned = bins or default_bins(column)
     values = {cid: attrs.get(column) for cid, attrs in attributes.items() if attrs.get(column) is not None}
     if binned is None:
         refuse_unbinned_measurements(column, list(values.values()))

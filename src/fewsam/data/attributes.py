@@ -294,15 +294,23 @@ def parse_bins(spec: str) -> Bins:
 DEFAULT_BINS = {"age": Bins("age", (60.0,)), "bmi": Bins("bmi", (25.0, 30.0))}
 
 
+def default_bins(column: str | None) -> Bins | None:
+    """The default bins of ``column`` in any letter case ("Age", "BMI", as tables head them), named as the
+    column is; None for a column without. Looked up as written, "Age" had none and was grouped by value,
+    a group per age in a small test set."""
+    bins = DEFAULT_BINS.get(column.strip().casefold()) if column else None
+    return None if bins is None else Bins(column, bins.edges)
+
+
 def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) -> str | None:
     """The group a case falls in for ``column``: its bin if binned, else the value as text.
 
-    Continuous ``age`` and ``bmi`` use ``DEFAULT_BINS`` (age at 60 years; BMI 25/30) unless
+    Continuous ``age`` and ``bmi`` (any letter case) use ``default_bins`` (age at 60 years; BMI 25/30) unless
     ``bins`` is given. Missing values give None (the case is left out of group metrics), and so
     does -1 (``is_unknown_code``).
     """
     value = attributes.get(column)
-    bins = bins or DEFAULT_BINS.get(column)
+    bins = bins or default_bins(column)
     if value is None or is_unknown_code(value, bins):
         return None
     if bins is not None and (not isinstance(value, str) or CODE_WITH_LEADING_ZEROS.fullmatch(value)):
