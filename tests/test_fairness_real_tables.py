@@ -13,7 +13,7 @@ another machine (backslashes, another root, another file type) matches the cases
 alike; the id column may be spelled "Patient ID", and where the named one matches no case, the
 column that matches most is used; `info` counts -1 as no value; site codes that differ only in
 leading zeros ("01", 1) are refused as two spellings of one group; "Age" and "BMI" get the default
-bins of age and bmi.
+bins of age and bmi; compare takes a null subject as none.
 """
 
 import numpy as np
@@ -234,3 +234,22 @@ def test_age_and_bmi_headed_in_capitals_get_their_default_bins(tmp_path):
     assert group_dice(by_age) == {"<60": (1, 1.0), ">=60": (2, round(2 / 3, 4))} and by_age["bins"] == ["<60", ">=60"]
     by_bmi = evaluate(pred, root, "test", "BMI", show_progress=False, attributes=table, n_boot=20)
     assert group_dice(by_bmi) == {"<25": (1, 1.0), ">=30": (2, round(2 / 3, 4))}
+
+
+def test_compare_takes_a_null_subject_as_none(tmp_path):
+    """An evaluation whose records say "subject": null (another tool's, or edited by hand): each case is
+    its own subject, as the bootstrap takes it, not one subject "None" of every case."""
+    import json
+
+    from fewsam.compare import compare_runs
+    from fewsam.metrics import summarise
+
+    def evaluation(path, scores):
+        cases = [{"case": f"c{i}", "subject": None, "group": None,
+                  "per_class": {"fg": {"dice": d, "iou": d, "hd95": 1.0, "asd": 1.0}}} for i, d in enumerate(scores)]
+        path.write_text(json.dumps({**summarise(cases), "split": "test", "distance_unit": "pixel"}))
+        return path
+
+    a = evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    b = evaluation(tmp_path / "b.json", [0.95, 0.85, 0.75, 0.65, 0.55, 0.45])
+    assert compare_runs(a, b)["n"] == 6
