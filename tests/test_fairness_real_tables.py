@@ -13,7 +13,8 @@ another machine (backslashes, another root, another file type) matches the cases
 alike; the id column may be spelled "Patient ID", and where the named one matches no case, the
 column that matches most is used; `info` counts -1 as no value; site codes that differ only in
 leading zeros ("01", 1) are refused as two spellings of one group; "Age" and "BMI" get the default
-bins of age and bmi; compare takes a null subject as none.
+bins of age and bmi; compare takes a null subject as none; a table of images whose named id column
+(patient) repeats is keyed by the column naming the images.
 """
 
 import numpy as np
@@ -121,7 +122,8 @@ def test_report_counts_the_distances_an_empty_prediction_leaves_out(tmp_path):
 
     result = group_summary([case(1, "A", 0.9, 2.0), case(2, "A", 0.8, 2.0), case(3, "B", 0.0, None),
                             case(4, "B", 0.9, 2.0)], n_boot=20)
-    assert result["groups"]["B"]["mean"]["hd95"] == 2.0 and result["groups"]["B"]["per_class"]["fg"]["hd95_missing"] == 1
+    group_b = result["groups"]["B"]
+    assert group_b["mean"]["hd95"] == 2.0 and group_b["per_class"]["fg"]["hd95_missing"] == 1
     result.update(group_by="site", alpha=1.0, es_mode="sum", distance_unit="pixel")
     (tmp_path / "eval.json").write_text(json.dumps(result))
     md = write_group_report([tmp_path / "eval.json"], tmp_path / "report")["markdown"].read_text()
@@ -253,3 +255,17 @@ def test_compare_takes_a_null_subject_as_none(tmp_path):
     a = evaluation(tmp_path / "a.json", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     b = evaluation(tmp_path / "b.json", [0.95, 0.85, 0.75, 0.65, 0.55, 0.45])
     assert compare_runs(a, b)["n"] == 6
+
+
+def test_table_of_images_with_a_patient_column_first(tmp_path):
+    """A row per image, the patient first (named, so taken as the id, and repeating), the image in a
+    column of another name: keyed by the image column, not refused for the patient's second image."""
+    root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF})
+    table = _written(tmp_path / "per_image.csv", "patient,aufnahme,sex\nP1,a.png,F\nP1,b.png,F\nP2,c.png,M\n")
+    result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=table, n_boot=20)
+    assert group_dice(result) == {"F": (2, round(5 / 6, 4)), "M": (1, round(2 / 3, 4))}
+    from fewsam.errors import DataError
+
+    with pytest.raises(DataError, match="two rows for patient='P1'"):  # no column names the cases: said as it was
+        evaluate(pred, root, "test", "sex", show_progress=False, n_boot=20,
+                 attributes=_written(tmp_path / "bad.csv", "patient,sex\nP1,F\nP1,F\nP2,M\n"))

@@ -182,6 +182,15 @@ def file_stem(name: str) -> str:
     return DATA_FILE_TYPE.sub("", name)
 
 
+def attribute_columns(path: str | Path) -> list[str]:
+    """The column names of an attribute table, as ``read_attribute_table`` names them; [] for a table it
+    cannot read (whose own reading says why)."""
+    try:
+        return [name.strip() for name in user_csv_rows(Path(path))[1].fieldnames or [] if name and name.strip()]
+    except (OSError, csv.Error, DataError):
+        return []
+
+
 SEPARATORS = (",", ";", "\t")
 UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -219,7 +228,8 @@ def user_csv_rows(path: Path) -> tuple[str, csv.DictReader]:
     return separator, csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
 
 
-EXCEL_SEPARATOR_HINT = re.compile(r'"?sep=(?P<sep>[,;\t|]|\\t)"?[,;\t|]*', re.IGNORECASE)  # a re-saved hint trails separators
+# Excel's hint line; one a table was saved again with trails separators ("sep=;;;")
+EXCEL_SEPARATOR_HINT = re.compile(r'"?sep=(?P<sep>[,;\t|]|\\t)"?[,;\t|]*', re.IGNORECASE)
 
 
 def column_separator(header: str) -> str:

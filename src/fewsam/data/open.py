@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from fewsam.data.attributes import AttributeTable, read_attribute_table
+from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
 from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
 from fewsam.data.readers.common import IndexedDataset, listed_names
 from fewsam.data.types import Case, Dataset
@@ -132,17 +132,25 @@ def _layout_above(folder: Path) -> Path | None:
 
 def _join(dataset: IndexedDataset, attributes_csv: str | Path) -> None:
     """Join a user's table. Its id column is the one its name says (``read_attribute_table``); where that
-    matches no case, the column that matches the most: a table whose first column numbers its rows
-    ("Image ID" 1, 2, ...) and names the images in another ("Bild") was refused as matching nothing."""
-    first = table = read_attribute_table(attributes_csv)
+    matches no case, or repeats an id, the column that matches the most: a table whose first column numbers
+    its rows ("Image ID" 1, 2, ...) or names the patient of each image, and names the images in another
+    ("Bild"), was refused as matching nothing, or as holding a patient twice."""
+    try:
+        first: AttributeTable | None = read_attribute_table(attributes_csv)
+    except DataError as err:  # an id column named as such, holding an id twice
+        first, refusal = None, err
+    table = first
+    if first is None or not _matches(dataset, first):
+        others = _other_keyings(attributes_csv, first.key if first else None)
+        table = max(others, key=lambda other: _matches(dataset, other), default=first)
+    if table is None or (first is None and not _matches(dataset, table)):
+        raise refusal
     if not _matches(dataset, table):
-        table = max(_other_keyings(attributes_csv, table), key=lambda other: _matches(dataset, other), default=table)
-    if not _matches(dataset, table):
-        raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}, by its {first.key!r} column "
-                        "or another; one column must hold case ids, patient ids or image file names")
-    if table.key != first.key:
-        say_once(f"{attributes_csv}: no {first.key!r} is a case; cases matched by its column {table.key!r}",
-                 key=f"key-{attributes_csv}")
+        key = (first or table).key
+        raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}, by its {key!r} column or "
+                        "another; one column must hold case ids, patient ids or image file names")
+    if first is None or table.key != first.key:
+        say_once(f"{attributes_csv}: cases matched by its column {table.key!r}", key=f"key-{attributes_csv}")
     dataset.add_attributes(table)
 
 
@@ -152,13 +160,13 @@ def _matches(dataset: IndexedDataset, table: AttributeTable) -> int:
                for e in dataset.entries.values())
 
 
-def _other_keyings(path: str | Path, table: AttributeTable) -> list[AttributeTable]:
-    """``path`` keyed by each of its other columns whose ids are unique."""
-    columns = next(iter(table.rows.values()), {}).keys()
+def _other_keyings(path: str | Path, key: str | None) -> list[AttributeTable]:
+    """``path`` keyed by each of its columns but ``key`` whose ids are unique."""
     others = []
-    for column in columns:
+    for column in attribute_columns(path):
         try:
-            others.append(read_attribute_table(path, key=column))
+            if column != key:
+                others.append(read_attribute_table(path, key=column))
         except DataError:  # a column with an id twice keys no table
             continue
     return others
