@@ -266,7 +266,7 @@ BAND = re.compile(rf"(?P<prefix>[^\d<>≤≥]*?)\s*(?:(?P<below><=?|≤)|(?P<abo
 def _band(name: str) -> tuple[str, str, tuple[float, float]] | None:
     """(word before, word after, (lower, upper) bound) of a band label such as "<25", "25-30", ">=30",
     "60+" or "age 40-59 years"; None for other names. Bands are ordered by bounds only when every
-    name has the same words around its numbers: "GE 3" and "Siemens 1.5" are no bands of one scale."""
+    name has the same words before and after its numbers: "GE 3" and "Siemens 1.5" are no bands of one scale."""
     match = BAND.fullmatch(name.strip())
     if not match:
         return None
