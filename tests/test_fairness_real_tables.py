@@ -14,7 +14,8 @@ alike; the id column may be spelled "Patient ID", and where the named one matche
 column that matches most is used; `info` counts -1 as no value; site codes that differ only in
 leading zeros ("01", 1) are refused as two spellings of one group; "Age" and "BMI" get the default
 bins of age and bmi; compare takes a null subject as none; a table of images whose named id column
-(patient) repeats is keyed by the column naming the images.
+(patient) repeats is keyed by the column naming the images; the report orders the groups of all
+its runs together.
 """
 
 import numpy as np
@@ -269,3 +270,26 @@ def test_table_of_images_with_a_patient_column_first(tmp_path):
     with pytest.raises(DataError, match="two rows for patient='P1'"):  # no column names the cases: said as it was
         evaluate(pred, root, "test", "sex", show_progress=False, n_boot=20,
                  attributes=_written(tmp_path / "bad.csv", "patient,sex\nP1,F\nP1,F\nP2,M\n"))
+
+
+def test_report_orders_the_groups_of_all_runs_together(tmp_path):
+    """The first run lacks site 2 (its cases had no value then): the report's groups are 1, 2, 10."""
+    import json
+
+    from fewsam.metrics import group_summary
+    from fewsam.report import write_group_report
+
+    def evaluation(path, sites):
+        cases = [{"case": f"c{i}", "group": site, "per_class": {"fg": {"dice": 0.8, "iou": 0.7, "hd95": 1.0,
+                                                                          "asd": 1.0}}} for i, site in enumerate(sites)]
+        result = group_summary(cases, n_boot=20)
+        result.update(group_by="site", alpha=1.0, es_mode="sum", distance_unit="pixel", bins=None)
+        path.write_text(json.dumps(result))
+        return path
+
+    before = evaluation(tmp_path / "before.json", ["1", "10", None, "1", "10"])
+    after = evaluation(tmp_path / "after.json", ["1", "10", "2", "1", "10"])
+    md = write_group_report([before, after], tmp_path / "report")["markdown"].read_text()
+    difference = md[md.index("| group | after - before |"):]
+    rows = [line.split(" | ")[0] for line in difference.splitlines()[2:5]]
+    assert rows == ["| 1", "| 2", "| 10"]

@@ -207,7 +207,14 @@ def different_cases_warning(runs: list[tuple[str, dict]]) -> str | None:
 
 
 def _group_names(runs: list[tuple[str, dict]]) -> list[str]:
-    return list(dict.fromkeys(g for _, r in runs for g in r.get("groups", {})))
+    """Every run's groups in the order ``evaluate`` gives one run's: bins in their order, then the others
+    (``metrics.group_order``). Taken run by run, a group the first run lacks (a site whose cases gained a
+    value since) came last, after "site10", and the bars of the runs stood in different orders."""
+    from fewsam.metrics import group_order
+
+    names = list(dict.fromkeys(g for _, r in runs for g in r.get("groups", {})))
+    bins = list(dict.fromkeys(b for _, r in runs for b in (r.get("bins") or []) if isinstance(b, str)))
+    return [b for b in bins if b in names] + group_order(g for g in names if g not in bins)
 
 
 def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
