@@ -8,7 +8,7 @@ patient1 names patient001); an Excel hint line "sep=;" names the separator and i
 report counts the HD95 and ASD values an empty prediction leaves out of a group's mean; a table of
 images whose first column repeats (HAM10000's lesion_id) is keyed by its unique image column;
 Excel's #N/A, pandas' <NA> and NIH's "Unknown or Not Reported" are no value; DICOM ages ('045Y')
-are years, while a patient id of that look ('042M') stays the id; a table keyed by image paths of
+are years in an age column, while an id or code of that look ('042M') stays as written; a table keyed by image paths of
 another machine (backslashes, another root, another file type) matches the cases whose paths end
 alike; the id column may be spelled "Patient ID", and where the named one matches no case, the
 column that matches most is used; `info` counts -1 as no value; site codes that differ only in
@@ -163,8 +163,8 @@ def test_dicom_ages_are_years(tmp_path):
     """Tables read from DICOM headers keep PatientAge as '045Y': binned at 60, not a group per age."""
     root, pred = study(tmp_path, {"a": LABEL, "b": HALF, "c": HALF, "d": LABEL})
     table = tmp_path / "headers.csv"
-    table.write_text("case,age\na,045Y\nb,063Y\nc,071Y\nd,018M\n")
-    assert read_attribute_table(table).rows["d"] == {"age": 1.5}
+    table.write_text("case,age,device\na,045Y,001M\nb,063Y,001M\nc,071Y,002M\nd,018M,002M\n")
+    assert read_attribute_table(table).rows["d"] == {"age": 1.5, "device": "002M"}  # an age in an age column only
     result = evaluate(pred, root, "test", "age", show_progress=False, attributes=table, n_boot=20)
     assert group_dice(result) == {"<60": (2, 1.0), ">=60": (2, round(2 / 3, 4))}
 

@@ -52,15 +52,15 @@ DICOM_AGE = re.compile(r"(\d{3})([DWMY])", re.IGNORECASE)
 DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
 
-def parse_cell(text: str) -> Any:
-    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' / 'Unknown' -> None, DICOM's '045Y' -> 45 (years,
-    ``dicom_age_years``). A whole number written with leading zeros ('001', a site or scanner code) stays
-    text: as a number, sites '001' and '01' would merge into one group '1', and the group would not read
-    as the user's code."""
+def parse_cell(text: str, column: str = "") -> Any:
+    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' / 'Unknown' -> None; in an age ``column``,
+    DICOM's '045Y' -> 45 (years, ``dicom_age_years``). A whole number written with leading zeros ('001', a
+    site or scanner code) stays text: as a number, sites '001' and '01' would merge into one group '1',
+    and the group would not read as the user's code."""
     text = text.strip()
     if text.lower() in MISSING:
         return None
-    if age := DICOM_AGE.fullmatch(text):
+    if is_age_column(column) and (age := DICOM_AGE.fullmatch(text)):
         return dicom_age_years(int(age[1]), age[2].upper())
     if CODE_WITH_LEADING_ZEROS.fullmatch(text):
         return text
@@ -70,6 +70,15 @@ def parse_cell(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+AGE_COLUMN = re.compile(r"(?:^|[^a-z])age(?:[^a-z]|$)|patientage")
+
+
+def is_age_column(column: str) -> bool:
+    """Whether a column holds ages by its name ("age", "Age (years)", "PatientAge", "age_at_scan"; not
+    "image" or "stage"): only there is '042M' an age, elsewhere it may be a code or an id."""
+    return bool(AGE_COLUMN.search(column.casefold()))
 
 
 def dicom_age_years(count: int, unit: str) -> int | float:
@@ -133,7 +142,7 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         if name in rows:
             raise DataError(f"attribute table {path} has two rows for {key}={name!r}; "
                             "keep one row per id")
-        rows[name] = {c: parse_cell(with_decimal_point(v or "") if separator == ";" else v or "")
+        rows[name] = {c: parse_cell(with_decimal_point(v or "") if separator == ";" else v or "", c)
                       for c, v in rec.items() if c and c != key}
     unpadded: dict[str, list[str]] = {}
     for name in rows:

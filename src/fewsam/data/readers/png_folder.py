@@ -799,10 +799,10 @@ def _entry(root: Path, row: dict[str, str]) -> Entry:
     if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
         raise DataError(f"image path {rel!r} in {root} must name a file inside {root} (relative, "
                         "no '..'), as its prediction mirrors it; move the images under the folder")
-    attributes = {k: parse_cell(v) for k, v in row.items() if k not in PATH_COLUMNS}
+    attributes = {k: parse_cell(v, k) for k, v in row.items() if k not in PATH_COLUMNS}
     case_id = _strip_image_suffix(rel)
-    # the id as written: parsed, a patient "042M" read as a DICOM age (3.5 years) matched no table row
-    subject = next((row[c] for c in SUBJECT_COLUMNS if attributes.get(c) is not None), case_id)
+    subject = next((str(attributes[c]) for c in SUBJECT_COLUMNS if attributes.get(c) is not None),
+                   case_id)
     masks = _mask_paths(root, row)
     return Entry(case_id=case_id, image=root / rel, label=masks[0] if masks else None, rel_path=rel,
                  subject=subject, attributes=attributes)
