@@ -1,21 +1,21 @@
 """Group attributes from tables as people keep them, and the group numbers drawn from them.
 
-Covers: a hand-written header with spaces after the commas ("case, sex") names the columns
-without them; -1, the code FairSeg gives an unknown attribute, is no group (and no "<60" age),
-except under bins that reach -1; age or BMI bands written as text ("<40", "40-59", "60+") come
-in the order of their bounds; ids match with their numbers unpadded (Excel drops leading zeros,
-patient1 names patient001); an Excel hint line "sep=;" names the separator and is no header; the
-report counts the HD95 and ASD values an empty prediction leaves out of a group's mean; a table of
-images whose first column repeats (HAM10000's lesion_id) is keyed by its unique image column;
-Excel's #N/A, pandas' <NA> and NIH's "Unknown or Not Reported" are no value; DICOM ages ('045Y')
-are years in an age column, while an id or code of that look ('042M') stays as written; a table keyed by image paths of
+Covers: a hand-written header with spaces after the commas ("case, sex") names the columns without
+them; -1, the code FairSeg gives an unknown attribute, is no group (and no "<60" age), except under
+bins that reach -1; age or BMI bands written as text ("<40", "40-59", "60+") come in the order of
+their bounds; ids match with their numbers unpadded (Excel drops leading zeros, patient1 names
+patient001); an Excel hint line "sep=;" names the separator and is no header; the report counts the
+HD95 and ASD values an empty prediction leaves out of a group's mean; a table of images whose first
+column repeats (HAM10000's lesion_id) is keyed by its unique image column; Excel's #N/A, pandas'
+<NA> and NIH's "Unknown or Not Reported" are no value; DICOM ages ('045Y') are years in an age
+column, while an id or code of that look ('042M') stays as written; a table keyed by image paths of
 another machine (backslashes, another root, another file type) matches the cases whose paths end
 alike; the id column may be spelled "Patient ID", and where the named one matches no case, the
 column that matches most is used; `info` counts -1 as no value; site codes that differ only in
 leading zeros ("01", 1) are refused as two spellings of one group; "Age" and "BMI" get the default
 bins of age and bmi; compare takes a null subject as none; a table of images whose named id column
-(patient) repeats is keyed by the column naming the images; the report orders the groups of all
-its runs together.
+(patient) repeats is keyed by the column naming the images; the report orders the groups of all its
+runs together.
 """
 
 import numpy as np
