@@ -197,7 +197,8 @@ def subject_pairs(evaluation: dict[str, Any], paired_a: dict[str, float], paired
     """The paired case scores averaged per subject, as ``evaluation``'s records name it (a record
     without a subject is its own): the signed-rank test's pairs must be independent, and the p of
     two frames of one patient counted as two pairs would be too small."""
-    subject = {case["case"]: str(case.get("subject", case["case"])) for case in evaluation["cases"]}
+    # an empty or null subject is no subject (as the bootstrap reads it): "None" was one subject of every such case
+    subject = {case["case"]: str(case.get("subject") or case["case"]) for case in evaluation["cases"]}
     by_subject: dict[str, list[str]] = {}
     for case_id in sorted(paired_a):
         by_subject.setdefault(subject.get(case_id, case_id), []).append(case_id)

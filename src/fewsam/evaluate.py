@@ -16,7 +16,7 @@ from typing import Any
 from fewsam.compare import read_evaluation
 from fewsam.config import checked_arguments, listed
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
-from fewsam.data.attributes import DEFAULT_BINS
+from fewsam.data.attributes import default_bins
 from fewsam.data.readers.common import files_below
 from fewsam.data.types import Dataset
 from fewsam.data.writers import missing_predictions
@@ -67,7 +67,7 @@ def evaluate(
                         "the confidence intervals (default 1000)")
     check_grouping(group_by, bins, alpha=alpha, es_mode=es_mode, attributes=attributes)
     explicit = resolve_bins(group_by, bins) if group_by else None
-    binned = (explicit or DEFAULT_BINS.get(group_by)) if group_by else None
+    binned = (explicit or default_bins(group_by)) if group_by else None
     dataset = open_dataset(data, attributes)
     check_not_the_labels(pred, dataset)
     names = dataset.class_map.names

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
-from fewsam.data.attributes import DEFAULT_BINS
+from fewsam.data.attributes import default_bins, without_leading_zeros
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
@@ -58,7 +58,7 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
     A column without bins that holds measurements is refused (``refuse_unbinned_measurements``).
     ``attributes``: case id -> the case's attributes.
     """
-    binned = bins or DEFAULT_BINS.get(column)
+    binned = bins or default_bins(column)
     values = {cid: attrs.get(column) for cid, attrs in attributes.items() if attrs.get(column) is not None}
     if binned is None:
         refuse_unbinned_measurements(column, list(values.values()))
@@ -112,16 +112,18 @@ def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins
 
 
 def check_group_spellings(column: str, groups: Iterable[str | None]) -> None:
-    """Refuse group values that differ only in case ("Female" and "female"): typed by hand in one
+    """Refuse group values that differ only in case ("Female" and "female") or in leading zeros (site "01"
+    and "1", where Excel stripped the zeros of the cells it was given to edit): typed by hand in one
     table, they mean one group, but would be scored as two, each with part of its cases, and change
     ES-Dice and the worst-group gap."""
     spellings: dict[str, str] = {}
     for group in groups:
         if group is None:
             continue
-        first = spellings.setdefault(group.casefold(), group)
+        first = spellings.setdefault(without_leading_zeros(group.casefold()), group)
         if first != group:
-            raise DataError(f"{column} has the values {first!r} and {group!r}, which differ only in case and would "
+            how = "only in case" if first.casefold() == group.casefold() else "only in leading zeros"
+            raise DataError(f"{column} has the values {first!r} and {group!r}, which differ {how} and would "
                             "be scored as two groups; write one spelling for each group in the attribute table")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from fewsam.config import FitOptions
 from fewsam.data import LAYOUTS, open_dataset
-from fewsam.data.attributes import DEFAULT_BINS
+from fewsam.data.attributes import default_bins, is_unknown_code
 from fewsam.data.readers.common import IndexedDataset
 from fewsam.data.readers.fairseg_npz import MASK_CODING
 from fewsam.errors import DataError, FewsamError
@@ -97,8 +97,9 @@ def _attribute_summary(dataset: IndexedDataset) -> dict[str, Any]:
 
 
 def _column_summary(column: str, values: list[Any]) -> dict[str, Any]:
-    """How many cases have a value, numeric range or the distinct texts, and the default bins."""
-    present = [v for v in values if v is not None]
+    """How many cases have a value, numeric range or the distinct texts, and the default bins. -1 is no
+    value (``is_unknown_code``), as --group-by takes it: an age range from -1 announced a group there is not."""
+    present = [v for v in values if v is not None and not is_unknown_code(v, default_bins(column))]
     numbers = [v for v in present if isinstance(v, Real) and not isinstance(v, bool)]
     texts = sorted({str(v) for v in present if not isinstance(v, Real) or isinstance(v, bool)})
     kind = "numeric" if numbers and not texts else "text" if texts and not numbers else "mixed" if present else "empty"
@@ -108,8 +109,8 @@ def _column_summary(column: str, values: list[Any]) -> dict[str, Any]:
     if texts:
         out["values"] = texts[:MAX_SHOWN_VALUES]
         out["distinct_values"] = len(texts)
-    if column in DEFAULT_BINS and numbers:
-        out["default_bins"] = DEFAULT_BINS[column].labels
+    if default_bins(column) and numbers:
+        out["default_bins"] = default_bins(column).labels
     return out
 
 

@@ -25,6 +25,7 @@ Conventions (the JSON that `fewsam evaluate` writes relies on them):
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from typing import Any
 
@@ -239,15 +240,44 @@ def group_summary(
 
 def group_order(names: Any) -> list[str]:
     """Group names in the order people read them: by value when every name is a number (sites 2
-    before 10, -1 before 0, as text sorting put "10" before "2"), else in natural order ("site2"
-    before "site10"). The order of the groups is the order of their bootstrap draws, so it is fixed."""
+    before 10, -1 before 0, as text sorting put "10" before "2"); bands by their bounds when every
+    name is one ("<40", "40-59", "60+", as a table's age groups are written: natural order put "<40"
+    last); else in natural order ("site2" before "site10"). The order of the groups is the order of
+    their bootstrap draws, so it is fixed."""
     from fewsam.data.readers.common import natural_key
 
     names = list(names)
     try:
         return sorted(names, key=lambda name: (_number(name), name))
     except ValueError:
-        return sorted(names, key=natural_key)
+        pass
+    bands = [_band(name) for name in names]
+    if names and all(bands) and len({(prefix, suffix) for prefix, suffix, _ in bands}) == 1:
+        bounds = dict(zip(names, (band[2] for band in bands)))
+        return sorted(names, key=lambda name: (bounds[name], name))
+    return sorted(names, key=natural_key)
+
+
+NUMBER = r"\d+(?:\.\d+)?"  # unsigned: "site-2" is site 2, not minus 2
+BAND = re.compile(rf"(?P<prefix>[^\d<>≤≥]*?)\s*(?:(?P<below><=?|≤)|(?P<above>>=?|≥))?\s*(?P<low>{NUMBER})"
+                  rf"(?:\s*(?:-|–|to)\s*(?P<high>{NUMBER})|\s*(?P<plus>\+))?\s*(?P<suffix>[^\d]*)")
+
+
+def _band(name: str) -> tuple[str, str, tuple[float, float]] | None:
+    """(word before, word after, (lower, upper) bound) of a band label such as "<25", "25-30", ">=30",
+    "60+" or "age 40-59 years"; None for other names. Bands are ordered by bounds only when every
+    name has the same words before and after its numbers: "GE 3" and "Siemens 1.5" are no bands of one scale."""
+    match = BAND.fullmatch(name.strip())
+    if not match:
+        return None
+    low = float(match["low"])
+    if match["below"]:
+        bounds = (-math.inf, low)
+    elif match["above"] or match["plus"]:
+        bounds = (low, math.inf)
+    else:
+        bounds = (low, float(match["high"]) if match["high"] else low)
+    return match["prefix"].strip().casefold(), match["suffix"].strip().casefold(), bounds
 
 
 def _number(name: str) -> float:

@@ -163,6 +163,21 @@ def _num(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+DISTANCES_LEFT_OUT = (
+    "HD95 and ASD have no value where a prediction or its label is empty (a structure missed or drawn where "
+    "there is none): the mean leaves those out, and \"(k n/a)\" counts them over the group's cases and classes. "
+    "A group with many such values has distances measured on its better cases only, so compare its Dice too.")
+
+
+def _distance(summary: dict, metric: str) -> str:
+    """A group's mean HD95 or ASD, with the count of values it leaves out (``<metric>_missing`` of its
+    classes): a group whose predictions are often empty has its distances taken over the cases it did
+    find, which made it look closer to the labels than groups the model never missed."""
+    value = _num(summary["mean"].get(metric), 2)
+    missing = sum(int(c.get(f"{metric}_missing") or 0) for c in (summary.get("per_class") or {}).values())
+    return f"{value} ({missing} n/a)" if missing and value != "n/a" else value
+
+
 def _ci(ci: list[float] | None) -> str:
     return "n/a" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
@@ -192,7 +207,14 @@ def different_cases_warning(runs: list[tuple[str, dict]]) -> str | None:
 
 
 def _group_names(runs: list[tuple[str, dict]]) -> list[str]:
-    return list(dict.fromkeys(g for _, r in runs for g in r.get("groups", {})))
+    """Every run's groups in the order ``evaluate`` gives one run's: bins in their order, then the others
+    (``metrics.group_order``). Taken run by run, a group the first run lacks (a site whose cases gained a
+    value since) came last, after "site10", and the bars of the runs stood in different orders."""
+    from fewsam.metrics import group_order
+
+    names = list(dict.fromkeys(g for _, r in runs for g in r.get("groups", {})))
+    bins = list(dict.fromkeys(b for _, r in runs for b in (r.get("bins") or []) if isinstance(b, str)))
+    return [b for b in bins if b in names] + group_order(g for g in names if g not in bins)
 
 
 def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
@@ -206,13 +228,15 @@ def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
     for name, r in runs:
         header = ["group", "n", "Dice", "Dice 95% CI", "IoU", "IoU 95% CI", "HD95", "ASD"]
         rows = [[g, v["n"], _num(v["mean"]["dice"]), _ci(v["ci95"]["dice"]), _num(v["mean"]["iou"]),
-                 _ci(v["ci95"]["iou"]), _num(v["mean"]["hd95"], 2), _num(v["mean"]["asd"], 2)]
+                 _ci(v["ci95"]["iou"]), _distance(v, "hd95"), _distance(v, "asd")]
                 for g, v in r.get("groups", {}).items()]
         rows.append(["all cases", r["n_cases"], _num(r["mean"]["dice"]), _ci((r.get("overall_ci95") or {}).get("dice")),
                      _num(r["mean"]["iou"]), _ci((r.get("overall_ci95") or {}).get("iou")),
-                     _num(r["mean"]["hd95"], 2), _num(r["mean"]["asd"], 2)])
+                     _distance(r, "hd95"), _distance(r, "asd")])
         blocks += [("h3", f"{name}: groups (distances in {distance_units(r.get('distance_unit'))})"),
                    ("table", (header, rows))]
+        if any("n/a)" in cell for row in rows for cell in row[-2:]):
+            blocks.append(("p", DISTANCES_LEFT_OUT))
     if len(runs) > 1:
         blocks += _difference_table(runs, groups)
     return blocks

@@ -1,11 +1,13 @@
 """Group attributes for fairness evaluation: CSV tables joined to cases, and bins for
 continuous attributes (``parse_bins("bmi:25,30")`` -> "<25", "25-30", ">=30").
 
-A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``... or the first
-column); a case takes the row whose key equals its case id, its subject (patient) id, its
-relative path, or the file name of that path, in this order. Cells are parsed as int, then
-float, else kept as text; empty cells, NA/NaN/None and the words tables write for an unknown value
-(unknown, missing, ?, -) are missing (``None``).
+A table is keyed by one column (``case``/``patient``/``subject``/``pid``/``id``/``image``/
+``image_id``/``filename``..., the first of them whose ids are unique, or the first column); a case
+takes the row whose key equals its case id, its subject (patient) id, its relative path, or the
+file name of that path, in this order (the numbers of an id also without leading zeros; a path of
+another machine or file type by its end, ``key_aliases``). Cells are parsed as int, then float,
+else kept as text; empty cells, NA/NaN/None and the words tables write for an unknown value
+(unknown, missing, ?, -, Excel's #N/A, pandas' <NA>) are missing (``None``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ import csv
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from fewsam.errors import DataError, FewsamError
 from fewsam.progress import say_once
 
-KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_id", "pid", "id")
+KEY_COLUMNS = ("case", "case_id", "patient", "patient_id", "subject", "subject_id", "pid", "id",
+               "image", "image_id", "filename", "file_name", "file")
 # "unknown" is no group: FairSeg's own files code an unknown attribute -1, read as no value, and an
 # "unknown" group would enter ES-Dice's spread and the worst-group gap as if it were a population.
-MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown", "missing", "?", "-"}
+# Tools write no value in their own way too: Excel's #N/A (a lookup that found nothing), pandas' <NA> and
+# NaT, SAS's "."; and demographic tables in NIH's words ("Unknown or Not Reported"): each read as text was
+# a group of its own.
+MISSING = {"", "na", "n/a", "n.a.", "nan", "none", "null", "unknown", "missing", "?", "-",
+           "#n/a", "#na", "<na>", "nat", ".", "not reported", "unknown or not reported", "unknown/not reported",
+           "not available"}
 
 
 DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
@@ -39,15 +47,21 @@ def with_decimal_point(text: str) -> str:
 
 
 CODE_WITH_LEADING_ZEROS = re.compile(r"[-+]?0\d+")
+# DICOM's age string (PatientAge, 0010,1010): three digits and a unit, as tables read from headers keep it.
+DICOM_AGE = re.compile(r"(\d{3})([DWMY])", re.IGNORECASE)
+DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
 
-def parse_cell(text: str) -> Any:
-    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' / 'Unknown' -> None. A whole number written with
-    leading zeros ('001', a site or scanner code) stays text: as a number, sites '001' and '01' would
-    merge into one group '1', and the group would not read as the user's code."""
+def parse_cell(text: str, column: str = "") -> Any:
+    """'28.06' -> 28.06, '3' -> 3, 'DCM' -> 'DCM', '' / 'NA' / 'Unknown' -> None; in an age ``column``,
+    DICOM's '045Y' -> 45 (years, ``dicom_age_years``). A whole number written with leading zeros ('001', a
+    site or scanner code) stays text: as a number, sites '001' and '01' would merge into one group '1',
+    and the group would not read as the user's code."""
     text = text.strip()
     if text.lower() in MISSING:
         return None
+    if is_age_column(column) and (age := DICOM_AGE.fullmatch(text)):
+        return dicom_age_years(int(age[1]), age[2].upper())
     if CODE_WITH_LEADING_ZEROS.fullmatch(text):
         return text
     for kind in (int, float):
@@ -58,6 +72,23 @@ def parse_cell(text: str) -> Any:
     return text
 
 
+AGE_COLUMN = re.compile(r"(?:^|[^a-z])age(?:[^a-z]|$)|patientage")
+
+
+def is_age_column(column: str) -> bool:
+    """Whether a column holds ages by its name ("age", "Age (years)", "PatientAge", "age_at_scan"; not
+    "image" or "stage"): only there is '042M' an age, elsewhere it may be a code or an id."""
+    return bool(AGE_COLUMN.search(column.casefold()))
+
+
+def dicom_age_years(count: int, unit: str) -> int | float:
+    """A DICOM age ('045Y' -> 45, '006M' -> 0.5) in years: kept as text, each age was a group of its own
+    (the default age bins bin numbers only), and ages in months or weeks did not compare with years."""
+    if unit == "Y":
+        return count
+    return round(count * DAYS_PER_UNIT[unit] / DAYS_PER_UNIT["Y"], 4)
+
+
 @dataclass
 class AttributeTable:
     """Rows of attributes by key (a case, patient or file id), from one CSV file."""
@@ -65,15 +96,27 @@ class AttributeTable:
     rows: dict[str, dict[str, Any]]
     key: str
     source: str = ""
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # file stem -> the path keys (``key_aliases``)
+    unpadded: dict[str, list[str]] = field(default_factory=dict)  # key without leading zeros -> the keys
 
     def row_for(self, case_id: str, subject: str, rel_path: str = "", file_names: Iterable[str] = ()
                 ) -> dict[str, Any]:
         """The row of a case: by its id, subject, relative path, or (``file_names``) the other names a
-        user keys a table by, as a list file may (``common.listed_names``: nnU-Net's ``x_0000.nii.gz``)."""
-        for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem, *file_names):
-            if key and key in self.rows:
+        user keys a table by, as a list file may (``common.listed_names``: nnU-Net's ``x_0000.nii.gz``).
+        Numbers in an id match without their leading zeros (case ``007``, row ``7``; ``patient001`` and
+        ``patient1``), where one row of the table does: Excel reads an id column of digits as numbers and
+        saves them so, which left every case below 100 of ``001``...``150`` without a row."""
+        keys = [key for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem, *file_names)
+                if key]
+        for key in keys:
+            if key in self.rows:
                 return self.rows[key]
-        return {}
+        for key in keys:
+            unpadded = self.unpadded.get(without_leading_zeros(key), ())
+            if len(unpadded) == 1:
+                return self.rows[unpadded[0]]
+        paths = [key for key in self.aliases.get(file_stem(Path(rel_path).name), ()) if same_file(key, rel_path)]
+        return self.rows[paths[0]] if len(paths) == 1 else {}
 
 
 def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeTable:
@@ -83,11 +126,12 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         raise DataError(f"attribute table {path} not found; give an existing CSV file")
     try:
         separator, reader = user_csv_rows(path)
-        columns = list(reader.fieldnames or [])
+        columns = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = columns  # "case, sex": the column is "sex", as --group-by names it
         records = list(reader)
     except (OSError, csv.Error) as err:
         raise DataError(f"cannot read attribute table {path}: {err}") from None
-    key = key or _key_column(columns, path)
+    key = key or _key_column(columns, records, path)
     if key not in columns:
         raise DataError(f"attribute table {path} has no column {key!r}; columns: {columns}")
     rows: dict[str, dict[str, Any]] = {}
@@ -98,9 +142,62 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
         if name in rows:
             raise DataError(f"attribute table {path} has two rows for {key}={name!r}; "
                             "keep one row per id")
-        rows[name] = {c: parse_cell(with_decimal_point(v or "") if separator == ";" else v or "")
+        rows[name] = {c: parse_cell(with_decimal_point(v or "") if separator == ";" else v or "", c)
                       for c, v in rec.items() if c and c != key}
-    return AttributeTable(rows=rows, key=key, source=str(path))
+    unpadded: dict[str, list[str]] = {}
+    for name in rows:
+        unpadded.setdefault(without_leading_zeros(name), []).append(name)
+    return AttributeTable(rows=rows, key=key, source=str(path), aliases=key_aliases(rows), unpadded=unpadded)
+
+
+def without_leading_zeros(key: str) -> str:
+    """``patient007`` -> ``patient7``, ``007`` -> ``7``: the numbers of an id as values."""
+    return re.sub(r"(?<![\d.])0+(?=\d)", "", key)
+
+
+def key_aliases(keys: Iterable[str]) -> dict[str, list[str]]:
+    """The keys that are file names or paths by their file stem (``img\\c001.png``, ``/data/img/c001.png``
+    -> ``c001``), for cases a table names by a path of another machine (Windows' backslashes, another
+    root) or by a file of another type (``c001.jpg`` for the ``c001.png`` case), which matched nothing.
+    ``row_for`` takes the one key of a stem whose path agrees with the case's (``same_file``)."""
+    found: dict[str, list[str]] = {}
+    for key in keys:
+        parts = path_parts(key)
+        stem = file_stem(parts[-1]) if parts else ""
+        if stem and stem != key:
+            found.setdefault(stem, []).append(key)
+    return found
+
+
+def path_parts(path: str) -> list[str]:
+    """The folders and file of a path written with either separator."""
+    return [part for part in re.split(r"[\\/]", path) if part]
+
+
+def same_file(key: str, rel_path: str) -> bool:
+    """Whether a table's path ``key`` names the case at ``rel_path``, file types aside: the shorter of the
+    two paths ends the longer ("benign/x.png" is not "malignant/x.png", "x.jpg" may be either)."""
+    a, b = path_parts(file_stem(key)), path_parts(file_stem(rel_path))
+    n = min(len(a), len(b))
+    return n > 0 and a[-n:] == b[-n:]
+
+
+DATA_FILE_TYPE = re.compile(r"\.(nii\.gz|nii|mha|mhd|nrrd|nhdr|dcm|h5|npz|npy|png|jpe?g|tiff?|bmp|gif)$", re.IGNORECASE)
+
+
+def file_stem(name: str) -> str:
+    """``x.nii.gz`` -> ``x``, ``benign (1).png`` -> ``benign (1)``: the name without the type of an image or
+    volume file; other names as they are (an id ``1.2.840.1`` is no file ``1.2.840``)."""
+    return DATA_FILE_TYPE.sub("", name)
+
+
+def attribute_columns(path: str | Path) -> list[str]:
+    """The column names of an attribute table, as ``read_attribute_table`` names them; [] for a table it
+    cannot read (whose own reading says why)."""
+    try:
+        return [name.strip() for name in user_csv_rows(Path(path))[1].fieldnames or [] if name and name.strip()]
+    except (OSError, csv.Error, DataError):
+        return []
 
 
 SEPARATORS = (",", ";", "\t")
@@ -127,10 +224,21 @@ def user_text(path: Path) -> str:
 
 
 def user_csv_rows(path: Path) -> tuple[str, csv.DictReader]:
-    """(separator, rows) of a CSV / TSV a user saved (``user_text``, ``column_separator``)."""
+    """(separator, rows) of a CSV / TSV a user saved (``user_text``, ``column_separator``). A first line
+    ``sep=;`` (Excel's hint, kept by tables made to open in it) names the separator and is no header:
+    read as one, the table's columns were "sep=" and nothing matched."""
     text = user_text(path)
-    separator = column_separator(text.split("\n", 1)[0])
+    first, _, rest = text.partition("\n")
+    hint = EXCEL_SEPARATOR_HINT.fullmatch(first.rstrip("\r"))
+    if hint:
+        separator, text = ("\t" if hint["sep"] == "\\t" else hint["sep"]), rest
+    else:
+        separator = column_separator(first)
     return separator, csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
+
+
+# Excel's hint line; one a table was saved again with trails separators ("sep=;;;")
+EXCEL_SEPARATOR_HINT = re.compile(r'"?sep=(?P<sep>[,;\t|]|\\t)"?[,;\t|]*', re.IGNORECASE)
 
 
 def column_separator(header: str) -> str:
@@ -139,14 +247,23 @@ def column_separator(header: str) -> str:
     return max(SEPARATORS, key=header.count)
 
 
-def _key_column(columns: list[str], path: Path) -> str:
+def _key_column(columns: list[str], records: list[dict[str, str]], path: Path) -> str:
+    """The id column: the first of ``KEY_COLUMNS`` the table has (in any spelling: "Patient ID") whose ids are
+    unique, else the first of them it has (its duplicate is then refused, named); without one, the first
+    column whose ids are unique, else the first column. Unique first: a table of images
+    keys them by image, and the patient or lesion column beside it repeats (HAM10000's ``lesion_id,
+    image_id,...``: its first column was taken and refused for a lesion's second image)."""
     if not columns:
         raise DataError(f"attribute table {path} is empty; it needs a header row and an id column")
-    lowered = {c.lower(): c for c in columns}
-    for name in KEY_COLUMNS:
-        if name in lowered:
-            return lowered[name]
-    return columns[0]
+    spelled = {re.sub(r"[^a-z0-9]", "", c.lower()): c for c in columns}  # "Patient ID", "PatientID": patient_id
+    named = [spelled[name.replace("_", "")] for name in KEY_COLUMNS if name.replace("_", "") in spelled]
+    unique = [c for c in named or columns if _unique_ids([(r.get(c) or "").strip() for r in records])]
+    return (unique or named or columns)[0]
+
+
+def _unique_ids(ids: list[str]) -> bool:
+    present = [i for i in ids if i]
+    return bool(present) and len(set(present)) == len(present)
 
 
 @dataclass(frozen=True)
@@ -196,18 +313,40 @@ def parse_bins(spec: str) -> Bins:
 DEFAULT_BINS = {"age": Bins("age", (60.0,)), "bmi": Bins("bmi", (25.0, 30.0))}
 
 
+def default_bins(column: str | None) -> Bins | None:
+    """The default bins of ``column`` in any letter case ("Age", "BMI", as tables head them), named as the
+    column is; None for a column without. Looked up as written, "Age" had none and was grouped by value,
+    a group per age in a small test set."""
+    bins = DEFAULT_BINS.get(column.strip().casefold()) if column else None
+    return None if bins is None else Bins(column, bins.edges)
+
+
 def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) -> str | None:
     """The group a case falls in for ``column``: its bin if binned, else the value as text.
 
-    Continuous ``age`` and ``bmi`` use ``DEFAULT_BINS`` (age at 60 years; BMI 25/30) unless
-    ``bins`` is given. Missing values give None (the case is left out of group metrics).
+    Continuous ``age`` and ``bmi`` (any letter case) use ``default_bins`` (age at 60 years; BMI 25/30) unless
+    ``bins`` is given. Missing values give None (the case is left out of group metrics), and so
+    does -1 (``is_unknown_code``).
     """
     value = attributes.get(column)
-    if value is None:
+    bins = bins or default_bins(column)
+    if value is None or is_unknown_code(value, bins):
         return None
-    bins = bins or DEFAULT_BINS.get(column)
     if bins is not None and (not isinstance(value, str) or CODE_WITH_LEADING_ZEROS.fullmatch(value)):
         return bins.label(value)  # an age written "07" is still 7 years when binned
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+UNKNOWN_CODE = -1
+
+
+def is_unknown_code(value: Any, bins: Bins | None = None) -> bool:
+    """Whether ``value`` is -1, the code FairSeg's files (and the tables exported from them) give an
+    unknown attribute: as a group it would be one more population in ES-Dice's spread and the worst-group
+    gap, and binned it fell among the youngest ("<60" for an unknown age). Bins with an edge at -1 or
+    below (--bins zscore:-2,0,2) measure something that can be -1, so there it is a value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != UNKNOWN_CODE:
+        return False
+    return bins is None or bins.edges[0] > UNKNOWN_CODE

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from fewsam.data.attributes import read_attribute_table
+from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
 from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
 from fewsam.data.readers.common import IndexedDataset, listed_names
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 # name -> (detect, open, what the folder looks like); tried in this order.
 LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset], str]] = {
@@ -130,12 +131,45 @@ def _layout_above(folder: Path) -> Path | None:
 
 
 def _join(dataset: IndexedDataset, attributes_csv: str | Path) -> None:
-    table = read_attribute_table(attributes_csv)
-    if not any(table.row_for(e.case_id, e.subject, e.rel_path, listed_names(dataset.root, e))
-               for e in dataset.entries.values()):
-        raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}; its "
-                        f"{table.key!r} column must hold case ids, patient ids or image file names")
+    """Join a user's table. Its id column is the one its name says (``read_attribute_table``); where that
+    matches no case, or repeats an id, the column that matches the most: a table whose first column numbers
+    its rows ("Image ID" 1, 2, ...) or names the patient of each image, and names the images in another
+    ("Bild"), was refused as matching nothing, or as holding a patient twice."""
+    try:
+        first: AttributeTable | None = read_attribute_table(attributes_csv)
+    except DataError as err:  # an id column named as such, holding an id twice
+        first, refusal = None, err
+    table = first
+    if first is None or not _matches(dataset, first):
+        others = _other_keyings(attributes_csv, first.key if first else None)
+        table = max(others, key=lambda other: _matches(dataset, other), default=first)
+    if table is None or (first is None and not _matches(dataset, table)):
+        raise refusal
+    if not _matches(dataset, table):
+        key = (first or table).key
+        raise DataError(f"no row of {attributes_csv} matches a case of {dataset.root}, by its {key!r} column or "
+                        "another; one column must hold case ids, patient ids or image file names")
+    if first is None or table.key != first.key:
+        say_once(f"{attributes_csv}: cases matched by its column {table.key!r}", key=f"key-{attributes_csv}")
     dataset.add_attributes(table)
+
+
+def _matches(dataset: IndexedDataset, table: AttributeTable) -> int:
+    """How many cases of ``dataset`` have a row in ``table``."""
+    return sum(bool(table.row_for(e.case_id, e.subject, e.rel_path, listed_names(dataset.root, e)))
+               for e in dataset.entries.values())
+
+
+def _other_keyings(path: str | Path, key: str | None) -> list[AttributeTable]:
+    """``path`` keyed by each of its columns but ``key`` whose ids are unique."""
+    others = []
+    for column in attribute_columns(path):
+        try:
+            if column != key:
+                others.append(read_attribute_table(path, key=column))
+        except DataError:  # a column with an id twice keys no table
+            continue
+    return others
 
 
 def load_labelled_case(dataset: Dataset, case_id: str, purpose: str) -> Case:

@@ -799,7 +799,7 @@ def _entry(root: Path, row: dict[str, str]) -> Entry:
     if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
         raise DataError(f"image path {rel!r} in {root} must name a file inside {root} (relative, "
                         "no '..'), as its prediction mirrors it; move the images under the folder")
-    attributes = {k: parse_cell(v) for k, v in row.items() if k not in PATH_COLUMNS}
+    attributes = {k: parse_cell(v, k) for k, v in row.items() if k not in PATH_COLUMNS}
     case_id = _strip_image_suffix(rel)
     subject = next((str(attributes[c]) for c in SUBJECT_COLUMNS if attributes.get(c) is not None),
                    case_id)
