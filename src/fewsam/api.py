@@ -24,7 +24,7 @@ from fewsam.config import (DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions,
 from fewsam.data import open_dataset
 from fewsam.devices import check_device
 from fewsam.distributed import ddp
-from fewsam.embedded import embed_cases
+from fewsam.embedded import fill_cache
 from fewsam.errors import DataError, FewsamError, Stopped
 from fewsam.evaluate import evaluate
 from fewsam.fitting import open_fit, recorded_path, run_record
@@ -65,7 +65,7 @@ def embed_dataset(data: str | Path, split: str | None = None, model_name: str = 
 
             stats = embed_cases_on_ray(ray, data, ids, cache, checkpoint, device, ray_workers, show_progress)
         else:
-            embed_cases(dataset, ids, cache, device, show_progress, with_label=False)
+            fill_cache(dataset, ids, cache, device, show_progress)
             stats = {"cases": len(ids), "encoded": cache.misses, "cache_hits": cache.hits, "cache": str(cache.dir),
                      "precision": cache.precision.name}
         record(f"done: {stats['cases']} cases, {stats['encoded']} slices encoded, {stats['cache_hits']} found in "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, overload
 
 import numpy as np
 import torch
@@ -101,14 +101,46 @@ class CaseSlices(list):
         super().__init__(embed_case(case, cache, device))
         self.case, self.cache, self.device = case, cache, device
 
-    def view(self, view: int) -> list[EmbeddedSlice]:
-        """The slices of dihedral view ``view`` (0: these), encoded on a cache miss."""
+    def view(self, view: int) -> Sequence[EmbeddedSlice]:
+        """The slices of dihedral view ``view`` (0: these); another view's are embedded as they are read
+        (``ViewSlices``), encoded on a cache miss."""
         if view == 0:
             return list(self)
-        slices = embed_case(_view(self.case, view), self.cache, self.device)
-        for item in slices:
-            item.view = view
-        return slices
+        return ViewSlices(self.case, self.cache, self.device, view)
+
+
+class ViewSlices(Sequence[EmbeddedSlice]):
+    """A case's slices in dihedral view ``view``, embedded when read and not kept: test-time mirroring
+    reads three mirror views beside the stored one a batch at a time, and holding each view's whole
+    volume of embeddings (2 MiB a slice in float16) would multiply a long CT volume's memory by four."""
+
+    def __init__(self, case: Case, cache: EmbeddingCache, device: str, view: int) -> None:
+        self.case, self.cache, self.device, self.view = case, cache, device, view
+
+    def __len__(self) -> int:
+        return self.case.num_slices
+
+    @overload
+    def __getitem__(self, index: int) -> EmbeddedSlice: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[EmbeddedSlice]: ...
+
+    def __getitem__(self, index: int | slice) -> EmbeddedSlice | list[EmbeddedSlice]:
+        if isinstance(index, slice):
+            return self._embedded(list(range(len(self)))[index])
+        z = range(len(self))[index]  # an IndexError past the end ends iteration
+        return self._embedded([z])[0]
+
+    def _embedded(self, zs: list[int]) -> list[EmbeddedSlice]:
+        """Slices ``zs`` turned and embedded; a slice turned alone holds the pixels it holds in the
+        turned volume, so its cache entry is the same."""
+        if not zs:
+            return []
+        items = embed_case(_view(_subcase(self.case, zs), self.view), self.cache, self.device)
+        for z, item in zip(zs, items):
+            item.ref, item.view = SliceRef(self.case.case_id, z), self.view
+        return items
 
 
 def embed_refs(
@@ -149,12 +181,31 @@ def embed_cases(
     with_label: bool = True,
 ) -> list[tuple[Case, CaseSlices]]:
     """Whole cases (volumes) with all their slices embedded, for validation and prediction
-    (``with_label=False``: images only, for filling the cache)."""
+    (``with_label=False``: images only). Filling the cache alone is ``fill_cache``, which keeps nothing."""
     out = []
     for case_id in tracked(list(case_ids), description, show_progress):
         case = dataset.load(case_id, with_label=with_label)
         out.append((case, CaseSlices(case, cache, device)))
     return out
+
+
+FILL_CHUNK = 16
+"""Slices embedded together when only filling the cache: the most embeddings ``fill_cache`` holds."""
+
+
+def fill_cache(dataset: Dataset, case_ids: Iterable[str], cache: EmbeddingCache, device: str = "cpu",
+               show_progress: bool = True, description: str = "embed") -> None:
+    """Every slice of the cases in ``cache``, nothing kept: ``fewsam embed`` over a set of CT volumes holds one
+    case's image and ``FILL_CHUNK`` slices' embeddings (2 MiB a slice in float16), not those of every case."""
+    for case_id in tracked(list(case_ids), description, show_progress):
+        fill_case(dataset.load(case_id, with_label=False), cache, device)
+
+
+def fill_case(case: Case, cache: EmbeddingCache, device: str = "cpu") -> None:
+    """Every slice of ``case`` in ``cache``, ``FILL_CHUNK`` at a time, nothing kept."""
+    for start in range(0, case.num_slices, FILL_CHUNK):
+        cache.embed([case.slice_image(z) for z in range(start, min(start + FILL_CHUNK, case.num_slices))],
+                    device=device)
 
 
 def _view(case: Case, view: int) -> Case:

@@ -278,12 +278,12 @@ class EmbedWorker(CaseWorker):
 
     def embed(self, case_id: str) -> dict[str, Any]:
         """Embed every slice of ``case_id`` not in the cache yet; counts of what it did."""
-        from fewsam.embedded import embed_case
+        from fewsam.embedded import fill_case
 
         self._check()
         hits, misses, start = self.cache.hits, self.cache.misses, time.perf_counter()
         case = self.dataset.load(case_id, with_label=False)
-        embed_case(case, self.cache, self.job.device)
+        fill_case(case, self.cache, self.job.device)
         return {"case": case_id, "slices": case.num_slices, "encoded": self.cache.misses - misses,
                 "hits": self.cache.hits - hits, "seconds": time.perf_counter() - start, "host": self.host,
                 "pid": self.pid}
