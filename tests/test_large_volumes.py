@@ -16,17 +16,10 @@ from fewsam.data.types import Case
 from fewsam.embedded import FILL_CHUNK, MIRROR_VIEWS, CaseSlices, embed_case, undo_dihedral
 from fewsam.methods.fewshot import mirrored_probabilities, slice_probabilities
 from fewsam.models.precision import FP32
+from test_supervised import one_thread  # noqa: F401 - autouse fixture: small steps on a busy machine
 
 DEPTH = 17  # slices: three decoder batches (8, 8, 1)
 BATCH = 8  # the decoder's batch in ``slice_probabilities``
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
