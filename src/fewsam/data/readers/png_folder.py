@@ -22,7 +22,8 @@ Where the cases come from (first match wins):
    (ISIC's ``..._GroundTruth``, CVC's ``Ground Truth``, DRIVE's ``1st_manual``; ``MaskFolders``:
    masks in its sub-folders merged, Montgomery's ``leftMask/`` + ``rightMask/``; names pairing by
    their one number, DRIVE's ``21_training`` + ``21_manual1``; a ``mask/`` beside drawn annotations
-   is a field-of-view mask, not read); or BUSI-style ``X.png`` + ``X_mask.png`` (+ ``X_mask_1.png``
+   is a field-of-view mask, not read, and so is a ``mask/`` or ``masks/`` whose masks cover most of
+   their pictures, dark outside them: DRIVE's ``test/`` alone, ``_fields_of_view``); or BUSI-style ``X.png`` + ``X_mask.png`` (+ ``X_mask_1.png``
    ...), also ``X_anno`` (GlaS), ``X_seg``, ``X_gt``... Files are listed in natural order (``case2``
    before ``case10``); folder names are matched in any letter case.
 case_id = image path relative to root without its suffix; two images that would share an id
@@ -574,9 +575,48 @@ def _scan(root: Path) -> list[dict[str, Any]]:
     if folders.field_of_view and not folders.used_drawn():  # no drawn annotation pairs: mask/ holds the labels
         folders = MaskFolders(root, files, field_of_view=False)
         rows = _paired_rows(root, files, folders, by_stem, extras)
+    looked = _fields_of_view(root, rows, folders)
+    if looked:
+        folders.read_as_fields_of_view(looked)
+        rows = _paired_rows(root, files, folders, by_stem, extras)
     folders.say_unread(rows)
     note_unpaired_masks(root, files, rows, folders)
     return rows
+
+
+FIELD_OF_VIEW_LOOKS = 2  # image/mask pairs of a mask/ folder looked at to tell a field of view from a label
+FIELD_OF_VIEW_COVER = 0.4  # the least share of the picture a field-of-view mask covers (DRIVE's: about 70%)
+FIELD_OF_VIEW_DARK = 0.1  # the most mean brightness outside it, as a share of the mean inside
+
+
+def _fields_of_view(root: Path, rows: list[dict[str, Any]], folders: MaskFolders) -> set[Path]:
+    """The mask/ or masks/ folders that gave images their masks but hold fields of view: a retinal
+    release's test/ folder alone (DRIVE's images/ + mask/, without 1st_manual/) pairs each image with
+    the mask of where the camera saw, and read as labels every score and fit would learn that disc."""
+    looked: set[Path] = set()
+    for folder in folders.used - folders.field_of_view:
+        if folder.name.lower() not in ("mask", "masks"):
+            continue
+        pairs = [(root / row["image"], root / masks[0]) for row in rows
+                 if (masks := _split_masks(row["masks"])) and folder in (root / masks[0]).parents]
+        if pairs and all(_marks_field_of_view(*pair) for pair in pairs[:FIELD_OF_VIEW_LOOKS]):
+            looked.add(folder)
+    return looked
+
+
+def _marks_field_of_view(image_path: Path, mask_path: Path) -> bool:
+    """Whether a mask marks where its picture has content, as a fundus camera's field of view does: it
+    covers most of the picture, and the picture is dark outside it. A lesion or organ label covers a
+    part of a picture that is as bright around it."""
+    try:
+        image = read_image(image_path, rgb=False)
+        mask = read_mask_file(mask_path)[0] > 0
+    except DataError:
+        return False
+    if image.shape != mask.shape or mask.all() or mask.mean() < FIELD_OF_VIEW_COVER:
+        return False
+    inside, outside = float(image[mask].mean()), float(image[~mask].mean())
+    return inside > 0 and outside <= FIELD_OF_VIEW_DARK * inside
 
 
 def _paired_rows(root: Path, files: list[Path], folders: MaskFolders, by_stem: dict[tuple[Path, str], list[Path]],
@@ -665,6 +705,13 @@ class MaskFolders:
         self.field_of_view = {f for f in self.masks if drawn and f.name.lower() in ("mask", "masks")}
         self.used: set[Path] = set()
         self.numbers: dict[Path, list[int | None]] = {}
+        self.looked_field_of_view: set[Path] = set()
+
+    def read_as_fields_of_view(self, folders: set[Path]) -> None:
+        """Stop reading ``folders`` as labels: their masks were seen to mark fields of view (``_fields_of_view``)."""
+        self.field_of_view |= folders
+        self.looked_field_of_view |= folders
+        self.used -= folders
 
     def used_drawn(self) -> bool:
         """Whether a folder of drawn annotations gave some image its mask."""
@@ -731,9 +778,14 @@ class MaskFolders:
     def say_unread(self, rows: list[dict[str, Any]]) -> None:
         """Name the mask folders that are not read (field-of-view masks, a second annotator's), beside
         one that is: their masks have images of their names and would otherwise be said to have none."""
+        for folder in natural_sorted(self.looked_field_of_view, key=lambda p: p.as_posix()):
+            say_once(f"{folder}: its masks mark each picture's field of view (they cover most of it and the picture "
+                     "is dark outside them, as DRIVE's and HRF's mask/ do), not a label; it is not read, so these "
+                     "images have no labels here (DRIVE's labels are in 1st_manual/); to read them as labels "
+                     "anyway, rename the folder labels/", key=f"fov-masks-{folder}")
         if not any(row["masks"] for row in rows):
             return
-        for folder in natural_sorted(self.field_of_view, key=lambda p: p.as_posix()):
+        for folder in natural_sorted(self.field_of_view - self.looked_field_of_view, key=lambda p: p.as_posix()):
             say_once(f"{folder}: beside folders of drawn annotations ({', '.join(self._drawn())}), a folder named "
                      f"{folder.name}/ holds each image's field-of-view mask (as DRIVE and HRF do), not its label; "
                      "it is not read", key=f"fov-masks-{folder}")
