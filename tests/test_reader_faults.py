@@ -3,6 +3,7 @@ DICOM's time points, 16-bit mask codings, 2D NRRD headers and ITK-SNAP labels of
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fewsam.data import open_dataset
+from fewsam.errors import DataError
 
 
 def fundus_test_folder(root: Path, n: int = 2) -> Path:
@@ -45,3 +47,65 @@ def test_a_large_lesion_mask_in_mask_folder_stays_a_label(tmp_path):
         Image.fromarray(label).save(tmp_path / "mask" / f"{name}.png")
     ds = open_dataset(tmp_path)
     assert all(map(ds.has_label, ds.entries))
+
+
+# ---------------------------------------------------------------- a cine DICOM file's time points
+
+
+def _element(group: int, element: int, vr: str, value: bytes) -> bytes:
+    """One explicit-VR little-endian element."""
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB") else b" "
+    head = struct.pack("<HH", group, element) + vr.encode()
+    if vr in ("OB", "OW", "SQ"):
+        return head + b"\0\0" + struct.pack("<I", len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _sequence(group: int, element: int, items: list[bytes]) -> bytes:
+    return _element(group, element, "SQ", b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(i)) + i for i in items))
+
+
+def _us(group: int, element: int, value: int) -> bytes:
+    return _element(group, element, "US", struct.pack("<H", value))
+
+
+def write_enhanced_mr(path: Path, positions: list[tuple[float, float, float]], times: list[int]) -> np.ndarray:
+    """An enhanced MR file (one file, many frames) whose per-frame functional groups give each frame's
+    ImagePositionPatient and, where ``times`` holds one, its TemporalPositionIndex; returns its frames."""
+    pixels = np.random.default_rng(0).integers(0, 1000, (len(positions), 4, 5)).astype("<u2")
+    sop = b"1.2.840.10008.5.1.4.1.1.4.1"
+    meta = (_element(2, 1, "OB", b"\0\1") + _element(2, 2, "UI", sop) + _element(2, 3, "UI", b"1.2.3.4.5")
+            + _element(2, 0x10, "UI", b"1.2.840.10008.1.2.1"))
+    meta = _element(2, 0, "UL", struct.pack("<I", len(meta))) + meta
+    shared = (_sequence(0x20, 0x9116, [_element(0x20, 0x37, "DS", b"1\\0\\0\\0\\1\\0")])
+              + _sequence(0x28, 0x9110, [_element(0x18, 0x50, "DS", b"2") + _element(0x28, 0x30, "DS", b"0.5\\0.5")]))
+    frames = [_sequence(0x20, 0x9111, [_element(0x20, 0x9128, "UL", struct.pack("<I", t)) if t else b""])
+              + _sequence(0x20, 0x9113, [_element(0x20, 0x32, "DS", "\\".join(map(str, p)).encode())])
+              for p, t in zip(positions, times)]
+    dataset = (_element(8, 0x16, "UI", sop) + _element(8, 0x18, "UI", b"1.2.3.4.5") + _element(8, 0x60, "CS", b"MR")
+               + _element(0x20, 0xD, "UI", b"1.2.3.4") + _element(0x20, 0xE, "UI", b"1.2.3.4.6")
+               + _us(0x28, 2, 1) + _element(0x28, 4, "CS", b"MONOCHROME2")
+               + _element(0x28, 8, "IS", str(len(positions)).encode()) + _us(0x28, 0x10, 4) + _us(0x28, 0x11, 5)
+               + _us(0x28, 0x100, 16) + _us(0x28, 0x101, 16) + _us(0x28, 0x102, 15) + _us(0x28, 0x103, 0)
+               + _sequence(0x5200, 0x9229, [shared]) + _sequence(0x5200, 0x9230, frames)
+               + _element(0x7FE0, 0x10, "OW", pixels.tobytes()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta + dataset)
+    return pixels
+
+
+SLICES = [(0.0, 0.0, 2.0 * k) for k in range(3)]
+
+
+@pytest.mark.parametrize("times", [[1, 1, 1, 2, 2, 2], [0] * 6], ids=["temporal-index", "repeated-positions"])
+def test_a_cine_multi_frame_file_is_refused_naming_its_time_points(tmp_path, times):
+    write_enhanced_mr(tmp_path / "s" / "cine.dcm", SLICES * 2, times)
+    with pytest.raises(DataError, match=r"cine.dcm: this multi-frame DICOM file holds 2 time points "
+                                        r"\(6 frames at 3 slice positions"):
+        open_dataset(tmp_path).load("s")
+
+
+def test_a_one_volume_multi_frame_file_still_reads(tmp_path):
+    frames = write_enhanced_mr(tmp_path / "s" / "volume.dcm", SLICES, [1, 1, 1])
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("s").image, frames.astype(np.float32))
