@@ -109,3 +109,49 @@ def test_a_cine_multi_frame_file_is_refused_naming_its_time_points(tmp_path, tim
 def test_a_one_volume_multi_frame_file_still_reads(tmp_path):
     frames = write_enhanced_mr(tmp_path / "s" / "volume.dcm", SLICES, [1, 1, 1])
     np.testing.assert_array_equal(open_dataset(tmp_path).load("s").image, frames.astype(np.float32))
+
+
+# ---------------------------------------------------------------- 16-bit masks coded 0/65535
+
+
+def sixteen_bit_folder(root: Path, suffix: str) -> Path:
+    """images/ + masks/ whose masks are 16-bit files coded 0/65535."""
+    for d in ("images", "masks"):
+        (root / d).mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.fromarray((np.random.default_rng(1).random((16, 18)) * 255).astype(np.uint8)).save(
+            root / "images" / f"{name}.png")
+        mask = np.zeros((16, 18), np.uint16)
+        mask[4:10, 5:12] = 65535
+        Image.fromarray(mask).save(root / "masks" / f"{name}{suffix}")
+    return root
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_predictions_of_masks_coded_0_65535_are_written_in_0_65535_and_score(tmp_path, suffix):
+    from fewsam.api import evaluate
+    from fewsam.data.writers import write_prediction
+
+    data = sixteen_bit_folder(tmp_path / "data", suffix)
+    ds = open_dataset(data)
+    for case in map(ds.load, ds.split("all")):
+        written = np.asarray(Image.open(write_prediction(case, case.label, tmp_path / "pred")))
+        assert written.dtype == np.uint16 and set(np.unique(written)) == {0, 65535}
+    scores = evaluate(tmp_path / "pred", data, split="all", show_progress=False)
+    assert scores["mean"]["dice"] == pytest.approx(1.0)
+
+
+def test_a_run_fitted_on_0_65535_masks_predicts_new_images_in_0_65535(tmp_path):
+    """A folder of new images has no masks to show their coding: the run's is taken (``mask_coding``)."""
+    from fewsam.data.writers import write_prediction
+
+    fitted = open_dataset(sixteen_bit_folder(tmp_path / "data", ".png"))
+    (tmp_path / "new").mkdir()
+    Image.fromarray(np.zeros((16, 18), np.uint8)).save(tmp_path / "new" / "c.png")
+    new = open_dataset(tmp_path / "new")
+    assert new.adopt_mask_coding(fitted.class_map, fitted.mask_coding())
+    case = new.load("c")
+    pred = np.zeros((1, 16, 18), np.uint8)
+    pred[0, 2:5, 2:5] = 1
+    written = np.asarray(Image.open(write_prediction(case, pred, tmp_path / "pred")))
+    assert set(np.unique(written)) == {0, 65535}

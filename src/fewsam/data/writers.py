@@ -412,10 +412,11 @@ def _encode_png(case: Case, pred: np.ndarray) -> bytes:
     if bad:
         raise DataError(f"prediction for {case.case_id} holds classes {bad} that this dataset's "
                         f"PNG coding {to_pixel} (class -> pixel) cannot store")
-    lut = np.zeros(256, dtype=np.uint8)
+    wide = max(to_pixel.values()) > 255  # 16-bit masks (0/65535): predictions in their values
+    lut = np.zeros(256, dtype=np.uint16 if wide else np.uint8)
     for cls, pixel in to_pixel.items():
         lut[cls] = pixel
-    image = Image.fromarray(lut[_as_stored(case, pred)], mode="L")
+    image = Image.fromarray(lut[_as_stored(case, pred)])
     if case.meta.get("png_palette"):
         image.putpalette(list(case.meta["png_palette"]))  # shown in the dataset's own colours
     buf = io.BytesIO()

@@ -86,10 +86,10 @@ def _png_bytes(array: np.ndarray, mode: str) -> bytes:
 
 def _mask_coding(slices: Sequence[tuple[Case, int, np.ndarray]], class_map: ClassMap) -> dict[int, int]:
     """class -> mask value: the source dataset's PNG coding where its cases carry one (every class of
-    ``class_map`` in it), else the class index itself."""
+    ``class_map`` in it, each a value of the 8-bit masks written here), else the class index itself."""
     source = next((case.meta.get("png_to_pixel") for case, _, _ in slices if case.meta.get("png_to_pixel")), None)
     coding = {int(c): int(v) for c, v in (source or {}).items()}
-    if not all(c in coding for c in [0, *class_map.labels]):
+    if not all(c in coding for c in [0, *class_map.labels]) or any(v > 255 for v in coding.values()):
         return {c: c for c in [0, *class_map.labels]}
     return coding
 

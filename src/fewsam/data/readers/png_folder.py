@@ -38,7 +38,8 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   -> {1: "prostate"}; images greyscale.
 - palette: masks saved as colour-palette PNGs (VOC-style tools, labelme): each palette index is
   a class, {i: "class<i>"} for the indices found in the masks; predictions keep the palette.
-- generic: masks 0/255 (or 0/1) -> {1: "foreground"}, predictions in the same two values.
+- generic: masks 0/255 (or 0/1, or 16-bit 0/65535) -> {1: "foreground"}, predictions in the same two
+  values (16-bit PNG for 0/65535).
 Images of the palette, generic and index codings (and of a classes.json without "rgb") are read
 each as it is: RGB where it shows colour, else greyscale (``shows_colour``); 16-bit and float
 files keep their values, 16-bit colour ones (48-bit RGB) too (``_wide_colour``).
@@ -112,7 +113,9 @@ class PngStyle:
     """How a 2D dataset stores classes as mask pixels, and whether images are colour.
 
     ``to_class`` maps mask pixel values to classes (values missing from it are errors, except
-    in JPEG masks); ``ranged`` styles (classes.json ranges) map all 256 values.
+    in JPEG masks); ``ranged`` styles (classes.json ranges) map all 256 values. Its keys are 8-bit, as
+    masks are read (``read_mask_file`` clips 16-bit ones); ``to_pixel`` holds the values the masks store,
+    65535 for 16-bit masks coded 0/65535 (``SIXTEEN_BIT_STYLE``), so predictions are written as they are.
     """
 
     name: str
@@ -128,7 +131,7 @@ class PngStyle:
         value this coding writes; for 0/255 that is a threshold at the midpoint (>= 128)."""
         if self.ranged:
             return self.to_class
-        coded = sorted((pixel, cls) for cls, pixel in self.to_pixel.items())
+        coded = sorted((min(pixel, 255), cls) for cls, pixel in self.to_pixel.items())
         pixels = np.array([p for p, _ in coded])
         nearest = np.abs(np.arange(256)[:, None] - pixels[None, :]).argmin(axis=1)
         return {v: coded[int(i)][1] for v, i in enumerate(nearest)}
@@ -248,7 +251,7 @@ class PngFolderDataset(IndexedDataset):
             return False
         to_pixel = {int(c): int(p) for c, p in coding["to_pixel"].items()}
         palette = tuple(coding["palette"]) if coding.get("palette") else None
-        self.style = PngStyle(self.style.name, class_map, {p: c for c, p in to_pixel.items()}, to_pixel,
+        self.style = PngStyle(self.style.name, class_map, {min(p, 255): c for c, p in to_pixel.items()}, to_pixel,
                               self.style.rgb, palette=palette)
         self.class_map = class_map
         return True
@@ -343,8 +346,23 @@ def _generic_style(root: Path, rows: list[dict[str, str]]) -> PngStyle:
             return _index_style(paths) if any(map(_holds_class_indices, paths[i + 1:])) else zero_one
         if top <= INDEX_MASK_MAX and not _has_colour(path):
             return _index_style(paths)
+        if top == 255 and _stored_top(path) == SIXTEEN_BIT_TOP:
+            return PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: SIXTEEN_BIT_TOP}, None)
         break
     return style
+
+
+SIXTEEN_BIT_TOP = 65535  # the foreground of 16-bit masks coded 0/65535 (ImageJ's and some converters')
+
+
+def _stored_top(path: Path) -> int:
+    """The largest value a 16-bit, 32-bit or float mask stores before ``read_mask_file`` clips it to 255
+    (0 for 8-bit masks): a folder of 0/65535 masks gets its predictions in 0/65535, not 0/255, which a
+    pipeline thresholding at 32768 read as all background."""
+    def top(im: Image.Image) -> int:
+        im = _first_page(im, path)
+        return int(np.asarray(im).max(initial=0)) if im.mode in WIDE_MODES else 0
+    return _decode(path, top)
 
 
 LOSSY_ZERO_ONE_MAX = 15  # a JPEG mask whose values stay at or below this was saved as 0/1, not 0/255
