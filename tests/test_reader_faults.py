@@ -155,3 +155,37 @@ def test_a_run_fitted_on_0_65535_masks_predicts_new_images_in_0_65535(tmp_path):
     pred[0, 2:5, 2:5] = 1
     written = np.asarray(Image.open(write_prediction(case, pred, tmp_path / "pred")))
     assert set(np.unique(written)) == {0, 65535}
+
+
+# ---------------------------------------------------------------- a 2D NRRD placed in 3D space
+
+
+def write_slice_nrrd(folder: Path, name: str, detached: bool = False) -> np.ndarray:
+    """A 2D NRRD as 3D Slicer saves one slice: two axes, each with a 3D space direction."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    header = ("NRRD0004\ntype: uint8\ndimension: 2\nspace: left-posterior-superior\nsizes: 5 4\n"
+              "space directions: (0.5,0,0) (0,0.7,0)\nkinds: domain domain\nspace origin: (10,20,30)\n"
+              "encoding: raw\n")
+    if detached:
+        (folder / f"{name}.raw").write_bytes(pixels.tobytes())
+        (folder / f"{name}.nhdr").write_text(header + f"data file: {name}.raw\n\n", encoding="utf-8")
+    else:
+        (folder / f"{name}.nrrd").write_bytes(header.encode() + b"\n" + pixels.tobytes())
+    return pixels
+
+
+@pytest.mark.parametrize("detached", [False, True], ids=["nrrd", "nhdr"])
+def test_a_2d_nrrd_with_3d_space_directions_reads_as_one_slice_and_predicts_on_it(tmp_path, detached):
+    import SimpleITK as sitk
+
+    from fewsam.data.writers import write_prediction
+
+    pixels = write_slice_nrrd(tmp_path / "data", "slice", detached)
+    case = open_dataset(tmp_path / "data").load("slice")
+    np.testing.assert_array_equal(case.image[0], pixels.astype(np.float32))
+    assert case.spacing == pytest.approx((1.0, 0.7, 0.5))
+    written = sitk.ReadImage(str(write_prediction(case, (case.image > 5).astype(np.uint8), tmp_path / "pred")))
+    assert written.GetOrigin() == pytest.approx((10.0, 20.0, 30.0))
+    assert written.GetSpacing()[:2] == pytest.approx((0.5, 0.7))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[0], (pixels > 5).astype(np.uint8))

@@ -5,7 +5,8 @@ Challenge data often comes in ITK's formats (PROMISE12 ``.mhd``, many grand-chal
 them; each becomes an in-memory NIfTI image (same voxels, RAS affine from ITK's LPS geometry), so
 the NIfTI reader slices it as any other volume, and ``geometry`` keeps what writing a prediction
 back needs: predictions are written by SimpleITK in the same format on the same origin, spacing
-and direction (a ``.mhd`` pair as one ``.mha`` file, a ``.nhdr`` pair as one ``.nrrd``). The 2D
+and direction (a ``.mhd`` pair as one ``.mha`` file, a ``.nhdr`` pair as one ``.nrrd``); a 2D NRRD
+with 3D space directions (a slice saved by 3D Slicer) is read as a one-slice volume. The 2D
 images of an nnU-Net dataset whose ``file_ending`` is ``.png``, ``.bmp`` or ``.tif`` go the same
 way: one slice each, predictions as PNG (for ``.png`` and ``.bmp``) or TIFF with the class values.
 """
@@ -111,11 +112,7 @@ def check_data_file(path: Path) -> None:
 def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     """(an in-memory NIfTI image of the file's voxels, the ITK geometry to write predictions with)."""
     check_data_file(path)
-    try:
-        with quiet_itk():
-            image = itk_reader(path).Execute()
-    except RuntimeError as err:
-        raise DataError(f"cannot read {path} (truncated, or its data file missing?): {itk_message(err)}") from None
+    image = _read_itk(path)
     dims = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     if dims not in (2, 3, 4) or (dims == 4 and components > 1):
@@ -140,6 +137,79 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     # the file's own voxel type, 64-bit integers included (numpy's default, so pynrrd's and many scripts'
     # NRRDs): nibabel refuses those unless the type is named
     return nib.Nifti1Image(np.ascontiguousarray(xyz), affine, dtype=xyz.dtype), geometry
+
+
+def _read_itk(path: Path) -> sitk.Image:
+    """The file as ITK reads it; a 2D NRRD placed in 3D space as a one-slice volume (``nrrd_as_one_slice``)."""
+    lifted = nrrd_as_one_slice(path)
+    try:
+        with quiet_itk():
+            if lifted is None:
+                return itk_reader(path).Execute()
+            with tempfile.TemporaryDirectory() as tmp:
+                one_slice = Path(tmp) / f"one_slice{itk_ending(path.name)}"
+                one_slice.write_bytes(lifted)
+                return itk_reader(one_slice).Execute()
+    except RuntimeError as err:
+        raise DataError(f"cannot read {path} (truncated, or its data file missing?): {itk_message(err)}") from None
+
+
+# NRRD fields with one entry per axis, and what a third (the added slice axis) takes
+NRRD_AXIS_FIELDS = {"sizes": "1", "kinds": "domain", "centerings": "cell", "labels": '""', "units": '""',
+                    "thicknesses": "nan", "axis mins": "nan", "axis maxs": "nan"}
+
+
+def nrrd_as_one_slice(path: Path) -> bytes | None:
+    """A 2D NRRD whose header places it in 3D space (``space: left-posterior-superior`` with 3D space
+    directions, as 3D Slicer saves a single slice) rewritten as a 3D NRRD of one slice, its normal the
+    cross product of its two directions; None for any other file. ITK refuses the 2D file ("number of
+    domain axes ... doesn't match dimension of space"), which was reported as a truncated file."""
+    if itk_ending(path.name) not in (".nrrd", ".nhdr"):
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    end = raw.find(b"\n\n")
+    if not raw.startswith(b"NRRD") or end < 0:
+        return None
+    lines = raw[:end].decode("latin-1").split("\n")
+    fields = {k.strip().lower(): v.strip() for k, sep, v in (line.partition(":") for line in lines[1:]) if sep}
+    directions = _space_directions(fields.get("space directions", ""))
+    if fields.get("dimension") != "2" or directions is None or directions.shape != (2, 3):
+        return None
+    normal = np.cross(directions[0], directions[1])
+    if not np.linalg.norm(normal):
+        return None
+    normal /= np.linalg.norm(normal)
+    return ("\n".join([lines[0], *(_one_slice_line(line, normal, path) for line in lines[1:])]).encode("latin-1")
+            + raw[end:])
+
+
+def _space_directions(text: str) -> np.ndarray | None:
+    """An NRRD ``space directions`` value, ``(1,0,0) (0,1,0)``, as one row per axis; None if unreadable."""
+    try:
+        return np.array([[float(v) for v in group.split(",")] for group in text.replace(" ", "")[1:-1].split(")(")])
+    except ValueError:
+        return None
+
+
+def _one_slice_line(line: str, normal: np.ndarray, path: Path) -> str:
+    """A header line of a 2D NRRD as the 3D one-slice NRRD has it."""
+    key, sep, value = line.partition(":")
+    name = key.strip().lower()
+    if not sep or line.startswith("#"):
+        return line
+    if name == "dimension":
+        return f"{key}: 3"
+    if name in NRRD_AXIS_FIELDS:
+        return f"{key}: {value.strip()} {NRRD_AXIS_FIELDS[name]}"
+    if name == "space directions":
+        return f"{key}: {value.strip()} ({','.join(repr(float(v)) for v in normal)})"
+    if name in ("data file", "datafile") and value.strip().upper() != "LOCAL" and "%" not in value \
+            and not value.strip().upper().startswith("LIST"):
+        return f"{key}: {(path.parent / value.strip()).resolve()}"  # beside the header, wherever it is read
+    return line
 
 
 def ras_affine(origin: Any, spacing: Any, direction: Any) -> np.ndarray:
