@@ -189,3 +189,47 @@ def test_a_2d_nrrd_with_3d_space_directions_reads_as_one_slice_and_predicts_on_i
     assert written.GetOrigin() == pytest.approx((10.0, 20.0, 30.0))
     assert written.GetSpacing()[:2] == pytest.approx((0.5, 0.7))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[0], (pixels > 5).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- an ITK-SNAP label of a NIfTI with a negative pixdim
+
+
+def write_negative_x_image_and_itk_label(root: Path, sform: bool) -> np.ndarray:
+    """An image whose pixdim[1] is negative (nibabel reads x as positive, ITK as flipped), and a label
+    saved as ITK-SNAP saves one: on the image's geometry as ITK reads it. Returns the label's (x, y, z)."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, 3] = (10.0, 20.0, 30.0)
+    nifti = nib.Nifti1Image(np.arange(120, dtype=np.float32).reshape(6, 5, 4), affine)
+    if not sform:
+        nifti.header.set_sform(None, code=0)
+        nifti.header.set_qform(affine, code=1)
+    data = bytearray(nifti.to_bytes())  # nibabel refuses to write a negative size: set in the bytes
+    offset = nib.Nifti1Header.template_dtype.fields["pixdim"][1] + 4
+    data[offset:offset + 4] = np.float32(-2.0).astype("<f4").tobytes()
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    (root / "images" / "c.nii").write_bytes(bytes(data))
+    image = sitk.ReadImage(str(root / "images" / "c.nii"))
+    label = np.zeros((4, 5, 6), np.uint8)  # ITK's (z, y, x)
+    label[1:3, 1:4, :2] = 1
+    drawn = sitk.GetImageFromArray(label)
+    drawn.CopyInformation(image)
+    sitk.WriteImage(drawn, str(root / "labels" / "c.nii.gz"))
+    return label.transpose(2, 1, 0)
+
+
+@pytest.mark.parametrize("sform", [False, True], ids=["qform", "sform"])
+def test_an_itk_snap_label_of_an_image_with_a_negative_voxel_size_is_read_voxel_for_voxel(tmp_path, sform):
+    from fewsam.data.readers.nifti import to_slices
+    from fewsam.data.writers import read_prediction
+
+    label_xyz = write_negative_x_image_and_itk_label(tmp_path / "data", sform)
+    ds = open_dataset(tmp_path / "data")
+    case = ds.load("c")
+    np.testing.assert_array_equal(case.label, to_slices(label_xyz))
+    (tmp_path / "pred").mkdir()  # ITK-SNAP's own output, scored as a prediction: on the same grid
+    (tmp_path / "pred" / "c.nii.gz").write_bytes((tmp_path / "data" / "labels" / "c.nii.gz").read_bytes())
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)

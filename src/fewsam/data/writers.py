@@ -489,7 +489,7 @@ def _case_grid(case: Case) -> Grid | None:
     the case keeps no geometry."""
     meta = case.meta
     if meta.get("affine") is not None and meta.get("header") is not None:
-        return Grid(tuple(meta["header"].get_data_shape()), meta["affine"])
+        return Grid(tuple(meta["header"].get_data_shape()), meta["affine"], meta.get("viewer_affine"))
     if case.format == "dicom" and all(meta.get(k) is not None for k in ("origin", "spacing", "direction")):
         depth, height, width = case.image.shape[:3]
         return Grid((width, height, depth), itk_volume.ras_affine(meta["origin"], meta["spacing"], meta["direction"]))

@@ -29,7 +29,8 @@ axis. ``meta`` keeps the image's affine, header and slice axis so predictions ar
 the same voxel grid and orientation (a 2D image gets a 2D prediction). A 4D label of 0/1 volumes,
 one per class (one-hot, as MONAI pipelines write it), is read as class indices
 (``one_hot_to_indices``). A label stored in another orientation than its image is reoriented onto
-the image's grid (``on_image_grid``); a 2D colour (RGB) MetaImage or NRRD is one RGB slice.
+the image's grid (``on_image_grid``), and one on the grid where ITK reads the image (ITK-SNAP's label of
+an image with a negative pixdim, which nibabel reads elsewhere) is read voxel for voxel; a 2D colour (RGB) MetaImage or NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
 ids with every 5th to "val" (at least one of two or more, ``deterministic_split``); "test" =
 imagesTs and every image without a label (``computed_splits``, as in every reader: a
@@ -60,7 +61,7 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_f
                                         computed_splits, first_line, is_data_file, natural_sorted,
                                         one_hot_to_indices, to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
-                                            prediction_ending, read_as_nifti)
+                                            prediction_ending, quiet_itk, ras_affine, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
@@ -169,9 +170,11 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         if self.colour_channels and image.ndim == 3:
             image, dropped = _colour_from_channel_files(entry, image, axis), 0
         label = None if entry.label is None else _label_array(entry.label, axis, img)
+        stored_pixdim = None if itk_geometry else negative_pixdim(entry.image, img.header)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
                 "slice_axis": axis, "itk": itk_geometry,
-                "stored_pixdim": None if itk_geometry else negative_pixdim(entry.image, img.header)}
+                "stored_pixdim": stored_pixdim,
+                "viewer_affine": itk_affine(entry.image) if stored_pixdim is not None else None}
         spacing = tuple(zooms[a] for a in slice_order(axis))
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
 
@@ -483,6 +486,12 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
     refused, as no reading of it is safe."""
     if len(label.shape) < 3 or len(image.shape) < 3 or _same_affine(label.affine, image.affine):
         return label
+    if _viewers_overlay(label, path, image):
+        say_once(f"{path}: the {what}'s header places it elsewhere than its image as nibabel reads them, but where "
+                 "ITK (3D Slicer, ITK-SNAP) places the image (a negative voxel size or qfac in one of them, as "
+                 f"ITK-SNAP saves a label of such an image); it is read voxel for voxel on the image's grid",
+                 key=f"nifti-{what}-viewer-geometry")
+        return label
     try:
         turn = nib.orientations.ornt_transform(nib.orientations.io_orientation(label.affine),
                                                nib.orientations.io_orientation(image.affine))
@@ -510,6 +519,41 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
                     f"to the image's; save the {what} with the image's affine (as nnU-Net and the viewers expect)")
 
 
+def _viewers_overlay(label: Any, path: Path, image: Any) -> bool:
+    """Whether ITK reads ``label`` on the grid where it reads ``image`` (the same shape and world
+    geometry). nibabel reads a negative pixdim as positive, ITK as a flipped axis: a label drawn in
+    ITK-SNAP on an image stored that way is saved with the image's geometry as ITK reads it, and so
+    differs from the image as nibabel reads it, although viewers overlay the two voxel for voxel."""
+    viewer = _viewer_affine(image)
+    if viewer is None or tuple(label.shape[:3]) != tuple(image.shape[:3]) or not isinstance(path, Path):
+        return False
+    label_viewer = itk_affine(path)
+    return label_viewer is not None and _same_affine(label_viewer, viewer)
+
+
+def _viewer_affine(image: Any) -> np.ndarray | None:
+    """``image``'s affine as ITK reads its file (``Grid.viewer_affine``, else its file's header), or None."""
+    if isinstance(image, Grid):
+        return image.viewer_affine
+    name = image.get_filename() if hasattr(image, "get_filename") else None
+    return itk_affine(Path(name)) if name else None
+
+
+def itk_affine(path: Path) -> np.ndarray | None:
+    """The RAS affine of a 3D (or 4D) file's voxel grid as ITK reads its header; None where ITK cannot."""
+    reader = itk_reader(path)
+    try:
+        with quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    dims = reader.GetDimension()
+    if dims < 3:
+        return None
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dims, dims)[:3, :3]
+    return ras_affine(reader.GetOrigin()[:3], reader.GetSpacing()[:3], direction.ravel())
+
+
 def _inside_grid(label: Any, image: Any) -> Any:
     """``label`` on ``image``'s grid when it is a crop of that grid: the same voxel axes and sizes,
     its first voxel on a voxel of the image and its last one inside (a segmentation saved on the
@@ -534,6 +578,7 @@ class Grid:
 
     shape: tuple[int, ...]
     affine: np.ndarray
+    viewer_affine: np.ndarray | None = None  # as ITK reads the image, where it differs (``_viewers_overlay``)
 
 
 def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
