@@ -34,18 +34,16 @@ def test_a_drive_test_folder_alone_has_no_labels_its_field_of_view_masks_are_not
     assert list(ds.entries) == ["images/01_test", "images/02_test"]
     assert not any(map(ds.has_label, ds.entries))
     assert "its masks mark each picture's field of view" in caplog.text
-
-
-def test_a_large_lesion_mask_in_mask_folder_stays_a_label(tmp_path):
-    """A label covering most of a picture that is bright around it is no field of view."""
+    # a label covering most of a picture that is as bright around it is no field of view: still read
+    lesions = tmp_path / "lesions"
     for d in ("images", "mask"):
-        (tmp_path / d).mkdir()
+        (lesions / d).mkdir(parents=True)
     label = np.zeros((16, 18), np.uint8)
     label[1:15, 1:16] = 255
     for name in ("a", "b"):
-        Image.fromarray(np.full((16, 18), 120, np.uint8)).save(tmp_path / "images" / f"{name}.png")
-        Image.fromarray(label).save(tmp_path / "mask" / f"{name}.png")
-    ds = open_dataset(tmp_path)
+        Image.fromarray(np.full((16, 18), 120, np.uint8)).save(lesions / "images" / f"{name}.png")
+        Image.fromarray(label).save(lesions / "mask" / f"{name}.png")
+    ds = open_dataset(lesions)
     assert all(map(ds.has_label, ds.entries))
 
 
@@ -100,15 +98,12 @@ SLICES = [(0.0, 0.0, 2.0 * k) for k in range(3)]
 
 @pytest.mark.parametrize("times", [[1, 1, 1, 2, 2, 2], [0] * 6], ids=["temporal-index", "repeated-positions"])
 def test_a_cine_multi_frame_file_is_refused_naming_its_time_points(tmp_path, times):
-    write_enhanced_mr(tmp_path / "s" / "cine.dcm", SLICES * 2, times)
+    frames = write_enhanced_mr(tmp_path / "one" / "s" / "volume.dcm", SLICES, times[:3])
+    np.testing.assert_array_equal(open_dataset(tmp_path / "one").load("s").image, frames.astype(np.float32))
+    write_enhanced_mr(tmp_path / "cine" / "s" / "cine.dcm", SLICES * 2, times)
     with pytest.raises(DataError, match=r"cine.dcm: this multi-frame DICOM file holds 2 time points "
                                         r"\(6 frames at 3 slice positions"):
-        open_dataset(tmp_path).load("s")
-
-
-def test_a_one_volume_multi_frame_file_still_reads(tmp_path):
-    frames = write_enhanced_mr(tmp_path / "s" / "volume.dcm", SLICES, [1, 1, 1])
-    np.testing.assert_array_equal(open_dataset(tmp_path).load("s").image, frames.astype(np.float32))
+        open_dataset(tmp_path / "cine").load("s")
 
 
 # ---------------------------------------------------------------- 16-bit masks coded 0/65535
@@ -131,6 +126,7 @@ def sixteen_bit_folder(root: Path, suffix: str) -> Path:
 def test_predictions_of_masks_coded_0_65535_are_written_in_0_65535_and_score(tmp_path, suffix):
     from fewsam.api import evaluate
     from fewsam.data.writers import write_prediction
+    from fewsam.studio.fitdata import _mask_coding
 
     data = sixteen_bit_folder(tmp_path / "data", suffix)
     ds = open_dataset(data)
@@ -139,11 +135,12 @@ def test_predictions_of_masks_coded_0_65535_are_written_in_0_65535_and_score(tmp
         assert written.dtype == np.uint16 and set(np.unique(written)) == {0, 65535}
     scores = evaluate(tmp_path / "pred", data, split="all", show_progress=False)
     assert scores["mean"]["dice"] == pytest.approx(1.0)
+    assert _mask_coding([(case, 0, case.label)], ds.class_map) == {0: 0, 1: 1}  # studio's masks are 8-bit
 
 
 def test_a_run_fitted_on_0_65535_masks_predicts_new_images_in_0_65535(tmp_path):
     """A folder of new images has no masks to show their coding: the run's is taken (``mask_coding``)."""
-    from fewsam.data.writers import write_prediction
+    from fewsam.data.writers import read_prediction, write_prediction
 
     fitted = open_dataset(sixteen_bit_folder(tmp_path / "data", ".png"))
     (tmp_path / "new").mkdir()
@@ -155,6 +152,7 @@ def test_a_run_fitted_on_0_65535_masks_predicts_new_images_in_0_65535(tmp_path):
     pred[0, 2:5, 2:5] = 1
     written = np.asarray(Image.open(write_prediction(case, pred, tmp_path / "pred")))
     assert set(np.unique(written)) == {0, 65535}
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), pred)
 
 
 # ---------------------------------------------------------------- a 2D NRRD placed in 3D space
