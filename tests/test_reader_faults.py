@@ -15,7 +15,7 @@ from fewsam.errors import DataError
 
 
 def fundus_test_folder(root: Path, n: int = 2) -> Path:
-    """DRIVE's ``test/`` alone: photographs dark outside the camera's round field of view (images/), and
+    """DRIVE's ``test/`` alone: photographs dark outside the camera's circular field of view (images/), and
     that field of view as a mask per image (mask/), without the drawn vessels (1st_manual/)."""
     yy, xx = np.mgrid[:16, :18]
     field = (yy - 7.5) ** 2 + (xx - 8.5) ** 2 < 7.5 ** 2
@@ -34,7 +34,7 @@ def test_a_drive_test_folder_alone_has_no_labels_its_field_of_view_masks_are_not
     assert list(ds.entries) == ["images/01_test", "images/02_test"]
     assert not any(map(ds.has_label, ds.entries))
     assert "its masks mark each picture's field of view" in caplog.text
-    # a label covering most of a picture that is as bright around it is no field of view: still read
+    # a label covering most of a picture that is as bright beside it is no field of view: still read
     lesions = tmp_path / "lesions"
     for d in ("images", "mask"):
         (lesions / d).mkdir(parents=True)

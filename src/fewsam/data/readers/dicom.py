@@ -226,7 +226,7 @@ def check_one_time_point(names: list[str]) -> None:
     if found:
         times, places = found
         raise DataError(f"{names[0]}: this multi-frame DICOM file holds {times} time points ({frames} frames at "
-                        f"{places} slice positions, a cine or dynamic series), not one volume; save one time point "
+                        f"{places} slice positions: a cine, dynamic or multi-echo series), not one volume; save one time point "
                         "as its own series (fewsam reads one 3D volume per case)")
 
 

@@ -64,6 +64,8 @@ def frame_header(path: Path) -> FrameHeader | None:
 
 def _walk(data: mmap.mmap) -> FrameHeader | None:
     """Visit every element of the header, entering sequences and items, up to the pixel data."""
+    if data[128:132] != b"DICM":
+        return None  # no Part 10 preamble: where the header starts is not known here
     offset, explicit = 132, True
     positions: list[tuple[float, ...]] = []
     temporal: list[int] = []
@@ -106,5 +108,5 @@ def _walk(data: mmap.mmap) -> FrameHeader | None:
 
 
 def _position(value: bytes) -> tuple[float, ...]:
-    """An ImagePositionPatient's ``x\\y\\z`` text as numbers rounded to ``POSITION_DECIMALS``."""
-    return tuple(round(float(v), POSITION_DECIMALS) for v in value.decode("ascii").strip("\0 ").split("\\"))
+    """An ImagePositionPatient's ``x\\y\\z`` text as numbers to ``POSITION_DECIMALS`` decimals."""
+    return tuple(float(f"{float(v):.{POSITION_DECIMALS}f}") for v in value.decode("ascii").strip("\0 ").split("\\"))

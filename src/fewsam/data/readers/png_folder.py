@@ -625,7 +625,7 @@ def _fields_of_view(root: Path, rows: list[dict[str, Any]], folders: MaskFolders
 def _marks_field_of_view(image_path: Path, mask_path: Path) -> bool:
     """Whether a mask marks where its picture has content, as a fundus camera's field of view does: it
     covers most of the picture, and the picture is dark outside it. A lesion or organ label covers a
-    part of a picture that is as bright around it."""
+    part of a picture that is as bright beside it."""
     try:
         image = read_image(image_path, rgb=False)
         mask = read_mask_file(mask_path)[0] > 0
