@@ -231,3 +231,19 @@ def test_an_itk_snap_label_of_an_image_with_a_negative_voxel_size_is_read_voxel_
     (tmp_path / "pred").mkdir()  # ITK-SNAP's own output, scored as a prediction: on the same grid
     (tmp_path / "pred" / "c.nii.gz").write_bytes((tmp_path / "data" / "labels" / "c.nii.gz").read_bytes())
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), case.label)
+
+
+def test_itk_snap_structure_masks_of_an_image_with_a_negative_voxel_size_are_read_voxel_for_voxel(tmp_path):
+    """A TotalSegmentator-style case folder (ct + segmentations/, a mask per structure) drawn in ITK-SNAP."""
+    from fewsam.data.readers.nifti import to_slices
+
+    label_xyz = write_negative_x_image_and_itk_label(tmp_path / "drawn", sform=False)
+    case = tmp_path / "data" / "s0000"
+    (case / "segmentations").mkdir(parents=True)
+    (case / "ct.nii").write_bytes((tmp_path / "drawn" / "images" / "c.nii").read_bytes())
+    for structure in ("liver", "spleen"):
+        (case / "segmentations" / f"{structure}.nii.gz").write_bytes(
+            (tmp_path / "drawn" / "labels" / "c.nii.gz").read_bytes())
+    ds = open_dataset(tmp_path / "data")
+    assert ds.load("s0000").label.any() and set(np.unique(ds.load("s0000").label)) <= {0, 1, 2}
+    np.testing.assert_array_equal(ds.load("s0000").label > 0, to_slices(label_xyz) > 0)

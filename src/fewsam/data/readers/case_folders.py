@@ -158,7 +158,7 @@ class CaseFolderDataset(NiftiDataset):
         if entry.label is None or not entry.label.is_dir():
             return super()._read(entry)
         read = super()._read(replace(entry, label=None))
-        grid = Grid(tuple(read.meta["header"].get_data_shape()), read.meta["affine"])
+        grid = Grid(tuple(read.meta["header"].get_data_shape()), read.meta["affine"], read.meta.get("viewer_affine"))
         read.label = self._structure_label(entry.label, read.meta["slice_axis"], grid, read.image.shape[:3])
         return read
 
