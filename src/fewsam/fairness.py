@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
-from fewsam.data.attributes import default_bins, without_leading_zeros
+from fewsam.data.attributes import AtLeast, default_bins, without_leading_zeros
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
@@ -63,14 +63,27 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
     if binned is None:
         refuse_unbinned_measurements(column, list(values.values()))
         return
+    how = f"--bins {column}:{','.join(f'{e:g}' for e in binned.edges)}" + ("" if bins else " (its default bins)")
+    refuse_split_top_codes(column, binned, how, values)
     text = {cid: v for cid, v in values.items() if not isinstance(v, Real) or isinstance(v, bool)}
     if not text or (bins is None and len(text) == len(values)):
         return
     case_id, value = next(iter(text.items()))
-    how = f"--bins {column}:{','.join(f'{e:g}' for e in binned.edges)}" + ("" if bins else " (its default bins)")
     raise DataError(f"case {case_id} has {column} = {value!r}, not a number, so {how} cannot bin it "
                     f"({len(text)} case(s) like it); write plain numbers with a decimal point (27.5, not 27,5) "
                     "or leave the value empty for no group")
+
+
+def refuse_split_top_codes(column: str, bins: Bins, how: str, values: Mapping[str, Any]) -> None:
+    """Refuse a top-coded value ("90+") that lies across an edge of the bins (age:60,95): its case may be in
+    either of two bins, and taking one would move it, or leaving it out would drop it from its group unsaid."""
+    split = {cid: v for cid, v in values.items() if isinstance(v, AtLeast) and not bins.holds_all_from(v)}
+    if not split:
+        return
+    case_id, value = next(iter(split.items()))
+    raise DataError(f"case {case_id} has {column} = {value} (top-coded: {value:g} or more), which {how} cannot "
+                    f"place in one bin ({len(split)} case(s) like it); give no edge above {value:g}, e.g. "
+                    f"--bins {column}:{','.join(f'{e:g}' for e in bins.edges if e <= value) or f'{value:g}'}")
 
 
 # A numeric column grouped by value (no --bins) holds codes (sex 0/1, a site number) when its values are
