@@ -31,6 +31,7 @@ from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
 from fewsam.losses import FairScaledLoss
 from fewsam.metrics import CI_METRICS, MIN_GROUPS, equity_scaled
+from fewsam.progress import say_once
 
 GROUPS_FILE = "fair_groups.json"
 
@@ -124,6 +125,32 @@ def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins
                                 f"correct the wrong one, or leave one of the two cells empty")
 
 
+def say_tables_over_files(dataset: Any, case_ids: Iterable[str], column: str, bins: Bins | None) -> None:
+    """Say, once, that a joined table puts cases in other groups of ``column`` than the values stored in
+    their files (Harvard-FairSeg's npz files hold race, gender, ethnicity, language...), naming the first
+    case, both values and how many cases differ. The table wins, as the user gave it for this run and a
+    file cannot be corrected as a cell can (the files' race codes even differ between releases), but it
+    is said: taken unsaid, the table moved cases between groups. Values that bin alike agree."""
+    file_attributes = getattr(dataset, "file_attributes", None)
+    if file_attributes is None:
+        return
+    differing = []
+    for case_id in case_ids:
+        where, stored = file_attributes(case_id)
+        tables = [(source, row[column]) for source, row in dataset.table_rows(case_id) if row.get(column) is not None]
+        if stored.get(column) is None or not tables:
+            continue
+        table, value = tables[-1]  # the last joined table wins (``attributes_of``)
+        if group_of({column: value}, column, bins) != group_of(stored, column, bins):
+            differing.append((case_id, stored[column], where, value, table))
+    if differing:
+        case_id, stored_value, where, value, table = differing[0]
+        more = f" (and {len(differing) - 1} more cases)" if len(differing) > 1 else ""
+        say_once(f"case {case_id} has {column} = {stored_value!r} in its file {where} but {value!r} in {table}{more}: "
+                 f"the table's value is used; leave its {column} cells empty to use the files' values",
+                 key=f"table-over-file-{column}")
+
+
 def check_group_spellings(column: str, groups: Iterable[str | None]) -> None:
     """Refuse group values that differ only in case ("Female" and "female") or in leading zeros (site "01"
     and "1", where Excel stripped the zeros of the cells it was given to edit): typed by hand in one
@@ -172,6 +199,7 @@ def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
     attrs = {cid: case_attributes(dataset, cid) for cid in dict.fromkeys(case_ids)}
     check_bin_values(column, binned, attrs)
     check_sources_agree(dataset, attrs, column, binned)
+    say_tables_over_files(dataset, attrs, column, binned)
     groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
     check_group_column(column, groups.values(), attrs.values(), cases)
     check_group_spellings(column, groups.values())
