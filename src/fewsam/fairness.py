@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
-from fewsam.data.attributes import AtLeast, default_bins, without_leading_zeros
+from fewsam.data.attributes import AtLeast, default_bins, parse_cell, without_leading_zeros
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
@@ -272,14 +272,41 @@ def _recorded_groups(path: Path) -> Any:
 
 
 def refuse_other_groups(path: Path, recorded: Any, record: dict[str, Any]) -> None:
-    """Refuse groups of the labelled cases other than ``path`` records, naming the first case that moved."""
+    """Refuse groups of the labelled cases other than ``path`` records, naming the first case that moved.
+
+    A recorded group that fewsam now reads as no value ("-1", FairSeg's code for unknown, "unknown",
+    "#N/A": an earlier fewsam grouped them) is no change of the table: the same command fitted the run
+    and would otherwise be refused with nothing the user could restore. Those cases resume in no group
+    (weight 1), as a new fit puts them, and the fit says so once."""
     if not isinstance(recorded, dict) or recorded == record["case_group"]:
         return
     now = record["case_group"]
-    case = next(c for c in sorted(set(recorded) | set(now)) if recorded.get(c) != now.get(c))
-    raise DataError(f"{path} records the labelled cases' {record['attribute']!r} groups this run was fitted with, "
-                    f"and the attributes now give others (case {case}: {recorded.get(case)!r} -> {now.get(case)!r}); "
-                    "restore the attribute table to resume, or choose another --out")
+    differing = [c for c in sorted(set(recorded) | set(now)) if recorded.get(c) != now.get(c)]
+    unread = [c for c in differing if c in recorded and now.get(c, "") is None
+              and reads_as_no_value(recorded[c], record["attribute"], record.get("bins"))]
+    moved = [c for c in differing if c not in unread]
+    if moved:
+        case = moved[0]
+        raise DataError(f"{path} records the labelled cases' {record['attribute']!r} groups this run was fitted "
+                        f"with, and the attributes now give others (case {case}: {recorded.get(case)!r} -> "
+                        f"{now.get(case)!r}); restore the attribute table to resume, or choose another --out")
+    if unread:
+        values = sorted({str(recorded[c]) for c in unread})
+        say_once(f"{path} records {len(unread)} labelled case(s) (the first: {unread[0]}) in {record['attribute']!r} "
+                 f"group(s) {', '.join(map(repr, values))}, which fewsam reads as no value (unknown): the fit resumes "
+                 "with them in no group (loss weight 1), as a new fit puts them", key=f"resumed-unknown-{path}")
+
+
+def reads_as_no_value(group: Any, column: str, bins: str | Bins | None) -> bool:
+    """Whether a recorded group label, read as a table cell of ``column`` is, gives no group: the spellings of
+    an unknown value (``MISSING``) and -1 (``is_unknown_code``), under the run's own --bins."""
+    if not isinstance(group, str):
+        return False
+    try:
+        binned = resolve_bins(column, bins)
+    except FewsamError:
+        return False
+    return group_of({column: parse_cell(group, column)}, column, binned) is None
 
 
 def fair_groups_for(column: str | None, gamma: float, bins: str | None, dataset: Any,
