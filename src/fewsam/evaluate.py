@@ -22,7 +22,7 @@ from fewsam.data.types import Dataset
 from fewsam.data.writers import missing_predictions
 from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
-                             check_sources_agree, per_class_equity, resolve_bins)
+                             check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
 from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.metrics import case_metrics, group_summary, summarise
 from fewsam.predict import dataset_folder_holding
@@ -77,6 +77,7 @@ def evaluate(
         check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
     if group_by:
         check_sources_agree(dataset, case_ids, group_by, binned)
+        say_tables_over_files(dataset, case_ids, group_by, binned)
     refuse_missing_predictions(dataset, case_ids, pred)
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")

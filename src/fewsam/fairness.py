@@ -25,12 +25,13 @@ import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
-from fewsam.data.attributes import default_bins, without_leading_zeros
+from fewsam.data.attributes import AtLeast, default_bins, parse_cell, without_leading_zeros
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
 from fewsam.losses import FairScaledLoss
 from fewsam.metrics import CI_METRICS, MIN_GROUPS, equity_scaled
+from fewsam.progress import say_once
 
 GROUPS_FILE = "fair_groups.json"
 
@@ -63,14 +64,27 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
     if binned is None:
         refuse_unbinned_measurements(column, list(values.values()))
         return
+    how = f"--bins {column}:{','.join(f'{e:g}' for e in binned.edges)}" + ("" if bins else " (its default bins)")
+    refuse_split_top_codes(column, binned, how, values)
     text = {cid: v for cid, v in values.items() if not isinstance(v, Real) or isinstance(v, bool)}
     if not text or (bins is None and len(text) == len(values)):
         return
     case_id, value = next(iter(text.items()))
-    how = f"--bins {column}:{','.join(f'{e:g}' for e in binned.edges)}" + ("" if bins else " (its default bins)")
     raise DataError(f"case {case_id} has {column} = {value!r}, not a number, so {how} cannot bin it "
                     f"({len(text)} case(s) like it); write plain numbers with a decimal point (27.5, not 27,5) "
                     "or leave the value empty for no group")
+
+
+def refuse_split_top_codes(column: str, bins: Bins, how: str, values: Mapping[str, Any]) -> None:
+    """Refuse a top-coded value ("90+") that lies across an edge of the bins (age:60,95): its case may be in
+    either of two bins, and taking one would move it, or leaving it out would drop it from its group unsaid."""
+    split = {cid: v for cid, v in values.items() if isinstance(v, AtLeast) and not bins.holds_all_from(v)}
+    if not split:
+        return
+    case_id, value = next(iter(split.items()))
+    raise DataError(f"case {case_id} has {column} = {value} (top-coded: {value:g} or more), which {how} cannot "
+                    f"place in one bin ({len(split)} case(s) like it); give no edge above {value:g}, e.g. "
+                    f"--bins {column}:{','.join(f'{e:g}' for e in bins.edges if e <= value) or f'{value:g}'}")
 
 
 # A numeric column grouped by value (no --bins) holds codes (sex 0/1, a site number) when its values are
@@ -109,6 +123,32 @@ def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins
             if group_of({column: other}, column, bins) != group_of({column: value}, column, bins):
                 raise DataError(f"case {case_id} has {column} = {value!r} in {first} but {other!r} in {where}; "
                                 f"correct the wrong one, or leave one of the two cells empty")
+
+
+def say_tables_over_files(dataset: Any, case_ids: Iterable[str], column: str, bins: Bins | None) -> None:
+    """Say, once, that a joined table puts cases in other groups of ``column`` than the values stored in
+    their files (Harvard-FairSeg's npz files hold race, gender, ethnicity, language...), naming the first
+    case, both values and how many cases differ. The table wins, as the user gave it for this run and a
+    file cannot be corrected as a cell can (the files' race codes even differ between releases), but it
+    is said: taken unsaid, the table moved cases between groups. Values that bin alike agree."""
+    file_attributes = getattr(dataset, "file_attributes", None)
+    if file_attributes is None:
+        return
+    differing = []
+    for case_id in case_ids:
+        where, stored = file_attributes(case_id)
+        tables = [(source, row[column]) for source, row in dataset.table_rows(case_id) if row.get(column) is not None]
+        if stored.get(column) is None or not tables:
+            continue
+        table, value = tables[-1]  # the last joined table wins (``attributes_of``)
+        if group_of({column: value}, column, bins) != group_of(stored, column, bins):
+            differing.append((case_id, stored[column], where, value, table))
+    if differing:
+        case_id, stored_value, where, value, table = differing[0]
+        more = f" (and {len(differing) - 1} more cases)" if len(differing) > 1 else ""
+        say_once(f"case {case_id} has {column} = {stored_value!r} in its file {where} but {value!r} in {table}{more}: "
+                 f"the table's value is used; leave its {column} cells empty to use the files' values",
+                 key=f"table-over-file-{column}")
 
 
 def check_group_spellings(column: str, groups: Iterable[str | None]) -> None:
@@ -159,6 +199,7 @@ def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
     attrs = {cid: case_attributes(dataset, cid) for cid in dict.fromkeys(case_ids)}
     check_bin_values(column, binned, attrs)
     check_sources_agree(dataset, attrs, column, binned)
+    say_tables_over_files(dataset, attrs, column, binned)
     groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
     check_group_column(column, groups.values(), attrs.values(), cases)
     check_group_spellings(column, groups.values())
@@ -231,14 +272,41 @@ def _recorded_groups(path: Path) -> Any:
 
 
 def refuse_other_groups(path: Path, recorded: Any, record: dict[str, Any]) -> None:
-    """Refuse groups of the labelled cases other than ``path`` records, naming the first case that moved."""
+    """Refuse groups of the labelled cases other than ``path`` records, naming the first case that moved.
+
+    A recorded group that fewsam now reads as no value ("-1", FairSeg's code for unknown, "unknown",
+    "#N/A": an earlier fewsam grouped them) is no change of the table: the same command fitted the run
+    and would otherwise be refused with nothing the user could restore. Those cases resume in no group
+    (weight 1), as a new fit puts them, and the fit says so once."""
     if not isinstance(recorded, dict) or recorded == record["case_group"]:
         return
     now = record["case_group"]
-    case = next(c for c in sorted(set(recorded) | set(now)) if recorded.get(c) != now.get(c))
-    raise DataError(f"{path} records the labelled cases' {record['attribute']!r} groups this run was fitted with, "
-                    f"and the attributes now give others (case {case}: {recorded.get(case)!r} -> {now.get(case)!r}); "
-                    "restore the attribute table to resume, or choose another --out")
+    differing = [c for c in sorted(set(recorded) | set(now)) if recorded.get(c) != now.get(c)]
+    unread = [c for c in differing if c in recorded and now.get(c, "") is None
+              and reads_as_no_value(recorded[c], record["attribute"], record.get("bins"))]
+    moved = [c for c in differing if c not in unread]
+    if moved:
+        case = moved[0]
+        raise DataError(f"{path} records the labelled cases' {record['attribute']!r} groups this run was fitted "
+                        f"with, and the attributes now give others (case {case}: {recorded.get(case)!r} -> "
+                        f"{now.get(case)!r}); restore the attribute table to resume, or choose another --out")
+    if unread:
+        values = sorted({str(recorded[c]) for c in unread})
+        say_once(f"{path} records {len(unread)} labelled case(s) (the first: {unread[0]}) in {record['attribute']!r} "
+                 f"group(s) {', '.join(map(repr, values))}, which fewsam reads as no value (unknown): the fit resumes "
+                 "with them in no group (loss weight 1), as a new fit puts them", key=f"resumed-unknown-{path}")
+
+
+def reads_as_no_value(group: Any, column: str, bins: str | Bins | None) -> bool:
+    """Whether a recorded group label, read as a table cell of ``column`` is, gives no group: the spellings of
+    an unknown value (``MISSING``) and -1 (``is_unknown_code``), under the run's own --bins."""
+    if not isinstance(group, str):
+        return False
+    try:
+        binned = resolve_bins(column, bins)
+    except FewsamError:
+        return False
+    return group_of({column: parse_cell(group, column)}, column, binned) is None
 
 
 def fair_groups_for(column: str | None, gamma: float, bins: str | None, dataset: Any,

@@ -24,6 +24,7 @@ Conventions (the JSON that `fewsam evaluate` writes relies on them):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import statistics
@@ -209,12 +210,15 @@ def group_summary(
     groups scoring alike would get an ES-Dice below their Dice. Groups are keyed by `str(group)`
     in `group_order`. With fewer than two groups (`MIN_GROUPS`), es_dice, es_iou and worst_group_gap
     are None. CIs are 95% percentile bootstraps over subjects (a record's optional
-    "subject", else its case) of the same mean as the point estimate, drawn from one seeded
-    generator in a fixed order (deterministic); a group of one subject has none (`bootstrap_ci`).
+    "subject", else its case) of the same mean as the point estimate; a group of one subject has
+    none (`bootstrap_ci`). Each group resamples its own subjects with a generator of its own, seeded
+    by ``seed`` and the group's name (`bootstrap_stream`): deterministic, and a group's interval does
+    not change when another group gains a case. The intervals of ES-Dice, ES-IoU and the gap
+    ("es_dice_ci95", "es_iou_ci95", "worst_group_gap_ci95") come from the stratified bootstrap those
+    draws make together (`equity_intervals`).
     """
     summary = summarise(cases)
-    rng = np.random.default_rng(seed)
-    summary["overall_ci95"] = bootstrap_ci(cases, rng, n_boot)
+    summary["overall_ci95"] = bootstrap_ci(cases, bootstrap_stream(seed, OVERALL_STREAM), n_boot)
     by_group: dict[str, list[dict[str, Any]]] = {}
     for case in cases:
         if case.get("group") is not None:
@@ -222,7 +226,7 @@ def group_summary(
     groups = {}
     for g in group_order(by_group):
         part = summarise(by_group[g])
-        ci = bootstrap_ci(by_group[g], rng, n_boot)
+        ci = bootstrap_ci(by_group[g], bootstrap_stream(seed, g), n_boot)
         groups[g] = {"n": part["n_cases"], "mean": part["mean"], "per_class": part["per_class"], "ci95": ci}
     summary["groups"] = groups
     summary["missing_group"] = sum(case.get("group") is None for case in cases)
@@ -235,15 +239,61 @@ def group_summary(
         summary[f"es_{m}"] = equity_scaled(overall, scores, alpha, es_mode) if usable else None
     dice = [g["mean"]["dice"] for g in groups.values() if g["mean"]["dice"] is not None]
     summary["worst_group_gap"] = max(dice) - min(dice) if len(dice) >= MIN_GROUPS else None
+    summary.update(equity_intervals({g: by_group[g] for g in groups}, alpha, es_mode, n_boot, seed))
     return summary
+
+
+OVERALL_STREAM = "\x00all cases"  # no group is named so: the overall interval draws apart from every group
+
+
+def bootstrap_stream(seed: int, name: str) -> np.random.Generator:
+    """The bootstrap generator of one group (or of all cases): from ``seed`` and the group's name, so each
+    group draws its own subjects, the same for the same seed whatever the other groups hold. One
+    generator passed from group to group made a group's interval depend on the groups drawn before it."""
+    words = np.frombuffer(hashlib.sha256(name.encode("utf-8")).digest(), dtype=np.uint32)
+    return np.random.default_rng(np.random.SeedSequence([seed, *words.tolist()]))
+
+
+def equity_intervals(by_group: dict[str, list[dict[str, Any]]], alpha: float, es_mode: str, n_boot: int,
+                     seed: int) -> dict[str, list[float] | None]:
+    """95% intervals of ES-Dice, ES-IoU and the worst-group gap, by a stratified bootstrap: each replicate
+    draws every group's subjects within that group (the draws of the group's own interval, so the
+    replicate's group means are those intervals' replicates) and recomputes the measure from the group
+    means and the mean of the cases they hold. Drawn across groups instead, a replicate would change the
+    groups' sizes, which are part of the design, not of the chance. None with fewer than two groups, or
+    with a group of one subject, whose mean has no spread to draw and would make the interval too narrow."""
+    keys = ("es_dice_ci95", "es_iou_ci95", "worst_group_gap_ci95")
+    if len(by_group) < MIN_GROUPS or any(_subject_indices(part)[1] < 2 for part in by_group.values()):
+        return {key: None for key in keys}
+    counts = {g: subject_draws(part, bootstrap_stream(seed, g), n_boot) for g, part in by_group.items()}
+    all_cases = [case for part in by_group.values() for case in part]
+    all_counts = np.concatenate(list(counts.values()), axis=1)
+    out: dict[str, list[float] | None] = {}
+    for m in CI_METRICS:
+        means = np.stack([replicate_means(part, counts[g], m) for g, part in by_group.items()], axis=1)
+        overall = replicate_means(all_cases, all_counts, m)
+        out[f"es_{m}_ci95"] = percentile_interval(equity_scaled_replicates(overall, means, alpha, es_mode))
+        if m == "dice":
+            out["worst_group_gap_ci95"] = percentile_interval(means.max(axis=1) - means.min(axis=1))
+    return {key: out[key] for key in keys}
+
+
+def equity_scaled_replicates(overall: np.ndarray, group_means: np.ndarray, alpha: float, mode: str) -> np.ndarray:
+    """`equity_scaled` of each replicate: ``overall`` (B,), ``group_means`` (B, G)."""
+    if mode == "sum":
+        spread = np.abs(group_means - overall[:, None]).sum(axis=1)
+    elif mode == "std":
+        spread = group_means.std(axis=1, ddof=1)
+    else:
+        raise ValueError(f"mode must be 'sum' or 'std', got {mode!r}")
+    return overall / (1.0 + alpha * spread)
 
 
 def group_order(names: Any) -> list[str]:
     """Group names in the order people read them: by value when every name is a number (sites 2
     before 10, -1 before 0, as text sorting put "10" before "2"); bands by their bounds when every
     name is one ("<40", "40-59", "60+", as a table's age groups are written: natural order put "<40"
-    last); else in natural order ("site2" before "site10"). The order of the groups is the order of
-    their bootstrap draws, so it is fixed."""
+    last); else in natural order ("site2" before "site10")."""
     from fewsam.data.readers.common import natural_key
 
     names = list(names)
@@ -292,7 +342,7 @@ def bootstrap_ci(
 ) -> dict[str, list[float] | None]:
     """95% percentile-bootstrap interval of the summary mean Dice and IoU, resampling subjects.
 
-    Each replicate draws as many subjects as there are with replacement (as multinomial counts),
+    Each replicate draws as many subjects as there are with replacement (``subject_draws``),
     every case of a drawn subject with it, and recomputes the mean over classes of the per-class
     means, missing values ignored as in `summarise`. A record's subject is its "subject" (the
     patient), else its case: a patient's ED and ES frames, or its slices, are not independent
@@ -301,28 +351,42 @@ def bootstrap_ci(
 
     One subject gives no interval (None): every replicate redraws that subject, so the "interval"
     would be the spread of its own cases, read as a group mean's uncertainty where nothing is known
-    of the spread between patients. Its replicates are still drawn, so the generator's stream, and
-    the other groups' intervals, stay the same.
+    of the spread between patients.
     """
     if not cases:
         return {m: None for m in CI_METRICS}
-    names = _class_names(cases)
+    counts = subject_draws(cases, rng, n_boot)
+    if _subject_indices(cases)[1] < 2:
+        return {m: None for m in CI_METRICS}
+    return {m: percentile_interval(replicate_means(cases, counts, m)) for m in CI_METRICS}
+
+
+def subject_draws(cases: list[dict[str, Any]], rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """(n_boot, n_cases): how often each replicate draws each case, as multinomial counts of its subjects
+    (every case of a drawn subject drawn with it)."""
     subject_of_case, n_subjects = _subject_indices(cases)
     draws = rng.multinomial(n_subjects, np.full(n_subjects, 1 / n_subjects), size=n_boot)
-    counts = draws[:, subject_of_case].astype(float)
-    if n_subjects < 2:
-        return {m: None for m in CI_METRICS}
-    intervals: dict[str, list[float] | None] = {}
-    for m in CI_METRICS:
-        table = np.array([[_as_float(c["per_class"].get(n, {}).get(m)) for n in names] for c in cases])
-        present = ~np.isnan(table)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            class_means = (counts @ np.where(present, table, 0.0)) / (counts @ present)
-        replicates = _nanmean_rows(class_means)
-        replicates = replicates[~np.isnan(replicates)]
-        lo_hi = np.percentile(replicates, [2.5, 97.5]) if replicates.size else None
-        intervals[m] = None if lo_hi is None else [float(lo_hi[0]), float(lo_hi[1])]
-    return intervals
+    return draws[:, subject_of_case].astype(float)
+
+
+def replicate_means(cases: list[dict[str, Any]], counts: np.ndarray, metric: str) -> np.ndarray:
+    """(n_boot,): each replicate's mean over classes of the per-class means of ``metric``, cases weighted by
+    ``counts`` (n_boot, n_cases) and missing values ignored, as `summarise` computes the mean."""
+    names = _class_names(cases)
+    table = np.array([[_as_float(c["per_class"].get(n, {}).get(metric)) for n in names] for c in cases])
+    present = ~np.isnan(table)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        class_means = (counts @ np.where(present, table, 0.0)) / (counts @ present)
+    return _nanmean_rows(class_means)
+
+
+def percentile_interval(replicates: np.ndarray) -> list[float] | None:
+    """[2.5th, 97.5th] percentile of the replicates that have a value; None when none has."""
+    replicates = replicates[~np.isnan(replicates)]
+    if not replicates.size:
+        return None
+    lo, hi = np.percentile(replicates, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def _subject_indices(cases: list[dict[str, Any]]) -> tuple[list[int], int]:

@@ -72,7 +72,8 @@ INTRO = (
     "it equals that Dice when every group does equally well and drops as groups diverge. The worst-group "
     "gap is the best group's Dice minus the worst group's. Intervals are 95% bootstrap confidence "
     "intervals over patients (a patient's cases are drawn together); a group of a few patients has a "
-    "wide interval, so read small gaps with care, and a group of one patient has none (n/a)."
+    "wide interval, so read small gaps with care, and a group of one patient has none (n/a). The intervals "
+    "beside ES-Dice and the gap redraw each group's patients within the group (a stratified bootstrap)."
 )
 PLOTS = "group_dice*.png"  # the report's plots: group_dice.png and group_dice_<class>.png
 
@@ -182,12 +183,19 @@ def _ci(ci: list[float] | None) -> str:
     return "n/a" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+def _with_ci(result: dict, key: str) -> str:
+    """A measure of the groups with its stratified interval, where the evaluation has one (an evaluation
+    of one-patient groups, or one written before such intervals, shows the value alone)."""
+    ci = result.get(f"{key}_ci95")
+    return _num(result.get(key)) + (f" {_ci(ci)}" if ci else "")
+
+
 def _overview(runs: list[tuple[str, dict]]) -> list[tuple]:
     header = ["run", "cases", "Dice", "Dice 95% CI", "IoU", "ES-Dice", "ES-IoU", "worst-group gap",
               "grouped by", "cases with no group"]
     rows = [[name, r["n_cases"], _num(r["mean"]["dice"]), _ci((r.get("overall_ci95") or {}).get("dice")),
-             _num(r["mean"]["iou"]), _num(r.get("es_dice")), _num(r.get("es_iou")),
-             _num(r.get("worst_group_gap")), r.get("group_by") or "-", r.get("missing_group", "-")]
+             _num(r["mean"]["iou"]), _with_ci(r, "es_dice"), _with_ci(r, "es_iou"),
+             _with_ci(r, "worst_group_gap"), r.get("group_by") or "-", r.get("missing_group", "-")]
             for name, r in runs]
     warning = different_cases_warning(runs)
     return [("h2", "Overview"), ("table", (header, rows)), *([("p", "W" + warning[1:] + ".")] if warning else [])]

@@ -62,6 +62,10 @@ def parse_cell(text: str, column: str = "") -> Any:
         return None
     if is_age_column(column) and (age := DICOM_AGE.fullmatch(text)):
         return dicom_age_years(int(age[1]), age[2].upper())
+    if is_age_column(column) and (top := top_coded_age(text)) is not None:
+        say_once(f"{column} {text!r} is read as {top:g} or older (an age top-coded, as HIPAA asks above 89), so it "
+                 f"falls in the top age bin; so are the other ages written so", key=f"top-coded-{column}")
+        return top
     if CODE_WITH_LEADING_ZEROS.fullmatch(text):
         return text
     for kind in (int, float):
@@ -73,6 +77,35 @@ def parse_cell(text: str, column: str = "") -> Any:
 
 
 AGE_COLUMN = re.compile(r"(?:^|[^a-z])age(?:[^a-z]|$)|patientage")
+
+
+# A top-coded age: "90+", ">89", ">=90", "≥90", "90 or older" (HIPAA's Safe Harbor folds every age over 89
+# into one category, and de-identified tables write it so).
+TOP_CODED_AGE = re.compile(r"(?:(?P<above>>)|>=|≥)\s*(?P<low>\d+)|(?P<at>\d+)\s*(?:\+|(?:or|and) (?:older|over|above))",
+                           re.IGNORECASE)
+
+
+class AtLeast(float):
+    """A top-coded value ("90+"): any number from itself up. It bins as the number where every such number
+    falls in one bin (``Bins.label``), and groups by value as written ("90+")."""
+
+    def __str__(self) -> str:
+        return f"{self:g}+"
+
+    def __repr__(self) -> str:
+        return f"{self:g}+"
+
+
+def top_coded_age(text: str) -> AtLeast | None:
+    """'90+', '>89', '>=90', '90 or older' -> AtLeast(90); None for anything else. ">89" is 90 and up, as ages
+    are whole years there. Read as text, the age column of a de-identified table held text beside numbers,
+    which its bins refused."""
+    match = TOP_CODED_AGE.fullmatch(text.strip())
+    if match is None:
+        return None
+    if match["at"] is not None:
+        return AtLeast(int(match["at"]))
+    return AtLeast(int(match["low"]) + (1 if match["above"] else 0))
 
 
 def is_age_column(column: str) -> bool:
@@ -280,7 +313,7 @@ class Bins:
         return [f"<{e[0]}", *middle, f">={e[-1]}"]
 
     def label(self, value: Any) -> str | None:
-        """The bin of a value; None for a missing or non-numeric value."""
+        """The bin of a value; None for a missing or non-numeric value, or a top-coded one the bins split."""
         if value is None or isinstance(value, bool):
             return None
         try:
@@ -289,7 +322,14 @@ class Bins:
             return None
         if math.isnan(x):
             return None
+        if isinstance(value, AtLeast) and not self.holds_all_from(x):
+            return None
         return self.labels[sum(x >= edge for edge in self.edges)]
+
+    def holds_all_from(self, low: float) -> bool:
+        """Whether every number from ``low`` up falls in one bin: a top-coded value ("90+") is only binned
+        when its bin does not depend on how far above ``low`` it lies (under age:60,95 it may be either)."""
+        return low >= self.edges[-1]
 
 
 def _fmt(x: float) -> str:
@@ -334,6 +374,8 @@ def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) 
         return None
     if bins is not None and (not isinstance(value, str) or CODE_WITH_LEADING_ZEROS.fullmatch(value)):
         return bins.label(value)  # an age written "07" is still 7 years when binned
+    if isinstance(value, AtLeast):
+        return str(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -97,11 +97,27 @@ class FairSegDataset(IndexedDataset):
                 image = _greyscale(to_image_array(np.asarray(data[image_key]), entry.image), entry.image)
                 mask_key = next((k for k in MASK_KEYS if k in keys), None) if entry.label is not None else None
                 mask = None if mask_key is None else np.asarray(data[mask_key])
-                raw = {k: _scalar(data[k]) for k in keys - {image_key, *MASK_KEYS} if data[k].size == 1}
+                attributes = _file_attributes(data, image_key)
         except NPZ_ERRORS as err:
             raise DataError(f"cannot read {entry.image} (truncated or not an npz?): {err}") from None
         label = None if mask is None else _decode_mask(mask, entry.image)[None]
-        return Read(image=image[None], label=label, attributes=decode_attributes(raw, image_key))
+        return Read(image=image[None], label=label, attributes=attributes)
+
+    def file_attributes(self, case_id: str) -> tuple[str, dict[str, Any]]:
+        """(the file, the attributes it stores, decoded) of a case, its pixels left unread: what a joined
+        table is compared with (``fairness.say_tables_over_files``)."""
+        path = self._entry(case_id).image
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return str(path), _file_attributes(data, _first(set(data.files), IMAGE_KEYS, path, "image"))
+        except NPZ_ERRORS as err:
+            raise DataError(f"cannot read {path} (truncated or not an npz?): {err}") from None
+
+
+def _file_attributes(data: Any, image_key: str) -> dict[str, Any]:
+    """The decoded attributes of an open npz file: its one-value arrays other than the image and mask."""
+    scalars = {k: data[k] for k in set(data.files) - {image_key, *MASK_KEYS}}
+    return decode_attributes({k: _scalar(v) for k, v in scalars.items() if v.size == 1}, image_key)
 
 
 def _entry(root: Path, path: Path) -> Entry:
