@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Sequence, overload
+from typing import Callable, Iterable, Iterator, Sequence, overload
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ import torch
 from fewsam.cache import EmbeddingCache
 from fewsam.data.types import Case, Dataset, SliceRef
 from fewsam.models.sam import PreprocessInfo
-from fewsam.progress import progress_bar, tracked
+from fewsam.progress import progress_bar, tracked, tracked_with_parts
 from fewsam.prompts import to_model_frame
 
 IGNORE = 255
@@ -93,29 +93,80 @@ layout up to reflection, unlike 90-degree rotations, to which a decoder fitted o
 is less robust."""
 
 
-class CaseSlices(list):
-    """A case's embedded slices as stored (the list every predictor reads), which can also embed
-    the case's other dihedral views through the same cache when a predictor asks (test-time mirroring)."""
+class CaseSlices(Sequence[EmbeddedSlice]):
+    """A case's embedded slices as stored (the sequence every predictor reads), which can also embed
+    the case's other dihedral views through the same cache when a predictor asks (test-time mirroring).
 
-    def __init__(self, case: Case, cache: EmbeddingCache, device: str = "cpu") -> None:
-        super().__init__(embed_case(case, cache, device))
+    Held (the default): every slice embedded now and kept, for work that reads them again and again
+    (validation during a fit). ``streamed``: embedded a batch at a time as they are read and not
+    kept, as the mirror views are: ``fewsam predict`` on a long CT volume then holds a few slices'
+    embeddings (2 MiB each in float16) instead of the volume's. ``on_progress(n)`` is told how many
+    slices of the case were reached for the first time (embedded when held; read in any view when
+    streamed), so that progress can advance inside one long volume."""
+
+    def __init__(self, case: Case, cache: EmbeddingCache, device: str = "cpu", streamed: bool = False,
+                 on_progress: Callable[[int], None] | None = None) -> None:
         self.case, self.cache, self.device = case, cache, device
+        self._reached = SlicesReached(on_progress if streamed else None)
+        self._stored: Sequence[EmbeddedSlice] = ViewSlices(case, cache, device, 0, self._reached) if streamed \
+            else embed_case(case, cache, device, on_progress)
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    @overload
+    def __getitem__(self, index: int) -> EmbeddedSlice: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[EmbeddedSlice]: ...
+
+    def __getitem__(self, index: int | slice) -> EmbeddedSlice | list[EmbeddedSlice]:
+        return self._stored[index]
+
+    def __iter__(self) -> Iterator[EmbeddedSlice]:
+        return iter(self._stored)
 
     def view(self, view: int) -> Sequence[EmbeddedSlice]:
         """The slices of dihedral view ``view`` (0: these); another view's are embedded as they are read
         (``ViewSlices``), encoded on a cache miss."""
         if view == 0:
-            return list(self)
-        return ViewSlices(self.case, self.cache, self.device, view)
+            return self._stored
+        return ViewSlices(self.case, self.cache, self.device, view, self._reached)
+
+
+class SlicesReached:
+    """Which slices of a case some view has read, telling ``on_progress`` how many are new: the mirror
+    views read the same slices in step, so a slice counts once whichever view reads it first."""
+
+    def __init__(self, on_progress: Callable[[int], None] | None = None) -> None:
+        self.on_progress = on_progress
+        self.seen: set[int] = set()
+
+    def read(self, zs: Iterable[int]) -> None:
+        if self.on_progress is None:
+            return
+        new = set(zs) - self.seen
+        if new:
+            self.seen |= new
+            self.on_progress(len(new))
+
+
+READ_BATCH = 8
+"""Slices a streamed view embeds together when iterated (the decoder's batch): the most it holds."""
 
 
 class ViewSlices(Sequence[EmbeddedSlice]):
     """A case's slices in dihedral view ``view``, embedded when read and not kept: test-time mirroring
     reads three mirror views beside the stored one a batch at a time, and holding each view's whole
-    volume of embeddings (2 MiB a slice in float16) would multiply a long CT volume's memory by four."""
+    volume of embeddings (2 MiB a slice in float16) would multiply a long CT volume's memory by four.
+    The slice read last by index is kept until another is, so a reader asking for one slice's
+    embedding and then its geometry (SAM refinement's prompts) does not embed it twice."""
 
-    def __init__(self, case: Case, cache: EmbeddingCache, device: str, view: int) -> None:
+    def __init__(self, case: Case, cache: EmbeddingCache, device: str, view: int,
+                 reached: SlicesReached | None = None) -> None:
         self.case, self.cache, self.device, self.view = case, cache, device, view
+        self.reached = reached or SlicesReached()
+        self._last: tuple[int, EmbeddedSlice] | None = None
 
     def __len__(self) -> int:
         return self.case.num_slices
@@ -130,7 +181,14 @@ class ViewSlices(Sequence[EmbeddedSlice]):
         if isinstance(index, slice):
             return self._embedded(list(range(len(self)))[index])
         z = range(len(self))[index]  # an IndexError past the end ends iteration
-        return self._embedded([z])[0]
+        if self._last is None or self._last[0] != z:
+            self._last = None  # let the previous slice go before this one is embedded
+            self._last = (z, self._embedded([z])[0])
+        return self._last[1]
+
+    def __iter__(self) -> Iterator[EmbeddedSlice]:
+        for start in range(0, len(self), READ_BATCH):
+            yield from self[start:start + READ_BATCH]
 
     def _embedded(self, zs: list[int]) -> list[EmbeddedSlice]:
         """Slices ``zs`` turned and embedded; a slice turned alone holds the pixels it holds in the
@@ -140,6 +198,7 @@ class ViewSlices(Sequence[EmbeddedSlice]):
         items = embed_case(_view(_subcase(self.case, zs), self.view), self.cache, self.device)
         for z, item in zip(zs, items):
             item.ref, item.view = SliceRef(self.case.case_id, z), self.view
+        self.reached.read(zs)
         return items
 
 
@@ -196,16 +255,20 @@ FILL_CHUNK = 16
 def fill_cache(dataset: Dataset, case_ids: Iterable[str], cache: EmbeddingCache, device: str = "cpu",
                show_progress: bool = True, description: str = "embed") -> None:
     """Every slice of the cases in ``cache``, nothing kept: ``fewsam embed`` over a set of CT volumes holds one
-    case's image and ``FILL_CHUNK`` slices' embeddings (2 MiB a slice in float16), not those of every case."""
-    for case_id in tracked(list(case_ids), description, show_progress):
-        fill_case(dataset.load(case_id, with_label=False), cache, device)
+    case's image and ``FILL_CHUNK`` slices' embeddings (2 MiB a slice in float16), not those of every case.
+    Progress counts cases and, within each, its slices."""
+    for case_id, parts in tracked_with_parts(list(case_ids), description, "slice", show_progress):
+        case = dataset.load(case_id, with_label=False)
+        fill_case(case, cache, device, parts.counter(case.num_slices))
 
 
-def fill_case(case: Case, cache: EmbeddingCache, device: str = "cpu") -> None:
-    """Every slice of ``case`` in ``cache``, ``FILL_CHUNK`` at a time, nothing kept."""
+def fill_case(case: Case, cache: EmbeddingCache, device: str = "cpu",
+              on_progress: Callable[[int], None] | None = None) -> None:
+    """Every slice of ``case`` in ``cache``, ``FILL_CHUNK`` at a time, nothing kept; ``on_progress(n)``
+    as ``n`` more slices are found or encoded."""
     for start in range(0, case.num_slices, FILL_CHUNK):
         cache.embed([case.slice_image(z) for z in range(start, min(start + FILL_CHUNK, case.num_slices))],
-                    device=device)
+                    device=device, on_progress=on_progress)
 
 
 def _view(case: Case, view: int) -> Case:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.models.precision import FP32, EncoderPrecision, check_precision_name, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
-from fewsam.progress import command_log, record, tracked, with_own_notices
+from fewsam.progress import Parts, command_log, record, tracked_with_parts, with_own_notices
 from fewsam.runs import MASK_CODING, check_run
 
 PREDICT_LOG = "predict.log"  # beside the predictions: the command, host, notices and progress that made them
@@ -110,8 +110,8 @@ def predict(
     predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
     written = []
     with staged_folder(out, overwrite) as staging, command_log(staging / PREDICT_LOG, "predict"):
-        for case_id in tracked(case_ids, "predict", show_progress):
-            written.append(out / predict_case_file(dataset, case_id, predictor, cache, device, staging))
+        for case_id, parts in tracked_with_parts(case_ids, "predict", "slice", show_progress):
+            written.append(out / predict_case_file(dataset, case_id, predictor, cache, device, staging, parts))
         record(f"done: {len(written)} predictions in {out}")
     return written
 
@@ -156,11 +156,17 @@ def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool,
 
 
 def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: EmbeddingCache | None, device: str,
-                      staging: Path) -> Path:
-    """Read, check, predict and write one case into ``staging``; its path relative to ``staging``."""
+                      staging: Path, parts: Parts | None = None) -> Path:
+    """Read, check, predict and write one case into ``staging``; its path relative to ``staging``.
+    The case's slices are embedded as the predictor reads them (``CaseSlices`` streamed), so a long
+    CT volume holds a batch of embeddings, not its own; ``parts`` counts the slices reached."""
     case = dataset.load(case_id, with_label=getattr(predictor, "reads_labels", False))
     check_pixels(case, _source_file(dataset, case_id))
-    pred = predictor.predict_case(case, [] if cache is None else CaseSlices(case, cache, device))
+    slices: Sequence = []
+    if cache is not None:
+        on_progress = None if parts is None else parts.counter(case.num_slices)
+        slices = CaseSlices(case, cache, device, streamed=True, on_progress=on_progress)
+    pred = predictor.predict_case(case, slices)
     return write_prediction(case, pred, staging).relative_to(staging)
 
 

@@ -30,6 +30,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 LINE_EVERY_PERCENT = 5
 LINE_EVERY_SECONDS = 30.0
+PART_LINE_GAP_SECONDS = 5.0
+"""Within one item of ``tracked_with_parts`` (a case), plain lines at most this often: a volume of ten
+slices predicted in a second would otherwise add twenty lines of its own between two of the cases'."""
 NOTICES = logging.getLogger("fewsam")  # what a command tells its user (precision chosen, skipped files)
 EVENTS = logging.getLogger("fewsam.log_file")  # progress lines and events for the log file alone
 EVENTS.propagate = False
@@ -246,6 +249,10 @@ class _Both:
         self.display.update(task_id, **kwargs)
         self.log.update(self.ids[task_id], **kwargs)
 
+    def remove_task(self, task_id: Any) -> None:
+        self.display.remove_task(task_id)
+        self.log.remove_task(self.ids.pop(task_id))
+
 
 @contextmanager
 def progress_bar(enabled: bool = True, stream: TextIO | None = None) -> Iterator[Any]:
@@ -284,6 +291,42 @@ def tracked(items: Sequence[T], description: str, enabled: bool = True) -> Itera
             bar.update(job, advance=1)
 
 
+class Parts:
+    """Progress inside the item ``tracked_with_parts`` is handling (the slices of one long volume): a
+    task of its own under the items' task, started once the item says how many parts it has."""
+
+    def __init__(self, bar: Any, name: str) -> None:
+        self.bar, self.name = bar, name
+        self.task: Any = None
+
+    def counter(self, total: int) -> Callable[[int], None]:
+        """Start counting ``total`` parts; the returned function advances the count by its argument."""
+        self.close()
+        self.task = self.bar.add_task(self.name, total=total, line_gap=PART_LINE_GAP_SECONDS)
+        task = self.task
+        return lambda n: self.bar.update(task, advance=n)
+
+    def close(self) -> None:
+        """The item is done: its task leaves the display (the items' own line tells it was finished)."""
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+
+
+def tracked_with_parts(items: Sequence[T], description: str, part: str, enabled: bool = True
+                       ) -> Iterator[tuple[T, Parts]]:
+    """``tracked`` whose items report progress of their own: with each item, a ``Parts`` counting its
+    ``part``s (a line reads "predict ct_003 slice 40/200 (20%), ..."), so that one long item (a CT
+    volume of hundreds of slices) does not leave the display and the log silent for minutes."""
+    with progress_bar(enabled) as bar:
+        job = bar.add_task(description, total=len(items))
+        for item in items:
+            parts = Parts(bar, f"{description} {item} {part}")
+            yield item, parts
+            parts.close()
+            bar.update(job, advance=1)
+
+
 @dataclass
 class _Task:
     name: str  # the description given to add_task: the line's first word(s)
@@ -294,7 +337,8 @@ class _Task:
     started_with: float  # work done before this process (a resumed fit): not counted in the rate
     printed_at: float
     printed_step: int  # how many LINE_EVERY_PERCENT steps the last line had reached
-    finished: bool = False  # the completing line is out: later updates print nothing
+    finished: bool = False  # the completing line is out (or the task removed): later updates print nothing
+    line_gap: float = 0.0  # the fewest seconds between two lines, the completing one included
 
 
 class PlainProgress:
@@ -304,10 +348,16 @@ class PlainProgress:
         self.stream, self.clock = stream, clock
         self.tasks: list[_Task] = []
 
-    def add_task(self, description: str, total: float | None = None, completed: float = 0, **_: Any) -> int:
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, line_gap: float = 0.0,
+                 **_: Any) -> int:
         now = self.clock()
-        self.tasks.append(_Task(description, "", total, completed, now, completed, now, self._step(total, completed)))
+        self.tasks.append(_Task(description, "", total, completed, now, completed, now, self._step(total, completed),
+                                line_gap=line_gap))
         return len(self.tasks) - 1
+
+    def remove_task(self, task_id: int) -> None:
+        """rich's ``remove_task``: the task prints no more lines."""
+        self.tasks[task_id].finished = True
 
     def update(self, task_id: int, *, advance: float | None = None, completed: float | None = None,
                description: str | None = None, total: float | None = None, **_: Any) -> None:
@@ -324,10 +374,13 @@ class PlainProgress:
         self._maybe_print(task)
 
     def _maybe_print(self, task: _Task) -> None:
-        """A line at each 5% step, after 30 s without one, and once when the task completes."""
+        """A line at each 5% step, after 30 s without one, and once when the task completes; none
+        sooner than the task's ``line_gap`` after the last (or after the start)."""
         now, step = self.clock(), self._step(task.total, task.completed)
         done = task.total is not None and task.completed >= task.total
         if task.finished or not (step > task.printed_step or now - task.printed_at >= LINE_EVERY_SECONDS or done):
+            return
+        if now - task.printed_at < task.line_gap:
             return
         task.printed_at, task.printed_step, task.finished = now, step, done
         self.stream.write(self._line(task, now) + "\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -113,8 +113,10 @@ def compose_pseudo_label(class_logits: dict[int, torch.Tensor], n_outputs: int, 
 class PseudoLabeller:
     """Student probabilities -> prompts -> SAM masks -> pseudo-labels, on the unlabelled pool."""
 
-    def __init__(self, sam: SamModel, slices: list[EmbeddedSlice], cfg: PromptRules, n_outputs: int,
+    def __init__(self, sam: SamModel, slices: Sequence[EmbeddedSlice], cfg: PromptRules, n_outputs: int,
                  device: str = "cpu") -> None:
+        """``slices``: a list, or a case's streamed ``CaseSlices`` (each batch of prompts reads its slices
+        once, so a long volume's embeddings need not all be held)."""
         self.sam, self.slices, self.cfg, self.n_outputs, self.device = sam, slices, cfg, n_outputs, device
 
     def refine(self, probs: list[torch.Tensor]) -> tuple[list[np.ndarray | None], list[int]]:
@@ -125,20 +127,21 @@ class PseudoLabeller:
         with torch.no_grad():
             for start in range(0, len(jobs), 16):
                 part = jobs[start:start + 16]
-                emb = torch.stack([self.slices[i].embedding_tensor() for i, _, _ in part]).to(self.device)
-                out = self.sam.predict_prompted(emb, **self._prompts(part, regions))
+                read = {i: self.slices[i] for i in dict.fromkeys(i for i, _, _ in part)}
+                emb = torch.stack([read[i].embedding_tensor() for i, _, _ in part]).to(self.device)
+                out = self.sam.predict_prompted(emb, **self._prompts(part, regions, read))
                 for (i, k, _), lg in zip(part, out):
-                    logits[i][k] = postprocess_logits(lg[None].float(), self.slices[i].info)[0, 0].cpu()
+                    logits[i][k] = postprocess_logits(lg[None].float(), read[i].info)[0, 0].cpu()
         prompts = [[k for k, _ in rs] for rs in regions]
         labels = [self._label(logits[i], probs[i], prompts[i]) if prompts[i] else None
                   for i in range(len(self.slices))]
         return labels, [len(p) for p in prompts]
 
-    def _prompts(self, jobs: list[tuple[int, int, np.ndarray]], regions: list[list[tuple[int, np.ndarray]]]
-                 ) -> dict[str, torch.Tensor]:
+    def _prompts(self, jobs: list[tuple[int, int, np.ndarray]], regions: list[list[tuple[int, np.ndarray]]],
+                 read: dict[int, EmbeddedSlice]) -> dict[str, torch.Tensor]:
         """SAM's prompts for [(slice, class, region)]: the region's box (+ margin), and the
-        ``prompt_clicks`` (negatives at the slice's other prompted regions)."""
-        infos = [self.slices[i].info for i, _, _ in jobs]
+        ``prompt_clicks`` (negatives at the slice's other prompted regions); ``read``: the jobs' slices."""
+        infos = [read[i].info for i, _, _ in jobs]
         boxes = np.stack([box_from_mask(m, info, self.cfg.box_margin) for (_, _, m), info in zip(jobs, infos)])
         prompts = {"boxes": torch.from_numpy(boxes).to(self.device)}
         if self.cfg.prompt_clicks != "none":

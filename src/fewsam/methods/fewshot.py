@@ -307,7 +307,7 @@ def sam_refined_volume(sam: SamModel, slices: list[EmbeddedSlice], probabilities
     the fitted one), prompted by each class's box and deepest pixel; SAM's answer where it gave one,
     the decoder's argmax elsewhere."""
     probs = [torch.from_numpy(np.asarray(p)) for p in probabilities]
-    refined, _ = PseudoLabeller(sam, list(slices), SelfPromptRules(), len(values), device).refine(probs)
+    refined, _ = PseudoLabeller(sam, slices, SelfPromptRules(), len(values), device).refine(probs)
     lut = index_lut(values)
     return stack_volume([lut[merge_refined(p.argmax(dim=0).numpy(), r)] for p, r in zip(probs, refined)])
 
