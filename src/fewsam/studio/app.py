@@ -17,6 +17,8 @@ values. ``Guard`` enforces the binding's rules on every request (see ``security.
     POST   /api/predict {cases, all_cases}                  predict more cases with the latest fit
     GET    /api/job                        the current job's state and progress
     DELETE /api/job                        cancel the running job (404 when none runs)
+    POST   /api/job/resume                 start the interrupted job again (a fit from its last checkpoint;
+                                           404 when none is interrupted, 409 while a job runs)
     GET    /api/suggest                    the unlabelled slice with the highest predictive entropy
     POST   /api/export                     write the labelled set in the dataset's format
 """
@@ -42,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fewsam.config import DEFAULT_CACHE
 from fewsam.errors import FewsamError, is_disk_full
-from fewsam.studio.errors import StudioError, status_of
+from fewsam.studio.errors import StudioError, for_the_page, status_of
 from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
 from fewsam.studio.project import FITS, JOBS, LOG, Project
 from fewsam.studio.security import BodyCap, Guard
@@ -165,7 +167,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
 def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
     @app.exception_handler(FewsamError)
     async def fewsam_error(request: Request, exc: FewsamError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+        return JSONResponse({"detail": for_the_page(str(exc))}, status_code=status_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -325,6 +327,13 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
 
     @app.get("/api/job")
     def job_status() -> dict[str, Any]:
+        return runner.status()
+
+    @app.post("/api/job/resume", status_code=202)
+    def resume_job() -> dict[str, Any]:
+        """The interrupted job again, with this studio's device, cache and precision."""
+        job = runner.resume({"device": settings.device, "cache": settings.cache, "precision": settings.precision})
+        log(f"resumed {job.spec['resumes']} as {job.id}" + (f" in {job.spec['fit_dir']}" if job.kind == "fit" else ""))
         return runner.status()
 
     @app.delete("/api/job")

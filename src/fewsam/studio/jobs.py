@@ -6,7 +6,9 @@ leaves the server answering and the labels on disk as they were; the page is tol
 runs is refused (``Conflict``, HTTP 409): two fits would compete for the CPU and for the meaning
 of "the latest fit". Workers run in their own process group, so a studio killed hard leaves its
 worker running; the next studio on the project adopts it (``LeftRunning``) rather than starting a
-second fit on the same run.
+second fit on the same run. A job whose worker ended unfinished with no studio watching it (the
+studio was stopped, Ctrl+C, while it ran) is shown after the restart as ``interrupted``, with how far
+it got, and ``resume`` starts it again on its own spec: a fit goes on from its run's last checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fewsam.atomic import atomic_write_bytes
-from fewsam.studio.errors import Conflict, NotFound
+from fewsam.studio.errors import Conflict, NotFound, for_the_page
 
 WorkerArgv = Callable[[Path], list[str]]
 LOG_TAIL_LINES = 6
@@ -67,6 +69,23 @@ class LeftRunning:
         return 0
 
 
+class Ended:
+    """The worker of a job that ended before this studio started: nothing left to watch or stop."""
+
+    pid: int | None = None
+    returncode = 0
+
+    def poll(self) -> int:
+        return 0
+
+    def wait(self, timeout: float) -> int:
+        return 0
+
+
+FINAL_STATES = ("done", "failed", "cancelled")  # status.json states after which a job is not taken up again
+STOPPED_WITH_THE_STUDIO = "interrupted"  # the state the server records for the worker it stops when it stops
+
+
 def worker_alive(pid: int, spec_file: Path) -> bool:
     """Whether process ``pid`` lives and is the worker of ``spec_file`` (not another program that
     was given the same pid since)."""
@@ -87,10 +106,11 @@ class Job:
     id: str
     kind: str
     folder: Path
-    process: subprocess.Popen | LeftRunning
+    process: subprocess.Popen | LeftRunning | Ended
     spec: dict[str, Any]
     started: float = field(default_factory=time.time)
     cancelled: bool = False
+    interrupted: bool = False  # ended unfinished before this studio started: shown so, and resumable
 
     @property
     def status_file(self) -> Path:
@@ -108,25 +128,29 @@ class JobRunner:
         self.folder = folder
         self.argv = argv
         self.env = env
-        self.job: Job | None = self._left_running()
+        self.job: Job | None = self._last_unfinished()
         self._lock = threading.Lock()
 
-    def _left_running(self) -> Job | None:
-        """The last job, when its worker still runs after the studio that started it was killed:
-        adopted, so that the page shows its progress and no second fit starts on the same run."""
+    def _last_unfinished(self) -> Job | None:
+        """The last job when it did not finish: adopted when its worker still runs after the studio that
+        started it was killed (the page shows its progress and no second fit starts on the same run), or
+        marked ``interrupted`` when its worker is gone (the studio was stopped while it ran), so that the
+        page says how far it got and offers to resume it instead of forgetting it."""
         numbers = [int(p.name[4:]) for p in self.folder.glob("job-*") if p.name[4:].isdigit()]
         if not numbers:
             return None
         folder = self.folder / f"job-{max(numbers):04d}"
-        spec, record = _read_json(folder / "job.json"), _read_json(folder / "status.json")
-        pid = record.get("pid") if record else None
-        if not spec or not isinstance(pid, int) or record.get("state") in ("done", "failed"):
+        spec, record = _read_json(folder / "job.json"), _read_json(folder / "status.json") or {}
+        if not is_job_spec(spec) or record.get("state") in FINAL_STATES:
             return None
-        process = LeftRunning(pid, folder / "job.json")
-        if process.poll() is not None:
-            return None
-        return Job(folder.name, str(spec.get("kind", "fit")), folder, process, spec,
-                   started=(folder / "job.json").stat().st_mtime)
+        started = (folder / "job.json").stat().st_mtime
+        pid = record.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            process = LeftRunning(pid, folder / "job.json")
+            if process.poll() is None:
+                return Job(folder.name, str(spec.get("kind", "fit")), folder, process, spec, started=started)
+        return Job(folder.name, str(spec.get("kind", "fit")), folder, Ended(), spec, started=started,
+                   interrupted=True)
 
     def running(self) -> bool:
         return self.job is not None and self.job.process.poll() is None
@@ -180,8 +204,10 @@ class JobRunner:
             out.update(state="cancelled", message=cancelled_message(job, record))
         elif code == 0 and record.get("state") == "done":
             out.update(state="done", result=record.get("result"), **kept_model_dice(record.get("result")))
+        elif job.interrupted:
+            out.update(state="interrupted", resumable=resumable(job), message=interrupted_message(job, record, out))
         else:
-            out.update(state="failed", error=record.get("error") or self._crash_message(job, code))
+            out.update(state="failed", error=for_the_page(record.get("error") or self._crash_message(job, code)))
         return out
 
     def _crash_message(self, job: Job, code: int) -> str:
@@ -205,13 +231,29 @@ class JobRunner:
                 raise NotFound("no fit or prediction is running; there is nothing to cancel")
             job.cancelled = True
             _terminate(job)
+            _record_end(job, "cancelled")  # not taken for an interrupted job by the next studio
         return self.status()
 
+    def resume(self, settings: dict[str, Any]) -> Job:
+        """Start the interrupted job again on its own spec (the cases it was given; a fit its fit folder,
+        whose run goes on from its last checkpoint, on the slices labelled when it started), with this
+        studio's ``settings`` (device, cache, precision). Refused when no job is interrupted."""
+        job = self.job
+        if job is None or not job.interrupted:
+            raise NotFound("no interrupted fit or prediction to resume")
+        if not resumable(job):
+            raise Conflict(f"the {job.kind} {job.id} cannot be resumed: its fit folder {job.spec.get('fit_dir')} is "
+                           "gone; press Fit to start a new fit on your labels")
+        spec = {key: value for key, value in job.spec.items() if key not in ("kind", "status")}
+        return self.start(job.kind, {**spec, **settings, "resumes": job.id})
+
     def stop(self) -> None:
-        """Stop a running worker and its children (the server is shutting down)."""
+        """Stop a running worker and its children (the server is shutting down); its status says it was
+        interrupted, so that the next studio on the project offers to resume it."""
         job = self.job
         if job is not None and job.process.poll() is None:
             _terminate(job)
+            _record_end(job, STOPPED_WITH_THE_STUDIO)
 
 
 def kept_model_dice(result: object) -> dict[str, Any]:
@@ -238,6 +280,52 @@ def cancelled_message(job: Job, record: dict[str, Any]) -> str:
     return f"the {job.kind} was cancelled; your labels are unchanged"
 
 
+def is_job_spec(spec: dict[str, Any] | None) -> bool:
+    """Whether a job.json is a job this studio reads back: a prediction, or a fit naming its fit folder
+    (every status the page asks for reads that folder's run)."""
+    if not spec or spec.get("kind", "fit") not in ("fit", "predict"):
+        return False
+    return spec.get("kind", "fit") == "predict" or isinstance(spec.get("fit_dir"), str)
+
+
+def resumable(job: Job) -> bool:
+    """Whether the job can start again on its spec: a fit needs the dataset of its labelled slices, which
+    it was given in its fit folder (a prediction needs only the project's fit, which its worker checks)."""
+    return job.kind != "fit" or (Path(job.spec.get("fit_dir", "")) / "data").is_dir()
+
+
+def interrupted_message(job: Job, record: dict[str, Any], progress: dict[str, Any]) -> str:
+    """How far an interrupted job got and what the page offers: Resume (the same job again: a fit from
+    its last checkpoint, on the slices labelled when it started) or a new one on the current labels."""
+    how = ("the studio was stopped while it ran" if record.get("state") == STOPPED_WITH_THE_STUDIO
+           else "its worker ended while no studio was running")
+    if job.kind != "fit":
+        done, total = record.get("cases_done") or 0, record.get("cases_total")
+        return (f"the prediction was interrupted ({how})" + (f" after {done} of {total} case(s)" if total else "")
+                + "; Resume predicts its cases again. Your labels are unchanged")
+    fit, steps = Path(job.spec["fit_dir"]).name, progress.get("steps")
+    if record.get("phase") == "predict":
+        done, total = record.get("cases_done") or 0, record.get("cases_total")
+        return (f"{fit} had finished fitting; predicting its cases was interrupted ({how})"
+                + (f" after {done} of {total}" if total else "") + "; Resume predicts them. Your labels are unchanged")
+    checkpoint = progress.get("checkpoint_step") or 0
+    where = (f"Resume goes on from its last checkpoint, step {checkpoint}" if checkpoint
+             else "Resume starts it again (it had saved no checkpoint yet)")
+    return (f"{fit} was interrupted ({how}) at step {progress.get('step', 0)}" + (f" of {steps}" if steps else "")
+            + f"; {where}, on the {job.spec.get('labelled_slices', '?')} slice(s) labelled when it started, "
+            "or Fit starts a new fit on your current labels. Your labels are unchanged")
+
+
+def _record_end(job: Job, state: str) -> None:
+    """Write how the server ended a job into its status.json (its worker, now gone, cannot say it); a
+    status that cannot be written leaves the job as its worker left it."""
+    record = _read_json(job.status_file) or {}
+    try:
+        atomic_write_bytes(job.status_file, json.dumps({**record, "state": state, "ended": time.time()}).encode())
+    except OSError:
+        pass
+
+
 def _terminate(job: Job) -> None:
     """End a job's worker process group: SIGTERM, then SIGKILL if it has not ended in 10 seconds."""
     try:
@@ -252,13 +340,16 @@ def _terminate(job: Job) -> None:
 
 
 def fit_progress(run: Path, steps: int | None) -> dict[str, Any]:
-    """Step, loss and the latest validation Dice from the run's fit_log.jsonl (the training loop's log)."""
-    from fewsam.runs import LOG
+    """Step, loss and the latest validation Dice from the run's fit_log.jsonl (the training loop's log).
+    ``checkpoint_step``: the step of the last validation, after which the loop writes its resume
+    checkpoint (0 while RUN holds none), where a resumed fit goes on."""
+    from fewsam.runs import LAST, LOG
 
-    out: dict[str, Any] = {"steps": steps, "step": 0, "loss": None, "dice": None}
+    out: dict[str, Any] = {"steps": steps, "step": 0, "loss": None, "dice": None, "checkpoint_step": 0}
     path = run / LOG
     if not path.is_file():
         return out
+    validated = 0
     for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
@@ -268,8 +359,10 @@ def fit_progress(run: Path, steps: int | None) -> dict[str, Any]:
             continue
         if isinstance(record.get("validation"), dict):
             out["dice"] = record["validation"].get("score")
+            validated = record.get("step", validated)
         elif "loss" in record:
             out.update(step=record.get("step", out["step"]), loss=record["loss"])
+    out["checkpoint_step"] = validated if (run / LAST).is_file() else 0
     return out
 
 

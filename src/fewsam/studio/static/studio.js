@@ -593,7 +593,7 @@
       if (job.loss !== null && job.loss !== undefined) parts.push(`loss ${job.loss.toFixed(3)}`);
       if (job.dice !== null && job.dice !== undefined) parts.push(`Dice on labelled slices ${job.dice.toFixed(3)}`);
     }
-    if (job.state === "running" && job.message) parts.push(job.message);
+    if ((job.state === "running" || job.state === "interrupted") && job.message) parts.push(job.message);
     if (job.state === "failed") parts.push(job.error);
     return parts.join(" - ");
   }
@@ -610,6 +610,7 @@
     else { bar.max = 1; bar.value = job && job.state === "done" ? 1 : 0; }
     const running = job && job.state === "running";
     $("cancel-job").disabled = !running;
+    $("resume-job").disabled = !(job && job.state === "interrupted" && job.resumable);
     if (running && !state.polling) state.polling = setInterval(pollJob, POLL_MS);
     if (!running && state.polling) { clearInterval(state.polling); state.polling = null; }
     if (previous && previous.state === "running" && job && job.id === previous.id && !running) jobEnded(job);
@@ -636,6 +637,12 @@
 
   async function cancelJob() {
     showJob(await api("DELETE", "/api/job"));
+  }
+
+  async function resumeJob() {
+    const job = await api("POST", "/api/job/resume");
+    showMessage(`${job.kind} resumed`, "info");
+    showJob(job);
   }
 
   async function suggest() {
@@ -727,6 +734,7 @@
     $("fit").addEventListener("click", quietly(startFit));
     $("predict").addEventListener("click", quietly(startPredict));
     $("cancel-job").addEventListener("click", quietly(cancelJob));
+    $("resume-job").addEventListener("click", quietly(resumeJob));
     $("suggest").addEventListener("click", quietly(suggest));
     $("export").addEventListener("click", quietly(exportLabels));
     document.addEventListener("keydown", onKey);
