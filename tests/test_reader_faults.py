@@ -3,7 +3,6 @@ DICOM's time points, 16-bit mask codings, 2D NRRD headers and ITK-SNAP labels of
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -50,47 +49,47 @@ def test_a_drive_test_folder_alone_has_no_labels_its_field_of_view_masks_are_not
 # ---------------------------------------------------------------- a cine DICOM file's time points
 
 
-def _element(group: int, element: int, vr: str, value: bytes) -> bytes:
-    """One explicit-VR little-endian element."""
-    if len(value) % 2:
-        value += b"\0" if vr in ("UI", "OB") else b" "
-    head = struct.pack("<HH", group, element) + vr.encode()
-    if vr in ("OB", "OW", "SQ"):
-        return head + b"\0\0" + struct.pack("<I", len(value)) + value
-    return head + struct.pack("<H", len(value)) + value
-
-
-def _sequence(group: int, element: int, items: list[bytes]) -> bytes:
-    return _element(group, element, "SQ", b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(i)) + i for i in items))
-
-
-def _us(group: int, element: int, value: int) -> bytes:
-    return _element(group, element, "US", struct.pack("<H", value))
-
-
 def write_enhanced_mr(path: Path, positions: list[tuple[float, float, float]], times: list[int]) -> np.ndarray:
     """An enhanced MR file (one file, many frames) whose per-frame functional groups give each frame's
     ImagePositionPatient and, where ``times`` holds one, its TemporalPositionIndex; returns its frames."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
     pixels = np.random.default_rng(0).integers(0, 1000, (len(positions), 4, 5)).astype("<u2")
-    sop = b"1.2.840.10008.5.1.4.1.1.4.1"
-    meta = (_element(2, 1, "OB", b"\0\1") + _element(2, 2, "UI", sop) + _element(2, 3, "UI", b"1.2.3.4.5")
-            + _element(2, 0x10, "UI", b"1.2.840.10008.1.2.1"))
-    meta = _element(2, 0, "UL", struct.pack("<I", len(meta))) + meta
-    shared = (_sequence(0x20, 0x9116, [_element(0x20, 0x37, "DS", b"1\\0\\0\\0\\1\\0")])
-              + _sequence(0x28, 0x9110, [_element(0x18, 0x50, "DS", b"2") + _element(0x28, 0x30, "DS", b"0.5\\0.5")]))
-    frames = [_sequence(0x20, 0x9111, [_element(0x20, 0x9128, "UL", struct.pack("<I", t)) if t else b""])
-              + _sequence(0x20, 0x9113, [_element(0x20, 0x32, "DS", "\\".join(map(str, p)).encode())])
-              for p, t in zip(positions, times)]
-    dataset = (_element(8, 0x16, "UI", sop) + _element(8, 0x18, "UI", b"1.2.3.4.5") + _element(8, 0x60, "CS", b"MR")
-               + _element(0x20, 0xD, "UI", b"1.2.3.4") + _element(0x20, 0xE, "UI", b"1.2.3.4.6")
-               + _us(0x28, 2, 1) + _element(0x28, 4, "CS", b"MONOCHROME2")
-               + _element(0x28, 8, "IS", str(len(positions)).encode()) + _us(0x28, 0x10, 4) + _us(0x28, 0x11, 5)
-               + _us(0x28, 0x100, 16) + _us(0x28, 0x101, 16) + _us(0x28, 0x102, 15) + _us(0x28, 0x103, 0)
-               + _sequence(0x5200, 0x9229, [shared]) + _sequence(0x5200, 0x9230, frames)
-               + _element(0x7FE0, 0x10, "OW", pixels.tobytes()))
+    sop = "1.2.840.10008.5.1.4.1.1.4.1"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, "1.2.3.4.5"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, "1.2.3.4.5", "MR"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4", "1.2.3.4.6"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.NumberOfFrames, ds.Rows, ds.Columns = len(positions), 4, 5
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    orientation, measures = Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.SliceThickness, measures.PixelSpacing = 2, [0.5, 0.5]
+    shared = Dataset()
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orientation], [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [_frame(p, t) for p, t in zip(positions, times)]
+    ds.PixelData = pixels.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\0" * 128 + b"DICM" + meta + dataset)
+    ds.save_as(path, enforce_file_format=True)
     return pixels
+
+
+def _frame(position: tuple[float, float, float], time: int):  # noqa: ANN202 - a pydicom Dataset
+    """One frame's functional groups: its position, and its time point where ``time`` is not 0."""
+    from pydicom.dataset import Dataset
+
+    content, plane, frame = Dataset(), Dataset(), Dataset()
+    if time:
+        content.TemporalPositionIndex = time
+    plane.ImagePositionPatient = list(position)
+    frame.FrameContentSequence, frame.PlanePositionSequence = [content], [plane]
+    return frame
 
 
 SLICES = [(0.0, 0.0, 2.0 * k) for k in range(3)]
