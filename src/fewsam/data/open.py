@@ -63,6 +63,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
         refuse_folder_inside(root)
         refuse_nnunet_without_json(root)
         refuse_folder_above(root)
+        case_folders.refuse_labels_only(root)
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
     if isinstance(dataset, IndexedDataset):
@@ -107,8 +108,10 @@ def refuse_nnunet_without_json(root: Path) -> None:
 
 def refuse_folder_above(root: Path) -> None:
     """A folder above the dataset (an archive's ``BraTS2021_Training_Data/`` unpacked into ``downloads/``)
-    names the sub-folder(s) that hold one, rather than every layout fewsam knows."""
-    below = [sub for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names the sub-folder(s) that hold one, rather than every layout fewsam knows. A folder named as labels
+    (``labels/``) is none: given as data, its label files would be read as images to segment."""
+    below = [sub for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                                   and not case_folders.is_label_name(p.name))
              if any(LAYOUTS[name][0](sub) for name in LOOKED_AT_FROM_ABOVE)]
     if below:
         shown = ", ".join(str(p) for p in below[:3]) + (", ..." if len(below) > 3 else "")

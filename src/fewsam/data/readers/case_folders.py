@@ -241,10 +241,38 @@ def _folder_entries(root: Path, folder: Path) -> list[Entry]:
     if folder == root or (pairs is not None and len(images) > 1):
         if pairs is None:
             pairs = {p: None for p in images}
-            say_unmatched_labels(folder, [], naming="as its image, with a label word in place of the image's "
-                                 "(volume-0.nii -> segmentation-0.nii, ct.nii.gz -> ct_seg.nii.gz)")
+            _say_unpaired_labels(folder, labels)
         return _flat_entries(root, folder, pairs)
     return [_case_entry(folder, images, labels)]
+
+
+def _say_unpaired_labels(folder: Path, labels: list[Path]) -> None:
+    """The label files of a flat folder that pair with no image are not used: say so, naming them alone.
+    Its images are cases, not labels: a folder holding one volume (``a.nrrd``, to predict on) has no
+    label to pair, and nothing to say."""
+    if labels:
+        say_unmatched_labels(folder, [], labels=labels, naming="as its image, with a label word in place of the "
+                             "image's (volume-0.nii -> segmentation-0.nii, ct.nii.gz -> ct_seg.nii.gz)")
+
+
+def label_files_only(root: Path) -> list[Path]:
+    """The label volumes of a folder that holds no image volume: those right in it named as labels
+    (``a_seg.nrrd``) and those in its label-named sub-folders (``labels/a.nrrd``); empty where it holds
+    an image volume, in it or in a case folder."""
+    if any(not is_label_name(p.name) for p in _nifti_files(root)) or case_folders(root):
+        return []
+    folders = [p for p in natural_sorted(root.iterdir(), key=lambda p: p.name) if p.is_dir() and is_label_name(p.name)]
+    return [*_nifti_files(root), *(f for folder in folders for f in _nifti_files(folder))]
+
+
+def refuse_labels_only(root: Path) -> None:
+    """A folder of label files without their images is refused, naming them: a label is never read as
+    an image to segment, and "no images found" beside volume files would not say why."""
+    labels = label_files_only(root)
+    if labels:
+        shown = ", ".join(p.relative_to(root).as_posix() for p in labels[:3]) + (", ..." if len(labels) > 3 else "")
+        raise DataError(f"{root} holds label files only ({shown}: named as labels, or in a labels folder) and no "
+                        "image to segment; put each image beside its label (a.nrrd + a_seg.nrrd) or in images/")
 
 
 def _named_after(folder: Path, images: list[Path]) -> bool:
@@ -270,6 +298,7 @@ def _say_mixed_kinds(entries: list[Entry]) -> None:
 def open_case_folders(root: Path) -> CaseFolderDataset:
     entries = [e for folder in [root, *case_folders(root)] for e in _folder_entries(root, folder)]
     if not entries:
+        refuse_labels_only(root)
         raise DataError(f"no volume images found in {root} or its case folders; expected .nii.gz (or .nii, .mha, "
                         ".nrrd) files")
     _say_mixed_kinds(entries)

@@ -895,11 +895,14 @@ def label_in_folder(folder: Path, case: str, names: dict[str, Path] | None = Non
 
 
 def say_unmatched_labels(folder: Path, entries: list[Entry], naming: str = "<case>.nii.gz, or <case>_seg.nii.gz",
-                         ending: str = "") -> None:
+                         ending: str = "", labels: list[Path] | None = None) -> None:
     """Label files no image claims (a name that differs from its image's) are unused: say which, and
-    how a label is named (``naming``); nnU-Net's labelsTr only as ``<case><file_ending>``."""
+    how a label is named (``naming``); nnU-Net's labelsTr only as ``<case><file_ending>``. ``labels``:
+    the label files of a folder that holds images beside them (told apart by name), where every
+    volume of the folder is not a label; by default every volume of ``folder``, a folder of labels."""
     used = {e.label for e in entries}
-    stray = [p.name for p in _nifti_files(folder, ending) if p not in used]
+    candidates = _nifti_files(folder, ending) if labels is None else labels
+    stray = [p.name for p in candidates if p not in used]
     if stray:
         shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
         say_once(f"{folder}: {len(stray)} label file(s) match no image and are not used ({shown}); name a label "
