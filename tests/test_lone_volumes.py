@@ -4,6 +4,7 @@ folders named as labels stay labels. Also: the terminal line of a grouped evalua
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fewsam import progress
 from fewsam.data import open_dataset
 from fewsam.errors import DataError
 from fewsam.predict import predict
+from conftest import write_png_cases
 from test_formats_end_to_end import run  # noqa: F401 - the fixture: a 2-step supervised run, no SAM weights
 
 ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii.gz", ".nii")
@@ -74,3 +76,41 @@ def test_a_lone_volume_is_predicted(run, tmp_path, notices):  # noqa: F811
     assert [p.name for p in written] == ["a.mha"]
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(written[0]))).shape == (2, 64, 72)
     assert "match no image" not in notices.text
+
+
+# ---------------------------------------------------------------- intervals on the grouped evaluation line
+
+
+def grouped_evaluation_output(tmp_path: Path, cases: dict) -> tuple[str, dict]:
+    """(terminal output, JSON) of ``fewsam evaluate --group-by site`` on generated PNG cases."""
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+
+    label = np.zeros((10, 10), np.uint8)
+    label[:2] = 1
+    half = np.zeros((10, 10), np.uint8)
+    half[0] = 1
+    root, pred = write_png_cases(tmp_path, label, {name: ({"site": site}, label if good else half)
+                                                   for name, (site, good) in cases.items()})
+    saved = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                                      "--group-by", "site", "--json", str(saved), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads(saved.read_text(encoding="utf-8"))
+
+
+def test_the_grouped_line_shows_the_intervals_of_es_dice_and_the_gap_where_the_report_has_them(tmp_path):
+    output, saved = grouped_evaluation_output(tmp_path / "two", {"a1": ("A", True), "a2": ("A", False),
+                                                                 "b1": ("B", False), "b2": ("B", False)})
+    (es_lo, es_hi), (gap_lo, gap_hi) = saved["es_dice_ci95"], saved["worst_group_gap_ci95"]
+    line = next(ln for ln in output.splitlines() if ln.startswith("ES-Dice"))
+    assert line.startswith(f"ES-Dice {saved['es_dice']:.4f} [{es_lo:.3f}, {es_hi:.3f}]  ES-IoU ")
+    assert f"worst-group gap {saved['worst_group_gap']:.4f} [{gap_lo:.3f}, {gap_hi:.3f}] (alpha" in line
+    assert len(line) <= 110
+    # a group of one subject has no spread to draw: the intervals are null, and the line shows none
+    output, saved = grouped_evaluation_output(tmp_path / "one", {"a1": ("A", True), "a2": ("A", False),
+                                                                 "b1": ("B", False)})
+    assert saved["es_dice_ci95"] is None and saved["worst_group_gap_ci95"] is None
+    line = next(ln for ln in output.splitlines() if ln.startswith("ES-Dice"))
+    assert line.startswith(f"ES-Dice {saved['es_dice']:.4f}  ES-IoU ") and "[" not in line

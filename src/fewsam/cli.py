@@ -542,8 +542,9 @@ def _print_groups(result: dict) -> None:
         lo, hi = g["ci95"]["dice"] or (None, None)
         out.print(f"  {result['group_by']}={name}: n {g['n']}  Dice {_fmt4(g['mean']['dice'])} "
                   f"[{_fmt4(lo)}, {_fmt4(hi)}]  IoU {_fmt4(g['mean']['iou'])}", highlight=False)
-    out.print(f"ES-Dice {_fmt4(result['es_dice'])}  ES-IoU {_fmt4(result['es_iou'])}  "
-              f"worst-group gap {_fmt4(result['worst_group_gap'])} (alpha {result['alpha']}, {result['es_mode']})")
+    out.print(f"ES-Dice {_fmt4(result['es_dice'])}{_interval(result.get('es_dice_ci95'))}  "
+              f"ES-IoU {_fmt4(result['es_iou'])}  worst-group gap {_fmt4(result['worst_group_gap'])}"
+              f"{_interval(result.get('worst_group_gap_ci95'))} (alpha {result['alpha']}, {result['es_mode']})")
     if len(result["groups"]) == 1:
         out.print(f"every case with a {result['group_by']!r} value is in group {next(iter(result['groups']))!r}: "
                   "ES-Dice, ES-IoU and the worst-group gap compare two groups or more")
@@ -551,6 +552,13 @@ def _print_groups(result: dict) -> None:
         out.print(f"{result['missing_group']} case(s) have no {result['group_by']!r} value: counted in the "
                   "overall scores, in no group and not in ES-Dice / ES-IoU (listed in the JSON as "
                   "missing_group_cases)")
+
+
+def _interval(ci: list[float] | None) -> str:
+    """A 95% interval as " [lo, hi]" to follow its estimate, or nothing where there is none (fewer than two
+    groups, or a group of one subject). Three decimals: a fourth of a bootstrap percentile is noise, and
+    the summary line stays short enough to read at a glance."""
+    return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _fmt4(x) -> str:
