@@ -108,10 +108,11 @@ def refuse_nnunet_without_json(root: Path) -> None:
 
 def refuse_folder_above(root: Path) -> None:
     """A folder above the dataset (an archive's ``BraTS2021_Training_Data/`` unpacked into ``downloads/``)
-    names the sub-folder(s) that hold one, rather than every layout fewsam knows. A folder named as labels
-    (``labels/``) is none: given as data, its label files would be read as images to segment."""
+    names the sub-folder(s) that hold one, rather than every layout fewsam knows. A folder of labels
+    (``labels/a.nrrd``, ``case_folders.is_label_folder``) is none: given as data, its labels would be read as
+    images to segment."""
     below = [sub for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                                   and not case_folders.is_label_name(p.name))
+                                   and not case_folders.is_label_folder(p))
              if any(LAYOUTS[name][0](sub) for name in LOOKED_AT_FROM_ABOVE)]
     if below:
         shown = ", ".join(str(p) for p in below[:3]) + (", ..." if len(below) > 3 else "")

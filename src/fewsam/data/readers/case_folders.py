@@ -261,8 +261,16 @@ def label_files_only(root: Path) -> list[Path]:
     an image volume, in it or in a case folder."""
     if any(not is_label_name(p.name) for p in _nifti_files(root)) or case_folders(root):
         return []
-    folders = [p for p in natural_sorted(root.iterdir(), key=lambda p: p.name) if p.is_dir() and is_label_name(p.name)]
+    folders = [p for p in natural_sorted(root.iterdir(), key=lambda p: p.name) if p.is_dir() and is_label_folder(p)]
     return [*_nifti_files(root), *(f for folder in folders for f in _nifti_files(folder))]
+
+
+def is_label_folder(folder: Path) -> bool:
+    """A folder of label volumes (``labels/``, ``masks/``): named as labels, and holding volumes that only
+    its name marks as labels (``labels/a.nrrd``). A dataset whose own name has a label word (Kvasir-SEG, or
+    ``lits-seg/`` holding ``volume-0.nii`` + ``segmentation-0.nii``) is none: its labels carry their word."""
+    files = _nifti_files(folder)
+    return is_label_name(folder.name) and bool(files) and not any(is_label_name(p.name) for p in files)
 
 
 def refuse_labels_only(root: Path) -> None:
