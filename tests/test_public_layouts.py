@@ -176,9 +176,9 @@ def test_acdc_patient_folders_pair_frames_with_gt_and_keep_the_patient(tmp_path)
             volume(folder / f"patient{p:03d}_frame{frame}.nii.gz")
             volume(folder / f"patient{p:03d}_frame{frame}_gt.nii.gz", values=(1, 2, 3))
     ds = open_dataset(tmp_path)
-    assert ds.subject_of("patient002/patient002_frame12") == "patient002"
-    assert ds.split("val") == ["patient002/patient002_frame01", "patient002/patient002_frame12"]
-    assert ds.split("test") == ["patient001/patient001_4d", "patient002/patient002_4d"]  # no label
+    assert ds.subject_of("patient002_frame12") == "patient002"
+    assert ds.split("val") == ["patient002_frame01", "patient002_frame12"]
+    assert len(ds.split("all")) == 4 and "test" not in ds.split_names()  # the 4D cine is no case
 
 
 def test_an_nnunet_image_folder_given_as_data_still_names_its_dataset(tmp_path):

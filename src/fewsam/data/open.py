@@ -33,7 +33,8 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
                      "segmentation.nii.gz; BraTS <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz; TotalSegmentator "
                      "<case>/ct.nii.gz + segmentations/<structure>.nii.gz), or image and label volumes side by side "
                      "(LiTS volume-0.nii + segmentation-0.nii): labels named with seg, segmentation, label, mask "
-                     "or gt"),
+                     "or gt; ACDC's release database/{training,testing}/patient001/patient001_frame01.nii.gz + _gt, "
+                     "a case per frame"),
     "png": (png_folder.detect, png_folder.open_png_folder,
             "index.csv with image,mask columns, image/ + mask/ folders, or X.png + X_mask.png "
             "(.png .jpg .jpeg .tif .tiff .bmp .gif)"),

@@ -4,7 +4,8 @@
                          BraTS2021_00000/BraTS2021_00000_{flair,t1,t1ce,t2,seg}.nii.gz   (BraTS)
                          s0000/ct.nii.gz + segmentations/<structure>.nii.gz       (TotalSegmentator)
     side by side:        volume-0.nii + segmentation-0.nii, in root or in sub-folders     (LiTS)
-                         patient001/patient001_frame01.nii.gz + _frame01_gt.nii.gz       (ACDC's own release)
+    patients' frames:    database/training/patient001/patient001_frame01.nii.gz + _gt   (ACDC's own release,
+                         ``patient_frames``: a case per frame, testing/ the test split)
 
 No folder names are fixed: a volume file (NIfTI, MetaImage, NRRD) is a label when a word of its name
 (split at ``_``, ``-``, ``.`` and spaces) is a label word (``seg``, ``segmentation``, ``label``,
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from fewsam.data.attributes import AttributeTable, read_attribute_table
+from fewsam.data.readers import patient_frames
 from fewsam.data.readers.common import Entry, Read, is_tool_folder, natural_sorted
 from fewsam.data.readers.itk_volume import prediction_ending
 from fewsam.data.readers.nifti import (Grid, NiftiDataset, _label_array, _nifti_files, _plain_class_map,
@@ -106,20 +108,22 @@ def detect(root: Path) -> bool:
     files would be unlabelled cases of their own)."""
     if any((root / name).is_dir() for name in NNUNET_FOLDERS):
         return False
-    return bool(_nifti_files(root)) or bool(case_folders(root))
+    return bool(_nifti_files(root)) or bool(case_folders(root)) or bool(patient_frames.patients_by_split_folder(root))
 
 
 class CaseFolderDataset(NiftiDataset):
     layout = "case-folders"
     reads_whole_tree = True  # every sub-folder of volumes is a case folder: predictions there would be read as cases
 
-    def __init__(self, root: Path, entries: list[Entry]) -> None:
+    def __init__(self, root: Path, entries: list[Entry], test_ids: list[str] | None = None) -> None:
         structures = natural_sorted({case_name(p) for e in entries if e.label is not None and e.label.is_dir()
                                      for p in _nifti_files(e.label)})
         class_map = _plain_class_map(root) or (ClassMap({i + 1: s for i, s in enumerate(structures)})
                                                if structures else None)
+        if class_map is None and any(patient_frames.is_frame_case(e) for e in entries):
+            class_map = patient_frames.CLASS_MAP
         self.structures = structures
-        super().__init__(root, class_map, entries, [])
+        super().__init__(root, class_map, entries, test_ids or [])
 
     @property
     def storage(self) -> str:
@@ -235,6 +239,10 @@ def _folder_entries(root: Path, folder: Path) -> list[Entry]:
     images, labels = _volumes(folder)
     if not images:
         return []
+    frames = patient_frames.frames_among(images)
+    frame_pairs = _pairs(frames, labels) if labels else {p: None for p in frames}
+    if frames and frame_pairs is not None:
+        return patient_frames.frame_entries(folder, frame_pairs, [p for p in images if p not in frame_pairs])
     pairs = _pairs(images, labels)
     if not labels and len(images) > 1 and not _named_after(folder, images):
         pairs = {p: None for p in images}  # unlabelled cases side by side (LiTS' test volumes), not one case's files
@@ -304,13 +312,16 @@ def _say_mixed_kinds(entries: list[Entry]) -> None:
 
 
 def open_case_folders(root: Path) -> CaseFolderDataset:
-    entries = [e for folder in [root, *case_folders(root)] for e in _folder_entries(root, folder)]
+    by_split = patient_frames.patients_by_split_folder(root)
+    patients = [p for folders in by_split.values() for p in folders]
+    entries = [e for folder in [root, *case_folders(root), *patients] for e in _folder_entries(root, folder)]
     if not entries:
         refuse_labels_only(root)
         raise DataError(f"no volume images found in {root} or its case folders; expected .nii.gz (or .nii, .mha, "
                         ".nrrd) files")
     _say_mixed_kinds(entries)
-    dataset = CaseFolderDataset(root, entries)
+    tested = patient_frames.patients_in_test_folders(by_split)
+    dataset = CaseFolderDataset(root, entries, [e.case_id for e in entries if e.image.parent in tested])
     table = cases_table(root, dataset)
     if table is not None:
         dataset.add_attributes(table)
