@@ -11,7 +11,7 @@ from typing import Callable
 
 from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
 from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
-from fewsam.data.readers.common import IndexedDataset, listed_names
+from fewsam.data.readers.common import IndexedDataset, files_below, listed_names, strip_suffixes
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -53,6 +53,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"data folder {root} {what}; give the dataset's root folder")
+    refuse_label_folder(root)
     for name, (detect, open_layout, _) in LAYOUTS.items():
         if name == "case-folders":  # it reads any folder of volumes, also one inside an nnU-Net dataset
             refuse_folder_inside(root)
@@ -91,6 +92,79 @@ def refuse_folder_inside(root: Path) -> None:
     if parent is not None:
         raise DataError(f"{root} is a folder inside the dataset {parent} ({SUBFOLDERS[root.name]} layout); "
                         f"give the dataset's root: --data {parent}")
+
+
+def refuse_label_folder(root: Path) -> None:
+    """A dataset's label folder given as data (``--data DATASET/labelsTr``, ``DATASET/masks``) names the
+    dataset's folder: every reader would take its labels for images to segment, and predict them or count
+    them as unlabelled cases. Only where the images lie beside it: a folder of labels alone is read as before."""
+    if not _named_as_labels(root) or _pairs_within(root):
+        return
+    refuse_folder_inside(root)  # a recognised dataset above is named with its layout
+    images = _images_beside(root)
+    if images is not None:
+        parent = root.resolve().parent
+        raise DataError(f"{root} is the label folder of the dataset {parent} (its images are in {images.name}/); "
+                        f"given as data, its labels would be read as images to segment; give the parent folder: "
+                        f"--data {parent}")
+
+
+# Names of a dataset's image folder beside its label folder (imagesTr/ beside labelsTr/), in any letter case
+IMAGE_FOLDER_NAMES = frozenset({"image", "images", "imagestr", "imagests"})
+
+
+def _named_as_labels(folder: Path) -> bool:
+    """Named as a label folder by the volume readers (labels/, labelsTr/, seg/) or by the 2D reader
+    (masks/, *_Annotations/)."""
+    return (case_folders.is_label_name(folder.name)
+            or bool(png_folder.folder_words(folder.name) & png_folder.MASK_WORDS))
+
+
+def _pairs_within(folder: Path) -> bool:
+    """Whether a label-named folder holds a dataset itself (Kvasir-SEG/images/, a study_labels/ holding
+    ..._Input/ and ..._Annotations/, lits-seg/volume-0.nii beside segmentation-0.nii, BUSI's X.png beside
+    X_mask.png): such a folder is data, not a dataset's label folder."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(p.is_dir() and (p.name.lower() in IMAGE_FOLDER_NAMES or _named_as_labels(p)) for p in entries):
+        return True
+    files = [p for p in entries if p.is_file()]
+    return any(case_folders.is_label_name(p.name) for p in files) and any(
+        not case_folders.is_label_name(p.name) for p in files)
+
+
+def _images_beside(folder: Path) -> Path | None:
+    """The image folder beside a label folder: one named as images (images/, imagesTr/) that holds files, else
+    one that holds the image of one of its labels (``Training_Input/x.jpg`` beside
+    ``Training_Annotations/x_segmentation.png``); None when there is none. Only labels directly in the folder are
+    matched by name: the same file names below two copies of one dataset would match anywhere."""
+    siblings = sorted(p for p in folder.resolve().parent.iterdir() if p.is_dir() and p.name != folder.name
+                      and not p.name.startswith(".") and not _named_as_labels(p))
+    counterpart = folder.name.lower().replace("labels", "images")  # labelsTs/ -> imagesTs/ before imagesTr/
+    named = sorted((p for p in siblings if p.name.lower() in IMAGE_FOLDER_NAMES and next(files_below(p), None)),
+                   key=lambda p: p.name.lower() != counterpart)
+    if named:
+        return named[0]
+    label = next((p for p in sorted(folder.iterdir()) if p.is_file() and _is_picture(p.name)), None)
+    if label is None:
+        return None
+    stem = _image_stem(label.name)
+    return next((p for p in siblings if any(f.is_file() and _is_picture(f.name)
+                                            and strip_suffixes(f.name).lower() in (stem, stem + "_0000")
+                                            for f in p.iterdir())), None)
+
+
+def _is_picture(name: str) -> bool:
+    """A 2D image or a volume file, as the readers read them (not a list, table or note)."""
+    return png_folder.is_image_name(name) or bool(nifti.volume_ending(name))
+
+
+def _image_stem(label_name: str) -> str:
+    """The lower-case name (no ending) of the image a label file belongs to: ``x_mask.png`` -> ``x``."""
+    stem = strip_suffixes(label_name).lower()
+    for suffix in png_folder.MASK_STEM_SUFFIXES[1:]:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
 
 
 # Layouts that a folder holding a dataset one level down is not already taken for (the others look at

@@ -17,8 +17,9 @@ values. ``Guard`` enforces the binding's rules on every request (see ``security.
     POST   /api/predict {cases, all_cases}                  predict more cases with the latest fit
     GET    /api/job                        the current job's state and progress
     DELETE /api/job                        cancel the running job (404 when none runs)
-    POST   /api/job/resume                 start the interrupted job again (a fit from its last checkpoint;
-                                           404 when none is interrupted, 409 while a job runs)
+    POST   /api/job/resume                 start the interrupted job, or the failed fit that left a checkpoint,
+                                           again (a fit from its last checkpoint; 404 when there is none,
+                                           409 while a job runs)
     GET    /api/suggest                    the unlabelled slice with the highest predictive entropy
     POST   /api/export                     write the labelled set in the dataset's format
 """

@@ -9,6 +9,8 @@ worker running; the next studio on the project adopts it (``LeftRunning``) rathe
 second fit on the same run. A job whose worker ended unfinished with no studio watching it (the
 studio was stopped, Ctrl+C, while it ran) is shown after the restart as ``interrupted``, with how far
 it got, and ``resume`` starts it again on its own spec: a fit goes on from its run's last checkpoint.
+A fit that failed (disk full, out of memory, a crash) after its training loop saved a resume checkpoint
+is offered Resume too, in this studio and the next: the steps before that checkpoint are not lost.
 """
 
 from __future__ import annotations
@@ -141,9 +143,14 @@ class JobRunner:
             return None
         folder = self.folder / f"job-{max(numbers):04d}"
         spec, record = _read_json(folder / "job.json"), _read_json(folder / "status.json") or {}
-        if not is_job_spec(spec) or record.get("state") in FINAL_STATES:
+        if not is_job_spec(spec):
             return None
         started = (folder / "job.json").stat().st_mtime
+        if record.get("state") == "failed" and str(spec.get("kind", "fit")) == "fit":
+            job = Job(folder.name, "fit", folder, Ended(), spec, started=started)
+            return job if resumable_after_failing(job) else None
+        if record.get("state") in FINAL_STATES:
+            return None
         pid = record.get("pid")
         if isinstance(pid, int) and not isinstance(pid, bool):
             process = LeftRunning(pid, folder / "job.json")
@@ -207,7 +214,10 @@ class JobRunner:
         elif job.interrupted:
             out.update(state="interrupted", resumable=resumable(job), message=interrupted_message(job, record, out))
         else:
-            out.update(state="failed", error=for_the_page(record.get("error") or self._crash_message(job, code)))
+            error = for_the_page(record.get("error") or self._crash_message(job, code))
+            out.update(state="failed", error=error, resumable=resumable_after_failing(job))
+            if out["resumable"]:
+                out["message"] = failed_message(job, error, out)
         return out
 
     def _crash_message(self, job: Job, code: int) -> str:
@@ -239,8 +249,9 @@ class JobRunner:
         whose run goes on from its last checkpoint, on the slices labelled when it started), with this
         studio's ``settings`` (device, cache, precision). Refused when no job is interrupted."""
         job = self.job
-        if job is None or not job.interrupted:
-            raise NotFound("no interrupted fit or prediction to resume")
+        failed = job is not None and not job.interrupted and self.status()["state"] == "failed"
+        if job is None or not (job.interrupted or (failed and resumable_after_failing(job))):
+            raise NotFound("no interrupted fit or prediction, nor a failed fit with a checkpoint, to resume")
         if not resumable(job):
             raise Conflict(f"the {job.kind} {job.id} cannot be resumed: its fit folder {job.spec.get('fit_dir')} is "
                            "gone; press Fit to start a new fit on your labels")
@@ -292,6 +303,41 @@ def resumable(job: Job) -> bool:
     """Whether the job can start again on its spec: a fit needs the dataset of its labelled slices, which
     it was given in its fit folder (a prediction needs only the project's fit, which its worker checks)."""
     return job.kind != "fit" or (Path(job.spec.get("fit_dir", "")) / "data").is_dir()
+
+
+def resumable_after_failing(job: Job) -> bool:
+    """Whether a failed job can go on where it stopped: a fit whose run holds the training loop's resume
+    checkpoint beside the config it was saved under (a fewshot fit of the job's steps), with its fit
+    dataset. A failed fit without one, or a failed prediction, is started anew with Fit or Predict."""
+    from fewsam.runs import CONFIG, LAST
+
+    if job.kind != "fit" or not resumable(job):
+        return False
+    run = Path(job.spec["fit_dir"]) / "run"
+    config = _read_json(run / CONFIG)
+    if not (run / LAST).is_file() or config is None or config.get("method", "fewshot") != "fewshot":
+        return False
+    section = config.get("fewshot")
+    steps = section.get("steps") if isinstance(section, dict) else None
+    return steps is None or steps == job.spec.get("steps")
+
+
+def failed_message(job: Job, error: str, progress: dict[str, Any]) -> str:
+    """What failed and what Resume does, for a failed fit that left a resume checkpoint (the error the
+    page shows first, then where Resume goes on: only the steps after the checkpoint are fitted again)."""
+    fit, steps = Path(job.spec["fit_dir"]).name, progress.get("steps")
+    checkpoint = progress.get("checkpoint_step") or 0
+    where = f"its last checkpoint, step {checkpoint}" if checkpoint else "its last checkpoint"
+    return (f"{fit} failed at step {progress.get('step', 0)}" + (f" of {steps}" if steps else "")
+            + f" ({what_failed(error)}); Resume goes on from {where}, on the "
+            f"{job.spec.get('labelled_slices', '?')} slice(s) labelled when it started, or Fit starts a new fit on "
+            "your current labels. Your labels are unchanged")
+
+
+def what_failed(error: str) -> str:
+    """The first clause of a failed job's error, which says what failed, without the advice, log tail or
+    log path that follow it (the page shows the whole error too)."""
+    return re.split(r"; | \(full log: ", error, maxsplit=1)[0].rstrip(". ")
 
 
 def interrupted_message(job: Job, record: dict[str, Any], progress: dict[str, Any]) -> str:

@@ -594,7 +594,7 @@
       if (job.dice !== null && job.dice !== undefined) parts.push(`Dice on labelled slices ${job.dice.toFixed(3)}`);
     }
     if ((job.state === "running" || job.state === "interrupted") && job.message) parts.push(job.message);
-    if (job.state === "failed") parts.push(job.error);
+    if (job.state === "failed") parts.push(job.resumable && job.message ? job.message : job.error);
     return parts.join(" - ");
   }
 
@@ -610,7 +610,7 @@
     else { bar.max = 1; bar.value = job && job.state === "done" ? 1 : 0; }
     const running = job && job.state === "running";
     $("cancel-job").disabled = !running;
-    $("resume-job").disabled = !(job && job.state === "interrupted" && job.resumable);
+    $("resume-job").disabled = !(job && (job.state === "interrupted" || job.state === "failed") && job.resumable);
     if (running && !state.polling) state.polling = setInterval(pollJob, POLL_MS);
     if (!running && state.polling) { clearInterval(state.polling); state.polling = null; }
     if (previous && previous.state === "running" && job && job.id === previous.id && !running) jobEnded(job);
@@ -622,7 +622,7 @@
 
   async function jobEnded(job) {
     if (job.state === "failed") {
-      showMessage(`${job.kind} failed: ${job.error}`, "error");
+      showMessage(job.resumable && job.message ? job.message : `${job.kind} failed: ${job.error}`, "error");
       return;
     }
     if (job.state === "cancelled") {
