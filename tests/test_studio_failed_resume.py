@@ -7,24 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from test_studio_api import data, make_client, painted, put, python, wait_for_job  # noqa: F401  (data: fixture)
+from test_studio_restart import FIT_WORKER_START
 
-# Reaches step 3 of its steps, validated (and checkpointed, beside its config) at step 2, then fails as the
-# real worker records a failure; with CHECKPOINT False it fails before any checkpoint. Started again with
-# "resumes" in its spec it finishes at once and says which job it resumed.
-FAILING_FIT = """
-import json, os, pathlib, sys
-spec = json.loads(pathlib.Path(sys.argv[1]).read_text())
-status = pathlib.Path(spec["status"])
-run = pathlib.Path(spec["fit_dir"]) / "run"
-if spec.get("resumes"):
-    status.write_text(json.dumps({"state": "done", "phase": "done", "pid": os.getpid(), "result": {
-        "resumed": spec["resumes"], "fit_dir": spec["fit_dir"], "predicted": []}}))
-    sys.exit(0)
-run.mkdir(parents=True)
+# Reaches step 3 of its steps (checkpointed beside its config at step 2, with CHECKPOINT True), then fails
+# as the real worker records a failure.
+FAILING_FIT = FIT_WORKER_START + """
 (run / "config.json").write_text(json.dumps({"method": "fewshot", "fewshot": {"steps": spec["steps"]}}))
-(run / "fit_log.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in [
-    {"step": 1, "loss": 0.9}, {"step": 2, "loss": 0.7}, {"step": 2, "validation": {"score": 0.6}},
-    {"step": 3, "loss": 0.5}]))
 if CHECKPOINT:
     (run / "checkpoint_last.pt").write_bytes(b"the loop's resume state")
 status.write_text(json.dumps({"state": "failed", "phase": "fit", "pid": os.getpid(),

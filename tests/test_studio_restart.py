@@ -25,21 +25,24 @@ from fewsam.studio.project import LATEST_RUN
 from test_studio_api import SLEEPER, data, make_client, painted, put, python, wait_for_job  # noqa: F401  (data: fixture)
 from test_studio_browser import wait_until
 
-# A fit that reaches step 3 of its steps, validated (and checkpointed) at step 2, then runs on until it is
-# stopped; started again with "resumes" in its spec it finishes at once and says which job it resumed.
-STOPPABLE_FIT = """
+# The start of a stand-in fit worker: started again with "resumes" in its spec it finishes at once and says
+# which job it resumed; else it logs three steps, validated (and checkpointed) at step 2.
+FIT_WORKER_START = """
 import json, os, pathlib, sys, time
 spec = json.loads(pathlib.Path(sys.argv[1]).read_text())
 status = pathlib.Path(spec["status"])
 run = pathlib.Path(spec["fit_dir"]) / "run"
 if spec.get("resumes"):
     status.write_text(json.dumps({"state": "done", "phase": "done", "pid": os.getpid(), "result": {
-        "resumed": spec["resumes"], "fit_dir": spec["fit_dir"], "device": spec["device"], "predicted": []}}))
+        "resumed": spec["resumes"], "fit_dir": spec["fit_dir"], "device": spec.get("device"), "predicted": []}}))
     sys.exit(0)
 run.mkdir(parents=True)
 (run / "fit_log.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in [
     {"step": 1, "loss": 0.9}, {"step": 2, "loss": 0.7}, {"step": 2, "validation": {"score": 0.6}},
     {"step": 3, "loss": 0.5}]))
+"""
+# A fit that reaches step 3 of its steps and runs on until it is stopped.
+STOPPABLE_FIT = FIT_WORKER_START + """
 (run / "checkpoint_last.pt").write_bytes(b"the loop's resume state")
 status.write_text(json.dumps({"state": "running", "phase": "fit", "pid": os.getpid(), "message": "fitting"}))
 time.sleep(120)
