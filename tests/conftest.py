@@ -13,6 +13,10 @@ import torch
 
 from fewsam.models.sam import PreprocessInfo
 
+# Tests that import OpenVINO themselves (pytest.importorskip) load it as fewsam does, without the
+# telemetry that forks from threads (fewsam.models.precision.import_openvino says why that hangs).
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -25,6 +25,7 @@ import os
 import platform
 import secrets
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,11 +94,46 @@ def require_bf16(flags: frozenset[str] | None = None, requested: str = "bf16-ope
                           "amx_bf16) and this one has none; use --precision fp32-openvino (or auto)")
 
 
+# OpenVINO's converter modules that pick ``openvino_telemetry`` (or the stand-in it ships) as ``tm``
+TELEMETRY_USERS = ("openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.convert_impl", "openvino.tools.ovc.utils")
+
+
+def import_openvino() -> Any:
+    """``openvino``, with its converter's usage telemetry replaced by the stand-in OpenVINO uses when
+    ``openvino_telemetry`` is not installed.
+
+    That telemetry sends each event (one at ``import openvino``, more per ``convert_model``) from a
+    thread pool that forks a process per event. A fork from a thread can hang the whole process for
+    good: the fork first takes h5py's lock (h5py's at-fork handler), then waits for the import
+    lock, while the main thread, inside an import, has the garbage collector free an h5py file and
+    waits for h5py's lock. fewsam reads h5 data in the process that converts, so it must not fork
+    from threads. Blocking the package before the first ``import openvino`` keeps OpenVINO's own
+    fallback for every module; the stand-in is also put in modules already imported by then."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # import -> ImportError
+    import openvino
+
+    _replace_loaded_telemetry()
+    return openvino
+
+
+def _replace_loaded_telemetry() -> None:
+    """Converter modules that imported the real telemetry before fewsam did (a caller's own
+    ``import openvino`` first) get the stand-in; nothing when OpenVINO has no stand-in."""
+    try:
+        from openvino.tools.ovc import telemetry_stub
+    except ImportError:
+        return
+    for name in TELEMETRY_USERS:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "tm", telemetry_stub) is not telemetry_stub:
+            module.tm = telemetry_stub  # type: ignore[attr-defined]
+
+
 def openvino_problem() -> str | None:
     """Why OpenVINO cannot be used here (None: it loads). A broken install (a missing shared
     library) counts as not loading, so that ``auto`` falls back instead of failing."""
     try:
-        import openvino  # noqa: F401
+        import_openvino()
     except ImportError:
         return "OpenVINO is not installed (pip install openvino)"
     except (OSError, RuntimeError) as err:
@@ -176,8 +212,7 @@ class OpenVinoEncoder:
         return torch.from_numpy(x.copy())  # the output tensor's memory is reused by the next call
 
     def _compile(self) -> list[Any]:
-        import openvino as ov
-
+        ov = import_openvino()
         core = ov.Core()
         files = [self.ir_dir / _ir_name(i, len(self.stages)) for i in range(len(self.stages))]
         models = self._read_ir(core, ov, files) if all(f.exists() for f in files) else self._convert(ov)
