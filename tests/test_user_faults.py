@@ -422,10 +422,14 @@ def _fit_until(command: list[str], cwd: Path, path: Path, marker: str = "") -> s
     process = subprocess.Popen([sys.executable, "-m", "fewsam", *command], cwd=cwd, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while not (path.exists() and (not marker or marker in path.read_text())):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"no {marker!r} in {path}"
-        time.sleep(0.2)
+    try:
+        while not (path.exists() and (not marker or marker in path.read_text())):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"no {marker!r} in {path}"
+            time.sleep(0.2)
+    except AssertionError:
+        process.kill()  # a fit of 100,000 steps is not left running after the test fails
+        raise
     return process
 
 

@@ -101,7 +101,7 @@ def predict_cases(spec: dict[str, Any], status: Status) -> list[str]:
     for done, case_id in enumerate(cases):
         status.update(message=f"predicting {case_id} ({done + 1}/{len(cases)})", cases_done=done)
         case = dataset.load(case_id, with_label=False)
-        labels, entropy = predict_with_entropy(predictor, CaseSlices(case, cache, spec["device"]))
+        labels, entropy = predict_with_entropy(predictor, CaseSlices(case, cache, spec["device"], streamed=True))
         atomic_write_bytes(out / f"{case_key(case_id)}.npz", encode_prediction(case_id, spec["fit"], labels, entropy))
     status.update(cases_done=len(cases))
     return cases
