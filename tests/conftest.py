@@ -196,3 +196,17 @@ def write_lv_png_folder(root: Path, n: int, foreground: int | None = None) -> Pa
             mask = ((label[0] == 3) * foreground).astype(np.uint8)
             Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
     return root
+
+
+def write_images_and_masks(root: Path, names: list[str], mask: np.ndarray, mask_suffix: str = ".png") -> Path:
+    """images/NAME.png (random 8-bit greyscale of ``mask``'s shape) + masks/NAME``mask_suffix`` holding
+    ``mask`` as given (its dtype and coding: 0/255, 0/65535, ...), for each name."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for name in names:
+        Image.fromarray((rng.random(mask.shape) * 255).astype(np.uint8)).save(root / "images" / f"{name}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{name}{mask_suffix}")
+    return root

@@ -95,17 +95,12 @@ def test_numbers_of_other_numeric_types_are_taken():
 def _png_folder(root: Path) -> Path:
     """images/cN.png + masks/cN.png, 0/255 masks."""
     import numpy as np
-    from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for folder in ("images", "masks"):
-        (root / folder).mkdir(parents=True)
-    for i in range(5):
-        Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(root / "images" / f"c{i}.png")
-        mask = np.zeros((32, 32), np.uint8)
-        mask[8:20, 8:20] = 255
-        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
-    return root
+    from conftest import write_images_and_masks
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    return write_images_and_masks(root, [f"c{i}" for i in range(5)], mask)
 
 
 @pytest.mark.parametrize("gone", ["masks/c1.png", "images/c3.png"])

@@ -12,6 +12,8 @@ from PIL import Image
 from fewsam.data import open_dataset
 from fewsam.errors import DataError
 
+from conftest import write_images_and_masks
+
 
 def fundus_test_folder(root: Path, n: int = 2) -> Path:
     """DRIVE's ``test/`` alone: photographs dark outside the camera's circular field of view (images/), and
@@ -110,15 +112,9 @@ def test_a_cine_multi_frame_file_is_refused_naming_its_time_points(tmp_path, tim
 
 def sixteen_bit_folder(root: Path, suffix: str) -> Path:
     """images/ + masks/ whose masks are 16-bit files coded 0/65535."""
-    for d in ("images", "masks"):
-        (root / d).mkdir(parents=True)
-    for name in ("a", "b"):
-        Image.fromarray((np.random.default_rng(1).random((16, 18)) * 255).astype(np.uint8)).save(
-            root / "images" / f"{name}.png")
-        mask = np.zeros((16, 18), np.uint16)
-        mask[4:10, 5:12] = 65535
-        Image.fromarray(mask).save(root / "masks" / f"{name}{suffix}")
-    return root
+    mask = np.zeros((16, 18), np.uint16)
+    mask[4:10, 5:12] = 65535
+    return write_images_and_masks(root, ["a", "b"], mask, suffix)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
