@@ -28,6 +28,7 @@ import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,18 @@ def import_openvino() -> Any:
 
     _replace_loaded_telemetry()
     return openvino
+
+
+@cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, shared by every compiled encoder.
+
+    Each Core starts its own CPU plugin, and each plugin puts in an alternate signal stack of its
+    own, restoring the one it found when it is destroyed. Two Cores destroyed in the order they
+    were made (a cache of one run freed before another's) leave the thread on the first plugin's
+    freed stack, and the next signal -- Ctrl-C in a fit -- ends the process in a segmentation
+    fault instead of a clean stop. One Core, kept for the process's life, makes one plugin."""
+    return import_openvino().Core()
 
 
 def _replace_loaded_telemetry() -> None:
@@ -213,7 +226,7 @@ class OpenVinoEncoder:
 
     def _compile(self) -> list[Any]:
         ov = import_openvino()
-        core = ov.Core()
+        core = openvino_core()
         files = [self.ir_dir / _ir_name(i, len(self.stages)) for i in range(len(self.stages))]
         models = self._read_ir(core, ov, files) if all(f.exists() for f in files) else self._convert(ov)
         return [core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[hint],
