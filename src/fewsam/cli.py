@@ -26,8 +26,7 @@ from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import _CLI_NAMES, FitOptions, cli_fields, cli_names, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.devices import check_device
-from fewsam.errors import (FewsamError, Stopped, disk_full_message, is_disk_full, is_not_permitted, is_out_of_memory,
-                           not_permitted_message, out_of_memory_message)
+from fewsam.errors import FewsamError, Stopped, resource_failure_message
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 from fewsam.progress import PYTHON_CALLER_NOTICES
@@ -820,14 +819,9 @@ def main() -> None:
         if _rank_of(stop) == 0:  # torchrun stops every rank (Ctrl-C, or a peer that failed): rank 0 says it
             err.print(stopped_message(stop, sys.argv), highlight=False, soft_wrap=True)  # one line, as error: lines
         raise SystemExit(128 + stop.signum)
-    except OSError as exc:
-        if not (is_disk_full(exc) or is_not_permitted(exc)):
+    except (OSError, MemoryError, RuntimeError) as exc:
+        message = resource_failure_message(exc)
+        if message is None:
             raise
-        message = disk_full_message(exc) if is_disk_full(exc) else not_permitted_message(exc)
         say_user_error(message, exc)
-        raise SystemExit(2)
-    except (MemoryError, RuntimeError) as exc:
-        if not is_out_of_memory(exc):
-            raise
-        say_user_error(out_of_memory_message(exc), exc)
         raise SystemExit(2)

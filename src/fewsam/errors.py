@@ -85,3 +85,15 @@ def out_of_memory_message(err: BaseException) -> str:
     return (f"out of memory ({detail or type(err).__name__}); lower --batch-size or --image-size, choose a "
             "smaller --model, or free memory (a GPU's: close other jobs on it), then run the same command again "
             "(a fit resumes from its last checkpoint)")
+
+
+def resource_failure_message(err: BaseException) -> str | None:
+    """The one line above for a full disk, a refused file or memory that ran out, or None for any other
+    failure: the command line and the studio's worker say these the same way."""
+    if isinstance(err, OSError) and is_disk_full(err):
+        return disk_full_message(err)
+    if isinstance(err, OSError) and is_not_permitted(err):
+        return not_permitted_message(err)
+    if is_out_of_memory(err):
+        return out_of_memory_message(err)
+    return None

@@ -46,9 +46,16 @@ def status_of(error: FewsamError) -> int:
     return getattr(error, "status", 400)
 
 
+# How the page's advice on a full disk, a refused file and memory that ran out ends: what comes before it
+# is what to do first (``remedy``), which a failed fit's Resume message repeats.
+AGAIN = "then press Fit (or Predict) again"
+
 # The core's advice to a command-line user (the same `fewsam fit` command, another --out, deleting a run
 # folder) as what the page offers instead: the studio names each fit's folder itself, so a new fit is the
 # Fit button, an interrupted one the Resume button, and the core's own messages stay as the CLI needs them.
+# The device is the studio's --device, chosen when it started, so it changes by restarting the studio; the
+# fit's --batch-size, --image-size and --model are not the page's: its fits hold each labelled slice in
+# memory once per view, which the page's views setting lowers (``fewsam.errors`` has the command-line lines).
 PAGE_ADVICE: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern), advice) for pattern, advice in (
     (r"rerun with its settings to resume, or choose another --out",
      "press Fit to start a new fit on your current labels"),
@@ -59,6 +66,17 @@ PAGE_ADVICE: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern
     (r"delete \S+ and fit again", "press Fit to fit again"),
     (r"give the folder `fewsam fit` wrote", "press Fit to fit again"),
     (r"choose another --out", "press Fit to start a new fit"),
+    (r"^--device\b", "the studio's --device"),
+    (r"(?:use|pass|rerun with) --device (\S+?)(?=[\s;,.)]|$)", r"restart the studio with --device \1"),
+    (r"; use (cpu, cuda or cuda:N|cuda:0 to cuda:\d+)", r"; restart the studio with --device \1"),
+    (r"free space \(or use another --out / --cache\), then run the same command again",
+     f"free space on the disk that holds it, {AGAIN}"),
+    (r"give fewsam access to it \(or use another --out / --cache / --json\), then run the same command again",
+     f"give the studio access to it, {AGAIN}"),
+    (r"lower --batch-size or --image-size, choose a smaller --model, or free memory \(a GPU's: close other jobs "
+     r"on it\), then run the same command again \(a fit resumes from its last checkpoint\)",
+     f"fit with fewer views (each labelled slice is held in memory once per view) or free memory (close other "
+     f"programs, or other jobs on the GPU), {AGAIN}"),
 ))
 
 
@@ -68,3 +86,10 @@ def for_the_page(message: str) -> str:
     for pattern, advice in PAGE_ADVICE:
         message = pattern.sub(advice, message)
     return message
+
+
+def remedy(message: str) -> str | None:
+    """What to do before trying again, in a page message whose advice ends in ``AGAIN`` (free space, fewer
+    views): a failed fit's Resume needs it done first too. None for other messages."""
+    found = re.search(f"; ([^;]+?), {re.escape(AGAIN)}", message)
+    return found.group(1) if found else None

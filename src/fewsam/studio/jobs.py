@@ -15,6 +15,7 @@ is offered Resume too, in this studio and the next: the steps before that checkp
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -28,9 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fewsam.atomic import atomic_write_bytes
-from fewsam.studio.errors import Conflict, NotFound, for_the_page
+from fewsam.errors import disk_full_message, out_of_memory_message
+from fewsam.studio.errors import Conflict, NotFound, for_the_page, remedy
 
 WorkerArgv = Callable[[Path], list[str]]
+DISK_FULL_EXIT = errno.ENOSPC  # the worker's exit code when a full disk kept it from writing why it failed
 LOG_TAIL_LINES = 6
 FIT_LOG_TAIL = 16384  # bytes of RUN/fit.log read for its newest progress line (a line every 5% or 30 s)
 # "2026-01-01 12:00:00 mirror val 3/10 (30%), 0:21 elapsed, ~0:50 left": a line of ``progress.PlainProgress``
@@ -222,12 +225,8 @@ class JobRunner:
 
     def _crash_message(self, job: Job, code: int) -> str:
         """A worker that died without saying why: its exit code (or signal) and its last log lines."""
-        if isinstance(job.process, LeftRunning):
-            how = "ended while the studio was not running, without saying why"
-        else:
-            how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit code {code}"
         tail = _tail(job.log_file, LOG_TAIL_LINES)
-        return f"the {job.kind} worker {how}" + (f"; its log ends: {tail}" if tail else "") + \
+        return _how_the_worker_ended(job, code) + (f"; its log ends: {tail}" if tail else "") + \
             f" (full log: {job.log_file}). Your labels are unchanged."
 
     def cancel(self) -> dict[str, Any]:
@@ -265,6 +264,20 @@ class JobRunner:
         if job is not None and job.process.poll() is None:
             _terminate(job)
             _record_end(job, STOPPED_WITH_THE_STUDIO)
+
+
+def _how_the_worker_ended(job: Job, code: int) -> str:
+    """What a worker's exit says: SIGKILL is what the system's out-of-memory killer sends (said as memory
+    running out is said everywhere), ``DISK_FULL_EXIT`` a full disk under the job's own folder."""
+    if isinstance(job.process, LeftRunning):
+        return f"the {job.kind} worker ended while the studio was not running, without saying why"
+    if code == -signal.SIGKILL:
+        return out_of_memory_message(MemoryError(f"the {job.kind} worker was killed by SIGKILL, which the system "
+                                                 "sends when memory runs out"))
+    if code == DISK_FULL_EXIT:
+        return disk_full_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(job.status_file)))
+    how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit code {code}"
+    return f"the {job.kind} worker {how}"
 
 
 def kept_model_dice(result: object) -> dict[str, Any]:
@@ -328,16 +341,24 @@ def failed_message(job: Job, error: str, progress: dict[str, Any]) -> str:
     fit, steps = Path(job.spec["fit_dir"]).name, progress.get("steps")
     checkpoint = progress.get("checkpoint_step") or 0
     where = f"its last checkpoint, step {checkpoint}" if checkpoint else "its last checkpoint"
+    first = remedy(error)  # free space, fewer views: Resume meets the same failure until it is done
     return (f"{fit} failed at step {progress.get('step', 0)}" + (f" of {steps}" if steps else "")
-            + f" ({what_failed(error)}); Resume goes on from {where}, on the "
+            + f" ({what_failed(error)}); " + (f"{first}, then " if first else "")
+            + f"Resume goes on from {where}, on the "
             f"{job.spec.get('labelled_slices', '?')} slice(s) labelled when it started, or Fit starts a new fit on "
             "your current labels. Your labels are unchanged")
 
 
 def what_failed(error: str) -> str:
     """The first clause of a failed job's error, which says what failed, without the advice, log tail or
-    log path that follow it (the page shows the whole error too)."""
-    return re.split(r"; | \(full log: ", error, maxsplit=1)[0].rstrip(". ")
+    log path that follow it (the page shows the whole error too). A "; " in parentheses is kept: torch's
+    own words on memory ("(GPU 0; 15.78 GiB total capacity)") are part of what failed."""
+    depth = 0
+    for at, char in enumerate(error):
+        if error.startswith(" (full log: ", at) or (depth == 0 and error.startswith("; ", at)):
+            return error[:at].rstrip(". ")
+        depth += {"(": 1, ")": -1}.get(char, 0)
+    return error.split("; ", 1)[0].rstrip(". ")  # parentheses left open (a shortened detail)
 
 
 def interrupted_message(job: Job, record: dict[str, Any], progress: dict[str, Any]) -> str:

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from fewsam.atomic import atomic_write_bytes
-from fewsam.errors import FewsamError
+from fewsam.errors import FewsamError, is_disk_full, resource_failure_message
 from fewsam.studio.fitdata import FIT_VAL_SPLIT
+from fewsam.studio.jobs import DISK_FULL_EXIT
 from fewsam.studio.project import LATEST_RUN, PREDICTIONS, case_key, encode_prediction
 
 
@@ -135,6 +136,12 @@ def mean_entropy(probs: Any) -> float:
 
 
 def run_job(spec: dict[str, Any], status: Status) -> dict[str, Any]:
+    """Checks the studio's device first: a prediction would otherwise meet a missing GPU as torch's own
+    error from deep inside model loading, not the line that says which device and what to do."""
+    from fewsam.devices import check_device
+
+    if spec["kind"] in ("fit", "predict"):
+        check_device(spec["device"])
     if spec["kind"] == "fit":
         return run_fit(spec, status)
     if spec["kind"] == "predict":
@@ -143,7 +150,8 @@ def run_job(spec: dict[str, Any], status: Status) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job in JOB.json; exit 0 when it finished, 1 when it failed (the reason in status.json)."""
+    """Run the job in JOB.json; exit 0 when it finished, 1 when it failed (the reason in status.json), or
+    ``DISK_FULL_EXIT`` when the disk is too full to record even that."""
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(args[0]).read_text())
     status = Status(Path(spec["status"]))
@@ -151,15 +159,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_job(spec, status)
     except FewsamError as err:
-        status.update(state="failed", error=str(err))
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return record_failure(status, str(err))
     except Exception as err:  # noqa: BLE001 - an unexpected failure still has to reach the page
+        said = resource_failure_message(err)
+        if said is not None:
+            return record_failure(status, said)
         traceback.print_exc()
-        status.update(state="failed", error=f"{type(err).__name__}: {err} (details in the job's worker.log)")
-        return 1
+        return record_failure(status, f"{type(err).__name__}: {err} (details in the job's worker.log)")
     status.update(state="done", phase="done", message="finished", result=result)
     return 0
+
+
+def record_failure(status: Status, error: str) -> int:
+    """Say why the job failed in status.json (what the page shows) and worker.log; the exit code says a
+    full disk when status.json, on that disk, cannot take the line (the server then says it instead)."""
+    try:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # worker.log is only the second place the line goes
+    try:
+        status.update(state="failed", error=error)
+    except OSError as err:
+        return DISK_FULL_EXIT if is_disk_full(err) else 1
+    return 1
 
 
 if __name__ == "__main__":
