@@ -129,7 +129,7 @@ def test_a_masks_folder_of_greyscale_images_is_read_as_images(tmp_path):
     assert not any(map(ds.has_label, ds.entries))
 
 
-def test_predict_on_an_nnunet_labelstr_alone_is_one_error_line_naming_imagestr(tmp_path):
+def test_info_on_an_nnunet_labelstr_alone_is_one_error_line_naming_imagestr(tmp_path):
     labels = tmp_path / "x" / "labelsTr"
     shutil.copytree(_nnunet(tmp_path / "nnunet") / "labelsTr", labels)
     assert _refusal(labels) == _label_map_refusal(labels, "0, 1, 2, 3", "imagesTr")
