@@ -92,12 +92,34 @@ def test_the_training_folder_and_one_patient_folder_open_too(database):
     assert one.class_map == CLASS_MAP
 
 
-def test_info_cfg_gives_group_height_weight_as_group_attributes(database):
+def test_info_cfg_gives_group_height_weight_and_each_frames_phase_as_group_attributes(database):
     ds = open_dataset(database)
-    assert ds.attributes_of("patient002_frame03") == {"Group": "HCM", "Height": 172.0, "Weight": 72.0}
+    assert ds.attributes_of("patient002_frame03") == {"Group": "HCM", "Height": 172.0, "Weight": 72.0, "phase": "ES"}
+    assert ds.attributes_of("patient002_frame01")["phase"] == "ED"
     columns = dataset_info(database)["attributes"]["columns"]
-    assert set(columns) == {"Group", "Height", "Weight"}
+    assert set(columns) == {"Group", "Height", "Weight", "phase"}
     assert columns["Group"]["values"] == ["DCM", "HCM", "MINF", "NOR"]
+    assert columns["phase"]["values"] == ["ED", "ES"]
+
+
+def test_evaluate_groups_by_phase_and_by_group_in_either_letter_case(tmp_path):
+    """``--group-by phase`` from Info.cfg's ED and ES frame numbers (ED need not be frame 1), and ``--group-by
+    group`` as on the h5 release's patient_info.csv although Info.cfg writes ``Group``."""
+    from fewsam.data.writers import write_prediction
+    from fewsam.evaluate import evaluate
+
+    database = tmp_path / "database"
+    patient(database / "training" / "patient001", 1, frames=(2, 4))
+    patient(database / "training" / "patient002", 2)
+    ds = open_dataset(database)
+    assert [ds.attributes_of(case)["phase"] for case in ds.split("all")] == ["ED", "ES", "ED", "ES"]
+    for case in map(ds.load, ds.split("all")):
+        write_prediction(case, case.label, tmp_path / "pred")
+    by_phase = evaluate(tmp_path / "pred", database, split="all", group_by="phase", show_progress=False, n_boot=10)
+    assert {name: group["n"] for name, group in by_phase["groups"].items()} == {"ED": 2, "ES": 2}
+    for spelling in ("group", "Group", "GROUP"):
+        scores = evaluate(tmp_path / "pred", database, split="all", group_by=spelling, show_progress=False, n_boot=10)
+        assert {name: group["n"] for name, group in scores["groups"].items()} == {"DCM": 2, "HCM": 2}
 
 
 def test_predictions_are_case_files_on_the_frame_grid_and_evaluate_groups_them(database, tmp_path):

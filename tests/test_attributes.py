@@ -6,6 +6,7 @@ import pytest
 
 from conftest import shared_data
 from fewsam.data import group_of, open_dataset, parse_bins, read_attribute_table
+from fewsam.data.attributes import attribute_value
 from fewsam.data.readers.fairseg_npz import decode_attributes
 from fewsam.errors import DataError, FewsamError
 
@@ -134,3 +135,11 @@ def test_csv_matching_no_case_is_an_error(tmp_path):
 ])
 def test_fairseg_codes(raw, image_key, expected):
     assert decode_attributes(raw, image_key) == pytest.approx(expected)
+
+
+def test_an_attribute_is_found_in_any_letter_case_the_later_source_winning():
+    """Info.cfg's ``Group`` and a joined table's ``group`` are one attribute; merged, the table's comes later."""
+    assert group_of({"Group": "DCM", "Height": 172.0}, "group") == "DCM"
+    assert attribute_value({"Group": "DCM", "group": "HCM"}, "GROUP") == "HCM"
+    assert attribute_value({"Group": "DCM", "group": None}, "group") == "DCM"
+    assert attribute_value({"Group": "DCM"}, "phase") is None

@@ -1,6 +1,7 @@
 """A dataset's label folder given as data (``--data DATASET/labelsTr``, ``DATASET/masks``) is refused,
 naming the dataset's folder: read as data, its labels would be segmented as if they were images. A
-label-named folder with no images beside it is still read as before."""
+label-named folder with no images beside it is refused where its files look like label maps (a few whole
+values), and read where they hold images."""
 
 from __future__ import annotations
 
@@ -82,14 +83,16 @@ def test_a_volume_label_folder_beside_images_named_gt_names_the_parent(tmp_path)
 
 
 def test_only_a_label_folder_with_its_images_beside_it_is_refused(tmp_path):
-    """gt/ alone (beside notes/), and Kvasir-SEG/ (images/ + masks/) beside an images/ of other pictures,
-    are read as before; the same gt/ beside images/ is refused."""
+    """gt/ alone (beside notes/) holding images, and Kvasir-SEG/ (images/ + masks/) beside an images/ of other
+    pictures, are read as before; the same gt/ beside images/ is refused."""
     nnunet = _nnunet(tmp_path / "nnunet")
     alone = tmp_path / "alone"
-    shutil.copytree(nnunet / "labelsTr", alone / "gt")
+    shutil.copytree(nnunet / "imagesTr", alone / "gt")
     (alone / "notes").mkdir()
     (alone / "notes" / "readme.txt").write_text("scanner settings\n", encoding="utf-8")
     assert len(open_dataset(alone / "gt").split("val")) == 2
+    shutil.rmtree(alone / "gt")
+    shutil.copytree(nnunet / "labelsTr", alone / "gt")
     downloads = tmp_path / "downloads"
     kvasir = write_lv_png_folder(downloads / "Kvasir-SEG", 2, 255)
     (downloads / "images").mkdir()
@@ -97,3 +100,38 @@ def test_only_a_label_folder_with_its_images_beside_it_is_refused(tmp_path):
     assert open_dataset(kvasir).layout == "png"
     shutil.copytree(nnunet / "imagesTr", alone / "images")
     assert _refusal(alone / "gt") == _advice(alone / "gt", "images")
+
+
+# ---------------------------------------------------------------- a label folder with no images beside it
+
+
+def _label_map_refusal(folder: Path, values: str, images: str) -> str:
+    return (f"{folder} holds label maps, not images (a label folder's name, and its files hold only the values "
+            f"{values}); given as data, its labels would be read as images to segment; give the folder holding the "
+            f"images and this one beside them ({images}/ + {folder.name}/) as --data, or the images' own folder to "
+            "predict")
+
+
+def test_a_masks_folder_of_0_255_masks_alone_is_refused_as_label_maps(tmp_path):
+    data = write_lv_png_folder(tmp_path / "set", 2, 255)
+    masks = tmp_path / "elsewhere" / "masks"
+    masks.parent.mkdir()
+    (data / "masks").rename(masks)
+    assert _refusal(masks) == _label_map_refusal(masks, "0, 255", "images")
+
+
+def test_a_masks_folder_of_greyscale_images_is_read_as_images(tmp_path):
+    """A folder named masks/ holding pictures of many grey values: a user's images, whatever its name."""
+    masks = write_lv_png_folder(tmp_path / "set", 2) / "images"
+    masks = masks.rename(tmp_path / "set" / "masks")
+    ds = open_dataset(masks)
+    assert ds.layout == "png" and len(ds.split("all")) == 2
+    assert not any(map(ds.has_label, ds.entries))
+
+
+def test_info_on_an_nnunet_labelstr_alone_is_one_error_line_naming_imagestr(tmp_path):
+    labels = tmp_path / "x" / "labelsTr"
+    shutil.copytree(_nnunet(tmp_path / "nnunet") / "labelsTr", labels)
+    assert _refusal(labels) == _label_map_refusal(labels, "0, 1, 2, 3", "imagesTr")
+    result = run_fewsam("info", str(labels), cwd=tmp_path)
+    assert_one_line_error(result, "holds label maps, not images")

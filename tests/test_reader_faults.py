@@ -51,24 +51,42 @@ def test_a_drive_test_folder_alone_has_no_labels_its_field_of_view_masks_are_not
 # ---------------------------------------------------------------- a cine DICOM file's time points
 
 
-def write_enhanced_mr(path: Path, positions: list[tuple[float, float, float]], times: list[int]) -> np.ndarray:
-    """An enhanced MR file (one file, many frames) whose per-frame functional groups give each frame's
-    ImagePositionPatient and, where ``times`` holds one, its TemporalPositionIndex; returns its frames."""
+ENHANCED_MR, MR = "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4"
+
+
+def _mr_file(sop: str, instance: str, pixels: np.ndarray):  # noqa: ANN202 - a pydicom Dataset
+    """The header every MR file of one series shares (one series UID), with ``pixels`` (frames, 4, 5)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    pixels = np.random.default_rng(0).integers(0, 1000, (len(positions), 4, 5)).astype("<u2")
-    sop = "1.2.840.10008.5.1.4.1.1.4.1"
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, "1.2.3.4.5"
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, instance
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, "1.2.3.4.5", "MR"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, instance, "MR"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4", "1.2.3.4.6"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.NumberOfFrames, ds.Rows, ds.Columns = len(positions), 4, 5
+    ds.Rows, ds.Columns = 4, 5
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    return ds
+
+
+def _save_dicom(ds, path: Path) -> None:  # noqa: ANN001 - a pydicom Dataset
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_enhanced_mr(path: Path, positions: list[tuple[float, float, float]], times: list[int],
+                      instance: str = "1.2.3.4.5") -> np.ndarray:
+    """An enhanced MR file (one file, many frames) whose per-frame functional groups give each frame's
+    ImagePositionPatient and, where ``times`` holds one, its TemporalPositionIndex; returns its frames."""
+    from pydicom.dataset import Dataset
+
+    pixels = np.random.default_rng(0).integers(0, 1000, (len(positions), 4, 5)).astype("<u2")
+    ds = _mr_file(ENHANCED_MR, instance, pixels)
+    ds.NumberOfFrames = len(positions)
     orientation, measures = Dataset(), Dataset()
     orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     measures.SliceThickness, measures.PixelSpacing = 2, [0.5, 0.5]
@@ -76,10 +94,20 @@ def write_enhanced_mr(path: Path, positions: list[tuple[float, float, float]], t
     shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orientation], [measures]
     ds.SharedFunctionalGroupsSequence = [shared]
     ds.PerFrameFunctionalGroupsSequence = [_frame(p, t) for p, t in zip(positions, times)]
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    _save_dicom(ds, path)
     return pixels
+
+
+def write_mr_slices(folder: Path, positions: list[tuple[float, float, float]], times: list[int]) -> None:
+    """One single-frame MR file per position, of one series: at time point ``times[k]`` (its
+    TemporalPositionIdentifier and a TriggerTime 40 ms apart, as a cine series written slice by slice)."""
+    for k, (position, time) in enumerate(zip(positions, times)):
+        pixels = np.random.default_rng(k).integers(0, 1000, (1, 4, 5))
+        ds = _mr_file(MR, f"1.2.3.4.7.{k + 1}", pixels)
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = list(position), [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber = [0.5, 0.5], 2, k + 1
+        ds.TemporalPositionIdentifier, ds.TriggerTime = time, 40.0 * (time - 1)
+        _save_dicom(ds, folder / f"IM{k + 1:04d}.dcm")
 
 
 def _frame(position: tuple[float, float, float], time: int):  # noqa: ANN202 - a pydicom Dataset
@@ -104,6 +132,37 @@ def test_a_cine_multi_frame_file_is_refused_naming_its_time_points(tmp_path, tim
     write_enhanced_mr(tmp_path / "cine" / "s" / "cine.dcm", SLICES * 2, times)
     with pytest.raises(DataError, match=r"cine.dcm: this multi-frame DICOM file holds 2 time points "
                                         r"\(6 frames at 3 slice positions"):
+        open_dataset(tmp_path / "cine").load("s")
+
+
+def test_a_series_whose_later_file_is_a_cine_multi_frame_file_is_refused_naming_it(tmp_path):
+    """Every file of a series is looked at, not only its first: here the second of two files is the cine."""
+    write_enhanced_mr(tmp_path / "cine" / "s" / "a.dcm", SLICES, [0] * 3, instance="1.2.3.4.5.1")
+    later = [(0.0, 0.0, 6.0 + 2.0 * k) for k in range(3)] * 2
+    write_enhanced_mr(tmp_path / "cine" / "s" / "b.dcm", later, [1, 1, 1, 2, 2, 2], instance="1.2.3.4.5.2")
+    with pytest.raises(DataError, match=r"b.dcm: this multi-frame DICOM file holds 2 time points "
+                                        r"\(6 frames at 3 slice positions"):
+        open_dataset(tmp_path / "cine").load("s")
+
+
+@pytest.mark.parametrize("slices", [SLICES, SLICES[:1]], ids=["three-slices", "one-slice"])
+def test_a_cine_written_as_single_frame_files_is_refused_naming_its_time_points(tmp_path, slices):
+    """A cine stored a file per slice position and time point (one series UID): as many time points at each
+    position, whatever order the files sort in; one slice position at two time points too."""
+    write_mr_slices(tmp_path / "one" / "s", slices, [1] * len(slices))
+    assert open_dataset(tmp_path / "one").load("s").image.shape == (len(slices), 4, 5)
+    write_mr_slices(tmp_path / "cine" / "s", slices * 2, [1] * len(slices) + [2] * len(slices))
+    folder = tmp_path / "cine" / "s"
+    with pytest.raises(DataError, match=fr"{folder}: its {2 * len(slices)} DICOM files hold 2 time points "
+                                        fr"\({2 * len(slices)} frames at {len(slices)} slice positions"):
+        open_dataset(tmp_path / "cine").load("s")
+
+
+def test_multi_frame_files_one_per_time_point_are_refused_as_one_series(tmp_path):
+    """An enhanced MR file per time point, each one volume of the same slices, in one series."""
+    for time in (1, 2):
+        write_enhanced_mr(tmp_path / "cine" / "s" / f"t{time}.dcm", SLICES, [time] * 3, instance=f"1.2.3.4.5.{time}")
+    with pytest.raises(DataError, match=r"its 2 DICOM files hold 2 time points \(6 frames at 3 slice positions"):
         open_dataset(tmp_path / "cine").load("s")
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
-from fewsam.data.attributes import AtLeast, default_bins, parse_cell, without_leading_zeros
+from fewsam.data.attributes import AtLeast, attribute_value, default_bins, parse_cell, without_leading_zeros
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
@@ -60,7 +60,7 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
     ``attributes``: case id -> the case's attributes.
     """
     binned = bins or default_bins(column)
-    values = {cid: attrs.get(column) for cid, attrs in attributes.items() if attrs.get(column) is not None}
+    values = {cid: value for cid, attrs in attributes.items() if (value := attribute_value(attrs, column)) is not None}
     if binned is None:
         refuse_unbinned_measurements(column, list(values.values()))
         return
@@ -117,7 +117,8 @@ def check_sources_agree(dataset: Any, case_ids: Iterable[str], column: str, bins
     if sources is None:
         return
     for case_id in case_ids:
-        known = [(where, attrs[column]) for where, attrs in sources(case_id) if attrs.get(column) is not None]
+        known = [(where, value) for where, attrs in sources(case_id)
+                 if (value := attribute_value(attrs, column)) is not None]
         for where, other in known[1:]:
             first, value = known[0]
             if group_of({column: other}, column, bins) != group_of({column: value}, column, bins):
@@ -137,12 +138,13 @@ def say_tables_over_files(dataset: Any, case_ids: Iterable[str], column: str, bi
     differing = []
     for case_id in case_ids:
         where, stored = file_attributes(case_id)
-        tables = [(source, row[column]) for source, row in dataset.table_rows(case_id) if row.get(column) is not None]
-        if stored.get(column) is None or not tables:
+        tables = [(source, value) for source, row in dataset.table_rows(case_id)
+                  if (value := attribute_value(row, column)) is not None]
+        if attribute_value(stored, column) is None or not tables:
             continue
         table, value = tables[-1]  # the last joined table wins (``attributes_of``)
         if group_of({column: value}, column, bins) != group_of(stored, column, bins):
-            differing.append((case_id, stored[column], where, value, table))
+            differing.append((case_id, attribute_value(stored, column), where, value, table))
     if differing:
         case_id, stored_value, where, value, table = differing[0]
         more = f" (and {len(differing) - 1} more cases)" if len(differing) > 1 else ""

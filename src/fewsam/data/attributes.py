@@ -7,7 +7,8 @@ takes the row whose key equals its case id, its subject (patient) id, its relati
 file name of that path, in this order (the numbers of an id also without leading zeros; a path of
 another machine or file type by its end, ``key_aliases``). Cells are parsed as int, then float,
 else kept as text; empty cells, NA/NaN/None and the words tables write for an unknown value
-(unknown, missing, ?, -, Excel's #N/A, pandas' <NA>) are missing (``None``).
+(unknown, missing, ?, -, Excel's #N/A, pandas' <NA>) are missing (``None``). An attribute is named in
+any letter case (``attribute_value``: ``--group-by group`` finds a ``Group`` column).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from fewsam.errors import DataError, FewsamError
 from fewsam.progress import say_once
@@ -361,14 +362,24 @@ def default_bins(column: str | None) -> Bins | None:
     return None if bins is None else Bins(column, bins.edges)
 
 
+def attribute_value(attributes: Mapping[str, Any], column: str) -> Any:
+    """A case's value of the attribute ``column``, its name in any letter case: sources spell one attribute
+    differently (ACDC's Info.cfg ``Group``, the SSL4MIS patient_info.csv ``group``), and ``--group-by group``
+    is to group both. Where several keys match, the last with a value is taken:
+    merged attributes keep the order of their sources, and the later source wins (``attributes_of``)."""
+    wanted = column.casefold()
+    values = [value for key, value in attributes.items() if key.casefold() == wanted and value is not None]
+    return values[-1] if values else None
+
+
 def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) -> str | None:
     """The group a case falls in for ``column``: its bin if binned, else the value as text.
 
-    Continuous ``age`` and ``bmi`` (any letter case) use ``default_bins`` (age at 60 years; BMI 25/30) unless
-    ``bins`` is given. Missing values give None (the case is left out of group metrics), and so
-    does -1 (``is_unknown_code``).
+    ``column`` is matched in any letter case (``attribute_value``). Continuous ``age`` and ``bmi`` (any letter
+    case) use ``default_bins`` (age at 60 years; BMI 25/30) unless ``bins`` is given. Missing values give None
+    (the case is left out of group metrics), and so does -1 (``is_unknown_code``).
     """
-    value = attributes.get(column)
+    value = attribute_value(attributes, column)
     bins = bins or default_bins(column)
     if value is None or is_unknown_code(value, bins):
         return None

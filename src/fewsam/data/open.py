@@ -1,13 +1,17 @@
 """``open_dataset``: look at a folder, recognise its layout, return a lazily loading Dataset.
 
 Only the index (file names, list files, CSVs, dataset.json) is read when a dataset is opened;
-images and labels are read by ``Dataset.load``.
+images and labels are read by ``Dataset.load`` (a label-named folder given alone has its first files
+read, to tell label maps from images: ``refuse_label_folder``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
 from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
@@ -97,7 +101,9 @@ def refuse_folder_inside(root: Path) -> None:
 def refuse_label_folder(root: Path) -> None:
     """A dataset's label folder given as data (``--data DATASET/labelsTr``, ``DATASET/masks``) names the
     dataset's folder: every reader would take its labels for images to segment, and predict them or count
-    them as unlabelled cases. Only where the images lie beside it: a folder of labels alone is read as before."""
+    them as unlabelled cases. Where the images lie beside it, the parent folder is named; where none do, a
+    folder named as nothing but labels (``_is_label_folder_name``) is refused if the files it holds look like
+    label maps (``label_map_values``): a folder named masks/ may hold a user's images, and those are read."""
     if not _named_as_labels(root) or _pairs_within(root):
         return
     refuse_folder_inside(root)  # a recognised dataset above is named with its layout
@@ -107,6 +113,62 @@ def refuse_label_folder(root: Path) -> None:
         raise DataError(f"{root} is the label folder of the dataset {parent} (its images are in {images.name}/); "
                         f"given as data, its labels would be read as images to segment; give the parent folder: "
                         f"--data {parent}")
+    values = label_map_values(root) if _is_label_folder_name(root.name) else None
+    if values is not None:
+        shown = ", ".join(f"{v:g}" for v in values)
+        image_folder = _image_folder_name(root.name)
+        raise DataError(f"{root} holds label maps, not images (a label folder's name, and its files hold only the "
+                        f"values {shown}); given as data, its labels would be read as images to segment; give the "
+                        f"folder holding the images and this one beside them ({image_folder}/ + {root.name}/) as "
+                        "--data, or the images' own folder to predict")
+
+
+def _is_label_folder_name(name: str) -> bool:
+    """Whether a folder's whole name is a label word of the readers (masks/, labelsTr/, gt/, ground_truth/):
+    a name that only holds one (kidney_seg_project/, Kvasir-SEG/) may well be a folder of images."""
+    return re.sub(r"[_\-.\s]+", "", name.lower()) in case_folders.LABEL_WORDS | png_folder.MASK_WORDS
+
+
+def _image_folder_name(label_folder: str) -> str:
+    """The image folder a dataset keeps beside a label folder so named: imagesTr/ beside labelsTr/, else images/."""
+    if "labels" not in label_folder.lower():
+        return "images"
+    return re.sub("labels", lambda m: "Images" if m[0][0].isupper() else "images", label_folder, flags=re.IGNORECASE)
+
+
+LABEL_MAP_VALUES = 16  # at most so many distinct values: a label map's classes (or a 0/255 mask), no image's greys
+LABEL_MAP_FILES_LOOKED_AT = 2  # files read to tell label maps from images: the first ones, a cheap look
+LABEL_MAP_VOXELS_LOOKED_AT = 1_000_000  # of a large volume, every n-th voxel up to about this many
+
+
+def label_map_values(folder: Path) -> list[float] | None:
+    """The values of the first files of ``folder`` (``LABEL_MAP_FILES_LOOKED_AT``) where each holds only a
+    few whole numbers (``LABEL_MAP_VALUES``), as label maps do; None where one holds more (an image's
+    intensities), where one cannot be read (its reader then says why), or where the folder holds none."""
+    files = [p for p in files_below(folder) if _is_picture(p.name)][:LABEL_MAP_FILES_LOOKED_AT]
+    values: set[float] = set()
+    for path in files:
+        found = _few_whole_values(path)
+        if found is None:
+            return None
+        values |= found
+    return sorted(values) if files else None
+
+
+def _few_whole_values(path: Path) -> set[float] | None:
+    """The distinct values of one 2D image or volume file where they are few whole numbers, else None."""
+    try:
+        array = png_folder.read_image(path, None) if png_folder.is_image_name(path.name) else nifti.stored_values(path)
+        array = np.asarray(array)
+        if array.dtype.kind not in "biuf":
+            return None
+        flat = array.reshape(-1)
+        values = np.unique(flat[:: max(1, flat.size // LABEL_MAP_VOXELS_LOOKED_AT)])
+    except DataError:
+        return None
+    if values.size > LABEL_MAP_VALUES or not np.all(np.isfinite(values)) or np.any(values != np.rint(values)):
+        return None
+    return {float(v) for v in values}
 
 
 # Names of a dataset's image folder beside its label folder (imagesTr/ beside labelsTr/), in any letter case

@@ -3,8 +3,9 @@
     root/<series>/*.dcm              series folders may nest (root/<patient>/<study>/<series>/),
     root/images/<series>/*.dcm       or sit under images/; .dcm files right in root are one case;
                                      .dicom, .ima and unsuffixed files with the DICM marker count too;
-                                     a series may be one multi-frame file (enhanced MR / CT),
-                                     refused where its frames hold several time points
+                                     a series may be one multi-frame file (enhanced MR / CT);
+                                     one holding several time points (a cine, in one file or
+                                     across its files) is refused
     root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid;
                                      also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation)
     root/classes.json                optional class names ({"1": "liver"}); else "class1", ...
@@ -39,7 +40,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         computed_splits, files_below, natural_sorted, one_hot_to_indices,
                                         to_label_array)
-from fewsam.data.readers.dicom_frames import frame_header
+from fewsam.data.readers.dicom_frames import FrameHeader, frame_header
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
@@ -190,7 +191,7 @@ def read_series(folder: Path) -> sitk.Image:
     MR): ITK would otherwise store every slice in the first file's integer type and truncate
     the others' rescaled values. Slices must be evenly spaced (``check_slice_spacing``)."""
     names = series_files(folder)
-    check_one_time_point(names)
+    check_one_time_point(names, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     vector = _file_info(names[0]).GetNumberOfComponents() > 1
@@ -215,19 +216,27 @@ def read_series(folder: Path) -> sitk.Image:
     return image
 
 
-def check_one_time_point(names: list[str]) -> None:
-    """Refuse a multi-frame file whose frames hold several time points (a cine or dynamic series):
-    ITK stacks them all into one volume, time points interleaved as slices, and nothing said so."""
-    frames = expected_slices(names[:1])
-    if frames < 2:
-        return
-    header = frame_header(Path(names[0]))
-    found = header.time_points(frames) if header else None
+def check_one_time_point(names: list[str], folder: Path) -> None:
+    """Refuse a series holding several time points (a cine or dynamic series), in one multi-frame file
+    or across its files (a multi-frame file per time point, or single-frame files repeating each slice
+    position): ITK stacks them all into one volume, time points interleaved as slices, and nothing said
+    so. Every file's header is read (pixels left unread), since any file of a series may be the cine."""
+    read = [(name, header) for name in names if (header := frame_header(Path(name))) is not None]
+    for name, header in read:
+        found = header.time_points() if header.frames > 1 else None
+        if found:
+            raise DataError(f"{name}: this multi-frame DICOM file holds {found[0]} time points ({header.frames} frames "
+                            f"at {found[1]} slice positions: {TIME_POINTS_ARE}), not one volume; {ONE_TIME_POINT}")
+    series = FrameHeader.joined(header for _, header in read)
+    found = series.time_points() if len(read) > 1 else None
     if found:
-        times, places = found
-        raise DataError(f"{names[0]}: this multi-frame DICOM file holds {times} time points ({frames} frames at "
-                        f"{places} slice positions: a cine, dynamic or multi-echo series), not one volume; save one time point "
-                        "as its own series (fewsam reads one 3D volume per case)")
+        raise DataError(f"{folder}: its {len(names)} DICOM files hold {found[0]} time points ({series.frames} frames "
+                        f"at {found[1]} slice positions: {TIME_POINTS_ARE}, or a slice saved twice), not one volume; "
+                        f"{ONE_TIME_POINT}")
+
+
+TIME_POINTS_ARE = "a cine, dynamic or multi-echo series"
+ONE_TIME_POINT = "save one time point as its own series (fewsam reads one 3D volume per case)"
 
 
 def _one_multi_frame_volume(image: sitk.Image) -> sitk.Image:

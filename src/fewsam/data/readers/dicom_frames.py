@@ -1,58 +1,92 @@
-"""What the frames of one multi-frame DICOM file are: slices of one volume, or time points too.
+"""What the frames of a DICOM file or series are: slices of one volume, or time points too.
 
 ITK (GDCM) stacks every frame of an enhanced MR or CT file into one volume and exposes none of the
 per-frame functional groups, so a cine series (each slice position repeated once per time point)
-reads as a volume of interleaved time points with a made-up slice spacing. pydicom reads the header
-(pixels left unread) for each frame's ImagePositionPatient and TemporalPositionIndex.
+reads as a volume of interleaved time points with a made-up slice spacing. The same holds for a cine
+written as single-frame files (one file per slice position and time point, sharing one series UID).
+pydicom reads each file's header (pixels left unread) for each frame's ImagePositionPatient and
+TemporalPositionIndex (a single-frame file's own ImagePositionPatient and TemporalPositionIdentifier).
+TriggerTime alone marks no time point: the slices of a gated 3D stack each carry their own.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
+
+import numpy as np
 
 POSITION_DECIMALS = 3  # positions equal to a micrometre are one slice position
 
 
 @dataclass(frozen=True)
 class FrameHeader:
-    """The positions and temporal indices a multi-frame file's header gives, in file order."""
+    """The frames of one file (or of a whole series, ``joined``): how many, and the positions and temporal
+    indices their headers give, in file order (frames without one give none)."""
 
-    positions: list[tuple[float, ...]]
+    frames: int
+    positions: list[tuple[int, ...]]
     temporal_indices: list[int]
 
-    def time_points(self, frames: int) -> tuple[int, int] | None:
-        """(time points, slice positions) where the ``frames`` frames hold several time points, else None:
-        several TemporalPositionIndex values, or one position per frame with positions repeated."""
+    @staticmethod
+    def joined(headers: Iterable[FrameHeader]) -> FrameHeader:
+        """The frames of several files (a series) as one: time points may lie across its files."""
+        headers = list(headers)
+        return FrameHeader(sum(h.frames for h in headers), [p for h in headers for p in h.positions],
+                           [t for h in headers for t in h.temporal_indices])
+
+    def time_points(self) -> tuple[int, int] | None:
+        """(time points, slice positions) where the frames hold several time points, else None: a position
+        repeated (the most frames at one position are the time points), or, where not every frame gives
+        its position, several temporal index values. Frames each at a position of its own are one volume
+        whatever their temporal indices say (a vendor may number the slices of one volume in time)."""
         times = len(set(self.temporal_indices))
         places = len(set(self.positions))
-        if times > 1:
-            return times, places if len(self.positions) == frames else frames // times
-        if len(self.positions) == frames and places < frames:
-            return frames // places, places
-        return None
+        if len(self.positions) == self.frames:
+            return (max(times, max(Counter(self.positions).values())), places) if places < self.frames else None
+        return (times, max(self.frames // times, 1)) if times > 1 else None
 
 
 def frame_header(path: Path) -> FrameHeader | None:
-    """The frames' positions and temporal indices from the per-frame functional groups; None where
-    the file cannot be read as DICOM (ITK's reader then says what is wrong with it)."""
+    """A file's frames with their positions and temporal indices: a multi-frame file's from its per-frame
+    functional groups, a single-frame file's from its own header; None where the file cannot be read as
+    DICOM (ITK's reader then says what is wrong with it)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError):
+        per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+        frames = int(dataset.get("NumberOfFrames") or 1)
+        if not per_frame:
+            return FrameHeader(frames, *_single_frame(dataset)) if frames == 1 else FrameHeader(frames, [], [])
+        positions: list[tuple[int, ...]] = []
+        temporal: list[int] = []
+        for frame in per_frame:
+            position = _first(frame, "PlanePositionSequence", "ImagePositionPatient")
+            if position is not None:
+                positions.append(_position_key(position))
+            index = _first(frame, "FrameContentSequence", "TemporalPositionIndex")
+            if index is not None:
+                temporal.append(int(index))
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
         return None
-    positions: list[tuple[float, ...]] = []
-    temporal: list[int] = []
-    for frame in dataset.get("PerFrameFunctionalGroupsSequence", []):
-        position = _first(frame, "PlanePositionSequence", "ImagePositionPatient")
-        if position is not None:
-            positions.append(tuple(round(float(v), POSITION_DECIMALS) for v in position))
-        index = _first(frame, "FrameContentSequence", "TemporalPositionIndex")
-        if index is not None:
-            temporal.append(int(index))
-    return FrameHeader(positions, temporal)
+    return FrameHeader(frames, positions, temporal)
+
+
+def _single_frame(dataset) -> tuple[list[tuple[int, ...]], list[int]]:  # noqa: ANN001 - a pydicom Dataset
+    """A single-frame file's position and temporal position identifier, each as a list of none or one."""
+    position = dataset.get("ImagePositionPatient")
+    index = dataset.get("TemporalPositionIdentifier")
+    return ([_position_key(position)] if position is not None and len(position) == 3 else [],
+            [int(index)] if index not in (None, "") else [])
+
+
+def _position_key(position) -> tuple[int, ...]:  # noqa: ANN001 - pydicom's multi-valued DS element
+    """A position in whole units of ``POSITION_DECIMALS`` (micrometres): positions equal to that are one."""
+    return tuple(int(np.rint(float(v) * 10 ** POSITION_DECIMALS)) for v in position)
 
 
 def _first(frame, sequence: str, keyword: str):  # noqa: ANN001, ANN202 - pydicom's Dataset and element values

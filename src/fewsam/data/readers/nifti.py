@@ -220,6 +220,12 @@ def _load(path: Path) -> Any:
     return _load_with_geometry(path)[0]
 
 
+def stored_values(path: Path) -> np.ndarray:
+    """A volume file's voxels as stored (its header's scaling applied), in file order: what the file holds,
+    before any reading as an image or a label."""
+    return _data(_load(path), path)
+
+
 def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
     """The file as a NIfTI image, and for MetaImage / NRRD files the ITK geometry to write back on."""
     if not path.is_file():

@@ -11,7 +11,10 @@ the h5 release names its volumes keeps list files and tables written for one val
 patient's other volumes (the 4D cine the frames are taken from) are no cases, said once: as a case, a
 cine sequence was an unlabelled "test" case whose first time point was segmented. The classes are
 ACDC's (``acdc_h5.CLASS_MAP``, one source), unless a classes.json names others. ``Info.cfg``
-(``Group: DCM``, ``Height: 184.0``, ``Weight: 95.0``) gives each frame its patient's group attributes.
+(``Group: DCM``, ``Height: 184.0``, ``Weight: 95.0``) gives each frame its patient's group attributes, and
+its ``ED: 1`` / ``ES: 12`` lines each frame's ``phase``, "ED" or "ES" (``--group-by phase``), where its
+number is one of them. Attribute names are matched in any letter case (``attributes.attribute_value``), so
+``--group-by group`` groups by Info.cfg's ``Group`` as by the h5 release's patient_info.csv ``group``.
 
 Given the folder above the patient folders (``database/``), a sub-folder named as a split holding them
 is read: ``testing/`` (``test/``) is the ``test`` split, the patients of the others (``training/``) are
@@ -35,10 +38,11 @@ from fewsam.progress import say_once
 __all__ = ["CLASS_MAP", "frame_entries", "frames_among", "is_frame_case", "patients_by_split_folder",
            "patients_in_test_folders"]
 
-FRAME = re.compile(r"_frame\d+$", re.IGNORECASE)
+FRAME = re.compile(r"_frame(\d+)$", re.IGNORECASE)
 INFO_FILE = "Info.cfg"
 # Info.cfg's frame numbers (which frame is end-diastole, end-systole, how many there are): no groups of patients
 FRAME_NUMBERS = frozenset({"ed", "es", "nbframe"})
+PHASES = ("ED", "ES")  # Info.cfg's keys of the labelled frames' numbers, and the values of their ``phase``
 TEST_FOLDERS = frozenset({"testing", "test"})
 SPLIT_FOLDERS = TEST_FOLDERS | {"training", "train"}
 
@@ -60,30 +64,46 @@ def frame_entries(folder: Path, pairs: dict[Path, Path | None], others: list[Pat
         say_once(f"{folder}: {', '.join(p.name for p in others)} not read: a patient's cases are its frames "
                  f"(<patient>_frame<N>), as they are labelled; the same in every patient folder",
                  key="patient-frames-others")
-    attributes = info_attributes(folder / INFO_FILE)
+    info = read_info(folder / INFO_FILE)
+    attributes, phases = info_attributes(info), frame_phases(info)
     entries = []
     for image, label in pairs.items():
         case = case_name(image)
+        phase = phases.get(int(FRAME.search(case)[1]))
         entries.append(Entry(case_id=case, image=image, label=label, rel_path=case + prediction_ending(image.name),
-                             subject=subject_of(case), attributes=dict(attributes)))
+                             subject=subject_of(case),
+                             attributes={**attributes, **({"phase": phase} if phase else {})}))
     return entries
 
 
-def info_attributes(path: Path) -> dict[str, Any]:
-    """``Key: value`` lines of a patient's Info.cfg as attributes (``Group`` 'DCM', ``Height`` 184.0,
-    ``Weight`` 95.0), its frame numbers (ED, ES, NbFrame) left out; {} without the file."""
+def read_info(path: Path) -> dict[str, str]:
+    """The ``Key: value`` lines of a patient's Info.cfg, values as written; {} without the file."""
     if not path.is_file():
         return {}
     try:
         text = user_text(path)
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from None
-    attributes = {}
+    info = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() and key.strip().lower() not in FRAME_NUMBERS:
-            attributes[key.strip()] = parse_cell(value, key.strip())
-    return attributes
+        if sep and key.strip():
+            info[key.strip()] = value.strip()
+    return info
+
+
+def info_attributes(info: dict[str, str]) -> dict[str, Any]:
+    """Info.cfg's lines as group attributes (``Group`` 'DCM', ``Height`` 184.0, ``Weight`` 95.0), its frame
+    numbers (ED, ES, NbFrame) left out: they number frames, they group no patients."""
+    return {key: parse_cell(value, key) for key, value in info.items() if key.lower() not in FRAME_NUMBERS}
+
+
+def frame_phases(info: dict[str, str]) -> dict[int, str]:
+    """Frame number -> its cardiac phase, "ED" or "ES", by Info.cfg's ``ED: 1`` and ``ES: 12`` lines (a number
+    written ``12.0`` too); a phase whose line is missing or no number is left out."""
+    numbers = {key.upper(): parse_cell(value) for key, value in info.items() if key.upper() in PHASES}
+    return {int(number): phase for phase, number in numbers.items()
+            if isinstance(number, (int, float)) and float(number).is_integer()}
 
 
 def holds_frames(folder: Path) -> bool:
