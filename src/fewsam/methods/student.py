@@ -275,8 +275,13 @@ def weak_view(data: SliceSet, idx: np.ndarray, rng: np.random.Generator,
 
 # --- prediction and validation ----------------------------------------------------------------
 
+PREDICT_BATCH = 16
+"""Slices the student predicts together. Work that streams a volume's probabilities asks for them in
+these same batches, so that a batch's arithmetic, and with it every probability, is unchanged."""
+
+
 def predict_images(module: nn.Module, images: np.ndarray | list[np.ndarray], cfg: StudentConfig,
-                   device: str = "cpu", batch_size: int = 16) -> list[torch.Tensor]:
+                   device: str = "cpu", batch_size: int = PREDICT_BATCH) -> list[torch.Tensor]:
     """Softmax probabilities (Q, H, W) at each slice's original size, for a list of 2D slices."""
     out = []
     for start in range(0, len(images), batch_size):
