@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fewsam.embedded as embedded
+import fewsam.methods.fewshot as fewshot
 import fewsam.methods.samatch.refine as refine
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
@@ -27,11 +28,12 @@ from fewsam.models.precision import FP32
 from fewsam.models.sam import postprocess_logits
 from fewsam.prompts import box_from_mask, click_prompts, stack_clicks
 from fewsam.runs import write_json
-from fewsam.self_prompting import SAM_BATCH, compose_pseudo_label, ignore_unprompted, merge_refined, prompt_regions
+from fewsam.self_prompting import SAM_BATCH, SelfPromptRules, compose_pseudo_label, ignore_unprompted, merge_refined, prompt_regions
 from test_supervised import one_thread, tiny_sam  # noqa: F401 - autouse fixture: small steps on a busy machine
 
 DEPTH = PREDICT_BATCH + 6  # two batches of probabilities (16, 6); SAM's batches of prompts straddle them
 VALUES = [0, *PHANTOM_CLASSES]
+FEWSHOT_BATCH = 8  # the few-shot decoder's batch in ``slice_probabilities``
 
 
 class IntensityBands(torch.nn.Module):
@@ -75,12 +77,9 @@ def data(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("long"), n_train=1, n_val=1, slices=DEPTH, seed=3)
 
 
-def _whole_volume_labels(predictor: SamRefinedPredictor, case, slices) -> tuple[np.ndarray, np.ndarray]:
-    """The refinement computed with every slice's probabilities at once, SAM's prompts ``SAM_BATCH``
-    at a time in slice order: what streaming must reproduce, bit for bit."""
-    probs = predict_images(predictor.student.module, [case.slice_image(z) for z in range(case.num_slices)],
-                           predictor.student.cfg)
-    cfg = predictor.cfg
+def _whole_volume_labels(sam, cfg, probs: list[torch.Tensor], slices) -> tuple[np.ndarray, np.ndarray]:
+    """(model alone, refined by ``sam``) label volumes computed with every slice's probabilities at
+    once, SAM's prompts ``SAM_BATCH`` at a time in slice order: what streaming must reproduce, bit for bit."""
     regions = [prompt_regions(p, cfg.threshold, cfg.prompt_region) for p in probs]
     jobs = [(i, k, mask) for i, found in enumerate(regions) for k, mask in found]
     logits: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
@@ -91,18 +90,17 @@ def _whole_volume_labels(predictor: SamRefinedPredictor, case, slices) -> tuple[
             boxes = np.stack([box_from_mask(m, slices[i].info, cfg.box_margin) for i, _, m in part])
             points, labels = stack_clicks([click_prompts(m, [o for j, o in regions[i] if j != k], slices[i].info,
                                                          cfg.prompt_clicks) for i, k, m in part])
-            out = predictor.sam.predict_prompted(emb, boxes=torch.from_numpy(boxes), points=points,
-                                                 point_labels=labels)
+            out = sam.predict_prompted(emb, boxes=torch.from_numpy(boxes), points=points, point_labels=labels)
             for (i, k, _), lg in zip(part, out):
                 logits[i][k] = postprocess_logits(lg[None].float(), slices[i].info)[0, 0]
-    lut, student, refined = index_lut(VALUES), [], []
+    lut, alone, refined = index_lut(VALUES), [], []
     for i, p in enumerate(probs):
         argmax, prompted = p.argmax(dim=0).numpy(), [k for k, _ in regions[i]]
         label = ignore_unprompted(compose_pseudo_label(logits[i], len(VALUES), cfg.background, cfg.overlap),
                                   argmax, prompted) if prompted else None
-        student.append(lut[argmax])
+        alone.append(lut[argmax])
         refined.append(lut[merge_refined(argmax, label)])
-    return stack_volume(student), stack_volume(refined)
+    return stack_volume(alone), stack_volume(refined)
 
 
 BLANK = (3, 4, 5, 20)  # slices with nothing to prompt SAM with, as outside the body: answered at once
@@ -119,7 +117,10 @@ def test_streamed_refinement_equals_the_whole_volume_refinement(data, tmp_path):
     case = _with_blank_slices(dataset.load(dataset.split("val")[0]), BLANK)
     predictor = _predictor(threshold=0.9)  # two or three classes confident, by slice: SAM's batches straddle slices
     cache = EmbeddingCache(tmp_path / "cache", tiny_sam(), FP32)
-    expected_student, expected_refined = _whole_volume_labels(predictor, case, embed_case(case, cache))
+    probs = predict_images(predictor.student.module, [case.slice_image(z) for z in range(case.num_slices)],
+                           predictor.student.cfg)
+    expected_student, expected_refined = _whole_volume_labels(predictor.sam, predictor.cfg, probs,
+                                                              embed_case(case, cache))
     student, refined = predictor.predict_both(case, CaseSlices(case, cache, streamed=True))
     assert np.array_equal(student, expected_student) and student.dtype == expected_student.dtype
     assert np.array_equal(refined, expected_refined) and refined.dtype == expected_refined.dtype
@@ -166,3 +167,31 @@ def test_refining_a_long_volume_holds_a_batch_of_probabilities_and_embeddings(da
     assert choice["cases"] == 1 and len(alive.probabilities) == DEPTH
     assert alive.most["probabilities"] <= PREDICT_BATCH  # the volume's: DEPTH
     assert alive.most["embeddings"] <= SAM_BATCH  # the volume's: DEPTH
+
+
+class ChannelDecoder(torch.nn.Module):
+    """A stand-in few-shot decoder: class logits = the first embedding channels, upsampled."""
+
+    def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        channels = embeddings[:, : tokens.shape[0]]
+        return torch.nn.functional.interpolate((channels - channels.mean()) * 200.0, size=(256, 256),
+                                               mode="bilinear")
+
+
+def test_few_shot_sam_refinement_refines_the_decoders_probabilities_as_they_come(data, tmp_path, monkeypatch):
+    """Few-shot SAM's test-time refinement (a run whose validation chose it): the decoder's probabilities
+    of a long volume, ``FEWSHOT_BATCH`` slices at a time, are refined as they come, as a whole volume's were."""
+    dataset = open_dataset(data)
+    case = _with_blank_slices(dataset.load(dataset.split("val")[0]), BLANK)
+    cache, sam = EmbeddingCache(tmp_path / "cache", tiny_sam(), FP32), BatchMixingSam()
+    decoder, tokens = ChannelDecoder(), torch.zeros(len(VALUES), 1, 256)
+    held = embed_case(case, cache)
+    probs = [torch.from_numpy(p) for p in fewshot.slice_probabilities(decoder, tokens, held)]
+    expected = _whole_volume_labels(sam, SelfPromptRules(), probs, held)
+    alive = Alive()
+    monkeypatch.setattr(fewshot, "_batch_probabilities", alive.after(fewshot._batch_probabilities, alive.probabilities))
+    monkeypatch.setattr(sam, "predict_prompted", alive.after(sam.predict_prompted, []))
+    slices = CaseSlices(case, cache, streamed=True)
+    refined = fewshot.sam_refined_volume(sam, slices, fewshot.slice_probabilities(decoder, tokens, slices), VALUES)
+    assert np.array_equal(refined, expected[1]) and not np.array_equal(refined, expected[0])
+    assert len(alive.probabilities) == DEPTH and alive.most["probabilities"] <= FEWSHOT_BATCH  # the volume's: DEPTH
