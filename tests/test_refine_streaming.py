@@ -1,7 +1,7 @@
-"""SAM-Match's test-time refinement (``predict --refine-with-sam`` / ``--refine-if-better``) on a long
-volume in bounded memory: the student's probabilities are made and refined a batch of slices at a time
-(a volume's, 300 CT slices of 512 x 512 and 4 classes, are 1.2 GB of float32), and the refined labels
-are those of refining the whole volume at once."""
+"""Long volumes' probabilities in bounded memory: SAM-Match's test-time refinement (``predict
+--refine-with-sam`` / ``--refine-if-better``), few-shot SAM's and a U-Net student's predictions make
+and use them a batch of slices at a time (a volume's, 300 CT slices of 512 x 512 and 4 classes, are
+1.2 GB of float32), and their labels are those computed from the whole volume's at once."""
 
 import weakref
 from collections import defaultdict
@@ -14,6 +14,7 @@ import torch
 import fewsam.embedded as embedded
 import fewsam.methods.fewshot as fewshot
 import fewsam.methods.samatch.refine as refine
+import fewsam.methods.student as student
 from fewsam.cache import EmbeddingCache
 from fewsam.data import open_dataset
 from fewsam.data.phantom import PHANTOM_CLASSES, write_phantom_dataset
@@ -141,11 +142,14 @@ class Alive:
         for name, refs in (("probabilities", self.probabilities), ("embeddings", self.embeddings)):
             self.most[name] = max(self.most[name], sum(ref() is not None for ref in refs))
 
-    def after(self, fn, refs: list[weakref.ref]):
+    def after(self, fn, refs: list[weakref.ref], look_after: bool = False):
+        """``fn`` counting what was alive when it was called (and, ``look_after``, with what it made)."""
         def counted(*args, **kwargs):
             self.look()
             made = fn(*args, **kwargs)
             refs.extend(weakref.ref(item) for item in made)
+            if look_after:
+                self.look()
             return made
         return counted
 
@@ -157,7 +161,9 @@ def test_refining_a_long_volume_holds_a_batch_of_probabilities_and_embeddings(da
     write_json(run_dir / "config.json", {"method": "samatch", "data": str(data), "val_split": "val"})
     predictor = _predictor()
     alive = Alive()
-    monkeypatch.setattr(refine, "predict_images", alive.after(refine.predict_images, alive.probabilities))
+    counted = alive.after(student.predict_images, alive.probabilities)
+    monkeypatch.setattr(student, "predict_images", counted)
+    monkeypatch.setattr(refine, "predict_images", counted, raising=False)  # where refine.py took it by name
     monkeypatch.setattr(embedded, "embed_case", alive.after(embedded.embed_case, alive.embeddings))
     monkeypatch.setattr(refine, "embed_case", embedded.embed_case, raising=False)
     sam = predictor.sam
@@ -195,3 +201,22 @@ def test_few_shot_sam_refinement_refines_the_decoders_probabilities_as_they_come
     refined = fewshot.sam_refined_volume(sam, slices, fewshot.slice_probabilities(decoder, tokens, slices), VALUES)
     assert np.array_equal(refined, expected[1]) and not np.array_equal(refined, expected[0])
     assert len(alive.probabilities) == DEPTH and alive.most["probabilities"] <= FEWSHOT_BATCH  # the volume's: DEPTH
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_student_predicts_a_long_volume_from_a_batch_of_probabilities_at_a_time(data, monkeypatch, mirror):
+    """``fewsam predict`` of a supervised, SAM-Match or distill run, and its validation during the fit."""
+    dataset = open_dataset(data)
+    case = dataset.load(dataset.split("val")[0])
+    module, cfg = IntensityBands(), StudentConfig(image_size=64)
+    images = [case.slice_image(z) for z in range(case.num_slices)]
+    whole = student.mirrored_probabilities(module, images, cfg) if mirror else \
+        [p.numpy() for p in predict_images(module, images, cfg)]
+    expected = stack_volume([index_lut(VALUES)[p.argmax(axis=0)] for p in whole])
+    del whole
+    alive = Alive()
+    maker = "mirrored_probabilities" if mirror else "predict_images"  # what a volume's probabilities came from
+    monkeypatch.setattr(student, maker, alive.after(getattr(student, maker), alive.probabilities, look_after=True))
+    labels = student.predict_case_labels(module, case, cfg, VALUES, mirror=mirror)
+    assert np.array_equal(labels, expected) and labels.dtype == expected.dtype
+    assert len(alive.probabilities) == DEPTH and alive.most["probabilities"] <= PREDICT_BATCH  # the volume's: DEPTH

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -310,17 +310,31 @@ def mirrored_probabilities(module: nn.Module, images: list[np.ndarray], cfg: Stu
 def case_probabilities(module: nn.Module, case: Case, cfg: StudentConfig, device: str = "cpu",
                        mirror: bool = False) -> list[np.ndarray]:
     """Each slice's (Q, H, W) probabilities of one case (``mirror``: averaged over its mirror images)."""
-    slices = [case.slice_image(z) for z in range(case.num_slices)]
-    if mirror:
-        return mirrored_probabilities(module, slices, cfg, device)
-    return [p.numpy() for p in predict_images(module, slices, cfg, device)]
+    return list(streamed_probabilities(module, case, cfg, device, mirror))
+
+
+def streamed_probabilities(module: nn.Module, case: Case, cfg: StudentConfig, device: str = "cpu",
+                           mirror: bool = False) -> Iterator[np.ndarray]:
+    """``case_probabilities`` in z order, ``PREDICT_BATCH`` slices computed at a time and each let go
+    once handed over: a long volume's are never all held (300 CT slices of 512 x 512 and 4 classes:
+    1.2 GB in float32, twice that while mirror images are summed). The batches are those of one call
+    over the volume, so every number is the same."""
+    for start in range(0, case.num_slices, PREDICT_BATCH):
+        images = [case.slice_image(z) for z in range(start, min(start + PREDICT_BATCH, case.num_slices))]
+        batch = mirrored_probabilities(module, images, cfg, device) if mirror else \
+            [p.numpy() for p in predict_images(module, images, cfg, device)]
+        batch.reverse()
+        while batch:
+            yield batch.pop()
 
 
 def predict_case_labels(module: nn.Module, case: Case, cfg: StudentConfig, values: list[int],
                         device: str = "cpu", mirror: bool = False) -> np.ndarray:
     """(D, H, W) uint8 label values of one case (``mirror``: averaged over its mirror images)."""
     lut = index_lut(values)
-    return stack_volume([lut[p.argmax(axis=0)] for p in case_probabilities(module, case, cfg, device, mirror)])
+    # map, not a list comprehension, whose loop variable would hold a slice while the next batch is made
+    return stack_volume(list(map(lambda p: lut[p.argmax(axis=0)],
+                                 streamed_probabilities(module, case, cfg, device, mirror))))
 
 
 def validate_student(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],

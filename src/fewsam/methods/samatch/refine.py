@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from fewsam.errors import DataError, RunError
 from fewsam.inference import stack_volume
 from fewsam.labels import index_lut
 from fewsam.methods.samatch import SAM_DIR, PseudoLabeller, SamMatchConfig, load_final_sam
-from fewsam.methods.student import PREDICT_BATCH, StudentPredictor, predict_images
+from fewsam.methods.student import StudentPredictor, streamed_probabilities
 from fewsam.metrics import volume_score
 from fewsam.models.sam import SamModel
 from fewsam.progress import say_once, tracked
@@ -69,7 +69,8 @@ class SamRefinedPredictor:
         lut = index_lut(self.student.values)
         student: dict[int, np.ndarray] = {}
         refined: dict[int, np.ndarray] = {}
-        for done in labeller.refine_each(student_probabilities(self.student, case, self.device)):
+        for done in labeller.refine_each(map(torch.from_numpy, streamed_probabilities(
+                self.student.module, case, self.student.cfg, self.device))):
             student[done.index] = lut[done.argmax]
             refined[done.index] = lut[merge_refined(done.argmax, done.label)]
         in_order = range(case.num_slices)
@@ -77,18 +78,6 @@ class SamRefinedPredictor:
 
     def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
         return self.predict_both(case, slices)[1]
-
-
-def student_probabilities(student: StudentPredictor, case: Case, device: str = "cpu") -> Iterator[torch.Tensor]:
-    """Each slice's (Q, H, W) probabilities in z order, ``PREDICT_BATCH`` slices computed at a time and
-    each let go once handed over, so that one batch is held, not the volume. The batches are those of
-    ``predict_images`` over the whole volume, so every number is the same."""
-    for start in range(0, case.num_slices, PREDICT_BATCH):
-        images = [case.slice_image(z) for z in range(start, min(start + PREDICT_BATCH, case.num_slices))]
-        batch = predict_images(student.module, images, student.cfg, device, PREDICT_BATCH)
-        batch.reverse()
-        while batch:
-            yield batch.pop()
 
 
 def recorded_refinement(run_dir: Path) -> dict | None:
