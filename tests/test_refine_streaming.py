@@ -1,6 +1,6 @@
 """Long volumes' probabilities in bounded memory: SAM-Match's test-time refinement (``predict
---refine-with-sam`` / ``--refine-if-better``), few-shot SAM's and a U-Net student's predictions make
-and use them a batch of slices at a time (a volume's, 300 CT slices of 512 x 512 and 4 classes, are
+--refine-with-sam`` / ``--refine-if-better``), few-shot SAM's refinement, a U-Net student's predictions
+and a distill run's teacher blend make and use them a batch of slices at a time (a volume's, 300 CT slices of 512 x 512 and 4 classes, are
 1.2 GB of float32), and their labels are those computed from the whole volume's at once."""
 
 import weakref
@@ -29,7 +29,8 @@ from fewsam.models.precision import FP32
 from fewsam.models.sam import postprocess_logits
 from fewsam.prompts import box_from_mask, click_prompts, stack_clicks
 from fewsam.runs import write_json
-from fewsam.self_prompting import SAM_BATCH, SelfPromptRules, compose_pseudo_label, ignore_unprompted, merge_refined, prompt_regions
+from fewsam.self_prompting import (SAM_BATCH, SelfPromptRules, compose_pseudo_label, ignore_unprompted, merge_refined,
+                                   prompt_regions)
 from test_supervised import one_thread, tiny_sam  # noqa: F401 - autouse fixture: small steps on a busy machine
 
 DEPTH = PREDICT_BATCH + 6  # two batches of probabilities (16, 6); SAM's batches of prompts straddle them
@@ -41,8 +42,12 @@ class IntensityBands(torch.nn.Module):
     """A stand-in student: each class the argmax in a band of intensity, so every slice has several
     classes, some confident and some not, in regions that differ from slice to slice."""
 
+    def __init__(self, shift: float = 0.0) -> None:
+        super().__init__()
+        self.shift = shift
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centres = torch.linspace(0.0, 1.0, len(VALUES)).view(1, -1, 1, 1)
+        centres = torch.linspace(0.0, 1.0, len(VALUES)).view(1, -1, 1, 1) + self.shift
         return -((x - centres) ** 2) * 40.0
 
 
@@ -64,11 +69,11 @@ class BatchMixingSam:
 
 def _predictor(threshold: float = 0.4) -> SamRefinedPredictor:
     """A SAM-Match run's refined predictor without a fit: the stand-in student and SAM."""
-    student = StudentPredictor.__new__(StudentPredictor)
-    student.cfg, student.values, student.device = StudentConfig(image_size=64), VALUES, "cpu"
-    student.module = IntensityBands()
+    unet = StudentPredictor.__new__(StudentPredictor)
+    unet.cfg, unet.values, unet.device = StudentConfig(image_size=64), VALUES, "cpu"
+    unet.module = IntensityBands()
     predictor = SamRefinedPredictor.__new__(SamRefinedPredictor)
-    predictor.student, predictor.sam, predictor.device = student, BatchMixingSam(), "cpu"
+    predictor.student, predictor.sam, predictor.device = unet, BatchMixingSam(), "cpu"
     predictor.cfg = SamMatchConfig(threshold=threshold)
     return predictor
 
@@ -130,16 +135,18 @@ def test_streamed_refinement_equals_the_whole_volume_refinement(data, tmp_path):
 
 
 class Alive:
-    """Counts the student's probabilities and the slices' embeddings still alive whenever SAM answers a
-    batch of prompts or the student predicts a batch: the most of each held at once."""
+    """Counts the student's (and a teacher's) probabilities and the slices' embeddings still alive whenever
+    SAM answers a batch of prompts or a model predicts: the most of each held at once."""
 
     def __init__(self) -> None:
         self.probabilities: list[weakref.ref] = []
         self.embeddings: list[weakref.ref] = []
-        self.most = {"probabilities": 0, "embeddings": 0}
+        self.teacher: list[weakref.ref] = []
+        self.most = {"probabilities": 0, "embeddings": 0, "teacher": 0}
 
     def look(self) -> None:
-        for name, refs in (("probabilities", self.probabilities), ("embeddings", self.embeddings)):
+        for name, refs in (("probabilities", self.probabilities), ("embeddings", self.embeddings),
+                           ("teacher", self.teacher)):
             self.most[name] = max(self.most[name], sum(ref() is not None for ref in refs))
 
     def after(self, fn, refs: list[weakref.ref], look_after: bool = False):
@@ -220,3 +227,47 @@ def test_a_student_predicts_a_long_volume_from_a_batch_of_probabilities_at_a_tim
     labels = student.predict_case_labels(module, case, cfg, VALUES, mirror=mirror)
     assert np.array_equal(labels, expected) and labels.dtype == expected.dtype
     assert len(alive.probabilities) == DEPTH and alive.most["probabilities"] <= PREDICT_BATCH  # the volume's: DEPTH
+
+
+class SwappingTeacher:
+    """A stand-in distill teacher whose probabilities are made as they are read (as few-shot SAM's
+    are): bands beside the student's on even slices (the blend averages them, moving boundaries), the
+    classes swapped on odd ones (the blend keeps the student's); ``alive`` counts them."""
+
+    def __init__(self, case: Case, alive: Alive) -> None:
+        self.case, self.alive = case, alive
+
+    def probabilities(self, slices):
+        cfg = StudentConfig(image_size=64)
+        for z in range(self.case.num_slices):
+            probs = predict_images(IntensityBands(shift=0.03), [self.case.slice_image(z)], cfg)[0].numpy()
+            probs = probs if z % 2 == 0 else probs[[0, 2, 1, 3]]
+            self.alive.teacher.append(weakref.ref(probs))
+            self.alive.look()
+            yield probs
+
+
+def test_a_distill_run_blends_a_long_volume_as_its_probabilities_come(data, monkeypatch):
+    """``fewsam predict`` of a distill run that kept the teacher blend (its choice on validation blends alike)."""
+    from fewsam.methods.distill import BlendedPredictor, blended_volume
+
+    dataset = open_dataset(data)
+    case = dataset.load(dataset.split("val")[0])
+    predictor = BlendedPredictor.__new__(BlendedPredictor)
+    predictor.student = StudentPredictor.__new__(StudentPredictor)
+    predictor.student.module, predictor.student.cfg = IntensityBands(), StudentConfig(image_size=64)
+    predictor.student.values, predictor.student.device, predictor.student.mirror = VALUES, "cpu", False
+    predictor.student.largest_component, predictor.student.cavity_rule = False, None
+    predictor.teacher = SwappingTeacher(case, Alive())
+    expected = blended_volume(list(predictor.student.probabilities(case)),
+                              list(predictor.teacher.probabilities([])), VALUES)
+    alone = stack_volume([index_lut(VALUES)[p.argmax(axis=0)] for p in predictor.student.probabilities(case)])
+    alive = predictor.teacher.alive = Alive()
+    monkeypatch.setattr(student, "predict_images",
+                        alive.after(student.predict_images, alive.probabilities, look_after=True))
+    labels = predictor.predict_case(case, [])
+    assert np.array_equal(labels, expected)
+    assert not np.array_equal(labels[::2], alone[::2]) and np.array_equal(labels[1::2], alone[1::2])
+    assert len(alive.probabilities) == len(alive.teacher) == DEPTH
+    assert alive.most["probabilities"] <= PREDICT_BATCH + 1  # a batch, and the slice being blended; the volume's: DEPTH
+    assert alive.most["teacher"] <= 2  # the volume's: DEPTH

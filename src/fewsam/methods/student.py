@@ -307,18 +307,13 @@ def mirrored_probabilities(module: nn.Module, images: list[np.ndarray], cfg: Stu
     return [t / len(MIRROR_VIEWS) for t in total or []]
 
 
-def case_probabilities(module: nn.Module, case: Case, cfg: StudentConfig, device: str = "cpu",
-                       mirror: bool = False) -> list[np.ndarray]:
-    """Each slice's (Q, H, W) probabilities of one case (``mirror``: averaged over its mirror images)."""
-    return list(streamed_probabilities(module, case, cfg, device, mirror))
-
-
 def streamed_probabilities(module: nn.Module, case: Case, cfg: StudentConfig, device: str = "cpu",
                            mirror: bool = False) -> Iterator[np.ndarray]:
-    """``case_probabilities`` in z order, ``PREDICT_BATCH`` slices computed at a time and each let go
-    once handed over: a long volume's are never all held (300 CT slices of 512 x 512 and 4 classes:
-    1.2 GB in float32, twice that while mirror images are summed). The batches are those of one call
-    over the volume, so every number is the same."""
+    """Each slice's (Q, H, W) probabilities of one case (``mirror``: averaged over its mirror images) in
+    z order, ``PREDICT_BATCH`` slices computed at a time and each let go once handed over: a long
+    volume's are never all held (300 CT slices of 512 x 512 and 4 classes: 1.2 GB in float32, twice
+    that while mirror images are summed). The batches are those of one call over the volume, so every
+    number is the same."""
     for start in range(0, case.num_slices, PREDICT_BATCH):
         images = [case.slice_image(z) for z in range(start, min(start + PREDICT_BATCH, case.num_slices))]
         batch = mirrored_probabilities(module, images, cfg, device) if mirror else \
@@ -424,9 +419,10 @@ class StudentPredictor:
         volume = predict_case_labels(self.module, case, self.cfg, self.values, self.device, self.mirror)
         return self.postprocess(volume)
 
-    def probabilities(self, case: Case) -> list[np.ndarray]:
-        """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them."""
-        return case_probabilities(self.module, case, self.cfg, self.device, self.mirror)
+    def probabilities(self, case: Case) -> Iterator[np.ndarray]:
+        """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them, made a
+        batch at a time as they are read (``streamed_probabilities``)."""
+        return streamed_probabilities(self.module, case, self.cfg, self.device, self.mirror)
 
     def postprocess(self, volume: np.ndarray) -> np.ndarray:
         """The run's post-processing of a (D, H, W) label volume: cavity rule, then largest components."""
