@@ -10,9 +10,8 @@ helps). Pure functions of probabilities and masks (tested with known answers), p
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +109,30 @@ def compose_pseudo_label(class_logits: dict[int, torch.Tensor], n_outputs: int, 
     return scores.argmax(dim=0).to(torch.uint8).numpy()
 
 
+SAM_BATCH = 16
+"""Prompts SAM answers together, in slice order across slices: the batch the pseudo-labels were
+made in, kept however the probabilities arrive, so that SAM's numbers do not depend on it."""
+
+
+@dataclass
+class RefinedSlice:
+    """One slice's answer from ``PseudoLabeller.refine_each``."""
+
+    index: int
+    argmax: np.ndarray  # the model's own (H, W) class indices
+    label: np.ndarray | None  # SAM's pseudo-label, None when no class was confident
+    prompts: int  # how many classes prompted SAM
+
+
+@dataclass
+class _Waiting:
+    """A slice whose prompts SAM has not all answered: what its label is made of, its probabilities let go."""
+
+    argmax: np.ndarray
+    regions: list[tuple[int, np.ndarray]]
+    logits: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
 class PseudoLabeller:
     """Student probabilities -> prompts -> SAM masks -> pseudo-labels, on the unlabelled pool."""
 
@@ -121,23 +144,56 @@ class PseudoLabeller:
 
     def refine(self, probs: list[torch.Tensor]) -> tuple[list[np.ndarray | None], list[int]]:
         """Per slice, SAM's pseudo-label (H, W) class indices, or None when no class is confident."""
-        regions = [prompt_regions(p, self.cfg.threshold, self.cfg.prompt_region) for p in probs]
-        jobs = [(i, k, mask) for i, rs in enumerate(regions) for k, mask in rs]
-        logits: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
-        with torch.no_grad():
-            for start in range(0, len(jobs), 16):
-                part = jobs[start:start + 16]
-                read = {i: self.slices[i] for i in dict.fromkeys(i for i, _, _ in part)}
-                emb = torch.stack([read[i].embedding_tensor() for i, _, _ in part]).to(self.device)
-                out = self.sam.predict_prompted(emb, **self._prompts(part, regions, read))
-                for (i, k, _), lg in zip(part, out):
-                    logits[i][k] = postprocess_logits(lg[None].float(), read[i].info)[0, 0].cpu()
-        prompts = [[k for k, _ in rs] for rs in regions]
-        labels = [self._label(logits[i], probs[i], prompts[i]) if prompts[i] else None
-                  for i in range(len(self.slices))]
-        return labels, [len(p) for p in prompts]
+        labels: list[np.ndarray | None] = [None] * len(self.slices)
+        counts = [0] * len(self.slices)
+        for done in self.refine_each(probs):
+            labels[done.index], counts[done.index] = done.label, done.prompts
+        return labels, counts
 
-    def _prompts(self, jobs: list[tuple[int, int, np.ndarray]], regions: list[list[tuple[int, np.ndarray]]],
+    def refine_each(self, probs: Iterable[torch.Tensor]) -> Iterator[RefinedSlice]:
+        """``refine`` for probabilities that arrive one slice at a time (a long volume's, a batch at a
+        time): each slice is given back as soon as SAM has answered its prompts, in any order, and its
+        probabilities are let go once its prompts are drawn, so only the slices waiting for a full
+        batch of prompts are held (their argmax and prompt regions), never a volume's probabilities.
+        The prompts are answered ``SAM_BATCH`` at a time in slice order, as ``refine`` answers a list."""
+        waiting: dict[int, _Waiting] = {}
+        jobs: list[tuple[int, int, np.ndarray]] = []
+        i = -1
+        for p in probs:  # not enumerate: its reused result tuple would hold p while the next is computed
+            i += 1
+            regions = prompt_regions(p, self.cfg.threshold, self.cfg.prompt_region)
+            waiting[i] = _Waiting(p.argmax(dim=0).numpy(), regions)
+            del p  # not held while the next slice's probabilities are computed
+            jobs += [(i, k, mask) for k, mask in regions]
+            while len(jobs) >= SAM_BATCH:
+                self._answer(jobs[:SAM_BATCH], waiting)
+                jobs = jobs[SAM_BATCH:]
+            yield from self._answered(waiting, jobs)
+        if jobs:
+            self._answer(jobs, waiting)
+        yield from self._answered(waiting, [])
+
+    def _answer(self, part: list[tuple[int, int, np.ndarray]], waiting: dict[int, _Waiting]) -> None:
+        """SAM's mask logits for one batch of prompts [(slice, class, region)], kept with their slices."""
+        read = {i: self.slices[i] for i in dict.fromkeys(i for i, _, _ in part)}
+        with torch.no_grad():
+            emb = torch.stack([read[i].embedding_tensor() for i, _, _ in part]).to(self.device)
+            regions = {i: waiting[i].regions for i in read}
+            out = self.sam.predict_prompted(emb, **self._prompts(part, regions, read))
+            for (i, k, _), lg in zip(part, out):
+                waiting[i].logits[k] = postprocess_logits(lg[None].float(), read[i].info)[0, 0].cpu()
+
+    def _answered(self, waiting: dict[int, _Waiting], jobs: list[tuple[int, int, np.ndarray]]
+                  ) -> Iterator[RefinedSlice]:
+        """The waiting slices none of whose prompts is among ``jobs`` (the unanswered), labelled and let go."""
+        unanswered = {i for i, _, _ in jobs}
+        for i in [i for i in waiting if i not in unanswered]:
+            slice_ = waiting.pop(i)
+            prompted = [k for k, _ in slice_.regions]
+            label = self._label(slice_.logits, slice_.argmax, prompted) if prompted else None
+            yield RefinedSlice(i, slice_.argmax, label, len(prompted))
+
+    def _prompts(self, jobs: list[tuple[int, int, np.ndarray]], regions: Mapping[int, list[tuple[int, np.ndarray]]],
                  read: dict[int, EmbeddedSlice]) -> dict[str, torch.Tensor]:
         """SAM's prompts for [(slice, class, region)]: the region's box (+ margin), and the
         ``prompt_clicks`` (negatives at the slice's other prompted regions); ``read``: the jobs' slices."""
@@ -151,10 +207,10 @@ class PseudoLabeller:
             prompts |= {"points": points.to(self.device), "point_labels": labels.to(self.device)}
         return prompts
 
-    def _label(self, logits: dict[int, torch.Tensor], probs: torch.Tensor, prompted: list[int]) -> np.ndarray:
+    def _label(self, logits: dict[int, torch.Tensor], argmax: np.ndarray, prompted: list[int]) -> np.ndarray:
         label = compose_pseudo_label(logits, self.n_outputs, self.cfg.background, self.cfg.overlap)
         if self.cfg.unprompted == "ignore":
-            label = ignore_unprompted(label, probs.argmax(dim=0).numpy(), prompted)
+            label = ignore_unprompted(label, argmax, prompted)
         return label
 
 

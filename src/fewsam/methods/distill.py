@@ -31,7 +31,7 @@ import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -47,9 +47,10 @@ from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, chosen_
 from fewsam.labels import index_lut, value_lut
 from fewsam.losses import dice_ce_loss
 from fewsam.methods import Method, get_method
-from fewsam.methods.student import (SliceSet, StudentFitConfig, StudentPredictor, build_unet, case_probabilities,
-                                    draw_batch, load_labelled, load_slices, load_val_cases, strong_photometric,
-                                    student_label, student_postprocessing_choice, validate_student, weak_view)
+from fewsam.methods.student import (SliceSet, StudentFitConfig, StudentPredictor, build_unet, draw_batch,
+                                    load_labelled, load_slices, load_val_cases, streamed_probabilities,
+                                    strong_photometric, student_label, student_postprocessing_choice, validate_student,
+                                    weak_view)
 from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.progress import say_once
@@ -321,18 +322,24 @@ def class_agreement(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
 def blended_probabilities(student: list[np.ndarray], teacher: list[np.ndarray]) -> list[np.ndarray]:
     """Per slice, the mean of the two (Q, H, W) probability maps where their argmax maps agree on the
     class layout (``class_agreement`` >= ``BLEND_GATE``), else the student's alone."""
-    out = []
+    return list(blend_each(student, teacher))
+
+
+def blend_each(student: Iterable[np.ndarray], teacher: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """``blended_probabilities`` of two streams, slice by slice as they come: a long volume's two sets
+    of probabilities are never all held."""
     for s, t in zip(student, teacher, strict=True):
         t = np.asarray(t, dtype=np.float32)
         agree = class_agreement(s.argmax(axis=0), t.argmax(axis=0), s.shape[0]) >= BLEND_GATE
-        out.append(0.5 * (s + t) if agree else s)
-    return out
+        yield 0.5 * (s + t) if agree else s
 
 
-def blended_volume(student: list[np.ndarray], teacher: list[np.ndarray], values: list[int]) -> np.ndarray:
-    """(D, H, W) label values of the blend of one case's student and teacher probabilities."""
+def blended_volume(student: Iterable[np.ndarray], teacher: Iterable[np.ndarray], values: list[int]) -> np.ndarray:
+    """(D, H, W) label values of the blend of one case's student and teacher probabilities (lists, or
+    streams read as they come)."""
     lut = index_lut(values)
-    return stack_volume([lut[p.argmax(axis=0)] for p in blended_probabilities(student, teacher)])
+    # map, not a list comprehension, whose loop variable would hold a slice while the next is made
+    return stack_volume(list(map(lambda p: lut[p.argmax(axis=0)], blend_each(student, teacher))))
 
 
 def teacher_blend_choice(ctx: FitContext, cfg: DistillConfig, run_dir: Path, module: torch.nn.Module,
@@ -350,9 +357,8 @@ def teacher_blend_choice(ctx: FitContext, cfg: DistillConfig, run_dir: Path, mod
     blended = []
     for case in tracked(val_cases, "blend val", ctx.show_progress):
         slices = CaseSlices(case, ctx.cache, ctx.device)
-        student = case_probabilities(module, case, cfg, ctx.device, mirror)
-        blended.append((case, blended_volume(student, [np.asarray(p) for p in teacher.probabilities(slices)],
-                                             ctx.values)))
+        student = streamed_probabilities(module, case, cfg, ctx.device, mirror)
+        blended.append((case, blended_volume(student, teacher.probabilities(slices), ctx.values)))
     rule = None if cfg.cavity_rule is None else CavityRule.parse(cfg.cavity_rule, ctx.class_map)
     record = postprocessing_choice(blended, ctx.values, rule)
     scores = {"val_dice_student": chosen_val_dice(chosen), "val_dice_teacher_blend": chosen_val_dice(record)}
@@ -402,16 +408,15 @@ class BlendedPredictor:
         self.teacher = get_method(config.get("method")).predictor(teacher_dir, config, model, device,
                                                                   self.student.values)
 
-    def probabilities(self, slices: CaseSlices) -> list[np.ndarray]:
-        """Each slice's blended (Q, H, W) class probabilities: what a second round of distillation
-        blends with its own student (a teacher that reads SAM's embeddings, as the blend asks)."""
-        teacher = [np.asarray(p) for p in self.teacher.probabilities(slices)]
-        return blended_probabilities(self.student.probabilities(slices.case), teacher)
+    def probabilities(self, slices: CaseSlices) -> Iterator[np.ndarray]:
+        """Each slice's blended (Q, H, W) class probabilities, as they come: what a distill run
+        taught by this one blends with its own student (a teacher that reads SAM's embeddings, as the blend asks)."""
+        return blend_each(self.student.probabilities(slices.case), self.teacher.probabilities(slices))
 
     def predict_case(self, case: Case, slices: list) -> np.ndarray:
-        teacher = [np.asarray(p) for p in self.teacher.probabilities(slices)]
-        return self.student.postprocess(blended_volume(self.student.probabilities(case), teacher,
-                                                       self.student.values))
+        """Both models' probabilities streamed and blended slice by slice (``blend_each``)."""
+        return self.student.postprocess(blended_volume(self.student.probabilities(case),
+                                                       self.teacher.probabilities(slices), self.student.values))
 
 
 def _predictor(run_dir: Path, config: dict, model: Any, device: str, values: list[int]) -> Any:

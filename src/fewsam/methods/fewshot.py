@@ -305,11 +305,18 @@ def sam_refined_volume(sam: SamModel, slices: list[EmbeddedSlice], probabilities
                        device: str = "cpu") -> np.ndarray:
     """(D, H, W) label values: each slice's masks redrawn by ``sam`` (SAM's own prompt decoder, not
     the fitted one), prompted by each class's box and deepest pixel; SAM's answer where it gave one,
-    the decoder's argmax elsewhere."""
-    probs = [torch.from_numpy(np.asarray(p)) for p in probabilities]
-    refined, _ = PseudoLabeller(sam, slices, SelfPromptRules(), len(values), device).refine(probs)
+    the decoder's argmax elsewhere. ``probabilities`` (an iterable, as ``view_probabilities`` streams
+    them) are refined as they come, so a long volume's are never all held."""
+    labeller = PseudoLabeller(sam, slices, SelfPromptRules(), len(values), device)
     lut = index_lut(values)
-    return stack_volume([lut[merge_refined(p.argmax(dim=0).numpy(), r)] for p, r in zip(probs, refined)])
+    refined = {done.index: lut[merge_refined(done.argmax, done.label)]
+               for done in labeller.refine_each(map(_as_tensor, probabilities))}
+    return stack_volume([refined[z] for z in range(len(refined))])
+
+
+def _as_tensor(probabilities: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """One slice's probabilities as a tensor sharing their memory."""
+    return torch.from_numpy(np.asarray(probabilities))
 
 
 def sam_refinement_choice(decoder: PrototypeDecoder, tokens: torch.Tensor, sam: SamModel,

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -275,8 +275,13 @@ def weak_view(data: SliceSet, idx: np.ndarray, rng: np.random.Generator,
 
 # --- prediction and validation ----------------------------------------------------------------
 
+PREDICT_BATCH = 16
+"""Slices the student predicts together. Work that streams a volume's probabilities asks for them in
+these same batches, so that a batch's arithmetic, and with it every probability, is unchanged."""
+
+
 def predict_images(module: nn.Module, images: np.ndarray | list[np.ndarray], cfg: StudentConfig,
-                   device: str = "cpu", batch_size: int = 16) -> list[torch.Tensor]:
+                   device: str = "cpu", batch_size: int = PREDICT_BATCH) -> list[torch.Tensor]:
     """Softmax probabilities (Q, H, W) at each slice's original size, for a list of 2D slices."""
     out = []
     for start in range(0, len(images), batch_size):
@@ -302,20 +307,29 @@ def mirrored_probabilities(module: nn.Module, images: list[np.ndarray], cfg: Stu
     return [t / len(MIRROR_VIEWS) for t in total or []]
 
 
-def case_probabilities(module: nn.Module, case: Case, cfg: StudentConfig, device: str = "cpu",
-                       mirror: bool = False) -> list[np.ndarray]:
-    """Each slice's (Q, H, W) probabilities of one case (``mirror``: averaged over its mirror images)."""
-    slices = [case.slice_image(z) for z in range(case.num_slices)]
-    if mirror:
-        return mirrored_probabilities(module, slices, cfg, device)
-    return [p.numpy() for p in predict_images(module, slices, cfg, device)]
+def streamed_probabilities(module: nn.Module, case: Case, cfg: StudentConfig, device: str = "cpu",
+                           mirror: bool = False) -> Iterator[np.ndarray]:
+    """Each slice's (Q, H, W) probabilities of one case (``mirror``: averaged over its mirror images) in
+    z order, ``PREDICT_BATCH`` slices computed at a time and each let go once handed over: a long
+    volume's are never all held (300 CT slices of 512 x 512 and 4 classes: 1.2 GB in float32, twice
+    that while mirror images are summed). The batches are those of one call over the volume, so every
+    number is the same."""
+    for start in range(0, case.num_slices, PREDICT_BATCH):
+        images = [case.slice_image(z) for z in range(start, min(start + PREDICT_BATCH, case.num_slices))]
+        batch = mirrored_probabilities(module, images, cfg, device) if mirror else \
+            [p.numpy() for p in predict_images(module, images, cfg, device)]
+        batch.reverse()
+        while batch:
+            yield batch.pop()
 
 
 def predict_case_labels(module: nn.Module, case: Case, cfg: StudentConfig, values: list[int],
                         device: str = "cpu", mirror: bool = False) -> np.ndarray:
     """(D, H, W) uint8 label values of one case (``mirror``: averaged over its mirror images)."""
     lut = index_lut(values)
-    return stack_volume([lut[p.argmax(axis=0)] for p in case_probabilities(module, case, cfg, device, mirror)])
+    # map, not a list comprehension, whose loop variable would hold a slice while the next batch is made
+    return stack_volume(list(map(lambda p: lut[p.argmax(axis=0)],
+                                 streamed_probabilities(module, case, cfg, device, mirror))))
 
 
 def validate_student(module: nn.Module, val_cases: list[Case], cfg: StudentConfig, values: list[int],
@@ -405,9 +419,10 @@ class StudentPredictor:
         volume = predict_case_labels(self.module, case, self.cfg, self.values, self.device, self.mirror)
         return self.postprocess(volume)
 
-    def probabilities(self, case: Case) -> list[np.ndarray]:
-        """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them."""
-        return case_probabilities(self.module, case, self.cfg, self.device, self.mirror)
+    def probabilities(self, case: Case) -> Iterator[np.ndarray]:
+        """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them, made a
+        batch at a time as they are read (``streamed_probabilities``)."""
+        return streamed_probabilities(self.module, case, self.cfg, self.device, self.mirror)
 
     def postprocess(self, volume: np.ndarray) -> np.ndarray:
         """The run's post-processing of a (D, H, W) label volume: cavity rule, then largest components."""
