@@ -7,9 +7,10 @@
                                      one holding several time points (a cine, in one file or
                                      across its files) is refused
     root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid;
-                                     also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation)
+                                     also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation,
+                                     3D Slicer's <case>.seg.nrrd, its segments as classes)
     root/classes.json                optional class names ({"1": "liver"}); else "class1", ...
-                                     from the label values found
+                                     from the label values found, or the segments' names
 
 case_id = the series folder relative to root (or images/), subject = its first folder (the
 patient in root/<patient>/<series>/); folders of objects without an image (RT structure sets,
@@ -42,8 +43,9 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_f
                                         to_label_array)
 from fewsam.data.readers.dicom_frames import FrameHeader, frame_header
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
-from fewsam.data.readers.nifti import ClassesFromLabelFiles, label_in_folder, say_unmatched_labels
+from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
+from fewsam.data.readers.slicer_segmentation import itk_segments_as_classes, segments_of
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -107,7 +109,7 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
     def _read(self, entry: Entry) -> Read:
         image = read_series(entry.image)
         array = _image_array(image, entry.image)
-        label = None if entry.label is None else read_label_on(image, entry.label)
+        label = None if entry.label is None else read_label_on(image, entry.label, lambda: self.class_map)
         spacing = image.GetSpacing()
         meta = {"origin": image.GetOrigin(), "spacing": spacing, "direction": image.GetDirection()}
         return Read(image=array, label=label, spacing=(spacing[2], spacing[1], spacing[0]), meta=meta)
@@ -316,8 +318,9 @@ def _image_array(image: sitk.Image, folder: Path) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
-    """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring).
+def read_label_on(image: sitk.Image, path: Path, classes: ClassSource | None = None) -> np.ndarray:
+    """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring); a 3D Slicer
+    segmentation's segments as the ``classes`` named as them (``itk_segments_as_classes``).
 
     A 2D label of a one-slice series' size (the mask of an X-ray or of a single MR slice, as a
     script saves a 2D array) is read pixel for pixel, as a 2D label of a 2D NIfTI image is: it holds
@@ -328,6 +331,9 @@ def read_label_on(image: sitk.Image, path: Path) -> np.ndarray:
             label = itk_reader(path).Execute()
     except RuntimeError as err:
         raise DataError(f"cannot read label {path} (truncated or not NIfTI?): {itk_message(err)}") from None
+    segments = segments_of(path)
+    if segments:
+        label = itk_segments_as_classes(label, segments, classes() if classes else None, path)
     if label.GetNumberOfComponentsPerPixel() > 1 or label.GetDimension() == 4:
         label = _one_hot_as_indices(label, path)
     if label.GetDimension() not in (2, 3):

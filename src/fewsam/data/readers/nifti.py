@@ -11,10 +11,12 @@
                  imagesTr/<case>.nii.gz (possibly 4D, channels last), or nnU-Net v1's
                  imagesTr/<case>_0000.nii.gz (one file per channel) for that listed name
     plain:       images/<case>.nii.gz (or <case>_0000.nii.gz) + labels/<case>.nii.gz (or
-                 <case>_seg, _gt, _label, _mask, _segmentation; labels/ may
+                 <case>_seg, _gt, _label, _mask, _segmentation, 3D Slicer's .seg; labels/ may
                  be absent: the images are then for prediction only); class names
                  from classes.json ({"1": "liver"}), else "class1", "class2", ... from the label
-                 values found (a scan of every label, done on first use of ``class_map``)
+                 values found, and a Slicer segmentation's segment names (a scan of every label,
+                 done on first use of ``class_map``; a Slicer segmentation's segments, in any of
+                 its layers, are its classes: ``slicer_segmentation``)
 
 Multi-channel images (nnU-Net ``_0001``..., MSD 4D, 5D vector files) are read as channel 0
 only, said once: SAM sees one greyscale channel; the three channel files of a dataset.json whose
@@ -52,7 +54,7 @@ import re
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nibabel as nib
 import numpy as np
@@ -63,6 +65,7 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_f
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, quiet_itk, ras_affine, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
+from fewsam.data.readers.slicer_segmentation import Segment, segment_names, segments_as_classes, segments_of
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -70,6 +73,9 @@ from fewsam.progress import say_once
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 VOLUME_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS  # MetaImage and NRRD volumes are read beside NIfTI
 NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+# The dataset's classes, asked for only where a label file needs them (a Slicer segmentation's segments
+# are matched to classes by name), so that reading a plain label never starts a scan of every label
+ClassSource = Callable[[], ClassMap | None]
 
 
 def detect(root: Path) -> bool:
@@ -91,7 +97,8 @@ def is_raw_dataset(root: Path) -> bool:
 
 class ClassesFromLabelFiles:
     """``class_map`` for datasets whose labels are NIfTI files: the explicit class names, or one
-    class per label value found in the files (read on first use, so opening stays cheap)."""
+    class per label value found in the files, and one per segment name of 3D Slicer's segmentation
+    files (in the order first found; read on first use, so opening stays cheap)."""
 
     _class_map: ClassMap | None
     entries: dict[str, Entry]
@@ -100,15 +107,33 @@ class ClassesFromLabelFiles:
     def class_map(self) -> ClassMap:
         if self._class_map is None:
             values: set[int] = set()
+            names: dict[str, str] = {}
             for e in self.entries.values():
-                if e.label is not None:
+                if e.label is None:
+                    continue
+                segments = _segment_names_or_none(e.label)
+                for name in segments:
+                    names.setdefault(name.strip().casefold(), name.strip())
+                if not segments:
                     values |= _label_values_or_none(e.label)
-            self._class_map = ClassMap({v: f"class{v}" for v in sorted(values - {0})})
+            found = {v: f"class{v}" for v in sorted(values - {0})}
+            found.update({c: name for c, name in enumerate(names.values(), start=1)})
+            self._class_map = ClassMap(dict(sorted(found.items())))
         return self._class_map
 
     @class_map.setter
     def class_map(self, value: ClassMap | None) -> None:
         self._class_map = value
+
+
+def _segment_names_or_none(path: Path) -> list[str]:
+    """The segment names of a Slicer segmentation file (``segment_names``); none for other files, and
+    for a damaged header, named in the log as ``_label_values_or_none`` names a damaged label."""
+    try:
+        return segment_names(path)
+    except DataError as err:
+        say_once(f"class scan: {err}; its segments are left out of the classes found", key=f"class-scan-{path}")
+        return []
 
 
 def _label_values_or_none(path: Path) -> set[int]:
@@ -169,7 +194,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         image, dropped = _image_array(img, entry.image, axis, rgb)
         if self.colour_channels and image.ndim == 3:
             image, dropped = _colour_from_channel_files(entry, image, axis), 0
-        label = None if entry.label is None else _label_array(entry.label, axis, img)
+        label = None if entry.label is None else _label_array(entry.label, axis, img, lambda: self.class_map)
         stored_pixdim = None if itk_geometry else negative_pixdim(entry.image, img.header)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
                 "slice_axis": axis, "itk": itk_geometry,
@@ -463,15 +488,28 @@ def _without_time_axis(data: np.ndarray) -> np.ndarray:
     return data[:, :, :, 0] if data.ndim == 5 and data.shape[3] == 1 else data
 
 
-def _label_array(path: Path, axis: int = 2, image: Any = None) -> np.ndarray:
-    """A label file as (slices, rows, cols) uint8, on ``image``'s voxel grid when given."""
-    label = _load(path)
+def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSource | None = None) -> np.ndarray:
+    """A label file as (slices, rows, cols) uint8, on ``image``'s voxel grid when given; a Slicer
+    segmentation's segments as the ``classes`` named as them (``segments_as_classes``)."""
+    label, geometry = _load_with_geometry(path)
+    segments = segments_of(path)
+    if segments:
+        label = _segments_as_label(label, geometry, segments, classes() if classes else None, path)
     data = _without_time_axis(_data(label if image is None else on_image_grid(label, image, path), path))
     if data.ndim == 4:
         data = data[..., 0] if data.shape[3] == 1 else one_hot_to_indices(data, path)
     if data.ndim not in (2, 3):
         raise DataError(f"{path}: a label must be 2D or 3D, got shape {data.shape}")
     return to_slices(to_label_array(data, path), axis)
+
+
+def _segments_as_label(label: Any, geometry: dict[str, Any] | None, segments: tuple[Segment, ...],
+                       classes: ClassMap | None, path: Path) -> Any:
+    """A Slicer segmentation (its layers on the 4th axis where it has several) as one 3D label of
+    class indices on its grid, which is then placed on its image's as any label is."""
+    layers = geometry.get("components", 1) if geometry else 1
+    data = segments_as_classes(np.asarray(label.dataobj), layers, segments, classes, path)
+    return nib.Nifti1Image(data, label.affine)
 
 
 AFFINE_TOLERANCE = 1e-3  # mm: NIfTI headers store float32, so one grid written twice may differ this much

@@ -1,0 +1,180 @@
+"""3D Slicer's segmentation files (<volume>.seg.nrrd) as labels: each segment is a class, named after it.
+
+Slicer stores overlapping segments in several layers (a 4D NRRD, ``kinds: list domain domain
+domain``), a segment being the voxels of its layer equal to its ``SegmentN_LabelValue``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fewsam import progress
+from fewsam.data import open_dataset, write_prediction
+from fewsam.errors import DataError
+
+from test_dicom import write_series
+
+SHAPE = (6, 10, 12)  # (z, y, x)
+
+
+@pytest.fixture
+def notices(caplog, monkeypatch):
+    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    return caplog
+
+
+def reference_volume(path: Path) -> sitk.Image:
+    """An image volume on a turned, shifted grid, as a scanner's."""
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.normal(100, 20, SHAPE).astype(np.float32))
+    turn = np.cos(0.3), np.sin(0.3)
+    image.SetSpacing((0.9, 0.8, 3.5))
+    image.SetOrigin((12.5, -40.0, 7.0))
+    image.SetDirection((turn[0], -turn[1], 0, turn[1], turn[0], 0, 0, 0, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return image
+
+
+def write_segmentation(path: Path, layers: list[np.ndarray], segments: list[tuple[str, int, int]],
+                       reference: sitk.Image, start: tuple[int, int, int] = (0, 0, 0)) -> None:
+    """A segmentation as Slicer saves it: ``layers`` (each (z, y, x) from voxel ``start`` (x, y, z) of
+    ``reference``), and (name, label value, layer) per segment in the header; several layers as a 4D
+    NRRD whose first axis is a list of layers."""
+    stacked = np.stack(layers, axis=-1)
+    image = sitk.GetImageFromArray(stacked if len(layers) > 1 else stacked[..., 0], isVector=len(layers) > 1)
+    image.SetSpacing(reference.GetSpacing())
+    image.SetDirection(reference.GetDirection())
+    image.SetOrigin(reference.TransformIndexToPhysicalPoint(start))
+    for n, (name, value, layer) in enumerate(segments):
+        for field, text in (("ID", f"Segment_{n + 1}"), ("Name", name), ("LabelValue", str(value)),
+                            ("Layer", str(layer)), ("Color", "0.5 0.5 0.5")):
+            image.SetMetaData(f"Segment{n}_{field}", text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    path.write_bytes(path.read_bytes().replace(b"kinds: vector domain", b"kinds: list domain", 1))
+
+
+def blank() -> np.ndarray:
+    return np.zeros(SHAPE, dtype=np.uint8)
+
+
+def test_every_segment_of_a_multi_layer_segmentation_is_its_class_the_later_winning_where_they_overlap(
+        tmp_path, notices):
+    """Two layers (a tumour inside the liver), cropped to the segments' extent: the second layer's
+    segment was lost or the file taken for a one-hot label."""
+    reference = reference_volume(tmp_path / "images" / "v.nrrd")
+    liver_and_spleen, tumour = blank(), blank()
+    liver_and_spleen[1:5, 2:8, 2:6] = 1
+    liver_and_spleen[1:3, 2:5, 8:11] = 2
+    tumour[2:4, 3:6, 3:5] = 1
+    crop = (slice(1, 5), slice(2, 8), slice(2, 11))  # (z, y, x): where the segments are
+    write_segmentation(tmp_path / "labels" / "v.seg.nrrd", [liver_and_spleen[crop], tumour[crop]],
+                       [("liver", 1, 0), ("spleen", 2, 0), ("tumour", 1, 1)], reference, start=(2, 2, 1))
+    ds = open_dataset(tmp_path)
+    expected = liver_and_spleen.copy()
+    expected[tumour == 1] = 3
+    np.testing.assert_array_equal(ds.load("v").label, expected)
+    assert ds.class_map.names == {1: "liver", 2: "spleen", 3: "tumour"}
+    assert "tumour over liver (12 voxels)" in notices.text
+
+
+def test_classes_take_the_segments_names_where_no_classes_are_given(tmp_path):
+    reference = reference_volume(tmp_path / "images" / "v.nrrd")
+    label = blank()
+    label[1:3, 2:5, 2:5], label[3:5, 6:9, 6:9] = 1, 2
+    write_segmentation(tmp_path / "labels" / "v.seg.nrrd", [label], [("Liver", 1, 0), ("Left kidney", 2, 0)],
+                       reference)
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {1: "Liver", 2: "Left kidney"}
+    np.testing.assert_array_equal(ds.load("v").label, label)
+
+
+def test_segments_map_to_classes_by_segment_not_by_stored_value(tmp_path):
+    """Label values 1 and 7 in one layer; and segments in their own layers, each of value 1, the
+    first segment in the second layer: the classes follow the segments."""
+    reference = reference_volume(tmp_path / "images" / "a.nrrd")
+    reference_volume(tmp_path / "images" / "b.nrrd")
+    liver, kidney = blank(), blank()
+    liver[1:3, 2:5, 2:5] = 1
+    kidney[3:5, 6:9, 6:9] = 1
+    write_segmentation(tmp_path / "labels" / "a.seg.nrrd", [liver + 7 * kidney],
+                       [("liver", 1, 0), ("kidney", 7, 0)], reference)
+    write_segmentation(tmp_path / "labels" / "b.seg.nrrd", [kidney, liver],
+                       [("liver", 1, 1), ("kidney", 1, 0)], reference)
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {1: "liver", 2: "kidney"}
+    for case in ("a", "b"):
+        np.testing.assert_array_equal(ds.load(case).label, liver + 2 * kidney)
+
+
+def test_cases_whose_segments_come_in_other_orders_share_classes_by_name(tmp_path):
+    reference = reference_volume(tmp_path / "images" / "a.nrrd")
+    reference_volume(tmp_path / "images" / "b.nrrd")
+    label = blank()
+    label[1:3, 2:5, 2:5], label[3:5, 6:9, 6:9] = 1, 2
+    write_segmentation(tmp_path / "labels" / "a.seg.nrrd", [label], [("liver", 1, 0), ("kidney", 2, 0)], reference)
+    write_segmentation(tmp_path / "labels" / "b.seg.nrrd", [label], [("kidney", 1, 0), ("liver", 2, 0)], reference)
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {1: "liver", 2: "kidney"}
+    np.testing.assert_array_equal(ds.load("b").label, np.choose(label, [0, 2, 1]))
+
+
+def test_classes_json_matches_segments_by_name_else_by_their_order(tmp_path, notices):
+    reference = reference_volume(tmp_path / "images" / "v.nrrd")
+    label = blank()
+    label[1:3, 2:5, 2:5], label[3:5, 6:9, 6:9] = 1, 2
+    write_segmentation(tmp_path / "labels" / "v.seg.nrrd", [label], [("kidney", 1, 0), ("Liver", 2, 0)], reference)
+    (tmp_path / "classes.json").write_text(json.dumps({"1": "liver", "2": "kidney"}), encoding="utf-8")
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("v").label, np.choose(label, [0, 2, 1]))
+    (tmp_path / "classes.json").write_text(json.dumps({"1": "organ", "2": "lesion"}), encoding="utf-8")
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("v").label, label)
+    assert "segment N is read as class N + 1" in notices.text
+
+
+def test_a_multi_layer_segmentation_beside_a_dicom_series_is_read_by_segment(tmp_path):
+    rng = np.random.default_rng(1)
+    series = write_series(tmp_path / "images" / "p1", rng.integers(0, 1000, SHAPE).astype(np.int16))
+    liver, tumour = blank(), blank()
+    liver[1:5, 2:8, 2:6] = 1
+    tumour[2:4, 3:6, 3:5] = 5
+    write_segmentation(tmp_path / "labels" / "p1.seg.nrrd", [liver, tumour], [("liver", 1, 0), ("tumour", 5, 1)],
+                       series)
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {1: "liver", 2: "tumour"}
+    np.testing.assert_array_equal(ds.load("p1").label, np.where(tumour > 0, 2, liver))
+
+
+def test_a_segment_naming_a_layer_the_file_lacks_is_refused(tmp_path):
+    reference = reference_volume(tmp_path / "images" / "v.nrrd")
+    label = blank()
+    label[1:3, 2:5, 2:5] = 1
+    write_segmentation(tmp_path / "labels" / "v.seg.nrrd", [label, label], [("liver", 1, 0), ("tumour", 1, 2)],
+                       reference)
+    with pytest.raises(DataError, match="Segment1_Layer is 2, and the file holds 2 layer"):
+        open_dataset(tmp_path).load("v")
+
+
+def test_a_prediction_of_a_case_labelled_in_slicer_is_a_label_map_on_its_volumes_grid(tmp_path):
+    """Slicer overlays a label map voxel for voxel on the volume it loaded: same grid, class values."""
+    reference = reference_volume(tmp_path / "data" / "images" / "v.nrrd")
+    liver, tumour = blank(), blank()
+    liver[1:5, 2:8, 2:6] = 1
+    tumour[2:4, 3:6, 3:5] = 1
+    write_segmentation(tmp_path / "data" / "labels" / "v.seg.nrrd", [liver, tumour],
+                       [("liver", 1, 0), ("tumour", 1, 1)], reference)
+    case = open_dataset(tmp_path / "data").load("v")
+    written = sitk.ReadImage(str(write_prediction(case, case.label, tmp_path / "pred")))
+    assert Path(case.rel_path).name == "v.nrrd" and written.GetNumberOfComponentsPerPixel() == 1
+    assert written.GetSize() == reference.GetSize()
+    for got, want in ((written.GetOrigin(), reference.GetOrigin()), (written.GetSpacing(), reference.GetSpacing()),
+                      (written.GetDirection(), reference.GetDirection())):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), np.where(tumour > 0, 2, liver))
