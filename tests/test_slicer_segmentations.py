@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from fewsam import progress
 from fewsam.data import open_dataset, write_prediction
 from fewsam.errors import DataError
+from fewsam.info import dataset_info
 
 from test_dicom import write_series
 
@@ -178,3 +179,17 @@ def test_a_prediction_of_a_case_labelled_in_slicer_is_a_label_map_on_its_volumes
                       (written.GetDirection(), reference.GetDirection())):
         np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), np.where(tumour > 0, 2, liver))
+
+
+def test_info_says_the_classes_are_stored_as_segments(tmp_path):
+    """A class's value in the files ("stored as 3") named a value a multi-layer file does not hold for it."""
+    reference = reference_volume(tmp_path / "images" / "v.nrrd")
+    liver, tumour = blank(), blank()
+    liver[1:5, 2:8, 2:6] = 1
+    tumour[2:4, 3:6, 3:5] = 1
+    write_segmentation(tmp_path / "labels" / "v.seg.nrrd", [liver, tumour], [("liver", 1, 0), ("tumour", 1, 1)],
+                       reference)
+    info = dataset_info(tmp_path)
+    assert [(c["name"], c["stored_as"]) for c in info["classes"]] == [
+        ("background", 0), ("liver", "segment 'liver'"), ("tumour", "segment 'tumour'")]
+    assert info["storage"].startswith("3D Slicer segmentations")

@@ -72,12 +72,15 @@ def _classes(dataset: IndexedDataset) -> list[dict[str, Any]]:
     return [{"value": value, "name": name, "stored_as": stored.get(value)} for value, name in names.items()]
 
 
-def _stored_values(dataset: IndexedDataset) -> dict[int, int]:
-    """class -> value in the label files: PNG codings invert or spread values, FairSeg uses -1/-2."""
+def _stored_values(dataset: IndexedDataset) -> dict[int, int | str]:
+    """class -> value in the label files: PNG codings invert or spread values, FairSeg uses -1/-2;
+    a Slicer segmentation stores a class as its named segment."""
     if dataset.format == "png":
         return dict(dataset.style.to_pixel)  # type: ignore[attr-defined]
     if dataset.format == "npz":
         return {cls: code for code, cls in MASK_CODING.items() if code <= 0}
+    if getattr(dataset, "labels_are_segmentations", False):
+        return {0: 0, **{value: f"segment {name!r}" for value, name in dataset.class_map.names.items()}}
     return {value: value for value in [0, *dataset.class_map.labels]}
 
 

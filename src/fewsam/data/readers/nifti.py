@@ -125,6 +125,21 @@ class ClassesFromLabelFiles:
     def class_map(self, value: ClassMap | None) -> None:
         self._class_map = value
 
+    @property
+    def labels_are_segmentations(self) -> bool:
+        """Whether the labels are 3D Slicer segmentations (by the first label file), whose classes are
+        named segments, in any layer and under any value, not voxel values."""
+        first = next((e.label for e in self.entries.values() if e.label is not None), None)
+        return first is not None and bool(_segment_names_or_none(first))
+
+    @property
+    def storage(self) -> str | None:
+        """What ``fewsam info`` says of Slicer segmentations, where "class index per voxel" would mislead."""
+        if not self.labels_are_segmentations:
+            return None
+        return ("3D Slicer segmentations: each class a segment of its name (in any layer, under any label value); "
+                "predictions: label maps of class indices on the image's grid")
+
 
 def _segment_names_or_none(path: Path) -> list[str]:
     """The segment names of a Slicer segmentation file (``segment_names``); none for other files, and
