@@ -193,3 +193,17 @@ def test_info_says_the_classes_are_stored_as_segments(tmp_path):
     assert [(c["name"], c["stored_as"]) for c in info["classes"]] == [
         ("background", 0), ("liver", "segment 'liver'"), ("tumour", "segment 'tumour'")]
     assert info["storage"].startswith("3D Slicer segmentations")
+
+
+def test_a_segmentation_of_empty_segments_saved_as_one_voxel_is_background(tmp_path, notices):
+    """Slicer saves a segmentation whose segments are all empty as one voxel, whose geometry means nothing."""
+    reference_volume(tmp_path / "nifti" / "images" / "v.nrrd")
+    rng = np.random.default_rng(1)
+    write_series(tmp_path / "dicom" / "images" / "p1", rng.integers(0, 1000, SHAPE).astype(np.int16))
+    one_voxel = sitk.Image(1, 1, 1, sitk.sitkUInt8)
+    for data, case in (("nifti", "v"), ("dicom", "p1")):
+        write_segmentation(tmp_path / data / "labels" / f"{case}.seg.nrrd", [np.zeros((1, 1, 1), np.uint8)],
+                           [("liver", 1, 0)], one_voxel)
+        label = open_dataset(tmp_path / data).load(case).label
+        assert label.shape == SHAPE and not label.any()
+    assert "a Slicer segmentation of one voxel" in notices.text

@@ -509,7 +509,7 @@ def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSou
     label, geometry = _load_with_geometry(path)
     segments = segments_of(path)
     if segments:
-        label = _segments_as_label(label, geometry, segments, classes() if classes else None, path)
+        label = _segments_as_label(label, geometry, segments, classes() if classes else None, path, image)
     data = _without_time_axis(_data(label if image is None else on_image_grid(label, image, path), path))
     if data.ndim == 4:
         data = data[..., 0] if data.shape[3] == 1 else one_hot_to_indices(data, path)
@@ -519,9 +519,15 @@ def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSou
 
 
 def _segments_as_label(label: Any, geometry: dict[str, Any] | None, segments: tuple[Segment, ...],
-                       classes: ClassMap | None, path: Path) -> Any:
+                       classes: ClassMap | None, path: Path, image: Any = None) -> Any:
     """A Slicer segmentation (its layers on the 4th axis where it has several) as one 3D label of
-    class indices on its grid, which is then placed on its image's as any label is."""
+    class indices on its grid, which is then placed on its image's as any label is. A file of one
+    voxel is how Slicer saves a segmentation whose segments are all empty (its geometry then means
+    nothing, so it lay nowhere on its image and was refused): background on ``image``'s grid."""
+    if int(np.prod(label.shape[:3])) == 1 and image is not None:
+        say_once(f"{path}: a Slicer segmentation of one voxel, as Slicer saves one whose segments are empty; "
+                 "the case's label is background", key=f"slicer-empty-{path}")
+        return nib.Nifti1Image(np.zeros(tuple(image.shape[:3]), dtype=np.uint8), image.affine)
     layers = geometry.get("components", 1) if geometry else 1
     data = segments_as_classes(np.asarray(label.dataobj), layers, segments, classes, path)
     return nib.Nifti1Image(data, label.affine)
