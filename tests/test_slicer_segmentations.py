@@ -44,20 +44,21 @@ def reference_volume(path: Path) -> sitk.Image:
     return image
 
 
-def write_segmentation(path: Path, layers: list[np.ndarray], segments: list[tuple[str, int, int]],
+def write_segmentation(path: Path, layers: list[np.ndarray], segments: list[tuple[str, int | None, int | None]],
                        reference: sitk.Image, start: tuple[int, int, int] = (0, 0, 0)) -> None:
     """A segmentation as Slicer saves it: ``layers`` (each (z, y, x) from voxel ``start`` (x, y, z) of
-    ``reference``), and (name, label value, layer) per segment in the header; several layers as a 4D
-    NRRD whose first axis is a list of layers."""
+    ``reference``), and (name, label value, layer) per segment in the header (None: not written, as
+    Slicer wrote files before layers); several layers as a 4D NRRD whose first axis is a list of layers."""
     stacked = np.stack(layers, axis=-1)
     image = sitk.GetImageFromArray(stacked if len(layers) > 1 else stacked[..., 0], isVector=len(layers) > 1)
     image.SetSpacing(reference.GetSpacing())
     image.SetDirection(reference.GetDirection())
     image.SetOrigin(reference.TransformIndexToPhysicalPoint(start))
     for n, (name, value, layer) in enumerate(segments):
-        for field, text in (("ID", f"Segment_{n + 1}"), ("Name", name), ("LabelValue", str(value)),
-                            ("Layer", str(layer)), ("Color", "0.5 0.5 0.5")):
-            image.SetMetaData(f"Segment{n}_{field}", text)
+        for field, text in (("ID", f"Segment_{n + 1}"), ("Name", name), ("LabelValue", value), ("Layer", layer),
+                            ("Color", "0.5 0.5 0.5")):
+            if text is not None:
+                image.SetMetaData(f"Segment{n}_{field}", str(text))
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
     path.write_bytes(path.read_bytes().replace(b"kinds: vector domain", b"kinds: list domain", 1))
@@ -114,6 +115,19 @@ def test_segments_map_to_classes_by_segment_not_by_stored_value(tmp_path):
     assert ds.class_map.names == {1: "liver", 2: "kidney"}
     for case in ("a", "b"):
         np.testing.assert_array_equal(ds.load(case).label, liver + 2 * kidney)
+
+
+def test_a_segmentation_saved_before_layers_is_one_segment_per_layer(tmp_path):
+    """Slicer once saved one binary layer per segment, without LabelValue and Layer fields."""
+    reference = reference_volume(tmp_path / "images" / "v.nrrd")
+    liver, kidney = blank(), blank()
+    liver[1:3, 2:5, 2:5] = 1
+    kidney[3:5, 6:9, 6:9] = 1
+    write_segmentation(tmp_path / "labels" / "v.seg.nrrd", [liver, kidney],
+                       [("liver", None, None), ("kidney", None, None)], reference)
+    ds = open_dataset(tmp_path)
+    assert ds.class_map.names == {1: "liver", 2: "kidney"}
+    np.testing.assert_array_equal(ds.load("v").label, liver + 2 * kidney)
 
 
 def test_cases_whose_segments_come_in_other_orders_share_classes_by_name(tmp_path):
