@@ -303,18 +303,16 @@ def test_a_file_system_without_locks_does_not_refuse_every_fit_as_in_use(tmp_pat
 
 def test_a_pseudo_label_refresh_is_a_line_of_the_fit_log(tmp_path):
     """A refresh labels the whole unlabelled pool; RUN/fit.log said nothing of it."""
-    import numpy as np
-
     from fewsam.methods.samatch.refresh import refresh_line
     from fewsam.progress import log_to, record
 
     quality = {"student_all": {"1": 0.5, "mean": 0.5}, "sam_refined": {"1": 0.75, "mean": 0.75}}
     with log_to(tmp_path / "fit.log"):
-        record(refresh_line(200, [np.zeros((4, 4)), None, np.ones((4, 4))], [2, 0, 3], quality))
-    assert (tmp_path / "fit.log").read_text().rstrip().endswith(
+        record(refresh_line(200, 2, 3, 5, quality))
+    assert (tmp_path / "fit.log").read_text(encoding="utf-8").rstrip().endswith(
         "pseudo-labels refreshed at step 200: SAM refined 2 of 3 unlabelled slices (5 prompts); pooled Dice "
         "against the pool's labels: student 0.5000, SAM-refined slices 0.7500")
-    assert refresh_line(200, [None], [0], {"student_all": {"mean": 0.25}, "sam_refined": None}).endswith(
+    assert refresh_line(200, 0, 1, 0, {"student_all": {"mean": 0.25}, "sam_refined": None}).endswith(
         "(0 prompts); pooled Dice against the pool's labels: student 0.2500")
 
 

@@ -26,9 +26,9 @@ from fewsam.embedded import embed_refs
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit, say_unused_options
 from fewsam.methods.samatch.config import CONSISTENCY_ONLY, SCHEDULE, SamMatchConfig
-from fewsam.methods.samatch.pseudo_labels import (PseudoLabeller, compose_pseudo_label, confident_boxes,
-                                                  ignore_unprompted, pooled_dice, prompt_regions, student_probs,
-                                                  student_samples)
+from fewsam.methods.samatch.pseudo_labels import (PooledDice, PseudoLabeller, compose_pseudo_label, confident_boxes,
+                                                  ignore_unprompted, pooled_dice, prompt_regions,
+                                                  streamed_student_probs, student_probs, student_samples)
 from fewsam.methods.samatch.refresh import PSEUDO_DIR, QUALITY, PseudoLabelRefresh
 from fewsam.methods.samatch.sam_decoder import SAM_DIR, SamRounds, fit_sam, kept_sam_weights, load_final_sam
 from fewsam.methods.samatch.student_task import SamMatchTask
@@ -38,9 +38,9 @@ from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.train import TrainResult, train
 
-__all__ = ["PSEUDO_DIR", "QUALITY", "SAM_DIR", "PseudoLabeller", "SamMatchConfig", "SamMatchTask", "SamRounds",
-           "compose_pseudo_label", "confident_boxes", "fit", "ignore_unprompted", "kept_sam_weights",
-           "load_final_sam", "pooled_dice", "prompt_regions", "student_probs",
+__all__ = ["PSEUDO_DIR", "QUALITY", "SAM_DIR", "PooledDice", "PseudoLabeller", "SamMatchConfig", "SamMatchTask",
+           "SamRounds", "compose_pseudo_label", "confident_boxes", "fit", "ignore_unprompted", "kept_sam_weights",
+           "load_final_sam", "pooled_dice", "prompt_regions", "streamed_student_probs", "student_probs",
            "student_samples"]
 
 

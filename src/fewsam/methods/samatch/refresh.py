@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -18,11 +19,12 @@ from torch import nn
 
 from fewsam.labels import IGNORE
 from fewsam.methods.samatch.config import SamMatchConfig
-from fewsam.methods.samatch.pseudo_labels import PseudoLabeller, pooled_dice, student_probs, student_samples
+from fewsam.methods.samatch.pseudo_labels import PooledDice, PseudoLabeller, streamed_student_probs, student_samples
 from fewsam.methods.samatch.sam_decoder import SamRounds
 from fewsam.methods.student import SliceSet, student_label
 from fewsam.progress import record
 from fewsam.runs import write_json
+from fewsam.self_prompting import RefinedSlice
 from fewsam.train import atomic_torch_save, load_run_file
 
 PSEUDO_DIR = "pseudo_labels"
@@ -61,42 +63,57 @@ class PseudoLabelRefresh:
     def refresh(self, step: int, path: Path) -> torch.Tensor:
         """Label the unlabelled pool with SAM, save the labels and their quality report.
 
+        The student's probabilities come a batch at a time and each slice's are let go once its
+        prompts are drawn: a pool's are never all held (ACDC's 1,244 slices are 1.1 GB of float32, a
+        CT pool's tens of GB). SAM's training on the student's labels needs them before SAM answers
+        the prompts, so when SAM trains on them (``sam_round_steps`` > 0) the student labels the pool
+        twice; in eval mode and in the same batches, its numbers are the same both times.
+
         The labels file is written last: a resumed run reads it instead of refreshing again, so a
         stop between the two must find the labels missing, or RUN/pseudo_label_quality.json would
         lack this refresh for good. Written twice, the report's record of a step is replaced."""
-        self.student.eval()
-        probs = student_probs(self.student, self.unlabelled, self.device)
-        self.student.train()
-        if self.rounds is not None:
-            self.rounds.run(step, student_samples(probs, self.labeller.slices, self.values, self.cfg.threshold))
-        sam_labels, n_prompts = self.labeller.refine(probs)
-        size = self.cfg.image_size
-        identity = np.arange(256, dtype=np.int64)
-        labels = torch.stack([torch.full((size, size), IGNORE, dtype=torch.uint8) if lab is None
-                              else student_label(lab, size, identity) for lab in sam_labels])
-        quality = None
-        if self.unlabelled.originals and all(g is not None for g in self.unlabelled.originals):
-            quality = self._report(step, probs, sam_labels, n_prompts)
-        record(refresh_line(step, sam_labels, n_prompts, quality))
+        if self.rounds is not None and self.cfg.sam_round_steps > 0:
+            self.rounds.run(step, student_samples(self._probabilities(), self.labeller.slices, self.values,
+                                                  self.cfg.threshold))
+        labels, tally = self._pseudo_labels()
+        quality = None if tally.scores is None else self._report(step, tally)
+        record(refresh_line(step, tally.refined, tally.slices, tally.prompts, quality))
         atomic_torch_save({"step": step, "labels": labels}, path)
         return labels
 
-    def _report(self, step: int, probs: list[torch.Tensor], sam_labels: list[np.ndarray | None],
-                n_prompts: list[int]) -> dict:
-        n_out = probs[0].shape[0]
+    def _probabilities(self) -> Iterator[torch.Tensor]:
+        """The student's probabilities on the pool, in eval mode, a batch computed at a time."""
+        self.student.eval()
+        try:
+            yield from streamed_student_probs(self.student, self.unlabelled, self.device)
+        finally:
+            self.student.train()
+
+    def _pseudo_labels(self) -> tuple[torch.Tensor, "RefreshTally"]:
+        """(N_u, S, S) uint8 pseudo-labels in the student frame (IGNORE where SAM gave nothing), and
+        the refresh's counts and Dice, each slice counted as SAM answers it and then let go."""
+        size = self.cfg.image_size
+        identity = np.arange(256, dtype=np.int64)
+        labels = torch.full((len(self.labeller.slices), size, size), IGNORE, dtype=torch.uint8)
         gts = self.unlabelled.originals
-        student = [p.argmax(dim=0).numpy().astype(np.uint8) for p in probs]
-        refined = [i for i, lab in enumerate(sam_labels) if lab is not None]
+        scored = bool(gts) and all(g is not None for g in gts)
+        tally = RefreshTally(len(self.values), scored)
+        for done in self.labeller.refine_each(self._probabilities()):
+            if done.label is not None:
+                labels[done.index] = student_label(done.label, size, identity)
+            tally.add(done, gts[done.index] if scored else None)
+        return labels, tally
+
+    def _report(self, step: int, tally: "RefreshTally") -> dict:
+        student_all, student_refined, sam_refined = tally.scores
         record = {
             "step": step,
-            "slices": len(student),
-            "refined_slices": len(refined),
-            "prompts": int(sum(n_prompts)),
-            "student_all": pooled_dice(student, gts, n_out),
-            "student_refined": pooled_dice([student[i] for i in refined], [gts[i] for i in refined], n_out)
-            if refined else None,
-            "sam_refined": pooled_dice([sam_labels[i] for i in refined], [gts[i] for i in refined], n_out)
-            if refined else None,
+            "slices": tally.slices,
+            "refined_slices": tally.refined,
+            "prompts": tally.prompts,
+            "student_all": student_all.result(),
+            "student_refined": student_refined.result() if tally.refined else None,
+            "sam_refined": sam_refined.result() if tally.refined else None,
         }
         path = self.run_dir / QUALITY
         records = json.loads(path.read_text()) if path.exists() else []
@@ -105,12 +122,33 @@ class PseudoLabelRefresh:
         return record
 
 
-def refresh_line(step: int, sam_labels: list[np.ndarray | None], n_prompts: list[int], quality: dict | None) -> str:
+class RefreshTally:
+    """What a refresh reports of the pool, counted a slice at a time: how many slices SAM refined and
+    with how many prompts, and (``scored``: the pool has ground truth) the pooled Dice of the student's
+    argmax on every slice, and of the student's and SAM's labels on the slices SAM refined."""
+
+    def __init__(self, n_outputs: int, scored: bool) -> None:
+        self.slices = self.refined = self.prompts = 0
+        self.scores = (PooledDice(n_outputs), PooledDice(n_outputs), PooledDice(n_outputs)) if scored else None
+
+    def add(self, done: RefinedSlice, gt: np.ndarray | None) -> None:
+        self.slices += 1
+        self.prompts += done.prompts
+        self.refined += done.label is not None
+        if self.scores is None:
+            return
+        student_all, student_refined, sam_refined = self.scores
+        student_all.add(done.argmax, gt)
+        if done.label is not None:
+            student_refined.add(done.argmax, gt)
+            sam_refined.add(done.label, gt)
+
+
+def refresh_line(step: int, refined: int, slices: int, prompts: int, quality: dict | None) -> str:
     """The fit log's line for one refresh: a refresh labels the whole pool (minutes on real data), and
     without it RUN/fit.log showed the loop standing still and never said how the pseudo-labels fared."""
-    refined = sum(lab is not None for lab in sam_labels)
-    line = (f"pseudo-labels refreshed at step {step}: SAM refined {refined} of {len(sam_labels)} unlabelled slices "
-            f"({int(sum(n_prompts))} prompts)")
+    line = (f"pseudo-labels refreshed at step {step}: SAM refined {refined} of {slices} unlabelled slices "
+            f"({prompts} prompts)")
     if quality is not None:
         sam = quality.get("sam_refined") or {}
         line += f"; pooled Dice against the pool's labels: student {quality['student_all']['mean']:.4f}" + (
