@@ -312,7 +312,7 @@ def _predict_and_fit_times(dataset, model, cache, refs, device: str, cache_dir: 
     predictor = fewshot.FewShotPredictor(cache_dir / "run", model, device, choice.acceleration)
     start = time.perf_counter()
     case = dataset.load(val_id)
-    predictor.predict_case(case, CaseSlices(case, cache, device))
+    predictor.predict_case(case, CaseSlices(case, cache, device, streamed=True))  # read as `fewsam predict` reads it
     return time.perf_counter() - start, fit_s
 
 
