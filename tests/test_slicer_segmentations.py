@@ -68,6 +68,15 @@ def blank() -> np.ndarray:
     return np.zeros(SHAPE, dtype=np.uint8)
 
 
+def liver_with_tumour(path: Path, reference: sitk.Image, tumour_value: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A two-layer segmentation, liver in layer 0 (value 1), a tumour inside it in layer 1: their layers."""
+    liver, tumour = blank(), blank()
+    liver[1:5, 2:8, 2:6] = 1
+    tumour[2:4, 3:6, 3:5] = tumour_value
+    write_segmentation(path, [liver, tumour], [("liver", 1, 0), ("tumour", tumour_value, 1)], reference)
+    return liver, tumour
+
+
 def test_every_segment_of_a_multi_layer_segmentation_is_its_class_the_later_winning_where_they_overlap(
         tmp_path, notices):
     """Two layers (a tumour inside the liver), cropped to the segments' extent: the second layer's
@@ -157,11 +166,7 @@ def test_classes_json_matches_segments_by_name_else_by_their_order(tmp_path, not
 def test_a_multi_layer_segmentation_beside_a_dicom_series_is_read_by_segment(tmp_path):
     rng = np.random.default_rng(1)
     series = write_series(tmp_path / "images" / "p1", rng.integers(0, 1000, SHAPE).astype(np.int16))
-    liver, tumour = blank(), blank()
-    liver[1:5, 2:8, 2:6] = 1
-    tumour[2:4, 3:6, 3:5] = 5
-    write_segmentation(tmp_path / "labels" / "p1.seg.nrrd", [liver, tumour], [("liver", 1, 0), ("tumour", 5, 1)],
-                       series)
+    liver, tumour = liver_with_tumour(tmp_path / "labels" / "p1.seg.nrrd", series, tumour_value=5)
     ds = open_dataset(tmp_path)
     assert ds.class_map.names == {1: "liver", 2: "tumour"}
     np.testing.assert_array_equal(ds.load("p1").label, np.where(tumour > 0, 2, liver))
@@ -180,11 +185,7 @@ def test_a_segment_naming_a_layer_the_file_lacks_is_refused(tmp_path):
 def test_a_prediction_of_a_case_labelled_in_slicer_is_a_label_map_on_its_volumes_grid(tmp_path):
     """Slicer overlays a label map voxel for voxel on the volume it loaded: same grid, class values."""
     reference = reference_volume(tmp_path / "data" / "images" / "v.nrrd")
-    liver, tumour = blank(), blank()
-    liver[1:5, 2:8, 2:6] = 1
-    tumour[2:4, 3:6, 3:5] = 1
-    write_segmentation(tmp_path / "data" / "labels" / "v.seg.nrrd", [liver, tumour],
-                       [("liver", 1, 0), ("tumour", 1, 1)], reference)
+    liver, tumour = liver_with_tumour(tmp_path / "data" / "labels" / "v.seg.nrrd", reference)
     case = open_dataset(tmp_path / "data").load("v")
     written = sitk.ReadImage(str(write_prediction(case, case.label, tmp_path / "pred")))
     assert Path(case.rel_path).name == "v.nrrd" and written.GetNumberOfComponentsPerPixel() == 1
@@ -198,11 +199,7 @@ def test_a_prediction_of_a_case_labelled_in_slicer_is_a_label_map_on_its_volumes
 def test_info_says_the_classes_are_stored_as_segments(tmp_path):
     """A class's value in the files ("stored as 3") named a value a multi-layer file does not hold for it."""
     reference = reference_volume(tmp_path / "images" / "v.nrrd")
-    liver, tumour = blank(), blank()
-    liver[1:5, 2:8, 2:6] = 1
-    tumour[2:4, 3:6, 3:5] = 1
-    write_segmentation(tmp_path / "labels" / "v.seg.nrrd", [liver, tumour], [("liver", 1, 0), ("tumour", 1, 1)],
-                       reference)
+    liver_with_tumour(tmp_path / "labels" / "v.seg.nrrd", reference)
     info = dataset_info(tmp_path)
     assert [(c["name"], c["stored_as"]) for c in info["classes"]] == [
         ("background", 0), ("liver", "segment 'liver'"), ("tumour", "segment 'tumour'")]
