@@ -136,9 +136,9 @@ def test_a_prediction_on_a_device_the_machine_lacks_says_on_the_page_to_restart_
 
 # --- a full disk, memory that ran out -----------------------------------------------------------------------------
 
-def failed_fit(data: Path, project: Path, argv) -> dict:
+def failed_fit(data: Path, project: Path, argv, **settings) -> dict:
     """The job status the page reads after a fit whose worker ``argv`` fails."""
-    with make_client(data, project, worker_argv=argv) as client:
+    with make_client(data, project, worker_argv=argv, **settings) as client:
         assert put(client, painted()).status_code == 200
         assert client.post("/api/fit", json={"steps": 80}).status_code == 202
         job = wait_for_job(client)
@@ -153,6 +153,28 @@ def test_a_fit_that_fills_the_disk_says_which_file_and_to_free_space(monkeypatch
     job = failed_fit(data, tmp_path / "project", replaying(*failing_worker(monkeypatch, tmp_path, full)))
     assert job["error"] == (f"No space left on device writing {fit_dir}/run/.checkpoint_last.pt.tmp; free space on "
                             "the disk that holds it, then press Fit (or Predict) again")
+
+
+def test_a_full_disk_that_names_no_file_says_which_folders_to_free_space_for(monkeypatch, data, tmp_path):
+    """The page read "No space left on device; free space on the disk that holds it": "it" named nothing."""
+    project, cache = tmp_path / "project", tmp_path / "cache"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    job = failed_fit(data, project, replaying(*failing_worker(monkeypatch, tmp_path, full)), cache=str(cache))
+    assert job["error"] == (f"No space left on device; free space on the disk that holds the project folder {project} "
+                            f"or the embedding cache {cache}, then press Fit (or Predict) again"), job["error"]
+
+
+def test_a_prediction_that_runs_out_of_memory_is_not_told_to_fit_with_fewer_views(monkeypatch, data, tmp_path):
+    """Views are a fit's setting: a prediction holds one case at a time whatever the page asks for."""
+    record, code = failing_worker(monkeypatch, tmp_path, RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    project = tmp_path / "project"
+    with make_client(data, project, worker_argv=replaying(record, code)) as client:
+        (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "fits/fit-0001/run")}))
+        assert client.post("/api/predict", json={"all_cases": True}).status_code == 202
+        job = wait_for_job(client)
+    assert job["state"] == "failed" and job["error"] == (
+        "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); free memory (close other programs, or other "
+        "jobs on the GPU), then press Fit (or Predict) again"), job["error"]
 
 
 def test_a_fit_that_runs_out_of_memory_says_so_and_to_fit_with_fewer_views(monkeypatch, data, tmp_path):

@@ -53,9 +53,8 @@ AGAIN = "then press Fit (or Predict) again"
 # The core's advice to a command-line user (the same `fewsam fit` command, another --out, deleting a run
 # folder) as what the page offers instead: the studio names each fit's folder itself, so a new fit is the
 # Fit button, an interrupted one the Resume button, and the core's own messages stay as the CLI needs them.
-# The device is the studio's --device, chosen when it started, so it changes by restarting the studio; the
-# fit's --batch-size, --image-size and --model are not the page's: its fits hold each labelled slice in
-# memory once per view, which the page's views setting lowers (``fewsam.errors`` has the command-line lines).
+# The device is the studio's --device, chosen when it started, so it changes by restarting the studio. A full
+# disk and memory that ran out are said by ``disk_space_advice`` and ``MEMORY_ADVICE``, which depend on the job.
 PAGE_ADVICE: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern), advice) for pattern, advice in (
     (r"rerun with its settings to resume, or choose another --out",
      "press Fit to start a new fit on your current labels"),
@@ -69,23 +68,46 @@ PAGE_ADVICE: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern
     (r"^--device\b", "the studio's --device"),
     (r"(?:use|pass|rerun with) --device (\S+?)(?=[\s;,.)]|$)", r"restart the studio with --device \1"),
     (r"; use (cpu, cuda or cuda:N|cuda:0 to cuda:\d+)", r"; restart the studio with --device \1"),
-    (r"free space \(or use another --out / --cache\), then run the same command again",
-     f"free space on the disk that holds it, {AGAIN}"),
     (r"give fewsam access to it \(or use another --out / --cache / --json\), then run the same command again",
      f"give the studio access to it, {AGAIN}"),
-    (r"lower --batch-size or --image-size, choose a smaller --model, or free memory \(a GPU's: close other jobs "
-     r"on it\), then run the same command again \(a fit resumes from its last checkpoint\)",
-     f"fit with fewer views (each labelled slice is held in memory once per view) or free memory (close other "
-     f"programs, or other jobs on the GPU), {AGAIN}"),
 ))
 
+# The core's advice on a full disk; " writing FILE" before it when the error named the file.
+CORE_DISK_ADVICE = re.compile(r"(?P<file> writing [^;]+)?; free space \(or use another --out / --cache\), "
+                              r"then run the same command again")
 
-def for_the_page(message: str) -> str:
+# The core's advice on memory names the fit's --batch-size, --image-size and --model, none of them the page's.
+# A fit holds each labelled slice in memory once per view, which the page's views setting lowers; a prediction
+# holds one case at a time whatever the page asks for, so freeing memory is all its page user can do.
+CORE_MEMORY_ADVICE = re.compile(r"lower --batch-size or --image-size, choose a smaller --model, or free memory "
+                                r"\(a GPU's: close other jobs on it\), then run the same command again "
+                                r"\(a fit resumes from its last checkpoint\)")
+FREE_MEMORY = "free memory (close other programs, or other jobs on the GPU)"
+MEMORY_ADVICE = {"fit": f"fit with fewer views (each labelled slice is held in memory once per view) or "
+                        f"{FREE_MEMORY}, {AGAIN}",
+                 "predict": f"{FREE_MEMORY}, {AGAIN}"}
+
+# Where the studio writes when the job writing is unknown (an error of a request rather than of a job).
+STUDIO_WRITES_TO = "the studio's project folder or embedding cache"
+
+
+def for_the_page(message: str, kind: str = "fit", writes_to: str = STUDIO_WRITES_TO) -> str:
     """A core error's text as the page shows it: command-line advice (see ``PAGE_ADVICE``) replaced by
-    what to press in the page; everything else, what went wrong and where, is kept word for word."""
+    what to press in the page; everything else, what went wrong and where, is kept word for word. ``kind``
+    (fit or predict) is the job that failed, whose memory advice differs; ``writes_to`` names the folders it
+    writes into, for a full disk whose error named no file."""
     for pattern, advice in PAGE_ADVICE:
         message = pattern.sub(advice, message)
-    return message
+    message = CORE_MEMORY_ADVICE.sub(MEMORY_ADVICE.get(kind, MEMORY_ADVICE["fit"]), message)
+    return CORE_DISK_ADVICE.sub(lambda found: disk_space_advice(found.group("file"), writes_to), message)
+
+
+def disk_space_advice(file: str | None, writes_to: str) -> str:
+    """Where to free space: on the named file's disk, or, when the error named no file, wherever the job
+    writes (its disk is unknown, and "the disk that holds it" would name nothing)."""
+    if file:
+        return f"{file}; free space on the disk that holds it, {AGAIN}"
+    return f"; free space on the disk that holds {writes_to}, {AGAIN}"
 
 
 def remedy(message: str) -> str | None:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from fewsam.atomic import atomic_write_bytes
 from fewsam.errors import disk_full_message, out_of_memory_message
-from fewsam.studio.errors import Conflict, NotFound, for_the_page, remedy
+from fewsam.studio.errors import STUDIO_WRITES_TO, Conflict, NotFound, for_the_page, remedy
 
 WorkerArgv = Callable[[Path], list[str]]
 DISK_FULL_EXIT = errno.ENOSPC  # the worker's exit code when a full disk kept it from writing why it failed
@@ -217,7 +217,7 @@ class JobRunner:
         elif job.interrupted:
             out.update(state="interrupted", resumable=resumable(job), message=interrupted_message(job, record, out))
         else:
-            error = for_the_page(record.get("error") or self._crash_message(job, code))
+            error = for_the_page(record.get("error") or self._crash_message(job, code), job.kind, writes_to(job))
             out.update(state="failed", error=error, resumable=resumable_after_failing(job))
             if out["resumable"]:
                 out["message"] = failed_message(job, error, out)
@@ -278,6 +278,15 @@ def _how_the_worker_ended(job: Job, code: int) -> str:
         return disk_full_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(job.status_file)))
     how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit code {code}"
     return f"the {job.kind} worker {how}"
+
+
+def writes_to(job: Job) -> str:
+    """The folders a job writes into, for a full disk whose error named no file: the project folder (the
+    job's own folder, a fit's folder and predictions are in it) and the embedding cache, which the
+    studio's --cache may put on another disk."""
+    folders = [f"the project folder {job.spec['project']}" if job.spec.get("project") else None,
+               f"the embedding cache {job.spec['cache']}" if job.spec.get("cache") else None]
+    return " or ".join(folder for folder in folders if folder) or STUDIO_WRITES_TO
 
 
 def kept_model_dice(result: object) -> dict[str, Any]:
