@@ -47,6 +47,7 @@ from fewsam.data.readers.nifti import (Grid, NiftiDataset, _label_array, _nifti_
                                        case_name, say_unmatched_labels)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
+from fewsam.labels import check_class_count
 from fewsam.progress import say_once
 
 LABEL_WORDS = frozenset({"seg", "segmentation", "segmentations", "label", "labels", "mask", "masks", "gt",
@@ -118,6 +119,7 @@ class CaseFolderDataset(NiftiDataset):
     def __init__(self, root: Path, entries: list[Entry], test_ids: list[str] | None = None) -> None:
         structures = natural_sorted({case_name(p) for e in entries if e.label is not None and e.label.is_dir()
                                      for p in _nifti_files(e.label)})
+        check_class_count(len(structures), f"the structure masks of {root}")
         class_map = _plain_class_map(root) or (ClassMap({i + 1: s for i, s in enumerate(structures)})
                                                if structures else None)
         if class_map is None and any(patient_frames.is_frame_case(e) for e in entries):

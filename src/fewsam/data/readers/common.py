@@ -22,6 +22,7 @@ import numpy as np
 from fewsam.data.attributes import AttributeTable, user_text
 from fewsam.data.types import Case, ClassMap, Format, SliceRef
 from fewsam.errors import DataError
+from fewsam.labels import MAX_CLASSES, check_class_count
 from fewsam.progress import say_once
 
 LIST_SUFFIXES = (".list", ".txt", ".json")
@@ -597,9 +598,18 @@ def to_label_array(label: np.ndarray, path: Path, what: str = "label") -> np.nda
         raise DataError(f"{path}: {what} type {label.dtype} cannot hold class indices; store integers")
     label = rounded_float_label(label, path, what)
     if label.size and (label.min() < 0 or label.max() > 255):
-        bad = sorted({int(v) for v in np.unique(label) if v < 0 or v > 255})
-        raise DataError(f"{what} values {bad} in {path} are not class indices 0-255")
+        raise DataError(_beyond_uint8_message(np.unique(label), path, what))
     return label.astype(np.uint8)
+
+
+def _beyond_uint8_message(values: np.ndarray, path: Path, what: str) -> str:
+    """Why a label with values outside 0-255 is refused: its values are its classes, stored as uint8, so
+    a value above 255 (FreeSurfer's 1035, class 300 of 300) would wrap onto another class."""
+    bad = [int(v) for v in values if v < 0 or v > 255]
+    shown = ", ".join(map(str, bad[:5])) + (f", ... ({len(bad)} values)" if len(bad) > 5 else "")
+    classes = int(np.count_nonzero(values))
+    return (f"{what} values {shown} in {path} are not class indices 0-255 (the {what} holds {classes} classes, "
+            f"fewsam at most {MAX_CLASSES}); relabel the classes you need as 1, 2, ...")
 
 
 def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
@@ -625,6 +635,7 @@ def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
         raise DataError(f"{path}: its one-hot channels overlap (voxel {voxel} is in channels {holding}), so a voxel "
                         f"has no one class; fewsam segments one class per voxel: store one volume of class indices")
     background = bool(counts.all())
+    check_class_count(channels.shape[-1] - int(background), path)
     indices = np.argmax(channels, axis=-1) + (0 if background else 1)
     indices[counts == 0] = 0
     say_once(f"{path}: a one-hot label of {channels.shape[-1]} channels is read as class indices (channel c as class "
@@ -697,6 +708,7 @@ def class_specs(spec: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
             out[int(key)] = entry
     if not out:
         raise DataError(f"{path} defines only the background (0); {CLASSES_JSON_HELP}")
+    check_class_count(len(out), path)
     return out
 
 

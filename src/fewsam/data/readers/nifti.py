@@ -68,6 +68,7 @@ from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
 from fewsam.data.readers.slicer_segmentation import Segment, segment_names, segments_as_classes, segments_of
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
+from fewsam.labels import check_class_count
 from fewsam.progress import say_once
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -118,6 +119,7 @@ class ClassesFromLabelFiles:
                     values |= _label_values_or_none(e.label)
             found = {v: f"class{v}" for v in sorted(values - {0})}
             found.update({c: name for c, name in enumerate(names.values(), start=1)})
+            check_class_count(len(found), f"the label files of {getattr(self, 'root', 'the dataset')}")
             self._class_map = ClassMap(dict(sorted(found.items())))
         return self._class_map
 

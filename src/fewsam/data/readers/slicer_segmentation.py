@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.itk_volume import itk_ending, itk_reader, quiet_itk
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
+from fewsam.labels import check_class_count
 from fewsam.progress import say_once
 
 SEGMENTATION_ENDINGS = (".nrrd", ".nhdr")
@@ -86,7 +87,8 @@ def segment_names(path: Path) -> list[str]:
 
 def class_values(segments: tuple[Segment, ...], classes: ClassMap | None, path: Path) -> list[int]:
     """The class of each segment: the class named as it (letter case aside) where every segment names
-    one, else its place in the file (Segment0 as class 1), said."""
+    one, else its place in the file (Segment0 as class 1), said; more segments than classes fit are refused."""
+    check_class_count(len(segments), path)
     if classes is not None:
         by_name = {name.strip().casefold(): value for value, name in classes.names.items()}
         if all(s.name.strip().casefold() in by_name for s in segments):
