@@ -121,13 +121,12 @@ def main_raising(monkeypatch, capsys, error: BaseException) -> tuple[int, list[s
     entry point reports what a command could not finish, without running one."""
     from fewsam import cli
 
-    def command(**kwargs) -> None:
+    def command() -> None:
         raise error
 
     for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
         monkeypatch.setattr(cli, setup, lambda: None)
-    monkeypatch.setattr(cli, "refuse_empty_paths", lambda args: None)  # reads the real app's options
-    monkeypatch.setattr(cli, "app", command)
+    monkeypatch.setattr(cli, "run_app", command)  # the real app stays: main reads the command's options from it
     with pytest.raises(SystemExit) as stop:
         cli.main()
     return stop.value.code, capsys.readouterr().err.strip().splitlines()

@@ -629,6 +629,18 @@ def command_typed(args: list[str]) -> str:
     return " ".join(words)
 
 
+def command_options(words: list[str]) -> frozenset[str] | None:
+    """The options of the command ``words`` name (``["predict"]``, ``["fit", "fewshot"]``, as
+    :func:`command_typed` finds them), so an error line advises only what that command takes; None
+    where they name no command that runs (none, or ``fit`` without a method)."""
+    found: Any = typer.main.get_command(app)
+    for word in words:
+        found = found.get_command(typer.Context(found), word)
+    if not words or isinstance(found, TyperGroup):
+        return None
+    return frozenset(option for param in found.params for option in param.opts)
+
+
 def not_for_this_method(exc: click_errors.UsageError, command: str) -> str | None:
     """A fit option the method does not take (``fit supervised --model``), said as such: click's own
     line guessed at a near spelling ("No such option: --model (Possible options: --help)"), as if the
@@ -820,7 +832,8 @@ def main() -> None:
             err.print(stopped_message(stop, sys.argv), highlight=False, soft_wrap=True)  # one line, as error: lines
         raise SystemExit(128 + stop.signum)
     except (OSError, MemoryError, RuntimeError) as exc:
-        message = resource_failure_message(exc)
+        words = command_typed(sys.argv[1:]).split()[1:]  # ["fit", "fewshot"], ["predict"], or none
+        message = resource_failure_message(exc, words[0] if words else None, command_options(words))
         if message is None:
             raise
         say_user_error(message, exc)

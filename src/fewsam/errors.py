@@ -3,6 +3,7 @@
 import errno
 import os
 import signal
+from collections.abc import Collection
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file-size limit (ulimit -f, FAT32)
 NOT_PERMITTED = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -77,23 +78,52 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
 
 
-def out_of_memory_message(err: BaseException) -> str:
-    """One line for memory that ran out: a larger batch, slice size or model than the machine holds is
-    the user's to change, and a fit resumes from its last checkpoint once it is."""
+SIZE_OPTIONS = ("--batch-size", "--image-size")  # what a fit holds in memory at once, as the user set it
+EVERY_MEMORY_OPTION = frozenset({*SIZE_OPTIONS, "--model"})  # when the command is not known
+WORK_KEPT = {  # what the command kept of its work, so running it again does not start over
+    "fit": "a fit resumes from its last checkpoint",
+    "embed": "the slices already cached are not encoded again",
+    "demo": "demo resumes its phantom and its fit in --out",
+}
+
+
+def out_of_memory_message(err: BaseException, command: str | None = None,
+                          options: Collection[str] | None = None) -> str:
+    """One line for memory that ran out: what ``command`` (``fit``, ``predict``, ...) can change, named
+    by the options it has (``options``), and what it kept. Advice to lower an option the command does
+    not take would send the user to an error; predict takes its model and slice size from the run, so
+    it can only move to another device or be given more memory. Neither given (the studio's worker):
+    every option that sizes a fit."""
     detail = " ".join(str(err).split())
     detail = detail if len(detail) <= 160 else detail[:157] + "..."
-    return (f"out of memory ({detail or type(err).__name__}); lower --batch-size or --image-size, choose a "
-            "smaller --model, or free memory (a GPU's: close other jobs on it), then run the same command again "
-            "(a fit resumes from its last checkpoint)")
+    kept = WORK_KEPT.get(command or "fit")
+    return (f"out of memory ({detail or type(err).__name__}); {memory_advice(options)}, then run the same command "
+            f"again{f' ({kept})' if kept else ''}")
 
 
-def resource_failure_message(err: BaseException) -> str | None:
+def memory_advice(options: Collection[str] | None) -> str:
+    """The changes that make a command fit in memory, among ``options``: a smaller batch, slice or model
+    first; a command with none of those can still run on another --device; freeing memory always helps."""
+    offered = EVERY_MEMORY_OPTION if options is None else frozenset(options)
+    sizes = [option for option in SIZE_OPTIONS if option in offered]
+    changes = [f"lower {' or '.join(sizes)}"] if sizes else []
+    if "--model" in offered:
+        changes.append("choose a smaller --model")
+    if not changes and "--device" in offered:
+        changes.append("use another --device")
+    changes.append("free memory (a GPU's: close other jobs on it)")
+    return changes[0] if len(changes) == 1 else f"{', '.join(changes[:-1])}, or {changes[-1]}"
+
+
+def resource_failure_message(err: BaseException, command: str | None = None,
+                             options: Collection[str] | None = None) -> str | None:
     """The one line above for a full disk, a refused file or memory that ran out, or None for any other
-    failure: the command line and the studio's worker say these the same way."""
+    failure: the command line and the studio's worker say these the same way (the command line also
+    says which command ran out of memory and its options, ``out_of_memory_message``)."""
     if isinstance(err, OSError) and is_disk_full(err):
         return disk_full_message(err)
     if isinstance(err, OSError) and is_not_permitted(err):
         return not_permitted_message(err)
     if is_out_of_memory(err):
-        return out_of_memory_message(err)
+        return out_of_memory_message(err, command, options)
     return None
