@@ -4,6 +4,8 @@ import re
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -77,3 +79,57 @@ def test_out_of_memory_in_a_fit_keeps_its_advice(monkeypatch, capsys, tmp_path):
     line = out_of_memory_line(monkeypatch, capsys, tmp_path, *COMMANDS[3][:1], *COMMANDS[3][1:])
     assert line.endswith("); lower --batch-size, choose a smaller --model, or free memory (a GPU's: close other "
                          "jobs on it), then run the same command again (a fit resumes from its last checkpoint)"), line
+
+
+# --- the class scan of label files ---------------------------------------------------------------
+
+def _nifti_folder(root: Path, labels: dict[str, np.ndarray | bytes]) -> Path:
+    """images/ and labels/ of one NIfTI volume per case, no class names: the classes are scanned."""
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    for case, label in labels.items():
+        nib.save(nib.Nifti1Image(np.ones((6, 5, 2), np.float32), np.eye(4)), root / "images" / f"{case}.nii.gz")
+        if isinstance(label, bytes):
+            (root / "labels" / f"{case}.nii.gz").write_bytes(label)
+        else:
+            nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labels" / f"{case}.nii.gz")
+    return root
+
+
+def _label(value: int) -> np.ndarray:
+    label = np.zeros((6, 5, 2), np.int16)
+    label[1:3, 1:3] = value
+    return label
+
+
+def test_a_label_with_values_above_255_stops_the_class_scan(tmp_path):
+    """It was left out of the scan with a log line: the dataset opened without its classes, and the
+    error came only when a fit loaded that label."""
+    from fewsam.data import open_dataset
+    from fewsam.errors import DataError
+
+    dataset = open_dataset(_nifti_folder(tmp_path / "data", {"a": _label(1), "b": _label(1035)}))
+    with pytest.raises(DataError, match=r"label values 1035 in .*b\.nii\.gz are not class indices 0-255"):
+        dataset.class_map
+
+
+def test_a_damaged_label_is_still_left_out_of_the_class_scan(tmp_path):
+    """Only the commands that read that case's label need it whole (fit, evaluate): they say why."""
+    from fewsam.data import open_dataset
+
+    dataset = open_dataset(_nifti_folder(tmp_path / "data", {"a": _label(1), "b": b"not a nifti file"}))
+    assert dataset.class_map.names == {1: "class1"}
+
+
+def test_a_label_with_values_above_255_is_one_error_line_when_the_dataset_opens(monkeypatch, capsys, tmp_path):
+    from fewsam import cli
+
+    data = _nifti_folder(tmp_path / "data", {"a": _label(1), "b": _label(1035)})
+    for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
+        monkeypatch.setattr(cli, setup, lambda: None)
+    monkeypatch.setattr(sys, "argv", ["fewsam", "info", str(data)])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: label values 1035 in ") and "relabel the classes you need" in lines[0]

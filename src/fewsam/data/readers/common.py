@@ -587,6 +587,12 @@ def to_image_array(array: np.ndarray, path: Path) -> np.ndarray:
 ROUNDING_NOISE = 1e-3  # float labels this close to integers are class indices stored with rounding noise
 
 
+class NotClassIndices(DataError):
+    """A label that reads whole but holds values that are no class indices 0-255 (FreeSurfer's 1035): not
+    a damaged file, which a scan of the dataset's classes skips, but one whose classes no command can
+    have, so the scan stops on it rather than open the dataset with some of its classes missing."""
+
+
 def to_label_array(label: np.ndarray, path: Path, what: str = "label") -> np.ndarray:
     """Integer class indices as uint8; non-integers or values outside 0-255 are a DataError.
 
@@ -598,7 +604,7 @@ def to_label_array(label: np.ndarray, path: Path, what: str = "label") -> np.nda
         raise DataError(f"{path}: {what} type {label.dtype} cannot hold class indices; store integers")
     label = rounded_float_label(label, path, what)
     if label.size and (label.min() < 0 or label.max() > 255):
-        raise DataError(_beyond_uint8_message(np.unique(label), path, what))
+        raise NotClassIndices(_beyond_uint8_message(np.unique(label), path, what))
     return label.astype(np.uint8)
 
 

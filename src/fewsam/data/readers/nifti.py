@@ -59,7 +59,7 @@ from typing import Any, Callable
 import nibabel as nib
 import numpy as np
 
-from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
+from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, Read, class_map_from_json,
                                         computed_splits, first_line, is_data_file, natural_sorted,
                                         one_hot_to_indices, to_label_array)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
@@ -156,9 +156,13 @@ def _segment_names_or_none(path: Path) -> list[str]:
 def _label_values_or_none(path: Path) -> set[int]:
     """The values in one label file; an unreadable file adds none and is named in the log, so a
     damaged label stops only the commands that read that case's label (fit, evaluate), which then
-    say why, and not prediction or embedding, which never need it."""
+    say why, and not prediction or embedding, which never need it. A label whose values are no class
+    indices (``NotClassIndices``) stops the scan: left out, its classes would be missing from every
+    command's, and a fit would learn without them until it loaded that label."""
     try:
         return {int(v) for v in np.unique(_label_array(path))}
+    except NotClassIndices:
+        raise
     except DataError as err:
         say_once(f"class scan: {err}; its values are left out of the classes found", key=f"class-scan-{path}")
         return set()
