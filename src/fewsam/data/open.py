@@ -26,7 +26,7 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
                 "data/*.h5 + train_slices.list/val.list (SSL4MIS ACDC)"),
     "nifti": (nifti.detect, nifti.open_nifti,
               "imagesTr/ + labelsTr/ + dataset.json (nnU-Net v2 / v1 / MSD), or images/ (+ labels/) with .nii.gz "
-              "(or .mha, .mhd, .nrrd)"),
+              "(or .mha, .mhd, .nrrd, .mgz)"),
     "fairseg-npz": (fairseg_npz.detect, fairseg_npz.open_fairseg,
                     "*.npz per subject (Harvard-FairSeg), flat or in Training/ and Test/"),
     "dicom": (dicom.detect, dicom.open_dicom,

@@ -3,7 +3,8 @@
 - h5 (ACDC): an HDF5 file with key ``pred`` (uint8 class indices); (H, W) for a 2D slice file,
   (D, H, W) for a volume, mirroring the input's ``label``.
 - nifti: ``<case>.nii.gz``, uint8 class indices, with the input image's affine and header
-  (same voxel grid and orientation, so it overlays in ITK-SNAP / 3D Slicer).
+  (same voxel grid and orientation, so it overlays in ITK-SNAP / 3D Slicer); ``<case>.mgz`` on the
+  header of a FreeSurfer ``.mgz`` / ``.mgh`` input.
 - png: an 8-bit greyscale PNG at the image's relative path, class indices mapped back to the
   dataset's own mask coding (BUSI 0/255; prostate 0 = prostate, 255 = background; fundus cup 0,
   rim 128, background 255); a folder of new images without masks, in the coding of the masks
@@ -34,6 +35,7 @@ from typing import Any
 import h5py
 import nibabel as nib
 import numpy as np
+from nibabel.freesurfer.mghformat import MGHHeader
 import SimpleITK as sitk
 from PIL import Image
 
@@ -177,7 +179,7 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
     return pred
 
 
-VOLUME_PREDICTION_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+VOLUME_PREDICTION_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".mha", ".mhd", ".nrrd")
 
 
 MONAI_POSTFIXES = ("trans", "seg")  # MONAI SaveImage's output_postfix: "trans" by default, "seg" in its tutorials
@@ -360,9 +362,11 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
     if affine is None:
         z, y, x = case.spacing or (1.0, 1.0, 1.0)
         affine = np.diag([x, y, z, 1.0])
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     array = from_slices(pred, case.meta.get("slice_axis", 2))
     array = _in_image_dims(array, header)
+    if isinstance(header, MGHHeader):
+        return _encode_mgz(array, affine, header)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     img = image_class(array, affine, header.copy() if header is not None else None)
     img.set_data_dtype(np.uint8)
     img.header.set_intent("none")  # a vector image's intent would call the class indices vector components
@@ -370,6 +374,14 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     data = _with_stored_pixdim(img.to_bytes(), img.header, case.meta.get("stored_pixdim"))
     return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def _encode_mgz(array: np.ndarray, affine: np.ndarray, header: MGHHeader) -> bytes:
+    """A FreeSurfer input's prediction as ``.mgz`` on its image's header, so ``freeview`` and FreeSurfer's
+    tools overlay it as they do ``aseg.mgz`` (which is uint8 class values too)."""
+    img = nib.MGHImage(array.astype(np.uint8), affine, header.copy())
+    img.set_data_dtype(np.uint8)
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
 def _with_stored_pixdim(data: bytes, header: Any, pixdim: tuple[float, ...] | None) -> bytes:

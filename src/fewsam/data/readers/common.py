@@ -27,7 +27,7 @@ from fewsam.progress import say_once
 
 LIST_SUFFIXES = (".list", ".txt", ".json")
 # Suffixes a list-file line may carry after a case id (compared case-insensitively).
-DATA_SUFFIXES = (".nii.gz", ".nii", ".h5", ".npz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
+DATA_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".h5", ".npz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
                  ".gif", ".dcm", ".list", ".txt")
 log = logging.getLogger("fewsam")
 

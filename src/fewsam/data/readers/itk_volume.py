@@ -76,7 +76,10 @@ def itk_reader(path: Path) -> sitk.ImageFileReader:
 
 
 def prediction_ending(name: str) -> str:
-    """The suffix a prediction for this image file gets: its own format, as a single file."""
+    """The suffix a prediction for this image file gets: its own format, as a single file (FreeSurfer's
+    ``.mgh`` compressed, as ``.mgz``)."""
+    if name.lower().endswith((".mgz", ".mgh")):
+        return ".mgz"
     ending = itk_ending(name)
     return _ONE_FILE[ending] if ending else ".nii.gz"
 

@@ -72,7 +72,9 @@ from fewsam.labels import check_class_count
 from fewsam.progress import say_once
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
-VOLUME_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS  # MetaImage and NRRD volumes are read beside NIfTI
+# FreeSurfer's volumes (aseg.mgz, brain.mgz): nibabel reads them as it reads NIfTI, affine included
+FREESURFER_ENDINGS = (".mgz", ".mgh")
+VOLUME_ENDINGS = NIFTI_ENDINGS + FREESURFER_ENDINGS + ITK_ENDINGS  # MetaImage and NRRD volumes are read beside NIfTI
 NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 # The dataset's classes, asked for only where a label file needs them (a Slicer segmentation's segments
 # are matched to classes by name), so that reading a plain label never starts a scan of every label
@@ -229,7 +231,7 @@ def volume_ending(name: str) -> str | None:
     """The ending of a volume file name, in lower case whatever the name's letter case (scanner
     exports and Windows tools write ``CASE.NII.GZ``, ``IMG.MHA``), or None for other files."""
     lower = name.lower()
-    return next((e for e in NIFTI_ENDINGS if lower.endswith(e)), None) or itk_ending(name)
+    return next((e for e in NIFTI_ENDINGS + FREESURFER_ENDINGS if lower.endswith(e)), None) or itk_ending(name)
 
 
 def _nifti_files(folder: Path, ending: str = "") -> list[Path]:
@@ -294,7 +296,10 @@ def negative_pixdim(path: Path, header: Any) -> tuple[float, float, float] | Non
 
     nibabel reads a negative size as its absolute value (and says so), while ITK, and so 3D Slicer
     and ITK-SNAP, flips that axis: a prediction written with nibabel's positive sizes lay mirrored
-    over its image there; written back as stored, it lies where each tool puts its image."""
+    over its image there; written back as stored, it lies where each tool puts its image. Other
+    headers (FreeSurfer's MGH) store no pixdim: None."""
+    if not isinstance(header, nib.Nifti1Header):
+        return None
     try:
         with nib.openers.ImageOpener(str(path)) as f:
             stored = type(header).from_fileobj(f, check=False)["pixdim"][1:4]
@@ -354,7 +359,8 @@ def _zooms(img: Any) -> list[float]:
     header names (``xyzt_units``): a file in micrometres (microscopy, small-animal scanners) or metres
     holds its voxel sizes in that unit, which ITK, and so 3D Slicer and ITK-SNAP, turn into mm;
     taken as mm, distances (HD95, ASD) came out 1000 times too large or small."""
-    scale = MM_PER_UNIT.get(str(img.header.get_xyzt_units()[0]), 1.0)
+    units = getattr(img.header, "get_xyzt_units", None)  # FreeSurfer's MGH header names no unit: mm
+    scale = MM_PER_UNIT.get(str(units()[0]), 1.0) if units else 1.0
     # Headers store float32: 1.4 reads as 1.39999998; 7 significant digits give 1.4 back.
     return ([float(f"{z * scale:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3)[:3]
 
@@ -1018,5 +1024,5 @@ def open_nifti(root: Path) -> NiftiDataset:
     _say_other_channels(entries, colour)
     if not entries:
         raise DataError(f"no NIfTI images found in {root}; expected imagesTr/ or images/ with .nii.gz "
-                        "(or .mha, .nrrd) files")
+                        "(or .mha, .nrrd, .mgz) files")
     return NiftiDataset(root, class_map, entries, test_ids, colour_channels=colour, val_ids=val_ids)
