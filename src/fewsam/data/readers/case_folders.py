@@ -142,7 +142,7 @@ class CaseFolderDataset(NiftiDataset):
                      "<structure>.nii.gz) merged into class indices")
         else:
             label = f"class index per voxel ({Path(labelled.label).relative_to(self.root).as_posix()}, ...)"
-        return (f"images {image}, ...{chosen}; labels: {label}; predictions: <case>.nii.gz (.mha, .nrrd for "
+        return (f"images {image}, ...{chosen}; labels: {label}; predictions: <case>.nii.gz (.mha, .nrrd, .mgz for "
                 "those inputs) on the image's grid")
 
     def table_row(self, table: AttributeTable, case: str) -> dict:
