@@ -205,7 +205,7 @@ def test_accepting_a_prediction_of_another_slice_size_is_a_clear_error(data, tmp
         assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
 
 
-@pytest.mark.parametrize("code, status, words", [(errno.ENOSPC, 507, "the disk is full"),
+@pytest.mark.parametrize("code, status, words", [(errno.ENOSPC, 507, "No space left on device writing"),
                                                  (errno.EACCES, 500, "is writable")])
 def test_a_file_the_studio_cannot_write_is_a_clear_error(data, tmp_path, monkeypatch, code, status, words):
     def refuse(case, volume, folder):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def test_a_fit_that_fills_the_disk_says_which_file_and_to_free_space(monkeypatch
     full = OSError(errno.ENOSPC, "No space left on device", str(fit_dir / "run" / ".checkpoint_last.pt.tmp"))
     job = failed_fit(data, tmp_path / "project", replaying(*failing_worker(monkeypatch, tmp_path, full)))
     assert job["error"] == (f"No space left on device writing {fit_dir}/run/.checkpoint_last.pt.tmp; free space on "
-                            "the disk that holds it, then press Fit (or Predict) again")
+                            "the disk that holds it, then press Fit again")
 
 
 def test_a_full_disk_that_names_no_file_says_which_folders_to_free_space_for(monkeypatch, data, tmp_path):
@@ -161,7 +162,7 @@ def test_a_full_disk_that_names_no_file_says_which_folders_to_free_space_for(mon
     full = OSError(errno.ENOSPC, "No space left on device")
     job = failed_fit(data, project, replaying(*failing_worker(monkeypatch, tmp_path, full)), cache=str(cache))
     assert job["error"] == (f"No space left on device; free space on the disk that holds the project folder {project} "
-                            f"or the embedding cache {cache}, then press Fit (or Predict) again"), job["error"]
+                            f"or the embedding cache {cache}, then press Fit again"), job["error"]
 
 
 def test_a_prediction_that_runs_out_of_memory_is_not_told_to_fit_with_fewer_views(monkeypatch, data, tmp_path):
@@ -174,7 +175,7 @@ def test_a_prediction_that_runs_out_of_memory_is_not_told_to_fit_with_fewer_view
         job = wait_for_job(client)
     assert job["state"] == "failed" and job["error"] == (
         "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); free memory (close other programs, or other "
-        "jobs on the GPU), then press Fit (or Predict) again"), job["error"]
+        "jobs on the GPU), then press Predict again"), job["error"]
 
 
 def test_a_fit_that_runs_out_of_memory_says_so_and_to_fit_with_fewer_views(monkeypatch, data, tmp_path):
@@ -183,7 +184,7 @@ def test_a_fit_that_runs_out_of_memory_says_so_and_to_fit_with_fewer_views(monke
     assert job["error"].startswith("out of memory (Unable to allocate 37.3 GiB for an array with shape "
                                    "(10000, 1000000)); fit with fewer views"), job["error"]
     assert job["error"].endswith("or free memory (close other programs, or other jobs on the GPU), then press Fit "
-                                 "(or Predict) again")
+                                 "again")
 
 
 def test_a_worker_that_cannot_record_a_full_disk_exits_saying_it(monkeypatch, tmp_path):
@@ -200,25 +201,124 @@ def test_a_fit_worker_ended_by_a_full_disk_before_saying_why_is_shown_as_a_full_
     job = failed_fit(data, tmp_path / "project", python(f"import sys; sys.exit({DISK_FULL_EXIT})"))
     status = tmp_path / "project" / "jobs" / "job-0001" / "status.json"
     assert job["error"].startswith(f"No space left on device writing {status}; free space on the disk that holds it, "
-                                   "then press Fit (or Predict) again"), job["error"]
+                                   "then press Fit again"), job["error"]
 
 
-def test_a_fit_worker_killed_for_memory_says_so_and_what_to_do_before_resuming(data, tmp_path):
-    """The system's out-of-memory killer sends SIGKILL: the page said "killed by signal 9"."""
-    killed = "import signal\n" + FIT_WORKER_START + """
+KILLED_AT_STEP_3 = "import signal\n" + FIT_WORKER_START + """
 (run / "config.json").write_text(json.dumps({"method": "fewshot", "fewshot": {"steps": spec["steps"]}}))
 (run / "checkpoint_last.pt").write_bytes(b"the loop's resume state")
+events = os.environ.get("MEMORY_EVENTS")
+if events:  # the kernel's out-of-memory killer counts its kill in the cgroup's memory.events
+    pathlib.Path(events).write_text("low 0\\nhigh 0\\nmax 3\\noom 1\\noom_kill 5\\n")
 os.kill(os.getpid(), signal.SIGKILL)
 """
-    job = failed_fit(data, tmp_path / "project", python(killed))
-    assert job["error"].startswith("out of memory (the fit worker was killed by SIGKILL, which the system sends when "
-                                   "memory runs out); fit with fewer views"), job["error"]
+
+
+def counted_oom_kills(monkeypatch, tmp_path: Path, count: int) -> dict[str, str]:
+    """A cgroup memory.events holding ``count`` out-of-memory kills so far, as this studio reads it; the
+    environment a stand-in worker is given to count its own kill there."""
+    from fewsam.studio import jobs
+
+    events = tmp_path / "memory.events"
+    events.write_text(f"low 0\nhigh 0\nmax 0\noom 0\noom_kill {count}\n", encoding="utf-8")
+    monkeypatch.setattr(jobs, "memory_events_file", lambda: events)
+    return {**os.environ, "MEMORY_EVENTS": str(events)}
+
+
+def test_a_worker_killed_by_sigkill_where_no_kill_count_is_readable_names_memory_as_likely_not_certain(
+        monkeypatch, data, tmp_path):
+    """The system's out-of-memory killer sends SIGKILL, and so do `kill -9` and a stopped container: the page
+    said "out of memory" as a fact."""
+    from fewsam.studio import jobs
+
+    monkeypatch.setattr(jobs, "memory_events_file", lambda: None)
+    job = failed_fit(data, tmp_path / "project", python(KILLED_AT_STEP_3))
+    assert job["error"].startswith("the fit worker was killed (SIGKILL), most often because memory ran out; fit "
+                                   "with fewer views"), job["error"]
+    assert "out of memory" not in job["error"]
     assert job["resumable"] is True
     assert job["message"].startswith(
-        "fit-0001 failed at step 3 of 80 (out of memory (the fit worker was killed by SIGKILL, which the system sends "
-        "when memory runs out)); fit with fewer views (each labelled slice is held in memory once per view) or free "
-        "memory (close other programs, or other jobs on the GPU), then Resume goes on from its last checkpoint, "
-        "step 2"), job["message"]
+        "fit-0001 failed at step 3 of 80 (the fit worker was killed (SIGKILL), most often because memory ran out); "
+        "fit with fewer views (each labelled slice is held in memory once per view) or free memory (close other "
+        "programs, or other jobs on the GPU), then Resume goes on from its last checkpoint, step 2"), job["message"]
+
+
+def test_a_worker_the_out_of_memory_killer_counted_is_said_to_be_killed_for_memory(monkeypatch, data, tmp_path):
+    env = counted_oom_kills(monkeypatch, tmp_path, 4)
+    job = failed_fit(data, tmp_path / "project", python(KILLED_AT_STEP_3), worker_env=env)
+    assert job["error"].startswith("the fit worker was killed by the system's out-of-memory killer (SIGKILL); fit "
+                                   "with fewer views"), job["error"]
+
+
+def test_a_worker_killed_by_sigkill_while_no_out_of_memory_kill_was_counted_is_not_said_to_lack_memory(
+        monkeypatch, data, tmp_path):
+    """`kill -9` of the worker: the cgroup's count of out-of-memory kills stays as it was."""
+    env = counted_oom_kills(monkeypatch, tmp_path, 4)
+    job = failed_fit(data, tmp_path / "project", python(KILLED_AT_STEP_3), worker_env={**env, "MEMORY_EVENTS": ""})
+    assert job["error"].startswith("the fit worker was killed (SIGKILL) by a person or program, not for memory: the "
+                                   "system's out-of-memory killer killed nothing while it ran; then press Fit again"), \
+        job["error"]
+    assert "fewer views" not in job["error"] and "fewer views" not in job["message"]
+
+
+def test_a_prediction_worker_killed_by_sigkill_is_told_to_press_predict_not_to_fit_with_fewer_views(
+        monkeypatch, data, tmp_path):
+    from fewsam.studio import jobs
+
+    monkeypatch.setattr(jobs, "memory_events_file", lambda: None)
+    project = tmp_path / "project"
+    killed = python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    with make_client(data, project, worker_argv=killed) as client:
+        (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "fits/fit-0001/run")}))
+        assert client.post("/api/predict", json={"all_cases": True}).status_code == 202
+        job = wait_for_job(client)
+    assert job["error"].startswith("the predict worker was killed (SIGKILL), most often because memory ran out; free "
+                                   "memory (close other programs, or other jobs on the GPU), then press Predict "
+                                   "again"), job["error"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   OSError(errno.ENOSPC, "No space left on device"),
+                                   OSError(errno.EACCES, "Permission denied", "/srv/cache/entry.pt")])
+def test_a_failed_prediction_is_told_to_press_predict_and_a_failed_fit_fit(monkeypatch, tmp_path, error):
+    """Each job's advice ended "press Fit (or Predict) again" whichever job had failed."""
+    said = failing_worker(monkeypatch, tmp_path, error)[0]["error"]
+    assert for_the_page(said, "predict").endswith("then press Predict again"), for_the_page(said, "predict")
+    assert for_the_page(said, "fit").endswith("then press Fit again"), for_the_page(said, "fit")
+
+
+# --- a full disk in a page request --------------------------------------------------------------------------------
+
+def test_a_label_save_that_fills_the_disk_names_the_project_folder_and_the_save_button(monkeypatch, data, tmp_path):
+    """A request's full disk read "the disk is full: ...; free space, then try again": which disk was not said."""
+    def full(case, volume, folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    project = tmp_path / "project"
+    monkeypatch.setattr("fewsam.studio.project.write_prediction", full)
+    with make_client(data, project, cache=str(tmp_path / "cache")) as client:
+        response = put(client, painted())
+        assert response.status_code == 507 and response.json()["detail"] == (
+            f"No space left on device; free space on the disk that holds the project folder {project}, then press "
+            "Save again"), response.json()
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == []
+
+
+def test_an_export_that_fills_the_disk_names_the_file_and_leaves_no_partial_export(monkeypatch, data, tmp_path):
+    from fewsam.studio import project as project_module
+
+    def full(case, volume, folder, rel, image):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / rel))
+
+    project = tmp_path / "project"
+    with make_client(data, project) as client:
+        assert put(client, painted()).status_code == 200
+        monkeypatch.setattr(project_module, "write_label", full)
+        response = client.post("/api/export")
+    detail = response.json()["detail"]
+    assert response.status_code == 507 and detail.startswith(f"No space left on device writing {project}/"), detail
+    assert detail.endswith("; free space on the disk that holds it, then press Export labelled set again"), detail
+    assert sorted(p.name for p in project.iterdir() if "export" in p.name) == []
 
 
 def test_what_failed_keeps_torchs_own_words_in_parentheses():

@@ -44,8 +44,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from fewsam.config import DEFAULT_CACHE
-from fewsam.errors import FewsamError, is_disk_full
-from fewsam.studio.errors import StudioError, for_the_page, status_of
+from fewsam.errors import FewsamError, disk_full_message, is_disk_full
+from fewsam.studio.errors import StudioError, for_the_page, status_of, studio_folders
 from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
 from fewsam.studio.project import FITS, JOBS, LOG, Project
 from fewsam.studio.security import BodyCap, Guard
@@ -168,7 +168,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
 def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
     @app.exception_handler(FewsamError)
     async def fewsam_error(request: Request, exc: FewsamError) -> JSONResponse:
-        return JSONResponse({"detail": for_the_page(str(exc))}, status_code=status_of(exc))
+        return JSONResponse({"detail": for_the_page(str(exc), request_kind(request))}, status_code=status_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -177,7 +177,7 @@ def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
     @app.exception_handler(OSError)
     async def os_error(request: Request, exc: OSError) -> JSONResponse:
         log(f"{request.method} {request.url.path} failed: {exc}")
-        return JSONResponse({"detail": os_error_message(exc, app.state.project.folder)},
+        return JSONResponse({"detail": os_error_message(exc, app.state.project.folder, request_kind(request))},
                             status_code=507 if is_disk_full(exc) else 500)
 
     @app.exception_handler(Exception)
@@ -195,12 +195,25 @@ def validation_message(error: dict[str, Any]) -> str:
     return f"{'.'.join(str(p) for p in error.get('loc', ())[1:]) or 'request'}: {error.get('msg')}"
 
 
-def os_error_message(exc: OSError, project: Path) -> str:
-    """A file the studio could not read or write, as the page shows it: what failed, where, what to do."""
+# What each request the page sends does, as ``for_the_page`` names it (the button that sends it again).
+REQUEST_KINDS = {("PUT", "/api/label"): "save", ("DELETE", "/api/label"): "unmark", ("POST", "/api/accept"): "accept",
+                 ("POST", "/api/fit"): "fit", ("POST", "/api/predict"): "predict", ("POST", "/api/job/resume"): "resume",
+                 ("POST", "/api/export"): "export"}
+
+
+def request_kind(request: Request) -> str:
+    """What a request does (``REQUEST_KINDS``), or "request" for one no button sends again."""
+    return REQUEST_KINDS.get((request.method, request.url.path), "request")
+
+
+def os_error_message(exc: OSError, project: Path, kind: str = "request") -> str:
+    """A file the studio could not read or write, as the page shows it: what failed, where, what to do. A
+    full disk is said as a job's is (``for_the_page``): a request writes only into the project folder (the
+    embedding cache is the workers'), which is named when the error names no file."""
     where = f" ({exc.filename})" if exc.filename else ""
     reason = exc.strerror or str(exc)
     if is_disk_full(exc):
-        return f"the disk is full{where}: {reason}; free space, then try again"
+        return for_the_page(disk_full_message(exc), kind, studio_folders(str(project)))
     return (f"the studio could not read or write a file{where}: {reason}; check that the project folder "
             f"{project} is writable (and the dataset readable), then try again")
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fewsam.atomic import atomic_write_bytes
-from fewsam.errors import disk_full_message, out_of_memory_message
-from fewsam.studio.errors import STUDIO_WRITES_TO, Conflict, NotFound, for_the_page, remedy
+from fewsam.errors import disk_full_message
+from fewsam.studio.errors import Conflict, NotFound, again, for_the_page, memory_advice, remedy, studio_folders
 
 WorkerArgv = Callable[[Path], list[str]]
 DISK_FULL_EXIT = errno.ENOSPC  # the worker's exit code when a full disk kept it from writing why it failed
@@ -116,6 +116,8 @@ class Job:
     started: float = field(default_factory=time.time)
     cancelled: bool = False
     interrupted: bool = False  # ended unfinished before this studio started: shown so, and resumable
+    oom_kills_at_start: int | None = field(default_factory=lambda: oom_kills())  # None: not countable here
+    oom_kills_at_end: int | None = None  # read once, when the worker is first seen killed by SIGKILL
 
     @property
     def status_file(self) -> Path:
@@ -267,26 +269,63 @@ class JobRunner:
 
 
 def _how_the_worker_ended(job: Job, code: int) -> str:
-    """What a worker's exit says: SIGKILL is what the system's out-of-memory killer sends (said as memory
-    running out is said everywhere), ``DISK_FULL_EXIT`` a full disk under the job's own folder."""
+    """What a worker's exit says: SIGKILL (``killed_message``), ``DISK_FULL_EXIT`` a full disk under the
+    job's own folder, any other code or signal as it is."""
     if isinstance(job.process, LeftRunning):
         return f"the {job.kind} worker ended while the studio was not running, without saying why"
     if code == -signal.SIGKILL:
-        return out_of_memory_message(MemoryError(f"the {job.kind} worker was killed by SIGKILL, which the system "
-                                                 "sends when memory runs out"))
+        return killed_message(job)
     if code == DISK_FULL_EXIT:
         return disk_full_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(job.status_file)))
     how = f"was killed by signal {-code}" if code < 0 else f"stopped with exit code {code}"
     return f"the {job.kind} worker {how}"
 
 
+def killed_message(job: Job) -> str:
+    """A worker ended by SIGKILL. The system's out-of-memory killer sends it, but so do a user's ``kill -9``
+    and a scheduler or container stopping the job: where the cgroup's count of out-of-memory kills can be
+    read, it says which (a count that rose while the job ran: memory; one that did not: something else),
+    else memory is named as the likely cause, not as a fact."""
+    if job.oom_kills_at_end is None:
+        job.oom_kills_at_end = oom_kills()
+    before, after = job.oom_kills_at_start, job.oom_kills_at_end
+    worker = f"the {job.kind} worker"
+    if before is None or after is None:
+        return f"{worker} was killed (SIGKILL), most often because memory ran out; {memory_advice(job.kind)}"
+    if after > before:
+        return f"{worker} was killed by the system's out-of-memory killer (SIGKILL); {memory_advice(job.kind)}"
+    return (f"{worker} was killed (SIGKILL) by a person or program, not for memory: the system's out-of-memory "
+            f"killer killed nothing while it ran; {again(job.kind)}")
+
+
+def memory_events_file() -> Path | None:
+    """This process's cgroup v2 memory.events (its workers start in the same cgroup), or None where there is
+    none (cgroup v1, macOS)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    unified = [line[3:] for line in lines if line.startswith("0::")]
+    return Path("/sys/fs/cgroup", unified[0].lstrip("/"), "memory.events") if unified else None
+
+
+def oom_kills() -> int | None:
+    """How many processes of this cgroup and those below it the kernel's out-of-memory killer has killed
+    (memory.events ``oom_kill``), or None where it cannot be read."""
+    path = memory_events_file()
+    try:
+        text = path.read_text() if path is not None else ""
+    except OSError:
+        return None
+    counts = dict(line.split(None, 1) for line in text.splitlines() if len(line.split()) == 2)
+    count = counts.get("oom_kill", "").strip()
+    return int(count) if count.isdigit() else None
+
+
 def writes_to(job: Job) -> str:
     """The folders a job writes into, for a full disk whose error named no file: the project folder (the
-    job's own folder, a fit's folder and predictions are in it) and the embedding cache, which the
-    studio's --cache may put on another disk."""
-    folders = [f"the project folder {job.spec['project']}" if job.spec.get("project") else None,
-               f"the embedding cache {job.spec['cache']}" if job.spec.get("cache") else None]
-    return " or ".join(folder for folder in folders if folder) or STUDIO_WRITES_TO
+    job's own folder, a fit's folder and predictions are in it) and the embedding cache."""
+    return studio_folders(job.spec.get("project"), job.spec.get("cache"))
 
 
 def kept_model_dice(result: object) -> dict[str, Any]:
