@@ -38,10 +38,12 @@ from typing import Any, AsyncIterator
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fewsam.config import DEFAULT_CACHE
 from fewsam.errors import FewsamError, disk_full_message, is_disk_full
@@ -57,6 +59,7 @@ DEFAULT_VIEWS = 8  # FewShotConfig's default: every dihedral view of each labell
 MAX_STEPS = 20000
 WINDOW_PERCENTILES = (0.5, 99.5)
 WINDOW_SAMPLE = 1_000_000
+FASTAPI_BODY_ERROR = "There was an error parsing the body"  # fastapi.routing's words for any other body error
 
 
 @dataclass
@@ -94,9 +97,10 @@ class ProjectLog:
 
 
 class FitRequest(BaseModel):
-    """Strict types: a script's ``{"steps": true}`` was a 1-step fit and ``"5"`` five steps."""
+    """Strict types: a script's ``{"steps": true}`` was a 1-step fit and ``"5"`` five steps. Unknown fields
+    are refused: a misspelt ``{"step": 5}`` would otherwise start a fit of the default 80 steps."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
     steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS)
     views: int = Field(DEFAULT_VIEWS, ge=1, le=8)
     cases: list[str] = Field(default_factory=list, max_length=100_000)
@@ -104,7 +108,7 @@ class FitRequest(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
     cases: list[str] = Field(default_factory=list, max_length=100_000)
     all_cases: bool = False
 
@@ -174,6 +178,14 @@ def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": "; ".join(map(validation_message, exc.errors()))}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's own "There was an error parsing the body" (a body that is not UTF-8, JSON nested too
+        deeply, a number of thousands of digits) said as what is wrong with the body; others as they are."""
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_ERROR and exc.__cause__ is not None:
+            return JSONResponse({"detail": unreadable_body_message(exc.__cause__)}, status_code=422)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(OSError)
     async def os_error(request: Request, exc: OSError) -> JSONResponse:
         log(f"{request.method} {request.url.path} failed: {exc}")
@@ -188,11 +200,39 @@ def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
 
 def validation_message(error: dict[str, Any]) -> str:
     """One refused request field as "field: reason". A body that is not JSON at all says so (FastAPI
-    reports it at a character position, which would read as a field named "12")."""
+    reports it at a character position, which would read as a field named "12"), and so does one that
+    is not a JSON object (FastAPI's "request: Field required" for an empty body named nothing)."""
     if error.get("type") == "json_invalid":
         reason = (error.get("ctx") or {}).get("error", error.get("msg"))
         return f"the request body is not valid JSON ({reason} at character {error['loc'][-1]})"
-    return f"{'.'.join(str(p) for p in error.get('loc', ())[1:]) or 'request'}: {error.get('msg')}"
+    field = ".".join(str(p) for p in error.get("loc", ())[1:])
+    if error.get("loc", ())[:1] == ("body",) and not field:
+        return f"{body_shape(error)}; send a JSON object ({{...}}) with Content-Type: application/json"
+    if error.get("type") == "extra_forbidden":
+        return f"{field}: not a setting of this request (misspelt?)"
+    return f"{field or 'request'}: {error.get('msg')}"
+
+
+def body_shape(error: dict[str, Any]) -> str:
+    """What a request body that should be a JSON object is instead: empty, of another content type (FastAPI
+    then hands its bytes on unread), or another JSON value."""
+    value = error.get("input")
+    if error.get("type") == "missing":
+        return "the request body is empty"
+    if isinstance(value, (bytes, bytearray)):
+        return "the request body was not sent as JSON"
+    kind = {type(None): "null", bool: "true or false", list: "an array", str: "a string"}.get(type(value), "a number")
+    return f"the request body is {kind}, not a JSON object"
+
+
+def unreadable_body_message(cause: BaseException) -> str:
+    """Why a request body could not be read as JSON, for the errors FastAPI reports only as "There was
+    an error parsing the body"."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "the request body is not UTF-8 text; send JSON encoded as UTF-8"
+    if isinstance(cause, RecursionError):
+        return "the request body's JSON is nested too deeply to read"
+    return f"the request body is not valid JSON ({str(cause).split(';')[0]})"  # not Python's own advice after it
 
 
 # What each request the page sends does, as ``for_the_page`` names it (the button that sends it again).
