@@ -332,3 +332,22 @@ def test_what_failed_keeps_torchs_own_words_in_parentheses():
     assert what_failed(error) == ("out of memory (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB "
                                   "total capacity))")
     assert remedy(error).startswith("fit with fewer views")
+
+
+def test_a_fit_a_full_disk_keeps_from_starting_leaves_no_fit_nor_job_folder_behind(monkeypatch, data, tmp_path):
+    """A copy of the labelled slices stayed in PROJECT/fits on the full disk, and an empty job folder that the
+    next studio read back as the newest job, hiding the one before it (a failed fit's Resume)."""
+    from fewsam.studio import jobs
+
+    def full(path, content):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    project = tmp_path / "project"
+    with make_client(data, project) as client:
+        assert put(client, painted()).status_code == 200
+        monkeypatch.setattr(jobs, "atomic_write_bytes", full)
+        response = client.post("/api/fit", json={"steps": 80})
+        assert response.status_code == 507 and response.json()["detail"].endswith(
+            "job.json; free space on the disk that holds it, then press Fit again"), response.json()
+        assert client.get("/api/job").json() == {"state": "idle"}
+    assert not (project / "fits").exists() and list((project / "jobs").iterdir()) == []

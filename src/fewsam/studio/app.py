@@ -349,18 +349,22 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
 
     @app.post("/api/fit", status_code=202)
     def start_fit(request: FitRequest) -> dict[str, Any]:
+        made: list[Path] = []  # what to remove if the fit does not start: its folder, and PROJECT/fits if new
+
         def prepare() -> dict[str, Any]:
             fits_made = not (project.folder / FITS).exists()
             fit_dir = project.next_fit_dir()
-            try:
-                count, blank = project.write_fit_dataset(fit_dir / "data")
-            except BaseException:  # a refused fit leaves the project as it was, PROJECT/fits/ included
-                shutil.rmtree(fit_dir.parent if fits_made else fit_dir, ignore_errors=True)
-                raise
+            made.append(fit_dir.parent if fits_made else fit_dir)
+            count, blank = project.write_fit_dataset(fit_dir / "data")
             return {"fit_dir": str(fit_dir), "labelled_slices": count, "blank_slices_left_out": blank}
 
         spec = {**base_spec(request.cases, request.all_cases), "steps": request.steps, "views": request.views}
-        job = runner.start("fit", spec, prepare)
+        try:
+            job = runner.start("fit", spec, prepare)
+        except BaseException:  # a refused fit (no labels, a full disk) leaves the project as it was
+            for folder in made:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         blank = job.spec["blank_slices_left_out"]
         log(f"started fit {job.id} ({job.spec['labelled_slices']} labelled slices, {request.steps} steps, "
             f"{request.views} views) in {job.spec['fit_dir']}"

@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,12 +179,18 @@ class JobRunner:
                                "finishes, then try again")
             spec = {**spec, **(prepare() if prepare else {})}
             folder = self._new_folder()
-            spec = {**spec, "kind": kind, "status": str(folder / "status.json")}
-            atomic_write_bytes(folder / "job.json", json.dumps(spec, indent=1).encode())
-            with open(folder / "worker.log", "ab") as log:
-                process = subprocess.Popen(self.argv(folder / "job.json"), stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=self.env if self.env is not None
-                                           else worker_env(), process_group=0)
+            try:
+                spec = {**spec, "kind": kind, "status": str(folder / "status.json")}
+                atomic_write_bytes(folder / "job.json", json.dumps(spec, indent=1).encode())
+                with open(folder / "worker.log", "ab") as log:
+                    process = subprocess.Popen(self.argv(folder / "job.json"), stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, env=self.env if self.env is not None
+                                               else worker_env(), process_group=0)
+            except BaseException:
+                # A job folder without a job (a full disk refused its job.json) would be the newest the next
+                # studio reads back, hiding the job before it: a failed fit's Resume, an interrupted one.
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             self.job = Job(folder.name, kind, folder, process, spec)
             return self.job
 
