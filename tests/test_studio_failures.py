@@ -351,3 +351,25 @@ def test_a_fit_a_full_disk_keeps_from_starting_leaves_no_fit_nor_job_folder_behi
             "job.json; free space on the disk that holds it, then press Fit again"), response.json()
         assert client.get("/api/job").json() == {"state": "idle"}
     assert not (project / "fits").exists() and list((project / "jobs").iterdir()) == []
+
+
+def test_a_save_or_unmark_whose_state_file_a_full_disk_refuses_leaves_the_slice_as_it_was(monkeypatch, data, tmp_path):
+    """The page listed a refused save's slice as labelled (and a refused unmark's as not) while labelled.json,
+    and so the next studio, had it as before."""
+    from fewsam.studio import project as project_module
+
+    written = project_module.atomic_write_bytes
+
+    def full_for_the_state(path, content):
+        if Path(path).name == "labelled.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return written(path, content)
+
+    project = tmp_path / "project"
+    with make_client(data, project) as client:
+        assert put(client, painted()).status_code == 200
+        monkeypatch.setattr(project_module, "atomic_write_bytes", full_for_the_state)
+        assert put(client, painted(), z=1).status_code == 507
+        assert client.delete("/api/label", params={"case": "phantom_000", "z": 0}).status_code == 507
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+    assert json.loads((project / "labelled.json").read_text(encoding="utf-8"))["slices"] == {"phantom_000": [0]}

@@ -431,16 +431,27 @@ class Project:
                                   f"{volume.shape[1:]}; predict this case again")
             volume[z] = label
             write_prediction(case, volume, self.labels_dir)
-            self._labelled.setdefault(case_id, set()).add(z)
-            self._write_state()
+            self._mark(case_id, z, True)
         return slice_revision(label)
 
     def unmark(self, case_id: str, z: int) -> None:
         """Take a slice out of the labelled set (its pixels stay in the label file, unused)."""
         self.check_slice(case_id, z)
         with self.lock:
-            self._labelled.get(case_id, set()).discard(z)
+            self._mark(case_id, z, False)
+
+    def _mark(self, case_id: str, z: int, labelled: bool) -> None:
+        """Mark a slice labelled or not, in memory and in PROJECT/labelled.json together: a state file that
+        cannot be written (a full disk) undoes the change, so the page, told the save or unmark failed, does
+        not list the slice as it asked while the project on disk, and the next studio, have it as before."""
+        slices = self._labelled.setdefault(case_id, set())
+        was = z in slices
+        (slices.add if labelled else slices.discard)(z)
+        try:
             self._write_state()
+        except BaseException:
+            (slices.add if was else slices.discard)(z)
+            raise
 
     def accept_prediction(self, case_id: str, z: int, replace: bool = False) -> None:
         """The latest fit's prediction of a slice becomes its label (it joins the labelled set).
