@@ -301,8 +301,8 @@ def killed_message(job: Job) -> str:
         return f"{worker} was killed (SIGKILL), most often because memory ran out; {memory_advice(job.kind)}"
     if after > before:
         return f"{worker} was killed by the system's out-of-memory killer (SIGKILL); {memory_advice(job.kind)}"
-    return (f"{worker} was killed (SIGKILL) by a person or program, not for memory: the system's out-of-memory "
-            f"killer killed nothing while it ran; {again(job.kind)}")
+    return (f"{worker} was killed (SIGKILL) by a person or program, not for lack of memory (the system's "
+            f"out-of-memory killer killed nothing while it ran); {again(job.kind).removeprefix('then ')}")
 
 
 def memory_events_file() -> Path | None:
