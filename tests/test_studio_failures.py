@@ -376,3 +376,24 @@ def test_a_save_or_unmark_whose_state_file_a_full_disk_refuses_leaves_the_slice_
         assert client.delete("/api/label", params={"case": "phantom_000", "z": 0}).status_code == 507
         assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
     assert json.loads((project / "labelled.json").read_text(encoding="utf-8"))["slices"] == {"phantom_000": [0]}
+
+
+def test_a_page_request_that_runs_out_of_memory_says_so_not_internal_error(monkeypatch, data, tmp_path):
+    """Opening a case too large for the memory left read "internal error: MemoryError: ..." (HTTP 500)."""
+    from fastapi.testclient import TestClient
+
+    from fewsam.studio import StudioSettings, create_app
+    from fewsam.studio.project import Project
+
+    def too_large(self, case_id):
+        raise MemoryError("Unable to allocate 12.0 GiB for an array with shape (600, 2048, 2048)")
+
+    monkeypatch.setattr(Project, "_load_for_labelling", too_large)
+    app = create_app(StudioSettings(data=data, project=tmp_path / "project"))
+    with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as client:
+        response = client.get("/api/slice", params={"case": "phantom_000", "z": 0})
+        saved = put(client, painted())
+    assert response.status_code == 503 and response.json()["detail"] == (
+        "out of memory (Unable to allocate 12.0 GiB for an array with shape (600, 2048, 2048)); free memory (close "
+        "other programs, or other jobs on the GPU), then try again"), response.json()
+    assert saved.status_code == 503 and saved.json()["detail"].endswith("GPU), then press Save again"), saved.json()

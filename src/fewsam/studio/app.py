@@ -46,8 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fewsam.config import DEFAULT_CACHE
-from fewsam.errors import FewsamError, disk_full_message, is_disk_full
-from fewsam.studio.errors import StudioError, for_the_page, status_of, studio_folders
+from fewsam.errors import FewsamError, disk_full_message, is_disk_full, is_out_of_memory
+from fewsam.studio.errors import StudioError, for_the_page, request_memory_message, status_of, studio_folders
 from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
 from fewsam.studio.project import FITS, JOBS, LOG, Project
 from fewsam.studio.security import BodyCap, Guard
@@ -194,6 +194,9 @@ def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_out_of_memory(exc):  # not the studio's fault, nor the request's: said as the workers say it
+            log(f"{request.method} {request.url.path} ran out of memory: {exc}")
+            return JSONResponse({"detail": request_memory_message(exc, request_kind(request))}, status_code=503)
         log(f"internal error on {request.method} {request.url.path}: {type(exc).__name__}: {exc}")
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 

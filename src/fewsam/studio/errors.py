@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from fewsam.errors import DataError, FewsamError
+from fewsam.errors import DataError, FewsamError, out_of_memory_message
 
 
 class StudioError(FewsamError):
@@ -102,6 +102,12 @@ def memory_advice(kind: str) -> str:
     """What the page user can do when memory ran out in a ``kind`` job: a fit can hold fewer views."""
     first = f"{FEWER_VIEWS} or " if kind == "fit" else ""
     return f"{first}{FREE_MEMORY}, {again(kind)}"
+
+
+def request_memory_message(err: BaseException, kind: str) -> str:
+    """Memory that ran out in a page request (a large case loaded to browse or export): the core's line, with
+    what the page user can do; a fit's views play no part before its worker starts."""
+    return CORE_MEMORY_ADVICE.sub(lambda found: f"{FREE_MEMORY}, {again(kind)}", out_of_memory_message(err))
 
 
 # Where the studio writes when the job writing is unknown (an error of a request rather than of a job).
