@@ -255,9 +255,9 @@ def test_a_worker_killed_by_sigkill_while_no_out_of_memory_kill_was_counted_is_n
     """`kill -9` of the worker: the cgroup's count of out-of-memory kills stays as it was."""
     env = counted_oom_kills(monkeypatch, tmp_path, 4)
     job = failed_fit(data, tmp_path / "project", python(KILLED_AT_STEP_3), worker_env={**env, "MEMORY_EVENTS": ""})
-    assert job["error"].startswith("the fit worker was killed (SIGKILL) by a person or program, not for lack of memory "
-                                   "(the system's out-of-memory killer killed nothing while it ran); press Fit again"), \
-        job["error"]
+    assert job["error"].startswith("the fit worker was killed (SIGKILL) by a person or program, not for lack of "
+                                   "memory (the system's out-of-memory killer killed nothing while it ran); press Fit "
+                                   "again"), job["error"]
     assert job["message"].startswith("fit-0001 failed at step 3 of 80 (the fit worker was killed (SIGKILL) by a person "
                                      "or program, not for lack of memory (the system's out-of-memory killer killed "
                                      "nothing while it ran)); Resume goes on from its last checkpoint"), job["message"]

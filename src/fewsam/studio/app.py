@@ -240,8 +240,8 @@ def unreadable_body_message(cause: BaseException) -> str:
 
 # What each request the page sends does, as ``for_the_page`` names it (the button that sends it again).
 REQUEST_KINDS = {("PUT", "/api/label"): "save", ("DELETE", "/api/label"): "unmark", ("POST", "/api/accept"): "accept",
-                 ("POST", "/api/fit"): "fit", ("POST", "/api/predict"): "predict", ("POST", "/api/job/resume"): "resume",
-                 ("POST", "/api/export"): "export"}
+                 ("POST", "/api/fit"): "fit", ("POST", "/api/predict"): "predict",
+                 ("POST", "/api/job/resume"): "resume", ("POST", "/api/export"): "export"}
 
 
 def request_kind(request: Request) -> str:
