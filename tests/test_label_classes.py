@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +18,7 @@ import SimpleITK as sitk
 from fewsam import progress
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.phantom import phantom_volume
+from fewsam.data.readers.slicer_segmentation import segments_of
 from fewsam.errors import DataError
 from fewsam.evaluate import evaluate
 from fewsam.info import dataset_info
@@ -75,6 +77,22 @@ def test_segments_in_any_order_or_missing_are_one_class_per_name_whichever_cases
             np.testing.assert_array_equal(loaded.label, expected)
             written = write_prediction(loaded, loaded.label, tmp_path / f"pred-{folder}")
             np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))), expected)
+            assert [(s.name, s.label_value) for s in segments_of(written)] == [("liver", 1), ("tumour", 2)]
+
+
+def test_a_prediction_of_a_slicer_labelled_case_names_its_classes_and_reads_back_as_its_label(tmp_path):
+    """Written as bare class values, a prediction (or a label the studio exports) read back as a plain
+    label map: its classes became "class1", "class2", and info called them values."""
+    write_cases(tmp_path / "data", {"a": ["tumour", "liver"]})
+    case = open_dataset(tmp_path / "data").load("a")
+    written = write_prediction(case, case.label, tmp_path / "pred")
+    back = tmp_path / "back"
+    shutil.copytree(tmp_path / "data" / "images", back / "images")
+    (back / "labels").mkdir()
+    shutil.copy(written, back / "labels" / "a.seg.nrrd")
+    ds = open_dataset(back)
+    assert ds.class_map.names == {1: "liver", 2: "tumour"} and ds.labels_are_segmentations
+    np.testing.assert_array_equal(ds.load("a").label, case.label)
 
 
 def test_classes_json_naming_not_every_segment_reads_them_by_place_only_where_that_is_one_reading(

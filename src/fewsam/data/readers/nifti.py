@@ -67,7 +67,7 @@ from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_e
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
 from fewsam.data.readers.slicer_segmentation import (Segment, SegmentClasses, classes_of_segment_names,
                                                      name_key, say_without_segments, segment_classes,
-                                                     segments_as_classes, segments_of)
+                                                     segment_fields, segments_as_classes, segments_of)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.labels import check_class_count
@@ -249,11 +249,19 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         label = None if entry.label is None else _label_array(entry.label, axis, img, lambda: self.segment_classes)
         stored_pixdim = None if itk_geometry else negative_pixdim(entry.image, img.header)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
-                "slice_axis": axis, "itk": itk_geometry,
+                "slice_axis": axis, "itk": self._with_segment_fields(itk_geometry),
                 "stored_pixdim": stored_pixdim,
                 "viewer_affine": itk_affine(entry.image) if stored_pixdim is not None else None}
         spacing = tuple(zooms[a] for a in slice_order(axis))
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
+
+    def _with_segment_fields(self, geometry: dict[str, Any] | None) -> dict[str, Any] | None:
+        """An NRRD case's geometry with the header fields that name its prediction's classes as Slicer
+        segments (``segment_fields``), where the dataset's labels are Slicer segmentations: its
+        classes are names, not values, and a prediction read back (as a label, or in Slicer) keeps them."""
+        if not geometry or geometry.get("ending") != ".nrrd" or not self.labels_are_segmentations:
+            return geometry
+        return {**geometry, "fields": segment_fields(self.class_map.names)}
 
 
 def volume_ending(name: str) -> str | None:

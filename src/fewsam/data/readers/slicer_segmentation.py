@@ -86,6 +86,18 @@ def _integer(fields: dict[str, str], key: str, path: Path, default: int | None) 
                         "segmentation again from 3D Slicer") from None
 
 
+def segment_fields(names: dict[int, str]) -> dict[str, str]:
+    """The header fields by which a label map of class indices names its classes as Slicer's segments
+    (class c: the segment of label value c, named as the class): a prediction so written reads back,
+    in fewsam or as a segmentation in Slicer, with the names of its classes, not as bare values."""
+    fields = {"Segmentation_MasterRepresentation": "Binary labelmap",
+              "Segmentation_ContainedRepresentationNames": "Binary labelmap|"}
+    for n, (value, name) in enumerate(sorted(names.items())):
+        fields.update({f"Segment{n}_ID": f"Segment_{value}", f"Segment{n}_Name": name,
+                       f"Segment{n}_LabelValue": str(value), f"Segment{n}_Layer": "0"})
+    return fields
+
+
 def say_without_segments(path: Path) -> None:
     """Tell the user that a case's label is background because its segmentation holds no segment, as
     the readers read an all-empty segmentation: its voxel values name no class."""
