@@ -108,7 +108,8 @@ def test_an_nnunet_ignore_label_is_refused_rather_than_learnt_as_a_class(tmp_pat
 
 
 def test_nnunet_region_based_labels_become_one_class_per_label_value(tmp_path, caplog, monkeypatch):
-    """BraTS in nnU-Net: overlapping regions over label values 1-3. fewsam segments the values; a
+    """BraTS in nnU-Net: overlapping regions over label values 1-3. fewsam segments the values, each
+    named as what its voxels are (value 1 is the whole tumour less its core, not the whole tumour); a
     region is their union, and the user is told so."""
     monkeypatch.setattr(progress, "_said", {})
     image, _ = volume()
@@ -123,13 +124,14 @@ def test_nnunet_region_based_labels_become_one_class_per_label_value(tmp_path, c
         "regions_class_order": [1, 2, 3]}))
     with caplog.at_level(logging.INFO, logger="fewsam"):
         dataset = open_dataset(tmp_path)
-    assert dataset.class_map.names == {1: "whole tumor", 2: "tumor core", 3: "enhancing tumor"}
+    assert dataset.class_map.names == {1: "whole tumor without tumor core", 2: "tumor core without enhancing tumor",
+                                       3: "enhancing tumor"}
     assert set(np.unique(dataset.load("c1").label)) == {0, 1, 2, 3}
     assert any("region-based labels (whole tumor = [1, 2, 3], tumor core = [2, 3], enhancing tumor = [3])"
                in r.getMessage() for r in caplog.records)
     (tmp_path / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "FLAIR"}, "numTraining": 1, "labels": {"background": 0, "tumour": [1, 2], "core": [2]}}))
-    assert open_dataset(tmp_path).class_map.names == {1: "class1", 2: "core"}
+    assert open_dataset(tmp_path).class_map.names == {1: "tumour without core", 2: "core"}
     (tmp_path / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "FLAIR"}, "numTraining": 1, "labels": {"background": 0, "tumour": [1, "x"]}}))
     with pytest.raises(DataError, match=r"bad labels entry 'tumour'"):

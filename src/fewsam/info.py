@@ -80,7 +80,9 @@ def _stored_values(dataset: IndexedDataset) -> dict[int, int | str]:
     if dataset.format == "npz":
         return {cls: code for code, cls in MASK_CODING.items() if code <= 0}
     if getattr(dataset, "labels_are_segmentations", False):
-        return {0: 0, **{value: f"segment {name!r}" for value, name in dataset.class_map.names.items()}}
+        segments = dataset.segments_by_class()  # type: ignore[attr-defined]
+        return {0: 0, **{value: " or ".join(f"segment {name!r}" for name in segments[value]) if value in segments
+                         else "no segment" for value in dataset.class_map.names}}
     return {value: value for value in [0, *dataset.class_map.labels]}
 
 

@@ -45,7 +45,7 @@ from fewsam.data.readers.dicom_frames import FrameHeader, frame_header
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
-from fewsam.data.readers.slicer_segmentation import itk_segments_as_classes, segments_of
+from fewsam.data.readers.slicer_segmentation import itk_segments_as_classes, say_without_segments, segments_of
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -109,7 +109,7 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
     def _read(self, entry: Entry) -> Read:
         image = read_series(entry.image)
         array = _image_array(image, entry.image)
-        label = None if entry.label is None else read_label_on(image, entry.label, lambda: self.class_map)
+        label = None if entry.label is None else read_label_on(image, entry.label, lambda: self.segment_classes)
         spacing = image.GetSpacing()
         meta = {"origin": image.GetOrigin(), "spacing": spacing, "direction": image.GetDirection()}
         return Read(image=array, label=label, spacing=(spacing[2], spacing[1], spacing[0]), meta=meta)
@@ -320,7 +320,8 @@ def _image_array(image: sitk.Image, folder: Path) -> np.ndarray:
 
 def read_label_on(image: sitk.Image, path: Path, classes: ClassSource | None = None) -> np.ndarray:
     """A label file as (D, H, W) uint8 on ``image``'s voxel grid (see module docstring); a 3D Slicer
-    segmentation's segments as the ``classes`` named as them (``itk_segments_as_classes``).
+    segmentation's segments as the ``classes`` of their names (``itk_segments_as_classes``), one without
+    segments as background.
 
     A 2D label of a one-slice series' size (the mask of an X-ray or of a single MR slice, as a
     script saves a 2D array) is read pixel for pixel, as a 2D label of a 2D NIfTI image is: it holds
@@ -332,6 +333,9 @@ def read_label_on(image: sitk.Image, path: Path, classes: ClassSource | None = N
     except RuntimeError as err:
         raise DataError(f"cannot read label {path} (truncated or not NIfTI?): {itk_message(err)}") from None
     segments = segments_of(path)
+    if segments == ():
+        say_without_segments(path)
+        return np.zeros(image.GetSize()[::-1], dtype=np.uint8)
     if segments:
         label = itk_segments_as_classes(label, segments, classes() if classes else None, path)
     if label.GetNumberOfComponentsPerPixel() > 1 or label.GetDimension() == 4:

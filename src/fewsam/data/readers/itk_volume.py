@@ -229,7 +229,8 @@ def ras_affine(origin: Any, spacing: Any, direction: Any) -> np.ndarray:
 
 
 def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:
-    """A uint8 prediction in NIfTI (x, y, z) order as the bytes of an ITK file on ``geometry``."""
+    """A uint8 prediction in NIfTI (x, y, z) order as the bytes of an ITK file on ``geometry``, with
+    its header ``fields`` where it has some."""
     zyx = pred_xyz.transpose(2, 1, 0) if geometry["dimension"] == 3 else pred_xyz[:, :, 0].T
     image = sitk.GetImageFromArray(np.ascontiguousarray(zyx, dtype=np.uint8))
     series = geometry.get("series")
@@ -239,6 +240,8 @@ def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:
     image.SetOrigin(place["origin"])
     image.SetSpacing(place["spacing"])
     image.SetDirection(place["direction"])
+    for key, value in geometry.get("fields", {}).items():  # header fields the reader asks for (segment names)
+        image.SetMetaData(key, value)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"pred{geometry['ending']}"
         with quiet_itk():

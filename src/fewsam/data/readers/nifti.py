@@ -65,7 +65,9 @@ from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, 
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, quiet_itk, ras_affine, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
-from fewsam.data.readers.slicer_segmentation import Segment, segment_names, segments_as_classes, segments_of
+from fewsam.data.readers.slicer_segmentation import (Segment, SegmentClasses, classes_of_segment_names,
+                                                     name_key, say_without_segments, segment_classes,
+                                                     segment_fields, segments_as_classes, segments_of)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.labels import check_class_count
@@ -76,9 +78,9 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 FREESURFER_ENDINGS = (".mgz", ".mgh")
 VOLUME_ENDINGS = NIFTI_ENDINGS + FREESURFER_ENDINGS + ITK_ENDINGS  # MetaImage and NRRD volumes are read beside NIfTI
 NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
-# The dataset's classes, asked for only where a label file needs them (a Slicer segmentation's segments
-# are matched to classes by name), so that reading a plain label never starts a scan of every label
-ClassSource = Callable[[], ClassMap | None]
+# The dataset's class of each segment name, asked for only where a label file needs it (a Slicer
+# segmentation), so that reading a plain label never starts a scan of every label
+ClassSource = Callable[[], SegmentClasses | None]
 
 
 def detect(root: Path) -> bool:
@@ -101,7 +103,8 @@ def is_raw_dataset(root: Path) -> bool:
 class ClassesFromLabelFiles:
     """``class_map`` for datasets whose labels are NIfTI files: the explicit class names, or one
     class per label value found in the files, and one per segment name of 3D Slicer's segmentation
-    files (in the order first found; read on first use, so opening stays cheap)."""
+    files (``classes_of_segment_names``; read on first use, so opening stays cheap). A segment is
+    read as its name's class in every case (``segment_classes``)."""
 
     _class_map: ClassMap | None
     entries: dict[str, Entry]
@@ -109,18 +112,13 @@ class ClassesFromLabelFiles:
     @property
     def class_map(self) -> ClassMap:
         if self._class_map is None:
+            segmentations = self.segmentations
             values: set[int] = set()
-            names: dict[str, str] = {}
             for e in self.entries.values():
-                if e.label is None:
-                    continue
-                segments = _segment_names_or_none(e.label)
-                for name in segments:
-                    names.setdefault(name.strip().casefold(), name.strip())
-                if not segments:
+                if e.label is not None and e.label not in segmentations:
                     values |= _label_values_or_none(e.label)
             found = {v: f"class{v}" for v in sorted(values - {0})}
-            found.update({c: name for c, name in enumerate(names.values(), start=1)})
+            found.update(classes_of_segment_names(segmentations))
             check_class_count(len(found), f"the label files of {getattr(self, 'root', 'the dataset')}")
             self._class_map = ClassMap(dict(sorted(found.items())))
         return self._class_map
@@ -128,13 +126,44 @@ class ClassesFromLabelFiles:
     @class_map.setter
     def class_map(self, value: ClassMap | None) -> None:
         self._class_map = value
+        self._segment_classes: SegmentClasses | None = None
+
+    @property
+    def segmentations(self) -> dict[Path, tuple[Segment, ...]]:
+        """The segments of each label file that is a Slicer segmentation, from their headers (read once)."""
+        found: dict[Path, tuple[Segment, ...]] | None = getattr(self, "_segmentations", None)
+        if found is None:
+            labels = dict.fromkeys(e.label for e in self.entries.values() if e.label is not None)
+            found = {path: segments for path in labels if (segments := _segments_or_none(path)) is not None}
+            self._segmentations = found
+        return found
+
+    @property
+    def segment_classes(self) -> SegmentClasses:
+        """Each segment name's class, one for the whole dataset (``segment_classes``)."""
+        if getattr(self, "_segment_classes", None) is None:
+            self._segment_classes = segment_classes(self.segmentations, self.class_map,
+                                                    f"the segmentations of {getattr(self, 'root', 'the dataset')}")
+        return self._segment_classes  # type: ignore[return-value]
+
+    def segments_by_class(self) -> dict[int, list[str]]:
+        """The segment names (as the first file spells them) read as each class: what ``fewsam info``
+        says a class is stored as, which is not its name where segments are matched by place."""
+        spelled: dict[str, str] = {}
+        for segments in self.segmentations.values():
+            for segment in segments:
+                spelled.setdefault(name_key(segment.name), segment.name.strip())
+        by_class: dict[int, list[str]] = {}
+        for key, value in self.segment_classes.items():
+            by_class.setdefault(value, []).append(spelled[key])
+        return by_class
 
     @property
     def labels_are_segmentations(self) -> bool:
         """Whether the labels are 3D Slicer segmentations (by the first label file), whose classes are
         named segments, in any layer and under any value, not voxel values."""
         first = next((e.label for e in self.entries.values() if e.label is not None), None)
-        return first is not None and bool(_segment_names_or_none(first))
+        return first is not None and first in self.segmentations
 
     @property
     def storage(self) -> str | None:
@@ -145,14 +174,14 @@ class ClassesFromLabelFiles:
                 "predictions: label maps of class indices on the image's grid")
 
 
-def _segment_names_or_none(path: Path) -> list[str]:
-    """The segment names of a Slicer segmentation file (``segment_names``); none for other files, and
-    for a damaged header, named in the log as ``_label_values_or_none`` names a damaged label."""
+def _segments_or_none(path: Path) -> tuple[Segment, ...] | None:
+    """The segments of a Slicer segmentation file (``segments_of``); None for other files, and for a
+    damaged header, named in the log as ``_label_values_or_none`` names a damaged label."""
     try:
-        return segment_names(path)
+        return segments_of(path)
     except DataError as err:
         say_once(f"class scan: {err}; its segments are left out of the classes found", key=f"class-scan-{path}")
-        return []
+        return None
 
 
 def _label_values_or_none(path: Path) -> set[int]:
@@ -217,14 +246,22 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         image, dropped = _image_array(img, entry.image, axis, rgb)
         if self.colour_channels and image.ndim == 3:
             image, dropped = _colour_from_channel_files(entry, image, axis), 0
-        label = None if entry.label is None else _label_array(entry.label, axis, img, lambda: self.class_map)
+        label = None if entry.label is None else _label_array(entry.label, axis, img, lambda: self.segment_classes)
         stored_pixdim = None if itk_geometry else negative_pixdim(entry.image, img.header)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
-                "slice_axis": axis, "itk": itk_geometry,
+                "slice_axis": axis, "itk": self._with_segment_fields(itk_geometry),
                 "stored_pixdim": stored_pixdim,
                 "viewer_affine": itk_affine(entry.image) if stored_pixdim is not None else None}
         spacing = tuple(zooms[a] for a in slice_order(axis))
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
+
+    def _with_segment_fields(self, geometry: dict[str, Any] | None) -> dict[str, Any] | None:
+        """An NRRD case's geometry with the header fields that name its prediction's classes as Slicer
+        segments (``segment_fields``), where the dataset's labels are Slicer segmentations: its
+        classes are names, not values, and a prediction read back (as a label, or in Slicer) keeps them."""
+        if not geometry or geometry.get("ending") != ".nrrd" or not self.labels_are_segmentations:
+            return geometry
+        return {**geometry, "fields": segment_fields(self.class_map.names)}
 
 
 def volume_ending(name: str) -> str | None:
@@ -517,10 +554,10 @@ def _without_time_axis(data: np.ndarray) -> np.ndarray:
 
 def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSource | None = None) -> np.ndarray:
     """A label file as (slices, rows, cols) uint8, on ``image``'s voxel grid when given; a Slicer
-    segmentation's segments as the ``classes`` named as them (``segments_as_classes``)."""
+    segmentation's segments as the ``classes`` of their names (``segments_as_classes``)."""
     label, geometry = _load_with_geometry(path)
     segments = segments_of(path)
-    if segments:
+    if segments is not None:
         label = _segments_as_label(label, geometry, segments, classes() if classes else None, path, image)
     data = _without_time_axis(_data(label if image is None else on_image_grid(label, image, path), path))
     if data.ndim == 4:
@@ -531,11 +568,16 @@ def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSou
 
 
 def _segments_as_label(label: Any, geometry: dict[str, Any] | None, segments: tuple[Segment, ...],
-                       classes: ClassMap | None, path: Path, image: Any = None) -> Any:
+                       classes: SegmentClasses | None, path: Path, image: Any = None) -> Any:
     """A Slicer segmentation (its layers on the 4th axis where it has several) as one 3D label of
     class indices on its grid, which is then placed on its image's as any label is. A file of one
     voxel is how Slicer saves a segmentation whose segments are all empty (its geometry then means
-    nothing, so it lay nowhere on its image and was refused): background on ``image``'s grid."""
+    nothing, so it lay nowhere on its image and was refused): background on ``image``'s grid. A
+    segmentation without any segment has no class in its voxels either: background, said."""
+    if not segments:
+        say_without_segments(path)
+        shape = tuple(image.shape[:3]) if image is not None else tuple(label.shape[:3])
+        return nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), image.affine if image is not None else label.affine)
     if int(np.prod(label.shape[:3])) == 1 and image is not None:
         say_once(f"{path}: a Slicer segmentation of one voxel, as Slicer saves one whose segments are empty; "
                  "the case's label is background", key=f"slicer-empty-{path}")
@@ -685,23 +727,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def class_map_from_labels(labels: dict[str, Any], path: Path, regions_class_order: Any = None) -> ClassMap:
+def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
     """nnU-Net v2 {"background": 0, "RV": 1} or MSD {"0": "background", "1": "RV"}.
 
     nnU-Net v2's "ignore" label marks unannotated voxels (sparse annotation) for its loss to skip;
-    fewsam has no such label and would learn it as an organ, so it is refused. Region-based labels
-    (``region_class_map``) become one class per label value."""
+    fewsam has no such label and would learn it as an organ, so it is refused, with region-based
+    labels too. Region-based labels (``region_class_map``) become one class per label value."""
+    if "ignore" in labels:
+        raise DataError(f"{path}: nnU-Net's 'ignore' label (unannotated voxels) is not supported, as fewsam "
+                        "would learn it as a class; annotate those voxels, or leave such cases out")
     if any(isinstance(value, list) for value in labels.values()):
-        return region_class_map(labels, path, regions_class_order)
+        return region_class_map(labels, path)
     names: dict[int, str] = {}
     for key, value in labels.items():
-        if key == "ignore":
-            raise DataError(f"{path}: nnU-Net's 'ignore' label (unannotated voxels) is not supported, as fewsam "
-                            "would learn it as a class; annotate those voxels, or leave such cases out")
         try:
             code, name = (int(key), str(value)) if str(key).lstrip("-").isdigit() else (int(value), key)
         except (TypeError, ValueError):
             raise DataError(f"{path}: bad labels entry {key!r}: {value!r}") from None
+        _check_label_value(code, key, path)
         if code != 0:
             names[code] = name
     if not names:
@@ -709,32 +752,61 @@ def class_map_from_labels(labels: dict[str, Any], path: Path, regions_class_orde
     return ClassMap(names)
 
 
-def region_class_map(labels: dict[str, Any], path: Path, regions_class_order: Any) -> ClassMap:
+def _check_label_value(code: int, key: str, path: Path) -> None:
+    """A label value fewsam can hold: labels and predictions are uint8 class indices, so a value
+    above 255 (or below 0) would name a class no label file can store, and the files' values would be
+    refused only when first read, far from the dataset.json entry that causes it."""
+    if not 0 <= code <= 255:
+        raise DataError(f"{path}: labels entry {key!r} has value {code}; label values are 0 (the background) to "
+                        "255, as fewsam stores classes as 8-bit values: number the classes 1, 2, ...")
+
+
+REGION_EXAMPLE = '{"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": 3}'
+
+
+def region_class_map(labels: dict[str, Any], path: Path) -> ClassMap:
     """nnU-Net's region-based labels (BraTS: {"whole tumor": [1, 2, 3], "tumor core": [2, 3],
     "enhancing tumor": 3}) as one class per label value in the files: fewsam segments the values
     (mutually exclusive, as its decoders and losses need) and a region is the union of its values.
 
-    A value is named after the region made of that value alone, else after the region nnU-Net
-    writes as that value (``regions_class_order``), else "class<value>"; the regions themselves are
-    said once, so that a user scoring "tumor core" knows to merge values 2 and 3."""
-    regions: dict[str, list[int]] = {}
+    Each value is named as what its voxels are (``_value_name``): "enhancing tumor" for 3, "tumor
+    core without enhancing tumor" for 2, "whole tumor without tumor core" for 1. Named after a region
+    that holds more (value 1 as "whole tumor", as nnU-Net's ``regions_class_order`` writes it),
+    a class's scores would read as the region's, which they are not. The regions are said once, so that
+    a user scoring "tumor core" knows to merge values 2 and 3."""
+    regions: dict[str, set[int]] = {}
     for key, value in labels.items():
         codes = value if isinstance(value, list) else [value]
-        if key == "ignore" or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
-            raise DataError(f"{path}: bad labels entry {key!r}: {value!r}; a region lists integer label values")
-        regions[key] = codes
-    values = sorted({c for codes in regions.values() for c in codes} - {0})
+        if not codes or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
+            raise DataError(f"{path}: bad labels entry {key!r}: {value!r}; a region lists one or more integer label "
+                            f"values, as in {REGION_EXAMPLE}")
+        for code in codes:
+            _check_label_value(code, key, path)
+        regions[key] = set(codes)
+    foreground = {key: codes - {0} for key, codes in regions.items() if codes - {0}}
+    values = sorted(set().union(*foreground.values()))
     if not values:
         raise DataError(f"{path} defines no foreground labels; add them to 'labels'")
-    names = {v: f"class{v}" for v in values}
-    foreground = [key for key, codes in regions.items() if codes != [0]]
-    if isinstance(regions_class_order, list) and len(regions_class_order) == len(foreground):
-        names.update({v: key for key, v in zip(foreground, regions_class_order) if v in names})
-    names.update({codes[0]: key for key, codes in regions.items() if len(codes) == 1 and codes[0] in names})
-    say_once(f"{path}: region-based labels ({', '.join(f'{k} = {regions[k]}' for k in foreground)}); fewsam "
-             f"segments each label value as its own class ({', '.join(f'{v} {names[v]}' for v in values)}), "
+    names = {v: _value_name(v, foreground) for v in values}
+    say_once(f"{path}: region-based labels ({', '.join(f'{k} = {sorted(c)}' for k, c in foreground.items())}); "
+             f"fewsam segments each label value as its own class ({', '.join(f'{v} {names[v]}' for v in values)}), "
              "and a region is the union of its values")
     return ClassMap(names)
+
+
+def _value_name(value: int, regions: dict[str, set[int]]) -> str:
+    """The name of the voxels of label ``value``: the region of that value alone, else the smallest
+    region holding it less the regions inside it that do not ("tumor core without enhancing tumor"),
+    where that leaves the value alone; else "class<value>"."""
+    exact = next((key for key, codes in regions.items() if codes == {value}), None)
+    if exact is not None:
+        return exact
+    holding = [key for key, codes in regions.items() if value in codes]
+    smallest = min(holding, key=lambda key: len(regions[key]))
+    inside = [key for key, codes in regions.items() if value not in codes and codes < regions[smallest]]
+    outer = [key for key in inside if not any(regions[key] < regions[other] for other in inside)]
+    left = regions[smallest] - set().union(*(regions[key] for key in outer))
+    return f"{smallest} without {' or '.join(outer)}" if outer and left == {value} else f"class{value}"
 
 
 def _entry(image: Path, label: Path | None, case: str) -> Entry:
@@ -1015,7 +1087,7 @@ def open_nifti(root: Path) -> NiftiDataset:
         if not isinstance(spec["labels"], dict):
             raise DataError(f"{root / 'dataset.json'}: 'labels' must be an object such as "
                             '{"background": 0, "organ": 1}')
-        class_map = class_map_from_labels(spec["labels"], root / "dataset.json", spec.get("regions_class_order"))
+        class_map = class_map_from_labels(spec["labels"], root / "dataset.json")
         entries, test_ids, val_ids = _raw_entries(root, spec)
     else:
         class_map = _plain_class_map(root)
