@@ -5,7 +5,8 @@
                                      .dicom, .ima and unsuffixed files with the DICM marker count too;
                                      a series may be one multi-frame file (enhanced MR / CT);
                                      one holding several time points (a cine, in one file or
-                                     across its files) is refused
+                                     across its files) is refused, as is one of slices in several
+                                     orientations (a three-plane localizer)
     root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid;
                                      also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation,
                                      3D Slicer's <case>.seg.nrrd, its segments as classes)
@@ -203,13 +204,15 @@ def read_series(folder: Path) -> sitk.Image:
         with quiet_itk():
             image = reader.Execute()
     except RuntimeError as err:
-        raise DataError(f"cannot read the DICOM series in {folder}: {itk_message(err)}") from None
+        raise _unreadable_file(names) or DataError(f"cannot read the DICOM series in {folder}: "
+                                                   f"{itk_message(err)}") from None
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     image = _one_multi_frame_volume(image)
     if image.GetDimension() != 3 or image.GetDepth() != expected_slices(names):
         raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
+    check_one_orientation([_tag_numbers(reader, i, ORIENTATION) for i in range(len(names))], names, folder)
     positions = [_tag_numbers(reader, i, "0020|0032") for i in range(len(names))]
     check_slice_spacing(positions, image.GetDirection(), folder)
     if image.GetDepth() == 1:
@@ -235,6 +238,67 @@ def check_one_time_point(names: list[str], folder: Path) -> None:
         raise DataError(f"{folder}: its {len(names)} DICOM files hold {found[0]} time points ({series.frames} frames "
                         f"at {found[1]} slice positions: {TIME_POINTS_ARE}, or a slice saved twice), not one volume; "
                         f"{ONE_TIME_POINT}")
+
+
+def _unreadable_file(names: list[str]) -> DataError | None:
+    """Why the series reader failed, where one file alone cannot be read: its pixels compressed in a way
+    GDCM does not decode (video, JPEG XL) or damaged, named with its transfer syntax. ITK says only
+    "Failed to change to Implicit Transfer Syntax" of the folder, naming neither the file nor a way out.
+    None where every file reads alone (the files do not stack: ITK's own message says why)."""
+    for name in names:
+        try:
+            with quiet_itk():
+                sitk.ReadImage(name)
+        except RuntimeError as err:
+            syntax = transfer_syntax(Path(name))
+            if syntax is not None and syntax.is_compressed:
+                return DataError(f"cannot decode DICOM {name}: its pixels are compressed as {syntax.name} "
+                                 f"({syntax}), a compression GDCM (fewsam's DICOM decoder) does not read, or "
+                                 f"their data are damaged; {DECOMPRESS}")
+            return DataError(f"cannot read DICOM {name}: {itk_message(err)}")
+    return None
+
+
+DECOMPRESS = ("save the series uncompressed (e.g. pydicom's Dataset.decompress() with the plugin for that "
+              "compression installed, or the scanner's or PACS's export without compression) and read that copy")
+
+
+def transfer_syntax(path: Path):  # noqa: ANN201 - a pydicom UID, imported where needed
+    """The Transfer Syntax UID of a file's meta group (how its pixels are encoded), None without one."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        meta = pydicom.dcmread(path, stop_before_pixels=True, force=True).get("file_meta")
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
+        return None
+    return meta.get("TransferSyntaxUID") if meta is not None else None
+
+
+ORIENTATION = "0020|0037"  # ImageOrientationPatient: the directions of a slice's rows and columns
+ORIENTATION_TOLERANCE = 1e-3  # direction cosines closer than this (about 0.06 degrees) are one orientation
+
+
+def check_one_orientation(orientations: list[list[float] | None], names: list[str], folder: Path) -> None:
+    """Refuse a series whose slices lie in different orientations (a three-plane localizer, or scans of
+    several planes sharing one series UID): ITK stacks every slice on the first one's grid, so a slice
+    of another plane became a slice of the volume, and nothing said so. Files without an orientation
+    (secondary captures) are left as they are."""
+    given = [(name, o) for name, o in zip(names, orientations) if o is not None and len(o) == 6]
+    if not given:
+        return
+    first_name, first = given[0]
+    for name, orientation in given[1:]:
+        if not np.allclose(orientation, first, atol=ORIENTATION_TOLERANCE):
+            raise DataError(f"{folder}: its DICOM slices lie in different orientations ({Path(name).name} "
+                            f"{_cosines(orientation)}, {Path(first_name).name} {_cosines(first)}): a localizer of "
+                            "several planes, or series of several planes under one series UID; put the slices of "
+                            "each orientation in their own folder (each then read as a case of its own)")
+
+
+def _cosines(orientation: list[float]) -> str:
+    """An ImageOrientationPatient as the text a DICOM viewer shows (``1\\0\\0\\0\\1\\0``)."""
+    return "\\".join(f"{v:.4g}" for v in orientation)
 
 
 TIME_POINTS_ARE = "a cine, dynamic or multi-echo series"

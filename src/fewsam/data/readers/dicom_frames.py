@@ -52,12 +52,14 @@ class FrameHeader:
 def frame_header(path: Path) -> FrameHeader | None:
     """A file's frames with their positions and temporal indices: a multi-frame file's from its per-frame
     functional groups, a single-frame file's from its own header; None where the file cannot be read as
-    DICOM (ITK's reader then says what is wrong with it)."""
+    DICOM (ITK's reader then says what is wrong with it). A bare data set without the Part 10 preamble and
+    file meta group (older scanner and PACS exports) is read too (``force``): GDCM reads and stacks such
+    files, so skipping them left their time points unseen and a one-slice cine read as a volume."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
         frames = int(dataset.get("NumberOfFrames") or 1)
         if not per_frame:

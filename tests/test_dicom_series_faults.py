@@ -1,0 +1,132 @@
+"""DICOM series as scanners and archives hand them over that were misread: a cine of bare data sets (no
+Part 10 header) stacked as a volume, slices of several orientations stacked on the first one's grid, and
+pixels GDCM cannot decode refused without naming the file or a way out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewsam.data import open_dataset
+from fewsam.errors import DataError
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+AXIAL, CORONAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def mr_slice(number: int, position: tuple[float, float, float], orientation=AXIAL, **tags):  # noqa: ANN201
+    """A single-frame MR data set of one series (4 x 5 pixels, 0.5 mm), at ``position`` in ``orientation``,
+    with any further ``tags`` (``TriggerTime=40.0``)."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MR, f"1.2.3.4.6.{number}", "MR"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = "1.2.3.4", "1.2.3.4.6", number
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 4, 5
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = list(position), list(orientation)
+    ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 2
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.random.default_rng(number).integers(0, 1000, (4, 5)).astype("<u2").tobytes()
+    return ds
+
+
+def save_part10(ds, path: Path, syntax: str = "1.2.840.10008.1.2.1") -> None:  # noqa: ANN001 - a pydicom Dataset
+    """``ds`` as a Part 10 file: preamble, DICM marker and a file meta group naming ``syntax``."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = UID(syntax)
+    ds.file_meta = meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
+
+
+def save_bare(ds, path: Path) -> None:  # noqa: ANN001 - a pydicom Dataset
+    """``ds`` as a bare implicit-VR data set, no preamble or file meta group, as older exports write it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+
+
+# ---------------------------------------------------------------- a cine of single-frame files
+
+
+@pytest.mark.parametrize("save", [save_part10, save_bare], ids=["part10", "bare"])
+@pytest.mark.parametrize("time_tag", ["TriggerTime", "TemporalPositionIdentifier", "TemporalPositionIndex"])
+@pytest.mark.parametrize("slices", [1, 3], ids=["one-slice", "three-slices"])
+def test_a_cine_of_single_frame_files_told_apart_by_one_time_tag_is_refused(tmp_path, save, time_tag, slices):
+    """Each slice position once per time point, the time points told apart by one tag alone: refused
+    naming its time points, whether or not the files carry the Part 10 header (GDCM stacks both)."""
+    folder = tmp_path / "cine" / "s"
+    files = [(time, z) for time in (1, 2) for z in range(slices)]
+    for k, (time, z) in enumerate(files):
+        value = 40.0 * (time - 1) if time_tag == "TriggerTime" else time
+        save(mr_slice(k + 1, (0.0, 0.0, 2.0 * z), **{time_tag: value}), folder / f"IM{k + 1:04d}.dcm")
+    with pytest.raises(DataError, match=fr"its {2 * slices} DICOM files hold 2 time points "
+                                        fr"\({2 * slices} frames at {slices} slice positions"):
+        open_dataset(tmp_path / "cine").load("s")
+
+
+def test_a_volume_of_bare_data_sets_still_reads(tmp_path):
+    for z in range(4):
+        save_bare(mr_slice(z + 1, (0.0, 0.0, 2.0 * z)), tmp_path / "s" / f"IM{z + 1:04d}.dcm")
+    case = open_dataset(tmp_path).load("s")
+    assert case.image.shape == (4, 4, 5) and case.spacing == pytest.approx((2.0, 0.5, 0.5))
+
+
+# ---------------------------------------------------------------- slices of several orientations
+
+
+def test_a_slice_of_another_orientation_in_a_series_is_refused_naming_it(tmp_path):
+    for z in range(5):
+        orientation = CORONAL if z == 3 else AXIAL
+        save_part10(mr_slice(z + 1, (0.0, 0.0, 2.0 * z), orientation), tmp_path / "s" / f"IM{z}.dcm")
+    with pytest.raises(DataError, match=r"s: its DICOM slices lie in different orientations \(IM3.dcm 1\\0\\0"
+                                        r"\\0\\0\\-1, IM0.dcm 1\\0\\0\\0\\1\\0\): a localizer of several planes"):
+        open_dataset(tmp_path).load("s")
+
+
+def test_a_three_plane_localizer_of_its_own_is_refused(tmp_path):
+    """A localizer of three slices in each of three planes, one series UID, alone in its folder."""
+    planes = {AXIAL: lambda at: (-10.0, -10.0, at), CORONAL: lambda at: (-10.0, at, 10.0),
+              SAGITTAL: lambda at: (at, -10.0, 10.0)}
+    for k, (orientation, place) in enumerate((o, p) for o, p in planes.items() for _ in range(3)):
+        save_part10(mr_slice(k + 1, place(5.0 * (k % 3)), orientation), tmp_path / "loc" / f"IM{k}.dcm")
+    with pytest.raises(DataError, match="its DICOM slices lie in different orientations"):
+        open_dataset(tmp_path).load("loc")
+
+
+def test_orientations_a_millionth_apart_are_one_plane(tmp_path):
+    """Scanners write each file's cosines to their own last decimal: a millionth apart is one plane."""
+    for z in range(4):
+        orientation = (1.0, 1e-6 * z, 0.0, 0.0, 1.0, -1e-6 * z)
+        save_part10(mr_slice(z + 1, (0.0, 0.0, 2.0 * z), orientation), tmp_path / "s" / f"IM{z}.dcm")
+    assert open_dataset(tmp_path).load("s").image.shape == (4, 4, 5)
+
+
+# ---------------------------------------------------------------- pixels GDCM cannot decode
+
+
+def test_pixels_in_a_compression_gdcm_does_not_read_name_the_file_and_what_to_do(tmp_path):
+    """A video transfer syntax (MPEG-4), which GDCM, the decoder SimpleITK carries, does not read: ITK says
+    only "Failed to change to Implicit Transfer Syntax" of the folder."""
+    from pydicom.encaps import encapsulate
+
+    for z in range(3):
+        ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
+        ds.PixelData = encapsulate([b"\0\0\0\1" + bytes(60)])
+        ds["PixelData"].VR = "OB"
+        save_part10(ds, tmp_path / "s" / f"IM{z}.dcm", syntax="1.2.840.10008.1.2.4.102")
+    with pytest.raises(DataError) as refusal:
+        open_dataset(tmp_path).load("s")
+    message = str(refusal.value)
+    assert "\n" not in message and "ITK ERROR" not in message, message
+    for expected in (f"cannot decode DICOM {tmp_path / 's' / 'IM0.dcm'}: its pixels are compressed as MPEG-4",
+                     "(1.2.840.10008.1.2.4.102)", "save the series uncompressed"):
+        assert expected in message, message
