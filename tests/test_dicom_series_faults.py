@@ -130,3 +130,15 @@ def test_pixels_in_a_compression_gdcm_does_not_read_name_the_file_and_what_to_do
     for expected in (f"cannot decode DICOM {tmp_path / 's' / 'IM0.dcm'}: its pixels are compressed as MPEG-4",
                      "(1.2.840.10008.1.2.4.102)", "save the series uncompressed"):
         assert expected in message, message
+
+
+def test_fewsam_info_says_a_cine_is_unusable_rather_than_count_its_time_points_as_slices(tmp_path):
+    """``fewsam info`` counts slices from the headers alone: three slices at four time points were
+    listed as a case of 12 slices, although loading it is refused."""
+    from fewsam.info import dataset_info
+
+    for k in range(12):
+        save_part10(mr_slice(k + 1, (0.0, 0.0, 2.0 * (k % 3)), TriggerTime=40.0 * (k // 3)),
+                    tmp_path / "p1" / "cine" / f"IM{k:04d}.dcm")
+    split = dataset_info(tmp_path, None)["splits"]["all"]
+    assert "cases" not in split and "its 12 DICOM files hold 4 time points" in split["error"], split

@@ -104,8 +104,13 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         return f"labels/{entry.rel_path}.nii.gz"
 
     def num_slices(self, case_id: str) -> int:
-        """Slices of the series from its file headers (pixels are not read)."""
-        return expected_slices(series_files(self._entry(case_id).image))
+        """Slices of the series from its file headers (pixels are not read). A series of several time
+        points is refused here as when loaded, so ``fewsam info`` and a fit's slice count do not count its
+        time points as slices of one volume."""
+        folder = self._entry(case_id).image
+        names = series_files(folder)
+        check_one_time_point(names, folder)
+        return expected_slices(names)
 
     def _read(self, entry: Entry) -> Read:
         image = read_series(entry.image)
