@@ -110,6 +110,18 @@ def test_orientations_a_millionth_apart_are_one_plane(tmp_path):
     assert open_dataset(tmp_path).load("s").image.shape == (4, 4, 5)
 
 
+def test_a_slice_of_another_size_in_a_series_is_refused_naming_it_and_what_to_do(tmp_path):
+    """ITK's own refusal ("ITK ERROR: ImageSeriesReader(0x...): Size mismatch!") said no way out."""
+    for z in range(4):
+        ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
+        if z == 2:
+            ds.Rows, ds.PixelData = 6, bytes(6 * 5 * 2)
+        save_part10(ds, tmp_path / "s" / f"IM{z}.dcm")
+    with pytest.raises(DataError, match=r"s: its DICOM slices differ in size \(IM2.dcm 5 x 6 pixels, IM0.dcm 5 x 4\): "
+                                        r".*put the slices of each size in their own folder"):
+        open_dataset(tmp_path).load("s")
+
+
 # ---------------------------------------------------------------- pixels GDCM cannot decode
 
 

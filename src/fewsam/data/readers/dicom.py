@@ -209,8 +209,8 @@ def read_series(folder: Path) -> sitk.Image:
         with quiet_itk():
             image = reader.Execute()
     except RuntimeError as err:
-        raise _unreadable_file(names) or DataError(f"cannot read the DICOM series in {folder}: "
-                                                   f"{itk_message(err)}") from None
+        raise _unreadable_file(names) or _other_size(names, folder) or DataError(
+            f"cannot read the DICOM series in {folder}: {itk_message(err)}") from None
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     image = _one_multi_frame_volume(image)
@@ -261,6 +261,21 @@ def _unreadable_file(names: list[str]) -> DataError | None:
                                  f"({syntax}), a compression GDCM (fewsam's DICOM decoder) does not read, or "
                                  f"their data are damaged; {DECOMPRESS}")
             return DataError(f"cannot read DICOM {name}: {itk_message(err)}")
+    return None
+
+
+def _other_size(names: list[str], folder: Path) -> DataError | None:
+    """The first file whose rows and columns differ from the first file's (a reformat, a localizer or a
+    derived image sharing the series UID), which ITK refuses as a "Size mismatch!" naming no way
+    out; None where every file has the first one's size."""
+    first = _file_info(names[0]).GetSize()[:2]
+    for name in names[1:]:
+        size = _file_info(name).GetSize()[:2]
+        if size != first:
+            return DataError(f"{folder}: its DICOM slices differ in size ({Path(name).name} {size[0]} x {size[1]} "
+                            f"pixels, {Path(names[0]).name} {first[0]} x {first[1]}): images of another series "
+                            "(a localizer, a reformat) share its series UID; put the slices of each size in their "
+                            "own folder (each then read as a case of its own)")
     return None
 
 
