@@ -122,6 +122,47 @@ def test_a_slice_of_another_size_in_a_series_is_refused_naming_it_and_what_to_do
         open_dataset(tmp_path).load("s")
 
 
+# ---------------------------------------------------------------- each frame's own rescale
+
+
+def enhanced_mr(path: Path, stored: np.ndarray, rescales: list[tuple[float, float]]) -> None:
+    """An enhanced MR file of ``stored`` frames (z, 4, 5), 2 mm apart, each frame with its own rescale slope
+    and intercept in its functional groups, as enhanced MR exports scale each frame."""
+    from pydicom.dataset import Dataset
+
+    ds = mr_slice(1, (0.0, 0.0, 0.0))
+    ds.SOPClassUID, ds.NumberOfFrames, ds.PixelData = "1.2.840.10008.5.1.4.1.1.4.1", len(stored), stored.tobytes()
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing, ds.SliceThickness
+    plane, measures, shared = Dataset(), Dataset(), Dataset()
+    plane.ImageOrientationPatient, measures.PixelSpacing, measures.SliceThickness = list(AXIAL), [0.5, 0.5], 2
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [plane], [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [_frame_groups((0.0, 0.0, 2.0 * z), r) for z, r in enumerate(rescales)]
+    save_part10(ds, path)
+
+
+def _frame_groups(position: tuple[float, float, float], rescale: tuple[float, float]):  # noqa: ANN202
+    """One frame's functional groups (a pydicom Dataset): its position and its rescale."""
+    from pydicom.dataset import Dataset
+
+    place, value, frame = Dataset(), Dataset(), Dataset()
+    place.ImagePositionPatient = list(position)
+    value.RescaleSlope, value.RescaleIntercept, value.RescaleType = *rescale, "US"
+    frame.PlanePositionSequence, frame.PixelValueTransformationSequence = [place], [value]
+    return frame
+
+
+def test_each_frame_of_a_multi_frame_file_takes_its_own_rescale(tmp_path):
+    """GDCM scaled every frame by the first frame's slope and intercept: frames 2 and 3 came out in
+    other units, unsaid."""
+    stored = np.random.default_rng(3).integers(0, 1000, (3, 4, 5)).astype("<u2")
+    rescales = [(3.0, 7.0), (2.0, 10.0), (0.5, -5.0)]
+    enhanced_mr(tmp_path / "s" / "enhanced.dcm", stored, rescales)
+    slopes, intercepts = np.array(rescales).T
+    np.testing.assert_allclose(open_dataset(tmp_path).load("s").image,
+                               stored * slopes[:, None, None] + intercepts[:, None, None], rtol=1e-6)
+
+
 # ---------------------------------------------------------------- pixels GDCM cannot decode
 
 

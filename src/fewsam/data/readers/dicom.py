@@ -23,9 +23,10 @@ series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
 3D Slicer or ITK-SNAP. A label on the series' grid is taken as is (a 2D one of a one-slice
 series' size too); one holding the same voxels in another axis order or orientation, or a block
-of them (a label cropped to its structures), is
-resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
-intercept; a series whose slices are not evenly spaced (a missing file) is refused.
+of them (a label cropped to its structures), is resampled onto the series (nearest neighbour); one
+placed elsewhere is refused. Pixels are read as float32, each file (each frame of a multi-frame file)
+with its own rescale slope and intercept; a series whose slices are not evenly spaced (a missing
+file), lie in several orientations or differ in size is refused.
 Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at
 least one of two or more); unlabelled cases in "test" (the unlabelled pool of a semi-supervised
 fit with ``--unlabeled-split test``); without any label, "val" holds every case.
@@ -42,7 +43,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         computed_splits, files_below, natural_sorted, one_hot_to_indices,
                                         to_label_array)
-from fewsam.data.readers.dicom_frames import FrameHeader, frame_header
+from fewsam.data.readers.dicom_frames import FrameHeader, frame_header, frame_rescales
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
@@ -217,6 +218,8 @@ def read_series(folder: Path) -> sitk.Image:
     if image.GetDimension() != 3 or image.GetDepth() != expected_slices(names):
         raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
+    if len(names) == 1 and image.GetDepth() > 1:
+        image = each_frame_rescaled(image, Path(names[0]))
     check_one_orientation([_tag_numbers(reader, i, ORIENTATION) for i in range(len(names))], names, folder)
     positions = [_tag_numbers(reader, i, "0020|0032") for i in range(len(names))]
     check_slice_spacing(positions, image.GetDirection(), folder)
@@ -243,6 +246,25 @@ def check_one_time_point(names: list[str], folder: Path) -> None:
         raise DataError(f"{folder}: its {len(names)} DICOM files hold {found[0]} time points ({series.frames} frames "
                         f"at {found[1]} slice positions: {TIME_POINTS_ARE}, or a slice saved twice), not one volume; "
                         f"{ONE_TIME_POINT}")
+
+
+def each_frame_rescaled(image: sitk.Image, path: Path) -> sitk.Image:
+    """A multi-frame file's volume with each frame's own rescale slope and intercept (``frame_rescales``).
+    GDCM applies the first frame's to every frame, so the other frames of an enhanced MR export that
+    scales each frame on its own came out in other units, and nothing said so. Undone from the first
+    frame's and redone with each frame's own."""
+    rescales = frame_rescales(path)
+    if (not rescales or len(set(rescales)) == 1 or len(rescales) != image.GetDepth()
+            or image.GetNumberOfComponentsPerPixel() != 1):  # colour pixels are never rescaled
+        return image
+    (first_slope, first_intercept), (slopes, intercepts) = rescales[0], np.array(rescales).T
+    if first_slope == 0:
+        raise DataError(f"{path}: its first frame's RescaleSlope is 0, so its stored pixel values are lost; "
+                        "export the series again")
+    stored = (sitk.GetArrayFromImage(image).astype(np.float64) - first_intercept) / first_slope
+    rescaled = sitk.GetImageFromArray((stored * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32))
+    rescaled.CopyInformation(image)
+    return rescaled
 
 
 def _unreadable_file(names: list[str]) -> DataError | None:

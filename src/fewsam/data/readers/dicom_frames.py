@@ -78,6 +78,31 @@ def frame_header(path: Path) -> FrameHeader | None:
     return FrameHeader(frames, positions, temporal)
 
 
+def frame_rescales(path: Path) -> list[tuple[float, float]] | None:
+    """Each frame's (RescaleSlope, RescaleIntercept) where a multi-frame file's frames give their own (a
+    Pixel Value Transformation in every frame's functional groups, as enhanced MR exports scale each
+    frame), None otherwise: a rescale shared by all frames, or the file's own, GDCM applies itself."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        shared = (dataset.get("SharedFunctionalGroupsSequence") or [None])[0]
+        if shared is not None and shared.get("PixelValueTransformationSequence"):
+            return None
+        rescales = [_rescale(frame) for frame in dataset.get("PerFrameFunctionalGroupsSequence") or []]
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
+        return None
+    return rescales if rescales and all(r is not None for r in rescales) else None  # type: ignore[return-value]
+
+
+def _rescale(frame) -> tuple[float, float] | None:  # noqa: ANN001 - a pydicom Dataset
+    """A frame's own slope and intercept, None where its functional groups give none."""
+    slope = _first(frame, "PixelValueTransformationSequence", "RescaleSlope")
+    intercept = _first(frame, "PixelValueTransformationSequence", "RescaleIntercept")
+    return None if slope is None or intercept is None else (float(slope), float(intercept))
+
+
 def _single_frame(dataset) -> tuple[list[tuple[int, ...]], list[int]]:  # noqa: ANN001 - a pydicom Dataset
     """A single-frame file's position and temporal position identifier, each as a list of none or one."""
     position = dataset.get("ImagePositionPatient")
