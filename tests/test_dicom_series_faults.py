@@ -125,9 +125,10 @@ def test_a_slice_of_another_size_in_a_series_is_refused_naming_it_and_what_to_do
 # ---------------------------------------------------------------- each frame's own rescale
 
 
-def enhanced_mr(path: Path, stored: np.ndarray, rescales: list[tuple[float, float]]) -> None:
-    """An enhanced MR file of ``stored`` frames (z, 4, 5), 2 mm apart, each frame with its own rescale slope
-    and intercept in its functional groups, as enhanced MR exports scale each frame."""
+def enhanced_mr(path: Path, stored: np.ndarray, rescales: list[tuple[float, float]],
+                heights: list[float] | None = None) -> None:
+    """An enhanced MR file of ``stored`` frames (z, 4, 5), 2 mm apart (or at ``heights``), each frame with
+    its own rescale slope and intercept in its functional groups, as enhanced MR exports scale each frame."""
     from pydicom.dataset import Dataset
 
     ds = mr_slice(1, (0.0, 0.0, 0.0))
@@ -137,7 +138,8 @@ def enhanced_mr(path: Path, stored: np.ndarray, rescales: list[tuple[float, floa
     plane.ImageOrientationPatient, measures.PixelSpacing, measures.SliceThickness = list(AXIAL), [0.5, 0.5], 2
     shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [plane], [measures]
     ds.SharedFunctionalGroupsSequence = [shared]
-    ds.PerFrameFunctionalGroupsSequence = [_frame_groups((0.0, 0.0, 2.0 * z), r) for z, r in enumerate(rescales)]
+    heights = heights or [2.0 * z for z in range(len(stored))]
+    ds.PerFrameFunctionalGroupsSequence = [_frame_groups((0.0, 0.0, z), r) for z, r in zip(heights, rescales)]
     save_part10(ds, path)
 
 
@@ -161,6 +163,25 @@ def test_each_frame_of_a_multi_frame_file_takes_its_own_rescale(tmp_path):
     slopes, intercepts = np.array(rescales).T
     np.testing.assert_allclose(open_dataset(tmp_path).load("s").image,
                                stored * slopes[:, None, None] + intercepts[:, None, None], rtol=1e-6)
+
+
+@pytest.mark.parametrize("heights", [[0.0, 4.0, 2.0, 6.0], [0.0, 2.0, 6.0, 8.0], [6.0, 2.0, 4.0, 0.0]],
+                         ids=["interleaved", "a-frame-missing", "descending-interleaved"])
+def test_a_multi_frame_file_of_frames_out_of_slice_order_is_refused(tmp_path, heights):
+    """GDCM stacked such frames as stored, on 1 mm voxels in place of the file's geometry."""
+    stored = np.random.default_rng(4).integers(0, 1000, (4, 4, 5)).astype("<u2")
+    enhanced_mr(tmp_path / "s" / "enhanced.dcm", stored, [(1.0, 0.0)] * 4, heights)
+    with pytest.raises(DataError, match=r"enhanced.dcm: its 4 frames are not stored as evenly spaced slices in "
+                                        r"order \(frame \d lies .* convert it to NIfTI with dcm2niix"):
+        open_dataset(tmp_path).load("s")
+
+
+def test_a_multi_frame_file_of_frames_stored_top_down_reads_on_its_geometry(tmp_path):
+    stored = np.random.default_rng(4).integers(0, 1000, (4, 4, 5)).astype("<u2")
+    enhanced_mr(tmp_path / "s" / "enhanced.dcm", stored, [(1.0, 0.0)] * 4, [6.0, 4.0, 2.0, 0.0])
+    case = open_dataset(tmp_path).load("s")
+    np.testing.assert_array_equal(case.image, stored.astype(np.float32))
+    assert case.spacing == pytest.approx((2.0, 0.5, 0.5)) and case.meta["origin"][2] == pytest.approx(6.0)
 
 
 # ---------------------------------------------------------------- pixels GDCM cannot decode

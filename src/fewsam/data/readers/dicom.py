@@ -43,7 +43,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         computed_splits, files_below, natural_sorted, one_hot_to_indices,
                                         to_label_array)
-from fewsam.data.readers.dicom_frames import FrameHeader, frame_header, frame_rescales
+from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, frame_header, frame_rescales
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
@@ -219,6 +219,7 @@ def read_series(folder: Path) -> sitk.Image:
         raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
     if len(names) == 1 and image.GetDepth() > 1:
+        check_frame_order(Path(names[0]))
         image = each_frame_rescaled(image, Path(names[0]))
     check_one_orientation([_tag_numbers(reader, i, ORIENTATION) for i in range(len(names))], names, folder)
     positions = [_tag_numbers(reader, i, "0020|0032") for i in range(len(names))]
@@ -246,6 +247,31 @@ def check_one_time_point(names: list[str], folder: Path) -> None:
         raise DataError(f"{folder}: its {len(names)} DICOM files hold {found[0]} time points ({series.frames} frames "
                         f"at {found[1]} slice positions: {TIME_POINTS_ARE}, or a slice saved twice), not one volume; "
                         f"{ONE_TIME_POINT}")
+
+
+def check_frame_order(path: Path) -> None:
+    """Refuse a multi-frame file whose frames, in their stored order, are not evenly spaced slices
+    running one way (frames stored interleaved, or one missing): GDCM stacks the frames as stored and,
+    finding no one spacing, drops the file's geometry for 1 mm voxels, so slices came out of order on a
+    made-up grid, and nothing said so. The frames' own positions (``frame_header``) tell."""
+    header = frame_header(path)
+    if header is None or header.frames < 3 or len(header.positions) != header.frames:
+        return
+    positions = np.asarray(header.positions, dtype=np.float64) / 10 ** POSITION_DECIMALS
+    run = positions[-1] - positions[0]
+    if not np.linalg.norm(run):
+        return  # every frame at one place: time points, which check_one_time_point refuses
+    along = (positions - positions[0]) @ (run / np.linalg.norm(run))
+    gaps = np.diff(along)
+    typical = float(np.median(gaps))
+    uneven = np.abs(gaps - typical) > SPACING_TOLERANCE * abs(typical)
+    if typical <= 0 or uneven.any():
+        at = int(np.flatnonzero(uneven)[0]) if uneven.any() else 0
+        raise DataError(f"{path}: its {header.frames} frames are not stored as evenly spaced slices in order "
+                        f"(frame {at + 2} lies {gaps[at]:.4g} mm from frame {at + 1}, typically {typical:.4g} mm): "
+                        "stored interleaved, or a frame is missing, which fewsam would stack out of order on a "
+                        "made-up grid; convert it to NIfTI with dcm2niix (which sorts the frames by position) "
+                        "and read that")
 
 
 def each_frame_rescaled(image: sitk.Image, path: Path) -> sitk.Image:
