@@ -43,7 +43,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         computed_splits, files_below, natural_sorted, one_hot_to_indices,
                                         to_label_array)
-from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, frame_header, frame_rescales
+from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, frame_header
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
@@ -200,7 +200,10 @@ def read_series(folder: Path) -> sitk.Image:
     MR): ITK would otherwise store every slice in the first file's integer type and truncate
     the others' rescaled values. Slices must be evenly spaced (``check_slice_spacing``)."""
     names = series_files(folder)
-    check_one_time_point(names, folder)
+    headers = check_one_time_point(names, folder)
+    header = headers.get(names[0]) if len(names) == 1 else None  # a multi-frame file's, for its frames
+    if header is not None:
+        check_frame_order(header, Path(names[0]))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     vector = _file_info(names[0]).GetNumberOfComponents() > 1
@@ -218,9 +221,8 @@ def read_series(folder: Path) -> sitk.Image:
     if image.GetDimension() != 3 or image.GetDepth() != expected_slices(names):
         raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
-    if len(names) == 1 and image.GetDepth() > 1:
-        check_frame_order(Path(names[0]))
-        image = each_frame_rescaled(image, Path(names[0]))
+    if header is not None and header.rescales:
+        image = each_frame_rescaled(image, header.rescales, Path(names[0]))
     check_one_orientation([_tag_numbers(reader, i, ORIENTATION) for i in range(len(names))], names, folder)
     positions = [_tag_numbers(reader, i, "0020|0032") for i in range(len(names))]
     check_slice_spacing(positions, image.GetDirection(), folder)
@@ -230,11 +232,12 @@ def read_series(folder: Path) -> sitk.Image:
     return image
 
 
-def check_one_time_point(names: list[str], folder: Path) -> None:
+def check_one_time_point(names: list[str], folder: Path) -> dict[str, FrameHeader]:
     """Refuse a series holding several time points (a cine or dynamic series), in one multi-frame file
     or across its files (a multi-frame file per time point, or single-frame files repeating each slice
     position): ITK stacks them all into one volume, time points interleaved as slices, and nothing said
-    so. Every file's header is read (pixels left unread), since any file of a series may be the cine."""
+    so. Every file's header is read (pixels left unread), since any file of a series may be the cine; the
+    headers read are returned by file, for the checks of a multi-frame file's frames that follow."""
     read = [(name, header) for name in names if (header := frame_header(Path(name))) is not None]
     for name, header in read:
         found = header.time_points() if header.frames > 1 else None
@@ -247,15 +250,15 @@ def check_one_time_point(names: list[str], folder: Path) -> None:
         raise DataError(f"{folder}: its {len(names)} DICOM files hold {found[0]} time points ({series.frames} frames "
                         f"at {found[1]} slice positions: {TIME_POINTS_ARE}, or a slice saved twice), not one volume; "
                         f"{ONE_TIME_POINT}")
+    return dict(read)
 
 
-def check_frame_order(path: Path) -> None:
+def check_frame_order(header: FrameHeader, path: Path) -> None:
     """Refuse a multi-frame file whose frames, in their stored order, are not evenly spaced slices
     running one way (frames stored interleaved, or one missing): GDCM stacks the frames as stored and,
     finding no one spacing, drops the file's geometry for 1 mm voxels, so slices came out of order on a
-    made-up grid, and nothing said so. The frames' own positions (``frame_header``) tell."""
-    header = frame_header(path)
-    if header is None or header.frames < 3 or len(header.positions) != header.frames:
+    made-up grid, and nothing said so. The frames' own positions (``header``, the file's) tell."""
+    if header.frames < 3 or len(header.positions) != header.frames:
         return
     positions = np.asarray(header.positions, dtype=np.float64) / 10 ** POSITION_DECIMALS
     run = positions[-1] - positions[0]
@@ -274,13 +277,12 @@ def check_frame_order(path: Path) -> None:
                         "and read that")
 
 
-def each_frame_rescaled(image: sitk.Image, path: Path) -> sitk.Image:
-    """A multi-frame file's volume with each frame's own rescale slope and intercept (``frame_rescales``).
+def each_frame_rescaled(image: sitk.Image, rescales: list[tuple[float, float]], path: Path) -> sitk.Image:
+    """A multi-frame file's volume with each frame's own rescale slope and intercept (its ``rescales``).
     GDCM applies the first frame's to every frame, so the other frames of an enhanced MR export that
     scales each frame on its own came out in other units, and nothing said so. Undone from the first
     frame's and redone with each frame's own."""
-    rescales = frame_rescales(path)
-    if (not rescales or len(set(rescales)) == 1 or len(rescales) != image.GetDepth()
+    if (len(set(rescales)) == 1 or len(rescales) != image.GetDepth()
             or image.GetNumberOfComponentsPerPixel() != 1):  # colour pixels are never rescaled
         return image
     (first_slope, first_intercept), (slopes, intercepts) = rescales[0], np.array(rescales).T
@@ -321,9 +323,9 @@ def _other_size(names: list[str], folder: Path) -> DataError | None:
         size = _file_info(name).GetSize()[:2]
         if size != first:
             return DataError(f"{folder}: its DICOM slices differ in size ({Path(name).name} {size[0]} x {size[1]} "
-                            f"pixels, {Path(names[0]).name} {first[0]} x {first[1]}): images of another series "
-                            "(a localizer, a reformat) share its series UID; put the slices of each size in their "
-                            "own folder (each then read as a case of its own)")
+                             f"pixels, {Path(names[0]).name} {first[0]} x {first[1]}): images of another series "
+                             "(a localizer, a reformat) share its series UID; put the slices of each size in their "
+                             "own folder (each then read as a case of its own)")
     return None
 
 

@@ -6,7 +6,8 @@ reads as a volume of interleaved time points with a made-up slice spacing. The s
 written as single-frame files (one file per slice position and time point, sharing one series UID).
 pydicom reads each file's header (pixels left unread) for each frame's ImagePositionPatient and
 TemporalPositionIndex (a single-frame file's own ImagePositionPatient and TemporalPositionIdentifier).
-TriggerTime alone marks no time point: the slices of a gated 3D stack each carry their own.
+TriggerTime alone marks no time point: the slices of a gated 3D stack each carry their own. The same
+header read gives each frame's own rescale slope and intercept, which GDCM takes from the first frame.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ POSITION_DECIMALS = 3  # positions equal to a micrometre are one slice position
 @dataclass(frozen=True)
 class FrameHeader:
     """The frames of one file (or of a whole series, ``joined``): how many, and the positions and temporal
-    indices their headers give, in file order (frames without one give none)."""
+    indices their headers give, in file order (frames without one give none); ``rescales``: each frame's
+    own (RescaleSlope, RescaleIntercept) where a multi-frame file's frames give their own, else None."""
 
     frames: int
     positions: list[tuple[int, ...]]
     temporal_indices: list[int]
+    rescales: list[tuple[float, float]] | None = None
 
     @staticmethod
     def joined(headers: Iterable[FrameHeader]) -> FrameHeader:
@@ -73,27 +76,21 @@ def frame_header(path: Path) -> FrameHeader | None:
             index = _first(frame, "FrameContentSequence", "TemporalPositionIndex")
             if index is not None:
                 temporal.append(int(index))
+        rescales = _frame_rescales(dataset, per_frame)
     except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
         return None
-    return FrameHeader(frames, positions, temporal)
+    return FrameHeader(frames, positions, temporal, rescales)
 
 
-def frame_rescales(path: Path) -> list[tuple[float, float]] | None:
-    """Each frame's (RescaleSlope, RescaleIntercept) where a multi-frame file's frames give their own (a
-    Pixel Value Transformation in every frame's functional groups, as enhanced MR exports scale each
-    frame), None otherwise: a rescale shared by all frames, or the file's own, GDCM applies itself."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        shared = (dataset.get("SharedFunctionalGroupsSequence") or [None])[0]
-        if shared is not None and shared.get("PixelValueTransformationSequence"):
-            return None
-        rescales = [_rescale(frame) for frame in dataset.get("PerFrameFunctionalGroupsSequence") or []]
-    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
+def _frame_rescales(dataset, per_frame) -> list[tuple[float, float]] | None:  # noqa: ANN001 - pydicom's
+    """Each frame's (RescaleSlope, RescaleIntercept) where every frame gives its own (a Pixel Value
+    Transformation in its functional groups, as enhanced MR exports scale each frame), None otherwise: a
+    rescale shared by all frames, or the file's own, GDCM applies itself to every frame."""
+    shared = (dataset.get("SharedFunctionalGroupsSequence") or [None])[0]
+    if shared is not None and shared.get("PixelValueTransformationSequence"):
         return None
-    return rescales if rescales and all(r is not None for r in rescales) else None  # type: ignore[return-value]
+    rescales = [_rescale(frame) for frame in per_frame]
+    return rescales if all(r is not None for r in rescales) else None  # type: ignore[return-value]
 
 
 def _rescale(frame) -> tuple[float, float] | None:  # noqa: ANN001 - a pydicom Dataset
