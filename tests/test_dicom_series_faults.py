@@ -125,10 +125,14 @@ def test_a_slice_of_another_size_in_a_series_is_refused_naming_it_and_what_to_do
 # ---------------------------------------------------------------- each frame's own rescale
 
 
+Place = tuple[tuple[float, ...], tuple[float, ...]]  # a frame's ImagePositionPatient and ImageOrientationPatient
+
+
 def enhanced_mr(path: Path, stored: np.ndarray, rescales: list[tuple[float, float]],
-                heights: list[float] | None = None) -> None:
-    """An enhanced MR file of ``stored`` frames (z, 4, 5), 2 mm apart (or at ``heights``), each frame with
-    its own rescale slope and intercept in its functional groups, as enhanced MR exports scale each frame."""
+                heights: list[float] | None = None, places: list[Place] | None = None) -> None:
+    """An enhanced MR file of ``stored`` frames (z, 4, 5), axial 2 mm apart (or at ``heights``, or each at its own
+    (position, orientation) of ``places``), each frame with its own rescale slope and intercept in its functional
+    groups, as enhanced MR exports scale each frame."""
     from pydicom.dataset import Dataset
 
     ds = mr_slice(1, (0.0, 0.0, 0.0))
@@ -139,18 +143,26 @@ def enhanced_mr(path: Path, stored: np.ndarray, rescales: list[tuple[float, floa
     shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [plane], [measures]
     ds.SharedFunctionalGroupsSequence = [shared]
     heights = heights or [2.0 * z for z in range(len(stored))]
-    ds.PerFrameFunctionalGroupsSequence = [_frame_groups((0.0, 0.0, z), r) for z, r in zip(heights, rescales)]
+    places = places or [((0.0, 0.0, z), ()) for z in heights]
+    ds.PerFrameFunctionalGroupsSequence = [_frame_groups(*place, r) for place, r in zip(places, rescales)]
+    if places[0][1]:
+        del shared.PlaneOrientationSequence
     save_part10(ds, path)
 
 
-def _frame_groups(position: tuple[float, float, float], rescale: tuple[float, float]):  # noqa: ANN202
-    """One frame's functional groups (a pydicom Dataset): its position and its rescale."""
+def _frame_groups(position: tuple[float, ...], orientation: tuple[float, ...],  # noqa: ANN202
+                  rescale: tuple[float, float]):
+    """One frame's functional groups (a pydicom Dataset): its position, its orientation where given, and
+    its rescale."""
     from pydicom.dataset import Dataset
 
-    place, value, frame = Dataset(), Dataset(), Dataset()
+    place, value, frame, plane = Dataset(), Dataset(), Dataset(), Dataset()
     place.ImagePositionPatient = list(position)
     value.RescaleSlope, value.RescaleIntercept, value.RescaleType = *rescale, "US"
     frame.PlanePositionSequence, frame.PixelValueTransformationSequence = [place], [value]
+    if orientation:
+        plane.ImageOrientationPatient = list(orientation)
+        frame.PlaneOrientationSequence = [plane]
     return frame
 
 
@@ -182,6 +194,21 @@ def test_a_multi_frame_file_of_frames_stored_top_down_reads_on_its_geometry(tmp_
     case = open_dataset(tmp_path).load("s")
     np.testing.assert_array_equal(case.image, stored.astype(np.float32))
     assert case.spacing == pytest.approx((2.0, 0.5, 0.5)) and case.meta["origin"][2] == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("per_plane", [1, 3])
+def test_a_survey_of_three_planes_in_one_multi_frame_file_is_refused(tmp_path, per_plane):
+    """An enhanced MR survey: frames of three planes in one file, each frame with its own orientation. One
+    frame a plane stacked as a three-slice volume unsaid; three a plane were refused as frames out of order."""
+    at = [5.0 * k for k in range(per_plane)]
+    places = ([((-10.0, -10.0, z), AXIAL) for z in at] + [((-10.0, y, 10.0), CORONAL) for y in at]
+              + [((x, -10.0, 10.0), SAGITTAL) for x in at])
+    enhanced_mr(tmp_path / "s" / "survey.dcm", np.zeros((len(places), 4, 5), "<u2"), [(1.0, 0.0)] * len(places),
+                places=places)
+    with pytest.raises(DataError, match=fr"survey.dcm: its frames lie in different orientations \(frame "
+                                        fr"{per_plane + 1} 1\\0\\0\\0\\0\\-1, frame 1 1\\0\\0\\0\\1\\0\): "
+                                        r"a localizer \(survey\) of several planes"):
+        open_dataset(tmp_path).load("s")
 
 
 # ---------------------------------------------------------------- pixels GDCM cannot decode

@@ -35,6 +35,7 @@ fit with ``--unlabeled-split test``); without any label, "val" holds every case.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -257,7 +258,9 @@ def check_frame_order(header: FrameHeader, path: Path) -> None:
     """Refuse a multi-frame file whose frames, in their stored order, are not evenly spaced slices
     running one way (frames stored interleaved, or one missing): GDCM stacks the frames as stored and,
     finding no one spacing, drops the file's geometry for 1 mm voxels, so slices came out of order on a
-    made-up grid, and nothing said so. The frames' own positions (``header``, the file's) tell."""
+    made-up grid, and nothing said so. The frames' own positions (``header``, the file's) tell; frames in
+    several orientations (a survey of three planes in one enhanced file) are refused as such first."""
+    check_frames_one_orientation(header.orientations, path)
     if header.frames < 3 or len(header.positions) != header.frames:
         return
     positions = np.asarray(header.positions, dtype=np.float64) / 10 ** POSITION_DECIMALS
@@ -275,6 +278,17 @@ def check_frame_order(header: FrameHeader, path: Path) -> None:
                         "stored interleaved, or a frame is missing, which fewsam would stack out of order on a "
                         "made-up grid; convert it to NIfTI with dcm2niix (which sorts the frames by position) "
                         "and read that")
+
+
+def check_frames_one_orientation(orientations: list[tuple[float, ...]], path: Path) -> None:
+    """Refuse a multi-frame file whose frames lie in different orientations (``check_one_orientation``
+    for the frames of one file): GDCM stacks them all on the first frame's plane."""
+    for k, orientation in enumerate(orientations[1:], start=2):
+        if not np.allclose(orientation, orientations[0], atol=ORIENTATION_TOLERANCE):
+            raise DataError(f"{path}: its frames lie in different orientations (frame {k} {_cosines(orientation)}, "
+                            f"frame 1 {_cosines(orientations[0])}): a localizer (survey) of several planes, not one "
+                            "volume; convert it with dcm2niix, which writes the frames of each plane as a NIfTI "
+                            "volume of its own, and read those")
 
 
 def each_frame_rescaled(image: sitk.Image, rescales: list[tuple[float, float]], path: Path) -> sitk.Image:
@@ -366,7 +380,7 @@ def check_one_orientation(orientations: list[list[float] | None], names: list[st
                             "each orientation in their own folder (each then read as a case of its own)")
 
 
-def _cosines(orientation: list[float]) -> str:
+def _cosines(orientation: Sequence[float]) -> str:
     """An ImageOrientationPatient as the text a DICOM viewer shows (``1\\0\\0\\0\\1\\0``)."""
     return "\\".join(f"{v:.4g}" for v in orientation)
 

@@ -13,7 +13,7 @@ header read gives each frame's own rescale slope and intercept, which GDCM takes
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -26,12 +26,14 @@ POSITION_DECIMALS = 3  # positions equal to a micrometre are one slice position
 class FrameHeader:
     """The frames of one file (or of a whole series, ``joined``): how many, and the positions and temporal
     indices their headers give, in file order (frames without one give none); ``rescales``: each frame's
-    own (RescaleSlope, RescaleIntercept) where a multi-frame file's frames give their own, else None."""
+    own (RescaleSlope, RescaleIntercept) where a multi-frame file's frames give their own, else None;
+    ``orientations``: each frame's own ImageOrientationPatient where they give one (none where shared)."""
 
     frames: int
     positions: list[tuple[int, ...]]
     temporal_indices: list[int]
     rescales: list[tuple[float, float]] | None = None
+    orientations: list[tuple[float, ...]] = field(default_factory=list)
 
     @staticmethod
     def joined(headers: Iterable[FrameHeader]) -> FrameHeader:
@@ -69,6 +71,7 @@ def frame_header(path: Path) -> FrameHeader | None:
             return FrameHeader(frames, *_single_frame(dataset)) if frames == 1 else FrameHeader(frames, [], [])
         positions: list[tuple[int, ...]] = []
         temporal: list[int] = []
+        orientations: list[tuple[float, ...]] = []
         for frame in per_frame:
             position = _first(frame, "PlanePositionSequence", "ImagePositionPatient")
             if position is not None:
@@ -76,10 +79,13 @@ def frame_header(path: Path) -> FrameHeader | None:
             index = _first(frame, "FrameContentSequence", "TemporalPositionIndex")
             if index is not None:
                 temporal.append(int(index))
+            orientation = _first(frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+            if orientation is not None and len(orientation) == 6:
+                orientations.append(tuple(float(v) for v in orientation))
         rescales = _frame_rescales(dataset, per_frame)
     except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
         return None
-    return FrameHeader(frames, positions, temporal, rescales)
+    return FrameHeader(frames, positions, temporal, rescales, orientations)
 
 
 def _frame_rescales(dataset, per_frame) -> list[tuple[float, float]] | None:  # noqa: ANN001 - pydicom's
