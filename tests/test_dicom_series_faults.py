@@ -1,6 +1,7 @@
-"""DICOM series as scanners and archives hand them over that were misread: a cine of bare data sets (no
-Part 10 header) stacked as a volume, slices of several orientations stacked on the first one's grid, and
-pixels GDCM cannot decode refused without naming the file or a way out."""
+"""DICOM series as scanners and archives hand them over that were misread or refused unclearly: a cine of
+bare data sets (no Part 10 header) stacked as a volume, and counted so by ``fewsam info``; slices of several
+orientations or sizes in one series; a multi-frame file's frames each with its own rescale, stored out of
+slice order, or of several planes (a survey); pixels GDCM cannot decode."""
 
 from __future__ import annotations
 
