@@ -5,7 +5,8 @@
                                      .dicom, .ima and unsuffixed files with the DICM marker count too;
                                      a series may be one multi-frame file (enhanced MR / CT);
                                      one holding several time points (a cine, in one file or
-                                     across its files) is refused
+                                     across its files) is refused, as is one of slices in several
+                                     orientations (a three-plane localizer)
     root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid;
                                      also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation,
                                      3D Slicer's <case>.seg.nrrd, its segments as classes)
@@ -22,9 +23,10 @@ series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else
 ``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
 3D Slicer or ITK-SNAP. A label on the series' grid is taken as is (a 2D one of a one-slice
 series' size too); one holding the same voxels in another axis order or orientation, or a block
-of them (a label cropped to its structures), is
-resampled onto the series (nearest neighbour); one placed elsewhere is refused. Pixels are read as float32, each file with its own rescale slope and
-intercept; a series whose slices are not evenly spaced (a missing file) is refused.
+of them (a label cropped to its structures), is resampled onto the series (nearest neighbour); one
+placed elsewhere is refused. Pixels are read as float32, each file (each frame of a multi-frame file)
+with its own rescale slope and intercept; a series whose slices are not evenly spaced (a missing
+file), lie in several orientations or differ in size is refused.
 Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at
 least one of two or more); unlabelled cases in "test" (the unlabelled pool of a semi-supervised
 fit with ``--unlabeled-split test``); without any label, "val" holds every case.
@@ -33,6 +35,7 @@ fit with ``--unlabeled-split test``); without any label, "val" holds every case.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -41,7 +44,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
                                         computed_splits, files_below, natural_sorted, one_hot_to_indices,
                                         to_label_array)
-from fewsam.data.readers.dicom_frames import FrameHeader, frame_header
+from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, frame_header
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
@@ -103,8 +106,13 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         return f"labels/{entry.rel_path}.nii.gz"
 
     def num_slices(self, case_id: str) -> int:
-        """Slices of the series from its file headers (pixels are not read)."""
-        return expected_slices(series_files(self._entry(case_id).image))
+        """Slices of the series from its file headers (pixels are not read). A series of several time
+        points is refused here as when loaded, so ``fewsam info`` and a fit's slice count do not count its
+        time points as slices of one volume."""
+        folder = self._entry(case_id).image
+        names = series_files(folder)
+        check_one_time_point(names, folder)
+        return expected_slices(names)
 
     def _read(self, entry: Entry) -> Read:
         image = read_series(entry.image)
@@ -193,7 +201,10 @@ def read_series(folder: Path) -> sitk.Image:
     MR): ITK would otherwise store every slice in the first file's integer type and truncate
     the others' rescaled values. Slices must be evenly spaced (``check_slice_spacing``)."""
     names = series_files(folder)
-    check_one_time_point(names, folder)
+    headers = check_one_time_point(names, folder)
+    header = headers.get(names[0]) if len(names) == 1 else None  # a multi-frame file's, for its frames
+    if header is not None:
+        check_frame_order(header, Path(names[0]))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     vector = _file_info(names[0]).GetNumberOfComponents() > 1
@@ -203,13 +214,17 @@ def read_series(folder: Path) -> sitk.Image:
         with quiet_itk():
             image = reader.Execute()
     except RuntimeError as err:
-        raise DataError(f"cannot read the DICOM series in {folder}: {itk_message(err)}") from None
+        raise _unreadable_file(names) or _other_size(names, folder) or DataError(
+            f"cannot read the DICOM series in {folder}: {itk_message(err)}") from None
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     image = _one_multi_frame_volume(image)
     if image.GetDimension() != 3 or image.GetDepth() != expected_slices(names):
         raise DataError(f"{folder}: its {len(names)} DICOM files did not stack into a volume "
                         f"(got size {image.GetSize()}); are their rows, columns and frames alike?")
+    if header is not None and header.rescales:
+        image = each_frame_rescaled(image, header.rescales, Path(names[0]))
+    check_one_orientation([_tag_numbers(reader, i, ORIENTATION) for i in range(len(names))], names, folder)
     positions = [_tag_numbers(reader, i, "0020|0032") for i in range(len(names))]
     check_slice_spacing(positions, image.GetDirection(), folder)
     if image.GetDepth() == 1:
@@ -218,11 +233,12 @@ def read_series(folder: Path) -> sitk.Image:
     return image
 
 
-def check_one_time_point(names: list[str], folder: Path) -> None:
+def check_one_time_point(names: list[str], folder: Path) -> dict[str, FrameHeader]:
     """Refuse a series holding several time points (a cine or dynamic series), in one multi-frame file
     or across its files (a multi-frame file per time point, or single-frame files repeating each slice
     position): ITK stacks them all into one volume, time points interleaved as slices, and nothing said
-    so. Every file's header is read (pixels left unread), since any file of a series may be the cine."""
+    so. Every file's header is read (pixels left unread), since any file of a series may be the cine; the
+    headers read are returned by file, for the checks of a multi-frame file's frames that follow."""
     read = [(name, header) for name in names if (header := frame_header(Path(name))) is not None]
     for name, header in read:
         found = header.time_points() if header.frames > 1 else None
@@ -235,6 +251,138 @@ def check_one_time_point(names: list[str], folder: Path) -> None:
         raise DataError(f"{folder}: its {len(names)} DICOM files hold {found[0]} time points ({series.frames} frames "
                         f"at {found[1]} slice positions: {TIME_POINTS_ARE}, or a slice saved twice), not one volume; "
                         f"{ONE_TIME_POINT}")
+    return dict(read)
+
+
+def check_frame_order(header: FrameHeader, path: Path) -> None:
+    """Refuse a multi-frame file whose frames, in their stored order, are not evenly spaced slices
+    running one way (frames stored interleaved, or one missing): GDCM stacks the frames as stored and,
+    finding no one spacing, drops the file's geometry for 1 mm voxels, so slices came out of order on a
+    made-up grid, and nothing said so. The frames' own positions (``header``, the file's) tell; frames in
+    several orientations (a survey of three planes in one enhanced file) are refused as such first."""
+    check_frames_one_orientation(header.orientations, path)
+    if header.frames < 3 or len(header.positions) != header.frames:
+        return
+    positions = np.asarray(header.positions, dtype=np.float64) / 10 ** POSITION_DECIMALS
+    run = positions[-1] - positions[0]
+    if not np.linalg.norm(run):
+        return  # every frame at one place: time points, which check_one_time_point refuses
+    along = (positions - positions[0]) @ (run / np.linalg.norm(run))
+    gaps = np.diff(along)
+    typical = float(np.median(gaps))
+    uneven = np.abs(gaps - typical) > SPACING_TOLERANCE * abs(typical)
+    if typical <= 0 or uneven.any():
+        at = int(np.flatnonzero(uneven)[0]) if uneven.any() else 0
+        raise DataError(f"{path}: its {header.frames} frames are not stored as evenly spaced slices in order "
+                        f"(frame {at + 2} lies {gaps[at]:.4g} mm from frame {at + 1}, typically {typical:.4g} mm): "
+                        "stored interleaved, or a frame is missing, which fewsam would stack out of order on a "
+                        "made-up grid; convert it to NIfTI with dcm2niix (which sorts the frames by position) "
+                        "and read that")
+
+
+def check_frames_one_orientation(orientations: list[tuple[float, ...]], path: Path) -> None:
+    """Refuse a multi-frame file whose frames lie in different orientations (``check_one_orientation``
+    for the frames of one file): GDCM stacks them all on the first frame's plane."""
+    for k, orientation in enumerate(orientations[1:], start=2):
+        if not np.allclose(orientation, orientations[0], atol=ORIENTATION_TOLERANCE):
+            raise DataError(f"{path}: its frames lie in different orientations (frame {k} {_cosines(orientation)}, "
+                            f"frame 1 {_cosines(orientations[0])}): a localizer (survey) of several planes, not one "
+                            "volume; convert it with dcm2niix, which writes the frames of each plane as a NIfTI "
+                            "volume of its own, and read those")
+
+
+def each_frame_rescaled(image: sitk.Image, rescales: list[tuple[float, float]], path: Path) -> sitk.Image:
+    """A multi-frame file's volume with each frame's own rescale slope and intercept (its ``rescales``).
+    GDCM applies the first frame's to every frame, so the other frames of an enhanced MR export that
+    scales each frame on its own came out in other units, and nothing said so. Undone from the first
+    frame's and redone with each frame's own."""
+    if (len(set(rescales)) == 1 or len(rescales) != image.GetDepth()
+            or image.GetNumberOfComponentsPerPixel() != 1):  # colour pixels are never rescaled
+        return image
+    (first_slope, first_intercept), (slopes, intercepts) = rescales[0], np.array(rescales).T
+    if first_slope == 0:
+        raise DataError(f"{path}: its first frame's RescaleSlope is 0, so its stored pixel values are lost; "
+                        "export the series again")
+    stored = (sitk.GetArrayFromImage(image).astype(np.float64) - first_intercept) / first_slope
+    rescaled = sitk.GetImageFromArray((stored * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32))
+    rescaled.CopyInformation(image)
+    return rescaled
+
+
+def _unreadable_file(names: list[str]) -> DataError | None:
+    """Why the series reader failed, where one file alone cannot be read: its pixels compressed in a way
+    GDCM does not decode (video, JPEG XL) or damaged, named with its transfer syntax. ITK says only
+    "Failed to change to Implicit Transfer Syntax" of the folder, naming neither the file nor a way out.
+    None where every file reads alone (the files do not stack: ITK's own message says why)."""
+    for name in names:
+        try:
+            with quiet_itk():
+                sitk.ReadImage(name)
+        except RuntimeError as err:
+            syntax = transfer_syntax(Path(name))
+            if syntax is not None and syntax.is_compressed:
+                return DataError(f"cannot decode DICOM {name}: its pixels are compressed as {syntax.name} "
+                                 f"({syntax}), a compression GDCM (fewsam's DICOM decoder) does not read, or "
+                                 f"their data are damaged; {DECOMPRESS}")
+            return DataError(f"cannot read DICOM {name}: {itk_message(err)}")
+    return None
+
+
+def _other_size(names: list[str], folder: Path) -> DataError | None:
+    """The first file whose rows and columns differ from the first file's (a reformat, a localizer or a
+    derived image sharing the series UID), which ITK refuses as a "Size mismatch!" naming no way
+    out; None where every file has the first one's size."""
+    first = _file_info(names[0]).GetSize()[:2]
+    for name in names[1:]:
+        size = _file_info(name).GetSize()[:2]
+        if size != first:
+            return DataError(f"{folder}: its DICOM slices differ in size ({Path(name).name} {size[0]} x {size[1]} "
+                             f"pixels, {Path(names[0]).name} {first[0]} x {first[1]}): images of another series "
+                             "(a localizer, a reformat) share its series UID; put the slices of each size in their "
+                             "own folder (each then read as a case of its own)")
+    return None
+
+
+DECOMPRESS = ("save the series uncompressed (e.g. pydicom's Dataset.decompress() with the plugin for that "
+              "compression installed, or the scanner's or PACS's export without compression) and read that copy")
+
+
+def transfer_syntax(path: Path):  # noqa: ANN201 - a pydicom UID, imported where needed
+    """The Transfer Syntax UID of a file's meta group (how its pixels are encoded), None without one."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        meta = pydicom.dcmread(path, stop_before_pixels=True, force=True).get("file_meta")
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
+        return None
+    return meta.get("TransferSyntaxUID") if meta is not None else None
+
+
+ORIENTATION = "0020|0037"  # ImageOrientationPatient: the directions of a slice's rows and columns
+ORIENTATION_TOLERANCE = 1e-3  # direction cosines closer than this (about 0.06 degrees) are one orientation
+
+
+def check_one_orientation(orientations: list[list[float] | None], names: list[str], folder: Path) -> None:
+    """Refuse a series whose slices lie in different orientations (a three-plane localizer, or scans of
+    several planes sharing one series UID): ITK stacks every slice on the first one's grid, so a slice
+    of another plane became a slice of the volume, and nothing said so. Files without an orientation
+    (secondary captures) are left as they are."""
+    given = [(name, o) for name, o in zip(names, orientations) if o is not None and len(o) == 6]
+    if not given:
+        return
+    first_name, first = given[0]
+    for name, orientation in given[1:]:
+        if not np.allclose(orientation, first, atol=ORIENTATION_TOLERANCE):
+            raise DataError(f"{folder}: its DICOM slices lie in different orientations ({Path(name).name} "
+                            f"{_cosines(orientation)}, {Path(first_name).name} {_cosines(first)}): a localizer of "
+                            "several planes, or series of several planes under one series UID; put the slices of "
+                            "each orientation in their own folder (each then read as a case of its own)")
+
+
+def _cosines(orientation: Sequence[float]) -> str:
+    """An ImageOrientationPatient as the text a DICOM viewer shows (``1\\0\\0\\0\\1\\0``)."""
+    return "\\".join(f"{v:.4g}" for v in orientation)
 
 
 TIME_POINTS_ARE = "a cine, dynamic or multi-echo series"
