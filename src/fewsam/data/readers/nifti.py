@@ -32,7 +32,8 @@ the same voxel grid and orientation (a 2D image gets a 2D prediction). A 4D labe
 one per class (one-hot, as MONAI pipelines write it), is read as class indices
 (``one_hot_to_indices``). A label stored in another orientation than its image is reoriented onto
 the image's grid (``on_image_grid``), and one on the grid where ITK reads the image (ITK-SNAP's label of
-an image with a negative pixdim, which nibabel reads elsewhere) is read voxel for voxel; a 2D colour (RGB) MetaImage or NRRD is one RGB slice.
+an image with a negative pixdim, or nnU-Net's prediction for one whose qform and sform differ, which nibabel
+reads elsewhere) is read voxel for voxel; a 2D colour (RGB) MetaImage or NRRD is one RGB slice.
 Splits: fold 0 of ``splits_final.json`` in root if present, else naturally sorted labelled case
 ids with every 5th to "val" (at least one of two or more, ``deterministic_split``); "test" =
 imagesTs and every image without a label (``computed_splits``, as in every reader: a
@@ -251,7 +252,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
                 "slice_axis": axis, "itk": self._with_segment_fields(itk_geometry),
                 "stored_pixdim": stored_pixdim,
-                "viewer_affine": itk_affine(entry.image) if stored_pixdim is not None else None}
+                "viewer_affine": None if itk_geometry else viewer_affine(entry.image, img.header, stored_pixdim)}
         spacing = tuple(zooms[a] for a in slice_order(axis))
         return Read(image=image, label=label, spacing=spacing, meta=meta)  # type: ignore[arg-type]
 
@@ -347,6 +348,22 @@ def negative_pixdim(path: Path, header: Any) -> tuple[float, float, float] | Non
     if not (stored < 0).any() or not np.allclose(np.abs(stored[sizes]), header["pixdim"][1:4][sizes]):
         return None
     return tuple(float(v) for v in stored)  # type: ignore[return-value]
+
+
+def viewer_affine(path: Path, header: Any, stored_pixdim: tuple[float, float, float] | None) -> np.ndarray | None:
+    """The image's affine as ITK reads it (``itk_affine``) where its header lets ITK place it elsewhere
+    than nibabel, else None (no second read of the header). Labels and predictions that ITK-based
+    tools (ITK-SNAP, 3D Slicer, nnU-Net's SimpleITK reader) save lie on ITK's grid: ITK flips an axis of
+    negative pixdim (``negative_pixdim``), and of a qform and an sform that differ takes the qform
+    unless the sform's code is "scanner", where nibabel takes the sform."""
+    return itk_affine(path) if stored_pixdim is not None or forms_differ(header) else None
+
+
+def forms_differ(header: Any) -> bool:
+    """Whether a NIfTI header holds a qform and an sform (both codes set) that place the voxels apart."""
+    if not isinstance(header, nib.Nifti1Header) or not (header["qform_code"] > 0 and header["sform_code"] > 0):
+        return False
+    return not _same_affine(header.get_qform(), header.get_sform())
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -607,8 +624,9 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
         return label
     if _viewers_overlay(label, path, image):
         say_once(f"{path}: the {what}'s header places it elsewhere than its image as nibabel reads them, but where "
-                 "ITK (3D Slicer, ITK-SNAP) places the image (a negative voxel size or qfac in one of them, as "
-                 f"ITK-SNAP saves a label of such an image); it is read voxel for voxel on the image's grid",
+                 "ITK (3D Slicer, ITK-SNAP, nnU-Net) places the image (a negative voxel size or qfac in one of "
+                 "them, or an image whose qform and sform differ, as ITK-SNAP and nnU-Net save a label of such an "
+                 "image); it is read voxel for voxel on the image's grid",
                  key=f"nifti-{what}-viewer-geometry")
         return label
     try:
