@@ -135,3 +135,23 @@ def test_two_files_of_one_case_are_named_not_blamed_on_a_split_file(tmp_path):
     nib.save(image, root / "images" / "a.nii")
     assert_one_line_error(run_fewsam("info", str(root), cwd=tmp_path),
                           f"{root / 'images' / 'a.nii'} and {root / 'images' / 'a.nii.gz'} are both case 'a'")
+
+
+def test_labels_of_background_alone_are_refused_before_any_work(tmp_path):
+    """Every label all 0 and nothing naming a class: the fit said its labelled slices lacked the classes
+    '[]' (the U-Net) or first encoded the slices (few-shot SAM); it says what is wrong, before encoding."""
+    import nibabel as nib
+    import numpy as np
+
+    root = tmp_path / "data"
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for case in ("a", "b", "c"):
+        nib.save(nib.Nifti1Image(rng.random((16, 16, 2)).astype(np.float32), np.eye(4)),
+                 root / "images" / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.uint8), np.eye(4)), root / "labels" / f"{case}.nii.gz")
+    result = run_fewsam("fit", "supervised", "--data", str(root), "--labeled-cases", "1", "--steps", "1",
+                        "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_line_error(result, "hold no class but the background")
+    assert not (tmp_path / "run").exists()

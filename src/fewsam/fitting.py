@@ -83,6 +83,7 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     if not labelled:
         raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
     refuse_constant_images(dataset, labelled)
+    refuse_background_only(dataset, opts.data)
     val_ids = split_cases(dataset, opts.val_split, "--val-split")
     refuse_unlabelled_validation(dataset, val_ids, opts.val_split)
     warn_labelled_validation(labelled, val_ids, opts.val_split)
@@ -93,6 +94,15 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
     return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair,
                       resolve_acceleration(opts.precision, opts.device), opts)
+
+
+def refuse_background_only(dataset: Dataset, data: object) -> None:
+    """Refuse a dataset whose labels name no class but the background (every label file all zeros, no
+    dataset.json or classes.json naming one): there is nothing to learn, and the checks further on would
+    only say that the labelled slices lack an empty list of classes."""
+    if not dataset.class_map.labels:
+        raise DataError(f"the labels of {data} hold no class but the background (every label is all 0); "
+                        "label the structures to segment, or name them in dataset.json or classes.json")
 
 
 def say_unused_model(opts: FitOptions) -> None:
