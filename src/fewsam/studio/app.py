@@ -376,9 +376,7 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
 
     @app.post("/api/predict", status_code=202)
     def start_predict(request: PredictRequest) -> dict[str, Any]:
-        latest = project.latest_run()
-        if latest is None:
-            raise StudioError("no fit has finished yet; fit first, then predict")
+        latest = project.run_to_predict_with()
         spec = {**base_spec(request.cases, request.all_cases), "run": latest["run"], "fit": latest["fit"]}
         if not spec["cases"]:
             raise StudioError("say which cases to predict")

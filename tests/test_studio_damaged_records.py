@@ -1,0 +1,131 @@
+"""fewsam studio when a record of the project is half written or damaged, or a request comes at the wrong
+time: a label save whose labelled.json a full disk refuses, a latest_run.json or an export manifest that
+cannot be read, Resume pressed while a job runs. Each answer says what happened and what to do, and the
+project is left as the user last saw it."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewsam.studio import project as project_module
+from fewsam.studio.project import EXPORT, EXPORT_MANIFEST, LATEST_RUN, STATE
+from test_studio_api import (CASE, H, SLEEPER, W, data, decode, make_client, painted,  # noqa: F401  (data: fixture)
+                             python)
+
+LABEL_FILE = Path("labels") / f"{CASE}.nii.gz"
+
+
+def save(client, label: np.ndarray, z: int, base: str | None):
+    """PUT /api/label as the page sends it: with the revision the slice had when the page loaded it."""
+    params = {"case": CASE, "z": z, "h": H, "w": W, **({"base": base} if base is not None else {})}
+    return client.put("/api/label", params=params, content=label.tobytes(),
+                      headers={"Content-Type": "application/octet-stream"})
+
+
+def loaded(client, z: int) -> dict:
+    return client.get("/api/slice", params={"case": CASE, "z": z}).json()
+
+
+def state_file_on_a_full_disk(monkeypatch) -> None:
+    """labelled.json cannot be written from now on (the label file, written first, still can)."""
+    written = project_module.atomic_write_bytes
+
+    def full_for_the_state(path, content):
+        if Path(path).name == STATE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return written(path, content)
+
+    monkeypatch.setattr(project_module, "atomic_write_bytes", full_for_the_state)
+
+
+# --- a label save is all or nothing ------------------------------------------------------------------------------
+
+def test_a_save_whose_state_file_the_disk_refuses_leaves_the_label_file_as_it_was(monkeypatch, data, tmp_path):
+    """The new pixels stayed in the label file while the slice stayed unmarked, so the page's next Save, sent
+    with the revision it had loaded, was refused as "saved in another tab or window"."""
+    project = tmp_path / "project"
+    with make_client(data, project) as client:
+        assert save(client, painted(), 0, None).status_code == 200
+        before = (project / LABEL_FILE).read_bytes()
+        page = loaded(client, 1)
+        with monkeypatch.context() as patch:
+            state_file_on_a_full_disk(patch)
+            assert save(client, painted((3, 2, 1)), 1, page["revision"]).status_code == 507
+        assert (project / LABEL_FILE).read_bytes() == before
+        again = loaded(client, 1)
+        assert again["revision"] == page["revision"] and not decode(again["label"], "u1", (H, W)).any()
+        response = save(client, painted((3, 2, 1)), 1, page["revision"])
+        assert response.status_code == 200, response.json()
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0, 1]
+    assert [p.name for p in (project / LABEL_FILE).parent.iterdir()] == [LABEL_FILE.name]  # nothing kept aside
+
+
+def test_a_first_save_whose_state_file_the_disk_refuses_leaves_no_label_file(monkeypatch, data, tmp_path):
+    project = tmp_path / "project"
+    with make_client(data, project) as client:
+        state_file_on_a_full_disk(monkeypatch)
+        assert save(client, painted(), 0, loaded(client, 0)["revision"]).status_code == 507
+    assert not (project / "labels").exists() or list((project / "labels").iterdir()) == []
+
+
+# --- damaged records ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, why", [(b'{"fit": "fit-00', "Unterminated string"), (b"\xff\xfe", "codec"),
+                                          (b'["fit-0001"]', "it does not name a fit")])
+def test_predict_with_a_damaged_latest_run_record_names_it_and_what_to_do(data, tmp_path, content, why):
+    """It said "no fit has finished yet; fit first", though one had."""
+    project = tmp_path / "project"
+    with make_client(data, project):  # a project the studio has served
+        pass
+    (project / LATEST_RUN).write_bytes(content)
+    with make_client(data, project, worker_argv=python(SLEEPER)) as client:
+        response = client.post("/api/predict", json={"cases": [CASE]})
+        assert client.get("/api/info").json()["latest_fit"] is None  # browsing goes on without predictions
+    detail = response.json()["detail"]
+    assert response.status_code == 400 and detail.startswith(
+        f"the record of the latest finished fit, {project / LATEST_RUN}, cannot be read ("), detail
+    assert why in detail and detail.endswith("restore it from a backup, or press Fit to fit again (a finished fit "
+                                             "writes it anew), then predict"), detail
+    assert "no fit has finished yet" not in detail
+
+
+def test_predict_without_any_finished_fit_still_says_to_fit_first(data, tmp_path):
+    with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
+        response = client.post("/api/predict", json={"cases": [CASE]})
+    assert response.status_code == 400
+    assert response.json()["detail"] == "no fit has finished yet; fit first, then predict"
+
+
+@pytest.mark.parametrize("manifest", [b"{not json", b'{"data": "x", "cases": [1]}', b"[]"])
+def test_export_over_an_export_whose_manifest_is_damaged_says_so_and_overwrites_nothing(data, tmp_path, manifest):
+    """It refused, listing the earlier export's own label files as files "an export did not write"."""
+    project = tmp_path / "project"
+    with make_client(data, project) as client:
+        assert save(client, painted(), 0, None).status_code == 200
+        assert client.post("/api/export").status_code == 200
+        (project / EXPORT / EXPORT_MANIFEST).write_bytes(manifest)
+        before = {p: p.read_bytes() for p in (project / EXPORT).rglob("*") if p.is_file()}
+        response = client.post("/api/export")
+    detail = response.json()["detail"]
+    assert response.status_code == 409 and detail.startswith(
+        f"the earlier export's manifest {project / EXPORT / EXPORT_MANIFEST} cannot be read ("), detail
+    assert detail.endswith("move the folder away (or delete it if it holds only the earlier export), then export "
+                           "again") and "did not write" not in detail, detail
+    assert {p: p.read_bytes() for p in (project / EXPORT).rglob("*") if p.is_file()} == before
+
+
+# --- Resume while a job runs -------------------------------------------------------------------------------------
+
+def test_resume_while_a_job_runs_is_refused_as_a_conflict_naming_it(data, tmp_path):
+    """It answered 404 "no interrupted fit or prediction ... to resume", as if nothing ran."""
+    with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
+        assert save(client, painted(), 0, None).status_code == 200
+        assert client.post("/api/fit", json={"steps": 80}).status_code == 202
+        response = client.post("/api/job/resume")
+        assert client.get("/api/job").json()["state"] == "running"
+    assert response.status_code == 409 and response.json()["detail"].startswith("a fit is already running (started ")
