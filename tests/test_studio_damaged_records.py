@@ -129,3 +129,84 @@ def test_resume_while_a_job_runs_is_refused_as_a_conflict_naming_it(data, tmp_pa
         response = client.post("/api/job/resume")
         assert client.get("/api/job").json()["state"] == "running"
     assert response.status_code == 409 and response.json()["detail"].startswith("a fit is already running (started ")
+
+
+# --- a restart on a project an interrupted studio left -----------------------------------------------------------
+
+def labelled_project(data: Path, folder: Path) -> Path:
+    """A project with slice 0 of CASE labelled, which a studio has served."""
+    with make_client(data, folder) as client:
+        assert save(client, painted(), 0, None).status_code == 200
+    return folder
+
+
+def test_a_job_folder_left_without_its_job_does_not_hide_the_interrupted_job_before_it(data, tmp_path):
+    """A studio killed between making job-0002 and writing its job.json left an empty folder, read back as the
+    newest job: the interrupted fit in job-0001 was shown as no job at all, and Resume said there was none."""
+    project = labelled_project(data, tmp_path / "project")
+    job = project / "jobs" / "job-0001"
+    job.mkdir(parents=True)
+    (project / "fits" / "fit-0001" / "data").mkdir(parents=True)
+    spec = {"kind": "fit", "fit_dir": str(project / "fits" / "fit-0001"), "project": str(project), "steps": 80,
+            "status": str(job / "status.json")}
+    (job / "job.json").write_text(json.dumps(spec), encoding="utf-8")
+    (job / "status.json").write_text(json.dumps({"state": "interrupted", "phase": "fit"}), encoding="utf-8")
+    (project / "jobs" / "job-0002").mkdir()
+    (project / "jobs" / "job-0002" / ".job.json.0123abcd.tmp").write_text('{"kind', encoding="utf-8")
+    with make_client(data, project, worker_argv=python(SLEEPER)) as client:
+        shown = client.get("/api/job").json()
+        assert (shown["state"], shown["id"], shown["resumable"]) == ("interrupted", "job-0001", True), shown
+        assert client.post("/api/job/resume").status_code == 202
+
+
+def test_temporaries_a_killed_save_left_among_the_labels_are_removed_and_nothing_else(data, tmp_path):
+    project = labelled_project(data, tmp_path / "project")
+    label = (project / LABEL_FILE).read_bytes()
+    leftovers = [project / "labels" / f".{CASE}.nii.gz.{middle}.tmp" for middle in ("previous", "0123abcd")]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a file")
+    (project / "labels" / "notes.txt").write_text("mine", encoding="utf-8")
+    with make_client(data, project) as client:
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert (project / LABEL_FILE).read_bytes() == label
+    assert (project / "labels" / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def folder_at_the_label_file(project: Path) -> Path:
+    (project / LABEL_FILE).unlink()
+    (project / LABEL_FILE).mkdir()
+    return project / LABEL_FILE
+
+
+def file_at(name: str):
+    def put_a_file(project: Path) -> Path:
+        target = project / name
+        if target.is_dir():
+            for path in sorted(target.rglob("*"), reverse=True):
+                path.rmdir() if path.is_dir() else path.unlink()
+            target.rmdir()
+        target.write_text("mine", encoding="utf-8")
+        return target
+    return put_a_file
+
+
+@pytest.mark.parametrize("request_kind, make, kind", [
+    ("save", folder_at_the_label_file, "a folder where the studio writes a file"),
+    ("save", file_at("labels"), "a file where the studio keeps a folder"),
+    ("fit", file_at("jobs"), "a file where the studio keeps a folder"),
+    ("fit", file_at("fits"), "a file where the studio keeps a folder"),
+])
+def test_a_file_or_folder_in_the_way_of_the_studios_writes_is_named_not_a_server_error(data, tmp_path, request_kind,
+                                                                                        make, kind):
+    """Each answered 500 "could not read or write a file ...; check that the project folder is writable"."""
+    project = labelled_project(data, tmp_path / "project")
+    with make_client(data, project, worker_argv=python(SLEEPER)) as client:
+        blocker = make(project)
+        response = client.post("/api/fit", json={"steps": 2}) if request_kind == "fit" else save(client, painted(), 0,
+                                                                                                 None)
+    button = {"save": "Save", "fit": "Fit"}[request_kind]
+    assert response.status_code == 409 and response.json()["detail"] == (
+        f"{blocker} is {kind}; the studio did not put it there: move it out of the project folder, then press "
+        f"{button} again"), response.json()
+    assert blocker.exists()

@@ -143,11 +143,15 @@ class JobRunner:
         """The last job when it did not finish: adopted when its worker still runs after the studio that
         started it was killed (the page shows its progress and no second fit starts on the same run), or
         marked ``interrupted`` when its worker is gone (the studio was stopped while it ran), so that the
-        page says how far it got and offers to resume it instead of forgetting it."""
+        page says how far it got and offers to resume it instead of forgetting it. A job folder without a
+        job.json (a studio killed between making the folder and writing it) is a job that never started,
+        passed over so that it does not hide the job before it."""
         numbers = [int(p.name[4:]) for p in self.folder.glob("job-*") if p.name[4:].isdigit()]
-        if not numbers:
+        started_jobs = [self.folder / f"job-{n:04d}" for n in sorted(numbers, reverse=True)
+                        if (self.folder / f"job-{n:04d}" / "job.json").exists()]
+        if not started_jobs:
             return None
-        folder = self.folder / f"job-{max(numbers):04d}"
+        folder = started_jobs[0]
         spec, record = _read_json(folder / "job.json"), _read_json(folder / "status.json") or {}
         if not is_job_spec(spec):
             return None

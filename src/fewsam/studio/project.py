@@ -174,8 +174,8 @@ def previous_file_kept(path: Path) -> Iterator[None]:
     except BaseException:
         if had:
             os.replace(kept, path)
-        else:
-            path.unlink(missing_ok=True)
+        elif path.is_file():  # written by the block; a folder in its place is someone's, and the error says so
+            path.unlink()
         raise
     if had:
         kept.unlink(missing_ok=True)
