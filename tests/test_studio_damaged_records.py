@@ -45,9 +45,21 @@ def state_file_on_a_full_disk(monkeypatch) -> None:
 
 # --- a label save is all or nothing ------------------------------------------------------------------------------
 
-def test_a_save_whose_state_file_the_disk_refuses_leaves_the_label_file_as_it_was(monkeypatch, data, tmp_path):
+def without_hard_links(monkeypatch) -> None:
+    """A file system without hard links (FAT, some network shares)."""
+    def refused(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(project_module.os, "link", refused)
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_save_whose_state_file_the_disk_refuses_leaves_the_label_file_as_it_was(monkeypatch, data, tmp_path,
+                                                                                  hard_links):
     """The new pixels stayed in the label file while the slice stayed unmarked, so the page's next Save, sent
     with the revision it had loaded, was refused as "saved in another tab or window"."""
+    if not hard_links:
+        without_hard_links(monkeypatch)
     project = tmp_path / "project"
     with make_client(data, project) as client:
         assert save(client, painted(), 0, None).status_code == 200
@@ -71,6 +83,26 @@ def test_a_first_save_whose_state_file_the_disk_refuses_leaves_no_label_file(mon
         state_file_on_a_full_disk(monkeypatch)
         assert save(client, painted(), 0, loaded(client, 0)["revision"]).status_code == 507
     assert not (project / "labels").exists() or list((project / "labels").iterdir()) == []
+
+
+def test_a_save_whose_old_label_file_a_full_disk_cannot_copy_aside_changes_nothing(monkeypatch, data, tmp_path):
+    """Without hard links the old label file is copied aside first; a disk too full for that copy refuses the save
+    before anything is written, and leaves no part of the copy."""
+    project = tmp_path / "project"
+    with make_client(data, project) as client:
+        assert save(client, painted(), 0, None).status_code == 200
+        before = (project / LABEL_FILE).read_bytes()
+        without_hard_links(monkeypatch)
+
+        def full(source, target):
+            Path(target).write_bytes(b"part of a copy")
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+        monkeypatch.setattr(project_module.shutil, "copy2", full)
+        assert save(client, painted((3, 2, 1)), 1, loaded(client, 1)["revision"]).status_code == 507
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+    assert (project / LABEL_FILE).read_bytes() == before
+    assert [p.name for p in (project / LABEL_FILE).parent.iterdir()] == [LABEL_FILE.name]
 
 
 # --- damaged records ---------------------------------------------------------------------------------------------

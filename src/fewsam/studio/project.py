@@ -164,11 +164,7 @@ def previous_file_kept(path: Path) -> Iterator[None]:
     kept = path.with_name(f".{path.name}.previous{TEMPORARY_SUFFIX}")
     had = path.is_file()
     if had:
-        kept.unlink(missing_ok=True)
-        try:
-            os.link(path, kept)
-        except OSError:  # no hard links here (FAT, some network shares)
-            shutil.copy2(path, kept)
+        keep_aside(path, kept)
     try:
         yield
     except BaseException:
@@ -179,6 +175,20 @@ def previous_file_kept(path: Path) -> Iterator[None]:
         raise
     if had:
         kept.unlink(missing_ok=True)
+
+
+def keep_aside(path: Path, kept: Path) -> None:
+    """``kept`` becomes a hard link to ``path``, or a copy of it where the file system has no links (FAT,
+    some network shares); a copy the disk cannot hold is removed, and its error raised."""
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(path, kept)
+    except OSError:
+        try:
+            shutil.copy2(path, kept)
+        except BaseException:
+            kept.unlink(missing_ok=True)
+            raise
 
 
 def remove_label_leftovers(labels: Path) -> None:
