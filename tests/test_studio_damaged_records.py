@@ -205,6 +205,16 @@ def test_temporaries_a_killed_save_left_among_the_labels_are_removed_and_nothing
     assert (project / "labels" / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
+def test_a_studio_that_is_not_serving_leaves_the_temporaries_of_the_one_that_is(data, tmp_path):
+    """A second studio on a project opens it before the project lock refuses it: removing temporaries then
+    would pull a half-written label file, or the previous one kept aside, from under the serving studio."""
+    project = labelled_project(data, tmp_path / "project")
+    in_use = project / "labels" / f".{CASE}.nii.gz.0123abcd.tmp"
+    in_use.write_bytes(b"being written")
+    make_client(data, project)  # made, never served (not entered)
+    assert in_use.read_bytes() == b"being written"
+
+
 def folder_at_the_label_file(project: Path) -> Path:
     (project / LABEL_FILE).unlink()
     (project / LABEL_FILE).mkdir()

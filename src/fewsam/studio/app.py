@@ -51,7 +51,7 @@ from fewsam.errors import FewsamError, disk_full_message, is_disk_full, is_out_o
 from fewsam.studio.errors import (StudioError, again, for_the_page, request_memory_message, status_of,
                                   studio_folders)
 from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
-from fewsam.studio.project import FITS, JOBS, LOG, Project
+from fewsam.studio.project import FITS, JOBS, LOG, Project, remove_label_leftovers
 from fewsam.studio.security import BodyCap, Guard
 
 STATIC = Path(__file__).parent / "static"
@@ -152,6 +152,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log(f"studio started on {settings.host}:{settings.port} for {project.data}")
+        remove_label_leftovers(project.labels_dir)  # served now: the project lock is held (``one_studio``)
         yield
         runner.stop()
         log("studio stopped")

@@ -193,8 +193,8 @@ def keep_aside(path: Path, kept: Path) -> None:
 
 def remove_label_leftovers(labels: Path) -> None:
     """The temporaries a studio killed while saving left in PROJECT/labels (``atomic_write``'s half-written
-    files, ``previous_file_kept``'s links): only the one studio on a project writes there (``one_studio``),
-    so none is in use when it starts."""
+    files, ``previous_file_kept``'s links). Only the one studio serving a project writes there: called once
+    it serves (``one_studio`` is held), none is in use; a second studio, refused, must not call it."""
     if labels.is_dir():
         for leftover in stale_temporaries(labels):
             leftover.unlink(missing_ok=True)
@@ -255,7 +255,6 @@ class Project:
         self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
         self.moved_from: Path | None = None  # the dataset's folder when the labels were made, if it moved since
         self._labelled = self._read_state()
-        remove_label_leftovers(self.labels_dir)
         if self.moved_from is not None:
             self._write_state()  # the labels now belong to this folder
 
