@@ -27,6 +27,7 @@ values. ``Guard`` enforces the binding's rules on every request (see ``security.
 from __future__ import annotations
 
 import base64
+import errno
 import shutil
 import threading
 import time
@@ -47,9 +48,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fewsam.config import DEFAULT_CACHE
 from fewsam.errors import FewsamError, disk_full_message, is_disk_full, is_out_of_memory
-from fewsam.studio.errors import StudioError, for_the_page, request_memory_message, status_of, studio_folders
+from fewsam.studio.errors import (StudioError, again, for_the_page, request_memory_message, status_of,
+                                  studio_folders)
 from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
-from fewsam.studio.project import FITS, JOBS, LOG, Project
+from fewsam.studio.project import FITS, JOBS, LOG, Project, remove_label_leftovers
 from fewsam.studio.security import BodyCap, Guard
 
 STATIC = Path(__file__).parent / "static"
@@ -150,6 +152,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log(f"studio started on {settings.host}:{settings.port} for {project.data}")
+        remove_label_leftovers(project.labels_dir)  # served now: the project lock is held (``one_studio``)
         yield
         runner.stop()
         log("studio stopped")
@@ -189,7 +192,11 @@ def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
     @app.exception_handler(OSError)
     async def os_error(request: Request, exc: OSError) -> JSONResponse:
         log(f"{request.method} {request.url.path} failed: {exc}")
-        return JSONResponse({"detail": os_error_message(exc, app.state.project.folder, request_kind(request))},
+        folder, kind = app.state.project.folder, request_kind(request)
+        blocker = in_the_way(exc, folder)
+        if blocker is not None:
+            return JSONResponse({"detail": in_the_way_message(blocker, kind)}, status_code=409)
+        return JSONResponse({"detail": os_error_message(exc, folder, kind)},
                             status_code=507 if is_disk_full(exc) else 500)
 
     @app.exception_handler(Exception)
@@ -247,6 +254,30 @@ REQUEST_KINDS = {("PUT", "/api/label"): "save", ("DELETE", "/api/label"): "unmar
 def request_kind(request: Request) -> str:
     """What a request does (``REQUEST_KINDS``), or "request" for one no button sends again."""
     return REQUEST_KINDS.get((request.method, request.url.path), "request")
+
+
+def in_the_way(exc: OSError, project: Path) -> Path | None:
+    """The file or folder in the project folder standing where the studio writes the other kind, when that is
+    why ``exc`` was raised: a folder where a label file goes (EISDIR), a file where a folder of the studio's
+    goes (labels/, jobs/, fits/: ENOTDIR, or EEXIST from making it). Such a thing is no studio's doing, and
+    neither "writable" nor a server error says so; None for any other error."""
+    if exc.errno not in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        return None
+    for name in (exc.filename2, exc.filename):  # os.replace(temporary, target) names the target second
+        if not isinstance(name, str):
+            continue
+        existing = next((p for p in (Path(name), *Path(name).parents) if p.exists()), None)
+        if existing is None or existing == project or project not in existing.parents:
+            continue
+        if existing.is_dir() == (exc.errno == errno.EISDIR):
+            return existing
+    return None
+
+
+def in_the_way_message(blocker: Path, kind: str) -> str:
+    """What to do about a file or folder in the way (``in_the_way``)."""
+    what = "a folder where the studio writes a file" if blocker.is_dir() else "a file where the studio keeps a folder"
+    return f"{blocker} is {what}; the studio did not put it there: move it out of the project folder, {again(kind)}"
 
 
 def os_error_message(exc: OSError, project: Path, kind: str = "request") -> str:
@@ -376,9 +407,7 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
 
     @app.post("/api/predict", status_code=202)
     def start_predict(request: PredictRequest) -> dict[str, Any]:
-        latest = project.latest_run()
-        if latest is None:
-            raise StudioError("no fit has finished yet; fit first, then predict")
+        latest = project.run_to_predict_with()
         spec = {**base_spec(request.cases, request.all_cases), "run": latest["run"], "fit": latest["fit"]}
         if not spec["cases"]:
             raise StudioError("say which cases to predict")

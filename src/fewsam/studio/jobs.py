@@ -143,11 +143,15 @@ class JobRunner:
         """The last job when it did not finish: adopted when its worker still runs after the studio that
         started it was killed (the page shows its progress and no second fit starts on the same run), or
         marked ``interrupted`` when its worker is gone (the studio was stopped while it ran), so that the
-        page says how far it got and offers to resume it instead of forgetting it."""
+        page says how far it got and offers to resume it instead of forgetting it. A job folder without a
+        job.json (a studio killed between making the folder and writing it) is a job that never started,
+        passed over so that it does not hide the job before it."""
         numbers = [int(p.name[4:]) for p in self.folder.glob("job-*") if p.name[4:].isdigit()]
-        if not numbers:
+        started_jobs = [self.folder / f"job-{n:04d}" for n in sorted(numbers, reverse=True)
+                        if (self.folder / f"job-{n:04d}" / "job.json").exists()]
+        if not started_jobs:
             return None
-        folder = self.folder / f"job-{max(numbers):04d}"
+        folder = started_jobs[0]
         spec, record = _read_json(folder / "job.json"), _read_json(folder / "status.json") or {}
         if not is_job_spec(spec):
             return None
@@ -172,11 +176,7 @@ class JobRunner:
         """Start a worker, or refuse with Conflict while one runs. ``prepare`` (run under the same lock,
         so two requests cannot both pass the check) returns more of the spec, e.g. the fit's data."""
         with self._lock:
-            if self.running():
-                assert self.job is not None
-                raise Conflict(f"a {self.job.kind} is already running (started "
-                               f"{time.strftime('%H:%M:%S', time.localtime(self.job.started))}); wait until it "
-                               "finishes, then try again")
+            self._refuse_while_running()
             spec = {**spec, **(prepare() if prepare else {})}
             folder = self._new_folder()
             try:
@@ -193,6 +193,14 @@ class JobRunner:
                 raise
             self.job = Job(folder.name, kind, folder, process, spec)
             return self.job
+
+    def _refuse_while_running(self) -> None:
+        """Conflict (409) while a job runs: one job at a time."""
+        if self.running():
+            assert self.job is not None
+            raise Conflict(f"a {self.job.kind} is already running (started "
+                           f"{time.strftime('%H:%M:%S', time.localtime(self.job.started))}); wait until it "
+                           "finishes, then try again")
 
     def _new_folder(self) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -255,7 +263,9 @@ class JobRunner:
     def resume(self, settings: dict[str, Any]) -> Job:
         """Start the interrupted job again on its own spec (the cases it was given; a fit its fit folder,
         whose run goes on from its last checkpoint, on the slices labelled when it started), with this
-        studio's ``settings`` (device, cache, precision). Refused when no job is interrupted."""
+        studio's ``settings`` (device, cache, precision). Refused while a job runs (Conflict, as a second Fit
+        is: "nothing to resume" would hide the running job), and when no job is interrupted."""
+        self._refuse_while_running()
         job = self.job
         failed = job is not None and not job.interrupted and self.status()["state"] == "failed"
         if job is None or not (job.interrupted or (failed and resumable_after_failing(job))):

@@ -18,7 +18,8 @@ Everything the studio writes goes here, never into the dataset (which it only re
 
 Every file is written atomically (``fewsam.atomic``): a crash leaves the old or the new file.
 A slice's label is written before the slice is marked labelled, so a crash between the two
-leaves an unmarked slice, never a marked slice without its label.
+leaves an unmarked slice, never a marked slice without its label; a save whose marking fails (a
+full disk) puts the previous label file back, so the page's revision of the slice stays the saved one.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from fewsam.atomic import LockHeld, atomic_write_bytes, check_folder_path, take_lock_file
+from fewsam.atomic import (TEMPORARY_SUFFIX, LockHeld, atomic_write_bytes, check_folder_path, stale_temporaries,
+                           take_lock_file)
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
@@ -147,6 +149,61 @@ def slice_revision(label: np.ndarray) -> str:
     since replaced, is refused instead of silently replacing that work. (Marking and unmarking leave
     the pixels, and so the revision, as they are: they lose nothing.)"""
     return hashlib.sha256(np.ascontiguousarray(label, np.uint8).tobytes()).hexdigest()[:16]
+
+
+@contextmanager
+def previous_file_kept(path: Path) -> Iterator[None]:
+    """Put ``path`` back as it was (or remove it, if it was not there) when the block fails: a label save
+    writes the case's label file, then marks the slice in PROJECT/labelled.json, and a state file that
+    cannot be written (a full disk) must not leave the new pixels in the label file. The page still holds
+    the old version's revision; the new pixels would refuse its next Save as "saved in another tab".
+
+    The old file is kept as a hard link, which needs no space on a full disk (a copy where the file system
+    has no links); putting it back is a rename. A crash inside the block leaves the link behind, beside the
+    new file, as a temporary the next studio removes (``remove_label_leftovers``)."""
+    kept = path.with_name(f".{path.name}.previous{TEMPORARY_SUFFIX}")
+    had = path.is_file()
+    if had:
+        keep_aside(path, kept)
+    try:
+        yield
+    except BaseException:
+        if had:
+            os.replace(kept, path)
+        elif path.is_file():  # written by the block; a folder in its place is someone's, and the error says so
+            path.unlink()
+        raise
+    if had:
+        kept.unlink(missing_ok=True)
+
+
+def keep_aside(path: Path, kept: Path) -> None:
+    """``kept`` becomes a hard link to ``path``, or a copy of it where the file system has no links (FAT,
+    some network shares); a copy the disk cannot hold is removed, and its error raised."""
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(path, kept)
+    except OSError:
+        try:
+            shutil.copy2(path, kept)
+        except BaseException:
+            kept.unlink(missing_ok=True)
+            raise
+
+
+def remove_label_leftovers(labels: Path) -> None:
+    """The temporaries a studio killed while saving left in PROJECT/labels (``atomic_write``'s half-written
+    files, ``previous_file_kept``'s links). Only the one studio serving a project writes there: called once
+    it serves (``one_studio`` is held), none is in use; a second studio, refused, must not call it."""
+    if labels.is_dir():
+        for leftover in stale_temporaries(labels):
+            leftover.unlink(missing_ok=True)
+
+
+def unreadable_run_record(path: Path, why: str) -> str:
+    """What a damaged PROJECT/latest_run.json means and what to do: the worker writes it when a fit finishes."""
+    return (f"the record of the latest finished fit, {path}, cannot be read ({why}); restore it from a backup, or "
+            "press Fit to fit again (a finished fit writes it anew), then predict")
 
 
 def is_run_record(record: object) -> bool:
@@ -430,8 +487,9 @@ class Project:
                 raise StudioError(f"a label of shape {label.shape} does not fit slice {z} of {case_id} "
                                   f"{volume.shape[1:]}; predict this case again")
             volume[z] = label
-            write_prediction(case, volume, self.labels_dir)
-            self._mark(case_id, z, True)
+            with previous_file_kept(prediction_path(case, self.labels_dir)):
+                write_prediction(case, volume, self.labels_dir)
+                self._mark(case_id, z, True)
         return slice_revision(label)
 
     def unmark(self, case_id: str, z: int) -> None:
@@ -472,15 +530,33 @@ class Project:
     # --- fits and predictions ----------------------------------------------------------------
 
     def latest_run(self) -> dict[str, Any] | None:
-        """PROJECT/latest_run.json: the newest fit that finished, or None."""
+        """PROJECT/latest_run.json: the newest fit that finished, or None (none has, or its record cannot be
+        read: browsing goes on without predictions, and ``run_to_predict_with`` says which)."""
+        try:
+            return self._read_latest_run()
+        except StudioError:
+            return None
+
+    def run_to_predict_with(self) -> dict[str, Any]:
+        """The newest finished fit, for Predict; refused as never made, or as a record that cannot be read
+        (named, with what to do: "no fit has finished yet" would send the user to fit what they have fitted)."""
+        record = self._read_latest_run()
+        if record is None:
+            raise StudioError("no fit has finished yet; fit first, then predict")
+        return record
+
+    def _read_latest_run(self) -> dict[str, Any] | None:
+        """PROJECT/latest_run.json, None when there is none, StudioError when it cannot be read."""
         path = self.folder / LATEST_RUN
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             return None
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return record if is_run_record(record) else None
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise StudioError(unreadable_run_record(path, str(err))) from None
+        if not is_run_record(record):
+            raise StudioError(unreadable_run_record(path, 'it does not name a fit as {"fit": ..., "run": ...}'))
+        return record
 
     def prediction_file(self, fit: str, case_id: str) -> Path:
         return self.folder / PREDICTIONS / fit / f"{case_key(case_id)}.npz"
@@ -649,17 +725,27 @@ class Project:
         return index_with_masks(labels) if index_with_masks is not None else None
 
 
+class UnreadableManifest(Exception):
+    """An earlier export's labelled_slices.json that cannot be read; the text says why."""
+
+
 def exported_files(folder: Path) -> set[str]:
     """The files a previous export wrote in ``folder`` (posix paths relative to it), from its manifest;
-    empty when there is no readable manifest."""
+    empty when there is no manifest, UnreadableManifest when it cannot be read (damaged, edited by hand)."""
+    path = folder / EXPORT_MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return set()
     try:
-        manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
         index = [str(manifest["index"])] if manifest.get("index") else []
         cases = manifest["cases"].values()
         return {EXPORT_MANIFEST, *index, *(str(entry["file"]) for entry in cases),
                 *(str(rel) for entry in cases for rel in entry.get("blank", []))}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return set()
+    except (OSError, ValueError) as err:
+        raise UnreadableManifest(str(err)) from None
+    except (KeyError, TypeError, AttributeError) as err:
+        raise UnreadableManifest(f"it does not list the exported cases and their files: "
+                                 f"{type(err).__name__}: {err}") from None
 
 
 def check_export_target(target: Path) -> None:
@@ -669,7 +755,13 @@ def check_export_target(target: Path) -> None:
         return
     if target.is_symlink() or not target.is_dir():
         raise Conflict(f"{target} is not a folder an export wrote; move it away, then export again")
-    ours = exported_files(target)
+    try:
+        ours = exported_files(target)
+    except UnreadableManifest as err:
+        raise Conflict(f"the earlier export's manifest {target / EXPORT_MANIFEST} cannot be read ({err}), so the "
+                       f"files that export wrote in {target} cannot be told from any of yours, and the export "
+                       "replaces that folder whole; move the folder away (or delete it if it holds only the "
+                       "earlier export), then export again") from None
     foreign = sorted(p.relative_to(target).as_posix() for p in target.rglob("*")
                      if not p.is_dir() or p.is_symlink())
     foreign = [name for name in foreign if name not in ours]
