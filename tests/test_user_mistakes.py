@@ -155,3 +155,18 @@ def test_labels_of_background_alone_are_refused_before_any_work(tmp_path):
                         "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert_one_line_error(result, "hold no class but the background")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command, lock", [(("fit", "supervised", "--data", "data", "--labeled-cases", "1", "--steps", "1",
+                                             "--out", "run"), "run/.lock"),
+                                           (("studio", "--data", "data", "--project", "project", "--port", "8779"),
+                                            "project/studio.lock")])
+def test_a_folder_in_place_of_a_lock_file_is_named_not_a_traceback(tmp_path, command, lock):
+    """A run's or a studio project's lock file is fewsam's; a folder of that name (made by hand or by a sync
+    tool) ended the fit or the studio in IsADirectoryError's traceback."""
+    from fewsam.data.phantom import write_phantom_dataset
+
+    write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2)
+    (tmp_path / lock).mkdir(parents=True)
+    result = run_fewsam(*command, cwd=tmp_path)
+    assert_one_line_error(result, f"{lock} is a folder where fewsam keeps a lock file; move it away")

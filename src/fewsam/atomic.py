@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from fewsam.errors import FewsamError
+
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 TEMPORARY_SUFFIX = ".tmp"
@@ -132,7 +134,7 @@ def take_lock_file(path: Path) -> tuple[int, int | None]:
     lock another process holds refuses (``LockHeld``): a file system without locks (an NFS mount
     without its lock service) answers with another error, and taking that for "in use" would refuse
     the folder for good, so (descriptor, errno) comes back and the caller goes on unlocked, saying so."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -141,6 +143,18 @@ def take_lock_file(path: Path) -> tuple[int, int | None]:
         os.close(fd)
         raise LockHeld(str(path)) from None
     return fd, None
+
+
+def _open_lock_file(path: Path) -> int:
+    """The lock file's descriptor; a folder or an unwritable file in its place is the user's to move, said
+    in one line (a run's or a project's lock is a file fewsam makes, so only a person puts one there)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except IsADirectoryError:
+        raise FewsamError(f"{path} is a folder where fewsam keeps a lock file; move it away and try again") from None
+    except PermissionError as err:
+        raise FewsamError(f"cannot open the lock file {path} ({err.strerror}); make it and its folder writable, "
+                          "or choose another folder") from None
 
 
 def stale_temporaries(folder: str | Path) -> Iterator[Path]:
