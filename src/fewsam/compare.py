@@ -130,6 +130,7 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     refuse_one_file_twice(a, b)
     eval_a, eval_b = read_evaluation(a), read_evaluation(b)
     check_same_classes(eval_a, eval_b, a, b)
+    check_same_labels(eval_a, eval_b, a, b)
     check_same_distance_unit(eval_a, eval_b, metric, a, b)
     score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
     cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
@@ -225,6 +226,20 @@ def check_same_classes(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | 
     if set(classes_a) != set(classes_b):
         raise DataError(f"{a} scores classes {', '.join(classes_a) or 'none'} but {b} scores "
                         f"{', '.join(classes_b) or 'none'}; compare evaluations of the same data")
+
+
+def check_same_labels(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | Path, b: str | Path) -> None:
+    """Refuse to pair a case scored against other labels in the two evaluations (``label_sha256`` of
+    its records; evaluations written before it was recorded pass): two datasets that name their cases
+    alike (phantom_000, case_001) or labels corrected in between would be tested as one set of cases."""
+    labels_b = {case["case"]: case.get("label_sha256") for case in eval_b["cases"]}
+    shared = [case for case in eval_a["cases"] if case["case"] in labels_b]
+    differ = [case["case"] for case in shared
+              if case.get("label_sha256") and labels_b[case["case"]] and case["label_sha256"] != labels_b[case["case"]]]
+    if differ:
+        raise DataError(f"{a} and {b} scored case {differ[0]!r} against different labels ({len(differ)} of the "
+                        f"{len(shared)} cases they share): evaluations of different datasets, or labels changed in "
+                        "between; compare evaluations of the same data")
 
 
 DISTANCES = ("hd95", "asd")  # the metrics measured in the evaluation's distance unit
