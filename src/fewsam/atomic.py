@@ -2,10 +2,11 @@
 
 A kill at any moment leaves either the old file or the new one, never half of one. Every writer
 in fewsam (cache entries, checkpoints, run configs, predictions) goes through here. A kill can
-leave the temporary file behind (``.NAME.RANDOM.tmp``); ``stale_temporaries`` finds them so
-that whoever owns the folder can clear them. Ctrl-C and SIGTERM are held while a file is written
-and acted on once it is in place: a Python handler that raises inside a writer (torch's zip
-writer, for one) would otherwise end in the writer's own error instead of the stop it asked for.
+leave the temporary file behind (``.NAME.RANDOM.tmp``, a long NAME cut short: ``hidden_name``);
+``stale_temporaries`` finds them so that whoever owns the folder can clear them. Ctrl-C and
+SIGTERM are held while a file is written and acted on once it is in place: a Python handler that
+raises inside a writer (torch's zip writer, for one) would otherwise end in the writer's own error
+instead of the stop it asked for.
 """
 
 from __future__ import annotations
