@@ -231,3 +231,14 @@ def test_cases_of_one_name_scored_against_other_labels_are_not_paired(tmp_path):
     assert compare_runs(evaluations["first"], evaluations["again"])["n_cases"] == 2
     with pytest.raises(DataError, match="scored case 'img/a' against different labels \\(2 of the 2 cases"):
         compare_runs(evaluations["first"], evaluations["other"])
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_an_evaluation_saved_again_by_a_windows_editor_is_read(tmp_path, encoding):
+    """An evaluation JSON opened and saved in Notepad (a byte-order mark, or UTF-16) was "cannot read"."""
+    from fewsam.compare import read_evaluation
+
+    evaluation = {"cases": [{"case": "a", "per_class": {"LV": {"dice": 0.5}}}]}
+    path = tmp_path / "eval.json"
+    path.write_bytes(json.dumps(evaluation).encode(encoding))
+    assert read_evaluation(path) == evaluation

@@ -18,6 +18,7 @@ from typing import Any
 from fewsam.config import checked_arguments
 from fewsam.errors import DataError
 from fewsam.metrics import CI_METRICS, METRICS, wilcoxon_compare
+from fewsam.runs import edited_text
 
 
 SUMMARY_KEYS = ("n_cases", "mean", "per_class")  # what a report reads beside the per-case records
@@ -29,7 +30,7 @@ def read_evaluation(path: str | Path, summary: bool = False) -> dict[str, Any]:
     instead of failing half-way through a comparison or a report."""
     path = Path(path)
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(edited_text(path))  # a byte-order mark or UTF-16 of an editor that saved it is fine
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read evaluation {path}: {err}; write it with `fewsam evaluate --json`") from None
     if not isinstance(result, dict) or not isinstance(result.get("cases"), list):

@@ -356,9 +356,10 @@ def _parsed_config(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]
 
 
 def edited_text(path: Path) -> str:
-    """config.json's text as fewsam wrote it (UTF-8) or as an editor saved it after a change by hand (a
-    data folder that moved): with a byte-order mark (Windows Notepad) or in UTF-16 ("Unicode"). Read as
-    plain UTF-8, either was called corrupt, with the advice to delete the run and fit it again."""
+    """A JSON file's text as fewsam wrote it (UTF-8) or as an editor saved it after a change by hand
+    (config.json's data folder that moved, an evaluation opened and saved): with a byte-order mark
+    (Windows Notepad) or in UTF-16 ("Unicode"). Read as plain UTF-8, either was called corrupt (a run
+    with the advice to delete it and fit it again)."""
     data = path.read_bytes()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16")
