@@ -154,3 +154,10 @@ def test_semi_supervised_methods_share_one_pool_definition():
             assert mine[field_name].default == f.default, (name, field_name)
             assert mine[field_name].metadata == f.metadata, (name, field_name)
         assert fit_command_defaults(name)["unlabeled_split"] is None
+
+
+@pytest.mark.parametrize("field", ["tokens_per_class", "steps", "batch_size"])
+def test_a_whole_number_numpy_cannot_hold_is_refused_by_name(field):
+    """--tokens-per-class 99999999999999999999 passed every limit and ended in numpy's OverflowError."""
+    with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be at most 9223372036854775807"):
+        FewShotConfig(**{field: 10**20})

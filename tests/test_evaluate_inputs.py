@@ -211,3 +211,34 @@ def test_a_prediction_read_back_is_called_a_prediction_in_its_errors(tmp_path):
     nib.save(nib.Nifti1Image(blurred, label.affine), tmp_path / "pred" / f"{case.case_id}.nii.gz")
     with pytest.raises(DataError, match=r"the prediction holds non-integer values .*predictions must be class"):
         read_prediction(case, tmp_path / "pred")
+
+
+def test_cases_of_one_name_scored_against_other_labels_are_not_paired(tmp_path):
+    """Two datasets naming their cases alike (or labels corrected in between): compare refuses to
+    test them as one set of cases, and pairs evaluations of the same labels as before."""
+    from fewsam.compare import compare_runs
+
+    label = np.zeros((16, 16), np.uint8)
+    label[4:12, 4:12] = 1
+    other = label.copy()
+    other[4:8] = 0
+    evaluations = {}
+    for name, mask in (("first", label), ("again", label), ("other", other)):
+        cases = {cid: ({"site": "x"}, label) for cid in ("a", "b")}
+        root, pred = write_png_cases(tmp_path / name, mask, cases)
+        evaluations[name] = tmp_path / f"{name}.json"
+        evaluations[name].write_text(json.dumps(evaluate(pred, root, "test", show_progress=False)), encoding="utf-8")
+    assert compare_runs(evaluations["first"], evaluations["again"])["n_cases"] == 2
+    with pytest.raises(DataError, match="scored case 'img/a' against different labels \\(2 of the 2 cases"):
+        compare_runs(evaluations["first"], evaluations["other"])
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_an_evaluation_saved_again_by_a_windows_editor_is_read(tmp_path, encoding):
+    """An evaluation JSON opened and saved in Notepad (a byte-order mark, or UTF-16) was "cannot read"."""
+    from fewsam.compare import read_evaluation
+
+    evaluation = {"cases": [{"case": "a", "per_class": {"LV": {"dice": 0.5}}}]}
+    path = tmp_path / "eval.json"
+    path.write_bytes(json.dumps(evaluation).encode(encoding))
+    assert read_evaluation(path) == evaluation

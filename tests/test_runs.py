@@ -70,3 +70,16 @@ def test_a_run_older_than_an_option_resumes_with_its_default_and_not_with_anothe
     changed_old_option = {**now, "samatch": {"steps": 800, "patience": 0}}
     with pytest.raises(RunError, match="samatch.steps: 1000 -> 800"):
         prepare_run_dir(tmp_path / "run", changed_old_option, defaults)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_config_saved_by_a_windows_editor_is_read_and_not_called_corrupt(tmp_path, encoding):
+    """config.json may be edited by hand (a data folder that moved); Notepad adds a byte-order mark or
+    saves UTF-16, and the run was then called corrupt, with the advice to delete it and fit again."""
+    config = {"method": "fewshot", "data": "D:\\données\\acdc", "seed": 0}
+    run, resumed = prepare_run_dir(tmp_path / "run", config)
+    assert not resumed
+    text = (run / "config.json").read_text(encoding="utf-8").replace("\n", "\r\n")
+    (run / "config.json").write_bytes(text.encode(encoding))
+    assert read_config(run).items() >= config.items()
+    assert prepare_run_dir(run, config)[1]

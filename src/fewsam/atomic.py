@@ -2,10 +2,11 @@
 
 A kill at any moment leaves either the old file or the new one, never half of one. Every writer
 in fewsam (cache entries, checkpoints, run configs, predictions) goes through here. A kill can
-leave the temporary file behind (``.NAME.RANDOM.tmp``); ``stale_temporaries`` finds them so
-that whoever owns the folder can clear them. Ctrl-C and SIGTERM are held while a file is written
-and acted on once it is in place: a Python handler that raises inside a writer (torch's zip
-writer, for one) would otherwise end in the writer's own error instead of the stop it asked for.
+leave the temporary file behind (``.NAME.RANDOM.tmp``, a long NAME cut short: ``hidden_name``);
+``stale_temporaries`` finds them so that whoever owns the folder can clear them. Ctrl-C and
+SIGTERM are held while a file is written and acted on once it is in place: a Python handler that
+raises inside a writer (torch's zip writer, for one) would otherwise end in the writer's own error
+instead of the stop it asked for.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
     shared cache or run folder stay readable to the group when the umask says so (``mkstemp``
     would make every one of them private, 0o600)."""
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        tmp = path.parent / hidden_name(path.name, f".{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
@@ -173,9 +174,7 @@ def check_folder_path(path: Path, option: str, error: type[Exception] | None = N
     from fewsam.errors import RunError
 
     error = error or RunError
-    if path.is_symlink() and not path.exists():  # nothing could be made there: mkdir and rename both fail
-        raise error(f"{option} {path} is a link to {os.readlink(path)}, which does not exist; create that folder "
-                    f"or give another {option}")
+    check_path_can_be_made(path, option, error, "folder")
     if path.exists() and not path.is_dir():
         raise error(f"{option} {path} is a file; give a folder path")
     existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
@@ -183,6 +182,71 @@ def check_folder_path(path: Path, option: str, error: type[Exception] | None = N
         raise error(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise error(f"{option} {path}: {existing} is read-only; give a writable {option} folder")
+
+
+DEFAULT_NAME_MAX = 255  # bytes in one file name on ext4, XFS, APFS and NTFS alike
+
+
+def check_path_can_be_made(path: Path, option: str, error: type[Exception], kind: str) -> None:
+    """Refuse an output path (a ``kind``, "folder" or "file") the file system cannot hold, before any
+    work is done: a link on its way that leads nowhere (or back to itself), where mkdir fails with
+    "File exists", a path lookup with a RuntimeError and a file written there replaces the link; or a
+    name longer than the file system allows, where every look at the path fails. Walked from the
+    root down, as a name too long cannot even be looked up."""
+    absolute = path.absolute()
+    place = Path(absolute.anchor)
+    parts = absolute.parts[1:]
+    for i, part in enumerate(parts):
+        limit = name_limit(place)
+        place = place / part
+        _check_name_lengths((part,), limit, path, option, error)
+        if place.is_symlink() and not place.exists():
+            fix = f"create that {kind}" if place == absolute and kind == "folder" else "fix the link"
+            raise error(f"{option} {path}{'' if place == absolute else f': {place}'} is a link to "
+                        f"{os.readlink(place)}, {_why_broken(place)}; {fix} or give another {option}")
+        if not place.is_dir():  # a file (the caller says so) or not made yet: what follows is made here
+            _check_name_lengths(parts[i + 1:], limit, path, option, error)
+            return
+
+
+def _check_name_lengths(parts: tuple[str, ...], limit: int, path: Path, option: str,
+                        error: type[Exception]) -> None:
+    """The names still to be made below the last existing folder, against that folder's limit."""
+    too_long = next((part for part in parts if len(os.fsencode(part)) > limit), None)
+    if too_long is not None:
+        raise error(f"{option} {path}: the name {_shortened(too_long)!r} is {len(os.fsencode(too_long))} bytes, "
+                    f"longer than the {limit} this file system allows in one name; give a shorter {option}")
+
+
+def _why_broken(link: Path) -> str:
+    """What is wrong with a link that leads to nothing: its target is missing, or links lead in a loop."""
+    try:
+        os.stat(link)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "which leads back to itself (a loop of links)"
+    return "which does not exist"
+
+
+def _shortened(name: str) -> str:
+    return name if len(name) <= 40 else f"{name[:37]}..."
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name, in bytes, that the file system of ``folder`` holds."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer: the common limit
+        return DEFAULT_NAME_MAX
+
+
+HIDDEN_NAME_KEPT = 64  # characters of a target's name kept in its temporary's name
+
+
+def hidden_name(name: str, suffix: str) -> str:
+    """``.NAME<suffix>`` for a temporary beside the file or folder ``name``, with NAME cut short: the
+    suffix must not push a name the file system holds over its limit (a 240-character --out)."""
+    return f".{name[:HIDDEN_NAME_KEPT]}{suffix}"
 
 
 @contextmanager
@@ -193,7 +257,7 @@ def staged_folder(out: Path, overwrite: bool, replaces: str | None = None) -> It
     files in ``out`` the new set replaces as a whole (a report's plots): those it does not write
     again go with the move, so an older set's leftovers are not taken for the new one's."""
     made = _make_parents(out.parent)
-    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    staging = out.parent / hidden_name(out.name, f".partial-{secrets.token_hex(4)}")
     staging.mkdir()
     try:
         yield staging

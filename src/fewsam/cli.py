@@ -136,8 +136,11 @@ def check_folder(path: Path, option: str) -> None:
 
 def check_output_file(path: Path | None, option: str, overwrite: bool) -> None:
     """A file option (--json) must not name a folder, and replaces an existing file only with --overwrite."""
+    from fewsam.atomic import check_path_can_be_made
+
     if path is None:
         return
+    check_path_can_be_made(path, option, FewsamError, "file")
     if path.is_dir():
         raise FewsamError(f"{option} {path} is a folder; give a file path, e.g. {path / 'result.json'}")
     if path.exists() and not overwrite:
@@ -153,6 +156,10 @@ def check_not_an_input(path: Path | None, option: str, inputs: list[Path], data:
     """An output file must not be one of the command's own inputs, even with --overwrite (compare's
     --json naming one of the evaluations it reads, evaluate's naming the dataset's split list): that
     input would be lost. Every file under ``data``, the dataset folder, counts as an input."""
+    from fewsam.atomic import check_path_can_be_made
+
+    if path is not None:
+        check_path_can_be_made(path, option, FewsamError, "file")  # first: a name too long fails every look at it
     if path is None or not path.exists():
         return
     same = next((p for p in inputs if p is not None and p.exists() and p.samefile(path)), None)

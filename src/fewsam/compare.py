@@ -18,6 +18,7 @@ from typing import Any
 from fewsam.config import checked_arguments
 from fewsam.errors import DataError
 from fewsam.metrics import CI_METRICS, METRICS, wilcoxon_compare
+from fewsam.runs import edited_text
 
 
 SUMMARY_KEYS = ("n_cases", "mean", "per_class")  # what a report reads beside the per-case records
@@ -29,7 +30,7 @@ def read_evaluation(path: str | Path, summary: bool = False) -> dict[str, Any]:
     instead of failing half-way through a comparison or a report."""
     path = Path(path)
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(edited_text(path))  # a byte-order mark or UTF-16 of an editor that saved it is fine
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read evaluation {path}: {err}; write it with `fewsam evaluate --json`") from None
     if not isinstance(result, dict) or not isinstance(result.get("cases"), list):
@@ -130,6 +131,7 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     refuse_one_file_twice(a, b)
     eval_a, eval_b = read_evaluation(a), read_evaluation(b)
     check_same_classes(eval_a, eval_b, a, b)
+    check_same_labels(eval_a, eval_b, a, b)
     check_same_distance_unit(eval_a, eval_b, metric, a, b)
     score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
     cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
@@ -225,6 +227,20 @@ def check_same_classes(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | 
     if set(classes_a) != set(classes_b):
         raise DataError(f"{a} scores classes {', '.join(classes_a) or 'none'} but {b} scores "
                         f"{', '.join(classes_b) or 'none'}; compare evaluations of the same data")
+
+
+def check_same_labels(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | Path, b: str | Path) -> None:
+    """Refuse to pair a case scored against other labels in the two evaluations (``label_sha256`` of
+    its records; evaluations written before it was recorded pass): two datasets that name their cases
+    alike (phantom_000, case_001) or labels corrected in between would be tested as one set of cases."""
+    labels_b = {case["case"]: case.get("label_sha256") for case in eval_b["cases"]}
+    shared = [case for case in eval_a["cases"] if case["case"] in labels_b]
+    differ = [case["case"] for case in shared
+              if case.get("label_sha256") and labels_b[case["case"]] and case["label_sha256"] != labels_b[case["case"]]]
+    if differ:
+        raise DataError(f"{a} and {b} scored case {differ[0]!r} against different labels ({len(differ)} of the "
+                        f"{len(shared)} cases they share): evaluations of different datasets, or labels changed in "
+                        "between; compare evaluations of the same data")
 
 
 DISTANCES = ("hd95", "asd")  # the metrics measured in the evaluation's distance unit

@@ -287,12 +287,17 @@ def check_value(f: Any, value: Any) -> None:
         _check_limits(name, meta, number)
 
 
+LARGEST_WHOLE_NUMBER = 2**63 - 1  # numpy and torch count in 64 bits: a larger int ends in an OverflowError
+
+
 def _check_limits(name: str, meta: Any, value: Any) -> None:
     """A number within the field's limits (each item of a tuple field); anything else is left alone."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, not {value}")
+    if isinstance(value, int) and abs(value) > LARGEST_WHOLE_NUMBER:
+        raise ConfigError(f"{name} must be at most {LARGEST_WHOLE_NUMBER} in size (64 bits), not {value}")
     if meta.get("min") is not None and value < meta["min"]:
         raise ConfigError(f"{name} must be at least {meta['min']}, not {value}")
     if meta.get("max") is not None and value > meta["max"]:

@@ -69,6 +69,19 @@ def not_permitted_message(err: OSError) -> str:
             "--out / --cache / --json), then run the same command again")
 
 
+def is_name_too_long(err: OSError) -> bool:
+    """A path given to fewsam with a name longer than the file system holds (ENAMETOOLONG): such a
+    file cannot exist, and every look at it -- even whether it exists -- fails with this error."""
+    return err.errno == errno.ENAMETOOLONG and bool(err.filename)
+
+
+def name_too_long_message(err: OSError) -> str:
+    """One line for a name too long: which path, shortened, and what to do."""
+    name = str(err.filename)
+    shown = name if len(name) <= 80 else f"{name[:77]}..."
+    return f"{os.strerror(errno.ENAMETOOLONG)}: {shown} ({len(os.fsencode(name))} bytes); give a shorter path"
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """Memory ran out: numpy's MemoryError, or torch's RuntimeError from its CPU allocator ("can't
     allocate memory") or a GPU's (``torch.OutOfMemoryError``, "CUDA out of memory")."""
@@ -117,13 +130,15 @@ def memory_advice(options: Collection[str] | None) -> str:
 
 def resource_failure_message(err: BaseException, command: str | None = None,
                              options: Collection[str] | None = None) -> str | None:
-    """The one line above for a full disk, a refused file or memory that ran out, or None for any other
-    failure: the command line and the studio's worker say these the same way (the command line also
+    """The one line above for a full disk, a refused file, a name too long or memory that ran out, or
+    None for any other failure: the command line and the studio's worker say these the same way (the command line also
     says which command ran out of memory and its options, ``out_of_memory_message``)."""
     if isinstance(err, OSError) and is_disk_full(err):
         return disk_full_message(err)
     if isinstance(err, OSError) and is_not_permitted(err):
         return not_permitted_message(err)
+    if isinstance(err, OSError) and is_name_too_long(err):
+        return name_too_long_message(err)
     if is_out_of_memory(err):
         return out_of_memory_message(err, command, options)
     return None

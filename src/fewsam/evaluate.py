@@ -7,11 +7,14 @@ knows its spacing and in pixels otherwise, and the JSON says which.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from itertools import islice
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fewsam.compare import read_evaluation
 from fewsam.config import checked_arguments, listed
@@ -88,6 +91,7 @@ def evaluate(
         records.append({
             "case": case_id,
             "subject": dataset.subject_of(case_id),
+            "label_sha256": label_fingerprint(case.label),
             "per_class": {names[k]: v for k, v in per_class.items()},
             "group": group_of(case.attributes, group_by, binned) if group_by else None,
         })
@@ -105,6 +109,15 @@ def evaluate(
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
     result["split"] = os.fspath(split) if split else DEFAULT_SPLIT  # a list file's Path: its path, as JSON
     return result
+
+
+def label_fingerprint(label: np.ndarray) -> str:
+    """sha256 of a case's label (its shape and class indices): ``fewsam compare`` pairs two evaluations'
+    scores of a case only where both were scored against the same label, which the case id alone does
+    not say (case_001 of two datasets, or labels corrected between the two evaluations)."""
+    digest = hashlib.sha256(repr(tuple(label.shape)).encode())
+    digest.update(np.ascontiguousarray(label, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
 
 
 def refuse_missing_predictions(dataset: Dataset, case_ids: list[str], pred: Path) -> None:

@@ -12,6 +12,7 @@ prediction is never made from a partial run.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -344,7 +345,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 def _parsed_config(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]:
     """(config, None) when ``path`` is a JSON object naming its method, else (None, what is wrong)."""
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(edited_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return None, f"is corrupt ({_first_line(err)})"
     if not isinstance(config, dict):
@@ -352,6 +353,17 @@ def _parsed_config(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]
     if not isinstance(config.get("method"), str):
         return None, "does not say which method made the run (no \"method\")"
     return config, None
+
+
+def edited_text(path: Path) -> str:
+    """A JSON file's text as fewsam wrote it (UTF-8) or as an editor saved it after a change by hand
+    (config.json's data folder that moved, an evaluation opened and saved): with a byte-order mark
+    (Windows Notepad) or in UTF-16 ("Unicode"). Read as plain UTF-8, either was called corrupt (a run
+    with the advice to delete it and fit it again)."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
 
 
 def records_an_unscaled_fit(run_dir: str | Path) -> bool:
