@@ -170,3 +170,25 @@ def test_a_folder_in_place_of_a_lock_file_is_named_not_a_traceback(tmp_path, com
     (tmp_path / lock).mkdir(parents=True)
     result = run_fewsam(*command, cwd=tmp_path)
     assert_one_line_error(result, f"{lock} is a folder where fewsam keeps a lock file; move it away")
+
+
+@pytest.mark.parametrize("name", ["config.json", "checkpoint_best.pt", "manifest.json"])
+def test_a_runs_own_file_is_no_output_even_with_overwrite(tmp_path, name):
+    """`evaluate --json RUN/config.json --overwrite` replaced the run's configuration with scores, leaving a
+    run that neither predict nor a resumed fit could read; a user's other JSON there is still theirs."""
+    from fewsam.cli import check_output_file
+    from fewsam.errors import FewsamError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "fewshot"}), encoding="utf-8")
+    (run / "checkpoint_best.pt").write_bytes(b"weights")
+    (run / "manifest.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(FewsamError, match=f"--json {run / name} is a file of the fewsam run {run}"):
+        check_output_file(run / name, "--json", overwrite=True)
+    (run / "scores.json").write_text("{}", encoding="utf-8")
+    check_output_file(run / "scores.json", "--json", overwrite=True)
+    plain = tmp_path / "mine"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}", encoding="utf-8")
+    check_output_file(plain / "config.json", "--json", overwrite=True)

@@ -145,11 +145,22 @@ def check_output_file(path: Path | None, option: str, overwrite: bool) -> None:
         raise FewsamError(f"{option} {path} is a folder; give a file path, e.g. {path / 'result.json'}")
     if path.exists() and not overwrite:
         raise FewsamError(f"{option} {path} exists; choose another {option} or pass --overwrite to replace it")
+    refuse_a_run_file(path, option)
     existing = next(p for p in path.absolute().parents if p.exists())  # the folder it goes in, or its nearest parent
     if not existing.is_dir():
         raise FewsamError(f"{option} {path}: {existing} is a file, not a folder; give another {option}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise FewsamError(f"{option} {path}: {existing} is read-only; give another {option}")
+
+
+def refuse_a_run_file(path: Path, option: str) -> None:
+    """A fitted run's own files (config.json, checkpoints, logs, manifest) are never an output, even with
+    --overwrite: an evaluation written over RUN/config.json would leave a run no command can read."""
+    from fewsam.runs import CONFIG, FIT_FILES, holds_a_run
+
+    if path.name in (CONFIG, *FIT_FILES) and holds_a_run(path.parent):
+        raise FewsamError(f"{option} {path} is a file of the fewsam run {path.parent}; writing there would break "
+                          f"the run: give another {option}")
 
 
 def check_not_an_input(path: Path | None, option: str, inputs: list[Path], data: Path | None = None) -> None:

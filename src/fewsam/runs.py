@@ -129,7 +129,7 @@ def run_folder(run_dir: str | Path, config: dict[str, Any], defaults: dict[str, 
 def _refuse_foreign(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise RunError(f"{path} is a file, not a run folder; choose another --out")
-    if path.exists() and not _holds_a_run(path) and any(p.name != LOCK for p in path.iterdir()):
+    if path.exists() and not holds_a_run(path) and any(p.name != LOCK for p in path.iterdir()):
         raise RunError(f"{path} exists and is not a fewsam run folder; choose another --out")
 
 
@@ -385,7 +385,7 @@ def _holds_fit_files(path: Path) -> bool:
     return any((path / name).exists() for name in FIT_FILES)
 
 
-def _holds_a_run(path: Path) -> bool:
+def holds_a_run(path: Path) -> bool:
     """Whether the folder ``path`` is a fewsam run's: its config.json names a method, or it holds files
     only a fit writes (a damaged config.json is then named as the run's). A folder of the user's with a
     config.json of its own (a downloaded model, another tool's work folder) is none."""
