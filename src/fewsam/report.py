@@ -3,9 +3,11 @@ report: Markdown + HTML with per-group Dice bars and 95% CIs, ES-Dice and worst-
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -76,6 +78,19 @@ INTRO = (
     "beside ES-Dice and the gap redraw each group's patients within the group (a stratified bootstrap)."
 )
 PLOTS = "group_dice*.png"  # the report's plots: group_dice.png and group_dice_<class>.png
+PLOT_LINK = re.compile(r"\]\(([^()/\\\s]+\.png)\)")  # an image link of report.md: ![caption](group_dice.png)
+
+
+def earlier_plots(out: Path) -> list[str]:
+    """The plots the report already in ``out`` shows, by the image links of its report.md: those a new
+    report does not draw again (of classes it lacks) are removed with it. Only they: any file named like
+    a plot was removed before, a user's own copy (group_dice_before.png, kept to set beside the new
+    plot) with them. No readable report.md names none: what cannot be told to be the report's is kept."""
+    try:
+        text = (out / "report.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [name for name in dict.fromkeys(PLOT_LINK.findall(text)) if fnmatch.fnmatchcase(name, PLOTS)]
 
 
 @checked_arguments
@@ -102,7 +117,7 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     runs = [(name, read_evaluation(path, summary=True)) for name, path in zip(names, evaluations)]
     if (warning := different_cases_warning(runs)) is not None:
         log.warning(warning)
-    with staged_folder(out, overwrite, replaces=PLOTS) as staging:  # a failure half-way leaves no partial report
+    with staged_folder(out, overwrite, replaces=earlier_plots(out)) as staging:  # a failure half-way leaves no partial report
         blocks = [("h", title), ("p", INTRO), *_overview(runs), *_group_blocks(runs, staging),
                   *_class_blocks(runs, staging), *_test_blocks(runs)]
         atomic_write_bytes(staging / "report.md", _markdown(blocks).encode())

@@ -1,0 +1,36 @@
+"""Faults of ``fewsam evaluate`` / ``report`` inputs and outputs, each on a tiny hand-made case."""
+
+import json
+
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+from fewsam.metrics import group_summary
+
+
+def _evaluation(path, classes):
+    """An evaluation JSON of four cases in groups A and B scoring ``classes``, via the real group_summary."""
+    cases = [{"case": f"c{i}", "group": group,
+              "per_class": {name: {"dice": dice, "iou": dice / (2 - dice), "hd95": 1.0, "asd": 0.5}
+                            for name in classes}}
+             for i, (group, dice) in enumerate([("A", 0.9), ("A", 0.8), ("B", 0.6), ("B", 0.5)])]
+    result = group_summary(cases, n_boot=20)
+    result.update(group_by="site", alpha=1.0, es_mode="sum", distance_unit="pixel")
+    path.write_text(json.dumps(result), encoding="utf-8")
+    return path
+
+
+def _report(*args):
+    return CliRunner().invoke(app, ["report", *map(str, args)])
+
+
+def test_report_overwrite_removes_the_earlier_reports_plots_but_not_a_users_copy(tmp_path):
+    rep = tmp_path / "rep"
+    first = _report(_evaluation(tmp_path / "two.json", ["rim", "cup"]), "--out", rep)
+    assert first.exit_code == 0, first.output
+    assert (rep / "group_dice_cup.png").is_file()
+    (rep / "group_dice_before.png").write_bytes((rep / "group_dice.png").read_bytes())  # kept to compare by eye
+    again = _report(_evaluation(tmp_path / "one.json", ["rim"]), "--out", rep, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert not (rep / "group_dice_cup.png").exists()  # the earlier report's plot of a class no longer scored
+    assert (rep / "group_dice_before.png").is_file()  # the user's file, only named like a plot
