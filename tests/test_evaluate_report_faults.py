@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from fewsam.cli import app
+from fewsam.data.attributes import attribute_value, read_attribute_table
+from fewsam.errors import DataError
 from fewsam.metrics import group_summary
 
 
@@ -34,3 +37,14 @@ def test_report_overwrite_removes_the_earlier_reports_plots_but_not_a_users_copy
     assert again.exit_code == 0, again.output
     assert not (rep / "group_dice_cup.png").exists()  # the earlier report's plot of a class no longer scored
     assert (rep / "group_dice_before.png").is_file()  # the user's file, only named like a plot
+
+
+def test_a_column_named_twice_that_disagrees_is_refused_not_read_from_one_side(tmp_path):
+    """csv's reader kept the later "grp" cell alone, so c1 was in group B with its first cell saying A."""
+    table = tmp_path / "groups.csv"
+    table.write_text("case,grp,grp\nc1,A,B\nc2,A,A\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"column 'grp' twice \(columns 2 and 3\).*'c1' gives 'A' in one and 'B'"):
+        read_attribute_table(table)
+    table.write_text("case,Sex,sex\nc1,F,F\nc2,M,\n", encoding="utf-8")  # agreeing where both are given
+    rows = read_attribute_table(table).rows
+    assert attribute_value(rows["c1"], "sex") == "F" and attribute_value(rows["c2"], "sex") == "M"
