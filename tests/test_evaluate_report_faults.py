@@ -48,3 +48,17 @@ def test_a_column_named_twice_that_disagrees_is_refused_not_read_from_one_side(t
     table.write_text("case,Sex,sex\nc1,F,F\nc2,M,\n", encoding="utf-8")  # agreeing where both are given
     rows = read_attribute_table(table).rows
     assert attribute_value(rows["c1"], "sex") == "F" and attribute_value(rows["c2"], "sex") == "M"
+
+
+def test_report_md_shows_group_names_with_html_characters_as_written(tmp_path):
+    """Rendered (GitHub, an editor's preview), report.md read "<unknown>" as an HTML tag and dropped it."""
+    from markdown_it import MarkdownIt
+
+    evaluation = _evaluation(tmp_path / "e.json", ["rim"])
+    result = json.loads(evaluation.read_text(encoding="utf-8"))
+    result["groups"] = {"<unknown>" if name == "A" else "R&amp;D": group for name, group in result["groups"].items()}
+    evaluation.write_text(json.dumps(result), encoding="utf-8")
+    assert _report(evaluation, "--out", tmp_path / "rep", "--title", "<i>site</i>").exit_code == 0
+    shown = MarkdownIt("commonmark").enable("table").render((tmp_path / "rep" / "report.md").read_text(encoding="utf-8"))
+    assert "<td>&lt;unknown&gt;</td>" in shown and "<td>R&amp;amp;D</td>" in shown
+    assert "<h1>&lt;i&gt;site&lt;/i&gt;</h1>" in shown

@@ -414,12 +414,12 @@ def _markdown(blocks: list[tuple]) -> str:
     lines: list[str] = []
     for kind, payload in blocks:
         if kind in ("h", "h2", "h3"):
-            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {_one_line(payload)}", ""]
+            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {_text(_one_line(payload))}", ""]
         elif kind == "p":
-            lines += [payload, ""]
+            lines += [_text(payload), ""]
         elif kind == "img":
             path, caption = payload
-            lines += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
+            lines += [f"![{_text(_one_line(caption))}]({path.name})", "", f"*{_text(_one_line(caption))}*", ""]
         else:
             header, rows = payload
             lines += ["| " + " | ".join(map(_cell, header)) + " |", "|" + "---|" * len(header)]
@@ -431,7 +431,17 @@ def _cell(value: object) -> str:
     """A Markdown table cell: run labels, group values and class names are the user's text, and a
     "|" in one ("site A|B", --labels "a|b") split its cell in two, shifting the row's numbers under
     the wrong columns; a line break (a quoted CSV cell) ended the table."""
-    return _one_line(str(value)).replace("|", "\\|")
+    return _text(_one_line(str(value))).replace("|", "\\|")
+
+
+MARKUP = str.maketrans({"<": "\\<", "&": "\\&"})
+
+
+def _text(text: str) -> str:
+    """The user's text (group values, class and run names, the title) as Markdown shows it: a "<" opens an
+    HTML tag there, so a group "<unknown>" vanished from its row where report.md is rendered (GitHub,
+    editors' previews), and "<b>x</b>" turned bold; an "&" opens an entity ("&amp;" shown as "&")."""
+    return text.translate(MARKUP)
 
 
 def _one_line(text: str) -> str:
