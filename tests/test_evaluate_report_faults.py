@@ -1,12 +1,13 @@
 """Faults of ``fewsam evaluate`` / ``report`` inputs and outputs, each on a tiny hand-made case."""
 
 import json
+import unicodedata
 
 import pytest
 from typer.testing import CliRunner
 
 from fewsam.cli import app
-from fewsam.data.attributes import attribute_value, read_attribute_table
+from fewsam.data.attributes import attribute_value, group_of, read_attribute_table
 from fewsam.errors import DataError
 from fewsam.metrics import group_summary
 
@@ -62,3 +63,14 @@ def test_report_md_shows_group_names_with_html_characters_as_written(tmp_path):
     shown = MarkdownIt("commonmark").enable("table").render((tmp_path / "rep" / "report.md").read_text(encoding="utf-8"))
     assert "<td>&lt;unknown&gt;</td>" in shown and "<td>R&amp;amp;D</td>" in shown
     assert "<h1>&lt;i&gt;site&lt;/i&gt;</h1>" in shown
+
+
+def test_an_accented_group_typed_or_pasted_from_a_mac_is_one_group(tmp_path):
+    """"Café" composed (NFC) and decomposed (NFD, as macOS writes names) look and print alike: two groups
+    of that name, each with part of the cases, changed ES-Dice and the worst-group gap unseen."""
+    composed, decomposed = unicodedata.normalize("NFC", "Café"), unicodedata.normalize("NFD", "Café")
+    table = tmp_path / "sites.csv"
+    table.write_text(f"case,site\nc1,{composed}\nc2,{decomposed}\nc3,B\n", encoding="utf-8")
+    rows = read_attribute_table(table).rows
+    groups = {case: group_of(rows[case], "site") for case in rows}
+    assert groups == {"c1": composed, "c2": composed, "c3": "B"}

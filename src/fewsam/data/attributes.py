@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -399,7 +400,9 @@ def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) 
 
     ``column`` is matched in any letter case (``attribute_value``). Continuous ``age`` and ``bmi`` (any letter
     case) use ``default_bins`` (age at 60 years; BMI 25/30) unless ``bins`` is given. Missing values give None
-    (the case is left out of group metrics), and so does -1 (``is_unknown_code``).
+    (the case is left out of group metrics), and so does -1 (``is_unknown_code``). Text is taken in Unicode's
+    composed form: an accented letter is stored as one character or as a letter and its accent, which look
+    alike, print alike, and were two groups, each with part of the cases.
     """
     value = attribute_value(attributes, column)
     bins = bins or default_bins(column)
@@ -411,7 +414,7 @@ def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) 
         return str(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value)
+    return unicodedata.normalize("NFC", str(value))  # "Café" typed (NFC) or pasted from a Mac (NFD): one group
 
 
 UNKNOWN_CODE = -1
