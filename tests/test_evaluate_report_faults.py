@@ -7,8 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fewsam.cli import app
-from fewsam.data.attributes import attribute_value, group_of, read_attribute_table
+from fewsam.data.attributes import attribute_value, group_of, parse_bins, read_attribute_table
 from fewsam.errors import DataError
+from fewsam.fairness import check_bin_values
 from fewsam.metrics import group_summary
 
 
@@ -74,3 +75,14 @@ def test_an_accented_group_typed_or_pasted_from_a_mac_is_one_group(tmp_path):
     rows = read_attribute_table(table).rows
     groups = {case: group_of(rows[case], "site") for case in rows}
     assert groups == {"c1": composed, "c2": composed, "c3": "B"}
+
+
+def test_an_infinite_value_in_a_binned_column_is_refused_naming_the_case(tmp_path):
+    """pandas writes "inf" for a BMI computed with a height of 0; it was binned ">=30", as if measured obese."""
+    table = tmp_path / "bmi.csv"
+    table.write_text("case,bmi\nc1,22.5\nc2,inf\nc3,31\n", encoding="utf-8")
+    rows = read_attribute_table(table).rows
+    with pytest.raises(DataError, match=r"case c2 has bmi = inf, not a finite number, so --bins bmi:25,30"):
+        check_bin_values("bmi", None, rows)
+    with pytest.raises(DataError, match=r"case c2 has bmi = -inf"):
+        check_bin_values("bmi", parse_bins("bmi:20"), {**rows, "c2": {"bmi": float("-inf")}})
