@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from fewsam.cli import app
 from fewsam.data.attributes import attribute_value, group_of, parse_bins, read_attribute_table
 from fewsam.errors import DataError
-from fewsam.fairness import check_bin_values
+from fewsam.fairness import check_bin_values, refuse_other_groups
 from fewsam.metrics import group_summary
 
 
@@ -86,3 +86,13 @@ def test_an_infinite_value_in_a_binned_column_is_refused_naming_the_case(tmp_pat
         check_bin_values("bmi", None, rows)
     with pytest.raises(DataError, match=r"case c2 has bmi = -inf"):
         check_bin_values("bmi", parse_bins("bmi:20"), {**rows, "c2": {"bmi": float("-inf")}})
+
+
+def test_a_fit_that_recorded_a_decomposed_group_resumes(tmp_path):
+    """Its table is unchanged: the group only reads composed now, which is no case moving to another group."""
+    decomposed, composed = unicodedata.normalize("NFD", "Café"), unicodedata.normalize("NFC", "Café")
+    record = {"attribute": "site", "bins": None, "case_group": {"c1": composed, "c2": "B"}}
+    refuse_other_groups(tmp_path / "fair_groups.json", {"c1": decomposed, "c2": "B"}, record)
+    with pytest.raises(DataError, match="case c2: 'B' -> 'C'"):
+        refuse_other_groups(tmp_path / "fair_groups.json", {"c1": decomposed, "c2": "B"},
+                            {**record, "case_group": {"c1": composed, "c2": "C"}})

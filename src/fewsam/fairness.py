@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -295,7 +296,11 @@ def refuse_other_groups(path: Path, recorded: Any, record: dict[str, Any]) -> No
     "#N/A": an earlier fewsam grouped them) is no change of the table: the same command fitted the run
     and would otherwise be refused with nothing the user could restore. Those cases resume in no group
     (weight 1), as a new fit puts them, and the fit says so once."""
-    if not isinstance(recorded, dict) or recorded == record["case_group"]:
+    if not isinstance(recorded, dict):
+        return
+    # groups are text in Unicode's composed form now (``group_of``); an earlier fit may have recorded one decomposed
+    recorded = {case: unicodedata.normalize("NFC", g) if isinstance(g, str) else g for case, g in recorded.items()}
+    if recorded == record["case_group"]:
         return
     now = record["case_group"]
     differing = [c for c in sorted(set(recorded) | set(now)) if recorded.get(c) != now.get(c)]
