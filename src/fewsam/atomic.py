@@ -20,7 +20,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from fewsam.errors import FewsamError
 
@@ -250,12 +250,13 @@ def hidden_name(name: str, suffix: str) -> str:
 
 
 @contextmanager
-def staged_folder(out: Path, overwrite: bool, replaces: str | None = None) -> Iterator[Path]:
+def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> Iterator[Path]:
     """A hidden folder beside ``out`` to write into (predictions, a report); its files move into
     ``out`` when the block ends well, and it (with any parent folders made for it) is removed when it
-    does not, so a failure or Ctrl-C half-way leaves ``out`` as it was. ``replaces``: a glob of the
-    files in ``out`` the new set replaces as a whole (a report's plots): those it does not write
-    again go with the move, so an older set's leftovers are not taken for the new one's."""
+    does not, so a failure or Ctrl-C half-way leaves ``out`` as it was. ``replaces``: the names of the
+    files in ``out`` the new set replaces as a whole (an earlier report's plots): those it does not
+    write again go with the move, so an older set's leftovers are not taken for the new one's. Names,
+    not a pattern: a user's own file that merely looks like one of the set is never removed."""
     made = _make_parents(out.parent)
     staging = out.parent / hidden_name(out.name, f".partial-{secrets.token_hex(4)}")
     staging.mkdir()
@@ -284,7 +285,7 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _move_into(staging: Path, out: Path, overwrite: bool, replaces: str | None = None) -> None:
+def _move_into(staging: Path, out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> None:
     """``out`` absent: rename the staging folder (atomic). Present: move file by file, replacing
     same-named files (``overwrite``), never removing anything else of the user's.
 
@@ -312,7 +313,7 @@ def _folder_locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: str | None) -> None:
+def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: Iterable[str]) -> None:
     from fewsam.errors import RunError
 
     if not out.exists():
@@ -329,7 +330,7 @@ def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: str | 
             raise RunError(f"cannot write {target}: a {kind} {blocked} is in the way; move it or choose another "
                            "--out (nothing was written)")
     written = {target for _, target in moves}
-    older = [p for p in out.glob(replaces) if p.is_file() and p not in written] if replaces else []
+    older = [p for p in (out / name for name in replaces) if p.is_file() and p not in written]
     with stop_signals_held():
         for path, target in moves:
             target.parent.mkdir(parents=True, exist_ok=True)

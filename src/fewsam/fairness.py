@@ -16,6 +16,8 @@ unscaled Dice + CE loss.
 from __future__ import annotations
 
 import json
+import math
+import unicodedata
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -66,6 +68,7 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
         return
     how = f"--bins {column}:{','.join(f'{e:g}' for e in binned.edges)}" + ("" if bins else " (its default bins)")
     refuse_split_top_codes(column, binned, how, values)
+    refuse_infinite_values(column, how, values)
     text = {cid: v for cid, v in values.items() if not isinstance(v, Real) or isinstance(v, bool)}
     if not text or (bins is None and len(text) == len(values)):
         return
@@ -73,6 +76,19 @@ def check_bin_values(column: str, bins: Bins | None, attributes: Mapping[str, di
     raise DataError(f"case {case_id} has {column} = {value!r}, not a number, so {how} cannot bin it "
                     f"({len(text)} case(s) like it); write plain numbers with a decimal point (27.5, not 27,5) "
                     "or leave the value empty for no group")
+
+
+def refuse_infinite_values(column: str, how: str, values: Mapping[str, Any]) -> None:
+    """Refuse an infinite value in a binned column, naming the case: "inf" is what pandas writes for a BMI
+    computed with a height of 0 (a missing height recorded as 0), and it fell in the top bin (">=30") as if
+    it were measured there."""
+    infinite = {cid: v for cid, v in values.items()
+                if isinstance(v, Real) and not isinstance(v, bool) and math.isinf(v)}
+    if infinite:
+        case_id, value = next(iter(infinite.items()))
+        raise DataError(f"case {case_id} has {column} = {value}, not a finite number, so {how} cannot bin it "
+                        f"({len(infinite)} case(s) like it; a division by zero where the table was computed?); "
+                        "correct the value, or leave it empty for no group")
 
 
 def refuse_split_top_codes(column: str, bins: Bins, how: str, values: Mapping[str, Any]) -> None:
@@ -280,7 +296,11 @@ def refuse_other_groups(path: Path, recorded: Any, record: dict[str, Any]) -> No
     "#N/A": an earlier fewsam grouped them) is no change of the table: the same command fitted the run
     and would otherwise be refused with nothing the user could restore. Those cases resume in no group
     (weight 1), as a new fit puts them, and the fit says so once."""
-    if not isinstance(recorded, dict) or recorded == record["case_group"]:
+    if not isinstance(recorded, dict):
+        return
+    # groups are text in Unicode's composed form now (``group_of``); an earlier fit may have recorded one decomposed
+    recorded = {case: unicodedata.normalize("NFC", g) if isinstance(g, str) else g for case, g in recorded.items()}
+    if recorded == record["case_group"]:
         return
     now = record["case_group"]
     differing = [c for c in sorted(set(recorded) | set(now)) if recorded.get(c) != now.get(c)]

@@ -3,9 +3,11 @@ report: Markdown + HTML with per-group Dice bars and 95% CIs, ES-Dice and worst-
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -76,6 +78,19 @@ INTRO = (
     "beside ES-Dice and the gap redraw each group's patients within the group (a stratified bootstrap)."
 )
 PLOTS = "group_dice*.png"  # the report's plots: group_dice.png and group_dice_<class>.png
+PLOT_LINK = re.compile(r"\]\(([^()/\\\s]+\.png)\)")  # an image link of report.md: ![caption](group_dice.png)
+
+
+def earlier_plots(out: Path) -> list[str]:
+    """The plots the report already in ``out`` shows, by the image links of its report.md: those a new
+    report does not draw again (of classes it lacks) are removed with it. Only they: any file named like
+    a plot was removed before, a user's own copy (group_dice_before.png, kept to set beside the new
+    plot) with them. No readable report.md names none: what cannot be told to be the report's is kept."""
+    try:
+        text = (out / "report.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [name for name in dict.fromkeys(PLOT_LINK.findall(text)) if fnmatch.fnmatchcase(name, PLOTS)]
 
 
 @checked_arguments
@@ -102,7 +117,7 @@ def write_group_report(evaluations: list[str | Path], out_dir: str | Path, label
     runs = [(name, read_evaluation(path, summary=True)) for name, path in zip(names, evaluations)]
     if (warning := different_cases_warning(runs)) is not None:
         log.warning(warning)
-    with staged_folder(out, overwrite, replaces=PLOTS) as staging:  # a failure half-way leaves no partial report
+    with staged_folder(out, overwrite, replaces=earlier_plots(out)) as staging:  # a failure half-way leaves no partial report
         blocks = [("h", title), ("p", INTRO), *_overview(runs), *_group_blocks(runs, staging),
                   *_class_blocks(runs, staging), *_test_blocks(runs)]
         atomic_write_bytes(staging / "report.md", _markdown(blocks).encode())
@@ -399,12 +414,12 @@ def _markdown(blocks: list[tuple]) -> str:
     lines: list[str] = []
     for kind, payload in blocks:
         if kind in ("h", "h2", "h3"):
-            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {_one_line(payload)}", ""]
+            lines += [f"{'#' * {'h': 1, 'h2': 2, 'h3': 3}[kind]} {_text(_one_line(payload))}", ""]
         elif kind == "p":
-            lines += [payload, ""]
+            lines += [_text(payload), ""]
         elif kind == "img":
             path, caption = payload
-            lines += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
+            lines += [f"![{_text(_one_line(caption))}]({path.name})", "", f"*{_text(_one_line(caption))}*", ""]
         else:
             header, rows = payload
             lines += ["| " + " | ".join(map(_cell, header)) + " |", "|" + "---|" * len(header)]
@@ -416,7 +431,17 @@ def _cell(value: object) -> str:
     """A Markdown table cell: run labels, group values and class names are the user's text, and a
     "|" in one ("site A|B", --labels "a|b") split its cell in two, shifting the row's numbers under
     the wrong columns; a line break (a quoted CSV cell) ended the table."""
-    return _one_line(str(value)).replace("|", "\\|")
+    return _text(_one_line(str(value))).replace("|", "\\|")
+
+
+MARKUP = str.maketrans({"<": "\\<", "&": "\\&"})
+
+
+def _text(text: str) -> str:
+    """The user's text (group values, class and run names, the title) as Markdown shows it: a "<" opens an
+    HTML tag there, so a group "<unknown>" vanished from its row where report.md is rendered (GitHub,
+    editors' previews), and "<b>x</b>" turned bold; an "&" opens an entity ("&amp;" shown as "&")."""
+    return text.translate(MARKUP)
 
 
 def _one_line(text: str) -> str:

@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -161,10 +162,11 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
     try:
         separator, reader = user_csv_rows(path)
         columns = [name.strip() for name in reader.fieldnames or []]
-        reader.fieldnames = columns  # "case, sex": the column is "sex", as --group-by names it
-        records = list(reader)
+        cells = [row for row in reader.reader if row]  # as lists: a dict keeps one cell of a column named twice
     except (OSError, csv.Error) as err:
         raise DataError(f"cannot read attribute table {path}: {err}") from None
+    refuse_disagreeing_repeated_columns(path, columns, cells)
+    records = [dict(zip(columns, row)) for row in cells]
     key = key or _key_column(columns, records, path)
     if key not in columns:
         raise DataError(f"attribute table {path} has no column {key!r}; columns: {columns}")
@@ -182,6 +184,27 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
     for name in rows:
         unpadded.setdefault(without_leading_zeros(name), []).append(name)
     return AttributeTable(rows=rows, key=key, source=str(path), aliases=key_aliases(rows), unpadded=unpadded)
+
+
+def refuse_disagreeing_repeated_columns(path: Path, columns: list[str], cells: list[list[str]]) -> None:
+    """Refuse a column named twice in one table (in any letter case, as ``attribute_value`` matches names:
+    "Sex" and "sex", or two "age" columns of tables pasted together) whose two cells give one row different
+    values, naming both: one of them was taken unseen (the csv reader keeps the last of two equal names,
+    ``attribute_value`` the last with a value), and put the case in a group the other cell contradicts.
+    Repeated columns that agree wherever both have a value read as one."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(columns):
+        if name:
+            positions.setdefault(name.casefold(), []).append(i)
+    for where in (found for found in positions.values() if len(found) > 1):
+        for row in cells:
+            values = {i: parse_cell(row[i], columns[i]) for i in where if i < len(row)}
+            given = {i: v for i, v in values.items() if v is not None}
+            if len(set(map(str, given.values()))) > 1:
+                (a, first), (b, second) = list(given.items())[:2]
+                raise DataError(f"attribute table {path} has the column {columns[a]!r} twice (columns {a + 1} and "
+                                f"{b + 1}), and the row of {row[0]!r} gives {first!r} in one and {second!r} in the "
+                                "other; keep one of the two columns")
 
 
 def without_leading_zeros(key: str) -> str:
@@ -377,7 +400,9 @@ def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) 
 
     ``column`` is matched in any letter case (``attribute_value``). Continuous ``age`` and ``bmi`` (any letter
     case) use ``default_bins`` (age at 60 years; BMI 25/30) unless ``bins`` is given. Missing values give None
-    (the case is left out of group metrics), and so does -1 (``is_unknown_code``).
+    (the case is left out of group metrics), and so does -1 (``is_unknown_code``). Text is taken in Unicode's
+    composed form: an accented letter is stored as one character or as a letter and its accent, which look
+    alike, print alike, and were two groups, each with part of the cases.
     """
     value = attribute_value(attributes, column)
     bins = bins or default_bins(column)
@@ -389,7 +414,7 @@ def group_of(attributes: dict[str, Any], column: str, bins: Bins | None = None) 
         return str(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value)
+    return unicodedata.normalize("NFC", str(value))  # "Café" typed (NFC) or pasted from a Mac (NFD): one group
 
 
 UNKNOWN_CODE = -1
