@@ -80,8 +80,7 @@ def student_sample(probs: torch.Tensor, slice_: EmbeddedSlice, lut: np.ndarray, 
     if not confident:
         return None
     label = lut[np.where(np.isin(pred, list(confident)), pred, 0)]
-    return EmbeddedSlice(slice_.ref, slice_.embedding, slice_.info, frame_label(label, slice_.info), label,
-                         slice_.view)
+    return slice_.labelled(frame_label(label, slice_.info), label)  # a pool's embedding stays in the cache
 
 
 def student_probs(module: nn.Module, data: SliceSet, device: str, batch_size: int = 16) -> list[torch.Tensor]:
