@@ -16,7 +16,7 @@ import torch
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.embedded import CachedPool, embed_refs
 from fewsam.methods import fewmatch, samatch
-from fewsam.methods.samatch import QUALITY
+from fewsam.methods.samatch import QUALITY, student_samples
 from fewsam.methods.student import PoolTruth, load_slices
 from fewsam.runs import prepare_run_dir
 
@@ -109,8 +109,22 @@ def test_a_cached_pool_reads_back_the_embeddings_held_before(pool_data):
         assert got.embedding.dtype == np.float16 and got.embedding.tobytes() == want.embedding.tobytes()
     ctx.cache.path_for(cached.keys[3]).unlink()  # an entry lost meanwhile is encoded again
     assert cached[3].embedding.tobytes() == held[3].embedding.tobytes()
-    labelled = cached[5].labelled(np.zeros((256, 256), np.uint8), np.ones((144, 176), np.uint8))
-    assert labelled.embedding.tobytes() == held[5].embedding.tobytes() and int(labelled.label.sum()) == 144 * 176
+    label = np.ones((144, 176), np.uint8)
+    labelled, plain = cached[5].labelled(label), held[5].labelled(label)
+    assert labelled.embedding.tobytes() == held[5].embedding.tobytes() and labelled.label is label
+    assert labelled.label_frame.tobytes() == plain.label_frame.tobytes() and cached[5].label_frame is None
+
+
+def test_the_students_labels_of_the_pool_hold_no_frame_nor_embedding(pool_data):
+    """SAM trains on the student's labels of the pool's confident slices, a batch of boxes a step: each
+    keeps its label at the slice's size, and its embedding and model-frame label are made when read."""
+    ctx = fit_context(pool_data)
+    pool = CachedPool(ctx.dataset, ctx.unlabelled_pool(CFG), ctx.cache, show_progress=False)
+    confident = torch.tensor([0.02, 0.02, 0.02, 0.94]).view(4, 1, 1).expand(4, 144, 176)
+    samples = student_samples((confident for _ in range(len(pool))), pool, ctx.values, 0.9)
+    assert len(samples) == len(pool) and all(int(s.label.min()) == ctx.values[3] for s in samples)
+    assert held_array_bytes(samples) == sum(s.label.nbytes for s in samples)  # 144 x 176 bytes each
+    assert samples[0].label_frame.shape == (256, 256) and int(samples[0].label_frame.max()) == 255  # padding
 
 
 def test_a_cached_pool_holds_what_the_cache_cannot_keep(pool_data):

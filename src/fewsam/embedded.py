@@ -38,27 +38,33 @@ class EmbeddedSlice:
     def embedding_tensor(self, device: str = "cpu") -> torch.Tensor:
         return torch.from_numpy(self.embedding).to(device=device, dtype=torch.float32)
 
-    def labelled(self, label_frame: np.ndarray | None, label: np.ndarray | None) -> EmbeddedSlice:
-        """This slice with another label (a pseudo-label), on the same embedding."""
-        return replace(self, label_frame=label_frame, label=label)
+    def labelled(self, label: np.ndarray) -> EmbeddedSlice:
+        """This slice with another (H, W) label (a pseudo-label), on the same embedding."""
+        return replace(self, label_frame=frame_label(label, self.info), label=label)
 
 
 class CachedSlice(EmbeddedSlice):
     """An ``EmbeddedSlice`` whose embedding stays in the cache and is read back each time it is asked
     for: the slices of an unlabelled pool, of which a step or a batch of prompts reads a few (2 MiB
-    each in float16; ACDC's 1,244 pool slices would hold 2.4 GiB)."""
+    each in float16; ACDC's 1,244 pool slices would hold 2.4 GiB). Its label in the model frame is made
+    from its label when asked for: SAM's training on the student's labels of the pool reads a batch of
+    them, and each is 1 MiB at SAM's 1024-pixel frame."""
 
     def __init__(self, ref: SliceRef, read: Callable[[], np.ndarray], info: PreprocessInfo,
-                 label_frame: np.ndarray | None = None, label: np.ndarray | None = None, view: int = 0) -> None:
-        self.ref, self.info, self.label_frame, self.label, self.view = ref, info, label_frame, label, view
+                 label: np.ndarray | None = None, view: int = 0) -> None:
+        self.ref, self.info, self.label, self.view = ref, info, label, view
         self._read = read
 
     @property
     def embedding(self) -> np.ndarray:  # type: ignore[override]
         return self._read()
 
-    def labelled(self, label_frame: np.ndarray | None, label: np.ndarray | None) -> CachedSlice:
-        return CachedSlice(self.ref, self._read, self.info, label_frame, label, self.view)
+    @property
+    def label_frame(self) -> np.ndarray | None:  # type: ignore[override]
+        return None if self.label is None else frame_label(self.label, self.info)
+
+    def labelled(self, label: np.ndarray) -> CachedSlice:
+        return CachedSlice(self.ref, self._read, self.info, label, self.view)
 
 
 def frame_label(label: np.ndarray, info: PreprocessInfo) -> np.ndarray:
