@@ -132,7 +132,10 @@ class EmbeddingCache:
 
     def get(self, image: np.ndarray) -> Embedding | None:
         """The cached embedding of ``image``, or None when absent or corrupt (then it is removed)."""
-        key = self.key(image)
+        return self.stored(self.key(image))
+
+    def stored(self, key: str) -> Embedding | None:
+        """``get`` by the pixels' key: a pool kept as keys reads its embeddings back without its pixels."""
         path = self.path_for(key)
         if not path.exists():
             return None

@@ -8,7 +8,8 @@ the padding marked IGNORE so that no method learns "background" from zero paddin
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable, Iterable, Iterator, Sequence, overload
 
 import numpy as np
@@ -36,6 +37,34 @@ class EmbeddedSlice:
 
     def embedding_tensor(self, device: str = "cpu") -> torch.Tensor:
         return torch.from_numpy(self.embedding).to(device=device, dtype=torch.float32)
+
+    def labelled(self, label: np.ndarray) -> EmbeddedSlice:
+        """This slice with another (H, W) label (a pseudo-label), on the same embedding."""
+        return replace(self, label_frame=frame_label(label, self.info), label=label)
+
+
+class CachedSlice(EmbeddedSlice):
+    """An ``EmbeddedSlice`` whose embedding stays in the cache and is read back each time it is asked
+    for: the slices of an unlabelled pool, of which a step or a batch of prompts reads a few (2 MiB
+    each in float16; ACDC's 1,244 pool slices would hold 2.4 GiB). Its label in the model frame is made
+    from its label when asked for: SAM's training on the student's labels of the pool reads a batch of
+    them, and each is 1 MiB at SAM's 1024-pixel frame."""
+
+    def __init__(self, ref: SliceRef, read: Callable[[], np.ndarray], info: PreprocessInfo,
+                 label: np.ndarray | None = None, view: int = 0) -> None:
+        self.ref, self.info, self.label, self.view = ref, info, label, view
+        self._read = read
+
+    @property
+    def embedding(self) -> np.ndarray:  # type: ignore[override]
+        return self._read()
+
+    @property
+    def label_frame(self) -> np.ndarray | None:  # type: ignore[override]
+        return None if self.label is None else frame_label(self.label, self.info)
+
+    def labelled(self, label: np.ndarray) -> CachedSlice:
+        return CachedSlice(self.ref, self._read, self.info, label, self.view)
 
 
 def frame_label(label: np.ndarray, info: PreprocessInfo) -> np.ndarray:
@@ -228,6 +257,69 @@ def embed_refs(
                     item.ref, item.view = SliceRef(case_id, z), view
                     found[(item.ref, view)] = item
     return [found[(ref, view)] for ref in refs for view in range(views)]
+
+
+class CachedPool(Sequence[EmbeddedSlice]):
+    """Slices of any cases (an unlabelled pool), embedded once through the cache and then read back from
+    it by key as they are used, unlabelled (``CachedSlice``): a pool's embeddings are never all held, nor
+    its labels read. Only what the cache could not store (a full disk, a non-finite embedding) is
+    held; an entry lost from the cache meanwhile is encoded again from its case, as the first time."""
+
+    def __init__(self, dataset: Dataset, refs: Sequence[SliceRef], cache: EmbeddingCache, device: str = "cpu",
+                 show_progress: bool = True, description: str = "embed") -> None:
+        self.dataset, self.refs, self.cache, self.device = dataset, list(refs), cache, device
+        self.keys: list[str] = [""] * len(self.refs)
+        self.infos: list[PreprocessInfo] = []
+        self.held: dict[int, np.ndarray] = {}
+        infos: dict[int, PreprocessInfo] = {}
+        by_case: dict[str, list[int]] = defaultdict(list)
+        for i, ref in enumerate(self.refs):
+            by_case[ref.case_id].append(i)
+        with progress_bar(show_progress) as bar:
+            job = bar.add_task(description, total=len(self.refs))
+            advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
+            for case_id, indices in by_case.items():
+                infos |= self._embed(dataset.load(case_id, with_label=False), indices, advance)
+        self.infos = [infos[i] for i in range(len(self.refs))]
+
+    def _embed(self, case: Case, indices: list[int], on_progress: Callable[[int], None]
+               ) -> dict[int, PreprocessInfo]:
+        """Slices ``indices`` of ``case`` in the cache, ``FILL_CHUNK`` at a time; their keys noted."""
+        infos = {}
+        for start in range(0, len(indices), FILL_CHUNK):
+            chunk = indices[start:start + FILL_CHUNK]
+            images = [case.slice_image(self.refs[i].z) for i in chunk]
+            for i, image, emb in zip(chunk, images, self.cache.embed(images, self.device, on_progress=on_progress)):
+                self.keys[i], infos[i] = self.cache.key(image), emb.info
+                if not self.cache.path_for(self.keys[i]).exists():
+                    self.held[i] = emb.array
+        return infos
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @overload
+    def __getitem__(self, index: int) -> EmbeddedSlice: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[EmbeddedSlice]: ...
+
+    def __getitem__(self, index: int | slice) -> EmbeddedSlice | list[EmbeddedSlice]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        i = range(len(self))[index]  # an IndexError past the end ends iteration
+        return CachedSlice(self.refs[i], partial(self.embedding, i), self.infos[i])
+
+    def embedding(self, index: int) -> np.ndarray:
+        """Slice ``index``'s embedding, read from the cache (or encoded again when its entry is gone)."""
+        if index in self.held:
+            return self.held[index]
+        found = self.cache.stored(self.keys[index])
+        if found is not None:
+            return found.array
+        ref = self.refs[index]
+        image = self.dataset.load(ref.case_id, with_label=False).slice_image(ref.z)
+        return self.cache.embed([image], self.device)[0].array
 
 
 def embed_cases(

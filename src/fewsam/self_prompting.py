@@ -177,7 +177,11 @@ class PseudoLabeller:
         """SAM's mask logits for one batch of prompts [(slice, class, region)], kept with their slices."""
         read = {i: self.slices[i] for i in dict.fromkeys(i for i, _, _ in part)}
         with torch.no_grad():
-            emb = torch.stack([read[i].embedding_tensor() for i, _, _ in part]).to(self.device)
+            # each slice's embedding read once, however many of its prompts the batch holds: a pool's
+            # slices read theirs from the cache
+            embedded = {i: s.embedding_tensor() for i, s in read.items()}
+            emb = torch.stack([embedded[i] for i, _, _ in part]).to(self.device)
+            del embedded
             regions = {i: waiting[i].regions for i in read}
             out = self.sam.predict_prompted(emb, **self._prompts(part, regions, read))
             for (i, k, _), lg in zip(part, out):

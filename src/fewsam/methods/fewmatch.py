@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from fewsam.config import UnlabelledPoolConfig, option
 from fewsam.data.types import SliceRef
-from fewsam.embedded import EmbeddedSlice, embed_refs
+from fewsam.embedded import CachedPool, EmbeddedSlice
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit, say_unused_options
 from fewsam.losses import consistency_ce
@@ -112,7 +113,7 @@ class FewMatchTask(FewShotTask):
 
     loss_weights = ("lambda_u",)
 
-    def __init__(self, *args, unlabelled: list[EmbeddedSlice], **kwargs) -> None:
+    def __init__(self, *args, unlabelled: Sequence[EmbeddedSlice], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.unlabelled = unlabelled
 
@@ -152,11 +153,11 @@ def unlabelled_refs(ctx: FitContext, cfg: FewMatchConfig) -> list[SliceRef]:
     return refs
 
 
-def unlabelled_embeddings(ctx: FitContext, refs: list[SliceRef]) -> list[EmbeddedSlice]:
-    """The unlabelled pool's cached embeddings (one view each), encoded on a miss."""
+def unlabelled_embeddings(ctx: FitContext, refs: list[SliceRef]) -> CachedPool:
+    """The unlabelled pool (one view each), encoded on a miss and read back from the cache as a step draws
+    its slices: a step reads ``unlabeled_batch`` of them, and the whole pool's would be 2 MiB a slice."""
     # images only: the consistency loss never reads labels, so none can leak in
-    return embed_refs(ctx.dataset, refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled",
-                      with_label=False)
+    return CachedPool(ctx.dataset, refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
 
 
 def fit(ctx: FitContext, cfg: FewMatchConfig, run_dir: Path) -> TrainResult:

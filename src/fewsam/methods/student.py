@@ -176,10 +176,52 @@ def load_slices(dataset: Dataset, refs: Sequence[SliceRef], size: int, values: l
         shapes.append(tuple(image.shape[:2]))
         labels.append(None if label is None else student_label(label, size, lut))
         if keep_originals:
-            originals.append(None if label is None else lut[np.asarray(label, dtype=np.int64)].astype(np.uint8))
+            originals.append(None if label is None else original_label(label, lut))
     has_labels = all(lab is not None for lab in labels) and labels
     return SliceSet(list(refs), torch.stack(images) if images else torch.zeros(0, 1, size, size),
                     torch.stack(labels) if has_labels else None, shapes, originals if keep_originals else None)
+
+
+def original_label(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """A slice's label values as uint8 class indices at the slice's own size (``lut``: ``value_lut``)."""
+    return lut[np.asarray(label, dtype=np.int64)].astype(np.uint8)
+
+
+class PoolTruth(Sequence["np.ndarray | None"]):
+    """Slices' labels as ``load_slices(keep_originals=True)`` gives them, read from the dataset when a
+    slice's is asked for instead of held: SAM-Match scores each refresh's pseudo-labels against an
+    unlabelled pool's labels where they exist, a slice at a time. Slices are asked for nearly in order, so
+    the label volumes of the last ``CASES_KEPT`` cases read are kept; None for a slice of a case without
+    a readable label (the pool is then not scored)."""
+
+    CASES_KEPT = 2
+
+    def __init__(self, dataset: Dataset, refs: Sequence[SliceRef], values: list[int]) -> None:
+        self.dataset, self.refs, self.lut = dataset, list(refs), value_lut(values)
+        self._labels: dict[str, np.ndarray | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> np.ndarray | None:  # type: ignore[override]
+        ref = self.refs[index]
+        volume = self._volume(ref.case_id)
+        return None if volume is None else original_label(volume[ref.z], self.lut)
+
+    def _volume(self, case_id: str) -> np.ndarray | None:
+        if case_id not in self._labels:
+            while len(self._labels) >= self.CASES_KEPT:
+                del self._labels[next(iter(self._labels))]
+            self._labels[case_id] = self._read(case_id)
+        return self._labels[case_id]
+
+    def _read(self, case_id: str) -> np.ndarray | None:
+        try:
+            return self.dataset.load(case_id).label
+        except DataError as err:  # a label damaged since the fit started: the report goes without a score
+            say_once(f"the unlabelled pool's labels cannot be read ({err}): its pseudo-labels are not scored",
+                     key="pool-truth-unreadable")
+            return None
 
 
 # --- augmentation -----------------------------------------------------------------------------

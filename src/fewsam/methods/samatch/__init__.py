@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fewsam.embedded import embed_refs
+from fewsam.embedded import CachedPool
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, say_if_warm_up_fills_the_fit, say_unused_options
 from fewsam.methods.samatch.config import CONSISTENCY_ONLY, SCHEDULE, SamMatchConfig
@@ -33,7 +33,7 @@ from fewsam.methods.samatch.refresh import PSEUDO_DIR, QUALITY, PseudoLabelRefre
 from fewsam.methods.samatch.sam_decoder import SAM_DIR, SamRounds, fit_sam, kept_sam_weights, load_final_sam
 from fewsam.methods.samatch.student_task import SamMatchTask
 from fewsam.methods import Method
-from fewsam.methods.student import build_unet, load_labelled, load_slices, load_val_cases
+from fewsam.methods.student import PoolTruth, build_unet, load_labelled, load_slices, load_val_cases
 from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
 from fewsam.train import TrainResult, train
@@ -51,19 +51,21 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     unl_refs = ctx.unlabelled_pool(cfg)
     if not unl_refs:
         raise DataError("no unlabelled training slices are left; use fewer labelled cases or `fit supervised`")
-    unlabelled = load_slices(ctx.dataset, unl_refs, cfg.image_size, ctx.values, keep_originals=True)
+    # images only: the pool's labels are read a slice at a time when a refresh scores its pseudo-labels
+    unlabelled = load_slices(ctx.dataset, unl_refs, cfg.image_size, ctx.values, with_label=False)
     labeller = rounds = None
     say_what_fixmatch_leaves_unused(cfg)
     if cfg.use_sam:
         say_if_warm_up_fills_the_fit(cfg.warmup_steps, cfg.steps, "learning from SAM's pseudo-labels",
                                      "FixMatch, with SAM fine-tuned for nothing (--no-sam skips it)")
         rounds = fit_sam(ctx, val_cases, run_dir / SAM_DIR, cfg)
-        slices = embed_refs(ctx.dataset, unl_refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
+        slices = CachedPool(ctx.dataset, unl_refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
         labeller = PseudoLabeller(ctx.model, slices, cfg, len(ctx.values), ctx.device)
     torch.manual_seed(ctx.seed)
     module = prepare_student(build_unet(cfg, len(ctx.values)).to(ctx.device), ctx.acceleration)
     refresh = None if labeller is None else PseudoLabelRefresh(module, unlabelled, labeller, rounds, cfg, ctx.values,
-                                                               run_dir, ctx.device)
+                                                               run_dir, ctx.device,
+                                                               PoolTruth(ctx.dataset, unl_refs, ctx.values))
     task = SamMatchTask(module, labelled, unlabelled, cfg, ctx.labelled_loss(None), val_cases, ctx.values,
                         ctx.device, refresh)
     return train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress, before_step=refresh)

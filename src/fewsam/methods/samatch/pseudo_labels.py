@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewsam.embedded import EmbeddedSlice, frame_label
+from fewsam.embedded import EmbeddedSlice
 from fewsam.labels import index_lut
 from fewsam.methods.student import SliceSet
 from fewsam.self_prompting import (PseudoLabeller, compose_pseudo_label, confident_boxes,  # noqa: F401
@@ -80,8 +80,7 @@ def student_sample(probs: torch.Tensor, slice_: EmbeddedSlice, lut: np.ndarray, 
     if not confident:
         return None
     label = lut[np.where(np.isin(pred, list(confident)), pred, 0)]
-    return EmbeddedSlice(slice_.ref, slice_.embedding, slice_.info, frame_label(label, slice_.info), label,
-                         slice_.view)
+    return slice_.labelled(label)  # a pool's embedding stays in the cache, its frame made when read
 
 
 def student_probs(module: nn.Module, data: SliceSet, device: str, batch_size: int = 16) -> list[torch.Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,8 +42,12 @@ class PseudoLabelRefresh:
     """``before_step`` hook of the student's loop; ``labels`` holds the current pseudo-labels."""
 
     def __init__(self, student: nn.Module, unlabelled: SliceSet, labeller: PseudoLabeller, rounds: SamRounds | None,
-                 cfg: SamMatchConfig, values: list[int], run_dir: Path, device: str = "cpu") -> None:
+                 cfg: SamMatchConfig, values: list[int], run_dir: Path, device: str = "cpu",
+                 truth: Sequence[np.ndarray | None] | None = None) -> None:
+        """``truth``: the pool's labels per slice (``PoolTruth`` reads each as it is scored), by default
+        ``unlabelled.originals``; the refreshes are scored when every slice has one."""
         self.student, self.unlabelled, self.labeller, self.rounds = student, unlabelled, labeller, rounds
+        self.truth = unlabelled.originals if truth is None else truth
         self.cfg, self.values, self.run_dir, self.device = cfg, values, run_dir, device
         self.labels: torch.Tensor | None = None  # (N_u, S, S) uint8, IGNORE where SAM gave nothing
         self.step: int | None = None
@@ -95,13 +99,11 @@ class PseudoLabelRefresh:
         size = self.cfg.image_size
         identity = np.arange(256, dtype=np.int64)
         labels = torch.full((len(self.labeller.slices), size, size), IGNORE, dtype=torch.uint8)
-        gts = self.unlabelled.originals
-        scored = bool(gts) and all(g is not None for g in gts)
-        tally = RefreshTally(len(self.values), scored)
+        tally = RefreshTally(len(self.values), scored=bool(self.truth))
         for done in self.labeller.refine_each(self._probabilities()):
             if done.label is not None:
                 labels[done.index] = student_label(done.label, size, identity)
-            tally.add(done, gts[done.index] if scored else None)
+            tally.add(done, self.truth[done.index] if tally.scores is not None else None)
         return labels, tally
 
     def _report(self, step: int, tally: "RefreshTally") -> dict:
@@ -132,9 +134,12 @@ class RefreshTally:
         self.scores = (PooledDice(n_outputs), PooledDice(n_outputs), PooledDice(n_outputs)) if scored else None
 
     def add(self, done: RefinedSlice, gt: np.ndarray | None) -> None:
+        """Count one slice; a slice without a label leaves the pool unscored (its Dice would be of part)."""
         self.slices += 1
         self.prompts += done.prompts
         self.refined += done.label is not None
+        if gt is None:
+            self.scores = None
         if self.scores is None:
             return
         student_all, student_refined, sam_refined = self.scores
