@@ -4,6 +4,7 @@ Each is one `error:` line naming what the path is and what to give instead."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tarfile
 from pathlib import Path
@@ -95,3 +96,51 @@ def test_analyze_hdr_img_pairs_are_named_with_the_conversion(tmp_path):
     assert cli_error("info", str(data)) == (
         f"{data} holds Analyze .hdr/.img pairs (images/c0.hdr, ...), which fewsam does not read; convert each pair "
         "to NIfTI, e.g. with nibabel: nib.save(nib.load('c0.hdr'), 'c0.nii.gz')")
+
+
+# --- a NIfTI header whose voxel sizes and sform disagree ---------------------------------------
+
+@pytest.fixture
+def notices(caplog, monkeypatch):
+    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
+    from fewsam import progress
+
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    return caplog
+
+
+def sform_only_dataset(root: Path, pixdim: float | tuple[float, float, float]) -> Path:
+    """images/ + labels/ whose files carry their voxel sizes (0.5 x 0.5 x 3 mm) in the sform alone, pixdim
+    holding ``pixdim`` (0: never written, as some converters leave it)."""
+    affine = np.diag([0.5, 0.5, 3.0, 1.0])
+    for sub, data in (("images", np.ones((6, 6, 3), np.float32)), ("labels", np.zeros((6, 6, 3), np.uint8))):
+        (root / sub).mkdir(parents=True)
+        img = nib.Nifti1Image(data, affine)
+        img.set_qform(None, code=0)
+        img.header["pixdim"][1:4] = pixdim
+        img.to_filename(root / sub / "c0.nii.gz")
+    return root
+
+
+@pytest.mark.parametrize("pixdim", [0.0, -1.0])
+def test_voxel_sizes_that_differ_from_the_sform_are_said(tmp_path, notices, pixdim):
+    """nibabel reads pixdim 0 as 1 mm (and -1 as 1), ITK too, while the sform, which nibabel's viewers show,
+    says 0.5 x 0.5 x 3 mm: distances (HD95) were taken in 1 mm voxels without a word."""
+    from fewsam.data import open_dataset
+
+    case = open_dataset(sform_only_dataset(tmp_path / "data", pixdim)).load("c0")
+    assert case.spacing == (1.0, 1.0, 1.0)  # as ITK reads the file
+    said = [r.getMessage() for r in notices.records if "sform" in r.getMessage()]
+    assert said == [f"{tmp_path / 'data' / 'images' / 'c0.nii.gz'}: its header's voxel sizes (1 x 1 x 1 mm; a "
+                    "stored 0 reads as 1) differ from its sform's (0.5 x 0.5 x 3 mm); fewsam takes the header's, as "
+                    "ITK (3D Slicer, ITK-SNAP, nnU-Net) does, for distances (HD95, ASD) and the slice direction; "
+                    "rewrite the header if the sform's are right"]
+
+
+def test_voxel_sizes_that_agree_with_the_sform_say_nothing(tmp_path, notices):
+    from fewsam.data import open_dataset
+
+    case = open_dataset(sform_only_dataset(tmp_path / "data", (0.5, 0.5, 3.0))).load("c0")
+    assert case.spacing == (3.0, 0.5, 0.5)
+    assert [r.getMessage() for r in notices.records if "sform" in r.getMessage()] == []

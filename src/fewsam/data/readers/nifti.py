@@ -237,6 +237,8 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
     def _read(self, entry: Entry) -> Read:
         img, itk_geometry = _load_with_geometry(entry.image)
         zooms = _zooms(img)
+        if not itk_geometry:
+            say_sizes_disagree(entry.image, img)
         axis = slice_axis(img.shape, zooms)
         if axis != 2 and img.shape[axis] > 1:  # one voxel thick (a 2D image stored (x, 1, z)): nothing to say
             say_once(f"{entry.image}: voxels are {zooms[axis]:g} mm thick along NIfTI axis {'xy'[axis]} "
@@ -420,6 +422,34 @@ def _zooms(img: Any) -> list[float]:
 
 
 MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # nibabel's names of NIfTI's spatial units; mm and unknown: 1
+
+
+SIZE_TOLERANCE = 1e-3  # relative: headers store float32, so one size written twice may differ this much
+
+
+def say_sizes_disagree(path: Path, img: Any) -> None:
+    """Say once where a NIfTI header's voxel sizes (pixdim) differ from its sform's (a converter that
+    wrote the sform alone, leaving pixdim 0, which reads as 1, or stale). The header's are used for
+    distances (HD95, ASD) and the slice direction, as ITK (3D Slicer, ITK-SNAP, nnU-Net) reads such a
+    file; viewers built on nibabel show the sform's. Taken silently, the scores' millimetres were
+    not the ones the user's viewer shows."""
+    header = img.header
+    if not isinstance(header, nib.Nifti1Header) or header["sform_code"] <= 0:
+        return
+    axes = min(3, len(img.shape))
+    stored = np.asarray(header.get_zooms()[:axes], dtype=np.float64)
+    sform = nib.affines.voxel_sizes(header.get_sform())[:axes]
+    if np.allclose(stored, sform, rtol=SIZE_TOLERANCE, atol=0):
+        return
+    say_once(f"{path}: its header's voxel sizes ({_sizes(stored)} mm; a stored 0 reads as 1) differ from its "
+             f"sform's ({_sizes(sform)} mm); fewsam takes the header's, as ITK (3D Slicer, ITK-SNAP, nnU-Net) "
+             "does, for distances (HD95, ASD) and the slice direction; rewrite the header if the sform's are "
+             "right", key="nifti-sizes-disagree")
+
+
+def _sizes(values: np.ndarray) -> str:
+    """Voxel sizes as '0.5 x 0.5 x 3'."""
+    return " x ".join(f"{v:.4g}" for v in values)
 
 
 def slice_axis(shape: tuple[int, ...], zooms: list[float]) -> int:
