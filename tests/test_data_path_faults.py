@@ -4,6 +4,8 @@ Each is one `error:` line naming what the path is and what to give instead."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import shutil
 import tarfile
@@ -144,3 +146,22 @@ def test_voxel_sizes_that_agree_with_the_sform_say_nothing(tmp_path, notices):
     case = open_dataset(sform_only_dataset(tmp_path / "data", (0.5, 0.5, 3.0))).load("c0")
     assert case.spacing == (3.0, 0.5, 0.5)
     assert [r.getMessage() for r in notices.records if "sform" in r.getMessage()] == []
+
+
+def test_a_nii_gz_of_something_else_is_refused_without_nibabels_header_chatter(tmp_path, monkeypatch, caplog):
+    """Probing the content of a file nibabel cannot open (``_by_content``) printed nibabel's header repairs
+    ("sizeof_hdr should be 348; set sizeof_hdr to 348") above fewsam's one `error:` line."""
+    from fewsam.data import open_dataset
+    from fewsam.errors import DataError
+
+    printed = io.StringIO()  # what nibabel's own handler would print on stderr
+    for handler in nib.imageglobals.logger.handlers:
+        monkeypatch.setattr(handler, "stream", printed)
+    caplog.set_level(logging.DEBUG)  # and what reaches the root logger's handlers
+    data = volume_folder(tmp_path / "data")
+    with gzip.open(data / "images" / "c0.nii.gz", "wb") as f:
+        f.write(b"not a volume, a note gzipped under a volume's name " * 20)
+    with pytest.raises(DataError, match=r"cannot read NIfTI .*c0\.nii\.gz \(truncated or not NIfTI\?\)"):
+        open_dataset(data).load("c0")
+    assert printed.getvalue() == ""
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("nibabel")] == []

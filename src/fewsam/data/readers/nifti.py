@@ -53,9 +53,10 @@ import json
 import os
 import re
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -375,7 +376,9 @@ NIFTI2_HEADER_SIZE = 540  # a NIfTI header starts with its size: 348 for NIfTI-1
 def _by_content(path: Path) -> Any:
     """A NIfTI file whose name says the wrong compression, read by its content: an uncompressed file
     named ``.nii.gz`` (renamed by hand or by a download) or a gzipped one named ``.nii``. ITK, and so
-    nnU-Net and the viewers, read such files; None when the content is no NIfTI either."""
+    nnU-Net and the viewers, read such files; None when the content is no NIfTI either. nibabel's checks of
+    what it takes for a header print their repairs of it (``sizeof_hdr should be 348``) on stderr: silenced
+    here, where the content is only probed, so a file that is no NIfTI ends in the one line that says so."""
     try:
         data = path.read_bytes()
         if data[:2] == GZIP_MAGIC:
@@ -384,9 +387,22 @@ def _by_content(path: Path) -> Any:
         return None
     nifti2 = NIFTI2_HEADER_SIZE in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
     try:
-        return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
+        with nibabel_silenced():
+            return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
     except (*NIFTI_ERRORS, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError):
         return None
+
+
+@contextmanager
+def nibabel_silenced() -> Iterator[None]:
+    """nibabel's header checks say nothing inside (their errors still raise): its logger prints on its own
+    handler and, through the root logger, on any handler a caller set up: disabling it silences both."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
