@@ -165,3 +165,29 @@ def test_a_nii_gz_of_something_else_is_refused_without_nibabels_header_chatter(t
         open_dataset(data).load("c0")
     assert printed.getvalue() == ""
     assert [r.getMessage() for r in caplog.records if r.name.startswith("nibabel")] == []
+
+
+def test_a_nifti_file_fewsam_may_not_read_is_named_as_such(tmp_path, monkeypatch):
+    """A volume without read permission was "cannot read NIfTI ... (truncated or not NIfTI?): Could not read
+    file", sending the user after a damaged file; PNG and MetaImage files said "Permission denied". (Root
+    reads any file, so the refusal is made here as the file system makes it for another user.)"""
+    import builtins
+
+    from fewsam.data import open_dataset
+    from fewsam.errors import is_not_permitted, not_permitted_message
+
+    data = volume_folder(tmp_path / "data")
+    locked = data / "images" / "c0.nii.gz"
+    opened = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return opened(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    monkeypatch.setattr(io, "open", refusing_open)
+    with pytest.raises(PermissionError) as refused:
+        open_dataset(data).load("c0")
+    assert is_not_permitted(refused.value)
+    assert not_permitted_message(refused.value).startswith(f"Permission denied: {locked}; give fewsam access to it")

@@ -383,6 +383,8 @@ def _by_content(path: Path) -> Any:
         data = path.read_bytes()
         if data[:2] == GZIP_MAGIC:
             data = gzip.decompress(data)
+    except PermissionError:
+        raise  # no fault of the content: the command names the file it may not read, not "truncated?"
     except (OSError, EOFError, zlib.error):
         return None
     nifti2 = NIFTI2_HEADER_SIZE in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
