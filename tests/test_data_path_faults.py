@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -191,3 +192,48 @@ def test_a_nifti_file_fewsam_may_not_read_is_named_as_such(tmp_path, monkeypatch
         open_dataset(data).load("c0")
     assert is_not_permitted(refused.value)
     assert not_permitted_message(refused.value).startswith(f"Permission denied: {locked}; give fewsam access to it")
+
+
+def test_a_folder_below_the_data_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
+    """``os.walk`` skips a folder it may not list: images/b/'s cases were missing, and its masks were
+    said to "have no image of their name", sending the user after the names."""
+    from fewsam.data import open_dataset
+    from fewsam.errors import is_not_permitted
+
+    data = tmp_path / "data"
+    for sub in ("images/a", "images/b", "masks/a", "masks/b"):
+        (data / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / sub / f"{sub[-1]}1.png")
+    locked = data / "images" / "b"
+    listed = os.scandir
+
+    def refusing_scandir(path="."):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return listed(path)
+
+    monkeypatch.setattr(os, "scandir", refusing_scandir)
+    with pytest.raises(PermissionError) as refused:
+        open_dataset(data)
+    assert is_not_permitted(refused.value) and refused.value.filename == str(locked)
+
+
+def test_a_drives_lost_and_found_is_not_listed(tmp_path, monkeypatch):
+    """Data at the top of a disk sits beside fsck's lost+found/, which only root may list: now that a folder
+    that cannot be listed is refused, that one must not be looked into at all."""
+    from fewsam.data import open_dataset
+
+    data = tmp_path / "disk"
+    data.mkdir()
+    for name in ("c0.png", "c0_mask.png"):  # a folder of 2D images is read whole, at any depth
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / name)
+    (data / "lost+found").mkdir()
+    listed = os.scandir
+
+    def refusing_scandir(path="."):
+        if str(path) == str(data / "lost+found"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listed(path)
+
+    monkeypatch.setattr(os, "scandir", refusing_scandir)
+    assert open_dataset(data).split("all") == ["c0"]
