@@ -141,6 +141,14 @@ def test_voxel_sizes_that_differ_from_the_sform_are_said(tmp_path, notices, pixd
                     "rewrite the header if the sform's are right"]
 
 
+def test_info_says_voxel_sizes_that_differ_from_the_sform(tmp_path, notices):
+    """``fewsam info`` counts a case's slices along the axis these sizes choose, and loads no case."""
+    from fewsam.data import open_dataset
+
+    assert open_dataset(sform_only_dataset(tmp_path / "data", 0.0)).num_slices("c0") == 3
+    assert [r.getMessage() for r in notices.records if "differ from its sform's" in r.getMessage()] != []
+
+
 def test_voxel_sizes_that_agree_with_the_sform_say_nothing(tmp_path, notices):
     from fewsam.data import open_dataset
 

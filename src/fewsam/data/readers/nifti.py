@@ -417,7 +417,9 @@ def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
             return _shape_and_zooms_of(_load(path))  # the full read names the problem
         size, spacing = list(reader.GetSize()) + [1, 1], list(reader.GetSpacing()) + [1.0, 1.0]
         return tuple(size[:3]), [float(f"{z:.7g}") for z in spacing[:3]]  # type: ignore[return-value]
-    return _shape_and_zooms_of(_load(path))
+    img = _load(path)
+    say_sizes_disagree(path, img)  # `fewsam info` counts slices by these sizes and reads no case
+    return _shape_and_zooms_of(img)
 
 
 def _shape_and_zooms_of(img: Any) -> tuple[tuple[int, int, int], list[float]]:
