@@ -245,3 +245,23 @@ def test_a_drives_lost_and_found_is_not_listed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "scandir", refusing_scandir)
     assert open_dataset(data).split("all") == ["c0"]
+
+
+def test_nibabels_header_repairs_are_said_once_not_per_file(tmp_path, notices, monkeypatch):
+    """nibabel printed "pixdim[1,2,3] should be non-zero; setting 0 dims to 1" on stderr for every file it read
+    (twice a case: image and label), burying the commands' own lines; said once, naming the first file."""
+    from fewsam.data import open_dataset
+
+    printed = io.StringIO()  # what nibabel's own handler would print on stderr
+    for handler in nib.imageglobals.logger.handlers:
+        monkeypatch.setattr(handler, "stream", printed)
+    data = sform_only_dataset(tmp_path / "data", 0.0)
+    dataset = open_dataset(data)
+    for _ in range(2):
+        dataset.load("c0")
+    assert printed.getvalue() == ""
+    assert [r.getMessage() for r in notices.records if "should be non-zero" in r.getMessage()] == [
+        f"{data / 'images' / 'c0.nii.gz'}: pixdim[1,2,3] should be non-zero; setting 0 dims to 1 (nibabel's repair "
+        "of its header; said for the first such file)"]
+    nib.load(data / "images" / "c0.nii.gz")  # nibabel read by others says it as it always did
+    assert "should be non-zero" in printed.getvalue()

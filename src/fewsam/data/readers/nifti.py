@@ -50,10 +50,12 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import logging
 import os
 import re
 import zlib
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -322,7 +324,8 @@ def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
     if itk_ending(path.name):
         return read_as_nifti(path)
     try:
-        return nib.load(str(path)), None
+        with repairs_said_once(path):
+            return nib.load(str(path)), None
     except NIFTI_ERRORS as err:
         image = _by_content(path)
         if image is None:
@@ -393,6 +396,42 @@ def _by_content(path: Path) -> Any:
             return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
     except (*NIFTI_ERRORS, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError):
         return None
+
+
+_READING: ContextVar[Path | None] = ContextVar("nifti_reading", default=None)  # the file fewsam's nib.load reads
+
+
+class _RepairsSaidOnce(logging.Filter):
+    """nibabel prints each repair of a header it reads (``pixdim[1,2,3] should be non-zero; setting 0 dims to 1``)
+    on stderr, once for every file: a dataset of such files buried the commands' own lines, and their one
+    `error:` line, under hundreds of them. While fewsam reads a file (``repairs_said_once``) each kind of repair
+    is said once instead, as fewsam's notes are, naming the file; nibabel's other users hear it as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = _READING.get()
+        if path is None:
+            return True
+        if record.levelno >= nib.imageglobals.error_level:  # raised next: the command's error line says it
+            return False
+        message = record.getMessage()
+        say_once(f"{path}: {message} (nibabel's repair of its header; said for the first such file)",
+                 key=f"nibabel-repair-{message}")
+        return False
+
+
+_REPAIRS_SAID_ONCE = _RepairsSaidOnce()
+if _REPAIRS_SAID_ONCE not in nib.imageglobals.logger.filters:
+    nib.imageglobals.logger.addFilter(_REPAIRS_SAID_ONCE)
+
+
+@contextmanager
+def repairs_said_once(path: Path) -> Iterator[None]:
+    """nibabel's repairs of ``path``'s header, read inside, said once per kind (``_RepairsSaidOnce``)."""
+    token = _READING.set(path)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
 
 
 @contextmanager
