@@ -265,3 +265,18 @@ def test_nibabels_header_repairs_are_said_once_not_per_file(tmp_path, notices, m
         "of its header; said for the first such file)"]
     nib.load(data / "images" / "c0.nii.gz")  # nibabel read by others says it as it always did
     assert "should be non-zero" in printed.getvalue()
+
+
+def test_a_folder_of_empty_folders_is_named_empty_without_calling_them_tools(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    assert cli_error("info", str(data)).startswith(f"data folder {data} holds no image files (its folders hold no "
+                                                   "file); give the folder where")
+
+
+def test_a_7z_archive_is_named_without_a_command_to_unpack_it(tmp_path):
+    archive = tmp_path / "dataset.7z"
+    archive.write_bytes(b"7z\xbc\xaf\x27\x1c")
+    assert cli_error("info", str(archive)) == (f"{archive} is an archive (.7z), not a data folder; unpack it and give "
+                                               "the unpacked dataset's folder as --data")

@@ -15,7 +15,7 @@ import numpy as np
 
 from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
 from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
-from fewsam.data.readers.common import IndexedDataset, files_below, listed_names, strip_suffixes
+from fewsam.data.readers.common import IndexedDataset, files_below, is_tool_folder, listed_names, strip_suffixes
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -97,8 +97,9 @@ def refuse_file_as_data(path: Path) -> None:
     name = path.name.lower()
     archive = next((e for e in ARCHIVE_ENDINGS if name.endswith(e)), None)
     if archive is not None:
-        unpack = f"unzip {path}" if archive == ".zip" else f"tar xf {path}" if ".t" in archive else "unpack it"
-        raise DataError(f"{path} is an archive ({archive}), not a data folder; unpack it ({unpack}) and give the "
+        command = f"unzip {path}" if archive == ".zip" else f"tar xf {path}" if archive.startswith(".t") else None
+        how = f" ({command})" if command else ""
+        raise DataError(f"{path} is an archive ({archive}), not a data folder; unpack it{how} and give the "
                         "unpacked dataset's folder as --data")
     if _is_picture(path.name):
         raise DataError(f"{path} is one image file, not a data folder; give the folder that holds it "
@@ -111,16 +112,24 @@ def refuse_empty_folder(root: Path) -> None:
     fewsam knows would not say that nothing is there (a download not yet unpacked, a wrong path)."""
     if any(not p.name.startswith(".") for p in files_below(root)):
         return
-    hidden = sorted(p.name for p in root.iterdir())
-    left = f" (it holds only {', '.join(hidden[:3])}{', ...' if len(hidden) > 3 else ''}, which tools leave)" \
-        if hidden else ""
-    raise DataError(f"data folder {root} holds no image files{left}; give the folder where the dataset's images "
-                    "are (was its archive unpacked?)")
+    raise DataError(f"data folder {root} holds no image files{_what_is_there(root)}; give the folder where the "
+                    "dataset's images are (was its archive unpacked?)")
+
+
+def _what_is_there(folder: Path) -> str:
+    """What a folder without a file to read holds, to show: nothing, only what tools leave, or empty folders."""
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return ""
+    if all(name.startswith(".") or is_tool_folder(name) for name in entries):
+        return f" (it holds only {', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}, which tools leave)"
+    return " (its folders hold no file)"
 
 
 def refuse_analyze_pairs(root: Path) -> None:
     """A folder of Analyze 7.5 ``.hdr``/``.img`` pairs (the format before NIfTI, which SPM and older
-    scanners still write) is named as such, with the conversion to NIfTI: fewsam reads NIfTI, and "no known data layout" would not say that the volumes were seen but not read."""
+    scanners still write) is named as such, with the conversion to NIfTI: fewsam reads NIfTI, and "no known
+    data layout" would not say that the volumes were seen but not read."""
     headers = [p for p in files_below(root) if p.name.lower().endswith(".hdr") and not p.name.startswith(".")
                and any(p.with_suffix(s).is_file() for s in (".img", ".IMG"))]
     if headers:
