@@ -91,7 +91,8 @@ def test_data_given_as_a_folder_inside_the_dataset_names_its_root(acdc, tmp_path
         assert message == (f"{root / inner} is a folder inside the dataset {root.resolve()} ({layout} layout); "
                            f"give the dataset's root: --data {root.resolve()}")
     (tmp_path / "elsewhere" / "data").mkdir(parents=True)
-    assert cli_error("info", str(tmp_path / "elsewhere" / "data")).startswith("no known data layout in")
+    elsewhere = tmp_path / "elsewhere" / "data"
+    assert cli_error("info", str(elsewhere)).startswith(f"data folder {elsewhere} holds no image files")
 
 
 @pytest.mark.parametrize("lines", [[VAL[0], VAL[1], VAL[0]], [VAL[0], f"{VAL[0]}.h5"]])

@@ -15,7 +15,7 @@ import numpy as np
 
 from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
 from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
-from fewsam.data.readers.common import IndexedDataset, files_below, listed_names, strip_suffixes
+from fewsam.data.readers.common import IndexedDataset, files_below, is_tool_folder, listed_names, strip_suffixes
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -55,6 +55,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     """
     root = Path(root).expanduser()
     if not root.is_dir():
+        refuse_file_as_data(root)
         what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"data folder {root} {what}; give the dataset's root folder")
     refuse_label_folder(root)
@@ -66,6 +67,8 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
             break
     else:
         refuse_run_folder(root)
+        refuse_empty_folder(root)
+        refuse_analyze_pairs(root)
         refuse_folder_inside(root)
         refuse_nnunet_without_json(root)
         refuse_folder_above(root)
@@ -78,6 +81,62 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     if attributes_csv is not None:
         _join(dataset, attributes_csv)
     return dataset
+
+
+# Endings of the archives datasets are handed over in (in lower case): given as --data, they are
+# no folder, and "is not a folder" would not say that fewsam reads the unpacked files
+ARCHIVE_ENDINGS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")
+
+
+def refuse_file_as_data(path: Path) -> None:
+    """An archive of a dataset, or one image or volume, given as --data is named as what it is, with
+    the folder to give instead: fewsam reads a dataset's folder, and neither unpacks archives nor
+    takes one file for a dataset."""
+    if not path.is_file():
+        return
+    name = path.name.lower()
+    archive = next((e for e in ARCHIVE_ENDINGS if name.endswith(e)), None)
+    if archive is not None:
+        command = f"unzip {path}" if archive == ".zip" else f"tar xf {path}" if archive.startswith(".t") else None
+        how = f" ({command})" if command else ""
+        raise DataError(f"{path} is an archive ({archive}), not a data folder; unpack it{how} and give the "
+                        "unpacked dataset's folder as --data")
+    if _is_picture(path.name):
+        raise DataError(f"{path} is one image file, not a data folder; give the folder that holds it "
+                        f"({path.resolve().parent}), or put it in a folder of its own to predict it alone")
+
+
+def refuse_empty_folder(root: Path) -> None:
+    """A folder holding no file to read, or only what tools leave (macOS's ``.DS_Store`` and
+    ``__MACOSX/``, hidden files) is named as empty: "no known data layout" and every layout
+    fewsam knows would not say that nothing is there (a download not yet unpacked, a wrong path)."""
+    if any(not p.name.startswith(".") for p in files_below(root)):
+        return
+    raise DataError(f"data folder {root} holds no image files{_what_is_there(root)}; give the folder where the "
+                    "dataset's images are (was its archive unpacked?)")
+
+
+def _what_is_there(folder: Path) -> str:
+    """What a folder without a file to read holds, to show: nothing, only what tools leave, or empty folders."""
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return ""
+    if all(name.startswith(".") or is_tool_folder(name) for name in entries):
+        return f" (it holds only {', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}, which tools leave)"
+    return " (its folders hold no file)"
+
+
+def refuse_analyze_pairs(root: Path) -> None:
+    """A folder of Analyze 7.5 ``.hdr``/``.img`` pairs (the format before NIfTI, which SPM and older
+    scanners still write) is named as such, with the conversion to NIfTI: fewsam reads NIfTI, and "no known
+    data layout" would not say that the volumes were seen but not read."""
+    headers = [p for p in files_below(root) if p.name.lower().endswith(".hdr") and not p.name.startswith(".")
+               and any(p.with_suffix(s).is_file() for s in (".img", ".IMG"))]
+    if headers:
+        example = headers[0]
+        raise DataError(f"{root} holds Analyze .hdr/.img pairs ({example.relative_to(root).as_posix()}, ...), which "
+                        "fewsam does not read; convert each pair to NIfTI, e.g. with nibabel: "
+                        f"nib.save(nib.load('{example.name}'), '{example.name[:-4]}.nii.gz')")
 
 
 def refuse_run_folder(root: Path) -> None:

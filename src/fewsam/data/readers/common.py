@@ -21,7 +21,7 @@ import numpy as np
 
 from fewsam.data.attributes import AttributeTable, user_text
 from fewsam.data.types import Case, ClassMap, Format, SliceRef
-from fewsam.errors import DataError
+from fewsam.errors import DataError, is_not_permitted
 from fewsam.labels import MAX_CLASSES, check_class_count
 from fewsam.progress import say_once
 
@@ -378,9 +378,13 @@ def files_below(root: Path) -> Iterator[Path]:
 
     Folders that tools keep for themselves below the data are not entered (``is_tool_folder``):
     Jupyter's ``.ipynb_checkpoints`` copies, a desktop's ``.Trash-1000`` on a USB drive and macOS's
-    ``__MACOSX`` hold images that are not the dataset's, and read as cases they would change its splits."""
+    ``__MACOSX`` hold images that are not the dataset's, and read as cases they would change its splits.
+
+    A folder that cannot be listed (no permission to read it) ends the walk naming it (``refuse_unlisted``):
+    skipped, as ``os.walk`` skips it unless told otherwise, its cases were missing without a word, or its
+    labels, leaving their images unlabelled."""
     seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=refuse_unlisted):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
@@ -390,10 +394,24 @@ def files_below(root: Path) -> Iterator[Path]:
         yield from (Path(folder) / name for name in sorted(files))
 
 
+def refuse_unlisted(err: OSError) -> None:
+    """Raise the error of a folder below the data that cannot be listed: a refused read as it is (the
+    command names the folder and asks for access), anything else as the folder that could not be read."""
+    if is_not_permitted(err):
+        raise err
+    raise DataError(f"cannot list the folder {err.filename}: {os.strerror(err.errno or 0)}; make it readable or "
+                    "move it out of the data folder") from None
+
+
+# Folders a file system keeps at a drive's root: fsck's lost+found (readable by root alone, so a listing
+# refused there would end every command on data at the top of a disk), and Windows' own on a USB drive
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "lost+found", "System Volume Information", "$RECYCLE.BIN"})
+
+
 def is_tool_folder(name: str) -> bool:
-    """Whether a folder below the data is a tool's own (hidden, or macOS's ``__MACOSX`` of a zip's
-    metadata) rather than the dataset's: its files are copies, deleted files or metadata."""
-    return name.startswith(".") or name == "__MACOSX"
+    """Whether a folder below the data is a tool's own (hidden, macOS's ``__MACOSX`` of a zip's metadata, or a
+    file system's, ``SYSTEM_FOLDERS``) rather than the dataset's: its files are copies, deleted files or metadata."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
 
 
 def files_ending_with(folder: Path, suffix: str) -> list[Path]:

@@ -50,12 +50,15 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import logging
 import os
 import re
 import zlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -237,6 +240,8 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
     def _read(self, entry: Entry) -> Read:
         img, itk_geometry = _load_with_geometry(entry.image)
         zooms = _zooms(img)
+        if not itk_geometry:
+            say_sizes_disagree(entry.image, img)
         axis = slice_axis(img.shape, zooms)
         if axis != 2 and img.shape[axis] > 1:  # one voxel thick (a 2D image stored (x, 1, z)): nothing to say
             say_once(f"{entry.image}: voxels are {zooms[axis]:g} mm thick along NIfTI axis {'xy'[axis]} "
@@ -319,7 +324,8 @@ def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
     if itk_ending(path.name):
         return read_as_nifti(path)
     try:
-        return nib.load(str(path)), None
+        with repairs_said_once(path):
+            return nib.load(str(path)), None
     except NIFTI_ERRORS as err:
         image = _by_content(path)
         if image is None:
@@ -373,18 +379,71 @@ NIFTI2_HEADER_SIZE = 540  # a NIfTI header starts with its size: 348 for NIfTI-1
 def _by_content(path: Path) -> Any:
     """A NIfTI file whose name says the wrong compression, read by its content: an uncompressed file
     named ``.nii.gz`` (renamed by hand or by a download) or a gzipped one named ``.nii``. ITK, and so
-    nnU-Net and the viewers, read such files; None when the content is no NIfTI either."""
+    nnU-Net and the viewers, read such files; None when the content is no NIfTI either. nibabel's checks of
+    what it takes for a header print their repairs of it (``sizeof_hdr should be 348``) on stderr: silenced
+    here, where the content is only probed, so a file that is no NIfTI ends in the one line that says so."""
     try:
         data = path.read_bytes()
         if data[:2] == GZIP_MAGIC:
             data = gzip.decompress(data)
+    except PermissionError:
+        raise  # no fault of the content: the command names the file it may not read, not "truncated?"
     except (OSError, EOFError, zlib.error):
         return None
     nifti2 = NIFTI2_HEADER_SIZE in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
     try:
-        return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
+        with nibabel_silenced():
+            return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
     except (*NIFTI_ERRORS, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError):
         return None
+
+
+_READING: ContextVar[Path | None] = ContextVar("nifti_reading", default=None)  # the file fewsam's nib.load reads
+
+
+class _RepairsSaidOnce(logging.Filter):
+    """nibabel prints each repair of a header it reads (``pixdim[1,2,3] should be non-zero; setting 0 dims to 1``)
+    on stderr, once for every file: a dataset of such files buried the commands' own lines, and their one
+    `error:` line, under hundreds of them. While fewsam reads a file (``repairs_said_once``) each kind of repair
+    is said once instead, as fewsam's notes are, naming the file; nibabel's other users hear it as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = _READING.get()
+        if path is None:
+            return True
+        if record.levelno >= nib.imageglobals.error_level:  # raised next: the command's error line says it
+            return False
+        message = record.getMessage()
+        say_once(f"{path}: {message} (nibabel's repair of its header; said for the first such file)",
+                 key=f"nibabel-repair-{message}")
+        return False
+
+
+_REPAIRS_SAID_ONCE = _RepairsSaidOnce()
+if _REPAIRS_SAID_ONCE not in nib.imageglobals.logger.filters:
+    nib.imageglobals.logger.addFilter(_REPAIRS_SAID_ONCE)
+
+
+@contextmanager
+def repairs_said_once(path: Path) -> Iterator[None]:
+    """nibabel's repairs of ``path``'s header, read inside, said once per kind (``_RepairsSaidOnce``)."""
+    token = _READING.set(path)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
+@contextmanager
+def nibabel_silenced() -> Iterator[None]:
+    """nibabel's header checks say nothing inside (their errors still raise): its logger prints on its own
+    handler and, through the root logger, on any handler a caller set up: disabling it silences both."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
@@ -397,7 +456,9 @@ def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
             return _shape_and_zooms_of(_load(path))  # the full read names the problem
         size, spacing = list(reader.GetSize()) + [1, 1], list(reader.GetSpacing()) + [1.0, 1.0]
         return tuple(size[:3]), [float(f"{z:.7g}") for z in spacing[:3]]  # type: ignore[return-value]
-    return _shape_and_zooms_of(_load(path))
+    img = _load(path)
+    say_sizes_disagree(path, img)  # `fewsam info` counts slices by these sizes and reads no case
+    return _shape_and_zooms_of(img)
 
 
 def _shape_and_zooms_of(img: Any) -> tuple[tuple[int, int, int], list[float]]:
@@ -420,6 +481,34 @@ def _zooms(img: Any) -> list[float]:
 
 
 MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # nibabel's names of NIfTI's spatial units; mm and unknown: 1
+
+
+SIZE_TOLERANCE = 1e-3  # relative: headers store float32, so one size written twice may differ this much
+
+
+def say_sizes_disagree(path: Path, img: Any) -> None:
+    """Say once where a NIfTI header's voxel sizes (pixdim) differ from its sform's (a converter that
+    wrote the sform alone, leaving pixdim 0, which reads as 1, or stale). The header's are used for
+    distances (HD95, ASD) and the slice direction, as ITK (3D Slicer, ITK-SNAP, nnU-Net) reads such a
+    file; viewers built on nibabel show the sform's. Taken silently, the scores' millimetres were
+    not the ones the user's viewer shows."""
+    header = img.header
+    if not isinstance(header, nib.Nifti1Header) or header["sform_code"] <= 0:
+        return
+    axes = min(3, len(img.shape))
+    stored = np.asarray(header.get_zooms()[:axes], dtype=np.float64)
+    sform = nib.affines.voxel_sizes(header.get_sform())[:axes]
+    if np.allclose(stored, sform, rtol=SIZE_TOLERANCE, atol=0):
+        return
+    say_once(f"{path}: its header's voxel sizes ({_sizes(stored)} mm; a stored 0 reads as 1) differ from its "
+             f"sform's ({_sizes(sform)} mm); fewsam takes the header's, as ITK (3D Slicer, ITK-SNAP, nnU-Net) "
+             "does, for distances (HD95, ASD) and the slice direction; rewrite the header if the sform's are "
+             "right", key="nifti-sizes-disagree")
+
+
+def _sizes(values: np.ndarray) -> str:
+    """Voxel sizes as '0.5 x 0.5 x 3'."""
+    return " x ".join(f"{v:.4g}" for v in values)
 
 
 def slice_axis(shape: tuple[int, ...], zooms: list[float]) -> int:
