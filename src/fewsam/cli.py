@@ -384,6 +384,8 @@ def evaluate(
     attributes: Optional[Path] = typer.Option(None, "--attributes", help=default_is(
         "CSV of group attributes by case/patient id.", "only the attributes found with the data")),
     es_mode: str = typer.Option("sum", "--es-mode", help="Equity spread: sum (paper) | std."),
+    both_empty: str = typer.Option("perfect", "--both-empty", help="A class absent from both prediction and label: "
+                                   "perfect (Dice 1, HD95 0; BraTS) | skip (left out of the means; nnU-Net)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the result JSON here.",
                                                                             "not written")),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file (never an input)."),
@@ -397,7 +399,7 @@ def evaluate(
     check_json_beside_predictions(json_out, pred)
     check_output_file(json_out, "--json", overwrite)
     result = run_evaluate(pred, data, split, group_by, alpha, not quiet, bins=bins, attributes=attributes,
-                          es_mode=es_mode)
+                          es_mode=es_mode, both_empty=both_empty)
     if json_out:
         write_json(json_out, result)
     _print_summary(result)

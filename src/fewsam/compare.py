@@ -132,6 +132,7 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     eval_a, eval_b = read_evaluation(a), read_evaluation(b)
     check_same_classes(eval_a, eval_b, a, b)
     check_same_labels(eval_a, eval_b, a, b)
+    check_same_empty_convention(eval_a, eval_b, a, b)
     check_same_distance_unit(eval_a, eval_b, metric, a, b)
     score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
     cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
@@ -227,6 +228,17 @@ def check_same_classes(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | 
     if set(classes_a) != set(classes_b):
         raise DataError(f"{a} scores classes {', '.join(classes_a) or 'none'} but {b} scores "
                         f"{', '.join(classes_b) or 'none'}; compare evaluations of the same data")
+
+
+def check_same_empty_convention(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | Path, b: str | Path
+                                ) -> None:
+    """Refuse to pair evaluations that score a class absent from both prediction and label differently
+    (``evaluate --both-empty``; evaluations without the record counted it as "perfect"): one run's Dice 1
+    against the other's left-out class would be tested as a difference of the runs."""
+    rule_a, rule_b = eval_a.get("both_empty", "perfect"), eval_b.get("both_empty", "perfect")
+    if rule_a != rule_b:
+        raise DataError(f"{a} was evaluated with --both-empty {rule_a} but {b} with --both-empty {rule_b}; "
+                        "evaluate both the same way")
 
 
 def check_same_labels(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | Path, b: str | Path) -> None:

@@ -27,7 +27,7 @@ from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
                              check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
 from fewsam.info import DEFAULT_SPLIT, split_cases
-from fewsam.metrics import case_metrics, group_summary, summarise
+from fewsam.metrics import BOTH_EMPTY, case_metrics, group_summary, summarise
 from fewsam.predict import dataset_folder_holding
 from fewsam.progress import tracked
 
@@ -48,6 +48,7 @@ def evaluate(
     attributes: str | Path | None = None,
     es_mode: str = DEFAULT_ES_MODE,
     n_boot: int = 1000,
+    both_empty: str = BOTH_EMPTY[0],
 ) -> dict[str, Any]:
     """Per-case, per-class and mean Dice/IoU/HD95/ASD of ``split`` (default ``DEFAULT_SPLIT``, "val"),
     and group metrics with ``group_by``.
@@ -56,6 +57,8 @@ def evaluate(
     CSV); ``bins`` (e.g. "bmi:25,30") bins a continuous one (age is binned at 60 by default); a
     binned column holding text is an error naming the case (``fairness.check_bin_values``).
     Cases without a value count in the overall scores and in no group; the JSON lists them.
+    ``both_empty``: how a class absent from both a prediction and its label scores (``metrics.BOTH_EMPTY``:
+    "perfect" counts Dice 1, "skip" leaves it out as nnU-Net does), recorded in the result.
     """
     pred = Path(pred)
     if pred.exists() and not pred.is_dir():
@@ -65,6 +68,8 @@ def evaluate(
     if es_mode not in ("sum", "std"):
         raise DataError(f"--es-mode must be 'sum' or 'std', not {es_mode!r}")
     check_alpha(alpha)
+    if both_empty not in BOTH_EMPTY:
+        raise DataError(f"--both-empty must be {' or '.join(BOTH_EMPTY)}, not {both_empty!r}")
     if n_boot < 1:  # 0 draws gave no interval without a word, fewer a ValueError from numpy
         raise DataError(f"n_boot must be at least 1, not {n_boot}: the bootstrap resamples that many times for "
                         "the confidence intervals (default 1000)")
@@ -85,7 +90,7 @@ def evaluate(
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
         predicted = read_prediction(case, pred, dataset.class_map, dataset)
-        per_class = case_metrics(predicted, case.label, list(names), case.spacing)
+        per_class = case_metrics(predicted, case.label, list(names), case.spacing, both_empty)
         units.add("mm" if case.spacing else "pixel")
         case_attrs.append(case.attributes)
         records.append({
@@ -107,6 +112,7 @@ def evaluate(
                       missing_group_cases=[r["case"] for r in records if r["group"] is None],
                       per_class_equity=per_class_equity(result, alpha, es_mode))
     result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
+    result["both_empty"] = both_empty
     result["split"] = os.fspath(split) if split else DEFAULT_SPLIT  # a list file's Path: its path, as JSON
     return result
 

@@ -5,7 +5,9 @@ Conventions (the JSON that `fewsam evaluate` writes relies on them):
 - Metrics are computed per class on a whole case: a (D, H, W) volume or an (H, W) image. A case
   of one slice, (1, H, W) (a PNG, a 2D NIfTI), is measured as the (H, W) image it is.
   Dice and IoU are fractions in [0, 1].
-- Both prediction and label empty: dice = iou = 1, hd95 = asd = 0. Exactly one of them empty:
+- Both prediction and label empty (``BOTH_EMPTY`` "perfect", the default): dice = iou = 1, hd95 =
+  asd = 0, as BraTS and MONAI with ``ignore_empty=False`` count it; "skip": all four None, the class
+  left out of that case's means, as nnU-Net and MONAI's default count it. Exactly one of them empty:
   dice = iou = 0 and hd95 = asd = None -- a missing value, never 0 (as the papers report).
 - The surface of a mask is the set of its voxels removed by one binary erosion with face
   connectivity, the outside of the array counting as background (medpy and MONAI do the same).
@@ -36,6 +38,7 @@ from scipy import ndimage
 from fewsam.errors import DataError
 
 METRICS = ("dice", "iou", "hd95", "asd")
+BOTH_EMPTY = ("perfect", "skip")  # how a class absent from both prediction and label scores (see above)
 CI_METRICS = ("dice", "iou")
 # Equity needs groups to compare: over one group (a single-site test split, bins the data falls in
 # one of) ES-Dice would equal the Dice and the worst-group gap be 0, read as perfectly fair.
@@ -47,10 +50,12 @@ def case_metrics(
     label: np.ndarray,
     class_labels: list[int],
     spacing: tuple[float, ...] | None = None,
+    both_empty: str = BOTH_EMPTY[0],
 ) -> dict[int, dict[str, float | None]]:
     """Dice, IoU, HD95 and ASD of each class in `class_labels` for one case.
 
-    `pred` and `label` are integer label maps of the same shape ((D, H, W) or (H, W)).
+    `pred` and `label` are integer label maps of the same shape ((D, H, W) or (H, W)); `both_empty`
+    is the convention for a class neither holds (``BOTH_EMPTY``).
     """
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.shape != label.shape:
@@ -58,7 +63,7 @@ def case_metrics(
     if spacing is not None and len(spacing) != pred.ndim:
         raise DataError(f"spacing {tuple(spacing)} needs one value per axis of a {pred.ndim}D case")
     pred, label, spacing = _as_image(pred, label, spacing)
-    return {int(c): binary_metrics(pred == c, label == c, spacing) for c in class_labels}
+    return {int(c): binary_metrics(pred == c, label == c, spacing, both_empty) for c in class_labels}
 
 
 def _as_image(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None
@@ -97,11 +102,13 @@ def _dice(pred: np.ndarray, label: np.ndarray) -> float:
 
 
 def binary_metrics(
-    pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None = None
+    pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None = None, both_empty: str = BOTH_EMPTY[0]
 ) -> dict[str, float | None]:
     """Dice, IoU, HD95 and ASD of two boolean masks, with the empty-mask conventions above."""
     n_pred, n_label = int(np.count_nonzero(pred)), int(np.count_nonzero(label))
     if n_pred == 0 and n_label == 0:
+        if both_empty == "skip":
+            return {"dice": None, "iou": None, "hd95": None, "asd": None}
         return {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "asd": 0.0}
     if n_pred == 0 or n_label == 0:
         return {"dice": 0.0, "iou": 0.0, "hd95": None, "asd": None}

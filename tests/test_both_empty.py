@@ -1,0 +1,72 @@
+"""`evaluate --both-empty`: a class absent from both a prediction and its label counts as Dice 1 (BraTS,
+MONAI with ignore_empty=False) or is left out of the means (nnU-Net, MONAI's default), and `compare`
+refuses to pair evaluations that counted it differently."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fewsam.compare import compare_runs
+from fewsam.errors import DataError
+from fewsam.evaluate import evaluate
+from fewsam.metrics import binary_metrics
+
+
+def test_both_empty_masks_score_perfect_or_nothing():
+    empty = np.zeros((4, 4), bool)
+    assert binary_metrics(empty, empty) == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "asd": 0.0}
+    assert binary_metrics(empty, empty, both_empty="skip") == {"dice": None, "iou": None, "hd95": None, "asd": None}
+    one = empty.copy()
+    one[1, 1] = True
+    assert binary_metrics(one, empty, both_empty="skip")["dice"] == 0.0  # only both-empty is left out
+
+
+@pytest.fixture
+def two_cases(tmp_path):
+    """Case a holds classes 1 and 2 and its prediction finds half of class 2 (Dice 2/3); case b has no
+    class 2 and its prediction none either."""
+    root, pred = tmp_path / "data", tmp_path / "pred"
+    for folder in (root / "images", root / "labels", pred):
+        folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label_a = np.zeros((8, 8, 2), np.uint8)
+    label_a[1:4, 1:4] = 1
+    label_a[5:7, 4:8] = 2
+    label_b = np.zeros((8, 8, 2), np.uint8)
+    label_b[2:5, 2:5] = 1
+    pred_a = label_a.copy()
+    pred_a[5:7, 6:8] = 0
+    for case, label, predicted in (("a", label_a, pred_a), ("b", label_b, label_b)):
+        nib.save(nib.Nifti1Image(rng.random((8, 8, 2)).astype(np.float32), np.eye(4)), root / "images" / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labels" / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(predicted, np.eye(4)), pred / f"{case}.nii.gz")
+    (tmp_path / "cases.txt").write_text("a\nb\n", encoding="utf-8")
+    return root, pred, tmp_path / "cases.txt"
+
+
+def test_skip_leaves_the_absent_class_out_of_the_means(two_cases):
+    root, pred, split = two_cases
+    perfect = evaluate(pred, root, split=str(split), show_progress=False)
+    skipped = evaluate(pred, root, split=str(split), show_progress=False, both_empty="skip")
+    class_2 = [name for name in perfect["per_class"] if name not in ("1", "class1")][-1]
+    assert perfect["per_class"][class_2]["dice"] == pytest.approx((2 / 3 + 1) / 2)
+    assert skipped["per_class"][class_2]["dice"] == pytest.approx(2 / 3)
+    assert skipped["per_class"][class_2]["dice_missing"] == 1
+    assert (perfect["both_empty"], skipped["both_empty"]) == ("perfect", "skip")
+    with pytest.raises(DataError, match="--both-empty must be perfect or skip"):
+        evaluate(pred, root, split=str(split), show_progress=False, both_empty="nan")
+
+
+def test_compare_refuses_evaluations_that_count_an_absent_class_differently(two_cases, tmp_path):
+    root, pred, split = two_cases
+    files = {}
+    for rule in ("perfect", "skip"):
+        files[rule] = tmp_path / f"{rule}.json"
+        files[rule].write_text(json.dumps(evaluate(pred, root, split=str(split), show_progress=False,
+                                                   both_empty=rule)), encoding="utf-8")
+    with pytest.raises(DataError, match="--both-empty perfect but .* with --both-empty skip"):
+        compare_runs(files["perfect"], files["skip"])
