@@ -45,7 +45,8 @@ from fewsam.data.readers.common import LABEL_INSIDE_IMAGE, check_label_values, f
 from fewsam.data.readers import itk_volume
 from fewsam.data.readers.itk_volume import itk_message
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
-from fewsam.data.readers.nifti import NIFTI_ERRORS, Grid, from_slices, on_image_grid, to_slices
+from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
+                                      to_slices)
 from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
@@ -476,8 +477,9 @@ def _decode_h5(case: Case, path: Path) -> np.ndarray:
 
 def _decode_nifti(case: Case, path: Path) -> np.ndarray:
     try:
-        image = itk_volume.read_as_nifti(path)[0] if itk_volume.itk_ending(path.name) else nib.load(str(path))
-        data = np.asarray(_on_case_grid(case, image, path).dataobj)
+        with repairs_said_once(path):  # nibabel's header repairs said once, not printed for each prediction
+            image = itk_volume.read_as_nifti(path)[0] if itk_volume.itk_ending(path.name) else nib.load(str(path))
+            data = np.asarray(_on_case_grid(case, image, path).dataobj)
     except NIFTI_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {first_line(err)}") from None
     if data.ndim == 4 and data.shape[3] == 1:

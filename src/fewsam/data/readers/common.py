@@ -382,16 +382,34 @@ def files_below(root: Path) -> Iterator[Path]:
 
     A folder that cannot be listed (no permission to read it) ends the walk naming it (``refuse_unlisted``):
     skipped, as ``os.walk`` skips it unless told otherwise, its cases were missing without a word, or its
-    labels, leaving their images unlabelled."""
+    labels, leaving their images unlabelled.
+
+    A link to a folder that holds the data folder itself (``up -> ..``) is not entered (``encloses_root``):
+    walked, the parent's other datasets were read as this dataset's cases."""
     seen: set[str] = set()
+    real_root = Path(os.path.realpath(root))
     for folder, dirs, files in os.walk(root, followlinks=True, onerror=refuse_unlisted):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(name for name in dirs if not is_tool_folder(name))
+        dirs[:] = sorted(name for name in dirs
+                         if not is_tool_folder(name) and not encloses_root(Path(folder) / name, real_root))
         yield from (Path(folder) / name for name in sorted(files))
+
+
+def encloses_root(path: Path, real_root: Path) -> bool:
+    """Whether ``path`` is a link to ``real_root`` or a folder above it, said once naming the link. Links to
+    folders elsewhere (images kept on another disk) and inside the data are walked as folders."""
+    if not path.is_symlink():
+        return False
+    target = Path(os.path.realpath(path))
+    if target != real_root and target not in real_root.parents:
+        return False
+    say_once(f"{path} is a link to {target}, a folder that holds the data folder {real_root}; it is not read, as "
+             "the files beside the data are not its cases", key=f"link-above-root-{path}")
+    return True
 
 
 def refuse_unlisted(err: OSError) -> None:

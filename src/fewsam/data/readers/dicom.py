@@ -137,7 +137,22 @@ def series_files(folder: Path) -> list[str]:
     names = _main_series(folder, series) if len(ids) > 1 else series[ids[0]] if ids else []
     if not names:
         raise DataError(f"no readable DICOM series in {folder} (damaged, or not DICOM images?)")
-    return names
+    return names if _has_slice_order(names) else natural_sorted(names)
+
+
+POSITION, INSTANCE_NUMBER = "0020|0032", "0020|0013"
+
+
+def _has_slice_order(names: list[str]) -> bool:
+    """Whether any file of the series tells GDCM its place (a position or an instance number). Without,
+    GDCM orders the files by name as plain text, slice10.dcm before slice2.dcm, and the volume was
+    stacked out of order: such a series is read in the names' natural order. The first file is looked
+    at alone unless it lacks both, so a series that has them costs one header more."""
+    for name in names:
+        reader = _file_info(name)
+        if any(_header_text(reader, tag) for tag in (POSITION, INSTANCE_NUMBER)):
+            return True
+    return False
 
 
 SCOUT_FILES = 3  # a localizer (scout) series: up to three slices, as scanners take them
@@ -225,7 +240,7 @@ def read_series(folder: Path) -> sitk.Image:
     if header is not None and header.rescales:
         image = each_frame_rescaled(image, header.rescales, Path(names[0]))
     check_one_orientation([_tag_numbers(reader, i, ORIENTATION) for i in range(len(names))], names, folder)
-    positions = [_tag_numbers(reader, i, "0020|0032") for i in range(len(names))]
+    positions = [_tag_numbers(reader, i, POSITION) for i in range(len(names))]
     check_slice_spacing(positions, image.GetDirection(), folder)
     if image.GetDepth() == 1:
         x, y, _ = image.GetSpacing()
