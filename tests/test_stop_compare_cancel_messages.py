@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from fewsam.cli import stopped_message
+from fewsam.compare import describe
 from fewsam.errors import Stopped
+from fewsam.metrics import wilcoxon_compare
 from fewsam.runs import LAST, RunFolder
 
 FIT = ["fewsam", "fit", "fewshot", "--data", "d", "--out", "run"]
@@ -37,3 +39,23 @@ def test_a_fit_stopped_after_a_checkpoint_still_says_it_resumes(tmp_path):
     stop = stop_inside_new_run(tmp_path / "run", checkpoint=True)
     assert (tmp_path / "run" / LAST).exists()
     assert stopped_message(stop, FIT).endswith("run the same command again to resume")
+
+
+def test_compare_says_how_many_tied_pairs_the_test_left_out():
+    a = {f"c{i}": 0.9 for i in range(8)}
+    b = {**{f"c{i}": 0.9 for i in range(3)}, **{f"c{i}": 0.8 - 0.01 * i for i in range(3, 8)}}
+    test = wilcoxon_compare(a, b)
+    assert test["n"] == 8 and test["n_no_difference"] == 3
+    ranked_alone = wilcoxon_compare({k: a[k] for k in list(a)[3:]}, {k: b[k] for k in list(a)[3:]})
+    assert test["p"] == pytest.approx(ranked_alone["p"])  # the ties really are dropped, not ranked
+    result = {"metric": "dice", "n_cases": 8, "mean_a": 0.9, "mean_b": 0.8, "n_comparisons": 1,
+              "only_in_a": 0, "only_in_b": 0, **test}
+    first = describe(result).splitlines()[0]
+    assert first.startswith("8 paired cases, 3 with no difference left out by the test"), first
+
+
+def test_compare_of_pairs_without_ties_says_nothing_of_them():
+    test = wilcoxon_compare({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.5, "b": 0.6, "c": 0.65})
+    result = {"metric": "dice", "n_cases": 3, "mean_a": 0.8, "mean_b": 0.58, "n_comparisons": 1,
+              "only_in_a": 0, "only_in_b": 0, **test}
+    assert "no difference" not in describe(result)
