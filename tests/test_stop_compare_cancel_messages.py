@@ -4,6 +4,7 @@ was given when some pairs tie, and a hand-edited job.json must not turn a Cancel
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fewsam.compare import describe
 from fewsam.errors import Stopped
 from fewsam.metrics import wilcoxon_compare
 from fewsam.runs import LAST, RunFolder
+from test_studio_edges import _left_running_worker
 
 FIT = ["fewsam", "fit", "fewshot", "--data", "d", "--out", "run"]
 
@@ -59,3 +61,21 @@ def test_compare_of_pairs_without_ties_says_nothing_of_them():
     result = {"metric": "dice", "n_cases": 3, "mean_a": 0.8, "mean_b": 0.58, "n_comparisons": 1,
               "only_in_a": 0, "only_in_b": 0, **test}
     assert "no difference" not in describe(result)
+
+
+@pytest.mark.parametrize("spec", [{}, {"project": 3}, {"project": None}], ids=["no project", "a number", "null"])
+def test_cancel_of_a_job_whose_spec_names_no_usable_project_answers_with_the_message(tmp_path, spec):
+    from fewsam.studio.jobs import JobRunner
+
+    job, process = _left_running_worker(tmp_path / "jobs")
+    try:
+        (job / "job.json").write_text(json.dumps({"kind": "fit", "fit_dir": str(tmp_path / "fit"), **spec}),
+                                      encoding="utf-8")
+        runner = JobRunner(tmp_path / "jobs")
+        assert runner.running()
+        answer = runner.cancel()
+        assert answer["state"] == "cancelled", answer
+        assert answer["message"] == "the fit was cancelled; your labels are unchanged"
+    finally:
+        process.kill()
+        process.wait()
