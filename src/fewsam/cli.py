@@ -762,11 +762,15 @@ RESUMABLE_COMMANDS = ("fit", "embed", "demo")
 
 def stopped_message(stop: Stopped, argv: list[str]) -> str:
     """What a command stopped by Ctrl-C or SIGTERM says: fit, embed and demo pick up where they
-    stopped; the studio, which is stopped this way, keeps every saved label; the others kept nothing
-    partial and start over."""
+    stopped, except a fit stopped before its first checkpoint, whose new run folder was removed and
+    which can only start again from the cached embeddings; the studio, which is stopped this way,
+    keeps every saved label; the others kept nothing partial and start over."""
     command = next((a for a in argv[1:] if not a.startswith("-")), "")
     if command == "studio":
         return f"{stop.how}; the studio stopped, its saved labels are kept: run the same command again to go on"
+    if command in RESUMABLE_COMMANDS and stop.run_removed:
+        return (f"{stop.how}; nothing was fitted yet, so the run folder was removed (any embeddings computed so far "
+                "are kept in the cache): run the same command again to start the fit")
     if command in RESUMABLE_COMMANDS:
         return f"{stop.how}; run the same command again to resume"
     return f"{stop.how}; nothing partial was kept: run the same command again to start over"

@@ -272,11 +272,20 @@ def _case_ids(result: dict[str, Any]) -> set[str]:
     return {case["case"] for case in result["cases"]}
 
 
+def no_difference_note(result: dict[str, Any]) -> str:
+    """The pairs the signed-rank test dropped for having no difference (zero_method "wilcox"): the
+    count beside them is the pairs compared, not the pairs ranked. Not said when every pair ties, as
+    then no test ran (p = 1)."""
+    tied = result.get("n_no_difference", 0)
+    return f", {tied} with no difference left out by the test" if 0 < tied < result["n"] else ""
+
+
 def describe(result: dict[str, Any]) -> str:
     """Two lines a reader can quote."""
     m = result["metric"]
     pairs = (f"{result['n']} paired cases" if result.get("n_cases", result["n"]) == result["n"]
              else f"{result['n']} paired subjects ({result['n_cases']} cases, averaged per subject)")
+    pairs += no_difference_note(result)
     lines = [f"{pairs}  mean {m}: A {result['mean_a']:.4f}  B {result['mean_b']:.4f}  "
              f"median A-B {round(result['median_diff'], 4) + 0.0:+.4f}",
              f"Wilcoxon signed-rank W={result['statistic']:.1f}  p={result['p']:.4g}"

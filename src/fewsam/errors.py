@@ -38,6 +38,9 @@ class Stopped(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+        # set by the fit's RunFolder when it removed a new run that held no checkpoint yet: the stop
+        # message then cannot promise a resume, only a fresh start (the embedding cache is kept)
+        self.run_removed = False
 
     @property
     def how(self) -> str:

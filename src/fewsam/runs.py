@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 
 from fewsam import __version__
 from fewsam.atomic import LockHeld, atomic_write_bytes, stale_temporaries, take_lock_file
-from fewsam.errors import RunError
+from fewsam.errors import RunError, Stopped
 from fewsam.progress import say_once
 
 CONFIG = "config.json"
@@ -84,8 +84,11 @@ class RunFolder:
             ok = False
             raise
         finally:
-            if not ok and self.new and not self._holds_work():
+            removed = not ok and self.new and not self._holds_work()
+            if removed:
                 self._undo()
+            if isinstance(exc, Stopped):  # the outermost folder exits last, so its word is the one kept
+                exc.run_removed = removed
             os.close(self._lock)
 
     def _holds_work(self) -> bool:

@@ -355,12 +355,15 @@ def kept_model_dice(result: object) -> dict[str, Any]:
 def cancelled_message(job: Job, record: dict[str, Any]) -> str:
     """What a cancel left. A fit cancelled once its training had finished (while it predicted the cases)
     is the project's latest fit already: predictions, "Predict" and "Suggest next" now use it, and the
-    earlier fit's predictions are no longer shown, which "the fit was cancelled" would hide."""
-    if job.kind == "fit":
+    earlier fit's predictions are no longer shown, which "the fit was cancelled" would hide. A job.json
+    edited by hand may lack the project or hold a non-string one: the cancel is then said without
+    that part, rather than the Cancel answering 500."""
+    project = job.spec.get("project")
+    if job.kind == "fit" and isinstance(project, str) and project:
         from fewsam.studio.project import LATEST_RUN
 
         fit = Path(job.spec["fit_dir"]).name
-        latest = _read_json(Path(job.spec["project"]) / LATEST_RUN) or {}
+        latest = _read_json(Path(project) / LATEST_RUN) or {}
         if latest.get("fit") == fit:
             done, total = record.get("cases_done") or 0, record.get("cases_total")
             return (f"the fit had finished and {fit} is now the latest fit; predicting its cases was cancelled"
