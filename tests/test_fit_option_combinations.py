@@ -168,7 +168,7 @@ def test_fewmatch_refuses_a_cavity_rule_before_encoding_its_unlabelled_pool(phan
     def no_pool(*args, **kwargs):
         raise AssertionError("the unlabelled pool was encoded")
 
-    monkeypatch.setattr(fewmatch, "embed_refs", no_pool)
+    monkeypatch.setattr(fewmatch, "CachedPool", no_pool)
     config = FewMatchConfig(steps=2, val_every=2, batch_size=2, unlabeled_batch=2, views=1, test_mirroring=False,
                             sam_refinement=False, cavity_rule="Myo:LV:Aorta")
     with pytest.raises(DataError, match="'Aorta' is not a class of this dataset"):
