@@ -348,7 +348,7 @@ def _plot_file_names(classes: list[str]) -> list[str]:
 def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     if len(runs) < 2:
         return []
-    from fewsam.compare import check_same_classes, paired_scores, subject_pairs
+    from fewsam.compare import check_same_classes, no_difference_note, paired_scores, subject_pairs
     from fewsam.errors import DataError
     from fewsam.metrics import wilcoxon_compare
 
@@ -359,7 +359,8 @@ def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
         try:
             check_same_classes(r, base, name, base_name)
             t = wilcoxon_compare(*subject_pairs(r, *paired_scores(r, base)[:2]))
-            rows.append([f"{name} vs {base_name}", t["n"], f"{round(t['median_diff'], 4) + 0.0:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
+            pairs = f"{t['n']}{no_difference_note(t)}"  # the pairs the test ranked are fewer when some tie
+            rows.append([f"{name} vs {base_name}", pairs, f"{round(t['median_diff'], 4) + 0.0:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
         except DataError as err:
             rows.append([f"{name} vs {base_name}", "-", "-", "-", str(err)])
     text = ("Paired Wilcoxon signed-rank test on per-case mean Dice (cases both runs scored), the cases of "
