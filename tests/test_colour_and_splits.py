@@ -310,7 +310,7 @@ def test_a_dicom_series_beside_its_localizer_is_read_and_the_localizer_said(tmp_
     with caplog.at_level(logging.INFO, logger="fewsam"):
         case = open_dataset(tmp_path / "case").load("s")
     assert np.array_equal(case.image, image.astype(np.float32))
-    assert any("1 localizer series (1 file(s) of at most 3 slices) beside its series of 5 files are left out"
+    assert any("1 localizer series (1 file(s) of at most 3 slices) beside its series of 5 slices in 5 file(s) are left out"
                in r.getMessage() for r in caplog.records)
     write_series(tmp_path / "second", image[:4], uid="1.2.3.5")
     for path in (tmp_path / "second").iterdir():

@@ -50,3 +50,61 @@ def test_the_report_says_how_many_tied_pairs_the_test_left_out_as_compare_does()
 
 def test_the_report_of_pairs_without_ties_gives_the_count_alone():
     assert paired_count_cell({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.5, "b": 0.6, "c": 0.65}) == "3"
+
+
+# ---------------------------------------------------------------- a multi-frame volume beside other series
+
+
+def multi_frame_volume(path: Path, frames: int) -> np.ndarray:
+    stored = np.random.default_rng(frames).integers(0, 1000, (frames, 4, 5)).astype("<u2")
+    enhanced_mr(path, stored, [(1.0, 0.0)] * frames)
+    return stored
+
+
+def other_series(folder: Path, files: int) -> None:
+    """``files`` single-frame axial slices of a series of their own, 2 mm apart."""
+    for z in range(files):
+        save_part10(mr_slice(100 + z, (0.0, 0.0, 2.0 * z), SeriesInstanceUID="1.2.3.4.7",
+                             SOPInstanceUID=f"1.2.3.4.7.{z}"), folder / f"IM{z:04d}.dcm")
+
+
+def test_a_multi_frame_volume_beside_a_scout_is_read_and_the_scout_left_out(tmp_path, notices):
+    """Counted by files, the one-file volume was no more than the one-file scout: the folder was refused."""
+    stored = multi_frame_volume(tmp_path / "s" / "volume.dcm", 6)
+    other_series(tmp_path / "s", 1)
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("s").image, stored.astype(np.float32))
+    assert any("1 localizer series (1 file(s) of at most 3 slices) beside its series of 6 slices in 1 file(s)"
+               in r.getMessage() for r in notices.records)
+
+
+def test_a_multi_frame_volume_beside_a_multi_file_series_is_no_localizer(tmp_path):
+    """Counted by files, the 6-frame volume was left out as a localizer of the 5-file series."""
+    multi_frame_volume(tmp_path / "s" / "volume.dcm", 6)
+    other_series(tmp_path / "s", 5)
+    with pytest.raises(DataError, match=r"holds 2 DICOM series; put each series in its own folder"):
+        open_dataset(tmp_path).load("s")
+
+
+# ---------------------------------------------------------------- slices only partly placed
+
+
+def slices_partly_placed(folder: Path, unplaced: set[int], drop: tuple[str, ...]) -> None:
+    for n in range(1, 7):
+        ds = mr_slice(n, (0.0, 0.0, 2.0 * n))
+        if n in unplaced:
+            for keyword in drop:
+                delattr(ds, keyword)
+        save_part10(ds, folder / f"IM{n:04d}.dcm")
+
+
+def test_a_series_whose_files_only_partly_give_their_place_is_refused_naming_them(tmp_path):
+    """GDCM ordered such a series by whatever tag it fell back to, the unplaced files anywhere, unsaid."""
+    slices_partly_placed(tmp_path / "s", {2, 5}, ("ImagePositionPatient", "InstanceNumber"))
+    with pytest.raises(DataError, match=r"2 of its 6 DICOM files give no slice position \(ImagePositionPatient\) "
+                                        r"though the others do \(IM0002.dcm, IM0005.dcm\)"):
+        open_dataset(tmp_path).load("s")
+
+
+def test_a_series_placed_by_instance_number_alone_where_positions_are_partial_reads(tmp_path):
+    slices_partly_placed(tmp_path / "s", {2, 5}, ("ImagePositionPatient",))
+    assert open_dataset(tmp_path).load("s").image.shape == (6, 4, 5)

@@ -16,7 +16,7 @@
 case_id = the series folder relative to root (or images/), subject = its first folder (the
 patient in root/<patient>/<series>/); folders of objects without an image (RT structure sets,
 segmentations, reports) are no cases (said); a folder holding files of several series is refused
-when loaded, unless all but one are localizers (1 to 3 files each: left out, said). Arrays are
+when loaded, unless all but one are localizers (1 to 3 slices each, frames counted: left out, said). Arrays are
 (D, H, W) as SimpleITK gives them (GDCM sorts the slices by position), or (D, H, W, 3) for colour
 series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else SpacingBetweenSlices, else
 1 mm, said). ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
@@ -26,7 +26,8 @@ series' size too); one holding the same voxels in another axis order or orientat
 of them (a label cropped to its structures), is resampled onto the series (nearest neighbour); one
 placed elsewhere is refused. Pixels are read as float32, each file (each frame of a multi-frame file)
 with its own rescale slope and intercept; a series whose slices are not evenly spaced (a missing
-file), lie in several orientations or differ in size is refused.
+file), lie in several orientations or differ in size is refused, as is one only some of whose files give
+their place (a position or an instance number).
 Splits: labelled patients (``subject``) naturally sorted, every 5th to "val" with all its series (at
 least one of two or more); unlabelled cases in "test" (the unlabelled pool of a semi-supervised
 fit with ``--unlabeled-split test``); without any label, "val" holds every case.
@@ -155,23 +156,27 @@ def _has_slice_order(names: list[str]) -> bool:
     return False
 
 
-SCOUT_FILES = 3  # a localizer (scout) series: up to three slices, as scanners take them
+SCOUT_SLICES = 3  # a localizer (scout) series: up to three slices, as scanners take them
 
 
 def _main_series(folder: Path, series: dict[str, list[str]]) -> list[str]:
     """The one series of ``folder`` that is no localizer: a scanner export puts its scout images (one
-    to three files of a series of their own) beside the series itself, and the folder was refused as
-    holding two series. Read, and the localizers said once; several full series are still refused."""
-    main = [names for names in series.values() if len(names) > SCOUT_FILES]
+    to three slices of a series of their own) beside the series itself, and the folder was refused as
+    holding two series. Read, and the localizers said once; several full series are still refused.
+    Slices are counted as frames, not files: an enhanced multi-frame volume is one file."""
+    slices = {uid: expected_slices(names) for uid, names in series.items()}
+    main = [uid for uid in series if slices[uid] > SCOUT_SLICES]
     if len(main) != 1:
         named = "; ".join(_series_summary(uid, names) for uid, names in series.items())
         raise DataError(f"{folder} holds {len(series)} DICOM series; put each series in its own folder "
                         f"({folder.name}/<series>/, each then read as a case of its own) rather than stack "
                         f"slices of several series into one volume. Its series: {named}")
-    scouts = sum(len(names) for names in series.values()) - len(main[0])
-    say_once(f"{folder}: {len(series) - 1} localizer series ({scouts} file(s) of at most {SCOUT_FILES} slices) beside "
-             f"its series of {len(main[0])} files are left out; the series is read", key="dicom-localizer")
-    return main[0]
+    names = series[main[0]]
+    scouts = sum(len(files) for files in series.values()) - len(names)
+    say_once(f"{folder}: {len(series) - 1} localizer series ({scouts} file(s) of at most {SCOUT_SLICES} slices) beside "
+             f"its series of {slices[main[0]]} slices in {len(names)} file(s) are left out; the series is read",
+             key="dicom-localizer")
+    return names
 
 
 SERIES_NUMBER, SERIES_DESCRIPTION = "0020|0011", "0008|103e"
@@ -241,11 +246,33 @@ def read_series(folder: Path) -> sitk.Image:
         image = each_frame_rescaled(image, header.rescales, Path(names[0]))
     check_one_orientation([_tag_numbers(reader, i, ORIENTATION) for i in range(len(names))], names, folder)
     positions = [_tag_numbers(reader, i, POSITION) for i in range(len(names))]
+    check_slice_order_known(positions, [_tag_numbers(reader, i, INSTANCE_NUMBER) for i in range(len(names))],
+                            names, folder)
     check_slice_spacing(positions, image.GetDirection(), folder)
     if image.GetDepth() == 1:
         x, y, _ = image.GetSpacing()
         image.SetSpacing((x, y, single_slice_thickness(reader, folder)))
     return image
+
+
+def check_slice_order_known(positions: list[list[float] | None], numbers: list[list[float] | None],
+                            names: list[str], folder: Path) -> None:
+    """Refuse a series where some files give their place (a position or an instance number) and others
+    do not: GDCM orders by position where every file gives one, else by instance number where every file
+    gives one, else by name as plain text, and a series of both kinds was stacked in an order nobody chose,
+    without a word. Every file giving one of the two, or none giving either (natural name order,
+    ``series_files``), is an order that is known."""
+    if all(p is not None for p in positions) or all(n is not None for n in numbers):
+        return
+    if all(p is None for p in positions) and all(n is None for n in numbers):
+        return
+    by_position = any(p is not None for p in positions)
+    tag = "slice position (ImagePositionPatient)" if by_position else "instance number (InstanceNumber)"
+    lacking = [Path(name).name for name, value in zip(names, positions if by_position else numbers) if value is None]
+    shown = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
+    raise DataError(f"{folder}: {len(lacking)} of its {len(names)} DICOM files give no {tag} though the others "
+                    f"do ({shown}), so their place among the slices is unknown; give them the tag, or move them "
+                    "out of the series folder")
 
 
 def check_one_time_point(names: list[str], folder: Path) -> dict[str, FrameHeader]:
