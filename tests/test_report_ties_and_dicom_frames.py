@@ -1,7 +1,6 @@
-"""Counts that were off and a walk that named cases after a link: the report's paired-subject count that
-held the tied pairs the Wilcoxon test leaves out; a one-file multi-frame DICOM volume counted as one slice
-and so left out as a localizer; a series whose files only partly give their slice place, stacked in GDCM's
-unsaid order; and a link to a folder of the data that sorted before it, its cases named after the link."""
+"""Counts that were off: the report's paired-subject count that held the tied pairs the Wilcoxon test
+leaves out; a one-file multi-frame DICOM volume counted as one slice and so left out as a localizer; a
+series whose files only partly give their slice place, stacked in GDCM's unsaid order."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from fewsam.data import open_dataset
 from fewsam.errors import DataError
 from fewsam.report import _test_blocks
 from test_dicom_series_faults import enhanced_mr, mr_slice, save_part10
-from test_reader_walk_faults import png_cases
 
 
 @pytest.fixture
