@@ -283,7 +283,7 @@ class PngFolderDataset(IndexedDataset):
         return Read(image=image[None], label=None if label is None else label[None], meta=meta)
 
     def _read_mask(self, path: Path) -> np.ndarray:
-        pixels, lossy = read_mask_file(path)
+        pixels, lossy = read_mask_file(path, palette_indices=self.style.palette is not None)
         if not lossy:
             return mask_to_classes(pixels, self.style.to_class, path)
         if not self._lossy_noted and not self.style.ranged:
@@ -428,7 +428,7 @@ def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
     palette = _decode(first, lambda im: im.getpalette() if im.mode == "P" and _colour_palette(im) else None)
     if palette is None:
         return None
-    values = _values_in(paths) - {0}
+    values = _values_in(paths, palette_indices=True) - {0}
     void = VOID_INDEX in values and len(values) > 1
     if void:
         say_once(f"{root}: palette index {VOID_INDEX} in the masks is read as background, as VOC-style tools "
@@ -443,20 +443,21 @@ def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
 VOID_INDEX = 255  # VOC's palette index for unlabelled borders, beside small class indices
 
 
-def _scanned_mask(path: Path) -> tuple[np.ndarray, bool] | None:
+def _scanned_mask(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, bool] | None:
     """A mask read to find the folder's coding, or None (said once) when it cannot be read: the
     coding comes from the others, and the damaged file stops only what needs that case's mask
     (fit, evaluate), naming it; prediction and embedding never read it."""
     try:
-        return read_mask_file(path)
+        return read_mask_file(path, palette_indices)
     except DataError as err:
         say_once(f"mask scan: {err}; left out of the scan for the masks' coding", key=f"mask-scan-{path}")
         return None
 
 
-def _values_in(paths: list[Path]) -> set[int]:
-    """Every pixel value in the readable masks of ``paths``."""
-    return set().union(*(np.unique(read[0]).tolist() for path in paths if (read := _scanned_mask(path))))
+def _values_in(paths: list[Path], palette_indices: bool = False) -> set[int]:
+    """Every pixel value in the readable masks of ``paths`` (palette indices: ``read_mask_file``)."""
+    return set().union(*(np.unique(read[0]).tolist() for path in paths
+                         if (read := _scanned_mask(path, palette_indices))))
 
 
 def _looks_like_busi(root: Path, rows: list[dict[str, str]]) -> bool:
@@ -1153,11 +1154,14 @@ def _coding_text(to_class: dict[int, int]) -> str:
     return "{" + ", ".join(f"{a}-{b}: {to_class[a]}" for a, b in runs) + "}"
 
 
-def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
+def read_mask_file(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, bool]:
     """A mask as (H, W) uint8 pixel values, and whether the file was lossy (JPEG).
 
     A palette (mode P) mask with colour entries, as VOC-style tools and labelme save them, gives
-    its palette indices: the index is the class, the colour only how it is shown. Modes 1, RGB,
+    its palette indices: the index is the class, the colour only how it is shown. With
+    ``palette_indices`` (a dataset whose masks are palette-coded) every palette file gives its
+    indices: some classes have grey colours (VOC's car, index 7, is 128/128/128), so a mask or a
+    prediction holding only such classes would otherwise be read as their grey levels. Modes 1, RGB,
     RGB and grey palettes are converted to L; 16-bit and float masks are clipped to 0-255 (refused where
     two values above 255 would merge). With an
     alpha channel (RGBA, LA), transparent pixels are background (``_transparent_mask``).
@@ -1165,7 +1169,7 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
         lossy = im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
         im = as_shown(_first_page(im, path))
-        if im.mode == "P" and _colour_palette(im):
+        if im.mode == "P" and (palette_indices or _colour_palette(im)):
             return np.asarray(im), lossy
         if im.mode in ("RGBA", "LA"):
             return _transparent_mask(np.asarray(im.convert("RGBA")), np.asarray(im.convert("L"))), lossy
@@ -1222,9 +1226,9 @@ def _colour_palette(im: Image.Image) -> bool:
     return bool((used != used[:, :1]).any())
 
 
-def read_mask_pixels(path: Path) -> np.ndarray:
-    """A mask (or a PNG prediction) as (H, W) uint8 pixel values."""
-    return read_mask_file(path)[0]
+def read_mask_pixels(path: Path, palette_indices: bool = False) -> np.ndarray:
+    """A mask (or a PNG prediction) as (H, W) uint8 pixel values (``read_mask_file``)."""
+    return read_mask_file(path, palette_indices)[0]
 
 
 def open_png_folder(root: Path) -> PngFolderDataset:
