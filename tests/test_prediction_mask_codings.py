@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fewsam.data import open_dataset, read_prediction, write_prediction
@@ -63,3 +65,21 @@ def test_a_palette_mask_holding_only_a_grey_coloured_class_reads_as_its_index(tm
     assert dataset.class_map.names == {1: "class1", 7: "class7"}
     label = dataset.load("images/b").label[0]
     assert sorted(np.unique(label).tolist()) == [0, 7]
+
+
+@pytest.mark.parametrize("foreground, dtype", [(1, np.uint8), (255, np.uint8), (65535, np.uint16)])
+def test_naming_one_class_keeps_predictions_in_the_masks_own_values(tmp_path, foreground, dtype):
+    root = tmp_path / "lesions"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 10), np.uint8)).save(root / "images" / "a.png")
+    mask = np.zeros((8, 10), dtype)
+    mask[2:5, 3:7] = foreground
+    Image.fromarray(mask).save(root / "masks" / "a.png")
+    (root / "classes.json").write_text(json.dumps({"1": "lesion"}), encoding="utf-8")
+    dataset = open_dataset(root)
+    case = dataset.load("images/a")
+    path = write_prediction(case, case.label, tmp_path / "pred")
+    with Image.open(path) as written:
+        np.testing.assert_array_equal(np.asarray(written), mask)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", dataset.class_map), case.label)

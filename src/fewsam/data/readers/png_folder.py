@@ -308,10 +308,11 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
     Ranges: "min" defaults to 0 and "max" to 255; values in no class's range are background;
     ranges may not overlap. A class without a range in a file that uses ranges is its exact
     value. Predictions write class c as its "pixel", else the end of its range that is 0 or 255,
-    else the middle of its range; background as 0 (255 when a class range holds 0).
+    else the middle of its range; background as 0 (255 when a class range holds 0). The first form
+    (one class, no value) writes its class as the masks store it (``_in_stored_foreground``).
     """
     if (root / "classes.json").is_file():
-        return style_from_json(root / "classes.json")
+        return _in_stored_foreground(style_from_json(root / "classes.json"), root, rows)
     task, name = task.lower(), root.name.lower()
     for hint in (task, "busi" if _looks_like_busi(root, rows) else "", name):
         for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
@@ -350,6 +351,31 @@ def _generic_style(root: Path, rows: list[dict[str, str]]) -> PngStyle:
             return PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: SIXTEEN_BIT_TOP}, None)
         break
     return style
+
+
+def _in_stored_foreground(style: PngStyle, root: Path, rows: list[dict[str, str]]) -> PngStyle:
+    """A classes.json naming one class without its mask value reads 0, the class index and 255 as it; its
+    predictions are written in the value the first mask with any foreground stores (0/1, 0/255 or 16-bit
+    0/65535), as a folder without classes.json has them: naming the class must not turn a 0/1 set's
+    predictions into 0/255, which the user's own comparison with their masks reads as no match."""
+    classes = style.class_map.labels
+    if style.ranged or len(classes) != 1 or style.to_class != {0: 0, classes[0]: classes[0], 255: classes[0]}:
+        return style
+    for path in (path for row in rows for path in _mask_paths(root, row) if path.is_file()):
+        if (read := _scanned_mask(path)) is not None and (top := int(read[0].max(initial=0))):
+            foreground = _stored_foreground(path, top, read[1], classes[0])
+            return PngStyle(style.name, style.class_map, style.to_class, {0: 0, classes[0]: foreground}, style.rgb)
+    return style
+
+
+def _stored_foreground(path: Path, top: int, lossy: bool, cls: int) -> int:
+    """The value a one-class mask whose largest 8-bit value is ``top`` stores its class as: the class index
+    itself (a JPEG's blur keeps it at or below ``LOSSY_ZERO_ONE_MAX``), 65535 in a 16-bit 0/65535 mask, else 255."""
+    if top == cls or (lossy and top <= LOSSY_ZERO_ONE_MAX):
+        return cls
+    if not lossy and top == 255 and _stored_top(path) == SIXTEEN_BIT_TOP:
+        return SIXTEEN_BIT_TOP
+    return 255
 
 
 SIXTEEN_BIT_TOP = 65535  # the foreground of 16-bit masks coded 0/65535 (ImageJ's and some converters')
