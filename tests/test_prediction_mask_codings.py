@@ -83,3 +83,20 @@ def test_naming_one_class_keeps_predictions_in_the_masks_own_values(tmp_path, fo
     with Image.open(path) as written:
         np.testing.assert_array_equal(np.asarray(written), mask)
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", dataset.class_map), case.label)
+
+
+def test_naming_the_classes_of_palette_masks_keeps_the_palette_in_predictions(tmp_path):
+    root = tmp_path / "voc"
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(root / "images" / "a.jpg")
+    indices = np.zeros((12, 16), np.uint8)
+    indices[1:4, 1:4], indices[6:10, 5:12] = 1, 7
+    save_voc_mask(root / "masks" / "a.png", indices)
+    (root / "classes.json").write_text(json.dumps({"classes": {"1": "aeroplane", "7": "car"}}), encoding="utf-8")
+    dataset = open_dataset(root)
+    case = dataset.load("images/a")
+    path = write_prediction(case, case.label, tmp_path / "pred")
+    with Image.open(path) as written:
+        assert written.mode == "P" and written.getpalette()[:24] == voc_palette()[:24]
+        np.testing.assert_array_equal(np.asarray(written), indices)
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", dataset.class_map), case.label)

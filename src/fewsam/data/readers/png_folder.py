@@ -74,7 +74,7 @@ import io
 import logging
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import zip_longest
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -309,10 +309,12 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
     ranges may not overlap. A class without a range in a file that uses ranges is its exact
     value. Predictions write class c as its "pixel", else the end of its range that is 0 or 255,
     else the middle of its range; background as 0 (255 when a class range holds 0). The first form
-    (one class, no value) writes its class as the masks store it (``_in_stored_foreground``).
+    (one class, no value) writes its class as the masks store it (``_in_stored_foreground``). Colour-palette
+    masks keep their palette in predictions whatever classes.json says (``_with_masks_palette``).
     """
     if (root / "classes.json").is_file():
-        return _in_stored_foreground(style_from_json(root / "classes.json"), root, rows)
+        return _with_masks_palette(_in_stored_foreground(style_from_json(root / "classes.json"), root, rows),
+                                   root, rows)
     task, name = task.lower(), root.name.lower()
     for hint in (task, "busi" if _looks_like_busi(root, rows) else "", name):
         for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
@@ -448,10 +450,7 @@ def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
     named ``class<i>`` (classes.json names them); predictions are written with the same palette.
     None when the first mask is not such a file. Reads every mask once, to find the classes."""
     paths = [path for row in rows for path in _mask_paths(root, row) if path.is_file()]
-    first = next((path for path in paths if _scanned_mask(path) is not None), None)
-    if first is None or first.suffix.lower() != ".png":
-        return None
-    palette = _decode(first, lambda im: im.getpalette() if im.mode == "P" and _colour_palette(im) else None)
+    palette = _masks_palette(paths)
     if palette is None:
         return None
     values = _values_in(paths, palette_indices=True) - {0}
@@ -464,6 +463,21 @@ def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
     to_class = {**coding, VOID_INDEX: 0} if void else dict(coding)
     return PngStyle("palette", ClassMap({c: f"class{c}" for c in classes}), to_class, coding, None,
                     palette=tuple(palette))
+
+
+def _masks_palette(paths: list[Path]) -> list[int] | None:
+    """The palette of the first readable mask of ``paths`` where it is a colour-palette PNG, else None."""
+    first = next((path for path in paths if _scanned_mask(path) is not None), None)
+    if first is None or first.suffix.lower() != ".png":
+        return None
+    return _decode(first, lambda im: im.getpalette() if im.mode == "P" and _colour_palette(im) else None)
+
+
+def _with_masks_palette(style: PngStyle, root: Path, rows: list[dict[str, str]]) -> PngStyle:
+    """A classes.json style for colour-palette masks, with their palette: naming the classes of a VOC-style
+    set must not turn its predictions into grey indices that viewers and annotation tools show as black."""
+    palette = _masks_palette([path for row in rows for path in _mask_paths(root, row) if path.is_file()])
+    return style if palette is None else replace(style, palette=tuple(palette))
 
 
 VOID_INDEX = 255  # VOC's palette index for unlabelled borders, beside small class indices
