@@ -517,8 +517,10 @@ PNG_PREDICTION_ADVICE = ("a PNG prediction holds the dataset's own mask coding, 
 
 def _decode_png(case: Case, path: Path) -> np.ndarray:
     """A PNG prediction in the dataset's mask coding; other pixel values are refused with advice about
-    the prediction, not the dataset's advice for its own masks (adding a classes.json)."""
-    return mask_to_classes(read_mask_pixels(path), _to_class(case), path, "prediction", PNG_PREDICTION_ADVICE)[None]
+    the prediction, not the dataset's advice for its own masks (adding a classes.json). A palette-coded
+    dataset's prediction is read as its palette indices, whatever colour its classes have."""
+    pixels = read_mask_pixels(path, palette_indices=bool(case.meta.get("png_palette")))
+    return mask_to_classes(pixels, _to_class(case), path, "prediction", PNG_PREDICTION_ADVICE)[None]
 
 
 def _decode_npz(case: Case, path: Path) -> np.ndarray:

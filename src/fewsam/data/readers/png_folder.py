@@ -74,7 +74,7 @@ import io
 import logging
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import zip_longest
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -283,7 +283,7 @@ class PngFolderDataset(IndexedDataset):
         return Read(image=image[None], label=None if label is None else label[None], meta=meta)
 
     def _read_mask(self, path: Path) -> np.ndarray:
-        pixels, lossy = read_mask_file(path)
+        pixels, lossy = read_mask_file(path, palette_indices=self.style.palette is not None)
         if not lossy:
             return mask_to_classes(pixels, self.style.to_class, path)
         if not self._lossy_noted and not self.style.ranged:
@@ -308,10 +308,13 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
     Ranges: "min" defaults to 0 and "max" to 255; values in no class's range are background;
     ranges may not overlap. A class without a range in a file that uses ranges is its exact
     value. Predictions write class c as its "pixel", else the end of its range that is 0 or 255,
-    else the middle of its range; background as 0 (255 when a class range holds 0).
+    else the middle of its range; background as 0 (255 when a class range holds 0). The first form
+    (one class, no value) writes its class as the masks store it (``_in_stored_foreground``). Colour-palette
+    masks keep their palette in predictions whatever classes.json says (``_with_masks_palette``).
     """
     if (root / "classes.json").is_file():
-        return style_from_json(root / "classes.json")
+        return _with_masks_palette(_in_stored_foreground(style_from_json(root / "classes.json"), root, rows),
+                                   root, rows)
     task, name = task.lower(), root.name.lower()
     for hint in (task, "busi" if _looks_like_busi(root, rows) else "", name):
         for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
@@ -350,6 +353,31 @@ def _generic_style(root: Path, rows: list[dict[str, str]]) -> PngStyle:
             return PngStyle(style.name, style.class_map, style.to_class, {0: 0, 1: SIXTEEN_BIT_TOP}, None)
         break
     return style
+
+
+def _in_stored_foreground(style: PngStyle, root: Path, rows: list[dict[str, str]]) -> PngStyle:
+    """A classes.json naming one class without its mask value reads 0, the class index and 255 as it; its
+    predictions are written in the value the first mask with any foreground stores (0/1, 0/255 or 16-bit
+    0/65535), as a folder without classes.json has them: naming the class must not turn a 0/1 set's
+    predictions into 0/255, which the user's own comparison with their masks reads as no match."""
+    classes = style.class_map.labels
+    if style.ranged or len(classes) != 1 or style.to_class != {0: 0, classes[0]: classes[0], 255: classes[0]}:
+        return style
+    for path in (path for row in rows for path in _mask_paths(root, row) if path.is_file()):
+        if (read := _scanned_mask(path)) is not None and (top := int(read[0].max(initial=0))):
+            foreground = _stored_foreground(path, top, read[1], classes[0])
+            return PngStyle(style.name, style.class_map, style.to_class, {0: 0, classes[0]: foreground}, style.rgb)
+    return style
+
+
+def _stored_foreground(path: Path, top: int, lossy: bool, cls: int) -> int:
+    """The value a one-class mask whose largest 8-bit value is ``top`` stores its class as: the class index
+    itself (a JPEG's blur keeps it at or below ``LOSSY_ZERO_ONE_MAX``), 65535 in a 16-bit 0/65535 mask, else 255."""
+    if top == cls or (lossy and top <= LOSSY_ZERO_ONE_MAX):
+        return cls
+    if not lossy and top == 255 and _stored_top(path) == SIXTEEN_BIT_TOP:
+        return SIXTEEN_BIT_TOP
+    return 255
 
 
 SIXTEEN_BIT_TOP = 65535  # the foreground of 16-bit masks coded 0/65535 (ImageJ's and some converters')
@@ -422,13 +450,10 @@ def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
     named ``class<i>`` (classes.json names them); predictions are written with the same palette.
     None when the first mask is not such a file. Reads every mask once, to find the classes."""
     paths = [path for row in rows for path in _mask_paths(root, row) if path.is_file()]
-    first = next((path for path in paths if _scanned_mask(path) is not None), None)
-    if first is None or first.suffix.lower() != ".png":
-        return None
-    palette = _decode(first, lambda im: im.getpalette() if im.mode == "P" and _colour_palette(im) else None)
+    palette = _masks_palette(paths)
     if palette is None:
         return None
-    values = _values_in(paths) - {0}
+    values = _values_in(paths, palette_indices=True) - {0}
     void = VOID_INDEX in values and len(values) > 1
     if void:
         say_once(f"{root}: palette index {VOID_INDEX} in the masks is read as background, as VOC-style tools "
@@ -440,23 +465,39 @@ def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
                     palette=tuple(palette))
 
 
+def _masks_palette(paths: list[Path]) -> list[int] | None:
+    """The palette of the first readable mask of ``paths`` where it is a colour-palette PNG, else None."""
+    first = next((path for path in paths if _scanned_mask(path) is not None), None)
+    if first is None or first.suffix.lower() != ".png":
+        return None
+    return _decode(first, lambda im: im.getpalette() if im.mode == "P" and _colour_palette(im) else None)
+
+
+def _with_masks_palette(style: PngStyle, root: Path, rows: list[dict[str, str]]) -> PngStyle:
+    """A classes.json style for colour-palette masks, with their palette: naming the classes of a VOC-style
+    set must not turn its predictions into grey indices that viewers and annotation tools show as black."""
+    palette = _masks_palette([path for row in rows for path in _mask_paths(root, row) if path.is_file()])
+    return style if palette is None else replace(style, palette=tuple(palette))
+
+
 VOID_INDEX = 255  # VOC's palette index for unlabelled borders, beside small class indices
 
 
-def _scanned_mask(path: Path) -> tuple[np.ndarray, bool] | None:
+def _scanned_mask(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, bool] | None:
     """A mask read to find the folder's coding, or None (said once) when it cannot be read: the
     coding comes from the others, and the damaged file stops only what needs that case's mask
     (fit, evaluate), naming it; prediction and embedding never read it."""
     try:
-        return read_mask_file(path)
+        return read_mask_file(path, palette_indices)
     except DataError as err:
         say_once(f"mask scan: {err}; left out of the scan for the masks' coding", key=f"mask-scan-{path}")
         return None
 
 
-def _values_in(paths: list[Path]) -> set[int]:
-    """Every pixel value in the readable masks of ``paths``."""
-    return set().union(*(np.unique(read[0]).tolist() for path in paths if (read := _scanned_mask(path))))
+def _values_in(paths: list[Path], palette_indices: bool = False) -> set[int]:
+    """Every pixel value in the readable masks of ``paths`` (palette indices: ``read_mask_file``)."""
+    return set().union(*(np.unique(read[0]).tolist() for path in paths
+                         if (read := _scanned_mask(path, palette_indices))))
 
 
 def _looks_like_busi(root: Path, rows: list[dict[str, str]]) -> bool:
@@ -1153,11 +1194,14 @@ def _coding_text(to_class: dict[int, int]) -> str:
     return "{" + ", ".join(f"{a}-{b}: {to_class[a]}" for a, b in runs) + "}"
 
 
-def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
+def read_mask_file(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, bool]:
     """A mask as (H, W) uint8 pixel values, and whether the file was lossy (JPEG).
 
     A palette (mode P) mask with colour entries, as VOC-style tools and labelme save them, gives
-    its palette indices: the index is the class, the colour only how it is shown. Modes 1, RGB,
+    its palette indices: the index is the class, the colour only how it is shown. With
+    ``palette_indices`` (a dataset whose masks are palette-coded) every palette file gives its
+    indices: some classes have grey colours (VOC's car, index 7, is 128/128/128), so a mask or a
+    prediction holding only such classes would otherwise be read as their grey levels. Modes 1, RGB,
     RGB and grey palettes are converted to L; 16-bit and float masks are clipped to 0-255 (refused where
     two values above 255 would merge). With an
     alpha channel (RGBA, LA), transparent pixels are background (``_transparent_mask``).
@@ -1165,7 +1209,7 @@ def read_mask_file(path: Path) -> tuple[np.ndarray, bool]:
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
         lossy = im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
         im = as_shown(_first_page(im, path))
-        if im.mode == "P" and _colour_palette(im):
+        if im.mode == "P" and (palette_indices or _colour_palette(im)):
             return np.asarray(im), lossy
         if im.mode in ("RGBA", "LA"):
             return _transparent_mask(np.asarray(im.convert("RGBA")), np.asarray(im.convert("L"))), lossy
@@ -1222,9 +1266,9 @@ def _colour_palette(im: Image.Image) -> bool:
     return bool((used != used[:, :1]).any())
 
 
-def read_mask_pixels(path: Path) -> np.ndarray:
-    """A mask (or a PNG prediction) as (H, W) uint8 pixel values."""
-    return read_mask_file(path)[0]
+def read_mask_pixels(path: Path, palette_indices: bool = False) -> np.ndarray:
+    """A mask (or a PNG prediction) as (H, W) uint8 pixel values (``read_mask_file``)."""
+    return read_mask_file(path, palette_indices)[0]
 
 
 def open_png_folder(root: Path) -> PngFolderDataset:
