@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,7 +59,8 @@ def embed_dataset(data: str | Path, split: str | None = None, model_name: str = 
     model = load_model(model_name, checkpoint, device=device)
     cache = EmbeddingCache(cache_root, model, resolve_precision(precision, device))
     ids = dataset.split(split) if split else _all_case_ids(dataset)
-    with command_log(cache.dir / EMBED_LOG, "embed"):
+    # a read-only cache keeps no log: nothing is written into it
+    with nullcontext() if cache.read_only else command_log(cache.dir / EMBED_LOG, "embed"):
         if ray is not None:
             from fewsam.distributed.ray_jobs import embed_cases_on_ray
 

@@ -184,6 +184,20 @@ def check_folder_path(path: Path, option: str, error: type[Exception] | None = N
         raise error(f"{option} {path}: {existing} is read-only; give a writable {option} folder")
 
 
+def can_write_in(folder: Path) -> bool:
+    """Whether fewsam may make files in ``folder``, or in its nearest existing parent while it is not
+    made yet: a cache shared on read-only storage is then read, never written."""
+    absolute = Path(folder).absolute()
+    existing = next((p for p in (absolute, *absolute.parents) if p.exists()), None)
+    return existing is not None and existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+
+
+def refused_write(err: OSError) -> bool:
+    """A write the storage refused (permissions, a read-only mount) although ``can_write_in`` said
+    yes: ACLs and a network share's root squash are not seen by ``os.access``."""
+    return err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 DEFAULT_NAME_MAX = 255  # bytes in one file name on ext4, XFS, APFS and NTFS alike
 
 

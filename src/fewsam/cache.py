@@ -7,10 +7,13 @@ can never be served a stale embedding. Each entry is a float16 ``.npz`` written
 atomically (tmp file + rename), so a killed fill leaves only complete entries and simply resumes.
 Reads are verified against a checksum stored in the entry; a corrupt entry is discarded and
 recomputed, an entry or folder written by another model is refused loudly.
+A cache on read-only storage (one shared by a lab, filled once) is read: its entries are served and
+an embedding it lacks is encoded and used without being stored, said once.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import zipfile
@@ -21,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from fewsam.atomic import atomic_write, atomic_write_bytes
+from fewsam.atomic import atomic_write, atomic_write_bytes, can_write_in, refused_write
 from fewsam.errors import CacheError, is_disk_full
 from fewsam.models.precision import FP32, EncoderPrecision, OpenVinoEncoder, for_encoder
 from fewsam.models.sam import PreprocessInfo, SamModel
@@ -85,6 +88,7 @@ class EmbeddingCache:
         self.model, self.precision = model, precision
         self.signature = model_signature(model, precision)
         self.dir = Path(root).expanduser() / cache_folder(model, precision)
+        self.read_only = not can_write_in(self.dir)  # served from, never written to
         self._encoder = model.encode if precision.backend == "torch" else OpenVinoEncoder(
             model.image_encoder, model.image_size, precision,
             Path(root).expanduser() / f"{model_folder(model)}-openvino-ir")
@@ -113,8 +117,15 @@ class EmbeddingCache:
             return
         if self.dir.exists() and not self.dir.is_dir():
             raise CacheError(f"cache folder {self.dir} is a file, not a folder; remove it or use another --cache")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(manifest, json.dumps(self.signature, indent=2).encode())
+        if self.read_only:  # every entry it holds is still checked against the signature when read
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(manifest, json.dumps(self.signature, indent=2).encode())
+        except OSError as err:
+            if not refused_write(err):
+                raise
+            self.read_only = True
 
     def prepare_encoder(self) -> None:
         """Compile the encoder now if its backend needs it (OpenVINO converts it once per cache root and
@@ -143,7 +154,8 @@ class EmbeddingCache:
         if entry is None:
             say_once(f"an entry of the embedding cache {self.dir} could not be read (truncated, damaged or not "
                      f"readable: {path}); such entries are encoded again", key=f"cache-damaged-{self.dir}")
-            _discard(path)
+            if not self.read_only:
+                _discard(path)
             return None
         meta, array = entry
         if meta.get("signature") != self.signature or meta.get("key") != key:
@@ -165,22 +177,39 @@ class EmbeddingCache:
         }
         if not self.keeping or not np.isfinite(array).all():  # an overflowing encoder's NaN is not kept for later
             return
+        if self.read_only:
+            self._say_read_only()
+            return
         path = self.path_for(key)
         meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda fh: np.savez(fh, embedding=array, meta=meta_bytes))
-        except ENTRY_BLOCKED as err:  # a folder or an unwritable shard where the entry goes
+        except OSError as err:
+            self._not_stored(path, err)
+
+    def _not_stored(self, path: Path, err: OSError) -> None:
+        """Go on without the entry ``path`` that could not be written, and say why once: the storage
+        is read-only (no entry will be kept), the disk is full (none kept from now on), or something
+        is in the way of this entry alone. Any other error is raised."""
+        if err.errno == errno.EROFS:
+            self.read_only = True
+            self._say_read_only()
+        elif isinstance(err, ENTRY_BLOCKED):  # a folder or an unwritable shard where the entry goes
             say_once(f"cannot store the embedding cache entry {path} ({err.strerror}); such "
                      "embeddings are used but not kept; remove what is in the way or give another --cache",
                      key=f"cache-blocked-{self.dir}")
-        except OSError as err:
-            if not is_disk_full(err):
-                raise
+        elif is_disk_full(err):
             self.keeping = False
             say_once(f"the embedding cache {self.dir} is full ({err.strerror}): embeddings made from now on "
                      "are used but not kept; free space or give another --cache to keep them",
                      key=f"cache-full-{self.dir}")
+        else:
+            raise err
+
+    def _say_read_only(self) -> None:
+        say_once(f"the embedding cache {self.dir} is read-only: the entries it holds are read, and embeddings it "
+                 "lacks are encoded for this command but not kept", key=f"cache-read-only-{self.dir}")
 
     def embed(
         self,

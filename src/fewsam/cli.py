@@ -120,8 +120,8 @@ DEFAULT_BINS_SPEC = " and ".join(f"{b.column}:{','.join(f'{e:g}' for e in b.edge
 
 
 def check_cache(cache: str, data: Path | str | None = None) -> None:
-    """--cache must be a folder fewsam can write, outside DATA (``predict.check_cache_folder``),
-    checked up front."""
+    """--cache must be a folder fewsam can write, or an existing one it can read, outside DATA
+    (``predict.check_cache_folder``), checked up front."""
     from fewsam.predict import check_cache_folder
 
     check_cache_folder(cache, data)

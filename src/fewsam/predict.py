@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from fewsam.atomic import check_folder_path, staged_folder
+from fewsam.atomic import check_folder_path, check_path_can_be_made, staged_folder
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
@@ -210,16 +211,22 @@ def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
 
 
 def check_cache_folder(root: str | Path, data: str | Path | None = None) -> None:
-    """Refuse a --cache that is a file or cannot be written, before any model is loaded, or that lies
-    in the data folder ``data``: fewsam writes nothing into a user's data, and the cache's ``.npz``
-    entries there would be read as cases of a FairSeg-style folder the next time it is opened. An empty
-    --cache (``--cache "$CACHE"`` with the variable unset) is refused: as a path it is the working folder,
-    which would fill with cache folders unasked."""
+    """Refuse a --cache that is a file, one that cannot be read, or one still to be made where fewsam
+    cannot write, before any model is loaded, or one that lies in the data folder ``data``: fewsam
+    writes nothing into a user's data, and the cache's ``.npz`` entries there would be read as cases of
+    a FairSeg-style folder the next time it is opened. An existing folder fewsam may only read (a
+    cache shared on read-only storage) is served from, its misses encoded but not kept
+    (``EmbeddingCache.read_only``). An empty --cache (``--cache "$CACHE"`` with the variable unset) is
+    refused: as a path it is the working folder, which would fill with cache folders unasked."""
     if not str(root).strip():
         raise CacheError(f"--cache is empty ({str(root)!r}); give the cache folder, or leave --cache out for "
                          f"{DEFAULT_CACHE}")
     cache = Path(root).expanduser()
-    check_folder_path(cache, "--cache", CacheError)
+    check_path_can_be_made(cache, "--cache", CacheError, "folder")
+    if not cache.is_dir():
+        check_folder_path(cache, "--cache", CacheError)
+    elif not os.access(cache, os.R_OK | os.X_OK):
+        raise CacheError(f"--cache {root} cannot be read (permissions); give a cache folder fewsam can read")
     if inside_data(cache, data):
         raise CacheError(f"--cache {root} is inside the data folder {data}; fewsam writes nothing into your "
                          "data: give a cache folder outside it (the default is ~/.cache/fewsam)")

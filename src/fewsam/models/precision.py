@@ -20,6 +20,7 @@ takes 15-50 s, once per cache folder; reading the IR back, about a second).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 
-from fewsam.atomic import make_temporary_folder, stop_signals_held
+from fewsam.atomic import can_write_in, make_temporary_folder, refused_write, stop_signals_held
 from fewsam.config import PRECISIONS, ConfigError
 from fewsam.progress import say_once
 
@@ -247,7 +248,8 @@ class OpenVinoEncoder:
             return self._convert(ov)
 
     def _convert(self, ov: Any) -> list[Any]:
-        log.info("converting the encoder for OpenVINO (once per model; kept in %s)", self.ir_dir)
+        if can_write_in(self.ir_dir.parent):  # else ``_keep`` says it is not kept
+            log.info("converting the encoder for OpenVINO (once per model; kept in %s)", self.ir_dir)
         example = torch.zeros(1, 3, self.image_size, self.image_size)
         models = []
         with torch.no_grad(), warnings.catch_warnings():
@@ -257,8 +259,23 @@ class OpenVinoEncoder:
             for module, _ in self.stages:
                 models.append(_convert_stage(ov, module.eval(), example))
                 example = module(example)
-        self.ir_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temporary_folder(self.ir_dir.parent, ".ir-")
+        self._keep(ov, models)
+        return models
+
+    def _keep(self, ov: Any, models: list[Any]) -> None:
+        """Store the converted IR for later processes; where the cache is read-only it is used from
+        memory by this process alone, said once, and each command converts it again."""
+        try:
+            if not can_write_in(self.ir_dir.parent):
+                raise PermissionError(errno.EACCES, "read-only", str(self.ir_dir.parent))
+            self.ir_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = make_temporary_folder(self.ir_dir.parent, ".ir-")
+        except OSError as err:
+            if not refused_write(err):
+                raise
+            say_once(f"the compiled encoder cannot be kept in {self.ir_dir.parent} ({err.strerror}): it is "
+                     "converted in memory for this command, and again by each command on this cache")
+            return
         try:
             for i, model in enumerate(models):
                 ov.save_model(model, tmp / _ir_name(i, len(models)), compress_to_fp16=False)
@@ -267,7 +284,6 @@ class OpenVinoEncoder:
             pass  # another process put its (identical) IR there first
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return models
 
 
 def _convert_stage(ov: Any, module: torch.nn.Module, example: torch.Tensor) -> Any:
