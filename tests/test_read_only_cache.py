@@ -106,6 +106,22 @@ def test_a_read_only_cache_with_misses_encodes_them_says_so_once_and_keeps_none(
     assert len(said) == 1 and str(shared) in said[0] and "not kept" in said[0]
 
 
+def test_embed_into_a_read_only_cache_that_lacks_entries_is_refused_at_the_first(fitted, tmp_path, monkeypatch):
+    """embed is there to fill the cache: encoding what a read-only one cannot keep would be an hour of work
+    for nothing, so the first miss ends it, saying what to give (predict and fit read it as it is)."""
+    from fewsam.api import embed_dataset
+
+    data, _, _, _ = fitted
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    read_only(monkeypatch, shared)
+    with pytest.raises(CacheError, match="is read-only, so embed cannot keep the embeddings it lacks"):
+        embed_dataset(data, "all", cache_root=str(shared), show_progress=False, precision="fp32")
+    assert list(shared.iterdir()) == []
+    with pytest.raises(CacheError, match="is read-only, so embed cannot keep"):
+        embed_dataset(data, "all", cache_root=str(shared), show_progress=False, precision="fp32", ray="auto")
+
+
 def test_a_write_the_storage_refuses_makes_the_cache_read_only(tmp_path, fake_sam, monkeypatch, caplog):
     """A read-only mount or root squash that ``os.access`` does not see: refused at the manifest, or
     at the first entry, the cache goes on read-only instead of failing."""

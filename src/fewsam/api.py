@@ -58,6 +58,9 @@ def embed_dataset(data: str | Path, split: str | None = None, model_name: str = 
     dataset = open_dataset(data)
     model = load_model(model_name, checkpoint, device=device)
     cache = EmbeddingCache(cache_root, model, resolve_precision(precision, device))
+    cache.filling = True
+    if ray is not None and cache.read_only:  # each worker would encode what none can keep
+        cache._say_read_only()
     ids = dataset.split(split) if split else _all_case_ids(dataset)
     # a read-only cache keeps no log: nothing is written into it
     with nullcontext() if cache.read_only else command_log(cache.dir / EMBED_LOG, "embed"):

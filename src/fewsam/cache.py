@@ -89,6 +89,7 @@ class EmbeddingCache:
         self.signature = model_signature(model, precision)
         self.dir = Path(root).expanduser() / cache_folder(model, precision)
         self.read_only = not can_write_in(self.dir)  # served from, never written to
+        self.filling = False  # `fewsam embed`: a miss it cannot keep is an error, not work done for nothing
         self._encoder = model.encode if precision.backend == "torch" else OpenVinoEncoder(
             model.image_encoder, model.image_size, precision,
             Path(root).expanduser() / f"{model_folder(model)}-openvino-ir")
@@ -208,6 +209,9 @@ class EmbeddingCache:
             raise err
 
     def _say_read_only(self) -> None:
+        if self.filling:
+            raise CacheError(f"the embedding cache {self.dir} is read-only, so embed cannot keep the embeddings it "
+                             "lacks; give a writable --cache (predict and fit read a read-only cache as it is)")
         say_once(f"the embedding cache {self.dir} is read-only: the entries it holds are read, and embeddings it "
                  "lacks are encoded for this command but not kept", key=f"cache-read-only-{self.dir}")
 

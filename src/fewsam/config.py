@@ -421,7 +421,8 @@ class FitOptions(Config):
     model: str = option("litemedsam", "litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam")
     checkpoint: Path | None = option(None, "Weights file (required for SAM/MedSAM; LiteMedSAM's come with "
                                      "fewsam).", none_means="litemedsam's bundled weights")
-    cache: str = option(DEFAULT_CACHE, "Embedding cache folder (a read-only one is read, its misses not kept).")
+    cache: str = option(DEFAULT_CACHE, "Embedding cache folder (a read-only one is read as it is, misses not "
+                                       "kept; embed stops at a miss).")
     device: str = option("cpu", "cpu | cuda | cuda:N")
     precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)
     fair_attribute: str | None = option(None, "Group column for fair error-bound scaling of the loss "
