@@ -122,7 +122,29 @@ layout up to reflection, unlike 90-degree rotations, to which a decoder fitted o
 is less robust."""
 
 
-class CaseSlices(Sequence[EmbeddedSlice]):
+class IndexedSlices(Sequence[EmbeddedSlice]):
+    """Embedded slices read by index, one (``_at``) or a run of them (``_many``, one by one unless a
+    subclass reads a run at once): the indexing every slice sequence of this module shares."""
+
+    @overload
+    def __getitem__(self, index: int) -> EmbeddedSlice: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[EmbeddedSlice]: ...
+
+    def __getitem__(self, index: int | slice) -> EmbeddedSlice | list[EmbeddedSlice]:
+        if isinstance(index, slice):
+            return self._many(index)
+        return self._at(range(len(self))[index])  # an IndexError past the end ends iteration
+
+    def _at(self, index: int) -> EmbeddedSlice:
+        raise NotImplementedError
+
+    def _many(self, index: slice) -> list[EmbeddedSlice]:
+        return [self._at(i) for i in range(len(self))[index]]
+
+
+class CaseSlices(IndexedSlices):
     """A case's embedded slices as stored (the sequence every predictor reads), which can also embed
     the case's other dihedral views through the same cache when a predictor asks (test-time mirroring).
 
@@ -143,14 +165,11 @@ class CaseSlices(Sequence[EmbeddedSlice]):
     def __len__(self) -> int:
         return len(self._stored)
 
-    @overload
-    def __getitem__(self, index: int) -> EmbeddedSlice: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[EmbeddedSlice]: ...
-
-    def __getitem__(self, index: int | slice) -> EmbeddedSlice | list[EmbeddedSlice]:
+    def _at(self, index: int) -> EmbeddedSlice:
         return self._stored[index]
+
+    def _many(self, index: slice) -> list[EmbeddedSlice]:
+        return list(self._stored[index])
 
     def __iter__(self) -> Iterator[EmbeddedSlice]:
         return iter(self._stored)
@@ -184,7 +203,7 @@ READ_BATCH = 8
 """Slices a streamed view embeds together when iterated (the decoder's batch): the most it holds."""
 
 
-class ViewSlices(Sequence[EmbeddedSlice]):
+class ViewSlices(IndexedSlices):
     """A case's slices in dihedral view ``view``, embedded when read and not kept: test-time mirroring
     reads three mirror views beside the stored one a batch at a time, and holding each view's whole
     volume of embeddings (2 MiB a slice in float16) would multiply a long CT volume's memory by four.
@@ -200,16 +219,10 @@ class ViewSlices(Sequence[EmbeddedSlice]):
     def __len__(self) -> int:
         return self.case.num_slices
 
-    @overload
-    def __getitem__(self, index: int) -> EmbeddedSlice: ...
+    def _many(self, index: slice) -> list[EmbeddedSlice]:
+        return self._embedded(list(range(len(self)))[index])
 
-    @overload
-    def __getitem__(self, index: slice) -> list[EmbeddedSlice]: ...
-
-    def __getitem__(self, index: int | slice) -> EmbeddedSlice | list[EmbeddedSlice]:
-        if isinstance(index, slice):
-            return self._embedded(list(range(len(self)))[index])
-        z = range(len(self))[index]  # an IndexError past the end ends iteration
+    def _at(self, z: int) -> EmbeddedSlice:
         if self._last is None or self._last[0] != z:
             self._last = None  # let the previous slice go before this one is embedded
             self._last = (z, self._embedded([z])[0])
@@ -259,7 +272,7 @@ def embed_refs(
     return [found[(ref, view)] for ref in refs for view in range(views)]
 
 
-class CachedPool(Sequence[EmbeddedSlice]):
+class CachedPool(IndexedSlices):
     """Slices of any cases (an unlabelled pool), embedded once through the cache and then read back from
     it by key as they are used, unlabelled (``CachedSlice``): a pool's embeddings are never all held, nor
     its labels read. Only what the cache could not store (a full disk, a non-finite embedding) is
@@ -298,17 +311,8 @@ class CachedPool(Sequence[EmbeddedSlice]):
     def __len__(self) -> int:
         return len(self.refs)
 
-    @overload
-    def __getitem__(self, index: int) -> EmbeddedSlice: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[EmbeddedSlice]: ...
-
-    def __getitem__(self, index: int | slice) -> EmbeddedSlice | list[EmbeddedSlice]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(len(self))[index]]
-        i = range(len(self))[index]  # an IndexError past the end ends iteration
-        return CachedSlice(self.refs[i], partial(self.embedding, i), self.infos[i])
+    def _at(self, index: int) -> EmbeddedSlice:
+        return CachedSlice(self.refs[index], partial(self.embedding, index), self.infos[index])
 
     def embedding(self, index: int) -> np.ndarray:
         """Slice ``index``'s embedding, read from the cache (or encoded again when its entry is gone)."""
