@@ -97,19 +97,19 @@ def _nifti_folder(root: Path, labels: dict[str, np.ndarray | bytes]) -> Path:
 
 
 def _label(value: int) -> np.ndarray:
-    label = np.zeros((6, 5, 2), np.int16)
+    label = np.zeros((6, 5, 2), np.int32)
     label[1:3, 1:3] = value
     return label
 
 
-def test_a_label_with_values_above_255_stops_the_class_scan(tmp_path):
+def test_a_label_with_values_beyond_16_bits_stops_the_class_scan(tmp_path):
     """It was left out of the scan with a log line: the dataset opened without its classes, and the
     error came only when a fit loaded that label."""
     from fewsam.data import open_dataset
     from fewsam.errors import DataError
 
-    dataset = open_dataset(_nifti_folder(tmp_path / "data", {"a": _label(1), "b": _label(1035)}))
-    with pytest.raises(DataError, match=r"label values 1035 in .*b\.nii\.gz are not class indices 0-255"):
+    dataset = open_dataset(_nifti_folder(tmp_path / "data", {"a": _label(1), "b": _label(70000)}))
+    with pytest.raises(DataError, match=r"label values 70000 in .*b\.nii\.gz are not class values 0-65535"):
         dataset.class_map
 
 
@@ -121,10 +121,11 @@ def test_a_damaged_label_is_still_left_out_of_the_class_scan(tmp_path):
     assert dataset.class_map.names == {1: "class1"}
 
 
-def test_a_label_with_values_above_255_is_one_error_line_when_the_dataset_opens(monkeypatch, capsys, tmp_path):
+def test_a_label_with_values_beyond_16_bits_is_one_error_line_when_the_dataset_opens(monkeypatch, capsys,
+                                                                                     tmp_path):
     from fewsam import cli
 
-    data = _nifti_folder(tmp_path / "data", {"a": _label(1), "b": _label(1035)})
+    data = _nifti_folder(tmp_path / "data", {"a": _label(1), "b": _label(70000)})
     for setup in ("_tune_allocator", "_show_notes", "_stop_on_signals"):
         monkeypatch.setattr(cli, setup, lambda: None)
     monkeypatch.setattr(sys, "argv", ["fewsam", "info", str(data)])
@@ -132,4 +133,4 @@ def test_a_label_with_values_above_255_is_one_error_line_when_the_dataset_opens(
         cli.main()
     lines = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("error: label values 1035 in ") and "relabel the classes you need" in lines[0]
+    assert lines[0].startswith("error: label values 70000 in ") and "relabel the classes you need" in lines[0]

@@ -194,14 +194,14 @@ def nnunet_folder(root: Path, labels: dict, ending: str = ".nii.gz", shape: tupl
 
 
 @pytest.mark.parametrize("labels, message", [
-    ({"background": 0, "whole tumour": [1, 2, 300]}, "labels entry 'whole tumour' has value 300; label values are 0"),
+    ({"background": 0, "whole tumour": [1, 2, 70000]}, "labels entry 'whole tumour' has value 70000; label values are 0"),
     ({"background": 0, "tumour": -1}, "labels entry 'tumour' has value -1"),
     ({"background": 0, "whole tumour": [], "core": [2]}, "bad labels entry 'whole tumour': []; a region lists one or"),
     ({"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "ignore": 4},
      "nnU-Net's 'ignore' label (unannotated voxels) is not supported"),
-], ids=["region-beyond-255", "negative", "empty-region", "ignore-among-regions"])
+], ids=["region-beyond-16-bits", "negative", "empty-region", "ignore-among-regions"])
 def test_dataset_json_labels_fewsam_cannot_hold_are_refused(tmp_path, labels, message):
-    """Values beyond 0-255 and empty regions became classes (class 300, class -1) that no label file can
+    """Values beyond 0-65535 and empty regions became classes (class 70000, class -1) that no label file can
     store; an ignore label among regions was called a bad region."""
     with pytest.raises(DataError, match=re.escape(message)):
         open_dataset(nnunet_folder(tmp_path, labels))

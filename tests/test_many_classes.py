@@ -71,15 +71,15 @@ def test_structure_masks_of_more_structures_than_classes_fit_are_refused(tmp_pat
         open_dataset(tmp_path)
 
 
-def test_label_values_above_255_of_few_classes_are_refused_by_their_values_not_wrapped(tmp_path):
-    """FreeSurfer's values (2, 41, 1035, 2035): uint8 class values cannot hold them, so they are named, with
-    the few classes the label holds, rather than read as 11 and 243."""
+def test_label_values_above_255_of_few_classes_are_read_as_their_values_not_wrapped(tmp_path):
+    """FreeSurfer's values (2, 41, 1035, 2035): read as 16-bit class values, not wrapped to 11 and 243."""
     reference = reference_volume(tmp_path / "images" / "v.nrrd")
     label = np.zeros(SHAPE, dtype=np.uint16)
     label[0], label[1], label[2], label[3] = 2, 41, 1035, 2035
     write_label_map(tmp_path / "labels" / "v.nrrd", label, reference)
-    with pytest.raises(DataError, match=r"values 1035, 2035 in .* \(the label holds 4 classes, fewsam at most 254\)"):
-        open_dataset(tmp_path).load("v")
+    read = open_dataset(tmp_path).load("v").label
+    assert read.dtype == np.uint16
+    np.testing.assert_array_equal(read, label)
 
 
 def test_as_many_classes_as_fit_are_read_as_they_are(tmp_path):

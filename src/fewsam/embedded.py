@@ -68,11 +68,22 @@ class CachedSlice(EmbeddedSlice):
 
 
 def frame_label(label: np.ndarray, info: PreprocessInfo) -> np.ndarray:
-    """Label in the padded model frame, padding set to IGNORE."""
-    framed = to_model_frame(label, info)
-    framed[info.resized_hw[0]:, :] = IGNORE
-    framed[:, info.resized_hw[1]:] = IGNORE
+    """Label in the padded model frame, padding set to IGNORE. IGNORE is also a label value where a class
+    is stored as 255 (a 0/255 mask), so readers of a framed label tell the padding by its place
+    (``mark_padding``, ``frame_region``), never by its value."""
+    return mark_padding(to_model_frame(label, info), info, IGNORE)
+
+
+def mark_padding(framed: np.ndarray, info: PreprocessInfo, value: object) -> np.ndarray:
+    """``framed`` with the padding of the model frame (below and right of the resized image) set to ``value``."""
+    framed[info.resized_hw[0]:, :] = value
+    framed[:, info.resized_hw[1]:] = value
     return framed
+
+
+def frame_region(label_frame: np.ndarray, info: PreprocessInfo, value: int) -> np.ndarray:
+    """(S, S) bool: where a framed label holds ``value``, the padding excluded whatever it holds."""
+    return mark_padding(label_frame == value, info, False)
 
 
 def embed_case(case: Case, cache: EmbeddingCache, device: str = "cpu", on_progress=None) -> list[EmbeddedSlice]:

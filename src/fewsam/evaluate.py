@@ -122,7 +122,8 @@ def label_fingerprint(label: np.ndarray) -> str:
     scores of a case only where both were scored against the same label, which the case id alone does
     not say (case_001 of two datasets, or labels corrected between the two evaluations)."""
     digest = hashlib.sha256(repr(tuple(label.shape)).encode())
-    digest.update(np.ascontiguousarray(label, dtype=np.uint8).tobytes())
+    wide = label.size and int(label.max()) > 255  # 8-bit bytes for the labels that fit them, as always hashed
+    digest.update(np.ascontiguousarray(label, dtype=np.uint16 if wide else np.uint8).tobytes())
     return digest.hexdigest()
 
 

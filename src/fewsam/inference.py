@@ -30,14 +30,16 @@ made on its validation cases at the end of the fit and read back by its predicto
 
 
 def labels_from_logits(logits: torch.Tensor, info: PreprocessInfo, values: list[int]) -> np.ndarray:
-    """(Q, 256, 256) low-res logits of one slice (query order = ``values``) -> (H, W) uint8 label values."""
+    """(Q, 256, 256) low-res logits of one slice (query order = ``values``) -> (H, W) label values (``index_lut``)."""
     full = postprocess_logits(logits[None].float(), info)[0]
     index = full.argmax(dim=0).cpu().numpy()
     return index_lut(values)[index]
 
 
 def stack_volume(slices: list[np.ndarray]) -> np.ndarray:
-    return np.stack(slices).astype(np.uint8)
+    """(H, W) label value slices as a (D, H, W) volume of their type (8 bits, or 16 for values above 255)."""
+    stacked = np.stack(slices)
+    return stacked if stacked.dtype in (np.uint8, np.uint16) else stacked.astype(np.uint8)
 
 
 def check_labelled(samples: list[EmbeddedSlice]) -> None:

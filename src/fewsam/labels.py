@@ -11,7 +11,8 @@ import numpy as np
 from fewsam.errors import DataError
 
 IGNORE = 255  # pixels no loss may learn from: padding of the model frame, pseudo-label gaps
-MAX_CLASSES = IGNORE - 1  # labels and predictions are uint8 class indices, 255 the ignored pixels
+MAX_CLASSES = IGNORE - 1  # models' class indices are uint8, 255 the ignored pixels
+MAX_LABEL_VALUE = 65535  # label values (what files store) are 8-bit where they fit, else 16-bit
 
 
 def check_class_count(count: int, source: object) -> None:
@@ -23,14 +24,22 @@ def check_class_count(count: int, source: object) -> None:
                         "keep the classes you need (merge or leave out the others)")
 
 
+def label_dtype(largest: int) -> type[np.unsignedinteger]:
+    """The type of labels whose largest value is ``largest``: uint8, as nearly every label file stores
+    its classes, or uint16 for label values above 255 (MM-WHS's 205-850, FreeSurfer's aseg 1000-2035),
+    which 8 bits would wrap onto other classes."""
+    return np.uint8 if largest <= 255 else np.uint16
+
+
 def value_lut(values: list[int]) -> np.ndarray:
-    """Label value -> class index (0 = background); values not in ``values`` map to background."""
-    lut = np.zeros(256, dtype=np.int64)
+    """Label value -> class index (0 = background); values not in ``values`` map to background. It
+    covers every value a label of ``values`` can hold (8 or 16 bits, ``label_dtype``)."""
+    lut = np.zeros(np.iinfo(label_dtype(max(values))).max + 1, dtype=np.int64)
     for index, value in enumerate(values):
         lut[value] = index
     return lut
 
 
 def index_lut(values: list[int]) -> np.ndarray:
-    """Class index -> label value, as uint8 (the inverse of ``value_lut`` on ``values``)."""
-    return np.asarray(values, dtype=np.uint8)
+    """Class index -> label value, in the labels' type (the inverse of ``value_lut`` on ``values``)."""
+    return np.asarray(values, dtype=label_dtype(max(values)))

@@ -17,11 +17,13 @@ from fewsam.models.sam import PreprocessInfo
 
 
 def to_model_frame(mask: np.ndarray, info: PreprocessInfo) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) label map into the padded S x S model frame."""
+    """Nearest-neighbour resize of an (H, W) label map into the padded S x S model frame, in the label's
+    own type (8 or 16 bits: float32 holds every 16-bit value exactly)."""
     h, w = info.resized_hw
+    dtype = mask.dtype if mask.dtype in (np.uint8, np.uint16) else np.uint8
     t = torch.from_numpy(np.ascontiguousarray(mask)).to(torch.float32)[None, None]
-    resized = F.interpolate(t, size=(h, w), mode="nearest-exact")[0, 0].to(torch.uint8).numpy()
-    out = np.zeros((info.image_size, info.image_size), dtype=np.uint8)
+    resized = F.interpolate(t, size=(h, w), mode="nearest-exact")[0, 0].to(torch.int32).numpy().astype(dtype)
+    out = np.zeros((info.image_size, info.image_size), dtype=dtype)
     out[:h, :w] = resized
     return out
 

@@ -369,7 +369,7 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
         return _encode_mgz(array, affine, header)
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     img = image_class(array, affine, header.copy() if header is not None else None)
-    img.set_data_dtype(np.uint8)
+    img.set_data_dtype(array.dtype)  # uint8, or uint16 for label values above 255 (``to_label_array``)
     img.header.set_intent("none")  # a vector image's intent would call the class indices vector components
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
@@ -379,9 +379,11 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
 
 def _encode_mgz(array: np.ndarray, affine: np.ndarray, header: MGHHeader) -> bytes:
     """A FreeSurfer input's prediction as ``.mgz`` on its image's header, so ``freeview`` and FreeSurfer's
-    tools overlay it as they do ``aseg.mgz`` (which is uint8 class values too)."""
-    img = nib.MGHImage(array.astype(np.uint8), affine, header.copy())
-    img.set_data_dtype(np.uint8)
+    tools overlay it as they do ``aseg.mgz``: uint8 class values, or int32 as ``aseg.mgz`` stores values
+    above 255 (MGH has no 16-bit unsigned type)."""
+    dtype = np.uint8 if array.dtype == np.uint8 else np.int32
+    img = nib.MGHImage(array.astype(dtype), affine, header.copy())
+    img.set_data_dtype(dtype)
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 

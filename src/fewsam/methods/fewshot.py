@@ -34,7 +34,8 @@ from torch import nn
 from fewsam.config import MAX_LR, PATIENCE_HELP, Config, option
 from fewsam.data.types import Case
 from fewsam.distributed import local_part
-from fewsam.embedded import MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, undo_dihedral
+from fewsam.embedded import (MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, mark_padding,
+                             undo_dihedral)
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss, refuse_background_only_validation
 from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, check_labelled, chosen_val_dice, labels_from_logits,
@@ -224,12 +225,11 @@ class FewShotTask:
 
 
 def remap_label_frames(samples: list[EmbeddedSlice], values: list[int]) -> None:
-    """Map label values to query indices in place (IGNORE stays IGNORE)."""
+    """Map label values to query indices in place; the frame's padding becomes IGNORE, told by its place
+    (``mark_padding``): a class stored as 255 must not be ignored as padding."""
     lut = value_lut(values)
     for s in samples:
-        framed = s.label_frame
-        mapped = np.where(framed == IGNORE, IGNORE, lut[framed])
-        s.label_frame = mapped.astype(np.uint8)
+        s.label_frame = mark_padding(lut[s.label_frame], s.info, IGNORE).astype(np.uint8)
 
 
 def logits_batches(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list[EmbeddedSlice],

@@ -74,6 +74,18 @@ def check_writable_folder(path: Path, option: str) -> None:
     check_folder_path(path.expanduser(), option, StudioError)
 
 
+def refuse_classes_above_255(class_map: ClassMap, data: Path) -> None:
+    """The studio's labels are one byte a pixel (the page paints and uploads them so), so classes stored as
+    values above 255 (MM-WHS's 205-850, FreeSurfer's 1000-2035), which fit, predict and evaluate read, cannot
+    be labelled here: refused when the project opens rather than wrapped onto other classes."""
+    wide = [value for value in class_map.labels if value > 255]
+    if wide:
+        shown = ", ".join(map(str, wide[:4])) + (", ..." if len(wide) > 4 else "")
+        raise StudioError(f"{data} stores classes as values above 255 ({shown}), and the studio labels classes "
+                          "1-255 (one byte a pixel); label a copy whose classes are numbered 1, 2, ... (its "
+                          "classes.json naming them)")
+
+
 def check_project_folder(project: Path, data: Path) -> None:
     """The project must be a writable folder outside the dataset: labels never go into the user's data."""
     check_writable_folder(project, "--project")
@@ -245,8 +257,10 @@ class Project:
         self.folder = Path(folder).expanduser().resolve()
         check_project_folder(self.folder, self.data)
         self.dataset: IndexedDataset = open_dataset(self.data)
+        refuse_classes_above_255(self.dataset.class_map, self.data)  # before the project folder is made
         self.folder.mkdir(parents=True, exist_ok=True)
         self.class_map = self._class_map()
+        refuse_classes_above_255(self.class_map, self.folder / "classes.json")
         self.lock = threading.RLock()
         self._export_lock = threading.Lock()  # one export at a time: each replaces PROJECT/export whole
         self._cases: OrderedDict[str, Case] = OrderedDict()

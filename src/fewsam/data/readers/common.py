@@ -22,7 +22,7 @@ import numpy as np
 from fewsam.data.attributes import AttributeTable, user_text
 from fewsam.data.types import Case, ClassMap, Format, SliceRef
 from fewsam.errors import DataError, is_not_permitted
-from fewsam.labels import MAX_CLASSES, check_class_count
+from fewsam.labels import MAX_CLASSES, MAX_LABEL_VALUE, check_class_count, label_dtype
 from fewsam.progress import say_once
 
 LIST_SUFFIXES = (".list", ".txt", ".json")
@@ -624,13 +624,14 @@ ROUNDING_NOISE = 1e-3  # float labels this close to integers are class indices s
 
 
 class NotClassIndices(DataError):
-    """A label that reads whole but holds values that are no class indices 0-255 (FreeSurfer's 1035): not
+    """A label that reads whole but holds values that are no class values 0-65535 (-1, or 70000): not
     a damaged file, which a scan of the dataset's classes skips, but one whose classes no command can
     have, so the scan stops on it rather than open the dataset with some of its classes missing."""
 
 
 def to_label_array(label: np.ndarray, path: Path, what: str = "label") -> np.ndarray:
-    """Integer class indices as uint8; non-integers or values outside 0-255 are a DataError.
+    """Integer class values as uint8, or uint16 where a value is above 255 (``label_dtype``); non-integers
+    and values outside 0-65535 are a DataError.
 
     Float labels within ``ROUNDING_NOISE`` of integers (a label saved through a scale factor, or
     as float32 by a converter: 0.99999994 for 1) are rounded, said once; values further off (0.5:
@@ -639,19 +640,33 @@ def to_label_array(label: np.ndarray, path: Path, what: str = "label") -> np.nda
     if label.dtype.kind not in "biuf":
         raise DataError(f"{path}: {what} type {label.dtype} cannot hold class indices; store integers")
     label = rounded_float_label(label, path, what)
-    if label.size and (label.min() < 0 or label.max() > 255):
-        raise NotClassIndices(_beyond_uint8_message(np.unique(label), path, what))
-    return label.astype(np.uint8)
+    if not label.size:
+        return label.astype(np.uint8)
+    low, high = label.min(), label.max()
+    if low < 0 or high > MAX_LABEL_VALUE:
+        raise NotClassIndices(_beyond_label_values_message(np.unique(label), path, what))
+    if high > 255:  # an 8-bit label cannot hold more classes than fewsam segments; a 16-bit one can
+        refuse_too_many_values(np.unique(label), path, what)
+    return label.astype(label_dtype(int(high)))
 
 
-def _beyond_uint8_message(values: np.ndarray, path: Path, what: str) -> str:
-    """Why a label with values outside 0-255 is refused: its values are its classes, stored as uint8, so
-    a value above 255 (FreeSurfer's 1035, class 300 of 300) would wrap onto another class."""
-    bad = [int(v) for v in values if v < 0 or v > 255]
+def _beyond_label_values_message(values: np.ndarray, path: Path, what: str) -> str:
+    """Why a label with values outside 0-65535 is refused: its values are its classes, stored in 16 bits
+    at most, so -1 or 70000 would wrap onto another class."""
+    bad = [int(v) for v in values if v < 0 or v > MAX_LABEL_VALUE]
     shown = ", ".join(map(str, bad[:5])) + (f", ... ({len(bad)} values)" if len(bad) > 5 else "")
     classes = int(np.count_nonzero(values))
-    return (f"{what} values {shown} in {path} are not class indices 0-255 (the {what} holds {classes} classes, "
-            f"fewsam at most {MAX_CLASSES}); relabel the classes you need as 1, 2, ...")
+    return (f"{what} values {shown} in {path} are not class values 0-{MAX_LABEL_VALUE} (the {what} holds {classes} "
+            f"classes, fewsam at most {MAX_CLASSES}); relabel the classes you need as 1, 2, ...")
+
+
+def refuse_too_many_values(values: np.ndarray, path: Path, what: str) -> None:
+    """A label of more class values than fewsam segments (FreeSurfer's full parcellation, or a label map
+    numbering every voxel) is refused when read, naming the count, not first when the classes are counted."""
+    classes = int(np.count_nonzero(values))
+    if classes > MAX_CLASSES:
+        raise NotClassIndices(f"{what} {path} holds {classes} classes, fewsam at most {MAX_CLASSES}; keep the "
+                              "classes you need (merge or leave out the others)")
 
 
 def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
@@ -721,12 +736,13 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def class_specs(spec: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
+def class_specs(spec: dict[str, Any], path: Path, largest: int = 255) -> dict[int, dict[str, Any]]:
     """classes.json's classes as {class: {"name": str, "pixel"/"min"/"max": int, ...}}.
 
     Accepted: {"classes": {...}} or the classes at top level (beside optional "pixel_values" and
     "rgb"); each class is a name or an object with "name" and optional "pixel", "min", "max".
-    Class 0 is the background and never a class of its own, so a "0" entry only names it.
+    Class 0 is the background and never a class of its own, so a "0" entry only names it. A class is
+    at most ``largest``: 255 for 8-bit masks, ``MAX_LABEL_VALUE`` for label maps (``to_label_array``).
     """
     classes = spec["classes"] if "classes" in spec else {
         k: v for k, v in spec.items() if k not in ("pixel_values", "rgb")}
@@ -744,8 +760,9 @@ def class_specs(spec: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255):
                 raise DataError(f"{path}: class {key} has {bound}={v!r}; mask values are whole "
                                 "numbers 0-255")
-        if int(key) > 255:
-            raise DataError(f"{path}: class {key} is above 255; classes are 1-255")
+        if int(key) > largest:
+            raise DataError(f"{path}: class {key} is above {largest}; classes are 1-{largest}"
+                            + (" in 8-bit masks" if largest == 255 else ""))
         if int(key) != 0:
             out[int(key)] = entry
     if not out:
@@ -756,4 +773,5 @@ def class_specs(spec: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
 
 def class_map_from_json(path: Path) -> ClassMap:
     """The class names of a classes.json (any accepted form), for label-file layouts."""
-    return ClassMap({c: e["name"] for c, e in sorted(class_specs(read_json_object(path), path).items())})
+    specs = class_specs(read_json_object(path), path, MAX_LABEL_VALUE)
+    return ClassMap({c: e["name"] for c, e in sorted(specs.items())})

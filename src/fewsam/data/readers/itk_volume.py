@@ -229,10 +229,11 @@ def ras_affine(origin: Any, spacing: Any, direction: Any) -> np.ndarray:
 
 
 def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:
-    """A uint8 prediction in NIfTI (x, y, z) order as the bytes of an ITK file on ``geometry``, with
-    its header ``fields`` where it has some."""
+    """A prediction (uint8, or uint16 for label values above 255) in NIfTI (x, y, z) order as the bytes of
+    an ITK file on ``geometry``, with its header ``fields`` where it has some."""
     zyx = pred_xyz.transpose(2, 1, 0) if geometry["dimension"] == 3 else pred_xyz[:, :, 0].T
-    image = sitk.GetImageFromArray(np.ascontiguousarray(zyx, dtype=np.uint8))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(zyx, dtype=np.uint16 if pred_xyz.dtype == np.uint16
+                                                        else np.uint8))
     series = geometry.get("series")
     if series:  # a one-volume 4D input gets a one-volume 4D prediction, which viewers overlay on it
         image = sitk.JoinSeries(image)

@@ -74,7 +74,7 @@ from fewsam.data.readers.slicer_segmentation import (Segment, SegmentClasses, cl
                                                      segment_fields, segments_as_classes, segments_of)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
-from fewsam.labels import check_class_count
+from fewsam.labels import MAX_LABEL_VALUE, check_class_count
 from fewsam.progress import say_once
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -860,12 +860,12 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
 
 
 def _check_label_value(code: int, key: str, path: Path) -> None:
-    """A label value fewsam can hold: labels and predictions are uint8 class indices, so a value
-    above 255 (or below 0) would name a class no label file can store, and the files' values would be
-    refused only when first read, far from the dataset.json entry that causes it."""
-    if not 0 <= code <= 255:
+    """A label value fewsam can hold: labels and predictions store class values in 16 bits at most, so a
+    value above 65535 (or below 0) would name a class no label file can store, and the files' values would
+    be refused only when first read, far from the dataset.json entry that causes it."""
+    if not 0 <= code <= MAX_LABEL_VALUE:
         raise DataError(f"{path}: labels entry {key!r} has value {code}; label values are 0 (the background) to "
-                        "255, as fewsam stores classes as 8-bit values: number the classes 1, 2, ...")
+                        f"{MAX_LABEL_VALUE}: number the classes 1, 2, ...")
 
 
 REGION_EXAMPLE = '{"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": 3}'

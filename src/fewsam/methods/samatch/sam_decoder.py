@@ -17,7 +17,7 @@ from torch import nn
 
 from fewsam.data.types import Case, SliceRef
 from fewsam.distributed import local_part
-from fewsam.embedded import EmbeddedSlice, embed_refs
+from fewsam.embedded import EmbeddedSlice, embed_refs, frame_region
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
 from fewsam.inference import check_labelled
@@ -56,7 +56,8 @@ def box_batch(samples: list[EmbeddedSlice], pairs: list[tuple[int, int]], margin
         points, labels = stack_clicks([click_prompts(samples[i].label == v, rest, samples[i].info, clicks)
                                        for (i, v), rest in zip(pairs, others)])
         prompts |= {"points": points.to(device), "point_labels": labels.to(device)}
-    target = torch.stack([torch.from_numpy(samples[i].label_frame == v) for i, v in pairs])[:, None].float()
+    target = torch.stack([torch.from_numpy(frame_region(samples[i].label_frame, samples[i].info, v))
+                          for i, v in pairs])[:, None].float()
     return emb, prompts, target.to(device)
 
 
