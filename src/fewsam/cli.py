@@ -543,14 +543,19 @@ def studio(
 def _print_summary(result: dict) -> None:
     """The scores, with the cases each class's HD95 leaves out: HD95 and ASD have no value where a
     prediction or label is empty, and are averaged over the other cases, so a run that predicted
-    nothing in a case printed the HD95 of its other cases alone (0.00 for perfect ones) unremarked."""
-    mean = result["mean"]
+    nothing in a case printed the HD95 of its other cases alone (0.00 for perfect ones) unremarked.
+    The cases whose distances are in another unit than the summary's (pixels beside mm) are counted
+    apart: the distances are over the others (``metrics.summarise``)."""
+    mean, left_out = result["mean"], result.get("distance_cases_left_out") or 0
+    other = f"; {left_out} case(s) in pixels left out" if left_out else ""
     out.print(f"{result['n_cases']} cases  mean Dice {mean['dice']:.4f}  IoU {mean['iou']:.4f}  "
-              f"HD95 {_fmt(mean.get('hd95'))}  ASD {_fmt(mean.get('asd'))} ({result['distance_unit']})")
+              f"HD95 {_fmt(mean.get('hd95'))}  ASD {_fmt(mean.get('asd'))} ({result['distance_unit']}{other})")
+    measured = " in " + result["distance_unit"] if left_out else ""
     for name, m in result["per_class"].items():
-        missing, n = m.get("hd95_missing") or 0, result["n_cases"]
+        missing, n = m.get("hd95_missing") or 0, result["n_cases"] - left_out
         empty = f"{missing} with an empty prediction or label"
-        without = "" if not missing else f" over {n - missing} of {n} cases ({empty})" if missing < n else f" ({empty})"
+        without = ("" if not missing else f" over {n - missing} of {n} cases{measured} ({empty})" if missing < n
+                   else f" ({empty})")
         out.print(f"  {name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {_fmt(m.get('hd95'))}{without}")
     if "es_dice" in result:
         _print_groups(result)

@@ -5,7 +5,8 @@ over classes of its per-class metric, as the papers compare methods on per-case 
 value only one run has (HD95 of an empty prediction) is left out of both (``paired_scores``). With
 ``n_comparisons`` K the p value is also Bonferroni-corrected (x K). Cases of one subject (the ED and
 ES frames of an ACDC patient) are averaged into one pair (``subject_pairs``): the test assumes
-independent pairs, and two frames of one heart are not.
+independent pairs, and two frames of one heart are not. HD95 and ASD pair cases in one unit: over the
+mm cases where the evaluations hold cases with and without voxel spacing (``distance_cases``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from fewsam.config import checked_arguments
 from fewsam.errors import DataError
-from fewsam.metrics import CI_METRICS, METRICS, wilcoxon_compare
+from fewsam.metrics import (CI_METRICS, DISTANCE_METRICS, DISTANCE_UNITS, METRICS, summary_distance_unit,
+                            wilcoxon_compare)
 from fewsam.runs import edited_text
 
 
@@ -133,10 +135,11 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     check_same_classes(eval_a, eval_b, a, b)
     check_same_labels(eval_a, eval_b, a, b)
     check_same_empty_convention(eval_a, eval_b, a, b)
-    check_same_distance_unit(eval_a, eval_b, metric, a, b)
-    score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
+    unit, other_unit = distance_cases(eval_a, eval_b, metric, a, b)
     cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
-    both = cases_a & cases_b
+    eval_a, eval_b = without_cases(eval_a, other_unit), without_cases(eval_b, other_unit)
+    score_a, score_b = per_case_scores(eval_a, metric), per_case_scores(eval_b, metric)
+    both = (cases_a & cases_b) - other_unit
     left_out = {"only_in_a": len(cases_a - cases_b), "only_in_b": len(cases_b - cases_a),
                 "unscored_a": len(both - set(score_a)), "unscored_b": len(both - set(score_b))}
     paired_a, paired_b, one_sided = paired_scores(eval_a, eval_b, metric)
@@ -149,12 +152,20 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     test = wilcoxon_compare(*subject_pairs(eval_a, paired_a, paired_b), n_comparisons)
     return {
         "a": str(a), "b": str(b), "metric": metric, "n_comparisons": n_comparisons, "n_cases": len(common),
+        **({"distance_unit": unit, "other_unit_cases": len(other_unit)} if unit else {}),
         "mean_a": sum(paired_a[c] for c in common) / len(common),
         "mean_b": sum(paired_b[c] for c in common) / len(common),
         **left_out,
         "one_sided_values": one_sided,
         **test,
     }
+
+
+def without_cases(evaluation: dict[str, Any], cases: set[str]) -> dict[str, Any]:
+    """``evaluation`` with the records of ``cases`` left out."""
+    if not cases:
+        return evaluation
+    return {**evaluation, "cases": [case for case in evaluation["cases"] if case["case"] not in cases]}
 
 
 def refuse_one_file_twice(*paths: str | Path) -> None:
@@ -255,17 +266,38 @@ def check_same_labels(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | P
                         "between; compare evaluations of the same data")
 
 
-DISTANCES = ("hd95", "asd")  # the metrics measured in the evaluation's distance unit
+def distance_cases(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str, a: str | Path, b: str | Path
+                   ) -> tuple[str | None, set[str]]:
+    """(the unit a comparison of ``metric`` is in, the shared cases it leaves out for being in another), as
+    ``metrics.summarise`` summarises distances: over the mm cases where the shared cases hold both units.
+    Refused where a shared case is in mm in one evaluation and in pixels in the other (a NIfTI dataset and
+    a PNG export of it), or where an evaluation does not say which of its cases are in which unit: the
+    test would rank the runs by their units. (None, nothing) for Dice and IoU, which have no unit."""
+    if metric not in DISTANCE_METRICS:
+        return None, set()
+    units_a, units_b = case_distance_units(eval_a, metric, a), case_distance_units(eval_b, metric, b)
+    shared = [case for case in units_a if case in units_b]
+    differ = [case for case in shared if units_a[case] != units_b[case]]
+    if differ:
+        where = "" if len(differ) == len(shared) else (f" for {len(differ)} of the {len(shared)} cases they "
+                                                       f"share (the first: {differ[0]})")
+        raise DataError(f"{a} gives {metric} in {units_a[differ[0]]} and {b} in {units_b[differ[0]]} units{where}; "
+                        "compare them on dice or iou, or evaluate both on data of the same spacing")
+    unit = summary_distance_unit([{"distance_unit": units_a[case]} for case in shared])
+    return unit, {case for case in shared if units_a[case] != unit}
 
 
-def check_same_distance_unit(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str, a: str | Path,
-                             b: str | Path) -> None:
-    """Refuse to pair distances in millimetres with distances in pixels (a NIfTI dataset and a PNG
-    export of it): the test would rank the runs by their units."""
-    units = (eval_a.get("distance_unit", "pixel"), eval_b.get("distance_unit", "pixel"))
-    if metric in DISTANCES and units[0] != units[1]:
-        raise DataError(f"{a} gives {metric} in {units[0]} and {b} in {units[1]} units; compare them on dice or iou, "
-                        "or evaluate both on data of the same spacing")
+def case_distance_units(evaluation: dict[str, Any], metric: str, path: str | Path) -> dict[str, str]:
+    """case id -> the unit of its distances: its record's, else the evaluation's (pixels where it names
+    none); refused for an evaluation of cases in both units whose records do not say theirs."""
+    default = evaluation.get("distance_unit", "pixel")
+    units = {case["case"]: case.get("distance_unit", default) for case in evaluation["cases"]}
+    unknown = next((case for case, unit in units.items() if unit not in DISTANCE_UNITS), None)
+    if unknown is not None:
+        raise DataError(f"{path} gives {metric} in mm for some cases and in pixels for others without saying which "
+                        f"(case {unknown!r} names no unit); compare on dice or iou, or evaluate it again with "
+                        "`fewsam evaluate --json`, which records each case's unit")
+    return units
 
 
 def _case_ids(result: dict[str, Any]) -> set[str]:
@@ -297,6 +329,9 @@ def describe(result: dict[str, Any]) -> str:
     if unscored_a or unscored_b:
         lines.append(f"left out: {unscored_a} case(s) without a {m} value in A (an empty prediction or label), "
                      f"{unscored_b} in B")
+    if result.get("other_unit_cases"):
+        lines.append(f"left out: {result['other_unit_cases']} case(s) whose {m} is in pixels (their files give no "
+                     f"voxel spacing); the test pairs the cases in {result['distance_unit']}")
     if result.get("one_sided_values"):
         lines.append(f"left out: {result['one_sided_values']} class value(s) of {m} that only one run had (the "
                      "other left that class empty); each case is averaged over the classes both runs scored")

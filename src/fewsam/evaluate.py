@@ -2,7 +2,8 @@
 
 Predictions are paired with cases by relative path, so any tool's output laid out that way can
 be evaluated. Metrics are per volume (3D) as in the papers; distances are in mm when the data
-knows its spacing and in pixels otherwise, and the JSON says which.
+knows its spacing and in pixels otherwise, and the JSON says which (each case, and its summaries:
+a split of both has its HD95 and ASD summarised over the mm cases, ``metrics.summarise``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
                              check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
 from fewsam.info import DEFAULT_SPLIT, split_cases
-from fewsam.metrics import BOTH_EMPTY, case_metrics, group_summary, summarise
+from fewsam.metrics import (BOTH_EMPTY, case_metrics, group_summary, in_distance_unit, summarise,
+                            summary_distance_unit)
 from fewsam.predict import dataset_folder_holding
-from fewsam.progress import tracked
+from fewsam.progress import say_once, tracked
 
 
 DEFAULT_ALPHA, DEFAULT_ES_MODE = 1.0, "sum"  # FairSeg's equity scaling
@@ -79,7 +81,7 @@ def evaluate(
     dataset = open_dataset(data, attributes)
     check_not_the_labels(pred, dataset)
     names = dataset.class_map.names
-    records, units, case_attrs = [], set(), []
+    records, case_attrs = [], []
     case_ids = split_cases(dataset, split, "--split")
     if group_by and dataset.format != "npz":  # FairSeg's attributes are inside the files: checked below
         check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
@@ -91,16 +93,17 @@ def evaluate(
         case = load_labelled_case(dataset, case_id, "evaluate against")
         predicted = read_prediction(case, pred, dataset.class_map, dataset)
         per_class = case_metrics(predicted, case.label, list(names), case.spacing, both_empty)
-        units.add("mm" if case.spacing else "pixel")
         case_attrs.append(case.attributes)
         records.append({
             "case": case_id,
             "subject": dataset.subject_of(case_id),
             "label_sha256": label_fingerprint(case.label),
             "per_class": {names[k]: v for k, v in per_class.items()},
+            "distance_unit": "mm" if case.spacing else "pixel",
             "group": group_of(case.attributes, group_by, binned) if group_by else None,
         })
     result = summarise(records)
+    say_distances_left_out(records)
     if group_by:
         check_bin_values(group_by, explicit, dict(zip(case_ids, case_attrs)))
         check_group_column(group_by, (r["group"] for r in records), case_attrs)
@@ -111,10 +114,25 @@ def evaluate(
         result.update(group_by=group_by, bins=binned.labels if binned else None, alpha=alpha, es_mode=es_mode,
                       missing_group_cases=[r["case"] for r in records if r["group"] is None],
                       per_class_equity=per_class_equity(result, alpha, es_mode))
-    result["distance_unit"] = units.pop() if len(units) == 1 else "mixed"
+    result["distance_unit"] = summary_distance_unit(records) or "pixel"
     result["both_empty"] = both_empty
     result["split"] = os.fspath(split) if split else DEFAULT_SPLIT  # a list file's Path: its path, as JSON
     return result
+
+
+def say_distances_left_out(records: list[dict[str, Any]]) -> None:
+    """Say, once, that the split mixes cases with and without voxel spacing, and so that the HD95 and ASD
+    summaries leave the pixel-unit cases out (``metrics.summarise``): the JSON's means say so only by a
+    count, and a reader expecting every case in them would take the mm figures for all cases'."""
+    unit = summary_distance_unit(records)
+    other = [r["case"] for r in records if not in_distance_unit(r, unit)]
+    if not other:
+        return
+    kept = len(records) - len(other)
+    say_once(f"{len(other)} of the {len(records)} cases have no voxel spacing in their files (the first: {other[0]}), "
+             f"so their HD95 and ASD are in pixels: the HD95 and ASD means (overall, per class and per group) are "
+             f"over the {kept} cases in mm, Dice and IoU over all {len(records)}; each case's record keeps its "
+             "distances with its own distance_unit", key="distances-left-out-of-mm")
 
 
 def label_fingerprint(label: np.ndarray) -> str:

@@ -22,6 +22,9 @@ Conventions (the JSON that `fewsam evaluate` writes relies on them):
   `compute_average_surface_distance` with its default `symmetric=False`.
 - Summaries ignore missing values (None or NaN) and count them per class; the overall mean is
   the mean over classes of the per-class means (SSL4MIS style).
+- A record may say the unit of its distances ("distance_unit": "mm" or "pixel"). Where both occur,
+  the HD95 and ASD summaries are over the mm cases only (``summary_distance_unit``) and count the
+  others left out; Dice and IoU are summarised over every case.
 """
 
 from __future__ import annotations
@@ -148,28 +151,55 @@ def _joint_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(max(int(c.min()) - 1, 0), int(c.max()) + 2) for c in coords)
 
 
-def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(cases: list[dict[str, Any]], distance_unit: str | None = None) -> dict[str, Any]:
     """The evaluate JSON from per-case records.
 
     A record is `{"case": id, "per_class": {name: {"dice", "iou", "hd95", "asd"}}, "group": g}`, and
-    may name its "subject" (patient), the unit `bootstrap_ci` resamples.
+    may name its "subject" (patient), the unit `bootstrap_ci` resamples, and its "distance_unit".
     Returns `{"mean": {metric: value}, "per_class": {name: {metric: mean, "<metric>_missing": k}},
-    "cases": cases, "n_cases": N}`; a mean with no value to average is None.
+    "cases": cases, "n_cases": N, "distance_cases_left_out": k}`; a mean with no value to average is None.
+    HD95 and ASD are summarised over the records in ``distance_unit`` (default: ``summary_distance_unit``
+    of ``cases``; a record that names no unit counts as in it): a mean of millimetres and pixels has no
+    unit, and a group must be measured in the unit of the whole evaluation its table stands in.
     """
+    unit = distance_unit or summary_distance_unit(cases)
+    measured = [c for c in cases if in_distance_unit(c, unit)]
     names = _class_names(cases)
-    per_class = {name: _class_summary([c["per_class"].get(name, {}) for c in cases]) for name in names}
+    per_class = {name: _class_summary([c["per_class"].get(name, {}) for c in cases],
+                                      [c["per_class"].get(name, {}) for c in measured]) for name in names}
     mean = {m: _mean([per_class[name][m] for name in names]) for m in METRICS}
-    return {"mean": mean, "per_class": per_class, "cases": cases, "n_cases": len(cases)}
+    return {"mean": mean, "per_class": per_class, "cases": cases, "n_cases": len(cases),
+            "distance_cases_left_out": len(cases) - len(measured)}
+
+
+DISTANCE_METRICS = ("hd95", "asd")  # measured in each case's distance unit; the others have none
+DISTANCE_UNITS = ("mm", "pixel")  # a case's: mm where its files give the voxel spacing, else pixels
+
+
+def summary_distance_unit(cases: list[dict[str, Any]]) -> str | None:
+    """The unit the distance summaries of ``cases`` are in: "mm" where any record is in mm (the unit the
+    papers and MONAI / nnU-Net users report; a case without spacing cannot be turned into it), else
+    "pixel" where any is; None where no record names its unit."""
+    units = {c.get("distance_unit") for c in cases} - {None}
+    return "mm" if "mm" in units else units.pop() if units else None
+
+
+def in_distance_unit(case: dict[str, Any], unit: str | None) -> bool:
+    """Whether ``case``'s distances count in a summary in ``unit`` (a record naming no unit always does)."""
+    return unit is None or case.get("distance_unit", unit) == unit
 
 
 def _class_names(cases: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(name for case in cases for name in case["per_class"]))
 
 
-def _class_summary(records: list[dict[str, float | None]]) -> dict[str, float | int | None]:
+def _class_summary(records: list[dict[str, float | None]], measured: list[dict[str, float | None]]
+                   ) -> dict[str, float | int | None]:
+    """One class's means and missing counts: Dice and IoU over ``records``, HD95 and ASD over ``measured``
+    (the records in the summary's distance unit)."""
     summary: dict[str, float | int | None] = {}
     for m in METRICS:
-        values = [r.get(m) for r in records]
+        values = [r.get(m) for r in (measured if m in DISTANCE_METRICS else records)]
         summary[m] = _mean(values)
         summary[f"{m}_missing"] = sum(_is_missing(v) for v in values)
     return summary
@@ -221,9 +251,11 @@ def group_summary(
     by ``seed`` and the group's name (`bootstrap_stream`): deterministic, and a group's interval does
     not change when another group gains a case. The intervals of ES-Dice, ES-IoU and the gap
     ("es_dice_ci95", "es_iou_ci95", "worst_group_gap_ci95") come from the stratified bootstrap those
-    draws make together (`equity_intervals`).
+    draws make together (`equity_intervals`). Every group's HD95 and ASD are in the unit of the whole
+    summary (`summarise`), each group counting its "distance_cases_left_out".
     """
-    summary = summarise(cases)
+    unit = summary_distance_unit(cases)  # each group's distances in the unit of the whole table
+    summary = summarise(cases, unit)
     summary["overall_ci95"] = bootstrap_ci(cases, bootstrap_stream(seed, OVERALL_STREAM), n_boot)
     by_group: dict[str, list[dict[str, Any]]] = {}
     for case in cases:
@@ -231,12 +263,13 @@ def group_summary(
             by_group.setdefault(str(case["group"]), []).append(case)
     groups = {}
     for g in group_order(by_group):
-        part = summarise(by_group[g])
+        part = summarise(by_group[g], unit)
         ci = bootstrap_ci(by_group[g], bootstrap_stream(seed, g), n_boot)
-        groups[g] = {"n": part["n_cases"], "mean": part["mean"], "per_class": part["per_class"], "ci95": ci}
+        groups[g] = {"n": part["n_cases"], "mean": part["mean"], "per_class": part["per_class"], "ci95": ci,
+                     "distance_cases_left_out": part["distance_cases_left_out"]}
     summary["groups"] = groups
     summary["missing_group"] = sum(case.get("group") is None for case in cases)
-    grouped = summarise([case for case in cases if case.get("group") is not None])
+    grouped = summarise([case for case in cases if case.get("group") is not None], unit)
     summary["grouped"] = {"n": grouped["n_cases"], "mean": grouped["mean"], "per_class": grouped["per_class"]}
     for m in CI_METRICS:
         scores = [g["mean"][m] for g in groups.values()]

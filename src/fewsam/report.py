@@ -185,10 +185,13 @@ DISTANCES_LEFT_OUT = (
     "A group with many such values has distances measured on its better cases only, so compare its Dice too.")
 
 
-def _distance(summary: dict, metric: str) -> str:
+def _distance(summary: dict, metric: str, shown: bool = True) -> str:
     """A group's mean HD95 or ASD, with the count of values it leaves out (``<metric>_missing`` of its
     classes): a group whose predictions are often empty has its distances taken over the cases it did
-    find, which made it look closer to the labels than groups the model never missed."""
+    find, which made it look closer to the labels than groups the model never missed. "n/a" where not
+    ``shown`` (a mean of millimetres and pixels alike, which has no unit)."""
+    if not shown:
+        return "n/a"
     value = _num(summary["mean"].get(metric), 2)
     missing = sum(int(c.get(f"{metric}_missing") or 0) for c in (summary.get("per_class") or {}).values())
     return f"{value} ({missing} n/a)" if missing and value != "n/a" else value
@@ -250,22 +253,41 @@ def _group_blocks(runs: list[tuple[str, dict]], out: Path) -> list[tuple]:
                            ("img", (png, "Mean Dice per group with 95% bootstrap CIs; n = cases per group."))]
     for name, r in runs:
         header = ["group", "n", "Dice", "Dice 95% CI", "IoU", "IoU 95% CI", "HD95", "ASD"]
+        shown = r.get("distance_unit") != "mixed"
         rows = [[g, v["n"], _num(v["mean"]["dice"]), _ci(v["ci95"]["dice"]), _num(v["mean"]["iou"]),
-                 _ci(v["ci95"]["iou"]), _distance(v, "hd95"), _distance(v, "asd")]
+                 _ci(v["ci95"]["iou"]), _distance(v, "hd95", shown), _distance(v, "asd", shown)]
                 for g, v in r.get("groups", {}).items()]
         rows.append(["all cases", r["n_cases"], _num(r["mean"]["dice"]), _ci((r.get("overall_ci95") or {}).get("dice")),
                      _num(r["mean"]["iou"]), _ci((r.get("overall_ci95") or {}).get("iou")),
-                     _distance(r, "hd95"), _distance(r, "asd")])
+                     _distance(r, "hd95", shown), _distance(r, "asd", shown)])
         blocks += [("h3", f"{name}: groups (distances in {distance_units(r.get('distance_unit'))})"),
                    ("table", (header, rows))]
         if any("n/a)" in cell for row in rows for cell in row[-2:]):
             blocks.append(("p", DISTANCES_LEFT_OUT))
+        note = distance_unit_note(r)
+        if note:
+            blocks.append(("p", note))
     if len(runs) > 1:
         blocks += _difference_table(runs, groups)
     return blocks
 
 
 DISTANCE_UNITS = {"mm": "mm", "pixel": "pixels", "mixed": "mm or pixels (cases with and without spacing)"}
+
+
+def distance_unit_note(result: dict) -> str | None:
+    """What a run's HD95 and ASD leave out for their unit: the cases in pixels, where its split also holds
+    cases in mm (``metrics.summarise``), or every distance of an evaluation whose means average mm with
+    pixels ("mixed"), which has no unit to show them in; None where every case is in one unit."""
+    if result.get("distance_unit") == "mixed":
+        return ("HD95 and ASD are not shown: this evaluation averages cases in mm with cases in pixels (files "
+                "without voxel spacing); evaluate it again with `fewsam evaluate` to have them over the cases in mm.")
+    left_out = result.get("distance_cases_left_out") or 0
+    if not left_out:
+        return None
+    return (f"HD95 and ASD are over the cases in {distance_units(result.get('distance_unit'))}: {left_out} of the "
+            f"{result['n_cases']} cases, whose files give no voxel spacing, are measured in pixels and left out of "
+            "them (each group's n counts them; Dice and IoU are over every case).")
 
 
 def distance_units(unit: str | None) -> str:
