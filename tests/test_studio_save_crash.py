@@ -191,3 +191,50 @@ def test_a_studio_process_killed_between_the_label_file_and_labelled_json_restar
         np.testing.assert_array_equal(shown(client, 0)[0], EARLIER)
     assert leftovers(folder) == []
 
+
+# --- a fit whose worker never began ----------------------------------------------------------------------------
+
+def fit_job_left(data: Path, project: Path, status: dict | None, log: str) -> None:
+    """A labelled project whose fit job-0001 has its job.json, and the status and worker log given."""
+    with make_client(data, project) as client:
+        assert put(client, painted()).status_code == 200
+    job, fit = project / "jobs" / "job-0001", project / "fits" / "fit-0001"
+    (fit / "data").mkdir(parents=True)
+    job.mkdir(parents=True)
+    spec = {"kind": "fit", "fit_dir": str(fit), "project": str(project), "steps": 80, "labelled_slices": 1,
+            "status": str(job / "status.json")}
+    (job / "job.json").write_text(json.dumps(spec), encoding="utf-8")
+    (job / "worker.log").write_text(log, encoding="utf-8")
+    if status is not None:
+        (job / "status.json").write_text(json.dumps(status), encoding="utf-8")
+
+
+@pytest.mark.parametrize("status, log, why", [
+    (None, "", "its worker never began and left no word of why"),
+    (None, "/usr/bin/python3: No module named fewsam.studio.worker\n",
+     "its worker stopped before it began; its log ends: /usr/bin/python3: No module named fewsam.studio.worker"),
+    ({"state": "interrupted", "ended": 1.0}, "", "the studio was stopped while its worker was starting"),
+], ids=["no record", "the worker's last words", "stopped with the studio"])
+def test_a_fit_whose_worker_never_began_is_said_not_to_have_started(data, tmp_path, status, log, why):
+    project = tmp_path / "project"
+    fit_job_left(data, project, status, log)
+    with make_client(data, project, worker_argv=python(SLEEPER)) as client:
+        job = client.get("/api/job").json()
+        assert (job["state"], job["resumable"]) == ("interrupted", True)
+        assert job["message"].startswith(f"the fit did not start: {why}"), job["message"]
+        assert "worker ended" not in job["message"] and "at step" not in job["message"]
+        assert job["message"].endswith("; Resume starts it, on the 1 slice(s) labelled when it was made, or Fit "
+                                       "starts a new fit on your current labels. Your labels are unchanged")
+        assert client.post("/api/job/resume").status_code == 202
+
+
+def test_a_fit_the_studio_stopped_while_its_worker_was_starting_is_said_not_to_have_started(data, tmp_path):
+    project = tmp_path / "project"
+    with make_client(data, project, worker_argv=python(SLEEPER)) as client:
+        assert put(client, painted()).status_code == 200
+        assert client.post("/api/fit", json={"steps": 80}).status_code == 202
+    with make_client(data, project, worker_argv=python(SLEEPER)) as client:
+        job = client.get("/api/job").json()
+        assert job["state"] == "interrupted"
+        assert job["message"].startswith("the fit did not start: the studio was stopped while its worker was "
+                                         "starting; Resume starts it"), job["message"]
