@@ -152,7 +152,12 @@ def create_app(settings: StudioSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log(f"studio started on {settings.host}:{settings.port} for {project.data}")
-        remove_label_leftovers(project.labels_dir)  # served now: the project lock is held (``one_studio``)
+        # Served now: the project lock is held (``one_studio``). The interrupted save first: undoing it puts back
+        # the label file it kept aside, which is a leftover only after that.
+        finished = project.finish_interrupted_save()
+        if finished is not None:
+            log(finished)
+        remove_label_leftovers(project.labels_dir)
         yield
         runner.stop()
         log("studio stopped")

@@ -432,6 +432,8 @@ def what_failed(error: str) -> str:
 def interrupted_message(job: Job, record: dict[str, Any], progress: dict[str, Any]) -> str:
     """How far an interrupted job got and what the page offers: Resume (the same job again: a fit from
     its last checkpoint, on the slices labelled when it started) or a new one on the current labels."""
+    if "pid" not in record:  # the worker records its process id before anything else
+        return not_started_message(job, record)
     how = ("the studio was stopped while it ran" if record.get("state") == STOPPED_WITH_THE_STUDIO
            else "its worker ended while no studio was running")
     if job.kind != "fit":
@@ -449,6 +451,24 @@ def interrupted_message(job: Job, record: dict[str, Any], progress: dict[str, An
     return (f"{fit} was interrupted ({how}) at step {progress.get('step', 0)}" + (f" of {steps}" if steps else "")
             + f"; {where}, on the {job.spec.get('labelled_slices', '?')} slice(s) labelled when it started, "
             "or Fit starts a new fit on your current labels. Your labels are unchanged")
+
+
+def not_started_message(job: Job, record: dict[str, Any]) -> str:
+    """An interrupted job whose worker never began it (no process id in its status.json): "its worker ended"
+    and "at step 0" would tell of a fit that never ran. Why, where that is known: the studio was stopped while
+    the worker was starting, or the worker's own last lines (a Python that cannot import fewsam)."""
+    tail = _tail(job.log_file, LOG_TAIL_LINES)
+    if record.get("state") == STOPPED_WITH_THE_STUDIO:
+        why = "the studio was stopped while its worker was starting"
+    elif tail:
+        why = f"its worker stopped before it began; its log ends: {tail} (full log: {job.log_file})"
+    else:
+        why = "its worker never began and left no word of why (the studio may have ended before starting it)"
+    if job.kind != "fit":
+        return f"the prediction did not start: {why}; Resume starts it. Your labels are unchanged"
+    return (f"the fit did not start: {why}; Resume starts it, on the {job.spec.get('labelled_slices', '?')} "
+            "slice(s) labelled when it was made, or Fit starts a new fit on your current labels. Your labels are "
+            "unchanged")
 
 
 def _record_end(job: Job, state: str) -> None:

@@ -4,6 +4,7 @@ Everything the studio writes goes here, never into the dataset (which it only re
 ``fewsam.data.open_dataset``, so every layout fewsam reads can be labelled)::
 
     PROJECT/labelled.json            which slices of which case are labelled (and for which data)
+    PROJECT/label_save.json          the label save under way, undone by the next studio if it was killed
     PROJECT/labels/<rel_path>        studio labels per case, written by ``write_prediction``: the
                                      dataset's own mask format (NIfTI on the image's grid for
                                      volumes, PNG in the dataset's coding for 2D images, ...)
@@ -17,9 +18,9 @@ Everything the studio writes goes here, never into the dataset (which it only re
     PROJECT/studio.lock              held by the one studio serving the project (``one_studio``)
 
 Every file is written atomically (``fewsam.atomic``): a crash leaves the old or the new file.
-A slice's label is written before the slice is marked labelled, so a crash between the two
-leaves an unmarked slice, never a marked slice without its label; a save whose marking fails (a
-full disk) puts the previous label file back, so the page's revision of the slice stays the saved one.
+A slice's save writes two of them, the case's label file and labelled.json, and is recorded in
+PROJECT/label_save.json until both are written: a save that fails, or is killed, half-way is undone
+(``Project.journalled_save``), so the project shows the slice as before the save or as after it.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ import threading
 import zipfile
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from fewsam.atomic import (TEMPORARY_SUFFIX, LockHeld, atomic_write_bytes, check_folder_path, stale_temporaries,
-                           take_lock_file)
+from fewsam.atomic import (TEMPORARY_SUFFIX, LockHeld, atomic_write_bytes, check_folder_path, hidden_name,
+                           stale_temporaries, take_lock_file)
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
@@ -50,6 +51,7 @@ from fewsam.errors import DataError
 from fewsam.studio.errors import BadLabel, Conflict, NotFound, StudioError
 
 STATE = "labelled.json"
+SAVE_JOURNAL = "label_save.json"
 LABELS = "labels"
 FITS = "fits"
 PREDICTIONS = "predictions"
@@ -102,7 +104,8 @@ def check_not_foreign(folder: Path) -> None:
     studio would read them as its own and overwrite or replace them, so it refuses the folder."""
     if (folder / STATE).exists() or (folder / LOG).exists():
         return
-    taken = [name for name in (LABELS, FITS, PREDICTIONS, EXPORT, JOBS, LATEST_RUN) if (folder / name).exists()]
+    taken = [name for name in (LABELS, FITS, PREDICTIONS, EXPORT, JOBS, LATEST_RUN, SAVE_JOURNAL)
+             if (folder / name).exists()]
     if taken:
         raise StudioError(f"--project {folder} is not a studio project but already holds {', '.join(taken)}, "
                           "which the studio would write over; give a new or empty --project folder")
@@ -163,35 +166,60 @@ def slice_revision(label: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(label, np.uint8).tobytes()).hexdigest()[:16]
 
 
-@contextmanager
-def previous_file_kept(path: Path) -> Iterator[None]:
-    """Put ``path`` back as it was (or remove it, if it was not there) when the block fails: a label save
-    writes the case's label file, then marks the slice in PROJECT/labelled.json, and a state file that
-    cannot be written (a full disk) must not leave the new pixels in the label file. The page still holds
-    the old version's revision; the new pixels would refuse its next Save as "saved in another tab".
+def kept_aside(path: Path) -> Path:
+    """Where a save keeps the case's previous label file while it replaces it: a temporary beside it
+    (``remove_label_leftovers`` removes one a killed save left there)."""
+    return path.with_name(hidden_name(path.name, f".previous{TEMPORARY_SUFFIX}"))
 
-    The old file is kept as a hard link, which needs no space on a full disk (a copy where the file system
-    has no links); putting it back is a rename. A crash inside the block leaves the link behind, beside the
-    new file, as a temporary the next studio removes (``remove_label_leftovers``)."""
-    kept = path.with_name(f".{path.name}.previous{TEMPORARY_SUFFIX}")
-    had = path.is_file()
-    if had:
-        keep_aside(path, kept)
+
+@dataclass(frozen=True)
+class LabelSave:
+    """A slice's label save under way, as PROJECT/label_save.json records it: the case and slice, the case's
+    label file (relative to PROJECT/labels), whether that file was there before the save (then kept aside,
+    ``kept_aside``) and whether the slice was labelled before it."""
+
+    case: str
+    slice: int
+    label: str
+    previous: bool
+    labelled: bool
+
+    def __post_init__(self) -> None:
+        """A record that names no slice, or a file outside PROJECT/labels, is refused: undoing it would put
+        or remove a file the save never touched."""
+        if not (isinstance(self.case, str) and isinstance(self.slice, int) and not isinstance(self.slice, bool)
+                and isinstance(self.previous, bool) and isinstance(self.labelled, bool)):
+            raise ValueError("it does not name a case, a slice and what the save replaced")
+        label = PurePosixPath(self.label) if isinstance(self.label, str) else None
+        if label is None or label.is_absolute() or ".." in label.parts or not label.parts:
+            raise ValueError(f"its label file {self.label!r} is not a path inside the project's labels folder")
+
+
+def read_save_journal(path: Path) -> LabelSave | None:
+    """PROJECT/label_save.json, None when no save is under way; one that cannot be read is refused, with what
+    to do (it is written atomically, so only an edit by hand or a damaged disk leaves it so)."""
+    if not path.exists() and not path.is_symlink():
+        return None
     try:
-        yield
-    except BaseException:
-        if had:
-            os.replace(kept, path)
-        elif path.is_file():  # written by the block; a folder in its place is someone's, and the error says so
-            path.unlink()
-        raise
-    if had:
-        kept.unlink(missing_ok=True)
+        return LabelSave(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:
+        raise StudioError(f"cannot read {path} ({err}), the record of a label save that was interrupted; delete it "
+                          "to keep the labels as they are on disk (the slice being saved may show its new pixels "
+                          "while unlabelled), then start the studio again") from None
+
+
+def listed_slices(state: Path, case_id: str) -> set[int]:
+    """The slices of a case that PROJECT/labelled.json lists on disk now; none when it cannot be read."""
+    try:
+        return slice_numbers(json.loads(state.read_text(encoding="utf-8"))["slices"].get(case_id, []))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
 
 
 def keep_aside(path: Path, kept: Path) -> None:
-    """``kept`` becomes a hard link to ``path``, or a copy of it where the file system has no links (FAT,
-    some network shares); a copy the disk cannot hold is removed, and its error raised."""
+    """``kept`` becomes a hard link to ``path`` (which needs no space on a full disk), or a copy of it where
+    the file system has no links (FAT, some network shares); a copy the disk cannot hold is removed, and
+    its error raised."""
     kept.unlink(missing_ok=True)
     try:
         os.link(path, kept)
@@ -205,7 +233,8 @@ def keep_aside(path: Path, kept: Path) -> None:
 
 def remove_label_leftovers(labels: Path) -> None:
     """The temporaries a studio killed while saving left in PROJECT/labels (``atomic_write``'s half-written
-    files, ``previous_file_kept``'s links). Only the one studio serving a project writes there: called once
+    files, label files kept aside, ``kept_aside``), once ``finish_interrupted_save`` has put back the one it
+    needs. Only the one studio serving a project writes there: called once
     it serves (``one_studio`` is held), none is in use; a second studio, refused, must not call it."""
     if labels.is_dir():
         for leftover in stale_temporaries(labels):
@@ -269,6 +298,7 @@ class Project:
         self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
         self.moved_from: Path | None = None  # the dataset's folder when the labels were made, if it moved since
         self._labelled = self._read_state()
+        read_save_journal(self.folder / SAVE_JOURNAL)  # checked now, finished once served (finish_interrupted_save)
         if self.moved_from is not None:
             self._write_state()  # the labels now belong to this folder
 
@@ -501,10 +531,69 @@ class Project:
                 raise StudioError(f"a label of shape {label.shape} does not fit slice {z} of {case_id} "
                                   f"{volume.shape[1:]}; predict this case again")
             volume[z] = label
-            with previous_file_kept(prediction_path(case, self.labels_dir)):
+            with self.journalled_save(case_id, z, prediction_path(case, self.labels_dir)):
                 write_prediction(case, volume, self.labels_dir)
                 self._mark(case_id, z, True)
         return slice_revision(label)
+
+    @contextmanager
+    def journalled_save(self, case_id: str, z: int, path: Path) -> Iterator[None]:
+        """Wraps a save's two writes, the case's label file ``path`` and then labelled.json marking slice ``z``:
+        stopped at any point, by an error or a kill (SIGKILL, a power cut), the save leaves the project as it
+        was before it or as it is after it, never the new pixels in the label file of a slice labelled.json
+        does not list (the page would show it unlabelled but painted, and refuse its next Save as "saved in
+        another tab": the revision it holds is the old one).
+
+        The two files cannot be replaced by one rename: the label file is found at the dataset's own mask
+        path (by the fit, the export, the reader), not named in labelled.json. So the save is recorded in
+        PROJECT/label_save.json once the old label file is kept aside (a hard link; a copy where links are
+        not to be had: the record comes after it, so that a copy cut short is never put back), and it is done
+        when labelled.json lists the slice. Until then it is undone, by the error's handler here or, after a
+        kill, by the next studio (``finish_interrupted_save``): the file kept aside is put back, or the new
+        one removed when there was none, so no earlier label is lost. A slice that was labelled before is
+        listed before and after, so labelled.json cannot tell how far its save got: it is undone, which is
+        as consistent (the old pixels, listed as they were) and what the page was told, if it was told."""
+        save = LabelSave(case_id, z, path.relative_to(self.labels_dir).as_posix(), path.is_file(),
+                         self.is_labelled(case_id, z))
+        if save.previous:
+            keep_aside(path, kept_aside(path))
+        try:
+            atomic_write_bytes(self.folder / SAVE_JOURNAL, json.dumps(asdict(save)).encode())
+            yield
+        except BaseException:
+            self._finish_save(save, done=self._listed_on_disk(save))
+            raise
+        self._finish_save(save, done=True)
+
+    def _listed_on_disk(self, save: LabelSave) -> bool:
+        """Whether labelled.json on disk now lists the slice a save marks, as only the save can have done
+        (a Ctrl-C is delivered once the file is in place: the save is done then, though it raises)."""
+        return not save.labelled and save.slice in listed_slices(self.folder / STATE, save.case)
+
+    def _finish_save(self, save: LabelSave, done: bool) -> None:
+        """Keep the new label file (``done``) or put the previous one back (remove the new one where there was
+        none), then drop the file kept aside and the record: in this order, a kill in here leaves the record
+        for the next studio to finish the same way."""
+        path = self.labels_dir / save.label
+        kept = kept_aside(path)
+        if not done and save.previous and kept.is_file():
+            os.replace(kept, path)
+        elif not done and not save.previous and path.is_file():
+            path.unlink()
+        kept.unlink(missing_ok=True)  # a hard link to ``path`` itself outlives a rename onto it
+        (self.folder / SAVE_JOURNAL).unlink(missing_ok=True)
+
+    def finish_interrupted_save(self) -> str | None:
+        """Finish the label save a killed studio left under way (``journalled_save``): kept where labelled.json
+        lists its slice, else undone. Returns what was done, for the log; None when no save was under way.
+        Only the studio serving the project may call it: another's save in progress would be undone."""
+        save = read_save_journal(self.folder / SAVE_JOURNAL)
+        if save is None:
+            return None
+        done = self._listed_on_disk(save)
+        self._finish_save(save, done)
+        return (f"a save of slice {save.slice} of {save.case} was interrupted by the end of the last studio; "
+                + ("it was complete and is kept" if done else "it was undone, the slice is as it was before it"))
 
     def unmark(self, case_id: str, z: int) -> None:
         """Take a slice out of the labelled set (its pixels stay in the label file, unused)."""
