@@ -75,6 +75,8 @@ def _classes(dataset: IndexedDataset) -> list[dict[str, Any]]:
 def _stored_values(dataset: IndexedDataset) -> dict[int, int | str]:
     """class -> value in the label files: PNG codings invert or spread values, FairSeg uses -1/-2;
     a Slicer segmentation stores a class as its named segment."""
+    if dataset.format == "png" and dataset.style.colours:  # type: ignore[attr-defined]
+        return {cls: f"colour {list(rgb)}" for cls, rgb in dataset.style.colours.items()}  # type: ignore[attr-defined]
     if dataset.format == "png":
         return dict(dataset.style.to_pixel)  # type: ignore[attr-defined]
     if dataset.format == "npz":

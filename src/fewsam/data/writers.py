@@ -7,8 +7,9 @@
   header of a FreeSurfer ``.mgz`` / ``.mgh`` input.
 - png: an 8-bit greyscale PNG at the image's relative path, class indices mapped back to the
   dataset's own mask coding (BUSI 0/255; prostate 0 = prostate, 255 = background; fundus cup 0,
-  rim 128, background 255); a folder of new images without masks, in the coding of the masks
-  the run was fitted on (``predict.open_for_run``).
+  rim 128, background 255); an RGB PNG in the class colours for colour-coded masks (classes.json
+  "colour"); a folder of new images without masks, in the coding of the masks the run was fitted on
+  (``predict.open_for_run``).
   JPEG, TIFF and BMP inputs get a PNG too, named ``.png`` (``images/x.jpg`` -> ``images/x.png``).
 - npz (FairSeg): an npz with key ``pred``, (H, W) uint8 class indices 0/1/2 (not the -1/-2
   coding of the input masks).
@@ -47,7 +48,7 @@ from fewsam.data.readers.itk_volume import itk_message
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
                                       to_slices)
-from fewsam.data.readers.png_folder import mask_to_classes, read_mask_pixels
+from fewsam.data.readers.png_folder import mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -421,6 +422,11 @@ def _to_class(case: Case) -> dict[int, int]:
     return {int(k): int(v) for k, v in coding.items()}
 
 
+def _colours(case: Case) -> dict[int, tuple[int, int, int]]:
+    """class -> (r, g, b) of a dataset whose masks are colour-coded; empty for the other codings."""
+    return {int(c): (int(r), int(g), int(b)) for c, (r, g, b) in (case.meta.get("png_colours") or {}).items()}
+
+
 def _encode_png(case: Case, pred: np.ndarray) -> bytes:
     to_pixel = _to_pixel(case)
     bad = sorted(int(v) for v in np.unique(pred) if int(v) not in to_pixel)
@@ -428,11 +434,12 @@ def _encode_png(case: Case, pred: np.ndarray) -> bytes:
         raise DataError(f"prediction for {case.case_id} holds classes {bad} that this dataset's "
                         f"PNG coding {to_pixel} (class -> pixel) cannot store")
     wide = max(to_pixel.values()) > 255  # 16-bit masks (0/65535): predictions in their values
-    lut = np.zeros(256, dtype=np.uint16 if wide else np.uint8)
+    colours = _colours(case)  # colour-coded masks: RGB in their colours, to open beside them in the user's tools
+    lut = np.zeros((256, 3) if colours else 256, dtype=np.uint16 if wide else np.uint8)
     for cls, pixel in to_pixel.items():
-        lut[cls] = pixel
+        lut[cls] = colours[cls] if colours else pixel
     image = Image.fromarray(lut[_as_stored(case, pred)])
-    if case.meta.get("png_palette"):
+    if case.meta.get("png_palette") and not colours:
         image.putpalette(list(case.meta["png_palette"]))  # shown in the dataset's own colours
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -520,7 +527,10 @@ PNG_PREDICTION_ADVICE = ("a PNG prediction holds the dataset's own mask coding, 
 def _decode_png(case: Case, path: Path) -> np.ndarray:
     """A PNG prediction in the dataset's mask coding; other pixel values are refused with advice about
     the prediction, not the dataset's advice for its own masks (adding a classes.json). A palette-coded
-    dataset's prediction is read as its palette indices, whatever colour its classes have."""
+    dataset's prediction is read as its palette indices, whatever colour its classes have; a colour-coded
+    one's by its colours."""
+    if colours := _colours(case):
+        return read_colour_mask(path, colours, "prediction", PNG_PREDICTION_ADVICE)[0][None]
     pixels = read_mask_pixels(path, palette_indices=bool(case.meta.get("png_palette")))
     return mask_to_classes(pixels, _to_class(case), path, "prediction", PNG_PREDICTION_ADVICE)[None]
 

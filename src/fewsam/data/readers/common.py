@@ -722,7 +722,7 @@ def rounded_float_label(label: np.ndarray, path: Path, what: str = "label") -> n
 
 CLASSES_JSON_HELP = ('write {"1": "name"}, {"classes": {"1": "name"}} or '
                      '{"1": {"name": "name", "min": 128, "max": 255}}')
-CLASS_KEYS = {"name", "pixel", "min", "max"}
+CLASS_KEYS = {"name", "pixel", "min", "max", "colour", "color"}
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
@@ -736,13 +736,16 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def class_specs(spec: dict[str, Any], path: Path, largest: int = 255) -> dict[int, dict[str, Any]]:
-    """classes.json's classes as {class: {"name": str, "pixel"/"min"/"max": int, ...}}.
+def class_specs(spec: dict[str, Any], path: Path, with_background: bool = False,
+                largest: int = 255) -> dict[int, dict[str, Any]]:
+    """classes.json's classes as {class: {"name": str, "pixel"/"min"/"max": int, "colour": (r, g, b), ...}}.
 
     Accepted: {"classes": {...}} or the classes at top level (beside optional "pixel_values" and
-    "rgb"); each class is a name or an object with "name" and optional "pixel", "min", "max".
-    Class 0 is the background and never a class of its own, so a "0" entry only names it. A class is
-    at most ``largest``: 255 for 8-bit masks, ``MAX_LABEL_VALUE`` for label maps (``to_label_array``).
+    "rgb"); each class is a name or an object with "name" and optional "pixel", "min", "max", and
+    "colour" (or "color": [r, g, b] or "#rrggbb", for masks that store each class as a colour).
+    Class 0 is the background and never a class of its own, so a "0" entry only names it (and may
+    give the background's colour: kept as class 0 with ``with_background``). A class is at most
+    ``largest``: 255 for 8-bit masks, ``MAX_LABEL_VALUE`` for label maps (``to_label_array``).
     """
     classes = spec["classes"] if "classes" in spec else {
         k: v for k, v in spec.items() if k not in ("pixel_values", "rgb")}
@@ -763,15 +766,38 @@ def class_specs(spec: dict[str, Any], path: Path, largest: int = 255) -> dict[in
         if int(key) > largest:
             raise DataError(f"{path}: class {key} is above {largest}; classes are 1-{largest}"
                             + (" in 8-bit masks" if largest == 255 else ""))
-        if int(key) != 0:
+        entry = _with_colour(entry, key, path)
+        if int(key) != 0 or with_background:
             out[int(key)] = entry
-    if not out:
+    classes = [c for c in out if c != 0]
+    if not classes:
         raise DataError(f"{path} defines only the background (0); {CLASSES_JSON_HELP}")
-    check_class_count(len(out), path)
+    check_class_count(len(classes), path)
     return out
+
+
+def _with_colour(entry: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """A class entry with its "colour" (or "color") as an (r, g, b) tuple of 0-255, where it gives one:
+    as a list [255, 0, 0] (how CholecSeg8k and most scripts write colours) or as "#ff0000" (how
+    annotation tools' label maps and colour pickers show them)."""
+    given = [k for k in ("colour", "color") if k in entry]
+    if not given:
+        return entry
+    if len(given) > 1:
+        raise DataError(f"{path}: class {key} gives both \"colour\" and \"color\"; keep one")
+    value = entry[given[0]]
+    colour: Any = value
+    if isinstance(value, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", value.strip()):
+        colour = [int(value.strip()[i:i + 2], 16) for i in (1, 3, 5)]
+    if not isinstance(colour, list) or len(colour) != 3 or \
+            any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255 for v in colour):
+        raise DataError(f"{path}: class {key} has {given[0]}={value!r}; give a colour as [red, green, blue], "
+                        'each 0-255, e.g. [255, 0, 0], or as "#ff0000"')
+    rest = {k: v for k, v in entry.items() if k not in given}
+    return {**rest, "colour": tuple(colour)}
 
 
 def class_map_from_json(path: Path) -> ClassMap:
     """The class names of a classes.json (any accepted form), for label-file layouts."""
-    specs = class_specs(read_json_object(path), path, MAX_LABEL_VALUE)
+    specs = class_specs(read_json_object(path), path, largest=MAX_LABEL_VALUE)
     return ClassMap({c: e["name"] for c, e in sorted(specs.items())})

@@ -40,6 +40,10 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   a class, {i: "class<i>"} for the indices found in the masks; predictions keep the palette.
 - generic: masks 0/255 (or 0/1, or 16-bit 0/65535) -> {1: "foreground"}, predictions in the same two
   values (16-bit PNG for 0/65535).
+- colour: a classes.json giving each class a "colour" (CholecSeg8k, CamVid, annotation tools' exports):
+  each mask pixel's colour is its class (black the background), RGB, RGBA and palette files alike;
+  a colour in no class is refused (JPEG masks: the nearest within ``colour_tolerance``); predictions
+  are RGB PNGs in those colours. A colour mask without one is refused with a classes.json to paste.
 Images of the palette, generic and index codings (and of a classes.json without "rgb") are read
 each as it is: RGB where it shows colour, else greyscale (``shows_colour``); 16-bit and float
 files keep their values, 16-bit colour ones (48-bit RGB) too (``_wide_colour``).
@@ -71,6 +75,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import re
 import warnings
@@ -125,6 +130,10 @@ class PngStyle:
     rgb: bool | None  # None: each image as it is, RGB where it shows colour (``shows_colour``)
     ranged: bool = False
     palette: tuple[int, ...] | None = None  # palette masks: predictions are written with it
+    # colour-coded masks (classes.json "colour"): class -> (r, g, b), the background's (0) included; their
+    # pixels are read by colour (``read_colour_mask``) straight to classes, so to_class and to_pixel stay
+    # class -> class, and predictions are written as RGB in these colours
+    colours: dict[int, tuple[int, int, int]] | None = None
 
     def lossy_to_class(self) -> dict[int, int]:
         """pixel -> class for lossy (JPEG) masks: every value goes to the class of the nearest
@@ -240,8 +249,10 @@ class PngFolderDataset(IndexedDataset):
         """How this dataset's masks store its classes as pixels (class -> pixel, and the palette),
         kept in a run's config.json: a folder of new images has no masks to show the coding their
         predictions belong in, and the layout's guess (0/255) is not the 0/1 the run was fitted on."""
+        colours = self.style.colours
         return {"to_pixel": {str(c): p for c, p in sorted(self.style.to_pixel.items())},
-                "palette": list(self.style.palette) if self.style.palette else None}
+                "palette": list(self.style.palette) if self.style.palette else None,
+                "colours": {str(c): list(rgb) for c, rgb in sorted(colours.items())} if colours else None}
 
     def adopt_mask_coding(self, class_map: ClassMap, coding: dict[str, Any]) -> bool:
         """Take a run's classes and mask coding (``mask_coding``) where this folder cannot tell its
@@ -251,8 +262,9 @@ class PngFolderDataset(IndexedDataset):
             return False
         to_pixel = {int(c): int(p) for c, p in coding["to_pixel"].items()}
         palette = tuple(coding["palette"]) if coding.get("palette") else None
+        colours = {int(c): tuple(rgb) for c, rgb in coding["colours"].items()} if coding.get("colours") else None
         self.style = PngStyle(self.style.name, class_map, {min(p, 255): c for c, p in to_pixel.items()}, to_pixel,
-                              self.style.rgb, palette=palette)
+                              self.style.rgb, palette=palette, colours=colours)  # type: ignore[arg-type]
         self.class_map = class_map
         return True
 
@@ -279,10 +291,18 @@ class PngFolderDataset(IndexedDataset):
             else:
                 skipped.append(str(path))
         meta = {"png_to_pixel": dict(self.style.to_pixel), "png_to_class": dict(self.style.to_class),
-                "png_palette": self.style.palette, "skipped_masks": skipped}
+                "png_palette": self.style.palette, "png_colours": self.style.colours, "skipped_masks": skipped}
         return Read(image=image[None], label=None if label is None else label[None], meta=meta)
 
     def _read_mask(self, path: Path) -> np.ndarray:
+        if self.style.colours:
+            classes, lossy = read_colour_mask(path, self.style.colours)
+            if lossy and not self._lossy_noted:
+                self._lossy_noted = True
+                log.info("JPEG masks in %s are lossy: each mask pixel is read as the nearest colour of classes.json "
+                         "within %g of it (distance in RGB); save colour masks as PNG to keep them exact",
+                         path.parent, colour_tolerance(self.style.colours))
+            return classes
         pixels, lossy = read_mask_file(path, palette_indices=self.style.palette is not None)
         if not lossy:
             return mask_to_classes(pixels, self.style.to_class, path)
@@ -304,6 +324,9 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
          "rgb": false}                                   exact mask value per class
         {"1": {"name": "rim", "pixel": 128}, "2": {"name": "cup", "pixel": 0}}   the same, inline
         {"1": {"name": "polyp", "min": 128, "max": 255}} a range of mask values (inclusive)
+        {"1": {"name": "tumour", "colour": [255, 0, 0]}, "2": {"name": "vessel", "colour": [0, 255, 0]}}
+                                                         colour-coded masks: a colour per class
+                                                         (``colour_style``)
 
     Ranges: "min" defaults to 0 and "max" to 255; values in no class's range are background;
     ranges may not overlap. A class without a range in a file that uses ranges is its exact
@@ -313,8 +336,10 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
     masks keep their palette in predictions whatever classes.json says (``_with_masks_palette``).
     """
     if (root / "classes.json").is_file():
-        return _with_masks_palette(_in_stored_foreground(style_from_json(root / "classes.json"), root, rows),
-                                   root, rows)
+        style = style_from_json(root / "classes.json")
+        if style.colours:
+            return style
+        return _with_masks_palette(_in_stored_foreground(style, root, rows), root, rows)
     task, name = task.lower(), root.name.lower()
     for hint in (task, "busi" if _looks_like_busi(root, rows) else "", name):
         for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
@@ -507,11 +532,14 @@ def _looks_like_busi(root: Path, rows: list[dict[str, str]]) -> bool:
 def style_from_json(path: Path) -> PngStyle:
     """The coding a classes.json describes (forms in ``read_style``)."""
     spec = read_json_object(path)
-    specs = class_specs(spec, path)
+    specs = class_specs(spec, path, with_background=True)
+    background = specs.pop(0, {})
     class_map = ClassMap({c: e["name"] for c, e in sorted(specs.items())})
     rgb = spec.get("rgb")
     if rgb is not None and not isinstance(rgb, bool):
         raise DataError(f"{path}: \"rgb\" must be true or false, not {rgb!r}")
+    if any("colour" in e for e in (background, *specs.values())):
+        return colour_style(spec, specs, background, class_map, rgb, path)
     to_pixel = _pixel_values(spec, path)
     to_pixel.update({c: e["pixel"] for c, e in specs.items() if e.get("pixel") is not None})
     if any("min" in e or "max" in e for e in specs.values()):
@@ -525,6 +553,32 @@ def style_from_json(path: Path) -> PngStyle:
                         "give each class its own value")
     to_class = {v: k for k, v in to_pixel.items()}
     return PngStyle("custom", class_map, to_class, to_pixel, rgb)
+
+
+def colour_style(spec: dict[str, Any], specs: dict[int, dict[str, Any]], background: dict[str, Any],
+                 class_map: ClassMap, rgb: bool | None, path: Path) -> PngStyle:
+    """The coding of colour-coded masks (CholecSeg8k, CamVid, most annotation tools' exports): each class
+    has its own colour, the background black unless "0" gives another. Every class needs a colour (a
+    class without one could be neither read nor written) and no two share one; grey codings ("pixel",
+    "min", "max", "pixel_values") describe other masks and are refused beside colours."""
+    grey = sorted({k for e in specs.values() for k in ("pixel", "min", "max") if k in e}
+                  | ({"pixel_values"} & set(spec)))
+    if grey:
+        raise DataError(f"{path} gives classes colours and grey mask values ({', '.join(grey)}) together; masks "
+                        "store a class either as a colour or as a grey value: keep one of the two")
+    uncoloured = [str(c) for c, e in sorted(specs.items()) if "colour" not in e]
+    if uncoloured:
+        raise DataError(f"{path}: class(es) {', '.join(uncoloured)} have no \"colour\" while others have one; "
+                        'give every class its mask colour, e.g. {"1": {"name": "tumour", "colour": [255, 0, 0]}}')
+    colours = {0: background.get("colour", (0, 0, 0)), **{c: e["colour"] for c, e in sorted(specs.items())}}
+    owners: dict[tuple[int, int, int], int] = {}
+    for c, colour in colours.items():
+        if colour in owners:
+            raise DataError(f"{path}: classes {owners[colour]} and {c} share the colour {list(colour)} (class 0 is "
+                            "the background, black unless \"0\" gives its colour); give each class its own")
+        owners[colour] = c
+    identity = {c: c for c in colours}
+    return PngStyle("colour", class_map, identity, dict(identity), rgb, colours=colours)
 
 
 def _pixel_values(spec: dict[str, Any], path: Path) -> dict[int, int]:
@@ -1167,7 +1221,8 @@ def mask_to_classes(pixels: np.ndarray, to_class: dict[int, int], path: Path, wh
         values = ", ".join(map(str, bad[:8])) + (f", ... ({len(bad)} values)" if len(bad) > 8 else "")
         shown = _coding_text(to_class)
         if path.is_file() and _has_colour(path):
-            advice += (f"; the {what} is in colour, and masks are read as grey levels (or palette indices): store one "
+            advice += (f"; {colour_table_advice(path)}" if what == "mask" else
+                       f"; the {what} is in colour, and masks are read as grey levels (or palette indices): store one "
                        "grey value per class")
         elif advice == MASK_ADVICE and to_class.get(255) == 1 and set(to_class.values()) == {0, 1} and \
                 len(bad) > 2 and bad[-1] < 255 // 2:
@@ -1194,6 +1249,26 @@ def _coding_text(to_class: dict[int, int]) -> str:
     return "{" + ", ".join(f"{a}-{b}: {to_class[a]}" for a, b in runs) + "}"
 
 
+SHOWN_COLOURS = 4  # colours of a colour mask a refusal turns into a classes.json to paste
+
+
+def colour_table_advice(path: Path) -> str:
+    """How to read a colour mask that no classes.json names the colours of: a classes.json to paste, a class
+    per colour the mask holds besides black (those in most pixels first, up to ``SHOWN_COLOURS``), named
+    ``class<i>`` for the user to rename. Grey levels cannot stand for colours: red and a dark grey share one."""
+    rgb = _decode(path, lambda im: np.asarray(as_shown(_first_page(im, path)).convert("RGB")))
+    found, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_counts=True)
+    ordered = [tuple(int(v) for v in found[i]) for i in np.argsort(-counts, kind="stable") if found[i].any()]
+    table = {str(i): {"name": f"class{i}", "colour": list(colour)}
+             for i, colour in enumerate(ordered[:SHOWN_COLOURS], start=1)}
+    more = len(ordered) - SHOWN_COLOURS
+    rest = (f", and add the {more} other colours it holds the same way (where few pixels hold each, they are JPEG "
+            "noise or smoothed edges: save masks as PNG without smoothing)" if more > 0 else "")
+    return (f"the mask is in colour, and without colours in classes.json masks are read as grey levels: to read each "
+            f"colour as a class, write classes.json in the data folder as {json.dumps(table)} (black is the "
+            f"background; rename the classes){rest}; or store one grey value per class")
+
+
 def read_mask_file(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, bool]:
     """A mask as (H, W) uint8 pixel values, and whether the file was lossy (JPEG).
 
@@ -1207,7 +1282,7 @@ def read_mask_file(path: Path, palette_indices: bool = False) -> tuple[np.ndarra
     alpha channel (RGBA, LA), transparent pixels are background (``_transparent_mask``).
     """
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
-        lossy = im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
+        lossy = _is_lossy(im)
         im = as_shown(_first_page(im, path))
         if im.mode == "P" and (palette_indices or _colour_palette(im)):
             return np.asarray(im), lossy
@@ -1218,6 +1293,86 @@ def read_mask_file(path: Path, palette_indices: bool = False) -> tuple[np.ndarra
         return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
 
     return _decode(path, pixels)
+
+
+def _is_lossy(im: Image.Image) -> bool:
+    """Whether an opened mask file was compressed with losses (JPEG, or a JPEG-compressed TIFF)."""
+    return im.format in LOSSY_FORMATS or im.info.get("compression") in ("jpeg", "tiff_jpeg")
+
+
+# JPEG's error on a colour mask, as distance in RGB, that a pixel may carry and still be read as its colour
+COLOUR_TOLERANCE = 48.0
+COLOUR_MASK_ADVICE = 'give its class a "colour" in classes.json, or recolour those pixels'
+
+
+def colour_tolerance(colours: dict[int, tuple[int, int, int]]) -> float:
+    """How far (Euclidean distance in RGB) a lossy (JPEG) colour mask's pixel may lie from a named colour and
+    be read as it: ``COLOUR_TOLERANCE``, and never more than half the distance between the two closest named
+    colours, within which the nearest colour is the only one the pixel can be a noisy copy of.
+
+    Why 48: saved at quality 90 or above with colours at full resolution (4:4:4), JPEG moves a flat colour's
+    pixels by at most about 40 (measured on masks of pure colours and of mid-tones 58 apart; about 20 at quality
+    95), so masks of well-separated colours read whole with a margin (colours closer than 96 hold the
+    tolerance to half their gap: 29 for the mid-tones, which quality 95 keeps to). JPEG's default chroma subsampling (4:2:0) blends two classes'
+    colours along their edges by 100 and more, into colours no tolerance tells from one that classes.json
+    never named (a blend of red and green is olive); those pixels are refused, with the advice to save PNG,
+    rather than guessed into a class or the background."""
+    table = np.asarray(list(colours.values()), dtype=np.float64)
+    gaps = np.sqrt(((table[:, None] - table[None]) ** 2).sum(-1))
+    closest = gaps[~np.eye(len(table), dtype=bool)].min(initial=np.inf)
+    return float(min(COLOUR_TOLERANCE, closest / 2))
+
+
+def read_colour_mask(path: Path, colours: dict[int, tuple[int, int, int]], what: str = "mask",
+                     advice: str = COLOUR_MASK_ADVICE) -> tuple[np.ndarray, bool]:
+    """A colour-coded mask (or a prediction of its dataset) as (H, W) uint8 classes, each pixel the class of
+    its colour (``colours``: class -> (r, g, b)), and whether the file was lossy. RGB, RGBA and palette files
+    alike are read by the colours they show; with an alpha channel that varies, pixels under half opacity are
+    background, as in grey masks (``_transparent_mask``). A colour in no class is refused, naming it and
+    its pixels; a lossy file's pixels go to the nearest colour within ``colour_tolerance``."""
+    def classes(im: Image.Image) -> tuple[np.ndarray, bool]:
+        lossy = _is_lossy(im)
+        rgba = np.asarray(as_shown(_first_page(im, path)).convert("RGBA"))
+        rgb = rgba[..., :3].copy()
+        alpha = rgba[..., 3]
+        if alpha.min() != alpha.max():
+            rgb[alpha < 128] = colours[0]
+        return colour_classes(rgb, colours, path, colour_tolerance(colours) if lossy else 0.0, what, advice), lossy
+
+    return _decode(path, classes)
+
+
+def colour_classes(rgb: np.ndarray, colours: dict[int, tuple[int, int, int]], path: Path, tolerance: float,
+                   what: str = "mask", advice: str = COLOUR_MASK_ADVICE) -> np.ndarray:
+    """(H, W, 3) colours as (H, W) uint8 classes: each distinct colour goes to the class of the nearest named
+    colour within ``tolerance`` (0: exactly it); colours further from all are a DataError naming the one in
+    most pixels, how many pixels hold it, and how many more are in other such colours."""
+    classes = np.asarray(list(colours), dtype=np.uint8)
+    table = np.asarray(list(colours.values()), dtype=np.float64)
+    packed = rgb.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+    found, inverse, counts = np.unique(packed, return_inverse=True, return_counts=True)
+    found_rgb = np.stack([found >> 16, (found >> 8) & 255, found & 255], axis=-1).astype(np.float64)
+    distance = np.sqrt(((found_rgb[:, None] - table[None]) ** 2).sum(-1))
+    nearest = distance.argmin(axis=1)
+    far = distance[np.arange(len(found)), nearest] > tolerance
+    if far.any():
+        raise DataError(_unknown_colour_message(found_rgb[far], counts[far], colours, path, tolerance, what, advice))
+    return classes[nearest][inverse.reshape(-1)].reshape(rgb.shape[:2])
+
+
+def _unknown_colour_message(found: np.ndarray, counts: np.ndarray, colours: dict[int, tuple[int, int, int]],
+                            path: Path, tolerance: float, what: str, advice: str) -> str:
+    """One line on the colours of a mask in no class: the one in most pixels, the rest counted."""
+    worst = int(np.argmax(counts))
+    colour = [int(v) for v in found[worst]]
+    others = int(counts.sum() - counts[worst])
+    rest = f" (and {others} more pixels in {len(counts) - 1} other such colours)" if others else ""
+    named = ", ".join(f"{c}: {list(rgb)}" for c, rgb in list(colours.items())[:8])
+    named += ", ..." if len(colours) > 8 else ""
+    where = (f"more than {tolerance:g} from every class colour (JPEG blurs colours, most at class edges: save colour "
+             "masks as PNG)" if tolerance else "which is no class's colour")
+    return (f"{what} {path} holds the colour {colour} in {int(counts[worst])} pixels{rest}, {where}; class colours "
+            f"{{{named}}}; {advice}")
 
 
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16-bit, 32-bit and float greyscale
