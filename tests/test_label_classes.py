@@ -173,6 +173,30 @@ def test_a_segmentation_without_segments_is_background_said_once(tmp_path, notic
     assert len(said) == 2 and "the case's label is background" in said[0]
 
 
+def write_plain_beside_segmentations(root: Path) -> Path:
+    """Case a: a Slicer segmentation (segments "Tumour" then "Liver", as an annotator added them); case b:
+    a plain label map as Slicer exports it, in that order (1 tumour, 2 liver)."""
+    write_cases(root, {"a": ["Tumour", "Liver"]})
+    reference = reference_volume(root / "images" / "b.nrrd")
+    liver, tumour = organs()
+    image = sitk.GetImageFromArray((tumour + 2 * liver).astype(np.uint8))
+    image.CopyInformation(reference)
+    sitk.WriteImage(image, str(root / "labels" / "b.nrrd"))
+    return root
+
+
+def test_plain_label_maps_beside_slicer_segmentations_need_their_classes_named(tmp_path):
+    """Segments are numbered by name (Liver 1, Tumour 2), the exported map by the order they were added
+    (Tumour 1): the liver of case b was read as class "Liver" of case a's tumour."""
+    data = write_plain_beside_segmentations(tmp_path / "data")
+    assert_one_line_error(run_fewsam("info", str(data), cwd=tmp_path),
+                          "mix 3D Slicer segmentations (segments 'Liver', 'Tumour') with plain label maps (values 1, 2)")
+    (data / "classes.json").write_text('{"1": "Tumour", "2": "Liver"}', encoding="utf-8")
+    dataset = open_dataset(data)
+    a, b = dataset.load("a").label, dataset.load("b").label
+    np.testing.assert_array_equal(a, b)  # the same organs, the same classes, by name and by value
+
+
 # ---------------------------------------------------------------- nnU-Net dataset.json labels
 
 

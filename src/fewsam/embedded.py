@@ -17,11 +17,10 @@ import torch
 
 from fewsam.cache import EmbeddingCache
 from fewsam.data.types import Case, Dataset, SliceRef
+from fewsam.labels import IGNORE
 from fewsam.models.sam import PreprocessInfo
 from fewsam.progress import progress_bar, tracked, tracked_with_parts
 from fewsam.prompts import to_model_frame
-
-IGNORE = 255
 
 
 @dataclass

@@ -122,6 +122,7 @@ class ClassesFromLabelFiles:
                 if e.label is not None and e.label not in segmentations:
                     values |= _label_values_or_none(e.label)
             found = {v: f"class{v}" for v in sorted(values - {0})}
+            refuse_unnamed_mix(values - {0}, segmentations, getattr(self, "root", "the dataset"))
             found.update(classes_of_segment_names(segmentations))
             check_class_count(len(found), f"the label files of {getattr(self, 'root', 'the dataset')}")
             self._class_map = ClassMap(dict(sorted(found.items())))
@@ -176,6 +177,22 @@ class ClassesFromLabelFiles:
             return None
         return ("3D Slicer segmentations: each class a segment of its name (in any layer, under any label value); "
                 "predictions: label maps of class indices on the image's grid")
+
+
+def refuse_unnamed_mix(values: set[int], segmentations: dict[Path, tuple[Segment, ...]], root: object) -> None:
+    """Refuse plain label maps beside 3D Slicer segmentations where no classes.json says which value is
+    which segment: the segmentations' classes are numbered by segment name, and a plain map's value 1
+    (Slicer exports label maps in the order segments were added) need not be the first name, so the
+    same organ would be two classes, or two organs one."""
+    if not values or not segmentations:
+        return
+    names = sorted({segment.name.strip() for segments in segmentations.values() for segment in segments})
+    shown = ", ".join(map(repr, names[:4])) + (", ..." if len(names) > 4 else "")
+    example = ", ".join(f'"{v}": "{name}"' for v, name in zip(sorted(values), names[:2]))
+    raise DataError(f"the labels of {root} mix 3D Slicer segmentations (segments {shown}) with plain label maps "
+                    f"(values {', '.join(map(str, sorted(values)[:6]))}), and no file says which value is which "
+                    f"segment: name the classes by value in {Path(str(root)) / 'classes.json'} "
+                    f"({{{example}, ...}}), or give every case one kind of label file")
 
 
 def _segments_or_none(path: Path) -> tuple[Segment, ...] | None:
