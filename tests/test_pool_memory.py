@@ -148,3 +148,32 @@ def test_the_pools_labels_read_a_slice_at_a_time_are_those_held_before(pool_data
     for i in order:
         assert truth[i].dtype == np.uint8 and np.array_equal(truth[i], originals[i])
     assert len(truth._labels) <= PoolTruth.CASES_KEPT
+
+
+def test_distills_pseudo_labels_hold_no_volume_of_the_teacher(pool_data, monkeypatch):
+    """Each pool slice's label was kept at its own size as a view of the teacher's volume prediction, so
+    every predicted volume of the pool stayed in memory until the student frames were made."""
+    import weakref
+    from types import SimpleNamespace
+
+    from fewsam.methods import distill
+    from fewsam.methods.student import student_label
+    from fewsam.labels import value_lut
+
+    ctx = fit_context(pool_data)
+    volumes: list[weakref.ref] = []
+
+    class Teacher:
+        def predict_case(self, case, slices):
+            volume = np.ones((case.num_slices, 512, 512), np.uint8)
+            volumes.append(weakref.ref(volume))
+            return volume
+
+    method = SimpleNamespace(predictor=lambda *args: Teacher(), predicts_from_pixels=lambda folder: True)
+    monkeypatch.setattr(distill, "get_method", lambda name: method)
+    refs = ctx.unlabelled_pool(CFG)
+    lut = value_lut(ctx.values)
+    labels = distill.teacher_labels(ctx, pool_data[0], {}, refs, lambda label: student_label(label, 64, lut))
+    gc.collect()
+    assert len(labels) == len(refs) == 8 and all(tuple(label.shape) == (64, 64) for label in labels)
+    assert volumes and not any(ref() is not None for ref in volumes)

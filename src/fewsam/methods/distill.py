@@ -31,7 +31,7 @@ import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -150,20 +150,24 @@ def refuse_self_teaching(cfg: DistillConfig, run_dir: Path) -> None:
                           "(e.g. fewmatch) as --teacher and another folder as --out")
 
 
-def teacher_labels(ctx: FitContext, folder: Path, config: dict, refs: list[SliceRef]) -> list[np.ndarray]:
-    """The teacher's predicted label values on each unlabelled slice, at the slice's own size."""
+def teacher_labels(ctx: FitContext, folder: Path, config: dict, refs: list[SliceRef],
+                   keep: Callable[[np.ndarray], torch.Tensor]) -> list[torch.Tensor]:
+    """The teacher's predicted label values on each unlabelled slice, each passed through ``keep`` (to the
+    student frame) as its case is predicted: a pool of CT slices at their own size (512 x 512 each) would
+    hold gigabytes, and a slice kept as a view of its volume would hold the whole volume."""
     method = get_method(config.get("method"))
     predictor = method.predictor(folder, config, ctx.model, ctx.device, ctx.values)
     wanted: dict[str, list[int]] = {}
     for ref in refs:
         wanted.setdefault(ref.case_id, []).append(ref.z)
-    by_ref: dict[tuple[str, int], np.ndarray] = {}
+    by_ref: dict[tuple[str, int], torch.Tensor] = {}
     for case_id in tracked(list(wanted), "pseudo-label", ctx.show_progress):
         case: Case = ctx.dataset.load(case_id, with_label=False)
         slices = [] if method.predicts_from_pixels(folder) else CaseSlices(case, ctx.cache, ctx.device)
         volume = predictor.predict_case(case, slices)
         for z in wanted[case_id]:
-            by_ref[(case_id, z)] = np.asarray(volume[z])
+            by_ref[(case_id, z)] = keep(np.asarray(volume[z]))
+        del case, slices, volume
     return [by_ref[(r.case_id, r.z)] for r in refs]
 
 
@@ -189,8 +193,8 @@ def pseudo_labelled(ctx: FitContext, cfg: DistillConfig, run_dir: Path) -> Slice
         refuse_refitted_teacher(Path(cfg.teacher), run_dir)
     folder, config = teacher_config(ctx, cfg)
     lut = value_lut(ctx.values)
-    labels = teacher_labels(ctx, folder, config, refs)
-    data.labels = torch.stack([student_label(lab, cfg.image_size, lut) for lab in labels])
+    data.labels = torch.stack(teacher_labels(ctx, folder, config, refs,
+                                             lambda label: student_label(label, cfg.image_size, lut)))
     atomic_torch_save({"refs": names, "teacher": str(folder.resolve()), "teacher_fit": fitted, "labels": data.labels},
                       run_dir / PSEUDO_FILE)
     return data
