@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from conftest import assert_one_line_error, run_fewsam
+from test_resume_every_method import TRAINED, fit_command
 from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.phantom import phantom_volume
@@ -26,8 +27,6 @@ from fewsam.methods.fewshot import remap_label_frames
 from fewsam.models.sam import PreprocessInfo
 
 MMWHS = {1: 600, 2: 205, 3: 500}  # the phantom's RV, Myo and LV as MM-WHS numbers them
-QUICK_FIT = ["--views", "1", "--steps", "2", "--val-every", "2", "--batch-size", "2", "--no-test-mirroring",
-             "--no-sam-refinement", "--precision", "fp32", "--quiet"]
 
 
 def wide(label: np.ndarray, coding: dict[int, int] = MMWHS) -> np.ndarray:
@@ -131,34 +130,20 @@ def test_dataset_json_may_name_values_above_255(tmp_path):
     assert dataset.load("case1").label.max() in (500, 600)
 
 
-def test_few_shot_sam_fits_predicts_and_scores_labels_above_255(tiny_sam_phantom, tmp_path):
-    data = write_wide_folder(tmp_path / "wide", cases=3)
-    run, pred, cache = tmp_path / "run", tmp_path / "pred", str(tmp_path / "cache")
-    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(data), "--labeled-cases", "2",
-                                      "--cache", cache, "--out", str(run), *QUICK_FIT])
+@pytest.mark.parametrize("method", TRAINED)
+def test_every_method_fits_predicts_and_scores_labels_above_255(tiny_sam_phantom, tmp_path, method):
+    """Each method's tiny recipe on MM-WHS's values: predictions hold those values (16-bit) and score back."""
+    data = write_wide_folder(tmp_path / "wide", cases=4)  # train: case0-case2 (a pool beside 2 labelled slices)
+    run, pred = tmp_path / "run", tmp_path / "pred"
+    result = CliRunner().invoke(app, [*fit_command(method, data, tmp_path), "--out", str(run)])
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(app, ["predict", str(run), "--data", str(data), "--split", "all", "--cache", cache,
-                                      "--precision", "fp32", "--out", str(pred)])
+    result = CliRunner().invoke(app, ["predict", str(run), "--data", str(data), "--split", "all", "--cache",
+                                      str(tmp_path / "cache"), "--precision", "fp32", "--out", str(pred)])
     assert result.exit_code == 0, result.output
-    stored = np.asarray(nib.load(str(pred / "case2.nii.gz")).dataobj)
+    stored = np.concatenate([np.asarray(nib.load(str(path)).dataobj).ravel() for path in pred.glob("*.nii.gz")])
     assert stored.dtype == np.uint16 and set(np.unique(stored)) <= {0, 205, 500, 600}
     scores = evaluate(pred, data, "all", show_progress=False)
     assert set(scores["cases"][0]["per_class"]) == {"class205", "class500", "class600"}
-
-
-def test_the_u_net_student_fits_and_predicts_labels_above_255(tmp_path):
-    data = write_wide_folder(tmp_path / "wide", cases=3)  # train: case0, case1; val: case2
-    run, pred = tmp_path / "run", tmp_path / "pred"
-    fit = ["fit", "samatch", "--no-sam", "--data", str(data), "--labeled-cases", "1", "--steps", "2",
-           "--val-every", "2", "--image-size", "32", "--batch-size", "1", "--unlabeled-batch", "1",
-           "--precision", "fp32", "--quiet", "--out", str(run)]
-    result = CliRunner().invoke(app, fit)
-    assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(app, ["predict", str(run), "--data", str(data), "--split", "all",
-                                      "--precision", "fp32", "--out", str(pred)])
-    assert result.exit_code == 0, result.output
-    stored = np.asarray(nib.load(str(pred / "case0.nii.gz")).dataobj)
-    assert set(np.unique(stored)) <= {0, 205, 500, 600}
 
 
 # ------------------------------------------------- a class stored as 255 is a class, not the frame's padding
@@ -183,13 +168,13 @@ def test_a_class_stored_as_255_keeps_its_pixels_in_the_model_frame():
     assert (sample.label_frame[8:24, 4:12] == 1).all() and (sample.label_frame[:, :16] != IGNORE).all()
 
 
-def test_few_shot_sam_fits_a_nifti_folder_of_0_255_masks(tiny_sam_phantom, tmp_path):
-    data = write_wide_folder(tmp_path / "binary", cases=3)
+@pytest.mark.parametrize("method", ["fewshot", "samatch"])
+def test_a_nifti_folder_of_0_255_masks_fits(tiny_sam_phantom, tmp_path, method):
+    data = write_wide_folder(tmp_path / "binary", cases=4)
     for path in (data / "labels").iterdir():
         label = np.asarray(nib.load(str(path)).dataobj)
         nib.save(nib.Nifti1Image(np.where(label == 500, 255, 0).astype(np.uint8), np.eye(4)), path)
-    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(data), "--labeled-cases", "2",
-                                      "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), *QUICK_FIT])
+    result = CliRunner().invoke(app, [*fit_command(method, data, tmp_path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
 
 
