@@ -20,7 +20,6 @@ from fewsam.data import open_dataset, write_prediction
 from fewsam.data.phantom import phantom_volume
 from fewsam.data.types import SliceRef
 from fewsam.embedded import EmbeddedSlice, frame_label, frame_region
-from fewsam.errors import DataError
 from fewsam.evaluate import evaluate, label_fingerprint
 from fewsam.labels import IGNORE, index_lut, value_lut
 from fewsam.methods.fewshot import remap_label_frames
