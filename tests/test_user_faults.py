@@ -445,7 +445,8 @@ def _stop_and_check(process: subprocess.Popen, signum: int, how: str, run: Path)
     (["fewsam", "fit", "fewshot", "--data", "d"], "run the same command again to resume"),
     (["fewsam", "embed", "--data", "d"], "run the same command again to resume"),
     (["fewsam", "predict", "run", "--data", "d", "--out", "p"],
-     "nothing partial was kept: run the same command again to start over"),
+     "no prediction was written (the folder is written whole, at the end), but the embeddings encoded so far are "
+     "kept in the cache: the same command again encodes only the rest"),
     (["fewsam", "evaluate", "--pred", "p", "--data", "d"],
      "nothing partial was kept: run the same command again to start over"),
 ])

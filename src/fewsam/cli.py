@@ -769,7 +769,8 @@ def stopped_message(stop: Stopped, argv: list[str]) -> str:
     """What a command stopped by Ctrl-C or SIGTERM says: fit, embed and demo pick up where they
     stopped, except a fit stopped before its first checkpoint, whose new run folder was removed and
     which can only start again from the cached embeddings; the studio, which is stopped this way,
-    keeps every saved label; the others kept nothing partial and start over."""
+    keeps every saved label; predict writes nothing partial but keeps the embeddings it encoded (a run
+    on SAM), which its next run reads back; the others kept nothing partial and start over."""
     command = next((a for a in argv[1:] if not a.startswith("-")), "")
     if command == "studio":
         return f"{stop.how}; the studio stopped, its saved labels are kept: run the same command again to go on"
@@ -778,6 +779,9 @@ def stopped_message(stop: Stopped, argv: list[str]) -> str:
                 "are kept in the cache): run the same command again to start the fit")
     if command in RESUMABLE_COMMANDS:
         return f"{stop.how}; run the same command again to resume"
+    if command == "predict":  # hours of encoding are not lost: the folder is written whole, the cache as it goes
+        return (f"{stop.how}; no prediction was written (the folder is written whole, at the end), but the "
+                "embeddings encoded so far are kept in the cache: the same command again encodes only the rest")
     return f"{stop.how}; nothing partial was kept: run the same command again to start over"
 
 
