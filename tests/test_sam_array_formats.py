@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 from fewsam.cli import app
 from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam.data.writers import write_label
 from fewsam.data.phantom import phantom_volume
+from fewsam.errors import DataError
 from fewsam.evaluate import evaluate
 from fewsam.info import dataset_info
 
@@ -74,7 +76,7 @@ def test_medsam_npz_is_read_and_described(tmp_path):
     assert ds.load("2D/2DBox_Dermoscopy_0002").label is None and not ds.has_label("2D/2DBox_Dermoscopy_0002")
     info = dataset_info(root)
     assert info["layout"] == "medsam-npz" and "'segs'" in info["storage"]
-    assert [c["name"] for c in info["classes"]] == ["background", "class1", "class2"]
+    assert [(c["name"], c["stored_as"]) for c in info["classes"]] == [("background", 0), ("class1", 1), ("class2", 2)]
     assert info["splits"]["train"] == {"cases": 3, "slices": 7, "labelled": 3}
     result = CliRunner().invoke(app, ["info", str(root)])
     assert result.exit_code == 0 and "medsam-npz" in result.output, result.output
@@ -163,3 +165,21 @@ def test_fit_fewshot_and_predict_on_medsam_npz(tiny_sam_phantom, tmp_path):
     with np.load(pred / "CT" / "CT_Abd_FLARE22_Tr_0002.npz") as written:
         assert written.files == ["segs"] and written["segs"].shape == (3, *SHAPE)
     assert 0.0 <= evaluate(pred, root, "val", show_progress=False)["mean"]["dice"] <= 1.0
+
+
+def test_a_label_written_back_replaces_gts_in_a_copy_and_a_slice_case_is_refused(tmp_path):
+    """The studio's export writes a label as the dataset stores it: a MedSAM file's copy with new ``gts`` (its
+    other arrays kept); a Synapse case assembled from slice files has no one file to copy, and is refused."""
+    root, out = write_medsam(tmp_path / "medsam"), tmp_path / "export"
+    ds = open_dataset(root)
+    for case_id in ("CT/CT_Abd_FLARE22_Tr_0000", "2D/2DBox_Dermoscopy_0001"):
+        case, entry = ds.load(case_id), ds.entries[case_id]
+        flipped = np.ascontiguousarray(case.label[:, ::-1])
+        path = write_label(case, flipped, out, ds.label_rel_path(entry), entry.image)
+        with np.load(path) as written, np.load(entry.image) as stored:
+            assert sorted(written.files) == sorted(stored.files)
+            assert written["gts"].shape == stored["gts"].shape
+        np.testing.assert_array_equal(open_dataset(out).load(case_id).label, flipped)
+    synapse = open_dataset(write_synapse(tmp_path / "synapse"))
+    with pytest.raises(DataError, match="assembled from 3 slice files"):
+        synapse.label_rel_path(synapse.entries["case0005"])
