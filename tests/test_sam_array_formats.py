@@ -183,3 +183,39 @@ def test_a_label_written_back_replaces_gts_in_a_copy_and_a_slice_case_is_refused
     synapse = open_dataset(write_synapse(tmp_path / "synapse"))
     with pytest.raises(DataError, match="assembled from 3 slice files"):
         synapse.label_rel_path(synapse.entries["case0005"])
+
+
+def write_medsam_npy(root: Path) -> Path:
+    """MedSAM's training folders: case A's slices (24 x 28 x 3 float 0-1, written out of order) with full-size gts,
+    case B's with gts of half the size (MedSAM's low-resolution target), as 2 x 2 blocks of one value."""
+    rng = np.random.default_rng(2)
+    (root / "imgs").mkdir(parents=True)
+    (root / "gts").mkdir()
+    for case, scale in (("CT_Abd_A", 1), ("CT_Abd_B", 2)):
+        for z in (2, 0, 1):
+            grey = rng.random(SHAPE).astype(np.float32)
+            np.save(root / "imgs" / f"{case}-{z:03d}.npy", np.repeat(grey[..., None], 3, axis=-1))
+            small = np.zeros((SHAPE[0] // scale, SHAPE[1] // scale), np.uint8)
+            small[z:z + 4, 2:6] = z + 1
+            np.save(root / "gts" / f"{case}-{z:03d}.npy", small)
+    return root
+
+
+def test_medsam_npy_slices_are_stacked_and_small_gts_read_onto_the_image_grid(tmp_path):
+    root, pred = write_medsam_npy(tmp_path / "npy"), tmp_path / "pred"
+    ds = open_dataset(root)
+    assert ds.layout == "medsam-npy" and list(ds.entries) == ["CT_Abd_A", "CT_Abd_B"]
+    full = ds.load("CT_Abd_A")
+    assert full.image.shape == (3, *SHAPE, 3)
+    for z in range(3):
+        np.testing.assert_array_equal(full.image[z], np.load(root / "imgs" / f"CT_Abd_A-{z:03d}.npy"))
+        np.testing.assert_array_equal(full.label[z], np.load(root / "gts" / f"CT_Abd_A-{z:03d}.npy"))
+    small = ds.load("CT_Abd_B")
+    for z in range(3):
+        stored = np.load(root / "gts" / f"CT_Abd_B-{z:03d}.npy")
+        np.testing.assert_array_equal(small.label[z], np.repeat(np.repeat(stored, 2, axis=0), 2, axis=1))
+    assert [c["name"] for c in dataset_info(root)["classes"]] == ["background", "class1", "class2", "class3"]
+    write_prediction(small, small.label, pred)
+    with np.load(pred / "CT_Abd_B.npz") as written:
+        assert written.files == ["segs"] and written["segs"].shape == (3, *SHAPE)
+    assert evaluate(pred, root, "val", show_progress=False)["mean"]["dice"] == pytest.approx(1.0)

@@ -32,6 +32,8 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
                     "(TransUNet / SAMed Synapse)"),
     "medsam-npz": (sam_arrays.detect_medsam, sam_arrays.open_medsam,
                    "<case>.npz with keys imgs (+ gts) per case, flat or in modality folders (MedSAM / LiteMedSAM)"),
+    "medsam-npy": (sam_arrays.detect_medsam_npy, sam_arrays.open_medsam_npy,
+                   "imgs/<case>-NNN.npy + gts/<case>-NNN.npy, the slices of a case (MedSAM's training folders)"),
     "fairseg-npz": (fairseg_npz.detect, fairseg_npz.open_fairseg,
                     "*.npz per subject (Harvard-FairSeg), flat or in Training/ and Test/"),
     "dicom": (dicom.detect, dicom.open_dicom,
@@ -295,7 +297,7 @@ def _image_stem(label_name: str) -> str:
 
 # Layouts that a folder holding a dataset one level down is not already taken for (the others look at
 # every file below their root, and found none there)
-LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "synapse-npz", "medsam-npz", "fairseg-npz", "case-folders")
+LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "synapse-npz", "medsam-npz", "medsam-npy", "fairseg-npz", "case-folders")
 
 
 def refuse_nnunet_without_json(root: Path) -> None:

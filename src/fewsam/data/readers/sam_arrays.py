@@ -1,4 +1,4 @@
-"""Array files as SAM fine-tuning code keeps its data: MedSAM / LiteMedSAM npz, and TransUNet / SAMed's Synapse.
+"""Array files as SAM fine-tuning code keeps its data: MedSAM / LiteMedSAM npz and npy, TransUNet / SAMed's Synapse.
 
 MedSAM / LiteMedSAM (the CVPR 2024 "SAM on laptop" challenge), layout ``medsam-npz``:
 
@@ -27,9 +27,18 @@ of slice files given itself as root. The files carry no spacing: metrics are in 
 Predictions: ``train_npz/<case>.npz`` with key ``pred`` (D, H, W) for a case assembled from slices,
 ``test_vol_h5/<case>.npy.h5`` with key ``pred`` for a volume (as the ACDC h5 writer writes them).
 
-Both layouts name their classes from ``classes.json`` in root ({"1": "liver"}), else "class1",
+MedSAM's older training folders, layout ``medsam-npy``:
+
+    root/imgs/<case>-NNN.npy    (1024, 1024, 3) float 0-1 or uint8, one slice NNN of the case
+    root/gts/<case>-NNN.npy     (1024, 1024), or (256, 256): MedSAM's low-resolution training target, read onto
+                                the image's grid nearest neighbour (said once)
+
+The slices of one case, in number order, are one volume case; predictions: <case>.npz with key
+``segs`` (D, H, W).
+
+All three layouts name their classes from ``classes.json`` in root ({"1": "liver"}), else "class1",
 "class2", ... for the label values found (every label is read once, on first use of ``class_map``).
-Both are told from Harvard-FairSeg's npz (and each other) by the keys of their files, not their names.
+The npz layouts are told from Harvard-FairSeg's npz (and each other) by their files' keys, not their names.
 """
 
 from __future__ import annotations
@@ -240,6 +249,115 @@ def open_medsam(root: Path) -> MedsamNpzDataset:
     return MedsamNpzDataset(root)
 
 
+# ---------------------------------------------------------------- MedSAM's npy slice folders
+
+MEDSAM_IMAGES, MEDSAM_LABELS = "imgs", "gts"
+_NUMBERED = re.compile(r"^(?P<case>.+)-(?P<z>\d+)$")
+
+
+def detect_medsam_npy(root: Path) -> bool:
+    """MedSAM's training folders: ``imgs/`` of ``.npy`` slices (``gts/`` beside it)."""
+    return any(files_ending_with(root / MEDSAM_IMAGES, ".npy"))
+
+
+class MedsamNpyDataset(ClassesFromValues):
+    layout = "medsam-npy"
+    format = "npz"
+    storage = ("class index per pixel in gts/<case>-NNN.npy (a gts smaller than its image read onto the image's "
+               "grid, nearest neighbour); predictions: <case>.npz with key 'segs' (D, H, W)")
+
+    def __init__(self, root: Path) -> None:
+        self.slices = _numbered_slices(root / MEDSAM_IMAGES)
+        self.label_slices = {case: [root / MEDSAM_LABELS / p.name for p in paths] for case, paths in self.slices.items()}
+        entries = [self._entry_of(root, case) for case in self.slices]
+        super().__init__(root, _classes_json(root), entries)  # type: ignore[arg-type]
+        self.check_label_values = self._class_map is not None
+        self.splits = computed_splits(entries)
+        self.computed_splits = ("train", "val")
+
+    def _entry_of(self, root: Path, case: str) -> Entry:
+        """A case per ``<case>-NNN`` series of slices, labelled where every slice has its gts file (a slice
+        without one is no background, so a case missing some is read as unlabelled, said)."""
+        labels = self.label_slices[case]
+        present = [p.is_file() for p in labels]
+        if any(present) and not all(present):
+            missing = labels[present.index(False)]
+            say_once(f"{missing} is missing, so case {case} is read as unlabelled ({sum(present)} of {len(labels)} "
+                     "slices have a gts file)", key=f"medsam-npy-partial-{case}")
+        label = labels[0] if all(present) else None
+        return Entry(case_id=case, image=self.slices[case][0], label=label, rel_path=f"{case}.npz", subject=case)
+
+    def label_rel_path(self, entry: Entry) -> str:
+        raise _no_one_file(entry, self.root, len(self.slices[entry.case_id]), f"{entry.case_id}.npz, key 'segs'")
+
+    def num_slices(self, case_id: str) -> int:
+        return len(self.slices[self._entry(case_id).case_id])
+
+    def read_label(self, entry: Entry) -> np.ndarray | None:
+        return self._read(entry).label
+
+    def _read(self, entry: Entry) -> Read:
+        images = [_npy(path, "image") for path in self.slices[entry.case_id]]
+        first = images[0].shape
+        odd = next((p for p, image in zip(self.slices[entry.case_id], images) if image.shape != first), None)
+        if odd is not None or len(first) not in (2, 3) or (len(first) == 3 and first[-1] != 3):
+            shown = _npy(odd, "image").shape if odd is not None else first
+            raise DataError(f"{odd or self.slices[entry.case_id][0]}: the image has shape {shown}; MedSAM's slices are "
+                            f"(H, W, 3) or (H, W), all of one size ({first} for this case)")
+        label = None
+        if entry.label is not None:
+            labels = [_on_grid(_npy(path, "label"), first[:2], path) for path in self.label_slices[entry.case_id]]
+            label = to_label_array(np.stack(labels), entry.label)
+        image = to_image_array(np.stack(images), entry.image)
+        return Read(image=image, label=label, meta={"ndim": 3, "prediction_key": "segs"})
+
+
+def _numbered_slices(folder: Path) -> dict[str, list[Path]]:
+    """The ``.npy`` slices of each case (``<case>-012.npy``) in slice-number order; a file not so numbered is
+    a case of one slice."""
+    numbered: dict[str, dict[int, Path]] = {}
+    for path in natural_sorted(files_ending_with(folder, ".npy"), key=lambda p: p.name):
+        match = _NUMBERED.match(path.name[:-4])
+        case, z = (match["case"], int(match["z"])) if match else (path.name[:-4], 0)
+        earlier = numbered.setdefault(case, {}).setdefault(z, path)
+        if earlier != path:
+            raise DataError(f"{earlier} and {path} are both slice {z} of case {case}; remove one of them")
+    return {case: [by_z[z] for z in sorted(by_z)] for case, by_z in natural_sorted(numbered.items(), key=lambda i: i[0])}
+
+
+def _npy(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (OSError, EOFError, ValueError) as err:
+        raise DataError(f"cannot read {path} (truncated or not an .npy {what}?): {err}") from None
+
+
+def _on_grid(label: np.ndarray, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """A gts slice on its image's (H, W): MedSAM saves a 256 x 256 training target beside a 1024 x 1024 image,
+    read here nearest neighbour (each image pixel takes the label pixel it falls in), said once."""
+    if label.ndim != 2:
+        raise DataError(f"{path}: the label has shape {label.shape}; expected (H, W)")
+    if label.shape == tuple(shape):
+        return label
+    say_once(f"{path}: a {label.shape[0]} x {label.shape[1]} label beside a {shape[0]} x {shape[1]} image (MedSAM's "
+             "low-resolution training target) is read onto the image's grid, nearest neighbour",
+             key=f"medsam-npy-grid-{label.shape}-{tuple(shape)}")
+    rows = (np.arange(shape[0]) + 0.5) * label.shape[0] // shape[0]
+    cols = (np.arange(shape[1]) + 0.5) * label.shape[1] // shape[1]
+    return label[np.ix_(rows.astype(int), cols.astype(int))]
+
+
+def _no_one_file(entry: Entry, root: Path, files: int, instead: str) -> DataError:
+    """A label written back into the dataset goes into a copy of the case's one file (``LABEL_INSIDE_IMAGE``):
+    a case assembled from many slice files has none, so the studio's export of such a case is refused."""
+    return DataError(f"case {entry.case_id} of {root} is assembled from {files} slice files, and its labels cannot "
+                     f"be exported into them; use `fewsam predict` output ({instead}) instead")
+
+
+def open_medsam_npy(root: Path) -> MedsamNpyDataset:
+    return MedsamNpyDataset(root)
+
+
 # ---------------------------------------------------------------- TransUNet / SAMed Synapse
 
 def detect_synapse(root: Path) -> bool:
@@ -279,12 +397,8 @@ class SynapseDataset(ClassesFromValues):
         return case if case_id in self.slices else replace(case, format="h5")
 
     def label_rel_path(self, entry: Entry) -> str:
-        """A label written back into the dataset goes into a copy of the case's one file: a case of many slice
-        files has none, so the studio's export of such a case is refused."""
         if entry.case_id in self.slices:
-            raise DataError(f"case {entry.case_id} of {self.root} is assembled from {len(self.slices[entry.case_id])} "
-                            "slice files, and its labels cannot be exported into them; use `fewsam predict` output "
-                            "(train_npz/<case>.npz, key 'pred') instead")
+            raise _no_one_file(entry, self.root, len(self.slices[entry.case_id]), "train_npz/<case>.npz, key 'pred'")
         return super().label_rel_path(entry)
 
     def num_slices(self, case_id: str) -> int:
