@@ -64,8 +64,9 @@ def test_medsam_npz_is_read_and_described(tmp_path):
     root = write_medsam(tmp_path / "medsam")
     ds = open_dataset(root)
     assert ds.layout == "medsam-npz"
-    assert ds.splits == {"train": ["2D/2DBox_Dermoscopy_0001", "CT/CT_Abd_FLARE22_Tr_0000", "CT/CT_Abd_FLARE22_Tr_0001"],
-                         "val": ["CT/CT_Abd_FLARE22_Tr_0002"], "test": ["2D/2DBox_Dermoscopy_0002"]}
+    ct = [f"CT/CT_Abd_FLARE22_Tr_{i:04d}" for i in range(3)]
+    assert ds.splits == {"train": ["2D/2DBox_Dermoscopy_0001", *ct[:2]], "val": ct[2:],
+                         "test": ["2D/2DBox_Dermoscopy_0002"]}
     volume = ds.load("CT/CT_Abd_FLARE22_Tr_0001")
     with np.load(root / "CT" / "CT_Abd_FLARE22_Tr_0001.npz") as stored:
         np.testing.assert_array_equal(volume.image, stored["imgs"])  # 0-255 as stored: scaled later, per slice
@@ -85,12 +86,13 @@ def test_medsam_npz_is_read_and_described(tmp_path):
 def test_unlabelled_medsam_files_are_for_prediction(tmp_path):
     root = tmp_path / "test_npz"
     root.mkdir()
-    for name in ("3DBox_CT_0566", "2DBox_Dermoscopy_0001"):
-        shape = (2, *SHAPE) if name.startswith("3D") else (*SHAPE, 3)
+    shapes = {"3DBox_CT_0566": (2, *SHAPE), "2DBox_Dermoscopy_0001": (*SHAPE, 3), "2DBox_XRay_0001": SHAPE}
+    for name, shape in shapes.items():
         np.savez_compressed(root / f"{name}.npz", imgs=np.zeros(shape, np.uint8), boxes=np.zeros((1, 6)))
     ds = open_dataset(root)
-    assert not ds.has_any_label() and ds.split("val") == ["2DBox_Dermoscopy_0001", "3DBox_CT_0566"]
+    assert not ds.has_any_label() and ds.split("val") == ["2DBox_Dermoscopy_0001", "2DBox_XRay_0001", "3DBox_CT_0566"]
     assert ds.load("3DBox_CT_0566").image.shape == (2, *SHAPE) and ds.num_slices("3DBox_CT_0566") == 2
+    assert ds.load("2DBox_XRay_0001").image.shape == (1, *SHAPE) and ds.num_slices("2DBox_Dermoscopy_0001") == 1
 
 
 def test_medsam_predictions_are_segs_in_the_shape_of_gts_and_score_dice_1(tmp_path):
@@ -120,9 +122,14 @@ def test_synapse_slices_are_assembled_in_slice_order_and_volumes_are_test(tmp_pa
     volume = ds.load("case0001")
     assert volume.image.shape == (4, *SHAPE) and volume.rel_path == "test_vol_h5/case0001.npy.h5"
     info = dataset_info(root)
-    assert info["layout"] == "synapse-npz" and [c["name"] for c in info["classes"]][1:] == ["class1", "class2", "class3"]
+    assert info["layout"] == "synapse-npz"
+    assert [c["name"] for c in info["classes"]] == ["background", "class1", "class2", "class3"]
     assert info["splits"]["test"] == {"cases": 1, "slices": 4, "labelled": 1}
     assert list(open_dataset(root / "train_npz").entries) == ["case0005", "case0006", "case0007"]  # alone too
+    assert open_dataset(root / "test_vol_h5").split("test") == ["case0001"]
+    np.savez(root / "train_npz" / "case0005_slice1.npz", image=np.zeros(SHAPE), label=np.zeros(SHAPE))
+    with pytest.raises(DataError, match="case0005_slice001.npz and .*case0005_slice1.npz are both slice 1"):
+        open_dataset(root)
 
 
 def test_synapse_predictions_npz_for_slice_cases_h5_for_volumes_score_dice_1(tmp_path):

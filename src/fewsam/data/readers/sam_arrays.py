@@ -22,8 +22,8 @@ TransUNet / SAMed's preprocessed Synapse (multi-organ CT), layout ``synapse-npz`
     root/test_vol_h5/case0001.npy.h5        whole test volumes: image (D, H, W), label (D, H, W)
 
 The slices of one ``caseXXXX`` are one volume case, in slice-number order; split "train" (with a
-computed "val") holds them, "test" the h5 volumes. Either folder alone works, and so does a folder
-of slice files given itself as root. The files carry no spacing: metrics are in pixels.
+computed "val") holds them, "test" the h5 volumes. Either folder alone works, and so does either given
+itself as root. The files carry no spacing: metrics are in pixels.
 Predictions: ``train_npz/<case>.npz`` with key ``pred`` (D, H, W) for a case assembled from slices,
 ``test_vol_h5/<case>.npy.h5`` with key ``pred`` for a volume (as the ACDC h5 writer writes them).
 
@@ -74,7 +74,7 @@ def npz_keys(path: Path) -> set[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             return {name[:-4] for name in archive.namelist() if name.endswith(".npy")}
-    except (OSError, zipfile.BadZipFile):
+    except NPZ_ERRORS:
         return set()
 
 
@@ -138,7 +138,8 @@ class ClassesFromValues(IndexedDataset):
         except NotClassIndices:
             raise
         except DataError as err:
-            say_once(f"class scan: {err}; its values are left out of the classes found", key=f"class-scan-{entry.image}")
+            say_once(f"class scan: {err}; its values are left out of the classes found",
+                     key=f"class-scan-{entry.image}")
             return set()
         return set() if label is None else {int(v) for v in np.unique(label)}
 
@@ -268,7 +269,8 @@ class MedsamNpyDataset(ClassesFromValues):
 
     def __init__(self, root: Path) -> None:
         self.slices = _numbered_slices(root / MEDSAM_IMAGES)
-        self.label_slices = {case: [root / MEDSAM_LABELS / p.name for p in paths] for case, paths in self.slices.items()}
+        self.label_slices = {case: [root / MEDSAM_LABELS / p.name for p in paths]
+                             for case, paths in self.slices.items()}
         entries = [self._entry_of(root, case) for case in self.slices]
         super().__init__(root, _classes_json(root), entries)  # type: ignore[arg-type]
         self.check_label_values = self._class_map is not None
@@ -313,16 +315,8 @@ class MedsamNpyDataset(ClassesFromValues):
 
 
 def _numbered_slices(folder: Path) -> dict[str, list[Path]]:
-    """The ``.npy`` slices of each case (``<case>-012.npy``) in slice-number order; a file not so numbered is
-    a case of one slice."""
-    numbered: dict[str, dict[int, Path]] = {}
-    for path in natural_sorted(files_ending_with(folder, ".npy"), key=lambda p: p.name):
-        match = _NUMBERED.match(path.name[:-4])
-        case, z = (match["case"], int(match["z"])) if match else (path.name[:-4], 0)
-        earlier = numbered.setdefault(case, {}).setdefault(z, path)
-        if earlier != path:
-            raise DataError(f"{earlier} and {path} are both slice {z} of case {case}; remove one of them")
-    return {case: [by_z[z] for z in sorted(by_z)] for case, by_z in natural_sorted(numbered.items(), key=lambda i: i[0])}
+    """The ``.npy`` slices of each case (``<case>-012.npy``) in slice-number order (``slices_by_case``)."""
+    return slices_by_case(files_ending_with(folder, ".npy"), _NUMBERED)
 
 
 def _npy(path: Path, what: str) -> np.ndarray:
@@ -361,9 +355,10 @@ def open_medsam_npy(root: Path) -> MedsamNpyDataset:
 # ---------------------------------------------------------------- TransUNet / SAMed Synapse
 
 def detect_synapse(root: Path) -> bool:
-    """``train_npz/`` of slice files or ``test_vol_h5/`` of volumes, or root itself holding slice files, by the
-    first file's keys (``image``; FairSeg's are ``slo_fundus`` and MedSAM's ``imgs``)."""
-    if any(files_ending_with(root / SYNAPSE_TEST, ".h5")):
+    """``train_npz/`` of slice files or ``test_vol_h5/`` of volumes, or root itself holding either (slice files
+    told by the first file's keys, ``image``: FairSeg's are ``slo_fundus`` and MedSAM's ``imgs``; volumes by
+    their ``.npy.h5`` ending)."""
+    if _volume_files(root):
         return True
     for folder in (root / SYNAPSE_TRAIN, root):
         first = _first_npz(folder, 0)
@@ -381,7 +376,7 @@ class SynapseDataset(ClassesFromValues):
     def __init__(self, root: Path) -> None:
         train = root / SYNAPSE_TRAIN if (root / SYNAPSE_TRAIN).is_dir() else root
         self.slices = _slices_by_case(train)
-        volumes = natural_sorted(files_ending_with(root / SYNAPSE_TEST, ".h5"), key=lambda p: p.name)
+        volumes = _volume_files(root)
         entries = [_slice_case_entry(root, case, paths) for case, paths in self.slices.items()]
         entries += [_volume_entry(root, path) for path in volumes]
         if not entries:
@@ -412,6 +407,14 @@ class SynapseDataset(ClassesFromValues):
             raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
         return int(shape[0]) if len(shape) == 3 else 1
 
+    def read_label(self, entry: Entry) -> np.ndarray | None:
+        """The label alone: a case's slice files hold float images that the class scan need not read."""
+        if entry.label is None:
+            return None
+        if entry.case_id in self.slices:
+            return np.stack([to_label_array(_npz_array(path, "label"), path) for path in self.slices[entry.case_id]])
+        return self._read(entry).label
+
     def _read(self, entry: Entry) -> Read:
         if entry.case_id in self.slices:
             image, label = _stacked(self.slices[entry.case_id], entry.label is not None)
@@ -420,17 +423,44 @@ class SynapseDataset(ClassesFromValues):
         return Read(image=image, label=label, meta={"ndim": 3, "prediction_key": "pred"})
 
 
+def _volume_files(root: Path) -> list[Path]:
+    """The test volumes: every h5 file of ``test_vol_h5/``, else those named ``.npy.h5`` in root itself (the
+    folder given alone)."""
+    if (root / SYNAPSE_TEST).is_dir():
+        found = files_ending_with(root / SYNAPSE_TEST, ".h5")
+    else:
+        found = files_ending_with(root, ".npy.h5")
+    return natural_sorted(found, key=lambda p: p.name)
+
+
+def _npz_array(path: Path, key: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return np.asarray(data[_npz_key(data.files, key, path)])
+    except NPZ_ERRORS as err:
+        raise DataError(f"cannot read {path} (truncated or not an npz?): {err}") from None
+
+
 def _slices_by_case(folder: Path) -> dict[str, list[Path]]:
-    """The slice files of each case (``case0005_slice012.npz`` -> case0005), in slice-number order; a file not
-    so named is a case of one slice. Two files of one slice number are refused, naming both."""
-    numbered: dict[str, dict[int, Path]] = {}
-    for path in natural_sorted(files_ending_with(folder, ".npz"), key=lambda p: p.name):
-        match = _SLICE.match(path.name[:-4])
-        case, z = (match["case"], int(match["z"])) if match else (path.name[:-4], 0)
-        earlier = numbered.setdefault(case, {}).setdefault(z, path)
+    """The ``.npz`` slice files of each case (``case0005_slice012.npz``) in slice-number order (``slices_by_case``)."""
+    return slices_by_case(files_ending_with(folder, ".npz"), _SLICE)
+
+
+def slices_by_case(files: list[Path], numbered: re.Pattern[str]) -> dict[str, list[Path]]:
+    """The files of each case, named by ``numbered`` (groups ``case`` and ``z``, matched on the name without its
+    ending), in slice-number order; a file not so named is a case of one slice. Two files of one slice number
+    (``slice1`` beside ``slice001``) are refused, naming both: either would do, and which one was read would be
+    a guess."""
+    by_case: dict[str, dict[int, Path]] = {}
+    for path in natural_sorted(files, key=lambda p: p.name):
+        stem = path.name[: -len(path.suffix)]
+        match = numbered.match(stem)
+        case, z = (match["case"], int(match["z"])) if match else (stem, 0)
+        earlier = by_case.setdefault(case, {}).setdefault(z, path)
         if earlier != path:
             raise DataError(f"{earlier} and {path} are both slice {z} of case {case}; remove one of them")
-    return {case: [by_z[z] for z in sorted(by_z)] for case, by_z in natural_sorted(numbered.items(), key=lambda i: i[0])}
+    cases = natural_sorted(by_case)
+    return {case: [by_case[case][z] for z in sorted(by_case[case])] for case in cases}
 
 
 def _slice_case_entry(root: Path, case: str, paths: list[Path]) -> Entry:
@@ -474,7 +504,8 @@ def _stacked(paths: list[Path], with_label: bool) -> tuple[np.ndarray, np.ndarra
 
 def _npz_key(keys: list[str], key: str, path: Path) -> str:
     if key not in keys:
-        raise DataError(f"{path} has no {key!r} key (keys: {sorted(keys)}); Synapse slice files hold 'image' and 'label'")
+        raise DataError(f"{path} has no {key!r} key (keys: {sorted(keys)}); Synapse slice files hold 'image' and "
+                        "'label'")
     return key
 
 
