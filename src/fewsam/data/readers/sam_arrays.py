@@ -202,7 +202,7 @@ class MedsamNpzDataset(ClassesFromValues):
         image = to_image_array(image, path)
         label = None if label is None else to_label_array(label, path)
         if two_d:
-            image, label = image[None], None if label is None else label[None]
+            image, label = grey_where_channels_agree(image[None]), None if label is None else label[None]
         meta = {"ndim": 2 if two_d else 3, "prediction_key": "segs", "label_key": "gts"}
         return Read(image=image, label=label, spacing=_zyx_spacing(spacing, two_d, path), meta=meta)
 
@@ -214,7 +214,7 @@ def _medsam_entry(root: Path, path: Path) -> Entry | None:
     keys = npz_keys(path)
     if "imgs" not in keys:
         say_once(f"{path}: no 'imgs' key (keys: {', '.join(sorted(keys)) or 'none, not an npz'}), so not read as "
-                 "a MedSAM case", key=f"medsam-not-a-case-{path}")
+                 "a MedSAM case (nor other such files of its folder)", key=f"medsam-not-a-case-{path.parent}")
         return None
     rel = path.relative_to(root).as_posix()
     label = path if "gts" in keys else None
@@ -235,7 +235,7 @@ def _zyx_spacing(spacing: np.ndarray | None, two_d: bool, path: Path) -> tuple[f
     z of 1. Anything else is said once and left out: metrics are then in pixels."""
     if spacing is None:
         return None
-    values = [float(v) for v in np.asarray(spacing, dtype=float).reshape(-1)]
+    values = [float(v) for v in spacing.reshape(-1)] if spacing.dtype.kind in "biuf" else []
     if two_d and len(values) == 2:
         values.append(1.0)
     if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
@@ -296,27 +296,44 @@ class MedsamNpyDataset(ClassesFromValues):
         return len(self.slices[self._entry(case_id).case_id])
 
     def read_label(self, entry: Entry) -> np.ndarray | None:
-        return self._read(entry).label
+        """The label alone, on the grid of the case's first image (its header read, not its pixels)."""
+        if entry.label is None:
+            return None
+        grid = _npy_shape(self.slices[entry.case_id][0])[:2]
+        labels = [_on_grid(_npy(path, "label"), grid, path) for path in self.label_slices[entry.case_id]]
+        return to_label_array(np.stack(labels), entry.label)
 
     def _read(self, entry: Entry) -> Read:
-        images = [_npy(path, "image") for path in self.slices[entry.case_id]]
-        first = images[0].shape
-        odd = next((p for p, image in zip(self.slices[entry.case_id], images) if image.shape != first), None)
-        if odd is not None or len(first) not in (2, 3) or (len(first) == 3 and first[-1] != 3):
-            shown = _npy(odd, "image").shape if odd is not None else first
-            raise DataError(f"{odd or self.slices[entry.case_id][0]}: the image has shape {shown}; MedSAM's slices are "
-                            f"(H, W, 3) or (H, W), all of one size ({first} for this case)")
-        label = None
-        if entry.label is not None:
-            labels = [_on_grid(_npy(path, "label"), first[:2], path) for path in self.label_slices[entry.case_id]]
-            label = to_label_array(np.stack(labels), entry.label)
-        image = to_image_array(np.stack(images), entry.image)
-        return Read(image=image, label=label, meta={"ndim": 3, "prediction_key": "segs"})
+        paths = self.slices[entry.case_id]
+        images = [_npy(path, "image") for path in paths]
+        for path, image in zip(paths, images):
+            if image.shape != images[0].shape or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+                raise DataError(f"{path}: the image has shape {image.shape}; MedSAM's slices are (H, W, 3) or (H, W), "
+                                f"all of one size ({images[0].shape} for the case's first)")
+        image = grey_where_channels_agree(to_image_array(np.stack(images), entry.image))
+        return Read(image=image, label=self.read_label(entry), meta={"ndim": 3, "prediction_key": "segs"})
 
 
 def _numbered_slices(folder: Path) -> dict[str, list[Path]]:
     """The ``.npy`` slices of each case (``<case>-012.npy``) in slice-number order (``slices_by_case``)."""
     return slices_by_case(files_ending_with(folder, ".npy"), _NUMBERED)
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """An ``.npy`` file's shape from its header (the file mapped, not read)."""
+    try:
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+    except (OSError, EOFError, ValueError) as err:
+        raise DataError(f"cannot read {path} (truncated or not an .npy image?): {err}") from None
+
+
+def grey_where_channels_agree(image: np.ndarray) -> np.ndarray:
+    """A colour image whose three channels hold the same values (MedSAM's CT slices and X-rays, a grey picture
+    repeated into RGB for SAM) as the grey image it is, as the PNG reader reads a grey picture stored as RGB:
+    SAM sees the same, and the case takes a third of the memory."""
+    if image.ndim == 4 and image.shape[-1] == 3 and (image[..., :1] == image[..., 1:]).all():
+        return np.ascontiguousarray(image[..., 0])
+    return image
 
 
 def _npy(path: Path, what: str) -> np.ndarray:
