@@ -166,6 +166,7 @@ class MedsamNpzDataset(ClassesFromValues):
     format = "npz"
     storage = ("class or instance value per voxel in each file's 'gts'; predictions: <case>.npz with key 'segs' "
                "in the shape of 'gts'")
+    reads_whole_tree = True  # npz files two folders down are looked at: predictions written there would be too
 
     def __init__(self, root: Path) -> None:
         entries = [entry for path in _npz_files(root, MEDSAM_DEPTH) if (entry := _medsam_entry(root, path))]
