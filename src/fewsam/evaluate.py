@@ -22,6 +22,7 @@ from fewsam.config import checked_arguments, listed
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import default_bins
 from fewsam.data.readers.common import files_below
+from fewsam.data.readers.fairseg_npz import keeps_attributes_in_files
 from fewsam.data.types import Dataset
 from fewsam.data.writers import missing_predictions
 from fewsam.errors import DataError
@@ -83,7 +84,7 @@ def evaluate(
     names = dataset.class_map.names
     records, case_attrs = [], []
     case_ids = split_cases(dataset, split, "--split")
-    if group_by and dataset.format != "npz":  # FairSeg's attributes are inside the files: checked below
+    if group_by and not keeps_attributes_in_files(dataset):  # FairSeg's are inside the files: checked below
         check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
     if group_by:
         check_sources_agree(dataset, case_ids, group_by, binned)

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
 from fewsam.data.attributes import AtLeast, attribute_value, default_bins, parse_cell, without_leading_zeros
+from fewsam.data.readers.fairseg_npz import keeps_attributes_in_files
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
 from fewsam.errors import DataError, FewsamError
@@ -190,7 +191,7 @@ def case_attributes(dataset: Dataset, case_id: str) -> dict[str, Any]:
 
     FairSeg npz files keep their attributes inside the file, so those cases are loaded.
     """
-    if dataset.format != "npz":
+    if not keeps_attributes_in_files(dataset):
         return dataset.attributes_of(case_id)
     return dataset.load(case_id).attributes
 

@@ -17,7 +17,7 @@ from fewsam.config import FitOptions
 from fewsam.data import LAYOUTS, open_dataset
 from fewsam.data.attributes import default_bins, is_unknown_code
 from fewsam.data.readers.common import IndexedDataset
-from fewsam.data.readers.fairseg_npz import MASK_CODING
+from fewsam.data.readers.fairseg_npz import MASK_CODING, keeps_attributes_in_files
 from fewsam.errors import DataError, FewsamError
 
 DEFAULT_SPLIT = "val"  # what predict and evaluate use without --split: the split fit selects on by default
@@ -79,7 +79,7 @@ def _stored_values(dataset: IndexedDataset) -> dict[int, int | str]:
         return {cls: f"colour {list(rgb)}" for cls, rgb in dataset.style.colours.items()}  # type: ignore[attr-defined]
     if dataset.format == "png":
         return dict(dataset.style.to_pixel)  # type: ignore[attr-defined]
-    if dataset.format == "npz":
+    if keeps_attributes_in_files(dataset):  # FairSeg: its mask codes
         return {cls: code for code, cls in MASK_CODING.items() if code <= 0}
     if getattr(dataset, "labels_are_segmentations", False):
         segments = dataset.segments_by_class()  # type: ignore[attr-defined]
@@ -90,7 +90,7 @@ def _stored_values(dataset: IndexedDataset) -> dict[int, int | str]:
 
 def _case_attributes(dataset: IndexedDataset) -> tuple[list[dict[str, Any]], str]:
     """Every case's index attributes; FairSeg keeps them inside each file, so its first file stands in."""
-    if dataset.format == "npz":
+    if keeps_attributes_in_files(dataset):
         first = next(iter(dataset.entries))
         return [dataset.load(first).attributes], f"read from the first file ({first}); each file holds its own"
     return [dataset.attributes_of(case_id) for case_id in dataset.entries], "from the index and attribute tables"

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
-from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder
+from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder, sam_arrays
 from fewsam.data.readers.common import IndexedDataset, files_below, is_tool_folder, listed_names, strip_suffixes
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
@@ -27,6 +27,13 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
     "nifti": (nifti.detect, nifti.open_nifti,
               "imagesTr/ + labelsTr/ + dataset.json (nnU-Net v2 / v1 / MSD), or images/ (+ labels/) with .nii.gz "
               "(or .mha, .mhd, .nrrd, .mgz)"),
+    "synapse-npz": (sam_arrays.detect_synapse, sam_arrays.open_synapse,
+                    "train_npz/<case>_sliceNNN.npz (keys image, label) and/or test_vol_h5/<case>.npy.h5 "
+                    "(TransUNet / SAMed Synapse)"),
+    "medsam-npz": (sam_arrays.detect_medsam, sam_arrays.open_medsam,
+                   "<case>.npz with keys imgs (+ gts) per case, flat or in modality folders (MedSAM / LiteMedSAM)"),
+    "medsam-npy": (sam_arrays.detect_medsam_npy, sam_arrays.open_medsam_npy,
+                   "imgs/<case>-NNN.npy + gts/<case>-NNN.npy, the slices of a case (MedSAM's training folders)"),
     "fairseg-npz": (fairseg_npz.detect, fairseg_npz.open_fairseg,
                     "*.npz per subject (Harvard-FairSeg), flat or in Training/ and Test/"),
     "dicom": (dicom.detect, dicom.open_dicom,
@@ -290,7 +297,7 @@ def _image_stem(label_name: str) -> str:
 
 # Layouts that a folder holding a dataset one level down is not already taken for (the others look at
 # every file below their root, and found none there)
-LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "fairseg-npz", "case-folders")
+LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "synapse-npz", "medsam-npz", "medsam-npy", "fairseg-npz", "case-folders")
 
 
 def refuse_nnunet_without_json(root: Path) -> None:

@@ -12,7 +12,8 @@
   (``predict.open_for_run``).
   JPEG, TIFF and BMP inputs get a PNG too, named ``.png`` (``images/x.jpg`` -> ``images/x.png``).
 - npz (FairSeg): an npz with key ``pred``, (H, W) uint8 class indices 0/1/2 (not the -1/-2
-  coding of the input masks).
+  coding of the input masks); MedSAM npz: key ``segs`` in the shape of the input's ``gts``; Synapse
+  slices assembled into a case: key ``pred``, (D, H, W).
 - dicom: ``<series folder>.nii.gz``, uint8 class indices on the series' origin, spacing and
   direction, written by SimpleITK (which turns DICOM's LPS coordinates into NIfTI's RAS).
 
@@ -121,7 +122,8 @@ def write_label(case: Case, label: np.ndarray, out_root: Path, rel_path: str, so
                         f"{tuple(case.image.shape[:3])} (D, H, W)")
     path = out_root / rel_path
     label = _as_stored(case, to_label_array(np.asarray(label), Path(rel_path), "label"))
-    atomic_write_bytes(path, (_h5_with_label if case.format == "h5" else _npz_with_label)(source, label))
+    data = _h5_with_label(source, label) if case.format == "h5" else _npz_with_label(case, source, label)
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -139,11 +141,16 @@ def _h5_with_label(source: Path, label: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _npz_with_label(source: Path, label: np.ndarray) -> bytes:
-    """``source`` (a FairSeg npz) with its mask in FairSeg's coding (-1 rim, -2 cup; 255 / 254 where the file
-    stores them as uint8, 1 / 2 where it stores class indices), its other arrays copied as they are."""
+def _npz_with_label(case: Case, source: Path, label: np.ndarray) -> bytes:
+    """``source`` with its label replaced, its other arrays copied as they are: class indices under the case's
+    label key (``meta["label_key"]``, MedSAM's ``gts``), else a FairSeg mask in FairSeg's coding (-1 rim, -2 cup;
+    255 / 254 where the file stores them as uint8, 1 / 2 where it stores class indices)."""
     with np.load(source, allow_pickle=False) as old:
         arrays = {key: old[key] for key in old.files}
+    if case.meta.get("label_key"):
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{**arrays, case.meta["label_key"]: label})
+        return buf.getvalue()
     key = next((k for k in MASK_KEYS if k in arrays), MASK_KEYS[0])
     stored = arrays.get(key, np.zeros(0, np.int8))
     if stored.dtype.kind == "u":
@@ -344,8 +351,10 @@ def _listed(folder: str, mtime_ns: int) -> dict[str, tuple[tuple[Path, bool], ..
 
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
-    """2D inputs (slice h5, PNG, npz) get (H, W) back; volumes keep (D, H, W)."""
-    two_d = case.format in ("png", "npz") or case.meta.get("ndim") == 2
+    """2D inputs (slice h5, PNG, npz) get (H, W) back; volumes keep (D, H, W), also of one slice where the
+    reader says the input is a volume (``meta["ndim"]`` 3: a MedSAM or Synapse npz)."""
+    ndim = case.meta.get("ndim")
+    two_d = ndim == 2 if ndim is not None else case.format in ("png", "npz")
     return pred[0] if two_d and pred.shape[0] == 1 else pred
 
 
@@ -464,8 +473,10 @@ def _encode_dicom(case: Case, pred: np.ndarray) -> bytes:
 
 
 def _encode_npz(case: Case, pred: np.ndarray) -> bytes:
+    """Class indices under the key the case's tools read (``meta["prediction_key"]``: MedSAM's challenge
+    evaluation reads ``segs``), else ``pred``."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, pred=_as_stored(case, pred))
+    np.savez_compressed(buf, **{case.meta.get("prediction_key", "pred"): _as_stored(case, pred)})
     return buf.getvalue()
 
 
@@ -538,11 +549,12 @@ def _decode_png(case: Case, path: Path) -> np.ndarray:
 def _decode_npz(case: Case, path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "pred" in data.files:
-                return _with_depth(to_label_array(np.asarray(data["pred"]), path, "prediction"))
+            for own in dict.fromkeys((case.meta.get("prediction_key", "pred"), "pred")):
+                if own in data.files:
+                    return _with_depth(to_label_array(np.asarray(data[own]), path, "prediction"))
             key = next((k for k in MASK_KEYS if k in data.files), None)
             if key is None:
-                raise DataError(f"{path} has no 'pred' key (keys: {data.files})")
+                raise DataError(f"{path} has no {case.meta.get('prediction_key', 'pred')!r} key (keys: {data.files})")
             return _with_depth(_decode_mask(np.asarray(data[key]), path))
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"cannot read prediction {path} (truncated or not an npz?): {err}") from None

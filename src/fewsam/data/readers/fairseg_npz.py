@@ -205,5 +205,11 @@ def _present(raw: dict[str, Any]) -> set[str]:
     return {k for k, names in aliases.items() if any(n in raw for n in names)}
 
 
+def keeps_attributes_in_files(dataset: Any) -> bool:
+    """Whether a dataset's group attributes lie inside its image files (FairSeg's npz), so that reading them
+    loads its cases; other npz layouts (MedSAM, Synapse) keep none there."""
+    return getattr(dataset, "layout", None) == FairSegDataset.layout
+
+
 def open_fairseg(root: Path) -> FairSegDataset:
     return FairSegDataset(root)
