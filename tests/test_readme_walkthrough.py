@@ -67,7 +67,7 @@ def test_the_stop_line_is_one_line_however_narrow_the_output(monkeypatch, capsys
     monkeypatch.setattr(sys, "argv", ["fewsam", "predict", "run", "--data", "d" * 60, "--out", "p"])
     code, lines = main_raising(monkeypatch, capsys, Stopped(signal.SIGTERM))
     assert code == 128 + signal.SIGTERM
-    assert len(lines) == 1 and lines[0].endswith("start over"), lines
+    assert len(lines) == 1 and lines[0].endswith("encodes only the rest"), lines
 
 
 @pytest.mark.parametrize("method", list(REGISTRY))

@@ -18,6 +18,7 @@ from torch import Tensor
 from fewsam.cache import EmbeddingCache
 from fewsam.config import FitOptions, UnlabelledPoolConfig, field_default, listed, given_option_name
 from fewsam.data import open_dataset, select_labelled, select_unlabelled
+from fewsam.data.budget import unannotated_gaps
 from fewsam.data.types import Case, ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fairness import FairGroups, fair_groups_for
@@ -79,9 +80,12 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     if opts.budget_cases is None and opts.labeled_slices is None:
         raise DataError("say how many labels to use: --labeled-cases N or --labeled-slices K")
     dataset = open_dataset(opts.data, opts.attributes)
-    labelled = select_labelled(dataset, n_cases=opts.budget_cases, n_slices=opts.labeled_slices)
+    labelled = select_labelled(dataset, n_cases=opts.budget_cases, n_slices=opts.labeled_slices,
+                               annotated_only=opts.annotated_slices_only)
     if not labelled:
         raise DataError("the labelled set is empty; use a positive --labeled-cases or --labeled-slices")
+    if not opts.annotated_slices_only:
+        say_sparse_annotation(dataset, labelled)
     refuse_constant_images(dataset, labelled)
     refuse_background_only(dataset, opts.data)
     val_ids = split_cases(dataset, opts.val_split, "--val-split")
@@ -94,6 +98,18 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
     return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair,
                       resolve_acceleration(opts.precision, opts.device), opts)
+
+
+def say_sparse_annotation(dataset: Dataset, labelled: list[SliceRef]) -> None:
+    """Say, once, that a labelled volume leaves slices empty between annotated ones (``unannotated_gaps``),
+    and how to learn from its annotated slices only: a fit taking those slices for background is taught
+    that the anatomy on them is not there."""
+    found = unannotated_gaps(dataset, labelled)
+    if found:
+        case_id, gaps = found
+        say_once(f"labelled case {case_id} has {gaps} empty slice(s) between slices that hold a class; if its volume "
+                 "was annotated on some slices only, add --annotated-slices-only, or its empty slices are learnt "
+                 "as background", key="sparse-annotation")
 
 
 def refuse_background_only(dataset: Dataset, data: object) -> None:
@@ -198,7 +214,8 @@ def run_record(opts: FitOptions, ctx: FitContext) -> dict[str, Any]:
         MASK_CODING: ctx.dataset.mask_coding() if hasattr(ctx.dataset, "mask_coding") else None,
         "values": ctx.values,
         "labelled": {"cases": opts.budget_cases, "slices": opts.labeled_slices,
-                     "refs": [f"{r.case_id}:{r.z}" for r in ctx.labelled]},
+                     "refs": [f"{r.case_id}:{r.z}" for r in ctx.labelled],
+                     **({"annotated_only": True} if opts.annotated_slices_only else {})},
         "val_split": opts.val_split,
         DATA_HASH: data_sha256(ctx.dataset, ctx.labelled, ctx.val_ids),
         "fair": ({"attribute": opts.fair_attribute, "gamma": opts.fair_gamma, "bins": opts.fair_bins,

@@ -9,6 +9,9 @@ unlabelled pool is the rest of the order, in order (SSL4MIS, UniMatch, SAM-Match
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
+
 import numpy as np
 
 from fewsam.data.types import Dataset, SliceRef
@@ -16,21 +19,71 @@ from fewsam.errors import DataError, FewsamError
 from fewsam.progress import say_once
 
 
-def select_labelled(ds: Dataset, n_cases: int | None = None, n_slices: int | None = None
-                    ) -> list[SliceRef]:
-    """The labelled slices for a budget of ``n_cases`` subjects or ``n_slices`` slices (one of)."""
+def select_labelled(ds: Dataset, n_cases: int | None = None, n_slices: int | None = None,
+                    annotated_only: bool = False) -> list[SliceRef]:
+    """The labelled slices for a budget of ``n_cases`` subjects or ``n_slices`` slices (one of).
+
+    ``annotated_only``: only the slices whose label holds a class count as labelled (volumes annotated on
+    a few slices, the others left 0); the others join the unlabelled pool (``unlabelled_pool``)."""
     if (n_cases is None) == (n_slices is None):
         raise FewsamError("give exactly one labelled budget: a number of cases "
                           "(--labeled-cases) or of slices (--labeled-slices)")
     order = [r for r in ds.labelled_budget_order() if ds.has_label(r.case_id)]
     if n_slices is not None:
         _check_budget(n_slices, len(order), "slices", ds)
+        if annotated_only:
+            return _first_annotated(ds, order, n_slices)
         return order[:n_slices]
     subject = {cid: ds.subject_of(cid) for cid in dict.fromkeys(r.case_id for r in order)}
     subjects = list(dict.fromkeys(subject.values()))
     _check_budget(n_cases, len(subjects), "cases", ds)
     chosen = set(subjects[:n_cases])
-    return [r for r in order if subject[r.case_id] in chosen]
+    picked = [r for r in order if subject[r.case_id] in chosen]
+    if not annotated_only:
+        return picked
+    kept = list(annotated_slices(ds, picked))
+    say_once(f"--annotated-slices-only: {len(kept)} of the {len(picked)} slices of the {n_cases} labelled case(s) hold "
+             "a class and are labelled; the others join the unlabelled pool")
+    return kept
+
+
+def annotated_slices(ds: Dataset, refs: list[SliceRef]) -> Iterator[SliceRef]:
+    """The slices of ``refs`` whose label holds a class, in order; each case's label read once, as it comes."""
+    by_case: dict[str, list[SliceRef]] = {}
+    for ref in refs:
+        by_case.setdefault(ref.case_id, []).append(ref)
+    for case_id, case_refs in by_case.items():
+        label = ds.load(case_id).label
+        yield from (r for r in case_refs if label is not None and bool(label[r.z].any()))
+
+
+def _first_annotated(ds: Dataset, order: list[SliceRef], n_slices: int) -> list[SliceRef]:
+    """The first ``n_slices`` annotated slices of the budget order, reading only the labels it needs."""
+    picked = list(islice(annotated_slices(ds, order), n_slices))
+    if len(picked) < n_slices:
+        raise DataError(f"a budget of {n_slices} annotated slices is not possible: the training split of {ds.root} "
+                        f"has {len(picked)} slices whose label holds a class; choose at most {len(picked)}")
+    return picked
+
+
+def unannotated_gaps(ds: Dataset, refs: list[SliceRef]) -> tuple[str, int] | None:
+    """The first labelled case (and how many slices) whose label leaves slices empty between annotated ones:
+    anatomy is continuous along a volume, so such a case was most likely annotated on some slices only, and
+    a fit that takes its empty slices for background learns that the anatomy on them is background."""
+    by_case: dict[str, list[int]] = {}
+    for ref in refs:
+        by_case.setdefault(ref.case_id, []).append(ref.z)
+    for case_id, zs in by_case.items():
+        if len(zs) < 3:
+            continue
+        label = ds.load(case_id).label
+        if label is None:
+            continue
+        annotated = {z for z in zs if label[z].any()}
+        gaps = [z for z in zs if annotated and min(annotated) < z < max(annotated) and z not in annotated]
+        if gaps:
+            return case_id, len(gaps)
+    return None
 
 
 def unlabelled_pool(ds: Dataset, labelled: list[SliceRef]) -> list[SliceRef]:
