@@ -1,7 +1,8 @@
 """What native libraries print themselves (libjpeg and OpenJPEG inside GDCM, MetaIO, ITK's warnings) kept
 off the terminal: a damaged compressed DICOM series or a cut-short MetaImage ends in the one ``error:``
 line, with the decoder's reason in a few words; a read that succeeds despite the decoder's complaint is
-said once; the printed text goes to the command's log."""
+said once; the printed text goes to the command's log, as do the Python warnings of the libraries the
+readers use (Pillow's on a damaged TIFF)."""
 
 from __future__ import annotations
 
@@ -146,6 +147,37 @@ def test_a_metaimage_whose_voxels_do_not_decompress_is_refused_not_read_as_memor
                                         r"\('Uncompress failed'\)"):
         open_dataset(tmp_path).load("c")
     assert capfd.readouterr().err == ""
+
+
+def test_pillows_warnings_on_a_damaged_tiff_mask_leave_the_one_error_line_alone(tmp_path):
+    """Pillow warned "Corrupt EXIF data" three times, two lines each, before the error line."""
+    from PIL import Image
+
+    for folder, pixels in (("images", np.full((12, 10), 9, np.uint8)), ("masks", np.eye(12, 10, dtype=np.uint8))):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="TIFF")
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        (tmp_path / "data" / folder / "a.tif").write_bytes(buffer.getvalue()[:20] if folder == "masks"
+                                                           else buffer.getvalue())
+    (tmp_path / "pred").mkdir()
+    result = run_fewsam("evaluate", "--pred", str(tmp_path / "pred"), "--data", str(tmp_path / "data"),
+                        "--split", "all", cwd=tmp_path)
+    assert_one_line_error(result, "prediction folder")
+
+
+def test_the_command_lines_python_warnings_go_to_the_log(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    from fewsam.cli import _warnings_to_log
+    from fewsam.progress import log_to
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    _warnings_to_log()
+    with log_to(tmp_path / "work.log"), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("Corrupt EXIF data.", UserWarning)
+    assert capsys.readouterr().err == ""
+    assert "UserWarning: Corrupt EXIF data." in (tmp_path / "work.log").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the capture itself
