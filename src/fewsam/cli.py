@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,7 +30,7 @@ from fewsam.devices import check_device
 from fewsam.errors import FewsamError, Stopped, resource_failure_message
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
-from fewsam.progress import PYTHON_CALLER_NOTICES
+from fewsam.progress import PYTHON_CALLER_NOTICES, record
 
 _STARTED = time.perf_counter()
 
@@ -622,6 +623,20 @@ def _show_notes() -> None:
     logger.setLevel(logging.INFO)
 
 
+def _warnings_to_log() -> None:
+    """Python warnings of the libraries fewsam reads with (Pillow's "Corrupt EXIF data" of a damaged TIFF,
+    nibabel's and pydicom's) go to the command's log, not to stderr: each printed two lines there (its
+    source line too), above the one ``error:`` line a user's mistake ends in and among the lines of a
+    command that succeeds. What a warning means for the user's data, fewsam's readers say themselves.
+    ``-W error`` and ``PYTHONWARNINGS`` still decide which warnings are raised."""
+
+    def kept(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        record(f"{filename}:{lineno}: {category.__name__}: {message}")
+
+    warnings.showwarning = kept
+
+
 def _stop_on_signals() -> None:
     """Ctrl-C and SIGTERM raise :class:`Stopped` in the main thread, so a fit's log says how it ended
     and staged predictions are removed whichever way the user or a scheduler stops us."""
@@ -853,6 +868,7 @@ def main() -> None:
     _sleep_idle_threads()
     _tune_allocator()
     _show_notes()
+    _warnings_to_log()
     _stop_on_signals()
     try:
         check_launch(sys.argv)

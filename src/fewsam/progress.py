@@ -145,6 +145,11 @@ def record(message: str) -> None:
         EVENTS.info(message)
 
 
+def open_logs() -> tuple[str, ...]:
+    """The files the active ``log_to`` blocks write to, innermost last (none outside them)."""
+    return tuple(handler.baseFilename for handler in _open_logs)
+
+
 def tell(message: str) -> None:
     """An event the user is told as it happens, in the terminal as well as the log file: what changes
     the course of a fit (resumed half-way, stopped early by --patience) would otherwise show only as a

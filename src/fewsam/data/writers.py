@@ -45,7 +45,7 @@ from fewsam.atomic import atomic_write_bytes
 from fewsam.data.readers.acdc_h5 import H5_ERRORS
 from fewsam.data.readers.common import LABEL_INSIDE_IMAGE, check_label_values, first_line, to_label_array
 from fewsam.data.readers import itk_volume
-from fewsam.data.readers.itk_volume import itk_message
+from fewsam.data.readers.itk_volume import itk_message, quiet_itk
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
                                       to_slices)
@@ -465,7 +465,8 @@ def _encode_dicom(case: Case, pred: np.ndarray) -> bytes:
         image.SetDirection(case.meta.get("direction", (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "pred.nii.gz"
-            sitk.WriteImage(image, str(path), useCompression=True)
+            with quiet_itk(f"the prediction of {case.case_id}"):
+                sitk.WriteImage(image, str(path), useCompression=True)
             return path.read_bytes()
     except RuntimeError as err:
         raise DataError(f"cannot write the prediction of {case.case_id} as NIfTI on its DICOM "

@@ -52,6 +52,7 @@ from fewsam.data.readers.png_folder import is_image_name
 from fewsam.data.readers.slicer_segmentation import itk_segments_as_classes, say_without_segments, segments_of
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
+from fewsam.native_output import AGAIN, decoder_reason
 from fewsam.progress import say_once
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -130,7 +131,7 @@ def series_files(folder: Path) -> list[str]:
     if not folder.is_dir():
         raise DataError(f"DICOM folder {folder} not found; restore it")
     try:
-        with quiet_itk():
+        with quiet_itk(folder):
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
             series = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
     except RuntimeError as err:
@@ -207,7 +208,7 @@ def _file_info(name: str) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(name)
     try:
-        with quiet_itk():
+        with quiet_itk(name):
             reader.ReadImageInformation()
     except RuntimeError as err:
         raise DataError(f"cannot read DICOM {name}: {itk_message(err)}") from None
@@ -231,7 +232,7 @@ def read_series(folder: Path) -> sitk.Image:
     reader.SetOutputPixelType(sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        with quiet_itk():
+        with quiet_itk(folder, pixels=True):
             image = reader.Execute()
     except RuntimeError as err:
         raise _unreadable_file(names) or _other_size(names, folder) or DataError(
@@ -353,15 +354,20 @@ def each_frame_rescaled(image: sitk.Image, rescales: list[tuple[float, float]], 
 
 def _unreadable_file(names: list[str]) -> DataError | None:
     """Why the series reader failed, where one file alone cannot be read: its pixels compressed in a way
-    GDCM does not decode (video, JPEG XL) or damaged, named with its transfer syntax. ITK says only
+    GDCM does not decode (video, JPEG XL) or damaged, named with its transfer syntax, and with the
+    decoder's reason where it gave one fewsam knows (``decoder_reason``). ITK says only
     "Failed to change to Implicit Transfer Syntax" of the folder, naming neither the file nor a way out.
     None where every file reads alone (the files do not stack: ITK's own message says why)."""
     for name in names:
         try:
-            with quiet_itk():
+            with quiet_itk(name, pixels=True) as said:
                 sitk.ReadImage(name)
         except RuntimeError as err:
             syntax = transfer_syntax(Path(name))
+            reason = decoder_reason(said)
+            if syntax is not None and syntax.is_compressed and reason:
+                return DataError(f"cannot decode DICOM {name}: its pixels, compressed as {syntax.name} ({syntax}), "
+                                 f"hold {reason}; {AGAIN}")
             if syntax is not None and syntax.is_compressed:
                 return DataError(f"cannot decode DICOM {name}: its pixels are compressed as {syntax.name} "
                                  f"({syntax}), a compression GDCM (fewsam's DICOM decoder) does not read, or "
@@ -518,7 +524,7 @@ def read_label_on(image: sitk.Image, path: Path, classes: ClassSource | None = N
     no position along the slice's normal, so placed at its own (z = 0, 1 mm) it missed the slice and
     was refused, and its spacing of 1 (no geometry saved) made it a magnified copy."""
     try:
-        with quiet_itk():
+        with quiet_itk(path, pixels=True):
             label = itk_reader(path).Execute()
     except RuntimeError as err:
         raise DataError(f"cannot read label {path} (truncated or not NIfTI?): {itk_message(err)}") from None

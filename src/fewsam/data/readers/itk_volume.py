@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from fewsam.errors import DataError
+from fewsam.native_output import AGAIN, decoder_reason, native_output_kept
 
 ITK_ENDINGS = (".mha", ".mhd", ".nrrd", ".nhdr")
 # 2D images as nnU-Net v2 reads them (its natural-image reader: ``"file_ending": ".png"``); listed
@@ -35,13 +36,17 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 @contextmanager
-def quiet_itk() -> Iterator[None]:
-    """ITK prints warnings to stderr (a folder without a DICOM series, metadata it drops);
-    fewsam raises or says what matters itself."""
+def quiet_itk(source: object, pixels: bool = False) -> Iterator[list[str]]:
+    """An ITK call on ``source`` (a file or folder) whose own lines stay off the terminal: ITK's
+    warnings (a folder without a DICOM series, metadata it drops) and what GDCM's decoders and MetaIO
+    print go to the command's log (``native_output_kept``), and fewsam raises or says what matters
+    itself. Yields those lines, for the error a failed read raises (``decoder_reason``); a read of
+    ``pixels`` that a decoder complained of is said once."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    sitk.ProcessObject.SetGlobalWarningDisplay(True)  # shown to the capture: kept in the log, not lost
     try:
-        yield
+        with native_output_kept(source, pixels) as lines:
+            yield lines
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
@@ -146,7 +151,7 @@ def _read_itk(path: Path) -> sitk.Image:
     """The file as ITK reads it; a 2D NRRD placed in 3D space as a one-slice volume (``nrrd_as_one_slice``)."""
     lifted = nrrd_as_one_slice(path)
     try:
-        with quiet_itk():
+        with quiet_itk(path, pixels=True) as said:
             if lifted is None:
                 return itk_reader(path).Execute()
             with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +159,9 @@ def _read_itk(path: Path) -> sitk.Image:
                 one_slice.write_bytes(lifted)
                 return itk_reader(one_slice).Execute()
     except RuntimeError as err:
-        raise DataError(f"cannot read {path} (truncated, or its data file missing?): {itk_message(err)}") from None
+        reason = decoder_reason(said)
+        raise DataError(f"cannot read {path}: {reason}; {AGAIN}" if reason else
+                        f"cannot read {path} (truncated, or its data file missing?): {itk_message(err)}") from None
 
 
 # NRRD fields with one entry per axis, and what a third (the added slice axis) takes
@@ -245,6 +252,6 @@ def encode(pred_xyz: np.ndarray, geometry: dict[str, Any]) -> bytes:
         image.SetMetaData(key, value)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"pred{geometry['ending']}"
-        with quiet_itk():
+        with quiet_itk(f"a prediction written as {geometry['ending']}"):
             sitk.WriteImage(image, str(path), useCompression=True)
         return path.read_bytes()

@@ -468,7 +468,8 @@ def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
     if itk_ending(path.name) and path.is_file():
         reader = itk_reader(path)
         try:
-            reader.ReadImageInformation()
+            with quiet_itk(path):
+                reader.ReadImageInformation()
         except RuntimeError:
             return _shape_and_zooms_of(_load(path))  # the full read names the problem
         size, spacing = list(reader.GetSize()) + [1, 1], list(reader.GetSpacing()) + [1.0, 1.0]
@@ -786,7 +787,7 @@ def itk_affine(path: Path) -> np.ndarray | None:
     """The RAS affine of a 3D (or 4D) file's voxel grid as ITK reads its header; None where ITK cannot."""
     reader = itk_reader(path)
     try:
-        with quiet_itk():
+        with quiet_itk(path):
             reader.ReadImageInformation()
     except RuntimeError:
         return None

@@ -1137,7 +1137,7 @@ def _wide_colour_array(path: Path, rgb: bool | None) -> np.ndarray:
     """A 16-bit-per-channel colour file (``_wide_colour``) as ``read_image`` gives images, its values
     kept: read by ITK, which decodes all 16 bits; alpha left out, as ``convert("RGB")`` leaves it."""
     try:
-        with quiet_itk():
+        with quiet_itk(path, pixels=True):
             pixels = sitk.GetArrayFromImage(itk_reader(path).Execute()).astype(np.float32)
     except RuntimeError as err:
         raise DataError(f"cannot read {path} (truncated or not an image?): {itk_message(err)}") from None

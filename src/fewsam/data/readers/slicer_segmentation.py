@@ -55,7 +55,7 @@ def segments_of(path: Path) -> tuple[Segment, ...] | None:
         return None
     reader = itk_reader(path)
     try:
-        with quiet_itk():
+        with quiet_itk(path):
             reader.ReadImageInformation()
     except RuntimeError:
         return None  # reading the voxels names what is wrong with the file
