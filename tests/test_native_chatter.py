@@ -216,3 +216,18 @@ def test_captured_text_goes_to_the_log_once_per_source(tmp_path, capfd):
     logged = (tmp_path / "work.log").read_text(encoding="utf-8").splitlines()
     assert [line.split(" ", 2)[2] for line in logged] == [
         "scan.mha: native library output: WARNING: In itkSomething.cxx, line 1 / Something (0x1): a note"]
+
+
+def test_a_read_goes_on_uncaptured_where_no_temporary_file_can_be_made(monkeypatch):
+    """A full or read-only temporary folder made every SimpleITK read fail with the capture's OSError."""
+    import tempfile
+
+    from fewsam import native_output
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_room)
+    with native_output.native_stderr_captured() as lines:
+        pass
+    assert lines == []

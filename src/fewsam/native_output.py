@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from fewsam.errors import DataError
 from fewsam.progress import open_logs, record, say_once
@@ -56,11 +56,13 @@ def native_stderr_captured() -> Iterator[list[str]]:
     pending stderr text is flushed first, so it still reaches the terminal. Where the process has no
     descriptor 2 (a daemon), nothing is captured."""
     lines: list[str] = []
-    with _capturing, tempfile.TemporaryFile() as sink:
+    with _capturing, _sink_or_none() as sink:
         _flush_python_stderr()
         try:
-            saved = os.dup(2)
+            saved = os.dup(2) if sink is not None else None
         except OSError:
+            saved = None
+        if saved is None:  # no descriptor 2, or no room for the sink: the read goes on uncaptured
             yield lines
             return
         os.dup2(sink.fileno(), 2)
@@ -73,6 +75,19 @@ def native_stderr_captured() -> Iterator[list[str]]:
             sink.seek(0)
             text = sink.read().decode("utf-8", errors="replace")
             lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+@contextmanager
+def _sink_or_none() -> Iterator[Any]:
+    """A temporary file for the captured text, or None where none can be made (a full or read-only
+    temporary folder): a read must not fail for want of a place to put a library's chatter."""
+    try:
+        sink = tempfile.TemporaryFile()
+    except OSError:
+        yield None
+        return
+    with sink:
+        yield sink
 
 
 def _flush_python_stderr() -> None:
