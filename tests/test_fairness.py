@@ -156,7 +156,7 @@ def test_fit_passes_the_fair_loss_and_records_groups(tmp_path, monkeypatch):
 
     labelled = [SliceRef(c, 0) for c in ("a1", "a2", "b1", "u1")]
     monkeypatch.setattr(fitting, "open_dataset", lambda data, attributes=None: DATA)
-    monkeypatch.setattr(fitting, "select_labelled", lambda dataset, n_cases=None, n_slices=None: labelled)
+    monkeypatch.setattr(fitting, "select_labelled", lambda dataset, n_cases=None, n_slices=None, **options: labelled)
     monkeypatch.setattr(registry, "load_model", lambda *args, **kwargs: SimpleNamespace(
         weights_sha256="0", preprocess_signature=lambda: "p"))
     monkeypatch.setattr(fitting, "EmbeddingCache", lambda root, model, precision: None)

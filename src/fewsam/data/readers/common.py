@@ -642,7 +642,7 @@ def to_label_array(label: np.ndarray, path: Path, what: str = "label") -> np.nda
     label = rounded_float_label(label, path, what)
     if not label.size:
         return label.astype(np.uint8)
-    low, high = label.min(), label.max()
+    low, high = float(label.min()), float(label.max())  # as Python numbers: 65535 overflows a float16
     if low < 0 or high > MAX_LABEL_VALUE:
         raise NotClassIndices(_beyond_label_values_message(np.unique(label), path, what))
     if high > 255:  # an 8-bit label cannot hold more classes than fewsam segments; a 16-bit one can
