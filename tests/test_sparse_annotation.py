@@ -95,3 +95,53 @@ def test_few_shot_sam_fits_on_the_annotated_slices_of_a_volume(tiny_sam_phantom,
     assert result.exit_code == 0, result.output
     labelled = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))["labelled"]
     assert labelled["annotated_only"] is True and labelled["refs"] == [f"case0:{z}" for z in ANNOTATED]
+
+
+def write_sparse_validation(root: Path) -> Path:
+    """The sparse folder with its validation case (case3) annotated on slices 1 and 4 too."""
+    write_sparse_folder(root)
+    path = root / "labels" / "case3.nii.gz"
+    label = np.asarray(nib.load(str(path)).dataobj).copy()
+    label[:, :, [z for z in range(SLICES) if z not in ANNOTATED]] = 0
+    nib.save(nib.Nifti1Image(label, np.eye(4)), path)
+    return root
+
+
+def test_validation_volumes_are_scored_on_their_annotated_slices(tmp_path, monkeypatch):
+    """The unannotated slices of a validation volume counted as false positives wherever the model found
+    the anatomy on them: the checkpoint chosen was the one that found it least."""
+    monkeypatch.setattr("fewsam.models.registry.load_model", lambda *args, **kwargs: None)
+    data = write_sparse_validation(tmp_path / "data")
+    whole = open_fit(FitOptions(run=tmp_path / "run", data=data, labeled_cases=1), needs_sam=False)
+    sparse = open_fit(FitOptions(run=tmp_path / "run", data=data, labeled_cases=1, annotated_slices_only=True),
+                      needs_sam=False)
+    assert whole.val_ids == sparse.val_ids == ["case3"]
+    assert whole.dataset.load("case3").num_slices == SLICES
+    case = sparse.dataset.load("case3")
+    full = whole.dataset.load("case3")
+    assert case.num_slices == sparse.dataset.num_slices("case3") == len(ANNOTATED)
+    np.testing.assert_array_equal(case.image, full.image[list(ANNOTATED)])
+    np.testing.assert_array_equal(case.label, full.label[list(ANNOTATED)])
+    assert sparse.dataset.load("case0").num_slices == SLICES  # training cases keep their slice numbers
+    assert sparse.dataset.class_map == whole.dataset.class_map
+
+
+def test_evaluate_scores_the_annotated_slices_and_compare_refuses_to_mix_the_two(tmp_path):
+    """A prediction finding the anatomy on every slice of a volume annotated on two scores Dice 1 on them."""
+    from fewsam.compare import compare_runs
+    from fewsam.data import write_prediction
+    from fewsam.evaluate import evaluate
+
+    data = write_sparse_validation(tmp_path / "data")
+    truth = open_dataset(write_sparse_folder(tmp_path / "full"))  # the same volumes, every slice annotated
+    pred = tmp_path / "pred"
+    write_prediction(open_dataset(data).load("case3"), truth.load("case3").label, pred)
+    whole = evaluate(pred, data, "val", show_progress=False)
+    sparse = evaluate(pred, data, "val", show_progress=False, annotated_slices_only=True)
+    assert sparse["annotated_slices_only"] is True and whole["annotated_slices_only"] is False
+    assert sparse["mean"]["dice"] == pytest.approx(1.0) and whole["mean"]["dice"] < 0.9
+    for name, result in (("whole.json", whole), ("sparse.json", sparse)):
+        (tmp_path / name).write_text(json.dumps(result), encoding="utf-8")
+    with pytest.raises(DataError, match="sparse.json was evaluated with --annotated-slices-only but .*whole.json "
+                                        "without it"):
+        compare_runs(tmp_path / "whole.json", tmp_path / "sparse.json")

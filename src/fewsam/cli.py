@@ -387,6 +387,8 @@ def evaluate(
     es_mode: str = typer.Option("sum", "--es-mode", help="Equity spread: sum (paper) | std."),
     both_empty: str = typer.Option("perfect", "--both-empty", help="A class absent from both prediction and label: "
                                    "perfect (Dice 1, HD95 0; BraTS) | skip (left out of the means; nnU-Net)."),
+    annotated_slices_only: bool = typer.Option(False, "--annotated-slices-only", help="Score each case on the "
+                                               "slices its label annotates (volumes annotated on some slices only)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the result JSON here.",
                                                                             "not written")),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file (never an input)."),
@@ -400,7 +402,7 @@ def evaluate(
     check_json_beside_predictions(json_out, pred)
     check_output_file(json_out, "--json", overwrite)
     result = run_evaluate(pred, data, split, group_by, alpha, not quiet, bins=bins, attributes=attributes,
-                          es_mode=es_mode, both_empty=both_empty)
+                          es_mode=es_mode, both_empty=both_empty, annotated_slices_only=annotated_slices_only)
     if json_out:
         write_json(json_out, result)
     _print_summary(result)

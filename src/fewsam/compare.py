@@ -135,6 +135,7 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     check_same_classes(eval_a, eval_b, a, b)
     check_same_labels(eval_a, eval_b, a, b)
     check_same_empty_convention(eval_a, eval_b, a, b)
+    check_same_slices_scored(eval_a, eval_b, a, b)
     unit, other_unit = distance_cases(eval_a, eval_b, metric, a, b)
     cases_a, cases_b = _case_ids(eval_a), _case_ids(eval_b)
     eval_a, eval_b = without_cases(eval_a, other_unit), without_cases(eval_b, other_unit)
@@ -249,6 +250,17 @@ def check_same_empty_convention(eval_a: dict[str, Any], eval_b: dict[str, Any], 
     rule_a, rule_b = eval_a.get("both_empty", "perfect"), eval_b.get("both_empty", "perfect")
     if rule_a != rule_b:
         raise DataError(f"{a} was evaluated with --both-empty {rule_a} but {b} with --both-empty {rule_b}; "
+                        "evaluate both the same way")
+
+
+def check_same_slices_scored(eval_a: dict[str, Any], eval_b: dict[str, Any], a: str | Path, b: str | Path) -> None:
+    """Refuse to pair an evaluation of the annotated slices only (``evaluate --annotated-slices-only``) with
+    one of whole volumes: the labels are the same, so ``check_same_labels`` passes, but the slices scored
+    are not, and the difference would be tested as one of the runs."""
+    sparse_a, sparse_b = (bool(e.get("annotated_slices_only")) for e in (eval_a, eval_b))
+    if sparse_a != sparse_b:
+        with_it, without = (a, b) if sparse_a else (b, a)
+        raise DataError(f"{with_it} was evaluated with --annotated-slices-only but {without} without it; "
                         "evaluate both the same way")
 
 

@@ -418,7 +418,7 @@ class FitOptions(Config):
     labeled_images: int | None = option(None, "Alias of --labeled-cases for 2D image datasets.", min=1)
     annotated_slices_only: bool = option(False, "Volumes annotated on some slices only (the others left 0): only "
                                          "the slices whose label holds a class are labelled, the others join "
-                                         "the unlabelled pool; validation volumes are scored whole.")
+                                         "the unlabelled pool; validation volumes are scored on those slices.")
     val_split: str = option("val", "Split (or list file) used for model selection.")
     seed: int = option(0, "Seed: same seed, same data -> same weights.", min=0, max=MAX_SEED)
     model: str = option("litemedsam", "litemedsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam")

@@ -52,6 +52,7 @@ def evaluate(
     es_mode: str = DEFAULT_ES_MODE,
     n_boot: int = 1000,
     both_empty: str = BOTH_EMPTY[0],
+    annotated_slices_only: bool = False,
 ) -> dict[str, Any]:
     """Per-case, per-class and mean Dice/IoU/HD95/ASD of ``split`` (default ``DEFAULT_SPLIT``, "val"),
     and group metrics with ``group_by``.
@@ -62,6 +63,8 @@ def evaluate(
     Cases without a value count in the overall scores and in no group; the JSON lists them.
     ``both_empty``: how a class absent from both a prediction and its label scores (``metrics.BOTH_EMPTY``:
     "perfect" counts Dice 1, "skip" leaves it out as nnU-Net does), recorded in the result.
+    ``annotated_slices_only``: each case is scored on the slices its label annotates (a class on them),
+    for volumes annotated on some slices only (``annotated_slices``), recorded in the result.
     """
     pred = Path(pred)
     if pred.exists() and not pred.is_dir():
@@ -93,7 +96,8 @@ def evaluate(
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
         predicted = read_prediction(case, pred, dataset.class_map, dataset)
-        per_class = case_metrics(predicted, case.label, list(names), case.spacing, both_empty)
+        predicted, label = annotated_slices(predicted, case.label) if annotated_slices_only else (predicted, case.label)
+        per_class = case_metrics(predicted, label, list(names), case.spacing, both_empty)
         case_attrs.append(case.attributes)
         records.append({
             "case": case_id,
@@ -117,6 +121,7 @@ def evaluate(
                       per_class_equity=per_class_equity(result, alpha, es_mode))
     result["distance_unit"] = summary_distance_unit(records) or "pixel"
     result["both_empty"] = both_empty
+    result["annotated_slices_only"] = annotated_slices_only
     result["split"] = os.fspath(split) if split else DEFAULT_SPLIT  # a list file's Path: its path, as JSON
     return result
 
@@ -134,6 +139,15 @@ def say_distances_left_out(records: list[dict[str, Any]]) -> None:
              f"so their HD95 and ASD are in pixels: the HD95 and ASD means (overall, per class and per group) are "
              f"over the {kept} cases in mm, Dice and IoU over all {len(records)}; each case's record keeps its "
              "distances with its own distance_unit", key="distances-left-out-of-mm")
+
+
+def annotated_slices(predicted: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A case's prediction and label on the slices its label annotates (a class on them), so the slices
+    its annotator left 0 are not scored as false positives wherever the prediction finds the anatomy; a
+    label annotating no slice is scored whole. Distances are then measured across the kept slices as if
+    they were adjacent: read HD95 and ASD of such scores with care."""
+    zs = [z for z in range(label.shape[0]) if label[z].any()]
+    return (predicted[zs], label[zs]) if zs else (predicted, label)
 
 
 def label_fingerprint(label: np.ndarray) -> str:

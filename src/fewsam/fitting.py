@@ -8,7 +8,7 @@ each method's ``fit(ctx, cfg, run_dir)`` consumes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -91,6 +91,8 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     val_ids = split_cases(dataset, opts.val_split, "--val-split")
     refuse_unlabelled_validation(dataset, val_ids, opts.val_split)
     warn_labelled_validation(labelled, val_ids, opts.val_split)
+    if opts.annotated_slices_only:
+        dataset = AnnotatedValidation(dataset, set(val_ids) - {r.case_id for r in dataset.labelled_budget_order()})
     model = load_model(opts.model, opts.checkpoint, device=opts.device) if needs_sam else None
     if not needs_sam:
         say_unused_model(opts)
@@ -98,6 +100,41 @@ def open_fit(opts: FitOptions, needs_sam: bool = True) -> FitContext:
     fair = fair_groups_for(opts.fair_attribute, opts.fair_gamma, opts.fair_bins, dataset, labelled)
     return FitContext(dataset, model, cache, opts.device, opts.show_progress, labelled, val_ids, opts.seed, fair,
                       resolve_acceleration(opts.precision, opts.device), opts)
+
+
+class AnnotatedValidation:
+    """``dataset`` whose validation cases (``cropped``: those outside the training slices, whose slice
+    numbers nothing else refers to) read as their annotated slices only, with --annotated-slices-only:
+    a volume annotated on some slices scores its unannotated ones as false positives wherever the model
+    finds the anatomy there, and the checkpoint chosen would be the one that finds it least. Everything
+    else is the dataset's own."""
+
+    def __init__(self, dataset: Dataset, cropped: set[str]) -> None:
+        self._dataset, self._cropped = dataset, cropped
+        self._annotated: dict[str, list[int]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # its own, not yet set (while unpickled): never the dataset's
+            raise AttributeError(name)
+        return getattr(self._dataset, name)
+
+    def load(self, case_id: str, *, with_label: bool = True) -> Case:
+        if case_id not in self._cropped:
+            return self._dataset.load(case_id, with_label=with_label)
+        case = self._dataset.load(case_id)
+        if case.label is None:
+            return case
+        zs = self._annotated.setdefault(case_id, [z for z in range(case.num_slices) if case.label[z].any()])
+        if not zs:  # nothing annotated: scored whole, as refuse_background_only_validation has its say
+            zs = self._annotated[case_id] = list(range(case.num_slices))
+        return replace(case, image=case.image[zs], label=case.label[zs] if with_label else None)
+
+    def num_slices(self, case_id: str) -> int:
+        if case_id not in self._cropped:
+            return self._dataset.num_slices(case_id)
+        if case_id not in self._annotated:
+            self.load(case_id)
+        return len(self._annotated[case_id])
 
 
 def say_sparse_annotation(dataset: Dataset, labelled: list[SliceRef]) -> None:
