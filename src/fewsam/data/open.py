@@ -69,6 +69,8 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
     for name, (detect, open_layout, _) in LAYOUTS.items():
         if name == "case-folders":  # it reads any folder of volumes, also one inside an nnU-Net dataset
             refuse_folder_inside(root)
+        if name == "fairseg-npz":  # it takes any npz, also a prediction's, which the array layouts did not take
+            refuse_prediction_arrays(root)
         if detect(root):
             dataset = open_layout(root)
             break
@@ -144,6 +146,28 @@ def refuse_analyze_pairs(root: Path) -> None:
         raise DataError(f"{root} holds Analyze .hdr/.img pairs ({example.relative_to(root).as_posix()}, ...), which "
                         "fewsam does not read; convert each pair to NIfTI, e.g. with nibabel: "
                         f"nib.save(nib.load('{example.name}'), '{example.name[:-4]}.nii.gz')")
+
+
+def refuse_prediction_arrays(root: Path) -> None:
+    """A folder of npz predictions given as data (``segs`` as ``fewsam predict`` and the MedSAM challenge
+    tools write them, ``pred`` as fewsam writes FairSeg and Synapse predictions) is named as such, with the
+    keys found: FairSeg's reader takes any npz, and ended on a missing image key (slo_fundus) that said
+    nothing of predictions."""
+    first = _first_npz_read(root)
+    keys = set() if first is None else sam_arrays.npz_keys(first)
+    if first is not None and sam_arrays.is_prediction_npz(keys):
+        raise DataError(f"{root} is a folder of predictions ({first.relative_to(root).as_posix()} holds the keys "
+                        f"{', '.join(sorted(keys))}, no image), not data; give the data folder as --data and this "
+                        f"folder as --pred: `fewsam evaluate --data DATA --pred {root}`")
+
+
+def _first_npz_read(root: Path) -> Path | None:
+    """The npz file a reader of the npz layouts would read first: in root, in Synapse's train_npz/, in
+    FairSeg's split folders, else in the modality folders MedSAM keeps."""
+    folders = (root, root / sam_arrays.SYNAPSE_TRAIN, *(root / name for name in fairseg_npz.FOLDERS))
+    found = (sam_arrays.first_npz(folder, 0) for folder in folders)
+    first = next((path for path in found if path is not None), None)
+    return first or sam_arrays.first_npz(root, sam_arrays.MEDSAM_DEPTH)
 
 
 def refuse_run_folder(root: Path) -> None:

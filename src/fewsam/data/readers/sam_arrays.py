@@ -90,7 +90,7 @@ def npz_shape(path: Path, key: str) -> tuple[int, ...]:
         raise DataError(f"cannot read {path} (truncated or not an npz?): {err}") from None
 
 
-def _first_npz(folder: Path, depth: int) -> Path | None:
+def first_npz(folder: Path, depth: int) -> Path | None:
     """The first npz file (by name) in ``folder`` or up to ``depth`` folders below it."""
     for path in _npz_files(folder, depth):
         return path
@@ -155,9 +155,21 @@ def _classes_json(root: Path) -> ClassMap | None:
 
 # ---------------------------------------------------------------- MedSAM / LiteMedSAM npz
 
+# Keys of prediction npz files: MedSAM's and the challenge tools' ``segs``, fewsam's own ``pred`` (FairSeg, Synapse)
+PREDICTION_KEYS = frozenset({"segs", "pred"})
+# Keys of the images of the npz layouts read (MedSAM, Synapse, Harvard-FairSeg): a file with one of them is data
+IMAGE_KEYS = frozenset({"imgs", "image", "slo_fundus", "fundus_slo"})
+
+
+def is_prediction_npz(keys: set[str]) -> bool:
+    """Whether an npz file's keys are a prediction's (``segs`` or ``pred``, no image): given as data, such a
+    file has nothing to segment, and FairSeg's reader, which takes any npz, ended on its missing image key."""
+    return bool(keys & PREDICTION_KEYS) and not keys & IMAGE_KEYS
+
+
 def detect_medsam(root: Path) -> bool:
     """A MedSAM npz file (key ``imgs``) in root or its modality folders, by the first file's keys."""
-    first = _first_npz(root, MEDSAM_DEPTH)
+    first = first_npz(root, MEDSAM_DEPTH)
     return first is not None and "imgs" in npz_keys(first)
 
 
@@ -379,7 +391,7 @@ def detect_synapse(root: Path) -> bool:
     if _volume_files(root):
         return True
     for folder in (root / SYNAPSE_TRAIN, root):
-        first = _first_npz(folder, 0)
+        first = first_npz(folder, 0)
         if first is not None:
             return "image" in npz_keys(first)
     return False
