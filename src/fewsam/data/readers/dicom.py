@@ -38,6 +38,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,6 +55,9 @@ from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.native_output import AGAIN, decoder_reason
 from fewsam.progress import say_once
+
+if TYPE_CHECKING:
+    from pydicom.uid import UID
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 DICOM_MAGIC_AT = 128  # Part 10 files: a 128-byte preamble, then b"DICM"
@@ -363,17 +367,34 @@ def _unreadable_file(names: list[str]) -> DataError | None:
             with quiet_itk(name, pixels=True) as said:
                 sitk.ReadImage(name)
         except RuntimeError as err:
-            syntax = transfer_syntax(Path(name))
-            reason = decoder_reason(said)
-            if syntax is not None and syntax.is_compressed and reason:
-                return DataError(f"cannot decode DICOM {name}: its pixels, compressed as {syntax.name} ({syntax}), "
-                                 f"hold {reason}; {AGAIN}")
-            if syntax is not None and syntax.is_compressed:
-                return DataError(f"cannot decode DICOM {name}: its pixels are compressed as {syntax.name} "
-                                 f"({syntax}), a compression GDCM (fewsam's DICOM decoder) does not read, or "
-                                 f"their data are damaged; {DECOMPRESS}")
-            return DataError(f"cannot read DICOM {name}: {itk_message(err)}")
+            return _undecoded_file(name, transfer_syntax(Path(name)), decoder_reason(said), err)
     return None
+
+
+# The compressions GDCM, the decoder SimpleITK carries, decodes (its gdcm::TransferSyntax codecs): JPEG
+# Baseline and Extended, JPEG Lossless (Process 14 and its first-order prediction), JPEG-LS, JPEG 2000 (and
+# its multi-component Part 2), RLE. A file of these that does not decode holds damaged data, whatever the
+# decoder printed (a JPEG cut short prints nothing).
+GDCM_DECODES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.5",
+})
+
+
+def _undecoded_file(name: str, syntax: UID | None, reason: str | None, err: RuntimeError) -> DataError:
+    """The error for one file that does not read alone: damaged data where the decoder said so or GDCM
+    decodes its compression (to copy again), an unsupported compression otherwise (to save uncompressed)."""
+    if syntax is None or not syntax.is_compressed:
+        return DataError(f"cannot read DICOM {name}: {itk_message(err)}")
+    compressed = f"compressed as {syntax.name} ({syntax})"
+    if reason:
+        return DataError(f"cannot decode DICOM {name}: its pixels, {compressed}, hold {reason}; {AGAIN}")
+    if str(syntax) in GDCM_DECODES:
+        return DataError(f"cannot decode DICOM {name}: its pixels, {compressed}, which GDCM (fewsam's DICOM "
+                         f"decoder) reads, are damaged (cut short or overwritten); {AGAIN}")
+    return DataError(f"cannot decode DICOM {name}: its pixels are {compressed}, a compression GDCM (fewsam's "
+                     f"DICOM decoder) does not read, or their data are damaged; {DECOMPRESS}")
 
 
 def _other_size(names: list[str], folder: Path) -> DataError | None:
