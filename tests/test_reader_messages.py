@@ -1,7 +1,7 @@
 """What a reader says of a folder it cannot read: a folder of npz predictions given as data is named as
 predictions, with the options to give instead (FairSeg's reader takes any npz, and ended on a missing
-image key); a DICOM file whose compression GDCM decodes, but whose data do not decode, is named as
-damaged, to copy again, not as a compression to save uncompressed."""
+image key); a DICOM file whose compression GDCM decodes, but whose data (or JPEG header) do not decode, is
+named as damaged, to copy again, not as a compression to save uncompressed or by GDCM's own words."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_one_line_error, run_fewsam
 from fewsam.data import open_dataset
 from fewsam.errors import DataError
-from test_native_chatter import _jpeg, _jpeg_slice
+from test_native_chatter import _jpeg, _jpeg_slice, _overwritten
 
 # ---------------------------------------------------------------- npz predictions given as data
 
@@ -99,3 +99,16 @@ def test_a_decoder_line_fewsam_does_not_know_still_names_the_data_damaged(tmp_pa
     assert message.startswith(f"cannot decode DICOM {damaged}: its pixels, compressed as JPEG Baseline"), message
     assert "are damaged (cut short or overwritten); copy or export it again" in message, message
     assert "does not read" not in message and "Improper call" not in message, message
+
+
+def test_a_jpeg_whose_own_header_is_damaged_names_the_file_not_gdcms_logic_error(tmp_path, capfd):
+    """GDCM decodes a JPEG's header to list the folder's series: a start-of-frame marker written over its
+    header ended in "cannot read the DICOM files in s: An invalid logic behavior occurred0"."""
+    damaged = _jpeg_series(tmp_path, _overwritten(_jpeg(1), at=0.02, new=b"\xff\xc0\x00\x00"))
+    with pytest.raises(DataError) as refusal:
+        open_dataset(tmp_path).load("s")
+    message = str(refusal.value)
+    assert message.startswith(f"cannot decode DICOM {damaged}: its pixels, compressed as JPEG Baseline"), message
+    assert "hold damaged JPEG data ('Corrupt JPEG data: " in message and message.endswith(
+        "copy or export it again from its source"), message
+    assert capfd.readouterr().err == ""

@@ -139,11 +139,27 @@ def series_files(folder: Path) -> list[str]:
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
             series = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
     except RuntimeError as err:
-        raise DataError(f"cannot read the DICOM files in {folder}: {itk_message(err)}") from None
+        raise _undecodable_header(folder) or DataError(
+            f"cannot read the DICOM files in {folder}: {itk_message(err)}") from None
     names = _main_series(folder, series) if len(ids) > 1 else series[ids[0]] if ids else []
     if not names:
         raise DataError(f"no readable DICOM series in {folder} (damaged, or not DICOM images?)")
     return names if _has_slice_order(names) else natural_sorted(names)
+
+
+def _undecodable_header(folder: Path) -> DataError | None:
+    """Why GDCM could not list a folder's series, where one file's header alone does not read: GDCM decodes
+    a JPEG's own header to learn its size, so a damaged one ended the listing of the whole folder in "An
+    invalid logic behavior occurred0", naming neither the file nor the damage. None where every header reads."""
+    for path in natural_sorted((p for p in folder.iterdir() if is_dicom_file(p)), key=lambda p: p.name):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            with quiet_itk(path) as said:
+                reader.ReadImageInformation()
+        except RuntimeError as err:
+            return _undecoded_file(str(path), transfer_syntax(path), decoder_reason(said), err)
+    return None
 
 
 POSITION, INSTANCE_NUMBER = "0020|0032", "0020|0013"
