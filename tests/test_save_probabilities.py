@@ -23,7 +23,9 @@ from fewsam.cli import app
 from fewsam.errors import RunError
 from fewsam.inference import POSTPROCESS, CavityRule, postprocess_volume
 from fewsam.predict import PREDICT_LOG
-from fewsam.probabilities import PROBABILITIES_ENDING, ProbabilityFile, probabilities_path
+from fewsam.probabilities import (PROBABILITIES_ENDING, ProbabilityFile, check_not_a_prediction_name,
+                                  probabilities_path)
+from conftest import write_lv_png_folder
 from tests.test_resume_every_method import fit_command, invoke
 
 # post-processing the probabilities cannot show (mirroring, SAM refinement) switched off where a method has it
@@ -179,3 +181,38 @@ def test_prompted_runs_have_no_probabilities_and_are_refused_in_one_line(phantom
     assert isinstance(result.exception, RunError) and "\n" not in str(result.exception)
     assert "prompted runs have no class probabilities" in str(result.exception)
     assert not (tmp_path / "pred").exists()
+
+
+def test_a_2d_folder_keeps_one_slice_of_probabilities_beside_each_png(tmp_path):
+    """0/255 PNG masks: the probabilities are (C, 1, H, W) in class order (``values``: the classes, 0 and 1,
+    as the run numbers them; the mask coding writes class 1 as 255), and evaluate scores only the PNGs."""
+    data = write_lv_png_folder(tmp_path / "data", 6, 255)
+    run = tmp_path / "run"
+    invoke(["fit", "supervised", "--data", str(data), "--labeled-slices", "2", "--steps", "1", "--val-every", "1",
+            "--batch-size", "2", "--image-size", "32", "--quiet", "--out", str(run)])
+    invoke(["predict", str(run), "--data", str(data), "--out", str(tmp_path / "pred"), "--quiet",
+            "--save-probabilities"])
+    pngs = sorted((tmp_path / "pred").rglob("*.png"))
+    assert pngs and sorted((tmp_path / "pred").rglob(f"*{PROBABILITIES_ENDING}")) == \
+        [p.with_name(p.name[: -len(".png")] + PROBABILITIES_ENDING) for p in pngs]
+    with np.load(probabilities_path(pngs[0])) as npz:
+        assert npz["probabilities"].shape == (2, 1, 40, 48) and npz["values"].tolist() == [0, 1]
+        assert npz["names"][0] == "background"
+    assert invoke(["evaluate", "--pred", str(tmp_path / "pred"), "--data", str(data), "--quiet"]).startswith(
+        f"{len(pngs)} case")
+
+
+@pytest.mark.parametrize("prediction, saved", [
+    ("case.nii.gz", "case.probabilities.npz"), ("case.NII.GZ", "case.probabilities.npz"),
+    ("1.2.840.113619.nii.gz", "1.2.840.113619.probabilities.npz"), ("x.png", "x.probabilities.npz"),
+    ("patient001_frame01.h5", "patient001_frame01.probabilities.npz"), ("slice.npz", "slice.probabilities.npz"),
+    ("ct.mha", "ct.probabilities.npz")])
+def test_probabilities_are_named_as_the_prediction_without_its_ending(prediction, saved):
+    assert probabilities_path(Path("pred") / "sub" / prediction) == Path("pred") / "sub" / saved
+
+
+def test_an_npz_case_named_as_another_cases_probabilities_is_refused():
+    """An npz case ``x.probabilities`` would be predicted into the file that holds case ``x``'s probabilities."""
+    check_not_a_prediction_name("x", Path("x.npz"))
+    with pytest.raises(RunError, match="would be named as another case's probabilities"):
+        check_not_a_prediction_name("x.probabilities", Path("x.probabilities.npz"))
