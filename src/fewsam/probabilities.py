@@ -11,10 +11,10 @@ Memory: predictors hand the probabilities over a slice at a time, and a CT of 30
 (C, D, H, W) array cannot be written to a stream in slice order (a slice is C planes far apart), so
 each slice's C planes are written (``os.pwrite``) at their places in a float16 ``.npy`` on a
 temporary file in the staging folder, which is then copied into the ``.npz`` (a zip, read by
-``np.load`` as any npz) and removed. Measured on 300 x 512 x 512 x 4 (2026, CPU): the peak resident
-set grew by 1 MB so (1.7 s), where filling a memory map of the ``.npy`` grew it by 600 MB (3.4 s;
-its dirty pages count as the process's until written back) and a preallocated float16 array by
-600 MB (3.9 s). The temporary file costs the volume's size on disk once more, for the time of one
+``np.load`` as any npz) and removed. Filling 300 x 512 x 512 x 4 so raised the peak resident set by
+about 1 MB (1.7 s on a 2-core CPU), where filling a memory map of the ``.npy`` raised it by 600 MB
+(3.4 s: its dirty pages count as the process's until written back) and a preallocated float16 array
+by 600 MB (3.9 s). The temporary file costs the volume's size on disk once more, for the time of one
 copy, in the staging folder that is removed whole on failure.
 """
 
