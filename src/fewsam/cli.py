@@ -343,6 +343,9 @@ def predict(
     cache: str = CacheOpt,
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
+    save_probabilities: bool = typer.Option(False, "--save-probabilities",
+                                            help="Also write each case's class probabilities beside its prediction: "
+                                                 "<name>.probabilities.npz, (C, D, H, W) float16, background first."),
     ray: Optional[str] = RayOpt,
     ray_workers: Optional[int] = RayWorkersOpt,
     quiet: bool = QuietOpt,
@@ -356,7 +359,7 @@ def predict(
     check_ray(ray, ray_workers)
     refine = "always" if refine_with_sam else "if-better" if refine_if_better else "never"
     written = run_predict(run, data, pred, split, cache, device, overwrite, show_progress=not quiet, refine=refine,
-                          precision=precision, ray=ray, ray_workers=ray_workers)
+                          precision=precision, ray=ray, ray_workers=ray_workers, save_probabilities=save_probabilities)
     if refine_if_better:
         _print_refinement_choice(run)
     out.print(f"wrote {len(written)} prediction{'' if len(written) == 1 else 's'} to {pred}")

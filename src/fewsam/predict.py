@@ -25,6 +25,7 @@ from fewsam.atomic import check_folder_path, check_path_can_be_made, staged_fold
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
+from fewsam.data.writers import prediction_path
 from fewsam.data.readers.common import check_finite
 from fewsam.data.types import Case, ClassMap, Dataset
 from fewsam.devices import check_device
@@ -34,7 +35,9 @@ from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.models.precision import FP32, EncoderPrecision, check_precision_name, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
-from fewsam.progress import Parts, command_log, record, tracked_with_parts, with_own_notices
+from fewsam.probabilities import (PROBABILITIES_ENDING, ProbabilityFile, check_not_a_prediction_name, class_names,
+                                  has_probabilities, probabilities_path)
+from fewsam.progress import Parts, command_log, record, say_once, tracked_with_parts, with_own_notices
 from fewsam.runs import MASK_CODING, check_run
 
 PREDICT_LOG = "predict.log"  # beside the predictions: the command, host, notices and progress that made them
@@ -67,6 +70,7 @@ def predict(
     precision: str = DEFAULT_PRECISION,
     ray: str | None = None,
     ray_workers: int | None = None,
+    save_probabilities: bool = False,
 ) -> list[Path]:
     """Write one prediction per case of ``split`` (default ``DEFAULT_SPLIT``, "val") under ``out``.
 
@@ -77,7 +81,9 @@ def predict(
     "if-better" refines only if that scores higher on the run's validation cases (decided once,
     RUN/refinement.json). ``precision``: the encoder's numerics (``models.precision``). ``ray``: spread
     the cases over the Ray cluster at that address (``fewsam.distributed.ray_jobs``; ``ray_workers``
-    workers, default one per CPU), writing into the same staging folder and cache."""
+    workers, default one per CPU), writing into the same staging folder and cache. ``save_probabilities``:
+    each case's class probabilities beside its prediction (``fewsam.probabilities``), refused in one
+    line for a method that has none (the oracle-prompted baselines)."""
     from fewsam.methods import get_method
 
     check_device(device)
@@ -103,18 +109,51 @@ def predict(
     refined = refine == "always" or (refine == "if-better" and
                                      _refinement_chosen(run_dir, config, cache_root, encoder, device,
                                                         show_progress))
+    names = run_class_names(config, dataset) if save_probabilities else None
     if ray is not None:
         if not pixels_only or refined:
             prepare_encoder_for_workers(config, cache_root, encoder, device)
         return _predict_on_ray(ray, ray_workers, run_dir, data, out, case_ids, cache_root, encoder, device,
-                               overwrite, show_progress, refined, pixels_only and not refined)
+                               overwrite, show_progress, refined, pixels_only and not refined, names)
     predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
-    written = []
-    with staged_folder(out, overwrite) as staging, command_log(staging / PREDICT_LOG, "predict"):
+    if names is not None:
+        check_probabilities(predictor, config)
+    written: list[Path] = []
+    replaced: list[str] = []  # read only when the staged files move in: filled as the cases are written
+    with staged_folder(out, overwrite, replaces=replaced) as staging, command_log(staging / PREDICT_LOG, "predict"):
+        if names is not None:
+            say_probability_stage(predictor, run_dir)
         for case_id, parts in tracked_with_parts(case_ids, "predict", "slice", show_progress):
-            written.append(out / predict_case_file(dataset, case_id, predictor, cache, device, staging, parts))
-        record(f"done: {len(written)} predictions in {out}")
+            rel = predict_case_file(dataset, case_id, predictor, cache, device, staging, parts, names)
+            written.append(out / rel)
+            replaced.append(probabilities_path(rel).as_posix())
+        record(f"done: {len(written)} predictions{WITH_PROBABILITIES if names is not None else ''} in {out}")
     return written
+
+
+WITH_PROBABILITIES = f" and their class probabilities (*{PROBABILITIES_ENDING})"
+
+
+def run_class_names(config: dict, dataset: Dataset) -> dict[int, str]:
+    """Each foreground label value's class name: the data's, else (unlabelled data that took the
+    run's classes) the run's config.json's."""
+    names = dict(dataset.class_map.names)
+    return names or {int(value): name for value, name in (config.get("class_map") or {}).items()}
+
+
+def check_probabilities(predictor: Any, config: dict) -> None:
+    """Refuse --save-probabilities for a run whose predictor has no class probabilities, in one line."""
+    if not has_probabilities(predictor):
+        raise RunError(f"--save-probabilities: {config.get('method')} runs have no class probabilities to save "
+                       "(SAM answers each prompted class with a mask of its own); predict without it")
+
+
+def say_probability_stage(predictor: Any, run_dir: Path) -> None:
+    """predict.log names the stage saved; the user is told once where later steps change the labels."""
+    stage = predictor.probability_stage()
+    record(f"saving class probabilities beside each prediction: {stage.made_from}")
+    if stage.note(run_dir):
+        say_once(stage.note(run_dir), key=f"probability-stage-{run_dir}")
 
 
 def open_for_run(data: str | Path, config: dict) -> Dataset:
@@ -157,18 +196,39 @@ def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool,
 
 
 def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: EmbeddingCache | None, device: str,
-                      staging: Path, parts: Parts | None = None) -> Path:
+                      staging: Path, parts: Parts | None = None, names: dict[int, str] | None = None) -> Path:
     """Read, check, predict and write one case into ``staging``; its path relative to ``staging``.
     The case's slices are embedded as the predictor reads them (``CaseSlices`` streamed), so a long
-    CT volume holds a batch of embeddings, not its own; ``parts`` counts the slices reached."""
+    CT volume holds a batch of embeddings, not its own; ``parts`` counts the slices reached. With
+    ``names`` (the classes' names by label value), its class probabilities are saved beside it,
+    written as the predictor streams them to the labels (``save_case_probabilities``)."""
     case = dataset.load(case_id, with_label=getattr(predictor, "reads_labels", False))
     check_pixels(case, _source_file(dataset, case_id))
     slices: Sequence = []
     if cache is not None:
         on_progress = None if parts is None else parts.counter(case.num_slices)
         slices = CaseSlices(case, cache, device, streamed=True, on_progress=on_progress)
-    pred = predictor.predict_case(case, slices)
+    if names is None:
+        pred = predictor.predict_case(case, slices)
+    else:
+        pred = save_case_probabilities(case, slices, predictor, staging, names)
     return write_prediction(case, pred, staging).relative_to(staging)
+
+
+def save_case_probabilities(case: Case, slices: Sequence, predictor: Any, staging: Path,
+                            names: dict[int, str]) -> np.ndarray:
+    """The case's label map, made by the predictor from the probabilities it streams, each slice's
+    kept on its way in the case's probabilities file (one pass: nothing is predicted twice)."""
+    prediction = prediction_path(case, staging)
+    check_not_a_prediction_name(case.case_id, prediction)
+    values = [int(v) for v in predictor.values]
+    saved = ProbabilityFile(probabilities_path(prediction), case.num_slices, values, class_names(values, names))
+    try:
+        pred = predictor.labels_from(case, slices, saved.recorded(predictor.case_probabilities(case, slices)))
+        saved.written()
+    finally:
+        saved.close()
+    return pred
 
 
 def prepare_encoder_for_workers(config: dict, cache_root: str | Path, encoder: EncoderPrecision,
@@ -182,17 +242,25 @@ def prepare_encoder_for_workers(config: dict, cache_root: str | Path, encoder: E
 
 def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str | Path, out: Path,
                     case_ids: list[str], cache_root: str | Path, encoder: EncoderPrecision, device: str,
-                    overwrite: bool, show_progress: bool, refined: bool, pixels_only: bool) -> list[Path]:
+                    overwrite: bool, show_progress: bool, refined: bool, pixels_only: bool,
+                    names: dict[int, str] | None = None) -> list[Path]:
     """``predict``'s loop on a Ray cluster: the workers write into the same staging folder, which
     moves into ``out`` only when every case succeeded, as it does locally."""
     from fewsam.distributed.ray_jobs import CPUS_PER_WORKER, PredictJob, absolute, precision_option, predict_on_ray
 
     job = PredictJob(run=absolute(run_dir), data=absolute(data),
                      cache_root="" if pixels_only else absolute(cache_root), precision=precision_option(encoder),
-                     device=device, threads=CPUS_PER_WORKER, refined=refined)
-    with staged_folder(out, overwrite) as staging, command_log(staging / PREDICT_LOG, "predict"):
+                     device=device, threads=CPUS_PER_WORKER, refined=refined,
+                     class_names=() if names is None else tuple((int(v), n) for v, n in names.items()),
+                     probabilities=names is not None)
+    replaced: list[str] = []  # read only when the staged files move in: filled once the cases are written
+    with staged_folder(out, overwrite, replaces=replaced) as staging, command_log(staging / PREDICT_LOG, "predict"):
+        if names is not None:
+            record("saving class probabilities beside each prediction (the stage each worker's predictor bases "
+                   "its labels on)")
         rels = predict_on_ray(address, job, case_ids, staging.absolute(), workers, show_progress=show_progress)
-        record(f"done: {len(rels)} predictions in {out}")
+        replaced.extend(probabilities_path(Path(rel)).as_posix() for rel in rels)
+        record(f"done: {len(rels)} predictions{WITH_PROBABILITIES if names is not None else ''} in {out}")
     return [out / rel for rel in rels]
 
 

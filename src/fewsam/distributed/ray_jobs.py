@@ -301,6 +301,8 @@ class PredictJob:
     threads: int
     refined: bool
     tokens: tuple[str, ...] = ()
+    probabilities: bool = False  # --save-probabilities: each case's beside its prediction
+    class_names: tuple[tuple[int, str], ...] = ()  # (label value, name) of each foreground class, for them
 
 
 class PredictWorker(CaseWorker):
@@ -308,7 +310,7 @@ class PredictWorker(CaseWorker):
 
     def setup(self) -> None:
         from fewsam.models.precision import resolve_precision
-        from fewsam.predict import case_predictor, open_for_run
+        from fewsam.predict import case_predictor, check_probabilities, open_for_run
         from fewsam.runs import read_config
 
         job = self.job
@@ -317,13 +319,17 @@ class PredictWorker(CaseWorker):
         encoder = resolve_precision(job.precision, job.device)
         self.predictor, self.cache = case_predictor(Path(job.run), config, self.dataset,
                                                     job.refined, job.cache_root, encoder, job.device)
+        if job.probabilities:
+            check_probabilities(self.predictor, config)
 
     def predict(self, case_id: str, staging: str) -> dict[str, Any]:
         """Predict ``case_id`` into ``staging``; the prediction's path relative to it."""
         from fewsam.predict import predict_case_file
 
         self._check()
-        rel = predict_case_file(self.dataset, case_id, self.predictor, self.cache, self.job.device, Path(staging))
+        names = dict(self.job.class_names) if self.job.probabilities else None
+        rel = predict_case_file(self.dataset, case_id, self.predictor, self.cache, self.job.device, Path(staging),
+                                names=names)
         return {"case": case_id, "path": str(rel), "host": self.host, "pid": self.pid}
 
 

@@ -53,6 +53,7 @@ from fewsam.methods.student import (SliceSet, StudentFitConfig, StudentPredictor
                                     weak_view)
 from fewsam.methods.supervised import student_predictor
 from fewsam.models.acceleration import prepare_student
+from fewsam.probabilities import ProbabilityStage
 from fewsam.progress import say_once
 from fewsam.progress import tracked
 from fewsam.runs import (BEST, CONFIG, COPIED_RUN, DATA_HASH, LAST, MANIFEST, check_run, data_sha256, read_config,
@@ -407,6 +408,7 @@ class BlendedPredictor:
 
     def __init__(self, run_dir: Path, model: Any, device: str = "cpu") -> None:
         self.student = StudentPredictor(run_dir, device)
+        self.values = self.student.values
         teacher_dir = Path(run_dir) / TEACHER_COPY
         config = read_config(teacher_dir)
         self.teacher = get_method(config.get("method")).predictor(teacher_dir, config, model, device,
@@ -416,6 +418,19 @@ class BlendedPredictor:
         """Each slice's blended (Q, H, W) class probabilities, as they come: what a distill run
         taught by this one blends with its own student (a teacher that reads SAM's embeddings, as the blend asks)."""
         return blend_each(self.student.probabilities(slices.case), self.teacher.probabilities(slices))
+
+    def case_probabilities(self, case: Case, slices: CaseSlices) -> Iterator[np.ndarray]:
+        """The blend ``predict_case`` takes its labels from, as ``fewsam predict --save-probabilities`` asks for it."""
+        return blend_each(self.student.probabilities(case), self.teacher.probabilities(slices))
+
+    def labels_from(self, case: Case, slices: CaseSlices, probabilities: Iterable[np.ndarray]) -> np.ndarray:
+        """``predict_case``'s answer made from ``probabilities`` (``case_probabilities``, as they stream)."""
+        return self.student.labels_from(case, slices, probabilities)
+
+    def probability_stage(self) -> ProbabilityStage:
+        """The blend of the student's and the teacher's probabilities (each mirror-averaged where its run
+        chose so), before the student's post-processing."""
+        return self.student.probability_stage("the blend of the U-Net's and the teacher's probabilities")
 
     def predict_case(self, case: Case, slices: list) -> np.ndarray:
         """Both models' probabilities streamed and blended slice by slice (``blend_each``)."""

@@ -25,7 +25,7 @@ import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from fewsam.methods import Method
 from fewsam.metrics import selection_score, volume_score
 from fewsam.models.acceleration import REFERENCE, Acceleration, acceleration_of_run, prepare_decoder
 from fewsam.models.sam import SamModel, postprocess_logits
+from fewsam.probabilities import ProbabilityStage
 from fewsam.progress import tracked
 from fewsam.prompts import masked_average_pool, region_weights
 from fewsam.runs import write_json
@@ -422,6 +423,25 @@ class FewShotPredictor:
         """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them."""
         return view_probabilities(self.decoder, self.tokens, self._mirrorable(slices) if self.mirror else slices,
                                   self.mirror, self.device)
+
+    def case_probabilities(self, case: Case, slices: list[EmbeddedSlice]) -> Iterator[np.ndarray]:
+        """``probabilities``, as ``fewsam predict --save-probabilities`` asks every predictor for them."""
+        return self.probabilities(slices)
+
+    def labels_from(self, case: Case, slices: list[EmbeddedSlice], probabilities: Iterable[np.ndarray]) -> np.ndarray:
+        """``predict_case``'s answer made from ``probabilities`` (``case_probabilities``, as they stream)."""
+        if self.sam is not None:
+            return self.postprocess(sam_refined_volume(self.sam, slices, probabilities, self.values, self.device))
+        lut = index_lut(self.values)
+        # map, not a list comprehension, whose loop variable would hold a slice while the next is made
+        return self.postprocess(stack_volume(list(map(lambda p: lut[p.argmax(axis=0)], probabilities))))
+
+    def probability_stage(self) -> ProbabilityStage:
+        """What ``case_probabilities`` are, and what comes after them on the way to the labels."""
+        after = (("SAM refinement",) if self.sam is not None else ()) + \
+            (("the cavity rule",) if self.cavity_rule is not None else ()) + \
+            (("the largest-component filter",) if self.largest_component else ())
+        return ProbabilityStage("the decoder's softmax" + (", mirror-averaged" if self.mirror else ""), after)
 
     @staticmethod
     def _mirrorable(slices: list[EmbeddedSlice]) -> CaseSlices:

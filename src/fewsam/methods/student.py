@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from fewsam.inference import (POSTPROCESS, CavityRule, mirroring_choice, postpro
                               stack_volume)
 from fewsam.labels import index_lut, value_lut
 from fewsam.metrics import selection_score, volume_score
+from fewsam.probabilities import ProbabilityStage
 from fewsam.progress import say_once, tracked
 from fewsam.models.acceleration import acceleration_of_run, prepare_student
 from fewsam.runs import read_config
@@ -465,6 +466,22 @@ class StudentPredictor:
         """Each slice's (Q, H, W) class probabilities, as ``predict_case`` bases its labels on them, made a
         batch at a time as they are read (``streamed_probabilities``)."""
         return streamed_probabilities(self.module, case, self.cfg, self.device, self.mirror)
+
+    def case_probabilities(self, case: Case, slices: object = None) -> Iterator[np.ndarray]:
+        """``probabilities``, as ``fewsam predict --save-probabilities`` asks every predictor for them."""
+        return self.probabilities(case)
+
+    def labels_from(self, case: Case, slices: object, probabilities: Iterable[np.ndarray]) -> np.ndarray:
+        """``predict_case``'s answer made from ``probabilities`` (``case_probabilities``, as they stream)."""
+        lut = index_lut(self.values)
+        # map, not a list comprehension, whose loop variable would hold a slice while the next batch is made
+        return self.postprocess(stack_volume(list(map(lambda p: lut[p.argmax(axis=0)], probabilities))))
+
+    def probability_stage(self, made_from: str = "the U-Net's softmax") -> ProbabilityStage:
+        """What ``case_probabilities`` are, and what comes after them on the way to the labels."""
+        after = (("the cavity rule",) if self.cavity_rule is not None else ()) + \
+            (("the largest-component filter",) if self.largest_component else ())
+        return ProbabilityStage(made_from + (", mirror-averaged" if self.mirror else ""), after)
 
     def postprocess(self, volume: np.ndarray) -> np.ndarray:
         """The run's post-processing of a (D, H, W) label volume: cavity rule, then largest components."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from fewsam.methods.samatch import SAM_DIR, PseudoLabeller, SamMatchConfig, load
 from fewsam.methods.student import StudentPredictor, streamed_probabilities
 from fewsam.metrics import volume_score
 from fewsam.models.sam import SamModel
+from fewsam.probabilities import ProbabilityStage
 from fewsam.progress import say_once, tracked
 from fewsam.runs import read_config, write_json
 from fewsam.self_prompting import merge_refined
@@ -58,19 +59,23 @@ class SamRefinedPredictor:
         # a run whose config names no prompt_clicks was fitted (and its SAM tuned) on boxes alone
         self.cfg = SamMatchConfig.from_json({"prompt_clicks": "none", **config["samatch"]})
         self.student = StudentPredictor(run_dir, device)
+        self.values = self.student.values
         self.sam, self.device = model, device
         load_final_sam(model, Path(run_dir) / SAM_DIR)
 
-    def predict_both(self, case: Case, slices: Sequence[EmbeddedSlice]) -> tuple[np.ndarray, np.ndarray]:
-        """(student alone, refined by SAM) label volumes from one pass of the student. The student's
-        probabilities are made and refined a batch of slices at a time: a volume's at once would be
-        1.2 GB for 300 CT slices of 512 x 512 and 4 classes (float32), beside its embeddings."""
+    def predict_both(self, case: Case, slices: Sequence[EmbeddedSlice],
+                     probabilities: Iterable[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(student alone, refined by SAM) label volumes from one pass of the student (``probabilities``:
+        that pass's, as ``case_probabilities`` streams them). The student's probabilities are made and
+        refined a batch of slices at a time: a volume's at once would be 1.2 GB for 300 CT slices of
+        512 x 512 and 4 classes (float32), beside its embeddings."""
+        if probabilities is None:
+            probabilities = self.case_probabilities(case, slices)
         labeller = PseudoLabeller(self.sam, slices, self.cfg, len(self.student.values), self.device)
         lut = index_lut(self.student.values)
         student: dict[int, np.ndarray] = {}
         refined: dict[int, np.ndarray] = {}
-        for done in labeller.refine_each(map(torch.from_numpy, streamed_probabilities(
-                self.student.module, case, self.student.cfg, self.device))):
+        for done in labeller.refine_each(map(torch.from_numpy, probabilities)):
             student[done.index] = lut[done.argmax]
             refined[done.index] = lut[merge_refined(done.argmax, done.label)]
         in_order = range(case.num_slices)
@@ -78,6 +83,20 @@ class SamRefinedPredictor:
 
     def predict_case(self, case: Case, slices: list[EmbeddedSlice]) -> np.ndarray:
         return self.predict_both(case, slices)[1]
+
+    def case_probabilities(self, case: Case, slices: Sequence[EmbeddedSlice]) -> Iterator[np.ndarray]:
+        """The student's probabilities that SAM refines (without test-time mirroring, as refinement
+        prompts from the student's single view), a batch of slices made at a time."""
+        return streamed_probabilities(self.student.module, case, self.student.cfg, self.device)
+
+    def labels_from(self, case: Case, slices: Sequence[EmbeddedSlice],
+                    probabilities: Iterable[np.ndarray]) -> np.ndarray:
+        """``predict_case``'s answer made from ``probabilities`` (``case_probabilities``, as they stream)."""
+        return self.predict_both(case, slices, probabilities)[1]
+
+    def probability_stage(self) -> ProbabilityStage:
+        """The student's softmax, single view; SAM refinement comes after."""
+        return ProbabilityStage("the U-Net student's softmax (one view, no mirroring)", ("SAM refinement",))
 
 
 def recorded_refinement(run_dir: Path) -> dict | None:
