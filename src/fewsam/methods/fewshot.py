@@ -432,6 +432,10 @@ class FewShotPredictor:
         """``predict_case``'s answer made from ``probabilities`` (``case_probabilities``, as they stream)."""
         if self.sam is not None:
             return self.postprocess(sam_refined_volume(self.sam, slices, probabilities, self.values, self.device))
+        if not self.mirror:  # labels from the logits, as without the option: a softmax rounds near-ties into ties
+            for _ in probabilities:  # each written as it streams
+                pass
+            return self.predict_case(case, slices)
         lut = index_lut(self.values)
         # map, not a list comprehension, whose loop variable would hold a slice while the next is made
         return self.postprocess(stack_volume(list(map(lambda p: lut[p.argmax(axis=0)], probabilities))))
