@@ -124,13 +124,14 @@ class ProbabilityFile:
         if self.slice_shape[0] != len(self.values):
             raise RunError(f"{self.path.name}: {self.slice_shape[0]} classes of probabilities for the run's "
                            f"{len(self.values)} classes")
-        with zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True) as npz:
+        # deflated as np.savez_compressed (nnU-Net's probabilities) stores them, at its fastest level: a
+        # CT's 600 MB of float16 shrinks to a fraction (most pixels are sure of their class), streamed
+        with zipfile.ZipFile(self.path, "w", zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True) as npz:
             npz.write(self.scratch, "probabilities.npy")
             npz.writestr("values.npy", _npy_bytes(np.asarray(self.values, dtype=np.int64)))
             npz.writestr("names.npy", _npy_bytes(np.asarray(self.names, dtype=str)))
         os.remove(self.scratch)
         return self.path
-
 
     def close(self) -> None:
         """Let the temporary file go (it stays, in the staging folder, until that is moved or removed)."""
