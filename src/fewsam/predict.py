@@ -38,9 +38,8 @@ from fewsam.models.sam import SamModel
 from fewsam.probabilities import (PROBABILITIES_ENDING, ProbabilityFile, check_not_a_prediction_name, class_names,
                                   has_probabilities, probabilities_path)
 from fewsam.progress import Parts, command_log, record, say_once, tracked_with_parts, with_own_notices
-from fewsam.runs import MASK_CODING, check_run
+from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run
 
-PREDICT_LOG = "predict.log"  # beside the predictions: the command, host, notices and progress that made them
 
 Refine = Literal["never", "always", "if-better"]
 log = logging.getLogger("fewsam")

@@ -31,6 +31,9 @@ LAST = "checkpoint_last.pt"  # the resume state of the training loop
 BEST = "checkpoint_best.pt"  # the best-validated weights: what predict uses
 LOG = "fit_log.jsonl"
 TEXT_LOG = "fit.log"  # the same fit for a reader: progress, notices, validation, timestamped
+# beside `fewsam predict`'s predictions: the command, host, notices and progress that made them; kept here,
+# with the run's own files, so that opening data can tell a prediction folder without importing the model
+PREDICT_LOG = "predict.log"
 MANIFEST = "manifest.json"  # written when a fit ends well: what predict reads, with sizes and hashes
 LOCK = ".lock"
 DATA_HASH = "data_sha256"  # config key: the labelled slices' and validation cases' arrays

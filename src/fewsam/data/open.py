@@ -65,6 +65,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
         refuse_file_as_data(root)
         what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"data folder {root} {what}; give the dataset's root folder")
+    refuse_prediction_folder(root)
     refuse_label_folder(root)
     for name, (detect, open_layout, _) in LAYOUTS.items():
         if name == "case-folders":  # it reads any folder of volumes, also one inside an nnU-Net dataset
@@ -85,6 +86,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
     if isinstance(dataset, IndexedDataset):
+        refuse_predictions_read_as_cases(root, dataset)
         dataset.adopt_list_splits()
     dataset.settle_unlabelled()
     if attributes_csv is not None:
@@ -159,6 +161,72 @@ def refuse_prediction_arrays(root: Path) -> None:
         raise DataError(f"{root} is a folder of predictions ({first.relative_to(root).as_posix()} holds the keys "
                         f"{', '.join(sorted(keys))}, no image), not data; give the data folder as --data and this "
                         f"folder as --pred: `fewsam evaluate --data DATA --pred {root}`")
+
+
+# What the prediction tools leave beside their predictions, and nothing else writes into a data folder:
+# nnU-Net v2's nnUNetv2_predict writes its arguments, plans.json and dataset.json into the output folder
+NNUNET_PREDICT_ARGS = "predict_from_raw_data_args.json"
+NNUNET_PLANS = "plans.json"
+NNUNET_DATASET = "dataset.json"
+
+
+def refuse_prediction_folder(root: Path) -> None:
+    """A folder of predictions given as data (``fewsam info PRED``, ``fewsam evaluate --data PRED``) is named
+    as such, with the options to give: every reader of volumes or pictures would take its label maps for
+    images to segment, and ``predict`` would segment the predictions again.
+
+    Only what the prediction tools write beside their predictions tells such a folder, never the look of its
+    files (a folder of label maps alone is ``refuse_label_folder``'s): ``predict.log`` of ``fewsam predict``,
+    nnU-Net's ``predict_from_raw_data_args.json``, or its ``plans.json`` with ``dataset.json`` (an nnU-Net
+    raw dataset holds a ``dataset.json`` but no plans: it is data). MONAI's SaveImage leaves no such file,
+    and its ``<case>_seg.nii.gz`` files alone are refused as labels without images by the readers.
+
+    Only root is judged here: a ``predict.log`` deeper down marks its own folder, not the data folder (an
+    nnU-Net user's ``DATA/imagesTs_pred`` beside ``imagesTr/``, which no reader enters), and is refused
+    only if the reader took its files for cases (``refuse_predictions_read_as_cases``)."""
+    found = _prediction_marker(root)
+    if found is not None:
+        raise DataError(f"{root} is a folder of predictions ({found}), not data; give the data folder as --data "
+                        f"and this folder as --pred: `fewsam evaluate --data DATA --pred {root}`")
+
+
+def _prediction_marker(folder: Path) -> str | None:
+    """What in ``folder`` says a prediction tool wrote it, in the words of the error; None if nothing does."""
+    from fewsam.runs import PREDICT_LOG
+
+    if (folder / PREDICT_LOG).is_file():
+        return f"{PREDICT_LOG} of `fewsam predict`"
+    if (folder / NNUNET_PREDICT_ARGS).is_file():
+        return f"nnU-Net's {NNUNET_PREDICT_ARGS}"
+    if (folder / NNUNET_PLANS).is_file() and (folder / NNUNET_DATASET).is_file():
+        return f"nnU-Net's {NNUNET_PLANS} and {NNUNET_DATASET}"
+    return None
+
+
+def refuse_predictions_read_as_cases(root: Path, dataset: IndexedDataset) -> None:
+    """A prediction folder below the data folder whose files the reader took for cases (a folder of
+    pictures or volumes read whole, with ``fewsam predict``'s output moved into it) is named, with what
+    to do: its predictions would be segmented, or trained on, as the dataset's images. One that no reader
+    enters (``DATA/imagesTs_pred`` of an nnU-Net dataset) is left alone: the data folder is still data."""
+    marked: dict[Path, str | None] = {}
+    for entry in dataset.entries.values():
+        for folder in _folders_between(root, entry.image):
+            if folder not in marked:
+                marked[folder] = _prediction_marker(folder)
+            if marked[folder] is not None:
+                raise DataError(f"{folder} inside the data folder {root} is a folder of predictions "
+                                f"({marked[folder]}), and its files were read as cases ({entry.case_id}); move it "
+                                "out of the data folder, and give it to `fewsam evaluate --pred`")
+
+
+def _folders_between(root: Path, file: Path) -> list[Path]:
+    """The folders that hold ``file`` below ``root``, root itself left out (``refuse_prediction_folder``
+    judged it); none where ``file`` lies outside root (a list file may name images elsewhere)."""
+    try:
+        parts = Path(file).parent.relative_to(root).parts
+    except ValueError:
+        return []
+    return [root.joinpath(*parts[:depth]) for depth in range(1, len(parts) + 1)]
 
 
 def _first_npz_read(root: Path) -> Path | None:
