@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_fewsam
+from test_dicom_series_faults import save_part10
 from fewsam.errors import DataError
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -23,9 +24,8 @@ ROWS = COLUMNS = 32
 def _jpeg_slice(number: int, jpeg: bytes, path: Path) -> None:
     """One 8-bit MR slice of a three-slice series (0.5 mm pixels, 2 mm apart) whose pixels are ``jpeg``,
     encapsulated as JPEG Baseline."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import UID
 
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.4", f"1.2.3.4.6.{number}", "MR"
@@ -36,12 +36,7 @@ def _jpeg_slice(number: int, jpeg: bytes, path: Path) -> None:
     ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 2
     ds.PixelData = encapsulate([jpeg])
     ds["PixelData"].VR = "OB"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    meta.TransferSyntaxUID = UID(JPEG_BASELINE)
-    ds.file_meta = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    save_part10(ds, path, JPEG_BASELINE)
 
 
 def _jpeg(seed: int) -> bytes:

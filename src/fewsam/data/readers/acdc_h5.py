@@ -66,7 +66,7 @@ class AcdcH5Dataset(IndexedDataset):
         path = self._entry(case_id).image
         try:
             with _open(path) as f:
-                shape = _dataset(f, "image", path).shape
+                shape = h5_dataset(f, "image", path).shape
         except H5_ERRORS as err:
             raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
         return int(shape[0]) if len(shape) == 3 else 1
@@ -75,9 +75,9 @@ class AcdcH5Dataset(IndexedDataset):
         path = entry.image
         try:
             with _open(path) as f:
-                image = to_image_array(np.asarray(_dataset(f, "image", path)[()]), path)
+                image = to_image_array(np.asarray(h5_dataset(f, "image", path)[()]), path)
                 wanted = entry.label is not None and "label" in f
-                label = np.asarray(_dataset(f, "label", path)[()]) if wanted else None
+                label = np.asarray(h5_dataset(f, "label", path)[()]) if wanted else None
         except H5_ERRORS as err:
             raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
         ndim = image.ndim
@@ -98,10 +98,12 @@ def _open(path: Path) -> h5py.File:
         raise DataError(f"cannot open {path} (truncated or not HDF5?): {err}") from None
 
 
-def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
+def h5_dataset(f: h5py.File, key: str, path: Path, needs: str = "SSL4MIS h5 files need 'image' and 'label'"
+               ) -> h5py.Dataset:
+    """The dataset ``key`` of an open h5 file; a missing key (or a group by that name) is a DataError naming
+    the keys the file has and what its layout ``needs``."""
     if key not in f or not isinstance(f[key], h5py.Dataset):
-        raise DataError(f"{path} has no {key!r} dataset (keys: {list(f.keys())}); "
-                        "SSL4MIS h5 files need 'image' and 'label'")
+        raise DataError(f"{path} has no {key!r} dataset (keys: {list(f.keys())}); {needs}")
     return f[key]
 
 

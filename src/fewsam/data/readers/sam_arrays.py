@@ -52,7 +52,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from fewsam.data.readers.acdc_h5 import H5_ERRORS
+from fewsam.data.readers.acdc_h5 import H5_ERRORS, h5_dataset
 from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, Read, class_map_from_json,
                                         computed_splits, files_ending_with, is_tool_folder, natural_sorted,
                                         to_image_array, to_label_array)
@@ -60,6 +60,8 @@ from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
 from fewsam.labels import check_class_count
 from fewsam.progress import say_once
+
+SYNAPSE_KEYS = "Synapse volumes hold 'image' and 'label'"  # what a test_vol_h5 file needs
 
 NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 MEDSAM_DEPTH = 2  # folders below root searched for MedSAM npz files: CT/ or 2D/Dermoscopy/
@@ -432,7 +434,7 @@ class SynapseDataset(ClassesFromValues):
         path = self._entry(case_id).image
         try:
             with h5py.File(path, "r") as f:
-                shape = _h5_dataset(f, "image", path).shape
+                shape = h5_dataset(f, "image", path, SYNAPSE_KEYS).shape
         except H5_ERRORS as err:
             raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
         return int(shape[0]) if len(shape) == 3 else 1
@@ -542,8 +544,9 @@ def _npz_key(keys: list[str], key: str, path: Path) -> str:
 def _volume(path: Path, with_label: bool) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with h5py.File(path, "r") as f:
-            image = to_image_array(np.asarray(_h5_dataset(f, "image", path)[()]), path)
-            label = np.asarray(_h5_dataset(f, "label", path)[()]) if with_label and "label" in f else None
+            image = to_image_array(np.asarray(h5_dataset(f, "image", path, SYNAPSE_KEYS)[()]), path)
+            wanted = with_label and "label" in f
+            label = np.asarray(h5_dataset(f, "label", path, SYNAPSE_KEYS)[()]) if wanted else None
     except H5_ERRORS as err:
         raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
     if image.ndim == 2:
@@ -551,13 +554,6 @@ def _volume(path: Path, with_label: bool) -> tuple[np.ndarray, np.ndarray | None
     if image.ndim != 3:
         raise DataError(f"{path}: 'image' must be (D, H, W), got {image.shape}")
     return image, None if label is None else to_label_array(label, path)
-
-
-def _h5_dataset(f: h5py.File, key: str, path: Path) -> Any:
-    if key not in f or not isinstance(f[key], h5py.Dataset):
-        raise DataError(f"{path} has no {key!r} dataset (keys: {list(f.keys())}); Synapse volumes hold 'image' and "
-                        "'label'")
-    return f[key]
 
 
 def open_synapse(root: Path) -> SynapseDataset:
