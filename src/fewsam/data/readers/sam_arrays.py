@@ -47,7 +47,7 @@ import re
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -115,6 +115,15 @@ class ClassesFromValues(IndexedDataset):
     label files (read once, on first use, so opening stays cheap), as the NIfTI layouts name unnamed classes."""
 
     _class_map: ClassMap | None = None
+
+    def __init__(self, root: Path, entries: list[Entry], test: Iterable[str] = ()) -> None:
+        """The dataset of ``entries``, its classes named by root's ``classes.json`` (checked against each
+        label as read) or found in the labels, split as the other layouts compute their splits (``test``:
+        the cases a layout keeps for testing)."""
+        super().__init__(root, _classes_json(root), entries)  # type: ignore[arg-type]
+        self.check_label_values = self._class_map is not None
+        self.splits = computed_splits(entries, test=test)
+        self.computed_splits = ("train", "val")
 
     @property  # type: ignore[override]
     def class_map(self) -> ClassMap:
@@ -184,10 +193,7 @@ class MedsamNpzDataset(ClassesFromValues):
 
     def __init__(self, root: Path) -> None:
         entries = [entry for path in _npz_files(root, MEDSAM_DEPTH) if (entry := _medsam_entry(root, path))]
-        super().__init__(root, _classes_json(root), entries)  # type: ignore[arg-type]
-        self.check_label_values = self._class_map is not None
-        self.splits = computed_splits(entries)
-        self.computed_splits = ("train", "val")
+        super().__init__(root, entries)
 
     def num_slices(self, case_id: str) -> int:
         path = self._entry(case_id).image
@@ -287,10 +293,7 @@ class MedsamNpyDataset(ClassesFromValues):
         self.label_slices = {case: [root / MEDSAM_LABELS / p.name for p in paths]
                              for case, paths in self.slices.items()}
         entries = [self._entry_of(root, case) for case in self.slices]
-        super().__init__(root, _classes_json(root), entries)  # type: ignore[arg-type]
-        self.check_label_values = self._class_map is not None
-        self.splits = computed_splits(entries)
-        self.computed_splits = ("train", "val")
+        super().__init__(root, entries)
 
     def _entry_of(self, root: Path, case: str) -> Entry:
         """A case per ``<case>-NNN`` series of slices, labelled where every slice has its gts file (a slice
@@ -413,10 +416,7 @@ class SynapseDataset(ClassesFromValues):
         entries += [_volume_entry(root, path) for path in volumes]
         if not entries:
             raise DataError(f"no Synapse slice files (.npz) or volumes (.h5) in {root}")
-        super().__init__(root, _classes_json(root), entries)  # type: ignore[arg-type]
-        self.check_label_values = self._class_map is not None
-        self.splits = computed_splits(entries, test=[_volume_case(p) for p in volumes])
-        self.computed_splits = ("train", "val")
+        super().__init__(root, entries, test=[_volume_case(p) for p in volumes])
 
     def load(self, case_id: str, *, with_label: bool = True) -> Case:
         """A volume's prediction is an h5 file, as its input is; a case of slice files gets one npz."""
