@@ -100,7 +100,7 @@ def stop_studio(server: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path_factory):
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} is not installed (scripts/setup.sh installs Debian's "
                     "chromium and chromium-driver with apt)")
@@ -112,7 +112,12 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1400,900", "--force-device-scale-factor=1"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    # With --disable-dev-shm-usage chromium keeps its shared memory as files in TMPDIR: pytest's
+    # folder removes them, where /tmp would collect one folder per test.
+    scratch = tmp_path_factory.mktemp("chromium")
+    options.add_argument(f"--user-data-dir={scratch / 'profile'}")
+    service = Service(str(CHROMEDRIVER), env={**os.environ, "TMPDIR": str(scratch)})
+    driver = webdriver.Chrome(service=service, options=options)
     try:
         yield driver
     finally:
