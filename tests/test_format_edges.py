@@ -95,18 +95,6 @@ def test_a_prediction_another_tool_saved_in_another_orientation_is_scored_on_the
         read_prediction(case, tmp_path / "pred")
 
 
-def test_an_nnunet_ignore_label_is_refused_rather_than_learnt_as_a_class(tmp_path):
-    image, label = volume()
-    for folder, name, array in (("imagesTr", "c1_0000", image), ("labelsTr", "c1", label)):
-        (tmp_path / folder).mkdir()
-        nib.save(nib.Nifti1Image(array, AFFINE), tmp_path / folder / f"{name}.nii.gz")
-    (tmp_path / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "ignore": 2},
-        "numTraining": 1, "file_ending": ".nii.gz"}))
-    with pytest.raises(DataError, match=r"dataset.json: nnU-Net's 'ignore' label .* not supported"):
-        open_dataset(tmp_path)
-
-
 def test_nnunet_region_based_labels_become_one_class_per_label_value(tmp_path, caplog, monkeypatch):
     """BraTS in nnU-Net: overlapping regions over label values 1-3. fewsam segments the values, each
     named as what its voxels are (value 1 is the whole tumour less its core, not the whole tumour); a

@@ -221,21 +221,21 @@ def nnunet_folder(root: Path, labels: dict, ending: str = ".nii.gz", shape: tupl
     ({"background": 0, "whole tumour": [1, 2, 70000]}, "labels entry 'whole tumour' has value 70000; label values are 0"),
     ({"background": 0, "tumour": -1}, "labels entry 'tumour' has value -1"),
     ({"background": 0, "whole tumour": [], "core": [2]}, "bad labels entry 'whole tumour': []; a region lists one or"),
-    ({"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "ignore": 4},
-     "nnU-Net's 'ignore' label (unannotated voxels) is not supported"),
-], ids=["region-beyond-16-bits", "negative", "empty-region", "ignore-among-regions"])
+    ({"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "ignore": 3},
+     "the 'ignore' label's value 3 is also the class"),
+], ids=["region-beyond-16-bits", "negative", "empty-region", "ignore-on-a-region-value"])
 def test_dataset_json_labels_fewsam_cannot_hold_are_refused(tmp_path, labels, message):
     """Values beyond 0-65535 and empty regions became classes (class 70000, class -1) that no label file can
-    store; an ignore label among regions was called a bad region."""
+    store; an ignore label on a region's value would make that region's voxels unannotated."""
     with pytest.raises(DataError, match=re.escape(message)):
         open_dataset(nnunet_folder(tmp_path, labels))
 
 
 def test_a_refused_dataset_json_label_is_one_error_line_of_info(tmp_path):
     nnunet_folder(tmp_path / "data", {"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3],
-                                      "ignore": 4})
+                                      "ignore": 0})
     assert_one_line_error(run_fewsam("info", str(tmp_path / "data"), cwd=tmp_path),
-                          "dataset.json: nnU-Net's 'ignore' label (unannotated voxels) is not supported")
+                          "dataset.json: the 'ignore' label cannot be 0, the background")
 
 
 def test_brats_regions_name_each_value_as_its_voxels_are(tmp_path):

@@ -382,11 +382,11 @@ def _view(case: Case, view: int) -> Case:
         return case
     label = None if case.label is None else dihedral(case.label, view)
     return Case(case.case_id, dihedral(case.image, view), label, case.format, case.rel_path, case.spacing,
-                case.attributes, case.meta)
+                case.attributes, case.meta, case.ignore)
 
 
 def _subcase(case: Case, zs: list[int]) -> Case:
     """A view of the case holding only the requested slices (so only those are encoded)."""
     label = None if case.label is None else case.label[zs]
     return Case(case.case_id, case.image[zs], label, case.format, case.rel_path, case.spacing,
-                case.attributes, case.meta)
+                case.attributes, case.meta, case.ignore)

@@ -29,6 +29,7 @@ from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
                              check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
 from fewsam.info import DEFAULT_SPLIT, split_cases
+from fewsam.labels import holds_class
 from fewsam.metrics import (BOTH_EMPTY, case_metrics, group_summary, in_distance_unit, summarise,
                             summary_distance_unit)
 from fewsam.predict import dataset_folder_holding
@@ -96,8 +97,9 @@ def evaluate(
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
         predicted = read_prediction(case, pred, dataset.class_map, dataset)
-        predicted, label = annotated_slices(predicted, case.label) if annotated_slices_only else (predicted, case.label)
-        per_class = case_metrics(predicted, label, list(names), case.spacing, both_empty)
+        predicted, label = (annotated_slices(predicted, case.label, case.ignore) if annotated_slices_only
+                            else (predicted, case.label))
+        per_class = case_metrics(predicted, label, list(names), case.spacing, both_empty, case.ignore)
         case_attrs.append(case.attributes)
         records.append({
             "case": case_id,
@@ -141,12 +143,13 @@ def say_distances_left_out(records: list[dict[str, Any]]) -> None:
              "distances with its own distance_unit", key="distances-left-out-of-mm")
 
 
-def annotated_slices(predicted: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def annotated_slices(predicted: np.ndarray, label: np.ndarray, ignore: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """A case's prediction and label on the slices its label annotates (a class on them), so the slices
     its annotator left 0 are not scored as false positives wherever the prediction finds the anatomy; a
     label annotating no slice is scored whole. Distances are then measured across the kept slices as if
     they were adjacent: read HD95 and ASD of such scores with care."""
-    zs = [z for z in range(label.shape[0]) if label[z].any()]
+    zs = [z for z in range(label.shape[0]) if holds_class(label[z], ignore)]
     return (predicted[zs], label[zs]) if zs else (predicted, label)
 
 

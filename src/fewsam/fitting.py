@@ -23,6 +23,7 @@ from fewsam.data.types import Case, ClassMap, Dataset, SliceRef
 from fewsam.errors import DataError
 from fewsam.fairness import FairGroups, fair_groups_for
 from fewsam.info import split_cases
+from fewsam.labels import IGNORE, holds_class
 from fewsam.losses import DiceCELoss
 from fewsam.models.acceleration import REFERENCE, Acceleration, resolve_acceleration
 from fewsam.models.precision import resolve_precision
@@ -49,7 +50,11 @@ class FitContext:
     options: FitOptions | None = None  # what opened it: a method that fits another first (distill's teacher) reuses them
 
     def labelled_loss(self, ignore_index: int | None) -> LabelledLoss:
-        """The loss of a batch of labelled items: Dice + CE, with fair scaling when asked for."""
+        """The loss of a batch of labelled items: Dice + CE, with fair scaling when asked for. Pixels of
+        ``ignore_index`` count in neither term; where the labels have unannotated pixels (``ClassMap.ignore``,
+        which the methods' label look-ups make IGNORE) those are left out too."""
+        if ignore_index is None and self.class_map.ignore is not None:
+            ignore_index = IGNORE
         if self.fair is not None:
             return self.fair.loss(ignore_index)
         return DiceCELoss(ignore_index)
@@ -230,7 +235,7 @@ def refuse_background_only_validation(cases: Sequence[Case]) -> None:
     """Validation labels without a single foreground pixel score a prediction of nothing as perfect
     (an empty class scores Dice 1), so model selection would keep whichever weights predict least.
     ``cases``: the loaded validation cases (labels present)."""
-    if cases and not any(case.label is not None and case.label.any() for case in cases):
+    if cases and not any(case.label is not None and holds_class(case.label, case.ignore) for case in cases):
         raise DataError("the validation cases' labels contain no foreground pixel, so no model can be selected "
                         "on them; give --val-split a split (or list file) whose labels show the classes")
 

@@ -67,12 +67,15 @@ def keep_largest_components(volume: np.ndarray, values: list[int]) -> np.ndarray
     return out
 
 
-def choose_postprocessing(predictions: list[np.ndarray], labels: list[np.ndarray], values: list[int]
-                          ) -> dict[str, Any]:
+def choose_postprocessing(predictions: list[np.ndarray], labels: list[np.ndarray], values: list[int],
+                          ignores: Sequence[int | None] | None = None) -> dict[str, Any]:
     """Compare raw vs largest-component predictions on validation volumes by mean Dice; with the
-    chosen one's Dice per volume (``val_dice_per_volume``, in validation order) for paired choices after it."""
-    raw = [volume_score(p, y, values) for p, y in zip(predictions, labels)]
-    lcc = [volume_score(keep_largest_components(p, values), y, values) for p, y in zip(predictions, labels)]
+    chosen one's Dice per volume (``val_dice_per_volume``, in validation order) for paired choices after it.
+    ``ignores``: each label's unannotated pixels' value (``Case.ignore``), none by default."""
+    ignores = list(ignores) if ignores is not None else [None] * len(labels)
+    raw = [volume_score(p, y, values, i) for p, y, i in zip(predictions, labels, ignores)]
+    lcc = [volume_score(keep_largest_components(p, values), y, values, i)
+           for p, y, i in zip(predictions, labels, ignores)]
     raw_mean, lcc_mean = float(np.mean(raw)), float(np.mean(lcc))
     keep = lcc_mean > raw_mean
     return {"largest_component": keep, "val_dice_raw": raw_mean, "val_dice_largest_component": lcc_mean,
@@ -230,12 +233,13 @@ def postprocessing_choice(predictions: list[tuple[Case, np.ndarray]], values: li
     """RUN/postprocess.json: the declared cavity rule (always applied) and, after it, whether keeping
     each class's largest component helps on the validation volumes; with the Dice of each choice."""
     volumes, labels = [p for _, p in predictions], [case.label for case, _ in predictions]
+    ignores = [case.ignore for case, _ in predictions]
     record: dict[str, Any] = {"cavity_rule": None}
     if rule is not None:
-        before = float(np.mean([volume_score(p, y, values[1:]) for p, y in zip(volumes, labels)]))
+        before = float(np.mean([volume_score(p, y, values[1:], i) for p, y, i in zip(volumes, labels, ignores)]))
         volumes = [rule.apply(v) for v in volumes]
         record = {"cavity_rule": rule.to_json(), "val_dice_without_cavity_rule": before}
-    return {**record, **choose_postprocessing(volumes, labels, values[1:])}
+    return {**record, **choose_postprocessing(volumes, labels, values[1:], ignores)}
 
 
 def postprocess_volume(volume: np.ndarray, rule: CavityRule | None, largest_component: bool,

@@ -46,6 +46,7 @@ def dataset_info(data: str | Path, attributes: str | Path | None = None) -> dict
         "format": dataset.format,
         "storage": getattr(dataset, "storage", None) or STORAGE.get(dataset.format, f"{dataset.format} files"),
         "classes": _classes(dataset),
+        "unannotated_value": dataset.class_map.ignore,
         "splits": splits,
         "attributes": _attribute_summary(dataset),
         "defaults": _defaults(dataset, splits),
@@ -169,6 +170,8 @@ def describe(info: dict[str, Any]) -> str:
              f"storage  {info['storage']}",
              "classes  " + ", ".join(f"{c['value']} {c['name']} (stored as {c['stored_as']})"
                                      for c in info["classes"]),
+             *([f"ignore   {info['unannotated_value']} (unannotated pixels: no loss learns from them, no score "
+                "counts them)"] if info.get("unannotated_value") is not None else []),
              "splits"]
     lines += [f"  {name:<14} {_split_line(s)}" for name, s in info["splits"].items()]
     lines += _attribute_lines(info["attributes"])

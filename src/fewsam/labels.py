@@ -31,13 +31,25 @@ def label_dtype(largest: int) -> type[np.unsignedinteger]:
     return np.uint8 if largest <= 255 else np.uint16
 
 
-def value_lut(values: list[int]) -> np.ndarray:
-    """Label value -> class index (0 = background); values not in ``values`` map to background. It
-    covers every value a label of ``values`` can hold (8 or 16 bits, ``label_dtype``)."""
-    lut = np.zeros(np.iinfo(label_dtype(max(values))).max + 1, dtype=np.int64)
+def value_lut(values: list[int], ignore: int | None = None) -> np.ndarray:
+    """Label value -> class index (0 = background); values not in ``values`` map to background, the
+    unannotated pixels' value ``ignore`` (``ClassMap.ignore``) to IGNORE. It covers every value a label
+    of ``values`` can hold (8 or 16 bits, ``label_dtype``)."""
+    largest = max([*values, *([] if ignore is None else [ignore])])
+    lut = np.zeros(np.iinfo(label_dtype(largest)).max + 1, dtype=np.int64)
     for index, value in enumerate(values):
         lut[value] = index
+    if ignore is not None:
+        lut[ignore] = IGNORE
     return lut
+
+
+def holds_class(label: np.ndarray, ignore: int | None = None) -> bool:
+    """Whether ``label`` (a slice's, a volume's) holds a pixel of a class: not background, and not the
+    unannotated pixels' value ``ignore`` (``ClassMap.ignore``), which says nothing of what lies there."""
+    if ignore is None:
+        return bool(label.any())
+    return bool(((label != 0) & (label != ignore)).any())
 
 
 def index_lut(values: list[int]) -> np.ndarray:

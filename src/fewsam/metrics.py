@@ -54,17 +54,20 @@ def case_metrics(
     class_labels: list[int],
     spacing: tuple[float, ...] | None = None,
     both_empty: str = BOTH_EMPTY[0],
+    ignore: int | None = None,
 ) -> dict[int, dict[str, float | None]]:
     """Dice, IoU, HD95 and ASD of each class in `class_labels` for one case.
 
     `pred` and `label` are integer label maps of the same shape ((D, H, W) or (H, W)); `both_empty`
-    is the convention for a class neither holds (``BOTH_EMPTY``).
+    is the convention for a class neither holds (``BOTH_EMPTY``); `ignore` the label value of
+    unannotated pixels (``annotated_part``).
     """
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.shape != label.shape:
         raise DataError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
     if spacing is not None and len(spacing) != pred.ndim:
         raise DataError(f"spacing {tuple(spacing)} needs one value per axis of a {pred.ndim}D case")
+    pred, label = annotated_part(pred, label, ignore)
     pred, label, spacing = _as_image(pred, label, spacing)
     return {int(c): binary_metrics(pred == c, label == c, spacing, both_empty) for c in class_labels}
 
@@ -79,18 +82,33 @@ def _as_image(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | 
     return pred[0], label[0], None if spacing is None else tuple(spacing[1:])
 
 
-def dice_per_class(pred: np.ndarray, label: np.ndarray, class_labels: list[int]) -> dict[int, float]:
+def annotated_part(pred: np.ndarray, label: np.ndarray, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and label with the label's unannotated pixels (value ``ignore``, nnU-Net's ignore
+    label) made background in both, so they count in no class's true or false positives, as nnU-Net
+    scores them: an annotator who painted a few scribbles has not said what lies elsewhere. Distances
+    are then those of the predicted and labelled contours within the annotated part."""
+    if ignore is None:
+        return pred, label
+    unannotated = label == ignore
+    if not unannotated.any():
+        return pred, label
+    return np.where(unannotated, 0, pred).astype(pred.dtype), np.where(unannotated, 0, label).astype(label.dtype)
+
+
+def dice_per_class(pred: np.ndarray, label: np.ndarray, class_labels: list[int],
+                   ignore: int | None = None) -> dict[int, float]:
     """Dice alone per class (same empty-mask conventions): the cheap score for model selection."""
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.shape != label.shape:
         raise DataError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
+    pred, label = annotated_part(pred, label, ignore)
     return {int(c): _dice(pred == c, label == c) for c in class_labels}
 
 
-def volume_score(pred: np.ndarray, label: np.ndarray, foreground: list[int]) -> float:
+def volume_score(pred: np.ndarray, label: np.ndarray, foreground: list[int], ignore: int | None = None) -> float:
     """Mean over the foreground classes of one volume's 3D Dice: the score every method's model
-    selection, post-processing choice and refinement choice is made on."""
-    return float(np.mean(list(dice_per_class(pred, label, foreground).values())))
+    selection, post-processing choice and refinement choice is made on (``ignore`` as in ``annotated_part``)."""
+    return float(np.mean(list(dice_per_class(pred, label, foreground, ignore).values())))
 
 
 def selection_score(volume_scores: list[float]) -> dict[str, float]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from fewsam.data.types import Dataset, SliceRef
 from fewsam.errors import DataError, FewsamError
+from fewsam.labels import holds_class
 from fewsam.progress import say_once
 
 
@@ -53,8 +54,8 @@ def annotated_slices(ds: Dataset, refs: list[SliceRef]) -> Iterator[SliceRef]:
     for ref in refs:
         by_case.setdefault(ref.case_id, []).append(ref)
     for case_id, case_refs in by_case.items():
-        label = ds.load(case_id).label
-        yield from (r for r in case_refs if label is not None and bool(label[r.z].any()))
+        case = ds.load(case_id)
+        yield from (r for r in case_refs if case.label is not None and holds_class(case.label[r.z], case.ignore))
 
 
 def _first_annotated(ds: Dataset, order: list[SliceRef], n_slices: int) -> list[SliceRef]:
@@ -76,10 +77,10 @@ def unannotated_gaps(ds: Dataset, refs: list[SliceRef]) -> tuple[str, int] | Non
     for case_id, zs in by_case.items():
         if len(zs) < 3:
             continue
-        label = ds.load(case_id).label
-        if label is None:
+        case = ds.load(case_id)
+        if case.label is None:
             continue
-        annotated = {z for z in zs if label[z].any()}
+        annotated = {z for z in zs if holds_class(case.label[z], case.ignore)}
         gaps = [z for z in zs if annotated and min(annotated) < z < max(annotated) and z not in annotated]
         if gaps:
             return case_id, len(gaps)

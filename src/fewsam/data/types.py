@@ -17,9 +17,14 @@ Format = Literal["h5", "nifti", "png", "npz", "dicom"]
 
 @dataclass(frozen=True)
 class ClassMap:
-    """Foreground classes by label value, e.g. {1: "RV", 2: "Myo", 3: "LV"}; 0 is background."""
+    """Foreground classes by label value, e.g. {1: "RV", 2: "Myo", 3: "LV"}; 0 is background.
+
+    ``ignore``: the label value of unannotated pixels (nnU-Net's "ignore" label, for sparse annotation:
+    scribbles, a few slices painted), which no loss learns from and no metric scores; not a class, so
+    not in ``names`` nor in a run's record of its classes (a prediction never holds it)."""
 
     names: dict[int, str]
+    ignore: int | None = None
 
     @property
     def labels(self) -> list[int]:
@@ -51,6 +56,8 @@ class Case:
         folder ``p1/ct`` -> ``p1/ct.nii.gz``).
     meta: format-specific geometry for writing (e.g. ``affine`` and ``header`` for NIfTI,
         ``origin``, ``spacing`` and ``direction`` for a DICOM series).
+    ignore: the label value of its unannotated pixels (``ClassMap.ignore``), carried with the label so
+        that every score of it leaves them out.
     """
 
     case_id: str
@@ -61,6 +68,7 @@ class Case:
     spacing: tuple[float, float, float] | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    ignore: int | None = None
 
     @property
     def num_slices(self) -> int:

@@ -220,15 +220,16 @@ class FewShotTask:
         return self.loss_fn(self.module(emb, tokens), target, batch), {}
 
     def validate(self) -> dict[str, float]:
-        return selection_score([volume_score(volume, case.label, self.values[1:])
+        return selection_score([volume_score(volume, case.label, self.values[1:], case.ignore)
                                 for case, volume in predict_volumes(self.module, self.tokens, self.val_cases,
                                                                     self.values, self.device)])
 
 
-def remap_label_frames(samples: list[EmbeddedSlice], values: list[int]) -> None:
+def remap_label_frames(samples: list[EmbeddedSlice], values: list[int], ignore: int | None = None) -> None:
     """Map label values to query indices in place; the frame's padding becomes IGNORE, told by its place
-    (``mark_padding``): a class stored as 255 must not be ignored as padding."""
-    lut = value_lut(values)
+    (``mark_padding``): a class stored as 255 must not be ignored as padding. Unannotated pixels (value
+    ``ignore``, ``ClassMap.ignore``) become IGNORE too."""
+    lut = value_lut(values, ignore)
     for s in samples:
         s.label_frame = mark_padding(lut[s.label_frame], s.info, IGNORE).astype(np.uint8)
 
@@ -341,7 +342,7 @@ def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
     samples = embed_refs(ctx.dataset, ctx.labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled",
                          views=cfg.views)
     check_labelled(samples)
-    remap_label_frames(samples, ctx.values)
+    remap_label_frames(samples, ctx.values, ctx.class_map.ignore)
     names = ["background", *(f"{ctx.dataset.class_map.names.get(v, 'class')} ({v})" for v in ctx.values[1:])]
     shots = shot_prototypes(samples, list(range(len(ctx.values))), names)
     tokens = bank_tokens(shots, cfg.tokens_per_class, ctx.seed)

@@ -163,8 +163,8 @@ class SliceSet:
 def load_slices(dataset: Dataset, refs: Sequence[SliceRef], size: int, values: list[int],
                 keep_originals: bool = False, with_label: bool = True) -> SliceSet:
     """Read the slices (each case once) into the student frame (``with_label=False``: images
-    only, for a pool whose labels must not be read)."""
-    lut = value_lut(values)
+    only, for a pool whose labels must not be read). A label's unannotated pixels (``Case.ignore``) are
+    IGNORE, which no loss learns from."""
     cases: dict[str, Case] = {}
     images, labels, shapes, originals = [], [], [], []
     for ref in refs:
@@ -172,6 +172,7 @@ def load_slices(dataset: Dataset, refs: Sequence[SliceRef], size: int, values: l
             cases.clear()  # refs come grouped by case in budget order: keep one case in memory
             cases[ref.case_id] = dataset.load(ref.case_id, with_label=with_label)
         case = cases[ref.case_id]
+        lut = value_lut(values, case.ignore)
         image, label = case.slice_image(ref.z), case.slice_label(ref.z)
         images.append(student_image(image, size))
         shapes.append(tuple(image.shape[:2]))
@@ -380,8 +381,8 @@ def validate_student(module: nn.Module, val_cases: list[Case], cfg: StudentConfi
     """The selection score (``metrics.selection_score``) of the student on the validation volumes."""
     was_training = module.training
     module.eval()
-    scores = [volume_score(predict_case_labels(module, case, cfg, values, device), case.label, values[1:])
-              for case in val_cases]
+    scores = [volume_score(predict_case_labels(module, case, cfg, values, device), case.label, values[1:],
+                           case.ignore) for case in val_cases]
     module.train(was_training)
     return selection_score(scores)
 

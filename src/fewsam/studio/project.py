@@ -88,6 +88,15 @@ def refuse_classes_above_255(class_map: ClassMap, data: Path) -> None:
                           "classes.json naming them)")
 
 
+def refuse_unannotated_value(class_map: ClassMap, data: Path) -> None:
+    """The studio paints every pixel of a slice it calls labelled as a class or the background; a dataset whose
+    labels mark unannotated pixels (nnU-Net's ignore label) would show those as a class it does not have."""
+    if class_map.ignore is not None:
+        raise StudioError(f"{data} marks unannotated pixels with the 'ignore' label (value {class_map.ignore}), which "
+                          "the studio cannot paint; fit on it with `fewsam fit`, or label a copy without the 'ignore' "
+                          "entry in its dataset.json")
+
+
 def check_project_folder(project: Path, data: Path) -> None:
     """The project must be a writable folder outside the dataset: labels never go into the user's data."""
     check_writable_folder(project, "--project")
@@ -287,6 +296,7 @@ class Project:
         check_project_folder(self.folder, self.data)
         self.dataset: IndexedDataset = open_dataset(self.data)
         refuse_classes_above_255(self.dataset.class_map, self.data)  # before the project folder is made
+        refuse_unannotated_value(self.dataset.class_map, self.data)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.class_map = self._class_map()
         refuse_classes_above_255(self.class_map, self.folder / "classes.json")

@@ -83,6 +83,9 @@ class IndexedDataset:
     def __init__(self, root: Path, class_map: ClassMap, entries: list[Entry]) -> None:
         self.root = root
         self.class_map = class_map
+        # Only a class map the data names (nnU-Net's dataset.json) has an ignore label; read here, as
+        # ``class_map`` of data without one is found by reading every label file
+        self.ignore = class_map.ignore if class_map is not None else None
         self.entries = entries_by_case(entries)
         self.splits: dict[str, list[str]] = {}
         self.split_files: dict[str, str] = {}
@@ -161,7 +164,8 @@ class IndexedDataset:
             check_label_values(got.label, self.class_map, entry.label or entry.image)
         return Case(case_id=case_id, image=got.image, label=got.label, format=self.format,
                     rel_path=self.prediction_rel_path(entry), spacing=got.spacing,
-                    attributes=self.attributes_of(case_id, got.attributes), meta=got.meta)
+                    attributes=self.attributes_of(case_id, got.attributes), meta=got.meta,
+                    ignore=self.ignore)
 
     def prediction_rel_path(self, entry: Entry) -> str:
         """Where a case's prediction goes under PRED: the input's relative path, unless the
@@ -510,7 +514,7 @@ def check_pair(image: np.ndarray, label: np.ndarray | None, path: Path, label_pa
 def check_label_values(label: np.ndarray, class_map: ClassMap, path: Path,
                        advice: str = "fix the label or the dataset's class names", what: str = "label") -> None:
     """Values outside the class map are an error naming them, the file (``what`` it is) and ``advice``."""
-    allowed = {0, *class_map.labels}
+    allowed = {0, *class_map.labels, *([] if class_map.ignore is None else [class_map.ignore])}
     bad = sorted(int(v) for v in np.unique(label) if int(v) not in allowed)
     if bad:
         raise DataError(f"{what} values {bad} in {path} are not in the class map "

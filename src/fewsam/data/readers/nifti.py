@@ -855,14 +855,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
     """nnU-Net v2 {"background": 0, "RV": 1} or MSD {"0": "background", "1": "RV"}.
 
-    nnU-Net v2's "ignore" label marks unannotated voxels (sparse annotation) for its loss to skip;
-    fewsam has no such label and would learn it as an organ, so it is refused, with region-based
-    labels too. Region-based labels (``region_class_map``) become one class per label value."""
-    if "ignore" in labels:
-        raise DataError(f"{path}: nnU-Net's 'ignore' label (unannotated voxels) is not supported, as fewsam "
-                        "would learn it as a class; annotate those voxels, or leave such cases out")
+    nnU-Net v2's "ignore" label marks unannotated voxels (sparse annotation): it becomes the class
+    map's ``ignore`` value, which no loss learns from and no score counts, not a class. Region-based
+    labels (``region_class_map``) become one class per label value."""
+    ignore = _ignore_value(labels["ignore"], path) if "ignore" in labels else None
+    labels = {key: value for key, value in labels.items() if key != "ignore"}
     if any(isinstance(value, list) for value in labels.values()):
-        return region_class_map(labels, path)
+        return _with_ignore(region_class_map(labels, path), ignore, path)
     names: dict[int, str] = {}
     for key, value in labels.items():
         try:
@@ -874,7 +873,27 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
             names[code] = name
     if not names:
         raise DataError(f"{path} defines no foreground labels; add them to 'labels'")
-    return ClassMap(names)
+    return _with_ignore(ClassMap(names), ignore, path)
+
+
+def _ignore_value(value: Any, path: Path) -> int:
+    """The label value of nnU-Net's "ignore" entry: one integer, not the background's 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{path}: the 'ignore' label must be one integer label value (nnU-Net: the highest, "
+                        f"e.g. \"ignore\": 4 after classes 1-3), not {value!r}")
+    if value == 0:
+        raise DataError(f"{path}: the 'ignore' label cannot be 0, the background; give unannotated voxels their "
+                        "own value (nnU-Net: the highest label value)")
+    _check_label_value(value, "ignore", path)
+    return value
+
+
+def _with_ignore(class_map: ClassMap, ignore: int | None, path: Path) -> ClassMap:
+    """``class_map`` with its unannotated voxels' value, which must not also be a class's."""
+    if ignore is not None and ignore in class_map.names:
+        raise DataError(f"{path}: the 'ignore' label's value {ignore} is also the class {class_map.names[ignore]!r}; "
+                        "give unannotated voxels a value of their own (nnU-Net: the highest label value)")
+    return replace(class_map, ignore=ignore)
 
 
 def _check_label_value(code: int, key: str, path: Path) -> None:

@@ -46,6 +46,7 @@ __all__ = ["PSEUDO_DIR", "QUALITY", "SAM_DIR", "PooledDice", "PseudoLabeller", "
 
 def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     """Load labelled / unlabelled / validation data, (fine-tune SAM,) train the student."""
+    refuse_unannotated_pixels(ctx, cfg)
     labelled = load_labelled(ctx, cfg)
     val_cases = load_val_cases(ctx)
     unl_refs = ctx.unlabelled_pool(cfg)
@@ -69,6 +70,17 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     task = SamMatchTask(module, labelled, unlabelled, cfg, ctx.labelled_loss(None), val_cases, ctx.values,
                         ctx.device, refresh)
     return train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress, before_step=refresh)
+
+
+def refuse_unannotated_pixels(ctx: FitContext, cfg: SamMatchConfig) -> None:
+    """SAM is fine-tuned on each class's whole object, a box around it and a mask of it in the box: a label
+    with unannotated pixels (nnU-Net's ignore label) gives neither, so such data is refused before any work
+    rather than teaching SAM that the unannotated part of an organ is background. FixMatch (--no-sam)
+    and the other methods leave those pixels out of their losses."""
+    if cfg.use_sam and ctx.class_map.ignore is not None:
+        raise DataError(f"the labels mark unannotated pixels (the 'ignore' label, value {ctx.class_map.ignore}), and "
+                        "samatch fine-tunes SAM on whole annotated objects; fit fewshot, fewmatch, distill or "
+                        "supervised, or samatch --no-sam (FixMatch), which leave those pixels out of their losses")
 
 
 def say_what_fixmatch_leaves_unused(cfg: SamMatchConfig) -> None:

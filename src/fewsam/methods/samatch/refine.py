@@ -144,7 +144,7 @@ def choose_refinement(run_dir: Path, predictor: SamRefinedPredictor, cache: Embe
         case = load_labelled_case(dataset, case_id, "decide --refine-if-better on")
         both = predictor.predict_both(case, CaseSlices(case, cache, device, streamed=True))
         for name, pred in zip(("student", "refined"), both):
-            scores[name].append(volume_score(pred, case.label, foreground))
+            scores[name].append(volume_score(pred, case.label, foreground, case.ignore))
     student, refined = float(np.mean(scores["student"])), float(np.mean(scores["refined"]))
     choice = {"refine": refined > student, "val_dice_student": student, "val_dice_refined": refined,
               "val_split": config.get("val_split", "val"), "cases": len(case_ids)}

@@ -1,0 +1,170 @@
+"""nnU-Net's "ignore" label (sparse annotation: scribbles, a few slices painted, the rest marked
+unannotated): its voxels are no class, no loss learns from them and no score counts them; the methods
+that can learn from partial labels fit on them, SAM-Match's SAM fine-tuning refuses them in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import assert_one_line_error, run_fewsam
+from test_resume_every_method import TRAINED, fit_command
+from test_wide_label_values import framed_slice
+from fewsam.cli import app
+from fewsam.data import open_dataset, write_prediction
+from fewsam.data.phantom import phantom_volume
+from fewsam.data.types import ClassMap, SliceRef
+from fewsam.errors import DataError
+from fewsam.evaluate import evaluate
+from fewsam.fitting import FitContext
+from fewsam.info import dataset_info, describe
+from fewsam.labels import IGNORE, holds_class, value_lut
+from fewsam.methods.fewshot import remap_label_frames
+from fewsam.methods.student import load_slices
+from fewsam.metrics import case_metrics, volume_score
+
+UNANNOTATED = 4
+LABELS = {"background": 0, "RV": 1, "Myo": 2, "LV": 3, "ignore": UNANNOTATED}
+
+
+def sparse(label: np.ndarray) -> np.ndarray:
+    """The phantom's label with the right half of every slice left unannotated (its anatomy included)."""
+    out = label.copy()
+    out[..., label.shape[-1] // 2:] = UNANNOTATED
+    return out
+
+
+def write_nnunet_sparse(root: Path, cases: int = 4, labels: dict | None = None) -> Path:
+    """imagesTr/ + labelsTr/ + dataset.json of phantom volumes annotated on their left halves."""
+    rng = np.random.default_rng(0)
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(cases):
+        image, label = phantom_volume(rng, 2, (40, 48))
+        for path, array in ((root / "imagesTr" / f"case{i}_0000.nii.gz", (image * 1000).astype(np.float32)),
+                            (root / "labelsTr" / f"case{i}.nii.gz", sparse(label).astype(np.uint8))):
+            nib.save(nib.Nifti1Image(array.transpose(2, 1, 0), np.diag([1.5, 1.5, 5.0, 1.0])), path)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels or LABELS,
+                                                   "numTraining": cases, "file_ending": ".nii.gz"}))
+    return root
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def test_the_ignore_label_is_the_unannotated_value_not_a_class(tmp_path):
+    dataset = open_dataset(write_nnunet_sparse(tmp_path))
+    assert dataset.class_map.names == {1: "RV", 2: "Myo", 3: "LV"}
+    assert dataset.class_map.ignore == UNANNOTATED
+    case = dataset.load("case0")
+    assert case.ignore == UNANNOTATED and UNANNOTATED in np.unique(case.label)
+    assert "ignore   4 (unannotated pixels" in describe(dataset_info(tmp_path))
+
+
+def test_region_based_labels_may_have_an_ignore_label(tmp_path):
+    labels = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3, "ignore": UNANNOTATED}
+    dataset = open_dataset(write_nnunet_sparse(tmp_path, labels=labels))
+    assert dataset.class_map.labels == [1, 2, 3] and dataset.class_map.ignore == UNANNOTATED
+
+
+@pytest.mark.parametrize("ignore, message", [
+    (2, "the 'ignore' label's value 2 is also the class 'Myo'"),
+    (0, "the 'ignore' label cannot be 0, the background"),
+    ([4, 5], "the 'ignore' label must be one integer label value"),
+    (True, "the 'ignore' label must be one integer label value"),
+    (70000, "labels entry 'ignore' has value 70000"),
+], ids=["a-class", "background", "list", "bool", "beyond-16-bits"])
+def test_an_ignore_label_fewsam_cannot_tell_from_the_classes_is_one_error_line(tmp_path, ignore, message):
+    data = write_nnunet_sparse(tmp_path / "data", cases=1, labels={**LABELS, "ignore": ignore})
+    assert_one_line_error(run_fewsam("info", str(data), cwd=tmp_path), message)
+
+
+def test_label_files_may_hold_only_classes_and_the_ignore_value(tmp_path):
+    data = write_nnunet_sparse(tmp_path, cases=1)
+    path = data / "labelsTr" / "case0.nii.gz"
+    label = np.asarray(nib.load(str(path)).dataobj).copy()
+    label[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(label, np.diag([1.5, 1.5, 5.0, 1.0])), path)
+    with pytest.raises(DataError, match=r"label values \[7\]"):
+        open_dataset(data).load("case0")
+
+
+# ------------------------------------------------------------------------------ learning and scoring
+
+
+def test_unannotated_pixels_become_the_ignored_index_of_every_training_target(tmp_path):
+    assert value_lut([0, 1, 2, 3], UNANNOTATED)[UNANNOTATED] == IGNORE
+    assert value_lut([0, 1, 2, 3])[UNANNOTATED] == 0
+    label = np.zeros((16, 8), np.uint8)
+    label[2:6, 1:3], label[8:, :] = 1, UNANNOTATED
+    sample = framed_slice(label)
+    remap_label_frames([sample], [0, 1], UNANNOTATED)
+    assert (sample.label_frame[16:32, :16] == IGNORE).all() and (sample.label_frame[4:12, 2:6] == 1).all()
+
+    dataset = open_dataset(write_nnunet_sparse(tmp_path))
+    slices = load_slices(dataset, [SliceRef("case0", 0)], 32, [0, 1, 2, 3])
+    assert (slices.labels[0, :, 16:] == IGNORE).all() and (slices.labels[0, :, :15] != IGNORE).all()
+
+
+def test_the_labelled_loss_leaves_unannotated_pixels_out(tmp_path):
+    dataset = open_dataset(write_nnunet_sparse(tmp_path, cases=1))
+    loss = FitContext(dataset, None, None).labelled_loss(None)
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, :, 4:] = IGNORE
+    logits = torch.randn(1, 4, 8, 8)
+    changed = logits.clone()
+    changed[..., 4:] = torch.randn(1, 4, 8, 4) * 10
+    assert torch.allclose(loss(logits, target, []), loss(changed, target, []))
+
+
+def test_scores_count_only_the_annotated_pixels():
+    label = np.zeros((2, 10, 10), np.uint8)
+    label[:, 2:5, 2:5] = 1
+    label[:, :, 6:] = UNANNOTATED
+    pred = np.where(label == UNANNOTATED, 1, label).astype(np.uint8)  # class 1 painted over the unannotated part
+    assert volume_score(pred, label, [1], UNANNOTATED) == 1.0
+    assert volume_score(pred, label, [1]) < 0.5  # scored as if that part were background
+    metrics = case_metrics(pred, label, [1], (1.0, 1.0, 1.0), ignore=UNANNOTATED)[1]
+    assert metrics["dice"] == 1.0 and metrics["hd95"] == 0.0
+    assert holds_class(label[0], UNANNOTATED) and not holds_class(np.full((3, 3), UNANNOTATED), UNANNOTATED)
+
+
+def test_evaluate_scores_predictions_on_the_annotated_part(tmp_path):
+    data = write_nnunet_sparse(tmp_path / "data", cases=2)
+    dataset = open_dataset(data)
+    for case_id in ("case0", "case1"):
+        case = dataset.load(case_id)
+        write_prediction(case, np.where(case.label == UNANNOTATED, 3, case.label).astype(np.uint8), tmp_path / "pred")
+    scores = evaluate(tmp_path / "pred", data, "all", show_progress=False)
+    assert all(c["per_class"][name]["dice"] == 1.0 for c in scores["cases"] for name in ("RV", "Myo", "LV"))
+
+
+@pytest.mark.parametrize("method", [m for m in TRAINED if m != "samatch"])
+def test_every_method_that_learns_from_partial_labels_fits_on_them(tiny_sam_phantom, tmp_path, method):
+    data = write_nnunet_sparse(tmp_path / "sparse")
+    result = CliRunner().invoke(app, [*fit_command(method, data, tmp_path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "config.json").is_file()
+
+
+def test_samatch_refuses_unannotated_pixels_before_any_work(tiny_sam_phantom, tmp_path):
+    data = write_nnunet_sparse(tmp_path / "sparse")
+    result = CliRunner().invoke(app, [*fit_command("samatch", data, tmp_path), "--out", str(tmp_path / "run")])
+    assert isinstance(result.exception, DataError)
+    assert "samatch fine-tunes SAM on whole annotated objects" in str(result.exception)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_studio_refuses_data_with_unannotated_pixels_before_making_its_project(tmp_path):
+    from fewsam.studio.project import Project, StudioError
+
+    data = write_nnunet_sparse(tmp_path / "data", cases=1)
+    with pytest.raises(StudioError, match="marks unannotated pixels with the 'ignore' label"):
+        Project(data, tmp_path / "project")
+    assert not (tmp_path / "project").exists()
