@@ -1,6 +1,9 @@
 """Atomic file writes: a temporary file in the target folder, then a rename.
 
-A kill at any moment leaves either the old file or the new one, never half of one. Every writer
+A kill at any moment leaves either the old file or the new one, never half of one; the new file's bytes
+reach the disk before its name does (``fsync``), and the rename before the writer goes on, so a power
+cut leaves no empty or half-written file under a name a later step trusts (a studio label, a
+checkpoint a resumed fit loads). Every writer
 in fewsam (cache entries, checkpoints, run configs, predictions) goes through here. A kill can
 leave the temporary file behind (``.NAME.RANDOM.tmp``, a long NAME cut short: ``hidden_name``);
 ``stale_temporaries`` finds them so that whoever owns the folder can clear them. Ctrl-C and
@@ -38,7 +41,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         try:
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
+                if not fh.closed:  # a writer may close what it was given
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
+            sync_folder(path.parent)
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             failed = write_error_behind(exc, path)
@@ -49,6 +56,21 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             tmp.unlink(missing_ok=True)
             raise
     return path
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX keeps it in the folder's entry, which needs its own fsync);
+    a file system that cannot sync a folder (some network mounts) is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_error_behind(exc: Exception, path: Path) -> OSError | None:
@@ -332,6 +354,7 @@ def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: Iterab
 
     if not out.exists():
         staging.rename(out)
+        sync_folder(out.parent)
         return
     if any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} was filled by something else while writing into it; choose another --out or pass "
@@ -351,6 +374,8 @@ def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: Iterab
             os.replace(path, target)
         for path in older:
             path.unlink(missing_ok=True)
+        for folder in {target.parent for _, target in moves}:
+            sync_folder(folder)
     shutil.rmtree(staging)
 
 
