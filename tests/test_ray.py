@@ -27,6 +27,7 @@ from fewsam.cache import EMBED_LOG, EmbeddingCache, _read_entry
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import CacheError, FewsamError, ModelError
 from fewsam.predict import PREDICT_LOG
+from fewsam.probabilities import PROBABILITIES_ENDING
 
 # Ray binds to the host's network address unless told this machine is not a cluster: keep every
 # socket of the test cluster on the loopback interface (the workers inherit the variable).
@@ -188,17 +189,23 @@ def test_predictions_on_the_cluster_are_the_local_ones(phantom, cluster, tmp_pat
     torch.set_num_threads(1)  # the workers' one thread: the same float sums, so the same argmax everywhere
     try:
         local = predict(tmp_path / "run", data, tmp_path / "local", "val", cache, show_progress=False,
-                        precision="fp32")
+                        precision="fp32", save_probabilities=True)
     finally:
         torch.set_num_threads(threads)
     result = run_fewsam("predict", str(tmp_path / "run"), "--data", str(data), "--split", "val", "--out",
                         str(tmp_path / "ray"), "--cache", str(cache), *FP32, "--ray", cluster, "--quiet",
-                        cwd=tmp_path)
+                        "--save-probabilities", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert local and all((tmp_path / "ray" / p.relative_to(tmp_path / "local")).read_bytes() == p.read_bytes()
                          for p in local)
+    saved = sorted((tmp_path / "local").rglob(f"*{PROBABILITIES_ENDING}"))
+    assert len(saved) == len(local)  # each case's class probabilities beside it, from the workers too
+    for path in saved:
+        with np.load(path) as mine, np.load(tmp_path / "ray" / path.relative_to(tmp_path / "local")) as theirs:
+            assert mine.files == theirs.files and all(np.array_equal(mine[k], theirs[k]) for k in mine.files)
     # no token left; the log says which command wrote them
-    assert sorted(p.name for p in (tmp_path / "ray").rglob("*")) == sorted([PREDICT_LOG] + [p.name for p in local])
+    assert sorted(p.name for p in (tmp_path / "ray").rglob("*")) == sorted(
+        [PREDICT_LOG] + [p.name for p in local] + [p.name for p in saved])
     assert "done: 1 predictions" in (tmp_path / "ray" / PREDICT_LOG).read_text(encoding="utf-8")
 
 
