@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import assert_one_line_error, run_fewsam
-from test_resume_every_method import TRAINED, fit_command
+from test_resume_every_method import POOL, REFERENCE, STUDENT, TRAINED, fit_command
 from test_wide_label_values import framed_slice
 from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
@@ -145,10 +145,17 @@ def test_evaluate_scores_predictions_on_the_annotated_part(tmp_path):
     assert all(c["per_class"][name]["dice"] == 1.0 for c in scores["cases"] for name in ("RV", "Myo", "LV"))
 
 
-@pytest.mark.parametrize("method", [m for m in TRAINED if m != "samatch"])
+def fixmatch_command(data: Path, tmp_path: Path) -> list[str]:
+    """``fit samatch --no-sam`` (FixMatch) with the student's tiny recipe."""
+    return ["fit", "samatch", "--no-sam", "--data", str(data), "--labeled-slices", "2", *REFERENCE, "--cache",
+            str(tmp_path / "cache"), *STUDENT, *POOL, "--warmup-steps", "2", "--threshold", "0"]
+
+
+@pytest.mark.parametrize("method", [m for m in TRAINED if m != "samatch"] + ["fixmatch"])
 def test_every_method_that_learns_from_partial_labels_fits_on_them(tiny_sam_phantom, tmp_path, method):
     data = write_nnunet_sparse(tmp_path / "sparse")
-    result = CliRunner().invoke(app, [*fit_command(method, data, tmp_path), "--out", str(tmp_path / "run")])
+    command = fixmatch_command(data, tmp_path) if method == "fixmatch" else fit_command(method, data, tmp_path)
+    result = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "config.json").is_file()
 
