@@ -387,16 +387,20 @@ def test_colour_palette_masks_give_their_indices_as_classes_and_predictions_keep
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", ds.class_map), case.label)
 
 
-def test_the_void_index_of_voc_palette_masks_is_background_not_a_class(tmp_path):
+def test_the_void_index_of_voc_palette_masks_is_unannotated_not_a_class(tmp_path):
+    """VOC's "void" (palette index 255 along object borders) says the annotator left those pixels
+    undecided: read as background, a class's rim was learnt and scored as background."""
     save(tmp_path / "images" / "a.png", np.zeros((48, 64), np.uint8))
     mask = (disc() > 0).astype(np.uint8) * 2
     mask[0, :] = 255  # VOC draws "void" along object borders
     _palette_mask(tmp_path / "masks" / "a.png", mask, VOC_PALETTE[:-3] + [224, 224, 192])
     ds = open_dataset(tmp_path)
-    assert ds.class_map.names == {2: "class2"}
-    label = ds.load("images/a").label[0]
-    assert label[0].max() == 0 and (label == 2).sum() == (disc() > 0).sum() - (disc()[0] > 0).sum()
-    path = write_prediction(ds.load("images/a"), label[None], tmp_path / "pred")
+    assert ds.class_map.names == {2: "class2"} and ds.class_map.ignore == 255
+    case = ds.load("images/a")
+    label = case.label[0]
+    assert case.ignore == 255 and (label[0] == 255).all()
+    assert (label == 2).sum() == (disc() > 0).sum() - (disc()[0] > 0).sum()
+    path = write_prediction(case, np.where(label == 255, 2, label)[None], tmp_path / "pred")
     assert set(np.unique(np.asarray(Image.open(path)))) == {0, 2}
 
 

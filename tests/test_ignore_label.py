@@ -5,6 +5,7 @@ that can learn from partial labels fit on them, SAM-Match's SAM fine-tuning refu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -175,3 +176,65 @@ def test_the_studio_refuses_data_with_unannotated_pixels_before_making_its_proje
     with pytest.raises(StudioError, match="marks unannotated pixels with the 'ignore' label"):
         Project(data, tmp_path / "project")
     assert not (tmp_path / "project").exists()
+
+
+# ------------------------------------------------------------------ classes.json for other layouts
+
+
+def test_classes_json_names_the_unannotated_value_of_label_maps(tmp_path):
+    data = write_nnunet_sparse(tmp_path / "nn", cases=2)
+    plain = tmp_path / "plain"
+    (plain / "images").mkdir(parents=True)
+    (plain / "labels").mkdir()
+    for path in (data / "imagesTr").iterdir():
+        (plain / "images" / path.name.replace("_0000", "")).write_bytes(path.read_bytes())
+    for path in (data / "labelsTr").iterdir():
+        (plain / "labels" / path.name).write_bytes(path.read_bytes())
+    (plain / "classes.json").write_text(json.dumps({"1": "RV", "2": "Myo", "3": "LV", "ignore": UNANNOTATED}))
+    dataset = open_dataset(plain)
+    assert dataset.class_map.names == {1: "RV", 2: "Myo", 3: "LV"} and dataset.load("case0").ignore == UNANNOTATED
+
+
+def write_scribble_pngs(root: Path, classes: dict, mask_values: tuple[int, int]) -> Path:
+    """Two images with masks of 0 background, ``mask_values[0]`` the class and ``mask_values[1]`` unannotated."""
+    from PIL import Image
+
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        mask = np.full((32, 32), mask_values[1], np.uint8)
+        mask[8:16, 8:16], mask[:4] = mask_values[0], 0
+        Image.fromarray(np.full((32, 32), 60 * i, np.uint8)).save(root / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    (root / "classes.json").write_text(json.dumps(classes))
+    return root
+
+
+@pytest.mark.parametrize("classes, values", [
+    ({"1": "polyp", "ignore": 255}, (1, 255)),
+    ({"1": "polyp", "ignore": 128}, (255, 128)),
+    ({"classes": {"1": "polyp", "2": "wall"}, "ignore": 200}, (2, 200)),
+], ids=["one-class-ignore-255", "one-class-ignore-128", "two-classes"])
+def test_png_masks_read_their_unannotated_value_from_classes_json(tmp_path, classes, values):
+    data = write_scribble_pngs(tmp_path / "d", classes, values)
+    dataset = open_dataset(data)
+    case = dataset.load(dataset.split("all")[0])
+    cls = 1 if values[0] in (1, 255) else values[0]
+    assert case.ignore == classes["ignore"] and (case.label[0, 8:16, 8:16] == cls).all()
+    assert (case.label[0, 20:] == classes["ignore"]).all() and (case.label[0, :4] == 0).all()
+    pred = np.where(case.label == classes["ignore"], 0, case.label).astype(np.uint8)
+    path = write_prediction(case, pred, tmp_path / "pred")
+    from PIL import Image
+    assert set(np.unique(np.asarray(Image.open(path)))) == {0, values[0]}  # the class as the masks store it
+
+
+@pytest.mark.parametrize("classes, message", [
+    ({"1": {"name": "polyp", "pixel": 200}, "ignore": 200}, "the \"ignore\" mask value 200 is also class 1's"),
+    ({"1": {"name": "polyp", "colour": [255, 0, 0]}, "ignore": 255}, "not by colour"),
+    ({"1": {"name": "polyp", "min": 100}, "ignore": 50}, "not by range"),
+    ({"1": "polyp", "ignore": 300}, "labels entry 'ignore' has value 300; label values are 0 (the background) to 255"),
+], ids=["a-class-value", "colours", "ranges", "beyond-8-bits"])
+def test_a_png_ignore_value_fewsam_cannot_read_is_refused(tmp_path, classes, message):
+    data = write_scribble_pngs(tmp_path / "d", classes, (200, 255))
+    with pytest.raises(DataError, match=re.escape(message)):
+        open_dataset(data)

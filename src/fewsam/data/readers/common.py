@@ -752,7 +752,7 @@ def class_specs(spec: dict[str, Any], path: Path, with_background: bool = False,
     ``largest``: 255 for 8-bit masks, ``MAX_LABEL_VALUE`` for label maps (``to_label_array``).
     """
     classes = spec["classes"] if "classes" in spec else {
-        k: v for k, v in spec.items() if k not in ("pixel_values", "rgb")}
+        k: v for k, v in spec.items() if k not in ("pixel_values", "rgb", "ignore")}
     if not isinstance(classes, dict) or not classes:
         raise DataError(f"{path} defines no classes; {CLASSES_JSON_HELP}")
     out: dict[int, dict[str, Any]] = {}
@@ -802,6 +802,32 @@ def _with_colour(entry: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
 
 
 def class_map_from_json(path: Path) -> ClassMap:
-    """The class names of a classes.json (any accepted form), for label-file layouts."""
-    specs = class_specs(read_json_object(path), path, largest=MAX_LABEL_VALUE)
-    return ClassMap({c: e["name"] for c, e in sorted(specs.items())})
+    """The class names of a classes.json (any accepted form), for label-file layouts, with the value of
+    unannotated voxels where it gives one (``"ignore": 255``, as nnU-Net's dataset.json does)."""
+    spec = read_json_object(path)
+    specs = class_specs(spec, path, largest=MAX_LABEL_VALUE)
+    ignore = ignore_value(spec["ignore"], path) if "ignore" in spec else None
+    return with_ignore(ClassMap({c: e["name"] for c, e in sorted(specs.items())}), ignore, path)
+
+
+def ignore_value(value: Any, path: Path, largest: int = MAX_LABEL_VALUE) -> int:
+    """The label value of unannotated pixels an "ignore" entry gives (nnU-Net's dataset.json, classes.json):
+    one integer, not the background's 0, that the labels can store (``largest``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{path}: the 'ignore' label must be one integer label value (nnU-Net: the highest, "
+                        f"e.g. \"ignore\": 4 after classes 1-3), not {value!r}")
+    if value == 0:
+        raise DataError(f"{path}: the 'ignore' label cannot be 0, the background; give unannotated voxels their "
+                        "own value (nnU-Net: the highest label value)")
+    if not 0 < value <= largest:
+        raise DataError(f"{path}: labels entry 'ignore' has value {value}; label values are 0 (the background) to "
+                        f"{largest}")
+    return value
+
+
+def with_ignore(class_map: ClassMap, ignore: int | None, path: Path) -> ClassMap:
+    """``class_map`` with its unannotated voxels' value, which must not also be a class's."""
+    if ignore is not None and ignore in class_map.names:
+        raise DataError(f"{path}: the 'ignore' label's value {ignore} is also the class {class_map.names[ignore]!r}; "
+                        "give unannotated voxels a value of their own (nnU-Net: the highest label value)")
+    return replace(class_map, ignore=ignore)

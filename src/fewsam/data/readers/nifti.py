@@ -64,8 +64,8 @@ import nibabel as nib
 import numpy as np
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, Read, class_map_from_json,
-                                        computed_splits, first_line, is_data_file, natural_sorted,
-                                        one_hot_to_indices, to_label_array)
+                                        computed_splits, first_line, ignore_value, is_data_file, natural_sorted,
+                                        one_hot_to_indices, to_label_array, with_ignore)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, quiet_itk, ras_affine, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
@@ -858,10 +858,10 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
     nnU-Net v2's "ignore" label marks unannotated voxels (sparse annotation): it becomes the class
     map's ``ignore`` value, which no loss learns from and no score counts, not a class. Region-based
     labels (``region_class_map``) become one class per label value."""
-    ignore = _ignore_value(labels["ignore"], path) if "ignore" in labels else None
+    ignore = ignore_value(labels["ignore"], path) if "ignore" in labels else None
     labels = {key: value for key, value in labels.items() if key != "ignore"}
     if any(isinstance(value, list) for value in labels.values()):
-        return _with_ignore(region_class_map(labels, path), ignore, path)
+        return with_ignore(region_class_map(labels, path), ignore, path)
     names: dict[int, str] = {}
     for key, value in labels.items():
         try:
@@ -873,27 +873,7 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
             names[code] = name
     if not names:
         raise DataError(f"{path} defines no foreground labels; add them to 'labels'")
-    return _with_ignore(ClassMap(names), ignore, path)
-
-
-def _ignore_value(value: Any, path: Path) -> int:
-    """The label value of nnU-Net's "ignore" entry: one integer, not the background's 0."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{path}: the 'ignore' label must be one integer label value (nnU-Net: the highest, "
-                        f"e.g. \"ignore\": 4 after classes 1-3), not {value!r}")
-    if value == 0:
-        raise DataError(f"{path}: the 'ignore' label cannot be 0, the background; give unannotated voxels their "
-                        "own value (nnU-Net: the highest label value)")
-    _check_label_value(value, "ignore", path)
-    return value
-
-
-def _with_ignore(class_map: ClassMap, ignore: int | None, path: Path) -> ClassMap:
-    """``class_map`` with its unannotated voxels' value, which must not also be a class's."""
-    if ignore is not None and ignore in class_map.names:
-        raise DataError(f"{path}: the 'ignore' label's value {ignore} is also the class {class_map.names[ignore]!r}; "
-                        "give unannotated voxels a value of their own (nnU-Net: the highest label value)")
-    return replace(class_map, ignore=ignore)
+    return with_ignore(ClassMap(names), ignore, path)
 
 
 def _check_label_value(code: int, key: str, path: Path) -> None:

@@ -91,8 +91,9 @@ from scipy import ndimage
 
 from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
-                                        computed_splits, files_below, is_data_file, natural_key,
-                                        natural_sorted, path_below, read_json_object, rounded_float_label, VAL_RULE)
+                                        computed_splits, files_below, ignore_value, is_data_file, natural_key,
+                                        natural_sorted, path_below, read_json_object, rounded_float_label, VAL_RULE,
+                                        with_ignore)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
@@ -327,6 +328,8 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
         {"1": {"name": "tumour", "colour": [255, 0, 0]}, "2": {"name": "vessel", "colour": [0, 255, 0]}}
                                                          colour-coded masks: a colour per class
                                                          (``colour_style``)
+        {"1": "polyp", "ignore": 255}                    255 marks unannotated pixels (scribbles):
+                                                         ``ClassMap.ignore``, with classes given by value
 
     Ranges: "min" defaults to 0 and "max" to 255; values in no class's range are background;
     ranges may not overlap. A class without a range in a file that uses ranges is its exact
@@ -385,14 +388,20 @@ def _in_stored_foreground(style: PngStyle, root: Path, rows: list[dict[str, str]
     predictions are written in the value the first mask with any foreground stores (0/1, 0/255 or 16-bit
     0/65535), as a folder without classes.json has them: naming the class must not turn a 0/1 set's
     predictions into 0/255, which the user's own comparison with their masks reads as no match."""
-    classes = style.class_map.labels
-    if style.ranged or len(classes) != 1 or style.to_class != {0: 0, classes[0]: classes[0], 255: classes[0]}:
+    classes, ignore = style.class_map.labels, style.class_map.ignore
+    stored = {value: cls for value, cls in style.to_class.items() if value != ignore}
+    if style.ranged or len(classes) != 1 or stored != {0: 0, classes[0]: classes[0], 255: classes[0]}:
         return style
     for path in (path for row in rows for path in _mask_paths(root, row) if path.is_file()):
-        if (read := _scanned_mask(path)) is not None and (top := int(read[0].max(initial=0))):
+        if (read := _scanned_mask(path)) is not None and (top := _largest_class_value(read[0], ignore)):
             foreground = _stored_foreground(path, top, read[1], classes[0])
             return PngStyle(style.name, style.class_map, style.to_class, {0: 0, classes[0]: foreground}, style.rgb)
     return style
+
+
+def _largest_class_value(mask: np.ndarray, ignore: int | None) -> int:
+    """The largest value of a mask's pixels, its unannotated ones (``ignore``) left out; 0 for none."""
+    return int((mask if ignore is None else mask[mask != ignore]).max(initial=0))
 
 
 def _stored_foreground(path: Path, top: int, lossy: bool, cls: int) -> int:
@@ -481,13 +490,14 @@ def _palette_style(root: Path, rows: list[dict[str, str]]) -> PngStyle | None:
     values = _values_in(paths, palette_indices=True) - {0}
     void = VOID_INDEX in values and len(values) > 1
     if void:
-        say_once(f"{root}: palette index {VOID_INDEX} in the masks is read as background, as VOC-style tools "
-                 "mean it (\"void\": unlabelled borders); a classes.json naming it as a class reads it so")
+        say_once(f"{root}: palette index {VOID_INDEX} in the masks is read as unannotated, as VOC-style tools "
+                 "mean it (\"void\": unlabelled borders): no loss learns from it and no score counts it; a "
+                 "classes.json naming it as a class reads it so")
     classes = sorted(values - {VOID_INDEX} if void else values) or [1]
     coding = {value: value for value in [0, *classes]}
-    to_class = {**coding, VOID_INDEX: 0} if void else dict(coding)
-    return PngStyle("palette", ClassMap({c: f"class{c}" for c in classes}), to_class, coding, None,
-                    palette=tuple(palette))
+    to_class = {**coding, VOID_INDEX: VOID_INDEX} if void else dict(coding)
+    return PngStyle("palette", ClassMap({c: f"class{c}" for c in classes}, VOID_INDEX if void else None), to_class,
+                    coding, None, palette=tuple(palette))
 
 
 def _masks_palette(paths: list[Path]) -> list[int] | None:
@@ -538,20 +548,35 @@ def style_from_json(path: Path) -> PngStyle:
     rgb = spec.get("rgb")
     if rgb is not None and not isinstance(rgb, bool):
         raise DataError(f"{path}: \"rgb\" must be true or false, not {rgb!r}")
-    if any("colour" in e for e in (background, *specs.values())):
+    ignore = ignore_value(spec["ignore"], path, largest=255) if "ignore" in spec else None
+    coloured, ranged = any("colour" in e for e in (background, *specs.values())), \
+        any("min" in e or "max" in e for e in specs.values())
+    if ignore is not None and (coloured or ranged):
+        raise DataError(f"{path}: an \"ignore\" mask value is read with classes given by value, not by "
+                        f"{'colour' if coloured else 'range'}; give each class its value")
+    if coloured:
         return colour_style(spec, specs, background, class_map, rgb, path)
     to_pixel = _pixel_values(spec, path)
     to_pixel.update({c: e["pixel"] for c, e in specs.items() if e.get("pixel") is not None})
-    if any("min" in e or "max" in e for e in specs.values()):
+    if ranged:
         return _ranged_style(specs, to_pixel, class_map, rgb, path)
     if not to_pixel and class_map.num_classes == 1:
         c = class_map.labels[0]
-        return PngStyle("custom", class_map, {0: 0, c: c, 255: c}, {0: 0, c: 255}, rgb)
+        if ignore is None:
+            return PngStyle("custom", class_map, {0: 0, c: c, 255: c}, {0: 0, c: 255}, rgb)
+        stored = {value: cls for value, cls in {0: 0, c: c, 255: c}.items() if value != ignore}
+        return PngStyle("custom", with_ignore(class_map, ignore, path), {**stored, ignore: ignore},
+                        {0: 0, c: 255 if 255 in stored else c}, rgb)
     to_pixel = {**{c: c for c in [0, *class_map.labels]}, **to_pixel}
     if len(set(to_pixel.values())) < len(to_pixel):
         raise DataError(f"{path}: two classes share a mask value ({to_pixel}, class -> value); "
                         "give each class its own value")
     to_class = {v: k for k, v in to_pixel.items()}
+    if ignore is not None:
+        if ignore in to_class:
+            raise DataError(f"{path}: the \"ignore\" mask value {ignore} is also class {to_class[ignore]}'s; give "
+                            "unannotated pixels a value of their own")
+        class_map, to_class = with_ignore(class_map, ignore, path), {**to_class, ignore: ignore}
     return PngStyle("custom", class_map, to_class, to_pixel, rgb)
 
 
