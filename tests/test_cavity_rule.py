@@ -66,7 +66,7 @@ def test_the_choice_records_the_rule_and_scores_after_it():
     from types import SimpleNamespace
 
     truth = heart(cavity=LV, beside=RV)
-    predictions = [(SimpleNamespace(label=truth), heart(cavity=0, beside=LV))]
+    predictions = [(SimpleNamespace(label=truth, ignore=None), heart(cavity=0, beside=LV))]
     choice = postprocessing_choice(predictions, [0, RV, MYO, LV], RULE)
     assert choice["cavity_rule"] == [MYO, LV, RV]
     assert choice["val_dice_raw"] == pytest.approx(1.0) and choice["val_dice_without_cavity_rule"] < 0.5

@@ -169,13 +169,15 @@ def test_samatch_refuses_unannotated_pixels_before_any_work(tiny_sam_phantom, tm
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_the_studio_refuses_data_with_unannotated_pixels_before_making_its_project(tmp_path):
-    from fewsam.studio.project import Project, StudioError
+def test_the_studio_shows_unannotated_pixels_as_background(tmp_path):
+    """The page paints every pixel of a slice; a label of values it has no class for (4) stopped it."""
+    from fewsam.studio.project import Project
 
     data = write_nnunet_sparse(tmp_path / "data", cases=1)
-    with pytest.raises(StudioError, match="marks unannotated pixels with the 'ignore' label"):
-        Project(data, tmp_path / "project")
-    assert not (tmp_path / "project").exists()
+    project = Project(data, tmp_path / "project")
+    label = project.load_case("case0").label
+    assert UNANNOTATED not in np.unique(label) and set(np.unique(label)) <= set(project.allowed_values())
+    assert (label[..., 24:] == 0).all() and (label[..., :24] > 0).any()
 
 
 # ------------------------------------------------------------------ classes.json for other layouts

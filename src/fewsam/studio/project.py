@@ -48,6 +48,7 @@ from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natu
 from fewsam.data.types import Case, ClassMap
 from fewsam.data.writers import prediction_path, write_label
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 from fewsam.studio.errors import BadLabel, Conflict, NotFound, StudioError
 
 STATE = "labelled.json"
@@ -88,13 +89,16 @@ def refuse_classes_above_255(class_map: ClassMap, data: Path) -> None:
                           "classes.json naming them)")
 
 
-def refuse_unannotated_value(class_map: ClassMap, data: Path) -> None:
-    """The studio paints every pixel of a slice it calls labelled as a class or the background; a dataset whose
-    labels mark unannotated pixels (nnU-Net's ignore label) would show those as a class it does not have."""
-    if class_map.ignore is not None:
-        raise StudioError(f"{data} marks unannotated pixels with the 'ignore' label (value {class_map.ignore}), which "
-                          "the studio cannot paint; fit on it with `fewsam fit`, or label a copy without the 'ignore' "
-                          "entry in its dataset.json")
+def painted_whole(case: Case, data: Path) -> Case:
+    """The case with its label's unannotated pixels (``Case.ignore``: nnU-Net's ignore label, VOC's void)
+    shown as background: the page paints every pixel of a slice as a class or the background, and a label
+    saved here is whole. Said once, as a slice saved from it labels those pixels."""
+    if case.ignore is None or case.label is None:
+        return case
+    say_once(f"{data}: the labels' unannotated pixels (value {case.ignore}) are shown as background; a slice "
+             "saved here labels every pixel, so paint what they hold before saving", key=f"studio-unannotated-{data}")
+    label = np.where(case.label == case.ignore, 0, case.label).astype(case.label.dtype)
+    return replace(case, label=label, ignore=None)
 
 
 def check_project_folder(project: Path, data: Path) -> None:
@@ -296,7 +300,6 @@ class Project:
         check_project_folder(self.folder, self.data)
         self.dataset: IndexedDataset = open_dataset(self.data)
         refuse_classes_above_255(self.dataset.class_map, self.data)  # before the project folder is made
-        refuse_unannotated_value(self.dataset.class_map, self.data)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.class_map = self._class_map()
         refuse_classes_above_255(self.class_map, self.folder / "classes.json")
@@ -381,7 +384,7 @@ class Project:
         refuse to open it. Why it was left out is kept for the page (``label_error``); an image that cannot
         be read is refused as before."""
         try:
-            return self.dataset.load(case_id)
+            return painted_whole(self.dataset.load(case_id), self.data)
         except DataError as err:
             case = self.dataset.load(case_id, with_label=False)
             self._label_errors[case_id] = (f"the dataset's own label of {case_id} cannot be read, so it is not "
