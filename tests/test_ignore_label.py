@@ -144,6 +144,7 @@ def test_evaluate_scores_predictions_on_the_annotated_part(tmp_path):
         write_prediction(case, np.where(case.label == UNANNOTATED, 3, case.label).astype(np.uint8), tmp_path / "pred")
     scores = evaluate(tmp_path / "pred", data, "all", show_progress=False)
     assert all(c["per_class"][name]["dice"] == 1.0 for c in scores["cases"] for name in ("RV", "Myo", "LV"))
+    assert scores["unannotated_value"] == UNANNOTATED and scores["unannotated_fraction"] == 0.5  # the right halves
 
 
 def fixmatch_command(data: Path, tmp_path: Path) -> list[str]:

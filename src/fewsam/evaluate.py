@@ -87,6 +87,7 @@ def evaluate(
     check_not_the_labels(pred, dataset)
     names = dataset.class_map.names
     records, case_attrs = [], []
+    unannotated = UnannotatedCount()
     case_ids = split_cases(dataset, split, "--split")
     if group_by and not keeps_attributes_in_files(dataset):  # FairSeg's are inside the files: checked below
         check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
@@ -96,6 +97,7 @@ def evaluate(
     refuse_missing_predictions(dataset, case_ids, pred)
     for case_id in tracked(case_ids, "evaluate", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
+        unannotated.add(case)
         predicted = read_prediction(case, pred, dataset.class_map, dataset)
         predicted, label = (annotated_slices(predicted, case.label, case.ignore) if annotated_slices_only
                             else (predicted, case.label))
@@ -111,6 +113,7 @@ def evaluate(
         })
     result = summarise(records)
     say_distances_left_out(records)
+    result.update(unannotated.said())
     if group_by:
         check_bin_values(group_by, explicit, dict(zip(case_ids, case_attrs)))
         check_group_column(group_by, (r["group"] for r in records), case_attrs)
@@ -126,6 +129,31 @@ def evaluate(
     result["annotated_slices_only"] = annotated_slices_only
     result["split"] = os.fspath(split) if split else DEFAULT_SPLIT  # a list file's Path: its path, as JSON
     return result
+
+
+class UnannotatedCount:
+    """How many of the scored labels' voxels are unannotated (``Case.ignore``), which every score leaves
+    out (``metrics.annotated_part``): said once, and recorded, so that a reader of the means knows what
+    they are over."""
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+        self.unannotated = self.total = 0
+
+    def add(self, case: Any) -> None:
+        if case.ignore is not None:
+            self.value = case.ignore
+            self.unannotated += int(np.count_nonzero(case.label == case.ignore))
+        self.total += int(case.label.size)
+
+    def said(self) -> dict[str, Any]:
+        """The record's fields (none without unannotated voxels), after saying it once."""
+        if self.value is None:
+            return {}
+        share = self.unannotated / max(self.total, 1)
+        say_once(f"the labels mark unannotated voxels (value {self.value}): {self.unannotated} of {self.total} "
+                 f"({100 * share:.1f}%), left out of every score", key="evaluate-unannotated")
+        return {"unannotated_value": self.value, "unannotated_fraction": share}
 
 
 def say_distances_left_out(records: list[dict[str, Any]]) -> None:
