@@ -241,3 +241,18 @@ def test_a_png_ignore_value_fewsam_cannot_read_is_refused(tmp_path, classes, mes
     data = write_scribble_pngs(tmp_path / "d", classes, (200, 255))
     with pytest.raises(DataError, match=re.escape(message)):
         open_dataset(data)
+
+
+def test_a_validation_slice_left_wholly_unannotated_is_not_scored_as_annotated(tmp_path):
+    """--annotated-slices-only scores validation volumes on the slices holding a class; a slice all
+    unannotated holds none, and kept, it scored every prediction on it against nothing."""
+    from fewsam.fitting import AnnotatedValidation
+
+    data = write_nnunet_sparse(tmp_path, cases=4)
+    path = data / "labelsTr" / "case3.nii.gz"
+    img = nib.load(str(path))
+    label = np.asarray(img.dataobj).copy()  # (x, y, z)
+    label[..., 1] = UNANNOTATED
+    nib.save(nib.Nifti1Image(label, img.affine), path)
+    cropped = AnnotatedValidation(open_dataset(data), {"case3"}).load("case3")
+    assert cropped.num_slices == 1 and holds_class(cropped.label[0], UNANNOTATED)

@@ -129,7 +129,8 @@ class AnnotatedValidation:
         case = self._dataset.load(case_id)
         if case.label is None:
             return case
-        zs = self._annotated.setdefault(case_id, [z for z in range(case.num_slices) if case.label[z].any()])
+        zs = self._annotated.setdefault(case_id, [z for z in range(case.num_slices)
+                                                  if holds_class(case.label[z], case.ignore)])
         if not zs:  # nothing annotated: scored whole, as refuse_background_only_validation has its say
             zs = self._annotated[case_id] = list(range(case.num_slices))
         return replace(case, image=case.image[zs], label=case.label[zs] if with_label else None)
