@@ -219,3 +219,40 @@ def test_a_segmentation_of_empty_segments_saved_as_one_voxel_is_background(tmp_p
         label = open_dataset(tmp_path / data).load(case).label
         assert label.shape == SHAPE and not label.any()
     assert "a Slicer segmentation of one voxel" in notices.text
+
+
+def _slicer_saved_predictions(tmp_path: Path, segments: list[tuple[str, int, int]]) -> tuple[Path, Path]:
+    """A dataset of two cases labelled in Slicer (liver, and a tumour overlapping it, in two layers), and a
+    prediction folder of segmentations as Slicer saves them (``<case>.seg.nrrd``, named as the labels): the
+    cases' liver and tumour layers under ``segments`` (name, label value, layer)."""
+    pred = tmp_path / "pred"
+    for case in ("v", "w"):
+        reference = reference_volume(tmp_path / "data" / "images" / f"{case}.nrrd")
+        liver, tumour = liver_with_tumour(tmp_path / "data" / "labels" / f"{case}.seg.nrrd", reference)
+        layers = [blank() for _ in range(1 + max(layer for _, _, layer in segments))]
+        masks = {"liver": liver, "tumour": tumour}
+        for name, value, layer in segments:
+            layers[layer][masks.get(name.lower(), tumour) > 0] = value
+        write_segmentation(pred / f"{case}.seg.nrrd", layers, segments, reference)
+    (tmp_path / "cases.list").write_text("v\nw\n")
+    return tmp_path / "data", pred
+
+
+@pytest.mark.parametrize("segments", [[("liver", 1, 0), ("tumour", 2, 1)], [("liver", 2, 0), ("tumour", 1, 1)],
+                                      [("Liver", 7, 1), ("TUMOUR", 7, 0)]])
+def test_a_prediction_slicer_saved_as_a_segmentation_is_scored_by_its_segments_names(tmp_path, segments):
+    """Slicer numbers segments in the order they were added and puts overlapping ones in layers: read by its
+    voxel values such a prediction scored the liver as the tumour (Dice 0 for a perfect one), or was refused."""
+    from fewsam.api import evaluate
+
+    data, pred = _slicer_saved_predictions(tmp_path, segments)
+    scores = evaluate(pred, data, split=str(tmp_path / "cases.list"), show_progress=False)
+    assert scores["mean"]["dice"] == pytest.approx(1.0)
+
+
+def test_a_prediction_segment_naming_no_class_is_refused_naming_it(tmp_path):
+    from fewsam.api import evaluate
+
+    data, pred = _slicer_saved_predictions(tmp_path, [("liver", 1, 0), ("Segment_2", 2, 1)])
+    with pytest.raises(DataError, match=r"segment\(s\) 'Segment_2' name no class of the dataset \(liver, tumour\)"):
+        evaluate(pred, data, split=str(tmp_path / "cases.list"), show_progress=False)

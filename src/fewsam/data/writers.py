@@ -48,7 +48,8 @@ from fewsam.data.readers import itk_volume
 from fewsam.data.readers.itk_volume import itk_message, quiet_itk
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
-                                      to_slices)
+                                      segments_as_label, to_slices)
+from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
 from fewsam.data.readers.png_folder import mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
@@ -177,7 +178,10 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
     if not path.is_file():
         raise DataError(f"prediction {path} for case {case.case_id} not found; "
                         "predict this split into that folder first")
-    pred = DECODERS[case.format](case, path)
+    if case.format in ("nifti", "dicom"):
+        pred = _decode_nifti(case, path, prediction_segments(class_map, dataset))
+    else:
+        pred = DECODERS[case.format](case, path)
     expected = tuple(case.image.shape[:3])
     if pred.shape != expected:
         raise DataError(f"prediction {path} has shape {pred.shape}, the case has {expected} (D, H, W); "
@@ -496,10 +500,33 @@ def _decode_h5(case: Case, path: Path) -> np.ndarray:
     return _with_depth(to_label_array(data, path, "prediction"))
 
 
-def _decode_nifti(case: Case, path: Path) -> np.ndarray:
+@dataclass(frozen=True)
+class PredictionSegments:
+    """How a prediction saved as a 3D Slicer segmentation is read: each segment as the class of its name
+    (``classes``: the dataset's class names, and the names its own segmentations give each class), as the
+    dataset's labels are. ``labels_are_segmentations``: whether the dataset's labels are such files, so a
+    segment naming no class cannot be read by its stored value instead."""
+
+    classes: SegmentClasses
+    labels_are_segmentations: bool = False
+
+
+def prediction_segments(class_map: ClassMap | None, dataset: Any = None) -> PredictionSegments:
+    """The ``PredictionSegments`` of a dataset of ``class_map`` (and, given, the ``dataset`` whose labels may
+    be Slicer segmentations, matched to classes by name or by place, ``segment_classes``)."""
+    classes = {name_key(name): value for value, name in (class_map.names if class_map else {}).items()}
+    segmentations = bool(getattr(dataset, "segmentations", None))
+    if segmentations:
+        classes.update(dataset.segment_classes)
+    return PredictionSegments(classes, segmentations)
+
+
+def _decode_nifti(case: Case, path: Path, segments: PredictionSegments = PredictionSegments({})) -> np.ndarray:
     try:
         with repairs_said_once(path):  # nibabel's header repairs said once, not printed for each prediction
-            image = itk_volume.read_as_nifti(path)[0] if itk_volume.itk_ending(path.name) else nib.load(str(path))
+            image, geometry = (itk_volume.read_as_nifti(path) if itk_volume.itk_ending(path.name)
+                               else (nib.load(str(path)), None))
+            image = _segments_read(image, geometry, path, segments, case)
             data = np.asarray(_on_case_grid(case, image, path).dataobj)
     except NIFTI_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {first_line(err)}") from None
@@ -508,6 +535,33 @@ def _decode_nifti(case: Case, path: Path) -> np.ndarray:
     if data.ndim not in (2, 3):
         raise DataError(f"prediction {path} must be 2D or 3D, got shape {data.shape}")
     return to_slices(to_label_array(data, path, "prediction"), case.meta.get("slice_axis", 2))
+
+
+def _segments_read(image: Any, geometry: dict[str, Any] | None, path: Path, segments: PredictionSegments,
+                   case: Case) -> Any:
+    """A prediction that 3D Slicer saved as a segmentation (``<case>.seg.nrrd``, named as the dataset's labels)
+    as one label of class values: each segment the class of its name, in whichever layer and under whichever
+    value Slicer stored it. Read by its voxel values, a segmentation whose segments Slicer numbered in another
+    order than the classes scored each class against another, and one of overlapping segments (several layers)
+    was refused. A segment naming no class is refused, except in a one-layer file beside labels that are plain
+    label maps, whose segments all name none: its values are then read as the classes they store."""
+    found = segments_of(path)
+    if found is None:
+        return image
+    unknown = [s.name.strip() for s in found if name_key(s.name) not in segments.classes]
+    layers = geometry.get("components", 1) if geometry else 1
+    if unknown and len(unknown) == len(found) and layers == 1 and not segments.labels_are_segmentations:
+        return image
+    if unknown:
+        raise DataError(_unknown_segments_message(path, unknown, segments))
+    return segments_as_label(image, geometry, found, segments.classes, path, _case_grid(case))
+
+
+def _unknown_segments_message(path: Path, unknown: list[str], segments: PredictionSegments) -> str:
+    shown = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
+    names = ", ".join(dict.fromkeys(segments.classes)) or "none"
+    return (f"prediction {path} is a 3D Slicer segmentation whose segment(s) {shown} name no class of the dataset "
+            f"({names}); name each segment as its class in Slicer, or save the prediction as a label map of class values")
 
 
 def _on_case_grid(case: Case, image: Any, path: Path) -> Any:

@@ -682,7 +682,7 @@ def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSou
     label, geometry = _load_with_geometry(path)
     segments = segments_of(path)
     if segments is not None:
-        label = _segments_as_label(label, geometry, segments, classes() if classes else None, path, image)
+        label = segments_as_label(label, geometry, segments, classes() if classes else None, path, image)
     data = _without_time_axis(_data(label if image is None else on_image_grid(label, image, path), path))
     if data.ndim == 4:
         data = data[..., 0] if data.shape[3] == 1 else one_hot_to_indices(data, path)
@@ -691,7 +691,7 @@ def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSou
     return to_slices(to_label_array(data, path), axis)
 
 
-def _segments_as_label(label: Any, geometry: dict[str, Any] | None, segments: tuple[Segment, ...],
+def segments_as_label(label: Any, geometry: dict[str, Any] | None, segments: tuple[Segment, ...],
                        classes: SegmentClasses | None, path: Path, image: Any = None) -> Any:
     """A Slicer segmentation (its layers on the 4th axis where it has several) as one 3D label of
     class indices on its grid, which is then placed on its image's as any label is. A file of one
