@@ -235,3 +235,25 @@ def test_a_prediction_simpleitk_saved_for_an_image_whose_qform_and_sform_differ_
     (tmp_path / "pred").mkdir()
     sitk.WriteImage(saved, str(tmp_path / "pred" / "c1.nii.gz"))
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred"), label)
+
+
+def _without_forms(path: Path) -> None:
+    """A NIfTI of neither qform nor sform (both codes 0), as an array saved without an affine is."""
+    image = nib.Nifti1Image(_voxels(SHAPE), None)
+    image.header.set_zooms(ZOOMS)
+    nib.save(image, path)
+
+
+def test_a_prediction_simpleitk_saved_for_an_image_without_qform_or_sform_is_scored_there(tmp_path):
+    """nibabel centres an image of neither form on the world's origin with x mirrored, ITK puts its first voxel
+    at the origin in LPS: nnU-Net's prediction of such an image (on ITK's grid) was refused as "placed
+    elsewhere", and fewsam's own still lies on the image as ITK reads both."""
+    image_path = tmp_path / "data" / "images" / "c1.nii.gz"
+    image_path.parent.mkdir(parents=True)
+    _without_forms(image_path)
+    case, label, _ = _write_and_check(image_path, tmp_path)
+    saved = sitk.GetImageFromArray(label)
+    saved.CopyInformation(sitk.ReadImage(str(image_path)))
+    (tmp_path / "nnunet").mkdir()
+    sitk.WriteImage(saved, str(tmp_path / "nnunet" / "c1.nii.gz"))
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "nnunet"), label)

@@ -377,9 +377,20 @@ def viewer_affine(path: Path, header: Any, stored_pixdim: tuple[float, float, fl
     """The image's affine as ITK reads it (``itk_affine``) where its header lets ITK place it elsewhere
     than nibabel, else None (no second read of the header). Labels and predictions that ITK-based
     tools (ITK-SNAP, 3D Slicer, nnU-Net's SimpleITK reader) save lie on ITK's grid: ITK flips an axis of
-    negative pixdim (``negative_pixdim``), and of a qform and an sform that differ takes the qform
-    unless the sform's code is "scanner", where nibabel takes the sform."""
-    return itk_affine(path) if stored_pixdim is not None or forms_differ(header) else None
+    negative pixdim (``negative_pixdim``), of a qform and an sform that differ takes the qform
+    unless the sform's code is "scanner", where nibabel takes the sform, and places a header of neither
+    (``no_forms``) elsewhere than nibabel."""
+    if stored_pixdim is not None or forms_differ(header) or no_forms(header):
+        return itk_affine(path)
+    return None
+
+
+def no_forms(header: Any) -> bool:
+    """Whether a NIfTI header holds neither a qform nor an sform (both codes 0: an array saved without an
+    affine, or an old converter's output). nibabel then centres the voxels on the world's origin with x
+    mirrored, ITK puts the first voxel at the origin in LPS: a prediction nnU-Net or a SimpleITK script
+    saved for such an image lies on ITK's grid, mirrored in y and shifted against nibabel's."""
+    return isinstance(header, nib.Nifti1Header) and header["qform_code"] == 0 and header["sform_code"] == 0
 
 
 def forms_differ(header: Any) -> bool:
