@@ -743,8 +743,8 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
     if _viewers_overlay(label, path, image):
         say_once(f"{path}: the {what}'s header places it elsewhere than its image as nibabel reads them, but where "
                  "ITK (3D Slicer, ITK-SNAP, nnU-Net) places the image (a negative voxel size or qfac in one of "
-                 "them, or an image whose qform and sform differ, as ITK-SNAP and nnU-Net save a label of such an "
-                 "image); it is read voxel for voxel on the image's grid",
+                 "them, or an image whose qform and sform differ or that has neither, as ITK-SNAP and nnU-Net save "
+                 "a label of such an image); it is read voxel for voxel on the image's grid",
                  key=f"nifti-{what}-viewer-geometry")
         return label
     try:
