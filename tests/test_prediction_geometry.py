@@ -257,3 +257,31 @@ def test_a_prediction_simpleitk_saved_for_an_image_without_qform_or_sform_is_sco
     (tmp_path / "nnunet").mkdir()
     sitk.WriteImage(saved, str(tmp_path / "nnunet" / "c1.nii.gz"))
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "nnunet"), label)
+
+
+def _mirrored_to_ras(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """``array`` on ``affine`` (x and y pointing left and back) as a RAS pipeline saves it: flipped in x and
+    y, on the affine that places each voxel where it was."""
+    turned = affine.copy()
+    for axis in (0, 1):
+        turned[:3, axis] = -affine[:3, axis]
+        turned[:3, 3] += affine[:3, axis] * (array.shape[axis] - 1)
+    return nib.Nifti1Image(np.ascontiguousarray(array[::-1, ::-1]), turned)
+
+
+@pytest.mark.parametrize("what", ["prediction", "label"])
+def test_a_2d_label_or_prediction_saved_mirrored_in_ras_is_read_onto_its_2d_image(tmp_path, what):
+    """A 2D NIfTI (x, y) was matched to its image voxel for voxel whatever its affine: a prediction MONAI's
+    Orientation("RAS") saved, or a label so converted, was scored or learnt mirrored without a word."""
+    affine = _affine(np.diag([-0.8, -0.7, 1.0]), (50.0, 40.0, 0.0))
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(_voxels((9, 8)), affine), root / "images" / "c1.nii.gz")
+    stored = np.zeros((9, 8), np.uint8)
+    stored[0, 0], stored[6, 2] = 1, 2
+    folder = root / "labels" if what == "label" else tmp_path / "pred"
+    folder.mkdir()
+    nib.save(_mirrored_to_ras(stored, affine), folder / "c1.nii.gz")
+    case = open_dataset(root).load("c1", with_label=what == "label")
+    read = case.label if what == "label" else read_prediction(case, folder)
+    np.testing.assert_array_equal(read, stored.T[None])

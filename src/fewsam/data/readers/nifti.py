@@ -737,9 +737,10 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
     ``_inside_grid``) is placed there. One in the image's orientation but placed
     elsewhere (another origin) is read voxel for voxel, said once; one whose orientation
     cannot be matched to the image's (a label written with a bare identity affine, say) is
-    refused, as no reading of it is safe."""
-    if len(label.shape) < 3 or len(image.shape) < 3 or _same_affine(label.affine, image.affine):
+    refused, as no reading of it is safe. A 2D label or image is matched as one slice of depth 1."""
+    if _same_affine(label.affine, image.affine):
         return label
+    label, image = _one_slice_deep(label), _one_slice_deep(image)
     if _viewers_overlay(label, path, image):
         say_once(f"{path}: the {what}'s header places it elsewhere than its image as nibabel reads them, but where "
                  "ITK (3D Slicer, ITK-SNAP, nnU-Net) places the image (a negative voxel size or qfac in one of "
@@ -772,6 +773,17 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
     raise DataError(f"{what} {path} is oriented {''.join(nib.aff2axcodes(label.affine))} and placed elsewhere "
                     f"than its image ({''.join(nib.aff2axcodes(image.affine))}), so its voxels cannot be matched "
                     f"to the image's; save the {what} with the image's affine (as nnU-Net and the viewers expect)")
+
+
+def _one_slice_deep(volume: Any) -> Any:
+    """A 2D image or label (x, y) as one slice (x, y, 1) on its affine, else itself: read as they are
+    stored, a 2D prediction that a RAS pipeline (MONAI's Orientation) saved mirrored against its image
+    was scored mirrored without a word. ``volume``: a NIfTI-like image, or an image's ``Grid``."""
+    if len(volume.shape) != 2:
+        return volume
+    if isinstance(volume, Grid) or not hasattr(volume, "dataobj"):
+        return Grid((*volume.shape, 1), volume.affine)
+    return nib.Nifti1Image(np.asarray(volume.dataobj)[..., None], volume.affine)
 
 
 def _viewers_overlay(label: Any, path: Path, image: Any) -> bool:
