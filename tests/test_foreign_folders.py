@@ -27,7 +27,7 @@ from fewsam.errors import DataError, RunError
 from fewsam.evaluate import evaluate
 from fewsam.predict import predict
 from fewsam.report import write_group_report
-from conftest import assert_one_line_error, run_fewsam
+from conftest import assert_one_line_error, run_fewsam, write_tiny_acdc
 from test_dicom import write_series
 from test_formats_end_to_end import run  # noqa: F401 - the fixture: a 2-step supervised run, no SAM weights
 
@@ -235,11 +235,24 @@ def test_a_prediction_folder_of_other_names_says_what_it_holds(phantom_and_label
     for cid in val:
         shutil.copy(data / "labelsTr" / f"{cid}.nii.gz", tmp_path / "pred" / f"{cid}_pred.nii.gz")
     with pytest.raises(DataError, match=rf"holds none of this split's predictions as `fewsam predict` names them "
-                                        rf"\(the first: {val[0]}.nii.gz\), but files such as {val[0]}_pred.nii.gz"):
+                                        rf"\(the first: {val[0]}.nii.gz\), but files such as {val[0]}_pred.nii.gz.* "
+                                        "rename them to that pattern"):
         evaluate(tmp_path / "pred", data, split="val", show_progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="prediction folder .*empty is empty"):
         evaluate(tmp_path / "empty", data, split="val", show_progress=False)
+
+
+def test_another_tools_nifti_predictions_of_an_h5_dataset_are_told_to_be_converted_not_renamed(tmp_path):
+    """SSL4MIS's and TransUNet's test scripts save ``<case>_pred.nii.gz``: renamed to ``<case>.h5`` as the
+    message advised, they stayed unreadable (no HDF5 file)."""
+    data = write_tiny_acdc(tmp_path / "acdc", ["patient002_frame01"])
+    (tmp_path / "pred").mkdir()
+    predicted = nib.Nifti1Image(np.zeros((48, 40, 2), np.uint8), np.eye(4))
+    nib.save(predicted, tmp_path / "pred" / "patient002_frame01_pred.nii.gz")
+    with pytest.raises(DataError, match=r"files such as patient002_frame01_pred.nii.gz: .* they are not \.h5 files, "
+                                        r"which this layout's predictions are: convert them to that format and pattern"):
+        evaluate(tmp_path / "pred", data, split="val", show_progress=False)
 
 
 # ---------------------------------------------------------------- reports

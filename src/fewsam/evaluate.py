@@ -24,7 +24,7 @@ from fewsam.data.attributes import default_bins
 from fewsam.data.readers.common import files_below
 from fewsam.data.readers.fairseg_npz import keeps_attributes_in_files
 from fewsam.data.types import Dataset
-from fewsam.data.writers import missing_predictions
+from fewsam.data.writers import missing_predictions, prediction_format
 from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
                              check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
@@ -213,8 +213,18 @@ def refuse_foreign_folder(pred: Path, expected: Path) -> None:
         raise DataError(f"prediction folder {pred} is empty; predict this split into it first")
     raise DataError(f"{pred} holds none of this split's predictions as `fewsam predict` names them (the first: "
                     f"{expected.relative_to(pred).as_posix()}), but files such as {', '.join(found)}: predictions of "
-                    "another dataset or split, or named by another tool? rename them to that pattern, or predict "
-                    "this split into a new folder")
+                    f"another dataset or split, or named by another tool? {_rename_or_convert(expected, found)}, or "
+                    "predict this split into a new folder")
+
+
+def _rename_or_convert(expected: Path, found: list[str]) -> str:
+    """What to do with another tool's files: rename them where they are in a format this layout's predictions
+    are read in; else convert them, as a renamed file stays unreadable (the NIfTI ``_pred`` files of TransUNet's
+    and SSL4MIS's test scripts, where predictions of their h5 and npz layouts are HDF5 or npz files)."""
+    wanted = prediction_format(expected.name)
+    if any(prediction_format(name) == wanted for name in found):
+        return "rename them to that pattern"
+    return f"they are not {wanted} files, which this layout's predictions are: convert them to that format and pattern"
 
 
 def check_not_the_labels(pred: Path, dataset: Dataset) -> None:

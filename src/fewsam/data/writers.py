@@ -227,6 +227,14 @@ def other_names(dataset: Any, case_id: str, pred_root: Path) -> OtherNames:
     return OtherNames(label_stem, image_folder)
 
 
+def prediction_format(name: str) -> str:
+    """The format a prediction file named ``name`` is read as, in words: the volume formats are one (each is read
+    onto its case's grid, ``_as_found``), the others their suffix (``.h5``, ``.npz``, ``.png``)."""
+    if _stem_and_ending(name)[1] in VOLUME_PREDICTION_ENDINGS:
+        return "NIfTI, MetaImage or NRRD"
+    return PurePosixPath(name).suffix.lower() or name
+
+
 def _stem_and_ending(name: str) -> tuple[str, str | None]:
     """``name`` without its prediction ending (a volume format's, or .png), and that ending."""
     ending = next((e for e in (*VOLUME_PREDICTION_ENDINGS, ".png") if name.lower().endswith(e)), None)
