@@ -187,6 +187,26 @@ def test_a_one_hot_label_as_an_itk_vector_image_is_read_as_class_indices(tmp_pat
     np.testing.assert_array_equal(open_dataset(tmp_path).load("c1").label, LABEL_XYZ.transpose(2, 1, 0))
 
 
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_a_one_hot_prediction_is_scored_as_a_one_hot_label_is_read(tmp_path, vector):
+    """MONAI's AsDiscrete(argmax=True, to_onehot=3) before SaveImage gives (x, y, z, 3) float 0/1, or (x, y, z, 1, 3)
+    through its ITK writer: a label so stored was read as class indices, a prediction refused as not 2D or 3D."""
+    from fewsam.data import read_prediction
+
+    write_nifti_case(tmp_path / "data", IMAGE_XYZ, LABEL_XYZ.astype(np.uint8))
+    (tmp_path / "pred").mkdir()
+    channels = one_hot(LABEL_XYZ, 3, True).astype(np.float32)
+    if vector:
+        saved = sitk.GetImageFromArray(channels.transpose(2, 1, 0, 3), isVector=True)
+        saved.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # the identity affine in ITK's LPS
+        sitk.WriteImage(saved, str(tmp_path / "pred" / "c1.nii.gz"))
+    else:
+        nib.save(nib.Nifti1Image(channels, np.eye(4)), tmp_path / "pred" / "c1.nii.gz")
+    dataset = open_dataset(tmp_path / "data")
+    case = dataset.load("c1")
+    np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", dataset.class_map), case.label)
+
 def test_overlapping_one_hot_channels_are_refused_in_one_line(tmp_path):
     """Two classes on one voxel (nnU-Net's regions, a multi-label export) have no class index to read."""
     channels = one_hot(LABEL_XYZ, 3, False)

@@ -43,12 +43,13 @@ from PIL import Image
 
 from fewsam.atomic import atomic_write_bytes
 from fewsam.data.readers.acdc_h5 import H5_ERRORS
-from fewsam.data.readers.common import LABEL_INSIDE_IMAGE, check_label_values, first_line, to_label_array
+from fewsam.data.readers.common import (LABEL_INSIDE_IMAGE, check_label_values, first_line, one_hot_to_indices,
+                                        to_label_array)
 from fewsam.data.readers import itk_volume
 from fewsam.data.readers.itk_volume import itk_message, quiet_itk
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
-                                      segments_as_label, to_slices)
+                                      segments_as_label, to_slices, without_time_axis)
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
 from fewsam.data.readers.png_folder import mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
@@ -538,8 +539,9 @@ def _decode_nifti(case: Case, path: Path, segments: PredictionSegments = Predict
             data = np.asarray(_on_case_grid(case, image, path).dataobj)
     except NIFTI_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {first_line(err)}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
+    data = without_time_axis(data)
+    if data.ndim == 4:  # one volume, or one 0/1 volume per class (MONAI's AsDiscrete(to_onehot)), as a label's
+        data = data[..., 0] if data.shape[3] == 1 else one_hot_to_indices(data, path, "prediction")
     if data.ndim not in (2, 3):
         raise DataError(f"prediction {path} must be 2D or 3D, got shape {data.shape}")
     return to_slices(to_label_array(data, path, "prediction"), case.meta.get("slice_axis", 2))

@@ -673,7 +673,7 @@ def refuse_too_many_values(values: np.ndarray, path: Path, what: str) -> None:
                               "classes you need (merge or leave out the others)")
 
 
-def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
+def one_hot_to_indices(channels: np.ndarray, path: Path, what: str = "label") -> np.ndarray:
     """A one-hot label, one 0/1 volume per class on its last axis (as MONAI pipelines write
     segmentations), as the class index of each voxel: fewsam learns one class per voxel.
 
@@ -681,12 +681,13 @@ def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
     c; where some voxel is in none, there is no background channel and channel c is class c + 1.
     Channels holding other values than 0 and 1 (probabilities, time frames) or sharing a voxel
     (overlapping classes, nnU-Net's regions) have no such reading and are refused; float 0/1 within
-    rounding noise are 0 and 1 (``rounded_float_label``)."""
-    channels = rounded_float_label(channels, path)
+    rounding noise are 0 and 1 (``rounded_float_label``). ``what`` names the file in messages: a dataset's
+    "label", or a tool's "prediction"."""
+    channels = rounded_float_label(channels, path, what)
     values = np.unique(channels)
     if not np.isin(values, (0, 1)).all():
         shown = ", ".join(f"{v:g}" for v in values[~np.isin(values, (0, 1))][:3])
-        raise DataError(f"{path}: the label holds {channels.shape[-1]} volumes on its last axis with values other "
+        raise DataError(f"{path}: the {what} holds {channels.shape[-1]} volumes on its last axis with values other "
                         f"than 0 and 1 ({shown}), so it is neither one volume of class indices nor one-hot; "
                         "store one volume of class indices")
     counts = np.count_nonzero(channels, axis=-1)
@@ -699,9 +700,9 @@ def one_hot_to_indices(channels: np.ndarray, path: Path) -> np.ndarray:
     check_class_count(channels.shape[-1] - int(background), path)
     indices = np.argmax(channels, axis=-1) + (0 if background else 1)
     indices[counts == 0] = 0
-    say_once(f"{path}: a one-hot label of {channels.shape[-1]} channels is read as class indices (channel c as class "
+    say_once(f"{path}: a one-hot {what} of {channels.shape[-1]} channels is read as class indices (channel c as class "
              f"{'c: channel 0 is the background' if background else 'c + 1: no voxel-wide background channel'})",
-             key=f"one-hot-{background}")
+             key=f"one-hot-{what}-{background}")
     return indices.astype(np.uint8)
 
 

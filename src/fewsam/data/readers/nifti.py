@@ -617,7 +617,7 @@ def _image_array(img: Any, path: Path, axis: int, rgb: bool = False) -> tuple[np
         data = np.stack([raw[f] for f in RGB_FIELDS], axis=-1).astype(np.float32)
         data = data if data.ndim == 4 else data[:, :, None, :]  # a 2D colour image: one slice
     else:
-        data = _without_time_axis(_data(img, path, np.float32))
+        data = without_time_axis(_data(img, path, np.float32))
     dropped = 0
     if rgb and data.ndim == 4:
         channels = [to_slices(data[..., c], axis) for c in range(3)]
@@ -680,7 +680,7 @@ def _other_channel(entry: Entry, channel: int) -> Path | None:
     return _channel_file(entry.image, channel) if case_name(entry.image).endswith("_0000") else None
 
 
-def _without_time_axis(data: np.ndarray) -> np.ndarray:
+def without_time_axis(data: np.ndarray) -> np.ndarray:
     """A multi-component NIfTI as ITK, SimpleITK and MONAI write it, (x, y, z, 1, channels) (the
     standard puts vector components on the 5th axis, after a time axis of one), as (x, y, z,
     channels); its channels are then read as a 4D file's volumes are."""
@@ -694,7 +694,7 @@ def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSou
     segments = segments_of(path)
     if segments is not None:
         label = segments_as_label(label, geometry, segments, classes() if classes else None, path, image)
-    data = _without_time_axis(_data(label if image is None else on_image_grid(label, image, path), path))
+    data = without_time_axis(_data(label if image is None else on_image_grid(label, image, path), path))
     if data.ndim == 4:
         data = data[..., 0] if data.shape[3] == 1 else one_hot_to_indices(data, path)
     if data.ndim not in (2, 3):
