@@ -256,3 +256,24 @@ def test_a_prediction_segment_naming_no_class_is_refused_naming_it(tmp_path):
     data, pred = _slicer_saved_predictions(tmp_path, [("liver", 1, 0), ("Segment_2", 2, 1)])
     with pytest.raises(DataError, match=r"segment\(s\) 'Segment_2' name no class of the dataset \(liver, tumour\)"):
         evaluate(pred, data, split=str(tmp_path / "cases.list"), show_progress=False)
+
+
+def test_a_label_map_slicer_named_volume_dash_label_is_the_label_of_its_volume(tmp_path):
+    """Slicer names a label map made for volume ``v`` ``v-label`` (its Export to label map, and the Editor's):
+    in ``labels/`` it matched no image, and the case was unlabelled."""
+    from fewsam.api import evaluate
+
+    reference = reference_volume(tmp_path / "data" / "images" / "v.nrrd")
+    label = blank()
+    label[1:4, 2:6, 3:8] = 1
+    saved = sitk.GetImageFromArray(label)
+    saved.CopyInformation(reference)
+    (tmp_path / "data" / "labels").mkdir()
+    sitk.WriteImage(saved, str(tmp_path / "data" / "labels" / "v-label.nrrd"))
+    (tmp_path / "pred").mkdir()
+    sitk.WriteImage(saved, str(tmp_path / "pred" / "v-label.nrrd"))
+    dataset = open_dataset(tmp_path / "data")
+    np.testing.assert_array_equal(dataset.load("v").label, label)
+    (tmp_path / "cases.list").write_text("v\n")
+    assert evaluate(tmp_path / "pred", tmp_path / "data", split=str(tmp_path / "cases.list"),
+                    show_progress=False)["mean"]["dice"] == pytest.approx(1.0)

@@ -11,7 +11,7 @@
                  imagesTr/<case>.nii.gz (possibly 4D, channels last), or nnU-Net v1's
                  imagesTr/<case>_0000.nii.gz (one file per channel) for that listed name
     plain:       images/<case>.nii.gz (or <case>_0000.nii.gz) + labels/<case>.nii.gz (or
-                 <case>_seg, _gt, _label, _mask, _segmentation, 3D Slicer's .seg; labels/ may
+                 <case>_seg, _gt, _label, _mask, _segmentation, 3D Slicer's .seg and -label; labels/ may
                  be absent: the images are then for prediction only); class names
                  from classes.json ({"1": "liver"}), else "class1", "class2", ... from the label
                  values found, and a Slicer segmentation's segment names (a scan of every label,
@@ -1174,7 +1174,7 @@ def _plain_entries(root: Path) -> tuple[list[Entry], list[str]]:
     return entries, []
 
 
-LABEL_SUFFIXES = (*MASK_STEM_SUFFIXES, ".seg")  # .seg: 3D Slicer's <volume>.seg.nrrd
+LABEL_SUFFIXES = (*MASK_STEM_SUFFIXES, ".seg", "-label")  # 3D Slicer's <volume>.seg.nrrd and <volume>-label.nrrd
 
 
 def label_in_folder(folder: Path, case: str, names: dict[str, Path] | None = None) -> Path | None:
