@@ -237,3 +237,30 @@ def test_nnunet_dataset_with_mha_files(tmp_path):
     dataset = open_dataset(root)
     assert dataset.class_map.names == {1: "gland"} and dataset.entries["a"].rel_path == "a.mha"
     assert dataset.load("a").image.shape == (3, 8, 8)
+
+
+def test_an_nnunet_bmp_set_reads_grey_bmp_labels_and_scores_nnunets_bmp_predictions(tmp_path):
+    """A grey 8-bit BMP is a palette image, which ITK expanded to three equal colour channels: its label was
+    refused as overlapping one-hot channels. nnU-Net writes a .bmp set's predictions as .bmp, which evaluate
+    did not find beside the .png it names them."""
+    from fewsam.evaluate import evaluate
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "Dataset002"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (tmp_path / "nnunet").mkdir()
+    label = np.zeros((20, 24), np.uint8)
+    label[5:12, 3:15], label[14:18, 2:6] = 1, 2
+    for case in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(root / "imagesTr" / f"{case}_0000.bmp")
+        Image.fromarray(label).save(root / "labelsTr" / f"{case}.bmp")
+        Image.fromarray(label).save(tmp_path / "nnunet" / f"{case}.bmp")
+    (root / "dataset.json").write_text('{"channel_names": {"0": "x"}, "labels": {"background": 0, "a": 1, "b": 2}, '
+                                       '"numTraining": 2, "file_ending": ".bmp"}')
+    dataset = open_dataset(root)
+    np.testing.assert_array_equal(dataset.load("a").label, label[None])
+    assert dataset.load("a").image.shape == (1, 20, 24)
+    (tmp_path / "cases.list").write_text("a\nb\n")
+    scores = evaluate(tmp_path / "nnunet", root, split=str(tmp_path / "cases.list"), show_progress=False)
+    assert scores["mean"]["dice"] == pytest.approx(1.0)

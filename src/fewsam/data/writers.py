@@ -194,6 +194,8 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
 
 
 VOLUME_PREDICTION_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".mha", ".mhd", ".nrrd")
+# A 2D prediction's: fewsam's PNG, and the BMP nnU-Net writes for a set whose file_ending is .bmp
+PICTURE_PREDICTION_ENDINGS = (".png", ".bmp")
 
 
 MONAI_POSTFIXES = ("trans", "seg")  # MONAI SaveImage's output_postfix: "trans" by default, "seg" in its tutorials
@@ -238,7 +240,8 @@ def prediction_format(name: str) -> str:
 
 def _stem_and_ending(name: str) -> tuple[str, str | None]:
     """``name`` without its prediction ending (a volume format's, or .png), and that ending."""
-    ending = next((e for e in (*VOLUME_PREDICTION_ENDINGS, ".png") if name.lower().endswith(e)), None)
+    ending = next((e for e in (*VOLUME_PREDICTION_ENDINGS, *PICTURE_PREDICTION_ENDINGS) if name.lower().endswith(e)),
+                  None)
     return (name[: -len(ending)] if ending else name), ending
 
 
@@ -246,15 +249,16 @@ def _as_found(path: Path, case_id: str = "", others: OtherNames = OtherNames()) 
     """A prediction as another tool may have named it: a volume's in any of the volume formats fewsam
     reads (``<case>.nii`` for ``<case>.nii.gz``, as nnU-Net writes a ``.nii`` dataset's; ``<case>.mha``
     or ``.nrrd``, as SimpleITK scripts and grand-challenge containers write them, read onto the
-    case's grid like any NIfTI), and its ending in any letter case (``<case>.NII.GZ``, ``<case>.PNG``
-    from Windows tools); named as the case's label (``others``); MONAI's ``SaveImage`` names
+    case's grid like any NIfTI), a 2D one's as PNG or BMP (nnU-Net's, of a ``.bmp`` set), and its ending in
+    any letter case (``<case>.NII.GZ``, ``<case>.PNG`` from Windows tools); named as the case's label (``others``); MONAI's ``SaveImage`` names
     (``monai_names``), in the prediction's folder or in its image's (``others``); ``path`` itself when
     none of these exists. Two of one kind for one case, or a label name and a MONAI name, are refused
     naming both: scoring either would be a guess. A file named as fewsam names it is scored before one
     named otherwise, and the other is said: ``x_seg.nii.gz`` may be the prediction of a case ``x_seg`` of
     its own. A prediction found under another tool's name is said once per folder, naming the convention."""
     stem, ending = _stem_and_ending(path.name)
-    endings = (VOLUME_PREDICTION_ENDINGS if ending != ".png" else (".png",)) if ending else ()
+    endings = (PICTURE_PREDICTION_ENDINGS if ending in PICTURE_PREDICTION_ENDINGS else VOLUME_PREDICTION_ENDINGS
+               ) if ending else ()
     own = _files_named(path.parent, [path.name] + [stem + e for e in endings])
     foreign = {"the dataset's labels": _label_named(path, stem, endings, others),
                "MONAI's SaveImage output": _monai_named(path, stem, endings, others)}

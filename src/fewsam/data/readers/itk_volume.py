@@ -120,7 +120,7 @@ def check_data_file(path: Path) -> None:
 def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     """(an in-memory NIfTI image of the file's voxels, the ITK geometry to write predictions with)."""
     check_data_file(path)
-    image = _read_itk(path)
+    image = _grey_palette_as_grey(_read_itk(path), path)
     dims = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     if dims not in (2, 3, 4) or (dims == 4 and components > 1):
@@ -145,6 +145,22 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     # the file's own voxel type, 64-bit integers included (numpy's default, so pynrrd's and many scripts'
     # NRRDs): nibabel refuses those unless the type is named
     return nib.Nifti1Image(np.ascontiguousarray(xyz), affine, dtype=xyz.dtype), geometry
+
+
+def _grey_palette_as_grey(image: sitk.Image, path: Path) -> sitk.Image:
+    """A 2D image of a grey palette (every 8-bit BMP, as PIL and paint programs save a grey one; a PNG of
+    one), which ITK expands to three equal colour channels, as its one grey channel on the same geometry,
+    as nnU-Net's natural-image reader reads it: a label so stored was taken for three overlapping one-hot
+    channels and refused, and its prediction for a colour image."""
+    if (image.GetDimension() != 2 or image.GetNumberOfComponentsPerPixel() not in (3, 4)
+            or itk_ending(path.name) not in IMAGE_2D_ENDINGS):
+        return image
+    pixels = sitk.GetArrayViewFromImage(image)
+    if not ((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()):
+        return image
+    if pixels.shape[-1] == 4 and not (pixels[..., 3] == pixels[..., 3].flat[0]).all():
+        return image  # transparency of its own: not a palette's grey
+    return sitk.VectorIndexSelectionCast(image, 0)
 
 
 def _read_itk(path: Path) -> sitk.Image:
