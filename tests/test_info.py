@@ -89,3 +89,20 @@ def test_a_dataset_without_val_says_which_split_to_give():
     assert [c["stored_as"] for c in info["classes"]] == [255, 128, 0]
     assert "no 'val' split; pass --split with one of test, train, all" in info["defaults"]["predict"]["error"]
     assert "pass --val-split" in info["defaults"]["fit"]["val"]["error"]
+
+
+def test_a_2d_nnunet_set_is_said_to_get_png_predictions(tmp_path):
+    """``info`` said an nnU-Net set of PNGs gets <case>.nii.gz predictions; predict writes <case>.png."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "Dataset003"
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    mask = np.zeros((8, 9), np.uint8)
+    mask[2:5, 3:7] = 1
+    Image.fromarray(mask * 200).save(root / "imagesTr" / "a_0000.png")
+    Image.fromarray(mask).save(root / "labelsTr" / "a.png")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "x"}, "labels": {"background": 0, "a": 1},
+                                                   "numTraining": 1, "file_ending": ".png"}))
+    assert ".png, .tif for a 2D set's" in dataset_info(root)["storage"]
