@@ -251,7 +251,7 @@ def test_another_tools_nifti_predictions_of_an_h5_dataset_are_told_to_be_convert
     predicted = nib.Nifti1Image(np.zeros((48, 40, 2), np.uint8), np.eye(4))
     nib.save(predicted, tmp_path / "pred" / "patient002_frame01_pred.nii.gz")
     with pytest.raises(DataError, match=r"files such as patient002_frame01_pred.nii.gz: .* they are not \.h5 files, "
-                                        r"which this layout's predictions are: convert them to that format and pattern"):
+                                        r"which this layout's predictions are: convert them to that format"):
         evaluate(tmp_path / "pred", data, split="val", show_progress=False)
 
 

@@ -249,9 +249,10 @@ def _as_found(path: Path, case_id: str = "", others: OtherNames = OtherNames()) 
     """A prediction as another tool may have named it: a volume's in any of the volume formats fewsam
     reads (``<case>.nii`` for ``<case>.nii.gz``, as nnU-Net writes a ``.nii`` dataset's; ``<case>.mha``
     or ``.nrrd``, as SimpleITK scripts and grand-challenge containers write them, read onto the
-    case's grid like any NIfTI), a 2D one's as PNG or BMP (nnU-Net's, of a ``.bmp`` set), and its ending in
-    any letter case (``<case>.NII.GZ``, ``<case>.PNG`` from Windows tools); named as the case's label (``others``); MONAI's ``SaveImage`` names
-    (``monai_names``), in the prediction's folder or in its image's (``others``); ``path`` itself when
+    case's grid like any NIfTI), a 2D one's as PNG or BMP (nnU-Net's, of a ``.bmp`` set), and its ending
+    in any letter case (``<case>.NII.GZ``, ``<case>.PNG`` from Windows tools); named as the case's label
+    (``others``); MONAI's ``SaveImage`` names (``monai_names``), in the prediction's folder or in its
+    image's (``others``); ``path`` itself when
     none of these exists. Two of one kind for one case, or a label name and a MONAI name, are refused
     naming both: scoring either would be a guess. A file named as fewsam names it is scored before one
     named otherwise, and the other is said: ``x_seg.nii.gz`` may be the prediction of a case ``x_seg`` of
@@ -575,7 +576,8 @@ def _unknown_segments_message(path: Path, unknown: list[str], segments: Predicti
     shown = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
     names = ", ".join(dict.fromkeys(segments.classes)) or "none"
     return (f"prediction {path} is a 3D Slicer segmentation whose segment(s) {shown} name no class of the dataset "
-            f"({names}); name each segment as its class in Slicer, or save the prediction as a label map of class values")
+            f"({names}); name each segment as its class in Slicer, or save the prediction as a label map of class "
+            "values")
 
 
 def _on_case_grid(case: Case, image: Any, path: Path) -> Any:
