@@ -70,3 +70,19 @@ def test_compare_refuses_evaluations_that_count_an_absent_class_differently(two_
                                                    both_empty=rule)), encoding="utf-8")
     with pytest.raises(DataError, match="--both-empty perfect but .* with --both-empty skip"):
         compare_runs(files["perfect"], files["skip"])
+
+
+def test_cli_prints_a_class_no_case_holds_as_no_value(two_cases):
+    """Under skip, a split in which no case holds a class (case b alone has no class 2) gives that class no
+    Dice at all: the summary prints n/a and why, where it ended in a TypeError traceback."""
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+
+    root, pred, split = two_cases
+    split.write_text("b\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(pred), "--data", str(root), "--split", str(split),
+                                      "--both-empty", "skip", "--quiet"])
+    assert result.exit_code == 0, result.output
+    line = [text for text in result.output.splitlines() if "Dice n/a" in text]
+    assert len(line) == 1 and "IoU n/a  HD95 n/a (1 with the class in neither prediction nor label" in line[0]

@@ -554,17 +554,26 @@ def _print_summary(result: dict) -> None:
     apart: the distances are over the others (``metrics.summarise``)."""
     mean, left_out = result["mean"], result.get("distance_cases_left_out") or 0
     other = f"; {left_out} case(s) in pixels left out" if left_out else ""
-    out.print(f"{result['n_cases']} cases  mean Dice {mean['dice']:.4f}  IoU {mean['iou']:.4f}  "
+    out.print(f"{result['n_cases']} cases  mean Dice {_fmt4(mean['dice'])}  IoU {_fmt4(mean['iou'])}  "
               f"HD95 {_fmt(mean.get('hd95'))}  ASD {_fmt(mean.get('asd'))} ({result['distance_unit']}{other})")
     measured = " in " + result["distance_unit"] if left_out else ""
     for name, m in result["per_class"].items():
         missing, n = m.get("hd95_missing") or 0, result["n_cases"] - left_out
-        empty = f"{missing} with an empty prediction or label"
+        empty = _why_no_distance(missing, min(missing, m.get("dice_missing") or 0))
         without = ("" if not missing else f" over {n - missing} of {n} cases{measured} ({empty})" if missing < n
                    else f" ({empty})")
-        out.print(f"  {name:>10}: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {_fmt(m.get('hd95'))}{without}")
+        out.print(f"  {name:>10}: Dice {_fmt4(m['dice'])}  IoU {_fmt4(m['iou'])}  HD95 {_fmt(m.get('hd95'))}{without}")
     if "es_dice" in result:
         _print_groups(result)
+
+
+def _why_no_distance(missing: int, absent: int) -> str:
+    """Why ``missing`` cases have no HD95: an empty prediction or label, or (``--both-empty skip``, ``absent``
+    of them, which have no Dice either) the class in neither, left out of every mean as nnU-Net does."""
+    reasons = [f"{missing - absent} with an empty prediction or label"] if missing > absent else []
+    if absent:
+        reasons.append(f"{absent} with the class in neither prediction nor label, left out by --both-empty skip")
+    return "; ".join(reasons)
 
 
 def _print_groups(result: dict) -> None:
