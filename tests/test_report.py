@@ -115,3 +115,29 @@ def test_classes_whose_names_read_alike_get_a_plot_each(tmp_path):
     assert (tmp_path / "rep" / plots[0]).read_bytes() != (tmp_path / "rep" / plots[1]).read_bytes()
     md = paths["markdown"].read_text()
     assert all(name in md for name in plots)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("label_sha256", "0" * 64, "against different labels"),
+    ("both_empty", "skip", "--both-empty skip but"),
+    ("annotated_slices_only", True, "--annotated-slices-only"),
+])
+def test_report_tests_no_runs_that_compare_refuses_to_pair(tmp_path, field, value, says):
+    """The runs' cases scored against other labels, under another --both-empty rule or on other slices are no
+    pairs (``fewsam compare`` refuses them): the report's test names why instead of printing a p value."""
+    _evaluation(tmp_path / "before.json", BEFORE)
+    after = _evaluation(tmp_path / "after.json", AFTER)
+    if field == "label_sha256":
+        for case in after["cases"]:
+            case[field] = value
+        before = json.loads((tmp_path / "before.json").read_text())
+        for case in before["cases"]:
+            case[field] = "1" * 64
+        (tmp_path / "before.json").write_text(json.dumps(before))
+    else:
+        after[field] = value
+    (tmp_path / "after.json").write_text(json.dumps(after))
+    write_group_report([tmp_path / "before.json", tmp_path / "after.json"], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| after vs before"))
+    assert says in row and "| - | - | - |" in row

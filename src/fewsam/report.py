@@ -370,7 +370,7 @@ def _plot_file_names(classes: list[str]) -> list[str]:
 def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     if len(runs) < 2:
         return []
-    from fewsam.compare import check_same_classes, no_difference_note, paired_scores, subject_pairs
+    from fewsam.compare import no_difference_note, paired_scores, subject_pairs
     from fewsam.errors import DataError
     from fewsam.metrics import wilcoxon_compare
 
@@ -379,7 +379,7 @@ def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
     rows = []
     for name, r in runs[1:]:
         try:
-            check_same_classes(r, base, name, base_name)
+            check_pairable(r, base, name, base_name)
             t = wilcoxon_compare(*subject_pairs(r, *paired_scores(r, base)[:2]))
             pairs = f"{t['n']}{no_difference_note(t)}"  # the pairs the test ranked are fewer when some tie
             rows.append([f"{name} vs {base_name}", pairs, f"{round(t['median_diff'], 4) + 0.0:+.4f}", f"{t['statistic']:.1f}", f"{t['p']:.4g}"])
@@ -389,6 +389,17 @@ def _test_blocks(runs: list[tuple[str, dict]]) -> list[tuple]:
             "one subject averaged into one pair. "
             "With several comparisons, multiply p by their number (Bonferroni; `fewsam compare --n-comparisons`).")
     return [("h2", "Are the runs different?"), ("p", text), ("table", (header, rows))]
+
+
+def check_pairable(run: dict, base: dict, name: str, base_name: str) -> None:
+    """Refuse, as ``fewsam compare`` refuses, to test two runs whose cases were scored on other classes, other
+    labels (same case ids of two datasets, or labels corrected in between), another ``--both-empty`` rule or
+    other slices (``--annotated-slices-only``): the report printed a p value for pairs compare would not make."""
+    from fewsam.compare import (check_same_classes, check_same_empty_convention, check_same_labels,
+                                check_same_slices_scored)
+
+    for check in (check_same_classes, check_same_labels, check_same_empty_convention, check_same_slices_scored):
+        check(run, base, name, base_name)
 
 
 def _bar_plot(runs: list[tuple[str, dict]], groups: list[str], cls: str | None, path: Path, title: str) -> Path:
