@@ -86,3 +86,29 @@ def test_cli_prints_a_class_no_case_holds_as_no_value(two_cases):
     assert result.exit_code == 0, result.output
     line = [text for text in result.output.splitlines() if "Dice n/a" in text]
     assert len(line) == 1 and "IoU n/a  HD95 n/a (1 with the class in neither prediction nor label" in line[0]
+
+
+def test_compare_under_skip_counts_a_structure_drawn_where_the_label_has_none(two_cases, tmp_path):
+    """Under skip, run A leaves class 2 out of case b (neither its prediction nor the label holds it) and run B
+    draws it there (Dice 0): B's case b scores (1 + 0) / 2, as its evaluation's means count it. Paired over
+    the classes both runs scored, B's false positive was left out of both and the runs tested as equal."""
+    root, pred, split = two_cases
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    for case in ("a", "b"):
+        image = nib.load(pred / f"{case}.nii.gz")
+        predicted = np.asarray(image.dataobj).copy()
+        if case == "b":
+            predicted[6:8, 6:8] = 2
+        nib.save(nib.Nifti1Image(predicted, image.affine), drawn / f"{case}.nii.gz")
+    files = {}
+    for name, folder in (("a", pred), ("b", drawn)):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(evaluate(folder, root, split=str(split), show_progress=False,
+                                                   both_empty="skip")), encoding="utf-8")
+    result = compare_runs(files["a"], files["b"])
+    case_a = (1 + 2 / 3) / 2
+    assert result["mean_a"] == pytest.approx((case_a + 1) / 2)
+    assert result["mean_b"] == pytest.approx((case_a + 0.5) / 2)
+    assert result["n_no_difference"] == 1 and result["median_diff"] == pytest.approx(0.25)
+    assert result["one_sided_values"] == 0

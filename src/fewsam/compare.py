@@ -2,7 +2,7 @@
 
 Each run is an evaluation JSON written by ``fewsam evaluate --json``. A case's score is the mean
 over classes of its per-class metric, as the papers compare methods on per-case mean Dice; a class
-value only one run has (HD95 of an empty prediction) is left out of both (``paired_scores``). With
+distance only one run has (HD95 of an empty prediction) is left out of both (``paired_scores``). With
 ``n_comparisons`` K the p value is also Bonferroni-corrected (x K). Cases of one subject (the ED and
 ES frames of an ACDC patient) are averaged into one pair (``subject_pairs``): the test assumes
 independent pairs, and two frames of one heart are not. HD95 and ASD pair cases in one unit: over the
@@ -188,8 +188,11 @@ def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = 
 
     HD95 and ASD have no value where a prediction is empty: averaged over its own classes, a run
     that left a structure out entirely had only its other classes averaged, and so beat a run that
-    found the structure a little off (and the test called it better). Dice and IoU always have a
-    value, so they pair every class as ``per_case_scores`` does."""
+    found the structure a little off (and the test called it better). Dice and IoU lack a value only
+    where ``evaluate --both-empty skip`` left out a class that neither the prediction nor the label
+    holds, a correct empty prediction: each run is averaged over its own classes (``per_case_scores``,
+    as the evaluation's means count them), so a run that drew the structure there scores its Dice 0.
+    Paired over the shared classes, that false positive was left out of both runs and went unseen."""
     if metric not in METRICS:
         raise DataError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     classes_b = {case["case"]: case["per_class"] for case in eval_b["cases"]}
@@ -199,6 +202,11 @@ def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = 
             continue
         values_a = _values(case["per_class"], metric)
         values_b = _values(classes_b[case["case"]], metric)
+        if metric not in DISTANCE_METRICS:
+            if values_a and values_b:
+                paired_a[case["case"]] = sum(values_a.values()) / len(values_a)
+                paired_b[case["case"]] = sum(values_b.values()) / len(values_b)
+            continue
         shared = [name for name in values_a if name in values_b]
         if shared:
             one_sided += len(values_a) + len(values_b) - 2 * len(shared)
