@@ -21,6 +21,15 @@ def test_bmi_bins(value, expected):
     assert bins.label(value) == expected
 
 
+def test_bins_of_large_edges_are_labelled_in_full_and_apart():
+    """Edges of 7 digits or more were written to 6 (``:g``): 1000000 as "1e+06", and the two middle bins of
+    income:1000000,1000001,1000002 had one label, so their cases fell in one group."""
+    bins = parse_bins("income:1000000,1000001,1000002")
+    assert bins.labels == ["<1000000", "1000000-1000001", "1000001-1000002", ">=1000002"]
+    assert group_of({"income": 1000000.5}, "income", bins) != group_of({"income": 1000001.5}, "income", bins)
+    assert parse_bins("ratio:0.1234567").labels == ["<0.1234567", ">=0.1234567"]
+
+
 def test_age_bins_and_defaults():
     assert parse_bins("age:60").labels == ["<60", ">=60"]
     assert parse_bins(" age : 12.5, 60 ").labels == ["<12.5", "12.5-60", ">=60"]

@@ -357,7 +357,9 @@ class Bins:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    """An edge as its bin labels write it, in full: ``:g`` kept 6 digits, so an income edge of 1,000,000 read
+    "1e+06", and edges 1000001 and 1000002 gave two bins one label, whose cases then formed one group."""
+    return str(int(x)) if x.is_integer() else repr(x)
 
 
 def parse_bins(spec: str) -> Bins:
