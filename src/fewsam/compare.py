@@ -203,9 +203,9 @@ def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = 
         values_a = _values(case["per_class"], metric)
         values_b = _values(classes_b[case["case"]], metric)
         if metric not in DISTANCE_METRICS:
-            if values_a and values_b:
-                paired_a[case["case"]] = sum(values_a.values()) / len(values_a)
-                paired_b[case["case"]] = sum(values_b.values()) / len(values_b)
+            if values_a and values_b:  # fsum: the same scores listed in another class order tie exactly
+                paired_a[case["case"]] = math.fsum(values_a.values()) / len(values_a)
+                paired_b[case["case"]] = math.fsum(values_b.values()) / len(values_b)
             continue
         shared = [name for name in values_a if name in values_b]
         if shared:
