@@ -112,3 +112,15 @@ def test_compare_under_skip_counts_a_structure_drawn_where_the_label_has_none(tw
     assert result["mean_b"] == pytest.approx((case_a + 0.5) / 2)
     assert result["n_no_difference"] == 1 and result["median_diff"] == pytest.approx(0.25)
     assert result["one_sided_values"] == 0
+
+
+def test_compare_ties_equal_scores_listed_in_another_class_order(tmp_path):
+    """0.1 + 0.2 + 0.3 and 0.3 + 0.2 + 0.1 differ in the last bit: two evaluations of equal scores whose
+    records list the classes in another order must tie (no pair ranked), not differ by rounding."""
+    scores = {"a": 0.1, "b": 0.2, "c": 0.3}
+    for name, order in (("x", "abc"), ("y", "cba")):
+        cases = [{"case": f"c{i}", "per_class": {k: {"dice": scores[k] + i / 8, "iou": 0.5, "hd95": 1.0, "asd": 1.0}
+                                                 for k in order}} for i in range(3)]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"cases": cases}), encoding="utf-8")
+    result = compare_runs(tmp_path / "x.json", tmp_path / "y.json")
+    assert result["n_no_difference"] == 3 and result["p"] == 1.0
