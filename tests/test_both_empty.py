@@ -1,5 +1,5 @@
 """`evaluate --both-empty`: a class absent from both a prediction and its label counts as Dice 1 (BraTS,
-MONAI with ignore_empty=False) or is left out of the means (nnU-Net, MONAI's default), and `compare`
+MONAI with ignore_empty=False) or is left out of the means (nnU-Net), and `compare`
 refuses to pair evaluations that counted it differently."""
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Conventions (the JSON that `fewsam evaluate` writes relies on them):
   Dice and IoU are fractions in [0, 1].
 - Both prediction and label empty (``BOTH_EMPTY`` "perfect", the default): dice = iou = 1, hd95 =
   asd = 0, as BraTS and MONAI with ``ignore_empty=False`` count it; "skip": all four None, the class
-  left out of that case's means, as nnU-Net and MONAI's default count it. Exactly one of them empty:
+  left out of that case's means, as nnU-Net counts it (MONAI's default, ``ignore_empty=True``, leaves out
+  every empty label, also where the prediction draws the class, which here scores 0). Exactly one of them empty:
   dice = iou = 0 and hd95 = asd = None -- a missing value, never 0 (as the papers report).
 - The surface of a mask is the set of its voxels removed by one binary erosion with face
   connectivity, the outside of the array counting as background (medpy and MONAI do the same).
