@@ -1,12 +1,15 @@
 """Long commands besides fit keep a log file: `embed` appends to CACHE/<model folder>/embed.log, `predict`
 writes predict.log beside its predictions (the command, host, notices, progress lines and how it ended)."""
 
+import signal
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from fewsam import cli
 from fewsam.cli import app
+from fewsam.errors import Stopped
 
 QUICK_FIT = ["--labeled-cases", "1", "--views", "1", "--steps", "2", "--val-every", "2", "--batch-size", "2",
              "--no-test-mirroring", "--no-sam-refinement", "--precision", "fp32", "--quiet"]
@@ -60,6 +63,8 @@ def test_predict_writes_its_log_beside_the_predictions_and_nothing_when_it_fails
 
 
 @pytest.mark.parametrize("error, told", [(KeyboardInterrupt(), "interrupted"),
+                                         (Stopped(signal.SIGINT), "interrupted"),  # Ctrl-C in the command line
+                                         (Stopped(signal.SIGTERM), "terminated (SIGTERM)"),
                                          (RuntimeError("disk gone"), "stopped: RuntimeError: disk gone")])
 def test_a_command_log_says_how_the_command_ended(tmp_path, error, told):
     from fewsam.progress import command_log
@@ -68,6 +73,32 @@ def test_a_command_log_says_how_the_command_ended(tmp_path, error, told):
         with command_log(tmp_path / "x.log", "embed"):
             raise error
     assert read(tmp_path / "x.log").splitlines()[-1].endswith(told)
+
+
+def test_an_embed_stopped_by_ctrl_c_says_so_at_the_end_of_the_cache_log(tiny_sam_phantom, tmp_path, monkeypatch):
+    """The command line turns Ctrl-C into ``Stopped``, not a KeyboardInterrupt: embed.log ended on its last
+    progress line, as if the command were still running (or had been killed), where fit.log says it stopped."""
+    from fewsam.cache import EmbeddingCache
+
+    cache = tmp_path / "cache"
+    put = EmbeddingCache.put
+
+    def put_then_ctrl_c(self, *args, **kwargs):
+        put(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(EmbeddingCache, "put", put_then_ctrl_c)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    cli._stop_on_signals()
+    try:
+        with pytest.raises(Stopped):
+            CliRunner().invoke(app, ["embed", "--data", str(tiny_sam_phantom), "--cache", str(cache), "--precision",
+                                     "fp32", "--quiet"])
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    [log] = cache.glob("*/embed.log")
+    assert read(log).splitlines()[-1].endswith(" interrupted")
 
 
 def test_a_log_file_that_cannot_be_written_is_said_once_and_the_work_goes_on(tmp_path, caplog):

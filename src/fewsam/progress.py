@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator, Sequence, TextIO, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fewsam.errors import Stopped
+
 T = TypeVar("T")
 LINE_EVERY_PERCENT = 5
 LINE_EVERY_SECONDS = 30.0
@@ -133,6 +135,9 @@ def command_log(path: Path, fallback: str) -> Iterator[Path]:
             yield path
         except KeyboardInterrupt:
             record("interrupted")
+            raise
+        except Stopped as stop:  # Ctrl-C or SIGTERM in the command line, which raises Stopped, not KeyboardInterrupt
+            record(stop.how)
             raise
         except Exception as exc:
             record(f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
