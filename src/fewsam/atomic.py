@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -294,8 +295,10 @@ def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> I
     write again go with the move, so an older set's leftovers are not taken for the new one's. Names,
     not a pattern: a user's own file that merely looks like one of the set is never removed."""
     made = _make_parents(out.parent)
+    remove_abandoned_stagings(out)
     staging = out.parent / hidden_name(out.name, f".partial-{secrets.token_hex(4)}")
     staging.mkdir()
+    owned = _hold_folder(staging)
     try:
         yield staging
         _move_into(staging, out, overwrite, replaces)
@@ -304,6 +307,63 @@ def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> I
         for folder in reversed(made):
             _remove_if_empty(folder)
         raise
+    finally:
+        if owned is not None:
+            os.close(owned)
+
+
+STAGING_GRACE_S = 60.0  # a staging folder this old and unheld was left by a writer that died (kill -9)
+
+
+def _hold_folder(folder: Path) -> int | None:
+    """A shared flock on ``folder``, held by its writer until the folder is moved or removed: the kernel
+    lets it go when the writer dies however it dies, which tells ``remove_abandoned_stagings`` a staging
+    folder a kill -9 left from one still being written. None where the file system has no locks."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_abandoned_stagings(out: Path) -> None:
+    """Remove the staging folders beside ``out`` that writers killed outright (kill -9, the OOM killer, a
+    power cut) left: Ctrl-C removes its own, but these held every prediction written before the kill,
+    hidden beside ``out``, and stayed there for good, one more at each killed attempt. One that a live
+    writer holds (``_hold_folder``), or made moments ago (not held yet), is left alone, as is one on a file
+    system without locks, where a dead writer's cannot be told from a live one's."""
+    prefix = hidden_name(out.name, ".partial-")
+    try:
+        candidates = [p for p in out.parent.iterdir() if _is_staging_name(p.name, prefix)]
+    except OSError:
+        return
+    for folder in candidates:
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while a writer holds its shared lock
+            if time.time() - folder.stat().st_mtime >= STAGING_GRACE_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _is_staging_name(name: str, prefix: str) -> bool:
+    """Whether ``name`` is ``prefix`` + the 8 hex digits ``staged_folder`` draws, and nothing else: a
+    user's own hidden folder that merely begins alike is not fewsam's to remove."""
+    tail = name[len(prefix):]
+    return name.startswith(prefix) and len(tail) == 8 and all(c in "0123456789abcdef" for c in tail)
 
 
 def _make_parents(folder: Path) -> list[Path]:

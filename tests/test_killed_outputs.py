@@ -1,0 +1,88 @@
+"""A writer killed outright (kill -9, the OOM killer) cannot remove the hidden staging folder its predictions or
+report were being written into: the next writer into the same --out removes it, and leaves alone one that a
+live writer is still filling, and every hidden folder of the user's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fewsam import atomic
+from fewsam.atomic import atomic_write_bytes, staged_folder
+
+WRITER = """
+import os, signal, sys
+from pathlib import Path
+from fewsam.atomic import atomic_write_bytes, staged_folder
+
+with staged_folder(Path(sys.argv[1]), overwrite=True) as staging:
+    atomic_write_bytes(staging / "case_000.nii.gz", b"half of the predictions")
+    print(staging, flush=True)
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.readline()  # a live writer, still at work
+"""
+
+
+def writer(out: Path, how: str) -> tuple[subprocess.Popen, Path]:
+    """A process writing into ``out`` through ``staged_folder``: killed with SIGKILL half-way (``kill``), or
+    left waiting half-way (``wait``); with the staging folder it was filling."""
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(out), how], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    staging = Path(process.stdout.readline().strip())
+    assert staging.is_dir() and staging.name.startswith(f".{out.name}.partial-")
+    return process, staging
+
+
+def aged(folder: Path) -> None:
+    """``folder`` as a staging folder left long enough ago that no writer is about to take it."""
+    old = time.time() - 2 * atomic.STAGING_GRACE_S
+    os.utime(folder, (old, old))
+
+
+def test_the_staging_folder_of_a_killed_writer_is_removed_by_the_next_one(tmp_path):
+    out = tmp_path / "pred"
+    process, killed = writer(out, "kill")
+    assert process.wait(timeout=60) == -signal.SIGKILL and killed.is_dir()  # kill -9: nothing could clean up
+    aged(killed)
+    with staged_folder(out, overwrite=False) as staging:
+        atomic_write_bytes(staging / "case_000.nii.gz", b"every prediction")
+    assert not killed.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
+    assert (out / "case_000.nii.gz").read_bytes() == b"every prediction"
+
+
+def test_a_live_writers_staging_folder_and_the_users_hidden_folders_are_left(tmp_path):
+    out = tmp_path / "pred"
+    users = [tmp_path / ".pred.partial-notours", tmp_path / ".pred.partial-0badf00d-mine"]
+    for folder in users:
+        folder.mkdir()
+        aged(folder)
+    process, live = writer(out, "wait")
+    try:
+        aged(live)
+        with staged_folder(tmp_path / "other", overwrite=False):
+            pass
+        with staged_folder(out, overwrite=True) as staging:
+            atomic_write_bytes(staging / "case_001.nii.gz", b"another")
+        assert live.is_dir() and (live / "case_000.nii.gz").exists()  # still being written: not touched
+        process.communicate("\n", timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and not live.exists()  # it finished, moving its files in
+    assert all(folder.is_dir() for folder in users)
+    assert (out / "case_000.nii.gz").exists() and (out / "case_001.nii.gz").exists()
+
+
+def test_a_staging_folder_made_moments_ago_and_not_held_yet_is_left(tmp_path):
+    """A writer makes its folder, then takes its lock: in between, the folder is new, not abandoned."""
+    out = tmp_path / "pred"
+    young = tmp_path / ".pred.partial-0123abcd"
+    young.mkdir()
+    with staged_folder(out, overwrite=False):
+        pass
+    assert young.is_dir()
