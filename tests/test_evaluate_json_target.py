@@ -37,3 +37,33 @@ def test_evaluate_json_never_replaces_another_tools_file_among_predictions(tmp_p
     for _ in range(2):  # written, then an earlier evaluation replaced
         assert _evaluate(data, pred, ours).returncode == 0
     assert json.loads(ours.read_text())["n_cases"] == 2
+
+
+def test_a_json_made_while_evaluate_ran_is_not_replaced_without_overwrite(tmp_path, monkeypatch):
+    """--json is checked before the evaluation starts (minutes on a large split) and written after it: a file
+    made there meanwhile (a second evaluate started into the same --json, the user's own) was silently replaced."""
+    from typer.testing import CliRunner
+
+    from fewsam import evaluate as evaluation
+    from fewsam.cli import app
+    from fewsam.errors import FewsamError
+
+    data, pred = write_png_cases(tmp_path, SQUARE, {"a": ({"sex": "F"}, SQUARE), "b": ({"sex": "M"}, SQUARE)})
+    target = tmp_path / "eval.json"
+    scored = evaluation.evaluate
+
+    def evaluate_while_another_writes(*args, **kwargs):
+        result = scored(*args, **kwargs)
+        target.write_text('{"theirs": true}')  # what the other command wrote while this one scored
+        return result
+
+    monkeypatch.setattr(evaluation, "evaluate", evaluate_while_another_writes)
+    command = ["evaluate", "--pred", str(pred), "--data", str(data), "--split", "test", "--json", str(target), "--quiet"]
+    result = CliRunner().invoke(app, command)
+    assert isinstance(result.exception, FewsamError)  # the command line's one error: line, exit code 2
+    assert "was made by something else while this command ran" in str(result.exception)
+    assert json.loads(target.read_text()) == {"theirs": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "eval.json", "pred"]  # no temporary left
+    result = CliRunner().invoke(app, [*command, "--overwrite"])  # asked: replaced
+    assert result.exit_code == 0, result.output
+    assert json.loads(target.read_text())["n_cases"] == 2

@@ -33,8 +33,9 @@ HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TEMPORARY_SUFFIX = ".tmp"
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path`` and rename it into place."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], replace: bool = True) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path`` and rename it into place. ``replace``
+    False: a file at ``path`` is never replaced, even one made while ``write`` ran (FileExistsError)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with stop_signals_held():
@@ -45,7 +46,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
                 if not fh.closed:  # a writer may close what it was given
                     fh.flush()
                     os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _rename_unless_taken(tmp, path)
             sync_folder(path.parent)
         except Exception as exc:
             tmp.unlink(missing_ok=True)
@@ -57,6 +61,21 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             tmp.unlink(missing_ok=True)
             raise
     return path
+
+
+def _rename_unless_taken(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` only if nothing is there: a hard link fails, atomically, where a file is
+    (a rename would replace it). A file system without hard links gets the check and the rename apart."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def sync_folder(folder: Path) -> None:
@@ -113,8 +132,8 @@ def stop_signals_held() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda fh: fh.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes, replace: bool = True) -> Path:
+    return atomic_write(path, lambda fh: fh.write(data), replace)
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:

@@ -154,6 +154,19 @@ def check_output_file(path: Path | None, option: str, overwrite: bool) -> None:
         raise FewsamError(f"{option} {path}: {existing} is read-only; give another {option}")
 
 
+def write_output_json(path: Path, result: Any, overwrite: bool, option: str = "--json") -> None:
+    """Write a command's result JSON. Without --overwrite no file is replaced, also one made while the
+    command ran (``check_output_file`` looked before it started): two evaluations started at once into one
+    --json, or a file the user put there meanwhile, are not silently replaced by the one that ends last."""
+    from fewsam.runs import write_json
+
+    try:
+        write_json(path, result, replace=overwrite)
+    except FileExistsError:
+        raise FewsamError(f"{option} {path} was made by something else while this command ran, and it was not "
+                          f"replaced; choose another {option} or pass --overwrite to replace it") from None
+
+
 def refuse_a_run_file(path: Path, option: str) -> None:
     """A fitted run's own files (config.json, checkpoints, logs, manifest) are never an output, even with
     --overwrite: an evaluation written over RUN/config.json would leave a run no command can read."""
@@ -399,7 +412,6 @@ def evaluate(
 ) -> None:
     """Dice, IoU, HD95, ASD per class and case (and ES-Dice / ES-IoU per group)."""
     from fewsam.evaluate import check_json_beside_predictions, evaluate as run_evaluate
-    from fewsam.runs import write_json
 
     check_not_an_input(json_out, "--json", [attributes], data)
     check_json_beside_predictions(json_out, pred)
@@ -407,7 +419,7 @@ def evaluate(
     result = run_evaluate(pred, data, split, group_by, alpha, not quiet, bins=bins, attributes=attributes,
                           es_mode=es_mode, both_empty=both_empty, annotated_slices_only=annotated_slices_only)
     if json_out:
-        write_json(json_out, result)
+        write_output_json(json_out, result, overwrite)
     _print_summary(result)
 
 
@@ -423,13 +435,12 @@ def compare(
 ) -> None:
     """Paired Wilcoxon signed-rank test between two runs' per-case scores."""
     from fewsam.compare import compare_runs, describe
-    from fewsam.runs import write_json
 
     check_not_an_input(json_out, "--json", [run_a, run_b])
     check_output_file(json_out, "--json", overwrite)
     result = compare_runs(run_a, run_b, metric, n_comparisons)
     if json_out:
-        write_json(json_out, result)
+        write_output_json(json_out, result, overwrite)
     out.print(describe(result), highlight=False)
 
 
@@ -466,7 +477,6 @@ def bench(
     """Measure the default precision against --precision fp32 side by side (encoder s/slice, decoder and
     student training steps, peak memory), and cache-hit, inference and fit times, on this machine."""
     from fewsam.bench import run_bench
-    from fewsam.runs import write_json
 
     check_device(device)
     _check_scratch_cache(cache, data)
@@ -474,7 +484,7 @@ def bench(
     check_output_file(json_out, "--json", overwrite)
     result = run_bench(data, n, cache, device)
     if json_out:
-        write_json(json_out, result)
+        write_output_json(json_out, result, overwrite)
     out.print(json.dumps(result, indent=2))
 
 
@@ -504,14 +514,13 @@ def info(
     """What fewsam sees in DATA: layout, classes and their coding, splits with case and slice counts,
     group attributes, and the splits fit/predict/evaluate use by default. Loads no model."""
     from fewsam.info import dataset_info, describe
-    from fewsam.runs import write_json
 
     data = one_data_folder(data, data_option)
     check_not_an_input(json_out, "--json", [attributes], data)
     check_output_file(json_out, "--json", overwrite)
     result = dataset_info(data, attributes)
     if json_out:
-        write_json(json_out, result)
+        write_output_json(json_out, result, overwrite)
     out.print(describe(result), highlight=False, markup=False, soft_wrap=True)
 
 

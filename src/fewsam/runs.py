@@ -486,7 +486,7 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write."""
+def write_json(path: Path, data: Any, replace: bool = True) -> None:
+    """Atomic JSON write; ``replace`` False: never over an existing file (``atomic_write``)."""
     text = json.dumps(data, indent=2, default=str) + "\n"
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode(), replace)
