@@ -100,6 +100,13 @@ def user_error(failures: dict) -> str | None:
     return f"rank {min(stopped)} stopped on a user error (exit code {USER_ERROR})"
 
 
+def stopped_by(signum: int) -> None:
+    """Leave as the fit under one process leaves on Ctrl-C or SIGTERM (exit 128 + the signal), said once:
+    torchrun stops its processes on the signal (rank 0 then says how the fit stopped and that the same
+    command resumes it), and raised its own SignalException here, whose traceback followed that line."""
+    raise SystemExit(128 + int(signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     """torchrun with ``argv`` (this process's arguments by default) and ``-m fewsam`` before the command."""
     from fewsam.cli import print_error
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     except FewsamError as exc:
         print_error(str(exc))
         raise SystemExit(USER_ERROR) from None
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -125,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
             run(args)
         except ChildFailedError as exc:
             failed = exc
+        except SignalException as exc:
+            stopped_by(exc.sigval)
     message = None if failed is None else user_error(failed.failures)
     if message is None:
         replay(held)
