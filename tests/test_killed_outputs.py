@@ -11,12 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fewsam import atomic
 from fewsam.atomic import atomic_write_bytes, staged_folder
 
 WRITER = """
 import os, signal, sys
 from pathlib import Path
+
+import pytest
 from fewsam.atomic import atomic_write_bytes, staged_folder
 
 with staged_folder(Path(sys.argv[1]), overwrite=True) as staging:
@@ -86,3 +90,39 @@ def test_a_staging_folder_made_moments_ago_and_not_held_yet_is_left(tmp_path):
     with staged_folder(out, overwrite=False):
         pass
     assert young.is_dir()
+
+
+@pytest.mark.parametrize("out_exists", [False, True])
+def test_ctrl_c_as_the_outputs_move_in_lets_them_finish_and_says_so(tmp_path, monkeypatch, out_exists):
+    """Ctrl-C as the finished predictions moved into --out: the move finished (the signal is held) and the stop
+    came after it, but the command said no prediction was written, and the same command was then refused for
+    the full --out it had just written."""
+    from fewsam import cli
+    from fewsam.errors import Stopped
+
+    out = tmp_path / "pred"
+    if out_exists:
+        out.mkdir()
+        (out / "notes.txt").write_text("the user's")
+    real_sync = atomic.sync_folder
+
+    def sync_then_ctrl_c(folder):  # the moves are done file by file, then each folder synced: the last step
+        real_sync(folder)
+        signal.raise_signal(signal.SIGINT)
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    cli._stop_on_signals()
+    try:
+        with pytest.raises(Stopped) as stopped:
+            with staged_folder(out, overwrite=out_exists) as staging:
+                for name in ("case_000.nii.gz", "case_001.nii.gz"):
+                    atomic_write_bytes(staging / name, name.encode())
+                monkeypatch.setattr(atomic, "sync_folder", sync_then_ctrl_c)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert (out / "case_000.nii.gz").read_bytes() == b"case_000.nii.gz" and (out / "case_001.nii.gz").exists()
+    assert stopped.value.written == str(out)
+    line = cli.stopped_message(stopped.value, ["fewsam", "predict", "run", "--out", str(out)])
+    assert f"{out} holds its whole output" in line and "no prediction was written" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # no staging folder left

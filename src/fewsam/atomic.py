@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from fewsam.errors import FewsamError
+from fewsam.errors import FewsamError, Stopped
 
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -318,10 +318,15 @@ def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> I
     staging = out.parent / hidden_name(out.name, f".partial-{secrets.token_hex(4)}")
     staging.mkdir()
     owned = _hold_folder(staging)
+    moved = False
     try:
         yield staging
-        _move_into(staging, out, overwrite, replaces)
-    except BaseException:
+        with stop_signals_held():  # Ctrl-C here acts once every file is in place, as the message then says
+            _move_into(staging, out, overwrite, replaces)
+            moved = True
+    except BaseException as exc:
+        if moved and isinstance(exc, Stopped):
+            exc.written = str(out)
         shutil.rmtree(staging, ignore_errors=True)
         for folder in reversed(made):
             _remove_if_empty(folder)

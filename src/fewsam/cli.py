@@ -810,6 +810,9 @@ def stopped_message(stop: Stopped, argv: list[str]) -> str:
     keeps every saved label; predict writes nothing partial but keeps the embeddings it encoded (a run
     on SAM), which its next run reads back; the others kept nothing partial and start over."""
     command = next((a for a in argv[1:] if not a.startswith("-")), "")
+    if stop.written is not None:  # the stop came as the finished outputs moved in, which completed first
+        return (f"{stop.how} as the command ended: {stop.written} holds its whole output, nothing is left to do "
+                "(the same command again needs --overwrite)")
     if command == "studio":
         return f"{stop.how}; the studio stopped, its saved labels are kept: run the same command again to go on"
     if command in RESUMABLE_COMMANDS and stop.run_removed:

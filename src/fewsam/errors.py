@@ -41,6 +41,9 @@ class Stopped(BaseException):
         # set by the fit's RunFolder when it removed a new run that held no checkpoint yet: the stop
         # message then cannot promise a resume, only a fresh start (the embedding cache is kept)
         self.run_removed = False
+        # set by ``atomic.staged_folder`` when the stop came while its files were moving into place, which
+        # finishes first: the output folder then holds the whole new set, and the stop message says so
+        self.written: str | None = None
 
     @property
     def how(self) -> str:
