@@ -369,3 +369,48 @@ def test_another_labelled_budget_is_named_as_an_option_not_as_changed_data(tmp_p
     moved = {**config(2, "/data/moved"), "samatch": {"use_sam": False}, "model": None}
     with pytest.raises(RunError, match=r"\(samatch.use_sam: true -> false; model: "):  # the option given comes first
         prepare_run_dir(tmp_path / "run", moved)
+
+
+KILLED_AT_STEP = """
+import os, signal, sys
+from fewsam import train
+from fewsam.cli import main
+
+logged, kill_at = train._log, int(sys.argv[1])
+
+def log_then_die(run_dir, record):  # the OOM killer at the given step: no handler runs, nothing is cleaned
+    logged(run_dir, record)
+    if record.get("step") == kill_at and "loss" in record:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train._log = log_then_die
+sys.argv = ["fewsam", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("killed_at, fitted", [(1, False), (3, True)])
+def test_a_fit_killed_outright_is_refused_with_other_settings_as_what_it_holds(phantom, tmp_path, killed_at, fitted):
+    """A fit the OOM killer stopped at step 1, before its first checkpoint (step 2), holds nothing fitted: the
+    same fit with a smaller --batch-size was sent to "rerun with its settings to resume", which only runs out
+    of memory again, and not told that deleting the folder loses nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    command = _supervised(phantom, run, steps="4")
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP, str(killed_at), *command], capture_output=True,
+                            text=True, env=dict(os.environ, FEWSAM_NO_REEXEC="1"), timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (run / "config.json").exists() and (run / "checkpoint_last.pt").exists() == fitted
+    smaller = _invoke(*[("1" if arg == "2" and prev == "--batch-size" else arg)
+                        for prev, arg in zip(["", *command], command)])
+    message = str(smaller.exception)
+    assert smaller.exit_code != 0 and "different configuration (supervised.batch_size: 2 -> 1)" in message, message
+    if fitted:
+        assert "rerun with its settings to resume" in message, message
+    else:
+        assert "resume" not in message and "nothing is fitted in it" in message and f"delete {run}" in message, message
+    assert _invoke(*command).exit_code == 0  # the same settings: resumed (or started, when nothing was fitted)

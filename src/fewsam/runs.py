@@ -69,7 +69,8 @@ class RunFolder:
 
     def prepare(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
         """Write (or match) config.json, refuse damaged finished runs, clear what a kill left."""
-        path, resuming = prepare_run_dir(self.path, config, defaults)
+        fitted = self._holds_work() or (self.path / MANIFEST).exists()
+        path, resuming = prepare_run_dir(self.path, config, defaults, fitted)
         self.finished = resuming and _verify_finished(path)
         for tmp in stale_temporaries(path):
             tmp.unlink(missing_ok=True)
@@ -154,8 +155,11 @@ def _take_lock(path: Path) -> int:
 
 
 def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
-                    defaults: dict[str, Any] | None = None) -> tuple[Path, bool]:
-    """Create RUN (or accept it for resuming). Returns (path, resuming).
+                    defaults: dict[str, Any] | None = None, fitted: bool = True) -> tuple[Path, bool]:
+    """Create RUN (or accept it for resuming). Returns (path, resuming). ``fitted`` False: RUN holds no
+    checkpoint yet (a fit killed outright before its first one, which Ctrl-C would have removed), so a
+    refusal does not send the user to resume it with its settings (a fit the OOM killer stopped would only
+    be stopped again), but says that nothing is fitted in it.
 
     ``defaults``: the config's sections as the method's default settings give them. An option the
     stored run predates (a fewsam upgrade added it) counts as set to its default there, and the fit
@@ -173,8 +177,11 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any],
         changed = config_differences(_comparable(stored, by_hash), _comparable(requested, by_hash),
                                      first=config.get("method"))
         if changed:
+            advice = ("rerun with its settings to resume" if fitted else
+                      f"it was stopped before its first checkpoint, so nothing is fitted in it: delete {path} to "
+                      "start this fit there")
             raise RunError(f"{path} already holds a run with a different configuration ({changed}); "
-                           "rerun with its settings to resume, or choose another --out (nothing was overwritten)")
+                           f"{advice}, or choose another --out (nothing was overwritten)")
         _refuse_other_labelled_slices(path, stored, config)
         _refuse_changed_data(path, stored, config)
         if predated:
