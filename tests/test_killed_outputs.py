@@ -52,6 +52,8 @@ def test_the_staging_folder_of_a_killed_writer_is_removed_by_the_next_one(tmp_pa
     out = tmp_path / "pred"
     process, killed = writer(out, "kill")
     assert process.wait(timeout=60) == -signal.SIGKILL and killed.is_dir()  # kill -9: nothing could clean up
+    process.stdout.close()
+    process.stdin.close()
     aged(killed)
     with staged_folder(out, overwrite=False) as staging:
         atomic_write_bytes(staging / "case_000.nii.gz", b"every prediction")
