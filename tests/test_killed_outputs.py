@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fewsam import atomic
@@ -20,6 +21,7 @@ WRITER = """
 import os, signal, sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fewsam.atomic import atomic_write_bytes, staged_folder
 
@@ -44,7 +46,7 @@ def writer(out: Path, how: str) -> tuple[subprocess.Popen, Path]:
 
 def aged(folder: Path) -> None:
     """``folder`` as a staging folder left long enough ago that no writer is about to take it."""
-    old = time.time() - 2 * atomic.STAGING_GRACE_S
+    old = time.time() - 2 * atomic.ABANDONED_GRACE_S
     os.utime(folder, (old, old))
 
 
@@ -128,3 +130,57 @@ def test_ctrl_c_as_the_outputs_move_in_lets_them_finish_and_says_so(tmp_path, mo
     line = cli.stopped_message(stopped.value, ["fewsam", "predict", "run", "--out", str(out)])
     assert f"{out} holds its whole output" in line and "no prediction was written" not in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # no staging folder left
+
+
+ENTRY_WRITER = """
+import os, signal, sys
+from pathlib import Path
+
+from fewsam.atomic import atomic_write
+
+
+def write(fh):
+    fh.write(b"half of an embedding")
+    fh.flush()
+    print("writing", flush=True)
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.readline()  # a live writer, still at work
+
+
+atomic_write(Path(sys.argv[1]), write)
+"""
+
+
+def entry_writer(path: Path, how: str) -> tuple[subprocess.Popen, Path]:
+    """A process writing ``path`` through ``atomic_write``: killed half-way (``kill``) or left waiting
+    (``wait``); with the temporary file it was writing."""
+    process = subprocess.Popen([sys.executable, "-c", ENTRY_WRITER, str(path), how], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    (tmp,) = path.parent.glob(atomic.hidden_name(path.name, ".*.tmp"))
+    return process, tmp
+
+
+@pytest.mark.parametrize("how", ["kill", "wait"])
+def test_a_cache_entry_a_killed_fill_half_wrote_is_removed_when_the_entry_is_written(tmp_path, fake_sam, how):
+    """kill -9 as an embedding was being stored left its hidden ``.KEY.npz.RANDOM.tmp`` for good; the fill that
+    encodes those pixels again removes it, and leaves alone one that a live process is still writing."""
+    from fewsam.cache import EmbeddingCache
+
+    image = np.random.default_rng(0).random((20, 24)).astype(np.float32)
+    cache = EmbeddingCache(tmp_path, fake_sam)
+    path = cache.path_for(cache.key(image))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    process, tmp = entry_writer(path, how)
+    users = path.parent / atomic.hidden_name(path.name, ".mine.tmp")
+    users.write_bytes(b"the user's")
+    try:
+        aged(tmp)
+        aged(users)
+        cache.embed([image])
+        assert path.exists() and users.exists()
+        assert tmp.exists() == (how == "wait")  # a live writer's temporary is not touched
+    finally:
+        process.kill()
+        process.communicate()

@@ -5,6 +5,8 @@ fast paths (channels-last student, bf16 autocast) close to the reference they re
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 
 from fewsam.cache import EmbeddingCache, model_folder
 from fewsam.config import DEFAULT_PRECISION, ConfigError, FitOptions
-from fewsam import progress
+from fewsam import atomic, progress
 from fewsam.models import precision
 from fewsam.models.acceleration import (BF16_AUTOCAST, BF16_STUDENT, CUDA_BF16, FP32_FAST, REFERENCE, acceleration_of_run,
                                         prepare_decoder,
@@ -394,3 +396,19 @@ def test_bench_times_every_encoder_its_paths_compare(flags, monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
     paths = bench.compared_paths("cpu", flags)
     assert {p.encoder_name for p in paths.values()} <= set(bench.encoder_names("cpu", flags))
+
+
+@pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed")
+def test_a_conversion_killed_while_it_was_kept_leaves_no_folder_behind(tmp_path):
+    """kill -9 while the converted encoder was being written left its hidden ``.ir-RANDOM`` folder (tens of
+    MB) in the cache for good; the next conversion kept there removes it, and no folder of the user's."""
+    model = tiny_sam()
+    killed, users = tmp_path / f"{precision.IR_TEMPORARY}0123abcd", tmp_path / f"{precision.IR_TEMPORARY}mine"
+    for folder in (killed, users):
+        folder.mkdir()
+        (folder / "encoder.bin").write_bytes(b"half of it")
+        old = time.time() - 2 * atomic.ABANDONED_GRACE_S
+        os.utime(folder, (old, old))
+    EmbeddingCache(tmp_path, model, OPENVINO_BF16).embed([np.zeros((40, 48), np.float32)])
+    assert (tmp_path / f"{model_folder(model)}-openvino-ir" / "encoder.xml").exists()
+    assert not killed.exists() and users.is_dir()

@@ -6,7 +6,9 @@ cut leaves no empty or half-written file under a name a later step trusts (a stu
 checkpoint a resumed fit loads). Every writer
 in fewsam (cache entries, checkpoints, run configs, predictions) goes through here. A kill can
 leave the temporary file behind (``.NAME.RANDOM.tmp``, a long NAME cut short: ``hidden_name``);
-``stale_temporaries`` finds them so that whoever owns the folder can clear them. Ctrl-C and
+``stale_temporaries`` finds them so that whoever owns the folder (under its lock) can clear them; in a
+folder live writers share (the embedding cache) each writer holds a lock on its temporary while it
+writes, and ``remove_abandoned`` clears those no live writer holds. Ctrl-C and
 SIGTERM are held while a file is written and acted on once it is in place: a Python handler that
 raises inside a writer (torch's zip writer, for one) would otherwise end in the writer's own error
 instead of the stop it asked for.
@@ -40,6 +42,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], replace: b
     path.parent.mkdir(parents=True, exist_ok=True)
     with stop_signals_held():
         fd, tmp = _create_temporary(path)
+        held = hold(tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
@@ -60,6 +63,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], replace: b
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            let_go(held)
     return path
 
 
@@ -317,7 +322,7 @@ def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> I
     remove_abandoned_stagings(out)
     staging = out.parent / hidden_name(out.name, f".partial-{secrets.token_hex(4)}")
     staging.mkdir()
-    owned = _hold_folder(staging)
+    owned = hold(staging)
     moved = False
     try:
         yield staging
@@ -332,19 +337,19 @@ def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> I
             _remove_if_empty(folder)
         raise
     finally:
-        if owned is not None:
-            os.close(owned)
+        let_go(owned)
 
 
-STAGING_GRACE_S = 60.0  # a staging folder this old and unheld was left by a writer that died (kill -9)
+ABANDONED_GRACE_S = 60.0  # a temporary this old and unheld was left by a writer that died (kill -9)
 
 
-def _hold_folder(folder: Path) -> int | None:
-    """A shared flock on ``folder``, held by its writer until the folder is moved or removed: the kernel
-    lets it go when the writer dies however it dies, which tells ``remove_abandoned_stagings`` a staging
-    folder a kill -9 left from one still being written. None where the file system has no locks."""
+def hold(path: Path) -> int | None:
+    """A shared flock on the temporary file or folder ``path``, held by its writer until it is renamed into
+    place or removed: the kernel lets it go when the writer dies however it dies, which tells
+    ``remove_abandoned`` a temporary a kill -9 left from one still being written. None where the file
+    system has no locks."""
     try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -355,39 +360,57 @@ def _hold_folder(folder: Path) -> int | None:
     return fd
 
 
-def remove_abandoned_stagings(out: Path) -> None:
-    """Remove the staging folders beside ``out`` that writers killed outright (kill -9, the OOM killer, a
-    power cut) left: Ctrl-C removes its own, but these held every prediction written before the kill,
-    hidden beside ``out``, and stayed there for good, one more at each killed attempt. One that a live
-    writer holds (``_hold_folder``), or made moments ago (not held yet), is left alone, as is one on a file
-    system without locks, where a dead writer's cannot be told from a live one's."""
-    prefix = hidden_name(out.name, ".partial-")
+def let_go(fd: int | None) -> None:
+    """Release what ``hold`` took (nothing where it took nothing)."""
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_abandoned(folder: Path, prefix: str, suffix: str = "") -> None:
+    """Remove the temporaries ``PREFIX + 8 hex digits + SUFFIX`` in ``folder`` that writers killed outright
+    (kill -9, the OOM killer, a power cut) left: Ctrl-C removes its own, but these (a staging folder of
+    every prediction written before the kill, a half-written cache entry or compiled encoder) stayed for
+    good, one more at each killed attempt. One that a live writer holds (``hold``), or made moments ago
+    (not held yet), is left alone, as is one on a file system without locks, where a dead writer's cannot
+    be told from a live one's."""
     try:
-        candidates = [p for p in out.parent.iterdir() if _is_staging_name(p.name, prefix)]
+        candidates = [p for p in folder.iterdir() if _is_temporary_name(p.name, prefix, suffix)]
     except OSError:
         return
-    for folder in candidates:
-        if folder.is_symlink() or not folder.is_dir():
+    for path in candidates:
+        if path.is_symlink():
             continue
         try:
-            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while a writer holds its shared lock
-            if time.time() - folder.stat().st_mtime >= STAGING_GRACE_S:
-                shutil.rmtree(folder, ignore_errors=True)
+            if time.time() - path.stat().st_mtime >= ABANDONED_GRACE_S:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         except OSError:
             pass
         finally:
             os.close(fd)
 
 
-def _is_staging_name(name: str, prefix: str) -> bool:
-    """Whether ``name`` is ``prefix`` + the 8 hex digits ``staged_folder`` draws, and nothing else: a
-    user's own hidden folder that merely begins alike is not fewsam's to remove."""
-    tail = name[len(prefix):]
-    return name.startswith(prefix) and len(tail) == 8 and all(c in "0123456789abcdef" for c in tail)
+def remove_abandoned_stagings(out: Path) -> None:
+    """The staging folders (``staged_folder``) that killed writers left beside ``out``."""
+    remove_abandoned(out.parent, hidden_name(out.name, ".partial-"))
+
+
+def remove_abandoned_temporaries(path: Path) -> None:
+    """The temporary files (``atomic_write``) that writers killed while writing ``path`` left beside it."""
+    remove_abandoned(path.parent, hidden_name(path.name, "."), TEMPORARY_SUFFIX)
+
+
+def _is_temporary_name(name: str, prefix: str, suffix: str = "") -> bool:
+    """Whether ``name`` is ``prefix`` + the 8 hex digits fewsam draws + ``suffix``, and nothing else: a
+    user's own hidden file or folder that merely begins alike is not fewsam's to remove."""
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return False
+    tail = name[len(prefix):len(name) - len(suffix)]
+    return len(tail) == 8 and all(c in "0123456789abcdef" for c in tail)
 
 
 def _make_parents(folder: Path) -> list[Path]:

@@ -24,7 +24,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from fewsam.atomic import atomic_write, atomic_write_bytes, can_write_in, refused_write
+from fewsam.atomic import (atomic_write, atomic_write_bytes, can_write_in, refused_write,
+                           remove_abandoned_temporaries)
 from fewsam.errors import CacheError, is_disk_full
 from fewsam.models.precision import FP32, EncoderPrecision, OpenVinoEncoder, for_encoder
 from fewsam.models.sam import PreprocessInfo, SamModel
@@ -185,6 +186,7 @@ class EmbeddingCache:
         meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_temporaries(path)  # a killed fill's half-written entry of these pixels
             atomic_write(path, lambda fh: np.savez(fh, embedding=array, meta=meta_bytes))
         except OSError as err:
             self._not_stored(path, err)

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from fewsam.atomic import can_write_in, make_temporary_folder, refused_write, stop_signals_held
+from fewsam.atomic import (can_write_in, hold, let_go, make_temporary_folder, refused_write, remove_abandoned,
+                           stop_signals_held)
 from fewsam.config import PRECISIONS, ConfigError
 from fewsam.progress import say_once
 
@@ -269,13 +270,15 @@ class OpenVinoEncoder:
             if not can_write_in(self.ir_dir.parent):
                 raise PermissionError(errno.EACCES, "read-only", str(self.ir_dir.parent))
             self.ir_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = make_temporary_folder(self.ir_dir.parent, ".ir-")
+            remove_abandoned(self.ir_dir.parent, IR_TEMPORARY)  # a conversion killed while it was being kept
+            tmp = make_temporary_folder(self.ir_dir.parent, IR_TEMPORARY)
         except OSError as err:
             if not refused_write(err):
                 raise
             say_once(f"the compiled encoder cannot be kept in {self.ir_dir.parent} ({err.strerror}): it is "
                      "converted in memory for this command, and again by each command on this cache")
             return
+        held = hold(tmp)
         try:
             for i, model in enumerate(models):
                 ov.save_model(model, tmp / _ir_name(i, len(models)), compress_to_fp16=False)
@@ -283,6 +286,7 @@ class OpenVinoEncoder:
         except OSError:
             pass  # another process put its (identical) IR there first
         finally:
+            let_go(held)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -295,6 +299,7 @@ def _convert_stage(ov: Any, module: torch.nn.Module, example: torch.Tensor) -> A
 
 
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+IR_TEMPORARY = ".ir-"  # + 8 hex digits: the folder a converted encoder is written into before its rename
 
 
 def _set_aside(folder: Path) -> None:
