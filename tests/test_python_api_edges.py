@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import write_png_cases
 from fewsam.api import FitOptions, fit, predict
@@ -198,6 +199,18 @@ def test_each_fit_log_names_the_options_its_method_does_not_read(tiny_sam_phanto
         fit("supervised", fit_options(tiny_sam_phantom, tmp_path / run), SupervisedConfig(steps=2, image_size=32))
         log = (tmp_path / run / "fit.log").read_text(encoding="utf-8")
         assert "--cache is not used" in log, log
+
+
+def test_a_fit_gives_the_caller_back_torch_s_random_numbers(tiny_sam_phantom, tmp_path):
+    """The fit seeds torch's global generator with its own seed: a notebook's torch.randn after it drew the
+    same numbers after every fit of that seed, whatever the notebook had seeded."""
+    from fewsam.methods.supervised import SupervisedConfig
+
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    fit("supervised", fit_options(tiny_sam_phantom, tmp_path / "unet"), SupervisedConfig(steps=2, image_size=32))
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_a_prediction_log_holds_its_own_notices_not_those_of_earlier_fits(tiny_sam_phantom, tmp_path):

@@ -16,6 +16,8 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from fewsam import __version__
 from fewsam.cache import EMBED_LOG, EmbeddingCache
 from fewsam.compare import compare_runs
@@ -101,7 +103,8 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
     if spec.fit is not None and spec.needs_sam(cfg):  # the same checks as ``fewsam fit``: nothing in the data
         check_cache_folder(options.cache, options.data)
     check_run_outside_data(options.run, options.data)
-    with ddp.distributed_fit(options) as options:  # under torchrun: this rank's device
+    # under torchrun: this rank's device; the fit seeds torch's generators, the caller's are given back
+    with ddp.distributed_fit(options) as options, callers_torch_generators(options.device):
         if spec.fit is None:
             return _record_only(spec, options, cfg)
         # Locked before the data is opened: a second fit is refused at once (under torchrun rank 0
@@ -124,6 +127,18 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
                 if kept:
                     record(f"{spec.name} {kept}")
             return result
+
+
+@contextmanager
+def callers_torch_generators(device: str) -> Iterator[None]:
+    """torch's global generators (the CPU's, and the fit's GPU's) given back as the caller left them when
+    the fit returns or fails: the fit seeds them with its own ``seed``, which left a notebook's next
+    ``torch.randn`` drawing the same numbers after every fit of that seed (Python's and numpy's global
+    generators fewsam never touches)."""
+    place = torch.device(device)
+    gpus = [torch.cuda.current_device() if place.index is None else place.index] if place.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        yield
 
 
 def check_fit_arguments(spec: Method, options: Any, cfg: Any) -> None:
