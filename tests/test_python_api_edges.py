@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import write_png_cases
-from fewsam.api import FitOptions, fit, predict
+from fewsam.api import FitOptions, embed_dataset, fit, predict
 from fewsam.compare import compare_runs
 from fewsam.errors import FewsamError
 from fewsam.evaluate import evaluate
@@ -104,6 +104,18 @@ def test_an_argument_of_the_wrong_kind_is_named_before_anything_is_written(grade
 
 
 # --- one path where a list is read, and lists of the wrong things --------------------------------
+
+@pytest.mark.parametrize("call", [
+    lambda p: embed_dataset(p, cache_root=p / "cache", ray_workers=4, show_progress=False),
+    lambda p: predict(p / "run", p, p / "pred", ray_workers=4, show_progress=False),
+])
+def test_ray_workers_without_a_cluster_is_refused_in_python_words(tmp_path, call):
+    """The command line refused --ray-workers without --ray; a Python caller's ray_workers=4 was dropped
+    and the work ran here in one process, as if it had been spread."""
+    with pytest.raises(FewsamError, match=r"^ray_workers needs ray \(auto, local"):
+        call(tmp_path)
+    assert not (tmp_path / "pred").exists() and not (tmp_path / "cache").exists()
+
 
 @pytest.mark.parametrize("given, named", [
     (lambda evals: str(evals[0]), "evaluations must be a list of evaluation JSON paths"),

@@ -26,6 +26,7 @@ from fewsam.config import (DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions,
 from fewsam.data import open_dataset
 from fewsam.devices import check_device
 from fewsam.distributed import ddp
+from fewsam.distributed.ray_jobs import check_workers_have_a_cluster
 from fewsam.embedded import fill_cache
 from fewsam.errors import DataError, FewsamError, Stopped
 from fewsam.evaluate import evaluate
@@ -56,6 +57,7 @@ def embed_dataset(data: str | Path, split: str | None = None, model_name: str = 
     ``ray``: on the Ray cluster at that address, ``ray_workers`` workers (default: one per CPU), into
     the same cache (``fewsam.distributed.ray_jobs``)."""
     check_device(device)
+    check_workers_have_a_cluster(ray, ray_workers)
     check_cache_folder(cache_root, data)
     dataset = open_dataset(data)
     model = load_model(model_name, checkpoint, device=device)

@@ -247,11 +247,10 @@ def embed(
 def check_ray(ray: str | None, workers: int | None) -> None:
     """--ray-workers sizes a Ray job: without --ray it would be silently ignored; a --ray address where
     no cluster listens is named before any work starts."""
-    if workers is not None and ray is None:
-        raise FewsamError("--ray-workers needs --ray (auto, local or the cluster's HOST:PORT)")
-    if ray is not None:  # before the model loads: an address nothing answers at is refused in seconds
-        from fewsam.distributed.ray_jobs import check_cluster_reachable
+    from fewsam.distributed.ray_jobs import check_cluster_reachable, check_workers_have_a_cluster
 
+    check_workers_have_a_cluster(ray, workers)
+    if ray is not None:  # before the model loads: an address nothing answers at is refused in seconds
         check_cluster_reachable(ray)
 
 

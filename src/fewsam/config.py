@@ -89,6 +89,12 @@ def cli_names() -> contextvars.Token:
     return _CLI_NAMES.set(True)
 
 
+def argument_name(name: str) -> str:
+    """An entry point's argument ``name`` as the user gave it: ``--ray-workers`` on the command line,
+    ``ray_workers`` from Python, where a flag names nothing the caller typed."""
+    return flag_name(name) if _CLI_NAMES.get() else name
+
+
 def cli_flag(f: Any) -> str:
     """Field ``f``'s command-line flag (``--no-sam`` style flags: the first spelling)."""
     flag = f.metadata.get("flag")

@@ -83,9 +83,11 @@ def predict(
     workers, default one per CPU), writing into the same staging folder and cache. ``save_probabilities``:
     each case's class probabilities beside its prediction (``fewsam.probabilities``), refused in one
     line for a method that has none (the oracle-prompted baselines)."""
+    from fewsam.distributed.ray_jobs import check_workers_have_a_cluster
     from fewsam.methods import get_method
 
     check_device(device)
+    check_workers_have_a_cluster(ray, ray_workers)
     run_dir, out = Path(run_dir), Path(out)
     config = check_run(run_dir)
     method = get_method(config.get("method"))

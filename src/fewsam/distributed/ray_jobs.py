@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from fewsam.config import argument_name
 from fewsam.errors import CacheError, FewsamError, ModelError
 
 RETRIES = 3  # restarts of a crashed worker (and retries of its case) before the job gives up
@@ -55,6 +56,14 @@ def import_ray() -> Any:
     except ImportError:
         raise FewsamError("--ray needs Ray, an optional extra: pip install 'fewsam[ray]'") from None
     return ray
+
+
+def check_workers_have_a_cluster(ray: str | None, workers: int | None) -> None:
+    """``ray_workers`` sizes a Ray job: given without ``ray`` the work runs here, in one process, and the
+    number was silently ignored (the command line refused it; a Python caller was not told)."""
+    if workers is not None and ray is None:
+        raise FewsamError(f"{argument_name('ray_workers')} needs {argument_name('ray')} (auto, local or the "
+                          "cluster's HOST:PORT)")
 
 
 def cluster_endpoint(address: str) -> tuple[str, int] | None:
