@@ -65,6 +65,27 @@ def test_a_resumed_fit_appends_to_its_log(tmp_path):
     assert "resumed at step 2 of 2" in text[len(first):]
 
 
+def test_a_caller_who_silenced_the_notices_hears_none_from_a_fit_its_log_keeps_them(tmp_path, caplog):
+    """logging.getLogger("fewsam").setLevel(WARNING) silences fewsam's notices; the fit's log lowered the
+    logger to INFO to keep them, and so told the caller's handlers (a notebook's stderr) all the same."""
+    data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
+    run = tmp_path / "run"
+    tiny_fit(data, run, steps=2)
+    (run / "manifest.json").unlink()  # stopped after its last checkpoint: the next fit says it resumed
+    notices = logging.getLogger("fewsam")
+    before = notices.level
+    notices.setLevel(logging.WARNING)
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.INFO):  # the root's handlers take every level they are given
+            tiny_fit(data, run, steps=2)
+    finally:
+        notices.setLevel(before)
+    assert "resumed at step 2 of 2" in (run / TEXT_LOG).read_text()
+    assert not [r.getMessage() for r in caplog.records if r.name == "fewsam"]
+    assert notices.level == before and not notices.filters
+
+
 def test_a_refused_fit_writes_no_log_into_the_existing_run(tmp_path):
     data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
     run = tmp_path / "run"

@@ -78,6 +78,24 @@ class _LogFile(logging.FileHandler):
             super().emit(record)
 
 
+class _LogFilesOnlyBelow(logging.Filter):
+    """Notices below ``level``, the caller's own level of the ``fewsam`` logger (``setLevel(WARNING)`` to
+    silence them), go to the open log files alone: the files lower the logger to INFO to keep every
+    notice, which let a fit's notices through to the caller's terminal and handlers all the same."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.level:
+            return True
+        for handler in _open_logs:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        return False
+
+
 @contextmanager
 def log_to(path: Path) -> Iterator[Path]:
     """Append progress, notices and events to the text file ``path``, timestamped, while the block
@@ -85,16 +103,22 @@ def log_to(path: Path) -> Iterator[Path]:
     handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.setLevel(logging.INFO)
+    callers_level = NOTICES.getEffectiveLevel()
+    quiet = _LogFilesOnlyBelow(callers_level) if callers_level > logging.INFO else None
     levels = [(logger, logger.level) for logger in (NOTICES, EVENTS)]
     for logger, level in levels:
         logger.addHandler(handler)
         if not level or level > logging.INFO:  # the Python API sets no level: notices would be dropped
             logger.setLevel(logging.INFO)
+    if quiet is not None:
+        NOTICES.addFilter(quiet)
     _open_logs.append(handler)
     try:
         yield path
     finally:
         _open_logs.remove(handler)
+        if quiet is not None:
+            NOTICES.removeFilter(quiet)
         for logger, level in levels:
             logger.removeHandler(handler)
             logger.setLevel(level)
