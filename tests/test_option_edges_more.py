@@ -290,8 +290,8 @@ def test_a_python_fit_given_options_its_method_does_not_read_says_so_and_records
     if not flags:
         assert kept == options and progress.said() == []
         return
-    them = "them" if len(flags) > 1 else "it"
+    takes = "takes none of them" if len(flags) > 1 else "does not take it"  # not "takes no it"
     assert len(progress.said()) == 1 and progress.said()[0].startswith(flags[0]), progress.said()
     assert all(flag in progress.said()[0] for flag in flags)
-    assert progress.said()[0].endswith(f"not used: {name} takes no {them} (`fewsam fit {name} --help` lists what "
+    assert progress.said()[0].endswith(f"not used: {name} {takes} (`fewsam fit {name} --help` lists what "
                                        "it reads)")

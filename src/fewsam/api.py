@@ -165,8 +165,8 @@ def without_unread_options(spec: Method, options: FitOptions) -> FitOptions:
     if not unread:
         return options
     names = [option_name(f) for f in unread]
-    them = "them" if len(names) > 1 else "it"
-    say_once(f"{listed(names)} {'are' if len(names) > 1 else 'is'} not used: {spec.name} takes no {them} "
+    takes = "takes none of them" if len(names) > 1 else "does not take it"
+    say_once(f"{listed(names)} {'are' if len(names) > 1 else 'is'} not used: {spec.name} {takes} "
              f"(`fewsam fit {spec.name} --help` lists what it reads)")
     return replace(options, **{f.name: field_default(f) for f in unread})
 
