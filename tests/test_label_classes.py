@@ -270,3 +270,41 @@ def test_an_nnunet_dataset_of_mgz_volumes_is_read_predicted_as_mgz_and_evaluated
     dice = {c["case"]: {k: v["dice"] for k, v in c["per_class"].items()} for c in scores["cases"]}
     assert dice["c1"] == {"RV": 1.0, "Myo": 1.0, "LV": 1.0}
     assert dice["c2"]["Myo"] == 1.0 and dice["c2"]["LV"] == 0.0 and dice["c2"]["RV"] < 1.0
+
+
+def two_class_masks(root: Path, classes: dict[str, str]) -> Path:
+    """Three 2D images whose masks hold class 1 and class 2 apart, with ``classes`` as classes.json."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    mask = np.zeros((24, 24), np.uint8)
+    mask[2:8, 2:8], mask[14:20, 14:20] = 1, 2
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(root / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    (root / "classes.json").write_text(json.dumps(classes), encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("classes, message", [
+    ({"1": "tumour", "2": "tumour"}, "classes 1 and 2 are both named 'tumour'"),
+    ({"1": "Tumour", "2": {"name": " tumour"}}, "classes 1 and 2 are both named 'tumour'"),
+    ({"1": "", "2": "tumour"}, "class 1 has a blank name"),
+], ids=["same-name", "same-name-in-another-case", "blank"])
+def test_classes_json_naming_two_classes_alike_is_refused(tmp_path, classes, message):
+    """Scores are kept by class name: two classes named alike were evaluated as one, the later class's
+    scores silently replacing the earlier's (a Dice of 1 for class 1 lost), and a blank name showed as
+    no class in the tables."""
+    data = two_class_masks(tmp_path / "data", classes)
+    assert_one_line_error(run_fewsam("info", str(data), cwd=tmp_path), message)
+
+
+@pytest.mark.parametrize("labels", [{"0": "background", "1": "liver", "2": "liver"},
+                                    {"background": 0, "": 1, "liver": 2}], ids=["msd-same-name", "v2-blank"])
+def test_dataset_json_naming_two_classes_alike_is_refused(tmp_path, labels):
+    """An MSD dataset.json lists classes by value, so two values may carry one name (and a v2 one may
+    give a blank name); each would be scored under a name that is not the class's own."""
+    with pytest.raises(DataError, match="both named 'liver'|class 1 has a blank name"):
+        open_dataset(nnunet_folder(tmp_path, labels))

@@ -778,7 +778,23 @@ def class_specs(spec: dict[str, Any], path: Path, with_background: bool = False,
     if not classes:
         raise DataError(f"{path} defines only the background (0); {CLASSES_JSON_HELP}")
     check_class_count(len(classes), path)
+    check_class_names({c: out[c]["name"] for c in classes}, path)
     return out
+
+
+def check_class_names(names: dict[int, str], path: Path) -> None:
+    """Every class needs a name of its own: scores, reports and runs key each class by its name, so
+    two classes named alike (in any letter case, as segments are matched) would be scored as one, the
+    later overwriting the earlier, and a blank name shows as no class at all."""
+    seen: dict[str, int] = {}
+    for value, name in sorted(names.items()):
+        key = " ".join(name.split()).casefold()
+        if not key:
+            raise DataError(f"{path}: class {value} has a blank name; give each class a name")
+        if key in seen:
+            raise DataError(f"{path}: classes {seen[key]} and {value} are both named {name.strip()!r}; give each "
+                            "class a name of its own (scores are kept by class name)")
+        seen[key] = value
 
 
 def _with_colour(entry: dict[str, Any], key: str, path: Path) -> dict[str, Any]:

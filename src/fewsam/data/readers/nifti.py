@@ -63,9 +63,9 @@ from typing import Any, Callable, Iterator
 import nibabel as nib
 import numpy as np
 
-from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, Read, class_map_from_json,
-                                        computed_splits, first_line, ignore_value, is_data_file, natural_sorted,
-                                        one_hot_to_indices, to_label_array, with_ignore)
+from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, Read, check_class_names,
+                                        class_map_from_json, computed_splits, first_line, ignore_value, is_data_file,
+                                        natural_sorted, one_hot_to_indices, to_label_array, with_ignore)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, quiet_itk, ras_affine, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
@@ -896,6 +896,7 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
             names[code] = name
     if not names:
         raise DataError(f"{path} defines no foreground labels; add them to 'labels'")
+    check_class_names(names, path)
     return with_ignore(ClassMap(names), ignore, path)
 
 
