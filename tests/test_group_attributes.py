@@ -179,3 +179,38 @@ def test_compare_pairs_a_patients_frames_as_one_subject(tmp_path):
     assert result["n"] == 8 and result["n_cases"] == 16
     assert result["p"] == pytest.approx(float(expected.pvalue))
     assert describe(result).startswith("8 paired subjects (16 cases, averaged per subject)")
+
+
+def test_a_value_holding_the_separator_unquoted_is_refused_naming_its_line(tmp_path):
+    """'Paris, France' unquoted split into two cells: case b's site was read as 'Paris' and its sex as
+    ' France', the 'F' dropped, and the groups were scored on values the table does not give."""
+    root, pred = png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF),
+                                      "c": ({"sex": "M"}, HALF)})
+    extra = tmp_path / "sites.csv"
+    extra.write_text("case,site,sex\na,Lyon,F\nb,Paris, France,F\nc,Lyon,M\n")
+    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                        "--group-by", "site", "--attributes", str(extra), "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, "sites.csv: line 3 has 4 cells but the header names 3 columns (beyond them: 'F')")
+    extra.write_text('case,site,sex\na,Lyon,F\nb,"Paris, France",M\nc,Lyon,M\n,,,\n')  # quoted; padded row
+    assert group_dice(evaluate(pred, root, "test", "site", show_progress=False, attributes=extra, n_boot=20)) == {
+        "Lyon": (2, round((1 + 2 / 3) / 2, 4)), "Paris, France": (1, round(2 / 3, 4))}
+
+
+def test_a_quote_never_closed_is_refused_not_read_as_one_cell(tmp_path):
+    """An opened quote swallowed the rest of the table into one cell: one group named 'M\\nc,M', the
+    later cases of no group, and no word of it."""
+    root, pred = png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF),
+                                      "c": ({"sex": "M"}, HALF)})
+    extra = tmp_path / "demographics.csv"
+    extra.write_text('case,age\na,70\nb,"61\nc,30\n')
+    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                        "--group-by", "age", "--attributes", str(extra), "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, "a double quote opened on line 3 is never closed")
+
+
+def test_an_index_row_of_more_cells_than_its_header_is_refused(tmp_path):
+    root, _ = png_study(tmp_path, {"a": ({"site": "Lyon"}, LABEL), "b": ({"site": "Lyon"}, HALF)})
+    index = root / "index.csv"
+    index.write_text(index.read_text().replace("Lyon,test\n", "Paris, France,test\n", 1))
+    assert_one_line_error(run_fewsam("info", str(root), cwd=tmp_path),
+                          "index.csv: line 2 has 5 cells but the header names 4 columns")

@@ -159,12 +159,19 @@ def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeT
     path = Path(path)
     if not path.is_file():
         raise DataError(f"attribute table {path} not found; give an existing CSV file")
+    reader, read_to = None, 0
     try:
         separator, reader = user_csv_rows(path)
         columns = [name.strip() for name in reader.fieldnames or []]
-        cells = [row for row in reader.reader if row]  # as lists: a dict keeps one cell of a column named twice
+        cells = []  # as lists: a dict keeps one cell of a column named twice
+        read_to = reader.reader.line_num
+        for row in reader.reader:
+            if row:
+                refuse_cells_beyond_header(path, len(columns), row[len(columns):], reader.reader.line_num, separator)
+                cells.append(row)
+            read_to = reader.reader.line_num
     except (OSError, csv.Error) as err:
-        raise DataError(f"cannot read attribute table {path}: {err}") from None
+        raise DataError(f"cannot read attribute table {path}: {csv_error_text(err, reader, read_to)}") from None
     refuse_disagreeing_repeated_columns(path, columns, cells)
     records = [dict(zip(columns, row)) for row in cells]
     key = key or _key_column(columns, records, path)
@@ -291,7 +298,32 @@ def user_csv_rows(path: Path) -> tuple[str, csv.DictReader]:
         separator, text = ("\t" if hint["sep"] == "\\t" else hint["sep"]), rest
     else:
         separator = column_separator(first)
-    return separator, csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
+    # strict: a quote opened and never closed is an error, not a cell swallowing the rest of the table
+    return separator, csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, strict=True)
+
+
+def csv_error_text(err: Exception, reader: csv.DictReader | None, read_to: int) -> str:
+    """What the csv reader found wrong, and on which line: its messages name no line, and "unexpected end
+    of data" is a double quote opened in the row after line ``read_to`` (the end of the last whole row)
+    and never closed."""
+    if not isinstance(err, csv.Error) or reader is None:
+        return str(err)
+    if "unexpected end of data" in str(err):
+        return f"a double quote opened on line {read_to + 1} is never closed; close it, or remove the quote"
+    return f"{err} (line {reader.reader.line_num})"
+
+
+def refuse_cells_beyond_header(path: Path, columns: int, extra: list[str] | None, line: int, separator: str) -> None:
+    """A row with more filled cells than the header has columns: a value holding the separator unquoted
+    ("Paris, France") splits into two cells and shifts every later cell into the next column, so the
+    case would be read with another column's values (another group) unseen. Empty cells beyond the header,
+    as a spreadsheet pads rows with, are no values and pass."""
+    filled = [cell for cell in extra or [] if cell.strip()]
+    if filled:
+        shown = "(a tab)" if separator == "\t" else repr(separator)
+        raise DataError(f"{path}: line {line} has {columns + len(extra or [])} cells but the header names {columns} "
+                        f"columns (beyond them: {', '.join(map(repr, filled[:3]))}); a value holding the separator "
+                        f"{shown} must be in double quotes")
 
 
 # Excel's hint line; one a table was saved again with trails separators ("sep=;;;")

@@ -89,7 +89,8 @@ import SimpleITK as sitk
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from fewsam.data.attributes import parse_cell, user_csv_rows, with_decimal_point
+from fewsam.data.attributes import (csv_error_text, parse_cell, refuse_cells_beyond_header, user_csv_rows,
+                                     with_decimal_point)
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         computed_splits, files_below, ignore_value, is_data_file, natural_key,
                                         natural_sorted, path_below, read_json_object, rounded_float_label, VAL_RULE,
@@ -660,14 +661,20 @@ def _index_rows(root: Path) -> tuple[list[dict[str, Any]], bool]:
 
 
 def _read_index(path: Path) -> list[dict[str, str]]:
+    reader, read_to = None, 0
     try:
         separator, reader = user_csv_rows(path)  # Excel writes ";" where "," is the decimal mark
-        rows = [{k.strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items() if k}
-                for r in reader]
+        width, rows = len(reader.fieldnames or []), []
+        read_to = reader.reader.line_num
+        for r in reader:
+            extra = r.pop(None, None)  # type: ignore[call-overload]  # the cells beyond the header
+            refuse_cells_beyond_header(path, width, extra, reader.reader.line_num, separator)
+            rows.append({k.strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items() if k})
+            read_to = reader.reader.line_num
         if separator == ";":
             rows = [{k: with_decimal_point(v) for k, v in row.items()} for row in rows]
     except (OSError, csv.Error) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+        raise DataError(f"cannot read {path}: {csv_error_text(err, reader, read_to)}") from None
     if not rows or "image" not in rows[0]:
         raise DataError(f"{path} needs a header with an 'image' column (and 'mask' or 'masks') "
                         "and at least one row")
