@@ -98,6 +98,35 @@ def _with_negative_x_size(nifti: nib.Nifti1Image) -> bytes:
     return bytes(data)
 
 
+def _with_x_size(nifti: nib.Nifti1Image, size: float) -> bytes:
+    """The file's bytes with pixdim[1] = ``size`` and no qform or sform, as a damaged or hand-made
+    header leaves it (nibabel writes no NaN or infinite voxel size itself)."""
+    data = bytearray(nifti.to_bytes())
+    offset = nib.Nifti1Header.template_dtype.fields["pixdim"][1] + 4
+    data[offset:offset + 4] = np.float32(size).astype("<f4").tobytes()
+    for code in ("qform_code", "sform_code"):
+        offset = nib.Nifti1Header.template_dtype.fields[code][1]
+        data[offset:offset + 2] = np.int16(0).astype("<i2").tobytes()
+    return bytes(data)
+
+
+@pytest.mark.parametrize("size", [float("nan"), float("inf")])
+def test_a_header_whose_voxel_size_is_not_a_number_is_refused_before_any_prediction(tmp_path, size):
+    """NaN failed in a traceback only when the prediction, made at length, was written on that affine;
+    an infinite size made x the slice direction: 6 slices of 5 x 4 became 4 of 6 x 5 without a word of
+    the damaged header."""
+    for folder, array in (("images", np.arange(120, dtype=np.float32).reshape(6, 5, 4)),
+                          ("labels", np.zeros((6, 5, 4), np.uint8))):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "c1.nii").write_bytes(_with_x_size(nib.Nifti1Image(array, np.eye(4)), size))
+    dataset = open_dataset(tmp_path)
+    message = rf"images/c1.nii: its header gives voxel sizes of {size} x 1 x 1 mm, not finite numbers"
+    with pytest.raises(DataError, match=message):
+        dataset.num_slices("c1")
+    with pytest.raises(DataError, match=message):
+        dataset.load("c1")
+
+
 def test_a_prediction_keeps_a_negative_voxel_size_so_itk_viewers_overlay_it(tmp_path):
     """nibabel reads pixdim[1] = -0.8 as 0.8, ITK (3D Slicer, ITK-SNAP) as a flipped x axis: the
     prediction, written with 0.8, lay mirrored over its image there."""

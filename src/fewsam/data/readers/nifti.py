@@ -256,7 +256,7 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
 
     def _read(self, entry: Entry) -> Read:
         img, itk_geometry = _load_with_geometry(entry.image)
-        zooms = _zooms(img)
+        zooms = _zooms(img, entry.image)
         if not itk_geometry:
             say_sizes_disagree(entry.image, img)
         axis = slice_axis(img.shape, zooms)
@@ -482,23 +482,23 @@ def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
             with quiet_itk(path):
                 reader.ReadImageInformation()
         except RuntimeError:
-            return _shape_and_zooms_of(_load(path))  # the full read names the problem
+            return _shape_and_zooms_of(_load(path), path)  # the full read names the problem
         size, spacing = list(reader.GetSize()) + [1, 1], list(reader.GetSpacing()) + [1.0, 1.0]
         return tuple(size[:3]), [float(f"{z:.7g}") for z in spacing[:3]]  # type: ignore[return-value]
     img = _load(path)
     say_sizes_disagree(path, img)  # `fewsam info` counts slices by these sizes and reads no case
-    return _shape_and_zooms_of(img)
+    return _shape_and_zooms_of(img, path)
 
 
-def _shape_and_zooms_of(img: Any) -> tuple[tuple[int, int, int], list[float]]:
+def _shape_and_zooms_of(img: Any, path: Path) -> tuple[tuple[int, int, int], list[float]]:
     shape = tuple(img.shape[:3]) + (1,) * (3 - len(img.shape[:3]))
-    return shape, _zooms(img)  # type: ignore[return-value]
+    return shape, _zooms(img, path)  # type: ignore[return-value]
 
 
 ANISOTROPY = 1.5  # how much thicker than z a voxel axis must be to become the slice axis
 
 
-def _zooms(img: Any) -> list[float]:
+def _zooms(img: Any, path: Path) -> list[float]:
     """The header's x, y, z voxel sizes in mm (1.0 where the file has fewer axes), from the unit the
     header names (``xyzt_units``): a file in micrometres (microscopy, small-animal scanners) or metres
     holds its voxel sizes in that unit, which ITK, and so 3D Slicer and ITK-SNAP, turn into mm;
@@ -506,7 +506,19 @@ def _zooms(img: Any) -> list[float]:
     units = getattr(img.header, "get_xyzt_units", None)  # FreeSurfer's MGH header names no unit: mm
     scale = MM_PER_UNIT.get(str(units()[0]), 1.0) if units else 1.0
     # Headers store float32: 1.4 reads as 1.39999998; 7 significant digits give 1.4 back.
-    return ([float(f"{z * scale:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3)[:3]
+    zooms = ([float(f"{z * scale:.7g}") for z in img.header.get_zooms()[:3]] + [1.0] * 3)[:3]
+    refuse_sizes_not_finite(path, zooms)
+    return zooms
+
+
+def refuse_sizes_not_finite(path: Path, zooms: list[float]) -> None:
+    """A header whose voxel size is NaN or infinite (a damaged or hand-made header) has no geometry: an
+    infinite size made its axis the slice direction (a volume cut into hundreds of thin slices), and a
+    NaN one failed only when the prediction, made at length, was written on that affine."""
+    if not all(np.isfinite(zooms)):
+        raise DataError(f"{path}: its header gives voxel sizes of {_sizes(np.asarray(zooms))} mm, not finite "
+                        "numbers, so its slice direction and distances are unknown; rewrite the header's voxel "
+                        "sizes (pixdim), e.g. by saving the volume again in 3D Slicer or ITK-SNAP")
 
 
 MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # nibabel's names of NIfTI's spatial units; mm and unknown: 1
