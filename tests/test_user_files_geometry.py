@@ -120,11 +120,24 @@ def test_a_header_whose_voxel_size_is_not_a_number_is_refused_before_any_predict
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "c1.nii").write_bytes(_with_x_size(nib.Nifti1Image(array, np.eye(4)), size))
     dataset = open_dataset(tmp_path)
-    message = rf"images/c1.nii: its header gives voxel sizes of {size} x 1 x 1 mm, not finite numbers"
+    message = rf"images/c1.nii: its header gives voxel sizes of {size} x 1 x 1 mm, not finite positive numbers"
     with pytest.raises(DataError, match=message):
         dataset.num_slices("c1")
     with pytest.raises(DataError, match=message):
         dataset.load("c1")
+
+
+def test_a_metaimage_whose_spacing_is_not_a_number_is_refused_where_its_slices_are_counted(tmp_path):
+    """ITK reads a MetaImage header's NaN spacing as 0 x 0 x 0 without its voxels: `info` and the
+    labelled budget counted the 6 x 5 x 4 volume's slices along x (6 of them), not z (4)."""
+    for folder, array in (("images", np.arange(120, dtype=np.float32).reshape(4, 5, 6)),
+                          ("labels", np.zeros((4, 5, 6), np.uint8))):
+        (tmp_path / folder).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / folder / "c1.mha"))
+        path = tmp_path / folder / "c1.mha"
+        path.write_bytes(path.read_bytes().replace(b"ElementSpacing = 1 1 1", b"ElementSpacing = nan 1 1"))
+    with pytest.raises(DataError, match=r"images/c1.mha: its header gives voxel sizes of 0 x 0 x 0 mm, not finite"):
+        open_dataset(tmp_path).num_slices("c1")
 
 
 def test_a_prediction_keeps_a_negative_voxel_size_so_itk_viewers_overlay_it(tmp_path):

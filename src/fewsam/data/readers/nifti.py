@@ -484,7 +484,9 @@ def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
         except RuntimeError:
             return _shape_and_zooms_of(_load(path), path)  # the full read names the problem
         size, spacing = list(reader.GetSize()) + [1, 1], list(reader.GetSpacing()) + [1.0, 1.0]
-        return tuple(size[:3]), [float(f"{z:.7g}") for z in spacing[:3]]  # type: ignore[return-value]
+        zooms = [float(f"{z:.7g}") for z in spacing[:3]]
+        refuse_sizes_not_finite(path, zooms)
+        return tuple(size[:3]), zooms  # type: ignore[return-value]
     img = _load(path)
     say_sizes_disagree(path, img)  # `fewsam info` counts slices by these sizes and reads no case
     return _shape_and_zooms_of(img, path)
@@ -512,13 +514,14 @@ def _zooms(img: Any, path: Path) -> list[float]:
 
 
 def refuse_sizes_not_finite(path: Path, zooms: list[float]) -> None:
-    """A header whose voxel size is NaN or infinite (a damaged or hand-made header) has no geometry: an
-    infinite size made its axis the slice direction (a volume cut into hundreds of thin slices), and a
-    NaN one failed only when the prediction, made at length, was written on that affine."""
-    if not all(np.isfinite(zooms)):
+    """A header whose voxel size is NaN, infinite or 0 (a damaged or hand-made header; ITK reads a
+    MetaImage's NaN spacing as 0) has no geometry: such a size made its axis the slice direction (a
+    volume cut into hundreds of thin slices), and a NaN one failed only when the prediction, made at
+    length, was written on that affine."""
+    if not all(np.isfinite(zooms)) or min(zooms) <= 0:
         raise DataError(f"{path}: its header gives voxel sizes of {_sizes(np.asarray(zooms))} mm, not finite "
-                        "numbers, so its slice direction and distances are unknown; rewrite the header's voxel "
-                        "sizes (pixdim), e.g. by saving the volume again in 3D Slicer or ITK-SNAP")
+                        "positive numbers, so its slice direction and distances are unknown; rewrite the header's "
+                        "voxel sizes (pixdim, spacing), e.g. by saving the volume again in 3D Slicer or ITK-SNAP")
 
 
 MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # nibabel's names of NIfTI's spatial units; mm and unknown: 1
