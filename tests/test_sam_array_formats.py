@@ -226,3 +226,19 @@ def test_medsam_npy_slices_are_stacked_and_small_gts_read_onto_the_image_grid(tm
     with np.load(pred / "CT_Abd_B.npz") as written:
         assert written.files == ["segs"] and written["segs"].shape == (3, *SHAPE)
     assert evaluate(pred, root, "val", show_progress=False)["mean"]["dice"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("layout", ["synapse", "medsam-npy"])
+def test_a_slice_file_holding_nan_is_the_file_named(tmp_path, layout):
+    """A case kept in a file per slice named its first file for a NaN in any slice: the user was sent to
+    a file with nothing wrong in it."""
+    if layout == "synapse":
+        root = write_synapse(tmp_path / "synapse")
+        case, bad = "case0006", root / "train_npz" / "case0006_slice002.npz"
+        np.savez(bad, image=np.full(SHAPE, np.nan, np.float32), label=np.zeros(SHAPE, np.uint8))
+    else:
+        root = write_medsam_npy(tmp_path / "npy")
+        case, bad = "CT_Abd_A", root / "imgs" / "CT_Abd_A-001.npy"
+        np.save(bad, np.full((*SHAPE, 3), np.nan, np.float32))
+    with pytest.raises(DataError, match=rf"^{bad}: slice {2 if layout == 'synapse' else 1} of case {case} holds NaN"):
+        open_dataset(root).load(case)

@@ -158,7 +158,7 @@ class IndexedDataset:
         entry = self._entry(case_id)
         got = self._read(entry if with_label else replace(entry, label=None))
         check_image(got.image, entry.image)
-        check_finite(got.image, entry.image, case_id)
+        check_finite(got.image, entry.image, case_id, self.slice_files(entry))
         check_pair(got.image, got.label, entry.image, entry.label)
         if got.label is not None and self.check_label_values:
             check_label_values(got.label, self.class_map, entry.label or entry.image)
@@ -166,6 +166,11 @@ class IndexedDataset:
                     rel_path=self.prediction_rel_path(entry), spacing=got.spacing,
                     attributes=self.attributes_of(case_id, got.attributes), meta=got.meta,
                     ignore=self.ignore)
+
+    def slice_files(self, entry: Entry) -> list[Path] | None:
+        """The file of each slice, for layouts that keep a case's slices in files of their own (Synapse,
+        MedSAM's npy folders); None where the case is one file (``entry.image``)."""
+        return None
 
     def prediction_rel_path(self, entry: Entry) -> str:
         """Where a case's prediction goes under PRED: the input's relative path, unless the
@@ -490,12 +495,15 @@ def check_image(image: np.ndarray, path: Path) -> None:
                         "2D or 3D image, greyscale or RGB")
 
 
-def check_finite(image: np.ndarray, path: Path | str, case_id: str) -> None:
+def check_finite(image: np.ndarray, path: Path | str, case_id: str, slice_files: list[Path] | None = None) -> None:
     """NaN or Inf would turn a whole slice's intensity normalisation (and its embedding) into
-    garbage: an error naming the file and the slices, before anything is fitted or written."""
+    garbage: an error naming the file and the slices, before anything is fitted or written. A case
+    kept in a file per slice (``slice_files``) names the file of the first bad slice: its first file,
+    named before, was not the one to fix."""
     finite = np.isfinite(image.reshape(image.shape[0], -1)).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
+        path = slice_files[bad[0]] if slice_files is not None and len(slice_files) == len(finite) else path
         slices = ("slice " if len(bad) == 1 else "slices ") + ", ".join(map(str, bad[:5])) + \
             (" ..." if len(bad) > 5 else "")
         raise DataError(f"{path}: {slices} of case {case_id} {'holds' if len(bad) == 1 else 'hold'} NaN or Inf values; "

@@ -310,6 +310,9 @@ class MedsamNpyDataset(ClassesFromValues):
     def label_rel_path(self, entry: Entry) -> str:
         raise _no_one_file(entry, self.root, len(self.slices[entry.case_id]), f"{entry.case_id}.npz, key 'segs'")
 
+    def slice_files(self, entry: Entry) -> list[Path] | None:
+        return self.slices[entry.case_id]
+
     def num_slices(self, case_id: str) -> int:
         return len(self.slices[self._entry(case_id).case_id])
 
@@ -422,6 +425,9 @@ class SynapseDataset(ClassesFromValues):
         """A volume's prediction is an h5 file, as its input is; a case of slice files gets one npz."""
         case = super().load(case_id, with_label=with_label)
         return case if case_id in self.slices else replace(case, format="h5")
+
+    def slice_files(self, entry: Entry) -> list[Path] | None:
+        return self.slices.get(entry.case_id)
 
     def label_rel_path(self, entry: Entry) -> str:
         if entry.case_id in self.slices:
