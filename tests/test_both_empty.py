@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import run_fewsam
 from fewsam.compare import compare_runs
 from fewsam.errors import DataError
 from fewsam.evaluate import evaluate
@@ -124,3 +125,21 @@ def test_compare_ties_equal_scores_listed_in_another_class_order(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps({"cases": cases}), encoding="utf-8")
     result = compare_runs(tmp_path / "x.json", tmp_path / "y.json")
     assert result["n_no_difference"] == 3 and result["p"] == 1.0
+
+
+def test_compare_of_cases_holding_no_class_says_why_they_have_no_dice(two_cases, tmp_path):
+    """Every class of case c is absent from its label and prediction: skipped, it has no Dice, and compare
+    advised to "compare them on dice or iou", the metric it was comparing."""
+    root, pred, _ = two_cases
+    empty = np.zeros((8, 8, 2), np.uint8)
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((8, 8, 2)).astype(np.float32), np.eye(4)),
+             root / "images" / "c.nii.gz")
+    for path in (root / "labels" / "c.nii.gz", pred / "c.nii.gz"):
+        nib.save(nib.Nifti1Image(empty, np.eye(4)), path)
+    (tmp_path / "c.txt").write_text("c\n", encoding="utf-8")
+    for run in ("a", "b"):
+        (tmp_path / f"{run}.json").write_text(json.dumps(evaluate(
+            pred, root, split=str(tmp_path / "c.txt"), show_progress=False, both_empty="skip")), encoding="utf-8")
+    with pytest.raises(DataError, match="without one \\(every class absent from both its label and its prediction, "
+                                        "left out by --both-empty skip\\); .* evaluate both runs with --both-empty perfect"):
+        compare_runs(tmp_path / "a.json", tmp_path / "b.json")

@@ -120,6 +120,14 @@ def per_case_scores(result: dict[str, Any], metric: str = "dice") -> dict[str, f
     return scores
 
 
+# why a shared case has no value of the metric, and what to do, for Dice / IoU (False) and distances (True):
+# Dice and IoU are missing only where --both-empty skip left out every class of the case
+UNSCORED_WHY = {False: "every class absent from both its label and its prediction, left out by --both-empty skip",
+                True: "an empty prediction or label"}
+UNSCORED_ADVICE = {False: "evaluate both runs with --both-empty perfect, or on cases that hold the classes",
+                   True: "compare them on dice or iou"}
+
+
 @checked_arguments
 def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_comparisons: int = 1) -> dict[str, Any]:
     """Wilcoxon signed-rank of per-case ``metric`` of A vs B, on the cases both runs scored.
@@ -148,8 +156,8 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     unscored = len(both) - len(common)
     if len(common) < 2 and unscored:
         raise DataError(f"the two runs share {len(common)} case(s) with a {metric} value and {unscored} case(s) "
-                        f"without one (an empty prediction or label); a paired test needs at least 2 — compare "
-                        "them on dice or iou")
+                        f"without one ({UNSCORED_WHY[metric in DISTANCE_METRICS]}); a paired test needs at least 2 "
+                        f"— {UNSCORED_ADVICE[metric in DISTANCE_METRICS]}")
     test = wilcoxon_compare(*subject_pairs(eval_a, paired_a, paired_b), n_comparisons)
     return {
         "a": str(a), "b": str(b), "metric": metric, "n_comparisons": n_comparisons, "n_cases": len(common),
