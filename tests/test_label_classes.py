@@ -223,10 +223,12 @@ def nnunet_folder(root: Path, labels: dict, ending: str = ".nii.gz", shape: tupl
     ({"background": 0, "whole tumour": [], "core": [2]}, "bad labels entry 'whole tumour': []; a region lists one or"),
     ({"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "ignore": 3},
      "the 'ignore' label's value 3 is also the class"),
-], ids=["region-beyond-16-bits", "negative", "empty-region", "ignore-on-a-region-value"])
+    ({"background": 1, "tumour": 2}, "labels entry 'background': 1 gives the background the value 1"),
+], ids=["region-beyond-16-bits", "negative", "empty-region", "ignore-on-a-region-value", "background-not-0"])
 def test_dataset_json_labels_fewsam_cannot_hold_are_refused(tmp_path, labels, message):
     """Values beyond 0-65535 and empty regions became classes (class 70000, class -1) that no label file can
-    store; an ignore label on a region's value would make that region's voxels unannotated."""
+    store; an ignore label on a region's value would make that region's voxels unannotated; a background
+    numbered 1 became a class named "background", scored as one, and every 0 voxel no class at all."""
     with pytest.raises(DataError, match=re.escape(message)):
         open_dataset(nnunet_folder(tmp_path, labels))
 

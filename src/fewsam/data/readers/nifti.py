@@ -907,6 +907,10 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
         except (TypeError, ValueError):
             raise DataError(f"{path}: bad labels entry {key!r}: {value!r}") from None
         _check_label_value(code, key, path)
+        if code != 0 and name.strip().casefold() == "background":
+            raise DataError(f"{path}: labels entry {key!r}: {value!r} gives the background the value {code}; the "
+                            "background is 0 (nnU-Net's rule), and every other value a class: number the classes "
+                            "1, 2, ... with the background 0")
         if code != 0:
             names[code] = name
     if not names:
