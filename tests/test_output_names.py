@@ -249,6 +249,27 @@ def test_an_empty_path_is_a_usage_error_not_the_working_folder(args, says, capsy
     assert list(tmp_path.iterdir()) == []  # nothing written in the working folder
 
 
+@pytest.mark.parametrize("args, says", [
+    (["evaluate", "--pred", "p", "--data", "d", "--split", ""], "fewsam evaluate: --split is empty"),
+    (["predict", "run", "--data", "d", "--out", "o", "--split= "], "fewsam predict: --split is empty"),
+    (["fit", "fewshot", "--data", "d", "--out", "r", "--val-split", ""], "fewsam fit fewshot: --val-split is empty"),
+    (["fit", "fewmatch", "--data", "d", "--out", "r", "--unlabeled-split", ""],
+     "fewsam fit fewmatch: --unlabeled-split is empty"),
+])
+def test_an_empty_split_is_a_usage_error_not_the_default_split(args, says, capsys, tmp_path, monkeypatch):
+    """``--split "$SPLIT"`` with the variable unset read as the option left out: evaluate scored 'val',
+    unsaid, where the user meant another split."""
+    from fewsam.cli import run_app
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        run_app(args)
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), lines
+    assert "give a split (train, val, test, ...) or a list file" in lines[0]
+
+
 def test_the_python_api_refuses_an_empty_path(tmp_path):
     from fewsam.config import ConfigError
 

@@ -735,13 +735,15 @@ def expand_home(args: list[str]) -> list[str]:
 
 
 PATH_TEXT_OPTIONS = ("cache", "teacher")  # folders typed as text (a cache "DIR", a run folder), paths all the same
+SPLIT_OPTIONS = ("split", "val_split", "unlabeled_split")  # a split's name or a list file's path
 
 
 def refuse_empty_paths(args: list[str]) -> None:
     """An empty value given to a path option or argument (``--out "$OUT"`` with the variable unset) is
     a usage error naming it: as a path it reads as "." (the working folder), where predictions, a report
-    or a run would be written, or data read, that the user never named. The words are parsed as the
-    command will parse them; any other mistake in them is left for the command to say."""
+    or a run would be written, or data read, that the user never named. So is an empty split (``--split
+    "$SPLIT"``), which read as the option left out: the default split was scored, unsaid. The words are
+    parsed as the command will parse them; any other mistake in them is left for the command to say."""
     command: Any = typer.main.get_command(app)
     rest = list(args)
     while True:
@@ -760,10 +762,13 @@ def refuse_empty_paths(args: list[str]) -> None:
         given = opts.get(param.name)
         values = given if isinstance(given, (list, tuple)) else [given]
         empty = [v for v in values if isinstance(v, str) and not v.strip()]
+        name = max(param.opts, key=len) if param.param_type_name == "option" else param.name.upper()
         if empty and _takes_a_path(param):
-            name = max(param.opts, key=len) if param.param_type_name == "option" else param.name.upper()
             raise click_errors.UsageError(f"{name} is empty ({empty[0]!r}); give a path (an empty one would "
                                           "mean the working folder)")
+        if empty and param.name in SPLIT_OPTIONS:
+            raise click_errors.UsageError(f"{name} is empty ({empty[0]!r}); give a split (train, val, test, ...) "
+                                          "or a list file, or leave the option out for its default")
 
 
 def _takes_a_path(param: Any) -> bool:
