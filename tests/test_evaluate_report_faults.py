@@ -11,6 +11,7 @@ from fewsam.data.attributes import attribute_value, group_of, parse_bins, read_a
 from fewsam.errors import DataError
 from fewsam.fairness import check_bin_values, refuse_other_groups
 from fewsam.metrics import group_summary
+from fewsam.report import write_group_report
 
 
 def _evaluation(path, classes):
@@ -96,3 +97,24 @@ def test_a_fit_that_recorded_a_decomposed_group_resumes(tmp_path):
     with pytest.raises(DataError, match="case c2: 'B' -> 'C'"):
         refuse_other_groups(tmp_path / "fair_groups.json", {"c1": decomposed, "c2": "B"},
                             {**record, "case_group": {"c1": composed, "c2": "C"}})
+
+
+@pytest.mark.parametrize("metric, value, says", [
+    ("dice", 75.0, "case 'c1' has dice 75.0 for class 'rim', not 0-1"),
+    ("iou", float("nan"), "case 'c1' has iou nan for class 'rim', not 0-1"),
+    ("hd95", -2.0, "case 'c1' has hd95 -2.0 for class 'rim', not a finite distance of 0 or more"),
+], ids=["percent", "nan", "negative-distance"])
+def test_a_score_no_evaluation_gives_is_named_by_compare_and_report(tmp_path, metric, value, says):
+    """A Dice in percent (another tool's table) or NaN was averaged as it stood: compare tested a mean
+    Dice of 19 against 0.7, and the report showed it."""
+    from fewsam.compare import compare_runs
+
+    a, b = _evaluation(tmp_path / "a.json", ["rim"]), _evaluation(tmp_path / "b.json", ["rim"])
+    edited = json.loads(a.read_text(encoding="utf-8"))
+    edited["cases"][1]["per_class"]["rim"][metric] = value
+    a.write_text(json.dumps(edited), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"a.json is not a fewsam evaluation \({says}\)"):
+        compare_runs(a, b)
+    with pytest.raises(DataError, match=rf"a.json is not a fewsam evaluation \({says}\)"):
+        write_group_report([a], tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()

@@ -96,9 +96,26 @@ def _case_problem(cases: list[Any]) -> str | None:
             return f"record {i} of 'cases' names no case"
         if not _scores_by_class(case.get("per_class")):
             return f"the 'per_class' of case {case['case']!r} is not a table of scores"
+        if (wrong := _score_out_of_range(case)) is not None:
+            return wrong
         if case["case"] in seen:
             return f"case {case['case']!r} has two records"
         seen.add(case["case"])
+    return None
+
+
+def _score_out_of_range(case: dict[str, Any]) -> str | None:
+    """A score no evaluation gives, named: Dice and IoU are 0-1 and distances finite and not negative (an
+    empty case's is null). A Dice of 75 (a percentage, from another tool's table) or NaN was averaged and
+    tested as it stood: a mean Dice of 1.54 and a p-value ranking the scales, not the runs."""
+    for name, scores in case["per_class"].items():
+        for metric, value in scores.items():
+            if value is None or metric not in METRICS:
+                continue
+            top = 1.0 if metric in ("dice", "iou") else math.inf
+            if not (math.isfinite(value) and 0 <= value <= top):
+                scale = "0-1" if top == 1.0 else "a finite distance of 0 or more"
+                return f"case {case['case']!r} has {metric} {value} for class {name!r}, not {scale}"
     return None
 
 
