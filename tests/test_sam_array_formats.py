@@ -242,3 +242,14 @@ def test_a_slice_file_holding_nan_is_the_file_named(tmp_path, layout):
         np.save(bad, np.full((*SHAPE, 3), np.nan, np.float32))
     with pytest.raises(DataError, match=rf"^{bad}: slice {2 if layout == 'synapse' else 1} of case {case} holds NaN"):
         open_dataset(root).load(case)
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short"])
+def test_a_medsam_case_file_that_is_no_npz_is_refused_not_left_out(tmp_path, damage):
+    """A case file cut short by a download (or left empty) was said to hold no 'imgs' and left out: every
+    split lost the case, and evaluate scored the others as if it were the whole set."""
+    root = write_medsam(tmp_path / "medsam")
+    bad = root / "CT" / "CT_Abd_FLARE22_Tr_0001.npz"
+    bad.write_bytes(b"" if damage == "empty" else bad.read_bytes()[: bad.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"cannot read {bad} \(truncated or not an npz\?\)"):
+        open_dataset(root)

@@ -231,7 +231,15 @@ class MedsamNpzDataset(ClassesFromValues):
 def _medsam_entry(root: Path, path: Path) -> Entry | None:
     """A case per file with ``imgs``, labelled where it holds ``gts``. Another npz file among MedSAM's (a
     prediction's ``segs`` file, another tool's) is said and left out: read as a case, it would end every
-    command on the dataset."""
+    command on the dataset. A file that is no npz at all (empty, cut short by a download or a copy, a Git
+    LFS pointer) is a case whose data is damaged: left out, it dropped from every split, and the scores and
+    fits went on without it unremarked."""
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except NPZ_ERRORS as err:
+        raise DataError(f"cannot read {path} (truncated or not an npz?): {err}; restore the file, or move it out "
+                        "of the data folder") from None
     keys = npz_keys(path)
     if "imgs" not in keys:
         say_once(f"{path}: no 'imgs' key (keys: {', '.join(sorted(keys)) or 'none, not an npz'}), so not read as "
