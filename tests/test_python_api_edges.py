@@ -423,3 +423,16 @@ def test_notices_reach_a_python_caller_without_logging_and_once_with_it():
     first, second, configured = eval(out)  # noqa: S307 (the script's own repr of three strings)
     assert first == "a notice for the notebook\n"
     assert second == "" and configured == "ROOT a notice for the configured application\n"
+
+
+def test_embed_refuses_a_split_that_is_not_there_before_it_loads_the_model(tiny_sam_phantom, tmp_path, monkeypatch):
+    """A mistyped split was refused only after the model was loaded and its encoder compiled (seconds to a
+    minute): the data's own mistake is told first."""
+    import fewsam.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the split was checked")
+
+    monkeypatch.setattr(fewsam.api, "load_model", no_model)
+    with pytest.raises(FewsamError, match="nosuch"):
+        embed_dataset(tiny_sam_phantom, split="nosuch", cache_root=tmp_path / "cache", show_progress=False)

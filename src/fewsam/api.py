@@ -60,12 +60,12 @@ def embed_dataset(data: str | Path, split: str | None = None, model_name: str = 
     check_workers_have_a_cluster(ray, ray_workers)
     check_cache_folder(cache_root, data)
     dataset = open_dataset(data)
+    ids = dataset.split(split) if split else _all_case_ids(dataset)  # a split that is not there: before the model
     model = load_model(model_name, checkpoint, device=device)
     cache = EmbeddingCache(cache_root, model, resolve_precision(precision, device))
     cache.filling = True
     if ray is not None and cache.read_only:  # each worker would encode what none can keep
         cache._say_read_only()
-    ids = dataset.split(split) if split else _all_case_ids(dataset)
     # a read-only cache keeps no log: nothing is written into it
     with nullcontext() if cache.read_only else command_log(cache.dir / EMBED_LOG, "embed"):
         if ray is not None:
