@@ -69,7 +69,14 @@ def test_bins_order_and_explicit_attribute_csv(png_data, tmp_path):
     assert by_scanner["missing_group"] == 0
 
 
-def test_unknown_group_column_lists_available_attributes(png_data):
+def test_unknown_group_column_lists_available_attributes(png_data, monkeypatch):
+    """Refused before any case is scored: a mistyped column was told only after every case was read."""
+    import fewsam.evaluate
+
+    def not_before_the_column_is_checked(*args, **kwargs):
+        raise AssertionError("a prediction was read before the group column was checked")
+
+    monkeypatch.setattr(fewsam.evaluate, "read_prediction", not_before_the_column_is_checked)
     root, pred = png_data
     with pytest.raises(FewsamError, match=r"no case has a value for attribute 'race'; available attributes: bmi, site"):
         evaluate(pred, root, "test", "race", show_progress=False)

@@ -90,7 +90,7 @@ def evaluate(
     unannotated = UnannotatedCount()
     case_ids = split_cases(dataset, split, "--split")
     if group_by and not keeps_attributes_in_files(dataset):  # FairSeg's are inside the files: checked below
-        check_bin_values(group_by, explicit, {cid: dataset.attributes_of(cid) for cid in case_ids})
+        check_group_attributes_early(dataset, case_ids, group_by, explicit, binned)
     if group_by:
         check_sources_agree(dataset, case_ids, group_by, binned)
         say_tables_over_files(dataset, case_ids, group_by, binned)
@@ -258,6 +258,15 @@ def check_alpha(alpha: float) -> None:
     one rewards unequal groups (scores above the Dice, or a division by zero), NaN gives NaN."""
     if not math.isfinite(alpha) or alpha < 0:
         raise DataError(f"--alpha must be a finite number of at least 0 (FairSeg uses 1), not {alpha}")
+
+
+def check_group_attributes_early(dataset: Any, case_ids: list[str], group_by: str, explicit: Bins | None,
+                                 binned: Bins | None) -> None:
+    """The group column's values, from what the dataset knows without reading pixels, checked before any
+    case is scored: a column no case has (a typo) was refused only once every case had been read and scored."""
+    known = {cid: dataset.attributes_of(cid) for cid in case_ids}
+    check_bin_values(group_by, explicit, known)
+    check_group_column(group_by, (group_of(attrs, group_by, binned) for attrs in known.values()), known.values())
 
 
 def check_grouping(group_by: str | None, bins: str | Bins | None, *, alpha: float = DEFAULT_ALPHA,
