@@ -140,6 +140,6 @@ def test_compare_of_cases_holding_no_class_says_why_they_have_no_dice(two_cases,
     for run in ("a", "b"):
         (tmp_path / f"{run}.json").write_text(json.dumps(evaluate(
             pred, root, split=str(tmp_path / "c.txt"), show_progress=False, both_empty="skip")), encoding="utf-8")
-    with pytest.raises(DataError, match="without one \\(every class absent from both its label and its prediction, "
+    with pytest.raises(DataError, match="without it \\(every class absent from both its label and its prediction, "
                                         "left out by --both-empty skip\\); .* evaluate both runs with --both-empty perfect"):
         compare_runs(tmp_path / "a.json", tmp_path / "b.json")

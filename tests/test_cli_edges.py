@@ -348,7 +348,7 @@ def test_compare_says_which_cases_had_no_value_rather_than_calling_them_missing(
     assert "only in" not in describe(result)
     one = _hd95_evaluation(tmp_path / "one.json", [None, None, 2.0])
     message = cli_error("compare", str(one), str(b), "--metric", "hd95")
-    assert "share 1 case(s) with a hd95 value" in message and "2 case(s) without one" in message
+    assert "share 1 case(s) with hd95 scored" in message and "2 case(s) without it" in message
 
 
 def test_compare_refuses_to_write_its_result_over_an_input(tmp_path):

@@ -172,8 +172,8 @@ def compare_runs(a: str | Path, b: str | Path, metric: str = "dice", n_compariso
     common = sorted(paired_a)
     unscored = len(both) - len(common)
     if len(common) < 2 and unscored:
-        raise DataError(f"the two runs share {len(common)} case(s) with a {metric} value and {unscored} case(s) "
-                        f"without one ({UNSCORED_WHY[metric in DISTANCE_METRICS]}); a paired test needs at least 2 "
+        raise DataError(f"the two runs share {len(common)} case(s) with {metric} scored and {unscored} case(s) "
+                        f"without it ({UNSCORED_WHY[metric in DISTANCE_METRICS]}); a paired test needs at least 2 "
                         f"— {UNSCORED_ADVICE[metric in DISTANCE_METRICS]}")
     test = wilcoxon_compare(*subject_pairs(eval_a, paired_a, paired_b), n_comparisons)
     return {
