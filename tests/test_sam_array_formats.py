@@ -253,3 +253,21 @@ def test_a_medsam_case_file_that_is_no_npz_is_refused_not_left_out(tmp_path, dam
     bad.write_bytes(b"" if damage == "empty" else bad.read_bytes()[: bad.stat().st_size // 2])
     with pytest.raises(DataError, match=rf"cannot read {bad} \(truncated or not an npz\?\)"):
         open_dataset(root)
+
+
+def test_a_case_whose_slice_numbers_skip_some_is_said(tmp_path, caplog, monkeypatch):
+    """A slice file lost from the middle of a case made a volume of the others without a word, whose 3D
+    distances then span the gap: said once, naming the case and the slice it lacks."""
+    import logging
+
+    from fewsam import progress
+
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    root = write_synapse(tmp_path / "synapse")
+    open_dataset(root)
+    assert "skip some" not in caplog.text
+    (root / "train_npz" / "case0006_slice001.npz").unlink()
+    ds = open_dataset(root)
+    assert ds.load("case0006").image.shape == (2, *SHAPE)
+    assert "slice numbers of 1 case(s) skip some (case0006 lacks slice(s) 1)" in caplog.text

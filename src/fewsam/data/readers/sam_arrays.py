@@ -506,7 +506,24 @@ def slices_by_case(files: list[Path], numbered: re.Pattern[str]) -> dict[str, li
         if earlier != path:
             raise DataError(f"{earlier} and {path} are both slice {z} of case {case}; remove one of them")
     cases = natural_sorted(by_case)
+    say_slice_gaps({case: sorted(by_case[case]) for case in cases}, files[0].parent if files else None)
     return {case: [by_case[case][z] for z in sorted(by_case[case])] for case in cases}
+
+
+def say_slice_gaps(numbers: dict[str, list[int]], folder: Path | None) -> None:
+    """Say once which cases' slice numbers skip some (a file lost in a copy, or slices an export left out, as
+    MedSAM's keeps only labelled ones): a case is its slices in number order, so the slices beside a gap are
+    read as neighbours, and its 3D distances (HD95, ASD) and 3D post-processing span the gap."""
+    gaps = {case: sorted(set(range(zs[0], zs[-1] + 1)) - set(zs)) for case, zs in numbers.items() if len(zs) > 1}
+    gaps = {case: missing for case, missing in gaps.items() if missing}
+    if not gaps:
+        return
+    shown = "; ".join(f"{case} lacks slice(s) {', '.join(map(str, missing[:4]))}{', ...' if len(missing) > 4 else ''}"
+                      for case, missing in list(gaps.items())[:3])
+    more = f" (and {len(gaps) - 3} more cases)" if len(gaps) > 3 else ""
+    say_once(f"{folder}: the slice numbers of {len(gaps)} case(s) skip some ({shown}{more}); each case is read as its "
+             "slices in number order, so the slices beside a gap are taken as neighbours (3D distances span it)",
+             key=f"slice-gaps-{folder}")
 
 
 def _slice_case_entry(root: Path, case: str, paths: list[Path]) -> Entry:
