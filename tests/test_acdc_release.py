@@ -142,3 +142,20 @@ def test_testing_patients_without_gt_are_their_frames_unlabelled_in_test(databas
     ds = open_dataset(database)
     assert ds.split("test") == ["patient101_frame01", "patient101_frame03"]
     assert not ds.has_label("patient101_frame01") and ds.has_label("patient001_frame01")
+
+
+@pytest.mark.parametrize("lines, says, phases", [
+    ("ED: abc\nES: 3\n", "ED 'abc' is no frame number", [None, "ES"]),
+    ("ED: 1\nES: 1\n", "ED and ES name one frame (1)", [None, None]),
+    ("ED: 3\nES: 1\nED: 1\nES: 3\n", "ED is given twice ('3', then '1')", ["ED", "ES"]),
+], ids=["no-number", "one-frame", "twice"])
+def test_an_info_cfg_whose_phases_cannot_be_read_is_said(tmp_path, notes, lines, says, phases):
+    """A phase line that is no number, ED and ES naming one frame, or a key given twice left the frames'
+    phases wrong or missing without a word (frame 1 called ES where both lines named it)."""
+    folder = tmp_path / "database" / "training" / "patient001"
+    patient(folder, 1)
+    info = folder / "Info.cfg"
+    info.write_text(lines + "Group: DCM\n", encoding="utf-8")
+    ds = open_dataset(tmp_path / "database")
+    assert [ds.attributes_of(case).get("phase") for case in ds.split("all")] == phases
+    assert says in notes.text

@@ -65,7 +65,7 @@ def frame_entries(folder: Path, pairs: dict[Path, Path | None], others: list[Pat
                  f"(<patient>_frame<N>), as they are labelled; the same in every patient folder",
                  key="patient-frames-others")
     info = read_info(folder / INFO_FILE)
-    attributes, phases = info_attributes(info), frame_phases(info)
+    attributes, phases = info_attributes(info), frame_phases(info, folder / INFO_FILE)
     entries = []
     for image, label in pairs.items():
         case = case_name(image)
@@ -84,11 +84,15 @@ def read_info(path: Path) -> dict[str, str]:
         text = user_text(path)
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from None
-    info = {}
+    info: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip():
-            info[key.strip()] = value.strip()
+            key, value = key.strip(), value.strip()
+            if info.get(key, value) != value:
+                say_once(f"{path}: {key} is given twice ({info[key]!r}, then {value!r}); the last is read",
+                         key=f"info-twice-{path}-{key}")
+            info[key] = value
     return info
 
 
@@ -98,12 +102,23 @@ def info_attributes(info: dict[str, str]) -> dict[str, Any]:
     return {key: parse_cell(value, key) for key, value in info.items() if key.lower() not in FRAME_NUMBERS}
 
 
-def frame_phases(info: dict[str, str]) -> dict[int, str]:
+def frame_phases(info: dict[str, str], path: Path | None = None) -> dict[int, str]:
     """Frame number -> its cardiac phase, "ED" or "ES", by Info.cfg's ``ED: 1`` and ``ES: 12`` lines (a number
-    written ``12.0`` too); a phase whose line is missing or no number is left out."""
-    numbers = {key.upper(): parse_cell(value) for key, value in info.items() if key.upper() in PHASES}
-    return {int(number): phase for phase, number in numbers.items()
-            if isinstance(number, (int, float)) and float(number).is_integer()}
+    written ``12.0`` too); a phase whose line is missing is left out, and so, said (``path``: the file), is one
+    whose line is no frame number, and both where the two lines name one frame (which phase it is, is unknown)."""
+    numbers = {key.upper(): (value, parse_cell(value)) for key, value in info.items() if key.upper() in PHASES}
+    phases: dict[int, str] = {}
+    for phase, (written, number) in numbers.items():
+        if not (isinstance(number, (int, float)) and float(number).is_integer()):
+            say_once(f"{path}: {phase} {written!r} is no frame number; no frame of this patient is given the phase "
+                     f"{phase}", key=f"info-phase-{path}-{phase}")
+        elif int(number) in phases:
+            say_once(f"{path}: ED and ES name one frame ({int(number)}); it is given no phase",
+                     key=f"info-phase-{path}-same")
+            del phases[int(number)]
+        else:
+            phases[int(number)] = phase
+    return phases
 
 
 def holds_frames(folder: Path) -> bool:
