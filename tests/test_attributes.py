@@ -152,3 +152,22 @@ def test_an_attribute_is_found_in_any_letter_case_the_later_source_winning():
     assert attribute_value({"Group": "DCM", "group": "HCM"}, "GROUP") == "HCM"
     assert attribute_value({"Group": "DCM", "group": None}, "group") == "DCM"
     assert attribute_value({"Group": "DCM"}, "phase") is None
+
+
+def test_an_attribute_table_given_as_a_folder_is_told_so(tmp_path):
+    """A folder was "not found", though it is there: the message says what it is and what to give."""
+    with pytest.raises(DataError, match="is a folder; give the CSV file in it"):
+        read_attribute_table(tmp_path)
+
+
+def test_an_h5_whose_image_is_a_group_is_told_so(tmp_path):
+    """An h5 holding 'image' as a group was said to have no 'image' dataset while listing 'image' among its keys."""
+    import h5py
+
+    from fewsam.data.readers.acdc_h5 import h5_dataset
+
+    path = tmp_path / "case.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("image").create_dataset("data", data=np.zeros((2, 2)))
+    with h5py.File(path, "r") as f, pytest.raises(DataError, match="'image' is a group of \\['data'\\], not an array"):
+        h5_dataset(f, "image", path)

@@ -157,6 +157,8 @@ class AttributeTable:
 def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeTable:
     """Read a CSV of group attributes; ``key`` names the id column (auto-detected if None)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"attribute table {path} is a folder; give the CSV file in it")
     if not path.is_file():
         raise DataError(f"attribute table {path} not found; give an existing CSV file")
     reader, read_to = None, 0

@@ -102,7 +102,9 @@ def h5_dataset(f: h5py.File, key: str, path: Path, needs: str = "SSL4MIS h5 file
                ) -> h5py.Dataset:
     """The dataset ``key`` of an open h5 file; a missing key (or a group by that name) is a DataError naming
     the keys the file has and what its layout ``needs``."""
-    if key not in f or not isinstance(f[key], h5py.Dataset):
+    if key in f and not isinstance(f[key], h5py.Dataset):
+        raise DataError(f"{path}: {key!r} is a group of {list(f[key].keys())}, not an array; {needs}")
+    if key not in f:
         raise DataError(f"{path} has no {key!r} dataset (keys: {list(f.keys())}); {needs}")
     return f[key]
 
