@@ -92,6 +92,12 @@ def test_a_misspelled_or_missing_argument_is_named_with_the_nearest_one(tmp_path
     (lambda root, pred, evals, out: write_group_report(list(evals), out, overwrite="no"), "overwrite must be True"),
     (lambda root, pred, evals, out: fit(["fewshot"], FitOptions(data=root, run=out, labeled_cases=1)),
      "method must be text"),
+    # a value out of range, named as the caller's argument, not as the command line's flag
+    (lambda root, pred, evals, out: evaluate(pred, root, "test", "sex", alpha=-1.0), "^alpha must be a finite"),
+    (lambda root, pred, evals, out: compare_runs(*evals, metric="hd"), "^metric must be one of"),
+    (lambda root, pred, evals, out: write_group_report(list(evals), out, ["a"]), "^labels gives 1 names"),
+    (lambda root, pred, evals, out: write_group_report(list(evals), out, ["a", ""]),
+     "^labels \\['a', ''\\] leaves a run without a name"),
 ])
 def test_an_argument_of_the_wrong_kind_is_named_before_anything_is_written(graded, two_evaluations, tmp_path,
                                                                             call, named):

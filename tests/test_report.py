@@ -63,7 +63,7 @@ def test_report_single_run_without_groups(tmp_path):
     paths = write_group_report([tmp_path / "e.json"], tmp_path / "rep")
     md = paths["markdown"].read_text()
     assert "0.5000" in md and "--group-by" in md
-    with pytest.raises(FewsamError, match="--labels gives 2 names"):
+    with pytest.raises(FewsamError, match="^labels gives 2 names"):
         write_group_report([tmp_path / "e.json"], tmp_path / "rep", ["a", "b"])
 
 

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fewsam.config import argument_name
 from fewsam.config import checked_arguments
 from fewsam.errors import DataError
 from fewsam.metrics import (CI_METRICS, DISTANCE_METRICS, DISTANCE_UNITS, METRICS, summary_distance_unit,
@@ -128,7 +129,7 @@ def _scores_by_class(per_class: Any) -> bool:
 def per_case_scores(result: dict[str, Any], metric: str = "dice") -> dict[str, float]:
     """case id -> mean over classes of ``metric``; cases with no value at all are left out."""
     if metric not in METRICS:
-        raise DataError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
+        raise DataError(f"{argument_name('metric')} must be one of {', '.join(METRICS)}, not {metric!r}")
     scores = {}
     for case in result["cases"]:
         values = list(_values(case["per_class"], metric).values())
@@ -219,7 +220,7 @@ def paired_scores(eval_a: dict[str, Any], eval_b: dict[str, Any], metric: str = 
     as the evaluation's means count them), so a run that drew the structure there scores its Dice 0.
     Paired over the shared classes, that false positive was left out of both runs and went unseen."""
     if metric not in METRICS:
-        raise DataError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
+        raise DataError(f"{argument_name('metric')} must be one of {', '.join(METRICS)}, not {metric!r}")
     classes_b = {case["case"]: case["per_class"] for case in eval_b["cases"]}
     paired_a, paired_b, one_sided = {}, {}, 0
     for case in eval_a["cases"]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fewsam.compare import read_evaluation
-from fewsam.config import checked_arguments, listed
+from fewsam.config import argument_name, checked_arguments, listed
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
 from fewsam.data.attributes import default_bins
 from fewsam.data.readers.common import files_below
@@ -257,7 +257,8 @@ def check_alpha(alpha: float) -> None:
     """ES-Dice = Dice / (1 + alpha x spread) only ranks fairness for a finite alpha >= 0: a negative
     one rewards unequal groups (scores above the Dice, or a division by zero), NaN gives NaN."""
     if not math.isfinite(alpha) or alpha < 0:
-        raise DataError(f"--alpha must be a finite number of at least 0 (FairSeg uses 1), not {alpha}")
+        raise DataError(f"{argument_name('alpha')} must be a finite number of at least 0 (FairSeg uses 1), "
+                        f"not {alpha}")
 
 
 def check_group_attributes_early(dataset: Any, case_ids: list[str], group_by: str, explicit: Bins | None,

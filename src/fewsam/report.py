@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fewsam.atomic import atomic_write_bytes, check_folder_path, staged_folder
-from fewsam.config import checked_arguments, home_expanded
+from fewsam.config import argument_name, checked_arguments, home_expanded
 
 log = logging.getLogger("fewsam")
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240], [240, 200, 40],
@@ -153,12 +153,13 @@ def _check_labels(labels: Any, n: int) -> None:
         shown = [part.strip() for part in labels.split(",")] if isinstance(labels, str) else ["A", "B"][:n]
         raise DataError(f"labels must be a list of names, one per evaluation ({shown!r}), not {labels!r}")
     if len(labels) != n:
-        raise DataError(f"--labels gives {len(labels)} names for {n} evaluations")
+        raise DataError(f"{argument_name('labels')} gives {len(labels)} names for {n} evaluations")
     if not all(labels):
-        raise DataError(f"--labels {','.join(labels)!r} leaves a run without a name; give one name per evaluation")
+        given = repr(labels) if argument_name("labels") == "labels" else repr(",".join(labels))  # as typed
+        raise DataError(f"{argument_name('labels')} {given} leaves a run without a name; give one name per evaluation")
     twice = sorted({name for name in labels if labels.count(name) > 1})
     if twice:
-        raise DataError(f"--labels names two runs {twice[0]!r}; give each evaluation its own name")
+        raise DataError(f"{argument_name('labels')} names two runs {twice[0]!r}; give each evaluation its own name")
 
 
 def _check_out_folder(out: Path, overwrite: bool) -> None:
