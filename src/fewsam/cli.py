@@ -6,7 +6,6 @@ import inspect
 import json
 import logging
 import os
-import signal
 import sys
 import time
 import typing
@@ -27,7 +26,7 @@ from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import _CLI_NAMES, FitOptions, cli_fields, cli_names, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.devices import check_device
-from fewsam.errors import FewsamError, Stopped, resource_failure_message
+from fewsam.errors import FewsamError, Stopped, raise_stopped_on_signals, resource_failure_message
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 from fewsam.progress import PYTHON_CALLER_NOTICES, record
@@ -659,17 +658,6 @@ def _warnings_to_log() -> None:
     warnings.showwarning = kept
 
 
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM raise :class:`Stopped` in the main thread, so a fit's log says how it ended
-    and staged predictions are removed whichever way the user or a scheduler stops us."""
-
-    def _raise(signum: int, frame: object) -> None:
-        raise Stopped(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _raise)
-
-
 def usage_error_line(exc: click_errors.UsageError, args: list[str] | None = None) -> str:
     """A usage mistake (unknown option, a value of the wrong kind, a missing argument) as the one
     line every other user mistake gets, with where the command's help is. Click's parser raises an
@@ -899,7 +887,7 @@ def main() -> None:
     _tune_allocator()
     _show_notes()
     _warnings_to_log()
-    _stop_on_signals()
+    raise_stopped_on_signals()
     try:
         check_launch(sys.argv)
         run_app()

@@ -50,6 +50,24 @@ class Stopped(BaseException):
         return "terminated (SIGTERM)" if self.signum == signal.SIGTERM else "interrupted"
 
 
+def raise_stopped_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise :class:`Stopped` in the main thread, so a fit's log says how it ended
+    and staged outputs are removed whichever way the user, a scheduler or the studio stops the process."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise)
+
+
+def end_as_signalled(stop: Stopped) -> None:
+    """End the process as the signal would have ended it (a parent reads ``-SIGTERM``, not an exit code),
+    once a :class:`Stopped` has unwound: the studio tells a cancelled or stopped worker from a crash so."""
+    signal.signal(stop.signum, signal.SIG_DFL)
+    os.kill(os.getpid(), stop.signum)
+
+
 def is_disk_full(err: OSError) -> bool:
     """No space left (or the user's quota or file-size limit reached) where fewsam writes."""
     return err.errno in DISK_FULL

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from fewsam.atomic import atomic_write_bytes
-from fewsam.errors import FewsamError, is_disk_full, resource_failure_message
+from fewsam.errors import (FewsamError, Stopped, end_as_signalled, is_disk_full, raise_stopped_on_signals,
+                           resource_failure_message)
 from fewsam.studio.fitdata import FIT_VAL_SPLIT
 from fewsam.studio.jobs import DISK_FULL_EXIT
 from fewsam.studio.project import LATEST_RUN, PREDICTIONS, case_key, encode_prediction
@@ -156,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(args[0]).read_text())
     status = Status(Path(spec["status"]))
     status.update(kind=spec["kind"], pid=os.getpid())
+    raise_stopped_on_signals()  # Cancel and a stopping studio send SIGTERM: the fit winds down as the CLI's does
     try:
         result = run_job(spec, status)
+    except Stopped as stop:  # its fit.log says so, a new run with no checkpoint is removed; then the signal's end
+        end_as_signalled(stop)
+        raise
     except FewsamError as err:
         return record_failure(status, str(err))
     except Exception as err:  # noqa: BLE001 - an unexpected failure still has to reach the page
