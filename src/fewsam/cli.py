@@ -26,7 +26,8 @@ from fewsam.allocator import ALLOCATOR_TUNING
 from fewsam.config import _CLI_NAMES, FitOptions, cli_fields, cli_names, field_default, flag_name
 from fewsam.data.attributes import DEFAULT_BINS
 from fewsam.devices import check_device
-from fewsam.errors import FewsamError, Stopped, raise_stopped_on_signals, resource_failure_message
+from fewsam.errors import FewsamError, Stopped, resource_failure_message
+from fewsam.errors import raise_stopped_on_signals as _stop_on_signals  # tests running commands in-process skip it
 from fewsam.info import DEFAULT_SPLIT
 from fewsam.methods import REGISTRY, Method, get_method
 from fewsam.progress import PYTHON_CALLER_NOTICES, record
@@ -887,7 +888,7 @@ def main() -> None:
     _tune_allocator()
     _show_notes()
     _warnings_to_log()
-    raise_stopped_on_signals()
+    _stop_on_signals()
     try:
         check_launch(sys.argv)
         run_app()
