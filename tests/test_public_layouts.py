@@ -168,6 +168,38 @@ def test_lits_volumes_pair_with_segmentations_side_by_side_and_in_batch_folders(
     assert split_sizes(tmp_path)["all"] == (5, 5)
 
 
+def test_mmwhs_image_and_label_keep_their_modality_word(tmp_path):
+    """MM-WHS names a pair ``ct_train_1001_image`` + ``ct_train_1001_label``: the label keeps the image's
+    modality word, and its 16-bit values are the classes."""
+    for i in (1001, 1002, 1003):
+        volume(tmp_path / f"ct_train_{i}_image.nii.gz", i)
+        label = np.zeros(SHAPE, np.uint16)
+        label[2:5, 2:8, :], label[6:9, 2:8, :] = 205, 500
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(tmp_path / f"ct_train_{i}_label.nii.gz"))
+    ds = open_dataset(tmp_path)
+    assert ds.entries["ct_train_1002_image"].label.name == "ct_train_1002_label.nii.gz"
+    assert split_sizes(tmp_path)["all"] == (3, 3)
+    assert ds.class_map.labels == [205, 500]
+
+
+def test_left_atrium_2018_reads_laendo_as_the_label_of_lgemri(tmp_path):
+    """The 2018 Atrial Segmentation Challenge: ``<case>/lgemri.nrrd`` + ``laendo.nrrd`` (0/255), one case
+    per folder, not two unlabelled images."""
+    import SimpleITK as sitk
+
+    for i, case in enumerate(("06SR5RBREL16DQ6M8LWS", "0RZDK210BSMWAA6467LU")):
+        (tmp_path / case).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 10, 12), i, np.uint8)), str(tmp_path / case / "lgemri.nrrd"))
+        mask = np.zeros((3, 10, 12), np.uint8)
+        mask[:, 2:6, 3:9] = 255
+        sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / case / "laendo.nrrd"))
+    ds = open_dataset(tmp_path)
+    assert sorted(ds.entries) == ["06SR5RBREL16DQ6M8LWS", "0RZDK210BSMWAA6467LU"]
+    assert ds.entries["0RZDK210BSMWAA6467LU"].image.name == "lgemri.nrrd"
+    assert ds.entries["0RZDK210BSMWAA6467LU"].label.name == "laendo.nrrd"
+    assert np.count_nonzero(ds.load("06SR5RBREL16DQ6M8LWS").label) == 3 * 4 * 6
+
+
 def test_acdc_patient_folders_pair_frames_with_gt_and_keep_the_patient(tmp_path):
     for p in (1, 2):
         folder = tmp_path / f"patient{p:03d}"

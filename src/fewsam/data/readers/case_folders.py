@@ -50,8 +50,9 @@ from fewsam.errors import DataError
 from fewsam.labels import check_class_count
 from fewsam.progress import say_once
 
+# "laendo": the 2018 Atrial Segmentation Challenge's left atrium cavity, <case>/laendo.nrrd beside lgemri.nrrd
 LABEL_WORDS = frozenset({"seg", "segmentation", "segmentations", "label", "labels", "mask", "masks", "gt",
-                         "groundtruth", "annotation", "annotations", "labelstr", "labelsts"})
+                         "groundtruth", "annotation", "annotations", "labelstr", "labelsts", "laendo"})
 IMAGE_WORDS = frozenset({"image", "images", "imaging", "img", "volume", "vol", "ct", "mr", "mri", "scan"})
 DATASET_JSON_HINT = ("to segment another, list each case's files in a dataset.json's \"dataset\" object (nnU-Net "
                      'v2: {"<case>": {"images": ["<case>/<file>"], "label": "<case>/<label file>"}})')
@@ -73,13 +74,15 @@ def _key(name: str, role_words: frozenset[str]) -> str:
 
 
 def _pairs(images: list[Path], labels: list[Path]) -> dict[Path, Path | None] | None:
-    """image -> its label (or None) where every label pairs with one image by ``_key``; else None."""
+    """image -> its label (or None) where every label pairs with one image by ``_key``; else None.
+    A label's image words go too: MM-WHS names a pair ``ct_train_1001_image`` + ``ct_train_1001_label``,
+    whose label keeps the image's modality word."""
     keys = {_key(p.name, IMAGE_WORDS): p for p in images}
     if not labels or len(keys) < len(images):
         return None
     found = {}
     for label in labels:
-        image = keys.get(_key(label.name, LABEL_WORDS))
+        image = keys.get(_key(label.name, LABEL_WORDS | IMAGE_WORDS))
         if image is None or image in found:
             return None
         found[image] = label
