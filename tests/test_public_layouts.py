@@ -200,6 +200,24 @@ def test_left_atrium_2018_reads_laendo_as_the_label_of_lgemri(tmp_path):
     assert np.count_nonzero(ds.load("06SR5RBREL16DQ6M8LWS").label) == 3 * 4 * 6
 
 
+def test_btcv_img_and_label_folders_pair_by_case_number(tmp_path):
+    """BTCV (Synapse) as downloaded: ``RawData/Training/img/img0001.nii.gz`` + ``label/label0001.nii.gz``, each
+    image a case of its own (not one case of many modalities), and ``Testing/img/`` unlabelled cases."""
+    for i in (1, 2, 3, 4, 5):
+        volume(tmp_path / "Training" / "img" / f"img{i:04d}.nii.gz", i)
+        volume(tmp_path / "Training" / "label" / f"label{i:04d}.nii.gz", values=(1, 6))
+    for i in (61, 62):
+        volume(tmp_path / "Testing" / "img" / f"img{i:04d}.nii.gz", i)
+    ds = open_dataset(tmp_path / "Training")
+    assert list(ds.entries) == [f"img/img{i:04d}" for i in (1, 2, 3, 4, 5)]
+    assert ds.entries["img/img0003"].label.name == "label0003.nii.gz"
+    assert ds.subject_of("img/img0003") == "img/img0003"
+    assert split_sizes(tmp_path / "Training") == {"train": (4, 4), "val": (1, 1), "all": (5, 5)}
+    assert ds.class_map.labels == [1, 6]
+    testing = open_dataset(tmp_path / "Testing")
+    assert list(testing.entries) == ["img/img0061", "img/img0062"] and not testing.has_label("img/img0061")
+
+
 def test_acdc_patient_folders_pair_frames_with_gt_and_keep_the_patient(tmp_path):
     for p in (1, 2):
         folder = tmp_path / f"patient{p:03d}"

@@ -68,9 +68,13 @@ def is_label_name(name: str) -> bool:
     return any(w in LABEL_WORDS for w in name_words(name))
 
 
+ROLE_PREFIX = re.compile(r"^(%s)(?=\d+$)" % "|".join(sorted(LABEL_WORDS | IMAGE_WORDS, key=len, reverse=True)))
+
+
 def _key(name: str, role_words: frozenset[str]) -> str:
-    """What pairs an image with its label: the name's words without its role word."""
-    return "_".join(w for w in name_words(name) if w not in role_words)
+    """What pairs an image with its label: the name's words without its role word, also where the word
+    is glued to the case number (BTCV's ``img0001`` + ``label0001``: ``0001``)."""
+    return "_".join(ROLE_PREFIX.sub("", w) for w in name_words(name) if w not in role_words)
 
 
 def _pairs(images: list[Path], labels: list[Path]) -> dict[Path, Path | None] | None:
@@ -93,6 +97,22 @@ def _volumes(folder: Path) -> tuple[list[Path], list[Path]]:
     """(images, labels) among the volume files right in ``folder``."""
     files = _nifti_files(folder)
     return [p for p in files if not is_label_name(p.name)], [p for p in files if is_label_name(p.name)]
+
+
+def is_image_folder(folder: Path) -> bool:
+    """A folder named as images alone (BTCV's ``img/``, ``images/``): a folder of cases, never one case's
+    files, even where each image carries its name (``img/img0001.nii.gz``)."""
+    words = name_words(folder.name)
+    return len(words) == 1 and words[0] in IMAGE_WORDS
+
+
+def _sibling_labels(folder: Path) -> list[Path]:
+    """The label volumes of the label folders beside an image folder (BTCV's ``Training/img/img0001.nii.gz``
+    + ``Training/label/label0001.nii.gz``), which ``case_folders`` leaves out as cases."""
+    if not is_image_folder(folder):
+        return []
+    return [f for p in natural_sorted(folder.parent.iterdir(), key=lambda p: p.name)
+            if p.is_dir() and is_label_name(p.name) and not is_image_folder(p) for f in _nifti_files(p)]
 
 
 def case_folders(root: Path) -> list[Path]:
@@ -248,10 +268,16 @@ def _folder_entries(root: Path, folder: Path) -> list[Entry]:
     frame_pairs = _pairs(frames, labels) if labels else {p: None for p in frames}
     if frames and frame_pairs is not None:
         return patient_frames.frame_entries(folder, frame_pairs, [p for p in images if p not in frame_pairs])
+    if not labels and (beside := _sibling_labels(folder)):
+        labels = beside if _pairs(images, beside) is not None else []
+        if not labels:
+            _say_unpaired_labels(beside[0].parent, beside)
     pairs = _pairs(images, labels)
     if not labels and len(images) > 1 and not _named_after(folder, images):
         pairs = {p: None for p in images}  # unlabelled cases side by side (LiTS' test volumes), not one case's files
-    if folder == root or (pairs is not None and len(images) > 1):
+    if is_image_folder(folder) and pairs is None:
+        pairs = {p: None for p in images}
+    if folder == root or is_image_folder(folder) or (pairs is not None and len(images) > 1):
         if pairs is None:
             pairs = {p: None for p in images}
             _say_unpaired_labels(folder, labels)
@@ -297,8 +323,9 @@ def refuse_labels_only(root: Path) -> None:
 
 
 def _named_after(folder: Path, images: list[Path]) -> bool:
-    """Whether every image's name starts with its folder's (BraTS' ``<case>/<case>_flair.nii.gz``)."""
-    return all(case_name(p).lower().startswith(folder.name.lower()) for p in images)
+    """Whether every image's name starts with its folder's (BraTS' ``<case>/<case>_flair.nii.gz``), a
+    folder of images named as such aside (BTCV's ``img/img0001.nii.gz``: no patient ``img``)."""
+    return not is_image_folder(folder) and all(case_name(p).lower().startswith(folder.name.lower()) for p in images)
 
 
 def _say_mixed_kinds(entries: list[Entry]) -> None:
