@@ -135,8 +135,10 @@ class IndexedDataset:
         datasets ship them) names that split instead of the one fewsam would compute: ignored, the
         user's validation cases could land in the labelled budget and the selection run on others.
         With a val list and no train list, train is every other case of the computed split, so that
-        no validation case is trained on. Splits the data names otherwise (a split column,
-        ``splits_final.json``) are not computed and stay as they are."""
+        no validation case is trained on; with a train list and no val list, val is drawn from the
+        listed training subjects by the computed rule (``computed_splits``) and they leave train, as
+        a val drawn from every case held cases that train.list trains on. Splits the data names
+        otherwise (a split column, ``splits_final.json``) are not computed and stay as they are."""
         listed = {name: path for name in self.computed_splits if (path := list_file_in(self.root, name))}
         if not listed:
             return
@@ -146,6 +148,11 @@ class IndexedDataset:
         if "val" in listed and "train" not in listed and "train" in self.computed_splits:
             held = set(self.splits["val"])
             self.splits["train"] = [cid for cid in pool if cid not in held]
+        if "train" in listed and "val" not in listed and "val" in self.computed_splits:
+            trained = set(self.splits["train"])
+            held = set(computed_splits(e for e in self.entries.values() if e.case_id in trained).get("val", []))
+            self.splits["val"] = [cid for cid in self.splits["train"] if cid in held]
+            self.splits["train"] = [cid for cid in self.splits["train"] if cid not in held]
         self.computed_splits = tuple(n for n in self.computed_splits if n not in listed)
         say_once(f"{self.root}: split(s) {', '.join(listed)} read from "
                  f"{', '.join(p.name for p in listed.values())}", key=f"list-splits-{self.root}")
