@@ -488,3 +488,60 @@ def test_predictions_written_for_the_new_layouts_are_scored_by_evaluate(tmp_path
     assert [p.relative_to(tmp_path / "pred").as_posix() for p in written] == expected
     scores = evaluate(tmp_path / "pred", data, split="all", show_progress=False)
     assert len(scores["cases"]) == 2 and scores["mean"]["dice"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- 3D h5 volumes with list files (LA, Pancreas-CT)
+
+
+def h5_volume(path: Path, seed: int, shape: tuple[int, int, int] = (12, 10, 5)) -> np.ndarray:
+    """An SSL4MIS 3D h5 case: ``image`` (x, y, z) float, ``label`` (x, y, z) with a block of class 1."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(seed).random(shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[2:6, 3:8, 1:4] = 1
+    with h5py.File(path, "w") as f:
+        f["image"], f["label"] = image, label
+    return image
+
+
+def test_left_atrium_h5_folders_are_cut_along_their_depth_and_split_by_their_lists(tmp_path):
+    """SSL4MIS' LA: ``2018LA_Seg_Training Set/<case>/mri_norm2.h5``, image and label (x, y, z), train.list and
+    test.list in root: a case per folder, slices along z, test.list the test split, val drawn from train.list."""
+    ids = ["06SR5RBREL16DQ6M8LWS", "0RZDK210BSMWAA6467LU", "1D7CUD1955YZPGK8XHJX", "1GU15S0GJ6PFNARO469W"]
+    stored = {case: h5_volume(tmp_path / "2018LA_Seg_Training Set" / case / "mri_norm2.h5", i)
+              for i, case in enumerate(ids)}
+    (tmp_path / "train.list").write_text("\n".join(ids[:3]) + "\n")
+    (tmp_path / "test.list").write_text(ids[3] + "\n")
+    ds = open_dataset(tmp_path)
+    assert ds.layout == "h5-volumes" and sorted(ds.entries) == sorted(ids)
+    assert ds.split("test") == [ids[3]] and not set(ds.split("train")) & set(ds.split("val"))
+    assert set(ds.split("train")) | set(ds.split("val")) == set(ids[:3])
+    case = ds.load(ids[1])
+    assert case.image.shape == (5, 12, 10) and ds.num_slices(ids[1]) == 5
+    np.testing.assert_allclose(case.image[2], stored[ids[1]][:, :, 2])
+    assert int(case.label[1].sum()) == 4 * 5 and int(case.label[0].sum()) == 0
+
+
+def test_pancreas_h5_files_side_by_side_are_named_as_their_lists_name_them_and_predictions_read_back(tmp_path):
+    """UA-MT's Pancreas-CT: ``Pancreas_h5/image0001_norm.h5`` listed as ``image0001``. A prediction is
+    ``<case>.h5``, key ``pred`` in the image's (x, y, z) order, and evaluate scores it."""
+    import h5py
+
+    from fewsam.api import evaluate
+    from fewsam.data.writers import write_prediction
+
+    for i in range(1, 5):
+        h5_volume(tmp_path / "data" / "Pancreas_h5" / f"image{i:04d}_norm.h5", i)
+    (tmp_path / "data" / "train.list").write_text("image0001\nimage0002\nimage0003\n")
+    (tmp_path / "data" / "test.list").write_text("image0004\n")
+    ds = open_dataset(tmp_path / "data")
+    assert list(ds.entries) == ["image0001", "image0002", "image0003", "image0004"]
+    case = ds.load("image0004")
+    written = write_prediction(case, case.label, tmp_path / "pred")
+    assert written == tmp_path / "pred" / "image0004.h5"
+    with h5py.File(written, "r") as f:
+        assert f["pred"].shape == (12, 10, 5) and int(f["pred"][2:6, 3:8, 1:4].min()) == 1
+    scores = evaluate(tmp_path / "pred", tmp_path / "data", split="test", show_progress=False)
+    assert scores["mean"]["dice"] == pytest.approx(1.0)

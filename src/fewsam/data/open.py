@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
-from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, nifti, png_folder, sam_arrays
+from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, h5_volumes, nifti, png_folder, sam_arrays
 from fewsam.data.readers.common import IndexedDataset, files_below, is_tool_folder, listed_names, strip_suffixes
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
@@ -30,6 +30,9 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
     "synapse-npz": (sam_arrays.detect_synapse, sam_arrays.open_synapse,
                     "train_npz/<case>_sliceNNN.npz (keys image, label) and/or test_vol_h5/<case>.npy.h5 "
                     "(TransUNet / SAMed Synapse)"),
+    "h5-volumes": (h5_volumes.detect, h5_volumes.open_h5_volumes,
+                   "<case>/mri_norm2.h5 or <case>_norm.h5 (keys image, label; x, y, z) + train.list/test.list (SSL4MIS, "
+                   "UA-MT LA and Pancreas-CT)"),
     "medsam-npz": (sam_arrays.detect_medsam, sam_arrays.open_medsam,
                    "<case>.npz with keys imgs (+ gts) per case, flat or in modality folders (MedSAM / LiteMedSAM)"),
     "medsam-npy": (sam_arrays.detect_medsam_npy, sam_arrays.open_medsam_npy,
