@@ -218,6 +218,28 @@ def test_btcv_img_and_label_folders_pair_by_case_number(tmp_path):
     assert list(testing.entries) == ["img/img0061", "img/img0062"] and not testing.has_label("img/img0061")
 
 
+def test_camus_views_take_the_attributes_of_their_info_file(tmp_path, notes):
+    """CAMUS: ``patient0001/patient0001_2CH_ED.nii.gz`` + ``_gt``, and ``Info_2CH.cfg`` / ``Info_4CH.cfg`` per
+    view (Sex, Age, ImageQuality): each image takes its view's, with its view and phase; a patient's images
+    stay together in the splits."""
+    for p in range(1, 6):
+        folder = tmp_path / f"patient{p:04d}"
+        for view in ("2CH", "4CH"):
+            for phase in ("ED", "ES"):
+                volume(folder / f"patient{p:04d}_{view}_{phase}.nii.gz", p)
+                volume(folder / f"patient{p:04d}_{view}_{phase}_gt.nii.gz", values=(1, 2, 3))
+            quality = "Poor" if view == "4CH" else "Good"
+            (folder / f"Info_{view}.cfg").write_text(f"ED: 1\nES: 14\nNbFrame: 15\nSex: {'FM'[p % 2]}\nAge: {50 + 5 * p}\n"
+                                                    f"ImageQuality: {quality}\nEF: 42.5\nFrameRate: 20\n")
+    ds = open_dataset(tmp_path)
+    attributes = ds.attributes_of("patient0003/patient0003_4CH_ES")
+    assert attributes["Sex"] == "M" and attributes["Age"] == 65 and attributes["ImageQuality"] == "Poor"
+    assert attributes["view"] == "4CH" and attributes["phase"] == "ES" and "NbFrame" not in attributes
+    assert ds.attributes_of("patient0003/patient0003_2CH_ED")["ImageQuality"] == "Good"
+    assert ds.load("patient0002/patient0002_2CH_ED").attributes["Sex"] == "F"
+    assert ds.split("val") == [f"patient0005/patient0005_{v}_{p}" for v in ("2CH", "4CH") for p in ("ED", "ES")]
+
+
 def test_acdc_patient_folders_pair_frames_with_gt_and_keep_the_patient(tmp_path):
     for p in (1, 2):
         folder = tmp_path / f"patient{p:03d}"

@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -210,12 +211,40 @@ def _flat_entries(root: Path, folder: Path, pairs: dict[Path, Path | None]) -> l
     """Each image of ``folder`` a case, with its label (``_pairs``)."""
     prefix = "" if folder == root else f"{folder.name}/"
     named = folder != root and _named_after(folder, list(pairs))
+    views = _view_infos(folder) if named else {}
     entries = []
     for image, label in pairs.items():
         case = prefix + case_name(image)
         entries.append(Entry(case_id=case, image=image, label=label, rel_path=case + prediction_ending(image.name),
-                             subject=folder.name if named else case))
+                             subject=folder.name if named else case, attributes=_view_attributes(image, views)))
     return entries
+
+
+INFO_OF_VIEW = re.compile(r"^info_(?P<view>[^.]+)\.cfg$", re.IGNORECASE)
+
+
+def _view_infos(folder: Path) -> dict[str, dict[str, Any]]:
+    """A patient folder's ``Info_<view>.cfg`` files (CAMUS: ``Info_2CH.cfg``, ``Info_4CH.cfg``, each ``Sex: F``,
+    ``Age: 55``, ``ImageQuality: Good``, ``EF: 42.5``...) as the group attributes of that view's images, by
+    view; their frame numbers left out (``patient_frames.info_attributes``)."""
+    found = {}
+    for path in natural_sorted(folder.iterdir(), key=lambda p: p.name):
+        match = INFO_OF_VIEW.match(path.name)
+        if match and path.is_file():
+            found[match["view"]] = patient_frames.info_attributes(patient_frames.read_info(path))
+    return found
+
+
+def _view_attributes(image: Path, views: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The attributes of the view an image's name holds as a word (``patient0001_2CH_ED``: 2CH), with the view
+    itself (``--group-by view``) and the phase its name says (``ED``, ``ES``, as ACDC's frames have theirs);
+    none where it names no view of ``views``."""
+    words = name_words(image.name)
+    view = next((v for v in views if v.lower() in words), None)
+    if view is None:
+        return {}
+    phase = next((p for p in patient_frames.PHASES if p.lower() in words), None)
+    return {**views[view], "view": view, **({"phase": phase} if phase else {})}
 
 
 def _case_entry(folder: Path, images: list[Path], labels: list[Path]) -> Entry:
