@@ -347,6 +347,27 @@ def test_a_label_written_for_an_unlabelled_image_goes_where_the_scan_reads_it(tm
     assert open_dataset(tmp_path).has_label("ISIC2018_Task1-2_Training_Input/ISIC_0000001")
 
 
+def test_ham10000_metadata_gives_attributes_and_keeps_a_lesion_in_one_split(tmp_path, notes):
+    """HAM10000: ``HAM10000_images_part_{1,2}/ISIC_x.jpg``, ``HAM10000_segmentations_lesion_tschandl/ISIC_x_segmentation.png``
+    and ``HAM10000_metadata.csv`` (lesion_id, image_id, dx, age, sex...): its columns are the images' attributes,
+    and a lesion photographed several times has all its images in one split."""
+    rows = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
+    for k in range(10):
+        image, lesion = f"ISIC_{24306 + k:07d}", f"HAM_{k // 2:07d}"  # two images of each lesion
+        picture(tmp_path / f"HAM10000_images_part_{1 + k % 2}" / f"{image}.jpg")
+        picture(tmp_path / "HAM10000_segmentations_lesion_tschandl" / f"{image}_segmentation.png", mask=True)
+        rows.append(f"{lesion},{image},nv,histo,{30 + 5 * k}.0,{'male' if k % 3 else 'female'},back")
+    (tmp_path / "HAM10000_metadata.csv").write_text("\n".join(rows) + "\n")
+    ds = open_dataset(tmp_path)
+    assert split_sizes(tmp_path)["all"] == (10, 10)
+    train, val = ds.split("train"), ds.split("val")
+    assert val and {ds.subject_of(c) for c in train}.isdisjoint(ds.subject_of(c) for c in val)
+    assert len(val) == 2 and ds.subject_of(val[0]) == ds.subject_of(val[1])
+    attributes = ds.attributes_of("HAM10000_images_part_2/ISIC_0024307")
+    assert attributes["sex"] == "male" and attributes["age"] == 35.0 and attributes["lesion_id"] == "HAM_0000000"
+    assert "HAM10000_metadata.csv: a row for every image" in notes.text
+
+
 def test_isic_training_validation_and_test_folders_are_its_splits(tmp_path):
     for split, count in (("Training", 3), ("Validation", 2), ("Test", 2)):
         for i in range(count):

@@ -89,8 +89,8 @@ import SimpleITK as sitk
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from fewsam.data.attributes import (csv_error_text, parse_cell, refuse_cells_beyond_header, user_csv_rows,
-                                     with_decimal_point)
+from fewsam.data.attributes import (AttributeTable, csv_error_text, parse_cell, read_attribute_table,
+                                    refuse_cells_beyond_header, user_csv_rows, with_decimal_point)
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         computed_splits, files_below, ignore_value, is_data_file, natural_key,
                                         natural_sorted, path_below, read_json_object, rounded_float_label, VAL_RULE,
@@ -178,8 +178,11 @@ class PngFolderDataset(IndexedDataset):
         task = _single_task(rows, root)
         entries = [_entry(root, row) for row in rows]
         _check_unique(entries, root)
+        table = images_table(root, entries) if self.reads_whole_tree else None
         self.style = read_style(root, task, rows, entries)
         super().__init__(root, self.style.class_map, entries)
+        if table is not None:
+            self.add_attributes(table)
         self.masks = {e.case_id: _mask_paths(root, row) for e, row in zip(entries, rows)}
         self.splits, rule = _splits(entries, self.style)
         self.computed_splits = ("train", "val") if rule else ()
@@ -1022,6 +1025,38 @@ def _check_unique(entries: list[Entry], root: Path) -> None:
 
 def _mask_paths(root: Path, row: dict[str, str]) -> list[Path]:
     return [root / m for m in _split_masks(row.get("masks", ""))]
+
+
+# A table's columns naming what several images show, which a split keeps together: a patient, or HAM10000's lesion
+# (photographed several times: its images in train and val would score the model on what it learned)
+TABLE_SUBJECT_COLUMNS = (*SUBJECT_COLUMNS, "patient_id", "subject_id", "lesion_id")
+
+
+def images_table(root: Path, entries: list[Entry]) -> AttributeTable | None:
+    """A table in root with a row for every image of a folder scan (HAM10000's ``HAM10000_metadata.csv``:
+    lesion_id, image_id, dx, age, sex, localization): its columns are the images' group attributes, as
+    ``--attributes`` joins them, and its patient or lesion column their subjects (set on ``entries``), so
+    that a split keeps a lesion's images together; said once. None where root holds no such table."""
+    tables = natural_sorted((p for p in root.iterdir() if p.suffix.lower() in (".csv", ".tsv") and p.is_file()
+                             and not p.name.startswith(".")), key=lambda p: p.name)
+    for path in tables:
+        try:
+            table = read_attribute_table(path)
+        except DataError:
+            continue
+        rows = [table.row_for(e.case_id, e.subject, e.rel_path) for e in entries]
+        if not entries or not all(rows):
+            continue
+        column = next((c for c in TABLE_SUBJECT_COLUMNS if c != table.key and all(r.get(c) is not None for r in rows)),
+                      None)
+        for entry, row in zip(entries, rows):
+            entry.subject = entry.subject if column is None else str(row[column])
+        columns = sorted({c for row in rows for c in row} - {table.key})
+        kept = f"; the images of one {column} stay in one split" if column else ""
+        say_once(f"{path}: a row for every image; its columns ({', '.join(columns)}) are the images' attributes{kept}",
+                 key=f"images-table-{path}")
+        return table
+    return None
 
 
 def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]], str | None]:
