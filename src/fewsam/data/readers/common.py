@@ -688,6 +688,19 @@ def refuse_too_many_values(values: np.ndarray, path: Path, what: str) -> None:
                               "classes you need (merge or leave out the others)")
 
 
+def refuse_cine_label(channels: np.ndarray, path: Path, what: str) -> None:
+    """A label of class indices over time frames (M&Ms' ``<case>_sa_gt.nii.gz`` beside its 4D cine, drawn on its
+    end-diastolic and end-systolic frames, the others empty) is refused naming the frames that hold classes:
+    "neither class indices nor one-hot, store one volume" did not say which volumes are the labels, and its
+    first frame alone, read as the cine's first volume is, may be an empty one taught as background."""
+    drawn = [t for t in range(channels.shape[-1]) if channels[..., t].any()]
+    if drawn and len(drawn) < channels.shape[-1] and len(np.unique(channels[..., drawn[0]])) > 2:
+        shown = ", ".join(str(t) for t in drawn[:6]) + (" ..." if len(drawn) > 6 else "")
+        raise DataError(f"{path}: the {what} holds {channels.shape[-1]} time frames of class indices, classes in frame(s) "
+                        f"{shown} only (0 = the first); fewsam reads one 3D {what} per image: save each drawn frame of "
+                        f"the image and of the {what} as 3D files (<case>_ED.nii.gz + <case>_ED_gt.nii.gz)")
+
+
 def one_hot_to_indices(channels: np.ndarray, path: Path, what: str = "label") -> np.ndarray:
     """A one-hot label, one 0/1 volume per class on its last axis (as MONAI pipelines write
     segmentations), as the class index of each voxel: fewsam learns one class per voxel.
@@ -701,6 +714,7 @@ def one_hot_to_indices(channels: np.ndarray, path: Path, what: str = "label") ->
     channels = rounded_float_label(channels, path, what)
     values = np.unique(channels)
     if not np.isin(values, (0, 1)).all():
+        refuse_cine_label(channels, path, what)
         shown = ", ".join(f"{v:g}" for v in values[~np.isin(values, (0, 1))][:3])
         raise DataError(f"{path}: the {what} holds {channels.shape[-1]} volumes on its last axis with values other "
                         f"than 0 and 1 ({shown}), so it is neither one volume of class indices nor one-hot; "
