@@ -216,6 +216,8 @@ def test_btcv_img_and_label_folders_pair_by_case_number(tmp_path):
     assert ds.class_map.labels == [1, 6]
     testing = open_dataset(tmp_path / "Testing")
     assert list(testing.entries) == ["img/img0061", "img/img0062"] and not testing.has_label("img/img0061")
+    alone = dataset_info(tmp_path / "Training" / "img")  # the image folder given alone: its cases, to predict
+    assert alone["splits"]["all"]["cases"] == 5 and alone["splits"]["all"]["labelled"] == 0
 
 
 def test_camus_views_take_the_attributes_of_their_info_file(tmp_path, notes):

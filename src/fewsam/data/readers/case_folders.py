@@ -297,7 +297,7 @@ def _folder_entries(root: Path, folder: Path) -> list[Entry]:
     frame_pairs = _pairs(frames, labels) if labels else {p: None for p in frames}
     if frames and frame_pairs is not None:
         return patient_frames.frame_entries(folder, frame_pairs, [p for p in images if p not in frame_pairs])
-    if not labels and (beside := _sibling_labels(folder)):
+    if not labels and folder != root and (beside := _sibling_labels(folder)):  # never labels outside root
         labels = beside if _pairs(images, beside) is not None else []
         if not labels:
             _say_unpaired_labels(beside[0].parent, beside)
