@@ -216,6 +216,11 @@ def test_btcv_img_and_label_folders_pair_by_case_number(tmp_path):
     assert ds.class_map.labels == [1, 6]
     testing = open_dataset(tmp_path / "Testing")
     assert list(testing.entries) == ["img/img0061", "img/img0062"] and not testing.has_label("img/img0061")
+    whole = open_dataset(tmp_path)  # RawData/ itself: Training/ paired, Testing/ the test split
+    assert list(whole.entries)[0] == "Training/img/img0001" and whole.split("test") == ["Testing/img/img0061",
+                                                                                       "Testing/img/img0062"]
+    assert whole.entries["Training/img/img0005"].label.name == "label0005.nii.gz"
+    assert split_sizes(tmp_path)["train"] == (4, 4)
     alone = dataset_info(tmp_path / "Training" / "img")  # the image folder given alone: its cases, to predict
     assert alone["splits"]["all"]["cases"] == 5 and alone["splits"]["all"]["labelled"] == 0
 

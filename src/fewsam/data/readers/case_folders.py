@@ -133,7 +133,21 @@ def detect(root: Path) -> bool:
     files would be unlabelled cases of their own)."""
     if any((root / name).is_dir() for name in NNUNET_FOLDERS):
         return False
-    return bool(_nifti_files(root)) or bool(case_folders(root)) or bool(patient_frames.patients_by_split_folder(root))
+    return (bool(_nifti_files(root)) or bool(case_folders(root)) or bool(patient_frames.patients_by_split_folder(root))
+            or bool(image_folders_by_split(root)))
+
+
+def image_folders_by_split(root: Path) -> dict[Path, Path]:
+    """Image folders in root's sub-folders named as a split -> that split folder (BTCV's ``RawData/``:
+    ``Training/img/`` beside ``Training/label/``, and ``Testing/img/``); only those holding volumes. The test
+    folder comes last, as ``patients_by_split_folder`` orders ACDC's, so cases are listed from training on."""
+    found: dict[Path, Path] = {}
+    folders = natural_sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name) if root.is_dir() else []
+    for split in sorted(folders, key=lambda p: p.name.lower() in patient_frames.TEST_FOLDERS):
+        if split.name.lower() in patient_frames.SPLIT_FOLDERS:
+            found.update({p: split for p in natural_sorted(split.iterdir(), key=lambda p: p.name)
+                          if p.is_dir() and is_image_folder(p) and _nifti_files(p)})
+    return found
 
 
 class CaseFolderDataset(NiftiDataset):
@@ -209,7 +223,7 @@ class CaseFolderDataset(NiftiDataset):
 
 def _flat_entries(root: Path, folder: Path, pairs: dict[Path, Path | None]) -> list[Entry]:
     """Each image of ``folder`` a case, with its label (``_pairs``)."""
-    prefix = "" if folder == root else f"{folder.name}/"
+    prefix = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
     named = folder != root and _named_after(folder, list(pairs))
     views = _view_infos(folder) if named else {}
     entries = []
@@ -375,13 +389,16 @@ def _say_mixed_kinds(entries: list[Entry]) -> None:
 def open_case_folders(root: Path) -> CaseFolderDataset:
     by_split = patient_frames.patients_by_split_folder(root)
     patients = [p for folders in by_split.values() for p in folders]
-    entries = [e for folder in [root, *case_folders(root), *patients] for e in _folder_entries(root, folder)]
+    by_split_images = image_folders_by_split(root)
+    entries = [e for folder in [root, *case_folders(root), *patients, *by_split_images]
+               for e in _folder_entries(root, folder)]
     if not entries:
         refuse_labels_only(root)
         raise DataError(f"no volume images found in {root} or its case folders; expected .nii.gz (or .nii, .mha, "
                         ".nrrd) files")
     _say_mixed_kinds(entries)
     tested = patient_frames.patients_in_test_folders(by_split)
+    tested |= {folder for folder, split in by_split_images.items() if split.name.lower() in patient_frames.TEST_FOLDERS}
     dataset = CaseFolderDataset(root, entries, [e.case_id for e in entries if e.image.parent in tested])
     table = cases_table(root, dataset)
     if table is not None:
