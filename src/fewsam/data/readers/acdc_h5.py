@@ -63,23 +63,13 @@ class AcdcH5Dataset(IndexedDataset):
                 for z in range(self.num_slices(cid))]
 
     def num_slices(self, case_id: str) -> int:
-        path = self._entry(case_id).image
-        try:
-            with _open(path) as f:
-                shape = h5_dataset(f, "image", path).shape
-        except H5_ERRORS as err:
-            raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
+        shape = h5_image_shape(self._entry(case_id).image)
         return int(shape[0]) if len(shape) == 3 else 1
 
     def _read(self, entry: Entry) -> Read:
         path = entry.image
-        try:
-            with _open(path) as f:
-                image = to_image_array(np.asarray(h5_dataset(f, "image", path)[()]), path)
-                wanted = entry.label is not None and "label" in f
-                label = np.asarray(h5_dataset(f, "label", path)[()]) if wanted else None
-        except H5_ERRORS as err:
-            raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
+        image, label = h5_image_and_label(path, entry.label is not None)
+        image = to_image_array(image, path)
         ndim = image.ndim
         if ndim not in (2, 3):
             raise DataError(f"{path}: 'image' must be (H,W) or (D,H,W), got {image.shape}")
@@ -91,15 +81,33 @@ class AcdcH5Dataset(IndexedDataset):
         return Read(image=image, label=label, meta={"ndim": ndim})
 
 
-def _open(path: Path) -> h5py.File:
+SSL4MIS_NEEDS = "SSL4MIS h5 files need 'image' and 'label'"
+
+
+def h5_image_shape(path: Path, needs: str = SSL4MIS_NEEDS) -> tuple[int, ...]:
+    """The shape of an h5 file's ``image``, read from its header (slices are counted without reading them)."""
     try:
-        return h5py.File(path, "r")
+        with h5py.File(path, "r") as f:
+            return tuple(h5_dataset(f, "image", path, needs).shape)
     except H5_ERRORS as err:
-        raise DataError(f"cannot open {path} (truncated or not HDF5?): {err}") from None
+        raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
 
 
-def h5_dataset(f: h5py.File, key: str, path: Path, needs: str = "SSL4MIS h5 files need 'image' and 'label'"
-               ) -> h5py.Dataset:
+def h5_image_and_label(path: Path, with_label: bool, needs: str = SSL4MIS_NEEDS
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """An h5 file's ``image`` and, asked for and present, its ``label``, as stored; a damaged file is a
+    DataError naming it."""
+    try:
+        with h5py.File(path, "r") as f:
+            image = np.asarray(h5_dataset(f, "image", path, needs)[()])
+            wanted = with_label and "label" in f
+            label = np.asarray(h5_dataset(f, "label", path, needs)[()]) if wanted else None
+    except H5_ERRORS as err:
+        raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
+    return image, label
+
+
+def h5_dataset(f: h5py.File, key: str, path: Path, needs: str = SSL4MIS_NEEDS) -> h5py.Dataset:
     """The dataset ``key`` of an open h5 file; a missing key (or a group by that name) is a DataError naming
     the keys the file has and what its layout ``needs``."""
     if key in f and not isinstance(f[key], h5py.Dataset):

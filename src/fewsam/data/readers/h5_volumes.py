@@ -20,10 +20,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from fewsam.data.readers.acdc_h5 import H5_ERRORS, h5_dataset
+from fewsam.data.readers.acdc_h5 import h5_image_and_label, h5_image_shape
 from fewsam.data.readers.common import (Entry, Read, computed_splits, files_below, list_file_in, natural_sorted,
                                         read_list_lines, to_image_array, to_label_array)
 from fewsam.data.readers.sam_arrays import ClassesFromValues
@@ -85,23 +84,11 @@ class H5VolumeDataset(ClassesFromValues):
             self.splits = computed_splits(entries, test=self._read_list_file(test.name))
 
     def num_slices(self, case_id: str) -> int:
-        path = self._entry(case_id).image
-        try:
-            with h5py.File(path, "r") as f:
-                shape = h5_dataset(f, "image", path, NEEDS).shape
-        except H5_ERRORS as err:
-            raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
-        return int(shape[-1])
+        return int(h5_image_shape(self._entry(case_id).image, NEEDS)[-1])
 
     def _read(self, entry: Entry) -> Read:
         path = entry.image
-        try:
-            with h5py.File(path, "r") as f:
-                image = np.asarray(h5_dataset(f, "image", path, NEEDS)[()])
-                wanted = entry.label is not None and "label" in f
-                label = np.asarray(h5_dataset(f, "label", path, NEEDS)[()]) if wanted else None
-        except H5_ERRORS as err:
-            raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
+        image, label = h5_image_and_label(path, entry.label is not None, NEEDS)
         if image.ndim != 3:
             raise DataError(f"{path}: 'image' must be a volume (x, y, z), got shape {image.shape}")
         image = to_image_array(np.ascontiguousarray(image.transpose(2, 0, 1)), path)

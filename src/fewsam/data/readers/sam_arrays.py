@@ -47,12 +47,11 @@ import re
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
-import h5py
 import numpy as np
 
-from fewsam.data.readers.acdc_h5 import H5_ERRORS, h5_dataset
+from fewsam.data.readers.acdc_h5 import h5_image_and_label, h5_image_shape
 from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, Read, class_map_from_json,
                                         computed_splits, files_ending_with, is_tool_folder, natural_sorted,
                                         to_image_array, to_label_array)
@@ -445,12 +444,7 @@ class SynapseDataset(ClassesFromValues):
     def num_slices(self, case_id: str) -> int:
         if case_id in self.slices:
             return len(self.slices[case_id])
-        path = self._entry(case_id).image
-        try:
-            with h5py.File(path, "r") as f:
-                shape = h5_dataset(f, "image", path, SYNAPSE_KEYS).shape
-        except H5_ERRORS as err:
-            raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
+        shape = h5_image_shape(self._entry(case_id).image, SYNAPSE_KEYS)
         return int(shape[0]) if len(shape) == 3 else 1
 
     def read_label(self, entry: Entry) -> np.ndarray | None:
@@ -573,13 +567,8 @@ def _npz_key(keys: list[str], key: str, path: Path) -> str:
 
 
 def _volume(path: Path, with_label: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        with h5py.File(path, "r") as f:
-            image = to_image_array(np.asarray(h5_dataset(f, "image", path, SYNAPSE_KEYS)[()]), path)
-            wanted = with_label and "label" in f
-            label = np.asarray(h5_dataset(f, "label", path, SYNAPSE_KEYS)[()]) if wanted else None
-    except H5_ERRORS as err:
-        raise DataError(f"cannot read {path} (truncated or not HDF5?): {err}") from None
+    image, label = h5_image_and_label(path, with_label, SYNAPSE_KEYS)
+    image = to_image_array(image, path)
     if image.ndim == 2:
         image, label = image[None], None if label is None else label[None]
     if image.ndim != 3:
