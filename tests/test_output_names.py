@@ -226,6 +226,9 @@ def test_finding_thousands_of_predictions_in_one_folder_lists_it_once(tmp_path):
     assert _as_found(pred / "new.png").is_file()
 
 
+SPLIT = "; give a split (train, val, test, ...) or a list file"
+
+
 @pytest.mark.parametrize("args, says", [
     (["predict", "run", "--data", "d", "--out", ""], "fewsam predict: --out is empty"),
     (["predict", "run", "--data", "d", "--out="], "fewsam predict: --out is empty"),
@@ -236,8 +239,15 @@ def test_finding_thousands_of_predictions_in_one_folder_lists_it_once(tmp_path):
     (["fit", "fewshot", "--data", "d", "--out", "r", "--cache", ""], "fewsam fit fewshot: --cache is empty"),
     (["report", "a.json", "", "--out", "r"], "fewsam report: EVALUATIONS is empty"),
     (["info", ""], "fewsam info: DATA is empty"),
+    # ``--split "$SPLIT"`` with the variable unset was read as the option left out: evaluate scored 'val', unsaid
+    (["evaluate", "--pred", "p", "--data", "d", "--split", ""], "fewsam evaluate: --split is empty ('')" + SPLIT),
+    (["predict", "run", "--data", "d", "--out", "o", "--split= "], "fewsam predict: --split is empty (' ')" + SPLIT),
+    (["fit", "fewshot", "--data", "d", "--out", "r", "--val-split", ""],
+     "fewsam fit fewshot: --val-split is empty ('')" + SPLIT),
+    (["fit", "fewmatch", "--data", "d", "--out", "r", "--unlabeled-split", ""],
+     "fewsam fit fewmatch: --unlabeled-split is empty ('')" + SPLIT),
 ])
-def test_an_empty_path_is_a_usage_error_not_the_working_folder(args, says, capsys, tmp_path, monkeypatch):
+def test_an_empty_path_or_split_is_a_usage_error_not_a_default(args, says, capsys, tmp_path, monkeypatch):
     from fewsam.cli import run_app
 
     monkeypatch.chdir(tmp_path)
@@ -247,27 +257,6 @@ def test_an_empty_path_is_a_usage_error_not_the_working_folder(args, says, capsy
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), lines
     assert list(tmp_path.iterdir()) == []  # nothing written in the working folder
-
-
-@pytest.mark.parametrize("args, says", [
-    (["evaluate", "--pred", "p", "--data", "d", "--split", ""], "fewsam evaluate: --split is empty"),
-    (["predict", "run", "--data", "d", "--out", "o", "--split= "], "fewsam predict: --split is empty"),
-    (["fit", "fewshot", "--data", "d", "--out", "r", "--val-split", ""], "fewsam fit fewshot: --val-split is empty"),
-    (["fit", "fewmatch", "--data", "d", "--out", "r", "--unlabeled-split", ""],
-     "fewsam fit fewmatch: --unlabeled-split is empty"),
-])
-def test_an_empty_split_is_a_usage_error_not_the_default_split(args, says, capsys, tmp_path, monkeypatch):
-    """``--split "$SPLIT"`` with the variable unset read as the option left out: evaluate scored 'val',
-    unsaid, where the user meant another split."""
-    from fewsam.cli import run_app
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as stop:
-        run_app(args)
-    assert stop.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), lines
-    assert "give a split (train, val, test, ...) or a list file" in lines[0]
 
 
 def test_the_python_api_refuses_an_empty_path(tmp_path):
