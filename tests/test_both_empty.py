@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_fewsam
-from fewsam.compare import compare_runs
+from fewsam.compare import compare_runs, describe
 from fewsam.errors import DataError
 from fewsam.evaluate import evaluate
 from fewsam.metrics import binary_metrics
@@ -112,6 +112,7 @@ def test_compare_under_skip_counts_a_structure_drawn_where_the_label_has_none(tw
     assert result["mean_a"] == pytest.approx((case_a + 1) / 2)
     assert result["mean_b"] == pytest.approx((case_a + 0.5) / 2)
     assert result["n_no_difference"] == 1 and result["median_diff"] == pytest.approx(0.25)
+    assert f"mean of the cases' dice: A {result['mean_a']:.4f}" in describe(result)  # not evaluate's mean over classes
     assert result["one_sided_values"] == 0
 
 

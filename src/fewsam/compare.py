@@ -364,7 +364,8 @@ def describe(result: dict[str, Any]) -> str:
     pairs = (f"{result['n']} paired cases" if result.get("n_cases", result["n"]) == result["n"]
              else f"{result['n']} paired subjects ({result['n_cases']} cases, averaged per subject)")
     pairs += no_difference_note(result)
-    lines = [f"{pairs}  mean {m}: A {result['mean_a']:.4f}  B {result['mean_b']:.4f}  "
+    # each case's mean over its classes, averaged: evaluate's mean is over classes, which --both-empty skip can part
+    lines = [f"{pairs}  mean of the cases' {m}: A {result['mean_a']:.4f}  B {result['mean_b']:.4f}  "
              f"median A-B {round(result['median_diff'], 4) + 0.0:+.4f}",
              f"Wilcoxon signed-rank W={result['statistic']:.1f}  p={result['p']:.4g}"
              + (f"  Bonferroni (x{result['n_comparisons']}) p={result['p_bonferroni']:.4g}"
