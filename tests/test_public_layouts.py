@@ -612,3 +612,5 @@ def test_pancreas_h5_files_side_by_side_are_named_as_their_lists_name_them_and_p
         assert f["pred"].shape == (12, 10, 5) and int(f["pred"][2:6, 3:8, 1:4].min()) == 1
     scores = evaluate(tmp_path / "pred", tmp_path / "data", split="test", show_progress=False)
     assert scores["mean"]["dice"] == pytest.approx(1.0)
+    with pytest.raises(DataError, match=f"holds the cases of the dataset {tmp_path / 'data'}, .*--data"):
+        open_dataset(tmp_path / "data" / "Pancreas_h5")  # its list files are in the folder above

@@ -85,6 +85,7 @@ def open_dataset(root: str | Path, attributes_csv: str | Path | None = None) -> 
         refuse_folder_inside(root)
         refuse_nnunet_without_json(root)
         refuse_folder_above(root)
+        refuse_cases_of_listed_volumes(root)
         case_folders.refuse_labels_only(root)
         known = "; ".join(f"{name}: {desc}" for name, (_, _, desc) in LAYOUTS.items())
         raise DataError(f"no known data layout in {root}; expected one of — {known}")
@@ -416,6 +417,15 @@ def refuse_folder_above(root: Path) -> None:
         shown = ", ".join(str(p) for p in below[:3]) + (", ..." if len(below) > 3 else "")
         raise DataError(f"no known data layout in {root}, but its sub-folder{'s' if len(below) > 1 else ''} {shown} "
                         f"hold{'' if len(below) > 1 else 's'} a dataset; give that folder: --data {below[0]}")
+
+
+def refuse_cases_of_listed_volumes(root: Path) -> None:
+    """The folder of a 3D h5 dataset's cases (``Pancreas_h5/``, ``2018LA_Seg_Training Set/``) given as data,
+    whose list files lie in the folder above: that folder is named, as it holds what says the cases and splits."""
+    parent = root.resolve().parent
+    if parent != root.resolve() and h5_volumes.detect(parent):
+        raise DataError(f"{root} holds the cases of the dataset {parent}, whose list files (train.list, test.list) "
+                        f"lie there; give that folder: --data {parent}")
 
 
 # Folders of a layout that users give as --data by mistake, with the layouts that name them. Only
