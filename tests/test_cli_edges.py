@@ -653,3 +653,40 @@ def test_a_cache_inside_the_data_folder_is_refused_before_anything_is_written(ac
     message = cli_error(*command, "--data", str(acdc), "--cache", str(cache), *extra)
     assert message.startswith(f"--cache {cache} is inside the data folder {acdc}")
     assert not cache.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("given_existing", [False, True])
+def test_the_scratch_cache_a_killed_bench_left_is_removed_by_the_next_bench(tmp_path, monkeypatch, given_existing):
+    """kill -9 left the scratch cache behind, and every later bench there was refused ("not empty") until
+    the user deleted it; a folder the user gave that holds anything else is still refused."""
+    from fewsam import bench
+    from fewsam.cli import _check_scratch_cache
+
+    cache = tmp_path / "cache"
+    if given_existing:
+        cache.mkdir()  # --cache . in an empty folder: the bench works in a folder inside it
+    killed = cache / bench.BENCH_SCRATCH if given_existing else cache
+    started = []
+
+    def killed_half_way(data, n, cache_dir, device, started_at):
+        (cache_dir / "model").mkdir()  # fails where the killed bench's entries were left in place
+        (cache_dir / "model" / "entry.npz").write_bytes(b"an embedding")
+        started.append(cache_dir)
+        if len(started) == 1:
+            raise SystemExit("killed")  # what kill -9 leaves: nothing removed
+        return {}
+
+    monkeypatch.setattr(bench, "_measure", killed_half_way)
+    monkeypatch.setattr(bench.shutil, "rmtree", lambda *args, **kwargs: None)  # the kill: no clean-up ran
+    with pytest.raises(SystemExit):
+        bench.run_bench(tmp_path / "data", 2, cache)
+    monkeypatch.undo()
+    monkeypatch.setattr(bench, "_measure", killed_half_way)
+    assert (killed / bench.BENCH_MARK).is_file() and (killed / "model" / "entry.npz").is_file()
+    _check_scratch_cache(cache, tmp_path / "data")  # not refused
+    bench.run_bench(tmp_path / "data", 2, cache)
+    assert not killed.exists() and cache.exists() == given_existing
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(FewsamError, match="is not empty"):
+        _check_scratch_cache(tmp_path / "mine", tmp_path / "data")

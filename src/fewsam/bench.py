@@ -110,15 +110,37 @@ def run_bench(data: str | Path, n: int = 8, cache_dir: str | Path = "bench_cache
         raise FewsamError(f"-n must be at least 1, not {n}")
     started = time.perf_counter()
     cache_dir = Path(cache_dir)
+    remove_bench_leftovers(cache_dir)
     scratch = cache_dir / BENCH_SCRATCH if cache_dir.exists() else cache_dir
     shutil.rmtree(scratch, ignore_errors=True)
     try:
+        scratch.mkdir(parents=True)
+        (scratch / BENCH_MARK).write_text("fewsam bench's scratch cache, removed when the bench ends\n")
         return _measure(data, n, scratch, device, started)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 BENCH_SCRATCH = "fewsam-bench-scratch"
+BENCH_MARK = ".fewsam-bench"  # in a bench's scratch cache from its start: a killed bench's folder is known by it
+
+
+def left_by_a_bench(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but the scratch cache of a bench killed before it could remove it
+    (kill -9, a power cut): the folder itself, marked, or its one marked ``BENCH_SCRATCH`` folder."""
+    if (folder / BENCH_MARK).is_file():
+        return True
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    return len(entries) == 1 and entries[0].name == BENCH_SCRATCH and (entries[0] / BENCH_MARK).is_file()
+
+
+def remove_bench_leftovers(folder: Path) -> None:
+    """A killed bench's scratch cache in ``folder`` removed (``left_by_a_bench``): it blocked every later
+    bench there ("not empty"); an existing folder the user gave (``--cache .``) is kept, emptied of it."""
+    if (folder / BENCH_MARK).is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+    elif left_by_a_bench(folder):
+        shutil.rmtree(folder / BENCH_SCRATCH, ignore_errors=True)
 
 
 def _measure(data: str | Path, n: int, cache_dir: Path, device: str, started: float) -> dict[str, Any]:

@@ -492,9 +492,10 @@ def _check_scratch_cache(cache: Path, data: Path) -> None:
     lies in the dataset it reads (``check_cache``)."""
     if cache.exists() and not cache.is_dir():
         raise FewsamError(f"--cache {cache} is a file; bench needs a new or empty scratch folder")
-    if cache.is_dir() and any(cache.iterdir()):
-        raise FewsamError(f"--cache {cache} is not empty and bench deletes its scratch cache; give a new folder "
-                          "(or delete this one if an interrupted bench left it)")
+    from fewsam.bench import left_by_a_bench
+
+    if cache.is_dir() and any(cache.iterdir()) and not left_by_a_bench(cache):  # a killed bench's is removed
+        raise FewsamError(f"--cache {cache} is not empty and bench deletes its scratch cache; give a new folder")
     check_cache(str(cache), data)
 
 
