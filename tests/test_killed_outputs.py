@@ -173,6 +173,8 @@ def test_a_cache_entry_a_killed_fill_half_wrote_is_removed_when_the_entry_is_wri
     path = cache.path_for(cache.key(image))
     path.parent.mkdir(parents=True, exist_ok=True)
     process, tmp = entry_writer(path, how)
+    if how == "kill":
+        assert process.wait(timeout=60) == -signal.SIGKILL  # dead, its lock gone with it
     users = path.parent / atomic.hidden_name(path.name, ".mine.tmp")
     users.write_bytes(b"the user's")
     try:
