@@ -34,13 +34,23 @@ def png_study(tmp_path, cases):
     return write_png_cases(tmp_path, LABEL, cases)
 
 
+def sex_study(tmp_path):
+    """Three cases: a (F) predicted perfectly, b and c (M) each half (Dice 2/3)."""
+    return png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF), "c": ({"sex": "M"}, HALF)})
+
+
+def evaluate_command(root, pred, group_by, *options, cwd):
+    """``fewsam evaluate`` of ``pred`` on the test split, grouped by ``group_by``, run as a user runs it."""
+    return run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
+                      "--group-by", group_by, *options, "--quiet", cwd=cwd)
+
+
 def group_dice(result):
     return {name: (g["n"], round(g["mean"]["dice"], 4)) for name, g in result["groups"].items()}
 
 
 def test_empty_cell_of_joined_table_keeps_the_index_value(tmp_path):
-    root, pred = png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF),
-                                      "c": ({"sex": "M"}, HALF)})
+    root, pred = sex_study(tmp_path)
     extra = tmp_path / "scanner.csv"
     extra.write_text("case,sex,scanner\na,,X\nb,M,Y\nc,,Y\n")
     result = evaluate(pred, root, "test", "sex", show_progress=False, attributes=extra, n_boot=20)
@@ -49,12 +59,10 @@ def test_empty_cell_of_joined_table_keeps_the_index_value(tmp_path):
 
 
 def test_index_and_joined_table_disagreeing_on_the_group_is_refused(tmp_path):
-    root, pred = png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF),
-                                      "c": ({"sex": "M"}, HALF)})
+    root, pred = sex_study(tmp_path)
     extra = tmp_path / "demographics.csv"
     extra.write_text("case,sex\na,F\nb,F\nc,M\n")
-    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
-                        "--group-by", "sex", "--attributes", str(extra), "--quiet", cwd=tmp_path)
+    result = evaluate_command(root, pred, "sex", "--attributes", str(extra), cwd=tmp_path)
     assert_one_line_error(result, "case img/b has sex = 'M' in the index but 'F' in")
     dataset = open_dataset(root, extra)  # fair scaling groups its labelled cases the same way
     with pytest.raises(DataError, match="case img/b has sex = 'M'"):
@@ -78,8 +86,7 @@ def test_values_in_one_bin_do_not_disagree(tmp_path):
 def test_group_values_differing_only_in_case_are_refused(tmp_path):
     root, pred = png_study(tmp_path, {"a": ({"sex": "Female"}, LABEL), "b": ({"sex": "female "}, HALF),
                                       "c": ({"sex": "male"}, HALF)})
-    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
-                        "--group-by", "sex", "--quiet", cwd=tmp_path)
+    result = evaluate_command(root, pred, "sex", cwd=tmp_path)
     assert_one_line_error(result, "sex has the values 'Female' and 'female', which differ only in case")
     dataset = open_dataset(root)
     with pytest.raises(DataError, match="differ only in case"):
@@ -144,8 +151,7 @@ def test_one_group_is_no_evidence_of_fairness(tmp_path):
     assert list(result["groups"]) == ["<100"]
     assert result["es_dice"] is None and result["es_iou"] is None and result["worst_group_gap"] is None
     assert result["per_class_equity"]["foreground"] == {"es_dice": None, "es_iou": None, "worst_group_gap": None}
-    shown = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test", "--group-by", "bmi",
-                       "--bins", "bmi:100,200", "--quiet", cwd=tmp_path)
+    shown = evaluate_command(root, pred, "bmi", "--bins", "bmi:100,200", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "ES-Dice n/a  ES-IoU n/a  worst-group gap n/a" in shown.stdout
     assert "every case with a 'bmi' value is in group '<100'" in shown.stdout
@@ -184,12 +190,10 @@ def test_compare_pairs_a_patients_frames_as_one_subject(tmp_path):
 def test_a_value_holding_the_separator_unquoted_is_refused_naming_its_line(tmp_path):
     """'Paris, France' unquoted split into two cells: case b's site was read as 'Paris' and its sex as
     ' France', the 'F' dropped, and the groups were scored on values the table does not give."""
-    root, pred = png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF),
-                                      "c": ({"sex": "M"}, HALF)})
+    root, pred = sex_study(tmp_path)
     extra = tmp_path / "sites.csv"
     extra.write_text("case,site,sex\na,Lyon,F\nb,Paris, France,F\nc,Lyon,M\n")
-    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
-                        "--group-by", "site", "--attributes", str(extra), "--quiet", cwd=tmp_path)
+    result = evaluate_command(root, pred, "site", "--attributes", str(extra), cwd=tmp_path)
     assert_one_line_error(result, "sites.csv: line 3 has 4 cells but the header names 3 columns (beyond them: 'F')")
     extra.write_text('case,site,sex\na,Lyon,F\nb,"Paris, France",M\nc,Lyon,M\n,,,\n')  # quoted; padded row
     assert group_dice(evaluate(pred, root, "test", "site", show_progress=False, attributes=extra, n_boot=20)) == {
@@ -199,12 +203,10 @@ def test_a_value_holding_the_separator_unquoted_is_refused_naming_its_line(tmp_p
 def test_a_quote_never_closed_is_refused_not_read_as_one_cell(tmp_path):
     """An opened quote swallowed the rest of the table into one cell: one group named 'M\\nc,M', the
     later cases of no group, and no word of it."""
-    root, pred = png_study(tmp_path, {"a": ({"sex": "F"}, LABEL), "b": ({"sex": "M"}, HALF),
-                                      "c": ({"sex": "M"}, HALF)})
+    root, pred = sex_study(tmp_path)
     extra = tmp_path / "demographics.csv"
     extra.write_text('case,age\na,70\nb,"61\nc,30\n')
-    result = run_fewsam("evaluate", "--pred", str(pred), "--data", str(root), "--split", "test",
-                        "--group-by", "age", "--attributes", str(extra), "--quiet", cwd=tmp_path)
+    result = evaluate_command(root, pred, "age", "--attributes", str(extra), cwd=tmp_path)
     assert_one_line_error(result, "a double quote opened on line 3 is never closed")
 
 
