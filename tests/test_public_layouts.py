@@ -560,8 +560,10 @@ def test_predictions_written_for_the_new_layouts_are_scored_by_evaluate(tmp_path
 # ---------------------------------------------------------------- 3D h5 volumes with list files (LA, Pancreas-CT)
 
 
-def h5_volume(path: Path, seed: int, shape: tuple[int, int, int] = (12, 10, 5)) -> np.ndarray:
-    """An SSL4MIS 3D h5 case: ``image`` (x, y, z) float, ``label`` (x, y, z) with a block of class 1."""
+def h5_volume(path: Path, seed: int, shape: tuple[int, int, int] = (12, 10, 5), depth_first: bool = False
+              ) -> np.ndarray:
+    """An SSL4MIS 3D h5 case: ``image`` (x, y, z) float, ``label`` (x, y, z) with a block of class 1; with
+    ``depth_first`` both stored (z, x, y). Returns the image (x, y, z)."""
     import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -569,18 +571,26 @@ def h5_volume(path: Path, seed: int, shape: tuple[int, int, int] = (12, 10, 5)) 
     label = np.zeros(shape, np.uint8)
     label[2:6, 3:8, 1:4] = 1
     with h5py.File(path, "w") as f:
-        f["image"], f["label"] = image, label
+        f["image"], f["label"] = (np.moveaxis(a, 2, 0) if depth_first else a for a in (image, label))
     return image
+
+
+def h5_volume_set(root: Path, ids: list[str], depth_first: bool = False, shape: tuple[int, int, int] = (12, 10, 5)
+                  ) -> dict[str, np.ndarray]:
+    """An LA-like set: ``<case>/mri_norm2.h5`` per id, all but the last in train.list, the last in test.list.
+    Returns each case's image (x, y, z)."""
+    stored = {case: h5_volume(root / "2018LA_Seg_Training Set" / case / "mri_norm2.h5", i, shape, depth_first)
+              for i, case in enumerate(ids)}
+    (root / "train.list").write_text("\n".join(ids[:-1]) + "\n")
+    (root / "test.list").write_text(ids[-1] + "\n")
+    return stored
 
 
 def test_left_atrium_h5_folders_are_cut_along_their_depth_and_split_by_their_lists(tmp_path):
     """SSL4MIS' LA: ``2018LA_Seg_Training Set/<case>/mri_norm2.h5``, image and label (x, y, z), train.list and
     test.list in root: a case per folder, slices along z, test.list the test split, val drawn from train.list."""
     ids = ["06SR5RBREL16DQ6M8LWS", "0RZDK210BSMWAA6467LU", "1D7CUD1955YZPGK8XHJX", "1GU15S0GJ6PFNARO469W"]
-    stored = {case: h5_volume(tmp_path / "2018LA_Seg_Training Set" / case / "mri_norm2.h5", i)
-              for i, case in enumerate(ids)}
-    (tmp_path / "train.list").write_text("\n".join(ids[:3]) + "\n")
-    (tmp_path / "test.list").write_text(ids[3] + "\n")
+    stored = h5_volume_set(tmp_path, ids)
     ds = open_dataset(tmp_path)
     assert ds.layout == "h5-volumes" and sorted(ds.entries) == sorted(ids)
     assert ds.split("test") == [ids[3]] and not set(ds.split("train")) & set(ds.split("val"))
@@ -614,3 +624,45 @@ def test_pancreas_h5_files_side_by_side_are_named_as_their_lists_name_them_and_p
     assert scores["mean"]["dice"] == pytest.approx(1.0)
     with pytest.raises(DataError, match=f"holds the cases of the dataset {tmp_path / 'data'}, .*--data"):
         open_dataset(tmp_path / "data" / "Pancreas_h5")  # its list files are in the folder above
+
+
+@pytest.mark.parametrize("depth_first", [False, True], ids=["depth-last", "depth-first"])
+def test_h5_volumes_are_cut_along_their_depth_first_or_last_and_a_prediction_equal_to_the_label_scores_1(
+        tmp_path, notes, depth_first):
+    """LA and Pancreas-CT store their depth last (x, y, z); SSL4MIS' ACDC and BraTS volumes and many users' own
+    h5 files store it first. Either is cut along its depth, the axis standing out from two in-plane axes of about
+    one length, into 5 slices of 12 x 10 (cut along the last axis, depth-first volumes would give 10 slices of
+    5 x 12); the axis is said where it is not the last. A prediction is written in the image's own axis order,
+    and one equal to the label scores Dice 1."""
+    import h5py
+
+    from fewsam.api import evaluate
+    from fewsam.data.writers import write_prediction
+
+    ids = ["case1", "case2", "case3", "case4"]
+    stored = h5_volume_set(tmp_path / "data", ids, depth_first)
+    ds = open_dataset(tmp_path / "data")
+    case = ds.load("case4")
+    assert ds.num_slices("case4") == 5 and case.image.shape == (5, 12, 10) and case.label.shape == (5, 12, 10)
+    np.testing.assert_allclose(case.image[2], stored["case4"][:, :, 2])
+    assert int(case.label[1].sum()) == 4 * 5 and int(case.label[0].sum()) == 0
+    said = "the h5 volumes are cut into slices along their first axis" in notes.text
+    assert said == depth_first and ("along their last axis" in notes.text) is False
+    written = write_prediction(case, case.label, tmp_path / "pred")
+    with h5py.File(written, "r") as f, h5py.File(ds.entries["case4"].label, "r") as source:
+        assert np.array_equal(f["pred"][()], source["label"][()])
+    scores = evaluate(tmp_path / "pred", tmp_path / "data", split="test", show_progress=False)
+    assert scores["mean"]["dice"] == pytest.approx(1.0)
+
+
+def test_the_depth_is_the_axis_standing_out_and_one_axis_holds_for_every_volume_of_a_set():
+    """112 x 112 x 80 (LA's crops) is cut along its last axis, 80 x 112 x 112 and ACDC's 10 x 256 x 216 along
+    their first; a cube, or LA crops of unequal sides, show no axis and count for the last. The axis most volumes
+    show holds for all, so one volume of unusual proportions is not cut across the others' slices."""
+    from fewsam.data.readers.h5_volumes import depth_axis_of, odd_axis
+
+    shapes = [(112, 112, 80), (80, 112, 112), (10, 256, 216), (64, 64, 64), (150, 120, 88)]
+    assert [odd_axis(shape) for shape in shapes] == [2, 0, 0, None, None]
+    assert depth_axis_of([(100, 150, 160), (130, 140, 88), (150, 120, 88)])[0] == 2
+    assert depth_axis_of([(10, 256, 216), (9, 232, 256), (64, 64, 64)])[0] == 0
+

@@ -31,8 +31,8 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
                     "train_npz/<case>_sliceNNN.npz (keys image, label) and/or test_vol_h5/<case>.npy.h5 "
                     "(TransUNet / SAMed Synapse)"),
     "h5-volumes": (h5_volumes.detect, h5_volumes.open_h5_volumes,
-                   "<case>/mri_norm2.h5 or <case>_norm.h5 (keys image, label; x, y, z) + train.list/test.list (SSL4MIS, "
-                   "UA-MT LA and Pancreas-CT)"),
+                   "<case>/mri_norm2.h5 or <case>_norm.h5 (keys image, label; x, y, z or z, y, x) + "
+                   "train.list/test.list (SSL4MIS, UA-MT LA and Pancreas-CT)"),
     "medsam-npz": (sam_arrays.detect_medsam, sam_arrays.open_medsam,
                    "<case>.npz with keys imgs (+ gts) per case, flat or in modality folders (MedSAM / LiteMedSAM)"),
     "medsam-npy": (sam_arrays.detect_medsam_npy, sam_arrays.open_medsam_npy,

@@ -370,10 +370,10 @@ def _listed(folder: str, mtime_ns: int) -> dict[str, tuple[tuple[Path, bool], ..
 
 def _as_stored(case: Case, pred: np.ndarray) -> np.ndarray:
     """2D inputs (slice h5, PNG, npz) get (H, W) back; volumes keep (D, H, W), also of one slice where the
-    reader says the input is a volume (``meta["ndim"]`` 3: a MedSAM or Synapse npz), or go back to (x, y, z)
-    where the input stores its depth last (``meta["depth_last"]``: the LA and Pancreas-CT h5 volumes)."""
-    if case.meta.get("depth_last"):
-        return np.ascontiguousarray(pred.transpose(1, 2, 0))
+    reader says the input is a volume (``meta["ndim"]`` 3: a MedSAM or Synapse npz), with the depth moved back
+    to the axis the input stores it on (``meta["depth_axis"]``: the 3D h5 volumes, LA and Pancreas-CT's last)."""
+    if case.meta.get("depth_axis") is not None:
+        return np.ascontiguousarray(np.moveaxis(pred, 0, case.meta["depth_axis"]))
     ndim = case.meta.get("ndim")
     two_d = ndim == 2 if ndim is not None else case.format in ("png", "npz")
     return pred[0] if two_d and pred.shape[0] == 1 else pred
@@ -514,8 +514,8 @@ def _decode_h5(case: Case, path: Path) -> np.ndarray:
             data = np.asarray(f["pred"][()])
     except H5_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not HDF5?): {err}") from None
-    if case.meta.get("depth_last") and data.ndim == 3:  # stored (x, y, z), as its image
-        data = data.transpose(2, 0, 1)
+    if case.meta.get("depth_axis") is not None and data.ndim == 3:  # the depth where its image stores it
+        data = np.moveaxis(data, case.meta["depth_axis"], 0)
     return _with_depth(to_label_array(data, path, "prediction"))
 
 

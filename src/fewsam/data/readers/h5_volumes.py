@@ -8,8 +8,11 @@ UA-MT (MC-Net, BCP...) keep the left atrium (2018 Atrial Segmentation Challenge)
     root/train.list  test.list  [val.list]   (or .txt): one case per line
 
 A case is named as the list files name it: its folder where that holds its one h5 file, else the file's name
-without the ``_norm`` its preprocessing added (``image0001``). The volumes are cut into slices along their last
-axis, and predictions are ``<case>.h5``, key ``pred``, in the image's (x, y, z) order. ``test`` is test.list:
+without the ``_norm`` its preprocessing added (``image0001``). The volumes are cut into slices along their depth
+(``depth_axis_of``): the last axis, as LA and Pancreas-CT store it, unless the volumes' shapes show another axis
+standing out from two in-plane axes of about one length, as SSL4MIS' ACDC and BraTS volumes and many users' own
+files store it first (D, H, W): cut along their last axis, those would give H x D slices. Predictions are
+``<case>.h5``, key ``pred``, in the image's own axis order. ``test`` is test.list:
 these datasets' labelled held-out cases; ``train`` is train.list and ``val`` val.list, else drawn from
 train.list's cases (``adopt_list_splits``), so that no validation case is trained on. The files carry no
 spacing: metrics are in pixels. Classes from ``classes.json`` in root, else ``class<v>`` per label value.
@@ -18,6 +21,9 @@ spacing: metrics are in pixels. Classes from ``classes.json`` in root, else ``cl
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +33,16 @@ from fewsam.data.readers.common import (Entry, Read, computed_splits, files_belo
                                         read_list_lines, to_image_array, to_label_array)
 from fewsam.data.readers.sam_arrays import ClassesFromValues
 from fewsam.errors import DataError
+from fewsam.progress import say_once
 
 LISTED_SPLITS = ("train", "val", "test")
-NEEDS = "these h5 volumes hold 'image' and 'label', (x, y, z)"
+NEEDS = "these h5 volumes hold 'image' and 'label', (x, y, z) or (z, y, x)"
 PREPROCESSED = re.compile(r"_norm\d*$", re.IGNORECASE)  # image0001_norm.h5, as the preprocessing scripts save it
+LAST = 2
+# How many times more an axis must differ from the nearer of the other two than those differ from each other to
+# be the depth: LA's 112 x 112 x 80 crops and ACDC's 10 x 256 x 216 volumes stand out, a cube does not
+STANDS_OUT = 1.25
+AXIS_NAMES = ("first", "middle", "last")
 
 
 def _list_files(root: Path) -> dict[str, Path]:
@@ -67,12 +79,48 @@ def detect(root: Path) -> bool:
     return bool(_cases(root))
 
 
+def odd_axis(shape: tuple[int, ...]) -> int | None:
+    """The axis of a 3D shape whose length stands out from the other two (shorter or longer than both by
+    ``STANDS_OUT`` times their own ratio): a stack of slices is that deep along its depth, its slices about as
+    high as wide. None where no axis does (a cube, three different lengths)."""
+    for axis, size in enumerate(shape):
+        low, high = sorted(max(s, 1) for i, s in enumerate(shape) if i != axis)
+        gap = low / max(size, 1) if size < low else size / high if size > high else 1.0
+        if gap >= STANDS_OUT * high / low:
+            return axis
+    return None
+
+
+def depth_axis_of(shapes: Iterable[tuple[int, ...]]) -> tuple[int, Counter[int | None]]:
+    """The axis the volumes of ``shapes`` are cut along, and how many volumes show each axis (``odd_axis``; None:
+    none stands out): the axis most volumes show, a volume showing none counting for the last axis, where LA and
+    Pancreas-CT store their depth; ties go to the last axis. One axis for the whole dataset, so that no volume of
+    unusual proportions is cut across the others' slices."""
+    shown = Counter(odd_axis(shape) for shape in shapes if len(shape) == 3)
+    votes = Counter({axis: count for axis, count in shown.items() if axis is not None})
+    votes[LAST] += shown[None]
+    best = max(votes.values(), default=0)
+    return (LAST if votes[LAST] == best else max(votes, key=votes.__getitem__)), shown
+
+
+def _say_depth_axis(root: Path, taken: int, shown: Counter[int | None]) -> None:
+    """The axis taken, said once unless every volume shows its last axis as the depth (as LA's and Pancreas-CT's
+    do): a user whose volumes are cut across their slices reads here which axis was taken, and why."""
+    if set(shown) <= {LAST}:
+        return
+    standing = [f"the {name} in {shown[axis]}" for axis, name in enumerate(AXIS_NAMES) if shown[axis]]
+    none = [f"none in {shown[None]} (counted for the last)"] if shown[None] else []
+    say_once(f"{root}: the h5 volumes are cut into slices along their {AXIS_NAMES[taken]} axis, taken as their depth: "
+             f"of {sum(shown.values())} volumes, the axis standing out in length from two in-plane axes is "
+             f"{', '.join(standing + none)}", key=f"h5-depth-axis-{root}")
+
+
 class H5VolumeDataset(ClassesFromValues):
     layout = "h5-volumes"
     format = "h5"
     reads_whole_tree = True  # h5 files below root are cases: predictions written there would be read as cases
-    storage = ("class index per voxel in 'label', (x, y, z), cut into slices along z; predictions: <case>.h5, "
-               "key 'pred' (x, y, z)")
+    storage = ("class index per voxel in 'label', (x, y, z) or (z, y, x), cut into slices along the depth (the axis "
+               "standing out, else the last); predictions: <case>.h5, key 'pred' in the image's axis order")
 
     def __init__(self, root: Path) -> None:
         cases = _cases(root)
@@ -83,18 +131,27 @@ class H5VolumeDataset(ClassesFromValues):
         if test is not None:  # labelled, and held out: these datasets' test cases (train.list, val.list: ``adopt_list_splits``)
             self.splits = computed_splits(entries, test=self._read_list_file(test.name))
 
+    @cached_property
+    def depth_axis(self) -> int:
+        """The axis every volume is cut along (``depth_axis_of``), from the volumes' shapes as their headers say."""
+        axis, shown = depth_axis_of(h5_image_shape(entry.image, NEEDS) for entry in self.entries.values())
+        _say_depth_axis(self.root, axis, shown)
+        return axis
+
     def num_slices(self, case_id: str) -> int:
-        return int(h5_image_shape(self._entry(case_id).image, NEEDS)[-1])
+        shape = h5_image_shape(self._entry(case_id).image, NEEDS)
+        return int(shape[self.depth_axis]) if len(shape) == 3 else 1
 
     def _read(self, entry: Entry) -> Read:
         path = entry.image
         image, label = h5_image_and_label(path, entry.label is not None, NEEDS)
         if image.ndim != 3:
-            raise DataError(f"{path}: 'image' must be a volume (x, y, z), got shape {image.shape}")
-        image = to_image_array(np.ascontiguousarray(image.transpose(2, 0, 1)), path)
+            raise DataError(f"{path}: 'image' must be a volume (x, y, z) or (z, y, x), got shape {image.shape}")
+        axis = self.depth_axis
+        image = to_image_array(np.ascontiguousarray(np.moveaxis(image, axis, 0)), path)
         if label is not None:
-            label = to_label_array(np.ascontiguousarray(label.transpose(2, 0, 1)), path)
-        return Read(image=image, label=label, meta={"ndim": 3, "depth_last": True})
+            label = to_label_array(np.ascontiguousarray(np.moveaxis(label, axis, 0)), path)
+        return Read(image=image, label=label, meta={"ndim": 3, "depth_axis": axis})
 
 
 def open_h5_volumes(root: Path) -> H5VolumeDataset:
