@@ -389,15 +389,23 @@ def test_a_val_list_in_the_data_folder_is_the_val_split_and_stays_out_of_train(t
 
 
 def test_a_train_list_alone_gives_val_from_its_cases_and_none_of_them_is_trained_on(tmp_path):
-    """A train.list without val.list (SSL4MIS' LA ships train.list + test.list): val is drawn from the listed
-    training cases and leaves train, which keeps the list's order; a val drawn from every case held cases
-    that train.list trains on."""
+    """A train.list without val.list (SSL4MIS' LA ships train.list + test.list): val is the list's last
+    cases and leaves train, which keeps the list's order, so its first lines are the labelled budget's as
+    the papers label them; a val drawn from every case held cases that train.list trains on."""
     root = _plain_nifti_folder(tmp_path / "data", 7)
     (root / "train.list").write_text("c6\nc5\nc4\nc3\nc2\n")
     dataset = open_dataset(root)
     train, val = dataset.split("train"), dataset.split("val")
     assert not set(train) & set(val) and set(train) | set(val) == {"c2", "c3", "c4", "c5", "c6"}
-    assert val == ["c6"] and train == ["c5", "c4", "c3", "c2"]
+    assert val == ["c2"] and train == ["c6", "c5", "c4", "c3"]
+
+
+def test_an_empty_val_of_a_train_list_alone_names_the_rule_it_is_drawn_by(tmp_path):
+    """A train.list of one case leaves val empty: the error names how val is drawn from that list."""
+    root = _plain_nifti_folder(tmp_path / "data", 3)
+    (root / "train.list").write_text("c1\n")
+    with pytest.raises(DataError, match=r"split 'val' .* is empty: it holds the last fifth of train.list's"):
+        open_dataset(root).split("val")
 
 
 def test_train_and_val_lists_both_name_their_splits(tmp_path):

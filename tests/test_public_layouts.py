@@ -666,3 +666,18 @@ def test_the_depth_is_the_axis_standing_out_and_one_axis_holds_for_every_volume_
     assert depth_axis_of([(100, 150, 160), (130, 140, 88), (150, 120, 88)])[0] == 2
     assert depth_axis_of([(10, 256, 216), (9, 232, 256), (64, 64, 64)])[0] == 0
 
+
+def test_the_first_lines_of_an_la_train_list_are_its_labelled_cases_and_validation_comes_from_its_end(tmp_path):
+    """UA-MT and SSL4MIS label the first 8 or 16 lines of LA's train.list of 80: with no val.list, validation is
+    the last 16 lines (a fifth), so every budget up to 64 labels the papers' cases and none of them validates."""
+    from fewsam.data.budget import select_labelled
+
+    rng = np.random.default_rng(0)
+    ids = ["".join(rng.choice(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"), 20)) for _ in range(81)]
+    h5_volume_set(tmp_path, ids, shape=(4, 4, 2))
+    ds = open_dataset(tmp_path)
+    listed, val = ids[:80], ds.split("val")
+    assert val == listed[64:] and ds.split("train") == listed[:64]
+    for n in (8, 16):
+        labelled = list(dict.fromkeys(ref.case_id for ref in select_labelled(ds, n_cases=n)))
+        assert labelled == listed[:n] and not set(labelled) & set(val)

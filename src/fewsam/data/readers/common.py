@@ -60,6 +60,8 @@ class Read:
 
 # How every reader draws a computed 'val' split (``deterministic_split``), in the words its errors use.
 VAL_RULE = "every 5th labelled subject (patient; at least one of two or more)"
+# ... and from a train.list with no val list beside it (``adopt_list_splits``)
+LISTED_VAL_RULE = "the last fifth of train.list's labelled subjects (at least one of two or more)"
 
 # Formats whose one file holds a case's image and its label (ACDC's SSL4MIS h5, Harvard-FairSeg npz): a
 # label is exported as a copy of that file with the label replaced (``writers.write_label``).
@@ -135,10 +137,10 @@ class IndexedDataset:
         datasets ship them) names that split instead of the one fewsam would compute: ignored, the
         user's validation cases could land in the labelled budget and the selection run on others.
         With a val list and no train list, train is every other case of the computed split, so that
-        no validation case is trained on; with a train list and no val list, val is drawn from the
-        listed training subjects by the computed rule (``computed_splits``) and they leave train, as
-        a val drawn from every case held cases that train.list trains on. Splits the data names
-        otherwise (a split column, ``splits_final.json``) are not computed and stay as they are."""
+        no validation case is trained on; with a train list and no val list, val is the last of the
+        listed training subjects (``_last_subjects``) and they leave train, as a val drawn from every
+        case held cases that train.list trains on. Splits the data names otherwise (a split column,
+        ``splits_final.json``) are not computed and stay as they are."""
         listed = {name: path for name in self.computed_splits if (path := list_file_in(self.root, name))}
         if not listed:
             return
@@ -149,13 +151,23 @@ class IndexedDataset:
             held = set(self.splits["val"])
             self.splits["train"] = [cid for cid in pool if cid not in held]
         if "train" in listed and "val" not in listed and "val" in self.computed_splits:
-            trained = set(self.splits["train"])
-            held = set(computed_splits(e for e in self.entries.values() if e.case_id in trained).get("val", []))
+            held = self._last_subjects([cid for cid in self.splits["train"] if self.has_label(cid)])
             self.splits["val"] = [cid for cid in self.splits["train"] if cid in held]
             self.splits["train"] = [cid for cid in self.splits["train"] if cid not in held]
+            self.val_rule = LISTED_VAL_RULE
         self.computed_splits = tuple(n for n in self.computed_splits if n not in listed)
         say_once(f"{self.root}: split(s) {', '.join(listed)} read from "
                  f"{', '.join(p.name for p in listed.values())}", key=f"list-splits-{self.root}")
+
+    def _last_subjects(self, case_ids: list[str]) -> set[str]:
+        """The cases of the last subjects of ``case_ids`` in list order, as many subjects as the computed rule
+        holds out of them (``deterministic_split``: a fifth, at least one of two or more). The semi-supervised
+        papers label the first N lines of a train.list (UA-MT and SSL4MIS: LA's first 8 or 16 of 80), so a
+        validation drawn from its end leaves every budget up to the rest of the list the papers' cases."""
+        subjects = list(dict.fromkeys(self.subject_of(cid) for cid in case_ids))
+        count = len(deterministic_split(subjects)["val"])
+        held = set(subjects[len(subjects) - count:])
+        return {cid for cid in case_ids if self.subject_of(cid) in held}
 
     def split_names(self) -> list[str]:
         """Named splits of this dataset (list files in root can be used as well)."""
