@@ -1,12 +1,14 @@
 """nnU-Net's "ignore" label (sparse annotation: scribbles, a few slices painted, the rest marked
 unannotated): its voxels are no class, no loss learns from them and no score counts them; the methods
-that can learn from partial labels fit on them, SAM-Match's SAM fine-tuning refuses them in one line."""
+that can learn from partial labels fit on them, SAM-Match fine-tunes SAM on the wholly annotated labelled
+slices and refuses, in one line, labels with none."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -15,8 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import assert_one_line_error, run_fewsam
-from test_resume_every_method import POOL, REFERENCE, STUDENT, TRAINED, fit_command
+from test_resume_every_method import POOL, REFERENCE, STUDENT, TRAINED, fit_command, invoke
 from test_wide_label_values import framed_slice
+from fewsam import progress
 from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.phantom import phantom_volume
@@ -27,11 +30,14 @@ from fewsam.fitting import FitContext
 from fewsam.info import dataset_info, describe
 from fewsam.labels import IGNORE, holds_class, value_lut
 from fewsam.methods.fewshot import remap_label_frames
-from fewsam.methods.student import load_slices
+from fewsam.methods.samatch import pooled_dice, sam_training_slices
+from fewsam.methods.samatch.sam_decoder import val_slice_refs
+from fewsam.methods.student import PoolTruth, load_slices
 from fewsam.metrics import case_metrics, volume_score
 
 UNANNOTATED = 4
 LABELS = {"background": 0, "RV": 1, "Myo": 2, "LV": 3, "ignore": UNANNOTATED}
+CLASSES_ONLY = {"background": 0, "RV": 1, "Myo": 2, "LV": 3}
 
 
 def sparse(label: np.ndarray) -> np.ndarray:
@@ -41,15 +47,24 @@ def sparse(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_nnunet_sparse(root: Path, cases: int = 4, labels: dict | None = None) -> Path:
-    """imagesTr/ + labelsTr/ + dataset.json of phantom volumes annotated on their left halves."""
+def second_slice_sparse(label: np.ndarray) -> np.ndarray:
+    """The phantom's label with the right half of its second slice left unannotated: the first stays whole."""
+    out = label.copy()
+    out[1:, :, label.shape[-1] // 2:] = UNANNOTATED
+    return out
+
+
+def write_nnunet_sparse(root: Path, cases: int = 4, labels: dict | None = None,
+                        unannotated: Callable[[np.ndarray], np.ndarray] = sparse) -> Path:
+    """imagesTr/ + labelsTr/ + dataset.json of phantom volumes whose labels ``unannotated`` marks (by
+    default: each slice annotated on its left half)."""
     rng = np.random.default_rng(0)
     for folder in ("imagesTr", "labelsTr"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     for i in range(cases):
         image, label = phantom_volume(rng, 2, (40, 48))
         for path, array in ((root / "imagesTr" / f"case{i}_0000.nii.gz", (image * 1000).astype(np.float32)),
-                            (root / "labelsTr" / f"case{i}.nii.gz", sparse(label).astype(np.uint8))):
+                            (root / "labelsTr" / f"case{i}.nii.gz", unannotated(label).astype(np.uint8))):
             nib.save(nib.Nifti1Image(array.transpose(2, 1, 0), np.diag([1.5, 1.5, 5.0, 1.0])), path)
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels or LABELS,
                                                    "numTraining": cases, "file_ending": ".nii.gz"}))
@@ -162,12 +177,54 @@ def test_every_method_that_learns_from_partial_labels_fits_on_them(tiny_sam_phan
     assert (tmp_path / "run" / "config.json").is_file()
 
 
-def test_samatch_refuses_unannotated_pixels_before_any_work(tiny_sam_phantom, tmp_path):
+def test_samatch_refuses_labels_with_no_wholly_annotated_slice_before_any_work(tiny_sam_phantom, tmp_path):
+    """Scribbles leave unannotated pixels on every labelled slice: no class shows its whole object for
+    SAM to be fine-tuned on, so the fit stops in one line that names what fits such labels."""
     data = write_nnunet_sparse(tmp_path / "sparse")
     result = CliRunner().invoke(app, [*fit_command("samatch", data, tmp_path), "--out", str(tmp_path / "run")])
     assert isinstance(result.exception, DataError)
-    assert "samatch fine-tunes SAM on whole annotated objects" in str(result.exception)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    message = str(result.exception)
+    assert "every labelled slice marks unannotated pixels" in message and "--no-sam" in message
+    assert "\n" not in message
+    assert not list((tmp_path / "run").glob("**/*.pt"))
+
+
+def test_samatch_fine_tunes_sam_on_the_wholly_annotated_labelled_slices(tiny_sam_phantom, tmp_path):
+    """--labeled-slices 2 takes case0's two slices, the second of which is half unannotated: SAM learns
+    from the first alone (said), the student from both, and the fit runs to its end."""
+    data = write_nnunet_sparse(tmp_path / "sparse", unannotated=second_slice_sparse)
+    run = tmp_path / "run"
+    invoke([*fit_command("samatch", data, tmp_path), "--out", str(run)])
+    assert (run / "sam" / "checkpoint_best.pt").is_file() and (run / "checkpoint_best.pt").is_file()
+    assert "SAM is fine-tuned on the 1 of the 2 labelled slices that mark no pixel unannotated" in \
+        (run / "fit.log").read_text()
+
+
+def test_the_slices_sam_learns_from_mark_no_pixel_unannotated(tmp_path):
+    data = write_nnunet_sparse(tmp_path / "sparse", cases=2, unannotated=second_slice_sparse)
+    dataset = open_dataset(data)
+    refs = [SliceRef(case, z) for case in ("case0", "case1") for z in (0, 1)]
+    assert sam_training_slices(FitContext(dataset, None, None, labelled=refs)) == [refs[0], refs[2]]
+    assert val_slice_refs([dataset.load("case0"), dataset.load("case1")], 4) == [refs[0], refs[2]]
+    scribbled = open_dataset(write_nnunet_sparse(tmp_path / "scribbled", cases=1))
+    with progress.notices_collected():
+        assert val_slice_refs([scribbled.load("case0")], 4) == []
+        assert any("SAM's box Dice has nothing to score" in notice for notice in progress.notices())
+
+    whole = open_dataset(write_nnunet_sparse(tmp_path / "whole", cases=2, labels=CLASSES_ONLY,
+                                             unannotated=lambda label: label))
+    assert sam_training_slices(FitContext(whole, None, None, labelled=refs)) is refs  # no label read again
+
+
+def test_the_pool_report_scores_pseudo_labels_on_the_annotated_pixels(tmp_path):
+    """A class predicted over a pool slice's unannotated half is no false positive: nothing says what is there."""
+    data = write_nnunet_sparse(tmp_path / "sparse", cases=1)
+    dataset = open_dataset(data)
+    truth = PoolTruth(dataset, [SliceRef("case0", 0)], [0, 1, 2, 3])[0]
+    label = dataset.load("case0").label[0]
+    assert (truth[label == UNANNOTATED] == IGNORE).all()
+    pred = np.where(truth == IGNORE, 3, truth).astype(np.uint8)
+    assert pooled_dice([pred], [truth], 4)["mean"] == 1.0
 
 
 def test_the_studio_shows_unannotated_pixels_as_background(tmp_path):

@@ -52,6 +52,13 @@ def holds_class(label: np.ndarray, ignore: int | None = None) -> bool:
     return bool(((label != 0) & (label != ignore)).any())
 
 
+def wholly_annotated(label: np.ndarray, ignore: int | None = None) -> bool:
+    """Whether ``label`` (a slice's) marks no pixel unannotated (``ClassMap.ignore``): only then does each
+    class it holds show its whole object, the box around it and the mask inside that box that SAM's
+    fine-tuning learns from; a scribble's box is of the stroke, and its unannotated rest is no background."""
+    return ignore is None or not bool((label == ignore).any())
+
+
 def index_lut(values: list[int]) -> np.ndarray:
     """Class index -> label value, in the labels' type (the inverse of ``value_lut`` on ``values``)."""
     return np.asarray(values, dtype=label_dtype(max(values)))

@@ -9,14 +9,14 @@ unlabelled pool is the rest of the order, in order (SSL4MIS, UniMatch, SAM-Match
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 
 import numpy as np
 
 from fewsam.data.types import Dataset, SliceRef
 from fewsam.errors import DataError, FewsamError
-from fewsam.labels import holds_class
+from fewsam.labels import holds_class, wholly_annotated
 from fewsam.progress import say_once
 
 
@@ -50,12 +50,24 @@ def select_labelled(ds: Dataset, n_cases: int | None = None, n_slices: int | Non
 
 def annotated_slices(ds: Dataset, refs: list[SliceRef]) -> Iterator[SliceRef]:
     """The slices of ``refs`` whose label holds a class, in order; each case's label read once, as it comes."""
+    return slices_whose_label(ds, refs, holds_class)
+
+
+def wholly_annotated_slices(ds: Dataset, refs: list[SliceRef]) -> Iterator[SliceRef]:
+    """The slices of ``refs`` whose label marks no pixel unannotated (``labels.wholly_annotated``), in order."""
+    return slices_whose_label(ds, refs, wholly_annotated)
+
+
+def slices_whose_label(ds: Dataset, refs: list[SliceRef], keep: Callable[[np.ndarray, int | None], bool]
+                       ) -> Iterator[SliceRef]:
+    """The slices of ``refs`` with a label that ``keep(label, unannotated value)`` accepts, in order; each
+    case's label read once, as it comes, so a long volume's label is not read once per slice."""
     by_case: dict[str, list[SliceRef]] = {}
     for ref in refs:
         by_case.setdefault(ref.case_id, []).append(ref)
     for case_id, case_refs in by_case.items():
         case = ds.load(case_id)
-        yield from (r for r in case_refs if case.label is not None and holds_class(case.label[r.z], case.ignore))
+        yield from (r for r in case_refs if case.label is not None and keep(case.label[r.z], case.ignore))
 
 
 def _first_annotated(ds: Dataset, order: list[SliceRef], n_slices: int) -> list[SliceRef]:

@@ -194,36 +194,41 @@ class PoolTruth(Sequence["np.ndarray | None"]):
     slice's is asked for instead of held: SAM-Match scores each refresh's pseudo-labels against an
     unlabelled pool's labels where they exist, a slice at a time. Slices are asked for nearly in order, so
     the label volumes of the last ``CASES_KEPT`` cases read are kept; None for a slice of a case without
-    a readable label (the pool is then not scored)."""
+    a readable label (the pool is then not scored). A label's unannotated pixels (``Case.ignore``) are
+    IGNORE, as ``load_slices`` makes them, so that a score can leave them out."""
 
     CASES_KEPT = 2
 
     def __init__(self, dataset: Dataset, refs: Sequence[SliceRef], values: list[int]) -> None:
-        self.dataset, self.refs, self.lut = dataset, list(refs), value_lut(values)
-        self._labels: dict[str, np.ndarray | None] = {}
+        self.dataset, self.refs, self.values = dataset, list(refs), values
+        self._labels: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}  # case -> (label volume, its lut)
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, index: int) -> np.ndarray | None:  # type: ignore[override]
         ref = self.refs[index]
-        volume = self._volume(ref.case_id)
-        return None if volume is None else original_label(volume[ref.z], self.lut)
+        read = self._volume(ref.case_id)
+        if read is None:
+            return None
+        volume, lut = read
+        return original_label(volume[ref.z], lut)
 
-    def _volume(self, case_id: str) -> np.ndarray | None:
+    def _volume(self, case_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         if case_id not in self._labels:
             while len(self._labels) >= self.CASES_KEPT:
                 del self._labels[next(iter(self._labels))]
             self._labels[case_id] = self._read(case_id)
         return self._labels[case_id]
 
-    def _read(self, case_id: str) -> np.ndarray | None:
+    def _read(self, case_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         try:
-            return self.dataset.load(case_id).label
+            case = self.dataset.load(case_id)
         except DataError as err:  # a label damaged since the fit started: the report goes without a score
             say_once(f"the unlabelled pool's labels cannot be read ({err}): its pseudo-labels are not scored",
                      key="pool-truth-unreadable")
             return None
+        return None if case.label is None else (case.label, value_lut(self.values, case.ignore))
 
 
 # --- augmentation -----------------------------------------------------------------------------

@@ -3,7 +3,8 @@ prompt a fine-tuned SAM decoder; SAM's refined masks come back as the student's 
 
 Stages, all through the one training loop:
 1. SAM's prompt encoder + mask decoder are fine-tuned on the labelled slices with boxes (and
-   clicks) from the ground truth, from cached embeddings (``sam_decoder``, RUN/sam/).
+   clicks) from the ground truth, from cached embeddings (``sam_decoder``, RUN/sam/); where labels
+   mark unannotated pixels (nnU-Net's ignore label), on the slices that mark none, whose objects are whole.
 2. The student (U-Net, ``methods.student``) trains with Dice + CE and FixMatch's consistency
    (``student_task``).
 3. After ``warmup_steps`` and then every ``refresh_every`` steps the loop's step hook
@@ -30,7 +31,8 @@ from fewsam.methods.samatch.pseudo_labels import (PooledDice, PseudoLabeller, co
                                                   ignore_unprompted, pooled_dice, prompt_regions,
                                                   streamed_student_probs, student_probs, student_samples)
 from fewsam.methods.samatch.refresh import PSEUDO_DIR, QUALITY, PseudoLabelRefresh
-from fewsam.methods.samatch.sam_decoder import SAM_DIR, SamRounds, fit_sam, kept_sam_weights, load_final_sam
+from fewsam.methods.samatch.sam_decoder import (SAM_DIR, SamRounds, fit_sam, kept_sam_weights, load_final_sam,
+                                                sam_training_slices)
 from fewsam.methods.samatch.student_task import SamMatchTask
 from fewsam.methods import Method
 from fewsam.methods.student import PoolTruth, build_unet, load_labelled, load_slices, load_val_cases
@@ -40,13 +42,13 @@ from fewsam.train import TrainResult, train
 
 __all__ = ["PSEUDO_DIR", "QUALITY", "SAM_DIR", "PooledDice", "PseudoLabeller", "SamMatchConfig", "SamMatchTask",
            "SamRounds", "compose_pseudo_label", "confident_boxes", "fit", "ignore_unprompted", "kept_sam_weights",
-           "load_final_sam", "pooled_dice", "prompt_regions", "streamed_student_probs", "student_probs",
-           "student_samples"]
+           "load_final_sam", "pooled_dice", "prompt_regions", "sam_training_slices", "streamed_student_probs",
+           "student_probs", "student_samples"]
 
 
 def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     """Load labelled / unlabelled / validation data, (fine-tune SAM,) train the student."""
-    refuse_unannotated_pixels(ctx, cfg)
+    sam_refs = sam_training_slices(ctx) if cfg.use_sam else []  # refused before any work when none is whole
     labelled = load_labelled(ctx, cfg)
     val_cases = load_val_cases(ctx)
     unl_refs = ctx.unlabelled_pool(cfg)
@@ -59,7 +61,7 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     if cfg.use_sam:
         say_if_warm_up_fills_the_fit(cfg.warmup_steps, cfg.steps, "learning from SAM's pseudo-labels",
                                      "FixMatch, with SAM fine-tuned for nothing (--no-sam skips it)")
-        rounds = fit_sam(ctx, val_cases, run_dir / SAM_DIR, cfg)
+        rounds = fit_sam(ctx, val_cases, run_dir / SAM_DIR, cfg, sam_refs)
         slices = CachedPool(ctx.dataset, unl_refs, ctx.cache, ctx.device, ctx.show_progress, "embed unlabelled")
         labeller = PseudoLabeller(ctx.model, slices, cfg, len(ctx.values), ctx.device)
     torch.manual_seed(ctx.seed)
@@ -70,17 +72,6 @@ def fit(ctx: FitContext, cfg: SamMatchConfig, run_dir: Path) -> TrainResult:
     task = SamMatchTask(module, labelled, unlabelled, cfg, ctx.labelled_loss(None), val_cases, ctx.values,
                         ctx.device, refresh)
     return train(task, cfg.train_config(ctx.seed), run_dir, ctx.show_progress, before_step=refresh)
-
-
-def refuse_unannotated_pixels(ctx: FitContext, cfg: SamMatchConfig) -> None:
-    """SAM is fine-tuned on each class's whole object, a box around it and a mask of it in the box: a label
-    with unannotated pixels (nnU-Net's ignore label) gives neither, so such data is refused before any work
-    rather than teaching SAM that the unannotated part of an organ is background. FixMatch (--no-sam)
-    and the other methods leave those pixels out of their losses."""
-    if cfg.use_sam and ctx.class_map.ignore is not None:
-        raise DataError(f"the labels mark unannotated pixels (the 'ignore' label, value {ctx.class_map.ignore}), and "
-                        "samatch fine-tunes SAM on whole annotated objects; fit fewshot, fewmatch, distill or "
-                        "supervised, or samatch --no-sam (FixMatch), which leave those pixels out of their losses")
 
 
 def say_what_fixmatch_leaves_unused(cfg: SamMatchConfig) -> None:

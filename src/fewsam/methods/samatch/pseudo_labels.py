@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewsam.embedded import EmbeddedSlice
-from fewsam.labels import index_lut
+from fewsam.labels import IGNORE, index_lut
 from fewsam.methods.student import SliceSet
+from fewsam.metrics import annotated_part
 from fewsam.self_prompting import (PseudoLabeller, compose_pseudo_label, confident_boxes,  # noqa: F401
                                    ignore_unprompted, prompt_regions)
 
@@ -31,7 +32,8 @@ def pooled_dice(preds: Iterable[np.ndarray], gts: Iterable[np.ndarray], n_output
 class PooledDice:
     """``pooled_dice`` counted a slice at a time: a refresh scores the pool's labels as SAM answers each
     slice, so the pool's labels and the student's probabilities need not all be held to score them.
-    The counts are integers, so the Dice does not depend on the order the slices come in."""
+    The counts are integers, so the Dice does not depend on the order the slices come in. A label's
+    pixels of IGNORE (unannotated, nnU-Net's ignore label) count in no class: nothing says what lies there."""
 
     def __init__(self, n_outputs: int) -> None:
         self.n_outputs = n_outputs
@@ -39,6 +41,7 @@ class PooledDice:
         self.total = [0] * n_outputs
 
     def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        pred, gt = annotated_part(pred, gt, IGNORE)
         for k in range(1, self.n_outputs):
             self.inter[k] += int(np.count_nonzero((pred == k) & (gt == k)))
             self.total[k] += int(np.count_nonzero(pred == k)) + int(np.count_nonzero(gt == k))

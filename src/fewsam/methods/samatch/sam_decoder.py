@@ -15,15 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewsam.data.budget import wholly_annotated_slices
 from fewsam.data.types import Case, SliceRef
 from fewsam.distributed import local_part
 from fewsam.embedded import EmbeddedSlice, embed_refs, frame_region
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext
 from fewsam.inference import check_labelled
+from fewsam.labels import holds_class, wholly_annotated
 from fewsam.losses import binary_dice_bce_loss
 from fewsam.methods.samatch.config import SamMatchConfig
 from fewsam.models.sam import SamModel
+from fewsam.progress import say_once
 from fewsam.prompts import box_from_mask, click_prompts, stack_clicks
 from fewsam.runs import BEST
 from fewsam.train import TrainConfig, load_best, train
@@ -119,17 +122,46 @@ class SamBoxTask:
         return {"score": score, "box_dice": score}
 
 
+def sam_training_slices(ctx: FitContext) -> list[SliceRef]:
+    """The labelled slices SAM is fine-tuned on: those whose label marks no pixel unannotated (nnU-Net's
+    ignore label), each class on them a whole object to box and to mask. A slice partly annotated (a
+    scribble) would box the stroke and teach SAM that the object's unannotated rest is background; the
+    student still learns from its annotated pixels. Refused, before any work, when no slice is whole."""
+    if ctx.class_map.ignore is None:
+        return ctx.labelled
+    whole = list(wholly_annotated_slices(ctx.dataset, ctx.labelled))
+    if not whole:
+        raise DataError(f"every labelled slice marks unannotated pixels (the 'ignore' label, value "
+                        f"{ctx.class_map.ignore}), and samatch fine-tunes SAM on wholly annotated slices; label some "
+                        "slices whole, or fit fewshot, fewmatch, distill or supervised, or samatch --no-sam "
+                        "(FixMatch), which leave those pixels out of their losses")
+    if len(whole) < len(ctx.labelled):
+        say_once(f"SAM is fine-tuned on the {len(whole)} of the {len(ctx.labelled)} labelled slices that mark no "
+                 "pixel unannotated (the 'ignore' label); the student learns from the annotated pixels of all "
+                 f"{len(ctx.labelled)}")
+    return whole
+
+
 def val_slice_refs(val_cases: list[Case], n: int) -> list[SliceRef]:
-    """Up to ``n`` validation slices with foreground, evenly spread over the cases' slices."""
-    refs = [SliceRef(c.case_id, z) for c in val_cases for z in range(c.num_slices) if c.label[z].any()]
+    """Up to ``n`` validation slices with foreground and no unannotated pixel (SAM's box Dice needs each
+    class's whole object, as its fine-tuning does), evenly spread over the cases' slices."""
+    refs = [SliceRef(c.case_id, z) for c in val_cases for z in range(c.num_slices)
+            if holds_class(c.label[z], c.ignore) and wholly_annotated(c.label[z], c.ignore)]
+    if not refs and any(c.ignore is not None for c in val_cases):
+        say_once("no validation slice with a class is wholly annotated (each marks pixels with the 'ignore' label), "
+                 "so SAM's box Dice has nothing to score: its fine-tuning keeps its first validated weights and "
+                 "every round; the student is still selected on the annotated pixels")
     if len(refs) <= n:
         return refs
     return [refs[int(i)] for i in np.linspace(0, len(refs) - 1, n).round()]
 
 
-def fit_sam(ctx: FitContext, val_cases: list[Case], sam_dir: Path, cfg: SamMatchConfig) -> "SamRounds":
-    """Fine-tune SAM's decoder on ground-truth boxes (resumable, RUN/sam/) and load the best weights."""
-    samples = embed_refs(ctx.dataset, ctx.labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled")
+def fit_sam(ctx: FitContext, val_cases: list[Case], sam_dir: Path, cfg: SamMatchConfig,
+            refs: list[SliceRef] | None = None) -> "SamRounds":
+    """Fine-tune SAM's decoder on ground-truth boxes (resumable, RUN/sam/) and load the best weights;
+    ``refs``: the labelled slices it learns from, ``sam_training_slices`` by default."""
+    refs = sam_training_slices(ctx) if refs is None else refs
+    samples = embed_refs(ctx.dataset, refs, ctx.cache, ctx.device, ctx.show_progress, "embed labelled")
     check_labelled(samples)
     val = []
     if cfg.sam_steps > 0 or cfg.sam_round_steps > 0:
