@@ -378,7 +378,7 @@ def test_export_writes_the_labelled_set_in_nifti_with_the_source_geometry(studio
     put(studio, painted(), z=0)
     put(studio, painted((2,)), z=2)
     put(studio, painted((3,)), z=1)
-    studio.delete("/api/label", params={"case": CASE, "z": 1})  # unmarked: exported as 0
+    studio.delete("/api/label", params={"case": CASE, "z": 1})  # unmarked: exported as unannotated
     result = studio.post("/api/export").json()
     export = tmp_path / "project" / "export"
     # named as the dataset's labels (labelsTr/), so the export reads back as them
@@ -390,13 +390,15 @@ def test_export_writes_the_labelled_set_in_nifti_with_the_source_geometry(studio
     volume = np.asarray(written.dataobj).transpose(2, 1, 0)
     np.testing.assert_array_equal(volume[0], painted())
     np.testing.assert_array_equal(volume[2], painted((2,)))
-    assert not volume[1].any()
+    assert (volume[1] == 4).all()  # nnU-Net's ignore label, which the exported dataset.json declares
+    assert json.loads((export / "dataset.json").read_text())["labels"]["ignore"] == 4
     manifest = json.loads((export / "labelled_slices.json").read_text())
     assert manifest["cases"] == {CASE: {"file": f"labelsTr/{CASE}.nii.gz", "slices": [0, 2]}}
     put(studio, painted(), case="phantom_001", z=1)
     assert studio.post("/api/export").json()["cases"] == 2  # a new export replaces the old one whole
     assert sorted(p.relative_to(export).as_posix() for p in export.rglob("*")) == [
-        "labelled_slices.json", "labelsTr", "labelsTr/phantom_000.nii.gz", "labelsTr/phantom_001.nii.gz"]
+        "dataset.json", "labelled_slices.json", "labelsTr", "labelsTr/phantom_000.nii.gz",
+        "labelsTr/phantom_001.nii.gz"]
 
 
 # --- 2D colour images ------------------------------------------------------------------------

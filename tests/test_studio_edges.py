@@ -100,7 +100,7 @@ def test_exports_at_once_take_turns_and_leave_one_complete_export(data, tmp_path
     assert most[0] == 1 and results == [[f"labelsTr/{CASE}.nii.gz"]] * 3
     assert sorted(p.name for p in project.folder.iterdir()) == ["export", "labelled.json", "labels"]
     assert sorted(p.relative_to(project.folder / "export").as_posix() for p in (project.folder / "export").rglob("*")
-                  if p.is_file()) == ["labelled_slices.json", f"labelsTr/{CASE}.nii.gz"]
+                  if p.is_file()) == ["dataset.json", "labelled_slices.json", f"labelsTr/{CASE}.nii.gz"]
 
 
 def test_a_failed_swap_puts_the_previous_export_back(tmp_path):

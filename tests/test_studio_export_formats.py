@@ -30,6 +30,7 @@ def test_an_acdc_h5_export_is_the_case_file_with_its_new_label(tmp_path):
     with h5py.File(data / "data" / f"{VOLUME}.h5", "a") as f:
         f.attrs["source"] = "scanner"  # whatever else the file holds is kept
     with make_client(data, tmp_path / "project", worker_argv=python(SLEEPER)) as client:
+        assert put(client, np.zeros_like(drawn()), case=VOLUME, z=0).status_code == 200
         assert put(client, drawn(), case=VOLUME, z=1).status_code == 200
         result = client.post("/api/export").json()
     assert result["files"] == [f"data/{VOLUME}.h5"]
@@ -41,7 +42,7 @@ def test_an_acdc_h5_export_is_the_case_file_with_its_new_label(tmp_path):
     shutil.copy(exported, data / "data" / exported.name)  # the user copies the export into the dataset
     label = open_dataset(data).load(VOLUME).label
     np.testing.assert_array_equal(label[1], drawn())
-    assert not label[0].any()  # the slice not labelled is stored as 0, as the manifest says
+    assert not label[0].any()  # labelled as background
 
 
 def test_a_fairseg_npz_export_is_the_case_file_with_its_mask_in_fairseg_coding(tmp_path):

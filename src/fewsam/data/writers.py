@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import json
 import os
 import tempfile
 import time
@@ -44,7 +45,7 @@ from PIL import Image
 from fewsam.atomic import atomic_write_bytes
 from fewsam.data.readers.acdc_h5 import H5_ERRORS
 from fewsam.data.readers.common import (LABEL_INSIDE_IMAGE, check_label_values, first_line, one_hot_to_indices,
-                                        to_label_array)
+                                        read_json_object, to_label_array)
 from fewsam.data.readers import itk_volume
 from fewsam.data.readers.itk_volume import itk_message, quiet_itk
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
@@ -127,6 +128,43 @@ def write_label(case: Case, label: np.ndarray, out_root: Path, rel_path: str, so
     data = _h5_with_label(source, label) if case.format == "h5" else _npz_with_label(case, source, label)
     atomic_write_bytes(path, data)
     return path
+
+
+def write_slice_label(source: Path, z: int, label: np.ndarray, out_root: Path, rel_path: str) -> Path:
+    """Slice ``z`` of the volume in the h5 file ``source`` as a slice file of its own at ``out_root/rel_path``:
+    its ``image`` (H, W) as stored and ``label`` (H, W) the class indices, as SSL4MIS keeps its training
+    slices. A layout whose classes are fixed cannot mark a volume's unlabelled slices, so a volume labelled
+    on some slices is written as its labelled slices alone, each read back as a labelled case."""
+    path = out_root / rel_path
+    buf = io.BytesIO()
+    try:
+        with h5py.File(source, "r") as old:
+            image = old["image"][z]
+    except H5_ERRORS as err:
+        raise DataError(f"cannot read {source} (truncated or not HDF5?): {err}") from None
+    with h5py.File(buf, "w") as new:
+        new.create_dataset("image", data=image, compression="gzip")
+        new.create_dataset("label", data=to_label_array(np.asarray(label), Path(rel_path), "label"),
+                           compression="gzip")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def ignore_declaration(root: Path, file_name: str, class_map: ClassMap, ignore: int) -> bytes:
+    """The dataset's ``file_name`` (nnU-Net's dataset.json, a classes.json) with ``ignore`` as the label value of
+    unannotated pixels, so that labels holding it are read as unannotated, not as a class: by fewsam, and by
+    nnU-Net v2, whose "ignore" label is the highest label value. Its other entries are kept as they are; a
+    dataset without the file gets one naming ``class_map``'s classes."""
+    source = root / file_name
+    if source.is_file():
+        spec = read_json_object(source)
+    else:
+        spec = {"classes": class_map.to_json()}
+    if isinstance(spec.get("labels"), dict):  # dataset.json: "ignore" is one of its labels
+        spec = {**spec, "labels": {**spec["labels"], "ignore": ignore}}
+    else:
+        spec = {**spec, "ignore": ignore}
+    return (json.dumps(spec, indent=1) + "\n").encode()
 
 
 def _h5_with_label(source: Path, label: np.ndarray) -> bytes:

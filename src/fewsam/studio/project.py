@@ -46,8 +46,9 @@ from fewsam.atomic import (TEMPORARY_SUFFIX, LockHeld, atomic_write_bytes, check
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.common import IndexedDataset, class_map_from_json, natural_key
 from fewsam.data.types import Case, ClassMap
-from fewsam.data.writers import prediction_path, write_label
+from fewsam.data.writers import ignore_declaration, prediction_path, write_label, write_slice_label
 from fewsam.errors import DataError
+from fewsam.labels import label_dtype
 from fewsam.progress import say_once
 from fewsam.studio.errors import BadLabel, Conflict, NotFound, StudioError
 
@@ -63,6 +64,9 @@ LOG = "studio.log"
 PROJECT_LOCK = "studio.lock"
 EXPORT_MANIFEST = "labelled_slices.json"
 EXPORT_INDEX = "index.csv"  # an index-listed dataset's cases, naming the exported labels
+UNLABELLED_NOTE = ("slices not listed are unlabelled, not background: where a volume is labelled on some slices, "
+                   "its other slices hold the 'ignore' value (declared in 'ignore_file', as nnU-Net's ignore label), "
+                   "or only its labelled slices are written ('slice_files')")
 CACHED_CASES = 3  # whole volumes kept in memory for slice browsing (a CT can be hundreds of MB)
 
 
@@ -773,8 +777,9 @@ class Project:
     def export(self) -> dict[str, Any]:
         """PROJECT/export: each labelled case's labels in the dataset's own format and geometry (NIfTI
         with the image's affine and header, PNG in the dataset's mask coding, ...), named as the dataset's
-        reader finds labels (``label_rel_path``: BUSI's ``x_mask.png``, ``masks/x.png``), unlabelled slices 0,
-        labelled_slices.json saying which slices hold labels, and for a dataset an index.csv lists, that index
+        reader finds labels (``label_rel_path``: BUSI's ``x_mask.png``, ``masks/x.png``), a partly labelled
+        volume's unlabelled slices marked unannotated (``_write_case``), labelled_slices.json saying which
+        slices hold labels, and for a dataset an index.csv lists, that index
         naming each exported label alone (``_export_index``; without an index, the masks merged by their names
         written blank, ``_write_blank_masks``). Replaces the previous export whole, and
         refuses (before writing anything) when PROJECT/export holds anything an export did not write."""
@@ -792,34 +797,61 @@ class Project:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-        return {"folder": str(target), "cases": len(files), "slices": sum(map(len, labelled.values())),
+        return {"folder": str(target), "cases": len(labelled), "slices": sum(map(len, labelled.values())),
                 "files": files}
 
     def _write_export(self, folder: Path, labelled: dict[str, list[int]]) -> list[str]:
+        partial = [case_id for case_id, zs in labelled.items() if len(zs) < self.num_slices(case_id)]
+        declared_in = self.dataset.ignore_file if partial else None
+        ignore = export_ignore_value(self.class_map) if declared_in else None
         files, cases = [], {}
         for case_id, zs in labelled.items():
             case = self.load_case(case_id)
             with self.lock:
                 volume = self.labelled_volume(case_id)
-            keep = np.zeros(volume.shape[0], bool)
-            keep[zs] = True
-            volume[~keep] = 0
-            entry = self.dataset.entries[case_id]
-            rel = write_label(case, volume, folder, self.dataset.label_rel_path(entry),
-                              Path(entry.image)).relative_to(folder).as_posix()
-            files.append(rel)
-            cases[case_id] = {"file": rel, "slices": zs}
+            cases[case_id] = self._write_case(case, volume, zs, folder, ignore)
+            files += label_files(cases[case_id])
             blank = self._write_blank_masks(case, folder)
             if blank:
                 cases[case_id]["blank"] = blank
-        manifest = {"data": str(self.data), "classes": self.class_map.to_json(), "cases": cases,
-                    "note": "slices not listed are unlabelled (stored as 0), not background"}
-        index = self._export_index({case_id: entry["file"] for case_id, entry in cases.items()})
+        manifest: dict[str, Any] = {"data": str(self.data), "classes": self.class_map.to_json(), "cases": cases,
+                                    "note": UNLABELLED_NOTE}
+        if ignore is not None and declared_in is not None:
+            atomic_write_bytes(folder / declared_in, ignore_declaration(self.data, declared_in, self.class_map, ignore))
+            manifest.update(ignore=ignore, ignore_file=declared_in)
+        index = self._export_index({case_id: entry["file"] for case_id, entry in cases.items() if "file" in entry})
         if index is not None:
             atomic_write_bytes(folder / EXPORT_INDEX, index.encode())
             manifest["index"] = EXPORT_INDEX
         atomic_write_bytes(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=1).encode())
         return files
+
+    def _write_case(self, case: Case, volume: np.ndarray, zs: list[int], folder: Path,
+                    ignore: int | None) -> dict[str, Any]:
+        """One labelled case of the export, and its manifest entry. A volume labelled on some slices has its
+        other slices written as ``ignore``, the value the export declares unannotated (nnU-Net's ignore label),
+        so that no tool trains on them as background; where the layout cannot declare one (ACDC's h5 files),
+        its labelled slices are written as slice cases of their own (``slice_case_rel_path``) instead."""
+        labels = volume
+        if len(zs) < volume.shape[0]:
+            if ignore is None:
+                return {"slice_files": self._write_labelled_slices(case, volume, zs, folder), "slices": zs}
+            labels = with_unannotated_slices(volume, zs, ignore)
+        entry = self.dataset.entries[case.case_id]
+        written = write_label(case, labels, folder, self.dataset.label_rel_path(entry), Path(entry.image))
+        return {"file": written.relative_to(folder).as_posix(), "slices": zs}
+
+    def _write_labelled_slices(self, case: Case, volume: np.ndarray, zs: list[int], folder: Path) -> list[str]:
+        """The labelled slices of a partly labelled volume as slice cases of their own, for a layout that
+        cannot mark the unlabelled ones; one that has no slice cases either is refused, naming what to do."""
+        slice_rel_path = getattr(self.dataset, "slice_case_rel_path", None)
+        if slice_rel_path is None:
+            raise StudioError(f"{case.case_id} is labelled on slice(s) {zs} of {volume.shape[0]}, and the layout of "
+                              f"{self.data} cannot mark the other slices as unlabelled, so an export would give "
+                              "them as background; label every slice of it, or unmark its slices, then export")
+        source = Path(self.dataset.entries[case.case_id].image)
+        return [write_slice_label(source, z, volume[z], folder, slice_rel_path(case.case_id, z))
+                .relative_to(folder).as_posix() for z in zs]
 
     def _write_blank_masks(self, case: Case, folder: Path) -> list[str]:
         """The case's other masks that its reader merges into its label by their names (BUSI's
@@ -841,8 +873,34 @@ class Project:
         return index_with_masks(labels) if index_with_masks is not None else None
 
 
+def export_ignore_value(class_map: ClassMap) -> int:
+    """The label value that marks a partly labelled volume's unlabelled slices in an export: the dataset's own
+    "ignore" value where it declares one, else one above the highest class, as nnU-Net v2 requires of its
+    ignore label, kept within the studio's byte a pixel (the highest free value where class 255 is taken:
+    fewsam reads any). Never a class's value, so no class gains or loses a pixel."""
+    if class_map.ignore is not None:
+        return class_map.ignore
+    top = max(class_map.labels)
+    return top + 1 if top < 255 else max(set(range(1, 256)) - set(class_map.labels))
+
+
+def with_unannotated_slices(volume: np.ndarray, labelled: list[int], ignore: int) -> np.ndarray:
+    """``volume`` with every slice not in ``labelled`` set to ``ignore`` (in a type that holds it)."""
+    marked = volume.astype(label_dtype(max(ignore, int(volume.max(initial=0)))))
+    unlabelled = np.ones(volume.shape[0], bool)
+    unlabelled[labelled] = False
+    marked[unlabelled] = ignore
+    return marked
+
+
 class UnreadableManifest(Exception):
     """An earlier export's labelled_slices.json that cannot be read; the text says why."""
+
+
+def label_files(entry: dict[str, Any]) -> list[str]:
+    """The label files an export wrote for one case, from its manifest entry: its label file, or the slice
+    files of a partly labelled volume whose layout cannot mark the other slices (``_write_case``)."""
+    return [str(entry["file"])] if "file" in entry else [str(rel) for rel in entry["slice_files"]]
 
 
 def exported_files(folder: Path) -> set[str]:
@@ -853,9 +911,9 @@ def exported_files(folder: Path) -> set[str]:
         return set()
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        index = [str(manifest["index"])] if manifest.get("index") else []
+        declared = [str(manifest[key]) for key in ("index", "ignore_file") if manifest.get(key)]
         cases = manifest["cases"].values()
-        return {EXPORT_MANIFEST, *index, *(str(entry["file"]) for entry in cases),
+        return {EXPORT_MANIFEST, *declared, *(rel for entry in cases for rel in label_files(entry)),
                 *(str(rel) for entry in cases for rel in entry.get("blank", []))}
     except (OSError, ValueError) as err:
         raise UnreadableManifest(str(err)) from None

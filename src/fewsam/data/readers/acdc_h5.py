@@ -62,6 +62,13 @@ class AcdcH5Dataset(IndexedDataset):
         return [SliceRef(cid, z) for cid in self.split("train_volumes")
                 for z in range(self.num_slices(cid))]
 
+    def slice_case_rel_path(self, case_id: str, z: int) -> str:
+        """Where slice ``z`` of a volume goes as a case of its own, named as SSL4MIS names its training slices
+        (``data/patient001_frame01_slice_3.h5``): this layout's classes are fixed, so it cannot mark a
+        volume's unlabelled slices, but it reads each slice file as a labelled case."""
+        image = Path(self._entry(case_id).image)
+        return (image.parent / f"{case_id}_slice_{z}.h5").relative_to(self.root).as_posix()
+
     def num_slices(self, case_id: str) -> int:
         shape = h5_image_shape(self._entry(case_id).image)
         return int(shape[0]) if len(shape) == 3 else 1

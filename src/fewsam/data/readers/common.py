@@ -67,6 +67,8 @@ LISTED_VAL_RULE = "the last fifth of train.list's labelled subjects (at least on
 # label is exported as a copy of that file with the label replaced (``writers.write_label``).
 LABEL_INSIDE_IMAGE = ("h5", "npz")
 
+CLASSES_JSON = "classes.json"  # the class names (and "ignore" value) of the layouts not named by dataset.json
+
 
 class IndexedDataset:
     """Base of all readers: implements the ``Dataset`` protocol over an index of ``Entry``.
@@ -81,6 +83,11 @@ class IndexedDataset:
     # Whether every image file below root is read as a case (a folder scan, not fixed folders or an
     # index): then a folder of predictions anywhere below root would become cases of the dataset.
     reads_whole_tree = False
+    # The file in root whose "ignore" entry gives the label value of unannotated pixels, for the layouts of
+    # volumes that read one (``class_map_from_json``, nnU-Net's dataset.json); None where the classes are
+    # fixed (ACDC's h5 files) or a case is one 2D image, so that a label holding unannotated pixels is
+    # written only where the data can say so (the studio's export of partly labelled volumes).
+    ignore_file: str | None = None
 
     def __init__(self, root: Path, class_map: ClassMap, entries: list[Entry]) -> None:
         self.root = root

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from fewsam.data.readers.common import (Entry, IndexedDataset, Read, class_map_from_json,
+from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, Read, class_map_from_json,
                                         computed_splits, files_below, natural_sorted, one_hot_to_indices,
                                         to_label_array)
 from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, frame_header
@@ -95,6 +95,7 @@ def detect(root: Path) -> bool:
 class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
     layout = "dicom"
     format = "dicom"
+    ignore_file = CLASSES_JSON
 
     def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry]) -> None:
         self._class_map = class_map
@@ -738,6 +739,6 @@ def open_dicom(root: Path) -> DicomDataset:
     entries = _entries(root)
     if not entries:
         raise DataError(f"no DICOM series found in {root}; expected folders of .dcm files")
-    classes = root / "classes.json"
+    classes = root / CLASSES_JSON
     return DicomDataset(root, class_map_from_json(classes) if classes.is_file() else None, entries)
 

@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterator
 import nibabel as nib
 import numpy as np
 
-from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, Read, check_class_names,
+from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, NotClassIndices, Read, check_class_names,
                                         class_map_from_json, computed_splits, first_line, ignore_value, is_data_file,
                                         natural_sorted, one_hot_to_indices, to_label_array, with_ignore)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
@@ -78,6 +78,7 @@ from fewsam.labels import MAX_LABEL_VALUE, check_class_count
 from fewsam.progress import say_once
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+DATASET_JSON = "dataset.json"  # an nnU-Net or MSD raw dataset's description: classes, channels, cases
 # FreeSurfer's volumes (aseg.mgz, brain.mgz): nibabel reads them as it reads NIfTI, affine included
 FREESURFER_ENDINGS = (".mgz", ".mgh")
 VOLUME_ENDINGS = NIFTI_ENDINGS + FREESURFER_ENDINGS + ITK_ENDINGS  # MetaImage and NRRD volumes are read beside NIfTI
@@ -249,6 +250,14 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
             self.splits.update(_read_splits(named))
         for ids in self.splits.values():
             self.check_known(ids, str(root / "splits_final.json"))
+
+    @property
+    def ignore_file(self) -> str | None:  # type: ignore[override]
+        """nnU-Net's dataset.json names its "ignore" label among its labels; a plain folder's classes.json.
+        None where labels are 3D Slicer segmentations, whose voxels outside every segment are background."""
+        if self.segmentations:
+            return None
+        return DATASET_JSON if is_raw_dataset(self.root) else CLASSES_JSON
 
     def num_slices(self, case_id: str) -> int:
         shape, zooms = _shape_and_zooms(self._entry(case_id).image)
@@ -1240,7 +1249,7 @@ def _say_2d_label_files(folder: Path) -> None:
 
 
 def _plain_class_map(root: Path) -> ClassMap | None:
-    path = root / "classes.json"
+    path = root / CLASSES_JSON
     return class_map_from_json(path) if path.is_file() else None
 
 

@@ -52,9 +52,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from fewsam.data.readers.acdc_h5 import h5_image_and_label, h5_image_shape
-from fewsam.data.readers.common import (Entry, IndexedDataset, NotClassIndices, Read, class_map_from_json,
-                                        computed_splits, files_ending_with, is_tool_folder, natural_sorted,
-                                        to_image_array, to_label_array)
+from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, NotClassIndices, Read,
+                                        class_map_from_json, computed_splits, files_ending_with, is_tool_folder,
+                                        natural_sorted, to_image_array, to_label_array)
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
 from fewsam.labels import check_class_count
@@ -113,6 +113,8 @@ class ClassesFromValues(IndexedDataset):
     """``class_map`` from ``classes.json`` in root, else one class "class<v>" per label value found in the
     label files (read once, on first use, so opening stays cheap), as the NIfTI layouts name unnamed classes."""
 
+    ignore_file = CLASSES_JSON
+
     _class_map: ClassMap | None = None
 
     def __init__(self, root: Path, entries: list[Entry], test: Iterable[str] = ()) -> None:
@@ -159,7 +161,7 @@ class ClassesFromValues(IndexedDataset):
 
 
 def _classes_json(root: Path) -> ClassMap | None:
-    path = root / "classes.json"
+    path = root / CLASSES_JSON
     return class_map_from_json(path) if path.is_file() else None
 
 
