@@ -108,3 +108,60 @@ def test_long_names_the_file_system_holds_are_written(evaluation, tmp_path, monk
                            "test", "--json", str(json_out), "--quiet")
     assert code == 0, lines
     assert json.loads(json_out.read_text(encoding="utf-8"))["n_cases"] == 2
+
+
+def _on_proc_and_sys() -> bool:
+    return sys.platform.startswith("linux") and os.path.ismount("/proc") and os.path.ismount("/sys")
+
+
+@pytest.mark.skipif(not _on_proc_and_sys(), reason="needs Linux's /proc and /sys mounted")
+@pytest.mark.parametrize("command, place", [
+    (["evaluate", "--json", "/proc/x.json"], "/proc is on a proc file system"),
+    (["evaluate", "--json", "/sys/foo/x.json"], "/sys is on a sysfs file system"),
+    (["compare", "EVAL", "EVAL", "--json", "/proc/self/x.json"], "/proc/self is on a proc file system"),
+    (["report", "EVAL", "--out", "/proc/x"], "/proc is on a proc file system"),
+    (["embed", "--cache", "/sys/foo"], "/sys is on a sysfs file system"),
+    (["fit", "supervised", "--out", "/proc/x"], "/proc is on a proc file system"),
+    (["bench", "--json", "/proc/x.json"], "/proc is on a proc file system"),
+])
+def test_an_output_on_a_kernel_file_system_is_one_line_before_any_work(evaluation, monkeypatch, capsys, command,
+                                                                        place):
+    """Run as root, /proc and /sys pass every permission check, and the write at the end failed with a
+    traceback about a temporary file: refused up front instead, naming the file system."""
+    root, pred, path = evaluation
+    args = [str(path) if word == "EVAL" else word for word in command]
+    if command[0] in ("evaluate", "embed", "fit", "bench"):
+        args += ["--data", str(root)]
+    if command[0] == "evaluate":
+        args += ["--pred", str(pred), "--split", "test", "--quiet"]
+    code, lines = run_main(monkeypatch, capsys, *args)
+    assert_refused(code, lines, place)
+    assert not any("Traceback" in line for line in lines)
+
+
+@pytest.mark.skipif(not _on_proc_and_sys(), reason="needs Linux's /proc and /sys mounted")
+def test_predict_refuses_an_out_on_a_kernel_file_system(evaluation):
+    from fewsam.data import open_dataset
+    from fewsam.errors import FewsamError
+    from fewsam.predict import check_output_folder
+
+    with pytest.raises(FewsamError, match="/proc is on a proc file system"):
+        check_output_folder(Path("/proc/x"), open_dataset(evaluation[0]), overwrite=False)
+
+
+def test_the_file_system_of_a_folder_is_its_deepest_mount(tmp_path, monkeypatch):
+    """The deepest mount point above the folder decides (the last one mounted there), and a mount point's
+    spaces are read from the table's octal escapes."""
+    from fewsam import atomic
+
+    table = tmp_path / "mountinfo"
+    table.write_text("1 0 254:0 / / rw - ext4 /dev/vda rw\n"
+                     f"2 1 0:21 / {tmp_path}/my\\040disk rw - proc proc rw\n"
+                     f"3 1 0:22 / {tmp_path}/my\\040disk/tmp rw - sysfs sysfs rw\n"
+                     f"4 1 0:23 / {tmp_path}/my\\040disk/tmp rw - tmpfs tmpfs rw\n")
+    monkeypatch.setattr(atomic, "MOUNT_TABLE", table)
+    assert atomic.file_system_type(tmp_path / "my disk" / "x") == "proc"
+    assert atomic.file_system_type(tmp_path / "my disk" / "tmp" / "x") == "tmpfs"
+    assert atomic.file_system_type(tmp_path / "my diskette") == "ext4"
+    monkeypatch.setattr(atomic, "MOUNT_TABLE", tmp_path / "absent")
+    assert atomic.file_system_type(tmp_path) is None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -267,7 +268,57 @@ def check_path_can_be_made(path: Path, option: str, error: type[Exception], kind
                         f"{os.readlink(place)}, {_why_broken(place)}; {fix} or give another {option}")
         if not place.is_dir():  # a file (the caller says so) or not made yet: what follows is made here
             _check_name_lengths(parts[i + 1:], limit, path, option, error)
+            _refuse_kernel_file_system(place.parent, path, option, error)
             return
+    _refuse_kernel_file_system(place, path, option, error)
+
+
+# File systems through which the kernel shows its own state (processes, devices, cgroups, tracing): no file
+# of one's own can be made in them, and root's write access (``os.access``) does not say so
+KERNEL_FILE_SYSTEMS = frozenset({
+    "proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore", "bpf", "configfs",
+    "efivarfs", "binfmt_misc", "fusectl", "devpts", "mqueue", "nsfs", "selinuxfs", "autofs", "hugetlbfs"})
+MOUNT_TABLE = Path("/proc/self/mountinfo")
+
+
+def _refuse_kernel_file_system(folder: Path, path: Path, option: str, error: type[Exception]) -> None:
+    """An output in ``/proc`` or ``/sys`` (a typo, a path variable left half empty) is refused before any
+    work: run as root, every up-front check passes, and the write at the end of the work fails there with
+    "No such file or directory" for a temporary file the user never named."""
+    kind = file_system_type(folder)
+    if kind in KERNEL_FILE_SYSTEMS:
+        raise error(f"{option} {path}: {folder} is on a {kind} file system, the kernel's view of its own state, "
+                    f"where no file can be written; give another {option}")
+
+
+def file_system_type(folder: Path) -> str | None:
+    """The type of the file system ``folder`` lies on (``proc``, ``ext4``...): that of the deepest mount
+    point above it in Linux's mount table, the last one mounted there; None where no table can be read
+    (other systems)."""
+    try:
+        lines = MOUNT_TABLE.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(folder)
+    deepest, kind = "", None
+    for line in lines:
+        mount, _, source = line.partition(" - ")  # mount: id, parent, device, root, mount point, ...
+        mount_fields, source_fields = mount.split(), source.split()  # source: type, device, options
+        if len(mount_fields) < 5 or not source_fields:
+            continue
+        point = _unescaped_mount_point(mount_fields[4])
+        if _lies_in(real, point) and len(point) >= len(deepest):
+            deepest, kind = point, source_fields[0]
+    return kind
+
+
+def _unescaped_mount_point(field: str) -> str:
+    """A mount point as the mount table writes it, with spaces, tabs and backslashes as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _lies_in(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _check_name_lengths(parts: tuple[str, ...], limit: int, path: Path, option: str,
