@@ -243,16 +243,102 @@ def test_a_prediction_folder_of_other_names_says_what_it_holds(phantom_and_label
         evaluate(tmp_path / "empty", data, split="val", show_progress=False)
 
 
-def test_another_tools_nifti_predictions_of_an_h5_dataset_are_told_to_be_converted_not_renamed(tmp_path):
-    """SSL4MIS's and TransUNet's test scripts save ``<case>_pred.nii.gz``: renamed to ``<case>.h5`` as the
-    message advised, they stayed unreadable (no HDF5 file)."""
+def test_another_tools_png_predictions_of_an_h5_dataset_are_told_to_be_converted_not_renamed(tmp_path):
+    """Renamed to ``<case>.h5``, a PNG stays unreadable (no HDF5 file): the message says to convert it."""
     data = write_tiny_acdc(tmp_path / "acdc", ["patient002_frame01"])
     (tmp_path / "pred").mkdir()
-    predicted = nib.Nifti1Image(np.zeros((48, 40, 2), np.uint8), np.eye(4))
-    nib.save(predicted, tmp_path / "pred" / "patient002_frame01_pred.nii.gz")
-    with pytest.raises(DataError, match=r"files such as patient002_frame01_pred.nii.gz: .* they are not \.h5 files, "
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "pred" / "patient002_frame01_seg.png")
+    with pytest.raises(DataError, match=r"files such as patient002_frame01_seg.png: .* they are not \.h5 files, "
                                         r"which this layout's predictions are: convert them to that format"):
         evaluate(tmp_path / "pred", data, split="val", show_progress=False)
+
+
+def test_nifti_predictions_of_an_h5_dataset_named_otherwise_are_told_the_test_script_name(tmp_path):
+    """SSL4MIS's 3D test script numbers its outputs (``01_pred.nii.gz``): an h5 layout reads NIfTI predictions
+    named ``<case>_pred.nii.gz``, which the message names."""
+    data = write_tiny_acdc(tmp_path / "acdc", ["patient002_frame01"])
+    (tmp_path / "pred").mkdir()
+    numbered = sitk.GetImageFromArray(np.zeros((2, 40, 48), np.float32))
+    sitk.WriteImage(numbered, str(tmp_path / "pred" / "01_pred.nii.gz"))
+    with pytest.raises(DataError, match=r"files such as 01_pred.nii.gz: .* this layout reads NIfTI predictions "
+                                        r"named <case>_pred.nii.gz, as TransUNet's test script names them: rename "
+                                        r"them so, or predict"):
+        evaluate(tmp_path / "pred", data, split="val", show_progress=False)
+
+
+def test_ssl4mis_2d_test_predictions_of_an_acdc_volume_are_read(tmp_path):
+    """SSL4MIS's ``test_2D_fully.py`` saves an ACDC volume's prediction as TransUNet does:
+    ``<case>_pred.nii.gz``, SimpleITK's image of the (D, H, W) array, spacing (1, 1, 10)."""
+    data = write_tiny_acdc(tmp_path / "acdc", ["patient002_frame01"])
+    (tmp_path / "pred").mkdir()
+    label = open_dataset(data).load("patient002_frame01").label
+    predicted = sitk.GetImageFromArray(label.astype(np.float32))
+    predicted.SetSpacing((1, 1, 10))
+    sitk.WriteImage(predicted, str(tmp_path / "pred" / "patient002_frame01_pred.nii.gz"))
+    assert evaluate(tmp_path / "pred", data, split="val", show_progress=False)["mean"]["dice"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- a flat folder of 2D predictions
+
+
+def flat_predictions(data: Path, pred: Path, name: str = "{stem}.png") -> None:
+    """Each case's mask, copied into ``pred`` itself under ``name`` (its image's stem filled in), as a tool
+    that writes every prediction into one folder does."""
+    pred.mkdir(exist_ok=True)
+    for mask in (data / "masks").glob("*.png"):
+        shutil.copy(mask, pred / name.format(stem=mask.stem))
+
+
+@pytest.mark.parametrize("name", ["{stem}.png", "{stem}_mask.png"])
+def test_a_flat_folder_of_2d_predictions_pairs_with_images_and_masks_by_name(tmp_path, notices, name):
+    """Kvasir's or BUSI's ``images/`` + ``masks/``, predicted by another tool into ``preds/x.png`` (or
+    ``x_mask.png``): fewsam's own name is ``preds/images/x.png``, and the flat folder was refused."""
+    data = image_mask_folder(tmp_path / "kvasir", ["cju0", "cju1", "cju2"])
+    flat_predictions(data, tmp_path / "preds", name)
+    result = evaluate(tmp_path / "preds", data, split="all", show_progress=False)
+    assert result["n_cases"] == 3 and result["mean"]["dice"] == pytest.approx(1.0)
+    assert "predictions named as their images or labels, all in one folder are scored" in notices.text
+    mask = np.zeros((20, 24), np.uint8)
+    mask[3:9, 4:8] = 255
+    Image.fromarray(mask).save(tmp_path / "preds" / name.format(stem="cju1"))
+    assert evaluate(tmp_path / "preds", data, split="all", show_progress=False)["mean"]["dice"] < 0.95
+
+
+def test_a_flat_folder_missing_one_prediction_names_both_places_it_was_sought(tmp_path):
+    data = image_mask_folder(tmp_path / "kvasir", ["cju0", "cju1"])
+    flat_predictions(data, tmp_path / "preds")
+    (tmp_path / "preds" / "cju1.png").unlink()
+    result = run_fewsam("evaluate", "--data", str(data), "--pred", str(tmp_path / "preds"), "--split", "all",
+                        cwd=tmp_path)
+    assert_one_line_error(result, f"prediction {tmp_path}/preds/images/cju1.png (or {tmp_path}/preds/cju1.png) "
+                                  "for case images/cju1 not found")
+
+
+def test_a_flat_prediction_two_cases_could_own_is_refused_naming_both(tmp_path):
+    """``images/a/x.png`` and ``images/b/x.png`` both name their prediction ``x.png`` in a flat folder: which
+    one it is cannot be told."""
+    data = tmp_path / "data"
+    for sub in ("a", "b"):
+        image_mask_folder(tmp_path / "parts" / sub, ["x"])
+        for folder in ("images", "masks"):
+            (data / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copytree(tmp_path / "parts" / sub / folder, data / folder / sub)
+    (tmp_path / "preds").mkdir()
+    shutil.copy(data / "masks" / "a" / "x.png", tmp_path / "preds" / "x.png")
+    with pytest.raises(DataError, match=r"preds/x.png could be the prediction of case images/a/x or of case "
+                                        r"images/b/x, whose images have one name; put each prediction at its "
+                                        r"image's relative path in .*preds, as `fewsam predict` writes them "
+                                        r"\(images/a/x.png\)"):
+        evaluate(tmp_path / "preds", data, split="all", show_progress=False)
+
+
+def test_two_flat_predictions_of_one_case_are_refused_naming_both(tmp_path):
+    data = image_mask_folder(tmp_path / "kvasir", ["cju0"])
+    flat_predictions(data, tmp_path / "preds")
+    flat_predictions(data, tmp_path / "preds", "{stem}_mask.png")
+    with pytest.raises(DataError, match=r"preds holds two predictions for case images/cju0: cju0.png and "
+                                        r"cju0_mask.png"):
+        evaluate(tmp_path / "preds", data, split="all", show_progress=False)
 
 
 # ---------------------------------------------------------------- reports

@@ -4,12 +4,14 @@ Harvard-FairSeg's npz by their keys; read, described by info, predicted and scor
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from fewsam.cli import app
@@ -144,6 +146,63 @@ def test_synapse_predictions_npz_for_slice_cases_h5_for_volumes_score_dice_1(tmp
         assert written["pred"].shape == (4, *SHAPE)
     for split in ("val", "test"):
         assert evaluate(pred, root, split, show_progress=False)["mean"]["dice"] == pytest.approx(1.0)
+
+
+def write_synapse_test_volumes(root: Path, shape: tuple[int, int, int] = (3, 10, 12)) -> dict[str, np.ndarray]:
+    """Two Synapse test volumes (``test_vol_h5/<case>.npy.h5``) whose organs lie off every axis' middle, so a
+    prediction read mirrored or with two axes swapped scores below 1; returns each case's label."""
+    (root / "test_vol_h5").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    labels = {}
+    for case in ("case0001", "case0002"):
+        label = np.zeros(shape, np.float32)
+        label[:, 1:4, 2:9] = 1
+        label[1:, 6:9, 8:11] = 2
+        with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "w") as f:
+            f["image"], f["label"] = rng.random(shape).astype(np.float32), label
+        labels[case] = label
+    return labels
+
+
+def save_as_transunet_test(folder: Path, case: str, image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
+                           z_spacing: int = 3) -> None:
+    """What TransUNet's and SAMed's ``test_single_volume`` saves of a test volume: each (D, H, W) array as float32
+    through SimpleITK's ``GetImageFromArray``, spacing (1, 1, z_spacing), ``<case>_img``, ``_pred``, ``_gt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for array, suffix in ((image, "_img"), (prediction, "_pred"), (label, "_gt")):
+        itk = sitk.GetImageFromArray(array.astype(np.float32))
+        itk.SetSpacing((1, 1, z_spacing))
+        sitk.WriteImage(itk, f"{folder}/{case}{suffix}.nii.gz")
+
+
+def test_transunet_test_predictions_of_synapse_volumes_are_read_voxel_for_voxel(tmp_path):
+    """``<case>_pred.nii.gz`` beside ``_img`` and ``_gt`` in one folder, as TransUNet and SAMed leave them: a
+    prediction equal to the label scores Dice 1 (read mirrored or transposed, it would not), one organ shifted
+    by a voxel less."""
+    root = tmp_path / "synapse"
+    labels = write_synapse_test_volumes(root)
+    for case, label in labels.items():
+        save_as_transunet_test(tmp_path / "exact", case, np.zeros_like(label), label, label)
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(root), "--pred", str(tmp_path / "exact"), "--split",
+                                      "test", "--json", str(tmp_path / "exact.json"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "exact.json").read_text())["mean"]["dice"] == pytest.approx(1.0)
+    for case, label in labels.items():
+        shifted = np.roll(label, 1, axis=2) if case == "case0002" else label
+        save_as_transunet_test(tmp_path / "shifted", case, np.zeros_like(label), label, shifted)
+    cases = evaluate(tmp_path / "shifted", root, "test", show_progress=False)["cases"]
+    dice = {c["case"]: [scores["dice"] for scores in c["per_class"].values()] for c in cases}
+    assert dice["case0001"] == pytest.approx([1.0, 1.0])
+    assert max(dice["case0002"]) < 0.9
+
+
+def test_a_synapse_volume_without_its_test_prediction_names_both_names(tmp_path):
+    root = tmp_path / "synapse"
+    labels = write_synapse_test_volumes(root)
+    save_as_transunet_test(tmp_path / "pred", "case0001", labels["case0001"], labels["case0001"], labels["case0001"])
+    with pytest.raises(DataError, match=r"prediction .*pred/test_vol_h5/case0002.npy.h5 \(or "
+                                        r".*pred/case0002_pred.nii.gz\) for case case0002 not found"):
+        evaluate(tmp_path / "pred", root, "test", show_progress=False)
 
 
 def test_fairseg_npz_is_still_fairseg_and_image_label_npz_no_longer_is(tmp_path):

@@ -1,9 +1,10 @@
 """``fewsam evaluate``: a prediction folder + the data folder -> the evaluation JSON contract.
 
 Predictions are paired with cases by relative path, so any tool's output laid out that way can
-be evaluated. Metrics are per volume (3D) as in the papers; distances are in mm when the data
-knows its spacing and in pixels otherwise, and the JSON says which (each case, and its summaries:
-a split of both has its HD95 and ASD summarised over the mm cases, ``metrics.summarise``).
+be evaluated, or by the names other tools give them (``fewsam.data.writers``: one flat folder, the labels'
+names, MONAI's, TransUNet's ``<case>_pred.nii.gz``). Metrics are per volume (3D) as in the papers; distances
+are in mm when the data knows its spacing and in pixels otherwise, and the JSON says which (each case, and
+its summaries: a split of both has its HD95 and ASD summarised over the mm cases, ``metrics.summarise``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from fewsam.data.attributes import default_bins
 from fewsam.data.readers.common import files_below
 from fewsam.data.readers.fairseg_npz import keeps_attributes_in_files
 from fewsam.data.types import Dataset
-from fewsam.data.writers import missing_predictions, prediction_format
+from fewsam.data.writers import (TEST_SCRIPT_ENDINGS, TEST_SCRIPT_SUFFIX, missing_predictions, other_names,
+                                 prediction_format, sought_as)
 from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
                              check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
@@ -199,8 +201,8 @@ def refuse_missing_predictions(dataset: Dataset, case_ids: list[str], pred: Path
     if missing:
         case_id, path = missing[0]
         more = f" (and {len(missing) - 1} more of the {len(case_ids)} cases)" if len(missing) > 1 else ""
-        raise DataError(f"prediction {path} for case {case_id} not found{more}; predict this split into that "
-                        "folder first")
+        raise DataError(f"prediction {sought_as(path, other_names(dataset, case_id, pred))} for case {case_id} "
+                        f"not found{more}; predict this split into that folder first")
 
 
 def refuse_foreign_folder(pred: Path, expected: Path) -> None:
@@ -219,11 +221,15 @@ def refuse_foreign_folder(pred: Path, expected: Path) -> None:
 
 def _rename_or_convert(expected: Path, found: list[str]) -> str:
     """What to do with another tool's files: rename them where they are in a format this layout's predictions
-    are read in; else convert them, as a renamed file stays unreadable (the NIfTI ``_pred`` files of TransUNet's
-    and SSL4MIS's test scripts, where predictions of their h5 and npz layouts are HDF5 or npz files)."""
+    are read in (an h5 or npz layout's predictions are read as NIfTI too, named as TransUNet's and SAMed's test
+    scripts name them); else convert them, as a renamed file stays unreadable."""
     wanted = prediction_format(expected.name)
     if any(prediction_format(name) == wanted for name in found):
         return "rename them to that pattern"
+    volumes = prediction_format("x" + TEST_SCRIPT_ENDINGS[0])
+    if wanted in (".h5", ".npz") and any(prediction_format(name) == volumes for name in found):
+        return (f"this layout reads NIfTI predictions named <case>{TEST_SCRIPT_SUFFIX}{TEST_SCRIPT_ENDINGS[0]}, as "
+                "TransUNet's test script names them: rename them so")
     return f"they are not {wanted} files, which this layout's predictions are: convert them to that format and pattern"
 
 

@@ -18,7 +18,9 @@
   direction, written by SimpleITK (which turns DICOM's LPS coordinates into NIfTI's RAS).
 
 Writes are atomic (a temporary file in the same folder, then ``os.replace``). ``read_prediction``
-is the inverse for any folder laid out this way, whoever wrote it (NIfTI as ``.nii`` or ``.nii.gz``).
+is the inverse for any folder laid out this way, whoever wrote it (NIfTI as ``.nii`` or ``.nii.gz``), and
+finds the names other tools give predictions (``_as_found``): in one flat folder, as the labels or MONAI
+name them, or an h5 / npz case's ``<case>_pred.nii.gz`` from TransUNet's, SAMed's and SSL4MIS's test scripts.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import os
 import tempfile
 import time
+import weakref
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -52,7 +55,7 @@ from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
                                       segments_as_label, to_slices, without_time_axis)
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
-from fewsam.data.readers.png_folder import mask_to_classes, read_colour_mask, read_mask_pixels
+from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -215,10 +218,12 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
     others = other_names(dataset, case.case_id, pred_root) if dataset is not None else OtherNames()
     path = _as_found(prediction_path(case, pred_root), case.case_id, others)
     if not path.is_file():
-        raise DataError(f"prediction {path} for case {case.case_id} not found; "
+        raise DataError(f"prediction {sought_as(path, others)} for case {case.case_id} not found; "
                         "predict this split into that folder first")
     if case.format in ("nifti", "dicom"):
         pred = _decode_nifti(case, path, prediction_segments(class_map, dataset))
+    elif case.format in LABEL_INSIDE_IMAGE and _stem_and_ending(path.name)[1] in TEST_SCRIPT_ENDINGS:
+        pred = _decode_test_script_volume(case, path)
     else:
         pred = DECODERS[case.format](case, path)
     expected = tuple(case.image.shape[:3])
@@ -236,6 +241,10 @@ VOLUME_PREDICTION_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".mha", ".mhd", 
 PICTURE_PREDICTION_ENDINGS = (".png", ".bmp")
 
 
+# What the test scripts of TransUNet, SAMed and SSL4MIS name a case's prediction (``test_single_volume``):
+# ``<case>_pred.nii.gz``, beside ``<case>_img`` and ``<case>_gt``, for the cases of their h5 and npz layouts
+TEST_SCRIPT_SUFFIX = "_pred"
+TEST_SCRIPT_ENDINGS = (".nii.gz", ".nii")
 MONAI_POSTFIXES = ("trans", "seg")  # MONAI SaveImage's output_postfix: "trans" by default, "seg" in its tutorials
 NNUNET_CHANNEL = "_0000"  # MONAI names an output after its input image: nnU-Net's case_0000.nii.gz
 
@@ -244,11 +253,18 @@ NNUNET_CHANNEL = "_0000"  # MONAI names an output after its input image: nnU-Net
 class OtherNames:
     """What other tools name a case's prediction after, besides its relative path: its label file
     (``label_stem``: tools that write predictions as the labels are named, ``x_mask.png`` for the image
-    ``x.png``, ``<case>_gt.nii.gz``) and its image's folder (``image_folder``, under the prediction root:
-    MONAI's ``SaveImage`` with ``data_root_dir`` keeps the input's sub-folders)."""
+    ``x.png``, ``<case>_gt.nii.gz``), its image's folder (``image_folder``, under the prediction root:
+    MONAI's ``SaveImage`` with ``data_root_dir`` keeps the input's sub-folders), the prediction root itself
+    where fewsam's name lies deeper in it (``flat_folder``: most tools write every prediction into one folder,
+    ``preds/x.png`` for ``images/x.png``), the other cases whose predictions have the same name there
+    (``flat_namesakes``: a flat file of that name could be any of theirs), and the case's name in a test
+    script's output (``test_script_stem``: ``<case>_pred``, for an h5 or npz layout's case)."""
 
     label_stem: str = ""
     image_folder: Path | None = None
+    flat_folder: Path | None = None
+    flat_namesakes: tuple[str, ...] = ()
+    test_script_stem: str = ""
 
 
 def other_names(dataset: Any, case_id: str, pred_root: Path) -> OtherNames:
@@ -265,7 +281,45 @@ def other_names(dataset: Any, case_id: str, pred_root: Path) -> OtherNames:
     except (AttributeError, ValueError):
         folder = None
     image_folder = Path(pred_root) / folder if folder is not None and folder.parts else None
-    return OtherNames(label_stem, image_folder)
+    deeper = len(PurePosixPath(dataset.prediction_rel_path(entry).replace("\\", "/")).parts) > 1
+    namesakes = cases_by_flat_name(dataset).get(_flat_name(dataset, entry), ()) if deeper else ()
+    test_script_stem = case_id + TEST_SCRIPT_SUFFIX if dataset.format in LABEL_INSIDE_IMAGE else ""
+    return OtherNames(label_stem, image_folder, Path(pred_root) if deeper else None,
+                      tuple(other for other in namesakes if other != case_id), test_script_stem)
+
+
+_FLAT_NAMES: weakref.WeakKeyDictionary[Any, dict[str, list[str]]] = weakref.WeakKeyDictionary()
+
+
+def cases_by_flat_name(dataset: Any) -> dict[str, list[str]]:
+    """The cases of ``dataset`` by the name of their prediction file (lower case, without its ending),
+    whatever folder it lies in: a file of one of these names in a flat folder is a case's prediction only
+    where one case has that name (BUSI's ``benign/x.png`` and ``malignant/x.png`` would share ``x.png``).
+    Made once per dataset, as evaluate asks it for every case."""
+    known = _FLAT_NAMES.get(dataset)
+    if known is None:
+        known = {}
+        for case_id, entry in dataset.entries.items():
+            known.setdefault(_flat_name(dataset, entry), []).append(case_id)
+        _FLAT_NAMES[dataset] = known
+    return known
+
+
+def _flat_name(dataset: Any, entry: Any) -> str:
+    name = PurePosixPath(dataset.prediction_rel_path(entry).replace("\\", "/")).name
+    return _stem_and_ending(_file_name(name, dataset.format))[0].lower()
+
+
+def sought_as(path: Path, others: OtherNames) -> str:
+    """fewsam's name of a case's prediction, with the other names it is looked for under that a user of
+    another tool would write: the flat folder's (``PRED/x.png``), a test script's (``<case>_pred.nii.gz``)."""
+    alternatives = []
+    if others.flat_folder is not None:
+        alternatives.append(str(others.flat_folder / path.name))
+    if others.test_script_stem:
+        folder = others.flat_folder or path.parent
+        alternatives.append(str(folder / (others.test_script_stem + TEST_SCRIPT_ENDINGS[0])))
+    return f"{path} (or {' or '.join(alternatives)})" if alternatives else str(path)
 
 
 def prediction_format(name: str) -> str:
@@ -298,14 +352,18 @@ def _as_found(path: Path, case_id: str = "", others: OtherNames = OtherNames()) 
     stem, ending = _stem_and_ending(path.name)
     endings = (PICTURE_PREDICTION_ENDINGS if ending in PICTURE_PREDICTION_ENDINGS else VOLUME_PREDICTION_ENDINGS
                ) if ending else ()
-    own = _files_named(path.parent, [path.name] + [stem + e for e in endings])
+    own_names = [path.name] + [stem + e for e in endings]
+    own = _files_named(path.parent, own_names)
     foreign = {"the dataset's labels": _label_named(path, stem, endings, others),
-               "MONAI's SaveImage output": _monai_named(path, stem, endings, others)}
+               "MONAI's SaveImage output": _monai_named(path, stem, endings, others),
+               FLAT: _flat_named(own_names + _label_names(stem, endings, others), others),
+               "a test script's output (TransUNet, SAMed, SSL4MIS)": _test_script_named(path, others)}
     other = list(dict.fromkeys(p for found in foreign.values() for p in found))
     for found in (own, [] if own else other):
         if len(found) > 1:
-            shown = " and ".join(_shown(p, path.parent) for p in found[:2])
-            raise DataError(f"{path.parent} holds two predictions for case {case_id or stem}: {shown}; "
+            folder = _message_folder(path, found[:2], others)
+            shown = " and ".join(_shown(p, folder) for p in found[:2])
+            raise DataError(f"{folder} holds two predictions for case {case_id or stem}: {shown}; "
                             "remove or move one of them, so that the one to score is certain")
     if own and other:
         say_once(f"{path.parent}: case {case_id or stem} is scored on {own[0].name}, not on "
@@ -313,16 +371,64 @@ def _as_found(path: Path, case_id: str = "", others: OtherNames = OtherNames()) 
                  "move the one not meant", key=f"other-beside-{own[0]}")
     if not own and other:
         convention = _convention(foreign, other[0])
-        say_once(f"{path.parent}: predictions named as {convention} are scored (case {case_id or stem}: "
-                 f"{_shown(other[0], path.parent)})", key=f"named-as-{convention}-{path.parent}")
+        if convention == FLAT:
+            _refuse_namesakes(other[0], path, case_id or stem, others)
+        folder = _message_folder(path, other[:1], others)
+        say_once(f"{folder}: predictions named as {convention} are scored (case {case_id or stem}: "
+                 f"{_shown(other[0], folder)})", key=f"named-as-{convention}-{folder}")
     return (own or other or [path])[0]
+
+
+FLAT = "their images or labels, all in one folder"
+
+
+def _message_folder(path: Path, files: list[Path], others: OtherNames) -> Path:
+    """The folder a message names ``files`` relative to: the flat folder where they all lie in it (which is
+    where the user put them), else the folder of fewsam's name."""
+    flat = others.flat_folder
+    return flat if flat is not None and all(found.parent == flat for found in files) else path.parent
+
+
+def _refuse_namesakes(found: Path, path: Path, case_id: str, others: OtherNames) -> None:
+    """A flat folder's file that two cases' predictions would be named as (images in two sub-folders with one
+    name) is neither's: scoring it for both would score one case against the other's prediction."""
+    if others.flat_namesakes:
+        folder = others.flat_folder or path.parent
+        raise DataError(f"{found} could be the prediction of case {case_id} or of case {others.flat_namesakes[0]}, "
+                        f"whose images have one name; put each prediction at its image's relative path in {folder}, "
+                        f"as `fewsam predict` writes them ({_shown(path, folder)})")
 
 
 def _label_named(path: Path, stem: str, endings: tuple[str, ...], others: OtherNames) -> list[Path]:
     """The prediction named as the case's label file, in the folder its own name would be in."""
-    if not others.label_stem or others.label_stem.lower() == stem.lower():
+    return _files_named(path.parent, _label_names(stem, endings, others))
+
+
+def _label_names(stem: str, endings: tuple[str, ...], others: OtherNames) -> list[str]:
+    """The names of a prediction named as the case's label: its label file's stem, and a 2D image's as the masks
+    of a mask folder are named (``x_mask.png`` for ``x.png``, ``png_folder.MASK_STEM_SUFFIXES``)."""
+    stems = [others.label_stem] if others.label_stem and others.label_stem.lower() != stem.lower() else []
+    if endings == PICTURE_PREDICTION_ENDINGS:
+        stems += [stem + suffix for suffix in MASK_STEM_SUFFIXES if suffix and stem + suffix not in stems]
+    return [s + e for s in stems for e in endings or ("",)]
+
+
+def _flat_named(names: list[str], others: OtherNames) -> list[Path]:
+    """The prediction in the prediction root, where fewsam's name lies deeper in it, under ``names`` (as fewsam
+    names it, ``x.png`` for ``images/x.png``, or as the case's label)."""
+    return [] if others.flat_folder is None else _files_named(others.flat_folder, names)
+
+
+def _test_script_named(path: Path, others: OtherNames) -> list[Path]:
+    """``<case>_pred.nii.gz``, as the test scripts of TransUNet, SAMed and SSL4MIS save an h5 or npz case's
+    prediction into one folder: in the folder of fewsam's name, or in the prediction root."""
+    if not others.test_script_stem:
         return []
-    return _files_named(path.parent, [others.label_stem + e for e in endings or ("",)])
+    names = [others.test_script_stem + e for e in TEST_SCRIPT_ENDINGS]
+    found = _files_named(path.parent, names)
+    if others.flat_folder is not None:
+        found += [p for p in _files_named(others.flat_folder, names) if p not in found]
+    return found
 
 
 def _monai_named(path: Path, stem: str, endings: tuple[str, ...], others: OtherNames) -> list[Path]:
@@ -552,9 +658,23 @@ def _decode_h5(case: Case, path: Path) -> np.ndarray:
             data = np.asarray(f["pred"][()])
     except H5_ERRORS as err:
         raise DataError(f"cannot read prediction {path} (truncated or not HDF5?): {err}") from None
+    return _from_stored(case, to_label_array(data, path, "prediction"))
+
+
+def _from_stored(case: Case, data: np.ndarray) -> np.ndarray:
+    """The inverse of ``_as_stored``: an array as the case's file stores it, as (D, H, W)."""
     if case.meta.get("depth_axis") is not None and data.ndim == 3:  # the depth where its image stores it
         data = np.moveaxis(data, case.meta["depth_axis"], 0)
-    return _with_depth(to_label_array(data, path, "prediction"))
+    return _with_depth(data)
+
+
+def _decode_test_script_volume(case: Case, path: Path) -> np.ndarray:
+    """A NIfTI prediction of an h5 or npz case as TransUNet's, SAMed's and SSL4MIS's ``test_single_volume``
+    saves it: SimpleITK's ``GetImageFromArray`` of the array it predicted, in the axes of the case's file
+    ((D, H, W) for Synapse), as float32, with a made-up spacing (1, 1, z). Read back in SimpleITK's array
+    order, it is that array, voxel for voxel on the case's own; its spacing and direction are not the case's,
+    which keeps none, and are left aside."""
+    return _from_stored(case, to_label_array(itk_volume.read_array(path), path, "prediction"))
 
 
 @dataclass(frozen=True)

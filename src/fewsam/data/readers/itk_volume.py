@@ -147,6 +147,13 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     return nib.Nifti1Image(np.ascontiguousarray(xyz), affine, dtype=xyz.dtype), geometry
 
 
+def read_array(path: Path) -> np.ndarray:
+    """The file's voxels in SimpleITK's array order ((z,) y, x): the array a script handed to
+    ``GetImageFromArray`` before writing it."""
+    check_data_file(path)
+    return sitk.GetArrayFromImage(_read_itk(path))
+
+
 def _grey_palette_as_grey(image: sitk.Image, path: Path) -> sitk.Image:
     """A 2D image of a grey palette (every 8-bit BMP, as PIL and paint programs save a grey one; a PNG of
     one), which ITK expands to three equal colour channels, as its one grey channel on the same geometry,

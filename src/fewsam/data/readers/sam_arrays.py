@@ -25,7 +25,8 @@ The slices of one ``caseXXXX`` are one volume case, in slice-number order; split
 computed "val") holds them, "test" the h5 volumes. Either folder alone works, and so does either given
 itself as root. The files carry no spacing: metrics are in pixels.
 Predictions: ``train_npz/<case>.npz`` with key ``pred`` (D, H, W) for a case assembled from slices,
-``test_vol_h5/<case>.npy.h5`` with key ``pred`` for a volume (as the ACDC h5 writer writes them).
+``test_vol_h5/<case>.npy.h5`` with key ``pred`` for a volume (as the ACDC h5 writer writes them); evaluate
+also reads the ``<case>_pred.nii.gz`` that TransUNet's and SAMed's test scripts save (``fewsam.data.writers``).
 
 MedSAM's older training folders, layout ``medsam-npy``:
 
