@@ -42,9 +42,9 @@ import numpy as np
 
 from fewsam.data.attributes import AttributeTable, read_attribute_table
 from fewsam.data.readers import patient_frames
-from fewsam.data.readers.common import Entry, Read, is_tool_folder, natural_sorted
+from fewsam.data.readers.common import Entry, Read, classes_json_in, is_tool_folder, natural_sorted
 from fewsam.data.readers.itk_volume import prediction_ending
-from fewsam.data.readers.nifti import (Grid, NiftiDataset, _label_array, _nifti_files, _plain_class_map,
+from fewsam.data.readers.nifti import (Grid, NiftiDataset, _label_array, _nifti_files,
                                        case_name, say_unmatched_labels)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
@@ -158,7 +158,7 @@ class CaseFolderDataset(NiftiDataset):
         structures = natural_sorted({case_name(p) for e in entries if e.label is not None and e.label.is_dir()
                                      for p in _nifti_files(e.label)})
         check_class_count(len(structures), f"the structure masks of {root}")
-        class_map = _plain_class_map(root) or (ClassMap({i + 1: s for i, s in enumerate(structures)})
+        class_map = classes_json_in(root) or (ClassMap({i + 1: s for i, s in enumerate(structures)})
                                                if structures else None)
         if class_map is None and any(patient_frames.is_frame_case(e) for e in entries):
             class_map = patient_frames.CLASS_MAP

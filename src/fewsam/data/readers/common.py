@@ -875,6 +875,13 @@ def class_map_from_json(path: Path) -> ClassMap:
     return with_ignore(ClassMap({c: e["name"] for c, e in sorted(specs.items())}), ignore, path)
 
 
+def classes_json_in(root: Path) -> ClassMap | None:
+    """The class map of ``root``'s classes.json, None where it has none (the classes then come from the label
+    values found)."""
+    path = root / CLASSES_JSON
+    return class_map_from_json(path) if path.is_file() else None
+
+
 def ignore_value(value: Any, path: Path, largest: int = MAX_LABEL_VALUE) -> int:
     """The label value of unannotated pixels an "ignore" entry gives (nnU-Net's dataset.json, classes.json):
     one integer, not the background's 0, that the labels can store (``largest``)."""

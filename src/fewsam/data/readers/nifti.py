@@ -64,7 +64,7 @@ import nibabel as nib
 import numpy as np
 
 from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, NotClassIndices, Read, check_class_names,
-                                        class_map_from_json, computed_splits, first_line, ignore_value, is_data_file,
+                                        classes_json_in, computed_splits, first_line, ignore_value, is_data_file,
                                         natural_sorted, one_hot_to_indices, to_label_array, with_ignore)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, quiet_itk, ras_affine, read_as_nifti)
@@ -1248,11 +1248,6 @@ def _say_2d_label_files(folder: Path) -> None:
                  "one-slice series)", key=f"nifti-2d-label-files-{folder}")
 
 
-def _plain_class_map(root: Path) -> ClassMap | None:
-    path = root / CLASSES_JSON
-    return class_map_from_json(path) if path.is_file() else None
-
-
 def open_nifti(root: Path) -> NiftiDataset:
     spec: dict[str, Any] = {}
     if is_raw_dataset(root):
@@ -1266,7 +1261,7 @@ def open_nifti(root: Path) -> NiftiDataset:
         class_map = class_map_from_labels(spec["labels"], root / "dataset.json")
         entries, test_ids, val_ids = _raw_entries(root, spec)
     else:
-        class_map = _plain_class_map(root)
+        class_map = classes_json_in(root)
         (entries, test_ids), val_ids = _plain_entries(root), ()
     colour = names_colour_channels(spec)
     _say_other_channels(entries, colour)

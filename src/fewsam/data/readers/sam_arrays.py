@@ -54,7 +54,7 @@ import numpy as np
 
 from fewsam.data.readers.acdc_h5 import h5_image_and_label, h5_image_shape
 from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, NotClassIndices, Read,
-                                        class_map_from_json, computed_splits, files_ending_with, is_tool_folder,
+                                        classes_json_in, computed_splits, files_ending_with, is_tool_folder,
                                         natural_sorted, to_image_array, to_label_array)
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
@@ -122,7 +122,7 @@ class ClassesFromValues(IndexedDataset):
         """The dataset of ``entries``, its classes named by root's ``classes.json`` (checked against each
         label as read) or found in the labels, split as the other layouts compute their splits (``test``:
         the cases a layout keeps for testing)."""
-        super().__init__(root, _classes_json(root), entries)  # type: ignore[arg-type]
+        super().__init__(root, classes_json_in(root), entries)  # type: ignore[arg-type]
         self.check_label_values = self._class_map is not None
         self.splits = computed_splits(entries, test=test)
         self.computed_splits = ("train", "val")
@@ -159,11 +159,6 @@ class ClassesFromValues(IndexedDataset):
     def read_label(self, entry: Entry) -> np.ndarray | None:
         """One case's label alone (its image left unread), for the class scan."""
         return self._read(entry).label
-
-
-def _classes_json(root: Path) -> ClassMap | None:
-    path = root / CLASSES_JSON
-    return class_map_from_json(path) if path.is_file() else None
 
 
 # ---------------------------------------------------------------- MedSAM / LiteMedSAM npz
