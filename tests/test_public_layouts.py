@@ -247,21 +247,23 @@ def test_camus_views_take_the_attributes_of_their_info_file(tmp_path, notes):
     assert ds.split("val") == [f"patient0005/patient0005_{v}_{p}" for v in ("2CH", "4CH") for p in ("ED", "ES")]
 
 
-def test_mnms_cine_label_drawn_on_two_frames_is_refused_naming_them(tmp_path):
-    """M&Ms: ``Training/Labeled/A0S9V9/A0S9V9_sa.nii.gz`` (4D cine) + ``A0S9V9_sa_gt.nii.gz``, classes 1-3 on its
-    end-diastolic and end-systolic frames only: refused naming the drawn frames and what to save, not as a
-    label that is "neither class indices nor one-hot"."""
-    folder = tmp_path / "Training" / "Labeled" / "A0S9V9"
-    folder.mkdir(parents=True)
+def test_a_cine_label_outside_the_mnms_layout_is_refused_naming_its_drawn_frames(tmp_path):
+    """A 4D label of class indices drawn on two time frames of its 4D cine, in a layout that says no frame
+    (``images/`` + ``labels/``): refused naming the drawn frames and what to save, not as a label that is
+    "neither class indices nor one-hot", nor read as its first frame. M&Ms' own layout reads them
+    (test_mnms.py)."""
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((*SHAPE, 6)).astype(np.float32), np.eye(4)),
-             str(folder / "A0S9V9_sa.nii.gz"))
+             str(tmp_path / "images" / "heart.nii.gz"))
     label = np.zeros((*SHAPE, 6), np.uint8)
     for frame in (0, 3):
         label[1:3, 2:8, :, frame], label[4:6, 2:8, :, frame], label[7:9, 2:8, :, frame] = 1, 2, 3
-    nib.save(nib.Nifti1Image(label, np.eye(4)), str(folder / "A0S9V9_sa_gt.nii.gz"))
-    ds = open_dataset(tmp_path / "Training" / "Labeled")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(tmp_path / "labels" / "heart.nii.gz"))
+    (tmp_path / "classes.json").write_text('{"1": "LV", "2": "Myo", "3": "RV"}')
+    ds = open_dataset(tmp_path)
     with pytest.raises(DataError, match=r"6 time frames of class indices, classes in frame\(s\) 0, 3 only"):
-        ds.load("A0S9V9")
+        ds.load("heart")
 
 
 def test_acdc_patient_folders_pair_frames_with_gt_and_keep_the_patient(tmp_path):

@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 
 from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
-from fewsam.data.readers import acdc_h5, case_folders, dicom, fairseg_npz, h5_volumes, nifti, png_folder, sam_arrays
+from fewsam.data.readers import (acdc_h5, case_folders, cine_frames, dicom, fairseg_npz, h5_volumes, nifti,
+                                 png_folder, sam_arrays)
 from fewsam.data.readers.common import IndexedDataset, files_below, is_tool_folder, listed_names, strip_suffixes
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
@@ -42,6 +43,10 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
     "dicom": (dicom.detect, dicom.open_dicom,
               "a folder of DICOM files (.dcm, or scanner-named with the DICM marker) per series "
               "(+ labels/<series>.nii.gz)"),
+    "mnms": (cine_frames.detect, cine_frames.open_cine_frames,
+             "M&Ms' OpenDataset: Training/Labeled/<code>/<code>_sa.nii.gz (4D cine) + <code>_sa_gt.nii.gz, "
+             "Training/Unlabeled/, Validation/, Testing/ and the table of subjects (External code, ED, ES, Vendor...): "
+             "a case per labelled time frame"),
     "case-folders": (case_folders.detect, case_folders.open_case_folders,
                      "a folder per case holding its image and label volumes (KiTS case_00000/imaging.nii.gz + "
                      "segmentation.nii.gz; BraTS <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz; TotalSegmentator "
@@ -393,7 +398,7 @@ def _image_stem(label_name: str) -> str:
 
 # Layouts that a folder holding a dataset one level down is not already taken for (the others look at
 # every file below their root, and found none there)
-LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "synapse-npz", "medsam-npz", "medsam-npy", "fairseg-npz", "case-folders")
+LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "synapse-npz", "medsam-npz", "medsam-npy", "fairseg-npz", "mnms", "case-folders")
 
 
 def refuse_nnunet_without_json(root: Path) -> None:

@@ -154,16 +154,20 @@ class CaseFolderDataset(NiftiDataset):
     layout = "case-folders"
     reads_whole_tree = True  # every sub-folder of volumes is a case folder: predictions there would be read as cases
 
-    def __init__(self, root: Path, entries: list[Entry], test_ids: list[str] | None = None) -> None:
+    def __init__(self, root: Path, entries: list[Entry], test_ids: list[str] | None = None,
+                 val_ids: tuple[str, ...] = ()) -> None:
         structures = natural_sorted({case_name(p) for e in entries if e.label is not None and e.label.is_dir()
                                      for p in _nifti_files(e.label)})
         check_class_count(len(structures), f"the structure masks of {root}")
         class_map = classes_json_in(root) or (ClassMap({i + 1: s for i, s in enumerate(structures)})
-                                               if structures else None)
-        if class_map is None and any(patient_frames.is_frame_case(e) for e in entries):
-            class_map = patient_frames.CLASS_MAP
+                                               if structures else self.layout_classes(entries))
         self.structures = structures
-        super().__init__(root, class_map, entries, test_ids or [])
+        super().__init__(root, class_map, entries, test_ids or [], val_ids=val_ids)
+
+    def layout_classes(self, entries: list[Entry]) -> ClassMap | None:
+        """The classes a recognised release names, where no classes.json does (ACDC's frames: RV, Myo, LV);
+        None where the label values are the classes found (``class1``, ...)."""
+        return patient_frames.CLASS_MAP if any(patient_frames.is_frame_case(e) for e in entries) else None
 
     @property
     def storage(self) -> str:

@@ -45,6 +45,9 @@ class Entry:
     # the case's image files after ``image`` (its channel 0) where a list names them (nnU-Net v2's
     # "dataset" key); empty where they are found by their names (``_0001``...) or there are none
     channels: tuple[Path, ...] = ()
+    # the time frame (0 = the first) of a 4D image and label that is the case, where a cine holds several
+    # cases (M&Ms' short-axis cines, ``cine_frames``); None where the case is the file's first volume
+    frame: int | None = None
 
 
 @dataclass
@@ -708,16 +711,19 @@ def refuse_too_many_values(values: np.ndarray, path: Path, what: str) -> None:
 
 
 def refuse_cine_label(channels: np.ndarray, path: Path, what: str) -> None:
-    """A label of class indices over time frames (M&Ms' ``<case>_sa_gt.nii.gz`` beside its 4D cine, drawn on its
-    end-diastolic and end-systolic frames, the others empty) is refused naming the frames that hold classes:
-    "neither class indices nor one-hot, store one volume" did not say which volumes are the labels, and its
-    first frame alone, read as the cine's first volume is, may be an empty one taught as background."""
+    """A label of class indices over time frames (a cine's, drawn on its end-diastolic and end-systolic frames, the
+    others empty), where the layout says no frame of it (M&Ms' own, ``cine_frames``, makes a case of each drawn
+    frame), is refused naming the frames that hold classes: "neither class indices nor one-hot, store one volume"
+    did not say which volumes are the labels, and its first frame alone, read as the cine's first volume is, may
+    be an empty one taught as background."""
     drawn = [t for t in range(channels.shape[-1]) if channels[..., t].any()]
     if drawn and len(drawn) < channels.shape[-1] and len(np.unique(channels[..., drawn[0]])) > 2:
         shown = ", ".join(str(t) for t in drawn[:6]) + (" ..." if len(drawn) > 6 else "")
         raise DataError(f"{path}: the {what} holds {channels.shape[-1]} time frames of class indices, classes in frame(s) "
                         f"{shown} only (0 = the first); fewsam reads one 3D {what} per image: save each drawn frame of "
-                        f"the image and of the {what} as 3D files (<case>_ED.nii.gz + <case>_ED_gt.nii.gz)")
+                        f"the image and of the {what} as 3D files (<case>_ED.nii.gz + <case>_ED_gt.nii.gz), or lay "
+                        "the cines out as M&Ms does (<code>/<code>_sa.nii.gz + <code>_sa_gt.nii.gz), a case per drawn "
+                        "frame")
 
 
 def one_hot_to_indices(channels: np.ndarray, path: Path, what: str = "label") -> np.ndarray:

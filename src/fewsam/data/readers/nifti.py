@@ -265,6 +265,8 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
 
     def _read(self, entry: Entry) -> Read:
         img, itk_geometry = _load_with_geometry(entry.image)
+        if entry.frame is not None:
+            img = time_frame(img, entry.frame, entry.image)
         zooms = _zooms(img, entry.image)
         if not itk_geometry:
             say_sizes_disagree(entry.image, img)
@@ -278,7 +280,8 @@ class NiftiDataset(ClassesFromLabelFiles, IndexedDataset):
         image, dropped = _image_array(img, entry.image, axis, rgb)
         if self.colour_channels and image.ndim == 3:
             image, dropped = _colour_from_channel_files(entry, image, axis), 0
-        label = None if entry.label is None else _label_array(entry.label, axis, img, lambda: self.segment_classes)
+        label = None if entry.label is None else _label_array(entry.label, axis, img, lambda: self.segment_classes,
+                                                              entry.frame)
         stored_pixdim = None if itk_geometry else negative_pixdim(entry.image, img.header)
         meta = {"affine": img.affine.copy(), "header": img.header.copy(), "channels_dropped": dropped,
                 "slice_axis": axis, "itk": self._with_segment_fields(itk_geometry),
@@ -704,6 +707,17 @@ def _other_channel(entry: Entry, channel: int) -> Path | None:
     return _channel_file(entry.image, channel) if case_name(entry.image).endswith("_0000") else None
 
 
+def time_frame(img: Any, frame: int, path: Path) -> Any:
+    """Time frame ``frame`` (0 = the first) of a 4D file as a 3D image on the file's spatial affine: the case
+    of a cine whose label is drawn on some of its frames (M&Ms, ``cine_frames``), which its first volume is not.
+    A 3D file holds one frame, frame 0."""
+    frames = img.shape[3] if len(img.shape) > 3 else 1
+    if not 0 <= frame < frames:
+        raise DataError(f"{path}: no time frame {frame} (0 = the first): the file holds {frames}; correct the "
+                        "frame numbers (ED, ES) given for it")
+    return img.slicer[:, :, :, frame] if len(img.shape) > 3 else img
+
+
 def without_time_axis(data: np.ndarray) -> np.ndarray:
     """A multi-component NIfTI as ITK, SimpleITK and MONAI write it, (x, y, z, 1, channels) (the
     standard puts vector components on the 5th axis, after a time axis of one), as (x, y, z,
@@ -711,10 +725,14 @@ def without_time_axis(data: np.ndarray) -> np.ndarray:
     return data[:, :, :, 0] if data.ndim == 5 and data.shape[3] == 1 else data
 
 
-def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSource | None = None) -> np.ndarray:
+def _label_array(path: Path, axis: int = 2, image: Any = None, classes: ClassSource | None = None,
+                 frame: int | None = None) -> np.ndarray:
     """A label file as (slices, rows, cols) uint8, on ``image``'s voxel grid when given; a Slicer
-    segmentation's segments as the ``classes`` of their names (``segments_as_classes``)."""
+    segmentation's segments as the ``classes`` of their names (``segments_as_classes``); of a label over
+    time frames, its ``frame`` (``time_frame``)."""
     label, geometry = _load_with_geometry(path)
+    if frame is not None:
+        label = time_frame(label, frame, path)
     segments = segments_of(path)
     if segments is not None:
         label = segments_as_label(label, geometry, segments, classes() if classes else None, path, image)

@@ -1,0 +1,144 @@
+"""M&Ms' OpenDataset as it unpacks, in a tiny generated copy: 4D short-axis cines whose labels are drawn on two
+time frames, a case per drawn frame, the table of subjects as ED/ES frames and group attributes, the release's
+folders as splits, and the whole chain (fit, predict, evaluate by vendor) on the frames' 3D grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from fewsam import api, progress
+from fewsam.data import open_dataset
+from fewsam.data.readers.cine_frames import CLASS_MAP
+from fewsam.data.writers import write_prediction
+from fewsam.errors import DataError
+from fewsam.evaluate import evaluate
+from fewsam.methods import supervised
+from fewsam.models import registry
+from fewsam.predict import predict
+
+CINE = (32, 32, 3, 5)  # NIfTI x, y, z, t
+DRAWN = (1, 3)  # the labelled frames, ED and ES, 0-based as the table numbers them
+AFFINE = np.array([[1.25, 0, 0, 5.0], [0, 1.25, 0, -3.0], [0, 0, 10.0, 2.0], [0, 0, 0, 1]])
+TABLE = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
+SUBJECTS = {"Training/Labeled": ["A0S9V9", "A1D0Q7", "A1D9Z7", "A1E9Q1", "A1K2P5"], "Training/Unlabeled": ["B0N3W8"],
+            "Validation": ["C0K1P0", "C2L5P7"], "Testing": ["D1H2K3"]}
+VENDORS = "ABAB"
+
+
+def cine(folder: Path, code: str, seed: int, labelled: bool) -> np.ndarray:
+    """``<code>/<code>_sa.nii.gz`` (x, y, z, t), and with ``labelled`` its ``_sa_gt`` holding LV, Myo and RV on the
+    ``DRAWN`` frames alone."""
+    folder.mkdir(parents=True)
+    image = np.random.default_rng(seed).random(CINE).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, AFFINE), str(folder / f"{code}_sa.nii.gz"))
+    if labelled:
+        label = np.zeros(CINE, np.uint8)
+        for t in DRAWN:
+            label[4:10, 4:20, :, t], label[12:18, 4:20, :, t], label[20:26, 4:20, :, t] = 1, 2, 3
+            image[4:10, 4:20, :, t] += 2.0 + t  # an LV brighter than the rest: something a tiny model can learn
+        nib.save(nib.Nifti1Image(label, AFFINE), str(folder / f"{code}_sa_gt.nii.gz"))
+        nib.save(nib.Nifti1Image(image, AFFINE), str(folder / f"{code}_sa.nii.gz"))
+    return image
+
+
+def opendataset(root: Path, ed: dict[str, int] | None = None) -> Path:
+    """``OpenDataset/`` with every part of the release and its table (``ed``: a subject's ED other than 1)."""
+    rows = []
+    for part, codes in SUBJECTS.items():
+        for code in codes:
+            cine(root / part / code, code, len(rows), labelled=part != "Training/Unlabeled")
+            vendor = VENDORS[len(rows) % 4]
+            rows.append(f"{len(rows)},{code},Vendor{vendor},{vendor},{len(rows) % 3 + 1},{(ed or {}).get(code, 1)},3,"
+                        f"{40 + len(rows)},{'HCM' if len(rows) % 2 else 'NOR'},{'FM'[len(rows) % 2]},170.0,70.5")
+    (root / TABLE).write_text(",External code,VendorName,Vendor,Centre,ED,ES,Age,Pathology,Sex,Height,Weight\n"
+                              + "\n".join(rows) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def notes(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level("INFO", logger="fewsam")
+    return caplog
+
+
+def test_a_case_per_drawn_frame_named_by_the_table_with_the_release_folders_as_splits(tmp_path):
+    ds = open_dataset(opendataset(tmp_path / "OpenDataset"))
+    assert ds.split("train") == [f"{code}_{phase}" for code in SUBJECTS["Training/Labeled"] for phase in ("ED", "ES")]
+    assert ds.split("val") == ["C0K1P0_ED", "C0K1P0_ES", "C2L5P7_ED", "C2L5P7_ES"]
+    assert ds.split("test") == ["D1H2K3_ED", "D1H2K3_ES"]
+    assert ds.split("unlabeled") == ["B0N3W8_ED"]  # one case of the unlabelled cine, for --unlabeled-split
+    assert not ds.has_label("B0N3W8_ED") and ds.has_label("D1H2K3_ES")
+    assert ds.class_map == CLASS_MAP and CLASS_MAP.names == {1: "LV", 2: "Myo", 3: "RV"}
+    assert ds.subject_of("A1D0Q7_ES") == "A1D0Q7"
+    attributes = ds.attributes_of("A1D0Q7_ES")
+    assert attributes["Vendor"] == "B" and attributes["phase"] == "ES" and attributes["Age"] == 41
+    assert "ED" not in attributes and "ES" not in attributes  # frame numbers group no subjects
+
+
+def test_a_frame_case_is_that_frame_of_the_cine_and_of_its_label_on_the_spatial_grid(tmp_path):
+    root = opendataset(tmp_path / "OpenDataset")
+    image = cine(tmp_path / "again" / "A1D9Z7", "A1D9Z7", 2, labelled=True)  # the same seed: the same voxels
+    case = open_dataset(root / "Training" / "Labeled").load("A1D9Z7_ES")
+    np.testing.assert_allclose(case.image, image[..., 3].transpose(2, 1, 0))
+    assert case.label.shape == (3, 32, 32) and set(np.unique(case.label)) == {0, 1, 2, 3}
+    assert case.spacing == (10.0, 1.25, 1.25)
+    assert np.allclose(case.meta["affine"], AFFINE) and case.meta["header"].get_data_shape() == (32, 32, 3)
+
+
+def test_without_the_table_the_drawn_frames_are_cases_named_by_number(tmp_path, notes):
+    root = opendataset(tmp_path / "OpenDataset")
+    (root / TABLE).unlink()
+    ds = open_dataset(root)
+    assert ds.split("train")[:2] == ["A0S9V9_frame01", "A0S9V9_frame03"]
+    assert ds.split("unlabeled") == ["B0N3W8_frame00"]
+    assert ds.load("A0S9V9_frame03").label.any()
+    assert "no M&Ms table of subjects" in notes.text
+
+
+def test_a_frame_the_table_names_and_the_label_leaves_undrawn_is_refused_naming_the_drawn_ones(tmp_path):
+    ds = open_dataset(opendataset(tmp_path / "OpenDataset", ed={"A1E9Q1": 0}))
+    with pytest.raises(DataError, match=r"frame 0 \(A1E9Q1_ED, as .*\) holds no class, frame\(s\) 1, 3 do"):
+        ds.load("A1E9Q1_ED")
+
+
+def test_the_labels_as_predictions_are_found_by_evaluate_and_grouped_by_vendor(tmp_path):
+    root = opendataset(tmp_path / "OpenDataset")
+    ds = open_dataset(root)
+    written = [write_prediction(case, case.label, tmp_path / "pred") for case in map(ds.load, ds.split("val"))]
+    assert [p.name for p in written] == [f"{case}.nii.gz" for case in ds.split("val")]
+    saved = nib.load(written[0])
+    assert saved.shape == CINE[:3] and np.allclose(saved.affine, AFFINE)
+    scores = evaluate(tmp_path / "pred", root, group_by="Vendor", show_progress=False, n_boot=10)
+    assert scores["mean"]["dice"] == pytest.approx(1.0)
+    assert {name: group["n"] for name, group in scores["groups"].items()} == {"A": 2, "B": 2}
+
+
+def test_fit_predict_and_evaluate_on_the_opendataset(tmp_path, monkeypatch):
+    """The whole chain on the frames: a 2-step supervised fit (no SAM weights) on the labelled frames, its
+    predictions of the test split written as 3D files on the cine's grid, scored by vendor."""
+    root = opendataset(tmp_path / "OpenDataset")
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: pytest.fail("a SAM model was loaded"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        api.fit("supervised", api.FitOptions(data=root, run=tmp_path / "run", labeled_cases=2,
+                                             cache=str(tmp_path / "cache"), show_progress=False),
+                supervised.SupervisedConfig(image_size=32, channels=(8, 16, 32, 64), num_res_units=1, batch_size=2,
+                                            steps=2, val_every=2))
+        written = [path for split in ("test", "unlabeled")
+                   for path in predict(tmp_path / "run", root, tmp_path / split, split=split, show_progress=False)]
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(p.name for p in written) == ["B0N3W8_ED.nii.gz", "D1H2K3_ED.nii.gz", "D1H2K3_ES.nii.gz"]
+    saved = nib.load(tmp_path / "test" / "D1H2K3_ES.nii.gz")
+    assert saved.shape == CINE[:3] and np.allclose(saved.affine, AFFINE)
+    assert set(np.unique(np.asarray(saved.dataobj))) <= {0, 1, 2, 3}
+    scores = evaluate(tmp_path / "test", root, split="test", group_by="Vendor", show_progress=False, n_boot=10)
+    assert [c["case"] for c in scores["cases"]] == ["D1H2K3_ED", "D1H2K3_ES"]
+    assert list(scores["groups"]) == ["A"] and 0.0 <= scores["mean"]["dice"] <= 1.0
