@@ -142,3 +142,53 @@ def test_fit_predict_and_evaluate_on_the_opendataset(tmp_path, monkeypatch):
     scores = evaluate(tmp_path / "test", root, split="test", group_by="Vendor", show_progress=False, n_boot=10)
     assert [c["case"] for c in scores["cases"]] == ["D1H2K3_ED", "D1H2K3_ES"]
     assert list(scores["groups"]) == ["A"] and 0.0 <= scores["mean"]["dice"] <= 1.0
+
+
+# ---------------------------------------------------------------- M&Ms-2: a file per view and phase, cines beside
+
+
+def mnms2(root: Path, subjects: int = 5) -> Path:
+    """``MnM2/``: ``dataset/<id>/<id>_{SA,LA}_{ED,ES}.nii.gz`` + ``_gt`` and the 4D ``_CINE`` files of each
+    subject, and ``dataset_information.csv`` beside ``dataset/`` with its subject codes written as numbers."""
+    for number in range(1, subjects + 1):
+        folder = root / "dataset" / f"{number:03d}"
+        folder.mkdir(parents=True)
+        for view, shape in (("SA", CINE[:3]), ("LA", (*CINE[:2], 1))):
+            for phase in ("ED", "ES"):
+                image = np.random.default_rng(number).random(shape).astype(np.float32)
+                nib.save(nib.Nifti1Image(image, AFFINE), str(folder / f"{number:03d}_{view}_{phase}.nii.gz"))
+                label = np.zeros(shape, np.uint8)
+                label[4:10, 4:20], label[12:18, 4:20], label[20:26, 4:20] = 1, 2, 3
+                nib.save(nib.Nifti1Image(label, AFFINE), str(folder / f"{number:03d}_{view}_{phase}_gt.nii.gz"))
+            cine_data = np.random.default_rng(number).random((*shape, 4)).astype(np.float32)
+            nib.save(nib.Nifti1Image(cine_data, AFFINE), str(folder / f"{number:03d}_{view}_CINE.nii.gz"))
+    (root / "dataset_information.csv").write_text(
+        "SUBJECT_CODE,DISEASE,VENDOR,SCANNER,FIELD\n"
+        + "".join(f"{n},{'NOR' if n % 2 else 'DLV'},{'SIEMENS' if n % 2 else 'GE'},Avanto,1.5\n"
+                  for n in range(1, subjects + 1)), encoding="utf-8")
+    return root
+
+
+def test_mnms2_is_a_case_per_view_and_phase_with_its_table_and_no_cine(tmp_path, notes):
+    root = mnms2(tmp_path / "MnM2")
+    ds = open_dataset(root / "dataset")
+    assert ds.split("all")[:4] == ["001/001_SA_ED", "001/001_SA_ES", "001/001_LA_ED", "001/001_LA_ES"]
+    assert len(ds.split("all")) == 20 and not any("CINE" in case for case in ds.split("all"))
+    assert "001_SA_CINE.nii.gz, 001_LA_CINE.nii.gz not read" in notes.text
+    assert ds.class_map == CLASS_MAP
+    assert ds.attributes_of("002/002_LA_ES") == {"DISEASE": "DLV", "VENDOR": "GE", "SCANNER": "Avanto", "FIELD": 1.5,
+                                                 "view": "LA", "phase": "ES"}
+    assert {ds.subject_of(case) for case in ds.split("val")} == {"005"}  # a subject's views together
+    assert ds.load("003/003_LA_ED").image.shape == (1, 32, 32)
+    assert open_dataset(root).split("all")[0] == "dataset/001/001_SA_ED"  # MnM2/ itself opens too
+
+
+def test_mnms2_predictions_are_found_by_evaluate_and_grouped_by_vendor_and_view(tmp_path):
+    root = mnms2(tmp_path / "MnM2") / "dataset"
+    ds = open_dataset(root)
+    written = [write_prediction(case, case.label, tmp_path / "pred") for case in map(ds.load, ds.split("all"))]
+    assert written[0].relative_to(tmp_path / "pred").as_posix() == "001/001_SA_ED.nii.gz"
+    for column, groups in (("VENDOR", {"SIEMENS": 12, "GE": 8}), ("view", {"SA": 10, "LA": 10})):
+        scores = evaluate(tmp_path / "pred", root, split="all", group_by=column, show_progress=False, n_boot=10)
+        assert scores["mean"]["dice"] == pytest.approx(1.0)
+        assert {name: group["n"] for name, group in scores["groups"].items()} == groups

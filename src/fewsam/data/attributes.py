@@ -266,6 +266,19 @@ def attribute_columns(path: str | Path) -> list[str]:
         return []
 
 
+def table_keyed_by(root: Path, column: str, levels_up: int) -> AttributeTable | None:
+    """The first CSV in ``root`` or in one of the ``levels_up`` folders above it holding ``column`` (in any letter
+    case and spacing), keyed by it: a release's table of subjects lies beside its top folder, which need not be
+    the folder given (M&Ms' ``Training/Labeled/``); None where there is none."""
+    wanted = " ".join(column.split()).lower()
+    for folder in [root, *Path(root).resolve().parents][: levels_up + 1]:
+        for path in sorted(folder.glob("*.csv")):
+            key = next((c for c in attribute_columns(path) if " ".join(c.split()).lower() == wanted), None)
+            if key is not None:
+                return read_attribute_table(path, key=key)
+    return None
+
+
 SEPARATORS = (",", ";", "\t")
 UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 

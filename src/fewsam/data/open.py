@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 
 from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
-from fewsam.data.readers import (acdc_h5, case_folders, cine_frames, dicom, fairseg_npz, h5_volumes, nifti,
-                                 png_folder, sam_arrays)
+from fewsam.data.readers import (acdc_h5, case_folders, cine_frames, dicom, fairseg_npz, h5_volumes, mnms2,
+                                 nifti, png_folder, sam_arrays)
 from fewsam.data.readers.common import IndexedDataset, files_below, is_tool_folder, listed_names, strip_suffixes
 from fewsam.data.types import Case, Dataset
 from fewsam.errors import DataError
@@ -47,6 +47,9 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
              "M&Ms' OpenDataset: Training/Labeled/<code>/<code>_sa.nii.gz (4D cine) + <code>_sa_gt.nii.gz, "
              "Training/Unlabeled/, Validation/, Testing/ and the table of subjects (External code, ED, ES, Vendor...): "
              "a case per labelled time frame"),
+    "mnms2": (mnms2.detect, mnms2.open_mnms2,
+              "M&Ms-2: dataset/<id>/<id>_{SA,LA}_{ED,ES}.nii.gz + _gt (the _CINE files not read) and "
+              "dataset_information.csv (SUBJECT_CODE, DISEASE, VENDOR...): a case per view and phase"),
     "case-folders": (case_folders.detect, case_folders.open_case_folders,
                      "a folder per case holding its image and label volumes (KiTS case_00000/imaging.nii.gz + "
                      "segmentation.nii.gz; BraTS <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz; TotalSegmentator "
@@ -398,7 +401,7 @@ def _image_stem(label_name: str) -> str:
 
 # Layouts that a folder holding a dataset one level down is not already taken for (the others look at
 # every file below their root, and found none there)
-LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "synapse-npz", "medsam-npz", "medsam-npy", "fairseg-npz", "mnms", "case-folders")
+LOOKED_AT_FROM_ABOVE = ("acdc-h5", "nifti", "synapse-npz", "medsam-npz", "medsam-npy", "fairseg-npz", "mnms", "mnms2", "case-folders")
 
 
 def refuse_nnunet_without_json(root: Path) -> None:

@@ -26,7 +26,7 @@ Splits: the cases of ``Validation/`` are "val", of ``Testing/`` "test", the othe
 from __future__ import annotations
 
 from pathlib import Path
-from fewsam.data.attributes import AttributeTable, attribute_columns, read_attribute_table
+from fewsam.data.attributes import AttributeTable, table_keyed_by
 from fewsam.data.readers import patient_frames
 from fewsam.data.readers.case_folders import CaseFolderDataset
 from fewsam.data.readers.common import Entry, Read, natural_sorted
@@ -94,23 +94,11 @@ def _part_of(root: Path, folder: Path) -> str | None:
 def info_table(root: Path) -> AttributeTable | None:
     """The release's table of subjects (``..._M&Ms_Dataset_information_...csv``, ``mnms_dataset_info.csv``) in root
     or a folder above it, keyed by its External code column; None where there is none."""
-    for folder in [root, *root.resolve().parents][: TABLE_LEVELS_UP + 1]:
-        for path in natural_sorted(folder.glob("*.csv"), key=lambda p: p.name):
-            key = next((c for c in _columns(path) if " ".join(c.split()).lower() == CODE_COLUMN), None)
-            if key is not None:
-                table = read_attribute_table(path, key=key)
-                say_once(f"{path}: M&Ms' table of subjects; its ED and ES name each cine's labelled frames, its other "
-                         "columns are the cases' group attributes", key=f"mnms-table-{path}")
-                return table
-    return None
-
-
-def _columns(path: Path) -> list[str]:
-    """A CSV's column names; none for one that cannot be read as a table (another file beside the data)."""
-    try:
-        return attribute_columns(path)
-    except DataError:
-        return []
+    table = table_keyed_by(root, CODE_COLUMN, TABLE_LEVELS_UP)
+    if table is not None:
+        say_once(f"{table.source}: M&Ms' table of subjects; its ED and ES name each cine's labelled frames, its other "
+                 "columns are the cases' group attributes", key=f"mnms-table-{table.source}")
+    return table
 
 
 def drawn_frames(label: Path) -> list[int]:
@@ -150,14 +138,13 @@ def subject_entries(folder: Path, table: AttributeTable | None) -> list[Entry]:
     return entries
 
 
-class CineFramesDataset(CaseFolderDataset):
+class MnmsDataset(CaseFolderDataset):
     layout = "mnms"
 
     def __init__(self, root: Path, entries: list[Entry], test_ids: list[str], val_ids: tuple[str, ...],
                  table: AttributeTable | None) -> None:
         self.table = table
         super().__init__(root, entries, test_ids, val_ids)
-        self.split_off_unlabelled(set(test_ids))
 
     def split_off_unlabelled(self, tested: set[str]) -> None:
         """The unlabelled cines outside Testing/ (``Training/Unlabeled/``) as the split "unlabeled", not in "test"
@@ -184,17 +171,17 @@ class CineFramesDataset(CaseFolderDataset):
                 "<case>.nii.gz, the frame's 3D grid")
 
     def new_label_rel_path(self, entry: Entry) -> str:
-        """Beside the cine, named as the case plus ``_gt``: a 3D label of the one frame, which never replaces the
-        cine's 4D label of all its frames."""
+        """Beside the image, named as the case plus ``_gt``, as the release names labels: of a cine's frame a 3D
+        label of that frame, which never replaces the cine's 4D label of all its frames."""
         rel = Path(entry.image).relative_to(self.root)
-        return rel.with_name(f"{entry.case_id}_gt{prediction_ending(rel.name)}").as_posix()
+        return rel.with_name(f"{Path(entry.case_id).name}_gt{prediction_ending(rel.name)}").as_posix()
 
     def label_rel_path(self, entry: Entry) -> str:
         return self.new_label_rel_path(entry)
 
     def _read(self, entry: Entry) -> Read:
         read = super()._read(entry)
-        if read.label is not None and not read.label.any():
+        if read.label is not None and entry.frame is not None and not read.label.any():
             self.refuse_undrawn_frame(entry)
         return read
 
@@ -209,7 +196,7 @@ class CineFramesDataset(CaseFolderDataset):
                             f"of {entry.subject} in that table")
 
 
-def open_cine_frames(root: Path) -> CineFramesDataset:
+def open_cine_frames(root: Path) -> MnmsDataset:
     table = info_table(root)
     if table is None:
         say_once(f"{root}: no M&Ms table of subjects (External code, ED, ES, ...) in it or above it; each cine's "
@@ -224,5 +211,7 @@ def open_cine_frames(root: Path) -> CineFramesDataset:
         entries.extend(found)
     test = [case for case, part in parts.items() if part == "test"]
     val = tuple(case for case, part in parts.items() if part == "val")
-    return CineFramesDataset(root, entries, test, val, table)
+    dataset = MnmsDataset(root, entries, test, val, table)
+    dataset.split_off_unlabelled(set(test))
+    return dataset
 
