@@ -192,3 +192,18 @@ def test_mnms2_predictions_are_found_by_evaluate_and_grouped_by_vendor_and_view(
         scores = evaluate(tmp_path / "pred", root, split="all", group_by=column, show_progress=False, n_boot=10)
         assert scores["mean"]["dice"] == pytest.approx(1.0)
         assert {name: group["n"] for name, group in scores["groups"].items()} == groups
+
+
+def test_a_subject_folder_of_one_3d_frame_is_one_case(tmp_path):
+    """A copy saved frame by frame (``<code>/<code>_sa.nii.gz`` 3D, its ``_sa_gt`` 3D) is one case per subject folder:
+    there is no time frame to choose."""
+    for code in ("A0S9V9", "A1D0Q7"):
+        folder = tmp_path / code
+        folder.mkdir()
+        nib.save(nib.Nifti1Image(np.ones(CINE[:3], np.float32), AFFINE), str(folder / f"{code}_sa.nii.gz"))
+        label = np.zeros(CINE[:3], np.uint8)
+        label[4:10, 4:20] = 1
+        nib.save(nib.Nifti1Image(label, AFFINE), str(folder / f"{code}_sa_gt.nii.gz"))
+    ds = open_dataset(tmp_path)
+    assert ds.split("all") == ["A0S9V9", "A1D0Q7"]
+    assert ds.load("A1D0Q7").label.max() == 1

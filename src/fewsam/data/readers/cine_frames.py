@@ -26,12 +26,14 @@ Splits: the cases of ``Validation/`` are "val", of ``Testing/`` "test", the othe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
 from fewsam.data.attributes import AttributeTable, table_keyed_by
 from fewsam.data.readers import patient_frames
 from fewsam.data.readers.case_folders import CaseFolderDataset
 from fewsam.data.readers.common import Entry, Read, natural_sorted
 from fewsam.data.readers.itk_volume import prediction_ending
-from fewsam.data.readers.nifti import stored_values
+from fewsam.data.readers.nifti import _load, stored_values
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -118,17 +120,36 @@ def case_frames(code: str, label: Path | None, phases: dict[int, str]) -> dict[i
         ed = next((frame for frame, phase in phases.items() if phase == "ED"), 0)
         return {ed: named.get(ed, f"{code}_frame{ed:02d}")}
     if len(named) == len(patient_frames.PHASES):
-        return dict(sorted(named.items()))
+        return {frame: named[frame] for frame in sorted(named, key=phases.__getitem__)}  # ED first, as numbered or not
     return {frame: named.get(frame, f"{code}_frame{frame:02d}") for frame in drawn_frames(label)}
 
 
+def is_cine(image: Path) -> bool:
+    """Whether an image holds time frames on a 4th axis, by its header alone; a file that cannot be read counts as
+    one, and its case's read says why."""
+    try:
+        shape = _load(image).shape
+    except DataError:
+        return True
+    return len(shape) > 3 and shape[3] > 1
+
+
+def without_frame_numbers(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row's group attributes: its frame numbers (ED, ES) number frames, they group no subjects."""
+    return {k: v for k, v in row.items() if k.lower() not in patient_frames.FRAME_NUMBERS}
+
+
 def subject_entries(folder: Path, table: AttributeTable | None) -> list[Entry]:
-    """The cases of one subject folder: a frame each (``case_frames``), with the table row's attributes."""
+    """The cases of one subject folder: a frame each (``case_frames``), with the table row's attributes; one case
+    (``<code>``) where the image is one 3D frame already (a copy saved frame by frame)."""
     image, label, code = cine_file(folder, "sa"), cine_file(folder, "sa_gt"), folder.name
     row = table.row_for(code, code) if table is not None else {}
+    if not is_cine(image):
+        return [Entry(case_id=code, image=image, label=label, rel_path=code + prediction_ending(image.name),
+                      subject=code, attributes=without_frame_numbers(row))]
     phases = patient_frames.frame_phases({k: str(v) for k, v in row.items() if v is not None},
                                          Path(table.source) if table is not None else None)
-    attributes = {k: v for k, v in row.items() if k.lower() not in patient_frames.FRAME_NUMBERS}
+    attributes = without_frame_numbers(row)
     entries = []
     for frame, case in case_frames(code, label, phases).items():
         phase = phases.get(frame)
@@ -177,6 +198,8 @@ class MnmsDataset(CaseFolderDataset):
         return rel.with_name(f"{Path(entry.case_id).name}_gt{prediction_ending(rel.name)}").as_posix()
 
     def label_rel_path(self, entry: Entry) -> str:
+        """A case's label goes where ``new_label_rel_path`` puts it, also where it has a label: a cine's is the 4D
+        file of all its frames, which one frame's label must not replace."""
         return self.new_label_rel_path(entry)
 
     def _read(self, entry: Entry) -> Read:
