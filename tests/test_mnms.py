@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewsam import api, progress
+from fewsam import api
 from fewsam.data import open_dataset
 from fewsam.data.readers.cine_frames import CLASS_MAP
 from fewsam.data.writers import write_prediction
@@ -20,6 +20,7 @@ from fewsam.evaluate import evaluate
 from fewsam.methods import supervised
 from fewsam.models import registry
 from fewsam.predict import predict
+from test_public_layouts import notes  # noqa: F401  (the fixture: this test's notes)
 
 CINE = (32, 32, 3, 5)  # NIfTI x, y, z, t
 DRAWN = (1, 3)  # the labelled frames, ED and ES, 0-based as the table numbers them
@@ -58,13 +59,6 @@ def opendataset(root: Path, ed: dict[str, int] | None = None) -> Path:
     (root / TABLE).write_text(",External code,VendorName,Vendor,Centre,ED,ES,Age,Pathology,Sex,Height,Weight\n"
                               + "\n".join(rows) + "\n", encoding="utf-8")
     return root
-
-
-@pytest.fixture
-def notes(monkeypatch, caplog):
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level("INFO", logger="fewsam")
-    return caplog
 
 
 def test_a_case_per_drawn_frame_named_by_the_table_with_the_release_folders_as_splits(tmp_path):
