@@ -36,25 +36,26 @@ def cine(folder: Path, code: str, seed: int, labelled: bool) -> np.ndarray:
     ``DRAWN`` frames alone."""
     folder.mkdir(parents=True)
     image = np.random.default_rng(seed).random(CINE).astype(np.float32)
-    nib.save(nib.Nifti1Image(image, AFFINE), str(folder / f"{code}_sa.nii.gz"))
     if labelled:
         label = np.zeros(CINE, np.uint8)
         for t in DRAWN:
             label[4:10, 4:20, :, t], label[12:18, 4:20, :, t], label[20:26, 4:20, :, t] = 1, 2, 3
             image[4:10, 4:20, :, t] += 2.0 + t  # an LV brighter than the rest: something a tiny model can learn
         nib.save(nib.Nifti1Image(label, AFFINE), str(folder / f"{code}_sa_gt.nii.gz"))
-        nib.save(nib.Nifti1Image(image, AFFINE), str(folder / f"{code}_sa.nii.gz"))
+    nib.save(nib.Nifti1Image(image, AFFINE), str(folder / f"{code}_sa.nii.gz"))
     return image
 
 
-def opendataset(root: Path, ed: dict[str, int] | None = None) -> Path:
-    """``OpenDataset/`` with every part of the release and its table (``ed``: a subject's ED other than 1)."""
+def opendataset(root: Path, phases: dict[str, tuple[int, int]] | None = None) -> Path:
+    """``OpenDataset/`` with every part of the release and its table (``phases``: a subject's ED and ES frames in
+    its row, other than ``DRAWN``)."""
     rows = []
     for part, codes in SUBJECTS.items():
         for code in codes:
             cine(root / part / code, code, len(rows), labelled=part != "Training/Unlabeled")
             vendor = VENDORS[len(rows) % 4]
-            rows.append(f"{len(rows)},{code},Vendor{vendor},{vendor},{len(rows) % 3 + 1},{(ed or {}).get(code, 1)},3,"
+            rows.append(f"{len(rows)},{code},Vendor{vendor},{vendor},{len(rows) % 3 + 1},"
+                        f"{','.join(map(str, (phases or {}).get(code, DRAWN)))},"
                         f"{40 + len(rows)},{'HCM' if len(rows) % 2 else 'NOR'},{'FM'[len(rows) % 2]},170.0,70.5")
     (root / TABLE).write_text(",External code,VendorName,Vendor,Centre,ED,ES,Age,Pathology,Sex,Height,Weight\n"
                               + "\n".join(rows) + "\n", encoding="utf-8")
@@ -73,6 +74,12 @@ def test_a_case_per_drawn_frame_named_by_the_table_with_the_release_folders_as_s
     attributes = ds.attributes_of("A1D0Q7_ES")
     assert attributes["Vendor"] == "B" and attributes["phase"] == "ES" and attributes["Age"] == 41
     assert "ED" not in attributes and "ES" not in attributes  # frame numbers group no subjects
+
+
+def test_an_end_diastole_after_end_systole_is_still_listed_first(tmp_path):
+    ds = open_dataset(opendataset(tmp_path / "OpenDataset", phases={"A1K2P5": (3, 1)}))
+    assert [case for case in ds.split("all") if case.startswith("A1K2P5")] == ["A1K2P5_ED", "A1K2P5_ES"]
+    assert ds.entries["A1K2P5_ED"].frame == 3 and ds.attributes_of("A1K2P5_ES")["phase"] == "ES"
 
 
 def test_a_frame_case_is_that_frame_of_the_cine_and_of_its_label_on_the_spatial_grid(tmp_path):
@@ -96,7 +103,7 @@ def test_without_the_table_the_drawn_frames_are_cases_named_by_number(tmp_path, 
 
 
 def test_a_frame_the_table_names_and_the_label_leaves_undrawn_is_refused_naming_the_drawn_ones(tmp_path):
-    ds = open_dataset(opendataset(tmp_path / "OpenDataset", ed={"A1E9Q1": 0}))
+    ds = open_dataset(opendataset(tmp_path / "OpenDataset", phases={"A1E9Q1": (0, 3)}))
     with pytest.raises(DataError, match=r"frame 0 \(A1E9Q1_ED, as .*\) holds no class, frame\(s\) 1, 3 do"):
         ds.load("A1E9Q1_ED")
 
