@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fewsam import api
-from fewsam.data import open_dataset
+from fewsam.data import open_dataset, select_labelled, select_unlabelled
 from fewsam.data.readers.cine_frames import CLASS_MAP
 from fewsam.data.writers import write_prediction
 from fewsam.errors import DataError
@@ -74,6 +74,17 @@ def test_a_case_per_drawn_frame_named_by_the_table_with_the_release_folders_as_s
     attributes = ds.attributes_of("A1D0Q7_ES")
     assert attributes["Vendor"] == "B" and attributes["phase"] == "ES" and attributes["Age"] == 41
     assert "ED" not in attributes and "ES" not in attributes  # frame numbers group no subjects
+
+
+def test_the_unlabelled_cines_are_a_semi_supervised_pool_by_their_split(tmp_path):
+    """``--unlabeled-split unlabeled`` makes the unlabelled cine's frame a fit's pool; without it the pool is the
+    training frames outside the labelled budget, as for every layout, never a validation or test case."""
+    ds = open_dataset(opendataset(tmp_path / "OpenDataset"))
+    labelled = select_labelled(ds, n_cases=2)
+    pool = {ref.case_id for ref in select_unlabelled(ds, labelled, None, 0, "unlabeled")}
+    assert pool == {"B0N3W8_ED"}
+    default = {ref.case_id for ref in select_unlabelled(ds, labelled, None, 0)}
+    assert default == {f"{code}_{phase}" for code in SUBJECTS["Training/Labeled"][2:] for phase in ("ED", "ES")}
 
 
 def test_an_end_diastole_after_end_systole_is_still_listed_first(tmp_path):
