@@ -31,7 +31,7 @@ from typing import Any
 from fewsam.data.attributes import AttributeTable, table_keyed_by
 from fewsam.data.readers import patient_frames
 from fewsam.data.readers.case_folders import CaseFolderDataset
-from fewsam.data.readers.common import Entry, Read, natural_sorted
+from fewsam.data.readers.common import Entry, Read, drawn_time_frames, natural_sorted
 from fewsam.data.readers.itk_volume import prediction_ending
 from fewsam.data.readers.nifti import _load, stored_values
 from fewsam.data.types import ClassMap
@@ -109,7 +109,7 @@ def drawn_frames(label: Path) -> list[int]:
     if data.ndim != 4:
         raise DataError(f"{label}: a cine's label holds its time frames on a 4th axis (x, y, z, t), this one has "
                         f"shape {data.shape}")
-    return [t for t in range(data.shape[3]) if data[..., t].any()]
+    return drawn_time_frames(data)
 
 
 def case_frames(code: str, label: Path | None, phases: dict[int, str]) -> dict[int, str]:

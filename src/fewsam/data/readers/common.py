@@ -710,13 +710,18 @@ def refuse_too_many_values(values: np.ndarray, path: Path, what: str) -> None:
                               "classes you need (merge or leave out the others)")
 
 
+def drawn_time_frames(frames: np.ndarray) -> list[int]:
+    """The time frames on the last axis (0 = the first) that hold a class: those a cine's label draws."""
+    return [t for t in range(frames.shape[-1]) if frames[..., t].any()]
+
+
 def refuse_cine_label(channels: np.ndarray, path: Path, what: str) -> None:
     """A label of class indices over time frames (a cine's, drawn on its end-diastolic and end-systolic frames, the
     others empty), where the layout says no frame of it (M&Ms' own, ``cine_frames``, makes a case of each drawn
     frame), is refused naming the frames that hold classes: "neither class indices nor one-hot, store one volume"
     did not say which volumes are the labels, and its first frame alone, read as the cine's first volume is, may
     be an empty one taught as background."""
-    drawn = [t for t in range(channels.shape[-1]) if channels[..., t].any()]
+    drawn = drawn_time_frames(channels)
     if drawn and len(drawn) < channels.shape[-1] and len(np.unique(channels[..., drawn[0]])) > 2:
         shown = ", ".join(str(t) for t in drawn[:6]) + (" ..." if len(drawn) > 6 else "")
         raise DataError(f"{path}: the {what} holds {channels.shape[-1]} time frames of class indices, classes in frame(s) "
