@@ -74,6 +74,8 @@ def test_a_case_per_drawn_frame_named_by_the_table_with_the_release_folders_as_s
     attributes = ds.attributes_of("A1D0Q7_ES")
     assert attributes["Vendor"] == "B" and attributes["phase"] == "ES" and attributes["Age"] == 41
     assert "ED" not in attributes and "ES" not in attributes  # frame numbers group no subjects
+    # a frame's label exported (the studio) goes beside the cine, never over its 4D label of every frame
+    assert ds.label_rel_path(ds.entries["A1D0Q7_ES"]) == "Training/Labeled/A1D0Q7/A1D0Q7_ES_gt.nii.gz"
 
 
 def test_the_unlabelled_cines_are_a_semi_supervised_pool_by_their_split(tmp_path):
@@ -192,6 +194,7 @@ def test_mnms2_is_a_case_per_view_and_phase_with_its_table_and_no_cine(tmp_path,
                                                  "view": "LA", "phase": "ES"}
     assert {ds.subject_of(case) for case in ds.split("val")} == {"005"}  # a subject's views together
     assert ds.load("003/003_LA_ED").image.shape == (1, 32, 32)
+    assert ds.label_rel_path(ds.entries["003/003_LA_ED"]) == "003/003_LA_ED_gt.nii.gz"  # where its label lies
     assert open_dataset(root).split("all")[0] == "dataset/001/001_SA_ED"  # MnM2/ itself opens too
 
 
