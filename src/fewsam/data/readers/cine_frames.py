@@ -18,7 +18,7 @@ three above it (as ``Training/Labeled/`` lies below it), by its ``External code`
 frame numbers left out, are each case's group attributes (``--group-by Vendor``), beside the case's ``phase``.
 
 Splits: the cases of ``Validation/`` are "val", of ``Testing/`` "test", the other labelled ones "train" (without a
-``Validation/``, "train" and "val" by every reader's rule, a subject's frames together), the unlabelled cines "test"
+``Validation/``, "train" and "val" by every reader's rule, a subject's frames together), the unlabelled cines
 "unlabeled" (``--unlabeled-split unlabeled`` makes them a semi-supervised fit's pool). Classes
 1 = LV, 2 = Myo, 3 = RV (spelt as ACDC's); predictions ``<case>.nii.gz``, one 3D frame on the cine's grid.
 """
