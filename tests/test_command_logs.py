@@ -62,6 +62,45 @@ def test_predict_writes_its_log_beside_the_predictions_and_nothing_when_it_fails
     assert result.exit_code != 0 and not (tmp_path / "failed").exists()
 
 
+def test_a_thread_started_by_the_work_logs_to_its_log_and_not_to_another_works(tmp_path):
+    """A thread a fit starts (to load data, say) writes to that fit's log alone when started in a copy of its
+    context, even while a fit on another thread has its log open; a thread started plainly, which opened
+    no log, writes to every open one, so that none of its lines is lost."""
+    import contextvars
+    import threading
+
+    from fewsam.progress import log_to, record
+
+    def on_a_thread(say: str, context: contextvars.Context | None = None) -> None:
+        thread = threading.Thread(target=record if context is None else context.run,
+                                  args=(say,) if context is None else (record, say))
+        thread.start()
+        thread.join()
+
+    other_open, work_done = threading.Event(), threading.Event()
+
+    def other_work() -> None:
+        with log_to(tmp_path / "other.log"):
+            other_open.set()
+            work_done.wait(timeout=30)
+
+    other = threading.Thread(target=other_work)
+    other.start()
+    assert other_open.wait(timeout=30)
+    try:
+        with log_to(tmp_path / "work.log"):
+            record("from the work")
+            on_a_thread("from the work's thread", contextvars.copy_context())
+            on_a_thread("from a plain thread")
+    finally:
+        work_done.set()
+        other.join()
+    logged = {name: [line.split(" ", 2)[2] for line in read(tmp_path / name).splitlines()]
+              for name in ("work.log", "other.log")}
+    assert logged == {"work.log": ["from the work", "from the work's thread", "from a plain thread"],
+                      "other.log": ["from a plain thread"]}
+
+
 @pytest.mark.parametrize("error, told", [(KeyboardInterrupt(), "interrupted"),
                                          (Stopped(signal.SIGINT), "interrupted"),  # Ctrl-C in the command line
                                          (Stopped(signal.SIGTERM), "terminated (SIGTERM)"),

@@ -442,3 +442,41 @@ def test_embed_refuses_a_split_that_is_not_there_before_it_loads_the_model(tiny_
     monkeypatch.setattr(fewsam.api, "load_model", no_model)
     with pytest.raises(FewsamError, match="nosuch"):
         embed_dataset(tiny_sam_phantom, split="nosuch", cache_root=tmp_path / "cache", show_progress=False)
+
+
+# --- fits on threads of one process ---------------------------------------------------------------
+
+def test_two_fits_on_two_threads_each_log_only_their_own_lines(tiny_sam_phantom, tmp_path, monkeypatch):
+    """A user's thread pool running two small fits: each RUN/fit.log received the other fit's lines too
+    (progress, events, notices), as the open log files were the whole process's."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from fewsam.methods import fewshot
+    from fewsam.progress import record
+
+    both_logging = threading.Barrier(2, timeout=120)
+    train = fewshot.train
+
+    def train_beside_the_other(task, config, run_dir, show_progress):
+        both_logging.wait()  # each fit trains while the other's log is open
+        record(f"training into {run_dir}")
+        return train(task, config, run_dir, show_progress)
+
+    monkeypatch.setattr(fewshot, "train", train_beside_the_other)
+    steps = {"two": 2, "three": 3}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fits = [pool.submit(fit, "fewshot", fit_options(tiny_sam_phantom, tmp_path / name),
+                            replace(TWO_STEPS, steps=n)) for name, n in steps.items()]
+        for done in fits:
+            done.result()
+    for (name, n), other in zip(steps.items(), reversed(steps)):
+        lines = [line.split(" ", 2)[2] for line in (tmp_path / name / "fit.log").read_text("utf-8").splitlines()]
+        assert f"training into {tmp_path / name}" in lines and f"training into {tmp_path / other}" not in lines
+        progress = [line for line in lines if line.startswith("fit ")]  # its own steps, to its own end
+        assert progress[-1].startswith(f"fit {n}/{n} (100%)") and all(f"/{n} (" in line for line in progress)
+        assert [line for line in lines if line.startswith("validation at step")] == [
+            line for line in lines if line.startswith(f"validation at step {n}:")]
+        for once in ("host: ", "prompt decoder in fp32", "fewshot finished: "):  # its own header, notice, outcome
+            assert sum(line.startswith(once) for line in lines) == 1, (once, lines)

@@ -10,6 +10,12 @@ scores), each with its date and time, to a text file: a fit keeps ``RUN/fit.log`
 ``embed.log`` in the cache folder it fills and ``predict`` writes ``predict.log`` beside its predictions
 (``command_log``), so long work can be followed (``tail -f``) and read afterwards whatever the terminal
 showed.
+
+Each log receives the lines of the work that opened it: two fits on two threads of one process (a user's
+thread pool) each keep their own, as the files open in a thread's context (``contextvars``) decide where its
+lines go. A thread the work starts keeps its lines in the work's log when started in a copy of that context
+(``contextvars.copy_context().run``); a thread that opened no log of its own (started plainly) writes to every
+open log, so that with one piece of work running, as usual, no line of its threads is lost.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import functools
 import logging
 import shlex
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO, TypeVar
@@ -38,7 +46,11 @@ slices predicted in a second would otherwise add twenty lines of its own between
 NOTICES = logging.getLogger("fewsam")  # what a command tells its user (precision chosen, skipped files)
 EVENTS = logging.getLogger("fewsam.log_file")  # progress lines and events for the log file alone
 EVENTS.propagate = False
-_open_logs: list[logging.Handler] = []  # the files of the active ``log_to`` blocks
+_open_logs: list[logging.Handler] = []  # the files of every active ``log_to`` block in the process
+_own_logs: ContextVar[tuple[logging.Handler, ...]] = ContextVar("fewsam_own_logs", default=())
+"""The files of the ``log_to`` blocks active in this thread's context, innermost last."""
+_logs_lock = threading.Lock()  # log_to blocks of several threads open and close the shared loggers
+_callers_levels: list[tuple[logging.Logger, int]] = []  # the levels the first open log found, given back by the last
 
 
 class _NoticesForPythonCallers(logging.StreamHandler):
@@ -90,38 +102,81 @@ class _LogFilesOnlyBelow(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= self.level:
             return True
-        for handler in _open_logs:
+        for handler in list(_open_logs):
             if record.levelno >= handler.level:
                 handler.handle(record)
         return False
 
 
+def _logs_here() -> tuple[logging.Handler, ...]:
+    """The log files a line said here belongs in: those this thread's work opened, else (a thread started
+    plainly by the work, one that opened no log) every open one."""
+    return _own_logs.get() or tuple(_open_logs)
+
+
+def _written_here(handler: logging.Handler) -> Callable[[logging.LogRecord], bool]:
+    """``handler``'s filter: it takes the lines of the work that opened it alone. The loggers are shared by
+    the process, so without it two fits on two threads each wrote the other's lines into its fit.log."""
+    return lambda record: handler in _logs_here()
+
+
+def _attach(handler: logging.Handler) -> None:
+    """``handler`` on fewsam's loggers; the first open log lowers them to INFO (the Python API sets no
+    level: notices would be dropped), below a caller's own level for the log files alone."""
+    with _logs_lock:
+        if not _open_logs:
+            _lower_levels()
+        _open_logs.append(handler)
+        for logger in (NOTICES, EVENTS):
+            logger.addHandler(handler)
+
+
+def _detach(handler: logging.Handler) -> None:
+    """``handler`` off fewsam's loggers; the last open log gives the caller's levels back."""
+    with _logs_lock:
+        _open_logs.remove(handler)
+        for logger in (NOTICES, EVENTS):
+            logger.removeHandler(handler)
+        if not _open_logs:
+            _restore_levels()
+
+
+def _lower_levels() -> None:
+    """The caller's levels kept, and fewsam's loggers at INFO for the log files (under ``_logs_lock``)."""
+    callers_level = NOTICES.getEffectiveLevel()
+    if callers_level > logging.INFO:
+        NOTICES.addFilter(_LogFilesOnlyBelow(callers_level))
+    _callers_levels[:] = [(logger, logger.level) for logger in (NOTICES, EVENTS)]
+    for logger, level in _callers_levels:
+        if not level or level > logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
+def _restore_levels() -> None:
+    """The caller's levels given back once no log is open (under ``_logs_lock``)."""
+    for quiet in [f for f in NOTICES.filters if isinstance(f, _LogFilesOnlyBelow)]:
+        NOTICES.removeFilter(quiet)
+    for logger, level in _callers_levels:
+        logger.setLevel(level)
+    _callers_levels.clear()
+
+
 @contextmanager
 def log_to(path: Path) -> Iterator[Path]:
-    """Append progress, notices and events to the text file ``path``, timestamped, while the block
-    runs (appended: a resumed fit continues its log)."""
+    """Append progress, notices and events of the work in this thread (and in the threads it starts in a
+    copy of its context) to the text file ``path``, timestamped, while the block runs (appended: a resumed
+    fit continues its log)."""
     handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.setLevel(logging.INFO)
-    callers_level = NOTICES.getEffectiveLevel()
-    quiet = _LogFilesOnlyBelow(callers_level) if callers_level > logging.INFO else None
-    levels = [(logger, logger.level) for logger in (NOTICES, EVENTS)]
-    for logger, level in levels:
-        logger.addHandler(handler)
-        if not level or level > logging.INFO:  # the Python API sets no level: notices would be dropped
-            logger.setLevel(logging.INFO)
-    if quiet is not None:
-        NOTICES.addFilter(quiet)
-    _open_logs.append(handler)
+    handler.addFilter(_written_here(handler))
+    own = _own_logs.set((*_own_logs.get(), handler))
+    _attach(handler)
     try:
         yield path
     finally:
-        _open_logs.remove(handler)
-        if quiet is not None:
-            NOTICES.removeFilter(quiet)
-        for logger, level in levels:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
+        _detach(handler)
+        _own_logs.reset(own)
         handler.close()
 
 
@@ -175,8 +230,8 @@ def record(message: str) -> None:
 
 
 def open_logs() -> tuple[str, ...]:
-    """The files the active ``log_to`` blocks write to, innermost last (none outside them)."""
-    return tuple(handler.baseFilename for handler in _open_logs)
+    """The files a line said here is written to (``_logs_here``), innermost last (none outside them)."""
+    return tuple(handler.baseFilename for handler in _logs_here())
 
 
 def tell(message: str) -> None:
@@ -189,13 +244,16 @@ def tell(message: str) -> None:
 def record_in_newest(message: str) -> None:
     """An event for the innermost ``log_to`` file alone: the header of a fit run inside another (distill's
     own teacher), whose command, host and earlier notices the outer fit's log already holds."""
-    if _open_logs:
-        handler = _open_logs[-1]
+    logs = _logs_here()
+    if logs:
+        handler = logs[-1]
         handler.handle(EVENTS.makeRecord(EVENTS.name, logging.INFO, __file__, 0, message, None, None))
 
 
 _said: dict[str, str] = {}  # key -> message, in the order said
-_asked: list[dict[str, str]] = []  # per active ``notices_collected`` block: key -> message, in the order asked
+_asked: ContextVar[tuple[dict[str, str], ...]] = ContextVar("fewsam_asked", default=())
+"""Per ``notices_collected`` block active in this thread's context: key -> message, in the order asked (a
+fit on another thread collects its own)."""
 
 
 def say_once(message: str, key: str | None = None) -> None:
@@ -204,13 +262,14 @@ def say_once(message: str, key: str | None = None) -> None:
     repeat one notice per file; the user needs to read each once. A repeat inside ``notices_collected``
     (a second fit in one process) still reaches that fit's log, once: its log is its record."""
     key = message if key is None else key
-    new_to_this_work = bool(_asked) and key not in _asked[0]
+    collected = _asked.get()
+    new_to_this_work = bool(collected) and key not in collected[0]
     if key not in _said:
         _said[key] = message
         NOTICES.info(message)
     elif new_to_this_work:
         record(_said[key])  # the terminal heard it before; the log of this work (a fit) has not
-    for asked in _asked:
+    for asked in collected:
         asked.setdefault(key, _said[key])
 
 
@@ -223,12 +282,11 @@ def said() -> list[str]:
 def notices_collected() -> Iterator[None]:
     """Collect what ``say_once`` is asked to say while the block runs, said before or not (``notices``):
     one piece of work (a fit) among others in the process, each with notices of its own."""
-    asked: dict[str, str] = {}
-    _asked.append(asked)
+    outer = _asked.set((*_asked.get(), {}))
     try:
         yield
     finally:
-        _asked.remove(asked)
+        _asked.reset(outer)
 
 
 Work = TypeVar("Work", bound=Callable[..., Any])
@@ -251,7 +309,8 @@ def notices() -> list[str]:
     the process and so not said again; outside any block, everything said (``said``). A fit's log lists
     these: ``said`` alone would also list what earlier fits in the same process were told about their data,
     and leave out what this fit was told but the terminal already heard."""
-    return list(_asked[0].values()) if _asked else said()
+    collected = _asked.get()
+    return list(collected[0].values()) if collected else said()
 
 
 class _EventStream:
