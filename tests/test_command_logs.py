@@ -1,5 +1,6 @@
 """Long commands besides fit keep a log file: `embed` appends to CACHE/<model folder>/embed.log, `predict`
-writes predict.log beside its predictions (the command, host, notices, progress lines and how it ended)."""
+writes .OUT.predict.log beside --out while it runs and moves it into OUT as predict.log with its predictions
+(the command, host, notices, progress lines and how it ended); each says where its log is as it starts."""
 
 import signal
 from pathlib import Path
@@ -60,6 +61,78 @@ def test_predict_writes_its_log_beside_the_predictions_and_nothing_when_it_fails
     (run / "checkpoint_best.pt").write_bytes(b"damaged")
     result = CliRunner().invoke(app, [*predict, "--out", str(tmp_path / "failed")])
     assert result.exit_code != 0 and not (tmp_path / "failed").exists()
+
+
+def test_a_running_predict_can_be_followed_where_it_says_and_a_stopped_one_leaves_its_log_there(
+        tiny_sam_phantom, tmp_path, monkeypatch, caplog):
+    """predict.log was written in the hidden staging folder, whose name nobody was told, so a long predict
+    could not be followed, and Ctrl-C removed it with the predictions: the reason it stopped was lost."""
+    import logging
+
+    from fewsam import predict as predicting
+
+    cache, run, pred = str(tmp_path / "cache"), tmp_path / "run", tmp_path / "pred"
+    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(tiny_sam_phantom), "--cache", cache, "--out",
+                                      str(run), *QUICK_FIT])
+    assert result.exit_code == 0, result.output
+    running = tmp_path / ".pred.predict.log"
+    seen: list[str] = []
+    predict_case_file = predicting.predict_case_file
+
+    def first_case_then(stop: bool):
+        def predicted(*args, **kwargs):
+            rel = predict_case_file(*args, **kwargs)
+            seen.append(read(running))  # followed while predict runs, --out still to come
+            assert not pred.exists()
+            if stop:
+                signal.raise_signal(signal.SIGINT)
+            return rel
+        return predicted
+
+    command = ["predict", str(run), "--data", str(tiny_sam_phantom), "--cache", cache, "--precision", "fp32",
+               "--split", "train", "--out", str(pred)]
+    monkeypatch.setattr(predicting, "predict_case_file", first_case_then(stop=True))
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    cli._stop_on_signals()
+    try:
+        with caplog.at_level(logging.INFO, logger="fewsam"), pytest.raises(Stopped) as stopped:
+            CliRunner().invoke(app, command)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert f"predict log: {running} (moved to {pred / 'predict.log'} at the end)" in caplog.messages
+    assert "host: " in seen[0] and " predict " in seen[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".pred.predict.log", "cache", "data", "run"]
+    assert read(running).splitlines()[-1].endswith(" interrupted")  # no --out, no staging: the log, told where
+    assert cli.stopped_message(stopped.value, ["fewsam", *command]).endswith(f"; its log: {running}")
+
+    monkeypatch.setattr(predicting, "predict_case_file", first_case_then(stop=False))
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert not running.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "pred", "run"]
+    log = read(pred / "predict.log")
+    assert log.startswith(seen[0]) and seen[1] in log  # the stopped run's lines, then the whole of this one's
+    assert log.count("host: ") == 2 and log.rstrip().endswith(f"done: 2 predictions in {pred}")
+
+
+def test_a_log_written_beside_the_staged_files_moves_in_with_them_or_stays_where_it_was(tmp_path):
+    """predict's log joins its predictions as they move in; when they cannot (a folder in the way), it stays
+    beside --out, where the user was told it is, instead of going with the removed staging folder."""
+    from fewsam.atomic import staged_folder
+    from fewsam.errors import RunError
+
+    out, log = tmp_path / "pred", tmp_path / ".pred.predict.log"
+    (out / "b.h5").mkdir(parents=True)
+    log.write_text("the whole run\n")
+    with pytest.raises(RunError, match="is in the way"):
+        with staged_folder(out, overwrite=True, joining={"predict.log": log}) as staging:
+            (staging / "b.h5").write_text("new")
+    assert read(log) == "the whole run\n" and sorted(p.name for p in tmp_path.iterdir()) == [log.name, "pred"]
+    (out / "b.h5").rmdir()
+    with staged_folder(out, overwrite=True, joining={"predict.log": log}) as staging:
+        (staging / "b.h5").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["b.h5", "predict.log"] and not log.exists()
+    assert read(out / "predict.log") == "the whole run\n"
 
 
 def test_a_thread_started_by_the_work_logs_to_its_log_and_not_to_another_works(tmp_path):

@@ -164,7 +164,9 @@ def test_nothing_is_written_when_a_case_fails_and_overwrite_drops_stale_probabil
     result = CliRunner().invoke(app, ["predict", str(run), "--data", str(data), "--split", "train", "--quiet",
                                       "--out", str(tmp_path / "pred"), "--save-probabilities"])
     assert result.exit_code != 0 and len(calls) == 2
-    assert not list(tmp_path.iterdir())  # no prediction folder, no staging folder
+    # no prediction folder, no staging folder: the log alone, where predict said it was, saying why it stopped
+    assert [p.name for p in tmp_path.iterdir()] == [".pred.predict.log"]
+    assert (tmp_path / ".pred.predict.log").read_text(encoding="utf-8").rstrip().endswith("stopped: OSError: disk full")
     monkeypatch.setattr(ProbabilityFile, "written", written)
     predicted(run, data, tmp_path / "pred", "--save-probabilities")
     assert len(list((tmp_path / "pred").glob(f"*{PROBABILITIES_ENDING}"))) == 1

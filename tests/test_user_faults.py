@@ -116,11 +116,14 @@ def test_predict_failing_on_case_7_leaves_nothing_and_the_rerun_works(fitted, da
     pred = tmp_path / "out" / "pred"
     failed = run_fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
     assert_one_line_error(failed, VAL[6])
-    assert not (tmp_path / "out").exists()  # nor the parent it made, nor a hidden partial folder
+    # no prediction folder, no hidden partial folder: the log alone, where predict said it was, saying why
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".pred.predict.log"]
+    assert VAL[6] in (tmp_path / "out" / ".pred.predict.log").read_text().splitlines()[-1]
     (data / "data" / f"{VAL[6]}.h5").write_bytes(good)
     again = run_fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in pred.iterdir()) == sorted([*(f"{c}.h5" for c in VAL), "predict.log"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pred"]  # the log moved in with them
 
 
 def test_failed_overwrite_keeps_the_users_files_and_writes_nothing(fitted, data, tmp_path):
@@ -136,7 +139,7 @@ def test_failed_overwrite_keeps_the_users_files_and_writes_nothing(fitted, data,
         predict(run, data, pred, overwrite=True, show_progress=False)
     assert sorted(p.name for p in pred.iterdir()) == ["notes.txt", f"{VAL[0]}.h5"]
     assert (pred / f"{VAL[0]}.h5").read_text() == "an old prediction"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".pred.predict.log"]  # its log alone
     shutil.copy(fitted[1] / "data" / f"{VAL[6]}.h5", data / "data")
     written = predict(run, data, pred, overwrite=True, show_progress=False)
     assert sorted(p.name for p in pred.iterdir()) == sorted([*(f"{c}.h5" for c in VAL), "notes.txt", "predict.log"])

@@ -27,7 +27,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from types import MappingProxyType
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
 
 from fewsam.errors import FewsamError, Stopped
 
@@ -362,13 +363,17 @@ def hidden_name(name: str, suffix: str) -> str:
 
 
 @contextmanager
-def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> Iterator[Path]:
+def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = (),
+                  joining: Mapping[str, Path] = MappingProxyType({})) -> Iterator[Path]:
     """A hidden folder beside ``out`` to write into (predictions, a report); its files move into
     ``out`` when the block ends well, and it (with any parent folders made for it) is removed when it
     does not, so a failure or Ctrl-C half-way leaves ``out`` as it was. ``replaces``: the names of the
     files in ``out`` the new set replaces as a whole (an earlier report's plots): those it does not
     write again go with the move, so an older set's leftovers are not taken for the new one's. Names,
-    not a pattern: a user's own file that merely looks like one of the set is never removed."""
+    not a pattern: a user's own file that merely looks like one of the set is never removed.
+    ``joining``: files written elsewhere while the block runs (predict's log, followed with ``tail -f``
+    where the user was told it is), by their name in the set: they move in with it, and stay where
+    they were when it does not move in."""
     made = _make_parents(out.parent)
     remove_abandoned_stagings(out)
     staging = out.parent / hidden_name(out.name, f".partial-{secrets.token_hex(4)}")
@@ -378,7 +383,8 @@ def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> I
     try:
         yield staging
         with stop_signals_held():  # Ctrl-C here acts once every file is in place, as the message then says
-            _move_into(staging, out, overwrite, replaces)
+            with _joined(staging, joining):
+                _move_into(staging, out, overwrite, replaces)
             moved = True
     except BaseException as exc:
         if moved and isinstance(exc, Stopped):
@@ -389,6 +395,23 @@ def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> I
         raise
     finally:
         let_go(owned)
+
+
+@contextmanager
+def _joined(staging: Path, joining: Mapping[str, Path]) -> Iterator[None]:
+    """The files of ``joining`` (name in the set -> where they were written) moved into ``staging`` for
+    the block; those still there when it fails go back where they were, so that a log stays where its
+    user was told it is. A file already gone (taken by another writer into the same ``out``) is left out."""
+    moved = [(source, staging / name) for name, source in joining.items() if source.is_file()]
+    for source, target in moved:
+        os.replace(source, target)
+    try:
+        yield
+    except BaseException:
+        for source, target in moved:
+            if target.is_file():
+                os.replace(target, source)
+        raise
 
 
 ABANDONED_GRACE_S = 60.0  # a temporary this old and unheld was left by a writer that died (kill -9)

@@ -816,7 +816,8 @@ def stopped_message(stop: Stopped, argv: list[str]) -> str:
         return f"{stop.how}; run the same command again to resume"
     if command == "predict":  # hours of encoding are not lost: the folder is written whole, the cache as it goes
         return (f"{stop.how}; no prediction was written (the folder is written whole, at the end), but the "
-                "embeddings encoded so far are kept in the cache: the same command again encodes only the rest")
+                "embeddings encoded so far are kept in the cache: the same command again encodes only the rest"
+                + ("" if stop.log is None else f"; its log: {stop.log}"))
     return f"{stop.how}; nothing partial was kept: run the same command again to start over"
 
 

@@ -44,6 +44,8 @@ class Stopped(BaseException):
         # set by ``atomic.staged_folder`` when the stop came while its files were moving into place, which
         # finishes first: the output folder then holds the whole new set, and the stop message says so
         self.written: str | None = None
+        # set by ``progress.command_log``: the log the stopped command leaves, for the stop message to name
+        self.log: str | None = None
 
     @property
     def how(self) -> str:

@@ -6,9 +6,10 @@ predictions are written mirroring the cases' relative paths so that ``fewsam eva
 other tool) can pair them up.
 
 Predictions are written into a hidden folder beside ``out`` and moved into place only when
-every case succeeded: a prediction that fails on case 7 of 10 leaves nothing behind, so the
-corrected re-run is not refused as "not empty". Pixels are checked as cases are read: NaN or
-Inf is an error naming the file and slice, a constant image a warning naming the case.
+every case succeeded: a prediction that fails on case 7 of 10 leaves no ``out`` behind, so the
+corrected re-run is not refused as "not empty". Its log, to be followed while it runs, is written
+beside ``out`` (``staged_with_log``) and moves in with them. Pixels are checked as cases are read: NaN
+or Inf is an error naming the file and slice, a constant image a warning naming the case.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from fewsam.atomic import check_folder_path, check_path_can_be_made, staged_folder
+from fewsam.atomic import check_folder_path, check_path_can_be_made, hidden_name, staged_folder
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
@@ -121,7 +123,7 @@ def predict(
         check_probabilities(predictor, config)
     written: list[Path] = []
     replaced: list[str] = []  # read only when the staged files move in: filled as the cases are written
-    with staged_folder(out, overwrite, replaces=replaced) as staging, command_log(staging / PREDICT_LOG, "predict"):
+    with staged_with_log(out, overwrite, replaced) as staging:
         if names is not None:
             say_probability_stage(predictor, run_dir)
         for case_id, parts in tracked_with_parts(case_ids, "predict", "slice", show_progress):
@@ -133,6 +135,26 @@ def predict(
 
 
 WITH_PROBABILITIES = f" and their class probabilities (*{PROBABILITIES_ENDING})"
+
+
+@contextmanager
+def staged_with_log(out: Path, overwrite: bool, replaced: Iterable[str]) -> Iterator[Path]:
+    """The staging folder of the predictions (``staged_folder``, ``replaced`` as its ``replaces``), with
+    predict's log: hours of prediction must be followable (``tail -f``) while --out is still hidden, so
+    the log is written beside --out (``running_log``, its path said as predict starts) and joins the
+    predictions as OUT/predict.log when they move in. A predict that fails or is stopped leaves it
+    there, its last line saying how it ended; the next predict into the same --out appends to it."""
+    log = running_log(out)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with command_log(log, "predict", moved_to=out / PREDICT_LOG), \
+            staged_folder(out, overwrite, replaces=replaced, joining={PREDICT_LOG: log}) as staging:
+        yield staging
+
+
+def running_log(out: Path) -> Path:
+    """Where predict's log is while it runs: hidden beside --out (``.OUT.predict.log``), as its staging
+    folder is, so a user's own file of that name beside --out is left alone."""
+    return out.parent / hidden_name(out.name, f".{PREDICT_LOG}")
 
 
 def run_class_names(config: dict, dataset: Dataset) -> dict[int, str]:
@@ -255,7 +277,7 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
                      class_names=() if names is None else tuple((int(v), n) for v, n in names.items()),
                      probabilities=names is not None)
     replaced: list[str] = []  # read only when the staged files move in: filled once the cases are written
-    with staged_folder(out, overwrite, replaces=replaced) as staging, command_log(staging / PREDICT_LOG, "predict"):
+    with staged_with_log(out, overwrite, replaced) as staging:
         if names is not None:
             record("saving class probabilities beside each prediction (the stage each worker's predictor bases "
                    "its labels on)")

@@ -7,8 +7,9 @@ only when the work ends. So when stderr is not a terminal, progress is written a
 
 ``log_to(path)`` also writes those lines, fewsam's notices and ``record``-ed events (validation
 scores), each with its date and time, to a text file: a fit keeps ``RUN/fit.log``, ``embed`` appends to
-``embed.log`` in the cache folder it fills and ``predict`` writes ``predict.log`` beside its predictions
-(``command_log``), so long work can be followed (``tail -f``) and read afterwards whatever the terminal
+``embed.log`` in the cache folder it fills and ``predict`` writes ``.OUT.predict.log`` beside its --out while
+it runs, moved into OUT as ``predict.log`` with the predictions (``command_log``, which says the log's path as
+the command starts), so long work can be followed (``tail -f``) and read afterwards whatever the terminal
 showed.
 
 Each log receives the lines of the work that opened it: two fits on two threads of one process (a user's
@@ -199,12 +200,16 @@ def host_line() -> str:
 
 
 @contextmanager
-def command_log(path: Path, fallback: str) -> Iterator[Path]:
+def command_log(path: Path, fallback: str, moved_to: Path | None = None) -> Iterator[Path]:
     """Log a command that is not a fit (``embed``, ``predict``) to ``path`` (appended): its command line,
     fewsam's version and the host, the notices said so far, then its progress and how it ended, as a
-    fit's ``fit.log`` does, so that hours of encoding can be followed and checked afterwards."""
+    fit's ``fit.log`` does, so that hours of encoding can be followed and checked afterwards. Where the log
+    is, is said as the command starts: a cache folder's or a staged output's log is nowhere a user would
+    look. ``moved_to``: where the log goes when the command ends well (predict's, into --out with the
+    predictions), said with it."""
     from fewsam import __version__
 
+    tell(f"{fallback} log: {path}" + ("" if moved_to is None else f" (moved to {moved_to} at the end)"))
     with log_to(path):
         record(f"fewsam {__version__}: {command_line(fallback)}")
         record(host_line())
@@ -217,6 +222,7 @@ def command_log(path: Path, fallback: str) -> Iterator[Path]:
             raise
         except Stopped as stop:  # Ctrl-C or SIGTERM in the command line, which raises Stopped, not KeyboardInterrupt
             record(stop.how)
+            stop.log = stop.log or str(path)
             raise
         except Exception as exc:
             record(f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
