@@ -21,7 +21,7 @@ from fewsam.evaluate import evaluate
 from fewsam.methods import supervised
 from fewsam.models import registry
 from fewsam.predict import predict
-from test_dicom import write_series
+from test_dicom import write_label, write_series
 
 PIXELS = {1: 85, 2: 170, 3: 255}  # the classes' mask values in the JPEG folder's PNG masks
 
@@ -87,6 +87,35 @@ def test_unlabelled_dicom_series_predicts_nifti_on_its_grid(run, tmp_path):
     np.testing.assert_allclose(pred.GetSpacing(), series.GetSpacing(), rtol=1e-6)
     np.testing.assert_allclose(pred.GetDirection(), series.GetDirection(), atol=1e-6)
     assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 3}
+
+
+def test_a_dicom_series_prediction_is_also_a_dicom_seg_of_the_same_labels(run, tmp_path):
+    """Beside its NIfTI, a DICOM series' prediction is a DICOM SEG of the series' instances (for OHIF, a PACS,
+    3D Slicer), one segment per class, named as the classes; evaluate scores it alone where no NIfTI is."""
+    import highdicom as hd
+    import pydicom
+
+    rng = np.random.default_rng(2)
+    images, _ = phantom_volume(rng, slices=3, shape=(64, 72))
+    folder = tmp_path / "data" / "patient1" / "ct"
+    series = write_series(folder, (images * 1000).astype(np.int16),
+                          extra_tags={"0020|0052": "1.2.826.0.1.3680043.2.1125.9"})
+    (tmp_path / "data" / "classes.json").write_text(json.dumps({str(k): v for k, v in PHANTOM_CLASSES.items()}))
+    written = predict(run, tmp_path / "data", tmp_path / "pred", split="all", show_progress=False)
+    assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in (tmp_path / "pred").rglob("*.*")
+                  if p.suffix != ".log") == ["patient1/ct.nii.gz", "patient1/ct.seg.dcm"]
+    nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(written[0])))
+    seg = hd.seg.segread(tmp_path / "pred" / "patient1" / "ct.seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == list(PHANTOM_CLASSES.values())
+    sources = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*.dcm")),
+                     key=lambda h: int(h.InstanceNumber))
+    stored = seg.get_pixels_by_source_instance([h.SOPInstanceUID for h in sources], combine_segments=True,
+                                               assert_missing_frames_are_empty=True)
+    assert np.array_equal(stored, nifti)
+    write_label(tmp_path / "data" / "labels" / "patient1" / "ct.nii.gz", nifti, series)
+    written[0].unlink()
+    scores = evaluate(tmp_path / "pred", tmp_path / "data", "all", show_progress=False)
+    assert scores["mean"]["dice"] == 1.0
 
 
 def test_a_damaged_label_file_stops_evaluate_but_not_predict_or_embed(run, tmp_path, monkeypatch, fake_sam):

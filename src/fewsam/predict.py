@@ -27,7 +27,7 @@ from fewsam.atomic import check_folder_path, check_path_can_be_made, hidden_name
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
-from fewsam.data.writers import prediction_path
+from fewsam.data.writers import dicom_seg_path, prediction_path, write_dicom_seg
 from fewsam.data.readers.common import check_finite
 from fewsam.data.types import Case, ClassMap, Dataset
 from fewsam.devices import check_device
@@ -113,11 +113,12 @@ def predict(
                                      _refinement_chosen(run_dir, config, cache_root, encoder, device,
                                                         show_progress))
     names = run_class_names(config, dataset) if save_probabilities else None
+    seg_names = run_class_names(config, dataset) if dataset.format == "dicom" else None
     if ray is not None:
         if not pixels_only or refined:
             prepare_encoder_for_workers(config, cache_root, encoder, device)
         return _predict_on_ray(ray, ray_workers, run_dir, data, out, case_ids, cache_root, encoder, device,
-                               overwrite, show_progress, refined, pixels_only and not refined, names)
+                               overwrite, show_progress, refined, pixels_only and not refined, names, seg_names)
     predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
     if names is not None:
         check_probabilities(predictor, config)
@@ -127,9 +128,9 @@ def predict(
         if names is not None:
             say_probability_stage(predictor, run_dir)
         for case_id, parts in tracked_with_parts(case_ids, "predict", "slice", show_progress):
-            rel = predict_case_file(dataset, case_id, predictor, cache, device, staging, parts, names)
+            rel = predict_case_file(dataset, case_id, predictor, cache, device, staging, parts, names, seg_names)
             written.append(out / rel)
-            replaced.append(probabilities_path(rel).as_posix())
+            replaced.extend(companions(rel, seg_names is not None))
         record(f"done: {len(written)} predictions{WITH_PROBABILITIES if names is not None else ''} in {out}")
     return written
 
@@ -218,13 +219,22 @@ def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool,
     return predictor, None if pixels_only else EmbeddingCache(cache_root, model, encoder)
 
 
+def companions(rel: Path, dicom_seg: bool) -> list[str]:
+    """The files a prediction ``rel`` may have beside it (its probabilities, a DICOM series' SEG), which a
+    new set of predictions replaces as a whole (``staged_folder``'s ``replaces``)."""
+    return [probabilities_path(rel).as_posix()] + ([dicom_seg_path(rel).as_posix()] if dicom_seg else [])
+
+
 def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: EmbeddingCache | None, device: str,
-                      staging: Path, parts: Parts | None = None, names: dict[int, str] | None = None) -> Path:
+                      staging: Path, parts: Parts | None = None, names: dict[int, str] | None = None,
+                      seg_names: dict[int, str] | None = None) -> Path:
     """Read, check, predict and write one case into ``staging``; its path relative to ``staging``.
     The case's slices are embedded as the predictor reads them (``CaseSlices`` streamed), so a long
     CT volume holds a batch of embeddings, not its own; ``parts`` counts the slices reached. With
     ``names`` (the classes' names by label value), its class probabilities are saved beside it,
-    written as the predictor streams them to the labels (``save_case_probabilities``)."""
+    written as the predictor streams them to the labels (``save_case_probabilities``). With
+    ``seg_names`` (a DICOM dataset's classes), a DICOM SEG of the prediction is written beside its NIfTI
+    (``write_dicom_seg``), so it opens on its series in OHIF, a PACS or 3D Slicer."""
     case = dataset.load(case_id, with_label=getattr(predictor, "reads_labels", False))
     check_pixels(case, _source_file(dataset, case_id))
     slices: Sequence = []
@@ -235,7 +245,10 @@ def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: Emb
         pred = predictor.predict_case(case, slices)
     else:
         pred = save_case_probabilities(case, slices, predictor, staging, names)
-    return write_prediction(case, pred, staging).relative_to(staging)
+    written = write_prediction(case, pred, staging)
+    if seg_names is not None:
+        write_dicom_seg(case, pred, seg_names, staging)
+    return written.relative_to(staging)
 
 
 def save_case_probabilities(case: Case, slices: Sequence, predictor: Any, staging: Path,
@@ -266,7 +279,7 @@ def prepare_encoder_for_workers(config: dict, cache_root: str | Path, encoder: E
 def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str | Path, out: Path,
                     case_ids: list[str], cache_root: str | Path, encoder: EncoderPrecision, device: str,
                     overwrite: bool, show_progress: bool, refined: bool, pixels_only: bool,
-                    names: dict[int, str] | None = None) -> list[Path]:
+                    names: dict[int, str] | None = None, seg_names: dict[int, str] | None = None) -> list[Path]:
     """``predict``'s loop on a Ray cluster: the workers write into the same staging folder, which
     moves into ``out`` only when every case succeeded, as it does locally."""
     from fewsam.distributed.ray_jobs import CPUS_PER_WORKER, PredictJob, absolute, precision_option, predict_on_ray
@@ -274,7 +287,7 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
     job = PredictJob(run=absolute(run_dir), data=absolute(data),
                      cache_root="" if pixels_only else absolute(cache_root), precision=precision_option(encoder),
                      device=device, threads=CPUS_PER_WORKER, refined=refined,
-                     class_names=() if names is None else tuple((int(v), n) for v, n in names.items()),
+                     class_names=tuple((int(v), n) for v, n in (names or seg_names or {}).items()),
                      probabilities=names is not None)
     replaced: list[str] = []  # read only when the staged files move in: filled once the cases are written
     with staged_with_log(out, overwrite, replaced) as staging:
@@ -282,7 +295,7 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
             record("saving class probabilities beside each prediction (the stage each worker's predictor bases "
                    "its labels on)")
         rels = predict_on_ray(address, job, case_ids, staging.absolute(), workers, show_progress=show_progress)
-        replaced.extend(probabilities_path(Path(rel)).as_posix() for rel in rels)
+        replaced.extend(name for rel in rels for name in companions(Path(rel), seg_names is not None))
         record(f"done: {len(rels)} predictions{WITH_PROBABILITIES if names is not None else ''} in {out}")
     return [out / rel for rel in rels]
 

@@ -15,7 +15,9 @@
   coding of the input masks); MedSAM npz: key ``segs`` in the shape of the input's ``gts``; Synapse
   slices assembled into a case: key ``pred``, (D, H, W).
 - dicom: ``<series folder>.nii.gz``, uint8 class indices on the series' origin, spacing and
-  direction, written by SimpleITK (which turns DICOM's LPS coordinates into NIfTI's RAS).
+  direction, written by SimpleITK (which turns DICOM's LPS coordinates into NIfTI's RAS); and, by
+  ``fewsam predict``, ``<series folder>.seg.dcm`` beside it (``write_dicom_seg``): a BINARY DICOM SEG
+  of the series' instances, one segment per class, which OHIF, a PACS or 3D Slicer opens on the series.
 
 Writes are atomic (a temporary file in the same folder, then ``os.replace``). ``read_prediction``
 is the inverse for any folder laid out this way, whoever wrote it (NIfTI as ``.nii`` or ``.nii.gz``), and
@@ -54,6 +56,7 @@ from fewsam.data.readers.itk_volume import itk_message, quiet_itk
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
                                       segments_as_label, to_slices, without_time_axis)
+from fewsam.data.readers.dicom_seg import read_seg_on, seg_header
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
@@ -88,9 +91,18 @@ def missing_predictions(dataset: Any, case_ids: list[str], root: Path) -> list[t
         if case_id not in entries:
             continue
         path = _path_under(root, case_id, dataset.prediction_rel_path(entries[case_id]), dataset.format)
-        if not _as_found(path, case_id, other_names(dataset, case_id, root)).is_file():
+        if not _found_prediction(path, case_id, other_names(dataset, case_id, root), dataset.format).is_file():
             missing.append((case_id, path))
     return missing
+
+
+def _found_prediction(path: Path, case_id: str, others: OtherNames, fmt: str) -> Path:
+    """The prediction file of a case expected at ``path`` (``_as_found``); for a DICOM series with no
+    NIfTI there, the DICOM SEG another tool wrote, ``<case>.seg.dcm``."""
+    found = _as_found(path, case_id, others)
+    if not found.is_file() and fmt == "dicom" and dicom_seg_path(found).is_file():
+        return dicom_seg_path(found)
+    return found
 
 
 def _file_name(name: str, fmt: str) -> str:
@@ -113,6 +125,73 @@ def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
     path = prediction_path(case, out_root)
     atomic_write_bytes(path, ENCODERS[case.format](case, pred))
     return path
+
+
+DICOM_SEG_ENDING = ".seg.dcm"
+
+
+def dicom_seg_path(prediction: Path) -> Path:
+    """Where a DICOM case's SEG prediction lies: beside its NIfTI, ``<case>.seg.dcm``."""
+    name = prediction.name
+    return prediction.with_name((name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else name)
+                                + DICOM_SEG_ENDING)
+
+
+def write_dicom_seg(case: Case, pred: np.ndarray, names: dict[int, str], out_root: Path) -> Path | None:
+    """``pred`` (D, H, W class values) of a case read from a DICOM series as a BINARY DICOM SEG beside its
+    NIfTI (``dicom_seg_path``), so the prediction opens on its series in OHIF, a PACS or 3D Slicer: one
+    segment per class of ``names`` (segment n the n-th class value, labelled with its name; a class
+    predicted nowhere is a segment without frames, which highdicom writes), made by fewsam's algorithm
+    (AUTOMATIC), referencing the series' instances, whose headers are read here, pixels left unread.
+    A series whose headers lack what a SEG must copy from them (a frame of reference: files written
+    by scripts rather than scanners) gets its NIfTI only, said once; None then."""
+    from fewsam.data.readers.dicom_frames import dicom_header
+
+    sources = [dicom_header(name) for name in case.meta.get("source_files", [])]
+    if not sources or any(header is None for header in sources):
+        return None
+    path = dicom_seg_path(prediction_path(case, out_root))
+    try:
+        data = _encode_dicom_seg(sources, pred, names)
+    except (ValueError, TypeError, AttributeError, KeyError) as err:
+        say_once(f"the DICOM SEG of a prediction is not written where its series' headers do not allow one "
+                 f"({case.case_id}: {first_line(err)}); its NIfTI is", key="dicom-seg-not-written")
+        return None
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str]) -> bytes:
+    """The SEG's bytes: class values renumbered 1.. as the segments' numbers (the standard numbers
+    segments from 1 without gaps), every frame with content (all frames where nothing was predicted:
+    a SEG holds at least one)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from fewsam import __version__
+
+    values = sorted(names)
+    renumbered = np.zeros(256, dtype=np.uint8)
+    renumbered[values] = np.arange(1, len(values) + 1)
+    algorithm = hd.AlgorithmIdentificationSequence(name="fewsam", version=__version__,
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    segments = [hd.seg.SegmentDescription(
+        segment_number=number, segment_label=names[value][:64], segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm) for number, value in enumerate(values, start=1)]
+    pixels = renumbered[pred]
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="fewsam", manufacturer_model_name="fewsam",
+        software_versions=__version__, device_serial_number="none", series_description="fewsam prediction",
+        omit_empty_frames=bool(pixels.any()))
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    return buf.getvalue()
+
+
+SEG_SERIES_NUMBER = 9001  # a number of its own, so a viewer lists the prediction apart from the scanner's series
 
 
 def write_label(case: Case, label: np.ndarray, out_root: Path, rel_path: str, source: Path) -> Path:
@@ -216,11 +295,13 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
     (``other_names``).
     """
     others = other_names(dataset, case.case_id, pred_root) if dataset is not None else OtherNames()
-    path = _as_found(prediction_path(case, pred_root), case.case_id, others)
+    path = _found_prediction(prediction_path(case, pred_root), case.case_id, others, case.format)
     if not path.is_file():
         raise DataError(f"prediction {sought_as(path, others)} for case {case.case_id} not found; "
                         "predict this split into that folder first")
-    if case.format in ("nifti", "dicom"):
+    if path.name.endswith(DICOM_SEG_ENDING):
+        pred = _decode_dicom_seg(case, path, prediction_segments(class_map, dataset))
+    elif case.format in ("nifti", "dicom"):
         pred = _decode_nifti(case, path, prediction_segments(class_map, dataset))
     elif case.format in LABEL_INSIDE_IMAGE and _stem_and_ending(path.name)[1] in TEST_SCRIPT_ENDINGS:
         pred = _decode_test_script_volume(case, path)
@@ -638,6 +719,20 @@ def _encode_dicom(case: Case, pred: np.ndarray) -> bytes:
                         f"geometry: {itk_message(err)}") from None
 
 
+def _decode_dicom_seg(case: Case, path: Path, segments: PredictionSegments) -> np.ndarray:
+    """A DICOM SEG prediction (another tool's, found where no NIfTI is) read as the dataset's DICOM SEG
+    labels are (``dicom_seg.read_seg_on``): each segment the class of its name, on the case's series."""
+    grid = sitk.Image([int(n) for n in case.image.shape[:3][::-1]], sitk.sitkUInt8)
+    grid.SetOrigin(case.meta["origin"])
+    grid.SetSpacing(case.meta["spacing"])
+    grid.SetDirection(case.meta["direction"])
+    header = seg_header(path)
+    unknown = [s.name for s in header.segments if name_key(s.name) not in segments.classes]
+    if unknown:
+        raise DataError(_unknown_segments_message(path, unknown, segments, "a DICOM SEG"))
+    return read_seg_on(path, grid, case.meta["source_files"], segments.classes)
+
+
 def _encode_npz(case: Case, pred: np.ndarray) -> bytes:
     """Class indices under the key the case's tools read (``meta["prediction_key"]``: MedSAM's challenge
     evaluation reads ``segs``), else ``pred``."""
@@ -735,11 +830,12 @@ def _segments_read(image: Any, geometry: dict[str, Any] | None, path: Path, segm
     return segments_as_label(image, geometry, found, segments.classes, path, _case_grid(case))
 
 
-def _unknown_segments_message(path: Path, unknown: list[str], segments: PredictionSegments) -> str:
+def _unknown_segments_message(path: Path, unknown: list[str], segments: PredictionSegments,
+                              kind: str = "a 3D Slicer segmentation") -> str:
     shown = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
     names = ", ".join(dict.fromkeys(segments.classes)) or "none"
-    return (f"prediction {path} is a 3D Slicer segmentation whose segment(s) {shown} name no class of the dataset "
-            f"({names}); name each segment as its class in Slicer, or save the prediction as a label map of class "
+    return (f"prediction {path} is {kind} whose segment(s) {shown} name no class of the dataset "
+            f"({names}); name each segment as its class, or save the prediction as a label map of class "
             "values")
 
 

@@ -311,7 +311,7 @@ class PredictJob:
     refined: bool
     tokens: tuple[str, ...] = ()
     probabilities: bool = False  # --save-probabilities: each case's beside its prediction
-    class_names: tuple[tuple[int, str], ...] = ()  # (label value, name) of each foreground class, for them
+    class_names: tuple[tuple[int, str], ...] = ()  # (label value, name) of each class: probabilities', SEG's
 
 
 class PredictWorker(CaseWorker):
@@ -337,8 +337,9 @@ class PredictWorker(CaseWorker):
 
         self._check()
         names = dict(self.job.class_names) if self.job.probabilities else None
+        seg_names = dict(self.job.class_names) if self.dataset.format == "dicom" else None
         rel = predict_case_file(self.dataset, case_id, self.predictor, self.cache, self.job.device, Path(staging),
-                                names=names)
+                                names=names, seg_names=seg_names)
         return {"case": case_id, "path": str(rel), "host": self.host, "pid": self.pid}
 
 

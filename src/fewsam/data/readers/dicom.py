@@ -10,19 +10,29 @@
     root/labels/<case>.nii.gz        optional label of a case (NIfTI, on the series' voxel grid;
                                      also <case>_seg.nii.gz, _gt, _label, _mask, _segmentation,
                                      3D Slicer's <case>.seg.nrrd, its segments as classes)
+    root/**/<seg folder>/*.dcm       or a DICOM SEG referencing the series, in a folder of its own
+                                     anywhere below root (readers/dicom_seg.py: each segment a class
+                                     of its SegmentLabel); a labels/ file of the same series is read
+                                     instead (said): the file a user made or corrected for fewsam
     root/classes.json                optional class names ({"1": "liver"}); else "class1", ...
                                      from the label values found, or the segments' names
 
 case_id = the series folder relative to root (or images/), subject = its first folder (the
 patient in root/<patient>/<series>/); folders of objects without an image (RT structure sets,
-segmentations, reports) are no cases (said); a folder holding files of several series is refused
-when loaded, unless all but one are localizers (1 to 3 slices each, frames counted: left out, said). Arrays are
+segmentations, reports) are no cases (said): a DICOM SEG among them labels the series its
+ReferencedSeriesSequence names (without references: the one series of its FrameOfReferenceUID), one
+whose series is not in the dataset is said and read by none, several of one series are refused. A
+folder holding files of several series is refused when loaded, unless all but one are localizers
+(1 to 3 slices each, frames counted) or objects without an image (a SEG saved beside its slices):
+those are left out, said. Arrays are
 (D, H, W) as SimpleITK gives them (GDCM sorts the slices by position), or (D, H, W, 3) for colour
 series; spacing is (z, y, x) in mm (a single slice's z: its SliceThickness, else SpacingBetweenSlices, else
-1 mm, said). ``meta`` keeps the series' origin, spacing and direction: predictions are written as NIfTI
-``<case_id>.nii.gz`` on that geometry (``fewsam.data.writers``), so they overlay the series in
-3D Slicer or ITK-SNAP. A label on the series' grid is taken as is (a 2D one of a one-slice
-series' size too); one holding the same voxels in another axis order or orientation, or a block
+1 mm, said). ``meta`` keeps the series' origin, spacing and direction, and its files in slice order
+(``source_files``): predictions are written as NIfTI ``<case_id>.nii.gz`` on that geometry
+(``fewsam.data.writers``), so they overlay the series in 3D Slicer or ITK-SNAP, and ``fewsam predict``
+writes ``<case_id>.seg.dcm`` beside it, a DICOM SEG of the series' instances (their headers read
+again then, not kept in memory) for OHIF, a PACS or 3D Slicer. A label on the series' grid is taken
+as is (a 2D one of a one-slice series' size too); one holding the same voxels in another axis order or orientation, or a block
 of them (a label cropped to its structures), is resampled onto the series (nearest neighbour); one
 placed elsewhere is refused. Pixels are read as float32, each file (each frame of a multi-frame file)
 with its own rescale slope and intercept; a series whose slices are not evenly spaced (a missing
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -46,11 +57,13 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, Read, class_map_from_json,
                                         computed_splits, files_below, natural_sorted, one_hot_to_indices,
                                         to_label_array)
-from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, frame_header
+from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, dicom_header, frame_header
+from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS, SegHeader, read_seg_on, seg_header
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
-from fewsam.data.readers.slicer_segmentation import itk_segments_as_classes, say_without_segments, segments_of
+from fewsam.data.readers.slicer_segmentation import (Segment, itk_segments_as_classes, say_without_segments,
+                                                     segments_of)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.native_output import AGAIN, decoder_reason
@@ -97,8 +110,10 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
     format = "dicom"
     ignore_file = CLASSES_JSON
 
-    def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry]) -> None:
+    def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry],
+                 seg_headers: dict[Path, SegHeader] | None = None) -> None:
         self._class_map = class_map
+        self.seg_headers = seg_headers or {}  # the DICOM SEG objects read as labels, by path
         super().__init__(root, class_map, entries)  # type: ignore[arg-type]
         self.check_label_values = class_map is not None
         self.splits = computed_splits(entries)
@@ -121,13 +136,35 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         check_one_time_point(names, folder)
         return expected_slices(names)
 
+    @property
+    def segmentations(self) -> dict[Path, tuple[Segment, ...]]:
+        """The segments of each label that is a segmentation: 3D Slicer's, and the DICOM SEG objects'."""
+        return {**super().segmentations, **{path: header.segments for path, header in self.seg_headers.items()}}
+
+    @property
+    def storage(self) -> str | None:
+        """What ``fewsam info`` says of labels that are DICOM SEG objects."""
+        first = next((e.label for e in self.entries.values() if e.label is not None), None)
+        if first is None or first not in self.seg_headers:
+            return super().storage
+        return ("DICOM SEG objects: each class a segment of its SegmentLabel; predictions: <case>.nii.gz label maps "
+                "of class indices on the series' grid and <case>.seg.dcm DICOM SEG objects")
+
     def _read(self, entry: Entry) -> Read:
-        image = read_series(entry.image)
+        names = series_files(entry.image)
+        image = read_series(entry.image, names)
         array = _image_array(image, entry.image)
-        label = None if entry.label is None else read_label_on(image, entry.label, lambda: self.segment_classes)
+        label = None if entry.label is None else self._label_on(image, names, entry.label)
         spacing = image.GetSpacing()
-        meta = {"origin": image.GetOrigin(), "spacing": spacing, "direction": image.GetDirection()}
+        meta = {"origin": image.GetOrigin(), "spacing": spacing, "direction": image.GetDirection(),
+                "source_files": names}
         return Read(image=array, label=label, spacing=(spacing[2], spacing[1], spacing[0]), meta=meta)
+
+    def _label_on(self, image: sitk.Image, names: list[str], path: Path) -> np.ndarray:
+        """A case's label on its series: a DICOM SEG's segments as their classes, or a label file."""
+        if path in self.seg_headers:
+            return read_seg_on(path, image, names, self.segment_classes)
+        return read_label_on(image, path, lambda: self.segment_classes)
 
 
 def series_files(folder: Path) -> list[str]:
@@ -142,7 +179,8 @@ def series_files(folder: Path) -> list[str]:
     except RuntimeError as err:
         raise _undecodable_header(folder) or DataError(
             f"cannot read the DICOM files in {folder}: {itk_message(err)}") from None
-    names = _main_series(folder, series) if len(ids) > 1 else series[ids[0]] if ids else []
+    series = _image_series(folder, series) if len(series) > 1 else series
+    names = _main_series(folder, series) if len(series) > 1 else next(iter(series.values()), [])
     if not names:
         raise DataError(f"no readable DICOM series in {folder} (damaged, or not DICOM images?)")
     return names if _has_slice_order(names) else natural_sorted(names)
@@ -176,6 +214,20 @@ def _has_slice_order(names: list[str]) -> bool:
         if any(_header_text(reader, tag) for tag in (POSITION, INSTANCE_NUMBER)):
             return True
     return False
+
+
+def _image_series(folder: Path, series: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The series of ``folder`` that are images: a DICOM SEG or RT structure set saved into its series'
+    folder (``is_no_image``) made the folder one of two series, refused. Left out, said; a SEG is read
+    as its series' label from a folder of its own."""
+    images = {uid: names for uid, names in series.items() if not is_no_image(Path(names[0]))}
+    if len(images) < len(series) and images:
+        others = [Path(names[0]).name for uid, names in series.items() if uid not in images]
+        say_once(f"{folder}: DICOM objects without an image beside its series ({', '.join(others[:3])}: a DICOM SEG, "
+                 "an RT structure set) are left out; a DICOM SEG is read as its series' label from a folder of its "
+                 "own", key=f"dicom-no-image-in-series-{folder}")
+        return images
+    return series
 
 
 SCOUT_SLICES = 3  # a localizer (scout) series: up to three slices, as scanners take them
@@ -236,13 +288,14 @@ def _file_info(name: str) -> sitk.ImageFileReader:
     return reader
 
 
-def read_series(folder: Path) -> sitk.Image:
-    """The folder's series as one SimpleITK float32 image (3D; a single slice has depth 1).
+def read_series(folder: Path, names: list[str] | None = None) -> sitk.Image:
+    """The folder's series (its files ``names``, as ``series_files`` lists them) as one SimpleITK float32
+    image (3D; a single slice has depth 1).
 
     Read as float32 because each file may carry its own rescale slope and intercept (PET, some
     MR): ITK would otherwise store every slice in the first file's integer type and truncate
     the others' rescaled values. Slices must be evenly spaced (``check_slice_spacing``)."""
-    names = series_files(folder)
+    names = names or series_files(folder)
     headers = check_one_time_point(names, folder)
     header = headers.get(names[0]) if len(names) == 1 else None  # a multi-frame file's, for its frames
     if header is not None:
@@ -435,13 +488,8 @@ DECOMPRESS = ("save the series uncompressed (e.g. pydicom's Dataset.decompress()
 
 def transfer_syntax(path: Path):  # noqa: ANN201 - a pydicom UID, imported where needed
     """The Transfer Syntax UID of a file's meta group (how its pixels are encoded), None without one."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        meta = pydicom.dcmread(path, stop_before_pixels=True, force=True).get("file_meta")
-    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
-        return None
+    header = dicom_header(path)
+    meta = header.get("file_meta") if header is not None else None
     return meta.get("TransferSyntaxUID") if meta is not None else None
 
 
@@ -635,21 +683,35 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def _series_folders(base: Path) -> list[Path]:
-    """Folders that directly hold DICOM images, in natural order of their relative paths. Folders
-    holding only DICOM objects that are no image to segment (``is_no_image``) are left out, said."""
-    files: dict[Path, list[Path]] = {}
+    """Folders that directly hold DICOM images, in natural order of their relative paths."""
+    return list(_dicom_folders(base)[0])
+
+
+Folders = dict[Path, list[Path]]  # a folder's DICOM files
+
+
+def _dicom_folders(base: Path) -> tuple[Folders, Folders]:
+    """The folders below ``base`` that directly hold DICOM images (in natural order of their relative
+    paths), and those holding only DICOM objects that are no image to segment (``is_no_image``): RT
+    structure sets, reports, and the DICOM SEG objects read as their series' labels."""
+    files: Folders = {}
     for path in files_below(base):
         if is_dicom_file(path):
             files.setdefault(path.parent, []).append(path)
-    other = natural_sorted((f for f, paths in files.items() if all(is_no_image(p) for p in paths)), key=str)
+    other = {f for f, paths in files.items() if all(is_no_image(p) for p in paths)}
+    series = natural_sorted((f for f in files if f not in other), key=lambda p: p.relative_to(base).as_posix())
+    return {f: files[f] for f in series}, {f: files[f] for f in natural_sorted(other, key=str)}
+
+
+def _say_no_image_folders(root: Path, other: Folders) -> None:
+    """Folders of DICOM objects without an image are no cases: said once, with what becomes of them."""
     if other:
-        shown = ", ".join(f.relative_to(base).as_posix() for f in other[:3]) + (", ..." if len(other) > 3 else "")
-        say_once(f"{base}: {len(other)} folder(s) hold DICOM objects that are no image ({shown}: RT structure sets, "
+        shown = ", ".join(f.relative_to(root).as_posix() for f in list(other)[:3]) + (", ..." if len(other) > 3 else "")
+        say_once(f"{root}: {len(other)} folder(s) hold DICOM objects that are no image ({shown}: RT structure sets, "
                  "segmentations, reports, as archives such as TCIA store them beside each series) and are not "
-                 "cases; labels are read from labels/<case>.nii.gz, so convert RT structures or DICOM SEG to NIfTI "
-                 "on the series' grid (e.g. with dcmrtstruct2nii or dcmqi)", key=f"dicom-no-image-{base}")
-    folders = [f for f in files if f not in other]
-    return natural_sorted(folders, key=lambda p: p.relative_to(base).as_posix())
+                 "cases; DICOM SEG objects among them are read as the labels of the series they reference, other "
+                 "labels from labels/<case>.nii.gz, so convert RT structures to NIfTI on the series' grid (e.g. with "
+                 "dcmrtstruct2nii)", key=f"dicom-no-image-{root}")
 
 
 # SOP classes of DICOM objects that hold no image to segment: RT structure sets, plans and records;
@@ -694,11 +756,17 @@ def media_sop_class(path: Path) -> str | None:
     return None
 
 
-def _entries(root: Path) -> list[Entry]:
+def _entries(root: Path) -> tuple[list[Entry], dict[Path, SegHeader]]:
+    """The dataset's series as cases, with their labels: a labels/ file, else the DICOM SEG that
+    references the series (``_segs_by_case``); and the SEG objects so read, by path."""
     base = root / "images" if (root / "images").is_dir() and _series_folders(root / "images") else root
     labels = root / "labels"
+    series, other = _dicom_folders(base)
+    if base != root:
+        other.update(_dicom_folders(root)[1])  # SEG folders beside images/
+    _say_no_image_folders(root, other)
     entries = []
-    for folder in _series_folders(base):
+    for folder, files in series.items():
         if labels in folder.parents or folder == labels:
             continue
         case_id = folder.relative_to(base).as_posix() if folder != base else (root.name or "series")
@@ -707,7 +775,73 @@ def _entries(root: Path) -> list[Entry]:
     if labels.is_dir():
         say_unmatched_labels(labels, entries)
     _say_slice_masks(root, labels)
-    return entries
+    segs = _segs_by_case(root, other, entries, series)
+    return ([replace(e, label=segs[e.case_id].path) if e.case_id in segs else e for e in entries],
+            {header.path: header for header in segs.values()})
+
+
+def _segs_by_case(root: Path, other: Folders, entries: list[Entry], series: Folders) -> dict[str, SegHeader]:
+    """The DICOM SEG below root that labels each case without a labels/ file. A SEG belongs to the series
+    its ReferencedSeriesSequence names, or, without references, to the one series in its frame of reference;
+    one referencing no series of the dataset is said and not read. Where a series has a labels/ file too,
+    that file is read (an export the user chose, or a corrected copy), said. Several SEG objects of one
+    series are refused: fewsam does not choose between annotations."""
+    seg_files = [p for files in other.values() for p in files if media_sop_class(p) == SEG_SOP_CLASS]
+    if not seg_files:
+        return {}
+    identities = {e.case_id: _series_identity(series[e.image]) for e in entries}
+    found: dict[str, list[SegHeader]] = {}
+    unpaired: list[str] = []
+    for path in seg_files:
+        try:
+            header = seg_header(path)
+        except DataError:
+            header = None
+        case_id = None if header is None else _referenced_case(header, identities)
+        if case_id is None:
+            unpaired.append(path.relative_to(root).as_posix())
+        else:
+            found.setdefault(case_id, []).append(header)  # type: ignore[arg-type]
+    _say_unpaired_segs(root, unpaired)
+    labelled = natural_sorted(e.case_id for e in entries if e.label is not None and e.case_id in found)
+    if labelled:
+        shown = ", ".join(labelled[:3]) + (", ..." if len(labelled) > 3 else "")
+        say_once(f"{root}: {len(labelled)} series have both a labels/ file and a DICOM SEG ({shown}); the labels/ "
+                 "file is read", key=f"dicom-seg-and-label-{root}")
+    for case_id, headers in found.items():
+        if len(headers) > 1 and case_id not in labelled:
+            shown = ", ".join(h.path.relative_to(root).as_posix() for h in headers[:3])
+            raise DataError(f"{root}: series {case_id} is referenced by {len(headers)} DICOM SEG objects ({shown}); "
+                            "fewsam does not choose between annotations: move all but one out of the data folder, "
+                            f"or give the series a labels/{case_id}.nii.gz, which is read instead")
+    return {case_id: headers[0] for case_id, headers in found.items() if case_id not in labelled}
+
+
+def _series_identity(files: list[Path]) -> tuple[str | None, str | None]:
+    """A series folder's SeriesInstanceUID and FrameOfReferenceUID, from its first file's header."""
+    header = dicom_header(natural_sorted(files, key=lambda p: p.name)[0], ["SeriesInstanceUID", "FrameOfReferenceUID"])
+    if header is None:
+        return None, None
+    return (str(header.SeriesInstanceUID) if header.get("SeriesInstanceUID") else None,
+            str(header.FrameOfReferenceUID) if header.get("FrameOfReferenceUID") else None)
+
+
+def _referenced_case(header: SegHeader, identities: dict[str, tuple[str | None, str | None]]) -> str | None:
+    """The case a SEG labels: the series it references; without references, the one series sharing its
+    frame of reference (several series of one frame, a T1 and a T2 of one scan, leave it unplaced)."""
+    if header.series_uids:
+        return next((case for case, (uid, _) in identities.items() if uid in header.series_uids), None)
+    sharing = [case for case, (_, frame) in identities.items() if frame and frame == header.frame_of_reference]
+    return sharing[0] if len(sharing) == 1 else None
+
+
+def _say_unpaired_segs(root: Path, unpaired: list[str]) -> None:
+    """DICOM SEG objects whose series is not in the dataset are no cases and label none: said once."""
+    if unpaired:
+        shown = ", ".join(unpaired[:3]) + (", ..." if len(unpaired) > 3 else "")
+        say_once(f"{root}: {len(unpaired)} DICOM SEG object(s) reference no series of the dataset ({shown}) and are "
+                 "not read: their series is not in the data folder (or, without references, no one series shares "
+                 "their frame of reference)", key=f"dicom-seg-unpaired-{root}")
 
 
 def _say_slice_masks(root: Path, labels: Path) -> None:
@@ -736,9 +870,9 @@ def series_label(labels: Path, case_id: str) -> Path | None:
 
 
 def open_dicom(root: Path) -> DicomDataset:
-    entries = _entries(root)
+    entries, seg_headers = _entries(root)
     if not entries:
         raise DataError(f"no DICOM series found in {root}; expected folders of .dcm files")
     classes = root / CLASSES_JSON
-    return DicomDataset(root, class_map_from_json(classes) if classes.is_file() else None, entries)
+    return DicomDataset(root, class_map_from_json(classes) if classes.is_file() else None, entries, seg_headers)
 

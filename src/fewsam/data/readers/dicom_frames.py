@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -52,6 +52,18 @@ class FrameHeader:
         if len(self.positions) == self.frames:
             return (max(times, max(Counter(self.positions).values())), places) if places < self.frames else None
         return (times, max(self.frames // times, 1)) if times > 1 else None
+
+
+def dicom_header(path: Path | str, tags: list[str] | None = None) -> Any | None:
+    """A file's DICOM header as a pydicom Dataset, pixels left unread (``tags``: those alone); None where
+    it cannot be read as DICOM. Bare data sets without a Part 10 preamble are read too (``force``)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=tags)
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
+        return None
 
 
 def frame_header(path: Path) -> FrameHeader | None:

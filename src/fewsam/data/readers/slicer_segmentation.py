@@ -39,12 +39,16 @@ SEGMENTATION_ENDINGS = (".nrrd", ".nhdr")
 @dataclass(frozen=True)
 class Segment:
     """One segment of a Slicer segmentation: where its voxels are (``layer``, ``label_value``; None: any
-    non-zero voxel of its layer) and its ``name``, by which it is matched to a class."""
+    non-zero voxel of its layer) and its ``name``, by which it is matched to a class. ``number``: the
+    number the file declares for it (a DICOM SEG's SegmentNumber), which its class keeps where every
+    file gives each name one number (``classes_of_segment_names``); None for Slicer's, whose order is
+    only the order an annotator added them in."""
 
     index: int
     name: str
     layer: int
     label_value: int | None
+    number: int | None = None
 
 
 def segments_of(path: Path) -> tuple[Segment, ...] | None:
@@ -121,12 +125,39 @@ def classes_of_segment_names(found: dict[Path, tuple[Segment, ...]]) -> dict[int
     spelled as the first file spells it), numbered in natural order of the names. The order of the
     segments in a file is no guide: Slicer keeps the order each annotator added them in, so "liver"
     would be class 1 of a dataset whose first case lists it first and class 2 of another, and a run
-    fitted on one would be refused on the other; by name, the same segments give the same classes."""
+    fitted on one would be refused on the other; by name, the same segments give the same classes.
+    Segments that declare their numbers (DICOM SEG) keep them as class values where those agree
+    across the files (``_declared_numbers``)."""
     spelled: dict[str, str] = {}
     for segments in found.values():
         for segment in segments:
             spelled.setdefault(name_key(segment.name), segment.name.strip())
+    declared = _declared_numbers(found, spelled)
+    if declared is not None:
+        return declared
     return {value: spelled[key] for value, key in enumerate(natural_sorted(spelled), start=1)}
+
+
+def _declared_numbers(found: dict[Path, tuple[Segment, ...]], spelled: dict[str, str]) -> dict[int, str] | None:
+    """Each name's declared number as its class value, where every segment declares one and each name
+    has one number and each number one name in every file: a DICOM SEG's SegmentNumber is what a PACS
+    or 3D Slicer shows, so its predictions' values match it. Where the numbering differs between files
+    (segment 1 "liver" in one case, "spleen" in another), the names still match the segments across
+    cases, numbered in natural order of the names (None), said once."""
+    segments = [s for found_segments in found.values() for s in found_segments]
+    if not segments or any(s.number is None for s in segments):
+        return None
+    numbers: dict[str, set[int]] = {}
+    for segment in segments:
+        numbers.setdefault(name_key(segment.name), set()).add(segment.number)  # type: ignore[arg-type]
+    single = {key: next(iter(at)) for key, at in numbers.items() if len(at) == 1}
+    if len(single) == len(numbers) and len(set(single.values())) == len(single):
+        return {number: spelled[key] for key, number in sorted(single.items(), key=lambda item: item[1])}
+    differing = ", ".join(repr(spelled[key]) for key in natural_sorted(numbers) if len(numbers[key]) > 1)
+    say_once(f"segment numbers differ between the segmentations ({differing or 'one number, several names'}); "
+             "segments are matched across cases by their names (SegmentLabel), classes numbered in natural "
+             "order of the names", key="segment-numbers-differ")
+    return None
 
 
 def segment_classes(found: dict[Path, tuple[Segment, ...]], classes: ClassMap, where: object) -> SegmentClasses:
