@@ -134,6 +134,24 @@ def test_the_prediction_seg_reads_back_as_the_nifti_prediction(tmp_path):
     assert np.array_equal(read_prediction(case, tmp_path / "pred", ClassMap(names)), pred)
 
 
+def test_a_prediction_predicted_again_keeps_its_seg_uids_and_a_changed_one_gets_new_ones(tmp_path):
+    """A PACS keeps one object per SOP instance UID: the same prediction sent twice must not arrive as two
+    segmentations, and a changed one must not replace the first under its UID."""
+    from fewsam.data.writers import write_dicom_seg
+
+    image, label = arrays(6)
+    ct_series(tmp_path / "data" / "s1", image, "1.2.826.0.1.3680043.2.1125.78")
+    case = open_dataset(tmp_path / "data").load("s1")
+    names = {1: "liver", 2: "kidney"}
+    uids = []
+    for out, pred in (("a", label), ("b", label), ("c", np.where(label == 2, 1, label))):
+        seg = pydicom.dcmread(write_dicom_seg(case, pred.astype(np.uint8), names, tmp_path / out))
+        uids.append((seg.SeriesInstanceUID, seg.SOPInstanceUID))
+    assert uids[0] == uids[1]
+    assert uids[2][0] != uids[0][0] and uids[2][1] != uids[0][1]
+    assert uids[0][0] != uids[0][1]
+
+
 def test_segment_numbers_that_agree_across_cases_are_the_class_values(tmp_path):
     """A PACS shows segment 1 "Spleen", segment 2 "Liver": the classes keep those numbers, not the
     natural order of the names."""

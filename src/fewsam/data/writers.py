@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -180,15 +181,27 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
         segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm) for number, value in enumerate(values, start=1)]
     pixels = renumbered[pred]
+    series_uid, instance_uid = (seg_uid(sources, pixels, names, role) for role in ("series", "instance"))
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="fewsam", manufacturer_model_name="fewsam",
+        segment_descriptions=segments, series_instance_uid=series_uid, series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=instance_uid, instance_number=1, manufacturer="fewsam", manufacturer_model_name="fewsam",
         software_versions=__version__, device_serial_number="none", series_description="fewsam prediction",
         omit_empty_frames=bool(pixels.any()))
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
+
+
+def seg_uid(sources: list[Any], pixels: np.ndarray, names: dict[int, str], role: str) -> str:
+    """A UID for the SEG's series or instance (``role``) drawn from what it holds (its series, the predicted
+    pixels and the class names): the same prediction of the same series gets the same UIDs when predicted
+    again, so a PACS receiving it twice keeps one object, and a changed prediction gets new ones."""
+    from pydicom.uid import generate_uid
+
+    digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes())
+    digest.update(json.dumps(sorted(names.items())).encode())
+    return str(generate_uid(entropy_srcs=[str(sources[0].SeriesInstanceUID), digest.hexdigest(), role]))
 
 
 SEG_SERIES_NUMBER = 9001  # a number of its own, so a viewer lists the prediction apart from the scanner's series
