@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -90,6 +92,24 @@ def fit_twice_identically(fit_args: list[str], tmp_path: Path) -> tuple[Path, Pa
 
 TINY_LABEL = np.zeros((40, 48), np.uint8)  # RV, Myo and LV blocks of a 40x48 slice
 TINY_LABEL[10:20, 10:20], TINY_LABEL[22:30, 10:20], TINY_LABEL[10:30, 25:35] = 1, 2, 3
+
+
+@contextmanager
+def training_raising_at_step(step: int, error: BaseException) -> Iterator[None]:
+    """Inside the block, the training loop raises ``error`` as it logs ``step`` (a stop or a failure part-way
+    through a fit, its earlier checkpoints written); the loop is itself again after the block."""
+    import fewsam.train
+
+    log_step = fewsam.train._log
+
+    def raising(run_dir: Path, entry: dict) -> None:
+        if entry.get("step") == step:
+            raise error
+        log_step(run_dir, entry)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fewsam.train, "_log", raising)
+        yield
 
 
 def write_h5(path: Path, image: np.ndarray, label: np.ndarray, key: str = "label") -> None:

@@ -7,12 +7,15 @@ import io
 import json
 import logging
 import re
+import signal
 
 import pytest
 import torch
 
+from conftest import training_raising_at_step
 from fewsam import api
 from fewsam.data.phantom import write_phantom_dataset
+from fewsam.errors import Stopped
 from fewsam.methods.supervised import SupervisedConfig
 from fewsam.progress import log_to, progress_bar, record
 from fewsam.runs import LOG, TEXT_LOG
@@ -126,3 +129,38 @@ def test_a_fit_inside_a_fit_names_itself_in_the_log(tmp_path):
     main = [line for line in lines if re.search(r"\d\d (validation at step)", line)]
     assert len(inner) == len(main) == CFG.steps // CFG.val_every
     assert any(re.search(r"SAM decoder \d+/40", line) for line in lines)
+
+
+@pytest.mark.parametrize("error, told", [
+    (RuntimeError("disk gone\nsecond line"), "stopped: RuntimeError: disk gone"),
+    (KeyboardInterrupt(), "interrupted; the same command resumes from the last checkpoint"),
+    (Stopped(signal.SIGTERM), "terminated (SIGTERM); the same command resumes from the last checkpoint"),
+])
+def test_a_stopped_fit_ends_its_log_on_how_it_ended(tmp_path, error, told):
+    """fit.log ends as every command's log does (predict.log, embed.log), with what a fit can do next."""
+    data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
+    run = tmp_path / "run"
+    with pytest.raises(type(error)), training_raising_at_step(3, error):  # its checkpoint of step 2 kept
+        tiny_fit(data, run, steps=4)
+    lines = (run / TEXT_LOG).read_text().splitlines()
+    assert lines[-1].endswith(f" {told}") and sum(line.endswith(f" {told}") for line in lines) == 1
+
+
+def test_a_fit_inside_a_command_writes_its_header_and_its_end_to_its_own_log_alone(tmp_path):
+    """distill without --teacher fits few-shot SAM inside its own fit: the outer log takes the inner fit's
+    progress, but holds its own command, host and notices once and ends on one line saying how the outer
+    work ended, not on that line twice (the inner fit's ending is its own log's)."""
+    from fewsam.progress import command_log
+
+    data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
+    run, outer = tmp_path / "run", tmp_path / "outer.log"
+    with pytest.raises(RuntimeError), command_log(outer, "fit distill"), \
+            training_raising_at_step(3, RuntimeError("disk gone")):
+        tiny_fit(data, run, steps=4)
+    inner_lines = [line.split(" ", 2)[2] for line in (run / TEXT_LOG).read_text().splitlines()]
+    outer_lines = [line.split(" ", 2)[2] for line in outer.read_text().splitlines()]
+    for lines, command in ((inner_lines, "fit supervised"), (outer_lines, "fit distill")):
+        assert sum(line.startswith("host: ") for line in lines) == 1 and command in lines[0]
+        assert lines[-1] == "stopped: RuntimeError: disk gone" and lines.count(lines[-1]) == 1
+    assert not any("fit supervised" in line for line in outer_lines)
+    assert any(line.startswith("fit 2/4 (50%)") for line in outer_lines)  # the inner fit's progress

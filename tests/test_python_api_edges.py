@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_png_cases
+from conftest import training_raising_at_step, write_png_cases
 from fewsam.api import FitOptions, embed_dataset, fit, predict
 from fewsam.compare import compare_runs
 from fewsam.errors import FewsamError
@@ -320,25 +320,14 @@ def test_a_list_file_given_as_a_path_object_is_a_split(tiny_sam_phantom, tmp_pat
 # --- Ctrl-C in a notebook, then the same call again ---------------------------------------------------
 
 def test_a_fit_interrupted_in_a_notebook_resumes_in_the_same_process_to_the_same_weights(
-        tiny_sam_phantom, tmp_path, monkeypatch):
+        tiny_sam_phantom, tmp_path):
     """KeyboardInterrupt caught by the caller (a notebook cell stopped): the run folder's lock is released, its
     log says so, and the same call resumes from the last checkpoint to the weights of an uninterrupted fit."""
     import torch
 
-    import fewsam.train
-
     steps = FewShotConfig(steps=4, batch_size=1, val_every=2, views=1, test_mirroring=False, sam_refinement=False)
-    log_step = fewsam.train._log
-
-    def interrupted_at_step_3(run_dir, entry):
-        if entry.get("step") == 3:
-            raise KeyboardInterrupt
-        log_step(run_dir, entry)
-
-    monkeypatch.setattr(fewsam.train, "_log", interrupted_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), training_raising_at_step(3, KeyboardInterrupt()):
         fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)
-    monkeypatch.setattr(fewsam.train, "_log", log_step)
     resumed = fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)
     fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "straight"), steps)
     assert resumed.steps_run == 4 and not resumed.already_finished

@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from fewsam import __version__
 from fewsam.cache import EMBED_LOG, EmbeddingCache
 from fewsam.compare import compare_runs
 from fewsam.config import (DEFAULT_CACHE, DEFAULT_PRECISION, Config, FitOptions, checked_arguments, field_default,
@@ -28,7 +27,7 @@ from fewsam.devices import check_device
 from fewsam.distributed import ddp
 from fewsam.distributed.ray_jobs import check_workers_have_a_cluster
 from fewsam.embedded import fill_cache
-from fewsam.errors import DataError, FewsamError, Stopped
+from fewsam.errors import DataError, FewsamError
 from fewsam.evaluate import evaluate
 from fewsam.fitting import open_fit, recorded_path, run_record
 from fewsam.inference import kept_line
@@ -36,8 +35,7 @@ from fewsam.methods import Method, get_method
 from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import check_cache_folder, check_run_outside_data, predict
-from fewsam.progress import (command_line, command_log, host_line, log_to, notices, record, record_in_newest,
-                             say_once, with_own_notices)
+from fewsam.progress import command_log, record, say_once, with_own_notices
 from fewsam.report import write_group_report
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
@@ -176,31 +174,16 @@ def method_sections(spec: Method, cfg: Config, seed: int) -> dict[str, Any]:
     return {spec.name: asdict(cfg), **cfg.derived_record(seed)}
 
 
-@contextmanager
-def fit_log(run_dir: Path, method: str) -> Iterator[None]:
-    """RUN/fit.log (rank 0): the command and host, then progress, notices and validation scores as
-    they happen, and how the fit ended, so a long fit can be followed and read back from its folder.
-    A fit inside another (distill's own teacher) writes its header to its own log alone: the outer
-    log, which also receives the inner fit's progress, holds that command, host and notices once."""
+RESUMES_FROM_CHECKPOINT = "the same command resumes from the last checkpoint"
+
+
+def fit_log(run_dir: Path, method: str) -> AbstractContextManager[Any]:
+    """RUN/fit.log (rank 0; the other ranks' lines would repeat its own): ``command_log`` with the fit's
+    command, progress, notices and validation scores, and how it ended, so a long fit can be followed and
+    read back from its folder; its path goes unsaid, as the folder is the one the user named."""
     if not ddp.is_main():
-        yield
-        return
-    with log_to(run_dir / TEXT_LOG):
-        record_in_newest(f"fewsam {__version__}: {command_line(f'fit {method}')}")
-        record_in_newest(host_line())
-        for notice in notices():
-            record_in_newest(notice)
-        try:
-            yield
-        except KeyboardInterrupt:
-            record("interrupted; the same command resumes from the last checkpoint")
-            raise
-        except Stopped as stop:
-            record(f"{stop.how}; the same command resumes from the last checkpoint")
-            raise
-        except Exception as exc:
-            record(f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
-            raise
+        return nullcontext()
+    return command_log(run_dir / TEXT_LOG, f"fit {method}", say_where=False, after_a_stop=RESUMES_FROM_CHECKPOINT)
 
 
 def _record_only(spec: Method, options: FitOptions, cfg: Config) -> TrainResult:

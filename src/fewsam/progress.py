@@ -6,11 +6,11 @@ only when the work ends. So when stderr is not a terminal, progress is written a
 30 seconds, whichever comes first, and when a task completes.
 
 ``log_to(path)`` also writes those lines, fewsam's notices and ``record``-ed events (validation
-scores), each with its date and time, to a text file: a fit keeps ``RUN/fit.log``, ``embed`` appends to
-``embed.log`` in the cache folder it fills and ``predict`` writes ``.OUT.predict.log`` beside its --out while
-it runs, moved into OUT as ``predict.log`` with the predictions (``command_log``, which says the log's path as
-the command starts), so long work can be followed (``tail -f``) and read afterwards whatever the terminal
-showed.
+scores), each with its date and time, to a text file. ``command_log`` opens every command's log, writes its
+header and how the command ended: a fit keeps ``RUN/fit.log``, ``embed`` appends to ``embed.log`` in the cache
+folder it fills and ``predict`` writes ``.OUT.predict.log`` beside its --out while it runs, moved into OUT as
+``predict.log`` with the predictions (the two said as the command starts), so long work can be followed
+(``tail -f``) and read afterwards whatever the terminal showed.
 
 Each log receives the lines of the work that opened it: two fits on two threads of one process (a user's
 thread pool) each keep their own, as the files open in a thread's context (``contextvars``) decide where its
@@ -167,6 +167,13 @@ def log_to(path: Path) -> Iterator[Path]:
     """Append progress, notices and events of the work in this thread (and in the threads it starts in a
     copy of its context) to the text file ``path``, timestamped, while the block runs (appended: a resumed
     fit continues its log)."""
+    with _log_file(path):
+        yield path
+
+
+@contextmanager
+def _log_file(path: Path) -> Iterator[logging.Handler]:
+    """``log_to``'s file, handed to ``command_log``, which writes some lines to it alone (``_write``)."""
     handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.setLevel(logging.INFO)
@@ -174,11 +181,16 @@ def log_to(path: Path) -> Iterator[Path]:
     own = _own_logs.set((*_own_logs.get(), handler))
     _attach(handler)
     try:
-        yield path
+        yield handler
     finally:
         _detach(handler)
         _own_logs.reset(own)
         handler.close()
+
+
+def _write(log: logging.Handler, message: str) -> None:
+    """An event for ``log`` alone, not for the logs of the work around it (``record`` writes to all)."""
+    log.handle(EVENTS.makeRecord(EVENTS.name, logging.INFO, __file__, 0, message, None, None))
 
 
 def command_line(fallback: str) -> str:
@@ -200,33 +212,45 @@ def host_line() -> str:
 
 
 @contextmanager
-def command_log(path: Path, fallback: str, moved_to: Path | None = None) -> Iterator[Path]:
-    """Log a command that is not a fit (``embed``, ``predict``) to ``path`` (appended): its command line,
-    fewsam's version and the host, the notices said so far, then its progress and how it ended, as a
-    fit's ``fit.log`` does, so that hours of encoding can be followed and checked afterwards. Where the log
-    is, is said as the command starts: a cache folder's or a staged output's log is nowhere a user would
-    look. ``moved_to``: where the log goes when the command ends well (predict's, into --out with the
-    predictions), said with it."""
+def command_log(path: Path, command: str, moved_to: Path | None = None, *, say_where: bool = True,
+                after_a_stop: str = "") -> Iterator[Path]:
+    """Every command's log (a fit's ``RUN/fit.log``, ``embed``'s, ``predict``'s) at ``path`` (appended): its
+    command line, fewsam's version and the host, the notices said so far, then its progress and how it
+    ended, so that hours of encoding or training can be followed and checked afterwards.
+
+    ``say_where``: the log's path is said as the command starts, as a cache folder's or a staged output's
+    log is nowhere a user would look (a fit's is in the run folder the user named). ``moved_to``: where the
+    log goes when the command ends well (predict's, into --out with the predictions), said with it.
+    ``after_a_stop``: what the user can do after Ctrl-C or SIGTERM (a fit: resume from its checkpoint),
+    on the line that says the command was stopped.
+
+    A command inside another (distill's own few-shot teacher, fitted inside the student's fit) writes its
+    header and how it ended to its own log alone: the outer log, which receives the inner command's
+    progress too, holds that command line, host and notices once, and ends on its own line."""
     from fewsam import __version__
 
-    tell(f"{fallback} log: {path}" + ("" if moved_to is None else f" (moved to {moved_to} at the end)"))
-    with log_to(path):
-        record(f"fewsam {__version__}: {command_line(fallback)}")
-        record(host_line())
-        for notice in notices():
-            record(notice)
+    if say_where:
+        tell(f"{command} log: {path}" + ("" if moved_to is None else f" (moved to {moved_to} at the end)"))
+    with _log_file(path) as log:
+        for line in (f"fewsam {__version__}: {command_line(command)}", host_line(), *notices()):
+            _write(log, line)
         try:
             yield path
         except KeyboardInterrupt:
-            record("interrupted")
+            _write(log, _stopped("interrupted", after_a_stop))
             raise
         except Stopped as stop:  # Ctrl-C or SIGTERM in the command line, which raises Stopped, not KeyboardInterrupt
-            record(stop.how)
+            _write(log, _stopped(stop.how, after_a_stop))
             stop.log = stop.log or str(path)
             raise
         except Exception as exc:
-            record(f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            _write(log, f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
             raise
+
+
+def _stopped(how: str, after_a_stop: str) -> str:
+    """A log's last line for a command stopped by Ctrl-C or SIGTERM, with what the user can do next."""
+    return f"{how}; {after_a_stop}" if after_a_stop else how
 
 
 def record(message: str) -> None:
@@ -245,15 +269,6 @@ def tell(message: str) -> None:
     the course of a fit (resumed half-way, stopped early by --patience) would otherwise show only as a
     progress bar that starts or ends part-way, with no word why."""
     NOTICES.info(message)
-
-
-def record_in_newest(message: str) -> None:
-    """An event for the innermost ``log_to`` file alone: the header of a fit run inside another (distill's
-    own teacher), whose command, host and earlier notices the outer fit's log already holds."""
-    logs = _logs_here()
-    if logs:
-        handler = logs[-1]
-        handler.handle(EVENTS.makeRecord(EVENTS.name, logging.INFO, __file__, 0, message, None, None))
 
 
 _said: dict[str, str] = {}  # key -> message, in the order said
