@@ -75,7 +75,7 @@ def _classes(dataset: IndexedDataset) -> list[dict[str, Any]]:
 
 def _stored_values(dataset: IndexedDataset) -> dict[int, int | str]:
     """class -> value in the label files: PNG codings invert or spread values, FairSeg uses -1/-2;
-    a Slicer segmentation stores a class as its named segment."""
+    a Slicer segmentation stores a class as its named segment, an RT structure set as its named ROI."""
     if dataset.format == "png" and dataset.style.colours:  # type: ignore[attr-defined]
         return {cls: f"colour {list(rgb)}" for cls, rgb in dataset.style.colours.items()}  # type: ignore[attr-defined]
     if dataset.format == "png":
@@ -84,8 +84,9 @@ def _stored_values(dataset: IndexedDataset) -> dict[int, int | str]:
         return {cls: code for code, cls in MASK_CODING.items() if code <= 0}
     if getattr(dataset, "labels_are_segmentations", False):
         segments = dataset.segments_by_class()  # type: ignore[attr-defined]
-        return {0: 0, **{value: " or ".join(f"segment {name!r}" for name in segments[value]) if value in segments
-                         else "no segment" for value in dataset.class_map.names}}
+        part = getattr(dataset, "segment_part", "segment")  # an RT structure set's classes are ROIs
+        return {0: 0, **{value: " or ".join(f"{part} {name!r}" for name in segments[value]) if value in segments
+                         else f"no {part}" for value in dataset.class_map.names}}
     return {value: value for value in [0, *dataset.class_map.labels]}
 
 

@@ -42,7 +42,7 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], IndexedDataset
                     "*.npz per subject (Harvard-FairSeg), flat or in Training/ and Test/"),
     "dicom": (dicom.detect, dicom.open_dicom,
               "a folder of DICOM files (.dcm, or scanner-named with the DICM marker) per series "
-              "(+ labels/<series>.nii.gz, or a DICOM SEG of the series)"),
+              "(+ labels/<series>.nii.gz, or a DICOM SEG or RT structure set of the series)"),
     "mnms": (cine_frames.detect, cine_frames.open_cine_frames,
              "M&Ms' OpenDataset: Training/Labeled/<code>/<code>_sa.nii.gz (4D cine) + <code>_sa_gt.nii.gz, "
              "Training/Unlabeled/, Validation/, Testing/ and the table of subjects (External code, ED, ES, Vendor...): "

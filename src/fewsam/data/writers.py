@@ -57,7 +57,8 @@ from fewsam.data.readers.itk_volume import itk_message, quiet_itk
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
                                       segments_as_label, to_slices, without_time_axis)
-from fewsam.data.readers.dicom_seg import read_seg_on, seg_header
+from fewsam.data.readers.dicom_labels import label_object
+from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
@@ -739,11 +740,11 @@ def _decode_dicom_seg(case: Case, path: Path, segments: PredictionSegments) -> n
     grid.SetOrigin(case.meta["origin"])
     grid.SetSpacing(case.meta["spacing"])
     grid.SetDirection(case.meta["direction"])
-    header = seg_header(path)
+    header = label_object(path, SEG_SOP_CLASS)
     unknown = [s.name for s in header.segments if name_key(s.name) not in segments.classes]
     if unknown:
         raise DataError(_unknown_segments_message(path, unknown, segments, "a DICOM SEG"))
-    return read_seg_on(path, grid, case.meta["source_files"], segments.classes)
+    return header.read_on(grid, case.meta["source_files"], segments.classes)
 
 
 def _encode_npz(case: Case, pred: np.ndarray) -> bytes:

@@ -12,16 +12,21 @@
                                      3D Slicer's <case>.seg.nrrd, its segments as classes)
     root/**/<seg folder>/*.dcm       or a DICOM SEG referencing the series, in a folder of its own
                                      anywhere below root (readers/dicom_seg.py: each segment a class
-                                     of its SegmentLabel); a labels/ file of the same series is read
-                                     instead (said): the file a user made or corrected for fewsam
+                                     of its SegmentLabel), or an RT structure set (RTSTRUCT,
+                                     readers/dicom_rtstruct.py: each ROI a class of its ROIName, its
+                                     closed contours filled on the series' slices); a labels/ file of
+                                     the same series is read instead (said): the file a user made or
+                                     corrected for fewsam
     root/classes.json                optional class names ({"1": "liver"}); else "class1", ...
-                                     from the label values found, or the segments' names
+                                     from the label values found, or the segments' and ROIs' names
+                                     (it also chooses which ROIs of RT structure sets are classes)
 
 case_id = the series folder relative to root (or images/), subject = its first folder (the
 patient in root/<patient>/<series>/); folders of objects without an image (RT structure sets,
-segmentations, reports) are no cases (said): a DICOM SEG among them labels the series its
-ReferencedSeriesSequence names (without references: the one series of its FrameOfReferenceUID), one
-whose series is not in the dataset is said and read by none, several of one series are refused. A
+segmentations, reports) are no cases (said): a DICOM SEG or RT structure set among them labels the
+series it references (without references: the one series of its FrameOfReferenceUID;
+readers/dicom_labels.py), one whose series is not in the dataset is said and read by none, several of
+one series (two SEGs, or a SEG and a structure set) are refused. A
 folder holding files of several series is refused when loaded, unless all but one are localizers
 (1 to 3 slices each, frames counted) or objects without an image (a SEG saved beside its slices):
 those are left out, said. Arrays are
@@ -54,11 +59,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, Read, class_map_from_json,
-                                        computed_splits, files_below, natural_sorted, one_hot_to_indices,
-                                        to_label_array)
+from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, Read, classes_json_in, computed_splits,
+                                        files_below, natural_sorted, one_hot_to_indices, to_label_array)
 from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, dicom_header, frame_header
-from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS, SegHeader, read_seg_on, seg_header
+from fewsam.data.readers.dicom_labels import KINDS, LabelObject, label_objects_by_case
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
@@ -111,9 +115,9 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
     ignore_file = CLASSES_JSON
 
     def __init__(self, root: Path, class_map: ClassMap | None, entries: list[Entry],
-                 seg_headers: dict[Path, SegHeader] | None = None) -> None:
+                 label_objects: dict[Path, LabelObject] | None = None) -> None:
         self._class_map = class_map
-        self.seg_headers = seg_headers or {}  # the DICOM SEG objects read as labels, by path
+        self.label_objects = label_objects or {}  # the DICOM SEG objects and RT structure sets read as labels
         super().__init__(root, class_map, entries)  # type: ignore[arg-type]
         self.check_label_values = class_map is not None
         self.splits = computed_splits(entries)
@@ -138,17 +142,25 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
 
     @property
     def segmentations(self) -> dict[Path, tuple[Segment, ...]]:
-        """The segments of each label that is a segmentation: 3D Slicer's, and the DICOM SEG objects'."""
-        return {**super().segmentations, **{path: header.segments for path, header in self.seg_headers.items()}}
+        """The segments of each label that is a segmentation: 3D Slicer's, the DICOM SEG objects' and the ROIs
+        of the RT structure sets that are classes."""
+        return {**super().segmentations, **{path: header.segments for path, header in self.label_objects.items()}}
+
+    def _first_label_object(self) -> LabelObject | None:
+        first = next((e.label for e in self.entries.values() if e.label is not None), None)
+        return None if first is None else self.label_objects.get(first)
 
     @property
     def storage(self) -> str | None:
-        """What ``fewsam info`` says of labels that are DICOM SEG objects."""
-        first = next((e.label for e in self.entries.values() if e.label is not None), None)
-        if first is None or first not in self.seg_headers:
-            return super().storage
-        return ("DICOM SEG objects: each class a segment of its SegmentLabel; predictions: <case>.nii.gz label maps "
-                "of class indices on the series' grid and <case>.seg.dcm DICOM SEG objects")
+        """What ``fewsam info`` says of labels that are DICOM SEG objects or RT structure sets."""
+        first = self._first_label_object()
+        return super().storage if first is None else first.kind.storage
+
+    @property
+    def segment_part(self) -> str:
+        """What ``fewsam info`` calls the part of a label file that is a class: an RT structure set's ROI."""
+        first = self._first_label_object()
+        return "segment" if first is None else first.kind.part
 
     def _read(self, entry: Entry) -> Read:
         names = series_files(entry.image)
@@ -161,9 +173,10 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         return Read(image=array, label=label, spacing=(spacing[2], spacing[1], spacing[0]), meta=meta)
 
     def _label_on(self, image: sitk.Image, names: list[str], path: Path) -> np.ndarray:
-        """A case's label on its series: a DICOM SEG's segments as their classes, or a label file."""
-        if path in self.seg_headers:
-            return read_seg_on(path, image, names, self.segment_classes)
+        """A case's label on its series: a DICOM SEG's segments or an RT structure set's ROIs as their classes,
+        or a label file."""
+        if path in self.label_objects:
+            return self.label_objects[path].read_on(image, names, self.segment_classes)
         return read_label_on(image, path, lambda: self.segment_classes)
 
 
@@ -218,14 +231,14 @@ def _has_slice_order(names: list[str]) -> bool:
 
 def _image_series(folder: Path, series: dict[str, list[str]]) -> dict[str, list[str]]:
     """The series of ``folder`` that are images: a DICOM SEG or RT structure set saved into its series'
-    folder (``is_no_image``) made the folder one of two series, refused. Left out, said; a SEG is read
-    as its series' label from a folder of its own."""
+    folder (``is_no_image``) made the folder one of two series, refused. Left out, said; a SEG or RT
+    structure set is read as its series' label from a folder of its own."""
     images = {uid: names for uid, names in series.items() if not is_no_image(Path(names[0]))}
     if len(images) < len(series) and images:
         others = [Path(names[0]).name for uid, names in series.items() if uid not in images]
         say_once(f"{folder}: DICOM objects without an image beside its series ({', '.join(others[:3])}: a DICOM SEG, "
-                 "an RT structure set) are left out; a DICOM SEG is read as its series' label from a folder of its "
-                 "own", key=f"dicom-no-image-in-series-{folder}")
+                 "an RT structure set) are left out; a DICOM SEG or RT structure set is read as its series' label "
+                 "from a folder of its own", key=f"dicom-no-image-in-series-{folder}")
         return images
     return series
 
@@ -709,9 +722,8 @@ def _say_no_image_folders(root: Path, other: Folders) -> None:
         shown = ", ".join(f.relative_to(root).as_posix() for f in list(other)[:3]) + (", ..." if len(other) > 3 else "")
         say_once(f"{root}: {len(other)} folder(s) hold DICOM objects that are no image ({shown}: RT structure sets, "
                  "segmentations, reports, as archives such as TCIA store them beside each series) and are not "
-                 "cases; DICOM SEG objects among them are read as the labels of the series they reference, other "
-                 "labels from labels/<case>.nii.gz, so convert RT structures to NIfTI on the series' grid (e.g. with "
-                 "dcmrtstruct2nii)", key=f"dicom-no-image-{root}")
+                 "cases; DICOM SEG objects and RT structure sets among them are read as the labels of the series "
+                 "they reference", key=f"dicom-no-image-{root}")
 
 
 # SOP classes of DICOM objects that hold no image to segment: RT structure sets, plans and records;
@@ -756,9 +768,10 @@ def media_sop_class(path: Path) -> str | None:
     return None
 
 
-def _entries(root: Path) -> tuple[list[Entry], dict[Path, SegHeader]]:
-    """The dataset's series as cases, with their labels: a labels/ file, else the DICOM SEG that
-    references the series (``_segs_by_case``); and the SEG objects so read, by path."""
+def _entries(root: Path, named: ClassMap | None) -> tuple[list[Entry], dict[Path, LabelObject]]:
+    """The dataset's series as cases, with their labels: a labels/ file, else the DICOM SEG or RT structure
+    set that references the series (``dicom_labels.label_objects_by_case``; ``named``: classes.json's
+    classes, which choose an RT structure set's ROIs); and the objects so read, by path."""
     base = root / "images" if (root / "images").is_dir() and _series_folders(root / "images") else root
     labels = root / "labels"
     series, other = _dicom_folders(base)
@@ -775,73 +788,10 @@ def _entries(root: Path) -> tuple[list[Entry], dict[Path, SegHeader]]:
     if labels.is_dir():
         say_unmatched_labels(labels, entries)
     _say_slice_masks(root, labels)
-    segs = _segs_by_case(root, other, entries, series)
-    return ([replace(e, label=segs[e.case_id].path) if e.case_id in segs else e for e in entries],
-            {header.path: header for header in segs.values()})
-
-
-def _segs_by_case(root: Path, other: Folders, entries: list[Entry], series: Folders) -> dict[str, SegHeader]:
-    """The DICOM SEG below root that labels each case without a labels/ file. A SEG belongs to the series
-    its ReferencedSeriesSequence names, or, without references, to the one series in its frame of reference;
-    one referencing no series of the dataset is said and not read. Where a series has a labels/ file too,
-    that file is read (an export the user chose, or a corrected copy), said. Several SEG objects of one
-    series are refused: fewsam does not choose between annotations."""
-    seg_files = [p for files in other.values() for p in files if media_sop_class(p) == SEG_SOP_CLASS]
-    if not seg_files:
-        return {}
-    identities = {e.case_id: _series_identity(series[e.image]) for e in entries}
-    found: dict[str, list[SegHeader]] = {}
-    unpaired: list[str] = []
-    for path in seg_files:
-        try:
-            header = seg_header(path)
-        except DataError:
-            header = None
-        case_id = None if header is None else _referenced_case(header, identities)
-        if case_id is None:
-            unpaired.append(path.relative_to(root).as_posix())
-        else:
-            found.setdefault(case_id, []).append(header)  # type: ignore[arg-type]
-    _say_unpaired_segs(root, unpaired)
-    labelled = natural_sorted(e.case_id for e in entries if e.label is not None and e.case_id in found)
-    if labelled:
-        shown = ", ".join(labelled[:3]) + (", ..." if len(labelled) > 3 else "")
-        say_once(f"{root}: {len(labelled)} series have both a labels/ file and a DICOM SEG ({shown}); the labels/ "
-                 "file is read", key=f"dicom-seg-and-label-{root}")
-    for case_id, headers in found.items():
-        if len(headers) > 1 and case_id not in labelled:
-            shown = ", ".join(h.path.relative_to(root).as_posix() for h in headers[:3])
-            raise DataError(f"{root}: series {case_id} is referenced by {len(headers)} DICOM SEG objects ({shown}); "
-                            "fewsam does not choose between annotations: move all but one out of the data folder, "
-                            f"or give the series a labels/{case_id}.nii.gz, which is read instead")
-    return {case_id: headers[0] for case_id, headers in found.items() if case_id not in labelled}
-
-
-def _series_identity(files: list[Path]) -> tuple[str | None, str | None]:
-    """A series folder's SeriesInstanceUID and FrameOfReferenceUID, from its first file's header."""
-    header = dicom_header(natural_sorted(files, key=lambda p: p.name)[0], ["SeriesInstanceUID", "FrameOfReferenceUID"])
-    if header is None:
-        return None, None
-    return (str(header.SeriesInstanceUID) if header.get("SeriesInstanceUID") else None,
-            str(header.FrameOfReferenceUID) if header.get("FrameOfReferenceUID") else None)
-
-
-def _referenced_case(header: SegHeader, identities: dict[str, tuple[str | None, str | None]]) -> str | None:
-    """The case a SEG labels: the series it references; without references, the one series sharing its
-    frame of reference (several series of one frame, a T1 and a T2 of one scan, leave it unplaced)."""
-    if header.series_uids:
-        return next((case for case, (uid, _) in identities.items() if uid in header.series_uids), None)
-    sharing = [case for case, (_, frame) in identities.items() if frame and frame == header.frame_of_reference]
-    return sharing[0] if len(sharing) == 1 else None
-
-
-def _say_unpaired_segs(root: Path, unpaired: list[str]) -> None:
-    """DICOM SEG objects whose series is not in the dataset are no cases and label none: said once."""
-    if unpaired:
-        shown = ", ".join(unpaired[:3]) + (", ..." if len(unpaired) > 3 else "")
-        say_once(f"{root}: {len(unpaired)} DICOM SEG object(s) reference no series of the dataset ({shown}) and are "
-                 "not read: their series is not in the data folder (or, without references, no one series shares "
-                 "their frame of reference)", key=f"dicom-seg-unpaired-{root}")
+    objects = [(p, sop) for files in other.values() for p in files if (sop := media_sop_class(p) or "") in KINDS]
+    chosen = label_objects_by_case(root, objects, entries, series, named)
+    return ([replace(e, label=chosen[e.case_id].path) if e.case_id in chosen else e for e in entries],
+            {header.path: header for header in chosen.values()})
 
 
 def _say_slice_masks(root: Path, labels: Path) -> None:
@@ -870,9 +820,9 @@ def series_label(labels: Path, case_id: str) -> Path | None:
 
 
 def open_dicom(root: Path) -> DicomDataset:
-    entries, seg_headers = _entries(root)
+    named = classes_json_in(root)
+    entries, label_objects = _entries(root, named)
     if not entries:
         raise DataError(f"no DICOM series found in {root}; expected folders of .dcm files")
-    classes = root / CLASSES_JSON
-    return DicomDataset(root, class_map_from_json(classes) if classes.is_file() else None, entries, seg_headers)
+    return DicomDataset(root, named, entries, label_objects)
 

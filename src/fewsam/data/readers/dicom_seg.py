@@ -5,7 +5,8 @@ PACS, OHIF and 3D Slicer keep a series' segmentation as a DICOM SEG: one object 
 drawn on by its source image reference, or by its plane position. Read with highdicom:
 
 - a SEG belongs to the series its ReferencedSeriesSequence names; without references, to the one series
-  of the dataset in its FrameOfReferenceUID (``SegHeader``, its header alone read when the dataset opens);
+  of the dataset in its FrameOfReferenceUID (``seg_references``, its header alone read when the dataset
+  opens; the pairing, shared with RT structure sets, is ``dicom_labels.label_objects_by_case``);
 - each segment is a class of its SegmentLabel, the same class in every case whatever its number there;
   the class value is the SegmentNumber where every case numbers each label alike
   (``slicer_segmentation.classes_of_segment_names``), and ``classes.json`` may name the classes instead;
@@ -39,29 +40,18 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 FRACTIONAL_THRESHOLD = 0.5  # a FRACTIONAL segment holds the voxels of at least this probability or occupancy
 
 
-@dataclass(frozen=True)
-class SegHeader:
-    """What a SEG's header says without its pixels: the series it references (``series_uids``, from
-    its ReferencedSeriesSequence), its frame of reference, and its segments (``Segment.number`` the
-    SegmentNumber, ``Segment.name`` the SegmentLabel)."""
-
-    path: Path
-    series_uids: tuple[str, ...]
-    frame_of_reference: str | None
-    segments: tuple[Segment, ...]
-
-
-def seg_header(path: Path) -> SegHeader:
-    """The ``SegHeader`` of a SEG file, read with pydicom (pixels left unread); a file pydicom cannot
-    read is a DataError naming it."""
-    ds = dicom_header(path)
-    if ds is None:
-        raise DataError(f"cannot read DICOM SEG {path}: not a readable DICOM file")
+def seg_references(ds: Any) -> tuple[tuple[str, ...], str | None]:
+    """The series a SEG header references (its ReferencedSeriesSequence) and its frame of reference: what
+    pairs it with its series (``dicom_labels.label_objects_by_case``)."""
     series = tuple(str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])
                    if "SeriesInstanceUID" in item)
-    segments = tuple(_segment(item, k) for k, item in enumerate(ds.get("SegmentSequence", [])))
-    frame_of_reference = str(ds.FrameOfReferenceUID) if ds.get("FrameOfReferenceUID") else None
-    return SegHeader(path, series, frame_of_reference, segments)
+    return series, str(ds.FrameOfReferenceUID) if ds.get("FrameOfReferenceUID") else None
+
+
+def seg_segments(ds: Any) -> tuple[Segment, ...]:
+    """The segments a SEG header declares (``Segment.number`` the SegmentNumber, ``Segment.name`` the
+    SegmentLabel), read without its pixels."""
+    return tuple(_segment(item, k) for k, item in enumerate(ds.get("SegmentSequence", [])))
 
 
 def _segment(item: Any, k: int) -> Segment:
@@ -78,7 +68,7 @@ def read_seg_on(path: Path, grid: sitk.Image, source_files: list[str], classes: 
     reference none of the series' instances, on the slice at its plane position. Each segment is the
     class of its name in ``classes`` (None: its SegmentNumber)."""
     seg = _segread(path)
-    segments = tuple(_segment(item, k) for k, item in enumerate(seg.SegmentSequence))
+    segments = seg_segments(seg)
     values = class_values(segments, classes, path)
     referenced = _referenced_sources(seg, source_files)
     masks = (_masks_by_source(seg, segments, referenced, path) if referenced is not None

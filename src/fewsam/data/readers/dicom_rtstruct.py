@@ -1,0 +1,333 @@
+"""RT structure sets (RTSTRUCT, RT Structure Set Storage) as the labels of the series they were drawn on.
+
+Radiotherapy planning systems, and archives such as TCIA, keep a series' contours as an RT structure set:
+its ROIs (StructureSetROISequence: ROINumber, ROIName), each with its contours (ROIContourSequence), each
+contour a polygon in patient coordinates (ContourData: x, y, z in mm) on one slice. Read with pydicom:
+
+- a structure set belongs to the series its ReferencedFrameOfReferenceSequence -> RTReferencedStudySequence
+  -> RTReferencedSeriesSequence names; without, to the one series of its frame of reference
+  (``rtstruct_references``; the pairing, shared with DICOM SEG, is ``dicom_labels.label_objects_by_case``);
+- each ROI is a class of its ROIName, the same class in every case (letter case aside), numbered in
+  natural order of the names: ROINumber is the order a planner drew the ROIs in, not a class code, and
+  the left-out External usually holds number 1. ``classes.json`` chooses which ROIs are classes, and
+  their values, by name: ROIs it does not name are left out (said);
+- without a classes.json, the ROIs around the patient are left out (said): those named External, Body,
+  Skin or Outline (with a number: External_1), those whose name starts with Couch, and those the file
+  marks as EXTERNAL or SUPPORT (RTROIInterpretedType). The body outline holds every organ and the couch
+  lies outside it; as classes they would take every voxel the organs do not. Naming them in classes.json
+  makes them classes;
+- a contour lies on the series' slice nearest its plane, within half a slice spacing: contours are drawn
+  on the slices of the series they reference. One whose points span more than half a slice (drawn on
+  another plane), lies exactly between two slices, or lies beyond the series' first or last slice is
+  refused in one line: read on the nearest slice, the structure would be moved or cut without a word;
+- only CLOSED_PLANAR contours hold an area; POINT, OPEN_PLANAR and OPEN_NONPLANAR ones (markers, lines)
+  are skipped, said once, and an ROI of those alone (an isocentre, a reference point) is no class;
+- a contour's voxels are those whose centre lies inside its polygon. A centre exactly on an edge counts
+  on the polygon's left and top sides (lower column and row indices) and not on its right and bottom,
+  the rule of scanline rasterisers, so two ROIs drawn along one shared border split its voxels rather
+  than both claiming them, and a polygon whose vertices lie on voxel centres covers as many voxels as
+  its area. Vertices are placed at their voxel indices rounded to a millionth, so a vertex on a voxel
+  centre or border is on it whatever the rounding of its millimetres. Several contours of one ROI on one
+  slice are combined even-odd, as RT planning systems do: a contour inside another is a hole (a ring);
+- ROIs overlap in RT (organs touch at their borders, a target lies inside an organ): fewsam segments one
+  class per voxel, so a voxel of several ROIs is given to the smallest of them in the case (by voxel
+  count), the structure inside keeping its voxels, said once per structure set with the voxel counts.
+
+Memory: each ROI is held as the block of slices, rows and columns its contours cover, so a structure
+set of many small organs holds about one label map, not a volume per ROI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from fewsam.data.readers.common import first_line, natural_sorted
+from fewsam.data.readers.slicer_segmentation import Segment, SegmentClasses, class_values, name_key
+from fewsam.data.types import ClassMap
+from fewsam.errors import DataError
+from fewsam.progress import say_once
+
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+CLOSED_PLANAR = "CLOSED_PLANAR"
+AROUND_THE_PATIENT = re.compile(r"(external|body|skin|outline)[\s_-]*\d*|couch.*")  # on ``name_key``
+AROUND_THE_PATIENT_TYPES = {"EXTERNAL", "SUPPORT"}  # RTROIInterpretedType of the body outline and the couch
+INDEX_DECIMALS = 6  # voxel indices are rounded to a millionth: a vertex on a centre or border is on it
+HALF_SLICE = 0.5
+
+
+def rtstruct_references(ds: Any) -> tuple[tuple[str, ...], str | None]:
+    """The series a structure set names (ReferencedFrameOfReferenceSequence -> RTReferencedStudySequence ->
+    RTReferencedSeriesSequence) and its frame of reference (that of its referenced frame, else of its ROIs)."""
+    frames = list(ds.get("ReferencedFrameOfReferenceSequence", []))
+    series = tuple(str(item.SeriesInstanceUID) for frame in frames
+                   for study in frame.get("RTReferencedStudySequence", [])
+                   for item in study.get("RTReferencedSeriesSequence", []) if "SeriesInstanceUID" in item)
+    given = [str(f.FrameOfReferenceUID) for f in frames if f.get("FrameOfReferenceUID")]
+    given += [str(r.ReferencedFrameOfReferenceUID) for r in ds.get("StructureSetROISequence", [])
+              if r.get("ReferencedFrameOfReferenceUID")]
+    return series, given[0] if given else None
+
+
+def roi_segments(ds: Any, named: ClassMap | None) -> tuple[tuple[Segment, ...], tuple[str, ...]]:
+    """The ROIs of a structure set that are classes (as ``Segment``: ``index`` their place in the file,
+    ``name`` their ROIName) and the names of those left out: with ``named`` (classes.json), the ROIs it
+    names; without, every ROI but those around the patient (``is_around_the_patient``). ROIs without a
+    closed contour here (markers, an isocentre, or a structure not drawn in this case) add no voxel and
+    are passed over; their points and lines are said once (``_say_not_areas``)."""
+    around = _around_the_patient_numbers(ds)
+    closed, not_areas = _contour_kinds(ds)
+    _say_not_areas(Path(str(getattr(ds, "filename", "") or "an RT structure set")), not_areas)
+    wanted = None if named is None else {name_key(name) for name in named.names.values()}
+    kept: list[Segment] = []
+    left_out: list[str] = []
+    for index, (number, name) in enumerate(_rois(ds).items()):
+        if number not in closed:
+            continue
+        is_class = (name_key(name) in wanted) if wanted is not None else not (
+            number in around or is_around_the_patient(name))
+        if is_class:
+            kept.append(Segment(index=index, name=name, layer=0, label_value=None))
+        else:
+            left_out.append(name)
+    return tuple(kept), tuple(left_out)
+
+
+def is_around_the_patient(name: str) -> bool:
+    """Whether an ROI's name says it is the body outline or the couch (``AROUND_THE_PATIENT``)."""
+    return AROUND_THE_PATIENT.fullmatch(name_key(name)) is not None
+
+
+def _rois(ds: Any) -> dict[int, str]:
+    """Each ROI's ROIName by its ROINumber (``roi<N>`` where the name, which the standard requires, is missing)."""
+    rois: dict[int, str] = {}
+    for k, item in enumerate(ds.get("StructureSetROISequence", [])):
+        number = roi_number(item.get("ROINumber", k + 1))
+        rois[number] = str(item.get("ROIName", "") or "").strip() or f"roi{number}"
+    return rois
+
+
+def roi_number(value: Any) -> int:
+    """An ROINumber or ReferencedROINumber as a whole number; -1 (no ROI) where a damaged file gives none."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _contour_kinds(ds: Any) -> tuple[set[int], Counter[str]]:
+    """The ROIs (by number) with a closed contour, and the count of contours of other kinds (POINT,
+    OPEN_PLANAR, OPEN_NONPLANAR), which enclose no area."""
+    closed: set[int] = set()
+    not_areas: Counter[str] = Counter()
+    for item in ds.get("ROIContourSequence", []):
+        for contour in item.get("ContourSequence", []):
+            kind = str(contour.get("ContourGeometricType", "") or "").upper()
+            if kind == CLOSED_PLANAR:
+                closed.add(roi_number(item.get("ReferencedROINumber")))
+            else:
+                not_areas[kind or "untyped"] += 1
+    return closed, not_areas
+
+
+def _around_the_patient_numbers(ds: Any) -> set[int]:
+    """The ROIs the file marks as the body outline or the couch (RTROIInterpretedType EXTERNAL, SUPPORT)."""
+    return {roi_number(item.get("ReferencedROINumber")) for item in ds.get("RTROIObservationsSequence", [])
+            if str(item.get("RTROIInterpretedType", "") or "").upper() in AROUND_THE_PATIENT_TYPES}
+
+
+def say_left_out_rois(root: Path, left_out: dict[Path, tuple[str, ...]], named: ClassMap | None) -> None:
+    """The ROIs that are no classes, said once for the dataset: which, and how to make them classes."""
+    names: dict[str, str] = {}
+    for found in left_out.values():
+        for name in found:
+            names.setdefault(name_key(name), name)
+    if not names:
+        return
+    shown = ", ".join(repr(names[key]) for key in natural_sorted(names)[:6]) + (", ..." if len(names) > 6 else "")
+    why = ("name no class of classes.json" if named is not None else
+           "lie around the patient (the body outline holds every organ, the couch lies outside it); name them in "
+           "classes.json to make them classes")
+    say_once(f"{root}: ROI(s) {shown} of {len(left_out)} RT structure set(s) are left out: they {why}",
+             key=f"rtstruct-left-out-{root}-{named is not None}")
+
+
+def read_rtstruct_on(path: Path, grid: sitk.Image, source_files: list[str],
+                     classes: SegmentClasses | None) -> np.ndarray:
+    """The structure set at ``path`` as (D, H, W) uint8 class values on ``grid`` (the series' geometry):
+    each ROI's closed contours filled on the slices they lie on, as the class of its name in ``classes``
+    (ROIs of no class left out; None: the ROIs ``roi_segments`` keeps, by their place in the file).
+    ``source_files`` is unused: contours are placed by their coordinates, not by the images they name."""
+    ds = _read(path)
+    rois = _rois(ds)
+    if classes is None:
+        kept, _ = roi_segments(ds, None)
+        classes = {name_key(s.name): v for s, v in zip(kept, class_values(kept, None, path))}
+    contours = _contours_by_class(ds, rois, classes, grid, path)
+    shape = grid.GetSize()[::-1]
+    names = {value: name for name in rois.values() if (value := classes.get(name_key(name))) is not None}
+    masks = [_class_mask(value, names[value], by_slice, shape) for value, by_slice in contours.items()]
+    return _smaller_wins([m for m in masks if m is not None], shape, path)
+
+
+def _read(path: Path) -> Any:
+    """The whole structure set (its contours are its data); a file pydicom cannot read is a DataError."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, force=True)
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError) as err:
+        raise DataError(f"cannot read RT structure set {path}: {first_line(err)}") from None
+
+
+Contours = dict[int, dict[int, list[np.ndarray]]]  # class value -> slice -> contours, (N, 2) column and row indices
+
+
+def _contours_by_class(ds: Any, rois: dict[int, str], classes: SegmentClasses, grid: sitk.Image,
+                       path: Path) -> Contours:
+    """The closed contours of each class on the series' slices (points and lines, which enclose no area,
+    left out)."""
+    contours: Contours = {}
+    for item in ds.get("ROIContourSequence", []):
+        name = rois.get(roi_number(item.get("ReferencedROINumber")))
+        value = None if name is None else classes.get(name_key(name))
+        if value is None:
+            continue
+        for contour in item.get("ContourSequence", []):
+            if str(contour.get("ContourGeometricType", "") or "").upper() != CLOSED_PLANAR:
+                continue
+            z, points = _on_slice(contour, grid, name, path)  # type: ignore[arg-type]
+            contours.setdefault(value, {}).setdefault(z, []).append(points)
+    return contours
+
+
+def _say_not_areas(path: Path, not_areas: Counter[str]) -> None:
+    """Contours of points and lines are skipped: said once, for the first structure set holding them."""
+    if not_areas:
+        counted = ", ".join(f"{n} {kind}" for kind, n in sorted(not_areas.items()))
+        say_once(f"{path}: its contours that enclose no area ({counted}: points and lines) are skipped, and so "
+                 f"in any other RT structure set; only {CLOSED_PLANAR} contours are filled, and an ROI of points "
+                 "or lines alone is no class", key="rtstruct-not-areas")
+
+
+def _on_slice(contour: Any, grid: sitk.Image, name: str, path: Path) -> tuple[int, np.ndarray]:
+    """The slice a contour lies on and its vertices as (column, row) voxel indices on that slice; a contour
+    on no one slice of the series is refused (module docstring)."""
+    try:
+        data = np.asarray(contour.get("ContourData", []), dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        data = np.zeros(1)  # no numbers: refused below as values that are no triplets
+    if data.size == 0 or data.size % 3 or not np.isfinite(data).all():
+        raise DataError(f"{path}: a contour of ROI {name!r} holds no x, y, z triplets of numbers in its ContourData "
+                        f"({data.size} value(s)); export the structure set again")
+    indices = voxel_indices(data.reshape(-1, 3), grid)
+    depth, planes = grid.GetDepth(), indices[:, 2]
+    if np.ptp(planes) > HALF_SLICE:
+        raise DataError(f"{path}: a contour of ROI {name!r} spans slices {planes.min():.3g} to {planes.max():.3g} "
+                        "of its series: drawn on another plane than the series' slices; save the structure set "
+                        "on the series it references")
+    plane = float(planes.mean())
+    z = int(round(plane))
+    beyond = not -HALF_SLICE < plane < depth - HALF_SLICE
+    if beyond or abs(plane - z) >= HALF_SLICE:
+        where = f"beyond the {depth} slices" if beyond else "between two slices"
+        first = ", ".join(f"{v:.6g}" for v in data[:3])
+        raise DataError(f"{path}: a contour of ROI {name!r} at ({first}) mm lies {where} of its series (at slice "
+                        f"{plane:.3g}): drawn on another series of its frame of reference; save the structure set "
+                        "on the series it references")
+    return z, indices[:, :2]
+
+
+def voxel_indices(points: np.ndarray, grid: sitk.Image) -> np.ndarray:
+    """Patient coordinates (N, 3) in mm as continuous (x, y, z) voxel indices of ``grid``, rounded to
+    ``INDEX_DECIMALS``: the inverse of origin + direction @ (spacing * index)."""
+    direction = np.asarray(grid.GetDirection(), dtype=np.float64).reshape(3, 3)
+    to_index = np.linalg.inv(direction * np.asarray(grid.GetSpacing(), dtype=np.float64))
+    return np.round((points - np.asarray(grid.GetOrigin())) @ to_index.T, INDEX_DECIMALS)
+
+
+def filled(contours: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """The (height, width) voxels inside ``contours`` ((N, 2) column and row indices) combined even-odd:
+    a voxel is in where a row's edge crossings left of its centre are odd in number. An edge crosses the
+    rows r with low <= r < high of its ends, and a crossing at column x toggles the centres c >= x: the
+    left and top sides of a polygon are in, its right and bottom sides out (module docstring). Only the
+    band of rows the contours span is counted."""
+    rows_of = np.concatenate([points[:, 1] for points in contours])
+    top = int(np.clip(np.ceil(rows_of.min()), 0, height))
+    bottom = int(np.clip(np.ceil(rows_of.max()), top, height))
+    toggles = np.zeros((bottom - top, width + 1), dtype=np.int32)
+    for points in contours:
+        rows, columns = _crossings(points, top, bottom, width)
+        np.add.at(toggles, (rows - top, columns), 1)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top:bottom] = np.cumsum(toggles, axis=1)[:, :width] & 1
+    return mask
+
+
+def _crossings(points: np.ndarray, top: int, bottom: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where a closed polygon's edges cross the rows top..bottom - 1: each crossing's row, and the first
+    column whose centre lies at or right of it (0 to ``width``)."""
+    x0, y0 = points[:, 0], points[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    first = np.clip(np.ceil(np.minimum(y0, y1)), top, bottom).astype(np.int64)
+    stop = np.clip(np.ceil(np.maximum(y0, y1)), top, bottom).astype(np.int64)
+    counts = np.maximum(stop - first, 0)
+    edge = np.repeat(np.arange(len(points)), counts)
+    rows = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    crossing = x0[edge] + (rows - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    return rows, np.clip(np.ceil(np.round(crossing, INDEX_DECIMALS)), 0, width).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClassMask:
+    """One class's voxels in a case, as the block they lie in (``box``: slices of the label map)."""
+
+    value: int
+    name: str
+    box: tuple[slice, slice, slice]
+    voxels: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(np.count_nonzero(self.voxels))
+
+
+def _class_mask(value: int, name: str, by_slice: dict[int, list[np.ndarray]],
+                shape: tuple[int, ...]) -> ClassMask | None:
+    """A class's contours filled slice by slice, cropped to the block they cover; None where they cover no voxel."""
+    planes = {z: plane for z, contours in by_slice.items() if (plane := filled(contours, shape[1], shape[2])).any()}
+    if not planes:
+        return None
+    rows = np.flatnonzero(np.any([p.any(axis=1) for p in planes.values()], axis=0))
+    columns = np.flatnonzero(np.any([p.any(axis=0) for p in planes.values()], axis=0))
+    z0, z1 = min(planes), max(planes) + 1
+    box = (slice(z0, z1), slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    voxels = np.zeros((z1 - z0, rows[-1] + 1 - rows[0], columns[-1] + 1 - columns[0]), dtype=bool)
+    for z, plane in planes.items():
+        voxels[z - z0] = plane[box[1], box[2]]
+    return ClassMask(value, name, box, voxels)
+
+
+def _smaller_wins(masks: list[ClassMask], shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """The label map of ``masks``, each shared voxel given to the smallest class holding it (painted
+    largest first), the overlaps said once for the structure set with their voxel counts."""
+    label = np.zeros(shape, dtype=np.uint8)
+    names = {m.value: m.name for m in masks}
+    overlaps: list[str] = []
+    for mask in sorted(masks, key=lambda m: (-m.count, m.value)):
+        block = label[mask.box]
+        under = block[mask.voxels]
+        values, counts = np.unique(under[under != 0], return_counts=True)
+        overlaps += [f"{mask.name!r} inside {names[int(v)]!r} ({n} voxels)" for v, n in zip(values, counts)]
+        block[mask.voxels] = mask.value
+    if overlaps:
+        say_once(f"{path}: ROIs overlap ({'; '.join(overlaps)}); fewsam segments one class per voxel, so a shared "
+                 "voxel is given to the smaller ROI", key=f"rtstruct-overlap-{path}")
+    return label

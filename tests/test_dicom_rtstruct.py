@@ -1,0 +1,237 @@
+"""RT structure sets (RTSTRUCT) as the labels of the series they reference: contours filled on the series'
+slices, ROIs as classes by name, the body outline left out, overlaps given to the smaller ROI, and the
+pairing shared with DICOM SEG objects.
+
+Contours are written as the test's own voxel rectangles, their corners turned into patient millimetres
+by SimpleITK, so the expected label is a block of voxels: corners on voxel borders (x.5) cover the
+voxels between them, corners on voxel centres cover the voxels from the first corner up to, not
+including, the second (a centre on a left or top edge is in, on a right or bottom edge out)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+from fewsam.data import open_dataset, write_prediction
+from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, filled
+from fewsam.errors import DataError
+from test_dicom import arrays, series_image, write_series
+from test_dicom_seg import FRAME_OF_REFERENCE, ct_series, one_hot, save_seg
+from test_label_classes import notices  # noqa: F401 - the fixture
+
+AXIAL = {"direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}
+SHAPE = (5, 12, 10)  # (z, y, x)
+Contour = tuple[float, list[tuple[float, float]], str]  # slice, (x, y) voxel indices of the corners, geometric type
+
+
+def rectangle(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float]]:
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+GTV = [(z, rectangle(1.5, 2.5, 5.5, 6.5), "CLOSED_PLANAR") for z in (1, 2)]  # corners on voxel borders
+RING = [(3, rectangle(1, 1, 8, 9), "CLOSED_PLANAR"), (3, rectangle(3, 3, 6, 7), "CLOSED_PLANAR")]  # on centres
+BODY = [(z, rectangle(-0.5, -0.5, SHAPE[2] - 0.5, SHAPE[1] - 0.5), "CLOSED_PLANAR") for z in range(SHAPE[0])]
+
+
+def expected_gtv_and_ring(gtv: int = 1, ring: int = 2) -> np.ndarray:
+    """The label the contours above make, written as voxel blocks."""
+    label = np.zeros(SHAPE, np.uint8)
+    label[1:3, 3:7, 2:6] = gtv
+    label[3, 1:9, 1:8] = ring
+    label[3, 3:7, 3:6] = 0
+    return label
+
+
+def series(folder: Path, uid: str, seed: int = 0, **geometry) -> None:
+    image, _ = arrays(seed, SHAPE)
+    write_series(folder, image, uid=uid, extra_tags={"0020|0052": FRAME_OF_REFERENCE}, **(geometry or AXIAL))
+
+
+def save_rtstruct(path: Path, series_uid: str, rois: dict[str, list[Contour]], **geometry) -> None:
+    """An RT structure set referencing ``series_uid``: each ROI (numbered from 1 in order) with its contours,
+    their corners turned into patient mm on the series' geometry."""
+    grid = series_image(np.zeros(SHAPE, np.int16), **(geometry or AXIAL))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "RTSTRUCT", generate_uid(), series_uid + ".1"
+    referenced_series = Dataset()
+    referenced_series.SeriesInstanceUID = series_uid
+    study = Dataset()
+    study.RTReferencedSeriesSequence = [referenced_series]
+    frame = Dataset()
+    frame.FrameOfReferenceUID = FRAME_OF_REFERENCE
+    frame.RTReferencedStudySequence = [study]
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    ds.StructureSetROISequence, ds.ROIContourSequence = [], []
+    for number, (name, contours) in enumerate(rois.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, FRAME_OF_REFERENCE
+        ds.StructureSetROISequence.append(roi)
+        item = Dataset()
+        item.ReferencedROINumber = number
+        item.ContourSequence = [_contour(grid, z, corners, kind) for z, corners, kind in contours]
+        ds.ROIContourSequence.append(item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _contour(grid, z: float, corners: list[tuple[float, float]], kind: str) -> Dataset:
+    contour = Dataset()
+    contour.ContourGeometricType = kind
+    points = [grid.TransformContinuousIndexToPhysicalPoint((x, y, float(z))) for x, y in corners]
+    contour.NumberOfContourPoints = len(points)
+    contour.ContourData = [round(v, 4) for point in points for v in point]
+    return contour
+
+
+def test_closed_contours_are_filled_on_their_slices_and_rois_are_classes_by_name(tmp_path, notices):
+    """TCIA's layout: the CT and its structure set in folders of their own under patient/study/."""
+    study = tmp_path / "P1" / "study"
+    series(study / "1-CT", "1.2.826.0.1.3680043.2.1125.101")
+    save_rtstruct(study / "2-RTSTRUCT" / "1-1.dcm", "1.2.826.0.1.3680043.2.1125.101",
+                  {"BODY": BODY, "Rectum": RING, "GTV": GTV})
+    dataset = open_dataset(tmp_path)
+    assert list(dataset.entries) == ["P1/study/1-CT"]
+    assert dataset.class_map.names == {1: "GTV", 2: "Rectum"}
+    np.testing.assert_array_equal(dataset.load("P1/study/1-CT").label, expected_gtv_and_ring())
+
+
+def test_a_contour_inside_another_on_one_slice_is_a_hole_on_any_slice_orientation(tmp_path):
+    """The ring's inner contour is empty; on a coronal series (rows along -z) as on an axial one."""
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.102", direction=(1, 0, 0, 0, 0, 1, 0, -1, 0))
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.102", {"Ring": RING},
+                  direction=(1, 0, 0, 0, 0, 1, 0, -1, 0))
+    label = open_dataset(tmp_path).load("s1").label
+    assert not label[3, 3:7, 3:6].any()
+    np.testing.assert_array_equal(label, (expected_gtv_and_ring(gtv=0, ring=1)))
+
+
+def test_the_body_outline_is_left_out_and_said_unless_classes_json_names_it(tmp_path, notices):
+    """Without classes.json BODY (and the couch) are no classes; named, BODY is one and each organ inside it
+    keeps its voxels, the overlap said with its count."""
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.103")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.103",
+                  {"BODY": BODY, "CouchSurface": BODY[:1], "GTV": GTV, "Rectum": RING})
+    assert open_dataset(tmp_path).class_map.names == {1: "GTV", 2: "Rectum"}
+    assert "ROI(s) 'BODY', 'CouchSurface' of 1 RT structure set(s) are left out" in notices.text
+    (tmp_path / "classes.json").write_text(json.dumps({"1": "Body", "2": "gtv", "3": "Rectum"}))
+    dataset = open_dataset(tmp_path)
+    assert dataset.class_map.names == {1: "Body", 2: "gtv", 3: "Rectum"}
+    expected = expected_gtv_and_ring(gtv=2, ring=3)
+    expected[expected == 0] = 1
+    expected[3, 3:7, 3:6] = 1  # the ring's hole is the body's
+    np.testing.assert_array_equal(dataset.load("s1").label, expected)
+    assert "ROIs overlap ('Rectum' inside 'BODY' (44 voxels); 'GTV' inside 'BODY' (32 voxels))" in notices.text
+    assert "'CouchSurface' of 1 RT structure set(s) are left out: they name no class of classes.json" in notices.text
+
+
+def test_points_and_lines_are_skipped_and_said(tmp_path, notices):
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.104")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.104",
+                  {"GTV": [*GTV, (2, [(7.0, 7.0)], "POINT")], "Iso": [(2, [(4.0, 4.0)], "POINT")],
+                   "Line": [(0, [(1.0, 1.0), (5.0, 5.0)], "OPEN_PLANAR")]})
+    dataset = open_dataset(tmp_path)
+    assert dataset.class_map.names == {1: "GTV"}
+    np.testing.assert_array_equal(dataset.load("s1").label, expected_gtv_and_ring(ring=0))
+    assert "its contours that enclose no area (1 OPEN_PLANAR, 2 POINT: points and lines) are skipped" in notices.text
+
+
+def test_a_structure_set_of_a_series_not_in_the_dataset_is_said_and_read_by_none(tmp_path, notices):
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.105")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.999", {"GTV": GTV})
+    dataset = open_dataset(tmp_path)
+    assert list(dataset.entries) == ["s1"] and not dataset.has_any_label()
+    assert "1 RT structure set object(s) reference no series of the dataset (rt/a.dcm) and are not read" in notices.text
+
+
+@pytest.mark.parametrize("second", ["RT structure set", "DICOM SEG"])
+def test_two_label_objects_of_one_series_are_refused_in_one_line(tmp_path, second):
+    uid = "1.2.826.0.1.3680043.2.1125.106"
+    image, label = arrays(0, SHAPE)
+    sources = ct_series(tmp_path / "s1", image, uid)
+    save_rtstruct(tmp_path / "rt" / "a.dcm", uid, {"GTV": GTV}, direction=(1, 0, 0, 0, 0, 1, 0, -1, 0))
+    if second == "DICOM SEG":
+        save_seg(tmp_path / "seg" / "b.dcm", sources, one_hot(label, [1]), ["GTV"])
+    else:
+        save_rtstruct(tmp_path / "rt2" / "b.dcm", uid, {"GTV": GTV}, direction=(1, 0, 0, 0, 0, 1, 0, -1, 0))
+    with pytest.raises(DataError) as err:
+        open_dataset(tmp_path)
+    message = str(err.value)
+    assert "series s1 is referenced by 2 DICOM label objects (rt/a.dcm: RT structure set, " in message
+    assert f"b.dcm: {second}); fewsam does not choose between annotations" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("plane", "said"), [
+    (SHAPE[0] + 2, "ROI 'GTV' at (-8.95, 7, 20.5) mm lies beyond the 5 slices of its series (at slice 7)"),
+    (2.5, "ROI 'GTV' at (-8.95, 7, 9.25) mm lies between two slices of its series (at slice 2.5)"),
+    (-0.5, "ROI 'GTV' at (-8.95, 7, 1.75) mm lies beyond the 5 slices of its series (at slice -0.5)")])
+def test_a_contour_on_no_slice_of_the_series_is_refused_in_one_line(tmp_path, plane, said):
+    """Within half a slice spacing of a slice is on it; half-way, or beyond the first or last slice, on none."""
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.107")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.107",
+                  {"GTV": [(plane, rectangle(1.5, 2.5, 5.5, 6.5), "CLOSED_PLANAR")]})
+    with pytest.raises(DataError) as err:
+        open_dataset(tmp_path).load("s1")
+    message = str(err.value)
+    assert said in message and "\n" not in message
+
+
+def test_a_contour_within_half_a_slice_of_a_slice_lies_on_it(tmp_path):
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.109")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.109",
+                  {"GTV": [(z + shift, corners, kind) for (z, corners, kind), shift in zip(GTV, (0.3, -0.45))]})
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("s1").label, expected_gtv_and_ring(ring=0))
+
+
+def test_a_contour_whose_data_are_no_triplets_is_refused_in_one_line(tmp_path):
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.108")
+    path = tmp_path / "rt" / "a.dcm"
+    save_rtstruct(path, "1.2.826.0.1.3680043.2.1125.108", {"GTV": GTV})
+    ds = pydicom.dcmread(path)
+    ds.ROIContourSequence[0].ContourSequence[1].ContourData = [1.0, 2.0, 3.0, 4.0]
+    ds.save_as(path)
+    with pytest.raises(DataError) as err:
+        open_dataset(tmp_path).load("s1")
+    assert str(err.value) == (f"{path}: a contour of ROI 'GTV' holds no x, y, z triplets of numbers in its ContourData "
+                              "(4 value(s)); export the structure set again")
+
+
+def test_two_rois_along_one_border_split_its_voxels():
+    """Corners on voxel centres: the shared edge's voxels go to the right-hand square alone."""
+    left = filled([np.array(rectangle(1, 1, 4, 4))], 6, 8)
+    right = filled([np.array(rectangle(4, 1, 7, 4))], 6, 8)
+    assert left.sum() == right.sum() == 9 and not (left & right).any()
+    assert left[1:4, 1:4].all() and right[1:4, 4:7].all()
+
+
+def test_info_describes_the_structure_sets_and_evaluate_scores_a_prediction_equal_to_the_label_as_dice_1(tmp_path):
+    data = tmp_path / "data"
+    for k in range(2):
+        uid = f"1.2.826.0.1.3680043.2.1125.11{k}"
+        series(data / f"P{k}" / "CT", uid, seed=k)
+        save_rtstruct(data / f"P{k}" / "RTSTRUCT" / "1-1.dcm", uid, {"External": BODY, "GTV": GTV, "Rectum": RING})
+    info = CliRunner().invoke(app, ["info", str(data)])
+    assert info.exit_code == 0, info.output
+    assert "RT structure sets: each class an ROI of its ROIName" in info.output
+    assert "1 GTV (stored as ROI 'GTV'), 2 Rectum (stored as ROI 'Rectum')" in info.output
+    dataset = open_dataset(data)
+    for case_id in dataset.split("all"):
+        case = dataset.load(case_id)
+        write_prediction(case, case.label, tmp_path / "pred")
+    scored = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--data", str(data), "--split",
+                                      "all", "--quiet", "--json", str(tmp_path / "scores.json")])
+    assert scored.exit_code == 0, scored.output
+    scores = json.loads((tmp_path / "scores.json").read_text(encoding="utf-8"))
+    assert len(scores["cases"]) == 2 and scores["mean"]["dice"] == pytest.approx(1.0)
