@@ -23,7 +23,7 @@ from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, filled
 from fewsam.errors import DataError
-from test_dicom import arrays, series_image, write_series
+from test_dicom import arrays, series_image, write_label, write_series
 from test_dicom_seg import FRAME_OF_REFERENCE, ct_series, one_hot, save_seg
 from test_label_classes import notices  # noqa: F401 - the fixture
 
@@ -135,6 +135,24 @@ def test_the_body_outline_is_left_out_and_said_unless_classes_json_names_it(tmp_
     np.testing.assert_array_equal(dataset.load("s1").label, expected)
     assert "ROIs overlap ('Rectum' inside 'BODY' (44 voxels); 'GTV' inside 'BODY' (32 voxels))" in notices.text
     assert "'CouchSurface' of 1 RT structure set(s) are left out: they name no class of classes.json" in notices.text
+
+
+def test_class_values_above_255_are_kept_in_16_bits(tmp_path):
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.113")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.113", {"GTV": GTV, "Rectum": RING})
+    (tmp_path / "classes.json").write_text(json.dumps({"1": "GTV", "300": "Rectum"}))
+    label = open_dataset(tmp_path).load("s1").label
+    assert label.dtype == np.uint16
+    np.testing.assert_array_equal(label, expected_gtv_and_ring(ring=0) + 300 * (expected_gtv_and_ring(gtv=0) > 0))
+
+
+def test_a_labels_file_is_read_before_a_structure_set_of_the_same_series(tmp_path, notices):
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.114")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.114", {"GTV": GTV})
+    mine = expected_gtv_and_ring(gtv=0)
+    write_label(tmp_path / "labels" / "s1.nii.gz", mine, series_image(mine, **AXIAL))
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("s1").label, mine)
+    assert "1 series have both a labels/ file and an RT structure set (s1); the labels/ file is read" in notices.text
 
 
 def test_points_and_lines_are_skipped_and_said(tmp_path, notices):

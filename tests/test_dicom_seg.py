@@ -185,3 +185,13 @@ def test_a_seg_saved_into_its_series_folder_is_left_out_of_the_series(tmp_path, 
     save_seg(tmp_path / "s1" / "seg.dcm", sources, one_hot(label, [1]), ["a"])
     assert open_dataset(tmp_path).load("s1").image.shape == image.shape
     assert "DICOM objects without an image beside its series (seg.dcm" in notices.text
+
+
+def test_class_values_above_255_from_classes_json_are_kept_in_16_bits(tmp_path):
+    image, label = arrays(9)
+    sources = ct_series(tmp_path / "s1", image, "1.2.826.0.1.3680043.2.1125.83")
+    save_seg(tmp_path / "seg" / "a.dcm", sources, one_hot(label, [1, 2]), ["liver", "spleen"])
+    (tmp_path / "classes.json").write_text('{"1": "liver", "300": "spleen"}')
+    read = open_dataset(tmp_path).load("s1").label
+    assert read.dtype == np.uint16
+    assert np.array_equal(read, np.where(label == 2, 300, label.astype(np.uint16)))

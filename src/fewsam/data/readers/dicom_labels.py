@@ -43,11 +43,12 @@ ReadOn = Callable[[Path, sitk.Image, list[str], SegmentClasses | None], np.ndarr
 
 @dataclass(frozen=True)
 class LabelKind:
-    """What differs between the kinds of label objects: how messages name one (``name``), what ``fewsam
-    info`` says they store (``storage``), what a class is stored as in them (``part``), and how their
-    header and voxels are read."""
+    """What differs between the kinds of label objects: how messages name one (``name``, and with its
+    article ``one``), what ``fewsam info`` says they store (``storage``), what a class is stored as in them
+    (``part``), and how their header and voxels are read."""
 
     name: str
+    one: str
     storage: str
     part: str
     references: Callable[[Any], tuple[tuple[str, ...], str | None]]
@@ -63,11 +64,13 @@ def _every_segment(ds: Any, named: ClassMap | None) -> tuple[tuple[Segment, ...]
 PREDICTIONS = ("predictions: <case>.nii.gz label maps of class indices on the series' grid and <case>.seg.dcm "
                "DICOM SEG objects")
 KINDS = {
-    SEG_SOP_CLASS: LabelKind("DICOM SEG", f"DICOM SEG objects: each class a segment of its SegmentLabel; {PREDICTIONS}",
-                             "segment", seg_references, _every_segment, read_seg_on),
-    RTSTRUCT_SOP_CLASS: LabelKind("RT structure set", "RT structure sets: each class an ROI of its ROIName, its closed "
-                                  f"contours filled on the series' slices; {PREDICTIONS}", "ROI", rtstruct_references,
-                                  roi_segments, read_rtstruct_on),
+    SEG_SOP_CLASS: LabelKind(
+        "DICOM SEG", "a DICOM SEG", f"DICOM SEG objects: each class a segment of its SegmentLabel; {PREDICTIONS}",
+        "segment", seg_references, _every_segment, read_seg_on),
+    RTSTRUCT_SOP_CLASS: LabelKind(
+        "RT structure set", "an RT structure set", "RT structure sets: each class an ROI of its ROIName, its closed "
+        f"contours filled on the series' slices; {PREDICTIONS}", "ROI", rtstruct_references, roi_segments,
+        read_rtstruct_on),
 }
 
 
@@ -167,9 +170,9 @@ def _say_unpaired(root: Path, unpaired: list[tuple[str, str]]) -> None:
 def _say_labels_files_read(root: Path, labelled: list[str], found: dict[str, list[LabelObject]]) -> None:
     """Series with both a labels/ file and a label object are read from the file: said once."""
     if labelled:
-        kinds = " or ".join(dict.fromkeys(h.kind.name for case in labelled for h in found[case]))
+        kinds = " or ".join(dict.fromkeys(h.kind.one for case in labelled for h in found[case]))
         shown = ", ".join(labelled[:3]) + (", ..." if len(labelled) > 3 else "")
-        say_once(f"{root}: {len(labelled)} series have both a labels/ file and a {kinds} ({shown}); the labels/ "
+        say_once(f"{root}: {len(labelled)} series have both a labels/ file and {kinds} ({shown}); the labels/ "
                  "file is read", key=f"dicom-seg-and-label-{root}")
 
 

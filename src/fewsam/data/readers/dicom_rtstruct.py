@@ -52,6 +52,7 @@ from fewsam.data.readers.common import first_line, natural_sorted
 from fewsam.data.readers.slicer_segmentation import Segment, SegmentClasses, class_values, name_key
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
+from fewsam.labels import label_dtype
 from fewsam.progress import say_once
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -316,9 +317,10 @@ def _class_mask(value: int, name: str, by_slice: dict[int, list[np.ndarray]],
 
 
 def _smaller_wins(masks: list[ClassMask], shape: tuple[int, ...], path: Path) -> np.ndarray:
-    """The label map of ``masks``, each shared voxel given to the smallest class holding it (painted
-    largest first), the overlaps said once for the structure set with their voxel counts."""
-    label = np.zeros(shape, dtype=np.uint8)
+    """The label map of ``masks`` (16-bit where a class value is above 255, ``label_dtype``), each shared
+    voxel given to the smallest class holding it (painted largest first), the overlaps said once for the
+    structure set with their voxel counts."""
+    label = np.zeros(shape, dtype=label_dtype(max((m.value for m in masks), default=0)))
     names = {m.value: m.name for m in masks}
     overlaps: list[str] = []
     for mask in sorted(masks, key=lambda m: (-m.count, m.value)):

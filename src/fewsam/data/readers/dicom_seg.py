@@ -35,6 +35,7 @@ from fewsam.data.readers.common import first_line
 from fewsam.data.readers.dicom_frames import dicom_header
 from fewsam.data.readers.slicer_segmentation import Segment, SegmentClasses, class_values
 from fewsam.errors import DataError
+from fewsam.labels import label_dtype
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 FRACTIONAL_THRESHOLD = 0.5  # a FRACTIONAL segment holds the voxels of at least this probability or occupancy
@@ -63,17 +64,17 @@ def _segment(item: Any, k: int) -> Segment:
 
 
 def read_seg_on(path: Path, grid: sitk.Image, source_files: list[str], classes: SegmentClasses | None) -> np.ndarray:
-    """The SEG at ``path`` as (D, H, W) uint8 class values on ``grid`` (the series' geometry, its slices
-    those of ``source_files`` in order): each frame on the slice it references, or, where its frames
-    reference none of the series' instances, on the slice at its plane position. Each segment is the
-    class of its name in ``classes`` (None: its SegmentNumber)."""
+    """The SEG at ``path`` as (D, H, W) class values (uint8, or uint16 where a class value is above 255) on
+    ``grid`` (the series' geometry, its slices those of ``source_files`` in order): each frame on the slice
+    it references, or, where its frames reference none of the series' instances, on the slice at its plane
+    position. Each segment is the class of its name in ``classes`` (None: its SegmentNumber)."""
     seg = _segread(path)
     segments = seg_segments(seg)
     values = class_values(segments, classes, path)
     referenced = _referenced_sources(seg, source_files)
     masks = (_masks_by_source(seg, segments, referenced, path) if referenced is not None
              else _masks_by_position(seg, segments, grid, path))
-    label = np.zeros(grid.GetSize()[::-1], np.uint8)
+    label = np.zeros(grid.GetSize()[::-1], label_dtype(max(values, default=0)))
     owner = np.zeros(label.shape, np.int32)
     for segment, value, mask in zip(segments, values, masks):
         _refuse_overlap(owner, mask, segment, segments, path)
