@@ -450,7 +450,7 @@ def test_a_bench_that_fails_removes_its_scratch_cache(tmp_path, monkeypatch):
     """Left behind, the folder would refuse the next bench ("not empty")."""
     from fewsam import bench
 
-    def fails(data, n, cache_dir, device, started):
+    def fails(data, n, cache_dir, device, started, show_progress):
         (cache_dir / "model").mkdir(parents=True)
         raise FewsamError("the data went away")
 
@@ -633,7 +633,7 @@ def test_a_bench_given_an_existing_empty_folder_keeps_it(tmp_path, monkeypatch):
 
     used = []
 
-    def measures(data, n, cache_dir, device, started):
+    def measures(data, n, cache_dir, device, started, show_progress):
         (cache_dir / "model").mkdir(parents=True)
         used.append(cache_dir)
         return {}
@@ -668,7 +668,7 @@ def test_the_scratch_cache_a_killed_bench_left_is_removed_by_the_next_bench(tmp_
     killed = cache / bench.BENCH_SCRATCH if given_existing else cache
     started = []
 
-    def killed_half_way(data, n, cache_dir, device, started_at):
+    def killed_half_way(data, n, cache_dir, device, started_at, show_progress):
         (cache_dir / "model").mkdir()  # fails where the killed bench's entries were left in place
         (cache_dir / "model" / "entry.npz").write_bytes(b"an embedding")
         started.append(cache_dir)

@@ -47,6 +47,7 @@ from fewsam.models.acceleration import Acceleration, prepare_decoder, prepare_st
 from fewsam.models.precision import EncoderPrecision, has_bf16, machine, resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.models.sam import SamModel
+from fewsam.progress import stages
 
 REFERENCE = "fp32"
 BF16 = "bf16-openvino"
@@ -100,12 +101,13 @@ def alternating(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tu
 
 
 def run_bench(data: str | Path, n: int = 8, cache_dir: str | Path = "bench_cache",
-              device: str = "cpu") -> dict[str, Any]:
+              device: str = "cpu", show_progress: bool = True) -> dict[str, Any]:
     """The figures of ``fewsam bench`` on ``n`` slices, measured with the scratch cache ``cache_dir``,
     which is removed at the end, also when the bench fails or is stopped (a rerun would otherwise be
     refused for the folder it left). A folder that exists already (empty: the command refuses any
     other) is kept and the bench works in a new folder inside it: ``--cache .`` must not delete the
-    user's working folder."""
+    user's working folder. ``show_progress``: each measurement said on stderr as it begins (``progress.stages``),
+    as the bench runs for minutes."""
     if n < 1:
         raise FewsamError(f"-n must be at least 1, not {n}")
     started = time.perf_counter()
@@ -116,7 +118,7 @@ def run_bench(data: str | Path, n: int = 8, cache_dir: str | Path = "bench_cache
     try:
         scratch.mkdir(parents=True)
         (scratch / BENCH_MARK).write_text("fewsam bench's scratch cache, removed when the bench ends\n")
-        return _measure(data, n, scratch, device, started)
+        return _measure(data, n, scratch, device, started, show_progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -143,27 +145,49 @@ def remove_bench_leftovers(folder: Path) -> None:
         shutil.rmtree(folder / BENCH_SCRATCH, ignore_errors=True)
 
 
-def _measure(data: str | Path, n: int, cache_dir: Path, device: str, started: float) -> dict[str, Any]:
-    dataset = open_dataset(data)
-    refs = dataset.labelled_budget_order()[:n]
-    n = len(refs)  # a dataset with fewer labelled slices than asked: figures per slice it has
-    model = load_model("litemedsam", device=device)
+STAGES_BESIDE_ENCODERS_AND_PATHS = 8
+"""The bench's stages (``progress.stages``) besides one per encoder precision and one per compared path."""
+
+
+def _measure(data: str | Path, n: int, cache_dir: Path, device: str, started: float,
+             show_progress: bool = True) -> dict[str, Any]:
+    """Every figure, each measurement said as it begins (between the timed regions, never inside one)."""
     paths = compared_paths(device)
-    encoders = _encoder_table(dataset, refs, model, cache_dir, device)
-    cache = EmbeddingCache(cache_dir, model, paths["default"].encoder)
-    samples = embed_refs(dataset, refs, cache, device, show_progress=False)
-    start = time.perf_counter()
-    embed_refs(dataset, refs, EmbeddingCache(cache_dir, model, paths["default"].encoder), device, show_progress=False)
-    hit_s = (time.perf_counter() - start) / n
-    values = [0] + dataset.class_map.labels
-    remap_label_frames(samples, values)
-    decoder_steps = alternating({name: decoder_step(model, samples, values, p.acceleration, device)
-                                 for name, p in paths.items()}, STEP_REPEATS)
-    student_steps = alternating({name: student_step(dataset, refs, values, p.acceleration, device)
-                                 for name, p in paths.items()}, STEP_REPEATS)
-    infer_s = _decoder_inference_s(model, samples, values, device)
-    memory = {name: path_peak_memory(data, refs, cache_dir, device, p.requested) for name, p in paths.items()}
-    volume_s, fit_s = _predict_and_fit_times(dataset, model, cache, refs, device, cache_dir, paths["default"])
+    total = STAGES_BESIDE_ENCODERS_AND_PATHS + len(encoder_names(device)) + len(paths)
+    with stages("bench", total, show_progress) as begin:
+        begin("reading the data and loading the model")
+        dataset = open_dataset(data)
+        refs = dataset.labelled_budget_order()[:n]
+        n = len(refs)  # a dataset with fewer labelled slices than asked: figures per slice it has
+        model = load_model("litemedsam", device=device)
+        encoders = _encoder_table(dataset, refs, model, cache_dir, device, begin)
+        begin(f"cache hits ({_slices(n)})")
+        cache = EmbeddingCache(cache_dir, model, paths["default"].encoder)
+        samples = embed_refs(dataset, refs, cache, device, show_progress=False)
+        start = time.perf_counter()
+        embed_refs(dataset, refs, EmbeddingCache(cache_dir, model, paths["default"].encoder), device,
+                   show_progress=False)
+        hit_s = (time.perf_counter() - start) / n
+        values = [0] + dataset.class_map.labels
+        remap_label_frames(samples, values)
+        compared = f"{', '.join(paths)}, taking turns"
+        begin(f"few-shot decoder training step ({compared})")
+        decoder_steps = alternating({name: decoder_step(model, samples, values, p.acceleration, device)
+                                     for name, p in paths.items()}, STEP_REPEATS)
+        begin(f"U-Net student training step ({compared})")
+        student_steps = alternating({name: student_step(dataset, refs, values, p.acceleration, device)
+                                     for name, p in paths.items()}, STEP_REPEATS)
+        begin(f"decoder inference ({_slices(n)})")
+        infer_s = _decoder_inference_s(model, samples, values, device)
+        memory = {}
+        for name, p in paths.items():
+            begin(f"peak memory of {name} (a process of its own)")
+            memory[name] = path_peak_memory(data, refs, cache_dir, device, p.requested)
+        begin("a 30-step few-shot fit and one volume's prediction, from a warm cache")
+        volume_s, fit_s = _predict_and_fit_times(dataset, model, cache, refs, device, cache_dir, paths["default"])
+        begin("matmul peak (fp32, bf16) and the encoder's GFLOP per slice")
+        matmul = matmul_peaks()
+        gflop = encoder_gflop(model, model.image_size)
     return {
         "machine": machine(),
         "default_vs_fp32": {
@@ -178,8 +202,8 @@ def _measure(data: str | Path, n: int, cache_dir: Path, device: str, started: fl
         },
         **({"bf16_vs_fp32": _bf16_row(paths, encoders, decoder_steps, student_steps, memory)}
            if BF16 in paths else {}),
-        "matmul_peak_gflops": matmul_peaks(),
-        "encoder_gflop_per_slice": round(encoder_gflop(model, model.image_size), 1),
+        "matmul_peak_gflops": matmul,
+        "encoder_gflop_per_slice": round(gflop, 1),
         "encoder": encoders,
         "peak_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "torch": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
@@ -369,17 +393,27 @@ def encoder_names(device: str, flags: frozenset[str] | None = None) -> list[str]
     return ["fp32", "fp32-openvino"] + (["mixed-openvino", "bf16-openvino"] if has_bf16(flags) else [])
 
 
-def _encoder_table(dataset, refs, model, cache_dir: Path, device: str) -> dict[str, dict[str, float]]:
+def _slices(n: int) -> str:
+    return f"{n} slice{'' if n == 1 else 's'}"
+
+
+def _encoder_table(dataset, refs, model, cache_dir: Path, device: str,
+                   begin: Callable[[str], None]) -> dict[str, dict[str, float]]:
     """Per precision on offer: s/slice (cache miss, after compiling; the precisions take turns
-    slice by slice), GFLOP/s, cosine to fp32."""
+    slice by slice), GFLOP/s, cosine to fp32. ``begin`` says each of its stages as it begins: the first
+    call of each encoder (OpenVINO's conversion and compiling), then their turns on the slices."""
     names = encoder_names(device)
     gflop = encoder_gflop(model, model.image_size)
     caches, first_call = {}, {}
     for name in names:
-        caches[name] = EmbeddingCache(cache_dir, model, resolve_precision(name, device))
+        precision = resolve_precision(name, device)
+        begin(f"encoder {name} first call" + (" (OpenVINO converts and compiles it)"
+                                               if precision.backend == "openvino" else ""))
+        caches[name] = EmbeddingCache(cache_dir, model, precision)
         start = time.perf_counter()
         caches[name].embed([np.zeros((64, 64), np.float32)], device)  # compiles (or converts) the encoder once
         first_call[name] = time.perf_counter() - start
+    begin(f"encoder {', '.join(names)} ({_slices(len(refs))}, taking turns)")
     images = [dataset.load(r.case_id).slice_image(r.z) for r in refs]
     seconds: dict[str, list[float]] = {name: [] for name in names}
     embeddings: dict[str, list[np.ndarray]] = {name: [] for name in names}

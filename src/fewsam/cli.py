@@ -472,16 +472,18 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help=default_is("Write the figures as JSON here.",
                                                                             "not written")),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Measure the default precision against --precision fp32 side by side (encoder s/slice, decoder and
-    student training steps, peak memory), and cache-hit, inference and fit times, on this machine."""
+    student training steps, peak memory), and cache-hit, inference and fit times, on this machine; each
+    measurement is said on stderr as it begins."""
     from fewsam.bench import run_bench
 
     check_device(device)
     _check_scratch_cache(cache, data)
     check_not_an_input(json_out, "--json", [], data)
     check_output_file(json_out, "--json", overwrite)
-    result = run_bench(data, n, cache, device)
+    result = run_bench(data, n, cache, device, show_progress=not quiet)
     if json_out:
         write_output_json(json_out, result, overwrite)
     out.print(json.dumps(result, indent=2))

@@ -1,4 +1,5 @@
-"""Progress for long work (embedding, fitting, predicting): a rich bar on a terminal, plain lines elsewhere.
+"""Progress for long work (embedding, fitting, predicting, evaluating, benchmarking): a rich bar on a terminal,
+plain lines elsewhere.
 
 A rich bar redrawn in place means nothing in a log file, under CI or nohup: there it appears
 only when the work ends. So when stderr is not a terminal, progress is written as plain lines
@@ -22,6 +23,7 @@ open log, so that with one piece of work running, as usual, no line of its threa
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import shlex
 import sys
@@ -369,15 +371,18 @@ class _Both:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True, stream: TextIO | None = None) -> Iterator[Any]:
+def progress_bar(enabled: bool = True, stream: TextIO | None = None, redrawn_while_working: bool = True
+                 ) -> Iterator[Any]:
     """A progress display on stderr (or ``stream``) with rich's ``add_task``/``update``; disabled
-    ones accept them too, so callers need no branches. Not a terminal: plain lines (``PlainProgress``)."""
-    with _display(enabled, stream) as display:
+    ones accept them too, so callers need no branches. Not a terminal: plain lines (``PlainProgress``).
+    ``redrawn_while_working=False``: a terminal's bar is redrawn only when updated (``refresh=True``), not
+    ten times a second from a thread of its own, which would take a share of the time a bench measures."""
+    with _display(enabled, stream, redrawn_while_working) as display:
         yield _Both(display, PlainProgress(_EventStream())) if _open_logs else display
 
 
 @contextmanager
-def _display(enabled: bool, stream: TextIO | None) -> Iterator[Any]:
+def _display(enabled: bool, stream: TextIO | None, redrawn_while_working: bool = True) -> Iterator[Any]:
     console = Console(stderr=True, file=stream)
     if enabled and not console.is_terminal and not console.is_jupyter:
         yield PlainProgress(console.file)
@@ -391,6 +396,7 @@ def _display(enabled: bool, stream: TextIO | None) -> Iterator[Any]:
         console=console,
         disable=not enabled,
         transient=False,
+        auto_refresh=redrawn_while_working,
     )
     with progress:
         yield progress
@@ -441,6 +447,24 @@ def tracked_with_parts(items: Sequence[T], description: str, part: str, enabled:
             bar.update(job, advance=1)
 
 
+@contextmanager
+def stages(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """Progress through ``total`` stages of unlike work (the bench's measurements, minutes in all): the
+    function yielded says a stage as it begins and counts the one before as done. On a terminal the bar
+    names the stage; elsewhere each stage is one line ("bench 3/12: cache hits (8 slices), 0:41 elapsed"),
+    as one stage may take minutes and the next a second, which lines every 5% would not tell apart. The
+    display is written only as a stage begins, never while one runs: the stages are what a bench times."""
+    with progress_bar(enabled, redrawn_while_working=False) as bar:
+        job = bar.add_task(description, total=total, one_line_per_stage=True)
+        begun = itertools.count()
+
+        def begin(stage: str) -> None:
+            bar.update(job, completed=next(begun), description=f"{description} {stage}", refresh=True)
+
+        yield begin
+        bar.update(job, completed=total, description=description, refresh=True)
+
+
 @dataclass
 class _Task:
     name: str  # the description given to add_task: the line's first word(s)
@@ -453,6 +477,7 @@ class _Task:
     printed_step: int  # how many LINE_EVERY_PERCENT steps the last line had reached
     finished: bool = False  # the completing line is out (or the task removed): later updates print nothing
     line_gap: float = 0.0  # the fewest seconds between two lines, the completing one included
+    one_line_per_stage: bool = False  # a line as each stage begins (said by a description) and as all end
 
 
 class PlainProgress:
@@ -463,10 +488,10 @@ class PlainProgress:
         self.tasks: list[_Task] = []
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, line_gap: float = 0.0,
-                 **_: Any) -> int:
+                 one_line_per_stage: bool = False, **_: Any) -> int:
         now = self.clock()
         self.tasks.append(_Task(description, "", total, completed, now, completed, now, self._step(total, completed),
-                                line_gap=line_gap))
+                                line_gap=line_gap, one_line_per_stage=one_line_per_stage))
         return len(self.tasks) - 1
 
     def remove_task(self, task_id: int) -> None:
@@ -485,24 +510,41 @@ class PlainProgress:
         if description is not None:
             task.detail = description.removeprefix(task.name).strip() if description.startswith(task.name) \
                 else description
+        if task.one_line_per_stage and not self._done(task):
+            if description is not None and not task.finished:  # a stage begins
+                self._write(self._stage_line(task, self.clock()))
+            return
         self._maybe_print(task)
 
     def _maybe_print(self, task: _Task) -> None:
         """A line at each 5% step, after 30 s without one, and once when the task completes; none
         sooner than the task's ``line_gap`` after the last (or after the start)."""
         now, step = self.clock(), self._step(task.total, task.completed)
-        done = task.total is not None and task.completed >= task.total
+        done = self._done(task)
         if task.finished or not (step > task.printed_step or now - task.printed_at >= LINE_EVERY_SECONDS or done):
             return
         if now - task.printed_at < task.line_gap:
             return
         task.printed_at, task.printed_step, task.finished = now, step, done
-        self.stream.write(self._line(task, now) + "\n")
+        self._write(self._line(task, now))
+
+    def _write(self, line: str) -> None:
+        self.stream.write(line + "\n")
         self.stream.flush()
+
+    @staticmethod
+    def _done(task: _Task) -> bool:
+        return task.total is not None and task.completed >= task.total
 
     @staticmethod
     def _step(total: float | None, completed: float) -> int:
         return int(completed * 100 // (total * LINE_EVERY_PERCENT)) if total else 0
+
+    @staticmethod
+    def _stage_line(task: _Task, now: float) -> str:
+        """"bench 3/12: cache hits (8 slices), 0:41 elapsed": the stage beginning, counted from 1."""
+        count = f" {task.completed + 1:g}/{task.total:g}" if task.total else ""
+        return f"{task.name}{count}: {task.detail}, {_clock(now - task.started_at)} elapsed"
 
     @staticmethod
     def _line(task: _Task, now: float) -> str:
