@@ -1,8 +1,10 @@
 """One long volume (a CT of hundreds of slices) is followed slice by slice: ``fewsam predict`` and ``fewsam embed``
 write progress lines within the case, to the terminal and to predict.log / embed.log, and a one-view
-prediction (as SAM refinement) holds a batch of the volume's embeddings, not all of them, predicting the same."""
+prediction (as SAM refinement) holds a batch of the volume's embeddings, not all of them, predicting the same.
+``fewsam evaluate`` follows a case class by class (its distances take the time)."""
 
 import io
+import json
 import re
 import weakref
 
@@ -19,6 +21,7 @@ from fewsam.cli import app
 from fewsam.data import open_dataset
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.embedded import CaseSlices
+from fewsam.evaluate import evaluate
 from fewsam.methods.fewshot import predict_slices, sam_refined_volume
 from fewsam.models.precision import FP32
 from fewsam.predict import predict_case_file
@@ -190,3 +193,29 @@ def test_the_parts_of_an_item_reach_a_redirected_stderr_and_leave_the_items_line
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("predict ct slice 2/40 (5%)") and lines[19].startswith("predict ct slice 40/40 (100%)")
     assert lines[20:] and all(line.startswith("predict 1/1 (100%)") for line in lines[20:])
+
+
+def class_lines(stderr: str) -> list[tuple[str, int, int]]:
+    """(case, classes scored, classes) of each "evaluate CASE class N/C (P%)" line."""
+    return [(case, int(n), int(c)) for case, n, c in re.findall(r"^evaluate (\S+) class (\d+)/(\d+) \(", stderr, re.M)]
+
+
+def test_evaluate_counts_the_classes_of_each_case_and_scores_as_without_progress(tmp_path, every_line, capsys):
+    """A large volume's HD95 and ASD take minutes a class: the progress moves class by class within the case."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=2, slices=4, seed=2)
+    dataset = open_dataset(data)
+    cases, classes = dataset.split("val"), len(dataset.class_map.names)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for case_id in cases:  # each label shifted by two voxels: distances that are not all 0
+        label = nib.load(data / "labelsTr" / f"{case_id}.nii.gz")
+        shifted = np.roll(np.asarray(label.dataobj), 2, axis=0)
+        nib.save(nib.Nifti1Image(shifted, label.affine), pred / f"{case_id}.nii.gz")
+    unseen = evaluate(pred, data, split="val", show_progress=False)
+    capsys.readouterr()
+    followed = evaluate(pred, data, split="val")
+    stderr = capsys.readouterr().err
+    assert class_lines(stderr) == [(case_id, n, classes) for case_id in cases for n in range(1, classes + 1)]
+    assert stderr.index(f"evaluate {cases[0]} class {classes}/") < stderr.index(f"evaluate 1/{len(cases)} (")
+    assert json.dumps(followed, sort_keys=True) == json.dumps(unseen, sort_keys=True)
+    assert unseen["mean"]["hd95"] > 0

@@ -35,7 +35,7 @@ from fewsam.labels import holds_class
 from fewsam.metrics import (BOTH_EMPTY, case_metrics, group_summary, in_distance_unit, summarise,
                             summary_distance_unit)
 from fewsam.predict import dataset_folder_holding
-from fewsam.progress import say_once, tracked
+from fewsam.progress import say_once, tracked_with_parts
 
 
 DEFAULT_ALPHA, DEFAULT_ES_MODE = 1.0, "sum"  # FairSeg's equity scaling
@@ -97,13 +97,14 @@ def evaluate(
         check_sources_agree(dataset, case_ids, group_by, binned)
         say_tables_over_files(dataset, case_ids, group_by, binned)
     refuse_missing_predictions(dataset, case_ids, pred)
-    for case_id in tracked(case_ids, "evaluate", show_progress):
+    for case_id, classes in tracked_with_parts(case_ids, "evaluate", "class", show_progress):
         case = load_labelled_case(dataset, case_id, "evaluate against")
         unannotated.add(case)
         predicted = read_prediction(case, pred, dataset.class_map, dataset)
         predicted, label = (annotated_slices(predicted, case.label, case.ignore) if annotated_slices_only
                             else (predicted, case.label))
-        per_class = case_metrics(predicted, label, list(names), case.spacing, both_empty, case.ignore)
+        per_class = case_metrics(predicted, label, list(names), case.spacing, both_empty, case.ignore,
+                                 classes_scored=classes.counter(len(names)))
         case_attrs.append(case.attributes)
         records.append({
             "case": case_id,

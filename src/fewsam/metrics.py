@@ -34,7 +34,7 @@ import hashlib
 import math
 import re
 import statistics
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
@@ -56,12 +56,14 @@ def case_metrics(
     spacing: tuple[float, ...] | None = None,
     both_empty: str = BOTH_EMPTY[0],
     ignore: int | None = None,
+    classes_scored: Callable[[int], None] = lambda n: None,
 ) -> dict[int, dict[str, float | None]]:
     """Dice, IoU, HD95 and ASD of each class in `class_labels` for one case.
 
     `pred` and `label` are integer label maps of the same shape ((D, H, W) or (H, W)); `both_empty`
     is the convention for a class neither holds (``BOTH_EMPTY``); `ignore` the label value of
-    unannotated pixels (``annotated_part``).
+    unannotated pixels (``annotated_part``). `classes_scored` is told of each class scored (with 1):
+    the distances of one large volume take minutes, and progress can count them class by class.
     """
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.shape != label.shape:
@@ -70,7 +72,11 @@ def case_metrics(
         raise DataError(f"spacing {tuple(spacing)} needs one value per axis of a {pred.ndim}D case")
     pred, label = annotated_part(pred, label, ignore)
     pred, label, spacing = _as_image(pred, label, spacing)
-    return {int(c): binary_metrics(pred == c, label == c, spacing, both_empty) for c in class_labels}
+    scores = {}
+    for c in class_labels:
+        scores[int(c)] = binary_metrics(pred == c, label == c, spacing, both_empty)
+        classes_scored(1)
+    return scores
 
 
 def _as_image(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...] | None
