@@ -195,3 +195,40 @@ def test_class_values_above_255_from_classes_json_are_kept_in_16_bits(tmp_path):
     read = open_dataset(tmp_path).load("s1").label
     assert read.dtype == np.uint16
     assert np.array_equal(read, np.where(label == 2, 300, label.astype(np.uint16)))
+
+
+def two_labelled_series(data: Path) -> None:
+    """Series s1 and s2, each with a labels/ file."""
+    for k, uid in enumerate(("1.2.826.0.1.3680043.2.1125.84", "1.2.826.0.1.3680043.2.1125.85"), start=1):
+        image, label = arrays(20 + k)
+        write_series(data / f"s{k}", image, uid=uid)
+        write_label(data / "labels" / f"s{k}.nii.gz", label, series_image(image))
+
+
+def test_a_missing_prediction_of_a_series_is_named_as_its_nifti_and_its_seg(tmp_path, monkeypatch, capsys):
+    """evaluate reads a series' prediction from <case>.nii.gz, else <case>.seg.dcm: the one error line names
+    both, so a user holding another tool's SEG knows what to name it."""
+    from fewsam.data import write_prediction
+    from test_output_path_limits import run_main
+
+    two_labelled_series(tmp_path / "data")
+    case = open_dataset(tmp_path / "data").load("s1")
+    write_prediction(case, case.label, tmp_path / "pred")
+    code, lines = run_main(monkeypatch, capsys, "evaluate", "--pred", str(tmp_path / "pred"), "--data",
+                           str(tmp_path / "data"), "--split", "all", "--quiet")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == (f"error: prediction {tmp_path / 'pred' / 's2.nii.gz'} (or {tmp_path / 'pred' / 's2.seg.dcm'}) "
+                        "for case s2 not found; predict this split into that folder first")
+
+
+def test_a_folder_of_another_tools_seg_files_is_told_to_rename_them_as_the_seg_is_read(tmp_path):
+    """SEG files named otherwise than <case>.seg.dcm are read once renamed: no conversion to NIfTI is needed."""
+    from fewsam.evaluate import evaluate
+
+    two_labelled_series(tmp_path / "data")
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "s1_seg.dcm").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        evaluate(tmp_path / "pred", tmp_path / "data", split="all", show_progress=False)
+    assert "(the first: s1.nii.gz or s1.seg.dcm), but files such as s1_seg.dcm" in str(err.value)
+    assert "rename them to that pattern" in str(err.value)

@@ -26,7 +26,7 @@ from fewsam.data.readers.common import files_below
 from fewsam.data.readers.fairseg_npz import keeps_attributes_in_files
 from fewsam.data.types import Dataset
 from fewsam.data.writers import (TEST_SCRIPT_ENDINGS, TEST_SCRIPT_SUFFIX, missing_predictions, other_names,
-                                 prediction_format, sought_as)
+                                 prediction_format, seg_read_instead, sought_as)
 from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
                              check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
@@ -198,15 +198,16 @@ def refuse_missing_predictions(dataset: Dataset, case_ids: list[str], pred: Path
     """Every case of the split needs its prediction: the ones missing, counted and the first named."""
     missing = missing_predictions(dataset, case_ids, pred)
     if missing and len(missing) == len(case_ids):
-        refuse_foreign_folder(pred, missing[0][1])
+        refuse_foreign_folder(pred, missing[0][1], dataset.format)
     if missing:
         case_id, path = missing[0]
         more = f" (and {len(missing) - 1} more of the {len(case_ids)} cases)" if len(missing) > 1 else ""
-        raise DataError(f"prediction {sought_as(path, other_names(dataset, case_id, pred))} for case {case_id} "
-                        f"not found{more}; predict this split into that folder first")
+        sought = sought_as(path, other_names(dataset, case_id, pred), dataset.format)
+        raise DataError(f"prediction {sought} for case {case_id} not found{more}; predict this split into that "
+                        "folder first")
 
 
-def refuse_foreign_folder(pred: Path, expected: Path) -> None:
+def refuse_foreign_folder(pred: Path, expected: Path, fmt: str) -> None:
     """No case of the split has its prediction in ``pred``: say what the folder holds instead (a few
     of its files), as "case 1 not found (and 99 more)" alone hides that it holds predictions in another
     format or naming (another tool's ``_pred`` files), or of another dataset."""
@@ -214,24 +215,28 @@ def refuse_foreign_folder(pred: Path, expected: Path) -> None:
         (p for p in files_below(pred) if not p.name.startswith(".")), 3)]
     if not found:
         raise DataError(f"prediction folder {pred} is empty; predict this split into it first")
+    accepted = [expected, *filter(None, [seg_read_instead(expected, fmt)])]
+    shown = " or ".join(path.relative_to(pred).as_posix() for path in accepted)
     raise DataError(f"{pred} holds none of this split's predictions as `fewsam predict` names them (the first: "
-                    f"{expected.relative_to(pred).as_posix()}), but files such as {', '.join(found)}: predictions of "
-                    f"another dataset or split, or named by another tool? {_rename_or_convert(expected, found)}, or "
-                    "predict this split into a new folder")
+                    f"{shown}), but files such as {', '.join(found)}: predictions of another dataset or split, or "
+                    f"named by another tool? {_rename_or_convert(accepted, found)}, or predict this split into a new "
+                    "folder")
 
 
-def _rename_or_convert(expected: Path, found: list[str]) -> str:
+def _rename_or_convert(accepted: list[Path], found: list[str]) -> str:
     """What to do with another tool's files: rename them where they are in a format this layout's predictions
-    are read in (an h5 or npz layout's predictions are read as NIfTI too, named as TransUNet's and SAMed's test
-    scripts name them); else convert them, as a renamed file stays unreadable."""
-    wanted = prediction_format(expected.name)
-    if any(prediction_format(name) == wanted for name in found):
+    are read in (``accepted``: a DICOM series' NIfTI or SEG; an h5 or npz layout's predictions are read as NIfTI
+    too, named as TransUNet's and SAMed's test scripts name them); else convert them, as a renamed file stays
+    unreadable."""
+    wanted = list(dict.fromkeys(prediction_format(path.name) for path in accepted))
+    if any(prediction_format(name) in wanted for name in found):
         return "rename them to that pattern"
     volumes = prediction_format("x" + TEST_SCRIPT_ENDINGS[0])
-    if wanted in (".h5", ".npz") and any(prediction_format(name) == volumes for name in found):
+    if wanted[0] in (".h5", ".npz") and any(prediction_format(name) == volumes for name in found):
         return (f"this layout reads NIfTI predictions named <case>{TEST_SCRIPT_SUFFIX}{TEST_SCRIPT_ENDINGS[0]}, as "
                 "TransUNet's test script names them: rename them so")
-    return f"they are not {wanted} files, which this layout's predictions are: convert them to that format and pattern"
+    return (f"they are not {' or '.join(f'{kind} files' for kind in wanted)}, which this layout's predictions are: "
+            "convert them to that format and pattern")
 
 
 def check_not_the_labels(pred: Path, dataset: Dataset) -> None:

@@ -102,9 +102,17 @@ def _found_prediction(path: Path, case_id: str, others: OtherNames, fmt: str) ->
     """The prediction file of a case expected at ``path`` (``_as_found``); for a DICOM series with no
     NIfTI there, the DICOM SEG another tool wrote, ``<case>.seg.dcm``."""
     found = _as_found(path, case_id, others)
-    if not found.is_file() and fmt == "dicom" and dicom_seg_path(found).is_file():
-        return dicom_seg_path(found)
+    seg = seg_read_instead(found, fmt)
+    if not found.is_file() and seg is not None and seg.is_file():
+        return seg
     return found
+
+
+def seg_read_instead(path: Path, fmt: str) -> Path | None:
+    """The DICOM SEG read as a case's prediction where its file ``path`` is missing: a DICOM series'
+    ``<case>.seg.dcm`` (another tool's SEG, or fewsam's own without its NIfTI); None for the other formats,
+    whose predictions have no second form."""
+    return dicom_seg_path(path) if fmt == "dicom" else None
 
 
 def _file_name(name: str, fmt: str) -> str:
@@ -311,7 +319,7 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
     others = other_names(dataset, case.case_id, pred_root) if dataset is not None else OtherNames()
     path = _found_prediction(prediction_path(case, pred_root), case.case_id, others, case.format)
     if not path.is_file():
-        raise DataError(f"prediction {sought_as(path, others)} for case {case.case_id} not found; "
+        raise DataError(f"prediction {sought_as(path, others, case.format)} for case {case.case_id} not found; "
                         "predict this split into that folder first")
     if path.name.endswith(DICOM_SEG_ENDING):
         pred = _decode_dicom_seg(case, path, prediction_segments(class_map, dataset))
@@ -405,15 +413,19 @@ def _flat_name(dataset: Any, entry: Any) -> str:
     return _stem_and_ending(_file_name(name, dataset.format))[0].lower()
 
 
-def sought_as(path: Path, others: OtherNames) -> str:
+def sought_as(path: Path, others: OtherNames, fmt: str) -> str:
     """fewsam's name of a case's prediction, with the other names it is looked for under that a user of
-    another tool would write: the flat folder's (``PRED/x.png``), a test script's (``<case>_pred.nii.gz``)."""
+    another tool would write: the flat folder's (``PRED/x.png``), a test script's (``<case>_pred.nii.gz``),
+    a DICOM series' SEG (``<case>.seg.dcm``, ``fmt`` the dataset's format)."""
     alternatives = []
     if others.flat_folder is not None:
         alternatives.append(str(others.flat_folder / path.name))
     if others.test_script_stem:
         folder = others.flat_folder or path.parent
         alternatives.append(str(folder / (others.test_script_stem + TEST_SCRIPT_ENDINGS[0])))
+    seg = seg_read_instead(path, fmt)
+    if seg is not None:
+        alternatives.append(str(seg))
     return f"{path} (or {' or '.join(alternatives)})" if alternatives else str(path)
 
 
