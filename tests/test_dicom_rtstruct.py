@@ -253,3 +253,19 @@ def test_info_describes_the_structure_sets_and_evaluate_scores_a_prediction_equa
     assert scored.exit_code == 0, scored.output
     scores = json.loads((tmp_path / "scores.json").read_text(encoding="utf-8"))
     assert len(scores["cases"]) == 2 and scores["mean"]["dice"] == pytest.approx(1.0)
+
+
+def test_a_label_file_beside_a_structure_set_and_a_seg_is_refused_naming_the_three_kinds(tmp_path):
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.131")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.131", {"GTV": GTV, "Rectum": RING})
+    image, label = arrays(40)
+    sources = ct_series(tmp_path / "s2", image, "1.2.826.0.1.3680043.2.1125.132")
+    save_seg(tmp_path / "seg" / "a.dcm", sources, one_hot(label, [1]), ["Liver"])
+    image, label = arrays(41)
+    write_series(tmp_path / "s3", image, uid="1.2.826.0.1.3680043.2.1125.133")
+    write_label(tmp_path / "labels" / "s3.nii.gz", label, series_image(image))
+    with pytest.raises(DataError) as err:
+        open_dataset(tmp_path).class_map
+    assert (f"the labels of {tmp_path} mix RT structure sets (ROIs 'GTV', 'Rectum') and DICOM SEG objects (segments "
+            "'Liver') with plain label maps (values 1, 2), and no file says which value is which ROI or segment: "
+            ) in str(err.value)

@@ -232,3 +232,19 @@ def test_a_folder_of_another_tools_seg_files_is_told_to_rename_them_as_the_seg_i
         evaluate(tmp_path / "pred", tmp_path / "data", split="all", show_progress=False)
     assert "(the first: s1.nii.gz or s1.seg.dcm), but files such as s1_seg.dcm" in str(err.value)
     assert "rename them to that pattern" in str(err.value)
+
+
+def test_a_label_file_beside_a_seg_of_another_series_needs_the_classes_named_as_a_mix_of_those_kinds(tmp_path):
+    """Segments are classes by name, a label file's values are numbers: the refusal names the kinds mixed."""
+    image, label = arrays(30)
+    write_series(tmp_path / "s1", image, uid="1.2.826.0.1.3680043.2.1125.86")
+    write_label(tmp_path / "labels" / "s1.nii.gz", label, series_image(image))
+    other, other_label = arrays(31)
+    sources = ct_series(tmp_path / "s2", other, "1.2.826.0.1.3680043.2.1125.87")
+    save_seg(tmp_path / "seg" / "a.dcm", sources, one_hot(other_label, [1, 2]), ["Spleen", "Liver"])
+    with pytest.raises(DataError) as err:
+        open_dataset(tmp_path).class_map
+    assert str(err.value) == (
+        f"the labels of {tmp_path} mix DICOM SEG objects (segments 'Liver', 'Spleen') with plain label maps (values 1, "
+        "2), and no file says which value is which segment: name the classes by value in "
+        f'{tmp_path / "classes.json"} ({{"1": "Liver", "2": "Spleen", ...}}), or give every case one kind of label file')

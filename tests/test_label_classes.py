@@ -189,8 +189,12 @@ def test_plain_label_maps_beside_slicer_segmentations_need_their_classes_named(t
     """Segments are numbered by name (Liver 1, Tumour 2), the exported map by the order they were added
     (Tumour 1): the liver of case b was read as class "Liver" of case a's tumour."""
     data = write_plain_beside_segmentations(tmp_path / "data")
-    assert_one_line_error(run_fewsam("info", str(data), cwd=tmp_path),
-                          "mix 3D Slicer segmentations (segments 'Liver', 'Tumour') with plain label maps (values 1, 2)")
+    refused = run_fewsam("info", str(data), cwd=tmp_path)
+    assert_one_line_error(refused, "error: ")
+    assert refused.stderr.strip() == (
+        f"error: the labels of {data} mix 3D Slicer segmentations (segments 'Liver', 'Tumour') with plain label maps "
+        "(values 1, 2), and no file says which value is which segment: name the classes by value in "
+        f'{data / "classes.json"} ({{"1": "Liver", "2": "Tumour", ...}}), or give every case one kind of label file')
     (data / "classes.json").write_text('{"1": "Tumour", "2": "Liver"}', encoding="utf-8")
     dataset = open_dataset(data)
     a, b = dataset.load("a").label, dataset.load("b").label

@@ -66,8 +66,8 @@ from fewsam.data.readers.dicom_labels import KINDS, LabelObject, label_objects_b
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
-from fewsam.data.readers.slicer_segmentation import (Segment, itk_segments_as_classes, say_without_segments,
-                                                     segments_of)
+from fewsam.data.readers.slicer_segmentation import (Segment, SegmentationKind, itk_segments_as_classes,
+                                                     say_without_segments, segments_of)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.native_output import AGAIN, decoder_reason
@@ -145,6 +145,11 @@ class DicomDataset(ClassesFromLabelFiles, IndexedDataset):
         """The segments of each label that is a segmentation: 3D Slicer's, the DICOM SEG objects' and the ROIs
         of the RT structure sets that are classes."""
         return {**super().segmentations, **{path: header.segments for path, header in self.label_objects.items()}}
+
+    def segmentation_kind(self, path: Path) -> SegmentationKind:
+        """A DICOM SEG's or RT structure set's kind; a labels/ file's, a 3D Slicer segmentation."""
+        header = self.label_objects.get(path)
+        return super().segmentation_kind(path) if header is None else header.kind
 
     def _first_label_object(self) -> LabelObject | None:
         first = next((e.label for e in self.entries.values() if e.label is not None), None)

@@ -31,7 +31,7 @@ from fewsam.data.readers.dicom_frames import dicom_header
 from fewsam.data.readers.dicom_rtstruct import (RTSTRUCT_SOP_CLASS, read_rtstruct_on, roi_segments,
                                                 rtstruct_references, say_left_out_rois)
 from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS, read_seg_on, seg_references, seg_segments
-from fewsam.data.readers.slicer_segmentation import Segment, SegmentClasses
+from fewsam.data.readers.slicer_segmentation import Segment, SegmentationKind, SegmentClasses
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -42,15 +42,14 @@ ReadOn = Callable[[Path, sitk.Image, list[str], SegmentClasses | None], np.ndarr
 
 
 @dataclass(frozen=True)
-class LabelKind:
-    """What differs between the kinds of label objects: how messages name one (``name``, and with its
-    article ``one``), what ``fewsam info`` says they store (``storage``), what a class is stored as in them
-    (``part``), and how their header and voxels are read."""
+class LabelKind(SegmentationKind):
+    """What differs between the kinds of label objects: how messages name them (``many``, and one of them
+    ``name``, with its article ``one``), what ``fewsam info`` says they store (``storage``), what a class is
+    stored as in them (``part``), and how their header and voxels are read."""
 
     name: str
     one: str
     storage: str
-    part: str
     references: Callable[[Any], tuple[tuple[str, ...], str | None]]
     segments: SegmentsOf
     read_on: ReadOn
@@ -65,12 +64,14 @@ PREDICTIONS = ("predictions: <case>.nii.gz label maps of class indices on the se
                "DICOM SEG objects")
 KINDS = {
     SEG_SOP_CLASS: LabelKind(
-        "DICOM SEG", "a DICOM SEG", f"DICOM SEG objects: each class a segment of its SegmentLabel; {PREDICTIONS}",
-        "segment", seg_references, _every_segment, read_seg_on),
+        many="DICOM SEG objects", part="segment", name="DICOM SEG", one="a DICOM SEG",
+        storage=f"DICOM SEG objects: each class a segment of its SegmentLabel; {PREDICTIONS}",
+        references=seg_references, segments=_every_segment, read_on=read_seg_on),
     RTSTRUCT_SOP_CLASS: LabelKind(
-        "RT structure set", "an RT structure set", "RT structure sets: each class an ROI of its ROIName, its closed "
-        f"contours filled on the series' slices; {PREDICTIONS}", "ROI", rtstruct_references, roi_segments,
-        read_rtstruct_on),
+        many="RT structure sets", part="ROI", name="RT structure set", one="an RT structure set",
+        storage="RT structure sets: each class an ROI of its ROIName, its closed contours filled on the series' "
+                f"slices; {PREDICTIONS}",
+        references=rtstruct_references, segments=roi_segments, read_on=read_rtstruct_on),
 }
 
 

@@ -69,9 +69,10 @@ from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, Not
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, quiet_itk, ras_affine, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
-from fewsam.data.readers.slicer_segmentation import (Segment, SegmentClasses, classes_of_segment_names,
-                                                     name_key, say_without_segments, segment_classes,
-                                                     segment_fields, segments_as_classes, segments_of)
+from fewsam.data.readers.slicer_segmentation import (SLICER_SEGMENTATIONS, Segment, SegmentationKind, SegmentClasses,
+                                                     classes_of_segment_names, name_key, say_without_segments,
+                                                     segment_classes, segment_fields, segments_as_classes,
+                                                     segments_of)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from fewsam.labels import MAX_LABEL_VALUE, check_class_count
@@ -123,7 +124,8 @@ class ClassesFromLabelFiles:
                 if e.label is not None and e.label not in segmentations:
                     values |= _label_values_or_none(e.label)
             found = {v: f"class{v}" for v in sorted(values - {0})}
-            refuse_unnamed_mix(values - {0}, segmentations, getattr(self, "root", "the dataset"))
+            root = getattr(self, "root", "the dataset")
+            refuse_unnamed_mix(values - {0}, segmentations, self.segmentation_kind, root)
             found.update(classes_of_segment_names(segmentations))
             check_class_count(len(found), f"the label files of {getattr(self, 'root', 'the dataset')}")
             self._class_map = ClassMap(dict(sorted(found.items())))
@@ -143,6 +145,10 @@ class ClassesFromLabelFiles:
             found = {path: segments for path in labels if (segments := _segments_or_none(path)) is not None}
             self._segmentations = found
         return found
+
+    def segmentation_kind(self, path: Path) -> SegmentationKind:
+        """What kind of segmentation the label file ``path`` (one of ``segmentations``) is, for messages."""
+        return SLICER_SEGMENTATIONS
 
     @property
     def segment_classes(self) -> SegmentClasses:
@@ -180,20 +186,30 @@ class ClassesFromLabelFiles:
                 "predictions: label maps of class indices on the image's grid")
 
 
-def refuse_unnamed_mix(values: set[int], segmentations: dict[Path, tuple[Segment, ...]], root: object) -> None:
-    """Refuse plain label maps beside 3D Slicer segmentations where no classes.json says which value is
-    which segment: the segmentations' classes are numbered by segment name, and a plain map's value 1
-    (Slicer exports label maps in the order segments were added) need not be the first name, so the
-    same organ would be two classes, or two organs one."""
+def refuse_unnamed_mix(values: set[int], segmentations: dict[Path, tuple[Segment, ...]],
+                       kind_of: Callable[[Path], SegmentationKind], root: object) -> None:
+    """Refuse plain label maps beside segmentations (3D Slicer's, DICOM SEG objects, RT structure sets: each
+    file's ``kind_of``) where no classes.json says which value is which segment: the segmentations' classes
+    are numbered by segment name, and a plain map's value 1 (Slicer exports label maps in the order segments
+    were added) need not be the first name, so the same organ would be two classes, or two organs one."""
     if not values or not segmentations:
         return
-    names = sorted({segment.name.strip() for segments in segmentations.values() for segment in segments})
-    shown = ", ".join(map(repr, names[:4])) + (", ..." if len(names) > 4 else "")
+    by_kind: dict[SegmentationKind, set[str]] = {}
+    for path, segments in segmentations.items():
+        by_kind.setdefault(kind_of(path), set()).update(segment.name.strip() for segment in segments)
+    kinds = " and ".join(f"{kind.many} ({kind.part}s {_first_names(names)})" for kind, names in by_kind.items())
+    parts = " or ".join(dict.fromkeys(kind.part for kind in by_kind))
+    names = sorted(set().union(*by_kind.values()))
     example = ", ".join(f'"{v}": "{name}"' for v, name in zip(sorted(values), names[:2]))
-    raise DataError(f"the labels of {root} mix 3D Slicer segmentations (segments {shown}) with plain label maps "
-                    f"(values {', '.join(map(str, sorted(values)[:6]))}), and no file says which value is which "
-                    f"segment: name the classes by value in {Path(str(root)) / 'classes.json'} "
-                    f"({{{example}, ...}}), or give every case one kind of label file")
+    raise DataError(f"the labels of {root} mix {kinds} with plain label maps (values "
+                    f"{', '.join(map(str, sorted(values)[:6]))}), and no file says which value is which {parts}: "
+                    f"name the classes by value in {Path(str(root)) / 'classes.json'} ({{{example}, ...}}), or give "
+                    "every case one kind of label file")
+
+
+def _first_names(names: set[str]) -> str:
+    shown = sorted(names)
+    return ", ".join(map(repr, shown[:4])) + (", ..." if len(shown) > 4 else "")
 
 
 def _segments_or_none(path: Path) -> tuple[Segment, ...] | None:

@@ -37,6 +37,18 @@ SEGMENTATION_ENDINGS = (".nrrd", ".nhdr")
 
 
 @dataclass(frozen=True)
+class SegmentationKind:
+    """How messages name a kind of label file whose classes are its named parts: the kind in the plural
+    (``many``) and what a class is stored as in it (``part``: a segment, an RT structure set's ROI)."""
+
+    many: str
+    part: str
+
+
+SLICER_SEGMENTATIONS = SegmentationKind("3D Slicer segmentations", "segment")
+
+
+@dataclass(frozen=True)
 class Segment:
     """One segment of a Slicer segmentation: where its voxels are (``layer``, ``label_value``; None: any
     non-zero voxel of its layer) and its ``name``, by which it is matched to a class. ``number``: the
