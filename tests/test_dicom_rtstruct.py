@@ -24,7 +24,7 @@ from fewsam.data import open_dataset, write_prediction
 from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, filled
 from fewsam.errors import DataError
 from test_dicom import arrays, series_image, write_label, write_series
-from test_dicom_seg import FRAME_OF_REFERENCE, ct_series, one_hot, save_seg
+from test_dicom_seg import FRAME_OF_REFERENCE, ct_series, one_hot, resave_bare, save_seg
 from test_label_classes import notices  # noqa: F401 - the fixture
 
 AXIAL = {"direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}
@@ -269,3 +269,14 @@ def test_a_label_file_beside_a_structure_set_and_a_seg_is_refused_naming_the_thr
     assert (f"the labels of {tmp_path} mix RT structure sets (ROIs 'GTV', 'Rectum') and DICOM SEG objects (segments "
             "'Liver') with plain label maps (values 1, 2), and no file says which value is which ROI or segment: "
             ) in str(err.value)
+
+
+def test_a_structure_set_without_the_part_10_header_is_its_series_label(tmp_path):
+    """As pydicom's own rtstruct.dcm and older planning systems' exports: a bare data set, without the
+    preamble and DICM marker, is its series' label, not a series of its own that cannot be read."""
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.134")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.134", {"GTV": GTV, "Rectum": RING})
+    resave_bare(tmp_path / "rt" / "a.dcm")
+    dataset = open_dataset(tmp_path)
+    assert list(dataset.entries) == ["s1"]
+    np.testing.assert_array_equal(dataset.load("s1").label, expected_gtv_and_ring())

@@ -15,6 +15,7 @@ from fewsam.data import open_dataset, read_prediction
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from test_dicom import arrays, series_image, write_label, write_series
+from test_dicom_series_faults import save_bare
 from test_label_classes import notices  # noqa: F401 - the fixture
 
 FRAME_OF_REFERENCE = "1.2.826.0.1.3680043.2.1125.9"
@@ -45,6 +46,14 @@ def save_seg(path: Path, sources: list[pydicom.Dataset], masks: np.ndarray, labe
         max_fractional_value=100)
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
+
+
+def resave_bare(path: Path) -> None:
+    """The DICOM file at ``path`` again as a bare data set: no preamble, DICM marker or file meta group."""
+    ds = pydicom.dcmread(path)
+    ds.preamble = None
+    del ds.file_meta
+    save_bare(ds, path)
 
 
 def one_hot(label: np.ndarray, values: list[int]) -> np.ndarray:
@@ -248,3 +257,16 @@ def test_a_label_file_beside_a_seg_of_another_series_needs_the_classes_named_as_
         f"the labels of {tmp_path} mix DICOM SEG objects (segments 'Liver', 'Spleen') with plain label maps (values 1, "
         "2), and no file says which value is which segment: name the classes by value in "
         f'{tmp_path / "classes.json"} ({{"1": "Liver", "2": "Spleen", ...}}), or give every case one kind of label file')
+
+
+def test_a_seg_without_the_part_10_header_is_its_series_label(tmp_path):
+    """A bare data set (no preamble, DICM marker or file meta group), as older exporters write: its series
+    is labelled by it, its folder no case."""
+    image, label = arrays(32)
+    sources = ct_series(tmp_path / "s1", image, "1.2.826.0.1.3680043.2.1125.88")
+    save_seg(tmp_path / "seg" / "a.dcm", sources, one_hot(label, [1, 2]), ["Liver", "Spleen"])
+    resave_bare(tmp_path / "seg" / "a.dcm")
+    assert (tmp_path / "seg" / "a.dcm").read_bytes()[128:132] != b"DICM"
+    dataset = open_dataset(tmp_path)
+    assert list(dataset.entries) == ["s1"]
+    assert np.array_equal(dataset.load("s1").label, label)

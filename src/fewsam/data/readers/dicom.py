@@ -2,7 +2,9 @@
 
     root/<series>/*.dcm              series folders may nest (root/<patient>/<study>/<series>/),
     root/images/<series>/*.dcm       or sit under images/; .dcm files right in root are one case;
-                                     .dicom, .ima and unsuffixed files with the DICM marker count too;
+                                     .dicom, .ima and unsuffixed files with the DICM marker count too
+                                     (the suffixed ones also as bare data sets, without the Part 10
+                                     header: images, DICOM SEG and RT structure sets alike);
                                      a series may be one multi-frame file (enhanced MR / CT);
                                      one holding several time points (a cine, in one file or
                                      across its files) is refused, as is one of slices in several
@@ -739,13 +741,27 @@ NO_IMAGE_SOP_FAMILIES = tuple(f"1.2.840.10008.5.1.4.1.1.{n}" for n in ("88.", "1
 
 
 def is_no_image(path: Path) -> bool:
-    """Whether a DICOM file is an object with no image to segment (``NO_IMAGE_SOP_CLASSES``), by the
-    SOP class its file meta group names; a file without one is taken for an image."""
-    sop = media_sop_class(path)
+    """Whether a DICOM file is an object with no image to segment (``NO_IMAGE_SOP_CLASSES``), by its SOP
+    class (``sop_class``); a file without one is taken for an image."""
+    sop = sop_class(path)
     return sop is not None and (sop in NO_IMAGE_SOP_CLASSES or sop.startswith(NO_IMAGE_SOP_FAMILIES))
 
 
 LONG_LENGTH_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+
+
+def sop_class(path: Path) -> str | None:
+    """A DICOM file's SOP class: the one its Part 10 file meta group names (``media_sop_class``), else the
+    data set's own SOPClassUID (0008,0016). A bare data set, without the 128-byte preamble, DICM marker
+    and file meta group (older exporters write them, and GDCM reads them as images), has no file meta
+    group: judged by that alone, a DICOM SEG or RT structure set written so would be taken for an image,
+    its folder for a series that cannot be read, and its series left unlabelled."""
+    found = media_sop_class(path)
+    if found is not None:
+        return found
+    header = dicom_header(path, ["SOPClassUID"])
+    value = header.get("SOPClassUID") if header is not None else None
+    return str(value) if value else None
 
 
 def media_sop_class(path: Path) -> str | None:
@@ -793,7 +809,7 @@ def _entries(root: Path, named: ClassMap | None) -> tuple[list[Entry], dict[Path
     if labels.is_dir():
         say_unmatched_labels(labels, entries)
     _say_slice_masks(root, labels)
-    objects = [(p, sop) for files in other.values() for p in files if (sop := media_sop_class(p) or "") in KINDS]
+    objects = [(p, sop) for files in other.values() for p in files if (sop := sop_class(p) or "") in KINDS]
     chosen = label_objects_by_case(root, objects, entries, series, named)
     return ([replace(e, label=chosen[e.case_id].path) if e.case_id in chosen else e for e in entries],
             {header.path: header for header in chosen.values()})

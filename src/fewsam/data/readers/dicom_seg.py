@@ -84,14 +84,30 @@ def read_seg_on(path: Path, grid: sitk.Image, source_files: list[str], classes: 
 
 def _segread(path: Path) -> Any:
     """The SEG as highdicom's ``Segmentation``, its frames read whole: highdicom's lazy reading cuts
-    BINARY frames that do not fill whole bytes wrongly. A file highdicom does not take for a
+    BINARY frames that do not fill whole bytes wrongly. A bare data set without the Part 10 header is read
+    too (``with_transfer_syntax``), as its series' files are. A file highdicom does not take for a
     segmentation is a DataError naming it."""
     import highdicom as hd
+    import pydicom
+    from pydicom.errors import InvalidDicomError
 
     try:
-        return hd.seg.segread(path)
-    except (ValueError, TypeError, AttributeError, KeyError, OSError) as err:
+        return hd.seg.Segmentation.from_dataset(with_transfer_syntax(pydicom.dcmread(path, force=True)), copy=False)
+    except (InvalidDicomError, ValueError, TypeError, AttributeError, KeyError, OSError, EOFError) as err:
         raise DataError(f"cannot read DICOM SEG {path}: {first_line(err)}") from None
+
+
+def with_transfer_syntax(ds: Any) -> Any:
+    """``ds`` with the transfer syntax it was read in named in its file meta group: a bare data set (no
+    Part 10 header) has none, which highdicom needs to decode its frames; it is uncompressed, in the
+    encoding pydicom found it in."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
 
 
 @dataclass(frozen=True)
