@@ -230,6 +230,18 @@ def test_a_missing_prediction_of_a_series_is_named_as_its_nifti_and_its_seg(tmp_
                         "for case s2 not found; predict this split into that folder first")
 
 
+def test_an_empty_prediction_folder_names_the_nifti_and_the_seg_of_the_first_series(tmp_path, monkeypatch, capsys):
+    from test_output_path_limits import run_main
+
+    two_labelled_series(tmp_path / "data")
+    (tmp_path / "pred").mkdir()
+    code, lines = run_main(monkeypatch, capsys, "evaluate", "--pred", str(tmp_path / "pred"), "--data",
+                           str(tmp_path / "data"), "--split", "all", "--quiet")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == (f"error: prediction folder {tmp_path / 'pred'} is empty; predict this split into it first "
+                        "(the first case's prediction: s1.nii.gz or s1.seg.dcm)")
+
+
 def test_a_folder_of_another_tools_seg_files_is_told_to_rename_them_as_the_seg_is_read(tmp_path):
     """SEG files named otherwise than <case>.seg.dcm are read once renamed: no conversion to NIfTI is needed."""
     from fewsam.evaluate import evaluate

@@ -210,13 +210,15 @@ def refuse_missing_predictions(dataset: Dataset, case_ids: list[str], pred: Path
 def refuse_foreign_folder(pred: Path, expected: Path, fmt: str) -> None:
     """No case of the split has its prediction in ``pred``: say what the folder holds instead (a few
     of its files), as "case 1 not found (and 99 more)" alone hides that it holds predictions in another
-    format or naming (another tool's ``_pred`` files), or of another dataset."""
+    format or naming (another tool's ``_pred`` files), or of another dataset. Either way the first case's
+    file names are said (a DICOM series' NIfTI or SEG), for predictions of another tool to be named so."""
     found = [path.relative_to(pred).as_posix() for path in islice(
         (p for p in files_below(pred) if not p.name.startswith(".")), 3)]
-    if not found:
-        raise DataError(f"prediction folder {pred} is empty; predict this split into it first")
     accepted = [expected, *filter(None, [seg_read_instead(expected, fmt)])]
     shown = " or ".join(path.relative_to(pred).as_posix() for path in accepted)
+    if not found:
+        raise DataError(f"prediction folder {pred} is empty; predict this split into it first (the first case's "
+                        f"prediction: {shown})")
     raise DataError(f"{pred} holds none of this split's predictions as `fewsam predict` names them (the first: "
                     f"{shown}), but files such as {', '.join(found)}: predictions of another dataset or split, or "
                     f"named by another tool? {_rename_or_convert(accepted, found)}, or predict this split into a new "
