@@ -268,7 +268,8 @@ def test_a_label_file_beside_a_seg_of_another_series_needs_the_classes_named_as_
     assert str(err.value) == (
         f"the labels of {tmp_path} mix DICOM SEG objects (segments 'Liver', 'Spleen') with plain label maps (values 1, "
         "2), and no file says which value is which segment: name the classes by value in "
-        f'{tmp_path / "classes.json"} ({{"1": "Liver", "2": "Spleen", ...}}), or give every case one kind of label file')
+        f'{tmp_path / "classes.json"} ({{"1": "Liver", "2": "Spleen", ...}}), or give every case one kind of '
+        "label file")
 
 
 def test_a_seg_without_the_part_10_header_is_its_series_label(tmp_path):
