@@ -109,19 +109,20 @@ def test_a_terminal_keeps_the_rich_bar():
 
 # --- predict leaves nothing behind ----------------------------------------------------------
 
-def test_predict_failing_on_case_7_leaves_nothing_and_the_rerun_works(fitted, data, tmp_path):
+def test_predict_failing_on_case_7_keeps_the_6_before_it_and_the_rerun_predicts_the_rest(fitted, data, tmp_path):
     run, _ = fitted
     good = (data / "data" / f"{VAL[6]}.h5").read_bytes()
     _damage(data, VAL[6])
     pred = tmp_path / "out" / "pred"
     failed = run_fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
     assert_one_line_error(failed, VAL[6])
-    # no prediction folder, no hidden partial folder: the log alone, where predict said it was, saying why
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [".pred.predict.log"]
+    # no prediction folder: the finished cases, kept hidden beside it, and the log, where predict said it was
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".pred.predict-partial", ".pred.predict.log"]
     assert VAL[6] in (tmp_path / "out" / ".pred.predict.log").read_text().splitlines()[-1]
     (data / "data" / f"{VAL[6]}.h5").write_bytes(good)
     again = run_fewsam("predict", str(run), "--data", str(data), "--out", str(pred), "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+    assert "resuming: 6 of 10 cases already predicted" in (pred / "predict.log").read_text()
     assert sorted(p.name for p in pred.iterdir()) == sorted([*(f"{c}.h5" for c in VAL), "predict.log"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pred"]  # the log moved in with them
 
@@ -139,7 +140,9 @@ def test_failed_overwrite_keeps_the_users_files_and_writes_nothing(fitted, data,
         predict(run, data, pred, overwrite=True, show_progress=False)
     assert sorted(p.name for p in pred.iterdir()) == ["notes.txt", f"{VAL[0]}.h5"]
     assert (pred / f"{VAL[0]}.h5").read_text() == "an old prediction"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".pred.predict.log"]  # its log alone
+    # its log and the cases it finished, for the same command to go on from
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".pred.predict-partial",
+                                                                                    ".pred.predict.log"]
     shutil.copy(fitted[1] / "data" / f"{VAL[6]}.h5", data / "data")
     written = predict(run, data, pred, overwrite=True, show_progress=False)
     assert sorted(p.name for p in pred.iterdir()) == sorted([*(f"{c}.h5" for c in VAL), "notes.txt", "predict.log"])
@@ -479,7 +482,7 @@ def test_sigterm_while_predicting_leaves_no_partial_folder(tmp_path):
     """The command line's SIGTERM handler raises in the middle of writing predictions; the staging
     folder (and the parent made for it) is removed, as on any other failure."""
     from fewsam.cli import _stop_on_signals
-    from fewsam.predict import staged_folder
+    from fewsam.atomic import staged_folder
 
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     _stop_on_signals()

@@ -185,14 +185,27 @@ def take_lock_file(path: Path) -> tuple[int, int | None]:
     without its lock service) answers with another error, and taking that for "in use" would refuse
     the folder for good, so (descriptor, errno) comes back and the caller goes on unlocked, saying so."""
     fd = _open_lock_file(path)
+    return fd, _locked_alone(fd, path)
+
+
+def take_folder(folder: Path) -> tuple[int, int | None]:
+    """``take_lock_file`` for a folder fewsam owns (a resumable staging folder): the lock is taken on the
+    folder itself, so no lock file is left among the files it holds."""
+    fd = os.open(folder, os.O_RDONLY)
+    return fd, _locked_alone(fd, folder)
+
+
+def _locked_alone(fd: int, path: Path) -> int | None:
+    """An exclusive flock on ``fd`` without waiting: None when taken, the errno of a file system without
+    locks, ``LockHeld`` (``fd`` closed) when another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return fd, err.errno or errno.ENOLCK
+            return err.errno or errno.ENOLCK
         os.close(fd)
         raise LockHeld(str(path)) from None
-    return fd, None
+    return None
 
 
 def _open_lock_file(path: Path) -> int:
@@ -374,27 +387,36 @@ def staged_folder(out: Path, overwrite: bool, replaces: Iterable[str] = (),
     ``joining``: files written elsewhere while the block runs (predict's log, followed with ``tail -f``
     where the user was told it is), by their name in the set: they move in with it, and stay where
     they were when it does not move in."""
-    made = _make_parents(out.parent)
+    made = make_parents(out.parent)
     remove_abandoned_stagings(out)
     staging = out.parent / hidden_name(out.name, f".partial-{secrets.token_hex(4)}")
     staging.mkdir()
     owned = hold(staging)
-    moved = False
     try:
         yield staging
-        with stop_signals_held():  # Ctrl-C here acts once every file is in place, as the message then says
-            with _joined(staging, joining):
-                _move_into(staging, out, overwrite, replaces)
-            moved = True
-    except BaseException as exc:
-        if moved and isinstance(exc, Stopped):
-            exc.written = str(out)
+        move_in_whole(staging, out, overwrite, replaces, joining)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in reversed(made):
-            _remove_if_empty(folder)
+        remove_if_empty(made)
         raise
     finally:
         let_go(owned)
+
+
+def move_in_whole(staging: Path, out: Path, overwrite: bool, replaces: Iterable[str] = (),
+                  joining: Mapping[str, Path] = MappingProxyType({})) -> None:
+    """The staged set (with the files of ``joining``) moved into ``out`` (``staged_folder``). Ctrl-C
+    meanwhile acts once every file is in place: its ``Stopped`` then says ``out`` was written whole."""
+    moved = False
+    try:
+        with stop_signals_held():
+            with _joined(staging, joining):
+                _move_into(staging, out, overwrite, replaces)
+            moved = True
+    except Stopped as stop:
+        if moved:
+            stop.written = str(out)
+        raise
 
 
 @contextmanager
@@ -487,7 +509,7 @@ def _is_temporary_name(name: str, prefix: str, suffix: str = "") -> bool:
     return len(tail) == 8 and all(c in "0123456789abcdef" for c in tail)
 
 
-def _make_parents(folder: Path) -> list[Path]:
+def make_parents(folder: Path) -> list[Path]:
     """Create ``folder`` and its missing parents; returns those created, outermost first."""
     missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
     for p in missing:
@@ -495,11 +517,14 @@ def _make_parents(folder: Path) -> list[Path]:
     return missing
 
 
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+def remove_if_empty(made: list[Path]) -> None:
+    """Remove the folders ``make_parents`` made, innermost first, those still empty: a failed writer
+    leaves no empty folder the user never asked for."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _move_into(staging: Path, out: Path, overwrite: bool, replaces: Iterable[str] = ()) -> None:

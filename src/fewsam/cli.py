@@ -360,6 +360,8 @@ def predict(
                                                  "<name>.probabilities.npz, (C, D, H, W) float16, background first."),
     ray: Optional[str] = RayOpt,
     ray_workers: Optional[int] = RayWorkersOpt,
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh: discard the cases a stopped predict "
+                                                              "into --out finished (taken up by default)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Write one prediction per case, in the case's own format, mirroring its relative path."""
@@ -371,7 +373,8 @@ def predict(
     check_ray(ray, ray_workers)
     refine = "always" if refine_with_sam else "if-better" if refine_if_better else "never"
     written = run_predict(run, data, pred, split, cache, device, overwrite, show_progress=not quiet, refine=refine,
-                          precision=precision, ray=ray, ray_workers=ray_workers, save_probabilities=save_probabilities)
+                          precision=precision, ray=ray, ray_workers=ray_workers, save_probabilities=save_probabilities,
+                          resume=not no_resume)
     if refine_if_better:
         _print_refinement_choice(run)
     out.print(f"wrote {len(written)} prediction{'' if len(written) == 1 else 's'} to {pred}")
@@ -795,31 +798,35 @@ def run_app(args: list[str] | None = None) -> None:
         raise SystemExit(code)
 
 
-# a checkpoint or the embedding cache keeps their work; demo resumes its phantom and its fit in --out
+# a checkpoint or the embedding cache keeps their work; demo resumes its phantom and its fit in --out (predict,
+# which keeps its finished cases beside --out, says so with what it kept: ``Stopped.kept``)
 RESUMABLE_COMMANDS = ("fit", "embed", "demo")
 
 
 def stopped_message(stop: Stopped, argv: list[str]) -> str:
-    """What a command stopped by Ctrl-C or SIGTERM says: fit, embed and demo pick up where they
-    stopped, except a fit stopped before its first checkpoint, whose new run folder was removed and
-    which can only start again from the cached embeddings; the studio, which is stopped this way,
-    keeps every saved label; predict writes nothing partial but keeps the embeddings it encoded (a run
-    on SAM), which its next run reads back; the others kept nothing partial and start over."""
+    """What a command stopped by Ctrl-C or SIGTERM says: fit, embed, demo and predict pick up where
+    they stopped, except a fit stopped before its first checkpoint, whose new run folder was removed and
+    which can only start again from the cached embeddings, and a predict stopped before its first case
+    was written, which kept no prediction, only the embeddings it encoded (a run on SAM), which its next
+    run reads back; the studio, which is stopped this way, keeps every saved label; the others kept
+    nothing partial and start over."""
     command = next((a for a in argv[1:] if not a.startswith("-")), "")
     if stop.written is not None:  # the stop came as the finished outputs moved in, which completed first
         return (f"{stop.how} as the command ended: {stop.written} holds its whole output, nothing is left to do "
                 "(the same command again needs --overwrite)")
     if command == "studio":
         return f"{stop.how}; the studio stopped, its saved labels are kept: run the same command again to go on"
+    log = "" if stop.log is None else f"; its log: {stop.log}"
+    if stop.kept is not None:  # a predict's finished cases, kept beside --out
+        return f"{stop.how}; {stop.kept}: run the same command again to resume{log}"
+    if command == "predict":  # stopped before its first case; hours of encoding are kept in the cache
+        return (f"{stop.how}; no prediction was written (the folder is written whole, at the end), but the "
+                f"embeddings encoded so far are kept in the cache: the same command again encodes only the rest{log}")
     if command in RESUMABLE_COMMANDS and stop.run_removed:
         return (f"{stop.how}; nothing was fitted yet, so the run folder was removed (any embeddings computed so far "
                 "are kept in the cache): run the same command again to start the fit")
     if command in RESUMABLE_COMMANDS:
         return f"{stop.how}; run the same command again to resume"
-    if command == "predict":  # hours of encoding are not lost: the folder is written whole, the cache as it goes
-        return (f"{stop.how}; no prediction was written (the folder is written whole, at the end), but the "
-                "embeddings encoded so far are kept in the cache: the same command again encodes only the rest"
-                + ("" if stop.log is None else f"; its log: {stop.log}"))
     return f"{stop.how}; nothing partial was kept: run the same command again to start over"
 
 

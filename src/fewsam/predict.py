@@ -7,23 +7,26 @@ other tool) can pair them up.
 
 Predictions are written into a hidden folder beside ``out`` and moved into place only when
 every case succeeded: a prediction that fails on case 7 of 10 leaves no ``out`` behind, so the
-corrected re-run is not refused as "not empty". Its log, to be followed while it runs, is written
-beside ``out`` (``staged_with_log``) and moves in with them. Pixels are checked as cases are read: NaN
+corrected re-run is not refused as "not empty", and it keeps the 6 cases it finished, which the
+same command again does not predict again (``fewsam.resumable``). Its log, to be followed while it
+runs, is written beside ``out`` (``staged_with_log``) and moves in with them. Pixels are checked as cases are read: NaN
 or Inf is an error naming the file and slice, a constant image a warning naming the case.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from fewsam.atomic import check_folder_path, check_path_can_be_made, hidden_name, staged_folder
+from fewsam.atomic import check_folder_path, check_path_can_be_made, hidden_name
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
@@ -40,7 +43,8 @@ from fewsam.models.sam import SamModel
 from fewsam.probabilities import (PROBABILITIES_ENDING, ProbabilityFile, check_not_a_prediction_name, class_names,
                                   has_probabilities, probabilities_path)
 from fewsam.progress import Parts, command_log, record, say_once, tracked_with_parts, with_own_notices
-from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run
+from fewsam.resumable import KeptCases, resumable_staging
+from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run, predict_files_sha256
 
 
 Refine = Literal["never", "always", "if-better"]
@@ -72,6 +76,7 @@ def predict(
     ray: str | None = None,
     ray_workers: int | None = None,
     save_probabilities: bool = False,
+    resume: bool = True,
 ) -> list[Path]:
     """Write one prediction per case of ``split`` (default ``DEFAULT_SPLIT``, "val") under ``out``.
 
@@ -84,7 +89,8 @@ def predict(
     the cases over the Ray cluster at that address (``fewsam.distributed.ray_jobs``; ``ray_workers``
     workers, default one per CPU), writing into the same staging folder and cache. ``save_probabilities``:
     each case's class probabilities beside its prediction (``fewsam.probabilities``), refused in one
-    line for a method that has none (the oracle-prompted baselines)."""
+    line for a method that has none (the oracle-prompted baselines). ``resume``: take up the cases a
+    stopped predict of the same settings into ``out`` finished (``fewsam.resumable``); False starts afresh."""
     from fewsam.distributed.ray_jobs import check_workers_have_a_cluster
     from fewsam.methods import get_method
 
@@ -114,42 +120,87 @@ def predict(
                                                         show_progress))
     names = run_class_names(config, dataset) if save_probabilities else None
     seg_names = run_class_names(config, dataset) if dataset.format == "dicom" else None
+    target = Target(out, overwrite, resume, prediction_identity(out, run_dir, data, split, case_ids, refined, encoder,
+                                                                 device, names is not None))
     if ray is not None:
         if not pixels_only or refined:
             prepare_encoder_for_workers(config, cache_root, encoder, device)
-        return _predict_on_ray(ray, ray_workers, run_dir, data, out, case_ids, cache_root, encoder, device,
-                               overwrite, show_progress, refined, pixels_only and not refined, names, seg_names)
+        return _predict_on_ray(ray, ray_workers, run_dir, data, target, case_ids, cache_root, encoder, device,
+                               show_progress, refined, pixels_only and not refined, names, seg_names)
     predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
     if names is not None:
         check_probabilities(predictor, config)
-    written: list[Path] = []
-    replaced: list[str] = []  # read only when the staged files move in: filled as the cases are written
-    with staged_with_log(out, overwrite, replaced) as staging:
+    replaced: list[str] = []  # read only when the staged files move in: filled once every case is written
+    with staged_with_log(target, len(case_ids), replaced) as kept:
         if names is not None:
             say_probability_stage(predictor, run_dir)
-        for case_id, parts in tracked_with_parts(case_ids, "predict", "slice", show_progress):
-            rel = predict_case_file(dataset, case_id, predictor, cache, device, staging, parts, names, seg_names)
-            written.append(out / rel)
-            replaced.extend(companions(rel, seg_names is not None))
-        record(f"done: {len(written)} predictions{WITH_PROBABILITIES if names is not None else ''} in {out}")
-    return written
+        left = [case_id for case_id in case_ids if case_id not in kept.finished]
+        for case_id, parts in tracked_with_parts(left, "predict", "slice", show_progress):
+            rel = predict_case_file(dataset, case_id, predictor, cache, device, kept.files, parts, names, seg_names)
+            kept.finish(case_id, case_files(rel, names is not None, seg_names is not None))
+        return all_predicted(kept, case_ids, out, replaced, names is not None, seg_names is not None)
 
 
 WITH_PROBABILITIES = f" and their class probabilities (*{PROBABILITIES_ENDING})"
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a predict writes: --out, --overwrite, whether to take up a stopped predict's finished cases
+    (not with --no-resume), and what makes its files (``prediction_identity``), which tells them apart."""
+
+    out: Path
+    overwrite: bool
+    resume: bool
+    identity: dict[str, Any]
+
+
+def prediction_identity(out: Path, run_dir: Path, data: str | Path, split: str | None, case_ids: Sequence[str],
+                        refined: bool, encoder: EncoderPrecision, device: str, probabilities: bool) -> dict[str, Any]:
+    """What a predict's files are made from: where they go, the run's files (by hash), the data, its split
+    and cases, and every option that changes a prediction. The cases a stopped predict kept are taken up
+    only by a predict that agrees on all of it; any other starts afresh rather than mix their files."""
+    from fewsam import __version__
+    from fewsam.distributed.ray_jobs import precision_option
+
+    return {"out": str(out.resolve()), "run": str(run_dir.resolve()), "run_files": predict_files_sha256(run_dir),
+            "data": str(Path(data).resolve()), "split": split or DEFAULT_SPLIT,
+            "cases": hashlib.sha256("\n".join(case_ids).encode()).hexdigest()[:16], "refined": refined,
+            "precision": precision_option(encoder), "device": device, "probabilities": probabilities,
+            "fewsam": __version__}
+
+
+def case_files(prediction: Path, probabilities: bool, dicom_seg: bool) -> list[Path]:
+    """The files of one case's prediction (its class probabilities and its DICOM SEG too, where written):
+    the case is finished only once all of them are in place."""
+    return ([prediction] + ([probabilities_path(prediction)] if probabilities else [])
+            + ([dicom_seg_path(prediction)] if dicom_seg else []))
+
+
+def all_predicted(kept: KeptCases, case_ids: Sequence[str], out: Path, replaced: list[str],
+                  probabilities: bool, dicom_seg: bool) -> list[Path]:
+    """The predictions of ``case_ids`` (all finished) as they will be in ``out``; ``replaced`` gets the
+    files beside them (``companions``), so that an --overwrite removes those an earlier predict left."""
+    predictions = [Path(kept.finished[case_id][0]) for case_id in case_ids]
+    replaced.extend(name for rel in predictions for name in companions(rel, dicom_seg))
+    record(f"done: {len(predictions)} predictions{WITH_PROBABILITIES if probabilities else ''} in {out}")
+    return [out / rel for rel in predictions]
+
+
 @contextmanager
-def staged_with_log(out: Path, overwrite: bool, replaced: Iterable[str]) -> Iterator[Path]:
-    """The staging folder of the predictions (``staged_folder``, ``replaced`` as its ``replaces``), with
-    predict's log: hours of prediction must be followable (``tail -f``) while --out is still hidden, so
-    the log is written beside --out (``running_log``, its path said as predict starts) and joins the
+def staged_with_log(target: Target, total: int, replaced: Iterable[str]) -> Iterator[KeptCases]:
+    """The staging of the ``total`` predictions (``resumable_staging``, ``replaced`` as its ``replaces``),
+    with predict's log: hours of prediction must be followable (``tail -f``) while --out is still hidden,
+    so the log is written beside --out (``running_log``, its path said as predict starts) and joins the
     predictions as OUT/predict.log when they move in. A predict that fails or is stopped leaves it
     there, its last line saying how it ended; the next predict into the same --out appends to it."""
+    out = target.out
     log = running_log(out)
     log.parent.mkdir(parents=True, exist_ok=True)
     with command_log(log, "predict", moved_to=out / PREDICT_LOG), \
-            staged_folder(out, overwrite, replaces=replaced, joining={PREDICT_LOG: log}) as staging:
-        yield staging
+            resumable_staging(out, target.identity, total, target.resume, target.overwrite, replaces=replaced,
+                              joining={PREDICT_LOG: log}) as kept:
+        yield kept
 
 
 def running_log(out: Path) -> Path:
@@ -276,12 +327,13 @@ def prepare_encoder_for_workers(config: dict, cache_root: str | Path, encoder: E
         EmbeddingCache(cache_root, load_run_model(config, device), encoder).prepare_encoder()
 
 
-def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str | Path, out: Path,
+def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str | Path, target: Target,
                     case_ids: list[str], cache_root: str | Path, encoder: EncoderPrecision, device: str,
-                    overwrite: bool, show_progress: bool, refined: bool, pixels_only: bool,
+                    show_progress: bool, refined: bool, pixels_only: bool,
                     names: dict[int, str] | None = None, seg_names: dict[int, str] | None = None) -> list[Path]:
     """``predict``'s loop on a Ray cluster: the workers write into the same staging folder, which
-    moves into ``out`` only when every case succeeded, as it does locally."""
+    moves into --out only when every case succeeded, as it does locally; the driver journals each case
+    as its worker answers, so a stopped job resumes as a local predict does."""
     from fewsam.distributed.ray_jobs import CPUS_PER_WORKER, PredictJob, absolute, precision_option, predict_on_ray
 
     job = PredictJob(run=absolute(run_dir), data=absolute(data),
@@ -289,15 +341,20 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
                      device=device, threads=CPUS_PER_WORKER, refined=refined,
                      class_names=tuple((int(v), n) for v, n in (names or seg_names or {}).items()),
                      probabilities=names is not None)
-    replaced: list[str] = []  # read only when the staged files move in: filled once the cases are written
-    with staged_with_log(out, overwrite, replaced) as staging:
+    replaced: list[str] = []  # read only when the staged files move in: filled once every case is written
+    with staged_with_log(target, len(case_ids), replaced) as kept:
         if names is not None:
             record("saving class probabilities beside each prediction (the stage each worker's predictor bases "
                    "its labels on)")
-        rels = predict_on_ray(address, job, case_ids, staging.absolute(), workers, show_progress=show_progress)
-        replaced.extend(name for rel in rels for name in companions(Path(rel), seg_names is not None))
-        record(f"done: {len(rels)} predictions{WITH_PROBABILITIES if names is not None else ''} in {out}")
-    return [out / rel for rel in rels]
+        left = [case_id for case_id in case_ids if case_id not in kept.finished]
+
+        def answered(case_id: str, rel: Path) -> None:
+            kept.finish(case_id, case_files(rel, names is not None, seg_names is not None))
+
+        if left:  # a stopped job that had finished them all (its move into --out failed) starts no workers
+            predict_on_ray(address, job, left, kept.files.absolute(), workers, show_progress=show_progress,
+                           on_case=answered)
+        return all_predicted(kept, case_ids, target.out, replaced, names is not None, seg_names is not None)
 
 
 def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:

@@ -461,6 +461,15 @@ def _read_manifest(run_dir: Path) -> tuple[list[str], list[tuple[str, int, str]]
     return keys, files
 
 
+def predict_files_sha256(run_dir: Path) -> str:
+    """One digest of the files predict reads from the run, as its manifest records them (sizes and
+    sha256, which ``check_run`` verifies): predictions a stopped predict kept are taken up again only
+    for the same weights and choices, also where another fit was written under the same path."""
+    _, files = _read_manifest(run_dir)
+    read = sorted(record for record in files if record[0] not in NOT_FOR_PREDICT)
+    return hashlib.sha256(json.dumps(read).encode()).hexdigest()
+
+
 def _verify_files(run_dir: Path, files: list[tuple[str, int, str]], way_out: str) -> None:
     """Refuse, naming the file, when a file the manifest lists is missing or changed; files predict
     does not read are passed over (the manifests of older fewsam versions list RUN/fit.log)."""

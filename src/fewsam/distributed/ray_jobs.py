@@ -448,9 +448,10 @@ def embed_on_ray(address: str, job: EncoderJob, case_ids: Sequence[str], workers
 
 
 def predict_on_ray(address: str, job: PredictJob, case_ids: Sequence[str], staging: Path,
-                   workers: int | None = None, retries: int = RETRIES, show_progress: bool = True) -> list[Path]:
+                   workers: int | None = None, retries: int = RETRIES, show_progress: bool = True,
+                   on_case: Callable[[str, Path], None] | None = None) -> list[Path]:
     """Predict ``case_ids`` into ``staging`` on the Ray cluster; the predictions' relative paths, in
-    case order."""
+    case order. ``on_case(case id, path)`` as each case's files are in place (predict's journal)."""
     from fewsam.progress import progress_bar
 
     written: dict[str, Path] = {}
@@ -465,6 +466,8 @@ def predict_on_ray(address: str, job: PredictJob, case_ids: Sequence[str], stagi
 
                 def done(result: dict) -> None:
                     written[result["case"]] = Path(result["path"])
+                    if on_case is not None:
+                        on_case(result["case"], Path(result["path"]))
                     bar.update(task, advance=1)
 
                 map_cases(ray, actors, lambda actor, case_id: actor.predict.remote(case_id, str(staging)),

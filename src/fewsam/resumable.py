@@ -1,0 +1,183 @@
+"""A stopped predict's finished cases, kept for the same command to go on from (``resumable_staging``).
+
+Hundreds of CT volumes take hours on a CPU, so a predict stopped on case 70 of 100 (Ctrl-C, SIGTERM,
+kill -9, a damaged case the user then replaces) keeps the 69 it finished, and the same command again
+predicts only the other 31, as ``nnUNetv2_predict --continue_prediction`` does. --out still appears only
+whole, at the end: the finished cases wait beside it, in ``.OUT.predict-partial/``:
+
+- ``predictions/``: the set that moves into --out once every case is done;
+- ``finished.json``: what made them (``identity``: --out, the run's files, the data, its split and cases,
+  the options that change a prediction) and the finished cases, each with its files.
+
+A case counts as finished once the journal names it, and the journal is rewritten (atomically) after all
+of its files are in place, so a file a kill left half-written is never taken for a finished case:
+whatever the journal does not name is removed before predicting goes on. A predict with other settings
+finds another identity and starts afresh, saying so. Its writer holds an exclusive lock on the folder: a
+second predict into the same --out at the same time is refused rather than fill it too, and a folder no
+live predict holds is the next predict's, to take up or to clear.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from fewsam.atomic import (LockHeld, hidden_name, let_go, make_parents, move_in_whole, remove_abandoned_stagings,
+                           remove_if_empty, take_folder)
+from fewsam.errors import RunError, Stopped
+from fewsam.progress import record, tell
+from fewsam.runs import config_differences, write_json
+
+KEPT_SUFFIX = ".predict-partial"
+JOURNAL = "finished.json"
+FILES = "predictions"
+
+
+def kept_folder(out: Path) -> Path:
+    """Where the finished cases of a predict into ``out`` wait: a name derived from ``out`` alone, so that
+    the same command finds them again."""
+    return out.parent / hidden_name(out.name, KEPT_SUFFIX)
+
+
+@dataclass
+class KeptCases:
+    """The finished cases of one predict into --out: ``finished`` maps a case id to its files (its
+    prediction first), relative to ``files``, the folder that moves into --out."""
+
+    folder: Path
+    identity: dict[str, Any]
+    finished: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def files(self) -> Path:
+        return self.folder / FILES
+
+    def finish(self, case_id: str, files: Sequence[Path]) -> None:
+        """Record ``case_id`` as finished; called once all its ``files`` (relative to ``files``) are in place."""
+        self.finished[case_id] = [Path(name).as_posix() for name in files]
+        self.write()
+
+    def write(self) -> None:
+        write_json(self.folder / JOURNAL, {"identity": self.identity, "finished": self.finished})
+
+    def keep_only_finished(self) -> None:
+        """Remove every file under ``files`` that no finished case names (a temporary or a case's file a kill
+        left before the journal named it), and the folders that leaves empty."""
+        named = {self.files / name for names in self.finished.values() for name in names}
+        for path in sorted(self.files.rglob("*"), reverse=True):  # a folder's files before the folder
+            if path.is_symlink() or not path.is_dir():
+                if path not in named:
+                    path.unlink()
+            elif not any(path.iterdir()):
+                path.rmdir()
+
+
+@contextmanager
+def resumable_staging(out: Path, identity: dict[str, Any], total: int, resume: bool, overwrite: bool,
+                      replaces: Iterable[str] = (),
+                      joining: Mapping[str, Path] = MappingProxyType({})) -> Iterator[KeptCases]:
+    """``atomic.staged_folder`` for a long predict of ``total`` cases: the cases finished by an earlier
+    predict with the same ``identity`` are taken up (unless ``resume`` is False: --no-resume), and when
+    the block fails, the ones finished so far stay for the same command again. When it ends well, the
+    finished set moves into ``out`` whole (``replaces`` and ``joining`` as for ``staged_folder``)."""
+    made = make_parents(out.parent)
+    remove_abandoned_stagings(out)
+    folder = kept_folder(out)
+    lock = _taken(folder, out)
+    kept: KeptCases | None = None
+    try:
+        kept = _taken_up(folder, identity, total, resume)
+        yield kept
+        kept.keep_only_finished()
+        move_in_whole(kept.files, out, overwrite, replaces, joining)
+    except BaseException as exc:
+        if kept is not None and kept.finished and kept.files.is_dir():
+            _say_kept(exc, kept, total)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            remove_if_empty(made)
+        raise
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        let_go(lock)
+
+
+def _taken(folder: Path, out: Path) -> int | None:
+    """An exclusive lock on ``folder`` (made when missing), held until the predict ends; refused in one line
+    while another predict into ``out`` holds it. None where the file system has no locks."""
+    while True:
+        folder.mkdir(exist_ok=True)
+        try:
+            fd, _ = take_folder(folder)
+        except LockHeld:
+            raise RunError(f"another predict into {out} is running (it holds {folder}); wait for it to end, or "
+                           "choose another --out") from None
+        except FileNotFoundError:  # removed as it was opened, by a predict that had just finished
+            continue
+        if _is_folder_at(fd, folder):
+            return fd
+        let_go(fd)  # the folder locked had been removed (its predict finished): take the one there now
+
+
+def _is_folder_at(fd: int, folder: Path) -> bool:
+    """Whether the open folder ``fd`` is still the one at ``folder``."""
+    try:
+        here, opened = os.stat(folder), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _taken_up(folder: Path, identity: dict[str, Any], total: int, resume: bool) -> KeptCases:
+    """The cases an earlier predict finished in ``folder``, where it had the same ``identity`` and their files
+    are all in place; anything else there is cleared. Either way, the user is told."""
+    earlier = _read_journal(folder)
+    kept = KeptCases(folder, identity)
+    if earlier is not None and earlier.finished:
+        if not resume:
+            tell(f"not resuming (--no-resume): the {len(earlier.finished)} predictions kept in {folder} are "
+                 "discarded")
+        elif earlier.identity != identity:
+            tell(f"not resuming: the {len(earlier.finished)} predictions kept in {folder} were made by another "
+                 f"predict ({config_differences(earlier.identity, identity)}); starting afresh")
+        else:
+            kept.finished = {case_id: names for case_id, names in earlier.finished.items()
+                             if all((kept.files / name).is_file() for name in names)}
+    for path in folder.iterdir():  # the journal is replaced below, in one step, not removed first
+        if path.name != JOURNAL and (path.name != FILES or not kept.finished):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    kept.files.mkdir(exist_ok=True)
+    kept.keep_only_finished()
+    kept.write()
+    if kept.finished:
+        tell(f"resuming: {len(kept.finished)} of {total} cases already predicted in {folder}")
+    return kept
+
+
+def _read_journal(folder: Path) -> KeptCases | None:
+    """The journal an earlier predict left in ``folder``; None where there is none or it cannot be read."""
+    try:
+        journal = json.loads((folder / JOURNAL).read_text(encoding="utf-8"))
+        identity, finished = journal["identity"], journal["finished"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(identity, dict) or not isinstance(finished, dict):
+        return None
+    if not all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in finished.values()):
+        return None
+    return KeptCases(folder, identity, finished)
+
+
+def _say_kept(exc: BaseException, kept: KeptCases, total: int) -> None:
+    """The log says what a failed or stopped predict kept; a stop's message says so too."""
+    what = f"{len(kept.finished)} of {total} predictions are kept in {kept.folder}"
+    record(f"{what}: the same command again predicts only the rest")
+    if isinstance(exc, Stopped):
+        exc.kept = f"{what} (--out is written whole, at the end)"

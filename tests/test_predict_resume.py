@@ -1,0 +1,181 @@
+"""A predict stopped half-way (Ctrl-C, SIGTERM, kill -9, a damaged case) keeps the cases it finished beside
+--out, and the same command again predicts only the rest; --out still appears whole, at the end, equal to an
+uninterrupted predict's. Another predict (other options, --no-resume) starts afresh and says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_tiny_acdc
+from fewsam import cli
+from fewsam.cli import app
+from fewsam import predict as predicting
+from fewsam.errors import RunError, Stopped
+from fewsam.predict import predict
+
+VAL = ["patient010_frame01", "patient011_frame01", "patient012_frame01"]
+
+
+def kept_folder(out: Path) -> Path:
+    """Where the finished cases of a stopped predict into ``out`` wait, as the docs name it."""
+    return out.parent / f".{out.name}.predict-partial"
+
+
+def kept_file(out: Path, case: str) -> Path:
+    return kept_folder(out) / "predictions" / f"{case}.h5"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Path, Path]:
+    """(a tiny supervised run, its data of 3 validation cases): it predicts from pixels, no SAM needed."""
+    from fewsam.api import FitOptions, fit
+    from fewsam.methods.supervised import SupervisedConfig
+
+    base = tmp_path_factory.mktemp("fitted")
+    data = write_tiny_acdc(base / "acdc", VAL)
+    fit("supervised", FitOptions(data=data, run=base / "run", labeled_cases=1, show_progress=False),
+        SupervisedConfig(steps=2, val_every=2, image_size=32))
+    return base / "run", data
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fitted, tmp_path_factory) -> dict[str, bytes]:
+    """Each prediction file of a predict that was never stopped, by name."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "pred"
+    predict(*fitted, out, show_progress=False)
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.name != "predict.log"}
+
+
+def predicted_cases(monkeypatch, stop_at: int | None = None) -> list[str]:
+    """The cases predict predicts from now on, in order; with ``stop_at``, Ctrl-C as it comes to that case
+    (0: the first)."""
+    cases: list[str] = []
+    real = predicting.predict_case_file
+
+    def counted(dataset, case_id, *args, **kwargs):
+        if len(cases) == stop_at:
+            raise Stopped(signal.SIGINT)
+        cases.append(case_id)
+        return real(dataset, case_id, *args, **kwargs)
+
+    monkeypatch.setattr(predicting, "predict_case_file", counted)
+    return cases
+
+
+def stopped_after_one(monkeypatch, run: Path, data: Path, out: Path, **options) -> Stopped:
+    with pytest.raises(Stopped) as stopped:
+        predict(run, data, out, show_progress=False, **options)
+    monkeypatch.undo()
+    return stopped.value
+
+
+def test_the_same_command_again_predicts_only_the_cases_a_stopped_predict_had_not_finished(
+        fitted, uninterrupted, tmp_path, monkeypatch, caplog):
+    run, data = fitted
+    out = tmp_path / "pred"
+    predicted_cases(monkeypatch, stop_at=1)
+    stop = stopped_after_one(monkeypatch, run, data, out)
+    kept = kept_folder(out)
+    first = kept_file(out, VAL[0])
+    assert not out.exists() and first.is_file()  # a user's tools never see a half-filled --out
+    before = first.stat()
+    line = cli.stopped_message(stop, ["fewsam", "predict", str(run), "--data", str(data), "--out", str(out)])
+    assert f"1 of 3 predictions are kept in {kept}" in line and "run the same command again to resume" in line, line
+
+    again = predicted_cases(monkeypatch)
+    caplog.set_level("INFO", logger="fewsam")
+    written = predict(run, data, out, show_progress=False)
+    assert again == VAL[1:]  # the finished case is not predicted again
+    assert f"resuming: 1 of 3 cases already predicted in {kept}" in caplog.messages
+    assert written == [out / f"{case}.h5" for case in VAL]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "predict.log"} == uninterrupted
+    after = (out / f"{VAL[0]}.h5").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # moved in, not written again
+    assert "resuming: 1 of 3" in (out / "predict.log").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # nothing left beside --out
+
+
+@pytest.mark.parametrize("option, said", [
+    ("--save-probabilities", "were made by another predict (probabilities: false -> true); starting afresh"),
+    ("--no-resume", "(--no-resume): the 1 predictions kept in"),
+])
+def test_another_predict_into_the_same_out_starts_afresh_and_says_so(fitted, tmp_path, monkeypatch, caplog,
+                                                                      option, said):
+    run, data = fitted
+    out = tmp_path / "pred"
+    predicted_cases(monkeypatch, stop_at=1)
+    stopped_after_one(monkeypatch, run, data, out)
+    again = predicted_cases(monkeypatch)
+    caplog.set_level("INFO", logger="fewsam")
+    result = CliRunner().invoke(app, ["predict", str(run), "--data", str(data), "--out", str(out), option, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert again == VAL  # nothing of the other predict's is taken up
+    [notice] = [m for m in caplog.messages if "not resuming" in m]
+    assert said in notice and not any(m.startswith("resuming:") for m in caplog.messages), caplog.messages
+    probabilities = sorted(p.name for p in out.glob("*.probabilities.npz"))
+    assert probabilities == ([f"{case}.probabilities.npz" for case in VAL] if option == "--save-probabilities" else [])
+
+
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+
+from fewsam import predict as predicting
+
+real = predicting.predict_case_file
+done = []
+
+
+def killed_half_way(dataset, case_id, predictor, cache, device, staging, *args, **kwargs):
+    if done:  # the second case: half of its file written, and a temporary, when kill -9 comes
+        (staging / f"{case_id}.h5").write_bytes(b"half of a prediction")
+        (staging / f".{case_id}.h5.0123abcd.tmp").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGKILL)
+    done.append(case_id)
+    return real(dataset, case_id, predictor, cache, device, staging, *args, **kwargs)
+
+
+predicting.predict_case_file = killed_half_way
+predicting.predict(sys.argv[1], sys.argv[2], sys.argv[3], show_progress=False)
+"""
+
+
+def test_a_file_a_kill_left_half_written_is_not_taken_for_a_finished_case(fitted, uninterrupted, tmp_path,
+                                                                          monkeypatch):
+    run, data = fitted
+    out = tmp_path / "pred"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    killed = subprocess.run([sys.executable, "-c", KILLED, str(run), str(data), str(out)], env=env, timeout=300,
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert kept_file(out, VAL[1]).read_bytes() == b"half of a prediction"
+    assert list(json.loads((kept_folder(out) / "finished.json").read_text())["finished"]) == [VAL[0]]
+
+    again = predicted_cases(monkeypatch)
+    predict(run, data, out, show_progress=False)  # the lock died with the killed predict
+    assert again == VAL[1:]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "predict.log"} == uninterrupted
+
+
+def test_two_predicts_into_one_out_at_once_do_not_fill_the_same_folder(fitted, tmp_path):
+    from fewsam.atomic import let_go, take_folder
+
+    run, data = fitted
+    out = tmp_path / "pred"
+    kept = kept_folder(out)
+    kept.mkdir()
+    fd, _ = take_folder(kept)  # a predict into the same --out at work
+    try:
+        with pytest.raises(RunError, match=f"another predict into {out} is running"):
+            predict(run, data, out, show_progress=False)
+    finally:
+        let_go(fd)
+    assert not out.exists() and list(kept.iterdir()) == []
