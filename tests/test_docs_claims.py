@@ -33,10 +33,13 @@ def test_predict_on_ray_converts_an_openvino_encoder_once_on_the_driver(tiny_sam
     sent: list[str] = []
     monkeypatch.setattr(EmbeddingCache, "prepare_encoder", lambda cache: prepared.append(cache.precision.backend))
 
-    def workers_start(address, job, case_ids, staging, workers=None, show_progress=True):
+    def workers_start(address, job, case_ids, staging, workers=None, show_progress=True, on_case=None):
         sent.append(address)
         assert prepared, "the Ray workers started before the driver converted the encoder"
-        return []
+        for case_id in case_ids:  # each case answered, as by a worker
+            (staging / f"{case_id}.h5").write_bytes(b"a prediction")
+            on_case(case_id, Path(f"{case_id}.h5"))
+        return [Path(f"{case_id}.h5") for case_id in case_ids]
 
     monkeypatch.setattr(ray_jobs, "predict_on_ray", workers_start)
     predict(run, tiny_sam_phantom, tmp_path / "pred", cache_root=tmp_path / "cache", precision="fp32-openvino",

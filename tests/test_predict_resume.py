@@ -179,3 +179,31 @@ def test_two_predicts_into_one_out_at_once_do_not_fill_the_same_folder(fitted, t
     finally:
         let_go(fd)
     assert not out.exists() and list(kept.iterdir()) == []
+
+
+def test_a_stopped_ray_predict_resumes_from_the_cases_its_workers_answered(fitted, tmp_path, monkeypatch):
+    """The driver records each case as a worker answers it, so a stopped --ray job goes on as a local one does
+    (the cluster stood in for by one that writes each case's file where a worker would)."""
+    from fewsam.distributed import ray_jobs
+
+    run, data = fitted
+    out = tmp_path / "pred"
+    asked: list[list[str]] = []
+
+    def on_a_cluster(address, job, case_ids, staging, workers=None, show_progress=True, on_case=None, stop_at=None):
+        asked.append(list(case_ids))
+        for answered, case_id in enumerate(case_ids):
+            if answered == stop_at:
+                raise Stopped(signal.SIGINT)
+            (staging / f"{case_id}.h5").write_bytes(case_id.encode())
+            on_case(case_id, Path(f"{case_id}.h5"))
+        return [Path(f"{case_id}.h5") for case_id in case_ids]
+
+    monkeypatch.setattr(ray_jobs, "predict_on_ray", lambda *args, **kwargs: on_a_cluster(*args, **kwargs, stop_at=1))
+    with pytest.raises(Stopped):
+        predict(run, data, out, show_progress=False, ray="127.0.0.1:6379")
+    monkeypatch.setattr(ray_jobs, "predict_on_ray", on_a_cluster)
+    written = predict(run, data, out, show_progress=False, ray="127.0.0.1:6379")
+    assert asked == [VAL, VAL[1:]]
+    assert written == [out / f"{case}.h5" for case in VAL]
+    assert all((out / f"{case}.h5").read_bytes() == case.encode() for case in VAL)
