@@ -136,6 +136,18 @@ def write_tiny_acdc(root: Path, val: list[str]) -> Path:
     return root
 
 
+def fit_tiny_supervised(base: Path, val: list[str]) -> tuple[Path, Path]:
+    """(a tiny supervised run, the ACDC-layout data of ``val`` cases it was fitted on) under ``base``: it
+    predicts from pixels, so predict needs no SAM, and the 2-step fit takes a few seconds."""
+    from fewsam.api import FitOptions, fit
+    from fewsam.methods.supervised import SupervisedConfig
+
+    data = write_tiny_acdc(base / "acdc", val)
+    fit("supervised", FitOptions(data=data, run=base / "run", labeled_cases=1, show_progress=False),
+        SupervisedConfig(steps=2, val_every=2, image_size=32))
+    return base / "run", data
+
+
 def main_raising(monkeypatch, capsys, error: BaseException) -> tuple[int, list[str]]:
     """(exit code, stderr lines) of ``fewsam.cli.main`` when the command raises ``error``: how the
     entry point reports what a command could not finish, without running one."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_tiny_acdc
+from conftest import fit_tiny_supervised
 from fewsam import cli
 from fewsam.cli import app
 from fewsam import predict as predicting
@@ -36,14 +36,7 @@ def kept_file(out: Path, case: str) -> Path:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> tuple[Path, Path]:
     """(a tiny supervised run, its data of 3 validation cases): it predicts from pixels, no SAM needed."""
-    from fewsam.api import FitOptions, fit
-    from fewsam.methods.supervised import SupervisedConfig
-
-    base = tmp_path_factory.mktemp("fitted")
-    data = write_tiny_acdc(base / "acdc", VAL)
-    fit("supervised", FitOptions(data=data, run=base / "run", labeled_cases=1, show_progress=False),
-        SupervisedConfig(steps=2, val_every=2, image_size=32))
-    return base / "run", data
+    return fit_tiny_supervised(tmp_path_factory.mktemp("fitted"), VAL)
 
 
 @pytest.fixture(scope="module")

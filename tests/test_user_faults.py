@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_LABEL, assert_one_line_error, main_raising, run_fewsam, write_h5, write_tiny_acdc
+from conftest import TINY_LABEL, assert_one_line_error, fit_tiny_supervised, main_raising, run_fewsam, write_h5
 from fewsam.cli import app, check_device
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import CacheError, DataError, FewsamError, RunError, Stopped
@@ -31,14 +31,7 @@ VAL = [f"patient{i:03d}_frame01" for i in range(10, 20)]
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> tuple[Path, Path]:
     """(a tiny supervised run, the data it was fitted on): it predicts from pixels, no SAM needed."""
-    from fewsam.api import FitOptions, fit
-    from fewsam.methods.supervised import SupervisedConfig
-
-    base = tmp_path_factory.mktemp("fitted")
-    data = write_tiny_acdc(base / "acdc", VAL)
-    fit("supervised", FitOptions(data=data, run=base / "run", labeled_cases=1, show_progress=False),
-        SupervisedConfig(steps=2, val_every=2, image_size=32))
-    return base / "run", data
+    return fit_tiny_supervised(tmp_path_factory.mktemp("fitted"), VAL)
 
 
 @pytest.fixture
