@@ -96,6 +96,55 @@ def test_the_same_command_again_predicts_only_the_cases_a_stopped_predict_had_no
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # nothing left beside --out
 
 
+def test_a_stop_as_a_predict_takes_up_the_kept_cases_keeps_them(fitted, tmp_path, monkeypatch):
+    """Ctrl-C as the same command again starts, before its first case: the cases kept are still kept."""
+    from fewsam import resumable
+
+    run, data = fitted
+    out = tmp_path / "pred"
+    predicted_cases(monkeypatch, stop_at=1)
+    stopped_after_one(monkeypatch, run, data, out)
+
+    def stopped_as_it_says(message):
+        raise Stopped(signal.SIGINT)
+
+    monkeypatch.setattr(resumable, "tell", stopped_as_it_says)  # "resuming: 1 of 3 ...", said as it takes them up
+    stop = stopped_after_one(monkeypatch, run, data, out)
+    assert stop.kept is not None and kept_file(out, VAL[0]).is_file()
+    again = predicted_cases(monkeypatch)
+    predict(run, data, out, show_progress=False)
+    assert again == VAL[1:]
+
+
+def test_ctrl_c_as_the_predictions_move_in_leaves_them_whole_and_nothing_kept(fitted, tmp_path, monkeypatch):
+    from fewsam import atomic, resumable
+
+    run, data = fitted
+    out = tmp_path / "pred"
+    real_sync, real_move = atomic.sync_folder, resumable.move_in_whole
+
+    def synced_then_ctrl_c(folder):  # the move's last step, with Ctrl-C held until it ends
+        real_sync(folder)
+        signal.raise_signal(signal.SIGINT)
+
+    def moved_in(*args, **kwargs):
+        monkeypatch.setattr(atomic, "sync_folder", synced_then_ctrl_c)
+        real_move(*args, **kwargs)
+
+    monkeypatch.setattr(resumable, "move_in_whole", moved_in)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    cli._stop_on_signals()
+    try:
+        with pytest.raises(Stopped) as stopped:
+            predict(run, data, out, show_progress=False)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert stopped.value.written == str(out) and stopped.value.kept is None
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{case}.h5" for case in VAL] + ["predict.log"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
+
+
 @pytest.mark.parametrize("option, said", [
     ("--save-probabilities", "were made by another predict (probabilities: false -> true); starting afresh"),
     ("--no-resume", "(--no-resume): the 1 predictions kept in"),

@@ -90,15 +90,15 @@ def resumable_staging(out: Path, identity: dict[str, Any], total: int, resume: b
     remove_abandoned_stagings(out)
     folder = kept_folder(out)
     lock = _taken(folder, out)
-    kept: KeptCases | None = None
     try:
         kept = _taken_up(folder, identity, total, resume)
         yield kept
         kept.keep_only_finished()
         move_in_whole(kept.files, out, overwrite, replaces, joining)
     except BaseException as exc:
-        if kept is not None and kept.finished and kept.files.is_dir():
-            _say_kept(exc, kept, total)
+        left = _read_journal(folder)  # what the disk holds: a stop while taking the folder up keeps it too
+        if left is not None and left.finished and left.files.is_dir():
+            _say_kept(exc, left, total)
         else:
             shutil.rmtree(folder, ignore_errors=True)
             remove_if_empty(made)
