@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fewsam import progress
 from fewsam.data import open_dataset
 from fewsam.data.readers.acdc_h5 import CLASS_MAP
 from fewsam.info import dataset_info
+from test_public_layouts import notes  # noqa: F401  (the fixture: this test's notes)
 
 FRAME = (6, 8, 3)  # NIfTI x, y, z
 AFFINE = np.diag([1.5, 1.25, 10.0, 1.0])
@@ -52,13 +52,6 @@ def database(tmp_path) -> Path:
         patient(root / "training" / f"patient{number:03d}", number)
     patient(root / "testing" / "patient101", 101)
     return root
-
-
-@pytest.fixture
-def notes(monkeypatch, caplog):
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level("INFO", logger="fewsam")
-    return caplog
 
 
 def test_database_is_a_case_per_labelled_frame_with_acdc_classes_and_testing_as_test(database):
