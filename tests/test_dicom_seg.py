@@ -151,11 +151,16 @@ def test_a_prediction_predicted_again_keeps_its_seg_uids_and_a_changed_one_gets_
     image, label = arrays(6)
     ct_series(tmp_path / "data" / "s1", image, "1.2.826.0.1.3680043.2.1125.78")
     case = open_dataset(tmp_path / "data").load("s1")
-    names = {1: "liver", 2: "kidney"}
+    assert_uids_follow_the_prediction(write_dicom_seg, case, label, {1: "liver", 2: "kidney"}, tmp_path)
+
+
+def assert_uids_follow_the_prediction(write, case, label: np.ndarray, names: dict[int, str], tmp_path: Path) -> None:
+    """The object ``write`` makes of ``label`` keeps its series and instance UIDs when written again, and
+    gets new ones when the prediction changes (class 2 made 1); its series and instance UIDs differ."""
     uids = []
     for out, pred in (("a", label), ("b", label), ("c", np.where(label == 2, 1, label))):
-        seg = pydicom.dcmread(write_dicom_seg(case, pred.astype(np.uint8), names, tmp_path / out))
-        uids.append((seg.SeriesInstanceUID, seg.SOPInstanceUID))
+        written = pydicom.dcmread(write(case, pred.astype(np.uint8), names, tmp_path / out))
+        uids.append((written.SeriesInstanceUID, written.SOPInstanceUID))
     assert uids[0] == uids[1]
     assert uids[2][0] != uids[0][0] and uids[2][1] != uids[0][1]
     assert uids[0][0] != uids[0][1]
@@ -214,9 +219,9 @@ def two_labelled_series(data: Path) -> None:
         write_label(data / "labels" / f"s{k}.nii.gz", label, series_image(image))
 
 
-def test_a_missing_prediction_of_a_series_is_named_as_its_nifti_and_its_seg(tmp_path, monkeypatch, capsys):
-    """evaluate reads a series' prediction from <case>.nii.gz, else <case>.seg.dcm: the one error line names
-    both, so a user holding another tool's SEG knows what to name it."""
+def test_a_missing_prediction_of_a_series_is_named_as_its_nifti_seg_and_rtstruct(tmp_path, monkeypatch, capsys):
+    """evaluate reads a series' prediction from <case>.nii.gz, else <case>.seg.dcm, else <case>.rtstruct.dcm:
+    the one error line names each, so a user holding another tool's SEG or structure set knows what to name it."""
     from fewsam.data import write_prediction
     from test_output_path_limits import run_main
 
@@ -226,11 +231,12 @@ def test_a_missing_prediction_of_a_series_is_named_as_its_nifti_and_its_seg(tmp_
     code, lines = run_main(monkeypatch, capsys, "evaluate", "--pred", str(tmp_path / "pred"), "--data",
                            str(tmp_path / "data"), "--split", "all", "--quiet")
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0] == (f"error: prediction {tmp_path / 'pred' / 's2.nii.gz'} (or {tmp_path / 'pred' / 's2.seg.dcm'}) "
+    pred = tmp_path / "pred"
+    assert lines[0] == (f"error: prediction {pred / 's2.nii.gz'} (or {pred / 's2.seg.dcm'} or {pred / 's2.rtstruct.dcm'}) "
                         "for case s2 not found; predict this split into that folder first")
 
 
-def test_an_empty_prediction_folder_names_the_nifti_and_the_seg_of_the_first_series(tmp_path, monkeypatch, capsys):
+def test_an_empty_prediction_folder_names_the_nifti_seg_and_rtstruct_of_the_first_series(tmp_path, monkeypatch, capsys):
     from test_output_path_limits import run_main
 
     two_labelled_series(tmp_path / "data")
@@ -239,7 +245,7 @@ def test_an_empty_prediction_folder_names_the_nifti_and_the_seg_of_the_first_ser
                            str(tmp_path / "data"), "--split", "all", "--quiet")
     assert code == 2 and len(lines) == 1, lines
     assert lines[0] == (f"error: prediction folder {tmp_path / 'pred'} is empty; predict this split into it first "
-                        "(the first case's prediction: s1.nii.gz or s1.seg.dcm)")
+                        "(the first case's prediction: s1.nii.gz or s1.seg.dcm or s1.rtstruct.dcm)")
 
 
 def test_a_folder_of_another_tools_seg_files_is_told_to_rename_them_as_the_seg_is_read(tmp_path):
@@ -251,7 +257,7 @@ def test_a_folder_of_another_tools_seg_files_is_told_to_rename_them_as_the_seg_i
     (tmp_path / "pred" / "s1_seg.dcm").write_bytes(b"")
     with pytest.raises(DataError) as err:
         evaluate(tmp_path / "pred", tmp_path / "data", split="all", show_progress=False)
-    assert "(the first: s1.nii.gz or s1.seg.dcm), but files such as s1_seg.dcm" in str(err.value)
+    assert "(the first: s1.nii.gz or s1.seg.dcm or s1.rtstruct.dcm), but files such as s1_seg.dcm" in str(err.value)
     assert "rename them to that pattern" in str(err.value)
 
 

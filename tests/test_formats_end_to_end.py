@@ -5,6 +5,7 @@ unlabelled DICOM series (a NIfTI prediction on the series' grid)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +22,7 @@ from fewsam.evaluate import evaluate
 from fewsam.methods import supervised
 from fewsam.models import registry
 from fewsam.predict import predict
+from conftest import assert_one_line_error, run_fewsam
 from test_dicom import write_label, write_series
 
 PIXELS = {1: 85, 2: 170, 3: 255}  # the classes' mask values in the JPEG folder's PNG masks
@@ -95,12 +97,8 @@ def test_a_dicom_series_prediction_is_also_a_dicom_seg_of_the_same_labels(run, t
     import highdicom as hd
     import pydicom
 
-    rng = np.random.default_rng(2)
-    images, _ = phantom_volume(rng, slices=3, shape=(64, 72))
     folder = tmp_path / "data" / "patient1" / "ct"
-    series = write_series(folder, (images * 1000).astype(np.int16),
-                          extra_tags={"0020|0052": "1.2.826.0.1.3680043.2.1125.9"})
-    (tmp_path / "data" / "classes.json").write_text(json.dumps({str(k): v for k, v in PHANTOM_CLASSES.items()}))
+    series = dicom_data(tmp_path / "data", seed=2)
     written = predict(run, tmp_path / "data", tmp_path / "pred", split="all", show_progress=False)
     assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in (tmp_path / "pred").rglob("*.*")
                   if p.suffix != ".log") == ["patient1/ct.nii.gz", "patient1/ct.seg.dcm"]
@@ -116,6 +114,77 @@ def test_a_dicom_series_prediction_is_also_a_dicom_seg_of_the_same_labels(run, t
     written[0].unlink()
     scores = evaluate(tmp_path / "pred", tmp_path / "data", "all", show_progress=False)
     assert scores["mean"]["dice"] == 1.0
+
+
+def dicom_data(data: Path, seed: int) -> sitk.Image:
+    """A data folder of one phantom CT series, data/patient1/ct, with the frame of reference a SEG and an RT
+    structure set copy, and the phantom's classes."""
+    images, _ = phantom_volume(np.random.default_rng(seed), slices=3, shape=(64, 72))
+    series = write_series(data / "patient1" / "ct", (images * 1000).astype(np.int16),
+                          extra_tags={"0020|0052": "1.2.826.0.1.3680043.2.1125.9"})
+    (data / "classes.json").write_text(json.dumps({str(k): v for k, v in PHANTOM_CLASSES.items()}))
+    return series
+
+
+def test_predict_rtstruct_also_writes_a_structure_set_that_reads_back_as_the_prediction(run, tmp_path):
+    """`fewsam predict --rtstruct`: beside the NIfTI and the SEG, an RT structure set of the series, an ROI
+    per class; evaluate scores it alone where neither is there. Predicted again into the same folder
+    without --rtstruct, the structure set of the earlier prediction goes with it."""
+    import pydicom
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+
+    series = dicom_data(tmp_path / "data", seed=4)
+    command = ["predict", str(run), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "pred"), "--split",
+               "all", "--quiet"]
+    done = CliRunner().invoke(app, [*command, "--rtstruct"])
+    assert done.exit_code == 0, done.output
+    pred = tmp_path / "pred" / "patient1"
+    assert sorted(p.name for p in pred.iterdir()) == ["ct.nii.gz", "ct.rtstruct.dcm", "ct.seg.dcm"]
+    rt = pydicom.dcmread(pred / "ct.rtstruct.dcm")
+    assert [r.ROIName for r in rt.StructureSetROISequence] == list(PHANTOM_CLASSES.values())
+    nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / "ct.nii.gz")))
+    write_label(tmp_path / "data" / "labels" / "patient1" / "ct.nii.gz", nifti, series)
+    kept = {p: p.read_bytes() for p in (pred / "ct.nii.gz", pred / "ct.seg.dcm")}
+    for path in kept:
+        path.unlink()
+    assert evaluate(tmp_path / "pred", tmp_path / "data", "all", show_progress=False)["mean"]["dice"] == 1.0
+    for path, data in kept.items():
+        path.write_bytes(data)
+    again = CliRunner().invoke(app, [*command, "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in pred.iterdir()) == ["ct.nii.gz", "ct.seg.dcm"]
+
+
+def test_predict_rtstruct_on_ray_writes_the_structure_sets_on_the_workers(run, tmp_path, monkeypatch):
+    """``predict --ray`` hands --rtstruct to its workers (here one, in this process, as Ray would run it)."""
+    from fewsam.distributed import ray_jobs
+
+    def one_worker_here(address, job, case_ids, staging, workers=None, show_progress=True, on_case=None):
+        threads = torch.get_num_threads()
+        written = []
+        try:
+            worker = ray_jobs.PredictWorker(job)
+            for case_id in case_ids:
+                written.append(Path(worker.predict(case_id, str(staging))["path"]))
+                on_case(case_id, written[-1])
+        finally:
+            torch.set_num_threads(threads)
+        return written
+
+    monkeypatch.setattr(ray_jobs, "predict_on_ray", one_worker_here)
+    dicom_data(tmp_path / "data", seed=5)
+    predict(run, tmp_path / "data", tmp_path / "pred", split="all", show_progress=False, ray="local", rtstruct=True)
+    assert sorted(p.name for p in (tmp_path / "pred" / "patient1").iterdir()) == \
+        ["ct.nii.gz", "ct.rtstruct.dcm", "ct.seg.dcm"]
+
+
+def test_predict_rtstruct_on_data_without_dicom_series_is_refused_in_one_line(run, tmp_path):
+    refused = run_fewsam("predict", str(run), "--data", str(run.parent / "phantom"), "--out", str(tmp_path / "pred"),
+                         "--rtstruct", "--quiet", cwd=tmp_path)
+    assert_one_line_error(refused, "--rtstruct: ")
+    assert "not DICOM series" in refused.stderr and not (tmp_path / "pred").exists()
 
 
 def test_a_damaged_label_file_stops_evaluate_but_not_predict_or_embed(run, tmp_path, monkeypatch, fake_sam):

@@ -358,6 +358,9 @@ def predict(
     save_probabilities: bool = typer.Option(False, "--save-probabilities",
                                             help="Also write each case's class probabilities beside its prediction: "
                                                  "<name>.probabilities.npz, (C, D, H, W) float16, background first."),
+    rtstruct: bool = typer.Option(False, "--rtstruct",
+                                  help="DICOM series: also write each prediction as an RT structure set for "
+                                       "radiotherapy planning systems, <case>.rtstruct.dcm (an ROI per class)."),
     ray: Optional[str] = RayOpt,
     ray_workers: Optional[int] = RayWorkersOpt,
     no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh: discard the cases a stopped predict "
@@ -374,7 +377,7 @@ def predict(
     refine = "always" if refine_with_sam else "if-better" if refine_if_better else "never"
     written = run_predict(run, data, pred, split, cache, device, overwrite, show_progress=not quiet, refine=refine,
                           precision=precision, ray=ray, ray_workers=ray_workers, save_probabilities=save_probabilities,
-                          resume=not no_resume)
+                          resume=not no_resume, rtstruct=rtstruct)
     if refine_if_better:
         _print_refinement_choice(run)
     out.print(f"wrote {len(written)} prediction{'' if len(written) == 1 else 's'} to {pred}")

@@ -26,7 +26,7 @@ from fewsam.data.readers.common import files_below
 from fewsam.data.readers.fairseg_npz import keeps_attributes_in_files
 from fewsam.data.types import Dataset
 from fewsam.data.writers import (TEST_SCRIPT_ENDINGS, TEST_SCRIPT_SUFFIX, missing_predictions, other_names,
-                                 prediction_format, seg_read_instead, sought_as)
+                                 prediction_format, read_instead, sought_as)
 from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
                              check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
@@ -211,10 +211,11 @@ def refuse_foreign_folder(pred: Path, expected: Path, fmt: str) -> None:
     """No case of the split has its prediction in ``pred``: say what the folder holds instead (a few
     of its files), as "case 1 not found (and 99 more)" alone hides that it holds predictions in another
     format or naming (another tool's ``_pred`` files), or of another dataset. Either way the first case's
-    file names are said (a DICOM series' NIfTI or SEG), for predictions of another tool to be named so."""
+    file names are said (a DICOM series' NIfTI, SEG or RT structure set), for predictions of another tool to be
+    named so."""
     found = [path.relative_to(pred).as_posix() for path in islice(
         (p for p in files_below(pred) if not p.name.startswith(".")), 3)]
-    accepted = [expected, *filter(None, [seg_read_instead(expected, fmt)])]
+    accepted = [expected, *read_instead(expected, fmt)]
     shown = " or ".join(path.relative_to(pred).as_posix() for path in accepted)
     if not found:
         raise DataError(f"prediction folder {pred} is empty; predict this split into it first (the first case's "
@@ -227,9 +228,9 @@ def refuse_foreign_folder(pred: Path, expected: Path, fmt: str) -> None:
 
 def _rename_or_convert(accepted: list[Path], found: list[str]) -> str:
     """What to do with another tool's files: rename them where they are in a format this layout's predictions
-    are read in (``accepted``: a DICOM series' NIfTI or SEG; an h5 or npz layout's predictions are read as NIfTI
-    too, named as TransUNet's and SAMed's test scripts name them); else convert them, as a renamed file stays
-    unreadable."""
+    are read in (``accepted``: a DICOM series' NIfTI, SEG or RT structure set; an h5 or npz layout's predictions
+    are read as NIfTI too, named as TransUNet's and SAMed's test scripts name them); else convert them, as a
+    renamed file stays unreadable."""
     wanted = list(dict.fromkeys(prediction_format(path.name) for path in accepted))
     if any(prediction_format(name) in wanted for name in found):
         return "rename them to that pattern"

@@ -30,7 +30,8 @@ from fewsam.atomic import check_folder_path, check_path_can_be_made, hidden_name
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
-from fewsam.data.writers import dicom_seg_path, prediction_path, write_dicom_seg
+from fewsam.data.writers import (dicom_rtstruct_path, dicom_seg_path, prediction_path, write_dicom_rtstruct,
+                                 write_dicom_seg)
 from fewsam.data.readers.common import check_finite
 from fewsam.data.types import Case, ClassMap, Dataset
 from fewsam.devices import check_device
@@ -77,6 +78,7 @@ def predict(
     ray_workers: int | None = None,
     save_probabilities: bool = False,
     resume: bool = True,
+    rtstruct: bool = False,
 ) -> list[Path]:
     """Write one prediction per case of ``split`` (default ``DEFAULT_SPLIT``, "val") under ``out``.
 
@@ -90,7 +92,9 @@ def predict(
     workers, default one per CPU), writing into the same staging folder and cache. ``save_probabilities``:
     each case's class probabilities beside its prediction (``fewsam.probabilities``), refused in one
     line for a method that has none (the oracle-prompted baselines). ``resume``: take up the cases a
-    stopped predict of the same settings into ``out`` finished (``fewsam.resumable``); False starts afresh."""
+    stopped predict of the same settings into ``out`` finished (``fewsam.resumable``); False starts afresh.
+    ``rtstruct``: each DICOM series' prediction also as an RT structure set (``write_dicom_rtstruct``),
+    refused in one line for data that holds no DICOM series."""
     from fewsam.distributed.ray_jobs import check_workers_have_a_cluster
     from fewsam.methods import get_method
 
@@ -100,6 +104,7 @@ def predict(
     config = check_run(run_dir)
     method = get_method(config.get("method"))
     dataset = open_for_run(data, config)
+    check_rtstruct(rtstruct, dataset)
     case_ids = split_cases(dataset, split, "--split")
     if not case_ids:
         raise DataError(f"split {split or DEFAULT_SPLIT} of {data} is empty")
@@ -121,12 +126,12 @@ def predict(
     names = run_class_names(config, dataset) if save_probabilities else None
     seg_names = run_class_names(config, dataset) if dataset.format == "dicom" else None
     target = Target(out, overwrite, resume, prediction_identity(out, run_dir, data, split, case_ids, refined, encoder,
-                                                                 device, names is not None))
+                                                                 device, names is not None, rtstruct))
     if ray is not None:
         if not pixels_only or refined:
             prepare_encoder_for_workers(config, cache_root, encoder, device)
         return _predict_on_ray(ray, ray_workers, run_dir, data, target, case_ids, cache_root, encoder, device,
-                               show_progress, refined, pixels_only and not refined, names, seg_names)
+                               show_progress, refined, pixels_only and not refined, names, seg_names, rtstruct)
     predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
     if names is not None:
         check_probabilities(predictor, config)
@@ -136,8 +141,9 @@ def predict(
             say_probability_stage(predictor, run_dir)
         left = [case_id for case_id in case_ids if case_id not in kept.finished]
         for case_id, parts in tracked_with_parts(left, "predict", "slice", show_progress):
-            rel = predict_case_file(dataset, case_id, predictor, cache, device, kept.files, parts, names, seg_names)
-            kept.finish(case_id, case_files(rel, names is not None, seg_names is not None))
+            rel = predict_case_file(dataset, case_id, predictor, cache, device, kept.files, parts, names, seg_names,
+                                    rtstruct)
+            kept.finish(case_id, case_files(rel, names is not None, seg_names is not None, rtstruct))
         return all_predicted(kept, case_ids, out, replaced, names is not None, seg_names is not None)
 
 
@@ -156,7 +162,8 @@ class Target:
 
 
 def prediction_identity(out: Path, run_dir: Path, data: str | Path, split: str | None, case_ids: Sequence[str],
-                        refined: bool, encoder: EncoderPrecision, device: str, probabilities: bool) -> dict[str, Any]:
+                        refined: bool, encoder: EncoderPrecision, device: str, probabilities: bool,
+                        rtstruct: bool = False) -> dict[str, Any]:
     """What a predict's files are made from: where they go, the run's files (by hash), the data, its split
     and cases, and every option that changes a prediction. The cases a stopped predict kept are taken up
     only by a predict that agrees on all of it; any other starts afresh rather than mix their files."""
@@ -167,14 +174,15 @@ def prediction_identity(out: Path, run_dir: Path, data: str | Path, split: str |
             "data": str(Path(data).resolve()), "split": split or DEFAULT_SPLIT,
             "cases": hashlib.sha256("\n".join(case_ids).encode()).hexdigest()[:16], "refined": refined,
             "precision": precision_option(encoder), "device": device, "probabilities": probabilities,
-            "fewsam": __version__}
+            "rtstruct": rtstruct, "fewsam": __version__}
 
 
-def case_files(prediction: Path, probabilities: bool, dicom_seg: bool) -> list[Path]:
-    """The files of one case's prediction (its class probabilities and its DICOM SEG too, where written):
-    the case is finished only once all of them are in place."""
+def case_files(prediction: Path, probabilities: bool, dicom_seg: bool, rtstruct: bool = False) -> list[Path]:
+    """The files of one case's prediction (its class probabilities, its DICOM SEG and RT structure set too,
+    where written): the case is finished only once all of them are in place."""
     return ([prediction] + ([probabilities_path(prediction)] if probabilities else [])
-            + ([dicom_seg_path(prediction)] if dicom_seg else []))
+            + ([dicom_seg_path(prediction)] if dicom_seg else [])
+            + ([dicom_rtstruct_path(prediction)] if dicom_seg and rtstruct else []))
 
 
 def all_predicted(kept: KeptCases, case_ids: Sequence[str], out: Path, replaced: list[str],
@@ -271,21 +279,31 @@ def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool,
 
 
 def companions(rel: Path, dicom_seg: bool) -> list[str]:
-    """The files a prediction ``rel`` may have beside it (its probabilities, a DICOM series' SEG), which a
-    new set of predictions replaces as a whole (``staged_folder``'s ``replaces``)."""
-    return [probabilities_path(rel).as_posix()] + ([dicom_seg_path(rel).as_posix()] if dicom_seg else [])
+    """The files a prediction ``rel`` may have beside it (its probabilities, a DICOM series' SEG and RT
+    structure set), which a new set of predictions replaces as a whole (``staged_folder``'s ``replaces``)."""
+    dicom = [dicom_seg_path(rel).as_posix(), dicom_rtstruct_path(rel).as_posix()] if dicom_seg else []
+    return [probabilities_path(rel).as_posix()] + dicom
+
+
+def check_rtstruct(rtstruct: bool, dataset: Dataset) -> None:
+    """Refuse --rtstruct for data that holds no DICOM series, in one line: a structure set places its
+    contours on the series' instances, which other formats lack."""
+    if rtstruct and dataset.format != "dicom":
+        raise DataError(f"--rtstruct: {dataset.root} holds {dataset.format} files, not DICOM series; an RT "
+                        "structure set references the series it was drawn on; predict without it")
 
 
 def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: EmbeddingCache | None, device: str,
                       staging: Path, parts: Parts | None = None, names: dict[int, str] | None = None,
-                      seg_names: dict[int, str] | None = None) -> Path:
+                      seg_names: dict[int, str] | None = None, rtstruct: bool = False) -> Path:
     """Read, check, predict and write one case into ``staging``; its path relative to ``staging``.
     The case's slices are embedded as the predictor reads them (``CaseSlices`` streamed), so a long
     CT volume holds a batch of embeddings, not its own; ``parts`` counts the slices reached. With
     ``names`` (the classes' names by label value), its class probabilities are saved beside it,
     written as the predictor streams them to the labels (``save_case_probabilities``). With
     ``seg_names`` (a DICOM dataset's classes), a DICOM SEG of the prediction is written beside its NIfTI
-    (``write_dicom_seg``), so it opens on its series in OHIF, a PACS or 3D Slicer."""
+    (``write_dicom_seg``), so it opens on its series in OHIF, a PACS or 3D Slicer, and with ``rtstruct`` an
+    RT structure set (``write_dicom_rtstruct``) for radiotherapy planning systems."""
     case = dataset.load(case_id, with_label=getattr(predictor, "reads_labels", False))
     check_pixels(case, _source_file(dataset, case_id))
     slices: Sequence = []
@@ -299,6 +317,8 @@ def predict_case_file(dataset: Dataset, case_id: str, predictor: Any, cache: Emb
     written = write_prediction(case, pred, staging)
     if seg_names is not None:
         write_dicom_seg(case, pred, seg_names, staging)
+        if rtstruct:
+            write_dicom_rtstruct(case, pred, seg_names, staging)
     return written.relative_to(staging)
 
 
@@ -330,7 +350,8 @@ def prepare_encoder_for_workers(config: dict, cache_root: str | Path, encoder: E
 def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str | Path, target: Target,
                     case_ids: list[str], cache_root: str | Path, encoder: EncoderPrecision, device: str,
                     show_progress: bool, refined: bool, pixels_only: bool,
-                    names: dict[int, str] | None = None, seg_names: dict[int, str] | None = None) -> list[Path]:
+                    names: dict[int, str] | None = None, seg_names: dict[int, str] | None = None,
+                    rtstruct: bool = False) -> list[Path]:
     """``predict``'s loop on a Ray cluster: the workers write into the same staging folder, which
     moves into --out only when every case succeeded, as it does locally; the driver journals each case
     as its worker answers, so a stopped job resumes as a local predict does."""
@@ -340,7 +361,7 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
                      cache_root="" if pixels_only else absolute(cache_root), precision=precision_option(encoder),
                      device=device, threads=CPUS_PER_WORKER, refined=refined,
                      class_names=tuple((int(v), n) for v, n in (names or seg_names or {}).items()),
-                     probabilities=names is not None)
+                     probabilities=names is not None, rtstruct=rtstruct)
     replaced: list[str] = []  # read only when the staged files move in: filled once every case is written
     with staged_with_log(target, len(case_ids), replaced) as kept:
         if names is not None:
@@ -349,7 +370,7 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
         left = [case_id for case_id in case_ids if case_id not in kept.finished]
 
         def answered(case_id: str, rel: Path) -> None:
-            kept.finish(case_id, case_files(rel, names is not None, seg_names is not None))
+            kept.finish(case_id, case_files(rel, names is not None, seg_names is not None, rtstruct))
 
         if left:  # a stopped job that had finished them all (its move into --out failed) starts no workers
             predict_on_ray(address, job, left, kept.files.absolute(), workers, show_progress=show_progress,

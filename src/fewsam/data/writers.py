@@ -17,7 +17,9 @@
 - dicom: ``<series folder>.nii.gz``, uint8 class indices on the series' origin, spacing and
   direction, written by SimpleITK (which turns DICOM's LPS coordinates into NIfTI's RAS); and, by
   ``fewsam predict``, ``<series folder>.seg.dcm`` beside it (``write_dicom_seg``): a BINARY DICOM SEG
-  of the series' instances, one segment per class, which OHIF, a PACS or 3D Slicer opens on the series.
+  of the series' instances, one segment per class, which OHIF, a PACS or 3D Slicer opens on the series;
+  with ``--rtstruct``, ``<series folder>.rtstruct.dcm`` too (``write_dicom_rtstruct``): an RT structure
+  set, an ROI of contours per class, which radiotherapy planning systems import.
 
 Writes are atomic (a temporary file in the same folder, then ``os.replace``). ``read_prediction``
 is the inverse for any folder laid out this way, whoever wrote it (NIfTI as ``.nii`` or ``.nii.gz``), and
@@ -37,6 +39,7 @@ import tempfile
 import time
 import weakref
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -58,6 +61,7 @@ from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
                                       segments_as_label, to_slices, without_time_axis)
 from fewsam.data.readers.dicom_labels import label_object
+from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, SeriesGeometry
 from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, mask_to_classes, read_colour_mask, read_mask_pixels
@@ -100,19 +104,17 @@ def missing_predictions(dataset: Any, case_ids: list[str], root: Path) -> list[t
 
 def _found_prediction(path: Path, case_id: str, others: OtherNames, fmt: str) -> Path:
     """The prediction file of a case expected at ``path`` (``_as_found``); for a DICOM series with no
-    NIfTI there, the DICOM SEG another tool wrote, ``<case>.seg.dcm``."""
+    NIfTI there, the DICOM SEG ``<case>.seg.dcm``, else the RT structure set ``<case>.rtstruct.dcm``,
+    that another tool (a planning system's export) or ``fewsam predict`` wrote."""
     found = _as_found(path, case_id, others)
-    seg = seg_read_instead(found, fmt)
-    if not found.is_file() and seg is not None and seg.is_file():
-        return seg
-    return found
+    return next((p for p in (found, *read_instead(found, fmt)) if p.is_file()), found)
 
 
-def seg_read_instead(path: Path, fmt: str) -> Path | None:
-    """The DICOM SEG read as a case's prediction where its file ``path`` is missing: a DICOM series'
-    ``<case>.seg.dcm`` (another tool's SEG, or fewsam's own without its NIfTI); None for the other formats,
-    whose predictions have no second form."""
-    return dicom_seg_path(path) if fmt == "dicom" else None
+def read_instead(path: Path, fmt: str) -> list[Path]:
+    """The files read as a case's prediction where its file ``path`` is missing, the first found: a DICOM
+    series' ``<case>.seg.dcm``, else its ``<case>.rtstruct.dcm`` (another tool's, a planning system's export,
+    or fewsam's own without its NIfTI); none for the other formats, whose predictions have no second form."""
+    return [dicom_seg_path(path), dicom_rtstruct_path(path)] if fmt == "dicom" else []
 
 
 def _file_name(name: str, fmt: str) -> str:
@@ -138,13 +140,22 @@ def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
 
 
 DICOM_SEG_ENDING = ".seg.dcm"
+DICOM_RTSTRUCT_ENDING = ".rtstruct.dcm"
 
 
 def dicom_seg_path(prediction: Path) -> Path:
     """Where a DICOM case's SEG prediction lies: beside its NIfTI, ``<case>.seg.dcm``."""
+    return _beside_nifti(prediction, DICOM_SEG_ENDING)
+
+
+def dicom_rtstruct_path(prediction: Path) -> Path:
+    """Where a DICOM case's RT structure set prediction lies: beside its NIfTI, ``<case>.rtstruct.dcm``."""
+    return _beside_nifti(prediction, DICOM_RTSTRUCT_ENDING)
+
+
+def _beside_nifti(prediction: Path, ending: str) -> Path:
     name = prediction.name
-    return prediction.with_name((name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else name)
-                                + DICOM_SEG_ENDING)
+    return prediction.with_name((name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else name) + ending)
 
 
 def write_dicom_seg(case: Case, pred: np.ndarray, names: dict[int, str], out_root: Path) -> Path | None:
@@ -155,17 +166,44 @@ def write_dicom_seg(case: Case, pred: np.ndarray, names: dict[int, str], out_roo
     (AUTOMATIC), referencing the series' instances, whose headers are read here, pixels left unread.
     A series whose headers lack what a SEG must copy from them (a frame of reference: files written
     by scripts rather than scanners) gets its NIfTI only, said once; None then."""
+    return _write_dicom_object(case, dicom_seg_path(prediction_path(case, out_root)), "DICOM SEG",
+                               lambda sources: _encode_dicom_seg(sources, pred, names))
+
+
+def write_dicom_rtstruct(case: Case, pred: np.ndarray, names: dict[int, str], out_root: Path) -> Path | None:
+    """``pred`` (D, H, W class values) of a case read from a DICOM series as an RT structure set beside its
+    NIfTI (``dicom_rtstruct_path``), the form radiotherapy planning systems import contours in: an ROI per
+    class of ``names``, each slice's pixels outlined in patient coordinates (``rtstruct_writer``), read
+    back by fewsam's RT structure set reader as ``pred``. A series whose headers lack what it copies from
+    them gets its NIfTI only, said once, as for the SEG; None then."""
+    from fewsam import __version__
+    from fewsam.data.rtstruct_writer import encode_rtstruct
+
+    geometry = SeriesGeometry.of(case.meta["origin"], case.meta["spacing"], case.meta["direction"])
+
+    def encoded(sources: list[Any]) -> bytes:
+        uids = (prediction_uid(sources, pred, names, "rtstruct series"),
+                prediction_uid(sources, pred, names, "rtstruct instance"))
+        return encode_rtstruct(sources, pred, names, geometry, uids, __version__)
+
+    return _write_dicom_object(case, dicom_rtstruct_path(prediction_path(case, out_root)), "RT structure set",
+                               encoded)
+
+
+def _write_dicom_object(case: Case, path: Path, kind: str, encode: Callable[[list[Any]], bytes]) -> Path | None:
+    """The DICOM object ``encode`` makes from the headers of the case's series (pixels left unread) written at
+    ``path``; a series whose headers do not allow one (unreadable, or without what the object copies from
+    them) gets its NIfTI only, said once for each ``kind``; None then."""
     from fewsam.data.readers.dicom_frames import dicom_header
 
     sources = [dicom_header(name) for name in case.meta.get("source_files", [])]
     if not sources or any(header is None for header in sources):
         return None
-    path = dicom_seg_path(prediction_path(case, out_root))
     try:
-        data = _encode_dicom_seg(sources, pred, names)
+        data = encode(sources)
     except (ValueError, TypeError, AttributeError, KeyError) as err:
-        say_once(f"the DICOM SEG of a prediction is not written where its series' headers do not allow one "
-                 f"({case.case_id}: {first_line(err)}); its NIfTI is", key="dicom-seg-not-written")
+        say_once(f"the {kind} of a prediction is not written where its series' headers do not allow one "
+                 f"({case.case_id}: {first_line(err)}); its NIfTI is", key=f"dicom-object-not-written-{kind}")
         return None
     atomic_write_bytes(path, data)
     return path
@@ -190,7 +228,7 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
         segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm) for number, value in enumerate(values, start=1)]
     pixels = renumbered[pred]
-    series_uid, instance_uid = (seg_uid(sources, pixels, names, role) for role in ("series", "instance"))
+    series_uid, instance_uid = (prediction_uid(sources, pixels, names, role) for role in ("series", "instance"))
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments, series_instance_uid=series_uid, series_number=SEG_SERIES_NUMBER,
@@ -202,10 +240,11 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
     return buf.getvalue()
 
 
-def seg_uid(sources: list[Any], pixels: np.ndarray, names: dict[int, str], role: str) -> str:
-    """A UID for the SEG's series or instance (``role``) drawn from what it holds (its series, the predicted
-    pixels and the class names): the same prediction of the same series gets the same UIDs when predicted
-    again, so a PACS receiving it twice keeps one object, and a changed prediction gets new ones."""
+def prediction_uid(sources: list[Any], pixels: np.ndarray, names: dict[int, str], role: str) -> str:
+    """A UID for a prediction object's series or instance (``role``: which object, and which of its UIDs)
+    drawn from what it holds (its series, the predicted pixels and the class names): the same prediction of
+    the same series gets the same UIDs when predicted again, so a PACS or planning system receiving it twice
+    keeps one object, and a changed prediction gets new ones."""
     from pydicom.uid import generate_uid
 
     digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes())
@@ -322,7 +361,9 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
         raise DataError(f"prediction {sought_as(path, others, case.format)} for case {case.case_id} not found; "
                         "predict this split into that folder first")
     if path.name.endswith(DICOM_SEG_ENDING):
-        pred = _decode_dicom_seg(case, path, prediction_segments(class_map, dataset))
+        pred = _decode_dicom_label_object(case, path, prediction_segments(class_map, dataset), SEG_SOP_CLASS)
+    elif path.name.endswith(DICOM_RTSTRUCT_ENDING):
+        pred = _decode_dicom_label_object(case, path, prediction_segments(class_map, dataset), RTSTRUCT_SOP_CLASS)
     elif case.format in ("nifti", "dicom"):
         pred = _decode_nifti(case, path, prediction_segments(class_map, dataset))
     elif case.format in LABEL_INSIDE_IMAGE and _stem_and_ending(path.name)[1] in TEST_SCRIPT_ENDINGS:
@@ -416,16 +457,14 @@ def _flat_name(dataset: Any, entry: Any) -> str:
 def sought_as(path: Path, others: OtherNames, fmt: str) -> str:
     """fewsam's name of a case's prediction, with the other names it is looked for under that a user of
     another tool would write: the flat folder's (``PRED/x.png``), a test script's (``<case>_pred.nii.gz``),
-    a DICOM series' SEG (``<case>.seg.dcm``, ``fmt`` the dataset's format)."""
+    a DICOM series' SEG and RT structure set (``read_instead``, ``fmt`` the dataset's format)."""
     alternatives = []
     if others.flat_folder is not None:
         alternatives.append(str(others.flat_folder / path.name))
     if others.test_script_stem:
         folder = others.flat_folder or path.parent
         alternatives.append(str(folder / (others.test_script_stem + TEST_SCRIPT_ENDINGS[0])))
-    seg = seg_read_instead(path, fmt)
-    if seg is not None:
-        alternatives.append(str(seg))
+    alternatives.extend(str(other) for other in read_instead(path, fmt))
     return f"{path} (or {' or '.join(alternatives)})" if alternatives else str(path)
 
 
@@ -745,17 +784,18 @@ def _encode_dicom(case: Case, pred: np.ndarray) -> bytes:
                         f"geometry: {itk_message(err)}") from None
 
 
-def _decode_dicom_seg(case: Case, path: Path, segments: PredictionSegments) -> np.ndarray:
-    """A DICOM SEG prediction (another tool's, found where no NIfTI is) read as the dataset's DICOM SEG
-    labels are (``dicom_seg.read_seg_on``): each segment the class of its name, on the case's series."""
+def _decode_dicom_label_object(case: Case, path: Path, segments: PredictionSegments, sop_class: str) -> np.ndarray:
+    """A DICOM SEG or RT structure set prediction (``sop_class``: another tool's, or fewsam's own found where
+    no NIfTI is) read as the dataset's DICOM labels of that kind are (``dicom_labels.KINDS``): each segment
+    or ROI the class of its name, on the case's series."""
     grid = sitk.Image([int(n) for n in case.image.shape[:3][::-1]], sitk.sitkUInt8)
     grid.SetOrigin(case.meta["origin"])
     grid.SetSpacing(case.meta["spacing"])
     grid.SetDirection(case.meta["direction"])
-    header = label_object(path, SEG_SOP_CLASS)
+    header = label_object(path, sop_class)
     unknown = [s.name for s in header.segments if name_key(s.name) not in segments.classes]
     if unknown:
-        raise DataError(_unknown_segments_message(path, unknown, segments, "a DICOM SEG"))
+        raise DataError(_unknown_segments_message(path, unknown, segments, header.kind.one, header.kind.part))
     return header.read_on(grid, case.meta["source_files"], segments.classes)
 
 
@@ -857,11 +897,11 @@ def _segments_read(image: Any, geometry: dict[str, Any] | None, path: Path, segm
 
 
 def _unknown_segments_message(path: Path, unknown: list[str], segments: PredictionSegments,
-                              kind: str = "a 3D Slicer segmentation") -> str:
+                              kind: str = "a 3D Slicer segmentation", part: str = "segment") -> str:
     shown = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
     names = ", ".join(dict.fromkeys(segments.classes)) or "none"
-    return (f"prediction {path} is {kind} whose segment(s) {shown} name no class of the dataset "
-            f"({names}); name each segment as its class, or save the prediction as a label map of class "
+    return (f"prediction {path} is {kind} whose {part}(s) {shown} name no class of the dataset "
+            f"({names}); name each {part} as its class, or save the prediction as a label map of class "
             "values")
 
 

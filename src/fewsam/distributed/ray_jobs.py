@@ -312,6 +312,7 @@ class PredictJob:
     tokens: tuple[str, ...] = ()
     probabilities: bool = False  # --save-probabilities: each case's beside its prediction
     class_names: tuple[tuple[int, str], ...] = ()  # (label value, name) of each class: probabilities', SEG's
+    rtstruct: bool = False  # --rtstruct: each DICOM series' prediction as an RT structure set too
 
 
 class PredictWorker(CaseWorker):
@@ -339,7 +340,7 @@ class PredictWorker(CaseWorker):
         names = dict(self.job.class_names) if self.job.probabilities else None
         seg_names = dict(self.job.class_names) if self.dataset.format == "dicom" else None
         rel = predict_case_file(self.dataset, case_id, self.predictor, self.cache, self.job.device, Path(staging),
-                                names=names, seg_names=seg_names)
+                                names=names, seg_names=seg_names, rtstruct=self.job.rtstruct)
         return {"case": case_id, "path": str(rel), "host": self.host, "pid": self.pid}
 
 

@@ -61,7 +61,7 @@ def _every_segment(ds: Any, named: ClassMap | None) -> tuple[tuple[Segment, ...]
 
 
 PREDICTIONS = ("predictions: <case>.nii.gz label maps of class indices on the series' grid and <case>.seg.dcm "
-               "DICOM SEG objects")
+               "DICOM SEG objects (with --rtstruct, <case>.rtstruct.dcm RT structure sets too)")
 KINDS = {
     SEG_SOP_CLASS: LabelKind(
         many="DICOM SEG objects", part="segment", name="DICOM SEG", one="a DICOM SEG",

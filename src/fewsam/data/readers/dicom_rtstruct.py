@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,10 +249,34 @@ def _on_slice(contour: Any, grid: sitk.Image, name: str, path: Path) -> tuple[in
 
 def voxel_indices(points: np.ndarray, grid: sitk.Image) -> np.ndarray:
     """Patient coordinates (N, 3) in mm as continuous (x, y, z) voxel indices of ``grid``, rounded to
-    ``INDEX_DECIMALS``: the inverse of origin + direction @ (spacing * index)."""
-    direction = np.asarray(grid.GetDirection(), dtype=np.float64).reshape(3, 3)
-    to_index = np.linalg.inv(direction * np.asarray(grid.GetSpacing(), dtype=np.float64))
-    return np.round((points - np.asarray(grid.GetOrigin())) @ to_index.T, INDEX_DECIMALS)
+    ``INDEX_DECIMALS`` (``SeriesGeometry.indices``)."""
+    return SeriesGeometry.of(grid.GetOrigin(), grid.GetSpacing(), grid.GetDirection()).indices(points)
+
+
+@dataclass(frozen=True)
+class SeriesGeometry:
+    """Where a series' voxels lie in patient coordinates (mm): voxel index i at origin + axes @ i, ``axes``
+    the direction's columns times the spacing. The one mapping both ways, so a structure set fewsam writes
+    (``patient_points``) lands where its reader looks (``indices``)."""
+
+    origin: np.ndarray
+    axes: np.ndarray
+
+    @classmethod
+    def of(cls, origin: Sequence[float], spacing: Sequence[float], direction: Sequence[float]) -> SeriesGeometry:
+        """From ITK's origin, spacing and row-major direction (the series' ImagePositionPatient,
+        PixelSpacing and ImageOrientationPatient as SimpleITK reads them)."""
+        axes = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
+        return cls(np.asarray(origin, dtype=np.float64), axes)
+
+    def indices(self, points: np.ndarray) -> np.ndarray:
+        """Patient coordinates (N, 3) as continuous (x, y, z) indices, rounded to ``INDEX_DECIMALS`` so a
+        vertex on a voxel centre or border is on it whatever the rounding of its millimetres."""
+        return np.round((points - self.origin) @ np.linalg.inv(self.axes).T, INDEX_DECIMALS)
+
+    def patient_points(self, indices: np.ndarray) -> np.ndarray:
+        """Continuous (x, y, z) indices (N, 3) as patient coordinates in mm."""
+        return self.origin + np.asarray(indices, dtype=np.float64) @ self.axes.T
 
 
 def filled(contours: list[np.ndarray], height: int, width: int) -> np.ndarray:
