@@ -116,14 +116,18 @@ def test_a_dicom_series_prediction_is_also_a_dicom_seg_of_the_same_labels(run, t
     assert scores["mean"]["dice"] == 1.0
 
 
-def dicom_data(data: Path, seed: int) -> sitk.Image:
-    """A data folder of one phantom CT series, data/patient1/ct, with the frame of reference a SEG and an RT
-    structure set copy, and the phantom's classes."""
-    images, _ = phantom_volume(np.random.default_rng(seed), slices=3, shape=(64, 72))
-    series = write_series(data / "patient1" / "ct", (images * 1000).astype(np.int16),
-                          extra_tags={"0020|0052": "1.2.826.0.1.3680043.2.1125.9"})
+def dicom_data(data: Path, seed: int, patients: int = 1) -> sitk.Image:
+    """A data folder of phantom CT series, data/patient<k>/ct, with the frame of reference a SEG and an RT
+    structure set copy, and the phantom's classes; the first series' image."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for k in range(1, patients + 1):
+        images, _ = phantom_volume(rng, slices=3, shape=(64, 72))
+        written.append(write_series(data / f"patient{k}" / "ct", (images * 1000).astype(np.int16),
+                                    uid=f"1.2.826.0.1.3680043.2.1125.7{k}",
+                                    extra_tags={"0020|0052": "1.2.826.0.1.3680043.2.1125.9"}))
     (data / "classes.json").write_text(json.dumps({str(k): v for k, v in PHANTOM_CLASSES.items()}))
-    return series
+    return written[0]
 
 
 def test_predict_rtstruct_also_writes_a_structure_set_that_reads_back_as_the_prediction(run, tmp_path):
@@ -178,6 +182,27 @@ def test_predict_rtstruct_on_ray_writes_the_structure_sets_on_the_workers(run, t
     predict(run, tmp_path / "data", tmp_path / "pred", split="all", show_progress=False, ray="local", rtstruct=True)
     assert sorted(p.name for p in (tmp_path / "pred" / "patient1").iterdir()) == \
         ["ct.nii.gz", "ct.rtstruct.dcm", "ct.seg.dcm"]
+
+
+def test_a_stopped_predict_rtstruct_resumes_with_its_structure_sets_and_without_it_starts_afresh(run, tmp_path,
+                                                                                                 monkeypatch):
+    """The cases a stopped --rtstruct predict kept hold structure sets: the same command takes them up, a
+    predict without --rtstruct predicts them again rather than mix cases with and without one."""
+    from fewsam.errors import Stopped
+    from test_predict_resume import predicted_cases
+
+    dicom_data(tmp_path / "data", seed=6, patients=2)
+    for again_with_rtstruct, predicted_again in ((False, 2), (True, 1)):
+        out = tmp_path / f"pred-{again_with_rtstruct}"
+        predicted_cases(monkeypatch, stop_at=1)
+        with pytest.raises(Stopped):
+            predict(run, tmp_path / "data", out, split="all", show_progress=False, rtstruct=True)
+        monkeypatch.undo()
+        again = predicted_cases(monkeypatch)
+        predict(run, tmp_path / "data", out, split="all", show_progress=False, rtstruct=again_with_rtstruct)
+        assert len(again) == predicted_again
+        rtstructs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.rtstruct.dcm"))
+        assert rtstructs == (["patient1/ct.rtstruct.dcm", "patient2/ct.rtstruct.dcm"] if again_with_rtstruct else [])
 
 
 def test_predict_rtstruct_on_data_without_dicom_series_is_refused_in_one_line(run, tmp_path):
