@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from fewsam.data import open_dataset, read_prediction
 from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, filled, read_rtstruct_on
 from fewsam.data.readers.slicer_segmentation import name_key
-from fewsam.data.rtstruct_writer import mask_outlines
+from fewsam.data.rtstruct_writer import SliceReference, mask_outlines, slice_references
 from fewsam.data.types import ClassMap
 from fewsam.data.writers import dicom_rtstruct_path, write_dicom_rtstruct
 from test_dicom import arrays, write_series
@@ -150,3 +150,14 @@ def test_pixel_border_outlines_filled_even_odd_by_centres_are_the_mask():
         assert all(((o * 2) % 2 == 1).all() for o in outlines)
         got = filled(outlines, height, width) if outlines else np.zeros_like(mask)
         np.testing.assert_array_equal(got, mask)
+
+
+def test_the_slices_of_one_multi_frame_file_are_referenced_by_their_frame_numbers():
+    """An enhanced CT or MR series is one file: each contour names its instance and the frame it lies on."""
+    header = pydicom.Dataset()
+    header.SOPClassUID, header.SOPInstanceUID, header.NumberOfFrames = "1.2.840.10008.5.1.4.1.1.4.1", "1.2.3.4", 3
+    assert slice_references([header], 3) == [SliceReference("1.2.840.10008.5.1.4.1.1.4.1", "1.2.3.4", z)
+                                            for z in (1, 2, 3)]
+    assert slice_references([header], 3)[1].item().ReferencedFrameNumber == 2
+    with pytest.raises(ValueError, match="are not its 4 slices"):
+        slice_references([header], 4)

@@ -64,6 +64,7 @@ from fewsam.data.readers.dicom_labels import label_object
 from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, SeriesGeometry
 from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
+from fewsam.data.rtstruct_writer import encode_rtstruct
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
@@ -177,7 +178,6 @@ def write_dicom_rtstruct(case: Case, pred: np.ndarray, names: dict[int, str], ou
     back by fewsam's RT structure set reader as ``pred``. A series whose headers lack what it copies from
     them gets its NIfTI only, said once, as for the SEG; None then."""
     from fewsam import __version__
-    from fewsam.data.rtstruct_writer import encode_rtstruct
 
     geometry = SeriesGeometry.of(case.meta["origin"], case.meta["spacing"], case.meta["direction"])
 
