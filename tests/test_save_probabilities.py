@@ -148,7 +148,7 @@ def test_refined_labels_keep_the_answer_and_the_stage_before_is_said(phantom_run
         assert probabilities_path(tmp_path / "pred" / prediction.name).is_file()
 
 
-def test_nothing_is_written_when_a_case_fails_and_overwrite_drops_stale_probabilities(phantom_runs, tmp_path,
+def test_a_failing_case_leaves_no_prediction_folder_and_overwrite_drops_stale_probabilities(phantom_runs, tmp_path,
                                                                                        monkeypatch):
     data, run = phantom_runs[0], phantom_runs[1]["supervised"]
     written = ProbabilityFile.written
@@ -164,8 +164,9 @@ def test_nothing_is_written_when_a_case_fails_and_overwrite_drops_stale_probabil
     result = CliRunner().invoke(app, ["predict", str(run), "--data", str(data), "--split", "train", "--quiet",
                                       "--out", str(tmp_path / "pred"), "--save-probabilities"])
     assert result.exit_code != 0 and len(calls) == 2
-    # no prediction folder, no staging folder: the log alone, where predict said it was, saying why it stopped
-    assert [p.name for p in tmp_path.iterdir()] == [".pred.predict.log"]
+    # no prediction folder: the first case kept to resume from, and the log where predict said it was, saying why
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".pred.predict-partial", ".pred.predict.log"]
+    assert len(list((tmp_path / ".pred.predict-partial").rglob(f"*{PROBABILITIES_ENDING}"))) == 1
     assert (tmp_path / ".pred.predict.log").read_text(encoding="utf-8").rstrip().endswith("stopped: OSError: disk full")
     monkeypatch.setattr(ProbabilityFile, "written", written)
     predicted(run, data, tmp_path / "pred", "--save-probabilities")
