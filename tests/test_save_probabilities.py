@@ -148,8 +148,8 @@ def test_refined_labels_keep_the_answer_and_the_stage_before_is_said(phantom_run
         assert probabilities_path(tmp_path / "pred" / prediction.name).is_file()
 
 
-def test_a_failing_case_leaves_no_prediction_folder_and_overwrite_drops_stale_probabilities(phantom_runs, tmp_path,
-                                                                                       monkeypatch):
+def test_a_failing_case_leaves_no_prediction_folder_and_overwrite_drops_stale_probabilities(
+        phantom_runs, tmp_path, monkeypatch):
     data, run = phantom_runs[0], phantom_runs[1]["supervised"]
     written = ProbabilityFile.written
     calls = []
