@@ -40,7 +40,7 @@ def writer(out: Path, how: str) -> tuple[subprocess.Popen, Path]:
     process = subprocess.Popen([sys.executable, "-c", WRITER, str(out), how], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     staging = Path(process.stdout.readline().strip())
-    assert staging.is_dir() and staging.name.startswith(f".{out.name}.partial-")
+    assert staging.is_dir() and staging.name.startswith(atomic.hidden_name(out.name, ".partial-"))
     return process, staging
 
 
@@ -62,6 +62,41 @@ def test_the_staging_folder_of_a_killed_writer_is_removed_by_the_next_one(tmp_pa
     assert not killed.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
     assert (out / "case_000.nii.gz").read_bytes() == b"every prediction"
+
+
+LONG_OUT = "predictions_acdc_fewshot_3cases_seed0_val_mirrored_refined_2026_12_07_"  # 72 characters, + a or b
+
+
+def test_two_long_outs_that_begin_alike_get_hidden_names_of_their_own_within_the_name_limit(tmp_path):
+    limit = atomic.name_limit(tmp_path)
+    for suffix in (".partial-0123abcd", ".predict-partial", ".predict.log", ".0123abcd.tmp"):
+        first, second = (atomic.hidden_name(LONG_OUT + end, suffix) for end in "ab")
+        assert first != second and first.endswith(suffix) and second.endswith(suffix)
+        assert first.startswith(f".{LONG_OUT[:40]}")  # still readable in a listing
+        longest = atomic.hidden_name("x" * limit, suffix)
+        assert max(len(os.fsencode(name)) for name in (first, second, longest)) <= limit
+        (tmp_path / longest).mkdir()  # the file system holds it
+
+
+def test_a_short_outs_hidden_names_are_the_name_itself():
+    assert atomic.hidden_name("pred", ".predict.log") == ".pred.predict.log"
+    assert atomic.hidden_name("p" * atomic.HIDDEN_NAME_KEPT, ".predict-partial") == \
+        f".{'p' * atomic.HIDDEN_NAME_KEPT}.predict-partial"
+
+
+def test_a_killed_writers_staging_beside_a_long_out_is_removed_and_the_other_long_outs_is_left(tmp_path):
+    out, other = tmp_path / f"{LONG_OUT}a", tmp_path / f"{LONG_OUT}b"
+    others = tmp_path / atomic.hidden_name(other.name, ".partial-0123abcd")
+    others.mkdir()
+    aged(others)
+    process, killed = writer(out, "kill")
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    process.stdout.close()
+    process.stdin.close()
+    aged(killed)
+    with staged_folder(out, overwrite=False):
+        pass
+    assert not killed.exists() and others.is_dir()
 
 
 def test_a_live_writers_staging_folder_and_the_users_hidden_folders_are_left(tmp_path):

@@ -207,6 +207,34 @@ def test_a_file_a_kill_left_half_written_is_not_taken_for_a_finished_case(fitted
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "predict.log"} == uninterrupted
 
 
+def test_a_predict_into_a_long_out_leaves_the_kept_cases_and_log_of_one_that_begins_alike(fitted, tmp_path,
+                                                                                         monkeypatch, caplog):
+    """Two long --out in one folder, alike but for their ends, each keep their own finished cases and log."""
+    from fewsam.resumable import kept_folder as kept_beside
+
+    run, data = fitted
+    out, other = (tmp_path / f"predictions_acdc_fewshot_3cases_seed0_val_mirrored_refined_2026_12_07_{end}"
+                  for end in "ab")
+    predicted_cases(monkeypatch, stop_at=1)
+    stopped_after_one(monkeypatch, run, data, out)
+    kept = kept_beside(out)
+    journal = (kept / "finished.json").read_bytes()
+
+    others = predicted_cases(monkeypatch)
+    caplog.set_level("INFO", logger="fewsam")
+    predict(run, data, other, show_progress=False)
+    assert others == VAL and not any("resuming" in m for m in caplog.messages), caplog.messages
+    assert (kept / "finished.json").read_bytes() == journal and (kept / "predictions" / f"{VAL[0]}.h5").is_file()
+    assert "predictions are kept in" not in (other / "predict.log").read_text()  # the stopped one's log is its own
+    monkeypatch.undo()
+
+    again = predicted_cases(monkeypatch)
+    predict(run, data, out, show_progress=False)
+    assert again == VAL[1:]
+    assert "1 of 3 predictions are kept in" in (out / "predict.log").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, other.name]
+
+
 def test_two_predicts_into_one_out_at_once_do_not_fill_the_same_folder(fitted, tmp_path):
     from fewsam.atomic import let_go, take_folder
 

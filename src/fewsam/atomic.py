@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -367,12 +368,26 @@ def name_limit(folder: Path) -> int:
 
 
 HIDDEN_NAME_KEPT = 64  # characters of a target's name kept in its temporary's name
+NAME_DIGEST_CHARS = 8  # hex digits of the digest that tells apart two long names cut alike
 
 
 def hidden_name(name: str, suffix: str) -> str:
-    """``.NAME<suffix>`` for a temporary beside the file or folder ``name``, with NAME cut short: the
-    suffix must not push a name the file system holds over its limit (a 240-character --out)."""
-    return f".{name[:HIDDEN_NAME_KEPT]}{suffix}"
+    """``.NAME<suffix>`` for a temporary beside the file or folder ``name``. A NAME over
+    ``HIDDEN_NAME_KEPT`` characters is cut short, so that the suffix does not push a name the file system
+    holds over its limit (a 240-character --out), and ends in a digest of the whole name: two long
+    --out in one folder that begin alike then keep their own logs and finished cases. A NAME that fits
+    is kept whole, so its hidden names read as ``.OUT.predict.log`` and the like."""
+    return f".{_kept_part(name)}{suffix}"
+
+
+def _kept_part(name: str) -> str:
+    """``name`` itself when it fits in ``HIDDEN_NAME_KEPT`` characters, else its beginning (readable in a
+    listing) and ``-`` and the digest of all of it, ``HIDDEN_NAME_KEPT`` characters in all. The digest
+    depends on ``name`` alone, so a prefix made with any suffix finds the names made with another."""
+    if len(name) <= HIDDEN_NAME_KEPT:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:NAME_DIGEST_CHARS]
+    return f"{name[:HIDDEN_NAME_KEPT - NAME_DIGEST_CHARS - 1]}-{digest}"
 
 
 @contextmanager
