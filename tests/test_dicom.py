@@ -195,19 +195,57 @@ def test_mistakes_are_data_errors(tmp_path):
     write_series(tmp_path / "images" / "ok", image)
     wider = np.pad(label, ((0, 0), (0, 0), (0, 2)))
     write_label(tmp_path / "labels" / "ok.nii.gz", wider, series_image(wider))
-    (_mkdir(tmp_path / "images" / "junk") / "x.dcm").write_bytes(b"not a dicom file" * 20)
     write_series(tmp_path / "images" / "mixed", image, uid="1.2.3.3")
     write_series(tmp_path / "images" / "mixed", image[:2] + 1, uid="1.2.3.4")
     ds = open_dataset(tmp_path)
     with pytest.raises(DataError, match=r"label .*ok.nii.gz has size \(7, 6, 3\), its series \(5, 6, 3\)"):
         ds.load("ok")
-    with pytest.raises(DataError, match="no readable DICOM series in .*junk"):
-        ds.load("junk")
     with pytest.raises(DataError, match="mixed holds 2 DICOM series; put each series in its own folder"):
         ds.load("mixed")
     (tmp_path / "labels" / "ok.nii.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="cannot read label .*ok.nii.gz"):
         ds.load("ok")
+
+
+def write_files_named_as_dicom(folder: Path) -> None:
+    """Files named ``.dcm`` that are no DICOM: empty, text, and a PNG and a NIfTI file renamed."""
+    _mkdir(folder)
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "notes.dcm").write_bytes(b"not a dicom file" * 20)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 5), np.uint8)), str(folder / "slice.png"))
+    (folder / "slice.png").rename(folder / "slice.dcm")
+    sitk.WriteImage(series_image(np.zeros((3, 6, 5), np.int16)), str(folder / "volume.nii.gz"))
+    (folder / "volume.nii.gz").rename(folder / "volume.dcm")
+
+
+def test_a_folder_of_dcm_files_none_of_them_dicom_is_no_case_and_said_as_the_data_opens(tmp_path, caplog):
+    image, _ = arrays(7, (3, 6, 5))
+    write_series(tmp_path / "p1" / "ct", image)
+    write_files_named_as_dicom(tmp_path / "p2" / "ct")
+    caplog.set_level(logging.INFO, logger="fewsam")
+    ds = open_dataset(tmp_path)
+    assert ds.split("all") == ["p1/ct"]
+    [said] = [r.getMessage() for r in caplog.records if "are not cases" in r.getMessage()]
+    assert "1 folder(s) are not cases (p2/ct)" in said and "none of them is" in said, said
+
+
+def test_a_series_with_files_beside_it_that_are_no_dicom_is_read(tmp_path):
+    image, _ = arrays(8, (3, 6, 5))
+    write_series(tmp_path / "ct", image)
+    write_files_named_as_dicom(tmp_path / "ct")
+    ds = open_dataset(tmp_path)
+    assert ds.split("all") == ["ct"]
+    np.testing.assert_array_equal(ds.load("ct").image, image.astype(np.float32))
+
+
+def test_data_whose_dcm_files_are_none_of_them_dicom_is_refused_naming_them(tmp_path):
+    from conftest import assert_one_line_error, run_fewsam
+
+    write_files_named_as_dicom(tmp_path / "data" / "p1")
+    write_files_named_as_dicom(tmp_path / "data" / "p2")
+    with pytest.raises(DataError, match=r"no DICOM series found in .*data: the files in p1, p2 are named as DICOM"):
+        open_dataset(tmp_path / "data")
+    assert_one_line_error(run_fewsam("info", str(tmp_path / "data"), cwd=tmp_path), "the files in p1, p2 are named")
 
 
 def test_a_series_label_named_flat_as_patient_underscore_series_is_found(tmp_path, caplog, monkeypatch):

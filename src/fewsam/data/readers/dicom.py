@@ -53,10 +53,10 @@ fit with ``--unlabeled-split test``); without any label, "val" holds every case.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -98,12 +98,32 @@ def is_dicom_file(path: Path) -> bool:
     suffix = path.suffix[1:]
     if suffix and not suffix.isdigit():
         return False
+    return has_dicm_marker(path)
+
+
+def has_dicm_marker(path: Path) -> bool:
+    """Whether ``path`` is a Part 10 file: the ``DICM`` marker after its 128-byte preamble."""
     try:
         with path.open("rb") as f:
             f.seek(DICOM_MAGIC_AT)
             return f.read(4) == b"DICM"
     except OSError:
         return False
+
+
+# What every DICOM image's header names: a bare data set (no preamble or DICM marker) naming none of them
+# is no DICOM, whatever its file is called
+IMAGE_HEADER_TAGS = ["SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "Rows", "Columns"]
+
+
+def holds_dicom(path: Path) -> bool:
+    """Whether a file named as DICOM holds DICOM, told from its first bytes (no pixels read): the Part 10
+    marker, else the header of a bare data set, as older exporters write them. An empty file, a damaged one
+    or another format renamed ``.dcm`` holds neither."""
+    if has_dicm_marker(path):
+        return True
+    header = dicom_header(path, IMAGE_HEADER_TAGS)
+    return header is not None and len(header) > 0
 
 
 def detect(root: Path) -> bool:
@@ -704,33 +724,71 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 def _series_folders(base: Path) -> list[Path]:
     """Folders that directly hold DICOM images, in natural order of their relative paths."""
-    return list(_dicom_folders(base)[0])
+    return list(_dicom_folders(base).series)
 
 
 Folders = dict[Path, list[Path]]  # a folder's DICOM files
 
 
-def _dicom_folders(base: Path) -> tuple[Folders, Folders]:
-    """The folders below ``base`` that directly hold DICOM images (in natural order of their relative
-    paths), and those holding only DICOM objects that are no image to segment (``is_no_image``): RT
-    structure sets, reports, and the DICOM SEG objects read as their series' labels."""
+class DicomFolders(NamedTuple):
+    """The folders below a dataset's root that hold files named as DICOM, by what those files are."""
+
+    series: Folders  # DICOM images, in natural order of the folders' relative paths
+    no_image: Folders  # DICOM objects alone that are no image to segment (``is_no_image``)
+    not_dicom: list[Path]  # files named as DICOM, none of which is (``holds_dicom``)
+
+
+def _dicom_folders(base: Path) -> DicomFolders:
+    """The folders below ``base`` that directly hold DICOM images, those holding only DICOM objects that
+    are no image to segment (RT structure sets, reports, and the DICOM SEG objects read as their series'
+    labels), and those whose files are named as DICOM but none is: a folder of such files became a case
+    that failed only when loaded, mid-fit or mid-predict. A folder's files are looked at until one holds
+    DICOM, so a series costs a peek at its first file; one of DICOM and other files is a series, whose
+    DICOM files GDCM reads."""
     files: Folders = {}
     for path in files_below(base):
         if is_dicom_file(path):
             files.setdefault(path.parent, []).append(path)
     other = {f for f, paths in files.items() if all(is_no_image(p) for p in paths)}
-    series = natural_sorted((f for f in files if f not in other), key=lambda p: p.relative_to(base).as_posix())
-    return {f: files[f] for f in series}, {f: files[f] for f in natural_sorted(other, key=str)}
+    not_dicom = {f for f, paths in files.items() if f not in other and not any(holds_dicom(p) for p in paths)}
+    series = natural_sorted((f for f in files if f not in other | not_dicom),
+                            key=lambda p: p.relative_to(base).as_posix())
+    return DicomFolders({f: files[f] for f in series}, {f: files[f] for f in natural_sorted(other, key=str)},
+                        natural_sorted(not_dicom, key=str))
+
+
+def _shown_folders(root: Path, folders: Iterable[Path]) -> str:
+    """Up to three of ``folders``, relative to ``root`` (``root`` itself by its path), for one line."""
+    names = [f.relative_to(root).as_posix() if f != root else str(root) for f in folders]
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _say_no_image_folders(root: Path, other: Folders) -> None:
     """Folders of DICOM objects without an image are no cases: said once, with what becomes of them."""
     if other:
-        shown = ", ".join(f.relative_to(root).as_posix() for f in list(other)[:3]) + (", ..." if len(other) > 3 else "")
+        shown = _shown_folders(root, other)
         say_once(f"{root}: {len(other)} folder(s) hold DICOM objects that are no image ({shown}: RT structure sets, "
                  "segmentations, reports, as archives such as TCIA store them beside each series) and are not "
                  "cases; DICOM SEG objects and RT structure sets among them are read as the labels of the series "
                  "they reference", key=f"dicom-no-image-{root}")
+
+
+NOT_DICOM = ("named as DICOM files, but none of them is (no DICM marker, no DICOM header: empty, damaged, or files "
+             "of another format renamed)")
+
+
+def _check_not_dicom_folders(root: Path, not_dicom: list[Path], any_series: bool) -> None:
+    """Folders of files named as DICOM, none of which is, are no cases: said once, naming them, as the
+    dataset opens, so that the other series are fitted and predicted on. Refused, naming them, where no
+    series is left."""
+    if not not_dicom:
+        return
+    shown = _shown_folders(root, not_dicom)
+    if not any_series:
+        raise DataError(f"no DICOM series found in {root}: the files in {shown} are {NOT_DICOM}; put the series' "
+                        "DICOM files there")
+    say_once(f"{root}: {len(not_dicom)} folder(s) are not cases ({shown}): their files are {NOT_DICOM}; put the "
+             "series' DICOM files there to read them", key=f"dicom-not-dicom-{root}")
 
 
 # SOP classes of DICOM objects that hold no image to segment: RT structure sets, plans and records;
@@ -795,9 +853,10 @@ def _entries(root: Path, named: ClassMap | None) -> tuple[list[Entry], dict[Path
     classes, which choose an RT structure set's ROIs); and the objects so read, by path."""
     base = root / "images" if (root / "images").is_dir() and _series_folders(root / "images") else root
     labels = root / "labels"
-    series, other = _dicom_folders(base)
+    series, other, not_dicom = _dicom_folders(base)
     if base != root:
-        other.update(_dicom_folders(root)[1])  # SEG folders beside images/
+        other.update(_dicom_folders(root).no_image)  # SEG folders beside images/
+    _check_not_dicom_folders(root, not_dicom, any_series=bool(series))
     _say_no_image_folders(root, other)
     entries = []
     for folder, files in series.items():
