@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
 from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
-from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, filled
+from fewsam.data.readers import dicom_rtstruct
+from fewsam.data.readers.dicom_rtstruct import CONTOUR_DATA, RTSTRUCT_SOP_CLASS, contour_values, filled
 from fewsam.errors import DataError
 from test_dicom import arrays, series_image, write_label, write_series
 from test_dicom_seg import FRAME_OF_REFERENCE, ct_series, one_hot, resave_bare, save_seg
@@ -280,3 +282,44 @@ def test_a_structure_set_without_the_part_10_header_is_its_series_label(tmp_path
     dataset = open_dataset(tmp_path)
     assert list(dataset.entries) == ["s1"]
     np.testing.assert_array_equal(dataset.load("s1").label, expected_gtv_and_ring())
+
+
+def test_opening_leaves_contour_data_unread_and_loading_parses_it_from_the_stored_bytes(tmp_path, monkeypatch):
+    """A CT's structure set holds millions of ContourData numbers: opening a dataset reads the ROIs and their
+    contour types alone, and loading a case parses each ContourData once, from the bytes the file holds,
+    not through pydicom's conversion into an object per number."""
+    series(tmp_path / "s1", "1.2.826.0.1.3680043.2.1125.135")
+    save_rtstruct(tmp_path / "rt" / "a.dcm", "1.2.826.0.1.3680043.2.1125.135", {"GTV": GTV, "Rectum": RING})
+    converted_tags: list[int] = []
+    parsed: list[np.ndarray] = []
+    convert, parse = pydicom.dataset.convert_raw_data_element, contour_values
+    monkeypatch.setattr(pydicom.dataset, "convert_raw_data_element",
+                        lambda raw, *args, **kwargs: converted_tags.append(raw.tag) or convert(raw, *args, **kwargs))
+    monkeypatch.setattr(dicom_rtstruct, "contour_values", lambda contour: parsed.append(parse(contour)) or parsed[-1])
+    dataset = open_dataset(tmp_path)
+    assert dataset.class_map.names == {1: "GTV", 2: "Rectum"}
+    assert parsed == [] and CONTOUR_DATA not in converted_tags
+    np.testing.assert_array_equal(dataset.load("s1").label, expected_gtv_and_ring())
+    assert len(parsed) == len(GTV) + len(RING) and CONTOUR_DATA not in converted_tags
+
+
+@pytest.mark.parametrize("vr", ["DS", None])  # explicit VR, and implicit VR (the dictionary's DS)
+@pytest.mark.parametrize("stored", [b"-1.5e+01 \\3\\4\\ +2.50\\1E2 \\.5\\-0\\7.000000001\\0.1 ",
+                                    b"3\\4", b"12"])
+def test_contour_data_parsed_from_its_bytes_equals_pydicom_s_values(vr, stored):
+    contour = Dataset()
+    contour[CONTOUR_DATA] = RawDataElement(CONTOUR_DATA, vr, len(stored), stored, 0, vr is None, True)
+    fast = contour_values(contour)
+    by_value = np.asarray(contour.ContourData, dtype=np.float64).ravel()
+    np.testing.assert_array_equal(fast, by_value)
+    assert fast.dtype == np.float64 and (np.signbit(fast) == np.signbit(by_value)).all()
+
+
+@pytest.mark.parametrize("stored", [b"1\\abc\\3", b"1\\\\3 "])
+def test_contour_data_that_is_no_numbers_is_a_value_error_as_with_pydicom(stored):
+    contour = Dataset()
+    contour[CONTOUR_DATA] = RawDataElement(CONTOUR_DATA, "DS", len(stored), stored, 0, False, True)
+    with pytest.raises(ValueError):
+        contour_values(contour)
+    with pytest.raises((ValueError, TypeError)):
+        np.asarray(contour.ContourData, dtype=np.float64)

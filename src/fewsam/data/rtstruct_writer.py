@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fewsam.data.readers.dicom_rtstruct import CLOSED_PLANAR, RTSTRUCT_SOP_CLASS, SeriesGeometry
+from fewsam.data.readers.dicom_rtstruct import CLOSED_PLANAR, CONTOUR_DATA, RTSTRUCT_SOP_CLASS, SeriesGeometry
 
 MM_DIGITS = 10  # significant digits of a coordinate: within the 16 characters of a DS value, sign and exponent too
 ROI_COLOURS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (0, 200, 255), (255, 0, 255),
@@ -221,8 +221,6 @@ def _contour(outline: np.ndarray, z: int, geometry: SeriesGeometry, reference: S
     contour[CONTOUR_DATA] = _decimal_strings(points)
     return contour
 
-
-CONTOUR_DATA = 0x30060050
 
 
 def _decimal_strings(points: np.ndarray) -> Any:

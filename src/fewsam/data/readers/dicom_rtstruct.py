@@ -35,6 +35,12 @@ contour a polygon in patient coordinates (ContourData: x, y, z in mm) on one sli
 
 Memory: each ROI is held as the block of slices, rows and columns its contours cover, so a structure
 set of many small organs holds about one label map, not a volume per ROI.
+
+Speed: a CT's structure set holds millions of ContourData numbers, stored as decimal strings. pydicom
+converts such a value lazily, on first access, into an object per number (seconds for one structure
+set), so opening a dataset reads each structure set's headers and contour types alone and never
+touches ContourData, and loading a case parses each ContourData from the bytes the file stores, in one
+pass (``contour_values``), to the same numbers pydicom gives.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ AROUND_THE_PATIENT = re.compile(r"(external|body|skin|outline)[\s_-]*\d*|couch.*
 AROUND_THE_PATIENT_TYPES = {"EXTERNAL", "SUPPORT"}  # RTROIInterpretedType of the body outline and the couch
 INDEX_DECIMALS = 6  # voxel indices are rounded to a millionth: a vertex on a centre or border is on it
 HALF_SLICE = 0.5
+CONTOUR_DATA = 0x30060050
+CONTOUR_GEOMETRIC_TYPE = 0x30060042
+DS_ENCODING = "iso8859"  # the bytes of DS and CS values as pydicom decodes them, whatever SpecificCharacterSet says
 
 
 def rtstruct_references(ds: Any) -> tuple[tuple[str, ...], str | None]:
@@ -130,7 +139,7 @@ def _contour_kinds(ds: Any) -> tuple[set[int], Counter[str]]:
     not_areas: Counter[str] = Counter()
     for item in ds.get("ROIContourSequence", []):
         for contour in item.get("ContourSequence", []):
-            kind = str(contour.get("ContourGeometricType", "") or "").upper()
+            kind = contour_kind(contour)
             if kind == CLOSED_PLANAR:
                 closed.add(roi_number(item.get("ReferencedROINumber")))
             else:
@@ -203,7 +212,7 @@ def _contours_by_class(ds: Any, rois: dict[int, str], classes: SegmentClasses, g
         if value is None:
             continue
         for contour in item.get("ContourSequence", []):
-            if str(contour.get("ContourGeometricType", "") or "").upper() != CLOSED_PLANAR:
+            if contour_kind(contour) != CLOSED_PLANAR:
                 continue
             z, points = _on_slice(contour, grid, name, path)  # type: ignore[arg-type]
             contours.setdefault(value, {}).setdefault(z, []).append(points)
@@ -223,7 +232,7 @@ def _on_slice(contour: Any, grid: sitk.Image, name: str, path: Path) -> tuple[in
     """The slice a contour lies on and its vertices as (column, row) voxel indices on that slice; a contour
     on no one slice of the series is refused (module docstring)."""
     try:
-        data = np.asarray(contour.get("ContourData", []), dtype=np.float64).ravel()
+        data = contour_values(contour)
     except (TypeError, ValueError):
         data = np.zeros(1)  # no numbers: refused below as values that are no triplets
     if data.size == 0 or data.size % 3 or not np.isfinite(data).all():
@@ -245,6 +254,37 @@ def _on_slice(contour: Any, grid: sitk.Image, name: str, path: Path) -> tuple[in
                         f"{plane:.3g}): drawn on another series of its frame of reference; save the structure set "
                         "on the series it references")
     return z, indices[:, :2]
+
+
+def contour_values(contour: Any) -> np.ndarray:
+    """A contour's ContourData as float64 numbers, flat. Parsed from the bytes the file stores, split at the
+    backslashes and each value read by Python's float, as pydicom reads each DS value, in one pass instead
+    of through an object per number; a value pydicom has already converted (or holds under another VR) is
+    taken as it gives it. A ValueError where a value is no number (``_on_slice`` refuses the contour)."""
+    stored = _stored_text(contour, CONTOUR_DATA, "DS")
+    if stored is None:
+        return np.asarray(contour.get("ContourData", []), dtype=np.float64).ravel()
+    return np.array([float(value) for value in stored.strip().split("\\")], dtype=np.float64)
+
+
+def contour_kind(contour: Any) -> str:
+    """A contour's ContourGeometricType, upper case ("" where missing), read from its stored bytes as pydicom
+    reads a CS value (trailing spaces and NULs dropped) without converting the element: opening a dataset
+    asks it of every contour."""
+    stored = _stored_text(contour, CONTOUR_GEOMETRIC_TYPE, "CS")
+    value = contour.get("ContourGeometricType", "") if stored is None or "\\" in stored else stored.rstrip(" \x00")
+    return str(value or "").upper()
+
+
+def _stored_text(item: Any, tag: int, vr: str) -> str | None:
+    """The value of ``tag`` in ``item`` as the text the file stores, where pydicom has read it but not converted
+    it and it is of ``vr`` (or of no VR: an implicit VR file); None otherwise (absent, converted, of another VR)."""
+    from pydicom.dataelem import RawDataElement
+
+    element = item.get_item(tag) if tag in item else None
+    if not isinstance(element, RawDataElement) or element.value is None or element.VR not in (vr, None):
+        return None
+    return bytes(element.value).decode(DS_ENCODING)
 
 
 def voxel_indices(points: np.ndarray, grid: sitk.Image) -> np.ndarray:
