@@ -30,6 +30,7 @@ from fewsam.data.writers import write_dicom_rtstruct
 SIZE = 512
 SPACING = (0.8, 0.8, 2.5)  # x, y, z in mm
 GRID = (6, 5)  # ROIs placed on a grid of cells across each slice (columns, rows)
+DEFAULT_SIZES = (3, 30, 180)  # cases, ROIs, slices
 
 
 def write_ct_series(folder: Path, depth: int, rng: np.random.Generator) -> None:
@@ -100,7 +101,8 @@ def time_open_and_load(root: Path) -> None:
         names = series_files(folder)
         grid = read_series(folder, names)
         start = time.perf_counter()
-        label = dataset.label_objects[dataset.entries[case_id].label].read_on(grid, names, dataset.segment_classes)
+        structure_set = dataset.label_objects[dataset.entries[case_id].label]
+        label = structure_set.read_on(grid, names, dataset.segment_classes)
         read = time.perf_counter() - start
         assert np.array_equal(label, case.label)
         print(f"load {case_id}: {loaded:.2f} s, of which the structure set {read:.2f} s "
@@ -112,8 +114,8 @@ def main() -> None:
         sys.exit(__doc__)
     root = Path(sys.argv[1]) / "data"
     if sys.argv[2] == "data":
-        cases, rois, depth = (int(v) for v in (sys.argv[3:] + ["3", "30", "180"][len(sys.argv) - 3:]))
-        make_data(root, cases, rois, depth)
+        given = [int(value) for value in sys.argv[3:6]]
+        make_data(root, *(given + list(DEFAULT_SIZES[len(given):])))
     else:
         time_open_and_load(root)
 

@@ -222,7 +222,6 @@ def _contour(outline: np.ndarray, z: int, geometry: SeriesGeometry, reference: S
     return contour
 
 
-
 def _decimal_strings(points: np.ndarray) -> Any:
     """ContourData's DS values as the bytes the file holds (``MM_DIGITS`` significant digits, backslashes
     between, padded to an even length), kept raw through the write (``_part10_bytes``): pydicom checks and
