@@ -150,11 +150,12 @@ def test_a_fit_inside_a_command_writes_its_header_and_its_end_to_its_own_log_alo
     """distill without --teacher fits few-shot SAM inside its own fit: the outer log takes the inner fit's
     progress, but holds its own command, host and notices once and ends on one line saying how the outer
     work ended, not on that line twice (the inner fit's ending is its own log's)."""
-    from fewsam.progress import command_log
+    from fewsam.progress import command_log, notices_collected
 
     data = write_phantom_dataset(tmp_path / "ph", n_train=2, n_val=1, slices=3)
     run, outer = tmp_path / "run", tmp_path / "outer.log"
-    with pytest.raises(RuntimeError), command_log(outer, "fit distill"), \
+    # the outer fit's own notices, as api.fit collects them: not those of earlier work in this process
+    with pytest.raises(RuntimeError), notices_collected(), command_log(outer, "fit distill"), \
             training_raising_at_step(3, RuntimeError("disk gone")):
         tiny_fit(data, run, steps=4)
     inner_lines = [line.split(" ", 2)[2] for line in (run / TEXT_LOG).read_text().splitlines()]
