@@ -148,6 +148,26 @@ def fit_tiny_supervised(base: Path, val: list[str]) -> tuple[Path, Path]:
     return base / "run", data
 
 
+def scores_of_labels_as_predictions(data: Path, tmp_path: Path) -> dict:
+    """``fewsam evaluate``'s scores of every case's own label written as its prediction (into tmp_path/pred):
+    a layout whose predictions are written and read back on the label's grid scores Dice 1."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fewsam.cli import app
+    from fewsam.data import open_dataset, write_prediction
+
+    dataset = open_dataset(data)
+    for case_id in dataset.split("all"):
+        case = dataset.load(case_id)
+        write_prediction(case, case.label, tmp_path / "pred")
+    scored = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--data", str(data), "--split",
+                                      "all", "--quiet", "--json", str(tmp_path / "scores.json")])
+    assert scored.exit_code == 0, scored.output
+    return json.loads((tmp_path / "scores.json").read_text(encoding="utf-8"))
+
+
 def main_raising(monkeypatch, capsys, error: BaseException) -> tuple[int, list[str]]:
     """(exit code, stderr lines) of ``fewsam.cli.main`` when the command raises ``error``: how the
     entry point reports what a command could not finish, without running one."""

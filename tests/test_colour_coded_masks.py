@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import assert_one_line_error, run_fewsam
+from conftest import assert_one_line_error, run_fewsam, scores_of_labels_as_predictions
 from fewsam.cli import app
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.readers.png_folder import COLOUR_TOLERANCE, colour_tolerance
@@ -154,18 +154,11 @@ def test_a_prediction_is_written_in_the_mask_colours_and_read_back_to_its_classe
 
 def test_info_shows_the_colours_and_evaluate_scores_a_prediction_equal_to_the_label_as_dice_1(tmp_path):
     data = colour_folder(tmp_path / "data")
-    dataset = open_dataset(data)
-    for case_id in dataset.split("all"):
-        case = dataset.load(case_id)
-        write_prediction(case, case.label, tmp_path / "pred")
     info = CliRunner().invoke(app, ["info", str(data)])
     assert info.exit_code == 0, info.output
     assert ("classes  0 background (stored as colour [0, 0, 0]), 1 tumour (stored as colour [255, 0, 0]), "
             "2 vessel (stored as colour [0, 255, 0])") in info.output
-    scored = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--data", str(data), "--split",
-                                      "all", "--quiet", "--json", str(tmp_path / "scores.json")])
-    assert scored.exit_code == 0, scored.output
-    scores = json.loads((tmp_path / "scores.json").read_text(encoding="utf-8"))
+    scores = scores_of_labels_as_predictions(data, tmp_path)
     assert len(scores["cases"]) == 2 and scores["mean"]["dice"] == pytest.approx(1.0)
 
 

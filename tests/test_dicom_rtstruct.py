@@ -20,8 +20,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
+from conftest import scores_of_labels_as_predictions
 from fewsam.cli import app
-from fewsam.data import open_dataset, write_prediction
+from fewsam.data import open_dataset
 from fewsam.data.readers import dicom_rtstruct
 from fewsam.data.readers.dicom_rtstruct import CONTOUR_DATA, RTSTRUCT_SOP_CLASS, contour_values, filled
 from fewsam.errors import DataError
@@ -246,14 +247,7 @@ def test_info_describes_the_structure_sets_and_evaluate_scores_a_prediction_equa
     assert info.exit_code == 0, info.output
     assert "RT structure sets: each class an ROI of its ROIName" in info.output
     assert "1 GTV (stored as ROI 'GTV'), 2 Rectum (stored as ROI 'Rectum')" in info.output
-    dataset = open_dataset(data)
-    for case_id in dataset.split("all"):
-        case = dataset.load(case_id)
-        write_prediction(case, case.label, tmp_path / "pred")
-    scored = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--data", str(data), "--split",
-                                      "all", "--quiet", "--json", str(tmp_path / "scores.json")])
-    assert scored.exit_code == 0, scored.output
-    scores = json.loads((tmp_path / "scores.json").read_text(encoding="utf-8"))
+    scores = scores_of_labels_as_predictions(data, tmp_path)
     assert len(scores["cases"]) == 2 and scores["mean"]["dice"] == pytest.approx(1.0)
 
 
