@@ -341,6 +341,61 @@ def test_two_flat_predictions_of_one_case_are_refused_naming_both(tmp_path):
         evaluate(tmp_path / "preds", data, split="all", show_progress=False)
 
 
+# ---------------------------------------------------------------- NIfTI predictions of 2D images
+
+
+def save_plane_nifti(path: Path, array: np.ndarray) -> None:
+    """A 2D prediction as a volume pipeline saves it: nibabel, an identity affine, qform and sform code 1 as
+    MONAI's NibabelWriter sets them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nifti = nib.Nifti1Image(array.astype(np.float32), np.eye(4))
+    nifti.set_qform(np.eye(4), code=1)
+    nifti.set_sform(np.eye(4), code=1)
+    nib.save(nifti, path)
+
+
+def class_masks(data: Path) -> dict[str, np.ndarray]:
+    """Each image's mask (0/255) as class indices, by the image's stem."""
+    return {mask.stem: (np.asarray(Image.open(mask)) > 0).astype(np.uint8) for mask in (data / "masks").glob("*.png")}
+
+
+@pytest.mark.parametrize("name, stored", [
+    ("images/{stem}.nii.gz", lambda mask: mask.T[..., None]),  # MONAI's SaveImage: x first, (W, H, 1)
+    ("images/{stem}/{stem}_seg.nii.gz", lambda mask: mask.T),  # MONAI's names, its end axis squeezed: (W, H)
+    ("images/{stem}.nii", lambda mask: mask),  # a numpy mask saved as it is held: (H, W)
+], ids=["monai-x-first", "monai-names", "rows-first"])
+def test_nifti_predictions_of_png_images_are_read_onto_their_rows_and_columns(tmp_path, name, stored):
+    """A MONAI pipeline saves a 2D image's prediction as NIfTI, x first; a numpy mask saved with nibabel is
+    (rows, columns). On non-square images the shape tells them apart: the mask scores Dice 1, a shifted one
+    less."""
+    data = image_mask_folder(tmp_path / "kvasir", ["cju0", "cju1"])
+    for stem, mask in class_masks(data).items():
+        save_plane_nifti(tmp_path / "pred" / name.format(stem=stem), stored(mask))
+    assert evaluate(tmp_path / "pred", data, split="all", show_progress=False)["mean"]["dice"] == pytest.approx(1.0)
+    shifted = np.roll(class_masks(data)["cju1"], 3, axis=1)
+    save_plane_nifti(tmp_path / "pred" / name.format(stem="cju1"), stored(shifted))
+    assert evaluate(tmp_path / "pred", data, split="all", show_progress=False)["mean"]["dice"] < 0.95
+
+
+def test_a_nifti_prediction_of_a_square_image_is_read_x_first_and_said(tmp_path, notices):
+    """A square image's prediction reads either way: x first, as NIfTI stores an image (and MONAI saves it),
+    said once."""
+    data = image_mask_folder(tmp_path / "square", ["sq0"], shape=(20, 20))
+    mask = class_masks(data)["sq0"]
+    save_plane_nifti(tmp_path / "pred" / "images" / "sq0.nii.gz", mask.T)
+    assert evaluate(tmp_path / "pred", data, split="all", show_progress=False)["mean"]["dice"] == pytest.approx(1.0)
+    assert "read in x first, as NIfTI stores an image" in notices.text
+
+
+def test_a_nifti_prediction_of_a_png_image_holding_a_volume_is_refused(tmp_path):
+    data = image_mask_folder(tmp_path / "kvasir", ["cju0"])
+    save_plane_nifti(tmp_path / "pred" / "images" / "cju0.nii.gz", np.zeros((24, 20, 3)))
+    result = run_fewsam("evaluate", "--data", str(data), "--pred", str(tmp_path / "pred"), "--split", "all",
+                        cwd=tmp_path)
+    assert_one_line_error(result, f"prediction {tmp_path}/pred/images/cju0.nii.gz of a 2D image must hold one "
+                                  "plane, got shape (24, 20, 3)")
+
+
 # ---------------------------------------------------------------- reports
 
 

@@ -657,6 +657,26 @@ def test_h5_volumes_are_cut_along_their_depth_first_or_last_and_a_prediction_equ
     assert scores["mean"]["dice"] == pytest.approx(1.0)
 
 
+def test_ssl4mis_3d_test_predictions_of_left_atrium_volumes_are_read_in_the_h5_files_order(tmp_path):
+    """SSL4MIS's 3D ``test_all_case`` saves each LA prediction with nibabel in the h5 file's (x, y, z) order,
+    ``Nifti1Image(prediction.astype(np.float32), np.eye(4))``: read in SimpleITK's reversed order, it would be
+    refused for its shape. The label so saved scores Dice 1, a shifted one less."""
+    import h5py
+
+    from fewsam.api import evaluate
+
+    ids = ["case1", "case2", "case3"]
+    h5_volume_set(tmp_path / "data", ids)
+    with h5py.File(tmp_path / "data" / "2018LA_Seg_Training Set" / "case3" / "mri_norm2.h5", "r") as source:
+        label = source["label"][()]
+    for folder, prediction in (("exact", label), ("shifted", np.roll(label, 2, axis=0))):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(prediction.astype(np.float32), np.eye(4)), tmp_path / folder / "case3_pred.nii.gz")
+    exact = evaluate(tmp_path / "exact", tmp_path / "data", split="test", show_progress=False)
+    assert exact["mean"]["dice"] == pytest.approx(1.0)
+    assert evaluate(tmp_path / "shifted", tmp_path / "data", split="test", show_progress=False)["mean"]["dice"] < 0.9
+
+
 def test_the_depth_is_the_axis_standing_out_and_one_axis_holds_for_every_volume_of_a_set():
     """112 x 112 x 80 (LA's crops) is cut along its last axis, 80 x 112 x 112 and ACDC's 10 x 256 x 216 along
     their first; a cube, or LA crops of unequal sides, show no axis and count for the last. The axis most volumes

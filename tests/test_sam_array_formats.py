@@ -5,15 +5,19 @@ Harvard-FairSeg's npz by their keys; read, described by info, predicted and scor
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from fewsam import progress
 from fewsam.cli import app
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.data.writers import write_label
@@ -187,13 +191,62 @@ def test_transunet_test_predictions_of_synapse_volumes_are_read_voxel_for_voxel(
                                       "test", "--json", str(tmp_path / "exact.json"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "exact.json").read_text())["mean"]["dice"] == pytest.approx(1.0)
+    assert_a_shifted_organ_scores_less(tmp_path / "shifted", root, labels, save_as_transunet_test)
+
+
+def assert_a_shifted_organ_scores_less(pred: Path, root: Path, labels: dict[str, np.ndarray],
+                                       save: Callable[..., None]) -> None:
+    """Saved by ``save`` into ``pred``, case0001's label scores Dice 1 in each class, case0002's shifted by a
+    voxel less: read in the wrong axis order or mirrored, case0001 would not score 1."""
     for case, label in labels.items():
         shifted = np.roll(label, 1, axis=2) if case == "case0002" else label
-        save_as_transunet_test(tmp_path / "shifted", case, np.zeros_like(label), label, shifted)
-    cases = evaluate(tmp_path / "shifted", root, "test", show_progress=False)["cases"]
+        save(pred, case, np.zeros_like(label), label, shifted)
+    cases = evaluate(pred, root, "test", show_progress=False)["cases"]
     dice = {c["case"]: [scores["dice"] for scores in c["per_class"].values()] for c in cases}
     assert dice["case0001"] == pytest.approx([1.0, 1.0])
     assert max(dice["case0002"]) < 0.9
+
+
+def save_as_ssl4mis_3d_test(folder: Path, case: str, image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
+                            units: str | None = None) -> None:
+    """What SSL4MIS's 3D ``test_all_case`` saves of a test volume: each array as it holds it (the h5 file's
+    axes) through nibabel, ``Nifti1Image(array.astype(np.float32), np.eye(4))``, ``<case>_pred``, ``_img``,
+    ``_gt``; ``units`` set as a writer that names them would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for array, suffix in ((prediction, "_pred"), (image, "_img"), (label, "_gt")):
+        nifti = nib.Nifti1Image(array.astype(np.float32), np.eye(4))
+        if units:
+            nifti.header.set_xyzt_units(units)
+        nib.save(nifti, f"{folder}/{case}{suffix}.nii.gz")
+
+
+TEST_SCRIPT_SAVERS = {"SimpleITK": save_as_transunet_test, "nibabel": save_as_ssl4mis_3d_test}
+
+
+@pytest.mark.parametrize("shape", [(3, 10, 12), (11, 11, 11)], ids=["non-cube", "cube"])
+@pytest.mark.parametrize("writer", TEST_SCRIPT_SAVERS)
+def test_test_script_predictions_saved_by_either_library_are_read_in_the_order_they_were_saved(
+        tmp_path, writer, shape):
+    """SSL4MIS's 3D test script saves ``<case>_pred.nii.gz`` with nibabel, the array in the h5 file's order,
+    which SimpleITK reads reversed: so read, a non-cube would be refused for its shape and a cube scored
+    transposed. The shape, and for a cube the header's writer, tells the two orders apart: the label scores
+    Dice 1, a shifted organ less."""
+    root = tmp_path / "synapse"
+    labels = write_synapse_test_volumes(root, shape)
+    assert_a_shifted_organ_scores_less(tmp_path / "pred", root, labels, TEST_SCRIPT_SAVERS[writer])
+
+
+def test_a_cube_whose_header_names_no_writer_is_read_in_simpleitks_order_and_said(tmp_path, caplog, monkeypatch):
+    """A cube reads in either axis order; a header that shows neither library (units of mm alone) leaves it to
+    the test scripts' usual order, SimpleITK's, said once."""
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    root = tmp_path / "synapse"
+    labels = write_synapse_test_volumes(root, (11, 11, 11))
+    for case, label in labels.items():
+        save_as_ssl4mis_3d_test(tmp_path / "pred", case, label, label, label.transpose(), units="mm")
+    assert evaluate(tmp_path / "pred", root, "test", show_progress=False)["mean"]["dice"] == pytest.approx(1.0)
+    assert "its header does not settle which; read in SimpleITK's array order" in caplog.text
 
 
 def test_a_synapse_volume_without_its_test_prediction_names_both_names(tmp_path):

@@ -24,7 +24,8 @@
 Writes are atomic (a temporary file in the same folder, then ``os.replace``). ``read_prediction``
 is the inverse for any folder laid out this way, whoever wrote it (NIfTI as ``.nii`` or ``.nii.gz``), and
 finds the names other tools give predictions (``_as_found``): in one flat folder, as the labels or MONAI
-name them, or an h5 / npz case's ``<case>_pred.nii.gz`` from TransUNet's, SAMed's and SSL4MIS's test scripts.
+name them, an h5 / npz case's ``<case>_pred.nii.gz`` from TransUNet's, SAMed's and SSL4MIS's test scripts
+(saved through SimpleITK or nibabel), or a 2D image's as NIfTI (MONAI's ``SaveImage``).
 """
 
 from __future__ import annotations
@@ -368,6 +369,8 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
         pred = _decode_nifti(case, path, prediction_segments(class_map, dataset))
     elif case.format in LABEL_INSIDE_IMAGE and _stem_and_ending(path.name)[1] in TEST_SCRIPT_ENDINGS:
         pred = _decode_test_script_volume(case, path)
+    elif case.format == "png" and _stem_and_ending(path.name)[1] in NIFTI_ENDINGS:
+        pred = _decode_plane_nifti(case, path)
     else:
         pred = DECODERS[case.format](case, path)
     expected = tuple(case.image.shape[:3])
@@ -381,14 +384,17 @@ def read_prediction(case: Case, pred_root: Path, class_map: ClassMap | None = No
 
 
 VOLUME_PREDICTION_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".mha", ".mhd", ".nrrd")
+NIFTI_ENDINGS = (".nii.gz", ".nii")
 # A 2D prediction's: fewsam's PNG, and the BMP nnU-Net writes for a set whose file_ending is .bmp
 PICTURE_PREDICTION_ENDINGS = (".png", ".bmp")
+# ... and the NIfTI a volume pipeline (MONAI's SaveImage) writes for a 2D image, read onto its rows and columns
+PLANE_PREDICTION_ENDINGS = (*PICTURE_PREDICTION_ENDINGS, *NIFTI_ENDINGS)
 
 
 # What the test scripts of TransUNet, SAMed and SSL4MIS name a case's prediction (``test_single_volume``):
 # ``<case>_pred.nii.gz``, beside ``<case>_img`` and ``<case>_gt``, for the cases of their h5 and npz layouts
 TEST_SCRIPT_SUFFIX = "_pred"
-TEST_SCRIPT_ENDINGS = (".nii.gz", ".nii")
+TEST_SCRIPT_ENDINGS = NIFTI_ENDINGS
 MONAI_POSTFIXES = ("trans", "seg")  # MONAI SaveImage's output_postfix: "trans" by default, "seg" in its tutorials
 NNUNET_CHANNEL = "_0000"  # MONAI names an output after its input image: nnU-Net's case_0000.nii.gz
 
@@ -487,7 +493,8 @@ def _as_found(path: Path, case_id: str = "", others: OtherNames = OtherNames()) 
     """A prediction as another tool may have named it: a volume's in any of the volume formats fewsam
     reads (``<case>.nii`` for ``<case>.nii.gz``, as nnU-Net writes a ``.nii`` dataset's; ``<case>.mha``
     or ``.nrrd``, as SimpleITK scripts and grand-challenge containers write them, read onto the
-    case's grid like any NIfTI), a 2D one's as PNG or BMP (nnU-Net's, of a ``.bmp`` set), and its ending
+    case's grid like any NIfTI), a 2D one's as PNG or BMP (nnU-Net's, of a ``.bmp`` set) or NIfTI (a volume
+    pipeline's, ``_decode_plane_nifti``), and its ending
     in any letter case (``<case>.NII.GZ``, ``<case>.PNG`` from Windows tools); named as the case's label
     (``others``); MONAI's ``SaveImage`` names (``monai_names``), in the prediction's folder or in its
     image's (``others``); ``path`` itself when
@@ -496,7 +503,7 @@ def _as_found(path: Path, case_id: str = "", others: OtherNames = OtherNames()) 
     named otherwise, and the other is said: ``x_seg.nii.gz`` may be the prediction of a case ``x_seg`` of
     its own. A prediction found under another tool's name is said once per folder, naming the convention."""
     stem, ending = _stem_and_ending(path.name)
-    endings = (PICTURE_PREDICTION_ENDINGS if ending in PICTURE_PREDICTION_ENDINGS else VOLUME_PREDICTION_ENDINGS
+    endings = (PLANE_PREDICTION_ENDINGS if ending in PICTURE_PREDICTION_ENDINGS else VOLUME_PREDICTION_ENDINGS
                ) if ending else ()
     own_names = [path.name] + [stem + e for e in endings]
     own = _files_named(path.parent, own_names)
@@ -554,7 +561,7 @@ def _label_names(stem: str, endings: tuple[str, ...], others: OtherNames) -> lis
     """The names of a prediction named as the case's label: its label file's stem, and a 2D image's as the masks
     of a mask folder are named (``x_mask.png`` for ``x.png``, ``png_folder.MASK_STEM_SUFFIXES``)."""
     stems = [others.label_stem] if others.label_stem and others.label_stem.lower() != stem.lower() else []
-    if endings == PICTURE_PREDICTION_ENDINGS:
+    if endings == PLANE_PREDICTION_ENDINGS:
         stems += [stem + suffix for suffix in MASK_STEM_SUFFIXES if suffix and stem + suffix not in stems]
     return [s + e for s in stems for e in endings or ("",)]
 
@@ -830,12 +837,98 @@ def _from_stored(case: Case, data: np.ndarray) -> np.ndarray:
 
 
 def _decode_test_script_volume(case: Case, path: Path) -> np.ndarray:
-    """A NIfTI prediction of an h5 or npz case as TransUNet's, SAMed's and SSL4MIS's ``test_single_volume``
-    saves it: SimpleITK's ``GetImageFromArray`` of the array it predicted, in the axes of the case's file
-    ((D, H, W) for Synapse), as float32, with a made-up spacing (1, 1, z). Read back in SimpleITK's array
-    order, it is that array, voxel for voxel on the case's own; its spacing and direction are not the case's,
-    which keeps none, and are left aside."""
-    return _from_stored(case, to_label_array(itk_volume.read_array(path), path, "prediction"))
+    """A NIfTI prediction of an h5 or npz case as a test script saves the array it predicted, in the axes of
+    the case's file ((D, H, W) for Synapse, (x, y, z) for LA): TransUNet's, SAMed's and SSL4MIS's 2D
+    ``test_single_volume`` through SimpleITK's ``GetImageFromArray``, read back in SimpleITK's array order;
+    SSL4MIS's 3D ``test_all_case`` and other nibabel users as ``Nifti1Image(prediction, np.eye(4))``, read
+    back in the order it was stored, SimpleITK's reversed. The reading whose shape is the case file's is
+    taken (``_reading_that_fits``), the header's writer deciding between two that both fit (a cube): read in
+    the other order, it would be refused for its shape or, for a cube, scored transposed without a word. Its
+    spacing and direction are not the case's, which keeps none, and are left aside."""
+    itk_order = to_label_array(itk_volume.read_array(path), path, "prediction")
+    readings = {ITK_ORDER: itk_order, STORED_ORDER: itk_order.transpose()}
+    return _from_stored(case, _reading_that_fits(readings, _stored_shape(case), path, _test_script_order))
+
+
+ITK_ORDER = "SimpleITK's array order (TransUNet's, SAMed's and SSL4MIS's 2D test scripts)"
+STORED_ORDER = "the order nibabel stored it in (SSL4MIS's 3D test script)"
+X_FIRST = "x first, as NIfTI stores an image (MONAI's SaveImage, SimpleITK)"
+ROWS_FIRST = "rows first, as a picture's array is held"
+ITK_UNITS = 10  # NIfTI's xyzt_units of mm and seconds, which ITK writes into every header it saves
+
+
+def _stored_shape(case: Case) -> tuple[int, ...]:
+    """The shape of the case's array as its file stores it (``_as_stored``), made without its voxels."""
+    return _as_stored(case, np.broadcast_to(np.uint8(0), tuple(case.image.shape[:3]))).shape
+
+
+def _nifti_writer(path: Path) -> str | None:
+    """Which library wrote a NIfTI file, as its header shows it: "SimpleITK" (ITK sets the units to mm and
+    seconds and a qform code), "nibabel" (an array saved with an affine alone, as nibabel and MONAI's
+    NibabelWriter save it, leaves the units unset), None for other writers or an unreadable header."""
+    try:
+        with repairs_said_once(path):
+            header = nib.load(str(path)).header
+        units, qform = int(header["xyzt_units"]), int(header["qform_code"])
+    except (*NIFTI_ERRORS, KeyError):
+        return None
+    if units == ITK_UNITS and qform > 0:
+        return "SimpleITK"
+    return "nibabel" if units == 0 else None
+
+
+def _test_script_order(path: Path) -> str | None:
+    """The axis order a test script's NIfTI was saved in, by the library its header shows wrote it."""
+    return {"SimpleITK": ITK_ORDER, "nibabel": STORED_ORDER}.get(_nifti_writer(path) or "")
+
+
+def _plane_order(path: Path) -> str | None:
+    """A 2D NIfTI's axis order where its header shows it: x first from SimpleITK; nibabel's holds whichever
+    array it was given (MONAI's x first, a numpy mask's rows first)."""
+    return X_FIRST if _nifti_writer(path) == "SimpleITK" else None
+
+
+def _reading_that_fits(readings: dict[str, np.ndarray], shape: tuple[int, ...], path: Path,
+                       writers_order: Callable[[Path], str | None]) -> np.ndarray:
+    """Of the readings of another tool's prediction (by the axis order each takes), the one of the case's
+    ``shape``; where several fit (a cube, or equal sizes), the one its writer stores (``writers_order``), else
+    the first, said once: the shape alone cannot tell them apart. None fitting, the first, which
+    ``read_prediction`` refuses naming its shape."""
+    fitting = [order for order, array in readings.items() if array.shape == shape]
+    if len(fitting) < 2:
+        return readings[fitting[0]] if fitting else next(iter(readings.values()))
+    written_in = writers_order(path)
+    if written_in in fitting:
+        return readings[written_in]
+    say_once(f"{path}: the shape {shape} reads in {' or in '.join(fitting)}, and its header does not settle "
+             f"which; read in {fitting[0]}: a file saved otherwise scores transposed",
+             key=f"axis-order-{path.parent}")
+    return readings[fitting[0]]
+
+
+def _decode_plane_nifti(case: Case, path: Path) -> np.ndarray:
+    """A 2D image's prediction saved as NIfTI by a volume pipeline (MONAI's SaveImage: (x, y) or (x, y, 1))
+    or from a numpy mask ((rows, columns)), read onto the image's rows and columns. NIfTI stores a 2D image
+    x first, as fewsam reads a 2D NIfTI image (``to_slices``); a (rows, columns) array is taken where only it
+    has the image's shape, and a square image's is read x first, said once (``_reading_that_fits``)."""
+    try:
+        with repairs_said_once(path):
+            data = np.asarray(nib.load(str(path)).dataobj)
+    except NIFTI_ERRORS as err:
+        raise DataError(f"cannot read prediction {path} (truncated or not NIfTI?): {first_line(err)}") from None
+    plane = to_label_array(_one_plane(data, path), path, "prediction")
+    readings = {X_FIRST: to_slices(plane), ROWS_FIRST: plane[None]}
+    return _reading_that_fits(readings, tuple(case.image.shape[:3]), path, _plane_order)
+
+
+def _one_plane(data: np.ndarray, path: Path) -> np.ndarray:
+    """A 2D prediction without the axes of one that volume writers add ((x, y, 1), MONAI's (x, y, 1, 1))."""
+    while data.ndim > 2 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 2:
+        raise DataError(f"prediction {path} of a 2D image must hold one plane, got shape {data.shape}; save "
+                        "one label map of class values per image")
+    return data
 
 
 @dataclass(frozen=True)
