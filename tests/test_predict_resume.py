@@ -277,3 +277,51 @@ def test_a_stopped_ray_predict_resumes_from_the_cases_its_workers_answered(fitte
     assert asked == [VAL, VAL[1:]]
     assert written == [out / f"{case}.h5" for case in VAL]
     assert all((out / f"{case}.h5").read_bytes() == case.encode() for case in VAL)
+
+
+def other_file_system(tmp_path: Path) -> Path:
+    """A folder on another file system than ``tmp_path`` (the RAM disk at /dev/shm), where no rename from
+    beside --out reaches; the test is skipped where there is none."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no writable file system other than the test folder's")
+    return Path(__import__("tempfile").mkdtemp(dir=shm))
+
+
+def test_an_out_that_links_to_another_file_system_receives_its_predictions(fitted, uninterrupted, tmp_path):
+    """--out a link to a folder on other storage (or a mount point, such as a container's volume): the finished
+    set is staged beside the link, and the kernel renames nothing across file systems, so it is copied in."""
+    import shutil
+
+    run, data = fitted
+    elsewhere = other_file_system(tmp_path)
+    out = tmp_path / "pred"
+    out.symlink_to(elsewhere, target_is_directory=True)
+    try:
+        written = predict(run, data, out, show_progress=False)
+        assert written == [out / f"{case}.h5" for case in VAL]
+        assert {p.name: p.read_bytes() for p in elsewhere.iterdir() if p.name != "predict.log"} == uninterrupted
+        assert "done: 3 predictions" in (elsewhere / "predict.log").read_text()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # nothing kept or staged beside --out
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+def test_a_run_refitted_with_other_options_and_no_other_files_is_another_predicts_identity(tmp_path):
+    """A prompted run holds no weights, only its options (box or point prompts, the SAM model): two such runs
+    fitted one after the other into one folder are told apart by their config, so the cases a stopped predict
+    kept from the first are not taken up for the second."""
+    import shutil
+
+    from fewsam.models.precision import FP32
+    from fewsam.predict import prediction_identity
+
+    run = tmp_path / "run"
+
+    def identity_of_fit(*options: str) -> dict:
+        shutil.rmtree(run, ignore_errors=True)
+        result = CliRunner().invoke(app, ["fit", "prompted", "--out", str(run), "--quiet", *options])
+        assert result.exit_code == 0, result.output
+        return prediction_identity(tmp_path / "pred", run, tmp_path / "data", None, VAL, False, FP32, "cpu", False)
+
+    assert identity_of_fit("--prompt", "box") != identity_of_fit("--prompt", "points")

@@ -592,12 +592,27 @@ def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: Iterab
     with stop_signals_held():
         for path, target in moves:
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
+            _moved(path, target)
         for path in older:
             path.unlink(missing_ok=True)
         for folder in {target.parent for _, target in moves}:
             sync_folder(folder)
     shutil.rmtree(staging)
+
+
+def _moved(path: Path, target: Path) -> None:
+    """``path`` renamed to ``target``, or, where ``target`` lies on another file system than the staging
+    beside ``out`` (``out`` a mount point, such as a container's volume, or a link to a folder on other
+    storage), which no rename reaches, copied there whole through a temporary beside it (``atomic_write``)
+    and then removed."""
+    try:
+        os.replace(path, target)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        with open(path, "rb") as source:
+            atomic_write(target, lambda fh: shutil.copyfileobj(source, fh))
+        path.unlink()
 
 
 def _in_the_way(target: Path, out: Path) -> Path | None:

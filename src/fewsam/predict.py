@@ -45,7 +45,7 @@ from fewsam.probabilities import (PROBABILITIES_ENDING, ProbabilityFile, check_n
                                   has_probabilities, probabilities_path)
 from fewsam.progress import Parts, command_log, record, say_once, tracked_with_parts, with_own_notices
 from fewsam.resumable import KeptCases, resumable_staging
-from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run, predict_files_sha256
+from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run, predict_files_sha256, read_config
 
 
 Refine = Literal["never", "always", "if-better"]
@@ -164,17 +164,24 @@ class Target:
 def prediction_identity(out: Path, run_dir: Path, data: str | Path, split: str | None, case_ids: Sequence[str],
                         refined: bool, encoder: EncoderPrecision, device: str, probabilities: bool,
                         rtstruct: bool = False) -> dict[str, Any]:
-    """What a predict's files are made from: where they go, the run's files (by hash), the data, its split
-    and cases, and every option that changes a prediction. The cases a stopped predict kept are taken up
-    only by a predict that agrees on all of it; any other starts afresh rather than mix their files."""
+    """What a predict's files are made from: where they go, the run's files and options (by hash: a run
+    refitted into the same folder with other options may hold the same files, a prompted run none but its
+    config), the data, its split and cases, and every option that changes a prediction. The cases a stopped
+    predict kept are taken up only by a predict that agrees on all of it; any other starts afresh rather than
+    mix their files."""
     from fewsam import __version__
     from fewsam.distributed.ray_jobs import precision_option
 
     return {"out": str(out.resolve()), "run": str(run_dir.resolve()), "run_files": predict_files_sha256(run_dir),
+            "run_config": _digest(json.dumps(read_config(run_dir), sort_keys=True)),
             "data": str(Path(data).resolve()), "split": split or DEFAULT_SPLIT,
-            "cases": hashlib.sha256("\n".join(case_ids).encode()).hexdigest()[:16], "refined": refined,
+            "cases": _digest("\n".join(case_ids)), "refined": refined,
             "precision": precision_option(encoder), "device": device, "probabilities": probabilities,
             "rtstruct": rtstruct, "fewsam": __version__}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def case_files(prediction: Path, probabilities: bool, dicom_seg: bool, rtstruct: bool = False) -> list[Path]:
