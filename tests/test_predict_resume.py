@@ -325,3 +325,42 @@ def test_a_run_refitted_with_other_options_and_no_other_files_is_another_predict
         return prediction_identity(tmp_path / "pred", run, tmp_path / "data", None, VAL, False, FP32, "cpu", False)
 
     assert identity_of_fit("--prompt", "box") != identity_of_fit("--prompt", "points")
+
+
+def test_a_stopped_no_resume_predict_says_its_cases_are_taken_up_without_that_option(fitted, tmp_path, monkeypatch):
+    """The same command again, --no-resume and all, would discard what it kept: the stop message and the log
+    name the command that takes them up."""
+    run, data = fitted
+    out = tmp_path / "pred"
+    predicted_cases(monkeypatch, stop_at=1)
+    stop = stopped_after_one(monkeypatch, run, data, out, resume=False)
+    argv = ["fewsam", "predict", str(run), "--data", str(data), "--out", str(out), "--no-resume"]
+    line = cli.stopped_message(stop, argv)
+    assert "1 of 3 predictions are kept" in line and "without --no-resume" in line, line
+    assert "the same command again" not in line, line
+    log = (tmp_path / ".pred.predict.log").read_text()
+    assert "without --no-resume" in log and "the same command again" not in log, log
+
+
+def test_a_stop_as_another_predict_starts_afresh_leaves_the_earlier_ones_cases_and_claims_none(
+        fitted, tmp_path, monkeypatch):
+    """Ctrl-C as a predict with other options says it starts afresh: the cases kept are another predict's, which
+    this command would not take up, so its stop message does not offer them; the earlier command still can."""
+    from fewsam import resumable
+
+    run, data = fitted
+    out = tmp_path / "pred"
+    predicted_cases(monkeypatch, stop_at=1)
+    stopped_after_one(monkeypatch, run, data, out)
+
+    def stopped_as_it_says(message):
+        raise Stopped(signal.SIGINT)
+
+    monkeypatch.setattr(resumable, "tell", stopped_as_it_says)  # "not resuming: ... starting afresh"
+    stop = stopped_after_one(monkeypatch, run, data, out, save_probabilities=True)
+    line = cli.stopped_message(stop, ["fewsam", "predict", str(run), "--data", str(data), "--out", str(out),
+                                      "--save-probabilities"])
+    assert stop.kept is None and "no prediction was written" in line, line
+    again = predicted_cases(monkeypatch)
+    predict(run, data, out, show_progress=False)
+    assert again == VAL[1:]

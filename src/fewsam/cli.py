@@ -821,7 +821,7 @@ def stopped_message(stop: Stopped, argv: list[str]) -> str:
         return f"{stop.how}; the studio stopped, its saved labels are kept: run the same command again to go on"
     log = "" if stop.log is None else f"; its log: {stop.log}"
     if stop.kept is not None:  # a predict's finished cases, kept beside --out
-        return f"{stop.how}; {stop.kept}: run the same command again to resume{log}"
+        return f"{stop.how}; {stop.kept}{log}"
     if command == "predict":  # stopped before its first case; hours of encoding are kept in the cache
         return (f"{stop.how}; no prediction was written (the folder is written whole, at the end), but the "
                 f"embeddings encoded so far are kept in the cache: the same command again encodes only the rest{log}")

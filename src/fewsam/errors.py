@@ -46,7 +46,7 @@ class Stopped(BaseException):
         self.written: str | None = None
         # set by ``progress.command_log``: the log the stopped command leaves, for the stop message to name
         self.log: str | None = None
-        # set by ``resumable.resumable_staging``: what a stopped predict kept for the same command to go on from
+        # set by ``resumable.resumable_staging``: what a stopped predict kept, and the command that goes on from it
         self.kept: str | None = None
 
     @property

@@ -63,6 +63,11 @@ class KeptCases:
         self.finished[case_id] = [Path(name).as_posix() for name in files]
         self.write()
 
+    def in_place(self) -> dict[str, list[str]]:
+        """The finished cases whose files are all there (a stop while clearing them removed some)."""
+        return {case_id: names for case_id, names in self.finished.items()
+                if all((self.files / name).is_file() for name in names)}
+
     def write(self) -> None:
         write_json(self.folder / JOURNAL, {"identity": self.identity, "finished": self.finished})
 
@@ -97,8 +102,10 @@ def resumable_staging(out: Path, identity: dict[str, Any], total: int, resume: b
         move_in_whole(kept.files, out, overwrite, replaces, joining)
     except BaseException as exc:
         left = _read_journal(folder)  # what the disk holds: a stop while taking the folder up keeps it too
-        if left is not None and left.finished and left.files.is_dir():
-            _say_kept(exc, left, total)
+        if left is not None and left.identity != identity:
+            pass  # stopped before another predict's cases were cleared: theirs, left for the command that made them
+        elif left is not None and left.in_place():
+            _say_kept(exc, KeptCases(folder, identity, left.in_place()), total, resume)
         else:
             shutil.rmtree(folder, ignore_errors=True)
             remove_if_empty(made)
@@ -148,8 +155,7 @@ def _taken_up(folder: Path, identity: dict[str, Any], total: int, resume: bool) 
             tell(f"not resuming: the {len(earlier.finished)} predictions kept in {folder} were made by another "
                  f"predict ({config_differences(earlier.identity, identity)}); starting afresh")
         else:
-            kept.finished = {case_id: names for case_id, names in earlier.finished.items()
-                             if all((kept.files / name).is_file() for name in names)}
+            kept.finished = earlier.in_place()
     for path in folder.iterdir():  # the journal is replaced below, in one step, not removed first
         if path.name != JOURNAL and (path.name != FILES or not kept.finished):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -175,9 +181,11 @@ def _read_journal(folder: Path) -> KeptCases | None:
     return KeptCases(folder, identity, finished)
 
 
-def _say_kept(exc: BaseException, kept: KeptCases, total: int) -> None:
-    """The log says what a failed or stopped predict kept; a stop's message says so too."""
+def _say_kept(exc: BaseException, kept: KeptCases, total: int, resume: bool) -> None:
+    """The log says what a failed or stopped predict kept, and which command takes it up (not the same one
+    where it has --no-resume, which would discard it); a stop's message says so too."""
     what = f"{len(kept.finished)} of {total} predictions are kept in {kept.folder}"
-    record(f"{what}: the same command again predicts only the rest")
+    again = "the same command again" if resume else "the same command without --no-resume"
+    record(f"{what}: {again} predicts only the rest")
     if isinstance(exc, Stopped):
-        exc.kept = f"{what} (--out is written whole, at the end)"
+        exc.kept = f"{what} (--out is written whole, at the end): run {again} to resume"
