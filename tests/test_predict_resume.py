@@ -242,6 +242,8 @@ def test_two_predicts_into_one_out_at_once_do_not_fill_the_same_folder(fitted, t
     out = tmp_path / "pred"
     kept = kept_folder(out)
     kept.mkdir()
+    log = tmp_path / ".pred.predict.log"
+    log.write_text("the lines of the predict at work\n")
     fd, _ = take_folder(kept)  # a predict into the same --out at work
     try:
         with pytest.raises(RunError, match=f"another predict into {out} is running"):
@@ -249,6 +251,7 @@ def test_two_predicts_into_one_out_at_once_do_not_fill_the_same_folder(fitted, t
     finally:
         let_go(fd)
     assert not out.exists() and list(kept.iterdir()) == []
+    assert log.read_text() == "the lines of the predict at work\n"  # not a "stopped" line in its log
 
 
 def test_a_stopped_ray_predict_resumes_from_the_cases_its_workers_answered(fitted, tmp_path, monkeypatch):

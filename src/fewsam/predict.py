@@ -44,7 +44,7 @@ from fewsam.models.sam import SamModel
 from fewsam.probabilities import (PROBABILITIES_ENDING, ProbabilityFile, check_not_a_prediction_name, class_names,
                                   has_probabilities, probabilities_path)
 from fewsam.progress import Parts, command_log, record, say_once, tracked_with_parts, with_own_notices
-from fewsam.resumable import KeptCases, resumable_staging
+from fewsam.resumable import KeptCases, kept_folder_held, resumable_staging
 from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run, predict_files_sha256, read_config
 
 
@@ -208,13 +208,13 @@ def staged_with_log(target: Target, total: int, replaced: Iterable[str]) -> Iter
     with predict's log: hours of prediction must be followable (``tail -f``) while --out is still hidden,
     so the log is written beside --out (``running_log``, its path said as predict starts) and joins the
     predictions as OUT/predict.log when they move in. A predict that fails or is stopped leaves it
-    there, its last line saying how it ended; the next predict into the same --out appends to it."""
+    there, its last line saying how it ended; the next predict into the same --out appends to it. A second
+    predict into --out while one is at work is refused before it writes a line to that one's log."""
     out = target.out
     log = running_log(out)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with command_log(log, "predict", moved_to=out / PREDICT_LOG), \
-            resumable_staging(out, target.identity, total, target.resume, target.overwrite, replaces=replaced,
-                              joining={PREDICT_LOG: log}) as kept:
+    with kept_folder_held(out) as made, command_log(log, "predict", moved_to=out / PREDICT_LOG), \
+            resumable_staging(out, made, target.identity, total, target.resume, target.overwrite,
+                              replaces=replaced, joining={PREDICT_LOG: log}) as kept:
         yield kept
 
 

@@ -84,17 +84,34 @@ class KeptCases:
 
 
 @contextmanager
-def resumable_staging(out: Path, identity: dict[str, Any], total: int, resume: bool, overwrite: bool,
-                      replaces: Iterable[str] = (),
-                      joining: Mapping[str, Path] = MappingProxyType({})) -> Iterator[KeptCases]:
-    """``atomic.staged_folder`` for a long predict of ``total`` cases: the cases finished by an earlier
-    predict with the same ``identity`` are taken up (unless ``resume`` is False: --no-resume), and when
-    the block fails, the ones finished so far stay for the same command again. When it ends well, the
-    finished set moves into ``out`` whole (``replaces`` and ``joining`` as for ``staged_folder``)."""
+def kept_folder_held(out: Path) -> Iterator[list[Path]]:
+    """The lock on the kept folder of ``out`` (made where missing, with the parents of ``out``), held while
+    the block runs: a predict takes it before it opens its log, so that a second predict into the same
+    --out is refused before it writes a line into the log of the one at work. Yields the folders it made,
+    for ``resumable_staging`` to remove where nothing is kept in them."""
     made = make_parents(out.parent)
+    try:
+        lock = _taken(kept_folder(out), out)
+    except BaseException:
+        remove_if_empty(made)
+        raise
+    try:
+        yield made
+    finally:
+        let_go(lock)
+
+
+@contextmanager
+def resumable_staging(out: Path, made: list[Path], identity: dict[str, Any], total: int, resume: bool,
+                      overwrite: bool, replaces: Iterable[str] = (),
+                      joining: Mapping[str, Path] = MappingProxyType({})) -> Iterator[KeptCases]:
+    """``atomic.staged_folder`` for a long predict of ``total`` cases, run while ``kept_folder_held`` (which
+    made the folders ``made``) holds its folder: the cases finished by an earlier predict with the same
+    ``identity`` are taken up (unless ``resume`` is False: --no-resume), and when the block fails, the ones
+    finished so far stay for the same command again. When it ends well, the finished set moves into ``out``
+    whole (``replaces`` and ``joining`` as for ``staged_folder``)."""
     remove_abandoned_stagings(out)
     folder = kept_folder(out)
-    lock = _taken(folder, out)
     try:
         kept = _taken_up(folder, identity, total, resume)
         yield kept
@@ -112,8 +129,6 @@ def resumable_staging(out: Path, identity: dict[str, Any], total: int, resume: b
         raise
     else:
         shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        let_go(lock)
 
 
 def _taken(folder: Path, out: Path) -> int | None:
