@@ -38,7 +38,7 @@ def test_predict_on_ray_converts_an_openvino_encoder_once_on_the_driver(tiny_sam
         assert prepared, "the Ray workers started before the driver converted the encoder"
         for case_id in case_ids:  # each case answered, as by a worker
             (staging / f"{case_id}.h5").write_bytes(b"a prediction")
-            on_case(case_id, Path(f"{case_id}.h5"))
+            on_case(case_id, [Path(f"{case_id}.h5")])
         return [Path(f"{case_id}.h5") for case_id in case_ids]
 
     monkeypatch.setattr(ray_jobs, "predict_on_ray", workers_start)

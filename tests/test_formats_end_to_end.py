@@ -171,8 +171,9 @@ def test_predict_rtstruct_on_ray_writes_the_structure_sets_on_the_workers(run, t
         try:
             worker = ray_jobs.PredictWorker(job)
             for case_id in case_ids:
-                written.append(Path(worker.predict(case_id, str(staging))["path"]))
-                on_case(case_id, written[-1])
+                answer = worker.predict(case_id, str(staging))
+                written.append(Path(answer["path"]))
+                on_case(case_id, [Path(path) for path in answer["files"]])
         finally:
             torch.set_num_threads(threads)
         return written

@@ -269,7 +269,7 @@ def test_a_stopped_ray_predict_resumes_from_the_cases_its_workers_answered(fitte
             if answered == stop_at:
                 raise Stopped(signal.SIGINT)
             (staging / f"{case_id}.h5").write_bytes(case_id.encode())
-            on_case(case_id, Path(f"{case_id}.h5"))
+            on_case(case_id, [Path(f"{case_id}.h5")])
         return [Path(f"{case_id}.h5") for case_id in case_ids]
 
     monkeypatch.setattr(ray_jobs, "predict_on_ray", lambda *args, **kwargs: on_a_cluster(*args, **kwargs, stop_at=1))
@@ -364,6 +364,37 @@ def test_a_stop_as_another_predict_starts_afresh_leaves_the_earlier_ones_cases_a
     line = cli.stopped_message(stop, ["fewsam", "predict", str(run), "--data", str(data), "--out", str(out),
                                       "--save-probabilities"])
     assert stop.kept is None and "no prediction was written" in line, line
+    again = predicted_cases(monkeypatch)
+    predict(run, data, out, show_progress=False)
+    assert again == VAL[1:]
+
+
+def test_a_case_whose_series_allows_no_dicom_seg_is_taken_up_from_its_prediction_alone(fitted, tmp_path,
+                                                                                       monkeypatch):
+    """A DICOM series whose headers lack what a SEG copies from them gets its NIfTI only: the journal names the
+    files the case has, so the case counts as finished when taken up, rather than be predicted at every resume."""
+    run, data = fitted
+    out = tmp_path / "pred"
+    real_open = predicting.open_for_run
+
+    class ReadAsDicom:  # the tiny ACDC cases as series without the headers a SEG needs (no source files)
+        format = "dicom"
+
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def __getattr__(self, name):
+            return getattr(self.dataset, name)
+
+    def read_as_dicom() -> None:
+        monkeypatch.setattr(predicting, "open_for_run", lambda *args: ReadAsDicom(real_open(*args)))
+
+    read_as_dicom()
+    predicted_cases(monkeypatch, stop_at=1)
+    stopped_after_one(monkeypatch, run, data, out)
+    finished = json.loads((kept_folder(out) / "finished.json").read_text())["finished"]
+    assert finished == {VAL[0]: [f"{VAL[0]}.h5"]}
+    read_as_dicom()
     again = predicted_cases(monkeypatch)
     predict(run, data, out, show_progress=False)
     assert again == VAL[1:]

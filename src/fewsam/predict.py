@@ -143,7 +143,7 @@ def predict(
         for case_id, parts in tracked_with_parts(left, "predict", "slice", show_progress):
             rel = predict_case_file(dataset, case_id, predictor, cache, device, kept.files, parts, names, seg_names,
                                     rtstruct)
-            kept.finish(case_id, case_files(rel, names is not None, seg_names is not None, rtstruct))
+            kept.finish(case_id, case_files(kept.files, rel, names is not None, seg_names is not None, rtstruct))
         return all_predicted(kept, case_ids, out, replaced, names is not None, seg_names is not None)
 
 
@@ -184,12 +184,17 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def case_files(prediction: Path, probabilities: bool, dicom_seg: bool, rtstruct: bool = False) -> list[Path]:
-    """The files of one case's prediction (its class probabilities, its DICOM SEG and RT structure set too,
-    where written): the case is finished only once all of them are in place."""
+def case_files(staging: Path, prediction: Path, probabilities: bool, dicom_seg: bool,
+               rtstruct: bool = False) -> list[Path]:
+    """The files of one case's prediction in ``staging`` (its class probabilities, its DICOM SEG and RT
+    structure set too, where written): the case is finished only once all of them are in place. A series
+    whose headers allow no DICOM object gets its prediction alone (``write_dicom_seg``), so the objects are
+    named where they were written: a file named but never made would count the case as unfinished at every
+    resume. Called by the writer of the files, on the host that wrote them."""
+    dicom = [dicom_seg_path(prediction)] if dicom_seg else []
+    dicom += [dicom_rtstruct_path(prediction)] if dicom_seg and rtstruct else []
     return ([prediction] + ([probabilities_path(prediction)] if probabilities else [])
-            + ([dicom_seg_path(prediction)] if dicom_seg else [])
-            + ([dicom_rtstruct_path(prediction)] if dicom_seg and rtstruct else []))
+            + [path for path in dicom if (staging / path).is_file()])
 
 
 def all_predicted(kept: KeptCases, case_ids: Sequence[str], out: Path, replaced: list[str],
@@ -376,12 +381,9 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
                    "its labels on)")
         left = [case_id for case_id in case_ids if case_id not in kept.finished]
 
-        def answered(case_id: str, rel: Path) -> None:
-            kept.finish(case_id, case_files(rel, names is not None, seg_names is not None, rtstruct))
-
         if left:  # a stopped job that had finished them all (its move into --out failed) starts no workers
             predict_on_ray(address, job, left, kept.files.absolute(), workers, show_progress=show_progress,
-                           on_case=answered)
+                           on_case=kept.finish)
         return all_predicted(kept, case_ids, target.out, replaced, names is not None, seg_names is not None)
 
 

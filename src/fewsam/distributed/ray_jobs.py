@@ -333,15 +333,18 @@ class PredictWorker(CaseWorker):
             check_probabilities(self.predictor, config)
 
     def predict(self, case_id: str, staging: str) -> dict[str, Any]:
-        """Predict ``case_id`` into ``staging``; the prediction's path relative to it."""
-        from fewsam.predict import predict_case_file
+        """Predict ``case_id`` into ``staging``; the prediction's path relative to it, and the paths of all the
+        files it wrote (``case_files``, seen here, on the host that wrote them)."""
+        from fewsam.predict import case_files, predict_case_file
 
         self._check()
         names = dict(self.job.class_names) if self.job.probabilities else None
         seg_names = dict(self.job.class_names) if self.dataset.format == "dicom" else None
         rel = predict_case_file(self.dataset, case_id, self.predictor, self.cache, self.job.device, Path(staging),
                                 names=names, seg_names=seg_names, rtstruct=self.job.rtstruct)
-        return {"case": case_id, "path": str(rel), "host": self.host, "pid": self.pid}
+        files = case_files(Path(staging), rel, names is not None, seg_names is not None, self.job.rtstruct)
+        return {"case": case_id, "path": str(rel), "files": [str(path) for path in files], "host": self.host,
+                "pid": self.pid}
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -450,9 +453,9 @@ def embed_on_ray(address: str, job: EncoderJob, case_ids: Sequence[str], workers
 
 def predict_on_ray(address: str, job: PredictJob, case_ids: Sequence[str], staging: Path,
                    workers: int | None = None, retries: int = RETRIES, show_progress: bool = True,
-                   on_case: Callable[[str, Path], None] | None = None) -> list[Path]:
+                   on_case: Callable[[str, list[Path]], None] | None = None) -> list[Path]:
     """Predict ``case_ids`` into ``staging`` on the Ray cluster; the predictions' relative paths, in
-    case order. ``on_case(case id, path)`` as each case's files are in place (predict's journal)."""
+    case order. ``on_case(case id, its files)`` as each case's files are in place (predict's journal)."""
     from fewsam.progress import progress_bar
 
     written: dict[str, Path] = {}
@@ -468,7 +471,7 @@ def predict_on_ray(address: str, job: PredictJob, case_ids: Sequence[str], stagi
                 def done(result: dict) -> None:
                     written[result["case"]] = Path(result["path"])
                     if on_case is not None:
-                        on_case(result["case"], Path(result["path"]))
+                        on_case(result["case"], [Path(path) for path in result["files"]])
                     bar.update(task, advance=1)
 
                 map_cases(ray, actors, lambda actor, case_id: actor.predict.remote(case_id, str(staging)),
