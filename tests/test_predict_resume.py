@@ -70,6 +70,20 @@ def stopped_after_one(monkeypatch, run: Path, data: Path, out: Path, **options) 
     return stopped.value
 
 
+def kept_then_stopped_as_it_says_so(monkeypatch, run: Path, data: Path, out: Path) -> None:
+    """A predict into ``out`` stopped after its first case; the next predict is stopped (Ctrl-C) as it says
+    what it does with the case kept, before its first case."""
+    from fewsam import resumable
+
+    predicted_cases(monkeypatch, stop_at=1)
+    stopped_after_one(monkeypatch, run, data, out)
+
+    def stopped_as_it_says(message):
+        raise Stopped(signal.SIGINT)
+
+    monkeypatch.setattr(resumable, "tell", stopped_as_it_says)
+
+
 def test_the_same_command_again_predicts_only_the_cases_a_stopped_predict_had_not_finished(
         fitted, uninterrupted, tmp_path, monkeypatch, caplog):
     run, data = fitted
@@ -98,17 +112,9 @@ def test_the_same_command_again_predicts_only_the_cases_a_stopped_predict_had_no
 
 def test_a_stop_as_a_predict_takes_up_the_kept_cases_keeps_them(fitted, tmp_path, monkeypatch):
     """Ctrl-C as the same command again starts, before its first case: the cases kept are still kept."""
-    from fewsam import resumable
-
     run, data = fitted
     out = tmp_path / "pred"
-    predicted_cases(monkeypatch, stop_at=1)
-    stopped_after_one(monkeypatch, run, data, out)
-
-    def stopped_as_it_says(message):
-        raise Stopped(signal.SIGINT)
-
-    monkeypatch.setattr(resumable, "tell", stopped_as_it_says)  # "resuming: 1 of 3 ...", said as it takes them up
+    kept_then_stopped_as_it_says_so(monkeypatch, run, data, out)  # "resuming: 1 of 3 ...", said as it takes them up
     stop = stopped_after_one(monkeypatch, run, data, out)
     assert stop.kept is not None and kept_file(out, VAL[0]).is_file()
     again = predicted_cases(monkeypatch)
@@ -349,17 +355,9 @@ def test_a_stop_as_another_predict_starts_afresh_leaves_the_earlier_ones_cases_a
         fitted, tmp_path, monkeypatch):
     """Ctrl-C as a predict with other options says it starts afresh: the cases kept are another predict's, which
     this command would not take up, so its stop message does not offer them; the earlier command still can."""
-    from fewsam import resumable
-
     run, data = fitted
     out = tmp_path / "pred"
-    predicted_cases(monkeypatch, stop_at=1)
-    stopped_after_one(monkeypatch, run, data, out)
-
-    def stopped_as_it_says(message):
-        raise Stopped(signal.SIGINT)
-
-    monkeypatch.setattr(resumable, "tell", stopped_as_it_says)  # "not resuming: ... starting afresh"
+    kept_then_stopped_as_it_says_so(monkeypatch, run, data, out)  # "not resuming: ... starting afresh"
     stop = stopped_after_one(monkeypatch, run, data, out, save_probabilities=True)
     line = cli.stopped_message(stop, ["fewsam", "predict", str(run), "--data", str(data), "--out", str(out),
                                       "--save-probabilities"])
