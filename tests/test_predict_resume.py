@@ -396,3 +396,32 @@ def test_a_case_whose_series_allows_no_dicom_seg_is_taken_up_from_its_prediction
     again = predicted_cases(monkeypatch)
     predict(run, data, out, show_progress=False)
     assert again == VAL[1:]
+
+
+def test_every_file_a_case_is_journalled_with_reached_the_disk_first(fitted, tmp_path, monkeypatch):
+    """The journal is synced as it is written: a power cut keeps it, and with it the cases it names, so each of
+    their files (the class probabilities too) must have been synced before, or the case kept could hold a file
+    whose bytes were lost."""
+    from fewsam import resumable
+
+    run, data = fitted
+    synced: set[tuple[int, int]] = set()
+    real_fsync, real_finish = os.fsync, resumable.KeptCases.finish
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.add((os.fstat(fd).st_dev, os.fstat(fd).st_ino))
+
+    unsynced: list[str] = []
+
+    def finish(kept, case_id, files):
+        for name in files:
+            stat = (kept.files / name).stat()
+            if (stat.st_dev, stat.st_ino) not in synced:
+                unsynced.append(Path(name).name)
+        real_finish(kept, case_id, files)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(resumable.KeptCases, "finish", finish)
+    predict(run, data, tmp_path / "pred", show_progress=False, save_probabilities=True)
+    assert unsynced == []

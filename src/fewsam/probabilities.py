@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from numpy.lib.format import open_memmap, write_array
 
+from fewsam.atomic import sync_folder
 from fewsam.data.writers import VOLUME_PREDICTION_ENDINGS
 from fewsam.errors import RunError
 
@@ -131,6 +132,7 @@ class ProbabilityFile:
             npz.writestr("values.npy", _npy_bytes(np.asarray(self.values, dtype=np.int64)))
             npz.writestr("names.npy", _npy_bytes(np.asarray(self.names, dtype=str)))
         os.remove(self.scratch)
+        _synced(self.path)
         return self.path
 
     def close(self) -> None:
@@ -138,6 +140,18 @@ class ProbabilityFile:
         if self.array is not None:
             os.close(self.array)
             self.array = None
+
+
+def _synced(path: Path) -> None:
+    """``path``'s bytes and name on the disk, as ``atomic_write`` leaves a file: predict's journal, synced
+    itself, names the case once its files are written, and a power cut must not keep the name of a case
+    whose probabilities were still in memory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    sync_folder(path.parent)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
