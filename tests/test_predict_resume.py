@@ -316,6 +316,37 @@ def test_an_out_that_links_to_another_file_system_receives_its_predictions(fitte
         shutil.rmtree(elsewhere, ignore_errors=True)
 
 
+def test_a_full_disk_as_the_set_is_copied_to_another_file_system_leaves_out_as_it_was(fitted, tmp_path,
+                                                                                        monkeypatch):
+    """The copy to an --out on another file system fails on its second file (the disk there is full): --out
+    receives none of the set, and the whole set stays kept for the same command again."""
+    import errno
+    import shutil
+
+    from fewsam import atomic
+
+    run, data = fitted
+    elsewhere = other_file_system(tmp_path)
+    out = tmp_path / "pred"
+    out.symlink_to(elsewhere, target_is_directory=True)
+    copied, real_copy = [], atomic.shutil.copyfileobj
+
+    def full_on_the_second(source, target):
+        if copied:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        copied.append(source)
+        real_copy(source, target)
+
+    monkeypatch.setattr(atomic.shutil, "copyfileobj", full_on_the_second)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            predict(run, data, out, show_progress=False)
+        assert list(elsewhere.iterdir()) == []
+        assert all(kept_file(out, case).is_file() for case in VAL)
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
 def test_a_run_refitted_with_other_options_and_no_other_files_is_another_predicts_identity(tmp_path):
     """A prompted run holds no weights, only its options (box or point prompts, the SAM model): two such runs
     fitted one after the other into one folder are told apart by their config, so the cases a stopped predict

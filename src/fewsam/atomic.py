@@ -590,7 +590,7 @@ def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: Iterab
     written = {target for _, target in moves}
     older = [p for p in (out / name for name in replaces) if p.is_file() and p not in written]
     with stop_signals_held():
-        for path, target in moves:
+        for path, target in _copied_across(moves):
             target.parent.mkdir(parents=True, exist_ok=True)
             _moved(path, target)
         for path in older:
@@ -600,10 +600,46 @@ def _move_files_into(staging: Path, out: Path, overwrite: bool, replaces: Iterab
     shutil.rmtree(staging)
 
 
+def _copied_across(moves: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """``moves`` (staged file, target), where a target lies on another file system than the staging beside
+    ``out`` (``out`` a mount point, such as a container's volume, or a link to a folder on other storage),
+    which no rename reaches, with that file first copied whole into a temporary in the nearest folder of its
+    target: a copy that fails (the disk there full) leaves ``out`` as it was, and the renames that follow
+    stay within one file system. The staged files go with the staging folder."""
+    placed: list[tuple[Path, Path]] = []
+    copies: list[Path] = []
+    try:
+        for path, target in moves:
+            folder = next(f for f in (target.parent, *target.parents) if f.is_dir())
+            if path.stat().st_dev == folder.stat().st_dev:
+                placed.append((path, target))
+                continue
+            fd, copy = _create_temporary(folder / target.name)
+            copies.append(copy)
+            _copy_synced(path, fd, target)
+            placed.append((copy, target))
+    except BaseException:
+        for copy in copies:
+            copy.unlink(missing_ok=True)
+        raise
+    return placed
+
+
+def _copy_synced(path: Path, fd: int, target: Path) -> None:
+    """``path``'s bytes into the open file ``fd``, on the disk before it is renamed to ``target``; a full disk
+    names ``target``, for the one line that says where space ran out."""
+    try:
+        with os.fdopen(fd, "wb") as copy, open(path, "rb") as source:
+            shutil.copyfileobj(source, copy)
+            copy.flush()
+            os.fsync(copy.fileno())
+    except OSError as exc:
+        raise (write_error_behind(exc, target) or exc) from exc
+
+
 def _moved(path: Path, target: Path) -> None:
-    """``path`` renamed to ``target``, or, where ``target`` lies on another file system than the staging
-    beside ``out`` (``out`` a mount point, such as a container's volume, or a link to a folder on other
-    storage), which no rename reaches, copied there whole through a temporary beside it (``atomic_write``)
+    """``path`` renamed to ``target``, or, where a rename cannot reach it though ``_copied_across`` saw one
+    file system (two mounts of one), copied there whole through a temporary beside it (``atomic_write``)
     and then removed."""
     try:
         os.replace(path, target)
