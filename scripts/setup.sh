@@ -22,3 +22,9 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command 
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
     || echo "setup: could not install chromium; the studio's browser test will be skipped" >&2
 fi
+# The DICOM objects predict writes are checked by dciodvfy, the standard's validator in Debian's dicom3tools:
+# installed the same way, once, when missing and apt is usable; its test is skipped otherwise.
+if [ ! -x /usr/bin/dciodvfy ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null; } \
+    || echo "setup: could not install dicom3tools; the DICOM validity test will be skipped" >&2
+fi

@@ -31,8 +31,17 @@ PIXELS = {1: 85, 2: 170, 3: 255}  # the classes' mask values in the JPEG folder'
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 2-step supervised run on the phantom: it only has to predict, not to be good."""
-    tmp = tmp_path_factory.mktemp("e2e")
+    return fit_tiny_run(tmp_path_factory.mktemp("e2e"))
+
+
+def fit_tiny_run(tmp: Path, names: dict[int, str] | None = None) -> Path:
+    """``tmp``/run, fitted for 2 steps on a phantom in ``tmp``/phantom whose classes are named ``names`` (the
+    phantom's own names if None)."""
     phantom = write_phantom_dataset(tmp / "phantom", n_train=2, n_val=1, slices=2, seed=0)
+    if names is not None:
+        dataset = json.loads((phantom / "dataset.json").read_text())
+        dataset["labels"] = {"background": 0, **{name: value for value, name in names.items()}}
+        (phantom / "dataset.json").write_text(json.dumps(dataset))
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     monkey = pytest.MonkeyPatch()

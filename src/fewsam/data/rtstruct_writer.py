@@ -26,16 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from fewsam.data.dicom_text import dicom_label, set_character_set
 from fewsam.data.readers.dicom_rtstruct import CLOSED_PLANAR, CONTOUR_DATA, RTSTRUCT_SOP_CLASS, SeriesGeometry
 
 MM_DIGITS = 10  # significant digits of a coordinate: within the 16 characters of a DS value, sign and exponent too
 ROI_COLOURS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (0, 200, 255), (255, 0, 255),
                (255, 128, 0), (128, 0, 255), (0, 128, 128), (128, 128, 0))  # cycled by class order
-COPIED = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
           "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "StudyDescription", "AccessionNumber",
-          "ReferringPhysicianName")  # the Patient and General Study modules, as the source series gives them
+          "ReferringPhysicianName", "FrameOfReferenceUID", "PositionReferenceIndicator")
+# the Patient, General Study and Frame of Reference modules, as the source series gives them
 EMPTY_IF_MISSING = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "StudyID", "AccessionNumber", "ReferringPhysicianName")  # type 2: present, if empty
+                    "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                    "PositionReferenceIndicator")  # type 2: present, if empty
 RTSTRUCT_SERIES_NUMBER = 9002  # beside the SEG's 9001: a viewer lists the prediction apart from the scanner's
 
 
@@ -127,12 +130,13 @@ def encode_rtstruct(sources: Sequence[Any], pred: np.ndarray, names: dict[int, s
     ds.StructureSetROISequence = [_roi(value, names[value], frame_of_reference, version) for value in values]
     ds.ROIContourSequence = [_roi_contours(value, k, pred, geometry, references) for k, value in enumerate(values)]
     ds.RTROIObservationsSequence = [_observation(value) for value in values]
+    set_character_set(ds, names.values())
     return _part10_bytes(ds)
 
 
 def _copy_patient_and_study(ds: Any, source: Any) -> None:
-    """The Patient and General Study modules from the series, so the structure set files under its patient
-    and study."""
+    """The Patient, General Study and Frame of Reference modules from the series, so the structure set files
+    under its patient and study and lies in the series' frame of reference."""
     for keyword in COPIED:
         if keyword in source:
             setattr(ds, keyword, source[keyword].value)
@@ -184,9 +188,9 @@ def _roi(value: int, name: str, frame_of_reference: str, version: str) -> Any:
     roi = Dataset()
     roi.ROINumber = value
     roi.ReferencedFrameOfReferenceUID = frame_of_reference
-    roi.ROIName = name[:64]
+    roi.ROIName = dicom_label(name)
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
-    roi.ROIGenerationDescription = f"fewsam {version}"[:64]
+    roi.ROIGenerationDescription = dicom_label(f"fewsam {version}")
     return roi
 
 

@@ -63,6 +63,7 @@ from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image
                                       segments_as_label, to_slices, without_time_axis)
 from fewsam.data.readers.dicom_labels import label_object
 from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, SeriesGeometry
+from fewsam.data.dicom_text import dicom_label, set_character_set
 from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
 from fewsam.data.rtstruct_writer import encode_rtstruct
@@ -225,7 +226,7 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
     algorithm = hd.AlgorithmIdentificationSequence(name="fewsam", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
     segments = [hd.seg.SegmentDescription(
-        segment_number=number, segment_label=names[value][:64], segmented_property_category=codes.SCT.Tissue,
+        segment_number=number, segment_label=dicom_label(names[value]), segmented_property_category=codes.SCT.Tissue,
         segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm) for number, value in enumerate(values, start=1)]
     pixels = renumbered[pred]
@@ -236,6 +237,7 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
         sop_instance_uid=instance_uid, instance_number=1, manufacturer="fewsam", manufacturer_model_name="fewsam",
         software_versions=__version__, device_serial_number="none", series_description="fewsam prediction",
         omit_empty_frames=bool(pixels.any()))
+    set_character_set(seg, names.values())
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
@@ -800,10 +802,17 @@ def _decode_dicom_label_object(case: Case, path: Path, segments: PredictionSegme
     grid.SetSpacing(case.meta["spacing"])
     grid.SetDirection(case.meta["direction"])
     header = label_object(path, sop_class)
-    unknown = [s.name for s in header.segments if name_key(s.name) not in segments.classes]
+    classes = _as_dicom_spells_them(segments.classes)
+    unknown = [s.name for s in header.segments if name_key(s.name) not in classes]
     if unknown:
         raise DataError(_unknown_segments_message(path, unknown, segments, header.kind.one, header.kind.part))
-    return header.read_on(grid, case.meta["source_files"], segments.classes)
+    return header.read_on(grid, case.meta["source_files"], classes)
+
+
+def _as_dicom_spells_them(classes: SegmentClasses) -> SegmentClasses:
+    """``classes`` named also as fewsam's DICOM objects spell a class's name (``dicom_label``: a backslash as a
+    slash, cut to 64 characters), so a prediction fewsam wrote reads back whatever its classes are named."""
+    return {**{name_key(dicom_label(key)): value for key, value in classes.items()}, **classes}
 
 
 def _encode_npz(case: Case, pred: np.ndarray) -> bytes:

@@ -1,0 +1,47 @@
+"""Text as the DICOM objects fewsam writes (``writers.write_dicom_seg``, ``rtstruct_writer``) hold it, within
+the rules a DICOM validator (dciodvfy) and the viewers and planning systems reading the objects apply:
+
+- a class name is a LO value (a segment's or an ROI's name): at most 64 characters (bytes, in UTF-8),
+  and without the backslash, which separates the values of a multi-valued element (``left\\right``
+  would read as two names), so a backslash is written as a slash (``dicom_label``);
+- text outside ASCII (a class named ``Leber``-with-umlaut, a patient name copied from a series in Latin-1 or
+  Japanese) needs a SpecificCharacterSet naming its encoding: the objects then say UTF-8 (ISO_IR 192),
+  which holds any text pydicom decoded from the series, and say none when all is ASCII, the default
+  repertoire every reader knows (``character_set``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+LO_LENGTH = 64  # characters (and bytes) of a Long String value
+UTF8 = "ISO_IR 192"
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"})
+
+
+def dicom_label(name: str, length: int = LO_LENGTH) -> str:
+    """``name`` as one LO value: a backslash written as a slash, cut to ``length`` characters and, written in
+    UTF-8, to ``length`` bytes (validators count a value's bytes; a character is never cut in two), without
+    surrounding spaces (a reader takes them for padding and drops them)."""
+    label = name.replace("\\", "/")[:length]
+    while len(label.encode()) > length:
+        label = label[:-1]
+    return label.strip()
+
+
+def character_set(ds: Any, names: Iterable[str]) -> str | None:
+    """The SpecificCharacterSet for ``ds`` (a pydicom Dataset whose top level holds the text copied from the
+    series) holding ``names``: UTF-8 where any of that text is not ASCII, none otherwise."""
+    texts = [*names, *(str(element.value) for element in ds if element.VR in TEXT_VRS)]
+    return None if all(text.isascii() for text in texts) else UTF8
+
+
+def set_character_set(ds: Any, names: Iterable[str]) -> None:
+    """``ds``'s SpecificCharacterSet as ``character_set`` gives it: set, or removed where the default will do
+    (a value copied from the series names the series' encoding, not the one ``ds`` is written in)."""
+    chosen = character_set(ds, names)
+    if chosen is None:
+        ds.pop("SpecificCharacterSet", None)
+    else:
+        ds.SpecificCharacterSet = chosen

@@ -1,0 +1,117 @@
+"""The DICOM SEG and RT structure set ``fewsam predict --rtstruct`` writes are valid DICOM by the standard's
+validator, dciodvfy (dicom3tools, installed by scripts/setup.sh), as viewers, PACS and planning systems
+need them to be: no "Error" line, on a series that tests what a real one brings (a patient name in Latin-1,
+an oblique plane far from the origin, class names longer than a LO value, with a backslash, outside
+ASCII). Read back by highdicom and by plain pydicom, and by fewsam as the prediction."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from fewsam.cli import app
+from fewsam.data import open_dataset, read_prediction
+from fewsam.data.dicom_text import dicom_label
+from fewsam.data.phantom import phantom_volume
+from fewsam.data.types import ClassMap
+from test_dicom import write_series
+from test_dicom_seg import FRAME_OF_REFERENCE
+from test_formats_end_to_end import fit_tiny_run
+from test_rtstruct_prediction import ORIENTATIONS, _assert_on_its_slice
+
+DCIODVFY = shutil.which("dciodvfy")
+NAMES = {1: "Rechter Ventrikel über die ganze Länge der Herzachse, wie ihn die Planung zeigt",  # > 64 bytes
+         2: "Myo\\Myocardium", 3: "LV"}
+FAR_ORIGIN = (-249.51171875, -412.3456789, -1834.56789012)  # a table position: DS values of 10 digits
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's "Error" lines about the object at ``path`` (it writes its findings to stderr)."""
+    done = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, errors="replace", timeout=120)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def latin1_series(folder: Path) -> list[pydicom.Dataset]:
+    """A phantom series on an oblique plane far from the origin, its patient named in Latin-1 as European
+    scanners write names; its headers in slice order."""
+    images, _ = phantom_volume(np.random.default_rng(7), slices=3, shape=(64, 72))
+    write_series(folder, (images * 1000).astype(np.int16), uid="1.2.826.0.1.3680043.2.1125.81",
+                 direction=ORIENTATIONS["oblique"], origin=FAR_ORIGIN, extra_tags={"0020|0052": FRAME_OF_REFERENCE})
+    for path in folder.glob("*.dcm"):
+        header = pydicom.dcmread(path)
+        header.SpecificCharacterSet, header.PatientName = "ISO_IR 100", "Müller^Jürgen"
+        header.save_as(path)
+    return sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*.dcm")),
+                  key=lambda h: int(h.InstanceNumber))
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """``fewsam predict --rtstruct`` by a tiny run of classes named as NAMES on the Latin-1 series: the data
+    folder, the prediction folder and the series' headers."""
+    tmp = tmp_path_factory.mktemp("validity")
+    run = fit_tiny_run(tmp, NAMES)
+    headers = latin1_series(tmp / "data" / "patient1" / "ct")
+    (tmp / "data" / "classes.json").write_text(json.dumps({str(k): v for k, v in NAMES.items()}))
+    done = CliRunner().invoke(app, ["predict", str(run), "--data", str(tmp / "data"), "--out", str(tmp / "pred"),
+                                    "--split", "all", "--rtstruct", "--quiet"])
+    assert done.exit_code == 0, done.output
+    return tmp / "data", tmp / "pred" / "patient1", headers
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian's dicom3tools) is not installed; "
+                                             "scripts/setup.sh installs it")
+@pytest.mark.parametrize("name", ["ct.seg.dcm", "ct.rtstruct.dcm"])
+def test_the_predicted_dicom_objects_pass_dciodvfy_without_an_error(predicted, name):
+    _, pred, _ = predicted
+    assert dciodvfy_errors(pred / name) == []
+
+
+def test_the_seg_reads_with_highdicom_as_the_nifti_prediction_its_segments_named_as_the_classes(predicted):
+    import highdicom as hd
+
+    data, pred, headers = predicted
+    seg = hd.seg.segread(pred / "ct.seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [dicom_label(name) for name in NAMES.values()]
+    assert str(seg.PatientName) == "Müller^Jürgen" and seg.FrameOfReferenceUID == FRAME_OF_REFERENCE
+    stored = seg.get_pixels_by_source_instance([h.SOPInstanceUID for h in headers], combine_segments=True,
+                                               assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(stored, _nifti(pred))
+    _assert_read_back_by_fewsam(data, pred, "ct.seg.dcm")
+
+
+def test_the_structure_set_holds_valid_contours_on_the_slices_they_reference(predicted):
+    data, pred, headers = predicted
+    rt = pydicom.dcmread(pred / "ct.rtstruct.dcm")
+    assert rt.FrameOfReferenceUID == FRAME_OF_REFERENCE and str(rt.PatientName) == "Müller^Jürgen"
+    assert len(rt.StructureSetLabel) <= 16
+    assert [r.ROIName for r in rt.StructureSetROISequence] == [dicom_label(name) for name in NAMES.values()]
+    contours = [c for roi in rt.ROIContourSequence for c in roi.get("ContourSequence", [])]
+    assert contours and all(len(roi.ROIDisplayColor) == 3 for roi in rt.ROIContourSequence)
+    for contour in contours:
+        assert len(contour.ContourData) == 3 * contour.NumberOfContourPoints
+        assert all(len(str(value)) <= 16 for value in contour.ContourData)
+        _assert_on_its_slice(contour, headers)
+    _assert_read_back_by_fewsam(data, pred, "ct.rtstruct.dcm")
+
+
+def _nifti(pred: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(pred / "ct.nii.gz")))
+
+
+def _assert_read_back_by_fewsam(data: Path, pred: Path, name: str) -> None:
+    """fewsam reads the DICOM object ``name`` alone (moved to a folder of its own) as the NIfTI prediction,
+    its classes found by their names as the object spells them."""
+    alone = pred.parent.parent / f"alone-{name}" / "patient1"
+    alone.mkdir(parents=True)
+    shutil.copy(pred / name, alone / name)
+    case = open_dataset(data).load("patient1/ct")
+    np.testing.assert_array_equal(read_prediction(case, alone.parent, ClassMap(NAMES)), _nifti(pred))
