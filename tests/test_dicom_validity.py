@@ -22,6 +22,7 @@ from fewsam.data import open_dataset, read_prediction
 from fewsam.data.dicom_text import dicom_label
 from fewsam.data.phantom import phantom_volume
 from fewsam.data.types import ClassMap
+from fewsam.data.writers import write_dicom_seg
 from test_dicom import write_series
 from test_dicom_seg import FRAME_OF_REFERENCE
 from test_formats_end_to_end import fit_tiny_run
@@ -115,3 +116,41 @@ def _assert_read_back_by_fewsam(data: Path, pred: Path, name: str) -> None:
     shutil.copy(pred / name, alone / name)
     case = open_dataset(data).load("patient1/ct")
     np.testing.assert_array_equal(read_prediction(case, alone.parent, ClassMap(NAMES)), _nifti(pred))
+
+
+def edited_series_case(folder: Path, edit):  # noqa: ANN001, ANN201 - a callable on (header, slice index); a Case
+    """A 4-slice axial series in ``folder``/s1, each file's header changed by ``edit`` (header, slice index),
+    and its case."""
+    images, _ = phantom_volume(np.random.default_rng(8), slices=4, shape=(24, 20))
+    write_series(folder / "s1", (images * 1000).astype(np.int16), uid="1.2.826.0.1.3680043.2.1125.82",
+                 extra_tags={"0020|0052": FRAME_OF_REFERENCE})
+    for path in (folder / "s1").glob("*.dcm"):
+        header = pydicom.dcmread(path)
+        edit(header, int(header.InstanceNumber) - 1)
+        header.save_as(path)
+    return open_dataset(folder).load("s1")
+
+
+def _without_slice_thickness(header: pydicom.Dataset, z: int) -> None:
+    del header.SliceThickness
+
+
+def _with_empty_slice_thickness(header: pydicom.Dataset, z: int) -> None:
+    header.SliceThickness = None
+
+
+@pytest.mark.parametrize("edit", [_without_slice_thickness, _with_empty_slice_thickness])
+def test_a_series_whose_files_give_no_slice_thickness_gets_a_seg_of_its_slice_gap(tmp_path, edit):
+    """SliceThickness is type 2 in an image (left empty or out by some converters), type 1 in the SEG's
+    pixel measures: the SEG takes the series' slice gap."""
+    import highdicom as hd
+
+    case = edited_series_case(tmp_path / "data", edit)
+    pred = np.zeros(case.image.shape[:3], np.uint8)
+    pred[1:3, 4:9, 5:11] = 1
+    written = write_dicom_seg(case, pred, {1: "Liver"}, tmp_path / "pred")
+    assert written is not None
+    measures = hd.seg.segread(written).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(case.meta["spacing"][2])
+    if DCIODVFY is not None:
+        assert dciodvfy_errors(written) == []

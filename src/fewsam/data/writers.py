@@ -169,8 +169,9 @@ def write_dicom_seg(case: Case, pred: np.ndarray, names: dict[int, str], out_roo
     (AUTOMATIC), referencing the series' instances, whose headers are read here, pixels left unread.
     A series whose headers lack what a SEG must copy from them (a frame of reference: files written
     by scripts rather than scanners) gets its NIfTI only, said once; None then."""
+    slice_gap = float(case.meta["spacing"][2])
     return _write_dicom_object(case, dicom_seg_path(prediction_path(case, out_root)), "DICOM SEG",
-                               lambda sources: _encode_dicom_seg(sources, pred, names))
+                               lambda sources: _encode_dicom_seg(sources, pred, names, slice_gap))
 
 
 def write_dicom_rtstruct(case: Case, pred: np.ndarray, names: dict[int, str], out_root: Path) -> Path | None:
@@ -211,10 +212,10 @@ def _write_dicom_object(case: Case, path: Path, kind: str, encode: Callable[[lis
     return path
 
 
-def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str]) -> bytes:
+def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str], slice_gap: float) -> bytes:
     """The SEG's bytes: class values renumbered 1.. as the segments' numbers (the standard numbers
     segments from 1 without gaps), every frame with content (all frames where nothing was predicted:
-    a SEG holds at least one)."""
+    a SEG holds at least one), ``slice_gap`` (mm) the thickness of slices whose files give none."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -230,6 +231,7 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
         segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm) for number, value in enumerate(values, start=1)]
     pixels = renumbered[pred]
+    _fill_slice_thickness(sources, slice_gap)
     series_uid, instance_uid = (prediction_uid(sources, pixels, names, role) for role in ("series", "instance"))
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -241,6 +243,15 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
+
+
+def _fill_slice_thickness(sources: list[Any], slice_gap: float) -> None:
+    """SliceThickness set to ``slice_gap`` in the headers of single-frame slices that leave it out or empty
+    (the image's attribute is type 2, so scanners and converters may): highdicom copies it into the SEG's
+    Pixel Measures, where a value is required, and refuses the series without one."""
+    for source in sources:
+        if "NumberOfFrames" not in source and source.get("SliceThickness") in (None, ""):
+            source.SliceThickness = f"{slice_gap:.10g}"
 
 
 def prediction_uid(sources: list[Any], pixels: np.ndarray, names: dict[int, str], role: str) -> str:
