@@ -139,6 +139,45 @@ def test_a_series_without_a_frame_of_reference_gets_no_structure_set_and_is_said
     assert "the RT structure set of a prediction is not written" in notices.text
 
 
+def _shifted_across(millimetres: float):  # noqa: ANN202 - an edit of a header
+    """Each slice's file placing it ``millimetres`` further along its rows than the one before: a gantry tilt
+    (the slices' plane not square to the axis they are stacked along) or, small, rounding."""
+    def edit(header: pydicom.Dataset, z: int) -> None:
+        along_row = np.asarray(header.ImageOrientationPatient[:3], dtype=np.float64)
+        position = np.asarray(header.ImagePositionPatient, dtype=np.float64) + millimetres * z * along_row
+        header.ImagePositionPatient = [round(float(v), 6) for v in position]
+    return edit
+
+
+def _second_frame_of_reference(header: pydicom.Dataset, z: int) -> None:
+    if z == 2:
+        header.FrameOfReferenceUID = "1.2.826.0.1.3680043.2.1125.99"
+
+
+@pytest.mark.parametrize(("edit", "said"), [(_shifted_across(0.37), "gantry tilt"),
+                                            (_second_frame_of_reference, "2 frames of reference")])
+def test_a_series_its_contours_would_miss_gets_no_structure_set_and_is_said(tmp_path, notices, edit, said):
+    """Contours are placed on the grid the slices are read on: slices shifted across their plane from one to
+    the next (a gantry-tilted CT) lie elsewhere, and one structure set holds one frame of reference."""
+    from test_dicom_validity import edited_series_case
+
+    case = edited_series_case(tmp_path / "data", edit)
+    pred = np.zeros(case.image.shape[:3], np.uint8)
+    pred[1:3, 4:9, 5:11] = 1
+    assert write_dicom_rtstruct(case, pred, {1: "Liver"}, tmp_path / "pred") is None
+    assert not (tmp_path / "pred" / "s1.rtstruct.dcm").exists()
+    assert "the RT structure set of a prediction is not written" in notices.text and said in notices.text
+
+
+def test_slice_positions_rounded_in_their_files_still_get_a_structure_set(tmp_path):
+    from test_dicom_validity import edited_series_case
+
+    case = edited_series_case(tmp_path / "data", _shifted_across(0.001))
+    pred = np.zeros(case.image.shape[:3], np.uint8)
+    pred[1:3, 4:9, 5:11] = 1
+    assert write_dicom_rtstruct(case, pred, {1: "Liver"}, tmp_path / "pred") is not None
+
+
 def test_pixel_border_outlines_filled_even_odd_by_centres_are_the_mask():
     """Random masks of every density (blobs, holes, pixels touching at corners, the image's edges): the
     reader's rule fills the outlines back to the mask, and every vertex lies on a pixel corner."""

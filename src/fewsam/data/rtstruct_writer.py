@@ -40,6 +40,7 @@ EMPTY_IF_MISSING = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
                     "StudyID", "AccessionNumber", "ReferringPhysicianName",
                     "PositionReferenceIndicator")  # type 2: present, if empty
 RTSTRUCT_SERIES_NUMBER = 9002  # beside the SEG's 9001: a viewer lists the prediction apart from the scanner's
+OFF_GRID_PIXELS = 0.1  # how far (in pixels) a slice's file may place it from where the series' grid has it
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ def encode_rtstruct(sources: Sequence[Any], pred: np.ndarray, names: dict[int, s
     from pydicom.dataset import Dataset
 
     references = slice_references(sources, pred.shape[0])
+    _check_one_frame_of_reference(sources)
+    _check_slices_on_grid(sources, geometry)
     ds = Dataset()
     _copy_patient_and_study(ds, sources[0])
     _set_series_and_instance(ds, uids, version)
@@ -132,6 +135,32 @@ def encode_rtstruct(sources: Sequence[Any], pred: np.ndarray, names: dict[int, s
     ds.RTROIObservationsSequence = [_observation(value) for value in values]
     set_character_set(ds, names.values())
     return _part10_bytes(ds)
+
+
+def _check_one_frame_of_reference(sources: Sequence[Any]) -> None:
+    """A ValueError where the files name several frames of reference: a structure set places all its contours
+    in one (its ReferencedFrameOfReferenceSequence), so some would lie in a space their image is not in."""
+    frames = {str(source.get("FrameOfReferenceUID", "")) for source in sources}
+    if len(frames) > 1:
+        raise ValueError(f"its files name {len(frames)} frames of reference, a structure set's contours lie in one")
+
+
+def _check_slices_on_grid(sources: Sequence[Any], geometry: SeriesGeometry) -> None:
+    """A ValueError where a slice's file (ImagePositionPatient) places it more than ``OFF_GRID_PIXELS`` from
+    where the series' grid has it: the contours are placed on the grid (the NIfTI's, stacking the slices
+    along their normal), so on a series whose slices shift across their plane from one to the next (a
+    gantry-tilted CT) they would miss the images they reference. Multi-frame files (positions in their
+    functional groups) are left as they are."""
+    if len(sources) < 2 or any("ImagePositionPatient" not in source for source in sources):
+        return
+    positions = np.array([[float(v) for v in source.ImagePositionPatient] for source in sources])
+    on_grid = geometry.patient_points(np.column_stack([np.zeros((len(sources), 2)), np.arange(len(sources))]))
+    off = np.linalg.norm(positions - on_grid, axis=1)
+    pixel = float(np.linalg.norm(geometry.axes[:, :2], axis=0).min())
+    if off.max() > OFF_GRID_PIXELS * pixel:
+        worst = int(off.argmax())
+        raise ValueError(f"slice {worst + 1} lies {off[worst]:.3g} mm from where the series' slices, stacked along "
+                         "their normal, would place it (a gantry tilt?), and its contours would miss it")
 
 
 def _copy_patient_and_study(ds: Any, source: Any) -> None:
