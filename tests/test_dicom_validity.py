@@ -22,7 +22,7 @@ from fewsam.data import open_dataset, read_prediction
 from fewsam.data.dicom_text import dicom_label
 from fewsam.data.phantom import phantom_volume
 from fewsam.data.types import ClassMap
-from fewsam.data.writers import write_dicom_seg
+from fewsam.data.writers import write_dicom_rtstruct, write_dicom_seg
 from test_dicom import write_series
 from test_dicom_seg import FRAME_OF_REFERENCE
 from test_formats_end_to_end import fit_tiny_run
@@ -154,3 +154,29 @@ def test_a_series_whose_files_give_no_slice_thickness_gets_a_seg_of_its_slice_ga
     assert float(measures.SliceThickness) == pytest.approx(case.meta["spacing"][2])
     if DCIODVFY is not None:
         assert dciodvfy_errors(written) == []
+
+
+def test_a_multi_frame_series_without_patient_attributes_gets_valid_objects_referencing_its_frames(tmp_path):
+    """An enhanced MR file written by a script, without the type 2 patient and study attributes a scanner
+    writes (empty where unknown): its SEG and structure set hold them empty, and the contours name the
+    frame they lie on."""
+    import highdicom as hd
+    from test_dicom_series_faults import enhanced_mr
+
+    path = tmp_path / "data" / "s1" / "mr.dcm"
+    enhanced_mr(path, np.random.default_rng(0).integers(0, 1000, (4, 4, 5)).astype("<u2"), [(1.0, 0.0)] * 4)
+    header = pydicom.dcmread(path)
+    header.FrameOfReferenceUID = FRAME_OF_REFERENCE
+    header.save_as(path)
+    assert "PatientID" not in header
+    case = open_dataset(tmp_path / "data").load("s1")
+    pred = np.zeros(case.image.shape[:3], np.uint8)
+    pred[1:3, 1:3, 1:4] = 1
+    seg = write_dicom_seg(case, pred, {1: "Liver"}, tmp_path / "pred")
+    rtstruct = write_dicom_rtstruct(case, pred, {1: "Liver"}, tmp_path / "pred")
+    assert seg is not None and rtstruct is not None
+    assert hd.seg.segread(seg).PatientID == ""
+    contours = pydicom.dcmread(rtstruct).ROIContourSequence[0].ContourSequence
+    assert [c.ContourImageSequence[0].ReferencedFrameNumber for c in contours] == [2, 3]
+    if DCIODVFY is not None:
+        assert dciodvfy_errors(seg) == dciodvfy_errors(rtstruct) == []

@@ -66,7 +66,7 @@ from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, SeriesGeometr
 from fewsam.data.dicom_text import dicom_label, set_character_set
 from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
-from fewsam.data.rtstruct_writer import encode_rtstruct
+from fewsam.data.rtstruct_writer import EMPTY_IF_MISSING, encode_rtstruct
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
@@ -232,6 +232,7 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
         algorithm_identification=algorithm) for number, value in enumerate(values, start=1)]
     pixels = renumbered[pred]
     _fill_slice_thickness(sources, slice_gap)
+    _fill_empty_type_2(sources)
     series_uid, instance_uid = (prediction_uid(sources, pixels, names, role) for role in ("series", "instance"))
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -252,6 +253,16 @@ def _fill_slice_thickness(sources: list[Any], slice_gap: float) -> None:
     for source in sources:
         if "NumberOfFrames" not in source and source.get("SliceThickness") in (None, ""):
             source.SliceThickness = f"{slice_gap:.10g}"
+
+
+def _fill_empty_type_2(sources: list[Any]) -> None:
+    """The type 2 Patient, General Study and Frame of Reference attributes a file leaves out (files written by
+    scripts rather than scanners) set empty, as the standard allows them: highdicom copies them into the SEG
+    and refused the series without them."""
+    for source in sources:
+        for keyword in EMPTY_IF_MISSING:
+            if keyword not in source:
+                setattr(source, keyword, "")
 
 
 def prediction_uid(sources: list[Any], pixels: np.ndarray, names: dict[int, str], role: str) -> str:
