@@ -26,6 +26,7 @@ from fewsam.data.writers import write_dicom_rtstruct, write_dicom_seg
 from test_dicom import write_series
 from test_dicom_seg import FRAME_OF_REFERENCE
 from test_formats_end_to_end import fit_tiny_run
+from test_label_classes import notices  # noqa: F401 - the fixture
 from test_rtstruct_prediction import ORIENTATIONS, _assert_on_its_slice
 
 DCIODVFY = shutil.which("dciodvfy")
@@ -180,3 +181,14 @@ def test_a_multi_frame_series_without_patient_attributes_gets_valid_objects_refe
     assert [c.ContourImageSequence[0].ReferencedFrameNumber for c in contours] == [2, 3]
     if DCIODVFY is not None:
         assert dciodvfy_errors(seg) == dciodvfy_errors(rtstruct) == []
+
+
+def test_a_series_of_several_frames_of_reference_gets_no_seg_and_is_said_so(tmp_path, notices):
+    """A SEG places all its frames in one frame of reference: a series whose files name two gets its NIfTI
+    alone, the reason said as it is."""
+    from test_rtstruct_prediction import _second_frame_of_reference
+
+    case = edited_series_case(tmp_path / "data", _second_frame_of_reference)
+    assert write_dicom_seg(case, np.zeros(case.image.shape[:3], np.uint8), {1: "Liver"}, tmp_path / "pred") is None
+    assert "the DICOM SEG of a prediction is not written" in notices.text
+    assert "2 frames of reference" in notices.text

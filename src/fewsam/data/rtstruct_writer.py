@@ -122,7 +122,7 @@ def encode_rtstruct(sources: Sequence[Any], pred: np.ndarray, names: dict[int, s
     from pydicom.dataset import Dataset
 
     references = slice_references(sources, pred.shape[0])
-    _check_one_frame_of_reference(sources)
+    check_one_frame_of_reference(sources)
     _check_slices_on_grid(sources, geometry)
     ds = Dataset()
     _copy_patient_and_study(ds, sources[0])
@@ -137,12 +137,13 @@ def encode_rtstruct(sources: Sequence[Any], pred: np.ndarray, names: dict[int, s
     return _part10_bytes(ds)
 
 
-def _check_one_frame_of_reference(sources: Sequence[Any]) -> None:
+def check_one_frame_of_reference(sources: Sequence[Any]) -> None:
     """A ValueError where the files name several frames of reference: a structure set places all its contours
-    in one (its ReferencedFrameOfReferenceSequence), so some would lie in a space their image is not in."""
+    in one (its ReferencedFrameOfReferenceSequence), a SEG its frames (its FrameOfReferenceUID), so some
+    would lie in a space their image is not in."""
     frames = {str(source.get("FrameOfReferenceUID", "")) for source in sources}
     if len(frames) > 1:
-        raise ValueError(f"its files name {len(frames)} frames of reference, a structure set's contours lie in one")
+        raise ValueError(f"its files name {len(frames)} frames of reference, where its slices must share one")
 
 
 def _check_slices_on_grid(sources: Sequence[Any], geometry: SeriesGeometry) -> None:

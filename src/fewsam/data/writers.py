@@ -66,7 +66,7 @@ from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, SeriesGeometr
 from fewsam.data.dicom_text import dicom_label, set_character_set
 from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
-from fewsam.data.rtstruct_writer import EMPTY_IF_MISSING, encode_rtstruct
+from fewsam.data.rtstruct_writer import EMPTY_IF_MISSING, check_one_frame_of_reference, encode_rtstruct
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, mask_to_classes, read_colour_mask, read_mask_pixels
 from fewsam.data.types import Case, ClassMap
 from fewsam.errors import DataError
@@ -231,6 +231,7 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
         segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm) for number, value in enumerate(values, start=1)]
     pixels = renumbered[pred]
+    check_one_frame_of_reference(sources)
     _fill_slice_thickness(sources, slice_gap)
     _fill_empty_type_2(sources)
     series_uid, instance_uid = (prediction_uid(sources, pixels, names, role) for role in ("series", "instance"))
