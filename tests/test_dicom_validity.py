@@ -29,15 +29,22 @@ from test_formats_end_to_end import fit_tiny_run
 from test_label_classes import notices  # noqa: F401 - the fixture
 from test_rtstruct_prediction import ORIENTATIONS, _assert_on_its_slice
 
-DCIODVFY = shutil.which("dciodvfy")
+DCIODVFY, DCENTVFY = shutil.which("dciodvfy"), shutil.which("dcentvfy")
+NO_DICOM3TOOLS = ("dicom3tools (Debian's package of dciodvfy and dcentvfy) is not installed; "
+                  "scripts/setup.sh installs it")
 NAMES = {1: "Rechter Ventrikel über die ganze Länge der Herzachse, wie ihn die Planung zeigt",  # > 64 bytes
          2: "Myo\\Myocardium", 3: "LV"}
 FAR_ORIGIN = (-249.51171875, -412.3456789, -1834.56789012)  # a table position: DS values of 10 digits
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    """dciodvfy's "Error" lines about the object at ``path`` (it writes its findings to stderr)."""
-    done = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, errors="replace", timeout=120)
+    """dciodvfy's "Error" lines about the object at ``path``: what the standard requires of its kind."""
+    return _errors(DCIODVFY, path)
+
+
+def _errors(tool: str, *paths: Path) -> list[str]:
+    """A dicom3tools validator's "Error" lines about ``paths`` (it writes its findings to stderr)."""
+    done = subprocess.run([tool, *map(str, paths)], capture_output=True, text=True, errors="replace", timeout=120)
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
 
 
@@ -50,6 +57,7 @@ def latin1_series(folder: Path) -> list[pydicom.Dataset]:
     for path in folder.glob("*.dcm"):
         header = pydicom.dcmread(path)
         header.SpecificCharacterSet, header.PatientName = "ISO_IR 100", "Müller^Jürgen"
+        header.StudyDate, header.StudyTime = "20240312", "101500"  # one study: SimpleITK dates each file
         header.save_as(path)
     return sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*.dcm")),
                   key=lambda h: int(h.InstanceNumber))
@@ -69,12 +77,20 @@ def predicted(tmp_path_factory):
     return tmp / "data", tmp / "pred" / "patient1", headers
 
 
-@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian's dicom3tools) is not installed; "
-                                             "scripts/setup.sh installs it")
+@pytest.mark.skipif(DCIODVFY is None, reason=NO_DICOM3TOOLS)
 @pytest.mark.parametrize("name", ["ct.seg.dcm", "ct.rtstruct.dcm"])
 def test_the_predicted_dicom_objects_pass_dciodvfy_without_an_error(predicted, name):
     _, pred, _ = predicted
     assert dciodvfy_errors(pred / name) == []
+
+
+@pytest.mark.skipif(DCENTVFY is None, reason=NO_DICOM3TOOLS)
+def test_the_predicted_dicom_objects_agree_with_their_series_on_patient_and_study(predicted):
+    """dcentvfy compares the patient and study of the series' files and the objects, byte for byte: a name
+    copied from a Latin-1 series stays Latin-1 where the objects' text fits it."""
+    data, pred, _ = predicted
+    files = [*sorted((data / "patient1" / "ct").glob("*.dcm")), pred / "ct.seg.dcm", pred / "ct.rtstruct.dcm"]
+    assert _errors(DCENTVFY, *files) == []
 
 
 def test_the_seg_reads_with_highdicom_as_the_nifti_prediction_its_segments_named_as_the_classes(predicted):
@@ -192,3 +208,24 @@ def test_a_series_of_several_frames_of_reference_gets_no_seg_and_is_said_so(tmp_
     assert write_dicom_seg(case, np.zeros(case.image.shape[:3], np.uint8), {1: "Liver"}, tmp_path / "pred") is None
     assert "the DICOM SEG of a prediction is not written" in notices.text
     assert "2 frames of reference" in notices.text
+
+
+def _latin1_patient(header: pydicom.Dataset, z: int) -> None:
+    header.SpecificCharacterSet, header.PatientName = "ISO_IR 100", "Müller^Jürgen"
+
+
+def test_a_class_name_outside_the_series_character_set_makes_the_objects_utf8(tmp_path):
+    """Wątroba (liver, in Polish) is no Latin-1 text: the objects of a Latin-1 series holding it say UTF-8,
+    the patient's name then written in UTF-8 too."""
+    case = edited_series_case(tmp_path / "data", _latin1_patient)
+    pred = np.zeros(case.image.shape[:3], np.uint8)
+    pred[1:3, 4:9, 5:11] = 1
+    for write in (write_dicom_seg, write_dicom_rtstruct):
+        written = write(case, pred, {1: "Wątroba"}, tmp_path / "pred")
+        ds = pydicom.dcmread(written)
+        assert ds.SpecificCharacterSet == "ISO_IR 192" and str(ds.PatientName) == "Müller^Jürgen"
+        named = (ds.SegmentSequence[0].SegmentLabel if write is write_dicom_seg
+                 else ds.StructureSetROISequence[0].ROIName)
+        assert named == "Wątroba"
+        if DCIODVFY is not None:
+            assert dciodvfy_errors(written) == []

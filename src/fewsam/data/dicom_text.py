@@ -5,9 +5,9 @@ the rules a DICOM validator (dciodvfy) and the viewers and planning systems read
   and without the backslash, which separates the values of a multi-valued element (``left\\right``
   would read as two names), so a backslash is written as a slash (``dicom_label``);
 - text outside ASCII (a class named ``Leber``-with-umlaut, a patient name copied from a series in Latin-1 or
-  Japanese) needs a SpecificCharacterSet naming its encoding: the objects then say UTF-8 (ISO_IR 192),
-  which holds any text pydicom decoded from the series, and say none when all is ASCII, the default
-  repertoire every reader knows (``character_set``).
+  Japanese) needs a SpecificCharacterSet naming its encoding: the objects then say the series' own where
+  it holds all their text, else UTF-8 (ISO_IR 192), which holds any text pydicom decoded from the series,
+  and say none when all is ASCII, the default repertoire every reader knows (``character_set``).
 """
 
 from __future__ import annotations
@@ -30,17 +30,38 @@ def dicom_label(name: str, length: int = LO_LENGTH) -> str:
     return label.strip()
 
 
-def character_set(ds: Any, names: Iterable[str]) -> str | None:
+def character_set(ds: Any, names: Iterable[str], series: Any = None) -> str | None:
     """The SpecificCharacterSet for ``ds`` (a pydicom Dataset whose top level holds the text copied from the
-    series) holding ``names``: UTF-8 where any of that text is not ASCII, none otherwise."""
+    series) holding ``names``: none where all that text is ASCII; else the ``series``' own (its
+    SpecificCharacterSet) where it holds it all, so a name copied from the series keeps its bytes (a
+    validator comparing the object with its series, dcentvfy, compares bytes, and older planning systems
+    read only the character sets their scanners write); else UTF-8."""
     texts = [*names, *(str(element.value) for element in ds if element.VR in TEXT_VRS)]
-    return None if all(text.isascii() for text in texts) else UTF8
+    if all(text.isascii() for text in texts):
+        return None
+    return series if _holds(series, texts) else UTF8
 
 
-def set_character_set(ds: Any, names: Iterable[str]) -> None:
+def _holds(chosen: Any, texts: list[str]) -> bool:
+    """Whether one character set (``chosen``, a SpecificCharacterSet value) encodes every text; several
+    (ISO 2022 code extensions) are left to UTF-8, which holds them too."""
+    from pydicom.charset import python_encoding
+
+    codec = python_encoding.get(chosen.strip()) if isinstance(chosen, str) else None
+    if codec is None:
+        return False
+    try:
+        for text in texts:
+            text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def set_character_set(ds: Any, names: Iterable[str], series: Any = None) -> None:
     """``ds``'s SpecificCharacterSet as ``character_set`` gives it: set, or removed where the default will do
     (a value copied from the series names the series' encoding, not the one ``ds`` is written in)."""
-    chosen = character_set(ds, names)
+    chosen = character_set(ds, names, series)
     if chosen is None:
         ds.pop("SpecificCharacterSet", None)
     else:

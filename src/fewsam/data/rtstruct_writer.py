@@ -133,7 +133,7 @@ def encode_rtstruct(sources: Sequence[Any], pred: np.ndarray, names: dict[int, s
     ds.StructureSetROISequence = [_roi(value, names[value], frame_of_reference, version) for value in values]
     ds.ROIContourSequence = [_roi_contours(value, k, pred, geometry, references) for k, value in enumerate(values)]
     ds.RTROIObservationsSequence = [_observation(value) for value in values]
-    set_character_set(ds, names.values())
+    set_character_set(ds, names.values(), sources[0].get("SpecificCharacterSet"))
     return _part10_bytes(ds)
 
 

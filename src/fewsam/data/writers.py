@@ -241,7 +241,7 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
         sop_instance_uid=instance_uid, instance_number=1, manufacturer="fewsam", manufacturer_model_name="fewsam",
         software_versions=__version__, device_serial_number="none", series_description="fewsam prediction",
         omit_empty_frames=bool(pixels.any()))
-    set_character_set(seg, names.values())
+    set_character_set(seg, names.values(), sources[0].get("SpecificCharacterSet"))
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
