@@ -1,7 +1,7 @@
 """The DICOM SEG and RT structure set ``fewsam predict --rtstruct`` writes are valid DICOM by the standard's
 validator, dciodvfy (dicom3tools, installed by scripts/setup.sh), as viewers, PACS and planning systems
 need them to be: no "Error" line, on a series that tests what a real one brings (a patient name in Latin-1,
-an oblique plane far from the origin, class names longer than a LO value, with a backslash, outside
+an oblique plane at a table position, class names longer than a LO value, with a backslash, outside
 ASCII). Read back by highdicom and by plain pydicom, and by fewsam as the prediction."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ NO_DICOM3TOOLS = ("dicom3tools (Debian's package of dciodvfy and dcentvfy) is no
                   "scripts/setup.sh installs it")
 NAMES = {1: "Rechter Ventrikel über die ganze Länge der Herzachse, wie ihn die Planung zeigt",  # > 64 bytes
          2: "Myo\\Myocardium", 3: "LV"}
-FAR_ORIGIN = (-249.51171875, -412.3456789, -1834.56789012)  # a table position: DS values of 10 digits
+TABLE_POSITION = (-249.51171875, -412.3456789, -1834.56789012)  # a table position: DS values of 10 digits
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -49,11 +49,11 @@ def _errors(tool: str, *paths: Path) -> list[str]:
 
 
 def latin1_series(folder: Path) -> list[pydicom.Dataset]:
-    """A phantom series on an oblique plane far from the origin, its patient named in Latin-1 as European
+    """A phantom series on an oblique plane at a table position, its patient named in Latin-1 as European
     scanners write names; its headers in slice order."""
     images, _ = phantom_volume(np.random.default_rng(7), slices=3, shape=(64, 72))
     write_series(folder, (images * 1000).astype(np.int16), uid="1.2.826.0.1.3680043.2.1125.81",
-                 direction=ORIENTATIONS["oblique"], origin=FAR_ORIGIN, extra_tags={"0020|0052": FRAME_OF_REFERENCE})
+                 direction=ORIENTATIONS["oblique"], origin=TABLE_POSITION, extra_tags={"0020|0052": FRAME_OF_REFERENCE})
     for path in folder.glob("*.dcm"):
         header = pydicom.dcmread(path)
         header.SpecificCharacterSet, header.PatientName = "ISO_IR 100", "Müller^Jürgen"

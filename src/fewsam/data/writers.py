@@ -259,7 +259,7 @@ def _fill_slice_thickness(sources: list[Any], slice_gap: float) -> None:
 def _fill_empty_type_2(sources: list[Any]) -> None:
     """The type 2 Patient, General Study and Frame of Reference attributes a file leaves out (files written by
     scripts rather than scanners) set empty, as the standard allows them: highdicom copies them into the SEG
-    and refused the series without them."""
+    and refuses a series without them."""
     for source in sources:
         for keyword in EMPTY_IF_MISSING:
             if keyword not in source:
