@@ -205,6 +205,25 @@ def test_accepting_a_prediction_of_another_slice_size_is_a_clear_error(data, tmp
         assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
 
 
+def test_accepting_a_prediction_of_classes_this_project_lacks_is_refused_and_the_labels_stay_readable(data, tmp_path):
+    """A fit made before a class was taken out of the project predicts that class's value: accepted, the value
+    went into the case's label file, which the studio then refused to read, every slice of the case with it."""
+    project = labelled_project(data, tmp_path / "project")
+    (project / "predictions" / "fit-0001").mkdir(parents=True)
+    (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "run")}))
+    foreign = np.zeros((3, H, W), np.uint8)
+    foreign[:, 5:9, 5:9] = 9
+    (project / "predictions" / "fit-0001" / f"{case_key(CASE)}.npz").write_bytes(
+        encode_prediction(CASE, "fit-0001", foreign, np.zeros(3)))
+    with make_client(data, project) as client:
+        response = client.post("/api/accept", params={"case": CASE, "z": 1})
+        assert response.status_code == 400, response.json()
+        assert "values [9]" in response.json()["detail"] and "predict this case again" in response.json()["detail"]
+        assert client.get("/api/info").json()["cases"][0]["labelled"] == [0]
+        assert client.get("/api/slice", params={"case": CASE, "z": 0}).status_code == 200
+        assert client.post("/api/export").status_code == 200
+
+
 @pytest.mark.parametrize("code, status, words", [(errno.ENOSPC, 507, "No space left on device writing"),
                                                  (errno.EACCES, 500, "is writable")])
 def test_a_file_the_studio_cannot_write_is_a_clear_error(data, tmp_path, monkeypatch, code, status, words):

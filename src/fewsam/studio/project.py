@@ -402,6 +402,15 @@ class Project:
     def allowed_values(self) -> list[int]:
         return [0, *self.class_map.labels]
 
+    def values_outside_classes(self, label: np.ndarray) -> list[int]:
+        """The values of a slice label that are neither the background nor a class of this project: saved,
+        they would make the case's whole label file unreadable (``label_volume``)."""
+        return sorted(set(np.unique(label).tolist()) - set(self.allowed_values()))
+
+    def classes_text(self) -> str:
+        """The values a label may hold, named, as refusals list them ("0 background, 1 RV, ...")."""
+        return ", ".join(f"{v} {n}" for v, n in [(0, "background"), *sorted(self.class_map.names.items())])
+
     # --- labels ------------------------------------------------------------------------------
 
     @property
@@ -509,10 +518,9 @@ class Project:
             raise BadLabel(f"the label holds {len(raw)} bytes; a {height}x{width} slice needs {height * width} "
                            "(one class value per pixel)")
         label = np.frombuffer(raw, dtype=np.uint8).reshape(height, width)
-        bad = sorted(set(np.unique(label).tolist()) - set(self.allowed_values()))
+        bad = self.values_outside_classes(label)
         if bad:
-            known = ", ".join(f"{v} {n}" for v, n in [(0, "background"), *sorted(self.class_map.names.items())])
-            raise BadLabel(f"label values {bad} are not classes of this dataset ({known})")
+            raise BadLabel(f"label values {bad} are not classes of this dataset ({self.classes_text()})")
         return label
 
     def labelled_volume(self, case_id: str) -> np.ndarray:
@@ -641,6 +649,11 @@ class Project:
         prediction = self.prediction(case_id)
         if prediction is None:
             raise NotFound(f"there is no prediction of {case_id} to accept; fit, or predict this case, first")
+        bad = self.values_outside_classes(prediction.labels[z])
+        if bad:  # a fit made before the project's classes changed
+            raise StudioError(f"the prediction of slice {z} of {case_id} holds values {bad}, which are not classes "
+                              f"of this project ({self.classes_text()}); it was made by {prediction.fit} on other "
+                              "classes: predict this case again (or fit again), then accept")
         with self.lock:
             if self.is_labelled(case_id, z) and not replace:
                 raise Conflict(f"slice {z} of {case_id} is labelled already; accepting the prediction would replace "
