@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fewsam.errors import DataError
 from fewsam.studio.errors import StudioError
 from fewsam.studio.project import LATEST_RUN, LOG, STATE, Project, _swap_in, case_key, encode_prediction
 from test_studio_api import CASE, H, SLEEPER, W, data, make_client, painted, put, python  # noqa: F401  (data: fixture)
@@ -237,6 +238,23 @@ def test_a_file_the_studio_cannot_write_is_a_clear_error(data, tmp_path, monkeyp
         assert response.status_code == status and words in detail and "x.nii.gz" in detail
         assert "internal error" not in detail and "OSError" not in detail
         assert client.get("/api/info").json()["cases"][0]["labelled"] == []
+
+
+@pytest.mark.parametrize("classes, said", [
+    ('{"1": "liver", "01": "tumour"}', "'1' and '01' both give class 1"),
+    ('{"1": "liver", "1": "tumour"}', "'1' appears twice"),
+], ids=["one-value-two-spellings", "one-key-twice"])
+def test_a_project_classes_json_naming_one_class_twice_is_refused(data, tmp_path, classes, said):
+    """The later entry silently replaced the earlier: the studio offered one class where the user wrote two."""
+    import nibabel as nib
+
+    plain = tmp_path / "plain"
+    (plain / "images").mkdir(parents=True)
+    nib.save(nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz"), plain / "images" / "scan.nii.gz")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "classes.json").write_text(classes)
+    with pytest.raises(DataError, match=said):
+        Project(plain, tmp_path / "project")
 
 
 # --- request bodies --------------------------------------------------------------------------

@@ -789,10 +789,20 @@ CLASSES_JSON_HELP = ('write {"1": "name"}, {"classes": {"1": "name"}} or '
 CLASS_KEYS = {"name", "pixel", "min", "max", "colour", "color"}
 
 
+def refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (``json.loads``'s ``object_pairs_hook``): JSON keeps the
+    last of a repeated key without a word, so ``{"1": "liver", "1": "tumour"}`` would lose a class."""
+    keys = [key for key, _ in pairs]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:
+        raise ValueError(f"the key {repeated!r} appears twice; give each entry once")
+    return dict(pairs)
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON file that must hold an object; anything else is a DataError naming the file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=refuse_repeated_keys)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DataError(f"cannot read {path}: {err}") from None
     if not isinstance(data, dict):
@@ -831,6 +841,9 @@ def class_specs(spec: dict[str, Any], path: Path, with_background: bool = False,
             raise DataError(f"{path}: class {key} is above {largest}; classes are 1-{largest}"
                             + (" in 8-bit masks" if largest == 255 else ""))
         entry = _with_colour(entry, key, path)
+        if int(key) in out:
+            same = next(k for k in classes if k != key and str(k).strip().isdecimal() and int(k) == int(key))
+            raise DataError(f"{path}: the keys {same!r} and {key!r} both give class {int(key)}; name each class once")
         if int(key) != 0 or with_background:
             out[int(key)] = entry
     classes = [c for c in out if c != 0]
