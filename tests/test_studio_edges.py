@@ -257,6 +257,24 @@ def test_a_project_classes_json_naming_one_class_twice_is_refused(data, tmp_path
         Project(plain, tmp_path / "project")
 
 
+def test_a_class_taken_out_of_the_project_while_labels_hold_it_is_refused_at_start(data, tmp_path):
+    """Every case whose labels held the class became unreadable, and the refusal advised throwing those labels
+    away ("move it away and label this case again") where naming the class again is all it takes."""
+    import nibabel as nib
+
+    plain, project = tmp_path / "plain", tmp_path / "project"
+    (plain / "images").mkdir(parents=True)
+    nib.save(nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz"), plain / "images" / "scan.nii.gz")
+    project.mkdir()
+    (project / "classes.json").write_text('{"1": "liver", "2": "tumour", "3": "vessel", "4": "cyst"}')
+    Project(plain, project).save_slice("scan", 0, painted((1, 2, 3)))
+    (project / "classes.json").write_text('{"1": "liver", "2": "tumour"}')
+    with pytest.raises(StudioError, match="no longer names class 3 'vessel', which the labels of scan hold"):
+        Project(plain, project)
+    (project / "classes.json").write_text('{"1": "liver", "2": "tumour", "3": "vessel"}')  # cyst: painted nowhere
+    assert Project(plain, project).labelled() == {"scan": [0]}
+
+
 # --- request bodies --------------------------------------------------------------------------
 
 

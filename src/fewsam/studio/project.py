@@ -225,6 +225,15 @@ def read_save_journal(path: Path) -> LabelSave | None:
                           "while unlabelled), then start the studio again") from None
 
 
+def recorded_classes(state: Path) -> dict[int, str]:
+    """The classes PROJECT/labelled.json records the labels were painted with; none when it cannot say."""
+    try:
+        classes = json.loads(state.read_text(encoding="utf-8"))["classes"]
+        return {int(value): str(name) for value, name in classes.items() if str(value).isdecimal()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def listed_slices(state: Path, case_id: str) -> set[int]:
     """The slices of a case that PROJECT/labelled.json lists on disk now; none when it cannot be read."""
     try:
@@ -315,6 +324,7 @@ class Project:
         self._absent: dict[str, list[int]] = {}  # labelled cases the dataset no longer holds (see _read_state)
         self.moved_from: Path | None = None  # the dataset's folder when the labels were made, if it moved since
         self._labelled = self._read_state()
+        self._refuse_removed_classes_in_use()
         read_save_journal(self.folder / SAVE_JOURNAL)  # checked now, finished once served (finish_interrupted_save)
         if self.moved_from is not None:
             self._write_state()  # the labels now belong to this folder
@@ -435,6 +445,42 @@ class Project:
         for case_id, zs in slices.items():
             self._check_recorded_slices(path, case_id, zs)
         return slices
+
+    def _refuse_removed_classes_in_use(self) -> None:
+        """Refuse at start a class map that lacks a class the saved labels still hold (taken out of
+        PROJECT/classes.json after labelling): each case holding it could not be read, and the refusal
+        per case would send the user to relabel it, where naming the class again is all it takes. Only
+        when labelled.json records classes that are gone are the label files read, to see which hold
+        them: a class painted nowhere may be taken out."""
+        removed = {value: name for value, name in recorded_classes(self.folder / STATE).items()
+                   if value not in self.class_map.names}
+        if not removed:
+            return
+        held = {case_id: self._held_values(case_id, set(removed)) for case_id in self._labelled}
+        holding = sorted((case_id for case_id, values in held.items() if values), key=natural_key)
+        if not holding:
+            return
+        gone = sorted(set().union(*held.values()))
+        named_in = self.folder / "classes.json"
+        where = named_in if named_in.is_file() else f"the classes of {self.data}"
+        classes = ", ".join(f"{value} {removed[value]!r}" for value in gone)
+        cases = ", ".join(holding[:5]) + (f" and {len(holding) - 5} more" if len(holding) > 5 else "")
+        them = "them" if len(gone) > 1 else "it"
+        raise StudioError(f"{where} no longer names class{'es' if len(gone) > 1 else ''} {classes}, which the labels "
+                          f"of {cases} hold; name {them} again there (classes may be added or renamed, and taken "
+                          "out once no label holds them), then start the studio again")
+
+    def _held_values(self, case_id: str, values: set[int]) -> set[int]:
+        """Which of ``values`` the studio's label file of a case holds (none for a file that cannot be read:
+        that is named when the case is opened, ``label_volume``)."""
+        case = self.load_case(case_id)
+        if not prediction_path(case, self.labels_dir).is_file():
+            return set()
+        try:
+            volume = read_prediction(case, self.labels_dir)
+        except DataError:
+            return set()
+        return values & set(np.unique(volume).tolist())
 
     def _check_moved_here(self, recorded: Path, slices: dict[str, set[int]]) -> None:
         """Accept a project whose dataset was moved or copied (with its project, to another disk or
