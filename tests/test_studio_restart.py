@@ -79,6 +79,29 @@ def test_a_fit_stopped_with_the_studio_is_shown_after_a_restart_and_resumes(data
     assert "resumed job-0001 as job-0002" in (project / "studio.log").read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("original_kept", [False, True], ids=["moved", "copied"])
+def test_a_fit_interrupted_in_a_project_moved_or_copied_since_resumes_in_the_folder_served(data, tmp_path,
+                                                                                           original_kept):
+    """The job read back kept the paths of the folder it was started in: a moved project's fit could not be
+    resumed ("its fit folder is gone"), and a copied one's was resumed into the other copy, outside the
+    project the studio serves."""
+    import shutil
+
+    original, served = tmp_path / "project", tmp_path / "elsewhere" / "project"
+    fit_until_the_studio_stops(data, original)
+    shutil.copytree(original, served)
+    if not original_kept:
+        shutil.rmtree(original)
+    with make_client(data, served, worker_argv=python(STOPPABLE_FIT)) as client:
+        job = client.get("/api/job").json()
+        assert (job["state"], job["step"], job["resumable"]) == ("interrupted", 3, True), job
+        assert client.post("/api/job/resume").status_code == 202
+        done = wait_for_job(client)
+        assert done["state"] == "done" and Path(done["result"]["fit_dir"]) == served / "fits" / "fit-0001", done
+    if original_kept:
+        assert sorted(p.name for p in (original / "jobs").iterdir()) == ["job-0001"]
+
+
 def test_a_fit_cancelled_before_a_restart_is_not_offered_for_resuming(data, tmp_path):
     project = tmp_path / "project"
     fit_until_the_studio_stops(data, project)

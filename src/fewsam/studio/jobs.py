@@ -155,6 +155,7 @@ class JobRunner:
         spec, record = _read_json(folder / "job.json"), _read_json(folder / "status.json") or {}
         if not is_job_spec(spec):
             return None
+        spec = in_project(spec, self.folder.parent)
         started = (folder / "job.json").stat().st_mtime
         if record.get("state") == "failed" and str(spec.get("kind", "fit")) == "fit":
             job = Job(folder.name, "fit", folder, Ended(), spec, started=started)
@@ -378,6 +379,24 @@ def is_job_spec(spec: dict[str, Any] | None) -> bool:
     if not spec or spec.get("kind", "fit") not in ("fit", "predict"):
         return False
     return spec.get("kind", "fit") == "predict" or isinstance(spec.get("fit_dir"), str)
+
+
+PROJECT_PATHS = ("fit_dir", "run")  # the paths of a job spec that lie in its project folder
+
+
+def in_project(spec: dict[str, Any], project: Path) -> dict[str, Any]:
+    """A job spec read back from ``project``'s jobs folder, its paths in the project folder (``PROJECT_PATHS``)
+    moved to ``project``: a project moved or copied since the job started would otherwise have it resumed,
+    and shown, from the folder it was started in, outside the project served (or not at all, once gone)."""
+    started_in = spec.get("project")
+    if not isinstance(started_in, str) or Path(started_in) == project:
+        return spec
+    moved: dict[str, Any] = {**spec, "project": str(project)}
+    for key in PROJECT_PATHS:
+        value = spec.get(key)
+        if isinstance(value, str) and Path(started_in) in Path(value).parents:
+            moved[key] = str(project / Path(value).relative_to(started_in))
+    return moved
 
 
 def resumable(job: Job) -> bool:
