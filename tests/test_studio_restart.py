@@ -22,7 +22,8 @@ import pytest
 from fewsam.errors import FewsamError, RunError
 from fewsam.studio.errors import for_the_page
 from fewsam.studio.project import LATEST_RUN
-from test_studio_api import SLEEPER, data, make_client, painted, put, python, wait_for_job  # noqa: F401  (data: fixture)
+from test_studio_api import (FINISHER, SLEEPER, data, make_client, painted, put, python,  # noqa: F401  (data: fixture)
+                             wait_for_job)
 from test_studio_browser import wait_until
 
 # The start of a stand-in fit worker: started again with "resumes" in its spec it finishes at once and says
@@ -100,6 +101,25 @@ def test_a_fit_interrupted_in_a_project_moved_or_copied_since_resumes_in_the_fol
         assert done["state"] == "done" and Path(done["result"]["fit_dir"]) == served / "fits" / "fit-0001", done
     if original_kept:
         assert sorted(p.name for p in (original / "jobs").iterdir()) == ["job-0001"]
+
+
+def test_a_fit_of_a_project_moved_since_predicts_from_the_folder_served(data, tmp_path):
+    """PROJECT/latest_run.json names the fit's run by the path it was fitted in: after a move, Predict sent the
+    worker to a folder that is gone (or, for a copy, to the other copy's run)."""
+    import shutil
+
+    original, served = tmp_path / "project", tmp_path / "elsewhere" / "project"
+    with make_client(data, original, worker_argv=python(FINISHER)) as client:
+        assert put(client, painted()).status_code == 200
+        assert client.post("/api/fit", json={"steps": 2}).status_code == 202
+        assert wait_for_job(client)["state"] == "done"
+    served.parent.mkdir()
+    shutil.move(original, served)
+    with make_client(data, served, worker_argv=python(FINISHER)) as client:
+        run = served / "fits" / "fit-0001" / "run"
+        assert Path(client.get("/api/info").json()["latest_fit"]["run"]) == run
+        assert client.post("/api/predict", json={"all_cases": True}).status_code == 202
+        assert Path(json.loads((served / "jobs" / "job-0002" / "job.json").read_text())["run"]) == run
 
 
 def test_a_fit_cancelled_before_a_restart_is_not_offered_for_resuming(data, tmp_path):

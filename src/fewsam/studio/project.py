@@ -282,6 +282,16 @@ def is_run_record(record: object) -> bool:
     return isinstance(fit, str) and isinstance(run, str) and fit not in ("", ".", "..") and Path(fit).name == fit
 
 
+def run_in_project(record: dict[str, Any], project: Path) -> Path:
+    """The run of the fit PROJECT/latest_run.json names. A studio fit's run is PROJECT/fits/<fit>/run, recorded by
+    the path it was fitted in: in a project moved or copied since, that path is the run's old place (gone,
+    or the other copy's), and the run is the one in ``project``. A run recorded elsewhere is kept as it is."""
+    recorded = Path(record["run"])
+    if recorded.parts[-3:] == (FITS, record["fit"], "run"):
+        return project / FITS / record["fit"] / "run"
+    return recorded
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One case's prediction from a fit: (D, H, W) label values and each slice's mean entropy."""
@@ -735,7 +745,7 @@ class Project:
             raise StudioError(unreadable_run_record(path, str(err))) from None
         if not is_run_record(record):
             raise StudioError(unreadable_run_record(path, 'it does not name a fit as {"fit": ..., "run": ...}'))
-        return record
+        return {**record, "run": str(run_in_project(record, self.folder))}
 
     def prediction_file(self, fit: str, case_id: str) -> Path:
         return self.folder / PREDICTIONS / fit / f"{case_key(case_id)}.npz"
