@@ -275,6 +275,25 @@ def test_a_class_taken_out_of_the_project_while_labels_hold_it_is_refused_at_sta
     assert Project(plain, project).labelled() == {"scan": [0]}
 
 
+def test_a_dataset_file_the_studio_may_not_read_is_named_as_the_datasets(data, tmp_path, monkeypatch):
+    """A scan made unreadable while the studio runs was answered "check that the project folder ... is
+    writable": the advice for the folder the studio writes, not for the dataset it reads."""
+    scan = data / "imagesTr" / f"{CASE}_0000.nii.gz"
+
+    refusals = ((PermissionError(errno.EACCES, "Permission denied", str(scan)), "give the studio read access"),
+                (FileNotFoundError(errno.ENOENT, "No such file or directory", str(scan)), "restore it"))
+    for error, advice in refusals:
+        def refuse(self, case_id, with_label=True, error=error):
+            raise error
+
+        with make_client(data, tmp_path / "project") as client:
+            monkeypatch.setattr(type(client.app.state.project.dataset), "load", refuse)
+            response = client.get("/api/slice", params={"case": CASE, "z": 0})
+        detail = response.json()["detail"]
+        assert response.status_code == 500 and f"could not read {scan} of the dataset" in detail, detail
+        assert advice in detail and "writable" not in detail, detail
+
+
 # --- request bodies --------------------------------------------------------------------------
 
 

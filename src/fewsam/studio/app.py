@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fewsam.config import DEFAULT_CACHE
-from fewsam.errors import FewsamError, disk_full_message, is_disk_full, is_out_of_memory
+from fewsam.errors import FewsamError, disk_full_message, is_disk_full, is_not_permitted, is_out_of_memory
 from fewsam.studio.errors import (StudioError, again, for_the_page, request_memory_message, status_of,
                                   studio_folders)
 from fewsam.studio.jobs import JobRunner, WorkerArgv, worker_argv
@@ -201,7 +201,7 @@ def _add_error_handlers(app: FastAPI, log: ProjectLog) -> None:
         blocker = in_the_way(exc, folder)
         if blocker is not None:
             return JSONResponse({"detail": in_the_way_message(blocker, kind)}, status_code=409)
-        return JSONResponse({"detail": os_error_message(exc, folder, kind)},
+        return JSONResponse({"detail": os_error_message(exc, folder, kind, app.state.project.data)},
                             status_code=507 if is_disk_full(exc) else 500)
 
     @app.exception_handler(Exception)
@@ -285,14 +285,18 @@ def in_the_way_message(blocker: Path, kind: str) -> str:
     return f"{blocker} is {what}; the studio did not put it there: move it out of the project folder, {again(kind)}"
 
 
-def os_error_message(exc: OSError, project: Path, kind: str = "request") -> str:
+def os_error_message(exc: OSError, project: Path, kind: str = "request", data: Path | None = None) -> str:
     """A file the studio could not read or write, as the page shows it: what failed, where, what to do. A
     full disk is said as a job's is (``for_the_page``): a request writes only into the project folder (the
-    embedding cache is the workers'), which is named when the error names no file."""
+    embedding cache is the workers'), which is named when the error names no file. A file of the dataset
+    ``data`` is one the studio only reads, so only reading it is advised on."""
     where = f" ({exc.filename})" if exc.filename else ""
     reason = exc.strerror or str(exc)
     if is_disk_full(exc):
         return for_the_page(disk_full_message(exc), kind, studio_folders(str(project)))
+    if data is not None and isinstance(exc.filename, str) and data in Path(exc.filename).parents:
+        advice = "give the studio read access to it" if is_not_permitted(exc) else f"restore it in the dataset {data}"
+        return f"the studio could not read {exc.filename} of the dataset: {reason}; {advice}, {again(kind)}"
     return (f"the studio could not read or write a file{where}: {reason}; check that the project folder "
             f"{project} is writable (and the dataset readable), then try again")
 
