@@ -103,6 +103,22 @@ def test_a_fit_interrupted_in_a_project_moved_or_copied_since_resumes_in_the_fol
         assert sorted(p.name for p in (original / "jobs").iterdir()) == ["job-0001"]
 
 
+def test_a_fit_interrupted_before_its_dataset_and_project_moved_resumes_on_the_dataset_served(data, tmp_path):
+    """The resumed fit predicted its cases from the dataset's old folder, gone since the move."""
+    import shutil
+
+    original_data, moved = tmp_path / "data", tmp_path / "elsewhere"
+    shutil.copytree(data, original_data)
+    fit_until_the_studio_stops(original_data, tmp_path / "project")
+    moved.mkdir()
+    for folder in ("data", "project"):
+        shutil.move(tmp_path / folder, moved / folder)
+    with make_client(moved / "data", moved / "project", worker_argv=python(STOPPABLE_FIT)) as client:
+        assert client.post("/api/job/resume").status_code == 202
+        assert wait_for_job(client)["state"] == "done"
+    assert json.loads((moved / "project" / "jobs" / "job-0002" / "job.json").read_text())["data"] == str(moved / "data")
+
+
 def test_a_fit_of_a_project_moved_since_predicts_from_the_folder_served(data, tmp_path):
     """PROJECT/latest_run.json names the fit's run by the path it was fitted in: after a move, Predict sent the
     worker to a folder that is gone (or, for a copy, to the other copy's run)."""

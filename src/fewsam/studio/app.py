@@ -430,8 +430,10 @@ def _add_jobs(app: FastAPI, project: Project, runner: JobRunner, settings: Studi
 
     @app.post("/api/job/resume", status_code=202)
     def resume_job() -> dict[str, Any]:
-        """The interrupted job again, with this studio's device, cache and precision."""
-        job = runner.resume({"device": settings.device, "cache": settings.cache, "precision": settings.precision})
+        """The interrupted job again, with this studio's device, cache and precision, on the dataset it serves
+        (moved since the job started, with its project, the dataset's old folder is gone)."""
+        job = runner.resume({"device": settings.device, "cache": settings.cache, "precision": settings.precision,
+                             "data": str(project.data)})
         log(f"resumed {job.spec['resumes']} as {job.id}" + (f" in {job.spec['fit_dir']}" if job.kind == "fit" else ""))
         return runner.status()
 
