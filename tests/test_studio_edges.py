@@ -225,6 +225,34 @@ def test_accepting_a_prediction_of_classes_this_project_lacks_is_refused_and_the
         assert client.post("/api/export").status_code == 200
 
 
+def predicted(project: Path, entropy: list[float]) -> None:
+    """CASE predicted (all background) by fit-0001, the latest fit, with ``entropy`` per slice."""
+    (project / "predictions" / "fit-0001").mkdir(parents=True, exist_ok=True)
+    (project / LATEST_RUN).write_text(json.dumps({"fit": "fit-0001", "run": str(project / "run")}))
+    (project / "predictions" / "fit-0001" / f"{case_key(CASE)}.npz").write_bytes(
+        encode_prediction(CASE, "fit-0001", np.zeros((3, H, W)), np.array(entropy)))
+
+
+def test_suggest_passes_over_slices_whose_entropy_is_not_a_number(data, tmp_path):
+    """A NaN entropy, met first, compared below every other value and was suggested ("entropy": null)."""
+    project = labelled_project(data, tmp_path / "project")
+    predicted(project, [0.9, float("nan"), 0.2])  # slice 0 is labelled
+    with make_client(data, project) as client:
+        answer = client.get("/api/suggest").json()
+    assert (answer["case"], answer["z"]) == (CASE, 2) and answer["entropy"] == pytest.approx(0.2), answer
+
+
+def test_suggest_while_a_newer_fit_is_named_latest_is_not_a_server_error(data, tmp_path, monkeypatch):
+    """The cases predicted were listed from one PROJECT/latest_run.json and read from the next, written by a fit
+    finishing in between, which has not predicted them yet: an assertion failed with a 500."""
+    project = labelled_project(data, tmp_path / "project")
+    predicted(project, [0.1, 0.5, 0.2])
+    monkeypatch.setattr(Project, "prediction", lambda self, case_id: None)  # what that newer fit has of them
+    with make_client(data, project) as client:
+        response = client.get("/api/suggest")
+        assert response.status_code == 404 and "nothing to suggest" in response.json()["detail"], response.json()
+
+
 @pytest.mark.parametrize("code, status, words", [(errno.ENOSPC, 507, "No space left on device writing"),
                                                  (errno.EACCES, 500, "is writable")])
 def test_a_file_the_studio_cannot_write_is_a_clear_error(data, tmp_path, monkeypatch, code, status, words):

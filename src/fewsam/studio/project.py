@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -777,13 +778,17 @@ class Project:
 
     def suggest(self) -> dict[str, Any]:
         """The unlabelled predicted slice with the highest mean predictive entropy (active learning):
-        where the model is least sure, a label teaches it most."""
+        where the model is least sure, a label teaches it most. A case listed as predicted whose prediction
+        is gone when read (a newer fit named latest in between) is passed over, and so is a slice whose
+        entropy is not a number, which ranks against nothing."""
         best: tuple[float, str, int] | None = None
         for case_id in self.predicted_cases():
             prediction = self.prediction(case_id)
-            assert prediction is not None
-            for z, value in enumerate(prediction.entropy.tolist()):
-                if not self.is_labelled(case_id, z) and (best is None or value > best[0]):
+            entropies = [] if prediction is None else prediction.entropy.tolist()
+            for z, value in enumerate(entropies):
+                if math.isnan(value) or self.is_labelled(case_id, z):
+                    continue
+                if best is None or value > best[0]:
                     best = (value, case_id, z)
         if best is None:
             raise NotFound("nothing to suggest: fit first, or predict more cases (every predicted slice is "
