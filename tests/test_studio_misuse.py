@@ -100,3 +100,12 @@ def test_a_label_of_the_wrong_shape_size_or_classes_is_refused_and_nothing_is_wr
     response = studio.put("/api/label", params={"case": CASE, "z": 0, "h": h, "w": w}, content=content)
     assert response.status_code == 422 and said in response.json()["detail"], response.json()
     assert project_files(studio) == set()
+
+
+def test_an_empty_base_revision_is_refused_as_such(studio):
+    """``&base=`` (a script that lost the revision it read) was answered "saved in another tab or window
+    after this one loaded it", which no tab had done."""
+    response = studio.put("/api/label", params={"case": CASE, "z": 0, "h": H, "w": W, "base": ""},
+                          content=painted().tobytes())
+    assert response.status_code == 422 and response.json()["detail"].startswith("base: "), response.json()
+    assert project_files(studio) == set()

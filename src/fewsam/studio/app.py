@@ -353,7 +353,8 @@ def _add_browse(app: FastAPI, project: Project) -> None:
 def _add_labels(app: FastAPI, project: Project, settings: StudioSettings, log: ProjectLog) -> None:
     @app.put("/api/label")
     async def put_label(request: Request, case: str = Query(...), z: int = Query(...), h: int = Query(..., ge=1),
-                        w: int = Query(..., ge=1), base: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+                        w: int = Query(..., ge=1),
+                        base: str | None = Query(None, min_length=1, max_length=64)) -> dict[str, Any]:
         """``base``: the slice's revision when the page loaded it (GET /api/slice); a save painted on an
         older version than the saved one (another tab saved since) is refused with 409."""
         raw = await request.body()  # capped by BodyCap as it arrives
