@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -23,6 +24,13 @@ from test_studio_api import CASE, H, SLEEPER, W, data, make_client, painted, put
 def labelled_project(data: Path, folder: Path) -> Path:
     """A project with slice 0 of CASE labelled (every class), written without a server."""
     Project(data, folder).save_slice(CASE, 0, painted())
+    return folder
+
+
+def unlabelled_scan(data: Path, folder: Path) -> Path:
+    """A NIfTI folder holding CASE's image alone, as case "scan": data whose classes PROJECT/classes.json names."""
+    (folder / "images").mkdir(parents=True)
+    nib.save(nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz"), folder / "images" / "scan.nii.gz")
     return folder
 
 
@@ -274,11 +282,7 @@ def test_a_file_the_studio_cannot_write_is_a_clear_error(data, tmp_path, monkeyp
 ], ids=["one-value-two-spellings", "one-key-twice"])
 def test_a_project_classes_json_naming_one_class_twice_is_refused(data, tmp_path, classes, said):
     """The later entry silently replaced the earlier: the studio offered one class where the user wrote two."""
-    import nibabel as nib
-
-    plain = tmp_path / "plain"
-    (plain / "images").mkdir(parents=True)
-    nib.save(nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz"), plain / "images" / "scan.nii.gz")
+    plain = unlabelled_scan(data, tmp_path / "plain")
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "classes.json").write_text(classes)
     with pytest.raises(DataError, match=said):
@@ -288,11 +292,7 @@ def test_a_project_classes_json_naming_one_class_twice_is_refused(data, tmp_path
 def test_a_class_taken_out_of_the_project_while_labels_hold_it_is_refused_at_start(data, tmp_path):
     """Every case whose labels held the class became unreadable, and the refusal advised throwing those labels
     away ("move it away and label this case again") where naming the class again is all it takes."""
-    import nibabel as nib
-
-    plain, project = tmp_path / "plain", tmp_path / "project"
-    (plain / "images").mkdir(parents=True)
-    nib.save(nib.load(data / "imagesTr" / f"{CASE}_0000.nii.gz"), plain / "images" / "scan.nii.gz")
+    plain, project = unlabelled_scan(data, tmp_path / "plain"), tmp_path / "project"
     project.mkdir()
     (project / "classes.json").write_text('{"1": "liver", "2": "tumour", "3": "vessel", "4": "cyst"}')
     Project(plain, project).save_slice("scan", 0, painted((1, 2, 3)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,6 @@ def test_a_fit_interrupted_in_a_project_moved_or_copied_since_resumes_in_the_fol
     """The job read back kept the paths of the folder it was started in: a moved project's fit could not be
     resumed ("its fit folder is gone"), and a copied one's was resumed into the other copy, outside the
     project the studio serves."""
-    import shutil
-
     original, served = tmp_path / "project", tmp_path / "elsewhere" / "project"
     fit_until_the_studio_stops(data, original)
     shutil.copytree(original, served)
@@ -105,8 +104,6 @@ def test_a_fit_interrupted_in_a_project_moved_or_copied_since_resumes_in_the_fol
 
 def test_a_fit_interrupted_before_its_dataset_and_project_moved_resumes_on_the_dataset_served(data, tmp_path):
     """The resumed fit predicted its cases from the dataset's old folder, gone since the move."""
-    import shutil
-
     original_data, moved = tmp_path / "data", tmp_path / "elsewhere"
     shutil.copytree(data, original_data)
     fit_until_the_studio_stops(original_data, tmp_path / "project")
@@ -122,8 +119,6 @@ def test_a_fit_interrupted_before_its_dataset_and_project_moved_resumes_on_the_d
 def test_a_fit_of_a_project_moved_since_predicts_from_the_folder_served(data, tmp_path):
     """PROJECT/latest_run.json names the fit's run by the path it was fitted in: after a move, Predict sent the
     worker to a folder that is gone (or, for a copy, to the other copy's run)."""
-    import shutil
-
     original, served = tmp_path / "project", tmp_path / "elsewhere" / "project"
     with make_client(data, original, worker_argv=python(FINISHER)) as client:
         assert put(client, painted()).status_code == 200
