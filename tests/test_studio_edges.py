@@ -322,6 +322,26 @@ def test_a_dataset_file_the_studio_may_not_read_is_named_as_the_datasets(data, t
         assert advice in detail and "writable" not in detail, detail
 
 
+def test_a_dataset_label_the_studio_may_not_read_leaves_its_image_open_for_labelling(data, tmp_path, monkeypatch):
+    """A label file the user may not read (another user's, on a shared dataset) failed every request on its case,
+    where a label that cannot be decoded leaves the image open to be labelled here."""
+    with make_client(data, tmp_path / "project") as client:
+        dataset = client.app.state.project.dataset
+        load = type(dataset).load
+        refused = data / "labelsTr" / f"{CASE}.nii.gz"
+
+        def without_access_to_labels(self, case_id, with_label=True):
+            if with_label:
+                raise PermissionError(errno.EACCES, "Permission denied", str(refused))
+            return load(self, case_id, with_label=False)
+
+        monkeypatch.setattr(type(dataset), "load", without_access_to_labels)
+        answer = client.get("/api/slice", params={"case": CASE, "z": 0})
+        assert answer.status_code == 200, answer.json()
+        assert answer.json()["dataset_label"] is None and str(refused) in answer.json()["dataset_label_error"]
+        assert put(client, painted()).status_code == 200
+
+
 # --- request bodies --------------------------------------------------------------------------
 
 

@@ -405,12 +405,12 @@ class Project:
 
     def _load_for_labelling(self, case_id: str) -> Case:
         """A case with its dataset label, or without it where that label cannot be read (a mask of another
-        size, blurred edges outside the coding): a broken label is a reason to label the image here, not to
-        refuse to open it. Why it was left out is kept for the page (``label_error``); an image that cannot
-        be read is refused as before."""
+        size, blurred edges outside the coding, a file this user may not read): a broken label is a reason to
+        label the image here, not to refuse to open it. Why it was left out is kept for the page
+        (``label_error``); an image that cannot be read is refused, by the load without the label."""
         try:
             return painted_whole(self.dataset.load(case_id), self.data)
-        except DataError as err:
+        except (DataError, OSError) as err:
             case = self.dataset.load(case_id, with_label=False)
             self._label_errors[case_id] = (f"the dataset's own label of {case_id} cannot be read, so it is not "
                                            f"shown; label the image here instead ({err})")
