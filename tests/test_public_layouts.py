@@ -657,6 +657,49 @@ def test_h5_volumes_are_cut_along_their_depth_first_or_last_and_a_prediction_equ
     assert scores["mean"]["dice"] == pytest.approx(1.0)
 
 
+def test_a_volume_stored_otherwise_than_most_of_its_h5_set_is_refused_not_cut_across_its_slices(tmp_path):
+    """Three LA-like volumes store their depth last, one stores it first: cut along the others' last axis, its
+    slices would be cuts across its real ones. Reading it is refused in one line naming the file and the axes;
+    the others read as before. A dataset.json naming the first axis as the depth refuses the others instead."""
+    import h5py
+    from conftest import assert_one_line_error, run_fewsam
+
+    ids = ["case1", "case2", "case3", "case4"]
+    h5_volume_set(tmp_path / "data", ids)
+    odd = tmp_path / "data" / "2018LA_Seg_Training Set" / "case4" / "mri_norm2.h5"
+    h5_volume(odd, 9, depth_first=True)
+    ds = open_dataset(tmp_path / "data")
+    assert ds.load("case1").image.shape == (5, 12, 10)
+    for read in (ds.load, ds.num_slices):
+        with pytest.raises(DataError, match=f"{odd}: .*shape \\(5, 12, 10\\) stands out along its first axis.*"
+                                            "along their last \\(as most of its volumes show\\)"):
+            read("case4")
+    (tmp_path / "pred").mkdir()
+    with h5py.File(odd, "r") as source, h5py.File(tmp_path / "pred" / "case4.h5", "w") as pred:
+        pred["pred"] = source["label"][()]
+    assert_one_line_error(run_fewsam("evaluate", "--pred", str(tmp_path / "pred"), "--data", str(tmp_path / "data"),
+                                     "--split", "test", cwd=tmp_path), f"{odd}: its volume of shape (5, 12, 10)")
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps({"depth_axis": "first"}))
+    declared = open_dataset(tmp_path / "data")
+    assert declared.load("case4").image.shape == (5, 12, 10)
+    with pytest.raises(DataError, match="along their first \\(as .*dataset.json declares\\)"):
+        declared.load("case1")
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_the_depth_axis_a_dataset_json_names_cuts_volumes_whose_shapes_show_none(tmp_path, axis):
+    """Cubes show no depth, so the last axis would be taken; the axis ``"depth_axis"`` in root's dataset.json
+    names is the one they are cut along, and an axis it cannot name is refused naming the key."""
+    ids = ["case1", "case2", "case3"]
+    stored = h5_volume_set(tmp_path, ids, shape=(6, 6, 6))
+    (tmp_path / "dataset.json").write_text(json.dumps({"depth_axis": ["first", "middle", "last"][axis]}))
+    case = open_dataset(tmp_path).load("case3")
+    np.testing.assert_allclose(case.image[2], np.take(stored["case3"], 2, axis=axis))
+    (tmp_path / "dataset.json").write_text(json.dumps({"depth_axis": "z"}))
+    with pytest.raises(DataError, match="dataset.json: 'depth_axis' is 'z'; name the axis"):
+        open_dataset(tmp_path)
+
+
 def test_ssl4mis_3d_test_predictions_of_left_atrium_volumes_are_read_in_the_h5_files_order(tmp_path):
     """SSL4MIS's 3D ``test_all_case`` saves each LA prediction with nibabel in the h5 file's (x, y, z) order,
     ``Nifti1Image(prediction.astype(np.float32), np.eye(4))``: read in SimpleITK's reversed order, it would be

@@ -8,10 +8,13 @@ UA-MT (MC-Net, BCP...) keep the left atrium (2018 Atrial Segmentation Challenge)
     root/train.list  test.list  [val.list]   (or .txt): one case per line
 
 A case is named as the list files name it: its folder where that holds its one h5 file, else the file's name
-without the ``_norm`` its preprocessing added (``image0001``). The volumes are cut into slices along their depth
-(``depth_axis_of``): the last axis, as LA and Pancreas-CT store it, unless the volumes' shapes show another axis
+without the ``_norm`` its preprocessing added (``image0001``). The volumes are cut into slices along their depth:
+the axis a ``dataset.json`` in root names (``{"depth_axis": "first"}``; ``declared_depth_axis``), else
+``depth_axis_of``: the last axis, as LA and Pancreas-CT store it, unless the volumes' shapes show another axis
 standing out from two in-plane axes of about one length, as SSL4MIS' ACDC and BraTS volumes and many users' own
-files store it first (D, H, W): cut along their last axis, those would give H x D slices. Predictions are
+files store it first (D, H, W): cut along their last axis, those would give H x D slices. A volume whose own
+shape stands out along another axis than the one taken is refused (``_depth_axis_for``), never cut across its
+slices. Predictions are
 ``<case>.h5``, key ``pred``, in the image's own axis order. ``test`` is test.list:
 these datasets' labelled held-out cases; ``train`` is train.list and ``val`` val.list, else drawn from
 train.list's cases (``adopt_list_splits``), so that no validation case is trained on. The files carry no
@@ -30,7 +33,7 @@ import numpy as np
 
 from fewsam.data.readers.acdc_h5 import h5_image_and_label, h5_image_shape
 from fewsam.data.readers.common import (Entry, Read, computed_splits, files_below, list_file_in, natural_sorted,
-                                        read_list_lines, to_image_array, to_label_array)
+                                        read_json_object, read_list_lines, to_image_array, to_label_array)
 from fewsam.data.readers.sam_arrays import ClassesFromValues
 from fewsam.errors import DataError
 from fewsam.progress import say_once
@@ -43,6 +46,9 @@ LAST = 2
 # be the depth: LA's 112 x 112 x 80 crops and ACDC's 10 x 256 x 216 volumes stand out, a cube does not
 STANDS_OUT = 1.25
 AXIS_NAMES = ("first", "middle", "last")
+DATASET_JSON = "dataset.json"
+DEPTH_AXIS_KEY = "depth_axis"
+DEPTH_AXIS_HELP = f'write {{"{DEPTH_AXIS_KEY}": "first"}} ("first", "middle" or "last") in {DATASET_JSON} beside the lists'
 
 
 def _list_files(root: Path) -> dict[str, Path]:
@@ -103,6 +109,23 @@ def depth_axis_of(shapes: Iterable[tuple[int, ...]]) -> tuple[int, Counter[int |
     return (LAST if votes[LAST] == best else max(votes, key=votes.__getitem__)), shown
 
 
+def declared_depth_axis(root: Path) -> int | None:
+    """The axis root's dataset.json names as the volumes' depth (``"depth_axis"``: "first", "middle", "last"),
+    None where there is no such key: volumes whose proportions show no depth (cubes) or a set whose files
+    disagree are cut as their owner says, the same way by every command."""
+    path = root / DATASET_JSON
+    if not path.is_file():
+        return None
+    spec = read_json_object(path)
+    if DEPTH_AXIS_KEY not in spec:
+        return None
+    value = spec[DEPTH_AXIS_KEY]
+    if value not in AXIS_NAMES:
+        raise DataError(f"{path}: {DEPTH_AXIS_KEY!r} is {value!r}; name the axis the volumes are cut along: "
+                        f"{DEPTH_AXIS_HELP}")
+    return AXIS_NAMES.index(value)
+
+
 def _say_depth_axis(root: Path, taken: int, shown: Counter[int | None]) -> None:
     """The axis taken, said once unless every volume shows its last axis as the depth (as LA's and Pancreas-CT's
     do): a user whose volumes are cut across their slices reads here which axis was taken, and why."""
@@ -123,6 +146,7 @@ class H5VolumeDataset(ClassesFromValues):
                "standing out, else the last); predictions: <case>.h5, key 'pred' in the image's axis order")
 
     def __init__(self, root: Path) -> None:
+        self.declared_axis = declared_depth_axis(root)
         cases = _cases(root)
         entries = [Entry(case_id=case, image=path, label=path, rel_path=f"{case}.h5", subject=case)
                    for case, path in cases.items()]
@@ -133,21 +157,40 @@ class H5VolumeDataset(ClassesFromValues):
 
     @cached_property
     def depth_axis(self) -> int:
-        """The axis every volume is cut along (``depth_axis_of``), from the volumes' shapes as their headers say."""
+        """The axis every volume is cut along: the one dataset.json declares, else ``depth_axis_of`` the volumes'
+        shapes as their headers say."""
+        if self.declared_axis is not None:
+            return self.declared_axis
         axis, shown = depth_axis_of(h5_image_shape(entry.image, NEEDS) for entry in self.entries.values())
         _say_depth_axis(self.root, axis, shown)
         return axis
 
+    def _depth_axis_for(self, path: Path, shape: tuple[int, ...]) -> int:
+        """The dataset's depth axis, for one volume of ``shape`` whose own proportions do not contradict it: one
+        standing out along another axis (``odd_axis``) is stored otherwise than the rest, and cut along the
+        dataset's axis its slices would be cuts across its real ones, trained on and scored as if right."""
+        axis = self.depth_axis
+        own = odd_axis(shape)
+        if own is not None and own != axis:
+            why = (f"as {self.root / DATASET_JSON} declares" if self.declared_axis is not None
+                   else "as most of its volumes show")
+            raise DataError(f"{path}: its volume of shape {tuple(shape)} stands out along its {AXIS_NAMES[own]} axis, "
+                            f"but the dataset's volumes are cut into slices along their {AXIS_NAMES[axis]} ({why}); "
+                            f"store its depth on the {AXIS_NAMES[axis]} axis as the others do, or name the axis all "
+                            f"share: {DEPTH_AXIS_HELP}")
+        return axis
+
     def num_slices(self, case_id: str) -> int:
-        shape = h5_image_shape(self._entry(case_id).image, NEEDS)
-        return int(shape[self.depth_axis]) if len(shape) == 3 else 1
+        path = self._entry(case_id).image
+        shape = h5_image_shape(path, NEEDS)
+        return int(shape[self._depth_axis_for(path, shape)]) if len(shape) == 3 else 1
 
     def _read(self, entry: Entry) -> Read:
         path = entry.image
         image, label = h5_image_and_label(path, entry.label is not None, NEEDS)
         if image.ndim != 3:
             raise DataError(f"{path}: 'image' must be a volume (x, y, z) or (z, y, x), got shape {image.shape}")
-        axis = self.depth_axis
+        axis = self._depth_axis_for(path, image.shape)
         image = to_image_array(np.ascontiguousarray(np.moveaxis(image, axis, 0)), path)
         if label is not None:
             label = to_label_array(np.ascontiguousarray(np.moveaxis(label, axis, 0)), path)
