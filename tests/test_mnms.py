@@ -4,6 +4,7 @@ folders as splits, and the whole chain (fit, predict, evaluate by vendor) on the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import nibabel as nib
@@ -161,10 +162,11 @@ def test_fit_predict_and_evaluate_on_the_opendataset(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- M&Ms-2: a file per view and phase, cines beside
 
 
-def mnms2(root: Path, subjects: int = 5) -> Path:
+def mnms2(root: Path, subjects: Iterable[int] = range(1, 6)) -> Path:
     """``MnM2/``: ``dataset/<id>/<id>_{SA,LA}_{ED,ES}.nii.gz`` + ``_gt`` and the 4D ``_CINE`` files of each
-    subject, and ``dataset_information.csv`` beside ``dataset/`` with its subject codes written as numbers."""
-    for number in range(1, subjects + 1):
+    subject (numbered as ``subjects``), and ``dataset_information.csv`` beside ``dataset/`` with its subject codes
+    written as numbers."""
+    for number in subjects:
         folder = root / "dataset" / f"{number:03d}"
         folder.mkdir(parents=True)
         for view, shape in (("SA", CINE[:3]), ("LA", (*CINE[:2], 1))):
@@ -179,7 +181,7 @@ def mnms2(root: Path, subjects: int = 5) -> Path:
     (root / "dataset_information.csv").write_text(
         "SUBJECT_CODE,DISEASE,VENDOR,SCANNER,FIELD\n"
         + "".join(f"{n},{'NOR' if n % 2 else 'DLV'},{'SIEMENS' if n % 2 else 'GE'},Avanto,1.5\n"
-                  for n in range(1, subjects + 1)), encoding="utf-8")
+                  for n in subjects), encoding="utf-8")
     return root
 
 
@@ -207,6 +209,17 @@ def test_mnms2_predictions_are_found_by_evaluate_and_grouped_by_vendor_and_view(
         scores = evaluate(tmp_path / "pred", root, split="all", group_by=column, show_progress=False, n_boot=10)
         assert scores["mean"]["dice"] == pytest.approx(1.0)
         assert {name: group["n"] for name, group in scores["groups"].items()} == groups
+
+
+def test_mnms2_splits_are_the_challenges_by_subject_number(tmp_path):
+    """The release divides its 360 subjects: 001-160 training, 161-200 validation, 201-360 testing. Each subject's
+    four cases go to its part, whatever drawing the other readers' rule would make."""
+    numbers = [1, 2, 159, 160, 161, 200, 201, 202, 360]
+    ds = open_dataset(mnms2(tmp_path / "MnM2", numbers) / "dataset")
+    subjects = {name: sorted({ds.subject_of(case) for case in ds.split(name)}) for name in ("train", "val", "test")}
+    assert subjects == {"train": ["001", "002", "159", "160"], "val": ["161", "200"],
+                        "test": ["201", "202", "360"]}
+    assert all(len(ds.split(name)) == 4 * len(subjects[name]) for name in subjects)
 
 
 def test_a_subject_folder_of_one_3d_frame_is_one_case(tmp_path):

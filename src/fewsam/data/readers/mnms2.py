@@ -11,8 +11,10 @@ Each view and phase of a subject is a case, named as the folder scan names it (`
 cases of their own beside the short-axis volumes, as the challenge segments both (a fit on one view takes a list
 file of its cases). The cines are no cases (said once): their labelled frames are the ED and ES files. The table,
 in the folder given or up to two above it, keyed by SUBJECT_CODE (``1`` for ``001``), gives the subjects' group
-attributes (``--group-by VENDOR``). Classes 1 = LV, 2 = Myo, 3 = RV, as M&Ms'; splits by every reader's rule, a
-subject's cases together; predictions ``<case>.nii.gz`` on each image's grid.
+attributes (``--group-by VENDOR``). Classes 1 = LV, 2 = Myo, 3 = RV, as M&Ms'. Splits are the challenge's
+(``release_part``): subjects 001-160 train, 161-200 val, 201-360 test, numbered by their folder's name; a subject
+outside those numbers trains, and where no validation subject is there, val is drawn from the training subjects by
+every reader's rule, a subject's cases together. Predictions ``<case>.nii.gz`` on each image's grid.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ SUBJECT_COLUMN = "SUBJECT_CODE"
 DATASET_FOLDER = "dataset"  # MnM2/dataset/<subject>/, beside the table
 TABLE_LEVELS_UP = 2  # the table lies beside dataset/, two levels above a subject folder
 CINES = tuple(f"{view}_CINE" for view in VIEWS)
+# The challenge's division of its 360 subjects, by number: the last of each part
+LAST_TRAINING, LAST_VALIDATION, LAST_TESTING = 160, 200, 360
 
 
 def is_subject_folder(folder: Path) -> bool:
@@ -79,6 +83,15 @@ def _say_cines_not_read(folder: Path) -> None:
                  "as they are labelled; the same in every subject folder", key="mnms2-cines")
 
 
+def release_part(subject: str) -> str:
+    """The split the challenge gives a subject, by its folder's number: "val" for 161-200, "test" for 201-360,
+    else "train", so that scores compare with the challenge's and its test subjects are never trained on."""
+    number = int(subject) if subject.isdecimal() else 0
+    if LAST_TRAINING < number <= LAST_VALIDATION:
+        return "val"
+    return "test" if LAST_VALIDATION < number <= LAST_TESTING else "train"
+
+
 class Mnms2Dataset(MnmsDataset):
     layout = "mnms2"
 
@@ -97,4 +110,6 @@ def open_mnms2(root: Path) -> Mnms2Dataset:
         say_once(f"{table.source}: M&Ms-2's table of subjects; its columns are the cases' group attributes",
                  key=f"mnms2-table-{table.source}")
     entries = [e for folder in subject_folders(root) for e in subject_entries(root, folder, table)]
-    return Mnms2Dataset(root, entries, [], (), table)
+    test = [e.case_id for e in entries if release_part(e.subject) == "test"]
+    val = tuple(e.case_id for e in entries if release_part(e.subject) == "val")
+    return Mnms2Dataset(root, entries, test, val, table)
