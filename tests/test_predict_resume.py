@@ -260,6 +260,30 @@ def test_two_predicts_into_one_out_at_once_do_not_fill_the_same_folder(fitted, t
     assert log.read_text() == "the lines of the predict at work\n"  # not a "stopped" line in its log
 
 
+def test_a_predict_through_a_symlink_to_the_out_of_one_at_work_is_refused_too(fitted, tmp_path):
+    """A symlink to --out names the same folder: its lock, finished cases and log are the real folder's, so a
+    predict through the link while one is at work in the folder is refused as a second predict into it is,
+    and, once free, writes into the folder with nothing hidden left beside the link."""
+    from fewsam.atomic import let_go, take_folder
+
+    run, data = fitted
+    out, link = tmp_path / "pred", tmp_path / "link"
+    out.mkdir()
+    link.symlink_to(out, target_is_directory=True)
+    kept = kept_folder(out)
+    kept.mkdir()
+    fd, _ = take_folder(kept)  # a predict into the folder itself at work
+    try:
+        with pytest.raises(RunError, match="another predict into .* is running"):
+            predict(run, data, link, show_progress=False)
+    finally:
+        let_go(fd)
+    assert list(out.iterdir()) == [] and list(kept.iterdir()) == []
+    predict(run, data, link, show_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{case}.h5" for case in VAL] + ["predict.log"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [link.name, out.name]
+
+
 def test_a_stopped_ray_predict_resumes_from_the_cases_its_workers_answered(fitted, tmp_path, monkeypatch):
     """The driver records each case as a worker answers it, so a stopped --ray job goes on as a local one does
     (the cluster stood in for by one that writes each case's file where a worker would)."""
@@ -298,8 +322,8 @@ def other_file_system(tmp_path: Path) -> Path:
 
 
 def test_an_out_that_links_to_another_file_system_receives_its_predictions(fitted, uninterrupted, tmp_path):
-    """--out a link to a folder on other storage (or a mount point, such as a container's volume): the finished
-    set is staged beside the link, and the kernel renames nothing across file systems, so it is copied in."""
+    """--out a link to a folder on other storage: the finished set waits beside the folder the link names, on its
+    file system, and nothing is left beside the link."""
     import shutil
 
     run, data = fitted
@@ -312,23 +336,33 @@ def test_an_out_that_links_to_another_file_system_receives_its_predictions(fitte
         assert {p.name: p.read_bytes() for p in elsewhere.iterdir() if p.name != "predict.log"} == uninterrupted
         assert "done: 3 predictions" in (elsewhere / "predict.log").read_text()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # nothing kept or staged beside --out
+        assert not list(elsewhere.parent.glob(f".{elsewhere.name}*"))
     finally:
         shutil.rmtree(elsewhere, ignore_errors=True)
 
 
-def test_a_full_disk_as_the_set_is_copied_to_another_file_system_leaves_out_as_it_was(fitted, tmp_path,
-                                                                                        monkeypatch):
+def out_on_a_mount_point(tmp_path: Path, monkeypatch) -> Path:
+    """An --out that is a mount point (a container's volume) stood in for: --out on the RAM disk, its finished
+    cases and log waiting in ``tmp_path``, on another file system, as they wait in a mount point's parent."""
+    from fewsam import resumable
+
+    out = other_file_system(tmp_path)
+    monkeypatch.setattr(resumable, "kept_folder", lambda target: tmp_path / f".{target.name}.predict-partial")
+    monkeypatch.setattr(predicting, "running_log", lambda target: tmp_path / f".{target.name}.predict.log")
+    return out
+
+
+def test_a_full_disk_as_the_set_is_copied_to_a_mount_point_leaves_out_as_it_was(fitted, uninterrupted, tmp_path,
+                                                                                  monkeypatch):
     """The copy to an --out on another file system fails on its second file (the disk there is full): --out
-    receives none of the set, and the whole set stays kept for the same command again."""
+    receives none of the set, and the whole set stays kept for the same command again, which copies it in."""
     import errno
     import shutil
 
-    from fewsam import atomic
+    from fewsam import atomic, resumable
 
     run, data = fitted
-    elsewhere = other_file_system(tmp_path)
-    out = tmp_path / "pred"
-    out.symlink_to(elsewhere, target_is_directory=True)
+    out = out_on_a_mount_point(tmp_path, monkeypatch)
     copied, real_copy = [], atomic.shutil.copyfileobj
 
     def full_on_the_second(source, target):
@@ -341,10 +375,14 @@ def test_a_full_disk_as_the_set_is_copied_to_another_file_system_leaves_out_as_i
     try:
         with pytest.raises(OSError, match="No space left"):
             predict(run, data, out, show_progress=False)
-        assert list(elsewhere.iterdir()) == []
-        assert all(kept_file(out, case).is_file() for case in VAL)
+        assert list(out.iterdir()) == []
+        assert all((resumable.kept_folder(out) / "predictions" / f"{case}.h5").is_file() for case in VAL)
+        monkeypatch.setattr(atomic.shutil, "copyfileobj", real_copy)
+        assert predict(run, data, out, show_progress=False) == [out / f"{case}.h5" for case in VAL]
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "predict.log"} == uninterrupted
+        assert list(tmp_path.iterdir()) == []  # the kept cases went in with the copy
     finally:
-        shutil.rmtree(elsewhere, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_a_run_refitted_with_other_options_and_no_other_files_is_another_predicts_identity(tmp_path):

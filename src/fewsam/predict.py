@@ -214,8 +214,10 @@ def staged_with_log(target: Target, total: int, replaced: Iterable[str]) -> Iter
     so the log is written beside --out (``running_log``, its path said as predict starts) and joins the
     predictions as OUT/predict.log when they move in. A predict that fails or is stopped leaves it
     there, its last line saying how it ended; the next predict into the same --out appends to it. A second
-    predict into --out while one is at work is refused before it writes a line to that one's log."""
-    out = target.out
+    predict into --out while one is at work is refused before it writes a line to that one's log. All of it is
+    keyed on the folder --out names, not on its spelling (a symlink to it, ``out/../out``), so that two spellings
+    of one folder share one lock and one set of finished cases rather than fill it at once."""
+    out = target.out.resolve()
     log = running_log(out)
     with kept_folder_held(out) as made, command_log(log, "predict", moved_to=out / PREDICT_LOG), \
             resumable_staging(out, made, target.identity, total, target.resume, target.overwrite,
