@@ -84,6 +84,19 @@ def kept_then_stopped_as_it_says_so(monkeypatch, run: Path, data: Path, out: Pat
     monkeypatch.setattr(resumable, "tell", stopped_as_it_says)
 
 
+def test_a_stop_before_the_first_case_of_a_run_that_encodes_nothing_offers_no_embeddings(fitted, tmp_path,
+                                                                                          monkeypatch):
+    """The U-Net predicts from pixels: Ctrl-C before its first case leaves nothing in the cache, so the stop
+    message says only that no prediction was written and that the same command starts over."""
+    run, data = fitted
+    out = tmp_path / "pred"
+    predicted_cases(monkeypatch, stop_at=0)
+    stop = stopped_after_one(monkeypatch, run, data, out)
+    line = cli.stopped_message(stop, ["fewsam", "predict", str(run), "--data", str(data), "--out", str(out)])
+    assert line.startswith("interrupted; no prediction was written") and "start over" in line, line
+    assert "embedding" not in line and "cache" not in line, line
+
+
 def test_the_same_command_again_predicts_only_the_cases_a_stopped_predict_had_not_finished(
         fitted, uninterrupted, tmp_path, monkeypatch, caplog):
     run, data = fitted

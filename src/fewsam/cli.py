@@ -810,9 +810,9 @@ def stopped_message(stop: Stopped, argv: list[str]) -> str:
     """What a command stopped by Ctrl-C or SIGTERM says: fit, embed, demo and predict pick up where
     they stopped, except a fit stopped before its first checkpoint, whose new run folder was removed and
     which can only start again from the cached embeddings, and a predict stopped before its first case
-    was written, which kept no prediction, only the embeddings it encoded (a run on SAM), which its next
-    run reads back; the studio, which is stopped this way, keeps every saved label; the others kept
-    nothing partial and start over."""
+    was written, which kept no prediction, only the embeddings it encoded where its run encodes any (a run
+    on SAM, not a U-Net student: ``Stopped.encodes``), which its next run reads back; the studio, which is
+    stopped this way, keeps every saved label; the others kept nothing partial and start over."""
     command = next((a for a in argv[1:] if not a.startswith("-")), "")
     if stop.written is not None:  # the stop came as the finished outputs moved in, which completed first
         return (f"{stop.how} as the command ended: {stop.written} holds its whole output, nothing is left to do "
@@ -822,9 +822,12 @@ def stopped_message(stop: Stopped, argv: list[str]) -> str:
     log = "" if stop.log is None else f"; its log: {stop.log}"
     if stop.kept is not None:  # a predict's finished cases, kept beside --out
         return f"{stop.how}; {stop.kept}{log}"
-    if command == "predict":  # stopped before its first case; hours of encoding are kept in the cache
+    if command == "predict" and stop.encodes:  # stopped before its first case; hours of encoding are kept
         return (f"{stop.how}; no prediction was written (the folder is written whole, at the end), but the "
                 f"embeddings encoded so far are kept in the cache: the same command again encodes only the rest{log}")
+    if command == "predict":  # stopped before its first case of a run that encodes nothing
+        return (f"{stop.how}; no prediction was written (the folder is written whole, at the end): run the same "
+                f"command again to start over{log}")
     if command in RESUMABLE_COMMANDS and stop.run_removed:
         return (f"{stop.how}; nothing was fitted yet, so the run folder was removed (any embeddings computed so far "
                 "are kept in the cache): run the same command again to start the fit")

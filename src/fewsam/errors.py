@@ -48,6 +48,8 @@ class Stopped(BaseException):
         self.log: str | None = None
         # set by ``resumable.resumable_staging``: what a stopped predict kept, and the command that goes on from it
         self.kept: str | None = None
+        # set by ``predict`` for a run whose predictions need no encoder: no embeddings were cached to offer
+        self.encodes = True
 
     @property
     def how(self) -> str:

@@ -36,7 +36,7 @@ from fewsam.data.readers.common import check_finite
 from fewsam.data.types import Case, ClassMap, Dataset
 from fewsam.devices import check_device
 from fewsam.embedded import CaseSlices
-from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError
+from fewsam.errors import CacheError, DataError, FewsamError, ModelError, RunError, Stopped
 from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.models.precision import FP32, EncoderPrecision, check_precision_name, resolve_precision
 from fewsam.models.registry import load_model
@@ -103,48 +103,62 @@ def predict(
     run_dir, out = Path(run_dir), Path(out)
     config = check_run(run_dir)
     method = get_method(config.get("method"))
-    dataset = open_for_run(data, config)
-    check_rtstruct(rtstruct, dataset)
-    case_ids = split_cases(dataset, split, "--split")
-    if not case_ids:
-        raise DataError(f"split {split or DEFAULT_SPLIT} of {data} is empty")
-    check_output_folder(out, dataset, overwrite)
-    if refine not in ("never", "always", "if-better"):
-        raise RunError(f"refine must be never, always or if-better, not {refine!r}")
-    if refine != "never":
-        from fewsam.methods.samatch.refine import check_refinable
-
-        check_refinable(run_dir, config)
-    _check_class_map(config, dataset.class_map.to_json(), data, dataset.has_any_label())
     pixels_only = method.predicts_from_pixels(run_dir)
-    if refine != "never" or not pixels_only:
-        check_cache_folder(cache_root, data)
-    encoder = _encoder_precision(precision, device, needs_encoder=refine != "never" or not pixels_only)
-    refined = refine == "always" or (refine == "if-better" and
-                                     _refinement_chosen(run_dir, config, cache_root, encoder, device,
-                                                        show_progress))
-    names = run_class_names(config, dataset) if save_probabilities else None
-    seg_names = run_class_names(config, dataset) if dataset.format == "dicom" else None
-    target = Target(out, overwrite, resume, prediction_identity(out, run_dir, data, split, case_ids, refined, encoder,
-                                                                 device, names is not None, rtstruct))
-    if ray is not None:
-        if not pixels_only or refined:
-            prepare_encoder_for_workers(config, cache_root, encoder, device)
-        return _predict_on_ray(ray, ray_workers, run_dir, data, target, case_ids, cache_root, encoder, device,
-                               show_progress, refined, pixels_only and not refined, names, seg_names, rtstruct)
-    predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
-    if names is not None:
-        check_probabilities(predictor, config)
-    replaced: list[str] = []  # read only when the staged files move in: filled once every case is written
-    with staged_with_log(target, len(case_ids), replaced) as kept:
+    encodes = refine != "never" or not pixels_only
+    with stops_say_what_is_cached(encodes):
+        dataset = open_for_run(data, config)
+        check_rtstruct(rtstruct, dataset)
+        case_ids = split_cases(dataset, split, "--split")
+        if not case_ids:
+            raise DataError(f"split {split or DEFAULT_SPLIT} of {data} is empty")
+        check_output_folder(out, dataset, overwrite)
+        if refine not in ("never", "always", "if-better"):
+            raise RunError(f"refine must be never, always or if-better, not {refine!r}")
+        if refine != "never":
+            from fewsam.methods.samatch.refine import check_refinable
+
+            check_refinable(run_dir, config)
+        _check_class_map(config, dataset.class_map.to_json(), data, dataset.has_any_label())
+        if encodes:
+            check_cache_folder(cache_root, data)
+        encoder = _encoder_precision(precision, device, needs_encoder=encodes)
+        refined = refine == "always" or (refine == "if-better" and
+                                         _refinement_chosen(run_dir, config, cache_root, encoder, device,
+                                                            show_progress))
+        names = run_class_names(config, dataset) if save_probabilities else None
+        seg_names = run_class_names(config, dataset) if dataset.format == "dicom" else None
+        target = Target(out, overwrite, resume, prediction_identity(out, run_dir, data, split, case_ids, refined,
+                                                                     encoder, device, names is not None, rtstruct))
+        if ray is not None:
+            if not pixels_only or refined:
+                prepare_encoder_for_workers(config, cache_root, encoder, device)
+            return _predict_on_ray(ray, ray_workers, run_dir, data, target, case_ids, cache_root, encoder, device,
+                                   show_progress, refined, pixels_only and not refined, names, seg_names, rtstruct)
+        predictor, cache = case_predictor(run_dir, config, dataset, refined, cache_root, encoder, device)
         if names is not None:
-            say_probability_stage(predictor, run_dir)
-        left = [case_id for case_id in case_ids if case_id not in kept.finished]
-        for case_id, parts in tracked_with_parts(left, "predict", "slice", show_progress):
-            rel = predict_case_file(dataset, case_id, predictor, cache, device, kept.files, parts, names, seg_names,
-                                    rtstruct)
-            kept.finish(case_id, case_files(kept.files, rel, names is not None, seg_names is not None, rtstruct))
-        return all_predicted(kept, case_ids, out, replaced, names is not None, seg_names is not None)
+            check_probabilities(predictor, config)
+        replaced: list[str] = []  # read only when the staged files move in: filled once every case is written
+        with staged_with_log(target, len(case_ids), replaced) as kept:
+            if names is not None:
+                say_probability_stage(predictor, run_dir)
+            left = [case_id for case_id in case_ids if case_id not in kept.finished]
+            for case_id, parts in tracked_with_parts(left, "predict", "slice", show_progress):
+                rel = predict_case_file(dataset, case_id, predictor, cache, device, kept.files, parts, names,
+                                        seg_names, rtstruct)
+                kept.finish(case_id, case_files(kept.files, rel, names is not None, seg_names is not None, rtstruct))
+            return all_predicted(kept, case_ids, out, replaced, names is not None, seg_names is not None)
+
+
+@contextmanager
+def stops_say_what_is_cached(encodes: bool) -> Iterator[None]:
+    """A stop in the block tells its message whether the run encodes slices (``Stopped.encodes``): only the
+    embeddings of one that does (a SAM run, a refinement) are in the cache for the same command again; one
+    that predicts from pixels alone (a U-Net student) has nothing there to offer."""
+    try:
+        yield
+    except Stopped as stop:
+        stop.encodes = encodes
+        raise
 
 
 WITH_PROBABILITIES = f" and their class probabilities (*{PROBABILITIES_ENDING})"
