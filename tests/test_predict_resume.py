@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,34 @@ def test_a_predict_into_a_long_out_leaves_the_kept_cases_and_log_of_one_that_beg
     assert again == VAL[1:]
     assert "1 of 3 predictions are kept in" in (out / "predict.log").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, other.name]
+
+
+def test_what_an_earlier_fewsam_left_beside_a_long_out_under_its_plain_name_is_cleared(fitted, tmp_path, caplog):
+    """Earlier releases named the hidden folders beside a long --out by its first 64 characters alone: a
+    killed writer's staging there is removed as today's are, and finished cases kept there for this --out
+    (their journal names it) are removed and said; those a long --out that begins alike kept are left."""
+    from fewsam.atomic import ABANDONED_GRACE_S, HIDDEN_NAME_KEPT
+
+    run, data = fitted
+    out, other = (tmp_path / f"predictions_acdc_fewshot_3cases_seed0_val_mirrored_refined_2026_12_07_{end}"
+                  for end in "ab")
+    plain = f".{out.name[:HIDDEN_NAME_KEPT]}"
+    staging, kept = tmp_path / f"{plain}.partial-0123abcd", tmp_path / f"{plain}.predict-partial"
+    staging.mkdir()
+    old = time.time() - 2 * ABANDONED_GRACE_S
+    os.utime(staging, (old, old))
+    (kept / "predictions").mkdir(parents=True)
+    (kept / "predictions" / f"{VAL[0]}.h5").write_bytes(b"an earlier prediction")
+    for owner in (other, out):
+        (kept / "finished.json").write_text(json.dumps({"identity": {"out": str(owner)},
+                                                        "finished": {VAL[0]: [f"{VAL[0]}.h5"]}}))
+        caplog.clear()
+        caplog.set_level("INFO", logger="fewsam")
+        predict(run, data, out, show_progress=False, overwrite=True)
+        assert not staging.exists()
+        assert kept.is_dir() == (owner == other)
+        assert any(f"removed {kept}" in m for m in caplog.messages) == (owner == out), caplog.messages
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
 def test_two_predicts_into_one_out_at_once_do_not_fill_the_same_folder(fitted, tmp_path):

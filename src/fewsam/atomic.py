@@ -380,6 +380,13 @@ def hidden_name(name: str, suffix: str) -> str:
     return f".{_kept_part(name)}{suffix}"
 
 
+def all_hidden_names(name: str, suffix: str) -> list[str]:
+    """``hidden_name`` and, for a NAME over ``HIDDEN_NAME_KEPT`` characters, also its plain form without the
+    digest (NAME cut at ``HIDDEN_NAME_KEPT``), which fewsam's earlier releases wrote: what those left beside a
+    long --out is cleared by the same cleanups rather than stay for good under a name nothing looks for."""
+    return list(dict.fromkeys([hidden_name(name, suffix), f".{name[:HIDDEN_NAME_KEPT]}{suffix}"]))
+
+
 def _kept_part(name: str) -> str:
     """``name`` itself when it fits in ``HIDDEN_NAME_KEPT`` characters, else its beginning (readable in a
     listing) and ``-`` and the digest of all of it, ``HIDDEN_NAME_KEPT`` characters in all. The digest
@@ -507,12 +514,14 @@ def remove_abandoned(folder: Path, prefix: str, suffix: str = "") -> None:
 
 def remove_abandoned_stagings(out: Path) -> None:
     """The staging folders (``staged_folder``) that killed writers left beside ``out``."""
-    remove_abandoned(out.parent, hidden_name(out.name, ".partial-"))
+    for prefix in all_hidden_names(out.name, ".partial-"):
+        remove_abandoned(out.parent, prefix)
 
 
 def remove_abandoned_temporaries(path: Path) -> None:
     """The temporary files (``atomic_write``) that writers killed while writing ``path`` left beside it."""
-    remove_abandoned(path.parent, hidden_name(path.name, "."), TEMPORARY_SUFFIX)
+    for prefix in all_hidden_names(path.name, "."):
+        remove_abandoned(path.parent, prefix, TEMPORARY_SUFFIX)
 
 
 def _is_temporary_name(name: str, prefix: str, suffix: str = "") -> bool:

@@ -28,8 +28,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from fewsam.atomic import (LockHeld, hidden_name, let_go, make_parents, move_in_whole, remove_abandoned_stagings,
-                           remove_if_empty, take_folder)
+from fewsam.atomic import (LockHeld, all_hidden_names, hidden_name, let_go, make_parents, move_in_whole,
+                           remove_abandoned_stagings, remove_if_empty, take_folder)
 from fewsam.errors import RunError, Stopped
 from fewsam.progress import record, tell
 from fewsam.runs import config_differences, write_json
@@ -96,9 +96,31 @@ def kept_folder_held(out: Path) -> Iterator[list[Path]]:
         remove_if_empty(made)
         raise
     try:
+        remove_plain_named_kept_folder(out)
         yield made
     finally:
         let_go(lock)
+
+
+def remove_plain_named_kept_folder(out: Path) -> None:
+    """The kept folder beside a long ``out`` under the plain name ``all_hidden_names`` gives besides today's,
+    which no predict of this fewsam takes up: removed, and said, where its journal names ``out`` and no predict
+    holds it. One whose journal names another --out (a long one that begins alike) is that one's, left alone."""
+    for name in all_hidden_names(out.name, KEPT_SUFFIX)[1:]:
+        folder = out.parent / name
+        earlier = _read_journal(folder)
+        if earlier is None or earlier.identity.get("out") != str(out.resolve()):
+            continue
+        try:
+            fd, _ = take_folder(folder)
+        except (LockHeld, OSError):
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            let_go(fd)
+        tell(f"removed {folder}: the {len(earlier.finished)} predictions an earlier fewsam kept for {out}, under a "
+             "name this one does not take up")
 
 
 @contextmanager
