@@ -110,6 +110,48 @@ def test_fits_reproduce_the_recorded_numbers(tmp_path):
     assert got["samatch"]["sums"].keys() == golden["samatch"]["sums"].keys()
 
 
+def test_two_fits_on_two_threads_of_one_process_give_the_weights_each_gives_alone(tmp_path, monkeypatch, caplog):
+    """torch's generators are the process's: two fits on two threads would draw from one stream. Each thread's
+    fit, held between seeding and drawing its U-Net's weights until the other has seeded too (or a few
+    seconds have passed, when it cannot: it waits for this one), gives the weights its seed gives alone,
+    and the fit that waits says so."""
+    import threading
+
+    from conftest import write_tiny_acdc
+    from fewsam.api import FitOptions, fit
+    from fewsam.methods import supervised
+
+    data = write_tiny_acdc(tmp_path / "acdc", ["patient010_frame01", "patient011_frame01"])
+
+    def fitted(run: Path, seed: int) -> str:
+        fit("supervised", FitOptions(data=data, run=run, labeled_cases=1, seed=seed, show_progress=False),
+            supervised.SupervisedConfig(steps=2, val_every=2, image_size=32))
+        return weights_digest(run)[0]
+
+    alone = {seed: fitted(tmp_path / f"alone{seed}", seed) for seed in (0, 1)}
+    assert alone[0] != alone[1]
+    seeded = {seed: threading.Event() for seed in (0, 1)}
+    build = supervised.build_unet
+
+    def built_once_both_seeded(cfg, classes):
+        seed = int(torch.initial_seed())
+        seeded[seed].set()
+        seeded[1 - seed].wait(timeout=3)
+        return build(cfg, classes)
+
+    monkeypatch.setattr(supervised, "build_unet", built_once_both_seeded)
+    caplog.set_level("INFO", logger="fewsam")
+    together: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda s=seed: together.update({s: fitted(tmp_path / f"thread{s}", s)}))
+               for seed in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert together == alone
+    assert any("waits for it" in message for message in caplog.messages), caplog.messages
+
+
 if __name__ == "__main__" and "--record" in sys.argv:
     import tempfile
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from fewsam.methods import Method, get_method
 from fewsam.models.precision import resolve_precision
 from fewsam.models.registry import load_model
 from fewsam.predict import check_cache_folder, check_run_outside_data, predict
-from fewsam.progress import command_log, record, say_once, with_own_notices
+from fewsam.progress import command_log, record, say_once, tell, with_own_notices
 from fewsam.report import write_group_report
 from fewsam.runs import TEXT_LOG
 from fewsam.train import TrainResult, finished_result
@@ -104,7 +105,8 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
         check_cache_folder(options.cache, options.data)
     check_run_outside_data(options.run, options.data)
     # under torchrun: this rank's device; the fit seeds torch's generators, the caller's are given back
-    with ddp.distributed_fit(options) as options, callers_torch_generators(options.device):
+    with one_fit_at_a_time(options.run), ddp.distributed_fit(options) as options, \
+            callers_torch_generators(options.device):
         if spec.fit is None:
             return _record_only(spec, options, cfg)
         # Locked before the data is opened: a second fit is refused at once (under torchrun rank 0
@@ -127,6 +129,26 @@ def fit(method: str, options: FitOptions, config: Config | None = None) -> Train
                 if kept:
                     record(f"{spec.name} {kept}")
             return result
+
+
+# Held by the fit at work in this process; re-entered by the fit a fit runs itself (distill's teacher)
+_FIT_AT_WORK = threading.RLock()
+
+
+@contextmanager
+def one_fit_at_a_time(run: str | Path) -> Iterator[None]:
+    """The fits of one process run one after another: torch's generators are the process's, so two fits on
+    two threads (a notebook's, a server's) would draw from one stream, and neither's weights would follow
+    from its seed. A fit started while another is at work waits for it, and says so, naming its ``run``: the
+    line also reaches the log of the fit at work, which the waiting thread's work shares until it opens its own."""
+    if not _FIT_AT_WORK.acquire(blocking=False):
+        tell(f"another fit is at work in this process; the fit into {run} waits for it to end (torch's random "
+             "numbers are the process's, and each fit's follow from its own seed)")
+        _FIT_AT_WORK.acquire()
+    try:
+        yield
+    finally:
+        _FIT_AT_WORK.release()
 
 
 @contextmanager
