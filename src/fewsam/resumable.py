@@ -96,13 +96,13 @@ def kept_folder_held(out: Path) -> Iterator[list[Path]]:
         remove_if_empty(made)
         raise
     try:
-        remove_plain_named_kept_folder(out)
+        _remove_plain_named_kept_folder(out)
         yield made
     finally:
         let_go(lock)
 
 
-def remove_plain_named_kept_folder(out: Path) -> None:
+def _remove_plain_named_kept_folder(out: Path) -> None:
     """The kept folder beside a long ``out`` under the plain name ``all_hidden_names`` gives besides today's,
     which no predict of this fewsam takes up: removed, and said, where its journal names ``out`` and no predict
     holds it. One whose journal names another --out (a long one that begins alike) is that one's, left alone."""

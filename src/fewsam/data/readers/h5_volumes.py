@@ -48,7 +48,8 @@ STANDS_OUT = 1.25
 AXIS_NAMES = ("first", "middle", "last")
 DATASET_JSON = "dataset.json"
 DEPTH_AXIS_KEY = "depth_axis"
-DEPTH_AXIS_HELP = f'write {{"{DEPTH_AXIS_KEY}": "first"}} ("first", "middle" or "last") in {DATASET_JSON} beside the lists'
+DEPTH_AXIS_HELP = (f'write {{"{DEPTH_AXIS_KEY}": "first"}} ("first", "middle" or "last") in {DATASET_JSON} beside '
+                   "the lists")
 
 
 def _list_files(root: Path) -> dict[str, Path]:
