@@ -169,6 +169,28 @@ def test_a_series_its_contours_would_miss_gets_no_structure_set_and_is_said(tmp_
     assert "the RT structure set of a prediction is not written" in notices.text and said in notices.text
 
 
+def test_a_tilted_series_says_its_tilt_and_how_far_its_nifti_prediction_lies_off(tmp_path, notices):
+    """ITK stacks a gantry-tilted CT's slices along their normal: the user hears the tilt, that the NIfTI
+    prediction lies on the untilted stack (its last slice off by the shear) and that the SEG is exact."""
+    from test_dicom_validity import edited_series_case
+
+    shift = 0.37
+    case = edited_series_case(tmp_path / "data", _shifted_across(shift))
+    depth, gap = case.image.shape[0], float(pydicom.dcmread(case.meta["source_files"][0]).SliceThickness)
+    said = [r.getMessage() for r in notices.records if "gantry tilt" in r.getMessage()]
+    assert len(said) == 1
+    assert f"tilted {np.degrees(np.arctan2(shift, gap)):.3g} degrees" in said[0]
+    assert f"last slice {shift * (depth - 1):.3g} mm from where its file places it" in said[0]
+    assert "SEG beside it" in said[0] and "exact" in said[0]
+
+
+def test_slice_positions_rounded_in_their_files_are_no_tilt(tmp_path, notices):
+    from test_dicom_validity import edited_series_case
+
+    edited_series_case(tmp_path / "data", _shifted_across(0.001))
+    assert "gantry tilt" not in notices.text
+
+
 def test_slice_positions_rounded_in_their_files_still_get_a_structure_set(tmp_path):
     from test_dicom_validity import edited_series_case
 

@@ -40,7 +40,6 @@ EMPTY_IF_MISSING = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
                     "StudyID", "AccessionNumber", "ReferringPhysicianName",
                     "PositionReferenceIndicator")  # type 2: present, if empty
 RTSTRUCT_SERIES_NUMBER = 9002  # beside the SEG's 9001: a viewer lists the prediction apart from the scanner's
-OFF_GRID_PIXELS = 0.1  # how far (in pixels) a slice's file may place it from where the series' grid has it
 
 
 @dataclass(frozen=True)
@@ -147,18 +146,14 @@ def check_one_frame_of_reference(sources: Sequence[Any]) -> None:
 
 
 def _check_slices_on_grid(sources: Sequence[Any], geometry: SeriesGeometry) -> None:
-    """A ValueError where a slice's file (ImagePositionPatient) places it more than ``OFF_GRID_PIXELS`` from
-    where the series' grid has it: the contours are placed on the grid (the NIfTI's, stacking the slices
-    along their normal), so on a series whose slices shift across their plane from one to the next (a
-    gantry-tilted CT) they would miss the images they reference. Multi-frame files (positions in their
-    functional groups) are left as they are."""
+    """A ValueError where a slice's file (ImagePositionPatient) places it off the series' grid
+    (``SeriesGeometry.slices_off_grid``): the contours are placed on the grid (the NIfTI's, stacking the
+    slices along their normal), so on a gantry-tilted CT they would miss the images they reference.
+    Multi-frame files (positions in their functional groups) are left as they are."""
     if len(sources) < 2 or any("ImagePositionPatient" not in source for source in sources):
         return
-    positions = np.array([[float(v) for v in source.ImagePositionPatient] for source in sources])
-    on_grid = geometry.patient_points(np.column_stack([np.zeros((len(sources), 2)), np.arange(len(sources))]))
-    off = np.linalg.norm(positions - on_grid, axis=1)
-    pixel = float(np.linalg.norm(geometry.axes[:, :2], axis=0).min())
-    if off.max() > OFF_GRID_PIXELS * pixel:
+    off = geometry.slices_off_grid(np.array([[float(v) for v in source.ImagePositionPatient] for source in sources]))
+    if off is not None:
         worst = int(off.argmax())
         raise ValueError(f"slice {worst + 1} lies {off[worst]:.3g} mm from where the series' slices, stacked along "
                          "their normal, would place it (a gantry tilt?), and its contours would miss it")

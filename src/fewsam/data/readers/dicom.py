@@ -65,6 +65,7 @@ from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, Rea
                                         files_below, natural_sorted, one_hot_to_indices, to_label_array)
 from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, dicom_header, frame_header
 from fewsam.data.readers.dicom_labels import KINDS, LabelObject, label_objects_by_case
+from fewsam.data.readers.dicom_rtstruct import SeriesGeometry
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
 from fewsam.data.readers.png_folder import is_image_name
@@ -364,6 +365,7 @@ def read_series(folder: Path, names: list[str] | None = None) -> sitk.Image:
     check_slice_order_known(positions, [_tag_numbers(reader, i, INSTANCE_NUMBER) for i in range(len(names))],
                             names, folder)
     check_slice_spacing(positions, image.GetDirection(), folder)
+    say_if_tilted(positions, image, folder)
     if image.GetDepth() == 1:
         x, y, _ = image.GetSpacing()
         image.SetSpacing((x, y, single_slice_thickness(reader, folder)))
@@ -625,6 +627,24 @@ def check_slice_spacing(positions: list[list[float] | None], direction: tuple[fl
                         f"after slice {first + 1} of {len(positions)}, typical {typical:.4g} mm): a slice "
                         "file is missing, or two share a position (echoes or time points in one series); "
                         "restore the missing files or put each volume in its own folder")
+
+
+def say_if_tilted(positions: list[list[float] | None], image: sitk.Image, folder: Path) -> None:
+    """Tell the user where a series' slices shift across their plane from one to the next (a gantry-tilted
+    CT, ``SeriesGeometry.slices_off_grid``): ITK stacks them along their normal, so the NIfTI prediction,
+    written on that grid, lies off the slices by the shear, growing slice by slice. Each slice's
+    segmentation is its own and right; the DICOM SEG beside it places each frame by its file's position.
+    The image is not resampled: that would change the pixels the model segments."""
+    if len(positions) < 2 or any(p is None or len(p) != 3 for p in positions):
+        return
+    geometry = SeriesGeometry.of_grid(image)
+    off = geometry.slices_off_grid(np.asarray(positions, dtype=np.float64))
+    if off is None:
+        return
+    say_once(f"{folder}: its DICOM slices are tilted {geometry.tilt_degrees(np.asarray(positions)):.3g} degrees "
+             f"(a gantry tilt); its NIfTI prediction is placed on the untilted stack of its slices, its last slice "
+             f"{off[-1]:.3g} mm from where its file places it; the DICOM SEG beside it places each slice by its "
+             "file's own position and is exact")
 
 
 def _image_array(image: sitk.Image, folder: Path) -> np.ndarray:

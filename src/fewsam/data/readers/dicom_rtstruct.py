@@ -68,6 +68,7 @@ RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 CLOSED_PLANAR = "CLOSED_PLANAR"
 AROUND_THE_PATIENT = re.compile(r"(external|body|skin|outline)[\s_-]*\d*|couch.*")  # on ``name_key``
 AROUND_THE_PATIENT_TYPES = {"EXTERNAL", "SUPPORT"}  # RTROIInterpretedType of the body outline and the couch
+OFF_GRID_PIXELS = 0.1  # how far (in pixels) a slice's file may place it from where the series' grid has it
 INDEX_DECIMALS = 6  # voxel indices are rounded to a millionth: a vertex on a centre or border is on it
 HALF_SLICE = 0.5
 CONTOUR_DATA = 0x30060050
@@ -325,6 +326,24 @@ class SeriesGeometry:
     def patient_points(self, indices: np.ndarray) -> np.ndarray:
         """Continuous (x, y, z) indices (N, 3) as patient coordinates in mm."""
         return self.origin + np.asarray(indices, dtype=np.float64) @ self.axes.T
+
+    def slices_off_grid(self, positions: np.ndarray) -> np.ndarray | None:
+        """How far (mm) each slice's file (its ImagePositionPatient, ``positions`` (N, 3) in slice order) places
+        it from where this grid, stacking the slices along their normal, has it; None where every slice lies
+        within ``OFF_GRID_PIXELS`` of its place (rounding in the files). A gantry-tilted CT, its slices shifted
+        across their plane from one to the next, lies off the grid the further the later its slice."""
+        on_grid = self.patient_points(np.column_stack([np.zeros((len(positions), 2)), np.arange(len(positions))]))
+        off = np.linalg.norm(np.asarray(positions, dtype=np.float64) - on_grid, axis=1)
+        pixel = float(np.linalg.norm(self.axes[:, :2], axis=0).min())
+        return off if off.max() > OFF_GRID_PIXELS * pixel else None
+
+    def tilt_degrees(self, positions: np.ndarray) -> float:
+        """The angle between the slices' normal and the way the files' positions step from the first slice to
+        the last (``positions`` (N, 3), N > 1): a gantry tilt."""
+        step = np.asarray(positions[-1], dtype=np.float64) - np.asarray(positions[0], dtype=np.float64)
+        normal = self.axes[:, 2] / np.linalg.norm(self.axes[:, 2])
+        cosine = abs(float(step @ normal)) / float(np.linalg.norm(step))
+        return math.degrees(math.acos(min(cosine, 1.0)))
 
 
 def filled(contours: list[np.ndarray], height: int, width: int) -> np.ndarray:
