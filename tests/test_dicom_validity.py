@@ -229,3 +229,24 @@ def test_a_class_name_outside_the_series_character_set_makes_the_objects_utf8(tm
         assert named == "Wątroba"
         if DCIODVFY is not None:
             assert dciodvfy_errors(written) == []
+
+
+LONG = "Lymph node level " + "x" * 60  # two names differing past 64 bytes
+
+
+@pytest.mark.parametrize("names", [{1: "a\\b", 2: "a/b"}, {1: "a/b", 2: "a\\b"},
+                                   {1: LONG + " left", 2: LONG + " right"}],
+                         ids=["backslash-first", "slash-first", "alike-in-64-bytes"])
+def test_class_names_alike_as_dicom_labels_get_distinct_labels_that_read_back_as_their_classes(tmp_path, names):
+    """Two class names one DICOM label (a backslash written as a slash, a cut to 64 bytes) would give two
+    segments or ROIs of one name, which planning systems refuse and readers merge into one class."""
+    case = edited_series_case(tmp_path / "data", lambda header, z: None)
+    pred = np.zeros(case.image.shape[:3], np.uint8)
+    pred[1:3, 4:9, 5:11], pred[2:4, 12:18, 3:8] = 1, 2
+    for write, folder in ((write_dicom_seg, "seg"), (write_dicom_rtstruct, "rtstruct")):
+        ds = pydicom.dcmread(write(case, pred, names, tmp_path / folder))
+        labels = ([item.SegmentLabel for item in ds.SegmentSequence] if write is write_dicom_seg
+                  else [item.ROIName for item in ds.StructureSetROISequence])
+        assert len({label.casefold() for label in labels}) == len(names)
+        assert all(len(label.encode()) <= 64 and "\\" not in label for label in labels)
+        np.testing.assert_array_equal(read_prediction(case, tmp_path / folder, ClassMap(names)), pred)

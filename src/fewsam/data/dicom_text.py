@@ -3,7 +3,8 @@ the rules a DICOM validator (dciodvfy) and the viewers and planning systems read
 
 - a class name is a LO value (a segment's or an ROI's name): at most 64 characters (bytes, in UTF-8),
   and without the backslash, which separates the values of a multi-valued element (``left\\right``
-  would read as two names), so a backslash is written as a slash (``dicom_label``);
+  would read as two names), so a backslash is written as a slash (``dicom_label``), and names that then
+  coincide are numbered apart (``unique_dicom_labels``);
 - text outside ASCII (a class named ``Leber``-with-umlaut, a patient name copied from a series in Latin-1 or
   Japanese) needs a SpecificCharacterSet naming its encoding: the objects then say the series' own where
   it holds all their text, else UTF-8 (ISO_IR 192), which holds any text pydicom decoded from the series,
@@ -12,7 +13,7 @@ the rules a DICOM validator (dciodvfy) and the viewers and planning systems read
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 LO_LENGTH = 64  # characters (and bytes) of a Long String value
@@ -28,6 +29,36 @@ def dicom_label(name: str, length: int = LO_LENGTH) -> str:
     while len(label.encode()) > length:
         label = label[:-1]
     return label.strip()
+
+
+def unique_dicom_labels(names: Sequence[str]) -> list[str]:
+    """The ``dicom_label`` of each of ``names`` (in class order), none two alike as readers match names (letter
+    case and surrounding spaces aside, ``name_key``): a planning system refuses a structure set with two ROIs
+    of one name, and a reader (fewsam's too) takes two segments of one name for one class. A name that is a
+    label as it stands keeps it; one the label changed (a backslash, more than 64 bytes) and that then
+    equals an earlier label is numbered " (2)", " (3)"..., within the 64 bytes, so the same classes get the
+    same labels in every case and a reader maps each back to its class."""
+    from fewsam.data.readers.slicer_segmentation import name_key
+
+    labels = [dicom_label(name) for name in names]
+    kept = [name_key(label) == name_key(name) for name, label in zip(names, labels, strict=True)]
+    taken = {name_key(label) for label, keeps in zip(labels, kept, strict=True) if keeps}
+    unique = []
+    for label, keeps in zip(labels, kept, strict=True):
+        number = 1
+        while not keeps and name_key(_numbered(label, number)) in taken:
+            number += 1
+        unique.append(label if keeps else _numbered(label, number))
+        taken.add(name_key(unique[-1]))
+    return unique
+
+
+def _numbered(label: str, number: int) -> str:
+    """``label`` as the ``number``-th of its name: itself for the first, else cut to leave room for " (n)"."""
+    if number == 1:
+        return label
+    suffix = f" ({number})"
+    return dicom_label(label, LO_LENGTH - len(suffix.encode())) + suffix
 
 
 def character_set(ds: Any, names: Iterable[str], series: Any = None) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fewsam.data.dicom_text import dicom_label, set_character_set
+from fewsam.data.dicom_text import dicom_label, set_character_set, unique_dicom_labels
 from fewsam.data.readers.dicom_rtstruct import CLOSED_PLANAR, CONTOUR_DATA, RTSTRUCT_SOP_CLASS, SeriesGeometry
 
 MM_DIGITS = 10  # significant digits of a coordinate: within the 16 characters of a DS value, sign and exponent too
@@ -129,7 +129,9 @@ def encode_rtstruct(sources: Sequence[Any], pred: np.ndarray, names: dict[int, s
     frame_of_reference = str(sources[0].FrameOfReferenceUID)
     ds.ReferencedFrameOfReferenceSequence = [_referenced_frame(sources[0], frame_of_reference, references)]
     values = sorted(names)
-    ds.StructureSetROISequence = [_roi(value, names[value], frame_of_reference, version) for value in values]
+    labels = unique_dicom_labels([names[value] for value in values])
+    ds.StructureSetROISequence = [_roi(value, label, frame_of_reference, version)
+                                  for value, label in zip(values, labels, strict=True)]
     ds.ROIContourSequence = [_roi_contours(value, k, pred, geometry, references) for k, value in enumerate(values)]
     ds.RTROIObservationsSequence = [_observation(value) for value in values]
     set_character_set(ds, names.values(), sources[0].get("SpecificCharacterSet"))
@@ -207,13 +209,13 @@ def _referenced_frame(source: Any, frame_of_reference: str, references: list[Sli
     return frame
 
 
-def _roi(value: int, name: str, frame_of_reference: str, version: str) -> Any:
+def _roi(value: int, label: str, frame_of_reference: str, version: str) -> Any:
     from pydicom.dataset import Dataset
 
     roi = Dataset()
     roi.ROINumber = value
     roi.ReferencedFrameOfReferenceUID = frame_of_reference
-    roi.ROIName = dicom_label(name)
+    roi.ROIName = label
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
     roi.ROIGenerationDescription = dicom_label(f"fewsam {version}")
     return roi

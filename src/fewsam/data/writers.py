@@ -63,7 +63,7 @@ from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image
                                       segments_as_label, to_slices, without_time_axis)
 from fewsam.data.readers.dicom_labels import label_object
 from fewsam.data.readers.dicom_rtstruct import RTSTRUCT_SOP_CLASS, SeriesGeometry
-from fewsam.data.dicom_text import dicom_label, set_character_set
+from fewsam.data.dicom_text import set_character_set, unique_dicom_labels
 from fewsam.data.readers.dicom_seg import SEG_SOP_CLASS
 from fewsam.data.readers.slicer_segmentation import SegmentClasses, name_key, segments_of
 from fewsam.data.rtstruct_writer import EMPTY_IF_MISSING, check_one_frame_of_reference, encode_rtstruct
@@ -226,10 +226,11 @@ def _encode_dicom_seg(sources: list[Any], pred: np.ndarray, names: dict[int, str
     renumbered[values] = np.arange(1, len(values) + 1)
     algorithm = hd.AlgorithmIdentificationSequence(name="fewsam", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
+    labels = unique_dicom_labels([names[value] for value in values])
     segments = [hd.seg.SegmentDescription(
-        segment_number=number, segment_label=dicom_label(names[value]), segmented_property_category=codes.SCT.Tissue,
+        segment_number=number, segment_label=label, segmented_property_category=codes.SCT.Tissue,
         segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm) for number, value in enumerate(values, start=1)]
+        algorithm_identification=algorithm) for number, label in enumerate(labels, start=1)]
     pixels = renumbered[pred]
     check_one_frame_of_reference(sources)
     _fill_slice_thickness(sources, slice_gap)
@@ -833,9 +834,12 @@ def _decode_dicom_label_object(case: Case, path: Path, segments: PredictionSegme
 
 
 def _as_dicom_spells_them(classes: SegmentClasses) -> SegmentClasses:
-    """``classes`` named also as fewsam's DICOM objects spell a class's name (``dicom_label``: a backslash as a
-    slash, cut to 64 characters), so a prediction fewsam wrote reads back whatever its classes are named."""
-    return {**{name_key(dicom_label(key)): value for key, value in classes.items()}, **classes}
+    """``classes`` named also as fewsam's DICOM objects spell a class's name (``unique_dicom_labels``: a
+    backslash as a slash, cut to 64 bytes, numbered apart where two then coincide, in class order), so a
+    prediction fewsam wrote reads back whatever its classes are named."""
+    in_class_order = sorted(classes, key=lambda key: (classes[key], key))
+    labels = unique_dicom_labels(in_class_order)
+    return {**{name_key(label): classes[key] for key, label in zip(in_class_order, labels, strict=True)}, **classes}
 
 
 def _encode_npz(case: Case, pred: np.ndarray) -> bytes:
