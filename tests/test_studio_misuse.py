@@ -109,3 +109,33 @@ def test_an_empty_base_revision_is_refused_as_such(studio):
                           content=painted().tobytes())
     assert response.status_code == 422 and response.json()["detail"].startswith("base: "), response.json()
     assert project_files(studio) == set()
+
+
+@pytest.mark.parametrize("token_query", [[("token", "wrong"), ("token", "s3cret")],
+                                         [("token", "s3cret"), ("token", "wrong")]], ids=["wrong-first", "right-first"])
+def test_a_token_given_twice_once_wrong_is_refused_whichever_comes_last(data, tmp_path, token_query):
+    """A server reading another of several values than the guard does would let a wrong token in."""
+    with make_client(data, tmp_path / "project", host="0.0.0.0", token="s3cret") as client:
+        assert client.get("/api/info", params=token_query).status_code == 401
+        assert client.get("/api/info", params=[("token", "s3cret")] * 2).status_code == 200
+        mixed = client.get("/api/info", params={"token": "s3cret"}, headers={"X-Fewsam-Token": "wrong"})
+        assert mixed.status_code == 401
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "https://127.0.0.1:8765"}, {"Origin": "http://127.0.0.1:9999"},
+                                     {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}],
+                         ids=["https-origin", "other-port", "cross-site-no-origin", "same-site-no-origin"])
+def test_a_change_from_another_origin_is_refused_by_scheme_port_or_sec_fetch_site(studio, headers):
+    """An https page is another origin than the http studio on the same host and port; a request without an
+    Origin still tells a browser's page of another site by its Sec-Fetch-Site."""
+    before = project_files(studio)
+    response = put(studio, painted(), **headers)
+    assert response.status_code == 403 and "another site" in response.json()["detail"]
+    assert project_files(studio) == before
+    assert studio.get("/api/info", headers=headers).status_code == 200  # reading is no change
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "http://127.0.0.1:8765"}, {"Sec-Fetch-Site": "same-origin"},
+                                     {"Sec-Fetch-Site": "none"}, {}])
+def test_a_change_from_the_studios_own_page_or_a_script_passes(studio, headers):
+    assert put(studio, painted(), **headers).status_code == 200

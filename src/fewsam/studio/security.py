@@ -4,9 +4,11 @@
   Host header must name a loopback host, so a web page elsewhere cannot reach the studio by DNS
   rebinding (a name that resolves to 127.0.0.1).
 - Bound to anything else (``--host 0.0.0.0``): every request must carry the random token printed
-  at start, in the ``X-Fewsam-Token`` header or the ``token`` query parameter.
+  at start, in the ``X-Fewsam-Token`` header or the ``token`` query parameter, and no other value
+  in either.
 - Any binding: a request that changes something and comes from another origin (a foreign page's
-  form or script) is refused, and a body larger than the cap is refused from its Content-Length
+  form or script: its Origin names another scheme, host or port, or, without an Origin, its
+  Sec-Fetch-Site says another site) is refused, and a body larger than the cap is refused from its Content-Length
   before it is read; a body sent without one (chunked) is counted as it arrives (``BodyCap``), for
   every endpoint, JSON ones included.
 """
@@ -26,6 +28,7 @@ TOKEN_HEADER = "x-fewsam-token"
 TOKEN_QUERY = "token"
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+FOREIGN_FETCH_SITES = {"cross-site", "same-site"}  # a page of another origin; "same-origin" and "none" (typed) are own
 
 
 def is_loopback(host: str) -> bool:
@@ -85,17 +88,34 @@ class Guard:
                          "open the address printed at start")
         if self.token and not self._has_token(request):
             return 401, "this studio needs its token: open the address printed at start (it ends in ?token=...)"
-        origin = request.headers.get("origin")
-        if request.method not in SAFE_METHODS and origin and urlsplit(origin).netloc.lower() != (host or "").lower():
-            return 403, f"requests from another site ({origin}) may not change the studio"
+        if request.method not in SAFE_METHODS and (foreign := _foreign_sender(request)) is not None:
+            return 403, f"requests from another site ({foreign}) may not change the studio"
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_upload:
             return 413, upload_too_large(self.max_upload)
         return None
 
     def _has_token(self, request: Request) -> bool:
-        given = request.headers.get(TOKEN_HEADER) or request.query_params.get(TOKEN_QUERY) or ""
-        return secrets.compare_digest(given.encode(), (self.token or "").encode())
+        """Whether the request gives the token, and nothing else where it gives one: every value of the
+        header and of the query parameter is compared, since a server reading another one than this check
+        (``?token=wrong&token=right``: the last wins in some, the first in others) would let a wrong one in."""
+        given = [*request.headers.getlist(TOKEN_HEADER), *request.query_params.getlist(TOKEN_QUERY)]
+        expected = (self.token or "").encode()
+        return bool(given) and all(secrets.compare_digest(value.encode(), expected) for value in given)
+
+
+def _foreign_sender(request: Request) -> str | None:
+    """What shows that a request comes from a page of another origin, None where nothing does: an Origin
+    header naming another scheme, host or port than the studio's own (an https page is another origin
+    than the http studio on the same port), or, where a browser sends no Origin, a Sec-Fetch-Site header
+    saying the page is of another site."""
+    origin = request.headers.get("origin")
+    if origin:
+        parts = urlsplit(origin)
+        own = (request.url.scheme, (request.headers.get("host") or "").lower())
+        return None if (parts.scheme.lower(), parts.netloc.lower()) == own else origin
+    fetch_site = request.headers.get("sec-fetch-site", "").lower()
+    return f"Sec-Fetch-Site: {fetch_site}" if fetch_site in FOREIGN_FETCH_SITES else None
 
 
 class BodyCap:
