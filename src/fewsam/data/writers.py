@@ -169,9 +169,8 @@ def write_dicom_seg(case: Case, pred: np.ndarray, names: dict[int, str], out_roo
     (AUTOMATIC), referencing the series' instances, whose headers are read here, pixels left unread.
     A series whose headers lack what a SEG must copy from them (a frame of reference: files written
     by scripts rather than scanners) gets its NIfTI only, said once; None then."""
-    slice_gap = float(case.meta["spacing"][2])
     return _write_dicom_object(case, dicom_seg_path(prediction_path(case, out_root)), "DICOM SEG",
-                               lambda sources: _encode_dicom_seg(sources, pred, names, slice_gap))
+                               lambda sources: _encode_dicom_seg(sources, pred, names, _slice_gap(case)))
 
 
 def write_dicom_rtstruct(case: Case, pred: np.ndarray, names: dict[int, str], out_root: Path) -> Path | None:
@@ -182,15 +181,20 @@ def write_dicom_rtstruct(case: Case, pred: np.ndarray, names: dict[int, str], ou
     them gets its NIfTI only, said once, as for the SEG; None then."""
     from fewsam import __version__
 
-    geometry = SeriesGeometry.of(case.meta["origin"], case.meta["spacing"], case.meta["direction"])
-
     def encoded(sources: list[Any]) -> bytes:
+        geometry = SeriesGeometry.of(case.meta["origin"], case.meta["spacing"], case.meta["direction"])
         uids = (prediction_uid(sources, pred, names, "rtstruct series"),
                 prediction_uid(sources, pred, names, "rtstruct instance"))
         return encode_rtstruct(sources, pred, names, geometry, uids, __version__)
 
     return _write_dicom_object(case, dicom_rtstruct_path(prediction_path(case, out_root)), "RT structure set",
                                encoded)
+
+
+def _slice_gap(case: Case) -> float:
+    """The series' slice spacing (mm), read only once the case is known to have DICOM sources: a case
+    without them never gets a DICOM object, whatever its other headers hold."""
+    return float(case.meta["spacing"][2])
 
 
 def _write_dicom_object(case: Case, path: Path, kind: str, encode: Callable[[list[Any]], bytes]) -> Path | None:
