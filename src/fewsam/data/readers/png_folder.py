@@ -30,8 +30,8 @@ case_id = image path relative to root without its suffix; two images that would 
 (``a.png`` and ``a.jpg``) are refused, as their predictions would share ``a.png``.
 
 Pixel codings and class maps (``classes.json`` in root overrides, see ``read_style``):
-- busi: masks 0/255 (1 also accepted) -> {1: "lesion"}; images greyscale (RGB files are
-  converted to grey).
+- busi: masks 0/255 (1 also accepted) -> {1: "lesion"}, predictions in the value the masks store
+  the lesion as (255, 1 or 16-bit 65535); images greyscale (RGB files are converted to grey).
 - fundus: mask 255 = background, 128 = disc rim, 0 = optic cup -> {1: "rim", 2: "cup"}
   (disc = rim + cup); images RGB, (1, H, W, 3).
 - prostate: mask 255 = background, 0 = prostate (inverted, as in the multisite files)
@@ -351,7 +351,8 @@ def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[
     for hint in (task, "busi" if _looks_like_busi(root, rows) else "", name):
         for word, style in (("fundus", FUNDUS), ("prostate", PROSTATE), ("busi", BUSI)):
             if word in hint:
-                return style
+                # BUSI's release stores 0/255, but copies converted to 0/1 (or saved 16-bit) are common
+                return _in_stored_foreground(style, root, rows) if style is BUSI else style
     return _palette_style(root, rows) or _generic_style(root, rows)
 
 
