@@ -4,13 +4,16 @@ or entry to fix."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_fewsam
 from PIL import Image
 
 from fewsam.data import open_dataset, write_prediction
+from fewsam.data.phantom import write_phantom_dataset
 
 
 def busi_folder(root: Path, foreground: int, dtype: type = np.uint8) -> Path:
@@ -36,3 +39,17 @@ def test_busi_masks_get_predictions_in_the_value_they_store_the_lesion_as(tmp_pa
     written = np.asarray(Image.open(write_prediction(case, case.label, tmp_path / "pred")))
     stored = np.asarray(Image.open(tmp_path / "busi" / "benign" / "benign (1)_mask.png"))
     np.testing.assert_array_equal(written, stored)
+
+
+@pytest.mark.parametrize("labels, first, second", [
+    ({"background": 0, "RV": 1, "Myo": 1, "LV": 3}, "RV", "Myo"),
+    ({"0": "background", "1": "RV", "01": "Myo", "3": "LV"}, "1", "01"),
+])
+def test_two_classes_of_one_value_in_dataset_json_are_named_not_blamed_on_the_labels(tmp_path, labels, first, second):
+    """The later entry took the value without a word: the earlier class was left out, and its voxels'
+    value was then refused as a label value "not in the class map"."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2)
+    dataset = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**dataset, "labels": labels}))
+    assert_one_line_error(run_fewsam("info", str(data), cwd=tmp_path),
+                          f"labels entries {first!r} and {second!r} both have value 1")

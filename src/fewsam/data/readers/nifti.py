@@ -944,12 +944,14 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
     if any(isinstance(value, list) for value in labels.values()):
         return with_ignore(region_class_map(labels, path), ignore, path)
     names: dict[int, str] = {}
+    entries: dict[int, str] = {}  # the entry that gave each value, to name both of two that give one value
     for key, value in labels.items():
         try:
             code, name = (int(key), str(value)) if str(key).lstrip("-").isdigit() else (int(value), key)
         except (TypeError, ValueError):
             raise DataError(f"{path}: bad labels entry {key!r}: {value!r}") from None
         _check_label_value(code, key, path)
+        _refuse_value_given_twice(code, key, entries, path)
         if code != 0 and name.strip().casefold() == "background":
             raise DataError(f"{path}: labels entry {key!r}: {value!r} gives the background the value {code}; the "
                             "background is 0 (nnU-Net's rule), and every other value a class: number the classes "
@@ -960,6 +962,16 @@ def class_map_from_labels(labels: dict[str, Any], path: Path) -> ClassMap:
         raise DataError(f"{path} defines no foreground labels; add them to 'labels'")
     check_class_names(names, path)
     return with_ignore(ClassMap(names), ignore, path)
+
+
+def _refuse_value_given_twice(code: int, key: str, entries: dict[int, str], path: Path) -> None:
+    """Two labels entries of one value (a typo such as {"RV": 1, "Myo": 1, "LV": 3}) would leave the
+    earlier class out of the class map without a word, and the files' voxels of the value meant for it
+    would be blamed on the labels; records ``key`` as the entry of ``code``."""
+    if code in entries:
+        raise DataError(f"{path}: labels entries {entries[code]!r} and {key!r} both have value {code}; give each "
+                        "class a value of its own (the background 0, the classes 1, 2, ...)")
+    entries[code] = key
 
 
 def _check_label_value(code: int, key: str, path: Path) -> None:
