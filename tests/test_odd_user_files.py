@@ -5,15 +5,19 @@ or entry to fix."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_fewsam
 from PIL import Image
+from typer.testing import CliRunner
 
+from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.phantom import write_phantom_dataset
+from fewsam.errors import FewsamError
 
 
 def busi_folder(root: Path, foreground: int, dtype: type = np.uint8) -> Path:
@@ -53,3 +57,23 @@ def test_two_classes_of_one_value_in_dataset_json_are_named_not_blamed_on_the_la
     (data / "dataset.json").write_text(json.dumps({**dataset, "labels": labels}))
     assert_one_line_error(run_fewsam("info", str(data), cwd=tmp_path),
                           f"labels entries {first!r} and {second!r} both have value 1")
+
+
+@pytest.mark.parametrize("command", ["info", "evaluate"])
+@pytest.mark.parametrize("name", ["classes.json", "index.csv", "benign/result.json"])
+def test_a_json_given_a_new_name_in_the_dataset_is_refused_as_it_would_change_the_dataset(tmp_path, command, name):
+    """A new --json in DATA was written: named classes.json or index.csv, it became the dataset's class
+    coding or index, and every later command refused the dataset (or read other classes)."""
+    data = busi_folder(tmp_path / "busi", 255)
+    pred = tmp_path / "pred"
+    for mask in data.rglob("*_mask.png"):
+        (pred / mask.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(mask, pred / mask.parent.name / mask.name.replace("_mask", ""))
+    args = {"info": ["info", str(data)], "evaluate": ["evaluate", "--pred", str(pred), "--data", str(data), "--split",
+                                                       "all", "--quiet"]}[command]
+    before = sorted(data.rglob("*"))
+    result = CliRunner().invoke(app, [*args, "--json", str(data / name)])
+    assert isinstance(result.exception, FewsamError), result.output
+    assert f"--json {data / name} is in the dataset {data}; fewsam writes nothing into your data" in str(result.exception)
+    assert sorted(data.rglob("*")) == before
+    assert CliRunner().invoke(app, [*args, "--json", str(tmp_path / "result.json")]).exit_code == 0

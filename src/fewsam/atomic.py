@@ -247,6 +247,14 @@ def check_folder_path(path: Path, option: str, error: type[Exception] | None = N
         raise error(f"{option} {path}: {existing} is read-only; give a writable {option} folder")
 
 
+def inside_data(path: Path, data: str | Path | None) -> bool:
+    """Whether ``path`` is the data folder ``data`` or lies in it (links resolved)."""
+    if data is None or not Path(data).expanduser().is_dir():
+        return False
+    folder, target = Path(data).expanduser().resolve(), path.resolve()
+    return target == folder or folder in target.parents
+
+
 def can_write_in(folder: Path) -> bool:
     """Whether fewsam may make files in ``folder``, or in its nearest existing parent while it is not
     made yet: a cache shared on read-only storage is then read, never written."""

@@ -180,11 +180,16 @@ def refuse_a_run_file(path: Path, option: str) -> None:
 def check_not_an_input(path: Path | None, option: str, inputs: list[Path], data: Path | None = None) -> None:
     """An output file must not be one of the command's own inputs, even with --overwrite (compare's
     --json naming one of the evaluations it reads, evaluate's naming the dataset's split list): that
-    input would be lost. Every file under ``data``, the dataset folder, counts as an input."""
-    from fewsam.atomic import check_path_can_be_made
+    input would be lost. Every file under ``data``, the dataset folder, counts as an input, and a new one
+    there is refused too: fewsam writes nothing into a user's data, and a file of a name the dataset's
+    reader looks for (``classes.json``, ``index.csv``, ``splits_final.json``) would change the dataset."""
+    from fewsam.atomic import check_path_can_be_made, inside_data
 
     if path is not None:
         check_path_can_be_made(path, option, FewsamError, "file")  # first: a name too long fails every look at it
+    if path is not None and not path.exists() and inside_data(path, data):
+        raise FewsamError(f"{option} {path} is in the dataset {data}; fewsam writes nothing into your data: give "
+                          f"another {option} outside {data}")
     if path is None or not path.exists():
         return
     same = next((p for p in inputs if p is not None and p.exists() and p.samefile(path)), None)

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from fewsam.atomic import check_folder_path, check_path_can_be_made, hidden_name
+from fewsam.atomic import check_folder_path, check_path_can_be_made, hidden_name, inside_data
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
@@ -445,14 +445,6 @@ def check_run_outside_data(run: str | Path, data: str | Path | None) -> None:
     if inside_data(Path(run).expanduser(), data):
         raise RunError(f"--out {run} is inside the data folder {data}; fewsam writes nothing into your data: "
                        "give a run folder outside it")
-
-
-def inside_data(path: Path, data: str | Path | None) -> bool:
-    """Whether ``path`` is the data folder ``data`` or lies in it (links resolved)."""
-    if data is None or not Path(data).expanduser().is_dir():
-        return False
-    folder, target = Path(data).expanduser().resolve(), path.resolve()
-    return target == folder or folder in target.parents
 
 
 def dataset_folder_holding(out: Path, dataset: Dataset) -> Path | None:
