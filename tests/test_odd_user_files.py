@@ -77,3 +77,17 @@ def test_a_json_given_a_new_name_in_the_dataset_is_refused_as_it_would_change_th
     assert f"--json {data / name} is in the dataset {data}; fewsam writes nothing into your data" in str(result.exception)
     assert sorted(data.rglob("*")) == before
     assert CliRunner().invoke(app, [*args, "--json", str(tmp_path / "result.json")]).exit_code == 0
+
+
+@pytest.mark.parametrize("rows", ["phantom_001,NA\n", "phantom_001,\n", "phantom_001\n"])
+def test_a_table_whose_rows_match_but_hold_no_value_says_so_not_that_no_row_matches(tmp_path, rows):
+    """A table of the right ids whose group cells are all left out (a row ending at its id, as hand-written
+    tables leave trailing empty cells out) was refused as matching no case "by its 'case' column": the user
+    was sent to fix ids that were right. Empty and NA cells are the same to the user, and said alike."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2)
+    shutil.copytree(data / "labelsTr", tmp_path / "pred")
+    (tmp_path / "groups.csv").write_text("case,site\n" + rows)
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--data", str(data), "--split",
+                                      "val", "--attributes", str(tmp_path / "groups.csv"), "--group-by", "site"])
+    assert isinstance(result.exception, FewsamError), result.output
+    assert "no case has a value for attribute 'site'" in str(result.exception)

@@ -136,22 +136,29 @@ class AttributeTable:
 
     def row_for(self, case_id: str, subject: str, rel_path: str = "", file_names: Iterable[str] = ()
                 ) -> dict[str, Any]:
-        """The row of a case: by its id, subject, relative path, or (``file_names``) the other names a
-        user keys a table by, as a list file may (``common.listed_names``: nnU-Net's ``x_0000.nii.gz``).
-        Numbers in an id match without their leading zeros (case ``007``, row ``7``; ``patient001`` and
-        ``patient1``), where one row of the table does: Excel reads an id column of digits as numbers and
-        saves them so, which left every case below 100 of ``001``...``150`` without a row."""
+        """The row of a case (``row_key``), {} where the table has none."""
+        key = self.row_key(case_id, subject, rel_path, file_names)
+        return {} if key is None else self.rows[key]
+
+    def row_key(self, case_id: str, subject: str, rel_path: str = "", file_names: Iterable[str] = ()
+                ) -> str | None:
+        """The key of a case's row, None where the table has none: by its id, subject, relative path, or
+        (``file_names``) the other names a user keys a table by, as a list file may (``common.listed_names``:
+        nnU-Net's ``x_0000.nii.gz``). Numbers in an id match without their leading zeros (case ``007``, row
+        ``7``; ``patient001`` and ``patient1``), where one row of the table does: Excel reads an id column of
+        digits as numbers and saves them so, which left every case below 100 of ``001``...``150`` without a
+        row. A row whose every cell is empty is still the case's row: its ids matched."""
         keys = [key for key in (case_id, subject, rel_path, Path(rel_path).name, Path(rel_path).stem, *file_names)
                 if key]
         for key in keys:
             if key in self.rows:
-                return self.rows[key]
+                return key
         for key in keys:
             unpadded = self.unpadded.get(without_leading_zeros(key), ())
             if len(unpadded) == 1:
-                return self.rows[unpadded[0]]
+                return unpadded[0]
         paths = [key for key in self.aliases.get(file_stem(Path(rel_path).name), ()) if same_file(key, rel_path)]
-        return self.rows[paths[0]] if len(paths) == 1 else {}
+        return paths[0] if len(paths) == 1 else None
 
 
 def read_attribute_table(path: str | Path, key: str | None = None) -> AttributeTable:

@@ -476,7 +476,7 @@ def _join(dataset: IndexedDataset, attributes_csv: str | Path) -> None:
 
 def _matches(dataset: IndexedDataset, table: AttributeTable) -> int:
     """How many cases of ``dataset`` have a row in ``table``."""
-    return sum(bool(table.row_for(e.case_id, e.subject, e.rel_path, listed_names(dataset.root, e)))
+    return sum(table.row_key(e.case_id, e.subject, e.rel_path, listed_names(dataset.root, e)) is not None
                for e in dataset.entries.values())
 
 
