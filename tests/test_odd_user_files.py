@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_fewsam
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from fewsam.cli import app
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.phantom import write_phantom_dataset
-from fewsam.errors import FewsamError
+from fewsam.errors import DataError, FewsamError
 
 
 def busi_folder(root: Path, foreground: int, dtype: type = np.uint8) -> Path:
@@ -91,3 +92,15 @@ def test_a_table_whose_rows_match_but_hold_no_value_says_so_not_that_no_row_matc
                                       "val", "--attributes", str(tmp_path / "groups.csv"), "--group-by", "site"])
     assert isinstance(result.exception, FewsamError), result.output
     assert "no case has a value for attribute 'site'" in str(result.exception)
+
+
+def test_a_volume_with_an_axis_of_no_voxels_is_named_as_empty(tmp_path):
+    """A (176, 144, 0) image was counted as a case of 0 slices, then refused at the fit as "got (0,)":
+    a shape the file does not have."""
+    data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2)
+    path = data / "imagesTr" / "phantom_001_0000.nii.gz"
+    image = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, :0], image.affine), path)
+    with pytest.raises(DataError, match=r"phantom_001_0000.nii.gz holds no voxels \(its header gives the shape "
+                                        r"176 x 144 x 0\)"):
+        open_dataset(data).load("phantom_001")

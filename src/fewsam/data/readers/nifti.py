@@ -364,6 +364,21 @@ def stored_values(path: Path) -> np.ndarray:
 
 def _load_with_geometry(path: Path) -> tuple[Any, dict[str, Any] | None]:
     """The file as a NIfTI image, and for MetaImage / NRRD files the ITK geometry to write back on."""
+    image, geometry = _read_volume_file(path)
+    refuse_no_voxels(image, path)
+    return image, geometry
+
+
+def refuse_no_voxels(image: Any, path: Path) -> None:
+    """A volume with an axis of no voxels (a crop or an export that went wrong) has no slice to segment:
+    `fewsam info` counted it as a case of 0 slices without a word, and the fit refused it with an
+    unrelated shape."""
+    if 0 in image.shape:
+        raise DataError(f"{path} holds no voxels (its header gives the shape {' x '.join(map(str, image.shape))}); "
+                        "re-export it, or move it out of the dataset")
+
+
+def _read_volume_file(path: Path) -> tuple[Any, dict[str, Any] | None]:
     if not path.is_file():
         raise DataError(f"file {path} not found; restore it or fix dataset.json")
     if itk_ending(path.name):
