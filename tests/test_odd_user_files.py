@@ -104,3 +104,22 @@ def test_a_volume_with_an_axis_of_no_voxels_is_named_as_empty(tmp_path):
     with pytest.raises(DataError, match=r"phantom_001_0000.nii.gz holds no voxels \(its header gives the shape "
                                         r"176 x 144 x 0\)"):
         open_dataset(data).load("phantom_001")
+
+
+def test_an_index_split_column_in_capitals_or_long_words_names_fewsams_splits(tmp_path):
+    """An index.csv whose split column says Train / Validation / TEST (as many tables write it) gave splits
+    "Train", "Validation" and "TEST": no 'train' split, so no fit could take its labelled budget."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows, rng = [], np.random.default_rng(0)
+    for i, split in enumerate(["Train", "Training", "Validation", "TEST ", "holdout"]):
+        mask = np.zeros((12, 14), np.uint8)
+        mask[3:8, 2 + i:9 + i] = 255
+        Image.fromarray(rng.integers(0, 255, mask.shape, dtype=np.uint8)).save(root / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+        rows.append(f"images/c{i}.png,masks/c{i}.png,{split}")
+    (root / "index.csv").write_text("image,mask,split\n" + "\n".join(rows) + "\n")
+    ds = open_dataset(root)
+    assert [ds.split(name) for name in ("train", "val", "test", "holdout")] == [
+        ["images/c0", "images/c1"], ["images/c2"], ["images/c3"], ["images/c4"]]

@@ -42,7 +42,7 @@ import numpy as np
 
 from fewsam.data.attributes import AttributeTable, read_attribute_table
 from fewsam.data.readers import patient_frames
-from fewsam.data.readers.common import Entry, Read, classes_json_in, is_tool_folder, natural_sorted
+from fewsam.data.readers.common import Entry, Read, classes_json_in, is_tool_folder, natural_sorted, split_name
 from fewsam.data.readers.itk_volume import prediction_ending
 from fewsam.data.readers.nifti import (Grid, NiftiDataset, _label_array, _nifti_files,
                                        case_name, say_unmatched_labels)
@@ -443,7 +443,7 @@ def _adopt_split_column(dataset: CaseFolderDataset, table: AttributeTable) -> No
     unlabelled = [case for case in dataset.entries if case not in named]
     splits: dict[str, list[str]] = {}
     for case, split in named.items():
-        splits.setdefault(split, []).append(case)
+        splits.setdefault(split_name(split), []).append(case)
     splits["test"] = splits.get("test", []) + unlabelled
     dataset.splits = {name: ids for name, ids in splits.items() if ids}
     dataset.computed_splits = ()

@@ -563,6 +563,18 @@ def list_file_in(root: Path, split: str) -> Path | None:
     return next((p for p in (root / f"{split}.list", root / f"{split}.txt") if p.is_file()), None)
 
 
+SPLIT_SPELLINGS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                   "test": "test", "testing": "test"}
+
+
+def split_name(value: str) -> str:
+    """A split as a table's split column or a folder names it, in fewsam's words: "Train", "Validation",
+    "TEST" are train, val and test, which the fit's labelled budget and --val-split take by default (read
+    as written, a table of "Train" and "Val" rows had no 'train' split, and no fit could run on it);
+    other names ("fold1", "holdout") as written."""
+    return SPLIT_SPELLINGS.get(value.strip().casefold(), value.strip())
+
+
 def deterministic_split(ids: list[str], every: int = 5) -> dict[str, list[str]]:
     """Naturally sorted ids; every ``every``-th (indices every-1, 2*every-1, ...) goes to val (20%),
     and of fewer than ``every`` ids (two or more) the last one: 4 labelled volumes left no validation

@@ -93,8 +93,8 @@ from fewsam.data.attributes import (AttributeTable, csv_error_text, parse_cell, 
                                     refuse_cells_beyond_header, user_csv_rows, with_decimal_point)
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         computed_splits, files_below, ignore_value, is_data_file, natural_key,
-                                        natural_sorted, path_below, read_json_object, rounded_float_label, VAL_RULE,
-                                        with_ignore)
+                                        natural_sorted, path_below, read_json_object, rounded_float_label, split_name,
+                                        SPLIT_SPELLINGS, VAL_RULE, with_ignore)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
@@ -1065,7 +1065,7 @@ def _splits(entries: list[Entry], style: PngStyle) -> tuple[dict[str, list[str]]
     if any(e.attributes.get("split") for e in entries):
         splits: dict[str, list[str]] = {}
         for e in entries:
-            splits.setdefault(str(e.attributes.get("split") or "none"), []).append(e.case_id)
+            splits.setdefault(split_name(str(e.attributes.get("split") or "none")), []).append(e.case_id)
         return splits, None
     by_path = {e.case_id: _split_from_path(e.rel_path) for e in entries}
     if all(by_path.values()):
@@ -1098,16 +1098,12 @@ def _pathology_named(entry: Entry) -> bool:
 
 # Words of folder or file names that name a split (ISIC's ..._Training_Input, ..._Validation_Input,
 # ..._Test_Input; DRIVE's training/, test/; GlaS' train_1.bmp, testA_1.bmp)
-SPLIT_FOLDER_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                      "test": "test", "testing": "test"}
-
-
 def _split_from_words(rel_path: str) -> str:
     """The split the words of an image's folders, or else of its name, name (GlaS' ``train_1.bmp``,
     ``testA_1.bmp``); "" for none, or for two different ones."""
     path = PurePosixPath(rel_path)
     for names in (path.parts[:-1], (path.stem,)):
-        named = {SPLIT_FOLDER_WORDS[w] for name in names for w in folder_words(name) if w in SPLIT_FOLDER_WORDS}
+        named = {SPLIT_SPELLINGS[w] for name in names for w in folder_words(name) if w in SPLIT_SPELLINGS}
         if named:
             return named.pop() if len(named) == 1 else ""
     return ""
