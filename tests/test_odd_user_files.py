@@ -123,3 +123,27 @@ def test_an_index_split_column_in_capitals_or_long_words_names_fewsams_splits(tm
     ds = open_dataset(root)
     assert [ds.split(name) for name in ("train", "val", "test", "holdout")] == [
         ["images/c0", "images/c1"], ["images/c2"], ["images/c3"], ["images/c4"]]
+
+
+@pytest.mark.parametrize("layout", ["nnunet", "png index"])
+def test_a_folder_named_as_a_data_file_is_said_to_be_a_folder_not_missing(tmp_path, layout):
+    """A folder under an image's name (an export or archive unpacked under the file's name) was said as
+    "file ... not found", and the user, seeing it on disk, was told to restore what is there."""
+    if layout == "nnunet":
+        data = write_phantom_dataset(tmp_path / "data", n_train=1, n_val=1, slices=2)
+        case, path = "phantom_001", data / "imagesTr" / "phantom_001_0000.nii.gz"
+    else:
+        data = tmp_path / "data"
+        (data / "images").mkdir(parents=True)
+        mask = np.zeros((12, 14), np.uint8)
+        mask[3:8, 2:9] = 255
+        for name in ("a", "b"):
+            Image.fromarray(mask).save(data / "images" / f"{name}_mask.png")
+            Image.fromarray(np.full(mask.shape, 90, np.uint8) + mask // 4).save(data / "images" / f"{name}.png")
+        (data / "index.csv").write_text("image,mask\nimages/a.png,images/a_mask.png\nimages/b.png,images/b_mask.png\n")
+        case, path = "images/b", data / "images" / "b.png"
+    dataset = open_dataset(data)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DataError, match=f"{path} is a folder where the dataset names a file"):
+        dataset.load(case)

@@ -614,6 +614,16 @@ def _split_ids(entries: list[Entry]) -> dict[str, list[str]]:
             for name, subjects in deterministic_split(list(cases)).items()}
 
 
+def refuse_missing_file(path: Path, fix: str) -> None:
+    """A file the dataset names that is not there as a file: a folder of its name (an export or an
+    archive unpacked under the file's name) is said as such, not as a missing file the user then finds
+    on disk. ``fix``: what to do, as the layout says it."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder where the dataset names a file; {fix}")
+    if not path.is_file():
+        raise DataError(f"file {path} not found; {fix}")
+
+
 def first_line(err: Exception) -> str:
     """A library's error as one line: nibabel puts hints on lines of their own (a truncated file's
     "could the file be damaged?"), and fewsam's error messages are one line."""

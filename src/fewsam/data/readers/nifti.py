@@ -65,7 +65,8 @@ import numpy as np
 
 from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, NotClassIndices, Read, check_class_names,
                                         classes_json_in, computed_splits, first_line, ignore_value, is_data_file,
-                                        natural_sorted, one_hot_to_indices, to_label_array, with_ignore)
+                                        natural_sorted, one_hot_to_indices, refuse_missing_file, to_label_array,
+                                        with_ignore)
 from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
                                             prediction_ending, quiet_itk, ras_affine, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
@@ -379,8 +380,7 @@ def refuse_no_voxels(image: Any, path: Path) -> None:
 
 
 def _read_volume_file(path: Path) -> tuple[Any, dict[str, Any] | None]:
-    if not path.is_file():
-        raise DataError(f"file {path} not found; restore it or fix dataset.json")
+    refuse_missing_file(path, "restore it or fix dataset.json")
     if itk_ending(path.name):
         return read_as_nifti(path)
     try:

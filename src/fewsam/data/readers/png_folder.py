@@ -93,8 +93,8 @@ from fewsam.data.attributes import (AttributeTable, csv_error_text, parse_cell, 
                                     refuse_cells_beyond_header, user_csv_rows, with_decimal_point)
 from fewsam.data.readers.common import (CLASSES_JSON_HELP, Entry, IndexedDataset, Read, class_specs,
                                         computed_splits, files_below, ignore_value, is_data_file, natural_key,
-                                        natural_sorted, path_below, read_json_object, rounded_float_label, split_name,
-                                        SPLIT_SPELLINGS, VAL_RULE, with_ignore)
+                                        natural_sorted, path_below, read_json_object, refuse_missing_file,
+                                        rounded_float_label, split_name, SPLIT_SPELLINGS, VAL_RULE, with_ignore)
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.types import ClassMap, SliceRef
 from fewsam.errors import DataError
@@ -1153,8 +1153,7 @@ def _decode(path: Path, convert: Any, load: bool = True) -> Any:
     Pillow's decoders raise many exception types on damaged or foreign files (OSError,
     SyntaxError, struct.error, DecompressionBombError, ...), so all of them are caught here.
     """
-    if not path.is_file():
-        raise DataError(f"file {path} not found; restore it or fix the dataset index")
+    refuse_missing_file(path, "restore it or fix the dataset index")
     try:
         with warnings.catch_warnings():
             # the user's own large scan, not an attack: Pillow's warning on stderr would say otherwise
