@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+import fewsam.api  # noqa: F401
+import fewsam.bench  # noqa: F401
+import fewsam.predict  # noqa: F401
 from fewsam.models.sam import PreprocessInfo
+
+# The modules above bind ``load_model`` by name when first imported. Imported here, before any test, so
+# that none is first imported while a test has ``registry.load_model`` patched: it would keep the stand-in
+# after the test (monkeypatch restores only the attributes it set) and load it for every later test.
 
 # Tests that import OpenVINO themselves (pytest.importorskip) load it as fewsam does, without the
 # telemetry that forks from threads (fewsam.models.precision.import_openvino says why that hangs).
