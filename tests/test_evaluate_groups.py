@@ -82,6 +82,26 @@ def test_unknown_group_column_lists_available_attributes(png_data, monkeypatch):
         evaluate(pred, root, "test", "race", show_progress=False)
 
 
+@pytest.mark.parametrize("table, hint", [
+    (None, "available attributes: none (add --attributes CSV)"),
+    ("case,site\nphantom_000,\nphantom_001,\n", "available attributes: none: no case has a value in any column of "),
+], ids=["no-table", "a-table-without-values"])
+def test_a_group_column_without_values_says_whether_a_table_was_given(tmp_path, table, hint):
+    """With an --attributes table that has the column but no value for these cases, the hint still asked
+    the user to add the table they had given."""
+    from fewsam.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "phantom", n_train=2, n_val=1, slices=2, seed=1)  # no attributes
+    csv = None
+    if table is not None:
+        csv = tmp_path / "sites.csv"
+        csv.write_text(table)
+    (tmp_path / "pred").mkdir()
+    with pytest.raises(FewsamError) as refused:
+        evaluate(tmp_path / "pred", root, "train", "site", show_progress=False, attributes=csv)
+    assert str(refused.value) == f"no case has a value for attribute 'site'; {hint}{csv or ''}"
+
+
 def test_cli_prints_groups_and_missing_line(png_data, tmp_path):
     root, pred = png_data
     out = tmp_path / "eval.json"

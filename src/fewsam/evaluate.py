@@ -29,7 +29,8 @@ from fewsam.data.writers import (TEST_SCRIPT_ENDINGS, TEST_SCRIPT_SUFFIX, missin
                                  prediction_format, read_instead, sought_as)
 from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
-                             check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
+                             check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files,
+                             table_sources)
 from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.labels import holds_class
 from fewsam.metrics import (BOTH_EMPTY, case_metrics, group_summary, in_distance_unit, summarise,
@@ -119,7 +120,7 @@ def evaluate(
     result.update(unannotated.said())
     if group_by:
         check_bin_values(group_by, explicit, dict(zip(case_ids, case_attrs)))
-        check_group_column(group_by, (r["group"] for r in records), case_attrs)
+        check_group_column(group_by, (r["group"] for r in records), case_attrs, tables=table_sources(dataset))
         check_group_spellings(group_by, (r["group"] for r in records))
         result.update(group_summary(records, alpha=alpha, es_mode=es_mode, n_boot=n_boot))
         if binned is not None:
@@ -282,7 +283,8 @@ def check_group_attributes_early(dataset: Any, case_ids: list[str], group_by: st
     case is scored: a column no case has (a typo) was refused only once every case had been read and scored."""
     known = {cid: dataset.attributes_of(cid) for cid in case_ids}
     check_bin_values(group_by, explicit, known)
-    check_group_column(group_by, (group_of(attrs, group_by, binned) for attrs in known.values()), known.values())
+    check_group_column(group_by, (group_of(attrs, group_by, binned) for attrs in known.values()), known.values(),
+                       tables=table_sources(dataset))
 
 
 def check_grouping(group_by: str | None, bins: str | Bins | None, *, alpha: float = DEFAULT_ALPHA,

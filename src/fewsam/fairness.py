@@ -197,17 +197,32 @@ def case_attributes(dataset: Dataset, case_id: str) -> dict[str, Any]:
 
 
 def check_group_column(column: str, groups: Iterable[str | None], attributes: Iterable[dict[str, Any]],
-                       cases: str = "case") -> None:
+                       cases: str = "case", tables: Sequence[str] = ()) -> None:
     """Refuse a group column that no case has a value for, naming the attributes that exist.
-    ``cases``: what the cases are (fit groups its labelled cases: other cases may well have the column)."""
+    ``cases``: what the cases are (fit groups its labelled cases: other cases may well have the column).
+    ``tables``: the attribute tables joined to the dataset (``table_sources``), so that where no case has
+    any value the hint names the table that holds none for them instead of asking for one."""
     if any(g is not None for g in groups):
         return
     available = sorted({k for attrs in attributes for k, v in attrs.items() if v is not None})
-    names = ", ".join(available) if available else "none (add --attributes CSV)"
+    names = ", ".join(available) if available else _no_attributes_hint(cases, tables)
     if cases == "case":
         raise FewsamError(f"no case has a value for attribute {column!r}; available attributes: {names}")
     raise FewsamError(f"no {cases} has a value for attribute {column!r}, and fair scaling groups the {cases}s; "
                       f"available attributes of the {cases}s: {names}")
+
+
+def _no_attributes_hint(cases: str, tables: Sequence[str]) -> str:
+    """What to say where the cases have no attribute at all: without a table, where to give one; with
+    one, that it holds no value for these cases (its rows lack them, or their cells are empty)."""
+    if not tables:
+        return "none (add --attributes CSV)"
+    return f"none: no {cases} has a value in any column of {', '.join(tables)}"
+
+
+def table_sources(dataset: Any) -> list[str]:
+    """The files of the attribute tables joined to ``dataset`` (its own and ``--attributes``)."""
+    return [table.source for table in getattr(dataset, "tables", ())]
 
 
 def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
@@ -220,7 +235,7 @@ def case_groups(dataset: Any, case_ids: Sequence[str], column: str,
     check_sources_agree(dataset, attrs, column, binned)
     say_tables_over_files(dataset, attrs, column, binned)
     groups = {cid: group_of(a, column, binned) for cid, a in attrs.items()}
-    check_group_column(column, groups.values(), attrs.values(), cases)
+    check_group_column(column, groups.values(), attrs.values(), cases, table_sources(dataset))
     check_group_spellings(column, groups.values())
     return groups
 
