@@ -494,6 +494,24 @@ def test_list_file_outside_the_dataset_and_the_dataset_one_first(tmp_path, monke
         ds.split("nope.list")
 
 
+@pytest.mark.parametrize("name, in_dataset", [("pool.list", False), ("lists", False), ("imagesTr", True)],
+                         ids=["list-suffix", "own-path", "in-dataset"])
+def test_a_split_naming_a_folder_is_said_to_be_a_folder(tmp_path, monkeypatch, name, in_dataset):
+    """``--split pool.list`` naming a folder was "not found" (the user then found it on disk); a folder
+    without a list suffix was an "unknown split"."""
+    from fewsam.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=0)
+    monkeypatch.chdir(tmp_path)
+    folder = root / name if in_dataset else Path(name)
+    folder.mkdir(exist_ok=True)
+    ds = open_dataset(root)
+    with pytest.raises(DataError) as refused:
+        ds.split(name)
+    assert str(refused.value) == (f"{folder} is a folder where a list file of cases is expected; give a list "
+                                  f"file of case ids (one a line) or a split: {', '.join(ds.split_names())}")
+
+
 def test_float_labels_with_rounding_noise_are_rounded_and_interpolated_ones_refused(tmp_path):
     rng = np.random.default_rng(3)
     image, label = volume(rng, (3, 8, 6))

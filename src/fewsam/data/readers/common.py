@@ -125,7 +125,7 @@ class IndexedDataset:
             ids = self.splits[name]
         elif name in self.split_files:
             ids = self._read_list_file(self.split_files[name])
-        elif name.endswith(LIST_SUFFIXES) or (self.root / name).is_file():
+        elif name.endswith(LIST_SUFFIXES) or (self.root / name).is_file() or self._names_a_folder(name):
             ids = self._read_list_file(name)
         else:
             known = ", ".join(self.split_names())
@@ -328,11 +328,21 @@ class IndexedDataset:
         The dataset's own file wins, so `--split val.list` never picks up a stray file in the
         working directory; a list kept outside the dataset (`--split my_lists/pool.list`) works too.
         """
-        for path in (self.root / name, Path(name)):
+        candidates = (self.root / name, Path(name))
+        for path in candidates:
             if path.is_file():
                 return path
+        folder = next((path for path in candidates if path.is_dir()), None)
+        if folder is not None:
+            refuse_missing_file(folder, f"give a list file of case ids (one a line) or a split: "
+                                        f"{', '.join(self.split_names())}", wanted="a list file of cases is expected")
         raise DataError(f"list file {name} not found in {self.root} or as a path of its own; "
                         "give a file that exists")
+
+    def _names_a_folder(self, name: str) -> bool:
+        """Whether a split that is no split's name names a folder (``--split lists/``, ``--split imagesTs``),
+        inside the dataset or of its own: it is said to be one, not an unknown split or a missing file."""
+        return bool(name) and any(path.is_dir() for path in (self.root / name, Path(name)))
 
     def check_known(self, ids: list[str], source: str) -> None:
         """Every id of a split names a case of this dataset, and names it once."""
@@ -614,12 +624,13 @@ def _split_ids(entries: list[Entry]) -> dict[str, list[str]]:
             for name, subjects in deterministic_split(list(cases)).items()}
 
 
-def refuse_missing_file(path: Path, fix: str) -> None:
-    """A file the dataset names that is not there as a file: a folder of its name (an export or an
-    archive unpacked under the file's name) is said as such, not as a missing file the user then finds
-    on disk. ``fix``: what to do, as the layout says it."""
+def refuse_missing_file(path: Path, fix: str, wanted: str = "the dataset names a file") -> None:
+    """A file the dataset (or the user: ``wanted`` says which file is expected there) names that is not
+    there as a file: a folder of its name (an export or an archive unpacked under the file's name) is
+    said as such, not as a missing file the user then finds on disk. ``fix``: what to do, as the layout
+    says it."""
     if path.is_dir():
-        raise DataError(f"{path} is a folder where the dataset names a file; {fix}")
+        raise DataError(f"{path} is a folder where {wanted}; {fix}")
     if not path.is_file():
         raise DataError(f"file {path} not found; {fix}")
 
