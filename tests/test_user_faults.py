@@ -156,6 +156,36 @@ def test_predict_into_the_dataset_is_refused_even_with_overwrite(fitted, data, w
     assert not (data / "data" / "sub").exists()
 
 
+@pytest.mark.parametrize("where, says", [
+    ("project", "holds files that fewsam predict did not write (no predict.log, no prediction of a case of "),
+    ("run", "is a fewsam run folder; predictions would mix with its files"),
+    ("home", "is your home folder; --overwrite writes only into a folder of predictions"),
+])
+def test_overwrite_writes_only_into_a_folder_of_predictions(fitted, data, tmp_path, monkeypatch, where, says):
+    """--overwrite wrote the predictions into any existing folder, among the files there: a project's, a
+    run's, the home folder. A folder of earlier predictions (with the user's notes kept beside them) is
+    still written into: ``test_failed_overwrite_keeps_the_users_files_and_writes_nothing``."""
+    out = tmp_path / where
+    if where == "run":
+        shutil.copytree(fitted[0], out)
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    before = sorted(p.name for p in out.iterdir())
+    message = cli_error("predict", str(fitted[0]), "--data", str(data), "--out", str(out), "--overwrite")
+    assert message.startswith(f"--out {out} {says}"), message
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_overwrite_never_writes_into_the_filesystem_root(data):
+    from fewsam.data import open_dataset
+    from fewsam.predict import check_output_folder
+
+    with pytest.raises(RunError, match="^--out / is the filesystem root; --overwrite writes only into a folder"):
+        check_output_folder(Path("/"), open_dataset(data), overwrite=True)
+
+
 def test_predict_out_that_is_a_file(fitted, data, tmp_path):
     (tmp_path / "pred").write_text("x")
     message = cli_error("predict", str(fitted[0]), "--data", str(data), "--out", str(tmp_path / "pred"))

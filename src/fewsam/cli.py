@@ -349,8 +349,9 @@ def predict(
     data: Path = DataOpt,
     split: Optional[str] = typer.Option(None, "--split", help=SplitHelp),
     pred: Path = typer.Option(..., "--out", help="Prediction folder to write (not inside the dataset's folders)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty folder: same-named "
-                                                              "predictions are replaced, other files kept."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty folder of earlier "
+                                                              "predictions: same-named ones are replaced, other "
+                                                              "files kept."),
     refine_with_sam: bool = typer.Option(False, "--refine-with-sam",
                                          help="SAM-Match runs: the student's confident regions prompt the run's "
                                               "SAM, as for its pseudo-labels (encodes the slices, cached)."),

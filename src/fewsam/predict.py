@@ -30,8 +30,8 @@ from fewsam.atomic import check_folder_path, check_path_can_be_made, hidden_name
 from fewsam.cache import EmbeddingCache
 from fewsam.config import DEFAULT_CACHE, DEFAULT_PRECISION, checked_arguments
 from fewsam.data import open_dataset, write_prediction
-from fewsam.data.writers import (dicom_rtstruct_path, dicom_seg_path, prediction_path, write_dicom_rtstruct,
-                                 write_dicom_seg)
+from fewsam.data.writers import (dicom_rtstruct_path, dicom_seg_path, holds_a_prediction, prediction_path,
+                                 write_dicom_rtstruct, write_dicom_seg)
 from fewsam.data.readers.common import check_finite
 from fewsam.data.types import Case, ClassMap, Dataset
 from fewsam.devices import check_device
@@ -45,7 +45,7 @@ from fewsam.probabilities import (PROBABILITIES_ENDING, ProbabilityFile, check_n
                                   has_probabilities, probabilities_path)
 from fewsam.progress import Parts, command_log, record, say_once, tracked_with_parts, with_own_notices
 from fewsam.resumable import KeptCases, kept_folder_held, resumable_staging
-from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run, predict_files_sha256, read_config
+from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run, holds_a_run, predict_files_sha256, read_config
 
 
 Refine = Literal["never", "always", "if-better"]
@@ -83,7 +83,8 @@ def predict(
     """Write one prediction per case of ``split`` (default ``DEFAULT_SPLIT``, "val") under ``out``.
 
     ``out`` must not be (or lie in) the dataset's own folders; a non-empty ``out`` needs
-    ``overwrite``, which replaces same-named predictions and leaves every other file alone.
+    ``overwrite``, which replaces same-named predictions and leaves every other file alone, and is
+    refused for a folder no predict wrote into (``refuse_a_folder_of_other_files``).
     ``refine`` (SAM-Match runs): "always" lets the student's confident regions prompt the run's
     SAM (``methods/samatch/refine.py``; the slices are then embedded through the cache);
     "if-better" refines only if that scores higher on the run's validation cases (decided once,
@@ -405,7 +406,8 @@ def _predict_on_ray(address: str, workers: int | None, run_dir: Path, data: str 
 
 def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
     """Refuse an --out that is a file, cannot be created, lies in the dataset's own folders (even
-    with --overwrite: predictions would mix with or replace its files), or is not empty."""
+    with --overwrite: predictions would mix with or replace its files), or is not empty, or, with
+    --overwrite, is a folder no predict wrote into (``refuse_a_folder_of_other_files``)."""
     check_folder_path(out, "--out")
     inside = dataset_folder_holding(out, dataset)
     if inside is not None:
@@ -413,8 +415,30 @@ def check_output_folder(out: Path, dataset: Dataset, overwrite: bool) -> None:
                 if getattr(dataset, "reads_whole_tree", False) else "predictions would mix with its files")
         raise RunError(f"--out {out} lies in the dataset's own folder {inside}; {harm}: write them outside "
                        f"{dataset.root}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunError(f"{out} is not empty; choose another --out or pass --overwrite")
+        refuse_a_folder_of_other_files(out, dataset)
+
+
+def refuse_a_folder_of_other_files(out: Path, dataset: Dataset) -> None:
+    """--overwrite replaces an earlier predict's files and leaves the others beside them (a user's notes
+    kept with the predictions). A folder no predict wrote into (the filesystem root, the home folder, a
+    run, a project) would get predictions strewn among files that are not predictions, any of them named
+    as one replaced: refused, even with --overwrite. A prediction folder is known by its predict.log or
+    by a file where predict writes a case's prediction (one that predict.log was removed from)."""
+    target = out.resolve()
+    if target.parent == target or target == Path.home().resolve():
+        where = "the filesystem root" if target.parent == target else "your home folder"
+        raise RunError(f"--out {out} is {where}; --overwrite writes only into a folder of predictions: "
+                       "give a folder of its own")
+    if holds_a_run(out):
+        raise RunError(f"--out {out} is a fewsam run folder; predictions would mix with its files: give "
+                       "another --out")
+    if not (out / PREDICT_LOG).is_file() and not holds_a_prediction(dataset, out):
+        raise RunError(f"--out {out} holds files that fewsam predict did not write (no {PREDICT_LOG}, no "
+                       f"prediction of a case of {dataset.root}); --overwrite writes only into a folder of "
+                       "predictions: choose another --out or empty it")
 
 
 def check_cache_folder(root: str | Path, data: str | Path | None = None) -> None:

@@ -99,10 +99,23 @@ def missing_predictions(dataset: Any, case_ids: list[str], root: Path) -> list[t
     for case_id in case_ids:
         if case_id not in entries:
             continue
-        path = _path_under(root, case_id, dataset.prediction_rel_path(entries[case_id]), dataset.format)
+        path = _own_prediction_path(dataset, case_id, root)
         if not _found_prediction(path, case_id, other_names(dataset, case_id, root), dataset.format).is_file():
             missing.append((case_id, path))
     return missing
+
+
+def holds_a_prediction(dataset: Any, root: Path) -> bool:
+    """Whether ``root`` holds a file where ``fewsam predict`` writes the prediction of one of ``dataset``'s
+    cases (of any split): the mark of a folder of its predictions, which ``--overwrite`` may write into."""
+    entries = getattr(dataset, "entries", None)
+    return isinstance(entries, dict) and any(_own_prediction_path(dataset, case_id, root).is_file()
+                                             for case_id in entries)
+
+
+def _own_prediction_path(dataset: Any, case_id: str, root: Path) -> Path:
+    """Where ``fewsam predict`` writes the prediction of the indexed case ``case_id`` under ``root``."""
+    return _path_under(root, case_id, dataset.prediction_rel_path(dataset.entries[case_id]), dataset.format)
 
 
 def _found_prediction(path: Path, case_id: str, others: OtherNames, fmt: str) -> Path:
