@@ -48,15 +48,27 @@ def local_embed(data: Path, cache: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def run_folder(tmp_path_factory) -> Path:
+    """The folder of this test run that every process of it sees: under pytest-xdist each worker's
+    base temp is a folder inside the run's own one, which no other run uses; run alone, its base temp."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def phantom_and_cache(tmp_path_factory) -> tuple[Path, Path]:
     """A small phantom (3 cases of 2 slices) and its cache filled by a local ``fewsam embed``: made
-    once per test run (the DDP fit tests train from the same cache)."""
-    root = tmp_path_factory.getbasetemp() / "scaling-phantom"
-    if not (root / "done").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        write_phantom_dataset(root / "data", n_train=2, n_val=1, slices=2)
-        local_embed(root / "data", root / "cache")
-        (root / "done").touch()
+    once per test run, whichever process asks first (the DDP fit tests, in another xdist worker as a
+    rule, train from the same cache; the others wait for it instead of encoding it again). Readers
+    copy it before they write."""
+    from filelock import FileLock  # a dependency of torch
+
+    root = run_folder(tmp_path_factory) / "scaling-phantom"
+    with FileLock(f"{root}.lock"):
+        if not (root / "done").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            write_phantom_dataset(root / "data", n_train=2, n_val=1, slices=2)
+            local_embed(root / "data", root / "cache")
+            (root / "done").touch()
     return root / "data", root / "cache"
 
 
