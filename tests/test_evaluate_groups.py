@@ -102,6 +102,19 @@ def test_a_group_column_without_values_says_whether_a_table_was_given(tmp_path, 
     assert str(refused.value) == f"no case has a value for attribute 'site'; {hint}{csv or ''}"
 
 
+def test_info_says_a_table_given_holds_no_value_rather_than_asking_for_one(tmp_path):
+    """`fewsam info --attributes T`, T's rows without values: info asked the user to add the table they gave."""
+    from fewsam.data.phantom import write_phantom_dataset
+    from fewsam.info import dataset_info, describe
+
+    root = write_phantom_dataset(tmp_path / "phantom", n_train=2, n_val=1, slices=2, seed=1)
+    csv = tmp_path / "sites.csv"
+    csv.write_text("case,site\nphantom_000,\nphantom_001,\n")
+    without, given = describe(dataset_info(root)), describe(dataset_info(root, attributes=csv))
+    assert "group attributes for --group-by: none (add --attributes CSV)" in without
+    assert f"group attributes for --group-by: none: no case has a value in any column of {csv}" in given
+
+
 def test_cli_prints_groups_and_missing_line(png_data, tmp_path):
     root, pred = png_data
     out = tmp_path / "eval.json"

@@ -21,7 +21,7 @@ import numpy as np
 from fewsam.compare import read_evaluation
 from fewsam.config import argument_name, checked_arguments, listed
 from fewsam.data import Bins, group_of, load_labelled_case, open_dataset, read_prediction
-from fewsam.data.attributes import default_bins
+from fewsam.data.attributes import default_bins, table_sources
 from fewsam.data.readers.common import files_below
 from fewsam.data.readers.fairseg_npz import keeps_attributes_in_files
 from fewsam.data.types import Dataset
@@ -29,8 +29,7 @@ from fewsam.data.writers import (TEST_SCRIPT_ENDINGS, TEST_SCRIPT_SUFFIX, missin
                                  prediction_format, read_instead, sought_as)
 from fewsam.errors import DataError
 from fewsam.fairness import (check_bin_values, check_group_column, check_group_spellings,
-                             check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files,
-                             table_sources)
+                             check_sources_agree, per_class_equity, resolve_bins, say_tables_over_files)
 from fewsam.info import DEFAULT_SPLIT, split_cases
 from fewsam.labels import holds_class
 from fewsam.metrics import (BOTH_EMPTY, case_metrics, group_summary, in_distance_unit, summarise,

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from fewsam.data import Bins, group_of, parse_bins
-from fewsam.data.attributes import AtLeast, attribute_value, default_bins, parse_cell, without_leading_zeros
+from fewsam.data.attributes import (AtLeast, attribute_value, default_bins, no_attributes_hint, parse_cell,
+                                     table_sources, without_leading_zeros)
 from fewsam.data.readers.fairseg_npz import keeps_attributes_in_files
 from fewsam.data.types import Dataset
 from fewsam.labels import IGNORE
@@ -205,24 +206,11 @@ def check_group_column(column: str, groups: Iterable[str | None], attributes: It
     if any(g is not None for g in groups):
         return
     available = sorted({k for attrs in attributes for k, v in attrs.items() if v is not None})
-    names = ", ".join(available) if available else _no_attributes_hint(cases, tables)
+    names = ", ".join(available) if available else no_attributes_hint(cases, tables)
     if cases == "case":
         raise FewsamError(f"no case has a value for attribute {column!r}; available attributes: {names}")
     raise FewsamError(f"no {cases} has a value for attribute {column!r}, and fair scaling groups the {cases}s; "
                       f"available attributes of the {cases}s: {names}")
-
-
-def _no_attributes_hint(cases: str, tables: Sequence[str]) -> str:
-    """What to say where the cases have no attribute at all: without a table, where to give one; with
-    one, that it holds no value for these cases (its rows lack them, or their cells are empty)."""
-    if not tables:
-        return "none (add --attributes CSV)"
-    return f"none: no {cases} has a value in any column of {', '.join(tables)}"
-
-
-def table_sources(dataset: Any) -> list[str]:
-    """The files of the attribute tables joined to ``dataset`` (its own and ``--attributes``)."""
-    return [table.source for table in getattr(dataset, "tables", ())]
 
 
 def case_groups(dataset: Any, case_ids: Sequence[str], column: str,

@@ -15,7 +15,7 @@ from typing import Any
 
 from fewsam.config import FitOptions
 from fewsam.data import LAYOUTS, open_dataset
-from fewsam.data.attributes import default_bins, is_unknown_code
+from fewsam.data.attributes import default_bins, is_unknown_code, no_attributes_hint, table_sources
 from fewsam.data.readers.common import IndexedDataset
 from fewsam.data.readers.fairseg_npz import MASK_CODING, keeps_attributes_in_files
 from fewsam.errors import DataError, FewsamError
@@ -101,7 +101,7 @@ def _case_attributes(dataset: IndexedDataset) -> tuple[list[dict[str, Any]], str
 def _attribute_summary(dataset: IndexedDataset) -> dict[str, Any]:
     rows, source = _case_attributes(dataset)
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    return {"source": source, "cases": len(rows),
+    return {"source": source, "cases": len(rows), "tables": table_sources(dataset),
             "columns": {c: _column_summary(c, [row.get(c) for row in rows]) for c in columns}}
 
 
@@ -189,7 +189,7 @@ def _split_line(split: dict[str, Any]) -> str:
 def _attribute_lines(attributes: dict[str, Any]) -> list[str]:
     columns = attributes["columns"]
     if not columns:
-        return ["group attributes: none (add --attributes CSV for --group-by)"]
+        return [f"group attributes for --group-by: {no_attributes_hint('case', attributes['tables'])}"]
     lines = [f"group attributes for --group-by ({attributes['source']})"]
     for name, c in columns.items():
         text = f"  {name:<14} {c['kind']}, {c['cases_with_value']}/{attributes['cases']} cases"

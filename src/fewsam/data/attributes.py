@@ -484,3 +484,16 @@ def is_unknown_code(value: Any, bins: Bins | None = None) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != UNKNOWN_CODE:
         return False
     return bins is None or bins.edges[0] > UNKNOWN_CODE
+
+
+def table_sources(dataset: Any) -> list[str]:
+    """The files of the attribute tables joined to ``dataset`` (its own and ``--attributes``)."""
+    return [table.source for table in getattr(dataset, "tables", ())]
+
+
+def no_attributes_hint(cases: str, tables: list[str] | tuple[str, ...] | Any) -> str:
+    """What to say where the cases have no attribute at all: without a table, where to give one; with
+    one, that it holds no value for these cases (its rows lack them, or their cells are empty)."""
+    if not tables:
+        return "none (add --attributes CSV)"
+    return f"none: no {cases} has a value in any column of {', '.join(tables)}"
