@@ -136,6 +136,32 @@ def test_a_stop_as_a_predict_takes_up_the_kept_cases_keeps_them(fitted, tmp_path
     assert again == VAL[1:]
 
 
+def test_a_kept_case_whose_image_file_was_replaced_since_is_predicted_again(fitted, tmp_path, monkeypatch, caplog):
+    """A case's image re-exported between the stop and the same command again: its kept prediction is of the
+    old image, so it is predicted again; the other kept case, whose file is as it was, is taken up."""
+    import shutil
+
+    import numpy as np
+    from conftest import TINY_LABEL, write_h5
+
+    run, data = fitted
+    data = Path(shutil.copytree(data, tmp_path / "acdc"))  # the module's data stays as it is for the others
+    out = tmp_path / "pred"
+    predicted_cases(monkeypatch, stop_at=2)
+    stopped_after_one(monkeypatch, run, data, out)
+    image = data / "data" / f"{VAL[0]}.h5"
+    before = image.stat()
+    write_h5(image, np.random.default_rng(1).random((2, 40, 48)), np.stack([TINY_LABEL, TINY_LABEL]))
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+
+    again = predicted_cases(monkeypatch)
+    caplog.set_level("INFO", logger="fewsam")
+    predict(run, data, out, show_progress=False)
+    assert again == [VAL[0], VAL[2]]  # VAL[1], unchanged, is taken up
+    assert "1 kept case whose input files changed is predicted again" in caplog.messages, caplog.messages
+    assert f"resuming: 1 of 3 cases already predicted in {kept_folder(out)}" in caplog.messages
+
+
 def test_ctrl_c_as_the_predictions_move_in_leaves_them_whole_and_nothing_kept(fitted, tmp_path, monkeypatch):
     from fewsam import atomic, resumable
 

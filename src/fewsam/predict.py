@@ -44,7 +44,7 @@ from fewsam.models.sam import SamModel
 from fewsam.probabilities import (PROBABILITIES_ENDING, ProbabilityFile, check_not_a_prediction_name, class_names,
                                   has_probabilities, probabilities_path)
 from fewsam.progress import Parts, command_log, record, say_once, tracked_with_parts, with_own_notices
-from fewsam.resumable import KeptCases, kept_folder_held, resumable_staging
+from fewsam.resumable import InputFiles, KeptCases, kept_folder_held, resumable_staging
 from fewsam.runs import MASK_CODING, PREDICT_LOG, check_run, holds_a_run, predict_files_sha256, read_config
 
 
@@ -129,7 +129,8 @@ def predict(
         names = run_class_names(config, dataset) if save_probabilities else None
         seg_names = run_class_names(config, dataset) if dataset.format == "dicom" else None
         target = Target(out, overwrite, resume, prediction_identity(out, run_dir, data, split, case_ids, refined,
-                                                                     encoder, device, names is not None, rtstruct))
+                                                                     encoder, device, names is not None, rtstruct),
+                        dataset.input_files)
         if ray is not None:
             if not pixels_only or refined:
                 prepare_encoder_for_workers(config, cache_root, encoder, device)
@@ -174,6 +175,7 @@ class Target:
     overwrite: bool
     resume: bool
     identity: dict[str, Any]
+    input_files: InputFiles | None = None  # a case's input files, to predict again those replaced since kept
 
 
 def prediction_identity(out: Path, run_dir: Path, data: str | Path, split: str | None, case_ids: Sequence[str],
@@ -236,7 +238,7 @@ def staged_with_log(target: Target, total: int, replaced: Iterable[str]) -> Iter
     log = running_log(out)
     with kept_folder_held(out) as made, command_log(log, "predict", moved_to=out / PREDICT_LOG), \
             resumable_staging(out, made, target.identity, total, target.resume, target.overwrite,
-                              replaces=replaced, joining={PREDICT_LOG: log}) as kept:
+                              replaces=replaced, joining={PREDICT_LOG: log}, input_files=target.input_files) as kept:
         yield kept
 
 

@@ -7,7 +7,10 @@ whole, at the end: the finished cases wait beside it, in ``.OUT.predict-partial/
 
 - ``predictions/``: the set that moves into --out once every case is done;
 - ``finished.json``: what made them (``identity``: --out, the run's files, the data, its split and cases,
-  the options that change a prediction) and the finished cases, each with its files.
+  the options that change a prediction), the finished cases, each with its files, and (``inputs``) the size
+  and modification time of each file a finished case was read from: an image replaced after its prediction
+  was made (re-exported, corrected) is predicted again rather than its stale prediction taken up, found
+  without reading or hashing any image. A journal without them takes its cases up as they are.
 
 A case counts as finished once the journal names it, and the journal is rewritten (atomically) after all
 of its files are in place, so a file a kill left half-written is never taken for a finished case:
@@ -26,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from fewsam.atomic import (LockHeld, all_hidden_names, hidden_name, let_go, make_parents, move_in_whole,
                            remove_abandoned_stagings, remove_if_empty, take_folder)
@@ -38,6 +41,23 @@ KEPT_SUFFIX = ".predict-partial"
 JOURNAL = "finished.json"
 FILES = "predictions"
 
+# (st_size, st_mtime_ns) of each file a case was read from, by path
+Stamps = dict[str, list[int]]
+InputFiles = Callable[[str], Iterable[Path]]
+
+
+def file_stamps(paths: Iterable[Path]) -> Stamps:
+    """The size and modification time of each of ``paths``: what tells a replaced file apart without reading
+    it. A file that is gone is left out, so that its case differs from the one recorded."""
+    stamps: Stamps = {}
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        stamps[os.path.abspath(path)] = [stat.st_size, stat.st_mtime_ns]  # the same whatever --data's spelling
+    return stamps
+
 
 def kept_folder(out: Path) -> Path:
     """Where the finished cases of a predict into ``out`` wait: a name derived from ``out`` alone, so that
@@ -48,11 +68,14 @@ def kept_folder(out: Path) -> Path:
 @dataclass
 class KeptCases:
     """The finished cases of one predict into --out: ``finished`` maps a case id to its files (its
-    prediction first), relative to ``files``, the folder that moves into --out."""
+    prediction first), relative to ``files``, the folder that moves into --out; ``inputs`` maps it to the
+    ``file_stamps`` of the files it was read from (``input_files`` lists them; none recorded without it)."""
 
     folder: Path
     identity: dict[str, Any]
     finished: dict[str, list[str]] = field(default_factory=dict)
+    inputs: dict[str, Stamps] = field(default_factory=dict)
+    input_files: InputFiles | None = None
 
     @property
     def files(self) -> Path:
@@ -61,7 +84,17 @@ class KeptCases:
     def finish(self, case_id: str, files: Sequence[Path]) -> None:
         """Record ``case_id`` as finished; called once all its ``files`` (relative to ``files``) are in place."""
         self.finished[case_id] = [Path(name).as_posix() for name in files]
+        if self.input_files is not None:
+            self.inputs[case_id] = file_stamps(self.input_files(case_id))
         self.write()
+
+    def inputs_changed(self) -> list[str]:
+        """The finished cases whose input files are no longer those recorded (replaced, grown, gone); a case
+        recorded without them (an older journal) counts as unchanged."""
+        if self.input_files is None:
+            return []
+        return [case_id for case_id in self.finished
+                if case_id in self.inputs and self.inputs[case_id] != file_stamps(self.input_files(case_id))]
 
     def in_place(self) -> dict[str, list[str]]:
         """The finished cases whose files are all there (a stop while clearing them removed some)."""
@@ -69,7 +102,8 @@ class KeptCases:
                 if all((self.files / name).is_file() for name in names)}
 
     def write(self) -> None:
-        write_json(self.folder / JOURNAL, {"identity": self.identity, "finished": self.finished})
+        inputs = {case_id: stamps for case_id, stamps in self.inputs.items() if case_id in self.finished}
+        write_json(self.folder / JOURNAL, {"identity": self.identity, "finished": self.finished, "inputs": inputs})
 
     def keep_only_finished(self) -> None:
         """Remove every file under ``files`` that no finished case names (a temporary or a case's file a kill
@@ -126,16 +160,18 @@ def _remove_plain_named_kept_folder(out: Path) -> None:
 @contextmanager
 def resumable_staging(out: Path, made: list[Path], identity: dict[str, Any], total: int, resume: bool,
                       overwrite: bool, replaces: Iterable[str] = (),
-                      joining: Mapping[str, Path] = MappingProxyType({})) -> Iterator[KeptCases]:
+                      joining: Mapping[str, Path] = MappingProxyType({}),
+                      input_files: InputFiles | None = None) -> Iterator[KeptCases]:
     """``atomic.staged_folder`` for a long predict of ``total`` cases, run while ``kept_folder_held`` (which
     made the folders ``made``) holds its folder: the cases finished by an earlier predict with the same
-    ``identity`` are taken up (unless ``resume`` is False: --no-resume), and when the block fails, the ones
-    finished so far stay for the same command again. When it ends well, the finished set moves into ``out``
-    whole (``replaces`` and ``joining`` as for ``staged_folder``)."""
+    ``identity`` are taken up (unless ``resume`` is False: --no-resume, or the files ``input_files`` lists for
+    a case changed since), and when the block fails, the ones finished so far stay for the same command again.
+    When it ends well, the finished set moves into ``out`` whole (``replaces`` and ``joining`` as for
+    ``staged_folder``)."""
     remove_abandoned_stagings(out)
     folder = kept_folder(out)
     try:
-        kept = _taken_up(folder, identity, total, resume)
+        kept = _taken_up(folder, identity, total, resume, input_files)
         yield kept
         kept.keep_only_finished()
         move_in_whole(kept.files, out, overwrite, replaces, joining)
@@ -179,11 +215,13 @@ def _is_folder_at(fd: int, folder: Path) -> bool:
     return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def _taken_up(folder: Path, identity: dict[str, Any], total: int, resume: bool) -> KeptCases:
-    """The cases an earlier predict finished in ``folder``, where it had the same ``identity`` and their files
-    are all in place; anything else there is cleared. Either way, the user is told."""
+def _taken_up(folder: Path, identity: dict[str, Any], total: int, resume: bool,
+              input_files: InputFiles | None) -> KeptCases:
+    """The cases an earlier predict finished in ``folder``, where it had the same ``identity``, their files
+    are all in place and their input files are unchanged; anything else there is cleared. Either way, the user
+    is told."""
     earlier = _read_journal(folder)
-    kept = KeptCases(folder, identity)
+    kept = KeptCases(folder, identity, input_files=input_files)
     if earlier is not None and earlier.finished:
         if not resume:
             tell(f"not resuming (--no-resume): the {len(earlier.finished)} predictions kept in {folder} are "
@@ -192,7 +230,8 @@ def _taken_up(folder: Path, identity: dict[str, Any], total: int, resume: bool) 
             tell(f"not resuming: the {len(earlier.finished)} predictions kept in {folder} were made by another "
                  f"predict ({config_differences(earlier.identity, identity)}); starting afresh")
         else:
-            kept.finished = earlier.in_place()
+            kept.finished, kept.inputs = earlier.in_place(), earlier.inputs
+            _drop_changed_inputs(kept)
     for path in folder.iterdir():  # the journal is replaced below, in one step, not removed first
         if path.name != JOURNAL and (path.name != FILES or not kept.finished):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -202,6 +241,17 @@ def _taken_up(folder: Path, identity: dict[str, Any], total: int, resume: bool) 
     if kept.finished:
         tell(f"resuming: {len(kept.finished)} of {total} cases already predicted in {folder}")
     return kept
+
+
+def _drop_changed_inputs(kept: KeptCases) -> None:
+    """Leave out of ``kept`` the cases whose input files changed since they were predicted, saying how many,
+    so that they are predicted again from the files there now."""
+    changed = kept.inputs_changed()
+    for case_id in changed:
+        del kept.finished[case_id]
+    if changed:
+        tell(f"{len(changed)} kept case{'s' if len(changed) != 1 else ''} whose input files changed "
+             f"{'are' if len(changed) != 1 else 'is'} predicted again")
 
 
 def _read_journal(folder: Path) -> KeptCases | None:
@@ -215,7 +265,16 @@ def _read_journal(folder: Path) -> KeptCases | None:
         return None
     if not all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in finished.values()):
         return None
-    return KeptCases(folder, identity, finished)
+    return KeptCases(folder, identity, finished, _recorded_inputs(journal.get("inputs")))
+
+
+def _recorded_inputs(inputs: Any) -> dict[str, Stamps]:
+    """The ``inputs`` of a journal, the cases whose record is malformed left out (as are all of an older
+    journal, which has none): those are taken up as they are."""
+    if not isinstance(inputs, dict):
+        return {}
+    return {case_id: stamps for case_id, stamps in inputs.items()
+            if isinstance(stamps, dict) and all(isinstance(stamp, list) for stamp in stamps.values())}
 
 
 def _say_kept(exc: BaseException, kept: KeptCases, total: int, resume: bool) -> None:

@@ -106,6 +106,10 @@ class Dataset(Protocol):
         prediction need, so a damaged or missing label file does not stop them."""
         ...
 
+    def input_files(self, case_id: str) -> list[Path]:
+        """The files the case's image is read from, listed without reading them."""
+        ...
+
     def subject_of(self, case_id: str) -> str:
         """The subject (patient) a case belongs to; "N labelled cases" counts subjects."""
         ...

@@ -201,6 +201,15 @@ class IndexedDataset:
         MedSAM's npy folders); None where the case is one file (``entry.image``)."""
         return None
 
+    def input_files(self, case_id: str) -> list[Path]:
+        """The files a case's image is read from (its slices' files, its channels' files, every file of a
+        folder such as a DICOM series), listed without reading any: what a kept prediction is checked against,
+        so that an image replaced after it was made is predicted again."""
+        entry = self._entry(case_id)
+        named = self.slice_files(entry) or [entry.image, *entry.channels]
+        return [file for path in map(Path, named)
+                for file in (sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path])]
+
     def prediction_rel_path(self, entry: Entry) -> str:
         """Where a case's prediction goes under PRED: the input's relative path, unless the
         prediction is written in another format than the input (JPEG -> PNG, DICOM -> NIfTI)."""
