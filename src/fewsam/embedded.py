@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator, Sequence, overload
 import numpy as np
 import torch
 
+from fewsam.augment import augmented_case
 from fewsam.cache import EmbeddingCache
 from fewsam.data.types import Case, Dataset, SliceRef
 from fewsam.labels import IGNORE
@@ -254,6 +255,14 @@ class ViewSlices(IndexedSlices):
         return items
 
 
+def slices_by_case(refs: Iterable[SliceRef]) -> dict[str, list[int]]:
+    """The slice numbers of each case, in the order given: each case is then read once."""
+    by_case: dict[str, list[int]] = defaultdict(list)
+    for ref in refs:
+        by_case[ref.case_id].append(ref.z)
+    return by_case
+
+
 def embed_refs(
     dataset: Dataset,
     refs: Sequence[SliceRef],
@@ -266,9 +275,7 @@ def embed_refs(
 ) -> list[EmbeddedSlice]:
     """The given slices (any order, any cases), each case read once; ``views`` dihedral views per
     slice; ``with_label=False`` reads images only (an unlabelled pool)."""
-    by_case: dict[str, list[int]] = defaultdict(list)
-    for ref in refs:
-        by_case[ref.case_id].append(ref.z)
+    by_case = slices_by_case(refs)
     found: dict[tuple[SliceRef, int], EmbeddedSlice] = {}
     with progress_bar(show_progress) as bar:
         job = bar.add_task(description, total=len(refs) * views)
@@ -280,6 +287,27 @@ def embed_refs(
                     item.ref, item.view = SliceRef(case_id, z), view
                     found[(item.ref, view)] = item
     return [found[(ref, view)] for ref in refs for view in range(views)]
+
+
+def embed_augmented(dataset: Dataset, refs: Sequence[SliceRef], cache: EmbeddingCache, copies: int, seed: int,
+                    device: str = "cpu", show_progress: bool = True, description: str = "embed augmented"
+                    ) -> list[EmbeddedSlice]:
+    """``copies`` augmented copies of each labelled slice (``fewsam.augment``), copy k starting from
+    dihedral view k mod 8; each is a new image, encoded and cached like any slice."""
+    by_case = slices_by_case(refs)
+    out: list[EmbeddedSlice] = []
+    with progress_bar(show_progress) as bar:
+        job = bar.add_task(description, total=len(refs) * copies)
+        advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
+        for case_id, zs in by_case.items():
+            sub = _subcase(dataset.load(case_id, with_label=True), zs)
+            for copy in range(copies):
+                view = copy % 8
+                augmented = augmented_case(_view(sub, view), seed, copy)
+                for z, item in zip(zs, embed_case(augmented, cache, device, advance)):
+                    item.ref, item.view = SliceRef(case_id, z), view
+                    out.append(item)
+    return out
 
 
 class CachedPool(IndexedSlices):

@@ -34,8 +34,8 @@ from torch import nn
 from fewsam.config import MAX_LR, PATIENCE_HELP, Config, option
 from fewsam.data.types import Case
 from fewsam.distributed import local_part
-from fewsam.embedded import (MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_cases, embed_refs, mark_padding,
-                             undo_dihedral)
+from fewsam.embedded import (MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_augmented, embed_cases, embed_refs,
+                             mark_padding, undo_dihedral)
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss, refuse_background_only_validation
 from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, check_labelled, chosen_val_dice, labels_from_logits,
@@ -70,6 +70,8 @@ class FewShotConfig(Config):
                                       "labelled training batch: a regulariser against fitting the few labelled "
                                       "patients' features (0: off).", min=0.0, max=0.95)
     views: int = option(8, "Dihedral views encoded per labelled slice (8: all rotations and flips).", min=1, max=8)
+    augmented_views: int = option(0, "Augmented copies encoded per labelled slice and trained on beside its views "
+                                  "(rotation, scale, gamma, noise, blur, low resolution; 0: none).", min=0, max=64)
     ema: float = option(0.99, "Decay of a moving average of the weights, validated and kept (0: off).",
                         min=0.0, max=0.9999)
     val_every: int = option(50, "Steps between validations (each writes a resumable checkpoint).", min=1)
@@ -345,6 +347,11 @@ def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
     remap_label_frames(samples, ctx.values, ctx.class_map.ignore)
     names = ["background", *(f"{ctx.dataset.class_map.names.get(v, 'class')} ({v})" for v in ctx.values[1:])]
     shots = shot_prototypes(samples, list(range(len(ctx.values))), names)
+    if cfg.augmented_views:
+        augmented = embed_augmented(ctx.dataset, ctx.labelled, ctx.cache, cfg.augmented_views, ctx.seed, ctx.device,
+                                    ctx.show_progress)
+        remap_label_frames(augmented, ctx.values, ctx.class_map.ignore)
+        samples = samples + augmented
     tokens = bank_tokens(shots, cfg.tokens_per_class, ctx.seed)
     atomic_torch_save({"shots": [torch.from_numpy(s) for s in shots], "tokens": tokens,
                        "values": ctx.values}, run_dir / BANK)
