@@ -57,7 +57,7 @@ from fewsam.data.readers.acdc_h5 import H5_ERRORS
 from fewsam.data.readers.common import (LABEL_INSIDE_IMAGE, check_label_values, first_line, one_hot_to_indices,
                                         read_json_object, to_label_array)
 from fewsam.data.readers import itk_volume
-from fewsam.data.readers.itk_volume import itk_message, quiet_itk
+from fewsam.data.readers.itk_volume import itk_message, quiet_itk, spacing_file_of
 from fewsam.data.readers.fairseg_npz import MASK_KEYS, _decode_mask
 from fewsam.data.readers.nifti import (NIFTI_ERRORS, Grid, from_slices, on_image_grid, repairs_said_once,
                                       segments_as_label, to_slices, without_time_axis)
@@ -152,7 +152,23 @@ def write_prediction(case: Case, pred: np.ndarray, out_root: Path) -> Path:
     pred = to_label_array(pred, Path(case.rel_path), "prediction")
     path = prediction_path(case, out_root)
     atomic_write_bytes(path, ENCODERS[case.format](case, pred))
+    _write_spacing_file(case, path)
     return path
+
+
+def _write_spacing_file(case: Case, prediction: Path) -> None:
+    """A 3D TIFF prediction's ``<case>.json`` (``{"spacing": [z, y, x]}``) where its image has one, as nnU-Net
+    writes it: TIFF keeps no slice spacing, so without it the prediction read back (by fewsam or nnU-Net) lies
+    on other voxel sizes than its image."""
+    spacing = (case.meta.get("itk") or {}).get("tiff_spacing")
+    if spacing is not None:
+        atomic_write_bytes(spacing_file_of(prediction), json.dumps({"spacing": list(spacing)}).encode())
+
+
+def spacing_files(prediction: Path) -> list[Path]:
+    """The spacing file a prediction may have beside it (a 3D TIFF's, ``_write_spacing_file``); none for
+    the other formats."""
+    return [spacing_file_of(prediction)] if itk_volume.itk_ending(prediction.name) in itk_volume.TIFF_ENDINGS else []
 
 
 DICOM_SEG_ENDING = ".seg.dcm"

@@ -8,11 +8,15 @@ back needs: predictions are written by SimpleITK in the same format on the same 
 and direction (a ``.mhd`` pair as one ``.mha`` file, a ``.nhdr`` pair as one ``.nrrd``); a 2D NRRD
 with 3D space directions (a slice saved by 3D Slicer) is read as a one-slice volume. The 2D
 images of an nnU-Net dataset whose ``file_ending`` is ``.png``, ``.bmp`` or ``.tif`` go the same
-way: one slice each, predictions as PNG (for ``.png`` and ``.bmp``) or TIFF with the class values.
+way: one slice each, predictions as PNG (for ``.png`` and ``.bmp``) or TIFF with the class values. A 3D
+(multi-page) TIFF takes its voxel spacing from the JSON file nnU-Net's ``Tiff3DIO`` keeps beside it
+(``tiff_spacing_file``), as TIFF stores no slice spacing.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +26,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from fewsam.data.readers.common import read_json_object
 from fewsam.errors import DataError
 from fewsam.native_output import AGAIN, decoder_reason, native_output_kept
 
@@ -120,7 +125,7 @@ def check_data_file(path: Path) -> None:
 def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     """(an in-memory NIfTI image of the file's voxels, the ITK geometry to write predictions with)."""
     check_data_file(path)
-    image = _grey_palette_as_grey(_read_itk(path), path)
+    image, tiff_spacing_zyx = _with_tiff_spacing(_grey_palette_as_grey(_read_itk(path), path), path)
     dims = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     if dims not in (2, 3, 4) or (dims == 4 and components > 1):
@@ -139,12 +144,70 @@ def read_as_nifti(path: Path) -> tuple[Any, dict[str, Any]]:
     geometry = {"origin": origin_xyz, "spacing": spacing, "direction": tuple(direction.ravel().tolist()),
                 "dimension": space, "components": components,
                 "ending": _ONE_FILE[itk_ending(path.name) or ".mha"]}
+    if tiff_spacing_zyx is not None:  # written beside its prediction (``spacing_file_of``), as nnU-Net does
+        geometry["tiff_spacing"] = tiff_spacing_zyx
     if dims == 4 and image.GetSize()[3] == 1:  # one volume: its prediction keeps the 4th axis, as NIfTI's does
         geometry["series"] = {"origin": image.GetOrigin(), "spacing": image.GetSpacing(),
                               "direction": image.GetDirection()}
     # the file's own voxel type, 64-bit integers included (numpy's default, so pynrrd's and many scripts'
     # NRRDs): nibabel refuses those unless the type is named
     return nib.Nifti1Image(np.ascontiguousarray(xyz), affine, dtype=xyz.dtype), geometry
+
+
+TIFF_ENDINGS = (".tif", ".tiff")
+TIFF_SPACING_HELP = ('nnU-Net\'s spacing file of a 3D TIFF holds {"spacing": [z, y, x]}, three voxel sizes in mm '
+                     "in the order of the TIFF's pages, rows and columns")
+
+
+def tiff_spacing_file(path: Path) -> Path | None:
+    """The JSON file beside a TIFF that gives its voxel spacing, where nnU-Net's ``Tiff3DIO`` looks for it:
+    ``<case>.json`` beside a label ``<case>.tif`` and beside an image's channel files ``<case>_0000.tif``.
+    None for other files, or where there is none."""
+    ending = itk_ending(path.name)
+    if ending not in TIFF_ENDINGS:
+        return None
+    stem = path.name[: -len(ending)]
+    names = [stem + ".json"] + ([stem[:-5] + ".json"] if re.fullmatch(r".+_\d{4}", stem) else [])
+    return next((path.parent / name for name in names if (path.parent / name).is_file()), None)
+
+
+def spacing_file_of(prediction: Path) -> Path:
+    """Where a TIFF prediction's spacing file goes: ``<case>.json`` beside ``<case>.tif``, as nnU-Net writes it."""
+    return prediction.with_name(prediction.name[: -len(itk_ending(prediction.name) or "")] + ".json")
+
+
+def tiff_spacing(spacing_file: Path) -> tuple[float, float, float]:
+    """The (z, y, x) voxel sizes a TIFF's spacing file gives; a file that gives none is refused, naming it."""
+    spacing = read_json_object(spacing_file).get("spacing")
+    if not (isinstance(spacing, list) and len(spacing) == 3 and all(map(_voxel_size, spacing))):
+        raise DataError(f"{spacing_file}: 'spacing' must be three voxel sizes above 0 (got {spacing!r}); "
+                        f"{TIFF_SPACING_HELP}")
+    z, y, x = (float(v) for v in spacing)
+    return z, y, x
+
+
+def _voxel_size(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def itk_spacing(path: Path, spacing: tuple[float, ...]) -> tuple[float, ...]:
+    """The voxel sizes (x, y(, z)) of ``path``, whose header gives ``spacing``: a 3D TIFF's from its nnU-Net
+    spacing file (``tiff_spacing_file``). TIFF keeps no slice spacing: without it, distances (HD95, ASD) and the
+    choice of the slice axis took every voxel for a 1 mm cube, where nnU-Net, which wrote or reads the file,
+    used the spacing it gives."""
+    spacing_file = tiff_spacing_file(path) if len(spacing) == 3 else None
+    return spacing if spacing_file is None else tiff_spacing(spacing_file)[::-1]
+
+
+def _with_tiff_spacing(image: sitk.Image, path: Path) -> tuple[sitk.Image, tuple[float, float, float] | None]:
+    """``image`` on the voxel sizes of its spacing file where it is a 3D TIFF with one (``itk_spacing``), and
+    those (z, y, x) sizes, for its prediction's spacing file; None without one."""
+    spacing_file = tiff_spacing_file(path) if image.GetDimension() == 3 else None
+    if spacing_file is None:
+        return image, None
+    z, y, x = tiff_spacing(spacing_file)
+    image.SetSpacing((x, y, z))
+    return image, (z, y, x)
 
 
 def read_array(path: Path) -> np.ndarray:

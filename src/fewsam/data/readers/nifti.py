@@ -67,7 +67,7 @@ from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, Not
                                         classes_json_in, computed_splits, first_line, ignore_value, is_data_file,
                                         natural_sorted, one_hot_to_indices, refuse_missing_file, to_label_array,
                                         with_ignore)
-from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader,
+from fewsam.data.readers.itk_volume import (IMAGE_2D_ENDINGS, ITK_ENDINGS, itk_ending, itk_reader, itk_spacing,
                                             prediction_ending, quiet_itk, ras_affine, read_as_nifti)
 from fewsam.data.readers.png_folder import MASK_STEM_SUFFIXES, is_image_name
 from fewsam.data.readers.slicer_segmentation import (SLICER_SEGMENTATIONS, Segment, SegmentationKind, SegmentClasses,
@@ -526,7 +526,7 @@ def _shape_and_zooms(path: Path) -> tuple[tuple[int, int, int], list[float]]:
                 reader.ReadImageInformation()
         except RuntimeError:
             return _shape_and_zooms_of(_load(path), path)  # the full read names the problem
-        size, spacing = list(reader.GetSize()) + [1, 1], list(reader.GetSpacing()) + [1.0, 1.0]
+        size, spacing = list(reader.GetSize()) + [1, 1], list(itk_spacing(path, reader.GetSpacing())) + [1.0, 1.0]
         zooms = [float(f"{z:.7g}") for z in spacing[:3]]
         refuse_sizes_not_finite(path, zooms)
         return tuple(size[:3]), zooms  # type: ignore[return-value]
