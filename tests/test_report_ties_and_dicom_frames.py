@@ -103,6 +103,24 @@ def test_a_series_whose_files_only_partly_give_their_place_is_refused_naming_the
         open_dataset(tmp_path).load("s")
 
 
-def test_a_series_placed_by_instance_number_alone_where_positions_are_partial_reads(tmp_path):
-    slices_partly_placed(tmp_path / "s", {2, 5}, ("ImagePositionPatient",))
-    assert open_dataset(tmp_path).load("s").image.shape == (6, 4, 5)
+@pytest.mark.parametrize("unplaced", [{3}, {6}, {1, 4}, {2, 5}])
+def test_a_series_whose_files_all_give_instance_numbers_but_only_some_a_position_is_refused(tmp_path, unplaced):
+    """GDCM sorted such files by position, a missing one at the origin, and ITK placed the volume by its first
+    files' positions: a file without one was stacked first or last ({3}, {6}), or the volume's origin and slice
+    spacing were made up from the origin ({1, 4}: origin 0 and slices 2.4 mm apart for 2 and 2 mm), unsaid."""
+    slices_partly_placed(tmp_path / "s", unplaced, ("ImagePositionPatient",))
+    lacking = ", ".join(f"IM{n:04d}.dcm" for n in sorted(unplaced))
+    with pytest.raises(DataError, match=rf"{len(unplaced)} of its 6 DICOM files give no slice position "
+                                        rf"\(ImagePositionPatient\) though the others do \({lacking}\)"):
+        open_dataset(tmp_path).load("s")
+
+
+def test_a_series_placed_by_instance_number_alone_reads_in_that_order(tmp_path):
+    """No file gives a position: GDCM orders the files by their instance numbers, whatever their names."""
+    for n in range(1, 7):
+        ds = mr_slice(n, (0.0, 0.0, 0.0))
+        del ds.ImagePositionPatient
+        save_part10(ds, tmp_path / "s" / f"IM{7 - n:04d}.dcm")
+    image = open_dataset(tmp_path).load("s").image
+    expected = [np.frombuffer(mr_slice(n, (0.0, 0.0, 0.0)).PixelData, "<u2").reshape(4, 5) for n in range(1, 7)]
+    np.testing.assert_array_equal(image, np.stack(expected).astype(np.float32))

@@ -374,16 +374,19 @@ def read_series(folder: Path, names: list[str] | None = None) -> sitk.Image:
 
 def check_slice_order_known(positions: list[list[float] | None], numbers: list[list[float] | None],
                             names: list[str], folder: Path) -> None:
-    """Refuse a series where some files give their place (a position or an instance number) and others
-    do not: GDCM orders by position where every file gives one, else by instance number where every file
-    gives one, else by name as plain text, and a series of both kinds was stacked in an order nobody chose,
-    without a word. Every file giving one of the two, or none giving either (natural name order,
-    ``series_files``), is an order that is known."""
-    if all(p is not None for p in positions) or all(n is not None for n in numbers):
-        return
-    if all(p is None for p in positions) and all(n is None for n in numbers):
+    """Refuse a series where some files give their place and others do not. Where some give a position,
+    GDCM sorts the files by it, those without taken at the origin (by instance number where two of them then
+    coincide), and ITK places the volume by its first files' positions, a missing one at the origin: whatever
+    their instance numbers, the slices came out of order or the volume's origin and slice spacing were made
+    up, and nothing said. Where none gives a position, GDCM orders by instance number where every file gives
+    one, else by name as plain text; so every file giving a position, or none giving one and every file or
+    none an instance number (natural name order, ``series_files``), is an order and a placement that are
+    known."""
+    if all(p is not None for p in positions):
         return
     by_position = any(p is not None for p in positions)
+    if not by_position and (all(n is not None for n in numbers) or all(n is None for n in numbers)):
+        return
     tag = "slice position (ImagePositionPatient)" if by_position else "instance number (InstanceNumber)"
     lacking = [Path(name).name for name, value in zip(names, positions if by_position else numbers) if value is None]
     shown = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
