@@ -111,6 +111,27 @@ def test_orientations_a_millionth_apart_are_one_plane(tmp_path):
     assert open_dataset(tmp_path).load("s").image.shape == (4, 4, 5)
 
 
+def test_a_slice_of_another_pixel_size_in_a_series_is_refused_naming_it(tmp_path):
+    """ITK stacked it on the first slice's pixel size: a slice of another field of view, at another scale, became
+    a slice of the volume, and its prediction was written there, without a word."""
+    for z in range(4):
+        ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
+        ds.PixelSpacing = [0.8, 0.8] if z == 2 else [0.5, 0.5]
+        save_part10(ds, tmp_path / "s" / f"IM{z}.dcm")
+    with pytest.raises(DataError, match=r"s: its DICOM slices have different pixel sizes \(IM2.dcm 0.8\\0.8 mm, "
+                                        r"IM0.dcm 0.5\\0.5 mm\): .*put the slices of each pixel size in their own"):
+        open_dataset(tmp_path).load("s")
+
+
+def test_pixel_sizes_written_to_different_decimals_are_one_size(tmp_path):
+    """Scanners and converters round a PixelSpacing's decimal string each their own way."""
+    for z in range(4):
+        ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
+        ds.PixelSpacing = ["0.703125", "0.703125"] if z % 2 else ["0.7031249762", "0.7031249762"]
+        save_part10(ds, tmp_path / "s" / f"IM{z}.dcm")
+    assert open_dataset(tmp_path).load("s").spacing == pytest.approx((2.0, 0.703125, 0.703125))
+
+
 def test_a_slice_of_another_size_in_a_series_is_refused_naming_it_and_what_to_do(tmp_path):
     """ITK's own refusal ("ITK ERROR: ImageSeriesReader(0x...): Size mismatch!") said no way out."""
     for z in range(4):

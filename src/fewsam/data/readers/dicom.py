@@ -53,7 +53,7 @@ fit with ``--unlabeled-split test``); without any label, "val" holds every case.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
@@ -361,6 +361,7 @@ def read_series(folder: Path, names: list[str] | None = None) -> sitk.Image:
     if header is not None and header.rescales:
         image = each_frame_rescaled(image, header.rescales, Path(names[0]))
     check_one_orientation([_tag_numbers(reader, i, ORIENTATION) for i in range(len(names))], names, folder)
+    check_one_pixel_spacing([_tag_numbers(reader, i, PIXEL_SPACING) for i in range(len(names))], names, folder)
     positions = [_tag_numbers(reader, i, POSITION) for i in range(len(names))]
     check_slice_order_known(positions, [_tag_numbers(reader, i, INSTANCE_NUMBER) for i in range(len(names))],
                             names, folder)
@@ -447,8 +448,8 @@ def check_frames_one_orientation(orientations: list[tuple[float, ...]], path: Pa
     for the frames of one file): GDCM stacks them all on the first frame's plane."""
     for k, orientation in enumerate(orientations[1:], start=2):
         if not np.allclose(orientation, orientations[0], atol=ORIENTATION_TOLERANCE):
-            raise DataError(f"{path}: its frames lie in different orientations (frame {k} {_cosines(orientation)}, "
-                            f"frame 1 {_cosines(orientations[0])}): a localizer (survey) of several planes, not one "
+            raise DataError(f"{path}: its frames lie in different orientations (frame {k} {_as_dicom_text(orientation)}, "
+                            f"frame 1 {_as_dicom_text(orientations[0])}): a localizer (survey) of several planes, not one "
                             "volume; convert it with dcm2niix, which writes the frames of each plane as a NIfTI "
                             "volume of its own, and read those")
 
@@ -547,21 +548,46 @@ def check_one_orientation(orientations: list[list[float] | None], names: list[st
     several planes sharing one series UID): ITK stacks every slice on the first one's grid, so a slice
     of another plane became a slice of the volume, and nothing said so. Files without an orientation
     (secondary captures) are left as they are."""
-    given = [(name, o) for name, o in zip(names, orientations) if o is not None and len(o) == 6]
-    if not given:
-        return
-    first_name, first = given[0]
-    for name, orientation in given[1:]:
-        if not np.allclose(orientation, first, atol=ORIENTATION_TOLERANCE):
-            raise DataError(f"{folder}: its DICOM slices lie in different orientations ({Path(name).name} "
-                            f"{_cosines(orientation)}, {Path(first_name).name} {_cosines(first)}): a localizer of "
-                            "several planes, or series of several planes under one series UID; put the slices of "
-                            "each orientation in their own folder (each then read as a case of its own)")
+    apart = _first_apart(orientations, names, 6, lambda a, b: np.allclose(a, b, atol=ORIENTATION_TOLERANCE))
+    if apart is not None:
+        (name, orientation), (first_name, first) = apart
+        raise DataError(f"{folder}: its DICOM slices lie in different orientations ({Path(name).name} "
+                        f"{_as_dicom_text(orientation)}, {Path(first_name).name} {_as_dicom_text(first)}): a localizer of "
+                        "several planes, or series of several planes under one series UID; put the slices of "
+                        "each orientation in their own folder (each then read as a case of its own)")
 
 
-def _cosines(orientation: Sequence[float]) -> str:
-    """An ImageOrientationPatient as the text a DICOM viewer shows (``1\\0\\0\\0\\1\\0``)."""
-    return "\\".join(f"{v:.4g}" for v in orientation)
+PIXEL_SPACING = "0028|0030"  # PixelSpacing: the gap between the centres of rows, then of columns, in mm
+PIXEL_SPACING_TOLERANCE = 1e-3  # as a fraction: decimal strings of one spacing rounded apart are one spacing
+
+
+def check_one_pixel_spacing(spacings: list[list[float] | None], names: list[str], folder: Path) -> None:
+    """Refuse a series whose slices have different pixel sizes (reconstructions of several fields of view
+    under one series UID): ITK stacks every slice on the first one's pixel size, so a slice of another field
+    of view became a slice of the volume at another scale, its prediction written there, and nothing said.
+    Files without a PixelSpacing are left as they are."""
+    apart = _first_apart(spacings, names, 2, lambda a, b: np.allclose(a, b, rtol=PIXEL_SPACING_TOLERANCE, atol=0))
+    if apart is not None:
+        (name, spacing), (first_name, first) = apart
+        raise DataError(f"{folder}: its DICOM slices have different pixel sizes ({Path(name).name} "
+                        f"{_as_dicom_text(spacing)} mm, {Path(first_name).name} {_as_dicom_text(first)} mm): reconstructions "
+                        "of several fields of view under one series UID; put the slices of each pixel size in "
+                        "their own folder (each then read as a case of its own)")
+
+
+def _first_apart(values: list[list[float] | None], names: list[str], count: int,
+                 alike: Callable[[list[float], list[float]], bool]
+                 ) -> tuple[tuple[str, list[float]], tuple[str, list[float]]] | None:
+    """The first file whose tag of ``count`` numbers (``values``, one per file of ``names``) is not ``alike``
+    the first file's, with that first file; None where they all are. Files without the tag are left out."""
+    given = [(name, v) for name, v in zip(names, values) if v is not None and len(v) == count]
+    return next(((item, given[0]) for item in given[1:] if not alike(item[1], given[0][1])), None)
+
+
+def _as_dicom_text(values: Sequence[float]) -> str:
+    """A multi-valued number tag (an ImageOrientationPatient, a PixelSpacing) as the text a DICOM viewer shows
+    (``1\\0\\0\\0\\1\\0``)."""
+    return "\\".join(f"{v:.4g}" for v in values)
 
 
 TIME_POINTS_ARE = "a cine, dynamic or multi-echo series"
