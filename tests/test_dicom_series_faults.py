@@ -123,6 +123,24 @@ def test_a_slice_of_another_pixel_size_in_a_series_is_refused_naming_it(tmp_path
         open_dataset(tmp_path).load("s")
 
 
+@pytest.mark.parametrize("keyword, tag", [("ImageOrientationPatient", "orientation"),
+                                          ("PixelSpacing", "pixel size")])
+@pytest.mark.parametrize("unplaced", [0, 2])
+def test_a_series_whose_files_only_partly_give_their_orientation_or_pixel_size_is_refused_naming_them(
+        tmp_path, keyword, tag, unplaced):
+    """ITK took the first file's for every slice: a first file without PixelSpacing read the whole series at 1 mm
+    pixels, one without ImageOrientationPatient placed it in another plane (refused as unevenly spaced, 0 mm
+    apart), without naming the file that lacked it."""
+    for z in range(4):
+        ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
+        if z == unplaced:
+            delattr(ds, keyword)
+        save_part10(ds, tmp_path / "s" / f"IM{z}.dcm")
+    with pytest.raises(DataError, match=rf"s: 1 of its 4 DICOM files give no {tag} \({keyword}\) though the "
+                                        rf"others do \(IM{unplaced}.dcm\)"):
+        open_dataset(tmp_path).load("s")
+
+
 def test_pixel_sizes_written_to_different_decimals_are_one_size(tmp_path):
     """Scanners and converters round a PixelSpacing's decimal string each their own way."""
     for z in range(4):

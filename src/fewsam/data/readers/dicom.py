@@ -383,17 +383,25 @@ def check_slice_order_known(positions: list[list[float] | None], numbers: list[l
     one, else by name as plain text; so every file giving a position, or none giving one and every file or
     none an instance number (natural name order, ``series_files``), is an order and a placement that are
     known."""
-    if all(p is not None for p in positions):
+    if any(p is not None for p in positions):
+        refuse_partly_given(positions, names, "slice position (ImagePositionPatient)", "their place among the slices",
+                            folder)
+    else:
+        refuse_partly_given(numbers, names, "instance number (InstanceNumber)", "their place among the slices", folder)
+
+
+def refuse_partly_given(values: list[list[float] | None], names: list[str], tag: str, unknown: str,
+                        folder: Path) -> None:
+    """Refuse a series where some files give ``tag`` (``values``, one per file of ``names``) and others do not,
+    naming those: ITK takes what the first files give for all, so a file without it was placed, oriented or
+    scaled as they are, or they as it is, without a word. ``unknown`` says what the tag would have told."""
+    lacking = [Path(name).name for name, value in zip(names, values) if value is None]
+    if not lacking or len(lacking) == len(names):
         return
-    by_position = any(p is not None for p in positions)
-    if not by_position and (all(n is not None for n in numbers) or all(n is None for n in numbers)):
-        return
-    tag = "slice position (ImagePositionPatient)" if by_position else "instance number (InstanceNumber)"
-    lacking = [Path(name).name for name, value in zip(names, positions if by_position else numbers) if value is None]
     shown = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
     raise DataError(f"{folder}: {len(lacking)} of its {len(names)} DICOM files give no {tag} though the others "
-                    f"do ({shown}), so their place among the slices is unknown; give them the tag, or move them "
-                    "out of the series folder")
+                    f"do ({shown}), so {unknown} is unknown; give them the tag, or move them out of the series "
+                    "folder")
 
 
 def check_one_time_point(names: list[str], folder: Path) -> dict[str, FrameHeader]:
@@ -547,7 +555,9 @@ def check_one_orientation(orientations: list[list[float] | None], names: list[st
     """Refuse a series whose slices lie in different orientations (a three-plane localizer, or scans of
     several planes sharing one series UID): ITK stacks every slice on the first one's grid, so a slice
     of another plane became a slice of the volume, and nothing said so. Files without an orientation
-    (secondary captures) are left as they are."""
+    (secondary captures) are left as they are; where the others give one, refused, naming them: ITK took the
+    first file's, or none (the identity) where that file gave none, which placed every slice in another plane."""
+    refuse_partly_given(orientations, names, "orientation (ImageOrientationPatient)", "the plane they lie in", folder)
     apart = _first_apart(orientations, names, 6, lambda a, b: np.allclose(a, b, atol=ORIENTATION_TOLERANCE))
     if apart is not None:
         (name, orientation), (first_name, first) = apart
@@ -565,7 +575,9 @@ def check_one_pixel_spacing(spacings: list[list[float] | None], names: list[str]
     """Refuse a series whose slices have different pixel sizes (reconstructions of several fields of view
     under one series UID): ITK stacks every slice on the first one's pixel size, so a slice of another field
     of view became a slice of the volume at another scale, its prediction written there, and nothing said.
-    Files without a PixelSpacing are left as they are."""
+    Files without a PixelSpacing (secondary captures) are left as they are; where the others give one, refused,
+    naming them: ITK took the first file's, or 1 mm where that file gave none, for every slice."""
+    refuse_partly_given(spacings, names, "pixel size (PixelSpacing)", "their pixel size", folder)
     apart = _first_apart(spacings, names, 2, lambda a, b: np.allclose(a, b, rtol=PIXEL_SPACING_TOLERANCE, atol=0))
     if apart is not None:
         (name, spacing), (first_name, first) = apart
