@@ -260,3 +260,47 @@ def test_a_series_label_named_flat_as_patient_underscore_series_is_found(tmp_pat
     ds = open_dataset(tmp_path)
     np.testing.assert_array_equal(ds.load("p1/cine").label, label)
     assert any("p9_cine.nii.gz" in r.getMessage() and "match no image" in r.getMessage() for r in caplog.records)
+
+
+def _split_into(folder: Path, first: Path, second: Path, keep: int) -> None:
+    """The series in ``folder`` moved into two folders, its first ``keep`` slices in ``first``."""
+    files = sorted(folder.iterdir(), key=lambda p: int(p.stem[5:]))
+    for target, part in ((first, files[:keep]), (second, files[keep:])):
+        target.mkdir(parents=True, exist_ok=True)
+        for path in part:
+            path.rename(target / path.name)
+
+
+def test_a_series_split_across_two_folders_is_refused_naming_them(tmp_path):
+    """Each folder was a case of half the volume (its prediction a half volume), and nothing said so."""
+    from conftest import assert_one_line_error, run_fewsam
+
+    write_series(tmp_path / "export", arrays(3, (8, 6, 5))[0], uid="1.2.3.8")
+    ct = tmp_path / "data" / "p1" / "ct"
+    _split_into(tmp_path / "export", ct / "0001", ct / "0002", 4)
+    write_series(tmp_path / "data" / "p2" / "ct", arrays(4)[0], uid="1.2.3.9")
+    with pytest.raises(DataError, match=r"data: 2 folders hold one DICOM series \(p1/ct/0001, p1/ct/0002: "
+                                        r"SeriesInstanceUID 1\.2\.3\.8\), each read as a case of part of it"):
+        open_dataset(tmp_path / "data")
+    assert_one_line_error(run_fewsam("info", str(tmp_path / "data"), cwd=tmp_path), "2 folders hold one DICOM series")
+
+
+def test_a_series_copied_into_a_second_folder_is_refused(tmp_path):
+    """The two copies were two cases of one patient's volume, which a split could put in training and validation."""
+    image = arrays(3)[0]
+    write_series(tmp_path / "p1" / "ct", image, uid="1.2.3.8")
+    write_series(tmp_path / "p1" / "ct copy", image, uid="1.2.3.8")
+    with pytest.raises(DataError, match=r"2 folders hold one DICOM series \(p1/ct, p1/ct copy: SeriesInstanceUID"):
+        open_dataset(tmp_path)
+
+
+def test_series_beside_copies_of_one_localizer_are_each_a_case(tmp_path):
+    """A scanner export copies the scout into each series' folder: its first file names one series for both."""
+    for series, uid in (("t1", "1.2.3.1"), ("t2", "1.2.3.2")):
+        write_series(tmp_path / "scout", arrays(9, (1, 6, 5))[0], uid="1.2.3.9")
+        (tmp_path / "scout" / "slice1.dcm").rename(tmp_path / "scout" / "a_scout.dcm")
+        write_series(tmp_path / "data" / "p1" / series, arrays(5)[0], uid=uid)
+        (tmp_path / "scout" / "a_scout.dcm").rename(tmp_path / "data" / "p1" / series / "a_scout.dcm")
+    dataset = open_dataset(tmp_path / "data")
+    assert dataset.split("all") == ["p1/t1", "p1/t2"]
+    assert dataset.load("p1/t2").image.shape == (11, 6, 5)

@@ -204,10 +204,10 @@ def _digest(text: str) -> str:
 def case_files(staging: Path, prediction: Path, probabilities: bool, dicom_seg: bool,
                rtstruct: bool = False) -> list[Path]:
     """The files of one case's prediction in ``staging`` (its class probabilities, its DICOM SEG and RT
-    structure set, a 3D TIFF's spacing file too, where written): the case is finished only once all of them are in place. A series
-    whose headers allow no DICOM object gets its prediction alone (``write_dicom_seg``), so the objects are
-    named where they were written: a file named but never made would count the case as unfinished at every
-    resume. Called by the writer of the files, on the host that wrote them."""
+    structure set, a 3D TIFF's spacing file too, where written): the case is finished only once all of them
+    are in place. A series whose headers allow no DICOM object gets its prediction alone (``write_dicom_seg``),
+    so the objects are named where they were written: a file named but never made would count the case as
+    unfinished at every resume. Called by the writer of the files, on the host that wrote them."""
     dicom = [dicom_seg_path(prediction)] if dicom_seg else []
     dicom += [dicom_rtstruct_path(prediction)] if dicom_seg and rtstruct else []
     return ([prediction] + ([probabilities_path(prediction)] if probabilities else [])
@@ -311,7 +311,8 @@ def case_predictor(run_dir: Path, config: dict, dataset: Dataset, refined: bool,
 
 def companions(rel: Path, dicom_seg: bool) -> list[str]:
     """The files a prediction ``rel`` may have beside it (its probabilities, a DICOM series' SEG and RT
-    structure set, a 3D TIFF's spacing file), which a new set of predictions replaces as a whole (``staged_folder``'s ``replaces``)."""
+    structure set, a 3D TIFF's spacing file), which a new set of predictions replaces as a whole
+    (``staged_folder``'s ``replaces``)."""
     dicom = [dicom_seg_path(rel).as_posix(), dicom_rtstruct_path(rel).as_posix()] if dicom_seg else []
     return [probabilities_path(rel).as_posix()] + dicom + [path.as_posix() for path in spacing_files(rel)]
 

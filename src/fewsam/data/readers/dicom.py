@@ -64,7 +64,7 @@ import SimpleITK as sitk
 from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, Read, classes_json_in, computed_splits,
                                         files_below, natural_sorted, one_hot_to_indices, to_label_array)
 from fewsam.data.readers.dicom_frames import POSITION_DECIMALS, FrameHeader, dicom_header, frame_header
-from fewsam.data.readers.dicom_labels import KINDS, LabelObject, label_objects_by_case
+from fewsam.data.readers.dicom_labels import KINDS, LabelObject, label_objects_by_case, series_identity
 from fewsam.data.readers.dicom_rtstruct import SeriesGeometry
 from fewsam.data.readers.itk_volume import itk_message, itk_reader, quiet_itk
 from fewsam.data.readers.nifti import ClassesFromLabelFiles, ClassSource, label_in_folder, say_unmatched_labels
@@ -456,10 +456,10 @@ def check_frames_one_orientation(orientations: list[tuple[float, ...]], path: Pa
     for the frames of one file): GDCM stacks them all on the first frame's plane."""
     for k, orientation in enumerate(orientations[1:], start=2):
         if not np.allclose(orientation, orientations[0], atol=ORIENTATION_TOLERANCE):
-            raise DataError(f"{path}: its frames lie in different orientations (frame {k} {_as_dicom_text(orientation)}, "
-                            f"frame 1 {_as_dicom_text(orientations[0])}): a localizer (survey) of several planes, not one "
-                            "volume; convert it with dcm2niix, which writes the frames of each plane as a NIfTI "
-                            "volume of its own, and read those")
+            raise DataError(f"{path}: its frames lie in different orientations (frame {k} "
+                            f"{_values_text(orientation)}, frame 1 {_values_text(orientations[0])}): a localizer "
+                            "(survey) of several planes, not one volume; convert it with dcm2niix, which writes the "
+                            "frames of each plane as a NIfTI volume of its own, and read those")
 
 
 def each_frame_rescaled(image: sitk.Image, rescales: list[tuple[float, float]], path: Path) -> sitk.Image:
@@ -562,9 +562,9 @@ def check_one_orientation(orientations: list[list[float] | None], names: list[st
     if apart is not None:
         (name, orientation), (first_name, first) = apart
         raise DataError(f"{folder}: its DICOM slices lie in different orientations ({Path(name).name} "
-                        f"{_as_dicom_text(orientation)}, {Path(first_name).name} {_as_dicom_text(first)}): a localizer of "
-                        "several planes, or series of several planes under one series UID; put the slices of "
-                        "each orientation in their own folder (each then read as a case of its own)")
+                        f"{_values_text(orientation)}, {Path(first_name).name} {_values_text(first)}): a "
+                        "localizer of several planes, or series of several planes under one series UID; put the "
+                        "slices of each orientation in their own folder (each then read as a case of its own)")
 
 
 PIXEL_SPACING = "0028|0030"  # PixelSpacing: the gap between the centres of rows, then of columns, in mm
@@ -582,9 +582,9 @@ def check_one_pixel_spacing(spacings: list[list[float] | None], names: list[str]
     if apart is not None:
         (name, spacing), (first_name, first) = apart
         raise DataError(f"{folder}: its DICOM slices have different pixel sizes ({Path(name).name} "
-                        f"{_as_dicom_text(spacing)} mm, {Path(first_name).name} {_as_dicom_text(first)} mm): reconstructions "
-                        "of several fields of view under one series UID; put the slices of each pixel size in "
-                        "their own folder (each then read as a case of its own)")
+                        f"{_values_text(spacing)} mm, {Path(first_name).name} {_values_text(first)} mm): "
+                        "reconstructions of several fields of view under one series UID; put the slices of each "
+                        "pixel size in their own folder (each then read as a case of its own)")
 
 
 def _first_apart(values: list[list[float] | None], names: list[str], count: int,
@@ -596,7 +596,7 @@ def _first_apart(values: list[list[float] | None], names: list[str], count: int,
     return next(((item, given[0]) for item in given[1:] if not alike(item[1], given[0][1])), None)
 
 
-def _as_dicom_text(values: Sequence[float]) -> str:
+def _values_text(values: Sequence[float]) -> str:
     """A multi-valued number tag (an ImageOrientationPatient, a PixelSpacing) as the text a DICOM viewer shows
     (``1\\0\\0\\0\\1\\0``)."""
     return "\\".join(f"{v:.4g}" for v in values)
@@ -918,6 +918,7 @@ def _entries(root: Path, named: ClassMap | None) -> tuple[list[Entry], dict[Path
     if base != root:
         other.update(_dicom_folders(root).no_image)  # SEG folders beside images/
     _check_not_dicom_folders(root, not_dicom, any_series=bool(series))
+    _check_each_series_in_one_folder(root, series)
     _say_no_image_folders(root, other)
     entries = []
     for folder, files in series.items():
@@ -933,6 +934,34 @@ def _entries(root: Path, named: ClassMap | None) -> tuple[list[Entry], dict[Path
     chosen = label_objects_by_case(root, objects, entries, series, named)
     return ([replace(e, label=chosen[e.case_id].path) if e.case_id in chosen else e for e in entries],
             {header.path: header for header in chosen.values()})
+
+
+def _check_each_series_in_one_folder(root: Path, series: Folders) -> None:
+    """Refuse a series whose files lie in several folders (an export that splits a long series into folders
+    of a few hundred files, or a series copied): each folder was a case of part of the volume (or a second
+    case of the same one, which a split could put in both training and validation), and nothing said so.
+    Folders whose first files share a SeriesInstanceUID are compared by their main series (``series_files``),
+    so that copies of one localizer beside different series are no such series."""
+    for folders in _folders_by_series(series).values():
+        if len(folders) < 2:
+            continue
+        main = _folders_by_series({folder: [Path(series_files(folder)[0])] for folder in folders})
+        uid, shared = max(main.items(), key=lambda item: len(item[1]), default=("", []))
+        if len(shared) > 1:
+            raise DataError(f"{root}: {len(shared)} folders hold one DICOM series ({_shown_folders(root, shared)}: "
+                            f"SeriesInstanceUID {uid}), each read as a case of part of it or a copy of it; put the "
+                            "series' files in one folder, and remove any copy")
+
+
+def _folders_by_series(series: Folders) -> dict[str, list[Path]]:
+    """The folders of ``series`` by the SeriesInstanceUID of their first file (by name); those whose first
+    file gives none left out."""
+    by_uid: dict[str, list[Path]] = {}
+    for folder, files in series.items():
+        uid = series_identity(files)[0]
+        if uid is not None:
+            by_uid.setdefault(uid, []).append(folder)
+    return by_uid
 
 
 def _say_slice_masks(root: Path, labels: Path) -> None:

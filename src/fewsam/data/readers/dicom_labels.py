@@ -116,7 +116,7 @@ def label_objects_by_case(root: Path, objects: list[tuple[Path, str]], entries: 
     labels/ file (module docstring; ``series``: each case folder's files)."""
     if not objects:
         return {}
-    identities = {e.case_id: _series_identity(series[e.image]) for e in entries}
+    identities = {e.case_id: series_identity(series[e.image]) for e in entries}
     found: dict[str, list[LabelObject]] = {}
     unpaired: list[tuple[str, str]] = []
     for path, sop_class in objects:
@@ -140,7 +140,7 @@ def label_objects_by_case(root: Path, objects: list[tuple[Path, str]], entries: 
     return chosen
 
 
-def _series_identity(files: list[Path]) -> tuple[str | None, str | None]:
+def series_identity(files: list[Path]) -> tuple[str | None, str | None]:
     """A series folder's SeriesInstanceUID and FrameOfReferenceUID, from its first file's header."""
     header = dicom_header(natural_sorted(files, key=lambda p: p.name)[0], ["SeriesInstanceUID", "FrameOfReferenceUID"])
     if header is None:
