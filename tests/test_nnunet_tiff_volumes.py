@@ -15,6 +15,7 @@ from PIL import Image
 
 from fewsam import progress
 from fewsam.data import open_dataset, read_prediction, write_prediction
+from fewsam.info import dataset_info
 from fewsam.predict import case_files, companions
 
 from conftest import assert_one_line_error, run_fewsam
@@ -77,6 +78,7 @@ def test_a_3d_tiff_prediction_gets_its_spacing_file_and_reads_back_on_its_image(
     assert case_files(tmp_path / "pred", written.relative_to(tmp_path / "pred"), False, False) == [
         Path("case1.tif"), Path("case1.json")]
     assert "case1.json" in companions(Path("case1.tif"), False)
+    assert ".tif and its <case>.json spacing for a 3D TIFF's" in dataset_info(tmp_path / "data")["storage"]
 
 
 @pytest.mark.parametrize("spacing", [[3.0, 0.8], [3.0, 0.0, 0.7], "3 0.8 0.7", [3.0, "0.8", 0.7]])
