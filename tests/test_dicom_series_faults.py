@@ -103,6 +103,26 @@ def test_a_three_plane_localizer_of_its_own_is_refused(tmp_path):
         open_dataset(tmp_path).load("loc")
 
 
+@pytest.mark.parametrize("orientation, shown", [((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), r"0\\0\\0\\0\\0\\0"),
+                                                ((1.0, 0.0, 0.0, 0.3, 1.0, 0.0), r"1\\0\\0\\0.3\\1\\0")])
+def test_an_orientation_that_gives_no_plane_is_refused_naming_the_file_and_tag(tmp_path, orientation, shown):
+    """ITK took the identity for it and stacked the slices across their positions: the series was refused as
+    unevenly spaced, "gap of 0 mm ... typical 0 mm", naming neither the file nor the tag."""
+    for z in range(4):
+        save_part10(mr_slice(z + 1, (0.0, 2.0 * z, 0.0), orientation), tmp_path / "s" / f"IM{z}.dcm")
+    with pytest.raises(DataError, match=rf"s: IM0.dcm gives an orientation \(ImageOrientationPatient\) of {shown}, "
+                                        r"not a row and a column direction at right angles"):
+        open_dataset(tmp_path).load("s")
+
+
+def test_an_orientation_of_directions_longer_than_1_reads_as_itk_scales_them(tmp_path):
+    for z in range(4):
+        save_part10(mr_slice(z + 1, (0.0, 0.0, 2.0 * z), (2.0, 0.0, 0.0, 0.0, 2.0, 0.0)), tmp_path / "s" / f"IM{z}.dcm")
+    case = open_dataset(tmp_path).load("s")
+    assert case.spacing == pytest.approx((2.0, 0.5, 0.5))
+    np.testing.assert_allclose(case.meta["direction"], np.eye(3).ravel(), atol=1e-6)
+
+
 def test_orientations_a_millionth_apart_are_one_plane(tmp_path):
     """Scanners write each file's cosines to their own last decimal: a millionth apart is one plane."""
     for z in range(4):

@@ -558,6 +558,7 @@ def check_one_orientation(orientations: list[list[float] | None], names: list[st
     (secondary captures) are left as they are; where the others give one, refused, naming them: ITK took the
     first file's, or none (the identity) where that file gave none, which placed every slice in another plane."""
     refuse_partly_given(orientations, names, "orientation (ImageOrientationPatient)", "the plane they lie in", folder)
+    refuse_no_plane(orientations, names, folder)
     apart = _first_apart(orientations, names, 6, lambda a, b: np.allclose(a, b, atol=ORIENTATION_TOLERANCE))
     if apart is not None:
         (name, orientation), (first_name, first) = apart
@@ -565,6 +566,29 @@ def check_one_orientation(orientations: list[list[float] | None], names: list[st
                         f"{_values_text(orientation)}, {Path(first_name).name} {_values_text(first)}): a "
                         "localizer of several planes, or series of several planes under one series UID; put the "
                         "slices of each orientation in their own folder (each then read as a case of its own)")
+
+
+def refuse_no_plane(orientations: list[list[float] | None], names: list[str], folder: Path) -> None:
+    """Refuse a file whose ImageOrientationPatient gives no plane (all zeros, a row and a column direction not
+    at right angles, or not six numbers: a damaged or hand-made header): ITK drops such an orientation for the
+    identity, which stacked the slices along a direction their positions do not run along, and the series was
+    refused as unevenly spaced, "0 mm apart", naming neither the file nor the tag. Directions of another length
+    than 1 are scaled to it, as ITK does."""
+    for name, orientation in zip(names, orientations):
+        if orientation is not None and not _is_plane(orientation):
+            raise DataError(f"{folder}: {Path(name).name} gives an orientation (ImageOrientationPatient) of "
+                            f"{_values_text(orientation)}, not a row and a column direction at right angles, so the "
+                            "plane its slices lie in is unknown (a damaged or hand-made header); correct the tag in "
+                            "its files")
+
+
+def _is_plane(orientation: list[float]) -> bool:
+    """Whether six direction cosines are a row and a column direction (of any length but 0) at right angles."""
+    if len(orientation) != 6 or not np.all(np.isfinite(orientation)):
+        return False
+    row, column = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    lengths = np.linalg.norm(row) * np.linalg.norm(column)
+    return bool(lengths > 0 and abs(row @ column) / lengths < ORIENTATION_TOLERANCE)
 
 
 PIXEL_SPACING = "0028|0030"  # PixelSpacing: the gap between the centres of rows, then of columns, in mm
