@@ -161,6 +161,16 @@ def test_a_series_whose_files_only_partly_give_their_orientation_or_pixel_size_i
         open_dataset(tmp_path).load("s")
 
 
+def test_a_negative_pixel_size_is_refused_naming_the_file(tmp_path):
+    """ITK read negative sizes as the slices mirrored in x and y (the prediction written mirrored), unsaid."""
+    for z in range(4):
+        ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
+        ds.PixelSpacing = [-0.5, -0.5]
+        save_part10(ds, tmp_path / "s" / f"IM{z}.dcm")
+    with pytest.raises(DataError, match=r"s: IM0.dcm gives a pixel size \(PixelSpacing\) of -0.5\\-0.5 mm, below 0"):
+        open_dataset(tmp_path).load("s")
+
+
 def test_pixel_sizes_written_to_different_decimals_are_one_size(tmp_path):
     """Scanners and converters round a PixelSpacing's decimal string each their own way."""
     for z in range(4):

@@ -602,6 +602,7 @@ def check_one_pixel_spacing(spacings: list[list[float] | None], names: list[str]
     Files without a PixelSpacing (secondary captures) are left as they are; where the others give one, refused,
     naming them: ITK took the first file's, or 1 mm where that file gave none, for every slice."""
     refuse_partly_given(spacings, names, "pixel size (PixelSpacing)", "their pixel size", folder)
+    refuse_negative_pixel_size(spacings, names, folder)
     apart = _first_apart(spacings, names, 2, lambda a, b: np.allclose(a, b, rtol=PIXEL_SPACING_TOLERANCE, atol=0))
     if apart is not None:
         (name, spacing), (first_name, first) = apart
@@ -609,6 +610,17 @@ def check_one_pixel_spacing(spacings: list[list[float] | None], names: list[str]
                         f"{_values_text(spacing)} mm, {Path(first_name).name} {_values_text(first)} mm): "
                         "reconstructions of several fields of view under one series UID; put the slices of each "
                         "pixel size in their own folder (each then read as a case of its own)")
+
+
+def refuse_negative_pixel_size(spacings: list[list[float] | None], names: list[str], folder: Path) -> None:
+    """Refuse a file whose PixelSpacing holds a negative size (or one that is no number: a damaged or hand-made
+    header): ITK read negative sizes as the slices mirrored, and the prediction was written on that mirrored
+    grid, without a word. Zeros, which ITK reads as 1 mm pixels, are read so, as a file without the tag is."""
+    for name, spacing in zip(names, spacings):
+        if spacing is not None and not (np.all(np.isfinite(spacing)) and min(spacing, default=0) >= 0):
+            raise DataError(f"{folder}: {Path(name).name} gives a pixel size (PixelSpacing) of {_values_text(spacing)} "
+                            "mm, below 0, so where its pixels lie is unknown (a damaged or hand-made header); correct "
+                            "the tag in its files")
 
 
 def _first_apart(values: list[list[float] | None], names: list[str], count: int,
