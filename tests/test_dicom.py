@@ -279,19 +279,29 @@ def test_a_series_split_across_two_folders_is_refused_naming_them(tmp_path):
     ct = tmp_path / "data" / "p1" / "ct"
     _split_into(tmp_path / "export", ct / "0001", ct / "0002", 4)
     write_series(tmp_path / "data" / "p2" / "ct", arrays(4)[0], uid="1.2.3.9")
-    with pytest.raises(DataError, match=r"data: 2 folders hold one DICOM series \(p1/ct/0001, p1/ct/0002: "
-                                        r"SeriesInstanceUID 1\.2\.3\.8\), each read as a case of part of it"):
+    with pytest.raises(DataError, match=r"data: 2 folders hold parts or copies of one DICOM series \(p1/ct/0001, "
+                                        r"p1/ct/0002: SeriesInstanceUID 1\.2\.3\.8\), each read as a case of part"):
         open_dataset(tmp_path / "data")
-    assert_one_line_error(run_fewsam("info", str(tmp_path / "data"), cwd=tmp_path), "2 folders hold one DICOM series")
+    assert_one_line_error(run_fewsam("info", str(tmp_path / "data"), cwd=tmp_path), "2 folders hold parts or copies")
 
 
 def test_a_series_copied_into_a_second_folder_is_refused(tmp_path):
     """The two copies were two cases of one patient's volume, which a split could put in training and validation."""
-    image = arrays(3)[0]
-    write_series(tmp_path / "p1" / "ct", image, uid="1.2.3.8")
-    write_series(tmp_path / "p1" / "ct copy", image, uid="1.2.3.8")
-    with pytest.raises(DataError, match=r"2 folders hold one DICOM series \(p1/ct, p1/ct copy: SeriesInstanceUID"):
+    import shutil
+
+    write_series(tmp_path / "p1" / "ct", arrays(3)[0], uid="1.2.3.8")
+    shutil.copytree(tmp_path / "p1" / "ct", tmp_path / "p1" / "ct copy")
+    with pytest.raises(DataError, match=r"2 folders hold parts or copies of one DICOM series \(p1/ct, p1/ct copy: "):
         open_dataset(tmp_path)
+
+
+def test_the_echoes_of_one_series_each_in_a_folder_of_its_own_are_each_a_case(tmp_path):
+    """A two-echo series at the same slice positions, split by echo into folders as fewsam asks of such a series."""
+    for echo in (1, 2):
+        write_series(tmp_path / "p1" / f"echo{echo}", arrays(echo)[0], uid="1.2.3.8")
+    dataset = open_dataset(tmp_path)
+    assert dataset.split("all") == ["p1/echo1", "p1/echo2"]
+    np.testing.assert_array_equal(dataset.load("p1/echo2").image, arrays(2)[0].astype(np.float32))
 
 
 def test_series_beside_copies_of_one_localizer_are_each_a_case(tmp_path):

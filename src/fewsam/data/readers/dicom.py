@@ -973,20 +973,35 @@ def _entries(root: Path, named: ClassMap | None) -> tuple[list[Entry], dict[Path
 
 
 def _check_each_series_in_one_folder(root: Path, series: Folders) -> None:
-    """Refuse a series whose files lie in several folders (an export that splits a long series into folders
-    of a few hundred files, or a series copied): each folder was a case of part of the volume (or a second
-    case of the same one, which a split could put in both training and validation), and nothing said so.
-    Folders whose first files share a SeriesInstanceUID are compared by their main series (``series_files``),
+    """Refuse a series whose files lie in several folders as parts of one volume (an export that splits a long
+    series into folders of a few hundred files) or as copies: each folder was a case of part of the volume (or
+    a second case of the same one, which a split could put in both training and validation), and nothing said
+    so. Folders whose first files share a SeriesInstanceUID are compared by their main series (``series_files``),
     so that copies of one localizer beside different series are no such series."""
     for folders in _folders_by_series(series).values():
         if len(folders) < 2:
             continue
         main = _folders_by_series({folder: [Path(series_files(folder)[0])] for folder in folders})
-        uid, shared = max(main.items(), key=lambda item: len(item[1]), default=("", []))
-        if len(shared) > 1:
-            raise DataError(f"{root}: {len(shared)} folders hold one DICOM series ({_shown_folders(root, shared)}: "
-                            f"SeriesInstanceUID {uid}), each read as a case of part of it or a copy of it; put the "
-                            "series' files in one folder, and remove any copy")
+        for uid, shared in main.items():
+            if len(shared) > 1 and _parts_or_copies([series_files(folder) for folder in shared]):
+                raise DataError(f"{root}: {len(shared)} folders hold parts or copies of one DICOM series "
+                                f"({_shown_folders(root, shared)}: SeriesInstanceUID {uid}), each read as a case of "
+                                "part of it or a copy of it; put the series' files in one folder, and remove any copy")
+
+
+def _parts_or_copies(folders: list[list[str]]) -> bool:
+    """Whether the files of folders of one series (``folders``: each one's file names) are parts of one volume
+    (no slice position in two folders) or copies (an instance, SOPInstanceUID, in two). Volumes at the same
+    positions by other instances are the series' echoes or time points, each put in a folder of its own as
+    ``check_one_time_point`` asks: cases of their own."""
+    headers = [[dicom_header(name, ["SOPInstanceUID", "ImagePositionPatient"]) for name in names] for names in folders]
+    instances = [{str(h.SOPInstanceUID) for h in folder if h is not None and h.get("SOPInstanceUID")}
+                 for folder in headers]
+    positions = [{tuple(round(float(v), POSITION_DECIMALS) for v in h.ImagePositionPatient)
+                  for h in folder if h is not None and h.get("ImagePositionPatient")} for folder in headers]
+    copied = len(set().union(*instances)) < sum(map(len, instances))
+    parts = all(positions) and len(set().union(*positions)) == sum(map(len, positions))
+    return copied or parts
 
 
 def _folders_by_series(series: Folders) -> dict[str, list[Path]]:
