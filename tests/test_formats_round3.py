@@ -273,6 +273,20 @@ def test_a_segmentation_saved_on_its_own_extent_is_placed_on_its_image(tmp_path,
     assert "covers part of its image's voxel grid" in notices.text
 
 
+def test_a_label_a_rounding_off_its_image_is_said_to_be_read_voxel_for_voxel_not_to_cover_part_of_it(
+        tmp_path, notices):
+    """A label whose origin differs from its image's by a few thousandths of a millimetre (its header written again
+    by another tool) was said to be "saved on its own extent" and to cover part of the image, as a crop."""
+    image, label = volume()
+    save(image, tmp_path / "images" / "p1.nii.gz", AFFINE)
+    shifted = AFFINE.copy()
+    shifted[:3, 3] += 0.004
+    save(label, tmp_path / "labels" / "p1.nii.gz", shifted)
+    np.testing.assert_array_equal(open_dataset(tmp_path).load("p1").label, label.transpose(2, 1, 0))
+    assert "differs from its image's by less than a hundredth of a voxel" in notices.text
+    assert "covers part" not in notices.text
+
+
 def test_a_cropped_nifti_label_is_placed_and_one_reaching_outside_the_image_is_refused(tmp_path):
     image, label = volume(shape=(12, 10, 6))
     label[:] = 0

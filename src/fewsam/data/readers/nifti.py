@@ -835,17 +835,27 @@ def on_image_grid(label: Any, image: Any, path: Path, what: str = "label") -> An
                  "it is reoriented onto the image's voxel grid", key=f"nifti-{what}-reoriented")
         return turned
     cropped = _inside_grid(turned, image)
+    if cropped is not None and _unturned(turn) and turned.shape[:3] == image.shape[:3]:
+        say_once(f"{path}: the {what}'s affine differs from its image's by less than a hundredth of a voxel (the "
+                 "rounding of a header written again); it is read voxel for voxel on the image's grid",
+                 key=f"nifti-{what}-rounded")
+        return cropped
     if cropped is not None:
         say_once(f"{path}: the {what} covers part of its image's voxel grid (saved on its own extent, as 3D Slicer "
                  "saves segmentations); it is placed there, background elsewhere", key=f"nifti-{what}-cropped")
         return cropped
-    if (turn[:, 0] == np.arange(3)).all() and (turn[:, 1] == 1).all():
+    if _unturned(turn):
         say_once(f"{path}: the {what}'s affine differs from its image's (another origin or spacing) in the "
                  "same orientation; it is read voxel for voxel on the image's grid", key=f"nifti-{what}-affine")
         return label
     raise DataError(f"{what} {path} is oriented {''.join(nib.aff2axcodes(label.affine))} and placed elsewhere "
                     f"than its image ({''.join(nib.aff2axcodes(image.affine))}), so its voxels cannot be matched "
                     f"to the image's; save the {what} with the image's affine (as nnU-Net and the viewers expect)")
+
+
+def _unturned(turn: np.ndarray) -> bool:
+    """Whether an orientation transform (``ornt_transform``) keeps every axis as it is."""
+    return bool((turn[:, 0] == np.arange(3)).all() and (turn[:, 1] == 1).all())
 
 
 def _one_slice_deep(volume: Any) -> Any:
