@@ -2,6 +2,7 @@
 
     root/data/patient099_frame01_slice_15.h5   2D slice: image (H,W) float32, label (H,W) uint8
     root/data/patient028_frame01.h5            volume: image (D,H,W), label (D,H,W)
+    root/data/slices/patient099_frame01_slice_15.h5   the slices where SSL4MIS's own release keeps them
     root/train_slices.list  train.list  val.list  [test.list]  [patient_info.csv]
 
 Splits: "train" = train_slices.list (2D slice cases, D=1), "val" = val.list (volumes),
@@ -43,13 +44,30 @@ def subject_of(case_id: str) -> str:
     return m.group(1) if m else re.sub(r"_slice_\d+$", "", case_id)
 
 
+SLICE_FOLDER = "slices"  # SSL4MIS's dataloader opens data/slices/<case>.h5 for train_slices.list, data/<case>.h5 else
+
+
+def case_files(root: Path) -> list[Path]:
+    """The h5 files of the cases, naturally sorted by name: ``data/*.h5`` and ``data/slices/*.h5``. SSL4MIS's
+    release keeps the training slices that train_slices.list names in ``data/slices/``: read from ``data/``
+    alone, every line of that list named a missing case and no fit could take its labelled budget. One case
+    in both folders is refused, naming both files, as either could be the one its list means."""
+    files = files_ending_with(root / "data", ".h5") + files_ending_with(root / "data" / SLICE_FOLDER, ".h5")
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise DataError(f"{seen[path.stem]} and {path} are both case {path.stem!r}; keep one of them")
+        seen[path.stem] = path
+    return natural_sorted(files, key=lambda p: p.name)
+
+
 class AcdcH5Dataset(IndexedDataset):
     layout = "acdc-h5"
     format = "h5"
 
     def __init__(self, root: Path) -> None:
         entries = [Entry(case_id=p.stem, image=p, label=p, rel_path=p.name, subject=subject_of(p.stem))
-                   for p in natural_sorted(files_ending_with(root / "data", ".h5"), key=lambda p: p.name)]
+                   for p in case_files(root)]
         super().__init__(root, CLASS_MAP, entries)
         self.split_files = {s: f for s, f in LIST_SPLITS.items() if (root / f).is_file()}
         if (root / "patient_info.csv").is_file():
