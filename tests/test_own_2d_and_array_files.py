@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import assert_one_line_error, run_fewsam
 from fewsam.data import open_dataset
@@ -52,3 +53,29 @@ def test_a_slice_in_both_data_and_data_slices_is_refused_naming_both(tmp_path):
     result = run_fewsam("info", str(root), cwd=tmp_path)
     assert_one_line_error(result, "are both case 'patient001_frame01_slice_0'")
     assert "slices/patient001_frame01_slice_0.h5" in result.stderr
+
+
+def image_mask_pairs(root: Path, count: int = 5) -> list[tuple[str, str]]:
+    """``count`` 16 x 14 images in root/imgs/ with 0/255 masks in root/gt/, as (image, mask) paths below root."""
+    rng = np.random.default_rng(1)
+    (root / "imgs").mkdir(parents=True)
+    (root / "gt").mkdir()
+    pairs = []
+    for i in range(count):
+        mask = np.zeros((16, 14), np.uint8)
+        mask[3:9 + i, 2:10] = 255
+        Image.fromarray(rng.integers(0, 200, mask.shape, dtype=np.uint8)).save(root / "imgs" / f"c {i}.png")
+        Image.fromarray(mask).save(root / "gt" / f"c {i}.png")
+        pairs.append((f"imgs/c {i}.png", f"gt/c {i}.png"))
+    return pairs
+
+
+def test_index_paths_written_on_windows_find_their_masks(tmp_path):
+    """An index.csv from Excel or pandas on Windows names masks as gt\\c 0.png: the image was found, and its
+    mask said to be missing when the case was read."""
+    root = tmp_path / "data"
+    rows = [f"{image.replace('/', chr(92))},{mask.replace('/', chr(92))}" for image, mask in image_mask_pairs(root)]
+    (root / "index.csv").write_bytes(("image,mask\r\n" + "\r\n".join(rows) + "\r\n").encode())
+    ds = open_dataset(root)
+    label = ds.load("imgs/c 2").label
+    assert label is not None and int(label.sum()) == 8 * 8

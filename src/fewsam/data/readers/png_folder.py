@@ -684,9 +684,17 @@ def _read_index(path: Path) -> list[dict[str, str]]:
                         "and at least one row")
     for row in rows:
         row.setdefault("masks", row.pop("mask", ""))
+        row["image"], row["masks"] = posix_cell(row["image"]), posix_cell(row["masks"])
     if any(not row["image"] for row in rows):
         raise DataError(f"{path} has a row with an empty 'image' cell; fill it or delete the row")
     return rows
+
+
+def posix_cell(cell: str) -> str:
+    """An index cell's paths with '/' between folders: a table written on Windows (Excel, pandas' to_csv of
+    ``os.path.join`` paths) names ``masks\\x.png``, which no file below root is called here, so the image was
+    found and its mask said to be missing."""
+    return cell.replace("\\", "/")
 
 
 def _parent_rows(root: Path) -> list[dict[str, str]]:
@@ -694,10 +702,10 @@ def _parent_rows(root: Path) -> list[dict[str, str]]:
     if root.parent == root or not index.is_file():
         return []
     prefix = root.name + "/"
-    rows = [r for r in _read_index(index) if r["image"].replace("\\", "/").startswith(prefix)]
+    rows = [r for r in _read_index(index) if r["image"].startswith(prefix)]
     for row in rows:
-        row["image"] = row["image"].replace("\\", "/")[len(prefix):]
-        row["masks"] = ";".join(m.replace("\\", "/")[len(prefix):] for m in _split_masks(row["masks"]))
+        row["image"] = row["image"][len(prefix):]
+        row["masks"] = ";".join(m[len(prefix):] for m in _split_masks(row["masks"]))
     return rows
 
 
