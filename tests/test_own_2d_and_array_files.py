@@ -79,3 +79,24 @@ def test_index_paths_written_on_windows_find_their_masks(tmp_path):
     ds = open_dataset(root)
     label = ds.load("imgs/c 2").label
     assert label is not None and int(label.sum()) == 8 * 8
+
+
+def test_index_columns_in_capitals_are_read_by_their_names(tmp_path):
+    """A spreadsheet's "Image", "Mask", "Split" header: "Image" was refused as no 'image' column, and a "Split"
+    column beside lower-case paths was read as a group attribute, so the user's val and test images went to
+    the computed splits (the test image among the training ones) without a word."""
+    root = tmp_path / "data"
+    splits = ["train", "train", "val", "test", "train"]
+    rows = [f"{image},{mask},{split}" for (image, mask), split in zip(image_mask_pairs(root), splits)]
+    (root / "index.csv").write_text("Image,Mask,Split\n" + "\n".join(rows) + "\n")
+    ds = open_dataset(root)
+    assert [ds.split(name) for name in ("train", "val", "test")] == [
+        ["imgs/c 0", "imgs/c 1", "imgs/c 4"], ["imgs/c 2"], ["imgs/c 3"]]
+    assert ds.load("imgs/c 3").label is not None
+
+
+def test_an_index_with_split_and_split_columns_is_refused_naming_both(tmp_path):
+    root = tmp_path / "data"
+    rows = [f"{image},{mask},train,val" for image, mask in image_mask_pairs(root)]
+    (root / "index.csv").write_text("image,mask,split,Split\n" + "\n".join(rows) + "\n")
+    assert_one_line_error(run_fewsam("info", str(root), cwd=tmp_path), "columns 'split' and 'Split' are both")

@@ -668,7 +668,8 @@ def _read_index(path: Path) -> list[dict[str, str]]:
     reader, read_to = None, 0
     try:
         separator, reader = user_csv_rows(path)  # Excel writes ";" where "," is the decimal mark
-        width, rows = len(reader.fieldnames or []), []
+        reader.fieldnames = _index_columns(list(reader.fieldnames or []), path)
+        width, rows = len(reader.fieldnames), []
         read_to = reader.reader.line_num
         for r in reader:
             extra = r.pop(None, None)  # type: ignore[call-overload]  # the cells beyond the header
@@ -688,6 +689,27 @@ def _read_index(path: Path) -> list[dict[str, str]]:
     if any(not row["image"] for row in rows):
         raise DataError(f"{path} has a row with an empty 'image' cell; fill it or delete the row")
     return rows
+
+
+# The index columns read by their names, matched in any letter case: spreadsheets and pandas write "Image",
+# "Mask", "Split"; a "Split" column read as an attribute left the user's held-out images to the computed splits
+INDEX_COLUMNS = (*PATH_COLUMNS, "split", "task", "pathology", *SUBJECT_COLUMNS)
+
+
+def _index_columns(header: list[str], path: Path) -> list[str]:
+    """An index's header with the columns fewsam reads by name (``INDEX_COLUMNS``) in lower case, the others as
+    written (they are group attributes, named as the user wrote them); two that are then one name are refused,
+    naming both, as either could be the one meant."""
+    named: dict[str, str] = {}
+    columns = []
+    for column in header:
+        name = column.strip().lower() if column.strip().lower() in INDEX_COLUMNS else column
+        if name in named and name in INDEX_COLUMNS:
+            raise DataError(f"{path}: columns {named[name]!r} and {column!r} are both the {name!r} column; "
+                            "keep one of them")
+        named[name] = column
+        columns.append(name)
+    return columns
 
 
 def posix_cell(cell: str) -> str:
