@@ -100,3 +100,23 @@ def test_an_index_with_split_and_split_columns_is_refused_naming_both(tmp_path):
     rows = [f"{image},{mask},train,val" for image, mask in image_mask_pairs(root)]
     (root / "index.csv").write_text("image,mask,split,Split\n" + "\n".join(rows) + "\n")
     assert_one_line_error(run_fewsam("info", str(root), cwd=tmp_path), "columns 'split' and 'Split' are both")
+
+
+def test_an_index_pairing_image_with_label_as_monai_lists_do_reads_the_masks(tmp_path):
+    """MONAI's data lists pair "image" with "label": the masks were read as a group attribute of paths, every
+    image was unlabelled and a fit said the folder had no label files."""
+    root = tmp_path / "data"
+    rows = [f"{image},{mask},benign" for image, mask in image_mask_pairs(root)]
+    (root / "index.csv").write_text("image,label,pathology\n" + "\n".join(rows) + "\n")
+    ds = open_dataset(root)
+    assert all(ds.has_label(case_id) for case_id in ds.entries)
+    assert int(ds.load("imgs/c 1").label.sum()) == 7 * 8
+    assert "label" not in ds.attributes_of("imgs/c 1")
+
+
+def test_an_index_label_column_of_words_stays_an_attribute(tmp_path):
+    root = tmp_path / "data"
+    rows = [f"{image},{mask},benign" for image, mask in image_mask_pairs(root)]
+    (root / "index.csv").write_text("image,mask,label\n" + "\n".join(rows) + "\n")
+    ds = open_dataset(root)
+    assert ds.attributes_of("imgs/c 1")["label"] == "benign" and ds.load("imgs/c 1").label is not None

@@ -681,8 +681,9 @@ def _read_index(path: Path) -> list[dict[str, str]]:
     except (OSError, csv.Error) as err:
         raise DataError(f"cannot read {path}: {csv_error_text(err, reader, read_to)}") from None
     if not rows or "image" not in rows[0]:
-        raise DataError(f"{path} needs a header with an 'image' column (and 'mask' or 'masks') "
+        raise DataError(f"{path} needs a header with an 'image' column (and 'mask', 'masks' or 'label') "
                         "and at least one row")
+    _read_label_column_as_masks(rows)
     for row in rows:
         row.setdefault("masks", row.pop("mask", ""))
         row["image"], row["masks"] = posix_cell(row["image"]), posix_cell(row["masks"])
@@ -710,6 +711,20 @@ def _index_columns(header: list[str], path: Path) -> list[str]:
         named[name] = column
         columns.append(name)
     return columns
+
+
+def _read_label_column_as_masks(rows: list[dict[str, str]]) -> None:
+    """An index without a mask column whose ``label`` column names image files (MONAI's data lists and CSV
+    datasets pair ``image`` with ``label``) has its masks there: read as a group attribute, every image was
+    unlabelled and a fit said the folder had no label files. A ``label`` column of words (benign, malignant)
+    beside no mask column stays an attribute."""
+    if "mask" in rows[0] or "masks" in rows[0]:
+        return
+    column = next((name for name in rows[0] if name.lower() == "label"), None)
+    cells = [row[column] for row in rows if column is not None and row[column]]
+    if cells and all(is_image_name(PurePosixPath(posix_cell(cell)).name) for cell in cells):
+        for row in rows:
+            row["masks"] = row.pop(str(column))
 
 
 def posix_cell(cell: str) -> str:
