@@ -12,6 +12,8 @@ from PIL import Image
 
 from conftest import assert_one_line_error, run_fewsam
 from fewsam.data import open_dataset
+from fewsam.data.budget import select_labelled
+from fewsam.info import dataset_info
 
 
 def _acdc_case(path: Path, image: np.ndarray, label: np.ndarray) -> None:
@@ -120,3 +122,43 @@ def test_an_index_label_column_of_words_stays_an_attribute(tmp_path):
     (root / "index.csv").write_text("image,mask,label\n" + "\n".join(rows) + "\n")
     ds = open_dataset(root)
     assert ds.attributes_of("imgs/c 1")["label"] == "benign" and ds.load("imgs/c 1").label is not None
+
+
+def left_atrium_volumes(root: Path, unlabelled: str) -> Path:
+    """UA-MT's left atrium layout (a folder per case of mri_norm2.h5, (x, y, z)), case ``unlabelled`` without its
+    'label' dataset, first in train.list."""
+    rng = np.random.default_rng(2)
+    names = ["CASE00", "CASE01", "CASE02", "CASE03"]
+    for name in names:
+        label = np.zeros((12, 10, 6), np.uint8)
+        label[3:9, 2:8, 1:5] = 1
+        with h5py.File(_folder(root / "LA" / name) / "mri_norm2.h5", "w") as f:
+            f["image"] = rng.random(label.shape, np.float32)
+            if name != unlabelled:
+                f["label"] = label
+    (root / "train.list").write_text("\n".join([unlabelled, *(n for n in names[:3] if n != unlabelled)]) + "\n")
+    (root / "test.list").write_text("CASE03\n")
+    return root
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_an_h5_volume_without_a_label_is_unlabelled_and_left_out_of_the_budget(tmp_path):
+    """An h5 file without 'label' was counted labelled: info said so, and --labeled-cases took it first, the fit
+    stopping after embedding it with "some labelled slices have no label file", naming no case."""
+    root = left_atrium_volumes(tmp_path / "la", unlabelled="CASE01")
+    ds = open_dataset(root)
+    assert [ds.has_label(case_id) for case_id in ("CASE00", "CASE01", "CASE02")] == [True, False, True]
+    assert {ref.case_id for ref in select_labelled(ds, n_cases=1)} == {"CASE00"}
+    assert dataset_info(root)["defaults"]["fit"]["budget_order"]["first"] == "CASE00:0"
+
+
+def test_an_ssl4mis_validation_volume_without_a_label_is_counted_unlabelled(tmp_path):
+    root = ssl4mis_acdc(tmp_path / "acdc")
+    with h5py.File(root / "data" / "patient002_frame01.h5", "a") as f:
+        del f["label"]
+    assert not open_dataset(root).has_label("patient002_frame01")
+    assert dataset_info(root)["splits"]["val"]["labelled"] == 0

@@ -156,7 +156,7 @@ def _named_split(splits: dict[str, dict[str, Any]], name: str, option: str) -> d
 def _budget(dataset: IndexedDataset) -> dict[str, Any]:
     """The order --labeled-cases/--labeled-slices take labelled slices in."""
     try:
-        order = dataset.labelled_budget_order()
+        order = [ref for ref in dataset.labelled_budget_order() if dataset.has_label(ref.case_id)]
     except FewsamError as err:
         return {"error": str(err)}
     subjects = list(dict.fromkeys(dataset.subject_of(ref.case_id) for ref in order))

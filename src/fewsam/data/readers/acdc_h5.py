@@ -15,6 +15,7 @@ are in pixels. ``patient_info.csv`` in root is joined by patient id (group, bmi,
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 
 import h5py
@@ -61,7 +62,39 @@ def case_files(root: Path) -> list[Path]:
     return natural_sorted(files, key=lambda p: p.name)
 
 
-class AcdcH5Dataset(IndexedDataset):
+class H5CaseFiles(IndexedDataset):
+    """A layout whose case files are h5 files holding the case's ``label`` beside its ``image``: a file without
+    one (new scans to predict, a copy whose labels were left out) is unlabelled. Told from the file's header the
+    first time it is asked, not when the folder opens (its thousands of files stay unread there): counted
+    labelled, such a file was taken into a fit's labelled budget, which stopped after embedding it naming no
+    case, and info counted it labelled."""
+
+    @cached_property
+    def _label_files_looked_at(self) -> set[Path]:
+        return set()
+
+    def has_label(self, case_id: str) -> bool:
+        entry = self._entry(case_id)
+        path = entry.label
+        if path is None or Path(path).suffix.lower() != ".h5" or path in self._label_files_looked_at:
+            return path is not None
+        self._label_files_looked_at.add(path)
+        if not h5_holds_label(Path(path)):
+            entry.label = None
+        return entry.label is not None
+
+
+def h5_holds_label(path: Path) -> bool:
+    """Whether an h5 file holds a ``label`` (its header read, not its arrays); a damaged file is taken to, and is
+    named when it is read."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "label" in f
+    except H5_ERRORS:
+        return True
+
+
+class AcdcH5Dataset(H5CaseFiles):
     layout = "acdc-h5"
     format = "h5"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewsam.data.readers.acdc_h5 import h5_image_and_label, h5_image_shape
+from fewsam.data.readers.acdc_h5 import H5CaseFiles, h5_image_and_label, h5_image_shape
 from fewsam.data.readers.common import (Entry, Read, computed_splits, files_below, list_file_in, natural_sorted,
                                         read_json_object, read_list_lines, to_image_array, to_label_array)
 from fewsam.data.readers.sam_arrays import ClassesFromValues
@@ -139,7 +139,7 @@ def _say_depth_axis(root: Path, taken: int, shown: Counter[int | None]) -> None:
              f"{', '.join(standing + none)}", key=f"h5-depth-axis-{root}")
 
 
-class H5VolumeDataset(ClassesFromValues):
+class H5VolumeDataset(H5CaseFiles, ClassesFromValues):
     layout = "h5-volumes"
     format = "h5"
     reads_whole_tree = True  # h5 files below root are cases: predictions written there would be read as cases

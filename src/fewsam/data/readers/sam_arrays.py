@@ -52,7 +52,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from fewsam.data.readers.acdc_h5 import h5_image_and_label, h5_image_shape
+from fewsam.data.readers.acdc_h5 import H5CaseFiles, h5_image_and_label, h5_image_shape
 from fewsam.data.readers.common import (CLASSES_JSON, Entry, IndexedDataset, NotClassIndices, Read,
                                         classes_json_in, computed_splits, files_ending_with, is_tool_folder,
                                         natural_sorted, to_image_array, to_label_array)
@@ -410,7 +410,7 @@ def detect_synapse(root: Path) -> bool:
     return False
 
 
-class SynapseDataset(ClassesFromValues):
+class SynapseDataset(H5CaseFiles, ClassesFromValues):
     layout = "synapse-npz"
     format = "npz"
     storage = ("class index per pixel in 'label' (train_npz slices, test_vol_h5 volumes); predictions: "
