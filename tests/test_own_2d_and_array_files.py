@@ -162,3 +162,14 @@ def test_an_ssl4mis_validation_volume_without_a_label_is_counted_unlabelled(tmp_
         del f["label"]
     assert not open_dataset(root).has_label("patient002_frame01")
     assert dataset_info(root)["splits"]["val"]["labelled"] == 0
+
+
+def test_a_list_of_image_paths_from_the_working_folder_names_the_cases(tmp_path, monkeypatch):
+    """``ls data/imgs/*.png > val.txt`` run beside the data folder lists data/imgs/c 1.png: below the data folder
+    it named no file, and the list was refused as naming cases with no file."""
+    root = tmp_path / "data"
+    rows = [f"{image},{mask}" for image, mask in image_mask_pairs(root)]
+    (root / "index.csv").write_text("image,mask\n" + "\n".join(rows) + "\n")
+    (tmp_path / "val.txt").write_text("data/imgs/c 1.png\ndata\\imgs\\c 3.png\n")
+    monkeypatch.chdir(tmp_path)
+    assert open_dataset("data").split("val.txt") == ["imgs/c 1", "imgs/c 3"]

@@ -316,7 +316,7 @@ class IndexedDataset:
         if self._aliases is None:
             self._aliases = case_aliases(self.root, self.entries.values())
         key = unicodedata.normalize("NFC", path_below(self.root, line))
-        for candidate in (key, strip_suffixes(key)):
+        for candidate in (key, strip_suffixes(key), *named_from_working_folder(self.root, line)):
             found = self._aliases.get(candidate)
             if isinstance(found, tuple):
                 raise DataError(f"{line!r} in a list file of {self.root} names a file of several cases "
@@ -361,6 +361,19 @@ class IndexedDataset:
             raise DataError(f"{source} names {len(missing)} case(s) with no file in {self.root}: "
                             f"{shown}; fix the list or restore the files")
         check_unique(ids, source)
+
+
+def named_from_working_folder(root: Path, line: str) -> list[str]:
+    """A list line naming an existing file inside ``root`` by its path from the working folder (``ls
+    data/images/*.png > val.txt`` run beside ``data``), as the path below root and without its suffixes; none
+    for any other line. Read below root alone, such a list named cases with no file."""
+    if os.path.isabs(line) or not os.path.isfile(line):
+        return []
+    below = path_below(root, os.path.abspath(line))
+    if os.path.isabs(below):
+        return []
+    key = unicodedata.normalize("NFC", below)
+    return [key, strip_suffixes(key)]
 
 
 def path_below(root: Path, text: str) -> str:
