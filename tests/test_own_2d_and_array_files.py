@@ -8,11 +8,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 
 from conftest import assert_one_line_error, run_fewsam
 from fewsam.data import open_dataset
 from fewsam.data.budget import select_labelled
+from fewsam.errors import DataError
 from fewsam.info import dataset_info
 
 
@@ -173,3 +175,28 @@ def test_a_list_of_image_paths_from_the_working_folder_names_the_cases(tmp_path,
     (tmp_path / "val.txt").write_text("data/imgs/c 1.png\ndata\\imgs\\c 3.png\n")
     monkeypatch.chdir(tmp_path)
     assert open_dataset("data").split("val.txt") == ["imgs/c 1", "imgs/c 3"]
+
+
+def test_a_float_colour_tiff_is_read_with_its_values(tmp_path):
+    """A float32 RGB TIFF (as tifffile, scikit-image and ITK save normalised microscopy pictures), which Pillow
+    has no decoder for, was refused as "truncated or not an image"."""
+    root = tmp_path / "data"
+    root.mkdir()
+    picture = np.random.default_rng(3).random((16, 14, 3)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=True), str(root / "c0.tif"))
+    mask = np.zeros((16, 14), np.uint8)
+    mask[4:9, 3:8] = 255
+    Image.fromarray(mask).save(root / "c0_mask.png")
+    case = open_dataset(root).load("c0")
+    assert case.image.shape == (1, 16, 14, 3)
+    np.testing.assert_array_equal(case.image[0], picture)
+    assert int(case.label.sum()) == 25
+
+
+def test_a_damaged_tiff_is_still_said_to_be_damaged(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "c0.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    Image.fromarray(np.zeros((16, 14), np.uint8)).save(root / "c0_mask.png")
+    with pytest.raises(DataError, match=r"cannot read .*c0.tif \(truncated or not an image\?\)"):
+        open_dataset(root).load("c0")

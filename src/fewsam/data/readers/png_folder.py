@@ -46,7 +46,7 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
   are RGB PNGs in those colours. A colour mask without one is refused with a classes.json to paste.
 Images of the palette, generic and index codings (and of a classes.json without "rgb") are read
 each as it is: RGB where it shows colour, else greyscale (``shows_colour``); 16-bit and float
-files keep their values, 16-bit colour ones (48-bit RGB) too (``_wide_colour``).
+files keep their values, 16-bit colour ones (48-bit RGB) and float colour TIFFs too (``_wide_colour``).
 - index: grey masks of class indices (0, 1, 2, ... up to 31) -> {i: "class<i>"} for the values
   found in the masks; predictions in the same indices.
 The style is chosen from classes.json, else the index's ``task`` column, else BUSI markers
@@ -1221,9 +1221,30 @@ def read_image(path: Path, rgb: bool | None) -> np.ndarray:
     """(H, W) float32 greyscale or (H, W, 3) float32 RGB (``rgb`` None: RGB where the image shows
     colour; a dataset-wide choice made from its first image read a grey first image's colour
     neighbours as grey); 16-bit and float files keep their values, 16-bit colour ones too."""
-    if _decode(path, lambda im: _wide_colour(im, path), load=False):
+    try:
+        wide = _decode(path, lambda im: _wide_colour(im, path), load=False)
+    except DataError:
+        if not (path.suffix.lower() in TIFF_SUFFIXES and _itk_reads(path)):
+            raise
+        wide = True  # a TIFF Pillow has no decoder for (float colour, two channels): ITK reads it
+    if wide:
         return _wide_colour_array(path, rgb)
     return _decode(path, lambda im: _image_array(as_shown(_first_page(im, path)), rgb, path))
+
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _itk_reads(path: Path) -> bool:
+    """Whether ITK reads the header of an image file (one Pillow cannot open: a float32 RGB TIFF as tifffile,
+    scikit-image and ITK save normalised microscopy and histology pictures was said to be truncated)."""
+    try:
+        with quiet_itk(path):
+            reader = itk_reader(path)
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return True
 
 
 WIDE_COLOUR_MODES = ("RGB", "RGBA", "LA")  # Pillow's modes for 16-bit-per-channel colour (and grey + alpha)
@@ -1242,14 +1263,19 @@ def _wide_colour(im: Image.Image, path: Path) -> bool:
 
 
 def _wide_colour_array(path: Path, rgb: bool | None) -> np.ndarray:
-    """A 16-bit-per-channel colour file (``_wide_colour``) as ``read_image`` gives images, its values
-    kept: read by ITK, which decodes all 16 bits; alpha left out, as ``convert("RGB")`` leaves it."""
+    """A 16-bit-per-channel colour file (``_wide_colour``), or a TIFF Pillow cannot decode (float colour, two
+    channels), as ``read_image`` gives images, its values kept: read by ITK, which decodes all 16 bits and float
+    pixels; alpha (a second or fourth channel) left out, as ``convert("RGB")`` leaves it."""
     try:
         with quiet_itk(path, pixels=True):
-            pixels = sitk.GetArrayFromImage(itk_reader(path).Execute()).astype(np.float32)
+            image = itk_reader(path).Execute()
     except RuntimeError as err:
         raise DataError(f"cannot read {path} (truncated or not an image?): {itk_message(err)}") from None
-    if pixels.ndim == 4:  # a stack: pages, rows, columns, channels
+    pixels = sitk.GetArrayFromImage(image).astype(np.float32)
+    if image.GetNumberOfComponentsPerPixel() == 1:  # grey: a channel axis of one
+        pixels = pixels[..., None]
+    if image.GetDimension() > 2:  # a stack: pages, rows, columns, channels
+        _say_stack(path, image.GetSize()[2])
         pixels = pixels[0]
     colour = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)
     grey = bool((colour == colour[..., :1]).all())
@@ -1276,12 +1302,16 @@ def as_shown(im: Image.Image) -> Image.Image:
 def _first_page(im: Image.Image, path: Path) -> Image.Image:
     """A multi-page file (a TIFF stack) is read as its first page, and said once: this layout is
     2D, so the other pages would otherwise be left out without a word."""
-    pages = int(getattr(im, "n_frames", 1))
+    _say_stack(path, int(getattr(im, "n_frames", 1)))
+    return im
+
+
+def _say_stack(path: Path, pages: int) -> None:
+    """Say once that a file of several pages is read as its first."""
     if pages > 1:
         say_once(f"{path} holds {pages} pages (a stack): fewsam reads 2D image files as their first page; "
                  "save each page as its own file, or the stack as a NIfTI volume, to segment them all",
                  key="png-multipage")
-    return im
 
 
 def _image_array(im: Image.Image, rgb: bool | None, path: Path) -> np.ndarray:
