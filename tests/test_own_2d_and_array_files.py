@@ -200,3 +200,32 @@ def test_a_damaged_tiff_is_still_said_to_be_damaged(tmp_path):
     Image.fromarray(np.zeros((16, 14), np.uint8)).save(root / "c0_mask.png")
     with pytest.raises(DataError, match=r"cannot read .*c0.tif \(truncated or not an image\?\)"):
         open_dataset(root).load("c0")
+
+
+def jpeg_masks(root: Path, levels: tuple[int, ...], quality: int = 75) -> Path:
+    """Two images with JPEG masks of nested squares at ``levels`` (background 0), as ``X.png`` + ``X_mask.jpg``."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    for i in range(2):
+        mask = np.zeros((48, 40), np.uint8)
+        for k, level in enumerate(levels):
+            mask[6 + 6 * k:42 - 6 * k, 4 + 5 * k + i:36 - 5 * k] = level
+        Image.fromarray(rng.integers(0, 200, mask.shape, dtype=np.uint8)).save(root / f"c{i}.png")
+        Image.fromarray(mask).save(root / f"c{i}_mask.jpg", quality=quality)
+    return root
+
+
+def test_a_jpeg_mask_of_three_grey_levels_is_not_read_as_one_class(tmp_path):
+    """A 0/128/255 mask saved as JPEG in a set read as 0/255: each pixel went to the nearest of 0 and 255, so the
+    128 class joined the 255 one without a word, where the same mask saved as PNG is refused."""
+    ds = open_dataset(jpeg_masks(tmp_path / "data", (128, 255)))
+    advice = r'"1": \{"name": "class1", "pixel": 12\d\}, "2": \{"name": "class2", "pixel": 255\}'
+    with pytest.raises(DataError, match=r"c0_mask.jpg \(JPEG\) holds a region of grey level about 12\d, far from the "
+                                        r"values \[0, 1, 255\].*" + advice):
+        ds.load("c0")
+
+
+@pytest.mark.parametrize("quality", [30, 75, 95])
+def test_a_jpeg_mask_of_one_class_still_reads_through_its_blurred_edges(tmp_path, quality):
+    label = open_dataset(jpeg_masks(tmp_path / "data", (255, 0, 255), quality)).load("c1").label
+    assert label is not None and set(np.unique(label)) == {0, 1}

@@ -53,7 +53,8 @@ The style is chosen from classes.json, else the index's ``task`` column, else BU
 (a ``pathology`` column or benign/malignant folders), else "fundus"/"prostate" in the path.
 JPEG masks are lossy (compression blurs 0/255 into 0-30 and 225-255): each of their pixels is
 read as the nearest value of the coding, i.e. a 0/255 mask is thresholded at the midpoint 128
-(said once per dataset via the "fewsam" logger). classes.json ranges replace that rounding.
+(said once per dataset via the "fewsam" logger); a region of a grey level far from every value of the
+coding is refused (``refuse_levels_between``). classes.json ranges replace that rounding.
 
 Splits: the index's ``split`` column when present (multisite: train/test, no val), else the
 ``train/``, ``val/``, ``test/`` folders, else the split words of the folders' names (ISIC's
@@ -311,6 +312,7 @@ class PngFolderDataset(IndexedDataset):
         pixels, lossy = read_mask_file(path, palette_indices=self.style.palette is not None)
         if not lossy:
             return mask_to_classes(pixels, self.style.to_class, path)
+        refuse_levels_between(pixels, self.style, path)
         if not self._lossy_noted and not self.style.ranged:
             self._lossy_noted = True
             values = sorted(self.style.to_pixel.values())
@@ -318,6 +320,32 @@ class PngFolderDataset(IndexedDataset):
                      "values %s (for 0/255, a threshold at the midpoint 128); save masks as PNG, or "
                      "give value ranges in classes.json, to decide otherwise", path.parent, values)
         return mask_to_classes(pixels, self.style.lossy_to_class(), path)
+
+
+LOSSY_NOISE = 48  # the most JPEG moves a flat region of a mask from its grey level (under 10 at quality 50)
+EDGE_BAND = 2  # JPEG's blur along a class edge: pixels within this many of one may lie far from every level
+
+
+def refuse_levels_between(pixels: np.ndarray, style: PngStyle, path: Path) -> None:
+    """Refuse a JPEG mask holding a region of a grey level far from every value its coding stores (a 0/128/255
+    mask saved as JPEG in a set read as 0/255): each lossy pixel is read as the nearest value, so that region, a
+    class of its own, merged into another without a word, where the same mask saved as PNG is refused. JPEG's
+    blur along class edges is a band of a pixel or two, never a region: a pixel counts where every pixel within
+    ``EDGE_BAND`` of it lies more than ``LOSSY_NOISE`` from every value."""
+    if style.ranged:
+        return
+    levels = sorted(style.to_class)  # every value a mask may store a class (or unannotated pixels) as
+    far = np.abs(pixels.astype(np.int16)[..., None] - np.asarray(levels, np.int16)).min(axis=-1) > LOSSY_NOISE
+    region = ndimage.binary_erosion(far, iterations=EDGE_BAND)
+    if not region.any():
+        return
+    level = int(np.median(pixels[region]))
+    values = sorted({*(min(v, 255) for v in style.to_pixel.values()), level} - {min(style.to_pixel.get(0, 0), 255)})
+    example = {str(c): {"name": f"class{c}", "pixel": v} for c, v in enumerate(values, start=1)}
+    raise DataError(f"mask {path} (JPEG) holds a region of grey level about {level}, far from the values {levels} "
+                    "this dataset's masks store its classes as; read as the nearest of them it would join another "
+                    f"class: if it is a class of its own, give each class its value in classes.json, e.g. "
+                    f"{json.dumps(example)}, or save the masks as PNG")
 
 
 def read_style(root: Path, task: str, rows: list[dict[str, str]], entries: list[Entry]) -> PngStyle:
