@@ -229,3 +229,18 @@ def test_a_jpeg_mask_of_three_grey_levels_is_not_read_as_one_class(tmp_path):
 def test_a_jpeg_mask_of_one_class_still_reads_through_its_blurred_edges(tmp_path, quality):
     label = open_dataset(jpeg_masks(tmp_path / "data", (255, 0, 255), quality)).load("c1").label
     assert label is not None and set(np.unique(label)) == {0, 1}
+
+
+def test_fairseg_split_folders_in_any_spelling_are_its_splits(tmp_path):
+    """Harvard-FairSeg files in training/, validation/, testing/ (renamed from the release's Training/, ...): no
+    such folder was known, and the data was refused with the advice to give one of them as --data."""
+    root = tmp_path / "fairseg"
+    mask = np.zeros((12, 10), np.int8)
+    mask[2:9, 2:8], mask[4:6, 4:6] = -1, -2
+    for folder in ("training", "validation", "TESTING"):
+        (root / folder).mkdir(parents=True)
+        np.savez(root / folder / "data_00001.npz", slo_fundus=np.full(mask.shape, 90, np.uint8), disc_cup_mask=mask,
+                 race=0, gender=1, age=60.0)
+    ds = open_dataset(root)
+    assert [ds.split(name) for name in ("train", "val", "test")] == [
+        ["training/data_00001"], ["validation/data_00001"], ["TESTING/data_00001"]]

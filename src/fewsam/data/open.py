@@ -244,7 +244,7 @@ def _folders_between(root: Path, file: Path) -> list[Path]:
 def _first_npz_read(root: Path) -> Path | None:
     """The npz file a reader of the npz layouts would read first: in root, in Synapse's train_npz/, in
     FairSeg's split folders, else in the modality folders MedSAM keeps."""
-    folders = (root, root / sam_arrays.SYNAPSE_TRAIN, *(root / name for name in fairseg_npz.FOLDERS))
+    folders = (root, root / sam_arrays.SYNAPSE_TRAIN, *fairseg_npz.split_folders(root))
     found = (sam_arrays.first_npz(folder, 0) for folder in folders)
     first = next((path for path in found if path is not None), None)
     return first or sam_arrays.first_npz(root, sam_arrays.MEDSAM_DEPTH)

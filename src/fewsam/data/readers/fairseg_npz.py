@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fewsam.data.readers.common import (Entry, IndexedDataset, Read, computed_splits, files_ending_with,
-                                        natural_sorted, read_lines, to_image_array)
+                                        natural_sorted, read_lines, split_name, to_image_array)
 from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 
@@ -39,8 +39,17 @@ IMAGE_KEYS = ("slo_fundus", "fundus_slo")
 MASK_KEYS = ("disc_cup_mask", "disc_cup", "disc_cup_borders")
 MASK_CODING = {0: 0, -1: 1, -2: 2, 1: 1, 2: 2}
 UINT8_WRAPPED = {255: 1, 254: 2}
-FOLDERS = {"Training": "train", "Train": "train", "train": "train", "Validation": "val",
-           "Val": "val", "val": "val", "Test": "test", "test": "test"}
+SPLITS = ("train", "val", "test")
+
+
+def split_folders(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` that name a split (``Training/``, ``Validation/``, ``Test/`` as the release
+    names them, or ``training/``, ``val/``, ``TEST/``... in any letter case, ``split_name``), by name. Matched
+    as a few spellings, ``training/`` and ``testing/`` were no such folders: the data was refused, told to give
+    one of them as --data. Listed once each, as a case-insensitive disk shows ``Test/`` under ``test`` too."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and split_name(p.name) in SPLITS), key=lambda p: p.name)
 NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 
 GENDER = {0: "female", 1: "male"}
@@ -53,7 +62,7 @@ MARITAL = {0: "married or partnered", 1: "single", 2: "divorced", 3: "widowed",
 
 
 def detect(root: Path) -> bool:
-    return any(files_ending_with(root, ".npz")) or any(files_ending_with(root / d, ".npz") for d in FOLDERS)
+    return any(files_ending_with(root, ".npz")) or any(files_ending_with(d, ".npz") for d in split_folders(root))
 
 
 class FairSegDataset(IndexedDataset):
@@ -62,7 +71,7 @@ class FairSegDataset(IndexedDataset):
 
     def __init__(self, root: Path) -> None:
         files = natural_sorted(files_ending_with(root, ".npz"), key=lambda p: p.name) + natural_sorted(
-            (p for d in FOLDERS for p in files_ending_with(root / d, ".npz")),
+            (p for d in split_folders(root) for p in files_ending_with(d, ".npz")),
             key=lambda p: p.relative_to(root).as_posix())
         entries = [_entry(root, p) for p in files]
         if not entries:
@@ -86,7 +95,7 @@ class FairSegDataset(IndexedDataset):
             self.computed_splits = ("train", "val")
         for cid in self.entries:
             if "/" in cid:
-                splits.setdefault(FOLDERS.get(cid.split("/")[0], "train"), []).append(cid)
+                splits.setdefault(split_name(cid.split("/")[0]), []).append(cid)
         return splits
 
     def _read(self, entry: Entry) -> Read:
