@@ -244,3 +244,22 @@ def test_fairseg_split_folders_in_any_spelling_are_its_splits(tmp_path):
     ds = open_dataset(root)
     assert [ds.split(name) for name in ("train", "val", "test")] == [
         ["training/data_00001"], ["validation/data_00001"], ["TESTING/data_00001"]]
+
+
+def test_transunets_slice_list_names_the_synapse_cases_of_its_slices(tmp_path):
+    """TransUNet's and SAMed's lists_Synapse/train.txt names slices (case0005_slice000, case0005_slice001, ...):
+    only a case's first slice named it, and the list was refused as naming cases with no file."""
+    root = tmp_path / "synapse"
+    (root / "train_npz").mkdir(parents=True)
+    label = np.zeros((12, 10), np.float32)
+    label[3:8, 2:7] = 1
+    for case in ("case0005", "case0006"):
+        for z in range(3):
+            np.savez(root / "train_npz" / f"{case}_slice{z:03d}.npz", image=np.full(label.shape, 0.3 + 0.1 * z,
+                     np.float32), label=label)
+    lines = ["case0006_slice000", "case0006_slice001", "case0005_slice002", "case0005_slice000"]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    assert open_dataset(root).split(str(tmp_path / "train.txt")) == ["case0006", "case0005"]
+    (tmp_path / "twice.txt").write_text("case0005\ncase0005_slice001\n")
+    with pytest.raises(DataError, match="names 1 case\\(s\\) more than once: case0005"):
+        open_dataset(root).split(str(tmp_path / "twice.txt"))

@@ -28,7 +28,7 @@ from fewsam.progress import say_once
 LIST_SUFFIXES = (".list", ".txt", ".json")
 # Suffixes a list-file line may carry after a case id (compared case-insensitively).
 DATA_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".h5", ".npz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
-                 ".gif", ".dcm", ".list", ".txt")
+                 ".gif", ".dcm", ".list", ".txt", ".npy")
 log = logging.getLogger("fewsam")
 
 
@@ -314,7 +314,7 @@ class IndexedDataset:
         if line in self.entries:
             return line
         if self._aliases is None:
-            self._aliases = case_aliases(self.root, self.entries.values())
+            self._aliases = {**self._slice_aliases(), **case_aliases(self.root, self.entries.values())}
         key = unicodedata.normalize("NFC", path_below(self.root, line))
         for candidate in (key, strip_suffixes(key), *named_from_working_folder(self.root, line)):
             found = self._aliases.get(candidate)
@@ -327,9 +327,38 @@ class IndexedDataset:
 
     def _read_list_file(self, name: str) -> list[str]:
         path = self._list_path(name)
-        ids = [self._id_for_line(ln) for ln in read_list_lines(path)]
+        lines = read_list_lines(path)
+        ids = self._once_per_sliced_case(lines, [self._id_for_line(ln) for ln in lines])
         self.check_known(ids, str(path))
         return ids
+
+    def _slice_aliases(self) -> dict[str, str]:
+        """The names of the files a case keeps its slices in, one a slice (Synapse's
+        ``train_npz/case0005_slice001.npz``, MedSAM's ``imgs/CT_x-001.npy``), each to its case, by the names
+        ``case_aliases`` gives a file: TransUNet's and SAMed's ``lists_Synapse/train.txt`` name slices, and
+        only a case's first slice named it."""
+        names: dict[str, str] = {}
+        for entry in self.entries.values():
+            for path in self.slice_files(entry) or []:
+                names.update(dict.fromkeys(file_names(self.root, path), entry.case_id))
+        return names
+
+    def _once_per_sliced_case(self, lines: list[str], ids: list[str]) -> list[str]:
+        """The case ids of a list's lines, a case named by several of its slice files (``_slice_aliases``) kept
+        once, where the first of them is; a case named twice otherwise (a pasted line, its id and a file's
+        name) stays twice, and is refused (``check_known``)."""
+        slices = self._slice_aliases()
+        if not slices:
+            return ids
+        kept, by_slice = [], set()
+        for line, case_id in zip(lines, ids):
+            key = unicodedata.normalize("NFC", path_below(self.root, line.strip().replace("\\", "/")))
+            names_slice = slices.get(key.removeprefix("./")) == case_id
+            if not (names_slice and case_id in by_slice):
+                kept.append(case_id)
+            if names_slice:
+                by_slice.add(case_id)
+        return kept
 
     def _list_path(self, name: str) -> Path:
         """A list file inside the dataset (the usual place), else one the user named by its own path.
@@ -402,13 +431,22 @@ def case_aliases(root: Path, entries: Iterable[Entry]) -> dict[str, str | tuple[
 def listed_names(root: Path, entry: Entry) -> list[str]:
     """Every name of ``case_aliases`` for one case (a list file or an attribute table may use any),
     in a fixed order."""
-    paths = {entry.case_id, entry.rel_path}
+    names = spellings(entry.case_id) | spellings(entry.rel_path)
     for file in (entry.image, entry.label):
-        relative = None if file is None else os.path.relpath(os.path.abspath(file), os.path.abspath(root))
-        if relative is not None and not relative.startswith(".."):
-            paths.add(Path(relative).as_posix())
-    names = paths | {path.rsplit("/", 1)[-1] for path in paths}
-    return sorted(names | {strip_suffixes(name) for name in names})
+        names |= set() if file is None else file_names(root, Path(file))
+    return sorted(names)
+
+
+def file_names(root: Path, file: Path) -> set[str]:
+    """The names a list may give a file by (``spellings``): its path below ``root``; none for a file outside."""
+    relative = os.path.relpath(os.path.abspath(file), os.path.abspath(root))
+    return set() if relative.startswith("..") else spellings(Path(relative).as_posix())
+
+
+def spellings(path: str) -> set[str]:
+    """A path below root, its file name, and each without its suffixes (``ls imagesTr`` lists x_0000.nii.gz)."""
+    names = {path, path.rsplit("/", 1)[-1]}
+    return names | {strip_suffixes(name) for name in names}
 
 
 def entries_by_case(entries: list[Entry]) -> dict[str, Entry]:
