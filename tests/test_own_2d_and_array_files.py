@@ -263,3 +263,26 @@ def test_transunets_slice_list_names_the_synapse_cases_of_its_slices(tmp_path):
     (tmp_path / "twice.txt").write_text("case0005\ncase0005_slice001\n")
     with pytest.raises(DataError, match="names 1 case\\(s\\) more than once: case0005"):
         open_dataset(root).split(str(tmp_path / "twice.txt"))
+
+
+@pytest.mark.parametrize("images, masks", [("imgs", "gts"), ("images", "GTs"), ("img", "seg")])
+def test_masks_in_gts_or_seg_beside_the_images_are_their_labels(tmp_path, images, masks):
+    """PNG masks in gts/ beside imgs/ (MedSAM's and many SAM fine-tuning repositories' names) were read as images:
+    each mask a case of its own, and every image unlabelled."""
+    root = tmp_path / "data"
+    for i, (image, mask) in enumerate(image_mask_pairs(tmp_path / "pairs", count=3)):
+        for folder, source in ((images, image), (masks, mask)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "pairs" / source).rename(root / folder / f"c{i}.png")
+    ds = open_dataset(root)
+    assert sorted(ds.entries) == [f"{images}/c{i}" for i in range(3)]
+    assert all(ds.has_label(case_id) for case_id in ds.entries)
+
+
+def test_a_gts_folder_given_as_data_is_refused_naming_its_dataset(tmp_path):
+    root = tmp_path / "data"
+    for i, (image, mask) in enumerate(image_mask_pairs(tmp_path / "pairs", count=3)):
+        for folder, source in (("imgs", image), ("gts", mask)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "pairs" / source).rename(root / folder / f"c{i}.png")
+    assert_one_line_error(run_fewsam("info", str(root / "gts"), cwd=tmp_path), "give the parent folder")

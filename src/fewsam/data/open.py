@@ -296,7 +296,8 @@ def refuse_label_folder(root: Path) -> None:
 def _is_label_folder_name(name: str) -> bool:
     """Whether a folder's whole name is a label word of the readers (masks/, labelsTr/, gt/, ground_truth/):
     a name that only holds one (kidney_seg_project/, Kvasir-SEG/) may well be a folder of images."""
-    return re.sub(r"[_\-.\s]+", "", name.lower()) in case_folders.LABEL_WORDS | png_folder.MASK_WORDS
+    return re.sub(r"[_\-.\s]+", "", name.lower()) in (case_folders.LABEL_WORDS | png_folder.MASK_WORDS
+                                                         | png_folder.MASK_FOLDER_NAMES)
 
 
 def _image_folder_name(label_folder: str) -> str:
@@ -349,7 +350,7 @@ def _named_as_labels(folder: Path) -> bool:
     """Named as a label folder by the volume readers (labels/, labelsTr/, seg/) or by the 2D reader
     (masks/, *_Annotations/)."""
     return (case_folders.is_label_name(folder.name)
-            or bool(png_folder.folder_words(folder.name) & png_folder.MASK_WORDS))
+            or png_folder.names_masks(folder.name))
 
 
 def _pairs_within(folder: Path) -> bool:

@@ -18,7 +18,8 @@ Where the cases come from (first match wins):
    folder, with a mask of the same stem (any of the formats; or the stem + ``_mask``, ``_seg``,
    ``_segmentation``, ``_label`` or ``_gt``) at the same place in a sibling mask folder
    (``images/a/x.jpg`` -> ``masks/a/x.png`` or ``masks/a/x_mask.png``): ``mask/``, ``masks/``,
-   ``label/``, ``labels/``, or a folder whose name holds a mask word beside a folder of images
+   ``label/``, ``labels/``, or a folder whose name holds a mask word (or is ``gts``, ``seg``, ``segs``:
+   MedSAM's ``imgs/`` + ``gts/``) beside a folder of images
    (ISIC's ``..._GroundTruth``, CVC's ``Ground Truth``, DRIVE's ``1st_manual``; ``MaskFolders``:
    masks in its sub-folders merged, Montgomery's ``leftMask/`` + ``rightMask/``; names pairing by
    their one number, DRIVE's ``21_training`` + ``21_manual1``; a ``mask/`` beside drawn annotations
@@ -870,6 +871,18 @@ FLAT_MASK_SUFFIXES = ("_mask", "_anno", "_annotation", "_seg", "_segmentation", 
 # "Ground Truth", DRIVE's 1st_manual, Montgomery's ManualMask/leftMask), in any letter case
 MASK_WORDS = frozenset({"mask", "masks", "label", "labels", "gt", "groundtruth", "annotation", "annotations",
                         "anno", "manual", "segmentation", "segmentations"})
+# Whole folder names that say they hold masks, though as words of a longer name (LiverSeg_images) they need not:
+# MedSAM's and many SAM fine-tuning repositories' imgs/ + gts/, and seg/, segs/
+MASK_FOLDER_NAMES = frozenset({"gts", "seg", "segs"})
+
+
+def names_masks(name: str) -> bool:
+    """Whether a folder's name says it holds masks: a mask word in it (``MASK_WORDS``), or the whole name one of
+    ``MASK_FOLDER_NAMES`` in any letter case. Beside imgs/, a gts/ folder of PNG masks was read as images, each
+    mask a case of its own and every image unlabelled."""
+    return bool(folder_words(name) & MASK_WORDS) or name.lower() in MASK_FOLDER_NAMES
+
+
 # Of these, the words of annotations drawn by hand: beside such a folder, a folder named mask/ holds
 # masks of the image's field of view (DRIVE's and HRF's mask/), not labels
 DRAWN_WORDS = frozenset({"gt", "groundtruth", "annotation", "annotations", "anno", "manual"})
@@ -920,7 +933,7 @@ class MaskFolders:
         self.files: dict[Path, list[Path]] = {}
         for p in files:
             self.files.setdefault(p.parent, []).append(p)
-        named = {f for kids in self.children.values() for f in kids if folder_words(f.name) & MASK_WORDS}
+        named = {f for kids in self.children.values() for f in kids if names_masks(f.name)}
         self.masks = {f for f in named if f.name.lower() in MASK_DIRS
                       or any(s not in named for s in self.children[f.parent])}
         drawn = field_of_view and any(folder_words(f.name) & DRAWN_WORDS for f in self.masks)
