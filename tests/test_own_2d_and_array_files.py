@@ -286,3 +286,15 @@ def test_a_gts_folder_given_as_data_is_refused_naming_its_dataset(tmp_path):
             (root / folder).mkdir(parents=True, exist_ok=True)
             (tmp_path / "pairs" / source).rename(root / folder / f"c{i}.png")
     assert_one_line_error(run_fewsam("info", str(root / "gts"), cwd=tmp_path), "give the parent folder")
+
+
+def test_a_jpeg_mask_enlarged_with_smooth_edges_still_reads_as_one_class(tmp_path):
+    """An edge smoothed by enlarging a small mask (bilinear, 16 times) is a wide ramp of greys, no region of one
+    level: it reads as the nearest of 0 and 255, as before."""
+    root = tmp_path / "data"
+    root.mkdir()
+    small = np.zeros((8, 8), np.uint8)
+    small[2:6, 2:5] = 255
+    Image.fromarray(small).resize((128, 128), Image.BILINEAR).save(root / "c0_mask.jpg", quality=75)
+    Image.fromarray(np.random.default_rng(5).integers(0, 200, (128, 128), dtype=np.uint8)).save(root / "c0.png")
+    assert set(np.unique(open_dataset(root).load("c0").label)) == {0, 1}

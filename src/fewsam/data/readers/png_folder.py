@@ -325,6 +325,9 @@ class PngFolderDataset(IndexedDataset):
 
 LOSSY_NOISE = 48  # the most JPEG moves a flat region of a mask from its grey level (under 10 at quality 50)
 EDGE_BAND = 2  # JPEG's blur along a class edge: pixels within this many of one may lie far from every level
+# A region of one grey level: this share of its pixels within LEVEL_SPREAD of their median (JPEG's noise on a flat
+# 128: all of them); the ramp of a mask's edge smoothed by enlarging it 8 times or more holds half of them or less
+LEVEL_SPREAD, PLATEAU_SHARE = 12, 0.8
 
 
 def refuse_levels_between(pixels: np.ndarray, style: PngStyle, path: Path) -> None:
@@ -332,15 +335,17 @@ def refuse_levels_between(pixels: np.ndarray, style: PngStyle, path: Path) -> No
     mask saved as JPEG in a set read as 0/255): each lossy pixel is read as the nearest value, so that region, a
     class of its own, merged into another without a word, where the same mask saved as PNG is refused. JPEG's
     blur along class edges is a band of a pixel or two, never a region: a pixel counts where every pixel within
-    ``EDGE_BAND`` of it lies more than ``LOSSY_NOISE`` from every value."""
+    ``EDGE_BAND`` of it lies more than ``LOSSY_NOISE`` from every value, and they make a region where most of them
+    hold one grey level (``PLATEAU_SHARE``); the wider ramp of an edge smoothed by enlarging the mask still reads
+    as the nearest value, as before."""
     if style.ranged:
         return
     levels = sorted(style.to_class)  # every value a mask may store a class (or unannotated pixels) as
     far = np.abs(pixels.astype(np.int16)[..., None] - np.asarray(levels, np.int16)).min(axis=-1) > LOSSY_NOISE
-    region = ndimage.binary_erosion(far, iterations=EDGE_BAND)
-    if not region.any():
+    region = pixels[ndimage.binary_erosion(far, iterations=EDGE_BAND)].astype(np.int16)
+    level = int(np.median(region)) if region.size else 0
+    if not region.size or (np.abs(region - level) <= LEVEL_SPREAD).mean() < PLATEAU_SHARE:
         return
-    level = int(np.median(pixels[region]))
     values = sorted({*(min(v, 255) for v in style.to_pixel.values()), level} - {min(style.to_pixel.get(0, 0), 255)})
     example = {str(c): {"name": f"class{c}", "pixel": v} for c, v in enumerate(values, start=1)}
     raise DataError(f"mask {path} (JPEG) holds a region of grey level about {level}, far from the values {levels} "
