@@ -298,3 +298,17 @@ def test_a_jpeg_mask_enlarged_with_smooth_edges_still_reads_as_one_class(tmp_pat
     Image.fromarray(small).resize((128, 128), Image.BILINEAR).save(root / "c0_mask.jpg", quality=75)
     Image.fromarray(np.random.default_rng(5).integers(0, 200, (128, 128), dtype=np.uint8)).save(root / "c0.png")
     assert set(np.unique(open_dataset(root).load("c0").label)) == {0, 1}
+
+
+def test_two_folders_of_one_naming_without_masks_are_said(tmp_path):
+    """Masks in a folder no reader knows by name (targets/) were read as images without a word: each a case of its
+    own, and a fit refused the folder as having no label files, naming neither folder."""
+    root = tmp_path / "data"
+    for i, (image, mask) in enumerate(image_mask_pairs(tmp_path / "pairs", count=3)):
+        for folder, source in (("images", image), ("targets", mask)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "pairs" / source).rename(root / folder / f"c{i}.png")
+    result = run_fewsam("info", str(root), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    said = result.stdout + result.stderr
+    assert "data/images and " in said and "data/targets hold files of the same names (3)" in said

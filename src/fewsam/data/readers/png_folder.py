@@ -809,7 +809,31 @@ def _scan(root: Path) -> list[dict[str, Any]]:
         rows = _paired_rows(root, files, folders, by_stem, extras)
     folders.say_unread(rows)
     note_unpaired_masks(root, files, rows, folders)
+    note_folders_of_one_naming(rows, files)
     return rows
+
+
+def note_folders_of_one_naming(rows: list[dict[str, Any]], files: list[Path]) -> None:
+    """Where no image has a mask, say which two folders side by side hold files of mostly the same names: one is
+    most likely the other's masks under a name no reader knows (targets/, y/), each mask now read as an image to
+    segment, and a fit refused as the folder having no label files, naming neither."""
+    if any(row["masks"] for row in rows):
+        return
+    stems: dict[Path, set[str]] = {}
+    for path in files:
+        stems.setdefault(path.parent, set()).add(path.stem.lower())
+    folders = natural_sorted(stems, key=lambda p: p.as_posix())
+    for i, first in enumerate(folders):
+        for second in folders[i + 1:]:
+            shared = stems[first] & stems[second]
+            if split_name(first.name) in SPLIT_WORDS or split_name(second.name) in SPLIT_WORDS:
+                continue  # train/ and test/ folders share names as often as not
+            if first.parent == second.parent and len(shared) * 2 >= max(len(stems[first]), len(stems[second]), 2):
+                say_once(f"{first} and {second} hold files of the same names ({len(shared)}) and no image has a mask: "
+                         f"if one holds the other's masks, rename it masks/ (masks are read from mask/, masks/, "
+                         "label/, labels/, gts/, seg/ or a folder named for ground truth or annotations beside the "
+                         "images); now each of their files is an image to segment", key=f"one-naming-{first}")
+                return
 
 
 FIELD_OF_VIEW_LOOKS = 2  # image/mask pairs of a mask/ folder looked at to tell a field of view from a label
