@@ -312,3 +312,14 @@ def test_two_folders_of_one_naming_without_masks_are_said(tmp_path):
     assert result.returncode == 0, result.stderr
     said = result.stdout + result.stderr
     assert "data/images and " in said and "data/targets hold files of the same names (3)" in said
+
+
+def test_an_index_naming_paths_from_the_folder_above_finds_its_files(tmp_path):
+    """data/index.csv written by a script run beside data/ names data/imgs/c 0.png: read below data/, each image
+    was data/data/imgs/c 0.png, said missing when a fit read it (while info counted every image labelled)."""
+    root = tmp_path / "data"
+    rows = [f"data/{image},data/{mask}" for image, mask in image_mask_pairs(root)]
+    (root / "index.csv").write_text("image,mask\n" + "\n".join(rows) + "\n")
+    ds = open_dataset(root)
+    assert sorted(ds.entries)[:2] == ["imgs/c 0", "imgs/c 1"]
+    assert int(ds.load("imgs/c 0").label.sum()) == 6 * 8

@@ -693,7 +693,7 @@ def _index_rows(root: Path) -> tuple[list[dict[str, Any]], bool]:
     """Rows with image/mask paths relative to root (own index, parent index, or a scan), and whether
     they come from the scan, which reads every image file below root as a case."""
     if (root / "index.csv").is_file():
-        return _read_index(root / "index.csv"), False
+        return _below_root(_read_index(root / "index.csv"), root), False
     rows = _parent_rows(root)
     return (rows, False) if rows else (_scan(root), True)
 
@@ -766,6 +766,22 @@ def posix_cell(cell: str) -> str:
     ``os.path.join`` paths) names ``masks\\x.png``, which no file below root is called here, so the image was
     found and its mask said to be missing."""
     return cell.replace("\\", "/")
+
+
+def _below_root(rows: list[dict[str, str]], root: Path) -> list[dict[str, str]]:
+    """The rows of root's own index with paths below root, where every image path starts with root's own name
+    and names its file only so (``data/images/x.png`` in ``data/index.csv``, written by a script run in the
+    folder above): read below root, each image was ``data/data/images/x.png``, said missing when a fit read it."""
+    prefix = root.resolve().name + "/"
+    if not all(row["image"].startswith(prefix) for row in rows):
+        return rows
+    first = rows[0]["image"]
+    if (root / first).exists() or not (root / first[len(prefix):]).exists():
+        return rows
+    for row in rows:
+        row["image"] = row["image"][len(prefix):]
+        row["masks"] = ";".join(m.removeprefix(prefix) for m in _split_masks(row["masks"]))
+    return rows
 
 
 def _parent_rows(root: Path) -> list[dict[str, str]]:
