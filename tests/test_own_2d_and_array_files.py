@@ -323,3 +323,10 @@ def test_an_index_naming_paths_from_the_folder_above_finds_its_files(tmp_path):
     ds = open_dataset(root)
     assert sorted(ds.entries)[:2] == ["imgs/c 0", "imgs/c 1"]
     assert int(ds.load("imgs/c 0").label.sum()) == 6 * 8
+
+
+def test_a_volume_slice_is_placed_where_the_data_keeps_its_slices(tmp_path):
+    """A labelled slice of a volume written as a case of its own lands in data/slices/ beside SSL4MIS's own, so a
+    copy into the data replaces that slice's file; in data/ it was a second file of one case, refused."""
+    ds = open_dataset(ssl4mis_acdc(tmp_path / "acdc"))
+    assert ds.slice_case_rel_path("patient002_frame01", 1) == "data/slices/patient002_frame01_slice_1.h5"

@@ -115,10 +115,12 @@ class AcdcH5Dataset(H5CaseFiles):
 
     def slice_case_rel_path(self, case_id: str, z: int) -> str:
         """Where slice ``z`` of a volume goes as a case of its own, named as SSL4MIS names its training slices
-        (``data/patient001_frame01_slice_3.h5``): this layout's classes are fixed, so it cannot mark a
-        volume's unlabelled slices, but it reads each slice file as a labelled case."""
-        image = Path(self._entry(case_id).image)
-        return (image.parent / f"{case_id}_slice_{z}.h5").relative_to(self.root).as_posix()
+        (``data/patient001_frame01_slice_3.h5``, in ``data/slices/`` where the data keeps its slices there, so
+        that a copy into the data replaces the slice's file rather than doubling it): this layout's classes are
+        fixed, so it cannot mark a volume's unlabelled slices, but it reads each slice file as a labelled case."""
+        slices = self.root / "data" / SLICE_FOLDER
+        folder = slices if slices.is_dir() else Path(self._entry(case_id).image).parent
+        return (folder / f"{case_id}_slice_{z}.h5").relative_to(self.root).as_posix()
 
     def num_slices(self, case_id: str) -> int:
         shape = h5_image_shape(self._entry(case_id).image)
