@@ -94,7 +94,11 @@ def _cache_entries(cache: Path) -> set[str]:
 
 def test_fit_trains_on_augmented_copies_deterministically(tiny_sam_phantom, tmp_path) -> None:
     """--augmented-views K encodes K more images per labelled slice (cached as any slice) and two fits
-    of one seed keep identical weights."""
+    of one seed keep identical weights; few-shot SAM makes 8 by default, FewMatch none."""
+    from fewsam.methods.fewmatch import FewMatchConfig
+    from fewsam.methods.fewshot import FewShotConfig
+
+    assert FewShotConfig().augmented_views == 8 and FewMatchConfig().augmented_views == 0
     from conftest import fit_twice_identically
 
     base = ["fit", "fewshot", "--data", str(tiny_sam_phantom), "--labeled-slices", "2", "--views", "1",
@@ -103,7 +107,7 @@ def test_fit_trains_on_augmented_copies_deterministically(tiny_sam_phantom, tmp_
     plain, augmented = tmp_path / "plain", tmp_path / "augmented"
     import torch
 
-    plain_run, _ = fit_twice_identically([*base, "--cache", str(plain / "cache")], plain)
+    plain_run, _ = fit_twice_identically([*base, "--cache", str(plain / "cache"), "--augmented-views", "0"], plain)
     augmented_run, _ = fit_twice_identically([*base, "--cache", str(augmented / "cache"), "--augmented-views", "3"],
                                              augmented)
     assert len(_cache_entries(augmented / "cache")) == len(_cache_entries(plain / "cache")) + 2 * 3

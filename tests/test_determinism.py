@@ -28,7 +28,7 @@ from fewsam.methods.student import StudentPredictor
 from fewsam.runs import BEST, prepare_run_dir
 
 GOLDEN = Path(__file__).with_name("golden") / "determinism.json"
-FEWSHOT = fewshot.FewShotConfig(steps=6, val_every=3, batch_size=2, views=2)
+FEWSHOT = fewshot.FewShotConfig(steps=6, val_every=3, batch_size=2, views=2, augmented_views=0)
 SAMATCH = samatch.SamMatchConfig(unlabeled_batch=4, unlabeled_limit=4, warmup_steps=4, refresh_every=4, ramp_steps=4,
                                  sam_steps=2, sam_batch=2, sam_val_slices=4, sam_round_steps=2, threshold=0.0,
                                  steps=12, lr=0.05, val_every=4, optimizer="sgd", image_size=64,

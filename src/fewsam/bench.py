@@ -353,7 +353,8 @@ def _predict_and_fit_times(dataset, model, cache, refs, device: str, cache_dir: 
     ctx = FitContext(dataset, model, cache, device, show_progress=False, labelled=refs, val_ids=[val_id],
                      acceleration=choice.acceleration)
     start = time.perf_counter()
-    fewshot.fit(ctx, fewshot.FewShotConfig(steps=30, val_every=30, lr=1e-4, ema=0.0, views=1), cache_dir / "run")
+    recipe = fewshot.FewShotConfig(steps=30, val_every=30, lr=1e-4, ema=0.0, views=1, augmented_views=0)
+    fewshot.fit(ctx, recipe, cache_dir / "run")
     fit_s = time.perf_counter() - start
     predictor = fewshot.FewShotPredictor(cache_dir / "run", model, device, choice.acceleration)
     start = time.perf_counter()

@@ -94,7 +94,8 @@ def _task(ctx: Any, args: argparse.Namespace, folder: Path) -> tuple[Any, Any]:
         from fewsam.labels import IGNORE
         from fewsam.methods.fewshot import FewShotConfig, FewShotTask, PrototypeDecoder, build_prompt_bank
 
-        cfg = FewShotConfig(steps=args.steps, val_every=args.steps, views=1, batch_size=args.batch_size, ema=0.0)
+        cfg = FewShotConfig(steps=args.steps, val_every=args.steps, views=1, augmented_views=0,
+                            batch_size=args.batch_size, ema=0.0)
         samples, shots, tokens = build_prompt_bank(ctx, cfg, folder)
         val = embed_cases(ctx.dataset, ctx.val_ids, ctx.cache, ctx.device, False)
         torch.manual_seed(ctx.seed)

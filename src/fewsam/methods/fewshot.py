@@ -70,8 +70,9 @@ class FewShotConfig(Config):
                                       "labelled training batch: a regulariser against fitting the few labelled "
                                       "patients' features (0: off).", min=0.0, max=0.95)
     views: int = option(8, "Dihedral views encoded per labelled slice (8: all rotations and flips).", min=1, max=8)
-    augmented_views: int = option(0, "Augmented copies encoded per labelled slice and trained on beside its views "
-                                  "(rotation, scale, gamma, noise, blur, low resolution; 0: none).", min=0, max=64)
+    augmented_views: int = option(8, "Augmented copies encoded per labelled slice and trained on beside its views "
+                                  "(rotation, scale, gamma, noise, blur, low resolution, as nnU-Net augments; "
+                                  "0: none).", min=0, max=64)
     ema: float = option(0.99, "Decay of a moving average of the weights, validated and kept (0: off).",
                         min=0.0, max=0.9999)
     val_every: int = option(50, "Steps between validations (each writes a resumable checkpoint).", min=1)
