@@ -47,8 +47,8 @@ def acdc(tmp_path_factory):
 def test_fewshot_on_real_acdc_slices(acdc, tmp_path):
     data, cache = acdc
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=cache, show_progress=False)
-    result = fit("fewshot", opts, FewShotConfig(steps=30, lr=3e-4, ema=0.0, val_every=15, views=2, batch_size=4,
-                                                      test_mirroring=False, sam_refinement=False))
+    result = fit("fewshot", opts, FewShotConfig(augmented_views=0, steps=30, lr=3e-4, ema=0.0, val_every=15, views=2,
+                                                batch_size=4, test_mirroring=False, sam_refinement=False))
     assert 0.0 <= result.best_score <= 1.0
     written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", cache, show_progress=False)
     assert [p.name for p in written] == [f"{VAL}.h5"]

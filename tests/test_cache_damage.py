@@ -112,7 +112,7 @@ def _fit(phantom, run, **options):
     values = {"labeled_slices": 2, "cache": str(run.parent / "cache"), "show_progress": False,
               "precision": "fp32", **options}
     return fit("fewshot", FitOptions(data=phantom, run=run, **values),
-               FewShotConfig(steps=2, val_every=2, views=1, batch_size=2))
+               FewShotConfig(augmented_views=0, steps=2, val_every=2, views=1, batch_size=2))
 
 
 def _files(folder):

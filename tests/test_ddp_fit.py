@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 # Test-time mirroring and SAM refinement, chosen after training, are no part of what ranks share (and
 # mirroring alone, eight encoder passes per validation slice, was half of each fit's time).
-FEWSHOT = ["fewshot", "--labeled-slices", "4", "--views", "1", "--batch-size", "4", "--steps", "6", "--val-every",
-           "3", "--no-test-mirroring", "--no-sam-refinement"]
+FEWSHOT = ["fewshot", "--labeled-slices", "4", "--views", "1", "--augmented-views", "0", "--batch-size", "4",
+           "--steps", "6", "--val-every", "3", "--no-test-mirroring", "--no-sam-refinement"]
 STUDENT = ["supervised", "--labeled-cases", "2", "--image-size", "64", "--batch-size", "4", "--steps", "40",
            "--val-every", "5"]
 

@@ -23,7 +23,7 @@ def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     data = write_phantom_dataset(root / "data", n_train=3, n_val=1, slices=2, seed=1)
     cache = root / "cache"
-    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--views", "1",
+    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--views", "1", "--augmented-views", "0",
                                       "--steps", "4", "--val-every", "2", "--batch-size", "2", "--no-test-mirroring",
                                       "--no-sam-refinement", "--cache", str(cache), "--out", str(root / "teacher"),
                                       *COMMON])
@@ -138,7 +138,7 @@ def test_without_a_teacher_the_fit_makes_its_own_few_shot_teacher_first(teacher,
     from fewsam.methods.fewshot import FewShotConfig
 
     data, cache, _ = teacher
-    recipe = FewShotConfig(steps=4, val_every=2, batch_size=2, views=1, test_mirroring=False, sam_refinement=False)
+    recipe = FewShotConfig(augmented_views=0, steps=4, val_every=2, batch_size=2, views=1, test_mirroring=False, sam_refinement=False)
     monkeypatch.setattr(distill, "own_teacher_config", lambda: recipe)
     student = ["--data", str(data), "--labeled-slices", "2", "--steps", "2", "--val-every", "2", "--batch-size", "2",
                "--unlabeled-batch", "2", "--image-size", "32", "--no-teacher-blend", "--cache", str(cache), *COMMON]
@@ -155,8 +155,8 @@ def test_without_a_teacher_the_fit_makes_its_own_few_shot_teacher_first(teacher,
     # the two commands: the same few-shot fit, then distill taught by it
     own = tmp_path / "own_teacher"
     result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--steps", "4",
-                                      "--val-every", "2", "--batch-size", "2", "--views", "1", "--no-test-mirroring",
-                                      "--no-sam-refinement", "--cache", str(cache), "--out", str(own), *COMMON])
+                                      "--val-every", "2", "--batch-size", "2", "--views", "1", "--augmented-views", "0",
+                                      "--no-test-mirroring", "--no-sam-refinement", "--cache", str(cache), "--out", str(own), *COMMON])
     assert result.exit_code == 0, result.output
     two = tmp_path / "two"
     result = CliRunner().invoke(app, ["fit", "distill", *student, "--teacher", str(own), "--out", str(two)])

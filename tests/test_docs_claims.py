@@ -17,7 +17,7 @@ def _fit_fewshot(data: Path, run: Path) -> None:
 
     options = FitOptions(data=data, run=run, labeled_slices=2, cache=str(run.parent / "cache"),
                          precision="fp32", show_progress=False)
-    fit("fewshot", options, FewShotConfig(steps=2, val_every=2, views=1, batch_size=2))
+    fit("fewshot", options, FewShotConfig(augmented_views=0, steps=2, val_every=2, views=1, batch_size=2))
 
 
 def test_predict_on_ray_converts_an_openvino_encoder_once_on_the_driver(tiny_sam_phantom, tmp_path, monkeypatch):

@@ -106,7 +106,7 @@ def test_fewshot_end_to_end_on_a_phantom(tmp_path):
     data = write_phantom_dataset(tmp_path / "data", n_train=2, n_val=1, slices=2, seed=1)
     runner = CliRunner()
     fp32 = ["--precision", "fp32"]  # the reference: no encoder conversion for a four-step fit
-    fit = ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--views", "2", "--steps", "4",
+    fit = ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--views", "2", "--augmented-views", "1", "--steps", "4",
            "--val-every", "2", "--batch-size", "2", "--cache", str(tmp_path / "cache"), "--quiet", *fp32,
            "--cavity-rule", "Myo:LV:RV"]
     fit_twice_identically(fit, tmp_path)

@@ -27,7 +27,7 @@ from fewsam.methods.fewmatch import FewMatchConfig
 from fewsam.methods.fewshot import FewShotConfig
 from fewsam.runs import LAST, MANIFEST, TEXT_LOG, RunFolder
 
-TINY_TEACHER = FewShotConfig(steps=2, val_every=2, batch_size=2, views=1, test_mirroring=False, sam_refinement=False)
+TINY_TEACHER = FewShotConfig(augmented_views=0, steps=2, val_every=2, batch_size=2, views=1, test_mirroring=False, sam_refinement=False)
 TINY_STUDENT = DistillConfig(steps=2, val_every=2, batch_size=2, unlabeled_batch=2, image_size=32,
                              teacher_blend=False, test_mirroring=False)
 

@@ -19,7 +19,7 @@ from fewsam.evaluate import evaluate
 from fewsam.methods.fewshot import FewShotConfig
 from fewsam.report import write_group_report
 
-TWO_STEPS = FewShotConfig(steps=2, batch_size=1, views=1, test_mirroring=False, sam_refinement=False)
+TWO_STEPS = FewShotConfig(augmented_views=0, steps=2, batch_size=1, views=1, test_mirroring=False, sam_refinement=False)
 SQUARE = np.zeros((16, 16), np.uint8)
 SQUARE[4:12, 4:12] = 1
 
@@ -325,7 +325,7 @@ def test_a_fit_interrupted_in_a_notebook_resumes_in_the_same_process_to_the_same
     log says so, and the same call resumes from the last checkpoint to the weights of an uninterrupted fit."""
     import torch
 
-    steps = FewShotConfig(steps=4, batch_size=1, val_every=2, views=1, test_mirroring=False, sam_refinement=False)
+    steps = FewShotConfig(augmented_views=0, steps=4, batch_size=1, val_every=2, views=1, test_mirroring=False, sam_refinement=False)
     with pytest.raises(KeyboardInterrupt), training_raising_at_step(3, KeyboardInterrupt()):
         fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)
     resumed = fit("fewshot", fit_options(tiny_sam_phantom, tmp_path / "stopped"), steps)

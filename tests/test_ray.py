@@ -215,7 +215,7 @@ def test_predictions_on_the_cluster_are_the_local_ones(phantom, cluster, tmp_pat
     cache = tmp_path / "cache"
     shutil.copytree(reference, cache)
     fit("fewshot", FitOptions(data=data, run=tmp_path / "run", labeled_slices=2, cache=str(cache), precision="fp32",
-                              show_progress=False), FewShotConfig(steps=2, val_every=2, views=1, batch_size=2))
+                              show_progress=False), FewShotConfig(augmented_views=0, steps=2, val_every=2, views=1, batch_size=2))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' one thread: the same float sums, so the same argmax everywhere
     try:

@@ -62,7 +62,7 @@ def fitted(tmp_path_factory):
         data = write_phantom_dataset(tmp / "data", n_train=2, n_val=1, slices=2, seed=1)
         fit("fewshot", FitOptions(data=data, run=tmp / "run", labeled_slices=2, cache=str(tmp / "cache"),
                                   show_progress=False, precision="fp32"),
-            FewShotConfig(steps=2, val_every=2, views=1, batch_size=2))
+            FewShotConfig(augmented_views=0, steps=2, val_every=2, views=1, batch_size=2))
         yield data, tmp / "run", tmp / "cache", _predict(tmp / "run", data, tmp / "pred", tmp / "cache")
     finally:
         torch.set_num_threads(threads)

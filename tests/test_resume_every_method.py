@@ -52,7 +52,7 @@ RECIPES: dict[str, list[str]] = {  # each method's tiny recipe, with every stage
     "supervised": STUDENT,
     "distill": [*STUDENT, *POOL],
 }
-TEACHER = ["fit", "fewshot", "--views", "1", "--steps", "1", "--val-every", "1", "--batch-size", "1",
+TEACHER = ["fit", "fewshot", "--views", "1", "--augmented-views", "0", "--steps", "1", "--val-every", "1", "--batch-size", "1",
            "--no-test-mirroring", "--no-sam-refinement"]
 NOT_COMPARED = {TEXT_LOG, LOCK}  # fit.log holds the wall-clock time of each line; .lock is the flock's file
 

@@ -343,7 +343,7 @@ def _fit(phantom, tmp_path, run="run"):
 
     options = FitOptions(data=phantom, run=tmp_path / run, labeled_slices=2, cache=str(tmp_path / "cache"),
                          show_progress=False, precision="fp32")  # the reference: no encoder conversion per test
-    return fit("fewshot", options, FewShotConfig(steps=2, val_every=2, views=1, batch_size=2))
+    return fit("fewshot", options, FewShotConfig(augmented_views=0, steps=2, val_every=2, views=1, batch_size=2))
 
 
 def test_a_fewshot_fit_ends_with_a_manifest_and_refuses_labels_changed_since(phantom, tmp_path):

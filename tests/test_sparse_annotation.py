@@ -89,7 +89,7 @@ def test_a_fully_labelled_volume_is_not_said_to_be_sparse(tmp_path, notices):
 def test_few_shot_sam_fits_on_the_annotated_slices_of_a_volume(tiny_sam_phantom, tmp_path):
     data = write_sparse_folder(tmp_path / "sparse")
     result = CliRunner().invoke(app, [
-        "fit", "fewshot", "--data", str(data), "--labeled-cases", "1", "--annotated-slices-only", "--views", "1",
+        "fit", "fewshot", "--data", str(data), "--labeled-cases", "1", "--annotated-slices-only", "--views", "1", "--augmented-views", "0",
         "--steps", "2", "--val-every", "2", "--batch-size", "2", "--no-test-mirroring", "--no-sam-refinement",
         "--precision", "fp32", "--quiet", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output

@@ -36,7 +36,7 @@ def run_job(spec, status):
 
     options = FitOptions(data=spec["data"], run=spec["run"], labeled_slices=1, cache=spec["cache"],
                          show_progress=False, precision="fp32")
-    fit("fewshot", options, FewShotConfig(steps=100000, val_every=1, batch_size=1, views=1,
+    fit("fewshot", options, FewShotConfig(augmented_views=0, steps=100000, val_every=1, batch_size=1, views=1,
                                           test_mirroring=False, sam_refinement=False))
 
 
