@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -57,6 +58,16 @@ class FakeSam:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         self.encode_calls += images.shape[0]
         return images.mean(dim=1, keepdim=True).repeat(1, 4, 1, 1)[:, :, :8, :8] + 1.0
+
+
+@pytest.fixture
+def notices(caplog, monkeypatch):
+    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
+    from fewsam import progress
+
+    monkeypatch.setattr(progress, "_said", {})
+    caplog.set_level(logging.INFO, logger="fewsam")
+    return caplog
 
 
 @pytest.fixture

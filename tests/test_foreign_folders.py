@@ -20,7 +20,6 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from fewsam import progress
 from fewsam.data import open_dataset
 from fewsam.data.phantom import write_phantom_dataset
 from fewsam.errors import DataError, RunError
@@ -30,14 +29,6 @@ from fewsam.report import write_group_report
 from conftest import assert_one_line_error, run_fewsam, write_tiny_acdc
 from test_dicom import write_series
 from test_formats_end_to_end import run  # noqa: F401 - the fixture: a 2-step supervised run, no SAM weights
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 def image_mask_folder(root: Path, names: list[str], shape: tuple[int, int] = (20, 24)) -> Path:

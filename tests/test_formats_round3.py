@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -14,7 +13,6 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from fewsam import progress
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.errors import DataError
 
@@ -31,14 +29,6 @@ def volume(seed: int = 0, shape=(8, 9, 5)) -> tuple[np.ndarray, np.ndarray]:
 def save(array: np.ndarray, path: Path, affine: np.ndarray = AFFINE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, affine), path)
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 # ---------------------------------------------------------------- label file names

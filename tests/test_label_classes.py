@@ -5,7 +5,6 @@ nnU-Net's region-based and out-of-range labels, and an nnU-Net v2 dataset of Fre
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fewsam import progress
 from fewsam.data import open_dataset, write_prediction
 from fewsam.data.phantom import phantom_volume
 from fewsam.data.readers.slicer_segmentation import segments_of
@@ -25,14 +23,6 @@ from fewsam.info import dataset_info
 from conftest import assert_one_line_error, run_fewsam
 from test_dicom import write_series
 from test_slicer_segmentations import SHAPE, blank, reference_volume, write_segmentation
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 def organs() -> tuple[np.ndarray, np.ndarray]:

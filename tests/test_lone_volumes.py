@@ -5,7 +5,6 @@ folders named as labels stay labels. Also: the terminal line of a grouped evalua
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fewsam import progress
 from fewsam.data import open_dataset
 from fewsam.errors import DataError
 from fewsam.predict import predict
@@ -21,14 +19,6 @@ from conftest import write_png_cases
 from test_formats_end_to_end import run  # noqa: F401 - the fixture: a 2-step supervised run, no SAM weights
 
 ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii.gz", ".nii")
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 def write_volume(path: Path, shape: tuple[int, int, int] = (3, 16, 20), label: bool = False) -> np.ndarray:

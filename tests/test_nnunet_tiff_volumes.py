@@ -6,14 +6,12 @@ pages, rows and columns). Volumes are read on that spacing, and a prediction get
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fewsam import progress
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.info import dataset_info
 from fewsam.predict import case_files, companions
@@ -46,13 +44,6 @@ def tiff_dataset(root: Path, spacing: list[float], cases: int = 2) -> Path:
                                                    "labels": {"background": 0, "a": 1, "b": 2},
                                                    "numTraining": cases}))
     return root
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 def test_a_3d_tiff_is_read_on_the_spacing_its_json_gives(tmp_path, notices):

@@ -6,14 +6,12 @@ domain``), a segment being the voxels of its layer equal to its ``SegmentN_Label
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fewsam import progress
 from fewsam.data import open_dataset, write_prediction
 from fewsam.errors import DataError
 from fewsam.info import dataset_info
@@ -21,14 +19,6 @@ from fewsam.info import dataset_info
 from test_dicom import write_series
 
 SHAPE = (6, 10, 12)  # (z, y, x)
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 def reference_volume(path: Path) -> sitk.Image:

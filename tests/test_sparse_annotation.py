@@ -6,7 +6,6 @@ annotated slices alone, the others joining the unlabelled pool."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -38,13 +37,6 @@ def write_sparse_folder(root: Path) -> Path:
         nib.save(nib.Nifti1Image(image.transpose(2, 1, 0), np.eye(4)), root / "images" / f"case{i}.nii.gz")
         nib.save(nib.Nifti1Image(label.transpose(2, 1, 0), np.eye(4)), root / "labels" / f"case{i}.nii.gz")
     return root
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 def test_only_the_annotated_slices_are_labelled_and_the_others_join_the_pool(tmp_path):

@@ -6,7 +6,6 @@ one-slice series, 16-bit colour images, and PNG masks kept beside volumes."""
 
 from __future__ import annotations
 
-import logging
 import struct
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from fewsam import progress
 from fewsam.data import open_dataset
 from fewsam.data.writers import read_prediction, write_prediction
 from fewsam.errors import DataError
@@ -200,14 +198,6 @@ def test_a_16_bit_colour_image_keeps_its_16_bit_values(tmp_path, ending, compres
     np.testing.assert_array_equal(xray.image[0], grey.astype(np.float32))
     np.testing.assert_array_equal(cells.image[0], colour.astype(np.float32))
     assert np.array_equal(cells.label[0], mask // 255)
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 def test_png_masks_beside_volumes_or_a_dicom_series_are_said_not_to_be_read(tmp_path, notices):

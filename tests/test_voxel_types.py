@@ -4,7 +4,6 @@ and geometry, and what cannot be read refused in one line."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -13,19 +12,10 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from fewsam import progress
 from fewsam.data import open_dataset, read_prediction, write_prediction
 from fewsam.errors import DataError
 
 AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 0.9, 0.0, -5.0], [0.0, 0.0, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
-
-
-@pytest.fixture
-def notices(caplog, monkeypatch):
-    """What ``say_once`` tells the user during a test (as if the process had said nothing yet)."""
-    monkeypatch.setattr(progress, "_said", {})
-    caplog.set_level(logging.INFO, logger="fewsam")
-    return caplog
 
 
 def volume(seed: int = 0, shape=(8, 9, 4)) -> tuple[np.ndarray, np.ndarray]:

@@ -275,17 +275,8 @@ def embed_refs(
 ) -> list[EmbeddedSlice]:
     """The given slices (any order, any cases), each case read once; ``views`` dihedral views per
     slice; ``with_label=False`` reads images only (an unlabelled pool)."""
-    by_case = slices_by_case(refs)
-    found: dict[tuple[SliceRef, int], EmbeddedSlice] = {}
-    with progress_bar(show_progress) as bar:
-        job = bar.add_task(description, total=len(refs) * views)
-        advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
-        for case_id, zs in by_case.items():
-            sub = _subcase(dataset.load(case_id, with_label=with_label), zs)
-            for view in range(views):
-                for z, item in zip(zs, embed_case(_view(sub, view), cache, device, advance)):
-                    item.ref, item.view = SliceRef(case_id, z), view
-                    found[(item.ref, view)] = item
+    found = _embed_variants(dataset, refs, cache, views, lambda case, view: (_view(case, view), view), device,
+                            show_progress, description, with_label)
     return [found[(ref, view)] for ref in refs for view in range(views)]
 
 
@@ -293,21 +284,33 @@ def embed_augmented(dataset: Dataset, refs: Sequence[SliceRef], cache: Embedding
                     device: str = "cpu", show_progress: bool = True, description: str = "embed augmented"
                     ) -> list[EmbeddedSlice]:
     """``copies`` augmented copies of each labelled slice (``fewsam.augment``), copy k starting from
-    dihedral view k mod 8; each is a new image, encoded and cached like any slice."""
-    by_case = slices_by_case(refs)
-    out: list[EmbeddedSlice] = []
+    dihedral view k mod 8; each is a new image, encoded and cached like any slice. In the order they
+    were made: by case, then copy, then slice."""
+
+    def copy_of(case: Case, copy: int) -> tuple[Case, int]:
+        return augmented_case(_view(case, copy % 8), seed, copy), copy % 8
+
+    return list(_embed_variants(dataset, refs, cache, copies, copy_of, device, show_progress, description).values())
+
+
+def _embed_variants(dataset: Dataset, refs: Sequence[SliceRef], cache: EmbeddingCache, count: int,
+                    variant: Callable[[Case, int], tuple[Case, int]], device: str, show_progress: bool,
+                    description: str, with_label: bool = True) -> dict[tuple[SliceRef, int], EmbeddedSlice]:
+    """Variants 0..count-1 of the given slices embedded, each case read once: ``variant(case, k)`` gives the
+    case's variant k (of the requested slices only) and the dihedral view it is in. Keyed by (slice, k), in
+    the order made (by case, then variant, then slice)."""
+    found: dict[tuple[SliceRef, int], EmbeddedSlice] = {}
     with progress_bar(show_progress) as bar:
-        job = bar.add_task(description, total=len(refs) * copies)
+        job = bar.add_task(description, total=len(refs) * count)
         advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
-        for case_id, zs in by_case.items():
-            sub = _subcase(dataset.load(case_id, with_label=True), zs)
-            for copy in range(copies):
-                view = copy % 8
-                augmented = augmented_case(_view(sub, view), seed, copy)
-                for z, item in zip(zs, embed_case(augmented, cache, device, advance)):
+        for case_id, zs in slices_by_case(refs).items():
+            sub = _subcase(dataset.load(case_id, with_label=with_label), zs)
+            for k in range(count):
+                case, view = variant(sub, k)
+                for z, item in zip(zs, embed_case(case, cache, device, advance)):
                     item.ref, item.view = SliceRef(case_id, z), view
-                    out.append(item)
-    return out
+                    found[(item.ref, k)] = item
+    return found
 
 
 class CachedPool(IndexedSlices):

@@ -559,13 +559,9 @@ def check_one_orientation(orientations: list[list[float] | None], names: list[st
     first file's, or none (the identity) where that file gave none, which placed every slice in another plane."""
     refuse_partly_given(orientations, names, "orientation (ImageOrientationPatient)", "the plane they lie in", folder)
     refuse_no_plane(orientations, names, folder)
-    apart = _first_apart(orientations, names, 6, lambda a, b: np.allclose(a, b, atol=ORIENTATION_TOLERANCE))
-    if apart is not None:
-        (name, orientation), (first_name, first) = apart
-        raise DataError(f"{folder}: its DICOM slices lie in different orientations ({Path(name).name} "
-                        f"{_values_text(orientation)}, {Path(first_name).name} {_values_text(first)}): a "
-                        "localizer of several planes, or series of several planes under one series UID; put the "
-                        "slices of each orientation in their own folder (each then read as a case of its own)")
+    refuse_apart(_first_apart(orientations, names, 6, lambda a, b: np.allclose(a, b, atol=ORIENTATION_TOLERANCE)),
+                 folder, "lie in different orientations", "", "a localizer of several planes, or series of several "
+                 "planes under one series UID", "orientation")
 
 
 def refuse_no_plane(orientations: list[list[float] | None], names: list[str], folder: Path) -> None:
@@ -603,13 +599,9 @@ def check_one_pixel_spacing(spacings: list[list[float] | None], names: list[str]
     naming them: ITK took the first file's, or 1 mm where that file gave none, for every slice."""
     refuse_partly_given(spacings, names, "pixel size (PixelSpacing)", "their pixel size", folder)
     refuse_negative_pixel_size(spacings, names, folder)
-    apart = _first_apart(spacings, names, 2, lambda a, b: np.allclose(a, b, rtol=PIXEL_SPACING_TOLERANCE, atol=0))
-    if apart is not None:
-        (name, spacing), (first_name, first) = apart
-        raise DataError(f"{folder}: its DICOM slices have different pixel sizes ({Path(name).name} "
-                        f"{_values_text(spacing)} mm, {Path(first_name).name} {_values_text(first)} mm): "
-                        "reconstructions of several fields of view under one series UID; put the slices of each "
-                        "pixel size in their own folder (each then read as a case of its own)")
+    alike = lambda a, b: np.allclose(a, b, rtol=PIXEL_SPACING_TOLERANCE, atol=0)  # noqa: E731 - tiny predicate
+    refuse_apart(_first_apart(spacings, names, 2, alike), folder, "have different pixel sizes", " mm",
+                 "reconstructions of several fields of view under one series UID", "pixel size")
 
 
 def refuse_negative_pixel_size(spacings: list[list[float] | None], names: list[str], folder: Path) -> None:
@@ -630,6 +622,20 @@ def _first_apart(values: list[list[float] | None], names: list[str], count: int,
     the first file's, with that first file; None where they all are. Files without the tag are left out."""
     given = [(name, v) for name, v in zip(names, values) if v is not None and len(v) == count]
     return next(((item, given[0]) for item in given[1:] if not alike(item[1], given[0][1])), None)
+
+
+def refuse_apart(apart: tuple[tuple[str, list[float]], tuple[str, list[float]]] | None, folder: Path, differ: str,
+                 unit: str, likely: str, kind: str) -> None:
+    """Refuse a series two of whose files (``apart``, from ``_first_apart``) give a tag apart: ITK stacks every
+    slice on the first one's, so the other file's slice joined the volume on a grid it does not lie on. The
+    message names both files and their values, says what the series ``likely`` is, and asks for a folder per
+    ``kind``."""
+    if apart is None:
+        return
+    (name, value), (first_name, first) = apart
+    raise DataError(f"{folder}: its DICOM slices {differ} ({Path(name).name} {_values_text(value)}{unit}, "
+                    f"{Path(first_name).name} {_values_text(first)}{unit}): {likely}; put the slices of each {kind} "
+                    "in their own folder (each then read as a case of its own)")
 
 
 def _values_text(values: Sequence[float]) -> str:
