@@ -28,7 +28,6 @@ from fewsam.data.readers.dicom_rtstruct import CONTOUR_DATA, RTSTRUCT_SOP_CLASS,
 from fewsam.errors import DataError
 from test_dicom import arrays, series_image, write_label, write_series
 from test_dicom_seg import FRAME_OF_REFERENCE, ct_series, one_hot, resave_bare, save_seg
-from test_label_classes import notices  # noqa: F401 - the fixture
 
 AXIAL = {"direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}
 SHAPE = (5, 12, 10)  # (z, y, x)

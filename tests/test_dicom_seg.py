@@ -16,7 +16,6 @@ from fewsam.data.types import ClassMap
 from fewsam.errors import DataError
 from test_dicom import arrays, series_image, write_label, write_series
 from test_dicom_series_faults import save_bare
-from test_label_classes import notices  # noqa: F401 - the fixture
 
 FRAME_OF_REFERENCE = "1.2.826.0.1.3680043.2.1125.9"
 

@@ -26,7 +26,6 @@ from fewsam.data.writers import write_dicom_rtstruct, write_dicom_seg
 from test_dicom import write_series
 from test_dicom_seg import FRAME_OF_REFERENCE
 from test_formats_end_to_end import fit_tiny_run
-from test_label_classes import notices  # noqa: F401 - the fixture
 from test_rtstruct_prediction import ORIENTATIONS, _assert_on_its_slice
 
 DCIODVFY, DCENTVFY = shutil.which("dciodvfy"), shutil.which("dcentvfy")

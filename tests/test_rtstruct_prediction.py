@@ -20,7 +20,6 @@ from fewsam.data.types import ClassMap
 from fewsam.data.writers import dicom_rtstruct_path, write_dicom_rtstruct
 from test_dicom import arrays, write_series
 from test_dicom_seg import FRAME_OF_REFERENCE, assert_uids_follow_the_prediction
-from test_label_classes import notices  # noqa: F401 - the fixture
 
 SHAPE = (4, 12, 10)  # (z, y, x)
 NAMES = {1: "Liver", 2: "Spleen", 3: "Kidney"}  # Kidney is predicted nowhere
