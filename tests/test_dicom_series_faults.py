@@ -171,6 +171,16 @@ def test_a_negative_pixel_size_is_refused_naming_the_file(tmp_path):
         open_dataset(tmp_path).load("s")
 
 
+def test_a_pixel_size_of_0_is_refused_naming_the_file(tmp_path):
+    """ITK read a PixelSpacing of 0\\0 as 1 mm pixels: HD95 and ASD were given in mm of a size no file says."""
+    for z in range(4):
+        ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
+        ds.PixelSpacing = [0, 0]
+        save_part10(ds, tmp_path / "s" / f"IM{z}.dcm")
+    with pytest.raises(DataError, match=r"s: IM0.dcm gives a pixel size \(PixelSpacing\) of 0\\0 mm, a size of 0, so where"):
+        open_dataset(tmp_path).load("s")
+
+
 def test_pixel_sizes_written_to_different_decimals_are_one_size(tmp_path):
     """Scanners and converters round a PixelSpacing's decimal string each their own way."""
     for z in range(4):

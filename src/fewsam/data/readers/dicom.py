@@ -598,20 +598,21 @@ def check_one_pixel_spacing(spacings: list[list[float] | None], names: list[str]
     Files without a PixelSpacing (secondary captures) are left as they are; where the others give one, refused,
     naming them: ITK took the first file's, or 1 mm where that file gave none, for every slice."""
     refuse_partly_given(spacings, names, "pixel size (PixelSpacing)", "their pixel size", folder)
-    refuse_negative_pixel_size(spacings, names, folder)
+    refuse_pixel_size_not_above_0(spacings, names, folder)
     alike = lambda a, b: np.allclose(a, b, rtol=PIXEL_SPACING_TOLERANCE, atol=0)  # noqa: E731 - tiny predicate
     refuse_apart(_first_apart(spacings, names, 2, alike), folder, "have different pixel sizes", " mm",
                  "reconstructions of several fields of view under one series UID", "pixel size")
 
 
-def refuse_negative_pixel_size(spacings: list[list[float] | None], names: list[str], folder: Path) -> None:
-    """Refuse a file whose PixelSpacing holds a negative size (or one that is no number: a damaged or hand-made
-    header): ITK read negative sizes as the slices mirrored, and the prediction was written on that mirrored
-    grid, without a word. Zeros, which ITK reads as 1 mm pixels, are read so, as a file without the tag is."""
+def refuse_pixel_size_not_above_0(spacings: list[list[float] | None], names: list[str], folder: Path) -> None:
+    """Refuse a file whose PixelSpacing holds a size of 0 or below (or one that is no number: a damaged or
+    hand-made header): ITK reads negative sizes as the slices mirrored, so the prediction would be written on that
+    mirrored grid, and zeros as 1 mm pixels, so HD95 and ASD would be given in mm of a size no file says."""
     for name, spacing in zip(names, spacings):
-        if spacing is not None and not (np.all(np.isfinite(spacing)) and min(spacing, default=0) >= 0):
+        if spacing is not None and not (np.all(np.isfinite(spacing)) and min(spacing, default=1) > 0):
+            below = "a size of 0" if min(spacing, default=1) == 0 else "below 0"
             raise DataError(f"{folder}: {Path(name).name} gives a pixel size (PixelSpacing) of {_values_text(spacing)} "
-                            "mm, below 0, so where its pixels lie is unknown (a damaged or hand-made header); correct "
+                            f"mm, {below}, so where its pixels lie is unknown (a damaged or hand-made header); correct "
                             "the tag in its files")
 
 
