@@ -177,7 +177,8 @@ def test_a_pixel_size_of_0_is_refused_naming_the_file(tmp_path):
         ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
         ds.PixelSpacing = [0, 0]
         save_part10(ds, tmp_path / "s" / f"IM{z}.dcm")
-    with pytest.raises(DataError, match=r"s: IM0.dcm gives a pixel size \(PixelSpacing\) of 0\\0 mm, a size of 0, so where"):
+    with pytest.raises(DataError, match=r"s: IM0.dcm gives a pixel size \(PixelSpacing\) of 0\\0 mm, a size of 0, "
+                                        r"so where its pixels lie is unknown"):
         open_dataset(tmp_path).load("s")
 
 
