@@ -234,6 +234,17 @@ def test_a_file_ending_no_image_has_is_named_not_said_to_be_no_images(tmp_path):
         open_dataset(root)
 
 
+def test_a_prediction_of_a_nii_set_is_written_in_its_file_ending(tmp_path):
+    """nnU-Net writes a prediction in its dataset's file_ending: a set of .nii files got .nii.gz ones from fewsam,
+    which nnU-Net's tools, looking for <case>.nii, do not find."""
+    root = _nnunet_with_ending(tmp_path / "data", ".nii", ["a_0000.nii", "b_0000.nii"])
+    case = open_dataset(root).load("a")
+    written = write_prediction(case, np.ones(case.image.shape[:3], np.uint8), tmp_path / "pred")
+    assert written == tmp_path / "pred" / "a.nii"
+    assert written.read_bytes()[:2] != b"\x1f\x8b"  # not gzip: a .nii file as nibabel and ITK expect it
+    assert np.array_equal(read_prediction(case, tmp_path / "pred"), np.ones(case.image.shape[:3], np.uint8))
+
+
 def test_images_of_another_ending_than_file_ending_are_said_to_be_left_out(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(progress, "_said", {})
     root = _nnunet_with_ending(tmp_path, ".nii.gz", ["a_0000.nii.gz", "b_0000.nii", "c_0000.mha"])

@@ -26,8 +26,9 @@ MAX_SHOWN_VALUES = 12
 
 STORAGE = {
     "h5": "class index per pixel in each file's 'label'; predictions: same file name, key 'pred'",
-    "nifti": "class index per voxel in the label files; predictions: <case>.nii.gz (.mha, .nrrd, .mgz for those "
-             "inputs; .png, .tif for a 2D set's; .tif and its <case>.json spacing for a 3D TIFF's) on the image's grid",
+    "nifti": "class index per voxel in the label files; predictions: <case>.nii.gz (.nii for an nnU-Net set of "
+             ".nii; .mha, .nrrd, .mgz for those inputs; .png, .tif for a 2D set's; .tif and its <case>.json spacing "
+             "for a 3D TIFF's) on the image's grid",
     "png": "mask pixel values below; predictions: PNGs in the same coding at the image's relative path",
     "npz": "FairSeg mask codes below; predictions: <case>.npz with key 'pred' holding class indices",
     "dicom": "class index per voxel in labels/<case>.nii.gz; predictions: <case>.nii.gz on the series' grid",

@@ -761,6 +761,8 @@ def _encode_nifti(case: Case, pred: np.ndarray) -> bytes:
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     data = _with_stored_pixdim(img.to_bytes(), img.header, case.meta.get("stored_pixdim"))
+    if case.rel_path.lower().endswith(".nii"):  # a set of .nii files (nnU-Net's file_ending): stored uncompressed
+        return data
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 

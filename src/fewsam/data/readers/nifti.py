@@ -1095,7 +1095,16 @@ def _raw_entries(root: Path, spec: dict[str, Any]) -> tuple[list[Entry], list[st
         case_id = case if case not in known else f"imagesTs/{case}"
         entries.append(_entry(path, None, case_id))
         test_ids.append(case_id)
-    return entries, test_ids, tuple(e.case_id for e in validation)
+    return [_in_file_ending(e, ending) for e in entries], test_ids, tuple(e.case_id for e in validation)
+
+
+def _in_file_ending(entry: Entry, ending: str) -> Entry:
+    """A case of a raw dataset whose file_ending is ``.nii``, its prediction named ``<case>.nii``: nnU-Net writes
+    predictions in the dataset's file_ending, and its tools look for them so; other endings keep theirs."""
+    rel = entry.rel_path
+    if ending != ".nii" or not rel.endswith(".nii.gz"):
+        return entry
+    return replace(entry, rel_path=rel[: -len(".nii.gz")] + ".nii")
 
 
 NNUNET_CASE = '{"case_001": {"images": ["imagesTr/case_001_0000.nii.gz"], "label": "labelsTr/case_001.nii.gz"}}'
