@@ -85,6 +85,31 @@ def test_index_paths_written_on_windows_find_their_masks(tmp_path):
     assert label is not None and int(label.sum()) == 8 * 8
 
 
+def test_index_paths_in_another_letter_case_than_the_files_read_the_files(tmp_path, notices):
+    """An index.csv written on Windows or macOS, whose file systems ignore letter case, names IMGS/C 2.PNG for
+    imgs/c 2.png: on Linux every case was refused as "not found" when read."""
+    root = tmp_path / "data"
+    rows = [f"{image.upper()},{mask.replace('gt/', 'GT/')}" for image, mask in image_mask_pairs(root)]
+    (root / "index.csv").write_text("image,mask\n" + "\n".join(rows) + "\n")
+    ds = open_dataset(root)
+    assert ds.split("all") == [f"imgs/c {i}" for i in range(5)]
+    label = ds.load("imgs/c 2").label
+    assert label is not None and int(label.sum()) == 8 * 8
+    assert any("10 path(s) differ in letter case from the files on disk (IMGS/C 0.PNG is imgs/c 0.png)"
+               in r.getMessage() for r in notices.records)
+
+
+def test_an_index_path_matching_two_files_in_other_letter_cases_is_refused_naming_them(tmp_path):
+    root = tmp_path / "data"
+    rows = [f"{image},{mask}" for image, mask in image_mask_pairs(root)]
+    (root / "imgs" / "c 0.png").rename(root / "imgs" / "C 0.png")
+    (root / "imgs" / "C 0.PNG").write_bytes((root / "imgs" / "c 1.png").read_bytes())
+    (root / "index.csv").write_text("image,mask\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"index.csv: imgs/c 0.png names no file, and 2 files differ from it only in "
+                                        r"letter case \(C 0.PNG, C 0.png in "):
+        open_dataset(root)
+
+
 def test_index_columns_in_capitals_are_read_by_their_names(tmp_path):
     """A spreadsheet's "Image", "Mask", "Split" header: "Image" was refused as no 'image' column, and a "Split"
     column beside lower-case paths was read as a group attribute, so the user's val and test images went to

@@ -693,9 +693,68 @@ def _index_rows(root: Path) -> tuple[list[dict[str, Any]], bool]:
     """Rows with image/mask paths relative to root (own index, parent index, or a scan), and whether
     they come from the scan, which reads every image file below root as a case."""
     if (root / "index.csv").is_file():
-        return _below_root(_read_index(root / "index.csv"), root), False
-    rows = _parent_rows(root)
+        return _as_on_disk(_below_root(_read_index(root / "index.csv"), root), root, root / "index.csv"), False
+    rows = _as_on_disk(_parent_rows(root), root, root.parent / "index.csv")
     return (rows, False) if rows else (_scan(root), True)
+
+
+def _as_on_disk(rows: list[dict[str, str]], root: Path, index: Path) -> list[dict[str, str]]:
+    """The index's image and mask paths as the files on disk spell them, where a path names no file but one
+    file differs from it only in letter case (``Images/Case1.PNG`` for ``images/case1.png``: a table written on
+    Windows or macOS, whose file systems ignore case); said once. Two such files are refused, naming them, as
+    either could be the one meant; a path with no such file stays as written, said missing where it is read."""
+    spelled = _DiskSpelling(root, index)
+    for row in rows:
+        row["image"] = spelled.path(row["image"])
+        masks = _split_masks(row["masks"])
+        found = [spelled.path(mask) for mask in masks]
+        if found != masks:
+            row["masks"] = ";".join(found)
+    if spelled.respelled:
+        first, on_disk = spelled.respelled[0]
+        say_once(f"{index}: {len(spelled.respelled)} path(s) differ in letter case from the files on disk ({first} is "
+                 f"{on_disk}); the files are read", key=f"index-letter-case-{index}")
+    return rows
+
+
+class _DiskSpelling:
+    """A path below ``root`` as the files on disk spell it, each folder listed once."""
+
+    def __init__(self, root: Path, index: Path) -> None:
+        self.root, self.index = root, index
+        self.listed: dict[Path, dict[str, list[str]]] = {}
+        self.respelled: list[tuple[str, str]] = []
+
+    def path(self, rel: str) -> str:
+        """``rel`` where it names a file (or is no plain relative path); else its one spelling on disk that
+        differs from it in letter case alone, if there is one."""
+        parts = PurePosixPath(rel).parts
+        if not rel or (self.root / rel).exists() or PurePosixPath(rel).is_absolute() or ".." in parts:
+            return rel
+        folder, found = self.root, []
+        for part in parts:
+            names = [part] if (folder / part).exists() else self._names(folder).get(part.casefold(), [])
+            if len(names) > 1:
+                raise DataError(f"{self.index}: {rel} names no file, and {len(names)} files differ from it only in "
+                                f"letter case ({', '.join(names)} in {folder}); write the one meant as it is spelled")
+            if not names:
+                return rel
+            folder, found = folder / names[0], [*found, names[0]]
+        on_disk = PurePosixPath(*found).as_posix()
+        self.respelled.append((rel, on_disk))
+        return on_disk
+
+    def _names(self, folder: Path) -> dict[str, list[str]]:
+        """The entries of ``folder`` by their names in one letter case."""
+        if folder not in self.listed:
+            names: dict[str, list[str]] = {}
+            try:
+                for child in sorted(p.name for p in folder.iterdir()):
+                    names.setdefault(child.casefold(), []).append(child)
+            except OSError:  # not a folder, or unreadable: the path is said missing where it is read
+                pass
+            self.listed[folder] = names
+        return self.listed[folder]
 
 
 def _read_index(path: Path) -> list[dict[str, str]]:
