@@ -183,6 +183,18 @@ def test_an_h5_volume_without_a_label_is_unlabelled_and_left_out_of_the_budget(t
     assert dataset_info(root)["defaults"]["fit"]["budget_order"]["first"] == "CASE00:0"
 
 
+def test_an_h5_volume_without_a_label_is_never_drawn_into_the_computed_validation(tmp_path):
+    """Without train.list, train and val are drawn from the files: one without 'label' was taken as labelled and
+    drawn into val, whose validation then had nothing to score. It is held out in test, as every layout holds out
+    its unlabelled images."""
+    root = left_atrium_volumes(tmp_path / "la", unlabelled="CASE02")
+    (root / "train.list").unlink()
+    ds = open_dataset(root)
+    assert ds.split("val") == ["CASE01"]
+    assert ds.split("train") == ["CASE00"]
+    assert ds.split("test") == ["CASE03", "CASE02"]
+
+
 def test_an_ssl4mis_validation_volume_without_a_label_is_counted_unlabelled(tmp_path):
     root = ssl4mis_acdc(tmp_path / "acdc")
     with h5py.File(root / "data" / "patient002_frame01.h5", "a") as f:

@@ -83,6 +83,13 @@ class H5CaseFiles(IndexedDataset):
             entry.label = None
         return entry.label is not None
 
+    def find_unlabelled(self) -> None:
+        """Tell each file's label from its header now, for a split computed from the labelled cases (``computed_splits``
+        holds the others out in "test"): taken as labelled until asked, a file without one was drawn into the computed
+        'val', a validation case with nothing to score."""
+        for case_id in self.entries:
+            self.has_label(case_id)
+
 
 def h5_holds_label(path: Path) -> bool:
     """Whether an h5 file holds a ``label`` (its header read, not its arrays); a damaged file is taken to, and is

@@ -152,9 +152,11 @@ class H5VolumeDataset(H5CaseFiles, ClassesFromValues):
         entries = [Entry(case_id=case, image=path, label=path, rel_path=f"{case}.h5", subject=case)
                    for case, path in cases.items()]
         super().__init__(root, entries)
+        if list_file_in(root, "train") is None:  # train and val computed here, of the labelled files alone
+            self.find_unlabelled()
         test = list_file_in(root, "test")
-        if test is not None:  # labelled, and held out: these datasets' test cases (train.list, val.list: ``adopt_list_splits``)
-            self.splits = computed_splits(entries, test=self._read_list_file(test.name))
+        # test.list: labelled, and held out: these datasets' test cases (train.list, val.list: ``adopt_list_splits``)
+        self.splits = computed_splits(entries, test=self._read_list_file(test.name) if test is not None else ())
 
     @cached_property
     def depth_axis(self) -> int:
