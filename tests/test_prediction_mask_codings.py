@@ -100,3 +100,31 @@ def test_naming_the_classes_of_palette_masks_keeps_the_palette_in_predictions(tm
         assert written.mode == "P" and written.getpalette()[:24] == voc_palette()[:24]
         np.testing.assert_array_equal(np.asarray(written), indices)
     np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", dataset.class_map), case.label)
+
+
+@pytest.mark.parametrize("classes_json", [False, True], ids=["no classes.json", "one class named"])
+def test_each_prediction_is_written_in_its_own_masks_coding_where_masks_differ(tmp_path, notices, classes_json):
+    """Masks gathered from several tools, 0/255 beside 0/1: every prediction was written in the first mask's 0/255,
+    so the 0/1 masks' images got predictions that the user's comparison with their masks read as no match. An image
+    without a mask gets the first mask's coding, as before."""
+    root = tmp_path / "lesions"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    masks = {}
+    for name, foreground in (("a", 255), ("b", 1), ("c", None)):
+        Image.fromarray(np.zeros((8, 10), np.uint8)).save(root / "images" / f"{name}.png")
+        if foreground is not None:
+            masks[name] = np.zeros((8, 10), np.uint8)
+            masks[name][2:5, 3:7] = foreground
+            Image.fromarray(masks[name]).save(root / "masks" / f"{name}.png")
+    if classes_json:
+        (root / "classes.json").write_text(json.dumps({"1": "lesion"}), encoding="utf-8")
+    dataset = open_dataset(root)
+    for name, expected in (("a", masks["a"]), ("b", masks["b"]), ("c", masks["a"])):
+        case = dataset.load(f"images/{name}")
+        path = write_prediction(case, (masks["a"] > 0)[None].astype(np.uint8), tmp_path / "pred")
+        with Image.open(path) as written:
+            np.testing.assert_array_equal(np.asarray(written), expected)
+        np.testing.assert_array_equal(read_prediction(case, tmp_path / "pred", dataset.class_map)[0], masks["a"] > 0)
+    assert any("the masks store their class in different values (b.png as 1, others as 255)" in r.getMessage()
+               for r in notices.records)

@@ -40,7 +40,7 @@ Pixel codings and class maps (``classes.json`` in root overrides, see ``read_sty
 - palette: masks saved as colour-palette PNGs (VOC-style tools, labelme): each palette index is
   a class, {i: "class<i>"} for the indices found in the masks; predictions keep the palette.
 - generic: masks 0/255 (or 0/1, or 16-bit 0/65535) -> {1: "foreground"}, predictions in the same two
-  values (16-bit PNG for 0/65535).
+  values (16-bit PNG for 0/65535): each in its own image's mask's, where masks differ (0/1 beside 0/255).
 - colour: a classes.json giving each class a "colour" (CholecSeg8k, CamVid, annotation tools' exports):
   each mask pixel's colour is its class (black the background), RGB, RGBA and palette files alike;
   a colour in no class is refused (JPEG masks: the nearest within ``colour_tolerance``); predictions
@@ -297,9 +297,25 @@ class PngFolderDataset(IndexedDataset):
                 label = np.maximum(label, decoded)
             else:
                 skipped.append(str(path))
-        meta = {"png_to_pixel": dict(self.style.to_pixel), "png_to_class": dict(self.style.to_class),
+        meta = {"png_to_pixel": self._own_to_pixel(entry.case_id), "png_to_class": dict(self.style.to_class),
                 "png_palette": self.style.palette, "png_colours": self.style.colours, "skipped_masks": skipped}
         return Read(image=image[None], label=None if label is None else label[None], meta=meta)
+
+    def _own_to_pixel(self, case_id: str) -> dict[int, int]:
+        """The class -> pixel coding of a case's prediction: the folder's (its first mask's), but the one the case's
+        own mask stores where the folder's masks may store their one class each their own way (0/1 beside 0/255,
+        masks gathered from several tools): in the first mask's, a prediction compared with its own image's mask
+        by the user's tools matched nothing. Said once where the two differ."""
+        masks = self.masks.get(case_id, [])
+        own = (_as_mask_stores(self.style, masks[0])
+               if masks and masks[0].is_file() and _one_class_in_any_value(self.style) else None)
+        if own is None or own == self.style.to_pixel:
+            return dict(self.style.to_pixel)
+        cls = self.style.class_map.labels[0]
+        say_once(f"{self.root}: the masks store their class in different values ({masks[0].name} as {own[cls]}, "
+                 f"others as {self.style.to_pixel[cls]}); each prediction is written in the value of its own image's "
+                 "mask, and of images without one in the first mask's", key=f"png-mixed-codings-{self.root}")
+        return own
 
     def _read_mask(self, path: Path) -> np.ndarray:
         if self.style.colours:
@@ -427,15 +443,33 @@ def _in_stored_foreground(style: PngStyle, root: Path, rows: list[dict[str, str]
     predictions are written in the value the first mask with any foreground stores (0/1, 0/255 or 16-bit
     0/65535), as a folder without classes.json has them: naming the class must not turn a 0/1 set's
     predictions into 0/255, which the user's own comparison with their masks reads as no match."""
-    classes, ignore = style.class_map.labels, style.class_map.ignore
-    stored = {value: cls for value, cls in style.to_class.items() if value != ignore}
-    if style.ranged or len(classes) != 1 or stored != {0: 0, classes[0]: classes[0], 255: classes[0]}:
+    if not _one_class_in_any_value(style):
         return style
     for path in (path for row in rows for path in _mask_paths(root, row) if path.is_file()):
-        if (read := _scanned_mask(path)) is not None and (top := _largest_class_value(read[0], ignore)):
-            foreground = _stored_foreground(path, top, read[1], classes[0])
-            return PngStyle(style.name, style.class_map, style.to_class, {0: 0, classes[0]: foreground}, style.rgb)
+        if (to_pixel := _as_mask_stores(style, path)) is not None:
+            return PngStyle(style.name, style.class_map, style.to_class, to_pixel, style.rgb)
     return style
+
+
+def _one_class_in_any_value(style: PngStyle) -> bool:
+    """Whether ``style`` reads one class from masks that store it as 1, as 255 or as 65535 alike, background 0
+    (a folder without classes.json, BUSI, a classes.json naming one class without its value): which of these
+    a prediction is written in is then what the masks store, not the style."""
+    classes, ignore = style.class_map.labels, style.class_map.ignore
+    stored = {value: cls for value, cls in style.to_class.items() if value != ignore}
+    return (not style.ranged and not style.colours and style.palette is None and len(classes) == 1
+            and stored == {0: 0, classes[0]: classes[0], 255: classes[0]})
+
+
+def _as_mask_stores(style: PngStyle, path: Path) -> dict[int, int] | None:
+    """The class -> pixel coding of a ``_one_class_in_any_value`` style as the mask ``path`` stores its class
+    (0/1, 0/255 or 16-bit 0/65535); None where that mask holds no class or cannot be read."""
+    read = _scanned_mask(path)
+    top = _largest_class_value(read[0], style.class_map.ignore) if read is not None else 0
+    if read is None or not top:
+        return None
+    cls = style.class_map.labels[0]
+    return {0: 0, cls: _stored_foreground(path, top, read[1], cls)}
 
 
 def _largest_class_value(mask: np.ndarray, ignore: int | None) -> int:
