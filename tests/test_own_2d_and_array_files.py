@@ -230,6 +230,36 @@ def test_a_float_colour_tiff_is_read_with_its_values(tmp_path):
     assert int(case.label.sum()) == 25
 
 
+def _float_colour_tiff_mask(root: Path, channels: list[np.ndarray]) -> Path:
+    """c0.png with its mask c0_mask.tif, float32 colour of ``channels``, as ITK and tifffile save a label kept
+    beside a float RGB picture."""
+    root.mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 14), np.uint8)).save(root / "c0.png")
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack(channels, axis=-1).astype(np.float32), isVector=True),
+                    str(root / "c0_mask.tif"))
+    return root
+
+
+def test_a_float_colour_tiff_mask_of_equal_channels_is_read_as_its_label(tmp_path):
+    """Pillow has no decoder for float colour TIFFs: the mask was refused as "truncated or not an image", though
+    float colour TIFF pictures are read (through ITK)."""
+    mask = np.zeros((16, 14), np.float32)
+    mask[4:9, 3:8] = 255
+    dataset = open_dataset(_float_colour_tiff_mask(tmp_path / "data", [mask] * 3))
+    label = dataset.load("c0").label
+    assert label is not None and label.shape == (1, 16, 14)
+    np.testing.assert_array_equal(label[0], mask > 0)
+    assert dataset.mask_coding()["to_pixel"] == {"0": 0, "1": 255}
+
+
+def test_a_float_colour_tiff_mask_of_different_channels_is_refused_naming_it(tmp_path):
+    mask = np.zeros((16, 14), np.float32)
+    mask[4:9, 3:8] = 255
+    root = _float_colour_tiff_mask(tmp_path / "data", [mask, mask / 2, mask])
+    with pytest.raises(DataError, match=r"c0_mask.tif is a float colour TIFF whose channels differ"):
+        open_dataset(root).load("c0")
+
+
 def test_a_damaged_tiff_is_still_said_to_be_damaged(tmp_path):
     root = tmp_path / "data"
     root.mkdir()

@@ -497,6 +497,8 @@ def _stored_top(path: Path) -> int:
     def top(im: Image.Image) -> int:
         im = _first_page(im, path)
         return int(np.asarray(im).max(initial=0)) if im.mode in WIDE_MODES else 0
+    if _itk_alone_reads(path):  # a float colour TIFF mask (``_itk_mask``): wide values
+        return int(np.rint(_itk_colour(path)[..., 0].max(initial=0)))
     return _decode(path, top)
 
 
@@ -1445,6 +1447,16 @@ def _wide_colour_array(path: Path, rgb: bool | None) -> np.ndarray:
     """A 16-bit-per-channel colour file (``_wide_colour``), or a TIFF Pillow cannot decode (float colour, two
     channels), as ``read_image`` gives images, its values kept: read by ITK, which decodes all 16 bits and float
     pixels; alpha (a second or fourth channel) left out, as ``convert("RGB")`` leaves it."""
+    colour = _itk_colour(path)
+    grey = bool((colour == colour[..., :1]).all())
+    if rgb or (rgb is None and not grey):
+        return colour
+    return colour[..., 0] if grey else colour @ np.asarray(GREY_WEIGHTS, dtype=np.float32)
+
+
+def _itk_colour(path: Path) -> np.ndarray:
+    """An image file read by ITK as (H, W, 3) float32 colour, its values kept (a grey file's one channel thrice;
+    alpha, a second or fourth channel, left out); a stack as its first page, said."""
     try:
         with quiet_itk(path, pixels=True):
             image = itk_reader(path).Execute()
@@ -1456,11 +1468,7 @@ def _wide_colour_array(path: Path, rgb: bool | None) -> np.ndarray:
     if image.GetDimension() > 2:  # a stack: pages, rows, columns, channels
         _say_stack(path, image.GetSize()[2])
         pixels = pixels[0]
-    colour = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)
-    grey = bool((colour == colour[..., :1]).all())
-    if rgb or (rgb is None and not grey):
-        return colour
-    return colour[..., 0] if grey else colour @ np.asarray(GREY_WEIGHTS, dtype=np.float32)
+    return pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)
 
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as Pillow's convert("L") weighs R, G, B
@@ -1504,7 +1512,11 @@ def _image_array(im: Image.Image, rgb: bool | None, path: Path) -> np.ndarray:
 
 
 def _has_colour(path: Path) -> bool:
-    """Whether an image file is colour (``shows_colour``)."""
+    """Whether an image file is colour (``shows_colour``); a float colour TIFF mask of equal channels
+    (``_itk_mask``) is grey."""
+    if _itk_alone_reads(path):
+        colour = _itk_colour(path)
+        return not bool((colour == colour[..., :1]).all())
     return _decode(path, shows_colour)
 
 
@@ -1596,7 +1608,8 @@ def read_mask_file(path: Path, palette_indices: bool = False) -> tuple[np.ndarra
     prediction holding only such classes would otherwise be read as their grey levels. Modes 1, RGB,
     RGB and grey palettes are converted to L; 16-bit and float masks are clipped to 0-255 (refused where
     two values above 255 would merge). With an
-    alpha channel (RGBA, LA), transparent pixels are background (``_transparent_mask``).
+    alpha channel (RGBA, LA), transparent pixels are background (``_transparent_mask``). A float colour TIFF,
+    which Pillow cannot open, is read through ITK (``_itk_mask``).
     """
     def pixels(im: Image.Image) -> tuple[np.ndarray, bool]:
         lossy = _is_lossy(im)
@@ -1609,7 +1622,34 @@ def read_mask_file(path: Path, palette_indices: bool = False) -> tuple[np.ndarra
             return _wide_mask(np.asarray(im), path), lossy
         return np.asarray(im if im.mode == "L" else im.convert("L")), lossy
 
-    return _decode(path, pixels)
+    try:
+        return _decode(path, pixels)
+    except DataError:
+        if not _itk_alone_reads(path):
+            raise
+    return _itk_mask(path), False
+
+
+def _itk_alone_reads(path: Path) -> bool:
+    """Whether an image file is a TIFF that Pillow cannot open and ITK can (float colour, two channels)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+        return False
+    try:
+        _decode(path, lambda im: None, load=False)
+    except DataError:
+        return _itk_reads(path)
+    return False
+
+
+def _itk_mask(path: Path) -> np.ndarray:
+    """A TIFF mask Pillow has no decoder for (float colour, as ITK, tifffile and scikit-image save a label kept
+    beside its float RGB picture), read by ITK, as such pictures are: a grey mask in three equal channels, its
+    values class values (``_wide_mask``); channels that differ hold no one class per pixel, and are refused."""
+    colour = _itk_colour(path)
+    if not (colour == colour[..., :1]).all():
+        raise DataError(f"mask {path} is a float colour TIFF whose channels differ, so its pixels are not class "
+                        "values; save it with one channel of class values (0, 1, 2, ... or 0/255 for one class)")
+    return _wide_mask(colour[..., 0], path)
 
 
 def _is_lossy(im: Image.Image) -> bool:
