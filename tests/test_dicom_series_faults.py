@@ -182,6 +182,24 @@ def test_a_pixel_size_of_0_is_refused_naming_the_file(tmp_path):
         open_dataset(tmp_path).load("s")
 
 
+def test_a_series_giving_no_pixel_size_is_said_to_be_read_in_1_mm_pixels(tmp_path, notices):
+    """Secondary captures carry no PixelSpacing; ITK reads them as 1 mm pixels, so HD95 "in mm" is in pixels."""
+    for z in range(3):
+        ds = mr_slice(z + 1, (0.0, 0.0, 2.0 * z))
+        del ds.PixelSpacing
+        save_part10(ds, tmp_path / "s" / f"IM{z}.dcm")
+    case = open_dataset(tmp_path).load("s")
+    assert case.spacing[1:] == (1.0, 1.0)
+    assert "no file of its DICOM series gives a pixel size (PixelSpacing)" in notices.text
+
+
+def test_a_series_giving_its_pixel_size_says_nothing_of_1_mm_pixels(tmp_path, notices):
+    for z in range(3):
+        save_part10(mr_slice(z + 1, (0.0, 0.0, 2.0 * z)), tmp_path / "s" / f"IM{z}.dcm")
+    assert open_dataset(tmp_path).load("s").spacing[1:] == (0.5, 0.5)
+    assert "PixelSpacing" not in notices.text
+
+
 def test_pixel_sizes_written_to_different_decimals_are_one_size(tmp_path):
     """Scanners and converters round a PixelSpacing's decimal string each their own way."""
     for z in range(4):

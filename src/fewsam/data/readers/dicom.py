@@ -599,9 +599,20 @@ def check_one_pixel_spacing(spacings: list[list[float] | None], names: list[str]
     naming them: ITK took the first file's, or 1 mm where that file gave none, for every slice."""
     refuse_partly_given(spacings, names, "pixel size (PixelSpacing)", "their pixel size", folder)
     refuse_pixel_size_not_above_0(spacings, names, folder)
+    say_if_no_pixel_size(spacings, folder)
     alike = lambda a, b: np.allclose(a, b, rtol=PIXEL_SPACING_TOLERANCE, atol=0)  # noqa: E731 - tiny predicate
     refuse_apart(_first_apart(spacings, names, 2, alike), folder, "have different pixel sizes", " mm",
                  "reconstructions of several fields of view under one series UID", "pixel size")
+
+
+def say_if_no_pixel_size(spacings: list[list[float] | None], folder: Path) -> None:
+    """Say where no file gives a PixelSpacing (secondary captures, screenshots, some exports): ITK then reads
+    1 mm pixels (or the detector's ImagerPixelSpacing, where a file gives it), so HD95 and ASD, said in mm,
+    are in that size, which the user should know before reading them as millimetres."""
+    if spacings and all(spacing is None for spacing in spacings):
+        say_once(f"{folder}: no file of its DICOM series gives a pixel size (PixelSpacing), so its pixels are read "
+                 "as 1 mm (or the ImagerPixelSpacing a file gives); HD95 and ASD are in that size, not the patient's "
+                 "millimetres", key=f"dicom-no-pixel-size-{folder}")
 
 
 def refuse_pixel_size_not_above_0(spacings: list[list[float] | None], names: list[str], folder: Path) -> None:
