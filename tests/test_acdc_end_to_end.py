@@ -47,7 +47,7 @@ def acdc(tmp_path_factory):
 def test_fewshot_on_real_acdc_slices(acdc, tmp_path):
     data, cache = acdc
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=cache, show_progress=False)
-    result = fit("fewshot", opts, FewShotConfig(augmented_views=0, steps=30, lr=3e-4, ema=0.0, val_every=15, views=2,
+    result = fit("fewshot", opts, FewShotConfig(augmented_views=0, steps=10, lr=3e-4, ema=0.0, val_every=5, views=2,
                                                 batch_size=4, test_mirroring=False, sam_refinement=False))
     assert 0.0 <= result.best_score <= 1.0
     written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", cache, show_progress=False)
@@ -56,7 +56,7 @@ def test_fewshot_on_real_acdc_slices(acdc, tmp_path):
         assert f["pred"].shape == g["label"].shape and set(np.unique(f["pred"][:])) <= {0, 1, 2, 3}
     report = evaluate(tmp_path / "pred", data, "val.list", group_by="group", show_progress=False)
     assert report["n_cases"] == 1 and list(report["groups"]) == ["HCM"]
-    # 4 labelled slices of another patient, 30 steps: the heart is found, if roughly.
+    # 4 labelled slices of another patient, 10 steps: the heart is found, if roughly (measured: LV Dice 0.81).
     assert report["per_class"]["LV"]["dice"] > 0.5, json.dumps(report["per_class"])
 
 
@@ -66,12 +66,13 @@ def test_fewmatch_on_real_acdc_slices(acdc, tmp_path):
     and the heart is still found."""
     data, cache = acdc
     opts = FitOptions(data=data, run=tmp_path / "run", labeled_slices=4, cache=cache, show_progress=False)
-    cfg = FewMatchConfig(steps=30, ema=0.0, val_every=15, views=2, batch_size=4, warmup_steps=10, ramp_steps=5,
+    cfg = FewMatchConfig(steps=16, ema=0.0, val_every=8, views=2, batch_size=4, warmup_steps=6, ramp_steps=5,
                          unlabeled_batch=2, test_mirroring=False, sam_refinement=False)
     result = fit("fewmatch", opts, cfg)
     log = [json.loads(line) for line in (tmp_path / "run" / "fit_log.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["step"] for r in log if "loss_u" in r][0] == 11
+    assert [r["step"] for r in log if "loss_u" in r][0] == 7
     written = predict(tmp_path / "run", data, tmp_path / "pred", "val.list", cache, show_progress=False)
     report = evaluate(tmp_path / "pred", data, "val.list", show_progress=False)
     assert 0.0 <= result.best_score <= 1.0 and len(written) == 1
+    # 10 unlabelled steps after the warm-up (measured: LV Dice 0.90)
     assert report["per_class"]["LV"]["dice"] > 0.5, json.dumps(report["per_class"])
