@@ -19,7 +19,8 @@ COMMON = ["--quiet", "--precision", "fp32"]
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A phantom dataset and a tiny few-shot run fitted on its first two labelled slices."""
+    """A phantom dataset and a tiny few-shot run fitted on its first two labelled slices (with the recipe
+    that ``test_without_a_teacher_the_fit_makes_its_own_few_shot_teacher_first`` gives distill's own teacher)."""
     root = tmp_path_factory.mktemp("distill")
     data = write_phantom_dataset(root / "data", n_train=3, n_val=1, slices=2, seed=1)
     cache = root / "cache"
@@ -137,7 +138,7 @@ def test_without_a_teacher_the_fit_makes_its_own_few_shot_teacher_first(teacher,
     RUN/teacher_fit gives the same teacher, pseudo-labels and student as the two commands."""
     from fewsam.methods.fewshot import FewShotConfig
 
-    data, cache, _ = teacher
+    data, cache, two_commands_teacher = teacher  # the first of the two commands
     recipe = FewShotConfig(augmented_views=0, steps=4, val_every=2, batch_size=2, views=1, test_mirroring=False, sam_refinement=False)
     monkeypatch.setattr(distill, "own_teacher_config", lambda: recipe)
     student = ["--data", str(data), "--labeled-slices", "2", "--steps", "2", "--val-every", "2", "--batch-size", "2",
@@ -152,18 +153,14 @@ def test_without_a_teacher_the_fit_makes_its_own_few_shot_teacher_first(teacher,
     assert "no --teacher given: few-shot SAM" in log
     assert log.index("fewshot finished: best validation") < log.index("distill finished: best validation")
 
-    # the two commands: the same few-shot fit, then distill taught by it
-    own = tmp_path / "own_teacher"
-    result = CliRunner().invoke(app, ["fit", "fewshot", "--data", str(data), "--labeled-slices", "2", "--steps", "4",
-                                      "--val-every", "2", "--batch-size", "2", "--views", "1", "--augmented-views", "0",
-                                      "--no-test-mirroring", "--no-sam-refinement", "--cache", str(cache), "--out", str(own), *COMMON])
-    assert result.exit_code == 0, result.output
+    # the two commands: the same few-shot fit (the module's teacher), then distill taught by it
     two = tmp_path / "two"
-    result = CliRunner().invoke(app, ["fit", "distill", *student, "--teacher", str(own), "--out", str(two)])
+    result = CliRunner().invoke(app, ["fit", "distill", *student, "--teacher", str(two_commands_teacher), "--out",
+                                      str(two)])
     assert result.exit_code == 0, result.output
     for name in ("checkpoint_best.pt",):
         a = torch.load(one / "teacher_fit" / name, weights_only=False)["module"]
-        b = torch.load(own / name, weights_only=False)["module"]
+        b = torch.load(two_commands_teacher / name, weights_only=False)["module"]
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(torch.load(one / distill.PSEUDO_FILE)["labels"], torch.load(two / distill.PSEUDO_FILE)["labels"])
     a = torch.load(one / "checkpoint_best.pt", weights_only=False)["module"]
