@@ -1,5 +1,5 @@
-"""Fits are bit-reproducible: a phantom few-shot fit and a short phantom SAM-Match fit (tiny SAM)
-give exactly the weights, pseudo-labels and predictions recorded in tests/golden/determinism.json.
+"""Fits are bit-reproducible: a phantom few-shot fit (without and with augmented copies) and a short
+phantom SAM-Match fit (tiny SAM) give exactly the weights, pseudo-labels and predictions recorded in tests/golden/determinism.json.
 
 The digests were recorded before the code was reorganised around the method registry, so this
 test holds every later change to the same numbers. Floating-point kernels differ between CPU
@@ -14,7 +14,7 @@ import hashlib
 import json
 import platform
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ from fewsam.runs import BEST, prepare_run_dir
 
 GOLDEN = Path(__file__).with_name("golden") / "determinism.json"
 FEWSHOT = fewshot.FewShotConfig(steps=6, val_every=3, batch_size=2, views=2, augmented_views=0)
+# the copies' embeddings are read back from the cache as steps draw them: the weights are those of copies held
+FEWSHOT_COPIES = replace(FEWSHOT, augmented_views=2)
 SAMATCH = samatch.SamMatchConfig(unlabeled_batch=4, unlabeled_limit=4, warmup_steps=4, refresh_every=4, ramp_steps=4,
                                  sam_steps=2, sam_batch=2, sam_val_slices=4, sam_round_steps=2, threshold=0.0,
                                  steps=12, lr=0.05, val_every=4, optimizer="sgd", image_size=64,
@@ -64,7 +66,7 @@ def arrays_digest(arrays: list[np.ndarray]) -> str:
 
 
 def run_fits(root: Path) -> dict[str, dict]:
-    """Both fits on a fresh phantom under ``root``; their digests."""
+    """The fits on a fresh phantom under ``root``; their digests."""
     from test_supervised import context
 
     torch.set_num_threads(1)
@@ -77,6 +79,10 @@ def run_fits(root: Path) -> dict[str, dict]:
     preds = [predictor.predict_case(case, embed_case(case, ctx.cache)) for case in cases]
     digest, sums = weights_digest(root / "fs")
     out = {"fewshot": {"weights": digest, "sums": sums, "predictions": arrays_digest(preds)}}
+    (root / "fs_copies").mkdir()
+    fewshot.fit(ctx, FEWSHOT_COPIES, root / "fs_copies")
+    digest, sums = weights_digest(root / "fs_copies")
+    out["fewshot_copies"] = {"weights": digest, "sums": sums}
 
     ctx = context(data, root, n_cases=1, precision="fp32")
     config = {"method": "samatch", "model": "tinysam", "class_map": ctx.class_map.to_json(), "values": ctx.values,
@@ -99,14 +105,15 @@ def test_fits_reproduce_the_recorded_numbers(tmp_path):
     finally:  # the digests need one thread; the tests after this one keep the suite's setting
         torch.set_num_threads(threads)
     if golden["recorded_on"] == host():
-        for method in ("fewshot", "samatch"):
+        for method in ("fewshot", "fewshot_copies", "samatch"):
             assert got[method] == golden[method], method
         return
     # Another CPU or torch build rounds differently. The few-shot fit is smooth in its inputs, so
     # its weights stay close; SAM-Match's pseudo-labels are argmaxes that a rounding difference
     # can flip, so there only the run's structure is compared.
-    for name, total in golden["fewshot"]["sums"].items():
-        assert got["fewshot"]["sums"][name] == pytest.approx(total, rel=1e-2, abs=1e-2), name
+    for fit in ("fewshot", "fewshot_copies"):
+        for name, total in golden[fit]["sums"].items():
+            assert got[fit]["sums"][name] == pytest.approx(total, rel=1e-2, abs=1e-2), name
     assert got["samatch"]["sums"].keys() == golden["samatch"]["sums"].keys()
 
 

@@ -29,7 +29,7 @@ from fewsam.evaluate import evaluate
 from fewsam.fitting import FitContext
 from fewsam.info import dataset_info, describe
 from fewsam.labels import IGNORE, holds_class, value_lut
-from fewsam.methods.fewshot import remap_label_frames
+from fewsam.methods.fewshot import remap_labels
 from fewsam.methods.samatch import pooled_dice, sam_training_slices
 from fewsam.methods.samatch.sam_decoder import val_slice_refs
 from fewsam.methods.student import PoolTruth, load_slices
@@ -120,7 +120,7 @@ def test_unannotated_pixels_become_the_ignored_index_of_every_training_target(tm
     label = np.zeros((16, 8), np.uint8)
     label[2:6, 1:3], label[8:, :] = 1, UNANNOTATED
     sample = framed_slice(label)
-    remap_label_frames([sample], [0, 1], UNANNOTATED)
+    sample = remap_labels([sample], [0, 1], UNANNOTATED)[0]
     assert (sample.label_frame[16:32, :16] == IGNORE).all() and (sample.label_frame[4:12, 2:6] == 1).all()
 
     dataset = open_dataset(write_nnunet_sparse(tmp_path))

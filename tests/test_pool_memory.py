@@ -1,12 +1,14 @@
 """An unlabelled pool in bounded memory: SAM-Match's labeller reads the pool's embeddings back from the
 embedding cache as SAM's prompts need them (2 MiB a slice; ACDC's 1,244 pool slices would hold 2.4 GiB),
 as FewMatch's steps read theirs; the pool's labels, which only score the pseudo-labels, are read a slice
-at a time as they are scored. The embeddings and labels read back are byte for byte those held before."""
+at a time as they are scored. Few-shot SAM's labelled slices in their dihedral views and augmented copies are
+read back as its steps draw them. The embeddings and labels read back are byte for byte those held before."""
 
 from __future__ import annotations
 
 import gc
 import json
+from dataclasses import replace
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 
 import numpy as np
@@ -14,8 +16,10 @@ import pytest
 import torch
 
 from fewsam.data.phantom import write_phantom_dataset
-from fewsam.embedded import CachedPool, embed_refs
-from fewsam.methods import fewmatch, samatch
+from fewsam.embedded import CacheEntries, CachedPool, EmbeddedSlice, embed_augmented, embed_refs, mark_padding
+from fewsam.labels import IGNORE, value_lut
+from fewsam.methods import fewmatch, fewshot, samatch
+from fewsam.methods.fewshot import FewShotConfig
 from fewsam.methods.samatch import QUALITY, student_samples
 from fewsam.methods.student import PoolTruth, load_slices
 from fewsam.runs import prepare_run_dir
@@ -103,11 +107,11 @@ def test_a_cached_pool_reads_back_the_embeddings_held_before(pool_data):
     refs = ctx.unlabelled_pool(CFG)
     held = embed_refs(ctx.dataset, refs, ctx.cache, show_progress=False, with_label=False)
     cached = CachedPool(ctx.dataset, refs, ctx.cache, show_progress=False)
-    assert not cached.held and len(cached) == len(held)
+    assert not cached.entries.held and len(cached) == len(held)
     for want, got in zip(held, cached):
         assert got.ref == want.ref and got.info == want.info and got.label is None
         assert got.embedding.dtype == np.float16 and got.embedding.tobytes() == want.embedding.tobytes()
-    ctx.cache.path_for(cached.keys[3]).unlink()  # an entry lost meanwhile is encoded again
+    ctx.cache.path_for(cached.entries.keys[3]).unlink()  # an entry lost meanwhile is encoded again
     assert cached[3].embedding.tobytes() == held[3].embedding.tobytes()
     label = np.ones((144, 176), np.uint8)
     labelled, plain = cached[5].labelled(label), held[5].labelled(label)
@@ -135,8 +139,8 @@ def test_a_cached_pool_holds_what_the_cache_cannot_keep(pool_data):
         image = ctx.dataset.load(ref.case_id, with_label=False).slice_image(ref.z)
         ctx.cache.path_for(ctx.cache.key(image)).unlink(missing_ok=True)
     cached = CachedPool(ctx.dataset, refs, ctx.cache, show_progress=False)
-    assert sorted(cached.held) == [0, 1, 2]
-    assert cached[1].embedding is cached.held[1]
+    assert sorted(cached.entries.held) == [0, 1, 2]
+    assert cached[1].embedding is cached.entries.held[1]
 
 
 def test_the_pools_labels_read_a_slice_at_a_time_are_those_held_before(pool_data):
@@ -177,3 +181,62 @@ def test_distills_pseudo_labels_hold_no_volume_of_the_teacher(pool_data, monkeyp
     gc.collect()
     assert len(labels) == len(refs) == 8 and all(tuple(label.shape) == (64, 64) for label in labels)
     assert volumes and not any(ref() is not None for ref in volumes)
+
+
+COPIES = FewShotConfig(views=2, augmented_views=2)
+
+
+def entries_made(monkeypatch) -> list[CacheEntries]:
+    """The ``CacheEntries`` few-shot's prompt bank makes, as it makes them."""
+    made: list[CacheEntries] = []
+
+    class Entries(CacheEntries):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(fewshot, "CacheEntries", Entries)
+    return made
+
+
+def held_samples(ctx) -> list[EmbeddedSlice]:
+    """The labelled slices in few-shot's views and copies, held, their frames' labels mapped to query indices
+    frame by frame, as the fit mapped them when it held its samples."""
+    held = embed_refs(ctx.dataset, ctx.labelled, ctx.cache, show_progress=False, views=COPIES.views) + \
+        embed_augmented(ctx.dataset, ctx.labelled, ctx.cache, COPIES.augmented_views, ctx.seed, show_progress=False)
+    lut = value_lut(ctx.values, ctx.class_map.ignore)
+    return [replace(s, label_frame=mark_padding(lut[s.label_frame], s.info, IGNORE).astype(np.uint8)) for s in held]
+
+
+def test_few_shots_views_and_copies_are_read_back_from_the_cache(pool_data, tmp_path, monkeypatch):
+    """The labelled slices in 8 views and 8 augmented copies (ACDC's 3 labelled patients: 1,088 embeddings,
+    2.2 GiB) are read back as a step draws them, with the embeddings, label frames and prototypes held before;
+    an entry lost meanwhile is made and encoded again (a copy's augmentation drawn from its place)."""
+    ctx = fit_context(pool_data)
+    made = entries_made(monkeypatch)
+    samples, shots, _ = fewshot.build_prompt_bank(ctx, COPIES, tmp_path)
+    held = held_samples(ctx)
+    assert len(samples) == len(held) == len(ctx.labelled) * 4 == 16
+    assert held_array_bytes(samples) < EMBEDDING_BYTES and not made[0].held  # held, they would be 16 embeddings
+    names = [str(v) for v in ctx.values]
+    want_shots = fewshot.shot_prototypes(held[:len(ctx.labelled) * COPIES.views], list(range(len(ctx.values))), names)
+    assert all(np.array_equal(a, b) for a, b in zip(shots, want_shots, strict=True))
+    for key in made[0].keys:
+        ctx.cache.path_for(key).unlink(missing_ok=True)
+    for want, got in zip(held, samples, strict=True):
+        assert (got.ref, got.view, got.info) == (want.ref, want.view, want.info)
+        assert got.embedding.tobytes() == want.embedding.tobytes()
+        assert got.label_frame.tobytes() == want.label_frame.tobytes()
+
+
+def test_few_shots_views_and_copies_the_cache_cannot_keep_are_held(pool_data, tmp_path, monkeypatch):
+    ctx = fit_context(pool_data)
+    made = entries_made(monkeypatch)
+    fewshot.build_prompt_bank(ctx, COPIES, tmp_path)
+    for key in made[0].keys:
+        ctx.cache.path_for(key).unlink(missing_ok=True)
+    ctx.cache.keeping = False  # a full disk
+    samples, _, _ = fewshot.build_prompt_bank(ctx, COPIES, tmp_path)
+    assert len(made[1].held) == len(samples) == 16
+    for want, got in zip(held_samples(ctx), samples, strict=True):
+        assert got.embedding.tobytes() == want.embedding.tobytes()

@@ -22,7 +22,7 @@ from fewsam.data.types import SliceRef
 from fewsam.embedded import EmbeddedSlice, frame_label, frame_region
 from fewsam.evaluate import evaluate, label_fingerprint
 from fewsam.labels import IGNORE, index_lut, value_lut
-from fewsam.methods.fewshot import remap_label_frames
+from fewsam.methods.fewshot import remap_labels
 from fewsam.models.sam import PreprocessInfo
 
 MMWHS = {1: 600, 2: 205, 3: 500}  # the phantom's RV, Myo and LV as MM-WHS numbers them
@@ -162,7 +162,7 @@ def test_a_class_stored_as_255_keeps_its_pixels_in_the_model_frame():
     sample = framed_slice(label)
     region = frame_region(sample.label_frame, sample.info, 255)
     assert region.sum() == 4 * 8 * 4 and not region[:, 16:].any()
-    remap_label_frames([sample], [0, 255])
+    sample = remap_labels([sample], [0, 255])[0]
     assert (sample.label_frame[:, 16:] == IGNORE).all()
     assert (sample.label_frame[8:24, 4:12] == 1).all() and (sample.label_frame[:, :16] != IGNORE).all()
 

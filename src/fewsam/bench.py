@@ -39,7 +39,7 @@ from fewsam.fitting import FitContext
 from fewsam.labels import IGNORE
 from fewsam.losses import DiceCELoss
 from fewsam.methods import fewshot
-from fewsam.methods.fewshot import FewShotTask, PrototypeDecoder, bank_tokens, remap_label_frames, shot_prototypes
+from fewsam.methods.fewshot import FewShotTask, PrototypeDecoder, bank_tokens, remap_labels, shot_prototypes
 from fewsam.methods.samatch.config import SamMatchConfig
 from fewsam.methods.samatch.student_task import SamMatchTask
 from fewsam.methods.student import build_unet, load_slices
@@ -169,7 +169,7 @@ def _measure(data: str | Path, n: int, cache_dir: Path, device: str, started: fl
                    show_progress=False)
         hit_s = (time.perf_counter() - start) / n
         values = [0] + dataset.class_map.labels
-        remap_label_frames(samples, values)
+        samples = remap_labels(samples, values)
         compared = f"{', '.join(paths)}, taking turns"
         begin(f"few-shot decoder training step ({compared})")
         decoder_steps = alternating({name: decoder_step(model, samples, values, p.acceleration, device)
@@ -326,7 +326,7 @@ def path_workload(job: str) -> float:
     cache.embed([np.flipud(dataset.load(r.case_id).slice_image(r.z)).copy() for r in refs], device)
     samples = embed_refs(dataset, refs, cache, device, show_progress=False)
     values = [0] + dataset.class_map.labels
-    remap_label_frames(samples, values)
+    samples = remap_labels(samples, values)
     for step in (decoder_step(model, samples, values, choice.acceleration, device),
                  student_step(dataset, refs, values, choice.acceleration, device)):
         step()

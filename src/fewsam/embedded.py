@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fewsam.augment import augmented_case
-from fewsam.cache import EmbeddingCache
+from fewsam.cache import Embedding, EmbeddingCache
 from fewsam.data.types import Case, Dataset, SliceRef
 from fewsam.labels import IGNORE
 from fewsam.models.sam import PreprocessInfo
@@ -90,12 +90,13 @@ def embed_case(case: Case, cache: EmbeddingCache, device: str = "cpu", on_progre
     """All slices of one case, in z order."""
     images = [case.slice_image(z) for z in range(case.num_slices)]
     embeddings = cache.embed(images, device=device, on_progress=on_progress)
-    out = []
-    for z, emb in enumerate(embeddings):
-        label = case.slice_label(z)
-        framed = None if label is None else frame_label(label, emb.info)
-        out.append(EmbeddedSlice(SliceRef(case.case_id, z), emb.array, emb.info, framed, label))
-    return out
+    return [held_slice(SliceRef(case.case_id, z), emb, case.slice_label(z)) for z, emb in enumerate(embeddings)]
+
+
+def held_slice(ref: SliceRef, emb: Embedding, label: np.ndarray | None, view: int = 0) -> EmbeddedSlice:
+    """A slice holding its embedding and its label in the model frame."""
+    framed = None if label is None else frame_label(label, emb.info)
+    return EmbeddedSlice(ref, emb.array, emb.info, framed, label, view)
 
 
 def dihedral(array: np.ndarray, view: int) -> np.ndarray:
@@ -272,33 +273,44 @@ def embed_refs(
     description: str = "embed",
     views: int = 1,
     with_label: bool = True,
+    entries: CacheEntries | None = None,
 ) -> list[EmbeddedSlice]:
     """The given slices (any order, any cases), each case read once; ``views`` dihedral views per
-    slice; ``with_label=False`` reads images only (an unlabelled pool)."""
-    found = _embed_variants(dataset, refs, cache, views, lambda case, view: (_view(case, view), view), device,
-                            show_progress, description, with_label)
+    slice; ``with_label=False`` reads images only (an unlabelled pool). With ``entries`` the slices are
+    ``CachedSlice``s whose embeddings ``entries`` reads back from the cache, none held."""
+    found = _embed_variants(dataset, refs, cache, views, _as_view, device, show_progress, description, with_label,
+                            entries)
     return [found[(ref, view)] for ref in refs for view in range(views)]
 
 
 def embed_augmented(dataset: Dataset, refs: Sequence[SliceRef], cache: EmbeddingCache, copies: int, seed: int,
-                    device: str = "cpu", show_progress: bool = True, description: str = "embed augmented"
-                    ) -> list[EmbeddedSlice]:
+                    device: str = "cpu", show_progress: bool = True, description: str = "embed augmented",
+                    entries: CacheEntries | None = None) -> list[EmbeddedSlice]:
     """``copies`` augmented copies of each labelled slice (``fewsam.augment``), copy k starting from
     dihedral view k mod 8; each is a new image, encoded and cached like any slice. In the order they
-    were made: by case, then copy, then slice."""
-
-    def copy_of(case: Case, copy: int) -> tuple[Case, int]:
-        return augmented_case(_view(case, copy % 8), seed, copy), copy % 8
-
-    return list(_embed_variants(dataset, refs, cache, copies, copy_of, device, show_progress, description).values())
+    were made: by case, then copy, then slice. ``entries``: as ``embed_refs``."""
+    return list(_embed_variants(dataset, refs, cache, copies, partial(_augmented_copy, seed), device, show_progress,
+                                description, True, entries).values())
 
 
-def _embed_variants(dataset: Dataset, refs: Sequence[SliceRef], cache: EmbeddingCache, count: int,
-                    variant: Callable[[Case, int], tuple[Case, int]], device: str, show_progress: bool,
-                    description: str, with_label: bool = True) -> dict[tuple[SliceRef, int], EmbeddedSlice]:
-    """Variants 0..count-1 of the given slices embedded, each case read once: ``variant(case, k)`` gives the
-    case's variant k (of the requested slices only) and the dihedral view it is in. Keyed by (slice, k), in
-    the order made (by case, then variant, then slice)."""
+def _as_view(case: Case, view: int) -> tuple[Case, int]:
+    return _view(case, view), view
+
+
+def _augmented_copy(seed: int, case: Case, copy: int) -> tuple[Case, int]:
+    return augmented_case(_view(case, copy % 8), seed, copy), copy % 8
+
+
+Variant = Callable[[Case, int], tuple[Case, int]]
+"""``variant(case, k)``: the case's variant k (a dihedral view, an augmented copy) and the dihedral view it is in."""
+
+
+def _embed_variants(dataset: Dataset, refs: Sequence[SliceRef], cache: EmbeddingCache, count: int, variant: Variant,
+                    device: str, show_progress: bool, description: str, with_label: bool = True,
+                    entries: CacheEntries | None = None) -> dict[tuple[SliceRef, int], EmbeddedSlice]:
+    """Variants 0..count-1 of the given slices embedded, each case read once, ``FILL_CHUNK`` slices at a
+    time: ``variant`` is applied to the case of the requested slices only. Keyed by (slice, k), in the
+    order made (by case, then variant, then slice); held, or read back through ``entries``."""
     found: dict[tuple[SliceRef, int], EmbeddedSlice] = {}
     with progress_bar(show_progress) as bar:
         job = bar.add_task(description, total=len(refs) * count)
@@ -307,64 +319,77 @@ def _embed_variants(dataset: Dataset, refs: Sequence[SliceRef], cache: Embedding
             sub = _subcase(dataset.load(case_id, with_label=with_label), zs)
             for k in range(count):
                 case, view = variant(sub, k)
-                for z, item in zip(zs, embed_case(case, cache, device, advance)):
-                    item.ref, item.view = SliceRef(case_id, z), view
-                    found[(item.ref, k)] = item
+                for start in range(0, len(zs), FILL_CHUNK):
+                    at = range(start, min(start + FILL_CHUNK, len(zs)))
+                    images = [case.slice_image(i) for i in at]
+                    for i, image, emb in zip(at, images, cache.embed(images, device, on_progress=advance)):
+                        ref, label = SliceRef(case_id, zs[i]), case.slice_label(i)
+                        found[(ref, k)] = held_slice(ref, emb, label, view) if entries is None else entries.slice(
+                            ref, image, emb, label, view, partial(_variant_image, dataset, case_id, zs, variant, k, i,
+                                                                  with_label))
     return found
 
 
-class CachedPool(IndexedSlices):
-    """Slices of any cases (an unlabelled pool), embedded once through the cache and then read back from
-    it by key as they are used, unlabelled (``CachedSlice``): a pool's embeddings are never all held, nor
-    its labels read. Only what the cache could not store (a full disk, a non-finite embedding) is
-    held; an entry lost from the cache meanwhile is encoded again from its case, as the first time."""
+def _variant_image(dataset: Dataset, case_id: str, zs: list[int], variant: Variant, k: int, i: int,
+                   with_label: bool) -> np.ndarray:
+    """Image ``i`` of variant ``k`` of slices ``zs`` of a case, made again as ``_embed_variants`` made it (an
+    augmented copy draws from its place among ``zs``)."""
+    return variant(_subcase(dataset.load(case_id, with_label=with_label), zs), k)[0].slice_image(i)
 
-    def __init__(self, dataset: Dataset, refs: Sequence[SliceRef], cache: EmbeddingCache, device: str = "cpu",
-                 show_progress: bool = True, description: str = "embed") -> None:
-        self.dataset, self.refs, self.cache, self.device = dataset, list(refs), cache, device
-        self.keys: list[str] = [""] * len(self.refs)
-        self.infos: list[PreprocessInfo] = []
+
+class CacheEntries:
+    """Embeddings kept as keys of the cache and read back from it when asked (``CachedSlice``): 2 MiB a
+    slice in float16, a pool of hundreds of slices or a few patients' labelled slices in 8 views and 8
+    augmented copies would hold gigabytes. Only what the cache could not store (a full disk, a read-only
+    cache that lacks it, a non-finite embedding) is held; an entry lost from the cache meanwhile is
+    encoded again from its image, made again."""
+
+    def __init__(self, cache: EmbeddingCache, device: str = "cpu") -> None:
+        self.cache, self.device = cache, device
+        self.keys: list[str] = []
         self.held: dict[int, np.ndarray] = {}
-        infos: dict[int, PreprocessInfo] = {}
-        by_case: dict[str, list[int]] = defaultdict(list)
-        for i, ref in enumerate(self.refs):
-            by_case[ref.case_id].append(i)
-        with progress_bar(show_progress) as bar:
-            job = bar.add_task(description, total=len(self.refs))
-            advance = lambda n: bar.update(job, advance=n)  # noqa: E731 - tiny callback
-            for case_id, indices in by_case.items():
-                infos |= self._embed(dataset.load(case_id, with_label=False), indices, advance)
-        self.infos = [infos[i] for i in range(len(self.refs))]
-
-    def _embed(self, case: Case, indices: list[int], on_progress: Callable[[int], None]
-               ) -> dict[int, PreprocessInfo]:
-        """Slices ``indices`` of ``case`` in the cache, ``FILL_CHUNK`` at a time; their keys noted."""
-        infos = {}
-        for start in range(0, len(indices), FILL_CHUNK):
-            chunk = indices[start:start + FILL_CHUNK]
-            images = [case.slice_image(self.refs[i].z) for i in chunk]
-            for i, image, emb in zip(chunk, images, self.cache.embed(images, self.device, on_progress=on_progress)):
-                self.keys[i], infos[i] = self.cache.key(image), emb.info
-                if not self.cache.path_for(self.keys[i]).exists():
-                    self.held[i] = emb.array
-        return infos
+        self._images: list[Callable[[], np.ndarray]] = []
 
     def __len__(self) -> int:
-        return len(self.refs)
+        return len(self.keys)
 
-    def _at(self, index: int) -> EmbeddedSlice:
-        return CachedSlice(self.refs[index], partial(self.embedding, index), self.infos[index])
+    def slice(self, ref: SliceRef, image: np.ndarray, emb: Embedding, label: np.ndarray | None, view: int,
+              remake: Callable[[], np.ndarray]) -> CachedSlice:
+        """Slice ``ref`` (``image``, just embedded as ``emb``) read back from here; ``remake()`` makes its
+        image again if its entry is lost."""
+        index = len(self.keys)
+        self.keys.append(self.cache.key(image))
+        self._images.append(remake)
+        if not self.cache.path_for(self.keys[index]).exists():
+            self.held[index] = emb.array
+        return CachedSlice(ref, partial(self.embedding, index), emb.info, label, view)
 
     def embedding(self, index: int) -> np.ndarray:
-        """Slice ``index``'s embedding, read from the cache (or encoded again when its entry is gone)."""
+        """Entry ``index``'s embedding, read from the cache (or encoded again when its entry is gone)."""
         if index in self.held:
             return self.held[index]
         found = self.cache.stored(self.keys[index])
         if found is not None:
             return found.array
-        ref = self.refs[index]
-        image = self.dataset.load(ref.case_id, with_label=False).slice_image(ref.z)
-        return self.cache.embed([image], self.device)[0].array
+        return self.cache.embed([self._images[index]()], self.device)[0].array
+
+
+class CachedPool(IndexedSlices):
+    """Slices of any cases (an unlabelled pool), embedded once through the cache and then read back from
+    it by key as they are used, unlabelled (``CachedSlice``, ``CacheEntries``): a pool's embeddings are
+    never all held, nor its labels read."""
+
+    def __init__(self, dataset: Dataset, refs: Sequence[SliceRef], cache: EmbeddingCache, device: str = "cpu",
+                 show_progress: bool = True, description: str = "embed") -> None:
+        self.entries = CacheEntries(cache, device)
+        self.slices = embed_refs(dataset, refs, cache, device, show_progress, description, with_label=False,
+                                 entries=self.entries)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def _at(self, index: int) -> EmbeddedSlice:
+        return self.slices[index]
 
 
 def embed_cases(

@@ -34,8 +34,8 @@ from torch import nn
 from fewsam.config import MAX_LR, PATIENCE_HELP, Config, option
 from fewsam.data.types import Case
 from fewsam.distributed import local_part
-from fewsam.embedded import (MIRROR_VIEWS, CaseSlices, EmbeddedSlice, embed_augmented, embed_cases, embed_refs,
-                             mark_padding, undo_dihedral)
+from fewsam.embedded import (MIRROR_VIEWS, CacheEntries, CaseSlices, EmbeddedSlice, embed_augmented, embed_cases,
+                             embed_refs, undo_dihedral)
 from fewsam.errors import DataError
 from fewsam.fitting import FitContext, LabelledLoss, refuse_background_only_validation
 from fewsam.inference import (CAVITY_RULE_HELP, POSTPROCESS, CavityRule, check_labelled, chosen_val_dice, labels_from_logits,
@@ -228,13 +228,13 @@ class FewShotTask:
                                                                     self.values, self.device)])
 
 
-def remap_label_frames(samples: list[EmbeddedSlice], values: list[int], ignore: int | None = None) -> None:
-    """Map label values to query indices in place; the frame's padding becomes IGNORE, told by its place
-    (``mark_padding``): a class stored as 255 must not be ignored as padding. Unannotated pixels (value
-    ``ignore``, ``ClassMap.ignore``) become IGNORE too."""
+def remap_labels(samples: list[EmbeddedSlice], values: list[int], ignore: int | None = None) -> list[EmbeddedSlice]:
+    """The slices labelled with query indices instead of label values; unannotated pixels (value ``ignore``,
+    ``ClassMap.ignore``) become IGNORE. The labels are mapped at their own size and framed after (a nearest
+    resize moves pixels, not values): a ``CachedSlice`` keeps making its frame when asked. The frame's
+    padding is IGNORE, told by its place (``mark_padding``): a class stored as 255 is not padding."""
     lut = value_lut(values, ignore)
-    for s in samples:
-        s.label_frame = mark_padding(lut[s.label_frame], s.info, IGNORE).astype(np.uint8)
+    return [s.labelled(lut[s.label].astype(np.uint8)) for s in samples]
 
 
 def logits_batches(decoder: PrototypeDecoder, tokens: torch.Tensor, slices: list[EmbeddedSlice],
@@ -341,18 +341,20 @@ def sam_refinement_choice(decoder: PrototypeDecoder, tokens: torch.Tensor, sam: 
 
 def build_prompt_bank(ctx: FitContext, cfg: FewShotConfig, run_dir: Path
                       ) -> tuple[list[EmbeddedSlice], list[np.ndarray], torch.Tensor]:
-    """Embed the labelled views, pool their shot prototypes, save the inference tokens (RUN/prompt_bank.pt)."""
+    """Embed the labelled views, pool their shot prototypes, save the inference tokens (RUN/prompt_bank.pt).
+    The views and augmented copies are read back from the cache as a step draws them (``CacheEntries``):
+    ACDC's 3 labelled patients in 8 views and 8 copies would hold 2.2 GiB of embeddings."""
+    entries = CacheEntries(ctx.cache, ctx.device)
     samples = embed_refs(ctx.dataset, ctx.labelled, ctx.cache, ctx.device, ctx.show_progress, "embed labelled",
-                         views=cfg.views)
+                         views=cfg.views, entries=entries)
     check_labelled(samples)
-    remap_label_frames(samples, ctx.values, ctx.class_map.ignore)
+    samples = remap_labels(samples, ctx.values, ctx.class_map.ignore)
     names = ["background", *(f"{ctx.dataset.class_map.names.get(v, 'class')} ({v})" for v in ctx.values[1:])]
     shots = shot_prototypes(samples, list(range(len(ctx.values))), names)
     if cfg.augmented_views:
-        augmented = embed_augmented(ctx.dataset, ctx.labelled, ctx.cache, cfg.augmented_views, ctx.seed, ctx.device,
-                                    ctx.show_progress)
-        remap_label_frames(augmented, ctx.values, ctx.class_map.ignore)
-        samples = samples + augmented
+        samples = samples + remap_labels(embed_augmented(ctx.dataset, ctx.labelled, ctx.cache, cfg.augmented_views,
+                                                         ctx.seed, ctx.device, ctx.show_progress, entries=entries),
+                                         ctx.values, ctx.class_map.ignore)
     tokens = bank_tokens(shots, cfg.tokens_per_class, ctx.seed)
     atomic_torch_save({"shots": [torch.from_numpy(s) for s in shots], "tokens": tokens,
                        "values": ctx.values}, run_dir / BANK)
