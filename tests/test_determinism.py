@@ -1,5 +1,6 @@
 """Fits are bit-reproducible: a phantom few-shot fit (without and with augmented copies) and a short
-phantom SAM-Match fit (tiny SAM) give exactly the weights, pseudo-labels and predictions recorded in tests/golden/determinism.json.
+phantom SAM-Match fit (tiny SAM) give exactly the weights, pseudo-labels and predictions recorded in
+tests/golden/determinism.json.
 
 The digests were recorded before the code was reorganised around the method registry, so this
 test holds every later change to the same numbers. Floating-point kernels differ between CPU

@@ -319,19 +319,26 @@ def _embed_variants(dataset: Dataset, refs: Sequence[SliceRef], cache: Embedding
             sub = _subcase(dataset.load(case_id, with_label=with_label), zs)
             for k in range(count):
                 case, view = variant(sub, k)
-                for start in range(0, len(zs), FILL_CHUNK):
-                    at = range(start, min(start + FILL_CHUNK, len(zs)))
-                    images = [case.slice_image(i) for i in at]
-                    for i, image, emb in zip(at, images, cache.embed(images, device, on_progress=advance)):
-                        ref, label = SliceRef(case_id, zs[i]), case.slice_label(i)
-                        found[(ref, k)] = held_slice(ref, emb, label, view) if entries is None else entries.slice(
-                            ref, image, emb, label, view, partial(_variant_image, dataset, case_id, zs, variant, k, i,
-                                                                  with_label))
+                remake = partial(_variant_image, dataset, case_id, zs, variant, with_label, k)
+                for i, image, emb in _embedded_chunks(case, cache, device, advance):
+                    ref, label = SliceRef(case_id, zs[i]), case.slice_label(i)
+                    found[(ref, k)] = held_slice(ref, emb, label, view) if entries is None else \
+                        entries.slice(ref, image, emb, label, view, partial(remake, i))
     return found
 
 
-def _variant_image(dataset: Dataset, case_id: str, zs: list[int], variant: Variant, k: int, i: int,
-                   with_label: bool) -> np.ndarray:
+def _embedded_chunks(case: Case, cache: EmbeddingCache, device: str, on_progress: Callable[[int], None] | None
+                     ) -> Iterator[tuple[int, np.ndarray, Embedding]]:
+    """Each slice of ``case`` with its image and embedding, ``FILL_CHUNK`` embedded at a time: a reader that keeps
+    neither (a fill, a pool read back from the cache) holds a chunk's embeddings, not a long volume's."""
+    for start in range(0, case.num_slices, FILL_CHUNK):
+        at = range(start, min(start + FILL_CHUNK, case.num_slices))
+        images = [case.slice_image(z) for z in at]
+        yield from zip(at, images, cache.embed(images, device=device, on_progress=on_progress))
+
+
+def _variant_image(dataset: Dataset, case_id: str, zs: list[int], variant: Variant, with_label: bool, k: int,
+                   i: int) -> np.ndarray:
     """Image ``i`` of variant ``k`` of slices ``zs`` of a case, made again as ``_embed_variants`` made it (an
     augmented copy draws from its place among ``zs``)."""
     return variant(_subcase(dataset.load(case_id, with_label=with_label), zs), k)[0].slice_image(i)
@@ -349,9 +356,6 @@ class CacheEntries:
         self.keys: list[str] = []
         self.held: dict[int, np.ndarray] = {}
         self._images: list[Callable[[], np.ndarray]] = []
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
     def slice(self, ref: SliceRef, image: np.ndarray, emb: Embedding, label: np.ndarray | None, view: int,
               remake: Callable[[], np.ndarray]) -> CachedSlice:
@@ -411,7 +415,8 @@ def embed_cases(
 
 
 FILL_CHUNK = 16
-"""Slices embedded together when only filling the cache: the most embeddings ``fill_cache`` holds."""
+"""Slices embedded together where their embeddings are not kept (filling the cache, slices read back from it):
+the most embeddings ``fill_cache`` or the making of a ``CacheEntries`` holds."""
 
 
 def fill_cache(dataset: Dataset, case_ids: Iterable[str], cache: EmbeddingCache, device: str = "cpu",
@@ -428,9 +433,8 @@ def fill_case(case: Case, cache: EmbeddingCache, device: str = "cpu",
               on_progress: Callable[[int], None] | None = None) -> None:
     """Every slice of ``case`` in ``cache``, ``FILL_CHUNK`` at a time, nothing kept; ``on_progress(n)``
     as ``n`` more slices are found or encoded."""
-    for start in range(0, case.num_slices, FILL_CHUNK):
-        cache.embed([case.slice_image(z) for z in range(start, min(start + FILL_CHUNK, case.num_slices))],
-                    device=device, on_progress=on_progress)
+    for _ in _embedded_chunks(case, cache, device, on_progress):
+        pass
 
 
 def _view(case: Case, view: int) -> Case:
